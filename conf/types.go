@@ -1,0 +1,138 @@
+package conf
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/ztgate/ztgate/catalog"
+)
+
+// Role names the kind of process a configuration file is for.
+type Role string
+
+// Roles a configuration file may configure.
+const (
+	RoleGateway Role = "gateway"
+	RoleRelay   Role = "relay"
+	RoleAgent   Role = "agent"
+)
+
+// Gateway is a validated gateway configuration with every default filled in.
+type Gateway struct {
+	Path string // the file it was loaded from; empty when parsed from memory
+
+	Name     string // [gateway] name; default: the host name
+	StateDir string // [gateway] state_dir; default "/var/lib/ztgate"
+	// VIPHoldDown is how long a removed service's VIP is held back before
+	// reuse ([gateway] vip_hold_down); default and minimum: the DNS TTL.
+	VIPHoldDown time.Duration
+	// DrainTimeout bounds how long flows of a removed service or drained
+	// backend live on ([gateway] drain_timeout, default 30s).
+	DrainTimeout time.Duration
+
+	TUN       TUN
+	DNS       DNS
+	API       API
+	Tunnel    Tunnel
+	Limits    Limits
+	Discovery Discovery
+	Tenants   []catalog.Tenant
+	Services  []catalog.Service // Source "file"
+}
+
+// TUN is the [tun] section of a gateway or agent.
+type TUN struct {
+	Name    string       // default "ztgate0" (gateway), "ztagent0" (agent)
+	MTU     int          // default 1420 (gateway), 1280 (agent); 576..65535
+	Pool    netip.Prefix // default 10.100.0.0/24; IPv4, at most /30
+	Pool6   netip.Prefix // optional IPv6 pool; invalid when absent
+	Address netip.Addr   // agent only: its inner source address, default 100.64.0.1
+	// Enabled is false when a gateway attached to a relay has no [tun]
+	// section: it then has no LAN ingress and needs no root.
+	Enabled bool
+}
+
+// GatewayAddr returns the gateway's own address: the first host of the pool.
+func (t TUN) GatewayAddr() netip.Addr { return t.Pool.Masked().Addr().Next() }
+
+// DNS is the [dns] section.
+type DNS struct {
+	Zone      string           // fully qualified, lower case, trailing dot; default "ztna.internal."
+	Listen    []netip.AddrPort // host listeners (UDP and TCP)
+	TTL       time.Duration    // default 30s; 1s..24h
+	Upstreams []netip.AddrPort // forwarders for names outside the zone; port default 53
+	// ForwardTimeout bounds one forwarded query ([dns] forward_timeout, default 2s).
+	ForwardTimeout time.Duration
+}
+
+// API is the [api] section.
+type API struct {
+	Listen    netip.AddrPort // default 127.0.0.1:7780 (gateway), 127.0.0.1:7781 (relay); invalid = disabled ("" or "off")
+	TokenFile string
+}
+
+// Tunnel is the [tunnel] section of a gateway or agent.
+type Tunnel struct {
+	Listen     string // gateway: direct agent connections, host:port
+	Relay      string // gateway: relay to register with, host:port
+	Server     string // agent: relay or gateway, host:port
+	ServerName string // TLS name to verify; default: the host part of Relay/Server
+	Cert       string
+	Key        string
+	CA         string
+	// Insecure relaxes mutual TLS for development (insecure_allow_unauthenticated):
+	// peers without a ztgate identity are accepted. Loudly logged.
+	Insecure bool
+}
+
+// Limits is the [limits] section of a gateway: protection against floods.
+type Limits struct {
+	MaxFlows             int // concurrent flows of the whole gateway; default 65536
+	MaxInflightHandshake int // TCP handshakes in progress; default 1024
+	NewFlowsPerSecond    int // new flows per second per client address; default 1000; 0 = unlimited
+	NewFlowsBurst        int // burst of the rate above; default 2×rate
+}
+
+// Discovery is the [discovery] section: how backend host names are resolved.
+type Discovery struct {
+	Nameservers []netip.AddrPort // default: from /etc/resolv.conf, else 127.0.0.53:53
+	MinTTL      time.Duration    // default 5s
+	MaxTTL      time.Duration    // default 5m
+}
+
+// Relay is a validated relay configuration.
+type Relay struct {
+	Path     string
+	Name     string
+	Listen   string // host:port, default "0.0.0.0:4433"
+	StateDir string // default "/var/lib/ztgate-relay"
+	Pool     netip.Prefix
+	Pool6    netip.Prefix
+	Zone     string // as DNS.Zone
+	TTL      time.Duration
+	Cert     string
+	Key      string
+	CA       string
+	Insecure bool // insecure_allow_unauthenticated
+	// VIPHoldDown as Gateway.VIPHoldDown.
+	VIPHoldDown time.Duration
+	API         API
+	// Pins are central VIP pins: [[pin]] service = "web", vip = "10.100.0.10".
+	Pins []Pin
+}
+
+// Pin fixes the VIP of a service at the relay.
+type Pin struct {
+	Service string
+	VIP     netip.Addr
+}
+
+// Agent is a validated agent configuration.
+type Agent struct {
+	Path   string
+	Name   string
+	Tunnel Tunnel
+	TUN    TUN
+	DNS    DNS // only Listen (and Zone, TTL as fallbacks) apply to an agent
+	API    API // optional local status API; default disabled
+}
