@@ -1,0 +1,47 @@
+package netstack
+
+import "fmt"
+
+// Device is a source and a sink of IP packets for one link: a TUN device in
+// production, a client stack in tests.
+type Device interface {
+	Output
+	// Run reads packets and hands them to link.Deliver until the device is
+	// closed; it then returns nil.
+	Run(link *Link) error
+	// Close stops Run and releases the device.
+	Close() error
+	// MTU is the largest packet in either direction.
+	MTU() int
+	// Headroom is the scratch space the device needs in front of every
+	// packet given to WritePackets.
+	Headroom() int
+	// WriteCap is the capacity the device wants for every buffer given to
+	// WritePackets (room to coalesce packets in place).
+	WriteCap() int
+	// BatchSize is the most packets the device takes in one WritePackets.
+	BatchSize() int
+}
+
+// AttachDevice creates a link whose packets come from and go to dev, and
+// runs the device's reader. Closing the link does not close the device; the
+// owner closes the device, then the link.
+func (ns *Stack) AttachDevice(dev Device, cfg LinkConfig) (*Link, error) {
+	cfg.Output = dev
+	cfg.MTU = dev.MTU()
+	cfg.Headroom = dev.Headroom()
+	cfg.WriteCap = dev.WriteCap()
+	cfg.BatchSize = dev.BatchSize()
+	l, err := ns.NewLink(cfg)
+	if err != nil {
+		return nil, err
+	}
+	l.runWG.Add(1)
+	go func() {
+		defer l.runWG.Done()
+		if err := dev.Run(l); err != nil {
+			ns.log.Error("device stopped", "link", cfg.Name, "err", fmt.Errorf("netstack: %w", err))
+		}
+	}()
+	return l, nil
+}

@@ -1,0 +1,412 @@
+package netstack
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// Output carries the packets a link sends out of the stack.
+type Output interface {
+	// WritePackets sends a batch of IP packets. Each element holds Headroom
+	// scratch bytes (for example a virtio-net header) followed by one
+	// packet; the output may grow elements within their capacity (to
+	// coalesce packets). It is called from one goroutine at a time and the
+	// slices are reused once it returns. An error drops the batch.
+	WritePackets(pkts [][]byte) error
+}
+
+// LinkConfig configures a link. The zero value of every optional field is valid.
+type LinkConfig struct {
+	Name   string // for logs
+	MTU    int    // largest IP packet in either direction; required
+	Output Output // required
+	// Headroom is reserved in front of every packet given to Output.
+	Headroom int
+	// BatchSize is the most packets given to Output at once (default 64).
+	BatchSize int
+	// WriteCap is the capacity of every buffer given to Output; larger than
+	// Headroom+MTU lets the output coalesce packets in place (GRO).
+	WriteCap int
+	// Routes are the destinations this link leads to; replies to these
+	// addresses leave through it. Default: everything (0.0.0.0/0 and ::/0).
+	Routes []netip.Prefix
+	// Admit, when set, is asked about the source of every inbound packet;
+	// packets it refuses are dropped (deny by default for unknown sources).
+	Admit func(src netip.Addr) bool
+	// QueueLen bounds the outbound packets waiting for Output (default 4096);
+	// beyond it packets are dropped (TCP retransmits).
+	QueueLen int
+}
+
+// Link is one packet link of a Stack: a gVisor NIC whose inbound packets
+// come from Deliver and whose outbound packets go to an Output.
+type Link struct {
+	ns  *Stack
+	id  tcpip.NICID
+	cfg LinkConfig
+	ep  *endpoint
+
+	runWG sync.WaitGroup // a device reader started by AttachDevice
+}
+
+// NewLink attaches a link to the stack.
+func (ns *Stack) NewLink(cfg LinkConfig) (*Link, error) {
+	if cfg.Output == nil || cfg.MTU < 68 {
+		return nil, errors.New("netstack: a link needs an Output and an MTU of at least 68")
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = 64
+	}
+	if cfg.QueueLen <= 0 {
+		cfg.QueueLen = 4096
+	}
+	if cfg.WriteCap < cfg.Headroom+cfg.MTU {
+		cfg.WriteCap = cfg.Headroom + cfg.MTU
+	}
+	if len(cfg.Routes) == 0 {
+		cfg.Routes = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
+	}
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	if ns.closed {
+		return nil, errors.New("netstack: stack closed")
+	}
+	l := &Link{ns: ns, id: ns.nextID, cfg: cfg}
+	ns.nextID++
+	l.ep = newEndpoint(l)
+	if err := ns.s.CreateNICWithOptions(l.id, l.ep, stack.NICOptions{Name: cfg.Name}); err != nil {
+		return nil, tcpipError("create NIC", err)
+	}
+	if err := l.configureLocked(); err != nil {
+		ns.s.RemoveNIC(l.id)
+		return nil, err
+	}
+	ns.links[l.id] = l
+	ns.updateRoutesLocked()
+	return l, nil
+}
+
+// configureLocked makes the NIC terminate every destination (promiscuous)
+// and answer from any source (spoofing), and gives it the local addresses.
+func (l *Link) configureLocked() error {
+	s := l.ns.s
+	if err := s.SetPromiscuousMode(l.id, true); err != nil {
+		return tcpipError("promiscuous mode", err)
+	}
+	if err := s.SetSpoofing(l.id, true); err != nil {
+		return tcpipError("spoofing", err)
+	}
+	for _, a := range l.ns.cfg.Local {
+		pa := tcpip.ProtocolAddress{
+			Protocol:          protoOf(a),
+			AddressWithPrefix: tcpip.AddressWithPrefix{Address: toAddr(a), PrefixLen: a.BitLen()},
+		}
+		if err := s.AddProtocolAddress(l.id, pa, stack.AddressProperties{}); err != nil {
+			return tcpipError(fmt.Sprintf("add address %s", a), err)
+		}
+	}
+	return nil
+}
+
+// updateRoutesLocked rebuilds gVisor's route table from every link's
+// routes, most specific first (gVisor takes the first match).
+func (ns *Stack) updateRoutesLocked() {
+	var table []tcpip.Route
+	for id, l := range ns.links {
+		for _, p := range l.cfg.Routes {
+			sn, err := tcpip.NewSubnet(toAddr(p.Masked().Addr()), tcpip.MaskFromBytes(prefixMask(p)))
+			if err != nil {
+				continue
+			}
+			table = append(table, tcpip.Route{Destination: sn, NIC: id})
+		}
+	}
+	slices.SortStableFunc(table, func(a, b tcpip.Route) int {
+		return b.Destination.Prefix() - a.Destination.Prefix()
+	})
+	ns.s.SetRouteTable(table)
+}
+
+func prefixMask(p netip.Prefix) []byte {
+	n := p.Addr().BitLen() / 8
+	m := make([]byte, n)
+	bits := p.Bits()
+	for i := range m {
+		switch {
+		case bits >= 8:
+			m[i] = 0xff
+			bits -= 8
+		case bits > 0:
+			m[i] = ^byte(0xff >> bits)
+			bits = 0
+		}
+	}
+	return m
+}
+
+// Close detaches the link from the stack and stops its writer.
+func (l *Link) Close() {
+	l.ns.mu.Lock()
+	if _, ok := l.ns.links[l.id]; !ok {
+		l.ns.mu.Unlock()
+		return
+	}
+	delete(l.ns.links, l.id)
+	l.ns.updateRoutesLocked()
+	l.ns.mu.Unlock()
+	l.ns.s.RemoveNIC(l.id)
+	l.ep.close()
+	l.runWG.Wait()
+}
+
+// MTU returns the link's MTU.
+func (l *Link) MTU() int { return l.cfg.MTU }
+
+// Deliver hands one inbound IP packet to the stack. The packet is copied;
+// the caller may reuse pkt once Deliver returns. Deliver may be called from
+// several goroutines.
+func (l *Link) Deliver(pkt []byte) {
+	ns := l.ns
+	h, ok := parseIP(pkt)
+	if !ok {
+		ns.drop(DropMalformed)
+		return
+	}
+	if l.cfg.Admit != nil && !l.cfg.Admit(h.src) {
+		ns.drop(DropUnknownSource)
+		return
+	}
+	local := ns.isLocal(h.dst)
+	if !local && !ns.inPool(h.dst) {
+		ns.drop(DropNotRouted)
+		return
+	}
+	if !local && h.isEchoRequest() {
+		ns.handleEcho(l, h, pkt)
+		return
+	}
+	d := l.ep.dispatcher.Load()
+	if d == nil {
+		ns.drop(DropLinkDown)
+		return
+	}
+	pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
+	proto := ipv4.ProtocolNumber
+	if h.v6 {
+		proto = ipv6.ProtocolNumber
+	}
+	(*d).DeliverNetworkPacket(proto, pkb)
+	pkb.DecRef()
+}
+
+// writeRaw sends a packet built outside gVisor (an echo reply) through the
+// link's output, in order with the stack's own packets.
+func (l *Link) writeRaw(pkt []byte) {
+	pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
+	var list stack.PacketBufferList
+	list.PushBack(pkb)
+	l.ep.WritePackets(list)
+	pkb.DecRef()
+}
+
+// endpoint is the gVisor side of a Link: a LinkEndpoint without link-layer
+// headers whose outbound packets are queued for a writer goroutine that
+// hands them to the Output in batches.
+type endpoint struct {
+	l          *Link
+	mtu        atomic.Uint32
+	dispatcher atomic.Pointer[stack.NetworkDispatcher]
+
+	mu     sync.Mutex
+	queue  []*stack.PacketBuffer
+	closed bool
+	wake   chan struct{}
+	done   chan struct{}
+	wg     sync.WaitGroup
+
+	// owned by the writer goroutine
+	spare []*stack.PacketBuffer
+	bases [][]byte
+	bufs  [][]byte
+}
+
+var _ stack.LinkEndpoint = (*endpoint)(nil)
+
+func newEndpoint(l *Link) *endpoint {
+	e := &endpoint{
+		l:     l,
+		wake:  make(chan struct{}, 1),
+		done:  make(chan struct{}),
+		bases: make([][]byte, l.cfg.BatchSize),
+		bufs:  make([][]byte, 0, l.cfg.BatchSize),
+	}
+	e.mtu.Store(uint32(l.cfg.MTU))
+	e.wg.Add(1)
+	go e.writeLoop()
+	return e
+}
+
+func (e *endpoint) close() {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return
+	}
+	e.closed = true
+	close(e.done)
+	e.mu.Unlock()
+	e.wg.Wait()
+	e.mu.Lock()
+	for _, p := range e.queue {
+		p.DecRef()
+	}
+	e.queue = nil
+	e.mu.Unlock()
+}
+
+// WritePackets queues packets for the writer goroutine. Like gVisor's
+// channel endpoint it takes a reference on every packet it keeps; the
+// caller keeps its own.
+func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	n := 0
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return 0, &tcpip.ErrClosedForSend{}
+	}
+	for _, p := range pkts.AsSlice() {
+		if len(e.queue) >= e.l.cfg.QueueLen {
+			e.l.ns.drop(DropQueueFull)
+			continue
+		}
+		p.IncRef()
+		e.queue = append(e.queue, p)
+		n++
+	}
+	e.mu.Unlock()
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+	return n, nil
+}
+
+func (e *endpoint) writeLoop() {
+	defer e.wg.Done()
+	for {
+		select {
+		case <-e.done:
+			return
+		case <-e.wake:
+		}
+		for {
+			e.mu.Lock()
+			batch := e.queue
+			e.queue = e.spare[:0]
+			e.mu.Unlock()
+			if len(batch) == 0 {
+				e.spare = batch
+				break
+			}
+			for len(batch) > 0 {
+				n := min(len(batch), e.l.cfg.BatchSize)
+				e.flush(batch[:n])
+				for i := range n {
+					batch[i].DecRef()
+					batch[i] = nil
+				}
+				batch = batch[n:]
+			}
+			e.spare = batch[:0:cap(batch)]
+		}
+	}
+}
+
+// flush serialises packets into the writer's buffers and hands them to the
+// output in one call.
+func (e *endpoint) flush(pkts []*stack.PacketBuffer) {
+	hr := e.l.cfg.Headroom
+	e.bufs = e.bufs[:0]
+	for i, p := range pkts {
+		if e.bases[i] == nil {
+			e.bases[i] = make([]byte, e.l.cfg.WriteCap)
+		}
+		size := p.Size()
+		if hr+size > len(e.bases[i]) {
+			e.l.ns.drop(DropTooBig)
+			continue
+		}
+		b := e.bases[i][:hr+size]
+		off := hr
+		for _, v := range p.AsSlices() {
+			off += copy(b[off:], v)
+		}
+		e.bufs = append(e.bufs, b)
+	}
+	if len(e.bufs) == 0 {
+		return
+	}
+	if err := e.l.cfg.Output.WritePackets(e.bufs); err != nil {
+		e.l.ns.drop(DropWriteError)
+	}
+}
+
+// MTU implements stack.LinkEndpoint.
+func (e *endpoint) MTU() uint32 { return e.mtu.Load() }
+
+// SetMTU implements stack.LinkEndpoint.
+func (e *endpoint) SetMTU(mtu uint32) { e.mtu.Store(mtu) }
+
+// MaxHeaderLength implements stack.LinkEndpoint: no link-layer header.
+func (e *endpoint) MaxHeaderLength() uint16 { return 0 }
+
+// LinkAddress implements stack.LinkEndpoint.
+func (e *endpoint) LinkAddress() tcpip.LinkAddress { return "" }
+
+// SetLinkAddress implements stack.LinkEndpoint.
+func (e *endpoint) SetLinkAddress(tcpip.LinkAddress) {}
+
+// Capabilities implements stack.LinkEndpoint. gVisor computes and verifies
+// every checksum: packets from a TUN may come from hostile LAN hosts.
+func (e *endpoint) Capabilities() stack.LinkEndpointCapabilities { return stack.CapabilityNone }
+
+// Attach implements stack.LinkEndpoint.
+func (e *endpoint) Attach(d stack.NetworkDispatcher) {
+	if d == nil {
+		e.dispatcher.Store(nil)
+		return
+	}
+	e.dispatcher.Store(&d)
+}
+
+// IsAttached implements stack.LinkEndpoint.
+func (e *endpoint) IsAttached() bool { return e.dispatcher.Load() != nil }
+
+// Wait implements stack.LinkEndpoint.
+func (e *endpoint) Wait() {}
+
+// ARPHardwareType implements stack.LinkEndpoint.
+func (e *endpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
+
+// AddHeader implements stack.LinkEndpoint.
+func (e *endpoint) AddHeader(*stack.PacketBuffer) {}
+
+// ParseHeader implements stack.LinkEndpoint.
+func (e *endpoint) ParseHeader(*stack.PacketBuffer) bool { return true }
+
+// Close implements stack.LinkEndpoint; the Link owns the writer's lifetime.
+func (e *endpoint) Close() {}
+
+// SetOnCloseAction implements stack.LinkEndpoint.
+func (e *endpoint) SetOnCloseAction(func()) {}

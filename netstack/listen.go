@@ -1,0 +1,28 @@
+package netstack
+
+import (
+	"net"
+	"net/netip"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+)
+
+// ListenTCP listens on one of the stack's local addresses (for example DNS
+// on the gateway address). The stack needs at least one link.
+func (ns *Stack) ListenTCP(ap netip.AddrPort) (net.Listener, error) {
+	l, err := gonet.ListenTCP(ns.s, tcpip.FullAddress{Addr: toAddr(ap.Addr()), Port: ap.Port()}, protoOf(ap.Addr()))
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// ListenUDP opens a UDP socket on one of the stack's local addresses.
+func (ns *Stack) ListenUDP(ap netip.AddrPort) (net.PacketConn, error) {
+	c, err := gonet.DialUDP(ns.s, &tcpip.FullAddress{Addr: toAddr(ap.Addr()), Port: ap.Port()}, nil, protoOf(ap.Addr()))
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}

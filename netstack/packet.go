@@ -1,0 +1,118 @@
+package netstack
+
+import (
+	"encoding/binary"
+	"net/netip"
+)
+
+// DropReason says why the stack dropped a packet before gVisor saw it.
+type DropReason uint8
+
+// Reasons for dropping a packet.
+const (
+	DropMalformed     DropReason = iota // not a parseable IPv4/IPv6 packet
+	DropUnknownSource                   // the link's Admit refused the source (deny by default)
+	DropNotRouted                       // destination outside every pool
+	DropLinkDown                        // the link is detached
+	DropQueueFull                       // outbound queue full
+	DropTooBig                          // outbound packet larger than the link's buffers
+	DropWriteError                      // the output failed
+	DropEcho                            // echo request the handler could not take
+	numDropReasons
+)
+
+var dropNames = [numDropReasons]string{
+	"malformed", "unknown_source", "not_routed", "link_down", "queue_full", "too_big", "write_error", "echo",
+}
+
+// String returns the reason as a metric label.
+func (r DropReason) String() string {
+	if r < numDropReasons {
+		return dropNames[r]
+	}
+	return "unknown"
+}
+
+// DropReasons lists every reason, for pre-creating metric labels.
+func DropReasons() []DropReason {
+	rs := make([]DropReason, numDropReasons)
+	for i := range rs {
+		rs[i] = DropReason(i)
+	}
+	return rs
+}
+
+func (ns *Stack) drop(r DropReason) {
+	if ns.cfg.OnDrop != nil {
+		ns.cfg.OnDrop(r)
+	}
+}
+
+// ipHeader is what the link needs to know of an inbound packet.
+type ipHeader struct {
+	v6       bool
+	src, dst netip.Addr
+	proto    uint8 // transport protocol (IPv6: the first next-header only)
+	hdrLen   int   // offset of the transport header
+	fragment bool  // IPv4 fragment (offset or more-fragments set)
+	l4       []byte
+}
+
+// parseIP checks the fixed header of an IP packet: version, header length
+// and total length against the buffer. gVisor validates the rest.
+func parseIP(b []byte) (ipHeader, bool) {
+	var h ipHeader
+	if len(b) < 1 {
+		return h, false
+	}
+	switch b[0] >> 4 {
+	case 4:
+		if len(b) < 20 {
+			return h, false
+		}
+		ihl := int(b[0]&0x0f) * 4
+		total := int(binary.BigEndian.Uint16(b[2:4]))
+		if ihl < 20 || total < ihl || total > len(b) {
+			return h, false
+		}
+		h.src = netip.AddrFrom4([4]byte(b[12:16]))
+		h.dst = netip.AddrFrom4([4]byte(b[16:20]))
+		h.proto = b[9]
+		h.hdrLen = ihl
+		h.fragment = binary.BigEndian.Uint16(b[6:8])&0x3fff != 0
+		h.l4 = b[ihl:total]
+	case 6:
+		if len(b) < 40 {
+			return h, false
+		}
+		payload := int(binary.BigEndian.Uint16(b[4:6]))
+		if 40+payload > len(b) {
+			return h, false
+		}
+		h.v6 = true
+		h.src = netip.AddrFrom16([16]byte(b[8:24]))
+		h.dst = netip.AddrFrom16([16]byte(b[24:40]))
+		h.proto = b[6]
+		h.hdrLen = 40
+		h.l4 = b[40 : 40+payload]
+	default:
+		return h, false
+	}
+	return h, true
+}
+
+const (
+	protoICMPv4 = 1
+	protoICMPv6 = 58
+)
+
+// isEchoRequest reports whether the packet is a complete ICMP echo request.
+func (h *ipHeader) isEchoRequest() bool {
+	if len(h.l4) < 8 || h.l4[1] != 0 {
+		return false
+	}
+	if h.v6 {
+		return h.proto == protoICMPv6 && h.l4[0] == 128
+	}
+	return h.proto == protoICMPv4 && !h.fragment && h.l4[0] == 8
+}

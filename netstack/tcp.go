@@ -1,0 +1,106 @@
+package netstack
+
+import (
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// TCPRequest is a client's attempt to open a TCP connection (its SYN). The
+// handshake is completed only by Accept, so a handler can dial the backend
+// first and answer RST when it cannot.
+type TCPRequest struct {
+	Src, Dst netip.AddrPort // client and VIP:port
+
+	once sync.Once
+	r    *tcp.ForwarderRequest
+}
+
+func (ns *Stack) forwardTCP(r *tcp.ForwarderRequest) {
+	id := r.ID()
+	req := &TCPRequest{
+		Src: netip.AddrPortFrom(fromAddr(id.RemoteAddress), id.RemotePort),
+		Dst: netip.AddrPortFrom(fromAddr(id.LocalAddress), id.LocalPort),
+		r:   r,
+	}
+	if ns.isLocal(req.Dst.Addr()) {
+		// A local address without a listener on that port.
+		req.Refuse()
+		return
+	}
+	ns.cfg.Handler.HandleTCP(req)
+}
+
+// Accept completes the handshake and returns the client's connection.
+func (r *TCPRequest) Accept() (*TCPConn, error) {
+	var (
+		c   *TCPConn
+		err error
+	)
+	done := false
+	r.once.Do(func() {
+		done = true
+		var wq waiter.Queue
+		ep, terr := r.r.CreateEndpoint(&wq)
+		if terr != nil {
+			r.r.Complete(true)
+			err = tcpipError("accept "+r.Src.String(), terr)
+			return
+		}
+		r.r.Complete(false)
+		c = &TCPConn{c: gonet.NewTCPConn(&wq, ep)}
+	})
+	if !done {
+		return nil, net.ErrClosed
+	}
+	return c, err
+}
+
+// Refuse answers the SYN with a RST.
+func (r *TCPRequest) Refuse() { r.once.Do(func() { r.r.Complete(true) }) }
+
+// Drop ignores the SYN (the client retries or times out).
+func (r *TCPRequest) Drop() { r.once.Do(func() { r.r.Complete(false) }) }
+
+// TCPConn is the client side of a TCP flow, terminated in the stack. It is a
+// net.Conn with half-close.
+type TCPConn struct {
+	c *gonet.TCPConn
+}
+
+var _ net.Conn = (*TCPConn)(nil)
+
+// Read implements net.Conn.
+func (c *TCPConn) Read(b []byte) (int, error) { return c.c.Read(b) }
+
+// Write implements net.Conn.
+func (c *TCPConn) Write(b []byte) (int, error) { return c.c.Write(b) }
+
+// Close implements net.Conn.
+func (c *TCPConn) Close() error { return c.c.Close() }
+
+// CloseRead shuts down the reading side.
+func (c *TCPConn) CloseRead() error { return c.c.CloseRead() }
+
+// CloseWrite sends a FIN to the client.
+func (c *TCPConn) CloseWrite() error { return c.c.CloseWrite() }
+
+// LocalAddr implements net.Conn: the VIP and port.
+func (c *TCPConn) LocalAddr() net.Addr { return c.c.LocalAddr() }
+
+// RemoteAddr implements net.Conn: the client.
+func (c *TCPConn) RemoteAddr() net.Addr { return c.c.RemoteAddr() }
+
+// SetDeadline implements net.Conn.
+func (c *TCPConn) SetDeadline(t time.Time) error { return c.c.SetDeadline(t) }
+
+// SetReadDeadline implements net.Conn.
+func (c *TCPConn) SetReadDeadline(t time.Time) error { return c.c.SetReadDeadline(t) }
+
+// SetWriteDeadline implements net.Conn.
+func (c *TCPConn) SetWriteDeadline(t time.Time) error { return c.c.SetWriteDeadline(t) }

@@ -1,0 +1,164 @@
+package netstack
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// tunHeadroom leaves room for the virtio-net header that the TUN device
+// writes in front of each packet when offloads are on (10 bytes).
+const tunHeadroom = 16
+
+// TUN is a Linux TUN device opened with offloads (IFF_VNET_HDR with
+// TSO/USO): reads split the kernel's super-packets into MTU-sized packets
+// and writes coalesce consecutive segments of a flow (GRO), both in batches.
+type TUN struct {
+	dev   tun.Device
+	name  string
+	mtu   int
+	batch int
+
+	mu     sync.Mutex
+	routes []netip.Prefix
+	closed bool
+	events sync.WaitGroup
+}
+
+var _ Device = (*TUN)(nil)
+
+// OpenTUN creates the TUN device name with the given MTU. The device is
+// removed by the kernel when it is closed.
+func OpenTUN(name string, mtu int) (*TUN, error) {
+	dev, err := tun.CreateTUN(name, mtu)
+	if err != nil {
+		return nil, fmt.Errorf("netstack: create TUN %q: %w", name, err)
+	}
+	real, err := dev.Name()
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("netstack: TUN name: %w", err)
+	}
+	t := &TUN{dev: dev, name: real, mtu: mtu, batch: dev.BatchSize()}
+	t.events.Add(1)
+	go func() { // the device's event channel must be drained; it closes with the device
+		defer t.events.Done()
+		for range dev.Events() {
+		}
+	}()
+	return t, nil
+}
+
+// Name returns the interface name.
+func (t *TUN) Name() string { return t.name }
+
+// MTU implements Device.
+func (t *TUN) MTU() int { return t.mtu }
+
+// Headroom implements Device.
+func (t *TUN) Headroom() int { return tunHeadroom }
+
+// WriteCap implements Device: room for a coalesced 64 KiB packet.
+func (t *TUN) WriteCap() int { return tunHeadroom + 65535 }
+
+// BatchSize implements Device.
+func (t *TUN) BatchSize() int { return t.batch }
+
+// WritePackets implements Output.
+func (t *TUN) WritePackets(pkts [][]byte) error {
+	_, err := t.dev.Write(pkts, tunHeadroom)
+	return err
+}
+
+// Run implements Device: it reads batches of packets into buffers it reuses
+// and delivers them to link.
+func (t *TUN) Run(link *Link) error {
+	bufs := make([][]byte, t.batch)
+	sizes := make([]int, t.batch)
+	for i := range bufs {
+		bufs[i] = make([]byte, max(t.mtu, 1500)+tunHeadroom)
+	}
+	for {
+		n, err := t.dev.Read(bufs, sizes, 0)
+		for i := range n {
+			link.Deliver(bufs[i][:sizes[i]])
+		}
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, os.ErrClosed) || t.isClosed() {
+			return nil
+		}
+		if errors.Is(err, tun.ErrTooManySegments) {
+			link.ns.drop(DropMalformed)
+			continue
+		}
+		// A malformed super-packet from the kernel: count it and go on.
+		link.ns.drop(DropMalformed)
+	}
+}
+
+func (t *TUN) isClosed() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.closed
+}
+
+// Up sets the interface up and routes each prefix into it.
+func (t *TUN) Up(routes []netip.Prefix) error {
+	l, err := netlink.LinkByName(t.name)
+	if err != nil {
+		return fmt.Errorf("netstack: find %s: %w", t.name, err)
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		return fmt.Errorf("netstack: set %s up: %w", t.name, err)
+	}
+	for _, p := range routes {
+		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixToIPNet(p), Scope: netlink.SCOPE_LINK}
+		if err := netlink.RouteReplace(r); err != nil {
+			return fmt.Errorf("netstack: route %s via %s: %w", p, t.name, err)
+		}
+		t.mu.Lock()
+		t.routes = append(t.routes, p)
+		t.mu.Unlock()
+	}
+	return nil
+}
+
+// Close removes the routes it added and the device.
+func (t *TUN) Close() error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	routes := t.routes
+	t.mu.Unlock()
+	var errs []error
+	if l, err := netlink.LinkByName(t.name); err == nil {
+		for _, p := range routes {
+			r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixToIPNet(p), Scope: netlink.SCOPE_LINK}
+			if err := netlink.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {
+				errs = append(errs, fmt.Errorf("netstack: remove route %s: %w", p, err))
+			}
+		}
+	}
+	if err := t.dev.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("netstack: close %s: %w", t.name, err))
+	}
+	t.events.Wait()
+	return errors.Join(errs...)
+}
+
+func prefixToIPNet(p netip.Prefix) *net.IPNet {
+	p = p.Masked()
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
