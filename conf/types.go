@@ -22,7 +22,7 @@ type Gateway struct {
 	Path string // the file it was loaded from; empty when parsed from memory
 
 	Name     string // [gateway] name; default: the host name
-	StateDir string // [gateway] state_dir; default "/var/lib/ztgate"
+	StateDir string // [gateway] state_dir; default "/var/lib/ztgate"; relative paths resolve against the file's directory
 	// VIPHoldDown is how long a removed service's VIP is held back before
 	// reuse ([gateway] vip_hold_down); default and minimum: the DNS TTL.
 	VIPHoldDown time.Duration
@@ -44,9 +44,9 @@ type Gateway struct {
 type TUN struct {
 	Name    string       // default "ztgate0" (gateway), "ztagent0" (agent)
 	MTU     int          // default 1420 (gateway), 1280 (agent); 576..65535
-	Pool    netip.Prefix // default 10.100.0.0/24; IPv4, at most /30
-	Pool6   netip.Prefix // optional IPv6 pool; invalid when absent
-	Address netip.Addr   // agent only: its inner source address, default 100.64.0.1
+	Pool    netip.Prefix // default 10.100.0.0/24; IPv4, at most /30; an agent keeps the default (the relay's pool comes with the directory)
+	Pool6   netip.Prefix // optional IPv6 pool, /64../126; invalid when absent
+	Address netip.Addr   // agent only: its inner IPv4 source address outside Pool, default 100.64.0.1
 	// Enabled is false when a gateway attached to a relay has no [tun]
 	// section: it then has no LAN ingress and needs no root.
 	Enabled bool
@@ -58,7 +58,7 @@ func (t TUN) GatewayAddr() netip.Addr { return t.Pool.Masked().Addr().Next() }
 // DNS is the [dns] section.
 type DNS struct {
 	Zone      string           // fully qualified, lower case, trailing dot; default "ztna.internal."
-	Listen    []netip.AddrPort // host listeners (UDP and TCP)
+	Listen    []netip.AddrPort // host listeners (UDP and TCP); port 0 picks a free port
 	TTL       time.Duration    // default 30s; 1s..24h
 	Upstreams []netip.AddrPort // forwarders for names outside the zone; port default 53
 	// ForwardTimeout bounds one forwarded query ([dns] forward_timeout, default 2s).
@@ -67,8 +67,10 @@ type DNS struct {
 
 // API is the [api] section.
 type API struct {
-	Listen    netip.AddrPort // default 127.0.0.1:7780 (gateway), 127.0.0.1:7781 (relay); invalid = disabled ("" or "off")
-	TokenFile string
+	// Listen defaults to 127.0.0.1:7780 (gateway), 127.0.0.1:7781 (relay),
+	// disabled (agent); "off" disables it, which leaves it invalid.
+	Listen    netip.AddrPort
+	TokenFile string // resolved path of the bearer token file; "" = no token
 }
 
 // Tunnel is the [tunnel] section of a gateway or agent.
@@ -77,7 +79,7 @@ type Tunnel struct {
 	Relay      string // gateway: relay to register with, host:port
 	Server     string // agent: relay or gateway, host:port
 	ServerName string // TLS name to verify; default: the host part of Relay/Server
-	Cert       string
+	Cert       string // resolved paths of the TLS files; each named file is readable
 	Key        string
 	CA         string
 	// Insecure relaxes mutual TLS for development (insecure_allow_unauthenticated):
@@ -87,15 +89,15 @@ type Tunnel struct {
 
 // Limits is the [limits] section of a gateway: protection against floods.
 type Limits struct {
-	MaxFlows             int // concurrent flows of the whole gateway; default 65536
-	MaxInflightHandshake int // TCP handshakes in progress; default 1024
+	MaxFlows             int // concurrent flows of the whole gateway; default 65536; at least 1
+	MaxInflightHandshake int // TCP handshakes in progress (max_inflight_handshakes); default 1024; at least 1
 	NewFlowsPerSecond    int // new flows per second per client address; default 1000; 0 = unlimited
 	NewFlowsBurst        int // burst of the rate above; default 2×rate
 }
 
 // Discovery is the [discovery] section: how backend host names are resolved.
 type Discovery struct {
-	Nameservers []netip.AddrPort // default: from /etc/resolv.conf, else 127.0.0.53:53
+	Nameservers []netip.AddrPort // ip or ip:port (port default 53); empty = the system resolver
 	MinTTL      time.Duration    // default 5s
 	MaxTTL      time.Duration    // default 5m
 }

@@ -1,0 +1,67 @@
+package conf
+
+import (
+	"fmt"
+	"maps"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// Check reads the file at path, detects the role it configures and
+// validates it as that role. The role is told by the file's top-level
+// [gateway], [relay] or [agent] table; a file with none of them but with
+// [[service]] tables, or with [tun] and [[tenant]], is a gateway. On failure
+// the error is an Errors value; the role is returned whenever it is known.
+func Check(path string) (Role, error) {
+	tree, err := readTOML(path)
+	if err != nil {
+		return "", err
+	}
+	role, err := detectRole(tree)
+	if err != nil {
+		return "", Errors{fmt.Errorf("%s: %w", filepath.Base(path), err)}
+	}
+	switch role {
+	case RoleRelay:
+		_, err = relayFromTree(path, tree)
+	case RoleAgent:
+		_, err = agentFromTree(path, tree)
+	default:
+		_, err = gatewayFromTree(path, tree)
+	}
+	return role, err
+}
+
+// detectRole tells the role of a parsed file.
+func detectRole(tree map[string]any) (Role, error) {
+	var found []Role
+	for _, r := range []Role{RoleGateway, RoleRelay, RoleAgent} {
+		if _, ok := tree[string(r)]; ok {
+			found = append(found, r)
+		}
+	}
+	switch len(found) {
+	case 1:
+		return found[0], nil
+	case 0:
+	default:
+		tables := make([]string, len(found))
+		for i, r := range found {
+			tables[i] = "[" + string(r) + "]"
+		}
+		return "", fmt.Errorf("the file has %s tables: a file configures one role", strings.Join(tables, " and "))
+	}
+	_, services := tree["service"]
+	_, tun := tree["tun"]
+	_, tenants := tree["tenant"]
+	if services || tun && tenants {
+		return RoleGateway, nil
+	}
+	keys := slices.Sorted(maps.Keys(tree))
+	what := "the file is empty"
+	if len(keys) > 0 {
+		what = "top-level keys: " + strings.Join(keys, ", ")
+	}
+	return "", fmt.Errorf("cannot tell the role of the file (%s): add a [gateway], [relay] or [agent] table", what)
+}

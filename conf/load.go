@@ -1,0 +1,66 @@
+package conf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+
+	"github.com/BurntSushi/toml"
+)
+
+// readTOML reads a file and parses it into a generic tree.
+func readTOML(path string) (map[string]any, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, Errors{fmt.Errorf("conf: %w", err)}
+	}
+	return parseTOML(path, data)
+}
+
+// parseTOML parses TOML text into a generic tree. A syntax error is returned
+// as Errors with one element, "file:line:column: message".
+func parseTOML(name string, data []byte) (map[string]any, error) {
+	var tree map[string]any
+	if _, err := toml.Decode(string(data), &tree); err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, Errors{fmt.Errorf("%s:%d:%d: %s", filepath.Base(name), pe.Position.Line, pe.Position.Col, pe.Message)}
+		}
+		return nil, Errors{fmt.Errorf("%s: %w", filepath.Base(name), err)}
+	}
+	return tree, nil
+}
+
+// decodeFile walks a parsed file into the raw struct pointed to by raw and
+// returns the validator for the validation pass; name is the file's path.
+func decodeFile(name string, tree map[string]any, raw any) *validator {
+	el := newErrList(filepath.Base(name))
+	d := treeDecoder{errs: el, table: "table"}
+	d.decode("", tree, reflect.ValueOf(raw).Elem())
+	return &validator{errList: el, dir: filepath.Dir(name)}
+}
+
+// load reads and parses a file with parse and sets its path on success.
+func load[T any](path string, parse func(string, map[string]any) (*T, error), setPath func(*T)) (*T, error) {
+	tree, err := readTOML(path)
+	if err != nil {
+		return nil, err
+	}
+	c, err := parse(path, tree)
+	if err != nil {
+		return nil, err
+	}
+	setPath(c)
+	return c, nil
+}
+
+// parse parses TOML text and validates it with fromTree.
+func parse[T any](name string, data []byte, fromTree func(string, map[string]any) (*T, error)) (*T, error) {
+	tree, err := parseTOML(name, data)
+	if err != nil {
+		return nil, err
+	}
+	return fromTree(name, tree)
+}

@@ -1,0 +1,209 @@
+package conf
+
+import (
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+)
+
+// validator converts raw values into typed ones, recording every error with
+// its key path. dir is the directory relative file paths resolve against.
+type validator struct {
+	*errList
+	dir string
+}
+
+// duration parses a Go duration string; "" gives def. Negative durations are
+// errors.
+func (v *validator) duration(path, s string, def time.Duration) time.Duration {
+	if s == "" {
+		return def
+	}
+	d, err := time.ParseDuration(s)
+	switch {
+	case err != nil:
+		v.addf(path, "invalid duration %q (use a number with a unit: \"500ms\", \"5s\", \"2m\", \"1h\")", s)
+		return def
+	case d < 0:
+		v.addf(path, "%s must not be negative", s)
+		return def
+	}
+	return d
+}
+
+// positive checks that an explicitly set duration is greater than zero.
+func (v *validator) positive(path string, d time.Duration) {
+	if d <= 0 {
+		v.addf(path, "must be greater than 0")
+	}
+}
+
+// intOr returns *p, or def when the key is absent.
+func intOr(p *int, def int) int {
+	if p == nil {
+		return def
+	}
+	return *p
+}
+
+// inRange checks lo ≤ n ≤ hi and reports whether it holds.
+func (v *validator) inRange(path string, n, lo, hi int) bool {
+	if n < lo || n > hi {
+		v.addf(path, "%d is out of range %d..%d", n, lo, hi)
+		return false
+	}
+	return true
+}
+
+// network parses a prefix that must be a network address (host bits zero).
+func (v *validator) network(path, s string) (netip.Prefix, bool) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		if a, aerr := netip.ParseAddr(s); aerr == nil {
+			v.addf(path, "%q is an address, not a prefix (did you mean %s?)", s, netip.PrefixFrom(a, a.BitLen()))
+		} else {
+			v.addf(path, "invalid prefix %q", s)
+		}
+		return netip.Prefix{}, false
+	}
+	if p.Addr().Zone() != "" {
+		v.addf(path, "%q: a prefix has no zone", s)
+		return netip.Prefix{}, false
+	}
+	if m := p.Masked(); m != p {
+		v.addf(path, "%s has host bits set (did you mean %s?)", s, m)
+		return netip.Prefix{}, false
+	}
+	return p, true
+}
+
+// pool4 parses an IPv4 VIP pool of at most a /30; "" gives def.
+func (v *validator) pool4(path, s string, def netip.Prefix) netip.Prefix {
+	if s == "" {
+		return def
+	}
+	p, ok := v.network(path, s)
+	switch {
+	case !ok:
+		return def
+	case !p.Addr().Is4():
+		v.addf(path, "%s is not an IPv4 prefix (an IPv6 pool goes in pool6)", s)
+		return def
+	case p.Bits() > 30:
+		v.addf(path, "%s is too small: a pool is at most a /30", s)
+		return def
+	}
+	return p
+}
+
+// pool6 parses an optional IPv6 VIP pool, a /64 to a /126; "" gives an
+// invalid prefix (no IPv6 pool).
+func (v *validator) pool6(path, s string) netip.Prefix {
+	if s == "" {
+		return netip.Prefix{}
+	}
+	p, ok := v.network(path, s)
+	switch {
+	case !ok:
+		return netip.Prefix{}
+	case !p.Addr().Is6() || p.Addr().Is4In6():
+		v.addf(path, "%s is not an IPv6 prefix", s)
+		return netip.Prefix{}
+	case p.Bits() < 64 || p.Bits() > 126:
+		v.addf(path, "%s: an IPv6 pool is a /64 to a /126", s)
+		return netip.Prefix{}
+	}
+	return p
+}
+
+// addr parses an IP address without zone.
+func (v *validator) addr(path, s string) (netip.Addr, bool) {
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		v.addf(path, "%q is not an IP address", s)
+		return netip.Addr{}, false
+	}
+	return a, true
+}
+
+// listenAddr parses ip:port of a local listener; port 0 picks a free port.
+func (v *validator) listenAddr(path, s string) (netip.AddrPort, bool) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		v.addf(path, "%q is not ip:port (e.g. \"127.0.0.1:5353\" or \"[::1]:5353\")", s)
+		return netip.AddrPort{}, false
+	}
+	return ap, true
+}
+
+// listenAddrs parses a list of listeners.
+func (v *validator) listenAddrs(path string, ss []string) []netip.AddrPort {
+	var out []netip.AddrPort
+	for i, s := range ss {
+		if ap, ok := v.listenAddr(index(path, i), s); ok {
+			out = append(out, ap)
+		}
+	}
+	return out
+}
+
+// servers parses a list of "ip" or "ip:port" entries of remote DNS servers;
+// the port defaults to 53.
+func (v *validator) servers(path string, ss []string) []netip.AddrPort {
+	var out []netip.AddrPort
+	for i, s := range ss {
+		p := index(path, i)
+		if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+			out = append(out, netip.AddrPortFrom(a, 53))
+			continue
+		}
+		ap, err := netip.ParseAddrPort(s)
+		if err != nil || ap.Port() == 0 {
+			v.addf(p, "%q is not an IP address or ip:port", s)
+			continue
+		}
+		out = append(out, ap)
+	}
+	return out
+}
+
+// apiListen parses an admin API listener: "off" disables it (invalid
+// AddrPort), "" gives def.
+func (v *validator) apiListen(path, s string, def netip.AddrPort) netip.AddrPort {
+	switch s {
+	case "":
+		return def
+	case "off":
+		return netip.AddrPort{}
+	}
+	ap, _ := v.listenAddr(path, s)
+	return ap
+}
+
+// hostPort checks a host:port string and returns its host. The port is a
+// number 1..65535 (0 too for a listener); the host is an IP address or a host
+// name, and may be empty only for a listener.
+func (v *validator) hostPort(path, s string, listener bool) (string, bool) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		v.addf(path, "%q is not host:port", s)
+		return "", false
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || n == 0 && !listener {
+		v.addf(path, "%q: port %q is not a number 1..65535", s, port)
+		return "", false
+	}
+	if host == "" && listener {
+		return "", true
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return host, true
+	}
+	if err := checkHostName(host); err != nil {
+		v.addf(path, "%q: %w", s, err)
+		return "", false
+	}
+	return host, true
+}
