@@ -1,0 +1,238 @@
+package tunnel
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// CredentialsConfig names the files of a peer's TLS credentials.
+type CredentialsConfig struct {
+	CertFile string // PEM certificate (chain) of this peer
+	KeyFile  string // PEM private key of CertFile
+	CAFile   string // PEM CA certificate(s) that peers must chain to
+	// Insecure accepts clients with any certificate or none (a development
+	// switch the caller logs loudly). Their identities are then unverified.
+	// Servers are verified all the same.
+	Insecure bool
+	// Now is the clock for validity checks; nil means time.Now.
+	Now func() time.Time
+	// OnReject, if set, is called for every refused peer, e.g. to count
+	// refusals by reason (QUIC servers never see failed handshakes). It is
+	// called from handshakes, possibly concurrently, and must not block.
+	// remote is nil when the transport does not tell (always on a client).
+	OnReject func(remote net.Addr, err *AuthError)
+}
+
+// Credentials hold this peer's certificate and the CA, reloadable while
+// sessions run: TLS configurations from ServerConfig and ClientConfig read
+// the current ones at every handshake. Safe for concurrent use.
+type Credentials struct {
+	cfg    CredentialsConfig
+	log    *slog.Logger
+	mu     sync.Mutex // serialises Reload
+	active atomic.Pointer[credState]
+}
+
+// credState is one consistent set of loaded credentials.
+type credState struct {
+	cert  *tls.Certificate // Leaf is set
+	trust *trust
+}
+
+// NewCredentials loads the files named by cfg.
+func NewCredentials(cfg CredentialsConfig, log *slog.Logger) (*Credentials, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &Credentials{cfg: cfg, log: log}
+	st, err := c.load()
+	if err != nil {
+		return nil, err
+	}
+	c.active.Store(st)
+	return c, nil
+}
+
+// Reload re-reads the certificate, key and CA files and switches to them
+// for new handshakes; live sessions are not touched. On error the current
+// credentials stay in use. An editor or tool replacing the files one by one
+// may make a reload fail (key not matching the certificate): retry later.
+func (c *Credentials) Reload() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st, err := c.load()
+	if err != nil {
+		return err
+	}
+	c.active.Store(st)
+	c.log.Info("tunnel credentials reloaded", "subject", st.cert.Leaf.Subject.String(),
+		"not_after", st.cert.Leaf.NotAfter)
+	return nil
+}
+
+// Insecure reports whether unauthenticated clients are accepted.
+func (c *Credentials) Insecure() bool { return c.cfg.Insecure }
+
+// Certificate returns the current leaf certificate, e.g. to export its
+// expiry. The caller must not modify it.
+func (c *Credentials) Certificate() *x509.Certificate { return c.active.Load().cert.Leaf }
+
+// load reads and checks the three files.
+func (c *Credentials) load() (*credState, error) {
+	pair, err := tls.LoadX509KeyPair(c.cfg.CertFile, c.cfg.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: load credentials: %w", err)
+	}
+	caPEM, err := os.ReadFile(c.cfg.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: load credentials: %w", err)
+	}
+	t, err := parseTrust(caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: load credentials: CA file %s: %w", c.cfg.CAFile, err)
+	}
+	chain, err := parseChain(pair.Certificate)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: load credentials: %s: %w", c.cfg.CertFile, err)
+	}
+	pair.Leaf = chain[0]
+	if ae := t.verifyChain(chain, c.now(), x509.ExtKeyUsageAny, ""); ae != nil {
+		c.log.Warn("tunnel certificate does not verify against the CA", "cert", c.cfg.CertFile,
+			"reason", ae.Reason, "err", ae.Err)
+	}
+	return &credState{cert: &pair, trust: t}, nil
+}
+
+// parseChain parses the DER certificates of a key pair, leaf first.
+func parseChain(ders [][]byte) ([]*x509.Certificate, error) {
+	chain := make([]*x509.Certificate, 0, len(ders))
+	for _, der := range ders {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, err
+		}
+		chain = append(chain, c)
+	}
+	return chain, nil
+}
+
+// now returns the current time of the configured clock.
+func (c *Credentials) now() time.Time {
+	if c.cfg.Now != nil {
+		return c.cfg.Now()
+	}
+	return time.Now()
+}
+
+// refuse reports ae to OnReject and returns it as an error (nil if nil).
+func (c *Credentials) refuse(remote net.Addr, ae *AuthError) error {
+	if ae == nil {
+		return nil
+	}
+	if c.cfg.OnReject != nil {
+		c.cfg.OnReject(remote, ae)
+	}
+	return ae
+}
+
+// ServerConfig returns a TLS 1.3 server configuration offering alpn. Each
+// handshake uses the credentials current at its start. Clients must present
+// a certificate that chains to the CA, is within its validity and carries a
+// ztgate identity (IdentityFromCert), unless the credentials are Insecure.
+// A refusal fails the handshake with an *AuthError.
+func (c *Credentials) ServerConfig(alpn ...string) *tls.Config {
+	alpn = append([]string(nil), alpn...)
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		NextProtos: alpn,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return c.active.Load().cert, nil
+		},
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			return c.serverConfigFor(c.active.Load(), remoteAddr(hello), alpn), nil
+		},
+	}
+}
+
+// serverConfigFor builds the configuration of one server handshake from
+// one snapshot of the credentials.
+func (c *Credentials) serverConfigFor(st *credState, remote net.Addr, alpn []string) *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		NextProtos:   alpn,
+		Certificates: []tls.Certificate{*st.cert},
+		// Request, not require: VerifyConnection then sees a missing
+		// certificate and can report it as no_certificate.
+		ClientAuth: tls.RequestClientCert,
+		ClientCAs:  st.trust.pool,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return c.refuse(remote, c.verifyClient(st, cs))
+		},
+	}
+}
+
+// verifyClient applies the server's policy to a client's certificates. It
+// also runs on resumed sessions, so a reloaded CA applies to them too.
+func (c *Credentials) verifyClient(st *credState, cs tls.ConnectionState) *AuthError {
+	if c.cfg.Insecure {
+		return nil
+	}
+	if len(cs.PeerCertificates) == 0 {
+		return &AuthError{Reason: ReasonNoCertificate}
+	}
+	if ae := st.trust.verifyChain(cs.PeerCertificates, c.now(), x509.ExtKeyUsageClientAuth, ""); ae != nil {
+		return ae
+	}
+	if _, err := IdentityFromCert(cs.PeerCertificates[0]); err != nil {
+		return &AuthError{Reason: ReasonNoIdentity, Err: err}
+	}
+	return nil
+}
+
+// ClientConfig returns a TLS 1.3 client configuration for a server named
+// serverName (a DNS name or IP literal) offering alpn. The server must
+// present a certificate for that name chaining to the current CA; an empty
+// serverName fails every handshake. The current certificate is presented.
+func (c *Credentials) ClientConfig(serverName string, alpn ...string) *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		NextProtos: append([]string(nil), alpn...),
+		ServerName: serverName,
+		// The built-in verification would pin the CA of this moment;
+		// VerifyConnection verifies against the current one instead.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return c.refuse(nil, c.verifyServer(serverName, cs))
+		},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return c.active.Load().cert, nil
+		},
+	}
+}
+
+// verifyServer checks a server's certificates against the current CA.
+func (c *Credentials) verifyServer(serverName string, cs tls.ConnectionState) *AuthError {
+	switch {
+	case serverName == "":
+		return &AuthError{Reason: ReasonBadCertificate, Err: errors.New("no server name to verify")}
+	case len(cs.PeerCertificates) == 0:
+		return &AuthError{Reason: ReasonNoCertificate}
+	}
+	return c.active.Load().trust.verifyChain(cs.PeerCertificates, c.now(), x509.ExtKeyUsageServerAuth, serverName)
+}
+
+// remoteAddr returns the peer address of a handshake, if known.
+func remoteAddr(hello *tls.ClientHelloInfo) net.Addr {
+	if hello == nil || hello.Conn == nil {
+		return nil
+	}
+	return hello.Conn.RemoteAddr()
+}

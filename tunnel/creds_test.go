@@ -1,0 +1,351 @@
+package tunnel
+
+import (
+	"crypto/tls"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// clientCase is one client of the TLS matrix.
+type clientCase struct {
+	name   string
+	config func(f *tlsFixture) *tls.Config
+	reason string // expected refusal by a strict server; empty: accepted
+}
+
+// clientMatrix is every kind of client a server may meet.
+func clientMatrix() []clientCase {
+	now := time.Now()
+	agent := IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "laptop"}
+	with := func(mod func(*IssueRequest)) IssueRequest { r := agent; mod(&r); return r }
+	ours := func(req IssueRequest) func(*tlsFixture) *tls.Config {
+		return func(f *tlsFixture) *tls.Config { return f.agentCreds(f.ca, req).ClientConfig(serverName, ALPNV2) }
+	}
+	foreign := func(req IssueRequest) func(*tlsFixture) *tls.Config {
+		return func(f *tlsFixture) *tls.Config { return f.agentCreds(f.other, req).ClientConfig(serverName, ALPNV2) }
+	}
+	return []clientCase{
+		{"valid agent", ours(agent), ""},
+		{"legacy certificate", ours(IssueRequest{Name: "test-agent", NoIdentity: true, LegacySANs: []string{"agent.web.ztna"}}), ""},
+		{"no certificate", func(f *tlsFixture) *tls.Config {
+			return &tls.Config{RootCAs: rootPool(f.ca), ServerName: serverName, NextProtos: []string{ALPNV2}, MinVersion: tls.VersionTLS13}
+		}, ReasonNoCertificate},
+		{"other CA", foreign(agent), ReasonUnknownAuthority},
+		{"expired", ours(with(func(r *IssueRequest) { r.NotBefore, r.Validity = now.Add(-48*time.Hour), 24*time.Hour })), ReasonExpired},
+		{"not yet valid", ours(with(func(r *IssueRequest) { r.NotBefore = now.Add(time.Hour) })), ReasonNotYetValid},
+		{"expired from other CA", foreign(with(func(r *IssueRequest) { r.NotBefore, r.Validity = now.Add(-48*time.Hour), 24*time.Hour })), ReasonUnknownAuthority},
+		{"SAN-less", ours(IssueRequest{Name: "legacy-client", NoIdentity: true}), ReasonNoIdentity},
+		{"conflicting legacy roles", ours(IssueRequest{Name: "x", NoIdentity: true,
+			LegacySANs: []string{"agent.web.ztna", "connector.web.ztna"}}), ReasonNoIdentity},
+	}
+}
+
+func TestServerRefusesClients(t *testing.T) {
+	for _, tc := range clientMatrix() {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newTLSFixture(t)
+			var log rejectLog
+			server := f.relay(CredentialsConfig{OnReject: log.record})
+			res := handshake(t, server.ServerConfig(ALPNV2, ALPNV1), tc.config(f))
+			reasons, remotes := log.snapshot()
+			if tc.reason == "" {
+				if res.serverErr != nil || res.clientErr != nil || len(reasons) != 0 {
+					t.Fatalf("refused: server %v, client %v, rejects %v", res.serverErr, res.clientErr, reasons)
+				}
+				if res.server.NegotiatedProtocol != ALPNV2 {
+					t.Errorf("ALPN %q, want %q", res.server.NegotiatedProtocol, ALPNV2)
+				}
+				if _, err := IdentityFromCert(res.server.PeerCertificates[0]); err != nil {
+					t.Errorf("accepted peer without identity: %v", err)
+				}
+				return
+			}
+			ae, ok := errors.AsType[*AuthError](res.serverErr)
+			if !ok || ae.Reason != tc.reason {
+				t.Fatalf("server error %v, want reason %q", res.serverErr, tc.reason)
+			}
+			if res.clientErr == nil {
+				t.Fatal("the client was not told of the refusal")
+			}
+			if !slices.Equal(reasons, []string{tc.reason}) || !isLoopback(remotes[0]) {
+				t.Fatalf("OnReject saw %v from %v, want [%s] from loopback", reasons, remotes, tc.reason)
+			}
+		})
+	}
+}
+
+// isLoopback reports whether addr is a loopback TCP address.
+func isLoopback(addr net.Addr) bool {
+	tcp, ok := addr.(*net.TCPAddr)
+	return ok && tcp.IP.IsLoopback()
+}
+
+func TestInsecureAcceptsAnyClient(t *testing.T) {
+	for _, tc := range clientMatrix() {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newTLSFixture(t)
+			var log rejectLog
+			server := f.relay(CredentialsConfig{Insecure: true, OnReject: log.record})
+			if !server.Insecure() {
+				t.Fatal("Insecure() = false")
+			}
+			res := handshake(t, server.ServerConfig(ALPNV2), tc.config(f))
+			if reasons, _ := log.snapshot(); res.serverErr != nil || res.clientErr != nil || len(reasons) != 0 {
+				t.Fatalf("insecure server refused: server %v, client %v, rejects %v", res.serverErr, res.clientErr, reasons)
+			}
+		})
+	}
+}
+
+func TestServerClockDecidesValidity(t *testing.T) {
+	f := newTLSFixture(t)
+	future := time.Now().Add(DefaultLeafValidity + time.Hour)
+	server := f.relay(CredentialsConfig{Now: func() time.Time { return future }})
+	client := f.agentCreds(f.ca, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "laptop"})
+	res := handshake(t, server.ServerConfig(ALPNV2), client.ClientConfig(serverName, ALPNV2))
+	if ae, ok := errors.AsType[*AuthError](res.serverErr); !ok || ae.Reason != ReasonExpired {
+		t.Fatalf("server error %v, want reason %q", res.serverErr, ReasonExpired)
+	}
+}
+
+func TestClientVerifiesServer(t *testing.T) {
+	now := time.Now()
+	tests := []struct {
+		name       string
+		ca         func(f *tlsFixture) *CA
+		req        IssueRequest
+		serverName string
+		reason     string // empty: accepted
+	}{
+		{"valid", ours, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", DNSNames: []string{serverName}}, serverName, ""},
+		{"valid by IP", ours, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", IPs: loopbackIPs()}, "127.0.0.1", ""},
+		{"gateway listener", ours, IssueRequest{Tenant: "acme", Role: RoleGateway, Name: "gw", DNSNames: []string{serverName}}, serverName, ""},
+		{"wrong name", ours, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", DNSNames: []string{serverName}}, "other.test", ReasonBadCertificate},
+		{"empty name", ours, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", DNSNames: []string{serverName}}, "", ReasonBadCertificate},
+		{"other CA", theirs, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", DNSNames: []string{serverName}}, serverName, ReasonUnknownAuthority},
+		{"expired", ours, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", DNSNames: []string{serverName},
+			NotBefore: now.Add(-48 * time.Hour), Validity: 24 * time.Hour}, serverName, ReasonExpired},
+		{"client-only certificate", ours, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "relay.test"}, serverName, ReasonBadCertificate},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newTLSFixture(t)
+			certFile, keyFile := f.leaf(tc.ca(f), tc.req)
+			server := f.creds(CredentialsConfig{CertFile: certFile, KeyFile: keyFile, CAFile: f.caFile})
+			var log rejectLog
+			agentCert, agentKey := f.leaf(f.ca, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "laptop"})
+			client := f.creds(CredentialsConfig{CertFile: agentCert, KeyFile: agentKey, CAFile: f.caFile, OnReject: log.record})
+			res := handshake(t, server.ServerConfig(ALPNV1), client.ClientConfig(tc.serverName, ALPNV1))
+			reasons, _ := log.snapshot()
+			if tc.reason == "" {
+				if res.clientErr != nil || res.serverErr != nil || len(reasons) != 0 {
+					t.Fatalf("refused: client %v, server %v", res.clientErr, res.serverErr)
+				}
+				return
+			}
+			ae, ok := errors.AsType[*AuthError](res.clientErr)
+			if !ok || ae.Reason != tc.reason || !slices.Equal(reasons, []string{tc.reason}) {
+				t.Fatalf("client error %v (OnReject %v), want reason %q", res.clientErr, reasons, tc.reason)
+			}
+			if res.serverErr == nil {
+				t.Fatal("the server completed a handshake the client refused")
+			}
+		})
+	}
+}
+
+// ours and theirs pick the issuing CA of a test case.
+func ours(f *tlsFixture) *CA   { return f.ca }
+func theirs(f *tlsFixture) *CA { return f.other }
+
+func TestReloadServerCertificate(t *testing.T) {
+	f := newTLSFixture(t)
+	certFile, keyFile := f.relayFiles("relay-a")
+	server := f.creds(CredentialsConfig{CertFile: certFile, KeyFile: keyFile, CAFile: f.caFile})
+	client := f.agentCreds(f.ca, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "laptop"})
+	serverCfg, clientCfg := server.ServerConfig(ALPNV2), client.ClientConfig(serverName, ALPNV2)
+
+	srv1, cli1, res := connect(t, serverCfg, clientCfg)
+	if res.clientErr != nil || peerName(res.client) != "relay-a" {
+		t.Fatalf("first connection: %v, server %q", res.clientErr, peerName(res.client))
+	}
+	newCert, newKey := f.relayFiles("relay-b")
+	replace(t, certFile, readFile(t, newCert))
+	replace(t, keyFile, readFile(t, newKey))
+	if err := server.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got := server.Certificate().Subject.CommonName; got != "relay-b" {
+		t.Fatalf("Certificate() after reload: %q", got)
+	}
+	res = handshake(t, serverCfg, clientCfg)
+	if res.clientErr != nil || peerName(res.client) != "relay-b" {
+		t.Fatalf("after reload: %v, server %q, want relay-b", res.clientErr, peerName(res.client))
+	}
+	if err := exchange(srv1, cli1); err != nil {
+		t.Fatalf("the session opened before the reload broke: %v", err)
+	}
+}
+
+func TestReloadCA(t *testing.T) {
+	f := newTLSFixture(t)
+	certFile, keyFile := f.relayFiles("relay1")
+	serverCA := f.write("server-ca.crt", f.ca.CertPEM())
+	server := f.creds(CredentialsConfig{CertFile: certFile, KeyFile: keyFile, CAFile: serverCA})
+	serverCfg := server.ServerConfig(ALPNV2)
+	agent := IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "laptop"}
+	oldClient := f.agentCreds(f.ca, agent).ClientConfig(serverName, ALPNV2)
+	newClient := f.agentCreds(f.other, agent).ClientConfig(serverName, ALPNV2)
+
+	tests := []struct {
+		name   string
+		caPEM  []byte // the server's CA file before the handshakes; nil: unchanged
+		client *tls.Config
+		reason string
+	}{
+		{"old CA accepts its client", nil, oldClient, ""},
+		{"old CA refuses the new one", nil, newClient, ReasonUnknownAuthority},
+		{"new CA accepts its client", f.other.CertPEM(), newClient, ""},
+		{"new CA refuses the old one", nil, oldClient, ReasonUnknownAuthority},
+		{"bundle accepts both", append(f.ca.CertPEM(), f.other.CertPEM()...), oldClient, ""},
+		{"bundle, new client", nil, newClient, ""},
+	}
+	for _, tc := range tests { // in order: each step builds on the last
+		if tc.caPEM != nil {
+			replace(t, serverCA, tc.caPEM)
+			if err := server.Reload(); err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+		}
+		res := handshake(t, serverCfg, tc.client)
+		ae, _ := errors.AsType[*AuthError](res.serverErr)
+		switch {
+		case tc.reason == "" && res.serverErr != nil:
+			t.Fatalf("%s: refused: %v", tc.name, res.serverErr)
+		case tc.reason != "" && (ae == nil || ae.Reason != tc.reason):
+			t.Fatalf("%s: server error %v, want reason %q", tc.name, res.serverErr, tc.reason)
+		}
+	}
+}
+
+func TestReloadFailureKeepsCredentials(t *testing.T) {
+	tests := []struct {
+		name       string
+		breakFiles func(t *testing.T, f *tlsFixture, certFile, keyFile, caFile string)
+	}{
+		{"garbage certificate", func(t *testing.T, _ *tlsFixture, certFile, _, _ string) {
+			replace(t, certFile, []byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"))
+		}},
+		{"key of another certificate", func(t *testing.T, f *tlsFixture, _, keyFile, _ string) {
+			_, otherKey := f.relayFiles("other")
+			replace(t, keyFile, readFile(t, otherKey))
+		}},
+		{"missing CA file", func(t *testing.T, _ *tlsFixture, _, _, caFile string) {
+			if err := os.Remove(caFile); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"CA file without certificates", func(t *testing.T, _ *tlsFixture, _, _, caFile string) {
+			replace(t, caFile, []byte("nothing here\n"))
+		}},
+		{"CA file with a bad certificate", func(t *testing.T, f *tlsFixture, _, _, caFile string) {
+			replace(t, caFile, append(f.ca.CertPEM(), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"...))
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newTLSFixture(t)
+			certFile, keyFile := f.relayFiles("relay1")
+			caFile := f.write("server-ca.crt", f.ca.CertPEM())
+			server := f.creds(CredentialsConfig{CertFile: certFile, KeyFile: keyFile, CAFile: caFile})
+			before := server.Certificate()
+			tc.breakFiles(t, f, certFile, keyFile, caFile)
+			if err := server.Reload(); err == nil {
+				t.Fatal("Reload accepted broken files")
+			}
+			if server.Certificate() != before {
+				t.Fatal("a failed reload changed the certificate")
+			}
+			client := f.agentCreds(f.ca, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "laptop"})
+			if res := handshake(t, server.ServerConfig(ALPNV2), client.ClientConfig(serverName, ALPNV2)); res.serverErr != nil || res.clientErr != nil {
+				t.Fatalf("handshake after a failed reload: server %v, client %v", res.serverErr, res.clientErr)
+			}
+		})
+	}
+}
+
+func TestReloadClientCertificate(t *testing.T) {
+	f := newTLSFixture(t)
+	server := f.relay(CredentialsConfig{})
+	agentCert, agentKey := f.leaf(f.ca, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "old"})
+	client := f.creds(CredentialsConfig{CertFile: agentCert, KeyFile: agentKey, CAFile: f.caFile})
+	serverCfg, clientCfg := server.ServerConfig(ALPNV2), client.ClientConfig(serverName, ALPNV2)
+	for _, name := range []string{"old", "new"} {
+		if name == "new" {
+			newCert, newKey := f.leaf(f.ca, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "new"})
+			replace(t, agentCert, readFile(t, newCert))
+			replace(t, agentKey, readFile(t, newKey))
+			if err := client.Reload(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		res := handshake(t, serverCfg, clientCfg)
+		if res.serverErr != nil || peerName(res.server) != name {
+			t.Fatalf("server saw %q, %v; want %q", peerName(res.server), res.serverErr, name)
+		}
+	}
+}
+
+func TestNewCredentialsErrors(t *testing.T) {
+	f := newTLSFixture(t)
+	certFile, keyFile := f.relayFiles("relay1")
+	missing := filepath.Join(f.dir, "missing")
+	tests := []struct {
+		name string
+		cfg  CredentialsConfig
+	}{
+		{"missing certificate", CredentialsConfig{CertFile: missing, KeyFile: keyFile, CAFile: f.caFile}},
+		{"missing key", CredentialsConfig{CertFile: certFile, KeyFile: missing, CAFile: f.caFile}},
+		{"missing CA", CredentialsConfig{CertFile: certFile, KeyFile: keyFile, CAFile: missing}},
+		{"no files", CredentialsConfig{}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := NewCredentials(tc.cfg, nil); err == nil || !strings.HasPrefix(err.Error(), "tunnel: ") {
+				t.Fatalf("err = %v, want a tunnel error", err)
+			}
+		})
+	}
+}
+
+func TestAuthError(t *testing.T) {
+	detail := errors.New("x509: certificate signed by unknown authority")
+	tests := []struct {
+		err  *AuthError
+		want string
+	}{
+		{&AuthError{Reason: ReasonNoCertificate}, "tunnel: peer certificate refused: no_certificate"},
+		{&AuthError{Reason: ReasonUnknownAuthority, Err: detail},
+			"tunnel: peer certificate refused: unknown_authority: x509: certificate signed by unknown authority"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.err.Reason, func(t *testing.T) {
+			if tc.err.Error() != tc.want {
+				t.Errorf("Error() = %q, want %q", tc.err.Error(), tc.want)
+			}
+			if errors.Unwrap(tc.err) != tc.err.Err {
+				t.Error("Unwrap does not return the detail")
+			}
+		})
+	}
+	reasons := AuthReasons()
+	if len(reasons) != 6 || len(slices.Compact(slices.Sorted(slices.Values(reasons)))) != 6 {
+		t.Fatalf("AuthReasons() = %v, want six distinct reasons", reasons)
+	}
+}
