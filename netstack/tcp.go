@@ -2,10 +2,12 @@ package netstack
 
 import (
 	"net"
+	"os"
 	"net/netip"
 	"sync"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -53,7 +55,7 @@ func (r *TCPRequest) Accept() (*TCPConn, error) {
 			return
 		}
 		r.r.Complete(false)
-		c = &TCPConn{c: gonet.NewTCPConn(&wq, ep)}
+		c = &TCPConn{c: gonet.NewTCPConn(&wq, ep), ep: ep, wq: &wq}
 	})
 	if !done {
 		return nil, net.ErrClosed
@@ -70,10 +72,40 @@ func (r *TCPRequest) Drop() { r.once.Do(func() { r.r.Complete(false) }) }
 // TCPConn is the client side of a TCP flow, terminated in the stack. It is a
 // net.Conn with half-close.
 type TCPConn struct {
-	c *gonet.TCPConn
+	c  *gonet.TCPConn
+	ep tcpip.Endpoint
+	wq *waiter.Queue
 }
 
 var _ net.Conn = (*TCPConn)(nil)
+
+// WaitReadable blocks until a Read would not block (data, EOF or an error
+// is pending), until done is closed (it then returns net.ErrClosed), or
+// until the timer channel fires (os.ErrDeadlineExceeded). Splicing waits
+// here without holding a buffer, so an idle flow pins no copy buffer.
+func (c *TCPConn) WaitReadable(done <-chan struct{}, timer <-chan time.Time) error {
+	return waitReadable(c.ep, c.wq, done, timer)
+}
+
+func waitReadable(ep tcpip.Endpoint, wq *waiter.Queue, done <-chan struct{}, timer <-chan time.Time) error {
+	if ep.Readiness(waiter.ReadableEvents) != 0 {
+		return nil
+	}
+	entry, ch := waiter.NewChannelEntry(waiter.ReadableEvents)
+	wq.EventRegister(&entry)
+	defer wq.EventUnregister(&entry)
+	if ep.Readiness(waiter.ReadableEvents) != 0 {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-done:
+		return net.ErrClosed
+	case <-timer:
+		return os.ErrDeadlineExceeded
+	}
+}
 
 // Read implements net.Conn.
 func (c *TCPConn) Read(b []byte) (int, error) { return c.c.Read(b) }

@@ -3,7 +3,9 @@ package netstack
 import (
 	"net"
 	"net/netip"
+	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -33,11 +35,50 @@ func (ns *Stack) forwardUDP(r *udp.ForwarderRequest) bool {
 // every later one from the same client address and port to the same VIP
 // port can be read from the returned connection, and what is written to it
 // goes to the client from the VIP:port.
-func (r *UDPRequest) Accept() (net.Conn, error) {
+func (r *UDPRequest) Accept() (*UDPConn, error) {
 	var wq waiter.Queue
 	ep, err := r.r.CreateEndpoint(&wq)
 	if err != nil {
 		return nil, tcpipError("udp accept "+r.Src.String(), err)
 	}
-	return gonet.NewUDPConn(&wq, ep), nil
+	return &UDPConn{c: gonet.NewUDPConn(&wq, ep), ep: ep, wq: &wq}, nil
+}
+
+// UDPConn is the client side of a UDP flow: reads return the client's
+// datagrams, writes go to the client from the VIP:port.
+type UDPConn struct {
+	c  *gonet.UDPConn
+	ep tcpip.Endpoint
+	wq *waiter.Queue
+}
+
+var _ net.Conn = (*UDPConn)(nil)
+
+// Read implements net.Conn: one datagram from the client.
+func (c *UDPConn) Read(b []byte) (int, error) { return c.c.Read(b) }
+
+// Write implements net.Conn: one datagram to the client.
+func (c *UDPConn) Write(b []byte) (int, error) { return c.c.Write(b) }
+
+// Close implements net.Conn.
+func (c *UDPConn) Close() error { return c.c.Close() }
+
+// LocalAddr implements net.Conn: the VIP and port.
+func (c *UDPConn) LocalAddr() net.Addr { return c.c.LocalAddr() }
+
+// RemoteAddr implements net.Conn: the client.
+func (c *UDPConn) RemoteAddr() net.Addr { return c.c.RemoteAddr() }
+
+// SetDeadline implements net.Conn.
+func (c *UDPConn) SetDeadline(t time.Time) error { return c.c.SetDeadline(t) }
+
+// SetReadDeadline implements net.Conn.
+func (c *UDPConn) SetReadDeadline(t time.Time) error { return c.c.SetReadDeadline(t) }
+
+// SetWriteDeadline implements net.Conn.
+func (c *UDPConn) SetWriteDeadline(t time.Time) error { return c.c.SetWriteDeadline(t) }
+
+// WaitReadable is TCPConn.WaitReadable for a UDP flow.
+func (c *UDPConn) WaitReadable(done <-chan struct{}, timer <-chan time.Time) error {
+	return waitReadable(c.ep, c.wq, done, timer)
 }

@@ -1,0 +1,261 @@
+package gateway
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// maxBodyBytes bounds API request bodies; larger ones get 413.
+const maxBodyBytes = 1 << 20
+
+// startAPI serves the admin API on [api] listen: /healthz and /metrics are
+// open, /v1/ needs the bearer token when [api] token_file is set.
+func (g *Gateway) startAPI() error {
+	if !g.cfg.API.Listen.IsValid() {
+		return nil
+	}
+	token, err := readToken(g.cfg.API.TokenFile)
+	if err != nil {
+		return fmt.Errorf("gateway: api: %w", err)
+	}
+	l, err := net.Listen("tcp", g.cfg.API.Listen.String())
+	if err != nil {
+		return fmt.Errorf("gateway: api: %w", err)
+	}
+	g.apiL = l
+	g.api = &http.Server{
+		Handler:           g.apiHandler(token),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+	}
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		if err := g.api.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			g.log.Error("api stopped", "err", err)
+		}
+	}()
+	g.log.Info("api listening", "addr", l.Addr().String(), "token", token != "")
+	return nil
+}
+
+// APIAddr returns the address the admin API listens on, or "" when off.
+func (g *Gateway) APIAddr() string {
+	if g.apiL == nil {
+		return ""
+	}
+	return g.apiL.Addr().String()
+}
+
+func readToken(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	t := strings.TrimSpace(string(b))
+	if t == "" {
+		return "", fmt.Errorf("token file %s is empty", path)
+	}
+	return t, nil
+}
+
+func (g *Gateway) apiHandler(token string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g.m.reg, promhttp.HandlerOpts{}))
+	v1 := http.NewServeMux()
+	v1.HandleFunc("GET /v1/services", g.handleListServices)
+	v1.HandleFunc("GET /v1/flows", g.handleListFlows)
+	mux.Handle("/v1/", requireToken(token, v1))
+	return mux
+}
+
+// requireToken checks the bearer token in constant time.
+func requireToken(token string, next http.Handler) http.Handler {
+	if token == "" {
+		return next
+	}
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := []byte(r.Header.Get("Authorization"))
+		if subtle.ConstantTimeCompare(got, want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="ztgate"`)
+			writeErrors(w, http.StatusUnauthorized, errors.New("missing or wrong bearer token"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeErrors(w http.ResponseWriter, status int, errs ...error) {
+	msgs := make([]string, 0, len(errs))
+	for _, e := range errs {
+		msgs = append(msgs, e.Error())
+	}
+	writeJSON(w, status, map[string][]string{"errors": msgs})
+}
+
+// apiPort is a service port in API bodies.
+type apiPort struct {
+	Name     string `json:"name,omitempty"`
+	Protocol string `json:"protocol"`
+	Port     uint16 `json:"port"`
+	Target   uint16 `json:"target"`
+}
+
+// apiBackend is a backend's state in API bodies.
+type apiBackend struct {
+	Address     string    `json:"address"`
+	Origin      string    `json:"origin,omitempty"`
+	Healthy     bool      `json:"healthy"`
+	State       string    `json:"state"`
+	LastError   string    `json:"last_error"`
+	LastChange  time.Time `json:"last_change,omitzero"`
+	ActiveFlows int64     `json:"active_flows"`
+	DrainUntil  time.Time `json:"drain_until,omitzero"`
+}
+
+// apiService is a service in GET /v1/services.
+type apiService struct {
+	Name        string       `json:"name"`
+	VIP         string       `json:"vip"`
+	VIP6        string       `json:"vip6,omitempty"`
+	Tenants     []string     `json:"tenants"`
+	Ports       []apiPort    `json:"ports"`
+	Balance     string       `json:"balance"`
+	Healthy     bool         `json:"healthy"`
+	Source      string       `json:"source"`
+	ActiveFlows int64        `json:"active_flows"`
+	Backends    []apiBackend `json:"backends"`
+}
+
+func (g *Gateway) handleListServices(w http.ResponseWriter, r *http.Request) {
+	t := g.tbl.Load()
+	out := make([]apiService, 0, len(t.byName))
+	for _, s := range t.byName {
+		out = append(out, g.describeService(s))
+	}
+	slices.SortFunc(out, func(a, b apiService) int { return strings.Compare(a.Name, b.Name) })
+	writeJSON(w, http.StatusOK, map[string]any{"services": out})
+}
+
+func (g *Gateway) describeService(s *service) apiService {
+	as := apiService{
+		Name:        s.spec.Name,
+		Tenants:     s.spec.Tenants,
+		Balance:     s.spec.Balance.String(),
+		Source:      s.spec.Source,
+		ActiveFlows: s.st.flows.Load(),
+		Backends:    []apiBackend{},
+	}
+	if as.Source == "" {
+		as.Source = "file"
+	}
+	if s.vip.IsValid() {
+		as.VIP = s.vip.String()
+	}
+	if s.vip6.IsValid() {
+		as.VIP6 = s.vip6.String()
+	}
+	for _, p := range s.spec.Ports {
+		as.Ports = append(as.Ports, apiPort{Name: p.Name, Protocol: p.Protocol.String(), Port: p.Port, Target: p.Target})
+	}
+	for _, b := range s.st.backends.Load().list {
+		ab := b.describe()
+		as.Healthy = as.Healthy || ab.Healthy
+		as.Backends = append(as.Backends, ab)
+	}
+	return as
+}
+
+func (b *backend) describe() apiBackend {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	ab := apiBackend{
+		Address:     b.addr.String(),
+		Origin:      b.origin,
+		Healthy:     !b.draining && b.state != stateDown,
+		State:       b.state.String(),
+		LastError:   b.lastErr,
+		LastChange:  b.lastChange,
+		ActiveFlows: b.active.Load(),
+		DrainUntil:  b.drainUntil,
+	}
+	if b.draining {
+		ab.State = "draining"
+	}
+	if ab.Origin == ab.Address {
+		ab.Origin = ""
+	}
+	return ab
+}
+
+// apiFlow is a flow in GET /v1/flows.
+type apiFlow struct {
+	ID        uint64  `json:"id"`
+	Protocol  string  `json:"protocol"`
+	Client    string  `json:"client"`
+	VIP       string  `json:"vip"`
+	Tenant    string  `json:"tenant"`
+	Identity  string  `json:"identity"`
+	Service   string  `json:"service"`
+	Backend   string  `json:"backend"`
+	BytesUp   int64   `json:"bytes_up"`
+	BytesDown int64   `json:"bytes_down"`
+	AgeSecs   float64 `json:"age_seconds"`
+}
+
+func (g *Gateway) handleListFlows(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	match := flowFilter(q.Get("tenant"), q.Get("service"), q.Get("backend"))
+	now := g.now()
+	fs := g.flows.list(match)
+	out := make([]apiFlow, 0, len(fs))
+	for _, f := range fs {
+		out = append(out, apiFlow{
+			ID: f.id, Protocol: f.proto, Client: f.client.String(), VIP: f.vip.String(),
+			Tenant: f.peer.tenant, Identity: f.peer.identity, Service: f.svc.spec.Name,
+			Backend: f.target.String(), BytesUp: f.up.Load(), BytesDown: f.down.Load(),
+			AgeSecs: now.Sub(f.start).Seconds(),
+		})
+	}
+	slices.SortFunc(out, func(a, b apiFlow) int { return int(a.ID) - int(b.ID) })
+	writeJSON(w, http.StatusOK, map[string]any{"flows": out})
+}
+
+// flowFilter matches flows by tenant, service and backend (address or
+// address:port); empty fields match everything.
+func flowFilter(tenant, svc, backend string) func(*flow) bool {
+	return func(f *flow) bool {
+		return (tenant == "" || f.peer.tenant == tenant) &&
+			(svc == "" || f.svc.spec.Name == svc) &&
+			(backend == "" || f.target.String() == backend || f.target.Addr().String() == backend)
+	}
+}

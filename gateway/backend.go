@@ -1,0 +1,124 @@
+package gateway
+
+import (
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ztgate/ztgate/catalog"
+)
+
+// backendState is what the gateway believes of a backend.
+type backendState uint8
+
+const (
+	stateUnknown backendState = iota // no check result yet: new flows may use it
+	stateUp
+	stateDown
+)
+
+func (s backendState) String() string {
+	switch s {
+	case stateUp:
+		return "up"
+	case stateDown:
+		return "down"
+	}
+	return "unknown"
+}
+
+// backend is one address of a service's backends. It lives as long as the
+// service keeps the address, across reloads, so health and flow counts
+// survive them.
+type backend struct {
+	addr   netip.Addr
+	origin string // the configured name it came from: an IP literal or a host name
+
+	active atomic.Int64 // live flows bound to it
+
+	mu         sync.Mutex
+	state      backendState
+	lastErr    string
+	lastChange time.Time
+	okRun      int // consecutive successful checks
+	failRun    int // consecutive failed checks
+	draining   bool
+	drainUntil time.Time // zero: until undrained
+}
+
+// usable reports whether new flows may be sent to the backend.
+func (b *backend) usable() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return !b.draining && b.state != stateDown
+}
+
+// backendSet is an immutable list of backends; services swap whole sets.
+type backendSet struct {
+	list []*backend
+}
+
+// picker chooses a backend for a new flow among the usable ones.
+type picker struct {
+	rr atomic.Uint64
+}
+
+const fnvOffset = 14695981039346656037
+
+// fnv64 continues an FNV-1a hash: stable across restarts, so source_hash
+// keeps sending a client to the same backend after one.
+func fnv64(h uint64, b []byte) uint64 {
+	for _, c := range b {
+		h ^= uint64(c)
+		h *= 1099511628211
+	}
+	return h
+}
+
+// pick returns a usable backend by policy, other than those in skip (the
+// ones a flow already failed to reach), or nil when there is none.
+func (p *picker) pick(set *backendSet, policy catalog.Balance, client netip.Addr, skip []*backend) *backend {
+	n := len(set.list)
+	if n == 0 {
+		return nil
+	}
+	ok := func(b *backend) bool { return b.usable() && !slices.Contains(skip, b) }
+	switch policy {
+	case catalog.LeastConn:
+		var best *backend
+		for _, b := range set.list {
+			if ok(b) && (best == nil || b.active.Load() < best.active.Load()) {
+				best = b
+			}
+		}
+		return best
+	case catalog.SourceHash:
+		// Rendezvous hashing: each client keeps its backend while that
+		// backend stays usable, and moves only when it goes away.
+		var (
+			best  *backend
+			score uint64
+		)
+		ca := client.As16()
+		for _, b := range set.list {
+			if !ok(b) {
+				continue
+			}
+			ba := b.addr.As16()
+			if s := fnv64(fnv64(fnvOffset, ca[:]), ba[:]); best == nil || s > score {
+				best, score = b, s
+			}
+		}
+		return best
+	default:
+		start := p.rr.Add(1)
+		for i := range n {
+			if b := set.list[(start+uint64(i))%uint64(n)]; ok(b) {
+				return b
+			}
+		}
+		return nil
+	}
+}

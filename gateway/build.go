@@ -1,0 +1,85 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/ztgate/ztgate/catalog"
+)
+
+// buildTable allocates VIPs for svcs and builds a table generation from
+// them. Services keep their state (backends, health, flow counts) by name.
+func (g *Gateway) buildTable(svcs []catalog.Service, tenants []catalog.Tenant) (*table, error) {
+	reqs := make([]catalog.Request, len(svcs))
+	for i, s := range svcs {
+		reqs[i] = catalog.Request{Service: s.Name, VIP: s.VIP, VIP6: s.VIP6}
+	}
+	allocs, err := g.pool.Reconcile(reqs)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: VIP allocation: %w", err)
+	}
+	t := &table{
+		byVIP:   make(map[netip.Addr]*service, 2*len(svcs)),
+		byName:  make(map[string]*service, len(svcs)),
+		tenants: newTenantTable(tenants),
+	}
+	for _, s := range svcs {
+		a := allocs[s.Name]
+		st := g.state(s.Name)
+		st.setBackends(g.resolveBackends(s))
+		svc := &service{spec: s, vip: a.VIP, vip6: a.VIP6, st: st}
+		t.byName[s.Name] = svc
+		if a.VIP.IsValid() {
+			t.byVIP[a.VIP] = svc
+		}
+		if a.VIP6.IsValid() {
+			t.byVIP[a.VIP6] = svc
+		}
+	}
+	return t, nil
+}
+
+// state returns the long-lived state of a service, creating it.
+func (g *Gateway) state(name string) *serviceState {
+	g.statesMu.Lock()
+	defer g.statesMu.Unlock()
+	st, ok := g.states[name]
+	if !ok {
+		st = newServiceState(name)
+		g.states[name] = st
+	}
+	return st
+}
+
+// resolveBackends turns a service's configured backends into addresses:
+// IP literals as they are, host names through the system resolver.
+func (g *Gateway) resolveBackends(s catalog.Service) []backendAddr {
+	var out []backendAddr
+	seen := make(map[netip.Addr]bool)
+	for _, b := range s.Backends {
+		if a, err := netip.ParseAddr(b); err == nil {
+			if !seen[a.Unmap()] {
+				seen[a.Unmap()] = true
+				out = append(out, backendAddr{addr: a.Unmap(), origin: b})
+			}
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", b)
+		cancel()
+		if err != nil {
+			g.log.Warn("cannot resolve backend", "service", s.Name, "backend", b, "err", err)
+			continue
+		}
+		for _, a := range addrs {
+			if !seen[a.Unmap()] {
+				seen[a.Unmap()] = true
+				out = append(out, backendAddr{addr: a.Unmap(), origin: b})
+			}
+		}
+	}
+	return out
+}

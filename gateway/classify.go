@@ -1,0 +1,64 @@
+package gateway
+
+import (
+	"net/netip"
+
+	"github.com/ztgate/ztgate/catalog"
+)
+
+// Reasons a new flow is refused; they label ztgate_flows_refused_total.
+const (
+	refuseUnknownSource = "unknown_source"
+	refuseNoService     = "no_service"
+	refuseTenant        = "tenant_denied"
+	refusePort          = "port_not_mapped"
+	refuseICMP          = "icmp_disabled"
+	refuseNoBackend     = "no_healthy_backend"
+	refuseLimit         = "flow_limit"
+	refuseDial          = "dial_failed"
+)
+
+// decision is the classification of a new flow: where it may go, or why
+// it may not.
+type decision struct {
+	svc     *service
+	port    catalog.Port
+	peer    peer
+	refused string // empty when the flow may proceed
+}
+
+// classify decides a new flow: destination VIP:port → service and port
+// mapping; (tenant, service) → allowed. proto 0 classifies an ICMP echo.
+func (g *Gateway) classify(t *table, proto catalog.Protocol, src netip.Addr, dst netip.AddrPort) decision {
+	p, ok := g.identify(t, src)
+	if !ok {
+		return decision{refused: refuseUnknownSource}
+	}
+	svc := t.lookupVIP(dst.Addr())
+	if svc == nil {
+		return decision{peer: p, refused: refuseNoService}
+	}
+	if !svc.spec.Allows(p.tenant) {
+		return decision{peer: p, svc: svc, refused: refuseTenant}
+	}
+	if proto == 0 {
+		if !svc.spec.ICMP {
+			return decision{peer: p, svc: svc, refused: refuseICMP}
+		}
+		return decision{peer: p, svc: svc}
+	}
+	port, ok := svc.spec.PortFor(proto, dst.Port())
+	if !ok {
+		return decision{peer: p, svc: svc, refused: refusePort}
+	}
+	return decision{peer: p, svc: svc, port: port}
+}
+
+// identify returns who a source address is: a LAN client of a tenant.
+// Tunnel sessions register their own addresses here in a later layer.
+func (g *Gateway) identify(t *table, src netip.Addr) (peer, bool) {
+	if tenant, ok := t.tenants.lookup(src); ok {
+		return peer{tenant: tenant, identity: "lan"}, true
+	}
+	return peer{}, false
+}

@@ -1,0 +1,63 @@
+package gateway
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"github.com/ztgate/ztgate/netstack"
+)
+
+// echoTimeout bounds how long a backend has to answer a ping.
+const echoTimeout = 2 * time.Second
+
+// HandleEcho implements netstack.Handler. The echo request goes to a
+// backend of the VIP's service; the client gets a reply from the VIP only
+// when that backend answered, so ping tells the truth about the service.
+// A refused or unanswered ping gets no reply.
+func (g *Gateway) HandleEcho(req *netstack.EchoRequest) {
+	d := g.classify(g.tbl.Load(), 0, req.Src, netip.AddrPortFrom(req.Dst, 0))
+	if d.refused != "" {
+		g.refuse("icmp", d.refused)
+		return
+	}
+	b := d.svc.st.picker.pick(d.svc.st.backends.Load(), d.svc.spec.Balance, req.Src, nil)
+	if b == nil {
+		g.refuse("icmp", refuseNoBackend)
+		return
+	}
+	select {
+	case g.echoTokens <- struct{}{}:
+	default:
+		g.refuse("icmp", refuseLimit)
+		return
+	}
+	if !g.enter() {
+		<-g.echoTokens
+		return
+	}
+	go func() {
+		defer g.leave()
+		defer func() { <-g.echoTokens }()
+		ctx, cancel := context.WithTimeout(g.ctx, echoTimeout)
+		defer cancel()
+		if err := g.pingerOnce().Ping(ctx, b.addr, req.Payload); err != nil {
+			g.m.echoes.WithLabelValues(d.svc.spec.Name, "no_reply").Inc()
+			return
+		}
+		g.m.echoes.WithLabelValues(d.svc.spec.Name, "ok").Inc()
+		req.Reply()
+	}()
+}
+
+// pingerOnce returns the pinger, creating the ICMP one on first use.
+func (g *Gateway) pingerOnce() Pinger {
+	g.pingerInit.Do(func() {
+		if g.opts.Pinger != nil {
+			g.pinger = g.opts.Pinger
+		} else {
+			g.pinger = newICMPPinger()
+		}
+	})
+	return g.pinger
+}

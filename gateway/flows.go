@@ -1,0 +1,138 @@
+package gateway
+
+import (
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// peer is who opened a flow: the tenant and identity of its ingress.
+type peer struct {
+	tenant   string
+	identity string // "lan" for TUN clients; the certificate identity of a tunnel session
+}
+
+// flow is one spliced TCP or UDP flow. It is bound at creation to its
+// peer, service and backend and never re-evaluated: a reload does not
+// move it.
+type flow struct {
+	id      uint64
+	proto   string
+	client  netip.AddrPort
+	vip     netip.AddrPort
+	peer    peer
+	svc     *service
+	backend *backend
+	target  netip.AddrPort
+	start   time.Time
+
+	up, down   atomic.Int64 // payload bytes: up is client → backend
+	lastActive atomic.Int64 // unix nanoseconds of the last byte moved
+	upBytes    prometheus.Counter
+	downBytes  prometheus.Counter
+
+	once   sync.Once
+	done   chan struct{}
+	reason string // why it ended; written once under once
+	conns  []net.Conn
+	mu     sync.Mutex
+}
+
+func (f *flow) touch(now time.Time) { f.lastActive.Store(now.UnixNano()) }
+
+// idleFor returns how long no byte has moved.
+func (f *flow) idleFor(now time.Time) time.Duration {
+	return time.Duration(now.UnixNano() - f.lastActive.Load())
+}
+
+// addUp and addDown account bytes moved in each direction.
+func (f *flow) addUp(n int, now time.Time) {
+	f.up.Add(int64(n))
+	f.upBytes.Add(float64(n))
+	f.touch(now)
+}
+
+func (f *flow) addDown(n int, now time.Time) {
+	f.down.Add(int64(n))
+	f.downBytes.Add(float64(n))
+	f.touch(now)
+}
+
+// attach registers a connection that close closes.
+func (f *flow) attach(c net.Conn) {
+	f.mu.Lock()
+	f.conns = append(f.conns, c)
+	f.mu.Unlock()
+}
+
+// close ends the flow once: records why, wakes its copy loops and closes
+// its connections. Later calls do nothing.
+func (f *flow) close(reason string) {
+	f.once.Do(func() {
+		f.reason = reason
+		close(f.done)
+		f.mu.Lock()
+		conns := f.conns
+		f.mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+}
+
+// closed reports whether close was called, and why.
+func (f *flow) closed() (string, bool) {
+	select {
+	case <-f.done:
+		return f.reason, true
+	default:
+		return "", false
+	}
+}
+
+// flowTable holds the live flows for the API, for closing them on demand
+// and at shutdown.
+type flowTable struct {
+	mu   sync.Mutex
+	m    map[uint64]*flow
+	next uint64
+}
+
+func newFlowTable() *flowTable { return &flowTable{m: make(map[uint64]*flow)} }
+
+func (t *flowTable) add(f *flow) {
+	t.mu.Lock()
+	t.next++
+	f.id = t.next
+	t.m[f.id] = f
+	t.mu.Unlock()
+}
+
+func (t *flowTable) remove(f *flow) {
+	t.mu.Lock()
+	delete(t.m, f.id)
+	t.mu.Unlock()
+}
+
+// list returns the flows matching keep (all when keep is nil).
+func (t *flowTable) list(keep func(*flow) bool) []*flow {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]*flow, 0, len(t.m))
+	for _, f := range t.m {
+		if keep == nil || keep(f) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func (t *flowTable) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.m)
+}

@@ -1,0 +1,283 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ztgate/ztgate/catalog"
+	"github.com/ztgate/ztgate/conf"
+	"github.com/ztgate/ztgate/netstack"
+)
+
+// Options are the parts of a gateway that tests replace. The zero value
+// is what production uses.
+type Options struct {
+	// Device is the LAN ingress. Nil opens the TUN device of the config's
+	// [tun] section and routes the pools into it.
+	Device netstack.Device
+	// Registry receives the metrics; nil creates one.
+	Registry *prometheus.Registry
+	// DialTimeout bounds a backend connection attempt (default 3s).
+	DialTimeout time.Duration
+	// Pinger sends ICMP echo to backends; nil uses ICMP sockets.
+	Pinger Pinger
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
+}
+
+// Gateway is the gateway role. Create it with New, start it with Start (or
+// Run), stop it with Close.
+type Gateway struct {
+	cfg  *conf.Gateway
+	opts Options
+	log  *slog.Logger
+	m    *metrics
+	now  func() time.Time
+
+	pool *catalog.Pool
+	tbl  atomic.Pointer[table]
+
+	statesMu sync.Mutex
+	states   map[string]*serviceState
+
+	flows      *flowTable
+	flowCount  atomic.Int64
+	pingerInit sync.Once
+	pinger     Pinger
+	echoTokens chan struct{} // bounds echo requests in flight
+
+	ns   *netstack.Stack
+	tun  *netstack.TUN
+	dev  netstack.Device
+	lan  *netstack.Link
+	api  *http.Server
+	apiL net.Listener
+
+	// Lifecycle: ctx is cancelled by Close; every goroutine serving a flow
+	// or a request enters wg through enter, which fails once closing.
+	ctx     context.Context
+	cancel  context.CancelFunc
+	lifeMu  sync.Mutex
+	closing atomic.Bool
+	wg      sync.WaitGroup
+}
+
+// enter registers a goroutine with the gateway's lifetime; it returns false
+// once Close has begun.
+func (g *Gateway) enter() bool {
+	g.lifeMu.Lock()
+	defer g.lifeMu.Unlock()
+	if g.closing.Load() {
+		return false
+	}
+	g.wg.Add(1)
+	return true
+}
+
+// leave ends what enter began.
+func (g *Gateway) leave() { g.wg.Done() }
+
+// New validates what the config alone cannot (VIP allocation against the
+// state directory), builds the service table and prepares the metrics.
+// It changes nothing on the host; Start does.
+func New(cfg *conf.Gateway, opts Options, log *slog.Logger) (*Gateway, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	if opts.DialTimeout <= 0 {
+		opts.DialTimeout = 3 * time.Second
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	g := &Gateway{
+		cfg:        cfg,
+		opts:       opts,
+		log:        log.With("component", "gateway"),
+		now:        opts.Now,
+		states:     make(map[string]*serviceState),
+		flows:      newFlowTable(),
+		echoTokens: make(chan struct{}, 256),
+	}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	g.m = newMetrics(opts.Registry)
+	pool, warnings, err := catalog.OpenPool(catalog.PoolConfig{
+		Prefix:   cfg.TUN.Pool,
+		Prefix6:  cfg.TUN.Pool6,
+		StateDir: cfg.StateDir,
+		HoldDown: cfg.VIPHoldDown,
+		Now:      opts.Now,
+		InUse:    g.vipInUse,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	for _, w := range warnings {
+		g.log.Warn("VIP state", "warning", w)
+	}
+	g.pool = pool
+	t, err := g.buildTable(cfg.Services, cfg.Tenants)
+	if err != nil {
+		return nil, err
+	}
+	g.tbl.Store(t)
+	g.updatePoolMetrics()
+	return g, nil
+}
+
+// Registry returns the registry the gateway's metrics are in.
+func (g *Gateway) Registry() *prometheus.Registry { return g.m.reg }
+
+// Start brings up the netstack, the LAN ingress (the TUN device with the
+// pools routed into it) and the admin API.
+func (g *Gateway) Start() error {
+	var pools []netip.Prefix
+	pools = append(pools, g.cfg.TUN.Pool.Masked())
+	if g.cfg.TUN.Pool6.IsValid() {
+		pools = append(pools, g.cfg.TUN.Pool6.Masked())
+	}
+	ns, err := netstack.New(netstack.Config{
+		Pools:                 pools,
+		Local:                 g.localAddrs(),
+		Handler:               g,
+		MaxInflightHandshakes: g.cfg.Limits.MaxInflightHandshake,
+		OnDrop:                g.m.drop,
+	}, g.log.With("component", "netstack"))
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	g.ns = ns
+	if err := g.startLAN(pools); err != nil {
+		g.Close()
+		return err
+	}
+	if err := g.startAPI(); err != nil {
+		g.Close()
+		return err
+	}
+	g.log.Info("gateway started", "name", g.cfg.Name, "pool", g.cfg.TUN.Pool, "services", len(g.tbl.Load().byName))
+	return nil
+}
+
+// localAddrs are the gateway's own addresses in the netstack.
+func (g *Gateway) localAddrs() []netip.Addr {
+	addrs := []netip.Addr{g.cfg.TUN.GatewayAddr()}
+	if p := g.cfg.TUN.Pool6; p.IsValid() {
+		addrs = append(addrs, p.Masked().Addr().Next())
+	}
+	return addrs
+}
+
+// startLAN attaches the LAN ingress: LAN clients are admitted by their
+// tenant's source prefixes, everyone else is dropped and counted.
+func (g *Gateway) startLAN(pools []netip.Prefix) error {
+	if !g.cfg.TUN.Enabled && g.opts.Device == nil {
+		return nil
+	}
+	dev := g.opts.Device
+	if dev == nil {
+		t, err := netstack.OpenTUN(g.cfg.TUN.Name, g.cfg.TUN.MTU)
+		if err != nil {
+			return fmt.Errorf("gateway: %w", err)
+		}
+		g.tun = t
+		dev = t
+	}
+	g.dev = dev
+	link, err := g.ns.AttachDevice(dev, netstack.LinkConfig{
+		Name: "lan",
+		Admit: func(src netip.Addr) bool {
+			_, ok := g.tbl.Load().tenants.lookup(src)
+			return ok
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	g.lan = link
+	if g.tun != nil {
+		if err := g.tun.Up(pools); err != nil {
+			return fmt.Errorf("gateway: %w", err)
+		}
+		g.log.Info("TUN up", "device", g.tun.Name(), "mtu", g.cfg.TUN.MTU, "routes", pools)
+	}
+	return nil
+}
+
+// Run starts the gateway, serves until ctx is done and shuts down.
+func (g *Gateway) Run(ctx context.Context) error {
+	if err := g.Start(); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return g.Close()
+}
+
+// Close stops accepting, closes every flow, removes the TUN device and its
+// routes and waits for every goroutine. The order matters: no new packets,
+// then no flows, then no stack.
+func (g *Gateway) Close() error {
+	g.lifeMu.Lock()
+	if !g.closing.CompareAndSwap(false, true) {
+		g.lifeMu.Unlock()
+		return nil
+	}
+	g.lifeMu.Unlock()
+	g.cancel()
+	var errs []error
+	if g.api != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		g.api.Shutdown(ctx)
+		cancel()
+	}
+	if g.dev != nil {
+		if err := g.dev.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, f := range g.flows.list(nil) {
+		f.close("shutdown")
+	}
+	if g.lan != nil {
+		g.lan.Close()
+	}
+	g.wg.Wait()
+	if g.ns != nil {
+		g.ns.Close()
+	}
+	if g.pinger != nil && g.opts.Pinger == nil {
+		g.pinger.Close()
+	}
+	g.log.Info("gateway stopped")
+	return errors.Join(errs...)
+}
+
+// vipInUse tells the allocator whether flows to a VIP are alive, so a
+// removed service's VIP is held while they drain.
+func (g *Gateway) vipInUse(vip netip.Addr) bool {
+	for _, f := range g.flows.list(nil) {
+		if f.vip.Addr() == vip {
+			return true
+		}
+	}
+	return false
+}
+
+func (g *Gateway) updatePoolMetrics() {
+	used, held, capacity := g.pool.Usage()
+	g.m.poolUsed.Set(float64(used + held))
+	g.m.poolCapacity.Set(float64(capacity))
+}

@@ -1,0 +1,97 @@
+package gateway
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/ztgate/ztgate/netstack"
+)
+
+// metrics are the gateway's Prometheus collectors. Labels stay bounded:
+// service, tenant, backend, protocol, reason — never a client address.
+type metrics struct {
+	reg *prometheus.Registry
+
+	flowsActive    *prometheus.GaugeVec
+	flowsTotal     *prometheus.CounterVec
+	flowsRefused   *prometheus.CounterVec
+	bytes          *prometheus.CounterVec
+	dialErrors     *prometheus.CounterVec
+	dropped        *prometheus.CounterVec
+	droppedBy      []prometheus.Counter
+	backendHealthy *prometheus.GaugeVec
+	healthChecks   *prometheus.CounterVec
+	healthDuration *prometheus.HistogramVec
+	poolUsed       prometheus.Gauge
+	poolCapacity   prometheus.Gauge
+	reloads        *prometheus.CounterVec
+	echoes         *prometheus.CounterVec
+}
+
+func newMetrics(reg *prometheus.Registry) *metrics {
+	m := &metrics{
+		reg: reg,
+		flowsActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ztgate_flows_active", Help: "Flows open now.",
+		}, []string{"service", "tenant", "protocol"}),
+		flowsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztgate_flows_total", Help: "Flows opened.",
+		}, []string{"service", "tenant", "protocol"}),
+		flowsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztgate_flows_refused_total", Help: "New flows refused (TCP RST, ICMP unreachable, no echo reply), by reason.",
+		}, []string{"protocol", "reason"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztgate_bytes_total", Help: "Payload bytes spliced; direction up is client to backend.",
+		}, []string{"service", "direction"}),
+		dialErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztgate_dial_errors_total", Help: "Failed connections to backends.",
+		}, []string{"service", "backend"}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztgate_packets_dropped_total", Help: "Packets dropped before reaching a flow, by reason.",
+		}, []string{"reason"}),
+		backendHealthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ztgate_backend_healthy", Help: "1 when the backend takes new flows (up or not yet checked), else 0.",
+		}, []string{"service", "backend"}),
+		healthChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztgate_health_checks_total", Help: "Active health checks by result.",
+		}, []string{"service", "result"}),
+		healthDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "ztgate_health_check_duration_seconds",
+			Help:    "Duration of active health checks.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"service"}),
+		poolUsed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ztgate_vip_pool_used", Help: "VIPs of the IPv4 pool allocated to services or held back.",
+		}),
+		poolCapacity: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ztgate_vip_pool_capacity", Help: "VIPs the IPv4 pool can hand out.",
+		}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztgate_config_reloads_total", Help: "Configuration reloads by result.",
+		}, []string{"result"}),
+		echoes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztgate_echo_requests_total", Help: "ICMP echo requests to VIPs by result.",
+		}, []string{"service", "result"}),
+	}
+	for _, r := range netstack.DropReasons() {
+		m.droppedBy = append(m.droppedBy, m.dropped.WithLabelValues(r.String()))
+	}
+	for _, r := range []string{"ok", "error"} {
+		m.reloads.WithLabelValues(r)
+	}
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.flowsActive, m.flowsTotal, m.flowsRefused, m.bytes, m.dialErrors, m.dropped,
+		m.backendHealthy, m.healthChecks, m.healthDuration, m.poolUsed, m.poolCapacity,
+		m.reloads, m.echoes,
+	)
+	return m
+}
+
+// drop counts a packet the netstack dropped; it runs on the packet path.
+func (m *metrics) drop(r netstack.DropReason) {
+	if int(r) < len(m.droppedBy) {
+		m.droppedBy[r].Inc()
+	}
+}

@@ -1,0 +1,78 @@
+package gateway
+
+import (
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"github.com/ztgate/ztgate/catalog"
+)
+
+// service is a service as the data path sees it in one generation of the
+// table. Its spec never changes; a reload builds a new service that shares
+// the same serviceState.
+type service struct {
+	spec      catalog.Service
+	vip, vip6 netip.Addr
+	st        *serviceState
+}
+
+// serviceState is what outlives a reload of a service of the same name:
+// its backends with their health, its flow count, its balancer.
+type serviceState struct {
+	name     string
+	flows    atomic.Int64
+	picker   picker
+	backends atomic.Pointer[backendSet]
+
+	mu sync.Mutex // serialises changes of backends
+}
+
+func newServiceState(name string) *serviceState {
+	st := &serviceState{name: name}
+	st.backends.Store(&backendSet{})
+	return st
+}
+
+// setBackends makes addrs the backend set, keeping the backend objects of
+// addresses that stay, and returns the ones that left.
+func (st *serviceState) setBackends(addrs []backendAddr) (gone []*backend) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	old := st.backends.Load()
+	byAddr := make(map[netip.Addr]*backend, len(old.list))
+	for _, b := range old.list {
+		byAddr[b.addr] = b
+	}
+	next := &backendSet{list: make([]*backend, 0, len(addrs))}
+	for _, a := range addrs {
+		b, ok := byAddr[a.addr]
+		if ok {
+			delete(byAddr, a.addr)
+		} else {
+			b = &backend{addr: a.addr, origin: a.origin}
+		}
+		next.list = append(next.list, b)
+	}
+	st.backends.Store(next)
+	for _, b := range byAddr {
+		gone = append(gone, b)
+	}
+	return gone
+}
+
+// backendAddr is a resolved backend address and the name it came from.
+type backendAddr struct {
+	addr   netip.Addr
+	origin string
+}
+
+// table is one generation of the service table. The data path reads it
+// without locks; changes build a new table and swap it in.
+type table struct {
+	byVIP   map[netip.Addr]*service
+	byName  map[string]*service
+	tenants tenantTable
+}
+
+func (t *table) lookupVIP(vip netip.Addr) *service { return t.byVIP[vip.Unmap()] }

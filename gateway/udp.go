@@ -1,0 +1,136 @@
+package gateway
+
+import (
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ztgate/ztgate/catalog"
+	"github.com/ztgate/ztgate/netstack"
+)
+
+// HandleUDP implements netstack.Handler. It runs on the packet path: it
+// classifies and picks a backend without blocking, and a refusal becomes
+// an ICMP port unreachable. Each accepted flow (client address and port,
+// VIP and port) gets its own backend socket, so replies reach only it.
+func (g *Gateway) HandleUDP(req *netstack.UDPRequest) bool {
+	d := g.classify(g.tbl.Load(), catalog.UDP, req.Src.Addr(), req.Dst)
+	if d.refused != "" {
+		g.refuse("udp", d.refused)
+		return false
+	}
+	b := d.svc.st.picker.pick(d.svc.st.backends.Load(), d.svc.spec.Balance, req.Src.Addr(), nil)
+	if b == nil {
+		g.refuse("udp", refuseNoBackend)
+		return false
+	}
+	if !g.admit(d.svc) {
+		g.refuse("udp", refuseLimit)
+		return false
+	}
+	if !g.enter() {
+		g.release(d.svc)
+		return false
+	}
+	client, err := req.Accept()
+	if err != nil {
+		g.release(d.svc)
+		g.leave()
+		return false
+	}
+	f := g.newFlow("udp", req.Src, req.Dst, d, b)
+	f.attach(client)
+	go func() {
+		defer g.leave()
+		g.spliceUDP(f, client)
+	}()
+	return true
+}
+
+// spliceUDP connects the flow's backend socket and copies datagrams both
+// ways until the flow is idle for the service's UDP timeout.
+func (g *Gateway) spliceUDP(f *flow, client *netstack.UDPConn) {
+	defer g.endFlow(f)
+	be, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(f.target))
+	if err != nil {
+		g.m.dialErrors.WithLabelValues(f.svc.spec.Name, f.backend.addr.String()).Inc()
+		g.passiveFailure(f.svc, f.backend, err)
+		f.close(refuseDial)
+		return
+	}
+	f.attach(be)
+	if _, closed := f.closed(); closed { // closed while dialling
+		be.Close()
+		return
+	}
+	idle := f.svc.spec.Timeouts.UDPIdleFor(f.vip.Port())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		f.close(closeReason(udpUp(f, client, be, idle, g.now)))
+	}()
+	f.close(closeReason(udpDown(f, be, client, idle, g.now)))
+	wg.Wait()
+}
+
+// udpUp forwards the client's datagrams to the backend.
+func udpUp(f *flow, client *netstack.UDPConn, be *net.UDPConn, idle time.Duration, now func() time.Time) error {
+	timer := time.NewTimer(idle)
+	defer timer.Stop()
+	for {
+		err := client.WaitReadable(f.done, timer.C)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			t := now()
+			if f.idleFor(t) >= idle {
+				return errIdle
+			}
+			timer.Reset(idle - f.idleFor(t))
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		bp := bufPool.Get().(*[]byte)
+		n, err := client.Read(*bp)
+		if err == nil {
+			_, err = be.Write((*bp)[:n])
+			f.addUp(n, now())
+		}
+		bufPool.Put(bp)
+		if err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
+			return err
+		}
+	}
+}
+
+// udpDown forwards the backend's datagrams to the client; they leave the
+// netstack from the VIP:port the client sent to.
+func udpDown(f *flow, be *net.UDPConn, client net.Conn, idle time.Duration, now func() time.Time) error {
+	rc, err := be.SyscallConn()
+	if err != nil {
+		return err
+	}
+	for {
+		be.SetReadDeadline(time.Unix(0, f.lastActive.Load()).Add(idle))
+		bp, n, err := readSocket(rc)
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			if f.idleFor(now()) >= idle {
+				return errIdle
+			}
+		case errors.Is(err, syscall.ECONNREFUSED):
+			// The backend's port is closed (ICMP port unreachable): the
+			// next datagram tries again; health checks take it out.
+		case err != nil:
+			return err
+		case bp != nil:
+			client.Write((*bp)[:n])
+			bufPool.Put(bp)
+			f.addDown(n, now())
+		}
+	}
+}
