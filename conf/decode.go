@@ -63,7 +63,7 @@ func (d *treeDecoder) decode(path string, in any, out reflect.Value) {
 func (d *treeDecoder) decodeStruct(path string, in any, out reflect.Value) {
 	m, ok := in.(map[string]any)
 	if !ok {
-		d.mismatch(path, "a "+d.table, in)
+		d.mismatch(path, article(d.table), in)
 		return
 	}
 	fields := fieldsByKey(out.Type())
@@ -145,7 +145,7 @@ func describe(v any, table string) string {
 	case bool:
 		return fmt.Sprintf("boolean %t", x)
 	case map[string]any:
-		return "a " + table
+		return article(table)
 	case time.Time:
 		return "a datetime"
 	}
@@ -153,6 +153,14 @@ func describe(v any, table string) string {
 		return "an array"
 	}
 	return "a datetime" // the TOML local date and time types
+}
+
+// article puts "a" or "an" before a word.
+func article(word string) string {
+	if strings.ContainsRune("aeiou", rune(word[0])) {
+		return "an " + word
+	}
+	return "a " + word
 }
 
 // fieldsByKey maps the toml tag of each field of a raw struct to its index.

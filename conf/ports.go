@@ -15,7 +15,10 @@ func (v *validator) ports(path string, rs []rawPort) []catalog.Port {
 		p := index(path, i)
 		pt := catalog.Port{Protocol: v.protocol(join(p, "protocol"), r.Protocol)}
 		pt.Port = v.portNumber(join(p, "port"), r.Port, 0)
-		pt.Target = v.portNumber(join(p, "target"), r.Target, pt.Port)
+		pt.Target = pt.Port
+		if r.Target != nil {
+			pt.Target = v.portNumber(join(p, "target"), r.Target, pt.Port)
+		}
 		if r.Name != "" {
 			pt.Name = v.name(join(p, "name"), r.Name)
 		}

@@ -1,5 +1,7 @@
 package conf
 
+import "net/netip"
+
 // credentials resolves and checks the TLS files of a QUIC peer. needCertKey
 // and needCA say which of them must be named; every named file must be
 // readable.
@@ -25,6 +27,9 @@ func (v *validator) credentials(path, cert, key, ca string, needCertKey, needCA 
 func (v *validator) serverName(path, name, host string) string {
 	if name == "" {
 		return host
+	}
+	if _, err := netip.ParseAddr(name); err == nil {
+		return name
 	}
 	if err := checkHostName(name); err != nil {
 		v.add(path, err)

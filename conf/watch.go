@@ -28,6 +28,12 @@ const DefaultDebounce = 300 * time.Millisecond
 // returns nil when ctx is done, or an error when the directory cannot be
 // watched; its fsnotify watcher is closed before it returns.
 func Watch(ctx context.Context, path string, debounce time.Duration, log *slog.Logger, onChange func()) error {
+	return watch(ctx, path, debounce, log, onChange, nil)
+}
+
+// watch is Watch; ready, when not nil, is called once the directory is
+// watched (tests wait for it before they change the file).
+func watch(ctx context.Context, path string, debounce time.Duration, log *slog.Logger, onChange, ready func()) error {
 	if debounce <= 0 {
 		debounce = DefaultDebounce
 	}
@@ -40,6 +46,9 @@ func Watch(ctx context.Context, path string, debounce time.Duration, log *slog.L
 		return fmt.Errorf("conf: watch %s: %w", path, err)
 	}
 	w := &fileWatch{path: path, base: filepath.Base(path), log: log, last: fingerprintOf(path)}
+	if ready != nil {
+		ready()
+	}
 	return w.run(ctx, fw, newDebouncer(debounce), onChange)
 }
 
