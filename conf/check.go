@@ -3,7 +3,6 @@ package conf
 import (
 	"fmt"
 	"maps"
-	"path/filepath"
 	"slices"
 	"strings"
 )
@@ -20,7 +19,7 @@ func Check(path string) (Role, error) {
 	}
 	role, err := detectRole(tree)
 	if err != nil {
-		return "", Errors{fmt.Errorf("%s: %w", filepath.Base(path), err)}
+		return "", Errors{fmt.Errorf("%s: %w", fileLabel(path), err)}
 	}
 	switch role {
 	case RoleRelay:

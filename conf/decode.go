@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // treeDecoder fills a raw struct from a generic tree, as produced by
@@ -132,8 +133,12 @@ func integer(v any) (int64, bool) {
 func describe(v any, table string) string {
 	switch x := v.(type) {
 	case string:
-		if len(x) > 40 {
-			x = x[:40] + "…"
+		if len(x) > 40 { // cut on a rune boundary
+			i := 40
+			for i > 0 && !utf8.RuneStart(x[i]) {
+				i--
+			}
+			x = x[:i] + "…"
 		}
 		return "string " + strconv.Quote(x)
 	case int64:

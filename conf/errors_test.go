@@ -96,3 +96,10 @@ func TestErrorsUnwrap(t *testing.T) {
 		t.Error("errors.Is matches an unrelated error")
 	}
 }
+
+func TestUnnamedFile(t *testing.T) {
+	_, err := ParseGateway("", []byte("[gateway]\nnme = 1\n"))
+	wantErrors(t, err, []string{"config: gateway.nme: unknown key"})
+	_, err = ParseGateway("", []byte("[gateway\n"))
+	wantErrors(t, err, []string{"config:2:"})
+}

@@ -26,9 +26,9 @@ func parseTOML(name string, data []byte) (map[string]any, error) {
 	if _, err := toml.Decode(string(data), &tree); err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return nil, Errors{fmt.Errorf("%s:%d:%d: %s", filepath.Base(name), pe.Position.Line, pe.Position.Col, pe.Message)}
+			return nil, Errors{fmt.Errorf("%s:%d:%d: %s", fileLabel(name), pe.Position.Line, pe.Position.Col, pe.Message)}
 		}
-		return nil, Errors{fmt.Errorf("%s: %w", filepath.Base(name), err)}
+		return nil, Errors{fmt.Errorf("%s: %w", fileLabel(name), err)}
 	}
 	return tree, nil
 }
@@ -36,7 +36,7 @@ func parseTOML(name string, data []byte) (map[string]any, error) {
 // decodeFile walks a parsed file into the raw struct pointed to by raw and
 // returns the validator for the validation pass; name is the file's path.
 func decodeFile(name string, tree map[string]any, raw any) *validator {
-	el := newErrList(filepath.Base(name))
+	el := newErrList(fileLabel(name))
 	d := treeDecoder{errs: el, table: "table"}
 	d.decode("", tree, reflect.ValueOf(raw).Elem())
 	return &validator{errList: el, dir: filepath.Dir(name)}
@@ -63,4 +63,13 @@ func parse[T any](name string, data []byte, fromTree func(string, map[string]any
 		return nil, err
 	}
 	return fromTree(name, tree)
+}
+
+// fileLabel is how messages name a configuration file: its base name, or
+// "config" when it has no name.
+func fileLabel(name string) string {
+	if name == "" {
+		return "config"
+	}
+	return filepath.Base(name)
 }

@@ -38,7 +38,9 @@ func (v *validator) service(path string, r *rawService, ctx *ServiceContext) cat
 		if !ok {
 			v.addf(join(path, "balance"), "%q is not round_robin, least_conn or source_hash", r.Balance)
 		}
-		s.Balance = b
+		if ok {
+			s.Balance = b
+		}
 	}
 	if r.MaxFlows < 0 {
 		v.addf(join(path, "max_flows"), "must not be negative")

@@ -67,10 +67,6 @@ func (v *validator) network(path, s string) (netip.Prefix, bool) {
 		}
 		return netip.Prefix{}, false
 	}
-	if p.Addr().Zone() != "" {
-		v.addf(path, "%q: a prefix has no zone", s)
-		return netip.Prefix{}, false
-	}
 	if m := p.Masked(); m != p {
 		v.addf(path, "%s has host bits set (did you mean %s?)", s, m)
 		return netip.Prefix{}, false

@@ -37,6 +37,9 @@ func watch(ctx context.Context, path string, debounce time.Duration, log *slog.L
 	if debounce <= 0 {
 		debounce = DefaultDebounce
 	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	fw, err := fsnotify.NewWatcher()
 	if err != nil {
 		return fmt.Errorf("conf: watch %s: %w", path, err)
