@@ -130,9 +130,3 @@ func (t *flowTable) list(keep func(*flow) bool) []*flow {
 	}
 	return out
 }
-
-func (t *flowTable) len() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.m)
-}

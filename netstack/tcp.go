@@ -2,8 +2,8 @@ package netstack
 
 import (
 	"net"
-	"os"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 

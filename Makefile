@@ -1,0 +1,57 @@
+# ztgate — run `make help` for the targets.
+SHELL := /bin/bash
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+CONFIG ?= examples/gateway.toml
+FUZZTIME ?= 30s
+BENCHTIME ?= 5s
+
+.PHONY: help build run tools test test-unit test-integration lint bench fuzz clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+build: ## build bin/ztgate
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/ztgate ./cmd/ztgate
+
+run: build ## run the gateway on $(CONFIG) (needs root: it creates a TUN device)
+	$(SUDO) ./bin/ztgate gateway -config $(CONFIG)
+
+test: tools test-unit test-integration ## run every test: unit and component tests with -race, then the namespace integration tests
+
+tools: ## install the client tools the integration tests drive (apt, when any is missing)
+	@missing=; for t in ip ping curl dig socat iperf3 nft; do command -v $$t >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null; then $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$(cat .ci/packages); \
+	  else echo "install: $$(cat .ci/packages)"; exit 1; fi; \
+	fi
+
+test-unit: ## unit and in-process component tests, with the race detector
+	$(GO) test -race -shuffle=on -count=1 $$($(GO) list ./... | grep -v /integration)
+	$(GO) test -run='^$$' -bench=. -benchtime=1x $$($(GO) list ./... | grep -v /integration) >/dev/null
+
+test-integration: ## end-to-end tests in network namespaces with real TUN devices (root)
+	$(SUDO) env "PATH=$$PATH" $(GO) test -count=1 -timeout 20m ./integration/...
+
+lint: ## gofmt, go vet and staticcheck
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "not gofmt-ed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+
+bench: ## Go micro-benchmarks and the end-to-end benchmark suite (root; writes bench-results/)
+	mkdir -p bench-results
+	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=$(BENCHTIME) $$($(GO) list ./... | grep -v /integration) | tee bench-results/micro.txt
+	$(SUDO) env "PATH=$$PATH" ZTGATE_BENCH=1 $(GO) test -count=1 -timeout 30m -run='^TestBench' -v ./integration/ | tee bench-results/e2e.txt
+
+fuzz: ## run every fuzz target for FUZZTIME each (default 30s)
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$f"; $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+clean: ## remove build and benchmark outputs
+	rm -rf bin bench-results

@@ -1,0 +1,93 @@
+// Command testbackend is the backend the integration tests and benchmarks
+// run inside their network namespaces: an HTTP server with a deterministic
+// large file, a UDP echo server and a TCP echo server. It is test support,
+// not part of ztgate.
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+)
+
+func main() {
+	httpAddr := flag.String("http", "", "HTTP listen address (serves /, /big, /big.sha256, /healthz, /bytes?n=N)")
+	udpAddr := flag.String("udp", "", "UDP echo listen address")
+	tcpAddr := flag.String("tcp", "", "TCP echo listen address")
+	name := flag.String("name", "backend", "name returned by / and /healthz")
+	size := flag.Int("size", 16<<20, "size of /big in bytes")
+	flag.Parse()
+
+	big := make([]byte, *size)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range big {
+		big[i] = byte(r.Uint32())
+	}
+	sum := sha256.Sum256(big)
+	bigSum := hex.EncodeToString(sum[:])
+
+	if *httpAddr != "" {
+		mux := http.NewServeMux()
+		mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "%s %s\n", *name, r.URL.Path) })
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok", *name) })
+		mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) { w.Write(big) })
+		mux.HandleFunc("/big.sha256", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, bigSum) })
+		mux.HandleFunc("/bytes", func(w http.ResponseWriter, r *http.Request) {
+			n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+			w.Write(big[:min(max(n, 0), len(big))])
+		})
+		l, err := net.Listen("tcp", *httpAddr)
+		if err != nil {
+			log.Fatal(err)
+		}
+		go http.Serve(l, mux)
+	}
+	if *udpAddr != "" {
+		pc, err := net.ListenPacket("udp", *udpAddr)
+		if err != nil {
+			log.Fatal(err)
+		}
+		go func() {
+			buf := make([]byte, 65536)
+			for {
+				n, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				pc.WriteTo(buf[:n], from)
+			}
+		}()
+	}
+	if *tcpAddr != "" {
+		l, err := net.Listen("tcp", *tcpAddr)
+		if err != nil {
+			log.Fatal(err)
+		}
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					io.Copy(c, c)
+				}()
+			}
+		}()
+	}
+	fmt.Println("ready")
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+}
