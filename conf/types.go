@@ -44,7 +44,7 @@ type Gateway struct {
 type TUN struct {
 	Name    string       // default "ztgate0" (gateway), "ztagent0" (agent)
 	MTU     int          // default 1420 (gateway), 1280 (agent); 576..65535
-	Pool    netip.Prefix // default 10.100.0.0/24; IPv4, at most /30; an agent keeps the default (the relay's pool comes with the directory)
+	Pool    netip.Prefix // default 10.100.0.0/24; IPv4, at most /29; an agent keeps the default (the relay's pool comes with the directory)
 	Pool6   netip.Prefix // optional IPv6 pool, /64../126; invalid when absent
 	Address netip.Addr   // agent only: its inner IPv4 source address outside Pool, default 100.64.0.1
 	// Enabled is false when a gateway attached to a relay has no [tun]
