@@ -85,6 +85,8 @@ func (g *Gateway) apiHandler(token string) http.Handler {
 	v1 := http.NewServeMux()
 	v1.HandleFunc("GET /v1/services", g.handleListServices)
 	v1.HandleFunc("GET /v1/flows", g.handleListFlows)
+	v1.HandleFunc("POST /v1/services/{name}/backends/{address}/drain", g.handleDrain)
+	v1.HandleFunc("POST /v1/services/{name}/backends/{address}/undrain", g.handleUndrain)
 	mux.Handle("/v1/", requireToken(token, v1))
 	return mux
 }

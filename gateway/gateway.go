@@ -164,6 +164,7 @@ func (g *Gateway) Start() error {
 		g.Close()
 		return err
 	}
+	g.startHealth()
 	if err := g.startAPI(); err != nil {
 		g.Close()
 		return err
@@ -243,6 +244,7 @@ func (g *Gateway) Close() error {
 		g.api.Shutdown(ctx)
 		cancel()
 	}
+	g.stopHealth()
 	if g.dev != nil {
 		if err := g.dev.Close(); err != nil {
 			errs = append(errs, err)
