@@ -39,6 +39,11 @@ func (g *Gateway) buildTable(svcs []catalog.Service, tenants []catalog.Tenant) (
 			t.byVIP[a.VIP6] = svc
 		}
 	}
+	names := make([]string, len(tenants))
+	for i, tn := range tenants {
+		names[i] = tn.Name
+	}
+	t.buildViews(names)
 	return t, nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/conf"
 	"github.com/ztgate/ztgate/netstack"
+	"github.com/ztgate/ztgate/resolver"
 )
 
 // Options are the parts of a gateway that tests replace. The zero value
@@ -40,6 +41,7 @@ type Options struct {
 type Gateway struct {
 	cfg  *conf.Gateway
 	opts Options
+	root *slog.Logger // for the components the gateway owns
 	log  *slog.Logger
 	m    *metrics
 	now  func() time.Time
@@ -62,6 +64,9 @@ type Gateway struct {
 	lan  *netstack.Link
 	api  *http.Server
 	apiL net.Listener
+
+	dnsStack *resolver.Server // 10.100.0.1:53 inside the netstack
+	dnsHost  *resolver.Server // [dns] listen
 
 	// Lifecycle: ctx is cancelled by Close; every goroutine serving a flow
 	// or a request enters wg through enter, which fails once closing.
@@ -106,6 +111,7 @@ func New(cfg *conf.Gateway, opts Options, log *slog.Logger) (*Gateway, error) {
 	g := &Gateway{
 		cfg:        cfg,
 		opts:       opts,
+		root:       log,
 		log:        log.With("component", "gateway"),
 		now:        opts.Now,
 		states:     make(map[string]*serviceState),
@@ -155,12 +161,16 @@ func (g *Gateway) Start() error {
 		Handler:               g,
 		MaxInflightHandshakes: g.cfg.Limits.MaxInflightHandshake,
 		OnDrop:                g.m.drop,
-	}, g.log.With("component", "netstack"))
+	}, g.root.With("component", "netstack"))
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
 	g.ns = ns
 	if err := g.startLAN(pools); err != nil {
+		g.Close()
+		return err
+	}
+	if err := g.startDNS(); err != nil {
 		g.Close()
 		return err
 	}
@@ -245,6 +255,7 @@ func (g *Gateway) Close() error {
 		cancel()
 	}
 	g.stopHealth()
+	g.stopDNS()
 	if g.dev != nil {
 		if err := g.dev.Close(); err != nil {
 			errs = append(errs, err)

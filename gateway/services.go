@@ -26,6 +26,8 @@ type serviceState struct {
 	backends atomic.Pointer[backendSet]
 
 	mu sync.Mutex // serialises changes of backends
+
+	health healthChecks // active checks and drain deadlines of the backends
 }
 
 func newServiceState(name string) *serviceState {
@@ -73,6 +75,8 @@ type table struct {
 	byVIP   map[netip.Addr]*service
 	byName  map[string]*service
 	tenants tenantTable
+	views   map[string]*dnsView // per tenant
+	all     *dnsView            // every service: the router's operator
 }
 
 func (t *table) lookupVIP(vip netip.Addr) *service { return t.byVIP[vip.Unmap()] }
