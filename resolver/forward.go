@@ -1,0 +1,94 @@
+package resolver
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/miekg/dns"
+)
+
+// errUpstreamRcode is returned for an upstream's SERVFAIL or REFUSED: the
+// next upstream is asked.
+var errUpstreamRcode = errors.New("upstream failed the query")
+
+// forward sends raw to the upstreams and replies with send: the first good
+// answer, with the client's ID, or SERVFAIL when every upstream failed.
+func (s *Server) forward(raw []byte, tcp bool, send func([]byte) error) {
+	bp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bp)
+	reply, err := s.askUpstreams(raw, tcp, *bp)
+	if err != nil {
+		reply = s.errorReply(raw, tcp, dns.RcodeServerFailure, *bp)
+	}
+	s.m.reply(int(be16(reply[2:]) & rcodeMask))
+	if err := send(reply); err != nil {
+		s.m.drop(dropWrite)
+	}
+}
+
+// askUpstreams asks the upstreams in order (each within ForwardTimeout) and
+// returns, in buf, the first answer that is not SERVFAIL or REFUSED, fitted
+// to what the client accepts.
+func (s *Server) askUpstreams(raw []byte, tcp bool, buf []byte) ([]byte, error) {
+	query := append([]byte(nil), raw...)
+	id := randomID()
+	query[0], query[1] = byte(id>>8), byte(id)
+	var errs []error
+	for _, up := range s.cfg.Upstreams {
+		reply, err := exchange(s.ctx, up, query, buf, s.cfg.ForwardTimeout, tcp)
+		if err == nil {
+			if rc := be16(reply[2:]) & rcodeMask; rc == dns.RcodeServerFailure || rc == dns.RcodeRefused {
+				err = fmt.Errorf("%v: %w: %s", up, errUpstreamRcode, dns.RcodeToString[int(rc)])
+			}
+		}
+		if err != nil {
+			s.m.forwardError(up, errorReason(err))
+			errs = append(errs, err)
+			continue
+		}
+		reply[0], reply[1] = raw[0], raw[1]
+		reply[3] |= flagRA // this server offers recursion, through its upstreams
+		return s.fit(reply, raw, tcp), nil
+	}
+	return nil, fmt.Errorf("resolver: forward: %w", errors.Join(errs...))
+}
+
+// fit cuts an upstream's answer that is larger than the client accepts over
+// UDP down to its header and question, with TC set.
+func (s *Server) fit(reply, raw []byte, tcp bool) []byte {
+	if len(reply) <= s.clientLimit(raw, tcp) {
+		return reply
+	}
+	qend, _ := questionEnd(reply) // isReplyTo checked it
+	reply[2] |= flagTC >> 8
+	clear(reply[6:headerLen])
+	return reply[:qend]
+}
+
+// clientLimit is the largest reply the sender of raw accepts.
+func (s *Server) clientLimit(raw []byte, tcp bool) int {
+	var q query
+	var key [maxNameLen + 5]byte
+	if _, ok := parseQuery(raw, &q, key[:0]); ok {
+		return replyLimit(tcp, q.edns, q.udpSize, s.cfg.MaxUDPSize)
+	}
+	var m dns.Msg
+	if err := m.Unpack(raw); err == nil {
+		if opt := m.IsEdns0(); opt != nil {
+			return replyLimit(tcp, true, opt.UDPSize(), s.cfg.MaxUDPSize)
+		}
+	}
+	return replyLimit(tcp, false, 0, s.cfg.MaxUDPSize)
+}
+
+// errorReply answers raw, a query the slow path can parse, with rcode.
+func (s *Server) errorReply(raw []byte, tcp bool, rcode int, buf []byte) []byte {
+	var m dns.Msg
+	if err := m.Unpack(raw); err == nil && len(m.Question) == 1 {
+		req, _ := requestOf(&m, tcp)
+		if out, err := pack(s.message(&req, &answer{rcode: rcode}), buf, req.limit(s.cfg.MaxUDPSize)); err == nil {
+			return out
+		}
+	}
+	return headerReply(buf, raw, s.ra, rcode)
+}

@@ -1,0 +1,96 @@
+package resolver
+
+import (
+	"bytes"
+	"encoding/binary"
+	"strings"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+// FuzzHandleQuery feeds arbitrary bytes to the server as a query: it must
+// never panic, and either drop the message or answer with a well-formed
+// response carrying the query's ID. A second pass through the same worker
+// (the cache) must give the same bytes.
+func FuzzHandleQuery(f *testing.F) {
+	seeds := []*dns.Msg{
+		newQuery("web.ztna.internal.", dns.TypeA, 0),
+		newQuery("WEB.ztna.internal.", dns.TypeAAAA, 1232),
+		newQuery("_http._tcp.web.ztna.internal.", dns.TypeSRV, 4096),
+		newQuery("_svc._tcp.big.ztna.internal.", dns.TypeSRV, 0),
+		newQuery("10.0.100.10.in-addr.arpa.", dns.TypePTR, 0),
+		newQuery("a.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.b.a.0.0.0.0.d.f.ip6.arpa.", dns.TypePTR, 0),
+		newQuery("ztna.internal.", dns.TypeANY, 0),
+		newQuery("example.com.", dns.TypeA, 0),
+	}
+	for _, m := range seeds {
+		f.Add(mustPack(f, m), false)
+	}
+	f.Add([]byte{0, 1, 0x28, 0, 0, 1, 0, 0, 0, 0, 0, 0}, true)
+	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"), false)
+	s := newTestServer(f, testConfig(), testDirectory())
+	w := s.newWorker() // inputs run one at a time; its cache carries over
+	f.Fuzz(func(t *testing.T, raw []byte, tcp bool) {
+		out, fwd := s.handle(w, raw, clientA, tcp)
+		if fwd {
+			t.Fatal("forwarded without upstreams")
+		}
+		if out == nil {
+			return
+		}
+		first := bytes.Clone(out)
+		var m dns.Msg
+		if err := m.Unpack(first); err != nil {
+			t.Fatalf("reply %x does not parse: %v", first, err)
+		}
+		if !m.Response || m.Id != binary.BigEndian.Uint16(raw) {
+			t.Fatalf("reply %v: not a response to ID %x", m.MsgHdr, raw[:2])
+		}
+		if !tcp && len(first) > int(s.cfg.MaxUDPSize) {
+			t.Fatalf("%d octets over UDP", len(first))
+		}
+		if again, _ := s.handle(w, raw, clientA, tcp); !bytes.Equal(again, first) {
+			t.Fatalf("second reply differs:\n%x\n%x", again, first)
+		}
+	})
+}
+
+// FuzzParseAnswer feeds arbitrary bytes to the Client's and the
+// forwarder's reply checks: no panic, and a reply accepted by isReplyTo
+// has the query's ID.
+func FuzzParseAnswer(f *testing.F) {
+	query, _ := clientQuery("web.ztna.internal", dns.TypeA)
+	s := newTestServer(f, testConfig(), testDirectory())
+	answer, _ := s.handle(s.newWorker(), query, clientA, false)
+	f.Add(bytes.Clone(answer))
+	f.Add([]byte{0, 0, 0x80, 0})
+	f.Fuzz(func(t *testing.T, reply []byte) {
+		if isReplyTo(query, reply) && !bytes.Equal(reply[:2], query[:2]) {
+			t.Fatal("accepted a reply with another ID")
+		}
+		for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeSRV} {
+			r, err := parseAnswer(reply, qtype)
+			if err == nil && r.ttl < 0 {
+				t.Fatalf("negative TTL %v", r.ttl)
+			}
+		}
+		if CheckProbeReply(reply, 0) == nil && (len(reply) < 2 || reply[0] != 0 || reply[1] != 0) {
+			t.Fatal("probe reply with another ID accepted")
+		}
+	})
+}
+
+// FuzzParseResolvConf: no panic, and every result is a valid address on
+// port 53.
+func FuzzParseResolvConf(f *testing.F) {
+	f.Add("nameserver 127.0.0.53\noptions edns0\n")
+	f.Add("nameserver fe80::1%eth0 # x\n;c\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		for _, ap := range parseResolvConf(strings.NewReader(text)) {
+			if !ap.IsValid() || ap.Port() != 53 {
+				t.Fatalf("nameserver %v", ap)
+			}
+		}
+	})
+}

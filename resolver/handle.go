@@ -1,0 +1,198 @@
+package resolver
+
+import (
+	"bytes"
+	"net/netip"
+
+	"github.com/miekg/dns"
+)
+
+// worker holds what answering needs per goroutine: scratch buffers and a
+// cache of packed answers that no other goroutine touches.
+type worker struct {
+	q     query
+	key   []byte // cache key scratch: wire name, type, class, EDNS class
+	out   []byte // reply buffer
+	cache *cache
+}
+
+func (s *Server) newWorker() *worker {
+	return &worker{
+		key:   make([]byte, 0, maxNameLen+5),
+		out:   make([]byte, maxMsgSize+1),
+		cache: newCache(s.cfg.CacheSize),
+	}
+}
+
+// handle answers the message raw from client. It returns the reply to send
+// (held in w until the next call), or fwd when raw is to be forwarded, or
+// neither when raw is dropped. It never blocks.
+func (s *Server) handle(w *worker, raw []byte, client netip.Addr, tcp bool) (out []byte, fwd bool) {
+	if len(raw) < headerLen {
+		s.m.malformed.Inc()
+		s.m.drop(dropMalformed)
+		return nil, false
+	}
+	if be16(raw[2:])&flagQR != 0 {
+		s.m.drop(dropResponse)
+		return nil, false
+	}
+	key, ok := parseQuery(raw, &w.q, w.key[:0])
+	if !ok {
+		return s.handleSlow(w, raw, client, tcp)
+	}
+	w.key = key
+	view := s.dir.View(client)
+	c := w.cache
+	if c == nil || !cacheable(view) {
+		return s.answerFast(w, raw, view, tcp, nil)
+	}
+	e, hit := c.get(view, key)
+	if !hit {
+		s.m.misses.Inc()
+		return s.answerFast(w, raw, view, tcp, c)
+	}
+	s.m.hits.Inc()
+	if e.forward {
+		return nil, true
+	}
+	if len(e.reply) > replyLimit(tcp, w.q.edns, w.q.udpSize, s.cfg.MaxUDPSize) {
+		return s.answerFast(w, raw, view, tcp, nil) // to be truncated
+	}
+	out = w.out[:len(e.reply)]
+	copy(out, e.reply)
+	patch(out, raw, &w.q)
+	s.m.reply(e.rcode)
+	return out, false
+}
+
+// answerFast answers a query parseQuery read into w, and stores the packed
+// answer (or the mark to forward) in c when c is not nil.
+func (s *Server) answerFast(w *worker, raw []byte, view View, tcp bool, c *cache) ([]byte, bool) {
+	q := &w.q
+	name := w.key[:q.nameEnd-headerLen]
+	owner, _, err := dns.UnpackDomainName(name, 0)
+	if err != nil { // parseQuery checked the name: cannot happen
+		return s.failure(w, raw, err), false
+	}
+	a := s.zone.resolve(view, &question{wire: name, owner: owner, qtype: q.qtype, qclass: q.qclass})
+	if a.forward {
+		if c != nil {
+			c.put(view, w.key, cached{forward: true})
+		}
+		return nil, true
+	}
+	req := request{
+		id: be16(raw), flags: q.flags, name: owner, qtype: q.qtype, qclass: q.qclass,
+		edns: q.edns, do: q.do, udpSize: q.udpSize, tcp: tcp,
+	}
+	m := s.message(&req, &a)
+	out, err := m.PackBuffer(w.out)
+	if err != nil {
+		return s.failure(w, raw, err), false
+	}
+	if c != nil && bytes.Equal(out[headerLen:q.nameEnd], name) {
+		c.put(view, w.key, cached{reply: bytes.Clone(out), rcode: a.rcode})
+	}
+	if out, err = pack(m, w.out, req.limit(s.cfg.MaxUDPSize)); err != nil {
+		return s.failure(w, raw, err), false
+	}
+	patch(out, raw, q)
+	s.m.reply(a.rcode)
+	return out, false
+}
+
+// handleSlow answers what the fast path does not read: other opcodes,
+// question counts other than one, compressed or malformed questions, other
+// records, EDNS versions other than 0.
+func (s *Server) handleSlow(w *worker, raw []byte, client netip.Addr, tcp bool) ([]byte, bool) {
+	switch {
+	case be16(raw[2:])&opcodeMask != 0:
+		return s.headerOnly(w, raw, dns.RcodeNotImplemented), false
+	case be16(raw[4:]) != 1:
+		s.m.malformed.Inc()
+		return s.headerOnly(w, raw, dns.RcodeFormatError), false
+	}
+	var m dns.Msg
+	// questionEnd first: miekg accepts a question without type or class.
+	if _, ok := questionEnd(raw); !ok || m.Unpack(raw) != nil || len(m.Question) != 1 {
+		s.m.malformed.Inc()
+		return s.headerOnly(w, raw, dns.RcodeFormatError), false
+	}
+	req, rcode := requestOf(&m, tcp)
+	a := answer{rcode: rcode}
+	if rcode == dns.RcodeSuccess {
+		name, err := wireName(req.name, w.key[:cap(w.key)])
+		if err != nil {
+			s.m.malformed.Inc()
+			return s.headerOnly(w, raw, dns.RcodeFormatError), false
+		}
+		view := s.dir.View(client)
+		a = s.zone.resolve(view, &question{wire: name, owner: req.name, qtype: req.qtype, qclass: req.qclass})
+		if a.forward {
+			return nil, true
+		}
+	}
+	out, err := pack(s.message(&req, &a), w.out, req.limit(s.cfg.MaxUDPSize))
+	if err != nil {
+		return s.failure(w, raw, err), false
+	}
+	s.m.reply(a.rcode)
+	return out, false
+}
+
+// requestOf reads what a reply needs from a parsed query, and the rcode that
+// answers it when it is not well-formed (FORMERR) or asks for an EDNS
+// version other than 0 (BADVERS, RFC 6891 §6.1.3).
+func requestOf(m *dns.Msg, tcp bool) (request, int) {
+	q := m.Question[0]
+	req := request{id: m.Id, name: q.Name, qtype: q.Qtype, qclass: q.Qclass, tcp: tcp}
+	if m.RecursionDesired {
+		req.flags |= flagRD
+	}
+	if m.CheckingDisabled {
+		req.flags |= flagCD
+	}
+	var opts int
+	for _, rr := range m.Extra {
+		if opt, ok := rr.(*dns.OPT); ok {
+			opts++
+			req.edns, req.udpSize, req.do = true, opt.UDPSize(), opt.Do()
+			if opt.Hdr.Name != "." || opts > 1 {
+				req.edns = false
+				return req, dns.RcodeFormatError
+			}
+			if opt.Version() != 0 {
+				return req, dns.RcodeBadVers
+			}
+		}
+	}
+	return req, dns.RcodeSuccess
+}
+
+// wireName packs a presentation name into buf in lower case.
+func wireName(name string, buf []byte) ([]byte, error) {
+	n, err := dns.PackDomainName(name, buf, 0, nil, false)
+	if err != nil {
+		return nil, err
+	}
+	buf = buf[:n]
+	for off := 0; off < n && buf[off] != 0; off += 1 + int(buf[off]) {
+		for i := off + 1; i <= off+int(buf[off]) && i < n; i++ {
+			buf[i] = lowerASCII(buf[i])
+		}
+	}
+	return buf, nil
+}
+
+// headerOnly answers with a header and no sections, and counts the reply.
+func (s *Server) headerOnly(w *worker, raw []byte, rcode int) []byte {
+	s.m.reply(rcode)
+	return headerReply(w.out, raw, s.ra, rcode)
+}
+
+// failure answers SERVFAIL when a reply could not be packed.
+func (s *Server) failure(w *worker, raw []byte, err error) []byte {
+	s.log.Warn("resolver: cannot pack a reply", "err", err)
+	return s.headerOnly(w, raw, dns.RcodeServerFailure)
+}

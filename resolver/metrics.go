@@ -1,0 +1,127 @@
+package resolver
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Reasons for ztgate_dns_dropped_total: a query that got no reply at all.
+const (
+	dropMalformed = "malformed" // shorter than a DNS header
+	dropResponse  = "response"  // QR set: a response sent to the server
+	dropBusy      = "busy"      // too many forwarded queries in flight
+	dropTCPLimit  = "tcp_limit" // a TCP connection over MaxTCPConns
+	dropWrite     = "write"     // the reply could not be sent
+)
+
+// Reasons for ztgate_dns_forward_errors_total.
+const (
+	fwdTimeout  = "timeout"   // no valid answer in time
+	fwdNetwork  = "network"   // dial, write or read failed
+	fwdRcode    = "rcode"     // the upstream answered SERVFAIL or REFUSED
+	fwdBadReply = "bad_reply" // the answer was not for our question
+)
+
+// rcodeSlots covers the rcodes that fit in a header and BADVERS; higher ones
+// are counted as "other".
+const rcodeSlots = dns.RcodeBadVers + 1
+
+// metrics are the counters of one Server. Counters used per query are
+// resolved once so that counting costs one atomic add.
+type metrics struct {
+	queries   [rcodeSlots]prometheus.Counter
+	other     prometheus.Counter
+	dropped   *prometheus.CounterVec
+	malformed prometheus.Counter
+	fwdErrors *prometheus.CounterVec
+	cache     *prometheus.CounterVec
+	hits      prometheus.Counter
+	misses    prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	queries := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztgate_dns_queries_total",
+		Help: "DNS replies sent, by response code.",
+	}, []string{"rcode"})
+	dropped := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztgate_dns_dropped_total",
+		Help: "DNS queries that got no reply, by reason.",
+	}, []string{"reason"})
+	malformed := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ztgate_dns_malformed_total",
+		Help: "DNS queries that could not be parsed (answered FORMERR, or dropped when even the header was missing).",
+	})
+	fwdErrors := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztgate_dns_forward_errors_total",
+		Help: "Failed attempts to forward a query to an upstream, by upstream and reason.",
+	}, []string{"upstream", "reason"})
+	cache := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztgate_dns_cache_lookups_total",
+		Help: "Lookups in the cache of packed answers, by result (hit, miss).",
+	}, []string{"result"})
+	m := &metrics{}
+	var err error
+	if queries, err = register(reg, queries); err != nil {
+		return nil, err
+	}
+	if dropped, err = register(reg, dropped); err != nil {
+		return nil, err
+	}
+	if malformed, err = register(reg, malformed); err != nil {
+		return nil, err
+	}
+	if fwdErrors, err = register(reg, fwdErrors); err != nil {
+		return nil, err
+	}
+	if cache, err = register(reg, cache); err != nil {
+		return nil, err
+	}
+	for rc := range m.queries {
+		if name, ok := dns.RcodeToString[rc]; ok {
+			m.queries[rc] = queries.WithLabelValues(name)
+		}
+	}
+	m.queries[dns.RcodeBadVers] = queries.WithLabelValues("BADVERS")
+	m.other = queries.WithLabelValues("other")
+	m.dropped, m.malformed, m.fwdErrors, m.cache = dropped, malformed, fwdErrors, cache
+	m.hits, m.misses = cache.WithLabelValues("hit"), cache.WithLabelValues("miss")
+	return m, nil
+}
+
+// register registers c, or returns the collector already registered under
+// its name so that a Server rebuilt on reload keeps counting in the same series.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	if reg == nil {
+		return c, nil
+	}
+	err := reg.Register(c)
+	if err == nil {
+		return c, nil
+	}
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing, nil
+		}
+	}
+	return c, fmt.Errorf("resolver: register metrics: %w", err)
+}
+
+func (m *metrics) reply(rcode int) {
+	if rcode >= 0 && rcode < rcodeSlots && m.queries[rcode] != nil {
+		m.queries[rcode].Inc()
+		return
+	}
+	m.other.Inc()
+}
+
+func (m *metrics) drop(reason string) { m.dropped.WithLabelValues(reason).Inc() }
+
+func (m *metrics) forwardError(upstream netip.AddrPort, reason string) {
+	m.fwdErrors.WithLabelValues(upstream.String(), reason).Inc()
+}

@@ -1,0 +1,128 @@
+package resolver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// ErrServerClosed is returned by ServePacket and ServeStream when they are
+// called after Shutdown.
+var ErrServerClosed = errors.New("resolver: server closed")
+
+// Server is an authoritative DNS server for the service zone and the pools'
+// reverse zones, with forwarding. One Server may serve several packet conns
+// and listeners at once.
+type Server struct {
+	cfg  Config
+	dir  Directory
+	log  *slog.Logger
+	zone *zone
+	m    *metrics
+	ra   uint16 // flagRA when upstreams are configured
+
+	ctx     context.Context // canceled by Shutdown; bounds forwarding
+	cancel  context.CancelFunc
+	fwdSem  chan struct{} // slots of forwarded UDP queries
+	bufs    sync.Pool     // *[]byte of maxMsgSize for forwarding
+	workers sync.Pool     // *worker for serveRaw
+
+	mu      sync.Mutex
+	closed  bool
+	active  int                    // Serve* calls and goroutines not yet done
+	idle    chan struct{}          // closed when closed and active is 0
+	closers map[io.Closer]struct{} // conns and listeners to close on Shutdown
+	tcp     int                    // open TCP connections
+}
+
+// New returns a Server answering from dir. cfg's zero fields take their
+// defaults; log may be nil.
+func New(cfg Config, dir Directory, log *slog.Logger) (*Server, error) {
+	if dir == nil {
+		return nil, errors.New("resolver: nil Directory")
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("resolver: config: %w", err)
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{
+		cfg:     cfg,
+		dir:     dir,
+		log:     log,
+		zone:    newZone(&cfg, uint32(time.Now().Unix())),
+		m:       m,
+		fwdSem:  make(chan struct{}, cfg.MaxForwards),
+		idle:    make(chan struct{}),
+		closers: map[io.Closer]struct{}{},
+	}
+	if len(cfg.Upstreams) > 0 {
+		s.ra = flagRA
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.bufs.New = func() any { b := make([]byte, maxMsgSize); return &b }
+	s.workers.New = func() any { return s.newWorker() }
+	return s, nil
+}
+
+// Shutdown stops every Serve* call: it closes the conns and listeners they
+// serve and every open TCP connection, aborts forwarded queries, and waits
+// until their goroutines are done or ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		s.cancel()
+		for c := range s.closers {
+			_ = c.Close() // unblocks the reader; its error is expected
+		}
+		if s.active == 0 {
+			close(s.idle)
+		}
+	}
+	s.mu.Unlock()
+	select {
+	case <-s.idle:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("resolver: shutdown: %w", ctx.Err())
+	}
+}
+
+// acquire registers a goroutine (and c, to be closed on Shutdown, unless
+// nil). It reports false once the server is closed.
+func (s *Server) acquire(c io.Closer) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.active++
+	if c != nil {
+		s.closers[c] = struct{}{}
+	}
+	return true
+}
+
+// release ends what acquire registered.
+func (s *Server) release(c io.Closer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c != nil {
+		delete(s.closers, c)
+	}
+	s.active--
+	if s.closed && s.active == 0 {
+		close(s.idle)
+	}
+}
