@@ -61,47 +61,12 @@ func loadState(path string, spaces [families]addrSpace, now time.Time) (*table, 
 	return t, data, warnings, nil
 }
 
-// writeState replaces the state file at path with data so that a crash at
-// any moment leaves either the old or the new file: it writes a temporary
-// file in the same directory, syncs it, renames it over the old file and
-// syncs the directory. replaced reports whether the rename happened (the
-// new state is then the file's, even if the directory sync failed).
+// writeState replaces the state file at path with data, atomically (see
+// WriteFileAtomic).
 func writeState(path string, data []byte) (replaced bool, err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, tempPattern)
+	replaced, err = WriteFileAtomic(path, data, 0o600)
 	if err != nil {
-		return false, fmt.Errorf("catalog: save VIP state: %w", err)
+		return replaced, fmt.Errorf("catalog: save VIP state: %w", err)
 	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp) // best effort; loadState removes leftovers too
-		return false, fmt.Errorf("catalog: save VIP state %s: %w", path, err)
-	}
-	if err := syncDir(dir); err != nil {
-		return true, fmt.Errorf("catalog: save VIP state %s: the file is replaced but may not survive a crash: %w", path, err)
-	}
-	return true, nil
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return replaced, nil
 }

@@ -1,0 +1,56 @@
+package catalog
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// WriteFileAtomic replaces the file at path with data so that a crash at
+// any moment leaves either the old or the new file: it writes a temporary
+// file in the same directory (named ".<base>.tmp-*", which readers may
+// clean up), syncs it, renames it over the old file and syncs the
+// directory. replaced reports whether the rename happened (the new content
+// is then the file's, even if the directory sync failed).
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) (replaced bool, err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return false, fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	err = f.Chmod(perm)
+	if err == nil {
+		_, err = f.Write(data)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp) // best effort
+		return false, fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := syncDir(dir); err != nil {
+		return true, fmt.Errorf("write %s: the file is replaced but may not survive a crash: %w", path, err)
+	}
+	return true, nil
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
