@@ -8,11 +8,12 @@ import (
 	"time"
 
 	"github.com/ztgate/ztgate/catalog"
+	"github.com/ztgate/ztgate/conf"
 )
 
 // buildTable allocates VIPs for svcs and builds a table generation from
 // them. Services keep their state (backends, health, flow counts) by name.
-func (g *Gateway) buildTable(svcs []catalog.Service, tenants []catalog.Tenant) (*table, error) {
+func (g *Gateway) buildTable(svcs []catalog.Service, tenants []catalog.Tenant, limits conf.Limits, drain time.Duration) (*table, error) {
 	reqs := make([]catalog.Request, len(svcs))
 	for i, s := range svcs {
 		reqs[i] = catalog.Request{Service: s.Name, VIP: s.VIP, VIP6: s.VIP6}
@@ -24,7 +25,9 @@ func (g *Gateway) buildTable(svcs []catalog.Service, tenants []catalog.Tenant) (
 	t := &table{
 		byVIP:   make(map[netip.Addr]*service, 2*len(svcs)),
 		byName:  make(map[string]*service, len(svcs)),
-		tenants: newTenantTable(tenants),
+		tenants:      newTenantTable(tenants),
+		limits:       limits,
+		drainTimeout: drain,
 	}
 	for _, s := range svcs {
 		a := allocs[s.Name]

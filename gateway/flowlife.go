@@ -8,8 +8,8 @@ import (
 
 // admit reserves a flow slot of the gateway and of the service, or
 // reports that a limit is reached.
-func (g *Gateway) admit(svc *service) bool {
-	if !reserve(&g.flowCount, g.cfg.Limits.MaxFlows) {
+func (g *Gateway) admit(t *table, svc *service) bool {
+	if !reserve(&g.flowCount, t.limits.MaxFlows) {
 		return false
 	}
 	if !reserve(&svc.st.flows, svc.spec.MaxFlows) {

@@ -39,7 +39,7 @@ type Options struct {
 // Gateway is the gateway role. Create it with New, start it with Start (or
 // Run), stop it with Close.
 type Gateway struct {
-	cfg  *conf.Gateway
+	cfg  *conf.Gateway // as started: the static settings (TUN, pools, listeners)
 	opts Options
 	root *slog.Logger // for the components the gateway owns
 	log  *slog.Logger
@@ -48,6 +48,13 @@ type Gateway struct {
 
 	pool *catalog.Pool
 	tbl  atomic.Pointer[table]
+
+	// reloadMu serialises changes of the service table: reloads and API
+	// additions and deletions.
+	reloadMu    sync.Mutex
+	running     *conf.Gateway     // the applied configuration
+	apiServices []catalog.Service // added through the API, persisted in the state directory
+	apiStore    *apiStore
 
 	statesMu sync.Mutex
 	states   map[string]*serviceState
@@ -135,7 +142,18 @@ func New(cfg *conf.Gateway, opts Options, log *slog.Logger) (*Gateway, error) {
 		g.log.Warn("VIP state", "warning", w)
 	}
 	g.pool = pool
-	t, err := g.buildTable(cfg.Services, cfg.Tenants)
+	g.running = cfg
+	g.apiStore = newAPIStore(cfg.StateDir)
+	api, err := g.apiStore.load(cfg.ServiceContext())
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	services, err := mergeServices(cfg.Services, api)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	g.apiServices = api
+	t, err := g.buildTable(services, cfg.Tenants, cfg.Limits, cfg.DrainTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -179,6 +197,7 @@ func (g *Gateway) Start() error {
 		g.Close()
 		return err
 	}
+	g.watchConfig()
 	g.log.Info("gateway started", "name", g.cfg.Name, "pool", g.cfg.TUN.Pool, "services", len(g.tbl.Load().byName))
 	return nil
 }

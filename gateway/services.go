@@ -4,8 +4,10 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/ztgate/ztgate/catalog"
+	"github.com/ztgate/ztgate/conf"
 )
 
 // service is a service as the data path sees it in one generation of the
@@ -77,6 +79,9 @@ type table struct {
 	tenants tenantTable
 	views   map[string]*dnsView // per tenant
 	all     *dnsView            // every service: the router's operator
+
+	limits       conf.Limits   // the flow limits of this generation
+	drainTimeout time.Duration // how long flows of removed services live on
 }
 
 func (t *table) lookupVIP(vip netip.Addr) *service { return t.byVIP[vip.Unmap()] }

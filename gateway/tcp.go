@@ -20,13 +20,14 @@ func (g *Gateway) HandleTCP(req *netstack.TCPRequest) {
 		return
 	}
 	defer g.leave()
-	d := g.classify(g.tbl.Load(), catalog.TCP, req.Src.Addr(), req.Dst)
+	t := g.tbl.Load()
+	d := g.classify(t, catalog.TCP, req.Src.Addr(), req.Dst)
 	if d.refused != "" {
 		g.refuse("tcp", d.refused)
 		req.Refuse()
 		return
 	}
-	if !g.admit(d.svc) {
+	if !g.admit(t, d.svc) {
 		g.refuse("tcp", refuseLimit)
 		req.Refuse()
 		return

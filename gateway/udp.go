@@ -17,7 +17,8 @@ import (
 // an ICMP port unreachable. Each accepted flow (client address and port,
 // VIP and port) gets its own backend socket, so replies reach only it.
 func (g *Gateway) HandleUDP(req *netstack.UDPRequest) bool {
-	d := g.classify(g.tbl.Load(), catalog.UDP, req.Src.Addr(), req.Dst)
+	t := g.tbl.Load()
+	d := g.classify(t, catalog.UDP, req.Src.Addr(), req.Dst)
 	if d.refused != "" {
 		g.refuse("udp", d.refused)
 		return false
@@ -27,7 +28,7 @@ func (g *Gateway) HandleUDP(req *netstack.UDPRequest) bool {
 		g.refuse("udp", refuseNoBackend)
 		return false
 	}
-	if !g.admit(d.svc) {
+	if !g.admit(t, d.svc) {
 		g.refuse("udp", refuseLimit)
 		return false
 	}

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"os/signal"
 	"syscall"
 	"time"
@@ -47,9 +48,18 @@ func runGateway(args []string, stdout, stderr io.Writer) int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	<-ctx.Done()
-	log.Info("shutting down", "signal", context.Cause(ctx))
-	return shutdown(log, gw.Close)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			gw.Reload() // logs its diff or its errors
+		case <-ctx.Done():
+			log.Info("shutting down", "signal", context.Cause(ctx))
+			return shutdown(log, gw.Close)
+		}
+	}
 }
 
 // shutdown runs close and gives up after shutdownGrace, so the process

@@ -1,0 +1,153 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+
+	"github.com/ztgate/ztgate/catalog"
+	"github.com/ztgate/ztgate/conf"
+)
+
+// readBody reads a request body of at most maxBodyBytes; it writes the
+// error response (413 or 400) itself and returns ok=false then.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeErrors(w, http.StatusRequestEntityTooLarge, fmt.Errorf("body larger than %d bytes", maxBodyBytes))
+		} else {
+			writeErrors(w, http.StatusBadRequest, fmt.Errorf("read body: %w", err))
+		}
+		return nil, false
+	}
+	return body, true
+}
+
+// handleAddService serves POST /v1/services: the body is a [[service]] in
+// JSON, validated by the same code as the configuration file.
+func (g *Gateway) handleAddService(w http.ResponseWriter, r *http.Request) {
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	g.reloadMu.Lock()
+	defer g.reloadMu.Unlock()
+	svc, err := conf.ParseServiceJSON(body, g.running.ServiceContext())
+	if err != nil {
+		writeConfErrors(w, http.StatusBadRequest, err)
+		return
+	}
+	svc.Source = "api"
+	if _, exists := g.tbl.Load().byName[svc.Name]; exists {
+		writeErrors(w, http.StatusConflict, fmt.Errorf("service %q exists", svc.Name))
+		return
+	}
+	api := append(slices.Clone(g.apiServices), svc)
+	if err := validateAgainst(g.running, api); err != nil {
+		writeConfErrors(w, http.StatusConflict, err)
+		return
+	}
+	prev := g.apiStore.bodies
+	if err := g.apiStore.save(g.apiStore.with(svc.Name, body)); err != nil {
+		writeErrors(w, http.StatusInternalServerError, err)
+		return
+	}
+	d, err := g.applyLocked(g.running, api)
+	if err != nil {
+		g.apiStore.save(prev)
+		status := http.StatusBadRequest
+		if errors.Is(err, catalog.ErrPinConflict) || errors.Is(err, catalog.ErrPoolExhausted) || errors.Is(err, catalog.ErrReserved) {
+			status = http.StatusConflict
+		}
+		writeErrors(w, status, err)
+		return
+	}
+	g.apiServices = api
+	g.logDiff("service added through the API", d)
+	writeJSON(w, http.StatusCreated, g.describeService(g.tbl.Load().byName[svc.Name]))
+}
+
+// handleDeleteService serves DELETE /v1/services/{name}; flows of the
+// service drain.
+func (g *Gateway) handleDeleteService(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	g.reloadMu.Lock()
+	defer g.reloadMu.Unlock()
+	s, ok := g.tbl.Load().byName[name]
+	if !ok {
+		writeErrors(w, http.StatusNotFound, fmt.Errorf("no service %q", name))
+		return
+	}
+	if s.spec.Source != "api" {
+		writeErrors(w, http.StatusConflict, fmt.Errorf("service %q is defined in the configuration file %s: remove it there and reload", name, g.cfg.Path))
+		return
+	}
+	api := slices.DeleteFunc(slices.Clone(g.apiServices), func(s catalog.Service) bool { return s.Name == name })
+	prev := g.apiStore.bodies
+	if err := g.apiStore.save(g.apiStore.with(name, nil)); err != nil {
+		writeErrors(w, http.StatusInternalServerError, err)
+		return
+	}
+	d, err := g.applyLocked(g.running, api)
+	if err != nil {
+		g.apiStore.save(prev)
+		writeErrors(w, http.StatusInternalServerError, err)
+		return
+	}
+	g.apiServices = api
+	g.logDiff("service deleted through the API", d)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// handleReload serves POST /v1/reload.
+func (g *Gateway) handleReload(w http.ResponseWriter, r *http.Request) {
+	d, err := g.Reload()
+	if err != nil {
+		writeConfErrors(w, http.StatusBadRequest, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+// handleCloseFlows serves DELETE /v1/flows?tenant=&service=&backend=: it
+// closes the matching flows; without a filter it needs all=true.
+func (g *Gateway) handleCloseFlows(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	tenant, svc, backend := q.Get("tenant"), q.Get("service"), q.Get("backend")
+	if tenant == "" && svc == "" && backend == "" && q.Get("all") != "true" {
+		writeErrors(w, http.StatusBadRequest, errors.New("name a tenant, service or backend to close their flows, or all=true to close every flow"))
+		return
+	}
+	fs := g.flows.list(flowFilter(tenant, svc, backend))
+	for _, f := range fs {
+		f.close("closed_by_api")
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"closed": len(fs)})
+}
+
+// writeConfErrors writes every error of a conf.Errors (or the one error).
+func writeConfErrors(w http.ResponseWriter, status int, err error) {
+	var errs conf.Errors
+	if errors.As(err, &errs) {
+		writeErrors(w, status, errs...)
+		return
+	}
+	writeErrors(w, status, err)
+}
+
+// validateAgainst runs the cross-service checks (duplicate names and pins,
+// pool room) of the file's services together with api.
+func validateAgainst(cfg *conf.Gateway, api []catalog.Service) error {
+	all, err := mergeServices(cfg.Services, api)
+	if err != nil {
+		return err
+	}
+	if errs := conf.ValidateServices(all, cfg.ServiceContext()); len(errs) > 0 {
+		return errs
+	}
+	return nil
+}

@@ -1,0 +1,125 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/ztgate/ztgate/catalog"
+	"github.com/ztgate/ztgate/conf"
+)
+
+// apiServicesFile holds the services added through the API, in the state
+// directory, so they survive restarts.
+const apiServicesFile = "api-services.json"
+
+// apiStore persists the bodies of the services added through the API. A
+// body is kept as it was posted and validated again at every start, by the
+// same code as the configuration file.
+type apiStore struct {
+	path   string
+	bodies map[string]json.RawMessage // by service name
+}
+
+type apiStoreFile struct {
+	Version  int               `json:"version"`
+	Services []json.RawMessage `json:"services"`
+}
+
+func newAPIStore(stateDir string) *apiStore {
+	p := ""
+	if stateDir != "" {
+		p = filepath.Join(stateDir, apiServicesFile)
+	}
+	return &apiStore{path: p, bodies: make(map[string]json.RawMessage)}
+}
+
+// load reads the stored services. One that no longer validates against the
+// current configuration (say its tenant was removed) is an error naming it
+// and the file: nothing is dropped silently.
+func (s *apiStore) load(ctx conf.ServiceContext) ([]catalog.Service, error) {
+	if s.path == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(s.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("API services %s: %w", s.path, err)
+	}
+	var f apiStoreFile
+	if err := json.Unmarshal(data, &f); err != nil || f.Version != 1 {
+		return nil, fmt.Errorf("API services %s: not a version 1 file (%v); move it away to start without the services added through the API", s.path, err)
+	}
+	var (
+		out  []catalog.Service
+		errs []error
+	)
+	for i, body := range f.Services {
+		svc, err := conf.ParseServiceJSON(body, ctx)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("API services %s: entry %d: %w", s.path, i, err))
+			continue
+		}
+		svc.Source = "api"
+		s.bodies[svc.Name] = body
+		out = append(out, svc)
+	}
+	if len(errs) > 0 {
+		errs = append(errs, fmt.Errorf("fix or remove these entries of %s (or the configuration they conflict with) and start again", s.path))
+		return nil, errors.Join(errs...)
+	}
+	return out, nil
+}
+
+// put and remove return the store as it would be after the change; save
+// writes it. The caller saves before applying and restores on failure.
+func (s *apiStore) with(name string, body json.RawMessage) map[string]json.RawMessage {
+	m := make(map[string]json.RawMessage, len(s.bodies)+1)
+	for k, v := range s.bodies {
+		m[k] = v
+	}
+	if body == nil {
+		delete(m, name)
+	} else {
+		var buf bytes.Buffer
+		if json.Compact(&buf, body) == nil {
+			body = buf.Bytes()
+		}
+		m[name] = body
+	}
+	return m
+}
+
+// save writes bodies atomically and makes them the store's.
+func (s *apiStore) save(bodies map[string]json.RawMessage) error {
+	if s.path != "" {
+		names := make([]string, 0, len(bodies))
+		for n := range bodies {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		f := apiStoreFile{Version: 1, Services: make([]json.RawMessage, 0, len(names))}
+		for _, n := range names {
+			f.Services = append(f.Services, bodies[n])
+		}
+		data, err := json.MarshalIndent(f, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(filepath.Dir(s.path), 0o755); err != nil {
+			return fmt.Errorf("API services: %w", err)
+		}
+		if _, err := catalog.WriteFileAtomic(s.path, append(data, '\n'), 0o600); err != nil {
+			return fmt.Errorf("API services: %w", err)
+		}
+	}
+	s.bodies = bodies
+	return nil
+}

@@ -1,0 +1,269 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"time"
+
+	"github.com/ztgate/ztgate/catalog"
+	"github.com/ztgate/ztgate/conf"
+)
+
+// Diff is what a reload or an API change did to the service table.
+type Diff struct {
+	Added           []string        `json:"added"`
+	Removed         []string        `json:"removed"`
+	Changed         []ServiceChange `json:"changed"`
+	TenantsChanged  bool            `json:"tenants_changed,omitempty"`
+	LimitsChanged   bool            `json:"limits_changed,omitempty"`
+	RestartRequired []string        `json:"restart_required"`
+}
+
+// ServiceChange names a changed service and the fields that changed.
+type ServiceChange struct {
+	Name   string   `json:"name"`
+	Fields []string `json:"fields"`
+}
+
+// Empty reports whether the diff changed nothing.
+func (d Diff) Empty() bool {
+	return len(d.Added) == 0 && len(d.Removed) == 0 && len(d.Changed) == 0 && !d.TenantsChanged && !d.LimitsChanged
+}
+
+// ErrReload wraps the errors of a reload that was not applied.
+var ErrReload = errors.New("reload not applied")
+
+// Reload reads the configuration file again and applies it: it is parsed
+// and validated off to the side; on any error the running configuration
+// stays and every error is logged and returned. On success the difference
+// is applied: added services appear, removed ones drain, changed ones serve
+// new flows with their new settings while live flows keep what they were
+// bound to; VIPs stay. Keys that need a restart are reported, not applied.
+func (g *Gateway) Reload() (Diff, error) {
+	g.reloadMu.Lock()
+	defer g.reloadMu.Unlock()
+	if g.cfg.Path == "" {
+		return Diff{}, fmt.Errorf("%w: the gateway was not started from a file", ErrReload)
+	}
+	next, err := conf.LoadGateway(g.cfg.Path)
+	if err != nil {
+		return Diff{}, g.reloadFailed(err)
+	}
+	d, err := g.applyLocked(next, g.apiServices)
+	if err != nil {
+		return Diff{}, g.reloadFailed(err)
+	}
+	g.m.reloads.WithLabelValues("ok").Inc()
+	g.logDiff("reloaded", d)
+	return d, nil
+}
+
+func (g *Gateway) reloadFailed(err error) error {
+	g.m.reloads.WithLabelValues("error").Inc()
+	var errs conf.Errors
+	if errors.As(err, &errs) {
+		for _, e := range errs {
+			g.log.Error("reload: keeping the running configuration", "err", e)
+		}
+	} else {
+		g.log.Error("reload: keeping the running configuration", "err", err)
+	}
+	return fmt.Errorf("%w: %w", ErrReload, err)
+}
+
+func (g *Gateway) logDiff(msg string, d Diff) {
+	changed := make([]string, len(d.Changed))
+	for i, c := range d.Changed {
+		changed[i] = c.Name
+	}
+	g.log.Info(msg, "added", d.Added, "removed", d.Removed, "changed", changed,
+		"tenants_changed", d.TenantsChanged, "restart_required", d.RestartRequired)
+}
+
+// applyLocked makes next (and the API's services) the running service
+// table. Only the settings that can change live are taken from next; the
+// others are reported in RestartRequired. The caller holds reloadMu.
+func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, error) {
+	services, err := mergeServices(next.Services, api)
+	if err != nil {
+		return Diff{}, err
+	}
+	old := g.tbl.Load()
+	t, err := g.buildTable(services, next.Tenants, next.Limits, next.DrainTimeout)
+	if err != nil {
+		return Diff{}, err
+	}
+	d := diffTables(old, t)
+	d.RestartRequired = restartRequired(g.running, next)
+	g.swapTable(old, t)
+	g.running = liveSettings(g.running, next)
+	return d, nil
+}
+
+// swapTable installs t and lets what left old drain.
+func (g *Gateway) swapTable(old, t *table) {
+	g.tbl.Store(t)
+	g.syncHealth(t)
+	for name, s := range old.byName {
+		if _, ok := t.byName[name]; !ok {
+			g.drain(func(f *flow) bool { return f.svc.st == s.st }, t.drainTimeout, "service_removed")
+		}
+	}
+	g.updatePoolMetrics()
+}
+
+// drain closes the flows matching match that are still open after d.
+func (g *Gateway) drain(match func(*flow) bool, d time.Duration, reason string) {
+	victims := g.flows.list(match)
+	if len(victims) == 0 {
+		return
+	}
+	if !g.enter() {
+		return
+	}
+	go func() {
+		defer g.leave()
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-g.ctx.Done():
+			return
+		}
+		for _, f := range victims {
+			f.close(reason)
+		}
+	}()
+}
+
+// mergeServices joins the file's services and the API's; a name in both
+// is an error.
+func mergeServices(file, api []catalog.Service) ([]catalog.Service, error) {
+	out := slices.Clone(file)
+	names := make(map[string]bool, len(file))
+	for _, s := range file {
+		names[s.Name] = true
+	}
+	var errs []error
+	for _, s := range api {
+		if names[s.Name] {
+			errs = append(errs, fmt.Errorf("service %q is defined in the file and through the API; delete it from one of them", s.Name))
+			continue
+		}
+		out = append(out, s)
+	}
+	return out, errors.Join(errs...)
+}
+
+// diffTables lists what changed between two table generations.
+func diffTables(old, t *table) Diff {
+	d := Diff{Added: []string{}, Removed: []string{}, Changed: []ServiceChange{}, RestartRequired: []string{}}
+	for name, s := range t.byName {
+		o, ok := old.byName[name]
+		if !ok {
+			d.Added = append(d.Added, name)
+			continue
+		}
+		if f := changedFields(o.spec, s.spec); len(f) > 0 {
+			d.Changed = append(d.Changed, ServiceChange{Name: name, Fields: f})
+		}
+	}
+	for name := range old.byName {
+		if _, ok := t.byName[name]; !ok {
+			d.Removed = append(d.Removed, name)
+		}
+	}
+	slices.Sort(d.Added)
+	slices.Sort(d.Removed)
+	slices.SortFunc(d.Changed, func(a, b ServiceChange) int { return cmpString(a.Name, b.Name) })
+	d.TenantsChanged = !reflect.DeepEqual(old.tenants, t.tenants)
+	d.LimitsChanged = old.limits != t.limits || old.drainTimeout != t.drainTimeout
+	return d
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// changedFields names the configuration keys whose values differ.
+func changedFields(a, b catalog.Service) []string {
+	var f []string
+	check := func(name string, x, y any) {
+		if !reflect.DeepEqual(x, y) {
+			f = append(f, name)
+		}
+	}
+	check("tenants", a.Tenants, b.Tenants)
+	check("vip", a.VIP, b.VIP)
+	check("vip6", a.VIP6, b.VIP6)
+	check("backends", a.Backends, b.Backends)
+	check("backends_srv", a.BackendsSRV, b.BackendsSRV)
+	check("balance", a.Balance, b.Balance)
+	check("icmp", a.ICMP, b.ICMP)
+	check("port", a.Ports, b.Ports)
+	check("health", a.Health, b.Health)
+	check("timeouts", a.Timeouts, b.Timeouts)
+	check("max_flows", a.MaxFlows, b.MaxFlows)
+	return f
+}
+
+// restartRequired lists the keys whose change a running gateway cannot
+// apply: they take effect at the next start.
+func restartRequired(cur, next *conf.Gateway) []string {
+	out := []string{}
+	check := func(key string, x, y any) {
+		if !reflect.DeepEqual(x, y) {
+			out = append(out, key)
+		}
+	}
+	check("gateway.name", cur.Name, next.Name)
+	check("gateway.state_dir", cur.StateDir, next.StateDir)
+	check("gateway.vip_hold_down", cur.VIPHoldDown, next.VIPHoldDown)
+	check("tun", cur.TUN, next.TUN)
+	check("dns", cur.DNS, next.DNS)
+	check("api", cur.API, next.API)
+	check("tunnel", cur.Tunnel, next.Tunnel)
+	check("limits.max_inflight_handshakes", cur.Limits.MaxInflightHandshake, next.Limits.MaxInflightHandshake)
+	check("discovery", cur.Discovery, next.Discovery)
+	return out
+}
+
+// liveSettings is cur with the settings a reload applies taken from next.
+func liveSettings(cur, next *conf.Gateway) *conf.Gateway {
+	c := *cur
+	c.Limits.MaxFlows = next.Limits.MaxFlows
+	c.Limits.NewFlowsPerSecond = next.Limits.NewFlowsPerSecond
+	c.Limits.NewFlowsBurst = next.Limits.NewFlowsBurst
+	c.DrainTimeout = next.DrainTimeout
+	c.Tenants = next.Tenants
+	c.Services = next.Services
+	return &c
+}
+
+// watchConfig reloads when the configuration file changes.
+func (g *Gateway) watchConfig() {
+	if g.cfg.Path == "" {
+		return
+	}
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		err := conf.Watch(g.ctx, g.cfg.Path, conf.DefaultDebounce, g.log, func() {
+			if _, err := g.Reload(); err != nil {
+				return // logged by Reload
+			}
+		})
+		if err != nil && !errors.Is(err, context.Canceled) {
+			g.log.Error("config watch stopped; reload with SIGHUP or POST /v1/reload", "err", err)
+		}
+	}()
+}

@@ -1,0 +1,395 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ztgate/ztgate/catalog"
+	"github.com/ztgate/ztgate/conf"
+	"github.com/ztgate/ztgate/netstack/netstacktest"
+)
+
+// startLineEcho runs a TCP server that answers every line with
+// "<name>: <line>".
+func startLineEcho(t *testing.T, name string) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				sc := bufio.NewScanner(c)
+				for sc.Scan() {
+					fmt.Fprintf(c, "%s: %s\n", name, sc.Text())
+				}
+			}()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+type fileHarness struct {
+	*harness
+	path string
+	dir  string
+}
+
+// newFileHarness starts a gateway from a file so that Reload reads it.
+func newFileHarness(t *testing.T, config string) *fileHarness {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "gw.toml")
+	h := &fileHarness{path: path, dir: dir}
+	h.write(t, config)
+	cfg, err := conf.LoadGateway(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := netstacktest.NewClient(1420, acmeClient, globexClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := New(cfg, Options{Device: client}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gw.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { gw.Close() })
+	h.harness = &harness{gw: gw, client: client}
+	return h
+}
+
+func (h *fileHarness) write(t *testing.T, config string) {
+	t.Helper()
+	config = strings.ReplaceAll(config, "STATE", filepath.Join(h.dir, "state"))
+	if err := os.WriteFile(h.path, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func reloadConfig(echoPort int, tenants string, extra string) string {
+	return fmt.Sprintf(`
+[gateway]
+state_dir = "STATE"
+drain_timeout = "1s"
+[api]
+listen = "off"
+[[tenant]]
+name = "acme"
+sources = ["198.51.100.0/24"]
+[[tenant]]
+name = "globex"
+sources = ["203.0.113.0/24"]
+[[service]]
+name = "echo"
+tenants = [%s]
+vip = "10.100.0.7"
+backends = ["127.0.0.1"]
+  [[service.port]]
+  protocol = "tcp"
+  port = 7
+  target = %d
+  [service.health]
+  type = "none"
+%s`, tenants, echoPort, extra)
+}
+
+func webService(port int) string {
+	return fmt.Sprintf(`
+[[service]]
+name = "web"
+tenants = ["*"]
+vip = "10.100.0.8"
+backends = ["127.0.0.1"]
+  [[service.port]]
+  protocol = "tcp"
+  port = 7
+  target = %d
+  [service.health]
+  type = "none"
+`, port)
+}
+
+// lineConn is a line-oriented client connection.
+type lineConn struct {
+	c net.Conn
+	r *bufio.Reader
+}
+
+func (h *harness) dialLines(t *testing.T, src netip.Addr, dst string) *lineConn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	c, err := h.client.DialTCP(ctx, src, netip.MustParseAddrPort(dst))
+	if err != nil {
+		t.Fatalf("dial %s: %v", dst, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &lineConn{c: c, r: bufio.NewReader(c)}
+}
+
+func (l *lineConn) roundTrip(t *testing.T, line string) string {
+	t.Helper()
+	l.c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := fmt.Fprintln(l.c, line); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	s, err := l.r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	return strings.TrimSpace(s)
+}
+
+// TestReloadKeepsLiveFlows: a long-lived flow keeps echoing through an
+// added service, a broken edit, a backend change, a tenant change and a
+// removal; new flows see the new configuration.
+func TestReloadKeepsLiveFlows(t *testing.T) {
+	a, b, web := startLineEcho(t, "a"), startLineEcho(t, "b"), startLineEcho(t, "web")
+	h := newFileHarness(t, reloadConfig(a, `"acme"`, ""))
+	live := h.dialLines(t, acmeClient, "10.100.0.7:7")
+	check := func(step string) {
+		t.Helper()
+		if got := live.roundTrip(t, step); got != "a: "+step {
+			t.Fatalf("live flow after %s: got %q", step, got)
+		}
+	}
+	check("start")
+
+	h.write(t, reloadConfig(a, `"acme"`, webService(web)))
+	d, err := h.gw.Reload()
+	if err != nil || fmt.Sprint(d.Added) != "[web]" {
+		t.Fatalf("add: %+v %v", d, err)
+	}
+	check("added")
+	if got := h.dialLines(t, globexClient, "10.100.0.8:7").roundTrip(t, "hi"); got != "web: hi" {
+		t.Fatalf("new service: %q", got)
+	}
+
+	h.write(t, "[[service]\nbroken")
+	if _, err := h.gw.Reload(); !errors.Is(err, ErrReload) {
+		t.Fatalf("broken file: %v", err)
+	}
+	if n := testutil.ToFloat64(h.gw.m.reloads.WithLabelValues("error")); n != 1 {
+		t.Fatalf("reload errors counted %v", n)
+	}
+	check("broken")
+
+	h.write(t, reloadConfig(b, `"acme", "globex"`, webService(web)))
+	d, err = h.gw.Reload()
+	if err != nil || len(d.Changed) != 1 || d.Changed[0].Name != "echo" {
+		t.Fatalf("change: %+v %v", d, err)
+	}
+	check("changed")
+	if got := h.dialLines(t, globexClient, "10.100.0.7:7").roundTrip(t, "new"); got != "b: new" {
+		t.Fatalf("new flow after backend change: %q", got)
+	}
+
+	h.write(t, reloadConfig(b, `"globex"`, webService(web)))
+	if _, err := h.gw.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	check("tenant removed") // bound to acme at creation; never re-evaluated
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if c, err := h.client.DialTCP(ctx, acmeClient, netip.MustParseAddrPort("10.100.0.7:7")); err == nil {
+		c.Close()
+		t.Fatal("acme may no longer open flows to echo")
+	}
+
+	h.write(t, `
+[gateway]
+state_dir = "STATE"
+drain_timeout = "1s"
+[api]
+listen = "off"
+[[tenant]]
+name = "acme"
+sources = ["198.51.100.0/24"]
+`+webService(web))
+	d, err = h.gw.Reload()
+	if err != nil || fmt.Sprint(d.Removed) != "[echo]" {
+		t.Fatalf("remove: %+v %v", d, err)
+	}
+	check("removed, draining")
+	waitFor(t, 3*time.Second, "drained flow closed", func() bool {
+		live.c.SetDeadline(time.Now().Add(100 * time.Millisecond))
+		fmt.Fprintln(live.c, "x")
+		_, err := live.r.ReadString('\n')
+		return err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+	})
+}
+
+func TestDiffTables(t *testing.T) {
+	mk := func(svcs ...string) *table {
+		t := &table{byName: map[string]*service{}}
+		for _, s := range svcs {
+			name, backend, _ := strings.Cut(s, "=")
+			t.byName[name] = &service{spec: specFor(name, backend)}
+		}
+		return t
+	}
+	cases := []struct {
+		name                    string
+		old, new                *table
+		added, removed, changed string
+	}{
+		{"nothing", mk("a=1.1.1.1"), mk("a=1.1.1.1"), "[]", "[]", "[]"},
+		{"add", mk("a=1.1.1.1"), mk("a=1.1.1.1", "b=2.2.2.2"), "[b]", "[]", "[]"},
+		{"remove", mk("a=1.1.1.1", "b=2.2.2.2"), mk("b=2.2.2.2"), "[]", "[a]", "[]"},
+		{"change backends", mk("a=1.1.1.1"), mk("a=3.3.3.3"), "[]", "[]", "[{a [backends]}]"},
+		{"all at once", mk("a=1.1.1.1", "b=2.2.2.2"), mk("b=9.9.9.9", "c=3.3.3.3"), "[c]", "[a]", "[{b [backends]}]"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d := diffTables(tc.old, tc.new)
+			if got := fmt.Sprint(d.Added); got != tc.added {
+				t.Errorf("added %s, want %s", got, tc.added)
+			}
+			if got := fmt.Sprint(d.Removed); got != tc.removed {
+				t.Errorf("removed %s, want %s", got, tc.removed)
+			}
+			if got := fmt.Sprint(d.Changed); got != tc.changed {
+				t.Errorf("changed %s, want %s", got, tc.changed)
+			}
+		})
+	}
+}
+
+func specFor(name, backend string) (s catalog.Service) {
+	s.Name = name
+	s.Backends = []string{backend}
+	return s
+}
+
+func TestRestartRequired(t *testing.T) {
+	base, err := conf.ParseGateway("a.toml", []byte("[gateway]\nstate_dir = \"/tmp/x\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := *base
+	moved.TUN.Name = "other0"
+	moved.Limits.MaxFlows = 7
+	if got := restartRequired(base, &moved); fmt.Sprint(got) != "[tun]" {
+		t.Fatalf("got %v, want [tun]", got)
+	}
+	if got := liveSettings(base, &moved); got.Limits.MaxFlows != 7 || got.TUN.Name != base.TUN.Name {
+		t.Fatalf("live settings: %+v", got.Limits)
+	}
+}
+
+// TestAPIStatusCodes exercises every status code of the service and flow
+// endpoints.
+func TestAPIStatusCodes(t *testing.T) {
+	web := startLineEcho(t, "web")
+	h := newFileHarness(t, reloadConfig(web, `"acme"`, ""))
+	srv := httptest.NewServer(h.gw.apiHandler("s3cret"))
+	defer srv.Close()
+	do := func(method, path, body string, auth bool) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+		if auth {
+			req.Header.Set("Authorization", "Bearer s3cret")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	svcBody := func(name, vip string) string {
+		return fmt.Sprintf(`{"name": %q, "tenants": ["acme"], "vip": %q, "backends": ["127.0.0.1"], "port": [{"protocol": "tcp", "port": 7, "target": %d}], "health": {"type": "none"}}`, name, vip, web)
+	}
+	cases := []struct {
+		name, method, path, body string
+		auth                     bool
+		status                   int
+		contains                 string
+	}{
+		{"healthz open", "GET", "/healthz", "", false, 200, "ok"},
+		{"metrics open", "GET", "/metrics", "", false, 200, "ztgate_vip_pool_capacity"},
+		{"no token", "GET", "/v1/services", "", false, 401, "errors"},
+		{"list", "GET", "/v1/services", "", true, 200, `"name": "echo"`},
+		{"add", "POST", "/v1/services", svcBody("api1", ""), true, 201, `"source": "api"`},
+		{"add duplicate name", "POST", "/v1/services", svcBody("api1", ""), true, 409, "exists"},
+		{"add pinned on a used VIP", "POST", "/v1/services", svcBody("api2", "10.100.0.7"), true, 409, "10.100.0.7"},
+		{"add invalid", "POST", "/v1/services", `{"name": "Bad Name!", "bogus": 1}`, true, 400, "bogus"},
+		{"add too big", "POST", "/v1/services", `{"name": "` + strings.Repeat("x", 2<<20) + `"}`, true, 413, "larger"},
+		{"delete file service", "DELETE", "/v1/services/echo", "", true, 409, "configuration file"},
+		{"delete unknown", "DELETE", "/v1/services/nope", "", true, 404, "nope"},
+		{"delete api service", "DELETE", "/v1/services/api1", "", true, 204, ""},
+		{"close flows without filter", "DELETE", "/v1/flows", "", true, 400, "all=true"},
+		{"close flows by service", "DELETE", "/v1/flows?service=echo", "", true, 200, `"closed"`},
+		{"reload", "POST", "/v1/reload", "", true, 200, `"added"`},
+		{"drain unknown backend", "POST", "/v1/services/echo/backends/192.0.2.99/drain", "", true, 404, "errors"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := do(tc.method, tc.path, tc.body, tc.auth)
+			if status != tc.status || !strings.Contains(body, tc.contains) {
+				t.Fatalf("%s %s: %d %s; want %d containing %q", tc.method, tc.path, status, body, tc.status, tc.contains)
+			}
+		})
+	}
+}
+
+// TestAPIServicePersists: a service added through the API survives a
+// restart with the same VIP and shows source "api".
+func TestAPIServicePersists(t *testing.T) {
+	web := startLineEcho(t, "web")
+	h := newFileHarness(t, reloadConfig(web, `"acme"`, ""))
+	srv := httptest.NewServer(h.gw.apiHandler(""))
+	body := fmt.Sprintf(`{"name": "api1", "tenants": ["acme"], "backends": ["127.0.0.1"], "port": [{"protocol": "tcp", "port": 7, "target": %d}]}`, web)
+	resp, err := http.Post(srv.URL+"/v1/services", "application/json", strings.NewReader(body))
+	if err != nil || resp.StatusCode != 201 {
+		t.Fatalf("add: %v %v", resp, err)
+	}
+	var added apiService
+	json.NewDecoder(resp.Body).Decode(&added)
+	resp.Body.Close()
+	srv.Close()
+	if got := h.dialLines(t, acmeClient, added.VIP+":7").roundTrip(t, "x"); got != "web: x" {
+		t.Fatalf("api service: %q", got)
+	}
+	h.gw.Close()
+
+	cfg, err := conf.LoadGateway(h.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw2, err := New(cfg, Options{Device: nil}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := gw2.tbl.Load().byName["api1"]
+	if s == nil || s.spec.Source != "api" || s.vip.String() != added.VIP {
+		t.Fatalf("after restart: %+v", s)
+	}
+}
