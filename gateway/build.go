@@ -23,8 +23,8 @@ func (g *Gateway) buildTable(svcs []catalog.Service, tenants []catalog.Tenant, l
 		return nil, fmt.Errorf("gateway: VIP allocation: %w", err)
 	}
 	t := &table{
-		byVIP:   make(map[netip.Addr]*service, 2*len(svcs)),
-		byName:  make(map[string]*service, len(svcs)),
+		byVIP:        make(map[netip.Addr]*service, 2*len(svcs)),
+		byName:       make(map[string]*service, len(svcs)),
 		tenants:      newTenantTable(tenants),
 		limits:       limits,
 		drainTimeout: drain,
