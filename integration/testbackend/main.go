@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"strconv"
 	"syscall"
+	"time"
 )
 
 func main() {
@@ -26,7 +27,12 @@ func main() {
 	tcpAddr := flag.String("tcp", "", "TCP echo listen address")
 	name := flag.String("name", "backend", "name returned by / and /healthz")
 	size := flag.Int("size", 16<<20, "size of /big in bytes")
+	hold := flag.String("hold", "", "client mode: hold one TCP connection to this echo address, send a line every 100ms and check the echo; print FAIL and exit 1 on the first error")
 	flag.Parse()
+	if *hold != "" {
+		holdFlow(*hold)
+		return
+	}
 
 	big := make([]byte, *size)
 	r := rand.New(rand.NewPCG(1, 2))
@@ -90,4 +96,40 @@ func main() {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	<-sig
+}
+
+// holdFlow is a long-lived flow that must never notice reloads.
+func holdFlow(addr string) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		fmt.Println("FAIL: dial:", err)
+		os.Exit(1)
+	}
+	defer c.Close()
+	buf := make([]byte, 64)
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for n := 0; ; n++ {
+		select {
+		case <-sig:
+			fmt.Println("done", n)
+			return
+		case <-tick.C:
+		}
+		line := fmt.Sprintf("seq %08d\n", n)
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := io.WriteString(c, line); err != nil {
+			fmt.Println("FAIL: write:", err)
+			os.Exit(1)
+		}
+		if _, err := io.ReadFull(c, buf[:len(line)]); err != nil || string(buf[:len(line)]) != line {
+			fmt.Printf("FAIL: echo %d: %q %v\n", n, buf[:len(line)], err)
+			os.Exit(1)
+		}
+		if n%10 == 0 {
+			fmt.Println("ok", n)
+		}
+	}
 }
