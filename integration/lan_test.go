@@ -202,6 +202,10 @@ func TestLANDataPath(t *testing.T) {
 		if err != nil || !strings.Contains(out, `"vip": "10.100.0.10"`) {
 			t.Fatalf("services: %v\n%s", err, out)
 		}
+		out, err = l.try(l.router, 10*time.Second, l.ztgate, "status")
+		if err != nil || !strings.Contains(out, "web") || !strings.Contains(out, "10.100.0.10") || !strings.Contains(out, "tcp/80→8080") {
+			t.Fatalf("ztgate status: %v\n%s", err, out)
+		}
 		out, err = l.curl(l.router, "http://127.0.0.1:7780/metrics")
 		if err != nil || !strings.Contains(out, `ztgate_flows_total{protocol="tcp",service="web",tenant="acme"}`) {
 			t.Fatalf("metrics: %v\n%s", err, out)

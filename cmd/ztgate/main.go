@@ -24,6 +24,7 @@ func commands() []command {
 	return []command{
 		{"gateway", "run the gateway: TUN + netstack + DNS + health checks + admin API", runGateway},
 		{"check", "validate a configuration file of any role", runCheck},
+		{"status", "show services, VIPs, backend health and flows of a running gateway or relay", runStatus},
 		{"version", "print version, commit and Go version", runVersion},
 	}
 }
