@@ -171,7 +171,14 @@ func (l *Link) Close() {
 }
 
 // MTU returns the link's MTU.
-func (l *Link) MTU() int { return l.cfg.MTU }
+func (l *Link) MTU() int { return int(l.ep.mtu.Load()) }
+
+// SetMTU lowers or raises the link's MTU for connections created from now
+// on (a tunnel link follows the datagram size of its sessions). It never
+// exceeds the MTU the link was created with, which sized its buffers.
+func (l *Link) SetMTU(mtu int) {
+	l.ep.mtu.Store(uint32(min(max(mtu, 68), l.cfg.MTU)))
+}
 
 // Deliver hands one inbound IP packet to the stack. The packet is copied;
 // the caller may reuse pkt once Deliver returns. Deliver may be called from

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -56,9 +57,10 @@ type Handler interface {
 // Stack is a gVisor network stack with the forwarders that hand flows to a
 // Handler. Links (a TUN device, tunnel sessions) are attached with NewLink.
 type Stack struct {
-	cfg Config
-	log *slog.Logger
-	s   *stack.Stack
+	cfg   Config
+	log   *slog.Logger
+	s     *stack.Stack
+	pools atomic.Pointer[[]netip.Prefix] // the pools now; SetPools changes them
 
 	mu     sync.Mutex
 	links  map[tcpip.NICID]*Link
@@ -86,6 +88,7 @@ func New(cfg Config, log *slog.Logger) (*Stack, error) {
 		HandleLocal:        false,
 	})
 	ns := &Stack{cfg: cfg, log: log, s: s, links: make(map[tcpip.NICID]*Link), nextID: 1}
+	ns.SetPools(cfg.Pools)
 	if err := ns.setOptions(); err != nil {
 		s.Destroy()
 		return nil, err
@@ -144,9 +147,19 @@ func (ns *Stack) Close() {
 	ns.s.Destroy()
 }
 
-// inPool reports whether addr belongs to one of the configured pools.
+// SetPools replaces the prefixes the stack terminates (a gateway attached
+// to a relay learns its pool from the relay).
+func (ns *Stack) SetPools(pools []netip.Prefix) {
+	ps := make([]netip.Prefix, len(pools))
+	for i, p := range pools {
+		ps[i] = p.Masked()
+	}
+	ns.pools.Store(&ps)
+}
+
+// inPool reports whether addr belongs to one of the pools.
 func (ns *Stack) inPool(addr netip.Addr) bool {
-	for _, p := range ns.cfg.Pools {
+	for _, p := range *ns.pools.Load() {
 		if p.Contains(addr) {
 			return true
 		}

@@ -1,0 +1,72 @@
+package netstack
+
+import (
+	"encoding/binary"
+	"net/netip"
+)
+
+// RewriteIPv4Source replaces the source address of an IPv4 packet and
+// updates the header checksum and, in a first fragment or an unfragmented
+// packet, the TCP or UDP checksum (whose pseudo-header covers the
+// addresses), incrementally (RFC 1624). It returns false, leaving pkt
+// unchanged, when pkt is not a well-formed IPv4 packet or a is not IPv4.
+func RewriteIPv4Source(pkt []byte, a netip.Addr) bool { return rewriteIPv4(pkt, 12, a) }
+
+// RewriteIPv4Destination is RewriteIPv4Source for the destination address.
+func RewriteIPv4Destination(pkt []byte, a netip.Addr) bool { return rewriteIPv4(pkt, 16, a) }
+
+// IPv4Addrs returns the source and destination of an IPv4 packet, or
+// ok=false when pkt is not a well-formed IPv4 packet.
+func IPv4Addrs(pkt []byte) (src, dst netip.Addr, ok bool) {
+	h, ok := parseIP(pkt)
+	if !ok || h.v6 {
+		return src, dst, false
+	}
+	return h.src, h.dst, true
+}
+
+func rewriteIPv4(pkt []byte, off int, a netip.Addr) bool {
+	h, ok := parseIP(pkt)
+	if !ok || h.v6 || !a.Is4() {
+		return false
+	}
+	na := a.As4()
+	old := [4]byte(pkt[off : off+4])
+	if old == na {
+		return true
+	}
+	copy(pkt[off:off+4], na[:])
+	fixChecksum(pkt[10:12], old, na)
+	if binary.BigEndian.Uint16(pkt[6:8])&0x1fff != 0 {
+		return true // a later fragment: no transport header
+	}
+	l4 := pkt[h.hdrLen:]
+	switch h.proto {
+	case 6: // TCP
+		if len(l4) >= 18 {
+			fixChecksum(l4[16:18], old, na)
+		}
+	case 17: // UDP: a zero checksum means none
+		if len(l4) >= 8 && (l4[6] != 0 || l4[7] != 0) {
+			fixChecksum(l4[6:8], old, na)
+			if l4[6] == 0 && l4[7] == 0 {
+				l4[6], l4[7] = 0xff, 0xff
+			}
+		}
+	}
+	return true
+}
+
+// fixChecksum updates the ones'-complement checksum at sum for a 32-bit
+// field that changed from old to new (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')).
+func fixChecksum(sum []byte, old, new [4]byte) {
+	acc := uint32(^binary.BigEndian.Uint16(sum))
+	for i := 0; i < 4; i += 2 {
+		acc += uint32(^binary.BigEndian.Uint16(old[i:]))
+		acc += uint32(binary.BigEndian.Uint16(new[i:]))
+	}
+	for acc>>16 != 0 {
+		acc = acc&0xffff + acc>>16
+	}
+	binary.BigEndian.PutUint16(sum, ^uint16(acc))
+}
