@@ -21,6 +21,7 @@ type ErrorMessage struct {
 	Type    string `json:"type"` // always MessageTypeError
 	Code    string `json:"code"`
 	Message string `json:"message,omitempty"`
+	Ref     string `json:"ref,omitempty"` // what the error is about, e.g. a service or session
 }
 
 // UnknownTypeError is returned by a control-stream dispatcher for a message

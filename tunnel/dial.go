@@ -1,0 +1,88 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/quic-go/quic-go"
+)
+
+// DialConfig configures Dial.
+type DialConfig struct {
+	// Credentials are the client's certificate, presented to the server,
+	// and the CA the server must chain to. Required.
+	Credentials *Credentials
+	// ServerName is the TLS name the server's certificate must carry;
+	// default: the host part of the address.
+	ServerName string
+	// ALPN lists the protocols offered, preferred first; default {ALPNV2}.
+	ALPN []string
+	// Hello is sent first on a ztna-v2 session (its Type is filled in).
+	Hello Hello
+	// Registerer, if set, receives the ztgate_tunnel_* metrics; repeated
+	// dials with the same Registerer share them.
+	Registerer prometheus.Registerer
+}
+
+// Dial connects to a tunnel server at addr (host:port) from a new UDP
+// socket. On ztna-v2 it opens the control stream, sends cfg.Hello and
+// waits for the welcome (Session.Welcome); a server that refuses us makes
+// it return a *RefusedError. The session owns its socket.
+func Dial(ctx context.Context, addr string, cfg DialConfig, log *slog.Logger) (*Session, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Credentials == nil {
+		return nil, errors.New("tunnel: dial: no credentials")
+	}
+	alpn := cfg.ALPN
+	if len(alpn) == 0 {
+		alpn = []string{ALPNV2}
+	}
+	serverName := cfg.ServerName
+	if serverName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, fmt.Errorf("tunnel: dial %s: %w", addr, err)
+		}
+		serverName = host
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := quic.DialAddr(ctx, addr, cfg.Credentials.ClientConfig(serverName, alpn...), quicConfig(false))
+	if err != nil {
+		if ae, ok := errors.AsType[*AuthError](err); ok {
+			m.handshake(sideClient, resultRefused, ae.Reason)
+		} else {
+			m.handshake(sideClient, resultFailed, reasonDial)
+		}
+		return nil, fmt.Errorf("tunnel: dial %s: %w", addr, err)
+	}
+	v, ok := VersionFromALPN(conn.ConnectionState().TLS.NegotiatedProtocol)
+	if !ok {
+		m.handshake(sideClient, resultFailed, "alpn")
+		_ = conn.CloseWithError(closeRefused, "no protocol")
+		return nil, fmt.Errorf("tunnel: dial %s: no common protocol", addr)
+	}
+	s := newSession(conn, v, sideClient, serverIdentity(conn), m, log.With("server", addr))
+	if v == V2 {
+		if reason, err := s.dialHello(ctx, cfg.Hello); err != nil {
+			result := resultFailed
+			if reason == reasonServerError {
+				result = resultRefused
+			}
+			m.handshake(sideClient, result, reason)
+			_ = s.Close("hello failed: " + reason)
+			return nil, fmt.Errorf("tunnel: dial %s: %w", addr, err)
+		}
+	}
+	m.handshake(sideClient, resultOK, reasonNone)
+	s.log.Debug("tunnel session established")
+	return s, nil
+}

@@ -1,0 +1,254 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/quic-go/quic-go"
+)
+
+// maxPendingSetups bounds the connections between the QUIC handshake and
+// their hello (or Accept): more are refused as busy, so that clients that
+// never send a hello cannot pile up.
+const maxPendingSetups = 256
+
+// ListenConfig configures a Listener.
+type ListenConfig struct {
+	// Credentials are the server's certificate and the CA clients must
+	// chain to (see Credentials.ServerConfig); Insecure credentials accept
+	// any client, which the listener logs at start and per connection.
+	// Required.
+	Credentials *Credentials
+	// ALPN lists the protocols offered, preferred first; default
+	// {ALPNV2, ALPNV1}.
+	ALPN []string
+	// Registerer, if set, receives the ztgate_tunnel_* metrics: handshakes
+	// by result and reason, sessions, datagrams in and out, drops.
+	Registerer prometheus.Registerer
+}
+
+// Listener accepts tunnel sessions on a UDP socket. Close ends every
+// session it accepted.
+type Listener struct {
+	log   *slog.Logger
+	creds *Credentials
+	m     *metrics
+	udp   *net.UDPConn
+	tr    *quic.Transport
+	ln    *quic.Listener
+
+	ready  chan *Session      // handshaken sessions for Accept
+	setups chan struct{}      // semaphore of connections being set up
+	ctx    context.Context    // cancelled by Close
+	cancel context.CancelFunc // cancels ctx
+	wg     sync.WaitGroup     // accept loop, setups, QAD senders
+
+	mu       sync.Mutex
+	sessions map[*Session]struct{} // guarded by mu: live accepted sessions
+	closed   bool                  // guarded by mu
+
+	closeOnce sync.Once
+}
+
+// Listen opens a UDP socket on addr (host:port) and accepts QUIC
+// connections on it with mutual TLS (see ListenConfig.Credentials).
+func Listen(addr string, cfg ListenConfig, log *slog.Logger) (*Listener, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Credentials == nil {
+		return nil, errors.New("tunnel: listen: no credentials")
+	}
+	alpn := cfg.ALPN
+	if len(alpn) == 0 {
+		alpn = []string{ALPNV2, ALPNV1}
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: listen %s: %w", addr, err)
+	}
+	udp, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: listen %s: %w", addr, err)
+	}
+	l := &Listener{
+		log:      log.With("listen", udp.LocalAddr().String()),
+		creds:    cfg.Credentials,
+		m:        m,
+		udp:      udp,
+		tr:       &quic.Transport{Conn: udp},
+		ready:    make(chan *Session),
+		setups:   make(chan struct{}, maxPendingSetups),
+		sessions: make(map[*Session]struct{}),
+	}
+	l.ln, err = l.tr.Listen(l.serverTLS(alpn), quicConfig(true))
+	if err != nil {
+		_ = l.tr.Close()
+		_ = udp.Close()
+		return nil, fmt.Errorf("tunnel: listen %s: %w", addr, err)
+	}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
+	if l.creds.Insecure() {
+		l.log.Warn("INSECURE: tunnel listener accepts clients without a verified certificate (development only)")
+	}
+	l.log.Info("tunnel listening", "alpn", alpn)
+	l.wg.Add(1)
+	go l.acceptLoop()
+	return l, nil
+}
+
+// serverTLS wraps the credentials' server configuration so that every
+// refused client is counted and logged here: QUIC servers never see a
+// failed handshake.
+func (l *Listener) serverTLS(alpn []string) *tls.Config {
+	base := l.creds.ServerConfig(alpn...)
+	perClient := base.GetConfigForClient
+	base.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		c, err := perClient(hello)
+		if err != nil || c == nil {
+			return c, err
+		}
+		remote := remoteAddr(hello)
+		verify := c.VerifyConnection
+		c.VerifyConnection = func(cs tls.ConnectionState) error {
+			err := verify(cs)
+			if ae, ok := errors.AsType[*AuthError](err); ok {
+				l.m.handshake(sideServer, resultRefused, ae.Reason)
+				l.log.Warn("tunnel client refused", "remote", fmt.Sprint(remote), "reason", ae.Reason, "err", ae.Err)
+			}
+			return err
+		}
+		return c, nil
+	}
+	return base
+}
+
+// Addr returns the UDP address the listener is bound to.
+func (l *Listener) Addr() net.Addr { return l.udp.LocalAddr() }
+
+// Accept returns the next handshaken session: for ztna-v2 with its control
+// stream open and the client's hello read (Session.Hello), for the server
+// to answer with SendWelcome or Refuse. It fails when ctx is done or the
+// listener is closed.
+func (l *Listener) Accept(ctx context.Context) (*Session, error) {
+	select {
+	case s := <-l.ready:
+		return s, nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	case <-l.ctx.Done():
+		return nil, fmt.Errorf("tunnel: accept: %w", net.ErrClosed)
+	}
+}
+
+// Close stops accepting, closes every session the listener accepted (their
+// peers learn it at once) and the socket, and waits for the listener's
+// goroutines.
+func (l *Listener) Close() error {
+	var err error
+	l.closeOnce.Do(func() {
+		l.cancel()
+		err = l.ln.Close()
+		l.mu.Lock()
+		l.closed = true
+		live := make([]*Session, 0, len(l.sessions))
+		for s := range l.sessions {
+			live = append(live, s)
+		}
+		l.mu.Unlock()
+		for _, s := range live {
+			_ = s.Close("server shutting down")
+		}
+		err = errors.Join(err, l.tr.Close(), l.udp.Close())
+		l.wg.Wait()
+	})
+	return err
+}
+
+// acceptLoop takes QUIC connections and sets each up in its own goroutine.
+func (l *Listener) acceptLoop() {
+	defer l.wg.Done()
+	for {
+		conn, err := l.ln.Accept(l.ctx)
+		if err != nil {
+			return
+		}
+		select {
+		case l.setups <- struct{}{}:
+		default:
+			l.m.handshake(sideServer, resultFailed, "busy")
+			_ = conn.CloseWithError(closeBusy, "busy")
+			continue
+		}
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			defer func() { <-l.setups }()
+			l.setup(conn)
+		}()
+	}
+}
+
+// setup turns a connection into a session: identity, version, for v2 the
+// hello; then it hands the session to Accept.
+func (l *Listener) setup(conn *quic.Conn) {
+	state := conn.ConnectionState()
+	v, ok := VersionFromALPN(state.TLS.NegotiatedProtocol)
+	if !ok {
+		l.m.handshake(sideServer, resultFailed, "alpn")
+		_ = conn.CloseWithError(closeRefused, "no protocol")
+		return
+	}
+	peer := l.creds.clientIdentity(state.TLS.PeerCertificates)
+	s := newSession(conn, v, sideServer, peer, l.m, l.log)
+	if !l.track(s) {
+		_ = s.Close("server shutting down")
+		return
+	}
+	if l.creds.Insecure() {
+		s.log.Warn("INSECURE: tunnel client accepted without verification", "verified_identity", peer.Tenant != "")
+	}
+	l.wg.Add(1)
+	go l.announceAddress(s)
+	if v == V2 {
+		if reason, err := s.acceptHello(l.ctx); err != nil {
+			l.m.handshake(sideServer, resultRefused, reason)
+			s.log.Warn("tunnel client refused", "reason", reason, "err", err)
+			return
+		}
+	}
+	l.m.handshake(sideServer, resultOK, reasonNone)
+	select {
+	case l.ready <- s:
+	case <-l.ctx.Done():
+		_ = s.Close("server shutting down")
+	case <-s.Done():
+	}
+}
+
+// track adds a session to the live set until it ends; false once the
+// listener is closed.
+func (l *Listener) track(s *Session) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	l.sessions[s] = struct{}{}
+	context.AfterFunc(s.conn.Context(), func() {
+		l.mu.Lock()
+		delete(l.sessions, s)
+		l.mu.Unlock()
+	})
+	return true
+}

@@ -1,0 +1,281 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// Application error codes of CONNECTION_CLOSE.
+const (
+	closeNormal  quic.ApplicationErrorCode = 0x0 // Close: nothing wrong
+	closeRefused quic.ApplicationErrorCode = 0x1 // Refuse: "code: message" in the reason
+	closeBusy    quic.ApplicationErrorCode = 0x2 // too many handshakes in progress
+)
+
+// ErrNoControlStream is returned by Send and Next on a ztna-v1 session,
+// which has no control stream.
+var ErrNoControlStream = errors.New("tunnel: ztna-v1 session has no control stream")
+
+// Session is one tunnel connection: datagrams both ways and, for ztna-v2,
+// the control stream. Its methods are safe for concurrent use, except that
+// ReceiveDatagram and Next each expect one reader. Every session must be
+// closed with Close or Refuse (even after the peer went away).
+type Session struct {
+	id      uint64
+	conn    *quic.Conn
+	version Version
+	side    string
+	peer    Identity
+	hello   Hello
+	welcome Welcome
+	log     *slog.Logger
+	m       *metrics
+
+	stream *quic.Stream // control stream (v2); nil for v1
+	reader *Reader      // reads stream; used by one goroutine at a time
+
+	sendMu     sync.Mutex
+	sendBroken error // guarded by sendMu: a failed write left a partial frame
+
+	size sizing
+
+	// Server side: the client's address changes are noticed on received
+	// datagrams and announced with QAD by the listener's goroutine.
+	seenRemote   atomic.Pointer[net.UDPAddr]
+	remoteChange chan struct{}
+
+	closeOnce sync.Once
+}
+
+// newSession wraps an established connection.
+func newSession(conn *quic.Conn, v Version, side string, peer Identity, m *metrics, log *slog.Logger) *Session {
+	s := &Session{
+		id:           newSessionID(),
+		conn:         conn,
+		version:      v,
+		side:         side,
+		peer:         peer,
+		m:            m,
+		remoteChange: make(chan struct{}, 1),
+	}
+	if ua, ok := conn.RemoteAddr().(*net.UDPAddr); ok {
+		s.seenRemote.Store(ua)
+	}
+	s.log = log.With("session", s.id, "remote", s.RemoteAddr().String(), "version", v.String())
+	if peer.Tenant != "" {
+		s.log = s.log.With("peer", peer.String())
+	}
+	gauge := m.sessionGauge(side, v)
+	gauge.Inc()
+	context.AfterFunc(conn.Context(), gauge.Dec)
+	return s
+}
+
+// newSessionID draws a random id below 2^53, so that it survives JSON in
+// any language. Random rather than counted: it is sent to peers and must
+// not tell how many sessions a process has served.
+func newSessionID() uint64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return binary.BigEndian.Uint64(b[:])&(1<<53-1) | 1
+}
+
+// ID returns the session's id, unique in this process.
+func (s *Session) ID() uint64 { return s.id }
+
+// Version returns the protocol version negotiated by ALPN.
+func (s *Session) Version() Version { return s.version }
+
+// Peer returns the peer's identity: the client's on a server, the server's
+// on a client. It is zero when the peer has none that verifies (only
+// possible with Insecure credentials, or a server certificate without a
+// ztgate identity).
+func (s *Session) Peer() Identity { return s.peer }
+
+// Hello returns, on a server, what the client said in its hello; on a
+// client, what it sent. Zero for ztna-v1.
+func (s *Session) Hello() Hello { return s.hello }
+
+// Welcome returns, on a client, the server's welcome; on a server, the
+// welcome sent with SendWelcome. Zero for ztna-v1.
+func (s *Session) Welcome() Welcome { return s.welcome }
+
+// RemoteAddr returns the peer's current address.
+func (s *Session) RemoteAddr() netip.AddrPort { return addrPort(s.conn.RemoteAddr()) }
+
+// addrPort converts a UDP address, unmapping IPv4-mapped IPv6.
+func addrPort(a net.Addr) netip.AddrPort {
+	ua, ok := a.(*net.UDPAddr)
+	if !ok {
+		return netip.AddrPort{}
+	}
+	ap := ua.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// SendDatagram queues b as one DATAGRAM; quic-go copies it, so the caller
+// may reuse b at once. It blocks only while quic-go's send queue is full.
+// Failures are counted by reason (DropTooLarge, DropClosed, DropError) and
+// returned unwrapped, so that the packet path allocates nothing; a
+// *quic.DatagramTooLargeError also updates MaxDatagram.
+func (s *Session) SendDatagram(b []byte) error {
+	err := s.conn.SendDatagram(b)
+	if err == nil {
+		s.m.out.Inc()
+		return nil
+	}
+	var tooLarge *quic.DatagramTooLargeError
+	switch {
+	case errors.As(err, &tooLarge):
+		s.m.dropLarge.Inc()
+		s.size.set(tooLarge.MaxDatagramPayloadSize)
+	case s.conn.Context().Err() != nil:
+		s.m.dropClosed.Inc()
+	default:
+		s.m.dropElse.Inc()
+	}
+	return err
+}
+
+// ReceiveDatagram returns the next DATAGRAM payload, whatever its type
+// (QAD included). The slice is the caller's. It fails when ctx is done or
+// the session has ended.
+func (s *Session) ReceiveDatagram(ctx context.Context) ([]byte, error) {
+	b, err := s.conn.ReceiveDatagram(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.m.in.Inc()
+	if s.side == sideServer {
+		s.noticeRemote()
+	}
+	return b, nil
+}
+
+// noticeRemote wakes the QAD goroutine when the client's address changed.
+// Comparing the pointer quic-go stores is enough and allocates nothing.
+func (s *Session) noticeRemote() {
+	ua, ok := s.conn.RemoteAddr().(*net.UDPAddr)
+	if !ok || ua == s.seenRemote.Load() {
+		return
+	}
+	s.seenRemote.Store(ua)
+	select {
+	case s.remoteChange <- struct{}{}:
+	default:
+	}
+}
+
+// Send writes one control message (ztna-v2); concurrent calls are
+// serialised and each write has ControlWriteTimeout. msg must encode to a
+// JSON object with a "type", as the message structs of messages.go do. A
+// write that fails midway leaves the stream unusable: the session is then
+// closed.
+func (s *Session) Send(msg any) error {
+	if s.stream == nil {
+		return ErrNoControlStream
+	}
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	if s.sendBroken != nil {
+		return s.sendBroken
+	}
+	_ = s.stream.SetWriteDeadline(time.Now().Add(ControlWriteTimeout))
+	w := &writeTracker{w: s.stream}
+	err := WriteMessage(w, msg)
+	if err != nil && w.wrote {
+		s.sendBroken = err
+		s.Close("control stream write failed: " + err.Error())
+	}
+	return err
+}
+
+// writeTracker records whether a write was attempted, to tell an encoding
+// error (the stream is intact) from a write error (it is not).
+type writeTracker struct {
+	w     io.Writer
+	wrote bool
+}
+
+func (t *writeTracker) Write(b []byte) (int, error) {
+	t.wrote = true
+	return t.w.Write(b)
+}
+
+// Next reads the next control message (ztna-v2); see Reader.Next for its
+// errors. One goroutine reads at a time.
+func (s *Session) Next() (typ string, raw json.RawMessage, err error) {
+	if s.reader == nil {
+		return "", nil, ErrNoControlStream
+	}
+	return s.reader.Next()
+}
+
+// Close closes the connection with reason, which the peer sees, and logs
+// it. Later calls do nothing.
+func (s *Session) Close(reason string) error {
+	return s.closeWith(closeNormal, reason, "tunnel session closed")
+}
+
+// refuseGrace is how long Refuse lets a ztna-v2 peer read the error
+// message and close by itself: closing at once would discard the message.
+const refuseGrace = time.Second
+
+// Refuse tells a ztna-v2 peer why it is refused (an error message with
+// code and message) and closes the connection with "code: message" as its
+// reason, which a ztna-v1 peer sees too; Dial returns either as a
+// *RefusedError. On ztna-v2 it waits up to a second for the peer to close
+// first, so that the error message arrives.
+func (s *Session) Refuse(code, message string) error {
+	if s.stream != nil {
+		if s.Send(ErrorMessage{Type: MessageTypeError, Code: code, Message: message}) == nil {
+			t := time.NewTimer(refuseGrace)
+			select {
+			case <-s.Done():
+			case <-t.C:
+			}
+			t.Stop()
+		}
+	}
+	return s.closeWith(closeRefused, code+": "+message, "tunnel session refused")
+}
+
+// closeWith closes the connection once, with an application error code.
+func (s *Session) closeWith(code quic.ApplicationErrorCode, reason, logMsg string) error {
+	var err error
+	s.closeOnce.Do(func() {
+		s.log.Info(logMsg, "reason", reason)
+		err = s.conn.CloseWithError(code, reason)
+	})
+	return err
+}
+
+// Done is closed when the session has ended, for whatever reason.
+func (s *Session) Done() <-chan struct{} { return s.conn.Context().Done() }
+
+// Err returns why the session ended, or nil while it lives.
+func (s *Session) Err() error {
+	ctx := s.conn.Context()
+	if ctx.Err() == nil {
+		return nil
+	}
+	return context.Cause(ctx)
+}
+
+// String describes the session for logs.
+func (s *Session) String() string {
+	return fmt.Sprintf("session %d (%s, %s)", s.id, s.version, s.RemoteAddr())
+}
