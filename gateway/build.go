@@ -18,9 +18,15 @@ func (g *Gateway) buildTable(svcs []catalog.Service, tenants []catalog.Tenant, l
 	for i, s := range svcs {
 		reqs[i] = catalog.Request{Service: s.Name, VIP: s.VIP, VIP6: s.VIP6}
 	}
-	allocs, err := g.pool.Reconcile(reqs)
-	if err != nil {
-		return nil, fmt.Errorf("gateway: VIP allocation: %w", err)
+	var allocs map[string]catalog.Allocation
+	if g.relay != nil {
+		allocs = g.relayAllocations(svcs)
+	} else {
+		var err error
+		allocs, err = g.pool.Reconcile(reqs)
+		if err != nil {
+			return nil, fmt.Errorf("gateway: VIP allocation: %w", err)
+		}
 	}
 	t := &table{
 		byVIP:        make(map[netip.Addr]*service, 2*len(svcs)),
@@ -30,7 +36,10 @@ func (g *Gateway) buildTable(svcs []catalog.Service, tenants []catalog.Tenant, l
 		drainTimeout: drain,
 	}
 	for _, s := range svcs {
-		a := allocs[s.Name]
+		a, ok := allocs[s.Name]
+		if !ok && g.relay == nil {
+			return nil, fmt.Errorf("gateway: VIP allocation: no VIP for %s", s.Name)
+		}
 		st := g.state(s.Name)
 		st.setBackends(g.resolveBackends(s))
 		svc := &service{spec: s, vip: a.VIP, vip6: a.VIP6, st: st}

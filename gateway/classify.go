@@ -54,9 +54,15 @@ func (g *Gateway) classify(t *table, proto catalog.Protocol, src netip.Addr, dst
 	return decision{peer: p, svc: svc, port: port}
 }
 
-// identify returns who a source address is: a LAN client of a tenant.
-// Tunnel sessions register their own addresses here in a later layer.
+// identify returns who a source address is: a tunnel ingress by its
+// synthetic address, or a LAN client of a tenant by its source prefix.
 func (g *Gateway) identify(t *table, src netip.Addr) (peer, bool) {
+	if g.ingresses != nil && synthPrefix.Contains(src) {
+		if in := g.ingresses.lookup(src); in != nil && !in.closed.Load() {
+			return in.peer, true
+		}
+		return peer{}, false
+	}
 	if tenant, ok := t.tenants.lookup(src); ok {
 		return peer{tenant: tenant, identity: "lan"}, true
 	}

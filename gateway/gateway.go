@@ -18,6 +18,7 @@ import (
 	"github.com/ztgate/ztgate/conf"
 	"github.com/ztgate/ztgate/netstack"
 	"github.com/ztgate/ztgate/resolver"
+	"github.com/ztgate/ztgate/tunnel"
 )
 
 // Options are the parts of a gateway that tests replace. The zero value
@@ -75,6 +76,14 @@ type Gateway struct {
 	dnsStack *resolver.Server // 10.100.0.1:53 inside the netstack
 	dnsHost  *resolver.Server // [dns] listen
 
+	// Tunnel ingress ([tunnel] relay and listen).
+	creds     *tunnel.Credentials
+	ingresses *ingressTable
+	tunLink   *netstack.Link
+	relay     *relayState                   // nil unless attached to a relay
+	relaySess atomic.Pointer[relaySession] // the live relay session
+	direct    *tunnel.Listener
+
 	// Lifecycle: ctx is cancelled by Close; every goroutine serving a flow
 	// or a request enters wg through enter, which fails once closing.
 	ctx     context.Context
@@ -127,21 +136,12 @@ func New(cfg *conf.Gateway, opts Options, log *slog.Logger) (*Gateway, error) {
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.m = newMetrics(opts.Registry)
-	pool, warnings, err := catalog.OpenPool(catalog.PoolConfig{
-		Prefix:   cfg.TUN.Pool,
-		Prefix6:  cfg.TUN.Pool6,
-		StateDir: cfg.StateDir,
-		HoldDown: cfg.VIPHoldDown,
-		Now:      opts.Now,
-		InUse:    g.vipInUse,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("gateway: %w", err)
+	if cfg.Tunnel.Relay != "" {
+		// The relay allocates the VIPs: no local pool.
+		g.relay = &relayState{vips: make(map[string]tunnel.VIPAssignment)}
+	} else if err := g.openPool(); err != nil {
+		return nil, err
 	}
-	for _, w := range warnings {
-		g.log.Warn("VIP state", "warning", w)
-	}
-	g.pool = pool
 	g.running = cfg
 	g.apiStore = newAPIStore(cfg.StateDir)
 	api, err := g.apiStore.load(cfg.ServiceContext())
@@ -160,6 +160,26 @@ func New(cfg *conf.Gateway, opts Options, log *slog.Logger) (*Gateway, error) {
 	g.tbl.Store(t)
 	g.updatePoolMetrics()
 	return g, nil
+}
+
+// openPool opens the local VIP allocator on the state directory.
+func (g *Gateway) openPool() error {
+	pool, warnings, err := catalog.OpenPool(catalog.PoolConfig{
+		Prefix:   g.cfg.TUN.Pool,
+		Prefix6:  g.cfg.TUN.Pool6,
+		StateDir: g.cfg.StateDir,
+		HoldDown: g.cfg.VIPHoldDown,
+		Now:      g.opts.Now,
+		InUse:    g.vipInUse,
+	})
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	for _, w := range warnings {
+		g.log.Warn("VIP state", "warning", w)
+	}
+	g.pool = pool
+	return nil
 }
 
 // Registry returns the registry the gateway's metrics are in.
@@ -185,6 +205,10 @@ func (g *Gateway) Start() error {
 	}
 	g.ns = ns
 	if err := g.startLAN(pools); err != nil {
+		g.Close()
+		return err
+	}
+	if err := g.startTunnel(); err != nil {
 		g.Close()
 		return err
 	}
@@ -280,11 +304,17 @@ func (g *Gateway) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	if g.direct != nil {
+		g.direct.Close()
+	}
 	for _, f := range g.flows.list(nil) {
 		f.close("shutdown")
 	}
 	if g.lan != nil {
 		g.lan.Close()
+	}
+	if g.tunLink != nil {
+		g.tunLink.Close()
 	}
 	g.wg.Wait()
 	if g.ns != nil {
@@ -309,6 +339,9 @@ func (g *Gateway) vipInUse(vip netip.Addr) bool {
 }
 
 func (g *Gateway) updatePoolMetrics() {
+	if g.pool == nil {
+		return
+	}
 	used, held, capacity := g.pool.Usage()
 	g.m.poolUsed.Set(float64(used + held))
 	g.m.poolCapacity.Set(float64(capacity))

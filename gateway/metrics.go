@@ -26,6 +26,7 @@ type metrics struct {
 	poolCapacity   prometheus.Gauge
 	reloads        *prometheus.CounterVec
 	echoes         *prometheus.CounterVec
+	tunnelRefusals *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -69,6 +70,9 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ztgate_config_reloads_total", Help: "Configuration reloads by result.",
 		}, []string{"result"}),
+		tunnelRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztgate_tunnel_refusals_total", Help: "Tunnel peers refused at the handshake or at the hello, by reason.",
+		}, []string{"reason"}),
 		echoes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ztgate_echo_requests_total", Help: "ICMP echo requests to VIPs by result.",
 		}, []string{"service", "result"}),
@@ -84,7 +88,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.flowsActive, m.flowsTotal, m.flowsRefused, m.bytes, m.dialErrors, m.dropped,
 		m.backendHealthy, m.healthChecks, m.healthDuration, m.poolUsed, m.poolCapacity,
-		m.reloads, m.echoes,
+		m.reloads, m.echoes, m.tunnelRefusals,
 	)
 	return m
 }
@@ -95,3 +99,10 @@ func (m *metrics) drop(r netstack.DropReason) {
 		m.droppedBy[r].Inc()
 	}
 }
+
+// tunnelDrop counts a tunnel packet dropped by the gateway (off the fast
+// path: every reason is a refusal or a fault).
+func (m *metrics) tunnelDrop(reason string) { m.dropped.WithLabelValues(reason).Inc() }
+
+// tunnelRefused counts a refused tunnel peer.
+func (m *metrics) tunnelRefused(reason string) { m.tunnelRefusals.WithLabelValues(reason).Inc() }

@@ -2,13 +2,20 @@ package netstack
 
 import "fmt"
 
+// PacketSink receives the packets a device reads. A *Link is one; the agent
+// routes them itself.
+type PacketSink interface {
+	// Deliver takes one packet; it may keep no reference to pkt.
+	Deliver(pkt []byte)
+}
+
 // Device is a source and a sink of IP packets for one link: a TUN device in
 // production, a client stack in tests.
 type Device interface {
 	Output
-	// Run reads packets and hands them to link.Deliver until the device is
-	// closed; it then returns nil.
-	Run(link *Link) error
+	// Run reads packets and hands them to sink until the device is closed;
+	// it then returns nil.
+	Run(sink PacketSink) error
 	// Close stops Run and releases the device.
 	Close() error
 	// MTU is the largest packet in either direction.

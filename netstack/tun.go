@@ -6,7 +6,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -25,6 +28,8 @@ type TUN struct {
 	name  string
 	mtu   int
 	batch int
+
+	readErrors atomic.Uint64
 
 	mu     sync.Mutex
 	routes []netip.Prefix
@@ -78,8 +83,8 @@ func (t *TUN) WritePackets(pkts [][]byte) error {
 }
 
 // Run implements Device: it reads batches of packets into buffers it reuses
-// and delivers them to link.
-func (t *TUN) Run(link *Link) error {
+// and delivers them to sink.
+func (t *TUN) Run(sink PacketSink) error {
 	bufs := make([][]byte, t.batch)
 	sizes := make([]int, t.batch)
 	for i := range bufs {
@@ -88,7 +93,7 @@ func (t *TUN) Run(link *Link) error {
 	for {
 		n, err := t.dev.Read(bufs, sizes, 0)
 		for i := range n {
-			link.Deliver(bufs[i][:sizes[i]])
+			sink.Deliver(bufs[i][:sizes[i]])
 		}
 		if err == nil {
 			continue
@@ -96,12 +101,12 @@ func (t *TUN) Run(link *Link) error {
 		if errors.Is(err, os.ErrClosed) || t.isClosed() {
 			return nil
 		}
-		if errors.Is(err, tun.ErrTooManySegments) {
-			link.ns.drop(DropMalformed)
-			continue
+		// A malformed or oversized super-packet from the kernel
+		// (tun.ErrTooManySegments and the like): count it and go on, but
+		// never spin on a device that keeps failing.
+		if t.readErrors.Add(1)%1000 == 0 {
+			time.Sleep(10 * time.Millisecond)
 		}
-		// A malformed super-packet from the kernel: count it and go on.
-		link.ns.drop(DropMalformed)
 	}
 }
 
@@ -109,6 +114,36 @@ func (t *TUN) isClosed() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.closed
+}
+
+// ReadErrors returns how many reads from the device failed.
+func (t *TUN) ReadErrors() uint64 { return t.readErrors.Load() }
+
+// AddAddress assigns an address to the interface (the agent's inner
+// address, so that its own traffic to the pool leaves from it).
+func (t *TUN) AddAddress(p netip.Prefix) error {
+	l, err := netlink.LinkByName(t.name)
+	if err != nil {
+		return fmt.Errorf("netstack: find %s: %w", t.name, err)
+	}
+	if err := netlink.AddrReplace(l, &netlink.Addr{IPNet: prefixToIPNet(p)}); err != nil {
+		return fmt.Errorf("netstack: address %s on %s: %w", p, t.name, err)
+	}
+	return nil
+}
+
+// SetMTU changes the interface's MTU (never above the one it was opened
+// with: its buffers are sized for that).
+func (t *TUN) SetMTU(mtu int) error {
+	mtu = min(mtu, t.mtu)
+	l, err := netlink.LinkByName(t.name)
+	if err != nil {
+		return fmt.Errorf("netstack: find %s: %w", t.name, err)
+	}
+	if err := netlink.LinkSetMTU(l, mtu); err != nil {
+		return fmt.Errorf("netstack: MTU %d on %s: %w", mtu, t.name, err)
+	}
+	return nil
 }
 
 // Up sets the interface up and routes each prefix into it.
@@ -120,16 +155,39 @@ func (t *TUN) Up(routes []netip.Prefix) error {
 	if err := netlink.LinkSetUp(l); err != nil {
 		return fmt.Errorf("netstack: set %s up: %w", t.name, err)
 	}
-	for _, p := range routes {
-		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixToIPNet(p), Scope: netlink.SCOPE_LINK}
-		if err := netlink.RouteReplace(r); err != nil {
-			return fmt.Errorf("netstack: route %s via %s: %w", p, t.name, err)
-		}
-		t.mu.Lock()
-		t.routes = append(t.routes, p)
-		t.mu.Unlock()
+	return t.SetRoutes(routes)
+}
+
+// SetRoutes makes routes the prefixes routed into the device: it adds the
+// new ones and removes those it added before that are not in routes.
+func (t *TUN) SetRoutes(routes []netip.Prefix) error {
+	l, err := netlink.LinkByName(t.name)
+	if err != nil {
+		return fmt.Errorf("netstack: find %s: %w", t.name, err)
 	}
-	return nil
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var errs []error
+	for _, p := range t.routes {
+		if !slices.Contains(routes, p) {
+			if err := netlink.RouteDel(linkRoute(l, p)); err != nil && !errors.Is(err, unix.ESRCH) {
+				errs = append(errs, fmt.Errorf("netstack: remove route %s: %w", p, err))
+			}
+		}
+	}
+	t.routes = t.routes[:0]
+	for _, p := range routes {
+		if err := netlink.RouteReplace(linkRoute(l, p)); err != nil {
+			errs = append(errs, fmt.Errorf("netstack: route %s via %s: %w", p, t.name, err))
+			continue
+		}
+		t.routes = append(t.routes, p)
+	}
+	return errors.Join(errs...)
+}
+
+func linkRoute(l netlink.Link, p netip.Prefix) *netlink.Route {
+	return &netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixToIPNet(p), Scope: netlink.SCOPE_LINK}
 }
 
 // Close removes the routes it added and the device.
@@ -145,8 +203,7 @@ func (t *TUN) Close() error {
 	var errs []error
 	if l, err := netlink.LinkByName(t.name); err == nil {
 		for _, p := range routes {
-			r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixToIPNet(p), Scope: netlink.SCOPE_LINK}
-			if err := netlink.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {
+			if err := netlink.RouteDel(linkRoute(l, p)); err != nil && !errors.Is(err, unix.ESRCH) {
 				errs = append(errs, fmt.Errorf("netstack: remove route %s: %w", p, err))
 			}
 		}

@@ -84,15 +84,15 @@ func (c *Client) WriteCap() int { return c.mtu }
 // BatchSize implements netstack.Device.
 func (c *Client) BatchSize() int { return 64 }
 
-// Run implements netstack.Device: packets the client stack sends go to link.
-func (c *Client) Run(link *netstack.Link) error {
+// Run implements netstack.Device: packets the client stack sends go to sink.
+func (c *Client) Run(sink netstack.PacketSink) error {
 	for {
 		pkt := c.ep.ReadContext(c.ctx)
 		if pkt == nil {
 			return nil
 		}
 		v := pkt.ToView()
-		link.Deliver(v.AsSlice())
+		sink.Deliver(v.AsSlice())
 		v.Release()
 		pkt.DecRef()
 	}

@@ -1,0 +1,193 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ztgate/ztgate/netstack"
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// startDirect accepts agents on [tunnel] listen: the direct path, no relay
+// in between. Each session is its own ingress, bound to the identity of the
+// agent's certificate.
+func (g *Gateway) startDirect() error {
+	l, err := tunnel.Listen(g.cfg.Tunnel.Listen, tunnel.ListenConfig{
+		Credentials: g.creds,
+		Registerer:  g.m.reg,
+	}, g.root.With("component", "tunnel-listener"))
+	if err != nil {
+		return fmt.Errorf("gateway: tunnel listen: %w", err)
+	}
+	g.direct = l
+	g.log.Info("accepting agents directly", "addr", l.Addr().String())
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		for {
+			s, err := l.Accept(g.ctx)
+			if err != nil {
+				return
+			}
+			if !g.enter() {
+				s.Close("gateway shutting down")
+				return
+			}
+			go func() {
+				defer g.leave()
+				err := g.serveDirect(s)
+				s.Close(fmt.Sprint(err))
+			}()
+		}
+	}()
+	return nil
+}
+
+// errWrongRole refuses a peer whose certificate is not an agent's.
+var errWrongRole = errors.New("wrong role")
+
+// serveDirect runs one direct agent session.
+func (g *Gateway) serveDirect(s *tunnel.Session) error {
+	id := s.Peer()
+	if id.Tenant == "" && g.creds.Insecure() {
+		id = tunnel.Identity{Tenant: tunnel.DefaultTenant, Role: tunnel.RoleAgent, Name: "anonymous"}
+		g.log.Warn("INSECURE: unauthenticated agent accepted", "remote", s.RemoteAddr())
+	}
+	if id.Role != tunnel.RoleAgent || (s.Version() == tunnel.V2 && s.Hello().Role != tunnel.RoleAgent) {
+		g.m.tunnelRefused("wrong_role")
+		if s.Version() == tunnel.V2 {
+			s.Refuse("wrong_role", "only agents connect to a gateway's [tunnel] listen")
+		}
+		return fmt.Errorf("%w: %s", errWrongRole, id)
+	}
+	in := &ingress{peer: peer{tenant: id.Tenant, identity: id.String()}}
+	var sendMu sync.Mutex
+	in.send = func(scratch, pkt []byte) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return s.SendDatagram(pkt)
+	}
+	if s.Version() == tunnel.V2 {
+		in.inner = s.Hello().InnerAddr
+		if !in.inner.Is4() {
+			s.Refuse(tunnel.CodeBadMessage, "hello needs an IPv4 inner_addr")
+			return errors.New("agent without an inner address")
+		}
+	}
+	if err := g.ingresses.add(in); err != nil {
+		s.Refuse("busy", err.Error())
+		return err
+	}
+	defer g.closeIngress(in, "agent_disconnected")
+	g.fitLink(s, 0)
+	g.log.Info("agent connected directly", "identity", id.String(), "remote", s.RemoteAddr(), "version", s.Version().String())
+
+	ctx, cancel := context.WithCancel(g.ctx)
+	defer cancel()
+	if s.Version() == tunnel.V2 {
+		if err := s.SendWelcome(tunnel.Welcome{MaxPacket: s.MaxDatagram()}); err != nil {
+			return err
+		}
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g.pushDirectory(ctx, s, id)
+		}()
+		defer wg.Wait()
+		defer cancel()
+	}
+	return g.directDatagrams(ctx, s, in, id)
+}
+
+// directDatagrams carries an agent's packets into the netstack.
+func (g *Gateway) directDatagrams(ctx context.Context, s *tunnel.Session, in *ingress, id tunnel.Identity) error {
+	registered := map[string]bool{} // ztna-v1 registrations
+	var buf []byte
+	for {
+		b, err := s.ReceiveDatagram(ctx)
+		if err != nil {
+			return err
+		}
+		d, err := tunnel.Parse(s.Version(), b)
+		if err != nil {
+			if s.Version() == tunnel.V1 && errors.Is(err, tunnel.ErrInvalidServiceID) && tunnel.Kind(b) == tunnel.TypeAgentRegistration {
+				if nack, err := tunnel.AppendNack(buf[:0], tunnel.StatusInvalid, ""); err == nil {
+					s.SendDatagram(nack)
+				}
+			}
+			g.m.tunnelDrop("malformed_datagram")
+			continue
+		}
+		switch d.Type {
+		case tunnel.TypeAgentRegistration:
+			svc := string(d.Service)
+			if g.mayReach(id, svc) {
+				registered[svc] = true
+				buf, err = tunnel.AppendAck(buf[:0], svc)
+			} else {
+				g.m.tunnelRefused("denied")
+				buf, err = tunnel.AppendNack(buf[:0], tunnel.StatusDenied, svc)
+			}
+			if err == nil {
+				s.SendDatagram(buf)
+			}
+		case tunnel.TypeRouted:
+			svc := string(d.Service)
+			if !g.mayReach(id, svc) || (s.Version() == tunnel.V1 && !registered[svc]) {
+				g.m.tunnelDrop("not_authorised")
+				continue
+			}
+			g.learnInner(in, d.Packet)
+			g.deliverTunnel(in, svc, d.Packet)
+		case tunnel.TypeIP:
+			g.learnInner(in, b)
+			g.deliverTunnel(in, "", b)
+		default:
+			g.m.tunnelDrop("unexpected_datagram")
+		}
+	}
+}
+
+// learnInner pins a ztna-v1 agent's inner address to the source of its
+// first packet: later packets from any other source are dropped.
+func (g *Gateway) learnInner(in *ingress, pkt []byte) {
+	if in.inner.IsValid() {
+		return
+	}
+	if src, _, ok := netstack.IPv4Addrs(pkt); ok {
+		in.inner = src
+	}
+}
+
+// mayReach reports whether an agent identity may reach a service here.
+func (g *Gateway) mayReach(id tunnel.Identity, service string) bool {
+	s := g.tbl.Load().byName[service]
+	return s != nil && s.spec.Allows(id.Tenant) && id.Permits(service)
+}
+
+// pushDirectory sends the agent its directory at connect and whenever the
+// services or their health change.
+func (g *Gateway) pushDirectory(ctx context.Context, s *tunnel.Session, id tunnel.Identity) {
+	var last string
+	t := time.NewTicker(healthReportInterval)
+	defer t.Stop()
+	for {
+		d := g.directory(id.Tenant, id)
+		d.Type = tunnel.MessageDirectory
+		if key := fmt.Sprint(d); key != last {
+			if err := s.Send(d); err != nil {
+				return
+			}
+			last = key
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

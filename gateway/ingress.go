@@ -1,0 +1,130 @@
+package gateway
+
+import (
+	"errors"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"github.com/ztgate/ztgate/netstack"
+)
+
+// Tunnel sessions reach the netstack through one link. Every ingress — a
+// relay tag, or an agent connected directly — is its own link in all but
+// name: its packets get a synthetic source address, unique to it, before
+// they enter the netstack, and replies to that address go back to it and
+// only it, with the agent's own address put back. Two agents using the same
+// inner address and port never meet inside the stack.
+//
+// The synthetic addresses are link-local (169.254.0.0/16): they never come
+// from a LAN through a router, so they cannot collide with a tenant's
+// sources.
+var synthPrefix = netip.MustParsePrefix("169.254.0.0/16")
+
+// ingress is one tunnel ingress: a relay tag or a direct agent session.
+type ingress struct {
+	synth    netip.Addr // its source address inside the netstack
+	inner    netip.Addr // the agent's address; packets from any other are dropped
+	peer     peer
+	service  string                          // a relay tag's one service; "" for a direct session
+	send     func(scratch, pkt []byte) error // how replies leave; scratch is a buffer to frame them in
+	closed   atomic.Bool
+	onClosed func()
+}
+
+// ingressTable maps synthetic addresses to ingresses.
+type ingressTable struct {
+	mu      sync.RWMutex
+	bySynth map[netip.Addr]*ingress
+	next    uint32 // last allocated host number
+}
+
+func newIngressTable() *ingressTable {
+	return &ingressTable{bySynth: make(map[netip.Addr]*ingress)}
+}
+
+var errIngressFull = errors.New("no synthetic address left for a new tunnel ingress")
+
+// add gives in a synthetic address and registers it.
+func (t *ingressTable) add(in *ingress) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	const hosts = 1<<16 - 2
+	for range hosts {
+		t.next = t.next%hosts + 1 // 1 .. 65534
+		a := netip.AddrFrom4([4]byte{169, 254, byte(t.next >> 8), byte(t.next)})
+		if _, used := t.bySynth[a]; !used {
+			in.synth = a
+			t.bySynth[a] = in
+			return nil
+		}
+	}
+	return errIngressFull
+}
+
+// remove unregisters in; its synthetic address may be reused.
+func (t *ingressTable) remove(in *ingress) {
+	t.mu.Lock()
+	if t.bySynth[in.synth] == in {
+		delete(t.bySynth, in.synth)
+	}
+	t.mu.Unlock()
+}
+
+func (t *ingressTable) lookup(synth netip.Addr) *ingress {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.bySynth[synth]
+}
+
+// tunnelOutput is the Output of the netstack's tunnel link: it sends each
+// packet to the ingress its destination names, with the agent's address
+// put back.
+type tunnelOutput struct {
+	g       *Gateway
+	scratch []byte // the link's writer is one goroutine: one buffer serves every send
+}
+
+// WritePackets implements netstack.Output.
+func (o *tunnelOutput) WritePackets(pkts [][]byte) error {
+	for _, p := range pkts {
+		_, dst, ok := netstack.IPv4Addrs(p)
+		if !ok {
+			o.g.m.tunnelDrop("malformed_out")
+			continue
+		}
+		in := o.g.ingresses.lookup(dst)
+		if in == nil || in.closed.Load() {
+			o.g.m.tunnelDrop("no_ingress")
+			continue
+		}
+		netstack.RewriteIPv4Destination(p, in.inner)
+		if err := in.send(o.scratch[:0], p); err != nil {
+			o.g.m.tunnelDrop("send_error")
+		}
+	}
+	return nil
+}
+
+// deliverTunnel takes a packet from an ingress into the netstack: it must
+// come from the agent's address and go to a VIP of service (any service
+// the tenant may reach when service is empty).
+func (g *Gateway) deliverTunnel(in *ingress, service string, pkt []byte) {
+	src, dst, ok := netstack.IPv4Addrs(pkt)
+	if !ok {
+		g.m.tunnelDrop("malformed")
+		return
+	}
+	if src != in.inner {
+		g.m.tunnelDrop("spoofed_source")
+		return
+	}
+	if service != "" && dst != g.cfg.TUN.GatewayAddr() {
+		if s := g.tbl.Load().lookupVIP(dst); s == nil || s.spec.Name != service {
+			g.m.tunnelDrop("wrong_service")
+			return
+		}
+	}
+	netstack.RewriteIPv4Source(pkt, in.synth)
+	g.tunLink.Deliver(pkt)
+}

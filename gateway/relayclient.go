@@ -1,0 +1,348 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/ztgate/ztgate/catalog"
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// healthReportInterval is how often the health of the services is compared
+// with what the relay was last told; a change is reported at once.
+const healthReportInterval = 500 * time.Millisecond
+
+// pendingTagLimit bounds the packets held for a tag whose tag_open has not
+// arrived yet (datagrams can overtake the control stream).
+const (
+	pendingTagLimit   = 16
+	pendingTagTimeout = 2 * time.Second
+)
+
+// relayState is the gateway's view of its relay: the VIPs it assigned.
+type relayState struct {
+	mu    sync.Mutex
+	vips  map[string]tunnel.VIPAssignment
+	pool  netip.Prefix
+	pool6 netip.Prefix
+}
+
+func (g *Gateway) relayPool() netip.Prefix {
+	if g.relay == nil {
+		return netip.Prefix{}
+	}
+	g.relay.mu.Lock()
+	defer g.relay.mu.Unlock()
+	return g.relay.pool
+}
+
+// relayAllocations returns the relay's VIPs of svcs (services the relay has
+// not assigned yet get none, so they are not reachable yet).
+func (g *Gateway) relayAllocations(svcs []catalog.Service) map[string]catalog.Allocation {
+	g.relay.mu.Lock()
+	defer g.relay.mu.Unlock()
+	out := make(map[string]catalog.Allocation, len(svcs))
+	for _, s := range svcs {
+		if a, ok := g.relay.vips[s.Name]; ok {
+			out[s.Name] = catalog.Allocation{Service: s.Name, VIP: a.VIP, VIP6: a.VIP6}
+		}
+	}
+	return out
+}
+
+func (g *Gateway) startRelayClient() {
+	r := &tunnel.Redialer{
+		Addr: g.cfg.Tunnel.Relay,
+		Config: tunnel.DialConfig{
+			Credentials: g.creds,
+			ServerName:  g.cfg.Tunnel.ServerName,
+			Hello:       tunnel.Hello{Role: tunnel.RoleGateway, Name: g.cfg.Name, Version: "ztgate"},
+			Registerer:  g.m.reg,
+		},
+		Log:       g.root.With("component", "relay-client"),
+		OnSession: g.serveRelay,
+	}
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		r.Run(g.ctx)
+	}()
+}
+
+// relaySession is one connection to the relay and the tags it opened.
+type relaySession struct {
+	g    *Gateway
+	s    *tunnel.Session
+	mu   sync.Mutex
+	tags map[uint32]*ingress
+	// pending holds packets of tags not announced yet.
+	pending map[uint32]*pendingTag
+}
+
+type pendingTag struct {
+	since time.Time
+	pkts  [][]byte
+}
+
+// serveRelay runs one relay session: it registers the services, applies
+// the VIPs the relay assigns, keeps the relay told of health changes, and
+// carries the tagged packets of agents.
+func (g *Gateway) serveRelay(ctx context.Context, s *tunnel.Session) error {
+	rs := &relaySession{g: g, s: s, tags: make(map[uint32]*ingress), pending: make(map[uint32]*pendingTag)}
+	defer rs.closeAll("relay session ended")
+	g.fitLink(s, tunnel.TagReturnOverhead)
+	if err := s.Send(tunnel.Register{Type: tunnel.MessageRegister, Services: g.serviceInfos()}); err != nil {
+		return fmt.Errorf("register: %w", err)
+	}
+	g.relaySess.Store(rs)
+	defer g.relaySess.CompareAndSwap(rs, nil)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		defer cancel()
+		rs.datagrams(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		rs.reportHealth(ctx)
+	}()
+	err := rs.control()
+	cancel()
+	wg.Wait()
+	return err
+}
+
+// control handles the relay's control messages until the session ends.
+func (rs *relaySession) control() error {
+	g := rs.g
+	for {
+		msg, err := tunnel.DecodeControl(rs.s.Next())
+		if err != nil {
+			if reply, ok := tunnel.ReplyFor(err); ok {
+				rs.s.Send(reply)
+				continue
+			}
+			return err
+		}
+		switch m := msg.(type) {
+		case *tunnel.Assign:
+			g.applyAssign(m)
+		case *tunnel.TagOpen:
+			rs.openTag(m)
+		case *tunnel.TagClose:
+			for _, tag := range m.Tags {
+				rs.closeTag(tag, "tag_closed")
+			}
+		case *tunnel.ErrorMessage:
+			g.log.Warn("relay error", "code", m.Code, "message", m.Message)
+		}
+	}
+}
+
+// applyAssign takes the relay's VIPs and rebuilds the service table.
+func (g *Gateway) applyAssign(m *tunnel.Assign) {
+	g.relay.mu.Lock()
+	g.relay.vips = make(map[string]tunnel.VIPAssignment, len(m.VIPs))
+	for _, v := range m.VIPs {
+		g.relay.vips[v.Service] = v
+	}
+	g.relay.pool, g.relay.pool6 = m.Pool, m.Pool6
+	g.relay.mu.Unlock()
+	for _, r := range m.Rejected {
+		g.log.Error("relay rejected a service", "service", r.Service, "reason", r.Reason)
+	}
+	pools := []netip.Prefix{m.Pool}
+	if m.Pool6.IsValid() {
+		pools = append(pools, m.Pool6)
+	}
+	g.ns.SetPools(pools)
+	g.reloadMu.Lock()
+	d, err := g.applyLocked(g.running, g.apiServices)
+	g.reloadMu.Unlock()
+	if err != nil {
+		g.log.Error("applying the relay's VIPs", "err", err)
+		return
+	}
+	g.log.Info("VIPs assigned by the relay", "services", len(m.VIPs), "pool", m.Pool, "changed", len(d.Changed)+len(d.Added))
+}
+
+func (rs *relaySession) openTag(m *tunnel.TagOpen) {
+	g := rs.g
+	tag := m.Tag
+	in := &ingress{
+		inner:   m.InnerAddr,
+		peer:    peer{tenant: m.Tenant, identity: m.Identity},
+		service: m.Service,
+		send: func(scratch, pkt []byte) error {
+			return rs.s.SendDatagram(tunnel.AppendTagReturn(scratch, tag, pkt))
+		},
+	}
+	if err := g.ingresses.add(in); err != nil {
+		g.m.tunnelDrop("ingress_full")
+		return
+	}
+	rs.mu.Lock()
+	if old := rs.tags[tag]; old != nil {
+		rs.mu.Unlock()
+		g.closeIngress(in, "duplicate_tag")
+		return
+	}
+	rs.tags[tag] = in
+	p := rs.pending[tag]
+	delete(rs.pending, tag)
+	rs.mu.Unlock()
+	if p != nil {
+		for _, pkt := range p.pkts {
+			g.deliverTunnel(in, m.Service, pkt)
+		}
+	}
+}
+
+func (rs *relaySession) closeTag(tag uint32, reason string) {
+	rs.mu.Lock()
+	in := rs.tags[tag]
+	delete(rs.tags, tag)
+	delete(rs.pending, tag)
+	rs.mu.Unlock()
+	if in != nil {
+		rs.g.closeIngress(in, reason)
+	}
+}
+
+func (rs *relaySession) closeAll(reason string) {
+	rs.mu.Lock()
+	tags := rs.tags
+	rs.tags = map[uint32]*ingress{}
+	rs.mu.Unlock()
+	for _, in := range tags {
+		rs.g.closeIngress(in, reason)
+	}
+}
+
+// closeIngress ends an ingress and the flows bound to it.
+func (g *Gateway) closeIngress(in *ingress, reason string) {
+	if !in.closed.CompareAndSwap(false, true) {
+		return
+	}
+	for _, f := range g.flows.list(func(f *flow) bool { return f.client.Addr() == in.synth }) {
+		f.close(reason)
+	}
+	g.ingresses.remove(in)
+}
+
+// datagrams carries the relay's tagged packets into the netstack.
+func (rs *relaySession) datagrams(ctx context.Context) {
+	g := rs.g
+	for {
+		b, err := rs.s.ReceiveDatagram(ctx)
+		if err != nil {
+			return
+		}
+		d, err := tunnel.Parse(tunnel.V2, b)
+		if err != nil {
+			g.m.tunnelDrop("malformed_datagram")
+			continue
+		}
+		switch d.Type {
+		case tunnel.TypeTagged:
+			rs.mu.Lock()
+			in := rs.tags[d.Tag]
+			if in == nil {
+				rs.holdLocked(d.Tag, d.Packet)
+			}
+			rs.mu.Unlock()
+			if in != nil {
+				g.deliverTunnel(in, in.service, d.Packet)
+			}
+		case tunnel.TypeQAD:
+		default:
+			g.m.tunnelDrop("unexpected_datagram")
+		}
+	}
+}
+
+// holdLocked keeps a packet of an unannounced tag for a moment.
+func (rs *relaySession) holdLocked(tag uint32, pkt []byte) {
+	now := time.Now()
+	for t, p := range rs.pending {
+		if now.Sub(p.since) > pendingTagTimeout {
+			delete(rs.pending, t)
+		}
+	}
+	p := rs.pending[tag]
+	if p == nil {
+		if len(rs.pending) >= 1024 {
+			rs.g.m.tunnelDrop("unknown_tag")
+			return
+		}
+		p = &pendingTag{since: now}
+		rs.pending[tag] = p
+	}
+	if len(p.pkts) >= pendingTagLimit {
+		rs.g.m.tunnelDrop("unknown_tag")
+		return
+	}
+	p.pkts = append(p.pkts, pkt)
+}
+
+// reportHealth tells the relay when a service's health changes (and
+// re-registers when the service set changes).
+func (rs *relaySession) reportHealth(ctx context.Context) {
+	g := rs.g
+	last := make(map[string]bool)
+	var lastSet []string
+	for _, si := range g.serviceInfos() {
+		last[si.Name] = si.Healthy
+		lastSet = append(lastSet, si.Name)
+	}
+	t := time.NewTicker(healthReportInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		infos := g.serviceInfos()
+		names := make([]string, len(infos))
+		changed := map[string]bool{}
+		for i, si := range infos {
+			names[i] = si.Name
+			if h, ok := last[si.Name]; !ok || h != si.Healthy {
+				changed[si.Name] = si.Healthy
+			}
+		}
+		if !equalStrings(names, lastSet) {
+			if err := rs.s.Send(tunnel.Register{Type: tunnel.MessageRegister, Services: infos}); err != nil {
+				return
+			}
+			lastSet = names
+		} else if len(changed) > 0 {
+			if err := rs.s.Send(tunnel.Health{Type: tunnel.MessageHealth, Services: changed}); err != nil {
+				return
+			}
+		}
+		for _, si := range infos {
+			last[si.Name] = si.Healthy
+		}
+	}
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,128 @@
+package gateway
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+
+	"github.com/ztgate/ztgate/catalog"
+	"github.com/ztgate/ztgate/netstack"
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// tunnelLinkMTU is the largest packet the tunnel link is built for; each
+// session lowers the link's MTU to what its datagrams carry.
+const tunnelLinkMTU = 1500
+
+// startTunnel opens the netstack link of tunnel ingress and starts the
+// relay client and the direct listener that [tunnel] configures.
+func (g *Gateway) startTunnel() error {
+	tc := g.cfg.Tunnel
+	if tc.Relay == "" && tc.Listen == "" {
+		return nil
+	}
+	creds, err := tunnel.NewCredentials(tunnel.CredentialsConfig{
+		CertFile: tc.Cert, KeyFile: tc.Key, CAFile: tc.CA, Insecure: tc.Insecure,
+		OnReject: func(_ net.Addr, e *tunnel.AuthError) {
+			g.m.tunnelRefused(e.Reason)
+		},
+	}, g.root.With("component", "tunnel"))
+	if err != nil {
+		return fmt.Errorf("gateway: tunnel: %w", err)
+	}
+	if tc.Insecure {
+		g.log.Warn("INSECURE: [tunnel] insecure_allow_unauthenticated is on: peers without a verified ztgate identity are accepted; never use this in production")
+	}
+	g.creds = creds
+	g.ingresses = newIngressTable()
+	link, err := g.ns.NewLink(netstack.LinkConfig{
+		Name:   "tunnel",
+		MTU:    tunnelLinkMTU,
+		Output: &tunnelOutput{g: g, scratch: make([]byte, 0, tunnelLinkMTU+64)},
+		Routes: []netip.Prefix{synthPrefix},
+	})
+	if err != nil {
+		return fmt.Errorf("gateway: tunnel link: %w", err)
+	}
+	g.tunLink = link
+	if tc.Relay != "" {
+		g.startRelayClient()
+	}
+	if tc.Listen != "" {
+		if err := g.startDirect(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fitLink lowers the tunnel link's MTU to what a session's datagrams carry
+// after overhead bytes of framing, so that no full-size packet is dropped.
+func (g *Gateway) fitLink(s *tunnel.Session, overhead int) {
+	if max := s.MaxDatagram() - overhead; max > 0 && max < g.tunLink.MTU() {
+		g.tunLink.SetMTU(max)
+		g.log.Info("tunnel link MTU", "mtu", max, "session", s.ID())
+	}
+}
+
+// serviceInfos describes the current services for a relay registration.
+func (g *Gateway) serviceInfos() []tunnel.ServiceInfo {
+	t := g.tbl.Load()
+	out := make([]tunnel.ServiceInfo, 0, len(t.byName))
+	for _, s := range t.byName {
+		out = append(out, tunnel.ServiceInfo{
+			Name:    s.spec.Name,
+			Tenants: s.spec.Tenants,
+			Ports:   portInfos(s.spec.Ports),
+			ICMP:    s.spec.ICMP,
+			Healthy: s.healthy(),
+			VIP:     s.spec.VIP,
+			VIP6:    s.spec.VIP6,
+		})
+	}
+	slices.SortFunc(out, func(a, b tunnel.ServiceInfo) int { return cmpString(a.Name, b.Name) })
+	return out
+}
+
+func portInfos(ps []catalog.Port) []tunnel.PortInfo {
+	out := make([]tunnel.PortInfo, len(ps))
+	for i, p := range ps {
+		out[i] = tunnel.PortInfo{Name: p.Name, Protocol: p.Protocol.String(), Port: p.Port}
+	}
+	return out
+}
+
+// healthy reports whether the service has a backend that takes new flows.
+func (s *service) healthy() bool {
+	for _, b := range s.st.backends.Load().list {
+		if b.usable() {
+			return true
+		}
+	}
+	return false
+}
+
+// directory is what an agent of tenant may reach, for a direct session.
+func (g *Gateway) directory(tenant string, id tunnel.Identity) tunnel.Directory {
+	t := g.tbl.Load()
+	d := tunnel.Directory{
+		Zone: g.cfg.DNS.Zone, TTL: int(g.cfg.DNS.TTL.Seconds()),
+		Pool: g.cfg.TUN.Pool, Pool6: g.cfg.TUN.Pool6,
+		Services: []tunnel.DirectoryService{},
+	}
+	if p := g.relayPool(); p.IsValid() {
+		d.Pool = p
+	}
+	for _, s := range t.byName {
+		if !s.spec.Allows(tenant) || !id.Permits(s.spec.Name) || !s.vip.IsValid() {
+			continue
+		}
+		d.Services = append(d.Services, tunnel.DirectoryService{
+			Name: s.spec.Name, VIP: s.vip, VIP6: s.vip6, Ports: portInfos(s.spec.Ports),
+			ICMP: s.spec.ICMP, Healthy: s.healthy(),
+		})
+	}
+	slices.SortFunc(d.Services, func(a, b tunnel.DirectoryService) int { return cmpString(a.Name, b.Name) })
+	return d
+}
