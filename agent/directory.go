@@ -1,0 +1,74 @@
+package agent
+
+import (
+	"net/netip"
+
+	"github.com/ztgate/ztgate/catalog"
+	"github.com/ztgate/ztgate/resolver"
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// directory is the agent's immutable view of the services it may reach.
+type directory struct {
+	zone   string
+	pool   netip.Prefix
+	pool6  netip.Prefix
+	byVIP  map[netip.Addr]*dirService
+	byName map[string]*dirService
+}
+
+type dirService struct {
+	name    string
+	entry   resolver.Entry
+	healthy bool
+	icmp    bool
+}
+
+func emptyDirectory(pool netip.Prefix) *directory {
+	return &directory{pool: pool, byVIP: map[netip.Addr]*dirService{}, byName: map[string]*dirService{}}
+}
+
+// newDirectory builds the view from a pushed Directory message.
+func newDirectory(m *tunnel.Directory) *directory {
+	d := emptyDirectory(m.Pool)
+	d.zone, d.pool6 = m.Zone, m.Pool6
+	for _, s := range m.Services {
+		ds := &dirService{name: s.Name, healthy: s.Healthy, icmp: s.ICMP}
+		ds.entry = resolver.Entry{Name: s.Name, VIP: s.VIP, VIP6: s.VIP6}
+		for _, p := range s.Ports {
+			proto, ok := catalog.ParseProtocol(p.Protocol)
+			if !ok {
+				continue
+			}
+			ds.entry.Ports = append(ds.entry.Ports, catalog.Port{Name: p.Name, Protocol: proto, Port: p.Port, Target: p.Port})
+		}
+		d.byName[s.Name] = ds
+		if s.VIP.IsValid() {
+			d.byVIP[s.VIP] = ds
+		}
+		if s.VIP6.IsValid() {
+			d.byVIP[s.VIP6] = ds
+		}
+	}
+	return d
+}
+
+var _ resolver.View = (*directory)(nil)
+
+// Lookup implements resolver.View.
+func (d *directory) Lookup(label string) (resolver.Entry, bool) {
+	s, ok := d.byName[label]
+	if !ok {
+		return resolver.Entry{}, false
+	}
+	return s.entry, true
+}
+
+// Reverse implements resolver.View.
+func (d *directory) Reverse(addr netip.Addr) (resolver.Entry, bool) {
+	s, ok := d.byVIP[addr.Unmap()]
+	if !ok {
+		return resolver.Entry{}, false
+	}
+	return s.entry, true
+}

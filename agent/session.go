@@ -1,0 +1,157 @@
+package agent
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+
+	"github.com/ztgate/ztgate/netstack"
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// maxServiceName is the longest service name (a DNS label): the framing
+// overhead of a routed packet is at most 2 bytes plus this.
+const maxServiceName = 63
+
+// startTunnel keeps the agent connected to [tunnel] server, redialling with
+// backoff; the data path never waits for it.
+func (a *Agent) startTunnel() {
+	r := &tunnel.Redialer{
+		Addr: a.cfg.Tunnel.Server,
+		Config: tunnel.DialConfig{
+			Credentials: a.creds,
+			ServerName:  a.cfg.Tunnel.ServerName,
+			Hello:       tunnel.Hello{Role: tunnel.RoleAgent, Name: a.cfg.Name, Version: "ztgate", InnerAddr: a.cfg.TUN.Address},
+			Registerer:  a.m.reg,
+		},
+		Log:       a.root.With("component", "tunnel"),
+		OnSession: a.serve,
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		r.Run(a.ctx)
+	}()
+}
+
+// serve runs one tunnel session: it sizes the TUN for the path, takes the
+// directories the server pushes and writes the server's packets to the TUN.
+func (a *Agent) serve(ctx context.Context, s *tunnel.Session) error {
+	a.fitMTU(s)
+	a.sess.Store(s)
+	defer a.sess.CompareAndSwap(s, nil)
+	a.m.connected.Set(1)
+	defer a.m.connected.Set(0)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer cancel()
+		a.receive(ctx, s)
+	}()
+	err := a.control(s)
+	cancel()
+	wg.Wait()
+	return err
+}
+
+// fitMTU lowers the TUN's MTU so that every packet it takes fits a datagram
+// to the server with its framing, and every reply fits the server's path.
+func (a *Agent) fitMTU(s *tunnel.Session) {
+	mtu := a.cfg.TUN.MTU
+	if m := s.MaxDatagram() - 2 - maxServiceName; m > 0 {
+		mtu = min(mtu, m)
+	}
+	if m := s.Welcome().MaxPacket; m > 0 {
+		mtu = min(mtu, m)
+	}
+	mtu = max(mtu, 576)
+	if int64(mtu) == a.mtu.Load() {
+		return
+	}
+	a.mtu.Store(int64(mtu))
+	if a.tun != nil {
+		if err := a.tun.SetMTU(mtu); err != nil {
+			a.log.Error("cannot size the TUN for the tunnel", "mtu", mtu, "err", err)
+			return
+		}
+	}
+	a.local.SetMTU(mtu)
+	a.log.Info("TUN MTU fitted to the tunnel", "mtu", mtu)
+}
+
+// control applies the server's control messages.
+func (a *Agent) control(s *tunnel.Session) error {
+	for {
+		msg, err := tunnel.DecodeControl(s.Next())
+		if err != nil {
+			if reply, ok := tunnel.ReplyFor(err); ok {
+				s.Send(reply)
+				continue
+			}
+			return err
+		}
+		switch m := msg.(type) {
+		case *tunnel.Directory:
+			a.applyDirectory(m)
+		case *tunnel.ErrorMessage:
+			a.log.Warn("server error", "code", m.Code, "message", m.Message)
+		}
+	}
+}
+
+// applyDirectory makes a pushed directory the agent's: DNS answers from it
+// at once, and the pool's route follows it.
+func (a *Agent) applyDirectory(m *tunnel.Directory) {
+	next := newDirectory(m)
+	prev := a.dir.Swap(next)
+	if next.pool != prev.pool && next.pool.IsValid() {
+		a.stack.SetPools([]netip.Prefix{next.pool})
+		if a.tun != nil {
+			if err := a.tun.SetRoutes([]netip.Prefix{next.pool}); err != nil {
+				a.log.Error("routing the pool", "pool", next.pool, "err", err)
+			}
+		}
+	}
+	if next.zone != "" && next.zone != a.cfg.DNS.Zone {
+		a.log.Warn("the server's zone differs from [dns] zone; answering for the configured zone", "server", next.zone, "configured", a.cfg.DNS.Zone)
+	}
+	a.log.Info("directory", "services", len(next.byName))
+}
+
+// receive writes the server's packets to the TUN. Only IPv4 packets to
+// the agent's own address from the pool are taken.
+func (a *Agent) receive(ctx context.Context, s *tunnel.Session) {
+	hr := a.dev.Headroom()
+	buf := make([]byte, hr+65535)
+	bufs := make([][]byte, 1)
+	for {
+		b, err := s.ReceiveDatagram(ctx)
+		if err != nil {
+			return
+		}
+		switch tunnel.Kind(b) {
+		case tunnel.TypeIP:
+		case tunnel.TypeQAD:
+			continue
+		default:
+			a.m.drop("unexpected_datagram")
+			continue
+		}
+		src, dst, ok := netstack.IPv4Addrs(b)
+		if !ok || dst != a.cfg.TUN.Address || !a.dir.Load().pool.Contains(src) {
+			a.m.drop("foreign_packet")
+			continue
+		}
+		n := copy(buf[hr:], b)
+		bufs[0] = buf[:hr+n]
+		if err := a.dev.WritePackets(bufs); err != nil {
+			a.m.drop("tun_write")
+			continue
+		}
+		a.m.down.Add(1)
+	}
+}
