@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"math"
 	"net/netip"
 	"slices"
 	"sync"
@@ -77,23 +78,38 @@ func fnv64(h uint64, b []byte) uint64 {
 	return h
 }
 
+// mix64 is the finaliser of SplitMix64. FNV-1a alone spreads addresses
+// that differ in their last bytes poorly over a few backends.
+func mix64(h uint64) uint64 {
+	h ^= h >> 30
+	h *= 0xbf58476d1ce4e5b9
+	h ^= h >> 27
+	h *= 0x94d049bb133111eb
+	return h ^ h>>31
+}
+
 // pick returns a usable backend by policy, other than those in skip (the
 // ones a flow already failed to reach), or nil when there is none.
 func (p *picker) pick(set *backendSet, policy catalog.Balance, client netip.Addr, skip []*backend) *backend {
-	n := len(set.list)
-	if n == 0 {
-		return nil
-	}
 	ok := func(b *backend) bool { return b.usable() && !slices.Contains(skip, b) }
 	switch policy {
 	case catalog.LeastConn:
-		var best *backend
+		// Ties among the least loaded are taken in turn, so short flows
+		// (each gone before the next) spread instead of all going to the
+		// first backend.
+		least, ties := int64(math.MaxInt64), 0
 		for _, b := range set.list {
-			if ok(b) && (best == nil || b.active.Load() < best.active.Load()) {
-				best = b
+			if !ok(b) {
+				continue
+			}
+			switch a := b.active.Load(); {
+			case a < least:
+				least, ties = a, 1
+			case a == least:
+				ties++
 			}
 		}
-		return best
+		return p.nth(set, ties, func(b *backend) bool { return ok(b) && b.active.Load() == least })
 	case catalog.SourceHash:
 		// Rendezvous hashing: each client keeps its backend while that
 		// backend stays usable, and moves only when it goes away.
@@ -102,23 +118,47 @@ func (p *picker) pick(set *backendSet, policy catalog.Balance, client netip.Addr
 			score uint64
 		)
 		ca := client.As16()
+		ch := fnv64(fnvOffset, ca[:])
 		for _, b := range set.list {
 			if !ok(b) {
 				continue
 			}
 			ba := b.addr.As16()
-			if s := fnv64(fnv64(fnvOffset, ca[:]), ba[:]); best == nil || s > score {
+			if s := mix64(fnv64(ch, ba[:])); best == nil || s > score {
 				best, score = b, s
 			}
 		}
 		return best
 	default:
-		start := p.rr.Add(1)
-		for i := range n {
-			if b := set.list[(start+uint64(i))%uint64(n)]; ok(b) {
-				return b
+		n := 0
+		for _, b := range set.list {
+			if ok(b) {
+				n++
 			}
 		}
+		return p.nth(set, n, ok)
+	}
+}
+
+// nth returns the next of the n backends of set that match, in turn: each
+// gets an equal share however many others are unusable. When a backend
+// changed between counting and choosing, fewer may match: then the last
+// match is returned, or nil.
+func (p *picker) nth(set *backendSet, n int, match func(*backend) bool) *backend {
+	if n == 0 {
 		return nil
 	}
+	k := p.rr.Add(1) % uint64(n)
+	var last *backend
+	for _, b := range set.list {
+		if !match(b) {
+			continue
+		}
+		if k == 0 {
+			return b
+		}
+		k--
+		last = b
+	}
+	return last
 }

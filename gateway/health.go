@@ -1,14 +1,81 @@
 package gateway
 
 import (
-	"errors"
-	"net/http"
+	"context"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/ztgate/ztgate/catalog"
 )
 
+// healthChecks are the running checks and pending drain deadlines of one
+// service's backends. It lives in the serviceState, so that syncHealth
+// finds the checks of backends a reload removed.
+type healthChecks struct {
+	mu      sync.Mutex
+	entries map[*backend]*healthEntry
+	// clock and randN replace the wall clock and the jitter source in
+	// tests; nil means the real ones.
+	clock clock
+	randN func(n int64) int64
+}
+
+// healthEntry is the health machinery of one backend.
+type healthEntry struct {
+	spec     catalog.Health
+	synced   bool               // spec is applied: a checker runs unless its type is none
+	cancel   context.CancelFunc // stops the checker; nil when none runs
+	done     chan struct{}      // closed when the checker has returned
+	drain    clockTimer         // closes the backend's flows at the drain deadline; nil when none
+	drainGen uint64             // tells a firing deadline whether it is still the current one
+}
+
+// entryLocked returns the entry of b, creating it.
+func (hc *healthChecks) entryLocked(b *backend) *healthEntry {
+	if hc.entries == nil {
+		hc.entries = make(map[*backend]*healthEntry)
+	}
+	e, ok := hc.entries[b]
+	if !ok {
+		e = &healthEntry{}
+		hc.entries[b] = e
+	}
+	return e
+}
+
+// stopChecker stops the checker and returns what to wait for, if any.
+func (e *healthEntry) stopChecker() []chan struct{} {
+	e.synced = false
+	if e.cancel == nil {
+		return nil
+	}
+	e.cancel()
+	e.cancel = nil
+	return []chan struct{}{e.done}
+}
+
+// stopDrain cancels a pending drain deadline.
+func (e *healthEntry) stopDrain() {
+	if e.drain != nil {
+		e.drain.Stop()
+		e.drain = nil
+	}
+	e.drainGen++
+}
+
 // passiveFailure counts a failed dial or a reset on connect against a
-// backend, as a failed health check would.
+// backend, as a failed health check would. Without active checks nothing
+// could bring the backend back, so then only the error is kept.
 func (g *Gateway) passiveFailure(svc *service, b *backend, err error) {
+	err = fmt.Errorf("dial: %w", unwrapOp(err))
 	g.log.Debug("backend dial failed", "service", svc.spec.Name, "backend", b.addr, "err", err)
+	if svc.spec.Health.Type == catalog.HealthNone {
+		b.noteError(err.Error())
+		return
+	}
+	g.observe(svc.spec.Name, b, svc.spec.Health, err)
 }
 
 // startHealth starts the active checks of every service in the current
@@ -16,18 +83,137 @@ func (g *Gateway) passiveFailure(svc *service, b *backend, err error) {
 func (g *Gateway) startHealth() { g.syncHealth(g.tbl.Load()) }
 
 // syncHealth starts checks for new (service, backend) pairs of t and stops
-// those no longer in it.
-func (g *Gateway) syncHealth(t *table) {}
-
-// stopHealth stops every check and waits for them.
-func (g *Gateway) stopHealth() {}
-
-// handleDrain serves POST /v1/services/{name}/backends/{address}/drain.
-func (g *Gateway) handleDrain(w http.ResponseWriter, r *http.Request) {
-	writeErrors(w, http.StatusNotImplemented, errors.New("drain is not implemented yet"))
+// those no longer in it; a pair whose [service.health] changed gets a new
+// check. It returns once the stopped checks have returned.
+func (g *Gateway) syncHealth(t *table) {
+	var waits []chan struct{}
+	for _, st := range g.serviceStates() {
+		var (
+			want []*backend
+			spec catalog.Health
+		)
+		if svc := t.byName[st.name]; svc != nil && svc.st == st {
+			want, spec = st.backends.Load().list, svc.spec.Health
+		}
+		waits = append(waits, g.syncChecks(st, want, spec)...)
+	}
+	for _, done := range waits {
+		<-done
+	}
 }
 
-// handleUndrain serves POST /v1/services/{name}/backends/{address}/undrain.
-func (g *Gateway) handleUndrain(w http.ResponseWriter, r *http.Request) {
-	writeErrors(w, http.StatusNotImplemented, errors.New("undrain is not implemented yet"))
+// syncChecks makes the checks of st those of want with spec, and returns
+// the stopped checks to wait for.
+func (g *Gateway) syncChecks(st *serviceState, want []*backend, spec catalog.Health) []chan struct{} {
+	hc := &st.health
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	keep := make(map[*backend]bool, len(want))
+	for _, b := range want {
+		keep[b] = true
+	}
+	var waits []chan struct{}
+	for b, e := range hc.entries {
+		if !keep[b] {
+			waits = append(waits, e.stopChecker()...)
+			e.stopDrain()
+			delete(hc.entries, b)
+			g.m.backendHealthy.DeleteLabelValues(st.name, b.addr.String())
+		}
+	}
+	if g.closing.Load() { // stopHealth has run or is running: start nothing
+		return waits
+	}
+	for _, b := range want {
+		e := hc.entryLocked(b)
+		if e.synced && e.spec == spec {
+			continue
+		}
+		waits = append(waits, e.stopChecker()...)
+		e.spec, e.synced = spec, true
+		if spec.Type == catalog.HealthNone {
+			g.forget(st.name, b)
+		}
+		g.setHealthGauge(st.name, b)
+		g.startChecker(st, hc, e, b)
+	}
+	return waits
+}
+
+// startChecker starts the check goroutine of e, owned by e: stopChecker
+// cancels it and hands back its done channel to wait for.
+func (g *Gateway) startChecker(st *serviceState, hc *healthChecks, e *healthEntry, b *backend) {
+	spec := e.spec
+	p := newProber(spec, b.origin, g.cfg.DNS.Zone)
+	if p == nil {
+		return
+	}
+	c := &checker{
+		target: netip.AddrPortFrom(b.addr, spec.Port),
+		spec:   spec,
+		probe:  p,
+		clock:  hc.clockOr(g),
+		randN:  hc.randN,
+		report: func(err error, took time.Duration) { g.checked(st.name, b, spec, err, took) },
+	}
+	if c.randN == nil {
+		c.randN = defaultRandN
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.cancel, e.done = cancel, make(chan struct{})
+	done := e.done
+	go func() {
+		defer close(done)
+		c.run(ctx)
+	}()
+}
+
+// clockOr returns the registry's clock, or the gateway's wall clock.
+func (hc *healthChecks) clockOr(g *Gateway) clock {
+	if hc.clock != nil {
+		return hc.clock
+	}
+	return realClock{now: g.now}
+}
+
+// checked accounts one active check and applies its result.
+func (g *Gateway) checked(svc string, b *backend, h catalog.Health, err error, took time.Duration) {
+	result := "ok"
+	if err != nil {
+		result = "fail"
+	}
+	g.m.healthChecks.WithLabelValues(svc, result).Inc()
+	g.m.healthDuration.WithLabelValues(svc).Observe(took.Seconds())
+	g.observe(svc, b, h, err)
+}
+
+// stopHealth stops every check and drain deadline and waits for the
+// checks to return.
+func (g *Gateway) stopHealth() {
+	var waits []chan struct{}
+	for _, st := range g.serviceStates() {
+		hc := &st.health
+		hc.mu.Lock()
+		for _, e := range hc.entries {
+			waits = append(waits, e.stopChecker()...)
+			e.stopDrain()
+		}
+		hc.entries = nil
+		hc.mu.Unlock()
+	}
+	for _, done := range waits {
+		<-done
+	}
+}
+
+// serviceStates returns the long-lived state of every service the gateway
+// has known, including removed ones whose checks may still run.
+func (g *Gateway) serviceStates() []*serviceState {
+	g.statesMu.Lock()
+	defer g.statesMu.Unlock()
+	out := make([]*serviceState, 0, len(g.states))
+	for _, st := range g.states {
+		out = append(out, st)
+	}
+	return out
 }

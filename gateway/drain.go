@@ -1,0 +1,191 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"time"
+)
+
+// maxDrainDeadline bounds a drain deadline; a longer drain is one without
+// a deadline.
+const maxDrainDeadline = 7 * 24 * time.Hour
+
+// handleDrain serves POST /v1/services/{name}/backends/{address}/drain with
+// an optional deadline (JSON body {"deadline": "30s"} or ?deadline=30s):
+// the backend takes no new flows; its flows go on until they end or the
+// deadline passes, when they are closed.
+func (g *Gateway) handleDrain(w http.ResponseWriter, r *http.Request) {
+	svc, bs, ok := g.lookupBackends(w, r)
+	if !ok {
+		return
+	}
+	deadline, status, err := readDrainDeadline(w, r)
+	if err != nil {
+		writeErrors(w, status, err)
+		return
+	}
+	g.drainBackends(svc.st, bs, deadline)
+	writeJSON(w, http.StatusOK, g.describeService(svc))
+}
+
+// handleUndrain serves POST /v1/services/{name}/backends/{address}/undrain:
+// the backend takes new flows again and a pending deadline is cancelled.
+func (g *Gateway) handleUndrain(w http.ResponseWriter, r *http.Request) {
+	svc, bs, ok := g.lookupBackends(w, r)
+	if !ok {
+		return
+	}
+	g.undrainBackends(svc.st, bs)
+	writeJSON(w, http.StatusOK, g.describeService(svc))
+}
+
+// lookupBackends finds the service and its backends named in the path: an
+// address, or the host name the backends were configured by. It answers
+// 404 itself.
+func (g *Gateway) lookupBackends(w http.ResponseWriter, r *http.Request) (*service, []*backend, bool) {
+	name, addr := r.PathValue("name"), r.PathValue("address")
+	svc := g.tbl.Load().byName[name]
+	if svc == nil {
+		writeErrors(w, http.StatusNotFound, fmt.Errorf("no service %q", name))
+		return nil, nil, false
+	}
+	ip, ipErr := netip.ParseAddr(addr)
+	var out []*backend
+	for _, b := range svc.st.backends.Load().list {
+		if (ipErr == nil && b.addr == ip.Unmap()) || b.origin == addr {
+			out = append(out, b)
+		}
+	}
+	if len(out) == 0 {
+		writeErrors(w, http.StatusNotFound, fmt.Errorf("service %q has no backend %q", name, addr))
+		return nil, nil, false
+	}
+	return svc, out, true
+}
+
+// readDrainDeadline reads the deadline of a drain request: 0 for none,
+// else with the status to answer an error with (400, or 413 for a body
+// over maxBodyBytes).
+func readDrainDeadline(w http.ResponseWriter, r *http.Request) (time.Duration, int, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	if err != nil {
+		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+			return 0, http.StatusRequestEntityTooLarge, fmt.Errorf("body larger than %d bytes", mbe.Limit)
+		}
+		return 0, http.StatusBadRequest, fmt.Errorf("read body: %w", err)
+	}
+	d, err := parseDrainDeadline(body, r.URL.Query().Get("deadline"))
+	if err != nil {
+		return 0, http.StatusBadRequest, err
+	}
+	return d, 0, nil
+}
+
+// parseDrainDeadline parses the deadline of a drain request from its body
+// (empty, or {"deadline": "30s"}) and its deadline query parameter; when
+// both are given they must agree. 0 means no deadline.
+func parseDrainDeadline(body []byte, query string) (time.Duration, error) {
+	var req struct {
+		Deadline string `json:"deadline"`
+	}
+	if len(bytes.TrimSpace(body)) > 0 {
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			return 0, fmt.Errorf("body: %w", err)
+		}
+		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+			return 0, errors.New("body: unexpected data after the JSON object")
+		}
+	}
+	s := req.Deadline
+	switch {
+	case s == "":
+		s = query
+	case query != "" && query != s:
+		return 0, fmt.Errorf("deadline %q in the body and %q in the query differ", s, query)
+	}
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 || d > maxDrainDeadline {
+		return 0, fmt.Errorf("deadline %q is not a duration between 0 and %s, such as \"30s\"", s, maxDrainDeadline)
+	}
+	return d, nil
+}
+
+// drainBackends takes bs out of rotation. With a deadline, their flows
+// still open then are closed; a new drain replaces an earlier deadline.
+func (g *Gateway) drainBackends(st *serviceState, bs []*backend, deadline time.Duration) {
+	hc := &st.health
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	clk := hc.clockOr(g)
+	for _, b := range bs {
+		e := hc.entryLocked(b)
+		e.stopDrain()
+		var until time.Time
+		if deadline > 0 && !g.closing.Load() { // after stopHealth no timer may start
+			until = clk.Now().Add(deadline)
+			gen := e.drainGen
+			e.drain = clk.AfterFunc(deadline, func() { g.drainDeadline(st, b, gen) })
+		}
+		b.mu.Lock()
+		b.draining, b.drainUntil = true, until
+		b.mu.Unlock()
+		g.setHealthGauge(st.name, b)
+		g.log.Info("backend draining", "service", st.name, "backend", b.addr, "deadline", deadline, "active_flows", b.active.Load())
+	}
+}
+
+// undrainBackends puts bs back into rotation and cancels pending deadlines.
+func (g *Gateway) undrainBackends(st *serviceState, bs []*backend) {
+	hc := &st.health
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	for _, b := range bs {
+		if e := hc.entries[b]; e != nil {
+			e.stopDrain()
+		}
+		b.mu.Lock()
+		was := b.draining
+		b.draining, b.drainUntil = false, time.Time{}
+		b.mu.Unlock()
+		g.setHealthGauge(st.name, b)
+		if was {
+			g.log.Info("backend undrained", "service", st.name, "backend", b.addr)
+		}
+	}
+}
+
+// drainDeadline closes the flows still bound to b when the drain deadline
+// of generation gen passes, unless b was undrained or drained anew since.
+func (g *Gateway) drainDeadline(st *serviceState, b *backend, gen uint64) {
+	if !g.enter() {
+		return
+	}
+	defer g.leave()
+	hc := &st.health
+	hc.mu.Lock()
+	e := hc.entries[b]
+	current := e != nil && e.drainGen == gen && e.drain != nil
+	if current {
+		e.drain = nil
+	}
+	hc.mu.Unlock()
+	if !current {
+		return
+	}
+	n := 0
+	for _, f := range g.flows.list(func(f *flow) bool { return f.backend == b }) {
+		f.close("drained")
+		n++
+	}
+	g.log.Info("drain deadline passed", "service", st.name, "backend", b.addr, "closed_flows", n)
+}

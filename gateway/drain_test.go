@@ -1,0 +1,210 @@
+package gateway
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ztgate/ztgate/catalog"
+)
+
+func TestParseDrainDeadline(t *testing.T) {
+	cases := []struct {
+		name, body, query string
+		want              time.Duration
+		wantErr           string
+	}{
+		{"no body, no query", "", "", 0, ""},
+		{"blank body", " \n", "", 0, ""},
+		{"empty object", "{}", "", 0, ""},
+		{"null", "null", "", 0, ""},
+		{"body deadline", `{"deadline": "30s"}`, "", 30 * time.Second, ""},
+		{"query deadline", "", "1m", time.Minute, ""},
+		{"both agree", `{"deadline": "30s"}`, "30s", 30 * time.Second, ""},
+		{"both differ", `{"deadline": "30s"}`, "1m", 0, "differ"},
+		{"empty deadline is none", `{"deadline": ""}`, "", 0, ""},
+		{"not JSON", `deadline=30s`, "", 0, "body"},
+		{"unknown field", `{"deadline": "30s", "force": true}`, "", 0, "unknown field"},
+		{"number instead of string", `{"deadline": 30}`, "", 0, "body"},
+		{"trailing data", `{"deadline": "30s"} {}`, "", 0, "after the JSON object"},
+		{"not a duration", `{"deadline": "soon"}`, "", 0, "is not a duration"},
+		{"zero", "", "0s", 0, "is not a duration"},
+		{"negative", `{"deadline": "-5s"}`, "", 0, "is not a duration"},
+		{"too long", "", "200h", 0, "is not a duration"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseDrainDeadline([]byte(tc.body), tc.query)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("got %v, %v; want an error containing %q", got, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("got %v, %v; want %v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzParseDrainDeadline(f *testing.F) {
+	for _, s := range [][2]string{
+		{"", ""}, {`{"deadline": "30s"}`, ""}, {"", "1m"}, {`{"deadline": "30s"}`, "1m"},
+		{`{"deadline": 1}`, ""}, {"null", ""}, {`{"deadline":"1h"} x`, ""}, {"", "-1s"},
+	} {
+		f.Add([]byte(s[0]), s[1])
+	}
+	f.Fuzz(func(t *testing.T, body []byte, query string) {
+		d, err := parseDrainDeadline(body, query)
+		if err != nil && d != 0 {
+			t.Fatalf("error %v with deadline %v", err, d)
+		}
+		if d < 0 || d > maxDrainDeadline {
+			t.Fatalf("deadline %v out of range", d)
+		}
+	})
+}
+
+// drainGateway is a unit gateway with service web (backends 192.0.2.10 and
+// 192.0.2.11, the latter configured as app2.corp.example) on a fake clock.
+func drainGateway(t *testing.T) (*Gateway, *service, *fakeClock, http.Handler) {
+	t.Helper()
+	g, _ := newUnitGateway(t)
+	clk := newFakeClock()
+	st := g.state("web")
+	st.health.clock = clk
+	st.setBackends([]backendAddr{
+		{addr: netip.MustParseAddr("192.0.2.10"), origin: "192.0.2.10"},
+		{addr: netip.MustParseAddr("192.0.2.11"), origin: "app2.corp.example"},
+	})
+	svc := &service{spec: catalog.Service{Name: "web"}, st: st}
+	g.tbl.Store(&table{byName: map[string]*service{"web": svc}, byVIP: map[netip.Addr]*service{}})
+	return g, svc, clk, g.apiHandler("")
+}
+
+// call serves one API request and decodes the JSON answer into v.
+func call(t *testing.T, h http.Handler, method, path, body string, v any) int {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(method, path, strings.NewReader(body)))
+	if v != nil {
+		if err := json.Unmarshal(rec.Body.Bytes(), v); err != nil {
+			t.Fatalf("%s %s: %d %q: %v", method, path, rec.Code, rec.Body.String(), err)
+		}
+	}
+	return rec.Code
+}
+
+func TestDrainAPI(t *testing.T) {
+	g, svc, _, h := drainGateway(t)
+	cases := []struct {
+		name, path, body string
+		status           int
+		states           string // state of the two backends after, comma-separated
+	}{
+		{"unknown service", "/v1/services/nope/backends/192.0.2.10/drain", "", 404, "unknown,unknown"},
+		{"unknown backend", "/v1/services/web/backends/192.0.2.99/drain", "", 404, "unknown,unknown"},
+		{"not an address", "/v1/services/web/backends/x/drain", "", 404, "unknown,unknown"},
+		{"bad body", "/v1/services/web/backends/192.0.2.10/drain", "{", 400, "unknown,unknown"},
+		{"bad deadline", "/v1/services/web/backends/192.0.2.10/drain?deadline=soon", "", 400, "unknown,unknown"},
+		{"body too large", "/v1/services/web/backends/192.0.2.10/drain", `{"deadline": "` + strings.Repeat("1", 1<<20) + `"}`, 413, "unknown,unknown"},
+		{"drain by address", "/v1/services/web/backends/192.0.2.10/drain", "", 200, "draining,unknown"},
+		{"drain again", "/v1/services/web/backends/192.0.2.10/drain", `{"deadline": "30s"}`, 200, "draining,unknown"},
+		{"drain by host name", "/v1/services/web/backends/app2.corp.example/drain?deadline=1m", "", 200, "draining,draining"},
+		{"undrain", "/v1/services/web/backends/192.0.2.10/undrain", "", 200, "unknown,draining"},
+		{"undrain unknown backend", "/v1/services/web/backends/192.0.2.99/undrain", "", 404, "unknown,draining"},
+		{"undrain twice", "/v1/services/web/backends/192.0.2.10/undrain", "", 200, "unknown,draining"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var out struct {
+				Errors   []string     `json:"errors"`
+				Backends []apiBackend `json:"backends"`
+			}
+			if got := call(t, h, "POST", tc.path, tc.body, &out); got != tc.status {
+				t.Fatalf("status %d, want %d: %v", got, tc.status, out.Errors)
+			}
+			if tc.status != 200 && len(out.Errors) == 0 {
+				t.Fatal("error answer without errors")
+			}
+			var list struct {
+				Services []apiService `json:"services"`
+			}
+			call(t, h, "GET", "/v1/services", "", &list)
+			var states []string
+			for _, b := range list.Services[0].Backends {
+				states = append(states, b.State)
+				if b.Healthy == (b.State == "draining") {
+					t.Errorf("%s: healthy %v in state %s", b.Address, b.Healthy, b.State)
+				}
+			}
+			if got := strings.Join(states, ","); got != tc.states {
+				t.Fatalf("states %s, want %s", got, tc.states)
+			}
+		})
+	}
+	if v := metricValue(t, g, "ztgate_backend_healthy", "backend", "192.0.2.11", "service", "web"); v != 0 {
+		t.Fatalf("gauge of the draining backend %v, want 0", v)
+	}
+	if b := svc.st.backends.Load().list[1]; b.drainUntil.IsZero() {
+		t.Fatal("drain with a deadline shows no drain_until")
+	}
+}
+
+// TestDrainDeadline follows the flows of a drained backend on a fake clock:
+// they survive until the deadline, then close with reason "drained"; an
+// undrain or a newer drain cancels the older deadline.
+func TestDrainDeadline(t *testing.T) {
+	cases := []struct {
+		name    string
+		actions []string // "drain:<deadline>", "undrain", "advance:<d>"
+		closed  bool     // the drained backend's flow at the end
+	}{
+		{"no deadline: flows go on", []string{"drain:", "advance:24h"}, false},
+		{"before the deadline: flows go on", []string{"drain:30s", "advance:29s"}, false},
+		{"at the deadline: flows close", []string{"drain:30s", "advance:30s"}, true},
+		{"undrain cancels the deadline", []string{"drain:30s", "advance:10s", "undrain", "advance:1h"}, false},
+		{"a new drain replaces the deadline", []string{"drain:30s", "advance:10s", "drain:1m", "advance:50s"}, false},
+		{"the new deadline applies", []string{"drain:30s", "advance:10s", "drain:1m", "advance:60s"}, true},
+		{"drain without deadline drops one", []string{"drain:30s", "drain:", "advance:1h"}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			g, svc, clk, _ := drainGateway(t)
+			bs := svc.st.backends.Load().list
+			drained, other := testFlow(g, svc, bs[0]), testFlow(g, svc, bs[1])
+			for _, a := range tc.actions {
+				verb, arg, _ := strings.Cut(a, ":")
+				switch verb {
+				case "drain":
+					d, _ := time.ParseDuration(arg) // "" is no deadline
+					g.drainBackends(svc.st, bs[:1], d)
+				case "undrain":
+					g.undrainBackends(svc.st, bs[:1])
+				case "advance":
+					d, _ := time.ParseDuration(arg)
+					clk.Advance(d)
+				}
+			}
+			reason, closed := drained.closed()
+			if closed != tc.closed || (closed && reason != "drained") {
+				t.Fatalf("drained backend's flow: closed %v (%q), want %v", closed, reason, tc.closed)
+			}
+			if _, closed := other.closed(); closed {
+				t.Fatal("a flow of the other backend was closed")
+			}
+		})
+	}
+}
+
+// testFlow registers a flow bound to b with no connections.
+func testFlow(g *Gateway, svc *service, b *backend) *flow {
+	f := &flow{proto: "tcp", svc: svc, backend: b, done: make(chan struct{})}
+	g.flows.add(f)
+	return f
+}

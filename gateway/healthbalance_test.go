@@ -1,0 +1,160 @@
+package gateway
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/ztgate/ztgate/catalog"
+)
+
+// pool describes backends for a balancing case: per backend its state
+// ('u' unknown, 'U' up, 'D' down, 'd' draining and up) and live flows.
+type pool struct {
+	states string
+	active []int64
+}
+
+func (p pool) build() *backendSet {
+	set := &backendSet{}
+	for i, s := range p.states {
+		b := &backend{addr: netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)})}
+		switch s {
+		case 'U':
+			b.state = stateUp
+		case 'D':
+			b.state = stateDown
+		case 'd':
+			b.state, b.draining = stateUp, true
+		}
+		if i < len(p.active) {
+			b.active.Store(p.active[i])
+		}
+		set.list = append(set.list, b)
+	}
+	return set
+}
+
+// picks runs n picks from one client and counts them per backend index;
+// -1 counts nil.
+func picks(set *backendSet, policy catalog.Balance, client netip.Addr, skip []int, n int) map[int]int {
+	var p picker
+	var sk []*backend
+	for _, i := range skip {
+		sk = append(sk, set.list[i])
+	}
+	got := map[int]int{}
+	for range n {
+		b := p.pick(set, policy, client, sk)
+		idx := -1
+		for i, x := range set.list {
+			if x == b {
+				idx = i
+			}
+		}
+		got[idx]++
+	}
+	return got
+}
+
+func TestPick(t *testing.T) {
+	client := netip.MustParseAddr("198.51.100.10")
+	cases := []struct {
+		name   string
+		policy catalog.Balance
+		pool   pool
+		skip   []int
+		want   map[int]int // picks per backend index over 6 picks; -1: none
+	}{
+		{"round robin shares evenly", catalog.RoundRobin, pool{states: "UUU"}, nil, map[int]int{0: 2, 1: 2, 2: 2}},
+		{"round robin takes unknown backends", catalog.RoundRobin, pool{states: "uu"}, nil, map[int]int{0: 3, 1: 3}},
+		{"round robin skips a down backend", catalog.RoundRobin, pool{states: "UDU"}, nil, map[int]int{0: 3, 2: 3}},
+		{"round robin skips a draining backend", catalog.RoundRobin, pool{states: "dUU"}, nil, map[int]int{1: 3, 2: 3}},
+		{"round robin skips tried backends", catalog.RoundRobin, pool{states: "UUU"}, []int{1}, map[int]int{0: 3, 2: 3}},
+		{"least conn takes the least loaded", catalog.LeastConn, pool{states: "UUU", active: []int64{5, 1, 3}}, nil, map[int]int{1: 6}},
+		{"least conn skips a down backend", catalog.LeastConn, pool{states: "UDU", active: []int64{5, 1, 3}}, nil, map[int]int{2: 6}},
+		{"least conn skips a draining backend", catalog.LeastConn, pool{states: "UdU", active: []int64{5, 0, 3}}, nil, map[int]int{2: 6}},
+		{"least conn spreads ties", catalog.LeastConn, pool{states: "UUU", active: []int64{2, 2, 2}}, nil, map[int]int{0: 2, 1: 2, 2: 2}},
+		{"least conn spreads ties among the least", catalog.LeastConn, pool{states: "UUU", active: []int64{0, 9, 0}}, nil, map[int]int{0: 3, 2: 3}},
+		{"source hash is stable", catalog.SourceHash, pool{states: "UUU"}, nil, nil},
+		{"no usable backend: all down", catalog.RoundRobin, pool{states: "DD"}, nil, map[int]int{-1: 6}},
+		{"no usable backend: down and draining", catalog.LeastConn, pool{states: "Dd"}, nil, map[int]int{-1: 6}},
+		{"no usable backend: source hash", catalog.SourceHash, pool{states: "dD"}, nil, map[int]int{-1: 6}},
+		{"no usable backend: all tried", catalog.RoundRobin, pool{states: "UU"}, []int{0, 1}, map[int]int{-1: 6}},
+		{"no backend at all", catalog.LeastConn, pool{}, nil, map[int]int{-1: 6}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := picks(tc.pool.build(), tc.policy, client, tc.skip, 6)
+			if tc.want == nil { // one backend takes every pick
+				if len(got) != 1 || got[-1] != 0 {
+					t.Fatalf("picks %v, want one backend for all", got)
+				}
+				return
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Fatalf("picks %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestSourceHash checks the properties source_hash promises: clients spread
+// over the backends, each keeps its backend, and when a backend leaves
+// rotation only its clients move — and they come back with it.
+func TestSourceHash(t *testing.T) {
+	const clients = 3000
+	for _, n := range []int{2, 3, 5} {
+		t.Run(fmt.Sprintf("%d backends", n), func(t *testing.T) {
+			set := pool{states: "UUUUU"[:n]}.build()
+			var p picker
+			client := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 51, byte(i >> 8), byte(i)}) }
+			before := make([]*backend, clients)
+			count := map[*backend]int{}
+			for i := range clients {
+				before[i] = p.pick(set, catalog.SourceHash, client(i), nil)
+				count[before[i]]++
+				if again := p.pick(set, catalog.SourceHash, client(i), nil); again != before[i] {
+					t.Fatalf("client %d moved without a change", i)
+				}
+			}
+			for _, b := range set.list {
+				if share := float64(count[b]) / clients; share < 0.6/float64(n) || share > 1.4/float64(n) {
+					t.Errorf("backend %s takes %.0f%% of clients, want about %.0f%%", b.addr, 100*share, 100/float64(n))
+				}
+			}
+			gone := set.list[0]
+			gone.state = stateDown
+			for i := range clients {
+				b := p.pick(set, catalog.SourceHash, client(i), nil)
+				if b == gone || (before[i] != gone && b != before[i]) {
+					t.Fatalf("client %d: %s → %s after %s went down", i, before[i].addr, b.addr, gone.addr)
+				}
+			}
+			gone.state = stateUp
+			for i := range clients {
+				if b := p.pick(set, catalog.SourceHash, client(i), nil); b != before[i] {
+					t.Fatalf("client %d did not come back to %s", i, before[i].addr)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkPick measures a pick on the flow-setup path; it must not
+// allocate.
+func BenchmarkPick(b *testing.B) {
+	set := pool{states: "UDUdU", active: []int64{3, 0, 1, 0, 1}}.build()
+	client := netip.MustParseAddr("198.51.100.10")
+	for _, policy := range []catalog.Balance{catalog.RoundRobin, catalog.LeastConn, catalog.SourceHash} {
+		b.Run(policy.String(), func(b *testing.B) {
+			var p picker
+			b.ReportAllocs()
+			for b.Loop() {
+				if p.pick(set, policy, client, nil) == nil {
+					b.Fatal("no backend")
+				}
+			}
+		})
+	}
+}
