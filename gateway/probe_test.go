@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ztgate/ztgate/catalog"
+	"github.com/ztgate/ztgate/resolver"
 )
 
 // closedPort returns a loopback port nothing listens on (for TCP and UDP).
@@ -225,4 +226,19 @@ func openFDs(t *testing.T) int {
 		t.Skip("no /proc/self/fd")
 	}
 	return len(ents)
+}
+
+// FuzzUDPProbeCheck feeds arbitrary replies to the UDP check: it never
+// panics, and it passes only replies that contain what it expects.
+func FuzzUDPProbeCheck(f *testing.F) {
+	f.Add(dnsReply(0, 0)(resolver.ProbeQuery("ztna.internal.", 7)), uint16(7), true, "")
+	f.Add([]byte("pong ping"), uint16(0), false, "pong")
+	f.Add([]byte{}, uint16(0), false, "")
+	f.Fuzz(func(t *testing.T, reply []byte, id uint16, dns bool, expect string) {
+		p := &udpProbe{dns: dns, expect: []byte(expect)}
+		err := p.check(reply, id)
+		if err == nil && !strings.Contains(string(reply), expect) {
+			t.Fatalf("reply %q passed without %q", reply, expect)
+		}
+	})
 }
