@@ -17,7 +17,7 @@ import (
 type CredentialsConfig struct {
 	CertFile string // PEM certificate (chain) of this peer
 	KeyFile  string // PEM private key of CertFile
-	CAFile   string // PEM CA certificate(s) that peers must chain to
+	CAFile   string // PEM CA certificate(s) that peers must chain to; may be "" when Insecure
 	// Insecure accepts clients with any certificate or none (a development
 	// switch the caller logs loudly). Their identities are then unverified.
 	// Servers are verified all the same.
@@ -91,6 +91,28 @@ func (c *Credentials) load() (*credState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: load credentials: %w", err)
 	}
+	t, err := c.loadTrust()
+	if err != nil {
+		return nil, err
+	}
+	chain, err := parseChain(pair.Certificate)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: load credentials: %s: %w", c.cfg.CertFile, err)
+	}
+	pair.Leaf = chain[0]
+	if ae := t.verifyChain(chain, c.now(), x509.ExtKeyUsageAny, ""); ae != nil && len(t.roots) > 0 {
+		c.log.Warn("tunnel certificate does not verify against the CA", "cert", c.cfg.CertFile,
+			"reason", ae.Reason, "err", ae.Err)
+	}
+	return &credState{cert: &pair, trust: t}, nil
+}
+
+// loadTrust reads the CA file. Insecure credentials may have none: then
+// no client identity verifies, and no server either.
+func (c *Credentials) loadTrust() (*trust, error) {
+	if c.cfg.CAFile == "" && c.cfg.Insecure {
+		return &trust{pool: x509.NewCertPool()}, nil
+	}
 	caPEM, err := os.ReadFile(c.cfg.CAFile)
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: load credentials: %w", err)
@@ -99,16 +121,7 @@ func (c *Credentials) load() (*credState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: load credentials: CA file %s: %w", c.cfg.CAFile, err)
 	}
-	chain, err := parseChain(pair.Certificate)
-	if err != nil {
-		return nil, fmt.Errorf("tunnel: load credentials: %s: %w", c.cfg.CertFile, err)
-	}
-	pair.Leaf = chain[0]
-	if ae := t.verifyChain(chain, c.now(), x509.ExtKeyUsageAny, ""); ae != nil {
-		c.log.Warn("tunnel certificate does not verify against the CA", "cert", c.cfg.CertFile,
-			"reason", ae.Reason, "err", ae.Err)
-	}
-	return &credState{cert: &pair, trust: t}, nil
+	return t, nil
 }
 
 // parseChain parses the DER certificates of a key pair, leaf first.

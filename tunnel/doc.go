@@ -17,4 +17,16 @@
 //   - creds.go, verify.go, autherror.go: TLS 1.3 configurations with mutual
 //     authentication whose certificate and CA can be reloaded without
 //     dropping live sessions, and the reasons a peer is refused.
+//
+// The session layer on quic-go:
+//
+//   - listen.go, dial.go, session.go: Listen/Accept and Dial give a Session
+//     (datagrams both ways, the v2 control stream, identity, version);
+//     hello.go runs the hello/welcome exchange and refusals; qad.go sends
+//     the observed address; sizing.go learns the largest datagram;
+//     quicconfig.go holds the timers and limits; metrics.go the
+//     ztgate_tunnel_* collectors.
+//   - messages.go, control.go: the control messages and their decoding.
+//   - redial.go: a client that reconnects with jittered backoff.
+//   - tunneltest: a lossy UDP proxy for component tests.
 package tunnel

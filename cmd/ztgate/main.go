@@ -23,6 +23,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"gateway", "run the gateway: TUN + netstack + DNS + health checks + admin API", runGateway},
+		{"relay", "run the relay: QUIC server for agents and gateways, central VIPs, tag routing", runRelay},
 		{"agent", "run an agent: TUN routing the VIP pool into a QUIC tunnel, local DNS for the zone", runAgent},
 		{"check", "validate a configuration file of any role", runCheck},
 		{"status", "show services, VIPs, backend health and flows of a running gateway or relay", runStatus},

@@ -1,0 +1,219 @@
+package relay
+
+import (
+	"cmp"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// startAPI serves the admin API on [api] listen: /healthz and /metrics
+// are open, /v1/ needs the bearer token when [api] token_file is set.
+func (r *Relay) startAPI() error {
+	if !r.cfg.API.Listen.IsValid() {
+		return nil
+	}
+	token, err := readToken(r.cfg.API.TokenFile)
+	if err != nil {
+		return fmt.Errorf("relay: api: %w", err)
+	}
+	l, err := net.Listen("tcp", r.cfg.API.Listen.String())
+	if err != nil {
+		return fmt.Errorf("relay: api: %w", err)
+	}
+	r.apiL = l
+	r.api = &http.Server{
+		Handler:           r.apiHandler(token),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		if err := r.api.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			r.log.Error("api stopped", "err", err)
+		}
+	}()
+	r.log.Info("api listening", "addr", l.Addr().String(), "token", token != "")
+	return nil
+}
+
+// APIAddr returns the address the admin API listens on, or "" when off.
+func (r *Relay) APIAddr() string {
+	if r.apiL == nil {
+		return ""
+	}
+	return r.apiL.Addr().String()
+}
+
+// readToken reads the bearer token file; "" means no token.
+func readToken(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	t := strings.TrimSpace(string(b))
+	if t == "" {
+		return "", fmt.Errorf("token file %s is empty", path)
+	}
+	return t, nil
+}
+
+func (r *Relay) apiHandler(token string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(r.m.reg, promhttp.HandlerOpts{}))
+	v1 := http.NewServeMux()
+	v1.HandleFunc("GET /v1/services", r.handleServices)
+	v1.HandleFunc("GET /v1/sessions", r.handleSessions)
+	mux.Handle("/v1/", requireToken(token, v1))
+	return mux
+}
+
+// requireToken checks the bearer token in constant time.
+func requireToken(token string, next http.Handler) http.Handler {
+	if token == "" {
+		return next
+	}
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		got := []byte(req.Header.Get("Authorization"))
+		if subtle.ConstantTimeCompare(got, want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="ztgate"`)
+			writeJSON(w, http.StatusUnauthorized, map[string][]string{"errors": {"missing or wrong bearer token"}})
+			return
+		}
+		next.ServeHTTP(w, req)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// apiGateway is one gateway serving a service in GET /v1/services.
+type apiGateway struct {
+	Name    string `json:"name"`
+	Healthy bool   `json:"healthy"`
+	Session uint64 `json:"session"`
+}
+
+// apiService is a service in GET /v1/services.
+type apiService struct {
+	Name     string            `json:"name"`
+	VIP      string            `json:"vip"`
+	VIP6     string            `json:"vip6,omitempty"`
+	Tenants  []string          `json:"tenants"`
+	Ports    []tunnel.PortInfo `json:"ports"`
+	ICMP     bool              `json:"icmp"`
+	Healthy  bool              `json:"healthy"`
+	Gateways []apiGateway      `json:"gateways"`
+}
+
+func (r *Relay) handleServices(w http.ResponseWriter, _ *http.Request) {
+	r.mu.RLock()
+	out := make([]apiService, 0, len(r.services))
+	for _, svc := range r.services {
+		as := apiService{
+			Name: svc.name, VIP: addrString(svc.vip), VIP6: addrString(svc.vip6),
+			Tenants: svc.info.Tenants, Ports: svc.info.Ports, ICMP: svc.info.ICMP,
+			Healthy: svc.healthyLocked(), Gateways: []apiGateway{},
+		}
+		if as.Ports == nil {
+			as.Ports = []tunnel.PortInfo{}
+		}
+		for _, g := range svc.gateways {
+			as.Gateways = append(as.Gateways, apiGateway{Name: gatewayName(g), Healthy: g.services[svc.name], Session: g.s.ID()})
+		}
+		out = append(out, as)
+	}
+	r.mu.RUnlock()
+	slices.SortFunc(out, func(a, b apiService) int { return cmp.Compare(a.Name, b.Name) })
+	writeJSON(w, http.StatusOK, map[string]any{"services": out})
+}
+
+// apiSession is a session in GET /v1/sessions.
+type apiSession struct {
+	ID       uint64    `json:"id"`
+	Role     string    `json:"role"`
+	Identity string    `json:"identity"`
+	Tenant   string    `json:"tenant"`
+	Remote   string    `json:"remote"`
+	Version  string    `json:"version"`
+	Since    time.Time `json:"since"`
+	Tags     int       `json:"tags"`
+	Inner    string    `json:"inner_addr,omitempty"`
+	Services []string  `json:"services,omitempty"` // gateways: the services registered
+}
+
+func (r *Relay) handleSessions(w http.ResponseWriter, _ *http.Request) {
+	r.mu.RLock()
+	out := make([]apiSession, 0, len(r.agents)+len(r.gateways))
+	for a := range r.agents {
+		s := describePeer(a.peer, len(a.tags))
+		s.Inner = addrString(a.inner)
+		out = append(out, s)
+	}
+	for g := range r.gateways {
+		s := describePeer(g.peer, len(g.tags))
+		for name := range g.services {
+			s.Services = append(s.Services, name)
+		}
+		slices.Sort(s.Services)
+		out = append(out, s)
+	}
+	r.mu.RUnlock()
+	slices.SortFunc(out, func(a, b apiSession) int {
+		return cmp.Or(a.Since.Compare(b.Since), cmp.Compare(a.ID, b.ID))
+	})
+	writeJSON(w, http.StatusOK, map[string]any{"sessions": out})
+}
+
+// describePeer fills the fields every session has.
+func describePeer(p peer, tags int) apiSession {
+	return apiSession{
+		ID: p.s.ID(), Role: p.role, Identity: p.id.String(), Tenant: p.id.Tenant,
+		Remote: p.s.RemoteAddr().String(), Version: p.s.Version().String(), Since: p.since.UTC(), Tags: tags,
+	}
+}
+
+// gatewayName is the gateway's name for the API: its hello's, else its
+// identity's.
+func gatewayName(g *gateway) string {
+	return cmp.Or(g.name, g.id.Name)
+}
+
+// addrString formats an address, "" when invalid.
+func addrString(a interface {
+	IsValid() bool
+	String() string
+}) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}

@@ -1,0 +1,63 @@
+package relay
+
+import (
+	"bytes"
+	"cmp"
+	"encoding/json"
+	"slices"
+
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// directoryFor returns the services the agent may reach: those whose
+// tenants include the agent's (or "*") and that its identity permits.
+func (r *Relay) directoryFor(a *agent) tunnel.Directory {
+	d := tunnel.Directory{
+		Type: tunnel.MessageDirectory, Zone: r.cfg.Zone, TTL: int(r.cfg.TTL.Seconds()),
+		Pool: r.cfg.Pool, Pool6: r.cfg.Pool6, Services: []tunnel.DirectoryService{},
+	}
+	r.mu.RLock()
+	for _, svc := range r.services {
+		if !a.may(svc) {
+			continue
+		}
+		d.Services = append(d.Services, tunnel.DirectoryService{
+			Name: svc.name, VIP: svc.vip, VIP6: svc.vip6, Ports: svc.info.Ports,
+			ICMP: svc.info.ICMP, Healthy: svc.healthyLocked(),
+		})
+	}
+	r.mu.RUnlock()
+	slices.SortFunc(d.Services, func(x, y tunnel.DirectoryService) int { return cmp.Compare(x.Name, y.Name) })
+	return d
+}
+
+// pushDirectory sends the agent its directory at connect and again after
+// every change that alters it, until the session ends. One goroutine per
+// agent and a wake-up channel keep the pushes in order and coalesce
+// bursts of changes.
+func (r *Relay) pushDirectory(a *agent) {
+	var last []byte
+	for {
+		body, err := json.Marshal(r.directoryFor(a))
+		if err == nil && !bytes.Equal(body, last) {
+			if err := a.s.Send(json.RawMessage(body)); err != nil {
+				return
+			}
+			last = body
+		}
+		select {
+		case <-a.s.Done():
+			return
+		case <-a.dirty:
+		}
+	}
+}
+
+// directoryChanged wakes every agent's pusher.
+func (r *Relay) directoryChanged() {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for a := range r.agents {
+		wake(a.dirty)
+	}
+}

@@ -1,0 +1,138 @@
+package relay
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// dropReason is why the relay dropped a datagram: a bounded label.
+type dropReason uint8
+
+// Reasons a datagram is dropped.
+const (
+	dropMalformed        dropReason = iota // does not parse
+	dropUnexpected                         // a type this peer must not send
+	dropRawFromAgent                       // an agent's raw IP packet: no service to route it to
+	dropNotRegistered                      // ztna-v1: 0x2F for a service the agent did not register
+	dropUnknownService                     // no gateway serves the service
+	dropNotAuthorized                      // the agent's identity or tenant may not reach the service
+	dropSpoofed                            // source address is not the agent's inner address
+	dropNoGateway                          // the service has no live gateway
+	dropGatewayGone                        // tag_open could not be sent
+	dropUnknownTag                         // 0x31 with a tag that is not live
+	dropForeignTag                         // 0x31 with a tag of another gateway
+	dropNotIP                              // 0x31 whose payload is not an IP packet
+	dropWrongDestination                   // 0x31 whose packet is not for the agent's inner address
+	dropSendFailed                         // the next hop's session did not take it
+	numDropReasons
+)
+
+var dropNames = [numDropReasons]string{
+	"malformed", "unexpected_type", "raw_from_agent", "not_registered", "unknown_service",
+	"not_authorized", "spoofed", "no_gateway", "gateway_gone", "unknown_tag", "foreign_tag",
+	"not_ip", "wrong_destination", "send_failed",
+}
+
+// String returns the label value.
+func (d dropReason) String() string { return dropNames[d] }
+
+// Refusal reasons of a session (ztgate_relay_refusals_total).
+const (
+	refuseWrongRole  = "wrong_role"  // identity and hello disagree, or a role the relay does not serve
+	refuseBadHello   = "bad_hello"   // a hello the relay cannot use (no inner address, ...)
+	refuseNoIdentity = "no_identity" // no verified identity and not insecure
+	refuseVersion    = "unsupported_version"
+)
+
+// Results of a service registration (ztgate_relay_registrations_total).
+const (
+	regOK           = "ok"
+	regNotPermitted = "not_permitted" // a legacy identity without rights for the service
+	regInvalid      = "invalid"       // bad name, ports or tenants
+	regAllocation   = "allocation"    // no VIP (pool exhausted, pin conflict)
+	regDenied       = "denied"        // v1: NACK 0x02
+	regBadID        = "invalid_id"    // v1: NACK 0x01
+)
+
+// metrics are the relay's collectors. Labels stay bounded: role,
+// direction, result, reason — never an address or identity.
+type metrics struct {
+	reg *prometheus.Registry
+
+	sessions      *prometheus.GaugeVec
+	refusals      *prometheus.CounterVec
+	registrations *prometheus.CounterVec
+	datagrams     *prometheus.CounterVec
+	dropped       *prometheus.CounterVec
+	tags          prometheus.Gauge
+	services      prometheus.Gauge
+	poolUsed      prometheus.Gauge
+	poolCapacity  prometheus.Gauge
+
+	// Resolved children of the packet path.
+	drops                 [numDropReasons]prometheus.Counter
+	toGateway, toAgent    prometheus.Counter // forwarded
+	fromAgentX, fromGateX prometheus.Counter // dropped
+	agentGauge, gwGauge   prometheus.Gauge
+}
+
+func newMetrics(reg *prometheus.Registry) *metrics {
+	m := &metrics{
+		reg: reg,
+		sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ztgate_relay_sessions", Help: "Admitted sessions by role.",
+		}, []string{"role"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztgate_relay_refusals_total", Help: "Sessions refused after the handshake, by reason.",
+		}, []string{"reason"}),
+		registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztgate_relay_registrations_total", Help: "Service registrations (gateways) and ztna-v1 agent registrations, by role and result.",
+		}, []string{"role", "result"}),
+		datagrams: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztgate_relay_datagrams_total", Help: "Routed datagrams by direction and result.",
+		}, []string{"direction", "result"}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztgate_relay_dropped_total", Help: "Datagrams dropped by reason.",
+		}, []string{"reason"}),
+		tags: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ztgate_relay_tags", Help: "Live tags: (agent session, service, gateway) routes.",
+		}),
+		services: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ztgate_relay_services", Help: "Services served by at least one gateway.",
+		}),
+		poolUsed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ztgate_vip_pool_used", Help: "VIPs of the IPv4 pool allocated to services or held back.",
+		}),
+		poolCapacity: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ztgate_vip_pool_capacity", Help: "VIPs the IPv4 pool can hand out.",
+		}),
+	}
+	reg.MustRegister(m.sessions, m.refusals, m.registrations, m.datagrams, m.dropped, m.tags,
+		m.services, m.poolUsed, m.poolCapacity,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for i := range m.drops {
+		m.drops[i] = m.dropped.WithLabelValues(dropReason(i).String())
+	}
+	m.toGateway = m.datagrams.WithLabelValues("agent_to_gateway", "forwarded")
+	m.fromAgentX = m.datagrams.WithLabelValues("agent_to_gateway", "dropped")
+	m.toAgent = m.datagrams.WithLabelValues("gateway_to_agent", "forwarded")
+	m.fromGateX = m.datagrams.WithLabelValues("gateway_to_agent", "dropped")
+	m.agentGauge = m.sessions.WithLabelValues(roleAgent)
+	m.gwGauge = m.sessions.WithLabelValues(roleGateway)
+	for _, r := range []string{refuseWrongRole, refuseBadHello, refuseNoIdentity, refuseVersion} {
+		m.refusals.WithLabelValues(r)
+	}
+	return m
+}
+
+// dropFromAgent counts a datagram of an agent that went nowhere.
+func (m *metrics) dropFromAgent(r dropReason) {
+	m.fromAgentX.Inc()
+	m.drops[r].Inc()
+}
+
+// dropFromGateway counts a datagram of a gateway that went nowhere.
+func (m *metrics) dropFromGateway(r dropReason) {
+	m.fromGateX.Inc()
+	m.drops[r].Inc()
+}

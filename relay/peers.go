@@ -1,0 +1,97 @@
+package relay
+
+import (
+	"net/netip"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// Roles the relay serves.
+const (
+	roleAgent   = tunnel.RoleAgent
+	roleGateway = tunnel.RoleGateway
+)
+
+// peer is an admitted session and who it speaks for.
+type peer struct {
+	s     *tunnel.Session
+	role  string
+	id    tunnel.Identity // verified, or made from the hello in insecure mode
+	since time.Time
+}
+
+// gateway is a gateway's session.
+type gateway struct {
+	peer
+	name string // from the hello, for logs and the API
+
+	// Guarded by Relay.mu.
+	services map[string]bool // registered services → reported healthy
+	tags     map[uint32]*tag // live tags routed to this gateway
+}
+
+// agent is an agent's session.
+type agent struct {
+	peer
+	// inner is the one source address the agent's packets may carry: the
+	// hello's inner_addr (v2), or the source of its first routed packet
+	// (v1). Written before serving (v2) or by the datagram goroutine under
+	// Relay.mu (v1); read by that goroutine freely, by others under mu.
+	inner netip.Addr
+	tags  map[uint32]*tag // guarded by Relay.mu: live tags drawn for this session
+
+	// Owned by the datagram goroutine.
+	bySvc      map[string]*tag // service → its tag, possibly dead
+	registered map[string]bool // v1: services ACKed
+	buf        []byte          // scratch for 0x30 datagrams
+
+	dirty chan struct{} // wakes the directory pusher (v2)
+}
+
+// tag is one route: (agent session, service, gateway session).
+type tag struct {
+	id      uint32
+	service string
+	agent   *agent
+	gw      *gateway
+	dead    atomic.Bool // set when it leaves the table; the agent draws anew
+}
+
+// newAgent prepares an agent session's state.
+func newAgent(p peer, inner netip.Addr) *agent {
+	return &agent{
+		peer:       p,
+		inner:      inner,
+		tags:       make(map[uint32]*tag),
+		bySvc:      make(map[string]*tag),
+		registered: make(map[string]bool),
+		dirty:      make(chan struct{}, 1),
+	}
+}
+
+// newGateway prepares a gateway session's state.
+func newGateway(p peer, name string) *gateway {
+	return &gateway{peer: p, name: name, services: make(map[string]bool), tags: make(map[uint32]*tag)}
+}
+
+// may reports whether the agent may reach svc: its identity holds rights
+// for the service and the service admits its tenant.
+func (a *agent) may(svc *service) bool {
+	return a.id.Permits(svc.name) && allowsTenant(svc.info.Tenants, a.id.Tenant)
+}
+
+// allowsTenant reports whether tenants lists tenant or "*".
+func allowsTenant(tenants []string, tenant string) bool {
+	return slices.Contains(tenants, "*") || slices.Contains(tenants, tenant)
+}
+
+// wake signals a pusher goroutine without blocking.
+func wake(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,245 @@
+package relay
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+
+	"github.com/ztgate/ztgate/catalog"
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// service is a service that at least one live gateway serves.
+type service struct {
+	name      string
+	info      tunnel.ServiceInfo // the first definition registered
+	vip, vip6 netip.Addr
+	gateways  []*gateway // serving it, in registration order; guarded by Relay.mu
+}
+
+// healthyLocked reports whether any gateway serving the service reports it
+// healthy. Callers hold r.mu.
+func (s *service) healthyLocked() bool {
+	for _, g := range s.gateways {
+		if g.services[s.name] {
+			return true
+		}
+	}
+	return false
+}
+
+// register applies a gateway's whole service set: VIPs for new services,
+// the gateway added to (or removed from) each service, tags of services it
+// dropped closed, and the assign answer. Registry changes are serialised
+// by regMu, which also covers the pool.
+func (r *Relay) register(g *gateway, msg *tunnel.Register) {
+	r.regMu.Lock()
+	defer r.regMu.Unlock()
+	accepted := make(map[string]tunnel.ServiceInfo, len(msg.Services))
+	answer := tunnel.Assign{
+		Type: tunnel.MessageAssign, Zone: r.cfg.Zone, TTL: int(r.cfg.TTL.Seconds()),
+		Pool: r.cfg.Pool, Pool6: r.cfg.Pool6, VIPs: []tunnel.VIPAssignment{},
+	}
+	reject := func(name, result, detail string) {
+		r.m.registrations.WithLabelValues(roleGateway, result).Inc()
+		answer.Rejected = append(answer.Rejected, tunnel.Rejection{Service: name, Reason: detail})
+		r.log.Warn("service registration rejected", "gateway", g.id.String(), "service", name, "reason", detail)
+	}
+	allocs := make(map[string]catalog.Allocation, len(msg.Services))
+	for _, info := range msg.Services {
+		if result, detail := checkService(g.id, info, accepted); result != "" {
+			reject(info.Name, result, detail)
+			continue
+		}
+		alloc, err := r.allocation(g, info)
+		if err != nil {
+			reject(info.Name, regAllocation, err.Error())
+			continue
+		}
+		accepted[info.Name], allocs[info.Name] = info, alloc
+		r.m.registrations.WithLabelValues(roleGateway, regOK).Inc()
+		answer.VIPs = append(answer.VIPs, tunnel.VIPAssignment{Service: info.Name, VIP: alloc.VIP, VIP6: alloc.VIP6})
+	}
+	slices.SortFunc(answer.VIPs, func(a, b tunnel.VIPAssignment) int { return cmp.Compare(a.Service, b.Service) })
+
+	closed := make(tagsByGateway)
+	r.mu.Lock()
+	var emptied []string
+	for name := range g.services {
+		if _, keep := accepted[name]; !keep && r.stopServingLocked(g, name, closed) {
+			emptied = append(emptied, name)
+		}
+	}
+	for name, info := range accepted {
+		svc := r.services[name]
+		if svc == nil {
+			a := allocs[name]
+			svc = &service{name: name, info: info, vip: a.VIP, vip6: a.VIP6}
+			r.services[name] = svc
+		}
+		if !slices.Contains(svc.gateways, g) {
+			svc.gateways = append(svc.gateways, g)
+		}
+		g.services[name] = info.Healthy
+	}
+	r.m.services.Set(float64(len(r.services)))
+	r.mu.Unlock()
+
+	r.releaseLocked(emptied)
+	closed.send()
+	if err := g.s.Send(&answer); err != nil {
+		r.log.Warn("cannot send assign", "gateway", g.id.String(), "err", err)
+	}
+	r.log.Info("gateway registered services", "gateway", g.id.String(), "session", g.s.ID(),
+		"accepted", len(answer.VIPs), "rejected", len(answer.Rejected))
+	r.directoryChanged()
+}
+
+// allocation returns the VIPs of a registered service: those it has when
+// another gateway serves it already (a warning if the definitions differ),
+// else from the pool. Callers hold regMu.
+func (r *Relay) allocation(g *gateway, info tunnel.ServiceInfo) (catalog.Allocation, error) {
+	r.mu.RLock()
+	svc := r.services[info.Name]
+	r.mu.RUnlock()
+	if svc != nil {
+		if !sameDefinition(svc.info, info) {
+			r.log.Warn("gateways disagree on a service; the first definition stays", "service", info.Name,
+				"gateway", g.id.String(), "tenants", info.Tenants, "first_tenants", svc.info.Tenants)
+		}
+		return catalog.Allocation{Service: svc.name, VIP: svc.vip, VIP6: svc.vip6}, nil
+	}
+	return r.acquire(info)
+}
+
+// acquire allocates a new service's VIPs: a relay pin first, then the
+// gateway's pin (only while the service has no allocation of its own, so
+// that a VIP never moves), then automatically. A gateway pin the pool
+// refuses is ignored with a warning. Callers hold regMu.
+func (r *Relay) acquire(info tunnel.ServiceInfo) (catalog.Allocation, error) {
+	pin := r.pins[info.Name]
+	req := catalog.Request{Service: info.Name, VIP: pin.vip, VIP6: pin.vip6}
+	if _, allocated := r.pool.Lookup(info.Name); !allocated {
+		if !req.VIP.IsValid() {
+			req.VIP = info.VIP
+		}
+		if !req.VIP6.IsValid() {
+			req.VIP6 = info.VIP6
+		}
+	}
+	a, err := r.pool.Acquire(req)
+	if err != nil && (req.VIP != pin.vip || req.VIP6 != pin.vip6) {
+		r.log.Warn("gateway's VIP pin ignored", "service", info.Name, "err", err)
+		a, err = r.pool.Acquire(catalog.Request{Service: info.Name, VIP: pin.vip, VIP6: pin.vip6})
+	}
+	r.updatePoolMetrics()
+	return a, err
+}
+
+// stopServingLocked removes g from a service it served and closes the tags
+// of that pair; it reports whether the service is left without gateway
+// (and so removed). Callers hold regMu and r.mu.
+func (r *Relay) stopServingLocked(g *gateway, name string, closed tagsByGateway) bool {
+	delete(g.services, name)
+	for _, t := range g.tags {
+		if t.service == name {
+			closed.add(t)
+			r.killTagLocked(t)
+		}
+	}
+	svc := r.services[name]
+	if svc == nil {
+		return false
+	}
+	svc.gateways = slices.DeleteFunc(svc.gateways, func(x *gateway) bool { return x == g })
+	if len(svc.gateways) > 0 {
+		return false
+	}
+	delete(r.services, name)
+	return true
+}
+
+// releaseLocked gives the VIPs of services no gateway serves any more back
+// to the pool (held for the hold-down), except pinned ones, which stay
+// reserved. Callers hold regMu.
+func (r *Relay) releaseLocked(names []string) {
+	for _, name := range names {
+		if _, pinned := r.pins[name]; pinned {
+			continue
+		}
+		if err := r.pool.Release(name); err != nil {
+			r.log.Error("cannot release VIP", "service", name, "err", err)
+		}
+		r.log.Info("service no longer served; VIP released", "service", name)
+	}
+	if len(names) > 0 {
+		r.updatePoolMetrics()
+	}
+}
+
+// health applies a gateway's health report to the services it registered.
+func (r *Relay) health(g *gateway, msg *tunnel.Health) {
+	changed := false
+	r.mu.Lock()
+	for name, healthy := range msg.Services {
+		if old, ok := g.services[name]; ok && old != healthy {
+			g.services[name] = healthy
+			changed = true
+		}
+	}
+	r.mu.Unlock()
+	if changed {
+		r.directoryChanged()
+	}
+}
+
+// addGateway enters a gateway session into the registry. An older session
+// of the same gateway (same identity and name) is closed: the gateway
+// restarted, and its old session would only linger until the idle timeout.
+func (r *Relay) addGateway(g *gateway) {
+	r.mu.Lock()
+	var replaced []*gateway
+	for old := range r.gateways {
+		if old.id.String() == g.id.String() && old.name == g.name {
+			replaced = append(replaced, old)
+		}
+	}
+	r.gateways[g] = struct{}{}
+	r.mu.Unlock()
+	r.m.gwGauge.Inc()
+	for _, old := range replaced {
+		r.log.Info("gateway reconnected; closing its old session", "gateway", g.id.String(), "old_session", old.s.ID())
+		_ = old.s.Close("replaced by a new session of the same gateway")
+	}
+}
+
+// removeGateway takes an ended gateway session out of the registry: its
+// tags die (agents draw new ones on other gateways), services it alone
+// served are removed.
+func (r *Relay) removeGateway(g *gateway) {
+	r.regMu.Lock()
+	defer r.regMu.Unlock()
+	r.mu.Lock()
+	delete(r.gateways, g)
+	var emptied []string
+	for name := range g.services {
+		if r.stopServingLocked(g, name, tagsByGateway{}) {
+			emptied = append(emptied, name)
+		}
+	}
+	for _, t := range g.tags {
+		r.killTagLocked(t)
+	}
+	r.m.services.Set(float64(len(r.services)))
+	r.mu.Unlock()
+	r.m.gwGauge.Dec()
+	r.releaseLocked(emptied)
+	r.directoryChanged()
+}
+
+// updatePoolMetrics exports the pool's use.
+func (r *Relay) updatePoolMetrics() {
+	used, held, capacity := r.pool.Usage()
+	r.m.poolUsed.Set(float64(used + held))
+	r.m.poolCapacity.Set(float64(capacity))
+}

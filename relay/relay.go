@@ -1,0 +1,235 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ztgate/ztgate/catalog"
+	"github.com/ztgate/ztgate/conf"
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// DefaultStaleGrace is how long after start the relay keeps the VIPs of
+// services (from its state file) that no gateway registered: long enough
+// for every gateway to reconnect with its backoff.
+const DefaultStaleGrace = 2 * tunnel.RedialMax
+
+// Options are the parts of a relay that tests replace. The zero value is
+// what production uses.
+type Options struct {
+	// Registry receives the metrics; nil creates one.
+	Registry *prometheus.Registry
+	// Now is the clock of the VIP pool; nil is time.Now.
+	Now func() time.Time
+	// StaleGrace overrides DefaultStaleGrace.
+	StaleGrace time.Duration
+}
+
+// pinPair is a service's central pins, one per family.
+type pinPair struct{ vip, vip6 netip.Addr }
+
+// Relay is the relay role. Create it with New, start it with Start, stop
+// it with Close.
+type Relay struct {
+	cfg   *conf.Relay
+	opts  Options
+	root  *slog.Logger
+	log   *slog.Logger
+	m     *metrics
+	pool  *catalog.Pool
+	pins  map[string]pinPair
+	creds *tunnel.Credentials
+	ln    *tunnel.Listener
+	api   *http.Server
+	apiL  net.Listener
+
+	// regMu serialises registry changes that involve the pool (file I/O),
+	// so that mu is only held for in-memory updates. Order: regMu, mu.
+	regMu sync.Mutex
+
+	mu       sync.RWMutex
+	services map[string]*service   // guarded by mu
+	gateways map[*gateway]struct{} // guarded by mu
+	agents   map[*agent]struct{}   // guarded by mu
+	tags     map[uint32]*tag       // guarded by mu: every live tag
+
+	ctx    context.Context    // cancelled by Close
+	cancel context.CancelFunc // cancels ctx
+	wg     sync.WaitGroup     // accept loop, sessions, API, stale release
+	once   sync.Once
+}
+
+// New opens the VIP pool in the state directory and loads the TLS
+// credentials. It listens on nothing yet; Start does.
+func New(cfg *conf.Relay, opts Options, log *slog.Logger) (*Relay, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	if opts.StaleGrace <= 0 {
+		opts.StaleGrace = DefaultStaleGrace
+	}
+	r := &Relay{
+		cfg:      cfg,
+		opts:     opts,
+		root:     log,
+		log:      log.With("component", "relay"),
+		m:        newMetrics(opts.Registry),
+		pins:     make(map[string]pinPair),
+		services: make(map[string]*service),
+		gateways: make(map[*gateway]struct{}),
+		agents:   make(map[*agent]struct{}),
+		tags:     make(map[uint32]*tag),
+	}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	pool, warnings, err := catalog.OpenPool(catalog.PoolConfig{
+		Prefix: cfg.Pool, Prefix6: cfg.Pool6, StateDir: cfg.StateDir, HoldDown: cfg.VIPHoldDown, Now: opts.Now,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	for _, w := range warnings {
+		r.log.Warn("VIP state", "warning", w)
+	}
+	r.pool = pool
+	if err := r.reservePins(); err != nil {
+		return nil, err
+	}
+	r.updatePoolMetrics()
+	r.creds, err = tunnel.NewCredentials(tunnel.CredentialsConfig{
+		CertFile: cfg.Cert, KeyFile: cfg.Key, CAFile: cfg.CA, Insecure: cfg.Insecure,
+	}, r.root.With("component", "tunnel"))
+	if err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	return r, nil
+}
+
+// reservePins allocates the central pins at start, so that no automatic
+// allocation takes a pinned address before its service registers.
+func (r *Relay) reservePins() error {
+	for _, p := range r.cfg.Pins {
+		name := strings.ToLower(p.Service)
+		pp := r.pins[name]
+		if p.VIP.Is4() {
+			pp.vip = p.VIP
+		} else {
+			pp.vip6 = p.VIP
+		}
+		r.pins[name] = pp
+	}
+	var errs []error
+	for name, pp := range r.pins {
+		if _, err := r.pool.Acquire(catalog.Request{Service: name, VIP: pp.vip, VIP6: pp.vip6}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("relay: pins: %w", err)
+	}
+	return nil
+}
+
+// Registry returns the registry the relay's metrics are in.
+func (r *Relay) Registry() *prometheus.Registry { return r.m.reg }
+
+// Start listens for tunnel sessions and serves the admin API.
+func (r *Relay) Start() error {
+	if r.cfg.Insecure {
+		r.log.Warn("INSECURE: insecure_allow_unauthenticated is set; peers without a verified identity are admitted in tenant " +
+			tunnel.DefaultTenant + " with the role their hello claims (development only)")
+	}
+	ln, err := tunnel.Listen(r.cfg.Listen, tunnel.ListenConfig{
+		Credentials: r.creds, Registerer: r.m.reg,
+	}, r.root.With("component", "tunnel"))
+	if err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	r.ln = ln
+	if err := r.startAPI(); err != nil {
+		_ = r.Close()
+		return err
+	}
+	r.wg.Add(2)
+	go r.acceptLoop()
+	go r.releaseStale()
+	r.log.Info("relay started", "name", r.cfg.Name, "listen", ln.Addr().String(), "pool", r.cfg.Pool,
+		"state", r.pool.Path())
+	return nil
+}
+
+// Addr returns the UDP address of the tunnel listener (after Start).
+func (r *Relay) Addr() net.Addr { return r.ln.Addr() }
+
+// Close stops the API and the listener, which ends every session, and
+// waits for the relay's goroutines.
+func (r *Relay) Close() error {
+	var err error
+	r.once.Do(func() {
+		r.cancel()
+		if r.api != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			err = r.api.Shutdown(ctx)
+			cancel()
+		}
+		if r.ln != nil {
+			err = errors.Join(err, r.ln.Close())
+		}
+		r.wg.Wait()
+		r.log.Info("relay stopped")
+	})
+	return err
+}
+
+// acceptLoop serves every admitted session in its own goroutine.
+func (r *Relay) acceptLoop() {
+	defer r.wg.Done()
+	for {
+		s, err := r.ln.Accept(r.ctx)
+		if err != nil {
+			return
+		}
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.serve(s)
+		}()
+	}
+}
+
+// releaseStale releases, once the grace after start has passed, the VIPs
+// of services in the state file that no gateway registered. Pinned
+// services keep theirs.
+func (r *Relay) releaseStale() {
+	defer r.wg.Done()
+	t := time.NewTimer(r.opts.StaleGrace)
+	defer t.Stop()
+	select {
+	case <-r.ctx.Done():
+		return
+	case <-t.C:
+	}
+	r.regMu.Lock()
+	defer r.regMu.Unlock()
+	var stale []string
+	r.mu.RLock()
+	for _, a := range r.pool.Allocations() {
+		if r.services[a.Service] == nil {
+			stale = append(stale, a.Service)
+		}
+	}
+	r.mu.RUnlock()
+	r.releaseLocked(stale)
+}

@@ -1,0 +1,162 @@
+package relay
+
+import (
+	"sync"
+
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// Bounds of the sizes an agent is told (docs/protocol.md, "Sizing"):
+// service names are DNS labels, so a 0x2F header is at most 2+63 bytes and
+// a 0x30 header 6+63.
+const (
+	maxServiceName = 63
+	routedHeader   = 2 + maxServiceName
+	taggedHeader   = 6 + maxServiceName
+)
+
+// serve runs one session from admission to its end.
+func (r *Relay) serve(s *tunnel.Session) {
+	defer s.Close("relay: session over")
+	p, ref := r.admit(s)
+	if ref != nil {
+		r.m.refusals.WithLabelValues(ref.reason).Inc()
+		r.log.Warn("session refused", "session", s.ID(), "remote", s.RemoteAddr().String(),
+			"peer", s.Peer().String(), "reason", ref.reason, "detail", ref.message)
+		_ = s.Refuse(ref.reason, ref.message)
+		return
+	}
+	r.log.Info("session admitted", "session", s.ID(), "role", p.role, "identity", p.id.String(),
+		"version", s.Version().String(), "remote", s.RemoteAddr().String())
+	if p.role == roleGateway {
+		r.serveGateway(p)
+	} else {
+		r.serveAgent(p)
+	}
+	r.log.Info("session ended", "session", s.ID(), "role", p.role, "identity", p.id.String(), "err", s.Err())
+}
+
+// serveGateway answers the hello and serves the gateway's registrations
+// and tag returns until the session ends.
+func (r *Relay) serveGateway(p peer) {
+	g := newGateway(p, p.s.Hello().Name)
+	if err := p.s.SendWelcome(tunnel.Welcome{MaxPacket: p.s.MaxDatagram() - tunnel.TagReturnOverhead}); err != nil {
+		return
+	}
+	r.addGateway(g)
+	defer r.removeGateway(g)
+	var wg sync.WaitGroup
+	wg.Go(func() { r.datagrams(p.s, func(b []byte) { r.fromGateway(g, b) }) })
+	r.controlLoop(p.s, func(typ string, msg any) error {
+		switch m := msg.(type) {
+		case *tunnel.Register:
+			r.register(g, m)
+		case *tunnel.Health:
+			r.health(g, m)
+		default:
+			return &tunnel.UnknownTypeError{Type: typ}
+		}
+		return nil
+	})
+	_ = p.s.Close("control stream ended")
+	wg.Wait()
+}
+
+// serveAgent answers a v2 agent's hello, pushes its directory and routes
+// its datagrams until the session ends.
+func (r *Relay) serveAgent(p peer) {
+	a := newAgent(p, p.s.Hello().InnerAddr)
+	v2 := p.s.Version() == tunnel.V2
+	if v2 {
+		if err := p.s.SendWelcome(tunnel.Welcome{MaxPacket: r.maxPacket(a)}); err != nil {
+			return
+		}
+	}
+	r.addAgent(a)
+	defer r.removeAgent(a)
+	if !v2 {
+		r.datagrams(p.s, func(b []byte) { r.fromAgent(a, b) })
+		return
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { r.datagrams(p.s, func(b []byte) { r.fromAgent(a, b) }) })
+	wg.Go(func() { r.pushDirectory(a) })
+	// Agents send no control messages the relay acts on (yet): each one is
+	// answered with an error.
+	r.controlLoop(p.s, func(typ string, _ any) error { return &tunnel.UnknownTypeError{Type: typ} })
+	_ = p.s.Close("control stream ended")
+	wg.Wait()
+}
+
+// maxPacket is the largest IP packet the relay can carry for an agent end
+// to end: its own path with a 0x2F header, and the path to the gateways
+// with a 0x30 header (every QUIC path starts at the same minimum size, so
+// the agent's own stands in while no gateway is connected).
+func (r *Relay) maxPacket(a *agent) int {
+	own := a.s.MaxDatagram()
+	n := own - routedHeader
+	r.mu.RLock()
+	gwMin := own
+	for g := range r.gateways {
+		gwMin = min(gwMin, g.s.MaxDatagram())
+	}
+	r.mu.RUnlock()
+	return max(0, min(n, gwMin-taggedHeader))
+}
+
+// datagrams hands every datagram of a session to handle until it ends.
+func (r *Relay) datagrams(s *tunnel.Session, handle func([]byte)) {
+	for {
+		b, err := s.ReceiveDatagram(r.ctx)
+		if err != nil {
+			return
+		}
+		handle(b)
+	}
+}
+
+// controlLoop reads control messages and passes each to handle; a message
+// that cannot be handled is answered with an error message and the loop
+// reads on. It returns when the stream breaks or the session ends.
+func (r *Relay) controlLoop(s *tunnel.Session, handle func(typ string, msg any) error) {
+	for {
+		typ, raw, err := s.Next()
+		msg, err := tunnel.DecodeControl(typ, raw, err)
+		if err == nil {
+			err = handle(typ, msg)
+		}
+		if err == nil {
+			continue
+		}
+		reply, ok := tunnel.ReplyFor(err)
+		if !ok {
+			return
+		}
+		if err := s.Send(&reply); err != nil {
+			return
+		}
+	}
+}
+
+// addAgent enters an agent session into the registry.
+func (r *Relay) addAgent(a *agent) {
+	r.mu.Lock()
+	r.agents[a] = struct{}{}
+	r.mu.Unlock()
+	r.m.agentGauge.Inc()
+}
+
+// removeAgent takes an ended agent session out of the registry; its tags
+// die and their gateways are told, so they close the flows bound to them.
+func (r *Relay) removeAgent(a *agent) {
+	closed := make(tagsByGateway)
+	r.mu.Lock()
+	delete(r.agents, a)
+	for _, t := range a.tags {
+		closed.add(t)
+		r.killTagLocked(t)
+	}
+	r.mu.Unlock()
+	r.m.agentGauge.Dec()
+	closed.send()
+}

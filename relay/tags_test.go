@@ -1,0 +1,225 @@
+package relay
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+func TestDrawTagUniqueAndNonZero(t *testing.T) {
+	r := &Relay{tags: make(map[uint32]*tag)}
+	const n = 20000
+	for range n {
+		id := r.drawTagLocked()
+		if id == 0 {
+			t.Fatal("drew tag 0")
+		}
+		if r.tags[id] != nil {
+			t.Fatalf("drew live tag %d", id)
+		}
+		r.tags[id] = &tag{id: id}
+	}
+	// Unguessable: ids are not a sequence. Among n random 32-bit values
+	// hardly any two are neighbours.
+	neighbours := 0
+	for id := range r.tags {
+		if r.tags[id+1] != nil {
+			neighbours++
+		}
+	}
+	if neighbours > 5 {
+		t.Errorf("%d tags have a successor in the table: not random", neighbours)
+	}
+}
+
+func TestChooseGateway(t *testing.T) {
+	gw := func(name string, healthy bool, tags int) *gateway {
+		g := &gateway{name: name, services: map[string]bool{"web": healthy}, tags: map[uint32]*tag{}}
+		for i := range tags {
+			g.tags[uint32(i+1)] = &tag{}
+		}
+		return g
+	}
+	tests := []struct {
+		name     string
+		gateways []*gateway
+		want     string
+	}{
+		{"none", nil, ""},
+		{"only one", []*gateway{gw("a", true, 9)}, "a"},
+		{"fewest tags", []*gateway{gw("a", true, 3), gw("b", true, 1), gw("c", true, 2)}, "b"},
+		{"tie: first registered", []*gateway{gw("a", true, 2), gw("b", true, 2)}, "a"},
+		{"healthy before fewer tags", []*gateway{gw("a", false, 0), gw("b", true, 5)}, "b"},
+		{"none healthy: fewest tags", []*gateway{gw("a", false, 4), gw("b", false, 1)}, "b"},
+		{"healthy ones only compete", []*gateway{gw("a", true, 7), gw("b", false, 0), gw("c", true, 6)}, "c"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := chooseGatewayLocked(&service{name: "web", gateways: tc.gateways})
+			if (got == nil && tc.want != "") || (got != nil && got.name != tc.want) {
+				t.Errorf("chose %v, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestChooseGatewaySpreadsTags(t *testing.T) {
+	a := &gateway{name: "a", services: map[string]bool{"web": true}, tags: map[uint32]*tag{}}
+	b := &gateway{name: "b", services: map[string]bool{"web": true}, tags: map[uint32]*tag{}}
+	s := &service{name: "web", gateways: []*gateway{a, b}}
+	for i := range 10 {
+		g := chooseGatewayLocked(s)
+		g.tags[uint32(i+1)] = &tag{}
+	}
+	if len(a.tags) != 5 || len(b.tags) != 5 {
+		t.Errorf("tags spread %d/%d", len(a.tags), len(b.tags))
+	}
+}
+
+// TestTagRouting checks the return path: a 0x31 reaches only the agent of
+// its tag, a tag of another gateway or a dead tag is dropped, an agent's
+// end closes its tags at the gateway, a gateway's end moves the agent's
+// next packet to another gateway.
+func TestTagRouting(t *testing.T) {
+	p := newPKI(t)
+	r := startRelay(t, p.relayConfig(t.TempDir()))
+	addr := r.Addr().String()
+	gw1 := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	vip := vipOf(gw1.register(svc("web", "acme")), "web")
+	gw2 := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw2"), gatewayHello("gw2"))
+	if got := vipOf(gw2.register(svc("web", "acme")), "web"); got != vip {
+		t.Fatalf("second gateway got VIP %v, first %v", got, vip)
+	}
+	a1 := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a1"), agentHello("a1"))
+	a2 := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a2"), agentHello("a2"))
+	src, dst := netip.AddrPortFrom(innerAddr, 4000), netip.AddrPortFrom(vip, 7)
+
+	// Each agent's first packet draws a tag; the tags spread over both gateways.
+	a1.send("web", udpPacket(src, dst, "a1-0"))
+	open1 := next[tunnel.TagOpen](gw1)
+	in1 := gw1.datagram()
+	a2.send("web", udpPacket(src, dst, "a2-0"))
+	open2 := next[tunnel.TagOpen](gw2)
+	in2 := gw2.datagram()
+	if tag, service, packet, err := tunnel.ParseTagged(in1); err != nil || tag != open1.Tag || string(service) != "web" || payload(packet) != "a1-0" {
+		t.Fatalf("gw1 got %x (tag_open %+v)", in1, open1)
+	}
+	if tag, _, _, _ := tunnel.ParseTagged(in2); tag != open2.Tag || open2.Identity != "acme/agent/a2" {
+		t.Fatalf("gw2 got tag %d, tag_open %+v", tag, open2)
+	}
+
+	reply := func(text string) []byte { return udpPacket(dst, src, text) }
+	tests := []struct {
+		name   string
+		from   *client
+		tag    uint32
+		packet []byte
+		to     *client // nil: dropped for reason
+		reason dropReason
+	}{
+		{"own tag", gw1, open1.Tag, reply("a1-reply"), a1, 0},
+		{"another gateway's tag", gw1, open2.Tag, reply("stolen"), nil, dropForeignTag},
+		{"unknown tag", gw1, open1.Tag ^ 0x5a5a5a5a, reply("guess"), nil, dropUnknownTag},
+		{"not an IP packet", gw1, open1.Tag, []byte{0x01, 1, 2, 3, 4, 5, 6}, nil, dropNotIP},
+		{"not for the agent's address", gw1, open1.Tag, udpPacket(dst, netip.MustParseAddrPort("100.64.0.9:4000"), "x"), nil, dropWrongDestination},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := dropped(r, tc.reason)
+			if err := tc.from.s.SendDatagram(tunnel.AppendTagReturn(nil, tc.tag, tc.packet)); err != nil {
+				t.Fatal(err)
+			}
+			if tc.to != nil {
+				if got := tc.to.datagram(); payload(got) != payload(tc.packet) {
+					t.Fatalf("agent got %q", payload(got))
+				}
+				return
+			}
+			waitFor(t, tc.reason.String()+" drop", func() bool { return dropped(r, tc.reason) > before })
+			if !a1.quiet(100*time.Millisecond) || !a2.quiet(10*time.Millisecond) {
+				t.Error("an agent received a dropped packet")
+			}
+		})
+	}
+
+	t.Run("agent ends: tag_close, dead tag dropped", func(t *testing.T) {
+		a1.close()
+		if tc := next[tunnel.TagClose](gw1); len(tc.Tags) != 1 || tc.Tags[0] != open1.Tag {
+			t.Fatalf("tag_close %+v, want [%d]", tc, open1.Tag)
+		}
+		before := dropped(r, dropUnknownTag)
+		_ = gw1.s.SendDatagram(tunnel.AppendTagReturn(nil, open1.Tag, reply("late")))
+		waitFor(t, "dead tag drop", func() bool { return dropped(r, dropUnknownTag) > before })
+	})
+
+	t.Run("gateway ends: next packet goes to another gateway", func(t *testing.T) {
+		gw2.close()
+		waitFor(t, "gw2 gone", func() bool {
+			r.mu.RLock()
+			defer r.mu.RUnlock()
+			return len(r.gateways) == 1
+		})
+		a2.send("web", udpPacket(src, dst, "a2-1"))
+		open := next[tunnel.TagOpen](gw1)
+		if open.Identity != "acme/agent/a2" || open.Tag == open2.Tag {
+			t.Fatalf("tag_open %+v after gw2 left (old tag %d)", open, open2.Tag)
+		}
+		if _, _, packet, _ := tunnel.ParseTagged(gw1.datagram()); payload(packet) != "a2-1" {
+			t.Fatalf("gw1 got %q", payload(packet))
+		}
+	})
+}
+
+func TestAgentChecks(t *testing.T) {
+	p := newPKI(t)
+	r := startRelay(t, p.relayConfig(t.TempDir()))
+	addr := r.Addr().String()
+	gw := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	vip := vipOf(gw.register(svc("web", "acme"), svc("db", "finance")), "web")
+	a := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a1"), agentHello("a1"))
+	dst := netip.AddrPortFrom(vip, 7)
+	own := netip.AddrPortFrom(innerAddr, 1000)
+	routed := func(service string, packet []byte) []byte {
+		b, _ := tunnel.AppendRouted(nil, service, packet)
+		return b
+	}
+	tests := []struct {
+		name     string
+		datagram []byte
+		reason   dropReason
+	}{
+		{"spoofed source", routed("web", udpPacket(netip.MustParseAddrPort("100.64.0.2:1000"), dst, "x")), dropSpoofed},
+		{"unknown service", routed("nope", udpPacket(own, dst, "x")), dropUnknownService},
+		{"another tenant's service", routed("db", udpPacket(own, dst, "x")), dropNotAuthorized},
+		{"not an IP packet", routed("web", []byte{0x45, 0}), dropMalformed},
+		{"raw IP", udpPacket(own, dst, "x"), dropRawFromAgent},
+		{"registration on v2", []byte{0x10, 3, 'w', 'e', 'b'}, dropUnexpected},
+		{"tag return from an agent", tunnel.AppendTagReturn(nil, 1, udpPacket(own, dst, "x")), dropUnexpected},
+		{"truncated", []byte{0x2F, 9, 'w'}, dropMalformed},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := dropped(r, tc.reason)
+			if err := a.s.SendDatagram(tc.datagram); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, tc.reason.String(), func() bool { return dropped(r, tc.reason) > before })
+		})
+	}
+	if !gw.quiet(100 * time.Millisecond) {
+		t.Error("the gateway received a packet that should have been dropped")
+	}
+}
+
+func TestDropReasonNames(t *testing.T) {
+	seen := map[string]bool{}
+	for i := range numDropReasons {
+		name := i.String()
+		if name == "" || seen[name] {
+			t.Errorf("reason %d named %q", i, name)
+		}
+		seen[name] = true
+	}
+}
