@@ -23,13 +23,12 @@ var synthPrefix = netip.MustParsePrefix("169.254.0.0/16")
 
 // ingress is one tunnel ingress: a relay tag or a direct agent session.
 type ingress struct {
-	synth    netip.Addr // its source address inside the netstack
-	inner    netip.Addr // the agent's address; packets from any other are dropped
-	peer     peer
-	service  string                          // a relay tag's one service; "" for a direct session
-	send     func(scratch, pkt []byte) error // how replies leave; scratch is a buffer to frame them in
-	closed   atomic.Bool
-	onClosed func()
+	synth   netip.Addr // its source address inside the netstack
+	inner   netip.Addr // the agent's address; packets from any other are dropped
+	peer    peer
+	service string                          // a relay tag's one service; "" for a direct session
+	send    func(scratch, pkt []byte) error // how replies leave; scratch is a buffer to frame them in
+	closed  atomic.Bool
 }
 
 // ingressTable maps synthetic addresses to ingresses.

@@ -213,7 +213,7 @@ func TestLANDataPath(t *testing.T) {
 	})
 
 	t.Run("SIGTERM exits cleanly and removes the TUN", func(t *testing.T) {
-		err, took := gw.stop(6 * time.Second)
+		took, err := gw.stop(6 * time.Second)
 		if err != nil {
 			t.Fatalf("gateway exit: %v\n%s", err, gw.out.String())
 		}

@@ -133,7 +133,7 @@ func TestReloadAsAUser(t *testing.T) {
 			t.Fatalf("long-lived flow ended:\n%s", flow.out.String())
 		default:
 		}
-		if err, _ := flow.stop(3 * time.Second); err != nil {
+		if _, err := flow.stop(3 * time.Second); err != nil {
 			t.Fatalf("long-lived flow: %v", err)
 		}
 		out := flow.out.String()

@@ -195,23 +195,23 @@ func (tp *topo) start(ns, name string, args ...string) *proc {
 	return p
 }
 
-// stop sends SIGTERM and waits up to grace, then SIGKILL. It returns the
-// exit error and how long the process took to exit.
-func (p *proc) stop(grace time.Duration) (error, time.Duration) {
+// stop sends SIGTERM and waits up to grace, then SIGKILL. It returns how
+// long the process took to exit and its exit error.
+func (p *proc) stop(grace time.Duration) (time.Duration, error) {
 	select {
 	case <-p.done:
-		return p.err, 0
+		return 0, p.err
 	default:
 	}
 	start := time.Now()
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
-		return p.err, time.Since(start)
+		return time.Since(start), p.err
 	case <-time.After(grace):
 		p.cmd.Process.Kill()
 		<-p.done
-		return fmt.Errorf("%s did not exit within %v after SIGTERM", p.name, grace), time.Since(start)
+		return time.Since(start), fmt.Errorf("%s did not exit within %v after SIGTERM", p.name, grace)
 	}
 }
 

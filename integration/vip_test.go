@@ -106,7 +106,7 @@ func TestVIPAllocation(t *testing.T) {
 
 	restart := func(config string) map[string][2]string {
 		t.Helper()
-		if err, _ := gw.stop(6 * time.Second); err != nil {
+		if _, err := gw.stop(6 * time.Second); err != nil {
 			t.Fatalf("stop: %v", err)
 		}
 		gw = l.startGateway(config)
@@ -129,7 +129,7 @@ func TestVIPAllocation(t *testing.T) {
 	}
 
 	t.Run("corrupt state file", func(t *testing.T) {
-		if err, _ := gw.stop(6 * time.Second); err != nil {
+		if _, err := gw.stop(6 * time.Second); err != nil {
 			t.Fatalf("stop: %v", err)
 		}
 		state := filepath.Join(l.dir, "state", "vip-state.json")
