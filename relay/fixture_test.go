@@ -31,14 +31,14 @@ var innerAddr = netip.MustParseAddr("100.64.0.1")
 
 // pki is a throwaway CA and a directory of certificate files.
 type pki struct {
-	t     *testing.T
+	t     testing.TB
 	dir   string
 	ca    *tunnel.CA
 	other *tunnel.CA
 	files int
 }
 
-func newPKI(t *testing.T) *pki {
+func newPKI(t testing.TB) *pki {
 	t.Helper()
 	ca, err := tunnel.NewCA("test CA", time.Hour)
 	if err != nil {
@@ -105,13 +105,13 @@ func (p *pki) relayConfig(stateDir string) *conf.Relay {
 }
 
 // startRelay starts a relay; it is closed when the test ends.
-func startRelay(t *testing.T, cfg *conf.Relay) *Relay {
+func startRelay(t testing.TB, cfg *conf.Relay) *Relay {
 	t.Helper()
 	return startRelayWith(t, cfg, Options{})
 }
 
 // startRelayWith is startRelay with options.
-func startRelayWith(t *testing.T, cfg *conf.Relay, opts Options) *Relay {
+func startRelayWith(t testing.TB, cfg *conf.Relay, opts Options) *Relay {
 	t.Helper()
 	r, err := New(cfg, opts, nil)
 	if err != nil {
@@ -126,7 +126,7 @@ func startRelayWith(t *testing.T, cfg *conf.Relay, opts Options) *Relay {
 
 // client is a test peer: a session and what it received.
 type client struct {
-	t    *testing.T
+	t    testing.TB
 	s    *tunnel.Session
 	msgs chan any    // control messages
 	dgs  chan []byte // datagrams other than QAD
@@ -135,7 +135,7 @@ type client struct {
 
 // dial connects a client; its readers run until the session ends, which
 // the test's cleanup forces.
-func dial(t *testing.T, addr string, creds *tunnel.Credentials, hello tunnel.Hello, alpn ...string) (*client, error) {
+func dial(t testing.TB, addr string, creds *tunnel.Credentials, hello tunnel.Hello, alpn ...string) (*client, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
@@ -153,7 +153,7 @@ func dial(t *testing.T, addr string, creds *tunnel.Credentials, hello tunnel.Hel
 }
 
 // mustDial is dial that fails the test on error.
-func mustDial(t *testing.T, addr string, creds *tunnel.Credentials, hello tunnel.Hello, alpn ...string) *client {
+func mustDial(t testing.TB, addr string, creds *tunnel.Credentials, hello tunnel.Hello, alpn ...string) *client {
 	t.Helper()
 	c, err := dial(t, addr, creds, hello, alpn...)
 	if err != nil {
@@ -338,7 +338,7 @@ func (c *client) echo() {
 func dropped(r *Relay, reason dropReason) float64 { return testutil.ToFloat64(r.m.drops[reason]) }
 
 // waitFor polls cond until it holds.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(testTimeout)
 	for !cond() {
