@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"math"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"sync"
@@ -35,7 +36,12 @@ func (s backendState) String() string {
 // survive them.
 type backend struct {
 	addr   netip.Addr
-	origin string // the configured name it came from: an IP literal or a host name
+	origin string // the configured name it came from: an IP literal, a host name or an SRV name
+	// From SRV records: the port replaces every port's target; srvPW holds
+	// priority<<16 | weight (priority makes failover tiers, lowest first;
+	// weight shares a tier). Discovery updates it while flows pick.
+	port  uint16
+	srvPW atomic.Uint32
 
 	active atomic.Int64 // live flows bound to it
 
@@ -47,14 +53,40 @@ type backend struct {
 	failRun    int // consecutive failed checks
 	draining   bool
 	drainUntil time.Time // zero: until undrained
+	// probation: an address discovered for a running service takes flows
+	// only once its health checks brought it up.
+	probation bool
 }
 
 // usable reports whether new flows may be sent to the backend.
 func (b *backend) usable() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return !b.draining && b.state != stateDown
+	return !b.draining && !b.probation && b.state != stateDown
 }
+
+func (b *backend) priority() uint16 { return uint16(b.srvPW.Load() >> 16) }
+func (b *backend) weight() uint16   { return uint16(b.srvPW.Load()) }
+func (b *backend) setSRV(priority, weight uint16) {
+	b.srvPW.Store(uint32(priority)<<16 | uint32(weight))
+}
+
+// portFor returns the backend port of a flow to a service port whose
+// target is target: the SRV record's port when there is one.
+func (b *backend) portFor(target uint16) uint16 {
+	if b.port != 0 {
+		return b.port
+	}
+	return target
+}
+
+// key identifies a backend within a service: its address and SRV port.
+type backendKey struct {
+	addr netip.Addr
+	port uint16
+}
+
+func (b *backend) key() backendKey { return backendKey{b.addr, b.port} }
 
 // backendSet is an immutable list of backends; services swap whole sets.
 type backendSet struct {
@@ -91,7 +123,22 @@ func mix64(h uint64) uint64 {
 // pick returns a usable backend by policy, other than those in skip (the
 // ones a flow already failed to reach), or nil when there is none.
 func (p *picker) pick(set *backendSet, policy catalog.Balance, client netip.Addr, skip []*backend) *backend {
-	ok := func(b *backend) bool { return b.usable() && !slices.Contains(skip, b) }
+	usable := func(b *backend) bool { return b.usable() && !slices.Contains(skip, b) }
+	// SRV priorities are failover tiers: only the best tier with a usable
+	// backend takes flows.
+	tier, weighted := uint16(math.MaxUint16), false
+	for _, b := range set.list {
+		if pr := b.priority(); usable(b) && pr <= tier {
+			if pr < tier {
+				tier, weighted = pr, false
+			}
+			weighted = weighted || b.weight() > 0
+		}
+	}
+	ok := func(b *backend) bool { return b.priority() == tier && usable(b) }
+	if weighted && policy == catalog.RoundRobin {
+		return p.weighted(set, ok)
+	}
 	switch policy {
 	case catalog.LeastConn:
 		// Ties among the least loaded are taken in turn, so short flows
@@ -138,6 +185,32 @@ func (p *picker) pick(set *backendSet, policy catalog.Balance, client netip.Addr
 		}
 		return p.nth(set, n, ok)
 	}
+}
+
+// weighted picks among the matching backends in proportion to their SRV
+// weights (RFC 2782: a weight of 0 gets a small share).
+func (p *picker) weighted(set *backendSet, match func(*backend) bool) *backend {
+	total := 0
+	for _, b := range set.list {
+		if match(b) {
+			total += int(b.weight()) + 1
+		}
+	}
+	if total == 0 {
+		return nil
+	}
+	n := rand.IntN(total)
+	var last *backend
+	for _, b := range set.list {
+		if !match(b) {
+			continue
+		}
+		last = b
+		if n -= int(b.weight()) + 1; n < 0 {
+			return b
+		}
+	}
+	return last
 }
 
 // nth returns the next of the n backends of set that match, in turn: each

@@ -1,9 +1,7 @@
 package gateway
 
 import (
-	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"time"
 
@@ -41,7 +39,7 @@ func (g *Gateway) buildTable(svcs []catalog.Service, tenants []catalog.Tenant, l
 			return nil, fmt.Errorf("gateway: VIP allocation: no VIP for %s", s.Name)
 		}
 		st := g.state(s.Name)
-		st.setBackends(g.resolveBackends(s))
+		st.setBackends(g.disc.backends(s), false)
 		svc := &service{spec: s, vip: a.VIP, vip6: a.VIP6, st: st}
 		t.byName[s.Name] = svc
 		if a.VIP.IsValid() {
@@ -69,34 +67,4 @@ func (g *Gateway) state(name string) *serviceState {
 		g.states[name] = st
 	}
 	return st
-}
-
-// resolveBackends turns a service's configured backends into addresses:
-// IP literals as they are, host names through the system resolver.
-func (g *Gateway) resolveBackends(s catalog.Service) []backendAddr {
-	var out []backendAddr
-	seen := make(map[netip.Addr]bool)
-	for _, b := range s.Backends {
-		if a, err := netip.ParseAddr(b); err == nil {
-			if !seen[a.Unmap()] {
-				seen[a.Unmap()] = true
-				out = append(out, backendAddr{addr: a.Unmap(), origin: b})
-			}
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", b)
-		cancel()
-		if err != nil {
-			g.log.Warn("cannot resolve backend", "service", s.Name, "backend", b, "err", err)
-			continue
-		}
-		for _, a := range addrs {
-			if !seen[a.Unmap()] {
-				seen[a.Unmap()] = true
-				out = append(out, backendAddr{addr: a.Unmap(), origin: b})
-			}
-		}
-	}
-	return out
 }

@@ -81,7 +81,7 @@ func drainGateway(t *testing.T) (*Gateway, *service, *fakeClock, http.Handler) {
 	st.setBackends([]backendAddr{
 		{addr: netip.MustParseAddr("192.0.2.10"), origin: "192.0.2.10"},
 		{addr: netip.MustParseAddr("192.0.2.11"), origin: "app2.corp.example"},
-	})
+	}, false)
 	svc := &service{spec: catalog.Service{Name: "web"}, st: st}
 	g.tbl.Store(&table{byName: map[string]*service{"web": svc}, byVIP: map[netip.Addr]*service{}})
 	return g, svc, clk, g.apiHandler("")

@@ -60,6 +60,7 @@ type Gateway struct {
 	statesMu sync.Mutex
 	states   map[string]*serviceState
 
+	disc       *discovery
 	flows      *flowTable
 	flowCount  atomic.Int64
 	pingerInit sync.Once
@@ -143,6 +144,7 @@ func New(cfg *conf.Gateway, opts Options, log *slog.Logger) (*Gateway, error) {
 		return nil, err
 	}
 	g.running = cfg
+	g.disc = newDiscovery(g)
 	g.apiStore = newAPIStore(cfg.StateDir)
 	api, err := g.apiStore.load(cfg.ServiceContext())
 	if err != nil {
@@ -217,6 +219,7 @@ func (g *Gateway) Start() error {
 		return err
 	}
 	g.startHealth()
+	g.disc.sync(g.tbl.Load())
 	if err := g.startAPI(); err != nil {
 		g.Close()
 		return err
@@ -298,6 +301,7 @@ func (g *Gateway) Close() error {
 		cancel()
 	}
 	g.stopHealth()
+	g.disc.stop()
 	g.stopDNS()
 	if g.dev != nil {
 		if err := g.dev.Close(); err != nil {

@@ -149,7 +149,7 @@ func (g *Gateway) startChecker(st *serviceState, hc *healthChecks, e *healthEntr
 		return
 	}
 	c := &checker{
-		target: netip.AddrPortFrom(b.addr, spec.Port),
+		target: netip.AddrPortFrom(b.addr, b.portFor(spec.Port)),
 		spec:   spec,
 		probe:  p,
 		clock:  hc.clockOr(g),

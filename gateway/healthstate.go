@@ -33,6 +33,9 @@ func (b *backend) record(errMsg string, rise, fall int, now time.Time) (transiti
 			b.state = stateUp
 		}
 		if b.state == stateUp {
+			b.probation = false
+		}
+		if b.state == stateUp {
 			b.lastErr = ""
 		}
 	} else {
@@ -79,7 +82,7 @@ func (g *Gateway) observe(svc string, b *backend, h catalog.Health, err error) {
 func (g *Gateway) forget(svc string, b *backend) {
 	b.mu.Lock()
 	tr := transition{from: b.state, to: stateUnknown, err: b.lastErr}
-	b.state, b.okRun, b.failRun = stateUnknown, 0, 0
+	b.state, b.okRun, b.failRun, b.probation = stateUnknown, 0, 0, false
 	if tr.from != tr.to {
 		b.lastChange = g.now()
 	}

@@ -47,7 +47,7 @@ func TestSyncHealth(t *testing.T) {
 				for _, a := range s.backends {
 					addrs = append(addrs, backendAddr{addr: netip.MustParseAddr(a), origin: a})
 				}
-				st.setBackends(addrs)
+				st.setBackends(addrs, false)
 				tbl.byName["web"] = &service{spec: catalog.Service{Name: "web", Health: s.health}, st: st}
 			}
 			g.syncHealth(tbl)
@@ -86,7 +86,7 @@ func TestSyncHealthForgetsWhenChecksStop(t *testing.T) {
 	g, logs := newUnitGateway(t)
 	st := g.state("web")
 	st.health.clock = newFakeClock()
-	st.setBackends([]backendAddr{{addr: netip.MustParseAddr("192.0.2.10")}})
+	st.setBackends([]backendAddr{{addr: netip.MustParseAddr("192.0.2.10")}}, false)
 	b := st.backends.Load().list[0]
 	b.record("refused", 1, 1, time.Now())
 	tbl := &table{byName: map[string]*service{"web": {spec: catalog.Service{Name: "web"}, st: st}}}
@@ -107,7 +107,7 @@ func TestSyncHealthAfterClose(t *testing.T) {
 	clk := newFakeClock()
 	st := g.state("web")
 	st.health.clock = clk
-	st.setBackends([]backendAddr{{addr: netip.MustParseAddr("192.0.2.10")}})
+	st.setBackends([]backendAddr{{addr: netip.MustParseAddr("192.0.2.10")}}, false)
 	h := catalog.Health{Type: catalog.HealthTCP, Interval: time.Second, Timeout: time.Second, Rise: 1, Fall: 1}
 	tbl := &table{byName: map[string]*service{"web": {spec: catalog.Service{Name: "web", Health: h}, st: st}}}
 	g.syncHealth(tbl)

@@ -107,6 +107,7 @@ func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, 
 func (g *Gateway) swapTable(old, t *table) {
 	g.tbl.Store(t)
 	g.syncHealth(t)
+	g.disc.sync(t)
 	for name, s := range old.byName {
 		if _, ok := t.byName[name]; !ok {
 			g.drain(func(f *flow) bool { return f.svc.st == s.st }, t.drainTimeout, "service_removed")

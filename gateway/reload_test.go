@@ -24,11 +24,17 @@ import (
 	"github.com/ztgate/ztgate/netstack/netstacktest"
 )
 
-// startLineEcho runs a TCP server that answers every line with
-// "<name>: <line>".
-func startLineEcho(t *testing.T, name string) int {
+// startLineEcho runs a TCP server on 127.0.0.1 that answers every line
+// with "<name>: <line>".
+func startLineEcho(t *testing.T, name string) int { return startLineEchoAt(t, "127.0.0.1", name) }
+
+// startLineEchoAt is startLineEcho on another loopback address.
+func startLineEchoAt(t *testing.T, host, name string) int { return startLineEchoAtPort(t, host, 0, name) }
+
+// startLineEchoAtPort is startLineEchoAt on a given port (0: any).
+func startLineEchoAtPort(t *testing.T, host string, port int, name string) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := net.Listen("tcp", net.JoinHostPort(host, fmt.Sprint(port)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,36 +39,51 @@ func newServiceState(name string) *serviceState {
 }
 
 // setBackends makes addrs the backend set, keeping the backend objects of
-// addresses that stay, and returns the ones that left.
-func (st *serviceState) setBackends(addrs []backendAddr) (gone []*backend) {
+// addresses that stay, and returns the ones that came and left. New
+// backends start on probation (they take flows once their health checks
+// bring them up) when probation is set: discovery adds addresses to a
+// running service that way.
+func (st *serviceState) setBackends(addrs []backendAddr, probation bool) (added, gone []*backend) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	old := st.backends.Load()
-	byAddr := make(map[netip.Addr]*backend, len(old.list))
+	byKey := make(map[backendKey]*backend, len(old.list))
 	for _, b := range old.list {
-		byAddr[b.addr] = b
+		byKey[b.key()] = b
 	}
 	next := &backendSet{list: make([]*backend, 0, len(addrs))}
+	seen := make(map[backendKey]bool, len(addrs))
 	for _, a := range addrs {
-		b, ok := byAddr[a.addr]
-		if ok {
-			delete(byAddr, a.addr)
-		} else {
-			b = &backend{addr: a.addr, origin: a.origin}
+		k := backendKey{a.addr, a.port}
+		if seen[k] {
+			continue
 		}
+		seen[k] = true
+		b, ok := byKey[k]
+		if ok {
+			delete(byKey, k)
+		} else {
+			b = &backend{addr: a.addr, origin: a.origin, port: a.port, probation: probation}
+			added = append(added, b)
+		}
+		b.setSRV(a.priority, a.weight)
 		next.list = append(next.list, b)
 	}
 	st.backends.Store(next)
-	for _, b := range byAddr {
+	for _, b := range byKey {
 		gone = append(gone, b)
 	}
-	return gone
+	return added, gone
 }
 
-// backendAddr is a resolved backend address and the name it came from.
+// backendAddr is a resolved backend address and the name it came from,
+// with what its SRV record said.
 type backendAddr struct {
-	addr   netip.Addr
-	origin string
+	addr     netip.Addr
+	origin   string
+	port     uint16
+	priority uint16
+	weight   uint16
 }
 
 // table is one generation of the service table. The data path reads it

@@ -62,7 +62,7 @@ func (g *Gateway) dialTCP(d decision, client netip.Addr) (*net.TCPConn, *backend
 			break
 		}
 		tried = append(tried, b)
-		target := netip.AddrPortFrom(b.addr, d.port.Target)
+		target := netip.AddrPortFrom(b.addr, b.portFor(d.port.Target))
 		ctx, cancel := context.WithTimeout(context.Background(), g.opts.DialTimeout)
 		var dialer net.Dialer
 		c, err := dialer.DialContext(ctx, "tcp", target.String())

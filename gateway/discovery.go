@@ -1,0 +1,281 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"reflect"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ztgate/ztgate/catalog"
+	"github.com/ztgate/ztgate/resolver"
+)
+
+// discovery resolves backends given as host names, and a service's
+// backends_srv, and keeps the services' backend sets current: each name is
+// re-resolved when its answer's TTL (bounded by [discovery] min_ttl and
+// max_ttl) runs out. New addresses of a running service take flows once
+// their health checks bring them up; vanished ones drain.
+type discovery struct {
+	g      *Gateway
+	client *resolver.Client
+	min    time.Duration
+	max    time.Duration
+
+	mu       sync.Mutex
+	cache    map[string]resolved     // by host name or "srv:" + SRV name
+	watchers map[string]*nameWatcher // by service name
+}
+
+// resolved is the last answer for one name.
+type resolved struct {
+	addrs []backendAddr
+	err   error
+}
+
+// nameWatcher re-resolves the names of one service.
+type nameWatcher struct {
+	spec   catalog.Service
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// firstLookupTimeout bounds the synchronous first resolution of a name
+// when a service is built; the watcher keeps trying after it.
+const firstLookupTimeout = 2 * time.Second
+
+func newDiscovery(g *Gateway) *discovery {
+	ns := g.cfg.Discovery.Nameservers
+	if len(ns) == 0 {
+		ns = resolver.SystemNameservers()
+	}
+	return &discovery{
+		g:        g,
+		client:   &resolver.Client{Nameservers: ns, Timeout: firstLookupTimeout},
+		min:      g.cfg.Discovery.MinTTL,
+		max:      g.cfg.Discovery.MaxTTL,
+		cache:    make(map[string]resolved),
+		watchers: make(map[string]*nameWatcher),
+	}
+}
+
+// sameNames reports whether two specs name the same backends.
+func sameNames(a, b catalog.Service) bool {
+	return reflect.DeepEqual(a.Backends, b.Backends) && a.BackendsSRV == b.BackendsSRV && a.Health.Type == b.Health.Type
+}
+
+// dynamic reports whether a service has names to discover.
+func dynamic(s catalog.Service) bool {
+	if s.BackendsSRV != "" {
+		return true
+	}
+	for _, b := range s.Backends {
+		if _, err := netip.ParseAddr(b); err != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// backends returns the addresses of a service's backends now: IP literals
+// as they are; names from the cache, resolved first when not cached.
+func (d *discovery) backends(s catalog.Service) []backendAddr {
+	var out []backendAddr
+	for _, b := range s.Backends {
+		if a, err := netip.ParseAddr(b); err == nil {
+			out = append(out, backendAddr{addr: a.Unmap(), origin: b})
+			continue
+		}
+		out = append(out, d.cached(b, func(ctx context.Context) (resolved, time.Duration) { return d.lookupHost(ctx, b) })...)
+	}
+	if srv := s.BackendsSRV; srv != "" {
+		out = append(out, d.cached("srv:"+srv, func(ctx context.Context) (resolved, time.Duration) { return d.lookupSRV(ctx, srv) })...)
+	}
+	return out
+}
+
+// cached returns a name's last answer, resolving it first if there is none.
+func (d *discovery) cached(key string, lookup func(context.Context) (resolved, time.Duration)) []backendAddr {
+	d.mu.Lock()
+	r, ok := d.cache[key]
+	d.mu.Unlock()
+	if ok {
+		return r.addrs
+	}
+	ctx, cancel := context.WithTimeout(d.g.ctx, firstLookupTimeout)
+	defer cancel()
+	r, _ = lookup(ctx)
+	d.store(key, r)
+	return r.addrs
+}
+
+// get returns a name's last good answer.
+func (d *discovery) get(key string) []backendAddr {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cache[key].addrs
+}
+
+func (d *discovery) store(key string, r resolved) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if r.err != nil {
+		if old, ok := d.cache[key]; ok {
+			r.addrs = old.addrs // keep the last good answer while lookups fail
+		}
+	}
+	d.cache[key] = r
+}
+
+func (d *discovery) lookupHost(ctx context.Context, name string) (resolved, time.Duration) {
+	addrs, ttl, err := d.client.LookupHost(ctx, name)
+	if err != nil {
+		d.g.log.Warn("cannot resolve backend", "backend", name, "err", err)
+		return resolved{err: err}, 0
+	}
+	r := resolved{}
+	for _, a := range addrs {
+		r.addrs = append(r.addrs, backendAddr{addr: a.Unmap(), origin: name})
+	}
+	return r, ttl
+}
+
+func (d *discovery) lookupSRV(ctx context.Context, name string) (resolved, time.Duration) {
+	srvs, ttl, err := d.client.LookupSRV(ctx, name)
+	if err != nil {
+		d.g.log.Warn("cannot resolve backends_srv", "srv", name, "err", err)
+		return resolved{err: err}, 0
+	}
+	r := resolved{}
+	for _, s := range srvs {
+		hosts, httl, err := d.client.LookupHost(ctx, s.Target)
+		if err != nil {
+			d.g.log.Warn("cannot resolve an SRV target", "srv", name, "target", s.Target, "err", err)
+			continue
+		}
+		ttl = min(ttl, httl)
+		for _, a := range hosts {
+			r.addrs = append(r.addrs, backendAddr{addr: a.Unmap(), origin: name, port: s.Port, priority: s.Priority, weight: s.Weight})
+		}
+	}
+	return r, ttl
+}
+
+// sync starts a watcher for every service of t with names to discover and
+// stops the others.
+func (d *discovery) sync(t *table) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for name, w := range d.watchers {
+		if s := t.byName[name]; s == nil || !sameNames(s.spec, w.spec) {
+			w.cancel()
+			delete(d.watchers, name)
+		}
+	}
+	if d.g.closing.Load() {
+		return
+	}
+	for name, s := range t.byName {
+		if _, ok := d.watchers[name]; ok || !dynamic(s.spec) {
+			continue
+		}
+		ctx, cancel := context.WithCancel(d.g.ctx)
+		w := &nameWatcher{spec: s.spec, cancel: cancel, done: make(chan struct{})}
+		d.watchers[name] = w
+		d.g.wg.Add(1)
+		go func() {
+			defer d.g.wg.Done()
+			defer close(w.done)
+			d.watch(ctx, s.st, w.spec)
+		}()
+	}
+}
+
+// watch re-resolves a service's names as their TTLs run out and applies
+// changes to its backend set.
+func (d *discovery) watch(ctx context.Context, st *serviceState, spec catalog.Service) {
+	for {
+		wait := d.max
+		var addrs []backendAddr
+		for _, b := range spec.Backends {
+			if a, err := netip.ParseAddr(b); err == nil {
+				addrs = append(addrs, backendAddr{addr: a.Unmap(), origin: b})
+				continue
+			}
+			r, ttl := d.lookupHost(ctx, b)
+			d.store(b, r)
+			addrs = append(addrs, d.get(b)...)
+			wait = min(wait, d.bound(ttl, r.err))
+		}
+		if spec.BackendsSRV != "" {
+			key := "srv:" + spec.BackendsSRV
+			r, ttl := d.lookupSRV(ctx, spec.BackendsSRV)
+			d.store(key, r)
+			addrs = append(addrs, d.get(key)...)
+			wait = min(wait, d.bound(ttl, r.err))
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		d.apply(st, spec, addrs)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// bound clamps a TTL into [min, max]; a failed lookup is retried at min.
+func (d *discovery) bound(ttl time.Duration, err error) time.Duration {
+	if err != nil {
+		return d.min
+	}
+	return min(max(ttl, d.min), d.max)
+}
+
+// apply makes addrs a running service's backends: new ones on probation
+// when the service has health checks, vanished ones drained.
+func (d *discovery) apply(st *serviceState, spec catalog.Service, addrs []backendAddr) {
+	g := d.g
+	if cur := g.tbl.Load().byName[spec.Name]; cur == nil || cur.st != st || !sameNames(cur.spec, spec) {
+		return // the service changed meanwhile: its new watcher applies
+	}
+	probation := spec.Health.Type != catalog.HealthNone
+	added, gone := st.setBackends(addrs, probation)
+	if len(added) == 0 && len(gone) == 0 {
+		return
+	}
+	g.log.Info("backends discovered", "service", spec.Name, "added", addrList(added), "gone", addrList(gone))
+	g.syncHealth(g.tbl.Load())
+	if len(gone) > 0 {
+		g.drain(func(f *flow) bool { return slices.Contains(gone, f.backend) }, g.tbl.Load().drainTimeout, "backend_gone")
+	}
+}
+
+func addrList(bs []*backend) []string {
+	out := make([]string, len(bs))
+	for i, b := range bs {
+		out[i] = b.addr.String()
+		if b.port != 0 {
+			out[i] = fmt.Sprintf("%s:%d", b.addr, b.port)
+		}
+	}
+	return out
+}
+
+// stop stops every watcher and waits for them.
+func (d *discovery) stop() {
+	d.mu.Lock()
+	ws := d.watchers
+	d.watchers = map[string]*nameWatcher{}
+	d.mu.Unlock()
+	for _, w := range ws {
+		w.cancel()
+		<-w.done
+	}
+}
