@@ -81,7 +81,7 @@ type Gateway struct {
 	creds     *tunnel.Credentials
 	ingresses *ingressTable
 	tunLink   *netstack.Link
-	relay     *relayState                   // nil unless attached to a relay
+	relay     *relayState                  // nil unless attached to a relay
 	relaySess atomic.Pointer[relaySession] // the live relay session
 	direct    *tunnel.Listener
 

@@ -29,7 +29,9 @@ import (
 func startLineEcho(t *testing.T, name string) int { return startLineEchoAt(t, "127.0.0.1", name) }
 
 // startLineEchoAt is startLineEcho on another loopback address.
-func startLineEchoAt(t *testing.T, host, name string) int { return startLineEchoAtPort(t, host, 0, name) }
+func startLineEchoAt(t *testing.T, host, name string) int {
+	return startLineEchoAtPort(t, host, 0, name)
+}
 
 // startLineEchoAtPort is startLineEchoAt on a given port (0: any).
 func startLineEchoAtPort(t *testing.T, host string, port int, name string) int {
