@@ -29,9 +29,10 @@ func newCache(size int) *cache {
 }
 
 // cacheable reports whether v may be a map key: a View whose dynamic value
-// is not comparable would make the map panic.
+// is not comparable would make the map panic. Pointers, the common case,
+// are decided without Value.Comparable, which allocates.
 func cacheable(v View) bool {
-	return v == nil || reflect.ValueOf(v).Comparable()
+	return v == nil || reflect.TypeOf(v).Kind() == reflect.Pointer || reflect.ValueOf(v).Comparable()
 }
 
 func (c *cache) get(v View, key []byte) (cached, bool) {

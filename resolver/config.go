@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"runtime"
 	"strings"
 	"time"
 
@@ -23,6 +22,10 @@ const (
 	DefaultMaxTCPConns    = 256
 	DefaultMaxForwards    = 1024
 	DefaultCacheSize      = 4096
+	// DefaultReaders is one reader per PacketConn: readers of one socket
+	// serialise on it, and with batch I/O one reader spent less CPU per
+	// query than two under dnsperf on loopback (4.8 against 6.5 µs).
+	DefaultReaders = 1
 )
 
 // Config configures a Server. Its zero value is valid: every zero field takes
@@ -52,7 +55,7 @@ type Config struct {
 	TCPIdleTimeout, TCPReadTimeout time.Duration
 	MaxTCPConns                    int // concurrent TCP connections per Server; default 256
 	MaxForwards                    int // forwarded UDP queries in flight; default 1024
-	Readers                        int // UDP reader goroutines per PacketConn; default GOMAXPROCS
+	Readers                        int // reader goroutines per PacketConn; default 1
 	CacheSize                      int // packed answers cached per reader; default 4096, negative disables
 }
 
@@ -69,7 +72,7 @@ func (cfg Config) withDefaults() (Config, error) {
 	setDefault(&cfg.TCPReadTimeout, DefaultTCPReadTimeout)
 	setDefault(&cfg.MaxTCPConns, DefaultMaxTCPConns)
 	setDefault(&cfg.MaxForwards, DefaultMaxForwards)
-	setDefault(&cfg.Readers, runtime.GOMAXPROCS(0))
+	setDefault(&cfg.Readers, DefaultReaders)
 	setDefault(&cfg.CacheSize, DefaultCacheSize)
 	cfg.MaxUDPSize = max(cfg.MaxUDPSize, dns.MinMsgSize)
 	if !cfg.NSAddr.IsValid() && cfg.Pool.IsValid() {

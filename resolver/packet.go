@@ -8,60 +8,25 @@ import (
 	"sync"
 )
 
-// endpoint is where a datagram came from: the address to answer and, for
-// conns other than *net.UDPConn, the net.Addr to write to.
-type endpoint struct {
-	ap   netip.AddrPort
-	addr net.Addr
-}
-
-// packetIO reads and writes datagrams of one PacketConn.
-type packetIO struct {
-	read  func(buf []byte) (int, endpoint, error)
-	write func(b []byte, to endpoint) error
-}
-
-// ioFor returns the way to read pc: a *net.UDPConn is read and written with
-// netip addresses, which allocates nothing per datagram.
-func ioFor(pc net.PacketConn) packetIO {
-	if c, ok := pc.(*net.UDPConn); ok {
-		return packetIO{
-			read: func(buf []byte) (int, endpoint, error) {
-				n, ap, err := c.ReadFromUDPAddrPort(buf)
-				return n, endpoint{ap: ap}, err
-			},
-			write: func(b []byte, to endpoint) error {
-				_, err := c.WriteToUDPAddrPort(b, to.ap)
-				return err
-			},
-		}
-	}
-	return packetIO{
-		read: func(buf []byte) (int, endpoint, error) {
-			n, addr, err := pc.ReadFrom(buf)
-			return n, endpoint{ap: addrPortOf(addr), addr: addr}, err
-		},
-		write: func(b []byte, to endpoint) error {
-			_, err := pc.WriteTo(b, to.addr)
-			return err
-		},
-	}
-}
-
 // ServePacket answers the DNS queries arriving on pc with Config.Readers
 // goroutines. It blocks until Shutdown (then returns nil, having closed pc)
 // or until reading pc fails (then it closes pc and returns the error).
+// Called after Shutdown, it closes pc and returns ErrServerClosed.
 func (s *Server) ServePacket(pc net.PacketConn) error {
 	if !s.acquire(pc) {
+		_ = pc.Close() // as after Shutdown: the conn was handed over
 		return ErrServerClosed
 	}
 	defer s.release(pc)
-	pio := ioFor(pc)
+	read := func() error { return s.readPackets(pc) }
+	if c, ok := pc.(*net.UDPConn); ok {
+		read = func() error { return s.readBatches(c) }
+	}
 	errs := make([]error, max(s.cfg.Readers, 1))
 	var wg sync.WaitGroup
 	for i := range errs {
 		wg.Go(func() {
-			errs[i] = s.readPackets(pio)
+			errs[i] = read()
 			_ = pc.Close() // stops the other readers
 		})
 	}
@@ -72,23 +37,27 @@ func (s *Server) ServePacket(pc net.PacketConn) error {
 	return fmt.Errorf("resolver: read: %w", cmp.Or(errs...))
 }
 
-// readPackets is one reader's loop.
-func (s *Server) readPackets(pio packetIO) error {
+// readPackets is one reader's loop on a PacketConn other than a
+// *net.UDPConn (a netstack's), one datagram at a time.
+func (s *Server) readPackets(pc net.PacketConn) error {
 	w := s.newWorker()
 	buf := make([]byte, maxMsgSize)
 	for {
-		n, from, err := pio.read(buf)
+		n, addr, err := pc.ReadFrom(buf)
 		if err != nil {
 			return err
 		}
-		out, fwd := s.handle(w, buf[:n], from.ap.Addr().Unmap(), false)
+		out, fwd := s.handle(w, buf[:n], addrPortOf(addr).Addr().Unmap(), false)
 		switch {
 		case out != nil:
-			if pio.write(out, from) != nil {
+			if _, err := pc.WriteTo(out, addr); err != nil {
 				s.m.drop(dropWrite)
 			}
 		case fwd:
-			s.forwardAsync(buf[:n], func(b []byte) error { return pio.write(b, from) })
+			s.forwardAsync(buf[:n], func(b []byte) error {
+				_, err := pc.WriteTo(b, addr)
+				return err
+			})
 		}
 	}
 }

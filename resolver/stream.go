@@ -21,9 +21,11 @@ const (
 // one goroutine per connection, at most MaxTCPConns at once; a connection is
 // closed after TCPIdleTimeout without a query and when a query or an answer
 // takes longer than TCPReadTimeout. It blocks until Shutdown (then returns
-// nil, having closed l) or until Accept fails for good.
+// nil, having closed l) or until Accept fails for good. Called after
+// Shutdown, it closes l and returns ErrServerClosed.
 func (s *Server) ServeStream(l net.Listener) error {
 	if !s.acquire(l) {
+		_ = l.Close() // as after Shutdown: the listener was handed over
 		return ErrServerClosed
 	}
 	defer s.release(l)
