@@ -37,7 +37,7 @@ func TestClientLookupHost(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c := &Client{Nameservers: tc.servers, Timeout: 200 * time.Millisecond}
+			c := &Client{Nameservers: tc.servers, Timeout: 500 * time.Millisecond}
 			addrs, ttl, err := c.LookupHost(context.Background(), tc.host)
 			if !matchErr(err, tc.err) {
 				t.Fatalf("error %v, want %v", err, tc.err)

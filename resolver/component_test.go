@@ -212,7 +212,9 @@ func TestServeStreamLimits(t *testing.T) {
 	cfg := testConfig()
 	cfg.TCPIdleTimeout, cfg.TCPReadTimeout, cfg.MaxTCPConns = 300*time.Millisecond, 300*time.Millisecond, 2
 	srv := serve(t, newTestServer(t, cfg, loopbackDir()))
-	fresh := serve(t, newTestServer(t, cfg, loopbackDir())) // no connection of another subtest counts
+	limitCfg := testConfig()
+	limitCfg.MaxTCPConns = 2 // and no connection of another subtest counts
+	limited := serve(t, newTestServer(t, limitCfg, loopbackDir()))
 	dialTo := func(t *testing.T, addr string) net.Conn {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -245,28 +247,27 @@ func TestServeStreamLimits(t *testing.T) {
 		waitClosed(t, slow, 5*time.Second)
 	})
 	t.Run("connections over the limit are closed", func(t *testing.T) {
+		conns := []net.Conn{dialTo(t, limited.tcp), dialTo(t, limited.tcp), dialTo(t, limited.tcp)}
+		closedBy := make(chan error, len(conns))
 		var wg sync.WaitGroup
-		conns := []net.Conn{dialTo(t, fresh.tcp), dialTo(t, fresh.tcp), dialTo(t, fresh.tcp)}
-		closed := make([]bool, len(conns))
-		for i, c := range conns {
+		for _, c := range conns {
 			wg.Go(func() {
-				_ = c.SetReadDeadline(time.Now().Add(150 * time.Millisecond)) // before the idle timeout
+				_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 				_, err := c.Read(make([]byte, 1))
-				closed[i] = !isTimeout(err)
+				closedBy <- err
 			})
 		}
+		// The first to end must be one the server closed; then the test
+		// closes the others, which the server kept open.
+		if err := <-closedBy; err == nil || isTimeout(err) || errors.Is(err, net.ErrClosed) {
+			t.Errorf("first connection to end: %v, want closed by the server", err)
+		}
+		for _, c := range conns {
+			c.Close()
+		}
 		wg.Wait()
-		n := 0
-		for _, c := range closed {
-			if c {
-				n++
-			}
-		}
-		if n != 1 {
-			t.Errorf("%d connections closed at once, want 1 (limit 2 of 3)", n)
-		}
-		if got := counter(t, fresh.Server, "ztgate_dns_dropped_total", "reason", dropTCPLimit); got != 1 {
-			t.Errorf("dropped{tcp_limit} moved by %v, want 1", got)
+		if got := counter(t, limited.Server, "ztgate_dns_dropped_total", "reason", dropTCPLimit); got != 1 {
+			t.Errorf("dropped{tcp_limit} = %v, want 1 (limit 2 of 3)", got)
 		}
 	})
 }

@@ -124,7 +124,7 @@ func TestForward(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := testConfig()
-			cfg.Upstreams, cfg.ForwardTimeout = tc.upstreams, 200*time.Millisecond
+			cfg.Upstreams, cfg.ForwardTimeout = tc.upstreams, 500*time.Millisecond
 			srv := serve(t, newTestServer(t, cfg, loopbackDir()))
 			qtype := tc.qtype
 			if qtype == 0 {
