@@ -121,6 +121,7 @@ func TestParseGatewayInvalid(t *testing.T) {
 		// [[service]] names and tenants.
 		{"service name missing", svc("tenants = [\"acme\"]\nbackends = [\"192.0.2.10\"]" + tcp80), []string{"gw.toml: service[0].name: required"}},
 		{"service name not a label", svc("name = \"web_1\"\ntenants = [\"acme\"]\nbackends = [\"192.0.2.10\"]" + tcp80), []string{`gw.toml: service[0].name: "web_1" is not a DNS label`}},
+		{"service name reserved", svc("name = \"NS\"\ntenants = [\"acme\"]\nbackends = [\"192.0.2.10\"]" + tcp80), []string{`gw.toml: service[0].name: "ns" is reserved`}},
 		{"service name too long", svc("name = \"" + strings.Repeat("a", 64) + "\"\ntenants = [\"acme\"]\nbackends = [\"192.0.2.10\"]" + tcp80), []string{"is longer than 63 characters"}},
 		{"duplicate names ignore case", webService + svc("name = \"WEB\"\ntenants = [\"acme\"]\nbackends = [\"192.0.2.10\"]"+tcp80), []string{`gw.toml: service[1].name: "web" is also the name of service[0]`}},
 		{"tenants missing", svc("name = \"web\"\nbackends = [\"192.0.2.10\"]" + tcp80), []string{"gw.toml: service[0].tenants: required"}},

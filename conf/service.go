@@ -13,7 +13,7 @@ import (
 // ctx. Checks across services and against the pool are in validateServices.
 func (v *validator) service(path string, r *rawService, ctx *ServiceContext) catalog.Service {
 	s := catalog.Service{
-		Name:        v.name(join(path, "name"), r.Name),
+		Name:        v.serviceName(join(path, "name"), r.Name),
 		Tenants:     v.serviceTenants(join(path, "tenants"), r.Tenants, ctx),
 		Backends:    v.backends(join(path, "backends"), r.Backends, r.BackendsSRV != ""),
 		BackendsSRV: r.BackendsSRV,

@@ -19,6 +19,16 @@ func (v *validator) name(path, s string) string {
 	return strings.ToLower(s)
 }
 
+// serviceName validates a service name: a DNS label that is not "ns",
+// which names the zone's name server (ns.<zone>).
+func (v *validator) serviceName(path, s string) string {
+	n := v.name(path, s)
+	if n == "ns" {
+		v.addf(path, `"ns" is reserved for the zone's name server (ns.<zone>); choose another name`)
+	}
+	return n
+}
+
 // tenants validates the [[tenant]] tables: unique names, sources that are
 // network addresses and that no two tenants share.
 func (v *validator) tenants(rs []rawTenant) []catalog.Tenant {
