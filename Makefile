@@ -9,7 +9,7 @@ CONFIG ?= examples/gateway.toml
 FUZZTIME ?= 30s
 BENCHTIME ?= 5s
 
-.PHONY: help build run tools test test-unit test-integration lint bench fuzz clean
+.PHONY: help build run tools bench-tools test test-unit test-integration lint bench fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -41,7 +41,11 @@ lint: ## gofmt, go vet and staticcheck
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
 
-bench: ## Go micro-benchmarks and the end-to-end benchmark suite (root; writes bench-results/)
+bench-tools: tools ## install the peers and load generators the benchmark suite runs (apt, when missing)
+	@missing=; for t in iperf3 dnsperf unbound nft slirp4netns; do command -v $$t >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$(cat .ci/bench-packages); fi
+
+bench: bench-tools ## Go micro-benchmarks and the end-to-end benchmark suite (root; writes bench-results/)
 	mkdir -p bench-results
 	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=$(BENCHTIME) $$($(GO) list ./... | grep -v /integration) | tee bench-results/micro.txt
 	$(SUDO) env "PATH=$$PATH" ZTGATE_BENCH=1 $(GO) test -count=1 -timeout 30m -run='^TestBench' -v ./integration/ | tee bench-results/e2e.txt
