@@ -1,0 +1,147 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// runPKI makes the certificates of a deployment: a CA, and per peer a key
+// and a certificate carrying its ztgate identity.
+func runPKI(args []string, stdout, stderr io.Writer) int {
+	usage := func() {
+		fmt.Fprintln(stderr, `usage:
+  ztgate pki init  -dir DIR [-name NAME] [-days N]
+      create DIR/ca.crt and DIR/ca.key (the key never leaves DIR)
+  ztgate pki issue -dir DIR -role agent|gateway|relay -tenant TENANT -name NAME [-dns NAMES] [-ip ADDRS] [-days N] [-out PREFIX]
+      create PREFIX.crt and PREFIX.key (default DIR/NAME) for identity ztna://TENANT/ROLE/NAME;
+      relays and gateways that listen need their server names with -dns and/or -ip (comma-separated)`)
+	}
+	if len(args) == 0 {
+		usage()
+		return 2
+	}
+	switch args[0] {
+	case "init":
+		return pkiInit(args[1:], stdout, stderr)
+	case "issue":
+		return pkiIssue(args[1:], stdout, stderr)
+	case "-h", "-help", "--help", "help":
+		usage()
+		return 0
+	}
+	usage()
+	return 2
+}
+
+func pkiInit(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("pki init", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("dir", "pki", "`directory` for the CA")
+	name := fs.String("name", "ztgate CA", "the CA's common name")
+	days := fs.Int("days", 3650, "validity in days")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	crt, key := filepath.Join(*dir, "ca.crt"), filepath.Join(*dir, "ca.key")
+	if exists(crt) || exists(key) {
+		fmt.Fprintf(stderr, "ztgate pki: %s already holds a CA; remove it first to make a new one\n", *dir)
+		return 1
+	}
+	ca, err := tunnel.NewCA(*name, time.Duration(*days)*24*time.Hour)
+	if err == nil {
+		err = writePair(*dir, crt, key, ca.CertPEM(), ca.KeyPEM())
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "ztgate pki:", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "created %s and %s\n", crt, key)
+	return 0
+}
+
+func pkiIssue(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("pki issue", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("dir", "pki", "`directory` of the CA")
+	role := fs.String("role", "", "agent, gateway or relay")
+	tenant := fs.String("tenant", "", "the tenant of the identity (agents reach the services that list it)")
+	name := fs.String("name", "", "the peer's name")
+	dns := fs.String("dns", "", "comma-separated DNS server names (relay, gateway listener)")
+	ips := fs.String("ip", "", "comma-separated IP server addresses (relay, gateway listener)")
+	days := fs.Int("days", 90, "validity in days")
+	out := fs.String("out", "", "output `prefix` (default DIR/NAME)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *role == "" || *tenant == "" || *name == "" {
+		fmt.Fprintln(stderr, "ztgate pki issue: -role, -tenant and -name are required")
+		return 2
+	}
+	req := tunnel.IssueRequest{Tenant: *tenant, Role: *role, Name: *name, Validity: time.Duration(*days) * 24 * time.Hour}
+	req.DNSNames = splitList(*dns)
+	for _, s := range splitList(*ips) {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			fmt.Fprintf(stderr, "ztgate pki issue: -ip: %v\n", err)
+			return 2
+		}
+		req.IPs = append(req.IPs, a)
+	}
+	ca, err := tunnel.LoadCA(filepath.Join(*dir, "ca.crt"), filepath.Join(*dir, "ca.key"))
+	if err != nil {
+		fmt.Fprintf(stderr, "ztgate pki issue: %v (run `ztgate pki init -dir %s` first)\n", err, *dir)
+		return 1
+	}
+	crtPEM, keyPEM, err := ca.Issue(req)
+	if err != nil {
+		fmt.Fprintln(stderr, "ztgate pki issue:", err)
+		return 1
+	}
+	prefix := *out
+	if prefix == "" {
+		prefix = filepath.Join(*dir, *name)
+	}
+	crt, key := prefix+".crt", prefix+".key"
+	if err := writePair(filepath.Dir(prefix), crt, key, crtPEM, keyPEM); err != nil {
+		fmt.Fprintln(stderr, "ztgate pki issue:", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "created %s and %s for ztna://%s/%s/%s\n", crt, key, *tenant, *role, *name)
+	return 0
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// writePair writes a certificate (0644) and its key (0600).
+func writePair(dir, crt, key string, crtPEM, keyPEM []byte) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(key, keyPEM, 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(crt, crtPEM, 0o644)
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return !errors.Is(err, fs.ErrNotExist)
+}
