@@ -88,10 +88,12 @@ func (v *validator) health(path string, r *rawHealth, ports []catalog.Port) cata
 		Send:         r.Send,
 		Expect:       r.Expect,
 		Interval:     v.duration(join(path, "interval"), r.Interval, catalog.DefaultHealthInterval),
-		Timeout:      v.duration(join(path, "timeout"), r.Timeout, catalog.DefaultHealthTimeout),
 		Rise:         intOr(r.Rise, catalog.DefaultHealthRise),
 		Fall:         intOr(r.Fall, catalog.DefaultHealthFall),
 	}
+	// An unset timeout follows a short interval down: a check must be able
+	// to end before the next one starts.
+	h.Timeout = v.duration(join(path, "timeout"), r.Timeout, min(catalog.DefaultHealthTimeout, max(h.Interval, 1)))
 	switch t, ok := catalog.ParseHealthType(r.Type); {
 	case r.Type == "":
 		if firstTarget(ports, catalog.TCP) != 0 {
