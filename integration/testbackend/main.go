@@ -48,6 +48,12 @@ func main() {
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok", *name) })
 		mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) { w.Write(big) })
 		mux.HandleFunc("/big.sha256", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, bigSum) })
+		// /blob?seed=S&n=N is N deterministic bytes of stream S; /blob.sha256 its digest.
+		mux.HandleFunc("/blob", func(w http.ResponseWriter, r *http.Request) { w.Write(blob(r)) })
+		mux.HandleFunc("/blob.sha256", func(w http.ResponseWriter, r *http.Request) {
+			s := sha256.Sum256(blob(r))
+			fmt.Fprintln(w, hex.EncodeToString(s[:]))
+		})
 		mux.HandleFunc("/bytes", func(w http.ResponseWriter, r *http.Request) {
 			n, _ := strconv.Atoi(r.URL.Query().Get("n"))
 			w.Write(big[:min(max(n, 0), len(big))])
@@ -132,4 +138,17 @@ func holdFlow(addr string) {
 			fmt.Println("ok", n)
 		}
 	}
+}
+
+// blob is the content /blob serves: n bytes of the PCG stream seed (n ≤ 64 MiB).
+func blob(r *http.Request) []byte {
+	seed, _ := strconv.ParseUint(r.URL.Query().Get("seed"), 10, 64)
+	n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+	n = min(max(n, 0), 64<<20)
+	g := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(g.Uint32())
+	}
+	return b
 }
