@@ -62,6 +62,9 @@ func TestSessionThroughLossyProxy(t *testing.T) {
 		if err := client.SendDatagram(ip4Packet(100, byte(i))); err != nil {
 			t.Fatal(err)
 		}
+		// Paced, so that each datagram travels in its own QUIC packet and
+		// losses hit datagrams one by one.
+		time.Sleep(time.Millisecond)
 	}
 	got := <-received
 	t.Logf("%d of %d datagrams arrived (proxy %+v)", got, datagrams, p.Stats())
