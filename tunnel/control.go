@@ -4,7 +4,8 @@ import "encoding/json"
 
 // DecodeControl decodes a control message body by its type into a pointer
 // to the message struct: *Hello, *Welcome, *Register, *Assign, *Health,
-// *TagOpen, *TagClose, *Directory or *ErrorMessage. An unknown type is an
+// *TagOpen, *TagClose, *Directory, *Offer, *Answer, *Result, *Ping, *Pong
+// or *ErrorMessage. An unknown type is an
 // *UnknownTypeError (answer it with ReplyFor); an undecodable body wraps
 // ErrMalformedMessage. Receivers switch on the result's type:
 //
@@ -32,6 +33,16 @@ func DecodeControl(typ string, raw json.RawMessage, err error) (any, error) {
 		msg = new(TagClose)
 	case MessageDirectory:
 		msg = new(Directory)
+	case MessageOffer:
+		msg = new(Offer)
+	case MessageAnswer:
+		msg = new(Answer)
+	case MessageResult:
+		msg = new(Result)
+	case MessagePing:
+		msg = new(Ping)
+	case MessagePong:
+		msg = new(Pong)
 	case MessageTypeError:
 		msg = new(ErrorMessage)
 	default:
@@ -47,6 +58,7 @@ func DecodeControl(typ string, raw json.RawMessage, err error) (any, error) {
 func MessageTypes() []string {
 	return []string{
 		MessageHello, MessageWelcome, MessageRegister, MessageAssign, MessageHealth,
-		MessageTagOpen, MessageTagClose, MessageDirectory, MessageTypeError,
+		MessageTagOpen, MessageTagClose, MessageDirectory, MessageOffer, MessageAnswer,
+		MessageResult, MessagePing, MessagePong, MessageTypeError,
 	}
 }

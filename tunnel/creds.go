@@ -215,6 +215,15 @@ func (c *Credentials) verifyClient(st *credState, cs tls.ConnectionState) *AuthE
 // present a certificate for that name chaining to the current CA; an empty
 // serverName fails every handshake. The current certificate is presented.
 func (c *Credentials) ClientConfig(serverName string, alpn ...string) *tls.Config {
+	return c.clientConfig(serverName, "", alpn)
+}
+
+// clientConfig is ClientConfig, or with identity set, a configuration for a
+// server known by its ztgate identity rather than a name (a gateway
+// reached at an address from an answer): its certificate must chain to the
+// CA, be fit for server authentication and carry exactly that identity;
+// serverName then only goes into the SNI, when it is a name.
+func (c *Credentials) clientConfig(serverName, identity string, alpn []string) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		NextProtos: append([]string(nil), alpn...),
@@ -223,6 +232,9 @@ func (c *Credentials) ClientConfig(serverName string, alpn ...string) *tls.Confi
 		// VerifyConnection verifies against the current one instead.
 		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
+			if identity != "" {
+				return c.refuse(nil, c.verifyServerIdentity(identity, cs))
+			}
 			return c.refuse(nil, c.verifyServer(serverName, cs))
 		},
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
@@ -240,6 +252,26 @@ func (c *Credentials) verifyServer(serverName string, cs tls.ConnectionState) *A
 		return &AuthError{Reason: ReasonNoCertificate}
 	}
 	return c.active.Load().trust.verifyChain(cs.PeerCertificates, c.now(), x509.ExtKeyUsageServerAuth, serverName)
+}
+
+// verifyServerIdentity checks that a server's certificates chain to the
+// current CA for server authentication and carry the ztgate identity want
+// (Identity.String()).
+func (c *Credentials) verifyServerIdentity(want string, cs tls.ConnectionState) *AuthError {
+	if len(cs.PeerCertificates) == 0 {
+		return &AuthError{Reason: ReasonNoCertificate}
+	}
+	if ae := c.active.Load().trust.verifyChain(cs.PeerCertificates, c.now(), x509.ExtKeyUsageServerAuth, ""); ae != nil {
+		return ae
+	}
+	id, err := IdentityFromCert(cs.PeerCertificates[0])
+	switch {
+	case err != nil:
+		return &AuthError{Reason: ReasonNoIdentity, Err: err}
+	case id.String() != want:
+		return &AuthError{Reason: ReasonBadCertificate, Err: fmt.Errorf("server is %s, expected %s", id, want)}
+	}
+	return nil
 }
 
 // remoteAddr returns the peer address of a handshake, if known.

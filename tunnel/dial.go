@@ -17,8 +17,13 @@ type DialConfig struct {
 	// and the CA the server must chain to. Required.
 	Credentials *Credentials
 	// ServerName is the TLS name the server's certificate must carry;
-	// default: the host part of the address.
+	// default: the host part of the address. Unused with ExpectIdentity.
 	ServerName string
+	// ExpectIdentity, when set, is the ztgate identity (Identity.String(),
+	// e.g. "ops/gateway/gw1") the server's certificate must carry instead
+	// of a name: for a gateway reached by IP on the direct path. The chain
+	// is verified against the CA all the same.
+	ExpectIdentity string
 	// ALPN lists the protocols offered, preferred first; default {ALPNV2}.
 	ALPN []string
 	// Hello is sent first on a ztna-v2 session (its Type is filled in).
@@ -51,11 +56,14 @@ func Dial(ctx context.Context, addr string, cfg DialConfig, log *slog.Logger) (*
 		}
 		serverName = host
 	}
+	if cfg.ExpectIdentity != "" && net.ParseIP(serverName) != nil {
+		serverName = "" // no SNI for an address: the identity is what counts
+	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
 	}
-	conn, err := quic.DialAddr(ctx, addr, cfg.Credentials.ClientConfig(serverName, alpn...), quicConfig(false))
+	conn, err := quic.DialAddr(ctx, addr, cfg.Credentials.clientConfig(serverName, cfg.ExpectIdentity, alpn), quicConfig(false))
 	if err != nil {
 		if ae, ok := errors.AsType[*AuthError](err); ok {
 			m.handshake(sideClient, resultRefused, ae.Reason)

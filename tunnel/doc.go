@@ -26,7 +26,10 @@
 //     the observed address; sizing.go learns the largest datagram;
 //     quicconfig.go holds the timers and limits; metrics.go the
 //     ztgate_tunnel_* collectors.
-//   - messages.go, control.go: the control messages and their decoding.
+//   - messages.go, signal.go, control.go: the control messages (signaling
+//     and liveness of the direct path in signal.go) and their decoding.
 //   - redial.go: a client that reconnects with jittered backoff.
+//   - DialConfig.ExpectIdentity: a server known by its ztgate identity
+//     rather than a name, for gateways reached by address.
 //   - tunneltest: a lossy UDP proxy for component tests.
 package tunnel

@@ -22,6 +22,9 @@ type ErrorMessage struct {
 	Code    string `json:"code"`
 	Message string `json:"message,omitempty"`
 	Ref     string `json:"ref,omitempty"` // what the error is about, e.g. a service or session
+	// SessionID names the signaling session the error ends (direct path);
+	// 0 for an error about anything else.
+	SessionID uint64 `json:"session_id,omitempty"`
 }
 
 // UnknownTypeError is returned by a control-stream dispatcher for a message

@@ -51,6 +51,23 @@ var goldenMessages = []struct {
 		`{"type":"directory","zone":"ztna.internal.","ttl":30,"pool":"10.100.0.0/24","services":[{"name":"web","vip":"10.100.0.10","ports":[{"protocol":"tcp","port":80}],"icmp":true,"healthy":true}]}`},
 	{"error", &ErrorMessage{Type: MessageTypeError, Code: CodeUnknownType, Message: "what?", Ref: "frobnicate"},
 		`{"type":"error","code":"unknown_type","message":"what?","ref":"frobnicate"}`},
+	{"offer", &Offer{Type: MessageOffer, SessionID: 1<<53 - 1, Service: "web",
+		Candidates: []netip.AddrPort{netip.MustParseAddrPort("203.0.113.5:54321"), netip.MustParseAddrPort("[2001:db8::1]:0")},
+		Agent:      "acme/agent/laptop"},
+		`{"type":"offer","session_id":9007199254740991,"service":"web","candidates":["203.0.113.5:54321","[2001:db8::1]:0"],"agent":"acme/agent/laptop"}`},
+	{"offer full 64-bit id", &Offer{Type: MessageOffer, SessionID: 1<<64 - 1, Service: "web", Candidates: []netip.AddrPort{}},
+		`{"type":"offer","session_id":18446744073709551615,"service":"web","candidates":[]}`},
+	{"answer", &Answer{Type: MessageAnswer, SessionID: 7, Service: "web",
+		Candidates: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:4434")}, Gateway: "ops/gateway/gw1"},
+		`{"type":"answer","session_id":7,"service":"web","candidates":["192.0.2.1:4434"],"gateway":"ops/gateway/gw1"}`},
+	{"result", &Result{Type: MessageResult, SessionID: 7, Success: true, Address: netip.MustParseAddrPort("192.0.2.1:4434")},
+		`{"type":"result","session_id":7,"success":true,"address":"192.0.2.1:4434"}`},
+	{"result failed", &Result{Type: MessageResult, SessionID: 7},
+		`{"type":"result","session_id":7,"success":false}`},
+	{"ping", &Ping{Type: MessagePing, Seq: 3}, `{"type":"ping","seq":3}`},
+	{"pong", &Pong{Type: MessagePong, Seq: 3}, `{"type":"pong","seq":3}`},
+	{"signaling error", &ErrorMessage{Type: MessageTypeError, Code: CodeBusy, Message: "16 sessions", SessionID: 9},
+		`{"type":"error","code":"busy","message":"16 sessions","session_id":9}`},
 }
 
 func TestControlMessagesGolden(t *testing.T) {
@@ -90,6 +107,9 @@ func TestDecodeControlErrors(t *testing.T) {
 		{"bad address", MessageHello, `{"type":"hello","inner_addr":"300.1.1.1"}`, ErrMalformedMessage},
 		{"bad prefix", MessageAssign, `{"type":"assign","pool":"10.0.0.0/99"}`, ErrMalformedMessage},
 		{"tag too large", MessageTagOpen, `{"type":"tag_open","tag":4294967296}`, ErrMalformedMessage},
+		{"session id too large", MessageOffer, `{"type":"offer","session_id":18446744073709551616}`, ErrMalformedMessage},
+		{"negative session id", MessageResult, `{"type":"result","session_id":-1}`, ErrMalformedMessage},
+		{"bad candidate", MessageAnswer, `{"type":"answer","candidates":["192.0.2.1"]}`, ErrMalformedMessage},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

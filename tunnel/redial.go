@@ -108,3 +108,19 @@ func (b *backoff) next() time.Duration {
 
 // reset starts again from RedialMin.
 func (b *backoff) reset() { b.attempts = 0 }
+
+// Backoff is the Redialer's jittered exponential wait, from RedialMin to
+// RedialMax, for other retries (the agent's direct-path attempts). The zero
+// value is ready to use; it is not safe for concurrent use.
+type Backoff struct{ b backoff }
+
+// Next returns the next wait and doubles the one after it.
+func (b *Backoff) Next() time.Duration {
+	if b.b.rand == nil {
+		b.b.rand = rand.Float64
+	}
+	return b.b.next()
+}
+
+// Reset starts again from RedialMin.
+func (b *Backoff) Reset() { b.b.reset() }

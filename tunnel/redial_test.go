@@ -195,3 +195,22 @@ func TestRedialerStopsWhileConnected(t *testing.T) {
 		t.Fatal("Run left the session open")
 	}
 }
+
+func TestBackoffExported(t *testing.T) {
+	var b Backoff
+	prev := time.Duration(0)
+	for i := range 8 {
+		d := b.Next()
+		if d < RedialMin || d > RedialMax {
+			t.Fatalf("wait %d is %v", i, d)
+		}
+		if i < 4 && d < prev { // doubling outgrows the ±20 % jitter
+			t.Fatalf("wait %d (%v) shorter than wait %d (%v)", i, d, i-1, prev)
+		}
+		prev = d
+	}
+	b.Reset()
+	if d := b.Next(); d > RedialMin*12/10 {
+		t.Errorf("after Reset: %v", d)
+	}
+}
