@@ -1,0 +1,29 @@
+package netstack
+
+// Stats counts the packets gVisor itself dropped or refused, after the
+// link's own checks (DropReason): hostile or broken traffic that parsed as
+// IP but not as anything the stack takes, and SYNs beyond the handshake
+// bound. Every field only grows.
+type Stats struct {
+	IPMalformed          uint64 // IP headers gVisor rejected (checksum, lengths, options)
+	IPMalformedFragments uint64 // fragments that cannot be reassembled (overlaps, sizes)
+	IPInvalidSource      uint64 // sources no host sends from (multicast, broadcast)
+	TransportMalformed   uint64 // TCP, UDP and ICMP headers with bad lengths or checksums
+	TCPHandshakeLimit    uint64 // SYNs dropped because MaxInflightHandshakes handshakes were in progress
+	TCPFailedHandshakes  uint64 // accepted SYNs whose client never completed the handshake
+}
+
+// Stats returns the stack's drop counters.
+func (ns *Stack) Stats() Stats {
+	s := ns.s.Stats()
+	return Stats{
+		IPMalformed:          s.IP.MalformedPacketsReceived.Value(),
+		IPMalformedFragments: s.IP.MalformedFragmentsReceived.Value(),
+		IPInvalidSource:      s.IP.InvalidSourceAddressesReceived.Value(),
+		TransportMalformed: s.NICs.MalformedL4RcvdPackets.Value() +
+			s.TCP.InvalidSegmentsReceived.Value() + s.TCP.ChecksumErrors.Value() +
+			s.UDP.MalformedPacketsReceived.Value() + s.UDP.ChecksumErrors.Value(),
+		TCPHandshakeLimit:   s.TCP.ForwardMaxInFlightDrop.Value(),
+		TCPFailedHandshakes: s.TCP.FailedConnectionAttempts.Value(),
+	}
+}
