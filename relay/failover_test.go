@@ -41,7 +41,7 @@ func arrival(t *testing.T, gws map[string]*client, text string) string {
 // packetText is the payload of a UDP packet, or the source port of a TCP
 // segment (the tests mark TCP segments by port).
 func packetText(p []byte) string {
-	if len(p) > 9 && p[9] == protoTCP {
+	if len(p) > 9 && p[9] == tunnel.ProtoTCP {
 		return fmt.Sprintf("tcp:%d", uint16(p[20])<<8|uint16(p[21]))
 	}
 	return payload(p)

@@ -1,110 +1,39 @@
 package relay
 
 import (
-	"encoding/binary"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ztgate/ztgate/tunnel"
 )
 
 // The flow table of an agent session remembers which tag each of its flows
 // uses, so that a gateway is chosen for new flows only: existing flows stay
 // on their gateway when another one joins, is drained or reports the
 // service down. Entries expire after idle; the table is bounded and counts
-// what it evicts.
+// what it evicts (tunnel.FlowTable).
 const (
 	flowTCPIdle     = time.Hour        // as the gateway's default tcp_idle
 	flowClosingIdle = 30 * time.Second // TCP after a FIN or RST from the agent
 	flowUDPIdle     = 2 * time.Minute  // as the gateway's default udp_idle
 	flowOtherIdle   = 30 * time.Second // ICMP and other protocols
-	flowSweepEvery  = 5 * time.Second  // how often expired entries are removed
 	maxAgentFlows   = 8192             // entries per agent session
-	evictSample     = 8                // entries looked at to evict the stalest when full
-	fullSweepEvery  = time.Second      // how often a full table looks for expired entries
 )
 
-// IP protocol numbers the table tells apart.
-const (
-	protoICMP = 1
-	protoTCP  = 6
-	protoUDP  = 17
-)
-
-// flowKey is an IPv4 5-tuple; for ICMP echo the identifier stands in for
-// the source port. Comparable and fixed-size: map lookups allocate nothing.
-type flowKey struct {
-	src, dst     [4]byte
-	sport, dport uint16
-	proto        uint8
-}
-
-// flowPacket is what the relay reads of an agent's packet for the table.
-type flowPacket struct {
-	key   flowKey
-	syn   bool // TCP SYN without ACK: a connection attempt
-	close bool // TCP FIN or RST
-}
-
-// parseFlow reads the flow of an IPv4 packet that is not a fragment and
-// whose transport header is whole; ok is false for anything else (IPv6,
-// fragments, truncated packets), which the relay routes by service only.
-func parseFlow(p []byte) (fp flowPacket, ok bool) {
-	if len(p) < ipv4Header || p[0]>>4 != 4 {
-		return fp, false
+// flowIdle is how long a flow lives without packets.
+func flowIdle(f tunnel.Flow) time.Duration {
+	switch {
+	case f.Closing:
+		return flowClosingIdle
+	case f.Key.Proto == tunnel.ProtoTCP:
+		return flowTCPIdle
+	case f.Key.Proto == tunnel.ProtoUDP:
+		return flowUDPIdle
 	}
-	ihl := int(p[0]&0x0f) * 4
-	if ihl < ipv4Header || binary.BigEndian.Uint16(p[6:8])&0x3fff != 0 { // MF or an offset
-		return fp, false
-	}
-	fp.key.proto = p[9]
-	fp.key.src, fp.key.dst = [4]byte(p[12:16]), [4]byte(p[16:20])
-	l4 := p[min(ihl, len(p)):]
-	switch fp.key.proto {
-	case protoTCP:
-		if len(l4) < 14 {
-			return fp, false
-		}
-		fp.key.sport, fp.key.dport = binary.BigEndian.Uint16(l4), binary.BigEndian.Uint16(l4[2:])
-		flags := l4[13]
-		fp.syn = flags&0x12 == 0x02 // SYN, not ACK
-		fp.close = flags&0x05 != 0  // FIN or RST
-	case protoUDP:
-		if len(l4) < 4 {
-			return fp, false
-		}
-		fp.key.sport, fp.key.dport = binary.BigEndian.Uint16(l4), binary.BigEndian.Uint16(l4[2:])
-	case protoICMP:
-		if len(l4) < 8 {
-			return fp, false
-		}
-		if l4[0] == 8 || l4[0] == 0 { // echo request or reply: one flow per identifier
-			fp.key.sport = binary.BigEndian.Uint16(l4[4:])
-		}
-	}
-	return fp, true
+	return flowOtherIdle
 }
-
-// idleFor is how long an entry of proto lives without packets.
-func idleFor(proto uint8) int64 {
-	switch proto {
-	case protoTCP:
-		return int64(flowTCPIdle)
-	case protoUDP:
-		return int64(flowUDPIdle)
-	}
-	return int64(flowOtherIdle)
-}
-
-// flowEntry is one flow: its tag and when it expires.
-type flowEntry struct {
-	tag  *tag
-	last int64 // UnixNano of the last packet
-	idle int64 // nanoseconds without packets before it expires
-}
-
-// expired reports whether the entry outlived its idle timeout at now.
-func (e flowEntry) expired(now int64) bool { return now-e.last > e.idle }
 
 // flowVerdict is what the table says about a packet.
 type flowVerdict uint8
@@ -116,7 +45,7 @@ const (
 	flowLost                      // a TCP segment of a flow whose gateway is gone: drop it
 )
 
-// flowStats are the table's collectors, shared by every agent session.
+// flowStats are the tables' collectors, shared by every agent session.
 type flowStats struct {
 	live      prometheus.Gauge
 	idleEvict prometheus.Counter
@@ -125,17 +54,25 @@ type flowStats struct {
 
 // flowTable is an agent session's flows. The datagram goroutine looks up
 // and inserts; the relay's janitor sweeps; hence the mutex, which nobody
-// else contends.
+// else contends. Each entry counts towards its gateway's flows, which the
+// gateway choice balances.
 type flowTable struct {
-	mu        sync.Mutex
-	m         map[flowKey]flowEntry // guarded by mu
-	lastSweep int64                 // guarded by mu
-	max       int
-	stats     *flowStats
+	mu   sync.Mutex
+	t    *tunnel.FlowTable[*tag] // guarded by mu
+	live prometheus.Gauge
 }
 
 func newFlowTable(max int, stats *flowStats) *flowTable {
-	return &flowTable{m: make(map[flowKey]flowEntry), max: max, stats: stats}
+	return &flowTable{live: stats.live, t: tunnel.NewFlowTable(max, func(t *tag, why tunnel.FlowRemoval) {
+		t.gw.flows.Add(-1)
+		stats.live.Dec()
+		switch why {
+		case tunnel.FlowExpired:
+			stats.idleEvict.Inc()
+		case tunnel.FlowEvicted:
+			stats.fullEvict.Inc()
+		}
+	})}
 }
 
 // lookup classifies a packet of the agent for service and refreshes the
@@ -143,120 +80,63 @@ func newFlowTable(max int, stats *flowStats) *flowTable {
 // as a hint (a retransmitted SYN stays where it went while that gateway
 // still qualifies); a UDP or ICMP flow whose gateway is gone is new again;
 // a TCP flow whose gateway is gone is lost.
-func (ft *flowTable) lookup(fp flowPacket, service []byte, now int64) (*tag, flowVerdict) {
+func (ft *flowTable) lookup(f tunnel.Flow, service []byte, now int64) (*tag, flowVerdict) {
 	ft.mu.Lock()
-	defer ft.mu.Unlock()
-	e, ok := ft.m[fp.key]
-	if ok && (e.tag.service != string(service) || e.expired(now)) {
-		ok = false // the VIP changed hands, or the entry awaits its sweep
+	t, ok := ft.t.Lookup(f.Key, now, closingIdle(f))
+	ft.mu.Unlock()
+	if ok && t.service != string(service) {
+		ok = false // the VIP changed hands
 	}
-	tcp := fp.key.proto == protoTCP
+	tcp := f.Key.Proto == tunnel.ProtoTCP
 	switch {
-	case ok && fp.syn:
-		return e.tag, flowNew
-	case !ok && tcp && !fp.syn:
+	case ok && f.Start:
+		return t, flowNew
+	case !ok && tcp && !f.Start:
 		return nil, flowOrphan
 	case !ok:
 		return nil, flowNew
-	case e.tag.dead.Load() && tcp:
+	case t.dead.Load() && tcp:
 		return nil, flowLost
-	case e.tag.dead.Load():
+	case t.dead.Load():
 		return nil, flowNew
 	}
-	e.last = now
-	if fp.close {
-		e.idle = int64(flowClosingIdle)
-	}
-	ft.m[fp.key] = e
-	return e.tag, flowKnown
+	return t, flowKnown
 }
 
-// insert records the tag of a flow, replacing an older entry. A full table
-// first drops what expired (at most every fullSweepEvery), then evicts the
-// stalest of a few entries.
-func (ft *flowTable) insert(fp flowPacket, t *tag, now int64) {
-	ft.mu.Lock()
-	defer ft.mu.Unlock()
-	old, replacing := ft.m[fp.key]
-	if replacing {
-		ft.forgetLocked(old)
-	} else if len(ft.m) >= ft.max {
-		if now-ft.lastSweep >= int64(fullSweepEvery) { // a sweep is O(n): not for every new flow
-			ft.sweepLocked(now)
-		}
-		if len(ft.m) >= ft.max {
-			ft.evictLocked()
-		}
+// closingIdle is the timeout a FIN or RST sets; 0 keeps the entry's.
+func closingIdle(f tunnel.Flow) time.Duration {
+	if f.Closing {
+		return flowClosingIdle
 	}
-	idle := idleFor(fp.key.proto)
-	if fp.close {
-		idle = int64(flowClosingIdle)
-	}
-	ft.m[fp.key] = flowEntry{tag: t, last: now, idle: idle}
+	return 0
+}
+
+// insert records the tag of a flow, replacing an older entry.
+func (ft *flowTable) insert(f tunnel.Flow, t *tag, now int64) {
 	t.gw.flows.Add(1)
-	ft.stats.live.Inc()
+	ft.live.Inc()
+	ft.mu.Lock()
+	ft.t.Put(f.Key, t, now, flowIdle(f))
+	ft.mu.Unlock()
 }
 
-// sweep removes expired entries if the last sweep is flowSweepEvery old.
+// sweep removes expired entries (at most every few seconds).
 func (ft *flowTable) sweep(now int64) {
 	ft.mu.Lock()
-	defer ft.mu.Unlock()
-	if now-ft.lastSweep >= int64(flowSweepEvery) {
-		ft.sweepLocked(now)
-	}
-}
-
-// sweepLocked removes every expired entry.
-func (ft *flowTable) sweepLocked(now int64) {
-	ft.lastSweep = now
-	for k, e := range ft.m {
-		if e.expired(now) {
-			delete(ft.m, k)
-			ft.forgetLocked(e)
-			ft.stats.idleEvict.Inc()
-		}
-	}
-}
-
-// evictLocked removes the stalest of evictSample entries (map order is
-// random enough to sample).
-func (ft *flowTable) evictLocked() {
-	var victim flowKey
-	oldest, n := int64(0), 0
-	for k, e := range ft.m {
-		if n == 0 || e.last < oldest {
-			victim, oldest = k, e.last
-		}
-		if n++; n == evictSample {
-			break
-		}
-	}
-	if n > 0 {
-		ft.forgetLocked(ft.m[victim])
-		delete(ft.m, victim)
-		ft.stats.fullEvict.Inc()
-	}
-}
-
-// forgetLocked undoes an entry's share of the counts.
-func (ft *flowTable) forgetLocked(e flowEntry) {
-	e.tag.gw.flows.Add(-1)
-	ft.stats.live.Dec()
+	ft.t.Sweep(now)
+	ft.mu.Unlock()
 }
 
 // clear removes every entry: the agent session ended.
 func (ft *flowTable) clear() {
 	ft.mu.Lock()
-	defer ft.mu.Unlock()
-	for k, e := range ft.m {
-		delete(ft.m, k)
-		ft.forgetLocked(e)
-	}
+	ft.t.Clear()
+	ft.mu.Unlock()
 }
 
 // len returns the number of entries.
 func (ft *flowTable) len() int {
 	ft.mu.Lock()
 	defer ft.mu.Unlock()
-	return len(ft.m)
+	return ft.t.Len()
 }

@@ -8,6 +8,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ztgate/ztgate/tunnel"
 )
 
 // tcpPacket builds an IPv4/TCP segment with flags.
@@ -15,7 +17,7 @@ func tcpPacket(src, dst netip.AddrPort, flags byte) []byte {
 	p := make([]byte, 40)
 	p[0] = 0x45
 	binary.BigEndian.PutUint16(p[2:], 40)
-	p[8], p[9] = 64, protoTCP
+	p[8], p[9] = 64, tunnel.ProtoTCP
 	s, d := src.Addr().As4(), dst.Addr().As4()
 	copy(p[12:16], s[:])
 	copy(p[16:20], d[:])
@@ -26,80 +28,17 @@ func tcpPacket(src, dst netip.AddrPort, flags byte) []byte {
 	return p
 }
 
-// icmpEcho builds an IPv4 ICMP echo request with an identifier.
-func icmpEcho(src, dst netip.Addr, id uint16) []byte {
-	p := make([]byte, 28)
-	p[0] = 0x45
-	binary.BigEndian.PutUint16(p[2:], 28)
-	p[8], p[9] = 64, protoICMP
-	s, d := src.As4(), dst.As4()
-	copy(p[12:16], s[:])
-	copy(p[16:20], d[:])
-	p[20] = 8
-	binary.BigEndian.PutUint16(p[24:], id)
-	return p
-}
-
+// TCP flags of the test segments.
 const (
-	tcpSYN    = 0x02
-	tcpSYNACK = 0x12
-	tcpACK    = 0x10
-	tcpFIN    = 0x11
-	tcpRST    = 0x04
+	tcpSYN = 0x02
+	tcpACK = 0x10
+	tcpFIN = 0x11
 )
 
 var (
 	cli = netip.MustParseAddrPort("100.64.0.1:40000")
 	vip = netip.MustParseAddrPort("10.100.0.2:80")
 )
-
-func TestParseFlow(t *testing.T) {
-	fragment := udpPacket(cli, vip, "x")
-	binary.BigEndian.PutUint16(fragment[6:], 0x2000) // MF
-	later := udpPacket(cli, vip, "x")
-	binary.BigEndian.PutUint16(later[6:], 0x0010) // offset 128
-	dontFragment := udpPacket(cli, vip, "x")
-	binary.BigEndian.PutUint16(dontFragment[6:], 0x4000) // DF is fine
-	v6 := make([]byte, 60)
-	v6[0] = 0x60
-	tests := []struct {
-		name       string
-		packet     []byte
-		ok         bool
-		proto      uint8
-		sport      uint16
-		syn, close bool
-	}{
-		{"udp", udpPacket(cli, vip, "x"), true, protoUDP, 40000, false, false},
-		{"udp with DF", dontFragment, true, protoUDP, 40000, false, false},
-		{"tcp syn", tcpPacket(cli, vip, tcpSYN), true, protoTCP, 40000, true, false},
-		{"tcp syn-ack is no start", tcpPacket(cli, vip, tcpSYNACK), true, protoTCP, 40000, false, false},
-		{"tcp ack", tcpPacket(cli, vip, tcpACK), true, protoTCP, 40000, false, false},
-		{"tcp fin", tcpPacket(cli, vip, tcpFIN), true, protoTCP, 40000, false, true},
-		{"tcp rst", tcpPacket(cli, vip, tcpRST), true, protoTCP, 40000, false, true},
-		{"icmp echo: id as port", icmpEcho(cli.Addr(), vip.Addr(), 77), true, protoICMP, 77, false, false},
-		{"first fragment", fragment, false, 0, 0, false, false},
-		{"later fragment", later, false, 0, 0, false, false},
-		{"ipv6", v6, false, 0, 0, false, false},
-		{"truncated tcp", tcpPacket(cli, vip, tcpSYN)[:30], false, 0, 0, false, false},
-		{"truncated ip", udpPacket(cli, vip, "x")[:19], false, 0, 0, false, false},
-		{"header length beyond the packet", append([]byte{0x4f}, udpPacket(cli, vip, "")[1:]...), false, 0, 0, false, false},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			fp, ok := parseFlow(tc.packet)
-			if ok != tc.ok {
-				t.Fatalf("ok %v", ok)
-			}
-			if !ok {
-				return
-			}
-			if fp.key.proto != tc.proto || fp.key.sport != tc.sport || fp.syn != tc.syn || fp.close != tc.close {
-				t.Errorf("got %+v", fp)
-			}
-		})
-	}
-}
 
 // testFlowStats returns unregistered collectors.
 func testFlowStats() *flowStats {
@@ -110,9 +49,9 @@ func testFlowStats() *flowStats {
 	}
 }
 
-func mustFlow(t testing.TB, p []byte) flowPacket {
+func mustFlow(t testing.TB, p []byte) tunnel.Flow {
 	t.Helper()
-	fp, ok := parseFlow(p)
+	fp, ok := tunnel.ParseFlow(p)
 	if !ok {
 		t.Fatal("no flow")
 	}
@@ -208,9 +147,9 @@ func TestFlowTableVerdicts(t *testing.T) {
 	}
 }
 
-// TestFlowTableBounds checks the counts the gateways are chosen by, the
-// sweep of expired entries and the counted eviction of a full table.
-func TestFlowTableBounds(t *testing.T) {
+// TestFlowTableCounts checks the counts the gateways are chosen by and the
+// metrics of the relay's use of tunnel.FlowTable.
+func TestFlowTableCounts(t *testing.T) {
 	g := &gateway{name: "g1"}
 	tg := &tag{id: 1, service: "web", gw: g}
 	stats := testFlowStats()
@@ -223,7 +162,7 @@ func TestFlowTableBounds(t *testing.T) {
 	if g.flows.Load() != max || testutil.ToFloat64(stats.live) != max {
 		t.Fatalf("gateway counts %d flows, gauge %v", g.flows.Load(), testutil.ToFloat64(stats.live))
 	}
-	// Full: the next new flow evicts one entry (the stalest of a sample).
+	// Full: the next new flow evicts one entry.
 	ft.insert(mustFlow(t, udpPacket(netip.AddrPortFrom(cli.Addr(), 2000), vip, "")), tg, 10*sec)
 	if ft.len() != max || testutil.ToFloat64(stats.fullEvict) != 1 || g.flows.Load() != max {
 		t.Fatalf("after an insert into a full table: %d entries, %v evicted, %d counted",
@@ -231,10 +170,10 @@ func TestFlowTableBounds(t *testing.T) {
 	}
 	// Replacing an entry does not count twice.
 	ft.insert(mustFlow(t, udpPacket(netip.AddrPortFrom(cli.Addr(), 2000), vip, "")), tg, 11*sec)
-	if ft.len() != max || g.flows.Load() != max {
+	if ft.len() != max || g.flows.Load() != max || testutil.ToFloat64(stats.live) != max {
 		t.Fatalf("after a replacement: %d entries, %d counted", ft.len(), g.flows.Load())
 	}
-	// Everything but the last two expires; a sweep removes it.
+	// Everything but the last one expires; a sweep removes it.
 	ft.sweep(11*sec + int64(flowUDPIdle) - 1)
 	if ft.len() != 1 || testutil.ToFloat64(stats.idleEvict) != max-1 || g.flows.Load() != 1 {
 		t.Fatalf("after the sweep: %d entries, %v idle evictions, %d counted", ft.len(), testutil.ToFloat64(stats.idleEvict), g.flows.Load())
@@ -260,7 +199,7 @@ func BenchmarkFlowLookup(b *testing.B) {
 	now := int64(0)
 	for b.Loop() {
 		now++
-		fp, _ := parseFlow(pkt)
+		fp, _ := tunnel.ParseFlow(pkt)
 		if _, v := ft.lookup(fp, service, now); v != flowKnown {
 			b.Fatal("not known")
 		}

@@ -68,7 +68,7 @@ func (r *Relay) routeToGateway(a *agent, service, packet []byte) {
 // tag dies with its gateway, or when its gateway stops serving the
 // service.
 func (r *Relay) flowTag(a *agent, service, packet []byte, inner netip.Addr) (*tag, dropReason) {
-	fp, ok := parseFlow(packet)
+	fp, ok := tunnel.ParseFlow(packet)
 	if !ok {
 		return r.currentTag(a, service, inner)
 	}
