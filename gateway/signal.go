@@ -36,13 +36,13 @@ func (g *Gateway) directCandidates(observed netip.AddrPort) []netip.AddrPort {
 	if host.IsValid() && !host.IsUnspecified() {
 		add(host)
 	} else {
-		for _, a := range interfaceAddrs() {
+		for _, a := range tunnel.HostAddrs() {
 			if !host.IsValid() || host.Is6() || a.Is4() { // 0.0.0.0 listens on IPv4 only
 				add(a)
 			}
 		}
 	}
-	if dialable(observed.Addr()) {
+	if tunnel.Dialable(observed.Addr()) {
 		add(observed.Addr())
 	}
 	return out
@@ -61,26 +61,6 @@ func (g *Gateway) listenAddr() (host netip.Addr, port uint16, ok bool) {
 	}
 	host, _ = netip.ParseAddr(h)
 	return host, uint16(n), true
-}
-
-// interfaceAddrs lists the host's unicast addresses an agent could dial.
-func interfaceAddrs() []netip.Addr {
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return nil
-	}
-	var out []netip.Addr
-	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil && dialable(p.Addr()) {
-			out = append(out, p.Addr().Unmap())
-		}
-	}
-	return out
-}
-
-// dialable reports whether an agent elsewhere could reach a.
-func dialable(a netip.Addr) bool {
-	return a.IsValid() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !a.IsMulticast() && !a.IsUnspecified()
 }
 
 // answerOffer answers an offer the relay forwarded: the candidates, or an

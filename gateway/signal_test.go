@@ -6,11 +6,12 @@ import (
 	"testing"
 
 	"github.com/ztgate/ztgate/conf"
+	"github.com/ztgate/ztgate/tunnel"
 )
 
 func TestDirectCandidates(t *testing.T) {
 	observed := netip.MustParseAddrPort("198.51.100.7:61000")
-	ifaces := interfaceAddrs()
+	ifaces := tunnel.HostAddrs()
 	var v4 []netip.AddrPort
 	for _, a := range ifaces {
 		if a.Is4() {
@@ -48,7 +49,7 @@ func TestDirectCandidates(t *testing.T) {
 				t.Errorf("got %v, want %v", got, want)
 			}
 			for _, c := range got {
-				if !dialable(c.Addr()) || c.Port() == 0 {
+				if !tunnel.Dialable(c.Addr()) || c.Port() == 0 {
 					t.Errorf("candidate %v", c)
 				}
 			}

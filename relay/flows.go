@@ -2,7 +2,6 @@ package relay
 
 import (
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -12,28 +11,11 @@ import (
 // The flow table of an agent session remembers which tag each of its flows
 // uses, so that a gateway is chosen for new flows only: existing flows stay
 // on their gateway when another one joins, is drained or reports the
-// service down. Entries expire after idle; the table is bounded and counts
-// what it evicts (tunnel.FlowTable).
-const (
-	flowTCPIdle     = time.Hour        // as the gateway's default tcp_idle
-	flowClosingIdle = 30 * time.Second // TCP after a FIN or RST from the agent
-	flowUDPIdle     = 2 * time.Minute  // as the gateway's default udp_idle
-	flowOtherIdle   = 30 * time.Second // ICMP and other protocols
-	maxAgentFlows   = 8192             // entries per agent session
-)
+// service down. Entries expire after idle (tunnel.Flow.Idle); the table is
+// bounded and counts what it evicts (tunnel.FlowTable).
 
-// flowIdle is how long a flow lives without packets.
-func flowIdle(f tunnel.Flow) time.Duration {
-	switch {
-	case f.Closing:
-		return flowClosingIdle
-	case f.Key.Proto == tunnel.ProtoTCP:
-		return flowTCPIdle
-	case f.Key.Proto == tunnel.ProtoUDP:
-		return flowUDPIdle
-	}
-	return flowOtherIdle
-}
+// maxAgentFlows bounds the entries of an agent session's table.
+const maxAgentFlows = 8192
 
 // flowVerdict is what the table says about a packet.
 type flowVerdict uint8
@@ -82,7 +64,7 @@ func newFlowTable(max int, stats *flowStats) *flowTable {
 // a TCP flow whose gateway is gone is lost.
 func (ft *flowTable) lookup(f tunnel.Flow, service []byte, now int64) (*tag, flowVerdict) {
 	ft.mu.Lock()
-	t, ok := ft.t.Lookup(f.Key, now, closingIdle(f))
+	t, ok := ft.t.Lookup(f.Key, now, f.Refresh())
 	ft.mu.Unlock()
 	if ok && t.service != string(service) {
 		ok = false // the VIP changed hands
@@ -103,20 +85,12 @@ func (ft *flowTable) lookup(f tunnel.Flow, service []byte, now int64) (*tag, flo
 	return t, flowKnown
 }
 
-// closingIdle is the timeout a FIN or RST sets; 0 keeps the entry's.
-func closingIdle(f tunnel.Flow) time.Duration {
-	if f.Closing {
-		return flowClosingIdle
-	}
-	return 0
-}
-
 // insert records the tag of a flow, replacing an older entry.
 func (ft *flowTable) insert(f tunnel.Flow, t *tag, now int64) {
 	t.gw.flows.Add(1)
 	ft.live.Inc()
 	ft.mu.Lock()
-	ft.t.Put(f.Key, t, now, flowIdle(f))
+	ft.t.Put(f.Key, t, now, f.Idle())
 	ft.mu.Unlock()
 }
 

@@ -101,12 +101,12 @@ func TestFlowTableVerdicts(t *testing.T) {
 		}},
 		{"tcp: idle expiry", []step{
 			{packet: syn, service: "web", verdict: flowNew, insert: web1},
-			{packet: ack, service: "web", at: int64(flowTCPIdle/time.Second) + 2, verdict: flowOrphan},
+			{packet: ack, service: "web", at: int64(tunnel.FlowTCPIdle/time.Second) + 2, verdict: flowOrphan},
 		}},
 		{"tcp: after fin, a short expiry", []step{
 			{packet: syn, service: "web", verdict: flowNew, insert: web1},
 			{packet: fin, service: "web", at: 1, verdict: flowKnown, tag: web1},
-			{packet: ack, service: "web", at: int64(flowClosingIdle/time.Second) + 2, verdict: flowOrphan},
+			{packet: ack, service: "web", at: int64(tunnel.FlowClosingIdle/time.Second) + 2, verdict: flowOrphan},
 		}},
 		{"udp: unseen is new, seen is known", []step{
 			{packet: udp, service: "web", verdict: flowNew, insert: web2},
@@ -118,7 +118,7 @@ func TestFlowTableVerdicts(t *testing.T) {
 		}},
 		{"udp: idle expiry", []step{
 			{packet: udp, service: "web", verdict: flowNew, insert: web2},
-			{packet: udp, service: "web", at: int64(flowUDPIdle/time.Second) + 1, verdict: flowNew},
+			{packet: udp, service: "web", at: int64(tunnel.FlowUDPIdle/time.Second) + 1, verdict: flowNew},
 		}},
 		{"a VIP that changed service is a new flow", []step{
 			{packet: udp, service: "web", verdict: flowNew, insert: web2},
@@ -174,7 +174,7 @@ func TestFlowTableCounts(t *testing.T) {
 		t.Fatalf("after a replacement: %d entries, %d counted", ft.len(), g.flows.Load())
 	}
 	// Everything but the last one expires; a sweep removes it.
-	ft.sweep(11*sec + int64(flowUDPIdle) - 1)
+	ft.sweep(11*sec + int64(tunnel.FlowUDPIdle) - 1)
 	if ft.len() != 1 || testutil.ToFloat64(stats.idleEvict) != max-1 || g.flows.Load() != 1 {
 		t.Fatalf("after the sweep: %d entries, %v idle evictions, %d counted", ft.len(), testutil.ToFloat64(stats.idleEvict), g.flows.Load())
 	}

@@ -17,6 +17,38 @@ const (
 	ProtoUDP  = 17
 )
 
+// Idle timeouts of the flows in the relay's and the agent's tables: the
+// gateway's defaults, so that an entry outlives the gateway's flow by
+// little (TCP after a FIN or RST: long enough for the close to finish).
+const (
+	FlowTCPIdle     = time.Hour
+	FlowClosingIdle = 30 * time.Second
+	FlowUDPIdle     = 2 * time.Minute
+	FlowOtherIdle   = 30 * time.Second // ICMP and other protocols
+)
+
+// Idle returns how long the flow's entry lives without packets.
+func (f Flow) Idle() time.Duration {
+	switch {
+	case f.Closing:
+		return FlowClosingIdle
+	case f.Key.Proto == ProtoTCP:
+		return FlowTCPIdle
+	case f.Key.Proto == ProtoUDP:
+		return FlowUDPIdle
+	}
+	return FlowOtherIdle
+}
+
+// Refresh returns the idle timeout a packet of a known flow sets (for
+// FlowTable.Lookup): FlowClosingIdle after a FIN or RST, else 0 (unchanged).
+func (f Flow) Refresh() time.Duration {
+	if f.Closing {
+		return FlowClosingIdle
+	}
+	return 0
+}
+
 // FlowKey is an IPv4 5-tuple; for ICMP echo the identifier stands in for
 // the source port, other ICMP messages have no ports. Comparable and fixed
 // size: map lookups allocate nothing.

@@ -239,3 +239,24 @@ func BenchmarkFlowTableLookup(b *testing.B) {
 		}
 	}
 }
+
+func TestFlowIdle(t *testing.T) {
+	tests := []struct {
+		name          string
+		packet        []byte
+		idle, refresh time.Duration
+	}{
+		{"tcp", tcpSegment(flowSrc, flowDst, 0x10), FlowTCPIdle, 0},
+		{"tcp fin", tcpSegment(flowSrc, flowDst, 0x11), FlowClosingIdle, FlowClosingIdle},
+		{"udp", udpDatagram(flowSrc, flowDst), FlowUDPIdle, 0},
+		{"icmp", icmpMessage(flowSrc.Addr(), flowDst.Addr(), 8, 1), FlowOtherIdle, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f, _ := ParseFlow(tc.packet)
+			if f.Idle() != tc.idle || f.Refresh() != tc.refresh {
+				t.Errorf("idle %v refresh %v", f.Idle(), f.Refresh())
+			}
+		})
+	}
+}
