@@ -1,9 +1,9 @@
 package relay
 
 import (
-	"crypto/rand"
-	"encoding/binary"
 	"time"
+
+	"github.com/ztgate/ztgate/tunnel"
 )
 
 // Limits of the signaling of the direct path (docs/direct-path.md).
@@ -115,18 +115,11 @@ type signaling struct {
 // newSignaling returns an empty state machine with the production limits.
 func newSignaling() *signaling {
 	return &signaling{
-		ttl: signalTTL, agentCap: agentSignalCap, gatewayCap: gatewaySignalCap, newID: randomID,
+		ttl: signalTTL, agentCap: agentSignalCap, gatewayCap: gatewaySignalCap, newID: tunnel.RandomID,
 		byAgent: make(map[agentSig]*sigSession), byLeg: make(map[uint64]*sigSession),
 		idUsers: make(map[uint64]int), perAgent: make(map[*agent]int), perGW: make(map[*gateway]int),
 		paths: make(map[agentSig]directPath),
 	}
-}
-
-// randomID draws a non-zero id below 2^53 (it travels in JSON).
-func randomID() uint64 {
-	var b [8]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
-	return binary.BigEndian.Uint64(b[:])&(1<<53-1) | 1
 }
 
 // offer binds a new session of the agent's id to the gateway the relay
