@@ -35,6 +35,9 @@ type Options struct {
 	Pinger Pinger
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
+	// HandshakeTimeout bounds how long a client may take to complete its
+	// TCP handshake (default: netstack's, 10s).
+	HandshakeTimeout time.Duration
 }
 
 // Gateway is the gateway role. Create it with New, start it with Start (or
@@ -63,6 +66,7 @@ type Gateway struct {
 	disc       *discovery
 	flows      *flowTable
 	flowCount  atomic.Int64
+	limits     *flowLimits // limits.go
 	pingerInit sync.Once
 	pinger     Pinger
 	echoTokens chan struct{} // bounds echo requests in flight
@@ -133,10 +137,12 @@ func New(cfg *conf.Gateway, opts Options, log *slog.Logger) (*Gateway, error) {
 		now:        opts.Now,
 		states:     make(map[string]*serviceState),
 		flows:      newFlowTable(),
+		limits:     newFlowLimits(),
 		echoTokens: make(chan struct{}, 256),
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.m = newMetrics(opts.Registry)
+	registerLimitMetrics(g, opts.Registry)
 	if cfg.Tunnel.Relay != "" {
 		// The relay allocates the VIPs: no local pool.
 		g.relay = &relayState{vips: make(map[string]tunnel.VIPAssignment)}
@@ -200,6 +206,7 @@ func (g *Gateway) Start() error {
 		Local:                 g.localAddrs(),
 		Handler:               g,
 		MaxInflightHandshakes: g.cfg.Limits.MaxInflightHandshake,
+		HandshakeTimeout:      g.opts.HandshakeTimeout,
 		OnDrop:                g.m.drop,
 	}, g.root.With("component", "netstack"))
 	if err != nil {
@@ -225,6 +232,7 @@ func (g *Gateway) Start() error {
 		return err
 	}
 	g.watchConfig()
+	g.warnLimits()
 	g.log.Info("gateway started", "name", g.cfg.Name, "pool", g.cfg.TUN.Pool, "services", len(g.tbl.Load().byName))
 	return nil
 }
