@@ -12,7 +12,7 @@ import (
 // notices within DefaultDeadAfter and new flows move to another gateway.
 const (
 	// DefaultPingInterval is how often the relay pings each gateway.
-	DefaultPingInterval = 500 * time.Millisecond
+	DefaultPingInterval = 250 * time.Millisecond
 	// DefaultDeadAfter is how long a gateway may stay silent (no datagram,
 	// no control message: pongs, or errors from a gateway that does not
 	// know ping) before its session is closed.
