@@ -35,15 +35,7 @@ func newDirectFixture(t *testing.T) *directFixture {
 // flow opens a new UDP flow to the web service and sends text on it.
 func (f *directFixture) flow(text string) net.Conn {
 	f.t.Helper()
-	c, err := f.dev.DialUDP(innerAddr, netip.AddrPortFrom(webVIP, 7))
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	f.t.Cleanup(func() { c.Close() })
-	if _, err := c.Write([]byte(text)); err != nil {
-		f.t.Fatal(err)
-	}
-	return c
+	return udpFlow(f.t, f.dev, netip.AddrPortFrom(webVIP, 7), text)
 }
 
 // offer returns the next offer that reaches sv within d, or nil.

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/binary"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -201,21 +202,46 @@ func next[T any](t *testing.T, sv *server) *T {
 	}
 }
 
-// routed waits for a 0x2F datagram whose UDP payload is text (or whose
-// TCP source port is, for text "tcp:<port>") and returns true; false when
-// none came within d.
-func (sv *server) routed(text string, d time.Duration) bool {
+// await reports whether a 0x2F datagram that match accepts (its service
+// and packet) reached sv within d.
+func (sv *server) await(d time.Duration, match func(service string, pkt []byte) bool) bool {
 	deadline := time.After(d)
 	for {
 		select {
 		case b := <-sv.dgs:
-			if _, pkt, err := tunnel.ParseRouted(b); err == nil && packetText(pkt) == text {
+			if svc, pkt, err := tunnel.ParseRouted(b); err == nil && match(string(svc), pkt) {
 				return true
 			}
 		case <-deadline:
 			return false
 		}
 	}
+}
+
+// routed reports whether a routed UDP packet with payload text reached sv
+// within d.
+func (sv *server) routed(text string, d time.Duration) bool {
+	return sv.await(d, func(_ string, pkt []byte) bool { return packetText(pkt) == text })
+}
+
+// quietFor reports whether no 0x2F datagram for service reached sv in d.
+func (sv *server) quietFor(service string, d time.Duration) bool {
+	return !sv.await(d, func(svc string, _ []byte) bool { return svc == service })
+}
+
+// udpFlow opens a UDP flow from the agent's client stack to dst and sends
+// text on it; the connection is closed when the test ends.
+func udpFlow(t *testing.T, dev *netstacktest.Client, dst netip.AddrPort, text string) net.Conn {
+	t.Helper()
+	c, err := dev.DialUDP(innerAddr, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Write([]byte(text)); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // packetText is a UDP packet's payload.

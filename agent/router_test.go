@@ -29,21 +29,6 @@ func dnsQuery(id uint16, name string) []byte {
 	return append(q, 0, 0, 1, 0, 1) // root, A, IN
 }
 
-// quietFor reports whether no 0x2F datagram for service reached sv in d.
-func (sv *server) quietFor(service string, d time.Duration) bool {
-	deadline := time.After(d)
-	for {
-		select {
-		case b := <-sv.dgs:
-			if svc, _, err := tunnel.ParseRouted(b); err == nil && string(svc) == service {
-				return false
-			}
-		case <-deadline:
-			return true
-		}
-	}
-}
-
 // TestDownServiceRefusedLocally checks the agent's answers to new flows to
 // a service whose gateways report no healthy backend: TCP is refused at
 // once, UDP gets an ICMP unreachable, ping no reply, nothing reaches the
@@ -90,12 +75,7 @@ func TestDownServiceRefusedLocally(t *testing.T) {
 	})
 	t.Run("udp gets port unreachable", func(t *testing.T) {
 		before := dev.Unreachables()
-		c, err := dev.DialUDP(innerAddr, netip.AddrPortFrom(webVIP, 7))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.Write([]byte("x"))
+		udpFlow(t, dev, netip.AddrPortFrom(webVIP, 7), "x")
 		waitFor(t, "ICMP unreachable", func() bool { return dev.Unreachables() > before })
 	})
 	t.Run("ping gets no reply", func(t *testing.T) {
@@ -115,12 +95,7 @@ func TestDownServiceRefusedLocally(t *testing.T) {
 	}
 
 	t.Run("a healthy service is carried both ways", func(t *testing.T) {
-		c, err := dev.DialUDP(innerAddr, netip.AddrPortFrom(upVIP, 7))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.Write([]byte("hello"))
+		c := udpFlow(t, dev, netip.AddrPortFrom(upVIP, 7), "hello")
 		if !relay.routed("hello", testTimeout) {
 			t.Fatal("nothing reached the relay")
 		}
@@ -136,12 +111,7 @@ func TestDownServiceRefusedLocally(t *testing.T) {
 	t.Run("the service comes back: carried", func(t *testing.T) {
 		relay.session().Send(directoryOf(true))
 		waitFor(t, "directory", func() bool { return a.dir.Load().byName["web"].healthy })
-		c, err := dev.DialUDP(innerAddr, netip.AddrPortFrom(webVIP, 7))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.Write([]byte("again"))
+		udpFlow(t, dev, netip.AddrPortFrom(webVIP, 7), "again")
 		if !relay.routed("again", testTimeout) {
 			t.Fatal("nothing reached the relay")
 		}

@@ -157,51 +157,55 @@ func (sg *signaling) offer(from party, id uint64, g *gateway, service string, no
 
 // answer takes the bound gateway's answer to an offered session.
 func (sg *signaling) answer(from party, leg uint64) (*sigSession, string) {
-	if from.g == nil {
-		return nil, sigWrongRole
+	s, reason := sg.inPhase(from, leg, true, sigOffered)
+	if s != nil {
+		s.phase = sigAnswered
 	}
-	s, reason := sg.ofGateway(from.g, leg)
-	switch {
-	case s == nil:
-		return nil, reason
-	case s.phase != sigOffered:
-		return nil, sigWrongState
-	}
-	s.phase = sigAnswered
-	return s, ""
+	return s, reason
 }
 
 // result takes the bound agent's result of an answered session, which
 // ends it.
 func (sg *signaling) result(from party, id uint64) (*sigSession, string) {
-	if from.a == nil {
-		return nil, sigWrongRole
+	s, reason := sg.inPhase(from, id, false, sigAnswered)
+	if s != nil {
+		sg.remove(s)
 	}
-	s, reason := sg.ofAgent(from.a, id)
-	switch {
-	case s == nil:
-		return nil, reason
-	case s.phase != sigAnswered:
-		return nil, sigWrongState
-	}
-	sg.remove(s)
-	return s, ""
+	return s, reason
 }
 
 // abort ends a session at the error of one of its two parties.
 func (sg *signaling) abort(from party, id uint64) (*sigSession, string) {
-	var s *sigSession
-	var reason string
-	if from.a != nil {
-		s, reason = sg.ofAgent(from.a, id)
-	} else {
-		s, reason = sg.ofGateway(from.g, id)
+	s, reason := sg.find(from, id)
+	if s != nil {
+		sg.remove(s)
 	}
-	if s == nil {
+	return s, reason
+}
+
+// inPhase finds the session a message of from names, checking that such a
+// message comes from a gateway (fromGateway) or an agent, and that the
+// session is in phase want.
+func (sg *signaling) inPhase(from party, id uint64, fromGateway bool, want sigPhase) (*sigSession, string) {
+	if (from.g != nil) != fromGateway {
+		return nil, sigWrongRole
+	}
+	s, reason := sg.find(from, id)
+	switch {
+	case s == nil:
 		return nil, reason
+	case s.phase != want:
+		return nil, sigWrongState
 	}
-	sg.remove(s)
 	return s, ""
+}
+
+// find returns from's session of id: by the agent's id or the leg id.
+func (sg *signaling) find(from party, id uint64) (*sigSession, string) {
+	if from.a != nil {
+		return sg.ofAgent(from.a, id)
+	}
+	return sg.ofGateway(from.g, id)
 }
 
 // ofAgent finds an agent's session by its id.
@@ -246,9 +250,25 @@ func decrement[K comparable](m map[K]int, k K) {
 
 // expire ends and returns the sessions whose time is up at now.
 func (sg *signaling) expire(now time.Time) []*sigSession {
+	return sg.removeWhere(func(s *sigSession) bool { return !now.Before(s.expires) })
+}
+
+// dropParty ends and returns the sessions of an agent or gateway session
+// that ended, and forgets its direct paths.
+func (sg *signaling) dropParty(p party) []*sigSession {
+	for k, dp := range sg.paths {
+		if p.is(dp.a, dp.g) {
+			delete(sg.paths, k)
+		}
+	}
+	return sg.removeWhere(func(s *sigSession) bool { return p.is(s.a, s.g) })
+}
+
+// removeWhere ends and returns the sessions that match.
+func (sg *signaling) removeWhere(match func(*sigSession) bool) []*sigSession {
 	var out []*sigSession
 	for _, s := range sg.byLeg {
-		if !now.Before(s.expires) {
+		if match(s) {
 			out = append(out, s)
 		}
 	}
@@ -258,24 +278,25 @@ func (sg *signaling) expire(now time.Time) []*sigSession {
 	return out
 }
 
-// dropParty ends and returns the sessions of an agent or gateway session
-// that ended, and forgets its direct paths.
-func (sg *signaling) dropParty(p party) []*sigSession {
-	var out []*sigSession
-	for _, s := range sg.byLeg {
-		if (p.a != nil && s.a == p.a) || (p.g != nil && s.g == p.g) {
-			out = append(out, s)
-		}
+// is reports whether p is a (when p is an agent) or g (a gateway).
+func (p party) is(a *agent, g *gateway) bool {
+	return (p.a != nil && p.a == a) || (p.g != nil && p.g == g)
+}
+
+// other returns the party of s that p is not.
+func (s *sigSession) other(p party) party {
+	if p.a != nil {
+		return party{g: s.g}
 	}
-	for _, s := range out {
-		sg.remove(s)
+	return party{a: s.a}
+}
+
+// idFor returns the id by which p knows s.
+func (s *sigSession) idFor(p party) uint64 {
+	if p.g != nil {
+		return s.legID
 	}
-	for k, dp := range sg.paths {
-		if (p.a != nil && dp.a == p.a) || (p.g != nil && dp.g == p.g) {
-			delete(sg.paths, k)
-		}
-	}
-	return out
+	return s.agentID
 }
 
 // addPath records the direct path of a successful session; it replaces an

@@ -116,11 +116,7 @@ func (r *Relay) onSignalError(from party, m *tunnel.ErrorMessage) {
 		return
 	}
 	r.m.sigOutcomes.WithLabelValues(outcomeAborted).Inc()
-	other := party{g: s.g}
-	if from.g != nil {
-		other = party{a: s.a}
-	}
-	r.notifySignal(s, other, m.Code, m.Message)
+	r.notifySignal(s, s.other(from), m.Code, m.Message)
 }
 
 // rejectSignal logs, counts and (for id ≠ 0) answers a rejected message.
@@ -150,31 +146,18 @@ func (r *Relay) endSignal(s *sigSession, outcome string, gone party, code, messa
 	r.updateSignalGauges()
 	r.sigMu.Unlock()
 	r.m.sigOutcomes.WithLabelValues(outcome).Inc()
-	to := party{a: s.a}
-	if gone.a != nil {
-		to = party{g: s.g}
-	}
-	r.notifySignal(s, to, code, message)
+	r.notifySignal(s, s.other(gone), code, message)
 }
 
 // notifySignal sends one party of a session an error under its own id.
 func (r *Relay) notifySignal(s *sigSession, to party, code, message string) {
-	id := s.agentID
-	if to.g != nil {
-		id = s.legID
-	}
-	_ = to.session().Send(&tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: code, Message: message, SessionID: id})
+	_ = to.session().Send(&tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: code, Message: message, SessionID: s.idFor(to)})
 }
 
 // expireSignaling ends the sessions whose time is up and tells both
 // parties.
 func (r *Relay) expireSignaling(now time.Time) {
-	r.sigMu.Lock()
-	expired := r.sig.expire(now)
-	r.updateSignalGauges()
-	r.sigMu.Unlock()
-	for _, s := range expired {
-		r.m.sigOutcomes.WithLabelValues(outcomeExpired).Inc()
+	for _, s := range r.takeSignals(outcomeExpired, func(sg *signaling) []*sigSession { return sg.expire(now) }) {
 		r.log.Info("signaling session expired", "agent", s.a.id.String(), "gateway", s.g.id.String(), "service", s.service)
 		r.notifySignal(s, party{a: s.a}, tunnel.CodeExpired, "not completed in time")
 		r.notifySignal(s, party{g: s.g}, tunnel.CodeExpired, "not completed in time")
@@ -184,18 +167,20 @@ func (r *Relay) expireSignaling(now time.Time) {
 // dropSignaling ends the sessions of a party whose session ended and tells
 // the other parties.
 func (r *Relay) dropSignaling(gone party) {
+	for _, s := range r.takeSignals(outcomePeerGone, func(sg *signaling) []*sigSession { return sg.dropParty(gone) }) {
+		r.notifySignal(s, s.other(gone), tunnel.CodePeerGone, "the other party's session ended")
+	}
+}
+
+// takeSignals ends the sessions take returns, under sigMu, and counts
+// them with outcome.
+func (r *Relay) takeSignals(outcome string, take func(*signaling) []*sigSession) []*sigSession {
 	r.sigMu.Lock()
-	ended := r.sig.dropParty(gone)
+	ended := take(r.sig)
 	r.updateSignalGauges()
 	r.sigMu.Unlock()
-	for _, s := range ended {
-		r.m.sigOutcomes.WithLabelValues(outcomePeerGone).Inc()
-		to := party{a: s.a}
-		if gone.a != nil {
-			to = party{g: s.g}
-		}
-		r.notifySignal(s, to, tunnel.CodePeerGone, "the other party's session ended")
-	}
+	r.m.sigOutcomes.WithLabelValues(outcome).Add(float64(len(ended)))
+	return ended
 }
 
 // retireDirectPaths tells the agents with a direct path through g (for
