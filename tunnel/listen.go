@@ -31,6 +31,9 @@ type ListenConfig struct {
 	// Registerer, if set, receives the ztgate_tunnel_* metrics: handshakes
 	// by result and reason, sessions, datagrams in and out, drops.
 	Registerer prometheus.Registerer
+	// MaxHandshakes bounds the QUIC handshakes in progress (default
+	// DefaultMaxHandshakes); see guard.go.
+	MaxHandshakes int
 }
 
 // Listener accepts tunnel sessions on a UDP socket. Close ends every
@@ -40,6 +43,7 @@ type Listener struct {
 	creds *Credentials
 	m     *metrics
 	udp   *net.UDPConn
+	guard *guard // bounds handshakes, counts dropped datagrams
 	tr    *quic.Transport
 	ln    *quic.Listener
 
@@ -77,6 +81,10 @@ func Listen(addr string, cfg ListenConfig, log *slog.Logger) (*Listener, error) 
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: listen %s: %w", addr, err)
 	}
+	g, err := newGuard(cfg.MaxHandshakes, cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
 	udp, err := net.ListenUDP("udp", ua)
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: listen %s: %w", addr, err)
@@ -86,12 +94,13 @@ func Listen(addr string, cfg ListenConfig, log *slog.Logger) (*Listener, error) 
 		creds:    cfg.Credentials,
 		m:        m,
 		udp:      udp,
-		tr:       &quic.Transport{Conn: udp},
+		guard:    g,
+		tr:       g.transport(udp),
 		ready:    make(chan *Session),
 		setups:   make(chan struct{}, maxPendingSetups),
 		sessions: make(map[*Session]struct{}),
 	}
-	l.ln, err = l.tr.Listen(l.serverTLS(alpn), quicConfig(true))
+	l.ln, err = l.tr.Listen(l.serverTLS(alpn), g.config(quicConfig(true)))
 	if err != nil {
 		_ = l.tr.Close()
 		_ = udp.Close()
@@ -102,8 +111,12 @@ func Listen(addr string, cfg ListenConfig, log *slog.Logger) (*Listener, error) 
 		l.log.Warn("INSECURE: tunnel listener accepts clients without a verified certificate (development only)")
 	}
 	l.log.Info("tunnel listening", "alpn", alpn)
-	l.wg.Add(1)
+	l.wg.Add(2)
 	go l.acceptLoop()
+	go func() {
+		defer l.wg.Done()
+		l.guard.countNonQUIC(l.ctx, l.tr)
+	}()
 	return l, nil
 }
 
@@ -202,6 +215,7 @@ func (l *Listener) acceptLoop() {
 // setup turns a connection into a session: identity, version, for v2 the
 // hello; then it hands the session to Accept.
 func (l *Listener) setup(conn *quic.Conn) {
+	handshakeDone(conn)
 	state := conn.ConnectionState()
 	v, ok := VersionFromALPN(state.TLS.NegotiatedProtocol)
 	if !ok {

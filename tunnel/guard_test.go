@@ -1,0 +1,202 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/quic-go/quic-go"
+)
+
+// udpDropped sums ztgate_tunnel_udp_dropped_total over its reasons.
+func (sf *sessionFixture) udpDropped() float64 {
+	return testutil.ToFloat64(sf.ln.guard.m.dropped.WithLabelValues(dropNotQUIC)) + sumOther(sf)
+}
+
+func sumOther(sf *sessionFixture) float64 {
+	mfs, err := sf.reg.Gather()
+	if err != nil {
+		sf.t.Fatal(err)
+	}
+	n := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != "ztgate_tunnel_udp_dropped_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() != dropNotQUIC {
+				n += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return n
+}
+
+// TestGarbageDatagrams sends random datagrams of every kind to a listener:
+// none breaks it, they are counted, and a real client still connects.
+func TestGarbageDatagrams(t *testing.T) {
+	sf := newSessionFixture(t, false)
+	c, err := net.Dial("udp", sf.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rng := rand.New(rand.NewPCG(1, 2))
+	cases := []struct {
+		name  string
+		first byte // the first byte's top bits; the rest is random
+		mask  byte
+	}{
+		{"not QUIC", 0x00, 0x3f},
+		{"short header", 0x40, 0x3f},
+		{"long header", 0xc0, 0x3f},
+		{"anything", 0x00, 0xff},
+	}
+	const each = 500
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := sf.udpDropped()
+			for i := range each {
+				b := make([]byte, 1+rng.IntN(1400))
+				for j := range b {
+					b[j] = byte(rng.Uint32())
+				}
+				b[0] = tc.first | b[0]&tc.mask
+				if _, err := c.Write(b); err != nil {
+					t.Fatalf("datagram %d: %v", i, err)
+				}
+				if i%50 == 0 {
+					time.Sleep(time.Millisecond) // stay within the socket's buffer
+				}
+			}
+			// Long headers with a random version are answered (version
+			// negotiation), not dropped: count only what must be.
+			want := float64(each) * 0.4
+			deadline := time.Now().Add(testTimeout)
+			for sf.udpDropped()-before < want {
+				if time.Now().After(deadline) {
+					t.Fatalf("%v of %d datagrams counted as dropped", sf.udpDropped()-before, each)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			t.Logf("%v of %d counted as dropped", sf.udpDropped()-before, each)
+		})
+	}
+	sf.connect(sf.dialConfig(sf.agentCreds()))
+}
+
+// deafConn is a client socket that sends but never receives: its QUIC
+// handshakes stay half-open at the server.
+type deafConn struct {
+	net.PacketConn
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (c *deafConn) ReadFrom([]byte) (int, net.Addr, error) {
+	<-c.closed
+	return 0, nil, net.ErrClosed
+}
+
+func (c *deafConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.PacketConn.Close()
+}
+
+// TestHalfOpenHandshakes opens 2,000 QUIC handshakes that never complete:
+// the listener holds state for at most a quarter of its bound, then asks
+// for a Retry that the deaf client never answers, so the rest cost it
+// nothing; a real client still connects, and the slots return when the
+// handshakes end.
+func TestHalfOpenHandshakes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("opens thousands of handshakes")
+	}
+	t.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true") // the deaf socket is not a *net.UDPConn
+	sf := newSessionFixture(t, false)
+	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deaf := &deafConn{PacketConn: udp, closed: make(chan struct{})}
+	tr := &quic.Transport{Conn: deaf}
+	defer tr.Close()
+	defer deaf.Close() // first: the transport waits for its reader
+	addr := sf.ln.Addr()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	const halfOpen = 2000
+	for range halfOpen {
+		wg.Go(func() {
+			tr.Dial(ctx, addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{ALPNV2}}, quicConfig(false))
+		})
+	}
+	g := sf.ln.guard
+	deadline := time.Now().Add(testTimeout)
+	for testutil.ToFloat64(g.m.retries) < halfOpen/2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%v retries asked, %d handshakes held", testutil.ToFloat64(g.m.retries), g.inflight.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := g.inflight.Load(); n > g.retryAt {
+		t.Fatalf("%d half-open handshakes held, want at most %d", n, g.retryAt)
+	}
+	start := time.Now()
+	sf.connect(sf.dialConfig(sf.agentCreds()))
+	t.Logf("%d held, %v retries asked; a real client connected in %v",
+		g.inflight.Load(), testutil.ToFloat64(g.m.retries), time.Since(start).Round(time.Millisecond))
+	cancel()
+	wg.Wait()
+	deadline = time.Now().Add(HandshakeTimeout + 5*time.Second)
+	for g.inflight.Load() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d handshake slots still held after the clients gave up", g.inflight.Load())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestHandshakeBound fills the bound itself (with address validation
+// out of reach): the next connection is refused as busy and counted.
+func TestHandshakeBound(t *testing.T) {
+	g, err := newGuard(4, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.retryAt = 1 << 30
+	var ctxs []context.Context
+	for i := range 4 {
+		ctx, err := g.connContext(context.Background(), nil)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		ctxs = append(ctxs, ctx)
+	}
+	if _, err := g.connContext(context.Background(), nil); err == nil {
+		t.Fatal("a connection over the bound was admitted")
+	}
+	if n := testutil.ToFloat64(g.m.busy); n != 1 {
+		t.Fatalf("busy refusals counted: %v", n)
+	}
+	// One ends before its handshake completes, one completes: both slots
+	// come back, once each.
+	ended, cancel := context.WithCancel(ctxs[0])
+	g.connTracer(ended, false, quic.ConnectionID{})
+	cancel()
+	s := ctxs[1].Value(slotKey{}).(*handshakeSlot)
+	s.release()
+	s.release()
+	deadline := time.Now().Add(time.Second)
+	for g.inflight.Load() != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d slots held, want 2", g.inflight.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
