@@ -43,7 +43,7 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	log.Info("agent started", "name", cfg.Name, "server", cfg.Tunnel.Server, "address", cfg.TUN.Address)
-	<-ctx.Done()
-	log.Info("shutting down", "signal", context.Cause(ctx))
+	// SIGHUP re-reads the certificate, key and CA files.
+	serveUntil(ctx, log, a.ReloadCredentials)
 	return shutdown(log, a.Close)
 }

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -48,16 +49,29 @@ func runGateway(args []string, stdout, stderr io.Writer) int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
+	// SIGHUP reloads the configuration and the tunnel credentials; each
+	// logs what it did or its errors.
+	serveUntil(ctx, log, func() error {
+		_, err := gw.Reload()
+		return errors.Join(err, gw.ReloadCredentials())
+	})
+	return shutdown(log, gw.Close)
+}
+
+// serveUntil calls reload on every SIGHUP until ctx is done (SIGTERM or
+// SIGINT). reload logs its own outcome.
+func serveUntil(ctx context.Context, log *slog.Logger, reload func() error) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	for {
 		select {
 		case <-hup:
-			gw.Reload() // logs its diff or its errors
+			log.Info("SIGHUP: reloading")
+			reload()
 		case <-ctx.Done():
 			log.Info("shutting down", "signal", context.Cause(ctx))
-			return shutdown(log, gw.Close)
+			return
 		}
 	}
 }

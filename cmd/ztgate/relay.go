@@ -42,7 +42,7 @@ func runRelay(args []string, stdout, stderr io.Writer) int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	<-ctx.Done()
-	log.Info("shutting down", "signal", context.Cause(ctx))
+	// SIGHUP re-reads the certificate, key and CA files.
+	serveUntil(ctx, log, r.ReloadCredentials)
 	return shutdown(log, r.Close)
 }

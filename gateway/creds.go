@@ -1,0 +1,18 @@
+package gateway
+
+import "fmt"
+
+// ReloadCredentials re-reads the [tunnel] certificate, key and CA files
+// (SIGHUP): new handshakes with the relay and with agents connecting
+// directly use them; sessions already up go on. A gateway without [tunnel]
+// has nothing to reload. On error it keeps the credentials it has.
+func (g *Gateway) ReloadCredentials() error {
+	if g.creds == nil {
+		return nil
+	}
+	if err := g.creds.Reload(); err != nil {
+		g.log.Error("tunnel credentials not reloaded; keeping the current ones", "err", err)
+		return fmt.Errorf("gateway: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,14 @@
+package relay
+
+import "fmt"
+
+// ReloadCredentials re-reads the relay's certificate, key and CA files
+// (SIGHUP): new handshakes use them, sessions already admitted go on. On
+// error the relay keeps the credentials it has.
+func (r *Relay) ReloadCredentials() error {
+	if err := r.creds.Reload(); err != nil {
+		r.log.Error("credentials not reloaded; keeping the current ones", "err", err)
+		return fmt.Errorf("relay: %w", err)
+	}
+	return nil
+}
