@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"time"
 
@@ -43,11 +44,24 @@ func (g *Gateway) HandleEcho(req *netstack.EchoRequest) {
 		defer cancel()
 		if err := g.pingerOnce().Ping(ctx, b.addr, req.Payload); err != nil {
 			g.m.echoes.WithLabelValues(d.svc.spec.Name, "no_reply").Inc()
+			g.warnPinger(err)
 			return
 		}
 		g.m.echoes.WithLabelValues(d.svc.spec.Name, "ok").Inc()
 		req.Reply()
 	}()
+}
+
+// warnPinger logs, once, that the pinger cannot send at all (no ICMP
+// socket: neither CAP_NET_RAW nor net.ipv4.ping_group_range): the gateway
+// goes on without echo, and pings to VIPs get no reply.
+func (g *Gateway) warnPinger(err error) {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return // the backend did not answer: not the pinger's fault
+	}
+	if g.pingerWarned.CompareAndSwap(false, true) {
+		g.log.Warn("ICMP echo to backends is unavailable: pings to VIPs get no reply", "err", err)
+	}
 }
 
 // pingerOnce returns the pinger, creating the ICMP one on first use.

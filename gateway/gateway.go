@@ -63,13 +63,14 @@ type Gateway struct {
 	statesMu sync.Mutex
 	states   map[string]*serviceState
 
-	disc       *discovery
-	flows      *flowTable
-	flowCount  atomic.Int64
-	limits     *flowLimits // limits.go
-	pingerInit sync.Once
-	pinger     Pinger
-	echoTokens chan struct{} // bounds echo requests in flight
+	disc         *discovery
+	flows        *flowTable
+	flowCount    atomic.Int64
+	limits       *flowLimits // limits.go
+	pingerInit   sync.Once
+	pinger       Pinger
+	pingerWarned atomic.Bool   // warnPinger logged
+	echoTokens   chan struct{} // bounds echo requests in flight
 
 	ns   *netstack.Stack
 	tun  *netstack.TUN

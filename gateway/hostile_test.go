@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"context"
+	"errors"
 	"math/rand/v2"
 	"net/netip"
 	"runtime"
@@ -173,4 +175,33 @@ backends = ["127.0.0.1"]
 	c.Close()
 	waitFor(t, 10*time.Second, "the flood's flows to go idle", func() bool { return h.gw.flowCount.Load() == 0 })
 	assertBaseline(t, base, 10*time.Second)
+}
+
+// deniedPinger fails as the ICMP pinger does without CAP_NET_RAW and
+// without ping_group_range.
+type deniedPinger struct{}
+
+func (deniedPinger) Ping(context.Context, netip.Addr, []byte) error {
+	return errors.New("icmp socket (needs CAP_NET_RAW or net.ipv4.ping_group_range): operation not permitted")
+}
+func (deniedPinger) Close() error { return nil }
+
+// TestPingerUnavailable: without ICMP sockets the gateway says so once
+// and goes on: pings to a VIP get no reply, flows are served.
+func TestPingerUnavailable(t *testing.T) {
+	h := newHarness(t, limitsConfig(startHold(t), "", "", ""), func(o *Options) { o.Pinger = deniedPinger{} })
+	for seq := range uint16(3) {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		_, err := h.client.Ping(ctx, h.gw.lan, acmeClient, webVIP.Addr(), 3, seq, nil)
+		cancel()
+		if err == nil {
+			t.Fatal("a ping got a reply without a pinger")
+		}
+	}
+	if !h.gw.pingerWarned.Load() {
+		t.Fatal("the missing pinger was not reported")
+	}
+	if _, err := h.dialWeb(t, acmeClient, 2*time.Second); err != nil {
+		t.Fatalf("flows without a pinger: %v", err)
+	}
 }
