@@ -41,9 +41,10 @@ type Agent struct {
 	local *netstack.Link
 	dns   []*resolver.Server
 
-	dir  atomic.Pointer[directory]
-	sess atomic.Pointer[tunnel.Session]
-	mtu  atomic.Int64 // the TUN's MTU now
+	dir    atomic.Pointer[directory]
+	sess   atomic.Pointer[tunnel.Session]
+	mtu    atomic.Int64 // the TUN's MTU now
+	direct *direct      // direct paths to gateways
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -122,10 +123,12 @@ func (a *Agent) Start() error {
 		}
 		a.log.Info("TUN up", "device", a.tun.Name(), "address", a.cfg.TUN.Address, "routes", pool)
 	}
+	a.direct = newDirect(a)
+	a.wg.Go(a.direct.run)
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		dev.Run(&router{a: a})
+		dev.Run(newRouter(a))
 	}()
 	if err := a.startDNS(); err != nil {
 		a.Close()

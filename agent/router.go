@@ -1,17 +1,36 @@
 package agent
 
 import (
+	"time"
+
 	"github.com/ztgate/ztgate/netstack"
 	"github.com/ztgate/ztgate/tunnel"
 )
 
+// maxRouterFlows bounds the router's flow table.
+const maxRouterFlows = 8192
+
 // router decides where each packet read from the TUN goes: to the local
 // stack (DNS at the gateway address, and the fast refusals) or into the
-// tunnel, framed with its service's name. It runs in the TUN reader's
-// goroutine only, so its scratch buffer needs no lock.
+// tunnel, framed with its service's name, on the path its flow started on:
+// the relay (nil) or a direct path. It runs in the TUN reader's goroutine
+// only, so its scratch buffer and flow table need no lock.
 type router struct {
 	a       *Agent
 	scratch []byte
+	flows   *tunnel.FlowTable[*path]
+}
+
+// newRouter returns the agent's router.
+func newRouter(a *Agent) *router {
+	return &router{a: a, flows: tunnel.NewFlowTable(maxRouterFlows, func(_ *path, why tunnel.FlowRemoval) {
+		switch why {
+		case tunnel.FlowExpired:
+			a.m.flowsExpired.Inc()
+		case tunnel.FlowEvicted:
+			a.m.flowsEvicted.Inc()
+		}
+	})}
 }
 
 // Deliver implements netstack.PacketSink.
@@ -40,17 +59,26 @@ func (r *router) Deliver(pkt []byte) {
 		a.local.Deliver(pkt)
 		return
 	}
-	s := a.sess.Load()
-	if s == nil {
-		a.m.drop("no_session")
-		return
-	}
 	b, err := tunnel.AppendRouted(r.scratch[:0], svc.name, pkt)
 	if err != nil {
 		a.m.drop("bad_service_id")
 		return
 	}
 	r.scratch = b
+	if p := r.pathOf(svc.name, pkt); p != nil {
+		if p.s.SendDatagram(b) == nil {
+			p.used.Add(1)
+			a.m.upDirect.Inc()
+			return
+		}
+		// The path just died, or the packet is larger than it carries:
+		// the relay takes it.
+	}
+	s := a.sess.Load()
+	if s == nil {
+		a.m.drop("no_session")
+		return
+	}
 	if err := s.SendDatagram(b); err != nil {
 		a.m.drop("send_error")
 		return
@@ -58,21 +86,41 @@ func (r *router) Deliver(pkt []byte) {
 	a.m.up.Add(1)
 }
 
-// opensFlow reports whether a packet starts a flow: a TCP SYN, any UDP
-// datagram, an ICMP echo request.
-func opensFlow(pkt []byte) bool {
-	ihl := int(pkt[0]&0x0f) * 4
-	if len(pkt) < ihl+14 {
-		return pkt[9] == 17
+// pathOf returns the path of a packet's flow: a known flow keeps its path
+// while that lives; a new one (or one whose direct path died) takes the
+// service's current path and, when that is the relay, asks for a direct
+// one. A packet without a flow (a fragment) takes the current path.
+func (r *router) pathOf(service string, pkt []byte) *path {
+	d := r.a.direct
+	f, ok := tunnel.ParseFlow(pkt)
+	if !ok {
+		return d.route(service)
 	}
+	now := time.Now().UnixNano()
+	r.flows.Sweep(now)
+	if p, known := r.flows.Lookup(f.Key, now, f.Refresh()); known && (p == nil || !p.dead.Load()) {
+		return p
+	}
+	p := d.route(service)
+	r.flows.Put(f.Key, p, now, f.Idle())
+	if p == nil {
+		d.want(service)
+	}
+	return p
+}
+
+// opensFlow reports whether a packet starts a flow: a TCP SYN, any UDP
+// datagram, an ICMP echo request (of any size). pkt is an IPv4 packet of
+// at least 20 bytes.
+func opensFlow(pkt []byte) bool {
+	l4 := pkt[min(int(pkt[0]&0x0f)*4, len(pkt)):]
 	switch pkt[9] {
-	case 6:
-		flags := pkt[ihl+13]
-		return flags&0x02 != 0 && flags&0x10 == 0
-	case 17:
+	case tunnel.ProtoTCP:
+		return len(l4) >= 14 && l4[13]&0x12 == 0x02 // SYN without ACK
+	case tunnel.ProtoUDP:
 		return true
-	case 1:
-		return pkt[ihl] == 8
+	case tunnel.ProtoICMP:
+		return len(l4) >= 1 && l4[0] == 8
 	}
 	return false
 }

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ztgate/ztgate/netstack"
 	"github.com/ztgate/ztgate/tunnel"
 )
@@ -21,7 +23,7 @@ func (a *Agent) startTunnel() {
 		Config: tunnel.DialConfig{
 			Credentials: a.creds,
 			ServerName:  a.cfg.Tunnel.ServerName,
-			Hello:       tunnel.Hello{Role: tunnel.RoleAgent, Name: a.cfg.Name, Version: "ztgate", InnerAddr: a.cfg.TUN.Address},
+			Hello:       a.hello(),
 			Registerer:  a.m.reg,
 		},
 		Log:       a.root.With("component", "tunnel"),
@@ -34,6 +36,11 @@ func (a *Agent) startTunnel() {
 	}()
 }
 
+// hello is what the agent says to every server, relay or gateway.
+func (a *Agent) hello() tunnel.Hello {
+	return tunnel.Hello{Role: tunnel.RoleAgent, Name: a.cfg.Name, Version: "ztgate", InnerAddr: a.cfg.TUN.Address}
+}
+
 // serve runs one tunnel session: it sizes the TUN for the path, takes the
 // directories the server pushes and writes the server's packets to the TUN.
 func (a *Agent) serve(ctx context.Context, s *tunnel.Session) error {
@@ -43,6 +50,10 @@ func (a *Agent) serve(ctx context.Context, s *tunnel.Session) error {
 	a.m.connected.Set(1)
 	defer a.m.connected.Set(0)
 
+	// The control loop reads until the session ends: end it when the agent
+	// closes, or Close would wait forever.
+	stop := context.AfterFunc(ctx, func() { s.Close("agent shutting down") })
+	defer stop()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -50,7 +61,7 @@ func (a *Agent) serve(ctx context.Context, s *tunnel.Session) error {
 	go func() {
 		defer wg.Done()
 		defer cancel()
-		a.receive(ctx, s)
+		a.receive(ctx, s, a.m.down)
 	}()
 	err := a.control(s)
 	cancel()
@@ -97,8 +108,16 @@ func (a *Agent) control(s *tunnel.Session) error {
 		switch m := msg.(type) {
 		case *tunnel.Directory:
 			a.applyDirectory(m)
+		case *tunnel.Answer:
+			a.direct.event(m)
 		case *tunnel.ErrorMessage:
+			if m.SessionID != 0 {
+				a.direct.event(m)
+				continue
+			}
 			a.log.Warn("server error", "code", m.Code, "message", m.Message)
+		case *tunnel.Ping:
+			s.Send(&tunnel.Pong{Type: tunnel.MessagePong, Seq: m.Seq})
 		}
 	}
 }
@@ -122,9 +141,10 @@ func (a *Agent) applyDirectory(m *tunnel.Directory) {
 	a.log.Info("directory", "services", len(next.byName))
 }
 
-// receive writes the server's packets to the TUN. Only IPv4 packets to
-// the agent's own address from the pool are taken.
-func (a *Agent) receive(ctx context.Context, s *tunnel.Session) {
+// receive writes the packets of a session (the server's, or a direct
+// path's) to the TUN, counting them in down. Only IPv4 packets to the
+// agent's own address from the pool are taken.
+func (a *Agent) receive(ctx context.Context, s *tunnel.Session, down prometheus.Counter) {
 	hr := a.dev.Headroom()
 	buf := make([]byte, hr+65535)
 	bufs := make([][]byte, 1)
@@ -152,6 +172,6 @@ func (a *Agent) receive(ctx context.Context, s *tunnel.Session) {
 			a.m.drop("tun_write")
 			continue
 		}
-		a.m.down.Add(1)
+		down.Inc()
 	}
 }

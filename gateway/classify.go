@@ -14,8 +14,8 @@ const (
 	refusePort          = "port_not_mapped"
 	refuseICMP          = "icmp_disabled"
 	refuseNoBackend     = "no_healthy_backend"
-	refuseLimit         = "flow_limit"
 	refuseDial          = "dial_failed"
+	// The reasons of the limits are in limits.go.
 )
 
 // decision is the classification of a new flow: where it may go, or why
@@ -27,12 +27,16 @@ type decision struct {
 	refused string // empty when the flow may proceed
 }
 
-// classify decides a new flow: destination VIP:port → service and port
-// mapping; (tenant, service) → allowed. proto 0 classifies an ICMP echo.
+// classify decides a new flow: the source is known and within its rate of
+// new flows; destination VIP:port → service and port mapping; (tenant,
+// service) → allowed. proto 0 classifies an ICMP echo.
 func (g *Gateway) classify(t *table, proto catalog.Protocol, src netip.Addr, dst netip.AddrPort) decision {
 	p, ok := g.identify(t, src)
 	if !ok {
 		return decision{refused: refuseUnknownSource}
+	}
+	if !g.allowNew(t, src) {
+		return decision{peer: p, refused: refuseRate}
 	}
 	svc := t.lookupVIP(dst.Addr())
 	if svc == nil {

@@ -45,7 +45,7 @@ type harness struct {
 	client *netstacktest.Client
 }
 
-func newHarness(t *testing.T, toml string) *harness {
+func newHarness(t testing.TB, toml string, opts ...func(*Options)) *harness {
 	t.Helper()
 	toml = strings.ReplaceAll(toml, "STATE", t.TempDir())
 	cfg, err := conf.ParseGateway("test.toml", []byte(toml))
@@ -56,10 +56,14 @@ func newHarness(t *testing.T, toml string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw, err := New(cfg, Options{
+	o := Options{
 		Device: client,
 		Pinger: fakePinger{up: map[netip.Addr]bool{netip.MustParseAddr("127.0.0.1"): true}},
-	}, nil)
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	gw, err := New(cfg, o, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

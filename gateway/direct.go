@@ -87,20 +87,46 @@ func (g *Gateway) serveDirect(s *tunnel.Session) error {
 
 	ctx, cancel := context.WithCancel(g.ctx)
 	defer cancel()
-	if s.Version() == tunnel.V2 {
-		if err := s.SendWelcome(tunnel.Welcome{MaxPacket: s.MaxDatagram()}); err != nil {
-			return err
-		}
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			g.pushDirectory(ctx, s, id)
-		}()
-		defer wg.Wait()
-		defer cancel()
+	if s.Version() != tunnel.V2 {
+		return g.directDatagrams(ctx, s, in, id)
 	}
-	return g.directDatagrams(ctx, s, in, id)
+	if err := s.SendWelcome(tunnel.Welcome{MaxPacket: s.MaxDatagram()}); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { g.pushDirectory(ctx, s, id) })
+	wg.Go(func() { g.directControl(s) })
+	err := g.directDatagrams(ctx, s, in, id)
+	cancel()
+	s.Close(fmt.Sprint(err)) // ends directControl's read
+	wg.Wait()
+	return err
+}
+
+// directControl answers a direct agent's pings, its liveness check of the
+// path, until the session ends. Other messages are answered as the
+// control stream's rules say (docs/protocol.md).
+func (g *Gateway) directControl(s *tunnel.Session) {
+	for {
+		typ, raw, err := s.Next()
+		msg, err := tunnel.DecodeControl(typ, raw, err)
+		if err != nil {
+			reply, ok := tunnel.ReplyFor(err)
+			if !ok {
+				return
+			}
+			s.Send(reply)
+			continue
+		}
+		switch m := msg.(type) {
+		case *tunnel.Ping:
+			s.Send(tunnel.Pong{Type: tunnel.MessagePong, Seq: m.Seq})
+		case *tunnel.ErrorMessage:
+			g.log.Warn("direct agent error", "peer", s.Peer().String(), "code", m.Code, "message", m.Message)
+		default:
+			s.Send((&tunnel.UnknownTypeError{Type: typ}).Reply())
+		}
+	}
 }
 
 // directDatagrams carries an agent's packets into the netstack.

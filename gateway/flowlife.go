@@ -2,37 +2,8 @@ package gateway
 
 import (
 	"net/netip"
-	"sync/atomic"
 	"time"
 )
-
-// admit reserves a flow slot of the gateway and of the service, or
-// reports that a limit is reached.
-func (g *Gateway) admit(t *table, svc *service) bool {
-	if !reserve(&g.flowCount, t.limits.MaxFlows) {
-		return false
-	}
-	if !reserve(&svc.st.flows, svc.spec.MaxFlows) {
-		g.flowCount.Add(-1)
-		return false
-	}
-	return true
-}
-
-// reserve takes one of max slots of c (max ≤ 0: unlimited).
-func reserve(c *atomic.Int64, max int) bool {
-	if n := c.Add(1); max > 0 && n > int64(max) {
-		c.Add(-1)
-		return false
-	}
-	return true
-}
-
-// release gives back the slots admit reserved.
-func (g *Gateway) release(svc *service) {
-	svc.st.flows.Add(-1)
-	g.flowCount.Add(-1)
-}
 
 // refuse counts a refused flow.
 func (g *Gateway) refuse(proto, reason string) {
@@ -59,6 +30,9 @@ func (g *Gateway) newFlow(proto string, client, vip netip.AddrPort, d decision, 
 	f.touch(now)
 	b.active.Add(1)
 	g.flows.add(f)
+	if g.closing.Load() { // Close listed the flows before this one was added
+		f.close("shutdown")
+	}
 	g.m.flowsTotal.WithLabelValues(name, d.peer.tenant, proto).Inc()
 	g.m.flowsActive.WithLabelValues(name, d.peer.tenant, proto).Inc()
 	return f
@@ -70,7 +44,7 @@ func (g *Gateway) endFlow(f *flow) {
 	f.close("done")
 	g.flows.remove(f)
 	f.backend.active.Add(-1)
-	g.release(f.svc)
+	g.release(f.svc, f.peer.tenant)
 	name := f.svc.spec.Name
 	g.m.flowsActive.WithLabelValues(name, f.peer.tenant, f.proto).Dec()
 	g.log.Info("flow",

@@ -66,9 +66,16 @@ func (f *flow) addDown(n int, now time.Time) {
 	f.touch(now)
 }
 
-// attach registers a connection that close closes.
+// attach registers a connection that close closes; on a flow already
+// closed (by the API or a shutdown while its backend was dialled) it
+// closes c at once.
 func (f *flow) attach(c net.Conn) {
 	f.mu.Lock()
+	if _, closed := f.closed(); closed {
+		f.mu.Unlock()
+		c.Close()
+		return
+	}
 	f.conns = append(f.conns, c)
 	f.mu.Unlock()
 }

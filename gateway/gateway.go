@@ -35,6 +35,9 @@ type Options struct {
 	Pinger Pinger
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
+	// HandshakeTimeout bounds how long a client may take to complete its
+	// TCP handshake (default: netstack's, 10s).
+	HandshakeTimeout time.Duration
 }
 
 // Gateway is the gateway role. Create it with New, start it with Start (or
@@ -63,6 +66,7 @@ type Gateway struct {
 	disc       *discovery
 	flows      *flowTable
 	flowCount  atomic.Int64
+	limits     *flowLimits // limits.go
 	pingerInit sync.Once
 	pinger     Pinger
 	echoTokens chan struct{} // bounds echo requests in flight
@@ -135,10 +139,12 @@ func New(cfg *conf.Gateway, opts Options, log *slog.Logger) (*Gateway, error) {
 		now:        opts.Now,
 		states:     make(map[string]*serviceState),
 		flows:      newFlowTable(),
+		limits:     newFlowLimits(),
 		echoTokens: make(chan struct{}, 256),
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.m = newMetrics(opts.Registry)
+	registerLimitMetrics(g, opts.Registry)
 	opts.Registry.MustRegister(newStackCollector(func() (netstack.Stats, bool) {
 		if ns := g.stack.Load(); ns != nil {
 			return ns.Stats(), true
@@ -208,6 +214,7 @@ func (g *Gateway) Start() error {
 		Local:                 g.localAddrs(),
 		Handler:               g,
 		MaxInflightHandshakes: g.cfg.Limits.MaxInflightHandshake,
+		HandshakeTimeout:      g.opts.HandshakeTimeout,
 		OnDrop:                g.m.drop,
 	}, g.root.With("component", "netstack"))
 	if err != nil {
@@ -245,6 +252,7 @@ func (g *Gateway) Start() error {
 		return err
 	}
 	g.watchConfig()
+	g.warnLimits()
 	g.log.Info("gateway started", "name", g.cfg.Name, "pool", g.cfg.TUN.Pool, "services", len(g.tbl.Load().byName))
 	return nil
 }
@@ -335,7 +343,7 @@ func (g *Gateway) Close() error {
 	for _, f := range g.flows.list(nil) {
 		f.close("shutdown")
 		if t := f.splice.Load(); t != nil {
-			t.teardown(false)
+			t.teardown("shutdown")
 		}
 	}
 	if g.lan != nil {
@@ -345,6 +353,12 @@ func (g *Gateway) Close() error {
 		g.tunLink.Close()
 	}
 	g.wg.Wait()
+	// Flows whose splice started while the first pass ran.
+	for _, f := range g.flows.list(nil) {
+		if t := f.splice.Load(); t != nil {
+			t.teardown("shutdown")
+		}
+	}
 	if g.reactor != nil {
 		g.reactor.close()
 	}

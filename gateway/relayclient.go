@@ -94,7 +94,7 @@ func (g *Gateway) serveRelay(ctx context.Context, s *tunnel.Session) error {
 	rs := &relaySession{g: g, s: s, tags: make(map[uint32]*ingress), pending: make(map[uint32]*pendingTag)}
 	defer rs.closeAll("relay session ended")
 	g.fitLink(s, tunnel.TagReturnOverhead)
-	if err := s.Send(tunnel.Register{Type: tunnel.MessageRegister, Services: g.serviceInfos()}); err != nil {
+	if err := s.Send(tunnel.Register{Type: tunnel.MessageRegister, Services: g.serviceInfos(), Candidates: g.directCandidates(s.Welcome().Observed)}); err != nil {
 		return fmt.Errorf("register: %w", err)
 	}
 	g.relaySess.Store(rs)
@@ -130,6 +130,9 @@ func (rs *relaySession) control() error {
 				continue
 			}
 			return err
+		}
+		if rs.signalMessage(msg) {
+			continue
 		}
 		switch m := msg.(type) {
 		case *tunnel.Assign:
@@ -320,7 +323,7 @@ func (rs *relaySession) reportHealth(ctx context.Context) {
 			}
 		}
 		if !equalStrings(names, lastSet) {
-			if err := rs.s.Send(tunnel.Register{Type: tunnel.MessageRegister, Services: infos}); err != nil {
+			if err := rs.s.Send(tunnel.Register{Type: tunnel.MessageRegister, Services: infos, Candidates: g.directCandidates(rs.s.Welcome().Observed)}); err != nil {
 				return
 			}
 			lastSet = names

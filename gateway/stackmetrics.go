@@ -6,7 +6,8 @@ import (
 	"github.com/ztgate/ztgate/netstack"
 )
 
-// stackCollector exposes the netstack's own counters, read at scrape time.
+// stackCollector exposes the state of the netstack's TCP connections and
+// what it sent, read at scrape time (its drops are in limitmetrics.go).
 type stackCollector struct {
 	stats func() (netstack.Stats, bool)
 	descs map[string]*prometheus.Desc
@@ -19,12 +20,8 @@ var stackMetricDefs = []struct {
 }{
 	{"ztgate_netstack_tcp_established", "TCP connections of the netstack in ESTABLISHED.", true, func(s netstack.Stats) uint64 { return s.TCPEstablished }},
 	{"ztgate_netstack_tcp_connected", "TCP connections of the netstack in any connected state, TIME-WAIT included.", true, func(s netstack.Stats) uint64 { return s.TCPConnected }},
-	{"ztgate_netstack_tcp_syn_dropped_total", "SYNs dropped because too many handshakes were in flight.", false, func(s netstack.Stats) uint64 { return s.TCPForwardDropped }},
 	{"ztgate_netstack_tcp_resets_sent_total", "TCP resets the netstack sent.", false, func(s netstack.Stats) uint64 { return s.TCPResetsSent }},
 	{"ztgate_netstack_tcp_retransmits_total", "TCP segments the netstack retransmitted.", false, func(s netstack.Stats) uint64 { return s.TCPRetransmits }},
-	{"ztgate_netstack_tcp_invalid_segments_total", "Invalid TCP segments received.", false, func(s netstack.Stats) uint64 { return s.TCPInvalidSegments + s.TCPChecksumErrors }},
-	{"ztgate_netstack_udp_malformed_total", "Malformed or bad-checksum UDP datagrams received.", false, func(s netstack.Stats) uint64 { return s.UDPMalformed + s.UDPChecksumErrors }},
-	{"ztgate_netstack_ip_malformed_total", "Malformed IP packets received.", false, func(s netstack.Stats) uint64 { return s.IPMalformed }},
 	{"ztgate_netstack_icmp_unreachable_sent_total", "ICMP destination unreachable messages sent (refused UDP flows).", false, func(s netstack.Stats) uint64 { return s.ICMPErrorsSent }},
 }
 

@@ -22,25 +22,35 @@ func (g *Gateway) HandleTCP(req *netstack.TCPRequest) {
 	d := g.classify(t, catalog.TCP, req.Src.Addr(), req.Dst)
 	if d.refused != "" {
 		g.refuse("tcp", d.refused)
+		refuseOrDrop(req, d.refused)
+		return
+	}
+	if reason := g.admit(t, d); reason != "" {
+		g.refuse("tcp", reason)
 		req.Refuse()
 		return
 	}
-	if !g.admit(t, d.svc) {
-		g.refuse("tcp", refuseLimit)
-		req.Refuse()
+	// A tenant's SYN flood holds at most its share of the handshakes in
+	// flight, the rest is the other tenants'.
+	if !g.beginHandshake(d.peer.tenant) {
+		g.release(d.svc, d.peer.tenant)
+		g.refuse("tcp", refuseHandshakes)
+		refuseOrDrop(req, refuseHandshakes)
 		return
 	}
 	be, b, reason := g.dialTCP(d, req.Src.Addr())
 	if be == nil {
-		g.release(d.svc)
+		g.endHandshake(d.peer.tenant)
+		g.release(d.svc, d.peer.tenant)
 		g.refuse("tcp", reason)
 		req.Refuse()
 		return
 	}
 	client, err := req.Accept()
+	g.endHandshake(d.peer.tenant)
 	if err != nil {
 		be.Close()
-		g.release(d.svc)
+		g.release(d.svc, d.peer.tenant)
 		return
 	}
 	f := g.newFlow("tcp", req.Src, req.Dst, d, b)

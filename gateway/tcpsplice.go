@@ -53,7 +53,6 @@ const (
 // moves whatever is already waiting.
 func (g *Gateway) startTCPSplice(f *flow, client *netstack.TCPConn, be *net.TCPConn) {
 	t := &tcpSplice{g: g, f: f, client: client, be: be}
-	f.splice.Store(t)
 	rc, err := be.SyscallConn()
 	if err == nil {
 		err = rc.Control(func(fd uintptr) { t.fd = int(fd) })
@@ -64,8 +63,7 @@ func (g *Gateway) startTCPSplice(f *flow, client *netstack.TCPConn, be *net.TCPC
 	}
 	if err != nil {
 		g.log.Error("splice", "flow", f.id, "err", err)
-		t.err = err
-		t.teardown(false)
+		t.teardown("error")
 		return
 	}
 	t.unregister = client.OnReadable(func() { t.kick(evClient) })
@@ -82,6 +80,7 @@ func (g *Gateway) startTCPSplice(f *flow, client *netstack.TCPConn, be *net.TCPC
 		t.kick(evClient)
 	}
 	f.mu.Unlock()
+	f.splice.Store(t) // published complete: Close and the sweeper may use it
 	t.kick(evClient | evBackend) // data may have arrived before the notifiers
 }
 
@@ -95,7 +94,10 @@ func (t *tcpSplice) kick(ev uint32) {
 		}
 		return
 	}
-	if !t.g.enter() { // shutting down: Close tears every flow down
+	if !t.g.enter() {
+		// Shutting down: Close tears down every flow once no goroutine of
+		// the gateway runs. (Never tear down here: kick may run inside the
+		// netstack's notification, whose lock unregistering would need.)
 		return
 	}
 	go func() {
@@ -118,8 +120,8 @@ func (t *tcpSplice) work() {
 			}
 			continue
 		}
-		if _, closed := t.f.closed(); closed {
-			t.teardown(false)
+		if reason, closed := t.f.closed(); closed {
+			t.teardown(reason)
 			return
 		}
 		if ev&evClient != 0 && !t.clientEOF && t.err == nil {
@@ -129,7 +131,7 @@ func (t *tcpSplice) work() {
 			t.err = t.pumpDown()
 		}
 		if t.err != nil || (t.clientEOF && t.backendEOF) {
-			t.teardown(t.err == nil)
+			t.teardown(closeReason(t.err))
 			return
 		}
 	}
@@ -247,21 +249,16 @@ func (t *tcpSplice) pumpDown() error {
 
 // teardown ends the flow once: it unhooks the notifiers, then closes both
 // sides (the backend socket leaves the reactor before its descriptor can
-// be reused) and writes the flow's log line. clean is set by a worker that
-// saw both sides close; workers and Close may race to call it.
-func (t *tcpSplice) teardown(clean bool) {
+// be reused) and writes the flow's log line with reason, unless the flow
+// was closed with a reason of its own. Workers, kicks during shutdown and
+// Close may race to call it.
+func (t *tcpSplice) teardown(reason string) {
 	t.teardownOnce.Do(func() {
 		if t.unregister != nil {
 			t.unregister()
 		}
 		if t.rc != nil {
 			t.g.reactor.remove(t.fd)
-		}
-		reason := "shutdown"
-		if clean {
-			reason = "done"
-		} else if t.err != nil {
-			reason = closeReason(t.err)
 		}
 		t.f.close(reason)
 		t.be.Close()

@@ -11,7 +11,8 @@ import (
 // tenantTable maps a LAN client address to its tenant by the tenants'
 // source prefixes, most specific prefix first.
 type tenantTable struct {
-	entries []tenantPrefix
+	entries  []tenantPrefix
+	maxFlows map[string]int // [[tenant]] max_flows by name; absent or 0: unlimited
 }
 
 type tenantPrefix struct {
@@ -20,8 +21,11 @@ type tenantPrefix struct {
 }
 
 func newTenantTable(tenants []catalog.Tenant) tenantTable {
-	var t tenantTable
+	t := tenantTable{maxFlows: make(map[string]int)}
 	for _, tn := range tenants {
+		if tn.MaxFlows > 0 {
+			t.maxFlows[tn.Name] = tn.MaxFlows
+		}
 		for _, p := range tn.Sources {
 			t.entries = append(t.entries, tenantPrefix{prefix: p.Masked(), tenant: tn.Name})
 		}

@@ -28,17 +28,17 @@ func (g *Gateway) HandleUDP(req *netstack.UDPRequest) bool {
 		g.refuse("udp", refuseNoBackend)
 		return false
 	}
-	if !g.admit(t, d.svc) {
-		g.refuse("udp", refuseLimit)
+	if reason := g.admit(t, d); reason != "" {
+		g.refuse("udp", reason)
 		return false
 	}
 	if !g.enter() {
-		g.release(d.svc)
+		g.release(d.svc, d.peer.tenant)
 		return false
 	}
 	client, err := req.Accept()
 	if err != nil {
-		g.release(d.svc)
+		g.release(d.svc, d.peer.tenant)
 		g.leave()
 		return false
 	}

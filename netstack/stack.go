@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -31,6 +32,12 @@ type Config struct {
 	// MaxInflightHandshakes bounds TCP handshakes that have not completed
 	// yet; SYNs beyond it are dropped (the client retries). Default 1024.
 	MaxInflightHandshakes int
+	// HandshakeTimeout bounds how long TCPRequest.Accept waits for the
+	// client's final ACK; a client that has not completed the handshake by
+	// then (a spoofed SYN) is reset. Default 10s. Without it gVisor would
+	// retransmit the SYN-ACK for about two minutes while the handler holds
+	// its backend connection.
+	HandshakeTimeout time.Duration
 	// OnDrop, when set, is told about every packet the stack drops before
 	// gVisor sees it. It is called on the packet path and must be cheap.
 	OnDrop func(DropReason)
@@ -78,6 +85,9 @@ func New(cfg Config, log *slog.Logger) (*Stack, error) {
 	}
 	if cfg.MaxInflightHandshakes <= 0 {
 		cfg.MaxInflightHandshakes = 1024
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

@@ -82,15 +82,21 @@ var (
 	strangerIP = netip.MustParseAddr("192.0.2.66")
 )
 
-func newFixture(t *testing.T, h netstack.Handler) *fixture {
+// newFixture joins a client stack to a stack with handler h; opts adjust
+// the stack's configuration.
+func newFixture(t *testing.T, h netstack.Handler, opts ...func(*netstack.Config)) *fixture {
 	t.Helper()
 	f := &fixture{}
-	ns, err := netstack.New(netstack.Config{
+	cfg := netstack.Config{
 		Pools:   []netip.Prefix{netip.MustParsePrefix("10.100.0.0/24")},
 		Local:   []netip.Addr{netip.MustParseAddr("10.100.0.1")},
 		Handler: h,
 		OnDrop:  func(netstack.DropReason) { f.drops.Add(1) },
-	}, nil)
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	ns, err := netstack.New(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

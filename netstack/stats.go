@@ -1,36 +1,41 @@
 package netstack
 
-// Stats are counters of the stack itself, for the roles' metrics.
+// Stats are the stack's own counters: what gVisor dropped or refused after
+// the link's checks (DropReason) — hostile or broken traffic that parsed
+// as IP but not as anything the stack takes, and SYNs beyond the handshake
+// bound — and the state of its TCP connections. Every drop field only
+// grows.
 type Stats struct {
-	TCPEstablished       uint64 // connections in ESTABLISHED now
-	TCPConnected         uint64 // connections in any connected state now (established to TIME-WAIT)
-	TCPForwardDropped    uint64 // SYNs dropped: too many handshakes in flight
-	TCPResetsSent        uint64
-	TCPRetransmits       uint64
-	TCPInvalidSegments   uint64
-	TCPChecksumErrors    uint64
-	UDPMalformed         uint64
-	UDPChecksumErrors    uint64
-	IPMalformed          uint64 // IPv4 and IPv6 packets gVisor found malformed
-	IPInvalidDestination uint64
-	ICMPErrorsSent       uint64 // destination unreachable and the like
+	IPMalformed          uint64 // IP headers gVisor rejected (checksum, lengths, options)
+	IPMalformedFragments uint64 // fragments that cannot be reassembled (overlaps, sizes)
+	IPInvalidSource      uint64 // sources no host sends from (multicast, broadcast)
+	TransportMalformed   uint64 // TCP, UDP and ICMP headers with bad lengths or checksums
+	TCPHandshakeLimit    uint64 // SYNs dropped because MaxInflightHandshakes handshakes were in progress
+	TCPFailedHandshakes  uint64 // accepted SYNs whose client never completed the handshake
+
+	TCPEstablished uint64 // connections in ESTABLISHED now
+	TCPConnected   uint64 // connections in any connected state now, TIME-WAIT included
+	TCPResetsSent  uint64
+	TCPRetransmits uint64
+	ICMPErrorsSent uint64 // destination unreachable messages (refused UDP flows)
 }
 
-// Stats reads the stack's counters.
+// Stats returns the stack's counters.
 func (ns *Stack) Stats() Stats {
 	s := ns.s.Stats()
 	return Stats{
-		TCPEstablished:       s.TCP.CurrentEstablished.Value(),
-		TCPConnected:         s.TCP.CurrentConnected.Value(),
-		TCPForwardDropped:    s.TCP.ForwardMaxInFlightDrop.Value(),
-		TCPResetsSent:        s.TCP.ResetsSent.Value(),
-		TCPRetransmits:       s.TCP.Retransmits.Value(),
-		TCPInvalidSegments:   s.TCP.InvalidSegmentsReceived.Value(),
-		TCPChecksumErrors:    s.TCP.ChecksumErrors.Value(),
-		UDPMalformed:         s.UDP.MalformedPacketsReceived.Value(),
-		UDPChecksumErrors:    s.UDP.ChecksumErrors.Value(),
 		IPMalformed:          s.IP.MalformedPacketsReceived.Value(),
-		IPInvalidDestination: s.IP.InvalidDestinationAddressesReceived.Value(),
-		ICMPErrorsSent:       s.ICMP.V4.PacketsSent.DstUnreachable.Value() + s.ICMP.V6.PacketsSent.DstUnreachable.Value(),
+		IPMalformedFragments: s.IP.MalformedFragmentsReceived.Value(),
+		IPInvalidSource:      s.IP.InvalidSourceAddressesReceived.Value(),
+		TransportMalformed: s.NICs.MalformedL4RcvdPackets.Value() +
+			s.TCP.InvalidSegmentsReceived.Value() + s.TCP.ChecksumErrors.Value() +
+			s.UDP.MalformedPacketsReceived.Value() + s.UDP.ChecksumErrors.Value(),
+		TCPHandshakeLimit:   s.TCP.ForwardMaxInFlightDrop.Value(),
+		TCPFailedHandshakes: s.TCP.FailedConnectionAttempts.Value(),
+		TCPEstablished:      s.TCP.CurrentEstablished.Value(),
+		TCPConnected:        s.TCP.CurrentConnected.Value(),
+		TCPResetsSent:       s.TCP.ResetsSent.Value(),
+		TCPRetransmits:      s.TCP.Retransmits.Value(),
+		ICMPErrorsSent:      s.ICMP.V4.PacketsSent.DstUnreachable.Value() + s.ICMP.V6.PacketsSent.DstUnreachable.Value(),
 	}
 }

@@ -23,16 +23,18 @@ import (
 type TCPRequest struct {
 	Src, Dst netip.AddrPort // client and VIP:port
 
-	once sync.Once
-	r    *tcp.ForwarderRequest
+	once    sync.Once
+	r       *tcp.ForwarderRequest
+	timeout time.Duration // Config.HandshakeTimeout
 }
 
 func (ns *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 	id := r.ID()
 	req := &TCPRequest{
-		Src: netip.AddrPortFrom(fromAddr(id.RemoteAddress), id.RemotePort),
-		Dst: netip.AddrPortFrom(fromAddr(id.LocalAddress), id.LocalPort),
-		r:   r,
+		Src:     netip.AddrPortFrom(fromAddr(id.RemoteAddress), id.RemotePort),
+		Dst:     netip.AddrPortFrom(fromAddr(id.LocalAddress), id.LocalPort),
+		r:       r,
+		timeout: ns.cfg.HandshakeTimeout,
 	}
 	if ns.isLocal(req.Dst.Addr()) {
 		// A local address without a listener on that port.
@@ -52,7 +54,12 @@ func (r *TCPRequest) Accept() (*TCPConn, error) {
 	r.once.Do(func() {
 		done = true
 		var wq waiter.Queue
+		// CreateEndpoint waits for the handshake to end; waking it early
+		// makes it give up on a client that has not completed it (it is
+		// then reset).
+		abort := time.AfterFunc(r.timeout, func() { wq.Notify(waiter.WritableEvents) })
 		ep, terr := r.r.CreateEndpoint(&wq)
+		abort.Stop()
 		if terr != nil {
 			r.r.Complete(true)
 			err = tcpipError("accept "+r.Src.String(), terr)

@@ -86,6 +86,9 @@ func (r *Relay) apiHandler(token string) http.Handler {
 	v1 := http.NewServeMux()
 	v1.HandleFunc("GET /v1/services", r.handleServices)
 	v1.HandleFunc("GET /v1/sessions", r.handleSessions)
+	v1.HandleFunc("GET /v1/gateways", r.handleGateways)
+	v1.HandleFunc("POST /v1/gateways/{name}/drain", r.handleDrain(true))
+	v1.HandleFunc("POST /v1/gateways/{name}/undrain", r.handleDrain(false))
 	mux.Handle("/v1/", requireToken(token, v1))
 	return mux
 }
@@ -119,7 +122,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 type apiGateway struct {
 	Name    string `json:"name"`
 	Healthy bool   `json:"healthy"`
+	State   string `json:"state"` // healthy, down or draining (takes no new flows)
 	Session uint64 `json:"session"`
+	Flows   int64  `json:"flows"`
 }
 
 // apiService is a service in GET /v1/services.
@@ -147,7 +152,8 @@ func (r *Relay) handleServices(w http.ResponseWriter, _ *http.Request) {
 			as.Ports = []tunnel.PortInfo{}
 		}
 		for _, g := range svc.gateways {
-			as.Gateways = append(as.Gateways, apiGateway{Name: gatewayName(g), Healthy: g.services[svc.name], Session: g.s.ID()})
+			as.Gateways = append(as.Gateways, apiGateway{Name: gatewayName(g), Healthy: g.services[svc.name],
+				State: r.gatewayStateLocked(g, svc.name), Session: g.s.ID(), Flows: g.flows.Load()})
 		}
 		out = append(out, as)
 	}
@@ -167,6 +173,7 @@ type apiSession struct {
 	Since    time.Time `json:"since"`
 	Tags     int       `json:"tags"`
 	Inner    string    `json:"inner_addr,omitempty"`
+	Flows    int       `json:"flows,omitempty"`    // agents: entries of the flow table
 	Services []string  `json:"services,omitempty"` // gateways: the services registered
 }
 
@@ -176,6 +183,7 @@ func (r *Relay) handleSessions(w http.ResponseWriter, _ *http.Request) {
 	for a := range r.agents {
 		s := describePeer(a.peer, len(a.tags))
 		s.Inner = addrString(a.inner)
+		s.Flows = a.flows.len()
 		out = append(out, s)
 	}
 	for g := range r.gateways {

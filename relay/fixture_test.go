@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -131,6 +132,9 @@ type client struct {
 	msgs chan any    // control messages
 	dgs  chan []byte // datagrams other than QAD
 	wg   sync.WaitGroup
+	// silent stops the automatic pong to the relay's pings, as a gateway
+	// that hangs.
+	silent atomic.Bool
 }
 
 // dial connects a client; its readers run until the session ends, which
@@ -191,6 +195,12 @@ func (c *client) readMessages() {
 				continue
 			}
 			return
+		}
+		if ping, ok := msg.(*tunnel.Ping); ok {
+			if !c.silent.Load() {
+				_ = c.s.Send(&tunnel.Pong{Type: tunnel.MessagePong, Seq: ping.Seq})
+			}
+			continue
 		}
 		select {
 		case c.msgs <- msg:

@@ -24,13 +24,15 @@ const (
 	dropNotIP                              // 0x31 whose payload is not an IP packet
 	dropWrongDestination                   // 0x31 whose packet is not for the agent's inner address
 	dropSendFailed                         // the next hop's session did not take it
+	dropFlowLost                           // a TCP segment of a flow whose gateway is gone
+	dropNoEligible                         // every gateway of the service is drained
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
 	"malformed", "unexpected_type", "raw_from_agent", "not_registered", "unknown_service",
 	"not_authorized", "spoofed", "no_gateway", "gateway_gone", "unknown_tag", "foreign_tag",
-	"not_ip", "wrong_destination", "send_failed",
+	"not_ip", "wrong_destination", "send_failed", "flow_gateway_lost", "all_drained",
 }
 
 // String returns the label value.
@@ -68,6 +70,12 @@ type metrics struct {
 	services      prometheus.Gauge
 	poolUsed      prometheus.Gauge
 	poolCapacity  prometheus.Gauge
+	flows         flowStats
+	gatewaysLost  prometheus.Counter
+	sigRejected   *prometheus.CounterVec
+	sigOutcomes   *prometheus.CounterVec
+	sigSessions   prometheus.Gauge
+	directPaths   prometheus.Gauge
 
 	// Resolved children of the packet path.
 	drops                 [numDropReasons]prometheus.Counter
@@ -107,8 +115,11 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Name: "ztgate_vip_pool_capacity", Help: "VIPs the IPv4 pool can hand out.",
 		}),
 	}
+	m.newFlowAndSignalingMetrics()
 	reg.MustRegister(m.sessions, m.refusals, m.registrations, m.datagrams, m.dropped, m.tags,
 		m.services, m.poolUsed, m.poolCapacity,
+		m.flows.live, m.gatewaysLost,
+		m.sigRejected, m.sigOutcomes, m.sigSessions, m.directPaths,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for i := range m.drops {
 		m.drops[i] = m.dropped.WithLabelValues(dropReason(i).String())
@@ -122,7 +133,45 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	for _, r := range []string{refuseWrongRole, refuseBadHello, refuseNoIdentity, refuseVersion} {
 		m.refusals.WithLabelValues(r)
 	}
+	for _, r := range sigReasons() {
+		m.sigRejected.WithLabelValues(r)
+	}
 	return m
+}
+
+// newFlowAndSignalingMetrics creates the collectors of the flow tables,
+// the gateways' liveness and the signaling of the direct path.
+func (m *metrics) newFlowAndSignalingMetrics() {
+	evicted := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztgate_relay_flows_evicted_total",
+		Help: "Entries removed from agents' flow tables: idle (expired) or full (the table was at its bound).",
+	}, []string{"reason"})
+	m.flows = flowStats{
+		live: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ztgate_relay_flows", Help: "Flows in the agents' flow tables (5-tuple → gateway).",
+		}),
+		idleEvict: evicted.WithLabelValues("idle"),
+		fullEvict: evicted.WithLabelValues("full"),
+	}
+	m.reg.MustRegister(evicted)
+	m.gatewaysLost = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ztgate_relay_gateways_lost_total",
+		Help: "Gateway sessions closed because they stopped answering pings.",
+	})
+	m.sigRejected = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztgate_relay_signaling_rejected_total",
+		Help: "Signaling messages of the direct path rejected, by reason.",
+	}, []string{"reason"})
+	m.sigOutcomes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztgate_relay_signaling_sessions_total",
+		Help: "Signaling sessions ended, by outcome.",
+	}, []string{"outcome"})
+	m.sigSessions = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ztgate_relay_signaling_sessions", Help: "Signaling sessions in progress.",
+	})
+	m.directPaths = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ztgate_relay_direct_paths", Help: "Direct paths agents reported established and the relay still tracks.",
+	})
 }
 
 // dropFromAgent counts a datagram of an agent that went nowhere.

@@ -29,8 +29,12 @@ type gateway struct {
 	name string // from the hello, for logs and the API
 
 	// Guarded by Relay.mu.
-	services map[string]bool // registered services → reported healthy
-	tags     map[uint32]*tag // live tags routed to this gateway
+	services   map[string]bool  // registered services → reported healthy
+	tags       map[uint32]*tag  // live tags routed to this gateway
+	candidates []netip.AddrPort // where agents may reach it directly (register)
+
+	flows atomic.Int64  // entries of agents' flow tables that route here
+	heard atomic.Uint64 // datagrams and messages received: the liveness check watches it
 }
 
 // agent is an agent's session.
@@ -43,8 +47,11 @@ type agent struct {
 	inner netip.Addr
 	tags  map[uint32]*tag // guarded by Relay.mu: live tags drawn for this session
 
+	flows *flowTable // 5-tuple → tag: a flow keeps the gateway it started on
+
 	// Owned by the datagram goroutine.
-	bySvc      map[string]*tag // service → its tag, possibly dead
+	byRoute    map[route]*tag  // the tag of each (service, gateway), possibly dead
+	current    map[string]*tag // service → the tag of its latest new flow, possibly dead
 	registered map[string]bool // v1: services ACKed
 	buf        []byte          // scratch for 0x30 datagrams
 
@@ -60,13 +67,22 @@ type tag struct {
 	dead    atomic.Bool // set when it leaves the table; the agent draws anew
 }
 
+// route is what a tag stands for besides its agent: a service on a
+// gateway.
+type route struct {
+	service string
+	gw      *gateway
+}
+
 // newAgent prepares an agent session's state.
-func newAgent(p peer, inner netip.Addr) *agent {
+func newAgent(p peer, inner netip.Addr, stats *flowStats) *agent {
 	return &agent{
 		peer:       p,
 		inner:      inner,
 		tags:       make(map[uint32]*tag),
-		bySvc:      make(map[string]*tag),
+		flows:      newFlowTable(maxAgentFlows, stats),
+		byRoute:    make(map[route]*tag),
+		current:    make(map[string]*tag),
 		registered: make(map[string]bool),
 		dirty:      make(chan struct{}, 1),
 	}

@@ -64,9 +64,13 @@ func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 
 	closed := make(tagsByGateway)
 	r.mu.Lock()
-	var emptied []string
+	var emptied, dropped []string
 	for name := range g.services {
-		if _, keep := accepted[name]; !keep && r.stopServingLocked(g, name, closed) {
+		if _, keep := accepted[name]; keep {
+			continue
+		}
+		dropped = append(dropped, name)
+		if r.stopServingLocked(g, name, closed) {
 			emptied = append(emptied, name)
 		}
 	}
@@ -82,11 +86,20 @@ func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 		}
 		g.services[name] = info.Healthy
 	}
+	g.candidates = r.usableCandidates(g, msg.Candidates)
 	r.m.services.Set(float64(len(r.services)))
 	r.mu.Unlock()
 
 	r.releaseLocked(emptied)
 	closed.send()
+	for _, info := range msg.Services {
+		if _, ok := accepted[info.Name]; ok && !info.Healthy {
+			r.retireDirectPaths(g, info.Name, tunnel.CodeServiceDown)
+		}
+	}
+	for _, name := range dropped {
+		r.retireDirectPaths(g, name, tunnel.CodeServiceDown)
+	}
 	if err := g.s.Send(&answer); err != nil {
 		r.log.Warn("cannot send assign", "gateway", g.id.String(), "err", err)
 	}
@@ -178,19 +191,42 @@ func (r *Relay) releaseLocked(names []string) {
 }
 
 // health applies a gateway's health report to the services it registered.
+// Agents with a direct path to g for a service now down are told to start
+// no new flows on it.
 func (r *Relay) health(g *gateway, msg *tunnel.Health) {
+	var down []string
 	changed := false
 	r.mu.Lock()
 	for name, healthy := range msg.Services {
 		if old, ok := g.services[name]; ok && old != healthy {
 			g.services[name] = healthy
 			changed = true
+			if !healthy {
+				down = append(down, name)
+			}
 		}
 	}
 	r.mu.Unlock()
 	if changed {
 		r.directoryChanged()
 	}
+	for _, name := range down {
+		r.retireDirectPaths(g, name, tunnel.CodeServiceDown)
+	}
+}
+
+// usableCandidates keeps the direct-path candidates of a registration an
+// agent could dial, at most tunnel.MaxCandidates. Callers hold r.mu.
+func (r *Relay) usableCandidates(g *gateway, cs []netip.AddrPort) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, c := range cs {
+		if !usableCandidate(c) || len(out) == tunnel.MaxCandidates {
+			r.log.Warn("gateway candidate ignored", "gateway", g.id.String(), "candidate", c.String())
+			continue
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 // addGateway enters a gateway session into the registry. An older session
@@ -235,6 +271,7 @@ func (r *Relay) removeGateway(g *gateway) {
 	r.m.gwGauge.Dec()
 	r.releaseLocked(emptied)
 	r.directoryChanged()
+	r.dropSignaling(party{g: g})
 }
 
 // updatePoolMetrics exports the pool's use.

@@ -33,6 +33,9 @@ type Options struct {
 	Now func() time.Time
 	// StaleGrace overrides DefaultStaleGrace.
 	StaleGrace time.Duration
+	// PingInterval and DeadAfter override DefaultPingInterval and
+	// DefaultDeadAfter, the liveness check of gateway sessions.
+	PingInterval, DeadAfter time.Duration
 }
 
 // pinPair is a service's central pins, one per family.
@@ -62,6 +65,10 @@ type Relay struct {
 	gateways map[*gateway]struct{} // guarded by mu
 	agents   map[*agent]struct{}   // guarded by mu
 	tags     map[uint32]*tag       // guarded by mu: every live tag
+	drained  map[string]bool       // guarded by mu: names of gateways that take no new flows
+
+	sigMu sync.Mutex
+	sig   *signaling // guarded by sigMu
 
 	ctx    context.Context    // cancelled by Close
 	cancel context.CancelFunc // cancels ctx
@@ -81,6 +88,12 @@ func New(cfg *conf.Relay, opts Options, log *slog.Logger) (*Relay, error) {
 	if opts.StaleGrace <= 0 {
 		opts.StaleGrace = DefaultStaleGrace
 	}
+	if opts.PingInterval <= 0 {
+		opts.PingInterval = DefaultPingInterval
+	}
+	if opts.DeadAfter <= 0 {
+		opts.DeadAfter = DefaultDeadAfter
+	}
 	r := &Relay{
 		cfg:      cfg,
 		opts:     opts,
@@ -92,6 +105,8 @@ func New(cfg *conf.Relay, opts Options, log *slog.Logger) (*Relay, error) {
 		gateways: make(map[*gateway]struct{}),
 		agents:   make(map[*agent]struct{}),
 		tags:     make(map[uint32]*tag),
+		drained:  make(map[string]bool),
+		sig:      newSignaling(),
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	pool, warnings, err := catalog.OpenPool(catalog.PoolConfig{
@@ -162,9 +177,10 @@ func (r *Relay) Start() error {
 		_ = r.Close()
 		return err
 	}
-	r.wg.Add(2)
+	r.wg.Add(3)
 	go r.acceptLoop()
 	go r.releaseStale()
+	go r.janitor()
 	r.log.Info("relay started", "name", r.cfg.Name, "listen", ln.Addr().String(), "pool", r.cfg.Pool,
 		"state", r.pool.Path())
 	return nil

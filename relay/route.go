@@ -2,6 +2,7 @@ package relay
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/ztgate/ztgate/tunnel"
 )
@@ -30,11 +31,8 @@ func (r *Relay) fromAgent(a *agent, b []byte) {
 }
 
 // routeToGateway forwards an agent's packet for service as 0x30 under the
-// tag of (agent session, service), drawing the tag on first use or after
-// its gateway went away. Every packet's source must be the session's
-// inner address (a v1 agent's first routed packet pins it). The cached
-// tag carries the authorisation checked when it was drawn: a tag dies
-// with its gateway, or when its gateway stops serving the service.
+// tag of its flow. Every packet's source must be the session's inner
+// address (a v1 agent's first routed packet pins it).
 func (r *Relay) routeToGateway(a *agent, service, packet []byte) {
 	src, _, ok := ipAddrs(packet)
 	if !ok {
@@ -49,21 +47,10 @@ func (r *Relay) routeToGateway(a *agent, service, packet []byte) {
 		r.m.dropFromAgent(dropSpoofed)
 		return
 	}
-	t := a.bySvc[string(service)]
-	if t == nil || t.dead.Load() {
-		if a.s.Version() == tunnel.V1 && !a.registered[string(service)] {
-			r.m.dropFromAgent(dropNotRegistered)
-			return
-		}
-		var reason dropReason
-		if t, reason = r.openTag(a, string(service), inner); t == nil {
-			r.m.dropFromAgent(reason)
-			return
-		}
-		a.bySvc[t.service] = t
-		if !a.inner.IsValid() {
-			r.pinInner(a, inner)
-		}
+	t, reason := r.flowTag(a, service, packet, inner)
+	if t == nil {
+		r.m.dropFromAgent(reason)
+		return
 	}
 	a.buf, _ = tunnel.AppendTagged(a.buf[:0], t.id, t.service, packet)
 	if err := t.gw.s.SendDatagram(a.buf); err != nil {
@@ -71,6 +58,107 @@ func (r *Relay) routeToGateway(a *agent, service, packet []byte) {
 		return
 	}
 	r.m.toGateway.Inc()
+}
+
+// flowTag returns the tag for a packet: a known flow keeps its tag (and is
+// dropped if its gateway is gone), a new flow gets a gateway chosen now. A
+// packet the table cannot key (IPv6, a fragment) or a TCP segment of a
+// flow it does not know (expired, evicted) takes the service's current
+// tag. A cached tag carries the authorisation checked when it was drawn: a
+// tag dies with its gateway, or when its gateway stops serving the
+// service.
+func (r *Relay) flowTag(a *agent, service, packet []byte, inner netip.Addr) (*tag, dropReason) {
+	fp, ok := tunnel.ParseFlow(packet)
+	if !ok {
+		return r.currentTag(a, service, inner)
+	}
+	now := time.Now().UnixNano()
+	t, verdict := a.flows.lookup(fp, service, now)
+	switch verdict {
+	case flowKnown:
+		return t, 0
+	case flowLost:
+		return nil, dropFlowLost
+	case flowOrphan:
+		t, reason := r.currentTag(a, service, inner)
+		if t != nil {
+			a.flows.insert(fp, t, now)
+		}
+		return t, reason
+	}
+	var hint *gateway
+	if t != nil {
+		hint = t.gw
+	}
+	t, reason := r.newFlowTag(a, service, inner, hint)
+	if t != nil {
+		a.flows.insert(fp, t, now)
+	}
+	return t, reason
+}
+
+// currentTag returns the tag of the service's latest new flow while it
+// lives, else a new flow's.
+func (r *Relay) currentTag(a *agent, service []byte, inner netip.Addr) (*tag, dropReason) {
+	if t := a.current[string(service)]; t != nil && !t.dead.Load() {
+		return t, 0
+	}
+	return r.newFlowTag(a, service, inner, nil)
+}
+
+// newFlowTag chooses a gateway for a new flow of the agent after the
+// checks a new flow needs (the service exists, the agent may reach it, a
+// gateway takes it) and returns the tag of (agent, service, gateway),
+// drawing it on first use.
+func (r *Relay) newFlowTag(a *agent, service []byte, inner netip.Addr, hint *gateway) (*tag, dropReason) {
+	if a.s.Version() == tunnel.V1 && !a.registered[string(service)] {
+		return nil, dropNotRegistered
+	}
+	r.mu.RLock()
+	svc := r.services[string(service)]
+	var g *gateway
+	reason := dropNoGateway
+	switch {
+	case svc == nil:
+		reason = dropUnknownService
+	case !a.may(svc):
+		reason = dropNotAuthorized
+	case len(svc.gateways) > 0:
+		if g = r.chooseGatewayLocked(svc, hint, false); g == nil {
+			reason = dropNoEligible
+		}
+	}
+	r.mu.RUnlock()
+	if g == nil {
+		return nil, reason
+	}
+	rt := route{svc.name, g}
+	t := a.byRoute[rt]
+	if t == nil || t.dead.Load() {
+		if t, reason = r.openTag(a, svc, g, inner); t == nil {
+			return nil, reason
+		}
+		a.forgetDeadRoutes()
+		a.byRoute[rt] = t
+		if !a.inner.IsValid() {
+			r.pinInner(a, inner)
+		}
+	}
+	a.current[svc.name] = t
+	return t, 0
+}
+
+// forgetDeadRoutes drops the dead tags of byRoute once it has grown, so
+// that gateways that came and went do not accumulate.
+func (a *agent) forgetDeadRoutes() {
+	if len(a.byRoute) < 64 {
+		return
+	}
+	for rt, t := range a.byRoute {
+		if t.dead.Load() {
+			delete(a.byRoute, rt)
+		}
+	}
 }
 
 // pinInner fixes a v1 agent's inner address at its first routed packet.

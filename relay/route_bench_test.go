@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"testing"
 
@@ -16,16 +17,30 @@ func BenchmarkRoute(b *testing.B) {
 	dst := netip.MustParseAddrPort("10.100.0.2:7")
 	up, _ := tunnel.AppendRouted(nil, "echo", udpPacket(src, dst, string(make([]byte, 1200))))
 	fx.r.fromAgent(fx.v2, up) // draws the tag
-	t := fx.v2.bySvc["echo"]
+	t := fx.v2.current["echo"]
 	if t == nil {
 		b.Fatal("no tag")
 	}
 	down := tunnel.AppendTagReturn(nil, t.id, udpPacket(dst, src, string(make([]byte, 1200))))
+	// A known flow: the flow table's lookup, no gateway choice.
 	b.Run("agent_to_gateway", func(b *testing.B) {
 		b.ReportAllocs()
 		b.SetBytes(int64(len(up)))
 		for b.Loop() {
 			fx.r.fromAgent(fx.v2, up)
+		}
+	})
+	// New flows: a UDP source port each time, so every packet chooses a
+	// gateway and inserts an entry (the table stays at its bound).
+	b.Run("new_flows", func(b *testing.B) {
+		dg, _ := tunnel.AppendRouted(nil, "echo", udpPacket(src, dst, string(make([]byte, 100))))
+		sport := dg[2+len("echo")+20:]
+		b.ReportAllocs()
+		port := uint16(0)
+		for b.Loop() {
+			port++
+			binary.BigEndian.PutUint16(sport, port)
+			fx.r.fromAgent(fx.v2, dg)
 		}
 	})
 	b.Run("gateway_to_agent", func(b *testing.B) {

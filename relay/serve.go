@@ -46,13 +46,31 @@ func (r *Relay) serveGateway(p peer) {
 	r.addGateway(g)
 	defer r.removeGateway(g)
 	var wg sync.WaitGroup
-	wg.Go(func() { r.datagrams(p.s, func(b []byte) { r.fromGateway(g, b) }) })
+	wg.Go(func() {
+		r.datagrams(p.s, func(b []byte) {
+			g.heard.Add(1)
+			r.fromGateway(g, b)
+		})
+	})
+	wg.Go(func() { r.watchGateway(g) })
 	r.controlLoop(p.s, func(typ string, msg any) error {
+		g.heard.Add(1)
 		switch m := msg.(type) {
 		case *tunnel.Register:
 			r.register(g, m)
 		case *tunnel.Health:
 			r.health(g, m)
+		case *tunnel.Answer:
+			r.onAnswer(g, m)
+		case *tunnel.ErrorMessage:
+			r.onSignalError(party{g: g}, m)
+		case *tunnel.Pong:
+		case *tunnel.Ping:
+			return p.s.Send(&tunnel.Pong{Type: tunnel.MessagePong, Seq: m.Seq})
+		case *tunnel.Offer:
+			r.rejectSignal(party{g: g}, m.SessionID, sigWrongRole, typ)
+		case *tunnel.Result:
+			r.rejectSignal(party{g: g}, m.SessionID, sigWrongRole, typ)
 		default:
 			return &tunnel.UnknownTypeError{Type: typ}
 		}
@@ -65,7 +83,7 @@ func (r *Relay) serveGateway(p peer) {
 // serveAgent answers a v2 agent's hello, pushes its directory and routes
 // its datagrams until the session ends.
 func (r *Relay) serveAgent(p peer) {
-	a := newAgent(p, p.s.Hello().InnerAddr)
+	a := newAgent(p, p.s.Hello().InnerAddr, &r.m.flows)
 	v2 := p.s.Version() == tunnel.V2
 	if v2 {
 		if err := p.s.SendWelcome(tunnel.Welcome{MaxPacket: r.maxPacket(a)}); err != nil {
@@ -81,9 +99,23 @@ func (r *Relay) serveAgent(p peer) {
 	var wg sync.WaitGroup
 	wg.Go(func() { r.datagrams(p.s, func(b []byte) { r.fromAgent(a, b) }) })
 	wg.Go(func() { r.pushDirectory(a) })
-	// Agents send no control messages the relay acts on (yet): each one is
-	// answered with an error.
-	r.controlLoop(p.s, func(typ string, _ any) error { return &tunnel.UnknownTypeError{Type: typ} })
+	r.controlLoop(p.s, func(typ string, msg any) error {
+		switch m := msg.(type) {
+		case *tunnel.Offer:
+			r.onOffer(a, m)
+		case *tunnel.Result:
+			r.onResult(a, m)
+		case *tunnel.ErrorMessage:
+			r.onSignalError(party{a: a}, m)
+		case *tunnel.Ping:
+			return p.s.Send(&tunnel.Pong{Type: tunnel.MessagePong, Seq: m.Seq})
+		case *tunnel.Answer:
+			r.rejectSignal(party{a: a}, m.SessionID, sigWrongRole, typ)
+		default:
+			return &tunnel.UnknownTypeError{Type: typ}
+		}
+		return nil
+	})
 	_ = p.s.Close("control stream ended")
 	wg.Wait()
 }
@@ -157,6 +189,8 @@ func (r *Relay) removeAgent(a *agent) {
 		r.killTagLocked(t)
 	}
 	r.mu.Unlock()
+	a.flows.clear()
 	r.m.agentGauge.Dec()
 	closed.send()
+	r.dropSignaling(party{a: a})
 }

@@ -25,46 +25,48 @@ func (r *Relay) drawTagLocked() uint32 {
 	return 0
 }
 
-// chooseGatewayLocked picks the gateway for a new tag of svc: among the
-// gateways that report the service healthy (or, if none does, all of
-// them) the one with the fewest tags, the earliest registered on a tie.
-func chooseGatewayLocked(svc *service) *gateway {
+// chooseGatewayLocked picks the gateway for a new flow of svc (or, with
+// direct, for a direct path: only gateways that sent candidates). Drained
+// gateways take nothing new. Among the gateways that report the service
+// healthy (or, if none does, the others: the agent's directory may be
+// behind) it keeps hint, the gateway a retransmitted SYN went to, else
+// takes the one with the fewest flows, then the fewest tags, then the
+// earliest registered. Callers hold r.mu.
+func (r *Relay) chooseGatewayLocked(svc *service, hint *gateway, direct bool) *gateway {
 	var best *gateway
 	bestHealthy := false
 	for _, g := range svc.gateways {
+		if r.drained[gatewayName(g)] || (direct && len(g.candidates) == 0) {
+			continue
+		}
 		healthy := g.services[svc.name]
 		switch {
-		case best == nil,
-			healthy && !bestHealthy,
-			healthy == bestHealthy && len(g.tags) < len(best.tags):
+		case healthy && g == hint:
+			return g
+		case best == nil, healthy && !bestHealthy:
 			best, bestHealthy = g, healthy
+		case healthy == bestHealthy && fewerFlows(g, best):
+			best = g
 		}
 	}
 	return best
 }
 
-// openTag draws the tag of (a, service) on a gateway chosen for it, after
-// the checks that only a new tag needs: the service exists, the agent may
-// reach it, a gateway serves it. It tells the gateway with tag_open before
-// returning, so that the tag's first 0x30 follows it. inner is the
-// agent's inner address (for v1 possibly not yet pinned).
-func (r *Relay) openTag(a *agent, service string, inner netip.Addr) (*tag, dropReason) {
+// fewerFlows orders gateways by load: flows, then tags.
+func fewerFlows(g, than *gateway) bool {
+	gf, tf := g.flows.Load(), than.flows.Load()
+	return gf < tf || (gf == tf && len(g.tags) < len(than.tags))
+}
+
+// openTag draws the tag of (a, svc, g) and tells g with tag_open before
+// returning, so that the tag's first 0x30 follows it. g must still serve
+// the service. inner is the agent's inner address (for v1 possibly not
+// yet pinned).
+func (r *Relay) openTag(a *agent, svc *service, g *gateway, inner netip.Addr) (*tag, dropReason) {
 	r.mu.Lock()
-	svc := r.services[service]
-	var reason dropReason
-	var g *gateway
-	switch {
-	case svc == nil:
-		reason = dropUnknownService
-	case !a.may(svc):
-		reason = dropNotAuthorized
-	default:
-		if g = chooseGatewayLocked(svc); g == nil {
-			reason = dropNoGateway
-		}
-	}
 	var t *tag
-	if g != nil {
+	reason := dropGatewayGone
+	if _, serves := g.services[svc.name]; serves {
 		if id := r.drawTagLocked(); id != 0 {
 			t = &tag{id: id, service: svc.name, agent: a, gw: g}
 			r.tags[id], g.tags[id], a.tags[id] = t, t, t

@@ -35,46 +35,78 @@ func TestDrawTagUniqueAndNonZero(t *testing.T) {
 }
 
 func TestChooseGateway(t *testing.T) {
-	gw := func(name string, healthy bool, tags int) *gateway {
+	gw := func(name string, healthy bool, flows int64, direct bool) *gateway {
 		g := &gateway{name: name, services: map[string]bool{"web": healthy}, tags: map[uint32]*tag{}}
-		for i := range tags {
-			g.tags[uint32(i+1)] = &tag{}
+		g.flows.Store(flows)
+		if direct {
+			g.candidates = []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:4434")}
 		}
 		return g
 	}
+	a, b, c := gw("a", true, 3, false), gw("b", true, 1, true), gw("c", true, 2, true)
+	down, downFew := gw("down", false, 0, true), gw("down-few", false, 1, false)
 	tests := []struct {
 		name     string
 		gateways []*gateway
-		want     string
+		drained  []string
+		hint     *gateway
+		direct   bool
+		want     *gateway
 	}{
-		{"none", nil, ""},
-		{"only one", []*gateway{gw("a", true, 9)}, "a"},
-		{"fewest tags", []*gateway{gw("a", true, 3), gw("b", true, 1), gw("c", true, 2)}, "b"},
-		{"tie: first registered", []*gateway{gw("a", true, 2), gw("b", true, 2)}, "a"},
-		{"healthy before fewer tags", []*gateway{gw("a", false, 0), gw("b", true, 5)}, "b"},
-		{"none healthy: fewest tags", []*gateway{gw("a", false, 4), gw("b", false, 1)}, "b"},
-		{"healthy ones only compete", []*gateway{gw("a", true, 7), gw("b", false, 0), gw("c", true, 6)}, "c"},
+		{"none", nil, nil, nil, false, nil},
+		{"only one", []*gateway{a}, nil, nil, false, a},
+		{"fewest flows", []*gateway{a, b, c}, nil, nil, false, b},
+		{"tie: first registered", []*gateway{gw("x", true, 2, false), c}, nil, nil, false, nil /* x */},
+		{"healthy before fewer flows", []*gateway{down, a}, nil, nil, false, a},
+		{"none healthy: fewest flows", []*gateway{gw("d4", false, 4, false), downFew}, nil, nil, false, downFew},
+		{"healthy ones only compete", []*gateway{a, down, c}, nil, nil, false, c},
+		{"drained takes nothing new", []*gateway{a, b, c}, []string{"b"}, nil, false, c},
+		{"every one drained", []*gateway{a, b}, []string{"a", "b"}, nil, false, nil},
+		{"drained even if healthy and alone", []*gateway{a, down}, []string{"a"}, nil, false, down},
+		{"hint kept while healthy", []*gateway{a, b, c}, nil, a, false, a},
+		{"hint dropped when down", []*gateway{down, b}, nil, down, false, b},
+		{"hint dropped when drained", []*gateway{a, b}, []string{"a"}, a, false, b},
+		{"hint that left", []*gateway{b, c}, nil, a, false, b},
+		{"direct: only gateways with candidates", []*gateway{a, c}, nil, nil, true, c},
+		{"direct: none has candidates", []*gateway{a, downFew}, nil, nil, true, nil},
+		{"direct: healthy first", []*gateway{down, c}, nil, nil, true, c},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := chooseGatewayLocked(&service{name: "web", gateways: tc.gateways})
-			if (got == nil && tc.want != "") || (got != nil && got.name != tc.want) {
-				t.Errorf("chose %v, want %q", got, tc.want)
+			r := &Relay{drained: map[string]bool{}}
+			for _, n := range tc.drained {
+				r.drained[n] = true
+			}
+			want := tc.want
+			if tc.name == "tie: first registered" {
+				want = tc.gateways[0]
+			}
+			got := r.chooseGatewayLocked(&service{name: "web", gateways: tc.gateways}, tc.hint, tc.direct)
+			if got != want {
+				t.Errorf("chose %v, want %v", nameOf(got), nameOf(want))
 			}
 		})
 	}
 }
 
-func TestChooseGatewaySpreadsTags(t *testing.T) {
+// nameOf names a gateway for messages, "<nil>" for none.
+func nameOf(g *gateway) string {
+	if g == nil {
+		return "<nil>"
+	}
+	return g.name
+}
+
+func TestChooseGatewaySpreadsFlows(t *testing.T) {
 	a := &gateway{name: "a", services: map[string]bool{"web": true}, tags: map[uint32]*tag{}}
 	b := &gateway{name: "b", services: map[string]bool{"web": true}, tags: map[uint32]*tag{}}
 	s := &service{name: "web", gateways: []*gateway{a, b}}
-	for i := range 10 {
-		g := chooseGatewayLocked(s)
-		g.tags[uint32(i+1)] = &tag{}
+	r := &Relay{drained: map[string]bool{}}
+	for range 10 {
+		r.chooseGatewayLocked(s, nil, false).flows.Add(1)
 	}
-	if len(a.tags) != 5 || len(b.tags) != 5 {
-		t.Errorf("tags spread %d/%d", len(a.tags), len(b.tags))
+	if a.flows.Load() != 5 || b.flows.Load() != 5 {
+		t.Errorf("flows spread %d/%d", a.flows.Load(), b.flows.Load())
 	}
 }
 

@@ -31,5 +31,9 @@
 //   - redial.go: a client that reconnects with jittered backoff.
 //   - DialConfig.ExpectIdentity: a server known by its ztgate identity
 //     rather than a name, for gateways reached by address.
+//   - flow.go: the 5-tuple of a carried packet and a bounded flow table
+//     with idle expiry, on which the relay and the agent keep each flow on
+//     the path it started on; candidates.go: the host addresses offered
+//     for the direct path.
 //   - tunneltest: a lossy UDP proxy for component tests.
 package tunnel

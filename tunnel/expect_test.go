@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"testing"
 )
 
@@ -66,5 +67,21 @@ func TestDialExpectIdentity(t *testing.T) {
 				t.Errorf("error %v, want refusal %s", err, tc.reason)
 			}
 		})
+	}
+}
+
+func TestDialable(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"192.0.2.1": true, "2001:db8::1": true, "127.0.0.1": false, "::1": false, "169.254.1.1": false,
+		"fe80::1": false, "0.0.0.0": false, "::": false, "224.0.0.1": false,
+	} {
+		if got := Dialable(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("%s: %v", addr, got)
+		}
+	}
+	for _, a := range HostAddrs() {
+		if !Dialable(a) {
+			t.Errorf("host address %v", a)
+		}
 	}
 }

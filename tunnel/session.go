@@ -84,10 +84,15 @@ func newSession(conn *quic.Conn, v Version, side string, peer Identity, m *metri
 	return s
 }
 
-// newSessionID draws a random id below 2^53, so that it survives JSON in
-// any language. Random rather than counted: it is sent to peers and must
-// not tell how many sessions a process has served.
-func newSessionID() uint64 {
+// newSessionID draws the id of a session. Random rather than counted: it
+// is sent to peers and must not tell how many sessions a process has
+// served.
+func newSessionID() uint64 { return RandomID() }
+
+// RandomID draws an unguessable non-zero id below 2^53, so that it
+// survives JSON in any language: for sessions, and for the signaling
+// sessions of the direct path.
+func RandomID() uint64 {
 	var b [8]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
 	return binary.BigEndian.Uint64(b[:])&(1<<53-1) | 1

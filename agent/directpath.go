@@ -1,0 +1,132 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// path is a direct session to a gateway. The router sends on it and reads
+// dead; the manager owns services, usedSeen and quietSince.
+type path struct {
+	gateway string         // the gateway's identity, as the relay vouched for it
+	addr    netip.AddrPort // the candidate that answered
+	s       *tunnel.Session
+
+	dead     atomic.Bool   // set when its liveness check failed or it ended
+	used     atomic.Uint64 // packets the router sent on it
+	lastPong atomic.Int64  // UnixNano of the last message from the gateway
+
+	services   map[string]uint64 // services whose new flows start here → their signaling session
+	usedSeen   uint64
+	quietSince time.Time
+}
+
+// dial connects to the first of cands that answers within
+// directDialTimeout, all at once, and reports to the manager as soon as
+// one did (or all failed). Connections that answer later are closed.
+func (d *direct) dial(r dialed, cands []netip.AddrPort) {
+	ctx, cancel := context.WithTimeout(d.ctx, directDialTimeout)
+	cfg := tunnel.DialConfig{
+		Credentials:    d.a.creds,
+		ExpectIdentity: r.gateway,
+		Hello:          d.a.hello(),
+		Registerer:     d.a.m.reg,
+	}
+	results := make(chan dialed, len(cands))
+	for _, c := range cands {
+		d.wg.Go(func() {
+			s, err := tunnel.Dial(ctx, c.String(), cfg, d.a.root.With("component", "direct"))
+			results <- dialed{s: s, addr: c, err: err}
+		})
+	}
+	d.wg.Go(func() {
+		defer cancel()
+		var errs []error
+		reported := false
+		for range cands {
+			res := <-results
+			switch {
+			case res.s != nil && !reported:
+				reported = true
+				r.s, r.addr = res.s, res.addr
+				if !d.event(r) {
+					_ = res.s.Close("agent shutting down")
+				}
+			case res.s != nil:
+				_ = res.s.Close("another candidate answered first")
+			default:
+				errs = append(errs, res.err)
+			}
+		}
+		if !reported {
+			r.err = errors.Join(errs...)
+			d.event(r)
+		}
+	})
+}
+
+// startPath starts the goroutines of a new direct session: the gateway's
+// packets to the TUN, its control messages, the liveness check.
+func (d *direct) startPath(gateway string, addr netip.AddrPort, s *tunnel.Session) *path {
+	p := &path{gateway: gateway, addr: addr, s: s, services: make(map[string]uint64)}
+	p.lastPong.Store(time.Now().UnixNano())
+	if mtu := s.MaxDatagram() - 2 - maxServiceName; mtu < int(d.a.mtu.Load()) {
+		d.log.Warn("the direct path carries less than the TUN's MTU; larger packets take the relay",
+			"gateway", gateway, "direct_mtu", mtu, "mtu", d.a.mtu.Load())
+	}
+	d.wg.Go(func() { d.a.receive(d.ctx, s, d.a.m.downDirect) })
+	d.wg.Go(func() { d.control(p) })
+	d.wg.Go(func() { d.watch(p) })
+	return p
+}
+
+// control reads the gateway's control messages: any message proves the
+// path alive; pings are answered. The gateway's directory is its own view:
+// the relay's is the agent's.
+func (d *direct) control(p *path) {
+	for {
+		msg, err := tunnel.DecodeControl(p.s.Next())
+		if err != nil {
+			if reply, ok := tunnel.ReplyFor(err); ok {
+				_ = p.s.Send(reply)
+				continue
+			}
+			return
+		}
+		p.lastPong.Store(time.Now().UnixNano())
+		switch m := msg.(type) {
+		case *tunnel.Ping:
+			_ = p.s.Send(&tunnel.Pong{Type: tunnel.MessagePong, Seq: m.Seq})
+		case *tunnel.ErrorMessage:
+			d.log.Warn("gateway error on the direct path", "gateway", p.gateway, "code", m.Code, "message", m.Message)
+		}
+	}
+}
+
+// watch pings the gateway every directPingEvery and declares the path dead
+// when nothing came back for directDeadAfter, or when the session ends.
+func (d *direct) watch(p *path) {
+	t := time.NewTicker(directPingEvery)
+	defer t.Stop()
+	why := "session ended"
+	for seq := uint64(1); ; seq++ {
+		select {
+		case <-p.s.Done():
+		case <-t.C:
+			silent := time.Since(time.Unix(0, p.lastPong.Load()))
+			if silent < directDeadAfter && p.s.Send(&tunnel.Ping{Type: tunnel.MessagePing, Seq: seq}) == nil {
+				continue
+			}
+			why = "no answer to pings for " + silent.Round(time.Millisecond).String()
+			_ = p.s.Close("direct path: " + why)
+		}
+		p.dead.Store(true)
+		d.event(pathDown{p: p, why: why})
+		return
+	}
+}

@@ -1,0 +1,153 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+const drainPath = "/v1/services/web/backends/127.0.0.1/drain"
+
+// apiCall sends one request to the gateway's API handler and returns the
+// status and body; the body of every answer must be JSON.
+func apiCall(t testing.TB, h http.Handler, method, path string, body []byte) (int, []byte) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(method, path, bytes.NewReader(body)))
+	out := rec.Body.Bytes()
+	if rec.Code != http.StatusNoContent && !json.Valid(out) {
+		t.Fatalf("%s %s answered %d with a body that is not JSON: %q", method, path, rec.Code, out)
+	}
+	return rec.Code, out
+}
+
+// TestAPIBadBodies sends oversized and malformed bodies to the endpoints
+// that read one: 413 or 400 with the errors, and nothing changes.
+func TestAPIBadBodies(t *testing.T) {
+	h := newHarness(t, limitsConfig(startHold(t), "", "", ""))
+	api := h.gw.apiHandler("")
+	huge := append([]byte(`{"name": "big", "tenants": ["`), bytes.Repeat([]byte("a"), maxBodyBytes)...)
+	cases := []struct {
+		name, path string
+		body       []byte
+		status     int
+	}{
+		{"service: oversized", "/v1/services", huge, http.StatusRequestEntityTooLarge},
+		{"service: empty", "/v1/services", nil, http.StatusBadRequest},
+		{"service: not JSON", "/v1/services", []byte("name = 'web'"), http.StatusBadRequest},
+		{"service: truncated", "/v1/services", []byte(`{"name": "x", "tenants": [`), http.StatusBadRequest},
+		{"service: array", "/v1/services", []byte(`[{"name": "x"}]`), http.StatusBadRequest},
+		{"service: unknown field", "/v1/services", []byte(`{"name": "x", "tenants": ["*"], "backends": ["192.0.2.1"], "port": [{"protocol": "tcp", "port": 1}], "evil": 1}`), http.StatusBadRequest},
+		{"service: wrong types", "/v1/services", []byte(`{"name": 7, "tenants": "acme", "port": {"port": -1}}`), http.StatusBadRequest},
+		{"service: trailing data", "/v1/services", []byte(`{"name": "x", "tenants": ["*"], "backends": ["192.0.2.1"], "port": [{"protocol": "tcp", "port": 1}]} {}`), http.StatusBadRequest},
+		{"service: NUL bytes", "/v1/services", []byte("{\"name\": \"x\x00\"}"), http.StatusBadRequest},
+		{"service: exists", "/v1/services", []byte(`{"name": "web", "tenants": ["*"], "backends": ["192.0.2.1"], "port": [{"protocol": "tcp", "port": 1}]}`), http.StatusConflict},
+		{"drain: oversized", drainPath, huge, http.StatusRequestEntityTooLarge},
+		{"drain: not JSON", drainPath, []byte("30s"), http.StatusBadRequest},
+		{"drain: unknown field", drainPath, []byte(`{"deadline": "1s", "force": true}`), http.StatusBadRequest},
+		{"drain: negative", drainPath, []byte(`{"deadline": "-1s"}`), http.StatusBadRequest},
+		{"drain: too long", drainPath, []byte(`{"deadline": "100000h"}`), http.StatusBadRequest},
+		{"drain: trailing data", drainPath, []byte(`{"deadline": "1s"}x`), http.StatusBadRequest},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := apiCall(t, api, http.MethodPost, tc.path, tc.body)
+			if status != tc.status {
+				t.Fatalf("status %d, want %d: %s", status, tc.status, body)
+			}
+			var e struct{ Errors []string }
+			if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) == 0 {
+				t.Fatalf("no errors in %s", body)
+			}
+		})
+	}
+	if names := serviceNames(h.gw); !slices.Equal(names, []string{"web"}) {
+		t.Fatalf("services after bad requests: %v", names)
+	}
+	if b := h.gw.tbl.Load().byName["web"].st.backends.Load().list[0]; b.describe().State == "draining" {
+		t.Fatal("a bad drain request drained the backend")
+	}
+}
+
+func serviceNames(g *Gateway) []string {
+	var names []string
+	for n := range g.tbl.Load().byName {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// FuzzAPIBodies posts arbitrary bodies to POST /v1/services and to a
+// drain: the answer is always a JSON body with a status from the API's
+// contract, and a service that was added can be deleted again.
+func FuzzAPIBodies(f *testing.F) {
+	f.Add([]byte(`{"name": "db", "tenants": ["acme"], "backends": ["192.0.2.10"], "port": [{"protocol": "tcp", "port": 5432}]}`), false)
+	f.Add([]byte(`{"name": "dns2", "tenants": ["*"], "vip": "10.100.0.53", "backends": ["127.0.0.1"], "balance": "source_hash",
+		"port": [{"name": "dns", "protocol": "udp", "port": 53, "target": 5353}], "health": {"type": "udp", "interval": "1s"}}`), false)
+	f.Add([]byte(`{"name": "web", "tenants": ["*"], "backends": ["192.0.2.1"], "port": [{"protocol": "tcp", "port": 1}]}`), false)
+	f.Add([]byte(`{"name": 1, "port": [{"port": 1.5}], "health": null}`), false)
+	f.Add([]byte(`{"deadline": "30s"}`), true)
+	f.Add([]byte(``), true)
+	f.Add([]byte(`{"deadline": 30}`), true)
+
+	h := newHarness(f, limitsConfig(startHold(f), "", "", ""))
+	api := h.gw.apiHandler("")
+	f.Fuzz(func(t *testing.T, body []byte, drain bool) {
+		if drain {
+			status, out := apiCall(t, api, http.MethodPost, drainPath, body)
+			if status != http.StatusOK && status != http.StatusBadRequest && status != http.StatusRequestEntityTooLarge {
+				t.Fatalf("drain answered %d: %s", status, out)
+			}
+			if status == http.StatusOK {
+				apiCall(t, api, http.MethodPost, strings.Replace(drainPath, "/drain", "/undrain", 1), nil)
+			}
+			return
+		}
+		status, out := apiCall(t, api, http.MethodPost, "/v1/services", body)
+		switch status {
+		case http.StatusCreated:
+			var s struct{ Name string }
+			if err := json.Unmarshal(out, &s); err != nil || s.Name == "" {
+				t.Fatalf("201 without the service: %s", out)
+			}
+			if st, out := apiCall(t, api, http.MethodDelete, "/v1/services/"+s.Name, nil); st != http.StatusNoContent {
+				t.Fatalf("delete %s: %d %s", s.Name, st, out)
+			}
+		case http.StatusBadRequest, http.StatusConflict, http.StatusRequestEntityTooLarge:
+		default:
+			t.Fatalf("POST /v1/services answered %d: %s", status, out)
+		}
+	})
+}
+
+// TestAPISlowClient opens a connection to the API and sends half a request
+// line: the server hangs up after its header timeout instead of holding the
+// connection forever.
+func TestAPISlowClient(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the API's header timeout")
+	}
+	t.Parallel()
+	cfg := strings.Replace(limitsConfig(startHold(t), "", "", ""), `listen = "off"`, `listen = "127.0.0.1:0"`, 1)
+	h := newHarness(t, cfg)
+	c, err := net.Dial("tcp", h.gw.APIAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	io.WriteString(c, "GET /v1/services HTTP/1.1\r\nHost: x\r\n")
+	c.SetReadDeadline(time.Now().Add(15 * time.Second))
+	_, err = io.ReadAll(c)
+	if d := time.Since(start); err != nil || d > h.gw.api.ReadHeaderTimeout+2*time.Second {
+		t.Fatalf("connection held %v (header timeout %v): %v", d, h.gw.api.ReadHeaderTimeout, err)
+	}
+}

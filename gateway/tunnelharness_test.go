@@ -1,0 +1,72 @@
+package gateway
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// agentInner is the inner address of the test ingress.
+var agentInner = netip.MustParseAddr("100.64.0.1")
+
+// writePKI writes a CA and the gateway's certificate into dir and returns
+// the [tunnel] keys that name them, with a direct listener on loopback.
+func writePKI(t testing.TB, dir string) (tunnelSection string, ca *tunnel.CA) {
+	t.Helper()
+	ca, err := tunnel.NewCA("test CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crt, key, err := ca.Issue(tunnel.IssueRequest{Tenant: "infra", Role: tunnel.RoleGateway, Name: "gw1",
+		IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{"ca.crt": ca.CertPEM(), "gw.crt": crt, "gw.key": key} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fmt.Sprintf(`
+[tunnel]
+listen = "127.0.0.1:0"
+cert = %q
+key = %q
+ca = %q
+`, filepath.Join(dir, "gw.crt"), filepath.Join(dir, "gw.key"), filepath.Join(dir, "ca.crt")), ca
+}
+
+// withTunnel adds a direct tunnel listener on loopback to a harness
+// config (before its first [[tenant]]).
+func withTunnel(t testing.TB, toml string) string {
+	section, _ := writePKI(t, t.TempDir())
+	i := strings.Index(toml, "[[tenant]]")
+	return toml[:i] + section + toml[i:]
+}
+
+// testIngress registers an agent ingress of tenant whose replies are
+// counted and dropped.
+func (h *harness) testIngress(t testing.TB, tenant string) (*ingress, *atomic.Int64) {
+	t.Helper()
+	var sent atomic.Int64
+	in := &ingress{
+		inner: agentInner,
+		peer:  peer{tenant: tenant, identity: "ztna://" + tenant + "/agent/fuzz"},
+		send: func(_, pkt []byte) error {
+			sent.Add(1)
+			return nil
+		},
+	}
+	if err := h.gw.ingresses.add(in); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.gw.ingresses.remove(in) })
+	return in, &sent
+}

@@ -1,0 +1,60 @@
+package netstack_test
+
+import (
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ztgate/ztgate/netstack"
+	"github.com/ztgate/ztgate/netstack/netstacktest"
+)
+
+// discard is an Output that counts and drops what the stack sends.
+type discard struct{ n atomic.Int64 }
+
+func (d *discard) WritePackets(pkts [][]byte) error {
+	d.n.Add(int64(len(pkts)))
+	return nil
+}
+
+// FuzzLinkDeliver feeds arbitrary bytes to a link of a stack whose handler
+// accepts flows: Deliver never panics, and whatever the link cannot parse
+// is dropped and counted before gVisor sees it.
+func FuzzLinkDeliver(f *testing.F) {
+	for _, tc := range hostilePackets() {
+		f.Add(tc.pkt)
+	}
+	f.Add(synOf(hostileC))
+	f.Add(netstacktest.UDPDatagram(hostileC, vipUDP, []byte("q")))
+	f.Add(netstacktest.EchoRequest(clientAddr, accepted, 1, 2, []byte("ping")))
+
+	var drops atomic.Int64
+	ns, err := netstack.New(netstack.Config{
+		Pools:            []netip.Prefix{netip.MustParsePrefix("10.100.0.0/24")},
+		Local:            []netip.Addr{netip.MustParseAddr("10.100.0.1")},
+		Handler:          &echoHandler{},
+		HandshakeTimeout: 50 * time.Millisecond,
+		OnDrop:           func(netstack.DropReason) { drops.Add(1) },
+	}, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	link, err := ns.NewLink(netstack.LinkConfig{Name: "fuzz", MTU: 1500, Output: &discard{}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() {
+		link.Close()
+		ns.Close()
+	})
+	f.Fuzz(func(t *testing.T, pkt []byte) {
+		before := drops.Load()
+		_, _, v4 := netstack.IPv4Addrs(pkt)
+		v6 := len(pkt) >= 40 && pkt[0]>>4 == 6
+		link.Deliver(pkt)
+		if !v4 && !v6 && drops.Load() == before {
+			t.Fatalf("unparseable packet % x not counted as dropped", pkt)
+		}
+	})
+}

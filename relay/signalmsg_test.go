@@ -1,0 +1,212 @@
+package relay
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// registerDirect registers services with direct-path candidates.
+func (c *client) registerDirect(candidates []netip.AddrPort, services ...tunnel.ServiceInfo) *tunnel.Assign {
+	c.t.Helper()
+	if err := c.s.Send(&tunnel.Register{Type: tunnel.MessageRegister, Services: services, Candidates: candidates}); err != nil {
+		c.t.Fatal(err)
+	}
+	return next[tunnel.Assign](c)
+}
+
+// signalError waits for an error message about a signaling session.
+func signalError(c *client) *tunnel.ErrorMessage {
+	c.t.Helper()
+	for {
+		if e := next[tunnel.ErrorMessage](c); e.SessionID != 0 {
+			return e
+		}
+	}
+}
+
+func rejected(r *Relay, reason string) float64 {
+	return testutil.ToFloat64(r.m.sigRejected.WithLabelValues(reason))
+}
+
+// TestSignalingThroughRelay runs the signaling of the direct path with
+// real sessions: an offer is bound to the authorised agent and a gateway
+// with candidates; third parties (another agent, another gateway) can
+// neither answer, complete nor abort it; what they send is rejected,
+// counted and answered as an unknown session.
+func TestSignalingThroughRelay(t *testing.T) {
+	p := newPKI(t)
+	r := startRelay(t, p.relayConfig(t.TempDir()))
+	addr := r.Addr().String()
+	direct := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:4434"), netip.MustParseAddrPort("0.0.0.0:4434")}
+	gw := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	gw.registerDirect(direct, svc("web", "acme"))
+	thief := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw2"), gatewayHello("gw2"))
+	thief.register(svc("nodirect", "acme"))
+	a := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a1"), agentHello("a1"))
+	other := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a2"), agentHello("a2"))
+	outsider := mustDial(t, addr, p.identity("globex", tunnel.RoleAgent, "b"), agentHello("b"))
+	agentCands := []netip.AddrPort{netip.MustParseAddrPort("203.0.113.2:50000"), netip.MustParseAddrPort("100.64.0.1:0")}
+
+	waitFor(t, "candidates stored", func() bool {
+		r.mu.RLock()
+		defer r.mu.RUnlock()
+		for g := range r.gateways {
+			if g.name == "gw1" {
+				return len(g.candidates) == 1 // the unspecified one is dropped
+			}
+		}
+		return false
+	})
+
+	// The agent offers; the gateway gets the offer under a leg id.
+	const id = 0xABCDEF
+	a.s.Send(&tunnel.Offer{Type: tunnel.MessageOffer, SessionID: id, Service: "web", Candidates: agentCands})
+	offer := next[tunnel.Offer](gw)
+	if offer.SessionID == id || offer.SessionID == 0 || offer.Service != "web" || offer.Agent != "acme/agent/a1" ||
+		len(offer.Candidates) != 2 {
+		t.Fatalf("gateway got %+v", offer)
+	}
+
+	type attempt struct {
+		name   string
+		from   *client
+		msg    any
+		reason string
+	}
+	for _, tc := range []attempt{
+		{"another gateway answers", thief, &tunnel.Answer{Type: tunnel.MessageAnswer, SessionID: offer.SessionID,
+			Candidates: []netip.AddrPort{netip.MustParseAddrPort("198.51.100.66:4434")}}, sigNotOwner},
+		{"another agent reports a result", other, &tunnel.Result{Type: tunnel.MessageResult, SessionID: id, Success: true}, sigNotOwner},
+		{"another agent aborts", other, &tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: "x", SessionID: id}, sigNotOwner},
+		{"another gateway aborts", thief, &tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: "x", SessionID: offer.SessionID}, sigNotOwner},
+		{"an agent answers", other, &tunnel.Answer{Type: tunnel.MessageAnswer, SessionID: id}, sigWrongRole},
+		{"a gateway offers", thief, &tunnel.Offer{Type: tunnel.MessageOffer, SessionID: 5, Service: "web"}, sigWrongRole},
+		{"a result before the answer", a, &tunnel.Result{Type: tunnel.MessageResult, SessionID: id}, sigWrongState},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := rejected(r, tc.reason)
+			if err := tc.from.s.Send(tc.msg); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, tc.reason+" counted", func() bool { return rejected(r, tc.reason) > before })
+			if _, isErr := tc.msg.(*tunnel.ErrorMessage); !isErr {
+				if e := signalError(tc.from); tc.reason == sigNotOwner && e.Code != tunnel.CodeUnknownSession {
+					t.Errorf("a third party was told %q", e.Code)
+				}
+			}
+		})
+	}
+
+	// The bound gateway answers; the agent gets it with the gateway's
+	// identity and its own id; its result reaches the gateway.
+	gw.s.Send(&tunnel.Answer{Type: tunnel.MessageAnswer, SessionID: offer.SessionID, Gateway: "ops/gateway/liar",
+		Candidates: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:4434")}})
+	ans := next[tunnel.Answer](a)
+	if ans.SessionID != id || ans.Gateway != "ops/gateway/gw1" || ans.Service != "web" || len(ans.Candidates) != 1 {
+		t.Fatalf("agent got %+v", ans)
+	}
+	a.s.Send(&tunnel.Result{Type: tunnel.MessageResult, SessionID: id, Success: true, Address: netip.MustParseAddrPort("192.0.2.1:4434")})
+	if res := next[tunnel.Result](gw); res.SessionID != offer.SessionID || !res.Success {
+		t.Fatalf("gateway got %+v", res)
+	}
+	waitFor(t, "success counted", func() bool {
+		return testutil.ToFloat64(r.m.sigOutcomes.WithLabelValues(outcomeSuccess)) == 1
+	})
+
+	t.Run("drain tells the agent to start no new flows on its direct path", func(t *testing.T) {
+		if status, _ := post(t, r, "/v1/gateways/gw1/drain"); status != 200 {
+			t.Fatal(status)
+		}
+		if e := signalError(a); e.SessionID != id || e.Code != tunnel.CodeDrained {
+			t.Fatalf("agent got %+v", e)
+		}
+		a.s.Send(&tunnel.Offer{Type: tunnel.MessageOffer, SessionID: 2, Service: "web"})
+		if e := signalError(a); e.SessionID != 2 || e.Code != tunnel.CodeNoGateway {
+			t.Fatalf("offer to a drained gateway: %+v", e)
+		}
+		post(t, r, "/v1/gateways/gw1/undrain")
+	})
+
+	refusals := []struct {
+		name    string
+		from    *client
+		offer   tunnel.Offer
+		code    string
+		counted string
+	}{
+		{"another tenant's service", outsider, tunnel.Offer{SessionID: 3, Service: "web"}, tunnel.CodeNotAuthorized, sigNotAuthorized},
+		{"a service that does not exist", a, tunnel.Offer{SessionID: 4, Service: "nope"}, tunnel.CodeNotAuthorized, sigNotAuthorized},
+		{"no gateway with candidates", a, tunnel.Offer{SessionID: 5, Service: "nodirect"}, tunnel.CodeNoGateway, sigNoGateway},
+		{"too many candidates", a, tunnel.Offer{SessionID: 6, Service: "web", Candidates: make([]netip.AddrPort, 9)}, tunnel.CodeBadMessage, sigBadMessage},
+	}
+	for _, tc := range refusals {
+		t.Run(tc.name, func(t *testing.T) {
+			before := rejected(r, tc.counted)
+			tc.offer.Type = tunnel.MessageOffer
+			tc.from.s.Send(&tc.offer)
+			if e := signalError(tc.from); e.SessionID != tc.offer.SessionID || e.Code != tc.code {
+				t.Fatalf("got %+v", e)
+			}
+			if rejected(r, tc.counted) != before+1 {
+				t.Errorf("%s not counted", tc.counted)
+			}
+		})
+	}
+
+	t.Run("cap and duplicates", func(t *testing.T) {
+		for i := range agentSignalCap {
+			other.s.Send(&tunnel.Offer{Type: tunnel.MessageOffer, SessionID: uint64(100 + i), Service: "web"})
+		}
+		other.s.Send(&tunnel.Offer{Type: tunnel.MessageOffer, SessionID: 100, Service: "web"})
+		other.s.Send(&tunnel.Offer{Type: tunnel.MessageOffer, SessionID: 999, Service: "web"})
+		codes := map[string]int{}
+		for range 2 {
+			codes[signalError(other).Code]++
+		}
+		if codes[tunnel.CodeDuplicate] != 1 || codes[tunnel.CodeBusy] != 1 {
+			t.Fatalf("codes %v", codes)
+		}
+		for range agentSignalCap {
+			next[tunnel.Offer](gw)
+		}
+	})
+
+	t.Run("the agent leaves: its gateway is told", func(t *testing.T) {
+		other.close()
+		codes := map[uint64]string{}
+		for len(codes) < agentSignalCap {
+			e := signalError(gw)
+			codes[e.SessionID] = e.Code
+		}
+		for _, code := range codes {
+			if code != tunnel.CodePeerGone {
+				t.Fatalf("codes %v", codes)
+			}
+		}
+	})
+
+	t.Run("the gateway answers an error: the agent is told", func(t *testing.T) {
+		a.s.Send(&tunnel.Offer{Type: tunnel.MessageOffer, SessionID: 77, Service: "web"})
+		o := next[tunnel.Offer](gw)
+		gw.s.Send(&tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: tunnel.CodeNoListener, Message: "no", SessionID: o.SessionID})
+		if e := signalError(a); e.SessionID != 77 || e.Code != tunnel.CodeNoListener {
+			t.Fatalf("agent got %+v", e)
+		}
+		// The session is gone: a late answer is unknown.
+		before := rejected(r, sigUnknown)
+		gw.s.Send(&tunnel.Answer{Type: tunnel.MessageAnswer, SessionID: o.SessionID})
+		waitFor(t, "late answer rejected", func() bool { return rejected(r, sigUnknown) > before })
+	})
+
+	t.Run("metrics count the rejections", func(t *testing.T) {
+		_, body := get(t, r, "/metrics", "")
+		if !strings.Contains(body, `ztgate_relay_signaling_rejected_total{reason="not_owner"} 4`) {
+			t.Errorf("metrics:\n%s", body)
+		}
+	})
+}

@@ -1,0 +1,29 @@
+package tunnel
+
+import (
+	"net"
+	"net/netip"
+)
+
+// HostAddrs returns the host's addresses another host could reach
+// (Dialable ones): what a gateway listening on 0.0.0.0 or :: offers as
+// direct-path candidates, and an agent as its own.
+func HostAddrs() []netip.Addr {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && Dialable(p.Addr()) {
+			out = append(out, p.Addr().Unmap())
+		}
+	}
+	return out
+}
+
+// Dialable reports whether a host elsewhere could reach a: a valid unicast
+// address that is neither loopback, link-local nor unspecified.
+func Dialable(a netip.Addr) bool {
+	return a.IsValid() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !a.IsMulticast() && !a.IsUnspecified()
+}
