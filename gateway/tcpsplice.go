@@ -80,7 +80,7 @@ func (g *Gateway) startTCPSplice(f *flow, client *netstack.TCPConn, be *net.TCPC
 		t.kick(evClient)
 	}
 	f.mu.Unlock()
-	f.splice.Store(t) // published complete: Close and the sweeper may use it
+	f.splice.Store(t)            // published complete: Close and the sweeper may use it
 	t.kick(evClient | evBackend) // data may have arrived before the notifiers
 }
 
