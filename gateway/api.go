@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"slices"
 	"strings"
@@ -92,6 +93,12 @@ func (g *Gateway) apiHandler(token string) http.Handler {
 	v1.HandleFunc("POST /v1/services/{name}/backends/{address}/drain", g.handleDrain)
 	v1.HandleFunc("POST /v1/services/{name}/backends/{address}/undrain", g.handleUndrain)
 	mux.Handle("/v1/", requireToken(token, v1))
+	// Profiles for performance work (go tool pprof), behind the token.
+	dbg := http.NewServeMux()
+	dbg.HandleFunc("/debug/pprof/", pprof.Index)
+	dbg.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	dbg.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/debug/pprof/", requireToken(token, dbg))
 	return mux
 }
 

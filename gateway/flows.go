@@ -40,6 +40,10 @@ type flow struct {
 	reason string // why it ended; written once under once
 	conns  []net.Conn
 	mu     sync.Mutex
+
+	idle    time.Duration             // TCP: the sweeper closes the flow after this long without a byte
+	splice  atomic.Pointer[tcpSplice] // TCP: the splice moving its data
+	onClose func()                    // called once by close, after the conns are closed; guarded by mu
 }
 
 func (f *flow) touch(now time.Time) { f.lastActive.Store(now.UnixNano()) }
@@ -83,10 +87,13 @@ func (f *flow) close(reason string) {
 		f.reason = reason
 		close(f.done)
 		f.mu.Lock()
-		conns := f.conns
+		conns, onClose := f.conns, f.onClose
 		f.mu.Unlock()
 		for _, c := range conns {
 			c.Close()
+		}
+		if onClose != nil {
+			onClose()
 		}
 	})
 }
@@ -136,4 +143,10 @@ func (t *flowTable) list(keep func(*flow) bool) []*flow {
 		}
 	}
 	return out
+}
+
+func (t *flowTable) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.m)
 }

@@ -72,12 +72,14 @@ type Gateway struct {
 	pingerWarned atomic.Bool   // warnPinger logged
 	echoTokens   chan struct{} // bounds echo requests in flight
 
-	ns   *netstack.Stack
-	tun  *netstack.TUN
-	dev  netstack.Device
-	lan  *netstack.Link
-	api  *http.Server
-	apiL net.Listener
+	ns      *netstack.Stack
+	stack   atomic.Pointer[netstack.Stack] // ns, for the metrics collector
+	reactor *reactor                       // backend sockets' readiness for the TCP splices
+	tun     *netstack.TUN
+	dev     netstack.Device
+	lan     *netstack.Link
+	api     *http.Server
+	apiL    net.Listener
 
 	dnsStack *resolver.Server // 10.100.0.1:53 inside the netstack
 	dnsHost  *resolver.Server // [dns] listen
@@ -144,6 +146,12 @@ func New(cfg *conf.Gateway, opts Options, log *slog.Logger) (*Gateway, error) {
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.m = newMetrics(opts.Registry)
 	registerLimitMetrics(g, opts.Registry)
+	opts.Registry.MustRegister(newStackCollector(func() (netstack.Stats, bool) {
+		if ns := g.stack.Load(); ns != nil {
+			return ns.Stats(), true
+		}
+		return netstack.Stats{}, false
+	}))
 	if cfg.Tunnel.Relay != "" {
 		// The relay allocates the VIPs: no local pool.
 		g.relay = &relayState{vips: make(map[string]tunnel.VIPAssignment)}
@@ -214,6 +222,18 @@ func (g *Gateway) Start() error {
 		return fmt.Errorf("gateway: %w", err)
 	}
 	g.ns = ns
+	g.stack.Store(ns)
+	r, err := newReactor()
+	if err != nil {
+		g.Close()
+		return fmt.Errorf("gateway: %w", err)
+	}
+	g.reactor = r
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		g.sweepIdle()
+	}()
 	if err := g.startLAN(pools); err != nil {
 		g.Close()
 		return err
@@ -264,7 +284,8 @@ func (g *Gateway) startLAN(pools []netip.Prefix) error {
 	}
 	g.dev = dev
 	link, err := g.ns.AttachDevice(dev, netstack.LinkConfig{
-		Name: "lan",
+		Name:  "lan",
+		Async: true,
 		Admit: func(src netip.Addr) bool {
 			_, ok := g.tbl.Load().tenants.lookup(src)
 			return ok
@@ -322,6 +343,9 @@ func (g *Gateway) Close() error {
 	}
 	for _, f := range g.flows.list(nil) {
 		f.close("shutdown")
+		if t := f.splice.Load(); t != nil {
+			t.teardown("shutdown")
+		}
 	}
 	if g.lan != nil {
 		g.lan.Close()
@@ -330,6 +354,15 @@ func (g *Gateway) Close() error {
 		g.tunLink.Close()
 	}
 	g.wg.Wait()
+	// Flows whose splice started while the first pass ran.
+	for _, f := range g.flows.list(nil) {
+		if t := f.splice.Load(); t != nil {
+			t.teardown("shutdown")
+		}
+	}
+	if g.reactor != nil {
+		g.reactor.close()
+	}
 	if g.ns != nil {
 		g.ns.Close()
 	}

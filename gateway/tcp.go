@@ -2,10 +2,8 @@ package gateway
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/netip"
-	"sync"
 
 	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/netstack"
@@ -56,9 +54,9 @@ func (g *Gateway) HandleTCP(req *netstack.TCPRequest) {
 		return
 	}
 	f := g.newFlow("tcp", req.Src, req.Dst, d, b)
+	f.idle = d.svc.spec.Timeouts.TCPIdle
 	f.attach(client)
-	f.attach(be)
-	g.spliceTCP(f, client, be)
+	g.startTCPSplice(f, client, be)
 }
 
 // dialTCP connects to a usable backend, trying another one when a dial
@@ -87,29 +85,4 @@ func (g *Gateway) dialTCP(d decision, client netip.Addr) (*net.TCPConn, *backend
 		return nil, nil, refuseNoBackend
 	}
 	return nil, nil, refuseDial
-}
-
-// spliceTCP copies both ways with half-close until both sides are done, an
-// error resets the flow, or it is idle for the service's timeout.
-func (g *Gateway) spliceTCP(f *flow, client *netstack.TCPConn, be *net.TCPConn) {
-	idle := f.svc.spec.Timeouts.TCPIdle
-	var (
-		wg    sync.WaitGroup
-		upErr error
-	)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		upErr = copyFromStack(f, client, be, idle, g.now)
-		if upErr != nil {
-			f.close(closeReason(upErr))
-		}
-	}()
-	downErr := copyFromSocket(f, be, be, client, idle, g.now)
-	if downErr != nil {
-		f.close(closeReason(downErr))
-	}
-	wg.Wait()
-	f.close(closeReason(errors.Join(upErr, downErr)))
-	g.endFlow(f)
 }

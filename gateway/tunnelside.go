@@ -41,6 +41,7 @@ func (g *Gateway) startTunnel() error {
 		MTU:    tunnelLinkMTU,
 		Output: &tunnelOutput{g: g, scratch: make([]byte, 0, tunnelLinkMTU+64)},
 		Routes: []netip.Prefix{synthPrefix},
+		Async:  true, // QUIC's datagram queue may block: never in the stack's goroutines
 	})
 	if err != nil {
 		return fmt.Errorf("gateway: tunnel link: %w", err)

@@ -90,6 +90,9 @@ state_dir = "STATE_DIR"
 mtu = 1500
 [api]
 listen = "127.0.0.1:7780"
+[limits]
+max_flows = 100000
+new_flows_per_second = 0
 [[tenant]]
 name = "acme"
 sources = ["198.51.100.0/24"]
@@ -104,23 +107,109 @@ backends = ["192.0.2.10"]
   [[service.port]]
   protocol = "udp"
   port = 5201
+  [[service.port]]
+  protocol = "tcp"
+  port = 7
   [service.health]
   type = "none"
 `
 
-// TestBenchTCP measures iperf3 throughput through the VIP and through the
-// kernel's own forwarding of the same client to the same backend.
-func TestBenchTCP(t *testing.T) {
+// benchTopo is the LAN topology with the reference paths of the suite:
+// the kernel forwarding the client to the backend (192.0.2.10 directly),
+// and nftables DNAT of a stand-in VIP (203.0.113.200) in the router.
+func newBenchTopo(t *testing.T) *lanTopo {
 	requireBench(t)
-	needTools(t, "iperf3")
+	needTools(t, "iperf3", "nft")
 	l := newLANTopo(t)
-	// The kernel path: the same client reaches the backend by routing.
 	l.exec(l.acme, "ip", "route", "add", "192.0.2.0/24", "via", "198.51.100.1")
+	l.exec(l.acme, "ip", "route", "add", "203.0.113.200/32", "via", "198.51.100.1")
 	l.exec(l.backends, "ip", "route", "add", "198.51.100.0/24", "via", "192.0.2.1")
+	// Connection-rate and many-flow cases need the client's ports back
+	// quickly, on every path alike.
+	l.exec(l.acme, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=10000 65000")
+	l.exec(l.router, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
+	rules := filepath.Join(l.dir, "dnat.nft")
+	if err := os.WriteFile(rules, []byte(dnatRule), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l.exec(l.router, "nft", "-f", rules)
+	return l
+}
+
+// startSlirp gives a new client namespace a slirp4netns user-mode network
+// (a userspace TCP/IP stack, the peer the suite compares with) whose
+// connections leave from the router namespace. It returns the namespace.
+func (l *lanTopo) startSlirp(t *testing.T) string {
+	t.Helper()
+	needTools(t, "slirp4netns")
+	ns := l.ns("slirp")
+	p := l.start(l.router, "slirp4netns", "slirp4netns", "--configure", "--mtu=1500", "--disable-host-loopback",
+		"--cidr=203.0.113.128/25", "--netns-type=path", "/run/netns/"+ns, "tap0")
+	eventually(t, 5*time.Second, "slirp4netns up", func() error {
+		_, err := l.try(ns, 2*time.Second, "ip", "route", "get", "192.0.2.10")
+		return err
+	})
+	_ = p
+	return ns
+}
+
+// dnatRule makes the router DNAT the stand-in VIP to the backend.
+const dnatRule = `table ip ztgbench {
+  chain pre {
+    type nat hook prerouting priority dstnat;
+    ip daddr 203.0.113.200 dnat to 192.0.2.10
+  }
+}`
+
+// profileDuring captures a CPU profile of the gateway for d when
+// ZTGATE_BENCH_PROFILE names a directory (performance work: inspect with
+// go tool pprof). It returns at once; wait on the channel for the file.
+func (l *lanTopo) profileDuring(t *testing.T, name string, d time.Duration) <-chan struct{} {
+	done := make(chan struct{})
+	dir := os.Getenv("ZTGATE_BENCH_PROFILE")
+	if dir == "" {
+		close(done)
+		return done
+	}
+	go func() {
+		defer close(done)
+		out := filepath.Join(dir, name+".pprof")
+		if _, err := l.curl(l.router, "--max-time", fmt.Sprint(int(d.Seconds())+10), "-o", out,
+			fmt.Sprintf("http://127.0.0.1:7780/debug/pprof/profile?seconds=%d", int(d.Seconds()))); err != nil {
+			t.Logf("profile %s: %v", name, err)
+		}
+	}()
+	return done
+}
+
+// gatewayMetric reads one sample of the gateway's /metrics in the router.
+func (l *lanTopo) gatewayMetric(t *testing.T, name string) float64 {
+	t.Helper()
+	out, err := l.curl(l.router, "http://127.0.0.1:7780/metrics")
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, name+" ") {
+			var v float64
+			fmt.Sscanf(strings.TrimPrefix(line, name+" "), "%g", &v)
+			return v
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
+}
+
+// TestBenchTCP measures iperf3 throughput through the VIP next to the
+// kernel forwarding the same client to the same backend, nftables DNAT of a
+// stand-in VIP, and slirp4netns (a userspace TCP/IP stack), in one run.
+func TestBenchTCP(t *testing.T) {
+	l := newBenchTopo(t)
 	srv := l.start(l.backends, "iperf3 server", "iperf3", "-s", "-B", "192.0.2.10", "-p", "5201")
 	defer srv.stop(2 * time.Second)
 	time.Sleep(300 * time.Millisecond)
 	l.startGateway(benchConfig)
+	slirp := l.startSlirp(t)
 
 	d := 5 * time.Second
 	for _, c := range []struct {
@@ -132,13 +221,233 @@ func TestBenchTCP(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		vip, err := l.iperf3(l.acme, "10.100.0.10", 5201, d, c.reverse, c.streams)
+		results := []benchResult{{Case: c.name, Path: "kernel_forwarding", Value: kernel / 1e9, Unit: "Gbit/s"}}
+		for _, p := range []struct{ name, ns, addr string }{
+			{"nftables_dnat", l.acme, "203.0.113.200"},
+			{"slirp4netns", slirp, "192.0.2.10"},
+			{"ztgate_vip", l.acme, "10.100.0.10"},
+		} {
+			v, err := l.iperf3(p.ns, p.addr, 5201, d, c.reverse, c.streams)
+			if err != nil {
+				t.Fatal(err)
+			}
+			results = append(results, benchResult{Case: c.name, Path: p.name, Value: v / 1e9, Unit: "Gbit/s", Reference: "kernel_forwarding", Ratio: v / kernel})
+		}
+		recordBench(t, results...)
+	}
+}
+
+// iperf3UDP sends 64-byte datagrams at rate packets/s for d and returns
+// the packets/s delivered and the loss fraction.
+func (l *lanTopo) iperf3UDP(ns, server string, pps int, d time.Duration) (float64, float64, error) {
+	bits := pps * 64 * 8
+	out, _, err := l.tryOut(ns, d+30*time.Second, "iperf3", "-J", "-u", "-l", "64", "-b", fmt.Sprint(bits),
+		"-c", server, "-p", "5201", "-t", fmt.Sprint(int(d.Seconds())))
+	if err != nil {
+		return 0, 0, fmt.Errorf("iperf3 -u: %v\n%s", err, out)
+	}
+	var res struct {
+		End struct {
+			Sum struct {
+				Packets     float64 `json:"packets"`
+				LostPackets float64 `json:"lost_packets"`
+				Seconds     float64 `json:"seconds"`
+			} `json:"sum"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.End.Sum.Seconds == 0 {
+		return 0, 0, fmt.Errorf("iperf3 -u output: %v\n%s", err, out)
+	}
+	s := res.End.Sum
+	return (s.Packets - s.LostPackets) / s.Seconds, s.LostPackets / max(s.Packets, 1), nil
+}
+
+// maxUDPRate finds the highest offered rate (of a few steps) delivered with
+// under 1 % loss.
+func (l *lanTopo) maxUDPRate(t *testing.T, ns, server string) float64 {
+	best := 0.0
+	lo, hi := 0, 0
+	for _, rate := range []int{50_000, 100_000, 200_000, 400_000, 800_000} {
+		got, loss, err := l.iperf3UDP(ns, server, rate, 3*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		recordBench(t,
-			benchResult{Case: c.name, Path: "kernel_forwarding", Value: kernel / 1e9, Unit: "Gbit/s"},
-			benchResult{Case: c.name, Path: "ztgate_vip", Value: vip / 1e9, Unit: "Gbit/s", Reference: "kernel_forwarding", Ratio: vip / kernel},
+		if loss >= 0.01 {
+			hi = rate
+			break
+		}
+		lo, best = rate, got
+	}
+	if hi == 0 {
+		return best
+	}
+	for range 2 { // bisect between the last good and the first bad rate
+		mid := (lo + hi) / 2
+		got, loss, err := l.iperf3UDP(ns, server, mid, 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if loss < 0.01 {
+			lo, best = mid, got
+		} else {
+			hi = mid
+		}
+	}
+	return best
+}
+
+// TestBenchUDP: 64-byte UDP packets per second delivered under 1 % loss.
+func TestBenchUDP(t *testing.T) {
+	l := newBenchTopo(t)
+	srv := l.start(l.backends, "iperf3 server", "iperf3", "-s", "-B", "192.0.2.10", "-p", "5201")
+	defer srv.stop(2 * time.Second)
+	time.Sleep(300 * time.Millisecond)
+	l.startGateway(benchConfig)
+	kernel := l.maxUDPRate(t, l.acme, "192.0.2.10")
+	vip := l.maxUDPRate(t, l.acme, "10.100.0.10")
+	recordBench(t,
+		benchResult{Case: "udp_64B", Path: "kernel_forwarding", Value: kernel, Unit: "packets/s"},
+		benchResult{Case: "udp_64B", Path: "ztgate_vip", Value: vip, Unit: "packets/s", Reference: "kernel_forwarding", Ratio: vip / kernel},
+	)
+}
+
+// clientJSON runs a testbackend client mode in ns and decodes its line.
+func (l *lanTopo) clientJSON(t *testing.T, ns string, v any, args ...string) {
+	t.Helper()
+	out, _, err := l.tryOut(ns, 90*time.Second, append([]string{l.backendBin}, args...)...)
+	if err != nil {
+		t.Fatalf("testbackend %v: %v\n%s", args, err, out)
+	}
+	if err := json.Unmarshal([]byte(strings.TrimSpace(out)), v); err != nil {
+		t.Fatalf("testbackend %v output: %v\n%s", args, err, out)
+	}
+}
+
+// TestBenchLatency: 1-byte TCP round trips, idle and under load (iperf3
+// through the same path), p50 and p99.
+func TestBenchLatency(t *testing.T) {
+	l := newBenchTopo(t)
+	l.startBackend("192.0.2.10")
+	srv := l.start(l.backends, "iperf3 server", "iperf3", "-s", "-B", "192.0.2.10", "-p", "5201")
+	defer srv.stop(2 * time.Second)
+	l.startGateway(benchConfig)
+	type lat struct {
+		P50 float64 `json:"p50_us"`
+		P99 float64 `json:"p99_us"`
+	}
+	measure := func(addr string) lat {
+		var r lat
+		l.clientJSON(t, l.acme, &r, "-latency", addr+":7", "-n", "5000")
+		return r
+	}
+	var rs []benchResult
+	for _, load := range []bool{false, true} {
+		name := "latency_idle"
+		var k, v lat
+		if load {
+			name = "latency_loaded"
+			bg := l.start(l.acme, "iperf3 load", "iperf3", "-c", "192.0.2.10", "-p", "5201", "-t", "20", "-b", "1G")
+			time.Sleep(500 * time.Millisecond)
+			k = measure("192.0.2.10")
+			bg.stop(2 * time.Second)
+			bg = l.start(l.acme, "iperf3 load", "iperf3", "-c", "10.100.0.10", "-p", "5201", "-t", "20", "-b", "1G")
+			time.Sleep(500 * time.Millisecond)
+			v = measure("10.100.0.10")
+			bg.stop(2 * time.Second)
+		} else {
+			k = measure("192.0.2.10")
+			if dir := os.Getenv("ZTGATE_BENCH_PROFILE"); dir != "" {
+				go l.curl(l.router, "-o", filepath.Join(dir, "latency.trace"), "http://127.0.0.1:7780/debug/pprof/trace?seconds=1")
+			}
+			v = measure("10.100.0.10")
+		}
+		rs = append(rs,
+			benchResult{Case: name + "_p50", Path: "kernel_forwarding", Value: k.P50, Unit: "µs"},
+			benchResult{Case: name + "_p50", Path: "ztgate_vip", Value: v.P50, Unit: "µs", Reference: "kernel_forwarding", Ratio: v.P50 / k.P50},
+			benchResult{Case: name + "_p99", Path: "kernel_forwarding", Value: k.P99, Unit: "µs"},
+			benchResult{Case: name + "_p99", Path: "ztgate_vip", Value: v.P99, Unit: "µs", Reference: "kernel_forwarding", Ratio: v.P99 / k.P99},
 		)
 	}
+	recordBench(t, rs...)
+}
+
+// TestBenchConnRate: connect, 1-byte echo, close with 32 workers for 5 s;
+// errors must be 0.
+func TestBenchConnRate(t *testing.T) {
+	l := newBenchTopo(t)
+	l.startBackend("192.0.2.10")
+	l.startGateway(benchConfig)
+	type rate struct {
+		CPS    float64 `json:"conns_per_s"`
+		Errors int     `json:"errors"`
+		First  string  `json:"first_error"`
+	}
+	var k, v rate
+	l.clientJSON(t, l.acme, &k, "-connrate", "192.0.2.10:7", "-c", "32", "-d", "5s")
+	prof := l.profileDuring(t, "connrate", 4*time.Second)
+	l.clientJSON(t, l.acme, &v, "-connrate", "10.100.0.10:7", "-c", "32", "-d", "5s")
+	<-prof
+	recordBench(t,
+		benchResult{Case: "conns_per_s", Path: "kernel_forwarding", Value: k.CPS, Unit: "conns/s"},
+		benchResult{Case: "conns_per_s", Path: "ztgate_vip", Value: v.CPS, Unit: "conns/s", Reference: "kernel_forwarding", Ratio: v.CPS / k.CPS},
+		benchResult{Case: "conns_errors", Path: "ztgate_vip", Value: float64(v.Errors), Unit: "errors"},
+	)
+	if v.Errors > 0 || k.Errors > 0 {
+		t.Errorf("connection errors: kernel %d, ztgate %d (%s)", k.Errors, v.Errors, v.First)
+	}
+}
+
+// TestBenchIdleFlows: 10 000 idle TCP flows through the VIP: the
+// gateway's RSS and goroutines per flow, and both back to baseline after
+// the flows close.
+func TestBenchIdleFlows(t *testing.T) {
+	l := newBenchTopo(t)
+	l.startBackend("192.0.2.10")
+	l.startGateway(benchConfig)
+	settle := func() { time.Sleep(2 * time.Second) }
+	// Warm up: the first flows allocate what the gateway keeps for good
+	// (packet buffers, GRO tables, pools); the baseline comes after them.
+	warm := l.start(l.acme, "warm-up", l.backendBin, "-hold-many", "10.100.0.10:7", "-n", "500")
+	warm.waitOutput(t, `"open"`, 20*time.Second)
+	warm.stop(10 * time.Second)
+	settle()
+	rss0, gor0 := l.gatewayMetric(t, "process_resident_memory_bytes"), l.gatewayMetric(t, "go_goroutines")
+	stack0, heap0 := l.gatewayMetric(t, "go_memstats_stack_inuse_bytes"), l.gatewayMetric(t, "go_memstats_heap_inuse_bytes")
+	if dir := os.Getenv("ZTGATE_BENCH_PROFILE"); dir != "" {
+		l.curl(l.router, "-o", filepath.Join(dir, "base.heap"), "http://127.0.0.1:7780/debug/pprof/heap?gc=1")
+	}
+	const n = 10000
+	hold := l.start(l.acme, "hold-many", l.backendBin, "-hold-many", "10.100.0.10:7", "-n", fmt.Sprint(n))
+	hold.waitOutput(t, `"open"`, 50*time.Second)
+	settle()
+	if dir := os.Getenv("ZTGATE_BENCH_PROFILE"); dir != "" {
+		l.curl(l.router, "-o", filepath.Join(dir, "idle.heap"), "http://127.0.0.1:7780/debug/pprof/heap")
+		l.curl(l.router, "-o", filepath.Join(dir, "idle.goroutine"), "http://127.0.0.1:7780/debug/pprof/goroutine?debug=1")
+	}
+	rss1, gor1 := l.gatewayMetric(t, "process_resident_memory_bytes"), l.gatewayMetric(t, "go_goroutines")
+	stack1, heap1 := l.gatewayMetric(t, "go_memstats_stack_inuse_bytes"), l.gatewayMetric(t, "go_memstats_heap_inuse_bytes")
+	hold.stop(10 * time.Second)
+	eventually(t, 30*time.Second, "flows closed", func() error {
+		if a := l.gatewayMetric(t, "go_goroutines"); a > gor0+20 {
+			return fmt.Errorf("%v goroutines, baseline %v", a, gor0)
+		}
+		return nil
+	})
+	time.Sleep(8 * time.Second) // past gVisor's TIME-WAIT (5 s) and a trim
+	rss2, gor2 := l.gatewayMetric(t, "process_resident_memory_bytes"), l.gatewayMetric(t, "go_goroutines")
+	heap2 := l.gatewayMetric(t, "go_memstats_heap_inuse_bytes")
+	t.Logf("netstack TCP after close: %v connected, %v established",
+		l.gatewayMetric(t, "ztgate_netstack_tcp_connected"), l.gatewayMetric(t, "ztgate_netstack_tcp_established"))
+	if dir := os.Getenv("ZTGATE_BENCH_PROFILE"); dir != "" {
+		l.curl(l.router, "-o", filepath.Join(dir, "after.heap"), "http://127.0.0.1:7780/debug/pprof/heap?gc=1")
+	}
+	recordBench(t,
+		benchResult{Case: "idle_flows_10k", Path: "ztgate_rss_per_flow", Value: (rss1 - rss0) / n / 1024, Unit: "KiB"},
+		benchResult{Case: "idle_flows_10k", Path: "ztgate_goroutines_per_flow", Value: (gor1 - gor0) / n, Unit: "goroutines"},
+		benchResult{Case: "idle_flows_10k", Path: "ztgate_stack_per_flow", Value: (stack1 - stack0) / n / 1024, Unit: "KiB"},
+		benchResult{Case: "idle_flows_10k", Path: "ztgate_heap_per_flow", Value: (heap1 - heap0) / n / 1024, Unit: "KiB"},
+		benchResult{Case: "idle_flows_10k", Path: "ztgate_rss_after_close", Value: (rss2 - rss0) / 1024 / 1024, Unit: "MiB over baseline"},
+		benchResult{Case: "idle_flows_10k", Path: "ztgate_heap_after_close", Value: (heap2 - heap0) / 1024 / 1024, Unit: "MiB over baseline"},
+		benchResult{Case: "idle_flows_10k", Path: "ztgate_goroutines_after_close", Value: gor2 - gor0, Unit: "over baseline"},
+	)
 }

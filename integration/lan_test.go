@@ -61,7 +61,7 @@ func (l *lanTopo) startGateway(config string) *proc {
 	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
 		l.t.Fatal(err)
 	}
-	p := l.start(l.router, "ztgate gateway", l.ztgate, "gateway", "-config", path, "-log-format", "text")
+	p := l.start(l.router, "ztgate gateway", append(gatewayEnv(), l.ztgate, "gateway", "-config", path, "-log-format", "text")...)
 	p.waitOutput(l.t, "gateway started", 15*time.Second)
 	return p
 }

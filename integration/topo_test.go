@@ -63,6 +63,9 @@ func binaries(t testing.TB) (ztgate, backend string) {
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
+	if bin := os.Getenv("ZTGATE_BIN"); bin != "" { // A/B runs of another build
+		return bin, filepath.Join(buildDir, "testbackend")
+	}
 	return filepath.Join(buildDir, "ztgate"), filepath.Join(buildDir, "testbackend")
 }
 

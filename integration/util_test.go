@@ -3,7 +3,9 @@ package integration
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"os"
 	"os/exec"
+	"strings"
 )
 
 func sha256Hex(b []byte) string {
@@ -16,4 +18,14 @@ func sha256Hex(b []byte) string {
 func runLocal(name string, args ...string) (string, error) {
 	out, err := exec.Command(name, args...).CombinedOutput()
 	return string(out), err
+}
+
+// gatewayEnv prefixes the gateway's command with `env` settings taken from
+// ZTGATE_GATEWAY_ENV (performance experiments, e.g. GOMAXPROCS=1).
+func gatewayEnv() []string {
+	v := os.Getenv("ZTGATE_GATEWAY_ENV")
+	if v == "" {
+		return nil
+	}
+	return append([]string{"env"}, strings.Fields(v)...)
 }

@@ -47,6 +47,11 @@ type LinkConfig struct {
 	// QueueLen bounds the outbound packets waiting for Output (default 4096);
 	// beyond it packets are dropped (TCP retransmits).
 	QueueLen int
+	// Async makes a goroutine of the link's own write to the Output, for an
+	// Output that may block (a QUIC datagram queue): the stack's
+	// goroutines then never wait for it. Default: the sending goroutine
+	// writes when no write is in progress (lowest latency).
+	Async bool
 }
 
 // Link is one packet link of a Stack: a gVisor NIC whose inbound packets
@@ -228,21 +233,28 @@ func (l *Link) writeRaw(pkt []byte) {
 }
 
 // endpoint is the gVisor side of a Link: a LinkEndpoint without link-layer
-// headers whose outbound packets are queued for a writer goroutine that
-// hands them to the Output in batches.
+// headers. Its outbound path is a combining writer: the goroutine that
+// finds no write in progress becomes the writer and hands the Output
+// everything queued, its own packets and those queued by others meanwhile,
+// in batches. An idle link costs no goroutine hop (the sender writes its
+// packet itself: lowest latency), a busy one batches (one call per batch,
+// segments of a flow coalesced by the TUN's GRO).
 type endpoint struct {
 	l          *Link
 	mtu        atomic.Uint32
 	dispatcher atomic.Pointer[stack.NetworkDispatcher]
 
-	mu     sync.Mutex
-	queue  []*stack.PacketBuffer
-	closed bool
-	wake   chan struct{}
-	done   chan struct{}
-	wg     sync.WaitGroup
+	mu      sync.Mutex
+	queue   []*stack.PacketBuffer
+	writing bool // a goroutine is the writer
+	closed  bool
 
-	// owned by the writer goroutine
+	// Async mode: the writer goroutine and its wake-up.
+	wake chan struct{}
+	done chan struct{}
+	wg   sync.WaitGroup
+
+	// owned by the writer of the moment
 	spare []*stack.PacketBuffer
 	bases [][]byte
 	bufs  [][]byte
@@ -253,17 +265,36 @@ var _ stack.LinkEndpoint = (*endpoint)(nil)
 func newEndpoint(l *Link) *endpoint {
 	e := &endpoint{
 		l:     l,
-		wake:  make(chan struct{}, 1),
-		done:  make(chan struct{}),
 		bases: make([][]byte, l.cfg.BatchSize),
 		bufs:  make([][]byte, 0, l.cfg.BatchSize),
 	}
 	e.mtu.Store(uint32(l.cfg.MTU))
-	e.wg.Add(1)
-	go e.writeLoop()
+	if l.cfg.Async {
+		e.wake, e.done = make(chan struct{}, 1), make(chan struct{})
+		e.wg.Add(1)
+		go e.writeLoop()
+	}
 	return e
 }
 
+// writeLoop is the writer of an Async link.
+func (e *endpoint) writeLoop() {
+	defer e.wg.Done()
+	for {
+		select {
+		case <-e.done:
+			return
+		case <-e.wake:
+		}
+		e.mu.Lock()
+		e.writing = true
+		e.mu.Unlock()
+		e.drain()
+	}
+}
+
+// close drops what is queued; later writes fail. A write in progress
+// finishes its batch.
 func (e *endpoint) close() {
 	e.mu.Lock()
 	if e.closed {
@@ -271,20 +302,20 @@ func (e *endpoint) close() {
 		return
 	}
 	e.closed = true
-	close(e.done)
-	e.mu.Unlock()
-	e.wg.Wait()
-	e.mu.Lock()
 	for _, p := range e.queue {
 		p.DecRef()
 	}
 	e.queue = nil
 	e.mu.Unlock()
+	if e.done != nil {
+		close(e.done)
+		e.wg.Wait()
+	}
 }
 
-// WritePackets queues packets for the writer goroutine. Like gVisor's
-// channel endpoint it takes a reference on every packet it keeps; the
-// caller keeps its own.
+// WritePackets queues packets and, unless another goroutine is writing,
+// writes the queue out itself. Like gVisor's channel endpoint it takes a
+// reference on every packet it keeps; the caller keeps its own.
 func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := 0
 	e.mu.Lock()
@@ -301,42 +332,47 @@ func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 		e.queue = append(e.queue, p)
 		n++
 	}
-	e.mu.Unlock()
-	select {
-	case e.wake <- struct{}{}:
-	default:
+	if e.writing {
+		e.mu.Unlock()
+		return n, nil
 	}
+	if e.wake != nil {
+		e.mu.Unlock()
+		select {
+		case e.wake <- struct{}{}:
+		default:
+		}
+		return n, nil
+	}
+	e.writing = true
+	e.mu.Unlock()
+	e.drain()
 	return n, nil
 }
 
-func (e *endpoint) writeLoop() {
-	defer e.wg.Done()
+// drain writes batches until the queue is empty, then gives up the writer
+// role. The caller set e.writing.
+func (e *endpoint) drain() {
 	for {
-		select {
-		case <-e.done:
-			return
-		case <-e.wake:
-		}
-		for {
-			e.mu.Lock()
-			batch := e.queue
-			e.queue = e.spare[:0]
+		e.mu.Lock()
+		batch := e.queue
+		if len(batch) == 0 || e.closed {
+			e.writing = false
 			e.mu.Unlock()
-			if len(batch) == 0 {
-				e.spare = batch
-				break
-			}
-			for len(batch) > 0 {
-				n := min(len(batch), e.l.cfg.BatchSize)
-				e.flush(batch[:n])
-				for i := range n {
-					batch[i].DecRef()
-					batch[i] = nil
-				}
-				batch = batch[n:]
-			}
-			e.spare = batch[:0:cap(batch)]
+			return
 		}
+		e.queue = e.spare[:0]
+		e.mu.Unlock()
+		for len(batch) > 0 {
+			n := min(len(batch), e.l.cfg.BatchSize)
+			e.flush(batch[:n])
+			for i := range n {
+				batch[i].DecRef()
+				batch[i] = nil
+			}
+			batch = batch[n:]
+		}
+		e.spare = batch[:0:cap(batch)]
 	}
 }
 

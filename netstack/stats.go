@@ -1,9 +1,10 @@
 package netstack
 
-// Stats counts the packets gVisor itself dropped or refused, after the
-// link's own checks (DropReason): hostile or broken traffic that parsed as
-// IP but not as anything the stack takes, and SYNs beyond the handshake
-// bound. Every field only grows.
+// Stats are the stack's own counters: what gVisor dropped or refused after
+// the link's checks (DropReason) — hostile or broken traffic that parsed
+// as IP but not as anything the stack takes, and SYNs beyond the handshake
+// bound — and the state of its TCP connections. Every drop field only
+// grows.
 type Stats struct {
 	IPMalformed          uint64 // IP headers gVisor rejected (checksum, lengths, options)
 	IPMalformedFragments uint64 // fragments that cannot be reassembled (overlaps, sizes)
@@ -11,9 +12,15 @@ type Stats struct {
 	TransportMalformed   uint64 // TCP, UDP and ICMP headers with bad lengths or checksums
 	TCPHandshakeLimit    uint64 // SYNs dropped because MaxInflightHandshakes handshakes were in progress
 	TCPFailedHandshakes  uint64 // accepted SYNs whose client never completed the handshake
+
+	TCPEstablished uint64 // connections in ESTABLISHED now
+	TCPConnected   uint64 // connections in any connected state now, TIME-WAIT included
+	TCPResetsSent  uint64
+	TCPRetransmits uint64
+	ICMPErrorsSent uint64 // destination unreachable messages (refused UDP flows)
 }
 
-// Stats returns the stack's drop counters.
+// Stats returns the stack's counters.
 func (ns *Stack) Stats() Stats {
 	s := ns.s.Stats()
 	return Stats{
@@ -25,5 +32,10 @@ func (ns *Stack) Stats() Stats {
 			s.UDP.MalformedPacketsReceived.Value() + s.UDP.ChecksumErrors.Value(),
 		TCPHandshakeLimit:   s.TCP.ForwardMaxInFlightDrop.Value(),
 		TCPFailedHandshakes: s.TCP.FailedConnectionAttempts.Value(),
+		TCPEstablished:      s.TCP.CurrentEstablished.Value(),
+		TCPConnected:        s.TCP.CurrentConnected.Value(),
+		TCPResetsSent:       s.TCP.ResetsSent.Value(),
+		TCPRetransmits:      s.TCP.Retransmits.Value(),
+		ICMPErrorsSent:      s.ICMP.V4.PacketsSent.DstUnreachable.Value() + s.ICMP.V6.PacketsSent.DstUnreachable.Value(),
 	}
 }

@@ -1,10 +1,14 @@
 package netstack
 
 import (
+	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -86,14 +90,6 @@ type TCPConn struct {
 
 var _ net.Conn = (*TCPConn)(nil)
 
-// WaitReadable blocks until a Read would not block (data, EOF or an error
-// is pending), until done is closed (it then returns net.ErrClosed), or
-// until the timer channel fires (os.ErrDeadlineExceeded). Splicing waits
-// here without holding a buffer, so an idle flow pins no copy buffer.
-func (c *TCPConn) WaitReadable(done <-chan struct{}, timer <-chan time.Time) error {
-	return waitReadable(c.ep, c.wq, done, timer)
-}
-
 func waitReadable(ep tcpip.Endpoint, wq *waiter.Queue, done <-chan struct{}, timer <-chan time.Time) error {
 	if ep.Readiness(waiter.ReadableEvents) != 0 {
 		return nil
@@ -143,3 +139,36 @@ func (c *TCPConn) SetReadDeadline(t time.Time) error { return c.c.SetReadDeadlin
 
 // SetWriteDeadline implements net.Conn.
 func (c *TCPConn) SetWriteDeadline(t time.Time) error { return c.c.SetWriteDeadline(t) }
+
+// ErrWouldBlock is returned by TryRead when no data is waiting.
+var ErrWouldBlock = errors.New("netstack: would block")
+
+// OnReadable registers fn to be called whenever the connection may have
+// become readable: data, the client's FIN, a reset. fn runs in the stack's
+// goroutines and must not block; it may be called spuriously. The returned
+// function unregisters it (never call it from fn).
+func (c *TCPConn) OnReadable(fn func()) (unregister func()) {
+	e := waiter.NewFunctionEntry(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr|waiter.EventRdHUp, func(waiter.EventMask) { fn() })
+	c.wq.EventRegister(&e)
+	return func() { c.wq.EventUnregister(&e) }
+}
+
+// TryRead reads what the client sent without waiting: n > 0 bytes, or
+// ErrWouldBlock when nothing is waiting, or io.EOF once the client closed
+// its side and everything was read, or the error that ended the
+// connection. It must not be mixed with Read.
+func (c *TCPConn) TryRead(b []byte) (int, error) {
+	w := tcpip.SliceWriter(b)
+	res, err := c.ep.Read(&w, tcpip.ReadOptions{})
+	switch err.(type) {
+	case nil:
+		return res.Count, nil
+	case *tcpip.ErrWouldBlock:
+		return 0, ErrWouldBlock
+	case *tcpip.ErrClosedForReceive:
+		return 0, io.EOF
+	case *tcpip.ErrConnectionReset, *tcpip.ErrConnectionAborted:
+		return res.Count, fmt.Errorf("netstack: read: %w", syscall.ECONNRESET)
+	}
+	return res.Count, tcpipError("read", err)
+}

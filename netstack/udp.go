@@ -78,7 +78,10 @@ func (c *UDPConn) SetReadDeadline(t time.Time) error { return c.c.SetReadDeadlin
 // SetWriteDeadline implements net.Conn.
 func (c *UDPConn) SetWriteDeadline(t time.Time) error { return c.c.SetWriteDeadline(t) }
 
-// WaitReadable is TCPConn.WaitReadable for a UDP flow.
+// WaitReadable blocks until a Read would not block (a datagram or an error
+// is pending), until done is closed (it then returns net.ErrClosed), or
+// until the timer channel fires (os.ErrDeadlineExceeded). The splice waits
+// here without holding a buffer, so an idle flow pins no copy buffer.
 func (c *UDPConn) WaitReadable(done <-chan struct{}, timer <-chan time.Time) error {
 	return waitReadable(c.ep, c.wq, done, timer)
 }

@@ -7,6 +7,7 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -27,10 +28,26 @@ func main() {
 	tcpAddr := flag.String("tcp", "", "TCP echo listen address")
 	name := flag.String("name", "backend", "name returned by / and /healthz")
 	size := flag.Int("size", 16<<20, "size of /big in bytes")
+	lat := flag.String("latency", "", "client mode: measure round trips of 1-byte messages to this echo address")
+	conns := flag.String("connrate", "", "client mode: connect, echo 1 byte, close in a loop against this echo address")
+	many := flag.String("hold-many", "", "client mode: open -n idle connections to this echo address and hold them until SIGTERM")
+	n := flag.Int("n", 10000, "client modes: samples (-latency) or connections (-hold-many)")
+	workers := flag.Int("c", 32, "client mode -connrate: concurrent workers")
+	dur := flag.Duration("d", 5*time.Second, "client mode -connrate: duration")
 	hold := flag.String("hold", "", "client mode: hold one TCP connection to this echo address, send a line every 100ms and check the echo; print FAIL and exit 1 on the first error")
 	flag.Parse()
-	if *hold != "" {
+	switch {
+	case *hold != "":
 		holdFlow(*hold)
+		return
+	case *lat != "":
+		latency(*lat, *n)
+		return
+	case *conns != "":
+		connRate(*conns, *workers, *dur)
+		return
+	case *many != "":
+		holdMany(*many, *n)
 		return
 	}
 
@@ -85,18 +102,7 @@ func main() {
 		if err != nil {
 			log.Fatal(err)
 		}
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					io.Copy(c, c)
-				}()
-			}
-		}()
+		go serveEcho(l)
 	}
 	fmt.Println("ready")
 	sig := make(chan os.Signal, 1)
@@ -151,4 +157,35 @@ func blob(r *http.Request) []byte {
 		b[i] = byte(g.Uint32())
 	}
 	return b
+}
+
+// serveEcho echoes every connection with a plain copy loop: io.Copy
+// between two TCP sockets would splice(2) through a pipe per connection,
+// three descriptors per idle flow, and run out of them at 10 000 flows.
+func serveEcho(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			time.Sleep(10 * time.Millisecond) // EMFILE and the like: keep serving
+			continue
+		}
+		go func() {
+			defer c.Close()
+			buf := make([]byte, 2048)
+			for {
+				n, err := c.Read(buf)
+				if n > 0 {
+					if _, werr := c.Write(buf[:n]); werr != nil {
+						return
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
 }

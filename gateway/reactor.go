@@ -1,0 +1,101 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// reactor tells TCP flows when their backend sockets become readable, from
+// one goroutine and one epoll instance for all of them, so that an idle
+// flow needs no goroutine of its own. The sockets stay registered with
+// Go's netpoller too (for writes); epoll allows a file in several sets.
+type reactor struct {
+	epfd int
+	wake int // eventfd that stops run
+
+	mu       sync.Mutex
+	handlers map[int32]func()
+	wg       sync.WaitGroup
+}
+
+func newReactor() (*reactor, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll: %w", err)
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
+		unix.Close(epfd)
+		unix.Close(wake)
+		return nil, fmt.Errorf("epoll: %w", err)
+	}
+	r := &reactor{epfd: epfd, wake: wake, handlers: make(map[int32]func())}
+	r.wg.Add(1)
+	go r.run()
+	return r, nil
+}
+
+// add calls fn (from the reactor's goroutine; it must not block) whenever
+// fd becomes readable or hangs up. Edge-triggered: fn's owner reads until
+// EAGAIN.
+func (r *reactor) add(fd int, fn func()) error {
+	r.mu.Lock()
+	r.handlers[int32(fd)] = fn
+	r.mu.Unlock()
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
+	if err := unix.EpollCtl(r.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		r.mu.Lock()
+		delete(r.handlers, int32(fd))
+		r.mu.Unlock()
+		return fmt.Errorf("epoll add: %w", err)
+	}
+	return nil
+}
+
+// remove stops notifications for fd; call it before closing fd.
+func (r *reactor) remove(fd int) {
+	unix.EpollCtl(r.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	r.mu.Lock()
+	delete(r.handlers, int32(fd))
+	r.mu.Unlock()
+}
+
+func (r *reactor) run() {
+	defer r.wg.Done()
+	events := make([]unix.EpollEvent, 128)
+	for {
+		n, err := unix.EpollWait(r.epfd, events, -1)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return
+		}
+		for _, ev := range events[:n] {
+			if ev.Fd == int32(r.wake) {
+				return
+			}
+			r.mu.Lock()
+			fn := r.handlers[ev.Fd]
+			r.mu.Unlock()
+			if fn != nil {
+				fn()
+			}
+		}
+	}
+}
+
+// close stops the reactor and waits for its goroutine.
+func (r *reactor) close() {
+	unix.Write(r.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	r.wg.Wait()
+	unix.Close(r.epfd)
+	unix.Close(r.wake)
+}

@@ -1,0 +1,109 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// startCountServer reads until the client half-closes, then answers with
+// the byte count and closes: the exchange a half-close must carry.
+func startCountServer(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				n, _ := io.Copy(io.Discard, c)
+				fmt.Fprintf(c, "got %d", n)
+			}()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func spliceConfig(port int, idle string) string {
+	return fmt.Sprintf(`
+[gateway]
+state_dir = "STATE"
+[api]
+listen = "off"
+[[tenant]]
+name = "acme"
+sources = ["198.51.100.0/24"]
+[[service]]
+name = "count"
+tenants = ["acme"]
+vip = "10.100.0.12"
+backends = ["127.0.0.1"]
+  [[service.port]]
+  protocol = "tcp"
+  port = 9
+  target = %d
+  [service.health]
+  type = "none"
+  [service.timeouts]
+  tcp_idle = %q
+`, port, idle)
+}
+
+// TestSpliceHalfClose: the client's FIN reaches the backend as a FIN, and
+// the backend's answer after it still reaches the client.
+func TestSpliceHalfClose(t *testing.T) {
+	h := newHarness(t, spliceConfig(startCountServer(t), "1h"))
+	for _, size := range []int{0, 1, 100 << 10, 3 << 20} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c, err := h.client.DialTCP(ctx, acmeClient, netip.MustParseAddrPort("10.100.0.12:9"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.Write(make([]byte, size)); err != nil {
+				t.Fatal(err)
+			}
+			c.(interface{ CloseWrite() error }).CloseWrite()
+			got, err := io.ReadAll(c)
+			if err != nil || string(got) != fmt.Sprintf("got %d", size) {
+				t.Fatalf("answer %q, %v", got, err)
+			}
+		})
+	}
+	waitFor(t, 3*time.Second, "flows ended", func() bool { return h.gw.flows.len() == 0 })
+}
+
+// TestSpliceIdleTimeout: a flow that moves nothing for tcp_idle is closed
+// by the sweeper; one that keeps moving data is not.
+func TestSpliceIdleTimeout(t *testing.T) {
+	h := newHarness(t, spliceConfig(startLineEcho(t, "echo"), "2s"))
+	idle := h.dialLines(t, acmeClient, "10.100.0.12:9")
+	busy := h.dialLines(t, acmeClient, "10.100.0.12:9")
+	for i := range 8 { // 4 s of traffic on busy, none on idle
+		if got := busy.roundTrip(t, fmt.Sprint(i)); got != fmt.Sprintf("echo: %d", i) {
+			t.Fatalf("busy flow: %q", got)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	idle.c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := idle.r.ReadString('\n'); err == nil || err == io.ErrNoProgress {
+		t.Fatalf("idle flow still open: %v", err)
+	}
+	if got := busy.roundTrip(t, "still"); got != "echo: still" {
+		t.Fatalf("busy flow after the sweep: %q", got)
+	}
+}

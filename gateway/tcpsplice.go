@@ -1,0 +1,316 @@
+package gateway
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ztgate/ztgate/netstack"
+)
+
+// tcpSplice copies a TCP flow both ways, with half-close, without a
+// goroutine while the flow is idle: the netstack tells it when the client
+// sent something, the reactor when the backend did, and a worker goroutine
+// runs only while there is data to move. Idle timeouts are enforced by the
+// gateway's sweeper (sweepIdle). Buffers come from a pool while data moves.
+//
+//	state bits: evClient, evBackend — what became readable;
+//	            scheduled — a worker runs or is about to.
+type tcpSplice struct {
+	g      *Gateway
+	f      *flow
+	client *netstack.TCPConn
+	be     *net.TCPConn
+	rc     syscall.RawConn
+	fd     int
+
+	state        atomic.Uint32
+	waiting      atomic.Bool // the worker lingers in the poller for the backend
+	unregister   func()
+	teardownOnce sync.Once
+
+	// owned by the worker of the moment
+	clientEOF, backendEOF bool
+	err                   error
+}
+
+const (
+	evClient uint32 = 1 << iota
+	evBackend
+	scheduled
+	evMask = evClient | evBackend
+)
+
+// startTCPSplice wires a new flow to the reactor and the netstack and
+// moves whatever is already waiting.
+func (g *Gateway) startTCPSplice(f *flow, client *netstack.TCPConn, be *net.TCPConn) {
+	t := &tcpSplice{g: g, f: f, client: client, be: be}
+	rc, err := be.SyscallConn()
+	if err == nil {
+		err = rc.Control(func(fd uintptr) { t.fd = int(fd) })
+	}
+	if err == nil {
+		t.rc = rc
+		err = g.reactor.add(t.fd, func() { t.kick(evBackend) })
+	}
+	if err != nil {
+		g.log.Error("splice", "flow", f.id, "err", err)
+		t.teardown("error")
+		return
+	}
+	t.unregister = client.OnReadable(func() { t.kick(evClient) })
+	// Closing the flow from outside (API, drain, the idle sweeper, a closed
+	// tunnel ingress) closes the client side, stops any write to the
+	// backend a worker is blocked in (a deadline in the past, so that the
+	// descriptor stays valid until teardown takes it out of the reactor),
+	// and wakes a worker, which tears the flow down. Writes need no
+	// deadline of their own: a write that blocks moves no byte, and the
+	// sweeper ends flows that move none.
+	f.mu.Lock()
+	f.onClose = func() {
+		be.SetDeadline(time.Unix(1, 0))
+		t.kick(evClient)
+	}
+	f.mu.Unlock()
+	f.splice.Store(t)            // published complete: Close and the sweeper may use it
+	t.kick(evClient | evBackend) // data may have arrived before the notifiers
+}
+
+// kick records events and starts a worker unless one runs. A worker that
+// lingers for the backend is woken for the client's events by a deadline
+// in the past; the backend's own wake it through the poller.
+func (t *tcpSplice) kick(ev uint32) {
+	if t.state.Or(ev|scheduled)&scheduled != 0 {
+		if ev&evClient != 0 && t.waiting.Load() {
+			t.be.SetReadDeadline(time.Unix(1, 0))
+		}
+		return
+	}
+	if !t.g.enter() {
+		// Shutting down: Close tears down every flow once no goroutine of
+		// the gateway runs. (Never tear down here: kick may run inside the
+		// netstack's notification, whose lock unregistering would need.)
+		return
+	}
+	go func() {
+		defer t.g.leave()
+		t.work()
+	}()
+}
+
+// work moves data until neither side has any, then exits; a later kick
+// starts a new worker.
+func (t *tcpSplice) work() {
+	for {
+		ev := t.state.And(^evMask) & evMask
+		if ev == 0 {
+			if t.linger() {
+				continue
+			}
+			if t.state.CompareAndSwap(scheduled, 0) {
+				return
+			}
+			continue
+		}
+		if reason, closed := t.f.closed(); closed {
+			t.teardown(reason)
+			return
+		}
+		if ev&evClient != 0 && !t.clientEOF && t.err == nil {
+			t.err = t.pumpUp()
+		}
+		if ev&evBackend != 0 && !t.backendEOF && t.err == nil {
+			t.err = t.pumpDown()
+		}
+		if t.err != nil || (t.clientEOF && t.backendEOF) {
+			t.teardown(closeReason(t.err))
+			return
+		}
+	}
+}
+
+// lingerTime is how long a worker with nothing to do stays for more: a
+// flow that is moving data keeps its worker (one wake-up per burst, like a
+// goroutine per direction), an idle one gives it up.
+const lingerTime = 50 * time.Millisecond
+
+// linger waits up to lingerTime for the backend to send (through Go's
+// poller, peeking so that no buffer is held) or for a kick; it reports
+// whether there may be work.
+func (t *tcpSplice) linger() bool {
+	if t.backendEOF || t.err != nil {
+		return false
+	}
+	t.be.SetReadDeadline(time.Now().Add(lingerTime))
+	t.waiting.Store(true)
+	ready := false
+	if t.state.Load()&evMask == 0 {
+		var peek [1]byte
+		t.rc.Read(func(fd uintptr) bool {
+			if t.state.Load()&evMask != 0 {
+				return true
+			}
+			_, _, err := unix.Recvfrom(int(fd), peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			if errors.Is(err, unix.EAGAIN) {
+				return false
+			}
+			ready = true // data, the FIN or an error: pumpDown takes it
+			return true
+		})
+	}
+	t.waiting.Store(false)
+	t.be.SetReadDeadline(time.Time{})
+	if ready {
+		t.state.Or(evBackend)
+	}
+	return t.state.Load()&evMask != 0
+}
+
+// pumpUp copies what the client sent to the backend, until nothing is
+// waiting; the client's FIN half-closes the backend.
+func (t *tcpSplice) pumpUp() error {
+	for {
+		bp := bufPool.Get().(*[]byte)
+		n, err := t.client.TryRead(*bp)
+		if n > 0 {
+			_, werr := t.be.Write((*bp)[:n])
+			t.f.addUp(n, t.g.now())
+			if werr != nil {
+				bufPool.Put(bp)
+				return &dirError{dir: "write backend", err: werr}
+			}
+		}
+		bufPool.Put(bp)
+		switch {
+		case errors.Is(err, netstack.ErrWouldBlock):
+			return nil
+		case err == io.EOF:
+			t.clientEOF = true
+			t.be.CloseWrite()
+			return nil
+		case err != nil:
+			return &dirError{dir: "read client", err: err}
+		}
+	}
+}
+
+// pumpDown copies what the backend sent to the client, until its socket
+// is drained (edge-triggered); the backend's FIN half-closes the client.
+func (t *tcpSplice) pumpDown() error {
+	for {
+		var (
+			bp   *[]byte
+			n    int
+			rerr error
+		)
+		// RawConn.Read keeps the descriptor alive during the read; the
+		// callback returns true so it never waits.
+		err := t.rc.Read(func(fd uintptr) bool {
+			bp = bufPool.Get().(*[]byte)
+			n, rerr = unix.Read(int(fd), *bp)
+			return true
+		})
+		if err == nil {
+			err = rerr
+		}
+		if n > 0 {
+			_, werr := t.client.Write((*bp)[:n])
+			bufPool.Put(bp)
+			t.f.addDown(n, t.g.now())
+			if werr != nil {
+				return &dirError{dir: "write client", err: werr}
+			}
+			continue
+		}
+		if bp != nil {
+			bufPool.Put(bp)
+		}
+		switch {
+		case errors.Is(err, unix.EAGAIN):
+			return nil
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err == nil: // n == 0: the backend's FIN
+			t.backendEOF = true
+			t.client.CloseWrite()
+			return nil
+		}
+		return &dirError{dir: "read backend", err: os.NewSyscallError("read", err)}
+	}
+}
+
+// teardown ends the flow once: it unhooks the notifiers, then closes both
+// sides (the backend socket leaves the reactor before its descriptor can
+// be reused) and writes the flow's log line with reason, unless the flow
+// was closed with a reason of its own. Workers, kicks during shutdown and
+// Close may race to call it.
+func (t *tcpSplice) teardown(reason string) {
+	t.teardownOnce.Do(func() {
+		if t.unregister != nil {
+			t.unregister()
+		}
+		if t.rc != nil {
+			t.g.reactor.remove(t.fd)
+		}
+		t.f.close(reason)
+		t.be.Close()
+		t.g.endFlow(t.f)
+	})
+}
+
+// sweepIdle closes TCP flows that moved nothing for their idle timeout; it
+// runs every second. It also gives memory back to the system after a
+// crowd of flows has gone.
+func (g *Gateway) sweepIdle() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var trim memoryTrimmer
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := g.now()
+		for _, f := range g.flows.list(func(f *flow) bool { return f.splice.Load() != nil && f.idleFor(now) >= f.idle }) {
+			f.close("idle") // wakes its worker, which tears it down
+		}
+		trim.observe(g.flows.len(), now)
+	}
+}
+
+// memoryTrimmer returns freed memory to the system once the number of
+// flows fell to a quarter of a peak of at least trimMinPeak: Go's scavenger
+// would take minutes, and an operator watching RSS after a burst of 10 000
+// flows expects it back. At most once per trimInterval.
+type memoryTrimmer struct {
+	peak  int
+	last  time.Time
+	again bool // trim once more after trimSecond: the last flows closing and the pools' victim caches
+}
+
+const (
+	trimMinPeak  = 1000
+	trimInterval = 10 * time.Second
+	trimSecond   = 3 * time.Second
+)
+
+func (m *memoryTrimmer) observe(flows int, now time.Time) {
+	m.peak = max(m.peak, flows)
+	switch {
+	case m.peak >= trimMinPeak && flows <= m.peak/4 && now.Sub(m.last) >= trimInterval:
+		debug.FreeOSMemory()
+		m.peak, m.last, m.again = flows, now, true
+	case m.again && now.Sub(m.last) >= trimSecond:
+		debug.FreeOSMemory()
+		m.again = false
+	}
+}
