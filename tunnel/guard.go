@@ -65,10 +65,11 @@ func newGuard(limit int, reg prometheus.Registerer) (*guard, error) {
 }
 
 // transport returns the QUIC transport of a listener on conn with the
-// guard's hooks.
-func (g *guard) transport(conn net.PacketConn) *quic.Transport {
+// guard's hooks and the listener's stateless reset key.
+func (g *guard) transport(conn net.PacketConn, reset *quic.StatelessResetKey) *quic.Transport {
 	return &quic.Transport{
 		Conn:                conn,
+		StatelessResetKey:   reset,
 		Tracer:              g,
 		VerifySourceAddress: g.verifySource,
 		ConnContext:         g.connContext,

@@ -95,7 +95,7 @@ func Listen(addr string, cfg ListenConfig, log *slog.Logger) (*Listener, error) 
 		m:        m,
 		udp:      udp,
 		guard:    g,
-		tr:       g.transport(udp),
+		tr:       g.transport(udp, cfg.Credentials.statelessResetKey()),
 		ready:    make(chan *Session),
 		setups:   make(chan struct{}, maxPendingSetups),
 		sessions: make(map[*Session]struct{}),
