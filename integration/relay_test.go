@@ -99,7 +99,16 @@ listen = "127.0.0.1:7781"
 func (r *relayTopo) startGateway() {
 	r.t.Helper()
 	if r.gwConf == "" {
-		r.gwConf = r.writeFile("gateway.toml", fmt.Sprintf(`
+		r.gwConf = r.writeFile("gateway.toml", r.gatewayConfig())
+	}
+	r.gwProc = r.start(r.gw, "ztgate gateway", r.ztgate, "gateway", "-config", r.gwConf, "-log-format", "text")
+	r.gwProc.waitOutput(r.t, "gateway started", 15*time.Second)
+}
+
+// gatewayConfig is the gateway's default configuration: attached to the
+// relay, publishing web (tcp 80 → 8080, udp 7) to acme.
+func (r *relayTopo) gatewayConfig() string {
+	return fmt.Sprintf(`
 [gateway]
 name = "gw1"
 state_dir = "%s/gw-state"
@@ -127,10 +136,7 @@ backends = ["192.0.2.10"]
   port = 8080
   path = "/healthz"
   interval = "500ms"
-`, r.dir, r.pki, r.pki, r.pki))
-	}
-	r.gwProc = r.start(r.gw, "ztgate gateway", r.ztgate, "gateway", "-config", r.gwConf, "-log-format", "text")
-	r.gwProc.waitOutput(r.t, "gateway started", 15*time.Second)
+`, r.dir, r.pki, r.pki, r.pki)
 }
 
 // startAgent issues the agent's certificate (tenant, or a special kind:

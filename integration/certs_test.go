@@ -1,0 +1,202 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// admitted counts the relay's "session admitted" lines for identity.
+func (r *relayTopo) admitted(identity string) int {
+	return strings.Count(r.relayProc.out.String(), "identity="+identity+" ")
+}
+
+// hup sends SIGHUP to p and waits until it logged what.
+func hup(t *testing.T, p *proc, what string) {
+	t.Helper()
+	before := strings.Count(p.out.String(), what)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	eventually(t, 10*time.Second, p.name+" logs "+what, func() error {
+		if strings.Count(p.out.String(), what) == before {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+}
+
+// TestCredentialRotationOnSIGHUP rotates to a second CA with SIGHUP while
+// an agent downloads: first every CA file becomes a bundle of the old and
+// the new CA, then the relay gets a certificate of the new CA. No session
+// is re-established by the SIGHUPs and the download completes intact; an
+// agent of the new CA, refused before, gets in; and after a relay restart
+// the gateway and the agent verify its new certificate with the CA bundle
+// they reloaded.
+func TestCredentialRotationOnSIGHUP(t *testing.T) {
+	needTools(t, "curl", "dig")
+	r := newRelayTopo(t, "a1", "a2")
+	r.startBackend("192.0.2.10")
+	r.startRelay()
+	r.startGateway()
+	a1 := r.startAgent("a1", "acme")
+	vip := r.waitVIP(t, "a1")
+
+	const size = 8 << 20
+	url := fmt.Sprintf("http://%s/blob?seed=5&n=%d", vip, size)
+	want, err := r.curl(r.agents["a1"], strings.Replace(url, "/blob?", "/blob.sha256?", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(r.dir, "download")
+	dlStart := time.Now()
+	dl := r.start(r.agents["a1"], "slow download", "curl", "-sS", "--max-time", "120", "--limit-rate", "300K", "-o", out, url)
+	gwSessions, a1Sessions := r.admitted("infra/gateway/gw1"), r.admitted("acme/agent/a1")
+
+	// Phase 1: trust both CAs everywhere (the files all name pki/ca.crt).
+	bundle := append(mustRead(t, filepath.Join(r.pki, "ca.crt")), mustRead(t, filepath.Join(r.otherPKI, "ca.crt"))...)
+	writeAtomic(t, filepath.Join(r.pki, "ca.crt"), bundle)
+	hup(t, r.relayProc, "tunnel credentials reloaded")
+	hup(t, r.gwProc, "tunnel credentials reloaded")
+	hup(t, a1, "tunnel credentials reloaded")
+	r.startAgent("a2", "otherca") // refused in TestRelayAgents; trusted now
+	eventually(t, 20*time.Second, "the agent of the new CA reaches web", func() error {
+		out, err := r.curl(r.agents["a2"], "--max-time", "3", "http://"+vip+"/new-ca")
+		if err != nil || !strings.Contains(out, "/new-ca") {
+			return fmt.Errorf("%v %q", err, out)
+		}
+		return nil
+	})
+
+	// Phase 2: the relay presents a certificate of the new CA.
+	r.ztg("pki", "issue", "-dir", r.otherPKI, "-role", "relay", "-tenant", "infra", "-name", "relay1",
+		"-dns", "relay.test", "-ip", "203.0.113.1,203.0.113.5,203.0.113.9,203.0.113.13", "-out", filepath.Join(r.dir, "relay1-new"))
+	writeAtomic(t, filepath.Join(r.pki, "relay1.key"), mustRead(t, filepath.Join(r.dir, "relay1-new.key")))
+	writeAtomic(t, filepath.Join(r.pki, "relay1.crt"), mustRead(t, filepath.Join(r.dir, "relay1-new.crt")))
+	hup(t, r.relayProc, "tunnel credentials reloaded")
+	select {
+	case <-dl.done:
+		t.Fatal("the download ended before the SIGHUPs were done: it proves nothing")
+	default:
+	}
+
+	if err := dl.wait(120 * time.Second); err != nil {
+		t.Fatalf("the download across the SIGHUPs: %v\n%s", err, dl.out.String())
+	}
+	if got := mustRead(t, out); len(got) != size || sha256Hex(got) != strings.TrimSpace(want) {
+		t.Fatalf("the download across the SIGHUPs is corrupt: %d bytes", len(got))
+	}
+	t.Logf("8 MiB intact across four SIGHUPs in %v", time.Since(dlStart).Round(100*time.Millisecond))
+	if g, a := r.admitted("infra/gateway/gw1"), r.admitted("acme/agent/a1"); g != gwSessions || a != a1Sessions {
+		t.Fatalf("sessions re-established by the SIGHUPs: gateway %d → %d, agent %d → %d", gwSessions, g, a1Sessions, a)
+	}
+
+	// The relay restarts with its new certificate: the gateway and the
+	// agents must verify it with the bundle they reloaded.
+	r.relayProc.stop(6 * time.Second)
+	r.startRelay()
+	eventually(t, 20*time.Second, "both agents work through the relay's new certificate", func() error {
+		for _, a := range []string{"a1", "a2"} {
+			out, err := r.curl(r.agents[a], "--max-time", "2", "http://"+vip+"/rotated")
+			if err != nil || !strings.Contains(out, "/rotated") {
+				return fmt.Errorf("%s: %v %q", a, err, out)
+			}
+		}
+		return nil
+	})
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// writeAtomic replaces a file as deployment tools do: write, rename.
+func writeAtomic(t *testing.T, path string, data []byte) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// withCaps runs a command under setpriv with only the given capabilities
+// (e.g. "+net_admin,+net_raw") in every set, bounding set included.
+func withCaps(caps string, cmd ...string) []string {
+	return append([]string{"setpriv", "--inh-caps=-all," + caps, "--ambient-caps=-all," + caps,
+		"--bounding-set=-all," + caps, "--"}, cmd...)
+}
+
+// Effective capability masks: CAP_NET_ADMIN is bit 12, CAP_NET_RAW bit 13.
+const (
+	capsNetAdminRaw = "0000000000003000"
+	capsNetAdmin    = "0000000000001000"
+)
+
+// TestRunsWithOnlyNetCaps runs the LAN gateway, and the relay with a
+// gateway attached to it, with no capability but CAP_NET_ADMIN and
+// CAP_NET_RAW; a gateway without CAP_NET_RAW serves flows and says that
+// it cannot ping backends.
+func TestRunsWithOnlyNetCaps(t *testing.T) {
+	needTools(t, "curl", "ping", "setpriv", "dig")
+	lan := []struct {
+		name, caps, mask string
+		pingWorks        bool
+	}{
+		{"LAN gateway with CAP_NET_ADMIN and CAP_NET_RAW", "+net_admin,+net_raw", capsNetAdminRaw, true},
+		{"LAN gateway with CAP_NET_ADMIN only", "+net_admin", capsNetAdmin, false},
+	}
+	for _, tc := range lan {
+		t.Run(tc.name, func(t *testing.T) {
+			l := newLANTopo(t)
+			l.startBackend("192.0.2.10")
+			path := filepath.Join(l.dir, "gateway.toml")
+			cfg := strings.ReplaceAll(lanConfig, "STATE_DIR", filepath.Join(l.dir, "state"))
+			if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			gw := l.start(l.router, "ztgate gateway", withCaps(tc.caps, l.ztgate, "gateway", "-config", path, "-log-format", "text")...)
+			gw.waitOutput(t, "gateway started", 15*time.Second)
+			if got, err := capEff(gw.cmd.Process.Pid); err != nil || got != tc.mask {
+				t.Fatalf("gateway's effective capabilities %s (%v), want %s", got, err, tc.mask)
+			}
+			if out, err := l.curl(l.acme, "--max-time", "5", "http://10.100.0.10/caps"); err != nil || !strings.Contains(out, "/caps") {
+				t.Fatalf("curl through the gateway: %v %q", err, out)
+			}
+			_, err := l.try(l.acme, 10*time.Second, "ping", "-c", "2", "-W", "2", "10.100.0.20")
+			if (err == nil) != tc.pingWorks {
+				t.Fatalf("ping the VIP: %v, want working %v", err, tc.pingWorks)
+			}
+			if !tc.pingWorks && !strings.Contains(gw.out.String(), "ICMP echo to backends is unavailable") {
+				t.Fatalf("the gateway did not say why pings get no reply:\n%s", gw.out.String())
+			}
+		})
+	}
+	t.Run("relay and gateway", func(t *testing.T) {
+		r := newRelayTopo(t, "a1")
+		r.startBackend("192.0.2.10")
+		r.startRelay() // writes the configuration; restarted below with fewer capabilities
+		r.relayProc.stop(6 * time.Second)
+		r.relayProc = r.start(r.relay, "ztgate relay (caps)", withCaps("+net_admin,+net_raw", r.ztgate, "relay", "-config", r.relayConf, "-log-format", "text")...)
+		r.relayProc.waitOutput(t, "relay started", 15*time.Second)
+		r.gwConf = r.writeFile("gateway.toml", r.gatewayConfig())
+		r.gwProc = r.start(r.gw, "ztgate gateway (caps)", withCaps("+net_admin,+net_raw", r.ztgate, "gateway", "-config", r.gwConf, "-log-format", "text")...)
+		r.gwProc.waitOutput(t, "gateway started", 15*time.Second)
+		for _, p := range []*proc{r.relayProc, r.gwProc} {
+			if got, err := capEff(p.cmd.Process.Pid); err != nil || got != capsNetAdminRaw {
+				t.Fatalf("%s's effective capabilities %s (%v), want %s", p.name, got, err, capsNetAdminRaw)
+			}
+		}
+		r.startAgent("a1", "acme")
+		r.waitVIP(t, "a1")
+	})
+}
