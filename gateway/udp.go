@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/net/ipv4"
+
 	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/netstack"
 )
@@ -78,10 +80,17 @@ func (g *Gateway) spliceUDP(f *flow, client *netstack.UDPConn) {
 	wg.Wait()
 }
 
-// udpUp forwards the client's datagrams to the backend.
+// udpBatch is the most datagrams udpUp sends in one system call.
+const udpBatch = 32
+
+// udpUp forwards the client's datagrams to the backend: everything queued
+// in the netstack goes out in one sendmmsg.
 func udpUp(f *flow, client *netstack.UDPConn, be *net.UDPConn, idle time.Duration, now func() time.Time) error {
 	timer := time.NewTimer(idle)
 	defer timer.Stop()
+	pc := ipv4.NewPacketConn(be)
+	msgs := make([]ipv4.Message, udpBatch)
+	bufs := make([]*[]byte, udpBatch)
 	for {
 		err := client.WaitReadable(f.done, timer.C)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -95,14 +104,39 @@ func udpUp(f *flow, client *netstack.UDPConn, be *net.UDPConn, idle time.Duratio
 		if err != nil {
 			return err
 		}
-		bp := bufPool.Get().(*[]byte)
-		n, err := client.Read(*bp)
-		if err == nil {
-			_, err = be.Write((*bp)[:n])
-			f.addUp(n, now())
+		n, bytes := 0, 0
+		for n < udpBatch {
+			bp := bufPool.Get().(*[]byte)
+			k, rerr := client.TryRead(*bp)
+			if rerr != nil {
+				bufPool.Put(bp)
+				if !errors.Is(rerr, netstack.ErrWouldBlock) {
+					err = rerr
+				}
+				break
+			}
+			bufs[n] = bp
+			msgs[n].Buffers = [][]byte{(*bp)[:k]}
+			n, bytes = n+1, bytes+k
 		}
-		bufPool.Put(bp)
-		if err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
+		for sent := 0; sent < n; {
+			k, werr := pc.WriteBatch(msgs[sent:n], 0)
+			if werr != nil {
+				if !errors.Is(werr, syscall.ECONNREFUSED) {
+					err = werr
+				}
+				break
+			}
+			sent += k
+		}
+		for i := range n {
+			bufPool.Put(bufs[i])
+			msgs[i].Buffers = nil
+		}
+		if bytes > 0 {
+			f.addUp(bytes, now())
+		}
+		if err != nil {
 			return err
 		}
 	}

@@ -85,3 +85,17 @@ func (c *UDPConn) SetWriteDeadline(t time.Time) error { return c.c.SetWriteDeadl
 func (c *UDPConn) WaitReadable(done <-chan struct{}, timer <-chan time.Time) error {
 	return waitReadable(c.ep, c.wq, done, timer)
 }
+
+// TryRead reads one datagram from the client without waiting, or returns
+// ErrWouldBlock when none is queued.
+func (c *UDPConn) TryRead(b []byte) (int, error) {
+	w := tcpip.SliceWriter(b)
+	res, err := c.ep.Read(&w, tcpip.ReadOptions{})
+	switch err.(type) {
+	case nil:
+		return res.Count, nil
+	case *tcpip.ErrWouldBlock:
+		return 0, ErrWouldBlock
+	}
+	return res.Count, tcpipError("udp read", err)
+}

@@ -34,6 +34,11 @@ func main() {
 	n := flag.Int("n", 10000, "client modes: samples (-latency) or connections (-hold-many)")
 	workers := flag.Int("c", 32, "client mode -connrate: concurrent workers")
 	dur := flag.Duration("d", 5*time.Second, "client mode -connrate: duration")
+	sink := flag.String("udpsink", "", "count UDP datagrams received on this address (GET /udpcount on -http reads and resets)")
+	flood := flag.String("udpflood", "", "client mode: send -dgram byte datagrams to this address at -pps for -d")
+	pps := flag.Int("pps", 100000, "client mode -udpflood: packets per second")
+	dgram := flag.Int("dgram", 64, "client mode -udpflood: payload bytes")
+	flows := flag.Int("flows", 1, "client mode -udpflood: source ports (flows) to spread the datagrams over")
 	hold := flag.String("hold", "", "client mode: hold one TCP connection to this echo address, send a line every 100ms and check the echo; print FAIL and exit 1 on the first error")
 	flag.Parse()
 	switch {
@@ -49,6 +54,15 @@ func main() {
 	case *many != "":
 		holdMany(*many, *n)
 		return
+	case *flood != "":
+		udpFlood(*flood, *pps, *dur, *dgram, *flows)
+		return
+	}
+	var counter udpSink
+	if *sink != "" {
+		if err := counter.serve(*sink); err != nil {
+			log.Fatal(err)
+		}
 	}
 
 	big := make([]byte, *size)
@@ -62,6 +76,7 @@ func main() {
 	if *httpAddr != "" {
 		mux := http.NewServeMux()
 		mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "%s %s\n", *name, r.URL.Path) })
+		mux.HandleFunc("/udpcount", counter.handler)
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok", *name) })
 		mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) { w.Write(big) })
 		mux.HandleFunc("/big.sha256", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, bigSum) })
