@@ -14,7 +14,8 @@ import (
 )
 
 // statusService is what `status` reads of a service from a gateway's or a
-// relay's GET /v1/services.
+// relay's GET /v1/services. A relay's services have gateways and no
+// backends, a gateway's the reverse.
 type statusService struct {
 	Name        string   `json:"name"`
 	VIP         string   `json:"vip"`
@@ -35,10 +36,15 @@ type statusService struct {
 		LastError   string `json:"last_error"`
 		ActiveFlows int64  `json:"active_flows"`
 	} `json:"backends"`
-	Gateways []struct {
-		Name    string `json:"name"`
-		Healthy bool   `json:"healthy"`
-	} `json:"gateways"`
+	Gateways []statusGateway `json:"gateways"`
+}
+
+// statusGateway is a gateway serving a service at a relay.
+type statusGateway struct {
+	Name    string `json:"name"`
+	Healthy bool   `json:"healthy"`
+	State   string `json:"state"` // healthy, down or draining
+	Flows   int64  `json:"flows"` // of the gateway, all services
 }
 
 func runStatus(args []string, stdout, stderr io.Writer) int {
@@ -77,6 +83,9 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return nil, err
 		}
+		if resp.StatusCode == http.StatusUnauthorized {
+			return nil, fmt.Errorf("%s: %w", path, errUnauthorized)
+		}
 		if resp.StatusCode != http.StatusOK {
 			return nil, fmt.Errorf("%s: %s: %s", path, resp.Status, strings.TrimSpace(string(body)))
 		}
@@ -85,9 +94,12 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	body, err := get("/v1/services")
 	if err != nil {
 		var uerr interface{ Timeout() bool }
-		if errors.As(err, &uerr) || strings.Contains(err.Error(), "connection refused") {
+		switch {
+		case errors.As(err, &uerr) || strings.Contains(err.Error(), "connection refused"):
 			fmt.Fprintf(stderr, "ztgate status: nothing answers at %s: is the gateway or relay running, and is its [api] listen this address? (%v)\n", *api, err)
-		} else {
+		case errors.Is(err, errUnauthorized):
+			fmt.Fprintf(stderr, "ztgate status: %v: the API has a token_file; pass it with -token-file\n", err)
+		default:
 			fmt.Fprintln(stderr, "ztgate status:", err)
 		}
 		return 1
@@ -107,47 +119,83 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// errUnauthorized is a 401 from the API.
+var errUnauthorized = errors.New("401 Unauthorized")
+
+// renderStatus prints one line per service: a gateway's backends, or a
+// relay's gateways with their state (healthy, down or draining).
 func renderStatus(w io.Writer, services []statusService) {
 	if len(services) == 0 {
 		fmt.Fprintln(w, "no services")
 		return
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tVIP\tPORTS\tTENANTS\tHEALTH\tFLOWS\tBACKENDS")
+	relay := false
 	for _, s := range services {
-		ports := make([]string, 0, len(s.Ports))
-		for _, p := range s.Ports {
-			if p.Target != 0 && p.Target != p.Port {
-				ports = append(ports, fmt.Sprintf("%s/%d→%d", p.Protocol, p.Port, p.Target))
-			} else {
-				ports = append(ports, fmt.Sprintf("%s/%d", p.Protocol, p.Port))
-			}
+		relay = relay || s.Gateways != nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	if relay {
+		fmt.Fprintln(tw, "SERVICE\tVIP\tPORTS\tTENANTS\tHEALTH\tGATEWAYS (STATE, FLOWS)")
+	} else {
+		fmt.Fprintln(tw, "SERVICE\tVIP\tPORTS\tTENANTS\tHEALTH\tFLOWS\tBACKENDS (STATE, FLOWS)")
+	}
+	for _, s := range services {
+		vip := s.VIP
+		if s.VIP6 != "" {
+			vip += " " + s.VIP6
 		}
 		health := "down"
 		if s.Healthy {
 			health = "up"
 		}
-		var backends []string
-		for _, b := range s.Backends {
-			e := fmt.Sprintf("%s %s (%d)", b.Address, b.State, b.ActiveFlows)
-			if b.LastError != "" && b.State != "up" {
-				e += ": " + b.LastError
-			}
-			backends = append(backends, e)
+		head := fmt.Sprintf("%s\t%s\t%s\t%s\t%s", s.Name, vip, formatPorts(s), strings.Join(s.Tenants, ","), health)
+		if relay {
+			fmt.Fprintf(tw, "%s\t%s\n", head, formatGateways(s.Gateways))
+			continue
 		}
-		for _, g := range s.Gateways {
-			state := "down"
-			if g.Healthy {
-				state = "up"
-			}
-			backends = append(backends, "gateway "+g.Name+" "+state)
-		}
-		vip := s.VIP
-		if s.VIP6 != "" {
-			vip += " " + s.VIP6
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.Name, vip, strings.Join(ports, ","),
-			strings.Join(s.Tenants, ","), health, s.ActiveFlows, strings.Join(backends, "; "))
+		fmt.Fprintf(tw, "%s\t%d\t%s\n", head, s.ActiveFlows, formatBackends(s))
 	}
 	tw.Flush()
+}
+
+func formatPorts(s statusService) string {
+	ports := make([]string, 0, len(s.Ports))
+	for _, p := range s.Ports {
+		if p.Target != 0 && p.Target != p.Port {
+			ports = append(ports, fmt.Sprintf("%s/%d→%d", p.Protocol, p.Port, p.Target))
+		} else {
+			ports = append(ports, fmt.Sprintf("%s/%d", p.Protocol, p.Port))
+		}
+	}
+	return strings.Join(ports, ",")
+}
+
+func formatBackends(s statusService) string {
+	var out []string
+	for _, b := range s.Backends {
+		e := fmt.Sprintf("%s %s (%d)", b.Address, b.State, b.ActiveFlows)
+		if b.LastError != "" && b.State != "up" {
+			e += ": " + b.LastError
+		}
+		out = append(out, e)
+	}
+	return strings.Join(out, "; ")
+}
+
+func formatGateways(gs []statusGateway) string {
+	if len(gs) == 0 {
+		return "none"
+	}
+	out := make([]string, 0, len(gs))
+	for _, g := range gs {
+		state := g.State
+		if state == "" { // a relay older than the state field
+			state = "down"
+			if g.Healthy {
+				state = "healthy"
+			}
+		}
+		out = append(out, fmt.Sprintf("%s %s (%d)", g.Name, state, g.Flows))
+	}
+	return strings.Join(out, "; ")
 }

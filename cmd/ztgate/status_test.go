@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bytes"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// Bodies of GET /v1/services as a gateway and a relay send them.
+const (
+	gatewayServices = `{"services": [{"name": "web", "vip": "10.100.0.10", "tenants": ["acme"],
+		"ports": [{"name": "http", "protocol": "tcp", "port": 80, "target": 8080}], "balance": "round_robin",
+		"healthy": true, "source": "file", "active_flows": 3,
+		"backends": [{"address": "192.0.2.10", "healthy": true, "state": "up", "last_error": "", "active_flows": 3},
+			{"address": "192.0.2.11", "healthy": false, "state": "down", "last_error": "connection refused", "active_flows": 0}]}]}`
+	relayServices = `{"services": [{"name": "web", "vip": "10.100.0.10", "tenants": ["acme"],
+		"ports": [{"protocol": "tcp", "port": 80}], "icmp": true, "healthy": true,
+		"gateways": [{"name": "gw1", "healthy": true, "state": "healthy", "session": 7, "flows": 2},
+			{"name": "gw2", "healthy": true, "state": "draining", "session": 9, "flows": 1}]},
+		{"name": "db", "vip": "10.100.0.11", "tenants": ["*"], "ports": [{"protocol": "tcp", "port": 5432}],
+		"healthy": false, "gateways": [{"name": "gw1", "healthy": false, "state": "down", "session": 7, "flows": 2}]}]}`
+)
+
+func TestStatus(t *testing.T) {
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name       string
+		body       string
+		token      string // the server's; "" = none
+		args       []string
+		code       int
+		want       []string // in stdout
+		wantErr    string   // in stderr
+		notWant    string
+		serverDown bool
+	}{
+		{name: "gateway", body: gatewayServices, code: 0, want: []string{
+			"SERVICE", "BACKENDS (STATE, FLOWS)", "web", "10.100.0.10", "tcp/80→8080", "acme", "up",
+			"192.0.2.10 up (3)", "192.0.2.11 down (0): connection refused"}},
+		{name: "relay", body: relayServices, code: 0, want: []string{
+			"GATEWAYS (STATE, FLOWS)", "gw1 healthy (2); gw2 draining (1)", "db", "gw1 down (2)", "tcp/5432"}, notWant: "BACKENDS"},
+		{name: "json", body: relayServices, args: []string{"-json"}, code: 0, want: []string{`"state": "draining"`}},
+		{name: "no services", body: `{"services": []}`, code: 0, want: []string{"no services"}},
+		{name: "token", body: gatewayServices, token: "s3cret", args: []string{"-token-file", tokenFile}, code: 0, want: []string{"192.0.2.10 up"}},
+		{name: "token missing", body: gatewayServices, token: "s3cret", code: 1, wantErr: "pass it with -token-file"},
+		{name: "not ztgate", body: `<html>`, code: 1, wantErr: "does not look like a ztgate API"},
+		{name: "nothing answers", serverDown: true, code: 1, wantErr: "nothing answers at"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != "/v1/services" {
+					http.NotFound(w, r)
+					return
+				}
+				if tc.token != "" && r.Header.Get("Authorization") != "Bearer "+tc.token {
+					w.WriteHeader(http.StatusUnauthorized)
+					return
+				}
+				w.Write([]byte(tc.body))
+			}))
+			url := srv.URL
+			if tc.serverDown {
+				srv.Close()
+				url = "http://" + closedPort(t)
+			} else {
+				defer srv.Close()
+			}
+			var stdout, stderr bytes.Buffer
+			code := run(append([]string{"status", "-api", url}, tc.args...), &stdout, &stderr)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", code, tc.code, stdout.String(), stderr.String())
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(stdout.String(), w) {
+					t.Errorf("stdout lacks %q:\n%s", w, stdout.String())
+				}
+			}
+			if tc.notWant != "" && strings.Contains(stdout.String(), tc.notWant) {
+				t.Errorf("stdout has %q:\n%s", tc.notWant, stdout.String())
+			}
+			if !strings.Contains(stderr.String(), tc.wantErr) {
+				t.Errorf("stderr lacks %q:\n%s", tc.wantErr, stderr.String())
+			}
+		})
+	}
+}
+
+// closedPort returns a loopback address nothing listens on.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
