@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -45,6 +46,8 @@ type Agent struct {
 	sess   atomic.Pointer[tunnel.Session]
 	mtu    atomic.Int64 // the TUN's MTU now
 	direct *direct      // direct paths to gateways
+	api    *http.Server // [api] listen; nil when off
+	apiL   net.Listener
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -134,6 +137,10 @@ func (a *Agent) Start() error {
 		a.Close()
 		return err
 	}
+	if err := a.startAPI(); err != nil {
+		a.Close()
+		return err
+	}
 	a.startTunnel()
 	return nil
 }
@@ -151,6 +158,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // every goroutine.
 func (a *Agent) Close() error {
 	a.cancel()
+	a.stopAPI()
 	var errs []error
 	for _, s := range a.dns {
 		ctx, cancel := context.WithTimeout(context.Background(), 2e9)

@@ -268,6 +268,11 @@ func directoryOf(webUp bool) *tunnel.Directory {
 // startAgent runs an agent against the relay at addr with a client stack
 // as its TUN device.
 func startAgent(t *testing.T, p *pki, relayAddr string) (*Agent, *netstacktest.Client) {
+	return startAgentWith(t, p, relayAddr, nil)
+}
+
+// startAgentWith is startAgent with the configuration changed by edit.
+func startAgentWith(t *testing.T, p *pki, relayAddr string, edit func(*conf.Agent)) (*Agent, *netstacktest.Client) {
 	cert, key := p.issue(tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "laptop"})
 	cfg := &conf.Agent{
 		Name:   "laptop",
@@ -275,6 +280,9 @@ func startAgent(t *testing.T, p *pki, relayAddr string) (*Agent, *netstacktest.C
 		TUN: conf.TUN{Name: "test", MTU: 1280, Pool: netip.MustParsePrefix("10.100.0.0/24"), Address: innerAddr,
 			Enabled: true},
 		DNS: conf.DNS{Zone: "ztna.internal.", TTL: 30 * time.Second},
+	}
+	if edit != nil {
+		edit(cfg)
 	}
 	dev, err := netstacktest.NewClient(1280, innerAddr)
 	if err != nil {
