@@ -59,13 +59,17 @@ fuzz: ## run every fuzz target for FUZZTIME each (default 30s)
 
 PKI_DIR ?= examples/pki
 
-.PHONY: pki
+.PHONY: pki demo
 pki: build ## create examples/pki/ (git-ignored): a CA and the certificates the example configurations name
 	@if [ -e $(PKI_DIR)/ca.crt ]; then echo "$(PKI_DIR) already holds a CA: remove the directory to make a new one"; exit 0; fi; set -e; \
 	./bin/ztgate pki init -dir $(PKI_DIR) -name "ztgate example CA"; \
 	./bin/ztgate pki issue -dir $(PKI_DIR) -role relay -tenant infra -name relay1 -dns relay.example.net -out $(PKI_DIR)/relay; \
 	./bin/ztgate pki issue -dir $(PKI_DIR) -role gateway -tenant infra -name gw-east -out $(PKI_DIR)/gateway; \
 	./bin/ztgate pki issue -dir $(PKI_DIR) -role agent -tenant acme -name laptop -out $(PKI_DIR)/agent
+
+demo: build ## the five-minute tour in network namespaces: relay, gateway, two backends, agents of two tenants (root)
+	$(GO) build -o bin/testbackend ./integration/testbackend
+	$(SUDO) scripts/demo.sh bin/ztgate bin/testbackend
 
 clean: ## remove build and benchmark outputs
 	rm -rf bin bench-results
