@@ -71,6 +71,9 @@ func (l *lanTopo) iperf3(ns, server string, port int, d time.Duration, reverse b
 			SumReceived struct {
 				BitsPerSecond float64 `json:"bits_per_second"`
 			} `json:"sum_received"`
+			SumSent struct {
+				Retransmits int `json:"retransmits"`
+			} `json:"sum_sent"`
 		} `json:"end"`
 		Error string `json:"error"`
 	}
@@ -79,6 +82,9 @@ func (l *lanTopo) iperf3(ns, server string, port int, d time.Duration, reverse b
 	}
 	if res.Error != "" {
 		return 0, fmt.Errorf("iperf3: %s", res.Error)
+	}
+	if n := res.End.SumSent.Retransmits; n > 0 && os.Getenv("ZTGATE_BENCH_VERBOSE") != "" {
+		l.t.Logf("iperf3 to %s (reverse %v): %d retransmits", server, reverse, n)
 	}
 	return res.End.SumReceived.BitsPerSecond, nil
 }

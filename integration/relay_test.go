@@ -92,7 +92,7 @@ ca = "%s/ca.crt"
 listen = "127.0.0.1:7781"
 `, r.dir, r.pki, r.pki, r.pki))
 	}
-	r.relayProc = r.start(r.relay, "ztgate relay", r.ztgate, "relay", "-config", r.relayConf, "-log-format", "text")
+	r.relayProc = r.start(r.relay, "ztgate relay", profiled(r.ztgate, "relay", "-config", r.relayConf, "-log-format", "text")...)
 	r.relayProc.waitOutput(r.t, "relay started", 15*time.Second)
 }
 
@@ -101,7 +101,7 @@ func (r *relayTopo) startGateway() {
 	if r.gwConf == "" {
 		r.gwConf = r.writeFile("gateway.toml", r.gatewayConfig())
 	}
-	r.gwProc = r.start(r.gw, "ztgate gateway", r.ztgate, "gateway", "-config", r.gwConf, "-log-format", "text")
+	r.gwProc = r.start(r.gw, "ztgate gateway", profiled(r.ztgate, "gateway", "-config", r.gwConf, "-log-format", "text")...)
 	r.gwProc.waitOutput(r.t, "gateway started", 15*time.Second)
 }
 
@@ -165,7 +165,7 @@ ca = %q
 name = "ztagent0"
 address = "100.64.0.1"
 `, name, r.agentAddr[name], cert, key, ca))
-	p := r.start(r.agents[name], "ztgate agent "+name, r.ztgate, "agent", "-config", conf, "-log-format", "text")
+	p := r.start(r.agents[name], "ztgate agent "+name, profiled(r.ztgate, "agent", "-config", conf, "-log-format", "text")...)
 	p.waitOutput(r.t, "agent started", 15*time.Second)
 	r.agentProcs[name] = p
 	return p

@@ -29,3 +29,12 @@ func gatewayEnv() []string {
 	}
 	return append([]string{"env"}, strings.Fields(v)...)
 }
+
+// profiled prefixes a role's command so that it serves Go's profiles on
+// 127.0.0.1:6060 of its namespace when ZTGATE_BENCH_PROFILE is set.
+func profiled(args ...string) []string {
+	if os.Getenv("ZTGATE_BENCH_PROFILE") == "" {
+		return args
+	}
+	return append([]string{"env", "ZTGATE_PPROF=127.0.0.1:6060"}, args...)
+}

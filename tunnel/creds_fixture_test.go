@@ -20,7 +20,7 @@ const serverName = "relay.test"
 
 // tlsFixture holds a test PKI on disk: our CA, a foreign CA, and files.
 type tlsFixture struct {
-	t      *testing.T
+	t      testing.TB
 	dir    string
 	ca     *CA
 	other  *CA
@@ -28,7 +28,7 @@ type tlsFixture struct {
 	files  int    // counter for unique file names
 }
 
-func newTLSFixture(t *testing.T) *tlsFixture {
+func newTLSFixture(t testing.TB) *tlsFixture {
 	f := &tlsFixture{t: t, dir: t.TempDir(), ca: mustCA(t, "ztgate CA"), other: mustCA(t, "foreign CA")}
 	f.caFile = f.write("ca.crt", f.ca.CertPEM())
 	return f

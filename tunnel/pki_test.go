@@ -28,7 +28,7 @@ func parsePEMCert(t *testing.T, certPEM []byte) *x509.Certificate {
 }
 
 // mustCA creates a CA or fails the test.
-func mustCA(t *testing.T, name string) *CA {
+func mustCA(t testing.TB, name string) *CA {
 	t.Helper()
 	ca, err := NewCA(name, 24*time.Hour)
 	if err != nil {
@@ -158,7 +158,7 @@ func TestIssueRefuses(t *testing.T) {
 }
 
 // writeFile writes data to name in dir and returns its path.
-func writeFile(t *testing.T, dir, name string, data []byte) string {
+func writeFile(t testing.TB, dir, name string, data []byte) string {
 	t.Helper()
 	p := filepath.Join(dir, name)
 	if err := os.WriteFile(p, data, 0o600); err != nil {

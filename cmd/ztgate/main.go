@@ -57,6 +57,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	for _, c := range commands() {
 		if c.name == args[0] {
+			startProfiling(stderr)
 			return c.run(args[1:], stdout, stderr)
 		}
 	}

@@ -1,0 +1,69 @@
+package tunnel
+
+import (
+	"context"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// BenchmarkDatagramCeiling measures what a quic-go DATAGRAM connection on
+// loopback carries at all: one client sending full-size datagrams as fast
+// as quic-go takes them, one server counting what arrives. It is the
+// ceiling of the agent path, which the end-to-end benchmark compares with
+// (reported as delivered_Gbit/s and delivered_pps).
+func BenchmarkDatagramCeiling(b *testing.B) {
+	f := newTLSFixture(b)
+	ln, err := Listen("127.0.0.1:0", ListenConfig{Credentials: f.relay(CredentialsConfig{})}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	accepted := make(chan *Session, 1)
+	go func() {
+		s, err := ln.Accept(ctx)
+		if err == nil {
+			s.SendWelcome(Welcome{})
+			accepted <- s
+		}
+	}()
+	client, err := Dial(ctx, ln.Addr().String(), DialConfig{
+		Credentials: f.agentCreds(f.ca, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "bench"}),
+		ServerName:  serverName,
+		Hello:       Hello{Role: RoleAgent, Name: "bench", InnerAddr: netip.MustParseAddr("100.64.0.1")},
+	}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer client.Close("done")
+	server := <-accepted
+	defer server.Close("done")
+
+	var got, bytes atomic.Int64
+	go func() {
+		for {
+			d, err := server.ReceiveDatagram(ctx)
+			if err != nil {
+				return
+			}
+			got.Add(1)
+			bytes.Add(int64(len(d)))
+		}
+	}()
+	payload := make([]byte, client.MaxDatagram())
+	payload[0] = 0x45 // looks like IPv4 to anyone parsing it
+	b.SetBytes(int64(len(payload)))
+	b.ResetTimer()
+	start := time.Now()
+	for range b.N {
+		client.SendDatagram(payload)
+	}
+	time.Sleep(50 * time.Millisecond) // the last datagrams in flight
+	elapsed := time.Since(start)
+	b.ReportMetric(float64(bytes.Load())*8/elapsed.Seconds()/1e9, "delivered_Gbit/s")
+	b.ReportMetric(float64(got.Load())/elapsed.Seconds(), "delivered_pps")
+	b.ReportMetric(1-float64(got.Load())/float64(b.N), "loss")
+}
