@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -66,7 +65,8 @@ func (r *TCPRequest) Accept() (*TCPConn, error) {
 			return
 		}
 		r.r.Complete(false)
-		c = &TCPConn{c: gonet.NewTCPConn(&wq, ep), ep: ep, wq: &wq}
+		gc := gonet.NewTCPConn(&wq, ep)
+		c = &TCPConn{conn: conn{gc}, c: gc, ep: ep, wq: &wq}
 	})
 	if !done {
 		return nil, net.ErrClosed
@@ -83,6 +83,7 @@ func (r *TCPRequest) Drop() { r.once.Do(func() { r.r.Complete(false) }) }
 // TCPConn is the client side of a TCP flow, terminated in the stack. It is a
 // net.Conn with half-close.
 type TCPConn struct {
+	conn
 	c  *gonet.TCPConn
 	ep tcpip.Endpoint
 	wq *waiter.Queue
@@ -90,55 +91,15 @@ type TCPConn struct {
 
 var _ net.Conn = (*TCPConn)(nil)
 
-func waitReadable(ep tcpip.Endpoint, wq *waiter.Queue, done <-chan struct{}, timer <-chan time.Time) error {
-	if ep.Readiness(waiter.ReadableEvents) != 0 {
-		return nil
-	}
-	entry, ch := waiter.NewChannelEntry(waiter.ReadableEvents)
-	wq.EventRegister(&entry)
-	defer wq.EventUnregister(&entry)
-	if ep.Readiness(waiter.ReadableEvents) != 0 {
-		return nil
-	}
-	select {
-	case <-ch:
-		return nil
-	case <-done:
-		return net.ErrClosed
-	case <-timer:
-		return os.ErrDeadlineExceeded
-	}
-}
-
-// Read implements net.Conn.
-func (c *TCPConn) Read(b []byte) (int, error) { return c.c.Read(b) }
-
-// Write implements net.Conn.
-func (c *TCPConn) Write(b []byte) (int, error) { return c.c.Write(b) }
-
-// Close implements net.Conn.
-func (c *TCPConn) Close() error { return c.c.Close() }
-
 // CloseRead shuts down the reading side.
 func (c *TCPConn) CloseRead() error { return c.c.CloseRead() }
 
 // CloseWrite sends a FIN to the client.
 func (c *TCPConn) CloseWrite() error { return c.c.CloseWrite() }
 
-// LocalAddr implements net.Conn: the VIP and port.
-func (c *TCPConn) LocalAddr() net.Addr { return c.c.LocalAddr() }
-
-// RemoteAddr implements net.Conn: the client.
-func (c *TCPConn) RemoteAddr() net.Addr { return c.c.RemoteAddr() }
-
-// SetDeadline implements net.Conn.
-func (c *TCPConn) SetDeadline(t time.Time) error { return c.c.SetDeadline(t) }
-
-// SetReadDeadline implements net.Conn.
-func (c *TCPConn) SetReadDeadline(t time.Time) error { return c.c.SetReadDeadline(t) }
-
-// SetWriteDeadline implements net.Conn.
-func (c *TCPConn) SetWriteDeadline(t time.Time) error { return c.c.SetWriteDeadline(t) }
+// conn gives the client side of a flow the net.Conn methods of gVisor's
+// adapter without naming a gVisor type in our API.
+type conn struct{ net.Conn }
 
 // ErrWouldBlock is returned by TryRead when no data is waiting.
 var ErrWouldBlock = errors.New("netstack: would block")
@@ -157,9 +118,12 @@ func (c *TCPConn) OnReadable(fn func()) (unregister func()) {
 // ErrWouldBlock when nothing is waiting, or io.EOF once the client closed
 // its side and everything was read, or the error that ended the
 // connection. It must not be mixed with Read.
-func (c *TCPConn) TryRead(b []byte) (int, error) {
+func (c *TCPConn) TryRead(b []byte) (int, error) { return tryRead(c.ep, b) }
+
+// tryRead reads from an endpoint without waiting.
+func tryRead(ep tcpip.Endpoint, b []byte) (int, error) {
 	w := tcpip.SliceWriter(b)
-	res, err := c.ep.Read(&w, tcpip.ReadOptions{})
+	res, err := ep.Read(&w, tcpip.ReadOptions{})
 	switch err.(type) {
 	case nil:
 		return res.Count, nil

@@ -3,6 +3,7 @@ package netstack
 import (
 	"net"
 	"net/netip"
+	"os"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -41,42 +42,18 @@ func (r *UDPRequest) Accept() (*UDPConn, error) {
 	if err != nil {
 		return nil, tcpipError("udp accept "+r.Src.String(), err)
 	}
-	return &UDPConn{c: gonet.NewUDPConn(&wq, ep), ep: ep, wq: &wq}, nil
+	return &UDPConn{conn: conn{gonet.NewUDPConn(&wq, ep)}, ep: ep, wq: &wq}, nil
 }
 
 // UDPConn is the client side of a UDP flow: reads return the client's
 // datagrams, writes go to the client from the VIP:port.
 type UDPConn struct {
-	c  *gonet.UDPConn
+	conn
 	ep tcpip.Endpoint
 	wq *waiter.Queue
 }
 
 var _ net.Conn = (*UDPConn)(nil)
-
-// Read implements net.Conn: one datagram from the client.
-func (c *UDPConn) Read(b []byte) (int, error) { return c.c.Read(b) }
-
-// Write implements net.Conn: one datagram to the client.
-func (c *UDPConn) Write(b []byte) (int, error) { return c.c.Write(b) }
-
-// Close implements net.Conn.
-func (c *UDPConn) Close() error { return c.c.Close() }
-
-// LocalAddr implements net.Conn: the VIP and port.
-func (c *UDPConn) LocalAddr() net.Addr { return c.c.LocalAddr() }
-
-// RemoteAddr implements net.Conn: the client.
-func (c *UDPConn) RemoteAddr() net.Addr { return c.c.RemoteAddr() }
-
-// SetDeadline implements net.Conn.
-func (c *UDPConn) SetDeadline(t time.Time) error { return c.c.SetDeadline(t) }
-
-// SetReadDeadline implements net.Conn.
-func (c *UDPConn) SetReadDeadline(t time.Time) error { return c.c.SetReadDeadline(t) }
-
-// SetWriteDeadline implements net.Conn.
-func (c *UDPConn) SetWriteDeadline(t time.Time) error { return c.c.SetWriteDeadline(t) }
 
 // WaitReadable blocks until a Read would not block (a datagram or an error
 // is pending), until done is closed (it then returns net.ErrClosed), or
@@ -88,14 +65,24 @@ func (c *UDPConn) WaitReadable(done <-chan struct{}, timer <-chan time.Time) err
 
 // TryRead reads one datagram from the client without waiting, or returns
 // ErrWouldBlock when none is queued.
-func (c *UDPConn) TryRead(b []byte) (int, error) {
-	w := tcpip.SliceWriter(b)
-	res, err := c.ep.Read(&w, tcpip.ReadOptions{})
-	switch err.(type) {
-	case nil:
-		return res.Count, nil
-	case *tcpip.ErrWouldBlock:
-		return 0, ErrWouldBlock
+func (c *UDPConn) TryRead(b []byte) (int, error) { return tryRead(c.ep, b) }
+
+func waitReadable(ep tcpip.Endpoint, wq *waiter.Queue, done <-chan struct{}, timer <-chan time.Time) error {
+	if ep.Readiness(waiter.ReadableEvents) != 0 {
+		return nil
 	}
-	return res.Count, tcpipError("udp read", err)
+	entry, ch := waiter.NewChannelEntry(waiter.ReadableEvents)
+	wq.EventRegister(&entry)
+	defer wq.EventUnregister(&entry)
+	if ep.Readiness(waiter.ReadableEvents) != 0 {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-done:
+		return net.ErrClosed
+	case <-timer:
+		return os.ErrDeadlineExceeded
+	}
 }
