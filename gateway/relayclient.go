@@ -100,6 +100,10 @@ func (g *Gateway) serveRelay(ctx context.Context, s *tunnel.Session) error {
 	g.relaySess.Store(rs)
 	defer g.relaySess.CompareAndSwap(rs, nil)
 
+	// The control loop reads until the session ends: end it when the
+	// gateway closes, or Close would wait until the relay goes away.
+	stop := context.AfterFunc(ctx, func() { s.Close("gateway shutting down") })
+	defer stop()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
