@@ -7,9 +7,11 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CONFIG ?= examples/gateway.toml
 FUZZTIME ?= 30s
+SOAKTIME ?= 10m
+GOVULNCHECK ?= golang.org/x/vuln/cmd/govulncheck@latest
 BENCHTIME ?= 5s
 
-.PHONY: help build run tools bench-tools test test-unit test-integration lint bench fuzz clean
+.PHONY: help build run tools bench-tools test test-unit test-integration lint bench fuzz soak vuln clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -50,12 +52,23 @@ bench: bench-tools ## Go micro-benchmarks and the end-to-end benchmark suite (ro
 	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=$(BENCHTIME) $$($(GO) list ./... | grep -v /integration) | tee bench-results/micro.txt
 	$(SUDO) env "PATH=$$PATH" ZTGATE_BENCH=1 $(GO) test -count=1 -timeout 30m -run='^TestBench' -v ./integration/ | tee bench-results/e2e.txt
 
-fuzz: ## run every fuzz target for FUZZTIME each (default 30s)
-	@set -e; for pkg in $$($(GO) list ./...); do \
-	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-	    echo "== $$pkg $$f"; $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$pkg; \
+fuzz: ## run every fuzz target of every package for FUZZTIME each (default 30s)
+	@set -e; n=0; for pkg in $$($(GO) list ./...); do \
+	  list=$$($(GO) test -list '^Fuzz' $$pkg) || { echo "$$list"; exit 1; }; \
+	  for f in $$(echo "$$list" | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$f"; $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$pkg; n=$$((n+1)); \
 	  done; \
-	done
+	done; echo "$$n fuzz targets run for $(FUZZTIME) each"
+
+soak: ## soak test, not in CI: flows churned for SOAKTIME (default 10m) with reloads; curve in bench-results/soak-*.csv (root)
+	mkdir -p bench-results
+	$(SUDO) env "PATH=$$PATH" ZTGATE_SOAK=1 SOAKTIME=$(SOAKTIME) $(GO) test -count=1 -timeout 0 -run '^TestSoak$$' -v ./integration/
+
+vuln: ## govulncheck against vuln.go.dev: fails on a reachable vulnerability, warns when the database is unreachable
+	@GOBIN=$(CURDIR)/bin $(GO) install $(GOVULNCHECK) || { echo "govulncheck could not be installed: not checked"; exit 0; }; \
+	bin/govulncheck ./...; rc=$$?; \
+	if [ $$rc -eq 3 ]; then exit 3; fi; \
+	if [ $$rc -ne 0 ]; then echo "govulncheck could not run (exit $$rc; is vuln.go.dev reachable?): not checked"; fi
 
 PKI_DIR ?= examples/pki
 

@@ -5,11 +5,12 @@
 //	stressclient garbage  -to ADDR -n N           random UDP datagrams (QUIC ports)
 //	stressclient synflood -to ADDR -src PREFIX -n N -pace D
 //	                                               SYNs from spoofed sources of PREFIX (raw socket)
-//	stressclient churn    -to ADDR -conc C -duration D -hold H
-//	                                               TCP flows opened and closed (HTTP GET /), H held open
+//	stressclient churn    -to ADDR -flows N -lifetime L -duration D
+//	                                               N TCP flows to an HTTP server kept open, each replaced after ~L
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -18,6 +19,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -37,9 +39,9 @@ func main() {
 	n := fs.Int("n", 1000, "packets to send (garbage, synflood)")
 	src := fs.String("src", "", "synflood: prefix the spoofed sources are drawn from")
 	pace := fs.Duration("pace", 0, "synflood: pause after every 100 SYNs")
-	conc := fs.Int("conc", 50, "churn: concurrent workers")
+	flows := fs.Int("flows", 10000, "churn: flows kept open, each replaced when it closes")
 	duration := fs.Duration("duration", time.Minute, "churn: how long to run")
-	hold := fs.Int("hold", 0, "churn: connections held open, replaced every cycle")
+	lifetime := fs.Duration("lifetime", 10*time.Second, "churn: mean lifetime of a flow")
 	fs.Parse(os.Args[2:])
 	target, err := netip.ParseAddrPort(*to)
 	if err != nil {
@@ -51,7 +53,7 @@ func main() {
 	case "synflood":
 		err = synflood(target, *src, *n, *pace)
 	case "churn":
-		err = churn(target, *conc, *duration, *hold)
+		err = churn(target, *flows, *duration, *lifetime)
 	default:
 		fail("unknown mode %q", os.Args[1])
 	}
@@ -149,86 +151,100 @@ func syn(src, dst netip.AddrPort) []byte {
 	return b
 }
 
-// churn opens, uses and closes TCP flows with conc workers for d, and
-// keeps hold more connections open, replacing them every 10,000 flows. It
-// prints a line every 10 s and a summary, and stops early on SIGTERM.
-func churn(to netip.AddrPort, conc int, d time.Duration, hold int) error {
+// churn keeps `flows` TCP flows to an HTTP server open for d, replacing
+// them without pause: each opens, fetches /, stays idle for a random
+// lifetime around `lifetime`, fetches again (the flow must still work),
+// and closes; then it opens anew. It prints a line every 10 s and a
+// summary, and stops early on SIGTERM.
+func churn(to netip.AddrPort, flows int, d, lifetime time.Duration) error {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
 	ctx, cancel2 := context.WithTimeout(ctx, d)
 	defer cancel2()
-	var opened, failed atomic.Int64
+	var open, opened, failed atomic.Int64
 	var wg sync.WaitGroup
-	for range conc {
+	start := time.Now()
+	for i := range flows {
 		wg.Go(func() {
+			// Stagger the first openings over one lifetime.
+			if !sleepCtx(ctx, time.Duration(i)*lifetime/time.Duration(flows)) {
+				return
+			}
 			for ctx.Err() == nil {
-				if err := oneFlow(ctx, to); err != nil {
+				if err := heldFlow(ctx, to, lifetime, &open); err != nil && ctx.Err() == nil {
 					failed.Add(1)
-					time.Sleep(10 * time.Millisecond)
+					sleepCtx(ctx, 100*time.Millisecond)
 					continue
 				}
 				opened.Add(1)
 			}
 		})
 	}
-	held := holdConns(to, hold)
 	t := time.NewTicker(10 * time.Second)
 	defer t.Stop()
-	start, cycles := time.Now(), int64(0)
 	for ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
 		case <-t.C:
-			fmt.Printf("churn: %v flows %d failed %d held %d\n", time.Since(start).Round(time.Second), opened.Load(), failed.Load(), len(held))
-		}
-		if c := opened.Load() / 10000; c > cycles {
-			cycles = c
-			closeAll(held)
-			held = holdConns(to, hold)
+			fmt.Printf("churn: %v open %d opened %d failed %d\n", time.Since(start).Round(time.Second), open.Load(), opened.Load(), failed.Load())
 		}
 	}
 	wg.Wait()
-	closeAll(held)
-	fmt.Printf("churn done: %d flows in %v (%.0f/s), %d failed, %d cycles of 10000\n",
-		opened.Load(), time.Since(start).Round(time.Second), float64(opened.Load())/time.Since(start).Seconds(), failed.Load(), cycles)
+	el := time.Since(start)
+	fmt.Printf("churn done: %d flows opened and closed in %v (%.0f/s), at most %d open at once, %d failed\n",
+		opened.Load(), el.Round(time.Second), float64(opened.Load())/el.Seconds(), flows, failed.Load())
 	return nil
 }
 
-// oneFlow is one HTTP/1.0 GET /: connect, request, read to EOF, close.
-func oneFlow(ctx context.Context, to netip.AddrPort) error {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
+// heldFlow is one flow: GET / (HTTP/1.1, kept alive), idle for a random
+// time around lifetime, GET / again, close.
+func heldFlow(ctx context.Context, to netip.AddrPort, lifetime time.Duration, open *atomic.Int64) error {
 	var dialer net.Dialer
-	c, err := dialer.DialContext(ctx, "tcp", to.String())
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	c, err := dialer.DialContext(dctx, "tcp", to.String())
+	cancel()
 	if err != nil {
 		return err
 	}
+	open.Add(1)
+	defer open.Add(-1)
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(c, "GET / HTTP/1.0\r\n\r\n"); err != nil {
+	br := bufio.NewReader(c)
+	if err := get(c, br); err != nil {
 		return err
 	}
-	b, err := io.ReadAll(c)
-	if err != nil || len(b) == 0 {
-		return fmt.Errorf("read: %v (%d bytes)", err, len(b))
+	if !sleepCtx(ctx, lifetime/2+rand.N(lifetime)) {
+		return nil
 	}
-	return nil
+	return get(c, br)
 }
 
-func holdConns(to netip.AddrPort, n int) []net.Conn {
-	var out []net.Conn
-	for range n {
-		c, err := net.DialTimeout("tcp", to.String(), 2*time.Second)
-		if err != nil {
-			continue
-		}
-		out = append(out, c)
+// get sends GET / on c and reads the whole response.
+func get(c net.Conn, br *bufio.Reader) error {
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: soak\r\n\r\n"); err != nil {
+		return err
 	}
-	return out
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return err
 }
 
-func closeAll(cs []net.Conn) {
-	for _, c := range cs {
-		c.Close()
+// sleepCtx sleeps for d; false when ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }

@@ -1,0 +1,226 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// soakSample is one reading of the gateway's /metrics.
+type soakSample struct {
+	at                          time.Duration
+	goroutines, fds, rss        float64
+	flowsActive, flowsTotal     float64
+	refused, reloadOK, reloadEr float64
+}
+
+// TestSoak runs the gateway under churn for SOAKTIME (default 10m): 10,000
+// TCP flows kept open, each closed after about 10 s (two requests, idle
+// in between) and replaced at once — about 1,000 flows opened and closed
+// every second — and a configuration reload every 30 s (a service added or
+// removed, by file and SIGHUP). It samples the gateway's goroutines, open
+// file descriptors and resident memory every 10 s into
+// bench-results/soak-*.csv, fails when they grow from the first third of
+// the steady state to the last, and when they are not back to their
+// baseline once the load stops. Run it with `make soak`; it is not part of
+// `make test`.
+func TestSoak(t *testing.T) {
+	if os.Getenv("ZTGATE_SOAK") == "" {
+		t.Skip("soak test: run it with `make soak` (ZTGATE_SOAK=1, SOAKTIME=10m)")
+	}
+	soak := 10 * time.Minute
+	if s := os.Getenv("SOAKTIME"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d < time.Minute {
+			t.Fatalf("SOAKTIME=%q: a duration of at least 1m", s)
+		}
+		soak = d
+	}
+	needTools(t, "curl")
+	l := newLANTopo(t)
+	loader := stressClient(t)
+	// All flows go from one client address to one backend address: at
+	// ~1,000 new flows a second the default port range (28k ports) runs
+	// out among the TIME-WAIT sockets of the side that closes first, the
+	// loader's and the gateway's. Routers carrying that much to one backend
+	// need the same (docs/hardening.md, "Ephemeral ports").
+	for _, ns := range []string{l.router, l.acme} {
+		l.exec(ns, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535", "net.ipv4.tcp_tw_reuse=1")
+	}
+	l.startBackend("192.0.2.10")
+	// The load comes from one address: no per-source rate for it.
+	gw := l.startGateway(strings.Replace(lanConfig, "[[tenant]]", "[limits]\nnew_flows_per_second = 0\n\n[[tenant]]", 1))
+	cfgPath := filepath.Join(l.dir, "gateway.toml")
+	base := mustRead(t, cfgPath)
+	idle, ok := l.soakSample(0)
+	if !ok {
+		t.Fatal("no baseline sample")
+	}
+
+	churn := l.start(l.acme, "churn", loader, "churn", "-to", "10.100.0.10:80", "-flows", "10000",
+		"-lifetime", "10s", "-duration", soak.String())
+	csvPath, csv := soakCSV(t)
+	defer csv.Close()
+	fmt.Fprintln(csv, "elapsed_s,goroutines,open_fds,rss_bytes,flows_active,flows_total,flows_refused,reloads_ok,reloads_error")
+
+	var samples []soakSample
+	start := time.Now()
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	reloads := 0
+	for time.Since(start) < soak+time.Minute {
+		select {
+		case <-churn.done:
+		case <-tick.C:
+		}
+		if s, ok := l.soakSample(time.Since(start)); ok {
+			samples = append(samples, s)
+			fmt.Fprintf(csv, "%.0f,%.0f,%.0f,%.0f,%.0f,%.0f,%.0f,%.0f,%.0f\n", s.at.Seconds(), s.goroutines, s.fds, s.rss,
+				s.flowsActive, s.flowsTotal, s.refused, s.reloadOK, s.reloadEr)
+		}
+		if done := churnDone(churn); done {
+			break
+		}
+		if el := time.Since(start); int(el/(30*time.Second)) > reloads {
+			reloads++
+			l.soakReload(t, gw, cfgPath, base, reloads)
+		}
+	}
+	if err := churn.wait(time.Minute); err != nil {
+		t.Fatalf("churn: %v\n%s", err, churn.out.String())
+	}
+	t.Log(strings.TrimSpace(churn.out.String()))
+	summarizeSoak(t, samples, csvPath)
+	eventually(t, time.Minute, "goroutines and open files back to their baseline after the load", func() error {
+		s, ok := l.soakSample(soak)
+		if !ok {
+			return fmt.Errorf("no sample")
+		}
+		if s.goroutines > idle.goroutines+20 || s.fds > idle.fds+20 {
+			return fmt.Errorf("%.0f goroutines, %.0f open files; baseline %.0f, %.0f", s.goroutines, s.fds, idle.goroutines, idle.fds)
+		}
+		t.Logf("after the load: %.0f goroutines, %.0f open files, %.1f MiB resident (before it: %.0f, %.0f, %.1f MiB)",
+			s.goroutines, s.fds, s.rss/(1<<20), idle.goroutines, idle.fds, idle.rss/(1<<20))
+		return nil
+	})
+}
+
+func churnDone(p *proc) bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// soakCSV creates the curve's file in bench-results/ at the module root.
+func soakCSV(t *testing.T) (string, *os.File) {
+	t.Helper()
+	dir := filepath.Join("..", "bench-results")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "soak-"+time.Now().UTC().Format("20060102-150405")+".csv")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, f
+}
+
+// soakSample reads the gateway's metrics.
+func (l *lanTopo) soakSample(at time.Duration) (soakSample, bool) {
+	m, err := l.scrape(l.router, "http://127.0.0.1:7780/metrics")
+	if err != nil {
+		l.t.Logf("sample at %v: %v", at.Round(time.Second), err)
+		return soakSample{}, false
+	}
+	return soakSample{
+		at: at, goroutines: m["go_goroutines"], fds: m["process_open_fds"], rss: m["process_resident_memory_bytes"],
+		flowsActive: sumMetric(m, "ztgate_flows_active"), flowsTotal: sumMetric(m, "ztgate_flows_total"),
+		refused:  sumMetric(m, "ztgate_flows_refused_total"),
+		reloadOK: sumMetric(m, "ztgate_config_reloads_total", `result="ok"`), reloadEr: sumMetric(m, "ztgate_config_reloads_total", `result="error"`),
+	}, true
+}
+
+// soakReload adds a service (odd n) or removes it again (even n) and
+// sends SIGHUP.
+func (l *lanTopo) soakReload(t *testing.T, gw *proc, path string, base []byte, n int) {
+	t.Helper()
+	cfg := strings.ReplaceAll(string(base), "STATE_DIR", filepath.Join(l.dir, "state"))
+	if n%2 == 1 {
+		cfg += fmt.Sprintf(`
+[[service]]
+name = "extra%d"
+tenants = ["acme"]
+backends = ["192.0.2.10"]
+  [[service.port]]
+  protocol = "tcp"
+  port = 8080
+`, n)
+	}
+	writeAtomic(t, path, []byte(cfg))
+	gw.cmd.Process.Signal(syscall.SIGHUP)
+}
+
+// soakWarmup is how long the load takes to open its 10,000 flows.
+const soakWarmup = 30 * time.Second
+
+// summarizeSoak compares the medians of the first and the last third of
+// the steady state (after the warm-up, while the load runs) and fails on
+// growth.
+func summarizeSoak(t *testing.T, all []soakSample, csvPath string) {
+	t.Helper()
+	var s []soakSample
+	for _, x := range all {
+		if x.at >= soakWarmup && x.flowsActive > 0 {
+			s = append(s, x)
+		}
+	}
+	if len(s) < 3 {
+		t.Fatalf("only %d samples in the steady state", len(s))
+	}
+	third := len(s) / 3
+	first, last := s[:third], s[len(s)-third:]
+	med := func(ss []soakSample, f func(soakSample) float64) float64 {
+		v := make([]float64, len(ss))
+		for i, x := range ss {
+			v[i] = f(x)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	end := all[len(all)-1]
+	t.Logf("soak: %d samples over %v; %.0f flows, %.0f refused, %.0f reloads ok, %.0f failed; curve in %s",
+		len(all), end.at.Round(time.Second), end.flowsTotal, end.refused, end.reloadOK, end.reloadEr, csvPath)
+	checks := []struct {
+		name       string
+		f          func(soakSample) float64
+		rel, slack float64
+	}{
+		{"goroutines", func(x soakSample) float64 { return x.goroutines }, 0.10, 50},
+		{"open file descriptors", func(x soakSample) float64 { return x.fds }, 0.10, 50},
+		{"flows open", func(x soakSample) float64 { return x.flowsActive }, 0.10, 50},
+		{"resident memory (MiB)", func(x soakSample) float64 { return x.rss / (1 << 20) }, 0.25, 32},
+	}
+	for _, c := range checks {
+		a, b := med(first, c.f), med(last, c.f)
+		peak := 0.0
+		for _, x := range s {
+			peak = max(peak, c.f(x))
+		}
+		t.Logf("  %-22s first third %8.1f  last third %8.1f  peak %8.1f", c.name, a, b, peak)
+		if b > a*(1+c.rel)+c.slack {
+			t.Errorf("%s grew from %.1f to %.1f", c.name, a, b)
+		}
+	}
+	if end.reloadEr > 0 {
+		t.Errorf("%.0f reloads failed", end.reloadEr)
+	}
+}
