@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -44,8 +45,16 @@ backends = ["127.0.0.1"]
 `, lim, acme, svc, httpPort)
 }
 
-// startHold runs a TCP backend that accepts and holds connections open.
+// startHold runs a TCP backend that accepts and holds connections open
+// until the client closes them.
 func startHold(t testing.TB) int {
+	return serveTCP(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+}
+
+// serveTCP runs a TCP server on loopback that hands every connection to
+// handle (and closes it afterwards) until the test ends; it returns the
+// port.
+func serveTCP(t testing.TB, handle func(net.Conn)) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -60,12 +69,7 @@ func startHold(t testing.TB) int {
 			}
 			go func() {
 				defer c.Close()
-				buf := make([]byte, 64)
-				for {
-					if _, err := c.Read(buf); err != nil {
-						return
-					}
-				}
+				handle(c)
 			}()
 		}
 	}()

@@ -37,19 +37,10 @@ func hup(t *testing.T, p *proc, what string) {
 // they reloaded.
 func TestCredentialRotationOnSIGHUP(t *testing.T) {
 	needTools(t, "curl", "dig")
-	r := newRelayTopo(t, "a1", "a2")
-	r.startBackend("192.0.2.10")
-	r.startRelay()
-	r.startGateway()
-	a1 := r.startAgent("a1", "acme")
-	vip := r.waitVIP(t, "a1")
-
+	r, agents, vip := runningRelayTopo(t, []string{"a1"}, "a2")
+	a1 := agents["a1"]
 	const size = 8 << 20
-	url := fmt.Sprintf("http://%s/blob?seed=5&n=%d", vip, size)
-	want, err := r.curl(r.agents["a1"], strings.Replace(url, "/blob?", "/blob.sha256?", 1))
-	if err != nil {
-		t.Fatal(err)
-	}
+	url, want := r.blob(t, r.agents["a1"], vip, 5, size)
 	out := filepath.Join(r.dir, "download")
 	dlStart := time.Now()
 	dl := r.start(r.agents["a1"], "slow download", "curl", "-sS", "--max-time", "120", "--limit-rate", "300K", "-o", out, url)
@@ -85,7 +76,7 @@ func TestCredentialRotationOnSIGHUP(t *testing.T) {
 	if err := dl.wait(120 * time.Second); err != nil {
 		t.Fatalf("the download across the SIGHUPs: %v\n%s", err, dl.out.String())
 	}
-	if got := mustRead(t, out); len(got) != size || sha256Hex(got) != strings.TrimSpace(want) {
+	if got := mustRead(t, out); len(got) != size || sha256Hex(got) != want {
 		t.Fatalf("the download across the SIGHUPs is corrupt: %d bytes", len(got))
 	}
 	t.Logf("8 MiB intact across four SIGHUPs in %v", time.Since(dlStart).Round(100*time.Millisecond))

@@ -101,13 +101,7 @@ func (l *lanTopo) vips(t *testing.T) string {
 // the VIP is unchanged and nothing was lost of the relay's state.
 func TestSIGKILLMidTraffic(t *testing.T) {
 	needTools(t, "curl", "dig")
-	r := newRelayTopo(t, "a1", "a2")
-	r.startBackend("192.0.2.10")
-	r.startRelay()
-	r.startGateway()
-	r.startAgent("a1", "acme")
-	r.startAgent("a2", "acme")
-	vip := r.waitVIP(t, "a1")
+	r, _, vip := runningRelayTopo(t, []string{"a1", "a2"})
 	for _, role := range []string{"gateway", "relay"} {
 		t.Run(role, func(t *testing.T) {
 			dl := r.start(r.agents["a1"], "download", "curl", "-sS", "-o", "/dev/null", "--max-time", "30",
@@ -145,18 +139,9 @@ func TestSIGKILLMidTraffic(t *testing.T) {
 // loss is made with nftables and the delay is left out.
 func TestLossyAgentPath(t *testing.T) {
 	needTools(t, "curl", "dig", "tc")
-	r := newRelayTopo(t, "a1")
-	r.startBackend("192.0.2.10")
-	r.startRelay()
-	r.startGateway()
-	r.startAgent("a1", "acme")
-	vip := r.waitVIP(t, "a1")
+	r, _, vip := runningRelayTopo(t, []string{"a1"})
 	const size = 4 << 20
-	url := fmt.Sprintf("http://%s/blob?seed=11&n=%d", vip, size)
-	want, err := r.curl(r.agents["a1"], strings.Replace(url, "/blob?", "/blob.sha256?", 1))
-	if err != nil {
-		t.Fatal(err)
-	}
+	url, want := r.blob(t, r.agents["a1"], vip, 11, size)
 	r.impair(t, r.relay, "203.0.113.1")
 	r.impair(t, r.agents["a1"], "203.0.113.2")
 	start := time.Now()
@@ -164,7 +149,7 @@ func TestLossyAgentPath(t *testing.T) {
 	if err != nil {
 		t.Fatalf("download over the lossy path: %v (%d bytes)", err, len(got))
 	}
-	if len(got) != size || sha256Hex([]byte(got)) != strings.TrimSpace(want) {
+	if len(got) != size || sha256Hex([]byte(got)) != want {
 		t.Fatalf("download over the lossy path corrupted: %d bytes", len(got))
 	}
 	t.Logf("4 MiB intact over the lossy path in %v", time.Since(start).Round(100*time.Millisecond))

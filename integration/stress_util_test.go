@@ -117,3 +117,32 @@ func capEff(pid int) (string, error) {
 	}
 	return "", fmt.Errorf("no CapEff in /proc/%d/status", pid)
 }
+
+// runningRelayTopo is a relay topology with everything up: the backend,
+// the relay, the gateway and an acme agent for each of agents; later
+// names only get their namespace. It returns the topology, the agents'
+// processes and web's VIP once the first agent reaches it.
+func runningRelayTopo(t *testing.T, agents []string, later ...string) (*relayTopo, map[string]*proc, string) {
+	t.Helper()
+	r := newRelayTopo(t, append(agents, later...)...)
+	r.startBackend("192.0.2.10")
+	r.startRelay()
+	r.startGateway()
+	procs := map[string]*proc{}
+	for _, a := range agents {
+		procs[a] = r.startAgent(a, "acme")
+	}
+	return r, procs, r.waitVIP(t, agents[0])
+}
+
+// blob returns the URL of n deterministic bytes of stream seed on web at
+// vip, and their SHA-256 as the backend tells it to ns.
+func (l *lanTopo) blob(t *testing.T, ns, vip string, seed, n int) (url, sum string) {
+	t.Helper()
+	url = fmt.Sprintf("http://%s/blob?seed=%d&n=%d", vip, seed, n)
+	sum, err := l.curl(ns, strings.Replace(url, "/blob?", "/blob.sha256?", 1))
+	if err != nil {
+		t.Fatalf("checksum of %s: %v", url, err)
+	}
+	return url, strings.TrimSpace(sum)
+}
