@@ -638,3 +638,57 @@ func TestDemo(t *testing.T) {
 		t.Errorf("processes left behind: %s", ps)
 	}
 }
+
+// TestGettingStarted runs what docs/getting-started.md says: its
+// `ztgate pki` commands, then `ztgate check` on each of its TOML blocks
+// (each starts with a comment naming its file), with /etc/ztgate/ moved
+// to a scratch directory.
+func TestGettingStarted(t *testing.T) {
+	ztgate, _ := binaries(t)
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "getting-started.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	local := func(s string) string { return strings.ReplaceAll(s, "/etc/ztgate/", dir+"/") }
+	blocks := regexp.MustCompile("(?s)```(sh|toml)\n(.*?)```").FindAllStringSubmatch(string(doc), -1)
+	var pki, tomls int
+	for _, b := range blocks {
+		if b[1] != "sh" {
+			continue
+		}
+		for line := range strings.Lines(b[2]) {
+			if !strings.HasPrefix(line, "ztgate pki ") {
+				continue
+			}
+			pki++
+			args := strings.Fields(local(line))[1:]
+			if out, err := exec.Command(ztgate, args...).CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v\n%s", line, err, out)
+			}
+		}
+	}
+	for i, b := range blocks {
+		if b[1] != "toml" {
+			continue
+		}
+		tomls++
+		first, _, _ := strings.Cut(b[2], "\n")
+		name, ok := strings.CutPrefix(first, "# /etc/ztgate/")
+		if !ok {
+			t.Errorf("a TOML block does not start with the file it is: %q", first)
+			continue
+		}
+		name, _, _ = strings.Cut(name, " ")
+		path := filepath.Join(dir, fmt.Sprintf("%d-%s", i, name))
+		if err := os.WriteFile(path, []byte(local(b[2])), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(ztgate, "check", "-config", path).CombinedOutput(); err != nil {
+			t.Errorf("%s: %v\n%s", first, err, out)
+		}
+	}
+	if pki < 4 || tomls < 4 {
+		t.Fatalf("found %d pki commands and %d TOML blocks in docs/getting-started.md", pki, tomls)
+	}
+}
