@@ -66,10 +66,9 @@ func TestSYNFloodThroughTUN(t *testing.T) {
 		t.Fatal(err)
 	}
 	shed := sumMetric(after, "ztgate_flows_refused_total", `reason="handshake_limit"`)
-	failed := sumMetric(after, "ztgate_stack_packets_dropped_total", `reason="tcp_handshake_failed"`)
-	t.Logf("SYNs shed by acme's share of handshakes: %v; handshakes never completed: %v", shed, failed)
-	if shed == 0 || failed == 0 {
-		t.Errorf("the flood was not counted: shed %v, failed handshakes %v", shed, failed)
+	t.Logf("SYNs shed by acme's share of handshakes: %v", shed)
+	if shed == 0 {
+		t.Error("the flood was not counted")
 	}
 	if out, err := l.curl(l.acme, "--max-time", "5", "http://10.100.0.10/after"); err != nil || !strings.Contains(out, "/after") {
 		t.Fatalf("acme after the flood: %v %q", err, out)
@@ -82,6 +81,11 @@ func TestSYNFloodThroughTUN(t *testing.T) {
 		}
 		if g := m["go_goroutines"]; g > baseG+20 {
 			return fmt.Errorf("%v goroutines, baseline %v", g, baseG)
+		}
+		// The handshakes the spoofed sources never completed were given
+		// up after the handshake timeout, and counted.
+		if n := sumMetric(m, "ztgate_stack_packets_dropped_total", `reason="tcp_handshake_failed"`); n == 0 {
+			return fmt.Errorf("no failed handshake counted")
 		}
 		t.Logf("goroutines %v (baseline %v), RSS %.1f MiB (baseline %.1f MiB)", m["go_goroutines"], baseG,
 			m["process_resident_memory_bytes"]/(1<<20), base["process_resident_memory_bytes"]/(1<<20))
