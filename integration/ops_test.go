@@ -292,8 +292,8 @@ func TestOpsLANGateway(t *testing.T) {
 			{"go_goroutines", nil, 1},
 			{"process_open_fds", nil, 1},
 		})
-		if v := sumMetric(after, "ztgate_flows_active", `service="web"`); v != 0 {
-			t.Errorf("ztgate_flows_active{service=web} = %v after every flow ended", v)
+		if v, ok := after[`ztgate_flows_active{protocol="tcp",service="web",tenant="acme"}`]; !ok || v != 0 {
+			t.Errorf("ztgate_flows_active{service=web} = %v (exported: %v) after every flow ended", v, ok)
 		}
 		boundedLabels(t, "gateway", after, "198.51.100.10", "198.51.100.20")
 		documented(t, "gateway", after)
@@ -433,6 +433,7 @@ func TestOpsRelayDeployment(t *testing.T) {
 			{"ztgate_relay_registrations_total", []string{`role="gateway"`, `result="ok"`}, 1},
 			{"ztgate_relay_services", nil, 1},
 			{"ztgate_vip_pool_used", nil, 1},
+			{"go_goroutines", nil, 1},
 		})
 		if _, ok := relay1[`ztgate_relay_refusals_total{reason="wrong_role"}`]; !ok {
 			t.Error("ztgate_relay_refusals_total{reason=wrong_role} is not exported")
@@ -446,7 +447,7 @@ func TestOpsRelayDeployment(t *testing.T) {
 			{"ztgate_agent_packets_total", []string{`direction="down"`}, 3 * 3},
 			{"ztgate_dns_queries_total", []string{`listener="agent"`, `rcode="NOERROR"`}, 1},
 		})
-		holds(t, agent1, []movedBy{{"ztgate_agent_connected", nil, 1}})
+		holds(t, agent1, []movedBy{{"ztgate_agent_connected", nil, 1}, {"go_goroutines", nil, 1}})
 		boundedLabels(t, "agent", agent1, "100.64.0.1")
 		documented(t, "agent", agent1)
 	})
