@@ -53,7 +53,7 @@ func (r *Relay) routeToGateway(a *agent, service, packet []byte) {
 		return
 	}
 	a.buf, _ = tunnel.AppendTagged(a.buf[:0], t.id, t.service, packet)
-	if err := t.gw.s.SendDatagram(a.buf); err != nil {
+	if !t.gw.out.send(a.buf) {
 		r.m.dropFromAgent(dropSendFailed)
 		return
 	}
@@ -206,7 +206,7 @@ func (r *Relay) fromGateway(g *gateway, b []byte) {
 		r.m.dropFromGateway(dropWrongDestination)
 		return
 	}
-	if err := t.agent.s.SendDatagram(packet); err != nil {
+	if !t.agent.out.send(packet) {
 		r.m.dropFromGateway(dropSendFailed)
 		return
 	}

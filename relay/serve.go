@@ -43,6 +43,8 @@ func (r *Relay) serveGateway(p peer) {
 	if err := p.s.SendWelcome(tunnel.Welcome{MaxPacket: p.s.MaxDatagram() - tunnel.TagReturnOverhead}); err != nil {
 		return
 	}
+	g.out = newOutbox(p.s)
+	defer g.out.close()
 	r.addGateway(g)
 	defer r.removeGateway(g)
 	var wg sync.WaitGroup
@@ -90,6 +92,8 @@ func (r *Relay) serveAgent(p peer) {
 			return
 		}
 	}
+	a.out = newOutbox(p.s)
+	defer a.out.close()
 	r.addAgent(a)
 	defer r.removeAgent(a)
 	if !v2 {
