@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -47,10 +48,12 @@ type LinkConfig struct {
 	// QueueLen bounds the outbound packets waiting for Output (default 4096);
 	// beyond it packets are dropped (TCP retransmits).
 	QueueLen int
-	// Async makes a goroutine of the link's own write to the Output, for an
-	// Output that may block (a QUIC datagram queue): the stack's
-	// goroutines then never wait for it. Default: the sending goroutine
-	// writes when no write is in progress (lowest latency).
+	// Async makes the link's writer goroutine write everything, for an
+	// Output that may block (a QUIC datagram queue): the stack's goroutines
+	// then never wait for it. Default: a packet sent while the link is idle
+	// is written by the sending goroutine at once (no goroutine hop: the
+	// lowest latency), while busy traffic goes to the writer goroutine in
+	// batches (one call per batch; a TUN coalesces a flow's segments).
 	Async bool
 }
 
@@ -244,12 +247,13 @@ type endpoint struct {
 	mtu        atomic.Uint32
 	dispatcher atomic.Pointer[stack.NetworkDispatcher]
 
-	mu      sync.Mutex
-	queue   []*stack.PacketBuffer
-	writing bool // a goroutine is the writer
-	closed  bool
+	mu        sync.Mutex
+	queue     []*stack.PacketBuffer
+	writing   bool  // a goroutine is the writer
+	lastWrite int64 // nanotime the last write ended, for telling idle from busy
+	closed    bool
 
-	// Async mode: the writer goroutine and its wake-up.
+	// The writer goroutine and its wake-up.
 	wake chan struct{}
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -269,15 +273,17 @@ func newEndpoint(l *Link) *endpoint {
 		bufs:  make([][]byte, 0, l.cfg.BatchSize),
 	}
 	e.mtu.Store(uint32(l.cfg.MTU))
-	if l.cfg.Async {
-		e.wake, e.done = make(chan struct{}, 1), make(chan struct{})
-		e.wg.Add(1)
-		go e.writeLoop()
-	}
+	e.wake, e.done = make(chan struct{}, 1), make(chan struct{})
+	e.wg.Add(1)
+	go e.writeLoop()
 	return e
 }
 
-// writeLoop is the writer of an Async link.
+// idleGap is how long a link must have written nothing for the next packet
+// to be written by its sender at once rather than by the writer goroutine.
+const idleGap = 200 * time.Microsecond
+
+// writeLoop is the link's writer goroutine.
 func (e *endpoint) writeLoop() {
 	defer e.wg.Done()
 	for {
@@ -287,6 +293,10 @@ func (e *endpoint) writeLoop() {
 		case <-e.wake:
 		}
 		e.mu.Lock()
+		if e.writing { // a sender writes inline; it drains the queue too
+			e.mu.Unlock()
+			continue
+		}
 		e.writing = true
 		e.mu.Unlock()
 		e.drain()
@@ -307,15 +317,14 @@ func (e *endpoint) close() {
 	}
 	e.queue = nil
 	e.mu.Unlock()
-	if e.done != nil {
-		close(e.done)
-		e.wg.Wait()
-	}
+	close(e.done)
+	e.wg.Wait()
 }
 
-// WritePackets queues packets and, unless another goroutine is writing,
-// writes the queue out itself. Like gVisor's channel endpoint it takes a
-// reference on every packet it keeps; the caller keeps its own.
+// WritePackets queues packets; on an idle link the caller writes them out
+// itself, otherwise the writer goroutine does. Like gVisor's channel
+// endpoint it takes a reference on every packet it keeps; the caller keeps
+// its own.
 func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := 0
 	e.mu.Lock()
@@ -336,7 +345,7 @@ func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 		e.mu.Unlock()
 		return n, nil
 	}
-	if e.wake != nil {
+	if e.l.cfg.Async || nanotime()-e.lastWrite < int64(idleGap) {
 		e.mu.Unlock()
 		select {
 		case e.wake <- struct{}{}:
@@ -358,6 +367,7 @@ func (e *endpoint) drain() {
 		batch := e.queue
 		if len(batch) == 0 || e.closed {
 			e.writing = false
+			e.lastWrite = nanotime()
 			e.mu.Unlock()
 			return
 		}
@@ -453,3 +463,8 @@ func (e *endpoint) Close() {}
 
 // SetOnCloseAction implements stack.LinkEndpoint.
 func (e *endpoint) SetOnCloseAction(func()) {}
+
+// nanotime is a monotonic clock reading in nanoseconds.
+func nanotime() int64 { return int64(time.Since(epoch)) }
+
+var epoch = time.Now()
