@@ -44,13 +44,15 @@ lint: ## gofmt, go vet and staticcheck
 	$(GO) tool staticcheck ./...
 
 bench-tools: tools ## install the peers and load generators the benchmark suite runs (apt, when missing)
-	@missing=; for t in iperf3 dnsperf unbound nft slirp4netns; do command -v $$t >/dev/null || missing=1; done; \
+	@missing=; for t in iperf3 dnsperf unbound nft slirp4netns wg; do command -v $$t >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$(cat .ci/bench-packages); fi
 
-bench: bench-tools ## Go micro-benchmarks and the end-to-end benchmark suite (root; writes bench-results/)
+bench: bench-tools ## Go micro-benchmarks and the end-to-end suite against the kernel path and peers (root; writes bench-results/, table.md)
 	mkdir -p bench-results
+	rm -f bench-results/e2e.jsonl
 	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=$(BENCHTIME) $$($(GO) list ./... | grep -v /integration) | tee bench-results/micro.txt
 	$(SUDO) env "PATH=$$PATH" ZTGATE_BENCH=1 $(GO) test -count=1 -timeout 30m -run='^TestBench' -v ./integration/ | tee bench-results/e2e.txt
+	$(GO) run ./integration/benchreport -in bench-results/e2e.jsonl | tee bench-results/table.md
 
 fuzz: ## run every fuzz target of every package for FUZZTIME each (default 30s)
 	@set -e; n=0; for pkg in $$($(GO) list ./...); do \
