@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -14,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ztgate/ztgate/conf"
+	"github.com/ztgate/ztgate/internal/adminapi"
 	"github.com/ztgate/ztgate/netstack"
 	"github.com/ztgate/ztgate/resolver"
 	"github.com/ztgate/ztgate/tunnel"
@@ -44,10 +44,9 @@ type Agent struct {
 
 	dir    atomic.Pointer[directory]
 	sess   atomic.Pointer[tunnel.Session]
-	mtu    atomic.Int64 // the TUN's MTU now
-	direct *direct      // direct paths to gateways
-	api    *http.Server // [api] listen; nil when off
-	apiL   net.Listener
+	mtu    atomic.Int64     // the TUN's MTU now
+	direct *direct          // direct paths to gateways
+	api    *adminapi.Server // [api] listen; nil when off
 
 	ctx    context.Context
 	cancel context.CancelFunc

@@ -1,19 +1,13 @@
 package gateway
 
 import (
-	"crypto/subtle"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"net/http/pprof"
-	"os"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/ztgate/ztgate/internal/adminapi"
 )
 
 // maxBodyBytes bounds API request bodies; larger ones get 413.
@@ -22,67 +16,27 @@ const maxBodyBytes = 1 << 20
 // startAPI serves the admin API on [api] listen: /healthz and /metrics are
 // open, /v1/ needs the bearer token when [api] token_file is set.
 func (g *Gateway) startAPI() error {
-	if !g.cfg.API.Listen.IsValid() {
-		return nil
-	}
-	token, err := readToken(g.cfg.API.TokenFile)
+	api, err := adminapi.Start(adminapi.Config{
+		Listen: g.cfg.API.Listen, TokenFile: g.cfg.API.TokenFile,
+		Registry: g.m.reg, V1: g.v1Handler(), Log: g.log,
+	})
 	if err != nil {
 		return fmt.Errorf("gateway: api: %w", err)
 	}
-	l, err := net.Listen("tcp", g.cfg.API.Listen.String())
-	if err != nil {
-		return fmt.Errorf("gateway: api: %w", err)
-	}
-	g.apiL = l
-	g.api = &http.Server{
-		Handler:           g.apiHandler(token),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-	}
-	g.wg.Add(1)
-	go func() {
-		defer g.wg.Done()
-		if err := g.api.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			g.log.Error("api stopped", "err", err)
-		}
-	}()
-	g.log.Info("api listening", "addr", l.Addr().String(), "token", token != "")
+	g.api = api
 	return nil
 }
 
 // APIAddr returns the address the admin API listens on, or "" when off.
-func (g *Gateway) APIAddr() string {
-	if g.apiL == nil {
-		return ""
-	}
-	return g.apiL.Addr().String()
-}
+func (g *Gateway) APIAddr() string { return g.api.Addr() }
 
-func readToken(path string) (string, error) {
-	if path == "" {
-		return "", nil
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("token file: %w", err)
-	}
-	t := strings.TrimSpace(string(b))
-	if t == "" {
-		return "", fmt.Errorf("token file %s is empty", path)
-	}
-	return t, nil
-}
-
+// apiHandler is the whole admin API with token (tests serve it directly).
 func (g *Gateway) apiHandler(token string) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		fmt.Fprintln(w, "ok")
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(g.m.reg, promhttp.HandlerOpts{}))
+	return adminapi.Handler(token, g.m.reg, g.v1Handler())
+}
+
+// v1Handler routes the gateway's /v1/ API.
+func (g *Gateway) v1Handler() http.Handler {
 	v1 := http.NewServeMux()
 	v1.HandleFunc("GET /v1/services", g.handleListServices)
 	v1.HandleFunc("POST /v1/services", g.handleAddService)
@@ -92,47 +46,7 @@ func (g *Gateway) apiHandler(token string) http.Handler {
 	v1.HandleFunc("POST /v1/reload", g.handleReload)
 	v1.HandleFunc("POST /v1/services/{name}/backends/{address}/drain", g.handleDrain)
 	v1.HandleFunc("POST /v1/services/{name}/backends/{address}/undrain", g.handleUndrain)
-	mux.Handle("/v1/", requireToken(token, v1))
-	// Profiles for performance work (go tool pprof), behind the token.
-	dbg := http.NewServeMux()
-	dbg.HandleFunc("/debug/pprof/", pprof.Index)
-	dbg.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	dbg.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	mux.Handle("/debug/pprof/", requireToken(token, dbg))
-	return mux
-}
-
-// requireToken checks the bearer token in constant time.
-func requireToken(token string, next http.Handler) http.Handler {
-	if token == "" {
-		return next
-	}
-	want := []byte("Bearer " + token)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="ztgate"`)
-			writeErrors(w, http.StatusUnauthorized, errors.New("missing or wrong bearer token"))
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v)
-}
-
-func writeErrors(w http.ResponseWriter, status int, errs ...error) {
-	msgs := make([]string, 0, len(errs))
-	for _, e := range errs {
-		msgs = append(msgs, e.Error())
-	}
-	writeJSON(w, status, map[string][]string{"errors": msgs})
+	return v1
 }
 
 // apiPort is a service port in API bodies.
@@ -176,7 +90,7 @@ func (g *Gateway) handleListServices(w http.ResponseWriter, r *http.Request) {
 		out = append(out, g.describeService(s))
 	}
 	slices.SortFunc(out, func(a, b apiService) int { return strings.Compare(a.Name, b.Name) })
-	writeJSON(w, http.StatusOK, map[string]any{"services": out})
+	adminapi.WriteJSON(w, http.StatusOK, map[string]any{"services": out})
 }
 
 func (g *Gateway) describeService(s *service) apiService {
@@ -260,7 +174,7 @@ func (g *Gateway) handleListFlows(w http.ResponseWriter, r *http.Request) {
 		})
 	}
 	slices.SortFunc(out, func(a, b apiFlow) int { return int(a.ID) - int(b.ID) })
-	writeJSON(w, http.StatusOK, map[string]any{"flows": out})
+	adminapi.WriteJSON(w, http.StatusOK, map[string]any{"flows": out})
 }
 
 // flowFilter matches flows by tenant, service and backend (address or

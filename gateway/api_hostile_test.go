@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ztgate/ztgate/internal/adminapi"
 )
 
 const drainPath = "/v1/services/web/backends/127.0.0.1/drain"
@@ -147,7 +149,7 @@ func TestAPISlowClient(t *testing.T) {
 	io.WriteString(c, "GET /v1/services HTTP/1.1\r\nHost: x\r\n")
 	c.SetReadDeadline(time.Now().Add(15 * time.Second))
 	_, err = io.ReadAll(c)
-	if d := time.Since(start); err != nil || d > h.gw.api.ReadHeaderTimeout+2*time.Second {
-		t.Fatalf("connection held %v (header timeout %v): %v", d, h.gw.api.ReadHeaderTimeout, err)
+	if d := time.Since(start); err != nil || d > adminapi.ReadHeaderTimeout+2*time.Second {
+		t.Fatalf("connection held %v (header timeout %v): %v", d, adminapi.ReadHeaderTimeout, err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/conf"
+	"github.com/ztgate/ztgate/internal/adminapi"
 )
 
 // readBody reads a request body of at most maxBodyBytes; it writes the
@@ -18,9 +19,9 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			writeErrors(w, http.StatusRequestEntityTooLarge, fmt.Errorf("body larger than %d bytes", maxBodyBytes))
+			adminapi.WriteErrors(w, http.StatusRequestEntityTooLarge, fmt.Errorf("body larger than %d bytes", maxBodyBytes))
 		} else {
-			writeErrors(w, http.StatusBadRequest, fmt.Errorf("read body: %w", err))
+			adminapi.WriteErrors(w, http.StatusBadRequest, fmt.Errorf("read body: %w", err))
 		}
 		return nil, false
 	}
@@ -43,7 +44,7 @@ func (g *Gateway) handleAddService(w http.ResponseWriter, r *http.Request) {
 	}
 	svc.Source = "api"
 	if _, exists := g.tbl.Load().byName[svc.Name]; exists {
-		writeErrors(w, http.StatusConflict, fmt.Errorf("service %q exists", svc.Name))
+		adminapi.WriteErrors(w, http.StatusConflict, fmt.Errorf("service %q exists", svc.Name))
 		return
 	}
 	api := append(slices.Clone(g.apiServices), svc)
@@ -53,7 +54,7 @@ func (g *Gateway) handleAddService(w http.ResponseWriter, r *http.Request) {
 	}
 	prev := g.apiStore.bodies
 	if err := g.apiStore.save(g.apiStore.with(svc.Name, body)); err != nil {
-		writeErrors(w, http.StatusInternalServerError, err)
+		adminapi.WriteErrors(w, http.StatusInternalServerError, err)
 		return
 	}
 	d, err := g.applyLocked(g.running, api)
@@ -63,12 +64,12 @@ func (g *Gateway) handleAddService(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, catalog.ErrPinConflict) || errors.Is(err, catalog.ErrPoolExhausted) || errors.Is(err, catalog.ErrReserved) {
 			status = http.StatusConflict
 		}
-		writeErrors(w, status, err)
+		adminapi.WriteErrors(w, status, err)
 		return
 	}
 	g.apiServices = api
 	g.logDiff("service added through the API", d)
-	writeJSON(w, http.StatusCreated, g.describeService(g.tbl.Load().byName[svc.Name]))
+	adminapi.WriteJSON(w, http.StatusCreated, g.describeService(g.tbl.Load().byName[svc.Name]))
 }
 
 // handleDeleteService serves DELETE /v1/services/{name}; flows of the
@@ -79,23 +80,23 @@ func (g *Gateway) handleDeleteService(w http.ResponseWriter, r *http.Request) {
 	defer g.reloadMu.Unlock()
 	s, ok := g.tbl.Load().byName[name]
 	if !ok {
-		writeErrors(w, http.StatusNotFound, fmt.Errorf("no service %q", name))
+		adminapi.WriteErrors(w, http.StatusNotFound, fmt.Errorf("no service %q", name))
 		return
 	}
 	if s.spec.Source != "api" {
-		writeErrors(w, http.StatusConflict, fmt.Errorf("service %q is defined in the configuration file %s: remove it there and reload", name, g.cfg.Path))
+		adminapi.WriteErrors(w, http.StatusConflict, fmt.Errorf("service %q is defined in the configuration file %s: remove it there and reload", name, g.cfg.Path))
 		return
 	}
 	api := slices.DeleteFunc(slices.Clone(g.apiServices), func(s catalog.Service) bool { return s.Name == name })
 	prev := g.apiStore.bodies
 	if err := g.apiStore.save(g.apiStore.with(name, nil)); err != nil {
-		writeErrors(w, http.StatusInternalServerError, err)
+		adminapi.WriteErrors(w, http.StatusInternalServerError, err)
 		return
 	}
 	d, err := g.applyLocked(g.running, api)
 	if err != nil {
 		g.apiStore.save(prev)
-		writeErrors(w, http.StatusInternalServerError, err)
+		adminapi.WriteErrors(w, http.StatusInternalServerError, err)
 		return
 	}
 	g.apiServices = api
@@ -110,7 +111,7 @@ func (g *Gateway) handleReload(w http.ResponseWriter, r *http.Request) {
 		writeConfErrors(w, http.StatusBadRequest, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, d)
+	adminapi.WriteJSON(w, http.StatusOK, d)
 }
 
 // handleCloseFlows serves DELETE /v1/flows?tenant=&service=&backend=: it
@@ -119,24 +120,24 @@ func (g *Gateway) handleCloseFlows(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	tenant, svc, backend := q.Get("tenant"), q.Get("service"), q.Get("backend")
 	if tenant == "" && svc == "" && backend == "" && q.Get("all") != "true" {
-		writeErrors(w, http.StatusBadRequest, errors.New("name a tenant, service or backend to close their flows, or all=true to close every flow"))
+		adminapi.WriteErrors(w, http.StatusBadRequest, errors.New("name a tenant, service or backend to close their flows, or all=true to close every flow"))
 		return
 	}
 	fs := g.flows.list(flowFilter(tenant, svc, backend))
 	for _, f := range fs {
 		f.close("closed_by_api")
 	}
-	writeJSON(w, http.StatusOK, map[string]int{"closed": len(fs)})
+	adminapi.WriteJSON(w, http.StatusOK, map[string]int{"closed": len(fs)})
 }
 
 // writeConfErrors writes every error of a conf.Errors (or the one error).
 func writeConfErrors(w http.ResponseWriter, status int, err error) {
 	var errs conf.Errors
 	if errors.As(err, &errs) {
-		writeErrors(w, status, errs...)
+		adminapi.WriteErrors(w, status, errs...)
 		return
 	}
-	writeErrors(w, status, err)
+	adminapi.WriteErrors(w, status, err)
 }
 
 // validateAgainst runs the cross-service checks (duplicate names and pins,

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"net/netip"
 	"time"
+
+	"github.com/ztgate/ztgate/internal/adminapi"
 )
 
 // maxDrainDeadline bounds a drain deadline; a longer drain is one without
@@ -26,11 +28,11 @@ func (g *Gateway) handleDrain(w http.ResponseWriter, r *http.Request) {
 	}
 	deadline, status, err := readDrainDeadline(w, r)
 	if err != nil {
-		writeErrors(w, status, err)
+		adminapi.WriteErrors(w, status, err)
 		return
 	}
 	g.drainBackends(svc.st, bs, deadline)
-	writeJSON(w, http.StatusOK, g.describeService(svc))
+	adminapi.WriteJSON(w, http.StatusOK, g.describeService(svc))
 }
 
 // handleUndrain serves POST /v1/services/{name}/backends/{address}/undrain:
@@ -41,7 +43,7 @@ func (g *Gateway) handleUndrain(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g.undrainBackends(svc.st, bs)
-	writeJSON(w, http.StatusOK, g.describeService(svc))
+	adminapi.WriteJSON(w, http.StatusOK, g.describeService(svc))
 }
 
 // lookupBackends finds the service and its backends named in the path: an
@@ -51,7 +53,7 @@ func (g *Gateway) lookupBackends(w http.ResponseWriter, r *http.Request) (*servi
 	name, addr := r.PathValue("name"), r.PathValue("address")
 	svc := g.tbl.Load().byName[name]
 	if svc == nil {
-		writeErrors(w, http.StatusNotFound, fmt.Errorf("no service %q", name))
+		adminapi.WriteErrors(w, http.StatusNotFound, fmt.Errorf("no service %q", name))
 		return nil, nil, false
 	}
 	ip, ipErr := netip.ParseAddr(addr)
@@ -62,7 +64,7 @@ func (g *Gateway) lookupBackends(w http.ResponseWriter, r *http.Request) (*servi
 		}
 	}
 	if len(out) == 0 {
-		writeErrors(w, http.StatusNotFound, fmt.Errorf("service %q has no backend %q", name, addr))
+		adminapi.WriteErrors(w, http.StatusNotFound, fmt.Errorf("service %q has no backend %q", name, addr))
 		return nil, nil, false
 	}
 	return svc, out, true

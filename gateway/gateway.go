@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/conf"
+	"github.com/ztgate/ztgate/internal/adminapi"
 	"github.com/ztgate/ztgate/netstack"
 	"github.com/ztgate/ztgate/resolver"
 	"github.com/ztgate/ztgate/tunnel"
@@ -78,8 +77,7 @@ type Gateway struct {
 	tun     *netstack.TUN
 	dev     netstack.Device
 	lan     *netstack.Link
-	api     *http.Server
-	apiL    net.Listener
+	api     *adminapi.Server // nil when [api] listen is off
 
 	dnsStack *resolver.Server // 10.100.0.1:53 inside the netstack
 	dnsHost  *resolver.Server // [dns] listen
@@ -325,11 +323,9 @@ func (g *Gateway) Close() error {
 	g.lifeMu.Unlock()
 	g.cancel()
 	var errs []error
-	if g.api != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		g.api.Shutdown(ctx)
-		cancel()
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	g.api.Shutdown(ctx)
+	cancel()
 	g.stopHealth()
 	g.disc.stop()
 	g.stopDNS()

@@ -2,120 +2,41 @@ package relay
 
 import (
 	"cmp"
-	"crypto/subtle"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"os"
 	"slices"
-	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
+	"github.com/ztgate/ztgate/internal/adminapi"
 	"github.com/ztgate/ztgate/tunnel"
 )
 
 // startAPI serves the admin API on [api] listen: /healthz and /metrics
 // are open, /v1/ needs the bearer token when [api] token_file is set.
 func (r *Relay) startAPI() error {
-	if !r.cfg.API.Listen.IsValid() {
-		return nil
-	}
-	token, err := readToken(r.cfg.API.TokenFile)
+	api, err := adminapi.Start(adminapi.Config{
+		Listen: r.cfg.API.Listen, TokenFile: r.cfg.API.TokenFile,
+		Registry: r.m.reg, V1: r.v1Handler(), Log: r.log,
+	})
 	if err != nil {
 		return fmt.Errorf("relay: api: %w", err)
 	}
-	l, err := net.Listen("tcp", r.cfg.API.Listen.String())
-	if err != nil {
-		return fmt.Errorf("relay: api: %w", err)
-	}
-	r.apiL = l
-	r.api = &http.Server{
-		Handler:           r.apiHandler(token),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-	}
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		if err := r.api.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			r.log.Error("api stopped", "err", err)
-		}
-	}()
-	r.log.Info("api listening", "addr", l.Addr().String(), "token", token != "")
+	r.api = api
 	return nil
 }
 
 // APIAddr returns the address the admin API listens on, or "" when off.
-func (r *Relay) APIAddr() string {
-	if r.apiL == nil {
-		return ""
-	}
-	return r.apiL.Addr().String()
-}
+func (r *Relay) APIAddr() string { return r.api.Addr() }
 
-// readToken reads the bearer token file; "" means no token.
-func readToken(path string) (string, error) {
-	if path == "" {
-		return "", nil
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("token file: %w", err)
-	}
-	t := strings.TrimSpace(string(b))
-	if t == "" {
-		return "", fmt.Errorf("token file %s is empty", path)
-	}
-	return t, nil
-}
-
-func (r *Relay) apiHandler(token string) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		fmt.Fprintln(w, "ok")
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(r.m.reg, promhttp.HandlerOpts{}))
+// v1Handler routes the relay's /v1/ API.
+func (r *Relay) v1Handler() http.Handler {
 	v1 := http.NewServeMux()
 	v1.HandleFunc("GET /v1/services", r.handleServices)
 	v1.HandleFunc("GET /v1/sessions", r.handleSessions)
 	v1.HandleFunc("GET /v1/gateways", r.handleGateways)
 	v1.HandleFunc("POST /v1/gateways/{name}/drain", r.handleDrain(true))
 	v1.HandleFunc("POST /v1/gateways/{name}/undrain", r.handleDrain(false))
-	mux.Handle("/v1/", requireToken(token, v1))
-	return mux
-}
-
-// requireToken checks the bearer token in constant time.
-func requireToken(token string, next http.Handler) http.Handler {
-	if token == "" {
-		return next
-	}
-	want := []byte("Bearer " + token)
-	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		got := []byte(req.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="ztgate"`)
-			writeJSON(w, http.StatusUnauthorized, map[string][]string{"errors": {"missing or wrong bearer token"}})
-			return
-		}
-		next.ServeHTTP(w, req)
-	})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
+	return v1
 }
 
 // apiGateway is one gateway serving a service in GET /v1/services.
@@ -159,7 +80,7 @@ func (r *Relay) handleServices(w http.ResponseWriter, _ *http.Request) {
 	}
 	r.mu.RUnlock()
 	slices.SortFunc(out, func(a, b apiService) int { return cmp.Compare(a.Name, b.Name) })
-	writeJSON(w, http.StatusOK, map[string]any{"services": out})
+	adminapi.WriteJSON(w, http.StatusOK, map[string]any{"services": out})
 }
 
 // apiSession is a session in GET /v1/sessions.
@@ -198,7 +119,7 @@ func (r *Relay) handleSessions(w http.ResponseWriter, _ *http.Request) {
 	slices.SortFunc(out, func(a, b apiSession) int {
 		return cmp.Or(a.Since.Compare(b.Since), cmp.Compare(a.ID, b.ID))
 	})
-	writeJSON(w, http.StatusOK, map[string]any{"sessions": out})
+	adminapi.WriteJSON(w, http.StatusOK, map[string]any{"sessions": out})
 }
 
 // describePeer fills the fields every session has.

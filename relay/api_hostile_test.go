@@ -5,6 +5,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/ztgate/ztgate/internal/adminapi"
 )
 
 // TestAPISlowClient sends half a request to the relay's API: the server
@@ -24,7 +26,7 @@ func TestAPISlowClient(t *testing.T) {
 	io.WriteString(c, "GET /v1/services HTTP/1.1\r\nHost: x\r\n")
 	c.SetReadDeadline(time.Now().Add(15 * time.Second))
 	_, err = io.ReadAll(c)
-	if d := time.Since(start); err != nil || d > r.api.ReadHeaderTimeout+2*time.Second {
-		t.Fatalf("connection held %v (header timeout %v): %v", d, r.api.ReadHeaderTimeout, err)
+	if d := time.Since(start); err != nil || d > adminapi.ReadHeaderTimeout+2*time.Second {
+		t.Fatalf("connection held %v (header timeout %v): %v", d, adminapi.ReadHeaderTimeout, err)
 	}
 }

@@ -2,9 +2,12 @@ package relay
 
 import (
 	"cmp"
+	"errors"
 	"net/http"
 	"slices"
 	"time"
+
+	"github.com/ztgate/ztgate/internal/adminapi"
 )
 
 // apiGatewayService is a service of a gateway in GET /v1/gateways.
@@ -31,7 +34,7 @@ type apiGatewaySession struct {
 }
 
 func (r *Relay) handleGateways(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{"gateways": r.gatewaysView("")})
+	adminapi.WriteJSON(w, http.StatusOK, map[string]any{"gateways": r.gatewaysView("")})
 }
 
 // gatewaysView describes the gateways named name, or every one for "".
@@ -77,9 +80,9 @@ func (r *Relay) handleDrain(drained bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, req *http.Request) {
 		name := req.PathValue("name")
 		if !r.setDrained(name, drained) {
-			writeJSON(w, http.StatusNotFound, map[string][]string{"errors": {"no gateway named " + name}})
+			adminapi.WriteErrors(w, http.StatusNotFound, errors.New("no gateway named "+name))
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"gateways": r.gatewaysView(name)})
+		adminapi.WriteJSON(w, http.StatusOK, map[string]any{"gateways": r.gatewaysView(name)})
 	}
 }

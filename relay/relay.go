@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"strings"
 	"sync"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/conf"
+	"github.com/ztgate/ztgate/internal/adminapi"
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -53,8 +53,7 @@ type Relay struct {
 	pins  map[string]pinPair
 	creds *tunnel.Credentials
 	ln    *tunnel.Listener
-	api   *http.Server
-	apiL  net.Listener
+	api   *adminapi.Server // nil when [api] listen is off
 
 	// regMu serialises registry changes that involve the pool (file I/O),
 	// so that mu is only held for in-memory updates. Order: regMu, mu.
@@ -195,11 +194,9 @@ func (r *Relay) Close() error {
 	var err error
 	r.once.Do(func() {
 		r.cancel()
-		if r.api != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			err = r.api.Shutdown(ctx)
-			cancel()
-		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		r.api.Shutdown(ctx)
+		cancel()
 		if r.ln != nil {
 			err = errors.Join(err, r.ln.Close())
 		}

@@ -1,0 +1,177 @@
+// Package adminapi is the HTTP plumbing the roles' admin APIs share: a
+// server with timeouts on every phase of a request, /healthz and /metrics
+// open, the bearer token (compared in constant time) in front of /v1/ and
+// the profiles, and the JSON answers. The roles own their /v1/ routes.
+package adminapi
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Config configures a Server.
+type Config struct {
+	Listen    netip.AddrPort // invalid: no server
+	TokenFile string         // "" : /v1/ is open
+	Registry  *prometheus.Registry
+	// V1 serves /v1/...; nil serves /healthz and /metrics only.
+	V1  http.Handler
+	Log *slog.Logger
+}
+
+// Server is a running admin API.
+type Server struct {
+	srv *http.Server
+	l   net.Listener
+	wg  sync.WaitGroup
+}
+
+// Start listens and serves; it returns a nil Server when cfg.Listen is
+// invalid (the API is off).
+func Start(cfg Config) (*Server, error) {
+	if !cfg.Listen.IsValid() {
+		return nil, nil
+	}
+	token, err := ReadToken(cfg.TokenFile)
+	if err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", cfg.Listen.String())
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{l: l, srv: NewServer(Handler(token, cfg.Registry, cfg.V1))}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) && cfg.Log != nil {
+			cfg.Log.Error("api stopped", "err", err)
+		}
+	}()
+	if cfg.Log != nil {
+		cfg.Log.Info("api listening", "addr", l.Addr().String(), "token", token != "")
+	}
+	return s, nil
+}
+
+// ReadHeaderTimeout bounds how long a client may take to send a request's
+// headers.
+const ReadHeaderTimeout = 5 * time.Second
+
+// NewServer is an http.Server with timeouts on every phase, so that a slow
+// or stalled client holds only its own connection, and for a bounded time.
+func NewServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+	}
+}
+
+// Addr is the address the server listens on; "" for a nil Server.
+func (s *Server) Addr() string {
+	if s == nil {
+		return ""
+	}
+	return s.l.Addr().String()
+}
+
+// Shutdown stops the server within ctx and waits for it.
+func (s *Server) Shutdown(ctx context.Context) {
+	if s == nil {
+		return
+	}
+	s.srv.Shutdown(ctx)
+	s.wg.Wait()
+}
+
+// Handler routes /healthz and /metrics (open), v1 and the Go profiles
+// (behind the token when there is one).
+func Handler(token string, reg *prometheus.Registry, v1 http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintln(w, "ok")
+	})
+	if reg != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	}
+	if v1 != nil {
+		mux.Handle("/v1/", RequireToken(token, v1))
+	}
+	dbg := http.NewServeMux()
+	dbg.HandleFunc("/debug/pprof/", pprof.Index)
+	dbg.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	dbg.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/debug/pprof/", RequireToken(token, dbg))
+	return mux
+}
+
+// ReadToken reads a bearer token file; no file means no token.
+func ReadToken(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	t := strings.TrimSpace(string(b))
+	if t == "" {
+		return "", fmt.Errorf("token file %s is empty", path)
+	}
+	return t, nil
+}
+
+// RequireToken checks the bearer token in constant time.
+func RequireToken(token string, next http.Handler) http.Handler {
+	if token == "" {
+		return next
+	}
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := []byte(r.Header.Get("Authorization"))
+		if subtle.ConstantTimeCompare(got, want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="ztgate"`)
+			WriteErrors(w, http.StatusUnauthorized, errors.New("missing or wrong bearer token"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// WriteJSON answers v as indented JSON.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// WriteErrors answers {"errors": [...]}.
+func WriteErrors(w http.ResponseWriter, status int, errs ...error) {
+	msgs := make([]string, 0, len(errs))
+	for _, e := range errs {
+		msgs = append(msgs, e.Error())
+	}
+	WriteJSON(w, status, map[string][]string{"errors": msgs})
+}

@@ -1,0 +1,99 @@
+package adminapi
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestHandler(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "ztgate_test_total", Help: "test"})
+	reg.MustRegister(c)
+	c.Inc()
+	v1 := http.NewServeMux()
+	v1.HandleFunc("GET /v1/thing", func(w http.ResponseWriter, r *http.Request) { WriteJSON(w, 200, map[string]int{"n": 1}) })
+	srv := httptest.NewServer(Handler("s3cret", reg, v1))
+	defer srv.Close()
+	cases := []struct {
+		name, path, auth string
+		status           int
+		contains         string
+	}{
+		{"healthz open", "/healthz", "", 200, "ok"},
+		{"metrics open", "/metrics", "", 200, "ztgate_test_total 1"},
+		{"v1 without token", "/v1/thing", "", 401, `"errors"`},
+		{"v1 wrong token", "/v1/thing", "Bearer nope", 401, "bearer token"},
+		{"v1 with token", "/v1/thing", "Bearer s3cret", 200, `"n": 1`},
+		{"profiles need the token", "/debug/pprof/", "", 401, "bearer token"},
+		{"profiles with token", "/debug/pprof/", "Bearer s3cret", 200, "goroutine"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest("GET", srv.URL+tc.path, nil)
+			if tc.auth != "" {
+				req.Header.Set("Authorization", tc.auth)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.status || !strings.Contains(string(body), tc.contains) {
+				t.Fatalf("%d %s; want %d containing %q", resp.StatusCode, body, tc.status, tc.contains)
+			}
+		})
+	}
+}
+
+func TestReadToken(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "t")
+	os.WriteFile(good, []byte(" tok\n"), 0o600)
+	empty := filepath.Join(dir, "e")
+	os.WriteFile(empty, []byte("\n"), 0o600)
+	if tok, err := ReadToken(good); err != nil || tok != "tok" {
+		t.Fatalf("good: %q %v", tok, err)
+	}
+	if tok, err := ReadToken(""); err != nil || tok != "" {
+		t.Fatalf("none: %q %v", tok, err)
+	}
+	for _, p := range []string{empty, filepath.Join(dir, "missing")} {
+		if _, err := ReadToken(p); err == nil {
+			t.Fatalf("%s: no error", p)
+		}
+	}
+}
+
+func TestStartAndShutdown(t *testing.T) {
+	s, err := Start(Config{Listen: netip.MustParseAddrPort("127.0.0.1:0"), Registry: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get("http://" + s.Addr() + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("healthz: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	s.Shutdown(ctx)
+	if off, err := Start(Config{}); off != nil || err != nil || off.Addr() != "" {
+		t.Fatalf("off: %v %v", off, err)
+	}
+	var nilServer *Server
+	nilServer.Shutdown(ctx)
+}
