@@ -141,6 +141,7 @@ func (a *Agent) Start() error {
 		return err
 	}
 	a.startTunnel()
+	a.log.Info("agent started", "name", a.cfg.Name, "server", a.cfg.Tunnel.Server, "address", a.cfg.TUN.Address)
 	return nil
 }
 

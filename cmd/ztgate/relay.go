@@ -1,48 +1,22 @@
 package main
 
 import (
-	"context"
-	"flag"
-	"fmt"
 	"io"
-	"os/signal"
-	"syscall"
+	"log/slog"
 
 	"github.com/ztgate/ztgate/conf"
 	"github.com/ztgate/ztgate/relay"
 )
 
 func runRelay(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", "/etc/ztgate/relay.toml", "relay configuration `file`")
-	var lf logFlags
-	lf.register(fs)
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	log, err := lf.logger(stderr)
-	if err != nil {
-		fmt.Fprintln(stderr, "ztgate:", err)
-		return 2
-	}
-	cfg, err := conf.LoadRelay(*path)
-	if err != nil {
-		printConfigErrors(stderr, err)
-		return 1
-	}
-	r, err := relay.New(cfg, relay.Options{}, log)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	if err := r.Start(); err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
-	}
-	// SIGHUP re-reads the certificate, key and CA files.
-	serveUntil(ctx, log, r.ReloadCredentials)
-	return shutdown(log, r.Close)
+	return roleCommand[conf.Relay]{
+		name: "relay", defaultConfig: "/etc/ztgate/relay.toml", load: conf.LoadRelay,
+		build: func(cfg *conf.Relay, log *slog.Logger) (role, func() error, error) {
+			r, err := relay.New(cfg, relay.Options{}, log)
+			if err != nil {
+				return nil, nil, err
+			}
+			return r, r.ReloadCredentials, nil // SIGHUP: certificate, key and CA
+		},
+	}.run(args, stderr)
 }

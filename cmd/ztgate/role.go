@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/ztgate/ztgate/conf"
+)
+
+// shutdownGrace bounds a clean shutdown after SIGTERM or SIGINT.
+const shutdownGrace = 5 * time.Second
+
+// role is a long-running process of ztgate: a gateway, a relay, an agent.
+type role interface {
+	Start() error
+	Close() error
+}
+
+// roleCommand describes one role's subcommand.
+type roleCommand[C any] struct {
+	name          string
+	defaultConfig string
+	load          func(path string) (*C, error)
+	// build makes the role from its configuration and says what SIGHUP
+	// does (reload logs its own outcome).
+	build func(cfg *C, log *slog.Logger) (r role, reload func() error, err error)
+}
+
+// run parses the flags, loads and validates the configuration, starts the
+// role and serves until SIGTERM or SIGINT, reloading on SIGHUP; then it
+// shuts down within shutdownGrace.
+func (rc roleCommand[C]) run(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet(rc.name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", rc.defaultConfig, rc.name+" configuration `file`")
+	var lf logFlags
+	lf.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "ztgate:", err)
+		return 2
+	}
+	cfg, err := rc.load(*path)
+	if err != nil {
+		printConfigErrors(stderr, err)
+		return 1
+	}
+	r, reload, err := rc.build(cfg, log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := r.Start(); err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	serveUntil(ctx, log, reload)
+	return shutdown(log, r.Close)
+}
+
+// serveUntil calls reload on every SIGHUP until ctx is done (SIGTERM or
+// SIGINT). reload logs its own outcome.
+func serveUntil(ctx context.Context, log *slog.Logger, reload func() error) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			log.Info("SIGHUP: reloading")
+			reload()
+		case <-ctx.Done():
+			log.Info("shutting down", "signal", context.Cause(ctx))
+			return
+		}
+	}
+}
+
+// shutdown runs close and gives up after shutdownGrace, so the process
+// always exits promptly after a signal.
+func shutdown(log interface{ Error(string, ...any) }, close func() error) int {
+	done := make(chan error, 1)
+	go func() { done <- close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			log.Error("shutdown", "err", err)
+			return 1
+		}
+		return 0
+	case <-time.After(shutdownGrace):
+		log.Error("shutdown took too long; exiting", "grace", shutdownGrace)
+		return 1
+	}
+}
+
+func printConfigErrors(w io.Writer, err error) {
+	var errs conf.Errors
+	if errors.As(err, &errs) {
+		for _, e := range errs {
+			fmt.Fprintln(w, e)
+		}
+		return
+	}
+	fmt.Fprintln(w, err)
+}
