@@ -124,8 +124,12 @@ func TestGarbageOnQUICPorts(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if got := sumMetric(m, "ztgate_tunnel_udp_dropped_total"); got < 0.8*n {
-				return fmt.Errorf("%v of %d counted", got, n)
+			// A quarter of the datagrams are short-header packets of
+			// an unknown connection: those get a stateless reset
+			// (RFC 9000 10.3) rather than a silent drop, unless the
+			// reset queue is full. Every other one must be counted.
+			if got := sumMetric(m, "ztgate_tunnel_udp_dropped_total"); got < 0.9*(n-n/4) || got > n {
+				return fmt.Errorf("%v of %d counted, want at least %v", got, n, 0.9*(n-n/4))
 			}
 			return nil
 		})

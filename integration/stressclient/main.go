@@ -83,7 +83,10 @@ func garbage(to netip.AddrPort, n int) error {
 		}
 		b[0] = firsts[i%len(firsts)] | b[0]&0x3f
 		c.Write(b) // ICMP errors from a closed port are not ours to care about
-		if i%100 == 99 {
+		// At most ~10k datagrams a second: the test asserts that what
+		// arrives is counted, not how much a 2-core machine's socket
+		// buffers and quic-go's bounded queues absorb in one burst.
+		if i%10 == 9 {
 			time.Sleep(time.Millisecond)
 		}
 	}
