@@ -297,7 +297,7 @@ func (g *Gateway) startLAN(pools []netip.Prefix) error {
 		if err := g.tun.Up(pools); err != nil {
 			return fmt.Errorf("gateway: %w", err)
 		}
-		g.log.Info("TUN up", "device", g.tun.Name(), "mtu", g.cfg.TUN.MTU, "routes", pools)
+		g.log.Info("TUN up", "device", g.tun.Name(), "mtu", g.cfg.TUN.MTU, "routes", pools, "batch", g.tun.BatchSize())
 	}
 	return nil
 }
