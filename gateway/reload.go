@@ -195,47 +195,46 @@ func cmpString(a, b string) int {
 	return 0
 }
 
+// keyDiff collects the names of the configuration keys whose values differ.
+type keyDiff []string
+
+func (d *keyDiff) check(key string, x, y any) {
+	if !reflect.DeepEqual(x, y) {
+		*d = append(*d, key)
+	}
+}
+
 // changedFields names the configuration keys whose values differ.
 func changedFields(a, b catalog.Service) []string {
-	var f []string
-	check := func(name string, x, y any) {
-		if !reflect.DeepEqual(x, y) {
-			f = append(f, name)
-		}
-	}
-	check("tenants", a.Tenants, b.Tenants)
-	check("vip", a.VIP, b.VIP)
-	check("vip6", a.VIP6, b.VIP6)
-	check("backends", a.Backends, b.Backends)
-	check("backends_srv", a.BackendsSRV, b.BackendsSRV)
-	check("balance", a.Balance, b.Balance)
-	check("icmp", a.ICMP, b.ICMP)
-	check("port", a.Ports, b.Ports)
-	check("health", a.Health, b.Health)
-	check("timeouts", a.Timeouts, b.Timeouts)
-	check("max_flows", a.MaxFlows, b.MaxFlows)
-	return f
+	var d keyDiff
+	d.check("tenants", a.Tenants, b.Tenants)
+	d.check("vip", a.VIP, b.VIP)
+	d.check("vip6", a.VIP6, b.VIP6)
+	d.check("backends", a.Backends, b.Backends)
+	d.check("backends_srv", a.BackendsSRV, b.BackendsSRV)
+	d.check("balance", a.Balance, b.Balance)
+	d.check("icmp", a.ICMP, b.ICMP)
+	d.check("port", a.Ports, b.Ports)
+	d.check("health", a.Health, b.Health)
+	d.check("timeouts", a.Timeouts, b.Timeouts)
+	d.check("max_flows", a.MaxFlows, b.MaxFlows)
+	return d
 }
 
 // restartRequired lists the keys whose change a running gateway cannot
 // apply: they take effect at the next start.
 func restartRequired(cur, next *conf.Gateway) []string {
-	out := []string{}
-	check := func(key string, x, y any) {
-		if !reflect.DeepEqual(x, y) {
-			out = append(out, key)
-		}
-	}
-	check("gateway.name", cur.Name, next.Name)
-	check("gateway.state_dir", cur.StateDir, next.StateDir)
-	check("gateway.vip_hold_down", cur.VIPHoldDown, next.VIPHoldDown)
-	check("tun", cur.TUN, next.TUN)
-	check("dns", cur.DNS, next.DNS)
-	check("api", cur.API, next.API)
-	check("tunnel", cur.Tunnel, next.Tunnel)
-	check("limits.max_inflight_handshakes", cur.Limits.MaxInflightHandshake, next.Limits.MaxInflightHandshake)
-	check("discovery", cur.Discovery, next.Discovery)
-	return out
+	d := keyDiff{}
+	d.check("gateway.name", cur.Name, next.Name)
+	d.check("gateway.state_dir", cur.StateDir, next.StateDir)
+	d.check("gateway.vip_hold_down", cur.VIPHoldDown, next.VIPHoldDown)
+	d.check("tun", cur.TUN, next.TUN)
+	d.check("dns", cur.DNS, next.DNS)
+	d.check("api", cur.API, next.API)
+	d.check("tunnel", cur.Tunnel, next.Tunnel)
+	d.check("limits.max_inflight_handshakes", cur.Limits.MaxInflightHandshake, next.Limits.MaxInflightHandshake)
+	d.check("discovery", cur.Discovery, next.Discovery)
+	return d
 }
 
 // liveSettings is cur with the settings a reload applies taken from next.
