@@ -170,8 +170,13 @@ func (g *Gateway) directDatagrams(ctx context.Context, s *tunnel.Session, in *in
 			g.learnInner(in, d.Packet)
 			g.deliverTunnel(in, svc, d.Packet)
 		case tunnel.TypeIP:
+			svc, ok := g.rawService(id, b)
+			if !ok || (svc != "" && s.Version() == tunnel.V1 && !registered[svc]) {
+				g.m.tunnelDrop("not_authorised")
+				continue
+			}
 			g.learnInner(in, b)
-			g.deliverTunnel(in, "", b)
+			g.deliverTunnel(in, svc, b)
 		default:
 			g.m.tunnelDrop("unexpected_datagram")
 		}
@@ -187,6 +192,24 @@ func (g *Gateway) learnInner(in *ingress, pkt []byte) {
 	if src, _, ok := netstack.IPv4Addrs(pkt); ok {
 		in.inner = src
 	}
+}
+
+// rawService authorises a raw IP packet from a direct agent, which names
+// no service: the service is the one whose VIP the packet is sent to, and
+// the identity must be allowed to reach it like a routed packet's. Packets
+// to the gateway's own address (DNS of the tenant's view, ping) need no
+// service (""). A packet that is not IPv4 passes with "" for deliverTunnel
+// to count as malformed.
+func (g *Gateway) rawService(id tunnel.Identity, pkt []byte) (string, bool) {
+	_, dst, ok := netstack.IPv4Addrs(pkt)
+	if !ok || dst == g.cfg.TUN.GatewayAddr() {
+		return "", true
+	}
+	s := g.tbl.Load().lookupVIP(dst)
+	if s == nil || !g.mayReach(id, s.spec.Name) {
+		return "", false
+	}
+	return s.spec.Name, true
 }
 
 // mayReach reports whether an agent identity may reach a service here.

@@ -1,0 +1,148 @@
+package gateway
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ztgate/ztgate/netstack"
+	"github.com/ztgate/ztgate/netstack/netstacktest"
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// directConfig publishes web and db to every tenant, with a direct
+// listener on loopback.
+func directConfig(t testing.TB, port int) (string, *tunnel.CA, string) {
+	dir := t.TempDir()
+	section, ca := writePKI(t, dir)
+	return section + `
+[gateway]
+state_dir = "STATE"
+[api]
+listen = "off"
+[[tenant]]
+name = "acme"
+sources = ["198.51.100.0/24"]
+[[service]]
+name = "web"
+tenants = ["*"]
+vip = "10.100.0.10"
+backends = ["127.0.0.1"]
+  [[service.port]]
+  protocol = "tcp"
+  port = 80
+  target = ` + strconv.Itoa(port) + `
+  [service.health]
+  type = "none"
+[[service]]
+name = "db"
+tenants = ["*"]
+vip = "10.100.0.11"
+backends = ["127.0.0.1"]
+  [[service.port]]
+  protocol = "tcp"
+  port = 5432
+  target = ` + strconv.Itoa(port) + `
+  [service.health]
+  type = "none"
+`, ca, dir
+}
+
+// TestRawIPNeedsServiceRights: a raw IP datagram on the direct path names
+// no service, so the gateway takes the service from its destination VIP
+// and applies the identity's rights as for a routed one. An agent whose
+// certificate of the original system grants it web only (agent.web.ztna)
+// reaches web and not db, on both protocol versions.
+func TestRawIPNeedsServiceRights(t *testing.T) {
+	port := startHold(t)
+	toml, ca, dir := directConfig(t, port)
+	h := newHarness(t, toml, func(o *Options) { o.HandshakeTimeout = 200 * time.Millisecond })
+	addr := h.gw.direct.Addr().String()
+
+	crt, key, err := ca.Issue(tunnel.IssueRequest{Name: "web", LegacySANs: []string{"agent.web.ztna"}, NoIdentity: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{"agent.crt": crt, "agent.key": key} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	creds, err := tunnel.NewCredentials(tunnel.CredentialsConfig{
+		CertFile: filepath.Join(dir, "agent.crt"), KeyFile: filepath.Join(dir, "agent.key"), CAFile: filepath.Join(dir, "ca.crt"),
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	denied := func() float64 { return testutil.ToFloat64(h.gw.m.dropped.WithLabelValues("not_authorised")) }
+
+	for _, alpn := range []string{tunnel.ALPNV2, tunnel.ALPNV1} {
+		t.Run(alpn, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			s, err := tunnel.Dial(ctx, addr, tunnel.DialConfig{
+				Credentials: creds, ServerName: "127.0.0.1", ALPN: []string{alpn},
+				Hello: tunnel.Hello{Role: tunnel.RoleAgent, Name: "web", InnerAddr: agentInner},
+			}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close("done")
+			from := netip.AddrPortFrom(agentInner, 40001)
+			if alpn == tunnel.ALPNV1 {
+				// ztna-v1 registers the service first; db is refused.
+				for _, svc := range []string{"web", "db"} {
+					reg, err := tunnel.AppendRegistration(nil, tunnel.TypeAgentRegistration, svc)
+					if err != nil {
+						t.Fatal(err)
+					}
+					s.SendDatagram(reg)
+				}
+			}
+
+			before := denied()
+			db := netstacktest.TCPSegment(from, netip.MustParseAddrPort("10.100.0.11:5432"), netstacktest.FlagSYN, 1, nil)
+			if err := s.SendDatagram(db); err != nil {
+				t.Fatal(err)
+			}
+			web := netstacktest.TCPSegment(from, netip.MustParseAddrPort("10.100.0.10:80"), netstacktest.FlagSYN, 1, nil)
+			if err := s.SendDatagram(web); err != nil {
+				t.Fatal(err)
+			}
+			// web answers with a SYN-ACK from its VIP; db's SYN is
+			// dropped and counted, never answered.
+			for {
+				b, err := s.ReceiveDatagram(ctx)
+				if err != nil {
+					t.Fatalf("no SYN-ACK from web: %v (not_authorised %v → %v)", err, before, denied())
+				}
+				if tunnel.Kind(b) != tunnel.TypeIP {
+					continue
+				}
+				src, _, ok := netstack.IPv4Addrs(b)
+				if !ok {
+					continue
+				}
+				if src == netip.MustParseAddr("10.100.0.11") {
+					t.Fatalf("db answered an agent with rights for web only")
+				}
+				if src == netip.MustParseAddr("10.100.0.10") {
+					break
+				}
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for denied() == before {
+				if time.Now().After(deadline) {
+					t.Fatal("the packet to db was not counted as not_authorised")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+	}
+}
