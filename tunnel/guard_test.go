@@ -3,9 +3,11 @@ package tunnel
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -46,6 +48,27 @@ func TestGarbageDatagrams(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	// Some garbage is answered rather than dropped: a short header of an
+	// unknown connection by a stateless reset (when quic-go's reset queue
+	// has room), a long header of an unknown version by a version
+	// negotiation. Count the answers with the drops.
+	var answers atomic.Int64
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		buf := make([]byte, 1500)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				continue // e.g. ICMP port unreachable surfacing as ECONNREFUSED
+			}
+			answers.Add(1)
+		}
+	}()
+	defer func() { c.Close(); <-readerDone }()
+	handled := func() float64 { return sf.udpDropped() + float64(answers.Load()) }
 	rng := rand.New(rand.NewPCG(1, 2))
 	cases := []struct {
 		name  string
@@ -60,7 +83,7 @@ func TestGarbageDatagrams(t *testing.T) {
 	const each = 500
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			before := sf.udpDropped()
+			before := handled()
 			for i := range each {
 				b := make([]byte, 1+rng.IntN(1400))
 				for j := range b {
@@ -74,17 +97,17 @@ func TestGarbageDatagrams(t *testing.T) {
 					time.Sleep(time.Millisecond) // stay within the socket's buffer
 				}
 			}
-			// Long headers with a random version are answered (version
-			// negotiation), not dropped: count only what must be.
-			want := float64(each) * 0.4
+			// A long header that parses as an Initial of a known version
+			// may be buffered or fail later: count only what must be.
+			want := float64(each) * 0.7
 			deadline := time.Now().Add(testTimeout)
-			for sf.udpDropped()-before < want {
+			for handled()-before < want {
 				if time.Now().After(deadline) {
-					t.Fatalf("%v of %d datagrams counted as dropped", sf.udpDropped()-before, each)
+					t.Fatalf("%v of %d datagrams counted as dropped or answered", handled()-before, each)
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
-			t.Logf("%v of %d counted as dropped", sf.udpDropped()-before, each)
+			t.Logf("%v of %d counted as dropped or answered", handled()-before, each)
 		})
 	}
 	sf.connect(sf.dialConfig(sf.agentCreds()))
