@@ -227,9 +227,10 @@ backends = ["127.0.0.1"]
 	}
 	for _, st := range steps {
 		h.write(t, config(st.tenants, st.keys, st.ports))
-		d, err := h.gw.Reload()
-		if err != nil || len(d.Changed) != 1 || d.Changed[0].Name != "echo" {
-			t.Fatalf("%s: reload %+v %v", st.name, d, err)
+		// The file watcher may have applied it already: the diff may be
+		// empty, the register is what counts.
+		if _, err := h.gw.Reload(); err != nil {
+			t.Fatalf("%s: reload: %v", st.name, err)
 		}
 		awaitEcho(st.name, st.want)
 	}
