@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -94,7 +95,8 @@ func (g *Gateway) serveRelay(ctx context.Context, s *tunnel.Session) error {
 	rs := &relaySession{g: g, s: s, tags: make(map[uint32]*ingress), pending: make(map[uint32]*pendingTag)}
 	defer rs.closeAll("relay session ended")
 	g.fitLink(s, tunnel.TagReturnOverhead)
-	if err := s.Send(tunnel.Register{Type: tunnel.MessageRegister, Services: g.serviceInfos(), Candidates: g.directCandidates(s.Welcome().Observed)}); err != nil {
+	registered := g.serviceInfos()
+	if err := s.Send(tunnel.Register{Type: tunnel.MessageRegister, Services: registered, Candidates: g.directCandidates(s.Welcome().Observed)}); err != nil {
 		return fmt.Errorf("register: %w", err)
 	}
 	g.relaySess.Store(rs)
@@ -115,7 +117,7 @@ func (g *Gateway) serveRelay(ctx context.Context, s *tunnel.Session) error {
 	}()
 	go func() {
 		defer wg.Done()
-		rs.reportHealth(ctx)
+		rs.reportHealth(ctx, registered)
 	}()
 	err := rs.control()
 	cancel()
@@ -299,16 +301,14 @@ func (rs *relaySession) holdLocked(tag uint32, pkt []byte) {
 	p.pkts = append(p.pkts, pkt)
 }
 
-// reportHealth tells the relay when a service's health changes (and
-// re-registers when the service set changes).
-func (rs *relaySession) reportHealth(ctx context.Context) {
+// reportHealth keeps the relay's view of the services current: it
+// registers again when what the relay holds of a service changes (the
+// service set, a service's tenants, ports, ICMP or VIP pins, as after a
+// reload), else reports the services whose health changed. registered is
+// what the session's first register carried.
+func (rs *relaySession) reportHealth(ctx context.Context, registered []tunnel.ServiceInfo) {
 	g := rs.g
-	last := make(map[string]bool)
-	var lastSet []string
-	for _, si := range g.serviceInfos() {
-		last[si.Name] = si.Healthy
-		lastSet = append(lastSet, si.Name)
-	}
+	rep := relayReport{last: registered}
 	t := time.NewTicker(healthReportInterval)
 	defer t.Stop()
 	for {
@@ -317,39 +317,50 @@ func (rs *relaySession) reportHealth(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		infos := g.serviceInfos()
-		names := make([]string, len(infos))
-		changed := map[string]bool{}
-		for i, si := range infos {
-			names[i] = si.Name
-			if h, ok := last[si.Name]; !ok || h != si.Healthy {
-				changed[si.Name] = si.Healthy
-			}
+		register, health := rep.next(g.serviceInfos())
+		var err error
+		switch {
+		case register:
+			err = rs.s.Send(tunnel.Register{Type: tunnel.MessageRegister, Services: rep.last,
+				Candidates: g.directCandidates(rs.s.Welcome().Observed)})
+		case len(health) > 0:
+			err = rs.s.Send(tunnel.Health{Type: tunnel.MessageHealth, Services: health})
 		}
-		if !equalStrings(names, lastSet) {
-			if err := rs.s.Send(tunnel.Register{Type: tunnel.MessageRegister, Services: infos, Candidates: g.directCandidates(rs.s.Welcome().Observed)}); err != nil {
-				return
-			}
-			lastSet = names
-		} else if len(changed) > 0 {
-			if err := rs.s.Send(tunnel.Health{Type: tunnel.MessageHealth, Services: changed}); err != nil {
-				return
-			}
-		}
-		for _, si := range infos {
-			last[si.Name] = si.Healthy
+		if err != nil {
+			return
 		}
 	}
 }
 
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
+// relayReport is what the relay was last told of the services.
+type relayReport struct {
+	last []tunnel.ServiceInfo // sorted by name, as serviceInfos returns them
+}
+
+// next compares the services now (sorted by name) with what the relay was
+// last told and records them: register when the relay must get the whole
+// set again (a service added or removed, or its definition changed: a
+// register carries health too), else the services whose health changed
+// (nil when none did).
+func (r *relayReport) next(infos []tunnel.ServiceInfo) (register bool, health map[string]bool) {
+	defer func() { r.last = infos }()
+	if !slices.EqualFunc(r.last, infos, sameRegistration) {
+		return true, nil
 	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
+	for i, si := range infos {
+		if r.last[i].Healthy != si.Healthy {
+			if health == nil {
+				health = make(map[string]bool)
+			}
+			health[si.Name] = si.Healthy
 		}
 	}
-	return true
+	return false, health
+}
+
+// sameRegistration reports whether two registrations of a service agree
+// on everything but health.
+func sameRegistration(a, b tunnel.ServiceInfo) bool {
+	return a.Name == b.Name && slices.Equal(a.Tenants, b.Tenants) && slices.Equal(a.Ports, b.Ports) &&
+		a.ICMP == b.ICMP && a.VIP == b.VIP && a.VIP6 == b.VIP6
 }

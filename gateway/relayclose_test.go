@@ -1,10 +1,7 @@
 package gateway
 
 import (
-	"context"
 	"fmt"
-	"net/netip"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -20,39 +17,7 @@ import (
 func TestCloseWithLiveRelaySession(t *testing.T) {
 	dir := t.TempDir()
 	_, ca := writePKI(t, dir)
-	relayCrt, relayKey, err := ca.Issue(tunnel.IssueRequest{Tenant: "infra", Role: tunnel.RoleRelay, Name: "relay1",
-		IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, b := range map[string][]byte{"relay.crt": relayCrt, "relay.key": relayKey} {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	creds, err := tunnel.NewCredentials(tunnel.CredentialsConfig{CertFile: filepath.Join(dir, "relay.crt"),
-		KeyFile: filepath.Join(dir, "relay.key"), CAFile: filepath.Join(dir, "ca.crt")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := tunnel.Listen("127.0.0.1:0", tunnel.ListenConfig{Credentials: creds}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	sessions := make(chan *tunnel.Session, 1)
-	go func() {
-		s, err := ln.Accept(ctx)
-		if err != nil {
-			close(sessions)
-			return
-		}
-		s.SendWelcome(tunnel.Welcome{MaxPacket: 1200})
-		sessions <- s
-	}()
-
+	addr, sessions := fakeRelay(t, dir, ca)
 	cfg, err := conf.ParseGateway("test.toml", []byte(fmt.Sprintf(`
 [gateway]
 name = "gw1"
@@ -64,7 +29,7 @@ relay = %q
 cert = %q
 key = %q
 ca = %q
-`, dir, ln.Addr().String(), filepath.Join(dir, "gw.crt"), filepath.Join(dir, "gw.key"), filepath.Join(dir, "ca.crt"))))
+`, dir, addr, filepath.Join(dir, "gw.crt"), filepath.Join(dir, "gw.key"), filepath.Join(dir, "ca.crt"))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,12 +40,13 @@ ca = %q
 	if err := gw.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s, ok := <-sessions
-	if !ok {
+	var s *tunnel.Session
+	select {
+	case s = <-sessions:
+	case <-time.After(10 * time.Second):
 		gw.Close()
 		t.Fatal("the gateway did not connect to the relay")
 	}
-	defer s.Close("test over")
 	if _, err := tunnel.DecodeControl(s.Next()); err != nil { // the register
 		t.Fatal(err)
 	}

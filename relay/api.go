@@ -46,9 +46,14 @@ type apiGateway struct {
 	State   string `json:"state"` // healthy, down or draining (takes no new flows)
 	Session uint64 `json:"session"`
 	Flows   int64  `json:"flows"`
+	// The gateway's own definition of the service.
+	Tenants []string          `json:"tenants"`
+	Ports   []tunnel.PortInfo `json:"ports"`
+	ICMP    bool              `json:"icmp"`
 }
 
-// apiService is a service in GET /v1/services.
+// apiService is a service in GET /v1/services: tenants, ports and ICMP
+// merged over its gateways (definition.go), Conflict when they disagree.
 type apiService struct {
 	Name     string            `json:"name"`
 	VIP      string            `json:"vip"`
@@ -57,6 +62,7 @@ type apiService struct {
 	Ports    []tunnel.PortInfo `json:"ports"`
 	ICMP     bool              `json:"icmp"`
 	Healthy  bool              `json:"healthy"`
+	Conflict bool              `json:"conflict,omitempty"`
 	Gateways []apiGateway      `json:"gateways"`
 }
 
@@ -64,17 +70,21 @@ func (r *Relay) handleServices(w http.ResponseWriter, _ *http.Request) {
 	r.mu.RLock()
 	out := make([]apiService, 0, len(r.services))
 	for _, svc := range r.services {
+		v := svc.viewLocked(nil)
 		as := apiService{
 			Name: svc.name, VIP: addrString(svc.vip), VIP6: addrString(svc.vip6),
-			Tenants: svc.info.Tenants, Ports: svc.info.Ports, ICMP: svc.info.ICMP,
-			Healthy: svc.healthyLocked(), Gateways: []apiGateway{},
-		}
-		if as.Ports == nil {
-			as.Ports = []tunnel.PortInfo{}
+			Tenants: v.tenants, Ports: v.ports, ICMP: v.icmp, Healthy: v.healthy,
+			Conflict: svc.disputedLocked(), Gateways: []apiGateway{},
 		}
 		for _, g := range svc.gateways {
+			def := g.defs[svc.name]
+			ports := def.Ports
+			if ports == nil {
+				ports = []tunnel.PortInfo{}
+			}
 			as.Gateways = append(as.Gateways, apiGateway{Name: gatewayName(g), Healthy: g.services[svc.name],
-				State: r.gatewayStateLocked(g, svc.name), Session: g.s.ID(), Flows: g.flows.Load()})
+				State: r.gatewayStateLocked(g, svc.name), Session: g.s.ID(), Flows: g.flows.Load(),
+				Tenants: def.Tenants, Ports: ports, ICMP: def.ICMP})
 		}
 		out = append(out, as)
 	}

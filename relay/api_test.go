@@ -2,6 +2,7 @@ package relay
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
@@ -119,6 +120,35 @@ func TestAPI(t *testing.T) {
 		}
 		if g.Identity != "ops/gateway/gw1" || g.Tags != 1 || len(g.Services) != 1 {
 			t.Errorf("gateway session %+v", g)
+		}
+	})
+	t.Run("gateways that disagree", func(t *testing.T) {
+		gw2 := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw2"), gatewayHello("gw2"))
+		gw2.register(tunnel.ServiceInfo{Name: "web", Tenants: []string{"globex"}, ICMP: true,
+			Ports: []tunnel.PortInfo{{Protocol: "tcp", Port: 443}}})
+		_, body := get(t, r, "/v1/services", "s3cret")
+		var out struct {
+			Services []apiService `json:"services"`
+		}
+		if err := json.Unmarshal([]byte(body), &out); err != nil {
+			t.Fatal(err)
+		}
+		if len(out.Services) != 1 || len(out.Services[0].Gateways) != 2 {
+			t.Fatalf("%+v", out)
+		}
+		s := out.Services[0]
+		if !s.Conflict || fmt.Sprint(s.Tenants) != "[acme globex]" || fmt.Sprint(portList(s.Ports)) != "[udp/7 tcp/443]" || !s.ICMP {
+			t.Errorf("merged service %+v", s)
+		}
+		if g := s.Gateways[0]; g.Name != "gw1" || fmt.Sprint(g.Tenants) != "[acme]" || g.ICMP {
+			t.Errorf("first gateway %+v", g)
+		}
+		if g := s.Gateways[1]; g.Name != "gw2" || fmt.Sprint(g.Tenants) != "[globex]" ||
+			fmt.Sprint(portList(g.Ports)) != "[tcp/443]" || !g.ICMP {
+			t.Errorf("second gateway %+v", g)
+		}
+		if _, body := get(t, r, "/metrics", ""); !strings.Contains(body, "ztgate_relay_service_conflicts 1") {
+			t.Error("the conflict is not counted")
 		}
 	})
 }

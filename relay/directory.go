@@ -9,8 +9,9 @@ import (
 	"github.com/ztgate/ztgate/tunnel"
 )
 
-// directoryFor returns the services the agent may reach: those whose
-// tenants include the agent's (or "*") and that its identity permits.
+// directoryFor returns the services the agent may reach: those a gateway
+// serves for the agent's tenant (or "*") and that its identity permits,
+// each as those gateways define it (definition.go).
 func (r *Relay) directoryFor(a *agent) tunnel.Directory {
 	d := tunnel.Directory{
 		Type: tunnel.MessageDirectory, Zone: r.cfg.Zone, TTL: int(r.cfg.TTL.Seconds()),
@@ -21,9 +22,9 @@ func (r *Relay) directoryFor(a *agent) tunnel.Directory {
 		if !a.may(svc) {
 			continue
 		}
+		v := svc.viewForLocked(a.id.Tenant)
 		d.Services = append(d.Services, tunnel.DirectoryService{
-			Name: svc.name, VIP: svc.vip, VIP6: svc.vip6, Ports: svc.info.Ports,
-			ICMP: svc.info.ICMP, Healthy: svc.healthyLocked(),
+			Name: svc.name, VIP: svc.vip, VIP6: svc.vip6, Ports: v.ports, ICMP: v.icmp, Healthy: v.healthy,
 		})
 	}
 	r.mu.RUnlock()

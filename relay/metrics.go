@@ -68,6 +68,7 @@ type metrics struct {
 	dropped       *prometheus.CounterVec
 	tags          prometheus.Gauge
 	services      prometheus.Gauge
+	conflicts     prometheus.Gauge
 	poolUsed      prometheus.Gauge
 	poolCapacity  prometheus.Gauge
 	flows         flowStats
@@ -108,6 +109,10 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		services: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ztgate_relay_services", Help: "Services served by at least one gateway.",
 		}),
+		conflicts: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ztgate_relay_service_conflicts",
+			Help: "Services whose gateways registered different definitions (tenants, ports or ICMP).",
+		}),
 		poolUsed: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ztgate_vip_pool_used", Help: "VIPs of the IPv4 pool allocated to services or held back.",
 		}),
@@ -117,7 +122,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	}
 	m.newFlowAndSignalingMetrics()
 	reg.MustRegister(m.sessions, m.refusals, m.registrations, m.datagrams, m.dropped, m.tags,
-		m.services, m.poolUsed, m.poolCapacity,
+		m.services, m.conflicts, m.poolUsed, m.poolCapacity,
 		m.flows.live, m.gatewaysLost,
 		m.sigRejected, m.sigOutcomes, m.sigSessions, m.directPaths,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -30,9 +30,10 @@ type gateway struct {
 	name string // from the hello, for logs and the API
 
 	// Guarded by Relay.mu.
-	services   map[string]bool  // registered services → reported healthy
-	tags       map[uint32]*tag  // live tags routed to this gateway
-	candidates []netip.AddrPort // where agents may reach it directly (register)
+	services   map[string]bool               // registered services → reported healthy
+	defs       map[string]tunnel.ServiceInfo // registered services → their latest definition
+	tags       map[uint32]*tag               // live tags routed to this gateway
+	candidates []netip.AddrPort              // where agents may reach it directly (register)
 
 	flows atomic.Int64  // entries of agents' flow tables that route here
 	heard atomic.Uint64 // datagrams and messages received: the liveness check watches it
@@ -91,13 +92,22 @@ func newAgent(p peer, inner netip.Addr, stats *flowStats) *agent {
 
 // newGateway prepares a gateway session's state.
 func newGateway(p peer, name string) *gateway {
-	return &gateway{peer: p, name: name, services: make(map[string]bool), tags: make(map[uint32]*tag)}
+	return &gateway{peer: p, name: name, services: make(map[string]bool),
+		defs: make(map[string]tunnel.ServiceInfo), tags: make(map[uint32]*tag)}
 }
 
 // may reports whether the agent may reach svc: its identity holds rights
-// for the service and the service admits its tenant.
+// for the service and at least one gateway serving it admits its tenant.
+// Callers hold Relay.mu.
 func (a *agent) may(svc *service) bool {
-	return a.id.Permits(svc.name) && allowsTenant(svc.info.Tenants, a.id.Tenant)
+	return a.id.Permits(svc.name) && svc.admitsLocked(a.id.Tenant)
+}
+
+// admits reports whether g's definition of service admits tenant.
+// Callers hold Relay.mu.
+func (g *gateway) admits(service, tenant string) bool {
+	def, ok := g.defs[service]
+	return ok && allowsTenant(def.Tenants, tenant)
 }
 
 // allowsTenant reports whether tenants lists tenant or "*".

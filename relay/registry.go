@@ -2,6 +2,7 @@ package relay
 
 import (
 	"cmp"
+	"fmt"
 	"net/netip"
 	"slices"
 
@@ -9,29 +10,20 @@ import (
 	"github.com/ztgate/ztgate/tunnel"
 )
 
-// service is a service that at least one live gateway serves.
+// service is a service that at least one live gateway serves. What it is
+// (tenants, ports, ICMP) is each gateway's definition (gateway.defs);
+// definition.go merges them.
 type service struct {
 	name      string
-	info      tunnel.ServiceInfo // the first definition registered
 	vip, vip6 netip.Addr
 	gateways  []*gateway // serving it, in registration order; guarded by Relay.mu
 }
 
-// healthyLocked reports whether any gateway serving the service reports it
-// healthy. Callers hold r.mu.
-func (s *service) healthyLocked() bool {
-	for _, g := range s.gateways {
-		if g.services[s.name] {
-			return true
-		}
-	}
-	return false
-}
-
 // register applies a gateway's whole service set: VIPs for new services,
-// the gateway added to (or removed from) each service, tags of services it
-// dropped closed, and the assign answer. Registry changes are serialised
-// by regMu, which also covers the pool.
+// the gateway added to (or removed from) each service, its definition of
+// each replaced, tags of services it dropped (or of tenants its new
+// definition no longer admits) closed, and the assign answer. Registry
+// changes are serialised by regMu, which also covers the pool.
 func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 	r.regMu.Lock()
 	defer r.regMu.Unlock()
@@ -51,7 +43,7 @@ func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 			reject(info.Name, result, detail)
 			continue
 		}
-		alloc, err := r.allocation(g, info)
+		alloc, err := r.allocation(info)
 		if err != nil {
 			reject(info.Name, regAllocation, err.Error())
 			continue
@@ -74,20 +66,34 @@ func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 			emptied = append(emptied, name)
 		}
 	}
+	var changed []tunnel.ServiceInfo // definitions g changed
+	var disputed []string            // services g now disagrees on with another gateway
 	for name, info := range accepted {
 		svc := r.services[name]
 		if svc == nil {
 			a := allocs[name]
-			svc = &service{name: name, info: info, vip: a.VIP, vip6: a.VIP6}
+			svc = &service{name: name, vip: a.VIP, vip6: a.VIP6}
 			r.services[name] = svc
 		}
 		if !slices.Contains(svc.gateways, g) {
 			svc.gateways = append(svc.gateways, g)
 		}
-		g.services[name] = info.Healthy
+		old, had := g.defs[name]
+		g.services[name], g.defs[name] = info.Healthy, info
+		if had && sameDefinition(old, info) {
+			continue
+		}
+		if had {
+			changed = append(changed, info)
+			r.closeRevokedLocked(g, name, closed)
+		}
+		if svc.disputedLocked() {
+			disputed = append(disputed, name)
+		}
 	}
 	g.candidates = r.usableCandidates(g, msg.Candidates)
 	r.m.services.Set(float64(len(r.services)))
+	r.countConflictsLocked()
 	r.mu.Unlock()
 
 	r.releaseLocked(emptied)
@@ -100,26 +106,84 @@ func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 	for _, name := range dropped {
 		r.retireDirectPaths(g, name, tunnel.CodeServiceDown)
 	}
+	for _, info := range changed {
+		r.log.Info("gateway changed a service's definition", "gateway", g.id.String(), "service", info.Name,
+			"tenants", info.Tenants, "ports", portList(info.Ports), "icmp", info.ICMP)
+		tenants := info.Tenants
+		r.retireDirectPathsWhere(g, info.Name, func(a *agent) bool { return !allowsTenant(tenants, a.id.Tenant) },
+			tunnel.CodeNotAuthorized)
+	}
+	for _, name := range disputed {
+		r.logDispute(name)
+	}
 	if err := g.s.Send(&answer); err != nil {
 		r.log.Warn("cannot send assign", "gateway", g.id.String(), "err", err)
 	}
 	r.log.Info("gateway registered services", "gateway", g.id.String(), "session", g.s.ID(),
-		"accepted", len(answer.VIPs), "rejected", len(answer.Rejected))
+		"accepted", len(answer.VIPs), "rejected", len(answer.Rejected), "changed", len(changed))
 	r.directoryChanged()
 }
 
+// closeRevokedLocked closes g's tags of service whose agents g's
+// definition no longer admits: their flows end at the gateway, and their
+// next packets are authorised again (and go to another gateway, or are
+// refused). Callers hold r.mu.
+func (r *Relay) closeRevokedLocked(g *gateway, service string, closed tagsByGateway) {
+	for _, t := range g.tags {
+		if t.service == service && !g.admits(service, t.agent.id.Tenant) {
+			closed.add(t)
+			r.killTagLocked(t)
+		}
+	}
+}
+
+// countConflictsLocked exports how many services have gateways that
+// disagree on their definition. Callers hold r.mu.
+func (r *Relay) countConflictsLocked() {
+	n := 0
+	for _, svc := range r.services {
+		if svc.disputedLocked() {
+			n++
+		}
+	}
+	r.m.conflicts.Set(float64(n))
+}
+
+// logDispute warns that the gateways of a service registered different
+// definitions, with each gateway's.
+func (r *Relay) logDispute(name string) {
+	r.mu.RLock()
+	var defs []string
+	if svc := r.services[name]; svc != nil {
+		for _, g := range svc.gateways {
+			if def, ok := g.defs[name]; ok {
+				defs = append(defs, fmt.Sprintf("%s: tenants=%v ports=%v icmp=%t",
+					g.id.String(), def.Tenants, portList(def.Ports), def.ICMP))
+			}
+		}
+	}
+	r.mu.RUnlock()
+	r.log.Warn("gateways disagree on a service; each gateway takes the tenants it admits, agents see the union",
+		"service", name, "definitions", defs)
+}
+
+// portList renders ports for a log line: "tcp/443", "udp/53".
+func portList(ports []tunnel.PortInfo) []string {
+	out := make([]string, len(ports))
+	for i, p := range ports {
+		out[i] = fmt.Sprintf("%s/%d", p.Protocol, p.Port)
+	}
+	return out
+}
+
 // allocation returns the VIPs of a registered service: those it has when
-// another gateway serves it already (a warning if the definitions differ),
-// else from the pool. Callers hold regMu.
-func (r *Relay) allocation(g *gateway, info tunnel.ServiceInfo) (catalog.Allocation, error) {
+// another gateway serves it already, else from the pool. Callers hold
+// regMu.
+func (r *Relay) allocation(info tunnel.ServiceInfo) (catalog.Allocation, error) {
 	r.mu.RLock()
 	svc := r.services[info.Name]
 	r.mu.RUnlock()
 	if svc != nil {
-		if !sameDefinition(svc.info, info) {
-			r.log.Warn("gateways disagree on a service; the first definition stays", "service", info.Name,
-				"gateway", g.id.String(), "tenants", info.Tenants, "first_tenants", svc.info.Tenants)
-		}
 		return catalog.Allocation{Service: svc.name, VIP: svc.vip, VIP6: svc.vip6}, nil
 	}
 	return r.acquire(info)
@@ -154,6 +218,7 @@ func (r *Relay) acquire(info tunnel.ServiceInfo) (catalog.Allocation, error) {
 // (and so removed). Callers hold regMu and r.mu.
 func (r *Relay) stopServingLocked(g *gateway, name string, closed tagsByGateway) bool {
 	delete(g.services, name)
+	delete(g.defs, name)
 	for _, t := range g.tags {
 		if t.service == name {
 			closed.add(t)
@@ -267,6 +332,7 @@ func (r *Relay) removeGateway(g *gateway) {
 		r.killTagLocked(t)
 	}
 	r.m.services.Set(float64(len(r.services)))
+	r.countConflictsLocked()
 	r.mu.Unlock()
 	r.m.gwGauge.Dec()
 	r.releaseLocked(emptied)

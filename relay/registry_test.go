@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -174,13 +175,22 @@ func TestDirectoryPerTenant(t *testing.T) {
 	}
 }
 
+// TestDirectoryFollowsChanges drives two gateways of "web" through
+// health changes, a second gateway, definition changes (a tenant added
+// and removed, ports and ICMP changed) and their leaving, and checks after
+// each step the directory of an agent of each tenant, the conflict gauge,
+// and that the relay admits an agent of a newly added tenant and refuses
+// one of a removed tenant.
 func TestDirectoryFollowsChanges(t *testing.T) {
 	p := newPKI(t)
 	r := startRelay(t, p.relayConfig(t.TempDir()))
 	addr := r.Addr().String()
-	a := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a"), agentHello("a"))
-	if d := next[tunnel.Directory](a); len(d.Services) != 0 {
-		t.Fatalf("first directory %+v", d)
+	acme := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a"), agentHello("a"))
+	globex := mustDial(t, addr, p.identity("globex", tunnel.RoleAgent, "b"), agentHello("b"))
+	for _, c := range []*client{acme, globex} {
+		if d := next[tunnel.Directory](c); len(d.Services) != 0 {
+			t.Fatalf("first directory %+v", d)
+		}
 	}
 	gw1 := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
 	gw2 := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw2"), gatewayHello("gw2"))
@@ -190,40 +200,165 @@ func TestDirectoryFollowsChanges(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	type want struct {
-		present, healthy bool
+	udp7, tcp443 := tunnel.PortInfo{Protocol: "udp", Port: 7}, tunnel.PortInfo{Protocol: "tcp", Port: 443}
+	web := func(tenants []string, icmp bool, ports ...tunnel.PortInfo) tunnel.ServiceInfo {
+		return tunnel.ServiceInfo{Name: "web", Tenants: tenants, ICMP: icmp, Ports: ports, Healthy: true}
 	}
+	var vip netip.Addr
+	var closedTags []uint32 // what the last register made the relay close
+	register := func(g *client, services ...tunnel.ServiceInfo) {
+		t.Helper()
+		if err := g.s.Send(&tunnel.Register{Type: tunnel.MessageRegister, Services: services}); err != nil {
+			t.Fatal(err)
+		}
+		closedTags = nil
+		deadline := time.After(testTimeout)
+		for {
+			var msg any
+			select {
+			case msg = <-g.msgs:
+			case <-deadline:
+				t.Fatal("no assign")
+			}
+			switch m := msg.(type) {
+			case *tunnel.TagClose: // sent before the assign
+				closedTags = append(closedTags, m.Tags...)
+			case *tunnel.Assign:
+				if v := vipOf(m, "web"); v.IsValid() {
+					vip = v
+				}
+				return
+			}
+		}
+	}
+	// A packet of a new UDP flow to web, from a source port of its own.
+	srcPort := uint16(5000)
+	flowPacket := func() []byte {
+		srcPort++
+		return udpPacket(netip.AddrPortFrom(innerAddr, srcPort), netip.AddrPortFrom(vip, 7), "x")
+	}
+	// admitted checks that an agent's new flow to web is routed to g.
+	var globexTag uint32
+	admitted := func(t *testing.T, c *client, identity string, g *client) {
+		t.Helper()
+		pkt := flowPacket()
+		c.send("web", pkt)
+		deadline := time.After(testTimeout)
+		resend := time.NewTicker(100 * time.Millisecond) // the datagram may be lost
+		defer resend.Stop()
+		for {
+			select {
+			case m := <-g.msgs:
+				if o, ok := m.(*tunnel.TagOpen); ok && o.Identity == identity && o.Service == "web" {
+					globexTag = o.Tag
+					return
+				}
+			case <-resend.C:
+				c.send("web", pkt)
+			case <-deadline:
+				t.Fatalf("no tag_open for %s at the gateway", identity)
+			}
+		}
+	}
+	refused := func(t *testing.T, c *client) {
+		t.Helper()
+		before := dropped(r, dropNotAuthorized)
+		pkt := flowPacket()
+		waitFor(t, "not_authorized drops", func() bool {
+			c.send("web", pkt) // again: the datagram may be lost
+			time.Sleep(5 * time.Millisecond)
+			return dropped(r, dropNotAuthorized) > before
+		})
+	}
+
+	// What each agent's latest directory shows of web.
+	current := map[*client]string{acme: "absent", globex: "absent"}
+	awaitDirectory := func(t *testing.T, who string, c *client, want string) {
+		t.Helper()
+		deadline := time.After(testTimeout)
+		for current[c] != want {
+			select {
+			case m := <-c.msgs:
+				if d, ok := m.(*tunnel.Directory); ok {
+					current[c] = webEntry(d)
+				}
+			case <-deadline:
+				t.Fatalf("%s's directory shows %s, want %s", who, current[c], want)
+			}
+		}
+	}
+	both, one := []string{"acme", "globex"}, []string{"acme"}
 	steps := []struct {
-		name   string
-		change func()
-		want   want
+		name         string
+		change       func()
+		acme, globex string
+		conflicts    float64
+		check        func(t *testing.T)
 	}{
-		{"registered", func() { gw1.register(svc("web", "acme")) }, want{true, true}},
-		{"its gateway reports it down", func() { health(gw1, false) }, want{true, false}},
-		{"a second gateway serves it healthy", func() { gw2.register(svc("web", "acme")) }, want{true, true}},
-		{"the second gateway reports it down", func() { health(gw2, false) }, want{true, false}},
-		{"the first gateway recovers", func() { health(gw1, true) }, want{true, true}},
-		{"the first gateway drops it", func() { gw1.register() }, want{true, false}},
-		{"the second gateway leaves", func() { gw2.close() }, want{false, false}},
+		{"registered", func() { register(gw1, web(one, false, udp7)) },
+			"healthy ports=[udp/7]", "absent", 0, nil},
+		{"its gateway reports it down", func() { health(gw1, false) },
+			"down ports=[udp/7]", "absent", 0, nil},
+		{"a second gateway serves it healthy", func() { register(gw2, web(one, false, udp7)) },
+			"healthy ports=[udp/7]", "absent", 0, nil},
+		{"the second gateway reports it down", func() { health(gw2, false) },
+			"down ports=[udp/7]", "absent", 0, nil},
+		{"the first gateway recovers", func() { health(gw1, true) },
+			"healthy ports=[udp/7]", "absent", 0, nil},
+		{"the first gateway adds a tenant", func() { register(gw1, web(both, false, udp7)) },
+			"healthy ports=[udp/7]", "healthy ports=[udp/7]", 1,
+			func(t *testing.T) { admitted(t, globex, "globex/agent/b", gw1) }},
+		{"the first gateway changes the ports and allows icmp", func() { register(gw1, web(both, true, tcp443)) },
+			"healthy ports=[tcp/443 udp/7] icmp", "healthy ports=[tcp/443] icmp", 1, nil},
+		{"the first gateway removes a tenant", func() { register(gw1, web(one, true, tcp443)) },
+			"healthy ports=[tcp/443 udp/7] icmp", "absent", 1,
+			func(t *testing.T) {
+				if !slices.Equal(closedTags, []uint32{globexTag}) {
+					t.Errorf("tag_close %v, want the removed tenant's tag %d", closedTags, globexTag)
+				}
+				refused(t, globex)
+			}},
+		{"the first gateway drops it", func() { gw1.register() },
+			"down ports=[udp/7]", "absent", 0, nil},
+		{"the second gateway leaves", func() { gw2.close() },
+			"absent", "absent", 0, nil},
 	}
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
 			st.change()
-			d := next[tunnel.Directory](a)
-			got := want{}
-			for _, s := range d.Services {
-				if s.Name == "web" {
-					got = want{true, s.Healthy}
-				}
+			awaitDirectory(t, "acme", acme, st.acme)
+			awaitDirectory(t, "globex", globex, st.globex)
+			if got := testutil.ToFloat64(r.m.conflicts); got != st.conflicts {
+				t.Errorf("conflicts gauge %v, want %v", got, st.conflicts)
 			}
-			if got != st.want {
-				t.Errorf("directory %+v, want %+v", d.Services, st.want)
+			if st.check != nil {
+				st.check(t)
 			}
 		})
 	}
 	if _, ok := r.pool.Lookup("web"); ok {
 		t.Error("the VIP of a service no gateway serves is still allocated")
 	}
+}
+
+// webEntry renders web in a directory: "absent", or its health, ports and
+// ICMP ("healthy ports=[tcp/443] icmp").
+func webEntry(d *tunnel.Directory) string {
+	for _, s := range d.Services {
+		if s.Name != "web" {
+			continue
+		}
+		e := "down"
+		if s.Healthy {
+			e = "healthy"
+		}
+		e += fmt.Sprintf(" ports=%v", portList(s.Ports))
+		if s.ICMP {
+			e += " icmp"
+		}
+		return e
+	}
+	return "absent"
 }
 
 // TestVIPsStableAcrossRestart restarts the relay on the same state

@@ -90,7 +90,7 @@ func (r *Relay) flowTag(a *agent, service, packet []byte, inner netip.Addr) (*ta
 	if t != nil {
 		hint = t.gw
 	}
-	t, reason := r.newFlowTag(a, service, inner, hint)
+	t, reason := r.newFlowTag(a, service, inner, wantsOf(a.id.Tenant, &fp), hint)
 	if t != nil {
 		a.flows.insert(fp, t, now)
 	}
@@ -103,14 +103,14 @@ func (r *Relay) currentTag(a *agent, service []byte, inner netip.Addr) (*tag, dr
 	if t := a.current[string(service)]; t != nil && !t.dead.Load() {
 		return t, 0
 	}
-	return r.newFlowTag(a, service, inner, nil)
+	return r.newFlowTag(a, service, inner, wantsOf(a.id.Tenant, nil), nil)
 }
 
-// newFlowTag chooses a gateway for a new flow of the agent after the
-// checks a new flow needs (the service exists, the agent may reach it, a
-// gateway takes it) and returns the tag of (agent, service, gateway),
-// drawing it on first use.
-func (r *Relay) newFlowTag(a *agent, service []byte, inner netip.Addr, hint *gateway) (*tag, dropReason) {
+// newFlowTag chooses a gateway for a new flow of the agent (w: what it
+// needs) after the checks a new flow needs (the service exists, the agent
+// may reach it, a gateway takes it) and returns the tag of (agent,
+// service, gateway), drawing it on first use.
+func (r *Relay) newFlowTag(a *agent, service []byte, inner netip.Addr, w flowWants, hint *gateway) (*tag, dropReason) {
 	if a.s.Version() == tunnel.V1 && !a.registered[string(service)] {
 		return nil, dropNotRegistered
 	}
@@ -124,7 +124,7 @@ func (r *Relay) newFlowTag(a *agent, service []byte, inner netip.Addr, hint *gat
 	case !a.may(svc):
 		reason = dropNotAuthorized
 	case len(svc.gateways) > 0:
-		if g = r.chooseGatewayLocked(svc, hint, false); g == nil {
+		if g = r.chooseGatewayLocked(svc, w, hint, false); g == nil {
 			reason = dropNoEligible
 		}
 	}

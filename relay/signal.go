@@ -311,11 +311,12 @@ func (sg *signaling) addPath(s *sigSession) {
 }
 
 // takePaths removes and returns the direct paths through g, for service
-// or, when service is "", for every service.
-func (sg *signaling) takePaths(g *gateway, service string) []directPath {
+// or, when service is "", for every service; of the agents match takes
+// (every agent when match is nil).
+func (sg *signaling) takePaths(g *gateway, service string, match func(*agent) bool) []directPath {
 	var out []directPath
 	for k, dp := range sg.paths {
-		if dp.g == g && (service == "" || dp.service == service) {
+		if dp.g == g && (service == "" || dp.service == service) && (match == nil || match(dp.a)) {
 			out = append(out, dp)
 			delete(sg.paths, k)
 		}

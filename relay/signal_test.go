@@ -258,10 +258,13 @@ func TestSignalingPaths(t *testing.T) {
 	if len(f.sg.paths) != 3 {
 		t.Fatalf("paths %v", f.sg.paths)
 	}
-	if got := f.sg.takePaths(f.g, "web"); len(got) != 1 || got[0].agentID != 4 {
+	if got := f.sg.takePaths(f.g, "web", func(a *agent) bool { return a == f.other }); len(got) != 0 {
+		t.Fatalf("web paths of another agent %v", got)
+	}
+	if got := f.sg.takePaths(f.g, "web", func(a *agent) bool { return a == f.a }); len(got) != 1 || got[0].agentID != 4 {
 		t.Fatalf("web paths %v", got)
 	}
-	if got := f.sg.takePaths(f.g, ""); len(got) != 1 || got[0].service != "db" {
+	if got := f.sg.takePaths(f.g, "", nil); len(got) != 1 || got[0].service != "db" {
 		t.Fatalf("the gateway's paths %v", got)
 	}
 	if len(f.sg.paths) != 1 {

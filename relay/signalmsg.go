@@ -28,7 +28,7 @@ func (r *Relay) onOffer(a *agent, m *tunnel.Offer) {
 	var g *gateway
 	reason := sigNotAuthorized
 	if svc != nil && a.may(svc) {
-		if g = r.chooseGatewayLocked(svc, nil, true); g == nil {
+		if g = r.chooseGatewayLocked(svc, wantsOf(a.id.Tenant, nil), nil, true); g == nil {
 			reason = sigNoGateway
 		}
 	}
@@ -187,8 +187,14 @@ func (r *Relay) takeSignals(outcome string, take func(*signaling) []*sigSession)
 // service, or every service when "") to start no new flows on it: g was
 // drained, or reports the service down, or stopped serving it.
 func (r *Relay) retireDirectPaths(g *gateway, service, code string) {
+	r.retireDirectPathsWhere(g, service, nil, code)
+}
+
+// retireDirectPathsWhere is retireDirectPaths for the agents match takes
+// (every agent when match is nil).
+func (r *Relay) retireDirectPathsWhere(g *gateway, service string, match func(*agent) bool, code string) {
 	r.sigMu.Lock()
-	paths := r.sig.takePaths(g, service)
+	paths := r.sig.takePaths(g, service, match)
 	r.updateSignalGauges()
 	r.sigMu.Unlock()
 	for _, dp := range paths {

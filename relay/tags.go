@@ -26,27 +26,35 @@ func (r *Relay) drawTagLocked() uint32 {
 }
 
 // chooseGatewayLocked picks the gateway for a new flow of svc (or, with
-// direct, for a direct path: only gateways that sent candidates). Drained
-// gateways take nothing new. Among the gateways that report the service
-// healthy (or, if none does, the others: the agent's directory may be
-// behind) it keeps hint, the gateway a retransmitted SYN went to, else
-// takes the one with the fewest flows, then the fewest tags, then the
-// earliest registered. Callers hold r.mu.
-func (r *Relay) chooseGatewayLocked(svc *service, hint *gateway, direct bool) *gateway {
+// direct, for a direct path: only gateways that sent candidates). Only
+// gateways whose definition admits the agent's tenant qualify; drained
+// gateways take nothing new. Those that serve what the flow needs (its
+// destination port, or ICMP) come first, then those that report the
+// service healthy (the others stay eligible: the agent's directory may be
+// behind). Among the best it keeps hint, the gateway a retransmitted SYN
+// went to, else takes the one with the fewest flows, then the fewest
+// tags, then the earliest registered. Callers hold r.mu.
+func (r *Relay) chooseGatewayLocked(svc *service, w flowWants, hint *gateway, direct bool) *gateway {
 	var best *gateway
-	bestHealthy := false
+	bestRank := -1
 	for _, g := range svc.gateways {
-		if r.drained[gatewayName(g)] || (direct && len(g.candidates) == 0) {
+		def, ok := g.defs[svc.name]
+		if !ok || !allowsTenant(def.Tenants, w.tenant) ||
+			r.drained[gatewayName(g)] || (direct && len(g.candidates) == 0) {
 			continue
 		}
-		healthy := g.services[svc.name]
+		rank := 0
+		if w.servedBy(def) {
+			rank += 2
+		}
+		if g.services[svc.name] {
+			rank++
+		}
 		switch {
-		case healthy && g == hint:
+		case rank == 3 && g == hint:
 			return g
-		case best == nil, healthy && !bestHealthy:
-			best, bestHealthy = g, healthy
-		case healthy == bestHealthy && fewerFlows(g, best):
-			best = g
+		case rank > bestRank, rank == bestRank && fewerFlows(g, best):
+			best, bestRank = g, rank
 		}
 	}
 	return best
@@ -60,13 +68,17 @@ func fewerFlows(g, than *gateway) bool {
 
 // openTag draws the tag of (a, svc, g) and tells g with tag_open before
 // returning, so that the tag's first 0x30 follows it. g must still serve
-// the service. inner is the agent's inner address (for v1 possibly not
-// yet pinned).
+// the service and admit the agent's tenant. inner is the agent's inner
+// address (for v1 possibly not yet pinned).
 func (r *Relay) openTag(a *agent, svc *service, g *gateway, inner netip.Addr) (*tag, dropReason) {
 	r.mu.Lock()
 	var t *tag
 	reason := dropGatewayGone
-	if _, serves := g.services[svc.name]; serves {
+	_, serves := g.services[svc.name]
+	switch {
+	case serves && !g.admits(svc.name, a.id.Tenant): // g's definition changed since it was chosen
+		reason = dropNotAuthorized
+	case serves:
 		if id := r.drawTagLocked(); id != 0 {
 			t = &tag{id: id, service: svc.name, agent: a, gw: g}
 			r.tags[id], g.tags[id], a.tags[id] = t, t, t

@@ -35,41 +35,75 @@ func TestDrawTagUniqueAndNonZero(t *testing.T) {
 }
 
 func TestChooseGateway(t *testing.T) {
-	gw := func(name string, healthy bool, flows int64, direct bool) *gateway {
-		g := &gateway{name: name, services: map[string]bool{"web": healthy}, tags: map[uint32]*tag{}}
+	// def is a definition of web: tenants and ports ("tcp/80"), ICMP.
+	def := func(tenants []string, icmp bool, ports ...uint16) tunnel.ServiceInfo {
+		d := tunnel.ServiceInfo{Name: "web", Tenants: tenants, ICMP: icmp}
+		for _, p := range ports {
+			d.Ports = append(d.Ports, tunnel.PortInfo{Protocol: "tcp", Port: p})
+		}
+		return d
+	}
+	acme := []string{"acme"}
+	gwDef := func(name string, d tunnel.ServiceInfo, healthy bool, flows int64, direct bool) *gateway {
+		g := &gateway{name: name, services: map[string]bool{"web": healthy},
+			defs: map[string]tunnel.ServiceInfo{"web": d}, tags: map[uint32]*tag{}}
 		g.flows.Store(flows)
 		if direct {
 			g.candidates = []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:4434")}
 		}
 		return g
 	}
+	gw := func(name string, healthy bool, flows int64, direct bool) *gateway {
+		return gwDef(name, def(acme, false, 80), healthy, flows, direct)
+	}
 	a, b, c := gw("a", true, 3, false), gw("b", true, 1, true), gw("c", true, 2, true)
 	down, downFew := gw("down", false, 0, true), gw("down-few", false, 1, false)
+	globex := gwDef("globex", def([]string{"globex"}, false, 80), true, 0, true)
+	everyone := gwDef("everyone", def([]string{"*"}, false, 80), true, 5, false)
+	port443 := gwDef("443", def(acme, false, 443), true, 0, false)
+	port443down := gwDef("443-down", def(acme, false, 443), false, 0, false)
+	icmp := gwDef("icmp", def(acme, true, 80), true, 9, false)
+	tcp80 := flowWants{tenant: "acme", proto: tunnel.ProtoTCP, port: 80}
+	tcp443 := flowWants{tenant: "acme", proto: tunnel.ProtoTCP, port: 443}
+	ping := flowWants{tenant: "acme", proto: tunnel.ProtoICMP}
+	unkeyed := flowWants{tenant: "acme"}
 	tests := []struct {
 		name     string
 		gateways []*gateway
 		drained  []string
+		wants    flowWants
 		hint     *gateway
 		direct   bool
 		want     *gateway
 	}{
-		{"none", nil, nil, nil, false, nil},
-		{"only one", []*gateway{a}, nil, nil, false, a},
-		{"fewest flows", []*gateway{a, b, c}, nil, nil, false, b},
-		{"tie: first registered", []*gateway{gw("x", true, 2, false), c}, nil, nil, false, nil /* x */},
-		{"healthy before fewer flows", []*gateway{down, a}, nil, nil, false, a},
-		{"none healthy: fewest flows", []*gateway{gw("d4", false, 4, false), downFew}, nil, nil, false, downFew},
-		{"healthy ones only compete", []*gateway{a, down, c}, nil, nil, false, c},
-		{"drained takes nothing new", []*gateway{a, b, c}, []string{"b"}, nil, false, c},
-		{"every one drained", []*gateway{a, b}, []string{"a", "b"}, nil, false, nil},
-		{"drained even if healthy and alone", []*gateway{a, down}, []string{"a"}, nil, false, down},
-		{"hint kept while healthy", []*gateway{a, b, c}, nil, a, false, a},
-		{"hint dropped when down", []*gateway{down, b}, nil, down, false, b},
-		{"hint dropped when drained", []*gateway{a, b}, []string{"a"}, a, false, b},
-		{"hint that left", []*gateway{b, c}, nil, a, false, b},
-		{"direct: only gateways with candidates", []*gateway{a, c}, nil, nil, true, c},
-		{"direct: none has candidates", []*gateway{a, downFew}, nil, nil, true, nil},
-		{"direct: healthy first", []*gateway{down, c}, nil, nil, true, c},
+		{"none", nil, nil, tcp80, nil, false, nil},
+		{"only one", []*gateway{a}, nil, tcp80, nil, false, a},
+		{"fewest flows", []*gateway{a, b, c}, nil, tcp80, nil, false, b},
+		{"tie: first registered", []*gateway{gw("x", true, 2, false), c}, nil, tcp80, nil, false, nil /* x */},
+		{"healthy before fewer flows", []*gateway{down, a}, nil, tcp80, nil, false, a},
+		{"none healthy: fewest flows", []*gateway{gw("d4", false, 4, false), downFew}, nil, tcp80, nil, false, downFew},
+		{"healthy ones only compete", []*gateway{a, down, c}, nil, tcp80, nil, false, c},
+		{"drained takes nothing new", []*gateway{a, b, c}, []string{"b"}, tcp80, nil, false, c},
+		{"every one drained", []*gateway{a, b}, []string{"a", "b"}, tcp80, nil, false, nil},
+		{"drained even if healthy and alone", []*gateway{a, down}, []string{"a"}, tcp80, nil, false, down},
+		{"hint kept while healthy", []*gateway{a, b, c}, nil, tcp80, a, false, a},
+		{"hint dropped when down", []*gateway{down, b}, nil, tcp80, down, false, b},
+		{"hint dropped when drained", []*gateway{a, b}, []string{"a"}, tcp80, a, false, b},
+		{"hint that left", []*gateway{b, c}, nil, tcp80, a, false, b},
+		{"direct: only gateways with candidates", []*gateway{a, c}, nil, unkeyed, nil, true, c},
+		{"direct: none has candidates", []*gateway{a, downFew}, nil, unkeyed, nil, true, nil},
+		{"direct: healthy first", []*gateway{down, c}, nil, unkeyed, nil, true, c},
+		{"only gateways that admit the tenant", []*gateway{globex, a}, nil, tcp80, nil, false, a},
+		{"a gateway of another tenant never", []*gateway{globex}, nil, tcp80, nil, false, nil},
+		{"direct: another tenant's gateway never", []*gateway{globex, downFew}, nil, unkeyed, nil, true, nil},
+		{"every tenant's gateway", []*gateway{globex, everyone}, nil, tcp80, nil, false, everyone},
+		{"the port's gateway first", []*gateway{a, port443}, nil, tcp443, nil, false, port443},
+		{"the port before health", []*gateway{a, port443down}, nil, tcp443, nil, false, port443down},
+		{"no gateway serves the port: any", []*gateway{a, b}, nil, tcp443, nil, false, b},
+		{"hint dropped when it lacks the port", []*gateway{a, port443}, nil, tcp443, a, false, port443},
+		{"unkeyed packets: any port", []*gateway{a, port443}, nil, unkeyed, nil, false, port443},
+		{"icmp to a gateway that allows it", []*gateway{a, icmp}, nil, ping, nil, false, icmp},
+		{"udp port not served by any", []*gateway{a, icmp}, nil, flowWants{tenant: "acme", proto: tunnel.ProtoUDP, port: 80}, nil, false, a},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -81,7 +115,7 @@ func TestChooseGateway(t *testing.T) {
 			if tc.name == "tie: first registered" {
 				want = tc.gateways[0]
 			}
-			got := r.chooseGatewayLocked(&service{name: "web", gateways: tc.gateways}, tc.hint, tc.direct)
+			got := r.chooseGatewayLocked(&service{name: "web", gateways: tc.gateways}, tc.wants, tc.hint, tc.direct)
 			if got != want {
 				t.Errorf("chose %v, want %v", nameOf(got), nameOf(want))
 			}
@@ -98,12 +132,13 @@ func nameOf(g *gateway) string {
 }
 
 func TestChooseGatewaySpreadsFlows(t *testing.T) {
-	a := &gateway{name: "a", services: map[string]bool{"web": true}, tags: map[uint32]*tag{}}
-	b := &gateway{name: "b", services: map[string]bool{"web": true}, tags: map[uint32]*tag{}}
+	defs := map[string]tunnel.ServiceInfo{"web": svc("web", "acme")}
+	a := &gateway{name: "a", services: map[string]bool{"web": true}, defs: defs, tags: map[uint32]*tag{}}
+	b := &gateway{name: "b", services: map[string]bool{"web": true}, defs: defs, tags: map[uint32]*tag{}}
 	s := &service{name: "web", gateways: []*gateway{a, b}}
 	r := &Relay{drained: map[string]bool{}}
 	for range 10 {
-		r.chooseGatewayLocked(s, nil, false).flows.Add(1)
+		r.chooseGatewayLocked(s, flowWants{tenant: "acme"}, nil, false).flows.Add(1)
 	}
 	if a.flows.Load() != 5 || b.flows.Load() != 5 {
 		t.Errorf("flows spread %d/%d", a.flows.Load(), b.flows.Load())

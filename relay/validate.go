@@ -2,7 +2,6 @@ package relay
 
 import (
 	"fmt"
-	"slices"
 
 	"github.com/ztgate/ztgate/tunnel"
 )
@@ -77,10 +76,4 @@ func checkLabel(s string) error {
 		}
 	}
 	return nil
-}
-
-// sameDefinition reports whether two registrations of a service agree on
-// what agents see: tenants, ports and ICMP.
-func sameDefinition(a, b tunnel.ServiceInfo) bool {
-	return a.ICMP == b.ICMP && slices.Equal(a.Tenants, b.Tenants) && slices.Equal(a.Ports, b.Ports)
 }

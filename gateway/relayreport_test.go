@@ -1,0 +1,237 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+func TestRelayReportNext(t *testing.T) {
+	web := func(healthy bool) tunnel.ServiceInfo {
+		return tunnel.ServiceInfo{Name: "web", Tenants: []string{"acme"}, Healthy: healthy,
+			Ports: []tunnel.PortInfo{{Name: "http", Protocol: "tcp", Port: 80}}}
+	}
+	db := tunnel.ServiceInfo{Name: "db", Tenants: []string{"acme"}, Healthy: true,
+		Ports: []tunnel.PortInfo{{Protocol: "tcp", Port: 5432}}}
+	with := func(f func(*tunnel.ServiceInfo)) tunnel.ServiceInfo {
+		si := web(true)
+		f(&si)
+		return si
+	}
+	tests := []struct {
+		name         string
+		last, now    []tunnel.ServiceInfo
+		wantRegister bool
+		wantHealth   map[string]bool
+	}{
+		{"nothing changed", []tunnel.ServiceInfo{db, web(true)}, []tunnel.ServiceInfo{db, web(true)}, false, nil},
+		{"health changed", []tunnel.ServiceInfo{db, web(true)}, []tunnel.ServiceInfo{db, web(false)},
+			false, map[string]bool{"web": false}},
+		{"service added", []tunnel.ServiceInfo{web(true)}, []tunnel.ServiceInfo{db, web(true)}, true, nil},
+		{"service removed", []tunnel.ServiceInfo{db, web(true)}, []tunnel.ServiceInfo{web(true)}, true, nil},
+		{"service renamed", []tunnel.ServiceInfo{web(true)},
+			[]tunnel.ServiceInfo{with(func(s *tunnel.ServiceInfo) { s.Name = "www" })}, true, nil},
+		{"tenant added", []tunnel.ServiceInfo{web(true)},
+			[]tunnel.ServiceInfo{with(func(s *tunnel.ServiceInfo) { s.Tenants = []string{"acme", "globex"} })}, true, nil},
+		{"tenant replaced", []tunnel.ServiceInfo{web(true)},
+			[]tunnel.ServiceInfo{with(func(s *tunnel.ServiceInfo) { s.Tenants = []string{"globex"} })}, true, nil},
+		{"port changed", []tunnel.ServiceInfo{web(true)},
+			[]tunnel.ServiceInfo{with(func(s *tunnel.ServiceInfo) { s.Ports[0].Port = 8080 })}, true, nil},
+		{"port renamed", []tunnel.ServiceInfo{web(true)},
+			[]tunnel.ServiceInfo{with(func(s *tunnel.ServiceInfo) { s.Ports[0].Name = "web" })}, true, nil},
+		{"port added", []tunnel.ServiceInfo{web(true)}, []tunnel.ServiceInfo{with(func(s *tunnel.ServiceInfo) {
+			s.Ports = append(s.Ports, tunnel.PortInfo{Protocol: "udp", Port: 53})
+		})}, true, nil},
+		{"icmp allowed", []tunnel.ServiceInfo{web(true)},
+			[]tunnel.ServiceInfo{with(func(s *tunnel.ServiceInfo) { s.ICMP = true })}, true, nil},
+		{"vip pin changed", []tunnel.ServiceInfo{web(true)},
+			[]tunnel.ServiceInfo{with(func(s *tunnel.ServiceInfo) { s.VIP = netip.MustParseAddr("10.100.0.9") })}, true, nil},
+		{"definition and health changed: one register", []tunnel.ServiceInfo{web(true)},
+			[]tunnel.ServiceInfo{with(func(s *tunnel.ServiceInfo) { s.ICMP, s.Healthy = true, false })}, true, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			// Fresh copies: the cases share slices.
+			last := cloneInfos(tc.last)
+			r := relayReport{last: last}
+			now := cloneInfos(tc.now)
+			register, health := r.next(now)
+			if register != tc.wantRegister || fmt.Sprint(health) != fmt.Sprint(tc.wantHealth) {
+				t.Errorf("next = %v %v, want %v %v", register, health, tc.wantRegister, tc.wantHealth)
+			}
+			if register, health := r.next(cloneInfos(tc.now)); register || health != nil {
+				t.Errorf("again with nothing changed: %v %v", register, health)
+			}
+		})
+	}
+}
+
+func cloneInfos(in []tunnel.ServiceInfo) []tunnel.ServiceInfo {
+	out := make([]tunnel.ServiceInfo, len(in))
+	for i, si := range in {
+		si.Tenants, si.Ports = slices.Clone(si.Tenants), slices.Clone(si.Ports)
+		out[i] = si
+	}
+	return out
+}
+
+// fakeRelay listens as a relay on loopback with a certificate of the CA
+// in dir (see writePKI) and hands over each session it accepts, welcomed.
+func fakeRelay(t *testing.T, dir string, ca *tunnel.CA) (addr string, sessions <-chan *tunnel.Session) {
+	t.Helper()
+	relayCrt, relayKey, err := ca.Issue(tunnel.IssueRequest{Tenant: "infra", Role: tunnel.RoleRelay, Name: "relay1",
+		IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{"relay.crt": relayCrt, "relay.key": relayKey} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	creds, err := tunnel.NewCredentials(tunnel.CredentialsConfig{CertFile: filepath.Join(dir, "relay.crt"),
+		KeyFile: filepath.Join(dir, "relay.key"), CAFile: filepath.Join(dir, "ca.crt")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tunnel.Listen("127.0.0.1:0", tunnel.ListenConfig{Credentials: creds}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); ln.Close() })
+	ch := make(chan *tunnel.Session, 4)
+	go func() {
+		defer close(ch)
+		for {
+			s, err := ln.Accept(ctx)
+			if err != nil {
+				return
+			}
+			s.SendWelcome(tunnel.Welcome{MaxPacket: 1200})
+			t.Cleanup(func() { s.Close("test over") })
+			ch <- s
+		}
+	}()
+	return ln.Addr().String(), ch
+}
+
+// TestReloadReregistersChangedDefinition: a reload that changes what the
+// relay holds of a service (its tenants, ports or ICMP) but not the
+// service set makes the gateway register again with the new definition.
+func TestReloadReregistersChangedDefinition(t *testing.T) {
+	pki := t.TempDir()
+	_, ca := writePKI(t, pki)
+	addr, sessions := fakeRelay(t, pki, ca)
+	tunnelSection := fmt.Sprintf(`
+[tunnel]
+relay = %q
+cert = %q
+key = %q
+ca = %q
+`, addr, filepath.Join(pki, "gw.crt"), filepath.Join(pki, "gw.key"), filepath.Join(pki, "ca.crt"))
+	echo := startLineEcho(t, "a")
+	// config defines echo (no VIP: the relay assigns it) for tenants, with
+	// extra keys of the service and extra port tables.
+	config := func(tenants, keys, ports string) string {
+		return fmt.Sprintf(`
+[gateway]
+state_dir = "STATE"
+[api]
+listen = "off"
+[[tenant]]
+name = "acme"
+sources = ["198.51.100.0/24"]
+[[tenant]]
+name = "globex"
+sources = ["203.0.113.0/24"]
+[[service]]
+name = "echo"
+tenants = [%s]
+backends = ["127.0.0.1"]
+%s
+  [[service.port]]
+  protocol = "tcp"
+  port = 7
+  target = %d
+%s
+  [service.health]
+  type = "none"
+%s`, tenants, keys, echo, ports, tunnelSection)
+	}
+	h := newFileHarness(t, config(`"acme"`, "", ""))
+
+	var s *tunnel.Session
+	select {
+	case s = <-sessions:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the gateway did not connect to the relay")
+	}
+	registers := make(chan *tunnel.Register, 16)
+	go func() {
+		for {
+			msg, err := tunnel.DecodeControl(s.Next())
+			if err != nil {
+				close(registers)
+				return
+			}
+			if reg, ok := msg.(*tunnel.Register); ok {
+				registers <- reg
+			}
+		}
+	}()
+	// awaitEcho waits for a register whose echo service matches want.
+	awaitEcho := func(step string, want func(tunnel.ServiceInfo) bool) {
+		t.Helper()
+		deadline := time.After(10 * time.Second)
+		for {
+			select {
+			case reg, ok := <-registers:
+				if !ok {
+					t.Fatalf("%s: the relay session ended", step)
+				}
+				for _, si := range reg.Services {
+					if si.Name == "echo" && want(si) {
+						return
+					}
+				}
+			case <-deadline:
+				t.Fatalf("%s: no register with the new definition within 10 s", step)
+			}
+		}
+	}
+	awaitEcho("first", func(si tunnel.ServiceInfo) bool { return slices.Equal(si.Tenants, []string{"acme"}) })
+
+	steps := []struct {
+		name, tenants, keys, ports string
+		want                       func(tunnel.ServiceInfo) bool
+	}{
+		{"tenant added", `"acme", "globex"`, "", "", func(si tunnel.ServiceInfo) bool {
+			return slices.Equal(si.Tenants, []string{"acme", "globex"})
+		}},
+		{"tenant removed", `"globex"`, "", "", func(si tunnel.ServiceInfo) bool {
+			return slices.Equal(si.Tenants, []string{"globex"})
+		}},
+		{"port added", `"globex"`, "", fmt.Sprintf("  [[service.port]]\n  protocol = \"tcp\"\n  port = 8\n  target = %d\n", echo),
+			func(si tunnel.ServiceInfo) bool { return len(si.Ports) == 2 && si.Ports[1].Port == 8 }},
+		{"icmp allowed", `"globex"`, "icmp = true", "", func(si tunnel.ServiceInfo) bool {
+			return si.ICMP && len(si.Ports) == 1
+		}},
+	}
+	for _, st := range steps {
+		h.write(t, config(st.tenants, st.keys, st.ports))
+		// The file watcher may have applied it already: the diff may be
+		// empty, the register is what counts.
+		if _, err := h.gw.Reload(); err != nil {
+			t.Fatalf("%s: reload: %v", st.name, err)
+		}
+		awaitEcho(st.name, st.want)
+	}
+}

@@ -1,0 +1,165 @@
+package relay
+
+import (
+	"slices"
+
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// Each gateway's latest definition of a service (tenants, ports, ICMP) is
+// kept per gateway session: a register replaces that gateway's, and no
+// other. When the gateways of a service disagree, nothing is discarded:
+//
+//   - an agent may reach the service when at least one of its gateways
+//     admits the agent's tenant, and its new flows go only to those
+//     gateways;
+//   - the agent's directory shows the union of the ports of those
+//     gateways, ICMP when one of them allows it, healthy when one of them
+//     reports it healthy;
+//   - a new TCP or UDP flow prefers the gateways that serve its
+//     destination port, an ICMP flow those that allow ICMP.
+//
+// The disagreement is logged and counted (ztgate_relay_service_conflicts);
+// it is expected for a moment while gateways are reloaded one by one.
+
+// serviceView is the merged definitions of some of a service's gateways:
+// the union of their tenants and of their ports (each once, in the order
+// the gateways registered), ICMP when one allows it, healthy when one
+// reports it healthy.
+type serviceView struct {
+	tenants []string
+	ports   []tunnel.PortInfo
+	icmp    bool
+	healthy bool
+}
+
+// viewLocked merges the definitions of the gateways of s that include
+// takes (every gateway when include is nil). Callers hold Relay.mu.
+func (s *service) viewLocked(include func(tunnel.ServiceInfo) bool) serviceView {
+	v := serviceView{tenants: []string{}, ports: []tunnel.PortInfo{}}
+	for _, g := range s.gateways {
+		def, ok := g.defs[s.name]
+		if !ok || (include != nil && !include(def)) {
+			continue
+		}
+		for _, t := range def.Tenants {
+			if !slices.Contains(v.tenants, t) {
+				v.tenants = append(v.tenants, t)
+			}
+		}
+		for _, p := range def.Ports {
+			if !hasPort(v.ports, p.Protocol, p.Port) {
+				v.ports = append(v.ports, p)
+			}
+		}
+		v.icmp = v.icmp || def.ICMP
+		v.healthy = v.healthy || g.services[s.name]
+	}
+	return v
+}
+
+// viewForLocked is the view of s an agent of tenant gets: the gateways
+// that admit the tenant. Callers hold Relay.mu.
+func (s *service) viewForLocked(tenant string) serviceView {
+	return s.viewLocked(func(def tunnel.ServiceInfo) bool { return allowsTenant(def.Tenants, tenant) })
+}
+
+// admitsLocked reports whether a gateway serving s admits tenant. Callers
+// hold Relay.mu.
+func (s *service) admitsLocked(tenant string) bool {
+	for _, g := range s.gateways {
+		if g.admits(s.name, tenant) {
+			return true
+		}
+	}
+	return false
+}
+
+// disputedLocked reports whether the gateways of s registered different
+// definitions. Callers hold Relay.mu.
+func (s *service) disputedLocked() bool {
+	var first *tunnel.ServiceInfo
+	for _, g := range s.gateways {
+		def, ok := g.defs[s.name]
+		if !ok {
+			continue
+		}
+		if first == nil {
+			first = &def
+			continue
+		}
+		if !sameDefinition(*first, def) {
+			return true
+		}
+	}
+	return false
+}
+
+// sameDefinition reports whether two registrations of a service agree on
+// what agents see and who may reach it: tenants and ports (in any order)
+// and ICMP.
+func sameDefinition(a, b tunnel.ServiceInfo) bool {
+	if a.ICMP != b.ICMP || len(a.Ports) != len(b.Ports) || !sameSet(a.Tenants, b.Tenants) {
+		return false
+	}
+	for _, p := range a.Ports {
+		if !slices.Contains(b.Ports, p) {
+			return false
+		}
+	}
+	return true
+}
+
+// sameSet reports whether a and b hold the same strings, ignoring order
+// and repetition.
+func sameSet(a, b []string) bool {
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			return false
+		}
+	}
+	for _, x := range b {
+		if !slices.Contains(a, x) {
+			return false
+		}
+	}
+	return true
+}
+
+// hasPort reports whether ports lists protocol/port.
+func hasPort(ports []tunnel.PortInfo, protocol string, port uint16) bool {
+	return slices.ContainsFunc(ports, func(p tunnel.PortInfo) bool { return p.Protocol == protocol && p.Port == port })
+}
+
+// flowWants is what a new flow asks of the gateway chosen for it: that it
+// admit the agent's tenant and, when the packet tells (proto not 0), that
+// it serve the destination port or allow ICMP.
+type flowWants struct {
+	tenant string
+	proto  uint8
+	port   uint16
+}
+
+// wantsOf describes the new flow f (nil: a packet the flow table cannot
+// key) of an agent of tenant.
+func wantsOf(tenant string, f *tunnel.Flow) flowWants {
+	w := flowWants{tenant: tenant}
+	if f != nil {
+		w.proto, w.port = f.Key.Proto, f.Key.DstPort
+	}
+	return w
+}
+
+// servedBy reports whether def serves what the flow needs beyond the
+// tenant; a flow of unknown kind is served by any definition.
+func (w flowWants) servedBy(def tunnel.ServiceInfo) bool {
+	switch w.proto {
+	case tunnel.ProtoTCP:
+		return hasPort(def.Ports, "tcp", w.port)
+	case tunnel.ProtoUDP:
+		return hasPort(def.Ports, "udp", w.port)
+	case tunnel.ProtoICMP:
+		return def.ICMP
+	}
+	return true
+}

@@ -1,0 +1,88 @@
+package relay
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+func TestSameDefinition(t *testing.T) {
+	tcp := func(port uint16) tunnel.PortInfo { return tunnel.PortInfo{Protocol: "tcp", Port: port} }
+	base := tunnel.ServiceInfo{Name: "web", Tenants: []string{"acme", "globex"}, Ports: []tunnel.PortInfo{tcp(80), tcp(443)}}
+	with := func(f func(*tunnel.ServiceInfo)) tunnel.ServiceInfo {
+		d := base
+		d.Tenants = append([]string(nil), base.Tenants...)
+		d.Ports = append([]tunnel.PortInfo(nil), base.Ports...)
+		f(&d)
+		return d
+	}
+	tests := []struct {
+		name  string
+		other tunnel.ServiceInfo
+		same  bool
+	}{
+		{"identical", with(func(*tunnel.ServiceInfo) {}), true},
+		{"health differs", with(func(d *tunnel.ServiceInfo) { d.Healthy = true }), true},
+		{"tenants in another order", with(func(d *tunnel.ServiceInfo) { d.Tenants = []string{"globex", "acme"} }), true},
+		{"ports in another order", with(func(d *tunnel.ServiceInfo) { d.Ports = []tunnel.PortInfo{tcp(443), tcp(80)} }), true},
+		{"a tenant added", with(func(d *tunnel.ServiceInfo) { d.Tenants = append(d.Tenants, "initech") }), false},
+		{"a tenant removed", with(func(d *tunnel.ServiceInfo) { d.Tenants = d.Tenants[:1] }), false},
+		{"a tenant replaced", with(func(d *tunnel.ServiceInfo) { d.Tenants[1] = "*" }), false},
+		{"a port changed", with(func(d *tunnel.ServiceInfo) { d.Ports[0] = tcp(8080) }), false},
+		{"a port's protocol changed", with(func(d *tunnel.ServiceInfo) { d.Ports[0].Protocol = "udp" }), false},
+		{"a port renamed", with(func(d *tunnel.ServiceInfo) { d.Ports[0].Name = "http" }), false},
+		{"a port removed", with(func(d *tunnel.ServiceInfo) { d.Ports = d.Ports[:1] }), false},
+		{"icmp allowed", with(func(d *tunnel.ServiceInfo) { d.ICMP = true }), false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := sameDefinition(base, tc.other); got != tc.same {
+				t.Errorf("sameDefinition = %v, want %v", got, tc.same)
+			}
+			if got := sameDefinition(tc.other, base); got != tc.same {
+				t.Errorf("sameDefinition, reversed = %v, want %v", got, tc.same)
+			}
+		})
+	}
+}
+
+func TestServiceView(t *testing.T) {
+	gw := func(healthy bool, tenants []string, icmp bool, ports ...tunnel.PortInfo) *gateway {
+		return &gateway{services: map[string]bool{"web": healthy},
+			defs: map[string]tunnel.ServiceInfo{"web": {Name: "web", Tenants: tenants, ICMP: icmp, Ports: ports}}}
+	}
+	udp7, tcp443 := tunnel.PortInfo{Protocol: "udp", Port: 7}, tunnel.PortInfo{Protocol: "tcp", Port: 443}
+	acmeDown := gw(false, []string{"acme"}, false, udp7)
+	globex := gw(true, []string{"globex"}, true, tcp443)
+	everyone := gw(false, []string{"*"}, false, udp7, tcp443)
+	tests := []struct {
+		name     string
+		gateways []*gateway
+		tenant   string
+		want     string // admitted, then the view
+	}{
+		{"one gateway", []*gateway{acmeDown}, "acme", "true {[acme] [udp/7] false false}"},
+		{"one gateway, another tenant", []*gateway{acmeDown}, "globex", "false {[] [] false false}"},
+		{"only the tenant's gateways count", []*gateway{acmeDown, globex}, "acme", "true {[acme] [udp/7] false false}"},
+		{"the other tenant's", []*gateway{acmeDown, globex}, "globex", "true {[globex] [tcp/443] true true}"},
+		{"every tenant: union, each port once", []*gateway{acmeDown, everyone}, "acme", "true {[acme *] [udp/7 tcp/443] false false}"},
+		{"no gateway", nil, "acme", "false {[] [] false false}"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &service{name: "web", gateways: tc.gateways}
+			v := s.viewForLocked(tc.tenant)
+			got := fmt.Sprintf("%v {%v %v %v %v}", s.admitsLocked(tc.tenant), v.tenants, portList(v.ports), v.icmp, v.healthy)
+			if got != tc.want {
+				t.Errorf("got %s, want %s", got, tc.want)
+			}
+		})
+	}
+	if s := (&service{name: "web", gateways: []*gateway{acmeDown, everyone}}); !s.disputedLocked() {
+		t.Error("gateways with different definitions are not disputed")
+	}
+	if s := (&service{name: "web", gateways: []*gateway{acmeDown, gw(true, []string{"acme"}, false, udp7)}}); s.disputedLocked() {
+		t.Error("gateways that differ only in health are disputed")
+	}
+}
