@@ -72,14 +72,7 @@ func (a *Agent) serve(ctx context.Context, s *tunnel.Session) error {
 // fitMTU lowers the TUN's MTU so that every packet it takes fits a datagram
 // to the server with its framing, and every reply fits the server's path.
 func (a *Agent) fitMTU(s *tunnel.Session) {
-	mtu := a.cfg.TUN.MTU
-	if m := s.MaxDatagram() - 2 - maxServiceName; m > 0 {
-		mtu = min(mtu, m)
-	}
-	if m := s.Welcome().MaxPacket; m > 0 {
-		mtu = min(mtu, m)
-	}
-	mtu = max(mtu, 576)
+	mtu := tunnelMTU(a.cfg.TUN.MTU, s.MaxDatagram(), s.Welcome().MaxPacket)
 	if int64(mtu) == a.mtu.Load() {
 		return
 	}
@@ -92,6 +85,26 @@ func (a *Agent) fitMTU(s *tunnel.Session) {
 	}
 	a.local.SetMTU(mtu)
 	a.log.Info("TUN MTU fitted to the tunnel", "mtu", mtu)
+}
+
+// minMTU is the floor of the TUN's MTU: the IPv4 datagram every host must
+// take (RFC 791).
+const minMTU = 576
+
+// tunnelMTU is the TUN's MTU for a session: the configured bound, lowered
+// so that a packet fits the session's largest datagram (maxDatagram) with a
+// 0x2F header for the longest service name, and the largest packet the
+// server carries onwards (maxPacket, from its welcome). A size of 0 is
+// unknown (an ended session, a server that sent none) and lowers nothing.
+func tunnelMTU(configured, maxDatagram, maxPacket int) int {
+	mtu := configured
+	if m := maxDatagram - 2 - maxServiceName; m > 0 {
+		mtu = min(mtu, m)
+	}
+	if maxPacket > 0 {
+		mtu = min(mtu, maxPacket)
+	}
+	return max(mtu, minMTU)
 }
 
 // control applies the server's control messages.

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ztgate/ztgate/netstack"
 )
 
@@ -35,11 +37,13 @@ type ingress struct {
 type ingressTable struct {
 	mu      sync.RWMutex
 	bySynth map[netip.Addr]*ingress
-	next    uint32 // last allocated host number
+	next    uint32           // last allocated host number
+	open    prometheus.Gauge // len(bySynth)
 }
 
-func newIngressTable() *ingressTable {
-	return &ingressTable{bySynth: make(map[netip.Addr]*ingress)}
+// newIngressTable returns an empty table that keeps open at its size.
+func newIngressTable(open prometheus.Gauge) *ingressTable {
+	return &ingressTable{bySynth: make(map[netip.Addr]*ingress), open: open}
 }
 
 var errIngressFull = errors.New("no synthetic address left for a new tunnel ingress")
@@ -55,6 +59,7 @@ func (t *ingressTable) add(in *ingress) error {
 		if _, used := t.bySynth[a]; !used {
 			in.synth = a
 			t.bySynth[a] = in
+			t.open.Inc()
 			return nil
 		}
 	}
@@ -66,6 +71,7 @@ func (t *ingressTable) remove(in *ingress) {
 	t.mu.Lock()
 	if t.bySynth[in.synth] == in {
 		delete(t.bySynth, in.synth)
+		t.open.Dec()
 	}
 	t.mu.Unlock()
 }

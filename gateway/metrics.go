@@ -27,6 +27,7 @@ type metrics struct {
 	reloads        *prometheus.CounterVec
 	echoes         *prometheus.CounterVec
 	tunnelRefusals *prometheus.CounterVec
+	ingresses      prometheus.Gauge // tunnel ingresses open now
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -76,6 +77,9 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		echoes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ztgate_echo_requests_total", Help: "ICMP echo requests to VIPs by result.",
 		}, []string{"service", "result"}),
+		ingresses: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ztgate_tunnel_ingresses", Help: "Tunnel ingresses open now: relay tags and agents connected directly.",
+		}),
 	}
 	for _, r := range netstack.DropReasons() {
 		m.droppedBy = append(m.droppedBy, m.dropped.WithLabelValues(r.String()))
@@ -88,7 +92,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.flowsActive, m.flowsTotal, m.flowsRefused, m.bytes, m.dialErrors, m.dropped,
 		m.backendHealthy, m.healthChecks, m.healthDuration, m.poolUsed, m.poolCapacity,
-		m.reloads, m.echoes, m.tunnelRefusals,
+		m.reloads, m.echoes, m.tunnelRefusals, m.ingresses,
 	)
 	return m
 }

@@ -35,7 +35,7 @@ func (g *Gateway) startTunnel() error {
 		g.log.Warn("INSECURE: [tunnel] insecure_allow_unauthenticated is on: peers without a verified ztgate identity are accepted; never use this in production")
 	}
 	g.creds = creds
-	g.ingresses = newIngressTable()
+	g.ingresses = newIngressTable(g.m.ingresses)
 	link, err := g.ns.NewLink(netstack.LinkConfig{
 		Name:   "tunnel",
 		MTU:    tunnelLinkMTU,
@@ -61,10 +61,21 @@ func (g *Gateway) startTunnel() error {
 // fitLink lowers the tunnel link's MTU to what a session's datagrams carry
 // after overhead bytes of framing, so that no full-size packet is dropped.
 func (g *Gateway) fitLink(s *tunnel.Session, overhead int) {
-	if max := s.MaxDatagram() - overhead; max > 0 && max < g.tunLink.MTU() {
-		g.tunLink.SetMTU(max)
-		g.log.Info("tunnel link MTU", "mtu", max, "session", s.ID())
+	if mtu, lower := linkMTUFor(g.tunLink.MTU(), s.MaxDatagram(), overhead); lower {
+		g.tunLink.SetMTU(mtu)
+		g.log.Info("tunnel link MTU", "mtu", mtu, "session", s.ID())
 	}
+}
+
+// linkMTUFor is fitLink's arithmetic: the link's MTU for a session whose
+// largest datagram is maxDatagram, and whether that lowers the current one.
+// The link is shared by every session, so it only ever goes down; a size of
+// 0 (an ended session) changes nothing.
+func linkMTUFor(current, maxDatagram, overhead int) (mtu int, lower bool) {
+	if m := maxDatagram - overhead; m > 0 && m < current {
+		return m, true
+	}
+	return current, false
 }
 
 // serviceInfos describes the current services for a relay registration.

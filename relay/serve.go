@@ -126,18 +126,29 @@ func (r *Relay) serveAgent(p peer) {
 
 // maxPacket is the largest IP packet the relay can carry for an agent end
 // to end: its own path with a 0x2F header, and the path to the gateways
-// with a 0x30 header (every QUIC path starts at the same minimum size, so
-// the agent's own stands in while no gateway is connected).
+// with a 0x30 header. Every QUIC path starts at the same minimum size, so
+// the agent's own stands in for gateways that are not connected yet: the
+// bound holds for a gateway that connects later.
 func (r *Relay) maxPacket(a *agent) int {
-	own := a.s.MaxDatagram()
-	n := own - routedHeader
 	r.mu.RLock()
-	gwMin := own
+	gateways := make([]int, 0, len(r.gateways))
 	for g := range r.gateways {
-		gwMin = min(gwMin, g.s.MaxDatagram())
+		gateways = append(gateways, g.s.MaxDatagram())
 	}
 	r.mu.RUnlock()
-	return max(0, min(n, gwMin-taggedHeader))
+	return packetBound(a.s.MaxDatagram(), gateways)
+}
+
+// packetBound is maxPacket's arithmetic: own is the agent session's largest
+// datagram, gateways those of the gateway sessions. The 0x30 header is
+// charged against own too, so it is never above own − 69. 0 means nothing
+// fits.
+func packetBound(own int, gateways []int) int {
+	gwMin := own
+	for _, g := range gateways {
+		gwMin = min(gwMin, g)
+	}
+	return max(0, min(own-routedHeader, gwMin-taggedHeader))
 }
 
 // datagrams hands every datagram of a session to handle until it ends.

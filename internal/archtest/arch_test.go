@@ -10,10 +10,12 @@ import (
 const module = "github.com/ztgate/ztgate"
 
 type pkg struct {
-	ImportPath string
-	Imports    []string
-	Doc        string
-	Standard   bool
+	ImportPath   string
+	Imports      []string
+	TestImports  []string
+	XTestImports []string
+	Doc          string
+	Standard     bool
 }
 
 func listPackages(t *testing.T) []pkg {
@@ -44,6 +46,10 @@ func component(path string) string {
 	return rest
 }
 
+// e2e is the one package whose tests wire the roles together in one
+// process (cmd does it for the binary); nothing imports it.
+const e2e = module + "/internal/e2e"
+
 var (
 	roles          = map[string]bool{"gateway": true, "relay": true, "agent": true}
 	buildingBlocks = map[string]bool{"catalog": true, "conf": true, "netstack": true, "tunnel": true, "resolver": true}
@@ -64,34 +70,51 @@ func isStd(path string) bool {
 	return !strings.Contains(first, ".")
 }
 
+// TestDependencyDirection checks every import, of the code and of its
+// tests: the rules hold for tests too, except that internal/e2e's tests
+// may wire roles together.
 func TestDependencyDirection(t *testing.T) {
 	for _, p := range listPackages(t) {
-		from := component(p.ImportPath)
 		for _, imp := range p.Imports {
-			if strings.HasPrefix(imp, module+"/") {
-				to := component(imp)
-				switch {
-				case to == "cmd":
-					t.Errorf("%s imports %s: nothing imports cmd", p.ImportPath, imp)
-				case to == "integration" && from != "integration":
-					t.Errorf("%s imports %s: integration is test code", p.ImportPath, imp)
-				case buildingBlocks[from] && roles[to]:
-					t.Errorf("%s imports role %s: building blocks never import roles", p.ImportPath, imp)
-				case buildingBlocks[from] && buildingBlocks[to] && to != from && to != "catalog":
-					t.Errorf("%s imports %s: building blocks import only catalog", p.ImportPath, imp)
-				case roles[from] && roles[to] && to != from:
-					t.Errorf("%s imports role %s: roles are wired together only in cmd", p.ImportPath, imp)
-				}
-				continue
-			}
-			if from == "catalog" && !isStd(imp) {
-				t.Errorf("%s imports %s: catalog is pure model, standard library only", p.ImportPath, imp)
-			}
-			for dep, owner := range soleImporter {
-				if (imp == dep || strings.HasPrefix(imp, dep+"/")) && from != owner {
-					t.Errorf("%s imports %s: only %s may import %s", p.ImportPath, imp, owner, dep)
-				}
-			}
+			checkImport(t, p.ImportPath, imp, false)
+		}
+		for _, imp := range append(p.TestImports, p.XTestImports...) {
+			checkImport(t, p.ImportPath, imp, true)
+		}
+	}
+}
+
+// checkImport reports an import of imp by the package at path (by its
+// tests when test) that DESIGN.md §2 forbids.
+func checkImport(t *testing.T, path, imp string, test bool) {
+	t.Helper()
+	from := component(path)
+	if strings.HasPrefix(imp, module+"/") {
+		to := component(imp)
+		switch {
+		case imp == e2e && path != e2e:
+			t.Errorf("%s imports %s: it is test code", path, imp)
+		case path == e2e && roles[to] && !test:
+			t.Errorf("%s imports role %s outside its tests", path, imp)
+		case to == "cmd":
+			t.Errorf("%s imports %s: nothing imports cmd", path, imp)
+		case to == "integration" && from != "integration":
+			t.Errorf("%s imports %s: integration is test code", path, imp)
+		case buildingBlocks[from] && roles[to]:
+			t.Errorf("%s imports role %s: building blocks never import roles", path, imp)
+		case buildingBlocks[from] && buildingBlocks[to] && to != from && to != "catalog":
+			t.Errorf("%s imports %s: building blocks import only catalog", path, imp)
+		case roles[from] && roles[to] && to != from:
+			t.Errorf("%s imports role %s: roles are wired together only in cmd and in internal/e2e's tests", path, imp)
+		}
+		return
+	}
+	if from == "catalog" && !isStd(imp) {
+		t.Errorf("%s imports %s: catalog is pure model, standard library only", path, imp)
+	}
+	for dep, owner := range soleImporter {
+		if (imp == dep || strings.HasPrefix(imp, dep+"/")) && from != owner {
+			t.Errorf("%s imports %s: only %s may import %s", path, imp, owner, dep)
 		}
 	}
 }

@@ -125,11 +125,18 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// DialTCP opens a TCP connection from src to dst.
+// DialTCP opens a TCP connection from src, on a port the stack picks, to
+// dst.
 func (c *Client) DialTCP(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	return c.DialTCPFrom(ctx, netip.AddrPortFrom(src, 0), dst)
+}
+
+// DialTCPFrom opens a TCP connection from src to dst; a src port of 0
+// lets the stack pick one.
+func (c *Client) DialTCPFrom(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
 	return gonet.DialTCPWithBind(ctx, c.s,
-		tcpip.FullAddress{NIC: nicID, Addr: toAddr(src)},
-		tcpip.FullAddress{NIC: nicID, Addr: toAddr(dst.Addr()), Port: dst.Port()}, proto(src))
+		tcpip.FullAddress{NIC: nicID, Addr: toAddr(src.Addr()), Port: src.Port()},
+		tcpip.FullAddress{NIC: nicID, Addr: toAddr(dst.Addr()), Port: dst.Port()}, proto(src.Addr()))
 }
 
 // DialUDP opens a connected UDP socket from src to dst.
