@@ -10,9 +10,6 @@ import (
 	"github.com/ztgate/ztgate/internal/adminapi"
 )
 
-// maxBodyBytes bounds API request bodies; larger ones get 413.
-const maxBodyBytes = 1 << 20
-
 // startAPI serves the admin API on [api] listen: /healthz and /metrics are
 // open, /v1/ needs the bearer token when [api] token_file is set.
 func (g *Gateway) startAPI() error {

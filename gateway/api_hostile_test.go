@@ -31,42 +31,64 @@ func apiCall(t testing.TB, h http.Handler, method, path string, body []byte) (in
 }
 
 // TestAPIBadBodies sends oversized and malformed bodies to the endpoints
-// that read one: 413 or 400 with the errors, and nothing changes.
+// that read one, and a request without the token: 413, 400 or 401 with the
+// errors, counted by reason in ztgate_api_requests_rejected_total, and
+// nothing changes.
 func TestAPIBadBodies(t *testing.T) {
 	h := newHarness(t, limitsConfig(startHold(t), "", "", ""))
 	api := h.gw.apiHandler("")
-	huge := append([]byte(`{"name": "big", "tenants": ["`), bytes.Repeat([]byte("a"), maxBodyBytes)...)
+	locked := h.gw.apiHandler("s3cret")
+	huge := append([]byte(`{"name": "big", "tenants": ["`), bytes.Repeat([]byte("a"), adminapi.MaxBodyBytes)...)
 	cases := []struct {
 		name, path string
 		body       []byte
 		status     int
+		reason     adminapi.Reason // "": not a rejection, nothing counted
+		noToken    bool
 	}{
-		{"service: oversized", "/v1/services", huge, http.StatusRequestEntityTooLarge},
-		{"service: empty", "/v1/services", nil, http.StatusBadRequest},
-		{"service: not JSON", "/v1/services", []byte("name = 'web'"), http.StatusBadRequest},
-		{"service: truncated", "/v1/services", []byte(`{"name": "x", "tenants": [`), http.StatusBadRequest},
-		{"service: array", "/v1/services", []byte(`[{"name": "x"}]`), http.StatusBadRequest},
-		{"service: unknown field", "/v1/services", []byte(`{"name": "x", "tenants": ["*"], "backends": ["192.0.2.1"], "port": [{"protocol": "tcp", "port": 1}], "evil": 1}`), http.StatusBadRequest},
-		{"service: wrong types", "/v1/services", []byte(`{"name": 7, "tenants": "acme", "port": {"port": -1}}`), http.StatusBadRequest},
-		{"service: trailing data", "/v1/services", []byte(`{"name": "x", "tenants": ["*"], "backends": ["192.0.2.1"], "port": [{"protocol": "tcp", "port": 1}]} {}`), http.StatusBadRequest},
-		{"service: NUL bytes", "/v1/services", []byte("{\"name\": \"x\x00\"}"), http.StatusBadRequest},
-		{"service: exists", "/v1/services", []byte(`{"name": "web", "tenants": ["*"], "backends": ["192.0.2.1"], "port": [{"protocol": "tcp", "port": 1}]}`), http.StatusConflict},
-		{"drain: oversized", drainPath, huge, http.StatusRequestEntityTooLarge},
-		{"drain: not JSON", drainPath, []byte("30s"), http.StatusBadRequest},
-		{"drain: unknown field", drainPath, []byte(`{"deadline": "1s", "force": true}`), http.StatusBadRequest},
-		{"drain: negative", drainPath, []byte(`{"deadline": "-1s"}`), http.StatusBadRequest},
-		{"drain: too long", drainPath, []byte(`{"deadline": "100000h"}`), http.StatusBadRequest},
-		{"drain: trailing data", drainPath, []byte(`{"deadline": "1s"}x`), http.StatusBadRequest},
+		{"service: oversized", "/v1/services", huge, http.StatusRequestEntityTooLarge, adminapi.BodyTooLarge, false},
+		{"service: empty", "/v1/services", nil, http.StatusBadRequest, adminapi.InvalidRequest, false},
+		{"service: not JSON", "/v1/services", []byte("name = 'web'"), http.StatusBadRequest, adminapi.MalformedBody, false},
+		{"service: truncated", "/v1/services", []byte(`{"name": "x", "tenants": [`), http.StatusBadRequest, adminapi.MalformedBody, false},
+		{"service: array", "/v1/services", []byte(`[{"name": "x"}]`), http.StatusBadRequest, adminapi.InvalidRequest, false},
+		{"service: unknown field", "/v1/services", []byte(`{"name": "x", "tenants": ["*"], "backends": ["192.0.2.1"], "port": [{"protocol": "tcp", "port": 1}], "evil": 1}`), http.StatusBadRequest, adminapi.InvalidRequest, false},
+		{"service: wrong types", "/v1/services", []byte(`{"name": 7, "tenants": "acme", "port": {"port": -1}}`), http.StatusBadRequest, adminapi.InvalidRequest, false},
+		{"service: trailing data", "/v1/services", []byte(`{"name": "x", "tenants": ["*"], "backends": ["192.0.2.1"], "port": [{"protocol": "tcp", "port": 1}]} {}`), http.StatusBadRequest, adminapi.MalformedBody, false},
+		{"service: NUL bytes", "/v1/services", []byte("{\"name\": \"x\x00\"}"), http.StatusBadRequest, adminapi.MalformedBody, false},
+		{"service: exists", "/v1/services", []byte(`{"name": "web", "tenants": ["*"], "backends": ["192.0.2.1"], "port": [{"protocol": "tcp", "port": 1}]}`), http.StatusConflict, "", false},
+		{"service: no token", "/v1/services", []byte(`{"name": "x", "tenants": ["*"], "backends": ["192.0.2.1"], "port": [{"protocol": "tcp", "port": 1}]}`), http.StatusUnauthorized, adminapi.Unauthorized, true},
+		{"drain: oversized", drainPath, huge, http.StatusRequestEntityTooLarge, adminapi.BodyTooLarge, false},
+		{"drain: not JSON", drainPath, []byte("30s"), http.StatusBadRequest, adminapi.MalformedBody, false},
+		{"drain: unknown field", drainPath, []byte(`{"deadline": "1s", "force": true}`), http.StatusBadRequest, adminapi.InvalidRequest, false},
+		{"drain: negative", drainPath, []byte(`{"deadline": "-1s"}`), http.StatusBadRequest, adminapi.InvalidRequest, false},
+		{"drain: too long", drainPath, []byte(`{"deadline": "100000h"}`), http.StatusBadRequest, adminapi.InvalidRequest, false},
+		{"drain: trailing data", drainPath, []byte(`{"deadline": "1s"}x`), http.StatusBadRequest, adminapi.MalformedBody, false},
+		{"drain: no token", drainPath, []byte(`{"deadline": "1s"}`), http.StatusUnauthorized, adminapi.Unauthorized, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			status, body := apiCall(t, api, http.MethodPost, tc.path, tc.body)
+			before := rejections(t, h.gw)
+			srv := api
+			if tc.noToken {
+				srv = locked
+			}
+			status, body := apiCall(t, srv, http.MethodPost, tc.path, tc.body)
 			if status != tc.status {
 				t.Fatalf("status %d, want %d: %s", status, tc.status, body)
 			}
 			var e struct{ Errors []string }
 			if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) == 0 {
 				t.Fatalf("no errors in %s", body)
+			}
+			after := rejections(t, h.gw)
+			for r, n := range after {
+				want := before[r]
+				if r == tc.reason {
+					want++
+				}
+				if n < 0 || n != want {
+					t.Errorf("ztgate_api_requests_rejected_total{reason=%q} went from %v to %v, want %v", r, before[r], n, want)
+				}
 			}
 		})
 	}
@@ -76,6 +98,17 @@ func TestAPIBadBodies(t *testing.T) {
 	if b := h.gw.tbl.Load().byName["web"].st.backends.Load().list[0]; b.describe().State == "draining" {
 		t.Fatal("a bad drain request drained the backend")
 	}
+}
+
+// rejections returns ztgate_api_requests_rejected_total by reason.
+func rejections(t *testing.T, g *Gateway) map[adminapi.Reason]float64 {
+	t.Helper()
+	out := map[adminapi.Reason]float64{}
+	for _, r := range []adminapi.Reason{adminapi.Unauthorized, adminapi.NoRoute, adminapi.MalformedRequest,
+		adminapi.BodyTooLarge, adminapi.BodyReadFailed, adminapi.MalformedBody, adminapi.InvalidRequest} {
+		out[r] = metricValue(t, g, "ztgate_api_requests_rejected_total", "reason", string(r))
+	}
+	return out
 }
 
 func serviceNames(g *Gateway) []string {
@@ -131,8 +164,8 @@ func FuzzAPIBodies(f *testing.F) {
 }
 
 // TestAPISlowClient opens a connection to the API and sends half a request
-// line: the server hangs up after its header timeout instead of holding the
-// connection forever.
+// header: the server hangs up after its header timeout instead of holding
+// the connection forever, and counts the cut.
 func TestAPISlowClient(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits for the API's header timeout")
@@ -152,4 +185,9 @@ func TestAPISlowClient(t *testing.T) {
 	if d := time.Since(start); err != nil || d > adminapi.ReadHeaderTimeout+2*time.Second {
 		t.Fatalf("connection held %v (header timeout %v): %v", d, adminapi.ReadHeaderTimeout, err)
 	}
+	// The server counts as it closes the connection, just after the
+	// client sees it closed.
+	waitFor(t, 10*time.Second, "the cut counted", func() bool {
+		return metricValue(t, h.gw, "ztgate_api_connections_closed_total", "reason", "header_timeout") == 1
+	})
 }

@@ -3,7 +3,6 @@ package gateway
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 
@@ -12,26 +11,10 @@ import (
 	"github.com/ztgate/ztgate/internal/adminapi"
 )
 
-// readBody reads a request body of at most maxBodyBytes; it writes the
-// error response (413 or 400) itself and returns ok=false then.
-func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			adminapi.WriteErrors(w, http.StatusRequestEntityTooLarge, fmt.Errorf("body larger than %d bytes", maxBodyBytes))
-		} else {
-			adminapi.WriteErrors(w, http.StatusBadRequest, fmt.Errorf("read body: %w", err))
-		}
-		return nil, false
-	}
-	return body, true
-}
-
 // handleAddService serves POST /v1/services: the body is a [[service]] in
 // JSON, validated by the same code as the configuration file.
 func (g *Gateway) handleAddService(w http.ResponseWriter, r *http.Request) {
-	body, ok := readBody(w, r)
+	body, ok := adminapi.ReadBody(w, r)
 	if !ok {
 		return
 	}
@@ -39,7 +22,7 @@ func (g *Gateway) handleAddService(w http.ResponseWriter, r *http.Request) {
 	defer g.reloadMu.Unlock()
 	svc, err := conf.ParseServiceJSON(body, g.running.ServiceContext())
 	if err != nil {
-		writeConfErrors(w, http.StatusBadRequest, err)
+		adminapi.RejectBody(w, r, body, confErrors(err)...)
 		return
 	}
 	svc.Source = "api"
@@ -49,7 +32,7 @@ func (g *Gateway) handleAddService(w http.ResponseWriter, r *http.Request) {
 	}
 	api := append(slices.Clone(g.apiServices), svc)
 	if err := validateAgainst(g.running, api); err != nil {
-		writeConfErrors(w, http.StatusConflict, err)
+		adminapi.WriteErrors(w, http.StatusConflict, confErrors(err)...)
 		return
 	}
 	prev := g.apiStore.bodies
@@ -107,8 +90,8 @@ func (g *Gateway) handleDeleteService(w http.ResponseWriter, r *http.Request) {
 // handleReload serves POST /v1/reload.
 func (g *Gateway) handleReload(w http.ResponseWriter, r *http.Request) {
 	d, err := g.Reload()
-	if err != nil {
-		writeConfErrors(w, http.StatusBadRequest, err)
+	if err != nil { // the file is at fault, not the request
+		adminapi.WriteErrors(w, http.StatusBadRequest, confErrors(err)...)
 		return
 	}
 	adminapi.WriteJSON(w, http.StatusOK, d)
@@ -120,7 +103,7 @@ func (g *Gateway) handleCloseFlows(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	tenant, svc, backend := q.Get("tenant"), q.Get("service"), q.Get("backend")
 	if tenant == "" && svc == "" && backend == "" && q.Get("all") != "true" {
-		adminapi.WriteErrors(w, http.StatusBadRequest, errors.New("name a tenant, service or backend to close their flows, or all=true to close every flow"))
+		adminapi.Reject(w, r, http.StatusBadRequest, adminapi.InvalidRequest, errors.New("name a tenant, service or backend to close their flows, or all=true to close every flow"))
 		return
 	}
 	fs := g.flows.list(flowFilter(tenant, svc, backend))
@@ -130,14 +113,13 @@ func (g *Gateway) handleCloseFlows(w http.ResponseWriter, r *http.Request) {
 	adminapi.WriteJSON(w, http.StatusOK, map[string]int{"closed": len(fs)})
 }
 
-// writeConfErrors writes every error of a conf.Errors (or the one error).
-func writeConfErrors(w http.ResponseWriter, status int, err error) {
+// confErrors returns the errors of a conf.Errors, or err alone.
+func confErrors(err error) []error {
 	var errs conf.Errors
 	if errors.As(err, &errs) {
-		adminapi.WriteErrors(w, status, errs...)
-		return
+		return errs
 	}
-	adminapi.WriteErrors(w, status, err)
+	return []error{err}
 }
 
 // validateAgainst runs the cross-service checks (duplicate names and pins,

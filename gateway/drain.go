@@ -26,9 +26,13 @@ func (g *Gateway) handleDrain(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	deadline, status, err := readDrainDeadline(w, r)
+	body, ok := adminapi.ReadBody(w, r)
+	if !ok {
+		return
+	}
+	deadline, err := parseDrainDeadline(body, r.URL.Query().Get("deadline"))
 	if err != nil {
-		adminapi.WriteErrors(w, status, err)
+		adminapi.RejectBody(w, r, body, err)
 		return
 	}
 	g.drainBackends(svc.st, bs, deadline)
@@ -68,24 +72,6 @@ func (g *Gateway) lookupBackends(w http.ResponseWriter, r *http.Request) (*servi
 		return nil, nil, false
 	}
 	return svc, out, true
-}
-
-// readDrainDeadline reads the deadline of a drain request: 0 for none,
-// else with the status to answer an error with (400, or 413 for a body
-// over maxBodyBytes).
-func readDrainDeadline(w http.ResponseWriter, r *http.Request) (time.Duration, int, error) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
-	if err != nil {
-		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
-			return 0, http.StatusRequestEntityTooLarge, fmt.Errorf("body larger than %d bytes", mbe.Limit)
-		}
-		return 0, http.StatusBadRequest, fmt.Errorf("read body: %w", err)
-	}
-	d, err := parseDrainDeadline(body, r.URL.Query().Get("deadline"))
-	if err != nil {
-		return 0, http.StatusBadRequest, err
-	}
-	return d, 0, nil
 }
 
 // parseDrainDeadline parses the deadline of a drain request from its body

@@ -1,7 +1,9 @@
 // Package adminapi is the HTTP plumbing the roles' admin APIs share: a
 // server with timeouts on every phase of a request, /healthz and /metrics
 // open, the bearer token (compared in constant time) in front of /v1/ and
-// the profiles, and the JSON answers. The roles own their /v1/ routes.
+// the profiles, the JSON answers, and the bounded reading of request
+// bodies. It counts what it refuses: rejected requests and connections cut
+// off by a timeout (metrics.go, conn.go). The roles own their /v1/ routes.
 package adminapi
 
 import (
@@ -51,38 +53,62 @@ func Start(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	m, err := newMetrics(cfg.Registry)
+	if err != nil {
+		return nil, err
+	}
 	l, err := net.Listen("tcp", cfg.Listen.String())
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{l: l, srv: NewServer(Handler(token, cfg.Registry, cfg.V1))}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		if err := s.srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) && cfg.Log != nil {
-			cfg.Log.Error("api stopped", "err", err)
-		}
-	}()
+	s := serve(l, newServer(handler(token, cfg.Registry, cfg.V1, m), m, defaultTimeouts()), cfg.Log)
 	if cfg.Log != nil {
 		cfg.Log.Info("api listening", "addr", l.Addr().String(), "token", token != "")
 	}
 	return s, nil
 }
 
+// serve serves srv on l until Shutdown.
+func serve(l net.Listener, srv *http.Server, log *slog.Logger) *Server {
+	s := &Server{l: l, srv: srv}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := srv.Serve(listener{l}); err != nil && !errors.Is(err, http.ErrServerClosed) && log != nil {
+			log.Error("api stopped", "err", err)
+		}
+	}()
+	return s
+}
+
 // ReadHeaderTimeout bounds how long a client may take to send a request's
 // headers.
 const ReadHeaderTimeout = 5 * time.Second
 
-// NewServer is an http.Server with timeouts on every phase, so that a slow
-// or stalled client holds only its own connection, and for a bounded time.
-func NewServer(h http.Handler) *http.Server {
+// timeouts bound each phase of a request (http.Server's fields of the
+// same names).
+type timeouts struct {
+	readHeader, read, write, idle time.Duration
+}
+
+func defaultTimeouts() timeouts {
+	return timeouts{readHeader: ReadHeaderTimeout, read: 10 * time.Second, write: 30 * time.Second, idle: 60 * time.Second}
+}
+
+// newServer is an http.Server with timeouts on every phase, so that a slow
+// or stalled client holds only its own connection, and for a bounded time;
+// it counts the connections it cuts off in m. Its connections must come
+// from a listener{} for that.
+func newServer(h http.Handler, m *metrics, t timeouts) *http.Server {
 	return &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: ReadHeaderTimeout,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       60 * time.Second,
+		Handler:           inHandler(h),
+		ReadHeaderTimeout: t.readHeader,
+		ReadTimeout:       t.read,
+		WriteTimeout:      t.write,
+		IdleTimeout:       t.idle,
 		MaxHeaderBytes:    64 << 10,
+		ConnState:         m.connState,
+		ConnContext:       connContext,
 	}
 }
 
@@ -104,8 +130,18 @@ func (s *Server) Shutdown(ctx context.Context) {
 }
 
 // Handler routes /healthz and /metrics (open), v1 and the Go profiles
-// (behind the token when there is one).
+// (behind the token when there is one), and counts the requests it
+// rejects in reg. Like prometheus.MustRegister, it panics when reg holds
+// other collectors under the API's metric names.
 func Handler(token string, reg *prometheus.Registry, v1 http.Handler) http.Handler {
+	m, err := newMetrics(reg)
+	if err != nil {
+		panic(err)
+	}
+	return handler(token, reg, v1, m)
+}
+
+func handler(token string, reg *prometheus.Registry, v1 http.Handler, m *metrics) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
@@ -115,14 +151,14 @@ func Handler(token string, reg *prometheus.Registry, v1 http.Handler) http.Handl
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	}
 	if v1 != nil {
-		mux.Handle("/v1/", RequireToken(token, v1))
+		mux.Handle("/v1/", RequireToken(token, routed(v1)))
 	}
 	dbg := http.NewServeMux()
 	dbg.HandleFunc("/debug/pprof/", pprof.Index)
 	dbg.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	dbg.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.Handle("/debug/pprof/", RequireToken(token, dbg))
-	return mux
+	return withMetrics(m, routed(mux))
 }
 
 // ReadToken reads a bearer token file; no file means no token.
@@ -141,7 +177,8 @@ func ReadToken(path string) (string, error) {
 	return t, nil
 }
 
-// RequireToken checks the bearer token in constant time.
+// RequireToken checks the bearer token in constant time; behind Handler,
+// it counts the requests it refuses.
 func RequireToken(token string, next http.Handler) http.Handler {
 	if token == "" {
 		return next
@@ -151,7 +188,7 @@ func RequireToken(token string, next http.Handler) http.Handler {
 		got := []byte(r.Header.Get("Authorization"))
 		if subtle.ConstantTimeCompare(got, want) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="ztgate"`)
-			WriteErrors(w, http.StatusUnauthorized, errors.New("missing or wrong bearer token"))
+			Reject(w, r, http.StatusUnauthorized, Unauthorized, errors.New("missing or wrong bearer token"))
 			return
 		}
 		next.ServeHTTP(w, r)
