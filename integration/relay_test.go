@@ -26,6 +26,7 @@ type relayTopo struct {
 	relay, gw         string
 	agents            map[string]string // name → namespace
 	agentAddr         map[string]string // name → the relay's address on its link
+	agentServer       map[string]string // name → the address the agent dials, when not agentAddr:4433
 	pki, otherPKI     string
 	relayProc, gwProc *proc
 	agentProcs        map[string]*proc
@@ -34,7 +35,7 @@ type relayTopo struct {
 
 func newRelayTopo(t *testing.T, agents ...string) *relayTopo {
 	tp := newTopo(t)
-	r := &relayTopo{lanTopo: &lanTopo{topo: tp, dir: t.TempDir()}, agents: map[string]string{}, agentAddr: map[string]string{}, agentProcs: map[string]*proc{}}
+	r := &relayTopo{lanTopo: &lanTopo{topo: tp, dir: t.TempDir()}, agents: map[string]string{}, agentAddr: map[string]string{}, agentServer: map[string]string{}, agentProcs: map[string]*proc{}}
 	r.ztgate, r.backendBin = binaries(t)
 	r.relay = tp.ns("rly")
 	r.gw = tp.ns("gw")
@@ -152,11 +153,15 @@ func (r *relayTopo) startAgent(name, tenant string) *proc {
 	default:
 		r.ztg("pki", "issue", "-dir", r.pki, "-role", "agent", "-tenant", tenant, "-name", name)
 	}
+	server := r.agentServer[name]
+	if server == "" {
+		server = r.agentAddr[name] + ":4433"
+	}
 	conf := r.writeFile(name+".toml", fmt.Sprintf(`
 [agent]
 name = %q
 [tunnel]
-server = "%s:4433"
+server = %q
 server_name = "relay.test"
 cert = %q
 key = %q
@@ -164,7 +169,7 @@ ca = %q
 [tun]
 name = "ztagent0"
 address = "100.64.0.1"
-`, name, r.agentAddr[name], cert, key, ca))
+`, name, server, cert, key, ca))
 	p := r.start(r.agents[name], "ztgate agent "+name, profiled(r.ztgate, "agent", "-config", conf, "-log-format", "text")...)
 	p.waitOutput(r.t, "agent started", 15*time.Second)
 	r.agentProcs[name] = p

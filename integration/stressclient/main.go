@@ -7,12 +7,17 @@
 //	                                               SYNs from spoofed sources of PREFIX (raw socket)
 //	stressclient churn    -to ADDR -flows N -lifetime L -duration D
 //	                                               N TCP flows to an HTTP server kept open, each replaced after ~L
+//	stressclient proxy    -to ADDR -listen ADDR -loss F -delay D -duration D
+//	                                               UDP proxy that drops F of the datagrams and delays the rest by D,
+//	                                               both ways (a lossy, long link where netem is missing); prints
+//	                                               its counters every second and when it stops
 package main
 
 import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,11 +32,13 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/ztgate/ztgate/tunnel/tunneltest"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: stressclient garbage|synflood|churn [flags]")
+		fmt.Fprintln(os.Stderr, "usage: stressclient garbage|synflood|churn|proxy [flags]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
@@ -40,8 +47,11 @@ func main() {
 	src := fs.String("src", "", "synflood: prefix the spoofed sources are drawn from")
 	pace := fs.Duration("pace", 0, "synflood: pause after every 100 SYNs")
 	flows := fs.Int("flows", 10000, "churn: flows kept open, each replaced when it closes")
-	duration := fs.Duration("duration", time.Minute, "churn: how long to run")
+	duration := fs.Duration("duration", time.Minute, "churn, proxy: how long to run")
 	lifetime := fs.Duration("lifetime", 10*time.Second, "churn: mean lifetime of a flow")
+	listen := fs.String("listen", "127.0.0.1:0", "proxy: address the clients send to")
+	loss := fs.Float64("loss", 0.05, "proxy: fraction of the datagrams dropped, each way")
+	delay := fs.Duration("delay", 50*time.Millisecond, "proxy: delay of every datagram, each way")
 	fs.Parse(os.Args[2:])
 	target, err := netip.ParseAddrPort(*to)
 	if err != nil {
@@ -54,6 +64,8 @@ func main() {
 		err = synflood(target, *src, *n, *pace)
 	case "churn":
 		err = churn(target, *flows, *duration, *lifetime)
+	case "proxy":
+		err = proxy(target, *listen, *loss, *delay, *duration)
 	default:
 		fail("unknown mode %q", os.Args[1])
 	}
@@ -152,6 +164,43 @@ func syn(src, dst netip.AddrPort) []byte {
 	}
 	binary.BigEndian.PutUint16(t[16:], ^uint16(sum))
 	return b
+}
+
+// proxy relays UDP between the clients that send to listen and the
+// server at `to`, dropping a fraction loss of the datagrams and delaying
+// every other one by delay, in both directions, until d has passed or
+// SIGTERM. The delayed datagrams wait in one queue, so the delay does not
+// space them out. It prints "proxy listening on ADDR" once it listens,
+// and "proxy stats JSON" (tunneltest.Stats) every second and last.
+func proxy(to netip.AddrPort, listen string, loss float64, delay, d time.Duration) error {
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer cancel()
+	ctx, cancel2 := context.WithTimeout(ctx, d)
+	defer cancel2()
+	p, err := tunneltest.NewProxy(tunneltest.ProxyConfig{
+		Target: to.String(), Listen: listen, DropRate: loss, DelayRate: 1, Delay: delay, Seed: rand.Uint64(),
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("proxy listening on %s, to %s, dropping %.1f %% and delaying by %v each way\n", p.Addr(), to, 100*loss, delay)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+			printStats(p.Stats())
+		}
+	}
+	err = p.Close()
+	printStats(p.Stats())
+	return err
+}
+
+func printStats(s tunneltest.Stats) {
+	b, _ := json.Marshal(s) // a struct of numbers
+	fmt.Printf("proxy stats %s\n", b)
 }
 
 // churn keeps `flows` TCP flows to an HTTP server open for d, replacing

@@ -2,6 +2,7 @@ package tunneltest
 
 import (
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -33,6 +34,40 @@ func echoServer(t *testing.T) *net.UDPConn {
 	return c
 }
 
+// proxyTo starts a proxy to an echo server and a client connected to it.
+func proxyTo(t *testing.T, cfg ProxyConfig) (*Proxy, net.Conn) {
+	t.Helper()
+	cfg.Target = echoServer(t).LocalAddr().String()
+	p, err := NewProxy(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	c, err := net.Dial("udp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return p, c
+}
+
+// waitSeen waits until the proxy has read n datagrams from the client.
+func waitSeen(t *testing.T, p *Proxy, n uint64) Stats {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st := p.Stats()
+		c := st.ToServer
+		if c.Forwarded+c.Dropped+c.Delayed+c.Overflowed >= n {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stats %+v count fewer than the %d datagrams sent", st, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func TestProxy(t *testing.T) {
 	tests := []struct {
 		name      string
@@ -47,18 +82,7 @@ func TestProxy(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := echoServer(t)
-			tc.cfg.Target = srv.LocalAddr().String()
-			p, err := NewProxy(tc.cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
-			c, err := net.Dial("udp", p.Addr())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			p, c := proxyTo(t, tc.cfg)
 			for i := range 100 {
 				if _, err := c.Write([]byte{byte(i)}); err != nil {
 					t.Fatal(err)
@@ -82,41 +106,121 @@ func TestProxy(t *testing.T) {
 			if echoes < tc.minEchoes || echoes > tc.maxEchoes {
 				t.Errorf("%d echoes, want %d..%d (stats %+v)", echoes, tc.minEchoes, tc.maxEchoes, p.Stats())
 			}
-			// Every datagram sent was seen once on its way in.
-			deadline := time.Now().Add(5 * time.Second)
-			st := p.Stats()
-			for ; st.Forwarded+st.Dropped+st.Delayed < 100 && time.Now().Before(deadline); st = p.Stats() {
-				time.Sleep(5 * time.Millisecond)
-			}
-			if st.Forwarded+st.Dropped+st.Delayed < 100 {
-				t.Errorf("stats %+v count fewer than the 100 datagrams sent", st)
-			}
+			st := waitSeen(t, p, 100)
 			if tc.cfg.Delay > 0 && st.Delayed == 0 {
 				t.Error("nothing delayed")
+			}
+			if tc.cfg.DropRate == 1 && (st.ToServer.Dropped != 100 || st.ToClient != (Counts{})) {
+				t.Errorf("at drop rate 1: %+v, want 100 dropped towards the server and nothing back", st)
+			}
+			if st.Overflowed != 0 {
+				t.Errorf("%d datagrams overflowed the delay line", st.Overflowed)
 			}
 		})
 	}
 }
 
-func TestProxyRefusesNonLoopback(t *testing.T) {
-	if _, err := NewProxy(ProxyConfig{Target: "192.0.2.1:4433"}); err == nil {
-		t.Fatal("proxy to a non-loopback target")
+// TestProxyDelayLine delays every datagram by 50 ms each way: each echo
+// takes at least 100 ms, the echoes keep their order, and a burst is not
+// spaced out by the delay (200 datagrams one after the other would take
+// 20 s; together they take about 100 ms, the bound leaves room for a slow
+// machine).
+func TestProxyDelayLine(t *testing.T) {
+	const delay, n = 50 * time.Millisecond, 200
+	p, c := proxyTo(t, ProxyConfig{DelayRate: 1, Delay: delay})
+	sent := make([]time.Time, n)
+	for i := range n {
+		sent[i] = time.Now()
+		if _, err := c.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 16)
+	for i := range n {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		m, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("echo %d: %v (stats %+v)", i, err, p.Stats())
+		}
+		if m != 1 || buf[0] != byte(i) {
+			t.Fatalf("echo %d carries %x: out of order", i, buf[:m])
+		}
+		if rtt := time.Since(sent[i]); rtt < 2*delay {
+			t.Fatalf("echo %d after %v, want at least %v", i, rtt, 2*delay)
+		}
+	}
+	if took := time.Since(sent[0]); took > 10*time.Second { // serialised: 20 s at least
+		t.Errorf("%d delayed echoes took %v: the delay serialises them", n, took)
+	}
+	st := p.Stats()
+	if st.ToServer.Delayed != n || st.ToClient.Delayed != n || st.Forwarded != 0 || st.Dropped != 0 {
+		t.Errorf("stats %+v, want %d delayed each way and nothing else", st, n)
+	}
+}
+
+// TestProxyDelayLineBound holds at most MaxHeld datagrams; the rest
+// overflow, and Close discards the held ones without waiting for them.
+func TestProxyDelayLineBound(t *testing.T) {
+	p, c := proxyTo(t, ProxyConfig{DelayRate: 1, Delay: time.Hour, MaxHeld: 10})
+	for i := range 50 {
+		if _, err := c.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := waitSeen(t, p, 50)
+	if st.ToServer.Delayed != 10 || st.ToServer.Overflowed != 40 {
+		t.Errorf("stats %+v, want 10 delayed and 40 overflowed", st)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- p.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close waits for the held datagrams")
+	}
+}
+
+func TestProxyConfig(t *testing.T) {
+	tests := []struct {
+		name   string
+		cfg    ProxyConfig
+		listen string // prefix of Addr; "" when refused
+	}{
+		{"loopback", ProxyConfig{Target: "127.0.0.1:4433"}, "127.0.0.1:"},
+		{"documentation range", ProxyConfig{Target: "203.0.113.1:4433"}, "127.0.0.1:"},
+		{"listen address", ProxyConfig{Target: "192.0.2.1:4433", Listen: "127.0.0.1:0"}, "127.0.0.1:"},
+		{"public address", ProxyConfig{Target: "192.0.3.1:4433"}, ""},
+		{"VIP pool", ProxyConfig{Target: "10.100.0.1:53"}, ""},
+		{"no port", ProxyConfig{Target: "127.0.0.1"}, ""},
+		{"drop rate", ProxyConfig{Target: "127.0.0.1:4433", DropRate: 1.5}, ""},
+		{"delay rate", ProxyConfig{Target: "127.0.0.1:4433", DelayRate: -0.1}, ""},
+		{"negative delay", ProxyConfig{Target: "127.0.0.1:4433", DelayRate: 1, Delay: -time.Second}, ""},
+		{"bad listen address", ProxyConfig{Target: "127.0.0.1:4433", Listen: "nowhere"}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := NewProxy(tc.cfg)
+			if tc.listen == "" {
+				if err == nil {
+					p.Close()
+					t.Fatalf("proxy with %+v started", tc.cfg)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			if !strings.HasPrefix(p.Addr(), tc.listen) {
+				t.Errorf("listens on %s, want %s…", p.Addr(), tc.listen)
+			}
+		})
 	}
 }
 
 func TestProxySetDropRate(t *testing.T) {
-	srv := echoServer(t)
-	p, err := NewProxy(ProxyConfig{Target: srv.LocalAddr().String()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p, c := proxyTo(t, ProxyConfig{})
 	p.SetDropRate(1)
-	c, err := net.Dial("udp", p.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	_, _ = c.Write([]byte{1})
 	_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 	if _, err := c.Read(make([]byte, 4)); err == nil {
