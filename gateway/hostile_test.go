@@ -152,14 +152,25 @@ backends = ["127.0.0.1"]
 	h := newHarness(t, cfg)
 	dst := netip.MustParseAddrPort("10.100.0.20:5300")
 	base := takeBaseline()
-	for i := range 20000 {
+	const flood, maxFlows, udpIdle = 20000, 500, time.Second
+	start := time.Now()
+	for i := range flood {
 		h.gw.lan.Deliver(netstacktest.UDPDatagram(spoofedAcme(i), dst, []byte("flood")))
 	}
-	if n := h.gw.limits.tenant("acme").flows.Load(); n > 500 {
-		t.Fatalf("acme holds %d flows, its max_flows is 500", n)
+	took := time.Since(start)
+	if n := h.gw.limits.tenant("acme").flows.Load(); n > maxFlows {
+		t.Fatalf("acme holds %d flows, its max_flows is %d", n, maxFlows)
 	}
-	if n := metricValue(t, h.gw, "ztgate_flows_refused_total", "protocol", "udp", "reason", refuseTenantLimit); n < 19000 {
-		t.Fatalf("refusals counted: %v", n)
+	// Every datagram is a flow or a counted refusal. A flow holds its place
+	// for at least udp_idle, so however slowly the flood went, at most
+	// max_flows were admitted per udp_idle it lasted (plus the first ones).
+	refused := metricValue(t, h.gw, "ztgate_flows_refused_total", "protocol", "udp", "reason", refuseTenantLimit)
+	admitted := metricValue(t, h.gw, "ztgate_flows_total", "protocol", "udp", "service", "dns", "tenant", "acme")
+	if refused+admitted != flood {
+		t.Fatalf("%v refusals and %v flows for %d datagrams", refused, admitted, flood)
+	}
+	if most := float64(maxFlows * (int(took/udpIdle) + 1)); admitted > most {
+		t.Fatalf("%v flows admitted in %v; max_flows %d with udp_idle %v allows %v", admitted, took, maxFlows, udpIdle, most)
 	}
 	c, err := h.client.DialUDP(globexClient, dst)
 	if err != nil {
