@@ -125,7 +125,7 @@ func (b *backend) describe() apiBackend {
 	ab := apiBackend{
 		Address:     b.addr.String(),
 		Origin:      b.origin,
-		Healthy:     !b.draining && b.state != stateDown,
+		Healthy:     b.usableLocked(), // as ztgate_backend_healthy: whether it takes new flows
 		State:       b.state.String(),
 		LastError:   b.lastErr,
 		LastChange:  b.lastChange,

@@ -62,6 +62,11 @@ type backend struct {
 func (b *backend) usable() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.usableLocked()
+}
+
+// usableLocked is usable with b.mu held.
+func (b *backend) usableLocked() bool {
 	return !b.draining && !b.probation && b.state != stateDown
 }
 

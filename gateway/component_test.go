@@ -47,6 +47,13 @@ type harness struct {
 
 func newHarness(t testing.TB, toml string, opts ...func(*Options)) *harness {
 	t.Helper()
+	return newHarnessWith(t, toml, nil, opts...)
+}
+
+// newHarnessWith is newHarness with a hook that sees the gateway after New
+// and before Start.
+func newHarnessWith(t testing.TB, toml string, beforeStart func(*Gateway), opts ...func(*Options)) *harness {
+	t.Helper()
 	toml = strings.ReplaceAll(toml, "STATE", t.TempDir())
 	cfg, err := conf.ParseGateway("test.toml", []byte(toml))
 	if err != nil {
@@ -66,6 +73,9 @@ func newHarness(t testing.TB, toml string, opts ...func(*Options)) *harness {
 	gw, err := New(cfg, o, nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if beforeStart != nil {
+		beforeStart(gw)
 	}
 	if err := gw.Start(); err != nil {
 		t.Fatal(err)

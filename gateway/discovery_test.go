@@ -1,9 +1,13 @@
 package gateway
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"net/netip"
+	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -63,8 +67,7 @@ func TestDiscoveryHostName(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dnsSrv.Close()
-	port := startLineEchoAt(t, "127.0.0.1", "one")
-	startLineEchoAtPort(t, "127.0.0.2", port, "two")
+	port := startLineEchoPair(t, "127.0.0.1", "one", "127.0.0.2", "two")
 	dnsSrv.SetHost("app.corp.example", 1, netip.MustParseAddr("127.0.0.1"))
 
 	h := newFileHarness(t, discoveryConfig(dnsSrv.Addr(), `backends = ["app.corp.example"]`, "", port))
@@ -136,5 +139,228 @@ func TestDiscoverySRV(t *testing.T) {
 	})
 	if got := h.dialLines(t, acmeClient, "10.100.0.9:7").roundTrip(t, "z"); got != "backup: z" {
 		t.Fatalf("after the primary left: %q", got)
+	}
+}
+
+// TestDiscoveryBound: a name is re-resolved after its TTL clamped into
+// [min_ttl, max_ttl]; a failed lookup is retried after min_ttl.
+func TestDiscoveryBound(t *testing.T) {
+	d := &discovery{min: 5 * time.Second, max: 5 * time.Minute}
+	cases := []struct {
+		name string
+		ttl  time.Duration
+		err  error
+		want time.Duration
+	}{
+		{"TTL 0 waits min", 0, nil, 5 * time.Second},
+		{"TTL below min waits min", time.Second, nil, 5 * time.Second},
+		{"TTL at min", 5 * time.Second, nil, 5 * time.Second},
+		{"TTL within the bounds is kept", time.Minute, nil, time.Minute},
+		{"TTL at max", 5 * time.Minute, nil, 5 * time.Minute},
+		{"TTL above max waits max", 24 * time.Hour, nil, 5 * time.Minute},
+		{"a failed lookup retries at min", time.Hour, errors.New("SERVFAIL"), 5 * time.Second},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := d.bound(tc.ttl, tc.err); got != tc.want {
+				t.Fatalf("bound(%v, %v) = %v, want %v", tc.ttl, tc.err, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestDiscoveryTTLBounds: a long TTL is cut to max_ttl (a change is seen
+// although the answer claims to last an hour); a TTL of 0 is raised to
+// min_ttl (the name is not re-resolved in a loop).
+func TestDiscoveryTTLBounds(t *testing.T) {
+	t.Run("max_ttl", func(t *testing.T) {
+		dnsSrv, err := resolvertest.Start()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dnsSrv.Close()
+		dnsSrv.SetHost("app.corp.example", 3600, netip.MustParseAddr("127.0.0.1"))
+		h := newFileHarness(t, discoveryConfig(dnsSrv.Addr(), `backends = ["app.corp.example"]`, "", 9))
+		if got := fmt.Sprint(backendAddrs(h.harness, "app")); got != "[127.0.0.1:0]" {
+			t.Fatalf("first resolution: %s", got)
+		}
+		// The watcher resolves once more as it starts (each lookup is two
+		// queries, A and AAAA); a change before that would be seen at once.
+		waitFor(t, 15*time.Second, "the watcher's first lookup", func() bool { return dnsSrv.Queries() >= 4 })
+		dnsSrv.SetHost("app.corp.example", 3600, netip.MustParseAddr("127.0.0.2"))
+		// max_ttl is 1s: well within the deadline, not within the hour.
+		waitFor(t, 15*time.Second, "the change behind a TTL of an hour", func() bool {
+			return fmt.Sprint(backendAddrs(h.harness, "app")) == "[127.0.0.2:0]"
+		})
+	})
+	t.Run("min_ttl", func(t *testing.T) {
+		dnsSrv, err := resolvertest.Start()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dnsSrv.Close()
+		dnsSrv.SetHost("app.corp.example", 0, netip.MustParseAddr("127.0.0.1"))
+		const minTTL = 500 * time.Millisecond
+		cfg := strings.Replace(discoveryConfig(dnsSrv.Addr(), `backends = ["app.corp.example"]`, "", 9), `min_ttl = "100ms"`, `min_ttl = "500ms"`, 1)
+		h := newFileHarness(t, cfg)
+		if got := fmt.Sprint(backendAddrs(h.harness, "app")); got != "[127.0.0.1:0]" {
+			t.Fatalf("first resolution: %s", got)
+		}
+		start, before := time.Now(), dnsSrv.Queries()
+		// Each lookup is two queries (A and AAAA). Waiting never fires a
+		// timer early, so this bound holds however slow the machine.
+		waitFor(t, 15*time.Second, "two re-resolutions", func() bool { return dnsSrv.Queries()-before >= 4 })
+		time.Sleep(time.Second)
+		lookups, took := (dnsSrv.Queries()-before)/2, time.Since(start)
+		if most := int(took/minTTL) + 1; lookups > most {
+			t.Fatalf("%d lookups in %v of a name with TTL 0; min_ttl %v allows %d", lookups, took, minTTL, most)
+		}
+	})
+}
+
+// TestDiscoveryVanishedDrains: when an address leaves the name's answer,
+// new flows stop going to it at once while its live flow keeps working
+// until drain_timeout, and is closed then.
+func TestDiscoveryVanishedDrains(t *testing.T) {
+	dnsSrv, err := resolvertest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dnsSrv.Close()
+	port := startLineEchoPair(t, "127.0.0.1", "one", "127.0.0.2", "two")
+	one, two := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")
+	dnsSrv.SetHost("app.corp.example", 1, one, two)
+	const drainTimeout = 4 * time.Second
+	cfg := strings.Replace(discoveryConfig(dnsSrv.Addr(), `backends = ["app.corp.example"]`, "", port), `drain_timeout = "1s"`, `drain_timeout = "4s"`, 1)
+	h := newFileHarness(t, cfg)
+
+	// Round robin over the two: one of two flows lands on 127.0.0.1.
+	var held *lineConn
+	for i := range 2 {
+		c := h.dialLines(t, acmeClient, "10.100.0.9:7")
+		if got := c.roundTrip(t, fmt.Sprint(i)); strings.HasPrefix(got, "one:") {
+			held = c
+		}
+	}
+	if held == nil {
+		t.Fatal("no flow on 127.0.0.1 out of two")
+	}
+
+	changed := time.Now()
+	dnsSrv.SetHost("app.corp.example", 1, two)
+	waitFor(t, 15*time.Second, "127.0.0.1 to leave the backends", func() bool {
+		return fmt.Sprint(backendAddrs(h.harness, "app")) == "[127.0.0.2:0]"
+	})
+	if got := held.roundTrip(t, "still"); got != "one: still" {
+		t.Fatalf("the live flow on the vanished address: %q", got)
+	}
+	for i := range 4 {
+		if got := h.dialLines(t, acmeClient, "10.100.0.9:7").roundTrip(t, fmt.Sprint(i)); got != fmt.Sprintf("two: %d", i) {
+			t.Fatalf("a new flow after 127.0.0.1 left: %q", got)
+		}
+	}
+	held.c.SetReadDeadline(time.Now().Add(drainTimeout + 15*time.Second))
+	if _, err := held.r.ReadString('\n'); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the live flow after the drain deadline: %v, want it closed", err)
+	}
+	// The drain began after the change: the flow cannot close earlier.
+	if took := time.Since(changed); took < drainTimeout {
+		t.Fatalf("the live flow closed %v after the change, before drain_timeout %v", took, drainTimeout)
+	}
+}
+
+const probationConfig = `
+[gateway]
+state_dir = "STATE"
+[api]
+listen = "off"
+[discovery]
+nameservers = ["%s"]
+min_ttl = "100ms"
+max_ttl = "1s"
+[[tenant]]
+name = "acme"
+sources = ["198.51.100.0/24"]
+[[service]]
+name = "app"
+tenants = ["acme"]
+vip = "10.100.0.9"
+backends = ["app.corp.example"]
+  [[service.port]]
+  protocol = "tcp"
+  port = 80
+  target = %d
+  [service.health]
+  type = "http"
+  path = "/healthz"
+  interval = "100ms"
+  timeout = "100ms"
+  rise = 1
+  fall = 1000
+`
+
+// TestDiscoveryProbation: an address discovered for a running service
+// enters through its health checks. Failing them, it takes no flow although
+// it accepts connections and its state stays unknown (fall is high); once
+// they pass, it takes its share.
+func TestDiscoveryProbation(t *testing.T) {
+	dnsSrv, err := resolvertest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dnsSrv.Close()
+	web, port := startSickables(t, "127.0.0.1", "127.0.0.3")
+	web[1].sick.Store(true)
+	dnsSrv.SetHost("app.corp.example", 1, netip.MustParseAddr("127.0.0.1"))
+	h := newFileHarness(t, fmt.Sprintf(probationConfig, dnsSrv.Addr(), port))
+	g := h.gw
+	hc := h.httpClient(acmeClient)
+	get := func() string {
+		t.Helper()
+		resp, err := hc.Get("http://10.100.0.9/who")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	newcomer := func() *backend {
+		for _, b := range g.tbl.Load().byName["app"].st.backends.Load().list {
+			if b.addr == netip.MustParseAddr("127.0.0.3") {
+				return b
+			}
+		}
+		return nil
+	}
+
+	dnsSrv.SetHost("app.corp.example", 1, netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.3"))
+	waitFor(t, 15*time.Second, "a failed check of the new address", func() bool {
+		b := newcomer()
+		return b != nil && b.describe().LastError != ""
+	})
+	for range 10 {
+		if who := get(); who != "127.0.0.1" {
+			t.Fatalf("a flow went to %s, a new address failing its checks", who)
+		}
+	}
+	if ab := newcomer().describe(); ab.State != "unknown" || ab.Healthy {
+		t.Fatalf("the new address: state %s, healthy %v; want unknown, not healthy", ab.State, ab.Healthy)
+	}
+	if v := metricValue(t, g, "ztgate_backend_healthy", "backend", "127.0.0.3", "service", "app"); v != 0 {
+		t.Fatalf("gauge of the new address: %v", v)
+	}
+
+	web[1].sick.Store(false)
+	waitFor(t, 15*time.Second, "the new address to come up", func() bool { return newcomer().usable() })
+	seen := map[string]int{}
+	for range 10 {
+		seen[get()]++
+	}
+	if seen["127.0.0.1"] == 0 || seen["127.0.0.3"] == 0 {
+		t.Fatalf("flows once the new address is up: %v", seen)
 	}
 }

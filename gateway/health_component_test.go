@@ -164,7 +164,7 @@ func TestHealthComponent(t *testing.T) {
 	}
 	waitState := func(svc, want string) {
 		t.Helper()
-		waitFor(t, 3*time.Second, svc+" backends "+want, func() bool { return backendStates(t, g, svc) == want })
+		waitFor(t, 10*time.Second, svc+" backends "+want, func() bool { return backendStates(t, g, svc) == want })
 	}
 	ping := func(d time.Duration) error {
 		ctx, cancel := context.WithTimeout(context.Background(), d)
@@ -229,9 +229,32 @@ func TestHealthComponent(t *testing.T) {
 	})
 	t.Run("a backend that passes again is back", func(t *testing.T) {
 		web[0].sick.Store(false)
+		// The data path takes the backend once its state is up: only then
+		// is a request made.
 		waitState("app", "up,down")
-		if who, err := get(); err != nil || who != "127.0.0.1" {
-			t.Fatalf("after recovery: %q, %v", who, err)
+		// Each attempt is bounded: a SYN the client stack has to retransmit
+		// (its timeouts grow 1 s, 2 s, 4 s) cannot stretch the step, and a
+		// failed attempt is retried until a generous deadline.
+		quick := h.httpClient(acmeClient)
+		quick.Timeout = 2 * time.Second
+		deadline := time.Now().Add(15 * time.Second)
+		for attempt := 1; ; attempt++ {
+			resp, err := quick.Get("http://10.100.0.30/who")
+			if err == nil {
+				b, rerr := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if rerr != nil || string(b) != "127.0.0.1" {
+					t.Fatalf("after recovery: %q, %v; want 127.0.0.1", b, rerr)
+				}
+				if attempt > 1 {
+					t.Logf("the request succeeded at attempt %d", attempt)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after recovery: %v (attempt %d)", err, attempt)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	})
 	t.Run("UDP service follows its backend", func(t *testing.T) {
@@ -325,5 +348,106 @@ func TestDrainComponent(t *testing.T) {
 	}
 	if s := backendStates(t, g, "app"); s != "up,up" {
 		t.Fatalf("after undrain: %s", s)
+	}
+}
+
+const passiveConfig = `
+[gateway]
+state_dir = "STATE"
+[api]
+listen = "off"
+[[tenant]]
+name = "acme"
+sources = ["198.51.100.0/24"]
+[[service]]
+name = "app"
+tenants = ["acme"]
+vip = "10.100.0.40"
+backends = ["127.0.0.1"]
+  [[service.port]]
+  protocol = "tcp"
+  port = 80
+  target = %d
+  [service.health]
+  %s
+`
+
+// TestPassiveDialFailure: a failed dial of a real flow counts as a failed
+// check. The backend's data port refuses while its check port would pass;
+// the active checks are held off (first check a day away), so only the
+// dials can take the backend down: after fall of them with checks, never
+// without checks (then only the error is kept).
+func TestPassiveDialFailure(t *testing.T) {
+	healthy := startLineEcho(t, "check")
+	cases := []struct {
+		name   string
+		health string
+		dials  int
+		states []string // API state after each failed dial
+		down   bool     // the backend is down after the dials: the next flow is refused without a dial
+	}{
+		{"fall 3 takes three dials", fmt.Sprintf(`type = "tcp"
+  port = %d
+  interval = "24h"
+  rise = 1
+  fall = 3`, healthy), 3, []string{"unknown", "unknown", "down"}, true},
+		{"fall 1 takes one dial", fmt.Sprintf(`type = "tcp"
+  port = %d
+  interval = "24h"
+  rise = 1
+  fall = 1`, healthy), 1, []string{"down"}, true},
+		{"without checks the backend stays", `type = "none"`, 3, []string{"unknown", "unknown", "unknown"}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			hold := func(g *Gateway) {
+				for _, st := range g.serviceStates() {
+					st.health.randN = func(n int64) int64 { return n - 1 }
+				}
+			}
+			h := newHarnessWith(t, fmt.Sprintf(passiveConfig, closedPort(t).Port(), tc.health), hold)
+			g := h.gw
+			vip := netip.MustParseAddrPort("10.100.0.40:80")
+			dial := func() error {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				c, err := h.client.DialTCP(ctx, acmeClient, vip)
+				if err == nil {
+					c.Close()
+					return errors.New("connection accepted by a backend that refuses")
+				}
+				return err
+			}
+			for i, want := range tc.states {
+				if err := dial(); !strings.Contains(err.Error(), "refused") {
+					t.Fatalf("dial %d: %v, want refused", i+1, err)
+				}
+				if v := metricValue(t, g, "ztgate_dial_errors_total", "backend", "127.0.0.1", "service", "app"); v != float64(i+1) {
+					t.Fatalf("dial errors after dial %d: %v", i+1, v)
+				}
+				var list struct {
+					Services []apiService `json:"services"`
+				}
+				call(t, g.apiHandler(""), "GET", "/v1/services", "", &list)
+				b := list.Services[0].Backends[0]
+				if b.State != want || !strings.Contains(b.LastError, "dial") || !strings.Contains(b.LastError, "refused") {
+					t.Fatalf("after dial %d: state %q, last error %q; want %q and the dial's error", i+1, b.State, b.LastError, want)
+				}
+				if b.Healthy != (want != "down") {
+					t.Fatalf("after dial %d: healthy %v in state %s", i+1, b.Healthy, want)
+				}
+			}
+			if err := dial(); !strings.Contains(err.Error(), "refused") {
+				t.Fatalf("dial after the failures: %v, want refused", err)
+			}
+			dials := metricValue(t, g, "ztgate_dial_errors_total", "backend", "127.0.0.1", "service", "app")
+			noBackend := metricValue(t, g, "ztgate_flows_refused_total", "protocol", "tcp", "reason", refuseNoBackend)
+			if tc.down && (dials != float64(tc.dials) || noBackend != 1) {
+				t.Fatalf("a down backend was dialled: %v dial errors, %v refusals without a backend", dials, noBackend)
+			}
+			if !tc.down && (dials != float64(tc.dials+1) || noBackend > 0) {
+				t.Fatalf("the backend left rotation without checks: %v dial errors, %v refusals without a backend", dials, noBackend)
+			}
+		})
 	}
 }

@@ -158,3 +158,40 @@ func BenchmarkPick(b *testing.B) {
 		})
 	}
 }
+
+// TestWeightedRoundRobin: round_robin among SRV backends of one tier
+// follows their weights (each weight w gets a share of w+1, RFC 2782's
+// small share for weight 0); a lower tier and unusable backends get none.
+func TestWeightedRoundRobin(t *testing.T) {
+	const n = 20000
+	cases := []struct {
+		name     string
+		states   string
+		priority []uint16
+		weights  []uint16
+		want     []float64 // expected share of picks per backend
+	}{
+		{"one to three", "UU", []uint16{10, 10}, []uint16{99, 299}, []float64{0.25, 0.75}},
+		{"one to one to two", "UUU", []uint16{10, 10, 10}, []uint16{9, 9, 19}, []float64{0.25, 0.25, 0.5}},
+		{"weight 0 gets a small share", "UU", []uint16{10, 10}, []uint16{0, 99}, []float64{0.01, 0.99}},
+		{"a down backend's weight is not used", "UDU", []uint16{10, 10, 10}, []uint16{99, 999, 299}, []float64{0.25, 0, 0.75}},
+		{"the next tier waits", "UUU", []uint16{10, 10, 20}, []uint16{99, 299, 999}, []float64{0.25, 0.75, 0}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			set := pool{states: tc.states}.build()
+			for i, b := range set.list {
+				b.setSRV(tc.priority[i], tc.weights[i])
+			}
+			got := picks(set, catalog.RoundRobin, netip.MustParseAddr("198.51.100.10"), nil, n)
+			for i, want := range tc.want {
+				share := float64(got[i]) / n
+				// 20000 picks: the standard deviation of a share is at
+				// most 0.36%; 2 points is far outside chance.
+				if share < want-0.02 || share > want+0.02 || (want == 0) != (got[i] == 0) {
+					t.Errorf("backend %d (weight %d) took %.3f of the picks, want %.3f: %v", i, tc.weights[i], share, want, got)
+				}
+			}
+		})
+	}
+}

@@ -135,3 +135,35 @@ func TestObserve(t *testing.T) {
 		}
 	})
 }
+
+// TestHealthyAgreesWithGauge: the API's healthy of a backend is the
+// ztgate_backend_healthy gauge, whether the backend takes new flows; a
+// discovered address on probation is not healthy until its checks bring
+// it up.
+func TestHealthyAgreesWithGauge(t *testing.T) {
+	cases := []struct {
+		name      string
+		state     backendState
+		draining  bool
+		probation bool
+		want      bool
+	}{
+		{"unknown", stateUnknown, false, false, true},
+		{"up", stateUp, false, false, true},
+		{"down", stateDown, false, false, false},
+		{"draining", stateUp, true, false, false},
+		{"on probation", stateUnknown, false, true, false},
+		{"on probation and down", stateDown, false, true, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			g, _ := newUnitGateway(t)
+			b := &backend{addr: netip.MustParseAddr("192.0.2.10"), state: tc.state, draining: tc.draining, probation: tc.probation}
+			g.setHealthGauge("web", b)
+			gauge := metricValue(t, g, "ztgate_backend_healthy", "backend", "192.0.2.10", "service", "web") == 1
+			if got := b.describe().Healthy; got != tc.want || gauge != tc.want {
+				t.Fatalf("API healthy %v, gauge %v; want %v", got, gauge, tc.want)
+			}
+		})
+	}
+}

@@ -40,6 +40,37 @@ func startLineEchoAtPort(t *testing.T, host string, port int, name string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveLineEcho(t, l, name)
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startLineEchoPair runs a line echo on each of two loopback addresses on
+// one port, trying other ports while the first one's is taken on the other
+// address.
+func startLineEchoPair(t *testing.T, host1, name1, host2, name2 string) int {
+	t.Helper()
+	for range 10 {
+		l1, err := net.Listen("tcp", net.JoinHostPort(host1, "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l1.Addr().(*net.TCPAddr).Port
+		l2, err := net.Listen("tcp", net.JoinHostPort(host2, fmt.Sprint(port)))
+		if err != nil {
+			l1.Close()
+			continue
+		}
+		serveLineEcho(t, l1, name1)
+		serveLineEcho(t, l2, name2)
+		return port
+	}
+	t.Fatalf("no common free port on %s and %s", host1, host2)
+	return 0
+}
+
+// serveLineEcho answers every line on l's connections with
+// "<name>: <line>" until the test ends.
+func serveLineEcho(t *testing.T, l net.Listener, name string) {
 	t.Cleanup(func() { l.Close() })
 	go func() {
 		for {
@@ -56,7 +87,6 @@ func startLineEchoAtPort(t *testing.T, host string, port int, name string) int {
 			}()
 		}
 	}()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 type fileHarness struct {

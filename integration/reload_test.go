@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ztgate/ztgate/conf"
 )
 
 const reloadBase = `
@@ -21,6 +23,17 @@ name = "acme"
 sources = ["198.51.100.0/24"]
 [[service]]
 name = "echo"
+tenants = ["acme"]
+backends = ["192.0.2.10"]
+  [[service.port]]
+  protocol = "tcp"
+  port = 7
+`
+
+// reloadHUP is a service only SIGHUP brings in (see "SIGHUP alone reloads").
+const reloadHUP = `
+[[service]]
+name = "hup"
 tenants = ["acme"]
 backends = ["192.0.2.10"]
   [[service.port]]
@@ -42,25 +55,30 @@ backends = ["192.0.2.10"]
 // TestReloadAsAUser: a long-lived flow keeps echoing while the operator
 // appends a service to the file (dig finds it within 3 s, curl reaches it),
 // breaks the file (old services keep working, the error is in the log),
-// sends SIGHUP, and adds and removes a service with curl against the API.
+// sends SIGHUP after an edit the file watcher cannot see, and adds and
+// removes a service with curl against the API.
 func TestReloadAsAUser(t *testing.T) {
 	needTools(t, "curl", "dig")
 	l := newLANTopo(t)
 	l.startBackend("192.0.2.10")
 	gw := l.startGateway(reloadBase)
 	path := filepath.Join(l.dir, "gateway.toml")
-	write := func(s string) {
+	writeFile := func(t *testing.T, file, s string) {
 		t.Helper()
 		s = strings.ReplaceAll(s, "STATE_DIR", filepath.Join(l.dir, "state"))
+		if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+			t.Fatal(err)
+		}
 		// Editors write a temporary file and rename it over the old one.
-		tmp := path + ".swp"
+		tmp := file + ".swp"
 		if err := os.WriteFile(tmp, []byte(s), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Rename(tmp, path); err != nil {
+		if err := os.Rename(tmp, file); err != nil {
 			t.Fatal(err)
 		}
 	}
+	write := func(s string) { t.Helper(); writeFile(t, path, s) }
 	echoVIP := strings.TrimSpace(l.dig(l.acme, "@10.100.0.1", "+short", "echo.ztna.internal"))
 	flow := l.start(l.acme, "long-lived flow", l.backendBin, "-hold", echoVIP+":7")
 	flow.waitOutput(t, "ok 0", 5*time.Second)
@@ -95,17 +113,51 @@ func TestReloadAsAUser(t *testing.T) {
 		}
 	})
 
-	t.Run("SIGHUP reloads", func(t *testing.T) {
-		// Fix the file without the watcher noticing a difference in time:
-		// SIGHUP must apply it on its own.
-		write(reloadBase + reloadAdded)
-		gw.cmd.Process.Signal(syscall.SIGHUP)
-		eventually(t, 3*time.Second, "reload logged", func() error {
-			if strings.Count(gw.out.String(), "msg=reloaded") < 2 {
+	t.Run("SIGHUP alone reloads", func(t *testing.T) {
+		// The watcher sees the directory of gateway.toml. Once gateway.toml
+		// is a symlink to a file in another directory, edits of that file
+		// are invisible to it: only SIGHUP can apply them.
+		hidden := filepath.Join(l.dir, "hidden", "gateway.toml")
+		writeFile(t, hidden, reloadBase+reloadAdded)
+		reloads := func() int { return strings.Count(gw.out.String(), "msg=reloaded") }
+		before := reloads()
+		if err := os.Symlink(hidden, path+".lnk"); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(path+".lnk", path); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 5*time.Second, "the watcher's reload of the symlink swap", func() error {
+			if reloads() != before+1 {
+				return fmt.Errorf("%d reloads since the swap", reloads()-before)
+			}
+			return nil
+		})
+
+		writeFile(t, hidden, reloadBase+reloadAdded+reloadHUP)
+		// Well past the watcher's debounce: had it seen the edit, it
+		// would have reloaded by now.
+		time.Sleep(5 * conf.DefaultDebounce)
+		if n := reloads() - before; n != 1 {
+			t.Fatalf("%d reloads without SIGHUP; the watcher saw the hidden edit", n)
+		}
+		if got := strings.TrimSpace(l.dig(l.acme, "@10.100.0.1", "+short", "hup.ztna.internal")); got != "" {
+			t.Fatalf("hup resolves to %s before SIGHUP", got)
+		}
+
+		if err := gw.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 3*time.Second, "dig hup.ztna.internal after SIGHUP", func() error {
+			if strings.TrimSpace(l.dig(l.acme, "@10.100.0.1", "+short", "hup.ztna.internal")) == "" {
 				return os.ErrNotExist
 			}
 			return nil
 		})
+		out := gw.out.String()
+		if n := reloads() - before; n != 2 || strings.Count(out, "SIGHUP: reloading") != 1 || !strings.Contains(out, "added=[hup]") {
+			t.Fatalf("%d reloads since the swap; want the watcher's and one by SIGHUP adding hup:\n%s", n, out)
+		}
 	})
 
 	t.Run("API add and delete with curl", func(t *testing.T) {

@@ -63,20 +63,22 @@ func (rc roleCommand[C]) run(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// Caught before Start: a SIGHUP during a slow start is served once the
+	// role runs instead of ending the process (its default action).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	if err := r.Start(); err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	serveUntil(ctx, log, reload)
+	serveUntil(ctx, log, hup, reload)
 	return shutdown(log, r.Close)
 }
 
-// serveUntil calls reload on every SIGHUP until ctx is done (SIGTERM or
-// SIGINT). reload logs its own outcome.
-func serveUntil(ctx context.Context, log *slog.Logger, reload func() error) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+// serveUntil calls reload for every signal on hup (SIGHUP) until ctx is
+// done (SIGTERM or SIGINT). reload logs its own outcome.
+func serveUntil(ctx context.Context, log *slog.Logger, hup <-chan os.Signal, reload func() error) {
 	for {
 		select {
 		case <-hup:

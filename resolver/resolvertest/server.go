@@ -4,6 +4,7 @@
 package resolvertest
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -28,16 +29,21 @@ type Server struct {
 
 // Start serves on 127.0.0.1 (a free port, UDP and TCP).
 func Start() (*Server, error) {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	var (
+		pc  net.PacketConn
+		l   net.Listener
+		err error
+	)
+	// The free UDP port may be taken for TCP: then try another one.
+	for range 20 {
+		if pc, l, err = listenBoth(); err == nil {
+			break
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
 	port := pc.LocalAddr().(*net.UDPAddr).Port
-	l, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
-		return nil, err
-	}
 	s := &Server{addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)), records: map[string][]dns.RR{}}
 	s.udp = &dns.Server{PacketConn: pc, Handler: s}
 	s.tcp = &dns.Server{Listener: l, Handler: s}
@@ -46,6 +52,21 @@ func Start() (*Server, error) {
 		go func() { defer s.wg.Done(); srv.ActivateAndServe() }()
 	}
 	return s, nil
+}
+
+// listenBoth listens on a free UDP port of 127.0.0.1 and on the same TCP
+// port.
+func listenBoth() (net.PacketConn, net.Listener, error) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	l, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		return nil, nil, fmt.Errorf("resolvertest: %w", err)
+	}
+	return pc, l, nil
 }
 
 // Addr is where the server listens.
