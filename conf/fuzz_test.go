@@ -18,6 +18,7 @@ import (
 // ValidateServices.
 
 func FuzzParseGateway(f *testing.F) {
+	path := filepath.Join(fuzzPKI(f), "gw.toml")
 	for _, name := range []string{"gateway.toml", "gateway-relay.toml"} {
 		data, err := os.ReadFile(filepath.Join("..", "examples", name))
 		if err != nil {
@@ -28,7 +29,7 @@ func FuzzParseGateway(f *testing.F) {
 	f.Add([]byte(gatewayHead + webService))
 	f.Add([]byte("[tun]\npool6 = \"fd00::/120\"\n" + webWith("vip = \"10.100.0.9\"\nvip6 = \"fd00::9\"\n", "[service.health]\ntype = \"http\"\n[service.timeouts]\nudp_idle = \"5s\"\n")))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		g, err := ParseGateway("fuzz/gw.toml", data)
+		g, err := ParseGateway(path, data)
 		if err != nil {
 			if _, ok := err.(Errors); !ok {
 				t.Fatalf("error %T is not Errors", err)
@@ -42,7 +43,7 @@ func FuzzParseGateway(f *testing.F) {
 		if err := toml.NewEncoder(&buf).Encode(gatewayTree(g)); err != nil {
 			t.Fatal(err)
 		}
-		again, err := ParseGateway("fuzz/gw.toml", buf.Bytes())
+		again, err := ParseGateway(path, buf.Bytes())
 		if err != nil {
 			t.Fatalf("written back:\n%s\ndoes not parse: %v", buf.Bytes(), err)
 		}

@@ -72,7 +72,7 @@ func wantErrors(t *testing.T, err error, want []string) {
 
 // writeFiles creates files (name → content) in a new temporary directory
 // and returns the directory.
-func writeFiles(t *testing.T, files map[string]string) string {
+func writeFiles(t testing.TB, files map[string]string) string {
 	t.Helper()
 	dir := t.TempDir()
 	for name, content := range files {
