@@ -130,4 +130,4 @@ type refuser struct{}
 
 func (refuser) HandleTCP(req *netstack.TCPRequest)      { req.Refuse() }
 func (refuser) HandleUDP(req *netstack.UDPRequest) bool { return false }
-func (refuser) HandleEcho(req *netstack.EchoRequest)    {}
+func (refuser) HandleEcho(req *netstack.EchoRequest)    { req.Drop() }

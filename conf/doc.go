@@ -16,7 +16,8 @@
 // validation pass then converts the raw strings (durations, addresses, enums)
 // into the typed configuration, collecting every error.
 //
-// Address pools: an IPv4 pool is at most a /29 (room for at least two VIPs besides the network, gateway and broadcast addresses); an IPv6 pool is a /64 to a
+// Address pools: an IPv4 pool is at least a /29 (eight addresses: five VIPs
+// besides the network, gateway and broadcast addresses); an IPv6 pool is a /64 to a
 // /126 (a /64 is the conventional subnet size, and nothing needs more VIPs;
 // a /126 is the smallest pool with room for two). The network address (IPv6:
 // the subnet-router anycast address), the first host (the gateway's own

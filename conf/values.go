@@ -74,7 +74,7 @@ func (v *validator) network(path, s string) (netip.Prefix, bool) {
 	return p, true
 }
 
-// pool4 parses an IPv4 VIP pool of at most a /29; "" gives def.
+// pool4 parses an IPv4 VIP pool of at least a /29; "" gives def.
 func (v *validator) pool4(path, s string, def netip.Prefix) netip.Prefix {
 	if s == "" {
 		return def
@@ -87,7 +87,8 @@ func (v *validator) pool4(path, s string, def netip.Prefix) netip.Prefix {
 		v.addf(path, "%s is not an IPv4 prefix (an IPv6 pool goes in pool6)", s)
 		return def
 	case p.Bits() > 29:
-		v.addf(path, "%s is too small: a pool is at most a /29 (two VIPs)", s)
+		v.addf(path, "%s is too small: a pool is at least a /29, which holds %d VIPs", s,
+			poolRoom(netip.PrefixFrom(p.Addr(), 29).Masked()))
 		return def
 	}
 	return p

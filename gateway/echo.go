@@ -15,26 +15,38 @@ const echoTimeout = 2 * time.Second
 // HandleEcho implements netstack.Handler. The echo request goes to a
 // backend of the VIP's service; the client gets a reply from the VIP only
 // when that backend answered, so ping tells the truth about the service.
-// A refused or unanswered ping gets no reply.
+// A refused ping (no service on the VIP, a tenant the service does not
+// allow, echo disabled, over the source's rate) gets an ICMP destination
+// unreachable, administratively prohibited, at once; a ping from an
+// unknown source, with no healthy backend, over the echo limit, or that
+// the backend did not answer gets no reply.
 func (g *Gateway) HandleEcho(req *netstack.EchoRequest) {
 	d := g.classify(g.tbl.Load(), 0, req.Src, netip.AddrPortFrom(req.Dst, 0))
 	if d.refused != "" {
 		g.refuse("icmp", d.refused)
+		if d.refused == refuseUnknownSource {
+			req.Drop() // deny by default: an unknown source learns nothing
+		} else {
+			req.Refuse()
+		}
 		return
 	}
 	b := d.svc.st.picker.pick(d.svc.st.backends.Load(), d.svc.spec.Balance, req.Src, nil)
 	if b == nil {
 		g.refuse("icmp", refuseNoBackend)
+		req.Drop()
 		return
 	}
 	select {
 	case g.echoTokens <- struct{}{}:
 	default:
 		g.refuse("icmp", refuseLimit)
+		req.Drop()
 		return
 	}
 	if !g.enter() {
 		<-g.echoTokens
+		req.Drop()
 		return
 	}
 	go func() {
@@ -45,6 +57,7 @@ func (g *Gateway) HandleEcho(req *netstack.EchoRequest) {
 		if err := g.pingerOnce().Ping(ctx, b.addr, req.Payload); err != nil {
 			g.m.echoes.WithLabelValues(d.svc.spec.Name, "no_reply").Inc()
 			g.warnPinger(err)
+			req.Drop()
 			return
 		}
 		g.m.echoes.WithLabelValues(d.svc.spec.Name, "ok").Inc()

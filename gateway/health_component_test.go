@@ -164,7 +164,9 @@ func TestHealthComponent(t *testing.T) {
 	}
 	waitState := func(svc, want string) {
 		t.Helper()
-		waitFor(t, 10*time.Second, svc+" backends "+want, func() bool { return backendStates(t, g, svc) == want })
+		// Nominally under a second (checks every 100ms, rise 2, fall 3), but
+		// a loaded two-core machine under the race detector can take longer.
+		waitFor(t, 15*time.Second, svc+" backends "+want, func() bool { return backendStates(t, g, svc) == want })
 	}
 	ping := func(d time.Duration) error {
 		ctx, cancel := context.WithTimeout(context.Background(), d)

@@ -55,6 +55,27 @@ func (l *lanTopo) dig(ns string, args ...string) string {
 	return out
 }
 
+// checkNegative checks dig's output of a negative answer (NXDOMAIN or
+// NODATA): an empty answer section and the zone's SOA in the authority
+// section.
+func checkNegative(t *testing.T, out string) {
+	t.Helper()
+	if !strings.Contains(out, " ANSWER: 0,") || strings.Contains(out, ";; ANSWER SECTION:") {
+		t.Fatalf("negative answer with records in the answer section:\n%s", out)
+	}
+	_, auth, ok := strings.Cut(out, ";; AUTHORITY SECTION:\n")
+	if !ok {
+		t.Fatalf("negative answer without an authority section:\n%s", out)
+	}
+	auth, _, _ = strings.Cut(auth, "\n\n")
+	for line := range strings.Lines(auth) {
+		if f := strings.Fields(line); len(f) >= 5 && f[0] == "ztna.internal." && f[3] == "SOA" {
+			return
+		}
+	}
+	t.Fatalf("negative answer without the zone's SOA in the authority section:\n%s", out)
+}
+
 // TestDNS drives the built-in DNS with dig as a LAN client would, inside
 // the netstack at 10.100.0.1 and on a host listener.
 func TestDNS(t *testing.T) {
@@ -103,8 +124,8 @@ func TestDNS(t *testing.T) {
 				if got := status(out); got != tc.want {
 					t.Fatalf("status %s, want %s\n%s", got, tc.want, out)
 				}
-				if tc.want == "NXDOMAIN" && !strings.Contains(out, "SOA") {
-					t.Fatalf("negative answer without SOA:\n%s", out)
+				if tc.want == "NXDOMAIN" || tc.name == "NODATA" {
+					checkNegative(t, out)
 				}
 				return
 			}

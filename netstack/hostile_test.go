@@ -104,13 +104,49 @@ func hostilePackets() []struct {
 	}
 }
 
+// saladPort is the first source port of the flag salads; flags picks the
+// port, so a flow tells which combination it came from.
+const saladPort = 41000
+
+// saladHandler is an echoHandler that records which flag salads (by source
+// port) reached it as new flows. Flows of other packets are not counted:
+// the forwarder hands SYNs over in goroutines of their own, so those of
+// earlier packets may arrive at any time.
+type saladHandler struct {
+	echoHandler
+	salads [256]atomic.Bool
+	n      atomic.Int32
+}
+
+func (h *saladHandler) HandleTCP(req *netstack.TCPRequest) {
+	if p := int(req.Src.Port()); req.Src.Addr() == clientAddr && p >= saladPort && p < saladPort+256 {
+		h.salads[p-saladPort].Store(true)
+		h.n.Add(1)
+	}
+	h.echoHandler.HandleTCP(req)
+}
+
+// assertSalads checks that exactly the salads without ACK became flows.
+func (h *saladHandler) assertSalads(t *testing.T) {
+	t.Helper()
+	for flags := range 256 {
+		if flags&netstacktest.FlagSYN == 0 {
+			continue
+		}
+		want := flags&netstacktest.FlagACK == 0
+		if got := h.salads[flags].Load(); got != want {
+			t.Errorf("SYN salad with flags %#02x became a flow: %v, want %v", flags, got, want)
+		}
+	}
+}
+
 // TestHostileIPv4 delivers malformed and unusual packets and checks that
 // the stack drops them (counting what its own checks catch), hands no flow
 // to the handler for a packet that is not a clean SYN, and still serves.
 func TestHostileIPv4(t *testing.T) {
 	// Some packets start handshakes nobody completes (a SYN from the VIP
 	// itself): give them up quickly.
-	h := &echoHandler{}
+	h := &saladHandler{}
 	f := newFixture(t, h, func(c *netstack.Config) { c.HandshakeTimeout = 200 * time.Millisecond })
 	for _, tc := range hostilePackets() {
 		t.Run(tc.name, func(t *testing.T) {
@@ -121,9 +157,9 @@ func TestHostileIPv4(t *testing.T) {
 			}
 		})
 	}
-	// Every flag combination with SYN set: none may break the stack, and
-	// none with ACK set is taken for a new flow.
-	seen := h.tcpSeen.Load()
+	// Every flag combination with SYN set: none may break the stack. Those
+	// without ACK are offered to the handler (it decides what to do with a
+	// SYN|FIN or a SYN|RST); none with ACK set is taken for a new flow.
 	withoutACK := int32(0)
 	for flags := range 256 {
 		if flags&netstacktest.FlagSYN == 0 {
@@ -132,17 +168,25 @@ func TestHostileIPv4(t *testing.T) {
 		if flags&netstacktest.FlagACK == 0 {
 			withoutACK++
 		}
-		src := netip.AddrPortFrom(clientAddr, uint16(41000+flags))
+		src := netip.AddrPortFrom(clientAddr, uint16(saladPort+flags))
 		f.link.Deliver(netstacktest.TCPSegment(src, vipTCP, uint8(flags), 7, []byte("salad")))
 	}
-	time.Sleep(100 * time.Millisecond) // the forwarder hands SYNs over in goroutines
-	if n := h.tcpSeen.Load() - seen; n > withoutACK {
-		t.Errorf("%d flag salads became flows; at most the %d without ACK may", n, withoutACK)
+	// Deliver returns once the forwarder has started a goroutine for each
+	// SYN it takes; wait for those to reach the handler.
+	deadline := time.Now().Add(10 * time.Second)
+	for h.n.Load() < withoutACK && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
 	}
+	h.assertSalads(t)
 	if st := f.ns.Stats(); st.IPMalformed+st.TransportMalformed+st.IPMalformedFragments == 0 {
 		t.Errorf("gVisor counted none of the malformed packets: %+v", st)
 	}
 	assertServes(t, f)
+	// A salad with ACK that was wrongly taken would have reached the
+	// handler by now (its goroutine was started before the loop ended).
+	if n := h.n.Load(); n != withoutACK {
+		t.Errorf("%d flag salads became flows, want the %d without ACK", n, withoutACK)
+	}
 }
 
 // assertServes checks that a TCP and a UDP echo still work.

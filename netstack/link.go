@@ -225,13 +225,12 @@ func (l *Link) Deliver(pkt []byte) {
 	pkb.DecRef()
 }
 
-// writeRaw sends a packet built outside gVisor (an echo reply) through the
-// link's output, in order with the stack's own packets.
+// writeRaw sends a packet built outside gVisor (an echo reply, an ICMP
+// error) through the link's output, in order with the stack's own packets.
 func (l *Link) writeRaw(pkt []byte) {
 	pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
-	var list stack.PacketBufferList
-	list.PushBack(pkb)
-	l.ep.WritePackets(list)
+	one := [1]*stack.PacketBuffer{pkb}
+	l.ep.write(one[:])
 	pkb.DecRef()
 }
 
@@ -326,13 +325,18 @@ func (e *endpoint) close() {
 // endpoint it takes a reference on every packet it keeps; the caller keeps
 // its own.
 func (e *endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	return e.write(pkts.AsSlice())
+}
+
+// write is WritePackets for a slice of packets.
+func (e *endpoint) write(pkts []*stack.PacketBuffer) (int, tcpip.Error) {
 	n := 0
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
 		return 0, &tcpip.ErrClosedForSend{}
 	}
-	for _, p := range pkts.AsSlice() {
+	for _, p := range pkts {
 		if len(e.queue) >= e.l.cfg.QueueLen {
 			e.l.ns.drop(DropQueueFull)
 			continue
@@ -373,16 +377,16 @@ func (e *endpoint) drain() {
 		}
 		e.queue = e.spare[:0]
 		e.mu.Unlock()
-		for len(batch) > 0 {
-			n := min(len(batch), e.l.cfg.BatchSize)
-			e.flush(batch[:n])
-			for i := range n {
-				batch[i].DecRef()
-				batch[i] = nil
-			}
-			batch = batch[n:]
+		for rest := batch; len(rest) > 0; rest = rest[min(len(rest), e.l.cfg.BatchSize):] {
+			e.flush(rest[:min(len(rest), e.l.cfg.BatchSize)])
 		}
-		e.spare = batch[:0:cap(batch)]
+		for i := range batch {
+			batch[i].DecRef()
+			batch[i] = nil
+		}
+		// The queue and the spare swap roles: with the capacity of both
+		// kept, a link in its steady state appends without allocating.
+		e.spare = batch[:0]
 	}
 }
 
@@ -401,10 +405,7 @@ func (e *endpoint) flush(pkts []*stack.PacketBuffer) {
 			continue
 		}
 		b := e.bases[i][:hr+size]
-		off := hr
-		for _, v := range p.AsSlices() {
-			off += copy(b[off:], v)
-		}
+		copyPacket(b[hr:], p)
 		e.bufs = append(e.bufs, b)
 	}
 	if len(e.bufs) == 0 {
@@ -412,6 +413,21 @@ func (e *endpoint) flush(pkts []*stack.PacketBuffer) {
 	}
 	if err := e.l.cfg.Output.WritePackets(e.bufs); err != nil {
 		e.l.ns.drop(DropWriteError)
+	}
+}
+
+// copyPacket copies the packet p into b, which holds p.Size() bytes,
+// without allocating (unlike PacketBuffer.AsSlices).
+func copyPacket(b []byte, p *stack.PacketBuffer) {
+	views, skip := p.AsViewList()
+	for v := views.Front(); v != nil && len(b) > 0; v = v.Next() {
+		s := v.AsSlice()
+		if skip >= len(s) {
+			skip -= len(s)
+			continue
+		}
+		b = b[copy(b, s[skip:]):]
+		skip = 0
 	}
 }
 

@@ -57,7 +57,8 @@ type Handler interface {
 	HandleUDP(req *UDPRequest) bool
 	// HandleEcho is called on the packet path for an ICMP echo request to a
 	// pool address that is not a local address. It must not block; it owns
-	// req and may answer it later with req.Reply, or never (no echo reply).
+	// req and ends it, then or later, with req.Reply (the echo reply),
+	// req.Refuse (an ICMP unreachable) or req.Drop (no answer).
 	HandleEcho(req *EchoRequest)
 }
 
@@ -68,6 +69,10 @@ type Stack struct {
 	log   *slog.Logger
 	s     *stack.Stack
 	pools atomic.Pointer[[]netip.Prefix] // the pools now; SetPools changes them
+
+	echoes      sync.Pool     // *EchoRequest, with their packet buffers
+	icmpSent    atomic.Uint64 // ICMP errors the stack built itself (refused echo requests)
+	icmpLimited atomic.Uint64 // ... and those the ICMP rate limit suppressed
 
 	mu     sync.Mutex
 	links  map[tcpip.NICID]*Link

@@ -67,7 +67,9 @@ func (h *echoHandler) HandleUDP(req *netstack.UDPRequest) bool {
 func (h *echoHandler) HandleEcho(req *netstack.EchoRequest) {
 	if req.Dst == accepted {
 		req.Reply()
+		return
 	}
+	req.Drop()
 }
 
 type fixture struct {

@@ -13,11 +13,12 @@ type Stats struct {
 	TCPHandshakeLimit    uint64 // SYNs dropped because MaxInflightHandshakes handshakes were in progress
 	TCPFailedHandshakes  uint64 // accepted SYNs whose client never completed the handshake
 
-	TCPEstablished uint64 // connections in ESTABLISHED now
-	TCPConnected   uint64 // connections in any connected state now, TIME-WAIT included
-	TCPResetsSent  uint64
-	TCPRetransmits uint64
-	ICMPErrorsSent uint64 // destination unreachable messages (refused UDP flows)
+	TCPEstablished  uint64 // connections in ESTABLISHED now
+	TCPConnected    uint64 // connections in any connected state now, TIME-WAIT included
+	TCPResetsSent   uint64
+	TCPRetransmits  uint64
+	ICMPErrorsSent  uint64 // destination unreachable messages (refused UDP flows and echo requests)
+	ICMPRateLimited uint64 // ICMP errors not sent: over the stack's ICMP rate limit
 }
 
 // Stats returns the stack's counters.
@@ -36,6 +37,9 @@ func (ns *Stack) Stats() Stats {
 		TCPConnected:        s.TCP.CurrentConnected.Value(),
 		TCPResetsSent:       s.TCP.ResetsSent.Value(),
 		TCPRetransmits:      s.TCP.Retransmits.Value(),
-		ICMPErrorsSent:      s.ICMP.V4.PacketsSent.DstUnreachable.Value() + s.ICMP.V6.PacketsSent.DstUnreachable.Value(),
+		ICMPErrorsSent: s.ICMP.V4.PacketsSent.DstUnreachable.Value() + s.ICMP.V6.PacketsSent.DstUnreachable.Value() +
+			ns.icmpSent.Load(),
+		ICMPRateLimited: s.ICMP.V4.PacketsSent.RateLimited.Value() + s.ICMP.V6.PacketsSent.RateLimited.Value() +
+			ns.icmpLimited.Load(),
 	}
 }

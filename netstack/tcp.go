@@ -87,6 +87,7 @@ type TCPConn struct {
 	c  *gonet.TCPConn
 	ep tcpip.Endpoint
 	wq *waiter.Queue
+	rw tcpip.SliceWriter // TryRead's, kept so that a read does not allocate one
 }
 
 var _ net.Conn = (*TCPConn)(nil)
@@ -118,12 +119,14 @@ func (c *TCPConn) OnReadable(fn func()) (unregister func()) {
 // ErrWouldBlock when nothing is waiting, or io.EOF once the client closed
 // its side and everything was read, or the error that ended the
 // connection. It must not be mixed with Read.
-func (c *TCPConn) TryRead(b []byte) (int, error) { return tryRead(c.ep, b) }
+func (c *TCPConn) TryRead(b []byte) (int, error) { return tryRead(c.ep, &c.rw, b) }
 
-// tryRead reads from an endpoint without waiting.
-func tryRead(ep tcpip.Endpoint, b []byte) (int, error) {
-	w := tcpip.SliceWriter(b)
-	res, err := ep.Read(&w, tcpip.ReadOptions{})
+// tryRead reads from an endpoint into b without waiting; w is the caller's
+// writer, reused from read to read.
+func tryRead(ep tcpip.Endpoint, w *tcpip.SliceWriter, b []byte) (int, error) {
+	*w = b
+	res, err := ep.Read(w, tcpip.ReadOptions{})
+	*w = nil
 	switch err.(type) {
 	case nil:
 		return res.Count, nil

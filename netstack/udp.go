@@ -51,6 +51,7 @@ type UDPConn struct {
 	conn
 	ep tcpip.Endpoint
 	wq *waiter.Queue
+	rw tcpip.SliceWriter // TryRead's, kept so that a read does not allocate one
 }
 
 var _ net.Conn = (*UDPConn)(nil)
@@ -65,7 +66,7 @@ func (c *UDPConn) WaitReadable(done <-chan struct{}, timer <-chan time.Time) err
 
 // TryRead reads one datagram from the client without waiting, or returns
 // ErrWouldBlock when none is queued.
-func (c *UDPConn) TryRead(b []byte) (int, error) { return tryRead(c.ep, b) }
+func (c *UDPConn) TryRead(b []byte) (int, error) { return tryRead(c.ep, &c.rw, b) }
 
 func waitReadable(ep tcpip.Endpoint, wq *waiter.Queue, done <-chan struct{}, timer <-chan time.Time) error {
 	if ep.Readiness(waiter.ReadableEvents) != 0 {

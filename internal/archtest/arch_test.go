@@ -2,7 +2,11 @@ package archtest
 
 import (
 	"encoding/json"
+	"go/parser"
+	"go/token"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -11,11 +15,21 @@ const module = "github.com/ztgate/ztgate"
 
 type pkg struct {
 	ImportPath   string
+	Dir          string
 	Imports      []string
-	TestImports  []string
-	XTestImports []string
+	TestImports  []string // of the package's _test.go files in the package
+	XTestImports []string // of its _test.go files of package <name>_test
 	Doc          string
 	Standard     bool
+	GoFiles      []string
+	TestGoFiles  []string
+	XTestGoFiles []string
+}
+
+// testOnly reports whether a package has only test files: test code, such
+// as in-process end-to-end tests that run several roles together.
+func (p pkg) testOnly() bool {
+	return len(p.GoFiles) == 0 && len(p.TestGoFiles)+len(p.XTestGoFiles) > 0
 }
 
 func listPackages(t *testing.T) []pkg {
@@ -46,10 +60,6 @@ func component(path string) string {
 	return rest
 }
 
-// e2e is the one package whose tests wire the roles together in one
-// process (cmd does it for the binary); nothing imports it.
-const e2e = module + "/internal/e2e"
-
 var (
 	roles          = map[string]bool{"gateway": true, "relay": true, "agent": true}
 	buildingBlocks = map[string]bool{"catalog": true, "conf": true, "netstack": true, "tunnel": true, "resolver": true}
@@ -70,59 +80,132 @@ func isStd(path string) bool {
 	return !strings.Contains(first, ".")
 }
 
-// TestDependencyDirection checks every import, of the code and of its
-// tests: the rules hold for tests too, except that internal/e2e's tests
-// may wire roles together.
-func TestDependencyDirection(t *testing.T) {
-	for _, p := range listPackages(t) {
-		for _, imp := range p.Imports {
-			checkImport(t, p.ImportPath, imp, false)
-		}
-		for _, imp := range append(p.TestImports, p.XTestImports...) {
-			checkImport(t, p.ImportPath, imp, true)
-		}
-	}
-}
+// testLibraries are third-party packages any test may import, catalog's
+// included: they are not linked into the binaries.
+var testLibraries = []string{"go.uber.org/goleak"}
 
-// checkImport reports an import of imp by the package at path (by its
-// tests when test) that DESIGN.md §2 forbids.
-func checkImport(t *testing.T, path, imp string, test bool) {
-	t.Helper()
+// importViolation returns why the package path (of component from) may
+// not import imp, or "" when it may. test is true for the imports of its
+// test files; testOnly for a package that has only test files.
+func importViolation(path, imp string, test, testOnly bool) string {
 	from := component(path)
 	if strings.HasPrefix(imp, module+"/") {
 		to := component(imp)
 		switch {
-		case imp == e2e && path != e2e:
-			t.Errorf("%s imports %s: it is test code", path, imp)
-		case path == e2e && roles[to] && !test:
-			t.Errorf("%s imports role %s outside its tests", path, imp)
 		case to == "cmd":
-			t.Errorf("%s imports %s: nothing imports cmd", path, imp)
+			return "nothing imports cmd"
 		case to == "integration" && from != "integration":
-			t.Errorf("%s imports %s: integration is test code", path, imp)
+			return "integration is test code"
 		case buildingBlocks[from] && roles[to]:
-			t.Errorf("%s imports role %s: building blocks never import roles", path, imp)
+			return "building blocks never import roles"
 		case buildingBlocks[from] && buildingBlocks[to] && to != from && to != "catalog":
-			t.Errorf("%s imports %s: building blocks import only catalog", path, imp)
-		case roles[from] && roles[to] && to != from:
-			t.Errorf("%s imports role %s: roles are wired together only in cmd and in internal/e2e's tests", path, imp)
+			return "building blocks import only catalog"
+		case roles[from] && roles[to] && to != from && !testOnly:
+			return "roles are wired together only in cmd (and in test-only packages)"
 		}
-		return
+		return ""
+	}
+	if test && hasPrefixPath(imp, testLibraries...) {
+		return ""
 	}
 	if from == "catalog" && !isStd(imp) {
-		t.Errorf("%s imports %s: catalog is pure model, standard library only", path, imp)
+		return "catalog is pure model, standard library only"
 	}
 	for dep, owner := range soleImporter {
-		if (imp == dep || strings.HasPrefix(imp, dep+"/")) && from != owner {
-			t.Errorf("%s imports %s: only %s may import %s", path, imp, owner, dep)
+		if hasPrefixPath(imp, dep) && from != owner {
+			return "only " + owner + " may import " + dep
+		}
+	}
+	return ""
+}
+
+// hasPrefixPath reports whether the import path imp is one of deps or
+// below one.
+func hasPrefixPath(imp string, deps ...string) bool {
+	for _, dep := range deps {
+		if imp == dep || strings.HasPrefix(imp, dep+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// TestDependencyDirection checks every import of every package, those of
+// its tests included, against the dependency direction of DESIGN.md §2.
+func TestDependencyDirection(t *testing.T) {
+	for _, p := range listPackages(t) {
+		for _, set := range []struct {
+			what    string
+			imports []string
+			test    bool
+		}{{"", p.Imports, false}, {" (tests)", p.TestImports, true}, {" (external tests)", p.XTestImports, true}} {
+			for _, imp := range set.imports {
+				if why := importViolation(p.ImportPath, imp, set.test, p.testOnly()); why != "" {
+					t.Errorf("%s%s imports %s: %s", p.ImportPath, set.what, imp, why)
+				}
+			}
+		}
+	}
+}
+
+func TestImportRules(t *testing.T) {
+	const m = module + "/"
+	for _, tc := range []struct {
+		path, imp      string
+		test, testOnly bool
+		ok             bool
+	}{
+		{m + "gateway", m + "netstack", false, false, true},
+		{m + "gateway", m + "relay", false, false, false},
+		{m + "gateway", m + "relay", true, false, false},
+		{m + "gateway", m + "netstack/netstacktest", true, false, true},
+		{m + "relay", m + "tunnel/tunneltest", true, false, true},
+		{m + "internal/e2e", m + "relay", true, true, true},
+		{m + "internal/e2e", m + "agent", true, true, true},
+		{m + "internal/e2e", m + "cmd/ztgate", true, true, false},
+		{m + "internal/e2e", "gvisor.dev/gvisor/pkg/tcpip", true, true, false},
+		{m + "internal/e2e", m + "integration", true, true, false},
+		{m + "netstack", m + "gateway", true, false, false},
+		{m + "netstack", "gvisor.dev/gvisor/pkg/tcpip/header", true, false, true},
+		{m + "resolver", m + "netstack/netstacktest", true, false, false},
+		{m + "resolver", m + "catalog", true, false, true},
+		{m + "gateway", "github.com/quic-go/quic-go", true, false, false},
+		{m + "gateway", "github.com/miekg/dns", false, false, false},
+		{m + "catalog", "github.com/BurntSushi/toml", true, false, false},
+		{m + "catalog", "go.uber.org/goleak", true, false, true},
+		{m + "catalog", "go.uber.org/goleak", false, false, false},
+		{m + "cmd/ztgate", "go.uber.org/goleak", true, false, true},
+		{m + "integration", m + "integration/testbackend", true, false, true},
+		{m + "agent", m + "integration/testbackend", true, false, false},
+	} {
+		why := importViolation(tc.path, tc.imp, tc.test, tc.testOnly)
+		if (why == "") != tc.ok {
+			t.Errorf("%s (test %v, test-only %v) imports %s: violation %q, want allowed %v",
+				tc.path, tc.test, tc.testOnly, tc.imp, why, tc.ok)
 		}
 	}
 }
 
 func TestEveryPackageHasDocComment(t *testing.T) {
 	for _, p := range listPackages(t) {
-		if strings.TrimSpace(p.Doc) == "" {
+		if strings.TrimSpace(p.Doc) == "" && !(p.testOnly() && testFilesHaveDoc(t, p)) {
 			t.Errorf("package %s has no doc comment", p.ImportPath)
 		}
 	}
+}
+
+// testFilesHaveDoc reports whether one of the test files of a test-only
+// package (whose doc go list does not report) has a package comment.
+func testFilesHaveDoc(t *testing.T, p pkg) bool {
+	t.Helper()
+	for _, name := range append(slices.Clone(p.TestGoFiles), p.XTestGoFiles...) {
+		f, err := parser.ParseFile(token.NewFileSet(), filepath.Join(p.Dir, name), nil, parser.PackageClauseOnly|parser.ParseComments)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Doc != nil && strings.TrimSpace(f.Doc.Text()) != "" {
+			return true
+		}
+	}
+	return false
 }

@@ -42,8 +42,8 @@ type Client struct {
 	cancel context.CancelFunc
 
 	mu    sync.Mutex
-	echo  map[uint32]chan []byte // (id<<16|seq) → waiter
-	unrch int                    // ICMP destination unreachable messages seen
+	echo  map[uint32]chan pingAnswer // (id<<16|seq) → waiter
+	unrch int                        // ICMP destination unreachable messages seen
 }
 
 var _ netstack.Device = (*Client)(nil)
@@ -69,7 +69,7 @@ func NewClient(mtu int, addrs ...netip.Addr) (*Client, error) {
 		{Destination: header.IPv6EmptySubnet, NIC: nicID},
 	})
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Client{s: s, ep: ep, mtu: mtu, ctx: ctx, cancel: cancel, echo: make(map[uint32]chan []byte)}, nil
+	return &Client{s: s, ep: ep, mtu: mtu, ctx: ctx, cancel: cancel, echo: make(map[uint32]chan pingAnswer)}, nil
 }
 
 // MTU implements netstack.Device.
@@ -157,11 +157,29 @@ func (c *Client) Unreachables() int {
 // ErrNoReply is returned by Ping when no echo reply came in time.
 var ErrNoReply = errors.New("no echo reply")
 
+// UnreachableError is returned by Ping when the request was answered with
+// an ICMP destination unreachable quoting it.
+type UnreachableError struct {
+	Code uint8 // 13: communication administratively prohibited
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("ICMP destination unreachable, code %d", e.Code)
+}
+
+// pingAnswer is an echo reply's payload, or the unreachable that answered
+// the request.
+type pingAnswer struct {
+	payload []byte
+	err     error
+}
+
 // Ping sends one IPv4 echo request from src to dst and waits for the reply
-// until ctx is done. It returns the reply's payload.
+// until ctx is done. It returns the reply's payload, or an
+// *UnreachableError when the request was refused with an ICMP error.
 func (c *Client) Ping(ctx context.Context, link *netstack.Link, src, dst netip.Addr, id, seq uint16, payload []byte) ([]byte, error) {
 	key := uint32(id)<<16 | uint32(seq)
-	ch := make(chan []byte, 1)
+	ch := make(chan pingAnswer, 1)
 	c.mu.Lock()
 	c.echo[key] = ch
 	c.mu.Unlock()
@@ -172,8 +190,8 @@ func (c *Client) Ping(ctx context.Context, link *netstack.Link, src, dst netip.A
 	}()
 	link.Deliver(EchoRequest(src, dst, id, seq, payload))
 	select {
-	case p := <-ch:
-		return p, nil
+	case a := <-ch:
+		return a.payload, a.err
 	case <-ctx.Done():
 		return nil, ErrNoReply
 	}
@@ -195,21 +213,34 @@ func (c *Client) takeICMP(p []byte) bool {
 		c.mu.Lock()
 		c.unrch++
 		c.mu.Unlock()
+		// An error quoting one of Ping's requests answers it.
+		q := icmpb[8:]
+		if len(q) >= 20 && q[0]>>4 == 4 && q[9] == 1 {
+			if qh := int(q[0]&0x0f) * 4; len(q) >= qh+8 && q[qh] == 8 {
+				c.answer(uint32(binary.BigEndian.Uint16(q[qh+4:]))<<16|uint32(binary.BigEndian.Uint16(q[qh+6:])),
+					pingAnswer{err: &UnreachableError{Code: icmpb[1]}})
+			}
+		}
 		return false
 	case 0:
 		key := uint32(binary.BigEndian.Uint16(icmpb[4:6]))<<16 | uint32(binary.BigEndian.Uint16(icmpb[6:8]))
-		c.mu.Lock()
-		ch := c.echo[key]
-		c.mu.Unlock()
-		if ch != nil {
-			select {
-			case ch <- append([]byte(nil), icmpb[8:]...):
-			default:
-			}
-		}
+		c.answer(key, pingAnswer{payload: append([]byte(nil), icmpb[8:]...)})
 		return true
 	}
 	return false
+}
+
+// answer hands a to the Ping waiting for key, if any.
+func (c *Client) answer(key uint32, a pingAnswer) {
+	c.mu.Lock()
+	ch := c.echo[key]
+	c.mu.Unlock()
+	if ch != nil {
+		select {
+		case ch <- a:
+		default:
+		}
+	}
 }
 
 // EchoRequest builds an IPv4 ICMP echo request packet.
