@@ -95,7 +95,13 @@ func newFileHarness(t *testing.T, config string) *fileHarness {
 func (h *fileHarness) write(t *testing.T, config string) {
 	t.Helper()
 	config = strings.ReplaceAll(config, "STATE", filepath.Join(h.dir, "state"))
-	if err := os.WriteFile(h.path, []byte(config), 0o644); err != nil {
+	// Replace the file at once, as editors do: the gateway's watcher may
+	// read it at any moment and must never see it half written.
+	tmp := h.path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, h.path); err != nil {
 		t.Fatal(err)
 	}
 }
