@@ -144,8 +144,8 @@ type Service struct {
 	Ports       []Port
 	Health      Health
 	Timeouts    Timeouts
-	MaxFlows    int    // concurrent flows; 0 means unlimited
-	Source      string // "file" or "api"
+	FlowLimits
+	Source string // "file" or "api"
 }
 
 // Allows reports whether tenant may reach the service.
@@ -178,7 +178,18 @@ func (t Timeouts) UDPIdleFor(port uint16) time.Duration {
 
 // Tenant groups the clients that share one set of permissions.
 type Tenant struct {
-	Name     string
-	Sources  []netip.Prefix // TUN-ingress clients from these prefixes belong to the tenant
-	MaxFlows int            // concurrent flows of the whole tenant; 0 means unlimited
+	Name    string
+	Sources []netip.Prefix // TUN-ingress clients from these prefixes belong to the tenant
+	FlowLimits
+}
+
+// FlowLimits are the limits a tenant or a service puts on its new flows, on
+// top of the gateway's. A zero field sets no limit of its own: the
+// gateway's [limits] apply (and a tenant gets its default share of the
+// handshakes).
+type FlowLimits struct {
+	MaxFlows              int // concurrent flows of the whole tenant or service
+	MaxInflightHandshakes int // TCP handshakes in progress of the whole tenant or service
+	NewFlowsPerSecond     int // new flows per second of each source address (of the tenant, or to the service)
+	NewFlowsBurst         int // burst of that rate; 0: the default (twice the rate, at most the gateway's burst)
 }

@@ -24,6 +24,9 @@ type ServiceContext struct {
 	// AllowUnknownTenants accepts tenant names not in Tenants, for gateways
 	// whose tenants also come from peer certificates.
 	AllowUnknownTenants bool
+	// Limits are the gateway's [limits]: a service's own limits may not
+	// exceed them. A zero field caps nothing.
+	Limits Limits
 }
 
 // ServiceContext returns the context the gateway's services are validated
@@ -33,6 +36,7 @@ func (g *Gateway) ServiceContext() ServiceContext {
 	ctx := ServiceContext{
 		Tenants:             g.Tenants,
 		AllowUnknownTenants: g.Tunnel.Relay != "" || g.Tunnel.Listen != "",
+		Limits:              g.Limits,
 	}
 	if g.Tunnel.Relay == "" {
 		ctx.Pool, ctx.Pool6 = g.TUN.Pool, g.TUN.Pool6

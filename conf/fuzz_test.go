@@ -3,6 +3,7 @@ package conf
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -56,7 +57,8 @@ func FuzzParseGateway(f *testing.F) {
 func FuzzParseServiceJSON(f *testing.F) {
 	f.Add([]byte(`{"name": "web", "tenants": ["acme"], "backends": ["192.0.2.10"], "port": [{"protocol": "tcp", "port": 80}]}`))
 	f.Add([]byte(`{"name": "Web", "tenants": ["*"], "vip": "10.100.0.10", "vip6": "fd00::10", "backends_srv": "_http._tcp.app.example",
-		"balance": "least_conn", "icmp": false, "max_flows": 3, "port": [{"name": "dns", "protocol": "udp", "port": 53, "target": 5353}],
+		"balance": "least_conn", "icmp": false, "max_flows": 3, "max_inflight_handshakes": 4,
+		"new_flows_per_second": 5, "new_flows_burst": 6, "port": [{"name": "dns", "protocol": "udp", "port": 53, "target": 5353}],
 		"health": {"type": "udp", "send": "x", "expect": "y", "interval": "2s", "timeout": "1s", "rise": 1, "fall": 1},
 		"timeouts": {"tcp_idle": "1m", "udp_idle": "10s"}}`))
 	f.Add([]byte(`{"name": 1, "port": [{"port": 1.5}], "health": null}`))
@@ -114,7 +116,9 @@ func gatewayTree(g *Gateway) map[string]any {
 	}
 	var tenants []map[string]any
 	for _, tn := range g.Tenants {
-		tenants = append(tenants, map[string]any{"name": tn.Name, "sources": strs(tn.Sources), "max_flows": tn.MaxFlows})
+		tenant := map[string]any{"name": tn.Name, "sources": strs(tn.Sources)}
+		maps.Copy(tenant, flowLimitsTree(tn.FlowLimits))
+		tenants = append(tenants, tenant)
 	}
 	if tenants != nil {
 		tree["tenant"] = tenants
@@ -132,7 +136,8 @@ func gatewayTree(g *Gateway) map[string]any {
 // serviceTree writes a service back as a tree of the [[service]] schema.
 func serviceTree(s catalog.Service) map[string]any {
 	m := map[string]any{"name": s.Name, "tenants": s.Tenants, "backends": s.Backends, "backends_srv": s.BackendsSRV,
-		"balance": s.Balance.String(), "icmp": s.ICMP, "max_flows": s.MaxFlows}
+		"balance": s.Balance.String(), "icmp": s.ICMP}
+	maps.Copy(m, flowLimitsTree(s.FlowLimits))
 	if s.VIP.IsValid() {
 		m["vip"] = s.VIP.String()
 	}
@@ -164,6 +169,12 @@ func serviceTree(s catalog.Service) map[string]any {
 	}
 	m["timeouts"] = timeouts
 	return m
+}
+
+// flowLimitsTree writes the limit keys of a tenant or service.
+func flowLimitsTree(l catalog.FlowLimits) map[string]any {
+	return map[string]any{"max_flows": l.MaxFlows, "max_inflight_handshakes": l.MaxInflightHandshakes,
+		"new_flows_per_second": l.NewFlowsPerSecond, "new_flows_burst": l.NewFlowsBurst}
 }
 
 // strs formats values with their String method.

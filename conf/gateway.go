@@ -43,7 +43,7 @@ func gatewayFromTree(name string, tree map[string]any) (*Gateway, error) {
 	g.StateDir = v.stateDir(sec.StateDir, defaultGatewayStateDir)
 	g.VIPHoldDown = v.holdDown("gateway.vip_hold_down", sec.VIPHoldDown, g.DNS.TTL)
 	g.DrainTimeout = v.duration("gateway.drain_timeout", sec.DrainTimeout, defaultDrainTimeout)
-	g.Tenants = v.tenants(raw.Tenants)
+	g.Tenants = v.tenants(raw.Tenants, g.Limits)
 
 	ctx := g.ServiceContext()
 	g.Services = make([]catalog.Service, len(raw.Services))

@@ -129,9 +129,21 @@ forward_timeout = "500ms"
 			}
 		}},
 		{"tenant max_flows", gatewayHead + "[[tenant]]\nname = \"Initech\"\nsources = [\"2001:db8::/32\", \"192.0.2.128/25\"]\nmax_flows = 5\n", func(t *testing.T, g *Gateway) {
-			want := catalog.Tenant{Name: "initech", Sources: []netip.Prefix{netip.MustParsePrefix("2001:db8::/32"), netip.MustParsePrefix("192.0.2.128/25")}, MaxFlows: 5}
+			want := catalog.Tenant{Name: "initech", Sources: []netip.Prefix{netip.MustParsePrefix("2001:db8::/32"), netip.MustParsePrefix("192.0.2.128/25")}, FlowLimits: catalog.FlowLimits{MaxFlows: 5}}
 			if !reflect.DeepEqual(g.Tenants[2], want) {
 				t.Errorf("tenant = %+v, want %+v", g.Tenants[2], want)
+			}
+		}},
+		{"tenant limits", gatewayHead + "[[tenant]]\nname = \"initech\"\nsources = [\"192.0.2.128/25\"]\nmax_inflight_handshakes = 1024\nnew_flows_per_second = 50\nnew_flows_burst = 60\n", func(t *testing.T, g *Gateway) {
+			want := catalog.FlowLimits{MaxInflightHandshakes: 1024, NewFlowsPerSecond: 50, NewFlowsBurst: 60}
+			if g.Tenants[2].FlowLimits != want {
+				t.Errorf("tenant limits = %+v, want %+v", g.Tenants[2].FlowLimits, want)
+			}
+		}},
+		{"service limits, no rate cap when [limits] has none", "[limits]\nnew_flows_per_second = 0\n" + webWith("max_flows = 9\nmax_inflight_handshakes = 8\nnew_flows_per_second = 5000\n", ""), func(t *testing.T, g *Gateway) {
+			want := catalog.FlowLimits{MaxFlows: 9, MaxInflightHandshakes: 8, NewFlowsPerSecond: 5000}
+			if g.Services[0].FlowLimits != want {
+				t.Errorf("service limits = %+v, want %+v", g.Services[0].FlowLimits, want)
 			}
 		}},
 	}

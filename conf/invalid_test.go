@@ -116,6 +116,15 @@ func TestParseGatewayInvalid(t *testing.T) {
 		{"source without length", "[[tenant]]\nname = \"acme\"\nsources = [\"198.51.100.7\"]\n", []string{`gw.toml: tenant[0].sources[0]: "198.51.100.7" is an address, not a prefix (did you mean 198.51.100.7/32?)`}},
 		{"overlapping tenants", gatewayHead + "[[tenant]]\nname = \"initech\"\nsources = [\"10.0.0.0/8\", \"198.51.100.128/25\"]\n", []string{
 			`gw.toml: tenant[2].sources[1]: 198.51.100.128/25 of tenant "initech" overlaps 198.51.100.0/24 of tenant "acme" (tenant[0].sources[0])`}},
+		{"negative tenant limits", "[[tenant]]\nname = \"acme\"\nsources = [\"192.0.2.0/24\"]\nmax_inflight_handshakes = -1\nnew_flows_per_second = -1\nnew_flows_burst = -1\n", []string{
+			"gw.toml: tenant[0].max_inflight_handshakes: must not be negative", "gw.toml: tenant[0].new_flows_per_second: must not be negative",
+			"gw.toml: tenant[0].new_flows_burst: must not be negative"}},
+		{"tenant limits above [limits]", "[limits]\nmax_inflight_handshakes = 100\nnew_flows_per_second = 10\nnew_flows_burst = 15\n[[tenant]]\nname = \"acme\"\nsources = [\"192.0.2.0/24\"]\nmax_inflight_handshakes = 101\nnew_flows_per_second = 11\nnew_flows_burst = 16\n", []string{
+			"gw.toml: tenant[0].max_inflight_handshakes: 101 is more than limits.max_inflight_handshakes 100, the bound of the whole gateway",
+			"gw.toml: tenant[0].new_flows_per_second: 11 is more than limits.new_flows_per_second 10, which bounds every source",
+			"gw.toml: tenant[0].new_flows_burst: 16 is more than limits.new_flows_burst 15, which bounds every source"}},
+		{"tenant limits out of range", "[[tenant]]\nname = \"acme\"\nsources = [\"192.0.2.0/24\"]\nmax_flows = 2000000000\n", []string{
+			"gw.toml: tenant[0].max_flows: 2000000000 is out of range 0..1073741824"}},
 		{"same prefix twice in a tenant", "[[tenant]]\nname = \"acme\"\nsources = [\"192.0.2.0/24\", \"192.0.2.0/24\"]\n", []string{"gw.toml: tenant[0].sources[1]: 192.0.2.0/24 is listed twice"}},
 
 		// [[service]] names and tenants.
@@ -161,6 +170,15 @@ func TestParseGatewayInvalid(t *testing.T) {
 		// balance, icmp, max_flows
 		{"bad balance", webWith("balance = \"random\"\n", ""), []string{`gw.toml: service[0].balance: "random" is not round_robin, least_conn or source_hash`}},
 		{"negative max_flows", webWith("max_flows = -1\n", ""), []string{"gw.toml: service[0].max_flows: must not be negative"}},
+		{"negative service limits", webWith("max_inflight_handshakes = -1\nnew_flows_per_second = -2\nnew_flows_burst = -3\n", ""), []string{
+			"gw.toml: service[0].max_inflight_handshakes: must not be negative", "gw.toml: service[0].new_flows_per_second: must not be negative",
+			"gw.toml: service[0].new_flows_burst: must not be negative"}},
+		{"service limits above [limits]", "[limits]\nnew_flows_per_second = 10\n" + webWith("max_inflight_handshakes = 1025\nnew_flows_per_second = 20\nnew_flows_burst = 21\n", ""), []string{
+			"gw.toml: service[0].max_inflight_handshakes: 1025 is more than limits.max_inflight_handshakes 1024",
+			"gw.toml: service[0].new_flows_per_second: 20 is more than limits.new_flows_per_second 10",
+			"gw.toml: service[0].new_flows_burst: 21 is more than limits.new_flows_burst 20"}},
+		{"service burst without a rate", webWith("new_flows_burst = 3\n", ""), []string{
+			"gw.toml: service[0].new_flows_burst: needs new_flows_per_second in the same table: a burst belongs to a rate"}},
 
 		// [[service.port]]
 		{"no ports", svc("name = \"web\"\ntenants = [\"acme\"]\nbackends = [\"192.0.2.10\"]\n"), []string{"gw.toml: service[0].port: required: at least one [[service.port]]"}},

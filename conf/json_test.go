@@ -18,6 +18,7 @@ func apiContext() ServiceContext {
 			{Name: "acme", Sources: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}},
 			{Name: "globex", Sources: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}},
 		},
+		Limits: Limits{MaxFlows: 65536, MaxInflightHandshake: 1024, NewFlowsPerSecond: 1000, NewFlowsBurst: 2000},
 	}
 }
 
@@ -31,6 +32,9 @@ func TestParseServiceJSON(t *testing.T) {
 		"balance": "least_conn",
 		"icmp": false,
 		"max_flows": 100,
+		"max_inflight_handshakes": 16,
+		"new_flows_per_second": 20,
+		"new_flows_burst": 30,
 		"port": [{"name": "http", "protocol": "tcp", "port": 80, "target": 8080}],
 		"health": {"type": "http", "path": "/healthz", "expect_status": 200, "interval": "2s", "timeout": "500ms", "rise": 1, "fall": 2},
 		"timeouts": {"tcp_idle": "5m", "udp_idle": null}
@@ -41,8 +45,9 @@ func TestParseServiceJSON(t *testing.T) {
 	want := catalog.Service{
 		Name: "web", Tenants: []string{"acme"},
 		VIP: netip.MustParseAddr("10.100.0.10"), VIP6: netip.MustParseAddr("fd00::10"),
-		Backends: []string{"192.0.2.10", "app.corp.example"}, Balance: catalog.LeastConn, MaxFlows: 100,
-		Ports: []catalog.Port{{Name: "http", Protocol: catalog.TCP, Port: 80, Target: 8080}},
+		Backends: []string{"192.0.2.10", "app.corp.example"}, Balance: catalog.LeastConn,
+		FlowLimits: catalog.FlowLimits{MaxFlows: 100, MaxInflightHandshakes: 16, NewFlowsPerSecond: 20, NewFlowsBurst: 30},
+		Ports:      []catalog.Port{{Name: "http", Protocol: catalog.TCP, Port: 80, Target: 8080}},
 		Health: catalog.Health{Type: catalog.HealthHTTP, Port: 8080, Path: "/healthz", ExpectStatus: 200,
 			Interval: 2 * time.Second, Timeout: 500 * time.Millisecond, Rise: 1, Fall: 2},
 		Timeouts: catalog.Timeouts{TCPIdle: 5 * time.Minute, UDPIdle: 2 * time.Minute, DNSIdle: 30 * time.Second},
@@ -87,6 +92,25 @@ func TestParseServiceJSONInvalid(t *testing.T) {
 			"service.port[0].port: 0 is out of range 1..65535",
 			"service.vip: 10.100.0.255 is the broadcast address of the pool 10.100.0.0/24",
 		}},
+		{"negative limits", `{"name": "web", "tenants": ["*"], "backends": ["192.0.2.1"], "max_flows": -1, "max_inflight_handshakes": -2,
+			"new_flows_per_second": -3, "new_flows_burst": -4, ` + ports + `}`, nil, []string{
+			"service.max_flows: must not be negative",
+			"service.max_inflight_handshakes: must not be negative",
+			"service.new_flows_per_second: must not be negative",
+			"service.new_flows_burst: must not be negative",
+		}},
+		{"limits above the gateway's", `{"name": "web", "tenants": ["*"], "backends": ["192.0.2.1"], "max_inflight_handshakes": 1025,
+			"new_flows_per_second": 1001, "new_flows_burst": 2001, ` + ports + `}`, nil, []string{
+			"service.max_inflight_handshakes: 1025 is more than limits.max_inflight_handshakes 1024, the bound of the whole gateway",
+			"service.new_flows_per_second: 1001 is more than limits.new_flows_per_second 1000, which bounds every source",
+			"service.new_flows_burst: 2001 is more than limits.new_flows_burst 2000, which bounds every source",
+		}},
+		{"no rate cap when the gateway has none", `{"name": "web", "tenants": ["*"], "backends": ["192.0.2.1"], "new_flows_per_second": 5000,
+			"new_flows_burst": 99999, "max_inflight_handshakes": 1025, ` + ports + `}`,
+			func(c *ServiceContext) { c.Limits.NewFlowsPerSecond = 0 }, []string{
+				"service.max_inflight_handshakes: 1025 is more than limits.max_inflight_handshakes 1024"}},
+		{"burst without a rate", `{"name": "web", "tenants": ["*"], "backends": ["192.0.2.1"], "new_flows_burst": 5, ` + ports + `}`, nil, []string{
+			"service.new_flows_burst: needs new_flows_per_second in the same table"}},
 		{"no IPv6 pool", `{"name": "web", "tenants": ["*"], "backends": ["192.0.2.1"], "vip6": "fd00::10", ` + ports + `}`,
 			func(c *ServiceContext) { c.Pool6 = netip.Prefix{} }, []string{"service.vip6: fd00::10 cannot be pinned: no IPv6 pool (pool6) is configured"}},
 		{"pin on a relay-attached gateway", `{"name": "web", "tenants": ["*"], "backends": ["192.0.2.1"], "vip": "10.100.0.10", ` + ports + `}`,

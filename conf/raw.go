@@ -68,9 +68,12 @@ type rawDiscovery struct {
 }
 
 type rawTenant struct {
-	Name     string   `toml:"name"`
-	Sources  []string `toml:"sources"`
-	MaxFlows int      `toml:"max_flows"`
+	Name                  string   `toml:"name"`
+	Sources               []string `toml:"sources"`
+	MaxFlows              int      `toml:"max_flows"`
+	MaxInflightHandshakes int      `toml:"max_inflight_handshakes"`
+	NewFlowsPerSecond     int      `toml:"new_flows_per_second"`
+	NewFlowsBurst         int      `toml:"new_flows_burst"`
 }
 
 type rawService struct {
@@ -82,10 +85,14 @@ type rawService struct {
 	BackendsSRV string       `toml:"backends_srv"`
 	Balance     string       `toml:"balance"`
 	ICMP        *bool        `toml:"icmp"`
-	MaxFlows    int          `toml:"max_flows"`
 	Ports       []rawPort    `toml:"port"`
 	Health      *rawHealth   `toml:"health"`
 	Timeouts    *rawTimeouts `toml:"timeouts"`
+
+	MaxFlows              int `toml:"max_flows"`
+	MaxInflightHandshakes int `toml:"max_inflight_handshakes"`
+	NewFlowsPerSecond     int `toml:"new_flows_per_second"`
+	NewFlowsBurst         int `toml:"new_flows_burst"`
 }
 
 type rawPort struct {

@@ -18,8 +18,13 @@ func (v *validator) service(path string, r *rawService, ctx *ServiceContext) cat
 		Backends:    v.backends(join(path, "backends"), r.Backends, r.BackendsSRV != ""),
 		BackendsSRV: r.BackendsSRV,
 		ICMP:        r.ICMP == nil || *r.ICMP,
-		MaxFlows:    r.MaxFlows,
 		Ports:       v.ports(join(path, "port"), r.Ports),
+		FlowLimits: v.flowLimits(path, catalog.FlowLimits{
+			MaxFlows:              r.MaxFlows,
+			MaxInflightHandshakes: r.MaxInflightHandshakes,
+			NewFlowsPerSecond:     r.NewFlowsPerSecond,
+			NewFlowsBurst:         r.NewFlowsBurst,
+		}, ctx.Limits),
 	}
 	if r.VIP != "" {
 		s.VIP = v.vip(join(path, "vip"), r.VIP, true)
@@ -41,9 +46,6 @@ func (v *validator) service(path string, r *rawService, ctx *ServiceContext) cat
 		if ok {
 			s.Balance = b
 		}
-	}
-	if r.MaxFlows < 0 {
-		v.addf(join(path, "max_flows"), "must not be negative")
 	}
 	s.Health = v.health(join(path, "health"), r.Health, s.Ports)
 	s.Timeouts = v.timeouts(join(path, "timeouts"), r.Timeouts)

@@ -30,8 +30,8 @@ func (v *validator) serviceName(path, s string) string {
 }
 
 // tenants validates the [[tenant]] tables: unique names, sources that are
-// network addresses and that no two tenants share.
-func (v *validator) tenants(rs []rawTenant) []catalog.Tenant {
+// network addresses and that no two tenants share, limits within global.
+func (v *validator) tenants(rs []rawTenant, global Limits) []catalog.Tenant {
 	type owned struct {
 		prefix netip.Prefix
 		tenant int
@@ -44,14 +44,19 @@ func (v *validator) tenants(rs []rawTenant) []catalog.Tenant {
 	)
 	for i, r := range rs {
 		path := index("tenant", i)
-		t := catalog.Tenant{Name: v.name(join(path, "name"), r.Name), MaxFlows: r.MaxFlows}
+		t := catalog.Tenant{
+			Name: v.name(join(path, "name"), r.Name),
+			FlowLimits: v.flowLimits(path, catalog.FlowLimits{
+				MaxFlows:              r.MaxFlows,
+				MaxInflightHandshakes: r.MaxInflightHandshakes,
+				NewFlowsPerSecond:     r.NewFlowsPerSecond,
+				NewFlowsBurst:         r.NewFlowsBurst,
+			}, global),
+		}
 		if j, dup := seen[t.Name]; dup && t.Name != "" {
 			v.addf(join(path, "name"), "%q is also the name of tenant[%d]", t.Name, j)
 		} else {
 			seen[t.Name] = i
-		}
-		if r.MaxFlows < 0 {
-			v.addf(join(path, "max_flows"), "must not be negative")
 		}
 		if len(r.Sources) == 0 {
 			v.addf(join(path, "sources"), "required: at least one prefix such as \"198.51.100.0/24\"")

@@ -29,14 +29,15 @@ type decision struct {
 
 // classify decides a new flow: the source is known and within its rate of
 // new flows; destination VIP:port → service and port mapping; (tenant,
-// service) → allowed. proto 0 classifies an ICMP echo.
+// service) → allowed; the source within its rate to the service. proto 0
+// classifies an ICMP echo.
 func (g *Gateway) classify(t *table, proto catalog.Protocol, src netip.Addr, dst netip.AddrPort) decision {
 	p, ok := g.identify(t, src)
 	if !ok {
 		return decision{refused: refuseUnknownSource}
 	}
-	if !g.allowNew(t, src) {
-		return decision{peer: p, refused: refuseRate}
+	if reason := g.allowSource(t, p.tenant, src); reason != "" {
+		return decision{peer: p, refused: reason}
 	}
 	svc := t.lookupVIP(dst.Addr())
 	if svc == nil {
@@ -45,15 +46,16 @@ func (g *Gateway) classify(t *table, proto catalog.Protocol, src netip.Addr, dst
 	if !svc.spec.Allows(p.tenant) {
 		return decision{peer: p, svc: svc, refused: refuseTenant}
 	}
+	var port catalog.Port
 	if proto == 0 {
 		if !svc.spec.ICMP {
 			return decision{peer: p, svc: svc, refused: refuseICMP}
 		}
-		return decision{peer: p, svc: svc}
-	}
-	port, ok := svc.spec.PortFor(proto, dst.Port())
-	if !ok {
+	} else if port, ok = svc.spec.PortFor(proto, dst.Port()); !ok {
 		return decision{peer: p, svc: svc, refused: refusePort}
+	}
+	if !g.allowToService(t, svc, src) {
+		return decision{peer: p, svc: svc, refused: refuseServiceRate}
 	}
 	return decision{peer: p, svc: svc, port: port}
 }

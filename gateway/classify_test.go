@@ -108,7 +108,7 @@ func TestClassify(t *testing.T) {
 
 func TestTenantLookup(t *testing.T) {
 	tt := newTenantTable([]catalog.Tenant{
-		{Name: "wide", Sources: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}, MaxFlows: 10},
+		{Name: "wide", Sources: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}, FlowLimits: catalog.FlowLimits{MaxFlows: 10}},
 		// Sources need not be masked; the narrower prefix wins whatever
 		// the order of the tenants.
 		{Name: "narrow", Sources: []netip.Prefix{netip.MustParsePrefix("198.51.100.77/28"), netip.MustParsePrefix("2001:db8:5::/48")}},
@@ -138,7 +138,7 @@ func TestTenantLookup(t *testing.T) {
 			}
 		})
 	}
-	if tt.maxFlows["wide"] != 10 || len(tt.maxFlows) != 1 {
-		t.Errorf("max flows %v, want only wide: 10", tt.maxFlows)
+	if tt.limits["wide"].MaxFlows != 10 || len(tt.limits) != 1 {
+		t.Errorf("limits %v, want only wide's max_flows 10", tt.limits)
 	}
 }

@@ -107,7 +107,7 @@ func TestSYNFlood(t *testing.T) {
 	if share := int64(1024 / handshakeShare); peak > share {
 		t.Errorf("acme held %d handshakes, its share is %d", peak, share)
 	}
-	shed := metricValue(t, h.gw, "ztgate_flows_refused_total", "protocol", "tcp", "reason", refuseHandshakes)
+	shed := metricValue(t, h.gw, "ztgate_flows_refused_total", "protocol", "tcp", "reason", refuseTenantHandshakes)
 	stack := metricValue(t, h.gw, "ztgate_stack_packets_dropped_total", "reason", "tcp_handshake_limit")
 	t.Logf("flood: peak %d acme handshakes, %v SYNs shed by the tenant share, %v by the stack's bound", peak, shed, stack)
 	if shed < 1 {

@@ -7,23 +7,28 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/ztgate/ztgate/catalog"
+	"github.com/ztgate/ztgate/conf"
 	"github.com/ztgate/ztgate/netstack"
 )
 
 // Reasons a new flow is refused or dropped by a limit; they label
 // ztgate_flows_refused_total with the reasons of classify.go.
 const (
-	refuseLimit        = "flow_limit"         // [limits] max_flows of the gateway
-	refuseServiceLimit = "service_flow_limit" // [[service]] max_flows
-	refuseTenantLimit  = "tenant_flow_limit"  // [[tenant]] max_flows
-	refuseRate         = "rate_limited"       // [limits] new_flows_per_second of the source
-	refuseHandshakes   = "handshake_limit"    // the tenant's share of in-flight TCP handshakes
+	refuseLimit             = "flow_limit"              // [limits] max_flows of the gateway
+	refuseServiceLimit      = "service_flow_limit"      // [[service]] max_flows
+	refuseTenantLimit       = "tenant_flow_limit"       // [[tenant]] max_flows
+	refuseRate              = "rate_limited"            // [limits] new_flows_per_second of the source
+	refuseTenantRate        = "tenant_rate_limited"     // [[tenant]] new_flows_per_second of the source
+	refuseServiceRate       = "service_rate_limited"    // [[service]] new_flows_per_second of the source
+	refuseTenantHandshakes  = "handshake_limit"         // the tenant's in-flight TCP handshakes (its own bound or its share)
+	refuseServiceHandshakes = "service_handshake_limit" // [[service]] max_inflight_handshakes
 )
 
-// handshakeShare is the part of [limits] max_inflight_handshakes one
-// tenant may hold: a SYN flood from one tenant leaves the rest to the
-// others. gVisor's forwarder enforces the whole bound; the gateway the
-// share.
+// handshakeShare is the part of [limits] max_inflight_handshakes a tenant
+// without a max_inflight_handshakes of its own may hold: a SYN flood from
+// one tenant leaves the rest to the others. gVisor's forwarder enforces
+// the whole bound; the gateway the tenants' and the services'.
 const handshakeShare = 2 // one tenant: at most 1/handshakeShare of the bound
 
 // flowLimits holds the counters behind the limits of new flows: per
@@ -98,10 +103,45 @@ func (l *flowLimits) tenant(name string) *tenantCount {
 	return c
 }
 
-// allowNew charges a new flow (or echo request) from src to its source's
-// rate; false when the source is over new_flows_per_second.
-func (g *Gateway) allowNew(t *table, src netip.Addr) bool {
-	return g.limits.rates.allow(src, t.limits.NewFlowsPerSecond, t.limits.NewFlowsBurst, g.now())
+// allowSource charges a new flow (or echo request) from src, a source of
+// tenant, to the source's rate: the tenant's new_flows_per_second, else
+// the gateway's. It returns the refusal reason when the source is over it.
+func (g *Gateway) allowSource(t *table, tenant string, src netip.Addr) string {
+	perSecond, burst := ownRate(t.tenants.limits[tenant], t.limits)
+	reason := refuseTenantRate
+	if perSecond == 0 {
+		perSecond, burst, reason = t.limits.NewFlowsPerSecond, t.limits.NewFlowsBurst, refuseRate
+	}
+	if !g.limits.rates.allow(rateKey{src: src}, perSecond, burst, g.now()) {
+		return reason
+	}
+	return ""
+}
+
+// allowToService charges a new flow from src to svc's own rate per source,
+// if it has one; false when src is over it.
+func (g *Gateway) allowToService(t *table, svc *service, src netip.Addr) bool {
+	perSecond, burst := ownRate(svc.spec.FlowLimits, t.limits)
+	return g.limits.rates.allow(rateKey{service: svc.spec.Name, src: src}, perSecond, burst, g.now())
+}
+
+// ownRate is the rate of new flows per source a tenant or service sets for
+// itself, and its burst: by default twice the rate; both at most the
+// gateway's (conf rejects more; the cap keeps API services stored under
+// an older [limits] within the running one). 0: none of its own.
+func ownRate(own catalog.FlowLimits, global conf.Limits) (perSecond, burst int) {
+	perSecond, burst = own.NewFlowsPerSecond, own.NewFlowsBurst
+	if perSecond <= 0 {
+		return 0, 0
+	}
+	if burst <= 0 {
+		burst = 2 * perSecond
+	}
+	if global.NewFlowsPerSecond > 0 {
+		perSecond = min(perSecond, global.NewFlowsPerSecond)
+		burst = min(burst, global.NewFlowsBurst)
+	}
+	return perSecond, max(burst, 1)
 }
 
 // admit reserves a flow slot of the gateway, of the flow's tenant and of
@@ -111,7 +151,7 @@ func (g *Gateway) admit(t *table, d decision) string {
 		return refuseLimit
 	}
 	tc := g.limits.tenant(d.peer.tenant)
-	if !reserve(&tc.flows, t.tenants.maxFlows[d.peer.tenant]) {
+	if !reserve(&tc.flows, t.tenants.limits[d.peer.tenant].MaxFlows) {
 		g.flowCount.Add(-1)
 		return refuseTenantLimit
 	}
@@ -139,26 +179,48 @@ func (g *Gateway) release(svc *service, tenant string) {
 	g.flowCount.Add(-1)
 }
 
-// refuseOrDrop answers a refused SYN: load shedding (a source over its rate,
-// a tenant over its handshakes) drops it, so the client retries a second
-// later and a flood is not reflected as resets; every other refusal is a
-// RST, so the client never hangs.
+// refuseOrDrop answers a refused SYN: load shedding (a source over a rate,
+// a tenant or service over its handshakes) drops it, so the client retries
+// a second later and a flood is not reflected as resets; every other
+// refusal is a RST, so the client never hangs.
 func refuseOrDrop(req *netstack.TCPRequest, reason string) {
 	switch reason {
-	case refuseRate, refuseHandshakes:
+	case refuseRate, refuseTenantRate, refuseServiceRate, refuseTenantHandshakes, refuseServiceHandshakes:
 		req.Drop()
 	default:
 		req.Refuse()
 	}
 }
 
-// beginHandshake reserves one of the tenant's share of in-flight TCP
-// handshakes, held from the SYN until the client's handshake completes or
-// fails; false when the tenant holds its whole share.
-func (g *Gateway) beginHandshake(tenant string) bool {
-	share := max(1, g.cfg.Limits.MaxInflightHandshake/handshakeShare)
-	return reserve(&g.limits.tenant(tenant).handshakes, share)
+// beginHandshake reserves an in-flight TCP handshake of the flow's tenant
+// and of its service, held from the SYN until the client's handshake
+// completes or fails; it returns the refusal reason when either holds all
+// it may.
+func (g *Gateway) beginHandshake(t *table, d decision) string {
+	tc := g.limits.tenant(d.peer.tenant)
+	if !reserve(&tc.handshakes, g.tenantHandshakes(t, d.peer.tenant)) {
+		return refuseTenantHandshakes
+	}
+	if !reserve(&d.svc.st.handshakes, d.svc.spec.MaxInflightHandshakes) {
+		tc.handshakes.Add(-1)
+		return refuseServiceHandshakes
+	}
+	return ""
 }
 
-// endHandshake gives back what beginHandshake reserved.
-func (g *Gateway) endHandshake(tenant string) { g.limits.tenant(tenant).handshakes.Add(-1) }
+// tenantHandshakes is the bound of a tenant's in-flight handshakes: its
+// own max_inflight_handshakes, else its share of the gateway's; at most
+// the gateway's bound the netstack was started with.
+func (g *Gateway) tenantHandshakes(t *table, tenant string) int {
+	bound := g.cfg.Limits.MaxInflightHandshake
+	if own := t.tenants.limits[tenant].MaxInflightHandshakes; own > 0 {
+		return min(own, bound)
+	}
+	return max(1, bound/handshakeShare)
+}
+
+// endHandshake gives back what beginHandshake reserved for d.
+func (g *Gateway) endHandshake(d decision) {
+	d.svc.st.handshakes.Add(-1)
+	g.limits.tenant(d.peer.tenant).handshakes.Add(-1)
+}

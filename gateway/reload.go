@@ -218,6 +218,9 @@ func changedFields(a, b catalog.Service) []string {
 	d.check("health", a.Health, b.Health)
 	d.check("timeouts", a.Timeouts, b.Timeouts)
 	d.check("max_flows", a.MaxFlows, b.MaxFlows)
+	d.check("max_inflight_handshakes", a.MaxInflightHandshakes, b.MaxInflightHandshakes)
+	d.check("new_flows_per_second", a.NewFlowsPerSecond, b.NewFlowsPerSecond)
+	d.check("new_flows_burst", a.NewFlowsBurst, b.NewFlowsBurst)
 	return d
 }
 

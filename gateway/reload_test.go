@@ -125,7 +125,13 @@ func newFileHarness(t *testing.T, config string) *fileHarness {
 func (h *fileHarness) write(t *testing.T, config string) {
 	t.Helper()
 	config = strings.ReplaceAll(config, "STATE", filepath.Join(h.dir, "state"))
-	if err := os.WriteFile(h.path, []byte(config), 0o644); err != nil {
+	// Replace the file at once, as editors do: the gateway's watcher may
+	// read it at any moment and must never see it half written.
+	tmp := h.path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, h.path); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -379,6 +385,12 @@ func TestAPIStatusCodes(t *testing.T) {
 		{"add duplicate name", "POST", "/v1/services", svcBody("api1", ""), true, 409, "exists"},
 		{"add pinned on a used VIP", "POST", "/v1/services", svcBody("api2", "10.100.0.7"), true, 409, "10.100.0.7"},
 		{"add invalid", "POST", "/v1/services", `{"name": "Bad Name!", "bogus": 1}`, true, 400, "bogus"},
+		{"add with limits", "POST", "/v1/services", strings.Replace(svcBody("api3", ""), `"port"`,
+			`"max_inflight_handshakes": 8, "new_flows_per_second": 5, "new_flows_burst": 10, "port"`, 1), true, 201, `"api3"`},
+		{"add with limits over the gateway's", "POST", "/v1/services", strings.Replace(svcBody("api4", ""), `"port"`,
+			`"max_inflight_handshakes": 5000, "port"`, 1), true, 400, "limits.max_inflight_handshakes 1024"},
+		{"add with a negative limit", "POST", "/v1/services", strings.Replace(svcBody("api4", ""), `"port"`,
+			`"new_flows_per_second": -1, "port"`, 1), true, 400, "new_flows_per_second: must not be negative"},
 		{"add too big", "POST", "/v1/services", `{"name": "` + strings.Repeat("x", 2<<20) + `"}`, true, 413, "larger"},
 		{"delete file service", "DELETE", "/v1/services/echo", "", true, 409, "configuration file"},
 		{"delete unknown", "DELETE", "/v1/services/nope", "", true, 404, "nope"},

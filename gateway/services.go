@@ -20,12 +20,14 @@ type service struct {
 }
 
 // serviceState is what outlives a reload of a service of the same name:
-// its backends with their health, its flow count, its balancer.
+// its backends with their health, its flow and handshake counts, its
+// balancer.
 type serviceState struct {
-	name     string
-	flows    atomic.Int64
-	picker   picker
-	backends atomic.Pointer[backendSet]
+	name       string
+	flows      atomic.Int64
+	handshakes atomic.Int64 // TCP handshakes in flight
+	picker     picker
+	backends   atomic.Pointer[backendSet]
 
 	mu sync.Mutex // serialises changes of backends
 

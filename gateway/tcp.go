@@ -31,23 +31,24 @@ func (g *Gateway) HandleTCP(req *netstack.TCPRequest) {
 		return
 	}
 	// A tenant's SYN flood holds at most its share of the handshakes in
-	// flight, the rest is the other tenants'.
-	if !g.beginHandshake(d.peer.tenant) {
+	// flight, the rest is the other tenants'; a service's bound caps what a
+	// flood against it or a slow backend holds.
+	if reason := g.beginHandshake(t, d); reason != "" {
 		g.release(d.svc, d.peer.tenant)
-		g.refuse("tcp", refuseHandshakes)
-		refuseOrDrop(req, refuseHandshakes)
+		g.refuse("tcp", reason)
+		refuseOrDrop(req, reason)
 		return
 	}
 	be, b, reason := g.dialTCP(d, req.Src.Addr())
 	if be == nil {
-		g.endHandshake(d.peer.tenant)
+		g.endHandshake(d)
 		g.release(d.svc, d.peer.tenant)
 		g.refuse("tcp", reason)
 		req.Refuse()
 		return
 	}
 	client, err := req.Accept()
-	g.endHandshake(d.peer.tenant)
+	g.endHandshake(d)
 	if err != nil {
 		be.Close()
 		g.release(d.svc, d.peer.tenant)

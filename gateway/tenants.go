@@ -11,8 +11,8 @@ import (
 // tenantTable maps a LAN client address to its tenant by the tenants'
 // source prefixes, most specific prefix first.
 type tenantTable struct {
-	entries  []tenantPrefix
-	maxFlows map[string]int // [[tenant]] max_flows by name; absent or 0: unlimited
+	entries []tenantPrefix
+	limits  map[string]catalog.FlowLimits // the [[tenant]] limits by name; absent: none of its own
 }
 
 type tenantPrefix struct {
@@ -21,10 +21,10 @@ type tenantPrefix struct {
 }
 
 func newTenantTable(tenants []catalog.Tenant) tenantTable {
-	t := tenantTable{maxFlows: make(map[string]int)}
+	t := tenantTable{limits: make(map[string]catalog.FlowLimits)}
 	for _, tn := range tenants {
-		if tn.MaxFlows > 0 {
-			t.maxFlows[tn.Name] = tn.MaxFlows
+		if tn.FlowLimits != (catalog.FlowLimits{}) {
+			t.limits[tn.Name] = tn.FlowLimits
 		}
 		for _, p := range tn.Sources {
 			t.entries = append(t.entries, tenantPrefix{prefix: p.Masked(), tenant: tn.Name})
