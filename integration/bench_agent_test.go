@@ -63,13 +63,15 @@ func quicCeiling(t *testing.T) float64 {
 }
 
 // TestBenchAgent: TCP throughput and round trips from an agent through the
-// relay and the gateway, next to the quic-go DATAGRAM ceiling, the kernel
+// relay and the gateway, then over the direct path to the gateway, next to the quic-go DATAGRAM ceiling, the kernel
 // forwarding the agent's namespace to the backend over the same
 // namespaces, and wireguard-go between the agent and the gateway.
 func TestBenchAgent(t *testing.T) {
 	requireBench(t)
 	needTools(t, "iperf3", "wg")
-	r := newRelayTopo(t, "a1")
+	// The direct link of docs/direct-path.md, blocked by the agent's
+	// firewall until the direct path is measured.
+	r := newDirectTopo(t)
 	r.startBackend("192.0.2.10")
 	srv := r.start(r.backends, "iperf3 server", "iperf3", "-s", "-B", "192.0.2.10", "-p", "5201")
 	defer srv.stop(2 * time.Second)
@@ -79,6 +81,7 @@ name = "gw1"
 state_dir = "%s/gw-state"
 [tunnel]
 relay = "203.0.113.13:4433"
+listen = "198.51.100.1:4434"
 server_name = "relay.test"
 cert = "%s/gw1.crt"
 key = "%s/gw1.key"
@@ -102,7 +105,8 @@ backends = ["192.0.2.10"]
 `, r.dir, r.pki, r.pki, r.pki))
 	r.startRelay()
 	r.startGateway()
-	r.startAgent("a1", "acme")
+	r.directFirewall(t, "out")
+	agent := r.startAgent("a1", "acme")
 	a1 := r.agents["a1"]
 	var vip string
 	eventually(t, 15*time.Second, "bench.ztna.internal resolves", func() error {
@@ -144,12 +148,16 @@ backends = ["192.0.2.10"]
 		r.exec(a1, "ip", "link", "set", "ztagent0", "txqueuelen", q)
 	}
 	t.Log(r.exec(a1, "ip", "link", "show", "ztagent0"))
-	cpu0 := r.procCPU()
-	if dir := os.Getenv("ZTGATE_BENCH_PROFILE"); dir != "" {
-		for name, ns := range map[string]string{"relay": r.relay, "gateway": r.gw, "agent": a1} {
-			go r.try(ns, 20*time.Second, "curl", "-s", "-o", filepath.Join(dir, "agentpath-"+name+".pprof"), "http://127.0.0.1:6060/debug/pprof/profile?seconds=4")
+	// profile saves a 4-second CPU profile of each role, when asked for.
+	profile := func(path string) {
+		if dir := os.Getenv("ZTGATE_BENCH_PROFILE"); dir != "" {
+			for name, ns := range map[string]string{"relay": r.relay, "gateway": r.gw, "agent": a1} {
+				go r.try(ns, 20*time.Second, "curl", "-s", "-o", filepath.Join(dir, "agentpath-"+path+"-"+name+".pprof"), "http://127.0.0.1:6060/debug/pprof/profile?seconds=4")
+			}
 		}
 	}
+	cpu0 := r.procCPU()
+	profile("relay")
 	agentUp, err := r.iperf3(a1, vip, 5201, d, false, 1)
 	t.Logf("CPU seconds during the agent upload: %v", r.procCPU().minus(cpu0))
 	if os.Getenv("ZTGATE_BENCH_VERBOSE") != "" {
@@ -170,6 +178,38 @@ backends = ["192.0.2.10"]
 		t.Fatal(err)
 	}
 	agentLat := latency(vip)
+	if up, down := r.relayData(t); up == 0 || down == 0 {
+		t.Fatalf("the relay path was measured, but the relay forwarded %v/%v datagrams", up, down)
+	}
+
+	// The direct path: agent → gateway over one QUIC hop, the relay only
+	// signalling. New flows offer it once the agent's backoff has passed.
+	r.directFirewall(t, "")
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(agent.out.String(), "direct path up") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no direct path:\n%s", agent.out.String())
+		}
+		r.try(a1, 3*time.Second, r.backendBin, "-latency", vip+":7", "-n", "1")
+		time.Sleep(200 * time.Millisecond)
+	}
+	relayUp, relayDown := r.relayData(t)
+	cpu0 = r.procCPU()
+	profile("direct")
+	directUp, err := r.iperf3(a1, vip, 5201, d, false, 1)
+	t.Logf("CPU seconds during the direct upload: %v", r.procCPU().minus(cpu0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	directDown, err := r.iperf3(a1, vip, 5201, d, true, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	directLat := latency(vip)
+	if up, down := r.relayData(t); up != relayUp || down != relayDown {
+		t.Fatalf("the relay carried data of the direct path: %v/%v → %v/%v datagrams", relayUp, relayDown, up, down)
+	}
+
 	ceiling := quicCeiling(t)
 	wgUp, wgDown, wgLat := r.wireguardPath(t, d, latency)
 
@@ -178,14 +218,19 @@ backends = ["192.0.2.10"]
 		benchResult{Case: "agent_tcp_up", Path: "kernel_forwarding", Value: kernelUp / 1e9, Unit: "Gbit/s"},
 		benchResult{Case: "agent_tcp_up", Path: "wireguard_go", Value: wgUp / 1e9, Unit: "Gbit/s", Reference: "quic_datagram_ceiling", Ratio: wgUp / 1e9 / ceiling},
 		benchResult{Case: "agent_tcp_up", Path: "ztgate_agent_relay", Value: agentUp / 1e9, Unit: "Gbit/s", Reference: "quic_datagram_ceiling", Ratio: agentUp / 1e9 / ceiling},
+		benchResult{Case: "agent_tcp_up", Path: "ztgate_agent_direct", Value: directUp / 1e9, Unit: "Gbit/s", Reference: "quic_datagram_ceiling", Ratio: directUp / 1e9 / ceiling},
 		benchResult{Case: "agent_tcp_down", Path: "kernel_forwarding", Value: kernelDown / 1e9, Unit: "Gbit/s"},
 		benchResult{Case: "agent_tcp_down", Path: "wireguard_go", Value: wgDown / 1e9, Unit: "Gbit/s", Reference: "quic_datagram_ceiling", Ratio: wgDown / 1e9 / ceiling},
 		benchResult{Case: "agent_tcp_down", Path: "ztgate_agent_relay", Value: agentDown / 1e9, Unit: "Gbit/s", Reference: "quic_datagram_ceiling", Ratio: agentDown / 1e9 / ceiling},
+		benchResult{Case: "agent_tcp_down", Path: "ztgate_agent_direct", Value: directDown / 1e9, Unit: "Gbit/s", Reference: "quic_datagram_ceiling", Ratio: directDown / 1e9 / ceiling},
 		benchResult{Case: "agent_rtt_p50", Path: "kernel_forwarding", Value: kernelLat.P50, Unit: "µs"},
 		benchResult{Case: "agent_rtt_p50", Path: "wireguard_go", Value: wgLat.P50, Unit: "µs", Reference: "kernel_forwarding", Ratio: wgLat.P50 / kernelLat.P50},
 		benchResult{Case: "agent_rtt_p50", Path: "ztgate_agent_relay", Value: agentLat.P50, Unit: "µs", Reference: "kernel_forwarding", Ratio: agentLat.P50 / kernelLat.P50},
 		benchResult{Case: "agent_rtt_p99", Path: "ztgate_agent_relay", Value: agentLat.P99, Unit: "µs", Reference: "kernel_forwarding", Ratio: agentLat.P99 / kernelLat.P99},
+		benchResult{Case: "agent_rtt_p50", Path: "ztgate_agent_direct", Value: directLat.P50, Unit: "µs", Reference: "kernel_forwarding", Ratio: directLat.P50 / kernelLat.P50},
+		benchResult{Case: "agent_rtt_p99", Path: "ztgate_agent_direct", Value: directLat.P99, Unit: "µs", Reference: "kernel_forwarding", Ratio: directLat.P99 / kernelLat.P99},
 		benchResult{Case: "agent_rtt_added_by_tunnel", Path: "ztgate_agent_relay", Value: agentLat.P50 - kernelLat.P50, Unit: "µs"},
+		benchResult{Case: "agent_rtt_added_by_tunnel", Path: "ztgate_agent_direct", Value: directLat.P50 - kernelLat.P50, Unit: "µs"},
 	)
 }
 
