@@ -92,13 +92,7 @@ func baseConfig(httpPort, udpPort int) string {
 state_dir = "STATE"
 [api]
 listen = "off"
-[[tenant]]
-name = "acme"
-sources = ["198.51.100.0/24"]
-[[tenant]]
-name = "globex"
-sources = ["203.0.113.0/24"]
-[[service]]
+`+twoTenants+`[[service]]
 name = "web"
 tenants = ["acme"]
 vip = "10.100.0.10"

@@ -43,13 +43,7 @@ func TestRefusedEchoNoAllocs(t *testing.T) {
 state_dir = "`+t.TempDir()+`"
 [api]
 listen = "off"
-[[tenant]]
-name = "acme"
-sources = ["198.51.100.0/24"]
-[[tenant]]
-name = "globex"
-sources = ["203.0.113.0/24"]
-[[service]]
+`+twoTenants+`[[service]]
 name = "web"
 tenants = ["acme"]
 vip = "10.100.0.10"

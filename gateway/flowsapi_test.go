@@ -14,41 +14,14 @@ import (
 // flowsConfig publishes echo (backend 127.0.0.1) and web (backend
 // 127.0.0.2) to both tenants.
 func flowsConfig(echoPort, webPort int) string {
-	return fmt.Sprintf(`
+	return `
 [gateway]
 state_dir = "STATE"
 drain_timeout = "3s"
 [api]
 listen = "off"
-[[tenant]]
-name = "acme"
-sources = ["198.51.100.0/24"]
-[[tenant]]
-name = "globex"
-sources = ["203.0.113.0/24"]
-[[service]]
-name = "echo"
-tenants = ["*"]
-vip = "10.100.0.7"
-backends = ["127.0.0.1"]
-  [[service.port]]
-  protocol = "tcp"
-  port = 7
-  target = %d
-  [service.health]
-  type = "none"
-[[service]]
-name = "web"
-tenants = ["*"]
-vip = "10.100.0.8"
-backends = ["127.0.0.2"]
-  [[service.port]]
-  protocol = "tcp"
-  port = 7
-  target = %d
-  [service.health]
-  type = "none"
-`, echoPort, webPort)
+` + twoTenants + tcpService("echo", `"*"`, "10.100.0.7", "127.0.0.1", echoPort) +
+		tcpService("web", `"*"`, "10.100.0.8", "127.0.0.2", webPort)
 }
 
 // openFlows opens one flow per tenant and service, named tenant-service,

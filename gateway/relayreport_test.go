@@ -146,13 +146,7 @@ ca = %q
 state_dir = "STATE"
 [api]
 listen = "off"
-[[tenant]]
-name = "acme"
-sources = ["198.51.100.0/24"]
-[[tenant]]
-name = "globex"
-sources = ["203.0.113.0/24"]
-[[service]]
+`+twoTenants+`[[service]]
 name = "echo"
 tenants = [%s]
 backends = ["127.0.0.1"]

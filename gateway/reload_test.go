@@ -137,46 +137,17 @@ func (h *fileHarness) write(t *testing.T, config string) {
 }
 
 func reloadConfig(echoPort int, tenants string, extra string) string {
-	return fmt.Sprintf(`
+	return `
 [gateway]
 state_dir = "STATE"
 drain_timeout = "1s"
 [api]
 listen = "off"
-[[tenant]]
-name = "acme"
-sources = ["198.51.100.0/24"]
-[[tenant]]
-name = "globex"
-sources = ["203.0.113.0/24"]
-[[service]]
-name = "echo"
-tenants = [%s]
-vip = "10.100.0.7"
-backends = ["127.0.0.1"]
-  [[service.port]]
-  protocol = "tcp"
-  port = 7
-  target = %d
-  [service.health]
-  type = "none"
-%s`, tenants, echoPort, extra)
+` + twoTenants + tcpService("echo", tenants, "10.100.0.7", "127.0.0.1", echoPort) + extra
 }
 
 func webService(port int) string {
-	return fmt.Sprintf(`
-[[service]]
-name = "web"
-tenants = ["*"]
-vip = "10.100.0.8"
-backends = ["127.0.0.1"]
-  [[service.port]]
-  protocol = "tcp"
-  port = 7
-  target = %d
-  [service.health]
-  type = "none"
-`, port)
+	return tcpService("web", `"*"`, "10.100.0.8", "127.0.0.1", port)
 }
 
 // lineConn is a line-oriented client connection.

@@ -49,35 +49,12 @@ listen = "off"
 [[tenant]]
 name = "acme"
 sources = ["198.51.100.0/24"]
-[[service]]
-name = "echo"
-tenants = ["acme"]
-vip = "10.100.0.7"
-backends = ["127.0.0.1"]
-  [[service.port]]
-  protocol = "tcp"
-  port = 7
-  target = %d
-  [service.health]
-  type = "none"
-%s`, state, echoPort, extra)
+`, state) + tcpService("echo", `"acme"`, "10.100.0.7", "127.0.0.1", echoPort) + extra
 }
 
 // pinnedService is a service name pinned to vip, tcp 7 to port.
 func pinnedService(name, vip string, port int) string {
-	return fmt.Sprintf(`
-[[service]]
-name = %q
-tenants = ["acme"]
-vip = %q
-backends = ["127.0.0.1"]
-  [[service.port]]
-  protocol = "tcp"
-  port = 7
-  target = %d
-  [service.health]
-  type = "none"
-`, name, vip, port)
+	return tcpService(name, `"acme"`, vip, "127.0.0.1", port)
 }
 
 // startVIPGateway creates and starts a gateway from the configuration in
