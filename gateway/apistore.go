@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -76,6 +77,25 @@ func (s *apiStore) load(ctx conf.ServiceContext) ([]catalog.Service, error) {
 		return nil, errors.Join(errs...)
 	}
 	return out, nil
+}
+
+// check validates every stored body against ctx as load does at start, so
+// that a reload the next start would refuse (say [limits] lowered below an
+// API service's new_flows_per_second) is refused as well. Each error names
+// the service and the key.
+func (s *apiStore) check(ctx conf.ServiceContext) error {
+	var errs conf.Errors
+	for _, name := range slices.Sorted(maps.Keys(s.bodies)) {
+		if _, err := conf.ParseServiceJSON(s.bodies[name], ctx); err != nil {
+			for _, e := range confErrors(err) {
+				errs = append(errs, fmt.Errorf("service %q added through the API: %w; delete it or add it again with a value that fits (DELETE, POST /v1/services), then reload", name, e))
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
 }
 
 // put and remove return the store as it would be after the change; save

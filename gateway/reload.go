@@ -84,9 +84,13 @@ func (g *Gateway) logDiff(msg string, d Diff) {
 }
 
 // applyLocked makes next (and the API's services) the running service
-// table. Only the settings that can change live are taken from next; the
+// table. The stored API services are validated against next as at start:
+// what the next start would refuse is refused now. Only the settings that can change live are taken from next; the
 // others are reported in RestartRequired. The caller holds reloadMu.
 func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, error) {
+	if err := g.apiStore.check(next.ServiceContext()); err != nil {
+		return Diff{}, err
+	}
 	services, err := mergeServices(next.Services, api)
 	if err != nil {
 		return Diff{}, err
