@@ -98,13 +98,11 @@ func (s *apiStore) check(ctx conf.ServiceContext) error {
 	return nil
 }
 
-// put and remove return the store as it would be after the change; save
-// writes it. The caller saves before applying and restores on failure.
+// with returns the store's bodies as they would be with name's body set to
+// body, or removed when body is nil; save writes them. The caller saves
+// before applying and restores on failure.
 func (s *apiStore) with(name string, body json.RawMessage) map[string]json.RawMessage {
-	m := make(map[string]json.RawMessage, len(s.bodies)+1)
-	for k, v := range s.bodies {
-		m[k] = v
-	}
+	m := maps.Clone(s.bodies)
 	if body == nil {
 		delete(m, name)
 	} else {

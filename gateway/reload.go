@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -63,13 +64,8 @@ func (g *Gateway) Reload() (Diff, error) {
 
 func (g *Gateway) reloadFailed(err error) error {
 	g.m.reloads.WithLabelValues("error").Inc()
-	var errs conf.Errors
-	if errors.As(err, &errs) {
-		for _, e := range errs {
-			g.log.Error("reload: keeping the running configuration", "err", e)
-		}
-	} else {
-		g.log.Error("reload: keeping the running configuration", "err", err)
+	for _, e := range confErrors(err) {
+		g.log.Error("reload: keeping the running configuration", "err", e)
 	}
 	return fmt.Errorf("%w: %w", ErrReload, err)
 }
@@ -183,20 +179,10 @@ func diffTables(old, t *table) Diff {
 	}
 	slices.Sort(d.Added)
 	slices.Sort(d.Removed)
-	slices.SortFunc(d.Changed, func(a, b ServiceChange) int { return cmpString(a.Name, b.Name) })
+	slices.SortFunc(d.Changed, func(a, b ServiceChange) int { return cmp.Compare(a.Name, b.Name) })
 	d.TenantsChanged = !reflect.DeepEqual(old.tenants, t.tenants)
 	d.LimitsChanged = old.limits != t.limits || old.drainTimeout != t.drainTimeout
 	return d
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // keyDiff collects the names of the configuration keys whose values differ.

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"net/netip"
@@ -93,7 +94,7 @@ func (g *Gateway) serviceInfos() []tunnel.ServiceInfo {
 			VIP6:    s.spec.VIP6,
 		})
 	}
-	slices.SortFunc(out, func(a, b tunnel.ServiceInfo) int { return cmpString(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b tunnel.ServiceInfo) int { return cmp.Compare(a.Name, b.Name) })
 	return out
 }
 
@@ -135,6 +136,6 @@ func (g *Gateway) directory(tenant string, id tunnel.Identity) tunnel.Directory 
 			ICMP: s.spec.ICMP, Healthy: s.healthy(),
 		})
 	}
-	slices.SortFunc(d.Services, func(a, b tunnel.DirectoryService) int { return cmpString(a.Name, b.Name) })
+	slices.SortFunc(d.Services, func(a, b tunnel.DirectoryService) int { return cmp.Compare(a.Name, b.Name) })
 	return d
 }
