@@ -31,13 +31,16 @@ type relayState struct {
 	pool6 netip.Prefix
 }
 
-func (g *Gateway) relayPool() netip.Prefix {
+// relayPools returns the VIP pools the relay assigned: ok is false until
+// it has (or without a relay). pool6 is invalid when the relay has no IPv6
+// pool.
+func (g *Gateway) relayPools() (pool, pool6 netip.Prefix, ok bool) {
 	if g.relay == nil {
-		return netip.Prefix{}
+		return netip.Prefix{}, netip.Prefix{}, false
 	}
 	g.relay.mu.Lock()
 	defer g.relay.mu.Unlock()
-	return g.relay.pool
+	return g.relay.pool, g.relay.pool6, g.relay.pool.IsValid()
 }
 
 // relayAllocations returns the relay's VIPs of svcs (services the relay has
@@ -99,8 +102,6 @@ func (g *Gateway) serveRelay(ctx context.Context, s *tunnel.Session) error {
 	if err := s.Send(tunnel.Register{Type: tunnel.MessageRegister, Services: registered, Candidates: g.directCandidates(s.Welcome().Observed)}); err != nil {
 		return fmt.Errorf("register: %w", err)
 	}
-	g.relaySess.Store(rs)
-	defer g.relaySess.CompareAndSwap(rs, nil)
 
 	// The control loop reads until the session ends: end it when the
 	// gateway closes, or Close would wait until the relay goes away.

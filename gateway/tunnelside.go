@@ -124,8 +124,10 @@ func (g *Gateway) directory(tenant string, id tunnel.Identity) tunnel.Directory 
 		Pool: g.cfg.TUN.Pool, Pool6: g.cfg.TUN.Pool6,
 		Services: []tunnel.DirectoryService{},
 	}
-	if p := g.relayPool(); p.IsValid() {
-		d.Pool = p
+	// Attached to a relay, the VIPs are the relay's: both pools are, the
+	// local ones would name addresses the relay never hands out.
+	if p, p6, ok := g.relayPools(); ok {
+		d.Pool, d.Pool6 = p, p6
 	}
 	for _, s := range t.byName {
 		if !s.spec.Allows(tenant) || !id.Permits(s.spec.Name) || !s.vip.IsValid() {
