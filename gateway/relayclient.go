@@ -18,8 +18,11 @@ const healthReportInterval = 500 * time.Millisecond
 
 // pendingTagLimit bounds the packets held for a tag whose tag_open has not
 // arrived yet (datagrams can overtake the control stream).
+// pendingTagsMax bounds the tags held at once; pendingTagTimeout is how long
+// a tag's packets are held.
 const (
 	pendingTagLimit   = 16
+	pendingTagsMax    = 1024
 	pendingTagTimeout = 2 * time.Second
 )
 
@@ -82,8 +85,10 @@ type relaySession struct {
 	s    *tunnel.Session
 	mu   sync.Mutex
 	tags map[uint32]*ingress
-	// pending holds packets of tags not announced yet.
+	// pending holds packets of tags not announced yet; swept is when its
+	// expired entries were last removed.
 	pending map[uint32]*pendingTag
+	swept   time.Time
 }
 
 type pendingTag struct {
@@ -208,7 +213,7 @@ func (rs *relaySession) openTag(m *tunnel.TagOpen) {
 	p := rs.pending[tag]
 	delete(rs.pending, tag)
 	rs.mu.Unlock()
-	if p != nil {
+	if p != nil && !p.expired(time.Now()) {
 		for _, pkt := range p.pkts {
 			g.deliverTunnel(in, m.Service, pkt)
 		}
@@ -278,17 +283,22 @@ func (rs *relaySession) datagrams(ctx context.Context) {
 	}
 }
 
-// holdLocked keeps a packet of an unannounced tag for a moment.
+// holdLocked keeps a packet of an unannounced tag for a moment. Expired
+// tags are swept when the map is full or a timeout has passed since the
+// last sweep, not for every packet: a flood of unknown tags must not walk
+// the whole map each time under rs.mu.
 func (rs *relaySession) holdLocked(tag uint32, pkt []byte) {
 	now := time.Now()
-	for t, p := range rs.pending {
-		if now.Sub(p.since) > pendingTagTimeout {
-			delete(rs.pending, t)
-		}
+	if len(rs.pending) >= pendingTagsMax || now.Sub(rs.swept) > pendingTagTimeout {
+		rs.sweepLocked(now)
 	}
 	p := rs.pending[tag]
+	if p != nil && p.expired(now) {
+		delete(rs.pending, tag)
+		p = nil
+	}
 	if p == nil {
-		if len(rs.pending) >= 1024 {
+		if len(rs.pending) >= pendingTagsMax {
 			rs.g.m.tunnelDrop("unknown_tag")
 			return
 		}
@@ -301,6 +311,19 @@ func (rs *relaySession) holdLocked(tag uint32, pkt []byte) {
 	}
 	p.pkts = append(p.pkts, pkt)
 }
+
+// sweepLocked removes the expired pending tags.
+func (rs *relaySession) sweepLocked(now time.Time) {
+	for t, p := range rs.pending {
+		if p.expired(now) {
+			delete(rs.pending, t)
+		}
+	}
+	rs.swept = now
+}
+
+// expired reports whether p's packets have been held too long.
+func (p *pendingTag) expired(now time.Time) bool { return now.Sub(p.since) > pendingTagTimeout }
 
 // reportHealth keeps the relay's view of the services current: it
 // registers again when what the relay holds of a service changes (the
