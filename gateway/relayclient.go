@@ -188,9 +188,18 @@ func (g *Gateway) applyAssign(m *tunnel.Assign) {
 	g.log.Info("VIPs assigned by the relay", "services", len(m.VIPs), "pool", m.Pool, "changed", len(d.Changed)+len(d.Added))
 }
 
+// openTag registers the ingress of a tag the relay opened. A tag already
+// open is refused before it takes a synthetic address. Tags are opened and
+// closed by the control loop alone, so the check holds until the add.
 func (rs *relaySession) openTag(m *tunnel.TagOpen) {
 	g := rs.g
 	tag := m.Tag
+	rs.mu.Lock()
+	_, dup := rs.tags[tag]
+	rs.mu.Unlock()
+	if dup {
+		return
+	}
 	in := &ingress{
 		inner:   m.InnerAddr,
 		peer:    peer{tenant: m.Tenant, identity: m.Identity},

@@ -294,3 +294,23 @@ func TestHoldPendingTags(t *testing.T) {
 		}
 	})
 }
+
+// TestOpenTagDuplicate: a tag_open for a tag already open is refused
+// before it takes a synthetic address, and the open tag is kept.
+func TestOpenTagDuplicate(t *testing.T) {
+	g := &Gateway{m: newMetrics(prometheus.NewRegistry()), flows: newFlowTable()}
+	g.ingresses = newIngressTable(prometheus.NewGauge(prometheus.GaugeOpts{Name: "test_ingresses"}))
+	rs := &relaySession{g: g, tags: map[uint32]*ingress{}, pending: map[uint32]*pendingTag{}}
+	rs.openTag(&tunnel.TagOpen{Tag: 5, Service: "web"})
+	first, next := rs.tags[5], g.ingresses.next
+	if first == nil {
+		t.Fatal("tag 5 not opened")
+	}
+	rs.openTag(&tunnel.TagOpen{Tag: 5, Service: "db"})
+	if rs.tags[5] != first || first.closed.Load() || len(g.ingresses.bySynth) != 1 {
+		t.Fatalf("duplicate tag_open replaced or closed the open tag: %+v", rs.tags[5])
+	}
+	if g.ingresses.next != next {
+		t.Fatalf("duplicate tag_open took a synthetic address (next %d, was %d)", g.ingresses.next, next)
+	}
+}
