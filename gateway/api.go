@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"fmt"
 	"net/http"
 	"slices"
@@ -170,7 +171,7 @@ func (g *Gateway) handleListFlows(w http.ResponseWriter, r *http.Request) {
 			AgeSecs: now.Sub(f.start).Seconds(),
 		})
 	}
-	slices.SortFunc(out, func(a, b apiFlow) int { return int(a.ID) - int(b.ID) })
+	slices.SortFunc(out, func(a, b apiFlow) int { return cmp.Compare(a.ID, b.ID) })
 	adminapi.WriteJSON(w, http.StatusOK, map[string]any{"flows": out})
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -78,13 +79,30 @@ func (s *apiStore) load(ctx conf.ServiceContext) ([]catalog.Service, error) {
 	return out, nil
 }
 
-// put and remove return the store as it would be after the change; save
-// writes it. The caller saves before applying and restores on failure.
-func (s *apiStore) with(name string, body json.RawMessage) map[string]json.RawMessage {
-	m := make(map[string]json.RawMessage, len(s.bodies)+1)
-	for k, v := range s.bodies {
-		m[k] = v
+// check validates every stored body against ctx as load does at start, so
+// that a reload the next start would refuse (say [limits] lowered below an
+// API service's new_flows_per_second) is refused as well. Each error names
+// the service and the key.
+func (s *apiStore) check(ctx conf.ServiceContext) error {
+	var errs conf.Errors
+	for _, name := range slices.Sorted(maps.Keys(s.bodies)) {
+		if _, err := conf.ParseServiceJSON(s.bodies[name], ctx); err != nil {
+			for _, e := range confErrors(err) {
+				errs = append(errs, fmt.Errorf("service %q added through the API: %w; delete it or add it again with a value that fits (DELETE, POST /v1/services), then reload", name, e))
+			}
+		}
 	}
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
+}
+
+// with returns the store's bodies as they would be with name's body set to
+// body, or removed when body is nil; save writes them. The caller saves
+// before applying and restores on failure.
+func (s *apiStore) with(name string, body json.RawMessage) map[string]json.RawMessage {
+	m := maps.Clone(s.bodies)
 	if body == nil {
 		delete(m, name)
 	} else {

@@ -1,7 +1,9 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -221,17 +223,19 @@ func (g *Gateway) mayReach(id tunnel.Identity, service string) bool {
 // pushDirectory sends the agent its directory at connect and whenever the
 // services or their health change.
 func (g *Gateway) pushDirectory(ctx context.Context, s *tunnel.Session, id tunnel.Identity) {
-	var last string
+	var last []byte
 	t := time.NewTicker(healthReportInterval)
 	defer t.Stop()
 	for {
 		d := g.directory(id.Tenant, id)
 		d.Type = tunnel.MessageDirectory
-		if key := fmt.Sprint(d); key != last {
-			if err := s.Send(d); err != nil {
+		// Encoded once: the body both detects a change and is what is sent.
+		body, err := json.Marshal(d)
+		if err == nil && !bytes.Equal(body, last) {
+			if err := s.Send(json.RawMessage(body)); err != nil {
 				return
 			}
-			last = key
+			last = body
 		}
 		select {
 		case <-ctx.Done():

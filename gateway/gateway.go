@@ -86,8 +86,7 @@ type Gateway struct {
 	creds     *tunnel.Credentials
 	ingresses *ingressTable
 	tunLink   *netstack.Link
-	relay     *relayState                  // nil unless attached to a relay
-	relaySess atomic.Pointer[relaySession] // the live relay session
+	relay     *relayState // nil unless attached to a relay
 	direct    *tunnel.Listener
 
 	// Lifecycle: ctx is cancelled by Close; every goroutine serving a flow

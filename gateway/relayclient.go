@@ -18,8 +18,11 @@ const healthReportInterval = 500 * time.Millisecond
 
 // pendingTagLimit bounds the packets held for a tag whose tag_open has not
 // arrived yet (datagrams can overtake the control stream).
+// pendingTagsMax bounds the tags held at once; pendingTagTimeout is how long
+// a tag's packets are held.
 const (
 	pendingTagLimit   = 16
+	pendingTagsMax    = 1024
 	pendingTagTimeout = 2 * time.Second
 )
 
@@ -31,13 +34,16 @@ type relayState struct {
 	pool6 netip.Prefix
 }
 
-func (g *Gateway) relayPool() netip.Prefix {
+// relayPools returns the VIP pools the relay assigned: ok is false until
+// it has (or without a relay). pool6 is invalid when the relay has no IPv6
+// pool.
+func (g *Gateway) relayPools() (pool, pool6 netip.Prefix, ok bool) {
 	if g.relay == nil {
-		return netip.Prefix{}
+		return netip.Prefix{}, netip.Prefix{}, false
 	}
 	g.relay.mu.Lock()
 	defer g.relay.mu.Unlock()
-	return g.relay.pool
+	return g.relay.pool, g.relay.pool6, g.relay.pool.IsValid()
 }
 
 // relayAllocations returns the relay's VIPs of svcs (services the relay has
@@ -79,8 +85,10 @@ type relaySession struct {
 	s    *tunnel.Session
 	mu   sync.Mutex
 	tags map[uint32]*ingress
-	// pending holds packets of tags not announced yet.
+	// pending holds packets of tags not announced yet; swept is when its
+	// expired entries were last removed.
 	pending map[uint32]*pendingTag
+	swept   time.Time
 }
 
 type pendingTag struct {
@@ -99,8 +107,6 @@ func (g *Gateway) serveRelay(ctx context.Context, s *tunnel.Session) error {
 	if err := s.Send(tunnel.Register{Type: tunnel.MessageRegister, Services: registered, Candidates: g.directCandidates(s.Welcome().Observed)}); err != nil {
 		return fmt.Errorf("register: %w", err)
 	}
-	g.relaySess.Store(rs)
-	defer g.relaySess.CompareAndSwap(rs, nil)
 
 	// The control loop reads until the session ends: end it when the
 	// gateway closes, or Close would wait until the relay goes away.
@@ -182,9 +188,18 @@ func (g *Gateway) applyAssign(m *tunnel.Assign) {
 	g.log.Info("VIPs assigned by the relay", "services", len(m.VIPs), "pool", m.Pool, "changed", len(d.Changed)+len(d.Added))
 }
 
+// openTag registers the ingress of a tag the relay opened. A tag already
+// open is refused before it takes a synthetic address. Tags are opened and
+// closed by the control loop alone, so the check holds until the add.
 func (rs *relaySession) openTag(m *tunnel.TagOpen) {
 	g := rs.g
 	tag := m.Tag
+	rs.mu.Lock()
+	_, dup := rs.tags[tag]
+	rs.mu.Unlock()
+	if dup {
+		return
+	}
 	in := &ingress{
 		inner:   m.InnerAddr,
 		peer:    peer{tenant: m.Tenant, identity: m.Identity},
@@ -207,7 +222,7 @@ func (rs *relaySession) openTag(m *tunnel.TagOpen) {
 	p := rs.pending[tag]
 	delete(rs.pending, tag)
 	rs.mu.Unlock()
-	if p != nil {
+	if p != nil && !p.expired(time.Now()) {
 		for _, pkt := range p.pkts {
 			g.deliverTunnel(in, m.Service, pkt)
 		}
@@ -277,17 +292,22 @@ func (rs *relaySession) datagrams(ctx context.Context) {
 	}
 }
 
-// holdLocked keeps a packet of an unannounced tag for a moment.
+// holdLocked keeps a packet of an unannounced tag for a moment. Expired
+// tags are swept when the map is full or a timeout has passed since the
+// last sweep, not for every packet: a flood of unknown tags must not walk
+// the whole map each time under rs.mu.
 func (rs *relaySession) holdLocked(tag uint32, pkt []byte) {
 	now := time.Now()
-	for t, p := range rs.pending {
-		if now.Sub(p.since) > pendingTagTimeout {
-			delete(rs.pending, t)
-		}
+	if len(rs.pending) >= pendingTagsMax || now.Sub(rs.swept) > pendingTagTimeout {
+		rs.sweepLocked(now)
 	}
 	p := rs.pending[tag]
+	if p != nil && p.expired(now) {
+		delete(rs.pending, tag)
+		p = nil
+	}
 	if p == nil {
-		if len(rs.pending) >= 1024 {
+		if len(rs.pending) >= pendingTagsMax {
 			rs.g.m.tunnelDrop("unknown_tag")
 			return
 		}
@@ -300,6 +320,19 @@ func (rs *relaySession) holdLocked(tag uint32, pkt []byte) {
 	}
 	p.pkts = append(p.pkts, pkt)
 }
+
+// sweepLocked removes the expired pending tags.
+func (rs *relaySession) sweepLocked(now time.Time) {
+	for t, p := range rs.pending {
+		if p.expired(now) {
+			delete(rs.pending, t)
+		}
+	}
+	rs.swept = now
+}
+
+// expired reports whether p's packets have been held too long.
+func (p *pendingTag) expired(now time.Time) bool { return now.Sub(p.since) > pendingTagTimeout }
 
 // reportHealth keeps the relay's view of the services current: it
 // registers again when what the relay holds of a service changes (the

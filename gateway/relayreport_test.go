@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -227,5 +230,87 @@ backends = ["127.0.0.1"]
 			t.Fatalf("%s: reload: %v", st.name, err)
 		}
 		awaitEcho(st.name, st.want)
+	}
+}
+
+// TestHoldPendingTags checks the packets held for tags not announced yet:
+// expired tags are swept when the map is full or a timeout after the last
+// sweep, not for every packet; the map stays bounded; a tag held too long
+// starts again. Times are an hour off so that a slow machine cannot
+// expire what the test holds fresh.
+func TestHoldPendingTags(t *testing.T) {
+	newRS := func() *relaySession {
+		return &relaySession{g: &Gateway{m: newMetrics(prometheus.NewRegistry())},
+			tags: map[uint32]*ingress{}, pending: map[uint32]*pendingTag{}}
+	}
+	fresh, stale := time.Now().Add(time.Hour), time.Now().Add(-time.Hour)
+	pkt := []byte{0x45}
+
+	t.Run("no sweep for every packet", func(t *testing.T) {
+		rs := newRS()
+		rs.swept = fresh
+		rs.pending[1] = &pendingTag{since: stale}
+		rs.holdLocked(2, pkt)
+		if _, ok := rs.pending[1]; !ok {
+			t.Fatal("swept again before a timeout passed")
+		}
+		rs.swept = stale
+		rs.holdLocked(3, pkt)
+		if _, ok := rs.pending[1]; ok || len(rs.pending) != 2 {
+			t.Fatalf("a timeout after the last sweep: %d tags held, expired tag 1 kept: %v", len(rs.pending), ok)
+		}
+	})
+	t.Run("full map is swept", func(t *testing.T) {
+		rs := newRS()
+		rs.swept = fresh
+		for tag := range uint32(pendingTagsMax) {
+			rs.pending[tag] = &pendingTag{since: stale}
+		}
+		rs.holdLocked(pendingTagsMax, pkt)
+		if p := rs.pending[pendingTagsMax]; len(rs.pending) != 1 || p == nil || len(p.pkts) != 1 {
+			t.Fatalf("%d tags held after sweeping a full map of expired ones; want the new one alone", len(rs.pending))
+		}
+	})
+	t.Run("bounded", func(t *testing.T) {
+		rs := newRS()
+		for tag := range uint32(pendingTagsMax) {
+			rs.pending[tag] = &pendingTag{since: fresh}
+		}
+		rs.holdLocked(pendingTagsMax, pkt)
+		if len(rs.pending) != pendingTagsMax {
+			t.Fatalf("%d tags held, want at most %d", len(rs.pending), pendingTagsMax)
+		}
+		if n := testutil.ToFloat64(rs.g.m.dropped.WithLabelValues("unknown_tag")); n != 1 {
+			t.Fatalf("unknown_tag drops %v, want 1", n)
+		}
+	})
+	t.Run("expired tag starts again", func(t *testing.T) {
+		rs := newRS()
+		rs.swept = fresh
+		rs.pending[7] = &pendingTag{since: stale, pkts: make([][]byte, pendingTagLimit)}
+		rs.holdLocked(7, pkt)
+		if p := rs.pending[7]; p == nil || len(p.pkts) != 1 || !p.since.After(stale) {
+			t.Fatalf("expired tag held again: %+v", p)
+		}
+	})
+}
+
+// TestOpenTagDuplicate: a tag_open for a tag already open is refused
+// before it takes a synthetic address, and the open tag is kept.
+func TestOpenTagDuplicate(t *testing.T) {
+	g := &Gateway{m: newMetrics(prometheus.NewRegistry()), flows: newFlowTable()}
+	g.ingresses = newIngressTable(prometheus.NewGauge(prometheus.GaugeOpts{Name: "test_ingresses"}))
+	rs := &relaySession{g: g, tags: map[uint32]*ingress{}, pending: map[uint32]*pendingTag{}}
+	rs.openTag(&tunnel.TagOpen{Tag: 5, Service: "web"})
+	first, next := rs.tags[5], g.ingresses.next
+	if first == nil {
+		t.Fatal("tag 5 not opened")
+	}
+	rs.openTag(&tunnel.TagOpen{Tag: 5, Service: "db"})
+	if rs.tags[5] != first || first.closed.Load() || len(g.ingresses.bySynth) != 1 {
+		t.Fatalf("duplicate tag_open replaced or closed the open tag: %+v", rs.tags[5])
+	}
+	if g.ingresses.next != next {
+		t.Fatalf("duplicate tag_open took a synthetic address (next %d, was %d)", g.ingresses.next, next)
 	}
 }

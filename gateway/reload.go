@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -63,13 +64,8 @@ func (g *Gateway) Reload() (Diff, error) {
 
 func (g *Gateway) reloadFailed(err error) error {
 	g.m.reloads.WithLabelValues("error").Inc()
-	var errs conf.Errors
-	if errors.As(err, &errs) {
-		for _, e := range errs {
-			g.log.Error("reload: keeping the running configuration", "err", e)
-		}
-	} else {
-		g.log.Error("reload: keeping the running configuration", "err", err)
+	for _, e := range confErrors(err) {
+		g.log.Error("reload: keeping the running configuration", "err", e)
 	}
 	return fmt.Errorf("%w: %w", ErrReload, err)
 }
@@ -84,9 +80,13 @@ func (g *Gateway) logDiff(msg string, d Diff) {
 }
 
 // applyLocked makes next (and the API's services) the running service
-// table. Only the settings that can change live are taken from next; the
+// table. The stored API services are validated against next as at start:
+// what the next start would refuse is refused now. Only the settings that can change live are taken from next; the
 // others are reported in RestartRequired. The caller holds reloadMu.
 func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, error) {
+	if err := g.apiStore.check(next.ServiceContext()); err != nil {
+		return Diff{}, err
+	}
 	services, err := mergeServices(next.Services, api)
 	if err != nil {
 		return Diff{}, err
@@ -179,20 +179,10 @@ func diffTables(old, t *table) Diff {
 	}
 	slices.Sort(d.Added)
 	slices.Sort(d.Removed)
-	slices.SortFunc(d.Changed, func(a, b ServiceChange) int { return cmpString(a.Name, b.Name) })
+	slices.SortFunc(d.Changed, func(a, b ServiceChange) int { return cmp.Compare(a.Name, b.Name) })
 	d.TenantsChanged = !reflect.DeepEqual(old.tenants, t.tenants)
 	d.LimitsChanged = old.limits != t.limits || old.drainTimeout != t.drainTimeout
 	return d
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // keyDiff collects the names of the configuration keys whose values differ.

@@ -414,3 +414,42 @@ func TestAPIServicePersists(t *testing.T) {
 		t.Fatalf("after restart: %+v", s)
 	}
 }
+
+// TestReloadRefusesLimitsBelowAPIService: a reload that lowers [limits]
+// below the rate of a service added through the API is refused naming the
+// service and the key, as a start with that file is.
+func TestReloadRefusesLimitsBelowAPIService(t *testing.T) {
+	web := startLineEcho(t, "web")
+	h := newFileHarness(t, reloadConfig(web, `"acme"`, ""))
+	srv := httptest.NewServer(h.gw.apiHandler(""))
+	defer srv.Close()
+	body := fmt.Sprintf(`{"name": "api1", "tenants": ["acme"], "backends": ["127.0.0.1"], "new_flows_per_second": 50, "port": [{"protocol": "tcp", "port": 7, "target": %d}]}`, web)
+	resp, err := http.Post(srv.URL+"/v1/services", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 201 {
+		t.Fatalf("add: %d", resp.StatusCode)
+	}
+
+	h.write(t, reloadConfig(web, `"acme"`, "[limits]\nnew_flows_per_second = 10\n"))
+	_, err = h.gw.Reload()
+	if !errors.Is(err, ErrReload) || !strings.Contains(err.Error(), `"api1"`) ||
+		!strings.Contains(err.Error(), "new_flows_per_second: 50 is more than limits.new_flows_per_second 10") {
+		t.Fatalf("reload: %v; want it refused naming api1 and new_flows_per_second", err)
+	}
+	if got := h.gw.tbl.Load().limits.NewFlowsPerSecond; got == 10 {
+		t.Fatalf("refused reload applied [limits] anyway")
+	}
+	h.gw.Close()
+
+	cfg, err := conf.LoadGateway(h.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = New(cfg, Options{Device: nil}, nil)
+	if err == nil || !strings.Contains(err.Error(), "new_flows_per_second: 50 is more than limits.new_flows_per_second 10") {
+		t.Fatalf("start with the refused file: %v; want it refused as the reload was", err)
+	}
+}

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"net/netip"
@@ -93,7 +94,7 @@ func (g *Gateway) serviceInfos() []tunnel.ServiceInfo {
 			VIP6:    s.spec.VIP6,
 		})
 	}
-	slices.SortFunc(out, func(a, b tunnel.ServiceInfo) int { return cmpString(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b tunnel.ServiceInfo) int { return cmp.Compare(a.Name, b.Name) })
 	return out
 }
 
@@ -123,8 +124,10 @@ func (g *Gateway) directory(tenant string, id tunnel.Identity) tunnel.Directory 
 		Pool: g.cfg.TUN.Pool, Pool6: g.cfg.TUN.Pool6,
 		Services: []tunnel.DirectoryService{},
 	}
-	if p := g.relayPool(); p.IsValid() {
-		d.Pool = p
+	// Attached to a relay, the VIPs are the relay's: both pools are, the
+	// local ones would name addresses the relay never hands out.
+	if p, p6, ok := g.relayPools(); ok {
+		d.Pool, d.Pool6 = p, p6
 	}
 	for _, s := range t.byName {
 		if !s.spec.Allows(tenant) || !id.Permits(s.spec.Name) || !s.vip.IsValid() {
@@ -135,6 +138,6 @@ func (g *Gateway) directory(tenant string, id tunnel.Identity) tunnel.Directory 
 			ICMP: s.spec.ICMP, Healthy: s.healthy(),
 		})
 	}
-	slices.SortFunc(d.Services, func(a, b tunnel.DirectoryService) int { return cmpString(a.Name, b.Name) })
+	slices.SortFunc(d.Services, func(a, b tunnel.DirectoryService) int { return cmp.Compare(a.Name, b.Name) })
 	return d
 }
