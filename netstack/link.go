@@ -208,6 +208,10 @@ func (l *Link) Deliver(pkt []byte) {
 		return
 	}
 	if !local && h.isEchoRequest() {
+		if !h.echoChecksumsValid(pkt) {
+			ns.drop(DropMalformed)
+			return
+		}
 		ns.handleEcho(l, h, pkt)
 		return
 	}
