@@ -20,12 +20,11 @@ const (
 	DropQueueFull                       // outbound queue full
 	DropTooBig                          // outbound packet larger than the link's buffers
 	DropWriteError                      // the output failed
-	DropEcho                            // echo request the handler could not take
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
-	"malformed", "unknown_source", "not_routed", "link_down", "queue_full", "too_big", "write_error", "echo",
+	"malformed", "unknown_source", "not_routed", "link_down", "queue_full", "too_big", "write_error",
 }
 
 // String returns the reason as a metric label.
