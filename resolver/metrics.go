@@ -1,12 +1,13 @@
 package resolver
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ztgate/ztgate/internal/promreg"
 )
 
 // Reasons for ztgate_dns_dropped_total: a query that got no reply at all.
@@ -94,22 +95,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 }
 
 // register registers c, or returns the collector already registered under
-// its name so that a Server rebuilt on reload keeps counting in the same series.
+// its name so that a Server rebuilt on reload keeps counting in the same
+// series (see promreg.Register).
 func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	if reg == nil {
-		return c, nil
+	c, err := promreg.Register(reg, c)
+	if err != nil {
+		return c, fmt.Errorf("resolver: %w", err)
 	}
-	err := reg.Register(c)
-	if err == nil {
-		return c, nil
-	}
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
-	return c, fmt.Errorf("resolver: register metrics: %w", err)
+	return c, nil
 }
 
 func (m *metrics) reply(rcode int) {
