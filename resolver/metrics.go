@@ -10,14 +10,29 @@ import (
 	"github.com/ztgate/ztgate/internal/promreg"
 )
 
-// Reasons for ztgate_dns_dropped_total: a query that got no reply at all.
+// dropReason says why a query got no reply at all: the reason label of
+// ztgate_dns_dropped_total.
+type dropReason uint8
+
+// Reasons for ztgate_dns_dropped_total.
 const (
-	dropMalformed = "malformed" // shorter than a DNS header
-	dropResponse  = "response"  // QR set: a response sent to the server
-	dropBusy      = "busy"      // too many forwarded queries in flight
-	dropTCPLimit  = "tcp_limit" // a TCP connection over MaxTCPConns
-	dropWrite     = "write"     // the reply could not be sent
+	dropMalformed dropReason = iota // shorter than a DNS header
+	dropResponse                    // QR set: a response sent to the server
+	dropBusy                        // too many forwarded queries in flight
+	dropTCPLimit                    // a TCP connection over MaxTCPConns
+	dropWrite                       // the reply could not be sent
+	numDropReasons
 )
+
+var dropNames = [numDropReasons]string{"malformed", "response", "busy", "tcp_limit", "write"}
+
+// String returns the reason as a metric label.
+func (r dropReason) String() string {
+	if r < numDropReasons {
+		return dropNames[r]
+	}
+	return "unknown"
+}
 
 // Reasons for ztgate_dns_forward_errors_total.
 const (
@@ -36,7 +51,7 @@ const rcodeSlots = dns.RcodeBadVers + 1
 type metrics struct {
 	queries   [rcodeSlots]prometheus.Counter
 	other     prometheus.Counter
-	dropped   *prometheus.CounterVec
+	dropped   [numDropReasons]prometheus.Counter
 	malformed prometheus.Counter
 	fwdErrors *prometheus.CounterVec
 	cache     *prometheus.CounterVec
@@ -89,7 +104,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	m.queries[dns.RcodeBadVers] = queries.WithLabelValues("BADVERS")
 	m.other = queries.WithLabelValues("other")
-	m.dropped, m.malformed, m.fwdErrors, m.cache = dropped, malformed, fwdErrors, cache
+	for r := range m.dropped {
+		m.dropped[r] = dropped.WithLabelValues(dropReason(r).String())
+	}
+	m.malformed, m.fwdErrors, m.cache = malformed, fwdErrors, cache
 	m.hits, m.misses = cache.WithLabelValues("hit"), cache.WithLabelValues("miss")
 	return m, nil
 }
@@ -113,7 +131,9 @@ func (m *metrics) reply(rcode int) {
 	m.other.Inc()
 }
 
-func (m *metrics) drop(reason string) { m.dropped.WithLabelValues(reason).Inc() }
+// drop counts a query that got no reply; a flood of them costs one atomic
+// add each.
+func (m *metrics) drop(r dropReason) { m.dropped[r].Inc() }
 
 func (m *metrics) forwardError(upstream netip.AddrPort, reason string) {
 	m.fwdErrors.WithLabelValues(upstream.String(), reason).Inc()
