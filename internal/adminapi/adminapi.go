@@ -153,12 +153,19 @@ func handler(token string, reg *prometheus.Registry, v1 http.Handler, m *metrics
 	if v1 != nil {
 		mux.Handle("/v1/", RequireToken(token, routed(v1)))
 	}
-	dbg := http.NewServeMux()
-	dbg.HandleFunc("/debug/pprof/", pprof.Index)
-	dbg.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	dbg.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	mux.Handle("/debug/pprof/", RequireToken(token, dbg))
+	mux.Handle("/debug/pprof/", RequireToken(token, ProfileHandler()))
 	return withMetrics(m, routed(mux))
+}
+
+// ProfileHandler serves Go's profiles under /debug/pprof/: the index (and
+// the named profiles through it), a CPU profile and an execution trace.
+// It checks no token: the caller puts it behind one, or on loopback.
+func ProfileHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }
 
 // ReadToken reads a bearer token file; no file means no token.
