@@ -49,7 +49,7 @@ func Start(cfg Config) (*Server, error) {
 	if !cfg.Listen.IsValid() {
 		return nil, nil
 	}
-	token, err := ReadToken(cfg.TokenFile)
+	token, err := readToken(cfg.TokenFile)
 	if err != nil {
 		return nil, err
 	}
@@ -151,9 +151,9 @@ func handler(token string, reg *prometheus.Registry, v1 http.Handler, m *metrics
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	}
 	if v1 != nil {
-		mux.Handle("/v1/", RequireToken(token, routed(v1)))
+		mux.Handle("/v1/", requireToken(token, routed(v1)))
 	}
-	mux.Handle("/debug/pprof/", RequireToken(token, ProfileHandler()))
+	mux.Handle("/debug/pprof/", requireToken(token, ProfileHandler()))
 	return withMetrics(m, routed(mux))
 }
 
@@ -168,8 +168,8 @@ func ProfileHandler() http.Handler {
 	return mux
 }
 
-// ReadToken reads a bearer token file; no file means no token.
-func ReadToken(path string) (string, error) {
+// readToken reads a bearer token file; no file means no token.
+func readToken(path string) (string, error) {
 	if path == "" {
 		return "", nil
 	}
@@ -184,9 +184,9 @@ func ReadToken(path string) (string, error) {
 	return t, nil
 }
 
-// RequireToken checks the bearer token in constant time; behind Handler,
+// requireToken checks the bearer token in constant time; behind Handler,
 // it counts the requests it refuses.
-func RequireToken(token string, next http.Handler) http.Handler {
+func requireToken(token string, next http.Handler) http.Handler {
 	if token == "" {
 		return next
 	}

@@ -101,7 +101,7 @@ func (m *metrics) reject(r Reason) {
 type metricsKey struct{}
 
 // withMetrics hands m to the handlers below it through the request
-// context, so that the shared helpers (RequireToken, ReadBody, Reject)
+// context, so that the shared helpers (requireToken, ReadBody, Reject)
 // count in the registry of the role that serves the request.
 func withMetrics(m *metrics, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
