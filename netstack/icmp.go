@@ -114,18 +114,20 @@ func (r *EchoRequest) encodeReply() []byte {
 		b := r.buf[icmpAt-header.IPv4MinimumSize : end]
 		r.encodeIPv4(b)
 		icmp := header.ICMPv4(b[header.IPv4MinimumSize:])
+		// Only the type changes (8 to 0, the code is 0): the checksum the
+		// link verified is updated incrementally (RFC 1624), so that a
+		// reply never carries a checksum its request did not earn.
 		icmp.SetType(header.ICMPv4EchoReply)
-		icmp.SetCode(0)
-		icmp.SetChecksum(0)
-		icmp.SetChecksum(^checksum.Checksum(icmp, 0))
+		icmp.SetChecksum(checksum.Combine(icmp.Checksum(), 0x0800))
 		return b
 	}
 	b := r.buf[icmpAt-header.IPv6MinimumSize : end]
 	r.encodeIPv6(b)
 	icmp := header.ICMPv6(b[header.IPv6MinimumSize:])
+	// Type 128 to 129, the code 0, the pseudo-header's addresses swapped
+	// (the same sum): the checksum drops by 0x0100.
 	icmp.SetType(header.ICMPv6EchoReply)
-	icmp.SetCode(0)
-	r.setICMPv6Checksum(icmp)
+	icmp.SetChecksum(checksum.Combine(icmp.Checksum(), ^uint16(0x0100)))
 	return b
 }
 

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -278,5 +279,66 @@ func TestEchoRefuseRateLimited(t *testing.T) {
 	if n != 5 || uint64(n) != st.ICMPErrorsSent || st.ICMPErrorsSent+st.ICMPRateLimited != sent {
 		t.Fatalf("%d errors written, stats %d sent + %d rate limited, want the burst of 5 of %d", n,
 			st.ICMPErrorsSent, st.ICMPRateLimited, sent)
+	}
+}
+
+// TestEchoBadChecksumDropped: the link answers echo requests before gVisor
+// would verify them, so it verifies them itself: a request whose IPv4
+// header checksum, ICMP checksum or ICMPv6 checksum (pseudo-header
+// included) is wrong reaches no handler and is counted as malformed.
+func TestEchoBadChecksumDropped(t *testing.T) {
+	data := []byte("ztgate echo data")
+	flip := func(pkt []byte, at int) []byte {
+		pkt[at] ^= 0x40
+		return pkt
+	}
+	for _, tc := range []struct {
+		name string
+		pkt  []byte
+		v6   bool
+	}{
+		{"IPv4 header checksum", flip(echo4(nil, 7, 9, data), 10), false},
+		{"IPv4 header with options", flip(echo4([]byte{1, 1, 1, 0}, 7, 9, data), 21), false},
+		{"ICMP checksum", flip(echo4(nil, 7, 9, data), 20+2), false},
+		{"ICMP data", flip(echo4(nil, 7, 9, data), 20+8), false},
+		{"ICMPv6 checksum", flip(echo6(8, 11, data), 40+2), true},
+		{"ICMPv6 data", flip(echo6(8, 11, data), 40+8), true},
+		{"ICMPv6 pseudo-header source", flip(echo6(8, 11, data), 8+15), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var handled, malformed atomic.Int64
+			ns, err := New(Config{
+				Pools: []netip.Prefix{netip.MustParsePrefix("10.100.0.0/24"), netip.MustParsePrefix("2001:db8:100::/64")},
+				Handler: echoEnder{end: func(r *EchoRequest) {
+					handled.Add(1)
+					r.Reply()
+				}},
+				OnDrop: func(r DropReason) {
+					if r == DropMalformed {
+						malformed.Add(1)
+					}
+				},
+			}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ns.Close()
+			out := &capture{}
+			l, err := ns.NewLink(LinkConfig{MTU: 1500, Output: out})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			l.Deliver(tc.pkt)
+			if got := out.untilMarker(t, l, tc.v6); len(got) != 0 {
+				t.Errorf("corrupted request answered: % x", got[0])
+			}
+			if n := handled.Load(); n != 0 {
+				t.Errorf("corrupted request handed to the handler %d times", n)
+			}
+			if n := malformed.Load(); n != 1 {
+				t.Errorf("%d malformed drops counted, want 1", n)
+			}
+		})
 	}
 }

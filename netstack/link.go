@@ -133,10 +133,10 @@ func (ns *Stack) updateRoutesLocked() {
 	var table []tcpip.Route
 	for id, l := range ns.links {
 		for _, p := range l.cfg.Routes {
-			sn, err := tcpip.NewSubnet(toAddr(p.Masked().Addr()), tcpip.MaskFromBytes(prefixMask(p)))
-			if err != nil {
-				continue
+			if !p.IsValid() {
+				continue // the zero Prefix leads nowhere
 			}
+			sn := tcpip.AddressWithPrefix{Address: toAddr(p.Addr()), PrefixLen: p.Bits()}.Subnet()
 			table = append(table, tcpip.Route{Destination: sn, NIC: id})
 		}
 	}
@@ -144,23 +144,6 @@ func (ns *Stack) updateRoutesLocked() {
 		return b.Destination.Prefix() - a.Destination.Prefix()
 	})
 	ns.s.SetRouteTable(table)
-}
-
-func prefixMask(p netip.Prefix) []byte {
-	n := p.Addr().BitLen() / 8
-	m := make([]byte, n)
-	bits := p.Bits()
-	for i := range m {
-		switch {
-		case bits >= 8:
-			m[i] = 0xff
-			bits -= 8
-		case bits > 0:
-			m[i] = ^byte(0xff >> bits)
-			bits = 0
-		}
-	}
-	return m
 }
 
 // Close detaches the link from the stack and stops its writer.
@@ -208,6 +191,10 @@ func (l *Link) Deliver(pkt []byte) {
 		return
 	}
 	if !local && h.isEchoRequest() {
+		if !h.echoChecksumsValid(pkt) {
+			ns.drop(DropMalformed)
+			return
+		}
 		ns.handleEcho(l, h, pkt)
 		return
 	}

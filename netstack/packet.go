@@ -3,6 +3,9 @@ package netstack
 import (
 	"encoding/binary"
 	"net/netip"
+
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
 // DropReason says why the stack dropped a packet before gVisor saw it.
@@ -17,12 +20,11 @@ const (
 	DropQueueFull                       // outbound queue full
 	DropTooBig                          // outbound packet larger than the link's buffers
 	DropWriteError                      // the output failed
-	DropEcho                            // echo request the handler could not take
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
-	"malformed", "unknown_source", "not_routed", "link_down", "queue_full", "too_big", "write_error", "echo",
+	"malformed", "unknown_source", "not_routed", "link_down", "queue_full", "too_big", "write_error",
 }
 
 // String returns the reason as a metric label.
@@ -115,4 +117,21 @@ func (h *ipHeader) isEchoRequest() bool {
 		return h.proto == protoICMPv6 && h.l4[0] == 128
 	}
 	return h.proto == protoICMPv4 && !h.fragment && h.l4[0] == 8
+}
+
+// echoChecksumsValid reports whether an echo request's checksums hold: the
+// IPv4 header checksum and the ICMP checksum, or the ICMPv6 checksum with
+// its pseudo-header. The stack answers echo requests itself, so it must
+// verify what gVisor would have verified; pkt is the packet h was parsed
+// from.
+func (h *ipHeader) echoChecksumsValid(pkt []byte) bool {
+	if h.v6 {
+		icmp := header.ICMPv6(h.l4)
+		return icmp.Checksum() == header.ICMPv6Checksum(header.ICMPv6ChecksumParams{
+			Header: icmp,
+			Src:    toAddr(h.src),
+			Dst:    toAddr(h.dst),
+		})
+	}
+	return header.IPv4(pkt[:h.hdrLen]).IsChecksumValid() && checksum.Checksum(h.l4, 0) == 0xffff
 }

@@ -64,7 +64,7 @@ func (s *Server) readBatches(c *net.UDPConn) error {
 		for sent := 0; sent < b.n; {
 			k, err := bc.WriteBatch(b.out[sent:b.n], 0)
 			if err != nil {
-				s.m.dropped.WithLabelValues(dropWrite).Add(float64(b.n - sent))
+				s.m.dropped[dropWrite].Add(float64(b.n - sent))
 				break
 			}
 			sent += k

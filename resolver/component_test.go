@@ -266,7 +266,7 @@ func TestServeStreamLimits(t *testing.T) {
 			c.Close()
 		}
 		wg.Wait()
-		if got := counter(t, limited.Server, "ztgate_dns_dropped_total", "reason", dropTCPLimit); got != 1 {
+		if got := counter(t, limited.Server, "ztgate_dns_dropped_total", "reason", dropTCPLimit.String()); got != 1 {
 			t.Errorf("dropped{tcp_limit} = %v, want 1 (limit 2 of 3)", got)
 		}
 	})

@@ -173,10 +173,10 @@ func TestForwardBusyAndShutdown(t *testing.T) {
 		}
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for counter(t, s, "ztgate_dns_dropped_total", "reason", dropBusy) != 1 && time.Now().Before(deadline) {
+	for counter(t, s, "ztgate_dns_dropped_total", "reason", dropBusy.String()) != 1 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond) // the reader is on another goroutine
 	}
-	if n := counter(t, s, "ztgate_dns_dropped_total", "reason", dropBusy); n != 1 {
+	if n := counter(t, s, "ztgate_dns_dropped_total", "reason", dropBusy.String()); n != 1 {
 		t.Fatalf("dropped{busy} = %v, want 1 (one forward slot, the first query holds it)", n)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

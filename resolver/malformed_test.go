@@ -35,9 +35,9 @@ func TestHandleMalformed(t *testing.T) {
 		dropped    string // reason counted when there is no reply
 		malformed  bool
 	}{
-		{name: "empty", raw: nil, dropped: dropMalformed, malformed: true},
-		{name: "shorter than a header", raw: good[:11], dropped: dropMalformed, malformed: true},
-		{name: "a response", raw: with(good, setFlags(flagQR)), dropped: dropResponse},
+		{name: "empty", raw: nil, dropped: dropMalformed.String(), malformed: true},
+		{name: "shorter than a header", raw: good[:11], dropped: dropMalformed.String(), malformed: true},
+		{name: "a response", raw: with(good, setFlags(flagQR)), dropped: dropResponse.String()},
 		{name: "opcode NOTIFY", raw: with(good, setFlags(dns.OpcodeNotify<<11)), reply: true, rcode: dns.RcodeNotImplemented, headerOnly: true},
 		{name: "opcode UPDATE", raw: with(good, setFlags(dns.OpcodeUpdate<<11)), reply: true, rcode: dns.RcodeNotImplemented, headerOnly: true},
 		{name: "no question", raw: good[:headerLen], reply: true, rcode: dns.RcodeFormatError, headerOnly: true, malformed: true},

@@ -1,22 +1,38 @@
 package resolver
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ztgate/ztgate/internal/promreg"
 )
 
-// Reasons for ztgate_dns_dropped_total: a query that got no reply at all.
+// dropReason says why a query got no reply at all: the reason label of
+// ztgate_dns_dropped_total.
+type dropReason uint8
+
+// Reasons for ztgate_dns_dropped_total.
 const (
-	dropMalformed = "malformed" // shorter than a DNS header
-	dropResponse  = "response"  // QR set: a response sent to the server
-	dropBusy      = "busy"      // too many forwarded queries in flight
-	dropTCPLimit  = "tcp_limit" // a TCP connection over MaxTCPConns
-	dropWrite     = "write"     // the reply could not be sent
+	dropMalformed dropReason = iota // shorter than a DNS header
+	dropResponse                    // QR set: a response sent to the server
+	dropBusy                        // too many forwarded queries in flight
+	dropTCPLimit                    // a TCP connection over MaxTCPConns
+	dropWrite                       // the reply could not be sent
+	numDropReasons
 )
+
+var dropNames = [numDropReasons]string{"malformed", "response", "busy", "tcp_limit", "write"}
+
+// String returns the reason as a metric label.
+func (r dropReason) String() string {
+	if r < numDropReasons {
+		return dropNames[r]
+	}
+	return "unknown"
+}
 
 // Reasons for ztgate_dns_forward_errors_total.
 const (
@@ -35,7 +51,7 @@ const rcodeSlots = dns.RcodeBadVers + 1
 type metrics struct {
 	queries   [rcodeSlots]prometheus.Counter
 	other     prometheus.Counter
-	dropped   *prometheus.CounterVec
+	dropped   [numDropReasons]prometheus.Counter
 	malformed prometheus.Counter
 	fwdErrors *prometheus.CounterVec
 	cache     *prometheus.CounterVec
@@ -88,28 +104,23 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	m.queries[dns.RcodeBadVers] = queries.WithLabelValues("BADVERS")
 	m.other = queries.WithLabelValues("other")
-	m.dropped, m.malformed, m.fwdErrors, m.cache = dropped, malformed, fwdErrors, cache
+	for r := range m.dropped {
+		m.dropped[r] = dropped.WithLabelValues(dropReason(r).String())
+	}
+	m.malformed, m.fwdErrors, m.cache = malformed, fwdErrors, cache
 	m.hits, m.misses = cache.WithLabelValues("hit"), cache.WithLabelValues("miss")
 	return m, nil
 }
 
 // register registers c, or returns the collector already registered under
-// its name so that a Server rebuilt on reload keeps counting in the same series.
+// its name so that a Server rebuilt on reload keeps counting in the same
+// series (see promreg.Register).
 func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	if reg == nil {
-		return c, nil
+	c, err := promreg.Register(reg, c)
+	if err != nil {
+		return c, fmt.Errorf("resolver: %w", err)
 	}
-	err := reg.Register(c)
-	if err == nil {
-		return c, nil
-	}
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
-	return c, fmt.Errorf("resolver: register metrics: %w", err)
+	return c, nil
 }
 
 func (m *metrics) reply(rcode int) {
@@ -120,7 +131,9 @@ func (m *metrics) reply(rcode int) {
 	m.other.Inc()
 }
 
-func (m *metrics) drop(reason string) { m.dropped.WithLabelValues(reason).Inc() }
+// drop counts a query that got no reply; a flood of them costs one atomic
+// add each.
+func (m *metrics) drop(r dropReason) { m.dropped[r].Inc() }
 
 func (m *metrics) forwardError(upstream netip.AddrPort, reason string) {
 	m.fwdErrors.WithLabelValues(upstream.String(), reason).Inc()

@@ -1,10 +1,11 @@
 package tunnel
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ztgate/ztgate/internal/promreg"
 )
 
 // Label values of the tunnel metrics. Every label is bounded: no address,
@@ -88,18 +89,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
-// register registers c, or returns the equal collector reg already has.
+// register registers c, or returns the equal collector reg already has
+// (see promreg.Register).
 func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	if err == nil {
-		return c, nil
+	c, err := promreg.Register(reg, c)
+	if err != nil {
+		return c, fmt.Errorf("tunnel: %w", err)
 	}
-	if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
-	return c, fmt.Errorf("tunnel: metrics: %w", err)
+	return c, nil
 }
 
 // handshake counts one handshake of side.

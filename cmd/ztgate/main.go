@@ -57,7 +57,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	for _, c := range commands() {
 		if c.name == args[0] {
-			startProfiling(stderr)
 			return c.run(args[1:], stdout, stderr)
 		}
 	}

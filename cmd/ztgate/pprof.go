@@ -5,14 +5,16 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"os"
 	"time"
+
+	"github.com/ztgate/ztgate/internal/adminapi"
 )
 
 // startProfiling serves Go's profiles on the address in ZTGATE_PPROF (for
 // performance work on any role: go tool pprof http://ADDR/debug/pprof/profile).
-// It is off unless set, and meant for loopback.
+// It is off unless set, and meant for loopback. Only the roles start it:
+// the one-shot commands have nothing worth profiling.
 func startProfiling(stderr io.Writer) {
 	addr := os.Getenv("ZTGATE_PPROF")
 	if addr == "" {
@@ -23,10 +25,6 @@ func startProfiling(stderr io.Writer) {
 		fmt.Fprintln(stderr, "ztgate: ZTGATE_PPROF:", err)
 		return
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: adminapi.ProfileHandler(), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(l)
 }

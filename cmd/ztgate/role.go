@@ -34,9 +34,10 @@ type roleCommand[C any] struct {
 	build func(cfg *C, log *slog.Logger) (r role, reload func() error, err error)
 }
 
-// run parses the flags, loads and validates the configuration, starts the
-// role and serves until SIGTERM or SIGINT, reloading on SIGHUP; then it
-// shuts down within shutdownGrace.
+// run parses the flags, starts profiling when ZTGATE_PPROF asks for it,
+// loads and validates the configuration, starts the role and serves until
+// SIGTERM or SIGINT, reloading on SIGHUP; then it shuts down within
+// shutdownGrace.
 func (rc roleCommand[C]) run(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet(rc.name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -51,6 +52,7 @@ func (rc roleCommand[C]) run(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "ztgate:", err)
 		return 2
 	}
+	startProfiling(stderr)
 	cfg, err := rc.load(*path)
 	if err != nil {
 		printConfigErrors(stderr, err)

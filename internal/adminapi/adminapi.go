@@ -49,7 +49,7 @@ func Start(cfg Config) (*Server, error) {
 	if !cfg.Listen.IsValid() {
 		return nil, nil
 	}
-	token, err := ReadToken(cfg.TokenFile)
+	token, err := readToken(cfg.TokenFile)
 	if err != nil {
 		return nil, err
 	}
@@ -151,18 +151,25 @@ func handler(token string, reg *prometheus.Registry, v1 http.Handler, m *metrics
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	}
 	if v1 != nil {
-		mux.Handle("/v1/", RequireToken(token, routed(v1)))
+		mux.Handle("/v1/", requireToken(token, routed(v1)))
 	}
-	dbg := http.NewServeMux()
-	dbg.HandleFunc("/debug/pprof/", pprof.Index)
-	dbg.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	dbg.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	mux.Handle("/debug/pprof/", RequireToken(token, dbg))
+	mux.Handle("/debug/pprof/", requireToken(token, ProfileHandler()))
 	return withMetrics(m, routed(mux))
 }
 
-// ReadToken reads a bearer token file; no file means no token.
-func ReadToken(path string) (string, error) {
+// ProfileHandler serves Go's profiles under /debug/pprof/: the index (and
+// the named profiles through it), a CPU profile and an execution trace.
+// It checks no token: the caller puts it behind one, or on loopback.
+func ProfileHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// readToken reads a bearer token file; no file means no token.
+func readToken(path string) (string, error) {
 	if path == "" {
 		return "", nil
 	}
@@ -177,9 +184,9 @@ func ReadToken(path string) (string, error) {
 	return t, nil
 }
 
-// RequireToken checks the bearer token in constant time; behind Handler,
+// requireToken checks the bearer token in constant time; behind Handler,
 // it counts the requests it refuses.
-func RequireToken(token string, next http.Handler) http.Handler {
+func requireToken(token string, next http.Handler) http.Handler {
 	if token == "" {
 		return next
 	}

@@ -65,14 +65,14 @@ func TestReadToken(t *testing.T) {
 	os.WriteFile(good, []byte(" tok\n"), 0o600)
 	empty := filepath.Join(dir, "e")
 	os.WriteFile(empty, []byte("\n"), 0o600)
-	if tok, err := ReadToken(good); err != nil || tok != "tok" {
+	if tok, err := readToken(good); err != nil || tok != "tok" {
 		t.Fatalf("good: %q %v", tok, err)
 	}
-	if tok, err := ReadToken(""); err != nil || tok != "" {
+	if tok, err := readToken(""); err != nil || tok != "" {
 		t.Fatalf("none: %q %v", tok, err)
 	}
 	for _, p := range []string{empty, filepath.Join(dir, "missing")} {
-		if _, err := ReadToken(p); err == nil {
+		if _, err := readToken(p); err == nil {
 			t.Fatalf("%s: no error", p)
 		}
 	}

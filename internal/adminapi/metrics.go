@@ -2,11 +2,12 @@ package adminapi
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ztgate/ztgate/internal/promreg"
 )
 
 // Reason is why a request was rejected: a label value of
@@ -80,19 +81,13 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 }
 
 // register registers c, or returns the collector already registered under
-// its name.
+// its name (see promreg.Register).
 func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	if err == nil {
-		return c, nil
+	c, err := promreg.Register(reg, c)
+	if err != nil {
+		return c, fmt.Errorf("adminapi: %w", err)
 	}
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
-	return c, fmt.Errorf("adminapi: register metrics: %w", err)
+	return c, nil
 }
 
 // reject counts a rejected request; m may be nil.
@@ -106,7 +101,7 @@ func (m *metrics) reject(r Reason) {
 type metricsKey struct{}
 
 // withMetrics hands m to the handlers below it through the request
-// context, so that the shared helpers (RequireToken, ReadBody, Reject)
+// context, so that the shared helpers (requireToken, ReadBody, Reject)
 // count in the registry of the role that serves the request.
 func withMetrics(m *metrics, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

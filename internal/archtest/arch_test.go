@@ -80,6 +80,10 @@ func isStd(path string) bool {
 	return !strings.Contains(first, ".")
 }
 
+// blockInternals are the packages under internal that the building blocks
+// other than catalog may import: leaves that import nothing of the module.
+var blockInternals = []string{module + "/internal/promreg"}
+
 // testLibraries are third-party packages any test may import, catalog's
 // included: they are not linked into the binaries.
 var testLibraries = []string{"go.uber.org/goleak"}
@@ -98,6 +102,10 @@ func importViolation(path, imp string, test, testOnly bool) string {
 			return "integration is test code"
 		case buildingBlocks[from] && roles[to]:
 			return "building blocks never import roles"
+		case from == "catalog" && to == "internal":
+			return "catalog imports nothing under internal"
+		case buildingBlocks[from] && to == "internal" && !hasPrefixPath(imp, blockInternals...):
+			return "building blocks import nothing under internal but " + strings.Join(blockInternals, ", ")
 		case buildingBlocks[from] && buildingBlocks[to] && to != from && to != "catalog":
 			return "building blocks import only catalog"
 		case roles[from] && roles[to] && to != from && !testOnly:
@@ -169,6 +177,12 @@ func TestImportRules(t *testing.T) {
 		{m + "netstack", "gvisor.dev/gvisor/pkg/tcpip/header", true, false, true},
 		{m + "resolver", m + "netstack/netstacktest", true, false, false},
 		{m + "resolver", m + "catalog", true, false, true},
+		{m + "resolver", m + "internal/promreg", false, false, true},
+		{m + "tunnel", m + "internal/promreg", false, false, true},
+		{m + "netstack", m + "internal/adminapi", false, false, false},
+		{m + "conf", m + "internal/adminapi", true, false, false},
+		{m + "catalog", m + "internal/promreg", false, false, false},
+		{m + "gateway", m + "internal/adminapi", false, false, true},
 		{m + "gateway", "github.com/quic-go/quic-go", true, false, false},
 		{m + "gateway", "github.com/miekg/dns", false, false, false},
 		{m + "catalog", "github.com/BurntSushi/toml", true, false, false},

@@ -3,6 +3,10 @@ package netstacktest
 import (
 	"encoding/binary"
 	"net/netip"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
 // TCP flags for TCPSegment.
@@ -55,8 +59,9 @@ func SetIPv4Checksum(b []byte) {
 	if hl < 20 || hl > len(b) {
 		return
 	}
-	b[10], b[11] = 0, 0
-	binary.BigEndian.PutUint16(b[10:12], ^fold(sum(b[:hl], 0)))
+	ip := header.IPv4(b)
+	ip.SetChecksum(0)
+	ip.SetChecksum(^ip.CalculateChecksum())
 }
 
 // TCPSegment builds an IPv4 packet carrying one TCP segment from src to dst
@@ -70,7 +75,7 @@ func TCPSegment(src, dst netip.AddrPort, flags uint8, seq uint32, payload []byte
 	t[13] = flags
 	binary.BigEndian.PutUint16(t[14:16], 65535) // window
 	copy(t[20:], payload)
-	binary.BigEndian.PutUint16(t[16:18], ^fold(sum(t, pseudo(src.Addr(), dst.Addr(), ProtoTCP, len(t)))))
+	binary.BigEndian.PutUint16(t[16:18], ^checksum.Checksum(t, pseudo(src.Addr(), dst.Addr(), header.TCPProtocolNumber, len(t))))
 	return IPv4Packet(src.Addr(), dst.Addr(), ProtoTCP, nil, t)
 }
 
@@ -82,7 +87,7 @@ func UDPDatagram(src, dst netip.AddrPort, payload []byte) []byte {
 	binary.BigEndian.PutUint16(u[2:4], dst.Port())
 	binary.BigEndian.PutUint16(u[4:6], uint16(len(u)))
 	copy(u[8:], payload)
-	c := ^fold(sum(u, pseudo(src.Addr(), dst.Addr(), ProtoUDP, len(u))))
+	c := ^checksum.Checksum(u, pseudo(src.Addr(), dst.Addr(), header.UDPProtocolNumber, len(u)))
 	if c == 0 {
 		c = 0xffff
 	}
@@ -124,31 +129,8 @@ func FragmentAt(pkt []byte, off int, payload []byte, more bool) []byte {
 	return f
 }
 
-func pseudo(src, dst netip.Addr, proto uint8, n int) uint32 {
-	s, d := src.As4(), dst.As4()
-	var p [12]byte
-	copy(p[0:4], s[:])
-	copy(p[4:8], d[:])
-	p[9] = proto
-	binary.BigEndian.PutUint16(p[10:12], uint16(n))
-	return sum(p[:], 0)
-}
-
-// sum adds b as big-endian 16-bit words to acc (ones' complement, unfolded).
-func sum(b []byte, acc uint32) uint32 {
-	for len(b) >= 2 {
-		acc += uint32(binary.BigEndian.Uint16(b))
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		acc += uint32(b[0]) << 8
-	}
-	return acc
-}
-
-func fold(acc uint32) uint16 {
-	for acc>>16 != 0 {
-		acc = acc&0xffff + acc>>16
-	}
-	return uint16(acc)
+// pseudo is the checksum of the IPv4 pseudo-header of a transport segment
+// of n bytes.
+func pseudo(src, dst netip.Addr, proto tcpip.TransportProtocolNumber, n int) uint16 {
+	return header.PseudoHeaderChecksum(proto, toAddr(src), toAddr(dst), uint16(n))
 }

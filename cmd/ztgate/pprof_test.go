@@ -1,0 +1,33 @@
+package main
+
+import (
+	"bytes"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestProfilingOnlyForRoles: ZTGATE_PPROF is honoured by the roles only;
+// the one-shot commands never try to listen on it. An address that cannot
+// be listened on makes the attempt visible on stderr without serving
+// anything.
+func TestProfilingOnlyForRoles(t *testing.T) {
+	t.Setenv("ZTGATE_PPROF", "no port here")
+	missing := filepath.Join(t.TempDir(), "missing.toml")
+	for _, tc := range []struct {
+		args    []string
+		profile bool
+	}{
+		{[]string{"version"}, false},
+		{[]string{"check", missing}, false},
+		{[]string{"gateway", "-config", missing}, true},
+		{[]string{"relay", "-config", missing}, true},
+		{[]string{"agent", "-config", missing}, true},
+	} {
+		var stdout, stderr bytes.Buffer
+		run(tc.args, &stdout, &stderr)
+		if got := strings.Contains(stderr.String(), "ZTGATE_PPROF"); got != tc.profile {
+			t.Errorf("%v tried to start profiling: %v, want %v (stderr %q)", tc.args, got, tc.profile, stderr.String())
+		}
+	}
+}
