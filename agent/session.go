@@ -11,10 +11,6 @@ import (
 	"github.com/ztgate/ztgate/tunnel"
 )
 
-// maxServiceName is the longest service name (a DNS label): the framing
-// overhead of a routed packet is at most 2 bytes plus this.
-const maxServiceName = 63
-
 // startTunnel keeps the agent connected to [tunnel] server, redialling with
 // backoff; the data path never waits for it.
 func (a *Agent) startTunnel() {
@@ -98,7 +94,7 @@ const minMTU = 576
 // unknown (an ended session, a server that sent none) and lowers nothing.
 func tunnelMTU(configured, maxDatagram, maxPacket int) int {
 	mtu := configured
-	if m := maxDatagram - 2 - maxServiceName; m > 0 {
+	if m := routedMTU(maxDatagram); m > 0 {
 		mtu = min(mtu, m)
 	}
 	if maxPacket > 0 {
@@ -106,6 +102,11 @@ func tunnelMTU(configured, maxDatagram, maxPacket int) int {
 	}
 	return max(mtu, minMTU)
 }
+
+// routedMTU is the largest packet a session whose largest datagram is
+// maxDatagram carries with a 0x2F header for the longest service name; 0 or
+// less when none fits.
+func routedMTU(maxDatagram int) int { return maxDatagram - tunnel.MaxRoutedOverhead }
 
 // control applies the server's control messages.
 func (a *Agent) control(s *tunnel.Session) error {
