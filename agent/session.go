@@ -69,17 +69,28 @@ func (a *Agent) serve(ctx context.Context, s *tunnel.Session) error {
 // to the server with its framing, and every reply fits the server's path.
 func (a *Agent) fitMTU(s *tunnel.Session) {
 	mtu := tunnelMTU(a.cfg.TUN.MTU, s.MaxDatagram(), s.Welcome().MaxPacket)
+	var setTUN func(int) error
+	if a.tun != nil {
+		setTUN = a.tun.SetMTU
+	}
+	a.applyMTU(mtu, setTUN)
+}
+
+// applyMTU sizes the TUN (setTUN; nil when a device replaces it) and the
+// local link to mtu. a.mtu records mtu only once both are sized: after a
+// failure it keeps the size in force, so the next session retries.
+func (a *Agent) applyMTU(mtu int, setTUN func(int) error) {
 	if int64(mtu) == a.mtu.Load() {
 		return
 	}
-	a.mtu.Store(int64(mtu))
-	if a.tun != nil {
-		if err := a.tun.SetMTU(mtu); err != nil {
+	if setTUN != nil {
+		if err := setTUN(mtu); err != nil {
 			a.log.Error("cannot size the TUN for the tunnel", "mtu", mtu, "err", err)
 			return
 		}
 	}
 	a.local.SetMTU(mtu)
+	a.mtu.Store(int64(mtu))
 	a.log.Info("TUN MTU fitted to the tunnel", "mtu", mtu)
 }
 
