@@ -183,18 +183,18 @@ func (a *Agent) receive(ctx context.Context, s *tunnel.Session, down prometheus.
 		case tunnel.TypeQAD:
 			continue
 		default:
-			a.m.drop("unexpected_datagram")
+			a.m.drop(dropUnexpectedDatagram)
 			continue
 		}
 		src, dst, ok := netstack.IPv4Addrs(b)
 		if !ok || dst != a.cfg.TUN.Address || !a.dir.Load().pool.Contains(src) {
-			a.m.drop("foreign_packet")
+			a.m.drop(dropForeignPacket)
 			continue
 		}
 		n := copy(buf[hr:], b)
 		bufs[0] = buf[:hr+n]
 		if err := a.dev.WritePackets(bufs); err != nil {
-			a.m.drop("tun_write")
+			a.m.drop(dropTUNWrite)
 			continue
 		}
 		down.Inc()
