@@ -144,6 +144,8 @@ func packetBound(own int, gateways []int) int {
 }
 
 // datagrams hands every datagram of a session to handle until it ends.
+// Each datagram is handle's to keep (ReceiveDatagram's slice is the
+// caller's).
 func (r *Relay) datagrams(s *tunnel.Session, handle func([]byte)) {
 	for {
 		b, err := s.ReceiveDatagram(r.ctx)
