@@ -116,13 +116,13 @@ func (r *Relay) newFlowTag(a *agent, service []byte, inner netip.Addr, w flowWan
 	r.mu.RLock()
 	svc := r.services[string(service)]
 	var g *gateway
-	reason := dropNoGateway
+	var reason dropReason
 	switch {
 	case svc == nil:
 		reason = dropUnknownService
-	case !a.may(svc):
+	case !a.may(svc): // may holds only if a gateway of svc admits the tenant
 		reason = dropNotAuthorized
-	case len(svc.gateways) > 0:
+	default:
 		if g = r.chooseGatewayLocked(svc, w, hint, false); g == nil {
 			reason = dropNoEligible
 		}
