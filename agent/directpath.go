@@ -75,7 +75,7 @@ func (d *direct) dial(r dialed, cands []netip.AddrPort) {
 func (d *direct) startPath(gateway string, addr netip.AddrPort, s *tunnel.Session) *path {
 	p := &path{gateway: gateway, addr: addr, s: s, services: make(map[string]uint64)}
 	p.lastPong.Store(time.Now().UnixNano())
-	if mtu := s.MaxDatagram() - 2 - maxServiceName; mtu < int(d.a.mtu.Load()) {
+	if mtu := routedMTU(s.MaxDatagram()); mtu < int(d.a.mtu.Load()) {
 		d.log.Warn("the direct path carries less than the TUN's MTU; larger packets take the relay",
 			"gateway", gateway, "direct_mtu", mtu, "mtu", d.a.mtu.Load())
 	}

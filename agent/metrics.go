@@ -5,6 +5,30 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
+// dropReason is why the agent dropped a packet: a bounded label.
+type dropReason uint8
+
+// Reasons a packet is dropped.
+const (
+	dropNotIPv4            dropReason = iota // a TUN packet that is not IPv4
+	dropForeignSource                        // a TUN packet not from the agent's address
+	dropBadServiceID                         // the service name cannot be framed
+	dropNoSession                            // no session to the server
+	dropSendError                            // the session did not take the datagram
+	dropUnexpectedDatagram                   // a datagram type the server must not send
+	dropForeignPacket                        // a packet not from the pool to the agent's address
+	dropTUNWrite                             // the TUN did not take the packet
+	numDropReasons
+)
+
+var dropNames = [numDropReasons]string{
+	"not_ipv4", "foreign_source", "bad_service_id", "no_session", "send_error",
+	"unexpected_datagram", "foreign_packet", "tun_write",
+}
+
+// String returns the label value.
+func (d dropReason) String() string { return dropNames[d] }
+
 // metrics are the agent's Prometheus collectors.
 type metrics struct {
 	reg       *prometheus.Registry
@@ -12,6 +36,9 @@ type metrics struct {
 	up, down  prometheus.Counter
 	dropped   *prometheus.CounterVec
 	refusals  *prometheus.CounterVec
+	drops     [numDropReasons]prometheus.Counter
+	// Children of refusals: a VIP no service has, a service that is down.
+	refusedNoService, refusedServiceDown prometheus.Counter
 
 	// The direct path and the router's flow table.
 	upDirect, downDirect       prometheus.Counter
@@ -40,6 +67,10 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Name: "ztgate_flows_refused_total", Help: "New flows the agent refused locally, by reason.",
 		}, []string{"reason"}),
 	}
+	for i := range m.drops {
+		m.drops[i] = m.dropped.WithLabelValues(dropReason(i).String())
+	}
+	m.refusedNoService, m.refusedServiceDown = m.refusals.WithLabelValues("no_service"), m.refusals.WithLabelValues("service_down")
 	direct := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ztgate_agent_direct_packets_total", Help: "Packets on direct paths to gateways (also in ztgate_agent_packets_total only when the relay carried them).",
 	}, []string{"direction"})
@@ -60,12 +91,14 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	return m
 }
 
-func (m *metrics) drop(reason string) { m.dropped.WithLabelValues(reason).Inc() }
+// drop counts a packet the agent dropped.
+func (m *metrics) drop(r dropReason) { m.drops[r].Inc() }
 
+// refused counts a new flow the agent refused itself.
 func (m *metrics) refused(unknownVIP bool) {
 	if unknownVIP {
-		m.refusals.WithLabelValues("no_service").Inc()
+		m.refusedNoService.Inc()
 	} else {
-		m.refusals.WithLabelValues("service_down").Inc()
+		m.refusedServiceDown.Inc()
 	}
 }

@@ -38,11 +38,11 @@ func (r *router) Deliver(pkt []byte) {
 	a := r.a
 	src, dst, ok := netstack.IPv4Addrs(pkt)
 	if !ok {
-		a.m.drop("not_ipv4")
+		a.m.drop(dropNotIPv4)
 		return
 	}
 	if src != a.cfg.TUN.Address {
-		a.m.drop("foreign_source")
+		a.m.drop(dropForeignSource)
 		return
 	}
 	if dst == a.gatewayAddr() {
@@ -61,7 +61,7 @@ func (r *router) Deliver(pkt []byte) {
 	}
 	b, err := tunnel.AppendRouted(r.scratch[:0], svc.name, pkt)
 	if err != nil {
-		a.m.drop("bad_service_id")
+		a.m.drop(dropBadServiceID)
 		return
 	}
 	r.scratch = b
@@ -76,11 +76,11 @@ func (r *router) Deliver(pkt []byte) {
 	}
 	s := a.sess.Load()
 	if s == nil {
-		a.m.drop("no_session")
+		a.m.drop(dropNoSession)
 		return
 	}
 	if err := s.SendDatagram(b); err != nil {
-		a.m.drop("send_error")
+		a.m.drop(dropSendError)
 		return
 	}
 	a.m.up.Add(1)

@@ -11,10 +11,6 @@ import (
 	"github.com/ztgate/ztgate/tunnel"
 )
 
-// maxServiceName is the longest service name (a DNS label): the framing
-// overhead of a routed packet is at most 2 bytes plus this.
-const maxServiceName = 63
-
 // startTunnel keeps the agent connected to [tunnel] server, redialling with
 // backoff; the data path never waits for it.
 func (a *Agent) startTunnel() {
@@ -73,17 +69,28 @@ func (a *Agent) serve(ctx context.Context, s *tunnel.Session) error {
 // to the server with its framing, and every reply fits the server's path.
 func (a *Agent) fitMTU(s *tunnel.Session) {
 	mtu := tunnelMTU(a.cfg.TUN.MTU, s.MaxDatagram(), s.Welcome().MaxPacket)
+	var setTUN func(int) error
+	if a.tun != nil {
+		setTUN = a.tun.SetMTU
+	}
+	a.applyMTU(mtu, setTUN)
+}
+
+// applyMTU sizes the TUN (setTUN; nil when a device replaces it) and the
+// local link to mtu. a.mtu records mtu only once both are sized: after a
+// failure it keeps the size in force, so the next session retries.
+func (a *Agent) applyMTU(mtu int, setTUN func(int) error) {
 	if int64(mtu) == a.mtu.Load() {
 		return
 	}
-	a.mtu.Store(int64(mtu))
-	if a.tun != nil {
-		if err := a.tun.SetMTU(mtu); err != nil {
+	if setTUN != nil {
+		if err := setTUN(mtu); err != nil {
 			a.log.Error("cannot size the TUN for the tunnel", "mtu", mtu, "err", err)
 			return
 		}
 	}
 	a.local.SetMTU(mtu)
+	a.mtu.Store(int64(mtu))
 	a.log.Info("TUN MTU fitted to the tunnel", "mtu", mtu)
 }
 
@@ -98,7 +105,7 @@ const minMTU = 576
 // unknown (an ended session, a server that sent none) and lowers nothing.
 func tunnelMTU(configured, maxDatagram, maxPacket int) int {
 	mtu := configured
-	if m := maxDatagram - 2 - maxServiceName; m > 0 {
+	if m := routedMTU(maxDatagram); m > 0 {
 		mtu = min(mtu, m)
 	}
 	if maxPacket > 0 {
@@ -106,6 +113,11 @@ func tunnelMTU(configured, maxDatagram, maxPacket int) int {
 	}
 	return max(mtu, minMTU)
 }
+
+// routedMTU is the largest packet a session whose largest datagram is
+// maxDatagram carries with a 0x2F header for the longest service name; 0 or
+// less when none fits.
+func routedMTU(maxDatagram int) int { return maxDatagram - tunnel.MaxRoutedOverhead }
 
 // control applies the server's control messages.
 func (a *Agent) control(s *tunnel.Session) error {
@@ -171,18 +183,18 @@ func (a *Agent) receive(ctx context.Context, s *tunnel.Session, down prometheus.
 		case tunnel.TypeQAD:
 			continue
 		default:
-			a.m.drop("unexpected_datagram")
+			a.m.drop(dropUnexpectedDatagram)
 			continue
 		}
 		src, dst, ok := netstack.IPv4Addrs(b)
 		if !ok || dst != a.cfg.TUN.Address || !a.dir.Load().pool.Contains(src) {
-			a.m.drop("foreign_packet")
+			a.m.drop(dropForeignPacket)
 			continue
 		}
 		n := copy(buf[hr:], b)
 		bufs[0] = buf[:hr+n]
 		if err := a.dev.WritePackets(bufs); err != nil {
-			a.m.drop("tun_write")
+			a.m.drop(dropTUNWrite)
 			continue
 		}
 		down.Inc()

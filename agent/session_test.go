@@ -1,6 +1,14 @@
 package agent
 
-import "testing"
+import (
+	"errors"
+	"log/slog"
+	"net/netip"
+	"testing"
+
+	"github.com/ztgate/ztgate/netstack"
+	"github.com/ztgate/ztgate/netstack/netstacktest"
+)
 
 // TestTunnelMTU checks the TUN's MTU derived from a session's sizes
 // (docs/protocol.md, "Sizing"): every packet the TUN takes must fit the
@@ -28,5 +36,55 @@ func TestTunnelMTU(t *testing.T) {
 				t.Errorf("tunnelMTU(%d, %d, %d) = %d, want %d", tc.configured, tc.maxDatagram, tc.welcome, got, tc.want)
 			}
 		})
+	}
+}
+
+// TestApplyMTURetriesAfterFailure checks that a TUN that cannot be resized
+// leaves the agent's MTU and the local link as they were, so that the next
+// session with the same size tries again.
+func TestApplyMTURetriesAfterFailure(t *testing.T) {
+	st, err := netstack.New(netstack.Config{
+		Pools:   []netip.Prefix{netip.MustParsePrefix("10.100.0.0/24")},
+		Local:   []netip.Addr{netip.MustParseAddr("10.100.0.1")},
+		Handler: refuser{},
+	}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	dev, err := netstacktest.NewClient(1280, innerAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	link, err := st.NewLink(netstack.LinkConfig{
+		Name: "local", MTU: dev.MTU(), Output: dev,
+		Headroom: dev.Headroom(), WriteCap: dev.WriteCap(), BatchSize: dev.BatchSize(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer link.Close()
+	a := &Agent{log: slog.New(slog.DiscardHandler), local: link}
+	a.mtu.Store(1280)
+
+	a.applyMTU(1100, func(int) error { return errors.New("device busy") })
+	if got := a.mtu.Load(); got != 1280 {
+		t.Errorf("after a failed resize the agent's MTU is %d, want 1280", got)
+	}
+	if got := link.MTU(); got != 1280 {
+		t.Errorf("after a failed resize the local link's MTU is %d, want 1280", got)
+	}
+
+	tried := 0
+	a.applyMTU(1100, func(mtu int) error { tried = mtu; return nil })
+	if tried != 1100 {
+		t.Errorf("the next session with the same size set the TUN to %d, want a retry with 1100", tried)
+	}
+	if got := a.mtu.Load(); got != 1100 {
+		t.Errorf("after the retry the agent's MTU is %d, want 1100", got)
+	}
+	if got := link.MTU(); got != 1100 {
+		t.Errorf("after the retry the local link's MTU is %d, want 1100", got)
 	}
 }

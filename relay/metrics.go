@@ -17,7 +17,7 @@ const (
 	dropUnknownService                     // no gateway serves the service
 	dropNotAuthorized                      // the agent's identity or tenant may not reach the service
 	dropSpoofed                            // source address is not the agent's inner address
-	dropNoGateway                          // the service has no live gateway
+	dropTagsExhausted                      // no free tag was found (see maxTagDraws)
 	dropGatewayGone                        // tag_open could not be sent
 	dropUnknownTag                         // 0x31 with a tag that is not live
 	dropForeignTag                         // 0x31 with a tag of another gateway
@@ -31,7 +31,7 @@ const (
 
 var dropNames = [numDropReasons]string{
 	"malformed", "unexpected_type", "raw_from_agent", "not_registered", "unknown_service",
-	"not_authorized", "spoofed", "no_gateway", "gateway_gone", "unknown_tag", "foreign_tag",
+	"not_authorized", "spoofed", "tags_exhausted", "gateway_gone", "unknown_tag", "foreign_tag",
 	"not_ip", "wrong_destination", "send_failed", "flow_gateway_lost", "all_drained",
 }
 

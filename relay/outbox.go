@@ -17,33 +17,64 @@ const outboxLen = 1024
 // and absorbs bursts that TCP would otherwise see as loss.
 type outbox struct {
 	s    *tunnel.Session
-	ch   chan *[]byte
+	ch   chan outItem
 	done chan struct{}
 	wg   sync.WaitGroup
+}
+
+// outItem is one queued datagram. pooled is b's buffer when it came from
+// outboxPool, which takes it back once it is sent or dropped; nil for a
+// slice the outbox was handed.
+type outItem struct {
+	b      []byte
+	pooled *[]byte
 }
 
 var outboxPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
 func newOutbox(s *tunnel.Session) *outbox {
-	o := &outbox{s: s, ch: make(chan *[]byte, outboxLen), done: make(chan struct{})}
+	o := &outbox{s: s, ch: make(chan outItem, outboxLen), done: make(chan struct{})}
 	o.wg.Add(1)
 	go o.run()
 	return o
 }
 
-// send queues a copy of b; it reports false when the queue is full or the
-// outbox closed.
-func (o *outbox) send(b []byte) bool {
+// send queues b without copying it: b becomes the outbox's, and the caller
+// must not write to it again. It reports false when the queue is full or
+// the outbox closed.
+func (o *outbox) send(b []byte) bool { return o.queue(outItem{b: b}) }
+
+// sendTagged builds the 0x30 datagram of packet under tag id for service
+// in a pooled buffer and queues it (quic-go makes the only other copy). It
+// reports false when the service id cannot be framed, the queue is full or
+// the outbox closed.
+func (o *outbox) sendTagged(id uint32, service string, packet []byte) bool {
 	bp := outboxPool.Get().(*[]byte)
-	*bp = append((*bp)[:0], b...)
+	b, err := tunnel.AppendTagged((*bp)[:0], id, service, packet)
+	*bp = b
+	if err != nil {
+		outboxPool.Put(bp)
+		return false
+	}
+	return o.queue(outItem{b: b, pooled: bp})
+}
+
+func (o *outbox) queue(it outItem) bool {
 	select {
-	case o.ch <- bp:
+	case o.ch <- it:
 		return true
 	case <-o.done:
 	default:
 	}
-	outboxPool.Put(bp)
+	it.release()
 	return false
+}
+
+// release returns a pooled buffer to the pool.
+func (it outItem) release() {
+	if it.pooled != nil {
+		outboxPool.Put(it.pooled)
+	}
 }
 
 func (o *outbox) run() {
@@ -52,9 +83,9 @@ func (o *outbox) run() {
 		select {
 		case <-o.done:
 			return
-		case bp := <-o.ch:
-			o.s.SendDatagram(*bp)
-			outboxPool.Put(bp)
+		case it := <-o.ch:
+			o.s.SendDatagram(it.b)
+			it.release()
 		}
 	}
 }

@@ -55,7 +55,6 @@ type agent struct {
 	byRoute    map[route]*tag  // the tag of each (service, gateway), possibly dead
 	current    map[string]*tag // service → the tag of its latest new flow, possibly dead
 	registered map[string]bool // v1: services ACKed
-	buf        []byte          // scratch for 0x30 datagrams
 
 	dirty chan struct{} // wakes the directory pusher (v2)
 }

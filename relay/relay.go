@@ -60,11 +60,12 @@ type Relay struct {
 	regMu sync.Mutex
 
 	mu       sync.RWMutex
-	services map[string]*service   // guarded by mu
-	gateways map[*gateway]struct{} // guarded by mu
-	agents   map[*agent]struct{}   // guarded by mu
-	tags     map[uint32]*tag       // guarded by mu: every live tag
-	drained  map[string]bool       // guarded by mu: names of gateways that take no new flows
+	services map[string]*service       // guarded by mu
+	gateways map[*gateway]struct{}     // guarded by mu
+	agents   map[*agent]struct{}       // guarded by mu
+	tags     map[uint32]*tag           // guarded by mu: every live tag
+	drained  map[string]bool           // guarded by mu: names of gateways that take no new flows
+	tagRand  func([]byte) (int, error) // guarded by mu: the tags' randomness; nil is crypto/rand (tests replace it)
 
 	sigMu sync.Mutex
 	sig   *signaling // guarded by sigMu

@@ -52,8 +52,7 @@ func (r *Relay) routeToGateway(a *agent, service, packet []byte) {
 		r.m.dropFromAgent(reason)
 		return
 	}
-	a.buf, _ = tunnel.AppendTagged(a.buf[:0], t.id, t.service, packet)
-	if !t.gw.out.send(a.buf) {
+	if !t.gw.out.sendTagged(t.id, t.service, packet) {
 		r.m.dropFromAgent(dropSendFailed)
 		return
 	}
@@ -117,13 +116,13 @@ func (r *Relay) newFlowTag(a *agent, service []byte, inner netip.Addr, w flowWan
 	r.mu.RLock()
 	svc := r.services[string(service)]
 	var g *gateway
-	reason := dropNoGateway
+	var reason dropReason
 	switch {
 	case svc == nil:
 		reason = dropUnknownService
-	case !a.may(svc):
+	case !a.may(svc): // may holds only if a gateway of svc admits the tenant
 		reason = dropNotAuthorized
-	case len(svc.gateways) > 0:
+	default:
 		if g = r.chooseGatewayLocked(svc, w, hint, false); g == nil {
 			reason = dropNoEligible
 		}
@@ -172,7 +171,8 @@ func (r *Relay) pinInner(a *agent, inner netip.Addr) {
 // fromGateway handles one datagram of a gateway session: only 0x31, routed
 // strictly by its tag to the agent session the tag was drawn for, and only
 // if the tag belongs to this gateway and the packet is an IP packet for
-// the agent's inner address.
+// the agent's inner address. b becomes the relay's: the packet in it is
+// queued to the agent without a copy.
 func (r *Relay) fromGateway(g *gateway, b []byte) {
 	id, packet, err := tunnel.ParseTagReturn(b)
 	switch {

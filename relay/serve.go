@@ -6,15 +6,6 @@ import (
 	"github.com/ztgate/ztgate/tunnel"
 )
 
-// Bounds of the sizes an agent is told (docs/protocol.md, "Sizing"):
-// service names are DNS labels, so a 0x2F header is at most 2+63 bytes and
-// a 0x30 header 6+63.
-const (
-	maxServiceName = 63
-	routedHeader   = 2 + maxServiceName
-	taggedHeader   = 6 + maxServiceName
-)
-
 // serve runs one session from admission to its end.
 func (r *Relay) serve(s *tunnel.Session) {
 	defer s.Close("relay: session over")
@@ -141,17 +132,20 @@ func (r *Relay) maxPacket(a *agent) int {
 
 // packetBound is maxPacket's arithmetic: own is the agent session's largest
 // datagram, gateways those of the gateway sessions. The 0x30 header is
-// charged against own too, so it is never above own − 69. 0 means nothing
-// fits.
+// charged against own too, so the bound is never above own −
+// [tunnel.MaxTaggedOverhead]; the smaller 0x2F header on the agent's own
+// path is then always covered. 0 means nothing fits.
 func packetBound(own int, gateways []int) int {
 	gwMin := own
 	for _, g := range gateways {
 		gwMin = min(gwMin, g)
 	}
-	return max(0, min(own-routedHeader, gwMin-taggedHeader))
+	return max(0, gwMin-tunnel.MaxTaggedOverhead)
 }
 
 // datagrams hands every datagram of a session to handle until it ends.
+// Each datagram is handle's to keep (ReceiveDatagram's slice is the
+// caller's).
 func (r *Relay) datagrams(s *tunnel.Session, handle func([]byte)) {
 	for {
 		b, err := s.ReceiveDatagram(r.ctx)

@@ -15,9 +15,13 @@ const maxTagDraws = 16
 // drawTagLocked returns an unguessable tag that is neither 0 nor live, or
 // 0 when none was found. Callers hold r.mu.
 func (r *Relay) drawTagLocked() uint32 {
+	read := r.tagRand
+	if read == nil {
+		read = rand.Read
+	}
 	var b [4]byte
 	for range maxTagDraws {
-		_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+		_, _ = read(b[:]) // crypto/rand.Read never fails
 		if id := binary.BigEndian.Uint32(b[:]); id != 0 && r.tags[id] == nil {
 			return id
 		}
@@ -84,7 +88,7 @@ func (r *Relay) openTag(a *agent, svc *service, g *gateway, inner netip.Addr) (*
 			r.tags[id], g.tags[id], a.tags[id] = t, t, t
 			r.m.tags.Set(float64(len(r.tags)))
 		} else {
-			reason = dropNoGateway
+			reason = dropTagsExhausted
 		}
 	}
 	r.mu.Unlock()

@@ -290,3 +290,21 @@ func TestDropReasonNames(t *testing.T) {
 		seen[name] = true
 	}
 }
+
+// TestTagDrawExhausted checks that a packet whose tag cannot be drawn is
+// dropped as tags_exhausted, not as a service without gateways.
+func TestTagDrawExhausted(t *testing.T) {
+	fx := setupRoute(t)
+	fx.r.mu.Lock()
+	fx.r.tagRand = func(b []byte) (int, error) { clear(b); return len(b), nil } // only 0: never a tag
+	fx.r.mu.Unlock()
+	before := dropped(fx.r, dropTagsExhausted)
+	dg, _ := tunnel.AppendRouted(nil, "echo", udpPacket(netip.AddrPortFrom(innerAddr, 4000), netip.MustParseAddrPort("10.100.0.2:7"), "x"))
+	fx.r.fromAgent(fx.v2, dg)
+	if got := dropped(fx.r, dropTagsExhausted) - before; got != 1 {
+		t.Errorf("tags_exhausted counted %v drops, want 1", got)
+	}
+	if fx.v2.current["echo"] != nil {
+		t.Error("a tag was drawn from a source that yields none")
+	}
+}

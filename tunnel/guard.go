@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -125,7 +126,7 @@ func handshakeDone(conn *quic.Conn) {
 // the packets dropped before they reached a connection, by reason.
 func (g *guard) RecordEvent(e qlogwriter.Event) {
 	if d, ok := e.(qlog.PacketDropped); ok {
-		g.m.dropped.WithLabelValues(string(d.Trigger)).Inc()
+		g.m.droppedBy(d.Trigger).Inc()
 	}
 }
 
@@ -141,7 +142,7 @@ func (g *guard) countNonQUIC(ctx context.Context, tr *quic.Transport) {
 		if _, _, err := tr.ReadNonQUICPacket(ctx, buf); err != nil {
 			return
 		}
-		g.m.dropped.WithLabelValues(dropNotQUIC).Inc()
+		g.m.notQUIC.Inc()
 	}
 }
 
@@ -151,8 +152,29 @@ const dropNotQUIC = "not_quic"
 // guardMetrics are the collectors of every listener's guard.
 type guardMetrics struct {
 	dropped *prometheus.CounterVec
+	notQUIC prometheus.Counter // dropped's dropNotQUIC child
 	busy    prometheus.Counter
 	retries prometheus.Counter
+
+	// byTrigger caches dropped's children by quic-go's drop trigger, a
+	// small fixed set, so that a flood resolves no label per datagram.
+	mu        sync.RWMutex
+	byTrigger map[qlog.PacketDropReason]prometheus.Counter
+}
+
+// droppedBy is dropped's child for a quic-go drop trigger.
+func (m *guardMetrics) droppedBy(t qlog.PacketDropReason) prometheus.Counter {
+	m.mu.RLock()
+	c, ok := m.byTrigger[t]
+	m.mu.RUnlock()
+	if ok {
+		return c
+	}
+	c = m.dropped.WithLabelValues(string(t))
+	m.mu.Lock()
+	m.byTrigger[t] = c
+	m.mu.Unlock()
+	return c
 }
 
 func newGuardMetrics(reg prometheus.Registerer) (*guardMetrics, error) {
@@ -173,6 +195,9 @@ func newGuardMetrics(reg prometheus.Registerer) (*guardMetrics, error) {
 			return nil, err
 		}
 	}
-	dropped.WithLabelValues(dropNotQUIC)
-	return &guardMetrics{dropped: dropped, busy: limits.WithLabelValues("busy"), retries: limits.WithLabelValues("retry")}, nil
+	return &guardMetrics{
+		dropped: dropped, notQUIC: dropped.WithLabelValues(dropNotQUIC),
+		busy: limits.WithLabelValues("busy"), retries: limits.WithLabelValues("retry"),
+		byTrigger: make(map[qlog.PacketDropReason]prometheus.Counter),
+	}, nil
 }

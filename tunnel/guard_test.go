@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/qlog"
 )
 
 // udpDropped sums ztgate_tunnel_udp_dropped_total over its reasons.
@@ -221,5 +222,33 @@ func TestHandshakeBound(t *testing.T) {
 			t.Fatalf("%d slots held, want 2", g.inflight.Load())
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestRecordEventCachesTriggers checks that quic-go's drops are counted by
+// trigger, each trigger's series resolved once and then reused.
+func TestRecordEventCachesTriggers(t *testing.T) {
+	g, err := newGuard(0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		g.RecordEvent(qlog.PacketDropped{Trigger: qlog.PacketDropUnknownConnectionID})
+	}
+	g.RecordEvent(qlog.PacketDropped{Trigger: qlog.PacketDropHeaderParseError})
+	if v := testutil.ToFloat64(g.m.dropped.WithLabelValues("unknown_connection_id")); v != 3 {
+		t.Errorf("unknown_connection_id = %v, want 3", v)
+	}
+	if v := testutil.ToFloat64(g.m.dropped.WithLabelValues("header_parse_error")); v != 1 {
+		t.Errorf("header_parse_error = %v, want 1", v)
+	}
+	g.m.mu.RLock()
+	cached := len(g.m.byTrigger)
+	g.m.mu.RUnlock()
+	if cached != 2 {
+		t.Errorf("%d triggers cached, want 2", cached)
+	}
+	if g.m.droppedBy(qlog.PacketDropUnknownConnectionID) != g.m.droppedBy(qlog.PacketDropUnknownConnectionID) {
+		t.Error("a trigger's counter is resolved again on every drop")
 	}
 }

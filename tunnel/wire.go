@@ -91,11 +91,29 @@ var (
 	ErrBadStatus = errors.New("tunnel: bad registration status")
 )
 
+// Fixed parts of the headers that carry a service id: TypeRouted is type
+// and length; TypeTagged is type, 4-byte tag and length.
+const (
+	routedFixed = 2
+	taggedFixed = 6
+)
+
+// Bounds of the framing for ztgate's services, whose names are DNS labels
+// (docs/protocol.md, "Sizing").
+const (
+	// MaxServiceName is the longest service name ztgate configures.
+	MaxServiceName = 63
+	// MaxRoutedOverhead is the largest TypeRouted header of a ztgate service.
+	MaxRoutedOverhead = routedFixed + MaxServiceName
+	// MaxTaggedOverhead is the largest TypeTagged header of a ztgate service.
+	MaxTaggedOverhead = taggedFixed + MaxServiceName
+)
+
 // RoutedOverhead is what a TypeRouted header adds to a packet for service.
-func RoutedOverhead(service string) int { return 2 + len(service) }
+func RoutedOverhead(service string) int { return routedFixed + len(service) }
 
 // TaggedOverhead is what a TypeTagged header adds to a packet for service.
-func TaggedOverhead(service string) int { return 6 + len(service) }
+func TaggedOverhead(service string) int { return taggedFixed + len(service) }
 
 // Kind classifies a datagram by its first byte without validating the rest.
 // It knows every type of every version: whether TypeTagged and

@@ -295,6 +295,20 @@ func TestServiceIDBoundaries(t *testing.T) {
 	}
 }
 
+// TestMaxOverheads checks the framing bounds against the encoders for the
+// longest service name.
+func TestMaxOverheads(t *testing.T) {
+	name := strings.Repeat("s", MaxServiceName)
+	b, err := AppendRouted(nil, name, nil)
+	if err != nil || len(b) != MaxRoutedOverhead {
+		t.Errorf("AppendRouted len = %d, %v; want MaxRoutedOverhead = %d", len(b), err, MaxRoutedOverhead)
+	}
+	b, err = AppendTagged(nil, 7, name, nil)
+	if err != nil || len(b) != MaxTaggedOverhead {
+		t.Errorf("AppendTagged len = %d, %v; want MaxTaggedOverhead = %d", len(b), err, MaxTaggedOverhead)
+	}
+}
+
 // TestParseAliasesInput proves the zero-copy contract and that appending to
 // a returned service id cannot overwrite the packet after it.
 func TestParseAliasesInput(t *testing.T) {

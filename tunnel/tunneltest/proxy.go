@@ -65,7 +65,10 @@ type ProxyConfig struct {
 }
 
 // Counts counts what a proxy did with datagrams. Every datagram it read
-// is in exactly one of them.
+// while open, from a client it serves, is in exactly one of them; those it
+// read after Close, those of client addresses beyond the 256 it serves and
+// those of a client whose upstream socket could not be opened are
+// discarded and counted nowhere.
 type Counts struct {
 	Forwarded  uint64 // sent at once
 	Dropped    uint64 // dropped at DropRate
