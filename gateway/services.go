@@ -96,6 +96,7 @@ type table struct {
 	tenants tenantTable
 	views   map[string]*dnsView // per tenant
 	all     *dnsView            // every service: the router's operator
+	open    *dnsView            // the services open to "*": any other tenant
 
 	limits       conf.Limits   // the flow limits of this generation
 	drainTimeout time.Duration // how long flows of removed services live on
