@@ -24,6 +24,7 @@ type service struct {
 // balancer.
 type serviceState struct {
 	name       string
+	m          *serviceMetrics // its children of the per-service metrics
 	flows      atomic.Int64
 	handshakes atomic.Int64 // TCP handshakes in flight
 	picker     picker
