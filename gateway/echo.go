@@ -40,7 +40,7 @@ func (g *Gateway) HandleEcho(req *netstack.EchoRequest) {
 	select {
 	case g.echoTokens <- struct{}{}:
 	default:
-		g.refuse("icmp", refuseLimit)
+		g.refuse("icmp", refuseEchoLimit)
 		req.Drop()
 		return
 	}

@@ -146,7 +146,7 @@ var (
 		refuseUnknownSource, refuseNoService, refuseTenant, refusePort, refuseICMP,
 		refuseNoBackend, refuseDial, refuseLimit, refuseServiceLimit, refuseTenantLimit,
 		refuseRate, refuseTenantRate, refuseServiceRate, refuseTenantHandshakes,
-		refuseServiceHandshakes,
+		refuseServiceHandshakes, refuseEchoLimit,
 	}
 )
 
