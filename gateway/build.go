@@ -64,6 +64,7 @@ func (g *Gateway) state(name string) *serviceState {
 	st, ok := g.states[name]
 	if !ok {
 		st = newServiceState(name)
+		st.m = g.m.service(name)
 		g.states[name] = st
 	}
 	return st

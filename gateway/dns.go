@@ -48,9 +48,13 @@ func newDNSView() *dnsView {
 }
 
 // buildViews gives every tenant named by a service (and every declared
-// tenant) its view, and the operator the view of every service.
+// tenant) its view, every other tenant (a tunnel agent's certificate
+// tenant, say) one shared view of the services open to "*", and the
+// operator the view of every service. Views are built once per table
+// generation: the resolver caches answers by view.
 func (t *table) buildViews(tenants []string) {
 	t.all = newDNSView()
+	t.open = newDNSView()
 	t.views = make(map[string]*dnsView)
 	for _, name := range tenants {
 		t.views[name] = newDNSView()
@@ -59,6 +63,7 @@ func (t *table) buildViews(tenants []string) {
 		t.all.add(s)
 		for _, tn := range s.spec.Tenants {
 			if tn == "*" {
+				t.open.add(s)
 				continue
 			}
 			if t.views[tn] == nil {
@@ -75,19 +80,13 @@ func (t *table) buildViews(tenants []string) {
 	}
 }
 
-// view returns a tenant's view; a tenant no service names sees the
-// services open to every tenant.
+// view returns a tenant's view; a tenant no service names and no [[tenant]]
+// declares sees the shared view of the services open to every tenant.
 func (t *table) view(tenant string) *dnsView {
 	if v, ok := t.views[tenant]; ok {
 		return v
 	}
-	v := newDNSView()
-	for _, s := range t.byName {
-		if s.spec.Allows(tenant) {
-			v.add(s)
-		}
-	}
-	return v
+	return t.open
 }
 
 // stackDirectory answers DNS inside the netstack: the client's tenant comes

@@ -40,7 +40,7 @@ func (g *Gateway) HandleEcho(req *netstack.EchoRequest) {
 	select {
 	case g.echoTokens <- struct{}{}:
 	default:
-		g.refuse("icmp", refuseLimit)
+		g.refuse("icmp", refuseEchoLimit)
 		req.Drop()
 		return
 	}
@@ -55,12 +55,12 @@ func (g *Gateway) HandleEcho(req *netstack.EchoRequest) {
 		ctx, cancel := context.WithTimeout(g.ctx, echoTimeout)
 		defer cancel()
 		if err := g.pingerOnce().Ping(ctx, b.addr, req.Payload); err != nil {
-			g.m.echoes.WithLabelValues(d.svc.spec.Name, "no_reply").Inc()
+			d.svc.st.m.echoNoReply.Inc()
 			g.warnPinger(err)
 			req.Drop()
 			return
 		}
-		g.m.echoes.WithLabelValues(d.svc.spec.Name, "ok").Inc()
+		d.svc.st.m.echoOK.Inc()
 		req.Reply()
 	}()
 }

@@ -7,13 +7,14 @@ import (
 
 // refuse counts a refused flow.
 func (g *Gateway) refuse(proto, reason string) {
-	g.m.flowsRefused.WithLabelValues(proto, reason).Inc()
+	g.m.refuse(proto, reason)
 }
 
 // newFlow registers an admitted flow bound to its peer, service and backend.
 func (g *Gateway) newFlow(proto string, client, vip netip.AddrPort, d decision, b *backend) *flow {
 	now := g.now()
-	name := d.svc.spec.Name
+	sm := d.svc.st.m
+	fm := sm.flowsOf(d.peer.tenant, proto)
 	f := &flow{
 		proto:     proto,
 		client:    client,
@@ -24,8 +25,9 @@ func (g *Gateway) newFlow(proto string, client, vip netip.AddrPort, d decision, 
 		target:    netip.AddrPortFrom(b.addr, b.portFor(d.port.Target)),
 		start:     now,
 		done:      make(chan struct{}),
-		upBytes:   g.m.bytes.WithLabelValues(name, "up"),
-		downBytes: g.m.bytes.WithLabelValues(name, "down"),
+		upBytes:   sm.up,
+		downBytes: sm.down,
+		metrics:   fm,
 	}
 	f.touch(now)
 	b.active.Add(1)
@@ -33,8 +35,8 @@ func (g *Gateway) newFlow(proto string, client, vip netip.AddrPort, d decision, 
 	if g.closing.Load() { // Close listed the flows before this one was added
 		f.close("shutdown")
 	}
-	g.m.flowsTotal.WithLabelValues(name, d.peer.tenant, proto).Inc()
-	g.m.flowsActive.WithLabelValues(name, d.peer.tenant, proto).Inc()
+	fm.total.Inc()
+	fm.active.Inc()
 	return f
 }
 
@@ -46,7 +48,7 @@ func (g *Gateway) endFlow(f *flow) {
 	f.backend.active.Add(-1)
 	g.release(f.svc, f.peer.tenant)
 	name := f.svc.spec.Name
-	g.m.flowsActive.WithLabelValues(name, f.peer.tenant, f.proto).Dec()
+	f.metrics.active.Dec()
 	g.log.Info("flow",
 		"proto", f.proto,
 		"client", f.client,

@@ -34,6 +34,7 @@ type flow struct {
 	lastActive atomic.Int64 // unix nanoseconds of the last byte moved
 	upBytes    prometheus.Counter
 	downBytes  prometheus.Counter
+	metrics    *flowMetrics // its service's, tenant's and protocol's flow counters
 
 	once   sync.Once
 	done   chan struct{}

@@ -142,13 +142,7 @@ func New(cfg *conf.Gateway, opts Options, log *slog.Logger) (*Gateway, error) {
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.m = newMetrics(opts.Registry)
-	registerLimitMetrics(g, opts.Registry)
-	opts.Registry.MustRegister(newStackCollector(func() (netstack.Stats, bool) {
-		if ns := g.stack.Load(); ns != nil {
-			return ns.Stats(), true
-		}
-		return netstack.Stats{}, false
-	}))
+	registerStackMetrics(g, opts.Registry)
 	if cfg.Tunnel.Relay != "" {
 		// The relay allocates the VIPs: no local pool.
 		g.relay = &relayState{vips: make(map[string]tunnel.VIPAssignment)}

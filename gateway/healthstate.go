@@ -34,8 +34,6 @@ func (b *backend) record(errMsg string, rise, fall int, now time.Time) (transiti
 		}
 		if b.state == stateUp {
 			b.probation = false
-		}
-		if b.state == stateUp {
 			b.lastErr = ""
 		}
 	} else {

@@ -23,6 +23,7 @@ const (
 	refuseServiceRate       = "service_rate_limited"    // [[service]] new_flows_per_second of the source
 	refuseTenantHandshakes  = "handshake_limit"         // the tenant's in-flight TCP handshakes (its own bound or its share)
 	refuseServiceHandshakes = "service_handshake_limit" // [[service]] max_inflight_handshakes
+	refuseEchoLimit         = "echo_limit"              // the gateway's bound on echo requests in flight to backends
 )
 
 // handshakeShare is the part of [limits] max_inflight_handshakes a tenant

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -15,10 +17,12 @@ type metrics struct {
 	flowsActive    *prometheus.GaugeVec
 	flowsTotal     *prometheus.CounterVec
 	flowsRefused   *prometheus.CounterVec
+	refusedBy      map[refusal]prometheus.Counter
 	bytes          *prometheus.CounterVec
 	dialErrors     *prometheus.CounterVec
 	dropped        *prometheus.CounterVec
 	droppedBy      []prometheus.Counter
+	tunnelDropBy   map[string]prometheus.Counter
 	backendHealthy *prometheus.GaugeVec
 	healthChecks   *prometheus.CounterVec
 	healthDuration *prometheus.HistogramVec
@@ -84,6 +88,16 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	for _, r := range netstack.DropReasons() {
 		m.droppedBy = append(m.droppedBy, m.dropped.WithLabelValues(r.String()))
 	}
+	m.tunnelDropBy = make(map[string]prometheus.Counter, len(tunnelDropReasons))
+	for _, r := range tunnelDropReasons {
+		m.tunnelDropBy[r] = m.dropped.WithLabelValues(r)
+	}
+	m.refusedBy = make(map[refusal]prometheus.Counter, len(refusalProtocols)*len(refusalReasons))
+	for _, p := range refusalProtocols {
+		for _, r := range refusalReasons {
+			m.refusedBy[refusal{p, r}] = m.flowsRefused.WithLabelValues(p, r)
+		}
+	}
 	for _, r := range []string{"ok", "error"} {
 		m.reloads.WithLabelValues(r)
 	}
@@ -104,9 +118,103 @@ func (m *metrics) drop(r netstack.DropReason) {
 	}
 }
 
-// tunnelDrop counts a tunnel packet dropped by the gateway (off the fast
-// path: every reason is a refusal or a fault).
-func (m *metrics) tunnelDrop(reason string) { m.dropped.WithLabelValues(reason).Inc() }
+// tunnelDropReasons are the reasons of the tunnel packets the gateway
+// drops, whose counters are made at start.
+var tunnelDropReasons = []string{
+	"ingress_full", "malformed", "malformed_datagram", "malformed_out", "no_ingress",
+	"not_authorised", "send_error", "spoofed_source", "unexpected_datagram", "unknown_tag",
+	"wrong_service",
+}
+
+// tunnelDrop counts a tunnel packet dropped by the gateway.
+func (m *metrics) tunnelDrop(reason string) {
+	if c, ok := m.tunnelDropBy[reason]; ok {
+		c.Inc()
+		return
+	}
+	m.dropped.WithLabelValues(reason).Inc()
+}
+
+// refusal is a protocol and reason of ztgate_flows_refused_total.
+type refusal struct{ proto, reason string }
+
+// refusalProtocols and refusalReasons label ztgate_flows_refused_total;
+// its counters are made at start.
+var (
+	refusalProtocols = []string{"tcp", "udp", "icmp"}
+	refusalReasons   = []string{
+		refuseUnknownSource, refuseNoService, refuseTenant, refusePort, refuseICMP,
+		refuseNoBackend, refuseDial, refuseLimit, refuseServiceLimit, refuseTenantLimit,
+		refuseRate, refuseTenantRate, refuseServiceRate, refuseTenantHandshakes,
+		refuseServiceHandshakes, refuseEchoLimit,
+	}
+)
+
+// refuse counts a refused flow.
+func (m *metrics) refuse(proto, reason string) {
+	if c, ok := m.refusedBy[refusal{proto, reason}]; ok {
+		c.Inc()
+		return
+	}
+	m.flowsRefused.WithLabelValues(proto, reason).Inc()
+}
+
+// serviceMetrics are a service's children of the per-service collectors,
+// looked up once when its state is made. Service states and their label
+// sets live as long as the gateway, so the children stay valid.
+type serviceMetrics struct {
+	m                   *metrics
+	name                string
+	up, down            prometheus.Counter
+	echoOK, echoNoReply prometheus.Counter
+
+	mu    sync.RWMutex
+	flows map[flowKey]*flowMetrics // by tenant and protocol, made on first use
+}
+
+// flowKey is a tenant and protocol of a service's flow metrics.
+type flowKey struct{ tenant, proto string }
+
+// flowMetrics are the flow counters of one service, tenant and protocol.
+type flowMetrics struct {
+	total  prometheus.Counter
+	active prometheus.Gauge
+}
+
+// service returns the children of service name.
+func (m *metrics) service(name string) *serviceMetrics {
+	return &serviceMetrics{
+		m:           m,
+		name:        name,
+		up:          m.bytes.WithLabelValues(name, "up"),
+		down:        m.bytes.WithLabelValues(name, "down"),
+		echoOK:      m.echoes.WithLabelValues(name, "ok"),
+		echoNoReply: m.echoes.WithLabelValues(name, "no_reply"),
+		flows:       make(map[flowKey]*flowMetrics),
+	}
+}
+
+// flowsOf returns the flow counters of the service's flows of tenant over
+// proto.
+func (sm *serviceMetrics) flowsOf(tenant, proto string) *flowMetrics {
+	k := flowKey{tenant, proto}
+	sm.mu.RLock()
+	fm := sm.flows[k]
+	sm.mu.RUnlock()
+	if fm != nil {
+		return fm
+	}
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	if fm = sm.flows[k]; fm == nil {
+		fm = &flowMetrics{
+			total:  sm.m.flowsTotal.WithLabelValues(sm.name, tenant, proto),
+			active: sm.m.flowsActive.WithLabelValues(sm.name, tenant, proto),
+		}
+		sm.flows[k] = fm
+	}
+	return fm
+}
 
 // tunnelRefused counts a refused tunnel peer.
 func (m *metrics) tunnelRefused(reason string) { m.tunnelRefusals.WithLabelValues(reason).Inc() }

@@ -24,6 +24,7 @@ type service struct {
 // balancer.
 type serviceState struct {
 	name       string
+	m          *serviceMetrics // its children of the per-service metrics
 	flows      atomic.Int64
 	handshakes atomic.Int64 // TCP handshakes in flight
 	picker     picker
@@ -96,6 +97,7 @@ type table struct {
 	tenants tenantTable
 	views   map[string]*dnsView // per tenant
 	all     *dnsView            // every service: the router's operator
+	open    *dnsView            // the services open to "*": any other tenant
 
 	limits       conf.Limits   // the flow limits of this generation
 	drainTimeout time.Duration // how long flows of removed services live on

@@ -6,11 +6,30 @@ import (
 	"github.com/ztgate/ztgate/netstack"
 )
 
-// stackCollector exposes the state of the netstack's TCP connections and
-// what it sent, read at scrape time (its drops are in limitmetrics.go).
+// stackCollector exports, at each scrape, what the netstack's gVisor stack
+// dropped after the gateway's own checks, the state of its TCP
+// connections, what it sent, and how many sources the rate table tracks.
+// It loads the stack once and reads its counters once per scrape.
 type stackCollector struct {
-	stats func() (netstack.Stats, bool)
-	descs map[string]*prometheus.Desc
+	g       *Gateway
+	dropped *prometheus.Desc
+	sources *prometheus.Desc
+	descs   []*prometheus.Desc // of stackMetricDefs, in order
+}
+
+var _ prometheus.Collector = (*stackCollector)(nil)
+
+// stackDropReasons label ztgate_stack_packets_dropped_total.
+var stackDropReasons = []struct {
+	reason string
+	value  func(netstack.Stats) uint64
+}{
+	{"ip_malformed", func(s netstack.Stats) uint64 { return s.IPMalformed }},
+	{"ip_fragment_malformed", func(s netstack.Stats) uint64 { return s.IPMalformedFragments }},
+	{"ip_invalid_source", func(s netstack.Stats) uint64 { return s.IPInvalidSource }},
+	{"transport_malformed", func(s netstack.Stats) uint64 { return s.TransportMalformed }},
+	{"tcp_handshake_limit", func(s netstack.Stats) uint64 { return s.TCPHandshakeLimit }},
+	{"tcp_handshake_failed", func(s netstack.Stats) uint64 { return s.TCPFailedHandshakes }},
 }
 
 var stackMetricDefs = []struct {
@@ -22,19 +41,31 @@ var stackMetricDefs = []struct {
 	{"ztgate_netstack_tcp_connected", "TCP connections of the netstack in any connected state, TIME-WAIT included.", true, func(s netstack.Stats) uint64 { return s.TCPConnected }},
 	{"ztgate_netstack_tcp_resets_sent_total", "TCP resets the netstack sent.", false, func(s netstack.Stats) uint64 { return s.TCPResetsSent }},
 	{"ztgate_netstack_tcp_retransmits_total", "TCP segments the netstack retransmitted.", false, func(s netstack.Stats) uint64 { return s.TCPRetransmits }},
-	{"ztgate_netstack_icmp_unreachable_sent_total", "ICMP destination unreachable messages sent (refused UDP flows).", false, func(s netstack.Stats) uint64 { return s.ICMPErrorsSent }},
+	{"ztgate_netstack_icmp_unreachable_sent_total", "ICMP destination unreachable messages the netstack sent: port unreachable for refused UDP flows, administratively prohibited for refused pings.", false, func(s netstack.Stats) uint64 { return s.ICMPErrorsSent }},
+	{"ztgate_netstack_icmp_rate_limited_total", "ICMP errors the netstack did not send because they were over its ICMP rate limit.", false, func(s netstack.Stats) uint64 { return s.ICMPRateLimited }},
 }
 
-func newStackCollector(stats func() (netstack.Stats, bool)) *stackCollector {
-	c := &stackCollector{stats: stats, descs: make(map[string]*prometheus.Desc)}
-	for _, d := range stackMetricDefs {
-		c.descs[d.name] = prometheus.NewDesc(d.name, d.help, nil, nil)
+// registerStackMetrics registers the collector of g's netstack and rate
+// table with reg.
+func registerStackMetrics(g *Gateway, reg prometheus.Registerer) {
+	c := &stackCollector{
+		g: g,
+		dropped: prometheus.NewDesc("ztgate_stack_packets_dropped_total",
+			"Packets the TCP/IP stack dropped after the gateway's own checks, by reason: malformed IP, fragments or transport headers, invalid sources, SYNs over max_inflight_handshakes, handshakes the client never completed.",
+			[]string{"reason"}, nil),
+		sources: prometheus.NewDesc("ztgate_rate_limit_sources",
+			"Source addresses whose rate of new flows is being tracked.", nil, nil),
 	}
-	return c
+	for _, d := range stackMetricDefs {
+		c.descs = append(c.descs, prometheus.NewDesc(d.name, d.help, nil, nil))
+	}
+	reg.MustRegister(c)
 }
 
 // Describe implements prometheus.Collector.
 func (c *stackCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.dropped
+	ch <- c.sources
 	for _, d := range c.descs {
 		ch <- d
 	}
@@ -42,15 +73,20 @@ func (c *stackCollector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *stackCollector) Collect(ch chan<- prometheus.Metric) {
-	s, ok := c.stats()
-	if !ok {
+	ch <- prometheus.MustNewConstMetric(c.sources, prometheus.GaugeValue, float64(c.g.limits.rates.size()))
+	ns := c.g.stack.Load()
+	if ns == nil {
 		return
 	}
-	for _, d := range stackMetricDefs {
+	st := ns.Stats()
+	for _, d := range stackDropReasons {
+		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(d.value(st)), d.reason)
+	}
+	for i, d := range stackMetricDefs {
 		t := prometheus.CounterValue
 		if d.gauge {
 			t = prometheus.GaugeValue
 		}
-		ch <- prometheus.MustNewConstMetric(c.descs[d.name], t, float64(d.value(s)))
+		ch <- prometheus.MustNewConstMetric(c.descs[i], t, float64(d.value(st)))
 	}
 }

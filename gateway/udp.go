@@ -143,20 +143,25 @@ func udpUp(f *flow, client *netstack.UDPConn, be *net.UDPConn, idle time.Duratio
 }
 
 // udpDown forwards the backend's datagrams to the client; they leave the
-// netstack from the VIP:port the client sent to.
+// netstack from the VIP:port the client sent to. Like udpUp's timer, the
+// read deadline is set lazily, not per datagram: when it passes, the flow
+// ends if nothing moved either way for idle, else it is set again for the
+// rest of idle from the flow's last activity.
 func udpDown(f *flow, be *net.UDPConn, client net.Conn, idle time.Duration, now func() time.Time) error {
 	rc, err := be.SyscallConn()
 	if err != nil {
 		return err
 	}
+	be.SetReadDeadline(time.Now().Add(idle - f.idleFor(now())))
 	for {
-		be.SetReadDeadline(time.Unix(0, f.lastActive.Load()).Add(idle))
 		bp, n, err := readSocket(rc)
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			if f.idleFor(now()) >= idle {
+			left := idle - f.idleFor(now())
+			if left <= 0 {
 				return errIdle
 			}
+			be.SetReadDeadline(time.Now().Add(left))
 		case errors.Is(err, syscall.ECONNREFUSED):
 			// The backend's port is closed (ICMP port unreachable): the
 			// next datagram tries again; health checks take it out.
