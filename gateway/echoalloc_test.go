@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ztgate/ztgate/conf"
 	"github.com/ztgate/ztgate/netstack"
 	"github.com/ztgate/ztgate/netstack/netstacktest"
 )
@@ -38,35 +37,7 @@ func TestRefusedEchoNoAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector drops pooled objects at random")
 	}
-	cfg, err := conf.ParseGateway("test.toml", []byte(`
-[gateway]
-state_dir = "`+t.TempDir()+`"
-[api]
-listen = "off"
-`+twoTenants+`[[service]]
-name = "web"
-tenants = ["acme"]
-vip = "10.100.0.10"
-backends = ["127.0.0.1"]
-icmp = true
-  [[service.port]]
-  protocol = "tcp"
-  port = 80
-  [service.health]
-  type = "none"
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev := &nullDevice{done: make(chan struct{})}
-	gw, err := New(cfg, Options{Device: dev, Pinger: fakePinger{}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := gw.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer gw.Close()
+	gw := startEchoGateway(t)
 	for _, tc := range []struct {
 		name     string
 		src, dst string
