@@ -46,20 +46,24 @@ type latencyResult struct {
 	P99 float64 `json:"p99_us"`
 }
 
-// quicCeiling runs the tunnel package's DatagramCeiling benchmark (quic-go
-// DATAGRAMs on loopback, nothing else) and returns its delivered Gbit/s.
-func quicCeiling(t *testing.T) float64 {
+// quicCeiling runs the tunnel package's DatagramCeiling benchmarks (quic-go
+// DATAGRAMs on loopback, nothing else) and returns their delivered Gbit/s:
+// with the tunnel's connection settings, and with quic-go's defaults.
+func quicCeiling(t *testing.T) (tunnel, defaults float64) {
 	t.Helper()
 	out, err := exec.Command("go", "test", "-run=^$", "-bench=DatagramCeiling", "-benchtime=3s", "../tunnel").CombinedOutput()
 	if err != nil {
 		t.Fatalf("ceiling benchmark: %v\n%s", err, out)
 	}
-	m := regexp.MustCompile(`([0-9.]+) delivered_Gbit/s`).FindSubmatch(out)
-	if m == nil {
-		t.Fatalf("ceiling benchmark output:\n%s", out)
+	rate := func(name string) float64 {
+		m := regexp.MustCompile(`(?m)^` + name + `-\d+\s.*?([0-9.]+) delivered_Gbit/s`).FindSubmatch(out)
+		if m == nil {
+			t.Fatalf("no %s in the ceiling benchmark's output:\n%s", name, out)
+		}
+		v, _ := strconv.ParseFloat(string(m[1]), 64)
+		return v
 	}
-	v, _ := strconv.ParseFloat(string(m[1]), 64)
-	return v
+	return rate("BenchmarkDatagramCeiling"), rate("BenchmarkDatagramCeilingQUICDefaults")
 }
 
 // TestBenchAgent: TCP throughput and round trips from an agent through the
@@ -164,10 +168,16 @@ backends = ["192.0.2.10"]
 		for _, m := range []struct{ ns, url string }{{r.relay, "http://127.0.0.1:7781/metrics"}, {r.gw, "http://127.0.0.1:7780/metrics"}} {
 			out, _ := r.curl(m.ns, m.url)
 			for _, line := range strings.Split(out, "\n") {
-				if strings.Contains(line, "dropped") && !strings.HasPrefix(line, "#") && !strings.HasSuffix(line, " 0") {
+				if (strings.Contains(line, "dropped") || strings.Contains(line, "netstack")) && !strings.HasPrefix(line, "#") && !strings.HasSuffix(line, " 0") {
 					t.Log(line)
 				}
 			}
+		}
+		// Where the inner TCP's losses are: the TUN's drops, UDP socket
+		// drops and TCP recovery counters per namespace.
+		t.Log(r.exec(a1, "ip", "-s", "link", "show", "ztagent0"))
+		for _, ns := range []string{a1, r.relay, r.gw} {
+			t.Log(ns, r.exec(ns, "sh", "-c", "nstat -as | grep -iE 'Udp(In|Out|Rcv)|retrans|loss|probe|timeout|reord|sack|spurious|OFO|Drop|Prune|Collapse'"))
 		}
 	}
 	if err != nil {
@@ -210,11 +220,12 @@ backends = ["192.0.2.10"]
 		t.Fatalf("the relay carried data of the direct path: %v/%v → %v/%v datagrams", relayUp, relayDown, up, down)
 	}
 
-	ceiling := quicCeiling(t)
+	ceiling, defaults := quicCeiling(t)
 	wgUp, wgDown, wgLat := r.wireguardPath(t, d, latency)
 
 	recordBench(t,
 		benchResult{Case: "agent_tcp_up", Path: "quic_datagram_ceiling", Value: ceiling, Unit: "Gbit/s"},
+		benchResult{Case: "agent_tcp_up", Path: "quic_datagram_ceiling_quic_go_defaults", Value: defaults, Unit: "Gbit/s", Reference: "quic_datagram_ceiling", Ratio: defaults / ceiling},
 		benchResult{Case: "agent_tcp_up", Path: "kernel_forwarding", Value: kernelUp / 1e9, Unit: "Gbit/s"},
 		benchResult{Case: "agent_tcp_up", Path: "wireguard_go", Value: wgUp / 1e9, Unit: "Gbit/s", Reference: "quic_datagram_ceiling", Ratio: wgUp / 1e9 / ceiling},
 		benchResult{Case: "agent_tcp_up", Path: "ztgate_agent_relay", Value: agentUp / 1e9, Unit: "Gbit/s", Reference: "quic_datagram_ceiling", Ratio: agentUp / 1e9 / ceiling},

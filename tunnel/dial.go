@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -63,7 +64,7 @@ func Dial(ctx context.Context, addr string, cfg DialConfig, log *slog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
-	conn, err := quic.DialAddr(ctx, addr, cfg.Credentials.clientConfig(serverName, cfg.ExpectIdentity, alpn), quicConfig(false))
+	conn, err := dialQUIC(ctx, addr, cfg.Credentials.clientConfig(serverName, cfg.ExpectIdentity, alpn), quicConfig(false))
 	if err != nil {
 		if ae, ok := errors.AsType[*AuthError](err); ok {
 			m.handshake(sideClient, resultRefused, ae.Reason)
@@ -93,4 +94,31 @@ func Dial(ctx context.Context, addr string, cfg DialConfig, log *slog.Logger) (*
 	m.handshake(sideClient, resultOK, reasonNone)
 	s.log.Debug("tunnel session established")
 	return s, nil
+}
+
+// dialQUIC is quic.DialAddr with the tunnel's connection IDs (connIDLen;
+// DialAddr's own transport issues none, and the server's packets to the
+// client would then never fill a packet to the byte). The transport and
+// its socket are closed when the connection ends.
+func dialQUIC(ctx context.Context, addr string, tlsConf *tls.Config, conf *quic.Config) (*quic.Conn, error) {
+	raddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4zero})
+	if err != nil {
+		return nil, err
+	}
+	tr := &quic.Transport{Conn: udp, ConnectionIDLength: connIDLen}
+	conn, err := tr.Dial(ctx, raddr, tlsConf, conf)
+	if err != nil {
+		_ = tr.Close()
+		_ = udp.Close()
+		return nil, err
+	}
+	context.AfterFunc(conn.Context(), func() {
+		_ = tr.Close()
+		_ = udp.Close()
+	})
+	return conn, nil
 }

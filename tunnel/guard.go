@@ -70,6 +70,7 @@ func newGuard(limit int, reg prometheus.Registerer) (*guard, error) {
 func (g *guard) transport(conn net.PacketConn, reset *quic.StatelessResetKey) *quic.Transport {
 	return &quic.Transport{
 		Conn:                conn,
+		ConnectionIDLength:  connIDLen,
 		StatelessResetKey:   reset,
 		Tracer:              g,
 		VerifySourceAddress: g.verifySource,

@@ -35,7 +35,12 @@ const (
 // stream and the client none; nobody needs unidirectional streams.
 func quicConfig(server bool) *quic.Config {
 	c := &quic.Config{
-		EnableDatagrams:                true,
+		EnableDatagrams: true,
+		// Packets stay at quic-go's initial size: the TUN's MTU is sized
+		// from the largest DATAGRAM once per session, and a DATAGRAM of
+		// that size fills a packet to the byte only while the packet size
+		// stays what it was (padding.go).
+		DisablePathMTUDiscovery:        true,
 		KeepAlivePeriod:                KeepAlivePeriod,
 		MaxIdleTimeout:                 IdleTimeout,
 		HandshakeIdleTimeout:           HandshakeTimeout,

@@ -136,7 +136,14 @@ func addrPort(a net.Addr) netip.AddrPort {
 // Failures are counted by reason (DropTooLarge, DropClosed, DropError) and
 // returned unwrapped, so that the packet path allocates nothing; a
 // *quic.DatagramTooLargeError also updates MaxDatagram.
+//
+// On a ztna-v2 session a data datagram a little short of the largest is
+// padded to it (padding.go), so that quic-go sends runs of them with GSO.
 func (s *Session) SendDatagram(b []byte) error {
+	var buf [maxPadded]byte
+	if s.version == V2 {
+		b = padTo(b, s.MaxDatagram(), &buf)
+	}
 	err := s.conn.SendDatagram(b)
 	if err == nil {
 		s.m.out.Inc()
@@ -157,11 +164,14 @@ func (s *Session) SendDatagram(b []byte) error {
 
 // ReceiveDatagram returns the next DATAGRAM payload, whatever its type
 // (QAD included). The slice is the caller's. It fails when ctx is done or
-// the session has ended.
+// the session has ended. A ztna-v2 data datagram comes without its padding.
 func (s *Session) ReceiveDatagram(ctx context.Context) ([]byte, error) {
 	b, err := s.conn.ReceiveDatagram(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if s.version == V2 {
+		b = trimPadding(b)
 	}
 	s.m.in.Inc()
 	if s.side == sideServer {

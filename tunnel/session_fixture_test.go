@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/json"
 	"net/netip"
 	"testing"
@@ -138,13 +139,15 @@ func waitCounter(t *testing.T, c prometheus.Collector, want float64) {
 	}
 }
 
-// ip4Packet returns a datagram of n bytes that looks like an IPv4 packet.
+// ip4Packet returns a datagram of n bytes (at least 20) that looks like an
+// IPv4 packet of that length.
 func ip4Packet(n int, fill byte) []byte {
 	b := make([]byte, n)
 	for i := range b {
 		b[i] = fill
 	}
 	b[0] = 0x45
+	binary.BigEndian.PutUint16(b[2:4], uint16(n))
 	return b
 }
 

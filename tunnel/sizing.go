@@ -12,8 +12,9 @@ import (
 // connection takes; it reports it in the DatagramTooLargeError of a send
 // that is too large. A session probes with a payload no path carries (QUIC
 // packets never exceed 1452 bytes in quic-go v0.65) and caches the answer.
-// The value grows with path MTU discovery and starts from QUIC's minimum
-// packet size, so a size read at the start of a session stays safe.
+// The tunnel's connections keep quic-go's initial packet size (path MTU
+// discovery is off, padding.go), so the size read at the start of a
+// session stays what it is.
 const (
 	// probeSize is larger than any DATAGRAM quic-go sends. Its first byte
 	// is 0 (TypeUnknown): should a path ever carry it, receivers drop it.

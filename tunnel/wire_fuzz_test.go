@@ -62,3 +62,36 @@ func fuzzDatagram(f *testing.F, v Version) {
 func FuzzParseDatagramV1(f *testing.F) { fuzzDatagram(f, V1) }
 
 func FuzzParseDatagramV2(f *testing.F) { fuzzDatagram(f, V2) }
+
+// FuzzPadding checks padding's contract on arbitrary datagrams: trimming
+// only ever shortens, a padded datagram is the original plus zeros up to
+// the size asked for, and trimming it gives the original back.
+func FuzzPadding(f *testing.F) {
+	for _, s := range wireSeeds {
+		b, err := hex.DecodeString(strings.ReplaceAll(s, " ", ""))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b, uint16(len(b)+40))
+	}
+	f.Fuzz(func(t *testing.T, b []byte, size uint16) {
+		trimmed := trimPadding(b)
+		if !bytes.HasPrefix(b, trimmed) {
+			t.Fatalf("trim gave % X, not a prefix of % X", trimmed, b)
+		}
+		var buf [maxPadded]byte
+		padded := padTo(b, int(size), &buf)
+		if len(padded) == len(b) {
+			if !bytes.Equal(padded, b) {
+				t.Fatal("an unpadded datagram changed")
+			}
+			return
+		}
+		if len(padded) != int(size) || len(padded)-len(b) > padSlack || !bytes.HasPrefix(padded, b) {
+			t.Fatalf("padded %d bytes to %d (asked %d)", len(b), len(padded), size)
+		}
+		if !bytes.Equal(trimPadding(padded), b) {
+			t.Fatalf("trimming the padded datagram did not give it back")
+		}
+	})
+}

@@ -62,6 +62,10 @@ type ProxyConfig struct {
 	MaxHeld int
 	// Seed makes the drop and delay decisions repeatable.
 	Seed uint64
+	// Observe, when set, is told the size of every datagram the proxy
+	// receives, before it is dropped, delayed or sent; from the proxy's
+	// read loops, one per direction and client.
+	Observe func(toServer bool, size int)
 }
 
 // Counts counts what a proxy did with datagrams. Every datagram it read
@@ -292,6 +296,9 @@ func (p *Proxy) backLoop(client netip.AddrPort, up *net.UDPConn) {
 // pass drops, delays or sends one datagram: to the server on up, or to
 // client when up is nil. b is only valid during the call.
 func (p *Proxy) pass(b []byte, c *counters, up *net.UDPConn, client netip.AddrPort) {
+	if p.cfg.Observe != nil {
+		p.cfg.Observe(up != nil, len(b))
+	}
 	p.mu.Lock()
 	drop := p.rng.Float64() < p.drop
 	delay := !drop && p.cfg.Delay > 0 && p.rng.Float64() < p.cfg.DelayRate
