@@ -169,34 +169,119 @@ func (a *Agent) applyDirectory(m *tunnel.Directory) {
 // receive writes the packets of a session (the server's, or a direct
 // path's) to the TUN, counting them in down. Only IPv4 packets to the
 // agent's own address from the pool are taken.
+//
+// A reader goroutine takes the session's datagrams and checks them; this
+// goroutine writes whatever has gathered since its last write in one
+// batch, so that the TUN coalesces a run of one flow's TCP segments into
+// one packet (GRO) and the kernel's TCP receives it once, as wireguard-go
+// does. An idle session writes each packet as it comes.
 func (a *Agent) receive(ctx context.Context, s *tunnel.Session, down prometheus.Counter) {
-	hr := a.dev.Headroom()
-	buf := make([]byte, hr+65535)
-	bufs := make([][]byte, 1)
-	for {
-		b, err := s.ReceiveDatagram(ctx)
-		if err != nil {
-			return
+	in := make(chan []byte, receiveQueue)
+	go func() {
+		defer close(in)
+		for {
+			b, err := s.ReceiveDatagram(ctx)
+			if err != nil {
+				return
+			}
+			if a.acceptDown(b) {
+				in <- b // the slice is ours (ReceiveDatagram)
+			}
 		}
-		switch tunnel.Kind(b) {
-		case tunnel.TypeIP:
-		case tunnel.TypeQAD:
-			continue
-		default:
-			a.m.drop(dropUnexpectedDatagram)
+	}()
+	w := newTUNWriter(a.dev)
+	for b := range in {
+		w.add(b)
+	gather:
+		for !w.full() {
+			select {
+			case b, ok := <-in:
+				if !ok {
+					break gather
+				}
+				w.add(b)
+			default:
+				break gather
+			}
+		}
+		n := w.len()
+		if err := w.flush(); err != nil {
+			for range n {
+				a.m.drop(dropTUNWrite)
+			}
 			continue
 		}
-		src, dst, ok := netstack.IPv4Addrs(b)
-		if !ok || dst != a.cfg.TUN.Address || !a.dir.Load().pool.Contains(src) {
-			a.m.drop(dropForeignPacket)
-			continue
-		}
-		n := copy(buf[hr:], b)
-		bufs[0] = buf[:hr+n]
-		if err := a.dev.WritePackets(bufs); err != nil {
-			a.m.drop(dropTUNWrite)
-			continue
-		}
-		down.Inc()
+		down.Add(float64(n))
 	}
+}
+
+// receiveQueue bounds the packets checked but not yet written: a few
+// batches. Beyond it the reader waits and quic-go's own queue of received
+// datagrams takes the rest, as before batching.
+const receiveQueue = 256
+
+// maxWriteBatch bounds a TUN write batch, and so the buffers it holds (each
+// with room to coalesce up to 64 KiB).
+const maxWriteBatch = 32
+
+// acceptDown reports whether a datagram from a server is a packet for the
+// TUN, counting what it drops.
+func (a *Agent) acceptDown(b []byte) bool {
+	switch tunnel.Kind(b) {
+	case tunnel.TypeIP:
+	case tunnel.TypeQAD:
+		return false
+	default:
+		a.m.drop(dropUnexpectedDatagram)
+		return false
+	}
+	src, dst, ok := netstack.IPv4Addrs(b)
+	if !ok || dst != a.cfg.TUN.Address || !a.dir.Load().pool.Contains(src) {
+		a.m.drop(dropForeignPacket)
+		return false
+	}
+	return true
+}
+
+// tunWriter gathers packets into buffers laid out as the device wants them
+// (headroom in front, room to coalesce behind) and writes them as one
+// batch. Buffers are made on first use, so a quiet session holds one.
+type tunWriter struct {
+	dev  netstack.Output
+	hr   int      // headroom
+	size int      // capacity of each buffer
+	max  int      // packets per batch
+	bufs [][]byte // buffers made so far, reused
+	out  [][]byte // the batch: bufs[:n], each cut to its packet
+}
+
+func newTUNWriter(dev netstack.Device) *tunWriter {
+	n := min(max(dev.BatchSize(), 1), maxWriteBatch)
+	return &tunWriter{
+		dev:  dev,
+		hr:   dev.Headroom(),
+		size: max(dev.WriteCap(), dev.Headroom()+65535),
+		max:  n,
+		out:  make([][]byte, 0, n),
+	}
+}
+
+// add copies pkt into the next buffer of the batch.
+func (w *tunWriter) add(pkt []byte) {
+	i := len(w.out)
+	if i == len(w.bufs) {
+		w.bufs = append(w.bufs, make([]byte, w.size))
+	}
+	n := copy(w.bufs[i][w.hr:], pkt)
+	w.out = append(w.out, w.bufs[i][:w.hr+n])
+}
+
+func (w *tunWriter) len() int   { return len(w.out) }
+func (w *tunWriter) full() bool { return len(w.out) == w.max }
+
+// flush writes the batch and empties it, whatever the outcome.
+func (w *tunWriter) flush() error {
+	err := w.dev.WritePackets(w.out)
+	w.out = w.out[:0]
+	return err
 }
