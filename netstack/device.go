@@ -9,12 +9,19 @@ type PacketSink interface {
 	Deliver(pkt []byte)
 }
 
+// Flusher is a PacketSink that holds packets back to merge them (a Batch):
+// a device calls Flush after delivering the packets of one read.
+type Flusher interface {
+	Flush()
+}
+
 // Device is a source and a sink of IP packets for one link: a TUN device in
 // production, a client stack in tests.
 type Device interface {
 	Output
 	// Run reads packets and hands them to sink until the device is closed;
-	// it then returns nil.
+	// it then returns nil. When sink is a Flusher, Run calls its Flush
+	// after the packets of each read, before it waits for more.
 	Run(sink PacketSink) error
 	// Close stops Run and releases the device.
 	Close() error
@@ -46,7 +53,7 @@ func (ns *Stack) AttachDevice(dev Device, cfg LinkConfig) (*Link, error) {
 	l.runWG.Add(1)
 	go func() {
 		defer l.runWG.Done()
-		if err := dev.Run(l); err != nil {
+		if err := dev.Run(l.NewBatch()); err != nil {
 			ns.log.Error("device stopped", "link", cfg.Name, "err", fmt.Errorf("netstack: %w", err))
 		}
 	}()

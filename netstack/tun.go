@@ -90,10 +90,14 @@ func (t *TUN) Run(sink PacketSink) error {
 	for i := range bufs {
 		bufs[i] = make([]byte, max(t.mtu, 1500)+tunHeadroom)
 	}
+	flusher, _ := sink.(Flusher)
 	for {
 		n, err := t.dev.Read(bufs, sizes, 0)
 		for i := range n {
 			sink.Deliver(bufs[i][:sizes[i]])
+		}
+		if flusher != nil && n > 0 {
+			flusher.Flush()
 		}
 		if err == nil {
 			continue

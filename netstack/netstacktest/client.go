@@ -84,17 +84,29 @@ func (c *Client) WriteCap() int { return c.mtu }
 // BatchSize implements netstack.Device.
 func (c *Client) BatchSize() int { return 64 }
 
-// Run implements netstack.Device: packets the client stack sends go to sink.
+// Run implements netstack.Device: packets the client stack sends go to sink,
+// in batches of what is queued (up to BatchSize), each followed by Flush
+// when sink is a Flusher — as a TUN hands over what one read returned.
 func (c *Client) Run(sink netstack.PacketSink) error {
+	flusher, _ := sink.(netstack.Flusher)
 	for {
 		pkt := c.ep.ReadContext(c.ctx)
 		if pkt == nil {
 			return nil
 		}
-		v := pkt.ToView()
-		sink.Deliver(v.AsSlice())
-		v.Release()
-		pkt.DecRef()
+		for n := 0; pkt != nil; n++ {
+			v := pkt.ToView()
+			sink.Deliver(v.AsSlice())
+			v.Release()
+			pkt.DecRef()
+			if n+1 == c.BatchSize() {
+				break
+			}
+			pkt = c.ep.Read()
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
 	}
 }
 
