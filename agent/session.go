@@ -168,57 +168,34 @@ func (a *Agent) applyDirectory(m *tunnel.Directory) {
 
 // receive writes the packets of a session (the server's, or a direct
 // path's) to the TUN, counting them in down. Only IPv4 packets to the
-// agent's own address from the pool are taken.
-//
-// A reader goroutine takes the session's datagrams and checks them; this
-// goroutine writes whatever has gathered since its last write in one
-// batch, so that the TUN coalesces a run of one flow's TCP segments into
-// one packet (GRO) and the kernel's TCP receives it once, as wireguard-go
-// does. An idle session writes each packet as it comes.
+// agent's own address from the pool are taken. Each run of datagrams that
+// arrived together is written in one batch, so that the TUN coalesces a
+// flow's TCP segments into one packet (GRO) and the kernel's TCP receives
+// it once, as wireguard-go does.
 func (a *Agent) receive(ctx context.Context, s *tunnel.Session, down prometheus.Counter) {
-	in := make(chan []byte, receiveQueue)
-	go func() {
-		defer close(in)
-		for {
-			b, err := s.ReceiveDatagram(ctx)
-			if err != nil {
-				return
-			}
-			if a.acceptDown(b) {
-				in <- b // the slice is ours (ReceiveDatagram)
-			}
-		}
-	}()
 	w := newTUNWriter(a.dev)
-	for b := range in {
-		w.add(b)
-	gather:
-		for !w.full() {
-			select {
-			case b, ok := <-in:
-				if !ok {
-					break gather
-				}
-				w.add(b)
-			default:
-				break gather
-			}
-		}
+	flush := func() {
 		n := w.len()
+		if n == 0 {
+			return
+		}
 		if err := w.flush(); err != nil {
 			for range n {
 				a.m.drop(dropTUNWrite)
 			}
-			continue
+			return
 		}
 		down.Add(float64(n))
 	}
+	_ = s.ReceiveBatches(ctx, func(b []byte) {
+		if a.acceptDown(b) {
+			w.add(b)
+			if w.full() {
+				flush()
+			}
+		}
+	}, flush)
 }
-
-// receiveQueue bounds the packets checked but not yet written: a few
-// batches. Beyond it the reader waits and quic-go's own queue of received
-// datagrams takes the rest, as before batching.
-const receiveQueue = 256
 
 // maxWriteBatch bounds a TUN write batch, and so the buffers it holds (each
 // with room to coalesce up to 64 KiB).

@@ -131,15 +131,14 @@ func (g *Gateway) directControl(s *tunnel.Session) {
 	}
 }
 
-// directDatagrams carries an agent's packets into the netstack.
+// directDatagrams carries an agent's packets into the netstack, each run
+// of them that arrived together as one batch (GRO merges a flow's
+// segments).
 func (g *Gateway) directDatagrams(ctx context.Context, s *tunnel.Session, in *ingress, id tunnel.Identity) error {
 	registered := map[string]bool{} // ztna-v1 registrations
 	var buf []byte
-	for {
-		b, err := s.ReceiveDatagram(ctx)
-		if err != nil {
-			return err
-		}
+	batch := g.tunLink.NewBatch()
+	return s.ReceiveBatches(ctx, func(b []byte) {
 		d, err := tunnel.Parse(s.Version(), b)
 		if err != nil {
 			if s.Version() == tunnel.V1 && errors.Is(err, tunnel.ErrInvalidServiceID) && tunnel.Kind(b) == tunnel.TypeAgentRegistration {
@@ -148,7 +147,7 @@ func (g *Gateway) directDatagrams(ctx context.Context, s *tunnel.Session, in *in
 				}
 			}
 			g.m.tunnelDrop("malformed_datagram")
-			continue
+			return
 		}
 		switch d.Type {
 		case tunnel.TypeAgentRegistration:
@@ -167,22 +166,22 @@ func (g *Gateway) directDatagrams(ctx context.Context, s *tunnel.Session, in *in
 			svc := string(d.Service)
 			if !g.mayReach(id, svc) || (s.Version() == tunnel.V1 && !registered[svc]) {
 				g.m.tunnelDrop("not_authorised")
-				continue
+				return
 			}
 			g.learnInner(in, d.Packet)
-			g.deliverTunnel(in, svc, d.Packet)
+			g.deliverTunnel(in, svc, d.Packet, batch)
 		case tunnel.TypeIP:
 			svc, ok := g.rawService(id, b)
 			if !ok || (svc != "" && s.Version() == tunnel.V1 && !registered[svc]) {
 				g.m.tunnelDrop("not_authorised")
-				continue
+				return
 			}
 			g.learnInner(in, b)
-			g.deliverTunnel(in, svc, b)
+			g.deliverTunnel(in, svc, b, batch)
 		default:
 			g.m.tunnelDrop("unexpected_datagram")
 		}
-	}
+	}, batch.Flush)
 }
 
 // learnInner pins a ztna-v1 agent's inner address to the source of its

@@ -111,10 +111,11 @@ func (o *tunnelOutput) WritePackets(pkts [][]byte) error {
 	return nil
 }
 
-// deliverTunnel takes a packet from an ingress into the netstack: it must
-// come from the agent's address and go to a VIP of service (any service
-// the tenant may reach when service is empty).
-func (g *Gateway) deliverTunnel(in *ingress, service string, pkt []byte) {
+// deliverTunnel takes a packet from an ingress into the netstack through
+// sink (the tunnel link, or a session reader's batch of it): it must come
+// from the agent's address and go to a VIP of service (any service the
+// tenant may reach when service is empty).
+func (g *Gateway) deliverTunnel(in *ingress, service string, pkt []byte, sink netstack.PacketSink) {
 	src, dst, ok := netstack.IPv4Addrs(pkt)
 	if !ok {
 		g.m.tunnelDrop("malformed")
@@ -131,5 +132,5 @@ func (g *Gateway) deliverTunnel(in *ingress, service string, pkt []byte) {
 		}
 	}
 	netstack.RewriteIPv4Source(pkt, in.synth)
-	g.tunLink.Deliver(pkt)
+	sink.Deliver(pkt)
 }

@@ -224,7 +224,7 @@ func (rs *relaySession) openTag(m *tunnel.TagOpen) {
 	rs.mu.Unlock()
 	if p != nil && !p.expired(time.Now()) {
 		for _, pkt := range p.pkts {
-			g.deliverTunnel(in, m.Service, pkt)
+			g.deliverTunnel(in, m.Service, pkt, g.tunLink)
 		}
 	}
 }
@@ -261,18 +261,17 @@ func (g *Gateway) closeIngress(in *ingress, reason string) {
 	g.ingresses.remove(in)
 }
 
-// datagrams carries the relay's tagged packets into the netstack.
+// datagrams carries the relay's tagged packets into the netstack, each run
+// of them that arrived together as one batch (GRO merges a flow's
+// segments).
 func (rs *relaySession) datagrams(ctx context.Context) {
 	g := rs.g
-	for {
-		b, err := rs.s.ReceiveDatagram(ctx)
-		if err != nil {
-			return
-		}
+	batch := g.tunLink.NewBatch()
+	_ = rs.s.ReceiveBatches(ctx, func(b []byte) {
 		d, err := tunnel.Parse(tunnel.V2, b)
 		if err != nil {
 			g.m.tunnelDrop("malformed_datagram")
-			continue
+			return
 		}
 		switch d.Type {
 		case tunnel.TypeTagged:
@@ -283,13 +282,13 @@ func (rs *relaySession) datagrams(ctx context.Context) {
 			}
 			rs.mu.Unlock()
 			if in != nil {
-				g.deliverTunnel(in, in.service, d.Packet)
+				g.deliverTunnel(in, in.service, d.Packet, batch)
 			}
 		case tunnel.TypeQAD:
 		default:
 			g.m.tunnelDrop("unexpected_datagram")
 		}
-	}
+	}, batch.Flush)
 }
 
 // holdLocked keeps a packet of an unannounced tag for a moment. Expired

@@ -44,7 +44,7 @@ func FuzzDeliverTunnel(f *testing.F) {
 		}
 		src, _, ok := netstack.IPv4Addrs(pkt)
 		before := drops()
-		h.gw.deliverTunnel(in, svc, pkt)
+		h.gw.deliverTunnel(in, svc, pkt, h.gw.tunLink)
 		if (!ok || src != agentInner) && drops() == before {
 			t.Fatalf("malformed or spoofed packet % x not counted", pkt)
 		}
