@@ -244,13 +244,14 @@ func (l *Link) NewBatch() *Batch {
 	return b
 }
 
-// Deliver is Link.Deliver, except that IPv4 TCP segments wait for Flush.
+// Deliver is Link.Deliver, except that IPv4 TCP segments wait for Flush;
+// everything else goes to the stack at once.
 func (b *Batch) Deliver(pkt []byte) {
 	pkb, proto, d := b.l.admit(pkt)
 	if pkb == nil {
 		return
 	}
-	if proto == ipv4.ProtocolNumber {
+	if proto == ipv4.ProtocolNumber && pkt[9] == uint8(header.TCPProtocolNumber) {
 		b.fixer.next = d
 		b.gro.Enqueue(pkb)
 	} else {
