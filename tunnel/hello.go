@@ -55,6 +55,7 @@ func (s *Session) acceptHello(ctx context.Context) (reason string, err error) {
 		return reasonBadHello, errors.New("tunnel: first control message is not hello")
 	}
 	s.hello = *hello
+	s.pad.Store(hello.Padding)
 	return "", nil
 }
 
@@ -78,6 +79,7 @@ func classifyExchangeError(err error) string {
 func (s *Session) SendWelcome(w Welcome) error {
 	w.Type = MessageWelcome
 	w.Session = s.id
+	w.Padding = true
 	if !w.Observed.IsValid() {
 		w.Observed = s.RemoteAddr()
 	}
@@ -97,6 +99,7 @@ func (s *Session) dialHello(ctx context.Context, hello Hello) (reason string, er
 	}
 	s.stream, s.reader = str, NewReader(str)
 	hello.Type = MessageHello
+	hello.Padding = true
 	s.hello = hello
 	if err := s.Send(hello); err != nil {
 		return s.exchangeFailure(err)
@@ -110,6 +113,7 @@ func (s *Session) dialHello(ctx context.Context, hello Hello) (reason string, er
 	switch m := msg.(type) {
 	case *Welcome:
 		s.welcome = *m
+		s.pad.Store(m.Padding)
 		return "", nil
 	case *ErrorMessage:
 		return reasonServerError, &RefusedError{Code: m.Code, Message: m.Message}

@@ -24,6 +24,10 @@ type Hello struct {
 	// InnerAddr is an agent's [tun] address: the one source address its
 	// packets may carry (anti-spoofing).
 	InnerAddr netip.Addr `json:"inner_addr,omitzero"`
+	// Padding says the client drops the zeros after a datagram's IP packet
+	// (docs/protocol.md, "Padding"), so the server may pad what it sends.
+	// Dial sets it; a client that leaves it out gets no padding.
+	Padding bool `json:"padding,omitempty"`
 }
 
 // Welcome is the server's answer to a Hello.
@@ -36,6 +40,9 @@ type Welcome struct {
 	// MaxPacket is the largest IP packet the server can carry for the
 	// client end to end; 0 when the server does not know.
 	MaxPacket int `json:"max_packet,omitempty"`
+	// Padding says the server drops the zeros after a datagram's IP packet,
+	// so the client may pad what it sends. SendWelcome sets it.
+	Padding bool `json:"padding,omitempty"`
 }
 
 // PortInfo is one port of a service's VIP.

@@ -193,3 +193,53 @@ func TestV1NotPadded(t *testing.T) {
 		}
 	}
 }
+
+// TestPaddingOnlyToPeersThatTrim: a ztna-v2 peer that did not announce
+// padding in its hello or welcome (an older ztgate) gets datagrams as they
+// are, so that a relay of that build never forwards zeros it cannot fit.
+func TestPaddingOnlyToPeersThatTrim(t *testing.T) {
+	msg, err := DecodeControl(MessageHello, []byte(`{"type":"hello","role":"agent","name":"old"}`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg.(*Hello).Padding {
+		t.Fatal("a hello without the field announces padding")
+	}
+	sf := newSessionFixture(t, false)
+	var mu sync.Mutex
+	sizes := map[int]int{} // server → client UDP payload sizes
+	p, err := tunneltest.NewProxy(tunneltest.ProxyConfig{
+		Target: sf.addr(),
+		Observe: func(toServer bool, n int) {
+			if !toServer {
+				mu.Lock()
+				sizes[n]++
+				mu.Unlock()
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	client, server := sf.connectVia(p.Addr(), sf.dialConfig(sf.agentCreds()))
+	server.pad.Store(false) // what acceptHello records for such a hello
+	time.Sleep(100 * time.Millisecond)
+	mu.Lock()
+	before := sizes[packetSize]
+	mu.Unlock()
+	for i := range 20 {
+		pkt := ip4Packet(server.MaxDatagram()-60, byte(i))
+		if err := server.SendDatagram(pkt); err != nil {
+			t.Fatal(err)
+		}
+		if got := receive(t, client); !bytes.Equal(got, pkt) {
+			t.Fatalf("datagram %d: received %d bytes, want %d", i, len(got), len(pkt))
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if full := sizes[packetSize] - before; full != 0 {
+		t.Fatalf("%d datagrams padded to a peer that does not trim; sizes: %v", full, sizes)
+	}
+}

@@ -51,6 +51,10 @@ type Session struct {
 	sendBroken error // guarded by sendMu: a failed write left a partial frame
 
 	size sizing
+	// pad: the peer announced that it trims padding (ztna-v2 hello or
+	// welcome); set during the exchange. Atomic: the QAD announcer may
+	// send while the server still reads the hello.
+	pad atomic.Bool
 
 	// Server side: the client's address changes are noticed on received
 	// datagrams and announced with QAD by the listener's goroutine.
@@ -137,11 +141,12 @@ func addrPort(a net.Addr) netip.AddrPort {
 // returned unwrapped, so that the packet path allocates nothing; a
 // *quic.DatagramTooLargeError also updates MaxDatagram.
 //
-// On a ztna-v2 session a data datagram a little short of the largest is
-// padded to it (padding.go), so that quic-go sends runs of them with GSO.
+// To a ztna-v2 peer that trims padding, a data datagram a little short of
+// the largest is padded to it (padding.go), so that quic-go sends runs of
+// them with GSO.
 func (s *Session) SendDatagram(b []byte) error {
 	var buf [maxPadded]byte
-	if s.version == V2 {
+	if s.pad.Load() {
 		b = padTo(b, s.MaxDatagram(), &buf)
 	}
 	err := s.conn.SendDatagram(b)

@@ -20,7 +20,7 @@ func TestSessionV2HelloWelcome(t *testing.T) {
 	if server.Version() != V2 || client.Version() != V2 {
 		t.Fatalf("versions %v, %v", server.Version(), client.Version())
 	}
-	want := Hello{Type: MessageHello, Role: RoleAgent, Name: "laptop", InnerAddr: netip.MustParseAddr("100.64.0.1")}
+	want := Hello{Type: MessageHello, Role: RoleAgent, Name: "laptop", InnerAddr: netip.MustParseAddr("100.64.0.1"), Padding: true}
 	if server.Hello() != want || client.Hello() != want {
 		t.Errorf("hello: server saw %+v, client sent %+v", server.Hello(), client.Hello())
 	}
@@ -33,6 +33,9 @@ func TestSessionV2HelloWelcome(t *testing.T) {
 	w := client.Welcome()
 	if w.Session != server.ID() || w.MaxPacket != 1200 || w != server.Welcome() {
 		t.Errorf("welcome %+v, server sent %+v (id %d)", w, server.Welcome(), server.ID())
+	}
+	if !w.Padding || !client.pad.Load() || !server.pad.Load() {
+		t.Errorf("padding not agreed: welcome %v, client pads %v, server pads %v", w.Padding, client.pad.Load(), server.pad.Load())
 	}
 	if w.Observed != server.RemoteAddr() || !w.Observed.Addr().IsLoopback() {
 		t.Errorf("observed %v, server sees %v", w.Observed, server.RemoteAddr())
