@@ -3,6 +3,7 @@ package tunnel
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
@@ -122,6 +123,50 @@ func TestPadAndTrim(t *testing.T) {
 	}
 }
 
+// sizeCounter counts the UDP payloads of one direction by size, as a
+// proxy observes them.
+type sizeCounter struct {
+	mu    sync.Mutex
+	sizes map[int]int
+}
+
+func (c *sizeCounter) count(n int) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sizes[n]
+}
+
+func (c *sizeCounter) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return fmt.Sprint(c.sizes)
+}
+
+// connectCounting connects a client and a server through a proxy that
+// counts the sizes of the UDP datagrams towards the server (toServer) or
+// the client, once the handshake's last packets have passed.
+func connectCounting(t *testing.T, toServer bool) (client, server *Session, c *sizeCounter) {
+	sf := newSessionFixture(t, false)
+	c = &sizeCounter{sizes: map[int]int{}}
+	p, err := tunneltest.NewProxy(tunneltest.ProxyConfig{
+		Target: sf.addr(),
+		Observe: func(up bool, n int) {
+			if up == toServer {
+				c.mu.Lock()
+				c.sizes[n]++
+				c.mu.Unlock()
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	client, server = sf.connectVia(p.Addr(), sf.dialConfig(sf.agentCreds()))
+	time.Sleep(100 * time.Millisecond)
+	return client, server, c
+}
+
 // TestPaddingFillsPackets sends datagrams a little short of the largest
 // over a v2 session through a proxy that records the size of every UDP
 // datagram: each must go out as a QUIC packet of exactly the connection's
@@ -129,28 +174,8 @@ func TestPadAndTrim(t *testing.T) {
 // without its padding. It guards connIDLen and the path MTU setting
 // against a quic-go upgrade that changes its header arithmetic.
 func TestPaddingFillsPackets(t *testing.T) {
-	sf := newSessionFixture(t, false)
-	var mu sync.Mutex
-	sizes := map[int]int{} // client → server UDP payload sizes
-	p, err := tunneltest.NewProxy(tunneltest.ProxyConfig{
-		Target: sf.addr(),
-		Observe: func(toServer bool, n int) {
-			if toServer {
-				mu.Lock()
-				sizes[n]++
-				mu.Unlock()
-			}
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	client, server := sf.connectVia(p.Addr(), sf.dialConfig(sf.agentCreds()))
-	time.Sleep(100 * time.Millisecond) // the handshake's last packets
-	mu.Lock()
-	before := sizes[packetSize]
-	mu.Unlock()
+	client, server, sizes := connectCounting(t, true)
+	before := sizes.count(packetSize)
 
 	const n = 50
 	max := client.MaxDatagram()
@@ -163,10 +188,7 @@ func TestPaddingFillsPackets(t *testing.T) {
 			t.Fatalf("datagram %d: received %d bytes, want the %d sent", i, len(got), len(pkt))
 		}
 	}
-	mu.Lock()
-	full := sizes[packetSize] - before
-	mu.Unlock()
-	if full < n {
+	if full := sizes.count(packetSize) - before; full < n {
 		t.Fatalf("%d of %d padded datagrams left in %d-byte packets; sizes seen: %v", full, n, packetSize, sizes)
 	}
 }
@@ -205,29 +227,9 @@ func TestPaddingOnlyToPeersThatTrim(t *testing.T) {
 	if msg.(*Hello).Padding {
 		t.Fatal("a hello without the field announces padding")
 	}
-	sf := newSessionFixture(t, false)
-	var mu sync.Mutex
-	sizes := map[int]int{} // server → client UDP payload sizes
-	p, err := tunneltest.NewProxy(tunneltest.ProxyConfig{
-		Target: sf.addr(),
-		Observe: func(toServer bool, n int) {
-			if !toServer {
-				mu.Lock()
-				sizes[n]++
-				mu.Unlock()
-			}
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	client, server := sf.connectVia(p.Addr(), sf.dialConfig(sf.agentCreds()))
+	client, server, sizes := connectCounting(t, false)
 	server.pad.Store(false) // what acceptHello records for such a hello
-	time.Sleep(100 * time.Millisecond)
-	mu.Lock()
-	before := sizes[packetSize]
-	mu.Unlock()
+	before := sizes.count(packetSize)
 	for i := range 20 {
 		pkt := ip4Packet(server.MaxDatagram()-60, byte(i))
 		if err := server.SendDatagram(pkt); err != nil {
@@ -237,9 +239,7 @@ func TestPaddingOnlyToPeersThatTrim(t *testing.T) {
 			t.Fatalf("datagram %d: received %d bytes, want %d", i, len(got), len(pkt))
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if full := sizes[packetSize] - before; full != 0 {
+	if full := sizes.count(packetSize) - before; full != 0 {
 		t.Fatalf("%d datagrams padded to a peer that does not trim; sizes: %v", full, sizes)
 	}
 }
