@@ -102,16 +102,19 @@ func trimPadding(b []byte) []byte {
 	return b
 }
 
-// padTo returns b padded with zeros to size in buf when b is a well-formed
-// data datagram at most padSlack bytes short of size; otherwise b.
-func padTo(b []byte, size int, buf *[maxPadded]byte) []byte {
+// paddable reports whether b is a well-formed data datagram at most
+// padSlack bytes short of size, which SendDatagram pads to size.
+func paddable(b []byte, size int) bool {
 	short := size - len(b)
 	if short <= 0 || short > padSlack || size > maxPadded {
-		return b
+		return false
 	}
-	if end, ok := dataEnd(b); !ok || end != len(b) {
-		return b
-	}
+	end, ok := dataEnd(b)
+	return ok && end == len(b)
+}
+
+// fill returns b followed by zeros up to size (at most maxPadded), in buf.
+func fill(b []byte, size int, buf *[maxPadded]byte) []byte {
 	n := copy(buf[:], b)
 	clear(buf[n:size])
 	return buf[:size]

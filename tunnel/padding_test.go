@@ -12,6 +12,15 @@ import (
 	"github.com/ztgate/ztgate/tunnel/tunneltest"
 )
 
+// padTo is what SendDatagram does to a datagram on a session that pads:
+// b padded to size in buf when paddable, else b.
+func padTo(b []byte, size int, buf *[maxPadded]byte) []byte {
+	if !paddable(b, size) {
+		return b
+	}
+	return fill(b, size, buf)
+}
+
 // ip6Packet returns an IPv6 packet of n bytes (at least 40).
 func ip6Packet(n int) []byte {
 	b := make([]byte, n)

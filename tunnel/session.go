@@ -145,9 +145,11 @@ func addrPort(a net.Addr) netip.AddrPort {
 // the largest is padded to it (padding.go), so that quic-go sends runs of
 // them with GSO.
 func (s *Session) SendDatagram(b []byte) error {
-	var buf [maxPadded]byte
 	if s.pad.Load() {
-		b = padTo(b, s.MaxDatagram(), &buf)
+		if size := s.MaxDatagram(); paddable(b, size) {
+			var buf [maxPadded]byte // zeroed only for the datagrams padded
+			b = fill(b, size, &buf)
+		}
 	}
 	err := s.conn.SendDatagram(b)
 	if err == nil {

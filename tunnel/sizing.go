@@ -14,13 +14,16 @@ import (
 // packets never exceed 1452 bytes in quic-go v0.65) and caches the answer.
 // The tunnel's connections keep quic-go's initial packet size (path MTU
 // discovery is off, padding.go), so the size read at the start of a
-// session stays what it is.
+// session stays safe: it only ever shrinks (a migrated path, a send that
+// failed for size), which MaxDatagram notices within sizeRefresh and a
+// DatagramTooLargeError at once.
 const (
 	// probeSize is larger than any DATAGRAM quic-go sends. Its first byte
 	// is 0 (TypeUnknown): should a path ever carry it, receivers drop it.
 	probeSize = 4096
 	// sizeRefresh is how long a probed size is reused before MaxDatagram
-	// probes again (it may have grown).
+	// probes again (it may have changed: quic-go starts a migrated path,
+	// or one whose large packets failed, from a smaller size).
 	sizeRefresh = time.Second
 )
 
