@@ -81,13 +81,7 @@ var webVIP = netip.MustParseAddrPort("10.100.0.10:80")
 // dialWeb opens a connection from src to web within d.
 func (h *harness) dialWeb(t *testing.T, src netip.Addr, d time.Duration) (net.Conn, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	c, err := h.client.DialTCP(ctx, src, webVIP)
-	if err == nil {
-		t.Cleanup(func() { c.Close() })
-	}
-	return c, err
+	return h.dialConn(t, src, webVIP, d)
 }
 
 // TestFlowLimits fills a tenant's or a service's max_flows: the next flow

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -38,13 +39,31 @@ backends = ["127.0.0.1"]
 // ends.
 func (h *harness) dial(t *testing.T, src netip.Addr, dst netip.AddrPort, d time.Duration) error {
 	t.Helper()
+	_, err := h.dialConn(t, src, dst, d)
+	return err
+}
+
+// dialConn is dial that returns the connection too.
+func (h *harness) dialConn(t *testing.T, src netip.Addr, dst netip.AddrPort, d time.Duration) (net.Conn, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	c, err := h.client.DialTCP(ctx, src, dst)
 	if err == nil {
 		t.Cleanup(func() { c.Close() })
 	}
-	return err
+	return c, err
+}
+
+// dialAll opens n connections from src to dst, each within 5 s, and fails
+// the test at the first that does not connect; what names them.
+func (h *harness) dialAll(t *testing.T, n int, src netip.Addr, dst netip.AddrPort, what string) {
+	t.Helper()
+	for i := range n {
+		if err := h.dial(t, src, dst, 5*time.Second); err != nil {
+			t.Fatalf("%s, flow %d: %v", what, i, err)
+		}
+	}
 }
 
 // wantDropped fails unless a connection from src to dst gets no answer
@@ -106,46 +125,26 @@ func TestTenantServiceLimits(t *testing.T) {
 			}
 		}},
 		{"tenant rate", "", "new_flows_per_second = 2\nnew_flows_burst = 2", "", func(t *testing.T, h *harness) {
-			for i := range 2 {
-				if err := h.dial(t, acmeClient, webVIP, 5*time.Second); err != nil {
-					t.Fatalf("acme flow %d of its burst: %v", i, err)
-				}
-			}
+			h.dialAll(t, 2, acmeClient, webVIP, "acme flows of its burst")
 			h.wantDropped(t, acmeClient, dbVIP)
 			if n := h.refused(t, refuseTenantRate); n < 1 {
 				t.Fatalf("acme's SYNs over its rate counted as %s: %v", refuseTenantRate, n)
 			}
 			// globex has the gateway's rate (1000, burst 2000).
-			for i := range 5 {
-				if err := h.dial(t, globexClient, webVIP, 5*time.Second); err != nil {
-					t.Fatalf("globex flow %d while acme is over its rate: %v", i, err)
-				}
-			}
+			h.dialAll(t, 5, globexClient, webVIP, "globex flows while acme is over its rate")
 			if n := h.refused(t, refuseRate); n != 0 {
 				t.Errorf("%v refusals counted as the gateway's rate", n)
 			}
 		}},
 		{"service rate", "", "", "new_flows_per_second = 1\nnew_flows_burst = 2", func(t *testing.T, h *harness) {
-			for i := range 2 {
-				if err := h.dial(t, acmeClient, webVIP, 5*time.Second); err != nil {
-					t.Fatalf("acme flow %d of web's burst: %v", i, err)
-				}
-			}
+			h.dialAll(t, 2, acmeClient, webVIP, "acme flows of web's burst")
 			h.wantDropped(t, acmeClient, webVIP)
 			if n := h.refused(t, refuseServiceRate); n < 1 {
 				t.Fatalf("acme's SYNs over web's rate counted as %s: %v", refuseServiceRate, n)
 			}
 			// The rate is per source: acme still reaches db, globex web.
-			for i := range 3 {
-				if err := h.dial(t, acmeClient, dbVIP, 5*time.Second); err != nil {
-					t.Fatalf("acme flow %d to db: %v", i, err)
-				}
-			}
-			for i := range 2 {
-				if err := h.dial(t, globexClient, webVIP, 5*time.Second); err != nil {
-					t.Fatalf("globex flow %d to web: %v", i, err)
-				}
-			}
+			h.dialAll(t, 3, acmeClient, dbVIP, "acme flows to db")
+			h.dialAll(t, 2, globexClient, webVIP, "globex flows to web")
 			if n := h.refused(t, refuseRate) + h.refused(t, refuseTenantRate); n != 0 {
 				t.Errorf("%v refusals counted as a source's own rate", n)
 			}

@@ -1,7 +1,6 @@
 package netstack
 
 import (
-	"net/netip"
 	"os"
 	"runtime"
 	"sync/atomic"
@@ -124,22 +123,10 @@ func TestDeliverNoPerPacketAllocs(t *testing.T) {
 		{"not routed", (*EchoRequest).Drop, notRouted, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ns, err := New(Config{
-				Pools:   []netip.Prefix{netip.MustParsePrefix("10.100.0.0/24"), netip.MustParsePrefix("2001:db8:100::/64")},
-				Handler: echoEnder{end: tc.end},
-			}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ns.Close()
+			out := &countOutput{}
+			ns, l := newTestLink(t, Config{Handler: echoEnder{end: tc.end}}, out)
 			ns.s.SetICMPLimit(1e9) // every refusal answered
 			ns.s.SetICMPBurst(1e9)
-			out := &countOutput{}
-			l, err := ns.NewLink(LinkConfig{MTU: 1500, Output: out})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer l.Close()
 			// Each packet is measured with its answer written: the steady
 			// state, where the link's writer returns packet buffers to their
 			// pools as fast as requests take them.

@@ -203,20 +203,8 @@ func TestEchoAnswers(t *testing.T) {
 		{"IPv4 dropped", echo4(nil, 7, 17, data), (*EchoRequest).Drop, false, 0xff, 0, nil, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ns, err := New(Config{
-				Pools:   []netip.Prefix{netip.MustParsePrefix("10.100.0.0/24"), netip.MustParsePrefix("2001:db8:100::/64")},
-				Handler: echoEnder{end: tc.end},
-			}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ns.Close()
 			out := &capture{}
-			l, err := ns.NewLink(LinkConfig{MTU: 1500, Output: out})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer l.Close()
+			ns, l := newTestLink(t, Config{Handler: echoEnder{end: tc.end}}, out)
 			l.Deliver(tc.pkt)
 			got := out.untilMarker(t, l, tc.v6)
 			if tc.typ == 0xff {
@@ -254,22 +242,13 @@ func TestEchoAnswers(t *testing.T) {
 // TestEchoRefuseRateLimited: refused echo requests share gVisor's ICMP
 // rate limit; beyond its burst they go unanswered and are counted.
 func TestEchoRefuseRateLimited(t *testing.T) {
-	ns, err := New(Config{
+	out := &capture{}
+	ns, l := newTestLink(t, Config{
 		Pools:   []netip.Prefix{netip.MustParsePrefix("10.100.0.0/24")},
 		Handler: echoEnder{end: (*EchoRequest).Refuse},
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
+	}, out)
 	ns.s.SetICMPLimit(rate.Limit(1e-6)) // no token refilled during the test, however slow the machine
 	ns.s.SetICMPBurst(5)
-	out := &capture{}
-	l, err := ns.NewLink(LinkConfig{MTU: 1500, Output: out})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
 	const sent = 50
 	for i := range sent {
 		l.Deliver(echo4(nil, 1, uint16(i), nil))
@@ -307,8 +286,8 @@ func TestEchoBadChecksumDropped(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var handled, malformed atomic.Int64
-			ns, err := New(Config{
-				Pools: []netip.Prefix{netip.MustParsePrefix("10.100.0.0/24"), netip.MustParsePrefix("2001:db8:100::/64")},
+			out := &capture{}
+			_, l := newTestLink(t, Config{
 				Handler: echoEnder{end: func(r *EchoRequest) {
 					handled.Add(1)
 					r.Reply()
@@ -318,17 +297,7 @@ func TestEchoBadChecksumDropped(t *testing.T) {
 						malformed.Add(1)
 					}
 				},
-			}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ns.Close()
-			out := &capture{}
-			l, err := ns.NewLink(LinkConfig{MTU: 1500, Output: out})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer l.Close()
+			}, out)
 			l.Deliver(tc.pkt)
 			if got := out.untilMarker(t, l, tc.v6); len(got) != 0 {
 				t.Errorf("corrupted request answered: % x", got[0])
@@ -341,4 +310,25 @@ func TestEchoBadChecksumDropped(t *testing.T) {
 			}
 		})
 	}
+}
+
+// newTestLink starts a stack with cfg (over 10.100.0.0/24 and
+// 2001:db8:100::/64 unless cfg names pools) and a 1500-byte link into it
+// that writes to out; both are closed when the test ends.
+func newTestLink(t *testing.T, cfg Config, out Output) (*Stack, *Link) {
+	t.Helper()
+	if cfg.Pools == nil {
+		cfg.Pools = []netip.Prefix{netip.MustParsePrefix("10.100.0.0/24"), netip.MustParsePrefix("2001:db8:100::/64")}
+	}
+	ns, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Close)
+	l, err := ns.NewLink(LinkConfig{MTU: 1500, Output: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Close)
+	return ns, l
 }
