@@ -87,12 +87,7 @@ func newHarnessWith(t testing.TB, toml string, beforeStart func(*Gateway), opts 
 // baseConfig publishes web (tcp 80 → the HTTP backend) for acme, and echo
 // (udp 7 → the UDP backend) for both tenants.
 func baseConfig(httpPort, udpPort int) string {
-	return fmt.Sprintf(`
-[gateway]
-state_dir = "STATE"
-[api]
-listen = "off"
-`+twoTenants+`[[service]]
+	return fmt.Sprintf(quietGateway+twoTenants+`[[service]]
 name = "web"
 tenants = ["acme"]
 vip = "10.100.0.10"

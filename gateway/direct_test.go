@@ -21,15 +21,7 @@ import (
 func directConfig(t testing.TB, port int) (string, *tunnel.CA, string) {
 	dir := t.TempDir()
 	section, ca := writePKI(t, dir)
-	return section + `
-[gateway]
-state_dir = "STATE"
-[api]
-listen = "off"
-[[tenant]]
-name = "acme"
-sources = ["198.51.100.0/24"]
-[[service]]
+	return section + quietGateway + acmeTenant + `[[service]]
 name = "web"
 tenants = ["*"]
 vip = "10.100.0.10"

@@ -15,7 +15,9 @@ import (
 	"github.com/ztgate/ztgate/resolver/resolvertest"
 )
 
-// startLineEchoOn is startLineEcho on a chosen loopback address.
+// discoveryConfig is a gateway whose service app (TCP 7 → port) resolves
+// its backends with the nameserver ns; backends and srv are the service's
+// TOML lines naming them (`backends = [...]`, `backends_srv = ...`).
 func discoveryConfig(ns netip.AddrPort, backends, srv string, port int) string {
 	return fmt.Sprintf(`
 [gateway]

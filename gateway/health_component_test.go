@@ -72,15 +72,7 @@ func startSickables(t *testing.T, addrs ...string) ([]*sickable, int) {
 	return nil, 0
 }
 
-const healthConfig = `
-[gateway]
-state_dir = "STATE"
-[api]
-listen = "off"
-[[tenant]]
-name = "acme"
-sources = ["198.51.100.0/24"]
-[[service]]
+const healthConfig = quietGateway + acmeTenant + `[[service]]
 name = "app"
 tenants = ["acme"]
 vip = "10.100.0.30"
@@ -353,15 +345,7 @@ func TestDrainComponent(t *testing.T) {
 	}
 }
 
-const passiveConfig = `
-[gateway]
-state_dir = "STATE"
-[api]
-listen = "off"
-[[tenant]]
-name = "acme"
-sources = ["198.51.100.0/24"]
-[[service]]
+const passiveConfig = quietGateway + acmeTenant + `[[service]]
 name = "app"
 tenants = ["acme"]
 vip = "10.100.0.40"

@@ -144,12 +144,7 @@ ca = %q
 	// config defines echo (no VIP: the relay assigns it) for tenants, with
 	// extra keys of the service and extra port tables.
 	config := func(tenants, keys, ports string) string {
-		return fmt.Sprintf(`
-[gateway]
-state_dir = "STATE"
-[api]
-listen = "off"
-`+twoTenants+`[[service]]
+		return fmt.Sprintf(quietGateway+twoTenants+`[[service]]
 name = "echo"
 tenants = [%s]
 backends = ["127.0.0.1"]

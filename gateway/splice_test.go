@@ -36,15 +36,7 @@ func startCountServer(t *testing.T) int {
 }
 
 func spliceConfig(port int, idle string) string {
-	return fmt.Sprintf(`
-[gateway]
-state_dir = "STATE"
-[api]
-listen = "off"
-[[tenant]]
-name = "acme"
-sources = ["198.51.100.0/24"]
-[[service]]
+	return fmt.Sprintf(quietGateway+acmeTenant+`[[service]]
 name = "count"
 tenants = ["acme"]
 vip = "10.100.0.12"

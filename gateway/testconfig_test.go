@@ -2,13 +2,25 @@ package gateway
 
 import "fmt"
 
-// twoTenants are the tenants most gateway tests use: acme from
-// 198.51.100.0/24 and globex from 203.0.113.0/24.
-const twoTenants = `
+// quietGateway opens most component tests' configurations: state in the
+// test's STATE directory, no admin API.
+const quietGateway = `
+[gateway]
+state_dir = "STATE"
+[api]
+listen = "off"
+`
+
+// acmeTenant is the tenant of one-tenant tests: acme from 198.51.100.0/24.
+const acmeTenant = `
 [[tenant]]
 name = "acme"
 sources = ["198.51.100.0/24"]
-[[tenant]]
+`
+
+// twoTenants are the tenants most gateway tests use: acme from
+// 198.51.100.0/24 and globex from 203.0.113.0/24.
+const twoTenants = acmeTenant + `[[tenant]]
 name = "globex"
 sources = ["203.0.113.0/24"]
 `
