@@ -213,24 +213,12 @@ func TestCounters(t *testing.T) {
 			closed: map[string]float64{"write_timeout": 1}},
 		{name: "idle after a request", to: with(func(to *timeouts) { to.idle = short }),
 			client: func(t *testing.T, c net.Conn) {
-				io.WriteString(c, get("/healthz", ""))
-				c.SetReadDeadline(time.Now().Add(30 * time.Second))
-				resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				resp.Body.Close()
+				healthzOnce(t, c)
 			},
 			closed: map[string]float64{"idle_timeout": 1}},
 		{name: "half the second request", to: with(func(to *timeouts) { to.readHeader = short }),
 			client: func(t *testing.T, c net.Conn) {
-				io.WriteString(c, get("/healthz", ""))
-				c.SetReadDeadline(time.Now().Add(30 * time.Second))
-				resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				resp.Body.Close()
+				healthzOnce(t, c)
 				io.WriteString(c, "GET /healthz HTTP/1.1\r\n")
 			},
 			closed: map[string]float64{"header_timeout": 1}},
@@ -298,4 +286,16 @@ func TestMetricsRegistration(t *testing.T) {
 	if _, err := newMetrics(bad); err == nil {
 		t.Fatal("a conflicting collector was accepted")
 	}
+}
+
+// healthzOnce sends one GET /healthz on c and reads its response.
+func healthzOnce(t *testing.T, c net.Conn) {
+	t.Helper()
+	io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
 }
