@@ -84,13 +84,14 @@ func (g *Gateway) spliceUDP(f *flow, client *netstack.UDPConn) {
 const udpBatch = 32
 
 // udpUp forwards the client's datagrams to the backend: everything queued
-// in the netstack goes out in one sendmmsg.
+// in the netstack goes out in one sendmmsg, runs of equal-sized datagrams
+// as one GSO entry each (udpSender).
 func udpUp(f *flow, client *netstack.UDPConn, be *net.UDPConn, idle time.Duration, now func() time.Time) error {
 	timer := time.NewTimer(idle)
 	defer timer.Stop()
-	pc := ipv4.NewPacketConn(be)
-	msgs := make([]ipv4.Message, udpBatch)
-	bufs := make([]*[]byte, udpBatch)
+	out := newUDPSender(ipv4.NewPacketConn(be), udpBatch)
+	dgrams := make([][]byte, 0, udpBatch)
+	bufs := make([]*[]byte, 0, udpBatch)
 	for {
 		err := client.WaitReadable(f.done, timer.C)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -104,8 +105,8 @@ func udpUp(f *flow, client *netstack.UDPConn, be *net.UDPConn, idle time.Duratio
 		if err != nil {
 			return err
 		}
-		n, bytes := 0, 0
-		for n < udpBatch {
+		bytes := 0
+		for len(dgrams) < udpBatch {
 			bp := bufPool.Get().(*[]byte)
 			k, rerr := client.TryRead(*bp)
 			if rerr != nil {
@@ -115,24 +116,18 @@ func udpUp(f *flow, client *netstack.UDPConn, be *net.UDPConn, idle time.Duratio
 				}
 				break
 			}
-			bufs[n] = bp
-			msgs[n].Buffers = [][]byte{(*bp)[:k]}
-			n, bytes = n+1, bytes+k
+			bufs = append(bufs, bp)
+			dgrams = append(dgrams, (*bp)[:k])
+			bytes += k
 		}
-		for sent := 0; sent < n; {
-			k, werr := pc.WriteBatch(msgs[sent:n], 0)
-			if werr != nil {
-				if !errors.Is(werr, syscall.ECONNREFUSED) {
-					err = werr
-				}
-				break
-			}
-			sent += k
+		if werr := out.send(dgrams); werr != nil && !errors.Is(werr, syscall.ECONNREFUSED) && err == nil {
+			err = werr
 		}
-		for i := range n {
-			bufPool.Put(bufs[i])
-			msgs[i].Buffers = nil
+		for i, bp := range bufs {
+			bufPool.Put(bp)
+			bufs[i], dgrams[i] = nil, nil
 		}
+		bufs, dgrams = bufs[:0], dgrams[:0]
 		if bytes > 0 {
 			f.addUp(bytes, now())
 		}
