@@ -126,6 +126,12 @@ func TestLANDataPath(t *testing.T) {
 	l.startBackend("192.0.2.10")
 	gw := l.startGateway(lanConfig)
 
+	t.Run("TUN queue length", func(t *testing.T) {
+		if q := strings.TrimSpace(l.exec(l.router, "cat", "/sys/class/net/ztgate0/tx_queue_len")); q != "1000" {
+			t.Errorf("ztgate0 queue length %s, want 1000", q)
+		}
+	})
+
 	t.Run("16 MiB download intact", func(t *testing.T) {
 		want, err := l.curl(l.acme, "http://10.100.0.10/big.sha256")
 		if err != nil {

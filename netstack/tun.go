@@ -150,11 +150,26 @@ func (t *TUN) SetMTU(mtu int) error {
 	return nil
 }
 
-// Up sets the interface up and routes each prefix into it.
+// tunTxQueueLen is the device's queue of packets waiting for our reader
+// (the kernel's default for a TUN device is 500, for Ethernet 1000). A
+// burst that arrives while the reader is not running waits there; what
+// does not fit is dropped and counted in the device's TX dropped. 1000
+// absorbs a 64-byte UDP burst of a few milliseconds at 150-200 k
+// packets/s, where 500 lost 2-3 % here (docs/performance.md); TCP's
+// super-packets rarely fill either.
+const tunTxQueueLen = 1000
+
+// Up sets the interface's queue length, sets it up and routes each prefix
+// into it.
 func (t *TUN) Up(routes []netip.Prefix) error {
 	l, err := netlink.LinkByName(t.name)
 	if err != nil {
 		return fmt.Errorf("netstack: find %s: %w", t.name, err)
+	}
+	if l.Attrs().TxQLen < tunTxQueueLen {
+		if err := netlink.LinkSetTxQLen(l, tunTxQueueLen); err != nil {
+			return fmt.Errorf("netstack: queue length of %s: %w", t.name, err)
+		}
 	}
 	if err := netlink.LinkSetUp(l); err != nil {
 		return fmt.Errorf("netstack: set %s up: %w", t.name, err)
