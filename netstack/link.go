@@ -215,6 +215,9 @@ func (l *Link) admit(pkt []byte) (*stack.PacketBuffer, tcpip.NetworkProtocolNumb
 		ns.drop(DropLinkDown)
 		return nil, 0, nil
 	}
+	if !local && ns.deliverUDP(&h, pkt) {
+		return nil, 0, nil
+	}
 	pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
 	proto := ipv4.ProtocolNumber
 	if h.v6 {

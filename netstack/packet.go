@@ -20,11 +20,12 @@ const (
 	DropQueueFull                       // outbound queue full
 	DropTooBig                          // outbound packet larger than the link's buffers
 	DropWriteError                      // the output failed
+	DropUDPQueueFull                    // a UDP flow's receive queue is full (its reader is behind)
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
-	"malformed", "unknown_source", "not_routed", "link_down", "queue_full", "too_big", "write_error",
+	"malformed", "unknown_source", "not_routed", "link_down", "queue_full", "too_big", "write_error", "udp_queue_full",
 }
 
 // String returns the reason as a metric label.

@@ -74,6 +74,8 @@ type Stack struct {
 	icmpSent    atomic.Uint64 // ICMP errors the stack built itself (refused echo requests)
 	icmpLimited atomic.Uint64 // ... and those the ICMP rate limit suppressed
 
+	udp udpFlows // accepted UDP flows, for the links' fast path
+
 	mu     sync.Mutex
 	links  map[tcpip.NICID]*Link
 	nextID tcpip.NICID
