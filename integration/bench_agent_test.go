@@ -28,16 +28,23 @@ func (c cpuTimes) minus(o cpuTimes) cpuTimes {
 func (r *relayTopo) procCPU() cpuTimes {
 	out := cpuTimes{}
 	for name, p := range map[string]*proc{"relay": r.relayProc, "gateway": r.gwProc, "agent": r.agentProcs["a1"]} {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
-		if err != nil {
-			continue
+		if s, ok := cpuSeconds(p); ok {
+			out[name] = s
 		}
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-		u, _ := strconv.ParseFloat(f[11], 64)
-		s, _ := strconv.ParseFloat(f[12], 64)
-		out[name] = (u + s) / 100
 	}
 	return out
+}
+
+// cpuSeconds reads the user+system CPU seconds of p from /proc.
+func cpuSeconds(p *proc) (float64, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, false
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	u, _ := strconv.ParseFloat(f[11], 64)
+	s, _ := strconv.ParseFloat(f[12], 64)
+	return (u + s) / 100, true
 }
 
 // latencyResult is what `testbackend -latency` prints.
