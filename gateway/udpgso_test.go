@@ -5,7 +5,10 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -200,5 +203,34 @@ func BenchmarkUDPSender(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.N*udpBatch)/b.Elapsed().Seconds(), "datagrams/s")
 		})
+	}
+}
+
+// TestSetReadBuffer: a backend socket gets the receive buffer asked for,
+// beyond net.core.rmem_max too when the process may force it (root here).
+func TestSetReadBuffer(t *testing.T) {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	setReadBuffer(c, udpBackendReadBuffer)
+	rc, _ := c.SyscallConn()
+	var got int
+	rc.Control(func(fd uintptr) { got, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := 2 * udpBackendReadBuffer // the kernel doubles what it grants
+	if os.Geteuid() != 0 {
+		b, err := os.ReadFile("/proc/sys/net/core/rmem_max")
+		if err != nil {
+			t.Skip(err)
+		}
+		limit, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		want = min(want, 2*limit)
+	}
+	if got < want {
+		t.Errorf("receive buffer %d bytes, want at least %d", got, want)
 	}
 }
