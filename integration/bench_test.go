@@ -120,6 +120,9 @@ backends = ["192.0.2.10"]
   [[service.port]]
   protocol = "udp"
   port = 5202
+  [[service.port]]
+  protocol = "udp"
+  port = 5203
   [service.health]
   type = "none"
 `
@@ -268,12 +271,26 @@ func (l *lanTopo) udpRate(t *testing.T, ns, server string, pps int) (float64, fl
 	return got / r.Seconds, 1 - got/max(r.Sent, 1)
 }
 
-// maxUDPRate finds the highest offered rate delivered with under 1 % loss:
-// it doubles the rate until loss appears, then bisects twice.
-func (l *lanTopo) maxUDPRate(t *testing.T, ns, server string) float64 {
+// udpDownRate asks the backend's blast server (reached at server:5203)
+// from ns for 64-byte datagrams at pps for 3 s and returns the packets per
+// second that arrived and the loss.
+func (l *lanTopo) udpDownRate(t *testing.T, ns, server string, pps int) (float64, float64) {
+	t.Helper()
+	var r struct {
+		Received float64 `json:"received"`
+		Sent     float64 `json:"sent"`
+		Seconds  float64 `json:"seconds"`
+	}
+	l.clientJSON(t, ns, &r, "-udpdrain", server+":5203", "-pps", fmt.Sprint(pps), "-d", "3s", "-dgram", "64")
+	return r.Received / r.Seconds, 1 - r.Received/max(r.Sent, 1)
+}
+
+// maxRate finds the highest offered rate that measure delivers with under
+// 1 % loss: it doubles the rate until loss appears, then bisects twice.
+func maxRate(measure func(pps int) (got, loss float64)) float64 {
 	best, lo, hi := 0.0, 0, 0
 	for rate := 50_000; rate <= 1_600_000; rate *= 2 {
-		got, loss := l.udpRate(t, ns, server, rate)
+		got, loss := measure(rate)
 		if loss >= 0.01 {
 			hi = rate
 			break
@@ -285,7 +302,7 @@ func (l *lanTopo) maxUDPRate(t *testing.T, ns, server string) float64 {
 			break
 		}
 		mid := (lo + hi) / 2
-		if got, loss := l.udpRate(t, ns, server, mid); loss < 0.01 {
+		if got, loss := measure(mid); loss < 0.01 {
 			lo, best = mid, got
 		} else {
 			hi = mid
@@ -295,34 +312,55 @@ func (l *lanTopo) maxUDPRate(t *testing.T, ns, server string) float64 {
 }
 
 // TestBenchUDP: 64-byte UDP packets per second delivered under 1 % loss,
-// from a batching sender (sendmmsg) to a batching sink (recvmmsg). On a
-// small machine the sender itself is the limit (it runs the kernel's
-// forwarding in its own system calls), so the gateway's share is measured
-// too: the loss at 200 k packets/s offered, and the gateway's CPU time
-// per delivered packet, which bounds what one core of it forwards.
+// from a batching sender (sendmmsg) to a batching sink (recvmmsg).
 func TestBenchUDP(t *testing.T) {
 	l := newBenchTopo(t)
 	l.startBackend("192.0.2.10", "-udpsink", "192.0.2.10:5202")
 	gw := l.startGateway(benchConfig)
-	kernel := l.maxUDPRate(t, l.acme, "192.0.2.10")
-	vip := l.maxUDPRate(t, l.acme, "10.100.0.10")
+	l.benchUDP(t, "udp_64B", gw, func(server string, pps int) (float64, float64) {
+		return l.udpRate(t, l.acme, server, pps)
+	})
+}
+
+// TestBenchUDPDown: the same from the backend to the client (the replies
+// of a flow the client opened), from a batching sender to a batching
+// receiver.
+func TestBenchUDPDown(t *testing.T) {
+	l := newBenchTopo(t)
+	l.startBackend("192.0.2.10", "-udpblast", "192.0.2.10:5203")
+	gw := l.startGateway(benchConfig)
+	l.benchUDP(t, "udp_64B_down", gw, func(server string, pps int) (float64, float64) {
+		return l.udpDownRate(t, l.acme, server, pps)
+	})
+}
+
+// benchUDP records a UDP case: the highest rate delivered under 1 % loss
+// through the kernel's forwarding and through the VIP. On a small machine
+// the sender itself is the limit (it runs the kernel's forwarding in its
+// own system calls), so the gateway's share is recorded too: the loss at
+// 200 k packets/s offered, and the gateway's CPU time per delivered packet
+// (measure sends for 3 s), which bounds what one core of it forwards.
+func (l *lanTopo) benchUDP(t *testing.T, name string, gw *proc, measure func(server string, pps int) (got, loss float64)) {
+	t.Helper()
+	kernel := maxRate(func(pps int) (float64, float64) { return measure("192.0.2.10", pps) })
+	vip := maxRate(func(pps int) (float64, float64) { return measure("10.100.0.10", pps) })
 	cpu0, _ := cpuSeconds(gw)
-	at200, loss200 := l.udpRate(t, l.acme, "10.100.0.10", 200_000)
+	at200, loss200 := measure("10.100.0.10", 200_000)
 	cpu1, _ := cpuSeconds(gw)
-	perPacket := (cpu1 - cpu0) / (at200 * 3) * 1e6 // udpRate sends for 3 s
+	perPacket := (cpu1 - cpu0) / (at200 * 3) * 1e6
 	if os.Getenv("ZTGATE_BENCH_PROFILE") != "" {
-		prof := l.profileDuring(t, "udp", 2*time.Second)
-		got, loss := l.udpRate(t, l.acme, "10.100.0.10", 200_000)
+		prof := l.profileDuring(t, name, 2*time.Second)
+		got, loss := measure("10.100.0.10", 200_000)
 		<-prof
 		t.Logf("profiled at 200k offered: %.0f delivered, loss %.3f", got, loss)
 	}
 	recordBench(t,
-		benchResult{Case: "udp_64B", Path: "kernel_forwarding", Value: kernel, Unit: "packets/s"},
-		benchResult{Case: "udp_64B", Path: "ztgate_vip", Value: vip, Unit: "packets/s", Reference: "kernel_forwarding", Ratio: vip / kernel},
-		benchResult{Case: "udp_64B_200k_offered", Path: "ztgate_vip", Value: at200, Unit: "packets/s"},
-		benchResult{Case: "udp_64B_200k_offered", Path: "ztgate_vip_loss", Value: loss200 * 100, Unit: "%"},
-		benchResult{Case: "udp_64B_gateway_cpu", Path: "ztgate_per_packet", Value: perPacket, Unit: "µs"},
-		benchResult{Case: "udp_64B_gateway_cpu", Path: "ztgate_one_core", Value: 1e6 / perPacket, Unit: "packets/s"},
+		benchResult{Case: name, Path: "kernel_forwarding", Value: kernel, Unit: "packets/s"},
+		benchResult{Case: name, Path: "ztgate_vip", Value: vip, Unit: "packets/s", Reference: "kernel_forwarding", Ratio: vip / kernel},
+		benchResult{Case: name + "_200k_offered", Path: "ztgate_vip", Value: at200, Unit: "packets/s"},
+		benchResult{Case: name + "_200k_offered", Path: "ztgate_vip_loss", Value: loss200 * 100, Unit: "%"},
+		benchResult{Case: name + "_gateway_cpu", Path: "ztgate_per_packet", Value: perPacket, Unit: "µs"},
+		benchResult{Case: name + "_gateway_cpu", Path: "ztgate_one_core", Value: 1e6 / perPacket, Unit: "packets/s"},
 	)
 }
 

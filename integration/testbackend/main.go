@@ -33,11 +33,13 @@ func main() {
 	many := flag.String("hold-many", "", "client mode: open -n idle connections to this echo address and hold them until SIGTERM")
 	n := flag.Int("n", 10000, "client modes: samples (-latency) or connections (-hold-many)")
 	workers := flag.Int("c", 32, "client mode -connrate: concurrent workers")
-	dur := flag.Duration("d", 5*time.Second, "client mode -connrate: duration")
+	dur := flag.Duration("d", 5*time.Second, "client modes -connrate, -udpflood, -udpdrain: duration")
 	sink := flag.String("udpsink", "", "count UDP datagrams received on this address (GET /udpcount on -http reads and resets)")
 	flood := flag.String("udpflood", "", "client mode: send -dgram byte datagrams to this address at -pps for -d")
-	pps := flag.Int("pps", 100000, "client mode -udpflood: packets per second")
-	dgram := flag.Int("dgram", 64, "client mode -udpflood: payload bytes")
+	pps := flag.Int("pps", 100000, "client modes -udpflood, -udpdrain: packets per second")
+	dgram := flag.Int("dgram", 64, "client modes -udpflood, -udpdrain: payload bytes")
+	blastAddr := flag.String("udpblast", "", "serve downstream UDP floods on this address (a datagram \"blast PPS MS SIZE\" starts one back to its sender)")
+	drain := flag.String("udpdrain", "", "client mode: ask the -udpblast server at this address for -dgram byte datagrams at -pps for -d and count them")
 	flows := flag.Int("flows", 1, "client mode -udpflood: source ports (flows) to spread the datagrams over")
 	hold := flag.String("hold", "", "client mode: hold one TCP connection to this echo address, send a line every 100ms and check the echo; print FAIL and exit 1 on the first error")
 	flag.Parse()
@@ -57,6 +59,14 @@ func main() {
 	case *flood != "":
 		udpFlood(*flood, *pps, *dur, *dgram, *flows)
 		return
+	case *drain != "":
+		udpDrain(*drain, *pps, *dur, *dgram)
+		return
+	}
+	if *blastAddr != "" {
+		if err := udpBlast(*blastAddr); err != nil {
+			log.Fatal(err)
+		}
 	}
 	var counter udpSink
 	if *sink != "" {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/http"
@@ -62,6 +63,69 @@ func udpFlood(addr string, pps int, d time.Duration, size, flows int) {
 		msgs[i].Buffers = [][]byte{payload}
 	}
 	start := time.Now()
+	sent := paced(pps, d, func(sent, k int) int {
+		n, err := pcs[(sent/batch)%len(pcs)].WriteBatch(msgs[:min(batch, k)], 0)
+		if err != nil {
+			return 0 // ENOBUFS or a refused datagram: keep the pace
+		}
+		return n
+	})
+	emit(map[string]any{"sent": sent, "seconds": time.Since(start).Seconds()})
+}
+
+// udpBlast serves downstream floods: a datagram "blast PPS MS SIZE" makes
+// it send SIZE-byte datagrams back to the sender at PPS for MS
+// milliseconds, in batches (sendmmsg), each starting with its sequence
+// number (8 bytes, big endian), so the receiver can tell what was lost.
+func udpBlast(addr string) error {
+	c, err := net.ListenPacket("udp4", addr)
+	if err != nil {
+		return err
+	}
+	c.(*net.UDPConn).SetWriteBuffer(8 << 20)
+	pc := ipv4.NewPacketConn(c)
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, from, err := c.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			var pps, ms, size int
+			if _, err := fmt.Sscanf(string(buf[:n]), "blast %d %d %d", &pps, &ms, &size); err != nil || size < 8 || size > 1400 || pps <= 0 || ms <= 0 || ms > 60_000 {
+				continue
+			}
+			go blast(pc, from, pps, time.Duration(ms)*time.Millisecond, size)
+		}
+	}()
+	return nil
+}
+
+func blast(pc *ipv4.PacketConn, to net.Addr, pps int, d time.Duration, size int) {
+	const batch = 32
+	msgs := make([]ipv4.Message, batch)
+	for i := range msgs {
+		msgs[i].Buffers = [][]byte{make([]byte, size)}
+		msgs[i].Addr = to
+	}
+	paced(pps, d, func(sent, k int) int {
+		k = min(batch, k)
+		for i := range k {
+			binary.BigEndian.PutUint64(msgs[i].Buffers[0], uint64(sent+i))
+		}
+		n, err := pc.WriteBatch(msgs[:k], 0)
+		if err != nil {
+			return 0 // ENOBUFS: keep the pace; the sequence numbers are not reused
+		}
+		return n
+	})
+}
+
+// paced calls send with the number sent so far and how many are due until
+// pps per second have been sent for d, sleeping while none are due, and
+// returns the number sent. send returns how many it sent.
+func paced(pps int, d time.Duration, send func(sent, due int) int) int {
+	start := time.Now()
 	end := start.Add(d)
 	sent := 0
 	for now := start; now.Before(end); now = time.Now() {
@@ -70,11 +134,49 @@ func udpFlood(addr string, pps int, d time.Duration, size, flows int) {
 			time.Sleep(50 * time.Microsecond)
 			continue
 		}
-		n, err := pcs[(sent/batch)%len(pcs)].WriteBatch(msgs[:min(batch, due-sent)], 0)
-		if err != nil {
-			continue // ENOBUFS or a refused datagram: keep the pace
-		}
-		sent += n
+		sent += send(sent, due-sent)
 	}
-	emit(map[string]any{"sent": sent, "seconds": time.Since(start).Seconds()})
+	return sent
+}
+
+// udpDrain asks the -udpblast server at addr for a flood of size-byte
+// datagrams at pps for d, counts what arrives in batches (recvmmsg) and
+// reports it with the number the server sent up to the last one received.
+func udpDrain(addr string, pps int, d time.Duration, size int) {
+	c, err := net.Dial("udp4", addr)
+	if err != nil {
+		fail(err)
+	}
+	c.(*net.UDPConn).SetReadBuffer(8 << 20)
+	pc := ipv4.NewPacketConn(c.(*net.UDPConn))
+	msgs := make([]ipv4.Message, 64)
+	for i := range msgs {
+		msgs[i].Buffers = [][]byte{make([]byte, 2048)}
+	}
+	req := fmt.Sprintf("blast %d %d %d", pps, d.Milliseconds(), size)
+	var received, last uint64
+	var first time.Time
+	for try := 0; try < 3 && received == 0; try++ { // the request or the first replies may be lost
+		if _, err := c.Write([]byte(req)); err != nil {
+			fail(err)
+		}
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		for {
+			n, err := pc.ReadBatch(msgs, 0)
+			if err != nil {
+				break
+			}
+			if received == 0 {
+				first = time.Now()
+				c.SetReadDeadline(first.Add(d + 300*time.Millisecond))
+			}
+			for _, m := range msgs[:n] {
+				if m.N >= 8 {
+					received++
+					last = max(last, binary.BigEndian.Uint64(m.Buffers[0][:8]))
+				}
+			}
+		}
+	}
+	emit(map[string]any{"received": received, "sent": last + 1, "seconds": d.Seconds()})
 }
