@@ -428,16 +428,18 @@ func median(xs []float64) float64 {
 // TestBenchConnRate: connect, 1-byte echo, close with 32 workers; errors
 // must be 0. Like the latency case, each figure is the median of three
 // rounds (3 s each) that alternate between the kernel path and ztgate.
+// The gateway's CPU time per connection is recorded too (the clients'
+// `-d` of 3 s is the round's length).
 func TestBenchConnRate(t *testing.T) {
 	l := newBenchTopo(t)
 	l.startBackend("192.0.2.10")
-	l.startGateway(benchConfig)
+	gw := l.startGateway(benchConfig)
 	type rate struct {
 		CPS    float64 `json:"conns_per_s"`
 		Errors int     `json:"errors"`
 		First  string  `json:"first_error"`
 	}
-	var ks, vs []float64
+	var ks, vs, cpu []float64
 	kErrs, vErrs, first := 0, 0, ""
 	for round := range 3 {
 		var k, v rate
@@ -446,10 +448,13 @@ func TestBenchConnRate(t *testing.T) {
 		if round == 1 {
 			prof = l.profileDuring(t, "connrate", 2*time.Second)
 		}
+		cpu0, _ := cpuSeconds(gw)
 		l.clientJSON(t, l.acme, &v, "-connrate", "10.100.0.10:7", "-c", "32", "-d", "3s")
+		cpu1, _ := cpuSeconds(gw)
 		if round == 1 {
 			<-prof
 		}
+		cpu = append(cpu, (cpu1-cpu0)/max(v.CPS*3, 1)*1e6)
 		ks, vs = append(ks, k.CPS), append(vs, v.CPS)
 		kErrs, vErrs = kErrs+k.Errors, vErrs+v.Errors
 		if first == "" {
@@ -461,6 +466,7 @@ func TestBenchConnRate(t *testing.T) {
 		benchResult{Case: "conns_per_s", Path: "kernel_forwarding", Value: k, Unit: "conns/s"},
 		benchResult{Case: "conns_per_s", Path: "ztgate_vip", Value: v, Unit: "conns/s", Reference: "kernel_forwarding", Ratio: v / k},
 		benchResult{Case: "conns_errors", Path: "ztgate_vip", Value: float64(vErrs), Unit: "errors"},
+		benchResult{Case: "conns_gateway_cpu", Path: "ztgate_per_connection", Value: median(cpu), Unit: "µs"},
 	)
 	if kErrs > 0 || vErrs > 0 {
 		t.Errorf("connection errors: kernel %d, ztgate %d (%s)", kErrs, vErrs, first)
