@@ -85,7 +85,10 @@ func (ns *Stack) deliverUDP(h *ipHeader, pkt []byte) bool {
 			return false
 		}
 	}
-	if !c.fast.push(payload) {
+	switch c.fast.push(payload) {
+	case queueClosed: // the flow is ending: gVisor decides, as for a new flow
+		return false
+	case queueFull:
 		ns.drop(DropUDPQueueFull)
 		return true
 	}
@@ -118,12 +121,22 @@ type udpQueue struct {
 	closed bool
 }
 
-// push copies p onto the queue; false when it is full or closed.
-func (q *udpQueue) push(p []byte) bool {
+// What push did with a datagram.
+const (
+	queued = iota
+	queueFull
+	queueClosed
+)
+
+// push copies p onto the queue.
+func (q *udpQueue) push(p []byte) int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.closed || len(q.q)-q.head >= udpQueueLen || q.bytes+len(p) > udpQueueBytes {
-		return false
+	if q.closed {
+		return queueClosed
+	}
+	if len(q.q)-q.head >= udpQueueLen || q.bytes+len(p) > udpQueueBytes {
+		return queueFull
 	}
 	var bp *[]byte
 	if len(p) <= smallDatagram {
@@ -141,7 +154,7 @@ func (q *udpQueue) push(p []byte) bool {
 	}
 	q.q = append(q.q, bp)
 	q.bytes += len(p)
-	return true
+	return queued
 }
 
 // pop copies the oldest datagram into b (truncating it, as a UDP read
