@@ -351,6 +351,8 @@ type endpoint struct {
 	spare []*stack.PacketBuffer
 	bases [][]byte
 	bufs  [][]byte
+
+	gso GSOOutput // the Output, when it takes TCP super-packets
 }
 
 var _ stack.LinkEndpoint = (*endpoint)(nil)
@@ -362,6 +364,9 @@ func newEndpoint(l *Link) *endpoint {
 		bufs:  make([][]byte, 0, l.cfg.BatchSize),
 	}
 	e.mtu.Store(uint32(l.cfg.MTU))
+	if o, ok := l.cfg.Output.(GSOOutput); ok && o.GSO() && l.cfg.WriteCap >= l.cfg.Headroom+gsoMaxSize {
+		e.gso = o
+	}
 	e.wake, e.done = make(chan struct{}, 1), make(chan struct{})
 	e.wg.Add(1)
 	go e.writeLoop()
@@ -481,7 +486,8 @@ func (e *endpoint) drain() {
 }
 
 // flush serialises packets into the writer's buffers and hands them to the
-// output in one call.
+// output in one call; a TCP super-packet goes out on its own (WriteGSO),
+// after the packets before it.
 func (e *endpoint) flush(pkts []*stack.PacketBuffer) {
 	hr := e.l.cfg.Headroom
 	e.bufs = e.bufs[:0]
@@ -496,14 +502,33 @@ func (e *endpoint) flush(pkts []*stack.PacketBuffer) {
 		}
 		b := e.bases[i][:hr+size]
 		copyPacket(b[hr:], p)
+		if e.gso != nil {
+			g, super, partial := gsoOf(p)
+			if super {
+				e.writeBatch()
+				if err := e.gso.WriteGSO(b, g); err != nil {
+					e.l.ns.drop(DropWriteError)
+				}
+				continue
+			}
+			if partial {
+				completeTCPChecksum(b[hr:], g.L3Len)
+			}
+		}
 		e.bufs = append(e.bufs, b)
 	}
+	e.writeBatch()
+}
+
+// writeBatch hands the output the packets flush has gathered.
+func (e *endpoint) writeBatch() {
 	if len(e.bufs) == 0 {
 		return
 	}
 	if err := e.l.cfg.Output.WritePackets(e.bufs); err != nil {
 		e.l.ns.drop(DropWriteError)
 	}
+	e.bufs = e.bufs[:0]
 }
 
 // copyPacket copies the packet p into b, which holds p.Size() bytes,
@@ -539,6 +564,25 @@ func (e *endpoint) SetLinkAddress(tcpip.LinkAddress) {}
 // Capabilities implements stack.LinkEndpoint. gVisor computes and verifies
 // every checksum: packets from a TUN may come from hostile LAN hosts.
 func (e *endpoint) Capabilities() stack.LinkEndpointCapabilities { return stack.CapabilityNone }
+
+var _ stack.GSOEndpoint = (*endpoint)(nil)
+
+// SupportedGSO implements stack.GSOEndpoint: gVisor's TCP sends
+// super-packets through a link whose output takes them (gso.go).
+func (e *endpoint) SupportedGSO() stack.SupportedGSO {
+	if e.gso != nil {
+		return stack.HostGSOSupported
+	}
+	return stack.GSONotSupported
+}
+
+// GSOMaxSize implements stack.GSOEndpoint.
+func (e *endpoint) GSOMaxSize() uint32 {
+	if e.gso != nil {
+		return gsoMaxSize
+	}
+	return 0
+}
 
 // Attach implements stack.LinkEndpoint.
 func (e *endpoint) Attach(d stack.NetworkDispatcher) {

@@ -82,6 +82,22 @@ func (t *TUN) WritePackets(pkts [][]byte) error {
 	return err
 }
 
+var _ GSOOutput = (*TUN)(nil)
+
+// GSO implements GSOOutput: a device opened with offloads (virtio-net
+// headers) takes TCP super-packets, and the kernel cuts them.
+func (t *TUN) GSO() bool { return t.batch > 1 && t.dev.File() != nil }
+
+// WriteGSO implements GSOOutput: the packet goes to the device behind a
+// virtio-net header that asks the kernel to segment it and complete its
+// checksums.
+func (t *TUN) WriteGSO(b []byte, g GSO) error {
+	h := b[tunHeadroom-virtioNetHdrLen:]
+	putVirtioGSO(h, g)
+	_, err := t.dev.File().Write(h)
+	return err
+}
+
 // Run implements Device: it reads batches of packets into buffers it reuses
 // and delivers them to sink.
 func (t *TUN) Run(sink PacketSink) error {
