@@ -33,17 +33,7 @@ vip6 = "2001:db8:100::10"`, 1)
 vip6 = "2001:db8:100::20"`, 1)
 	l.startGateway(config)
 
-	want, err := l.curl(l.acme, "http://[2001:db8:100::10]/big.sha256")
-	if err != nil {
-		t.Fatalf("checksum over IPv6: %v", err)
-	}
-	got, err := l.curl(l.acme, "-o", "/dev/stdout", "http://[2001:db8:100::10]/big")
-	if err != nil {
-		t.Fatalf("download over IPv6: %v", err)
-	}
-	if len(got) != 16<<20 || sha256Hex([]byte(got)) != strings.TrimSpace(want) {
-		t.Fatalf("download over IPv6: %d bytes, digest %s, want %d bytes, %s", len(got), sha256Hex([]byte(got)), 16<<20, want)
-	}
+	l.downloadBig(t, l.acme, "http://[2001:db8:100::10]")
 	out, err := l.try(l.acme, 10e9, "sh", "-c", "echo hello-v6 | socat -t 2 - UDP6:[2001:db8:100::20]:7")
 	if err != nil || strings.TrimSpace(out) != "hello-v6" {
 		t.Fatalf("UDP echo over IPv6: %q %v", out, err)

@@ -118,6 +118,26 @@ backends = ["192.0.2.10"]
   port = 7
 `
 
+// downloadBig fetches the backend's 16 MiB /big from base in ns and checks
+// it against /big.sha256.
+func (l *lanTopo) downloadBig(t *testing.T, ns, base string) {
+	t.Helper()
+	want, err := l.curl(ns, base+"/big.sha256")
+	if err != nil {
+		t.Fatalf("fetch checksum: %v", err)
+	}
+	got, err := l.curl(ns, "-o", "/dev/stdout", base+"/big")
+	if err != nil {
+		t.Fatalf("download: %v", err)
+	}
+	if len(got) != 16<<20 {
+		t.Fatalf("downloaded %d bytes, want %d", len(got), 16<<20)
+	}
+	if sum := sha256Hex([]byte(got)); sum != strings.TrimSpace(want) {
+		t.Fatalf("checksum %s, want %s", sum, want)
+	}
+}
+
 // TestLANDataPath is the first-run experience of issue 2: LAN clients of
 // two tenants, routed through the router namespace into the gateway.
 func TestLANDataPath(t *testing.T) {
@@ -132,22 +152,7 @@ func TestLANDataPath(t *testing.T) {
 		}
 	})
 
-	t.Run("16 MiB download intact", func(t *testing.T) {
-		want, err := l.curl(l.acme, "http://10.100.0.10/big.sha256")
-		if err != nil {
-			t.Fatalf("fetch checksum: %v", err)
-		}
-		got, err := l.curl(l.acme, "-o", "/dev/stdout", "http://10.100.0.10/big")
-		if err != nil {
-			t.Fatalf("download: %v", err)
-		}
-		if len(got) != 16<<20 {
-			t.Fatalf("downloaded %d bytes, want %d", len(got), 16<<20)
-		}
-		if sum := sha256Hex([]byte(got)); sum != strings.TrimSpace(want) {
-			t.Fatalf("checksum %s, want %s", sum, want)
-		}
-	})
+	t.Run("16 MiB download intact", func(t *testing.T) { l.downloadBig(t, l.acme, "http://10.100.0.10") })
 
 	t.Run("50 parallel fetches", func(t *testing.T) {
 		args := []string{"--parallel", "--parallel-max", "50", "-w", "%{http_code}\n", "-o", "/dev/null"}
