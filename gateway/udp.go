@@ -90,22 +90,19 @@ func (g *Gateway) spliceUDP(f *flow, client *netstack.UDPConn) {
 // not an allocation: an idle flow costs nothing more.
 const udpBackendReadBuffer = 2 << 20
 
-// setReadBuffer asks for a receive buffer of n bytes on c: within
-// net.core.rmem_max as any process may, beyond it with SO_RCVBUFFORCE,
-// which the gateway's CAP_NET_ADMIN allows. It is best effort: a smaller
-// buffer only means earlier drops.
+// setReadBuffer asks for a receive buffer of n bytes on c: with
+// SO_RCVBUFFORCE, which the gateway's CAP_NET_ADMIN allows beyond
+// net.core.rmem_max (one system call per flow), else within rmem_max as any
+// process may. It is best effort: a smaller buffer only means earlier
+// drops.
 func setReadBuffer(c *net.UDPConn, n int) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return
 	}
 	rc.Control(func(fd uintptr) {
-		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, n) != nil {
-			return
-		}
-		// The kernel doubles what it grants (bookkeeping overhead).
-		if got, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF); err == nil && got < 2*n {
-			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n)
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n) != nil {
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, n)
 		}
 	})
 }

@@ -138,18 +138,19 @@ func (c *UDPConn) Read(b []byte) (int, error) {
 		c.deadlineMu.Lock()
 		d := c.deadline
 		c.deadlineMu.Unlock()
-		var timer <-chan time.Time
+		var timer *time.Timer
+		var expired <-chan time.Time
 		if !d.IsZero() {
 			wait := time.Until(d)
 			if wait <= 0 {
 				return 0, os.ErrDeadlineExceeded
 			}
-			t := time.NewTimer(wait)
-			timer = t.C
-			err = c.WaitReadable(nil, timer)
-			t.Stop()
-		} else {
-			err = c.WaitReadable(nil, nil)
+			timer = time.NewTimer(wait)
+			expired = timer.C
+		}
+		err = c.WaitReadable(nil, expired)
+		if timer != nil {
+			timer.Stop()
 		}
 		if err != nil {
 			return 0, err
@@ -157,18 +158,19 @@ func (c *UDPConn) Read(b []byte) (int, error) {
 	}
 }
 
-// SetReadDeadline implements net.Conn.
+// SetReadDeadline implements net.Conn: it bounds Read (gVisor's own read
+// deadline is never consulted, Read does not go through it).
 func (c *UDPConn) SetReadDeadline(t time.Time) error {
 	c.deadlineMu.Lock()
 	c.deadline = t
 	c.deadlineMu.Unlock()
-	return c.conn.SetReadDeadline(t)
+	return nil
 }
 
 // SetDeadline implements net.Conn.
 func (c *UDPConn) SetDeadline(t time.Time) error {
 	c.SetReadDeadline(t)
-	return c.conn.SetDeadline(t)
+	return c.conn.SetWriteDeadline(t)
 }
 
 // Close ends the flow's fast path, then its endpoint.

@@ -60,10 +60,7 @@ func (f *udpFlows) lookup(k udpFlowKey) *UDPConn {
 // deliverUDP queues the datagram in pkt on its flow and reports whether it
 // did; false leaves the packet to gVisor.
 func (ns *Stack) deliverUDP(h *ipHeader, pkt []byte) bool {
-	if h.proto != protoUDP || h.fragment || len(h.l4) < header.UDPMinimumSize {
-		return false
-	}
-	if !h.v6 && (h.hdrLen != header.IPv4MinimumSize || !header.IPv4(pkt).IsChecksumValid()) {
+	if h.proto != protoUDP || h.fragment || len(h.l4) < header.UDPMinimumSize || !h.v6 && h.hdrLen != header.IPv4MinimumSize {
 		return false
 	}
 	u := header.UDP(h.l4)
@@ -71,7 +68,10 @@ func (ns *Stack) deliverUDP(h *ipHeader, pkt []byte) bool {
 		src: netip.AddrPortFrom(h.src, u.SourcePort()),
 		dst: netip.AddrPortFrom(h.dst, u.DestinationPort()),
 	})
-	if c == nil {
+	if c == nil { // a new flow: gVisor checks it
+		return false
+	}
+	if !h.v6 && !header.IPv4(pkt).IsChecksumValid() {
 		return false
 	}
 	n := int(u.Length())
