@@ -11,7 +11,13 @@ import (
 // reactor tells TCP flows when their backend sockets become readable, from
 // one goroutine and one epoll instance for all of them, so that an idle
 // flow needs no goroutine of its own. The sockets stay registered with
-// Go's netpoller too (for writes); epoll allows a file in several sets.
+// Go's netpoller too (for writes, and for the reads of a flow that is
+// moving data); epoll allows a file in several sets.
+//
+// A socket is watched one-shot: the reactor reports it once, then ignores
+// it until the flow arms it again, which the flow does when its worker
+// goes idle. While a worker runs, the backend's data wakes only that
+// worker (through Go's poller), not the reactor's thread as well.
 type reactor struct {
 	epfd int
 	wake int // eventfd that stops run
@@ -42,19 +48,32 @@ func newReactor() (*reactor, error) {
 	return r, nil
 }
 
-// add calls fn (from the reactor's goroutine; it must not block) whenever
-// fd becomes readable or hangs up. Edge-triggered: fn's owner reads until
-// EAGAIN.
+// watched is what an armed socket reports: readable, or the peer's FIN
+// (errors and hang-ups are reported regardless), once.
+const watched = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
+
+// add registers fd, disarmed: fn is called (from the reactor's goroutine;
+// it must not block) after arm, once, when fd is readable or hangs up.
 func (r *reactor) add(fd int, fn func()) error {
 	r.mu.Lock()
 	r.handlers[int32(fd)] = fn
 	r.mu.Unlock()
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
+	ev := unix.EpollEvent{Events: unix.EPOLLONESHOT, Fd: int32(fd)}
 	if err := unix.EpollCtl(r.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		r.mu.Lock()
 		delete(r.handlers, int32(fd))
 		r.mu.Unlock()
 		return fmt.Errorf("epoll add: %w", err)
+	}
+	return nil
+}
+
+// arm has fd reported once more: at once if it is readable now, else when
+// it becomes so.
+func (r *reactor) arm(fd int) error {
+	ev := unix.EpollEvent{Events: watched, Fd: int32(fd)}
+	if err := unix.EpollCtl(r.epfd, unix.EPOLL_CTL_MOD, fd, &ev); err != nil {
+		return fmt.Errorf("epoll arm: %w", err)
 	}
 	return nil
 }

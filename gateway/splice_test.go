@@ -99,3 +99,54 @@ func TestSpliceIdleTimeout(t *testing.T) {
 		t.Fatalf("busy flow after the sweep: %q", got)
 	}
 }
+
+// TestSpliceBackendSpeaksAfterIdle: a backend that sends on its own after
+// the flow's worker went idle (server push, a banner after a pause, a
+// FIN after one) wakes the flow through the reactor each time, which the
+// worker re-arms whenever it goes idle.
+func TestSpliceBackendSpeaksAfterIdle(t *testing.T) {
+	const ticks = 5
+	gap := 3 * lingerTime // longer than a worker stays
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				for i := range ticks {
+					time.Sleep(gap)
+					if _, err := fmt.Fprintf(c, "tick %d\n", i); err != nil {
+						return
+					}
+				}
+				time.Sleep(gap) // then the FIN, after another pause
+			}()
+		}
+	}()
+	h := newHarness(t, spliceConfig(l.Addr().(*net.TCPAddr).Port, "1h"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := h.client.DialTCP(ctx, acmeClient, netip.MustParseAddrPort("10.100.0.12:9"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(c)
+	want := ""
+	for i := range ticks {
+		want += fmt.Sprintf("tick %d\n", i)
+	}
+	if err != nil || string(got) != want {
+		t.Fatalf("read %q, %v; want %q and the backend's FIN", got, err, want)
+	}
+	c.Close()
+	waitFor(t, 3*time.Second, "flow ended", func() bool { return h.gw.flows.len() == 0 })
+}

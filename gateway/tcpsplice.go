@@ -34,6 +34,7 @@ type tcpSplice struct {
 
 	state        atomic.Uint32
 	waiting      atomic.Bool // the worker lingers in the poller for the backend
+	disarmed     atomic.Bool // the reactor reported fd and ignores it until armed again
 	unregister   func()
 	teardownOnce sync.Once
 
@@ -59,7 +60,11 @@ func (g *Gateway) startTCPSplice(f *flow, client *netstack.TCPConn, be *net.TCPC
 	}
 	if err == nil {
 		t.rc = rc
-		err = g.reactor.add(t.fd, func() { t.kick(evBackend) })
+		t.disarmed.Store(true) // the first worker arms it when it goes idle
+		err = g.reactor.add(t.fd, func() {
+			t.disarmed.Store(true) // before the kick: the worker it starts, or the one running, sees it
+			t.kick(evBackend)
+		})
 	}
 	if err != nil {
 		g.log.Error("splice", "flow", f.id, "err", err)
@@ -107,13 +112,21 @@ func (t *tcpSplice) kick(ev uint32) {
 }
 
 // work moves data until neither side has any, then exits; a later kick
-// starts a new worker.
+// starts a new worker. Before it exits it arms the backend's socket in the
+// reactor (while the descriptor is surely open: only a worker tears down);
+// what the reactor reports at once then is a kick this worker still sees.
 func (t *tcpSplice) work() {
 	for {
 		ev := t.state.And(^evMask) & evMask
 		if ev == 0 {
 			if t.linger() {
 				continue
+			}
+			if t.disarmed.Swap(false) && !t.backendEOF && t.err == nil {
+				if err := t.g.reactor.arm(t.fd); err != nil {
+					t.teardown(closeReason(err))
+					return
+				}
 			}
 			if t.state.CompareAndSwap(scheduled, 0) {
 				return
