@@ -216,7 +216,11 @@ func (t *tcpSplice) pumpUp() error {
 }
 
 // pumpDown copies what the backend sent to the client, until its socket
-// is drained (edge-triggered); the backend's FIN half-closes the client.
+// is drained: a read that returned less than the buffer took everything
+// there was, so it stops there instead of asking again for an EAGAIN
+// (what arrives later is seen by linger's peek or the reactor, which
+// reports a readable socket whenever it is armed). The backend's FIN
+// half-closes the client.
 func (t *tcpSplice) pumpDown() error {
 	for {
 		var (
@@ -235,11 +239,15 @@ func (t *tcpSplice) pumpDown() error {
 			err = rerr
 		}
 		if n > 0 {
+			drained := n < len(*bp)
 			_, werr := t.client.Write((*bp)[:n])
 			bufPool.Put(bp)
 			t.f.addDown(n, t.g.now())
 			if werr != nil {
 				return &dirError{dir: "write client", err: werr}
+			}
+			if drained {
+				return nil
 			}
 			continue
 		}
