@@ -14,24 +14,27 @@ import (
 type metrics struct {
 	reg *prometheus.Registry
 
-	flowsActive    *prometheus.GaugeVec
-	flowsTotal     *prometheus.CounterVec
-	flowsRefused   *prometheus.CounterVec
-	refusedBy      map[refusal]prometheus.Counter
-	bytes          *prometheus.CounterVec
-	dialErrors     *prometheus.CounterVec
-	dropped        *prometheus.CounterVec
-	droppedBy      []prometheus.Counter
-	tunnelDropBy   map[string]prometheus.Counter
-	backendHealthy *prometheus.GaugeVec
-	healthChecks   *prometheus.CounterVec
-	healthDuration *prometheus.HistogramVec
-	poolUsed       prometheus.Gauge
-	poolCapacity   prometheus.Gauge
-	reloads        *prometheus.CounterVec
-	echoes         *prometheus.CounterVec
-	tunnelRefusals *prometheus.CounterVec
-	ingresses      prometheus.Gauge // tunnel ingresses open now
+	flowsActive  *prometheus.GaugeVec
+	flowsTotal   *prometheus.CounterVec
+	flowsRefused *prometheus.CounterVec
+	refusedBy    map[refusal]prometheus.Counter
+	bytes        *prometheus.CounterVec
+	dialErrors   *prometheus.CounterVec
+	dropped      *prometheus.CounterVec
+	droppedBy    []prometheus.Counter
+	tunnelDropBy map[string]prometheus.Counter
+	// udpBackendOverflow is dropped's child for datagrams the kernel
+	// dropped on a UDP flow's full backend socket.
+	udpBackendOverflow prometheus.Counter
+	backendHealthy     *prometheus.GaugeVec
+	healthChecks       *prometheus.CounterVec
+	healthDuration     *prometheus.HistogramVec
+	poolUsed           prometheus.Gauge
+	poolCapacity       prometheus.Gauge
+	reloads            *prometheus.CounterVec
+	echoes             *prometheus.CounterVec
+	tunnelRefusals     *prometheus.CounterVec
+	ingresses          prometheus.Gauge // tunnel ingresses open now
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -88,6 +91,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	for _, r := range netstack.DropReasons() {
 		m.droppedBy = append(m.droppedBy, m.dropped.WithLabelValues(r.String()))
 	}
+	m.udpBackendOverflow = m.dropped.WithLabelValues(dropUDPBackendOverflow)
 	m.tunnelDropBy = make(map[string]prometheus.Counter, len(tunnelDropReasons))
 	for _, r := range tunnelDropReasons {
 		m.tunnelDropBy[r] = m.dropped.WithLabelValues(r)
@@ -117,6 +121,10 @@ func (m *metrics) drop(r netstack.DropReason) {
 		m.droppedBy[r].Inc()
 	}
 }
+
+// dropUDPBackendOverflow labels the datagrams from backends that the
+// kernel dropped because the flow's socket buffer was full.
+const dropUDPBackendOverflow = "udp_backend_overflow"
 
 // tunnelDropReasons are the reasons of the tunnel packets the gateway
 // drops, whose counters are made at start.

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
@@ -66,9 +67,14 @@ func (g *Gateway) spliceUDP(f *flow, client *netstack.UDPConn) {
 		return
 	}
 	setReadBuffer(be, udpBackendReadBuffer)
-	f.attach(be)
+	// The backend socket stays open until both directions have stopped, so
+	// that what the kernel dropped on it can still be read; closing the
+	// flow wakes udpDown with a deadline in the past.
+	defer be.Close()
+	f.mu.Lock()
+	f.onClose = func() { be.SetReadDeadline(time.Unix(1, 0)) }
+	f.mu.Unlock()
 	if _, closed := f.closed(); closed { // closed while dialling
-		be.Close()
 		return
 	}
 	idle := f.svc.spec.Timeouts.UDPIdleFor(f.vip.Port())
@@ -78,8 +84,52 @@ func (g *Gateway) spliceUDP(f *flow, client *netstack.UDPConn) {
 		defer wg.Done()
 		f.close(closeReason(udpUp(f, client, be, idle, g.now)))
 	}()
-	f.close(closeReason(udpDown(f, be, client, idle, g.now)))
+	drops := g.udpBackendDrops(be)
+	f.close(closeReason(udpDown(f, be, client, idle, g.now, drops)))
 	wg.Wait()
+	drops()
+}
+
+// errFlowClosed ends udpDown when the flow was closed from outside (it
+// already has its reason).
+var errFlowClosed = errors.New("flow closed")
+
+// udpBackendDrops returns a function that counts, as
+// ztgate_packets_dropped_total{reason="udp_backend_overflow"}, the
+// datagrams the kernel dropped on the flow's backend socket since it was
+// last called: they arrived while the socket's receive buffer was full
+// because the flow's reader was behind. The kernel keeps the count
+// (SO_MEMINFO); reading it is one system call, made when udpDown's
+// deadline passes and when the flow ends, never per datagram.
+func (g *Gateway) udpBackendDrops(be *net.UDPConn) func() {
+	rc, err := be.SyscallConn()
+	if err != nil {
+		return func() {}
+	}
+	var seen uint32
+	return func() {
+		if n, ok := socketDrops(rc); ok && n != seen {
+			g.m.udpBackendOverflow.Add(float64(n - seen))
+			seen = n
+		}
+	}
+}
+
+// socketDrops reads the number of packets the kernel dropped on a socket
+// (SK_MEMINFO_DROPS of SO_MEMINFO, Linux 4.12 and later).
+func socketDrops(rc syscall.RawConn) (uint32, bool) {
+	const skMeminfoDrops, skMeminfoVars = 8, 9
+	var (
+		info [skMeminfoVars]uint32
+		ok   bool
+	)
+	rc.Control(func(fd uintptr) {
+		size := uint32(unsafe.Sizeof(info))
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO,
+			uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&size)), 0)
+		ok = errno == 0 && size > skMeminfoDrops*4
+	})
+	return info[skMeminfoDrops], ok
 }
 
 // udpBackendReadBuffer is the receive buffer asked for each flow's backend
@@ -169,7 +219,7 @@ func udpUp(f *flow, client *netstack.UDPConn, be *net.UDPConn, idle time.Duratio
 // read deadline is set lazily, not per datagram: when it passes, the flow
 // ends if nothing moved either way for idle, else it is set again for the
 // rest of idle from the flow's last activity.
-func udpDown(f *flow, be *net.UDPConn, client net.Conn, idle time.Duration, now func() time.Time) error {
+func udpDown(f *flow, be *net.UDPConn, client net.Conn, idle time.Duration, now func() time.Time, drops func()) error {
 	rc, err := be.SyscallConn()
 	if err != nil {
 		return err
@@ -179,6 +229,10 @@ func udpDown(f *flow, be *net.UDPConn, client net.Conn, idle time.Duration, now 
 		bp, n, err := readSocket(rc)
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
+			if _, closed := f.closed(); closed {
+				return errFlowClosed
+			}
+			drops()
 			left := idle - f.idleFor(now())
 			if left <= 0 {
 				return errIdle

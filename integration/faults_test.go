@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -278,4 +279,47 @@ func (r *relayTopo) netem(t *testing.T, ns, addr string) bool {
 		t.Logf("netem unavailable in %s: %s", ns, strings.TrimSpace(out))
 	}
 	return err == nil
+}
+
+// TestUDPBackendOverflowCounted: a gateway that cannot keep up with a
+// backend's datagrams (here: stopped with SIGSTOP for 300 ms in the middle
+// of a downstream flood) loses them on the flow's full backend socket, and
+// counts every one as ztgate_packets_dropped_total{reason=
+// "udp_backend_overflow"}, as many as the kernel's UdpRcvbufErrors in the
+// gateway's namespace, once the flow ends.
+func TestUDPBackendOverflowCounted(t *testing.T) {
+	needTools(t, "nstat")
+	l := newLANTopo(t)
+	l.startBackend("192.0.2.10", "-udpblast", "192.0.2.10:5203")
+	gw := l.startGateway(strings.Replace(lanConfig, "  protocol = \"udp\"\n  port = 7\n",
+		"  protocol = \"udp\"\n  port = 7\n  [[service.port]]\n  protocol = \"udp\"\n  port = 5203\n  [service.timeouts]\n  udp_idle = \"1s\"\n", 1))
+	paused := make(chan struct{})
+	go func() { // the gateway stops for 300 ms in the middle of the 3-s flood
+		defer close(paused)
+		time.Sleep(time.Second)
+		gw.cmd.Process.Signal(syscall.SIGSTOP)
+		time.Sleep(300 * time.Millisecond)
+		gw.cmd.Process.Signal(syscall.SIGCONT)
+	}()
+	got, loss := l.udpDownRate(t, l.acme, "10.100.0.20", 50_000)
+	<-paused
+	t.Logf("flood: %.0f datagrams/s arrived, %.2f %% lost", got, loss*100)
+	out, _, err := l.tryOut(l.router, 5*time.Second, "nstat", "-asz", "UdpRcvbufErrors")
+	if err != nil {
+		t.Fatalf("nstat: %v", err)
+	}
+	var kernel float64
+	if f := strings.Fields(out); len(f) >= 3 {
+		kernel, _ = strconv.ParseFloat(f[len(f)-2], 64)
+	}
+	if kernel == 0 {
+		t.Fatalf("the kernel dropped nothing on the gateway's sockets while it was stopped (%q): nothing to count", out)
+	}
+	const metric = `ztgate_packets_dropped_total{reason="udp_backend_overflow"}`
+	eventually(t, 10*time.Second, "the flow's drops counted when it idles out", func() error {
+		if got := l.gatewayMetric(t, metric); got != kernel {
+			return fmt.Errorf("%s = %v, the kernel's UdpRcvbufErrors %v", metric, got, kernel)
+		}
+		return nil
+	})
 }
