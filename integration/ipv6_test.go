@@ -34,6 +34,8 @@ vip6 = "2001:db8:100::20"`, 1)
 	l.startGateway(config)
 
 	l.downloadBig(t, l.acme, "http://[2001:db8:100::10]")
+	l.uploadBig(t, l.acme, "http://[2001:db8:100::10]")
+	l.udpGSOEcho(t, l.acme, "[2001:db8:100::20]:7")
 	out, err := l.try(l.acme, 10e9, "sh", "-c", "echo hello-v6 | socat -t 2 - UDP6:[2001:db8:100::20]:7")
 	if err != nil || strings.TrimSpace(out) != "hello-v6" {
 		t.Fatalf("UDP echo over IPv6: %q %v", out, err)

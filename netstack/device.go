@@ -37,6 +37,13 @@ type Device interface {
 	BatchSize() int
 }
 
+// WholeSink is a PacketSink that also takes packets that must reach the
+// stack as they are, without being merged with others first (Batch).
+type WholeSink interface {
+	PacketSink
+	DeliverWhole(pkt []byte)
+}
+
 // AttachDevice creates a link whose packets come from and go to dev, and
 // runs the device's reader. Closing the link does not close the device; the
 // owner closes the device, then the link.

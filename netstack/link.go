@@ -263,6 +263,14 @@ func (b *Batch) Deliver(pkt []byte) {
 	pkb.DecRef()
 }
 
+// DeliverWhole is Link.Deliver in order with the batch: the packets that
+// wait in it go first, then pkt, without GRO (a super-packet the device
+// already coalesced, or a packet with nothing to merge with).
+func (b *Batch) DeliverWhole(pkt []byte) {
+	b.Flush()
+	b.l.Deliver(pkt)
+}
+
 // Flush hands the stack every packet that waits in the batch.
 func (b *Batch) Flush() {
 	if b.fixer.next != nil {

@@ -21,8 +21,10 @@ import (
 const tunHeadroom = 16
 
 // TUN is a Linux TUN device opened with offloads (IFF_VNET_HDR with
-// TSO/USO): reads split the kernel's super-packets into MTU-sized packets
-// and writes coalesce consecutive segments of a flow (GRO), both in batches.
+// TSO/USO): reads take the kernel's TCP super-packets whole and cut UDP
+// ones into datagrams (receiveVirtio); writes coalesce consecutive segments
+// of a flow (GRO) in batches, or hand the kernel gVisor's TCP super-packets
+// (WriteGSO).
 type TUN struct {
 	dev   tun.Device
 	name  string
@@ -98,9 +100,13 @@ func (t *TUN) WriteGSO(b []byte, g GSO) error {
 	return err
 }
 
-// Run implements Device: it reads batches of packets into buffers it reuses
-// and delivers them to sink.
+// Run implements Device: it reads packets into buffers it reuses and
+// delivers them to sink. With offloads on, each read is one packet or one
+// super-packet behind its virtio-net header (receiveVirtio).
 func (t *TUN) Run(sink PacketSink) error {
+	if f := t.dev.File(); t.batch > 1 && f != nil {
+		return t.runVirtio(f, sink)
+	}
 	bufs := make([][]byte, t.batch)
 	sizes := make([]int, t.batch)
 	for i := range bufs {
@@ -124,6 +130,40 @@ func (t *TUN) Run(sink PacketSink) error {
 		// A malformed or oversized super-packet from the kernel
 		// (tun.ErrTooManySegments and the like): count it and go on, but
 		// never spin on a device that keeps failing.
+		if t.readErrors.Add(1)%1000 == 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// runVirtio is Run for a device with virtio-net headers: it reads the
+// device itself, so that a TCP super-packet reaches the stack whole
+// (wireguard-go's Read would cut it into segments).
+func (t *TUN) runVirtio(f *os.File, sink PacketSink) error {
+	buf := make([]byte, virtioNetHdrLen+65535)
+	scratch := make([]byte, 65535)
+	deliver := sink.Deliver
+	if w, ok := sink.(WholeSink); ok {
+		deliver = w.DeliverWhole
+	}
+	flusher, _ := sink.(Flusher)
+	for {
+		n, err := f.Read(buf)
+		if err == nil {
+			err = receiveVirtio(buf[:n], scratch, deliver)
+			if flusher != nil {
+				flusher.Flush()
+			}
+			if err == nil {
+				continue
+			}
+		}
+		if errors.Is(err, os.ErrClosed) || errors.Is(err, unix.EBADFD) || t.isClosed() {
+			return nil
+		}
+		// A read the kernel should not produce (errVirtio), or a failing
+		// device: count it and go on, but never spin on a device that
+		// keeps failing.
 		if t.readErrors.Add(1)%1000 == 0 {
 			time.Sleep(10 * time.Millisecond)
 		}

@@ -41,11 +41,15 @@ func main() {
 	blastAddr := flag.String("udpblast", "", "serve downstream UDP floods on this address (a datagram \"blast PPS MS SIZE\" starts one back to its sender)")
 	drain := flag.String("udpdrain", "", "client mode: ask the -udpblast server at this address for -dgram byte datagrams at -pps for -d and count them")
 	flows := flag.Int("flows", 1, "client mode -udpflood: source ports (flows) to spread the datagrams over")
+	gso := flag.String("udpgso", "", "client mode: send -n datagrams of -dgram bytes, all different, to this UDP echo address in one system call with UDP_SEGMENT (GSO), and check that each comes back intact")
 	hold := flag.String("hold", "", "client mode: hold one TCP connection to this echo address, send a line every 100ms and check the echo; print FAIL and exit 1 on the first error")
 	flag.Parse()
 	switch {
 	case *hold != "":
 		holdFlow(*hold)
+		return
+	case *gso != "":
+		udpGSOEcho(*gso, *n, *dgram)
 		return
 	case *lat != "":
 		latency(*lat, *n)
@@ -95,6 +99,15 @@ func main() {
 		mux.HandleFunc("/blob.sha256", func(w http.ResponseWriter, r *http.Request) {
 			s := sha256.Sum256(blob(r))
 			fmt.Fprintln(w, hex.EncodeToString(s[:]))
+		})
+		// /digest answers the SHA-256 of the body it was sent (uploads).
+		mux.HandleFunc("/digest", func(w http.ResponseWriter, r *http.Request) {
+			h := sha256.New()
+			if _, err := io.Copy(h, r.Body); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			fmt.Fprintln(w, hex.EncodeToString(h.Sum(nil)))
 		})
 		mux.HandleFunc("/bytes", func(w http.ResponseWriter, r *http.Request) {
 			n, _ := strconv.Atoi(r.URL.Query().Get("n"))

@@ -7,8 +7,10 @@ import (
 	"net/http"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
 )
 
 // udpSink counts the datagrams it receives, read in batches (recvmmsg), so
@@ -179,4 +181,51 @@ func udpDrain(addr string, pps int, d time.Duration, size int) {
 		}
 	}
 	emit(map[string]any{"received": received, "sent": last + 1, "seconds": d.Seconds()})
+}
+
+// udpGSOEcho sends n datagrams of size bytes to the echo server at addr in
+// one sendmsg with UDP_SEGMENT, so that the kernel hands them on as one
+// super-packet (through a TUN device with offloads: one read), then
+// reads the echoes for up to 3 s and reports how many came back, and
+// whether each was one of those sent, unchanged.
+func udpGSOEcho(addr string, n, size int) {
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		fail(err)
+	}
+	defer c.Close()
+	sent := make(map[string]bool, n)
+	var all []byte
+	for i := range n {
+		d := make([]byte, size)
+		for j := range d {
+			d[j] = byte(i*31 + j)
+		}
+		binary.BigEndian.PutUint32(d, uint32(i))
+		sent[string(d)] = true
+		all = append(all, d...)
+	}
+	oob := make([]byte, unix.CmsgSpace(2))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	binary.NativeEndian.PutUint16(oob[unix.CmsgLen(0):], uint16(size))
+	if _, _, err := c.(*net.UDPConn).WriteMsgUDP(all, oob, nil); err != nil {
+		fail(err)
+	}
+	echoed, intact := 0, 0
+	buf := make([]byte, 65536)
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	for echoed < n {
+		k, err := c.Read(buf)
+		if err != nil {
+			break
+		}
+		echoed++
+		if sent[string(buf[:k])] {
+			intact++
+			delete(sent, string(buf[:k]))
+		}
+	}
+	emit(map[string]any{"sent": n, "echoed": echoed, "intact": intact})
 }
