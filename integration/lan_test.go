@@ -141,7 +141,8 @@ func (l *lanTopo) downloadBig(t *testing.T, ns, base string) {
 
 // uploadBig sends 16 MiB of random bytes to the backend's /digest through
 // base from ns and checks the digest it answers: a client's TCP sends reach
-// the gateway as super-packets through the TUN, which it takes whole.
+// a TUN device as super-packets, which a gateway takes whole and an agent
+// sends on cut into datagram-sized packets.
 func (l *lanTopo) uploadBig(t *testing.T, ns, base string) {
 	t.Helper()
 	data := make([]byte, 16<<20)

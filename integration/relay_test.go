@@ -224,6 +224,8 @@ func TestRelayAgents(t *testing.T) {
 		})
 	})
 
+	t.Run("16 MiB upload from an agent intact", func(t *testing.T) { r.uploadBig(t, r.agents["a1"], "http://"+vip) })
+
 	t.Run("same inner address and port, each its own bytes", func(t *testing.T) {
 		type res struct {
 			got, want string

@@ -101,11 +101,15 @@ func (t *TUN) WriteGSO(b []byte, g GSO) error {
 }
 
 // Run implements Device: it reads packets into buffers it reuses and
-// delivers them to sink. With offloads on, each read is one packet or one
-// super-packet behind its virtio-net header (receiveVirtio).
+// delivers them to sink. With offloads on and a sink that takes TCP
+// super-packets whole (a WholeSink: a netstack link), each read is one
+// packet or one super-packet behind its virtio-net header
+// (receiveVirtio); any other sink (the agent's router, which sends each
+// packet on as one datagram) gets MTU-sized packets, the super-packets cut
+// by wireguard-go's read.
 func (t *TUN) Run(sink PacketSink) error {
-	if f := t.dev.File(); t.batch > 1 && f != nil {
-		return t.runVirtio(f, sink)
+	if w, ok := sink.(WholeSink); ok && t.batch > 1 && t.dev.File() != nil {
+		return t.runVirtio(t.dev.File(), w)
 	}
 	bufs := make([][]byte, t.batch)
 	sizes := make([]int, t.batch)
@@ -139,13 +143,10 @@ func (t *TUN) Run(sink PacketSink) error {
 // runVirtio is Run for a device with virtio-net headers: it reads the
 // device itself, so that a TCP super-packet reaches the stack whole
 // (wireguard-go's Read would cut it into segments).
-func (t *TUN) runVirtio(f *os.File, sink PacketSink) error {
+func (t *TUN) runVirtio(f *os.File, sink WholeSink) error {
 	buf := make([]byte, virtioNetHdrLen+65535)
 	scratch := make([]byte, 65535)
-	deliver := sink.Deliver
-	if w, ok := sink.(WholeSink); ok {
-		deliver = w.DeliverWhole
-	}
+	deliver := sink.DeliverWhole
 	flusher, _ := sink.(Flusher)
 	for {
 		n, err := f.Read(buf)
