@@ -224,7 +224,9 @@ func churn(to netip.AddrPort, flows int, d, lifetime time.Duration) error {
 			}
 			for ctx.Err() == nil {
 				if err := heldFlow(ctx, to, lifetime, &open); err != nil && ctx.Err() == nil {
-					failed.Add(1)
+					if failed.Add(1) <= 3 { // the first few say what went wrong
+						fmt.Printf("churn: flow failed after %v: %v\n", time.Since(start).Round(time.Millisecond), err)
+					}
 					sleepCtx(ctx, 100*time.Millisecond)
 					continue
 				}
