@@ -272,6 +272,10 @@ func (g *Gateway) startLAN(pools []netip.Prefix) error {
 		}
 		g.tun = t
 		dev = t
+		g.m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "ztgate_tun_read_errors_total",
+			Help: "Reads from the TUN device that failed or held no packet the gateway could take (dropped whole).",
+		}, func() float64 { return float64(t.ReadErrors()) }))
 	}
 	g.dev = dev
 	link, err := g.ns.AttachDevice(dev, netstack.LinkConfig{

@@ -13,26 +13,10 @@ import (
 // startCountServer reads until the client half-closes, then answers with
 // the byte count and closes: the exchange a half-close must carry.
 func startCountServer(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				n, _ := io.Copy(io.Discard, c)
-				fmt.Fprintf(c, "got %d", n)
-			}()
-		}
-	}()
-	return l.Addr().(*net.TCPAddr).Port
+	return serveTCP(t, func(c net.Conn) {
+		n, _ := io.Copy(io.Discard, c)
+		fmt.Fprintf(c, "got %d", n)
+	})
 }
 
 func spliceConfig(port int, idle string) string {
@@ -107,30 +91,16 @@ func TestSpliceIdleTimeout(t *testing.T) {
 func TestSpliceBackendSpeaksAfterIdle(t *testing.T) {
 	const ticks = 5
 	gap := 3 * lingerTime // longer than a worker stays
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
+	port := serveTCP(t, func(c net.Conn) {
+		for i := range ticks {
+			time.Sleep(gap)
+			if _, err := fmt.Fprintf(c, "tick %d\n", i); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				for i := range ticks {
-					time.Sleep(gap)
-					if _, err := fmt.Fprintf(c, "tick %d\n", i); err != nil {
-						return
-					}
-				}
-				time.Sleep(gap) // then the FIN, after another pause
-			}()
 		}
-	}()
-	h := newHarness(t, spliceConfig(l.Addr().(*net.TCPAddr).Port, "1h"))
+		time.Sleep(gap) // then the FIN, after another pause
+	})
+	h := newHarness(t, spliceConfig(port, "1h"))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := h.client.DialTCP(ctx, acmeClient, netip.MustParseAddrPort("10.100.0.12:9"))

@@ -257,6 +257,11 @@ func TestLANDataPath(t *testing.T) {
 		if err != nil || !strings.Contains(out, `ztgate_flows_total{protocol="tcp",service="web",tenant="acme"}`) {
 			t.Fatalf("metrics: %v\n%s", err, out)
 		}
+		// The uploads, downloads and GSO sends above came through the
+		// TUN's reader: none of its reads may have been refused.
+		if n := l.gatewayMetric(t, "ztgate_tun_read_errors_total"); n != 0 {
+			t.Fatalf("%v TUN reads refused", n)
+		}
 	})
 
 	t.Run("SIGTERM exits cleanly and removes the TUN", func(t *testing.T) {

@@ -55,11 +55,16 @@ func gsoOf(p *stack.PacketBuffer) (g GSO, super, partial bool) {
 }
 
 // completeTCPChecksum finishes the partial TCP checksum of the packet b
-// whose TCP header starts at l3Len: the field holds the pseudo-header's
-// sum, so the sum over the whole segment is the checksum's complement.
+// whose TCP header starts at l3Len.
 func completeTCPChecksum(b []byte, l3Len int) {
-	seg := b[l3Len:]
-	binary.BigEndian.PutUint16(seg[header.TCPChecksumOffset:], ^checksum.Checksum(seg, 0))
+	completePartial(b, l3Len, header.TCPChecksumOffset)
+}
+
+// completePartial finishes a partial checksum (CHECKSUM_PARTIAL in Linux)
+// at start+off in b: the field holds the pseudo-header's sum, so the sum
+// from start to the end is the checksum's complement.
+func completePartial(b []byte, start, off int) {
+	binary.BigEndian.PutUint16(b[start+off:], ^checksum.Checksum(b[start:], 0))
 }
 
 // virtio-net header (linux/virtio_net.h), in the TUN's native byte order.

@@ -101,15 +101,13 @@ func receiveVirtio(in, scratch []byte, deliver func([]byte)) error {
 	return fmt.Errorf("%w: GSO type %d", errVirtio, h.gsoType)
 }
 
-// completeChecksum finishes a partial checksum at csumStart+csumOff: the
-// field holds the pseudo-header's sum, so the sum from csumStart is the
-// checksum's complement (CHECKSUM_PARTIAL).
+// completeChecksum finishes the partial checksum the header points at,
+// once it is known to lie within the packet.
 func completeChecksum(pkt []byte, h virtioHdr) error {
-	at := h.csumStart + h.csumOff
-	if h.csumStart >= len(pkt) || at+2 > len(pkt) {
+	if h.csumStart >= len(pkt) || h.csumStart+h.csumOff+2 > len(pkt) {
 		return fmt.Errorf("%w: checksum at %d+%d in %d bytes", errVirtio, h.csumStart, h.csumOff, len(pkt))
 	}
-	binary.BigEndian.PutUint16(pkt[at:], ^checksum.Checksum(pkt[h.csumStart:], 0))
+	completePartial(pkt, h.csumStart, h.csumOff)
 	return nil
 }
 

@@ -146,16 +146,11 @@ func (t *TUN) Run(sink PacketSink) error {
 func (t *TUN) runVirtio(f *os.File, sink WholeSink) error {
 	buf := make([]byte, virtioNetHdrLen+65535)
 	scratch := make([]byte, 65535)
-	deliver := sink.DeliverWhole
-	flusher, _ := sink.(Flusher)
+	deliver := sink.DeliverWhole // nothing is held back: no Flush needed
 	for {
 		n, err := f.Read(buf)
 		if err == nil {
-			err = receiveVirtio(buf[:n], scratch, deliver)
-			if flusher != nil {
-				flusher.Flush()
-			}
-			if err == nil {
+			if err = receiveVirtio(buf[:n], scratch, deliver); err == nil {
 				continue
 			}
 		}
