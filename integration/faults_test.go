@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -140,13 +142,14 @@ func TestSIGKILLMidTraffic(t *testing.T) {
 }
 
 // TestLossyAgentPath puts 5 % loss and 50 ms delay on both directions of
-// an agent's path to the relay: a download through relay and gateway
-// completes intact, and a request's round trip through the path takes at
-// least the 100 ms the delay adds. The impairment is tc netem on both ends
-// of the agent's link when the kernel has it; without netem it is a
-// userspace UDP proxy in the relay's namespace (stressclient proxy) that
-// the agent dials instead of the relay, whose counters must show about
-// 5 % dropped each way and every other datagram delayed.
+// an agent's path to the relay: a download and an upload through relay and
+// gateway complete intact, and a request's round trip through the path
+// takes at least the 100 ms the delay adds. The impairment is tc netem on
+// both ends of the agent's link when the kernel has it; without netem (or
+// with ZTGATE_TEST_NO_NETEM=1, to try that path on a kernel that has it)
+// it is a userspace UDP proxy in the relay's namespace (stressclient
+// proxy) that the agent dials instead of the relay, whose counters must
+// show about 5 % dropped each way and every other datagram delayed.
 func TestLossyAgentPath(t *testing.T) {
 	needTools(t, "curl", "dig")
 	r := newRelayTopo(t, "a1")
@@ -178,14 +181,21 @@ func TestLossyAgentPath(t *testing.T) {
 	const size = lossyDownload
 	url, want := r.blob(t, r.agents["a1"], vip, 11, size)
 	start := time.Now()
-	got, err := r.curl(r.agents["a1"], "--max-time", "50", url)
+	stopWatch := r.watchPath(t, r.agents["a1"], vip)
+	got, err := r.curlWithin(r.agents["a1"], lossyWithin, url)
 	if err != nil {
+		stopWatch()
 		t.Fatalf("download over the lossy path: %v (%d bytes)", err, len(got))
 	}
 	if len(got) != size || sha256Hex([]byte(got)) != want {
+		stopWatch()
 		t.Fatalf("download over the lossy path corrupted: %d bytes", len(got))
 	}
-	t.Logf("%d KiB intact over the lossy path in %v", size>>10, time.Since(start).Round(100*time.Millisecond))
+	t.Logf("%d KiB downloaded intact over the lossy path in %v", size>>10, time.Since(start).Round(100*time.Millisecond))
+	start = time.Now()
+	r.upload(t, r.agents["a1"], "http://"+vip, size, lossyWithin)
+	stopWatch()
+	t.Logf("%d KiB uploaded intact over the lossy path in %v", size>>10, time.Since(start).Round(100*time.Millisecond))
 
 	if px != nil {
 		if _, err := px.stop(10 * time.Second); err != nil {
@@ -195,10 +205,76 @@ func TestLossyAgentPath(t *testing.T) {
 	}
 }
 
-// lossyDownload is what TestLossyAgentPath fetches: at 5 % loss and a
-// 100 ms round trip, TCP inside the tunnel carries some 50 KB/s, so 1 MiB
-// takes about 20 s of the download's 50 s limit.
-const lossyDownload = 1 << 20
+// lossyDownload is what TestLossyAgentPath fetches and then uploads, each
+// within lossyWithin: at 5 % loss and a 100 ms round trip, TCP inside the
+// tunnel carries some 50 KB/s here (1 MiB in 17–33 s), but one CI machine
+// saw 6 KB/s. 256 KiB each way fits either rate and still takes some 240
+// segments each way, a dozen of them lost, and enough datagrams for the
+// proxy's loss counts to mean something.
+const (
+	lossyDownload = 256 << 10
+	lossyWithin   = 120 * time.Second
+)
+
+// watchPath logs, until the returned function is called and then once
+// more, what the path of agent ns's download from vip looks like: every
+// 5 s the agent kernel's view of the flow (ss -ti: round trip, bytes,
+// retransmissions), and at the end the relay's and the gateway's
+// counters of datagrams, drops and retransmissions. Shown when the test
+// fails (or with -v): a slow download says where it lost its time.
+func (r *relayTopo) watchPath(t *testing.T, ns, vip string) (stop func()) {
+	t.Helper()
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	start := time.Now()
+	go func() {
+		defer close(finished)
+		tick := time.NewTicker(5 * time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			out, _ := r.try(ns, 5*time.Second, "ss", "-tinH", "dst", vip)
+			t.Logf("after %v, ss -ti in the agent: %s", time.Since(start).Round(time.Second), strings.Join(strings.Fields(out), " "))
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+		for _, c := range []struct{ who, ns, url string }{
+			{"relay", r.relay, "http://127.0.0.1:7781/metrics"},
+			{"gateway", r.gw, "http://127.0.0.1:7780/metrics"},
+		} {
+			m, err := r.scrape(c.ns, c.url)
+			if err != nil {
+				t.Logf("%s counters: %v", c.who, err)
+				continue
+			}
+			t.Logf("%s counters: %s", c.who, strings.Join(nonzero(m, "ztgate_relay_datagrams_total", "ztgate_relay_dropped_total",
+				"ztgate_tunnel_datagrams", "ztgate_netstack_tcp_retransmits_total", "ztgate_packets_dropped_total",
+				"ztgate_stack_packets_dropped_total"), ", "))
+		}
+	}
+}
+
+// nonzero returns, sorted, "sample value" for every sample of m that is
+// not zero and whose name starts with one of prefixes.
+func nonzero(m map[string]float64, prefixes ...string) []string {
+	var out []string
+	for k, v := range m {
+		for _, p := range prefixes {
+			if v != 0 && strings.HasPrefix(k, p) {
+				out = append(out, fmt.Sprintf("%s %g", k, v))
+				break
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
 
 // minRTT returns the shortest of n times to the first byte of a small
 // request from agent: at least one round trip through its path.
@@ -263,6 +339,10 @@ func checkProxyStats(t *testing.T, out string, loss float64) {
 func (r *relayTopo) netem(t *testing.T, ns, addr string) bool {
 	t.Helper()
 	if _, err := exec.LookPath("tc"); err != nil {
+		return false
+	}
+	if os.Getenv("ZTGATE_TEST_NO_NETEM") != "" {
+		t.Logf("netem not used in %s: ZTGATE_TEST_NO_NETEM is set", ns)
 		return false
 	}
 	dev := strings.Fields(r.exec(ns, "ip", "-o", "addr", "show", "to", addr+"/32"))

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -69,7 +70,12 @@ func (l *lanTopo) startGateway(config string) *proc {
 
 // curl runs curl in a client namespace and returns stdout and its error.
 func (l *lanTopo) curl(ns string, args ...string) (string, error) {
-	out, _, err := l.tryOut(ns, 60*time.Second, append([]string{"curl", "-sS", "--max-time", "30"}, args...)...)
+	return l.curlWithin(ns, 30*time.Second, args...)
+}
+
+// curlWithin is curl with d for --max-time.
+func (l *lanTopo) curlWithin(ns string, d time.Duration, args ...string) (string, error) {
+	out, _, err := l.tryOut(ns, d+30*time.Second, append([]string{"curl", "-sS", "--max-time", strconv.Itoa(int(d.Seconds()))}, args...)...)
 	return out, err
 }
 
@@ -144,16 +150,22 @@ func (l *lanTopo) downloadBig(t *testing.T, ns, base string) {
 // a TUN device as super-packets, which a gateway takes whole and an agent
 // sends on cut into datagram-sized packets.
 func (l *lanTopo) uploadBig(t *testing.T, ns, base string) {
+	l.upload(t, ns, base, 16<<20, 30*time.Second)
+}
+
+// upload sends size random bytes to the backend's /digest through base
+// from ns within d and checks the digest the backend computed.
+func (l *lanTopo) upload(t *testing.T, ns, base string, size int, d time.Duration) {
 	t.Helper()
-	data := make([]byte, 16<<20)
+	data := make([]byte, size)
 	rand.Read(data)
 	file := filepath.Join(t.TempDir(), "upload")
 	if err := os.WriteFile(file, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	got, err := l.curl(ns, "--data-binary", "@"+file, "-H", "Content-Type: application/octet-stream", base+"/digest")
+	got, err := l.curlWithin(ns, d, "--data-binary", "@"+file, "-H", "Content-Type: application/octet-stream", base+"/digest")
 	if err != nil {
-		t.Fatalf("upload: %v", err)
+		t.Fatalf("upload of %d KiB: %v", size>>10, err)
 	}
 	if want := sha256Hex(data); strings.TrimSpace(got) != want {
 		t.Fatalf("the backend got digest %q, want %s", got, want)
