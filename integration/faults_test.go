@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -216,12 +217,13 @@ const (
 	lossyWithin   = 120 * time.Second
 )
 
-// watchPath logs, until the returned function is called and then once
-// more, what the path of agent ns's download from vip looks like: every
-// 5 s the agent kernel's view of the flow (ss -ti: round trip, bytes,
-// retransmissions), and at the end the relay's and the gateway's
-// counters of datagrams, drops and retransmissions. Shown when the test
-// fails (or with -v): a slow download says where it lost its time.
+// watchPath logs, until the returned function is called (or the test
+// ends) and then once more, what the path of agent ns's transfers with vip
+// looks like: every 5 s the agent kernel's view of its flows (ss -ti:
+// round trip, bytes, retransmissions), and at the end the relay's and the
+// gateway's counters of datagrams, drops and retransmissions. Shown when
+// the test fails (or with -v): a slow transfer says where it lost its
+// time.
 func (r *relayTopo) watchPath(t *testing.T, ns, vip string) (stop func()) {
 	t.Helper()
 	done := make(chan struct{})
@@ -241,22 +243,28 @@ func (r *relayTopo) watchPath(t *testing.T, ns, vip string) (stop func()) {
 			t.Logf("after %v, ss -ti in the agent: %s", time.Since(start).Round(time.Second), strings.Join(strings.Fields(out), " "))
 		}
 	}()
-	return func() {
-		close(done)
-		<-finished
-		for _, c := range []struct{ who, ns, url string }{
-			{"relay", r.relay, "http://127.0.0.1:7781/metrics"},
-			{"gateway", r.gw, "http://127.0.0.1:7780/metrics"},
-		} {
-			m, err := r.scrape(c.ns, c.url)
-			if err != nil {
-				t.Logf("%s counters: %v", c.who, err)
-				continue
-			}
-			t.Logf("%s counters: %s", c.who, strings.Join(nonzero(m, "ztgate_relay_datagrams_total", "ztgate_relay_dropped_total",
-				"ztgate_tunnel_datagrams", "ztgate_netstack_tcp_retransmits_total", "ztgate_packets_dropped_total",
-				"ztgate_stack_packets_dropped_total"), ", "))
+	var once sync.Once
+	stop = func() { once.Do(func() { r.reportPath(t, done, finished) }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+// reportPath stops watchPath's sampler and logs the counters.
+func (r *relayTopo) reportPath(t *testing.T, done, finished chan struct{}) {
+	close(done)
+	<-finished
+	for _, c := range []struct{ who, ns, url string }{
+		{"relay", r.relay, "http://127.0.0.1:7781/metrics"},
+		{"gateway", r.gw, "http://127.0.0.1:7780/metrics"},
+	} {
+		m, err := r.scrape(c.ns, c.url)
+		if err != nil {
+			t.Logf("%s counters: %v", c.who, err)
+			continue
 		}
+		t.Logf("%s counters: %s", c.who, strings.Join(nonzero(m, "ztgate_relay_datagrams_total", "ztgate_relay_dropped_total",
+			"ztgate_tunnel_datagrams", "ztgate_netstack_tcp_retransmits_total", "ztgate_packets_dropped_total",
+			"ztgate_stack_packets_dropped_total"), ", "))
 	}
 }
 
