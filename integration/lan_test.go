@@ -25,8 +25,9 @@ type lanTopo struct {
 }
 
 func newLANTopo(t *testing.T) *lanTopo {
+	dir := t.TempDir() // first, so that it is removed after the topology's processes are stopped
 	tp := newTopo(t)
-	l := &lanTopo{topo: tp, dir: t.TempDir()}
+	l := &lanTopo{topo: tp, dir: dir}
 	l.ztgate, l.backendBin = binaries(t)
 	l.router = tp.ns("rt")
 	l.acme = tp.ns("acme")

@@ -34,8 +34,9 @@ type relayTopo struct {
 }
 
 func newRelayTopo(t *testing.T, agents ...string) *relayTopo {
+	dir := t.TempDir() // first, so that it is removed after the topology's processes are stopped
 	tp := newTopo(t)
-	r := &relayTopo{lanTopo: &lanTopo{topo: tp, dir: t.TempDir()}, agents: map[string]string{}, agentAddr: map[string]string{}, agentServer: map[string]string{}, agentProcs: map[string]*proc{}}
+	r := &relayTopo{lanTopo: &lanTopo{topo: tp, dir: dir}, agents: map[string]string{}, agentAddr: map[string]string{}, agentServer: map[string]string{}, agentProcs: map[string]*proc{}}
 	r.ztgate, r.backendBin = binaries(t)
 	r.relay = tp.ns("rly")
 	r.gw = tp.ns("gw")
