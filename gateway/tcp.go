@@ -73,6 +73,10 @@ func (g *Gateway) dialTCP(d decision, client netip.Addr) (*net.TCPConn, *backend
 		tried = append(tried, b)
 		target := netip.AddrPortFrom(b.addr, b.portFor(d.port.Target))
 		ctx, cancel := context.WithTimeout(context.Background(), g.opts.DialTimeout)
+		// DialContext, not Dialer.DialTCP with a zero local AddrPort:
+		// that binds the socket to port 0 before connecting, and the
+		// kernel's search for a free port among thousands in TIME_WAIT
+		// took 2.3 ms of CPU per connection (6,600 → 800 conns/s).
 		var dialer net.Dialer
 		c, err := dialer.DialContext(ctx, "tcp", target.String())
 		cancel()
