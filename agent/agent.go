@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -141,7 +142,8 @@ func (a *Agent) Start() error {
 		return err
 	}
 	a.startTunnel()
-	a.log.Info("agent started", "name", a.cfg.Name, "server", a.cfg.Tunnel.Server, "address", a.cfg.TUN.Address)
+	a.log.Info("agent started", "name", a.cfg.Name, "server", a.cfg.Tunnel.Server, "address", a.cfg.TUN.Address,
+		"procs", runtime.GOMAXPROCS(0))
 	return nil
 }
 

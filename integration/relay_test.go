@@ -227,6 +227,12 @@ func TestRelayAgents(t *testing.T) {
 
 	t.Run("16 MiB upload from an agent intact", func(t *testing.T) { r.uploadBig(t, r.agents["a1"], "http://"+vip) })
 
+	t.Run("an agent runs on one core by default", func(t *testing.T) {
+		if out := r.agentProcs["a1"].out.String(); !strings.Contains(out, "agent started") || !strings.Contains(out, "procs=1") {
+			t.Fatalf("agent a1 did not say procs=1 when it started:\n%s", out)
+		}
+	})
+
 	t.Run("same inner address and port, each its own bytes", func(t *testing.T) {
 		type res struct {
 			got, want string
