@@ -36,20 +36,28 @@ backends = ["127.0.0.1"]
 `, port, idle)
 }
 
+// dialSplice opens a flow from acmeClient to spliceConfig's service, with
+// 10 s to do everything; the test's end closes it.
+func (h *harness) dialSplice(t *testing.T) net.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := h.client.DialTCP(ctx, acmeClient, netip.MustParseAddrPort("10.100.0.12:9"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
+}
+
 // TestSpliceHalfClose: the client's FIN reaches the backend as a FIN, and
 // the backend's answer after it still reaches the client.
 func TestSpliceHalfClose(t *testing.T) {
 	h := newHarness(t, spliceConfig(startCountServer(t), "1h"))
 	for _, size := range []int{0, 1, 100 << 10, 3 << 20} {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			c, err := h.client.DialTCP(ctx, acmeClient, netip.MustParseAddrPort("10.100.0.12:9"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c := h.dialSplice(t)
 			if _, err := c.Write(make([]byte, size)); err != nil {
 				t.Fatal(err)
 			}
@@ -101,14 +109,7 @@ func TestSpliceBackendSpeaksAfterIdle(t *testing.T) {
 		time.Sleep(gap) // then the FIN, after another pause
 	})
 	h := newHarness(t, spliceConfig(port, "1h"))
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := h.client.DialTCP(ctx, acmeClient, netip.MustParseAddrPort("10.100.0.12:9"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := h.dialSplice(t)
 	got, err := io.ReadAll(c)
 	want := ""
 	for i := range ticks {

@@ -54,17 +54,18 @@ func gsoOf(p *stack.PacketBuffer) (g GSO, super, partial bool) {
 	return g, p.Data().Size() > g.MSS, true
 }
 
-// completeTCPChecksum finishes the partial TCP checksum of the packet b
-// whose TCP header starts at l3Len.
-func completeTCPChecksum(b []byte, l3Len int) {
-	completePartial(b, l3Len, header.TCPChecksumOffset)
-}
-
 // completePartial finishes a partial checksum (CHECKSUM_PARTIAL in Linux)
 // at start+off in b: the field holds the pseudo-header's sum, so the sum
 // from start to the end is the checksum's complement.
 func completePartial(b []byte, start, off int) {
 	binary.BigEndian.PutUint16(b[start+off:], ^checksum.Checksum(b[start:], 0))
+}
+
+// setIPv4Checksum computes the checksum of an IPv4 header whose fields
+// were changed.
+func setIPv4Checksum(ip header.IPv4) {
+	ip.SetChecksum(0)
+	ip.SetChecksum(^ip.CalculateChecksum())
 }
 
 // virtio-net header (linux/virtio_net.h), in the TUN's native byte order.

@@ -136,7 +136,7 @@ func TestCompleteTCPChecksum(t *testing.T) {
 		b := make([]byte, p.Size())
 		copyPacket(b, p)
 		p.DecRef()
-		completeTCPChecksum(b, header.IPv4MinimumSize)
+		completePartial(b, header.IPv4MinimumSize, header.TCPChecksumOffset)
 		if !tcpChecksumValid(b) {
 			t.Errorf("%d-byte payload: checksum %#04x invalid", n, binary.BigEndian.Uint16(b[36:]))
 		}

@@ -314,8 +314,7 @@ func fixMerged(pkt *stack.PacketBuffer) {
 		return
 	}
 	ip := header.IPv4(hdr)
-	ip.SetChecksum(0)
-	ip.SetChecksum(^ip.CalculateChecksum())
+	setIPv4Checksum(ip)
 	tcp := header.TCP(hdr[header.IPv4MinimumSize:])
 	tcp.SetChecksum(0)
 	n := pkt.Data().Size() - header.IPv4MinimumSize
@@ -520,7 +519,7 @@ func (e *endpoint) flush(pkts []*stack.PacketBuffer) {
 				continue
 			}
 			if partial {
-				completeTCPChecksum(b[hr:], g.L3Len)
+				completePartial(b[hr:], g.L3Len, header.TCPChecksumOffset)
 			}
 		}
 		e.bufs = append(e.bufs, b)

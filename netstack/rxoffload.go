@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net/netip"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -22,10 +21,9 @@ import (
 
 // virtio-net header fields of a read (linux/virtio_net.h).
 const (
-	virtioNetFDataValid = 2    // the kernel validated the checksum
-	virtioNetGSONone    = 0    //
-	virtioNetGSOUDPL4   = 5    // UDP_SEGMENT: datagrams of gsoSize payload bytes
-	virtioNetGSOECN     = 0x80 // a flag on the GSO type: the TCP sender saw ECN
+	virtioNetGSONone  = 0    // one packet
+	virtioNetGSOUDPL4 = 5    // UDP_SEGMENT: datagrams of gsoSize payload bytes
+	virtioNetGSOECN   = 0x80 // a flag on the GSO type: the TCP sender saw ECN
 )
 
 // virtioHdr is a decoded virtio-net header.
@@ -128,8 +126,7 @@ func fixLengths(pkt []byte, v6 bool) error {
 	ip := header.IPv4(pkt)
 	if int(ip.TotalLength()) != len(pkt) {
 		ip.SetTotalLength(uint16(len(pkt)))
-		ip.SetChecksum(0)
-		ip.SetChecksum(^ip.CalculateChecksum())
+		setIPv4Checksum(ip)
 	}
 	return nil
 }
@@ -141,15 +138,15 @@ func completeL4(pkt []byte, l4 int, proto tcpip.TransportProtocolNumber, field i
 	if l4 < header.IPv4MinimumSize || l4+field+2 > len(pkt) {
 		return fmt.Errorf("%w: transport header at %d in %d bytes", errVirtio, l4, len(pkt))
 	}
-	var src, dst netip.Addr
+	var src, dst tcpip.Address
 	if pkt[0]>>4 == 6 {
-		src, dst = netip.AddrFrom16([16]byte(pkt[8:24])), netip.AddrFrom16([16]byte(pkt[24:40]))
+		src, dst = header.IPv6(pkt).SourceAddress(), header.IPv6(pkt).DestinationAddress()
 	} else {
-		src, dst = netip.AddrFrom4([4]byte(pkt[12:16])), netip.AddrFrom4([4]byte(pkt[16:20]))
+		src, dst = header.IPv4(pkt).SourceAddress(), header.IPv4(pkt).DestinationAddress()
 	}
 	seg := pkt[l4:]
 	seg[field], seg[field+1] = 0, 0
-	sum := header.PseudoHeaderChecksum(proto, toAddr(src), toAddr(dst), uint16(len(seg)))
+	sum := header.PseudoHeaderChecksum(proto, src, dst, uint16(len(seg)))
 	c := ^checksum.Checksum(seg, sum)
 	if proto == header.UDPProtocolNumber && c == 0 {
 		c = 0xffff // 0 means "no checksum" for UDP
@@ -189,8 +186,7 @@ func splitUDP(pkt []byte, v6 bool, h virtioHdr, scratch []byte, deliver func([]b
 			ip := header.IPv4(d)
 			ip.SetTotalLength(uint16(len(d)))
 			ip.SetID(id + uint16(i))
-			ip.SetChecksum(0)
-			ip.SetChecksum(^ip.CalculateChecksum())
+			setIPv4Checksum(ip)
 		}
 		binary.BigEndian.PutUint16(d[l4+4:], uint16(len(d)-l4))
 		if err := completeL4(d, l4, header.UDPProtocolNumber, udpChecksumOffset); err != nil {
