@@ -63,7 +63,18 @@ func (l *lanTopo) iperf3(ns, server string, port int, d time.Duration, reverse b
 	if reverse {
 		args = append(args, "-R")
 	}
-	out, _, err := l.tryOut(ns, d+30*time.Second, args...)
+	var out string
+	var err error
+	// A test right after another may find the server still closing the
+	// last one (its control connection's end crosses the path under test):
+	// iperf3 says "the server is busy". Five tries a second apart.
+	for try := 0; ; try++ {
+		out, _, err = l.tryOut(ns, d+30*time.Second, args...)
+		if try == 4 || !strings.Contains(out, "the server is busy") {
+			break
+		}
+		time.Sleep(time.Second)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("iperf3 %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
