@@ -44,3 +44,5 @@ tool (
 	golang.org/x/perf/cmd/benchstat
 	honnef.co/go/tools/cmd/staticcheck
 )
+
+replace github.com/quic-go/quic-go => ./third_party/quic-go
