@@ -47,8 +47,10 @@ func (s *udpSink) handler(w http.ResponseWriter, r *http.Request) {
 
 // udpFlood sends size-byte datagrams to addr at pps packets per second
 // for d, in batches (sendmmsg), spread over flows source ports, and
-// reports how many it sent.
-func udpFlood(addr string, pps int, d time.Duration, size, flows int) {
+// reports how many it sent. With gso > 1 each entry of a batch is gso
+// datagrams in one UDP_SEGMENT send, as QUIC stacks send: the kernel
+// hands them on as one packet as far as it can.
+func udpFlood(addr string, pps int, d time.Duration, size, flows, gso int) {
 	pcs := make([]*ipv4.PacketConn, max(flows, 1))
 	for i := range pcs {
 		c, err := net.Dial("udp4", addr)
@@ -59,20 +61,37 @@ func udpFlood(addr string, pps int, d time.Duration, size, flows int) {
 		pcs[i] = ipv4.NewPacketConn(c.(*net.UDPConn))
 	}
 	const batch = 32
+	gso = max(gso, 1)
 	msgs := make([]ipv4.Message, batch)
-	payload := make([]byte, size)
+	payload := make([]byte, size*gso)
 	for i := range msgs {
 		msgs[i].Buffers = [][]byte{payload}
+		if gso > 1 {
+			msgs[i].OOB = segmentCmsg(size)
+		}
 	}
 	start := time.Now()
-	sent := paced(pps, d, func(sent, k int) int {
-		n, err := pcs[(sent/batch)%len(pcs)].WriteBatch(msgs[:min(batch, k)], 0)
+	calls := 0
+	sent := paced(pps, d, func(_, k int) int {
+		calls++
+		n, err := pcs[calls%len(pcs)].WriteBatch(msgs[:min(batch, (k+gso-1)/gso)], 0)
 		if err != nil {
 			return 0 // ENOBUFS or a refused datagram: keep the pace
 		}
-		return n
+		return n * gso
 	})
 	emit(map[string]any{"sent": sent, "seconds": time.Since(start).Seconds()})
+}
+
+// segmentCmsg is the control message of a UDP_SEGMENT send of size-byte
+// datagrams.
+func segmentCmsg(size int) []byte {
+	oob := make([]byte, unix.CmsgSpace(2))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	binary.NativeEndian.PutUint16(oob[unix.CmsgLen(0):], uint16(size))
+	return oob
 }
 
 // udpBlast serves downstream floods: a datagram "blast PPS MS SIZE" makes
@@ -205,12 +224,7 @@ func udpGSOEcho(addr string, n, size int) {
 		sent[string(d)] = true
 		all = append(all, d...)
 	}
-	oob := make([]byte, unix.CmsgSpace(2))
-	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
-	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
-	h.SetLen(unix.CmsgLen(2))
-	binary.NativeEndian.PutUint16(oob[unix.CmsgLen(0):], uint16(size))
-	if _, _, err := c.(*net.UDPConn).WriteMsgUDP(all, oob, nil); err != nil {
+	if _, _, err := c.(*net.UDPConn).WriteMsgUDP(all, segmentCmsg(size), nil); err != nil {
 		fail(err)
 	}
 	echoed, intact := 0, 0
