@@ -67,9 +67,15 @@ soak: ## soak test, not in CI: flows churned for SOAKTIME (default 10m) with rel
 	mkdir -p bench-results
 	$(SUDO) env "PATH=$$PATH" ZTGATE_SOAK=1 SOAKTIME=$(SOAKTIME) $(GO) test -count=1 -timeout 0 -run '^TestSoak$$' -v ./integration/
 
+# govulncheck knows no version of a module replaced by a directory, so it
+# checks a copy of the source whose go.mod has no replace line: the build as
+# upstream quic-go, which third_party/quic-go is but for one constant.
 vuln: ## govulncheck against vuln.go.dev: fails on a reachable vulnerability, warns when the database is unreachable
 	@GOBIN=$(CURDIR)/bin $(GO) install $(GOVULNCHECK) || { echo "govulncheck could not be installed: not checked"; exit 0; }; \
-	bin/govulncheck ./...; rc=$$?; \
+	src=$$(mktemp -d); trap 'rm -rf "$$src"' EXIT; \
+	git ls-files -z -- . ':!third_party' | xargs -0 cp --parents -t "$$src" && \
+	(cd "$$src" && $(GO) mod edit -dropreplace github.com/quic-go/quic-go && $(GO) mod download github.com/quic-go/quic-go) || exit 1; \
+	(cd "$$src" && $(CURDIR)/bin/govulncheck ./...); rc=$$?; \
 	if [ $$rc -eq 3 ]; then exit 3; fi; \
 	if [ $$rc -ne 0 ]; then echo "govulncheck could not run (exit $$rc; is vuln.go.dev reachable?): not checked"; fi
 
