@@ -41,7 +41,7 @@ func main() {
 	blastAddr := flag.String("udpblast", "", "serve downstream UDP floods on this address (a datagram \"blast PPS MS SIZE\" starts one back to its sender)")
 	drain := flag.String("udpdrain", "", "client mode: ask the -udpblast server at this address for -dgram byte datagrams at -pps for -d and count them")
 	flows := flag.Int("flows", 1, "client mode -udpflood: source ports (flows) to spread the datagrams over")
-	segs := flag.Int("gso", 1, "client mode -udpflood: datagrams per send, as one UDP_SEGMENT (GSO) super-datagram when more than 1")
+	segments := flag.Int("segments", 1, "client mode -udpflood: datagrams per send, as one UDP_SEGMENT (GSO) super-datagram when more than 1")
 	gso := flag.String("udpgso", "", "client mode: send -n datagrams of -dgram bytes, all different, to this UDP echo address in one system call with UDP_SEGMENT (GSO), and check that each comes back intact")
 	hold := flag.String("hold", "", "client mode: hold one TCP connection to this echo address, send a line every 100ms and check the echo; print FAIL and exit 1 on the first error")
 	flag.Parse()
@@ -62,7 +62,7 @@ func main() {
 		holdMany(*many, *n)
 		return
 	case *flood != "":
-		udpFlood(*flood, *pps, *dur, *dgram, *flows, *segs)
+		udpFlood(*flood, *pps, *dur, *dgram, *flows, *segments)
 		return
 	case *drain != "":
 		udpDrain(*drain, *pps, *dur, *dgram)

@@ -47,10 +47,10 @@ func (s *udpSink) handler(w http.ResponseWriter, r *http.Request) {
 
 // udpFlood sends size-byte datagrams to addr at pps packets per second
 // for d, in batches (sendmmsg), spread over flows source ports, and
-// reports how many it sent. With gso > 1 each entry of a batch is gso
-// datagrams in one UDP_SEGMENT send, as QUIC stacks send: the kernel
+// reports how many it sent. With segments > 1 each entry of a batch is
+// segments datagrams in one UDP_SEGMENT send, as QUIC stacks send: the kernel
 // hands them on as one packet as far as it can.
-func udpFlood(addr string, pps int, d time.Duration, size, flows, gso int) {
+func udpFlood(addr string, pps int, d time.Duration, size, flows, segments int) {
 	pcs := make([]*ipv4.PacketConn, max(flows, 1))
 	for i := range pcs {
 		c, err := net.Dial("udp4", addr)
@@ -61,12 +61,12 @@ func udpFlood(addr string, pps int, d time.Duration, size, flows, gso int) {
 		pcs[i] = ipv4.NewPacketConn(c.(*net.UDPConn))
 	}
 	const batch = 32
-	gso = max(gso, 1)
+	segments = max(segments, 1)
 	msgs := make([]ipv4.Message, batch)
-	payload := make([]byte, size*gso)
+	payload := make([]byte, size*segments)
 	for i := range msgs {
 		msgs[i].Buffers = [][]byte{payload}
-		if gso > 1 {
+		if segments > 1 {
 			msgs[i].OOB = segmentCmsg(size)
 		}
 	}
@@ -74,11 +74,11 @@ func udpFlood(addr string, pps int, d time.Duration, size, flows, gso int) {
 	calls := 0
 	sent := paced(pps, d, func(_, k int) int {
 		calls++
-		n, err := pcs[calls%len(pcs)].WriteBatch(msgs[:min(batch, (k+gso-1)/gso)], 0)
+		n, err := pcs[calls%len(pcs)].WriteBatch(msgs[:min(batch, (k+segments-1)/segments)], 0)
 		if err != nil {
 			return 0 // ENOBUFS or a refused datagram: keep the pace
 		}
-		return n * gso
+		return n * segments
 	})
 	emit(map[string]any{"sent": sent, "seconds": time.Since(start).Seconds()})
 }
