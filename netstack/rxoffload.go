@@ -120,7 +120,7 @@ func fixLengths(pkt []byte, v6 bool) error {
 		binary.BigEndian.PutUint16(pkt[4:], uint16(len(pkt)-header.IPv6MinimumSize))
 		return nil
 	}
-	if len(pkt) < header.IPv4MinimumSize || int(pkt[0]&0x0f)*4 < header.IPv4MinimumSize || len(pkt) > 0xffff {
+	if ihl := int(pkt[0]&0x0f) * 4; len(pkt) < ihl || ihl < header.IPv4MinimumSize || len(pkt) > 0xffff {
 		return fmt.Errorf("%w: bad IPv4 packet", errVirtio)
 	}
 	ip := header.IPv4(pkt)
