@@ -530,7 +530,7 @@ func TestSystemdUnits(t *testing.T) {
 		file, caps string
 		lines      []string
 	}{
-		{"ztgate-gateway.service", "+net_admin,+net_raw", []string{"StateDirectory=ztgate", "DeviceAllow=/dev/net/tun rw"}},
+		{"ztgate-gateway.service", "+net_admin,+net_raw", []string{"StateDirectory=ztgate", "DeviceAllow=/dev/net/tun rw", "LogRateLimitIntervalSec=0"}},
 		{"ztgate-relay.service", "", []string{"StateDirectory=ztgate-relay", "PrivateDevices=yes"}},
 		{"ztgate-agent.service", "+net_admin", []string{"DeviceAllow=/dev/net/tun rw"}},
 	}
