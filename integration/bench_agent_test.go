@@ -195,9 +195,11 @@ backends = ["192.0.2.10"]
 		t.Fatal(err)
 	}
 	agentLat := latency(vip)
-	if up, down := r.relayData(t); up == 0 || down == 0 {
+	up, down := r.relayData(t)
+	if up == 0 || down == 0 {
 		t.Fatalf("the relay path was measured, but the relay forwarded %v/%v datagrams", up, down)
 	}
+	t.Logf("the relay forwarded %v datagrams up and %v down", up, down)
 
 	// The direct path: agent → gateway over one QUIC hop, the relay only
 	// signalling. New flows offer it once the agent's backoff has passed.
