@@ -109,8 +109,10 @@ func (h *datagramQueue) Pop() {
 
 // HandleDatagramFrame handles a received DATAGRAM frame.
 func (h *datagramQueue) HandleDatagramFrame(f *wire.DatagramFrame) {
-	data := make([]byte, len(f.Data))
-	copy(data, f.Data)
+	// ztgate: f.Data is already a copy of its own (parseDatagramFrame copies
+	// the frame out of the packet, and nothing else keeps the frame), so it
+	// is queued as it is instead of being copied a second time.
+	data := f.Data
 	var queued bool
 	h.rcvMx.Lock()
 	if len(h.rcvQueue) < maxDatagramRcvQueueLen {
