@@ -166,7 +166,9 @@ func TestReloadCredentials(t *testing.T) {
 	if got := r.creds.Certificate().Subject.CommonName; got != "relay1-renewed" {
 		t.Fatalf("relay presents %q after the reload", got)
 	}
-	mustDial(t, addr, newcomer, agentHello("a2"))
+	// The relay sends its welcome before it registers the agent; the
+	// directory comes after, so once it is here the agent is registered.
+	next[tunnel.Directory](mustDial(t, addr, newcomer, agentHello("a2")))
 	select {
 	case <-old.s.Done():
 		t.Fatalf("the connected agent's session ended: %v", old.s.Err())
