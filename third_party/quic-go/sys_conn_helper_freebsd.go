@@ -30,4 +30,11 @@ func parseIPv4PktInfo(body []byte) (ip netip.Addr, _ uint32, ok bool) {
 
 func isGSOEnabled(syscall.RawConn) bool { return false }
 
+// ztgate: UDP GRO is Linux's
+const msgTypeUDPGRO = -1
+
+func enableGRO(syscall.RawConn) bool { return false }
+
+func parseGROSize([]byte) int { return 0 }
+
 func isECNEnabled() bool { return !isECNDisabledUsingEnv() }

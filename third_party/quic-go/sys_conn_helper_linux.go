@@ -17,6 +17,8 @@ import (
 const (
 	msgTypeIPTOS = unix.IP_TOS
 	ipv4PKTINFO  = unix.IP_PKTINFO
+	// ztgate: the control message of a read with UDP GRO
+	msgTypeUDPGRO = unix.UDP_GRO
 )
 
 const ecnIPv4DataLen = 1
@@ -78,6 +80,34 @@ func isGSOEnabled(conn syscall.RawConn) bool {
 		return false
 	}
 	return serr == nil
+}
+
+// ztgate: enableGRO turns on UDP generic receive offload (Linux 5.0 and
+// later), unless QUIC_GO_DISABLE_GRO is set. It reports whether it is on.
+func enableGRO(conn syscall.RawConn) bool {
+	if kernelVersionMajor < 5 {
+		return false
+	}
+	disabled, err := strconv.ParseBool(os.Getenv("QUIC_GO_DISABLE_GRO"))
+	if err == nil && disabled {
+		return false
+	}
+	var serr error
+	if err := conn.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1)
+	}); err != nil {
+		return false
+	}
+	return serr == nil
+}
+
+// ztgate: parseGROSize returns the datagram size of a UDP_GRO control
+// message (a C int), or 0 if the body is not one.
+func parseGROSize(body []byte) int {
+	if len(body) != 4 {
+		return 0
+	}
+	return int(int32(binary.NativeEndian.Uint32(body)))
 }
 
 func appendUDPSegmentSizeMsg(b []byte, size uint16) []byte {

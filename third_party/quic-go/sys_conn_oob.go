@@ -52,7 +52,22 @@ type oobConn struct {
 	buffers  [batchSize]*packetBuffer
 
 	cap connCapabilities
+
+	// ztgate: with UDP generic receive offload (GRO) on, the kernel hands
+	// over a run of datagrams from one sender (one UDP GSO send, or what the
+	// driver merged) as one message with their size in a control message:
+	// one message to read instead of one per datagram, and no segmentation in
+	// the kernel. Each message then has a buffer of its own that stays with
+	// the conn, and each datagram is copied out of it into a packet buffer.
+	gro     bool
+	groSize int            // datagram size of the message being split; 0: one datagram
+	groRest []byte         // what is left of that message
+	groNext receivedPacket // its address, receive time, ECN and packet info
 }
+
+// ztgate: groBufferSize holds the largest message GRO can deliver (64 KiB
+// of datagrams).
+const groBufferSize = 1 << 16
 
 var _ rawConn = &oobConn{}
 
@@ -135,16 +150,26 @@ func newConn(c OOBCapablePacketConn, supportsDF bool) (*oobConn, error) {
 	for i := range batchSize {
 		oobConn.messages[i].OOB = make([]byte, oobBufferSize)
 	}
+	if enableGRO(rawConn) {
+		oobConn.gro = true
+		for i := range batchSize {
+			oobConn.messages[i].Buffers[0] = make([]byte, groBufferSize)
+		}
+	}
 	return oobConn, nil
 }
 
 var invalidCmsgOnceV4, invalidCmsgOnceV6 sync.Once
 
 func (c *oobConn) ReadPacket() (receivedPacket, error) {
+	if len(c.groRest) > 0 {
+		return c.nextGROPacket(), nil
+	}
 	if len(c.messages) == int(c.readPos) { // all messages read. Read the next batch of messages.
 		c.messages = c.messages[:batchSize]
 		// replace buffers data buffers up to the packet that has been consumed during the last ReadBatch call
-		for i := uint8(0); i < c.readPos; i++ {
+		// (ztgate: not with GRO, whose buffers stay with the conn)
+		for i := uint8(0); i < c.readPos && !c.gro; i++ {
 			buffer := getPacketBuffer()
 			buffer.Data = buffer.Data[:protocol.MaxPacketBufferSize]
 			c.buffers[i] = buffer
@@ -164,6 +189,7 @@ func (c *oobConn) ReadPacket() (receivedPacket, error) {
 	c.readPos++
 
 	data := msg.OOB[:msg.NN]
+	var groSize int
 	p := receivedPacket{
 		remoteAddr: msg.Addr,
 		rcvTime:    monotime.Now(),
@@ -219,9 +245,34 @@ func (c *oobConn) ReadPacket() (receivedPacket, error) {
 				}
 			}
 		}
+		if hdr.Level == unix.IPPROTO_UDP && hdr.Type == msgTypeUDPGRO {
+			groSize = parseGROSize(body)
+		}
 		data = remainder
 	}
+	if c.gro {
+		c.groNext, c.groSize, c.groRest = p, groSize, p.data
+		return c.nextGROPacket(), nil
+	}
 	return p, nil
+}
+
+// ztgate: nextGROPacket returns the next datagram of the message being split,
+// copied into a packet buffer of its own. A datagram longer than a packet
+// buffer is cut, as a read into a packet buffer would cut it without GRO.
+func (c *oobConn) nextGROPacket() receivedPacket {
+	n := len(c.groRest)
+	if c.groSize > 0 && c.groSize < n {
+		n = c.groSize
+	}
+	buffer := getPacketBuffer()
+	buffer.Data = buffer.Data[:min(n, protocol.MaxPacketBufferSize)]
+	copy(buffer.Data, c.groRest[:n])
+	c.groRest = c.groRest[n:]
+	p := c.groNext
+	p.buffer = buffer
+	p.data = buffer.Data
+	return p
 }
 
 // WritePacket writes a new packet.

@@ -1,0 +1,169 @@
+//go:build linux
+
+package tunnel
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"net"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestReceiveGRO: ztgate's quic-go reads with UDP generic receive offload
+// (third_party/README.md), so a run of datagrams sent with one UDP GSO
+// send reaches it as one message, which it must cut back into the
+// datagrams the sender sent. Each datagram here is a long-header packet
+// of a version no one speaks, which the listener answers with a version
+// negotiation packet naming the datagram's connection ID: one answer per
+// datagram, each with its own ID, shows that every datagram of the
+// message was parsed at its own boundaries. Where the kernel has UDP GRO,
+// the listener's socket must have it on.
+func TestReceiveGRO(t *testing.T) {
+	sf := newSessionFixture(t, false)
+	if kernelHasGRO(t) {
+		if on := socketOption(t, sf.ln.udp, unix.UDP_GRO); on != 1 {
+			t.Fatalf("the listener's socket has UDP_GRO %d, want 1", on)
+		}
+	} else {
+		t.Log("this kernel has no UDP GRO; checking the datagrams only")
+	}
+	server := sf.ln.udp.LocalAddr().(*net.UDPAddr)
+
+	cases := []struct {
+		name  string
+		sizes []int // datagram sizes; all but the last equal, as GSO sends them
+	}{
+		{"three datagrams, the last one shorter", []int{1300, 1300, 1250}},
+		{"four equal datagrams", []int{1232, 1232, 1232, 1232}},
+		{"one datagram without GSO", []int{1400}},
+	}
+	for ci, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			var msg []byte
+			want := map[string]bool{}
+			for i, size := range tc.sizes {
+				id := []byte{byte(ci + 1), byte(i + 1), 0xa5, 0xa5, 0xa5, 0xa5, 0xa5, byte(i)}
+				want[string(id)] = true
+				msg = append(msg, unknownVersionPacket(id, size)...)
+			}
+			var oob []byte
+			if len(tc.sizes) > 1 {
+				oob = udpSegmentMsg(uint16(tc.sizes[0]))
+			}
+			if _, _, err := c.WriteMsgUDP(msg, oob, server); err != nil {
+				if errors.Is(err, unix.EIO) || errors.Is(err, unix.EINVAL) {
+					t.Skipf("this kernel cannot send with UDP GSO on loopback: %v", err)
+				}
+				t.Fatal(err)
+			}
+			got := map[string]bool{}
+			buf := make([]byte, 2048)
+			deadline := time.Now().Add(5 * time.Second)
+			for len(got) < len(want) {
+				_ = c.SetReadDeadline(deadline)
+				n, err := c.Read(buf)
+				if err != nil {
+					t.Fatalf("%d version negotiation packets of %d: %v (got %x)", len(got), len(want), err, keys(got))
+				}
+				id, ok := versionNegotiationDCIDEcho(buf[:n])
+				if !ok {
+					t.Fatalf("not a version negotiation packet: %x", buf[:min(n, 32)])
+				}
+				if !want[string(id)] {
+					t.Fatalf("version negotiation for connection ID %x, which was not sent (sent %x)", id, keys(want))
+				}
+				got[string(id)] = true
+			}
+		})
+	}
+}
+
+// unknownVersionPacket is a long-header packet of size bytes in version
+// 0x1a2a3a4a (reserved, never supported) with destination connection ID
+// id and an empty source connection ID.
+func unknownVersionPacket(id []byte, size int) []byte {
+	p := []byte{0xc0}
+	p = binary.BigEndian.AppendUint32(p, 0x1a2a3a4a)
+	p = append(p, byte(len(id)))
+	p = append(p, id...)
+	p = append(p, 0)
+	return append(p, bytes.Repeat([]byte{0x5a}, size-len(p))...)
+}
+
+// versionNegotiationDCIDEcho returns the source connection ID of a version
+// negotiation packet: the destination ID of the packet it answers.
+func versionNegotiationDCIDEcho(p []byte) ([]byte, bool) {
+	if len(p) < 7 || p[0]&0x80 == 0 || binary.BigEndian.Uint32(p[1:5]) != 0 {
+		return nil, false
+	}
+	rest := p[5:]
+	dl := int(rest[0])
+	if len(rest) < 1+dl+1 {
+		return nil, false
+	}
+	rest = rest[1+dl:]
+	sl := int(rest[0])
+	if len(rest) < 1+sl {
+		return nil, false
+	}
+	return rest[1 : 1+sl], true
+}
+
+// udpSegmentMsg is the control message of a UDP GSO send of datagrams of
+// size bytes.
+func udpSegmentMsg(size uint16) []byte {
+	b := make([]byte, unix.CmsgSpace(2))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+	h.Level = unix.IPPROTO_UDP
+	h.Type = unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	binary.NativeEndian.PutUint16(b[unix.CmsgSpace(0):], size)
+	return b
+}
+
+// kernelHasGRO reports whether a UDP socket of this kernel takes UDP_GRO.
+func kernelHasGRO(t *testing.T) bool {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	return unix.SetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_GRO, 1) == nil
+}
+
+// socketOption reads an IPPROTO_UDP option of c's socket.
+func socketOption(t *testing.T, c *net.UDPConn, opt int) int {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	var gerr error
+	if err := rc.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_UDP, opt) }); err != nil {
+		t.Fatal(err)
+	}
+	if gerr != nil {
+		t.Fatalf("getsockopt %d: %v", opt, gerr)
+	}
+	return v
+}
+
+func keys(m map[string]bool) [][]byte {
+	var out [][]byte
+	for k := range m {
+		out = append(out, []byte(k))
+	}
+	return out
+}
