@@ -41,6 +41,9 @@ func TestReceiveGRO(t *testing.T) {
 		{"three datagrams, the last one shorter", []int{1300, 1300, 1250}},
 		{"four equal datagrams", []int{1232, 1232, 1232, 1232}},
 		{"one datagram without GSO", []int{1400}},
+		// Longer than quic-go's packet buffers (1452 bytes): each is cut to
+		// that, as a read without GRO cuts it, and still read on its own.
+		{"two datagrams longer than a packet buffer", []int{1500, 1500}},
 	}
 	for ci, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
