@@ -76,7 +76,8 @@ soak: ## soak test, not in CI: flows churned for SOAKTIME (default 10m) with rel
 
 # govulncheck knows no version of a module replaced by a directory, so it
 # checks a copy of the source whose go.mod has no replace line: the build as
-# upstream quic-go, which third_party/quic-go is but for ztgate's small patch.
+# upstream quic-go, which third_party/quic-go is but for ztgate's patch (the
+# receive queue, one copy per datagram, UDP GRO on receive: third_party/README.md).
 vuln: ## govulncheck against vuln.go.dev: fails on a reachable vulnerability, warns when the database is unreachable
 	@GOBIN=$(CURDIR)/bin $(GO) install $(GOVULNCHECK) || { echo "govulncheck could not be installed: not checked"; exit 0; }; \
 	src=$$(mktemp -d); trap 'rm -rf "$$src"' EXIT; \
