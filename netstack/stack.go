@@ -117,6 +117,11 @@ func New(cfg Config, log *slog.Logger) (*Stack, error) {
 	return ns, nil
 }
 
+// TimeWait is how long a closed TCP endpoint of the netstack stays in
+// TIME-WAIT (Linux: 60 s), holding its memory: short for a gateway with
+// many flows.
+const TimeWait = 5 * time.Second
+
 // setOptions applies the TCP settings that the fastest gVisor forwarders
 // converged on: SACK on, RACK off (it performs badly at high BDP), reno,
 // bounded buffers, a short TIME-WAIT for a gateway with many flows.
@@ -126,7 +131,7 @@ func (ns *Stack) setOptions() error {
 	delay := tcpip.TCPDelayEnabled(false)
 	cc := tcpip.CongestionControlOption("reno")
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
-	tw := tcpip.TCPTimeWaitTimeoutOption(5e9)
+	tw := tcpip.TCPTimeWaitTimeoutOption(TimeWait)
 	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 128 << 10, Max: 6 << 20}
 	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 128 << 10, Max: 8 << 20}
 	opts := []tcpip.SettableTransportProtocolOption{&sack, &recovery, &delay, &cc, &moderate, &tw, &snd, &rcv}
