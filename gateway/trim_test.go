@@ -43,7 +43,7 @@ func TestMemoryTrimmer(t *testing.T) {
 			{time.Second, 0, 1},
 			{time.Second + trimSecond, 0, 2},
 			{2 * time.Second, 6000, 2}, // a new crowd, gone again at once
-			{3 * time.Second + trimSecond, 0, 2},
+			{3*time.Second + trimSecond, 0, 2},
 			{time.Second + trimInterval, 0, 3},
 		}},
 	}
