@@ -42,8 +42,8 @@ func TestMemoryTrimmer(t *testing.T) {
 			{0, 8000, 0},
 			{time.Second, 0, 1},
 			{time.Second + trimSecond, 0, 2},
-			{2 * time.Second, 6000, 2}, // a new crowd, gone again at once
-			{3*time.Second + trimSecond, 0, 2},
+			{time.Second + trimSecond + time.Second, 6000, 2}, // a new crowd, gone again at once
+			{time.Second + trimSecond + 2*time.Second, 0, 2},
 			{time.Second + trimInterval, 0, 3},
 		}},
 	}
@@ -53,6 +53,9 @@ func TestMemoryTrimmer(t *testing.T) {
 			m := memoryTrimmer{free: func() { trims++ }}
 			start := time.Unix(1_000_000, 0)
 			for i, s := range tc.steps {
+				if i > 0 && s.at <= tc.steps[i-1].at {
+					t.Fatalf("step %d goes back in time", i)
+				}
 				m.observe(s.flows, start.Add(s.at))
 				if trims != s.trims {
 					t.Fatalf("step %d (%d flows at %v): %d trims, want %d", i, s.flows, s.at, trims, s.trims)
