@@ -110,7 +110,7 @@ func Listen(addr string, cfg ListenConfig, log *slog.Logger) (*Listener, error) 
 	if l.creds.Insecure() {
 		l.log.Warn("INSECURE: tunnel listener accepts clients without a verified certificate (development only)")
 	}
-	l.log.Info("tunnel listening", "alpn", alpn)
+	l.log.Info("tunnel listening", "alpn", alpn, "gro", receiveOffload(udp))
 	l.wg.Add(2)
 	go l.acceptLoop()
 	go func() {
