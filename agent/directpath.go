@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ztgate/ztgate/internal/monoclock"
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -19,7 +20,7 @@ type path struct {
 
 	dead     atomic.Bool   // set when its liveness check failed or it ended
 	used     atomic.Uint64 // packets the router sent on it
-	lastPong atomic.Int64  // UnixNano of the last message from the gateway
+	lastPong atomic.Int64  // monoclock stamp of the last message from the gateway
 
 	services   map[string]uint64 // services whose new flows start here → their signaling session
 	usedSeen   uint64
@@ -74,7 +75,7 @@ func (d *direct) dial(r dialed, cands []netip.AddrPort) {
 // packets to the TUN, its control messages, the liveness check.
 func (d *direct) startPath(gateway string, addr netip.AddrPort, s *tunnel.Session) *path {
 	p := &path{gateway: gateway, addr: addr, s: s, services: make(map[string]uint64)}
-	p.lastPong.Store(time.Now().UnixNano())
+	p.lastPong.Store(monoclock.Now())
 	if mtu := routedMTU(s.MaxDatagram()); mtu < int(d.a.mtu.Load()) {
 		d.log.Warn("the direct path carries less than the TUN's MTU; larger packets take the relay",
 			"gateway", gateway, "direct_mtu", mtu, "mtu", d.a.mtu.Load())
@@ -98,7 +99,7 @@ func (d *direct) control(p *path) {
 			}
 			return
 		}
-		p.lastPong.Store(time.Now().UnixNano())
+		p.lastPong.Store(monoclock.Now())
 		switch m := msg.(type) {
 		case *tunnel.Ping:
 			_ = p.s.Send(&tunnel.Pong{Type: tunnel.MessagePong, Seq: m.Seq})
@@ -118,7 +119,7 @@ func (d *direct) watch(p *path) {
 		select {
 		case <-p.s.Done():
 		case <-t.C:
-			silent := time.Since(time.Unix(0, p.lastPong.Load()))
+			silent := time.Duration(monoclock.Now() - p.lastPong.Load())
 			if silent < directDeadAfter && p.s.Send(&tunnel.Ping{Type: tunnel.MessagePing, Seq: seq}) == nil {
 				continue
 			}

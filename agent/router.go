@@ -1,8 +1,7 @@
 package agent
 
 import (
-	"time"
-
+	"github.com/ztgate/ztgate/internal/monoclock"
 	"github.com/ztgate/ztgate/netstack"
 	"github.com/ztgate/ztgate/tunnel"
 )
@@ -96,7 +95,7 @@ func (r *router) pathOf(service string, pkt []byte) *path {
 	if !ok {
 		return d.route(service)
 	}
-	now := time.Now().UnixNano()
+	now := monoclock.Now()
 	r.flows.Sweep(now)
 	if p, known := r.flows.Lookup(f.Key, now, f.Refresh()); known && (p == nil || !p.dead.Load()) {
 		return p

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ztgate/ztgate/internal/monoclock"
 )
 
 // peer is who opened a flow: the tenant and identity of its ingress.
@@ -31,7 +33,7 @@ type flow struct {
 	start   time.Time
 
 	up, down   atomic.Int64 // payload bytes: up is client → backend
-	lastActive atomic.Int64 // unix nanoseconds of the last byte moved
+	lastActive atomic.Int64 // monoclock stamp of the last byte moved
 	upBytes    prometheus.Counter
 	downBytes  prometheus.Counter
 	metrics    *flowMetrics // its service's, tenant's and protocol's flow counters
@@ -47,11 +49,11 @@ type flow struct {
 	onClose func()                    // called once by close, after the conns are closed; guarded by mu
 }
 
-func (f *flow) touch(now time.Time) { f.lastActive.Store(now.UnixNano()) }
+func (f *flow) touch(now time.Time) { f.lastActive.Store(monoclock.Of(now)) }
 
 // idleFor returns how long no byte has moved.
 func (f *flow) idleFor(now time.Time) time.Duration {
-	return time.Duration(now.UnixNano() - f.lastActive.Load())
+	return time.Duration(monoclock.Of(now) - f.lastActive.Load())
 }
 
 // addUp and addDown account bytes moved in each direction.

@@ -1,6 +1,10 @@
 package relay
 
-import "time"
+import (
+	"time"
+
+	"github.com/ztgate/ztgate/internal/monoclock"
+)
 
 // janitorEvery is how often the relay expires signaling sessions and
 // sweeps the agents' flow tables (each at most every flowSweepEvery).
@@ -17,7 +21,7 @@ func (r *Relay) janitor() {
 			return
 		case now := <-t.C:
 			r.expireSignaling(now)
-			r.sweepFlows(now.UnixNano())
+			r.sweepFlows(monoclock.Now())
 		}
 	}
 }

@@ -2,8 +2,8 @@ package relay
 
 import (
 	"net/netip"
-	"time"
 
+	"github.com/ztgate/ztgate/internal/monoclock"
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -71,7 +71,7 @@ func (r *Relay) flowTag(a *agent, service, packet []byte, inner netip.Addr) (*ta
 	if !ok {
 		return r.currentTag(a, service, inner)
 	}
-	now := time.Now().UnixNano()
+	now := monoclock.Now()
 	t, verdict := a.flows.lookup(fp, service, now)
 	switch verdict {
 	case flowKnown:

@@ -119,7 +119,7 @@ const (
 // flowEntry is one flow of a FlowTable.
 type flowEntry[V any] struct {
 	v    V
-	last int64 // UnixNano of the last packet
+	last int64 // clock of the last packet (monoclock in the roles)
 	idle int64 // nanoseconds without packets before it expires
 }
 
@@ -132,8 +132,9 @@ const (
 
 // FlowTable maps flows to values of V. Entries expire after their idle
 // timeout; at most max are kept, and a full table evicts the stalest of a
-// few entries. Clocks are UnixNano values the caller passes, so that tests
-// use fake ones. Not safe for concurrent use.
+// few entries. Clocks are nanosecond values the caller passes, so that
+// tests use fake ones; the roles pass internal/monoclock stamps, which a
+// step of the wall clock leaves alone. Not safe for concurrent use.
 type FlowTable[V any] struct {
 	m         map[FlowKey]flowEntry[V]
 	max       int

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+
+	"github.com/ztgate/ztgate/internal/monoclock"
 )
 
 // Datagram sizing. quic-go does not export the largest DATAGRAM payload a
@@ -30,20 +32,20 @@ const (
 // sizing caches the largest DATAGRAM payload of a connection.
 type sizing struct {
 	max    atomic.Int64 // bytes; 0 before the first probe
-	probed atomic.Int64 // UnixNano of the last probe or update
+	probed atomic.Int64 // monoclock stamp of the last probe or update
 }
 
 // set records a size quic-go reported.
 func (z *sizing) set(n int64) {
 	z.max.Store(n)
-	z.probed.Store(time.Now().UnixNano())
+	z.probed.Store(monoclock.Now())
 }
 
 // MaxDatagram returns the largest DATAGRAM payload the connection carries
 // now: for ztna-v1 and raw IP datagrams, the largest IP packet. It is 0
 // once the session has ended and nothing was learnt before.
 func (s *Session) MaxDatagram() int {
-	if n := s.size.max.Load(); n > 0 && time.Since(time.Unix(0, s.size.probed.Load())) < sizeRefresh {
+	if n := s.size.max.Load(); n > 0 && time.Duration(monoclock.Now()-s.size.probed.Load()) < sizeRefresh {
 		return int(n)
 	}
 	var probe [probeSize]byte

@@ -2,6 +2,7 @@ package archtest
 
 import (
 	"encoding/json"
+	"go/ast"
 	"go/parser"
 	"go/token"
 	"os/exec"
@@ -82,7 +83,7 @@ func isStd(path string) bool {
 
 // blockInternals are the packages under internal that the building blocks
 // other than catalog may import: leaves that import nothing of the module.
-var blockInternals = []string{module + "/internal/promreg"}
+var blockInternals = []string{module + "/internal/promreg", module + "/internal/monoclock"}
 
 // testLibraries are third-party packages any test may import, catalog's
 // included: they are not linked into the binaries.
@@ -222,4 +223,26 @@ func testFilesHaveDoc(t *testing.T, p pkg) bool {
 		}
 	}
 	return false
+}
+
+// TestNoWallClockStamps: time stamps kept as integers (flow activity,
+// liveness, probe ages) come from internal/monoclock. time.Time.UnixNano
+// drops the monotonic reading, so a step of the system clock would
+// expire every flow at once, or keep a dead path for as long as the clock
+// went back. The module's own code (not its tests) never calls it.
+func TestNoWallClockStamps(t *testing.T) {
+	for _, p := range listPackages(t) {
+		for _, name := range p.GoFiles {
+			f, err := parser.ParseFile(token.NewFileSet(), filepath.Join(p.Dir, name), nil, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ast.Inspect(f, func(n ast.Node) bool {
+				if sel, ok := n.(*ast.SelectorExpr); ok && sel.Sel.Name == "UnixNano" {
+					t.Errorf("%s/%s: UnixNano: keep stamps with internal/monoclock", p.ImportPath, name)
+				}
+				return true
+			})
+		}
+	}
 }
