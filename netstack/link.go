@@ -17,6 +17,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
+
+	"github.com/ztgate/ztgate/internal/monoclock"
 )
 
 // Output carries the packets a link sends out of the stack.
@@ -451,7 +453,7 @@ func (e *endpoint) write(pkts []*stack.PacketBuffer) (int, tcpip.Error) {
 		e.mu.Unlock()
 		return n, nil
 	}
-	if e.l.cfg.Async || nanotime()-e.lastWrite < int64(idleGap) {
+	if e.l.cfg.Async || monoclock.Now()-e.lastWrite < int64(idleGap) {
 		e.mu.Unlock()
 		select {
 		case e.wake <- struct{}{}:
@@ -473,7 +475,7 @@ func (e *endpoint) drain() {
 		batch := e.queue
 		if len(batch) == 0 || e.closed {
 			e.writing = false
-			e.lastWrite = nanotime()
+			e.lastWrite = monoclock.Now()
 			e.mu.Unlock()
 			return
 		}
@@ -620,8 +622,3 @@ func (e *endpoint) Close() {}
 
 // SetOnCloseAction implements stack.LinkEndpoint.
 func (e *endpoint) SetOnCloseAction(func()) {}
-
-// nanotime is a monotonic clock reading in nanoseconds.
-func nanotime() int64 { return int64(time.Since(epoch)) }
-
-var epoch = time.Now()

@@ -1,5 +1,6 @@
 // Package monoclock is the clock of the stamps ztgate keeps as integers —
-// a flow's last activity, a path's last answer, a probe's age:
+// a flow's last activity, a path's last answer, a probe's age, the TUN
+// link's last write:
 // nanoseconds on the monotonic clock since the process started. A step of
 // the wall clock (NTP correcting a clock at boot, a resumed VM, an
 // operator's date) does not move it; time.Time.UnixNano drops the
