@@ -1,13 +1,9 @@
 package gateway
 
 import (
-	"encoding/binary"
-	"errors"
-	"sync"
-	"unsafe"
-
 	"golang.org/x/net/ipv4"
-	"golang.org/x/sys/unix"
+
+	"github.com/ztgate/ztgate/internal/udpseg"
 )
 
 // A burst of one flow's datagrams leaves for the backend with UDP generic
@@ -15,28 +11,7 @@ import (
 // entry whose payload the kernel cuts into datagrams (UDP_SEGMENT), so the
 // route, netfilter and the device are passed once per run instead of once
 // per datagram. Datagrams keep their boundaries: the receiver sees the same
-// datagrams, in order, as without it.
-const (
-	// gsoMaxSegments is Linux's UDP_MAX_SEGMENTS before 6.x raised it.
-	gsoMaxSegments = 64
-	// gsoMaxBytes bounds a run's payload: it travels as one IP datagram
-	// until it is segmented.
-	gsoMaxBytes = 65000
-)
-
-// udpGSO reports whether the kernel takes UDP_SEGMENT (Linux 4.18+).
-var udpGSO = sync.OnceValue(func() bool {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return false
-	}
-	defer unix.Close(fd)
-	_, err = unix.GetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_SEGMENT)
-	return err == nil
-})
-
-// segmentCmsgSpace is the room one UDP_SEGMENT control message takes.
-var segmentCmsgSpace = unix.CmsgSpace(2)
+// datagrams, in order, as without it (internal/udpseg).
 
 // udpSender writes a flow's datagrams to its connected backend socket in as
 // few system calls as it can: one sendmmsg per burst, one entry per run of
@@ -45,13 +20,13 @@ type udpSender struct {
 	pc   *ipv4.PacketConn
 	gso  bool // off after a send that the path refused with GSO
 	msgs []ipv4.Message
-	oob  []byte // segmentCmsgSpace per entry of msgs
+	oob  []byte // udpseg.CmsgSpace per entry of msgs
 }
 
 func newUDPSender(pc *ipv4.PacketConn, batch int) *udpSender {
-	s := &udpSender{pc: pc, gso: udpGSO(), msgs: make([]ipv4.Message, 0, batch)}
+	s := &udpSender{pc: pc, gso: udpseg.GSO(), msgs: make([]ipv4.Message, 0, batch)}
 	if s.gso {
-		s.oob = make([]byte, batch*segmentCmsgSpace)
+		s.oob = make([]byte, batch*udpseg.CmsgSpace)
 	}
 	return s
 }
@@ -65,9 +40,9 @@ func gsoRun(d [][]byte) int {
 		return 1
 	}
 	n, total := 1, size
-	for n < len(d) && n < gsoMaxSegments {
+	for n < len(d) && n < udpseg.MaxSegments {
 		l := len(d[n])
-		if l == 0 || l > size || total+l > gsoMaxBytes {
+		if l == 0 || l > size || total+l > udpseg.MaxBytes {
 			break
 		}
 		n, total = n+1, total+l
@@ -89,24 +64,14 @@ func (s *udpSender) plan(d [][]byte) []ipv4.Message {
 		}
 		m := ipv4.Message{Buffers: d[i : i+n]}
 		if n > 1 {
-			k := len(msgs) * segmentCmsgSpace
-			m.OOB = putSegmentSize(s.oob[k:k+segmentCmsgSpace], len(d[i]))
+			k := len(msgs) * udpseg.CmsgSpace
+			m.OOB = udpseg.PutSegmentSize(s.oob[k:k+udpseg.CmsgSpace], len(d[i]))
 		}
 		msgs = append(msgs, m)
 		i += n
 	}
 	s.msgs = msgs
 	return msgs
-}
-
-// putSegmentSize writes a UDP_SEGMENT control message into b.
-func putSegmentSize(b []byte, size int) []byte {
-	h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
-	h.Level = unix.IPPROTO_UDP
-	h.Type = unix.UDP_SEGMENT
-	h.SetLen(unix.CmsgLen(2))
-	binary.NativeEndian.PutUint16(b[unix.CmsgLen(0):], uint16(size))
-	return b
 }
 
 // send writes d in order. A GSO entry that the path refuses (EINVAL: a
@@ -129,15 +94,11 @@ func (s *udpSender) send(d [][]byte) error {
 		case err == nil && k == 0:
 			return nil // cannot happen with entries to send; never spin
 		case err == nil:
-		case s.gso && gsoRefused(err):
+		case s.gso && udpseg.Refused(err):
 			s.gso = false
 		default:
 			return err
 		}
 	}
 	return nil
-}
-
-func gsoRefused(err error) bool {
-	return errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EIO)
 }

@@ -14,6 +14,8 @@ import (
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
+
+	"github.com/ztgate/ztgate/internal/udpseg"
 )
 
 // sized returns one datagram per size, each filled with its index so that
@@ -45,7 +47,7 @@ func TestUDPSenderPlan(t *testing.T) {
 		{"off", []int{64, 64, 64}, false, []int{1, 1, 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := &udpSender{gso: tc.gso, oob: make([]byte, len(tc.sizes)*segmentCmsgSpace)}
+			s := &udpSender{gso: tc.gso, oob: make([]byte, len(tc.sizes)*udpseg.CmsgSpace)}
 			d := sized(tc.sizes...)
 			var runs []int
 			at := 0
@@ -58,7 +60,7 @@ func TestUDPSenderPlan(t *testing.T) {
 					t.Errorf("single datagram %d carries a segment size", at)
 				}
 				if len(m.Buffers) > 1 {
-					if len(m.OOB) != segmentCmsgSpace {
+					if len(m.OOB) != udpseg.CmsgSpace {
 						t.Fatalf("run at %d: control message %d bytes", at, len(m.OOB))
 					}
 					if got := int(binary.NativeEndian.Uint16(m.OOB[unix.CmsgLen(0):])); got != tc.sizes[at] {
@@ -134,7 +136,7 @@ func TestUDPSenderKeepsDatagrams(t *testing.T) {
 			}
 		}
 	}
-	if s.gso != udpGSO() {
+	if s.gso != udpseg.GSO() {
 		t.Errorf("GSO turned off on a path that takes it")
 	}
 }
@@ -143,7 +145,7 @@ func TestUDPSenderKeepsDatagrams(t *testing.T) {
 // off, which GSO needs) turns it off for the flow, and every datagram,
 // including the refused run, still arrives once and in order.
 func TestUDPSenderFallsBack(t *testing.T) {
-	if !udpGSO() {
+	if !udpseg.GSO() {
 		t.Skip("the kernel has no UDP GSO")
 	}
 	tx, rx := udpPair(t)
@@ -179,7 +181,7 @@ func TestUDPSenderFallsBack(t *testing.T) {
 func BenchmarkUDPSender(b *testing.B) {
 	for _, gso := range []bool{false, true} {
 		b.Run(fmt.Sprintf("gso=%v", gso), func(b *testing.B) {
-			if gso && !udpGSO() {
+			if gso && !udpseg.GSO() {
 				b.Skip("the kernel has no UDP GSO")
 			}
 			tx, rx := udpPair(b)

@@ -11,9 +11,10 @@ import (
 	"strconv"
 	"testing"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ztgate/ztgate/internal/udpseg"
 )
 
 // TestReceiveGRO: ztgate's quic-go reads with UDP generic receive offload
@@ -157,13 +158,7 @@ func versionNegotiationDCIDEcho(p []byte) ([]byte, bool) {
 // udpSegmentMsg is the control message of a UDP GSO send of datagrams of
 // size bytes.
 func udpSegmentMsg(size uint16) []byte {
-	b := make([]byte, unix.CmsgSpace(2))
-	h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
-	h.Level = unix.IPPROTO_UDP
-	h.Type = unix.UDP_SEGMENT
-	h.SetLen(unix.CmsgLen(2))
-	binary.NativeEndian.PutUint16(b[unix.CmsgSpace(0):], size)
-	return b
+	return udpseg.PutSegmentSize(make([]byte, udpseg.CmsgSpace), int(size))
 }
 
 // kernelHasGRO reports whether a UDP socket of this kernel takes UDP_GRO.
