@@ -25,6 +25,10 @@ const (
 	// directDialTimeout bounds the QUIC handshake and hello with the
 	// gateway; every candidate is dialled at once.
 	directDialTimeout = time.Second
+	// forwardDelay is how long the gateway's own candidates have before
+	// the relay's forwarder is dialled too: a path straight to the gateway
+	// is preferred, the forwarder costs the relay a little.
+	forwardDelay = 250 * time.Millisecond
 	// directPingEvery and directDeadAfter are the liveness check of a
 	// direct path: a path without a pong for directDeadAfter is dead,
 	// which is noticed within directDeadAfter + directPingEvery.
@@ -123,6 +127,7 @@ type dialed struct {
 	id               uint64
 	s                *tunnel.Session // nil on failure
 	addr             netip.AddrPort
+	forwarded        bool // addr is the relay's forwarder
 	err              error
 }
 
@@ -237,14 +242,18 @@ func (d *direct) onAnswer(m *tunnel.Answer, now time.Time) {
 		d.result(m.SessionID, true, p.addr)
 		return
 	}
-	if m.Gateway == "" || len(m.Candidates) == 0 {
+	var forwarded netip.AddrPort // the relay's forwarder to the gateway, if it offers one
+	if s := d.a.sess.Load(); s != nil && m.ForwardPort != 0 {
+		forwarded = netip.AddrPortFrom(s.RemoteAddr().Addr(), m.ForwardPort)
+	}
+	if m.Gateway == "" || len(m.Candidates) == 0 && !forwarded.IsValid() {
 		delete(d.offers, m.SessionID)
 		d.result(m.SessionID, false, netip.AddrPort{})
 		d.fail(st, now)
 		return
 	}
 	st.phase = phaseDialing
-	d.dial(dialed{service: service, gateway: m.Gateway, id: m.SessionID}, m.Candidates)
+	d.dial(dialed{service: service, gateway: m.Gateway, id: m.SessionID}, m.Candidates, forwarded)
 }
 
 // onDialed takes a dial's outcome: a new path (or the existing one to the
@@ -260,7 +269,7 @@ func (d *direct) onDialed(r dialed, now time.Time) {
 	}
 	p := d.paths[r.gateway]
 	if p == nil || p.dead.Load() {
-		p = d.startPath(r.gateway, r.addr, r.s)
+		p = d.startPath(r.gateway, r.addr, r.forwarded, r.s)
 		d.paths[r.gateway] = p
 	} else {
 		_ = r.s.Close("a path to this gateway exists")
@@ -276,8 +285,12 @@ func (d *direct) use(service string, st *svcDirect, p *path, id uint64) {
 	p.services[service] = id
 	d.publish()
 	d.a.m.directUp.Inc()
+	via := "direct"
+	if p.forwarded {
+		via = "relay forwarder"
+	}
 	d.log.Info("direct path up: new flows of the service go straight to the gateway",
-		"service", service, "gateway", p.gateway, "address", p.addr.String())
+		"service", service, "gateway", p.gateway, "address", p.addr.String(), "via", via)
 }
 
 // onError handles the relay's error about a signaling session: an offer

@@ -21,11 +21,12 @@ type directFixture struct {
 	dev   *netstacktest.Client
 	relay *server
 	gw    *server
+	pki   *pki
 }
 
 func newDirectFixture(t *testing.T) *directFixture {
 	p := newPKI(t)
-	f := &directFixture{t: t}
+	f := &directFixture{t: t, pki: p}
 	f.relay = startServer(t, p, relayReq, func(s *tunnel.Session) { s.Send(directoryOf(true)) })
 	f.gw = startServer(t, p, gatewayReq, nil)
 	f.a, f.dev = startAgent(t, p, f.relay.addr())
@@ -215,4 +216,68 @@ func TestDirectPathRetired(t *testing.T) {
 	if !f.gw.routed("two-again", testTimeout) {
 		t.Fatal("the direct path's flow moved")
 	}
+}
+
+// TestDirectPathForwarder: an answer with the relay's forwarder (a port at
+// the relay's address) makes the agent dial it when the gateway's own
+// candidates do not answer, a little after them, and prefer a candidate of
+// the gateway that does. (The forwarder is played by a gateway listening
+// at the relay's address, 127.0.0.1: to the agent it is the gateway.)
+func TestDirectPathForwarder(t *testing.T) {
+	portOf := func(sv *server) uint16 { return netip.MustParseAddrPort(sv.addr()).Port() }
+	answer := func(f *directFixture, fwd uint16, cands ...string) (*tunnel.Offer, time.Time) {
+		o := next[tunnel.Offer](t, f.relay)
+		var cs []netip.AddrPort
+		for _, c := range cands {
+			cs = append(cs, netip.MustParseAddrPort(c))
+		}
+		f.relay.session().Send(&tunnel.Answer{Type: tunnel.MessageAnswer, SessionID: o.SessionID, Service: "web",
+			Candidates: cs, Gateway: "ops/gateway/gw1", ForwardPort: fwd})
+		return o, time.Now()
+	}
+	t.Run("the gateway's candidates do not answer", func(t *testing.T) {
+		f := newDirectFixture(t)
+		f.flow("one")
+		o, sent := answer(f, portOf(f.gw), "127.0.0.1:9")
+		res := next[tunnel.Result](t, f.relay)
+		if res.SessionID != o.SessionID || !res.Success || res.Address.String() != f.gw.addr() {
+			t.Fatalf("result %+v, want success through %s", res, f.gw.addr())
+		}
+		if d := time.Since(sent); d < forwardDelay {
+			t.Errorf("the forwarder answered %v after the answer: dialled before the gateway's candidates had %v", d, forwardDelay)
+		}
+		f.flow("two")
+		if !f.gw.routed("two", testTimeout) {
+			t.Fatal("a new flow did not take the forwarded path")
+		}
+	})
+	t.Run("a candidate of the gateway that answers is preferred", func(t *testing.T) {
+		f := newDirectFixture(t)
+		fwd := startServer(t, f.pki, gatewayReq, nil) // would answer too, had it been dialled
+		f.flow("one")
+		o, _ := answer(f, portOf(fwd), f.gw.addr())
+		res := next[tunnel.Result](t, f.relay)
+		if res.SessionID != o.SessionID || !res.Success || res.Address.String() != f.gw.addr() {
+			t.Fatalf("result %+v, want success through %s", res, f.gw.addr())
+		}
+		time.Sleep(forwardDelay + 200*time.Millisecond)
+		fwd.mu.Lock()
+		dialled := fwd.last != nil
+		fwd.mu.Unlock()
+		if dialled {
+			t.Error("the forwarder was dialled although the gateway had answered")
+		}
+	})
+	t.Run("the forwarder alone, and it fails", func(t *testing.T) {
+		f := newDirectFixture(t)
+		f.flow("one")
+		o, _ := answer(f, 9)
+		if res := next[tunnel.Result](t, f.relay); res.SessionID != o.SessionID || res.Success {
+			t.Fatalf("result %+v, want a failure", res)
+		}
+		f.flow("two")
+		if !f.relay.routed("two", testTimeout) {
+			t.Fatal("the relay does not carry new flows after a failed attempt")
+		}
+	})
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -16,7 +17,10 @@ import (
 type path struct {
 	gateway string         // the gateway's identity, as the relay vouched for it
 	addr    netip.AddrPort // the candidate that answered
-	s       *tunnel.Session
+	// forwarded: addr is the relay's forwarder (docs/direct-path.md,
+	// "Forwarded paths"); the session is still end to end.
+	forwarded bool
+	s         *tunnel.Session
 
 	dead     atomic.Bool   // set when its liveness check failed or it ended
 	used     atomic.Uint64 // packets the router sent on it
@@ -29,39 +33,64 @@ type path struct {
 
 // dial connects to the first of cands that answers within
 // directDialTimeout, all at once, and reports to the manager as soon as
-// one did (or all failed). Connections that answer later are closed.
-func (d *direct) dial(r dialed, cands []netip.AddrPort) {
-	ctx, cancel := context.WithTimeout(d.ctx, directDialTimeout)
+// one did (or all failed). The relay's forwarder, when valid, is dialled
+// forwardDelay later unless a candidate answered by then. Connections
+// that answer later are closed.
+func (d *direct) dial(r dialed, cands []netip.AddrPort, forwarded netip.AddrPort) {
+	ctx, cancel := context.WithTimeout(d.ctx, directDialTimeout+forwardDelay)
 	cfg := tunnel.DialConfig{
 		Credentials:    d.a.creds,
 		ExpectIdentity: r.gateway,
 		Hello:          d.a.hello(),
 		Registerer:     d.a.m.reg,
 	}
-	results := make(chan dialed, len(cands))
+	n := len(cands)
+	if forwarded.IsValid() {
+		n++
+	}
+	results := make(chan dialed, n)
+	won := make(chan struct{}) // closed once a connection answered
+	try := func(c netip.AddrPort, fwd bool) {
+		cctx, ccancel := context.WithTimeout(ctx, directDialTimeout)
+		defer ccancel()
+		s, err := tunnel.Dial(cctx, c.String(), cfg, d.a.root.With("component", "direct"))
+		results <- dialed{s: s, addr: c, forwarded: fwd, err: err}
+	}
 	for _, c := range cands {
+		d.wg.Go(func() { try(c, false) })
+	}
+	if forwarded.IsValid() {
 		d.wg.Go(func() {
-			s, err := tunnel.Dial(ctx, c.String(), cfg, d.a.root.With("component", "direct"))
-			results <- dialed{s: s, addr: c, err: err}
+			t := time.NewTimer(forwardDelay)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				try(forwarded, true)
+			case <-won:
+				results <- dialed{addr: forwarded, forwarded: true, err: errors.New("not needed")}
+			case <-ctx.Done():
+				results <- dialed{addr: forwarded, forwarded: true, err: ctx.Err()}
+			}
 		})
 	}
 	d.wg.Go(func() {
 		defer cancel()
 		var errs []error
 		reported := false
-		for range cands {
+		for range n {
 			res := <-results
 			switch {
 			case res.s != nil && !reported:
 				reported = true
-				r.s, r.addr = res.s, res.addr
+				close(won)
+				r.s, r.addr, r.forwarded = res.s, res.addr, res.forwarded
 				if !d.event(r) {
 					_ = res.s.Close("agent shutting down")
 				}
 			case res.s != nil:
 				_ = res.s.Close("another candidate answered first")
 			default:
-				errs = append(errs, res.err)
+				errs = append(errs, fmt.Errorf("%s: %w", res.addr, res.err))
 			}
 		}
 		if !reported {
@@ -73,8 +102,8 @@ func (d *direct) dial(r dialed, cands []netip.AddrPort) {
 
 // startPath starts the goroutines of a new direct session: the gateway's
 // packets to the TUN, its control messages, the liveness check.
-func (d *direct) startPath(gateway string, addr netip.AddrPort, s *tunnel.Session) *path {
-	p := &path{gateway: gateway, addr: addr, s: s, services: make(map[string]uint64)}
+func (d *direct) startPath(gateway string, addr netip.AddrPort, forwarded bool, s *tunnel.Session) *path {
+	p := &path{gateway: gateway, addr: addr, forwarded: forwarded, s: s, services: make(map[string]uint64)}
 	p.lastPong.Store(monoclock.Now())
 	if mtu := routedMTU(s.MaxDatagram()); mtu < int(d.a.mtu.Load()) {
 		d.log.Warn("the direct path carries less than the TUN's MTU; larger packets take the relay",

@@ -127,18 +127,19 @@ type rawRelayFile struct {
 }
 
 type rawRelaySection struct {
-	Name        string `toml:"name"`
-	Listen      string `toml:"listen"`
-	StateDir    string `toml:"state_dir"`
-	Pool        string `toml:"pool"`
-	Pool6       string `toml:"pool6"`
-	Zone        string `toml:"zone"`
-	TTL         string `toml:"ttl"`
-	Cert        string `toml:"cert"`
-	Key         string `toml:"key"`
-	CA          string `toml:"ca"`
-	Insecure    bool   `toml:"insecure_allow_unauthenticated"`
-	VIPHoldDown string `toml:"vip_hold_down"`
+	Name         string `toml:"name"`
+	Listen       string `toml:"listen"`
+	StateDir     string `toml:"state_dir"`
+	Pool         string `toml:"pool"`
+	Pool6        string `toml:"pool6"`
+	Zone         string `toml:"zone"`
+	TTL          string `toml:"ttl"`
+	Cert         string `toml:"cert"`
+	Key          string `toml:"key"`
+	CA           string `toml:"ca"`
+	Insecure     bool   `toml:"insecure_allow_unauthenticated"`
+	VIPHoldDown  string `toml:"vip_hold_down"`
+	ForwardPorts string `toml:"forward_ports"`
 }
 
 type rawPin struct {

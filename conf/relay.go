@@ -1,7 +1,9 @@
 package conf
 
 import (
+	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 )
 
@@ -51,10 +53,40 @@ func relayFromTree(name string, tree map[string]any) (*Relay, error) {
 	r.Cert, r.Key, r.CA = v.credentials("relay", sec.Cert, sec.Key, sec.CA, true, !sec.Insecure)
 	r.VIPHoldDown = v.holdDown("relay.vip_hold_down", sec.VIPHoldDown, r.TTL)
 	r.Pins = v.pins(raw.Pins, r.Pool, r.Pool6)
+	r.ForwardPorts = v.portRange("relay.forward_ports", sec.ForwardPorts, r.Listen)
 	if err := v.err(); err != nil {
 		return nil, err
 	}
 	return r, nil
+}
+
+// portRange parses "first-last" or a single port; "" is none. The range
+// must not hold the port of listen (host:port).
+func (v *validator) portRange(path, s, listen string) PortRange {
+	if s == "" {
+		return PortRange{}
+	}
+	first, last, isRange := strings.Cut(strings.TrimSpace(s), "-")
+	if !isRange {
+		last = first
+	}
+	lo, err1 := strconv.ParseUint(strings.TrimSpace(first), 10, 16)
+	hi, err2 := strconv.ParseUint(strings.TrimSpace(last), 10, 16)
+	switch {
+	case err1 != nil || err2 != nil || lo == 0 || hi == 0:
+		v.addf(path, "%q is not a port 1..65535 or a range of them (\"4440-4471\")", s)
+		return PortRange{}
+	case lo > hi:
+		v.addf(path, "%q: the first port is above the last", s)
+		return PortRange{}
+	}
+	if _, port, err := net.SplitHostPort(listen); err == nil {
+		if n, err := strconv.ParseUint(port, 10, 16); err == nil && n >= lo && n <= hi {
+			v.addf(path, "%q holds the listen port %d", s, n)
+			return PortRange{}
+		}
+	}
+	return PortRange{First: uint16(lo), Last: uint16(hi)}
 }
 
 // pins validates the relay's [[pin]] tables: each VIP inside its family's

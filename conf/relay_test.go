@@ -50,6 +50,7 @@ pool6 = "fd00:8::/64"
 zone = "Corp.Internal."
 ttl = "10s"
 vip_hold_down = "1m"
+forward_ports = "4450-4481"
 [api]
 listen = "off"
 [[pin]]
@@ -69,7 +70,7 @@ vip = "10.8.255.254"
 		Name: "relay1", Listen: "[::]:4443", StateDir: "/srv/relay",
 		Pool: netip.MustParsePrefix("10.8.0.0/16"), Pool6: netip.MustParsePrefix("fd00:8::/64"),
 		Zone: "corp.internal.", TTL: 10 * time.Second, Cert: "/dev/null", Key: "/dev/null", Insecure: true,
-		VIPHoldDown: time.Minute,
+		VIPHoldDown: time.Minute, ForwardPorts: PortRange{First: 4450, Last: 4481},
 		Pins: []Pin{
 			{Service: "web", VIP: netip.MustParseAddr("10.8.0.10")},
 			{Service: "web", VIP: netip.MustParseAddr("fd00:8::10")},
@@ -96,6 +97,14 @@ func TestParseRelayInvalid(t *testing.T) {
 			`relay.toml: relay.pool: 10.100.0.0/31 is too small`, "relay.toml: relay.pool6: fd00::/40: an IPv6 pool is a /64 to a /126",
 			`relay.toml: relay.zone: "a b" is not a domain name`, "relay.toml: relay.ttl: 0s is out of range 1s..24h",
 			`relay.toml: relay.listen: "4433" is not host:port`}},
+		{"forward ports", insecureRelay + "forward_ports = \"4433-4440\"\n", []string{
+			`relay.toml: relay.forward_ports: "4433-4440" holds the listen port 4433`}},
+		{"forward ports reversed", insecureRelay + "forward_ports = \"5000-4999\"\n", []string{
+			`relay.toml: relay.forward_ports: "5000-4999": the first port is above the last`}},
+		{"forward ports not numbers", insecureRelay + "forward_ports = \"high\"\n", []string{
+			`relay.toml: relay.forward_ports: "high" is not a port 1..65535 or a range of them ("4440-4471")`}},
+		{"forward port 0", insecureRelay + "forward_ports = \"0-10\"\n", []string{
+			`relay.toml: relay.forward_ports: "0-10" is not a port 1..65535 or a range of them ("4440-4471")`}},
 		{"hold-down shorter than the TTL", insecureRelay + "ttl = \"1m\"\nvip_hold_down = \"30s\"\n", []string{
 			"relay.toml: relay.vip_hold_down: 30s is shorter than the DNS TTL 1m0s"}},
 		{"pins", insecureRelay + `

@@ -2,6 +2,7 @@ package conf
 
 import (
 	"net/netip"
+	"strconv"
 	"time"
 
 	"github.com/ztgate/ztgate/catalog"
@@ -121,6 +122,29 @@ type Relay struct {
 	API         API
 	// Pins are central VIP pins: [[pin]] service = "web", vip = "10.100.0.10".
 	Pins []Pin
+	// ForwardPorts is the range of UDP ports (on the listen address) of
+	// the relay's forwarded paths (forward_ports = "4440-4471";
+	// docs/direct-path.md); the zero value turns forwarding off.
+	ForwardPorts PortRange
+}
+
+// PortRange is an inclusive range of port numbers; First == 0 is none.
+type PortRange struct{ First, Last uint16 }
+
+// String returns "first-last", or "off" for none.
+func (p PortRange) String() string {
+	if p.First == 0 {
+		return "off"
+	}
+	return strconv.Itoa(int(p.First)) + "-" + strconv.Itoa(int(p.Last))
+}
+
+// Len returns how many ports the range holds.
+func (p PortRange) Len() int {
+	if p.First == 0 {
+		return 0
+	}
+	return int(p.Last) - int(p.First) + 1
 }
 
 // Pin fixes the VIP of a service at the relay.

@@ -119,13 +119,7 @@ backends = ["192.0.2.10"]
 	r.directFirewall(t, "out")
 	agent := r.startAgent("a1", "acme")
 	a1 := r.agents["a1"]
-	var vip string
-	eventually(t, 15*time.Second, "bench.ztna.internal resolves", func() error {
-		if vip = r.resolve("a1", "bench.ztna.internal"); vip == "" {
-			return fmt.Errorf("no answer")
-		}
-		return nil
-	})
+	vip := r.waitResolve(t, "a1", "bench.ztna.internal")
 	eventually(t, 10*time.Second, "the agent path carries TCP", func() error {
 		_, err := r.try(a1, 5*time.Second, r.backendBin, "-latency", vip+":7", "-n", "10")
 		return err

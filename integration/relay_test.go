@@ -31,6 +31,7 @@ type relayTopo struct {
 	relayProc, gwProc *proc
 	agentProcs        map[string]*proc
 	relayConf, gwConf string
+	relayExtra        string // lines for the [relay] section of the default relay configuration
 }
 
 func newRelayTopo(t *testing.T, agents ...string) *relayTopo {
@@ -90,9 +91,10 @@ state_dir = "%s/relay-state"
 cert = "%s/relay1.crt"
 key = "%s/relay1.key"
 ca = "%s/ca.crt"
+%s
 [api]
 listen = "127.0.0.1:7781"
-`, r.dir, r.pki, r.pki, r.pki))
+`, r.dir, r.pki, r.pki, r.pki, r.relayExtra))
 	}
 	r.relayProc = r.start(r.relay, "ztgate relay", profiled(r.ztgate, "relay", "-config", r.relayConf, "-log-format", "text")...)
 	r.relayProc.waitOutput(r.t, "relay started", 15*time.Second)
@@ -195,6 +197,20 @@ func issueSANLess(t testing.TB, dir, name string) {
 func (r *relayTopo) resolve(agent, name string) string {
 	out, _ := r.try(r.agents[agent], 10*time.Second, "dig", "+short", "+time=2", "+tries=1", "@10.100.0.1", name)
 	return strings.TrimSpace(out)
+}
+
+// waitResolve waits up to 15 s for the agent's DNS to answer name and
+// returns the answer.
+func (r *relayTopo) waitResolve(t *testing.T, agent, name string) string {
+	t.Helper()
+	var vip string
+	eventually(t, 15*time.Second, name+" resolves", func() error {
+		if vip = r.resolve(agent, name); vip == "" {
+			return fmt.Errorf("no answer")
+		}
+		return nil
+	})
+	return vip
 }
 
 // TestRelayAgents is issue 7 tried as a new user would.

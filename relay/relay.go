@@ -70,6 +70,8 @@ type Relay struct {
 	sigMu sync.Mutex
 	sig   *signaling // guarded by sigMu
 
+	fwd *forwarding // nil without forward_ports
+
 	ctx    context.Context    // cancelled by Close
 	cancel context.CancelFunc // cancels ctx
 	wg     sync.WaitGroup     // accept loop, sessions, API, stale release
@@ -108,6 +110,7 @@ func New(cfg *conf.Relay, opts Options, log *slog.Logger) (*Relay, error) {
 		drained:  make(map[string]bool),
 		sig:      newSignaling(),
 	}
+	r.fwd = newForwarding(cfg.ForwardPorts, cfg.Listen, newForwardMetrics(r.m.reg), r.root.With("component", "forward"))
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	pool, warnings, err := catalog.OpenPool(catalog.PoolConfig{
 		Prefix: cfg.Pool, Prefix6: cfg.Pool6, StateDir: cfg.StateDir, HoldDown: cfg.VIPHoldDown, Now: opts.Now,
@@ -182,7 +185,7 @@ func (r *Relay) Start() error {
 	go r.releaseStale()
 	go r.janitor()
 	r.log.Info("relay started", "name", r.cfg.Name, "listen", ln.Addr().String(), "pool", r.cfg.Pool,
-		"state", r.pool.Path())
+		"state", r.pool.Path(), "forward_ports", r.cfg.ForwardPorts.String())
 	return nil
 }
 
@@ -202,6 +205,7 @@ func (r *Relay) Close() error {
 			err = errors.Join(err, r.ln.Close())
 		}
 		r.wg.Wait()
+		r.fwd.shutdown()
 		r.log.Info("relay stopped")
 	})
 	return err

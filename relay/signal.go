@@ -77,6 +77,7 @@ type sigSession struct {
 	service string
 	phase   sigPhase
 	expires time.Time
+	fwd     *forwarder // the forwarder offered with the answer, if any
 }
 
 // agentSig names a session as its agent does.

@@ -64,13 +64,24 @@ func (r *Relay) onAnswer(g *gateway, m *tunnel.Answer) {
 	}
 	r.sigMu.Lock()
 	s, reason := r.sig.answer(from, m.SessionID)
+	var port uint16
+	if s != nil && r.fwd != nil {
+		// Opened under sigMu, so that whatever ends the session closes it.
+		target := netip.AddrPortFrom(g.s.RemoteAddr().Addr(), m.Candidates[0].Port())
+		if f, why := r.fwd.open(s.a.id.String(), g.id.String(), s.a.s.RemoteAddr().Addr(), target); f != nil {
+			s.fwd, port = f, f.port
+		} else {
+			r.fwd.m.refused.WithLabelValues(why).Inc()
+			r.log.Info("no forwarder for a direct path", "agent", s.a.id.String(), "gateway", g.id.String(), "reason", why)
+		}
+	}
 	r.sigMu.Unlock()
 	if s == nil {
 		r.rejectSignal(from, m.SessionID, reason, m.Type)
 		return
 	}
 	err := s.a.s.Send(&tunnel.Answer{Type: tunnel.MessageAnswer, SessionID: s.agentID, Service: s.service,
-		Candidates: m.Candidates, Gateway: g.id.String()})
+		Candidates: m.Candidates, Gateway: g.id.String(), ForwardPort: port})
 	if err != nil {
 		r.endSignal(s, outcomePeerGone, party{a: s.a}, tunnel.CodePeerGone, "the agent's session ended")
 	}
@@ -92,6 +103,9 @@ func (r *Relay) onResult(a *agent, m *tunnel.Result) {
 	if s == nil {
 		r.rejectSignal(from, m.SessionID, reason, m.Type)
 		return
+	}
+	if !m.Success {
+		s.closeForwarder("the attempt failed")
 	}
 	r.m.sigOutcomes.WithLabelValues(outcome).Inc()
 	_ = s.g.s.Send(&tunnel.Result{Type: tunnel.MessageResult, SessionID: s.legID, Success: m.Success, Address: m.Address})
@@ -115,6 +129,7 @@ func (r *Relay) onSignalError(from party, m *tunnel.ErrorMessage) {
 		r.rejectSignal(from, 0, reason, m.Type)
 		return
 	}
+	s.closeForwarder("the session was aborted")
 	r.m.sigOutcomes.WithLabelValues(outcomeAborted).Inc()
 	r.notifySignal(s, s.other(from), m.Code, m.Message)
 }
@@ -145,8 +160,16 @@ func (r *Relay) endSignal(s *sigSession, outcome string, gone party, code, messa
 	}
 	r.updateSignalGauges()
 	r.sigMu.Unlock()
+	s.closeForwarder("the session ended: " + outcome)
 	r.m.sigOutcomes.WithLabelValues(outcome).Inc()
 	r.notifySignal(s, s.other(gone), code, message)
+}
+
+// closeForwarder closes the forwarder of a session that did not succeed.
+func (s *sigSession) closeForwarder(why string) {
+	if s.fwd != nil {
+		s.fwd.close(why)
+	}
 }
 
 // notifySignal sends one party of a session an error under its own id.
@@ -179,6 +202,9 @@ func (r *Relay) takeSignals(outcome string, take func(*signaling) []*sigSession)
 	ended := take(r.sig)
 	r.updateSignalGauges()
 	r.sigMu.Unlock()
+	for _, s := range ended {
+		s.closeForwarder("the session ended: " + outcome)
+	}
 	r.m.sigOutcomes.WithLabelValues(outcome).Add(float64(len(ended)))
 	return ended
 }

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -209,4 +210,65 @@ func TestSignalingThroughRelay(t *testing.T) {
 			t.Errorf("metrics:\n%s", body)
 		}
 	})
+}
+
+// TestSignalingForwarder: a relay with forward_ports passes each answer to
+// the agent with a forwarder's port. The forwarder sends only to the
+// gateway's listen port at the address the gateway's relay session comes
+// from (here 127.0.0.1, whatever the candidates say), carries the agent's
+// datagrams there, and closes when the attempt fails.
+func TestSignalingForwarder(t *testing.T) {
+	p := newPKI(t)
+	cfg := p.relayConfig(t.TempDir())
+	cfg.ForwardPorts = freePorts(t, 4)
+	r := startRelay(t, cfg)
+	addr := r.Addr().String()
+	listener := udpAt(t, "127.0.0.1:0") // the gateway's [tunnel] listen
+	lport := addrOf(listener).Port()
+	gw := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	cands := []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), lport)}
+	gw.registerDirect(cands, svc("web", "acme"))
+	a := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a1"), agentHello("a1"))
+	waitFor(t, "candidates stored", func() bool {
+		r.mu.RLock()
+		defer r.mu.RUnlock()
+		for g := range r.gateways {
+			return len(g.candidates) == 1
+		}
+		return false
+	})
+	live := func() float64 { return testutil.ToFloat64(r.fwd.m.live) }
+
+	attempt := func(id uint64, success bool) uint16 {
+		a.s.Send(&tunnel.Offer{Type: tunnel.MessageOffer, SessionID: id, Service: "web"})
+		offer := next[tunnel.Offer](gw)
+		gw.s.Send(&tunnel.Answer{Type: tunnel.MessageAnswer, SessionID: offer.SessionID, Candidates: cands})
+		ans := next[tunnel.Answer](a)
+		if ans.SessionID != id || ans.ForwardPort < cfg.ForwardPorts.First || ans.ForwardPort > cfg.ForwardPorts.Last {
+			t.Fatalf("agent got %+v, want a forward port in %v", ans, cfg.ForwardPorts)
+		}
+		if live() != 1 {
+			t.Fatalf("%v forwarders live", live())
+		}
+		fwd := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ans.ForwardPort)
+		agentSock := udpAt(t, "127.0.0.1:0")
+		send(t, agentSock, fwd, false, []byte("initial"))
+		if got, _ := recv(t, listener, 1); string(got[0]) != "initial" {
+			t.Fatalf("the listener got %q", got[0])
+		}
+		a.s.Send(&tunnel.Result{Type: tunnel.MessageResult, SessionID: id, Success: success})
+		next[tunnel.Result](gw)
+		return ans.ForwardPort
+	}
+	attempt(7, false)
+	waitFor(t, "the failed attempt's forwarder closed", func() bool { return live() == 0 })
+	attempt(8, true)
+	time.Sleep(100 * time.Millisecond)
+	if live() != 1 {
+		t.Fatalf("the path's forwarder: %v live", live())
+	}
+	r.Close()
+	if live() != 0 {
+		t.Fatalf("%v forwarders live after the relay closed", live())
+	}
 }

@@ -42,6 +42,11 @@ type Answer struct {
 	Service    string           `json:"service,omitempty"`
 	Candidates []netip.AddrPort `json:"candidates"`
 	Gateway    string           `json:"gateway,omitempty"`
+	// ForwardPort, set by a relay with forward_ports for the agent, is a
+	// UDP port at the relay's address (the one the agent's session
+	// reaches) that forwards to the gateway's listener: a candidate the
+	// agent dials when the gateway's own do not answer.
+	ForwardPort uint16 `json:"forward_port,omitempty"`
 }
 
 // Result ends a signaling session: whether the agent's direct connection

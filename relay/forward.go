@@ -1,0 +1,349 @@
+package relay
+
+import (
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+
+	"github.com/ztgate/ztgate/conf"
+	"github.com/ztgate/ztgate/internal/monoclock"
+	"github.com/ztgate/ztgate/internal/udpseg"
+)
+
+// Forwarded paths (docs/direct-path.md, "Forwarded paths"). When the relay
+// has forward_ports, every answer it passes to an agent also names one of
+// those ports: a forwarder that carries the agent's UDP to the gateway's
+// [tunnel] listen and back, without looking inside. The agent dials the
+// gateway through it with the same mutual TLS as a direct path, so the
+// session is end to end: the relay holds no key of it and sees only QUIC
+// packets. It costs the relay two system calls per run of datagrams
+// instead of a QUIC hop's decryption, encryption and bookkeeping for each.
+//
+// A forwarder only ever sends to one address: the gateway's listen port at
+// the address the gateway's own relay session comes from (so a gateway
+// cannot make the relay send anywhere else), and back to one agent socket:
+// the first that sends from the address the agent's relay session comes
+// from. Everything else is dropped and counted.
+const (
+	// forwardPerAgent bounds the forwarders of one agent identity: one per
+	// gateway it has a path to, and an agent's paths serve every service
+	// of their gateway.
+	forwardPerAgent = 8
+	// forwardLockWait is how long a forwarder waits for the agent's first
+	// packet before it closes: the signaling session's TTL and a margin.
+	forwardLockWait = signalTTL + 5*time.Second
+	// forwardIdle closes a forwarder that carried nothing either way for
+	// this long: more than QUIC's idle timeout, so the session it carried
+	// is gone (the agent pings a live path every 200 ms).
+	forwardIdle = 35 * time.Second
+	// forwardBuf is a read's room: a run of datagrams (UDP GRO) is at most
+	// 64 KiB.
+	forwardBuf = 1 << 16
+)
+
+// Why a forwarder dropped a packet (ztgate_relay_forward_dropped_total).
+const (
+	fwdDropSource  = "foreign_source" // not from the agent socket that locked the forwarder
+	fwdDropNoAgent = "no_agent"       // from the gateway before the agent's first packet
+	fwdDropSend    = "send_failed"    // the next hop's socket did not take it
+)
+
+// Why no forwarder was offered (ztgate_relay_forwarders_refused_total).
+const (
+	fwdRefuseNoPort   = "no_port"   // every port of the range is in use
+	fwdRefuseAgentCap = "agent_cap" // the agent has forwardPerAgent already
+	fwdRefuseTarget   = "no_target" // the gateway's session address or listen port is unusable
+)
+
+// Forwarding directions, as in ztgate_relay_datagrams_total.
+const (
+	fwdUp   = 0 // agent → gateway
+	fwdDown = 1 // gateway → agent
+)
+
+var fwdDirections = [2]string{"agent_to_gateway", "gateway_to_agent"}
+
+// forwardMetrics are the collectors of the forwarders.
+type forwardMetrics struct {
+	live      prometheus.Gauge
+	refused   *prometheus.CounterVec
+	datagrams [2]prometheus.Counter
+	bytes     [2]prometheus.Counter
+	dropped   *prometheus.CounterVec
+}
+
+func newForwardMetrics(reg prometheus.Registerer) *forwardMetrics {
+	m := &forwardMetrics{
+		live: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ztgate_relay_forwarders",
+			Help: "Forwarders of forwarded paths open (each holds one port of forward_ports)."}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ztgate_relay_forwarders_refused_total",
+			Help: "Answers passed to agents without a forwarder, by reason."}, []string{"reason"}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ztgate_relay_forward_dropped_total",
+			Help: "Packets forwarders dropped, by reason."}, []string{"reason"}),
+	}
+	dg := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ztgate_relay_forwarded_datagrams_total",
+		Help: "UDP datagrams forwarders carried, by direction."}, []string{"direction"})
+	by := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ztgate_relay_forwarded_bytes_total",
+		Help: "UDP payload bytes forwarders carried, by direction."}, []string{"direction"})
+	for i, d := range fwdDirections {
+		m.datagrams[i], m.bytes[i] = dg.WithLabelValues(d), by.WithLabelValues(d)
+	}
+	for _, r := range []string{fwdRefuseNoPort, fwdRefuseAgentCap, fwdRefuseTarget} {
+		m.refused.WithLabelValues(r)
+	}
+	for _, r := range []string{fwdDropSource, fwdDropNoAgent, fwdDropSend} {
+		m.dropped.WithLabelValues(r)
+	}
+	reg.MustRegister(m.live, m.refused, m.dropped, dg, by)
+	return m
+}
+
+// forwarding owns the relay's forwarders.
+type forwarding struct {
+	ports conf.PortRange
+	host  string // the listen address's host, where the ports are bound
+	log   *slog.Logger
+	m     *forwardMetrics
+	// lockWait and idle are forwardLockWait and forwardIdle (tests
+	// shorten them).
+	lockWait, idle time.Duration
+
+	mu       sync.Mutex
+	closed   bool
+	byPort   map[uint16]*forwarder
+	perAgent map[string]int
+	wg       sync.WaitGroup
+}
+
+// newForwarding returns the forwarding of a relay listening on listen
+// (host:port), or nil when ports is empty.
+func newForwarding(ports conf.PortRange, listen string, m *forwardMetrics, log *slog.Logger) *forwarding {
+	if ports.Len() == 0 {
+		return nil
+	}
+	host, _, _ := net.SplitHostPort(listen)
+	return &forwarding{ports: ports, host: host, log: log, m: m, lockWait: forwardLockWait, idle: forwardIdle,
+		byPort: make(map[uint16]*forwarder), perAgent: make(map[string]int)}
+}
+
+// forwarder carries one forwarded path's datagrams.
+type forwarder struct {
+	fw      *forwarding
+	agent   string     // the agent's identity, for the cap and logs
+	gateway string     // the gateway's identity, for logs
+	agentIP netip.Addr // where the agent's relay session comes from
+	target  netip.AddrPort
+	port    uint16
+	aconn   *net.UDPConn // bound to port: the agent's side
+	gconn   *net.UDPConn // connected to target
+
+	peer atomic.Pointer[netip.AddrPort] // the agent socket, once its first packet came
+	last atomic.Int64                   // monoclock of the last packet carried
+	once sync.Once
+}
+
+// open starts a forwarder from agentIP to target for agent, or returns
+// the reason (a refusal label) it cannot.
+func (fw *forwarding) open(agent, gateway string, agentIP netip.Addr, target netip.AddrPort) (*forwarder, string) {
+	agentIP, target = agentIP.Unmap(), netip.AddrPortFrom(target.Addr().Unmap(), target.Port())
+	if !agentIP.IsValid() || !target.Addr().IsValid() || target.Port() == 0 || target.Addr().IsUnspecified() || target.Addr().IsMulticast() {
+		return nil, fwdRefuseTarget
+	}
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.closed {
+		return nil, fwdRefuseNoPort
+	}
+	if fw.perAgent[agent] >= forwardPerAgent {
+		return nil, fwdRefuseAgentCap
+	}
+	gconn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(target))
+	if err != nil {
+		fw.log.Warn("forwarder: cannot reach the gateway's listener", "gateway", gateway, "target", target.String(), "err", err)
+		return nil, fwdRefuseTarget
+	}
+	n := fw.ports.Len()
+	start := rand.IntN(n)
+	for i := range n {
+		port := fw.ports.First + uint16((start+i)%n)
+		if fw.byPort[port] != nil {
+			continue
+		}
+		pc, err := net.ListenPacket("udp", net.JoinHostPort(fw.host, strconv.Itoa(int(port))))
+		if err != nil {
+			continue // taken by another process
+		}
+		f := &forwarder{fw: fw, agent: agent, gateway: gateway, agentIP: agentIP, target: target, port: port,
+			aconn: pc.(*net.UDPConn), gconn: gconn}
+		f.last.Store(monoclock.Now())
+		fw.byPort[port] = f
+		fw.perAgent[agent]++
+		fw.m.live.Inc()
+		fw.wg.Add(2)
+		go f.up()
+		go f.down()
+		fw.log.Debug("forwarder open", "agent", agent, "gateway", gateway, "port", port, "target", target.String())
+		return f, ""
+	}
+	_ = gconn.Close()
+	return nil, fwdRefuseNoPort
+}
+
+// close closes f (idempotent): its goroutines end.
+func (f *forwarder) close(why string) {
+	f.once.Do(func() {
+		_ = f.aconn.Close()
+		_ = f.gconn.Close()
+		fw := f.fw
+		fw.mu.Lock()
+		delete(fw.byPort, f.port)
+		if fw.perAgent[f.agent]--; fw.perAgent[f.agent] <= 0 {
+			delete(fw.perAgent, f.agent)
+		}
+		fw.mu.Unlock()
+		fw.m.live.Dec()
+		fw.log.Info("forwarder closed", "agent", f.agent, "gateway", f.gateway, "port", f.port, "reason", why)
+	})
+}
+
+// shutdown closes every forwarder and waits for their goroutines.
+func (fw *forwarding) shutdown() {
+	if fw == nil {
+		return
+	}
+	fw.mu.Lock()
+	fw.closed = true
+	all := make([]*forwarder, 0, len(fw.byPort))
+	for _, f := range fw.byPort {
+		all = append(all, f)
+	}
+	fw.mu.Unlock()
+	for _, f := range all {
+		f.close("relay shutting down")
+	}
+	fw.wg.Wait()
+}
+
+// up carries the agent's datagrams to the gateway. The first packet from
+// the agent's address locks the forwarder to its socket; the read deadline
+// closes a forwarder the agent never used or that went idle.
+func (f *forwarder) up() {
+	defer f.fw.wg.Done()
+	defer f.close("agent side ended")
+	buf, oob, soob := make([]byte, forwardBuf), make([]byte, udpseg.GROCmsgSpace), make([]byte, udpseg.CmsgSpace)
+	udpseg.EnableGRO(f.aconn)
+	gso := udpseg.GSO()
+	_ = f.aconn.SetReadDeadline(time.Now().Add(f.fw.lockWait))
+	for {
+		n, oobn, _, from, err := f.aconn.ReadMsgUDPAddrPort(buf, oob)
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if why := f.expired(); why != "" {
+					f.close(why)
+					return
+				}
+				continue
+			}
+			return // closed
+		}
+		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+		peer := f.peer.Load()
+		switch {
+		case peer == nil && from.Addr() == f.agentIP:
+			f.peer.Store(&from)
+			_ = f.aconn.SetReadDeadline(time.Now().Add(f.fw.idle))
+			f.fw.log.Info("forwarder carries a path", "agent", f.agent, "gateway", f.gateway, "port", f.port,
+				"from", from.String(), "target", f.target.String())
+		case peer == nil || *peer != from:
+			f.fw.m.dropped.WithLabelValues(fwdDropSource).Inc()
+			continue
+		}
+		f.last.Store(monoclock.Now())
+		f.carry(fwdUp, f.gconn, netip.AddrPort{}, buf[:n], udpseg.GROSize(oob[:oobn]), soob, &gso)
+	}
+}
+
+// down carries the gateway's datagrams to the agent socket that locked
+// the forwarder. gconn is connected: the kernel takes only the target's.
+func (f *forwarder) down() {
+	defer f.fw.wg.Done()
+	defer f.close("gateway side ended")
+	buf, oob, soob := make([]byte, forwardBuf), make([]byte, udpseg.GROCmsgSpace), make([]byte, udpseg.CmsgSpace)
+	udpseg.EnableGRO(f.gconn)
+	gso := udpseg.GSO()
+	for {
+		n, oobn, _, _, err := f.gconn.ReadMsgUDPAddrPort(buf, oob)
+		if err != nil {
+			if errors.Is(err, unix.ECONNREFUSED) {
+				continue // an ICMP error of an earlier send; the session's own timers decide
+			}
+			return // closed
+		}
+		peer := f.peer.Load()
+		if peer == nil {
+			f.fw.m.dropped.WithLabelValues(fwdDropNoAgent).Inc()
+			continue
+		}
+		f.last.Store(monoclock.Now())
+		f.carry(fwdDown, f.aconn, *peer, buf[:n], udpseg.GROSize(oob[:oobn]), soob, &gso)
+	}
+}
+
+// expired reports why f should close at a read deadline ("" to go on).
+func (f *forwarder) expired() string {
+	if f.peer.Load() == nil {
+		return "the agent never sent"
+	}
+	idle := time.Duration(monoclock.Now() - f.last.Load())
+	if idle >= f.fw.idle {
+		return "idle"
+	}
+	_ = f.aconn.SetReadDeadline(time.Now().Add(f.fw.idle - idle))
+	return ""
+}
+
+// carry sends a run of datagrams (size bytes each but the last; size 0 is
+// one datagram) on c, to addr unless c is connected: in one GSO send when
+// the run has several, one by one when the path refuses GSO (which turns
+// it off for this direction).
+func (f *forwarder) carry(dir int, c *net.UDPConn, addr netip.AddrPort, b []byte, size int, soob []byte, gso *bool) {
+	segs := udpseg.Segments(len(b), size)
+	m := f.fw.m
+	if segs > 1 && *gso {
+		_, _, err := c.WriteMsgUDPAddrPort(b, udpseg.PutSegmentSize(soob, size), addr)
+		switch {
+		case err == nil:
+			m.datagrams[dir].Add(float64(segs))
+			m.bytes[dir].Add(float64(len(b)))
+			return
+		case udpseg.Refused(err) || errors.Is(err, unix.EMSGSIZE):
+			*gso = false
+		default:
+			m.dropped.WithLabelValues(fwdDropSend).Add(float64(segs))
+			return
+		}
+	}
+	if size <= 0 {
+		size = len(b)
+	}
+	for len(b) > 0 {
+		d := b[:min(size, len(b))]
+		b = b[len(d):]
+		if _, _, err := c.WriteMsgUDPAddrPort(d, nil, addr); err != nil {
+			m.dropped.WithLabelValues(fwdDropSend).Inc()
+			continue
+		}
+		m.datagrams[dir].Inc()
+		m.bytes[dir].Add(float64(len(d)))
+	}
+}

@@ -1,0 +1,297 @@
+package relay
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ztgate/ztgate/conf"
+	"github.com/ztgate/ztgate/internal/udpseg"
+)
+
+// freePorts finds n consecutive UDP ports free on 127.0.0.1.
+func freePorts(t *testing.T, n int) conf.PortRange {
+	t.Helper()
+	for range 50 {
+		first := 40000 + rand.IntN(20000)
+		ok := true
+		for p := first; p < first+n && ok; p++ {
+			c, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
+			if err != nil {
+				ok = false
+				continue
+			}
+			c.Close()
+		}
+		if ok {
+			return conf.PortRange{First: uint16(first), Last: uint16(first + n - 1)}
+		}
+	}
+	t.Fatal("no free ports")
+	return conf.PortRange{}
+}
+
+// newTestForwarding returns a forwarding on 127.0.0.1 over n ports.
+func newTestForwarding(t *testing.T, n int) *forwarding {
+	t.Helper()
+	fw := newForwarding(freePorts(t, n), "127.0.0.1:4433", newForwardMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
+	t.Cleanup(fw.shutdown)
+	return fw
+}
+
+// udpAt opens a UDP socket on addr ("127.0.0.2:0").
+func udpAt(t *testing.T, addr string) *net.UDPConn {
+	t.Helper()
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func addrOf(c *net.UDPConn) netip.AddrPort { return c.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+// recv reads datagrams from c (cut apart if they came as a GRO run, which
+// they do not here: the test sockets have no GRO) until want of them came,
+// and returns them and the source of the last.
+func recv(t *testing.T, c *net.UDPConn, want int) ([][]byte, netip.AddrPort) {
+	t.Helper()
+	var out [][]byte
+	var from netip.AddrPort
+	buf := make([]byte, 65536)
+	for len(out) < want {
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, src, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("after %d of %d datagrams: %v", len(out), want, err)
+		}
+		out, from = append(out, append([]byte(nil), buf[:n]...)), src
+	}
+	return out, from
+}
+
+// quiet fails if c receives anything within d.
+func quiet(t *testing.T, c *net.UDPConn, d time.Duration) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(d))
+	buf := make([]byte, 2048)
+	if n, src, err := c.ReadFromUDPAddrPort(buf); err == nil {
+		t.Fatalf("got %q from %v", buf[:n], src)
+	}
+}
+
+// send writes payloads from c to dst, as one GSO run when gso is set.
+func send(t *testing.T, c *net.UDPConn, dst netip.AddrPort, gso bool, payloads ...[]byte) {
+	t.Helper()
+	if gso {
+		var run []byte
+		for _, p := range payloads {
+			run = append(run, p...)
+		}
+		if _, _, err := c.WriteMsgUDPAddrPort(run, udpseg.PutSegmentSize(make([]byte, udpseg.CmsgSpace), len(payloads[0])), dst); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	for _, p := range payloads {
+		if _, err := c.WriteToUDPAddrPort(p, dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func fwdDropped(fw *forwarding, reason string) float64 {
+	return testutil.ToFloat64(fw.m.dropped.WithLabelValues(reason))
+}
+
+// TestForwarder carries datagrams between an agent socket and a gateway
+// socket: only from the agent's address, locked to the first socket that
+// sends from there, only to the gateway's target, runs of datagrams (GSO)
+// intact both ways.
+func TestForwarder(t *testing.T) {
+	fw := newTestForwarding(t, 4)
+	gw := udpAt(t, "127.0.0.1:0")
+	agentSock := udpAt(t, "127.0.0.2:0")
+	other := udpAt(t, "127.0.0.2:0")
+	stranger := udpAt(t, "127.0.0.3:0")
+	f, why := fw.open("acme/agent/a1", "acme/gateway/gw1", netip.MustParseAddr("127.0.0.2"), addrOf(gw))
+	if f == nil {
+		t.Fatalf("no forwarder: %s", why)
+	}
+	if f.port < fw.ports.First || f.port > fw.ports.Last {
+		t.Fatalf("port %d outside %v", f.port, fw.ports)
+	}
+	fwdAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), f.port)
+
+	send(t, stranger, fwdAddr, false, []byte("stranger"))
+	time.Sleep(50 * time.Millisecond)
+	if got := fwdDropped(fw, fwdDropSource); got != 1 {
+		t.Fatalf("a stranger's packet: %v dropped, want 1", got)
+	}
+	quiet(t, gw, 50*time.Millisecond)
+
+	// The gateway before the agent: nobody to send it to.
+	gwSide := udpAt(t, "127.0.0.1:0") // not the target: the connected socket ignores it
+	send(t, gwSide, addrOf(f.gconn), false, []byte("not the gateway"))
+	time.Sleep(50 * time.Millisecond)
+	if _, err := gw.WriteToUDPAddrPort([]byte("early"), addrOf(f.gconn)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the early packet dropped", func() bool { return fwdDropped(fw, fwdDropNoAgent) == 1 })
+
+	send(t, agentSock, fwdAddr, false, []byte("hello"))
+	got, from := recv(t, gw, 1)
+	if string(got[0]) != "hello" || from != addrOf(f.gconn) {
+		t.Fatalf("the gateway got %q from %v", got[0], from)
+	}
+	send(t, gw, from, false, []byte("welcome"))
+	got, from = recv(t, agentSock, 1)
+	if string(got[0]) != "welcome" || from != fwdAddr {
+		t.Fatalf("the agent got %q from %v, want from %v", got[0], from, fwdAddr)
+	}
+
+	// Another socket of the agent's address: the forwarder is locked.
+	send(t, other, fwdAddr, false, []byte("hijack"))
+	waitFor(t, "the other socket's packet dropped", func() bool { return fwdDropped(fw, fwdDropSource) == 2 })
+	quiet(t, gw, 50*time.Millisecond)
+
+	for _, dir := range []struct {
+		name     string
+		from, to *net.UDPConn
+		dst      netip.AddrPort
+	}{
+		{"up", agentSock, gw, fwdAddr},
+		{"down", gw, agentSock, addrOf(f.gconn)},
+	} {
+		t.Run("a GSO run "+dir.name, func(t *testing.T) {
+			var want [][]byte
+			for i := range 5 {
+				want = append(want, bytes.Repeat([]byte{byte('a' + i)}, 1200))
+			}
+			want = append(want, []byte("short last"))
+			send(t, dir.from, dir.dst, udpseg.GSO(), want...)
+			got, _ := recv(t, dir.to, len(want))
+			for i := range want {
+				if !bytes.Equal(got[i], want[i]) {
+					t.Fatalf("datagram %d: %d bytes, want %d", i, len(got[i]), len(want[i]))
+				}
+			}
+		})
+	}
+	if up, down := testutil.ToFloat64(fw.m.datagrams[fwdUp]), testutil.ToFloat64(fw.m.datagrams[fwdDown]); up != 7 || down != 7 {
+		t.Errorf("datagrams up %v down %v, want 7 and 7", up, down)
+	}
+	if b := testutil.ToFloat64(fw.m.bytes[fwdUp]); b != 5+5*1200+10 {
+		t.Errorf("bytes up %v", b)
+	}
+	if testutil.ToFloat64(fw.m.live) != 1 {
+		t.Errorf("live %v", testutil.ToFloat64(fw.m.live))
+	}
+	f.close("test")
+	send(t, agentSock, fwdAddr, false, []byte("after close"))
+	quiet(t, gw, 50*time.Millisecond)
+	if testutil.ToFloat64(fw.m.live) != 0 {
+		t.Errorf("live %v after close", testutil.ToFloat64(fw.m.live))
+	}
+}
+
+// TestForwarderLimits: the ports of the range, the cap per agent and the
+// target's checks bound what the forwarders hold.
+func TestForwarderLimits(t *testing.T) {
+	target := netip.MustParseAddrPort("127.0.0.1:9")
+	ip := netip.MustParseAddr("127.0.0.1")
+	t.Run("ports", func(t *testing.T) {
+		fw := newTestForwarding(t, 2)
+		for i := range 2 {
+			if f, why := fw.open(fmt.Sprintf("acme/agent/a%d", i), "g", ip, target); f == nil {
+				t.Fatalf("forwarder %d: %s", i, why)
+			}
+		}
+		if f, why := fw.open("acme/agent/a9", "g", ip, target); f != nil || why != fwdRefuseNoPort {
+			t.Fatalf("a third forwarder on two ports: %v, %q", f, why)
+		}
+	})
+	t.Run("per agent", func(t *testing.T) {
+		fw := newTestForwarding(t, forwardPerAgent+2)
+		var first *forwarder
+		for i := range forwardPerAgent {
+			f, why := fw.open("acme/agent/a1", "g", ip, target)
+			if f == nil {
+				t.Fatalf("forwarder %d: %s", i, why)
+			}
+			first = cmpOr(first, f)
+		}
+		if f, why := fw.open("acme/agent/a1", "g", ip, target); f != nil || why != fwdRefuseAgentCap {
+			t.Fatalf("one more: %v, %q", f, why)
+		}
+		if f, _ := fw.open("acme/agent/a2", "g", ip, target); f == nil {
+			t.Fatal("another agent was refused")
+		}
+		first.close("test")
+		if f, why := fw.open("acme/agent/a1", "g", ip, target); f == nil {
+			t.Fatalf("after one closed: %s", why)
+		}
+	})
+	t.Run("targets", func(t *testing.T) {
+		fw := newTestForwarding(t, 1)
+		for _, bad := range []string{"0.0.0.0:4434", "224.0.0.1:4434", "127.0.0.1:0"} {
+			if f, why := fw.open("acme/agent/a1", "g", ip, netip.MustParseAddrPort(bad)); f != nil || why != fwdRefuseTarget {
+				t.Errorf("target %s: %v, %q", bad, f, why)
+			}
+		}
+		if f, why := fw.open("acme/agent/a1", "g", netip.Addr{}, target); f != nil || why != fwdRefuseTarget {
+			t.Errorf("no agent address: %v, %q", f, why)
+		}
+	})
+}
+
+func cmpOr(a, b *forwarder) *forwarder {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// TestForwarderExpiry: a forwarder the agent never uses closes after the
+// lock wait; one that carried nothing for the idle time closes too, and
+// its port is free again.
+func TestForwarderExpiry(t *testing.T) {
+	fw := newTestForwarding(t, 1)
+	fw.lockWait, fw.idle = 100*time.Millisecond, 300*time.Millisecond
+	gw := udpAt(t, "127.0.0.1:0")
+	ip := netip.MustParseAddr("127.0.0.1")
+	if f, why := fw.open("acme/agent/a1", "g", ip, addrOf(gw)); f == nil {
+		t.Fatal(why)
+	}
+	waitFor(t, "the unused forwarder closed", func() bool { return testutil.ToFloat64(fw.m.live) == 0 })
+
+	f, why := fw.open("acme/agent/a1", "g", ip, addrOf(gw))
+	if f == nil {
+		t.Fatalf("the port was not freed: %s", why)
+	}
+	agentSock := udpAt(t, "127.0.0.1:0")
+	fwdAddr := netip.AddrPortFrom(ip, f.port)
+	start, last := time.Now(), time.Now()
+	for time.Since(start) < 500*time.Millisecond { // busy for longer than the idle time: stays open
+		send(t, agentSock, fwdAddr, false, []byte("keepalive"))
+		recv(t, gw, 1)
+		last = time.Now()
+		time.Sleep(50 * time.Millisecond)
+	}
+	if testutil.ToFloat64(fw.m.live) != 1 {
+		t.Fatal("a busy forwarder closed")
+	}
+	waitFor(t, "the idle forwarder closed", func() bool { return testutil.ToFloat64(fw.m.live) == 0 })
+	if d := time.Since(last); d < 250*time.Millisecond { // the forwarder stamped it a little before recv returned
+		t.Errorf("closed %v after the last packet, before it was idle for 300ms", d)
+	}
+}
