@@ -92,7 +92,7 @@ name = "gw1"
 state_dir = "%s/gw-state"
 [tunnel]
 relay = "203.0.113.13:4433"
-listen = "198.51.100.1:4434"
+listen = "0.0.0.0:4434"
 server_name = "relay.test"
 cert = "%s/gw1.crt"
 key = "%s/gw1.key"
@@ -114,9 +114,12 @@ backends = ["192.0.2.10"]
   [service.health]
   type = "none"
 `, r.dir, r.pki, r.pki, r.pki))
+	r.relayExtra = `forward_ports = "4440-4443"`
 	r.startRelay()
 	r.startGateway()
-	r.directFirewall(t, "out")
+	// The relay's tunnel path first: neither the gateway's listener nor
+	// the relay's forwarder.
+	r.agentFirewall(t, "udp dport { 4434, 4440-4443 }")
 	agent := r.startAgent("a1", "acme")
 	a1 := r.agents["a1"]
 	vip := r.waitResolve(t, "a1", "bench.ztna.internal")
@@ -195,18 +198,36 @@ backends = ["192.0.2.10"]
 	}
 	t.Logf("the relay forwarded %v datagrams up and %v down", up, down)
 
-	// The direct path: agent → gateway over one QUIC hop, the relay only
-	// signalling. New flows offer it once the agent's backoff has passed.
-	r.directFirewall(t, "")
-	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(agent.out.String(), "direct path up") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no direct path:\n%s", agent.out.String())
-		}
-		r.try(a1, 3*time.Second, r.backendBin, "-latency", vip+":7", "-n", "1")
-		time.Sleep(200 * time.Millisecond)
-	}
+	// The forwarded path: agent → gateway over one end-to-end QUIC
+	// session that the relay forwards as UDP. New flows offer a path once
+	// the agent's backoff has passed; the gateway's listener stays out of
+	// reach.
+	r.agentFirewall(t, "udp dport 4434")
+	r.waitPath(t, agent, vip, 1, "relay forwarder")
 	relayUp, relayDown := r.relayData(t)
+	cpu0 = r.procCPU()
+	profile("forwarded")
+	fwdUp, err := r.iperf3(a1, vip, 5201, d, false, 1)
+	t.Logf("CPU seconds during the forwarded upload: %v", r.procCPU().minus(cpu0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fwdDown, err := r.iperf3(a1, vip, 5201, d, true, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fwdLat := latency(vip)
+	if up, down := r.relayData(t); up != relayUp || down != relayDown {
+		t.Fatalf("the relay's tunnel path carried data of the forwarded path: %v/%v → %v/%v datagrams", relayUp, relayDown, up, down)
+	}
+
+	// The direct path: agent → gateway over one QUIC hop on their own
+	// link, the relay only signalling. Closing the forwarder's ports ends
+	// the forwarded path (its sends fail); the gateway's address behind
+	// the relay (which the kernel path's routes reach) stays closed.
+	r.agentFirewall(t, "ip daddr 203.0.113.1 udp dport 4440-4443", "ip daddr 203.0.113.14 udp dport 4434")
+	r.waitPath(t, agent, vip, 2, "direct")
+	relayUp, relayDown = r.relayData(t)
 	cpu0 = r.procCPU()
 	profile("direct")
 	directUp, err := r.iperf3(a1, vip, 5201, d, false, 1)
@@ -232,20 +253,65 @@ backends = ["192.0.2.10"]
 		benchResult{Case: "agent_tcp_up", Path: "kernel_forwarding", Value: kernelUp / 1e9, Unit: "Gbit/s"},
 		benchResult{Case: "agent_tcp_up", Path: "wireguard_go", Value: wgUp / 1e9, Unit: "Gbit/s", Reference: "quic_datagram_ceiling", Ratio: wgUp / 1e9 / ceiling},
 		benchResult{Case: "agent_tcp_up", Path: "ztgate_agent_relay", Value: agentUp / 1e9, Unit: "Gbit/s", Reference: "quic_datagram_ceiling", Ratio: agentUp / 1e9 / ceiling},
+		benchResult{Case: "agent_tcp_up", Path: "ztgate_agent_forwarded", Value: fwdUp / 1e9, Unit: "Gbit/s", Reference: "quic_datagram_ceiling", Ratio: fwdUp / 1e9 / ceiling},
 		benchResult{Case: "agent_tcp_up", Path: "ztgate_agent_direct", Value: directUp / 1e9, Unit: "Gbit/s", Reference: "quic_datagram_ceiling", Ratio: directUp / 1e9 / ceiling},
 		benchResult{Case: "agent_tcp_down", Path: "kernel_forwarding", Value: kernelDown / 1e9, Unit: "Gbit/s"},
 		benchResult{Case: "agent_tcp_down", Path: "wireguard_go", Value: wgDown / 1e9, Unit: "Gbit/s", Reference: "quic_datagram_ceiling", Ratio: wgDown / 1e9 / ceiling},
 		benchResult{Case: "agent_tcp_down", Path: "ztgate_agent_relay", Value: agentDown / 1e9, Unit: "Gbit/s", Reference: "quic_datagram_ceiling", Ratio: agentDown / 1e9 / ceiling},
+		benchResult{Case: "agent_tcp_down", Path: "ztgate_agent_forwarded", Value: fwdDown / 1e9, Unit: "Gbit/s", Reference: "quic_datagram_ceiling", Ratio: fwdDown / 1e9 / ceiling},
 		benchResult{Case: "agent_tcp_down", Path: "ztgate_agent_direct", Value: directDown / 1e9, Unit: "Gbit/s", Reference: "quic_datagram_ceiling", Ratio: directDown / 1e9 / ceiling},
 		benchResult{Case: "agent_rtt_p50", Path: "kernel_forwarding", Value: kernelLat.P50, Unit: "µs"},
 		benchResult{Case: "agent_rtt_p50", Path: "wireguard_go", Value: wgLat.P50, Unit: "µs", Reference: "kernel_forwarding", Ratio: wgLat.P50 / kernelLat.P50},
 		benchResult{Case: "agent_rtt_p50", Path: "ztgate_agent_relay", Value: agentLat.P50, Unit: "µs", Reference: "kernel_forwarding", Ratio: agentLat.P50 / kernelLat.P50},
 		benchResult{Case: "agent_rtt_p99", Path: "ztgate_agent_relay", Value: agentLat.P99, Unit: "µs", Reference: "kernel_forwarding", Ratio: agentLat.P99 / kernelLat.P99},
+		benchResult{Case: "agent_rtt_p50", Path: "ztgate_agent_forwarded", Value: fwdLat.P50, Unit: "µs", Reference: "kernel_forwarding", Ratio: fwdLat.P50 / kernelLat.P50},
+		benchResult{Case: "agent_rtt_p99", Path: "ztgate_agent_forwarded", Value: fwdLat.P99, Unit: "µs", Reference: "kernel_forwarding", Ratio: fwdLat.P99 / kernelLat.P99},
 		benchResult{Case: "agent_rtt_p50", Path: "ztgate_agent_direct", Value: directLat.P50, Unit: "µs", Reference: "kernel_forwarding", Ratio: directLat.P50 / kernelLat.P50},
 		benchResult{Case: "agent_rtt_p99", Path: "ztgate_agent_direct", Value: directLat.P99, Unit: "µs", Reference: "kernel_forwarding", Ratio: directLat.P99 / kernelLat.P99},
 		benchResult{Case: "agent_rtt_added_by_tunnel", Path: "ztgate_agent_relay", Value: agentLat.P50 - kernelLat.P50, Unit: "µs"},
+		benchResult{Case: "agent_rtt_added_by_tunnel", Path: "ztgate_agent_forwarded", Value: fwdLat.P50 - kernelLat.P50, Unit: "µs"},
 		benchResult{Case: "agent_rtt_added_by_tunnel", Path: "ztgate_agent_direct", Value: directLat.P50 - kernelLat.P50, Unit: "µs"},
 	)
+}
+
+// agentFirewall replaces the agent's nftables rules with one dropping
+// rule per match on its output ("udp dport 4434"); none removes them.
+// Dropped sends fail at once.
+func (r *relayTopo) agentFirewall(t *testing.T, matches ...string) {
+	t.Helper()
+	ns := r.agents["a1"]
+	r.try(ns, 5*time.Second, "nft", "delete", "table", "inet", "ztdirect")
+	if len(matches) == 0 {
+		return
+	}
+	r.exec(ns, "nft", "add", "table", "inet", "ztdirect")
+	r.exec(ns, "nft", "add", "chain", "inet", "ztdirect", "c", "{ type filter hook output priority 0 ; }")
+	for _, m := range matches {
+		r.exec(ns, append([]string{"nft", "add", "rule", "inet", "ztdirect", "c"}, append(strings.Fields(m), "drop")...)...)
+	}
+}
+
+// waitPath pokes the service with new flows until the agent's log shows
+// its n-th "direct path up" and that one is via ("direct" or "relay
+// forwarder"), for up to 60 s.
+func (r *relayTopo) waitPath(t *testing.T, agent *proc, vip string, n int, via string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		out := agent.out.String()
+		if strings.Count(out, "direct path up") >= n {
+			lines := strings.Split(out[strings.LastIndex(out, "direct path up"):], "\n")
+			if !strings.Contains(lines[0], `via="`+via+`"`) && !strings.Contains(lines[0], "via="+via) {
+				t.Fatalf("path %d is not via %s: %s", n, via, lines[0])
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no path via %s:\n%s", via, out)
+		}
+		r.try(r.agents["a1"], 3*time.Second, r.backendBin, "-latency", vip+":7", "-n", "1")
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // wireguardPath sets up wireguard-go between the agent's namespace and the
