@@ -34,6 +34,7 @@ func (r *Relay) v1Handler() http.Handler {
 	v1.HandleFunc("GET /v1/services", r.handleServices)
 	v1.HandleFunc("GET /v1/sessions", r.handleSessions)
 	v1.HandleFunc("GET /v1/gateways", r.handleGateways)
+	v1.HandleFunc("GET /v1/forwarders", r.handleForwarders)
 	v1.HandleFunc("POST /v1/gateways/{name}/drain", r.handleDrain(true))
 	v1.HandleFunc("POST /v1/gateways/{name}/undrain", r.handleDrain(false))
 	return v1

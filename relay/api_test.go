@@ -69,6 +69,8 @@ func TestAPI(t *testing.T) {
 		{"services with wrong token", "/v1/services", "guess", 401, nil},
 		{"services", "/v1/services", "s3cret", 200, []string{`"name": "web"`, `"vip": "` + vip.String() + `"`}},
 		{"sessions", "/v1/sessions", "s3cret", 200, []string{`"identity": "acme/agent/a1"`, `"role": "gateway"`}},
+		{"forwarders without token", "/v1/forwarders", "", 401, nil},
+		{"forwarders (forward_ports off)", "/v1/forwarders", "s3cret", 200, []string{`"forwarders": []`}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

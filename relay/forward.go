@@ -1,12 +1,15 @@
 package relay
 
 import (
+	"cmp"
 	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -16,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ztgate/ztgate/conf"
+	"github.com/ztgate/ztgate/internal/adminapi"
 	"github.com/ztgate/ztgate/internal/monoclock"
 	"github.com/ztgate/ztgate/internal/udpseg"
 )
@@ -147,6 +151,8 @@ type forwarder struct {
 	aconn   *net.UDPConn // bound to port: the agent's side
 	gconn   *net.UDPConn // connected to target
 
+	since time.Time
+
 	peer atomic.Pointer[netip.AddrPort] // the agent socket, once its first packet came
 	last atomic.Int64                   // monoclock of the last packet carried
 	once sync.Once
@@ -184,7 +190,7 @@ func (fw *forwarding) open(agent, gateway string, agentIP netip.Addr, target net
 			continue // taken by another process
 		}
 		f := &forwarder{fw: fw, agent: agent, gateway: gateway, agentIP: agentIP, target: target, port: port,
-			aconn: pc.(*net.UDPConn), gconn: gconn}
+			aconn: pc.(*net.UDPConn), gconn: gconn, since: time.Now()}
 		f.last.Store(monoclock.Now())
 		fw.byPort[port] = f
 		fw.perAgent[agent]++
@@ -346,4 +352,36 @@ func (f *forwarder) carry(dir int, c *net.UDPConn, addr netip.AddrPort, b []byte
 		m.datagrams[dir].Inc()
 		m.bytes[dir].Add(float64(len(d)))
 	}
+}
+
+// apiForwarder is one forwarder in GET /v1/forwarders.
+type apiForwarder struct {
+	Port    uint16    `json:"port"`
+	Agent   string    `json:"agent"`
+	Gateway string    `json:"gateway"`
+	Target  string    `json:"target"`         // the gateway's listener it sends to
+	From    string    `json:"from,omitempty"` // the agent socket it is locked to, once the agent sent
+	Since   time.Time `json:"since"`
+	IdleMS  int64     `json:"idle_ms"` // since the last packet either way
+}
+
+// handleForwarders lists the open forwarders by port; an empty list when
+// forward_ports is off.
+func (r *Relay) handleForwarders(w http.ResponseWriter, _ *http.Request) {
+	out := []apiForwarder{}
+	if fw := r.fwd; fw != nil {
+		now := monoclock.Now()
+		fw.mu.Lock()
+		for _, f := range fw.byPort {
+			a := apiForwarder{Port: f.port, Agent: f.agent, Gateway: f.gateway, Target: f.target.String(),
+				Since: f.since.UTC(), IdleMS: time.Duration(now - f.last.Load()).Milliseconds()}
+			if p := f.peer.Load(); p != nil {
+				a.From = p.String()
+			}
+			out = append(out, a)
+		}
+		fw.mu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b apiForwarder) int { return cmp.Compare(a.Port, b.Port) })
+	adminapi.WriteJSON(w, http.StatusOK, map[string]any{"forwarders": out})
 }

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -262,10 +263,17 @@ func TestSignalingForwarder(t *testing.T) {
 	}
 	attempt(7, false)
 	waitFor(t, "the failed attempt's forwarder closed", func() bool { return live() == 0 })
-	attempt(8, true)
+	port := attempt(8, true)
 	time.Sleep(100 * time.Millisecond)
 	if live() != 1 {
 		t.Fatalf("the path's forwarder: %v live", live())
+	}
+	status, body := get(t, r, "/v1/forwarders", "")
+	for _, want := range []string{fmt.Sprintf(`"port": %d`, port), `"agent": "acme/agent/a1"`, `"gateway": "ops/gateway/gw1"`,
+		fmt.Sprintf(`"target": "127.0.0.1:%d"`, lport), `"from": "127.0.0.1:`} {
+		if status != 200 || !strings.Contains(body, want) {
+			t.Errorf("GET /v1/forwarders: %d %s, want %s", status, body, want)
+		}
 	}
 	r.Close()
 	if live() != 0 {
