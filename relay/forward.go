@@ -53,6 +53,10 @@ const (
 	// forwardBuf is a read's room: a run of datagrams (UDP GRO) is at most
 	// 64 KiB.
 	forwardBuf = 1 << 16
+	// forwardMaxErrors ends a direction whose reads fail this many times
+	// in a row (each ICMP error fails one read; a socket that fails
+	// without end must not spin).
+	forwardMaxErrors = 1000
 )
 
 // Why a forwarder dropped a packet (ztgate_relay_forward_dropped_total).
@@ -247,6 +251,7 @@ func (f *forwarder) up() {
 	defer f.fw.wg.Done()
 	defer f.close("agent side ended")
 	buf, oob, soob := make([]byte, forwardBuf), make([]byte, udpseg.GROCmsgSpace), make([]byte, udpseg.CmsgSpace)
+	errs := 0 // consecutive read errors
 	udpseg.EnableGRO(f.aconn)
 	gso := udpseg.GSO()
 	_ = f.aconn.SetReadDeadline(time.Now().Add(f.fw.lockWait))
@@ -260,8 +265,13 @@ func (f *forwarder) up() {
 				}
 				continue
 			}
-			return // closed
+			if errors.Is(err, net.ErrClosed) || errs > forwardMaxErrors {
+				return
+			}
+			errs++
+			continue
 		}
+		errs = 0
 		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 		peer := f.peer.Load()
 		switch {
@@ -285,16 +295,22 @@ func (f *forwarder) down() {
 	defer f.fw.wg.Done()
 	defer f.close("gateway side ended")
 	buf, oob, soob := make([]byte, forwardBuf), make([]byte, udpseg.GROCmsgSpace), make([]byte, udpseg.CmsgSpace)
+	errs := 0 // consecutive read errors
 	udpseg.EnableGRO(f.gconn)
 	gso := udpseg.GSO()
 	for {
 		n, oobn, _, _, err := f.gconn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
-			if errors.Is(err, unix.ECONNREFUSED) {
-				continue // an ICMP error of an earlier send; the session's own timers decide
+			// An ICMP error of an earlier send (refused, unreachable) is
+			// reported once by the next read: the session's own timers
+			// decide. Only a closed socket, or errors without end, stop.
+			if errors.Is(err, net.ErrClosed) || errs > forwardMaxErrors {
+				return
 			}
-			return // closed
+			errs++
+			continue
 		}
+		errs = 0
 		peer := f.peer.Load()
 		if peer == nil {
 			f.fw.m.dropped.WithLabelValues(fwdDropNoAgent).Inc()

@@ -295,3 +295,78 @@ func TestForwarderExpiry(t *testing.T) {
 		t.Errorf("closed %v after the last packet, before it was idle for 300ms", d)
 	}
 }
+
+// TestForwarderFamilies: IPv6 agents and gateways, and IPv4 agents of a
+// relay that listens on "[::]" (their addresses arrive IPv4-mapped).
+func TestForwarderFamilies(t *testing.T) {
+	for _, tc := range []struct {
+		name, listen, agent, gw, dial string
+	}{
+		{"IPv6", "[::1]:4433", "[::1]:0", "[::1]:0", "::1"},
+		{"IPv4 agent, dual-stack relay", "[::]:4433", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1"},
+		{"IPv4 agent, IPv6 gateway", "[::]:4433", "127.0.0.1:0", "[::1]:0", "127.0.0.1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fw := newForwarding(freePorts(t, 2), tc.listen, newForwardMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
+			t.Cleanup(fw.shutdown)
+			gw, agentSock, other := udpAt(t, tc.gw), udpAt(t, tc.agent), udpAt(t, tc.agent)
+			// The agent's relay session address, as the relay's listener
+			// reports it: IPv4-mapped on a dual-stack socket.
+			sessionIP := netip.MustParseAddr(tc.dial)
+			if sessionIP.Is4() {
+				sessionIP = netip.AddrFrom16(sessionIP.As16())
+			}
+			f, why := fw.open("acme/agent/a1", "g", sessionIP, addrOf(gw))
+			if f == nil {
+				t.Fatal(why)
+			}
+			fwdAddr := netip.AddrPortFrom(netip.MustParseAddr(tc.dial), f.port)
+			send(t, agentSock, fwdAddr, false, []byte("hello"))
+			got, from := recv(t, gw, 1)
+			if string(got[0]) != "hello" {
+				t.Fatalf("the gateway got %q", got[0])
+			}
+			send(t, gw, from, false, []byte("welcome"))
+			if got, from := recv(t, agentSock, 1); string(got[0]) != "welcome" || from.Port() != f.port {
+				t.Fatalf("the agent got %q from %v", got[0], from)
+			}
+			send(t, other, fwdAddr, false, []byte("hijack"))
+			waitFor(t, "the other socket's packet dropped", func() bool { return fwdDropped(fw, fwdDropSource) == 1 })
+		})
+	}
+}
+
+// TestForwarderSurvivesICMP: a gateway listener that is gone for a moment
+// (port unreachable: the forwarder's socket reports it on a later read or
+// send) costs the packets sent meanwhile, not the forwarder.
+func TestForwarderSurvivesICMP(t *testing.T) {
+	fw := newTestForwarding(t, 1)
+	gw := udpAt(t, "127.0.0.1:0")
+	target := addrOf(gw)
+	agentSock := udpAt(t, "127.0.0.1:0")
+	f, why := fw.open("acme/agent/a1", "g", netip.MustParseAddr("127.0.0.1"), target)
+	if f == nil {
+		t.Fatal(why)
+	}
+	fwdAddr := netip.AddrPortFrom(target.Addr(), f.port)
+	send(t, agentSock, fwdAddr, false, []byte("first"))
+	recv(t, gw, 1)
+	gw.Close()
+	for i := range 5 {
+		send(t, agentSock, fwdAddr, false, []byte(fmt.Sprint("lost ", i)))
+		time.Sleep(20 * time.Millisecond)
+	}
+	gw = udpAt(t, target.String())
+	send(t, agentSock, fwdAddr, false, []byte("again"))
+	got, from := recv(t, gw, 1)
+	if string(got[0]) != "again" {
+		t.Fatalf("the gateway got %q", got[0])
+	}
+	send(t, gw, from, false, []byte("back"))
+	if got, _ := recv(t, agentSock, 1); string(got[0]) != "back" {
+		t.Fatalf("the agent got %q", got[0])
+	}
+	if testutil.ToFloat64(fw.m.live) != 1 {
+		t.Fatal("the forwarder closed")
+	}
+}
