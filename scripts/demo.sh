@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The five-minute tour of ztgate: a relay, a gateway with two backends and
 # two agents of two tenants, each in its own network namespace, driven with
-# dig, curl and ping as a user would. It shows names and VIPs, tenants, a
-# backend failing and then both, and a live reload; every step is checked
+# dig, curl and ping as a user would. It shows names and VIPs, an agent's
+# session with the gateway forwarded by the relay, tenants, a backend
+# failing and then both, and a live reload; every step is checked
 # and the script exits non-zero when one does not do what it says.
 #
 #   sudo scripts/demo.sh [ZTGATE [TESTBACKEND]]     (`make demo` builds both)
@@ -228,6 +229,9 @@ state_dir = "$WORK/relay-state"
 cert = "$PKI/relay1.crt"
 key = "$PKI/relay1.key"
 ca = "$PKI/ca.crt"
+# Agents reach the gateway's listener end to end through these ports
+# (docs/direct-path.md, "Forwarded paths").
+forward_ports = "4440-4447"
 [api]
 listen = "127.0.0.1:7781"
 EOF
@@ -239,6 +243,7 @@ name = "gw1"
 state_dir = "$WORK/gw-state"
 [tunnel]
 relay = "203.0.113.9:4433"
+listen = "0.0.0.0:4434"   # agents' own sessions, through the relay's forwarder here
 server_name = "relay.demo"
 cert = "$PKI/gw1.crt"
 key = "$PKI/gw1.key"
@@ -308,6 +313,12 @@ until_ok 10 "alice reaches web" on alice curl -sS --max-time 2 http://web.ztna.i
 run alice curl -sS --max-time 5 http://web.ztna.internal/hello || fail "curl http://web.ztna.internal/hello"
 [[ $LAST == backend?" /hello" ]] || fail "the answer is not a backend's"
 ok "answered by ${LAST% *}"
+wait_log alice "direct path up"
+note "alice's log: direct path up, $(grep -m1 'direct path up' "$WORK/alice.log" | grep -o 'service=.*')"
+grep -q 'via="relay forwarder"' "$WORK/alice.log" || fail "alice's path is not the relay's forwarder"
+run relay curl -s http://127.0.0.1:7781/v1/forwarders || fail "GET /v1/forwarders"
+[[ $LAST == *'"agent": "acme/agent/alice"'* ]] || fail "the relay lists no forwarder of alice"
+ok "alice's next flows take her own QUIC session with the gateway, which the relay forwards without decrypting"
 
 step "3. ping: the echo goes to a backend, the reply comes from the VIP"
 run alice ping -c 2 -W 2 web.ztna.internal || fail "ping web.ztna.internal"
