@@ -57,6 +57,10 @@ const (
 	// in a row (each ICMP error fails one read; a socket that fails
 	// without end must not spin).
 	forwardMaxErrors = 1000
+	// forwardSockBuf is each forwarder socket's receive and send buffer, as
+	// quic-go asks for its own (capped by net.core.rmem_max / wmem_max): a
+	// burst that arrives while the forwarder waits for a core must fit.
+	forwardSockBuf = 7 << 20
 )
 
 // Why a forwarder dropped a packet (ztgate_relay_forward_dropped_total).
@@ -192,6 +196,10 @@ func (fw *forwarding) open(agent, gateway string, agentIP netip.Addr, target net
 		pc, err := net.ListenPacket("udp", net.JoinHostPort(fw.host, strconv.Itoa(int(port))))
 		if err != nil {
 			continue // taken by another process
+		}
+		for _, c := range []*net.UDPConn{pc.(*net.UDPConn), gconn} {
+			_ = c.SetReadBuffer(forwardSockBuf)
+			_ = c.SetWriteBuffer(forwardSockBuf)
 		}
 		f := &forwarder{fw: fw, agent: agent, gateway: gateway, agentIP: agentIP, target: target, port: port,
 			aconn: pc.(*net.UDPConn), gconn: gconn, since: time.Now()}

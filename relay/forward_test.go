@@ -7,11 +7,15 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/sys/unix"
 
 	"github.com/ztgate/ztgate/conf"
 	"github.com/ztgate/ztgate/internal/udpseg"
@@ -368,5 +372,49 @@ func TestForwarderSurvivesICMP(t *testing.T) {
 	}
 	if testutil.ToFloat64(fw.m.live) != 1 {
 		t.Fatal("the forwarder closed")
+	}
+}
+
+// TestForwarderBuffers: a forwarder's sockets ask for quic-go's buffer
+// size (a burst that waits for a core must fit; with the kernel's default
+// the relay's socket dropped runs of datagrams, see docs/performance.md,
+// "Forwarded paths"), as far as net.core.rmem_max and wmem_max allow.
+func TestForwarderBuffers(t *testing.T) {
+	limit := func(name string) int {
+		b, err := os.ReadFile("/proc/sys/net/core/" + name)
+		if err != nil {
+			t.Skip(err)
+		}
+		n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		return n
+	}
+	fw := newTestForwarding(t, 1)
+	f, why := fw.open("acme/agent/a1", "g", netip.MustParseAddr("127.0.0.1"), netip.MustParseAddrPort("127.0.0.1:9"))
+	if f == nil {
+		t.Fatal(why)
+	}
+	for _, c := range []struct {
+		name string
+		conn *net.UDPConn
+	}{{"agent side", f.aconn}, {"gateway side", f.gconn}} {
+		for _, o := range []struct {
+			opt   int
+			sysct string
+		}{{unix.SO_RCVBUF, "rmem_max"}, {unix.SO_SNDBUF, "wmem_max"}} {
+			rc, err := c.conn.SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got int
+			var gerr error
+			rc.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, o.opt) })
+			if gerr != nil {
+				t.Fatal(gerr)
+			}
+			// The kernel doubles what it grants (bookkeeping).
+			if want := 2 * min(forwardSockBuf, limit(o.sysct)); got < want {
+				t.Errorf("%s: %s %d, want at least %d", c.name, o.sysct, got, want)
+			}
+		}
 	}
 }
