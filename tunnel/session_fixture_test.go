@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -69,7 +70,18 @@ func (sf *sessionFixture) connect(cfg DialConfig) (client, server *Session) {
 // connectVia is connect with the client dialing addr, e.g. a proxy.
 func (sf *sessionFixture) connectVia(addr string, cfg DialConfig) (client, server *Session) {
 	sf.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	client, server, err := sf.dialAccept(addr, cfg, testTimeout)
+	if err != nil {
+		sf.t.Fatal(err)
+	}
+	return client, server
+}
+
+// dialAccept dials addr and accepts the session on the fixture's listener
+// (welcomed, for ztna-v2), within d. The sessions it returns, and any it
+// got when the other side failed, close at the end of the test.
+func (sf *sessionFixture) dialAccept(addr string, cfg DialConfig, d time.Duration) (client, server *Session, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	type dialed struct {
 		s   *Session
@@ -80,22 +92,26 @@ func (sf *sessionFixture) connectVia(addr string, cfg DialConfig) (client, serve
 		s, err := Dial(ctx, addr, cfg, nil)
 		done <- dialed{s, err}
 	}()
-	server, err := sf.ln.Accept(ctx)
-	if err != nil {
-		sf.t.Fatalf("accept: %v", err)
-	}
-	sf.t.Cleanup(func() { server.Close("test over") })
-	if server.Version() == V2 {
-		if err := server.SendWelcome(Welcome{MaxPacket: 1200}); err != nil {
-			sf.t.Fatalf("welcome: %v", err)
+	server, aerr := sf.ln.Accept(ctx)
+	if aerr == nil {
+		sf.t.Cleanup(func() { server.Close("test over") })
+		if server.Version() == V2 {
+			if werr := server.SendWelcome(Welcome{MaxPacket: 1200}); werr != nil {
+				aerr = fmt.Errorf("welcome: %w", werr)
+			}
 		}
 	}
-	d := <-done
-	if d.err != nil {
-		sf.t.Fatalf("dial: %v", d.err)
+	dd := <-done
+	if dd.s != nil {
+		sf.t.Cleanup(func() { dd.s.Close("test over") })
 	}
-	sf.t.Cleanup(func() { d.s.Close("test over") })
-	return d.s, server
+	switch {
+	case aerr != nil:
+		return nil, nil, fmt.Errorf("accept: %w", aerr)
+	case dd.err != nil:
+		return nil, nil, fmt.Errorf("dial: %w", dd.err)
+	}
+	return dd.s, server, nil
 }
 
 // receive returns the next datagram that is not a QAD.
