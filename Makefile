@@ -63,12 +63,7 @@ bench: bench-tools ## Go micro-benchmarks and the end-to-end suite against the k
 	$(GO) run ./integration/benchreport -in bench-results/e2e.jsonl | tee bench-results/table.md
 
 fuzz: ## run every fuzz target of every package for FUZZTIME each (default 30s)
-	@set -e; n=0; for pkg in $$($(GO) list ./...); do \
-	  list=$$($(GO) test -list '^Fuzz' $$pkg) || { echo "$$list"; exit 1; }; \
-	  for f in $$(echo "$$list" | grep '^Fuzz' || true); do \
-	    echo "== $$pkg $$f"; $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=$(FUZZMINIMIZETIME) $$pkg; n=$$((n+1)); \
-	  done; \
-	done; echo "$$n fuzz targets run for $(FUZZTIME) each"
+	GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZMINIMIZETIME=$(FUZZMINIMIZETIME) scripts/fuzz.sh
 
 soak: ## soak test, not in CI: flows churned for SOAKTIME (default 10m) with reloads; curve in bench-results/soak-*.csv (root)
 	mkdir -p bench-results
