@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -63,5 +64,38 @@ func TestForwardedPath(t *testing.T) {
 	if !strings.Contains(gwLog, "agent connected directly") || !strings.Contains(gwLog, "identity=acme/agent/a1") ||
 		!strings.Contains(gwLog, "remote=203.0.113.13:") {
 		t.Errorf("the gateway did not see the agent's own session from the relay's address:\n%s", gwLog)
+	}
+
+	// Restarts: the path dies with either process; the agent's flows work
+	// again through the relay at once, then through a new forwarder.
+	cfg := r.multiGatewayConfig("gw1", "203.0.113.13", "192.0.2.10", "0.0.0.0:4434")
+	for _, tc := range []struct {
+		name    string
+		restart func()
+	}{
+		{"gateway restart", func() { gw.stop(6 * time.Second); gw = r.startGatewayIn(r.gw, "gw1", cfg) }},
+		{"relay restart", func() { r.relayProc.stop(6 * time.Second); r.startRelay() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			paths := strings.Count(agent.out.String(), `via="relay forwarder"`)
+			tc.restart()
+			start := time.Now()
+			eventually(t, 10*time.Second, "the agent reaches web again", func() error {
+				out, err := r.curl(a1, "--max-time", "2", "http://"+vip+"/after")
+				if err != nil || !strings.Contains(out, "/after") {
+					return fmt.Errorf("%v %q", err, out)
+				}
+				return nil
+			})
+			t.Logf("working again %v after the %s", time.Since(start).Round(100*time.Millisecond), tc.name)
+			eventually(t, 30*time.Second, "a new forwarded path", func() error {
+				if n := strings.Count(agent.out.String(), `via="relay forwarder"`); n <= paths {
+					r.curl(a1, "--max-time", "2", "http://"+vip+"/poke")
+					return fmt.Errorf("%d forwarded paths up in the agent's log, as before", n)
+				}
+				return nil
+			})
+			r.download(t, vip, 8, 1<<20)
+		})
 	}
 }
