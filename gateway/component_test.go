@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ztgate/ztgate/conf"
 	"github.com/ztgate/ztgate/netstack/netstacktest"
 )
@@ -130,6 +132,17 @@ func startUDPEcho(t *testing.T) int {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pc.Close() })
+	// Room for a test's whole burst (hundreds of datagrams) while this
+	// goroutine waits for a core on a loaded machine: the kernel's default
+	// buffer dropped some under a loaded CI run. Forced beyond rmem_max
+	// when the tests run as root.
+	if rc, err := pc.(*net.UDPConn).SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) {
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20) != nil {
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+			}
+		})
+	}
 	go func() {
 		buf := make([]byte, 65536)
 		for {
