@@ -67,8 +67,14 @@ func (r *Relay) onAnswer(g *gateway, m *tunnel.Answer) {
 	var port uint16
 	if s != nil && r.fwd != nil {
 		// Opened under sigMu, so that whatever ends the session closes it.
-		target := netip.AddrPortFrom(g.s.RemoteAddr().Addr(), m.Candidates[0].Port())
-		if f, why := r.fwd.open(s.a.id.String(), g.id.String(), s.a.s.RemoteAddr().Addr(), target); f != nil {
+		// The target is the gateway's listen port (its candidates all
+		// carry it) at its session's address; no candidate, no target.
+		f, why := (*forwarder)(nil), fwdRefuseTarget
+		if len(m.Candidates) > 0 {
+			target := netip.AddrPortFrom(g.s.RemoteAddr().Addr(), m.Candidates[0].Port())
+			f, why = r.fwd.open(s.a.id.String(), g.id.String(), s.a.s.RemoteAddr().Addr(), target)
+		}
+		if f != nil {
 			s.fwd, port = f, f.port
 		} else {
 			r.fwd.m.refused.WithLabelValues(why).Inc()

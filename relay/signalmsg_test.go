@@ -263,6 +263,20 @@ func TestSignalingForwarder(t *testing.T) {
 	}
 	attempt(7, false)
 	waitFor(t, "the failed attempt's forwarder closed", func() bool { return live() == 0 })
+
+	// An answer without candidates names no listen port: no forwarder,
+	// counted, and the relay goes on.
+	a.s.Send(&tunnel.Offer{Type: tunnel.MessageOffer, SessionID: 9, Service: "web"})
+	offer := next[tunnel.Offer](gw)
+	gw.s.Send(&tunnel.Answer{Type: tunnel.MessageAnswer, SessionID: offer.SessionID})
+	if ans := next[tunnel.Answer](a); ans.SessionID != 9 || ans.ForwardPort != 0 || live() != 0 {
+		t.Fatalf("an answer without candidates: %+v, %v forwarders", ans, live())
+	}
+	if n := testutil.ToFloat64(r.fwd.m.refused.WithLabelValues(fwdRefuseTarget)); n != 1 {
+		t.Errorf("%v refusals counted as no_target", n)
+	}
+	a.s.Send(&tunnel.Result{Type: tunnel.MessageResult, SessionID: 9})
+	next[tunnel.Result](gw)
 	port := attempt(8, true)
 	time.Sleep(100 * time.Millisecond)
 	if live() != 1 {
