@@ -371,7 +371,14 @@ func (d *direct) publish() {
 		}
 	}
 	d.routes.Store(&m)
+	forwarded := 0
+	for _, p := range d.paths {
+		if p.forwarded {
+			forwarded++
+		}
+	}
 	d.a.m.directPaths.Set(float64(len(d.paths)))
+	d.a.m.forwardedPaths.Set(float64(forwarded))
 }
 
 // result tells the relay how an attempt went.

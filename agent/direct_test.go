@@ -250,6 +250,9 @@ func TestDirectPathForwarder(t *testing.T) {
 		if !f.gw.routed("two", testTimeout) {
 			t.Fatal("a new flow did not take the forwarded path")
 		}
+		if d, fw := testutil.ToFloat64(f.a.m.directPaths), testutil.ToFloat64(f.a.m.forwardedPaths); d != 1 || fw != 1 {
+			t.Errorf("paths %v, forwarded %v; want 1 and 1", d, fw)
+		}
 	})
 	t.Run("a candidate of the gateway that answers is preferred", func(t *testing.T) {
 		f := newDirectFixture(t)
@@ -266,6 +269,9 @@ func TestDirectPathForwarder(t *testing.T) {
 		fwd.mu.Unlock()
 		if dialled {
 			t.Error("the forwarder was dialled although the gateway had answered")
+		}
+		if d, fw := testutil.ToFloat64(f.a.m.directPaths), testutil.ToFloat64(f.a.m.forwardedPaths); d != 1 || fw != 0 {
+			t.Errorf("paths %v, forwarded %v; want 1 and 0", d, fw)
 		}
 	})
 	t.Run("the forwarder alone, and it fails", func(t *testing.T) {

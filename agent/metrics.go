@@ -43,6 +43,7 @@ type metrics struct {
 	// The direct path and the router's flow table.
 	upDirect, downDirect       prometheus.Counter
 	directPaths                prometheus.Gauge
+	forwardedPaths             prometheus.Gauge   // of directPaths, those through a relay's forwarder
 	directUp, directDown       prometheus.Counter // paths taken by a service, paths lost
 	directFailed               prometheus.Counter // offers refused, unanswered or whose dial failed
 	flowsExpired, flowsEvicted prometheus.Counter
@@ -78,6 +79,9 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	m.directPaths = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "ztgate_agent_direct_paths", Help: "Direct sessions to gateways open now.",
 	})
+	m.forwardedPaths = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ztgate_agent_forwarded_paths", Help: "Of the direct sessions open now, those through a relay's forwarder.",
+	})
 	events := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ztgate_agent_direct_events_total", Help: "Direct-path events: a service's new flows moved to a path (up), a path lost (down), an attempt failed (failed).",
 	}, []string{"event"})
@@ -87,7 +91,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	}, []string{"reason"})
 	m.flowsExpired, m.flowsEvicted = flows.WithLabelValues("idle"), flows.WithLabelValues("full")
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.connected, m.up, m.down, m.dropped, m.refusals, direct, m.directPaths, events, flows)
+		m.connected, m.up, m.down, m.dropped, m.refusals, direct, m.directPaths, m.forwardedPaths, events, flows)
 	return m
 }
 
