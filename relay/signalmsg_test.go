@@ -294,3 +294,96 @@ func TestSignalingForwarder(t *testing.T) {
 		t.Fatalf("%v forwarders live after the relay closed", live())
 	}
 }
+
+// TestSignalingHostileAnswers: a gateway's answers of every odd shape to a
+// relay with forward_ports. Each is rejected (the gateway is told, the
+// agent's session stays open until it gives up) or passed on with the
+// relay's own fields (gateway identity, forward port); none leaves the
+// relay stuck: a well-formed round works after each.
+func TestSignalingHostileAnswers(t *testing.T) {
+	p := newPKI(t)
+	cfg := p.relayConfig(t.TempDir())
+	cfg.ForwardPorts = freePorts(t, 4)
+	r := startRelay(t, cfg)
+	addr := r.Addr().String()
+	good := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:4434")}
+	gw := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	gw.registerDirect(good, svc("web", "acme"))
+	a := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a1"), agentHello("a1"))
+	waitFor(t, "candidates stored", func() bool {
+		r.mu.RLock()
+		defer r.mu.RUnlock()
+		for g := range r.gateways {
+			return len(g.candidates) == 1
+		}
+		return false
+	})
+	many := make([]netip.AddrPort, tunnel.MaxCandidates+1)
+	for i := range many {
+		many[i] = netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}), 4434)
+	}
+	id := uint64(100)
+	round := func(t *testing.T, ans tunnel.Answer) (*tunnel.Answer, *tunnel.ErrorMessage) {
+		t.Helper()
+		id++
+		a.s.Send(&tunnel.Offer{Type: tunnel.MessageOffer, SessionID: id, Service: "web"})
+		offer := next[tunnel.Offer](gw)
+		ans.Type, ans.SessionID = tunnel.MessageAnswer, offer.SessionID
+		gw.s.Send(&ans)
+		deadline := time.After(testTimeout)
+		for {
+			select {
+			case m := <-a.msgs:
+				if got, ok := m.(*tunnel.Answer); ok && got.SessionID == id {
+					a.s.Send(&tunnel.Result{Type: tunnel.MessageResult, SessionID: id})
+					next[tunnel.Result](gw)
+					return got, nil
+				}
+			case m := <-gw.msgs:
+				if e, ok := m.(*tunnel.ErrorMessage); ok && e.SessionID == offer.SessionID {
+					// Rejected: the agent gives up its session, as it would.
+					a.s.Send(&tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: "gave_up", SessionID: id})
+					return nil, e
+				}
+			case <-deadline:
+				t.Fatal("neither the agent nor the gateway heard back")
+			}
+		}
+	}
+	for _, tc := range []struct {
+		name     string
+		ans      tunnel.Answer
+		rejected bool
+	}{
+		{"no candidates", tunnel.Answer{}, false},
+		{"null candidates", tunnel.Answer{Candidates: nil}, false},
+		{"too many candidates", tunnel.Answer{Candidates: many}, true},
+		{"port 0", tunnel.Answer{Candidates: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:0")}}, true},
+		{"unspecified address", tunnel.Answer{Candidates: []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:4434")}}, true},
+		{"multicast address", tunnel.Answer{Candidates: []netip.AddrPort{netip.MustParseAddrPort("[ff02::1]:4434")}}, true},
+		{"an invalid address", tunnel.Answer{Candidates: []netip.AddrPort{{}}}, true},
+		{"the gateway names a forward port and another identity", tunnel.Answer{Candidates: good, ForwardPort: 9, Gateway: "acme/gateway/evil"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, e := round(t, tc.ans)
+			switch {
+			case tc.rejected && e == nil:
+				t.Fatalf("passed on: %+v", got)
+			case !tc.rejected && got == nil:
+				t.Fatalf("rejected: %+v", e)
+			case got != nil:
+				if got.Gateway != "ops/gateway/gw1" {
+					t.Errorf("the agent was told gateway %q", got.Gateway)
+				}
+				if fp := got.ForwardPort; len(tc.ans.Candidates) == 0 && fp != 0 ||
+					len(tc.ans.Candidates) > 0 && (fp < cfg.ForwardPorts.First || fp > cfg.ForwardPorts.Last) {
+					t.Errorf("forward port %d (range %v, %d candidates)", fp, cfg.ForwardPorts, len(tc.ans.Candidates))
+				}
+			}
+			// The relay still serves a well-formed round.
+			if got, _ := round(t, tunnel.Answer{Candidates: good}); got == nil || got.ForwardPort == 0 {
+				t.Fatalf("a well-formed round after it: %+v", got)
+			}
+		})
+	}
+}
