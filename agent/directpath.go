@@ -67,9 +67,9 @@ func (d *direct) dial(r dialed, cands []netip.AddrPort, forwarded netip.AddrPort
 			case <-t.C:
 				try(forwarded, true)
 			case <-won:
-				results <- dialed{addr: forwarded, forwarded: true, err: errors.New("not needed")}
+				results <- dialed{addr: forwarded, forwarded: true, err: fmt.Errorf("relay forwarder %s: not dialled, a candidate answered", forwarded)}
 			case <-ctx.Done():
-				results <- dialed{addr: forwarded, forwarded: true, err: ctx.Err()}
+				results <- dialed{addr: forwarded, forwarded: true, err: fmt.Errorf("relay forwarder %s: %w", forwarded, ctx.Err())}
 			}
 		})
 	}
@@ -90,7 +90,7 @@ func (d *direct) dial(r dialed, cands []netip.AddrPort, forwarded netip.AddrPort
 			case res.s != nil:
 				_ = res.s.Close("another candidate answered first")
 			default:
-				errs = append(errs, fmt.Errorf("%s: %w", res.addr, res.err))
+				errs = append(errs, res.err) // each names its address
 			}
 		}
 		if !reported {

@@ -164,11 +164,13 @@ backends = ["192.0.2.10"]
 			}
 		}
 	}
-	cpu0 := r.procCPU()
-	profile("relay")
-	agentUp, err := r.iperf3(a1, vip, 5201, d, false, 1)
-	t.Logf("CPU seconds during the agent upload: %v", r.procCPU().minus(cpu0))
-	if os.Getenv("ZTGATE_BENCH_VERBOSE") != "" {
+	// verboseLosses logs where the inner TCP's losses are, when asked:
+	// the roles' drop counters, the TUN's drops, UDP socket drops and TCP
+	// recovery counters per namespace.
+	verboseLosses := func() {
+		if os.Getenv("ZTGATE_BENCH_VERBOSE") == "" {
+			return
+		}
 		for _, m := range []struct{ ns, url string }{{r.relay, "http://127.0.0.1:7781/metrics"}, {r.gw, "http://127.0.0.1:7780/metrics"}} {
 			out, _ := r.curl(m.ns, m.url)
 			for _, line := range strings.Split(out, "\n") {
@@ -177,21 +179,40 @@ backends = ["192.0.2.10"]
 				}
 			}
 		}
-		// Where the inner TCP's losses are: the TUN's drops, UDP socket
-		// drops and TCP recovery counters per namespace.
 		t.Log(r.exec(a1, "ip", "-s", "link", "show", "ztagent0"))
 		for _, ns := range []string{a1, r.relay, r.gw} {
 			t.Log(ns, r.exec(ns, "sh", "-c", "nstat -as | grep -iE 'Udp(In|Out|Rcv)|retrans|loss|probe|timeout|reord|sack|spurious|OFO|Drop|Prune|Collapse'"))
 		}
 	}
-	if err != nil {
-		t.Fatal(err)
+	// measure runs the upload (with each role's CPU time, and a profile
+	// when asked), the download and the round trips of the path new flows
+	// take now.
+	measure := func(path string) (up, down float64, lat latencyResult) {
+		cpu0 := r.procCPU()
+		profile(path)
+		up, err := r.iperf3(a1, vip, 5201, d, false, 1)
+		t.Logf("CPU seconds during the %s upload: %v", path, r.procCPU().minus(cpu0))
+		verboseLosses()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if down, err = r.iperf3(a1, vip, 5201, d, true, 1); err != nil {
+			t.Fatal(err)
+		}
+		return up, down, latency(vip)
 	}
-	agentDown, err := r.iperf3(a1, vip, 5201, d, true, 1)
-	if err != nil {
-		t.Fatal(err)
+	// measureBesideRelay is measure for a path the relay's own tunnel
+	// path must carry nothing of.
+	measureBesideRelay := func(path string) (up, down float64, lat latencyResult) {
+		relayUp, relayDown := r.relayData(t)
+		up, down, lat = measure(path)
+		if up2, down2 := r.relayData(t); up2 != relayUp || down2 != relayDown {
+			t.Fatalf("the relay's tunnel path carried data of the %s path: %v/%v → %v/%v datagrams", path, relayUp, relayDown, up2, down2)
+		}
+		return up, down, lat
 	}
-	agentLat := latency(vip)
+
+	agentUp, agentDown, agentLat := measure("relay")
 	up, down := r.relayData(t)
 	if up == 0 || down == 0 {
 		t.Fatalf("the relay path was measured, but the relay forwarded %v/%v datagrams", up, down)
@@ -204,22 +225,7 @@ backends = ["192.0.2.10"]
 	// reach.
 	r.agentFirewall(t, "udp dport 4434")
 	r.waitPath(t, agent, vip, 1, "relay forwarder")
-	relayUp, relayDown := r.relayData(t)
-	cpu0 = r.procCPU()
-	profile("forwarded")
-	fwdUp, err := r.iperf3(a1, vip, 5201, d, false, 1)
-	t.Logf("CPU seconds during the forwarded upload: %v", r.procCPU().minus(cpu0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fwdDown, err := r.iperf3(a1, vip, 5201, d, true, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fwdLat := latency(vip)
-	if up, down := r.relayData(t); up != relayUp || down != relayDown {
-		t.Fatalf("the relay's tunnel path carried data of the forwarded path: %v/%v → %v/%v datagrams", relayUp, relayDown, up, down)
-	}
+	fwdUp, fwdDown, fwdLat := measureBesideRelay("forwarded")
 
 	// The direct path: agent → gateway over one QUIC hop on their own
 	// link, the relay only signalling. Closing the forwarder's ports ends
@@ -227,22 +233,7 @@ backends = ["192.0.2.10"]
 	// the relay (which the kernel path's routes reach) stays closed.
 	r.agentFirewall(t, "ip daddr 203.0.113.1 udp dport 4440-4443", "ip daddr 203.0.113.14 udp dport 4434")
 	r.waitPath(t, agent, vip, 2, "direct")
-	relayUp, relayDown = r.relayData(t)
-	cpu0 = r.procCPU()
-	profile("direct")
-	directUp, err := r.iperf3(a1, vip, 5201, d, false, 1)
-	t.Logf("CPU seconds during the direct upload: %v", r.procCPU().minus(cpu0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	directDown, err := r.iperf3(a1, vip, 5201, d, true, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	directLat := latency(vip)
-	if up, down := r.relayData(t); up != relayUp || down != relayDown {
-		t.Fatalf("the relay carried data of the direct path: %v/%v → %v/%v datagrams", relayUp, relayDown, up, down)
-	}
+	directUp, directDown, directLat := measureBesideRelay("direct")
 
 	ceiling, defaults := quicCeiling(t)
 	wgUp, wgDown, wgLat := r.wireguardPath(t, d, latency)

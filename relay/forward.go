@@ -77,13 +77,14 @@ const (
 	fwdRefuseTarget   = "no_target" // the gateway's session address or listen port is unusable
 )
 
-// Forwarding directions, as in ztgate_relay_datagrams_total.
+// Directions of the relay's datagrams: the index of their label in
+// directionLabels (ztgate_relay_datagrams_total and the forwarders').
 const (
 	fwdUp   = 0 // agent → gateway
 	fwdDown = 1 // gateway → agent
 )
 
-var fwdDirections = [2]string{"agent_to_gateway", "gateway_to_agent"}
+var directionLabels = [2]string{"agent_to_gateway", "gateway_to_agent"}
 
 // forwardMetrics are the collectors of the forwarders.
 type forwardMetrics struct {
@@ -92,6 +93,8 @@ type forwardMetrics struct {
 	datagrams [2]prometheus.Counter
 	bytes     [2]prometheus.Counter
 	dropped   *prometheus.CounterVec
+	// dropped's children, resolved once.
+	dropSource, dropNoAgent, dropSend prometheus.Counter
 }
 
 func newForwardMetrics(reg prometheus.Registerer) *forwardMetrics {
@@ -107,15 +110,15 @@ func newForwardMetrics(reg prometheus.Registerer) *forwardMetrics {
 		Help: "UDP datagrams forwarders carried, by direction."}, []string{"direction"})
 	by := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ztgate_relay_forwarded_bytes_total",
 		Help: "UDP payload bytes forwarders carried, by direction."}, []string{"direction"})
-	for i, d := range fwdDirections {
+	for i, d := range directionLabels {
 		m.datagrams[i], m.bytes[i] = dg.WithLabelValues(d), by.WithLabelValues(d)
 	}
 	for _, r := range []string{fwdRefuseNoPort, fwdRefuseAgentCap, fwdRefuseTarget} {
 		m.refused.WithLabelValues(r)
 	}
-	for _, r := range []string{fwdDropSource, fwdDropNoAgent, fwdDropSend} {
-		m.dropped.WithLabelValues(r)
-	}
+	m.dropSource = m.dropped.WithLabelValues(fwdDropSource)
+	m.dropNoAgent = m.dropped.WithLabelValues(fwdDropNoAgent)
+	m.dropSend = m.dropped.WithLabelValues(fwdDropSend)
 	reg.MustRegister(m.live, m.refused, m.dropped, dg, by)
 	return m
 }
@@ -252,35 +255,61 @@ func (fw *forwarding) shutdown() {
 	fw.wg.Wait()
 }
 
+// direction is one way through a forwarder: the socket it reads, the one
+// it writes and their buffers. Owned by that direction's goroutine.
+type direction struct {
+	dir            int // fwdUp or fwdDown
+	in, out        *net.UDPConn
+	buf, oob, soob []byte
+	gso            bool // off once the path refused a GSO send
+	errs           int  // consecutive read errors
+}
+
+func newDirection(dir int, in, out *net.UDPConn) *direction {
+	udpseg.EnableGRO(in)
+	return &direction{dir: dir, in: in, out: out, gso: udpseg.GSO(),
+		buf: make([]byte, forwardBuf), oob: make([]byte, udpseg.GROCmsgSpace), soob: make([]byte, udpseg.CmsgSpace)}
+}
+
+// read returns the next run of datagrams (UDP GRO), their segment size (0:
+// one datagram) and their source. An ICMP error of an earlier send
+// (refused, unreachable) is reported once by the next read: it is skipped,
+// the session's own timers decide. The error is a deadline, a closed
+// socket, or forwardMaxErrors failures in a row.
+func (d *direction) read() ([]byte, int, netip.AddrPort, error) {
+	for {
+		n, oobn, _, from, err := d.in.ReadMsgUDPAddrPort(d.buf, d.oob)
+		switch {
+		case err == nil:
+			d.errs = 0
+			return d.buf[:n], udpseg.GROSize(d.oob[:oobn]), netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), nil
+		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, net.ErrClosed), d.errs >= forwardMaxErrors:
+			return nil, 0, netip.AddrPort{}, err
+		}
+		d.errs++
+	}
+}
+
 // up carries the agent's datagrams to the gateway. The first packet from
 // the agent's address locks the forwarder to its socket; the read deadline
 // closes a forwarder the agent never used or that went idle.
 func (f *forwarder) up() {
 	defer f.fw.wg.Done()
 	defer f.close("agent side ended")
-	buf, oob, soob := make([]byte, forwardBuf), make([]byte, udpseg.GROCmsgSpace), make([]byte, udpseg.CmsgSpace)
-	errs := 0 // consecutive read errors
-	udpseg.EnableGRO(f.aconn)
-	gso := udpseg.GSO()
+	d := newDirection(fwdUp, f.aconn, f.gconn)
 	_ = f.aconn.SetReadDeadline(time.Now().Add(f.fw.lockWait))
 	for {
-		n, oobn, _, from, err := f.aconn.ReadMsgUDPAddrPort(buf, oob)
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				if why := f.expired(); why != "" {
-					f.close(why)
-					return
-				}
-				continue
-			}
-			if errors.Is(err, net.ErrClosed) || errs > forwardMaxErrors {
+		b, size, from, err := d.read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if why := f.expired(); why != "" {
+				f.close(why)
 				return
 			}
-			errs++
 			continue
 		}
-		errs = 0
-		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+		if err != nil {
+			return
+		}
 		peer := f.peer.Load()
 		switch {
 		case peer == nil && from.Addr() == f.agentIP:
@@ -289,11 +318,11 @@ func (f *forwarder) up() {
 			f.fw.log.Info("forwarder carries a path", "agent", f.agent, "gateway", f.gateway, "port", f.port,
 				"from", from.String(), "target", f.target.String())
 		case peer == nil || *peer != from:
-			f.fw.m.dropped.WithLabelValues(fwdDropSource).Inc()
+			f.fw.m.dropSource.Inc()
 			continue
 		}
 		f.last.Store(monoclock.Now())
-		f.carry(fwdUp, f.gconn, netip.AddrPort{}, buf[:n], udpseg.GROSize(oob[:oobn]), soob, &gso)
+		f.carry(d, netip.AddrPort{}, b, size)
 	}
 }
 
@@ -302,30 +331,19 @@ func (f *forwarder) up() {
 func (f *forwarder) down() {
 	defer f.fw.wg.Done()
 	defer f.close("gateway side ended")
-	buf, oob, soob := make([]byte, forwardBuf), make([]byte, udpseg.GROCmsgSpace), make([]byte, udpseg.CmsgSpace)
-	errs := 0 // consecutive read errors
-	udpseg.EnableGRO(f.gconn)
-	gso := udpseg.GSO()
+	d := newDirection(fwdDown, f.gconn, f.aconn)
 	for {
-		n, oobn, _, _, err := f.gconn.ReadMsgUDPAddrPort(buf, oob)
+		b, size, _, err := d.read()
 		if err != nil {
-			// An ICMP error of an earlier send (refused, unreachable) is
-			// reported once by the next read: the session's own timers
-			// decide. Only a closed socket, or errors without end, stop.
-			if errors.Is(err, net.ErrClosed) || errs > forwardMaxErrors {
-				return
-			}
-			errs++
-			continue
+			return
 		}
-		errs = 0
 		peer := f.peer.Load()
 		if peer == nil {
-			f.fw.m.dropped.WithLabelValues(fwdDropNoAgent).Inc()
+			f.fw.m.dropNoAgent.Inc()
 			continue
 		}
 		f.last.Store(monoclock.Now())
-		f.carry(fwdDown, f.aconn, *peer, buf[:n], udpseg.GROSize(oob[:oobn]), soob, &gso)
+		f.carry(d, *peer, b, size)
 	}
 }
 
@@ -343,23 +361,23 @@ func (f *forwarder) expired() string {
 }
 
 // carry sends a run of datagrams (size bytes each but the last; size 0 is
-// one datagram) on c, to addr unless c is connected: in one GSO send when
-// the run has several, one by one when the path refuses GSO (which turns
-// it off for this direction).
-func (f *forwarder) carry(dir int, c *net.UDPConn, addr netip.AddrPort, b []byte, size int, soob []byte, gso *bool) {
+// one datagram) on d's out socket, to addr unless it is connected: in one
+// GSO send when the run has several, one by one when the path refuses GSO
+// (which turns it off for this direction).
+func (f *forwarder) carry(d *direction, addr netip.AddrPort, b []byte, size int) {
 	segs := udpseg.Segments(len(b), size)
 	m := f.fw.m
-	if segs > 1 && *gso {
-		_, _, err := c.WriteMsgUDPAddrPort(b, udpseg.PutSegmentSize(soob, size), addr)
+	if segs > 1 && d.gso {
+		_, _, err := d.out.WriteMsgUDPAddrPort(b, udpseg.PutSegmentSize(d.soob, size), addr)
 		switch {
 		case err == nil:
-			m.datagrams[dir].Add(float64(segs))
-			m.bytes[dir].Add(float64(len(b)))
+			m.datagrams[d.dir].Add(float64(segs))
+			m.bytes[d.dir].Add(float64(len(b)))
 			return
 		case udpseg.Refused(err) || errors.Is(err, unix.EMSGSIZE):
-			*gso = false
+			d.gso = false
 		default:
-			m.dropped.WithLabelValues(fwdDropSend).Add(float64(segs))
+			m.dropSend.Add(float64(segs))
 			return
 		}
 	}
@@ -367,14 +385,14 @@ func (f *forwarder) carry(dir int, c *net.UDPConn, addr netip.AddrPort, b []byte
 		size = len(b)
 	}
 	for len(b) > 0 {
-		d := b[:min(size, len(b))]
-		b = b[len(d):]
-		if _, _, err := c.WriteMsgUDPAddrPort(d, nil, addr); err != nil {
-			m.dropped.WithLabelValues(fwdDropSend).Inc()
+		dg := b[:min(size, len(b))]
+		b = b[len(dg):]
+		if _, _, err := d.out.WriteMsgUDPAddrPort(dg, nil, addr); err != nil {
+			m.dropSend.Inc()
 			continue
 		}
-		m.datagrams[dir].Inc()
-		m.bytes[dir].Add(float64(len(d)))
+		m.datagrams[d.dir].Inc()
+		m.bytes[d.dir].Add(float64(len(dg)))
 	}
 }
 

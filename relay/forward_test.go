@@ -191,7 +191,14 @@ func TestForwarder(t *testing.T) {
 			}
 		})
 	}
-	if up, down := testutil.ToFloat64(fw.m.datagrams[fwdUp]), testutil.ToFloat64(fw.m.datagrams[fwdDown]); up != 7 || down != 7 {
+	// Counted after the send returns, so possibly after the receiver read
+	// them: wait, then require exactly 7 each way.
+	counted := func() (float64, float64) {
+		return testutil.ToFloat64(fw.m.datagrams[fwdUp]), testutil.ToFloat64(fw.m.datagrams[fwdDown])
+	}
+	waitFor(t, "7 datagrams counted each way", func() bool { up, down := counted(); return up >= 7 && down >= 7 })
+	time.Sleep(20 * time.Millisecond)
+	if up, down := counted(); up != 7 || down != 7 {
 		t.Errorf("datagrams up %v down %v, want 7 and 7", up, down)
 	}
 	if b := testutil.ToFloat64(fw.m.bytes[fwdUp]); b != 5+5*1200+10 {

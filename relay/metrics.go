@@ -129,10 +129,10 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	for i := range m.drops {
 		m.drops[i] = m.dropped.WithLabelValues(dropReason(i).String())
 	}
-	m.toGateway = m.datagrams.WithLabelValues("agent_to_gateway", "forwarded")
-	m.fromAgentX = m.datagrams.WithLabelValues("agent_to_gateway", "dropped")
-	m.toAgent = m.datagrams.WithLabelValues("gateway_to_agent", "forwarded")
-	m.fromGateX = m.datagrams.WithLabelValues("gateway_to_agent", "dropped")
+	m.toGateway = m.datagrams.WithLabelValues(directionLabels[fwdUp], "forwarded")
+	m.fromAgentX = m.datagrams.WithLabelValues(directionLabels[fwdUp], "dropped")
+	m.toAgent = m.datagrams.WithLabelValues(directionLabels[fwdDown], "forwarded")
+	m.fromGateX = m.datagrams.WithLabelValues(directionLabels[fwdDown], "dropped")
 	m.agentGauge = m.sessions.WithLabelValues(roleAgent)
 	m.gwGauge = m.sessions.WithLabelValues(roleGateway)
 	for _, r := range []string{refuseWrongRole, refuseBadHello, refuseNoIdentity, refuseVersion} {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ztgate/ztgate/conf"
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -213,31 +214,40 @@ func TestSignalingThroughRelay(t *testing.T) {
 	})
 }
 
+// forwardingRelay starts a relay with four forward ports, a gateway gw1
+// of ops serving web to acme with the direct-path candidates cands, and an
+// agent a1 of acme.
+func forwardingRelay(t *testing.T, cands []netip.AddrPort) (r *Relay, cfg *conf.Relay, gw, a *client) {
+	t.Helper()
+	p := newPKI(t)
+	cfg = p.relayConfig(t.TempDir())
+	cfg.ForwardPorts = freePorts(t, 4)
+	r = startRelay(t, cfg)
+	addr := r.Addr().String()
+	gw = mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	gw.registerDirect(cands, svc("web", "acme"))
+	a = mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a1"), agentHello("a1"))
+	waitFor(t, "candidates stored", func() bool {
+		r.mu.RLock()
+		defer r.mu.RUnlock()
+		for g := range r.gateways {
+			return len(g.candidates) == len(cands)
+		}
+		return false
+	})
+	return r, cfg, gw, a
+}
+
 // TestSignalingForwarder: a relay with forward_ports passes each answer to
 // the agent with a forwarder's port. The forwarder sends only to the
 // gateway's listen port at the address the gateway's relay session comes
 // from (here 127.0.0.1, whatever the candidates say), carries the agent's
 // datagrams there, and closes when the attempt fails.
 func TestSignalingForwarder(t *testing.T) {
-	p := newPKI(t)
-	cfg := p.relayConfig(t.TempDir())
-	cfg.ForwardPorts = freePorts(t, 4)
-	r := startRelay(t, cfg)
-	addr := r.Addr().String()
 	listener := udpAt(t, "127.0.0.1:0") // the gateway's [tunnel] listen
 	lport := addrOf(listener).Port()
-	gw := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
 	cands := []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), lport)}
-	gw.registerDirect(cands, svc("web", "acme"))
-	a := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a1"), agentHello("a1"))
-	waitFor(t, "candidates stored", func() bool {
-		r.mu.RLock()
-		defer r.mu.RUnlock()
-		for g := range r.gateways {
-			return len(g.candidates) == 1
-		}
-		return false
-	})
+	r, cfg, gw, a := forwardingRelay(t, cands)
 	live := func() float64 { return testutil.ToFloat64(r.fwd.m.live) }
 
 	attempt := func(id uint64, success bool) uint16 {
@@ -301,23 +311,8 @@ func TestSignalingForwarder(t *testing.T) {
 // relay's own fields (gateway identity, forward port); none leaves the
 // relay stuck: a well-formed round works after each.
 func TestSignalingHostileAnswers(t *testing.T) {
-	p := newPKI(t)
-	cfg := p.relayConfig(t.TempDir())
-	cfg.ForwardPorts = freePorts(t, 4)
-	r := startRelay(t, cfg)
-	addr := r.Addr().String()
 	good := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:4434")}
-	gw := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
-	gw.registerDirect(good, svc("web", "acme"))
-	a := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a1"), agentHello("a1"))
-	waitFor(t, "candidates stored", func() bool {
-		r.mu.RLock()
-		defer r.mu.RUnlock()
-		for g := range r.gateways {
-			return len(g.candidates) == 1
-		}
-		return false
-	})
+	_, cfg, gw, a := forwardingRelay(t, good)
 	many := make([]netip.AddrPort, tunnel.MaxCandidates+1)
 	for i := range many {
 		many[i] = netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}), 4434)

@@ -5,14 +5,11 @@ package tunnel
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"net"
 	"os"
 	"strconv"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/ztgate/ztgate/internal/udpseg"
 )
@@ -55,7 +52,7 @@ func TestReceiveGRO(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer ln.Close()
-			if on := receiveOffload(ln.udp); on != gro {
+			if on := udpseg.GROEnabled(ln.udp); on != gro {
 				t.Fatalf("the listener's socket has UDP GRO %v, want %v", on, gro)
 			}
 			testGRORuns(t, ln.udp.LocalAddr().(*net.UDPAddr), fam.client)
@@ -97,7 +94,7 @@ func testGRORuns(t *testing.T, server *net.UDPAddr, client net.IP) {
 				oob = udpSegmentMsg(uint16(tc.sizes[0]))
 			}
 			if _, _, err := c.WriteMsgUDP(msg, oob, server); err != nil {
-				if errors.Is(err, unix.EIO) || errors.Is(err, unix.EINVAL) {
+				if udpseg.Refused(err) {
 					t.Skipf("this kernel cannot send with UDP GSO on loopback: %v", err)
 				}
 				t.Fatal(err)
@@ -164,12 +161,12 @@ func udpSegmentMsg(size uint16) []byte {
 // kernelHasGRO reports whether a UDP socket of this kernel takes UDP_GRO.
 func kernelHasGRO(t *testing.T) bool {
 	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(fd)
-	return unix.SetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_GRO, 1) == nil
+	defer c.Close()
+	return udpseg.EnableGRO(c)
 }
 
 func keys(m map[string]bool) [][]byte {

@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
+
+	"github.com/ztgate/ztgate/internal/udpseg"
 )
 
 // maxPendingSetups bounds the connections between the QUIC handshake and
@@ -110,7 +112,7 @@ func Listen(addr string, cfg ListenConfig, log *slog.Logger) (*Listener, error) 
 	if l.creds.Insecure() {
 		l.log.Warn("INSECURE: tunnel listener accepts clients without a verified certificate (development only)")
 	}
-	l.log.Info("tunnel listening", "alpn", alpn, "gro", receiveOffload(udp))
+	l.log.Info("tunnel listening", "alpn", alpn, "gro", udpseg.GROEnabled(udp))
 	l.wg.Add(2)
 	go l.acceptLoop()
 	go func() {

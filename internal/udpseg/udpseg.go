@@ -74,6 +74,20 @@ func EnableGRO(c *net.UDPConn) bool {
 	return serr == nil
 }
 
+// GROEnabled reports whether c's socket has UDP_GRO on (set by EnableGRO,
+// or by ztgate's quic-go on its own sockets).
+func GROEnabled(c *net.UDPConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	on, gerr := 0, error(nil)
+	if err := rc.Control(func(fd uintptr) { on, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO) }); err != nil {
+		return false
+	}
+	return gerr == nil && on == 1
+}
+
 // GROSize returns the segment size of a read's run of datagrams from its
 // control messages, or 0 when the read holds one datagram. It allocates
 // nothing.

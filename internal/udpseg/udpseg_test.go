@@ -102,8 +102,14 @@ func TestSendAndReceive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rx.Close()
+	if GROEnabled(rx) {
+		t.Fatal("UDP GRO on before EnableGRO")
+	}
 	gro := EnableGRO(rx)
 	t.Logf("UDP GRO: %v", gro)
+	if GROEnabled(rx) != gro {
+		t.Fatalf("GROEnabled %v after EnableGRO reported %v", GROEnabled(rx), gro)
+	}
 	tx, err := net.DialUDP("udp4", nil, rx.LocalAddr().(*net.UDPAddr))
 	if err != nil {
 		t.Fatal(err)
