@@ -327,6 +327,11 @@ func TestOpsLANGateway(t *testing.T) {
 		if flows[0]["tenant"] != "acme" || flows[0]["backend"] != "192.0.2.10:8080" || flows[0]["bytes_down"].(float64) <= 0 {
 			t.Errorf("flow line %v", flows[0])
 		}
+		if d, ok := flows[0]["duration"].(string); !ok {
+			t.Errorf("the flow line's duration %v is not a string such as \"1.5s\"", flows[0]["duration"])
+		} else if _, err := time.ParseDuration(d); err != nil {
+			t.Errorf("the flow line's duration: %v", err)
+		}
 	})
 }
 

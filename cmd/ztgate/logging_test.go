@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestLogFlags(t *testing.T) {
@@ -36,7 +37,7 @@ func TestLogFlags(t *testing.T) {
 				t.Fatal(err)
 			}
 			log.Debug("hidden unless debug")
-			log.Info("flow", "service", "web", "bytes_up", 80)
+			log.Info("flow", "service", "web", "bytes_up", 80, "duration", 1500*time.Millisecond)
 			lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 			if want := map[bool]int{true: 2, false: 1}[tc.debugShown]; len(lines) != want {
 				t.Fatalf("%d lines, want %d:\n%s", len(lines), want, buf.String())
@@ -47,10 +48,10 @@ func TestLogFlags(t *testing.T) {
 			if isJSON != tc.wantJSON {
 				t.Fatalf("line %q: JSON %v, want %v", last, isJSON, tc.wantJSON)
 			}
-			if !tc.wantJSON && !strings.Contains(last, "msg=flow service=web bytes_up=80") {
+			if !tc.wantJSON && !strings.Contains(last, "msg=flow service=web bytes_up=80 duration=1.5s") {
 				t.Errorf("text line %q", last)
 			}
-			if tc.wantJSON && (rec["msg"] != "flow" || rec["service"] != "web") {
+			if tc.wantJSON && (rec["msg"] != "flow" || rec["service"] != "web" || rec["duration"] != "1.5s") {
 				t.Errorf("JSON line %v", rec)
 			}
 		})
