@@ -9,11 +9,12 @@ import (
 )
 
 // startAPI serves the agent's local API on [api] listen (off by default):
-// GET /healthz and GET /metrics, both open like on every role. The agent
-// has no /v1/ API, so [api] token_file protects nothing but the profiles.
+// GET /healthz and GET /metrics, both open like on every role, and
+// GET /v1/status (Status) and the Go profiles, behind [api] token_file when
+// one is set.
 func (a *Agent) startAPI() error {
 	api, err := adminapi.Start(adminapi.Config{
-		Listen: a.cfg.API.Listen, TokenFile: a.cfg.API.TokenFile, Registry: a.m.reg, Log: a.log,
+		Listen: a.cfg.API.Listen, TokenFile: a.cfg.API.TokenFile, Registry: a.m.reg, Log: a.log, V1: a.v1(),
 	})
 	if err != nil {
 		return fmt.Errorf("agent: api: %w", err)

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/netip"
@@ -40,7 +41,8 @@ func TestAPI(t *testing.T) {
 	}{
 		{"/healthz", []string{"ok"}},
 		{"/metrics", []string{"ztgate_agent_connected 1", `ztgate_agent_packets_total{direction="up"}`, "go_goroutines", `ztgate_dns_queries_total{listener="agent"`}},
-		{"/v1/services", []string{"404 page not found"}},
+		{"/v1/services", []string{"404 page not found"}}, // how `ztgate status` tells an agent
+		{"/v1/status", []string{`"role": "agent"`, `"connected": true`, `"identity": "acme/agent/laptop"`, `"name": "web"`, `"path": "relay"`}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.path, func(t *testing.T) {
@@ -52,6 +54,17 @@ func TestAPI(t *testing.T) {
 			}
 		})
 	}
+	t.Run("/v1/status is Status", func(t *testing.T) {
+		var got Status
+		if err := json.Unmarshal([]byte(httpGet(t, base+"/v1/status")), &got); err != nil {
+			t.Fatal(err)
+		}
+		want := a.Status()
+		if got.Identity != want.Identity || got.Tunnel.Remote != want.Tunnel.Remote || len(got.Services) != len(want.Services) ||
+			got.Pool != want.Pool || !got.Tunnel.Since.Equal(want.Tunnel.Since) {
+			t.Errorf("GET /v1/status %+v, Status %+v", got, want)
+		}
+	})
 	t.Run("packets counted", func(t *testing.T) {
 		line := `ztgate_agent_packets_total{direction="up"} `
 		for l := range strings.Lines(httpGet(t, base+"/metrics")) {

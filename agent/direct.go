@@ -75,7 +75,8 @@ type direct struct {
 	wants  chan string // services with a new flow and no direct path (from the router)
 	events chan any    // *tunnel.Answer, *tunnel.ErrorMessage, dialed, pathDown
 	routes atomic.Pointer[map[string]*path]
-	wg     sync.WaitGroup // dials and the goroutines of paths
+	shown  atomic.Pointer[[]PathStatus] // the paths for Status
+	wg     sync.WaitGroup               // dials and the goroutines of paths
 
 	// Owned by run.
 	svcs   map[string]*svcDirect
@@ -285,12 +286,8 @@ func (d *direct) use(service string, st *svcDirect, p *path, id uint64) {
 	p.services[service] = id
 	d.publish()
 	d.a.m.directUp.Inc()
-	via := "direct"
-	if p.forwarded {
-		via = "relay forwarder"
-	}
 	d.log.Info("direct path up: new flows of the service go straight to the gateway",
-		"service", service, "gateway", p.gateway, "address", p.addr.String(), "via", via)
+		"service", service, "gateway", p.gateway, "address", p.addr.String(), "via", viaName(p.forwarded))
 }
 
 // onError handles the relay's error about a signaling session: an offer
@@ -379,6 +376,7 @@ func (d *direct) publish() {
 	}
 	d.a.m.directPaths.Set(float64(len(d.paths)))
 	d.a.m.forwardedPaths.Set(float64(forwarded))
+	d.showPaths()
 }
 
 // result tells the relay how an attempt went.

@@ -21,6 +21,7 @@ type path struct {
 	// "Forwarded paths"); the session is still end to end.
 	forwarded bool
 	s         *tunnel.Session
+	since     time.Time // when it came up
 
 	dead     atomic.Bool   // set when its liveness check failed or it ended
 	used     atomic.Uint64 // packets the router sent on it
@@ -103,7 +104,7 @@ func (d *direct) dial(r dialed, cands []netip.AddrPort, forwarded netip.AddrPort
 // startPath starts the goroutines of a new direct session: the gateway's
 // packets to the TUN, its control messages, the liveness check.
 func (d *direct) startPath(gateway string, addr netip.AddrPort, forwarded bool, s *tunnel.Session) *path {
-	p := &path{gateway: gateway, addr: addr, forwarded: forwarded, s: s, services: make(map[string]uint64)}
+	p := &path{gateway: gateway, addr: addr, forwarded: forwarded, s: s, since: time.Now(), services: make(map[string]uint64)}
 	p.lastPong.Store(monoclock.Now())
 	if mtu := routedMTU(s.MaxDatagram()); mtu < int(d.a.mtu.Load()) {
 		d.log.Warn("the direct path carries less than the TUN's MTU; larger packets take the relay",

@@ -22,8 +22,9 @@ func (a *Agent) startTunnel() {
 			Hello:       a.hello(),
 			Registerer:  a.m.reg,
 		},
-		Log:       a.root.With("component", "tunnel"),
-		OnSession: a.serve,
+		Log:          a.root.With("component", "tunnel"),
+		OnSession:    a.serve,
+		OnDisconnect: a.disconnected,
 	}
 	a.wg.Add(1)
 	go func() {
@@ -41,6 +42,7 @@ func (a *Agent) hello() tunnel.Hello {
 // directories the server pushes and writes the server's packets to the TUN.
 func (a *Agent) serve(ctx context.Context, s *tunnel.Session) error {
 	a.fitMTU(s)
+	a.connected(s)
 	a.sess.Store(s)
 	defer a.sess.CompareAndSwap(s, nil)
 	a.m.connected.Set(1)

@@ -337,7 +337,7 @@ func TestOpsLANGateway(t *testing.T) {
 
 // TestOpsRelayDeployment runs a relay, a gateway attached to it and an
 // agent as their units do, sends traffic through them and checks the
-// metrics of all three and `ztgate status` on the gateway and the relay,
+// metrics of all three and `ztgate status` on all three,
 // draining included.
 func TestOpsRelayDeployment(t *testing.T) {
 	needTools(t, "curl", "dig", "setpriv")
@@ -457,6 +457,14 @@ func TestOpsRelayDeployment(t *testing.T) {
 		documented(t, "agent", agent1)
 	})
 
+	t.Run("status of the agent", func(t *testing.T) {
+		out := r.exec(r.agents["a1"], r.ztgate, "status", "-api", "http://127.0.0.1:7782")
+		for _, want := range []string{"agent ", "acme/agent/", "connected to ", "SERVICE", "PATH", "web", vip, "tcp/80", "relay"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("agent status lacks %q:\n%s", want, out)
+			}
+		}
+	})
 	t.Run("status of the gateway and the relay", func(t *testing.T) {
 		out := r.exec(r.gw, r.ztgate, "status")
 		for _, want := range []string{"web", vip, "tcp/80→8080", "udp/7", "acme", "up", "192.0.2.10 up"} {

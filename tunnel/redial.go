@@ -32,6 +32,9 @@ type Redialer struct {
 	// session has ended (s.Done()) or ctx is done; Run then closes s. Its
 	// error is logged.
 	OnSession func(ctx context.Context, s *Session) error
+	// OnDisconnect, if set, is told why a session ended or a dial failed
+	// and how long Run waits before it dials again.
+	OnDisconnect func(err error, retryIn time.Duration)
 
 	// Test hooks; nil means the real clock.
 	now   func() time.Time
@@ -71,6 +74,9 @@ func (r *Redialer) Run(ctx context.Context) error {
 		}
 		wait := b.next()
 		log.Warn("tunnel disconnected; redialing", "server", r.Addr, "err", err, "in", wait.Round(time.Millisecond))
+		if r.OnDisconnect != nil {
+			r.OnDisconnect(err, wait)
+		}
 		sleep(ctx, wait)
 	}
 	return nil

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -50,7 +51,7 @@ type statusGateway struct {
 func runStatus(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	api := fs.String("api", "http://127.0.0.1:7780", "admin API `URL` of a gateway (default) or a relay (e.g. http://127.0.0.1:7781)")
+	api := fs.String("api", "http://127.0.0.1:7780", "admin API `URL` of a gateway (default), a relay (e.g. http://127.0.0.1:7781) or an agent (its [api] listen, e.g. http://127.0.0.1:7782)")
 	asJSON := fs.Bool("json", false, "print the API's JSON instead of a table")
 	tokenFile := fs.String("token-file", "", "`file` with the API's bearer token")
 	if err := fs.Parse(args); err != nil {
@@ -83,8 +84,11 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return nil, err
 		}
-		if resp.StatusCode == http.StatusUnauthorized {
+		switch resp.StatusCode {
+		case http.StatusUnauthorized:
 			return nil, fmt.Errorf("%s: %w", path, errUnauthorized)
+		case http.StatusNotFound:
+			return nil, fmt.Errorf("%s: %w", path, errNotFound)
 		}
 		if resp.StatusCode != http.StatusOK {
 			return nil, fmt.Errorf("%s: %s: %s", path, resp.Status, strings.TrimSpace(string(body)))
@@ -92,11 +96,16 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		return body, nil
 	}
 	body, err := get("/v1/services")
+	agent := false
+	if errors.Is(err, errNotFound) { // an agent has its status instead
+		body, err = get("/v1/status")
+		agent = err == nil
+	}
 	if err != nil {
 		var uerr interface{ Timeout() bool }
 		switch {
 		case errors.As(err, &uerr) || strings.Contains(err.Error(), "connection refused"):
-			fmt.Fprintf(stderr, "ztgate status: nothing answers at %s: is the gateway or relay running, and is its [api] listen this address? (%v)\n", *api, err)
+			fmt.Fprintf(stderr, "ztgate status: nothing answers at %s: is the gateway, relay or agent running, and is its [api] listen this address? (%v)\n", *api, err)
 		case errors.Is(err, errUnauthorized):
 			fmt.Fprintf(stderr, "ztgate status: %v: the API has a token_file; pass it with -token-file\n", err)
 		default:
@@ -106,6 +115,15 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	}
 	if *asJSON {
 		stdout.Write(body)
+		return 0
+	}
+	if agent {
+		var st agentStatus
+		if err := json.Unmarshal(body, &st); err != nil || st.Role != "agent" {
+			fmt.Fprintf(stderr, "ztgate status: %s does not look like a ztgate API (%v)\n", *api, err)
+			return 1
+		}
+		renderAgentStatus(stdout, st, time.Now())
 		return 0
 	}
 	var list struct {
@@ -119,8 +137,11 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// errUnauthorized is a 401 from the API.
-var errUnauthorized = errors.New("401 Unauthorized")
+// errUnauthorized is a 401 from the API, errNotFound a 404.
+var (
+	errUnauthorized = errors.New("401 Unauthorized")
+	errNotFound     = errors.New("404 Not Found")
+)
 
 // renderStatus prints one line per service: a gateway's backends, or a
 // relay's gateways with their state (healthy, down or draining).
@@ -198,4 +219,92 @@ func formatGateways(gs []statusGateway) string {
 		out = append(out, fmt.Sprintf("%s %s (%d)", g.Name, state, g.Flows))
 	}
 	return strings.Join(out, "; ")
+}
+
+// agentStatus is what `status` reads of an agent's GET /v1/status
+// (agent.Status).
+type agentStatus struct {
+	Role     string `json:"role"`
+	Name     string `json:"name"`
+	Identity string `json:"identity"`
+	Server   string `json:"server"`
+	Tunnel   struct {
+		Connected bool      `json:"connected"`
+		Since     time.Time `json:"since"`
+		Peer      string    `json:"peer"`
+		Remote    string    `json:"remote"`
+		Version   string    `json:"version"`
+		LastError string    `json:"last_error"`
+		RetryAt   time.Time `json:"retry_at"`
+	} `json:"tunnel"`
+	Address  string `json:"address"`
+	MTU      int    `json:"mtu"`
+	Pool     string `json:"pool"`
+	Services []struct {
+		Name    string `json:"name"`
+		VIP     string `json:"vip"`
+		VIP6    string `json:"vip6"`
+		Healthy bool   `json:"healthy"`
+		Ports   []struct {
+			Protocol string `json:"protocol"`
+			Port     int    `json:"port"`
+		} `json:"ports"`
+		Path    string `json:"path"`
+		Gateway string `json:"gateway"`
+	} `json:"services"`
+	Paths []struct {
+		Gateway string `json:"gateway"`
+		Remote  string `json:"remote"`
+		Via     string `json:"via"`
+	} `json:"direct_paths"`
+}
+
+// renderAgentStatus prints the agent, its tunnel, and one line per service
+// of its directory with the path its new flows take.
+func renderAgentStatus(w io.Writer, st agentStatus, now time.Time) {
+	who := st.Name
+	if st.Identity != "" {
+		who += " (" + st.Identity + ")"
+	}
+	fmt.Fprintf(w, "agent %s, address %s, MTU %d, pool %s\n", who, st.Address, st.MTU, st.Pool)
+	ago := func(t time.Time) string { return now.Sub(t).Round(time.Second).String() }
+	switch t := st.Tunnel; {
+	case t.Connected:
+		fmt.Fprintf(w, "tunnel to %s: connected to %s at %s (%s) for %s\n", st.Server, t.Peer, t.Remote, t.Version, ago(t.Since))
+	case t.Since.IsZero():
+		fmt.Fprintf(w, "tunnel to %s: connecting\n", st.Server)
+	default:
+		fmt.Fprintf(w, "tunnel to %s: DISCONNECTED for %s: %s; next dial in %s\n", st.Server, ago(t.Since), t.LastError,
+			max(t.RetryAt.Sub(now), 0).Round(time.Second))
+	}
+	if len(st.Services) == 0 {
+		fmt.Fprintln(w, "no services")
+		return
+	}
+	via := map[string]string{}
+	for _, p := range st.Paths {
+		via[p.Gateway] = fmt.Sprintf("%s at %s (%s)", p.Gateway, p.Remote, p.Via)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tVIP\tPORTS\tHEALTH\tPATH")
+	for _, s := range st.Services {
+		vip := s.VIP
+		if s.VIP6 != "" {
+			vip = strings.TrimSpace(vip + " " + s.VIP6)
+		}
+		ports := make([]string, 0, len(s.Ports))
+		for _, p := range s.Ports {
+			ports = append(ports, fmt.Sprintf("%s/%d", p.Protocol, p.Port))
+		}
+		health := "down"
+		if s.Healthy {
+			health = "up"
+		}
+		path := s.Path
+		if s.Path == "direct" {
+			path = "direct to " + cmp.Or(via[s.Gateway], s.Gateway)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Name, vip, strings.Join(ports, ","), health, path)
+	}
+	tw.Flush()
 }

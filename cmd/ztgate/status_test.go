@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -30,6 +31,25 @@ const (
 		"healthy": false, "gateways": [{"name": "gw1", "healthy": false, "state": "down", "session": 7, "flows": 2}]}]}`
 )
 
+// Bodies of an agent's GET /v1/status: connected, with one service on a
+// direct path through a relay's forwarder, and cut off.
+const (
+	agentConnected = `{"role": "agent", "name": "laptop", "identity": "acme/agent/laptop", "server": "relay.example.net:4433",
+		"tunnel": {"connected": true, "since": "2026-01-01T10:00:00Z", "peer": "infra/relay/relay1",
+			"remote": "203.0.113.5:4433", "version": "ztna-v2", "max_datagram": 1200},
+		"address": "100.64.0.1", "mtu": 1174, "zone": "ztna.internal.", "pool": "10.100.0.0/24",
+		"services": [
+			{"name": "db", "vip": "10.100.0.11", "healthy": false, "ports": [{"protocol": "tcp", "port": 5432}], "path": "relay"},
+			{"name": "web", "vip": "10.100.0.10", "healthy": true, "ports": [{"protocol": "tcp", "port": 80}, {"protocol": "udp", "port": 7}],
+				"path": "direct", "gateway": "infra/gateway/gw-east"}],
+		"direct_paths": [{"gateway": "infra/gateway/gw-east", "remote": "203.0.113.5:40001", "via": "relay forwarder",
+			"since": "2026-01-01T10:00:05Z", "services": ["web"]}]}`
+	agentCutOff = `{"role": "agent", "name": "laptop", "server": "relay.example.net:4433",
+		"tunnel": {"connected": false, "since": "2026-01-01T10:00:00Z", "last_error": "tunnel: dial relay.example.net:4433: no such host",
+			"retry_at": "2026-01-01T10:00:30Z"},
+		"address": "100.64.0.1", "mtu": 1280, "pool": "10.100.0.0/24", "services": [], "direct_paths": []}`
+)
+
 func TestStatus(t *testing.T) {
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	if err := os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600); err != nil {
@@ -37,6 +57,7 @@ func TestStatus(t *testing.T) {
 	}
 	tests := []struct {
 		name       string
+		path       string // that serves body; "" is /v1/services
 		body       string
 		token      string // the server's; "" = none
 		args       []string
@@ -57,11 +78,22 @@ func TestStatus(t *testing.T) {
 		{name: "token missing", body: gatewayServices, token: "s3cret", code: 1, wantErr: "pass it with -token-file"},
 		{name: "not ztgate", body: `<html>`, code: 1, wantErr: "does not look like a ztgate API"},
 		{name: "nothing answers", serverDown: true, code: 1, wantErr: "nothing answers at"},
+		{name: "agent", path: "/v1/status", body: agentConnected, code: 0, want: []string{
+			"agent laptop (acme/agent/laptop), address 100.64.0.1, MTU 1174, pool 10.100.0.0/24",
+			"tunnel to relay.example.net:4433: connected to infra/relay/relay1 at 203.0.113.5:4433 (ztna-v2) for ",
+			"SERVICE", "PATH", "db", "tcp/5432", "down", "relay",
+			"tcp/80,udp/7", "direct to infra/gateway/gw-east at 203.0.113.5:40001 (relay forwarder)"}, notWant: "BACKENDS"},
+		{name: "agent cut off", path: "/v1/status", body: agentCutOff, code: 0, want: []string{
+			"tunnel to relay.example.net:4433: DISCONNECTED for ", ": tunnel: dial relay.example.net:4433: no such host; next dial in 0s",
+			"no services"}},
+		{name: "agent json", path: "/v1/status", body: agentCutOff, args: []string{"-json"}, code: 0, want: []string{`"last_error": "tunnel: dial`}},
+		{name: "agent token missing", path: "/v1/status", body: agentCutOff, token: "s3cret", code: 1, wantErr: "pass it with -token-file"},
+		{name: "neither", path: "/elsewhere", body: agentCutOff, code: 1, wantErr: "/v1/status: 404 Not Found"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if r.URL.Path != "/v1/services" {
+				if r.URL.Path != cmp.Or(tc.path, "/v1/services") {
 					http.NotFound(w, r)
 					return
 				}

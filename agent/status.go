@@ -1,0 +1,194 @@
+package agent
+
+import (
+	"maps"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/ztgate/ztgate/internal/adminapi"
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// Status is what GET /v1/status shows of an agent: who it is, its tunnel
+// to the server, the services of its directory and the path each one's new
+// flows take.
+type Status struct {
+	Role     string          `json:"role"` // "agent", so that clients tell it from a gateway or relay
+	Name     string          `json:"name"`
+	Identity string          `json:"identity,omitempty"` // tenant/role/name from the certificate
+	Server   string          `json:"server"`             // [tunnel] server
+	Tunnel   TunnelStatus    `json:"tunnel"`
+	Address  netip.Addr      `json:"address"` // the TUN's inner source address
+	MTU      int             `json:"mtu"`     // the TUN's MTU now
+	Zone     string          `json:"zone"`
+	Pool     netip.Prefix    `json:"pool"`
+	Services []ServiceStatus `json:"services"`
+	Paths    []PathStatus    `json:"direct_paths"`
+}
+
+// TunnelStatus is the agent's session to its server.
+type TunnelStatus struct {
+	Connected bool `json:"connected"`
+	// Since: when the session came up, or when the last one ended or the
+	// last dial failed.
+	Since       time.Time      `json:"since,omitzero"`
+	Peer        string         `json:"peer,omitempty"` // the server's identity
+	Remote      netip.AddrPort `json:"remote,omitzero"`
+	Version     string         `json:"version,omitempty"` // the ALPN
+	MaxDatagram int            `json:"max_datagram,omitempty"`
+	// LastError is why the last session ended or the last dial failed,
+	// while disconnected; RetryAt is when the agent dials again.
+	LastError string    `json:"last_error,omitempty"`
+	RetryAt   time.Time `json:"retry_at,omitzero"`
+}
+
+// ServiceStatus is a service of the agent's directory.
+type ServiceStatus struct {
+	Name    string       `json:"name"`
+	VIP     netip.Addr   `json:"vip,omitzero"`
+	VIP6    netip.Addr   `json:"vip6,omitzero"`
+	Healthy bool         `json:"healthy"`
+	Ports   []PortStatus `json:"ports"`
+	// Path is where new flows go: "relay", or "direct" to Gateway (also
+	// through a relay's forwarder; see the direct path's Via).
+	Path    string `json:"path"`
+	Gateway string `json:"gateway,omitempty"`
+}
+
+// PortStatus is a port of a service.
+type PortStatus struct {
+	Protocol string `json:"protocol"`
+	Port     uint16 `json:"port"`
+}
+
+// PathStatus is a direct session to a gateway.
+type PathStatus struct {
+	Gateway  string         `json:"gateway"`
+	Remote   netip.AddrPort `json:"remote"`
+	Via      string         `json:"via"` // "direct", or "relay forwarder"
+	Since    time.Time      `json:"since"`
+	Services []string       `json:"services"` // whose new flows start here
+}
+
+// linkState is the agent's session to its server, for Status. Replaced
+// whole on each change.
+type linkState struct {
+	s       *tunnel.Session // nil while disconnected
+	since   time.Time
+	lastErr string
+	retryAt time.Time
+}
+
+// connected records a new session to the server.
+func (a *Agent) connected(s *tunnel.Session) {
+	a.link.Store(&linkState{s: s, since: time.Now()})
+}
+
+// disconnected records why the session ended or the dial failed, and when
+// the agent dials again.
+func (a *Agent) disconnected(err error, retryIn time.Duration) {
+	ls := &linkState{since: time.Now()}
+	if err != nil {
+		ls.lastErr = err.Error()
+	}
+	ls.retryAt = ls.since.Add(retryIn)
+	a.link.Store(ls)
+}
+
+// Status returns the agent's state now.
+func (a *Agent) Status() Status {
+	st := Status{
+		Role: "agent", Name: a.cfg.Name, Server: a.cfg.Tunnel.Server, Address: a.cfg.TUN.Address,
+		MTU: int(a.mtu.Load()), Zone: a.cfg.DNS.Zone,
+		Services: []ServiceStatus{}, Paths: []PathStatus{},
+	}
+	if cert := a.creds.Certificate(); cert != nil {
+		if id, err := tunnel.IdentityFromCert(cert); err == nil {
+			st.Identity = id.String()
+		}
+	}
+	if ls := a.link.Load(); ls != nil {
+		st.Tunnel = TunnelStatus{Since: ls.since, LastError: ls.lastErr, RetryAt: ls.retryAt}
+		if s := ls.s; s != nil {
+			st.Tunnel.Connected = true
+			st.Tunnel.Peer = s.Peer().String()
+			st.Tunnel.Remote = s.RemoteAddr()
+			st.Tunnel.Version = s.Version().String()
+			st.Tunnel.MaxDatagram = s.MaxDatagram()
+		}
+	}
+	d := a.dir.Load()
+	st.Pool = d.pool
+	paths := a.direct.snapshot()
+	for _, name := range slices.Sorted(maps.Keys(d.byName)) {
+		s := d.byName[name]
+		ss := ServiceStatus{Name: name, VIP: s.entry.VIP, VIP6: s.entry.VIP6, Healthy: s.healthy, Path: "relay", Ports: []PortStatus{}}
+		for _, p := range s.entry.Ports {
+			ss.Ports = append(ss.Ports, PortStatus{Protocol: p.Protocol.String(), Port: p.Port})
+		}
+		for _, p := range paths {
+			if slices.Contains(p.Services, name) {
+				ss.Path, ss.Gateway = "direct", p.Gateway
+			}
+		}
+		st.Services = append(st.Services, ss)
+	}
+	st.Paths = append(st.Paths, paths...)
+	return st
+}
+
+// v1 serves the agent's GET /v1/status.
+func (a *Agent) v1() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
+		adminapi.WriteJSON(w, http.StatusOK, a.Status())
+	})
+	return mux
+}
+
+// viaName names how a path reaches its gateway.
+func viaName(forwarded bool) string {
+	if forwarded {
+		return "relay forwarder"
+	}
+	return "direct"
+}
+
+// pathStatus is p as Status shows it. Only the manager's goroutine calls
+// it: it reads p.services.
+func (p *path) status() PathStatus {
+	ps := PathStatus{Gateway: p.gateway, Remote: p.addr, Via: viaName(p.forwarded), Since: p.since}
+	for service := range p.services {
+		ps.Services = append(ps.Services, service)
+	}
+	slices.Sort(ps.Services)
+	if ps.Services == nil {
+		ps.Services = []string{}
+	}
+	return ps
+}
+
+// snapshot returns the direct paths as publish last saw them.
+func (d *direct) snapshot() []PathStatus {
+	if d == nil {
+		return nil
+	}
+	if ps := d.shown.Load(); ps != nil {
+		return *ps
+	}
+	return nil
+}
+
+// showPaths records the paths for Status, ordered by gateway. Only the
+// manager's goroutine calls it.
+func (d *direct) showPaths() {
+	ps := make([]PathStatus, 0, len(d.paths))
+	for _, p := range d.paths {
+		ps = append(ps, p.status())
+	}
+	slices.SortFunc(ps, func(a, b PathStatus) int { return strings.Compare(a.Gateway, b.Gateway) })
+	d.shown.Store(&ps)
+}
