@@ -278,10 +278,17 @@ func (g *Gateway) startLAN(pools []netip.Prefix) error {
 		}, func() float64 { return float64(t.ReadErrors()) }))
 	}
 	g.dev = dev
+	tunnelOn := g.cfg.Tunnel.Relay != "" || g.cfg.Tunnel.Listen != ""
 	link, err := g.ns.AttachDevice(dev, netstack.LinkConfig{
 		Name:  "lan",
 		Async: true,
 		Admit: func(src netip.Addr) bool {
+			// The tunnel's synthetic sources come only from its own link:
+			// a LAN packet with one would pose as that agent, with its
+			// identity and tenant, and reach its flows.
+			if tunnelOn && synthPrefix.Contains(src) {
+				return false
+			}
 			_, ok := g.tbl.Load().tenants.lookup(src)
 			return ok
 		},

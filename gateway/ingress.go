@@ -18,9 +18,10 @@ import (
 // only it, with the agent's own address put back. Two agents using the same
 // inner address and port never meet inside the stack.
 //
-// The synthetic addresses are link-local (169.254.0.0/16): they never come
-// from a LAN through a router, so they cannot collide with a tenant's
-// sources.
+// The synthetic addresses are link-local (169.254.0.0/16): they do not
+// come from a LAN through a router, and when a LAN packet carries one
+// anyway (spoofed, or a tenant whose sources cover 169.254.0.0/16) the LAN
+// link drops it as an unknown source, so it cannot pose as an agent.
 var synthPrefix = netip.MustParsePrefix("169.254.0.0/16")
 
 // ingress is one tunnel ingress: a relay tag or a direct agent session.

@@ -98,3 +98,46 @@ func TestUDPFlowsKeepTheirIngress(t *testing.T) {
 		}
 	}
 }
+
+// TestLANCannotPoseAsIngress: a LAN client of a tenant whose sources cover
+// 169.254.0.0/16 (as a tenant of "everyone else" would) sends from an agent's
+// synthetic address. It must not get the agent's identity and tenant: its
+// SYN to a service of the agent's tenant only is dropped and counted as an
+// unknown source, and its datagram does not join the agent's UDP flow,
+// while the agent's own packets still pass and a LAN client from a real
+// address of the same tenant is refused as that tenant.
+func TestLANCannotPoseAsIngress(t *testing.T) {
+	_, port := startHTTP(t, nil)
+	h := newHarness(t, withTunnel(t, baseConfig(port, startUDPEcho(t))+`
+[[tenant]]
+name = "guest"
+sources = ["160.0.0.0/4"]
+`))
+	in, replies := h.recordingIngress(t, "acme")
+	web := netip.MustParseAddrPort("10.100.0.10:80")
+	echo := netip.MustParseAddrPort("10.100.0.20:7")
+
+	agentSrc := netip.AddrPortFrom(agentInner, 40000)
+	h.gw.deliverTunnel(in, "", netstacktest.UDPDatagram(agentSrc, echo, []byte("agent")), h.gw.tunLink)
+	waitFor(t, 5*time.Second, "the agent's echo", func() bool { return len(replies()) == 1 })
+
+	drops := func() float64 {
+		return max(0, metricValue(t, h.gw, "ztgate_packets_dropped_total", "reason", "unknown_source"))
+	}
+	before, deniedBefore := drops(), h.refused(t, refuseTenant)
+	h.gw.lan.Deliver(netstacktest.TCPSegment(netip.AddrPortFrom(in.synth, 5000), web, netstacktest.FlagSYN, 1, nil))
+	// The same source port as the agent's flow: without the check it would
+	// join that flow and its echo would go to the agent.
+	h.gw.lan.Deliver(netstacktest.UDPDatagram(netip.AddrPortFrom(in.synth, 40000), echo, []byte("spoofed")))
+	// A real address of the tenant: refused as that tenant.
+	h.gw.lan.Deliver(netstacktest.TCPSegment(netip.MustParseAddrPort("160.0.0.5:5000"), web, netstacktest.FlagSYN, 1, nil))
+	waitFor(t, 5*time.Second, "the spoofed packets counted", func() bool { return drops() >= before+2 })
+	waitFor(t, 5*time.Second, "the guest refused", func() bool { return h.refused(t, refuseTenant) >= deniedBefore+1 })
+	time.Sleep(100 * time.Millisecond)
+	if got := replies(); len(got) != 1 {
+		t.Errorf("the agent got %d packets, want only its own echo", len(got))
+	}
+	if n := metricValue(t, h.gw, "ztgate_flows_total", "service", "web", "tenant", "acme", "protocol", "tcp"); n > 0 {
+		t.Errorf("%v flows of acme to web", n)
+	}
+}
