@@ -225,6 +225,11 @@ func (g *Gateway) Start() error {
 		defer g.wg.Done()
 		g.sweepIdle()
 	}()
+	if g.tunnelOn() {
+		// Before the LAN link starts: its packets' sources are looked up
+		// here (identify).
+		g.ingresses = newIngressTable(g.m.ingresses)
+	}
 	if err := g.startLAN(pools); err != nil {
 		g.Close()
 		return err
@@ -278,7 +283,7 @@ func (g *Gateway) startLAN(pools []netip.Prefix) error {
 		}, func() float64 { return float64(t.ReadErrors()) }))
 	}
 	g.dev = dev
-	tunnelOn := g.cfg.Tunnel.Relay != "" || g.cfg.Tunnel.Listen != ""
+	tunnelOn := g.tunnelOn()
 	link, err := g.ns.AttachDevice(dev, netstack.LinkConfig{
 		Name:  "lan",
 		Async: true,

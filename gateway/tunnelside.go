@@ -16,11 +16,15 @@ import (
 // session lowers the link's MTU to what its datagrams carry.
 const tunnelLinkMTU = 1500
 
+// tunnelOn reports whether [tunnel] takes agents, through a relay or
+// directly.
+func (g *Gateway) tunnelOn() bool { return g.cfg.Tunnel.Relay != "" || g.cfg.Tunnel.Listen != "" }
+
 // startTunnel opens the netstack link of tunnel ingress and starts the
 // relay client and the direct listener that [tunnel] configures.
 func (g *Gateway) startTunnel() error {
 	tc := g.cfg.Tunnel
-	if tc.Relay == "" && tc.Listen == "" {
+	if !g.tunnelOn() {
 		return nil
 	}
 	creds, err := tunnel.NewCredentials(tunnel.CredentialsConfig{
@@ -36,7 +40,6 @@ func (g *Gateway) startTunnel() error {
 		g.log.Warn("INSECURE: [tunnel] insecure_allow_unauthenticated is on: peers without a verified ztgate identity are accepted; never use this in production")
 	}
 	g.creds = creds
-	g.ingresses = newIngressTable(g.m.ingresses)
 	link, err := g.ns.NewLink(netstack.LinkConfig{
 		Name:   "tunnel",
 		MTU:    tunnelLinkMTU,
