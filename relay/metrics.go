@@ -23,6 +23,7 @@ const (
 	dropForeignTag                         // 0x31 with a tag of another gateway
 	dropNotIP                              // 0x31 whose payload is not an IP packet
 	dropWrongDestination                   // 0x31 whose packet is not for the agent's inner address
+	dropWrongSource                        // 0x31 whose packet is not from a VIP of the tag's service
 	dropSendFailed                         // the next hop's session did not take it
 	dropFlowLost                           // a TCP segment of a flow whose gateway is gone
 	dropNoEligible                         // every gateway of the service is drained
@@ -32,7 +33,7 @@ const (
 var dropNames = [numDropReasons]string{
 	"malformed", "unexpected_type", "raw_from_agent", "not_registered", "unknown_service",
 	"not_authorized", "spoofed", "tags_exhausted", "gateway_gone", "unknown_tag", "foreign_tag",
-	"not_ip", "wrong_destination", "send_failed", "flow_gateway_lost", "all_drained",
+	"not_ip", "wrong_destination", "wrong_source", "send_failed", "flow_gateway_lost", "all_drained",
 }
 
 // String returns the label value.

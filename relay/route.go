@@ -170,8 +170,9 @@ func (r *Relay) pinInner(a *agent, inner netip.Addr) {
 
 // fromGateway handles one datagram of a gateway session: only 0x31, routed
 // strictly by its tag to the agent session the tag was drawn for, and only
-// if the tag belongs to this gateway and the packet is an IP packet for
-// the agent's inner address. b becomes the relay's: the packet in it is
+// if the tag belongs to this gateway and the packet is an IP packet from a
+// VIP of the tag's service (a gateway speaks only for the services it
+// serves) to the agent's inner address. b becomes the relay's: the packet in it is
 // queued to the agent without a copy.
 func (r *Relay) fromGateway(g *gateway, b []byte) {
 	id, packet, err := tunnel.ParseTagReturn(b)
@@ -183,16 +184,19 @@ func (r *Relay) fromGateway(g *gateway, b []byte) {
 		r.m.dropFromGateway(dropMalformed)
 		return
 	}
-	_, dst, ok := ipAddrs(packet)
+	src, dst, ok := ipAddrs(packet)
 	if !ok {
 		r.m.dropFromGateway(dropNotIP)
 		return
 	}
 	r.mu.RLock()
 	t := r.tags[id]
-	var inner netip.Addr
+	var inner, vip, vip6 netip.Addr
 	if t != nil {
 		inner = t.agent.inner
+		if svc := r.services[t.service]; svc != nil {
+			vip, vip6 = svc.vip, svc.vip6
+		}
 	}
 	r.mu.RUnlock()
 	switch {
@@ -204,6 +208,9 @@ func (r *Relay) fromGateway(g *gateway, b []byte) {
 		return
 	case dst != inner:
 		r.m.dropFromGateway(dropWrongDestination)
+		return
+	case !src.IsValid() || (src != vip && src != vip6):
+		r.m.dropFromGateway(dropWrongSource)
 		return
 	}
 	if !t.agent.out.send(packet) {

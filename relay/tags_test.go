@@ -191,6 +191,7 @@ func TestTagRouting(t *testing.T) {
 		{"unknown tag", gw1, open1.Tag ^ 0x5a5a5a5a, reply("guess"), nil, dropUnknownTag},
 		{"not an IP packet", gw1, open1.Tag, []byte{0x01, 1, 2, 3, 4, 5, 6}, nil, dropNotIP},
 		{"not for the agent's address", gw1, open1.Tag, udpPacket(dst, netip.MustParseAddrPort("100.64.0.9:4000"), "x"), nil, dropWrongDestination},
+		{"not from the service's VIP", gw1, open1.Tag, udpPacket(netip.MustParseAddrPort("10.100.0.250:7"), src, "forged"), nil, dropWrongSource},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
