@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+
 	"github.com/ztgate/ztgate/netstack/netstacktest"
 )
 
@@ -140,4 +142,55 @@ sources = ["160.0.0.0/4"]
 	if n := metricValue(t, h.gw, "ztgate_flows_total", "service", "web", "tenant", "acme", "protocol", "tcp"); n > 0 {
 		t.Errorf("%v flows of acme to web", n)
 	}
+}
+
+// icmpUnreachable is an ICMP port unreachable from src to dst quoting the
+// first 28 bytes of quoted, checksum correct.
+func icmpUnreachable(src, dst netip.Addr, quoted []byte) []byte {
+	m := make([]byte, 36)
+	m[0], m[1] = 3, 3
+	copy(m[8:], quoted[:28])
+	binary.BigEndian.PutUint16(m[2:], ^checksum.Checksum(m, 0))
+	return netstacktest.IPv4Packet(src, dst, netstacktest.ProtoICMP, nil, m)
+}
+
+// TestForgedICMPErrorsEndNoFlow: a client of one tenant forges ICMP port
+// unreachable errors quoting packets the gateway sent to an agent's and to
+// another tenant's UDP flows. Neither flow ends; the errors are dropped
+// and counted, while the flow's own client's error passes on to gVisor.
+func TestForgedICMPErrorsEndNoFlow(t *testing.T) {
+	_, port := startHTTP(t, nil)
+	h := newHarness(t, withTunnel(t, baseConfig(port, startUDPEcho(t))))
+	in, replies := h.recordingIngress(t, "acme")
+	echo := netip.MustParseAddrPort("10.100.0.20:7")
+	lanVictim := netip.AddrPortFrom(acmeClient, 4000)
+	h.gw.lan.Deliver(netstacktest.UDPDatagram(lanVictim, echo, []byte("lan")))
+	h.gw.deliverTunnel(in, "", netstacktest.UDPDatagram(netip.AddrPortFrom(agentInner, 4000), echo, []byte("agent")), h.gw.tunLink)
+	waitFor(t, 5*time.Second, "two UDP flows", func() bool { return h.gw.flows.len() == 2 })
+	flows := h.gw.flows.list(nil)
+
+	refused := func() float64 {
+		return max(0, metricValue(t, h.gw, "ztgate_packets_dropped_total", "reason", "icmp_refused"))
+	}
+	before := refused()
+	for _, victim := range []netip.AddrPort{lanVictim, netip.AddrPortFrom(in.synth, 4000)} {
+		h.gw.lan.Deliver(icmpUnreachable(globexClient, echo.Addr(), netstacktest.UDPDatagram(echo, victim, []byte("x"))))
+	}
+	waitFor(t, 5*time.Second, "the forged errors counted", func() bool { return refused() >= before+2 })
+	time.Sleep(200 * time.Millisecond)
+	for _, f := range flows {
+		if reason, closed := f.closed(); closed {
+			t.Errorf("the flow of %v ended (%s) on another client's forged ICMP error", f.client, reason)
+		}
+	}
+
+	t.Run("its own client's error", func(t *testing.T) {
+		h.gw.lan.Deliver(icmpUnreachable(acmeClient, echo.Addr(), netstacktest.UDPDatagram(echo, lanVictim, []byte("x"))))
+		// A marker behind it: once its echo is back, the error was taken.
+		h.gw.deliverTunnel(in, "", netstacktest.UDPDatagram(netip.AddrPortFrom(agentInner, 4000), echo, []byte("marker")), h.gw.tunLink)
+		waitFor(t, 5*time.Second, "the marker's echo", func() bool { return len(replies()) == 2 })
+		if got := refused(); got != before+2 {
+			t.Errorf("%v refused, want %v: the client's own error was refused", got, before+2)
+		}
+	})
 }

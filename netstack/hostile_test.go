@@ -90,7 +90,7 @@ func hostilePackets() []struct {
 			netstacktest.EchoRequest(clientAddr, accepted, 1, 1, bytes.Repeat([]byte("p"), 64)), 0,
 			bytes.Repeat([]byte("p"), 16), true), false},
 		{"truncated echo request", netstacktest.IPv4Packet(clientAddr, accepted, netstacktest.ProtoICMP, nil, []byte{8, 0, 0}), false},
-		{"ICMP redirect", netstacktest.IPv4Packet(clientAddr, accepted, netstacktest.ProtoICMP, nil, append([]byte{5, 1, 0, 0, 10, 100, 0, 66}, syn[:28]...)), false},
+		{"ICMP redirect", netstacktest.IPv4Packet(clientAddr, accepted, netstacktest.ProtoICMP, nil, append([]byte{5, 1, 0, 0, 10, 100, 0, 66}, syn[:28]...)), true}, // icmp_refused: never taken from a client
 		{"protocol 0", odd(0), false},
 		{"IGMP", odd(2), false},
 		{"GRE", odd(47), false},

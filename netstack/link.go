@@ -204,6 +204,10 @@ func (l *Link) admit(pkt []byte) (*stack.PacketBuffer, tcpip.NetworkProtocolNumb
 		ns.drop(DropNotRouted)
 		return nil, 0, nil
 	}
+	if !h.icmpAdmissible() {
+		ns.drop(DropICMPRefused)
+		return nil, 0, nil
+	}
 	if !local && h.isEchoRequest() {
 		if !h.echoChecksumsValid(pkt) {
 			ns.drop(DropMalformed)

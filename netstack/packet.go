@@ -21,11 +21,13 @@ const (
 	DropTooBig                          // outbound packet larger than the link's buffers
 	DropWriteError                      // the output failed
 	DropUDPQueueFull                    // a UDP flow's receive queue is full (its reader is behind)
+	DropICMPRefused                     // an ICMP error about another client's packet, or ICMPv6 behind extension headers
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
 	"malformed", "unknown_source", "not_routed", "link_down", "queue_full", "too_big", "write_error", "udp_queue_full",
+	"icmp_refused",
 }
 
 // String returns the reason as a metric label.
@@ -58,6 +60,7 @@ type ipHeader struct {
 	proto    uint8 // transport protocol (IPv6: the first next-header only)
 	hdrLen   int   // offset of the transport header
 	fragment bool  // IPv4 fragment (offset or more-fragments set)
+	later    bool  // IPv4 fragment other than the first (offset set)
 	l4       []byte
 }
 
@@ -83,6 +86,7 @@ func parseIP(b []byte) (ipHeader, bool) {
 		h.proto = b[9]
 		h.hdrLen = ihl
 		h.fragment = binary.BigEndian.Uint16(b[6:8])&0x3fff != 0
+		h.later = binary.BigEndian.Uint16(b[6:8])&0x1fff != 0
 		h.l4 = b[ihl:total]
 	case 6:
 		if len(b) < 40 {
@@ -108,6 +112,77 @@ const (
 	protoICMPv4 = 1
 	protoICMPv6 = 58
 )
+
+// icmpAdmissible reports whether an inbound packet may go on as far as
+// ICMP is concerned. An ICMP error must be about a packet sent to the very
+// client that reports it (the quoted packet's destination is the outer
+// source): gVisor hands an error to the endpoint the quoted packet names,
+// so another client's forged "port unreachable" would end that endpoint's
+// UDP flow, and a forged "packet too big" would shrink its TCP's segments.
+// Redirects are never taken from a client. ICMPv6 behind extension
+// headers is not taken at all: the stack's own handling of echo requests
+// (tenant, service and rate checks) sees only the first next-header.
+// Anything else — non-ICMP, echo, malformed ICMP that gVisor drops — passes.
+func (h *ipHeader) icmpAdmissible() bool {
+	if h.v6 {
+		switch h.proto {
+		case protoICMPv6:
+			if len(h.l4) < 1 || h.l4[0] < 1 || h.l4[0] > 4 { // not an error
+				return true
+			}
+			return len(h.l4) >= 8+40 && netip.AddrFrom16([16]byte(h.l4[8+24:8+40])) == h.src
+		case 0, 43, 44, 60: // hop-by-hop, routing, fragment, destination options
+			last := lastNextHeader(h.proto, h.l4)
+			return last != protoICMPv6 && last != unwalkable
+		}
+		return true
+	}
+	if h.proto != protoICMPv4 || h.later || len(h.l4) < 1 {
+		return true // later fragments are taken only with a first one
+	}
+	switch h.l4[0] {
+	case 5: // redirect
+		return false
+	case 3, 4, 11, 12: // unreachable, source quench, time exceeded, parameter problem
+		q := h.l4[min(8, len(h.l4)):]
+		return len(q) >= 20 && q[0]>>4 == 4 && netip.AddrFrom4([4]byte(q[16:20])) == h.src
+	}
+	return true
+}
+
+// unwalkable is what lastNextHeader returns for a chain it cannot follow
+// to its end (255 is reserved, never a real protocol).
+const unwalkable = 255
+
+// lastNextHeader follows IPv6 extension headers from next, whose header
+// starts b, and returns the protocol after the last one (an ESP, AH or
+// unknown header ends the walk), or unwalkable when b ends first or there
+// are more than 8.
+func lastNextHeader(next uint8, b []byte) uint8 {
+	for range 8 {
+		var n int
+		switch next {
+		case 0, 43, 60:
+			if len(b) < 2 {
+				return unwalkable
+			}
+			n = (int(b[1]) + 1) * 8
+		case 44:
+			n = 8
+		default:
+			return next
+		}
+		if len(b) < n {
+			return unwalkable
+		}
+		next, b = b[0], b[n:]
+	}
+	switch next {
+	case 0, 43, 44, 60:
+		return unwalkable
+	}
+	return next
+}
 
 // isEchoRequest reports whether the packet is a complete ICMP echo request.
 func (h *ipHeader) isEchoRequest() bool {
