@@ -36,15 +36,24 @@ func (r *Relay) directoryFor(a *agent) tunnel.Directory {
 // every change that alters it, until the session ends. One goroutine per
 // agent and a wake-up channel keep the pushes in order and coalesce
 // bursts of changes.
+//
+// A directory that cannot be sent as a message (over
+// tunnel.MaxMessageSize) is logged and counted, and the agent keeps its
+// last one; the next change that alters the directory is tried again.
 func (r *Relay) pushDirectory(a *agent) {
 	var last []byte
 	for {
 		body, err := json.Marshal(r.directoryFor(a))
 		if err == nil && !bytes.Equal(body, last) {
-			if err := a.s.Send(json.RawMessage(body)); err != nil {
-				return
-			}
 			last = body
+			if err := a.s.Send(json.RawMessage(body)); err != nil {
+				if a.s.Err() != nil {
+					return
+				}
+				r.m.dirFailed.Inc()
+				r.log.Error("cannot send an agent its directory; it keeps its last one", "agent", a.id.String(),
+					"session", a.s.ID(), "bytes", len(body), "err", err)
+			}
 		}
 		select {
 		case <-a.s.Done():

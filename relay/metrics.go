@@ -74,6 +74,7 @@ type metrics struct {
 	poolCapacity  prometheus.Gauge
 	flows         flowStats
 	gatewaysLost  prometheus.Counter
+	dirFailed     prometheus.Counter
 	sigRejected   *prometheus.CounterVec
 	sigOutcomes   *prometheus.CounterVec
 	sigSessions   prometheus.Gauge
@@ -120,11 +121,15 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		poolCapacity: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ztgate_vip_pool_capacity", Help: "VIPs the IPv4 pool can hand out.",
 		}),
+		dirFailed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ztgate_relay_directory_failures_total",
+			Help: "Directories that could not be made into a control message for an agent (too large); the agent keeps its last one.",
+		}),
 	}
 	m.newFlowAndSignalingMetrics()
 	reg.MustRegister(m.sessions, m.refusals, m.registrations, m.datagrams, m.dropped, m.tags,
 		m.services, m.conflicts, m.poolUsed, m.poolCapacity,
-		m.flows.live, m.gatewaysLost,
+		m.flows.live, m.gatewaysLost, m.dirFailed,
 		m.sigRejected, m.sigOutcomes, m.sigSessions, m.directPaths,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for i := range m.drops {

@@ -23,10 +23,11 @@ type service struct {
 // the gateway added to (or removed from) each service, its definition of
 // each replaced, tags of services it dropped (or of tenants its new
 // definition no longer admits) closed, and the assign answer. Registry
-// changes are serialised by regMu, which also covers the pool.
+// changes are serialised by regMu, which also covers the pool; the
+// messages the change causes are sent after it is released, so that no
+// peer slow to read holds up another's registration.
 func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 	r.regMu.Lock()
-	defer r.regMu.Unlock()
 	accepted := make(map[string]tunnel.ServiceInfo, len(msg.Services))
 	answer := tunnel.Assign{
 		Type: tunnel.MessageAssign, Zone: r.cfg.Zone, TTL: int(r.cfg.TTL.Seconds()),
@@ -97,6 +98,8 @@ func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 	r.mu.Unlock()
 
 	r.releaseLocked(emptied)
+	r.regMu.Unlock()
+
 	closed.send()
 	for _, info := range msg.Services {
 		if _, ok := accepted[info.Name]; ok && !info.Healthy {
@@ -116,7 +119,8 @@ func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 	for _, name := range disputed {
 		r.logDispute(name)
 	}
-	if err := g.s.Send(&answer); err != nil {
+	// Posted after the tag_close messages it caused, so g reads them first.
+	if err := g.s.Post(&answer); err != nil {
 		r.log.Warn("cannot send assign", "gateway", g.id.String(), "err", err)
 	}
 	r.log.Info("gateway registered services", "gateway", g.id.String(), "session", g.s.ID(),
@@ -319,7 +323,6 @@ func (r *Relay) addGateway(g *gateway) {
 // served are removed.
 func (r *Relay) removeGateway(g *gateway) {
 	r.regMu.Lock()
-	defer r.regMu.Unlock()
 	r.mu.Lock()
 	delete(r.gateways, g)
 	var emptied []string
@@ -336,6 +339,7 @@ func (r *Relay) removeGateway(g *gateway) {
 	r.mu.Unlock()
 	r.m.gwGauge.Dec()
 	r.releaseLocked(emptied)
+	r.regMu.Unlock()
 	r.directoryChanged()
 	r.dropSignaling(party{g: g})
 }

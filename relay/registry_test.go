@@ -2,10 +2,12 @@ package relay
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -36,7 +38,9 @@ func TestRegistrationAuthorisation(t *testing.T) {
 			svc("Upper", "acme"), svc("ok", "acme"), svc("ok", "acme"), svc("notenant"),
 			{Name: "badport", Tenants: []string{"acme"}, Ports: []tunnel.PortInfo{{Protocol: "sctp", Port: 1}}},
 			{Name: "badtenant", Tenants: []string{"Not A Label"}},
-		}, []string{"ok"}, map[string]string{"Upper": regInvalid, "notenant": regInvalid, "badport": regInvalid, "badtenant": regInvalid}},
+			{Name: "badportname", Tenants: []string{"acme"}, Ports: []tunnel.PortInfo{{Name: strings.Repeat("a", 40000), Protocol: "tcp", Port: 1}}},
+		}, []string{"ok"}, map[string]string{"Upper": regInvalid, "notenant": regInvalid, "badport": regInvalid, "badtenant": regInvalid,
+			"badportname": regInvalid}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -460,5 +464,94 @@ func TestStaleVIPsReleased(t *testing.T) {
 		if _, ok := r2.pool.Lookup(name); !ok {
 			t.Errorf("%s lost its VIP", name)
 		}
+	}
+}
+
+// TestDirectoryLarge: a directory larger than the 64 KiB control messages
+// of before reaches the agent whole, and changes after it too.
+func TestDirectoryLarge(t *testing.T) {
+	p := newPKI(t)
+	r := startRelay(t, p.relayConfig(t.TempDir()))
+	addr := r.Addr().String()
+	a := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a1"), agentHello("a1"))
+	next[tunnel.Directory](a)
+	var services []tunnel.ServiceInfo
+	for i := range 40 {
+		s := svc(fmt.Sprintf("svc-%02d-%s", i, strings.Repeat("x", 50)), "acme")
+		s.Ports = nil
+		for port := range 40 {
+			s.Ports = append(s.Ports, tunnel.PortInfo{Name: fmt.Sprintf("p%02d-%s", port, strings.Repeat("y", 55)), Protocol: "tcp", Port: uint16(1000 + port)})
+		}
+		services = append(services, s)
+	}
+	gw := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	if got := gw.register(services...); len(got.VIPs) != len(services) {
+		t.Fatalf("%d of %d services accepted: %+v", len(got.VIPs), len(services), got.Rejected)
+	}
+	wantDirectory := func(n int) {
+		t.Helper()
+		for {
+			d := next[tunnel.Directory](a)
+			if len(d.Services) != n {
+				continue
+			}
+			body, _ := json.Marshal(d)
+			if len(body) <= 64<<10 && n == len(services) {
+				t.Fatalf("the directory is %d bytes: not larger than 64 KiB", len(body))
+			}
+			for _, s := range d.Services {
+				if len(s.Ports) != 40 {
+					t.Fatalf("%s: %d ports", s.Name, len(s.Ports))
+				}
+			}
+			return
+		}
+	}
+	wantDirectory(len(services))
+	gw.register(services[:len(services)-1]...)
+	wantDirectory(len(services) - 1)
+	if n := testutil.ToFloat64(r.m.dirFailed); n != 0 {
+		t.Errorf("%v directory failures", n)
+	}
+}
+
+// TestSlowReaderHoldsUpNobody: a gateway that stops reading its control
+// stream while the relay has much to tell it (assigns full of rejections)
+// does not hold up another gateway's registration, and the relay closes
+// the silent one once its messages back up.
+func TestSlowReaderHoldsUpNobody(t *testing.T) {
+	p := newPKI(t)
+	r := startRelay(t, p.relayConfig(t.TempDir()))
+	addr := r.Addr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	silent, err := tunnel.Dial(ctx, addr, tunnel.DialConfig{Credentials: p.identity("ops", tunnel.RoleGateway, "silent"),
+		ServerName: serverName, Hello: gatewayHello("silent")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close("test over")
+	var bad []tunnel.ServiceInfo // each rejected, with its reason in the assign
+	for i := range 500 {
+		bad = append(bad, tunnel.ServiceInfo{Name: fmt.Sprintf("Bad-%03d-%s", i, strings.Repeat("A", 50)), Tenants: []string{"*"}})
+	}
+	for range 20 { // about 2.5 MB of assigns: more than its stream's window
+		if err := silent.Send(&tunnel.Register{Type: tunnel.MessageRegister, Services: bad}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	gw := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	start := time.Now()
+	if got := gw.register(svc("web", "acme")); len(got.VIPs) != 1 {
+		t.Fatalf("assign %+v", got)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("the registration took %v", d)
+	}
+	select {
+	case <-gw.s.Done():
+		t.Fatalf("the honest gateway's session ended: %v", gw.s.Err())
+	case <-time.After(3 * time.Second): // beyond the relay's ping deadline
 	}
 }

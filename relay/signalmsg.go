@@ -45,7 +45,7 @@ func (r *Relay) onOffer(a *agent, m *tunnel.Offer) {
 		r.rejectSignal(from, m.SessionID, reason, m.Type)
 		return
 	}
-	err := g.s.Send(&tunnel.Offer{Type: tunnel.MessageOffer, SessionID: s.legID, Service: s.service,
+	err := g.s.Post(&tunnel.Offer{Type: tunnel.MessageOffer, SessionID: s.legID, Service: s.service,
 		Candidates: m.Candidates, Agent: a.id.String()})
 	if err != nil {
 		r.endSignal(s, outcomePeerGone, party{g: g}, tunnel.CodePeerGone, "the gateway's session ended")
@@ -86,7 +86,7 @@ func (r *Relay) onAnswer(g *gateway, m *tunnel.Answer) {
 		r.rejectSignal(from, m.SessionID, reason, m.Type)
 		return
 	}
-	err := s.a.s.Send(&tunnel.Answer{Type: tunnel.MessageAnswer, SessionID: s.agentID, Service: s.service,
+	err := s.a.s.Post(&tunnel.Answer{Type: tunnel.MessageAnswer, SessionID: s.agentID, Service: s.service,
 		Candidates: m.Candidates, Gateway: g.id.String(), ForwardPort: port})
 	if err != nil {
 		r.endSignal(s, outcomePeerGone, party{a: s.a}, tunnel.CodePeerGone, "the agent's session ended")
@@ -114,7 +114,7 @@ func (r *Relay) onResult(a *agent, m *tunnel.Result) {
 		s.closeForwarder("the attempt failed")
 	}
 	r.m.sigOutcomes.WithLabelValues(outcome).Inc()
-	_ = s.g.s.Send(&tunnel.Result{Type: tunnel.MessageResult, SessionID: s.legID, Success: m.Success, Address: m.Address})
+	_ = s.g.s.Post(&tunnel.Result{Type: tunnel.MessageResult, SessionID: s.legID, Success: m.Success, Address: m.Address})
 	r.log.Info("direct path attempt", "agent", a.id.String(), "service", s.service, "gateway", s.g.id.String(),
 		"success", m.Success, "address", m.Address.String())
 }
@@ -180,7 +180,7 @@ func (s *sigSession) closeForwarder(why string) {
 
 // notifySignal sends one party of a session an error under its own id.
 func (r *Relay) notifySignal(s *sigSession, to party, code, message string) {
-	_ = to.session().Send(&tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: code, Message: message, SessionID: s.idFor(to)})
+	_ = to.session().Post(&tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: code, Message: message, SessionID: s.idFor(to)})
 }
 
 // expireSignaling ends the sessions whose time is up and tells both
@@ -230,7 +230,7 @@ func (r *Relay) retireDirectPathsWhere(g *gateway, service string, match func(*a
 	r.updateSignalGauges()
 	r.sigMu.Unlock()
 	for _, dp := range paths {
-		_ = dp.a.s.Send(&tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: code, SessionID: dp.agentID,
+		_ = dp.a.s.Post(&tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: code, SessionID: dp.agentID,
 			Message: "start no new flows on the direct path to " + g.id.String()})
 	}
 }

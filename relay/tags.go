@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"net/netip"
+	"slices"
 
 	"github.com/ztgate/ztgate/tunnel"
 )
@@ -70,8 +71,9 @@ func fewerFlows(g, than *gateway) bool {
 	return gf < tf || (gf == tf && len(g.tags) < len(than.tags))
 }
 
-// openTag draws the tag of (a, svc, g) and tells g with tag_open before
-// returning, so that the tag's first 0x30 follows it. g must still serve
+// openTag draws the tag of (a, svc, g) and queues its tag_open to g before
+// returning, so that the tag's first 0x30 follows it (one that overtakes
+// it is held by the gateway until the tag_open arrives). g must still serve
 // the service and admit the agent's tenant. inner is the agent's inner
 // address (for v1 possibly not yet pinned).
 func (r *Relay) openTag(a *agent, svc *service, g *gateway, inner netip.Addr) (*tag, dropReason) {
@@ -95,7 +97,7 @@ func (r *Relay) openTag(a *agent, svc *service, g *gateway, inner netip.Addr) (*
 	if t == nil {
 		return nil, reason
 	}
-	err := g.s.Send(&tunnel.TagOpen{
+	err := g.s.Post(&tunnel.TagOpen{
 		Type: tunnel.MessageTagOpen, Tag: t.id, Service: t.service,
 		Tenant: a.id.Tenant, Identity: a.id.String(), InnerAddr: inner,
 	})
@@ -127,10 +129,16 @@ type tagsByGateway map[*gateway][]uint32
 // add records a killed tag.
 func (c tagsByGateway) add(t *tag) { c[t.gw] = append(c[t.gw], t.id) }
 
+// tagCloseBatch bounds the tags of one tag_close, so that the message
+// stays far below tunnel.MaxMessageSize (a tag is at most 11 bytes of JSON).
+const tagCloseBatch = 2048
+
 // send tells every gateway which of its tags died. Gateways that are gone
 // do not need to know; errors are ignored (the session is ending).
 func (c tagsByGateway) send() {
 	for g, ids := range c {
-		_ = g.s.Send(&tunnel.TagClose{Type: tunnel.MessageTagClose, Tags: ids})
+		for batch := range slices.Chunk(ids, tagCloseBatch) {
+			_ = g.s.Post(&tunnel.TagClose{Type: tunnel.MessageTagClose, Tags: batch})
+		}
 	}
 }

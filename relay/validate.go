@@ -36,7 +36,8 @@ func checkService(gw tunnel.Identity, info tunnel.ServiceInfo, seen map[string]t
 	return "", ""
 }
 
-// checkPorts checks a service's ports: tcp or udp, not 0, each once.
+// checkPorts checks a service's ports: tcp or udp, not 0, each once, a
+// name (optional) a DNS label as in the gateway's configuration.
 func checkPorts(ports []tunnel.PortInfo) error {
 	type key struct {
 		proto string
@@ -52,6 +53,11 @@ func checkPorts(ports []tunnel.PortInfo) error {
 			return fmt.Errorf("port 0 (%s)", p.Protocol)
 		case seen[k]:
 			return fmt.Errorf("port %d/%s listed twice", p.Port, p.Protocol)
+		}
+		if p.Name != "" {
+			if err := checkLabel(p.Name); err != nil {
+				return fmt.Errorf("port %d/%s: name: %w", p.Port, p.Protocol, err)
+			}
 		}
 		seen[k] = true
 	}

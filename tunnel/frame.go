@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -11,10 +12,19 @@ import (
 
 // MaxMessageSize bounds the JSON body of one control-stream message. A
 // peer that announces more is cut off: the stream cannot be resynchronised.
-const MaxMessageSize = 64 << 10
+// The largest messages are the relay's directories: about 150 bytes per
+// service, so a directory of thousands of services fits. A body is read
+// into memory as its bytes arrive, never allocated from the announced
+// length.
+const MaxMessageSize = 1 << 20
 
 // frameHeaderLen is the size of the big-endian length before each body.
 const frameHeaderLen = 4
+
+// frameChunk is the most readFrame allocates before a body's bytes
+// arrive: a peer that announces a large message and sends nothing holds no
+// more than this.
+const frameChunk = 64 << 10
 
 // Errors of the control-stream framing.
 var (
@@ -34,22 +44,32 @@ var (
 // string, usually from a struct field tagged `json:"type"`. WriteMessage is
 // not safe for concurrent use on the same writer: the caller serialises.
 func WriteMessage(w io.Writer, msg any) error {
-	body, err := json.Marshal(msg)
+	frame, err := encodeFrame(msg)
 	if err != nil {
-		return fmt.Errorf("tunnel: encode control message: %w", err)
-	}
-	if len(body) > MaxMessageSize {
-		return fmt.Errorf("tunnel: control message of %d bytes: %w", len(body), ErrMessageTooLarge)
-	}
-	if _, err := messageType(body); err != nil {
 		return err
 	}
-	frame := make([]byte, frameHeaderLen, frameHeaderLen+len(body))
-	binary.BigEndian.PutUint32(frame, uint32(len(body)))
-	if _, err := w.Write(append(frame, body...)); err != nil {
+	if _, err := w.Write(frame); err != nil {
 		return fmt.Errorf("tunnel: write control message: %w", err)
 	}
 	return nil
+}
+
+// encodeFrame encodes msg as JSON behind its length: one whole frame, or
+// an error when msg does not make a valid message.
+func encodeFrame(msg any) ([]byte, error) {
+	body, err := json.Marshal(msg)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: encode control message: %w", err)
+	}
+	if len(body) > MaxMessageSize {
+		return nil, fmt.Errorf("tunnel: control message of %d bytes: %w", len(body), ErrMessageTooLarge)
+	}
+	if _, err := messageType(body); err != nil {
+		return nil, err
+	}
+	frame := make([]byte, frameHeaderLen, frameHeaderLen+len(body))
+	binary.BigEndian.PutUint32(frame, uint32(len(body)))
+	return append(frame, body...), nil
 }
 
 // Reader reads control-stream frames. It is not safe for concurrent use.
@@ -103,14 +123,14 @@ func (r *Reader) readFrame() ([]byte, error) {
 	if n > MaxMessageSize {
 		return nil, fmt.Errorf("tunnel: control message of %d bytes: %w", n, ErrMessageTooLarge)
 	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(r.br, body); err != nil {
-		if err == io.EOF {
+	body := bytes.NewBuffer(make([]byte, 0, min(n, frameChunk)))
+	if m, err := io.CopyN(body, r.br, int64(n)); err != nil {
+		if err == io.EOF { // the stream ended inside the frame
 			err = io.ErrUnexpectedEOF
 		}
-		return nil, fmt.Errorf("tunnel: read control message: %w", err)
+		return nil, fmt.Errorf("tunnel: read control message (%d of %d bytes): %w", m, n, err)
 	}
-	return body, nil
+	return body.Bytes(), nil
 }
 
 // messageType returns the "type" member of a JSON object. The key is

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"runtime"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -73,8 +74,8 @@ func TestFrameReaderErrors(t *testing.T) {
 		want   error
 		usable bool // the next frame is still read
 	}{
-		{"exactly 64 KiB", rawFrame(bodyOfSize(MaxMessageSize)), nil, true},
-		{"64 KiB + 1", rawFrame(bodyOfSize(MaxMessageSize + 1)), ErrMessageTooLarge, false},
+		{"exactly MaxMessageSize", rawFrame(bodyOfSize(MaxMessageSize)), nil, true},
+		{"MaxMessageSize + 1", rawFrame(bodyOfSize(MaxMessageSize + 1)), ErrMessageTooLarge, false},
 		{"length 0xFFFFFFFF", []byte{0xFF, 0xFF, 0xFF, 0xFF}, ErrMessageTooLarge, false},
 		{"missing type", rawFrame(`{"name":"gw1"}`), ErrMissingType, true},
 		{"type of another case", rawFrame(`{"Type":"hello"}`), ErrMissingType, true},
@@ -147,8 +148,8 @@ func TestWriteMessage(t *testing.T) {
 		{"missing type", helloMsg{Name: "gw1"}, &countingWriter{}, ErrMissingType},
 		{"not an object", []string{"type"}, &countingWriter{}, ErrMalformedMessage},
 		// {"type":"x","name":"…"} has 22 bytes around the name.
-		{"exactly 64 KiB", helloMsg{Type: "x", Name: strings.Repeat("a", MaxMessageSize-22)}, &countingWriter{}, nil},
-		{"64 KiB + 1", helloMsg{Type: "x", Name: strings.Repeat("a", MaxMessageSize-21)}, &countingWriter{}, ErrMessageTooLarge},
+		{"exactly MaxMessageSize", helloMsg{Type: "x", Name: strings.Repeat("a", MaxMessageSize-22)}, &countingWriter{}, nil},
+		{"MaxMessageSize + 1", helloMsg{Type: "x", Name: strings.Repeat("a", MaxMessageSize-21)}, &countingWriter{}, ErrMessageTooLarge},
 		{"unencodable", map[string]any{"type": "x", "f": func() {}}, &countingWriter{}, errAny},
 		{"writer fails", helloMsg{Type: "hello"}, errWriter{}, errAny},
 	}
@@ -224,5 +225,24 @@ func TestReplyFor(t *testing.T) {
 				t.Fatalf("reply on the wire: %q %s %v", typ, raw, err)
 			}
 		})
+	}
+}
+
+// TestFrameReaderAllocatesAsBytesArrive: a peer that announces the largest
+// message and sends a few bytes of it makes the reader hold what arrived
+// (at most frameChunk), not the announced size.
+func TestFrameReaderAllocatesAsBytesArrive(t *testing.T) {
+	stream := binary.BigEndian.AppendUint32(nil, MaxMessageSize)
+	stream = append(stream, `{"type":"x","pad":"`...)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, _, err := NewReader(bytes.NewReader(stream)).Next()
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("next: %v, want io.ErrUnexpectedEOF", err)
+	}
+	if got := after.TotalAlloc - before.TotalAlloc; got > 2*frameChunk {
+		t.Errorf("%d bytes allocated for a frame of which %d bytes arrived", got, len(stream))
 	}
 }

@@ -20,11 +20,12 @@ const (
 	ControlWriteTimeout = 5 * time.Second
 )
 
-// Flow-control windows of the control stream: a few control messages of at
-// most MaxMessageSize each, never bulk data.
+// Flow-control windows of the control stream: control messages, never bulk
+// data. A message larger than the window (a directory of thousands of
+// services) passes as the reader takes it.
 const (
-	streamWindow     = 4 * MaxMessageSize
-	maxStreamWindow  = 16 * MaxMessageSize
+	streamWindow     = 256 << 10
+	maxStreamWindow  = 1 << 20
 	connWindow       = 2 * streamWindow
 	maxConnWindow    = 2 * maxStreamWindow
 	maxControlStream = 1

@@ -50,6 +50,9 @@ type Session struct {
 	sendMu     sync.Mutex
 	sendBroken error // guarded by sendMu: a failed write left a partial frame
 
+	postOnce sync.Once
+	posts    chan []byte // frames Post queued, written by writePosts
+
 	size sizing
 	// pad: the peer announced that it trims padding (ztna-v2 hello or
 	// welcome); set during the exchange. Atomic: the QAD announcer may
@@ -219,10 +222,77 @@ func (s *Session) Send(msg any) error {
 	w := &writeTracker{w: s.stream}
 	err := WriteMessage(w, msg)
 	if err != nil && w.wrote {
-		s.sendBroken = err
-		s.Close("control stream write failed: " + err.Error())
+		s.brokenLocked(err)
 	}
 	return err
+}
+
+// brokenLocked records a failed write, which may have left part of a frame
+// on the stream, and closes the session. Callers hold sendMu.
+func (s *Session) brokenLocked(err error) {
+	s.sendBroken = err
+	s.Close("control stream write failed: " + err.Error())
+}
+
+// PostQueue is how many control messages Post holds for a session whose
+// peer is slow to read them.
+const PostQueue = 256
+
+// ErrPostBackedUp: Post found PostQueue messages still waiting, and closed
+// the session, whose peer does not read its control stream.
+var ErrPostBackedUp = errors.New("tunnel: control messages backed up: the peer does not read them")
+
+// Post sends msg on the control stream without waiting for the peer: it
+// is encoded at once (an invalid or oversized message is an error, as in
+// Send), queued, and written by a goroutine of the session, in the order
+// of the Post calls, each within ControlWriteTimeout. Use it to tell a
+// session something from another session's goroutine, so that a peer that
+// stops reading holds up only its own session: with PostQueue messages
+// waiting, Post closes the session and returns ErrPostBackedUp. Messages
+// sent with Send may overtake posted ones.
+func (s *Session) Post(msg any) error {
+	if s.stream == nil {
+		return ErrNoControlStream
+	}
+	frame, err := encodeFrame(msg)
+	if err != nil {
+		return err
+	}
+	s.postOnce.Do(func() {
+		s.posts = make(chan []byte, PostQueue)
+		go s.writePosts()
+	})
+	select {
+	case <-s.Done():
+		return fmt.Errorf("tunnel: post: %w", context.Cause(s.conn.Context()))
+	default:
+	}
+	select {
+	case s.posts <- frame:
+		return nil
+	default:
+		s.Close(ErrPostBackedUp.Error())
+		return ErrPostBackedUp
+	}
+}
+
+// writePosts writes the frames Post queued until the session ends.
+func (s *Session) writePosts() {
+	for {
+		select {
+		case <-s.Done():
+			return
+		case frame := <-s.posts:
+			s.sendMu.Lock()
+			if s.sendBroken == nil {
+				_ = s.stream.SetWriteDeadline(time.Now().Add(ControlWriteTimeout))
+				if _, err := s.stream.Write(frame); err != nil {
+					s.brokenLocked(fmt.Errorf("tunnel: write control message: %w", err))
+				}
+			}
+			s.sendMu.Unlock()
+		}
+	}
 }
 
 // writeTracker records whether a write was attempted, to tell an encoding

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/quic-go/quic-go"
@@ -345,4 +347,59 @@ func TestSessionCloseAndListenerClose(t *testing.T) {
 	if v := testutil.ToFloat64(client.m.dropClosed); v < 1 {
 		t.Errorf("closed drops = %v", v)
 	}
+}
+
+// TestSessionPost: posted messages arrive in order, an invalid one is an
+// error at once, and a peer that stops reading its control stream never
+// holds up the poster: Post returns at once, and once PostQueue messages
+// wait it closes the session with ErrPostBackedUp.
+func TestSessionPost(t *testing.T) {
+	sf := newSessionFixture(t, false)
+	client, server := sf.connect(sf.dialConfig(sf.agentCreds()))
+	for i := range 20 {
+		if err := server.Post(&TagClose{Type: MessageTagClose, Tags: []uint32{uint32(i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 20 {
+		got, err := DecodeControl(client.Next())
+		if tc, ok := got.(*TagClose); err != nil || !ok || len(tc.Tags) != 1 || tc.Tags[0] != uint32(i) {
+			t.Fatalf("message %d: %+v, %v", i, got, err)
+		}
+	}
+	if err := server.Post(struct{ X int }{1}); !errors.Is(err, ErrMissingType) {
+		t.Fatalf("post without type: %v", err)
+	}
+	big := &Directory{Type: MessageDirectory, Zone: strings.Repeat("x", MaxMessageSize)}
+	if err := server.Post(big); !errors.Is(err, ErrMessageTooLarge) {
+		t.Fatalf("post of an oversized message: %v", err)
+	}
+
+	t.Run("a peer that does not read", func(t *testing.T) {
+		// client reads nothing from here on: its stream's window fills,
+		// then the queue.
+		msg := &Directory{Type: MessageDirectory, Zone: strings.Repeat("z", 60<<10)}
+		start := time.Now()
+		var err error
+		for i := 0; err == nil; i++ {
+			if i > 10*PostQueue {
+				t.Fatal("Post never found the queue full")
+			}
+			err = server.Post(msg)
+		}
+		if !errors.Is(err, ErrPostBackedUp) {
+			t.Fatalf("post: %v, want ErrPostBackedUp", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("posting took %v: Post waited for the peer", d)
+		}
+		select {
+		case <-server.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("the session is still open")
+		}
+		if err := server.Post(&TagClose{Type: MessageTagClose}); err == nil {
+			t.Error("post on a closed session succeeded")
+		}
+	})
 }
