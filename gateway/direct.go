@@ -220,7 +220,8 @@ func (g *Gateway) mayReach(id tunnel.Identity, service string) bool {
 }
 
 // pushDirectory sends the agent its directory at connect and whenever the
-// services or their health change.
+// services or their health change. One that cannot be sent (over
+// tunnel.MaxMessageSize) is logged, and the next change is tried.
 func (g *Gateway) pushDirectory(ctx context.Context, s *tunnel.Session, id tunnel.Identity) {
 	var last []byte
 	t := time.NewTicker(healthReportInterval)
@@ -231,10 +232,14 @@ func (g *Gateway) pushDirectory(ctx context.Context, s *tunnel.Session, id tunne
 		// Encoded once: the body both detects a change and is what is sent.
 		body, err := json.Marshal(d)
 		if err == nil && !bytes.Equal(body, last) {
-			if err := s.Send(json.RawMessage(body)); err != nil {
-				return
-			}
 			last = body
+			if err := s.Send(json.RawMessage(body)); err != nil {
+				if s.Err() != nil {
+					return
+				}
+				g.log.Error("cannot send a direct agent its directory; it keeps its last one", "identity", id.String(),
+					"bytes", len(body), "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():
