@@ -224,7 +224,17 @@ func udpDown(f *flow, be *net.UDPConn, client net.Conn, idle time.Duration, now 
 	if err != nil {
 		return err
 	}
-	be.SetReadDeadline(time.Now().Add(idle - f.idleFor(now())))
+	// setDeadline sets the read deadline and reports whether the flow is
+	// still open: a close (whose onClose put the deadline in the past)
+	// that came just before would otherwise be undone until idle passed.
+	setDeadline := func(d time.Duration) bool {
+		be.SetReadDeadline(time.Now().Add(d))
+		_, closed := f.closed()
+		return !closed
+	}
+	if !setDeadline(idle - f.idleFor(now())) {
+		return errFlowClosed
+	}
 	for {
 		bp, n, err := readSocket(rc)
 		switch {
@@ -237,7 +247,9 @@ func udpDown(f *flow, be *net.UDPConn, client net.Conn, idle time.Duration, now 
 			if left <= 0 {
 				return errIdle
 			}
-			be.SetReadDeadline(time.Now().Add(left))
+			if !setDeadline(left) {
+				return errFlowClosed
+			}
 		case errors.Is(err, syscall.ECONNREFUSED):
 			// The backend's port is closed (ICMP port unreachable): the
 			// next datagram tries again; health checks take it out.

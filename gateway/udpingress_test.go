@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -192,5 +193,50 @@ func TestForgedICMPErrorsEndNoFlow(t *testing.T) {
 		if got := refused(); got != before+2 {
 			t.Errorf("%v refused, want %v: the client's own error was refused", got, before+2)
 		}
+	})
+}
+
+// TestUDPCloseNotLost: a UDP flow closed just as its backend reader sets
+// its first read deadline (the clock hook closes it then) still ends at
+// once, not when udp_idle passes; Close waits for it.
+func TestUDPCloseNotLost(t *testing.T) {
+	var (
+		g     atomic.Pointer[Gateway]
+		armed atomic.Bool
+	)
+	now := func() time.Time {
+		if gw := g.Load(); gw != nil && armed.Load() {
+			for _, f := range gw.flows.list(nil) {
+				f.mu.Lock()
+				ready := f.onClose != nil
+				f.mu.Unlock()
+				if _, closed := f.closed(); ready && !closed {
+					f.close("closed_by_api")
+				}
+			}
+		}
+		return time.Now()
+	}
+	h := newHarness(t, quietGateway+acmeTenant+`
+[[service]]
+name = "u"
+tenants = ["acme"]
+vip = "10.100.0.31"
+backends = ["127.0.0.1"]
+  [[service.port]]
+  protocol = "udp"
+  port = 7
+  target = 9
+  [service.health]
+  type = "none"
+  [service.timeouts]
+  udp_idle = "1h"
+`, func(o *Options) { o.Now = now })
+	g.Store(h.gw)
+	armed.Store(true)
+	h.gw.lan.Deliver(netstacktest.UDPDatagram(netip.AddrPortFrom(acmeClient, 4000), netip.MustParseAddrPort("10.100.0.31:7"), []byte("x")))
+	waitFor(t, 5*time.Second, "the flow opened and closed", func() bool {
+		labels := []string{"protocol", "udp", "service", "u", "tenant", "acme"}
+		return metricValue(t, h.gw, "ztgate_flows_total", labels...) == 1 && metricValue(t, h.gw, "ztgate_flows_active", labels...) == 0
 	})
 }
