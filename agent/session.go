@@ -134,7 +134,7 @@ func (a *Agent) control(s *tunnel.Session) error {
 		}
 		switch m := msg.(type) {
 		case *tunnel.Directory:
-			a.applyDirectory(m)
+			a.applyDirectory(m, s.RemoteAddr().Addr())
 		case *tunnel.Answer:
 			a.direct.event(m)
 		case *tunnel.ErrorMessage:
@@ -150,9 +150,14 @@ func (a *Agent) control(s *tunnel.Session) error {
 }
 
 // applyDirectory makes a pushed directory the agent's: DNS answers from it
-// at once, and the pool's route follows it.
-func (a *Agent) applyDirectory(m *tunnel.Directory) {
+// at once, and the pool's route follows it. A pool the agent must not
+// route into its TUN (poolProblem) is refused and the one in force kept.
+func (a *Agent) applyDirectory(m *tunnel.Directory, server netip.Addr) {
 	next := newDirectory(m)
+	if why := poolProblem(next.pool, a.cfg.TUN.Address, server); why != "" {
+		a.log.Error("refusing the server's VIP pool; keeping the one in force", "pool", next.pool, "reason", why)
+		next.pool = a.dir.Load().pool
+	}
 	prev := a.dir.Swap(next)
 	if next.pool != prev.pool && next.pool.IsValid() {
 		a.stack.SetPools([]netip.Prefix{next.pool})
@@ -166,6 +171,24 @@ func (a *Agent) applyDirectory(m *tunnel.Directory) {
 		a.log.Warn("the server's zone differs from [dns] zone; answering for the configured zone", "server", next.zone, "configured", a.cfg.DNS.Zone)
 	}
 	a.log.Info("directory", "services", len(next.byName))
+}
+
+// poolProblem says why the agent must not route pool into its TUN, or ""
+// when it may: it must be an IPv4 prefix of /8 to /29, as a relay's
+// configuration allows, and hold neither the agent's own address nor the
+// server's (whose packets would then go into the tunnel they carry).
+func poolProblem(pool netip.Prefix, own, server netip.Addr) string {
+	switch {
+	case !pool.IsValid():
+		return "" // none pushed: the pool in force stays
+	case !pool.Addr().Is4() || pool.Bits() < 8 || pool.Bits() > 29:
+		return "not an IPv4 prefix of /8 to /29"
+	case pool.Contains(own):
+		return "it holds the agent's [tun] address"
+	case server.IsValid() && pool.Contains(server.Unmap()):
+		return "it holds the server's address"
+	}
+	return ""
 }
 
 // receive writes the packets of a session (the server's, or a direct

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ztgate/ztgate/netstack"
 	"github.com/ztgate/ztgate/netstack/netstacktest"
+	"github.com/ztgate/ztgate/tunnel"
 )
 
 // TestTunnelMTU checks the TUN's MTU derived from a session's sizes
@@ -86,5 +87,54 @@ func TestApplyMTURetriesAfterFailure(t *testing.T) {
 	}
 	if got := link.MTU(); got != 1100 {
 		t.Errorf("after the retry the local link's MTU is %d, want 1100", got)
+	}
+}
+
+func TestPoolProblem(t *testing.T) {
+	own, server := netip.MustParseAddr("100.64.0.1"), netip.MustParseAddr("203.0.113.5")
+	tests := []struct {
+		pool string
+		ok   bool
+	}{
+		{"", true}, // none pushed
+		{"10.100.0.0/24", true},
+		{"10.0.0.0/8", true},
+		{"10.100.0.0/29", true},
+		{"0.0.0.0/0", false},
+		{"10.0.0.0/7", false},
+		{"10.100.0.0/30", false},
+		{"2001:db8::/64", false},
+		{"100.64.0.0/24", false},  // the agent's own address
+		{"203.0.113.0/24", false}, // the server's
+	}
+	for _, tc := range tests {
+		t.Run(tc.pool, func(t *testing.T) {
+			var p netip.Prefix
+			if tc.pool != "" {
+				p = netip.MustParsePrefix(tc.pool)
+			}
+			if why := poolProblem(p, own, server); (why == "") != tc.ok {
+				t.Errorf("poolProblem = %q, want ok=%v", why, tc.ok)
+			}
+		})
+	}
+}
+
+// TestRefusedPoolKept: a server that pushes a pool holding the agent's
+// own address has it refused; the pool in force and its route stay, and
+// the directory's services are still taken.
+func TestRefusedPoolKept(t *testing.T) {
+	p := newPKI(t)
+	relay := startServer(t, p, relayReq, func(s *tunnel.Session) {
+		d := directoryOf(true)
+		d.Pool = netip.MustParsePrefix("100.64.0.0/10")
+		s.Send(d)
+	})
+	a, _ := startAgent(t, p, relay.addr())
+	if got := a.dir.Load().pool; got != netip.MustParsePrefix("10.100.0.0/24") {
+		t.Errorf("pool %v, want the configured one kept", got)
+	}
+	if _, ok := a.dir.Load().Lookup("web"); !ok {
+		t.Error("the directory's services were not taken")
 	}
 }
