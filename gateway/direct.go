@@ -65,6 +65,15 @@ func (g *Gateway) serveDirect(s *tunnel.Session) error {
 		}
 		return fmt.Errorf("%w: %s", errWrongRole, id)
 	}
+	if bounded := s.Peer().Tenant != "" && !id.Legacy; bounded {
+		if !g.directSessions.take(id.String()) {
+			g.m.tunnelRefused("too_many_sessions")
+			msg := fmt.Sprintf("%s has %d direct sessions to this gateway already", id, tunnel.MaxIdentitySessions)
+			s.Refuse("busy", msg)
+			return errors.New(msg)
+		}
+		defer g.directSessions.give(id.String())
+	}
 	in := &ingress{peer: peer{tenant: id.Tenant, identity: id.String()}}
 	var sendMu sync.Mutex
 	in.send = func(scratch, pkt []byte) error {
@@ -246,5 +255,35 @@ func (g *Gateway) pushDirectory(ctx context.Context, s *tunnel.Session, id tunne
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// identitySessions counts the direct sessions of each agent identity.
+type identitySessions struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+// take counts a new session of id, or reports false when id has
+// tunnel.MaxIdentitySessions already.
+func (c *identitySessions) take(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n[id] >= tunnel.MaxIdentitySessions {
+		return false
+	}
+	if c.n == nil {
+		c.n = make(map[string]int)
+	}
+	c.n[id]++
+	return true
+}
+
+// give ends a session of id.
+func (c *identitySessions) give(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n[id]--; c.n[id] <= 0 {
+		delete(c.n, id)
 	}
 }

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -136,5 +137,79 @@ func TestRawIPNeedsServiceRights(t *testing.T) {
 				time.Sleep(10 * time.Millisecond)
 			}
 		})
+	}
+}
+
+// TestDirectListenerRefusals: the direct listener takes at most
+// tunnel.MaxIdentitySessions sessions of one agent identity (the next is
+// refused as busy, another identity still gets in, and a freed slot is
+// taken again), and never a gateway's certificate.
+func TestDirectListenerRefusals(t *testing.T) {
+	port := startHold(t)
+	toml, ca, dir := directConfig(t, port)
+	h := newHarness(t, toml)
+	addr := h.gw.direct.Addr().String()
+	credsFor := func(req tunnel.IssueRequest) *tunnel.Credentials {
+		t.Helper()
+		crt, key, err := ca.Issue(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf, kf := filepath.Join(dir, req.Name+".crt"), filepath.Join(dir, req.Name+".key")
+		if err := os.WriteFile(cf, crt, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(kf, key, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		creds, err := tunnel.NewCredentials(tunnel.CredentialsConfig{CertFile: cf, KeyFile: kf, CAFile: filepath.Join(dir, "ca.crt")}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return creds
+	}
+	dial := func(creds *tunnel.Credentials, role string) (*tunnel.Session, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s, err := tunnel.Dial(ctx, addr, tunnel.DialConfig{
+			Credentials: creds, ServerName: "127.0.0.1",
+			Hello: tunnel.Hello{Role: role, Name: "x", InnerAddr: agentInner},
+		}, nil)
+		if err == nil {
+			t.Cleanup(func() { s.Close("test over") })
+		}
+		return s, err
+	}
+	copied := credsFor(tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "copied"})
+	var sessions []*tunnel.Session
+	for i := range tunnel.MaxIdentitySessions {
+		s, err := dial(copied, tunnel.RoleAgent)
+		if err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		sessions = append(sessions, s)
+	}
+	var refused *tunnel.RefusedError
+	if _, err := dial(copied, tunnel.RoleAgent); !errors.As(err, &refused) || refused.Code != "busy" {
+		t.Fatalf("session %d of one identity: %v, want refused as busy", tunnel.MaxIdentitySessions+1, err)
+	}
+	if _, err := dial(credsFor(tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "other"}), tunnel.RoleAgent); err != nil {
+		t.Fatalf("another identity: %v", err)
+	}
+	sessions[0].Close("making room")
+	waitFor(t, 5*time.Second, "a freed slot taken again", func() bool {
+		s, err := dial(copied, tunnel.RoleAgent)
+		if err == nil {
+			s.Close("done")
+		}
+		return err == nil
+	})
+	if _, err := dial(credsFor(tunnel.IssueRequest{Tenant: "ops", Role: tunnel.RoleGateway, Name: "gw9"}), tunnel.RoleGateway); !errors.As(err, &refused) || refused.Code != "wrong_role" {
+		t.Errorf("a gateway's certificate: %v, want refused as wrong_role", err)
+	}
+	for _, reason := range []string{"too_many_sessions", "wrong_role"} {
+		if n := testutil.ToFloat64(h.gw.m.tunnelRefusals.WithLabelValues(reason)); n < 1 {
+			t.Errorf("no refusal counted as %s", reason)
+		}
 	}
 }

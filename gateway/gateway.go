@@ -88,6 +88,8 @@ type Gateway struct {
 	tunLink   *netstack.Link
 	relay     *relayState // nil unless attached to a relay
 	direct    *tunnel.Listener
+	// directSessions counts each agent identity's direct sessions.
+	directSessions identitySessions
 
 	// Lifecycle: ctx is cancelled by Close; every goroutine serving a flow
 	// or a request enters wg through enter, which fails once closing.

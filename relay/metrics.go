@@ -62,23 +62,24 @@ const (
 type metrics struct {
 	reg *prometheus.Registry
 
-	sessions      *prometheus.GaugeVec
-	refusals      *prometheus.CounterVec
-	registrations *prometheus.CounterVec
-	datagrams     *prometheus.CounterVec
-	dropped       *prometheus.CounterVec
-	tags          prometheus.Gauge
-	services      prometheus.Gauge
-	conflicts     prometheus.Gauge
-	poolUsed      prometheus.Gauge
-	poolCapacity  prometheus.Gauge
-	flows         flowStats
-	gatewaysLost  prometheus.Counter
-	dirFailed     prometheus.Counter
-	sigRejected   *prometheus.CounterVec
-	sigOutcomes   *prometheus.CounterVec
-	sigSessions   prometheus.Gauge
-	directPaths   prometheus.Gauge
+	sessions       *prometheus.GaugeVec
+	refusals       *prometheus.CounterVec
+	registrations  *prometheus.CounterVec
+	datagrams      *prometheus.CounterVec
+	dropped        *prometheus.CounterVec
+	tags           prometheus.Gauge
+	services       prometheus.Gauge
+	conflicts      prometheus.Gauge
+	poolUsed       prometheus.Gauge
+	poolCapacity   prometheus.Gauge
+	flows          flowStats
+	gatewaysLost   prometheus.Counter
+	dirFailed      prometheus.Counter
+	identityClosed prometheus.Counter
+	sigRejected    *prometheus.CounterVec
+	sigOutcomes    *prometheus.CounterVec
+	sigSessions    prometheus.Gauge
+	directPaths    prometheus.Gauge
 
 	// Resolved children of the packet path.
 	drops                 [numDropReasons]prometheus.Counter
@@ -121,6 +122,10 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		poolCapacity: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ztgate_vip_pool_capacity", Help: "VIPs the IPv4 pool can hand out.",
 		}),
+		identityClosed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ztgate_relay_identity_sessions_closed_total",
+			Help: "Agent sessions closed because their identity had more than 16 (the oldest is closed).",
+		}),
 		dirFailed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ztgate_relay_directory_failures_total",
 			Help: "Directories that could not be made into a control message for an agent (too large); the agent keeps its last one.",
@@ -129,7 +134,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	m.newFlowAndSignalingMetrics()
 	reg.MustRegister(m.sessions, m.refusals, m.registrations, m.datagrams, m.dropped, m.tags,
 		m.services, m.conflicts, m.poolUsed, m.poolCapacity,
-		m.flows.live, m.gatewaysLost, m.dirFailed,
+		m.flows.live, m.gatewaysLost, m.dirFailed, m.identityClosed,
 		m.sigRejected, m.sigOutcomes, m.sigSessions, m.directPaths,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for i := range m.drops {

@@ -555,3 +555,32 @@ func TestSlowReaderHoldsUpNobody(t *testing.T) {
 	case <-time.After(3 * time.Second): // beyond the relay's ping deadline
 	}
 }
+
+// TestIdentitySessionsBounded: the 17th session of one agent identity
+// closes its oldest; sessions of another identity are not touched.
+func TestIdentitySessionsBounded(t *testing.T) {
+	p := newPKI(t)
+	r := startRelay(t, p.relayConfig(t.TempDir()))
+	addr := r.Addr().String()
+	creds := p.identity("acme", tunnel.RoleAgent, "copied")
+	other := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "other"), agentHello("other"))
+	var sessions []*client
+	for i := range tunnel.MaxIdentitySessions + 1 {
+		sessions = append(sessions, mustDial(t, addr, creds, agentHello(fmt.Sprintf("copy-%d", i))))
+		next[tunnel.Directory](sessions[i]) // admitted, in order
+	}
+	select {
+	case <-sessions[0].s.Done():
+	case <-time.After(testTimeout):
+		t.Fatal("the oldest session of the identity is still open")
+	}
+	time.Sleep(100 * time.Millisecond)
+	for i, c := range append(sessions[1:], other) {
+		if err := c.s.Err(); err != nil {
+			t.Errorf("session %d ended: %v", i+1, err)
+		}
+	}
+	if n := testutil.ToFloat64(r.m.identityClosed); n != 1 {
+		t.Errorf("%v sessions counted as closed, want 1", n)
+	}
+}

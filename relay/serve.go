@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"fmt"
 	"sync"
 
 	"github.com/ztgate/ztgate/tunnel"
@@ -181,10 +182,29 @@ func (r *Relay) controlLoop(s *tunnel.Session, handle func(typ string, msg any) 
 
 // addAgent enters an agent session into the registry.
 func (r *Relay) addAgent(a *agent) {
+	var oldest *agent
+	n := 0
+	bounded := !a.id.Legacy && a.s.Peer().Tenant != "" // legacy and unverified identities may be a fleet's
 	r.mu.Lock()
 	r.agents[a] = struct{}{}
+	if bounded {
+		for o := range r.agents {
+			if o.id.Tenant == a.id.Tenant && o.id.Name == a.id.Name && o.id.Role == a.id.Role {
+				n++
+				if oldest == nil || o.since.Before(oldest.since) {
+					oldest = o
+				}
+			}
+		}
+	}
 	r.mu.Unlock()
 	r.m.agentGauge.Inc()
+	if n > tunnel.MaxIdentitySessions && oldest != a {
+		r.m.identityClosed.Inc()
+		r.log.Warn("an agent identity has more sessions than allowed; closing its oldest", "agent", a.id.String(),
+			"sessions", n, "max", tunnel.MaxIdentitySessions, "closed_session", oldest.s.ID())
+		_ = oldest.s.Close(fmt.Sprintf("more than %d sessions of this identity: the oldest is closed", tunnel.MaxIdentitySessions))
+	}
 }
 
 // removeAgent takes an ended agent session out of the registry; its tags

@@ -56,6 +56,17 @@ type Identity struct {
 	Legacy   bool // from DNS SANs of the original system
 }
 
+// MaxIdentitySessions bounds the sessions of one agent identity (tenant,
+// role and name of its certificate) at a relay, and directly at a gateway.
+// Each session holds tags or an ingress — at a gateway, one of its 65,534
+// ingress addresses —, flow tables and signaling slots, so one
+// certificate must not take them all (a certificate copied to many hosts,
+// or a client that redials without closing). A relay closes the
+// identity's oldest session beyond it, a gateway refuses the newest.
+// Legacy and unverified identities, which a whole fleet may share, are not
+// bounded.
+const MaxIdentitySessions = 16
+
 // String returns "tenant/role/name", e.g. "acme/agent/laptop".
 func (id Identity) String() string { return id.Tenant + "/" + id.Role + "/" + id.Name }
 
