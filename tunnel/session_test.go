@@ -318,6 +318,25 @@ func TestSessionInsecure(t *testing.T) {
 			}
 		})
 	}
+	// An insecure client with no file at all (an agent's
+	// insecure_allow_unauthenticated alone): no certificate, the server
+	// not verified; it reloads too.
+	t.Run("no certificate, no CA", func(t *testing.T) {
+		creds, err := NewCredentials(CredentialsConfig{Insecure: true}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if creds.Certificate() != nil {
+			t.Error("a certificate from no file")
+		}
+		if err := creds.Reload(); err != nil {
+			t.Fatal(err)
+		}
+		_, server := sf.connect(sf.dialConfig(creds))
+		if got := server.Peer(); got.Tenant != "" {
+			t.Errorf("peer %+v, want none", got)
+		}
+	})
 }
 
 func TestSessionCloseAndListenerClose(t *testing.T) {
