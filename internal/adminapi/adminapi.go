@@ -64,6 +64,10 @@ func Start(cfg Config) (*Server, error) {
 	s := serve(l, newServer(handler(token, cfg.Registry, cfg.V1, m), m, defaultTimeouts()), cfg.Log)
 	if cfg.Log != nil {
 		cfg.Log.Info("api listening", "addr", l.Addr().String(), "token", token != "")
+		if token == "" && cfg.V1 != nil && !cfg.Listen.Addr().IsLoopback() {
+			cfg.Log.Warn("the API listens beyond loopback without a token: anyone who reaches it may change this process; set [api] token_file",
+				"addr", l.Addr().String())
+		}
 	}
 	return s, nil
 }

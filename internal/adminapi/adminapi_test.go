@@ -1,8 +1,10 @@
 package adminapi
 
 import (
+	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -96,4 +98,37 @@ func TestStartAndShutdown(t *testing.T) {
 	}
 	var nilServer *Server
 	nilServer.Shutdown(ctx)
+}
+
+// TestWarnsWithoutToken: an API with /v1/ on a non-loopback address and no
+// token says so at start; on loopback, or with a token, it does not.
+func TestWarnsWithoutToken(t *testing.T) {
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, listen, token string
+		warn                bool
+	}{
+		{"loopback", "127.0.0.1:0", "", false},
+		{"any address, no token", "0.0.0.0:0", "", true},
+		{"any address, a token", "0.0.0.0:0", tokenFile, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			s, err := Start(Config{Listen: netip.MustParseAddrPort(tc.listen), TokenFile: tc.token, Registry: prometheus.NewRegistry(),
+				V1: http.NotFoundHandler(), Log: slog.New(slog.NewTextHandler(&logs, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			defer s.Shutdown(ctx)
+			if got := strings.Contains(logs.String(), "without a token"); got != tc.warn {
+				t.Errorf("warned %v, want %v:\n%s", got, tc.warn, logs.String())
+			}
+		})
+	}
 }
