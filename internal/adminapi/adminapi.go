@@ -124,12 +124,16 @@ func (s *Server) Addr() string {
 	return s.l.Addr().String()
 }
 
-// Shutdown stops the server within ctx and waits for it.
+// Shutdown stops the server within ctx and waits for it: requests still
+// running when ctx is done (a CPU profile of 30 s, say) have their
+// connections closed, which cancels their contexts.
 func (s *Server) Shutdown(ctx context.Context) {
 	if s == nil {
 		return
 	}
-	s.srv.Shutdown(ctx)
+	if s.srv.Shutdown(ctx) != nil {
+		s.srv.Close()
+	}
 	s.wg.Wait()
 }
 

@@ -132,3 +132,41 @@ func TestWarnsWithoutToken(t *testing.T) {
 		})
 	}
 }
+
+// TestShutdownEndsLongRequests: a request still running when Shutdown's
+// context ends (a handler that waits for its request's context, as a CPU
+// profile does) is cut off, and Shutdown returns.
+func TestShutdownEndsLongRequests(t *testing.T) {
+	started := make(chan struct{})
+	ended := make(chan struct{})
+	v1 := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		select {
+		case <-r.Context().Done():
+		case <-time.After(time.Minute):
+		}
+		close(ended)
+	})
+	s, err := Start(Config{Listen: netip.MustParseAddrPort("127.0.0.1:0"), Registry: prometheus.NewRegistry(), V1: v1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		if resp, err := http.Get("http://" + s.Addr() + "/v1/long"); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	s.Shutdown(ctx)
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request still runs after Shutdown")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Shutdown took %v", d)
+	}
+}
