@@ -19,6 +19,7 @@ func (a *Agent) startTunnel() {
 		Config: tunnel.DialConfig{
 			Credentials: a.creds,
 			ServerName:  a.cfg.Tunnel.ServerName,
+			ServerRoles: []string{tunnel.RoleRelay, tunnel.RoleGateway},
 			Hello:       a.hello(),
 			Registerer:  a.m.reg,
 		},

@@ -299,6 +299,21 @@ func (g *Gateway) startLAN(pools []netip.Prefix) error {
 			_, ok := g.tbl.Load().tenants.lookup(src)
 			return ok
 		},
+		// An ICMP error about a packet sent to dst is taken from dst, or
+		// from a source of dst's tenant (a router on the LAN): never from
+		// another tenant's, nor about a tunnel session.
+		ICMPErrorFrom: func(src, dst netip.Addr) bool {
+			if src == dst {
+				return true
+			}
+			if tunnelOn && synthPrefix.Contains(dst) {
+				return false
+			}
+			tenants := g.tbl.Load().tenants
+			ts, okS := tenants.lookup(src)
+			td, okD := tenants.lookup(dst)
+			return okS && okD && ts == td
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)

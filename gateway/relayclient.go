@@ -66,6 +66,7 @@ func (g *Gateway) startRelayClient() {
 		Config: tunnel.DialConfig{
 			Credentials: g.creds,
 			ServerName:  g.cfg.Tunnel.ServerName,
+			ServerRoles: []string{tunnel.RoleRelay},
 			Hello:       tunnel.Hello{Role: tunnel.RoleGateway, Name: g.cfg.Name, Version: "ztgate"},
 			Registerer:  g.m.reg,
 		},

@@ -158,7 +158,8 @@ func icmpUnreachable(src, dst netip.Addr, quoted []byte) []byte {
 // TestForgedICMPErrorsEndNoFlow: a client of one tenant forges ICMP port
 // unreachable errors quoting packets the gateway sent to an agent's and to
 // another tenant's UDP flows. Neither flow ends; the errors are dropped
-// and counted, while the flow's own client's error passes on to gVisor.
+// and counted, while the errors of the flow's own client and of a router
+// in its tenant's prefixes pass on to gVisor.
 func TestForgedICMPErrorsEndNoFlow(t *testing.T) {
 	_, port := startHTTP(t, nil)
 	h := newHarness(t, withTunnel(t, baseConfig(port, startUDPEcho(t))))
@@ -185,7 +186,9 @@ func TestForgedICMPErrorsEndNoFlow(t *testing.T) {
 		}
 	}
 
-	t.Run("its own client's error", func(t *testing.T) {
+	t.Run("its own client's error, and its router's", func(t *testing.T) {
+		router := netip.MustParseAddr("198.51.100.1") // in acme's sources
+		h.gw.lan.Deliver(icmpUnreachable(router, echo.Addr(), netstacktest.UDPDatagram(echo, lanVictim, []byte("x"))))
 		h.gw.lan.Deliver(icmpUnreachable(acmeClient, echo.Addr(), netstacktest.UDPDatagram(echo, lanVictim, []byte("x"))))
 		// A marker behind it: once its echo is back, the error was taken.
 		h.gw.deliverTunnel(in, "", netstacktest.UDPDatagram(netip.AddrPortFrom(agentInner, 4000), echo, []byte("marker")), h.gw.tunLink)

@@ -70,6 +70,7 @@ func quoted6(src, dst netip.Addr) []byte {
 
 func TestICMPAdmissible(t *testing.T) {
 	vip, client, other := netip.MustParseAddr("10.100.0.10"), netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("203.0.113.9")
+	router := netip.MustParseAddr("198.51.100.1") // may report on client's packets, not on other's
 	vip6, client6, other6 := netip.MustParseAddr("2001:db8:100::10"), netip.MustParseAddr("2001:db8:1::7"), netip.MustParseAddr("2001:db8:2::9")
 	later := icmp4(client, vip, 3, quoted4(vip, other))
 	binary.BigEndian.PutUint16(later[6:], 100) // a fragment at offset 800
@@ -81,6 +82,8 @@ func TestICMPAdmissible(t *testing.T) {
 		{"echo request", icmp4(client, vip, 8, nil), true},
 		{"unreachable about its own packet", icmp4(client, vip, 3, quoted4(vip, client)), true},
 		{"unreachable about another client's packet", icmp4(client, vip, 3, quoted4(vip, other)), false},
+		{"a router's host unreachable about a client it may report on", icmp4(router, vip, 3, quoted4(vip, client)), true},
+		{"a router's host unreachable about another", icmp4(router, vip, 3, quoted4(vip, other)), false},
 		{"time exceeded about another's", icmp4(client, vip, 11, quoted4(vip, other)), false},
 		{"parameter problem about another's", icmp4(client, vip, 12, quoted4(vip, other)), false},
 		{"unreachable quoting too little", icmp4(client, vip, 3, quoted4(vip, client)[:12]), false},
@@ -104,7 +107,8 @@ func TestICMPAdmissible(t *testing.T) {
 			if !ok {
 				t.Fatal("test packet does not parse")
 			}
-			if got := h.icmpAdmissible(); got != tc.want {
+			from := func(src, dst netip.Addr) bool { return src == dst || (src == router && dst == client) }
+			if got := h.icmpAdmissible(from); got != tc.want {
 				t.Errorf("icmpAdmissible %v, want %v", got, tc.want)
 			}
 		})

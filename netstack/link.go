@@ -49,6 +49,14 @@ type LinkConfig struct {
 	// Admit, when set, is asked about the source of every inbound packet;
 	// packets it refuses are dropped (deny by default for unknown sources).
 	Admit func(src netip.Addr) bool
+	// ICMPErrorFrom, when set, is asked about every inbound ICMP error
+	// (unreachable, packet too big, time exceeded, parameter problem):
+	// whether src, an admitted source, may report on a packet the stack
+	// sent to dst, the quoted packet's destination — a router on the way to
+	// that client, or the client itself. gVisor hands the error to the
+	// endpoint the quoted packet names, so an error from anyone else could
+	// end or shrink another client's flow. Nil: only dst itself.
+	ICMPErrorFrom func(src, dst netip.Addr) bool
 	// QueueLen bounds the outbound packets waiting for Output (default 4096);
 	// beyond it packets are dropped (TCP retransmits).
 	QueueLen int
@@ -82,6 +90,9 @@ func (ns *Stack) NewLink(cfg LinkConfig) (*Link, error) {
 	}
 	if cfg.QueueLen <= 0 {
 		cfg.QueueLen = 4096
+	}
+	if cfg.ICMPErrorFrom == nil {
+		cfg.ICMPErrorFrom = func(src, dst netip.Addr) bool { return src == dst }
 	}
 	if cfg.WriteCap < cfg.Headroom+cfg.MTU {
 		cfg.WriteCap = cfg.Headroom + cfg.MTU
@@ -204,7 +215,7 @@ func (l *Link) admit(pkt []byte) (*stack.PacketBuffer, tcpip.NetworkProtocolNumb
 		ns.drop(DropNotRouted)
 		return nil, 0, nil
 	}
-	if !h.icmpAdmissible() {
+	if !h.icmpAdmissible(l.cfg.ICMPErrorFrom) {
 		ns.drop(DropICMPRefused)
 		return nil, 0, nil
 	}

@@ -114,23 +114,24 @@ const (
 )
 
 // icmpAdmissible reports whether an inbound packet may go on as far as
-// ICMP is concerned. An ICMP error must be about a packet sent to the very
-// client that reports it (the quoted packet's destination is the outer
-// source): gVisor hands an error to the endpoint the quoted packet names,
-// so another client's forged "port unreachable" would end that endpoint's
-// UDP flow, and a forged "packet too big" would shrink its TCP's segments.
-// Redirects are never taken from a client. ICMPv6 behind extension
-// headers is not taken at all: the stack's own handling of echo requests
-// (tenant, service and rate checks) sees only the first next-header.
-// Anything else — non-ICMP, echo, malformed ICMP that gVisor drops — passes.
-func (h *ipHeader) icmpAdmissible() bool {
+// ICMP is concerned. An ICMP error must be about a packet sent to a client
+// its source may report on (from(source, quoted destination): a router on
+// the way, or the client itself): gVisor hands an error to the endpoint
+// the quoted packet names, so another client's forged "port unreachable"
+// would end that endpoint's UDP flow, and a forged "packet too big" would
+// shrink its TCP's segments. Redirects are never taken from a client.
+// ICMPv6 behind extension headers is not taken at all: the stack's own
+// handling of echo requests (tenant, service and rate checks) sees only
+// the first next-header. Anything else — non-ICMP, echo, malformed ICMP
+// that gVisor drops — passes.
+func (h *ipHeader) icmpAdmissible(from func(src, dst netip.Addr) bool) bool {
 	if h.v6 {
 		switch h.proto {
 		case protoICMPv6:
 			if len(h.l4) < 1 || h.l4[0] < 1 || h.l4[0] > 4 { // not an error
 				return true
 			}
-			return len(h.l4) >= 8+40 && netip.AddrFrom16([16]byte(h.l4[8+24:8+40])) == h.src
+			return len(h.l4) >= 8+40 && from(h.src, netip.AddrFrom16([16]byte(h.l4[8+24:8+40])))
 		case 0, 43, 44, 60: // hop-by-hop, routing, fragment, destination options
 			last := lastNextHeader(h.proto, h.l4)
 			return last != protoICMPv6 && last != unwalkable
@@ -145,7 +146,7 @@ func (h *ipHeader) icmpAdmissible() bool {
 		return false
 	case 3, 4, 11, 12: // unreachable, source quench, time exceeded, parameter problem
 		q := h.l4[min(8, len(h.l4)):]
-		return len(q) >= 20 && q[0]>>4 == 4 && netip.AddrFrom4([4]byte(q[16:20])) == h.src
+		return len(q) >= 20 && q[0]>>4 == 4 && from(h.src, netip.AddrFrom4([4]byte(q[16:20])))
 	}
 	return true
 }

@@ -9,13 +9,14 @@ const (
 	ReasonNotYetValid      = "not_yet_valid"     // before NotBefore (itself or a CA)
 	ReasonNoIdentity       = "no_identity"       // no usable ztgate identity (see IdentityFromCert)
 	ReasonBadCertificate   = "bad_certificate"   // anything else: key usage, server name, ...
+	ReasonWrongRole        = "wrong_role"        // a server whose identity has another role than the client needs
 )
 
 // AuthReasons returns every refusal reason, e.g. to initialise counters.
 func AuthReasons() []string {
 	return []string{
 		ReasonNoCertificate, ReasonUnknownAuthority, ReasonExpired,
-		ReasonNotYetValid, ReasonNoIdentity, ReasonBadCertificate,
+		ReasonNotYetValid, ReasonNoIdentity, ReasonBadCertificate, ReasonWrongRole,
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -222,7 +224,7 @@ func (c *Credentials) verifyClient(st *credState, cs tls.ConnectionState) *AuthE
 // present a certificate for that name chaining to the current CA; an empty
 // serverName fails every handshake. The current certificate is presented.
 func (c *Credentials) ClientConfig(serverName string, alpn ...string) *tls.Config {
-	return c.clientConfig(serverName, "", alpn)
+	return c.clientConfig(serverName, "", nil, alpn)
 }
 
 // clientConfig is ClientConfig, or with identity set, a configuration for a
@@ -230,7 +232,7 @@ func (c *Credentials) ClientConfig(serverName string, alpn ...string) *tls.Confi
 // reached at an address from an answer): its certificate must chain to the
 // CA, be fit for server authentication and carry exactly that identity;
 // serverName then only goes into the SNI, when it is a name.
-func (c *Credentials) clientConfig(serverName, identity string, alpn []string) *tls.Config {
+func (c *Credentials) clientConfig(serverName, identity string, roles, alpn []string) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		NextProtos: append([]string(nil), alpn...),
@@ -242,7 +244,10 @@ func (c *Credentials) clientConfig(serverName, identity string, alpn []string) *
 			if identity != "" {
 				return c.refuse(nil, c.verifyServerIdentity(identity, cs))
 			}
-			return c.refuse(nil, c.verifyServer(serverName, cs))
+			if ae := c.verifyServer(serverName, cs); ae != nil || len(roles) == 0 || c.skipsServers() {
+				return c.refuse(nil, ae)
+			}
+			return c.refuse(nil, serverRole(cs, roles))
 		},
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return c.active.Load().cert, nil
@@ -250,11 +255,27 @@ func (c *Credentials) clientConfig(serverName, identity string, alpn []string) *
 	}
 }
 
+// skipsServers reports whether servers go unverified: insecure
+// credentials without a CA.
+func (c *Credentials) skipsServers() bool { return c.cfg.Insecure && c.cfg.CAFile == "" }
+
+// serverRole checks that a verified server's identity has one of roles.
+func serverRole(cs tls.ConnectionState, roles []string) *AuthError {
+	id, err := IdentityFromCert(cs.PeerCertificates[0])
+	switch {
+	case err != nil:
+		return &AuthError{Reason: ReasonWrongRole, Err: fmt.Errorf("the server has no ztgate identity (want a %s): %w", strings.Join(roles, " or "), err)}
+	case !slices.Contains(roles, id.Role):
+		return &AuthError{Reason: ReasonWrongRole, Err: fmt.Errorf("the server is %s, not a %s", id, strings.Join(roles, " or "))}
+	}
+	return nil
+}
+
 // verifyServer checks a server's certificates against the current CA;
 // insecure credentials without a CA take any server.
 func (c *Credentials) verifyServer(serverName string, cs tls.ConnectionState) *AuthError {
 	switch {
-	case c.cfg.Insecure && c.cfg.CAFile == "":
+	case c.skipsServers():
 		return nil
 	case serverName == "":
 		return &AuthError{Reason: ReasonBadCertificate, Err: errors.New("no server name to verify")}

@@ -121,17 +121,22 @@ func TestClientVerifiesServer(t *testing.T) {
 		ca         func(f *tlsFixture) *CA
 		req        IssueRequest
 		serverName string
-		reason     string // empty: accepted
+		reason     string   // empty: accepted
+		roles      []string // DialConfig.ServerRoles
 	}{
-		{"valid", ours, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", DNSNames: []string{serverName}}, serverName, ""},
-		{"valid by IP", ours, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", IPs: loopbackIPs()}, "127.0.0.1", ""},
-		{"gateway listener", ours, IssueRequest{Tenant: "acme", Role: RoleGateway, Name: "gw", DNSNames: []string{serverName}}, serverName, ""},
-		{"wrong name", ours, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", DNSNames: []string{serverName}}, "other.test", ReasonBadCertificate},
-		{"empty name", ours, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", DNSNames: []string{serverName}}, "", ReasonBadCertificate},
-		{"other CA", theirs, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", DNSNames: []string{serverName}}, serverName, ReasonUnknownAuthority},
+		{"valid", ours, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", DNSNames: []string{serverName}}, serverName, "", nil},
+		{"valid by IP", ours, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", IPs: loopbackIPs()}, "127.0.0.1", "", nil},
+		{"gateway listener", ours, IssueRequest{Tenant: "acme", Role: RoleGateway, Name: "gw", DNSNames: []string{serverName}}, serverName, "", nil},
+		{"wrong name", ours, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", DNSNames: []string{serverName}}, "other.test", ReasonBadCertificate, nil},
+		{"empty name", ours, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", DNSNames: []string{serverName}}, "", ReasonBadCertificate, nil},
+		{"other CA", theirs, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", DNSNames: []string{serverName}}, serverName, ReasonUnknownAuthority, nil},
 		{"expired", ours, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", DNSNames: []string{serverName},
-			NotBefore: now.Add(-48 * time.Hour), Validity: 24 * time.Hour}, serverName, ReasonExpired},
-		{"client-only certificate", ours, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "relay.test"}, serverName, ReasonBadCertificate},
+			NotBefore: now.Add(-48 * time.Hour), Validity: 24 * time.Hour}, serverName, ReasonExpired, nil},
+		{"client-only certificate", ours, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "relay.test"}, serverName, ReasonBadCertificate, nil},
+		{"a relay, as a gateway needs", ours, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", DNSNames: []string{serverName}}, serverName, "", []string{RoleRelay}},
+		{"a gateway with the relay's name", ours, IssueRequest{Tenant: "ops", Role: RoleGateway, Name: "gw", DNSNames: []string{serverName}}, serverName, ReasonWrongRole, []string{RoleRelay}},
+		{"no identity with the relay's name", ours, IssueRequest{Name: "r", NoIdentity: true, DNSNames: []string{serverName}}, serverName, ReasonWrongRole, []string{RoleRelay}},
+		{"a gateway, as an agent may take", ours, IssueRequest{Tenant: "ops", Role: RoleGateway, Name: "gw", DNSNames: []string{serverName}}, serverName, "", []string{RoleRelay, RoleGateway}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -141,7 +146,7 @@ func TestClientVerifiesServer(t *testing.T) {
 			var log rejectLog
 			agentCert, agentKey := f.leaf(f.ca, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "laptop"})
 			client := f.creds(CredentialsConfig{CertFile: agentCert, KeyFile: agentKey, CAFile: f.caFile, OnReject: log.record})
-			res := handshake(t, server.ServerConfig(ALPNV1), client.ClientConfig(tc.serverName, ALPNV1))
+			res := handshake(t, server.ServerConfig(ALPNV1), client.clientConfig(tc.serverName, "", tc.roles, []string{ALPNV1}))
 			reasons, _ := log.snapshot()
 			if tc.reason == "" {
 				if res.clientErr != nil || res.serverErr != nil || len(reasons) != 0 {
@@ -345,7 +350,7 @@ func TestAuthError(t *testing.T) {
 		})
 	}
 	reasons := AuthReasons()
-	if len(reasons) != 6 || len(slices.Compact(slices.Sorted(slices.Values(reasons)))) != 6 {
-		t.Fatalf("AuthReasons() = %v, want six distinct reasons", reasons)
+	if len(reasons) != 7 || len(slices.Compact(slices.Sorted(slices.Values(reasons)))) != 7 {
+		t.Fatalf("AuthReasons() = %v, want seven distinct reasons", reasons)
 	}
 }

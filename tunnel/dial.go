@@ -25,6 +25,12 @@ type DialConfig struct {
 	// of a name: for a gateway reached by IP on the direct path. The chain
 	// is verified against the CA all the same.
 	ExpectIdentity string
+	// ServerRoles, when set, are the roles the server's identity may have
+	// (a gateway dials only a relay; an agent a relay or a gateway): a
+	// server whose certificate chains to the CA and carries the name, but
+	// is another role's or has no ztgate identity, is refused as
+	// wrong_role. Insecure credentials without a CA check nothing.
+	ServerRoles []string
 	// ALPN lists the protocols offered, preferred first; default {ALPNV2}.
 	ALPN []string
 	// Hello is sent first on a ztna-v2 session (its Type is filled in).
@@ -64,7 +70,7 @@ func Dial(ctx context.Context, addr string, cfg DialConfig, log *slog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
-	conn, err := dialQUIC(ctx, addr, cfg.Credentials.clientConfig(serverName, cfg.ExpectIdentity, alpn), quicConfig(false))
+	conn, err := dialQUIC(ctx, addr, cfg.Credentials.clientConfig(serverName, cfg.ExpectIdentity, cfg.ServerRoles, alpn), quicConfig(false))
 	if err != nil {
 		if ae, ok := errors.AsType[*AuthError](err); ok {
 			m.handshake(sideClient, resultRefused, ae.Reason)
