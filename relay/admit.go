@@ -3,7 +3,6 @@ package relay
 import (
 	"cmp"
 	"fmt"
-	"time"
 
 	"github.com/ztgate/ztgate/tunnel"
 )
@@ -43,5 +42,5 @@ func (r *Relay) admit(s *tunnel.Session) (peer, *refusal) {
 	case role == roleAgent && s.Version() == tunnel.V2 && !s.Hello().InnerAddr.IsValid():
 		return peer{}, &refusal{refuseBadHello, "an agent's hello needs its inner_addr"}
 	}
-	return peer{s: s, role: role, id: id, since: time.Now()}, nil
+	return newPeer(s, role, id), nil
 }

@@ -32,8 +32,10 @@ func (r *Relay) legacyRegistration(a *agent, b []byte) {
 		return
 	}
 	r.m.registrations.WithLabelValues(roleAgent, regDenied).Inc()
-	r.log.Warn("v1 registration denied", "session", a.s.ID(), "identity", a.id.String(),
-		"service", service, "connector", role == tunnel.TypeGatewayRegistration)
+	if a.mayWarn() {
+		r.log.Warn("v1 registration denied", "session", a.s.ID(), "identity", a.id.String(),
+			"service", service, "connector", role == tunnel.TypeGatewayRegistration)
+	}
 	r.nack(a, tunnel.StatusDenied, service)
 }
 

@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -22,7 +24,25 @@ type peer struct {
 	role  string
 	id    tunnel.Identity // verified, or made from the hello in insecure mode
 	since time.Time
+	// warnings bounds the warnings the peer's messages make the relay log
+	// (a rejected registration, signaling message or candidate); every
+	// one is counted all the same. Nil: unbounded.
+	warnings *rate.Limiter
 }
+
+// Warnings one peer's messages may cause: a burst, then a few a second.
+const (
+	peerWarnBurst  = 20
+	peerWarnPerSec = 2
+)
+
+func newPeer(s *tunnel.Session, role string, id tunnel.Identity) peer {
+	return peer{s: s, role: role, id: id, since: time.Now(), warnings: rate.NewLimiter(peerWarnPerSec, peerWarnBurst)}
+}
+
+// mayWarn reports whether a warning the peer caused is logged; beyond the
+// peer's allowance it is not (its counter still moves).
+func (p *peer) mayWarn() bool { return p.warnings == nil || p.warnings.Allow() }
 
 // gateway is a gateway's session.
 type gateway struct {

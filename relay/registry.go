@@ -36,7 +36,9 @@ func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 	reject := func(name, result, detail string) {
 		r.m.registrations.WithLabelValues(roleGateway, result).Inc()
 		answer.Rejected = append(answer.Rejected, tunnel.Rejection{Service: name, Reason: detail})
-		r.log.Warn("service registration rejected", "gateway", g.id.String(), "service", name, "reason", detail)
+		if g.mayWarn() {
+			r.log.Warn("service registration rejected", "gateway", g.id.String(), "service", name, "reason", detail)
+		}
 	}
 	allocs := make(map[string]catalog.Allocation, len(msg.Services))
 	for _, info := range msg.Services {
@@ -290,7 +292,9 @@ func (r *Relay) usableCandidates(g *gateway, cs []netip.AddrPort) []netip.AddrPo
 	var out []netip.AddrPort
 	for _, c := range cs {
 		if !usableCandidate(c) || len(out) == tunnel.MaxCandidates {
-			r.log.Warn("gateway candidate ignored", "gateway", g.id.String(), "candidate", c.String())
+			if g.mayWarn() {
+				r.log.Warn("gateway candidate ignored", "gateway", g.id.String(), "candidate", c.String())
+			}
 			continue
 		}
 		out = append(out, c)

@@ -1,13 +1,16 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -583,4 +586,53 @@ func TestIdentitySessionsBounded(t *testing.T) {
 	if n := testutil.ToFloat64(r.m.identityClosed); n != 1 {
 		t.Errorf("%v sessions counted as closed, want 1", n)
 	}
+}
+
+// TestPeerWarningsBounded: a gateway whose one registration has 200
+// invalid services makes the relay log at most a burst of warnings, while
+// the counter takes every rejection.
+func TestPeerWarningsBounded(t *testing.T) {
+	p := newPKI(t)
+	var logs syncBuffer
+	r, err := New(p.relayConfig(t.TempDir()), Options{}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	var bad []tunnel.ServiceInfo
+	for i := range 200 {
+		bad = append(bad, tunnel.ServiceInfo{Name: fmt.Sprintf("Bad-%d", i), Tenants: []string{"*"}})
+	}
+	gw := mustDial(t, r.Addr().String(), p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	if a := gw.register(bad...); len(a.Rejected) != len(bad) {
+		t.Fatalf("%d rejected, want %d", len(a.Rejected), len(bad))
+	}
+	if n := testutil.ToFloat64(r.m.registrations.WithLabelValues(roleGateway, regInvalid)); n != float64(len(bad)) {
+		t.Errorf("%v rejections counted, want %d", n, len(bad))
+	}
+	if n := strings.Count(logs.String(), "service registration rejected"); n == 0 || n > peerWarnBurst+1 {
+		t.Errorf("%d warnings logged, want 1 to %d", n, peerWarnBurst+1)
+	}
+}
+
+// syncBuffer is a bytes.Buffer for a logger written from several
+// goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -124,7 +124,9 @@ func (r *Relay) onResult(a *agent, m *tunnel.Result) {
 // answered: two peers must not trade errors forever).
 func (r *Relay) onSignalError(from party, m *tunnel.ErrorMessage) {
 	if m.SessionID == 0 {
-		r.log.Warn("peer error", "identity", from.identity(), "code", m.Code, "message", m.Message)
+		if from.mayWarn() {
+			r.log.Warn("peer error", "identity", from.identity(), "code", m.Code, "message", m.Message)
+		}
 		return
 	}
 	r.sigMu.Lock()
@@ -145,8 +147,10 @@ func (r *Relay) onSignalError(from party, m *tunnel.ErrorMessage) {
 // sender learns nothing about sessions that are not its own.
 func (r *Relay) rejectSignal(from party, id uint64, reason, typ string) {
 	r.m.sigRejected.WithLabelValues(reason).Inc()
-	r.log.Warn("signaling message rejected", "identity", from.identity(), "type", typ,
-		"session_id", id, "reason", reason)
+	if from.mayWarn() {
+		r.log.Warn("signaling message rejected", "identity", from.identity(), "type", typ,
+			"session_id", id, "reason", reason)
+	}
 	if id == 0 {
 		return
 	}
@@ -268,6 +272,14 @@ func (p party) identity() string {
 		return p.a.id.String()
 	}
 	return p.g.id.String()
+}
+
+// mayWarn is the party's peer.mayWarn.
+func (p party) mayWarn() bool {
+	if p.a != nil {
+		return p.a.mayWarn()
+	}
+	return p.g.mayWarn()
 }
 
 // session is the party's tunnel session.
