@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
-
 	"github.com/ztgate/ztgate/netstack/netstacktest"
 )
 
@@ -145,14 +143,10 @@ sources = ["160.0.0.0/4"]
 	}
 }
 
-// icmpUnreachable is an ICMP port unreachable from src to dst quoting the
-// first 28 bytes of quoted, checksum correct.
+// icmpUnreachable is an ICMP port unreachable from src to dst quoting
+// quoted.
 func icmpUnreachable(src, dst netip.Addr, quoted []byte) []byte {
-	m := make([]byte, 36)
-	m[0], m[1] = 3, 3
-	copy(m[8:], quoted[:28])
-	binary.BigEndian.PutUint16(m[2:], ^checksum.Checksum(m, 0))
-	return netstacktest.IPv4Packet(src, dst, netstacktest.ProtoICMP, nil, m)
+	return netstacktest.ICMPError(src, dst, 3, 3, quoted)
 }
 
 // TestForgedICMPErrorsEndNoFlow: a client of one tenant forges ICMP port

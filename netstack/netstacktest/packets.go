@@ -79,6 +79,17 @@ func TCPSegment(src, dst netip.AddrPort, flags uint8, seq uint32, payload []byte
 	return IPv4Packet(src.Addr(), dst.Addr(), ProtoTCP, nil, t)
 }
 
+// ICMPError builds an IPv4 packet from src to dst carrying an ICMP error of
+// type typ and code quoting the first 28 bytes of quoted (its IP header and
+// 8 bytes beyond), checksums correct.
+func ICMPError(src, dst netip.Addr, typ, code uint8, quoted []byte) []byte {
+	m := make([]byte, 8+min(28, len(quoted)))
+	m[0], m[1] = typ, code
+	copy(m[8:], quoted)
+	binary.BigEndian.PutUint16(m[2:4], ^checksum.Checksum(m, 0))
+	return IPv4Packet(src, dst, ProtoICMP, nil, m)
+}
+
 // UDPDatagram builds an IPv4 packet carrying one UDP datagram, checksums
 // correct.
 func UDPDatagram(src, dst netip.AddrPort, payload []byte) []byte {
