@@ -77,6 +77,8 @@ type agent struct {
 	registered map[string]bool // v1: services ACKed
 
 	dirty chan struct{} // wakes the directory pusher (v2)
+
+	evicted bool // guarded by Relay.mu: closed as its identity's oldest beyond the cap
 }
 
 // tag is one route: (agent session, service, gateway session).

@@ -557,6 +557,11 @@ func TestSlowReaderHoldsUpNobody(t *testing.T) {
 		t.Fatalf("the honest gateway's session ended: %v", gw.s.Err())
 	case <-time.After(3 * time.Second): // beyond the relay's ping deadline
 	}
+	select { // once a write to it has waited out its deadline
+	case <-silent.Done():
+	case <-time.After(3 * tunnel.ControlWriteTimeout):
+		t.Error("the relay did not close the gateway that does not read")
+	}
 }
 
 // TestIdentitySessionsBounded: the 17th session of one agent identity
@@ -585,6 +590,114 @@ func TestIdentitySessionsBounded(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(r.m.identityClosed); n != 1 {
 		t.Errorf("%v sessions counted as closed, want 1", n)
+	}
+
+	t.Run("a burst of sessions at once", func(t *testing.T) {
+		var (
+			mu  sync.Mutex
+			all = sessions[1:]
+			wg  sync.WaitGroup
+		)
+		for i := range tunnel.MaxIdentitySessions {
+			wg.Go(func() {
+				c, err := dial(t, addr, creds, agentHello(fmt.Sprintf("burst-%d", i)))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				all = append(all, c)
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		eventually := time.Now().Add(testTimeout)
+		for {
+			alive := 0
+			for _, c := range all {
+				if c.s.Err() == nil {
+					alive++
+				}
+			}
+			r.mu.RLock()
+			registered := len(r.byIdentity[identityKey{"acme", tunnel.RoleAgent, "copied"}])
+			r.mu.RUnlock()
+			if alive == tunnel.MaxIdentitySessions && registered == tunnel.MaxIdentitySessions {
+				break
+			}
+			if time.Now().After(eventually) {
+				t.Fatalf("%d sessions of one identity alive, %d registered; cap %d", alive, registered, tunnel.MaxIdentitySessions)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := testutil.ToFloat64(r.m.identityClosed); n != float64(1+tunnel.MaxIdentitySessions) {
+			t.Errorf("%v sessions counted as closed, want %d", n, 1+tunnel.MaxIdentitySessions)
+		}
+	})
+}
+
+// TestTagOpenBurst: a thousand tags opened at once to one gateway that
+// reads (agents coming back after a relay restart) all reach it, and the
+// gateway's session is not taken for a slow reader.
+func TestTagOpenBurst(t *testing.T) {
+	p := newPKI(t)
+	r := startRelay(t, p.relayConfig(t.TempDir()))
+	addr := r.Addr().String()
+	gw := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	gw.register(svc("web", "acme"))
+	opened := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case m := <-gw.msgs:
+				if _, ok := m.(*tunnel.TagOpen); ok {
+					if n++; n == 1000 {
+						opened <- n
+						return
+					}
+				}
+			case <-gw.s.Done():
+				opened <- n
+				return
+			}
+		}
+	}()
+	real := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a0"), agentHello("a0"))
+	next[tunnel.Directory](real)
+	r.mu.RLock()
+	var g *gateway
+	for x := range r.gateways {
+		g = x
+	}
+	var ra *agent
+	for x := range r.agents {
+		ra = x
+	}
+	web := r.services["web"]
+	r.mu.RUnlock()
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range 1000 {
+		pr := ra.peer
+		pr.id = tunnel.Identity{Tenant: "acme", Role: tunnel.RoleAgent, Name: fmt.Sprintf("a%d", i+1)}
+		a := newAgent(pr, innerAddr, &r.m.flows)
+		wg.Go(func() {
+			<-start
+			if _, reason := r.openTag(a, web, g, innerAddr); reason != 0 {
+				t.Errorf("open: %v", reason)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	select {
+	case n := <-opened:
+		if n != 1000 {
+			t.Errorf("the gateway got %d tag_opens, want 1000 (session: %v)", n, gw.s.Err())
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("the tag_opens did not all arrive")
 	}
 }
 

@@ -60,12 +60,15 @@ type Relay struct {
 	regMu sync.Mutex
 
 	mu       sync.RWMutex
-	services map[string]*service       // guarded by mu
-	gateways map[*gateway]struct{}     // guarded by mu
-	agents   map[*agent]struct{}       // guarded by mu
-	tags     map[uint32]*tag           // guarded by mu: every live tag
-	drained  map[string]bool           // guarded by mu: names of gateways that take no new flows
-	tagRand  func([]byte) (int, error) // guarded by mu: the tags' randomness; nil is crypto/rand (tests replace it)
+	services map[string]*service   // guarded by mu
+	gateways map[*gateway]struct{} // guarded by mu
+	agents   map[*agent]struct{}   // guarded by mu
+	// byIdentity holds the sessions of each bounded agent identity
+	// (addAgent); guarded by mu.
+	byIdentity map[identityKey]map[*agent]struct{}
+	tags       map[uint32]*tag           // guarded by mu: every live tag
+	drained    map[string]bool           // guarded by mu: names of gateways that take no new flows
+	tagRand    func([]byte) (int, error) // guarded by mu: the tags' randomness; nil is crypto/rand (tests replace it)
 
 	sigMu sync.Mutex
 	sig   *signaling // guarded by sigMu
@@ -97,18 +100,19 @@ func New(cfg *conf.Relay, opts Options, log *slog.Logger) (*Relay, error) {
 		opts.DeadAfter = DefaultDeadAfter
 	}
 	r := &Relay{
-		cfg:      cfg,
-		opts:     opts,
-		root:     log,
-		log:      log.With("component", "relay"),
-		m:        newMetrics(opts.Registry),
-		pins:     make(map[string]pinPair),
-		services: make(map[string]*service),
-		gateways: make(map[*gateway]struct{}),
-		agents:   make(map[*agent]struct{}),
-		tags:     make(map[uint32]*tag),
-		drained:  make(map[string]bool),
-		sig:      newSignaling(),
+		cfg:        cfg,
+		opts:       opts,
+		root:       log,
+		log:        log.With("component", "relay"),
+		m:          newMetrics(opts.Registry),
+		pins:       make(map[string]pinPair),
+		services:   make(map[string]*service),
+		gateways:   make(map[*gateway]struct{}),
+		agents:     make(map[*agent]struct{}),
+		byIdentity: make(map[identityKey]map[*agent]struct{}),
+		tags:       make(map[uint32]*tag),
+		drained:    make(map[string]bool),
+		sig:        newSignaling(),
 	}
 	r.fwd = newForwarding(cfg.ForwardPorts, cfg.Listen, newForwardMetrics(r.m.reg), r.root.With("component", "forward"))
 	r.ctx, r.cancel = context.WithCancel(context.Background())

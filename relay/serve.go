@@ -2,6 +2,7 @@ package relay
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/ztgate/ztgate/tunnel"
@@ -180,31 +181,51 @@ func (r *Relay) controlLoop(s *tunnel.Session, handle func(typ string, msg any) 
 	}
 }
 
-// addAgent enters an agent session into the registry.
+// addAgent enters an agent session into the registry. An identity with
+// more than tunnel.MaxIdentitySessions live sessions loses its oldest.
 func (r *Relay) addAgent(a *agent) {
-	var oldest *agent
-	n := 0
-	bounded := !a.id.Legacy && a.s.Peer().Tenant != "" // legacy and unverified identities may be a fleet's
+	var evict []*agent
+	key, bounded := identityKeyOf(a)
 	r.mu.Lock()
 	r.agents[a] = struct{}{}
 	if bounded {
-		for o := range r.agents {
-			if o.id.Tenant == a.id.Tenant && o.id.Name == a.id.Name && o.id.Role == a.id.Role {
-				n++
-				if oldest == nil || o.since.Before(oldest.since) {
-					oldest = o
-				}
+		set := r.byIdentity[key]
+		if set == nil {
+			set = make(map[*agent]struct{})
+			r.byIdentity[key] = set
+		}
+		set[a] = struct{}{}
+		var live []*agent
+		for o := range set {
+			if !o.evicted {
+				live = append(live, o)
+			}
+		}
+		if over := len(live) - tunnel.MaxIdentitySessions; over > 0 {
+			slices.SortFunc(live, func(x, y *agent) int { return x.since.Compare(y.since) })
+			for _, o := range live[:over] {
+				o.evicted = true
+				evict = append(evict, o)
 			}
 		}
 	}
 	r.mu.Unlock()
 	r.m.agentGauge.Inc()
-	if n > tunnel.MaxIdentitySessions && oldest != a {
+	for _, o := range evict {
 		r.m.identityClosed.Inc()
 		r.log.Warn("an agent identity has more sessions than allowed; closing its oldest", "agent", a.id.String(),
-			"sessions", n, "max", tunnel.MaxIdentitySessions, "closed_session", oldest.s.ID())
-		_ = oldest.s.Close(fmt.Sprintf("more than %d sessions of this identity: the oldest is closed", tunnel.MaxIdentitySessions))
+			"max", tunnel.MaxIdentitySessions, "closed_session", o.s.ID())
+		_ = o.s.Close(fmt.Sprintf("more than %d sessions of this identity: the oldest is closed", tunnel.MaxIdentitySessions))
 	}
+}
+
+// identityKey is an agent identity whose sessions are bounded.
+type identityKey struct{ tenant, role, name string }
+
+// identityKeyOf returns a's identity, and false when its sessions are not
+// bounded: legacy and unverified identities, which a fleet may share.
+func identityKeyOf(a *agent) (identityKey, bool) {
+	return identityKey{a.id.Tenant, a.id.Role, a.id.Name}, !a.id.Legacy && a.s.Peer().Tenant != ""
 }
 
 // removeAgent takes an ended agent session out of the registry; its tags
@@ -213,6 +234,14 @@ func (r *Relay) removeAgent(a *agent) {
 	closed := make(tagsByGateway)
 	r.mu.Lock()
 	delete(r.agents, a)
+	if key, bounded := identityKeyOf(a); bounded {
+		if set := r.byIdentity[key]; set != nil {
+			delete(set, a)
+			if len(set) == 0 {
+				delete(r.byIdentity, key)
+			}
+		}
+	}
 	for _, t := range a.tags {
 		closed.add(t)
 		r.killTagLocked(t)

@@ -85,27 +85,27 @@ func (r *Relay) openTag(a *agent, svc *service, g *gateway, inner netip.Addr) (*
 	case serves && !g.admits(svc.name, a.id.Tenant): // g's definition changed since it was chosen
 		reason = dropNotAuthorized
 	case serves:
-		if id := r.drawTagLocked(); id != 0 {
-			t = &tag{id: id, service: svc.name, agent: a, gw: g}
-			r.tags[id], g.tags[id], a.tags[id] = t, t, t
-			r.m.tags.Set(float64(len(r.tags)))
-		} else {
+		id := r.drawTagLocked()
+		if id == 0 {
 			reason = dropTagsExhausted
+			break
 		}
+		// Posted (never blocking) under mu, so that a tag_close of the tag,
+		// which is collected under mu and posted after, follows it.
+		err := g.s.Post(&tunnel.TagOpen{
+			Type: tunnel.MessageTagOpen, Tag: id, Service: svc.name,
+			Tenant: a.id.Tenant, Identity: a.id.String(), InnerAddr: inner,
+		})
+		if err != nil {
+			break // reason: dropGatewayGone
+		}
+		t = &tag{id: id, service: svc.name, agent: a, gw: g}
+		r.tags[id], g.tags[id], a.tags[id] = t, t, t
+		r.m.tags.Set(float64(len(r.tags)))
 	}
 	r.mu.Unlock()
 	if t == nil {
 		return nil, reason
-	}
-	err := g.s.Post(&tunnel.TagOpen{
-		Type: tunnel.MessageTagOpen, Tag: t.id, Service: t.service,
-		Tenant: a.id.Tenant, Identity: a.id.String(), InnerAddr: inner,
-	})
-	if err != nil {
-		r.mu.Lock()
-		r.killTagLocked(t)
-		r.mu.Unlock()
-		return nil, dropGatewayGone
 	}
 	return t, 0
 }

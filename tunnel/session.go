@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -50,8 +49,11 @@ type Session struct {
 	sendMu     sync.Mutex
 	sendBroken error // guarded by sendMu: a failed write left a partial frame
 
-	postOnce sync.Once
-	posts    chan []byte // frames Post queued, written by writePosts
+	postOnce  sync.Once
+	postMu    sync.Mutex
+	posted    [][]byte      // guarded by postMu: frames Post queued, not yet taken by writePosts
+	postBytes int           // guarded by postMu: their size
+	postWake  chan struct{} // one token: posted is not empty
 
 	size sizing
 	// pad: the peer announced that it trims padding (ztna-v2 hello or
@@ -213,18 +215,22 @@ func (s *Session) Send(msg any) error {
 	if s.stream == nil {
 		return ErrNoControlStream
 	}
+	frame, err := encodeFrame(msg) // an error here leaves the stream intact
+	if err != nil {
+		return err
+	}
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
 	if s.sendBroken != nil {
 		return s.sendBroken
 	}
-	_ = s.stream.SetWriteDeadline(time.Now().Add(ControlWriteTimeout))
-	w := &writeTracker{w: s.stream}
-	err := WriteMessage(w, msg)
-	if err != nil && w.wrote {
+	_ = s.stream.SetWriteDeadline(writeDeadline(len(frame)))
+	if _, err := s.stream.Write(frame); err != nil {
+		err = fmt.Errorf("tunnel: write control message: %w", err)
 		s.brokenLocked(err)
+		return err
 	}
-	return err
+	return nil
 }
 
 // brokenLocked records a failed write, which may have left part of a frame
@@ -234,21 +240,24 @@ func (s *Session) brokenLocked(err error) {
 	s.Close("control stream write failed: " + err.Error())
 }
 
-// PostQueue is how many control messages Post holds for a session whose
-// peer is slow to read them.
-const PostQueue = 256
+// PostQueueBytes bounds the control messages Post holds for one session
+// that its writer has not taken yet. The writer drains them as fast as the
+// peer reads, each within its write deadline; a peer that stops reading
+// ends the session when a write's deadline passes, and the queue is the
+// memory that may pile up meanwhile.
+const PostQueueBytes = 4 << 20
 
-// ErrPostBackedUp: Post found PostQueue messages still waiting, and closed
-// the session, whose peer does not read its control stream.
+// ErrPostBackedUp: Post found PostQueueBytes of messages still waiting,
+// and closed the session, whose peer does not read them.
 var ErrPostBackedUp = errors.New("tunnel: control messages backed up: the peer does not read them")
 
 // Post sends msg on the control stream without waiting for the peer: it
 // is encoded at once (an invalid or oversized message is an error, as in
 // Send), queued, and written by a goroutine of the session, in the order
-// of the Post calls, each within ControlWriteTimeout. Use it to tell a
-// session something from another session's goroutine, so that a peer that
-// stops reading holds up only its own session: with PostQueue messages
-// waiting, Post closes the session and returns ErrPostBackedUp. Messages
+// of the Post calls. Use it to tell a session something from another
+// session's goroutine, or under a lock: a peer that stops reading then
+// holds up only its own session, which ends when a write's deadline
+// passes (or, sooner, when PostQueueBytes wait: ErrPostBackedUp). Messages
 // sent with Send may overtake posted ones.
 func (s *Session) Post(msg any) error {
 	if s.stream == nil {
@@ -259,7 +268,7 @@ func (s *Session) Post(msg any) error {
 		return err
 	}
 	s.postOnce.Do(func() {
-		s.posts = make(chan []byte, PostQueue)
+		s.postWake = make(chan struct{}, 1)
 		go s.writePosts()
 	})
 	select {
@@ -267,44 +276,58 @@ func (s *Session) Post(msg any) error {
 		return fmt.Errorf("tunnel: post: %w", context.Cause(s.conn.Context()))
 	default:
 	}
-	select {
-	case s.posts <- frame:
-		return nil
-	default:
+	s.postMu.Lock()
+	if s.postBytes+len(frame) > PostQueueBytes {
+		s.postMu.Unlock()
 		s.Close(ErrPostBackedUp.Error())
 		return ErrPostBackedUp
 	}
+	s.posted = append(s.posted, frame)
+	s.postBytes += len(frame)
+	s.postMu.Unlock()
+	select {
+	case s.postWake <- struct{}{}:
+	default:
+	}
+	return nil
 }
 
-// writePosts writes the frames Post queued until the session ends.
+// writePosts writes the frames Post queued until the session ends, each
+// run of them taken at once.
 func (s *Session) writePosts() {
 	for {
 		select {
 		case <-s.Done():
 			return
-		case frame := <-s.posts:
-			s.sendMu.Lock()
-			if s.sendBroken == nil {
-				_ = s.stream.SetWriteDeadline(time.Now().Add(ControlWriteTimeout))
-				if _, err := s.stream.Write(frame); err != nil {
-					s.brokenLocked(fmt.Errorf("tunnel: write control message: %w", err))
-				}
-			}
-			s.sendMu.Unlock()
+		case <-s.postWake:
 		}
+		s.postMu.Lock()
+		frames := s.posted
+		s.posted, s.postBytes = nil, 0
+		s.postMu.Unlock()
+		s.sendMu.Lock()
+		for _, frame := range frames {
+			if s.sendBroken != nil {
+				break
+			}
+			_ = s.stream.SetWriteDeadline(writeDeadline(len(frame)))
+			if _, err := s.stream.Write(frame); err != nil {
+				s.brokenLocked(fmt.Errorf("tunnel: write control message: %w", err))
+			}
+		}
+		s.sendMu.Unlock()
 	}
 }
 
-// writeTracker records whether a write was attempted, to tell an encoding
-// error (the stream is intact) from a write error (it is not).
-type writeTracker struct {
-	w     io.Writer
-	wrote bool
-}
+// minControlRate is the slowest a peer may read a large control message:
+// its write deadline grows by a second for each minControlRate bytes
+// beyond the first ControlWriteTimeout, so a 1 MiB directory on a slow
+// link is not cut off while a peer that reads nothing still is.
+const minControlRate = 64 << 10
 
-func (t *writeTracker) Write(b []byte) (int, error) {
-	t.wrote = true
-	return t.w.Write(b)
+// writeDeadline is the deadline of writing n bytes of control messages.
+func writeDeadline(n int) time.Time {
+	return time.Now().Add(ControlWriteTimeout + time.Duration(n/minControlRate)*time.Second)
 }
 
 // Next reads the next control message (ztna-v2); see Reader.Next for its

@@ -369,9 +369,10 @@ func TestSessionCloseAndListenerClose(t *testing.T) {
 }
 
 // TestSessionPost: posted messages arrive in order, an invalid one is an
-// error at once, and a peer that stops reading its control stream never
-// holds up the poster: Post returns at once, and once PostQueue messages
-// wait it closes the session with ErrPostBackedUp.
+// error at once, a burst to a peer that reads is not taken for a stall,
+// and a peer that stops reading its control stream never holds up the
+// poster: Post returns at once, and once PostQueueBytes wait it closes the
+// session with ErrPostBackedUp.
 func TestSessionPost(t *testing.T) {
 	sf := newSessionFixture(t, false)
 	client, server := sf.connect(sf.dialConfig(sf.agentCreds()))
@@ -394,6 +395,29 @@ func TestSessionPost(t *testing.T) {
 		t.Fatalf("post of an oversized message: %v", err)
 	}
 
+	t.Run("a burst to a peer that reads", func(t *testing.T) {
+		const n = 20000 // tag_opens of a relay restart, say: about 1 MB
+		read := make(chan int)
+		go func() {
+			for i := range n {
+				if _, _, err := client.Next(); err != nil {
+					read <- i
+					return
+				}
+			}
+			read <- n
+		}()
+		for i := range n {
+			if err := server.Post(&TagOpen{Type: MessageTagOpen, Tag: uint32(i), Service: "web", Tenant: "acme",
+				Identity: "acme/agent/laptop-with-a-long-name"}); err != nil {
+				t.Fatalf("post %d: %v", i, err)
+			}
+		}
+		if got := <-read; got != n {
+			t.Fatalf("the peer read %d of %d messages", got, n)
+		}
+	})
+
 	t.Run("a peer that does not read", func(t *testing.T) {
 		// client reads nothing from here on: its stream's window fills,
 		// then the queue.
@@ -401,7 +425,7 @@ func TestSessionPost(t *testing.T) {
 		start := time.Now()
 		var err error
 		for i := 0; err == nil; i++ {
-			if i > 10*PostQueue {
+			if i > 2*PostQueueBytes/(60<<10) {
 				t.Fatal("Post never found the queue full")
 			}
 			err = server.Post(msg)
