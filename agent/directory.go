@@ -53,6 +53,23 @@ func newDirectory(m *tunnel.Directory) *directory {
 	return d
 }
 
+// keepPool makes pool the directory's, without the services whose IPv4 VIP
+// is outside it: the agent would answer names for addresses it does not
+// route into the tunnel, and their traffic would leave by the host's own
+// routes.
+func (d *directory) keepPool(pool netip.Prefix) {
+	d.pool = pool
+	for name, s := range d.byName {
+		if s.entry.VIP.IsValid() && !pool.Contains(s.entry.VIP) {
+			delete(d.byName, name)
+			delete(d.byVIP, s.entry.VIP)
+			if s.entry.VIP6.IsValid() {
+				delete(d.byVIP, s.entry.VIP6)
+			}
+		}
+	}
+}
+
 var _ resolver.View = (*directory)(nil)
 
 // Lookup implements resolver.View.

@@ -156,8 +156,9 @@ func (a *Agent) control(s *tunnel.Session) error {
 func (a *Agent) applyDirectory(m *tunnel.Directory, server netip.Addr) {
 	next := newDirectory(m)
 	if why := poolProblem(next.pool, a.cfg.TUN.Address, server); why != "" {
-		a.log.Error("refusing the server's VIP pool; keeping the one in force", "pool", next.pool, "reason", why)
-		next.pool = a.dir.Load().pool
+		a.log.Error("refusing the server's VIP pool; keeping the one in force, without the services outside it",
+			"pool", next.pool, "reason", why)
+		next.keepPool(a.dir.Load().pool)
 	}
 	prev := a.dir.Swap(next)
 	if next.pool != prev.pool && next.pool.IsValid() {
@@ -175,9 +176,10 @@ func (a *Agent) applyDirectory(m *tunnel.Directory, server netip.Addr) {
 }
 
 // poolProblem says why the agent must not route pool into its TUN, or ""
-// when it may: it must be an IPv4 prefix of /8 to /29, as a relay's
-// configuration allows, and hold neither the agent's own address nor the
-// server's (whose packets would then go into the tunnel they carry).
+// when it may: it must be an IPv4 prefix of /8 to /29, as the relay's and
+// the gateway's configuration demand, and hold neither the agent's own
+// address nor the server's (whose packets would then go into the tunnel
+// they carry).
 func poolProblem(pool netip.Prefix, own, server netip.Addr) string {
 	switch {
 	case !pool.IsValid():

@@ -121,20 +121,30 @@ func TestPoolProblem(t *testing.T) {
 }
 
 // TestRefusedPoolKept: a server that pushes a pool holding the agent's
-// own address has it refused; the pool in force and its route stay, and
-// the directory's services are still taken.
+// own address has it refused; the pool in force and its route stay, the
+// directory's services inside it are taken, and one outside it is not
+// (its name would lead to an address the agent does not route).
 func TestRefusedPoolKept(t *testing.T) {
 	p := newPKI(t)
+	outside := netip.MustParseAddr("100.64.5.5")
 	relay := startServer(t, p, relayReq, func(s *tunnel.Session) {
 		d := directoryOf(true)
 		d.Pool = netip.MustParsePrefix("100.64.0.0/10")
+		d.Services = append(d.Services, tunnel.DirectoryService{Name: "far", VIP: outside, Healthy: true})
 		s.Send(d)
 	})
 	a, _ := startAgent(t, p, relay.addr())
-	if got := a.dir.Load().pool; got != netip.MustParsePrefix("10.100.0.0/24") {
-		t.Errorf("pool %v, want the configured one kept", got)
+	d := a.dir.Load()
+	if d.pool != netip.MustParsePrefix("10.100.0.0/24") {
+		t.Errorf("pool %v, want the configured one kept", d.pool)
 	}
-	if _, ok := a.dir.Load().Lookup("web"); !ok {
+	if _, ok := d.Lookup("web"); !ok {
 		t.Error("the directory's services were not taken")
+	}
+	if _, ok := d.Lookup("far"); ok {
+		t.Error("a service outside the pool in force is answered")
+	}
+	if _, ok := d.Reverse(outside); ok {
+		t.Error("its VIP is still known")
 	}
 }

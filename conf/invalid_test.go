@@ -58,6 +58,7 @@ func TestParseGatewayInvalid(t *testing.T) {
 		{"mtu too large", "[tun]\nmtu = 65536\n", []string{"gw.toml: tun.mtu: 65536 is out of range 576..65535"}},
 		{"pool too small", "[tun]\npool = \"10.100.0.0/31\"\n", []string{"gw.toml: tun.pool: 10.100.0.0/31 is too small: a pool is at least a /29, which holds 5 VIPs"}},
 		{"pool /30 too small", "[tun]\npool = \"10.100.0.0/30\"\n", []string{"gw.toml: tun.pool: 10.100.0.0/30 is too small: a pool is at least a /29, which holds 5 VIPs"}},
+		{"pool too large", "[tun]\npool = \"10.0.0.0/7\"\n", []string{"gw.toml: tun.pool: 10.0.0.0/7 is too large: a pool is at most a /8 (agents refuse a larger one)"}},
 		{"pool with host bits", "[tun]\npool = \"10.100.0.1/24\"\n", []string{"gw.toml: tun.pool: 10.100.0.1/24 has host bits set (did you mean 10.100.0.0/24?)"}},
 		{"pool IPv6", "[tun]\npool = \"fd00::/64\"\n", []string{"gw.toml: tun.pool: fd00::/64 is not an IPv4 prefix"}},
 		{"pool garbage", "[tun]\npool = \"ten\"\n", []string{`gw.toml: tun.pool: invalid prefix "ten"`}},

@@ -90,6 +90,9 @@ func (v *validator) pool4(path, s string, def netip.Prefix) netip.Prefix {
 		v.addf(path, "%s is too small: a pool is at least a /29, which holds %d VIPs", s,
 			poolRoom(netip.PrefixFrom(p.Addr(), 29).Masked()))
 		return def
+	case p.Bits() < 8:
+		v.addf(path, "%s is too large: a pool is at most a /8 (agents refuse a larger one)", s)
+		return def
 	}
 	return p
 }
