@@ -114,7 +114,9 @@ func (a *Agent) Status() Status {
 		st.Tunnel = TunnelStatus{Since: ls.since, LastError: ls.lastErr, RetryAt: ls.retryAt}
 		if s := ls.s; s != nil {
 			st.Tunnel.Connected = true
-			st.Tunnel.Peer = s.Peer().String()
+			if id := s.Peer(); id.Tenant != "" { // none from an unverified server
+				st.Tunnel.Peer = id.String()
+			}
 			st.Tunnel.Remote = s.RemoteAddr()
 			st.Tunnel.Version = s.Version().String()
 			st.Tunnel.MaxDatagram = s.MaxDatagram()

@@ -92,6 +92,7 @@ func TestICMPAdmissible(t *testing.T) {
 		{"a later fragment", later, true},
 		{"UDP", netstackUDP(client, vip), true},
 		{"ICMPv6 echo", icmp6(client6, vip6, nil, 128, nil), true},
+		{"ICMPv6 redirect", icmp6(client6, vip6, nil, 137, quoted6(vip6, client6)), false},
 		{"ICMPv6 packet too big about its own", icmp6(client6, vip6, nil, 2, append(make([]byte, 0), quoted6(vip6, client6)...)), true},
 		{"ICMPv6 packet too big about another's", icmp6(client6, vip6, nil, 2, quoted6(vip6, other6)), false},
 		{"ICMPv6 unreachable about another's", icmp6(client6, vip6, nil, 1, quoted6(vip6, other6)), false},

@@ -128,6 +128,9 @@ func (h *ipHeader) icmpAdmissible(from func(src, dst netip.Addr) bool) bool {
 	if h.v6 {
 		switch h.proto {
 		case protoICMPv6:
+			if len(h.l4) >= 1 && h.l4[0] == 137 { // redirect
+				return false
+			}
 			if len(h.l4) < 1 || h.l4[0] < 1 || h.l4[0] > 4 { // not an error
 				return true
 			}

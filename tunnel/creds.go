@@ -22,7 +22,8 @@ type CredentialsConfig struct {
 	CAFile   string // PEM CA certificate(s) that peers must chain to; may be "" when Insecure
 	// Insecure accepts clients with any certificate or none (a development
 	// switch the caller logs loudly). Their identities are then unverified.
-	// Servers are verified all the same.
+	// Servers are verified all the same when CAFile is set; a client with
+	// neither CertFile nor KeyFile presents no certificate.
 	Insecure bool
 	// Now is the clock for validity checks; nil means time.Now.
 	Now func() time.Time

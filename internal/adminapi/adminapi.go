@@ -20,6 +20,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,9 +39,10 @@ type Config struct {
 
 // Server is a running admin API.
 type Server struct {
-	srv *http.Server
-	l   net.Listener
-	wg  sync.WaitGroup
+	srv    *http.Server
+	l      net.Listener
+	wg     sync.WaitGroup
+	active atomic.Int64 // requests in a handler
 }
 
 // Start listens and serves; it returns a nil Server when cfg.Listen is
@@ -65,7 +67,7 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.Log != nil {
 		cfg.Log.Info("api listening", "addr", l.Addr().String(), "token", token != "")
 		if token == "" && cfg.V1 != nil && !cfg.Listen.Addr().IsLoopback() {
-			cfg.Log.Warn("the API listens beyond loopback without a token: anyone who reaches it may change this process; set [api] token_file",
+			cfg.Log.Warn("the API listens beyond loopback without a token: anyone who reaches it can use /v1/; set [api] token_file",
 				"addr", l.Addr().String())
 		}
 	}
@@ -75,6 +77,12 @@ func Start(cfg Config) (*Server, error) {
 // serve serves srv on l until Shutdown.
 func serve(l net.Listener, srv *http.Server, log *slog.Logger) *Server {
 	s := &Server{l: l, srv: srv}
+	h := srv.Handler
+	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.active.Add(1)
+		defer s.active.Add(-1)
+		h.ServeHTTP(w, r)
+	})
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -126,7 +134,8 @@ func (s *Server) Addr() string {
 
 // Shutdown stops the server within ctx and waits for it: requests still
 // running when ctx is done (a CPU profile of 30 s, say) have their
-// connections closed, which cancels their contexts.
+// connections closed, which cancels their contexts, and are waited for up
+// to handlerGrace more.
 func (s *Server) Shutdown(ctx context.Context) {
 	if s == nil {
 		return
@@ -135,7 +144,14 @@ func (s *Server) Shutdown(ctx context.Context) {
 		s.srv.Close()
 	}
 	s.wg.Wait()
+	for deadline := time.Now().Add(handlerGrace); s.active.Load() > 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 }
+
+// handlerGrace bounds the wait for handlers whose connections Shutdown
+// closed: each returns once it notices its request's context is done.
+const handlerGrace = 5 * time.Second
 
 // Handler routes /healthz and /metrics (open), v1 and the Go profiles
 // (behind the token when there is one), and counts the requests it
