@@ -83,11 +83,12 @@ type agent struct {
 
 // tag is one route: (agent session, service, gateway session).
 type tag struct {
-	id      uint32
-	service string
-	agent   *agent
-	gw      *gateway
-	dead    atomic.Bool // set when it leaves the table; the agent draws anew
+	id        uint32
+	service   string
+	vip, vip6 netip.Addr // the service's: the only sources of the gateway's packets on it
+	agent     *agent
+	gw        *gateway
+	dead      atomic.Bool // set when it leaves the table; the agent draws anew
 }
 
 // route is what a tag stands for besides its agent: a service on a

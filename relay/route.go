@@ -191,12 +191,9 @@ func (r *Relay) fromGateway(g *gateway, b []byte) {
 	}
 	r.mu.RLock()
 	t := r.tags[id]
-	var inner, vip, vip6 netip.Addr
+	var inner netip.Addr
 	if t != nil {
 		inner = t.agent.inner
-		if svc := r.services[t.service]; svc != nil {
-			vip, vip6 = svc.vip, svc.vip6
-		}
 	}
 	r.mu.RUnlock()
 	switch {
@@ -209,7 +206,7 @@ func (r *Relay) fromGateway(g *gateway, b []byte) {
 	case dst != inner:
 		r.m.dropFromGateway(dropWrongDestination)
 		return
-	case !src.IsValid() || (src != vip && src != vip6):
+	case !src.IsValid() || (src != t.vip && src != t.vip6):
 		r.m.dropFromGateway(dropWrongSource)
 		return
 	}

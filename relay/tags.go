@@ -99,7 +99,7 @@ func (r *Relay) openTag(a *agent, svc *service, g *gateway, inner netip.Addr) (*
 		if err != nil {
 			break // reason: dropGatewayGone
 		}
-		t = &tag{id: id, service: svc.name, agent: a, gw: g}
+		t = &tag{id: id, service: svc.name, vip: svc.vip, vip6: svc.vip6, agent: a, gw: g}
 		r.tags[id], g.tags[id], a.tags[id] = t, t, t
 		r.m.tags.Set(float64(len(r.tags)))
 	}
