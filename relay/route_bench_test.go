@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -14,7 +16,9 @@ import (
 func BenchmarkRoute(b *testing.B) {
 	fx := setupRoute(b)
 	src := netip.AddrPortFrom(innerAddr, 4000)
-	dst := netip.MustParseAddrPort("10.100.0.2:7")
+	fx.r.mu.RLock()
+	dst := netip.AddrPortFrom(fx.r.services["echo"].vip, 7) // the gateway's packets come from it
+	fx.r.mu.RUnlock()
 	up, _ := tunnel.AppendRouted(nil, "echo", udpPacket(src, dst, string(make([]byte, 1200))))
 	fx.r.fromAgent(fx.v2, up) // draws the tag
 	t := fx.v2.current["echo"]
@@ -44,10 +48,14 @@ func BenchmarkRoute(b *testing.B) {
 		}
 	})
 	b.Run("gateway_to_agent", func(b *testing.B) {
+		before := testutil.ToFloat64(fx.r.m.toAgent)
 		b.ReportAllocs()
 		b.SetBytes(int64(len(down)))
 		for b.Loop() {
 			fx.r.fromGateway(fx.gw, down)
+		}
+		if testutil.ToFloat64(fx.r.m.toAgent) == before {
+			b.Fatal("nothing was forwarded to the agent")
 		}
 	})
 	b.Run("dropped", func(b *testing.B) {
