@@ -305,18 +305,29 @@ func (s *Session) writePosts() {
 		frames := s.posted
 		s.posted, s.postBytes = nil, 0
 		s.postMu.Unlock()
-		s.sendMu.Lock()
 		for _, frame := range frames {
-			if s.sendBroken != nil {
+			if !s.writePosted(frame) {
 				break
 			}
-			_ = s.stream.SetWriteDeadline(writeDeadline(len(frame)))
-			if _, err := s.stream.Write(frame); err != nil {
-				s.brokenLocked(fmt.Errorf("tunnel: write control message: %w", err))
-			}
 		}
-		s.sendMu.Unlock()
 	}
+}
+
+// writePosted writes one posted frame, taking sendMu for it alone so that
+// Send (a pong, say) is not held up by a long run of posts; false once the
+// stream is broken.
+func (s *Session) writePosted(frame []byte) bool {
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	if s.sendBroken != nil {
+		return false
+	}
+	_ = s.stream.SetWriteDeadline(writeDeadline(len(frame)))
+	if _, err := s.stream.Write(frame); err != nil {
+		s.brokenLocked(fmt.Errorf("tunnel: write control message: %w", err))
+		return false
+	}
+	return true
 }
 
 // minControlRate is the slowest a peer may read a large control message:
