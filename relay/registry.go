@@ -253,6 +253,7 @@ func (r *Relay) releaseLocked(names []string) {
 		}
 		if err := r.pool.Release(name); err != nil {
 			r.log.Error("cannot release VIP", "service", name, "err", err)
+			continue
 		}
 		r.log.Info("service no longer served; VIP released", "service", name)
 	}
@@ -342,7 +343,9 @@ func (r *Relay) removeGateway(g *gateway) {
 	r.countConflictsLocked()
 	r.mu.Unlock()
 	r.m.gwGauge.Dec()
-	r.releaseLocked(emptied)
+	if r.ctx.Err() == nil {
+		r.releaseLocked(emptied)
+	} // else the relay is stopping: the state file keeps every VIP, and the next start releases the stale ones after its grace (releaseStale)
 	r.regMu.Unlock()
 	r.directoryChanged()
 	r.dropSignaling(party{g: g})

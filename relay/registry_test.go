@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -748,4 +749,60 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestVIPsKeptByShutdown: a relay stopped while its gateways are connected
+// keeps every allocation in its state file (their sessions end during the
+// shutdown, which must not release their services), so two services that
+// compete for the same home address keep theirs after a restart longer
+// than the hold-down, whichever registers first.
+func TestVIPsKeptByShutdown(t *testing.T) {
+	p := newPKI(t)
+	state := t.TempDir()
+	var now atomic.Int64
+	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	now.Store(t0.UnixNano())
+	clock := func() time.Time { return time.Unix(0, now.Load()) }
+	home := func(name string) netip.Addr {
+		pool, _, err := catalog.OpenPool(catalog.PoolConfig{Prefix: netip.MustParsePrefix("10.100.0.0/24")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := pool.Acquire(catalog.Request{Service: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a.VIP
+	}
+	web, rival := "web", ""
+	for i := 0; rival == ""; i++ {
+		if n := fmt.Sprintf("svc%d", i); home(n) == home(web) {
+			rival = n
+		}
+	}
+	gwCreds := p.identity("ops", tunnel.RoleGateway, "gw1")
+	r1, err := New(p.relayConfig(state), Options{Now: clock}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r1.Start(); err != nil {
+		t.Fatal(err)
+	}
+	gw := mustDial(t, r1.Addr().String(), gwCreds, gatewayHello("gw1"))
+	gw.register(svc(web, "acme"))
+	first := gw.register(svc(web, "acme"), svc(rival, "acme"))
+	if err := r1.Close(); err != nil { // the gateway still connected
+		t.Fatal(err)
+	}
+	gw.close()
+	now.Store(t0.Add(2 * p.relayConfig(state).TTL).Add(time.Second).UnixNano()) // beyond any hold-down
+	r2 := startRelayWith(t, p.relayConfig(state), Options{Now: clock})
+	gw2 := mustDial(t, r2.Addr().String(), gwCreds, gatewayHello("gw1"))
+	gw2.register(svc(rival, "acme"))
+	second := gw2.register(svc(rival, "acme"), svc(web, "acme"))
+	for _, n := range []string{web, rival} {
+		if vipOf(first, n) != vipOf(second, n) {
+			t.Errorf("%s: VIP %v before the restart, %v after", n, vipOf(first, n), vipOf(second, n))
+		}
+	}
 }
