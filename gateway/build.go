@@ -39,7 +39,8 @@ func (g *Gateway) buildTable(svcs []catalog.Service, tenants []catalog.Tenant, l
 			return nil, fmt.Errorf("gateway: VIP allocation: no VIP for %s", s.Name)
 		}
 		st := g.state(s.Name)
-		st.setBackends(g.disc.backends(s), false)
+		_, gone := st.setBackends(g.disc.backends(s), false)
+		t.removed = append(t.removed, gone...)
 		svc := &service{spec: s, vip: a.VIP, vip6: a.VIP6, st: st}
 		t.byName[s.Name] = svc
 		if a.VIP.IsValid() {

@@ -113,6 +113,9 @@ func (g *Gateway) swapTable(old, t *table) {
 			g.drain(func(f *flow) bool { return f.svc.st == s.st }, t.drainTimeout, "service_removed")
 		}
 	}
+	if removed := t.removed; len(removed) > 0 {
+		g.drain(func(f *flow) bool { return slices.Contains(removed, f.backend) }, t.drainTimeout, "backend_removed")
+	}
 	g.updatePoolMetrics()
 }
 

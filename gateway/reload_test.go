@@ -453,3 +453,35 @@ func TestReloadRefusesLimitsBelowAPIService(t *testing.T) {
 		t.Fatalf("start with the refused file: %v; want it refused as the reload was", err)
 	}
 }
+
+// TestReloadDrainsRemovedBackend: a reload that takes a backend out of a
+// service closes the flows to it after drain_timeout, as documented; new
+// flows go to the backend that replaced it.
+func TestReloadDrainsRemovedBackend(t *testing.T) {
+	a, b := startLineEchoAt(t, "127.0.0.1", "a"), startLineEchoAt(t, "127.0.0.2", "b")
+	config := func(backend string, port int) string {
+		return "\n[gateway]\nstate_dir = \"STATE\"\ndrain_timeout = \"1s\"\n[api]\nlisten = \"off\"\n" + twoTenants +
+			tcpService("echo", `"acme"`, "10.100.0.7", backend, port)
+	}
+	h := newFileHarness(t, config("127.0.0.1", a))
+	live := h.dialLines(t, acmeClient, "10.100.0.7:7")
+	if got := live.roundTrip(t, "x"); got != "a: x" {
+		t.Fatalf("before: %q", got)
+	}
+	h.write(t, config("127.0.0.2", b))
+	if _, err := h.gw.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got := live.roundTrip(t, "still"); got != "a: still" {
+		t.Fatalf("the flow ended before drain_timeout: %q", got)
+	}
+	if got := h.dialLines(t, acmeClient, "10.100.0.7:7").roundTrip(t, "new"); got != "b: new" {
+		t.Fatalf("a new flow: %q", got)
+	}
+	waitFor(t, 3*time.Second, "the removed backend's flow closed", func() bool {
+		live.c.SetDeadline(time.Now().Add(100 * time.Millisecond))
+		fmt.Fprintln(live.c, "x")
+		_, err := live.r.ReadString('\n')
+		return err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+	})
+}

@@ -100,7 +100,11 @@ type table struct {
 	open    *dnsView            // the services open to "*": any other tenant
 
 	limits       conf.Limits   // the flow limits of this generation
-	drainTimeout time.Duration // how long flows of removed services live on
+	drainTimeout time.Duration // how long flows of removed services and backends live on
+
+	// removed are the backends that left their service when this
+	// generation was built (a reload); their flows drain once it is in.
+	removed []*backend
 }
 
 func (t *table) lookupVIP(vip netip.Addr) *service { return t.byVIP[vip.Unmap()] }
