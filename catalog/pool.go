@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -35,6 +36,11 @@ type PoolConfig struct {
 	// after its hold-down. nil means never. It is called with the pool's
 	// lock held and must not call the pool.
 	InUse func(vip netip.Addr) bool
+	// Exclusive locks StateDir against other processes until Close
+	// (ErrStateDirInUse when one holds it): two processes saving one state
+	// file would hand one VIP to two services and erase each other's
+	// allocations.
+	Exclusive bool
 }
 
 // Allocation is the VIPs of one service. VIP6 is invalid without an IPv6 pool.
@@ -63,6 +69,8 @@ type Pool struct {
 	mu    sync.Mutex
 	t     *table // guarded by mu
 	saved []byte // guarded by mu: the state file's contents; nil before the first save
+
+	lock *os.File // the state directory's lock (Exclusive); nil otherwise
 }
 
 // OpenPool opens a pool and loads its state file if there is one. The
@@ -89,12 +97,29 @@ func OpenPool(cfg PoolConfig) (*Pool, []string, error) {
 		return p, nil, nil
 	}
 	p.path = filepath.Join(cfg.StateDir, StateFileName)
+	if cfg.Exclusive {
+		if p.lock, err = lockStateDir(cfg.StateDir); err != nil {
+			return nil, nil, err
+		}
+	}
 	t, saved, warnings, err := loadState(p.path, spaces, p.clock())
 	if err != nil {
+		p.Close()
 		return nil, nil, err
 	}
 	p.t, p.saved = t, saved
 	return p, warnings, nil
+}
+
+// Close releases the state directory's lock, if the pool holds it. The
+// pool must not be changed after.
+func (p *Pool) Close() error {
+	if p == nil || p.lock == nil {
+		return nil
+	}
+	err := p.lock.Close()
+	p.lock = nil
+	return err
 }
 
 // clock returns the current time in the form the state file stores.

@@ -181,6 +181,9 @@ func (g *Gateway) openPool() error {
 		HoldDown: g.cfg.VIPHoldDown,
 		Now:      g.opts.Now,
 		InUse:    g.vipInUse,
+		// One process per state directory: a second gateway (or a relay)
+		// on it is refused before it reads or writes anything there.
+		Exclusive: true,
 	})
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)
@@ -390,6 +393,9 @@ func (g *Gateway) Close() error {
 	}
 	if g.pinger != nil && g.opts.Pinger == nil {
 		g.pinger.Close()
+	}
+	if err := g.pool.Close(); err != nil {
+		errs = append(errs, err)
 	}
 	g.log.Info("gateway stopped")
 	return errors.Join(errs...)

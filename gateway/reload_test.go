@@ -485,3 +485,30 @@ func TestReloadDrainsRemovedBackend(t *testing.T) {
 		return err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
 	})
 }
+
+// TestStateDirExclusive: a second gateway on a running gateway's state
+// directory is refused at New, saying why, and may start once the first
+// has stopped.
+func TestStateDirExclusive(t *testing.T) {
+	state := t.TempDir()
+	toml := strings.ReplaceAll(quietGateway+acmeTenant, "STATE", state)
+	cfg, err := conf.ParseGateway("gw.toml", []byte(toml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := New(cfg, Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(cfg, Options{}, nil); err == nil || !strings.Contains(err.Error(), "locked by another ztgate process") {
+		t.Fatalf("a second gateway on the state directory: %v", err)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	second, err := New(cfg, Options{}, nil)
+	if err != nil {
+		t.Fatalf("after the first stopped: %v", err)
+	}
+	second.Close()
+}

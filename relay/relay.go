@@ -118,6 +118,7 @@ func New(cfg *conf.Relay, opts Options, log *slog.Logger) (*Relay, error) {
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	pool, warnings, err := catalog.OpenPool(catalog.PoolConfig{
 		Prefix: cfg.Pool, Prefix6: cfg.Pool6, StateDir: cfg.StateDir, HoldDown: cfg.VIPHoldDown, Now: opts.Now,
+		Exclusive: true, // one process per state directory
 	})
 	if err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
@@ -210,6 +211,7 @@ func (r *Relay) Close() error {
 		}
 		r.wg.Wait()
 		r.fwd.shutdown()
+		err = errors.Join(err, r.pool.Close())
 		r.log.Info("relay stopped")
 	})
 	return err

@@ -1,0 +1,39 @@
+package catalog
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// LockFileName is the file in a state directory that the process using it
+// holds locked (flock), so that no second ztgate shares the directory.
+const LockFileName = ".lock"
+
+// ErrStateDirInUse: another process holds the state directory's lock.
+var ErrStateDirInUse = errors.New("state directory in use")
+
+// lockStateDir creates dir if needed and takes its lock without waiting;
+// closing the returned file releases it (so does the process's exit).
+func lockStateDir(dir string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("catalog: create state directory: %w", err)
+	}
+	path := filepath.Join(dir, LockFileName)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("catalog: state directory lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("catalog: %w: %s is locked by another ztgate process (a second gateway or relay on the same state_dir?); give each its own state_dir",
+				ErrStateDirInUse, dir)
+		}
+		return nil, fmt.Errorf("catalog: state directory lock %s: %w", path, err)
+	}
+	return f, nil
+}
