@@ -52,6 +52,14 @@ func (rc roleCommand[C]) run(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "ztgate:", err)
 		return 2
 	}
+	// Caught before anything is built: a SIGHUP during a slow start (a
+	// gateway's first lookups of its backends' names) is served once the
+	// role runs instead of ending the process, its default action.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	startProfiling(stderr)
 	cfg, err := rc.load(*path)
 	if err != nil {
@@ -63,18 +71,14 @@ func (rc roleCommand[C]) run(args []string, stderr io.Writer) int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	// Caught before Start: a SIGHUP during a slow start is served once the
-	// role runs instead of ending the process (its default action).
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	if err := r.Start(); err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
 	serveUntil(ctx, log, hup, reload)
+	// A second SIGTERM or SIGINT during the shutdown ends the process at
+	// once (the kernel removes a TUN device and its routes with it).
+	stop()
 	return shutdown(log, r.Close)
 }
 

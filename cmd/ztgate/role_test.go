@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -173,4 +174,96 @@ func TestRunSignals(t *testing.T) {
 			}
 		})
 	}
+}
+
+// slowRole is a role whose Close takes closeFor.
+type slowRole struct{ closeFor time.Duration }
+
+func (slowRole) Start() error   { return nil }
+func (r slowRole) Close() error { time.Sleep(r.closeFor); return nil }
+
+// TestRoleProcessChild is the process TestRoleSignals starts: a role
+// command whose build takes a second (a gateway's first lookups) and whose
+// Close takes ZTGATE_TEST_CLOSE. It is skipped in a normal run.
+func TestRoleProcessChild(t *testing.T) {
+	if os.Getenv("ZTGATE_TEST_CHILD") == "" {
+		t.Skip("the child process of TestRoleSignals")
+	}
+	closeFor, _ := time.ParseDuration(os.Getenv("ZTGATE_TEST_CLOSE"))
+	rc := roleCommand[struct{}]{name: "stub", defaultConfig: "x",
+		load: func(string) (*struct{}, error) { return &struct{}{}, nil },
+		build: func(*struct{}, *slog.Logger) (role, func() error, error) {
+			time.Sleep(time.Second)
+			return slowRole{closeFor}, func() error { return nil }, nil
+		}}
+	os.Exit(rc.run([]string{"-log-format", "text"}, os.Stderr))
+}
+
+// TestRoleSignals runs a role command in a child process (a copy of this
+// test binary, stopped by its PID): a SIGHUP while it is still being built
+// does not kill it, and a second SIGTERM or SIGINT during a slow shutdown
+// ends it at once.
+func TestRoleSignals(t *testing.T) {
+	type child struct {
+		p    *os.Process
+		done chan struct{} // closed once it has exited, with err
+		err  error
+	}
+	start := func(t *testing.T, closeFor string) *child {
+		t.Helper()
+		cmd := exec.Command(os.Args[0], "-test.run=^TestRoleProcessChild$")
+		cmd.Env = append(os.Environ(), "ZTGATE_TEST_CHILD=1", "ZTGATE_TEST_CLOSE="+closeFor)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		c := &child{p: cmd.Process, done: make(chan struct{})}
+		go func() {
+			c.err = cmd.Wait()
+			close(c.done)
+		}()
+		t.Cleanup(func() {
+			c.p.Kill()
+			<-c.done
+		})
+		return c
+	}
+	wait := func(t *testing.T, c *child, d time.Duration) error {
+		t.Helper()
+		select {
+		case <-c.done:
+			return c.err
+		case <-time.After(d):
+			t.Fatalf("the process did not exit within %v", d)
+			return nil
+		}
+	}
+	t.Run("SIGHUP while building", func(t *testing.T) {
+		c := start(t, "0s")
+		time.Sleep(300 * time.Millisecond)
+		c.p.Signal(syscall.SIGHUP)
+		time.Sleep(1500 * time.Millisecond) // built and running by now
+		c.p.Signal(syscall.SIGTERM)
+		err := wait(t, c, 10*time.Second)
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			if ws := ee.Sys().(syscall.WaitStatus); ws.Signaled() {
+				t.Fatalf("killed by %v", ws.Signal())
+			}
+		}
+		if err != nil {
+			t.Fatalf("exit: %v, want 0", err)
+		}
+	})
+	t.Run("a second signal during a slow shutdown", func(t *testing.T) {
+		c := start(t, "30s")
+		time.Sleep(1500 * time.Millisecond)
+		c.p.Signal(syscall.SIGTERM)
+		time.Sleep(300 * time.Millisecond)
+		second := time.Now()
+		c.p.Signal(syscall.SIGINT)
+		wait(t, c, 3*time.Second)
+		if d := time.Since(second); d > time.Second {
+			t.Errorf("exited %v after the second signal", d.Round(10*time.Millisecond))
+		}
+	})
 }
