@@ -45,8 +45,12 @@ func newRelayTopo(t *testing.T, agents ...string) *relayTopo {
 	for i, a := range agents {
 		ns := tp.ns(a)
 		r.agents[a] = ns
-		relayIP := fmt.Sprintf("203.0.113.%d", 4*i+1)
-		tp.link(r.relay, relayIP+"/30", ns, fmt.Sprintf("203.0.113.%d/30", 4*i+2))
+		block := i // the /30s of 203.0.113.0/24, skipping 203.0.113.12/30: the gateway's link
+		if block >= 3 {
+			block++
+		}
+		relayIP := fmt.Sprintf("203.0.113.%d", 4*block+1)
+		tp.link(r.relay, relayIP+"/30", ns, fmt.Sprintf("203.0.113.%d/30", 4*block+2))
 		r.agentAddr[a] = relayIP
 	}
 	tp.link(r.relay, "203.0.113.13/30", r.gw, "203.0.113.14/30")

@@ -117,9 +117,9 @@ func (tp *topo) link(nsA, addrA, nsB, addrB string) {
 	n := tp.links
 	tp.mu.Unlock()
 	a, b := fmt.Sprintf("v%sa%d", tp.prefix[3:], n), fmt.Sprintf("v%sb%d", tp.prefix[3:], n)
-	tp.mustRun("ip", "link", "add", a, "type", "veth", "peer", "name", b)
-	tp.mustRun("ip", "link", "set", a, "netns", nsA)
-	tp.mustRun("ip", "link", "set", b, "netns", nsB)
+	// Made in place: a pair made in the root namespace and moved after
+	// would stay there if the test died between the two.
+	tp.mustRun("ip", "link", "add", a, "netns", nsA, "type", "veth", "peer", "name", b, "netns", nsB)
 	tp.exec(nsA, "ip", "addr", "add", addrA, "dev", a)
 	tp.exec(nsB, "ip", "addr", "add", addrB, "dev", b)
 	tp.exec(nsA, "ip", "link", "set", a, "up")
@@ -183,6 +183,11 @@ func (tp *topo) start(ns, name string, args ...string) *proc {
 	tp.t.Helper()
 	full := append([]string{"netns", "exec", ns}, args...)
 	cmd := exec.Command("ip", full...)
+	// Killed with the test binary, should it die before its cleanup runs
+	// (a timeout's panic, SIGKILL): no process outlives the test. The
+	// harness locks no goroutine to its thread, so the thread that starts
+	// it lives as long as the binary.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	p := &proc{name: name, cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {

@@ -151,7 +151,7 @@ stop_all() {
 
 cleanup() {
 	local rc=$?
-	trap '' INT TERM # a second Ctrl-C does not cut the cleanup short
+	trap '' INT TERM HUP PIPE # a second Ctrl-C does not cut the cleanup short
 	trap - EXIT
 	step "Cleaning up"
 	stop_all
@@ -166,6 +166,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+trap 'exit 129' HUP PIPE # a closed terminal or a dropped ssh session cleans up too
 
 mkns() {
 	local ns
@@ -180,9 +181,9 @@ NLINK=0
 link() {
 	NLINK=$((NLINK + 1))
 	local a="${P}a$NLINK" b="${P}b$NLINK"
-	ip link add "$a" type veth peer name "$b" || fail "ip link add $a"
-	ip link set "$a" netns "$(nsname "$1")"
-	ip link set "$b" netns "$(nsname "$3")"
+	# Made in place: a pair made in the root namespace would stay there if
+	# the demo were cut off before moving it.
+	ip link add "$a" netns "$(nsname "$1")" type veth peer name "$b" netns "$(nsname "$3")" || fail "ip link add $a"
 	ip -n "$(nsname "$1")" addr add "$2" dev "$a"
 	ip -n "$(nsname "$3")" addr add "$4" dev "$b"
 	ip -n "$(nsname "$1")" link set "$a" up
