@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -44,6 +45,11 @@ var _ Device = (*TUN)(nil)
 // OpenTUN creates the TUN device name with the given MTU. The device is
 // removed by the kernel when it is closed.
 func OpenTUN(name string, mtu int) (*TUN, error) {
+	if testing.Testing() && inInitialNetns() {
+		// A test that forgot its fake device would route the VIP pool
+		// of the machine it runs on into a TUN device.
+		return nil, errors.New("netstack: a test may not open a TUN device in the initial network namespace; give the role a Device, or run it in a namespace of the test's own")
+	}
 	dev, err := tun.CreateTUN(name, mtu)
 	if err != nil {
 		return nil, fmt.Errorf("netstack: create TUN %q: %w", name, err)
@@ -289,4 +295,12 @@ func (t *TUN) Close() error {
 func prefixToIPNet(p netip.Prefix) *net.IPNet {
 	p = p.Masked()
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// inInitialNetns reports whether the process is in the network namespace
+// of PID 1 (when that cannot be read, it assumes so).
+func inInitialNetns() bool {
+	self, err1 := os.Readlink("/proc/self/ns/net")
+	init, err2 := os.Readlink("/proc/1/ns/net")
+	return err1 != nil || err2 != nil || self == init
 }

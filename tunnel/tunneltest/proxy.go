@@ -172,17 +172,23 @@ func (cfg ProxyConfig) addresses() (target, listen *net.UDPAddr, err error) {
 	case cfg.Delay < 0:
 		return nil, nil, fmt.Errorf("negative delay %v", cfg.Delay)
 	}
-	target, err = net.ResolveUDPAddr("udp", cfg.Target)
+	// Addresses only: a name would be looked up before the check below.
+	tap, err := netip.ParseAddrPort(cfg.Target)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("target %q: an ip:port (no names): %w", cfg.Target, err)
 	}
-	ip := target.AddrPort().Addr().Unmap()
+	target = net.UDPAddrFromAddrPort(tap)
+	ip := tap.Addr().Unmap()
 	if !ip.IsLoopback() && !inTestRange(ip) {
 		return nil, nil, fmt.Errorf("target %s is neither on loopback nor in a documentation range", cfg.Target)
 	}
 	switch {
 	case cfg.Listen != "":
-		listen, err = net.ResolveUDPAddr("udp", cfg.Listen)
+		lap, perr := netip.ParseAddrPort(cfg.Listen)
+		if perr != nil {
+			return nil, nil, fmt.Errorf("listen %q: an ip:port (no names): %w", cfg.Listen, perr)
+		}
+		listen = net.UDPAddrFromAddrPort(lap)
 	case ip.IsLoopback():
 		listen = &net.UDPAddr{IP: target.IP}
 	case ip.Is4():

@@ -191,6 +191,7 @@ func TestProxyConfig(t *testing.T) {
 		{"listen address", ProxyConfig{Target: "192.0.2.1:4433", Listen: "127.0.0.1:0"}, "127.0.0.1:"},
 		{"public address", ProxyConfig{Target: "192.0.3.1:4433"}, ""},
 		{"VIP pool", ProxyConfig{Target: "10.100.0.1:53"}, ""},
+		{"a name", ProxyConfig{Target: "localhost:4433"}, ""}, // never looked up
 		{"no port", ProxyConfig{Target: "127.0.0.1"}, ""},
 		{"drop rate", ProxyConfig{Target: "127.0.0.1:4433", DropRate: 1.5}, ""},
 		{"delay rate", ProxyConfig{Target: "127.0.0.1:4433", DelayRate: -0.1}, ""},
