@@ -16,6 +16,9 @@ import (
 // DefaultDebounce is the quiet time Watch waits for when given none.
 const DefaultDebounce = 300 * time.Millisecond
 
+// rewatchInterval is how often Watch looks for a removed directory.
+const rewatchInterval = time.Second
+
 // Watch calls onChange after the file at path changes, once per burst of
 // changes: debounce after the last change (DefaultDebounce when ≤ 0), and no
 // later than ten times that after the first. It watches the file's
@@ -67,7 +70,18 @@ func (w *fileWatch) run(ctx context.Context, fw *fsnotify.Watcher, deb *debounce
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
+	dir := filepath.Dir(w.path)
+	var rewatch *time.Ticker // while the directory is gone
+	defer func() {
+		if rewatch != nil {
+			rewatch.Stop()
+		}
+	}()
 	for {
+		var retry <-chan time.Time
+		if rewatch != nil {
+			retry = rewatch.C
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -75,8 +89,24 @@ func (w *fileWatch) run(ctx context.Context, fw *fsnotify.Watcher, deb *debounce
 			if !ok {
 				return fmt.Errorf("conf: watch %s: event channel closed", w.path)
 			}
+			if filepath.Clean(ev.Name) == dir && ev.Has(fsnotify.Remove|fsnotify.Rename) && rewatch == nil {
+				// The directory itself went (rm -r, a rename): its watch
+				// went with it. Watch for it to come back.
+				w.log.Warn("conf: the configuration's directory is gone; watching for it to come back", "dir", dir)
+				rewatch = time.NewTicker(rewatchInterval)
+			}
 			if w.changed(ev) {
 				timer.Reset(deb.change(time.Now()))
+			}
+		case <-retry:
+			if err := fw.Add(dir); err == nil {
+				w.log.Info("conf: the configuration's directory is back; watching it again", "dir", dir)
+				rewatch.Stop()
+				rewatch = nil
+				w.last = fingerprint{} // whatever it holds now is a change
+				if w.changed(fsnotify.Event{Name: w.path}) {
+					timer.Reset(deb.change(time.Now()))
+				}
 			}
 		case err, ok := <-fw.Errors:
 			if !ok {

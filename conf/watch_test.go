@@ -195,3 +195,25 @@ func TestWatchMissingDirectory(t *testing.T) {
 		t.Fatal("Watch of a missing directory succeeded")
 	}
 }
+
+// TestWatchDirectoryReplaced: the configuration's directory removed and
+// made again (rm -r, a deployment tool's swap) is watched again: the file
+// in it is reloaded, and its later edits too.
+func TestWatchDirectoryReplaced(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "etc")
+	must(t, os.Mkdir(dir, 0o755))
+	path := filepath.Join(dir, "gw.toml")
+	write(t, path, "v1")
+	calls := startWatch(t, path)
+	must(t, os.RemoveAll(dir))
+	waitCall(t, calls) // the file went
+	must(t, os.Mkdir(dir, 0o755))
+	write(t, path, "v2, in the new directory")
+	waitCall(t, calls)
+	time.Sleep(100 * time.Millisecond) // the first write's burst is over
+	for len(calls) > 0 {
+		<-calls
+	}
+	write(t, path, "v3, edited there")
+	waitCall(t, calls)
+}
