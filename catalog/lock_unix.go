@@ -1,3 +1,5 @@
+//go:build unix
+
 package catalog
 
 import (
@@ -6,15 +8,8 @@ import (
 	"os"
 	"path/filepath"
 
-	"golang.org/x/sys/unix"
+	"syscall"
 )
-
-// LockFileName is the file in a state directory that the process using it
-// holds locked (flock), so that no second ztgate shares the directory.
-const LockFileName = ".lock"
-
-// ErrStateDirInUse: another process holds the state directory's lock.
-var ErrStateDirInUse = errors.New("state directory in use")
 
 // lockStateDir creates dir if needed and takes its lock without waiting;
 // closing the returned file releases it (so does the process's exit).
@@ -27,9 +22,9 @@ func lockStateDir(dir string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("catalog: state directory lock: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
+		if errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, fmt.Errorf("catalog: %w: %s is locked by another ztgate process (a second gateway or relay on the same state_dir?); give each its own state_dir",
 				ErrStateDirInUse, dir)
 		}

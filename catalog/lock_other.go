@@ -1,0 +1,16 @@
+//go:build !unix
+
+package catalog
+
+import (
+	"fmt"
+	"os"
+)
+
+// lockStateDir creates dir if needed; without flock there is no lock.
+func lockStateDir(dir string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("catalog: create state directory: %w", err)
+	}
+	return nil, nil
+}
