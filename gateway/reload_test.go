@@ -181,6 +181,18 @@ func (l *lineConn) roundTrip(t *testing.T, line string) string {
 	return strings.TrimSpace(s)
 }
 
+// waitClosed waits up to d for the gateway to close the connection: a
+// line sent gets an error back, not an echo and not a timeout.
+func (l *lineConn) waitClosed(t *testing.T, d time.Duration, what string) {
+	t.Helper()
+	waitFor(t, d, what, func() bool {
+		l.c.SetDeadline(time.Now().Add(100 * time.Millisecond))
+		fmt.Fprintln(l.c, "x")
+		_, err := l.r.ReadString('\n')
+		return err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+	})
+}
+
 // TestReloadKeepsLiveFlows: a long-lived flow keeps echoing through an
 // added service, a broken edit, a backend change, a tenant change and a
 // removal; new flows see the new configuration.
@@ -252,12 +264,7 @@ sources = ["198.51.100.0/24"]
 		t.Fatalf("remove: %+v %v", d, err)
 	}
 	check("removed, draining")
-	waitFor(t, 3*time.Second, "drained flow closed", func() bool {
-		live.c.SetDeadline(time.Now().Add(100 * time.Millisecond))
-		fmt.Fprintln(live.c, "x")
-		_, err := live.r.ReadString('\n')
-		return err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
-	})
+	live.waitClosed(t, 3*time.Second, "drained flow closed")
 }
 
 func TestDiffTables(t *testing.T) {
@@ -478,12 +485,7 @@ func TestReloadDrainsRemovedBackend(t *testing.T) {
 	if got := h.dialLines(t, acmeClient, "10.100.0.7:7").roundTrip(t, "new"); got != "b: new" {
 		t.Fatalf("a new flow: %q", got)
 	}
-	waitFor(t, 3*time.Second, "the removed backend's flow closed", func() bool {
-		live.c.SetDeadline(time.Now().Add(100 * time.Millisecond))
-		fmt.Fprintln(live.c, "x")
-		_, err := live.r.ReadString('\n')
-		return err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
-	})
+	live.waitClosed(t, 3*time.Second, "the removed backend's flow closed")
 }
 
 // TestStateDirExclusive: a second gateway on a running gateway's state

@@ -8,10 +8,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/ztgate/ztgate/agent"
 )
 
 // statusService is what `status` reads of a service from a gateway's or a
@@ -96,10 +99,10 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		return body, nil
 	}
 	body, err := get("/v1/services")
-	agent := false
+	isAgent := false
 	if errors.Is(err, errNotFound) { // an agent has its status instead
 		body, err = get("/v1/status")
-		agent = err == nil
+		isAgent = err == nil
 	}
 	if err != nil {
 		var uerr interface{ Timeout() bool }
@@ -117,8 +120,8 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		stdout.Write(body)
 		return 0
 	}
-	if agent {
-		var st agentStatus
+	if isAgent {
+		var st agent.Status
 		if err := json.Unmarshal(body, &st); err != nil || st.Role != "agent" {
 			fmt.Fprintf(stderr, "ztgate status: %s does not look like a ztgate API (%v)\n", *api, err)
 			return 1
@@ -221,47 +224,9 @@ func formatGateways(gs []statusGateway) string {
 	return strings.Join(out, "; ")
 }
 
-// agentStatus is what `status` reads of an agent's GET /v1/status
-// (agent.Status).
-type agentStatus struct {
-	Role     string `json:"role"`
-	Name     string `json:"name"`
-	Identity string `json:"identity"`
-	Server   string `json:"server"`
-	Tunnel   struct {
-		Connected bool      `json:"connected"`
-		Since     time.Time `json:"since"`
-		Peer      string    `json:"peer"`
-		Remote    string    `json:"remote"`
-		Version   string    `json:"version"`
-		LastError string    `json:"last_error"`
-		RetryAt   time.Time `json:"retry_at"`
-	} `json:"tunnel"`
-	Address  string `json:"address"`
-	MTU      int    `json:"mtu"`
-	Pool     string `json:"pool"`
-	Services []struct {
-		Name    string `json:"name"`
-		VIP     string `json:"vip"`
-		VIP6    string `json:"vip6"`
-		Healthy bool   `json:"healthy"`
-		Ports   []struct {
-			Protocol string `json:"protocol"`
-			Port     int    `json:"port"`
-		} `json:"ports"`
-		Path    string `json:"path"`
-		Gateway string `json:"gateway"`
-	} `json:"services"`
-	Paths []struct {
-		Gateway string `json:"gateway"`
-		Remote  string `json:"remote"`
-		Via     string `json:"via"`
-	} `json:"direct_paths"`
-}
-
 // renderAgentStatus prints the agent, its tunnel, and one line per service
 // of its directory with the path its new flows take.
-func renderAgentStatus(w io.Writer, st agentStatus, now time.Time) {
+func renderAgentStatus(w io.Writer, st agent.Status, now time.Time) {
 	who := st.Name
 	if st.Identity != "" {
 		who += " (" + st.Identity + ")"
@@ -288,9 +253,11 @@ func renderAgentStatus(w io.Writer, st agentStatus, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE\tVIP\tPORTS\tHEALTH\tPATH")
 	for _, s := range st.Services {
-		vip := s.VIP
-		if s.VIP6 != "" {
-			vip = strings.TrimSpace(vip + " " + s.VIP6)
+		var vips []string
+		for _, a := range []netip.Addr{s.VIP, s.VIP6} {
+			if a.IsValid() {
+				vips = append(vips, a.String())
+			}
 		}
 		ports := make([]string, 0, len(s.Ports))
 		for _, p := range s.Ports {
@@ -304,7 +271,7 @@ func renderAgentStatus(w io.Writer, st agentStatus, now time.Time) {
 		if s.Path == "direct" {
 			path = "direct to " + cmp.Or(via[s.Gateway], s.Gateway)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Name, vip, strings.Join(ports, ","), health, path)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Name, strings.Join(vips, " "), strings.Join(ports, ","), health, path)
 	}
 	tw.Flush()
 }
