@@ -284,6 +284,7 @@ func (d *direct) use(service string, st *svcDirect, p *path, id uint64) {
 	st.phase, st.path, st.id = phaseDirect, p, id
 	st.backoff.Reset()
 	p.services[service] = id
+	p.serve(service)
 	d.publish()
 	d.a.m.directUp.Inc()
 	d.log.Info("direct path up: new flows of the service go straight to the gateway",

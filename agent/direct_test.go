@@ -103,6 +103,21 @@ func TestDirectPath(t *testing.T) {
 	if n, err := second.Read(buf); err != nil || string(buf[:n]) != "two-back" {
 		t.Fatalf("reply on the direct path: %q, %v", buf[:n], err)
 	}
+	// The gateway poses as another service (the relay's own path checks
+	// this at the relay; a direct path has only the agent to check it),
+	// or sends from a VIP that no service has: dropped, counted. The
+	// relay's session may send from any service's VIP.
+	wrong := testutil.ToFloat64(f.a.m.drops[dropWrongGateway])
+	f.gw.session().SendDatagram(udpReply(netip.AddrPortFrom(upVIP, 7), local, "posing"))
+	f.gw.session().SendDatagram(udpReply(netip.AddrPortFrom(netip.MustParseAddr("10.100.0.99"), 7), local, "nobody"))
+	f.relay.session().SendDatagram(udpReply(netip.AddrPortFrom(webVIP, 7), local, "via-relay"))
+	second.SetReadDeadline(time.Now().Add(testTimeout))
+	if n, err := second.Read(buf); err != nil || string(buf[:n]) != "via-relay" {
+		t.Fatalf("after the gateway's forged packets, the flow read %q, %v", buf[:n], err)
+	}
+	waitFor(t, "the forged packets counted", func() bool {
+		return testutil.ToFloat64(f.a.m.drops[dropWrongGateway]) == wrong+2
+	})
 	second.Write([]byte("two-2"))
 	if !f.gw.routed("two-2", testTimeout) || !f.relay.quietFor("web", 100*time.Millisecond) {
 		t.Fatal("the relay carried a packet of the direct path")

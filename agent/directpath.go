@@ -27,6 +27,12 @@ type path struct {
 	used     atomic.Uint64 // packets the router sent on it
 	lastPong atomic.Int64  // monoclock stamp of the last message from the gateway
 
+	// served holds every service whose new flows were ever started here
+	// (the router's flows keep the path after the service leaves it): the
+	// gateway's packets must come from one of their VIPs. Written by the
+	// manager only (copy on write), read by the path's receiver.
+	served atomic.Pointer[map[string]struct{}]
+
 	services   map[string]uint64 // services whose new flows start here → their signaling session
 	usedSeen   uint64
 	quietSince time.Time
@@ -106,14 +112,35 @@ func (d *direct) dial(r dialed, cands []netip.AddrPort, forwarded netip.AddrPort
 func (d *direct) startPath(gateway string, addr netip.AddrPort, forwarded bool, s *tunnel.Session) *path {
 	p := &path{gateway: gateway, addr: addr, forwarded: forwarded, s: s, since: time.Now(), services: make(map[string]uint64)}
 	p.lastPong.Store(monoclock.Now())
+	p.served.Store(&map[string]struct{}{})
 	if mtu := routedMTU(s.MaxDatagram()); mtu < int(d.a.mtu.Load()) {
 		d.log.Warn("the direct path carries less than the TUN's MTU; larger packets take the relay",
 			"gateway", gateway, "direct_mtu", mtu, "mtu", d.a.mtu.Load())
 	}
-	d.wg.Go(func() { d.a.receive(d.ctx, s, d.a.m.downDirect) })
+	d.wg.Go(func() { d.a.receive(d.ctx, s, d.a.m.downDirect, p.serves) })
 	d.wg.Go(func() { d.control(p) })
 	d.wg.Go(func() { d.watch(p) })
 	return p
+}
+
+// serve adds service to what the path carries. The manager calls it.
+func (p *path) serve(service string) {
+	old := *p.served.Load()
+	if _, ok := old[service]; ok {
+		return
+	}
+	m := make(map[string]struct{}, len(old)+1)
+	for s := range old {
+		m[s] = struct{}{}
+	}
+	m[service] = struct{}{}
+	p.served.Store(&m)
+}
+
+// serves reports whether flows of service were ever started on the path.
+func (p *path) serves(service string) bool {
+	_, ok := (*p.served.Load())[service]
+	return ok
 }
 
 // control reads the gateway's control messages: any message proves the

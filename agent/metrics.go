@@ -17,13 +17,14 @@ const (
 	dropSendError                            // the session did not take the datagram
 	dropUnexpectedDatagram                   // a datagram type the server must not send
 	dropForeignPacket                        // a packet not from the pool to the agent's address
+	dropWrongGateway                         // a direct path's packet from a VIP of no service on that path
 	dropTUNWrite                             // the TUN did not take the packet
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
 	"not_ipv4", "foreign_source", "bad_service_id", "no_session", "send_error",
-	"unexpected_datagram", "foreign_packet", "tun_write",
+	"unexpected_datagram", "foreign_packet", "wrong_gateway", "tun_write",
 }
 
 // String returns the label value.

@@ -60,7 +60,7 @@ func (a *Agent) serve(ctx context.Context, s *tunnel.Session) error {
 	go func() {
 		defer wg.Done()
 		defer cancel()
-		a.receive(ctx, s, a.m.down)
+		a.receive(ctx, s, a.m.down, nil)
 	}()
 	err := a.control(s)
 	cancel()
@@ -196,11 +196,12 @@ func poolProblem(pool netip.Prefix, own, server netip.Addr) string {
 
 // receive writes the packets of a session (the server's, or a direct
 // path's) to the TUN, counting them in down. Only IPv4 packets to the
-// agent's own address from the pool are taken. Each run of datagrams that
+// agent's own address from the pool are taken; on a direct path (serves
+// not nil) only from a VIP of a service the path serves. Each run of datagrams that
 // arrived together is written in one batch, so that the TUN coalesces a
 // flow's TCP segments into one packet (GRO) and the kernel's TCP receives
 // it once, as wireguard-go does.
-func (a *Agent) receive(ctx context.Context, s *tunnel.Session, down prometheus.Counter) {
+func (a *Agent) receive(ctx context.Context, s *tunnel.Session, down prometheus.Counter, serves func(service string) bool) {
 	w := newTUNWriter(a.dev)
 	flush := func() {
 		n := w.len()
@@ -216,7 +217,7 @@ func (a *Agent) receive(ctx context.Context, s *tunnel.Session, down prometheus.
 		down.Add(float64(n))
 	}
 	_ = s.ReceiveBatches(ctx, func(b []byte) {
-		if a.acceptDown(b) {
+		if a.acceptDown(b, serves) {
 			w.add(b)
 			if w.full() {
 				flush()
@@ -230,8 +231,12 @@ func (a *Agent) receive(ctx context.Context, s *tunnel.Session, down prometheus.
 const maxWriteBatch = 32
 
 // acceptDown reports whether a datagram from a server is a packet for the
-// TUN, counting what it drops.
-func (a *Agent) acceptDown(b []byte) bool {
+// TUN, counting what it drops. A relay checks that a gateway sends only
+// from its own services' VIPs (its path's wrong_source); a gateway on a
+// direct path is checked here, against the services whose flows the agent
+// started on that path (serves), so that it cannot pose as another
+// gateway's service.
+func (a *Agent) acceptDown(b []byte, serves func(service string) bool) bool {
 	switch tunnel.Kind(b) {
 	case tunnel.TypeIP:
 	case tunnel.TypeQAD:
@@ -241,9 +246,16 @@ func (a *Agent) acceptDown(b []byte) bool {
 		return false
 	}
 	src, dst, ok := netstack.IPv4Addrs(b)
-	if !ok || dst != a.cfg.TUN.Address || !a.dir.Load().pool.Contains(src) {
+	d := a.dir.Load()
+	if !ok || dst != a.cfg.TUN.Address || !d.pool.Contains(src) {
 		a.m.drop(dropForeignPacket)
 		return false
+	}
+	if serves != nil {
+		if svc := d.byVIP[src]; svc == nil || !serves(svc.name) {
+			a.m.drop(dropWrongGateway)
+			return false
+		}
 	}
 	return true
 }
