@@ -49,11 +49,10 @@ type Session struct {
 	sendMu     sync.Mutex
 	sendBroken error // guarded by sendMu: a failed write left a partial frame
 
-	postOnce  sync.Once
-	postMu    sync.Mutex
-	posted    [][]byte      // guarded by postMu: frames Post queued, not yet taken by writePosts
-	postBytes int           // guarded by postMu: their size
-	postWake  chan struct{} // one token: posted is not empty
+	postMu      sync.Mutex
+	posted      [][]byte // guarded by postMu: frames Post queued, not yet taken by writePosts
+	postBytes   int      // guarded by postMu: their size
+	postWriting bool     // guarded by postMu: a writePosts goroutine runs (or the stream broke)
 
 	size sizing
 	// pad: the peer announced that it trims padding (ztna-v2 hello or
@@ -267,10 +266,6 @@ func (s *Session) Post(msg any) error {
 	if err != nil {
 		return err
 	}
-	s.postOnce.Do(func() {
-		s.postWake = make(chan struct{}, 1)
-		go s.writePosts()
-	})
 	select {
 	case <-s.Done():
 		return fmt.Errorf("tunnel: post: %w", context.Cause(s.conn.Context()))
@@ -284,30 +279,33 @@ func (s *Session) Post(msg any) error {
 	}
 	s.posted = append(s.posted, frame)
 	s.postBytes += len(frame)
+	start := !s.postWriting
+	s.postWriting = true
 	s.postMu.Unlock()
-	select {
-	case s.postWake <- struct{}{}:
-	default:
+	if start {
+		go s.writePosts()
 	}
 	return nil
 }
 
-// writePosts writes the frames Post queued until the session ends, each
-// run of them taken at once.
+// writePosts writes the frames Post queued, each run of them taken at
+// once, and returns when none is left: a session holds a goroutine for
+// its posts only while some wait. Once the stream broke (the session is
+// closing) it drops what is left and no writer starts again.
 func (s *Session) writePosts() {
 	for {
-		select {
-		case <-s.Done():
-			return
-		case <-s.postWake:
-		}
 		s.postMu.Lock()
 		frames := s.posted
 		s.posted, s.postBytes = nil, 0
+		if len(frames) == 0 {
+			s.postWriting = false
+			s.postMu.Unlock()
+			return
+		}
 		s.postMu.Unlock()
 		for _, frame := range frames {
 			if !s.writePosted(frame) {
-				break
+				return // postWriting stays set
 			}
 		}
 	}

@@ -368,11 +368,11 @@ func TestSessionCloseAndListenerClose(t *testing.T) {
 	}
 }
 
-// TestSessionPost: posted messages arrive in order, an invalid one is an
-// error at once, a burst to a peer that reads is not taken for a stall,
-// and a peer that stops reading its control stream never holds up the
-// poster: Post returns at once, and once PostQueueBytes wait it closes the
-// session with ErrPostBackedUp.
+// TestSessionPost: posted messages arrive in order and their writer goes
+// once they are written, an invalid one is an error at once, a burst to a
+// peer that reads is not taken for a stall, and a peer that stops reading
+// its control stream never holds up the poster: Post returns at once, and
+// once PostQueueBytes wait it closes the session with ErrPostBackedUp.
 func TestSessionPost(t *testing.T) {
 	sf := newSessionFixture(t, false)
 	client, server := sf.connect(sf.dialConfig(sf.agentCreds()))
@@ -385,6 +385,18 @@ func TestSessionPost(t *testing.T) {
 		got, err := DecodeControl(client.Next())
 		if tc, ok := got.(*TagClose); err != nil || !ok || len(tc.Tags) != 1 || tc.Tags[0] != uint32(i) {
 			t.Fatalf("message %d: %+v, %v", i, got, err)
+		}
+	}
+	// The writer goroutine is gone once nothing waits.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		server.postMu.Lock()
+		writing := server.postWriting
+		server.postMu.Unlock()
+		if !writing {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the writer of posts still runs with nothing to write")
 		}
 	}
 	if err := server.Post(struct{ X int }{1}); !errors.Is(err, ErrMissingType) {
