@@ -7,7 +7,11 @@
 // Safety rules the helpers enforce: every namespace, link and process a test
 // creates is removed or stopped by the test (processes by PID); traffic to
 // the VIP pool is only ever sent from inside a client namespace whose routes
-// lead into the test's own TUN device; every wait is bounded.
+// lead into the test's own TUN device; every wait is bounded. A test binary
+// killed before its cleanup (a timeout, SIGKILL) takes its processes with it
+// (each is started with a parent-death signal); the namespaces it left,
+// named ztg<pid>.<n>-<role>, are deleted by the next run once that PID is
+// gone.
 //
 // The tests need root (CAP_NET_ADMIN, CAP_SYS_ADMIN for namespaces); they
 // skip with a message without it.

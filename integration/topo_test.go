@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -72,7 +74,8 @@ func binaries(t testing.TB) (ztgate, backend string) {
 // topo is a set of network namespaces owned by one test.
 type topo struct {
 	t      testing.TB
-	prefix string
+	prefix string // of its namespaces: ztg<pid>.<n>, so that sweepStale knows their owner
+	short  string // of its veth names (15 bytes at most): <pid mod 10000><n>
 	mu     sync.Mutex
 	nss    []string
 	procs  []*proc
@@ -93,9 +96,55 @@ func newTopo(t testing.TB) *topo {
 	topoSeq.n++
 	n := topoSeq.n
 	topoSeq.Unlock()
-	tp := &topo{t: t, prefix: fmt.Sprintf("ztg%d%d", os.Getpid()%10000, n)}
+	sweepOnce.Do(func() { sweepStale(t) })
+	tp := &topo{t: t, prefix: fmt.Sprintf("ztg%d.%d", os.Getpid(), n), short: fmt.Sprintf("%d%d", os.Getpid()%10000, n)}
 	t.Cleanup(tp.cleanup)
 	return tp
+}
+
+var sweepOnce sync.Once
+
+// processLives reports whether pid is a process that has not exited (a
+// zombie, killed and not yet reaped, has).
+func processLives(pid int) bool {
+	if syscall.Kill(pid, 0) == syscall.ESRCH {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return !os.IsNotExist(err)
+	}
+	// pid (comm) state ...: comm may hold spaces and parentheses.
+	i := bytes.LastIndexByte(stat, ')')
+	return i < 0 || i+2 >= len(stat) || stat[i+2] != 'Z'
+}
+
+// staleNS matches the namespaces newTopo names, with their owner's PID.
+var staleNS = regexp.MustCompile(`^ztg([0-9]+)\.[0-9]+-`)
+
+// sweepStale deletes the namespaces a killed test binary left: ours by
+// name, whose owner process is gone. The processes in them died with the
+// binary (Pdeathsig); their veth pairs go with the namespaces. A
+// namespace whose PID is alive again (reused) is left alone.
+func sweepStale(t testing.TB) {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
+		m := staleNS.FindStringSubmatch(name)
+		if m == nil {
+			continue
+		}
+		pid, err := strconv.Atoi(m[1])
+		if err != nil || pid == os.Getpid() || processLives(pid) {
+			continue
+		}
+		if err := exec.Command("ip", "netns", "del", name).Run(); err == nil {
+			t.Logf("deleted namespace %s, left by test process %d", name, pid)
+		}
+	}
 }
 
 // ns creates a namespace with loopback up and returns its full name.
@@ -116,7 +165,7 @@ func (tp *topo) link(nsA, addrA, nsB, addrB string) {
 	tp.links++
 	n := tp.links
 	tp.mu.Unlock()
-	a, b := fmt.Sprintf("v%sa%d", tp.prefix[3:], n), fmt.Sprintf("v%sb%d", tp.prefix[3:], n)
+	a, b := fmt.Sprintf("v%sa%d", tp.short, n), fmt.Sprintf("v%sb%d", tp.short, n)
 	// Made in place: a pair made in the root namespace and moved after
 	// would stay there if the test died between the two.
 	tp.mustRun("ip", "link", "add", a, "netns", nsA, "type", "veth", "peer", "name", b, "netns", nsB)
@@ -286,5 +335,37 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() error) {
 			t.Fatalf("%s: not within %v: %v", what, d, err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestSweepStale: a namespace of ours whose test process is gone is
+// deleted; one whose process lives, and any other namespace, are not.
+func TestSweepStale(t *testing.T) {
+	requireRoot(t)
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	gone := fmt.Sprintf("ztg%d.1-left", dead.Process.Pid)
+	alive := fmt.Sprintf("ztg%d.1-kept", os.Getppid()) // the go command
+	other := fmt.Sprintf("ztgx%d-other", os.Getpid())
+	for _, ns := range []string{gone, alive, other} {
+		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns add %s: %v: %s", ns, err, out)
+		}
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	}
+	sweepStale(t)
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, line := range strings.Split(string(out), "\n") {
+		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
+		have[name] = true
+	}
+	if have[gone] || !have[alive] || !have[other] {
+		t.Errorf("after the sweep: %s %v (want gone), %s %v, %s %v (want kept)", gone, have[gone], alive, have[alive], other, have[other])
 	}
 }
