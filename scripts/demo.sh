@@ -210,6 +210,10 @@ ip -n "$(nsname be)" addr add 192.0.2.11/24 dev "$LASTDEV"
 for ns in alice bob; do # names in the agents' namespaces come from the agent's DNS
 	mkdir -p "/etc/netns/$(nsname "$ns")"
 	printf 'nameserver 10.100.0.1\nsearch ztna.internal\n' >"/etc/netns/$(nsname "$ns")/resolv.conf"
+	# and from it alone: the host's name service may hand names to a daemon
+	# outside the namespace (systemd-resolved's "resolve", mDNS), which would
+	# send queries for the zone out of this machine.
+	{ grep -v '^hosts:' /etc/nsswitch.conf 2>/dev/null; echo 'hosts: files dns'; } >"/etc/netns/$(nsname "$ns")/nsswitch.conf"
 done
 
 PKI=$WORK/pki
