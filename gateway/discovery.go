@@ -251,7 +251,7 @@ func (d *discovery) apply(st *serviceState, spec catalog.Service, addrs []backen
 		return
 	}
 	g.log.Info("backends discovered", "service", spec.Name, "added", addrList(added), "gone", addrList(gone))
-	g.syncHealth(g.tbl.Load())
+	g.syncHealth()
 	if len(gone) > 0 {
 		g.drain(func(f *flow) bool { return slices.Contains(gone, f.backend) }, g.tbl.Load().drainTimeout, "backend_gone")
 	}
