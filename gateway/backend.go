@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ztgate/ztgate/catalog"
 )
 
@@ -56,6 +58,41 @@ type backend struct {
 	// probation: an address discovered for a running service takes flows
 	// only once its health checks brought it up.
 	probation bool
+	// untracked: the backend left its service (or the service's state was
+	// freed) and its series were deleted; nothing makes them again until
+	// the backend is back in its service (track).
+	untracked bool
+	dialErrs  prometheus.Counter // its child of ztgate_dial_errors_total, made at its first failed dial
+}
+
+// untrack stops the backend's series from being made again, before they
+// are deleted: a flow still bound to a removed backend may fail a dial.
+func (b *backend) untrack() {
+	b.mu.Lock()
+	b.untracked, b.dialErrs = true, nil
+	b.mu.Unlock()
+}
+
+// track undoes untrack for a backend back in its service.
+func (b *backend) track() {
+	b.mu.Lock()
+	b.untracked = false
+	b.mu.Unlock()
+}
+
+// countDialError counts a failed dial to backend b of service svc. The
+// child is held, not looked up per error, so that an error racing the
+// backend's removal cannot make its series again.
+func (g *Gateway) countDialError(svc string, b *backend) {
+	b.mu.Lock()
+	if b.dialErrs == nil && !b.untracked {
+		b.dialErrs = g.m.dialErrors.WithLabelValues(svc, b.addr.String())
+	}
+	c := b.dialErrs
+	b.mu.Unlock()
+	if c != nil {
+		c.Inc()
+	}
 }
 
 // usable reports whether new flows may be sent to the backend.

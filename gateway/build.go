@@ -58,7 +58,10 @@ func (g *Gateway) buildTable(svcs []catalog.Service, tenants []catalog.Tenant, l
 	return t, nil
 }
 
-// state returns the long-lived state of a service, creating it.
+// state returns the long-lived state of a service, creating it. A state
+// of a removed service whose flows still run is taken up again: it is not
+// freed while a table being built may use it (reconcileStates settles
+// that once the table is in, or was refused).
 func (g *Gateway) state(name string) *serviceState {
 	g.statesMu.Lock()
 	defer g.statesMu.Unlock()
@@ -68,5 +71,58 @@ func (g *Gateway) state(name string) *serviceState {
 		st.m = g.m.service(name)
 		g.states[name] = st
 	}
+	st.retired.Store(false)
 	return st
+}
+
+// reconcileStates retires the states of the services t lacks and frees
+// those without flows; the others are freed by their last flow's release.
+// It is called with the table in use after every change of the table
+// (and after a change that failed, whose build may have made or taken up
+// states).
+func (g *Gateway) reconcileStates(t *table) {
+	g.statesMu.Lock()
+	defer g.statesMu.Unlock()
+	for name, st := range g.states {
+		if svc := t.byName[name]; svc != nil && svc.st == st {
+			st.retired.Store(false)
+			continue
+		}
+		st.retired.Store(true)
+		g.freeStateLocked(st)
+	}
+}
+
+// freeRetired frees st, a retired state whose flow count has dropped to 0,
+// unless its service was added back meanwhile.
+func (g *Gateway) freeRetired(st *serviceState) {
+	g.statesMu.Lock()
+	defer g.statesMu.Unlock()
+	if st.retired.Load() {
+		g.freeStateLocked(st)
+	}
+}
+
+// freeStateLocked frees a retired state that has no flow: it leaves the
+// map, its checks and drain deadlines stop for good, and its metric series
+// are deleted. A flow racing the free finds the count at freedFlows and
+// is refused (reserveFlow). The series are deleted under statesMu, so a
+// state made again for the name (state) gets series of its own and never
+// the children being deleted. The caller holds statesMu.
+func (g *Gateway) freeStateLocked(st *serviceState) {
+	if !st.flows.CompareAndSwap(0, freedFlows) {
+		return // flows run (their last release frees it), or freed already
+	}
+	if g.states[st.name] == st {
+		delete(g.states, st.name)
+	}
+	waits := st.health.close()
+	for _, b := range st.backends.Load().list {
+		b.untrack()
+	}
+	for _, done := range waits {
+		<-done // a check's report would make its series again
+	}
+	g.m.forgetService(st.name)
+	g.log.Debug("service state freed", "service", st.name)
 }

@@ -66,18 +66,23 @@ func sameNames(a, b catalog.Service) bool {
 	return reflect.DeepEqual(a.Backends, b.Backends) && a.BackendsSRV == b.BackendsSRV && a.Health.Type == b.Health.Type
 }
 
-// dynamic reports whether a service has names to discover.
-func dynamic(s catalog.Service) bool {
-	if s.BackendsSRV != "" {
-		return true
-	}
+// cacheKeys are the keys of a service's names in the cache: its host
+// names, and "srv:" + its backends_srv.
+func cacheKeys(s catalog.Service) []string {
+	var keys []string
 	for _, b := range s.Backends {
 		if _, err := netip.ParseAddr(b); err != nil {
-			return true
+			keys = append(keys, b)
 		}
 	}
-	return false
+	if s.BackendsSRV != "" {
+		keys = append(keys, "srv:"+s.BackendsSRV)
+	}
+	return keys
 }
+
+// dynamic reports whether a service has names to discover.
+func dynamic(s catalog.Service) bool { return len(cacheKeys(s)) > 0 }
 
 // backends returns the addresses of a service's backends now: IP literals
 // as they are; names from the cache, resolved first when not cached.
@@ -121,6 +126,21 @@ func (d *discovery) get(key string) []backendAddr {
 func (d *discovery) store(key string, r resolved) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.storeLocked(key, r)
+}
+
+// storeWatched is store for a watcher, which stores nothing once its ctx
+// is done: sync cancels watchers and forgets their names under d.mu, so a
+// stopped watcher cannot put a name back.
+func (d *discovery) storeWatched(ctx context.Context, key string, r resolved) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ctx.Err() == nil {
+		d.storeLocked(key, r)
+	}
+}
+
+func (d *discovery) storeLocked(key string, r resolved) {
 	if r.err != nil {
 		if old, ok := d.cache[key]; ok {
 			r.addrs = old.addrs // keep the last good answer while lookups fail
@@ -164,7 +184,8 @@ func (d *discovery) lookupSRV(ctx context.Context, name string) (resolved, time.
 }
 
 // sync starts a watcher for every service of t with names to discover and
-// stops the others.
+// stops the others, and forgets the answers for names no service of t has
+// (a removed service's): the cache holds only what is in use.
 func (d *discovery) sync(t *table) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -172,6 +193,17 @@ func (d *discovery) sync(t *table) {
 		if s := t.byName[name]; s == nil || !sameNames(s.spec, w.spec) {
 			w.cancel()
 			delete(d.watchers, name)
+		}
+	}
+	inUse := make(map[string]bool, len(d.cache))
+	for _, s := range t.byName {
+		for _, key := range cacheKeys(s.spec) {
+			inUse[key] = true
+		}
+	}
+	for key := range d.cache {
+		if !inUse[key] {
+			delete(d.cache, key)
 		}
 	}
 	if d.g.closing.Load() {
@@ -205,14 +237,14 @@ func (d *discovery) watch(ctx context.Context, st *serviceState, spec catalog.Se
 				continue
 			}
 			r, ttl := d.lookupHost(ctx, b)
-			d.store(b, r)
+			d.storeWatched(ctx, b, r)
 			addrs = append(addrs, d.get(b)...)
 			wait = min(wait, d.bound(ttl, r.err))
 		}
 		if spec.BackendsSRV != "" {
 			key := "srv:" + spec.BackendsSRV
 			r, ttl := d.lookupSRV(ctx, spec.BackendsSRV)
-			d.store(key, r)
+			d.storeWatched(ctx, key, r)
 			addrs = append(addrs, d.get(key)...)
 			wait = min(wait, d.bound(ttl, r.err))
 		}
@@ -251,7 +283,7 @@ func (d *discovery) apply(st *serviceState, spec catalog.Service, addrs []backen
 		return
 	}
 	g.log.Info("backends discovered", "service", spec.Name, "added", addrList(added), "gone", addrList(gone))
-	g.syncHealth(g.tbl.Load())
+	g.syncHealth()
 	if len(gone) > 0 {
 		g.drain(func(f *flow) bool { return slices.Contains(gone, f.backend) }, g.tbl.Load().drainTimeout, "backend_gone")
 	}

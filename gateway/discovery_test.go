@@ -366,3 +366,47 @@ func TestDiscoveryProbation(t *testing.T) {
 		t.Fatalf("flows once the new address is up: %v", seen)
 	}
 }
+
+// TestDiscoveryForgetsRemovedNames: when the service that named a backend
+// is removed, its watcher stops and the answers for its names are
+// forgotten; a service keeping its names keeps them.
+func TestDiscoveryForgetsRemovedNames(t *testing.T) {
+	dnsSrv, err := resolvertest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dnsSrv.Close()
+	port := startLineEcho(t, "one")
+	dnsSrv.SetHost("app.corp.example", 60, netip.MustParseAddr("127.0.0.1"))
+	dnsSrv.SetHost("other.corp.example", 60, netip.MustParseAddr("127.0.0.1"))
+	config := discoveryConfig(dnsSrv.Addr(), `backends = ["app.corp.example"]`, "", port)
+	i := strings.Index(config, "[[service]]")
+	head, app := config[:i], config[i:]
+	other := strings.NewReplacer(`name = "app"`, `name = "other"`, "10.100.0.9", "10.100.0.10",
+		"app.corp.example", "other.corp.example").Replace(app)
+	h := newFileHarness(t, head+app+other)
+	cached := func() []string {
+		d := h.gw.disc
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		var out []string
+		for k := range d.cache {
+			out = append(out, k)
+		}
+		for k := range d.watchers {
+			out = append(out, "watcher "+k)
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got, want := fmt.Sprint(cached()), "[app.corp.example other.corp.example watcher app watcher other]"; got != want {
+		t.Fatalf("before: %s, want %s", got, want)
+	}
+	h.write(t, head+other)
+	if _, err := h.gw.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fmt.Sprint(cached()), "[other.corp.example watcher other]"; got != want {
+		t.Fatalf("after app was removed: %s, want %s", got, want)
+	}
+}

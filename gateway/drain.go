@@ -114,6 +114,9 @@ func (g *Gateway) drainBackends(st *serviceState, bs []*backend, deadline time.D
 	hc := &st.health
 	hc.mu.Lock()
 	defer hc.mu.Unlock()
+	if hc.closed { // its service was removed and the state freed meanwhile, or the gateway is closing
+		return
+	}
 	clk := hc.clockOr(g)
 	for _, b := range bs {
 		e := hc.entryLocked(b)
@@ -137,6 +140,9 @@ func (g *Gateway) undrainBackends(st *serviceState, bs []*backend) {
 	hc := &st.health
 	hc.mu.Lock()
 	defer hc.mu.Unlock()
+	if hc.closed {
+		return
+	}
 	for _, b := range bs {
 		if e := hc.entries[b]; e != nil {
 			e.stopDrain()

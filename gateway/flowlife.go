@@ -46,9 +46,11 @@ func (g *Gateway) endFlow(f *flow) {
 	f.close("done")
 	g.flows.remove(f)
 	f.backend.active.Add(-1)
+	// The held child, lowered before release may free the service's
+	// series: a lookup by labels would make the series again.
+	f.metrics.active.Dec()
 	g.release(f.svc, f.peer.tenant)
 	name := f.svc.spec.Name
-	f.metrics.active.Dec()
 	g.log.Info("flow",
 		"proto", f.proto,
 		"client", f.client,

@@ -59,8 +59,11 @@ type Gateway struct {
 	apiServices []catalog.Service // added through the API, persisted in the state directory
 	apiStore    *apiStore
 
+	// states are the services' long-lived states by name (build.go); a
+	// removed service's is freed when its last flow ends.
 	statesMu sync.Mutex
 	states   map[string]*serviceState
+	healthMu sync.Mutex // serialises syncHealth
 
 	disc         *discovery
 	flows        *flowTable

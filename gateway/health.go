@@ -16,6 +16,7 @@ import (
 type healthChecks struct {
 	mu      sync.Mutex
 	entries map[*backend]*healthEntry
+	closed  bool // stopped for good (the state was freed): nothing starts again
 	// clock and randN replace the wall clock and the jitter source in
 	// tests; nil means the real ones.
 	clock clock
@@ -79,13 +80,21 @@ func (g *Gateway) passiveFailure(svc *service, b *backend, err error) {
 }
 
 // startHealth starts the active checks of every service in the current
-// table. syncHealth is called after every table swap.
-func (g *Gateway) startHealth() { g.syncHealth(g.tbl.Load()) }
+// table. syncHealth is called after every change of the table or of a
+// service's backends.
+func (g *Gateway) startHealth() { g.syncHealth() }
 
-// syncHealth starts checks for new (service, backend) pairs of t and stops
-// those no longer in it; a pair whose [service.health] changed gets a new
-// check. It returns once the stopped checks have returned.
-func (g *Gateway) syncHealth(t *table) {
+// syncHealth starts checks for new (service, backend) pairs of the current
+// table and stops those no longer in it; a pair whose [service.health]
+// changed gets a new check. It returns once the stopped checks have
+// returned. Calls are serialised and each reads the table once it holds
+// healthMu: a call that read a table just swapped out (discovery's) is
+// followed by the swap's own, which stops what it started for a removed
+// service.
+func (g *Gateway) syncHealth() {
+	g.healthMu.Lock()
+	defer g.healthMu.Unlock()
+	t := g.tbl.Load()
 	var waits []chan struct{}
 	for _, st := range g.serviceStates() {
 		var (
@@ -103,14 +112,20 @@ func (g *Gateway) syncHealth(t *table) {
 }
 
 // syncChecks makes the checks of st those of want with spec, and returns
-// the stopped checks to wait for.
+// the stopped checks to wait for. A backend that left is untracked and its
+// series deleted, unless a backend that stays has its address (SRV
+// targets on several ports): the series are labelled by address.
 func (g *Gateway) syncChecks(st *serviceState, want []*backend, spec catalog.Health) []chan struct{} {
 	hc := &st.health
 	hc.mu.Lock()
 	defer hc.mu.Unlock()
+	if hc.closed {
+		return nil
+	}
 	keep := make(map[*backend]bool, len(want))
+	keepAddr := make(map[netip.Addr]bool, len(want))
 	for _, b := range want {
-		keep[b] = true
+		keep[b], keepAddr[b.addr] = true, true
 	}
 	var waits []chan struct{}
 	for b, e := range hc.entries {
@@ -118,13 +133,18 @@ func (g *Gateway) syncChecks(st *serviceState, want []*backend, spec catalog.Hea
 			waits = append(waits, e.stopChecker()...)
 			e.stopDrain()
 			delete(hc.entries, b)
-			g.m.backendHealthy.DeleteLabelValues(st.name, b.addr.String())
+			b.untrack()
+			if !keepAddr[b.addr] {
+				g.m.backendHealthy.DeleteLabelValues(st.name, b.addr.String())
+				g.m.dialErrors.DeleteLabelValues(st.name, b.addr.String())
+			}
 		}
 	}
 	if g.closing.Load() { // stopHealth has run or is running: start nothing
 		return waits
 	}
 	for _, b := range want {
+		b.track()
 		e := hc.entryLocked(b)
 		if e.synced && e.spec == spec {
 			continue
@@ -192,22 +212,30 @@ func (g *Gateway) checked(svc string, b *backend, h catalog.Health, err error, t
 func (g *Gateway) stopHealth() {
 	var waits []chan struct{}
 	for _, st := range g.serviceStates() {
-		hc := &st.health
-		hc.mu.Lock()
-		for _, e := range hc.entries {
-			waits = append(waits, e.stopChecker()...)
-			e.stopDrain()
-		}
-		hc.entries = nil
-		hc.mu.Unlock()
+		waits = append(waits, st.health.close()...)
 	}
 	for _, done := range waits {
 		<-done
 	}
 }
 
-// serviceStates returns the long-lived state of every service the gateway
-// has known, including removed ones whose checks may still run.
+// close stops every check and drain deadline for good and returns the
+// checks to wait for.
+func (hc *healthChecks) close() []chan struct{} {
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	hc.closed = true
+	var waits []chan struct{}
+	for _, e := range hc.entries {
+		waits = append(waits, e.stopChecker()...)
+		e.stopDrain()
+	}
+	hc.entries = nil
+	return waits
+}
+
+// serviceStates returns the long-lived state of every service in the
+// table, and of removed ones not freed yet (their flows still run).
 func (g *Gateway) serviceStates() []*serviceState {
 	g.statesMu.Lock()
 	defer g.statesMu.Unlock()

@@ -101,10 +101,16 @@ func (g *Gateway) logTransition(svc string, b *backend, tr transition) {
 }
 
 // setHealthGauge sets ztgate_backend_healthy from whether the backend takes
-// new flows.
+// new flows. It sets nothing for an untracked backend, whose series is
+// deleted: b.mu orders the two.
 func (g *Gateway) setHealthGauge(svc string, b *backend) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.untracked {
+		return
+	}
 	v := 0.0
-	if b.usable() {
+	if b.usableLocked() {
 		v = 1
 	}
 	g.m.backendHealthy.WithLabelValues(svc, b.addr.String()).Set(v)

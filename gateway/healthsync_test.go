@@ -50,7 +50,8 @@ func TestSyncHealth(t *testing.T) {
 				st.setBackends(addrs, false)
 				tbl.byName["web"] = &service{spec: catalog.Service{Name: "web", Health: s.health}, st: st}
 			}
-			g.syncHealth(tbl)
+			g.tbl.Store(tbl)
+			g.syncHealth()
 			clk.waitPending(t, len(s.checked))
 			st.health.mu.Lock()
 			defer st.health.mu.Unlock()
@@ -90,7 +91,8 @@ func TestSyncHealthForgetsWhenChecksStop(t *testing.T) {
 	b := st.backends.Load().list[0]
 	b.record("refused", 1, 1, time.Now())
 	tbl := &table{byName: map[string]*service{"web": {spec: catalog.Service{Name: "web"}, st: st}}}
-	g.syncHealth(tbl)
+	g.tbl.Store(tbl)
+	g.syncHealth()
 	if b.state != stateUnknown || !b.usable() {
 		t.Fatalf("state %s after checks were turned off, want unknown", b.state)
 	}
@@ -110,12 +112,14 @@ func TestSyncHealthAfterClose(t *testing.T) {
 	st.setBackends([]backendAddr{{addr: netip.MustParseAddr("192.0.2.10")}}, false)
 	h := catalog.Health{Type: catalog.HealthTCP, Interval: time.Second, Timeout: time.Second, Rise: 1, Fall: 1}
 	tbl := &table{byName: map[string]*service{"web": {spec: catalog.Service{Name: "web", Health: h}, st: st}}}
-	g.syncHealth(tbl)
+	g.tbl.Store(tbl)
+	g.syncHealth()
 	clk.waitPending(t, 1)
 	g.closing.Store(true)
 	g.stopHealth()
 	clk.waitPending(t, 0)
-	g.syncHealth(tbl)
+	g.tbl.Store(tbl)
+	g.syncHealth()
 	if n := clk.pending(); n != 0 || len(st.health.entries) != 0 {
 		t.Fatalf("after stopHealth: %d timers, %d entries", n, len(st.health.entries))
 	}

@@ -156,10 +156,10 @@ func (g *Gateway) admit(t *table, d decision) string {
 		g.flowCount.Add(-1)
 		return refuseTenantLimit
 	}
-	if !reserve(&d.svc.st.flows, d.svc.spec.MaxFlows) {
+	if reason := d.svc.st.reserveFlow(d.svc.spec.MaxFlows); reason != "" {
 		tc.flows.Add(-1)
 		g.flowCount.Add(-1)
-		return refuseServiceLimit
+		return reason
 	}
 	return ""
 }
@@ -173,11 +173,14 @@ func reserve(c *atomic.Int64, max int) bool {
 	return true
 }
 
-// release gives back the slots admit reserved for a flow of tenant.
+// release gives back the slots admit reserved for a flow of tenant. The
+// last flow of a removed service frees its state.
 func (g *Gateway) release(svc *service, tenant string) {
-	svc.st.flows.Add(-1)
 	g.limits.tenant(tenant).flows.Add(-1)
 	g.flowCount.Add(-1)
+	if svc.st.flows.Add(-1) == 0 && svc.st.retired.Load() {
+		g.freeRetired(svc.st)
+	}
 }
 
 // refuseOrDrop answers a refused SYN: load shedding (a source over a rate,

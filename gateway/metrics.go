@@ -168,8 +168,10 @@ func (m *metrics) refuse(proto, reason string) {
 }
 
 // serviceMetrics are a service's children of the per-service collectors,
-// looked up once when its state is made. Service states and their label
-// sets live as long as the gateway, so the children stay valid.
+// looked up once when its state is made. They live as long as the state:
+// when it is freed, forgetService deletes the service's series, and what
+// still holds a child (an echo reply arriving late) counts into a series
+// no longer exported instead of making it again.
 type serviceMetrics struct {
 	m                   *metrics
 	name                string
@@ -222,6 +224,18 @@ func (sm *serviceMetrics) flowsOf(tenant, proto string) *flowMetrics {
 		sm.flows[k] = fm
 	}
 	return fm
+}
+
+// forgetService deletes every series of service name: those of its flows,
+// bytes and echo requests, and of its backends' health and dial errors.
+func (m *metrics) forgetService(name string) {
+	l := prometheus.Labels{"service": name}
+	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
+		m.flowsActive, m.flowsTotal, m.bytes, m.dialErrors, m.echoes,
+		m.backendHealthy, m.healthChecks, m.healthDuration,
+	} {
+		v.DeletePartialMatch(l)
+	}
 }
 
 // tunnelRefused counts a refused tunnel peer.

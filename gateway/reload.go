@@ -94,6 +94,7 @@ func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, 
 	old := g.tbl.Load()
 	t, err := g.buildTable(services, next.Tenants, next.Limits, next.DrainTimeout)
 	if err != nil {
+		g.reconcileStates(old) // the states the build made or took up
 		return Diff{}, err
 	}
 	d := diffTables(old, t)
@@ -103,10 +104,12 @@ func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, 
 	return d, nil
 }
 
-// swapTable installs t and lets what left old drain.
+// swapTable installs t and lets what left old drain. The states of
+// removed services are freed once their flows have ended: their checks
+// and discovery watchers are stopped here.
 func (g *Gateway) swapTable(old, t *table) {
 	g.tbl.Store(t)
-	g.syncHealth(t)
+	g.syncHealth()
 	g.disc.sync(t)
 	for name, s := range old.byName {
 		if _, ok := t.byName[name]; !ok {
@@ -116,6 +119,7 @@ func (g *Gateway) swapTable(old, t *table) {
 	if removed := t.removed; len(removed) > 0 {
 		g.drain(func(f *flow) bool { return slices.Contains(removed, f.backend) }, t.drainTimeout, "backend_removed")
 	}
+	g.reconcileStates(t)
 	g.updatePoolMetrics()
 }
 

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"math"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -22,13 +23,24 @@ type service struct {
 // serviceState is what outlives a reload of a service of the same name:
 // its backends with their health, its flow and handshake counts, its
 // balancer.
+//
+// It lives while its service is in the table, and after the service is
+// removed until its last flow has ended: then it is freed with its metric
+// series (Gateway.reconcileStates, Gateway.release). A service of the
+// same name added back before that takes it up again.
 type serviceState struct {
-	name       string
-	m          *serviceMetrics // its children of the per-service metrics
+	name string
+	m    *serviceMetrics // its children of the per-service metrics
+	// flows counts the flows admitted to the service, from admit to
+	// release (a TCP flow's dial and handshake included); freedFlows once
+	// the state is freed.
 	flows      atomic.Int64
 	handshakes atomic.Int64 // TCP handshakes in flight
-	picker     picker
-	backends   atomic.Pointer[backendSet]
+	// retired: the service is in no table; the state is freed when flows
+	// reaches 0. Written under Gateway.statesMu.
+	retired  atomic.Bool
+	picker   picker
+	backends atomic.Pointer[backendSet]
 
 	mu sync.Mutex // serialises changes of backends
 
@@ -39,6 +51,27 @@ func newServiceState(name string) *serviceState {
 	st := &serviceState{name: name}
 	st.backends.Store(&backendSet{})
 	return st
+}
+
+// freedFlows is the flow count of a freed state: so far below any count
+// that a reservation racing the free sees a negative count and backs out.
+const freedFlows = math.MinInt64 / 2
+
+// reserveFlow takes one of the service's max flow slots (max ≤ 0:
+// unlimited). It returns the refusal reason: refuseServiceLimit, or
+// refuseNoService when the state was freed since the flow was classified
+// (its service was removed and its flows had ended).
+func (st *serviceState) reserveFlow(max int) string {
+	n := st.flows.Add(1)
+	switch {
+	case n <= 0:
+		st.flows.Add(-1)
+		return refuseNoService
+	case max > 0 && n > int64(max):
+		st.flows.Add(-1)
+		return refuseServiceLimit
+	}
+	return ""
 }
 
 // setBackends makes addrs the backend set, keeping the backend objects of

@@ -83,7 +83,7 @@ func (g *Gateway) dialTCP(d decision, client netip.Addr) (*net.TCPConn, *backend
 		if err == nil {
 			return c.(*net.TCPConn), b, ""
 		}
-		g.m.dialErrors.WithLabelValues(d.svc.spec.Name, b.addr.String()).Inc()
+		g.countDialError(d.svc.spec.Name, b)
 		g.passiveFailure(d.svc, b, err)
 	}
 	if len(tried) == 0 {

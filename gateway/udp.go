@@ -61,7 +61,7 @@ func (g *Gateway) spliceUDP(f *flow, client *netstack.UDPConn) {
 	defer g.endFlow(f)
 	be, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(f.target))
 	if err != nil {
-		g.m.dialErrors.WithLabelValues(f.svc.spec.Name, f.backend.addr.String()).Inc()
+		g.countDialError(f.svc.spec.Name, f.backend)
 		g.passiveFailure(f.svc, f.backend, err)
 		f.close(refuseDial)
 		return

@@ -147,15 +147,22 @@ func (r *Relay) newFlowTag(a *agent, service []byte, inner netip.Addr, w flowWan
 	return t, 0
 }
 
-// forgetDeadRoutes drops the dead tags of byRoute once it has grown, so
-// that gateways that came and went do not accumulate.
+// forgetDeadRoutes drops the dead tags of byRoute and current once they
+// have grown, so that gateways and services that came and went do not
+// accumulate over a long session.
 func (a *agent) forgetDeadRoutes() {
-	if len(a.byRoute) < 64 {
+	forgetDead(a.byRoute)
+	forgetDead(a.current)
+}
+
+// forgetDead drops the dead tags of m once it holds 64.
+func forgetDead[K comparable](m map[K]*tag) {
+	if len(m) < 64 {
 		return
 	}
-	for rt, t := range a.byRoute {
+	for k, t := range m {
 		if t.dead.Load() {
-			delete(a.byRoute, rt)
+			delete(m, k)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -307,5 +308,47 @@ func TestTagDrawExhausted(t *testing.T) {
 	}
 	if fx.v2.current["echo"] != nil {
 		t.Error("a tag was drawn from a source that yields none")
+	}
+}
+
+// TestForgetDeadRoutes: an agent's routes by (service, gateway) and its
+// current tag by service drop their dead tags once they have grown, so
+// that a long session through services that come and go stays bounded;
+// live tags stay.
+func TestForgetDeadRoutes(t *testing.T) {
+	cases := []struct {
+		name      string
+		live      int
+		dead      int
+		wantCount int // entries left in each map
+	}{
+		{"small maps are left alone", 10, 20, 30},
+		{"grown maps lose their dead tags", 10, 60, 10},
+		{"live tags stay however many", 70, 0, 70},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			a := newAgent(peer{}, netip.Addr{}, &flowStats{})
+			for i := range tc.live + tc.dead {
+				tg := &tag{id: uint32(i + 1)}
+				tg.dead.Store(i >= tc.live)
+				name := fmt.Sprintf("svc-%d", i)
+				a.byRoute[route{service: name}] = tg
+				a.current[name] = tg
+			}
+			a.forgetDeadRoutes()
+			if len(a.byRoute) != tc.wantCount || len(a.current) != tc.wantCount {
+				t.Fatalf("%d routes and %d current tags left, want %d", len(a.byRoute), len(a.current), tc.wantCount)
+			}
+			live := 0
+			for _, tg := range a.current {
+				if !tg.dead.Load() {
+					live++
+				}
+			}
+			if live != tc.live {
+				t.Fatalf("%d live current tags left, want %d", live, tc.live)
+			}
+		})
 	}
 }
