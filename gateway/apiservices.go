@@ -90,11 +90,26 @@ func (g *Gateway) handleDeleteService(w http.ResponseWriter, r *http.Request) {
 // handleReload serves POST /v1/reload.
 func (g *Gateway) handleReload(w http.ResponseWriter, r *http.Request) {
 	d, err := g.Reload()
-	if err != nil { // the file is at fault, not the request
-		adminapi.WriteErrors(w, http.StatusBadRequest, confErrors(err)...)
+	if err != nil {
+		adminapi.WriteErrors(w, reloadStatus(err), confErrors(err)...)
 		return
 	}
 	adminapi.WriteJSON(w, http.StatusOK, d)
+}
+
+// reloadStatus is the status of a failed reload: 400 when the configuration
+// is at fault (its author fixes it and reloads), 409 when there is no file
+// to reload, 500 when the gateway is (it could not read the file or save
+// its state; the log has the details). The running configuration stays in
+// every case.
+func reloadStatus(err error) int {
+	switch {
+	case errors.Is(err, ErrInvalidConfig):
+		return http.StatusBadRequest
+	case errors.Is(err, errNotFromFile):
+		return http.StatusConflict
+	}
+	return http.StatusInternalServerError
 }
 
 // handleCloseFlows serves DELETE /v1/flows?tenant=&service=&backend=: it
