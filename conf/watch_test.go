@@ -54,7 +54,7 @@ func TestDebouncer(t *testing.T) {
 func TestFileWatchChanged(t *testing.T) {
 	dir := writeFiles(t, map[string]string{"gw.toml": "a", "other": "x", "v2/gw.toml": "bb"})
 	path := filepath.Join(dir, "gw.toml")
-	w := &fileWatch{path: path, base: "gw.toml", last: fingerprintOf(path)}
+	w := newFileWatch(path, slog.New(slog.DiscardHandler))
 	ev := func(name string, op fsnotify.Op) fsnotify.Event {
 		return fsnotify.Event{Name: filepath.Join(dir, name), Op: op}
 	}

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -35,22 +36,19 @@ func (g *Gateway) handleAddService(w http.ResponseWriter, r *http.Request) {
 		adminapi.WriteErrors(w, http.StatusConflict, confErrors(err)...)
 		return
 	}
-	prev := g.apiStore.bodies
-	if err := g.apiStore.save(g.apiStore.with(svc.Name, body)); err != nil {
-		adminapi.WriteErrors(w, http.StatusInternalServerError, err)
-		return
-	}
-	d, err := g.applyLocked(g.running, api)
+	d, err := g.changeAPIServicesLocked(svc.Name, body, api)
 	if err != nil {
-		g.apiStore.save(prev)
-		status := http.StatusBadRequest
-		if errors.Is(err, catalog.ErrPinConflict) || errors.Is(err, catalog.ErrPoolExhausted) || errors.Is(err, catalog.ErrReserved) {
+		status := http.StatusInternalServerError // the store or the VIP state could not be saved
+		switch {
+		case errors.Is(err, errNotUndone): // 500 whatever the cause: the file keeps the change
+		case poolConflict(err):
 			status = http.StatusConflict
+		case errors.Is(err, ErrInvalidConfig):
+			status = http.StatusBadRequest
 		}
 		adminapi.WriteErrors(w, status, err)
 		return
 	}
-	g.apiServices = api
 	g.logDiff("service added through the API", d)
 	adminapi.WriteJSON(w, http.StatusCreated, g.describeService(g.tbl.Load().byName[svc.Name]))
 }
@@ -71,30 +69,65 @@ func (g *Gateway) handleDeleteService(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	api := slices.DeleteFunc(slices.Clone(g.apiServices), func(s catalog.Service) bool { return s.Name == name })
-	prev := g.apiStore.bodies
-	if err := g.apiStore.save(g.apiStore.with(name, nil)); err != nil {
+	d, err := g.changeAPIServicesLocked(name, nil, api)
+	if err != nil {
 		adminapi.WriteErrors(w, http.StatusInternalServerError, err)
 		return
+	}
+	g.logDiff("service deleted through the API", d)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// errNotUndone: a change through the API was saved, not applied, and could
+// not be taken out of the store's file again.
+var errNotUndone = errors.New("the change could not be undone")
+
+// changeAPIServicesLocked saves the API's services with name's body set
+// (nil: removed), then applies api, the services that makes. The store is
+// saved first so that nothing is served that the next start would not
+// serve; if applying fails the store is rolled back, and if the change is
+// still in its file after all the error matches errNotUndone. On any error
+// the running services are as they were. The caller holds reloadMu.
+func (g *Gateway) changeAPIServicesLocked(name string, body json.RawMessage, api []catalog.Service) (Diff, error) {
+	undo, err := g.apiStore.save(g.apiStore.with(name, body))
+	if err != nil {
+		return Diff{}, err
 	}
 	d, err := g.applyLocked(g.running, api)
 	if err != nil {
-		g.apiStore.save(prev)
-		adminapi.WriteErrors(w, http.StatusInternalServerError, err)
-		return
+		if uerr := undo(); uerr != nil {
+			g.log.Error("API services: a change that was not applied stays in the file", "service", name, "err", uerr)
+			return Diff{}, fmt.Errorf("%w (%w): %w", err, errNotUndone, uerr)
+		}
+		return Diff{}, err
 	}
 	g.apiServices = api
-	g.logDiff("service deleted through the API", d)
-	w.WriteHeader(http.StatusNoContent)
+	return d, nil
 }
 
 // handleReload serves POST /v1/reload.
 func (g *Gateway) handleReload(w http.ResponseWriter, r *http.Request) {
 	d, err := g.Reload()
-	if err != nil { // the file is at fault, not the request
-		adminapi.WriteErrors(w, http.StatusBadRequest, confErrors(err)...)
+	if err != nil {
+		adminapi.WriteErrors(w, reloadStatus(err), confErrors(err)...)
 		return
 	}
 	adminapi.WriteJSON(w, http.StatusOK, d)
+}
+
+// reloadStatus is the status of a failed reload: 400 when the configuration
+// is at fault (its author fixes it and reloads), 409 when there is no file
+// to reload, 500 when the gateway is (it could not read the file or save
+// its state; the log has the details). The running configuration stays in
+// every case.
+func reloadStatus(err error) int {
+	switch {
+	case errors.Is(err, ErrInvalidConfig):
+		return http.StatusBadRequest
+	case errors.Is(err, errNotFromFile):
+		return http.StatusConflict
+	}
+	return http.StatusInternalServerError
 }
 
 // handleCloseFlows serves DELETE /v1/flows?tenant=&service=&backend=: it

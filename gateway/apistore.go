@@ -22,9 +22,16 @@ const apiServicesFile = "api-services.json"
 // apiStore persists the bodies of the services added through the API. A
 // body is kept as it was posted and validated again at every start, by the
 // same code as the configuration file.
+//
+// A change is saved before it is applied, so that a service is never served
+// that the next start would not have; a change that cannot be saved, or
+// saved but not applied, leaves the store and its file as they were.
 type apiStore struct {
 	path   string
 	bodies map[string]json.RawMessage // by service name
+	saved  []byte                     // the file's content; nil while there is no file
+	// write is catalog.WriteFileAtomic; tests inject faults.
+	write func(path string, data []byte, perm os.FileMode) (replaced bool, err error)
 }
 
 type apiStoreFile struct {
@@ -37,7 +44,7 @@ func newAPIStore(stateDir string) *apiStore {
 	if stateDir != "" {
 		p = filepath.Join(stateDir, apiServicesFile)
 	}
-	return &apiStore{path: p, bodies: make(map[string]json.RawMessage)}
+	return &apiStore{path: p, bodies: make(map[string]json.RawMessage), write: catalog.WriteFileAtomic}
 }
 
 // load reads the stored services. One that no longer validates against the
@@ -61,6 +68,7 @@ func (s *apiStore) load(ctx conf.ServiceContext) ([]catalog.Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("API services %s: %w", s.path, err)
 	}
+	s.saved = data
 	var f apiStoreFile
 	if err := json.Unmarshal(data, &f); err != nil || f.Version != 1 {
 		return nil, fmt.Errorf("API services %s: not a version 1 file (%v); move it away to start without the services added through the API", s.path, err)
@@ -122,29 +130,93 @@ func (s *apiStore) with(name string, body json.RawMessage) map[string]json.RawMe
 	return m
 }
 
-// save writes bodies atomically and makes them the store's.
-func (s *apiStore) save(bodies map[string]json.RawMessage) error {
-	if s.path != "" {
-		names := make([]string, 0, len(bodies))
-		for n := range bodies {
-			names = append(names, n)
+// save writes bodies and makes them the store's. The file is replaced
+// atomically and durably (catalog.WriteFileAtomic syncs the temporary file
+// and the directory), so a crash leaves the old or the new file. undo makes
+// the store and its file what they were before, for a change that was saved
+// but could not be applied.
+//
+// On error the store is as it was, and so is the file: a write that failed
+// before its rename left it alone, and one whose rename happened but may
+// not survive a crash (the directory could not be synced) is undone by
+// putting the previous content back. Only if that fails too does the file
+// keep bodies; the error says so.
+func (s *apiStore) save(bodies map[string]json.RawMessage) (undo func() error, err error) {
+	prevBodies, prevSaved := s.bodies, s.saved
+	undo = func() error {
+		// Forgotten even if the file cannot be put back, so that the
+		// next save writes the file without the change.
+		s.bodies = prevBodies
+		if err := s.putBack(prevSaved); err != nil {
+			return fmt.Errorf("%w; %s keeps the change that was not applied until the next change through the API", err, s.path)
 		}
-		slices.Sort(names)
-		f := apiStoreFile{Version: 1, Services: make([]json.RawMessage, 0, len(names))}
-		for _, n := range names {
-			f.Services = append(f.Services, bodies[n])
+		return nil
+	}
+	if s.path == "" {
+		s.bodies = bodies
+		return undo, nil
+	}
+	data, err := encodeAPIServices(bodies)
+	if err != nil {
+		return nil, err
+	}
+	replaced, err := s.put(data)
+	if err != nil {
+		if replaced {
+			if uerr := s.putBack(prevSaved); uerr != nil {
+				return nil, fmt.Errorf("%w; putting the previous %s back failed too, so it holds the change until the next save: %w", err, s.path, uerr)
+			}
 		}
-		data, err := json.MarshalIndent(f, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.MkdirAll(filepath.Dir(s.path), 0o755); err != nil {
-			return fmt.Errorf("API services: %w", err)
-		}
-		if _, err := catalog.WriteFileAtomic(s.path, append(data, '\n'), 0o600); err != nil {
-			return fmt.Errorf("API services: %w", err)
-		}
+		return nil, err
 	}
 	s.bodies = bodies
+	return undo, nil
+}
+
+// put writes data as the file's content; s.saved follows the file.
+func (s *apiStore) put(data []byte) (replaced bool, err error) {
+	if err := os.MkdirAll(filepath.Dir(s.path), 0o755); err != nil {
+		return false, fmt.Errorf("API services: %w", err)
+	}
+	replaced, err = s.write(s.path, data, 0o600)
+	if replaced {
+		s.saved = data
+	}
+	if err != nil {
+		return replaced, fmt.Errorf("API services: %w", err)
+	}
+	return replaced, nil
+}
+
+// putBack makes prev the file's content again (nil, no file: a file without
+// services, which loads the same). It succeeds once prev is back, even if
+// that is no more durable than the write it undoes.
+func (s *apiStore) putBack(prev []byte) error {
+	if s.path == "" || (prev != nil && bytes.Equal(prev, s.saved)) {
+		return nil
+	}
+	if prev == nil {
+		var err error
+		if prev, err = encodeAPIServices(nil); err != nil {
+			return err
+		}
+	}
+	if replaced, err := s.put(prev); !replaced {
+		return err
+	}
 	return nil
+}
+
+// encodeAPIServices is the file's content for bodies, sorted by name.
+func encodeAPIServices(bodies map[string]json.RawMessage) ([]byte, error) {
+	names := slices.Sorted(maps.Keys(bodies))
+	f := apiStoreFile{Version: 1, Services: make([]json.RawMessage, 0, len(names))}
+	for _, n := range names {
+		f.Services = append(f.Services, bodies[n])
+	}
+	data, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(data, '\n'), nil
 }

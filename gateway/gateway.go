@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,8 +56,9 @@ type Gateway struct {
 	// reloadMu serialises changes of the service table: reloads and API
 	// additions and deletions.
 	reloadMu    sync.Mutex
-	running     *conf.Gateway     // the applied configuration
-	apiServices []catalog.Service // added through the API, persisted in the state directory
+	running     *conf.Gateway                // the applied configuration
+	readFile    func(string) ([]byte, error) // os.ReadFile; tests inject read faults
+	apiServices []catalog.Service            // added through the API, persisted in the state directory
 	apiStore    *apiStore
 
 	// states are the services' long-lived states by name (build.go); a
@@ -144,6 +146,7 @@ func New(cfg *conf.Gateway, opts Options, log *slog.Logger) (*Gateway, error) {
 		flows:      newFlowTable(),
 		limits:     newFlowLimits(),
 		echoTokens: make(chan struct{}, 256),
+		readFile:   os.ReadFile,
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.m = newMetrics(opts.Registry)

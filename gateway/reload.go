@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"reflect"
 	"slices"
 	"time"
@@ -37,6 +38,26 @@ func (d Diff) Empty() bool {
 // ErrReload wraps the errors of a reload that was not applied.
 var ErrReload = errors.New("reload not applied")
 
+// ErrInvalidConfig is matched (errors.Is) by the errors of a change that
+// the configuration causes, which its author can fix: a missing file, a
+// syntax error, a key or value that fails validation, a service defined both
+// in the file and through the API, a conflict with the VIP pool (a pin on a
+// held VIP, no room left). A failed reload that does not match it is the
+// gateway's own: the file exists but cannot be read, or the state cannot be
+// saved.
+var ErrInvalidConfig = errors.New("invalid configuration")
+
+// errNotFromFile: Reload of a gateway started from a configuration in
+// memory.
+var errNotFromFile = errors.New("the gateway was not started from a file")
+
+// invalidConfig marks an error as ErrInvalidConfig and leaves its text
+// alone.
+type invalidConfig struct{ error }
+
+func (e invalidConfig) Unwrap() error        { return e.error }
+func (e invalidConfig) Is(target error) bool { return target == ErrInvalidConfig }
+
 // Reload reads the configuration file again and applies it: it is parsed
 // and validated off to the side; on any error the running configuration
 // stays and every error is logged and returned. On success the difference
@@ -47,9 +68,9 @@ func (g *Gateway) Reload() (Diff, error) {
 	g.reloadMu.Lock()
 	defer g.reloadMu.Unlock()
 	if g.cfg.Path == "" {
-		return Diff{}, fmt.Errorf("%w: the gateway was not started from a file", ErrReload)
+		return Diff{}, fmt.Errorf("%w: %w", ErrReload, errNotFromFile)
 	}
-	next, err := conf.LoadGateway(g.cfg.Path)
+	next, err := g.loadConfig()
 	if err != nil {
 		return Diff{}, g.reloadFailed(err)
 	}
@@ -60,6 +81,26 @@ func (g *Gateway) Reload() (Diff, error) {
 	g.m.reloads.WithLabelValues("ok").Inc()
 	g.logDiff("reloaded", d)
 	return d, nil
+}
+
+// loadConfig reads and validates the configuration file. A missing file
+// and one that does not validate are ErrInvalidConfig; any other read error
+// (permission denied, an I/O error) is the gateway's.
+func (g *Gateway) loadConfig() (*conf.Gateway, error) {
+	data, err := g.readFile(g.cfg.Path)
+	if err != nil {
+		err = fmt.Errorf("read the configuration: %w", err)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, invalidConfig{err}
+		}
+		return nil, err
+	}
+	next, err := conf.ParseGateway(g.cfg.Path, data)
+	if err != nil {
+		return nil, invalidConfig{err}
+	}
+	next.Path = g.cfg.Path
+	return next, nil
 }
 
 func (g *Gateway) reloadFailed(err error) error {
@@ -85,16 +126,19 @@ func (g *Gateway) logDiff(msg string, d Diff) {
 // others are reported in RestartRequired. The caller holds reloadMu.
 func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, error) {
 	if err := g.apiStore.check(next.ServiceContext()); err != nil {
-		return Diff{}, err
+		return Diff{}, invalidConfig{err}
 	}
 	services, err := mergeServices(next.Services, api)
 	if err != nil {
-		return Diff{}, err
+		return Diff{}, invalidConfig{err}
 	}
 	old := g.tbl.Load()
 	t, err := g.buildTable(services, next.Tenants, next.Limits, next.DrainTimeout)
 	if err != nil {
 		g.reconcileStates(old) // the states the build made or took up
+		if poolConflict(err) {
+			err = invalidConfig{err}
+		}
 		return Diff{}, err
 	}
 	d := diffTables(old, t)
@@ -102,6 +146,13 @@ func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, 
 	g.swapTable(old, t)
 	g.running = liveSettings(g.running, next)
 	return d, nil
+}
+
+// poolConflict reports whether the VIP pool refused a change for what the
+// services ask of it (as opposed to failing to save its state).
+func poolConflict(err error) bool {
+	return errors.Is(err, catalog.ErrPinConflict) || errors.Is(err, catalog.ErrPoolExhausted) ||
+		errors.Is(err, catalog.ErrPinOutsidePool) || errors.Is(err, catalog.ErrReserved)
 }
 
 // swapTable installs t and lets what left old drain. The states of

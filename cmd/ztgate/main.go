@@ -27,6 +27,7 @@ func commands() []command {
 		{"agent", "run an agent: TUN routing the VIP pool into a QUIC tunnel, local DNS for the zone", runAgent},
 		{"check", "validate a configuration file of any role", runCheck},
 		{"status", "show services, VIPs, backend health and flows of a running gateway or relay", runStatus},
+		{"reload", "make a running gateway reload its configuration file and print what changed", runReload},
 		{"pki", "make a CA and the certificates of relays, gateways and agents", runPKI},
 		{"version", "print version, commit and Go version", runVersion},
 	}

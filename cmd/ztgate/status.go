@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -60,41 +59,22 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	client := &http.Client{Timeout: 5 * time.Second}
-	token := ""
-	if *tokenFile != "" {
-		b, err := os.ReadFile(*tokenFile)
-		if err != nil {
-			fmt.Fprintln(stderr, "ztgate status:", err)
-			return 1
-		}
-		token = strings.TrimSpace(string(b))
+	c, err := newAPIClient(*api, *tokenFile)
+	if err != nil {
+		fmt.Fprintln(stderr, "ztgate status:", err)
+		return 1
 	}
 	get := func(path string) ([]byte, error) {
-		req, err := http.NewRequest("GET", strings.TrimRight(*api, "/")+path, nil)
-		if err != nil {
+		code, body, err := c.do("GET", path)
+		switch {
+		case err != nil:
 			return nil, err
-		}
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return nil, err
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-		if err != nil {
-			return nil, err
-		}
-		switch resp.StatusCode {
-		case http.StatusUnauthorized:
+		case code == http.StatusUnauthorized:
 			return nil, fmt.Errorf("%s: %w", path, errUnauthorized)
-		case http.StatusNotFound:
+		case code == http.StatusNotFound:
 			return nil, fmt.Errorf("%s: %w", path, errNotFound)
-		}
-		if resp.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("%s: %s: %s", path, resp.Status, strings.TrimSpace(string(body)))
+		case code != http.StatusOK:
+			return nil, fmt.Errorf("%s: %d %s: %s", path, code, http.StatusText(code), strings.TrimSpace(string(body)))
 		}
 		return body, nil
 	}
@@ -105,15 +85,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		isAgent = err == nil
 	}
 	if err != nil {
-		var uerr interface{ Timeout() bool }
-		switch {
-		case errors.As(err, &uerr) || strings.Contains(err.Error(), "connection refused"):
-			fmt.Fprintf(stderr, "ztgate status: nothing answers at %s: is the gateway, relay or agent running, and is its [api] listen this address? (%v)\n", *api, err)
-		case errors.Is(err, errUnauthorized):
-			fmt.Fprintf(stderr, "ztgate status: %v: the API has a token_file; pass it with -token-file\n", err)
-		default:
-			fmt.Fprintln(stderr, "ztgate status:", err)
-		}
+		printAPIError(stderr, "status", *api, err)
 		return 1
 	}
 	if *asJSON {
@@ -139,12 +111,6 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	renderStatus(stdout, list.Services)
 	return 0
 }
-
-// errUnauthorized is a 401 from the API, errNotFound a 404.
-var (
-	errUnauthorized = errors.New("401 Unauthorized")
-	errNotFound     = errors.New("404 Not Found")
-)
 
 // renderStatus prints one line per service: a gateway's backends, or a
 // relay's gateways with their state (healthy, down or draining).
