@@ -97,7 +97,7 @@ func (g *Gateway) describeService(s *service) apiService {
 		Tenants:     s.spec.Tenants,
 		Balance:     s.spec.Balance.String(),
 		Source:      s.spec.Source,
-		ActiveFlows: s.st.flows.Load(),
+		ActiveFlows: max(0, s.st.flows.Load()), // a freed state's count is freedFlows
 		Backends:    []apiBackend{},
 	}
 	if as.Source == "" {

@@ -35,7 +35,10 @@ func (g *Gateway) handleDrain(w http.ResponseWriter, r *http.Request) {
 		adminapi.RejectBody(w, r, body, err)
 		return
 	}
-	g.drainBackends(svc.st, bs, deadline)
+	if !g.drainBackends(svc.st, bs, deadline) {
+		goneService(w, svc)
+		return
+	}
 	adminapi.WriteJSON(w, http.StatusOK, g.describeService(svc))
 }
 
@@ -46,8 +49,17 @@ func (g *Gateway) handleUndrain(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	g.undrainBackends(svc.st, bs)
+	if !g.undrainBackends(svc.st, bs) {
+		goneService(w, svc)
+		return
+	}
 	adminapi.WriteJSON(w, http.StatusOK, g.describeService(svc))
+}
+
+// goneService answers a request about a service that was removed (and its
+// state freed) while the request was being served.
+func goneService(w http.ResponseWriter, svc *service) {
+	adminapi.WriteErrors(w, http.StatusNotFound, fmt.Errorf("no service %q", svc.spec.Name))
 }
 
 // lookupBackends finds the service and its backends named in the path: an
@@ -110,12 +122,14 @@ func parseDrainDeadline(body []byte, query string) (time.Duration, error) {
 
 // drainBackends takes bs out of rotation. With a deadline, their flows
 // still open then are closed; a new drain replaces an earlier deadline.
-func (g *Gateway) drainBackends(st *serviceState, bs []*backend, deadline time.Duration) {
+// false: the state was freed (its service removed) or the gateway is
+// closing, and nothing was done.
+func (g *Gateway) drainBackends(st *serviceState, bs []*backend, deadline time.Duration) bool {
 	hc := &st.health
 	hc.mu.Lock()
 	defer hc.mu.Unlock()
 	if hc.closed { // its service was removed and the state freed meanwhile, or the gateway is closing
-		return
+		return false
 	}
 	clk := hc.clockOr(g)
 	for _, b := range bs {
@@ -133,15 +147,33 @@ func (g *Gateway) drainBackends(st *serviceState, bs []*backend, deadline time.D
 		g.setHealthGauge(st.name, b)
 		g.log.Info("backend draining", "service", st.name, "backend", b.addr, "deadline", deadline, "active_flows", b.active.Load())
 	}
+	return true
 }
 
-// undrainBackends puts bs back into rotation and cancels pending deadlines.
-func (g *Gateway) undrainBackends(st *serviceState, bs []*backend) {
+// rearmDrainLocked arms the deadline of a draining backend whose entry has
+// none: its service was removed, which stopped the timer, and added back
+// before its last flow ended, which kept the backend and its drain. A
+// deadline that passed meanwhile fires at once. The caller holds hc.mu.
+func (g *Gateway) rearmDrainLocked(st *serviceState, hc *healthChecks, e *healthEntry, b *backend) {
+	b.mu.Lock()
+	draining, until := b.draining, b.drainUntil
+	b.mu.Unlock()
+	if e.drain != nil || !draining || until.IsZero() || g.closing.Load() {
+		return
+	}
+	clk := hc.clockOr(g)
+	gen := e.drainGen
+	e.drain = clk.AfterFunc(max(0, until.Sub(clk.Now())), func() { g.drainDeadline(st, b, gen) })
+}
+
+// undrainBackends puts bs back into rotation and cancels pending deadlines;
+// false as drainBackends.
+func (g *Gateway) undrainBackends(st *serviceState, bs []*backend) bool {
 	hc := &st.health
 	hc.mu.Lock()
 	defer hc.mu.Unlock()
 	if hc.closed {
-		return
+		return false
 	}
 	for _, b := range bs {
 		if e := hc.entries[b]; e != nil {
@@ -156,6 +188,7 @@ func (g *Gateway) undrainBackends(st *serviceState, bs []*backend) {
 			g.log.Info("backend undrained", "service", st.name, "backend", b.addr)
 		}
 	}
+	return true
 }
 
 // drainDeadline closes the flows still bound to b when the drain deadline

@@ -208,3 +208,80 @@ func testFlow(g *Gateway, svc *service, b *backend) *flow {
 	g.flows.add(f)
 	return f
 }
+
+// TestDrainDeadlineKeptByAddBack: a service removed while a flow of it
+// runs keeps its state, its backends and their drains; added back before
+// that flow ends, a drained backend's deadline is armed again (the removal
+// stopped its timer) and still closes the backend's flows when it passes.
+func TestDrainDeadlineKeptByAddBack(t *testing.T) {
+	g, svc, clk, _ := drainGateway(t)
+	st := svc.st
+	b := st.backends.Load().list[0]
+	in := g.tbl.Load()
+	empty := &table{byName: map[string]*service{}, byVIP: map[netip.Addr]*service{}}
+	armed := func() bool {
+		st.health.mu.Lock()
+		defer st.health.mu.Unlock()
+		e := st.health.entries[b]
+		return e != nil && e.drain != nil
+	}
+	g.syncHealth()
+	g.drainBackends(st, []*backend{b}, 30*time.Second)
+	if !armed() {
+		t.Fatal("no deadline after the drain")
+	}
+	if reason := st.reserveFlow(0); reason != "" { // a flow of the service runs
+		t.Fatal(reason)
+	}
+	g.tbl.Store(empty) // removed
+	g.syncHealth()
+	g.reconcileStates(empty)
+	clk.Advance(10 * time.Second)
+	if g.state("web") != st { // added back
+		t.Fatal("the state of a service with a live flow was not taken up again")
+	}
+	g.tbl.Store(in)
+	g.syncHealth()
+	g.reconcileStates(in)
+	if !b.isDraining() || !armed() {
+		t.Fatalf("after the service came back: draining %v, deadline armed %v", b.isDraining(), armed())
+	}
+	clk.Advance(19 * time.Second)
+	if !armed() {
+		t.Fatal("the deadline fired early")
+	}
+	clk.Advance(2 * time.Second) // 31 s after the drain
+	if armed() {
+		t.Fatal("the deadline did not fire 30 s after the drain")
+	}
+}
+
+// TestDrainOfFreedState: a drain or undrain that found the service before
+// its removal freed the state answers 404, not 200, and the service's
+// description never shows the freed state's flow count.
+func TestDrainOfFreedState(t *testing.T) {
+	g, svc, _, _ := drainGateway(t)
+	bs := svc.st.backends.Load().list
+	g.reconcileStates(&table{byName: map[string]*service{}, byVIP: map[netip.Addr]*service{}}) // removed, no flows: freed
+	if n := g.describeService(svc).ActiveFlows; n != 0 {
+		t.Errorf("a freed service's active flows: %d", n)
+	}
+	if g.drainBackends(svc.st, bs, time.Second) || g.undrainBackends(svc.st, bs) {
+		t.Error("a drain of a freed state reported success")
+	}
+	for _, path := range []string{"drain", "undrain"} {
+		rec := httptest.NewRecorder()
+		r := httptest.NewRequest("POST", "/v1/services/web/backends/192.0.2.10/"+path, nil)
+		r.SetPathValue("name", "web")
+		r.SetPathValue("address", "192.0.2.10")
+		g.tbl.Store(&table{byName: map[string]*service{"web": svc}, byVIP: map[netip.Addr]*service{}}) // the table the handler read
+		if path == "drain" {
+			g.handleDrain(rec, r)
+		} else {
+			g.handleUndrain(rec, r)
+		}
+		if rec.Code != http.StatusNotFound {
+			t.Errorf("%s of a freed service: %d %s", path, rec.Code, rec.Body.String())
+		}
+	}
+}

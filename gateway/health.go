@@ -146,6 +146,7 @@ func (g *Gateway) syncChecks(st *serviceState, want []*backend, spec catalog.Hea
 	for _, b := range want {
 		b.track()
 		e := hc.entryLocked(b)
+		g.rearmDrainLocked(st, hc, e, b)
 		if e.synced && e.spec == spec {
 			continue
 		}

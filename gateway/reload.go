@@ -136,6 +136,7 @@ func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, 
 	t, err := g.buildTable(services, next.Tenants, next.Limits, next.DrainTimeout)
 	if err != nil {
 		g.reconcileStates(old) // the states the build made or took up
+		g.disc.sync(old)       // and the names it looked up
 		if poolConflict(err) {
 			err = invalidConfig{err}
 		}
