@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -18,9 +20,13 @@ type apiClient struct {
 	http  *http.Client
 }
 
+// apiTimeout bounds a command's request to the API.
+const apiTimeout = 5 * time.Second
+
 // newAPIClient reads the bearer token from tokenFile ("" : no token).
-func newAPIClient(base, tokenFile string) (*apiClient, error) {
-	c := &apiClient{base: strings.TrimRight(base, "/"), http: &http.Client{Timeout: 5 * time.Second}}
+// Requests time out after timeout.
+func newAPIClient(base, tokenFile string, timeout time.Duration) (*apiClient, error) {
+	c := &apiClient{base: strings.TrimRight(base, "/"), http: &http.Client{Timeout: timeout}}
 	if tokenFile != "" {
 		b, err := os.ReadFile(tokenFile)
 		if err != nil {
@@ -60,11 +66,15 @@ var (
 )
 
 // printAPIError says why a command's request to the API at api failed, with
-// the likely fix.
+// the likely fix. A request that timed out may still have been carried
+// out: the API did not answer in time, which says nothing about whether it
+// runs.
 func printAPIError(w io.Writer, cmd, api string, err error) {
-	var uerr interface{ Timeout() bool }
+	var nerr net.Error
 	switch {
-	case errors.As(err, &uerr) || strings.Contains(err.Error(), "connection refused"):
+	case errors.As(err, &nerr) && nerr.Timeout():
+		fmt.Fprintf(w, "ztgate %s: no answer from %s in time; what was asked may still have been done (look at its log or `ztgate status`): %v\n", cmd, api, err)
+	case errors.Is(err, syscall.ECONNREFUSED):
 		fmt.Fprintf(w, "ztgate %s: nothing answers at %s: is the gateway, relay or agent running, and is its [api] listen this address? (%v)\n", cmd, api, err)
 	case errors.Is(err, errUnauthorized):
 		fmt.Fprintf(w, "ztgate %s: %v: the API has a token_file; pass it with -token-file\n", cmd, err)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/ztgate/ztgate/gateway"
 )
@@ -17,14 +18,17 @@ func runReload(args []string, stdout, stderr io.Writer) int {
 	api := fs.String("api", "http://127.0.0.1:7780", "admin API `URL` of the gateway")
 	asJSON := fs.Bool("json", false, "print the API's JSON answer instead of text")
 	tokenFile := fs.String("token-file", "", "`file` with the API's bearer token")
+	// A reload looks up new backends' names (up to 2 s each) and waits for
+	// a change through the API in progress.
+	timeout := fs.Duration("timeout", time.Minute, "how long to wait for the gateway's answer")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: ztgate reload [-api URL] [-token-file FILE] [-json]\n\nMakes a running gateway reload its configuration file (POST /v1/reload) and prints what changed,\nor why nothing did: exits 1 when the configuration is invalid or the gateway failed, 0 when it reloaded.")
+		fmt.Fprintln(stderr, "usage: ztgate reload [-api URL] [-token-file FILE] [-timeout D] [-json]\n\nMakes a running gateway reload its configuration file (POST /v1/reload) and prints what changed,\nor why nothing did: exits 1 when the configuration is invalid or the gateway failed, 0 when it reloaded.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	c, err := newAPIClient(*api, *tokenFile)
+	c, err := newAPIClient(*api, *tokenFile, *timeout)
 	if err != nil {
 		fmt.Fprintln(stderr, "ztgate reload:", err)
 		return 1

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestReload: `ztgate reload` prints what a reload changed, and tells an
@@ -69,6 +70,23 @@ func TestReload(t *testing.T) {
 			}
 		})
 	}
+	t.Run("a slow reload is waited for", func(t *testing.T) {
+		// New backends' names are looked up during the reload (up to 2 s
+		// each): an answer after status's 5 s still counts.
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			time.Sleep(300 * time.Millisecond)
+			w.Write([]byte(`{"added": ["a"], "removed": [], "changed": [], "restart_required": []}`))
+		}))
+		defer srv.Close()
+		var stdout, stderr bytes.Buffer
+		if code := run([]string{"reload", "-api", srv.URL, "-timeout", "2s"}, &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "added: a") {
+			t.Fatalf("exit %d\nstdout %s\nstderr %s", code, stdout.String(), stderr.String())
+		}
+		if code := run([]string{"reload", "-api", srv.URL, "-timeout", "100ms"}, &stdout, &stderr); code != 1 ||
+			!strings.Contains(stderr.String(), "may still have been done") || strings.Contains(stderr.String(), "nothing answers") {
+			t.Fatalf("a timeout: exit %d, stderr %s", code, stderr.String())
+		}
+	})
 	t.Run("nothing answers", func(t *testing.T) {
 		var stdout, stderr bytes.Buffer
 		if code := run([]string{"reload", "-api", "http://" + closedPort(t)}, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "nothing answers at") {

@@ -59,7 +59,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	c, err := newAPIClient(*api, *tokenFile)
+	c, err := newAPIClient(*api, *tokenFile, apiTimeout)
 	if err != nil {
 		fmt.Fprintln(stderr, "ztgate status:", err)
 		return 1
