@@ -123,9 +123,12 @@ func processLives(pid int) bool {
 var staleNS = regexp.MustCompile(`^ztg([0-9]+)\.[0-9]+-`)
 
 // sweepStale deletes the namespaces a killed test binary left: ours by
-// name, whose owner process is gone. The processes in them died with the
-// binary (Pdeathsig); their veth pairs go with the namespaces. A
-// namespace whose PID is alive again (reused) is left alone.
+// name, whose owner process is gone and in which no process runs. The
+// processes in them died with the binary (Pdeathsig); their veth pairs go
+// with the namespaces. A namespace whose PID is alive again (reused) is
+// left alone, and so is one with a process in it: a run in another PID
+// namespace sharing /run/netns (a container) would look dead from here.
+// Our own PID was another process's (this run has made no namespace yet).
 func sweepStale(t testing.TB) {
 	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
@@ -138,7 +141,10 @@ func sweepStale(t testing.TB) {
 			continue
 		}
 		pid, err := strconv.Atoi(m[1])
-		if err != nil || pid == os.Getpid() || processLives(pid) {
+		if err != nil || processLives(pid) {
+			continue
+		}
+		if pids, err := exec.Command("ip", "netns", "pids", name).Output(); err != nil || len(bytes.TrimSpace(pids)) > 0 {
 			continue
 		}
 		if err := exec.Command("ip", "netns", "del", name).Run(); err == nil {
@@ -339,7 +345,8 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() error) {
 }
 
 // TestSweepStale: a namespace of ours whose test process is gone is
-// deleted; one whose process lives, and any other namespace, are not.
+// deleted; one whose test process lives, one with a process in it, and
+// any other namespace are not.
 func TestSweepStale(t *testing.T) {
 	requireRoot(t)
 	dead := exec.Command("true")
@@ -349,11 +356,29 @@ func TestSweepStale(t *testing.T) {
 	gone := fmt.Sprintf("ztg%d.1-left", dead.Process.Pid)
 	alive := fmt.Sprintf("ztg%d.1-kept", os.Getppid()) // the go command
 	other := fmt.Sprintf("ztgx%d-other", os.Getpid())
-	for _, ns := range []string{gone, alive, other} {
+	busy := fmt.Sprintf("ztg%d.2-busy", dead.Process.Pid) // as another PID namespace's run looks
+	for _, ns := range []string{gone, alive, other, busy} {
 		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 			t.Fatalf("ip netns add %s: %v: %s", ns, err, out)
 		}
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	}
+	sleeper := exec.Command("ip", "netns", "exec", busy, "sleep", "30")
+	sleeper.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		sleeper.Process.Kill()
+		sleeper.Wait()
+	}()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if out, _ := exec.Command("ip", "netns", "pids", busy).Output(); len(bytes.TrimSpace(out)) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the process in the busy namespace did not start")
+		}
 	}
 	sweepStale(t)
 	out, err := exec.Command("ip", "netns", "list").Output()
@@ -365,7 +390,7 @@ func TestSweepStale(t *testing.T) {
 		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
 		have[name] = true
 	}
-	if have[gone] || !have[alive] || !have[other] {
-		t.Errorf("after the sweep: %s %v (want gone), %s %v, %s %v (want kept)", gone, have[gone], alive, have[alive], other, have[other])
+	if have[gone] || !have[alive] || !have[other] || !have[busy] {
+		t.Errorf("after the sweep: %s %v (want gone), %s %v, %s %v, %s %v (want kept)", gone, have[gone], alive, have[alive], other, have[other], busy, have[busy])
 	}
 }
