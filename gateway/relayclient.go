@@ -318,7 +318,7 @@ func (rs *relaySession) holdLocked(tag uint32, pkt []byte) {
 		rs.g.m.tunnelDrop("unknown_tag")
 		return
 	}
-	p.pkts = append(p.pkts, pkt)
+	p.pkts = append(p.pkts, slices.Clone(pkt)) // pkt's buffer is the session's again once delivered
 }
 
 // sweepLocked removes the expired pending tags.

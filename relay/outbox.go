@@ -23,11 +23,13 @@ type outbox struct {
 }
 
 // outItem is one queued datagram. pooled is b's buffer when it came from
-// outboxPool, which takes it back once it is sent or dropped; nil for a
-// slice the outbox was handed.
+// outboxPool, which takes it back once it is sent or dropped; received is
+// the datagram b is part of when the outbox was handed a slice of one,
+// given back to the tunnel then.
 type outItem struct {
-	b      []byte
-	pooled *[]byte
+	b        []byte
+	pooled   *[]byte
+	received []byte
 }
 
 var outboxPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
@@ -39,10 +41,11 @@ func newOutbox(s *tunnel.Session) *outbox {
 	return o
 }
 
-// send queues b without copying it: b becomes the outbox's, and the caller
-// must not write to it again. It reports false when the queue is full or
-// the outbox closed.
-func (o *outbox) send(b []byte) bool { return o.queue(outItem{b: b}) }
+// send queues b, a slice of the datagram received, without copying it:
+// received becomes the outbox's, which releases it (tunnel.ReleaseDatagram)
+// once b is sent or dropped, and the caller must not use it again. It
+// reports false when the queue is full or the outbox closed.
+func (o *outbox) send(b, received []byte) bool { return o.queue(outItem{b: b, received: received}) }
 
 // sendTagged builds the 0x30 datagram of packet under tag id for service
 // in a pooled buffer and queues it (quic-go makes the only other copy). It
@@ -70,10 +73,14 @@ func (o *outbox) queue(it outItem) bool {
 	return false
 }
 
-// release returns a pooled buffer to the pool.
+// release returns a pooled buffer to the pool, a received datagram to the
+// tunnel.
 func (it outItem) release() {
 	if it.pooled != nil {
 		outboxPool.Put(it.pooled)
+	}
+	if it.received != nil {
+		tunnel.ReleaseDatagram(it.received)
 	}
 }
 

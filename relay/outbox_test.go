@@ -26,7 +26,7 @@ func TestOutboxQueue(t *testing.T) {
 	}
 	it.release()
 
-	if !o.send(packet) {
+	if !o.send(packet, nil) {
 		t.Fatal("send refused with room in the queue")
 	}
 	it = <-o.ch
@@ -37,9 +37,9 @@ func TestOutboxQueue(t *testing.T) {
 	if o.sendTagged(7, "", packet) {
 		t.Error("sendTagged queued a datagram for an empty service id")
 	}
-	o.send(packet)
-	o.send(packet)
-	if o.send(packet) || o.sendTagged(7, "echo", packet) {
+	o.send(packet, nil)
+	o.send(packet, nil)
+	if o.send(packet, nil) || o.sendTagged(7, "echo", packet) {
 		t.Error("the outbox took a datagram over its bound")
 	}
 }

@@ -180,21 +180,29 @@ func (r *Relay) pinInner(a *agent, inner netip.Addr) {
 // if the tag belongs to this gateway and the packet is an IP packet from a
 // VIP of the tag's service (a gateway speaks only for the services it
 // serves) to the agent's inner address. b becomes the relay's: the packet in it is
-// queued to the agent without a copy.
+// queued to the agent without a copy, and b is released once it is sent or
+// dropped.
 func (r *Relay) fromGateway(g *gateway, b []byte) {
+	if !r.forwardFromGateway(g, b) {
+		tunnel.ReleaseDatagram(b)
+	}
+}
+
+// forwardFromGateway is fromGateway; true when b was queued to the agent.
+func (r *Relay) forwardFromGateway(g *gateway, b []byte) bool {
 	id, packet, err := tunnel.ParseTagReturn(b)
 	switch {
 	case tunnel.Kind(b) != tunnel.TypeTagReturn:
 		r.m.dropFromGateway(dropUnexpected)
-		return
+		return false
 	case err != nil:
 		r.m.dropFromGateway(dropMalformed)
-		return
+		return false
 	}
 	src, dst, ok := ipAddrs(packet)
 	if !ok {
 		r.m.dropFromGateway(dropNotIP)
-		return
+		return false
 	}
 	r.mu.RLock()
 	t := r.tags[id]
@@ -206,20 +214,21 @@ func (r *Relay) fromGateway(g *gateway, b []byte) {
 	switch {
 	case t == nil:
 		r.m.dropFromGateway(dropUnknownTag)
-		return
+		return false
 	case t.gw != g:
 		r.m.dropFromGateway(dropForeignTag)
-		return
+		return false
 	case dst != inner:
 		r.m.dropFromGateway(dropWrongDestination)
-		return
+		return false
 	case !src.IsValid() || (src != t.vip && src != t.vip6):
 		r.m.dropFromGateway(dropWrongSource)
-		return
+		return false
 	}
-	if !t.agent.out.send(packet) {
+	if !t.agent.out.send(packet, b) { // the outbox released b
 		r.m.dropFromGateway(dropSendFailed)
-		return
+		return true
 	}
 	r.m.toAgent.Inc()
+	return true
 }

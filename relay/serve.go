@@ -90,11 +90,11 @@ func (r *Relay) serveAgent(p peer) {
 	r.addAgent(a)
 	defer r.removeAgent(a)
 	if !v2 {
-		r.datagrams(p.s, func(b []byte) { r.fromAgent(a, b) })
+		r.datagrams(p.s, func(b []byte) { r.fromAgent(a, b); tunnel.ReleaseDatagram(b) })
 		return
 	}
 	var wg sync.WaitGroup
-	wg.Go(func() { r.datagrams(p.s, func(b []byte) { r.fromAgent(a, b) }) })
+	wg.Go(func() { r.datagrams(p.s, func(b []byte) { r.fromAgent(a, b); tunnel.ReleaseDatagram(b) }) })
 	wg.Go(func() { r.pushDirectory(a) })
 	r.controlLoop(p.s, func(typ string, msg any) error {
 		switch m := msg.(type) {
@@ -146,8 +146,8 @@ func packetBound(own int, gateways []int) int {
 }
 
 // datagrams hands every datagram of a session to handle until it ends.
-// Each datagram is handle's to keep (ReceiveDatagram's slice is the
-// caller's).
+// Each datagram is handle's, to release (tunnel.ReleaseDatagram) once it
+// is done with it, or to keep.
 func (r *Relay) datagrams(s *tunnel.Session, handle func([]byte)) {
 	for {
 		b, err := s.ReceiveDatagram(r.ctx)

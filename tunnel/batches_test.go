@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"encoding/binary"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -71,5 +72,65 @@ func TestReceiveBatches(t *testing.T) {
 	}
 	if total != n {
 		t.Errorf("runs add up to %d datagrams, want %d: end not called after each run", total, n)
+	}
+}
+
+// TestReceiveBatchesAllocs: ReceiveBatches gives every datagram's buffer
+// back once each returns, so receiving allocates nothing per datagram
+// (see TestReceivedDatagramAllocs for what is left).
+// Each datagram's content is checked while each has it: a buffer given
+// back too early would show another datagram's.
+func TestReceiveBatchesAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates for itself; make test-unit runs this without it")
+	}
+	sf := newSessionFixture(t, false)
+	client, server := sf.connect(sf.dialConfig(sf.agentCreds()))
+	const n = 2000
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type result struct{ got, wrong int }
+	counts := make(chan result, 1)
+	var r result
+	go func() {
+		server.ReceiveBatches(ctx, func(b []byte) {
+			if Kind(b) != TypeIP {
+				return
+			}
+			r.got++
+			if id := binary.BigEndian.Uint16(b[4:6]); len(b) != 1000 || b[999] != byte(id) {
+				r.wrong++
+			}
+		}, func() {})
+		counts <- r
+	}()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range n {
+		p := ip4Packet(1000, 7)
+		binary.BigEndian.PutUint16(p[4:6], uint16(i))
+		p[999] = byte(i)
+		if err := client.SendDatagram(p); err != nil {
+			t.Fatal(err)
+		}
+		if i%20 == 19 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	runtime.ReadMemStats(&after)
+	cancel()
+	r = <-counts
+	if r.got < n*9/10 || r.wrong > 0 {
+		t.Fatalf("%d of %d datagrams arrived, %d of them not as sent", r.got, n, r.wrong)
+	}
+	// The small change of packets and acknowledgements (the sender's copy
+	// is pooled too): 0.39 times the packet per datagram when this was
+	// written, 1.84 times with a buffer per received datagram.
+	per := float64(after.TotalAlloc-before.TotalAlloc) / float64(r.got)
+	t.Logf("%.0f bytes allocated per datagram of 1000 bytes (%.2f×)", per, per/1000)
+	if per > 1000 {
+		t.Fatalf("%.0f bytes allocated per datagram of 1000 bytes: ReceiveBatches does not give buffers back", per)
 	}
 }

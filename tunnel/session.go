@@ -174,8 +174,9 @@ func (s *Session) SendDatagram(b []byte) error {
 }
 
 // ReceiveDatagram returns the next DATAGRAM payload, whatever its type
-// (QAD included). The slice is the caller's. It fails when ctx is done or
-// the session has ended. A ztna-v2 data datagram comes without its padding.
+// (QAD included). The slice is the caller's; ReleaseDatagram gives it back
+// once the caller is done with it. It fails when ctx is done or the
+// session has ended. A ztna-v2 data datagram comes without its padding.
 func (s *Session) ReceiveDatagram(ctx context.Context) ([]byte, error) {
 	b, err := s.conn.ReceiveDatagram(ctx)
 	if err != nil {

@@ -3156,7 +3156,7 @@ func (c *Conn) SendDatagram(p []byte) error {
 	if protocol.ByteCount(len(p)) > maxDataLen {
 		return &DatagramTooLargeError{MaxDatagramPayloadSize: int64(maxDataLen)}
 	}
-	f.Data = make([]byte, len(p))
+	f.Data = wire.GetDatagramBuffer(len(p)) // ztgate: pooled, back once packed (packet_packer.go)
 	copy(f.Data, p)
 	return c.datagramQueue.Add(f)
 }
@@ -3168,6 +3168,28 @@ func (c *Conn) ReceiveDatagram(ctx context.Context) ([]byte, error) {
 	}
 	return c.datagramQueue.Receive(ctx)
 }
+
+// ReceiveDatagrams (ztgate) is ReceiveDatagram for a run of datagrams: it
+// appends to dst the datagrams received and not read yet, at most max of
+// them (at least one: it waits for one when none is waiting), and returns
+// dst. Each datagram is the caller's, as ReceiveDatagram's; one that the
+// caller is done with may be given back with ReleaseDatagram.
+func (c *Conn) ReceiveDatagrams(ctx context.Context, dst [][]byte, max int) ([][]byte, error) {
+	if !c.config.EnableDatagrams {
+		return dst, errors.New("datagram support disabled")
+	}
+	if max < 1 {
+		return dst, errors.New("ReceiveDatagrams: max must be at least 1")
+	}
+	return c.datagramQueue.ReceiveBatch(ctx, dst, max)
+}
+
+// ReleaseDatagram (ztgate) gives a datagram that ReceiveDatagram or
+// ReceiveDatagrams returned back to quic-go, to hold a datagram received
+// later: the caller must not use b, or any slice of it, afterwards. A slice
+// that quic-go did not hand out is ignored, and a datagram that is never
+// released is collected as any other garbage.
+func ReleaseDatagram(b []byte) { wire.PutDatagramBuffer(b) }
 
 // LocalAddr returns the local address of the QUIC connection.
 func (c *Conn) LocalAddr() net.Addr { return c.conn.LocalAddr() }

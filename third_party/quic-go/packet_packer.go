@@ -1072,6 +1072,17 @@ func (p *packetPacker) appendPacketPayload(raw []byte, pl payload, paddingLen pr
 	if payloadSize := protocol.ByteCount(len(raw)-payloadOffset) - paddingLen; payloadSize != pl.length {
 		return nil, fmt.Errorf("PacketPacker BUG: payload size inconsistent (expected %d, got %d bytes)", pl.length, payloadSize)
 	}
+	// ztgate: a DATAGRAM frame is never retransmitted, and nothing reads its
+	// payload once it is in the packet: its buffer goes back to the pool
+	// SendDatagram took it from (internal/wire/datagram_pool.go).
+	if pl.numDatagramFrames > 0 {
+		for _, f := range pl.frames[len(pl.frames)-pl.numDatagramFrames:] {
+			if df, ok := f.Frame.(*wire.DatagramFrame); ok {
+				wire.PutDatagramBuffer(df.Data)
+				df.Data = df.Data[:len(df.Data):len(df.Data)] // its length stays for logging; no longer a pooled buffer's
+			}
+		}
+	}
 	return raw, nil
 }
 

@@ -39,7 +39,7 @@ func parseDatagramFrame(b []byte, typ FrameType, _ protocol.Version) (*DatagramF
 	} else {
 		length = uint64(len(b))
 	}
-	f.Data = make([]byte, length)
+	f.Data = GetDatagramBuffer(int(length)) // ztgate: pooled (datagram_pool.go)
 	copy(f.Data, b)
 	return f, startLen - len(b) + int(length), nil
 }

@@ -1,0 +1,39 @@
+package wire
+
+import (
+	"sync"
+
+	"github.com/quic-go/quic-go/internal/protocol"
+)
+
+// ztgate: the payloads of DATAGRAM frames come from a pool, so that a tunnel
+// that carries every packet in a DATAGRAM does not allocate one buffer per
+// packet for the garbage collector to find. A sent frame's payload goes back
+// once the frame is in its packet (DATAGRAM frames are never retransmitted);
+// a received one when the application is done with it and says so
+// (quic.ReleaseDatagram). A payload that is never given back is collected as
+// before.
+
+// datagramBufferSize is the capacity of a pooled payload: no DATAGRAM frame
+// of a received packet is longer.
+const datagramBufferSize = protocol.MaxPacketBufferSize
+
+var datagramBuffers = sync.Pool{New: func() any { return new([datagramBufferSize]byte) }}
+
+// GetDatagramBuffer returns a buffer of n bytes: a pooled one when n fits.
+func GetDatagramBuffer(n int) []byte {
+	if n > datagramBufferSize {
+		return make([]byte, n)
+	}
+	return datagramBuffers.Get().(*[datagramBufferSize]byte)[:n]
+}
+
+// PutDatagramBuffer gives a payload that GetDatagramBuffer returned back to
+// the pool; any other slice (one whose capacity is not a pooled buffer's,
+// or that does not start at a buffer's start) is left alone.
+func PutDatagramBuffer(b []byte) {
+	if cap(b) != datagramBufferSize {
+		return
+	}
+	datagramBuffers.Put((*[datagramBufferSize]byte)(b[:datagramBufferSize]))
+}
