@@ -4,12 +4,15 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ztgate/ztgate/netstack"
+	"github.com/ztgate/ztgate/netstack/netstacktest"
 )
 
 // sinkHandler accepts every TCP flow and hashes what arrives.
@@ -70,5 +73,62 @@ func TestBatchMergesSegments(t *testing.T) {
 	}
 	if malformed != 0 {
 		t.Errorf("%d packets malformed", malformed)
+	}
+}
+
+// countingSink is a sinkHandler that counts the flows it is offered.
+type countingSink struct {
+	sinkHandler
+	seen atomic.Int32
+}
+
+func (h *countingSink) HandleTCP(req *netstack.TCPRequest) {
+	h.seen.Add(1)
+	h.sinkHandler.HandleTCP(req)
+}
+
+// TestChecksumsTrusted: a link whose transport authenticates its packets
+// (ChecksumsTrusted) takes their checksums as valid: a SYN with a wrong
+// TCP checksum reaches the handler, and an upload through GRO arrives
+// intact without its merged segments' checksums recomputed. Any other link
+// drops the bad SYN, as gVisor does.
+func TestChecksumsTrusted(t *testing.T) {
+	for _, trusted := range []bool{false, true} {
+		t.Run(fmt.Sprintf("trusted=%v", trusted), func(t *testing.T) {
+			h := &countingSink{sinkHandler: sinkHandler{sums: make(chan [32]byte, 2)}}
+			f := newLinkFixture(t, h, func(c *netstack.LinkConfig) { c.ChecksumsTrusted = trusted })
+			syn := netstacktest.TCPSegment(netip.AddrPortFrom(clientAddr, 40000), netip.MustParseAddrPort("10.100.0.7:80"), 0x02, 1, nil)
+			syn[len(syn)-4] ^= 0xff // the TCP checksum (20-byte header, no payload)
+			f.link.Deliver(syn)
+			deadline := time.Now().Add(2 * time.Second)
+			for h.seen.Load() == 0 && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if got := h.seen.Load() == 1; got != trusted {
+				t.Fatalf("a SYN with a wrong checksum reached the handler: %v, want %v", got, trusted)
+			}
+
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			data := make([]byte, 1<<20)
+			rand.Read(data)
+			c, err := f.client.DialTCP(ctx, clientAddr, netip.MustParseAddrPort("10.100.0.7:80"))
+			if err != nil {
+				t.Fatalf("dial: %v", err)
+			}
+			c.Write(data)
+			c.Close()
+			for {
+				select {
+				case got := <-h.sums:
+					if got == sha256.Sum256(data) {
+						return
+					}
+					// the bad SYN's flow, ended
+				case <-ctx.Done():
+					t.Fatal("upload did not complete intact")
+				}
+			}
+		})
 	}
 }

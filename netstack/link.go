@@ -60,6 +60,13 @@ type LinkConfig struct {
 	// QueueLen bounds the outbound packets waiting for Output (default 4096);
 	// beyond it packets are dropped (TCP retransmits).
 	QueueLen int
+	// ChecksumsTrusted: the link's transport authenticates every packet
+	// (the tunnel's QUIC, whose AEAD a corrupted packet does not pass), so
+	// the stack takes IP, TCP, UDP and ICMP checksums as valid instead of
+	// computing them again, and segments merged by GRO keep the checksums
+	// they had. A sender that sends a wrong checksum only has its own bytes
+	// taken as it sent them.
+	ChecksumsTrusted bool
 	// Async makes the link's writer goroutine write everything, for an
 	// Output that may block (a QUIC datagram queue): the stack's goroutines
 	// then never wait for it. Default: a packet sent while the link is idle
@@ -236,6 +243,7 @@ func (l *Link) admit(pkt []byte) (*stack.PacketBuffer, tcpip.NetworkProtocolNumb
 		return nil, 0, nil
 	}
 	pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
+	pkb.RXChecksumValidated = l.cfg.ChecksumsTrusted
 	proto := ipv4.ProtocolNumber
 	if h.v6 {
 		proto = ipv6.ProtocolNumber
@@ -258,7 +266,7 @@ type Batch struct {
 
 // NewBatch returns a batch delivering to l.
 func (l *Link) NewBatch() *Batch {
-	b := &Batch{l: l}
+	b := &Batch{l: l, fixer: mergedFixer{trusted: l.cfg.ChecksumsTrusted}}
 	b.gro.Init(true)
 	b.gro.Dispatcher = &b.fixer
 	return b
@@ -298,18 +306,20 @@ func (b *Batch) Flush() {
 // mergedFixer sits between gVisor's GRO and the link's NIC. GRO validates
 // the checksums of the segments it merges and updates the merged packet's
 // IP total length, expecting a link with receive checksum offload that has
-// gVisor skip checksums altogether. This link keeps gVisor checking them
-// (it declares no offload), so a merged packet gets its IPv4 header and
-// TCP checksums computed again here before the stack checks them.
+// gVisor skip checksums altogether. A link keeps gVisor checking them (it
+// declares no offload) unless its checksums are trusted, so a merged
+// packet gets its IPv4 header and TCP checksums computed again here before
+// the stack checks them; on a trusted link nothing checks them.
 type mergedFixer struct {
-	next stack.NetworkDispatcher
+	next    stack.NetworkDispatcher
+	trusted bool // the link's checksums are trusted: the stack checks none, nothing to fix
 }
 
 // DeliverNetworkPacket implements stack.NetworkDispatcher.
 func (f *mergedFixer) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
 	// A packet GRO validated whose header checksum no longer holds is one
 	// GRO grew; any other packet goes on as it came.
-	if pkt.RXChecksumValidated {
+	if pkt.RXChecksumValidated && !f.trusted {
 		if hdr, ok := pkt.Data().PullUp(header.IPv4MinimumSize); ok && !header.IPv4(hdr).IsChecksumValid() {
 			fixMerged(pkt)
 		}
@@ -587,7 +597,15 @@ func (e *endpoint) SetLinkAddress(tcpip.LinkAddress) {}
 
 // Capabilities implements stack.LinkEndpoint. gVisor computes and verifies
 // every checksum: packets from a TUN may come from hostile LAN hosts.
-func (e *endpoint) Capabilities() stack.LinkEndpointCapabilities { return stack.CapabilityNone }
+func (e *endpoint) Capabilities() stack.LinkEndpointCapabilities {
+	if e.l.cfg.ChecksumsTrusted {
+		// gVisor's NIC marks every inbound packet checksum-validated, as it
+		// would behind a device that verified them (admit marks them for
+		// GRO, which runs before the NIC).
+		return stack.CapabilityRXChecksumOffload
+	}
+	return stack.CapabilityNone
+}
 
 var _ stack.GSOEndpoint = (*endpoint)(nil)
 

@@ -88,6 +88,13 @@ var (
 // the stack's configuration.
 func newFixture(t *testing.T, h netstack.Handler, opts ...func(*netstack.Config)) *fixture {
 	t.Helper()
+	return newLinkFixture(t, h, nil, opts...)
+}
+
+// newLinkFixture is newFixture with the link's configuration changed by
+// link (when not nil).
+func newLinkFixture(t *testing.T, h netstack.Handler, link func(*netstack.LinkConfig), opts ...func(*netstack.Config)) *fixture {
+	t.Helper()
 	f := &fixture{}
 	cfg := netstack.Config{
 		Pools:   []netip.Prefix{netip.MustParsePrefix("10.100.0.0/24")},
@@ -106,17 +113,21 @@ func newFixture(t *testing.T, h netstack.Handler, opts ...func(*netstack.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	link, err := ns.AttachDevice(client, netstack.LinkConfig{
+	lc := netstack.LinkConfig{
 		Name:  "test",
 		Admit: func(src netip.Addr) bool { return src != strangerIP },
-	})
+	}
+	if link != nil {
+		link(&lc)
+	}
+	l, err := ns.AttachDevice(client, lc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.ns, f.client, f.link = ns, client, link
+	f.ns, f.client, f.link = ns, client, l
 	t.Cleanup(func() {
 		client.Close()
-		link.Close()
+		l.Close()
 		ns.Close()
 	})
 	return f
