@@ -213,6 +213,10 @@ func (l *Link) admit(pkt []byte) (*stack.PacketBuffer, tcpip.NetworkProtocolNumb
 		ns.drop(DropMalformed)
 		return nil, 0, nil
 	}
+	// Bytes past the IP packet's length are no part of it: gVisor's IP
+	// layer cuts them off, but GRO, which runs first, would take them for
+	// TCP payload of a link whose checksums it does not check.
+	pkt = pkt[:h.hdrLen+len(h.l4)]
 	if l.cfg.Admit != nil && !l.cfg.Admit(h.src) {
 		ns.drop(DropUnknownSource)
 		return nil, 0, nil
