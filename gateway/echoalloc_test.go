@@ -34,7 +34,7 @@ func (d *nullDevice) BatchSize() int                { return 16 }
 // without allocating, so that a flood of them costs the gateway no garbage. (An admitted ping
 // allocates: the backend is pinged in a goroutine of its own.)
 func TestRefusedEchoNoAllocs(t *testing.T) {
-	if raceEnabled {
+	if raceBuild {
 		t.Skip("the race detector drops pooled objects at random")
 	}
 	gw := startEchoGateway(t)

@@ -62,9 +62,10 @@ type LinkConfig struct {
 	QueueLen int
 	// ChecksumsTrusted: the link's transport authenticates every packet
 	// (the tunnel's QUIC, whose AEAD a corrupted packet does not pass), so
-	// the stack takes IP, TCP, UDP and ICMP checksums as valid instead of
-	// computing them again, and segments merged by GRO keep the checksums
-	// they had. A sender that sends a wrong checksum only has its own bytes
+	// the stack takes IP, TCP and UDP checksums as valid instead of
+	// computing them again (gVisor still checks ICMPv4's, the UDP fast
+	// path its own), and segments merged by GRO keep the checksums they
+	// had. A sender that sends a wrong checksum only has its own bytes
 	// taken as it sent them.
 	ChecksumsTrusted bool
 	// Async makes the link's writer goroutine write everything, for an

@@ -50,8 +50,10 @@ func (s *Session) ReceiveBatches(ctx context.Context, each func([]byte), end fun
 	}
 }
 
-// ReleaseDatagram gives a datagram that ReceiveDatagram returned back to
-// quic-go, to hold one received later: the caller must not use b, or any
-// slice of it, afterwards. Releasing is optional (a datagram never released
-// is garbage as any other) and saves an allocation per datagram.
+// ReleaseDatagram gives a datagram that ReceiveDatagram returned (whole, or
+// cut at its end) back to quic-go, to hold one received later: the caller
+// must not use b, or any slice of it, afterwards, and releases it once.
+// Nothing checks either: a buffer released twice, or used after, would
+// carry two datagrams at once. Releasing is optional (a datagram never
+// released is garbage as any other) and saves an allocation per datagram.
 func ReleaseDatagram(b []byte) { quic.ReleaseDatagram(b) }

@@ -3186,9 +3186,11 @@ func (c *Conn) ReceiveDatagrams(ctx context.Context, dst [][]byte, max int) ([][
 
 // ReleaseDatagram (ztgate) gives a datagram that ReceiveDatagram or
 // ReceiveDatagrams returned back to quic-go, to hold a datagram received
-// later: the caller must not use b, or any slice of it, afterwards. A slice
-// that quic-go did not hand out is ignored, and a datagram that is never
-// released is collected as any other garbage.
+// later. b must be such a datagram, whole or cut at its end (b[:n]), and
+// released once: the caller must not use it, or any slice of it,
+// afterwards. Nothing checks this: any other slice whose capacity is a
+// pooled buffer's (1452 bytes) would be taken into the pool. A datagram
+// that is never released is collected as any other garbage.
 func ReleaseDatagram(b []byte) { wire.PutDatagramBuffer(b) }
 
 // LocalAddr returns the local address of the QUIC connection.

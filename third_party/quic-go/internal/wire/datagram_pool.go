@@ -28,9 +28,10 @@ func GetDatagramBuffer(n int) []byte {
 	return datagramBuffers.Get().(*[datagramBufferSize]byte)[:n]
 }
 
-// PutDatagramBuffer gives a payload that GetDatagramBuffer returned back to
-// the pool; any other slice (one whose capacity is not a pooled buffer's,
-// or that does not start at a buffer's start) is left alone.
+// PutDatagramBuffer gives a payload that GetDatagramBuffer returned (whole
+// or cut at its end) back to the pool. A slice whose capacity is not a
+// pooled buffer's is left alone; nothing tells any other slice of that
+// capacity from a pooled buffer, so callers pass only what they got.
 func PutDatagramBuffer(b []byte) {
 	if cap(b) != datagramBufferSize {
 		return
