@@ -4,11 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"io/fs"
 	"maps"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -194,18 +191,10 @@ func TestAPIServiceChangeFault(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newFileHarness(t, reloadConfig(echo, `"acme"`, ""))
-			srv := httptest.NewServer(h.gw.apiHandler(""))
-			defer srv.Close()
+			api := h.gw.apiHandler("")
 			do := func(method, path, body string) (int, string) {
 				t.Helper()
-				req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer resp.Body.Close()
-				b, _ := io.ReadAll(resp.Body)
-				return resp.StatusCode, string(b)
+				return serveAPI(t, api, method, path, body, "")
 			}
 			if status, b := do("POST", "/v1/services", body("api1", "")); status != 201 {
 				t.Fatalf("add api1: %d %s", status, b)

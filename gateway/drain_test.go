@@ -90,14 +90,26 @@ func drainGateway(t *testing.T) (*Gateway, *service, *fakeClock, http.Handler) {
 // call serves one API request and decodes the JSON answer into v.
 func call(t *testing.T, h http.Handler, method, path, body string, v any) int {
 	t.Helper()
-	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(method, path, strings.NewReader(body)))
+	code, answer := serveAPI(t, h, method, path, body, "")
 	if v != nil {
-		if err := json.Unmarshal(rec.Body.Bytes(), v); err != nil {
-			t.Fatalf("%s %s: %d %q: %v", method, path, rec.Code, rec.Body.String(), err)
+		if err := json.Unmarshal([]byte(answer), v); err != nil {
+			t.Fatalf("%s %s: %d %q: %v", method, path, code, answer, err)
 		}
 	}
-	return rec.Code
+	return code
+}
+
+// serveAPI serves one API request, with the bearer token when it is not "",
+// and returns the answer's status and body.
+func serveAPI(t *testing.T, h http.Handler, method, path, body, token string) (int, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	r := httptest.NewRequest(method, path, strings.NewReader(body))
+	if token != "" {
+		r.Header.Set("Authorization", "Bearer "+token)
+	}
+	h.ServeHTTP(rec, r)
+	return rec.Code, rec.Body.String()
 }
 
 func TestDrainAPI(t *testing.T) {
@@ -260,9 +272,11 @@ func TestDrainDeadlineKeptByAddBack(t *testing.T) {
 // its removal freed the state answers 404, not 200, and the service's
 // description never shows the freed state's flow count.
 func TestDrainOfFreedState(t *testing.T) {
-	g, svc, _, _ := drainGateway(t)
+	g, svc, _, api := drainGateway(t)
 	bs := svc.st.backends.Load().list
-	g.reconcileStates(&table{byName: map[string]*service{}, byVIP: map[netip.Addr]*service{}}) // removed, no flows: freed
+	// Removed with no flows, so freed, while the table the handlers read
+	// still has the service.
+	g.reconcileStates(&table{byName: map[string]*service{}, byVIP: map[netip.Addr]*service{}})
 	if n := g.describeService(svc).ActiveFlows; n != 0 {
 		t.Errorf("a freed service's active flows: %d", n)
 	}
@@ -270,18 +284,8 @@ func TestDrainOfFreedState(t *testing.T) {
 		t.Error("a drain of a freed state reported success")
 	}
 	for _, path := range []string{"drain", "undrain"} {
-		rec := httptest.NewRecorder()
-		r := httptest.NewRequest("POST", "/v1/services/web/backends/192.0.2.10/"+path, nil)
-		r.SetPathValue("name", "web")
-		r.SetPathValue("address", "192.0.2.10")
-		g.tbl.Store(&table{byName: map[string]*service{"web": svc}, byVIP: map[netip.Addr]*service{}}) // the table the handler read
-		if path == "drain" {
-			g.handleDrain(rec, r)
-		} else {
-			g.handleUndrain(rec, r)
-		}
-		if rec.Code != http.StatusNotFound {
-			t.Errorf("%s of a freed service: %d %s", path, rec.Code, rec.Body.String())
+		if status, body := serveAPI(t, api, "POST", "/v1/services/web/backends/192.0.2.10/"+path, "", ""); status != http.StatusNotFound {
+			t.Errorf("%s of a freed service: %d %s", path, status, body)
 		}
 	}
 }

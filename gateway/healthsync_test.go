@@ -104,17 +104,27 @@ func TestSyncHealthForgetsWhenChecksStop(t *testing.T) {
 	}
 }
 
-func TestSyncHealthAfterClose(t *testing.T) {
+// checkedService returns a unit gateway whose table has service web with
+// one backend (192.0.2.10) checked by TCP every second on a fake clock,
+// its check started (one timer pending).
+func checkedService(t *testing.T) (*Gateway, *service, *fakeClock) {
+	t.Helper()
 	g, _ := newUnitGateway(t)
 	clk := newFakeClock()
 	st := g.state("web")
 	st.health.clock = clk
 	st.setBackends([]backendAddr{{addr: netip.MustParseAddr("192.0.2.10")}}, false)
 	h := catalog.Health{Type: catalog.HealthTCP, Interval: time.Second, Timeout: time.Second, Rise: 1, Fall: 1}
-	tbl := &table{byName: map[string]*service{"web": {spec: catalog.Service{Name: "web", Health: h}, st: st}}}
-	g.tbl.Store(tbl)
+	svc := &service{spec: catalog.Service{Name: "web", Health: h}, st: st}
+	g.tbl.Store(&table{byName: map[string]*service{"web": svc}})
 	g.syncHealth()
 	clk.waitPending(t, 1)
+	return g, svc, clk
+}
+
+func TestSyncHealthAfterClose(t *testing.T) {
+	g, svc, clk := checkedService(t)
+	st, tbl := svc.st, g.tbl.Load()
 	g.closing.Store(true)
 	g.stopHealth()
 	clk.waitPending(t, 0)

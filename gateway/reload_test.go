@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -330,21 +329,14 @@ func TestRestartRequired(t *testing.T) {
 func TestAPIStatusCodes(t *testing.T) {
 	web := startLineEcho(t, "web")
 	h := newFileHarness(t, reloadConfig(web, `"acme"`, ""))
-	srv := httptest.NewServer(h.gw.apiHandler("s3cret"))
-	defer srv.Close()
+	api := h.gw.apiHandler("s3cret")
 	do := func(method, path, body string, auth bool) (int, string) {
 		t.Helper()
-		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+		token := ""
 		if auth {
-			req.Header.Set("Authorization", "Bearer s3cret")
+			token = "s3cret"
 		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		return serveAPI(t, api, method, path, body, token)
 	}
 	svcBody := func(name, vip string) string {
 		return fmt.Sprintf(`{"name": %q, "tenants": ["acme"], "vip": %q, "backends": ["127.0.0.1"], "port": [{"protocol": "tcp", "port": 7, "target": %d}], "health": {"type": "none"}}`, name, vip, web)

@@ -2,10 +2,8 @@ package gateway
 
 import (
 	"fmt"
-	"io"
 	"io/fs"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,8 +19,8 @@ func TestReloadStatus(t *testing.T) {
 	echo := startLineEcho(t, "echo")
 	base := reloadConfig(echo, `"acme"`, "")
 	// failRead makes the gateway's reads of its configuration fail with errno.
-	failRead := func(errno syscall.Errno) func(t *testing.T, h *fileHarness, api string) {
-		return func(t *testing.T, h *fileHarness, api string) {
+	failRead := func(errno syscall.Errno) func(t *testing.T, h *fileHarness, api http.Handler) {
+		return func(t *testing.T, h *fileHarness, api http.Handler) {
 			h.gw.reloadMu.Lock()
 			defer h.gw.reloadMu.Unlock()
 			h.gw.readFile = func(name string) ([]byte, error) {
@@ -30,51 +28,46 @@ func TestReloadStatus(t *testing.T) {
 			}
 		}
 	}
-	addAPIService := func(t *testing.T, api, body string) {
+	addAPIService := func(t *testing.T, api http.Handler, body string) {
 		t.Helper()
-		resp, err := http.Post(api+"/v1/services", "application/json", strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusCreated {
-			t.Fatalf("add through the API: %d", resp.StatusCode)
+		if status, answer := serveAPI(t, api, "POST", "/v1/services", body, ""); status != http.StatusCreated {
+			t.Fatalf("add through the API: %d %s", status, answer)
 		}
 	}
 	apiService := fmt.Sprintf(`{"name": "api1", "tenants": ["acme"], "vip": "10.100.0.20", "backends": ["127.0.0.1"], "port": [{"protocol": "tcp", "port": 7, "target": %d}], "health": {"type": "none"}}`, echo)
 	tests := []struct {
 		name     string
-		setup    func(t *testing.T, h *fileHarness, api string)
+		setup    func(t *testing.T, h *fileHarness, api http.Handler)
 		status   int
 		contains string
 	}{
-		{"valid", func(t *testing.T, h *fileHarness, api string) {
+		{"valid", func(t *testing.T, h *fileHarness, api http.Handler) {
 			h.write(t, base+webService(echo))
 		}, http.StatusOK, `"added": [`},
-		{"syntax error", func(t *testing.T, h *fileHarness, api string) {
+		{"syntax error", func(t *testing.T, h *fileHarness, api http.Handler) {
 			h.write(t, "[[service]\nbroken")
 		}, http.StatusBadRequest, "gw.toml:2:"},
-		{"invalid values", func(t *testing.T, h *fileHarness, api string) {
+		{"invalid values", func(t *testing.T, h *fileHarness, api http.Handler) {
 			h.write(t, base+"\n[[service]]\nname = \"broken\"\n")
 		}, http.StatusBadRequest, "service[1]"},
-		{"missing file", func(t *testing.T, h *fileHarness, api string) {
+		{"missing file", func(t *testing.T, h *fileHarness, api http.Handler) {
 			must(t, os.Remove(h.path))
 		}, http.StatusBadRequest, "no such file"},
-		{"a service both in the file and the API", func(t *testing.T, h *fileHarness, api string) {
+		{"a service both in the file and the API", func(t *testing.T, h *fileHarness, api http.Handler) {
 			addAPIService(t, api, apiService)
 			h.write(t, base+tcpService("api1", `"acme"`, "10.100.0.21", "127.0.0.1", echo))
 		}, http.StatusBadRequest, "defined in the file and through the API"},
-		{"a pin on the VIP of an API service", func(t *testing.T, h *fileHarness, api string) {
+		{"a pin on the VIP of an API service", func(t *testing.T, h *fileHarness, api http.Handler) {
 			addAPIService(t, api, apiService)
 			h.write(t, base+tcpService("web", `"acme"`, "10.100.0.20", "127.0.0.1", echo))
 		}, http.StatusBadRequest, "10.100.0.20"},
 		{"permission denied", failRead(syscall.EACCES), http.StatusInternalServerError, "permission denied"},
 		{"I/O error", failRead(syscall.EIO), http.StatusInternalServerError, "input/output error"},
-		{"a directory where the file was", func(t *testing.T, h *fileHarness, api string) {
+		{"a directory where the file was", func(t *testing.T, h *fileHarness, api http.Handler) {
 			must(t, os.Remove(h.path))
 			must(t, os.Mkdir(h.path, 0o755))
 		}, http.StatusInternalServerError, "is a directory"},
-		{"the VIP state cannot be saved", func(t *testing.T, h *fileHarness, api string) {
+		{"the VIP state cannot be saved", func(t *testing.T, h *fileHarness, api http.Handler) {
 			state := filepath.Join(h.dir, "state")
 			must(t, os.RemoveAll(state))
 			must(t, os.WriteFile(state, nil, 0o600)) // a file: nothing can be made in it
@@ -84,17 +77,11 @@ func TestReloadStatus(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newFileHarness(t, base)
-			srv := httptest.NewServer(h.gw.apiHandler(""))
-			defer srv.Close()
-			tc.setup(t, h, srv.URL)
-			resp, err := http.Post(srv.URL+"/v1/reload", "", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			body, _ := io.ReadAll(resp.Body)
-			if resp.StatusCode != tc.status || !strings.Contains(string(body), tc.contains) {
-				t.Fatalf("POST /v1/reload: %d %s; want %d containing %q", resp.StatusCode, body, tc.status, tc.contains)
+			api := h.gw.apiHandler("")
+			tc.setup(t, h, api)
+			status, body := serveAPI(t, api, "POST", "/v1/reload", "", "")
+			if status != tc.status || !strings.Contains(body, tc.contains) {
+				t.Fatalf("POST /v1/reload: %d %s; want %d containing %q", status, body, tc.status, tc.contains)
 			}
 		})
 	}

@@ -438,21 +438,13 @@ func TestBackendSeriesFreed(t *testing.T) {
 // table, a drain request that looked the service up just before) starts
 // no check or deadline and makes no series.
 func TestFreedStateStaysQuiet(t *testing.T) {
-	g, _ := newUnitGateway(t)
-	clk := newFakeClock()
-	st := g.state("web")
-	st.health.clock = clk
-	st.setBackends([]backendAddr{{addr: netip.MustParseAddr("192.0.2.10")}}, false)
-	h := catalog.Health{Type: catalog.HealthTCP, Interval: time.Second, Timeout: time.Second, Rise: 1, Fall: 1}
-	svc := &service{spec: catalog.Service{Name: "web", Health: h}, st: st}
-	g.tbl.Store(&table{byName: map[string]*service{"web": svc}})
-	g.syncHealth()
-	clk.waitPending(t, 1)
+	g, svc, clk := checkedService(t)
+	st := svc.st
 
 	g.reconcileStates(&table{byName: map[string]*service{}})
 	clk.waitPending(t, 0)
 	bs := st.backends.Load().list
-	g.syncChecks(st, bs, h)
+	g.syncChecks(st, bs, svc.spec.Health)
 	g.drainBackends(st, bs, 30*time.Second)
 	g.undrainBackends(st, bs)
 	if n := clk.pending(); n != 0 || len(st.health.entries) != 0 {

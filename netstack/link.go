@@ -601,12 +601,13 @@ func (e *endpoint) LinkAddress() tcpip.LinkAddress { return "" }
 func (e *endpoint) SetLinkAddress(tcpip.LinkAddress) {}
 
 // Capabilities implements stack.LinkEndpoint. gVisor computes and verifies
-// every checksum: packets from a TUN may come from hostile LAN hosts.
+// every checksum (packets from a TUN may come from hostile LAN hosts),
+// except the inbound ones of a link whose checksums are trusted: its NIC
+// then marks every inbound packet checksum-validated, as behind a device
+// that verified them (admit marks them too, for GRO, which runs before the
+// NIC).
 func (e *endpoint) Capabilities() stack.LinkEndpointCapabilities {
 	if e.l.cfg.ChecksumsTrusted {
-		// gVisor's NIC marks every inbound packet checksum-validated, as it
-		// would behind a device that verified them (admit marks them for
-		// GRO, which runs before the NIC).
 		return stack.CapabilityRXChecksumOffload
 	}
 	return stack.CapabilityNone
