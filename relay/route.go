@@ -179,17 +179,24 @@ func (r *Relay) pinInner(a *agent, inner netip.Addr) {
 // strictly by its tag to the agent session the tag was drawn for, and only
 // if the tag belongs to this gateway and the packet is an IP packet from a
 // VIP of the tag's service (a gateway speaks only for the services it
-// serves) to the agent's inner address. b becomes the relay's: the packet in it is
-// queued to the agent without a copy, and b is released once it is sent or
-// dropped.
-func (r *Relay) fromGateway(g *gateway, b []byte) {
-	if !r.forwardFromGateway(g, b) {
+// serves) to the agent's inner address. b becomes the relay's: the packet
+// in it is queued to the agent without a copy. With release (b is the
+// session's, from ReceiveDatagram), b goes back to the tunnel
+// (tunnel.ReleaseDatagram) once it is sent or dropped; tests pass their
+// own slices without.
+func (r *Relay) fromGateway(g *gateway, b []byte, release bool) {
+	var received []byte
+	if release {
+		received = b
+	}
+	if !r.forwardFromGateway(g, b, received) && release {
 		tunnel.ReleaseDatagram(b)
 	}
 }
 
-// forwardFromGateway is fromGateway; true when b was queued to the agent.
-func (r *Relay) forwardFromGateway(g *gateway, b []byte) bool {
+// forwardFromGateway is fromGateway; true when b was queued to the agent,
+// whose outbox then releases received (when not nil).
+func (r *Relay) forwardFromGateway(g *gateway, b, received []byte) bool {
 	id, packet, err := tunnel.ParseTagReturn(b)
 	switch {
 	case tunnel.Kind(b) != tunnel.TypeTagReturn:
@@ -225,7 +232,7 @@ func (r *Relay) forwardFromGateway(g *gateway, b []byte) bool {
 		r.m.dropFromGateway(dropWrongSource)
 		return false
 	}
-	if !t.agent.out.send(packet, b) { // the outbox released b
+	if !t.agent.out.send(packet, received) { // the outbox released received
 		r.m.dropFromGateway(dropSendFailed)
 		return true
 	}

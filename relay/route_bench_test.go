@@ -52,7 +52,7 @@ func BenchmarkRoute(b *testing.B) {
 		b.ReportAllocs()
 		b.SetBytes(int64(len(down)))
 		for b.Loop() {
-			fx.r.fromGateway(fx.gw, down)
+			fx.r.fromGateway(fx.gw, down, false)
 		}
 		if testutil.ToFloat64(fx.r.m.toAgent) == before {
 			b.Fatal("nothing was forwarded to the agent")
@@ -62,7 +62,7 @@ func BenchmarkRoute(b *testing.B) {
 		foreign := tunnel.AppendTagReturn(nil, t.id^1, down[5:])
 		b.ReportAllocs()
 		for b.Loop() {
-			fx.r.fromGateway(fx.gw, foreign)
+			fx.r.fromGateway(fx.gw, foreign, false)
 		}
 	})
 }

@@ -80,7 +80,7 @@ func FuzzRelayDatagrams(f *testing.F) {
 		for _, handle := range []func([]byte){
 			func(b []byte) { fx.r.fromAgent(fx.v1, b) },
 			func(b []byte) { fx.r.fromAgent(fx.v2, b) },
-			func(b []byte) { fx.r.fromGateway(fx.gw, b) },
+			func(b []byte) { fx.r.fromGateway(fx.gw, b, false) },
 		} {
 			before := fx.accounted()
 			handle(append([]byte(nil), b...))

@@ -44,7 +44,7 @@ func (r *Relay) serveGateway(p peer) {
 	wg.Go(func() {
 		r.datagrams(p.s, func(b []byte) {
 			g.heard.Add(1)
-			r.fromGateway(g, b)
+			r.fromGateway(g, b, true)
 		})
 	})
 	wg.Go(func() { r.watchGateway(g) })
