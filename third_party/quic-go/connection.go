@@ -3188,9 +3188,11 @@ func (c *Conn) ReceiveDatagrams(ctx context.Context, dst [][]byte, max int) ([][
 // ReceiveDatagrams returned back to quic-go, to hold a datagram received
 // later. b must be such a datagram, whole or cut at its end (b[:n]), and
 // released once: the caller must not use it, or any slice of it,
-// afterwards. Nothing checks this: any other slice whose capacity is a
-// pooled buffer's (1452 bytes) would be taken into the pool. A datagram
-// that is never released is collected as any other garbage.
+// afterwards. Only race builds check this: there a datagram released twice,
+// or any other slice whose capacity is a pooled buffer's (1452 bytes),
+// panics, and a released one is overwritten; other builds take such a
+// slice into the pool. A datagram that is never released is collected as
+// any other garbage.
 func ReleaseDatagram(b []byte) { wire.PutDatagramBuffer(b) }
 
 // LocalAddr returns the local address of the QUIC connection.

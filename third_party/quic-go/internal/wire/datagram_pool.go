@@ -25,16 +25,21 @@ func GetDatagramBuffer(n int) []byte {
 	if n > datagramBufferSize {
 		return make([]byte, n)
 	}
-	return datagramBuffers.Get().(*[datagramBufferSize]byte)[:n]
+	p := datagramBuffers.Get().(*[datagramBufferSize]byte)
+	datagramBufferOut(p)
+	return p[:n]
 }
 
 // PutDatagramBuffer gives a payload that GetDatagramBuffer returned (whole
 // or cut at its end) back to the pool. A slice whose capacity is not a
 // pooled buffer's is left alone; nothing tells any other slice of that
-// capacity from a pooled buffer, so callers pass only what they got.
+// capacity from a pooled buffer, so callers pass only what they got. Race
+// builds check that they do (datagram_pool_race.go).
 func PutDatagramBuffer(b []byte) {
 	if cap(b) != datagramBufferSize {
 		return
 	}
-	datagramBuffers.Put((*[datagramBufferSize]byte)(b[:datagramBufferSize]))
+	p := (*[datagramBufferSize]byte)(b[:datagramBufferSize])
+	datagramBufferBack(p)
+	datagramBuffers.Put(p)
 }
