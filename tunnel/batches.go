@@ -53,7 +53,9 @@ func (s *Session) ReceiveBatches(ctx context.Context, each func([]byte), end fun
 // ReleaseDatagram gives a datagram that ReceiveDatagram returned (whole, or
 // cut at its end) back to quic-go, to hold one received later: the caller
 // must not use b, or any slice of it, afterwards, and releases it once.
-// Nothing checks either: a buffer released twice, or used after, would
-// carry two datagrams at once. Releasing is optional (a datagram never
-// released is garbage as any other) and saves an allocation per datagram.
+// A buffer released twice, or used after, would carry two datagrams at
+// once. Only race builds (the tests) check: there a second release panics
+// and a released buffer is overwritten (0xdb), so that a use after shows.
+// Releasing is optional (a datagram never released is garbage as any
+// other) and saves an allocation per datagram.
 func ReleaseDatagram(b []byte) { quic.ReleaseDatagram(b) }

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"runtime"
 	"testing"
 	"time"
@@ -133,4 +134,75 @@ func TestReceiveBatchesAllocs(t *testing.T) {
 	if per > 1000 {
 		t.Fatalf("%.0f bytes allocated per datagram of 1000 bytes: ReceiveBatches does not give buffers back", per)
 	}
+}
+
+// TestReleaseDatagramChecked: race builds (the tests) check releases. A
+// datagram released twice would hand one buffer of quic-go's pool to two
+// owners, and releasing a slice the pool never gave out would put it in
+// the pool; either panics. A released datagram is overwritten, so a use
+// after the release reads garbage (third_party/README.md, the fourth change).
+func TestReleaseDatagramChecked(t *testing.T) {
+	if !raceEnabled {
+		t.Skip("only race builds check releases; make test-unit runs this with -race")
+	}
+	sf := newSessionFixture(t, false)
+	client, server := sf.connect(sf.dialConfig(sf.agentCreds()))
+	// Once the client has its QAD, nothing in this process takes a buffer
+	// from the pool but this test: none can take the released one out again
+	// between the two releases, which would hide the second.
+	waitQAD(t, client)
+	if err := client.SendDatagram(ip4Packet(200, 7)); err != nil {
+		t.Fatal(err)
+	}
+	b := receive(t, server)
+	ReleaseDatagram(b)
+	for i, c := range b[:cap(b)] {
+		if c != 0xdb {
+			t.Fatalf("byte %d of a released datagram is %#x, want the poison 0xdb", i, c)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		b    []byte
+	}{
+		{"released twice", b},
+		{"cut, released twice", b[:10]},
+		{"not from the pool", make([]byte, 200, len(b[:cap(b)]))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const want = "quic: datagram buffer released twice or not from the pool"
+			if got := releasePanic(tc.b); got != want {
+				t.Fatalf("ReleaseDatagram panicked with %q, want %q", got, want)
+			}
+		})
+	}
+}
+
+// waitQAD waits for the session's QAD and releases it.
+func waitQAD(t *testing.T, s *Session) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	for {
+		b, err := s.ReceiveDatagram(ctx)
+		if err != nil {
+			t.Fatalf("waiting for the QAD: %v", err)
+		}
+		qad := Kind(b) == TypeQAD
+		ReleaseDatagram(b)
+		if qad {
+			return
+		}
+	}
+}
+
+// releasePanic releases b and returns what ReleaseDatagram panicked with.
+func releasePanic(b []byte) (msg string) {
+	defer func() {
+		if r := recover(); r != nil {
+			msg = fmt.Sprint(r)
+		}
+	}()
+	ReleaseDatagram(b)
+	return ""
 }
