@@ -311,7 +311,7 @@ func TestStateFreeRaces(t *testing.T) {
 						refused++
 						continue
 					}
-					g.limits.tenant("acme").flows.Add(1)
+					g.limits.takeTenant("acme", tenantFlows, 0)
 					g.flowCount.Add(1)
 					st.m.flowsOf("acme", "tcp").active.Inc()
 				case "release":
