@@ -70,7 +70,7 @@ func (g *Gateway) identify(t *table, src netip.Addr) (peer, bool) {
 		return peer{}, false
 	}
 	if tenant, ok := t.tenants.lookup(src); ok {
-		return peer{tenant: tenant, identity: "lan"}, true
+		return peer{tenant: tenant, identity: lanIdentity}, true
 	}
 	return peer{}, false
 }

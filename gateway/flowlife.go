@@ -14,7 +14,14 @@ func (g *Gateway) refuse(proto, reason string) {
 func (g *Gateway) newFlow(proto string, client, vip netip.AddrPort, d decision, b *backend) *flow {
 	now := g.now()
 	sm := d.svc.st.m
-	fm := sm.flowsOf(d.peer.tenant, proto)
+	fm, made := sm.flowStarted(d.peer.tenant, proto)
+	if made && d.peer.lan() && !g.tbl.Load().tenants.configures(d.peer.tenant) {
+		// A LAN tenant the running table lacks: the flow was classified
+		// before a reload removed it (its handshake was in flight), and
+		// its series were made after that reload's forgetTenants. They
+		// go with their last flow.
+		sm.retire(fm)
+	}
 	f := &flow{
 		proto:     proto,
 		client:    client,
@@ -35,8 +42,6 @@ func (g *Gateway) newFlow(proto string, client, vip netip.AddrPort, d decision, 
 	if g.closing.Load() { // Close listed the flows before this one was added
 		f.close("shutdown")
 	}
-	fm.total.Inc()
-	fm.active.Inc()
 	return f
 }
 
@@ -46,9 +51,9 @@ func (g *Gateway) endFlow(f *flow) {
 	f.close("done")
 	g.flows.remove(f)
 	f.backend.active.Add(-1)
-	// The held child, lowered before release may free the service's
+	// The held children, lowered before release may free the service's
 	// series: a lookup by labels would make the series again.
-	f.metrics.active.Dec()
+	f.svc.st.m.flowEnded(f.metrics)
 	g.release(f.svc, f.peer.tenant)
 	name := f.svc.spec.Name
 	g.log.Info("flow",

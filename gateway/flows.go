@@ -15,8 +15,16 @@ import (
 // peer is who opened a flow: the tenant and identity of its ingress.
 type peer struct {
 	tenant   string
-	identity string // "lan" for TUN clients; the certificate identity of a tunnel session
+	identity string // lanIdentity for TUN clients; the certificate identity of a tunnel session
 }
+
+// lanIdentity is the identity of the TUN clients, whose tenant is the one
+// of their source prefix. A certificate's identity is never it: it is
+// "tenant/role/name".
+const lanIdentity = "lan"
+
+// lan reports whether the peer is a TUN client.
+func (p peer) lan() bool { return p.identity == lanIdentity }
 
 // flow is one spliced TCP or UDP flow. It is bound at creation to its
 // peer, service and backend and never re-evaluated: a reload does not

@@ -87,7 +87,7 @@ func TestSYNFlood(t *testing.T) {
 				time.Sleep(time.Millisecond) // spread the flood over the handshake timeout
 			}
 			if i%500 == 0 {
-				peak = max(peak, h.gw.limits.tenant("acme").handshakes.Load())
+				peak = max(peak, h.gw.limits.held("acme", tenantHandshakes))
 			}
 		}
 	})
@@ -114,7 +114,7 @@ func TestSYNFlood(t *testing.T) {
 		t.Error("no SYN was shed by the tenant's share of handshakes")
 	}
 	waitFor(t, 15*time.Second, "the flood's handshakes to time out", func() bool {
-		return h.gw.limits.tenant("acme").handshakes.Load() == 0 && h.gw.flowCount.Load() <= 1
+		return h.gw.limits.held("acme", tenantHandshakes) == 0 && h.gw.flowCount.Load() <= 1
 	})
 	if n := metricValue(t, h.gw, "ztgate_stack_packets_dropped_total", "reason", "tcp_handshake_failed"); n < 1 {
 		t.Errorf("handshakes the spoofed clients never completed counted: %v", n)
@@ -157,7 +157,7 @@ backends = ["127.0.0.1"]
 	peak := int64(0)
 	for i := range flood {
 		h.gw.lan.Deliver(netstacktest.UDPDatagram(spoofedAcme(i), dst, []byte("flood")))
-		peak = max(peak, h.gw.limits.tenant("acme").flows.Load())
+		peak = max(peak, h.gw.limits.held("acme", tenantFlows))
 	}
 	elapsed := time.Since(start)
 	if peak > 500 {

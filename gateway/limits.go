@@ -3,6 +3,7 @@ package gateway
 import (
 	"math"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -42,14 +43,38 @@ type flowLimits struct {
 	// descriptors would take the API, DNS and health checks down with it.
 	fdCap int
 
+	// tenants holds an entry per tenant that holds flows or handshakes
+	// now: takeTenant makes it, and the giveTenant that leaves both its
+	// counts at 0 deletes it, so tenants that leave the configuration (and
+	// the tenants of agents' certificates) do not stay. The invariant that
+	// lets a release always find its entry: a count is raised only under
+	// mu's read lock, and an entry is deleted only under the write lock
+	// with both counts at 0, so an entry with a count above 0 is never
+	// deleted.
 	mu      sync.RWMutex
-	tenants map[string]*tenantCount // by tenant name; an entry per tenant that ever opened a flow
+	tenants map[string]*tenantCount // by tenant name
 }
 
 // tenantCount is what one tenant holds now.
 type tenantCount struct {
 	flows      atomic.Int64
 	handshakes atomic.Int64
+}
+
+// tenantSlot is one of the counts of a tenant.
+type tenantSlot int
+
+const (
+	tenantFlows tenantSlot = iota
+	tenantHandshakes
+)
+
+// counts returns the count of slot s and the tenant's other count.
+func (c *tenantCount) counts(s tenantSlot) (this, other *atomic.Int64) {
+	if s == tenantFlows {
+		return &c.flows, &c.handshakes
+	}
+	return &c.handshakes, &c.flows
 }
 
 func newFlowLimits() *flowLimits {
@@ -85,23 +110,58 @@ func (l *flowLimits) maxFlows(configured int) int {
 	return configured
 }
 
-// tenant returns the counters of a tenant, creating them. Tenant names
-// come from the configuration and from certificates the CA issued, so the
-// map stays small.
-func (l *flowLimits) tenant(name string) *tenantCount {
+// takeTenant reserves one of max (≤ 0: unlimited) flows or handshakes of
+// tenant; false when it holds max already. The count is raised under mu's
+// read lock (a delete cannot be between the lookup and the raise), and a
+// refusal leaves it as it was (reserve), so only giveTenant brings a count
+// to 0.
+func (l *flowLimits) takeTenant(name string, s tenantSlot, max int) bool {
 	l.mu.RLock()
-	c := l.tenants[name]
-	l.mu.RUnlock()
-	if c != nil {
-		return c
+	if c := l.tenants[name]; c != nil {
+		n, _ := c.counts(s)
+		ok := reserve(n, max)
+		l.mu.RUnlock()
+		return ok
 	}
+	l.mu.RUnlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if c = l.tenants[name]; c == nil {
+	c := l.tenants[name]
+	if c == nil { // the tenant's first flow or handshake since its last ended
 		c = &tenantCount{}
 		l.tenants[name] = c
 	}
-	return c
+	n, _ := c.counts(s)
+	return reserve(n, max)
+}
+
+// giveTenant gives back a flow or handshake takeTenant reserved for
+// tenant. The one that leaves both counts at 0 frees the entry.
+func (l *flowLimits) giveTenant(name string, s tenantSlot) {
+	l.mu.RLock()
+	c := l.tenants[name]
+	if c == nil {
+		l.mu.RUnlock()
+		panic("gateway: tenant " + strconv.Quote(name) + " gives back what it never took")
+	}
+	n, other := c.counts(s)
+	idle := n.Add(-1) == 0 && other.Load() == 0
+	l.mu.RUnlock()
+	if idle {
+		l.freeTenant(name, c)
+	}
+}
+
+// freeTenant deletes c, the entry of tenant, if both its counts are still
+// 0 (a reservation may have come in since they were seen at 0) and it is
+// still the tenant's (another release may have freed it, and a
+// reservation made it again).
+func (l *flowLimits) freeTenant(name string, c *tenantCount) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.tenants[name] == c && c.flows.Load() == 0 && c.handshakes.Load() == 0 {
+		delete(l.tenants, name)
+	}
 }
 
 // allowSource charges a new flow (or echo request) from src, a source of
@@ -151,32 +211,43 @@ func (g *Gateway) admit(t *table, d decision) string {
 	if !reserve(&g.flowCount, g.limits.maxFlows(t.limits.MaxFlows)) {
 		return refuseLimit
 	}
-	tc := g.limits.tenant(d.peer.tenant)
-	if !reserve(&tc.flows, t.tenants.limits[d.peer.tenant].MaxFlows) {
+	if !g.limits.takeTenant(d.peer.tenant, tenantFlows, t.tenants.limits[d.peer.tenant].MaxFlows) {
 		g.flowCount.Add(-1)
 		return refuseTenantLimit
 	}
 	if reason := d.svc.st.reserveFlow(d.svc.spec.MaxFlows); reason != "" {
-		tc.flows.Add(-1)
+		g.limits.giveTenant(d.peer.tenant, tenantFlows)
 		g.flowCount.Add(-1)
 		return reason
 	}
 	return ""
 }
 
-// reserve takes one of max slots of c (max ≤ 0: unlimited).
+// reserve takes one of max slots of c (max ≤ 0: unlimited). A refusal
+// leaves c as it was, never over max even for a moment: an add and an
+// undo would refuse a concurrent reservation a slot that was free, and
+// the undo could bring a tenant's count to 0 with no release to see it
+// (giveTenant).
 func reserve(c *atomic.Int64, max int) bool {
-	if n := c.Add(1); max > 0 && n > int64(max) {
-		c.Add(-1)
-		return false
+	if max <= 0 {
+		c.Add(1)
+		return true
 	}
-	return true
+	for {
+		n := c.Load()
+		if n >= int64(max) {
+			return false
+		}
+		if c.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
 }
 
 // release gives back the slots admit reserved for a flow of tenant. The
 // last flow of a removed service frees its state.
 func (g *Gateway) release(svc *service, tenant string) {
-	g.limits.tenant(tenant).flows.Add(-1)
+	g.limits.giveTenant(tenant, tenantFlows)
 	g.flowCount.Add(-1)
 	if svc.st.flows.Add(-1) == 0 && svc.st.retired.Load() {
 		g.freeRetired(svc.st)
@@ -201,12 +272,11 @@ func refuseOrDrop(req *netstack.TCPRequest, reason string) {
 // completes or fails; it returns the refusal reason when either holds all
 // it may.
 func (g *Gateway) beginHandshake(t *table, d decision) string {
-	tc := g.limits.tenant(d.peer.tenant)
-	if !reserve(&tc.handshakes, g.tenantHandshakes(t, d.peer.tenant)) {
+	if !g.limits.takeTenant(d.peer.tenant, tenantHandshakes, g.tenantHandshakes(t, d.peer.tenant)) {
 		return refuseTenantHandshakes
 	}
 	if !reserve(&d.svc.st.handshakes, d.svc.spec.MaxInflightHandshakes) {
-		tc.handshakes.Add(-1)
+		g.limits.giveTenant(d.peer.tenant, tenantHandshakes)
 		return refuseServiceHandshakes
 	}
 	return ""
@@ -226,5 +296,5 @@ func (g *Gateway) tenantHandshakes(t *table, tenant string) int {
 // endHandshake gives back what beginHandshake reserved for d.
 func (g *Gateway) endHandshake(d decision) {
 	d.svc.st.handshakes.Add(-1)
-	g.limits.tenant(d.peer.tenant).handshakes.Add(-1)
+	g.limits.giveTenant(d.peer.tenant, tenantHandshakes)
 }

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -178,6 +179,10 @@ type serviceMetrics struct {
 	up, down            prometheus.Counter
 	echoOK, echoNoReply prometheus.Counter
 
+	// mu guards flows. A flow series is deleted only under the write lock
+	// with no flow open on it, and a flow is counted on one only under
+	// the read lock (flowStarted): a series being deleted is never
+	// handed to a new flow.
 	mu    sync.RWMutex
 	flows map[flowKey]*flowMetrics // by tenant and protocol, made on first use
 }
@@ -187,8 +192,14 @@ type flowKey struct{ tenant, proto string }
 
 // flowMetrics are the flow counters of one service, tenant and protocol.
 type flowMetrics struct {
+	key    flowKey
 	total  prometheus.Counter
 	active prometheus.Gauge
+	open   atomic.Int64 // the flows counted in active, where it can be read
+	// gone: the tenant left the configuration while flows were open on
+	// these series; the last of them deletes them. Guarded by the
+	// service's mu.
+	gone bool
 }
 
 // service returns the children of service name.
@@ -204,26 +215,88 @@ func (m *metrics) service(name string) *serviceMetrics {
 	}
 }
 
-// flowsOf returns the flow counters of the service's flows of tenant over
-// proto.
-func (sm *serviceMetrics) flowsOf(tenant, proto string) *flowMetrics {
+// flowStarted counts a new flow of tenant to the service over proto and
+// returns its counters, which the flow holds until flowEnded. made: they
+// were made for it, the first flow since they were deleted (or ever).
+func (sm *serviceMetrics) flowStarted(tenant, proto string) (fm *flowMetrics, made bool) {
 	k := flowKey{tenant, proto}
 	sm.mu.RLock()
-	fm := sm.flows[k]
-	sm.mu.RUnlock()
-	if fm != nil {
-		return fm
+	if fm = sm.flows[k]; fm != nil {
+		fm.start()
+		sm.mu.RUnlock()
+		return fm, false
 	}
+	sm.mu.RUnlock()
 	sm.mu.Lock()
 	defer sm.mu.Unlock()
 	if fm = sm.flows[k]; fm == nil {
 		fm = &flowMetrics{
+			key:    k,
 			total:  sm.m.flowsTotal.WithLabelValues(sm.name, tenant, proto),
 			active: sm.m.flowsActive.WithLabelValues(sm.name, tenant, proto),
 		}
 		sm.flows[k] = fm
+		made = true
 	}
-	return fm
+	fm.start()
+	return fm, made
+}
+
+func (fm *flowMetrics) start() {
+	fm.open.Add(1)
+	fm.total.Inc()
+	fm.active.Inc()
+}
+
+// flowEnded counts the end of a flow that flowStarted gave fm. The last
+// flow of a tenant that left the configuration deletes its series.
+func (sm *serviceMetrics) flowEnded(fm *flowMetrics) {
+	sm.mu.RLock()
+	fm.active.Dec()
+	last := fm.open.Add(-1) == 0 && fm.gone
+	sm.mu.RUnlock()
+	if !last {
+		return
+	}
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	if fm.gone && fm.open.Load() == 0 && sm.flows[fm.key] == fm { // else a flow came, or the tenant back
+		sm.forgetFlowsLocked(fm)
+	}
+}
+
+// tenantsChanged applies a change of the configured tenants
+// (tenantChanges) to the service's flow series: those of a tenant that
+// left (changes[name] is true) are deleted now when no flow is open on
+// them, else by their last flow; a tenant that came back (false) keeps
+// them.
+func (sm *serviceMetrics) tenantsChanged(changes map[string]bool) {
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	for _, fm := range sm.flows {
+		gone, ok := changes[fm.key.tenant]
+		switch {
+		case !ok:
+		case gone && fm.open.Load() == 0:
+			sm.forgetFlowsLocked(fm)
+		default:
+			fm.gone = gone
+		}
+	}
+}
+
+// retire marks fm, held by a flow, for deletion by its last flow.
+func (sm *serviceMetrics) retire(fm *flowMetrics) {
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	fm.gone = true
+}
+
+// forgetFlowsLocked deletes the flow series of fm. The caller holds mu.
+func (sm *serviceMetrics) forgetFlowsLocked(fm *flowMetrics) {
+	delete(sm.flows, fm.key)
+	sm.m.flowsTotal.DeleteLabelValues(sm.name, fm.key.tenant, fm.key.proto)
+	sm.m.flowsActive.DeleteLabelValues(sm.name, fm.key.tenant, fm.key.proto)
 }
 
 // forgetService deletes every series of service name: those of its flows,

@@ -158,9 +158,12 @@ func poolConflict(err error) bool {
 
 // swapTable installs t and lets what left old drain. The states of
 // removed services are freed once their flows have ended: their checks
-// and discovery watchers are stopped here.
+// and discovery watchers are stopped here. The flow series of removed
+// tenants go too, after the store: a flow classified by old whose series
+// are made after forgetTenants then sees t (newFlow).
 func (g *Gateway) swapTable(old, t *table) {
 	g.tbl.Store(t)
+	g.forgetTenants(old, t)
 	g.syncHealth()
 	g.disc.sync(t)
 	for name, s := range old.byName {

@@ -506,3 +506,104 @@ func TestStateDirExclusive(t *testing.T) {
 	}
 	second.Close()
 }
+
+// TestReloadForgetsRemovedTenants: a reload that removes a tenant deletes
+// its flow series at once when none of its flows is open, and keeps the
+// other tenants'; a removed tenant's open flow keeps its series until it
+// ends. Once every flow has ended, no tenant holds counters.
+func TestReloadForgetsRemovedTenants(t *testing.T) {
+	port := startLineEcho(t, "echo")
+	echo := func(tenants string) string {
+		return tcpService("echo", tenants, "10.100.0.7", "127.0.0.1", port)
+	}
+	h := newFileHarness(t, quietGateway+twoTenants+echo(`"acme", "globex"`))
+	flows := func(metric, tenant string) float64 {
+		return metricValue(t, h.gw, metric, "protocol", "tcp", "service", "echo", "tenant", tenant)
+	}
+	live := h.dialLines(t, acmeClient, "10.100.0.7:7")
+	if got := live.roundTrip(t, "hi"); got != "echo: hi" {
+		t.Fatalf("acme: %q", got)
+	}
+	done := h.dialLines(t, globexClient, "10.100.0.7:7")
+	if got := done.roundTrip(t, "hi"); got != "echo: hi" {
+		t.Fatalf("globex: %q", got)
+	}
+	done.c.Close()
+	waitFor(t, 3*time.Second, "globex's flow to end", func() bool { return flows("ztgate_flows_active", "globex") == 0 })
+
+	h.write(t, quietGateway+acmeTenant+echo(`"acme"`))
+	if d, err := h.gw.Reload(); err != nil || !d.TenantsChanged {
+		t.Fatalf("remove globex: %+v %v", d, err)
+	}
+	for _, c := range []struct {
+		metric, tenant string
+		want           float64 // -1: no series
+	}{
+		{"ztgate_flows_total", "globex", -1},
+		{"ztgate_flows_active", "globex", -1},
+		{"ztgate_flows_total", "acme", 1},
+		{"ztgate_flows_active", "acme", 1},
+	} {
+		if got := flows(c.metric, c.tenant); got != c.want {
+			t.Errorf("globex removed: %s of %s = %v, want %v", c.metric, c.tenant, got, c.want)
+		}
+	}
+
+	h.write(t, quietGateway+`
+[[tenant]]
+name = "globex"
+sources = ["203.0.113.0/24"]
+`+echo(`"globex"`))
+	if d, err := h.gw.Reload(); err != nil || !d.TenantsChanged {
+		t.Fatalf("remove acme: %+v %v", d, err)
+	}
+	if got := flows("ztgate_flows_total", "acme"); got != 1 {
+		t.Fatalf("acme removed with a flow open: flows_total %v, want its series kept", got)
+	}
+	// acme's packets are no longer admitted: the gateway ends the flow.
+	for _, f := range h.gw.flows.list(func(f *flow) bool { return f.peer.tenant == "acme" }) {
+		f.close("test")
+	}
+	waitFor(t, 3*time.Second, "acme's series to go with its flow", func() bool {
+		return flows("ztgate_flows_total", "acme") == -1 && flows("ztgate_flows_active", "acme") == -1
+	})
+	if got := h.gw.limits.entries(); got != "" {
+		t.Errorf("tenant counters left after every flow ended: %s", got)
+	}
+}
+
+// TestFlowAcrossTenantRemoval: a flow classified before a reload removed
+// its LAN tenant, whose series are made after it, takes them with it when
+// it ends; an agent's flow of a tenant that is not configured keeps its
+// series.
+func TestFlowAcrossTenantRemoval(t *testing.T) {
+	cases := []struct {
+		name string
+		peer peer
+		want string // flowSeries after the flow ended
+	}{
+		{"LAN client", peer{tenant: "acme", identity: lanIdentity}, ""},
+		{"agent", peer{tenant: "acme", identity: "acme/agent/laptop"}, "acme/tcp:1/0"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			g, _ := newUnitGateway(t)
+			g.limits = newFlowLimits()
+			svc := &service{spec: catalog.Service{Name: "web"}, st: g.state("web")}
+			classified := &table{byName: map[string]*service{"web": svc}, tenants: newTenantTable([]catalog.Tenant{{Name: "acme"}})}
+			g.tbl.Store(&table{byName: classified.byName, tenants: newTenantTable(nil)}) // the reload
+			d := decision{svc: svc, peer: tc.peer}
+			if reason := g.admit(classified, d); reason != "" {
+				t.Fatal(reason)
+			}
+			f := g.newFlow("tcp", netip.MustParseAddrPort("198.51.100.10:40000"), webVIP, d, &backend{addr: netip.MustParseAddr("192.0.2.10")})
+			if got := flowSeries(t, g.m); got != "acme/tcp:1/1" {
+				t.Fatalf("series of the open flow: %q", got)
+			}
+			g.endFlow(f)
+			if got := flowSeries(t, g.m); got != tc.want {
+				t.Errorf("series after the flow: %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

@@ -304,6 +304,7 @@ func TestStateFreeRaces(t *testing.T) {
 			in := &table{byName: map[string]*service{"web": svc}}
 			g.reconcileStates(in)
 			refused := 0
+			var open []*flowMetrics // the series of the flows reserved
 			for _, s := range tc.steps {
 				switch s {
 				case "reserve":
@@ -311,11 +312,13 @@ func TestStateFreeRaces(t *testing.T) {
 						refused++
 						continue
 					}
-					g.limits.tenant("acme").flows.Add(1)
+					g.limits.takeTenant("acme", tenantFlows, 0)
 					g.flowCount.Add(1)
-					st.m.flowsOf("acme", "tcp").active.Inc()
+					fm, _ := st.m.flowStarted("acme", "tcp")
+					open = append(open, fm)
 				case "release":
-					st.m.flowsOf("acme", "tcp").active.Dec()
+					st.m.flowEnded(open[len(open)-1])
+					open = open[:len(open)-1]
 					g.release(svc, "acme")
 				case "remove":
 					g.reconcileStates(&table{byName: map[string]*service{}})
@@ -356,9 +359,8 @@ func TestStateFreeRacesConcurrent(t *testing.T) {
 		for range 4 {
 			wg.Go(func() {
 				if d := (decision{svc: svc, peer: peer{tenant: "acme"}}); g.admit(in, d) == "" {
-					fm := st.m.flowsOf("acme", "tcp")
-					fm.active.Inc()
-					fm.active.Dec()
+					fm, _ := st.m.flowStarted("acme", "tcp")
+					st.m.flowEnded(fm)
 					g.release(svc, "acme")
 				}
 			})

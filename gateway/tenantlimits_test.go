@@ -104,7 +104,7 @@ func TestTenantServiceLimits(t *testing.T) {
 			waitFor(t, 10*time.Second, "web to hold its 4 handshakes and shed the other SYNs", func() bool {
 				return web.st.handshakes.Load() == 4 && h.refused(t, refuseServiceHandshakes) == syns-4
 			})
-			if n := h.gw.limits.tenant("acme").handshakes.Load(); n != 4 {
+			if n := h.gw.limits.held("acme", tenantHandshakes); n != 4 {
 				t.Errorf("acme holds %d handshakes, want the 4 web took", n)
 			}
 			// The bound is web's, whatever the tenant: globex is shed too…

@@ -13,6 +13,7 @@ import (
 type tenantTable struct {
 	entries []tenantPrefix
 	limits  map[string]catalog.FlowLimits // the [[tenant]] limits by name; absent: none of its own
+	names   map[string]bool               // the [[tenant]] names
 }
 
 type tenantPrefix struct {
@@ -21,8 +22,9 @@ type tenantPrefix struct {
 }
 
 func newTenantTable(tenants []catalog.Tenant) tenantTable {
-	t := tenantTable{limits: make(map[string]catalog.FlowLimits)}
+	t := tenantTable{limits: make(map[string]catalog.FlowLimits), names: make(map[string]bool, len(tenants))}
 	for _, tn := range tenants {
+		t.names[tn.Name] = true
 		if tn.FlowLimits != (catalog.FlowLimits{}) {
 			t.limits[tn.Name] = tn.FlowLimits
 		}
@@ -45,4 +47,43 @@ func (t *tenantTable) lookup(addr netip.Addr) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// configures reports whether name is a [[tenant]] of the table.
+func (t *tenantTable) configures(name string) bool { return t.names[name] }
+
+// tenantChanges compares the [[tenant]] names of two tables: true for a
+// tenant old has and t lacks (it left), false for one t has and old lacks
+// (it came, or came back). Tenants named only by agents' certificates are
+// in neither table: they never leave, and their series stay.
+func tenantChanges(old, t *tenantTable) map[string]bool {
+	changes := make(map[string]bool)
+	for name := range old.names {
+		if !t.names[name] {
+			changes[name] = true
+		}
+	}
+	for name := range t.names {
+		if !old.names[name] {
+			changes[name] = false
+		}
+	}
+	return changes
+}
+
+// forgetTenants deletes the flow series of the tenants that left the
+// configuration between old and t, of every service: at once where no
+// flow is open on them, else when the last one ends. (Their limit
+// counters go by themselves with their last flow and handshake:
+// flowLimits.giveTenant.)
+func (g *Gateway) forgetTenants(old, t *table) {
+	changes := tenantChanges(&old.tenants, &t.tenants)
+	if len(changes) == 0 {
+		return
+	}
+	g.statesMu.Lock()
+	defer g.statesMu.Unlock()
+	for _, st := range g.states {
+		st.m.tenantsChanged(changes)
+	}
 }
