@@ -61,8 +61,25 @@ func asUnitUser(caps string, cmd ...string) []string {
 	if caps != "" {
 		set += "," + caps
 	}
-	return append([]string{"setpriv", fmt.Sprintf("--reuid=%d", nobody), fmt.Sprintf("--regid=%d", nobody),
+	argv := append([]string{"setpriv", fmt.Sprintf("--reuid=%d", nobody), fmt.Sprintf("--regid=%d", nobody),
 		"--clear-groups", "--no-new-privs", "--inh-caps=" + set, "--ambient-caps=" + set, "--bounding-set=" + set, "--"}, cmd...)
+	if tunWorldWritable() {
+		return argv
+	}
+	// A host without udev leaves /dev/net/tun root's alone (0600), where
+	// a unit's user could not open it; udev, on the hosts the units are
+	// for, makes it 0666. The process gets a mount namespace of its own
+	// whose /dev/net holds a 0666 node of the same device: the host's
+	// node is not changed, and nothing is left when the process ends.
+	const script = `mount -t tmpfs -o mode=0755 ztgate-tun /dev/net && mknod -m 0666 /dev/net/tun c 10 200 && exec "$@"`
+	return append([]string{"unshare", "--mount", "--propagation", "private", "sh", "-ec", script, "sh"}, argv...)
+}
+
+// tunWorldWritable reports whether /dev/net/tun is mode 0666, as udev
+// makes it.
+func tunWorldWritable() bool {
+	fi, err := os.Stat("/dev/net/tun")
+	return err == nil && fi.Mode().Perm()&0o006 == 0o006
 }
 
 // handOver gives dir and everything below it to nobody (the unit's

@@ -52,7 +52,7 @@ func OpenTUN(name string, mtu int) (*TUN, error) {
 	}
 	dev, err := tun.CreateTUN(name, mtu)
 	if err != nil {
-		return nil, fmt.Errorf("netstack: create TUN %q: %w", name, err)
+		return nil, fmt.Errorf("netstack: create TUN %q: %w%s", name, err, tunHint(err))
 	}
 	real, err := dev.Name()
 	if err != nil {
@@ -170,6 +170,20 @@ func (t *TUN) runVirtio(f *os.File, sink WholeSink) error {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+}
+
+// tunHint says what a failure to create a TUN device for lack of rights
+// needs: write access to /dev/net/tun (EACCES: udev makes it 0666, but a
+// host without udev may leave it 0600, root's alone), or CAP_NET_ADMIN
+// (EPERM).
+func tunHint(err error) string {
+	switch {
+	case errors.Is(err, unix.EACCES):
+		return " (/dev/net/tun is not writable by this user: run as root, or make it mode 0666 as udev does, e.g. chmod 0666 /dev/net/tun)"
+	case errors.Is(err, unix.EPERM):
+		return " (creating a TUN device needs CAP_NET_ADMIN: run as root, or grant it, as the systemd units in dist/systemd do)"
+	}
+	return ""
 }
 
 func (t *TUN) isClosed() bool {
