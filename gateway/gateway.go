@@ -16,6 +16,7 @@ import (
 	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/conf"
 	"github.com/ztgate/ztgate/internal/adminapi"
+	"github.com/ztgate/ztgate/internal/gopool"
 	"github.com/ztgate/ztgate/netstack"
 	"github.com/ztgate/ztgate/resolver"
 	"github.com/ztgate/ztgate/tunnel"
@@ -79,6 +80,7 @@ type Gateway struct {
 	ns      *netstack.Stack
 	stack   atomic.Pointer[netstack.Stack] // ns, for the metrics collector
 	reactor *reactor                       // backend sockets' readiness for the TCP splices
+	workers *gopool.Pool                   // goroutines of the TCP splices' workers
 	tun     *netstack.TUN
 	dev     netstack.Device
 	lan     *netstack.Link
@@ -147,6 +149,7 @@ func New(cfg *conf.Gateway, opts Options, log *slog.Logger) (*Gateway, error) {
 		limits:     newFlowLimits(),
 		echoTokens: make(chan struct{}, 256),
 		readFile:   os.ReadFile,
+		workers:    gopool.New(0, 0),
 	}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.m = newMetrics(opts.Registry)
@@ -393,6 +396,9 @@ func (g *Gateway) Close() error {
 	}
 	if g.reactor != nil {
 		g.reactor.close()
+	}
+	if g.workers != nil {
+		g.workers.Close()
 	}
 	if g.ns != nil {
 		g.ns.Close()

@@ -37,6 +37,7 @@ type tcpSplice struct {
 	disarmed     atomic.Bool // the reactor reported fd and ignores it until armed again
 	unregister   func()
 	teardownOnce sync.Once
+	run          func() // runWorker, made once: kick hands it to the gateway's worker pool
 
 	// owned by the worker of the moment
 	clientEOF, backendEOF bool
@@ -54,6 +55,7 @@ const (
 // moves whatever is already waiting.
 func (g *Gateway) startTCPSplice(f *flow, client *netstack.TCPConn, be *net.TCPConn) {
 	t := &tcpSplice{g: g, f: f, client: client, be: be}
+	t.run = t.runWorker
 	rc, err := be.SyscallConn()
 	if err == nil {
 		err = rc.Control(func(fd uintptr) { t.fd = int(fd) })
@@ -105,10 +107,14 @@ func (t *tcpSplice) kick(ev uint32) {
 		// netstack's notification, whose lock unregistering would need.)
 		return
 	}
-	go func() {
-		defer t.g.leave()
-		t.work()
-	}()
+	t.g.workers.Go(t.run)
+}
+
+// runWorker is a worker: on a goroutine of the gateway's pool, whose stack
+// an earlier worker has grown (gVisor's output path goes deep).
+func (t *tcpSplice) runWorker() {
+	defer t.g.leave()
+	t.work()
 }
 
 // work moves data until neither side has any, then exits; a later kick

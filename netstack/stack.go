@@ -16,6 +16,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"github.com/ztgate/ztgate/internal/gopool"
 )
 
 // Config configures a Stack. The zero value of every optional field is valid.
@@ -76,6 +78,10 @@ type Stack struct {
 
 	udp udpFlows // accepted UDP flows, for the links' fast path
 
+	// handlers runs the TCP handler of each SYN on a goroutine that has
+	// run one before, whose stack is grown already (internal/gopool).
+	handlers *gopool.Pool
+
 	mu     sync.Mutex
 	links  map[tcpip.NICID]*Link
 	nextID tcpip.NICID
@@ -104,7 +110,7 @@ func New(cfg Config, log *slog.Logger) (*Stack, error) {
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 		HandleLocal:        false,
 	})
-	ns := &Stack{cfg: cfg, log: log, s: s, links: make(map[tcpip.NICID]*Link), nextID: 1}
+	ns := &Stack{cfg: cfg, log: log, s: s, links: make(map[tcpip.NICID]*Link), nextID: 1, handlers: gopool.New(0, 0)}
 	ns.SetPools(cfg.Pools)
 	if err := ns.setOptions(); err != nil {
 		s.Destroy()
@@ -167,6 +173,7 @@ func (ns *Stack) Close() {
 	ns.s.Close()
 	ns.s.Wait()
 	ns.s.Destroy()
+	ns.handlers.Close()
 }
 
 // SetPools replaces the prefixes the stack terminates (a gateway attached

@@ -27,7 +27,17 @@ type TCPRequest struct {
 	timeout time.Duration // Config.HandshakeTimeout
 }
 
+// forwardTCP is gVisor's forwarder handler: it runs on a new goroutine for
+// each SYN, which hands the request to a pooled one at once. The handler
+// goes deep (the backend's dial, gVisor's handshake and output path); on a
+// new goroutine's small stack that meant growing it by copies, for every
+// connection.
 func (ns *Stack) forwardTCP(r *tcp.ForwarderRequest) {
+	ns.handlers.Go(func() { ns.handleTCP(r) })
+}
+
+// handleTCP hands a client's SYN to the Handler.
+func (ns *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	id := r.ID()
 	req := &TCPRequest{
 		Src:     netip.AddrPortFrom(fromAddr(id.RemoteAddress), id.RemotePort),
