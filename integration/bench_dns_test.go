@@ -95,7 +95,9 @@ remote-control:
 	if err != nil {
 		t.Fatal(err)
 	}
+	prof := l.profileDuring(t, "dns-netstack", d/2)
 	stack, err := l.dnsperf(l.acme, qfile, "10.100.0.1", 53, d)
+	<-prof
 	if err != nil {
 		t.Fatal(err)
 	}

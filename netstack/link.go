@@ -244,7 +244,7 @@ func (l *Link) admit(pkt []byte) (*stack.PacketBuffer, tcpip.NetworkProtocolNumb
 		ns.drop(DropLinkDown)
 		return nil, 0, nil
 	}
-	if !local && ns.deliverUDP(&h, pkt) {
+	if !local && ns.deliverUDP(&h, pkt) || local && ns.deliverLocalUDP(&h, pkt) {
 		return nil, 0, nil
 	}
 	pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})

@@ -17,12 +17,3 @@ func (ns *Stack) ListenTCP(ap netip.AddrPort) (net.Listener, error) {
 	}
 	return l, nil
 }
-
-// ListenUDP opens a UDP socket on one of the stack's local addresses.
-func (ns *Stack) ListenUDP(ap netip.AddrPort) (net.PacketConn, error) {
-	c, err := gonet.DialUDP(ns.s, &tcpip.FullAddress{Addr: toAddr(ap.Addr()), Port: ap.Port()}, nil, protoOf(ap.Addr()))
-	if err != nil {
-		return nil, err
-	}
-	return c, nil
-}

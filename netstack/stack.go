@@ -76,7 +76,8 @@ type Stack struct {
 	icmpSent    atomic.Uint64 // ICMP errors the stack built itself (refused echo requests)
 	icmpLimited atomic.Uint64 // ... and those the ICMP rate limit suppressed
 
-	udp udpFlows // accepted UDP flows, for the links' fast path
+	udp       udpFlows     // accepted UDP flows, for the links' fast path
+	listeners udpListeners // ListenUDP's sockets, for the links' fast path
 
 	// handlers runs the TCP handler of each SYN on a goroutine that has
 	// run one before, whose stack is grown already (internal/gopool).

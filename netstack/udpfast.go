@@ -60,7 +60,7 @@ func (f *udpFlows) lookup(k udpFlowKey) *UDPConn {
 // deliverUDP queues the datagram in pkt on its flow and reports whether it
 // did; false leaves the packet to gVisor.
 func (ns *Stack) deliverUDP(h *ipHeader, pkt []byte) bool {
-	if h.proto != protoUDP || h.fragment || len(h.l4) < header.UDPMinimumSize || !h.v6 && h.hdrLen != header.IPv4MinimumSize {
+	if !fastUDP(h) {
 		return false
 	}
 	u := header.UDP(h.l4)
@@ -71,28 +71,73 @@ func (ns *Stack) deliverUDP(h *ipHeader, pkt []byte) bool {
 	if c == nil { // a new flow: gVisor checks it
 		return false
 	}
-	if !h.v6 && !header.IPv4(pkt).IsChecksumValid() {
+	payload, ok := udpPayload(h, pkt)
+	if !ok {
 		return false
 	}
+	return ns.queueUDP(&c.fast, c.wq, payload, netip.AddrPort{})
+}
+
+// deliverLocalUDP queues the datagram in pkt, to one of the stack's own
+// addresses, on the listener of its address and port (ListenUDP: the DNS
+// server at the gateway's address) and reports whether it did; false
+// leaves the packet to gVisor.
+func (ns *Stack) deliverLocalUDP(h *ipHeader, pkt []byte) bool {
+	if !fastUDP(h) {
+		return false
+	}
+	u := header.UDP(h.l4)
+	l := ns.listeners.lookup(netip.AddrPortFrom(h.dst, u.DestinationPort()))
+	if l == nil {
+		return false
+	}
+	payload, ok := udpPayload(h, pkt)
+	if !ok {
+		return false
+	}
+	return ns.queueUDP(&l.fast, l.wq, payload, netip.AddrPortFrom(h.src, u.SourcePort()))
+}
+
+// fastUDP reports whether the link may take the UDP datagram h itself:
+// not a fragment, no IPv4 options, a whole UDP header.
+func fastUDP(h *ipHeader) bool {
+	return h.proto == protoUDP && !h.fragment && len(h.l4) >= header.UDPMinimumSize && (h.v6 || h.hdrLen == header.IPv4MinimumSize)
+}
+
+// udpPayload checks the datagram in pkt the way gVisor would (IPv4 header
+// checksum, UDP length and checksum) and returns its payload; false when a
+// check fails (gVisor then counts and drops it).
+func udpPayload(h *ipHeader, pkt []byte) ([]byte, bool) {
+	if !h.v6 && !header.IPv4(pkt).IsChecksumValid() {
+		return nil, false
+	}
+	u := header.UDP(h.l4)
 	n := int(u.Length())
 	if n < header.UDPMinimumSize || n > len(h.l4) {
-		return false
+		return nil, false
 	}
 	u = u[:n]
 	payload := u[header.UDPMinimumSize:]
 	if u.Checksum() != 0 || h.v6 { // IPv6 has no datagram without a checksum
 		if !u.IsChecksumValid(toAddr(h.src), toAddr(h.dst), checksum.Checksum(payload, 0)) {
-			return false
+			return nil, false
 		}
 	}
-	switch c.fast.push(payload) {
-	case queueClosed: // the flow is ending: gVisor decides, as for a new flow
+	return payload, true
+}
+
+// queueUDP queues payload (from src, for a listener) on q and wakes its
+// reader; false when q is closing (gVisor then decides, as for a new
+// flow). A full queue drops the datagram and counts it.
+func (ns *Stack) queueUDP(q *udpQueue, wq *waiter.Queue, payload []byte, src netip.AddrPort) bool {
+	switch q.pushFrom(payload, src) {
+	case queueClosed:
 		return false
 	case queueFull:
 		ns.drop(DropUDPQueueFull)
 		return true
 	}
-	c.wq.Notify(waiter.ReadableEvents)
+	wq.Notify(waiter.ReadableEvents)
 	return true
 }
 
@@ -112,13 +157,20 @@ const smallDatagram = 2048
 
 var datagramPool = sync.Pool{New: func() any { b := make([]byte, smallDatagram); return &b }}
 
-// udpQueue is a flow's fast-path datagrams, oldest first.
+// udpQueue is a flow's (or a listener's) fast-path datagrams, oldest
+// first.
 type udpQueue struct {
 	mu     sync.Mutex
-	q      []*[]byte
+	q      []queuedDatagram
 	head   int
 	bytes  int
 	closed bool
+}
+
+// queuedDatagram is a datagram's payload and, for a listener, its source.
+type queuedDatagram struct {
+	bp  *[]byte
+	src netip.AddrPort
 }
 
 // What push did with a datagram.
@@ -129,7 +181,10 @@ const (
 )
 
 // push copies p onto the queue.
-func (q *udpQueue) push(p []byte) int {
+func (q *udpQueue) push(p []byte) int { return q.pushFrom(p, netip.AddrPort{}) }
+
+// pushFrom copies p, a datagram from src, onto the queue.
+func (q *udpQueue) pushFrom(p []byte, src netip.AddrPort) int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {
@@ -152,7 +207,7 @@ func (q *udpQueue) push(p []byte) int {
 		clear(q.q[n:])
 		q.q, q.head = q.q[:n], 0
 	}
-	q.q = append(q.q, bp)
+	q.q = append(q.q, queuedDatagram{bp, src})
 	q.bytes += len(p)
 	return queued
 }
@@ -160,13 +215,20 @@ func (q *udpQueue) push(p []byte) int {
 // pop copies the oldest datagram into b (truncating it, as a UDP read
 // does) and reports whether there was one.
 func (q *udpQueue) pop(b []byte) (int, bool) {
+	n, _, ok := q.popFrom(b)
+	return n, ok
+}
+
+// popFrom is pop that also returns the datagram's source (pushFrom's).
+func (q *udpQueue) popFrom(b []byte) (int, netip.AddrPort, bool) {
 	q.mu.Lock()
 	if q.head == len(q.q) {
 		q.mu.Unlock()
-		return 0, false
+		return 0, netip.AddrPort{}, false
 	}
-	bp := q.q[q.head]
-	q.q[q.head] = nil
+	d := q.q[q.head]
+	bp := d.bp
+	q.q[q.head] = queuedDatagram{}
 	q.head++
 	if q.head == len(q.q) {
 		q.q, q.head = q.q[:0], 0
@@ -175,7 +237,7 @@ func (q *udpQueue) pop(b []byte) (int, bool) {
 	q.mu.Unlock()
 	n := copy(b, *bp)
 	release(bp)
-	return n, true
+	return n, d.src, true
 }
 
 // ready reports whether a datagram is queued.
@@ -190,8 +252,8 @@ func (q *udpQueue) close() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.closed = true
-	for _, bp := range q.q[q.head:] {
-		release(bp)
+	for _, d := range q.q[q.head:] {
+		release(d.bp)
 	}
 	q.q, q.head, q.bytes = nil, 0, 0
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"sync/atomic"
@@ -366,5 +367,133 @@ func TestUDPQueue(t *testing.T) {
 	}
 	if q.ready() || q.bytes != 0 {
 		t.Fatal("close kept datagrams")
+	}
+}
+
+// TestUDPListenerFastPath: datagrams to a ListenUDP socket on one of the
+// stack's own addresses reach it without gVisor, in order, with their
+// sources; those the link does not take (IPv4 options) still arrive
+// through gVisor, and those gVisor would drop are dropped and counted.
+func TestUDPListenerFastPath(t *testing.T) {
+	local4 := netip.MustParseAddrPort("10.100.0.1:53")
+	local6 := netip.MustParseAddrPort("[2001:db8:100::1]:53")
+	other4 := netip.MustParseAddrPort("198.51.100.11:40001")
+	good := func() []byte { return udpPacket(udpClient4, local4, []byte("payload"), nil) }
+	type datagram struct {
+		payload string
+		src     netip.AddrPort
+	}
+	for _, tc := range []struct {
+		name      string
+		local     netip.AddrPort
+		pkts      [][]byte
+		want      []datagram
+		viaGVisor uint64 // datagrams gVisor's UDP takes
+		malformed bool   // a drop is counted
+	}{
+		{"IPv4, two clients", local4, [][]byte{
+			udpPacket(udpClient4, local4, []byte("a"), nil),
+			udpPacket(other4, local4, []byte("b"), nil),
+			udpPacket(udpClient4, local4, []byte("c"), nil),
+		}, []datagram{{"a", udpClient4}, {"b", other4}, {"c", udpClient4}}, 0, false},
+		{"IPv6", local6, [][]byte{udpPacket(udpClient6, local6, []byte("six"), nil)},
+			[]datagram{{"six", udpClient6}}, 0, false},
+		{"IPv4 options go through gVisor", local4, [][]byte{udpPacket(udpClient4, local4, []byte("opt"), []byte{1, 1, 1, 0})},
+			[]datagram{{"opt", udpClient4}}, 1, false},
+		{"bad UDP checksum", local4, [][]byte{corruptAt(good(), 20+6)}, nil, 0, true},
+		{"bad IPv4 header checksum", local4, [][]byte{corruptAt(good(), 10)}, nil, 0, true},
+		{"another port", local4, [][]byte{udpPacket(udpClient4, netip.AddrPortFrom(local4.Addr(), 54), []byte("x"), nil)}, nil, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns, l := newTestLink(t, Config{Handler: flowTaker{make(chan *UDPConn, 1)},
+				Local: []netip.Addr{local4.Addr(), local6.Addr()}}, &capture{})
+			pc, err := ns.ListenUDP(tc.local)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pc.Close()
+			before := ns.Stats()
+			for _, p := range tc.pkts {
+				l.Deliver(p)
+			}
+			var got []datagram
+			buf := make([]byte, 2048)
+			for {
+				pc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+				n, from, err := pc.ReadFrom(buf)
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, datagram{string(buf[:n]), from.(*net.UDPAddr).AddrPort()})
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Fatalf("read %v, want %v", got, tc.want)
+			}
+			if n := udpPackets(ns); n != tc.viaGVisor {
+				t.Errorf("gVisor's UDP took %d datagrams, want %d", n, tc.viaGVisor)
+			}
+			after := ns.Stats()
+			counted := after.TransportMalformed+after.IPMalformed > before.TransportMalformed+before.IPMalformed
+			if counted != tc.malformed {
+				t.Errorf("malformed drop counted: %v, want %v (%+v)", counted, tc.malformed, after)
+			}
+		})
+	}
+}
+
+// TestUDPListenerClose: Close wakes a waiting ReadFrom with net.ErrClosed,
+// and the fast path no longer queues for the closed listener.
+func TestUDPListenerClose(t *testing.T) {
+	local := netip.MustParseAddrPort("10.100.0.1:53")
+	ns, l := newTestLink(t, Config{Handler: flowTaker{make(chan *UDPConn, 1)}, Local: []netip.Addr{local.Addr()}}, &capture{})
+	pc, err := ns.ListenUDP(local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, _, err := pc.ReadFrom(make([]byte, 64))
+		errc <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // let it wait
+	pc.Close()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("ReadFrom after Close: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Close did not wake ReadFrom")
+	}
+	l.Deliver(udpPacket(udpClient4, local, []byte("late"), nil))
+	if ns.listeners.lookup(local) != nil || pc.fast.ready() {
+		t.Error("a closed listener still takes datagrams")
+	}
+	if _, _, err := pc.ReadFrom(make([]byte, 64)); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("ReadFrom on a closed listener: %v", err)
+	}
+}
+
+// TestUDPListenerQueueBound: a listener's fast-path queue holds at most
+// udpQueueLen datagrams; the rest are dropped and counted.
+func TestUDPListenerQueueBound(t *testing.T) {
+	local := netip.MustParseAddrPort("10.100.0.1:53")
+	var drops [numDropReasons]atomic.Int64
+	ns, l := newTestLink(t, Config{Handler: flowTaker{make(chan *UDPConn, 1)}, Local: []netip.Addr{local.Addr()},
+		OnDrop: func(r DropReason) { drops[r].Add(1) }}, &capture{})
+	pc, err := ns.ListenUDP(local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	const extra = 10
+	for range udpQueueLen + extra {
+		l.Deliver(udpPacket(udpClient4, local, []byte("q"), nil))
+	}
+	if n := drops[DropUDPQueueFull].Load(); n != extra {
+		t.Errorf("%d datagrams counted as dropped for a full queue, want %d", n, extra)
 	}
 }
