@@ -47,12 +47,10 @@ func (r *UDPRequest) Accept() (*UDPConn, error) {
 		return nil, tcpipError("udp accept "+r.Src.String(), err)
 	}
 	c := &UDPConn{
-		conn: conn{gonet.NewUDPConn(&wq, ep)},
-		ep:   ep,
-		wq:   &wq,
-		ns:   r.ns,
-		key:  udpFlowKey{src: r.Src, dst: r.Dst},
-		done: make(chan struct{}),
+		conn:       conn{gonet.NewUDPConn(&wq, ep)},
+		fastSocket: newFastSocket(ep, &wq),
+		ns:         r.ns,
+		key:        udpFlowKey{src: r.Src, dst: r.Dst},
 	}
 	r.ns.udp.add(c.key, c)
 	return c, nil
@@ -62,19 +60,11 @@ func (r *UDPRequest) Accept() (*UDPConn, error) {
 // datagrams, writes go to the client from the VIP:port.
 type UDPConn struct {
 	conn
-	ep tcpip.Endpoint
-	wq *waiter.Queue
+	fastSocket
 	rw tcpip.SliceWriter // TryRead's, kept so that a read does not allocate one
 
-	ns   *Stack
-	key  udpFlowKey
-	fast udpQueue // datagrams from the link's fast path
-
-	closeOnce sync.Once
-	done      chan struct{} // closed by Close
-
-	deadlineMu sync.Mutex
-	deadline   time.Time // Read's
+	ns  *Stack
+	key udpFlowKey
 }
 
 var _ net.Conn = (*UDPConn)(nil)
@@ -84,29 +74,7 @@ var _ net.Conn = (*UDPConn)(nil)
 // until the timer channel fires (os.ErrDeadlineExceeded). The splice waits
 // here without holding a buffer, so an idle flow pins no copy buffer.
 func (c *UDPConn) WaitReadable(done <-chan struct{}, timer <-chan time.Time) error {
-	if c.readable() {
-		return nil
-	}
-	entry, ch := waiter.NewChannelEntry(waiter.ReadableEvents)
-	c.wq.EventRegister(&entry)
-	defer c.wq.EventUnregister(&entry)
-	if c.readable() {
-		return nil
-	}
-	select {
-	case <-ch:
-		return nil
-	case <-done:
-		return net.ErrClosed
-	case <-c.done:
-		return net.ErrClosed
-	case <-timer:
-		return os.ErrDeadlineExceeded
-	}
-}
-
-func (c *UDPConn) readable() bool {
-	return c.ep.Readiness(waiter.ReadableEvents) != 0 || c.fast.ready()
+	return c.waitReadable(done, timer)
 }
 
 // TryRead reads one datagram from the client without waiting, or returns
@@ -126,33 +94,14 @@ func (c *UDPConn) TryRead(b []byte) (int, error) {
 // read deadline passes or the connection is closed.
 func (c *UDPConn) Read(b []byte) (int, error) {
 	for {
-		select {
-		case <-c.done:
+		if c.closed() {
 			return 0, net.ErrClosed
-		default:
 		}
 		n, err := c.TryRead(b)
 		if err != ErrWouldBlock {
 			return n, err
 		}
-		c.deadlineMu.Lock()
-		d := c.deadline
-		c.deadlineMu.Unlock()
-		var timer *time.Timer
-		var expired <-chan time.Time
-		if !d.IsZero() {
-			wait := time.Until(d)
-			if wait <= 0 {
-				return 0, os.ErrDeadlineExceeded
-			}
-			timer = time.NewTimer(wait)
-			expired = timer.C
-		}
-		err = c.WaitReadable(nil, expired)
-		if timer != nil {
-			timer.Stop()
-		}
-		if err != nil {
+		if err := c.waitRead(); err != nil {
 			return 0, err
 		}
 	}
@@ -161,24 +110,113 @@ func (c *UDPConn) Read(b []byte) (int, error) {
 // SetReadDeadline implements net.Conn: it bounds Read (gVisor's own read
 // deadline is never consulted, Read does not go through it).
 func (c *UDPConn) SetReadDeadline(t time.Time) error {
-	c.deadlineMu.Lock()
-	c.deadline = t
-	c.deadlineMu.Unlock()
+	c.setReadDeadline(t)
 	return nil
 }
 
 // SetDeadline implements net.Conn.
 func (c *UDPConn) SetDeadline(t time.Time) error {
-	c.SetReadDeadline(t)
+	c.setReadDeadline(t)
 	return c.conn.SetWriteDeadline(t)
 }
 
 // Close ends the flow's fast path, then its endpoint.
 func (c *UDPConn) Close() error {
-	c.closeOnce.Do(func() {
-		c.ns.udp.remove(c.key, c)
-		c.fast.close()
-		close(c.done)
-	})
+	c.closeFast(func() { c.ns.udp.remove(c.key, c) })
 	return c.conn.Close()
+}
+
+// fastSocket is what a flow's UDPConn and a UDPListener share: a gVisor
+// endpoint and the queue the links' fast path fills (udpfast.go), a read
+// deadline that their reads check themselves, and the channel Close
+// closes.
+type fastSocket struct {
+	ep   tcpip.Endpoint
+	wq   *waiter.Queue
+	fast udpQueue
+
+	closeOnce sync.Once
+	done      chan struct{} // closed by closeFast
+
+	deadlineMu sync.Mutex
+	deadline   time.Time
+}
+
+func newFastSocket(ep tcpip.Endpoint, wq *waiter.Queue) fastSocket {
+	return fastSocket{ep: ep, wq: wq, done: make(chan struct{})}
+}
+
+// readable reports whether a read would find a datagram or an error.
+func (s *fastSocket) readable() bool {
+	return s.ep.Readiness(waiter.ReadableEvents) != 0 || s.fast.ready()
+}
+
+// waitReadable blocks until a read would not block, until done or the
+// socket is closed (net.ErrClosed), or until timer fires
+// (os.ErrDeadlineExceeded).
+func (s *fastSocket) waitReadable(done <-chan struct{}, timer <-chan time.Time) error {
+	if s.readable() {
+		return nil
+	}
+	entry, ch := waiter.NewChannelEntry(waiter.ReadableEvents)
+	s.wq.EventRegister(&entry)
+	defer s.wq.EventUnregister(&entry)
+	if s.readable() {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-done:
+		return net.ErrClosed
+	case <-s.done:
+		return net.ErrClosed
+	case <-timer:
+		return os.ErrDeadlineExceeded
+	}
+}
+
+// waitRead waits as a read does: until a read would not block, the read
+// deadline passes or the socket is closed.
+func (s *fastSocket) waitRead() error {
+	s.deadlineMu.Lock()
+	d := s.deadline
+	s.deadlineMu.Unlock()
+	var expired <-chan time.Time
+	if !d.IsZero() {
+		wait := time.Until(d)
+		if wait <= 0 {
+			return os.ErrDeadlineExceeded
+		}
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+		expired = timer.C
+	}
+	return s.waitReadable(nil, expired)
+}
+
+func (s *fastSocket) setReadDeadline(t time.Time) {
+	s.deadlineMu.Lock()
+	s.deadline = t
+	s.deadlineMu.Unlock()
+}
+
+// closed reports whether closeFast has run.
+func (s *fastSocket) closed() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// closeFast, once, takes the socket off the fast path (unlist), drops what
+// it queued and wakes its readers.
+func (s *fastSocket) closeFast(unlist func()) {
+	s.closeOnce.Do(func() {
+		unlist()
+		s.fast.close()
+		close(s.done)
+	})
 }

@@ -29,29 +29,34 @@ import (
 type udpFlowKey struct{ src, dst netip.AddrPort }
 
 // udpFlows are the stack's accepted UDP flows.
-type udpFlows struct {
+type udpFlows = fastTable[udpFlowKey, *UDPConn]
+
+// fastTable maps what the links' fast path looks up (a flow's addresses,
+// a listener's) to its socket.
+type fastTable[K comparable, V comparable] struct {
 	mu sync.RWMutex
-	m  map[udpFlowKey]*UDPConn
+	m  map[K]V
 }
 
-func (f *udpFlows) add(k udpFlowKey, c *UDPConn) {
+func (f *fastTable[K, V]) add(k K, v V) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.m == nil {
-		f.m = make(map[udpFlowKey]*UDPConn)
+		f.m = make(map[K]V)
 	}
-	f.m[k] = c
+	f.m[k] = v
 }
 
-func (f *udpFlows) remove(k udpFlowKey, c *UDPConn) {
+// remove deletes k if it still maps to v.
+func (f *fastTable[K, V]) remove(k K, v V) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.m[k] == c {
+	if f.m[k] == v {
 		delete(f.m, k)
 	}
 }
 
-func (f *udpFlows) lookup(k udpFlowKey) *UDPConn {
+func (f *fastTable[K, V]) lookup(k K) V {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.m[k]

@@ -3,8 +3,6 @@ package netstack
 import (
 	"net"
 	"net/netip"
-	"os"
-	"sync"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -24,17 +22,9 @@ import (
 // (WriteTo), which routes them to the link of their client.
 type UDPListener struct {
 	*gonet.UDPConn // WriteTo, LocalAddr, write deadlines
-	ep             tcpip.Endpoint
-	wq             *waiter.Queue
-	ns             *Stack
-	addr           netip.AddrPort
-	fast           udpQueue
-
-	closeOnce sync.Once
-	done      chan struct{} // closed by Close
-
-	deadlineMu sync.Mutex
-	deadline   time.Time // ReadFrom's
+	fastSocket
+	ns   *Stack
+	addr netip.AddrPort
 }
 
 var _ net.PacketConn = (*UDPListener)(nil)
@@ -51,12 +41,10 @@ func (ns *Stack) ListenUDP(ap netip.AddrPort) (*UDPListener, error) {
 		return nil, tcpipError("listen udp "+ap.String(), terr)
 	}
 	l := &UDPListener{
-		UDPConn: gonet.NewUDPConn(&wq, ep),
-		ep:      ep,
-		wq:      &wq,
-		ns:      ns,
-		addr:    ap,
-		done:    make(chan struct{}),
+		UDPConn:    gonet.NewUDPConn(&wq, ep),
+		fastSocket: newFastSocket(ep, &wq),
+		ns:         ns,
+		addr:       ap,
 	}
 	ns.listeners.add(ap, l)
 	return l, nil
@@ -66,10 +54,8 @@ func (ns *Stack) ListenUDP(ap netip.AddrPort) (*UDPListener, error) {
 // deadline passes or the listener is closed.
 func (l *UDPListener) ReadFrom(b []byte) (int, net.Addr, error) {
 	for {
-		select {
-		case <-l.done:
+		if l.closed() {
 			return 0, nil, net.ErrClosed
-		default:
 		}
 		if n, src, ok := l.fast.popFrom(b); ok {
 			return n, net.UDPAddrFromAddrPort(src), nil
@@ -77,7 +63,7 @@ func (l *UDPListener) ReadFrom(b []byte) (int, net.Addr, error) {
 		if n, src, err := l.tryReadEndpoint(b); err != ErrWouldBlock {
 			return n, src, err
 		}
-		if err := l.wait(); err != nil {
+		if err := l.waitRead(); err != nil {
 			return 0, nil, err
 		}
 	}
@@ -97,89 +83,25 @@ func (l *UDPListener) tryReadEndpoint(b []byte) (int, net.Addr, error) {
 	return 0, nil, tcpipError("read", terr)
 }
 
-// wait blocks until a datagram may be waiting, the deadline passes
-// (os.ErrDeadlineExceeded) or the listener is closed (net.ErrClosed).
-func (l *UDPListener) wait() error {
-	l.deadlineMu.Lock()
-	d := l.deadline
-	l.deadlineMu.Unlock()
-	var expired <-chan time.Time
-	if !d.IsZero() {
-		wait := time.Until(d)
-		if wait <= 0 {
-			return os.ErrDeadlineExceeded
-		}
-		timer := time.NewTimer(wait)
-		defer timer.Stop()
-		expired = timer.C
-	}
-	entry, ch := waiter.NewChannelEntry(waiter.ReadableEvents)
-	l.wq.EventRegister(&entry)
-	defer l.wq.EventUnregister(&entry)
-	if l.fast.ready() || l.ep.Readiness(waiter.ReadableEvents) != 0 {
-		return nil
-	}
-	select {
-	case <-ch:
-		return nil
-	case <-l.done:
-		return net.ErrClosed
-	case <-expired:
-		return os.ErrDeadlineExceeded
-	}
-}
-
 // SetReadDeadline bounds ReadFrom (gVisor's own read deadline is never
 // consulted: ReadFrom does not go through it).
 func (l *UDPListener) SetReadDeadline(t time.Time) error {
-	l.deadlineMu.Lock()
-	l.deadline = t
-	l.deadlineMu.Unlock()
+	l.setReadDeadline(t)
 	return nil
 }
 
 // SetDeadline sets the read and write deadlines.
 func (l *UDPListener) SetDeadline(t time.Time) error {
-	l.SetReadDeadline(t)
+	l.setReadDeadline(t)
 	return l.UDPConn.SetWriteDeadline(t)
 }
 
 // Close ends the listener's fast path, wakes its readers, then closes its
 // endpoint.
 func (l *UDPListener) Close() error {
-	l.closeOnce.Do(func() {
-		l.ns.listeners.remove(l.addr, l)
-		l.fast.close()
-		close(l.done)
-	})
+	l.closeFast(func() { l.ns.listeners.remove(l.addr, l) })
 	return l.UDPConn.Close()
 }
 
 // udpListeners are the stack's UDP listeners by local address and port.
-type udpListeners struct {
-	mu sync.RWMutex
-	m  map[netip.AddrPort]*UDPListener
-}
-
-func (t *udpListeners) add(ap netip.AddrPort, l *UDPListener) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.m == nil {
-		t.m = make(map[netip.AddrPort]*UDPListener)
-	}
-	t.m[ap] = l
-}
-
-func (t *udpListeners) remove(ap netip.AddrPort, l *UDPListener) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.m[ap] == l {
-		delete(t.m, ap)
-	}
-}
-
-func (t *udpListeners) lookup(ap netip.AddrPort) *UDPListener {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	return t.m[ap]
-}
+type udpListeners = fastTable[netip.AddrPort, *UDPListener]
