@@ -18,8 +18,11 @@ func (d *discard) WritePackets(pkts [][]byte) error {
 	return nil
 }
 
+// dnsAddr is where FuzzLinkDeliver's stack listens for DNS.
+var dnsAddr = netip.MustParseAddrPort("10.100.0.1:53")
+
 // FuzzLinkDeliver feeds arbitrary bytes to a link of a stack whose handler
-// accepts flows: Deliver never panics, and whatever the link cannot parse
+// accepts flows and which listens for DNS: Deliver never panics, and whatever the link cannot parse
 // is dropped and counted before gVisor sees it. The same bytes, twice, go
 // through GRO to a link whose checksums are trusted (a tunnel's), where
 // gVisor checks no checksum.
@@ -30,6 +33,7 @@ func FuzzLinkDeliver(f *testing.F) {
 	f.Add(synOf(hostileC))
 	f.Add(netstacktest.UDPDatagram(hostileC, vipUDP, []byte("q")))
 	f.Add(netstacktest.EchoRequest(clientAddr, accepted, 1, 2, []byte("ping")))
+	f.Add(netstacktest.UDPDatagram(hostileC, dnsAddr, []byte("query")))
 
 	var drops atomic.Int64
 	ns, err := netstack.New(netstack.Config{
@@ -52,7 +56,21 @@ func FuzzLinkDeliver(f *testing.F) {
 		f.Fatal(err)
 	}
 	batch := trusted.NewBatch()
+	// The DNS server's socket, whose datagrams the links take themselves.
+	dns, err := ns.ListenUDP(dnsAddr)
+	if err != nil {
+		f.Fatal(err)
+	}
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			if _, _, err := dns.ReadFrom(buf); err != nil {
+				return
+			}
+		}
+	}()
 	f.Cleanup(func() {
+		dns.Close()
 		link.Close()
 		trusted.Close()
 		ns.Close()
