@@ -23,19 +23,24 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	t.Fatalf("%s: not within 2 s", what)
 }
 
+// TestWorkerTakesTheNextTask: tasks handed over one after the other, each
+// once the last one's worker waits, run on that worker. A worker counts as
+// waiting a moment before it can take a task (Go never blocks: a task that
+// finds none ready gets a goroutine of its own), so a few of them may not.
 func TestWorkerTakesTheNextTask(t *testing.T) {
 	p := New(time.Minute, 4)
 	defer p.Close()
-	done := make(chan int, 2)
-	p.Go(func() { done <- 1 })
-	<-done
-	eventually(t, "the worker waits", func() bool { return p.Waiting() == 1 })
-	p.Go(func() { done <- 2 })
-	if got := <-done; got != 2 {
-		t.Fatalf("task %d ran, want 2", got)
+	const tasks = 100
+	done := make(chan int, 1)
+	for i := range tasks {
+		p.Go(func() { done <- i })
+		if got := <-done; got != i {
+			t.Fatalf("task %d ran, want %d", got, i)
+		}
+		eventually(t, "the worker waits", func() bool { return p.Waiting() >= 1 })
 	}
-	if n := p.Started(); n != 1 {
-		t.Errorf("%d goroutines started for two tasks one after the other, want 1", n)
+	if n := p.Started(); n > tasks/2 {
+		t.Errorf("%d goroutines started for %d tasks one after the other, want most on a kept one", n, tasks)
 	}
 }
 
