@@ -78,12 +78,14 @@ func TestIdleWorkersEnd(t *testing.T) {
 
 func TestClose(t *testing.T) {
 	p := New(time.Hour, 8)
-	var wg sync.WaitGroup
-	wg.Add(3)
-	for range 3 {
-		p.Go(wg.Done)
+	release := make(chan struct{})
+	var running sync.WaitGroup
+	running.Add(3)
+	for range 3 { // three at once: none finds another waiting
+		p.Go(func() { running.Done(); <-release })
 	}
-	wg.Wait()
+	running.Wait()
+	close(release)
 	eventually(t, "the workers wait", func() bool { return p.Waiting() == 3 })
 	p.Close()
 	p.Close() // idempotent
