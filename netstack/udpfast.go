@@ -19,7 +19,9 @@ import (
 // (docs/performance.md). What the link does not take — fragments, IPv4
 // options, IPv6 extension headers, anything that fails a check — goes to
 // gVisor as before, which reassembles, counts and drops as it always did,
-// and still reaches the flow through its gVisor endpoint.
+// and still reaches the flow through its gVisor endpoint. Datagrams to a
+// ListenUDP socket on one of the stack's own addresses (the DNS server)
+// take the same path to it, with their sources (udplisten.go).
 //
 // The link's Admit runs first, so a link can only reach flows whose client
 // address it may send from, exactly as in gVisor, whose flow endpoints take
