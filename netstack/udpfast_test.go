@@ -469,6 +469,9 @@ func TestUDPListenerClose(t *testing.T) {
 		t.Fatal("Close did not wake ReadFrom")
 	}
 	l.Deliver(udpPacket(udpClient4, local, []byte("late"), nil))
+	if _, err := pc.Read(make([]byte, 64)); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Read on a closed listener: %v", err)
+	}
 	if ns.listeners.lookup(local) != nil || pc.fast.ready() {
 		t.Error("a closed listener still takes datagrams")
 	}

@@ -69,6 +69,13 @@ func (l *UDPListener) ReadFrom(b []byte) (int, net.Addr, error) {
 	}
 }
 
+// Read is ReadFrom without the source (the embedded gVisor conn's own Read
+// would miss the fast path's datagrams).
+func (l *UDPListener) Read(b []byte) (int, error) {
+	n, _, err := l.ReadFrom(b)
+	return n, err
+}
+
 // tryReadEndpoint reads a datagram gVisor queued, without waiting.
 func (l *UDPListener) tryReadEndpoint(b []byte) (int, net.Addr, error) {
 	w := tcpip.SliceWriter(b)
