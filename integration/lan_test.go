@@ -194,8 +194,8 @@ func TestLANDataPath(t *testing.T) {
 	gw := l.startGateway(lanConfig)
 
 	t.Run("TUN queue length", func(t *testing.T) {
-		if q := strings.TrimSpace(l.exec(l.router, "cat", "/sys/class/net/ztgate0/tx_queue_len")); q != "1000" {
-			t.Errorf("ztgate0 queue length %s, want 1000", q)
+		if q := strings.TrimSpace(l.exec(l.router, "cat", "/sys/class/net/ztgate0/tx_queue_len")); q != "2000" {
+			t.Errorf("ztgate0 queue length %s, want 2000", q)
 		}
 	})
 

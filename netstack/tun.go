@@ -225,11 +225,13 @@ func (t *TUN) SetMTU(mtu int) error {
 // tunTxQueueLen is the device's queue of packets waiting for our reader
 // (the kernel's default for a TUN device is 500, for Ethernet 1000). A
 // burst that arrives while the reader is not running waits there; what
-// does not fit is dropped and counted in the device's TX dropped. 1000
-// absorbs a 64-byte UDP burst of a few milliseconds at 150-200 k
-// packets/s, where 500 lost 2-3 % here (docs/performance.md); TCP's
-// super-packets rarely fill either.
-const tunTxQueueLen = 1000
+// does not fit is dropped and counted in the device's TX dropped. 2000
+// absorbs 10 ms of 64-byte UDP at 200 k packets/s: on a 2-core machine
+// whose sender and receiver share the cores with the gateway, 1000 lost
+// 2-11 % of that rate and 500 more (docs/performance.md). A full queue
+// holds 2-5 MB of small packets; TCP's super-packets never fill it (the
+// kernel's TCP small queues bound what a socket keeps queued).
+const tunTxQueueLen = 2000
 
 // Up sets the interface's queue length, sets it up and routes each prefix
 // into it.
