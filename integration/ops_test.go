@@ -216,7 +216,7 @@ backends = ["192.0.2.11"]
 // TestOpsLANGateway runs the LAN gateway as its unit does and checks its
 // metrics, status, reloads and JSON flow log after real traffic.
 func TestOpsLANGateway(t *testing.T) {
-	needTools(t, "curl", "dig", "ping", "setpriv")
+	needTools(t, "curl", "dig", "ping", "setpriv", "unshare")
 	l := newLANTopo(t)
 	l.startBackend("192.0.2.10")
 	state := filepath.Join(l.dir, "state")
@@ -357,7 +357,7 @@ func TestOpsLANGateway(t *testing.T) {
 // metrics of all three and `ztgate status` on all three,
 // draining included.
 func TestOpsRelayDeployment(t *testing.T) {
-	needTools(t, "curl", "dig", "setpriv")
+	needTools(t, "curl", "dig", "setpriv", "unshare")
 	r := newRelayTopo(t, "a1", "nosan")
 	r.startBackend("192.0.2.10")
 	// The helpers write the configurations; the roles then run as their

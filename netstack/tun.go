@@ -229,8 +229,8 @@ func (t *TUN) SetMTU(mtu int) error {
 // absorbs 10 ms of 64-byte UDP at 200 k packets/s: on a 2-core machine
 // whose sender and receiver share the cores with the gateway, 1000 lost
 // 2-11 % of that rate and 500 more (docs/performance.md). A full queue
-// holds 2-5 MB of small packets; TCP's super-packets never fill it (the
-// kernel's TCP small queues bound what a socket keeps queued).
+// holds 2-5 MB of small packets; TCP rarely fills it (the kernel's TCP
+// small queues bound what each socket keeps queued).
 const tunTxQueueLen = 2000
 
 // Up sets the interface's queue length, sets it up and routes each prefix

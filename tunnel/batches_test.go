@@ -181,19 +181,7 @@ func TestReleaseDatagramChecked(t *testing.T) {
 // waitQAD waits for the session's QAD and releases it.
 func waitQAD(t *testing.T, s *Session) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	for {
-		b, err := s.ReceiveDatagram(ctx)
-		if err != nil {
-			t.Fatalf("waiting for the QAD: %v", err)
-		}
-		qad := Kind(b) == TypeQAD
-		ReleaseDatagram(b)
-		if qad {
-			return
-		}
-	}
+	ReleaseDatagram(receiveFirst(t, s, "waiting for the QAD", func(b []byte) bool { return Kind(b) == TypeQAD }))
 }
 
 // releasePanic releases b and returns what ReleaseDatagram panicked with.

@@ -117,16 +117,24 @@ func (sf *sessionFixture) dialAccept(addr string, cfg DialConfig, d time.Duratio
 // receive returns the next datagram that is not a QAD.
 func receive(t *testing.T, s *Session) []byte {
 	t.Helper()
+	return receiveFirst(t, s, "receive", func(b []byte) bool { return Kind(b) != TypeQAD })
+}
+
+// receiveFirst returns the session's next datagram that want takes,
+// releasing those before it; what names the wait in a failure.
+func receiveFirst(t *testing.T, s *Session, what string, want func([]byte) bool) []byte {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	for {
 		b, err := s.ReceiveDatagram(ctx)
 		if err != nil {
-			t.Fatalf("receive: %v", err)
+			t.Fatalf("%s: %v", what, err)
 		}
-		if Kind(b) != TypeQAD {
+		if want(b) {
 			return b
 		}
+		ReleaseDatagram(b)
 	}
 }
 
