@@ -176,6 +176,27 @@ func TestReleaseDatagramChecked(t *testing.T) {
 			}
 		})
 	}
+
+	// A datagram that is never released is collected; a slice allocated
+	// later where it was is still not from the pool. CI once saw this
+	// case pass a slice through, when the record was keyed by address.
+	t.Run("not from the pool, where a collected datagram was", func(t *testing.T) {
+		const n = 64
+		for i := range n {
+			if err := client.SendDatagram(ip4Packet(200, byte(i))); err != nil {
+				t.Fatal(err)
+			}
+			_ = receive(t, server) // dropped, not released
+		}
+		runtime.GC()
+		runtime.GC()
+		const want = "quic: datagram buffer released twice or not from the pool"
+		for i := range 4 * n {
+			if got := releasePanic(make([]byte, 200, cap(b))); got != want {
+				t.Fatalf("slice %d: ReleaseDatagram panicked with %q, want %q", i, got, want)
+			}
+		}
+	})
 }
 
 // waitQAD waits for the session's QAD and releases it.

@@ -4,7 +4,7 @@ package wire
 
 import (
 	"sync"
-	"unsafe"
+	"weak"
 )
 
 // ztgate: in race builds (go test -race) the pool checks its callers. A
@@ -17,34 +17,49 @@ import (
 // the race detector reports). Builds without race do none of this
 // (datagram_pool_norace.go).
 //
-// The record is keyed by the array's address, not a pointer to it, so that
-// a buffer never given back is still collected. A stale entry (such a
-// buffer collected, its address reused) can only hide a misuse, never
-// report a false one. Not caught: a buffer released twice with a Get in
-// between that took it out again.
+// The record is keyed by weak pointers, so that a buffer never given back
+// is still collected, and so that its entry never matches a later
+// allocation at the same address (weak pointers to different objects
+// never compare equal, even after the first is collected): a slice that
+// did not come from the pool always panics. Entries of collected buffers
+// are pruned as the record grows. Not caught: a buffer released twice with
+// a Get in between that took it out again.
 
 const poisonDatagramByte = 0xdb
 
+type datagramBufferKey = weak.Pointer[[datagramBufferSize]byte]
+
 var datagramBuffersOut struct {
 	sync.Mutex
-	m map[uintptr]struct{}
+	m       map[datagramBufferKey]struct{}
+	pruneAt int // len(m) at which entries of collected buffers are deleted
 }
 
 func datagramBufferOut(p *[datagramBufferSize]byte) {
-	datagramBuffersOut.Lock()
-	if datagramBuffersOut.m == nil {
-		datagramBuffersOut.m = make(map[uintptr]struct{})
+	o := &datagramBuffersOut
+	o.Lock()
+	defer o.Unlock()
+	if o.m == nil {
+		o.m = make(map[datagramBufferKey]struct{})
 	}
-	datagramBuffersOut.m[uintptr(unsafe.Pointer(p))] = struct{}{}
-	datagramBuffersOut.Unlock()
+	if len(o.m) >= o.pruneAt {
+		for k := range o.m {
+			if k.Value() == nil {
+				delete(o.m, k)
+			}
+		}
+		o.pruneAt = 2*len(o.m) + 1024
+	}
+	o.m[weak.Make(p)] = struct{}{}
 }
 
 func datagramBufferBack(p *[datagramBufferSize]byte) {
-	k := uintptr(unsafe.Pointer(p))
-	datagramBuffersOut.Lock()
-	_, out := datagramBuffersOut.m[k]
-	delete(datagramBuffersOut.m, k)
-	datagramBuffersOut.Unlock()
+	o := &datagramBuffersOut
+	k := weak.Make(p)
+	o.Lock()
+	_, out := o.m[k]
+	delete(o.m, k)
+	o.Unlock()
 	if !out {
 		panic("quic: datagram buffer released twice or not from the pool")
 	}
