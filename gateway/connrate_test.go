@@ -24,31 +24,16 @@ func BenchmarkTCPConnection(b *testing.B) {
 	// One client address opens all the connections: no per-source rate
 	// (1000 new flows/s by default, which would drop SYNs here).
 	const unlimited = "[limits]\nnew_flows_per_second = 0\n"
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				var one [1]byte
-				if _, err := io.ReadFull(c, one[:]); err != nil {
-					return
-				}
-				if _, err := c.Write(one[:]); err != nil {
-					return
-				}
-				io.Copy(io.Discard, c) // until the client closes
-			}()
+	port := serveTCP(b, func(c net.Conn) {
+		var one [1]byte
+		if _, err := io.ReadFull(c, one[:]); err != nil {
+			return
 		}
-	}()
-	port := l.Addr().(*net.TCPAddr).Port
+		if _, err := c.Write(one[:]); err != nil {
+			return
+		}
+		io.Copy(io.Discard, c) // until the client closes
+	})
 	cfg, err := conf.ParseGateway("bench.toml", []byte(strings.ReplaceAll(quietGateway+unlimited+acmeTenant+
 		tcpService("echo", `"acme"`, "10.100.0.7", "127.0.0.1", port), "STATE", b.TempDir())))
 	if err != nil {

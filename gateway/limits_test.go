@@ -60,6 +60,13 @@ func serveTCP(t testing.TB, handle func(net.Conn)) int {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveOn(t, l, handle)
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// serveOn hands every connection l accepts to handle (and closes it
+// afterwards) until the test ends.
+func serveOn(t testing.TB, l net.Listener, handle func(net.Conn)) {
 	t.Cleanup(func() { l.Close() })
 	go func() {
 		for {
@@ -73,7 +80,6 @@ func serveTCP(t testing.TB, handle func(net.Conn)) int {
 			}()
 		}
 	}()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 var webVIP = netip.MustParseAddrPort("10.100.0.10:80")

@@ -70,22 +70,12 @@ func startLineEchoPair(t *testing.T, host1, name1, host2, name2 string) int {
 // serveLineEcho answers every line on l's connections with
 // "<name>: <line>" until the test ends.
 func serveLineEcho(t *testing.T, l net.Listener, name string) {
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					fmt.Fprintf(c, "%s: %s\n", name, sc.Text())
-				}
-			}()
+	serveOn(t, l, func(c net.Conn) {
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			fmt.Fprintf(c, "%s: %s\n", name, sc.Text())
 		}
-	}()
+	})
 }
 
 type fileHarness struct {
