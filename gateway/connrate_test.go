@@ -14,12 +14,13 @@ import (
 )
 
 // BenchmarkTCPConnection: one connection through the gateway per op, as
-// the end-to-end suite's connections/s case makes them: connect to the VIP,
-// a 1-byte echo, close, by 8 clients per processor at once. The client is a second gVisor stack in this
-// process and the backend a loopback socket, so an op includes their work
-// too; what a change to the gateway's per-connection path saves shows as
-// a difference (benchstat). The gateway logs its flow lines as it does in
-// production (text, info level), into io.Discard.
+// the end-to-end suite's connections/s case makes them (connect to the
+// VIP, a 1-byte echo, close), by 8 clients per processor at once. The
+// client is a second gVisor stack in this process and the backend a
+// loopback socket, so an op includes their work too; what a change to the
+// gateway's per-connection path saves shows as a difference (benchstat).
+// The gateway logs its flow lines as in production (text, info level),
+// into io.Discard.
 func BenchmarkTCPConnection(b *testing.B) {
 	// One client address opens all the connections: no per-source rate
 	// (1000 new flows/s by default, which would drop SYNs here).
@@ -55,7 +56,7 @@ func BenchmarkTCPConnection(b *testing.B) {
 
 	dst := netip.MustParseAddrPort("10.100.0.7:7")
 	b.ReportAllocs()
-	b.SetParallelism(8) // 16 clients at once on 2 cores: the gateway is busy, not waiting
+	b.SetParallelism(8) // the gateway busy, not waiting for one client
 	b.RunParallel(func(pb *testing.PB) {
 		ctx := context.Background()
 		var one [1]byte
