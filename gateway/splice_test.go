@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -120,4 +121,41 @@ func TestSpliceBackendSpeaksAfterIdle(t *testing.T) {
 	}
 	c.Close()
 	waitFor(t, 3*time.Second, "flow ended", func() bool { return h.gw.flows.len() == 0 })
+}
+
+// TestSpliceBackendResetsAtOnce: a backend that resets every connection
+// as it accepts it. The reactor reports the reset (an error or hang-up is
+// reported even before the socket is armed) while the splice may still be
+// being set up; no worker may run before the set-up ends (the race
+// detector once caught one tearing a flow down while the client's notifier
+// was being hooked). Every flow ends. A reset that comes before the
+// gateway's connect returns is a failed dial: that client is refused.
+func TestSpliceBackendResetsAtOnce(t *testing.T) {
+	port := serveTCP(t, func(c net.Conn) {
+		c.(*net.TCPConn).SetLinger(0) // Close sends a RST
+	})
+	h := newHarness(t, spliceConfig(port, "1h"))
+	spliced := 0
+	for i := range 100 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := h.client.DialTCP(ctx, acmeClient, netip.MustParseAddrPort("10.100.0.12:9"))
+		cancel()
+		if err != nil {
+			if !strings.Contains(err.Error(), "refused") {
+				t.Fatalf("flow %d: %v", i, err)
+			}
+			continue
+		}
+		spliced++
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadAll(c); err != nil && !strings.Contains(err.Error(), "connection reset") {
+			t.Fatalf("flow %d: %v", i, err)
+		}
+		c.Close()
+	}
+	t.Logf("%d of 100 flows spliced, the others refused", spliced)
+	if spliced < 10 {
+		t.Fatalf("only %d of 100 flows spliced", spliced)
+	}
+	waitFor(t, 3*time.Second, "flows ended", func() bool { return h.gw.flows.len() == 0 })
 }

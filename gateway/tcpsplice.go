@@ -56,6 +56,12 @@ const (
 func (g *Gateway) startTCPSplice(f *flow, client *netstack.TCPConn, be *net.TCPConn) {
 	t := &tcpSplice{g: g, f: f, client: client, be: be}
 	t.run = t.runWorker
+	// Scheduled from the start: the notifiers below may kick at once (the
+	// reactor reports an error or hang-up of the backend's socket even
+	// while disarmed), and a worker must not run, or tear the flow down,
+	// before the fields it reads are set. Their kicks only record events
+	// until the worker started at the end.
+	t.state.Store(scheduled)
 	rc, err := be.SyscallConn()
 	if err == nil {
 		err = rc.Control(func(fd uintptr) { t.fd = int(fd) })
@@ -87,8 +93,11 @@ func (g *Gateway) startTCPSplice(f *flow, client *netstack.TCPConn, be *net.TCPC
 		t.kick(evClient)
 	}
 	f.mu.Unlock()
-	f.splice.Store(t)            // published complete: Close and the sweeper may use it
-	t.kick(evClient | evBackend) // data may have arrived before the notifiers
+	f.splice.Store(t)                // published complete: Close and the sweeper may use it
+	t.state.Or(evClient | evBackend) // data may have arrived before the notifiers
+	if g.enter() {                   // else shutting down: Close tears the flow down
+		g.workers.Go(t.run)
+	}
 }
 
 // kick records events and starts a worker unless one runs. A worker that
