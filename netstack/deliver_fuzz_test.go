@@ -22,10 +22,10 @@ func (d *discard) WritePackets(pkts [][]byte) error {
 var dnsAddr = netip.MustParseAddrPort("10.100.0.1:53")
 
 // FuzzLinkDeliver feeds arbitrary bytes to a link of a stack whose handler
-// accepts flows and which listens for DNS: Deliver never panics, and whatever the link cannot parse
-// is dropped and counted before gVisor sees it. The same bytes, twice, go
-// through GRO to a link whose checksums are trusted (a tunnel's), where
-// gVisor checks no checksum.
+// accepts flows and which listens for DNS: Deliver never panics, and
+// whatever the link cannot parse is dropped and counted before gVisor sees
+// it. The same bytes, twice, go through GRO to a link whose checksums are
+// trusted (a tunnel's), where gVisor checks no checksum.
 func FuzzLinkDeliver(f *testing.F) {
 	for _, tc := range hostilePackets() {
 		f.Add(tc.pkt)

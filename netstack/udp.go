@@ -83,7 +83,7 @@ func (c *UDPConn) WaitReadable(done <-chan struct{}, timer <-chan time.Time) err
 func (c *UDPConn) TryRead(b []byte) (int, error) {
 	n, err := tryRead(c.ep, &c.rw, b)
 	if err == ErrWouldBlock {
-		if n, ok := c.fast.pop(b); ok {
+		if n, _, ok := c.fast.pop(b); ok {
 			return n, nil
 		}
 	}

@@ -137,7 +137,7 @@ func udpPayload(h *ipHeader, pkt []byte) ([]byte, bool) {
 // reader; false when q is closing (gVisor then decides, as for a new
 // flow). A full queue drops the datagram and counts it.
 func (ns *Stack) queueUDP(q *udpQueue, wq *waiter.Queue, payload []byte, src netip.AddrPort) bool {
-	switch q.pushFrom(payload, src) {
+	switch q.push(payload, src) {
 	case queueClosed:
 		return false
 	case queueFull:
@@ -187,11 +187,9 @@ const (
 	queueClosed
 )
 
-// push copies p onto the queue.
-func (q *udpQueue) push(p []byte) int { return q.pushFrom(p, netip.AddrPort{}) }
-
-// pushFrom copies p, a datagram from src, onto the queue.
-func (q *udpQueue) pushFrom(p []byte, src netip.AddrPort) int {
+// push copies p, a datagram from src (a listener's; a flow's is the zero
+// AddrPort), onto the queue.
+func (q *udpQueue) push(p []byte, src netip.AddrPort) int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {
@@ -220,14 +218,8 @@ func (q *udpQueue) pushFrom(p []byte, src netip.AddrPort) int {
 }
 
 // pop copies the oldest datagram into b (truncating it, as a UDP read
-// does) and reports whether there was one.
-func (q *udpQueue) pop(b []byte) (int, bool) {
-	n, _, ok := q.popFrom(b)
-	return n, ok
-}
-
-// popFrom is pop that also returns the datagram's source (pushFrom's).
-func (q *udpQueue) popFrom(b []byte) (int, netip.AddrPort, bool) {
+// does) and returns its source (push's) and whether there was one.
+func (q *udpQueue) pop(b []byte) (int, netip.AddrPort, bool) {
 	q.mu.Lock()
 	if q.head == len(q.q) {
 		q.mu.Unlock()

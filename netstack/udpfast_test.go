@@ -331,38 +331,38 @@ func TestUDPFastPathNoAllocs(t *testing.T) {
 func TestUDPQueue(t *testing.T) {
 	var q udpQueue
 	for i := range 5 {
-		if r := q.push(bytes.Repeat([]byte{byte(i)}, 100+i)); r != queued {
+		if r := q.push(bytes.Repeat([]byte{byte(i)}, 100+i), netip.AddrPort{}); r != queued {
 			t.Fatalf("push %d: %d", i, r)
 		}
 	}
 	buf := make([]byte, 3000)
-	if n, ok := q.pop(buf[:10]); !ok || n != 10 || buf[0] != 0 {
+	if n, _, ok := q.pop(buf[:10]); !ok || n != 10 || buf[0] != 0 {
 		t.Fatalf("short read: %d %v", n, ok)
 	}
 	for i := 1; i < 5; i++ {
-		n, ok := q.pop(buf)
+		n, _, ok := q.pop(buf)
 		if !ok || n != 100+i || buf[0] != byte(i) {
 			t.Fatalf("datagram %d: %d bytes of %d, %v", i, n, buf[0], ok)
 		}
 	}
-	if _, ok := q.pop(buf); ok || q.ready() {
+	if _, _, ok := q.pop(buf); ok || q.ready() {
 		t.Fatal("empty queue returned a datagram")
 	}
 	big := make([]byte, smallDatagram+1) // a buffer of its own
-	if q.push(big) != queued {
+	if q.push(big, netip.AddrPort{}) != queued {
 		t.Fatal("large datagram refused")
 	}
-	if n, _ := q.pop(buf); n != len(big) {
+	if n, _, _ := q.pop(buf); n != len(big) {
 		t.Fatalf("large datagram: %d bytes", n)
 	}
 	for range udpQueueLen {
-		q.push(nil)
+		q.push(nil, netip.AddrPort{})
 	}
-	if r := q.push(nil); r != queueFull {
+	if r := q.push(nil, netip.AddrPort{}); r != queueFull {
 		t.Fatalf("over the count bound: %d, want queueFull", r)
 	}
 	q.close()
-	if r := q.push([]byte("x")); r != queueClosed {
+	if r := q.push([]byte("x"), netip.AddrPort{}); r != queueClosed {
 		t.Fatalf("after close: %d, want queueClosed", r)
 	}
 	if q.ready() || q.bytes != 0 {

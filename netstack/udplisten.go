@@ -57,7 +57,7 @@ func (l *UDPListener) ReadFrom(b []byte) (int, net.Addr, error) {
 		if l.closed() {
 			return 0, nil, net.ErrClosed
 		}
-		if n, src, ok := l.fast.popFrom(b); ok {
+		if n, src, ok := l.fast.pop(b); ok {
 			return n, net.UDPAddrFromAddrPort(src), nil
 		}
 		if n, src, err := l.tryReadEndpoint(b); err != ErrWouldBlock {
