@@ -299,7 +299,11 @@ func (g *Gateway) startLAN(pools []netip.Prefix) error {
 	g.dev = dev
 	tunnelOn := g.tunnelOn()
 	link, err := g.ns.AttachDevice(dev, netstack.LinkConfig{
-		Name:  "lan",
+		Name: "lan",
+		// Every packet goes out through the link's writer goroutine: the
+		// sender writing on an idle link gained nothing in connections/s
+		// or idle round trips, and writing always in the sender lost
+		// (docs/performance.md, "Also measured, and not kept").
 		Async: true,
 		Admit: func(src netip.Addr) bool {
 			// The tunnel's synthetic sources come only from its own link:
