@@ -434,6 +434,69 @@ func TestGatewayReconnectReplacesOldSession(t *testing.T) {
 	})
 }
 
+// TestGatewayReplacementNeedsSameIdentity: a new gateway session closes an
+// older one only when both are the same gateway. Identities that merely
+// print the same (Identity.String() leaves out whether the identity is
+// legacy and which services it holds rights for) are different gateways:
+// a legacy connector certificate with rights for one service, whose common
+// name happens to be (or is chosen to be) another gateway's name, must not
+// be able to disconnect that gateway.
+func TestGatewayReplacementNeedsSameIdentity(t *testing.T) {
+	p := newPKI(t)
+	r := startRelay(t, p.relayConfig(t.TempDir()))
+	addr := r.Addr().String()
+	tests := []struct {
+		name          string
+		first, second *tunnel.Credentials
+	}{
+		{"legacy connector vs URI gateway of tenant default",
+			p.identity(tunnel.DefaultTenant, tunnel.RoleGateway, "gw1"),
+			p.creds(p.ca, tunnel.IssueRequest{Name: "gw1", NoIdentity: true, LegacySANs: []string{"connector.other.ztna"}})},
+		{"legacy connectors with different rights",
+			p.creds(p.ca, tunnel.IssueRequest{Name: "gw2", NoIdentity: true, LegacySANs: []string{"connector.web2.ztna"}}),
+			p.creds(p.ca, tunnel.IssueRequest{Name: "gw2", NoIdentity: true, LegacySANs: []string{"connector.other.ztna"}})},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			first := mustDial(t, addr, tc.first, gatewayHello("gw"))
+			if a := first.register(svc("web2", tunnel.DefaultTenant)); len(a.VIPs) != 1 {
+				t.Fatalf("first gateway's registration: %+v", a)
+			}
+			second := mustDial(t, addr, tc.second, gatewayHello("gw"))
+			second.register()
+			select {
+			case <-first.s.Done():
+				t.Errorf("the second certificate closed the first gateway's session: %v", first.s.Err())
+			case <-time.After(500 * time.Millisecond):
+			}
+		})
+	}
+}
+
+// TestInsecureRelayKeepsVerifiedGateways: with insecure_allow_unauthenticated
+// (and a CA, so that identities still verify), a client without a verified
+// identity is admitted as tenant default with the name its hello gives.
+// That must not make it the same gateway as a verified one of that name:
+// it must not close the verified gateway's session.
+func TestInsecureRelayKeepsVerifiedGateways(t *testing.T) {
+	p := newPKI(t)
+	cfg := p.relayConfig(t.TempDir())
+	cfg.Insecure = true
+	r := startRelay(t, cfg)
+	addr := r.Addr().String()
+	verified := mustDial(t, addr, p.identity(tunnel.DefaultTenant, tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	if a := verified.register(svc("web", tunnel.DefaultTenant)); len(a.VIPs) != 1 {
+		t.Fatalf("verified gateway's registration: %+v", a)
+	}
+	anon := mustDial(t, addr, p.creds(p.other, tunnel.IssueRequest{Name: "x", NoIdentity: true}), gatewayHello("gw1"))
+	anon.register()
+	select {
+	case <-verified.s.Done():
+		t.Errorf("an unverified client closed a verified gateway's session: %v", verified.s.Err())
+	case <-time.After(500 * time.Millisecond):
+	}
+}
+
 // TestStaleVIPsReleased: after the grace that follows a start, VIPs of
 // services no gateway registered again are released; pinned ones stay.
 func TestStaleVIPsReleased(t *testing.T) {
