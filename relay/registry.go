@@ -310,7 +310,7 @@ func (r *Relay) addGateway(g *gateway) {
 	r.mu.Lock()
 	var replaced []*gateway
 	for old := range r.gateways {
-		if old.id.String() == g.id.String() && old.name == g.name {
+		if sameGateway(old, g) {
 			replaced = append(replaced, old)
 		}
 	}
@@ -321,6 +321,17 @@ func (r *Relay) addGateway(g *gateway) {
 		r.log.Info("gateway reconnected; closing its old session", "gateway", g.id.String(), "old_session", old.s.ID())
 		_ = old.s.Close("replaced by a new session of the same gateway")
 	}
+}
+
+// sameGateway reports whether two gateway sessions are the same gateway:
+// the same hello name and the same identity, all of it. Identity.String()
+// alone would confuse a legacy identity with the URI identity of its
+// common name in tenant default, legacy identities of one common name with
+// different rights, and an unverified peer of an insecure relay with a
+// verified gateway of the name its hello claims.
+func sameGateway(a, b *gateway) bool {
+	return a.name == b.name && a.id.String() == b.id.String() && a.id.Legacy == b.id.Legacy &&
+		slices.Equal(a.id.Services, b.id.Services) && (a.s.Peer().Tenant == "") == (b.s.Peer().Tenant == "")
 }
 
 // removeGateway takes an ended gateway session out of the registry: its
