@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"unicode/utf8"
 
 	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/tunnel"
@@ -17,6 +18,29 @@ type service struct {
 	name      string
 	vip, vip6 netip.Addr
 	gateways  []*gateway // serving it, in registration order; guarded by Relay.mu
+}
+
+// An assign answers a register that fits in a control message, and must
+// fit in one too, or the gateway never learns its VIPs. A register of
+// tunnel.MaxMessageSize may hold thousands of bad services, or a name of
+// hundreds of KiB that a rejection would repeat in its reason: so the
+// assign lists the first maxRejections, each name and reason cut to
+// maxRejectionText bytes, and counts the rest in one last entry.
+const (
+	maxRejections    = 64
+	maxRejectionText = 256
+)
+
+// clip cuts s to at most n bytes, at a rune boundary, marking the cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := n - len("…")
+	for i > 0 && !utf8.RuneStart(s[i]) { // s[:i] must not end inside a rune
+		i--
+	}
+	return s[:i] + "…"
 }
 
 // register applies a gateway's whole service set: VIPs for new services,
@@ -33,9 +57,14 @@ func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 		Type: tunnel.MessageAssign, Zone: r.cfg.Zone, TTL: int(r.cfg.TTL.Seconds()),
 		Pool: r.cfg.Pool, Pool6: r.cfg.Pool6, VIPs: []tunnel.VIPAssignment{},
 	}
+	rejected := 0
 	reject := func(name, result, detail string) {
 		r.m.registrations.WithLabelValues(roleGateway, result).Inc()
-		answer.Rejected = append(answer.Rejected, tunnel.Rejection{Service: name, Reason: detail})
+		rejected++
+		name, detail = clip(name, maxRejectionText), clip(detail, maxRejectionText)
+		if len(answer.Rejected) < maxRejections {
+			answer.Rejected = append(answer.Rejected, tunnel.Rejection{Service: name, Reason: detail})
+		}
 		if g.mayWarn() {
 			r.log.Warn("service registration rejected", "gateway", g.id.String(), "service", name, "reason", detail)
 		}
@@ -56,6 +85,10 @@ func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 		answer.VIPs = append(answer.VIPs, tunnel.VIPAssignment{Service: info.Name, VIP: alloc.VIP, VIP6: alloc.VIP6})
 	}
 	slices.SortFunc(answer.VIPs, func(a, b tunnel.VIPAssignment) int { return cmp.Compare(a.Service, b.Service) })
+	if n := rejected - len(answer.Rejected); n > 0 {
+		answer.Rejected = append(answer.Rejected, tunnel.Rejection{
+			Reason: fmt.Sprintf("%d more services rejected (ztgate_relay_registrations_total counts them by result)", n)})
+	}
 
 	closed := make(tagsByGateway)
 	r.mu.Lock()
@@ -126,7 +159,7 @@ func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 		r.log.Warn("cannot send assign", "gateway", g.id.String(), "err", err)
 	}
 	r.log.Info("gateway registered services", "gateway", g.id.String(), "session", g.s.ID(),
-		"accepted", len(answer.VIPs), "rejected", len(answer.Rejected), "changed", len(changed))
+		"accepted", len(answer.VIPs), "rejected", rejected, "changed", len(changed))
 	r.directoryChanged()
 }
 

@@ -784,8 +784,10 @@ func TestPeerWarningsBounded(t *testing.T) {
 		bad = append(bad, tunnel.ServiceInfo{Name: fmt.Sprintf("Bad-%d", i), Tenants: []string{"*"}})
 	}
 	gw := mustDial(t, r.Addr().String(), p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
-	if a := gw.register(bad...); len(a.Rejected) != len(bad) {
-		t.Fatalf("%d rejected, want %d", len(a.Rejected), len(bad))
+	// The assign lists the first maxRejections and counts the rest.
+	if a := gw.register(bad...); len(a.Rejected) != maxRejections+1 ||
+		!strings.HasPrefix(a.Rejected[maxRejections].Reason, fmt.Sprint(len(bad)-maxRejections, " more")) {
+		t.Fatalf("%d rejections listed, want %d, the last counting the rest", len(a.Rejected), maxRejections+1)
 	}
 	if n := testutil.ToFloat64(r.m.registrations.WithLabelValues(roleGateway, regInvalid)); n != float64(len(bad)) {
 		t.Errorf("%v rejections counted, want %d", n, len(bad))
@@ -866,6 +868,74 @@ func TestVIPsKeptByShutdown(t *testing.T) {
 	for _, n := range []string{web, rival} {
 		if vipOf(first, n) != vipOf(second, n) {
 			t.Errorf("%s: VIP %v before the restart, %v after", n, vipOf(first, n), vipOf(second, n))
+		}
+	}
+}
+
+// TestAssignOfManyRejections: the assign that answers a register fits in a
+// control message whatever that register held within tunnel.MaxMessageSize:
+// a service name of hundreds of KiB (which the reason repeats), or
+// thousands of bad services. Before, such an assign was too large to send:
+// the relay logged it and sent nothing, while it had allocated VIPs for
+// the register's good services, which the gateway then never learned.
+func TestAssignOfManyRejections(t *testing.T) {
+	p := newPKI(t)
+	r := startRelay(t, p.relayConfig(t.TempDir()))
+	const many = 8000
+	bad := make([]tunnel.ServiceInfo, 0, many)
+	for i := range many {
+		bad = append(bad, svc(fmt.Sprintf("Bad_Service_Name_%023d", i), "acme"))
+	}
+	tests := []struct {
+		name   string
+		bad    []tunnel.ServiceInfo
+		listed int // rejections the assign lists
+	}{
+		{"a name of 600 KiB", []tunnel.ServiceInfo{svc(strings.Repeat("a", 600<<10), "acme")}, 1},
+		{"8,000 bad names", bad, maxRejections + 1},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			name := fmt.Sprintf("gw%d", i)
+			gw := mustDial(t, r.Addr().String(), p.identity("ops", tunnel.RoleGateway, name), gatewayHello(name))
+			a := gw.register(append(slices.Clone(tc.bad), svc("web", "acme"))...)
+			if !vipOf(a, "web").IsValid() {
+				t.Errorf("no VIP for web: %+v", a.VIPs)
+			}
+			if len(a.Rejected) != tc.listed {
+				t.Fatalf("%d rejections listed, want %d", len(a.Rejected), tc.listed)
+			}
+			for _, rj := range a.Rejected {
+				if len(rj.Service) > maxRejectionText || len(rj.Reason) > maxRejectionText || rj.Reason == "" {
+					t.Fatalf("rejection of %d+%d bytes: %.80q: %.80q", len(rj.Service), len(rj.Reason), rj.Service, rj.Reason)
+				}
+			}
+			if more := len(tc.bad) - maxRejections; more > 0 {
+				last := a.Rejected[len(a.Rejected)-1]
+				if want := fmt.Sprintf("%d more services rejected", more); last.Service != "" || !strings.HasPrefix(last.Reason, want) {
+					t.Errorf("last rejection %+v, want one that says %q", last, want)
+				}
+			}
+		})
+	}
+}
+
+func TestClip(t *testing.T) {
+	tests := []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"web", 8, "web"},
+		{"12345678", 8, "12345678"},
+		{"123456789", 8, "12345…"},
+		{"1234ééé", 8, "1234…"},   // é is 2 bytes: 1234 then a cut é
+		{"12345ééé", 9, "12345…"}, // the cut falls inside the first é
+		{"\xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8\xf7", 8, "\xff\xfe\xfd\xfc\xfb…"}, // not UTF-8: cut by bytes
+	}
+	for _, tc := range tests {
+		if got := clip(tc.in, tc.n); got != tc.want || len(got) > tc.n {
+			t.Errorf("clip(%q, %d) = %q, want %q", tc.in, tc.n, got, tc.want)
 		}
 	}
 }
