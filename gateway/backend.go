@@ -46,6 +46,10 @@ type backend struct {
 	srvPW atomic.Uint32
 
 	active atomic.Int64 // live flows bound to it
+	// departures counts the times it left its service's set and came back
+	// (serviceState.setBackends): a drain of its flows holds only while
+	// the count is what it was at the departure.
+	departures atomic.Uint64
 
 	mu         sync.Mutex
 	state      backendState
@@ -133,6 +137,16 @@ func (b *backend) key() backendKey { return backendKey{b.addr, b.port} }
 // backendSet is an immutable list of backends; services swap whole sets.
 type backendSet struct {
 	list []*backend
+}
+
+// has reports whether the set holds a backend at k's address.
+func (s *backendSet) has(k backendKey) bool {
+	for _, b := range s.list {
+		if b.key() == k {
+			return true
+		}
+	}
+	return false
 }
 
 // picker chooses a backend for a new flow among the usable ones.

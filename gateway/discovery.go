@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
-	"slices"
 	"sync"
 	"time"
 
@@ -274,19 +273,24 @@ func (d *discovery) bound(ttl time.Duration, err error) time.Duration {
 // when the service has health checks, vanished ones drained.
 func (d *discovery) apply(st *serviceState, spec catalog.Service, addrs []backendAddr) {
 	g := d.g
+	// Under reloadMu, as every change of the table: a reload between the
+	// check and setBackends would have its backend set overwritten by the
+	// old names' addresses, which no watcher corrects when the reload
+	// left no names. (No holder of reloadMu waits for a watcher.)
+	g.reloadMu.Lock()
 	if cur := g.tbl.Load().byName[spec.Name]; cur == nil || cur.st != st || !sameNames(cur.spec, spec) {
+		g.reloadMu.Unlock()
 		return // the service changed meanwhile: its new watcher applies
 	}
 	probation := spec.Health.Type != catalog.HealthNone
 	added, gone := st.setBackends(addrs, probation)
+	g.reloadMu.Unlock()
 	if len(added) == 0 && len(gone) == 0 {
 		return
 	}
 	g.log.Info("backends discovered", "service", spec.Name, "added", addrList(added), "gone", addrList(gone))
 	g.syncHealth()
-	if len(gone) > 0 {
-		g.drain(func(f *flow) bool { return slices.Contains(gone, f.backend) }, g.tbl.Load().drainTimeout, "backend_gone")
-	}
+	g.drainDeparted(gone, g.tbl.Load().drainTimeout, "backend_gone")
 }
 
 func addrList(bs []*backend) []string {

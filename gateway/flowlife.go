@@ -44,6 +44,9 @@ func (g *Gateway) newFlow(proto string, client, vip netip.AddrPort, d decision, 
 	if g.closing.Load() { // Close listed the flows before this one was added
 		f.close("shutdown")
 	}
+	// After the add: a change of the table from now on drains f with the
+	// others, and one before is in the table departed reads.
+	g.drainLate(f)
 	return f
 }
 

@@ -166,20 +166,72 @@ func (g *Gateway) swapTable(old, t *table) {
 	g.forgetTenants(old, t)
 	g.syncHealth()
 	g.disc.sync(t)
-	for name, s := range old.byName {
-		if _, ok := t.byName[name]; !ok {
-			g.drain(func(f *flow) bool { return f.svc.st == s.st }, t.drainTimeout, "service_removed")
+	for name, s := range t.byName {
+		if _, ok := old.byName[name]; !ok {
+			s.st.removals.Add(1) // added (back): an earlier removal's drain is void
 		}
 	}
-	if removed := t.removed; len(removed) > 0 {
-		g.drain(func(f *flow) bool { return slices.Contains(removed, f.backend) }, t.drainTimeout, "backend_removed")
+	for name, s := range old.byName {
+		if _, ok := t.byName[name]; !ok {
+			st := s.st
+			gen := st.removals.Add(1)
+			g.drain(func(f *flow) bool { return f.svc.st == st }, t.drainTimeout, "service_removed",
+				func(*flow) bool { return st.removals.Load() == gen })
+		}
 	}
+	g.drainDeparted(t.removed, t.drainTimeout, "backend_removed")
 	g.reconcileStates(t)
 	g.updatePoolMetrics()
 }
 
-// drain closes the flows matching match that are still open after d.
-func (g *Gateway) drain(match func(*flow) bool, d time.Duration, reason string) {
+// drainDeparted drains the flows of backends that left their service's
+// set (setBackends counted the departure): those of a backend added back
+// before d stay.
+func (g *Gateway) drainDeparted(gone []*backend, d time.Duration, reason string) {
+	if len(gone) == 0 {
+		return
+	}
+	gens := make(map[*backend]uint64, len(gone))
+	for _, b := range gone {
+		gens[b] = b.departures.Load()
+	}
+	// A backend that departed while a flow to it was being set up was not
+	// kept (no flow was bound to it yet), and comes back as a new object:
+	// its address in the set keeps the flow too.
+	g.drain(func(f *flow) bool { _, ok := gens[f.backend]; return ok }, d, reason,
+		func(f *flow) bool { return f.backend.departures.Load() == gens[f.backend] && g.departed(f) != "" })
+}
+
+// drainLate drains a flow that newFlow added after a change of the table
+// took its service or backend away: classified against the table before,
+// it was dialling its backend or completing its handshake while that
+// change drained the flows then in the flow table.
+func (g *Gateway) drainLate(f *flow) {
+	reason := g.departed(f)
+	if reason == "" {
+		return
+	}
+	g.drain(func(x *flow) bool { return x == f }, g.tbl.Load().drainTimeout, reason,
+		func(*flow) bool { return g.departed(f) != "" })
+}
+
+// departed says why f's service or backend is not in the running table
+// ("service_removed", "backend_removed"), or "" when both are.
+func (g *Gateway) departed(f *flow) string {
+	if cur := g.tbl.Load().byName[f.svc.spec.Name]; cur == nil || cur.st != f.svc.st {
+		return "service_removed"
+	}
+	if !f.svc.st.backends.Load().has(f.backend.key()) {
+		return "backend_removed"
+	}
+	return ""
+}
+
+// drain closes the flows matching match that are still open after d, and
+// for which still (when set) then holds: it reports that what the flows
+// are drained for has not been undone (a removed service or backend added
+// back keeps its flows).
+func (g *Gateway) drain(match func(*flow) bool, d time.Duration, reason string, still func(*flow) bool) {
 	victims := g.flows.list(match)
 	if len(victims) == 0 {
 		return
@@ -197,7 +249,9 @@ func (g *Gateway) drain(match func(*flow) bool, d time.Duration, reason string) 
 			return
 		}
 		for _, f := range victims {
-			f.close(reason)
+			if still == nil || still(f) {
+				f.close(reason)
+			}
 		}
 	}()
 }

@@ -38,11 +38,20 @@ type serviceState struct {
 	handshakes atomic.Int64 // TCP handshakes in flight
 	// retired: the service is in no table; the state is freed when flows
 	// reaches 0. Written under Gateway.statesMu.
-	retired  atomic.Bool
+	retired atomic.Bool
+	// removals counts the changes of the table that took the service out
+	// or put it back: a removal's drain closes the flows only if no change
+	// put the service back since (Gateway.swapTable).
+	removals atomic.Uint64
 	picker   picker
 	backends atomic.Pointer[backendSet]
 
 	mu sync.Mutex // serialises changes of backends
+	// departed holds the backends that left the set while flows were bound
+	// to them, by address: one added back is the same backend again, its
+	// flows, counts and health with it, and its departure's drain is void.
+	// Entries go once their flows have ended. Guarded by mu.
+	departed map[backendKey]*backend
 
 	health healthChecks // active checks and drain deadlines of the backends
 }
@@ -96,9 +105,15 @@ func (st *serviceState) setBackends(addrs []backendAddr, probation bool) (added,
 		}
 		seen[k] = true
 		b, ok := byKey[k]
-		if ok {
+		switch {
+		case ok:
 			delete(byKey, k)
-		} else {
+		case st.departed[k] != nil:
+			b = st.departed[k]
+			delete(st.departed, k)
+			b.departures.Add(1) // back: the drain of its departure is void
+			added = append(added, b)
+		default:
 			b = &backend{addr: a.addr, origin: a.origin, port: a.port, probation: probation}
 			added = append(added, b)
 		}
@@ -106,8 +121,20 @@ func (st *serviceState) setBackends(addrs []backendAddr, probation bool) (added,
 		next.list = append(next.list, b)
 	}
 	st.backends.Store(next)
-	for _, b := range byKey {
+	for k, b := range st.departed {
+		if b.active.Load() == 0 {
+			delete(st.departed, k)
+		}
+	}
+	for k, b := range byKey {
 		gone = append(gone, b)
+		b.departures.Add(1)
+		if b.active.Load() > 0 {
+			if st.departed == nil {
+				st.departed = make(map[backendKey]*backend)
+			}
+			st.departed[k] = b
+		}
 	}
 	return added, gone
 }
