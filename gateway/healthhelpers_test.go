@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"sync"
 	"testing"
@@ -25,6 +26,8 @@ func newUnitGateway(t *testing.T) (*Gateway, *syncLog) {
 		states: make(map[string]*serviceState),
 		flows:  newFlowTable(),
 	}
+	g.ctx, g.cancel = context.WithCancel(context.Background()) // what drains wait on
+	t.Cleanup(g.cancel)
 	t.Cleanup(g.stopHealth)
 	return g, logs
 }

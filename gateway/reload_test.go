@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/sys/unix"
 
 	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/conf"
@@ -594,6 +595,199 @@ func TestFlowAcrossTenantRemoval(t *testing.T) {
 			if got := flowSeries(t, g.m); got != tc.want {
 				t.Errorf("series after the flow: %q, want %q", got, tc.want)
 			}
+		})
+	}
+}
+
+// webRemovals are the two ways a reload of reloadConfig(echo, `"acme"`,
+// webService(web)) takes web's flows away: its service, or its backend
+// (another address takes its place).
+var webRemovals = []struct {
+	name    string
+	removed func(echo, web int) string
+}{
+	{"service", func(echo, web int) string { return reloadConfig(echo, `"acme"`, "") }},
+	{"backend", func(echo, web int) string {
+		return reloadConfig(echo, `"acme"`, tcpService("web", `"*"`, "10.100.0.8", "127.0.0.2", web))
+	}},
+}
+
+// TestReloadAddBackKeepsFlows: a service (or a backend) that a reload
+// removed and the next one added back before drain_timeout passed takes up
+// its state again; its live flows belong to a service in the table and must
+// not be closed by the removal's pending drain. (A file watcher reloads on
+// every save, so an intermediate save without the service is enough.)
+func TestReloadAddBackKeepsFlows(t *testing.T) {
+	for _, tc := range webRemovals {
+		// At once: the gateway may still be setting the flow up (its
+		// handshake done, not yet in the flow table) when the reload
+		// removes its service or backend.
+		for _, atOnce := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/at once %v", tc.name, atOnce), func(t *testing.T) {
+				testAddBackKeepsFlow(t, tc.removed, atOnce)
+			})
+		}
+	}
+}
+
+func testAddBackKeepsFlow(t *testing.T, removed func(echo, web int) string, atOnce bool) {
+	echo, web := startLineEcho(t, "echo"), startLineEcho(t, "web")
+	full := reloadConfig(echo, `"acme"`, webService(web)) // drain_timeout = "1s"
+	h := newFileHarness(t, full)
+	live := h.dialLines(t, acmeClient, "10.100.0.8:7")
+	if !atOnce {
+		if got := live.roundTrip(t, "x"); got != "web: x" {
+			t.Fatalf("before: %q", got)
+		}
+	}
+	h.write(t, removed(echo, web))
+	if _, err := h.gw.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	h.write(t, full)
+	if _, err := h.gw.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // past drain_timeout
+	for _, f := range h.gw.flows.list(nil) {
+		if reason, closed := f.closed(); closed {
+			t.Fatalf("the flow of %s, back in the table, was closed: %s", f.svc.spec.Name, reason)
+		}
+	}
+	if got := live.roundTrip(t, "after"); got != "web: after" {
+		t.Fatalf("after: %q", got)
+	}
+}
+
+// TestReloadRemovedAgainDrainsInFull: a service (or a backend) removed,
+// added back and removed again has its flows drained drain_timeout after
+// the last removal, not at the first removal's deadline, which the
+// addition made void.
+func TestReloadRemovedAgainDrainsInFull(t *testing.T) {
+	const drainTimeout = 2 * time.Second
+	longer := func(cfg string) string {
+		return strings.Replace(cfg, `drain_timeout = "1s"`, `drain_timeout = "2s"`, 1)
+	}
+	for _, tc := range webRemovals {
+		t.Run(tc.name, func(t *testing.T) {
+			echo, web := startLineEcho(t, "echo"), startLineEcho(t, "web")
+			full := longer(reloadConfig(echo, `"acme"`, webService(web)))
+			h := newFileHarness(t, full)
+			live := h.dialLines(t, acmeClient, "10.100.0.8:7")
+			if got := live.roundTrip(t, "x"); got != "web: x" { // the flow is in the gateway's table
+				t.Fatalf("before: %q", got)
+			}
+			reload := func(cfg string) time.Time {
+				t.Helper()
+				h.write(t, cfg)
+				if _, err := h.gw.Reload(); err != nil {
+					t.Fatal(err)
+				}
+				return time.Now()
+			}
+			first := reload(longer(tc.removed(echo, web)))
+			reload(full)
+			time.Sleep(time.Second)
+			last := reload(longer(tc.removed(echo, web)))
+			time.Sleep(time.Until(first.Add(drainTimeout + 500*time.Millisecond)))
+			// Past the first removal's deadline; the last's is 1 s later
+			// (unless this machine was too slow to tell them apart).
+			if time.Since(last) < drainTimeout-200*time.Millisecond {
+				if got := live.roundTrip(t, "x"); got != "web: x" {
+					t.Fatalf("the flow %v after its last removal, before drain_timeout: %q", time.Since(last), got)
+				}
+			}
+			live.waitClosed(t, 3*time.Second, "the flow to be drained after the last removal")
+			if took := time.Since(last); took < drainTimeout {
+				t.Errorf("closed %v after the last removal, before drain_timeout %v", took, drainTimeout)
+			}
+		})
+	}
+}
+
+// fullListener is a loopback listener with a backlog of 0 whose accept
+// queue is full: a connection attempt's SYN is dropped, and the dialer
+// retransmits it a second later. unblock makes room and serves lines.
+func fullListener(t *testing.T, name string) (port int, unblock func()) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "listener")
+	l, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	port = l.Addr().(*net.TCPAddr).Port
+	filler, err := net.Dial("tcp", l.Addr().String()) // fills the accept queue
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { filler.Close() })
+	return port, func() { serveLineEcho(t, l, name) }
+}
+
+// TestDrainCatchesFlowsInDial: a TCP flow whose backend was being dialled
+// when a reload removed its service (or its backend) is a flow of the
+// removed service too; it must be closed after drain_timeout like the
+// flows that were open at the reload. The drain lists only the flows in
+// the flow table at the swap, and a flow enters it after its dial and
+// handshake, so such a flow runs on until it ends by itself.
+func TestDrainCatchesFlowsInDial(t *testing.T) {
+	cases := []struct {
+		name  string
+		after func(echo, other int) string
+	}{
+		{"service removed", func(echo, other int) string { return reloadConfig(echo, `"acme"`, "") }},
+		{"backend removed", func(echo, other int) string {
+			return reloadConfig(echo, `"acme"`, tcpService("web", `"*"`, "10.100.0.8", "127.0.0.2", other))
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			echo := startLineEcho(t, "echo")
+			other := startLineEchoAt(t, "127.0.0.2", "other")
+			web, unblock := fullListener(t, "web")
+			h := newFileHarness(t, reloadConfig(echo, `"acme"`, webService(web))) // drain_timeout = "1s"
+			st := h.gw.stateOf("web")
+
+			type result struct {
+				c   net.Conn
+				err error
+			}
+			res := make(chan result, 1)
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				c, err := h.client.DialTCP(ctx, acmeClient, netip.MustParseAddrPort("10.100.0.8:7"))
+				res <- result{c, err}
+			}()
+			waitFor(t, 3*time.Second, "the gateway to dial the backend", func() bool { return st.handshakes.Load() == 1 })
+
+			h.write(t, tc.after(echo, other))
+			if _, err := h.gw.Reload(); err != nil {
+				t.Fatal(err)
+			}
+			unblock() // the dial's retransmitted SYN gets through
+			r := <-res
+			if r.err != nil {
+				t.Fatalf("dial: %v", r.err)
+			}
+			t.Cleanup(func() { r.c.Close() })
+			live := &lineConn{c: r.c, r: bufio.NewReader(r.c)}
+			if got := live.roundTrip(t, "x"); got != "web: x" {
+				t.Fatalf("the flow dialled across the reload: %q", got)
+			}
+			live.waitClosed(t, 4*time.Second, "the flow of the removed service or backend to be drained")
 		})
 	}
 }

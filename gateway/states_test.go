@@ -3,6 +3,7 @@ package gateway
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -454,5 +455,65 @@ func TestFreedStateStaysQuiet(t *testing.T) {
 	}
 	if n := gatherSeries(t, g).byService["web"]; n != 0 {
 		t.Fatalf("freed state: %d series", n)
+	}
+}
+
+// TestSetBackendsDeparted: a backend that leaves the set while flows are
+// bound to it is kept, and the same object comes back when its address
+// does (its flows, counts and health with it), each move counted in
+// departures; one without flows is forgotten, and a kept one once its
+// flows have ended.
+func TestSetBackendsDeparted(t *testing.T) {
+	a, b := netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("192.0.2.11")
+	both, onlyB := []backendAddr{{addr: a}, {addr: b}}, []backendAddr{{addr: b}}
+	st := newServiceState("web")
+	st.setBackends(both, false)
+	A, B := st.backends.Load().list[0], st.backends.Load().list[1]
+	A.active.Add(1) // a flow bound to A
+
+	steps := []struct {
+		name       string
+		set        []backendAddr
+		gone       []*backend
+		departures uint64 // A's after the step
+		kept       bool   // A in departed
+		sameA      bool   // the set's backend at a is A
+	}{
+		{"A leaves with a flow: kept", onlyB, []*backend{A}, 1, true, false},
+		{"A comes back: the same object", both, nil, 2, false, true},
+		{"A leaves again", onlyB, []*backend{A}, 3, true, false},
+		{"its flow ends: forgotten at the next change", onlyB, nil, 3, false, false},
+		{"its address comes back: a new backend", both, nil, 3, false, false},
+	}
+	for _, s := range steps {
+		if s.name == "its flow ends: forgotten at the next change" {
+			A.active.Add(-1)
+		}
+		_, gone := st.setBackends(s.set, false)
+		st.mu.Lock()
+		kept := st.departed[A.key()] == A
+		st.mu.Unlock()
+		var atA *backend
+		for _, x := range st.backends.Load().list {
+			if x.addr == a {
+				atA = x
+			}
+		}
+		switch {
+		case !slices.Equal(gone, s.gone):
+			t.Errorf("%s: gone %v, want %v", s.name, addrList(gone), addrList(s.gone))
+		case A.departures.Load() != s.departures:
+			t.Errorf("%s: departures %d, want %d", s.name, A.departures.Load(), s.departures)
+		case kept != s.kept:
+			t.Errorf("%s: kept %v, want %v", s.name, kept, s.kept)
+		case (atA == A) != s.sameA:
+			t.Errorf("%s: the backend at %s is A: %v, want %v", s.name, a, atA == A, s.sameA)
+		}
+	}
+	st.setBackends(nil, false) // B leaves without a flow: not kept
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.departed[B.key()] != nil || len(st.departed) != 0 {
+		t.Errorf("departed %v after every backend without flows left", st.departed)
 	}
 }
