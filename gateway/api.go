@@ -178,6 +178,7 @@ func (g *Gateway) handleListFlows(w http.ResponseWriter, r *http.Request) {
 // flowFilter matches flows by tenant, service and backend (address or
 // address:port); empty fields match everything.
 func flowFilter(tenant, svc, backend string) func(*flow) bool {
+	tenant, svc = strings.ToLower(tenant), strings.ToLower(svc) // names are lower-cased labels
 	return func(f *flow) bool {
 		return (tenant == "" || f.peer.tenant == tenant) &&
 			(svc == "" || f.svc.spec.Name == svc) &&

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 
 	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/conf"
@@ -56,7 +57,7 @@ func (g *Gateway) handleAddService(w http.ResponseWriter, r *http.Request) {
 // handleDeleteService serves DELETE /v1/services/{name}; flows of the
 // service drain.
 func (g *Gateway) handleDeleteService(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
+	name := strings.ToLower(r.PathValue("name")) // as the configuration and POST fold it
 	g.reloadMu.Lock()
 	defer g.reloadMu.Unlock()
 	s, ok := g.tbl.Load().byName[name]

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/ztgate/ztgate/internal/adminapi"
@@ -66,7 +67,7 @@ func goneService(w http.ResponseWriter, svc *service) {
 // address, or the host name the backends were configured by. It answers
 // 404 itself.
 func (g *Gateway) lookupBackends(w http.ResponseWriter, r *http.Request) (*service, []*backend, bool) {
-	name, addr := r.PathValue("name"), r.PathValue("address")
+	name, addr := strings.ToLower(r.PathValue("name")), r.PathValue("address")
 	svc := g.tbl.Load().byName[name]
 	if svc == nil {
 		adminapi.WriteErrors(w, http.StatusNotFound, fmt.Errorf("no service %q", name))

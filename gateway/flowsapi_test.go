@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ztgate/ztgate/catalog"
 )
 
 // flowsConfig publishes echo (backend 127.0.0.1) and web (backend
@@ -195,5 +197,34 @@ func TestAPIDeletedServiceDrains(t *testing.T) {
 	}
 	if got := other.roundTrip(t, "y"); got != "echo: y" {
 		t.Fatalf("a flow of another service: %q", got)
+	}
+}
+
+// TestFlowFilter: the API's flow filters; tenant and service names are
+// lower-cased labels, so the filter folds them as the configuration does.
+func TestFlowFilter(t *testing.T) {
+	f := &flow{
+		peer:   peer{tenant: "acme"},
+		svc:    &service{spec: catalog.Service{Name: "web"}},
+		target: netip.MustParseAddrPort("192.0.2.10:8080"),
+	}
+	cases := []struct {
+		tenant, svc, backend string
+		want                 bool
+	}{
+		{"", "", "", true},
+		{"acme", "web", "", true},
+		{"ACME", "Web", "", true},
+		{"globex", "", "", false},
+		{"", "db", "", false},
+		{"", "", "192.0.2.10", true},
+		{"", "", "192.0.2.10:8080", true},
+		{"", "", "192.0.2.10:80", false},
+		{"acme", "web", "192.0.2.11", false},
+	}
+	for _, tc := range cases {
+		if got := flowFilter(tc.tenant, tc.svc, tc.backend)(f); got != tc.want {
+			t.Errorf("flowFilter(%q, %q, %q) = %v, want %v", tc.tenant, tc.svc, tc.backend, got, tc.want)
+		}
 	}
 }

@@ -356,8 +356,13 @@ func TestAPIStatusCodes(t *testing.T) {
 		{"delete file service", "DELETE", "/v1/services/echo", "", true, 409, "configuration file"},
 		{"delete unknown", "DELETE", "/v1/services/nope", "", true, 404, "nope"},
 		{"delete api service", "DELETE", "/v1/services/api1", "", true, 204, ""},
+		{"add in upper case", "POST", "/v1/services", svcBody("API5", ""), true, 201, `"name": "api5"`},
+		{"delete by the name as posted", "DELETE", "/v1/services/API5", "", true, 204, ""},
+		{"drain by the name in upper case", "POST", "/v1/services/ECHO/backends/127.0.0.1/drain", "", true, 200, `"draining"`},
+		{"undrain by the name in upper case", "POST", "/v1/services/Echo/backends/127.0.0.1/undrain", "", true, 200, ""},
 		{"close flows without filter", "DELETE", "/v1/flows", "", true, 400, "all=true"},
 		{"close flows by service", "DELETE", "/v1/flows?service=echo", "", true, 200, `"closed"`},
+		{"list flows by service in upper case", "GET", "/v1/flows?service=ECHO&tenant=ACME", "", true, 200, `"flows"`},
 		{"reload", "POST", "/v1/reload", "", true, 200, `"added"`},
 		{"drain unknown backend", "POST", "/v1/services/echo/backends/192.0.2.99/drain", "", true, 404, "errors"},
 	}
