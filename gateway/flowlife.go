@@ -43,11 +43,26 @@ func (g *Gateway) newFlow(proto string, client, vip netip.AddrPort, d decision, 
 	g.flows.add(f)
 	if g.closing.Load() { // Close listed the flows before this one was added
 		f.close("shutdown")
+	} else if g.ingressGone(d.peer, client.Addr()) {
+		// closeIngress listed the ingress's flows before this one was added.
+		f.close("ingress_closed")
 	}
 	// After the add: a change of the table from now on drains f with the
 	// others, and one before is in the table departed reads.
 	g.drainLate(f)
 	return f
+}
+
+// ingressGone reports whether client is the synthetic address of a tunnel
+// ingress that closed (or was replaced) since classify found it as p.
+// closeIngress marks the ingress closed before it lists its flows, and
+// newFlow adds the flow before it asks: one of the two sees the other.
+func (g *Gateway) ingressGone(p peer, client netip.Addr) bool {
+	if g.ingresses == nil || !synthPrefix.Contains(client) {
+		return false
+	}
+	in := g.ingresses.lookup(client)
+	return in == nil || in.closed.Load() || in.peer != p
 }
 
 // endFlow unregisters a finished flow, releases its slots and writes its
