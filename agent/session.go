@@ -155,10 +155,15 @@ func (a *Agent) control(s *tunnel.Session) error {
 // route into its TUN (poolProblem) is refused and the one in force kept.
 func (a *Agent) applyDirectory(m *tunnel.Directory, server netip.Addr) {
 	next := newDirectory(m)
-	if why := poolProblem(next.pool, a.cfg.TUN.Address, server); why != "" {
+	switch why := poolProblem(next.pool, a.cfg.TUN.Address, server); {
+	case why != "":
 		a.log.Error("refusing the server's VIP pool; keeping the one in force, without the services outside it",
 			"pool", next.pool, "reason", why)
 		next.keepPool(a.dir.Load().pool)
+	case !next.pool.IsValid(): // none pushed: the pool in force stays
+		next.keepPool(a.dir.Load().pool)
+	default: // a service outside the pool would not be routed into the TUN
+		next.keepPool(next.pool)
 	}
 	prev := a.dir.Swap(next)
 	if next.pool != prev.pool && next.pool.IsValid() {
