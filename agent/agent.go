@@ -121,7 +121,7 @@ func (a *Agent) Start() error {
 			a.Close()
 			return fmt.Errorf("agent: %w", err)
 		}
-		if err := a.tun.Up([]netip.Prefix{pool}); err != nil {
+		if err := a.tun.Up(tunRoutes(pool, a.gatewayAddr())); err != nil {
 			a.Close()
 			return fmt.Errorf("agent: %w", err)
 		}

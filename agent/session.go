@@ -169,7 +169,7 @@ func (a *Agent) applyDirectory(m *tunnel.Directory, server netip.Addr) {
 	if next.pool != prev.pool && next.pool.IsValid() {
 		a.stack.SetPools([]netip.Prefix{next.pool})
 		if a.tun != nil {
-			if err := a.tun.SetRoutes([]netip.Prefix{next.pool}); err != nil {
+			if err := a.tun.SetRoutes(tunRoutes(next.pool, a.gatewayAddr())); err != nil {
 				a.log.Error("routing the pool", "pool", next.pool, "err", err)
 			}
 		}
@@ -178,6 +178,16 @@ func (a *Agent) applyDirectory(m *tunnel.Directory, server netip.Addr) {
 		a.log.Warn("the server's zone differs from [dns] zone; answering for the configured zone", "server", next.zone, "configured", a.cfg.DNS.Zone)
 	}
 	a.log.Info("directory", "services", len(next.byName))
+}
+
+// tunRoutes are the prefixes routed into the TUN for pool: the pool, and
+// the gateway address, where the zone is answered, when the pool does not
+// hold it (a relay's pool other than the agent's default).
+func tunRoutes(pool netip.Prefix, gateway netip.Addr) []netip.Prefix {
+	if pool.Contains(gateway) {
+		return []netip.Prefix{pool}
+	}
+	return []netip.Prefix{pool, netip.PrefixFrom(gateway, 32)}
 }
 
 // poolProblem says why the agent must not route pool into its TUN, or ""
