@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/ztgate/ztgate/netstack"
@@ -146,5 +147,30 @@ func TestRefusedPoolKept(t *testing.T) {
 	}
 	if _, ok := d.Reverse(outside); ok {
 		t.Error("its VIP is still known")
+	}
+}
+
+// TestTUNRoutesKeepDNS: the zone is answered at the gateway address
+// (10.100.0.1) through the TUN whatever pool the server pushes: a pool that
+// does not hold it (a relay's pool of 10.200.0.0/16) is routed together
+// with that address, or the host's resolver would send its queries for the
+// zone out of the default route.
+func TestTUNRoutesKeepDNS(t *testing.T) {
+	gw := netip.MustParseAddr("10.100.0.1")
+	for _, tc := range []struct {
+		pool string
+		want []string
+	}{
+		{"10.100.0.0/24", []string{"10.100.0.0/24"}},
+		{"10.0.0.0/8", []string{"10.0.0.0/8"}},
+		{"10.200.0.0/16", []string{"10.200.0.0/16", "10.100.0.1/32"}},
+	} {
+		var want []netip.Prefix
+		for _, w := range tc.want {
+			want = append(want, netip.MustParsePrefix(w))
+		}
+		if got := tunRoutes(netip.MustParsePrefix(tc.pool), gw); !slices.Equal(got, want) {
+			t.Errorf("tunRoutes(%s) = %v, want %v", tc.pool, got, want)
+		}
 	}
 }
