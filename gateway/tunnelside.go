@@ -73,18 +73,32 @@ func (g *Gateway) startTunnel() error {
 // fitLink lowers the tunnel link's MTU to what a session's datagrams carry
 // after overhead bytes of framing, so that no full-size packet is dropped.
 func (g *Gateway) fitLink(s *tunnel.Session, overhead int) {
-	if mtu, lower := linkMTUFor(g.tunLink.MTU(), s.MaxDatagram(), overhead); lower {
+	max := s.MaxDatagram()
+	if m := max - overhead; m > 0 && m < minLinkMTU {
+		g.log.Warn("a tunnel session's datagrams are smaller than the tunnel link's least MTU: its larger packets are dropped",
+			"session", s.ID(), "remote", s.RemoteAddr().String(), "max_datagram", max, "least_mtu", minLinkMTU)
+	}
+	if mtu, lower := linkMTUFor(g.tunLink.MTU(), max, overhead); lower {
 		g.tunLink.SetMTU(mtu)
 		g.log.Info("tunnel link MTU", "mtu", mtu, "session", s.ID())
 	}
 }
 
+// minLinkMTU is the least MTU a session brings the tunnel link down to.
+// Every QUIC path carries packets of 1200 bytes, whose DATAGRAMs hold more
+// than this; only a peer that announces a small max_datagram_frame_size
+// asks for less. The link is every session's: following such a peer would
+// let one agent shrink the packets of every other session, of every
+// tenant, until the gateway restarts. Its own larger packets are dropped
+// instead (ztgate_packets_dropped_total{reason="send_error"}).
+const minLinkMTU = 1024
+
 // linkMTUFor is fitLink's arithmetic: the link's MTU for a session whose
 // largest datagram is maxDatagram, and whether that lowers the current one.
-// The link is shared by every session, so it only ever goes down; a size of
-// 0 (an ended session) changes nothing.
+// The link is shared by every session, so it only ever goes down, and not
+// below minLinkMTU; a size of 0 (an ended session) changes nothing.
 func linkMTUFor(current, maxDatagram, overhead int) (mtu int, lower bool) {
-	if m := maxDatagram - overhead; m > 0 && m < current {
+	if m := max(maxDatagram-overhead, minLinkMTU); maxDatagram-overhead > 0 && m < current {
 		return m, true
 	}
 	return current, false

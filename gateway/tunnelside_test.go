@@ -25,6 +25,9 @@ func TestLinkMTUFor(t *testing.T) {
 		{"exactly the current size", 1195, 1200, tunnel.TagReturnOverhead, 1195, false},
 		{"ended session changes nothing", 1195, 0, tunnel.TagReturnOverhead, 1195, false},
 		{"datagram smaller than the framing", 1195, 4, tunnel.TagReturnOverhead, 1195, false},
+		{"a tiny session lowers it to the floor only", tunnelLinkMTU, 100, 0, minLinkMTU, true},
+		{"a tiny session under a floored link", minLinkMTU, 100, tunnel.TagReturnOverhead, minLinkMTU, false},
+		{"a session just over the floor", tunnelLinkMTU, minLinkMTU + 1, 0, minLinkMTU + 1, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, lower := linkMTUFor(tc.current, tc.maxDatagram, tc.overhead)
