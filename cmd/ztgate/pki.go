@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -97,7 +98,19 @@ func pkiIssue(args []string, stdout, stderr io.Writer) int {
 		}
 		req.IPs = append(req.IPs, a)
 	}
-	ca, err := tunnel.LoadCA(filepath.Join(*dir, "ca.crt"), filepath.Join(*dir, "ca.key"))
+	prefix := *out
+	if prefix == "" {
+		prefix = filepath.Join(*dir, *name)
+	}
+	crt, key := prefix+".crt", prefix+".key"
+	caCrt, caKey := filepath.Join(*dir, "ca.crt"), filepath.Join(*dir, "ca.key")
+	for _, p := range []string{crt, key} {
+		if sameFile(p, caCrt) || sameFile(p, caKey) {
+			fmt.Fprintf(stderr, "ztgate pki issue: %s is a file of the CA; choose another -name or -out\n", p)
+			return 2
+		}
+	}
+	ca, err := tunnel.LoadCA(caCrt, caKey)
 	if err != nil {
 		fmt.Fprintf(stderr, "ztgate pki issue: %v (run `ztgate pki init -dir %s` first)\n", err, *dir)
 		return 1
@@ -107,11 +120,6 @@ func pkiIssue(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "ztgate pki issue:", err)
 		return 1
 	}
-	prefix := *out
-	if prefix == "" {
-		prefix = filepath.Join(*dir, *name)
-	}
-	crt, key := prefix+".crt", prefix+".key"
 	if err := writePair(filepath.Dir(prefix), crt, key, crtPEM, keyPEM); err != nil {
 		fmt.Fprintln(stderr, "ztgate pki issue:", err)
 		return 1
@@ -130,15 +138,32 @@ func splitList(s string) []string {
 	return out
 }
 
-// writePair writes a certificate (0644) and its key (0600).
+// writePair writes a certificate (0644) and its key (0600). Each file is
+// replaced atomically, so that a key written over an existing file gets
+// the mode 0600 too (os.WriteFile keeps an existing file's mode) and a
+// crash never leaves half a key.
 func writePair(dir, crt, key string, crtPEM, keyPEM []byte) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(key, keyPEM, 0o600); err != nil {
+	if _, err := catalog.WriteFileAtomic(key, keyPEM, 0o600); err != nil {
 		return err
 	}
-	return os.WriteFile(crt, crtPEM, 0o644)
+	_, err := catalog.WriteFileAtomic(crt, crtPEM, 0o644)
+	return err
+}
+
+// sameFile reports whether a and b name the same file: the same path, or
+// two existing paths of one file (a link, a case-insensitive file system).
+func sameFile(a, b string) bool {
+	if absA, errA := filepath.Abs(a); errA == nil {
+		if absB, errB := filepath.Abs(b); errB == nil && absA == absB {
+			return true
+		}
+	}
+	fa, errA := os.Stat(a)
+	fb, errB := os.Stat(b)
+	return errA == nil && errB == nil && os.SameFile(fa, fb)
 }
 
 func exists(path string) bool {
