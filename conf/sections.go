@@ -2,6 +2,8 @@ package conf
 
 import (
 	"net/netip"
+	"os"
+	"strings"
 	"time"
 )
 
@@ -93,8 +95,23 @@ func (v *validator) api(r *rawAPI, def netip.AddrPort) API {
 	}
 	return API{
 		Listen:    v.apiListen("api.listen", r.Listen, def),
-		TokenFile: v.file("api.token_file", r.TokenFile),
+		TokenFile: v.tokenFile("api.token_file", r.TokenFile),
 	}
+}
+
+// tokenFile resolves a bearer token file and checks that it holds a token:
+// the API refuses to start with an empty one (white space only counts as
+// empty, as there).
+func (v *validator) tokenFile(path, p string) string {
+	abs := v.file(path, p)
+	if abs == "" {
+		return abs
+	}
+	// A file that cannot be read has its error from v.file already.
+	if b, err := os.ReadFile(abs); err == nil && strings.TrimSpace(string(b)) == "" {
+		v.addf(path, "file %q is empty: it must hold the bearer token", p)
+	}
+	return abs
 }
 
 // limits validates a gateway's [limits] section.
