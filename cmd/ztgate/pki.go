@@ -53,6 +53,9 @@ func pkiInit(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if !validDays("pki init", *days, stderr) {
+		return 2
+	}
 	crt, key := filepath.Join(*dir, "ca.crt"), filepath.Join(*dir, "ca.key")
 	if exists(crt) || exists(key) {
 		fmt.Fprintf(stderr, "ztgate pki: %s already holds a CA; remove it first to make a new one\n", *dir)
@@ -86,6 +89,9 @@ func pkiIssue(args []string, stdout, stderr io.Writer) int {
 	}
 	if *role == "" || *tenant == "" || *name == "" {
 		fmt.Fprintln(stderr, "ztgate pki issue: -role, -tenant and -name are required")
+		return 2
+	}
+	if !validDays("pki issue", *days, stderr) {
 		return 2
 	}
 	req := tunnel.IssueRequest{Tenant: *tenant, Role: *role, Name: *name, Validity: time.Duration(*days) * 24 * time.Hour}
@@ -126,6 +132,20 @@ func pkiIssue(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "created %s and %s for ztna://%s/%s/%s\n", crt, key, *tenant, *role, *name)
 	return 0
+}
+
+// maxDays bounds -days: 100 years, far below where the validity would
+// overflow a time.Duration (about 106,000 days) and wrap to minutes.
+const maxDays = 36500
+
+// validDays reports whether -days is a validity a certificate can have,
+// saying why not on stderr.
+func validDays(cmd string, days int, stderr io.Writer) bool {
+	if days < 1 || days > maxDays {
+		fmt.Fprintf(stderr, "ztgate %s: -days %d: the validity must be 1 to %d days\n", cmd, days, maxDays)
+		return false
+	}
+	return true
 }
 
 func splitList(s string) []string {

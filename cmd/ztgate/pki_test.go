@@ -75,3 +75,34 @@ func TestPKIIssueKeyMode(t *testing.T) {
 		t.Errorf("the new private key %s has mode %#o, want 0600", key, mode)
 	}
 }
+
+// TestPKIDays: -days must be a validity a certificate can have. Beyond
+// about 106,000 days the validity overflowed a time.Duration and made a
+// CA valid for minutes, reported as created.
+func TestPKIDays(t *testing.T) {
+	dir := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"pki", "init", "-dir", dir}, &stdout, &stderr); code != 0 {
+		t.Fatalf("pki init: exit %d: %s", code, stderr.String())
+	}
+	issue := []string{"pki", "issue", "-dir", dir, "-role", "agent", "-tenant", "office", "-name", "laptop"}
+	for _, tc := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"pki", "init", "-dir", t.TempDir(), "-days", "213504"}, 2},
+		{[]string{"pki", "init", "-dir", t.TempDir(), "-days", "0"}, 2},
+		{[]string{"pki", "init", "-dir", t.TempDir(), "-days", "36500"}, 0},
+		{append(issue, "-days", "-1"), 2},
+		{append(issue, "-days", "36501"), 2},
+		{append(issue, "-days", "1"), 0},
+	} {
+		stdout.Reset()
+		stderr.Reset()
+		if code := run(tc.args, &stdout, &stderr); code != tc.code {
+			t.Errorf("%v: exit %d, want %d: %s", tc.args[1:], code, tc.code, stderr.String())
+		} else if code == 2 && !bytes.Contains(stderr.Bytes(), []byte("1 to 36500 days")) {
+			t.Errorf("%v: %q does not say the range", tc.args[1:], stderr.String())
+		}
+	}
+}
