@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ztgate/ztgate/catalog"
@@ -159,15 +160,30 @@ func splitList(s string) []string {
 }
 
 // writePair writes a certificate (0644) and its key (0600). Each file is
-// replaced atomically, so that a key written over an existing file gets
-// the mode 0600 too (os.WriteFile keeps an existing file's mode) and a
-// crash never leaves half a key.
+// replaced atomically, so that a crash never leaves half a key, and a key
+// written over an existing one is never readable by others, whatever that
+// file's mode was (os.WriteFile keeps it). What a renewal in place keeps,
+// from a key others could not read, is the group's read access and the
+// group: the systemd units read their keys through the ztgate group
+// (getting-started.md).
 func writePair(dir, crt, key string, crtPEM, keyPEM []byte) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	if _, err := catalog.WriteFileAtomic(key, keyPEM, 0o600); err != nil {
+	mode, gid := os.FileMode(0o600), -1
+	if fi, err := os.Stat(key); err == nil && fi.Mode().Perm()&0o007 == 0 { // one others could read was a mistake: 0600
+		mode |= fi.Mode().Perm() & 0o040
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			gid = int(st.Gid)
+		}
+	}
+	if _, err := catalog.WriteFileAtomic(key, keyPEM, mode); err != nil {
 		return err
+	}
+	if gid >= 0 {
+		if err := os.Chown(key, -1, gid); err != nil && mode&0o040 != 0 {
+			return fmt.Errorf("%s: keeping its group for the key's readers: %w", key, err)
+		}
 	}
 	_, err := catalog.WriteFileAtomic(crt, crtPEM, 0o644)
 	return err

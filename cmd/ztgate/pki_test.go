@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/ztgate/ztgate/tunnel"
@@ -48,31 +49,53 @@ func TestPKIIssueKeepsTheCA(t *testing.T) {
 	}
 }
 
-// TestPKIIssueKeyMode: an issued key is readable by its owner only, also
+// TestPKIIssueKeyMode: an issued key is never readable by others, also
 // when it replaces an existing file (a renewal, `ztgate pki issue` again,
-// over a key that a copy left world-readable).
+// over a key that a copy left world-readable); a renewal in place keeps
+// the group's read access of a key that only its group could read (the
+// systemd units read their keys through their group).
 func TestPKIIssueKeyMode(t *testing.T) {
 	dir := t.TempDir()
 	var stdout, stderr bytes.Buffer
 	if code := run([]string{"pki", "init", "-dir", dir}, &stdout, &stderr); code != 0 {
 		t.Fatalf("pki init: exit %d: %s", code, stderr.String())
 	}
-	key := filepath.Join(dir, "laptop.key")
-	if err := os.WriteFile(key, []byte("old key\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(key, 0o644); err != nil { // whatever the umask
-		t.Fatal(err)
-	}
-	if code := run([]string{"pki", "issue", "-dir", dir, "-role", "agent", "-tenant", "office", "-name", "laptop"}, &stdout, &stderr); code != 0 {
-		t.Fatalf("pki issue: exit %d: %s", code, stderr.String())
-	}
-	fi, err := os.Stat(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if mode := fi.Mode().Perm(); mode != 0o600 {
-		t.Errorf("the new private key %s has mode %#o, want 0600", key, mode)
+	for _, tc := range []struct {
+		name   string
+		before os.FileMode // 0: no file before
+		want   os.FileMode
+	}{
+		{"new", 0, 0o600},
+		{"over a world-readable key", 0o644, 0o600},
+		{"over a key of its group", 0o640, 0o640},
+		{"over a key of its owner", 0o600, 0o600},
+		{"over a group-writable key", 0o660, 0o640},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := strings.ReplaceAll(tc.name, " ", "-")
+			key := filepath.Join(dir, name+".key")
+			if tc.before != 0 {
+				if err := os.WriteFile(key, []byte("old key\n"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chmod(key, tc.before); err != nil { // whatever the umask
+					t.Fatal(err)
+				}
+			}
+			if code := run([]string{"pki", "issue", "-dir", dir, "-role", "agent", "-tenant", "office", "-name", name}, &stdout, &stderr); code != 0 {
+				t.Fatalf("pki issue: exit %d: %s", code, stderr.String())
+			}
+			fi, err := os.Stat(key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if mode := fi.Mode().Perm(); mode != tc.want {
+				t.Errorf("the new private key has mode %#o, want %#o", mode, tc.want)
+			}
+			if b, _ := os.ReadFile(key); bytes.Contains(b, []byte("old key")) {
+				t.Error("the old key is still there")
+			}
+		})
 	}
 }
 
