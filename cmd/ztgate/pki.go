@@ -131,7 +131,9 @@ func pkiIssue(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "ztgate pki issue:", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "created %s and %s for ztna://%s/%s/%s\n", crt, key, *tenant, *role, *name)
+	// As the certificate carries it: identities are lower case.
+	fmt.Fprintf(stdout, "created %s and %s for ztna://%s/%s/%s\n", crt, key,
+		strings.ToLower(*tenant), strings.ToLower(*role), strings.ToLower(*name))
 	return 0
 }
 
