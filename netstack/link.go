@@ -231,7 +231,7 @@ func (l *Link) admit(pkt []byte) (*stack.PacketBuffer, tcpip.NetworkProtocolNumb
 		ns.drop(DropICMPRefused)
 		return nil, 0, nil
 	}
-	if !local && h.isEchoRequest() {
+	if !local && h.isEchoRequest() && h.sourceValid() {
 		if !h.echoChecksumsValid(pkt) {
 			ns.drop(DropMalformed)
 			return nil, 0, nil

@@ -188,6 +188,18 @@ func lastNextHeader(next uint8, b []byte) uint8 {
 	return next
 }
 
+// sourceValid reports whether gVisor takes packets from h's source at
+// all: not a multicast or loopback address, nor IPv4's limited broadcast
+// (its IPv4 and IPv6 input count those as invalid sources and drop them).
+// The link's own paths — echo requests it hands to the handler, datagrams
+// it queues on a listener — leave the others to gVisor, which drops them.
+// (A flow's datagrams need no check: gVisor took the flow's first one.)
+func (h *ipHeader) sourceValid() bool {
+	return !h.src.IsMulticast() && !h.src.IsLoopback() && h.src != limitedBroadcast
+}
+
+var limitedBroadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+
 // isEchoRequest reports whether the packet is a complete ICMP echo request.
 func (h *ipHeader) isEchoRequest() bool {
 	if len(h.l4) < 8 || h.l4[1] != 0 {

@@ -90,7 +90,7 @@ func (ns *Stack) deliverUDP(h *ipHeader, pkt []byte) bool {
 // server at the gateway's address) and reports whether it did; false
 // leaves the packet to gVisor.
 func (ns *Stack) deliverLocalUDP(h *ipHeader, pkt []byte) bool {
-	if !fastUDP(h) {
+	if !fastUDP(h) || !h.sourceValid() {
 		return false
 	}
 	u := header.UDP(h.l4)
