@@ -105,6 +105,9 @@ func (o *tunnelOutput) WritePackets(pkts [][]byte) error {
 			continue
 		}
 		netstack.RewriteIPv4Destination(p, in.inner)
+		if p[9] == 1 { // an ICMP error about the agent's packet quotes it as the agent sent it
+			netstack.RewriteICMPv4QuotedSource(p, in.synth, in.inner)
+		}
 		if err := in.send(o.scratch[:0], p); err != nil {
 			o.g.m.tunnelDrop("send_error")
 		}
@@ -133,5 +136,8 @@ func (g *Gateway) deliverTunnel(in *ingress, service string, pkt []byte, sink ne
 		}
 	}
 	netstack.RewriteIPv4Source(pkt, in.synth)
+	if pkt[9] == 1 { // an ICMP error about a packet to the agent: its quote too, or gVisor refuses it
+		netstack.RewriteICMPv4QuotedDestination(pkt, in.inner, in.synth)
+	}
 	sink.Deliver(pkt)
 }

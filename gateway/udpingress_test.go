@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
 	"github.com/ztgate/ztgate/netstack/netstacktest"
 )
 
@@ -235,5 +238,75 @@ backends = ["127.0.0.1"]
 	waitFor(t, 5*time.Second, "the flow opened and closed", func() bool {
 		labels := []string{"protocol", "udp", "service", "u", "tenant", "acme"}
 		return metricValue(t, h.gw, "ztgate_flows_total", labels...) == 1 && metricValue(t, h.gw, "ztgate_flows_active", labels...) == 0
+	})
+}
+
+// TestTunnelICMPErrorsQuoteTheAgent: the ICMP errors between the gateway
+// and an agent quote packets with the addresses the receiver knows.
+//   - From the gateway: the error about an agent's packet (a port
+//     unreachable for a refused UDP flow, a prohibited for a refused ping)
+//     quotes it as the agent sent it, from its own address, not from its
+//     ingress's 169.254.x.y: the agent's kernel finds the socket an error
+//     is for by the quoted addresses, so the refusal would otherwise be a
+//     silent hang (DESIGN §3.3), and the internal address would leak.
+//   - From the agent: its error about a packet the gateway sent it (its
+//     port gone) quotes the agent's address, which gVisor knows as the
+//     ingress's: rewritten too, else the error is refused as another
+//     client's.
+func TestTunnelICMPErrorsQuoteTheAgent(t *testing.T) {
+	_, port := startHTTP(t, nil)
+	h := newHarness(t, withTunnel(t, baseConfig(port, startUDPEcho(t))))
+	in, replies := h.recordingIngress(t, "acme")
+	for _, tc := range []struct {
+		name string
+		pkt  []byte
+	}{
+		{"udp port unreachable", netstacktest.UDPDatagram(netip.AddrPortFrom(agentInner, 40000), netip.MustParseAddrPort("10.100.0.20:9"), []byte("x"))},
+		{"echo prohibited", netstacktest.EchoRequest(agentInner, netip.MustParseAddr("10.100.0.77"), 1, 1, []byte("ping"))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(replies())
+			h.gw.deliverTunnel(in, "", slices.Clone(tc.pkt), h.gw.tunLink)
+			var got [][]byte
+			waitFor(t, 5*time.Second, "an ICMP error", func() bool { got = replies(); return len(got) > before })
+			p := got[before]
+			if len(p) < 20+8+20 || p[9] != 1 || p[20] != 3 {
+				t.Fatalf("not an ICMP unreachable: % x", p)
+			}
+			outerDst := netip.AddrFrom4([4]byte(p[16:20]))
+			quotedSrc := netip.AddrFrom4([4]byte(p[28+12 : 28+16]))
+			if outerDst != agentInner || quotedSrc != agentInner {
+				t.Errorf("error to %v quotes a packet from %v, want the agent's %v", outerDst, quotedSrc, agentInner)
+			}
+			if c := checksum.Checksum(p[20:], 0); c != 0xffff {
+				t.Errorf("the ICMP checksum does not verify (%#x)", c)
+			}
+			if q := header.IPv4(p[28:]); q.CalculateChecksum() != 0xffff {
+				t.Errorf("the quoted IP header's checksum does not verify")
+			}
+			if string(p[28+20:28+28]) != string(tc.pkt[20:28]) {
+				t.Errorf("quoted transport header % x, want the agent's % x", p[28+20:28+28], tc.pkt[20:28])
+			}
+		})
+	}
+
+	t.Run("the agent's error about a packet to it", func(t *testing.T) {
+		refused := func() float64 {
+			return max(0, metricValue(t, h.gw, "ztgate_packets_dropped_total", "reason", "icmp_refused"))
+		}
+		echo := netip.MustParseAddrPort("10.100.0.20:7")
+		from := netip.AddrPortFrom(agentInner, 4000)
+		n := len(replies())
+		h.gw.deliverTunnel(in, "", netstacktest.UDPDatagram(from, echo, []byte("hello")), h.gw.tunLink)
+		waitFor(t, 5*time.Second, "the echo", func() bool { return len(replies()) > n })
+		reply := replies()[n] // as the agent received it: to its own address
+		before := refused()
+		h.gw.deliverTunnel(in, "", icmpUnreachable(agentInner, echo.Addr(), reply), h.gw.tunLink)
+		// A marker behind it: once its echo is back, the error was taken.
+		h.gw.deliverTunnel(in, "", netstacktest.UDPDatagram(netip.AddrPortFrom(agentInner, 4001), echo, []byte("marker")), h.gw.tunLink)
+		waitFor(t, 5*time.Second, "the marker's echo", func() bool { return len(replies()) > n+1 })
+		if got := refused(); got != before {
+			t.Errorf("the agent's own ICMP error was refused (%v refused, %v before)", got, before)
+		}
 	})
 }

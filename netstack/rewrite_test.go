@@ -118,3 +118,101 @@ func BenchmarkRewriteIPv4(b *testing.B) {
 		}
 	}
 }
+
+// icmpError is an ICMPv4 error of typ from src to dst quoting the first
+// n bytes of orig, with valid checksums.
+func icmpError(typ uint8, src, dst netip.Addr, orig []byte, n int) []byte {
+	q := orig[:min(n, len(orig))]
+	b := make([]byte, 20+8+len(q))
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(b)), TTL: 64, Protocol: 1, SrcAddr: toAddr(src), DstAddr: toAddr(dst)})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	b[20], b[21] = typ, 3
+	copy(b[28:], q)
+	binary.BigEndian.PutUint16(b[22:], ^checksum.Checksum(b[20:], 0))
+	return b
+}
+
+// TestRewriteICMPv4Quoted: the quoted packet of an ICMP error gets the new
+// address with every checksum as a packet sent with it would have (the
+// quoted header's, the quoted TCP or UDP checksum when quoted, the ICMP
+// checksum), and the outer packet stays valid; what is not an ICMPv4
+// error with a whole quoted header is left alone.
+func TestRewriteICMPv4Quoted(t *testing.T) {
+	vip, synth, inner := netip.MustParseAddr("10.100.0.20"), netip.MustParseAddr("169.254.0.1"), netip.MustParseAddr("100.64.0.1")
+	udp := buildPacket(17, synth, vip, []byte("some payload"), false)
+	tcp := buildPacket(6, synth, vip, []byte("some payload"), false)
+	cases := []struct {
+		name string
+		orig []byte // the packet the error quotes, from synth
+		typ  uint8
+		n    int // bytes quoted
+		dst  bool
+		want bool
+	}{
+		{"udp, 8 bytes quoted", udp, 3, 28, false, true},
+		{"udp, whole", udp, 3, len(udp), false, true},
+		{"udp without checksum", buildPacket(17, synth, vip, []byte("x"), true), 3, 28, false, true},
+		{"tcp, 8 bytes quoted", tcp, 3, 28, false, true},
+		{"tcp, checksum quoted", tcp, 11, 40, false, true},
+		{"time exceeded", udp, 11, 28, false, true},
+		{"parameter problem", udp, 12, 28, false, true},
+		{"the destination", buildPacket(17, vip, synth, []byte("x"), false), 3, 28, true, true},
+		{"echo reply is no error", udp, 0, 28, false, false},
+		{"redirect is not rewritten", udp, 5, 28, false, false},
+		{"quote shorter than an IPv4 header", udp, 3, 19, false, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			pkt := icmpError(tc.typ, vip, synth, tc.orig, tc.n)
+			before := append([]byte(nil), pkt...)
+			rewrite := RewriteICMPv4QuotedSource
+			want := append([]byte(nil), tc.orig...)
+			RewriteIPv4Source(want, inner)
+			if tc.dst {
+				rewrite = RewriteICMPv4QuotedDestination
+				want = append(want[:0], tc.orig...)
+				RewriteIPv4Destination(want, inner)
+			}
+			if got := rewrite(pkt, synth, inner); got != tc.want {
+				t.Fatalf("rewrite = %v, want %v", got, tc.want)
+			}
+			if !tc.want {
+				if string(pkt) != string(before) {
+					t.Errorf("a packet that was not rewritten changed")
+				}
+				return
+			}
+			if got, w := pkt[28:], want[:len(pkt)-28]; string(got) != string(w) {
+				t.Errorf("quote\n% x\nwant (the packet as sent with the address)\n% x", got, w)
+			}
+			if string(pkt[:20]) != string(before[:20]) {
+				t.Errorf("the outer header changed")
+			}
+			if c := checksum.Checksum(pkt[20:], 0); c != 0xffff {
+				t.Errorf("ICMP checksum does not verify: %#x", c)
+			}
+		})
+	}
+	t.Run("not ICMP", func(t *testing.T) {
+		if RewriteICMPv4QuotedSource(append([]byte(nil), udp...), synth, inner) {
+			t.Error("a UDP datagram was taken for an ICMP error")
+		}
+	})
+	t.Run("a fragment", func(t *testing.T) {
+		pkt := icmpError(3, vip, synth, udp, 28)
+		pkt[6] |= 0x20 // more fragments
+		header.IPv4(pkt).SetChecksum(0)
+		header.IPv4(pkt).SetChecksum(^header.IPv4(pkt).CalculateChecksum())
+		if RewriteICMPv4QuotedSource(pkt, synth, inner) {
+			t.Error("the first fragment of an ICMP error was rewritten")
+		}
+	})
+	t.Run("a quote from another address", func(t *testing.T) {
+		pkt := icmpError(3, vip, synth, buildPacket(17, inner, vip, []byte("x"), false), 28)
+		before := string(pkt)
+		if RewriteICMPv4QuotedSource(pkt, synth, inner) || string(pkt) != before {
+			t.Error("a quote whose source is not the one to replace was rewritten")
+		}
+	})
+}
