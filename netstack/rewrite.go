@@ -42,21 +42,26 @@ func rewriteIPv4(pkt []byte, off int, a netip.Addr) bool {
 	if binary.BigEndian.Uint16(pkt[6:8])&0x1fff != 0 {
 		return true // a later fragment: no transport header
 	}
-	l4 := pkt[h.hdrLen:]
-	switch h.proto {
+	fixTransportChecksum(h.proto, pkt[h.hdrLen:], old, na)
+	return true
+}
+
+// fixTransportChecksum updates the TCP or UDP checksum in l4, when l4 holds
+// it, for an address of the pseudo-header that changed from old to new.
+func fixTransportChecksum(proto uint8, l4 []byte, old, new [4]byte) {
+	switch proto {
 	case 6: // TCP
 		if len(l4) >= 18 {
-			fixChecksum(l4[16:18], old, na)
+			fixChecksum(l4[16:18], old, new)
 		}
 	case 17: // UDP: a zero checksum means none
 		if len(l4) >= 8 && (l4[6] != 0 || l4[7] != 0) {
-			fixChecksum(l4[6:8], old, na)
+			fixChecksum(l4[6:8], old, new)
 			if l4[6] == 0 && l4[7] == 0 {
 				l4[6], l4[7] = 0xff, 0xff
 			}
 		}
 	}
-	return true
 }
 
 // fixChecksum updates the ones'-complement checksum at sum for a 32-bit
@@ -120,20 +125,7 @@ func rewriteQuoted(pkt []byte, off int, from, a netip.Addr) bool {
 	copy(q[off:off+4], na[:])
 	fixChecksum(q[10:12], old, na)
 	if binary.BigEndian.Uint16(q[6:8])&0x1fff == 0 { // the quote starts the transport header
-		l4 := q[qhl:]
-		switch q[9] {
-		case 6: // TCP
-			if len(l4) >= 18 {
-				fixChecksum(l4[16:18], old, na)
-			}
-		case 17: // UDP: a zero checksum means none
-			if len(l4) >= 8 && (l4[6] != 0 || l4[7] != 0) {
-				fixChecksum(l4[6:8], old, na)
-				if l4[6] == 0 && l4[7] == 0 {
-					l4[6], l4[7] = 0xff, 0xff
-				}
-			}
-		}
+		fixTransportChecksum(q[9], q[qhl:], old, na)
 	}
 	// The ICMP checksum covers the whole quote: computed again (an error
 	// is at most 576 bytes), not patched for each field that changed.
