@@ -74,7 +74,7 @@ func (g *Gateway) serveDirect(s *tunnel.Session) error {
 		}
 		defer g.directSessions.give(id.String())
 	}
-	in := &ingress{peer: peer{tenant: id.Tenant, identity: id.String()}}
+	in := &ingress{peer: peer{tenant: id.Tenant, identity: id.String()}, services: id.Services}
 	var sendMu sync.Mutex
 	in.send = func(scratch, pkt []byte) error {
 		sendMu.Lock()

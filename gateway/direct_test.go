@@ -58,21 +58,7 @@ func TestRawIPNeedsServiceRights(t *testing.T) {
 	h := newHarness(t, toml, func(o *Options) { o.HandshakeTimeout = 200 * time.Millisecond })
 	addr := h.gw.direct.Addr().String()
 
-	crt, key, err := ca.Issue(tunnel.IssueRequest{Name: "web", LegacySANs: []string{"agent.web.ztna"}, NoIdentity: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, b := range map[string][]byte{"agent.crt": crt, "agent.key": key} {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	creds, err := tunnel.NewCredentials(tunnel.CredentialsConfig{
-		CertFile: filepath.Join(dir, "agent.crt"), KeyFile: filepath.Join(dir, "agent.key"), CAFile: filepath.Join(dir, "ca.crt"),
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	creds := agentCreds(t, ca, dir, tunnel.IssueRequest{Name: "web", LegacySANs: []string{"agent.web.ztna"}, NoIdentity: true})
 	denied := func() float64 { return testutil.ToFloat64(h.gw.m.dropped.WithLabelValues("not_authorised")) }
 
 	for _, alpn := range []string{tunnel.ALPNV2, tunnel.ALPNV1} {
@@ -212,4 +198,26 @@ func TestDirectListenerRefusals(t *testing.T) {
 			t.Errorf("no refusal counted as %s", reason)
 		}
 	}
+}
+
+// agentCreds issues req from ca into dir (agent.crt, agent.key, beside the
+// ca.crt there) and loads them as an agent's credentials.
+func agentCreds(t *testing.T, ca *tunnel.CA, dir string, req tunnel.IssueRequest) *tunnel.Credentials {
+	t.Helper()
+	crt, key, err := ca.Issue(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{"agent.crt": crt, "agent.key": key} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	creds, err := tunnel.NewCredentials(tunnel.CredentialsConfig{
+		CertFile: filepath.Join(dir, "agent.crt"), KeyFile: filepath.Join(dir, "agent.key"), CAFile: filepath.Join(dir, "ca.crt"),
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return creds
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -93,14 +94,50 @@ func (t *table) view(tenant string) *dnsView {
 // from its ingress identity.
 type stackDirectory struct{ g *Gateway }
 
-// View implements resolver.Directory.
+// View implements resolver.Directory. A tunnel ingress whose identity may
+// reach only some of its tenant's services (a certificate of the original
+// system, a relay tag's one service) sees only those: what it may not reach
+// it may not name either.
 func (d stackDirectory) View(client netip.Addr) resolver.View {
 	t := d.g.tbl.Load()
+	if d.g.ingresses != nil && synthPrefix.Contains(client) {
+		in := d.g.ingresses.lookup(client)
+		if in == nil || in.closed.Load() {
+			return nil
+		}
+		v := t.view(in.peer.tenant)
+		if in.services != nil {
+			return restrictedView{v, in.services}
+		}
+		return v
+	}
 	p, ok := d.g.identify(t, client)
 	if !ok {
 		return nil
 	}
 	return t.view(p.tenant)
+}
+
+// restrictedView is a tenant's view of which only the services named show.
+type restrictedView struct {
+	v     *dnsView
+	names []string
+}
+
+// Lookup implements resolver.View.
+func (r restrictedView) Lookup(label string) (resolver.Entry, bool) {
+	if e, ok := r.v.Lookup(label); ok && slices.Contains(r.names, e.Name) {
+		return e, true
+	}
+	return resolver.Entry{}, false
+}
+
+// Reverse implements resolver.View.
+func (r restrictedView) Reverse(addr netip.Addr) (resolver.Entry, bool) {
+	if e, ok := r.v.Reverse(addr); ok && slices.Contains(r.names, e.Name) {
+		return e, true
+	}
+	return resolver.Entry{}, false
 }
 
 // hostDirectory answers DNS on the host listeners: loopback is the

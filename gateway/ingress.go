@@ -29,9 +29,13 @@ type ingress struct {
 	synth   netip.Addr // its source address inside the netstack
 	inner   netip.Addr // the agent's address; packets from any other are dropped
 	peer    peer
-	service string                          // a relay tag's one service; "" for a direct session
-	send    func(scratch, pkt []byte) error // how replies leave; scratch is a buffer to frame them in
-	closed  atomic.Bool
+	service string // a relay tag's one service; "" for a direct session
+	// services are the only services its DNS names (stackDirectory): a
+	// relay tag's one, or those a direct session's identity has rights
+	// for; nil: every service of its tenant.
+	services []string
+	send     func(scratch, pkt []byte) error // how replies leave; scratch is a buffer to frame them in
+	closed   atomic.Bool
 }
 
 // ingressTable maps synthetic addresses to ingresses.

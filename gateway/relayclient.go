@@ -202,9 +202,10 @@ func (rs *relaySession) openTag(m *tunnel.TagOpen) {
 		return
 	}
 	in := &ingress{
-		inner:   m.InnerAddr,
-		peer:    peer{tenant: m.Tenant, identity: m.Identity},
-		service: m.Service,
+		inner:    m.InnerAddr,
+		peer:     peer{tenant: m.Tenant, identity: m.Identity},
+		service:  m.Service,
+		services: []string{m.Service},
 		send: func(scratch, pkt []byte) error {
 			return rs.s.SendDatagram(tunnel.AppendTagReturn(scratch, tag, pkt))
 		},

@@ -500,3 +500,70 @@ func TestUDPListenerQueueBound(t *testing.T) {
 		t.Errorf("%d datagrams counted as dropped for a full queue, want %d", n, extra)
 	}
 }
+
+// TestUDPListenerRepliesOnTheClientsLink: a listener on an address that
+// two links share (the gateway's address, on its LAN's link and its
+// tunnel's) answers each client on the link whose routes lead to it.
+// gVisor sends a bound socket's datagrams through the link it found the
+// address on at bind, in a random order: one of the two kinds of client
+// got no answer (its replies went out on the other link). Each round is a
+// new stack, a new draw.
+func TestUDPListenerRepliesOnTheClientsLink(t *testing.T) {
+	local := netip.MustParseAddrPort("10.100.0.1:53")
+	lanClient := netip.MustParseAddrPort("198.51.100.10:40000")
+	tunClient := netip.MustParseAddrPort("169.254.0.5:40000")
+	for round := range 6 {
+		ns, err := New(Config{Handler: flowTaker{make(chan *UDPConn, 1)}, Local: []netip.Addr{local.Addr()},
+			Pools: []netip.Prefix{netip.MustParsePrefix("10.100.0.0/24")}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lanOut, tunOut := &capture{}, &capture{}
+		lan, err := ns.NewLink(LinkConfig{Name: "lan", MTU: 1500, Output: lanOut})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tun, err := ns.NewLink(LinkConfig{Name: "tunnel", MTU: 1500, Output: tunOut, Routes: []netip.Prefix{netip.MustParsePrefix("169.254.0.0/16")}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pc, err := ns.ListenUDP(local)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lan.Deliver(udpPacket(lanClient, local, []byte("from the LAN"), nil))
+		tun.Deliver(udpPacket(tunClient, local, []byte("from the tunnel"), nil))
+		buf := make([]byte, 2048)
+		for range 2 {
+			pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := pc.WriteTo(append([]byte("re: "), buf[:n]...), from); err != nil {
+				t.Fatalf("round %d: reply to %v: %v", round, from, err)
+			}
+		}
+		for _, c := range []struct {
+			out  *capture
+			link string
+			to   netip.AddrPort
+		}{{lanOut, "LAN", lanClient}, {tunOut, "tunnel", tunClient}} {
+			var got []netip.Addr
+			for deadline := time.Now().Add(2 * time.Second); len(got) == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+				for _, p := range c.out.all() {
+					if _, dst, ok := IPv4Addrs(p); ok {
+						got = append(got, dst)
+					}
+				}
+			}
+			if len(got) != 1 || got[0] != c.to.Addr() {
+				t.Errorf("round %d: the %s link sent replies to %v, want one to %v", round, c.link, got, c.to.Addr())
+			}
+		}
+		pc.Close()
+		tun.Close()
+		lan.Close()
+		ns.Close()
+	}
+}

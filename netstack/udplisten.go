@@ -1,8 +1,11 @@
 package netstack
 
 import (
+	"bytes"
 	"net"
 	"net/netip"
+	"os"
+	"sync"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -19,12 +22,15 @@ import (
 // is skipped. What the link does not take (fragments, IPv4 options, IPv6
 // extension headers, anything that fails a check) reaches the listener
 // through its gVisor endpoint as before. Replies leave through gVisor
-// (WriteTo), which routes them to the link of their client.
+// (WriteTo), on the link whose routes lead to their client.
 type UDPListener struct {
-	*gonet.UDPConn // WriteTo, LocalAddr, write deadlines
+	*gonet.UDPConn // LocalAddr
 	fastSocket
 	ns   *Stack
 	addr netip.AddrPort
+
+	writeMu       sync.Mutex
+	writeDeadline time.Time
 }
 
 var _ net.PacketConn = (*UDPListener)(nil)
@@ -90,6 +96,82 @@ func (l *UDPListener) tryReadEndpoint(b []byte) (int, net.Addr, error) {
 	return 0, nil, tcpipError("read", terr)
 }
 
+// WriteTo sends b to addr through the link whose routes lead to addr. The
+// listener's address may be on several links (the gateway's address is on
+// its LAN's and on its tunnel's): bound to it, gVisor would send every
+// reply through the one link it found the address on first, where half of
+// the clients are not, so it is told the link of each reply.
+func (l *UDPListener) WriteTo(b []byte, addr net.Addr) (int, error) {
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok || ua == nil {
+		return 0, &net.OpError{Op: "write", Net: "udp", Source: l.LocalAddr(), Addr: addr, Err: net.InvalidAddrError("not a UDP address")}
+	}
+	dst := ua.AddrPort()
+	to := tcpip.FullAddress{NIC: l.ns.linkTo(dst.Addr()), Addr: toAddr(dst.Addr().Unmap()), Port: dst.Port()}
+	opError := func(err error) error {
+		return &net.OpError{Op: "write", Net: "udp", Source: l.LocalAddr(), Addr: addr, Err: err}
+	}
+	var r bytes.Reader
+	r.Reset(b)
+	n, terr := l.ep.Write(&r, tcpip.WriteOptions{To: &to})
+	if _, full := terr.(*tcpip.ErrWouldBlock); full {
+		entry, ch := waiter.NewChannelEntry(waiter.WritableEvents)
+		l.wq.EventRegister(&entry)
+		defer l.wq.EventUnregister(&entry)
+		l.writeMu.Lock()
+		deadline := l.writeDeadline
+		l.writeMu.Unlock()
+		var expired <-chan time.Time
+		if !deadline.IsZero() {
+			t := time.NewTimer(time.Until(deadline))
+			defer t.Stop()
+			expired = t.C
+		}
+		for {
+			select {
+			case <-ch:
+			case <-expired:
+				return 0, opError(os.ErrDeadlineExceeded)
+			case <-l.done:
+				return 0, opError(net.ErrClosed)
+			}
+			if n, terr = l.ep.Write(&r, tcpip.WriteOptions{To: &to}); !isWouldBlock(terr) {
+				break
+			}
+		}
+	}
+	if terr != nil {
+		return int(n), opError(tcpipError("write", terr))
+	}
+	return int(n), nil
+}
+
+// isWouldBlock reports whether a gVisor call would have had to wait.
+func isWouldBlock(err tcpip.Error) bool {
+	_, ok := err.(*tcpip.ErrWouldBlock)
+	return ok
+}
+
+// linkTo returns the NIC of the link whose routes lead to a, or 0 (gVisor
+// then routes as it would).
+func (ns *Stack) linkTo(a netip.Addr) tcpip.NICID {
+	a = a.Unmap()
+	r, err := ns.s.FindRoute(0, tcpip.Address{}, toAddr(a), protoOf(a), false)
+	if err != nil {
+		return 0
+	}
+	defer r.Release()
+	return r.NICID()
+}
+
+// SetWriteDeadline bounds WriteTo while the socket's send buffer is full.
+func (l *UDPListener) SetWriteDeadline(t time.Time) error {
+	l.writeMu.Lock()
+	l.writeDeadline = t
+	l.writeMu.Unlock()
+	return nil
+}
+
 // SetReadDeadline bounds ReadFrom (gVisor's own read deadline is never
 // consulted: ReadFrom does not go through it).
 func (l *UDPListener) SetReadDeadline(t time.Time) error {
@@ -100,7 +182,7 @@ func (l *UDPListener) SetReadDeadline(t time.Time) error {
 // SetDeadline sets the read and write deadlines.
 func (l *UDPListener) SetDeadline(t time.Time) error {
 	l.setReadDeadline(t)
-	return l.UDPConn.SetWriteDeadline(t)
+	return l.SetWriteDeadline(t)
 }
 
 // Close ends the listener's fast path, wakes its readers, then closes its

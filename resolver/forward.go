@@ -3,6 +3,8 @@ package resolver
 import (
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 
 	"github.com/miekg/dns"
 )
@@ -16,7 +18,14 @@ var errUpstreamRcode = errors.New("upstream failed the query")
 func (s *Server) forward(raw []byte, tcp bool, send func([]byte) error) {
 	bp := s.bufs.Get().(*[]byte)
 	defer s.bufs.Put(bp)
-	reply, err := s.askUpstreams(raw, tcp, *bp)
+	var reply []byte
+	err := errForwardLoop
+	if !s.inflight.cameBack(raw) {
+		reply, err = s.askUpstreams(raw, tcp, *bp)
+	} else if s.loopWarn.Allow() {
+		s.log.Warn("a query this DNS server forwarded came back to it: dns.upstreams leads to this server; answering SERVFAIL",
+			"query", fmt.Sprintf("%x", raw[min(len(raw), headerLen):]))
+	}
 	if err != nil {
 		reply = s.errorReply(raw, tcp, dns.RcodeServerFailure, *bp)
 	}
@@ -33,6 +42,8 @@ func (s *Server) askUpstreams(raw []byte, tcp bool, buf []byte) ([]byte, error) 
 	query := append([]byte(nil), raw...)
 	id := randomID()
 	query[0], query[1] = byte(id>>8), byte(id)
+	fw, done := s.inflight.add(query)
+	defer done()
 	var errs []error
 	for _, up := range s.cfg.Upstreams {
 		reply, err := exchange(s.ctx, up, query, buf, s.cfg.ForwardTimeout, tcp)
@@ -42,7 +53,11 @@ func (s *Server) askUpstreams(raw []byte, tcp bool, buf []byte) ([]byte, error) 
 			}
 		}
 		if err != nil {
-			s.m.forwardError(up, errorReason(err))
+			reason := errorReason(err)
+			if fw.looped.Swap(false) {
+				reason = fwdLoop
+			}
+			s.m.forwardError(up, reason)
 			errs = append(errs, err)
 			continue
 		}
@@ -91,4 +106,54 @@ func (s *Server) errorReply(raw []byte, tcp bool, rcode int, buf []byte) []byte 
 		}
 	}
 	return headerReply(buf, raw, s.ra, rcode)
+}
+
+// errForwardLoop: the query was one this server had forwarded itself.
+var errForwardLoop = errors.New("resolver: forward: the query came back to this server")
+
+// inflight are the queries this server has forwarded and awaits answers
+// to, byte for byte (their IDs are this server's). One of them arriving as
+// a query means an upstream leads back here: forwarded again, with a fresh
+// ID, and again, one client's query would take every forward slot. It is
+// answered SERVFAIL at once instead, and its forwarder counts the
+// upstream's error as a loop (ztgate_dns_forward_errors_total{reason="loop"}).
+type inflight struct {
+	mu sync.Mutex
+	m  map[string]*forwarding
+}
+
+// forwarding is one query in flight.
+type forwarding struct{ looped atomic.Bool }
+
+// add records query as in flight until done is called.
+func (f *inflight) add(query []byte) (fw *forwarding, done func()) {
+	fw, key := &forwarding{}, string(query)
+	f.mu.Lock()
+	if f.m == nil {
+		f.m = make(map[string]*forwarding)
+	}
+	if _, dup := f.m[key]; dup { // the same query, ID and all, twice at once: the first one is looked for
+		f.mu.Unlock()
+		return fw, func() {}
+	}
+	f.m[key] = fw
+	f.mu.Unlock()
+	return fw, func() {
+		f.mu.Lock()
+		delete(f.m, key)
+		f.mu.Unlock()
+	}
+}
+
+// cameBack reports whether raw is a query this server has in flight, and
+// marks it looped.
+func (f *inflight) cameBack(raw []byte) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fw := f.m[string(raw)]
+	if fw == nil {
+		return false
+	}
+	fw.looped.Store(true)
+	return true
 }

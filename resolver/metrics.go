@@ -40,6 +40,7 @@ const (
 	fwdNetwork  = "network"   // dial, write or read failed
 	fwdRcode    = "rcode"     // the upstream answered SERVFAIL or REFUSED
 	fwdBadReply = "bad_reply" // the answer was not for our question
+	fwdLoop     = "loop"      // the query came back to this server (forward.go, inflight)
 )
 
 // rcodeSlots covers the rcodes that fit in a header and BADVERS; higher ones

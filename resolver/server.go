@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // ErrServerClosed is returned by ServePacket and ServeStream when they are
@@ -25,11 +27,13 @@ type Server struct {
 	m    *metrics
 	ra   uint16 // flagRA when upstreams are configured
 
-	ctx     context.Context // canceled by Shutdown; bounds forwarding
-	cancel  context.CancelFunc
-	fwdSem  chan struct{} // slots of forwarded UDP queries
-	bufs    sync.Pool     // *[]byte of maxMsgSize for forwarding
-	workers sync.Pool     // *worker for serveRaw
+	ctx      context.Context // canceled by Shutdown; bounds forwarding
+	cancel   context.CancelFunc
+	fwdSem   chan struct{} // slots of forwarded UDP queries
+	inflight inflight      // the queries forwarded, awaiting answers
+	loopWarn *rate.Limiter // warnings of queries that came back
+	bufs     sync.Pool     // *[]byte of maxMsgSize for forwarding
+	workers  sync.Pool     // *worker for serveRaw
 
 	mu      sync.Mutex
 	closed  bool
@@ -57,14 +61,16 @@ func New(cfg Config, dir Directory, log *slog.Logger) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{
-		cfg:     cfg,
-		dir:     dir,
-		log:     log,
-		zone:    newZone(&cfg, uint32(time.Now().Unix())),
-		m:       m,
-		fwdSem:  make(chan struct{}, cfg.MaxForwards),
-		idle:    make(chan struct{}),
-		closers: map[io.Closer]struct{}{},
+		cfg:    cfg,
+		dir:    dir,
+		log:    log,
+		zone:   newZone(&cfg, uint32(time.Now().Unix())),
+		m:      m,
+		fwdSem: make(chan struct{}, cfg.MaxForwards),
+		// One warning a minute: a loop is a standing misconfiguration.
+		loopWarn: rate.NewLimiter(rate.Every(time.Minute), 1),
+		idle:     make(chan struct{}),
+		closers:  map[io.Closer]struct{}{},
 	}
 	if len(cfg.Upstreams) > 0 {
 		s.ra = flagRA
