@@ -195,7 +195,7 @@ func (d dnsDirectory) View(netip.Addr) resolver.View { return d.a.dir.Load() }
 func (a *Agent) startDNS() error {
 	d := a.dir.Load()
 	cfg := resolver.Config{
-		Zone: a.cfg.DNS.Zone, TTL: a.cfg.DNS.TTL, NSAddr: a.gatewayAddr(), Pool: d.pool,
+		Zone: a.cfg.DNS.Zone, TTL: a.cfg.DNS.TTL, NSAddr: a.gatewayAddr(), Pool: d.pool, Pool6: d.pool6,
 		Registerer: prometheus.WrapRegistererWith(prometheus.Labels{"listener": "agent"}, a.m.reg),
 	}
 	srv, err := resolver.New(cfg, dnsDirectory{a}, a.root.With("component", "dns"))

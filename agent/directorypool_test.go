@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/miekg/dns"
+
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -45,4 +47,50 @@ func TestDirectoryServiceOutsidePool(t *testing.T) {
 	if e, ok := d.Lookup("far"); ok {
 		t.Errorf("far is answered with %v, outside the pool %v the agent routes", e.VIP, d.pool)
 	}
+}
+
+// TestDirectoryPoolMovesReverseZone: the agent's DNS answers the PTR of
+// VIPs in the pool its server pushes, not only in the one it started with
+// (whose reverse zone it was built for), IPv6 as well.
+func TestDirectoryPoolMovesReverseZone(t *testing.T) {
+	p := newPKI(t)
+	vip, vip6 := netip.MustParseAddr("10.200.0.5"), netip.MustParseAddr("fd00:cd::5")
+	relay := startServer(t, p, relayReq, func(s *tunnel.Session) {
+		d := directoryOf(true)
+		d.Pool, d.Pool6 = netip.MustParsePrefix("10.200.0.0/16"), netip.MustParsePrefix("fd00:cd::/64")
+		d.Services = []tunnel.DirectoryService{{Name: "web", VIP: vip, VIP6: vip6, Healthy: true,
+			Ports: []tunnel.PortInfo{{Protocol: "tcp", Port: 80}}}}
+		s.Send(d)
+	})
+	a, client := startAgent(t, p, relay.addr())
+	c, err := client.DialUDP(innerAddr, netip.AddrPortFrom(a.gatewayAddr(), 53))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, addr := range []netip.Addr{vip, vip6} {
+		name, err := dns.ReverseAddr(addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := new(dns.Msg)
+		q.SetQuestion(name, dns.TypePTR)
+		r, _, err := (&dns.Client{}).ExchangeWithConn(q, &dns.Conn{Conn: c})
+		if err != nil {
+			t.Fatalf("PTR %s: %v", name, err)
+		}
+		if ptr, ok := first[*dns.PTR](r.Answer); !ok || ptr.Ptr != "web.ztna.internal." {
+			t.Errorf("PTR of %v in the pushed pool: %s %v, want web.ztna.internal.", addr, dns.RcodeToString[r.Rcode], r.Answer)
+		}
+	}
+}
+
+// first returns the first record of rrs, if it is a T.
+func first[T dns.RR](rrs []dns.RR) (T, bool) {
+	var zero T
+	if len(rrs) == 0 {
+		return zero, false
+	}
+	rr, ok := rrs[0].(T)
+	return rr, ok
 }

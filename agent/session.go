@@ -166,6 +166,11 @@ func (a *Agent) applyDirectory(m *tunnel.Directory, server netip.Addr) {
 		next.keepPool(next.pool)
 	}
 	prev := a.dir.Swap(next)
+	if next.pool != prev.pool || next.pool6 != prev.pool6 {
+		for _, srv := range a.dns { // their reverse zones: PTR of the VIPs
+			srv.SetPools(next.pool, next.pool6)
+		}
+	}
 	if next.pool != prev.pool && next.pool.IsValid() {
 		a.stack.SetPools([]netip.Prefix{next.pool})
 		if a.tun != nil {

@@ -75,7 +75,7 @@ func (s *Server) answerFast(w *worker, raw []byte, view View, tcp bool, c *cache
 	if err != nil { // parseQuery checked the name: cannot happen
 		return s.failure(w, raw, err), false
 	}
-	a := s.zone.resolve(view, &question{wire: name, owner: owner, qtype: q.qtype, qclass: q.qclass})
+	a := s.zone.Load().resolve(view, &question{wire: name, owner: owner, qtype: q.qtype, qclass: q.qclass})
 	if a.forward {
 		if c != nil {
 			c.put(view, w.key, cached{forward: true})
@@ -128,7 +128,7 @@ func (s *Server) handleSlow(w *worker, raw []byte, client netip.Addr, tcp bool) 
 			return s.headerOnly(w, raw, dns.RcodeFormatError), false
 		}
 		view := s.dir.View(client)
-		a = s.zone.resolve(view, &question{wire: name, owner: req.name, qtype: req.qtype, qclass: req.qclass})
+		a = s.zone.Load().resolve(view, &question{wire: name, owner: req.name, qtype: req.qtype, qclass: req.qclass})
 		if a.forward {
 			return nil, true
 		}

@@ -190,7 +190,7 @@ func rrStrings(rrs []dns.RR) []string {
 // soaString is the SOA record the test server puts at owner.
 func soaString(s *Server, owner string) string {
 	return owner + " 30 IN SOA ns.ztna.internal. hostmaster.ztna.internal. " +
-		strconv.FormatUint(uint64(s.zone.serial), 10) + " 3600 600 86400 30"
+		strconv.FormatUint(uint64(s.zone.Load().serial), 10) + " 3600 600 86400 30"
 }
 
 // counter returns the value of the counter name{labels} (label, value

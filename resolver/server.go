@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -23,7 +25,7 @@ type Server struct {
 	cfg  Config
 	dir  Directory
 	log  *slog.Logger
-	zone *zone
+	zone atomic.Pointer[zone] // replaced whole by SetPools
 	m    *metrics
 	ra   uint16 // flagRA when upstreams are configured
 
@@ -64,7 +66,6 @@ func New(cfg Config, dir Directory, log *slog.Logger) (*Server, error) {
 		cfg:    cfg,
 		dir:    dir,
 		log:    log,
-		zone:   newZone(&cfg, uint32(time.Now().Unix())),
 		m:      m,
 		fwdSem: make(chan struct{}, cfg.MaxForwards),
 		// One warning a minute: a loop is a standing misconfiguration.
@@ -72,6 +73,7 @@ func New(cfg Config, dir Directory, log *slog.Logger) (*Server, error) {
 		idle:     make(chan struct{}),
 		closers:  map[io.Closer]struct{}{},
 	}
+	s.zone.Store(newZone(&cfg, uint32(time.Now().Unix())))
 	if len(cfg.Upstreams) > 0 {
 		s.ra = flagRA
 	}
@@ -131,4 +133,15 @@ func (s *Server) release(c io.Closer) {
 	if s.closed && s.active == 0 {
 		close(s.idle)
 	}
+}
+
+// SetPools makes pool and pool6 the reverse zones the server answers for
+// (an agent's pool follows what its server pushes); the zero Prefix: none.
+// Queries in flight finish with the zones they started with.
+func (s *Server) SetPools(pool, pool6 netip.Prefix) {
+	s.mu.Lock() // one SetPools at a time: each zone's serial is the last one's + 1
+	defer s.mu.Unlock()
+	cfg := s.cfg
+	cfg.Pool, cfg.Pool6 = pool, pool6
+	s.zone.Store(newZone(&cfg, s.zone.Load().serial+1))
 }

@@ -146,3 +146,35 @@ func TestConfigInvalid(t *testing.T) {
 		t.Error("New with a nil Directory: no error")
 	}
 }
+
+// TestSetPools: the reverse zones follow SetPools (an agent's pool follows
+// what its server pushes): a PTR in the new pool is answered, one in the
+// old pool no longer (REFUSED, with no upstreams), IPv6 as well.
+func TestSetPools(t *testing.T) {
+	web := Entry{Name: "web", VIP: netip.MustParseAddr("10.200.0.5"), VIP6: netip.MustParseAddr("fd00:cd::5")}
+	old := Entry{Name: "old", VIP: netip.MustParseAddr("10.100.0.5")}
+	dir := &testDir{def: newTestView(web, old)}
+	cfg := testConfig() // 10.100.0.0/24, fd00:ab::/64
+	s := newTestServer(t, cfg, dir)
+	ptr := func(addr string) int {
+		t.Helper()
+		name, err := dns.ReverseAddr(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mustUnpack(t, ask(t, s, mustPack(t, newQuery(name, dns.TypePTR, 0)), clientA, false)).Rcode
+	}
+	if got := ptr("10.200.0.5"); got != dns.RcodeRefused {
+		t.Fatalf("PTR outside the pool: %s, want REFUSED", dns.RcodeToString[got])
+	}
+	serial := s.zone.Load().serial
+	s.SetPools(netip.MustParsePrefix("10.200.0.0/16"), netip.MustParsePrefix("fd00:cd::/64"))
+	for addr, want := range map[string]int{"10.200.0.5": dns.RcodeSuccess, "fd00:cd::5": dns.RcodeSuccess, "10.100.0.5": dns.RcodeRefused} {
+		if got := ptr(addr); got != want {
+			t.Errorf("PTR of %s after SetPools: %s, want %s", addr, dns.RcodeToString[got], dns.RcodeToString[want])
+		}
+	}
+	if s.zone.Load().serial != serial+1 {
+		t.Errorf("serial %d after SetPools, want %d", s.zone.Load().serial, serial+1)
+	}
+}
