@@ -4,8 +4,7 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/miekg/dns"
-
+	"github.com/ztgate/ztgate/resolver/resolvertest"
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -69,28 +68,12 @@ func TestDirectoryPoolMovesReverseZone(t *testing.T) {
 	}
 	defer c.Close()
 	for _, addr := range []netip.Addr{vip, vip6} {
-		name, err := dns.ReverseAddr(addr.String())
+		rcode, answers, err := resolvertest.Ask(c, addr.String(), "PTR")
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("PTR of %v: %v", addr, err)
 		}
-		q := new(dns.Msg)
-		q.SetQuestion(name, dns.TypePTR)
-		r, _, err := (&dns.Client{}).ExchangeWithConn(q, &dns.Conn{Conn: c})
-		if err != nil {
-			t.Fatalf("PTR %s: %v", name, err)
-		}
-		if ptr, ok := first[*dns.PTR](r.Answer); !ok || ptr.Ptr != "web.ztna.internal." {
-			t.Errorf("PTR of %v in the pushed pool: %s %v, want web.ztna.internal.", addr, dns.RcodeToString[r.Rcode], r.Answer)
+		if len(answers) != 1 || answers[0] != "web.ztna.internal." {
+			t.Errorf("PTR of %v in the pushed pool: %s %v, want web.ztna.internal.", addr, rcode, answers)
 		}
 	}
-}
-
-// first returns the first record of rrs, if it is a T.
-func first[T dns.RR](rrs []dns.RR) (T, bool) {
-	var zero T
-	if len(rrs) == 0 {
-		return zero, false
-	}
-	rr, ok := rrs[0].(T)
-	return rr, ok
 }
