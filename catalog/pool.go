@@ -210,6 +210,29 @@ func (p *Pool) Lookup(service string) (Allocation, bool) {
 	return p.t.allocation(service)
 }
 
+// Holds reports whether a VIP released by service is still held for it
+// (within its hold-down, or while flows to it are alive): the service gets
+// it back if it is requested now.
+func (p *Pool) Holds(service string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.clock()
+	for _, h := range p.t.holds {
+		if h.service != service {
+			continue
+		}
+		if now.Sub(h.releasedAt) < p.holdDown {
+			return true
+		}
+		for _, a := range h.addrs {
+			if a.IsValid() && p.inUse(a) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Allocations returns every allocation, sorted by service name.
 func (p *Pool) Allocations() []Allocation {
 	p.mu.Lock()

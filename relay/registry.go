@@ -229,13 +229,14 @@ func (r *Relay) allocation(info tunnel.ServiceInfo) (catalog.Allocation, error) 
 }
 
 // acquire allocates a new service's VIPs: a relay pin first, then the
-// gateway's pin (only while the service has no allocation of its own, so
-// that a VIP never moves), then automatically. A gateway pin the pool
-// refuses is ignored with a warning. Callers hold regMu.
+// gateway's pin (only while the service has no allocation of its own, nor
+// a VIP held for it after a release, so that a VIP never moves), then
+// automatically. A gateway pin the pool refuses is ignored with a warning.
+// Callers hold regMu.
 func (r *Relay) acquire(info tunnel.ServiceInfo) (catalog.Allocation, error) {
 	pin := r.pins[info.Name]
 	req := catalog.Request{Service: info.Name, VIP: pin.vip, VIP6: pin.vip6}
-	if _, allocated := r.pool.Lookup(info.Name); !allocated {
+	if _, allocated := r.pool.Lookup(info.Name); !allocated && !r.pool.Holds(info.Name) {
 		if !req.VIP.IsValid() {
 			req.VIP = info.VIP
 		}
