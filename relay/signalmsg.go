@@ -117,6 +117,35 @@ func (r *Relay) onResult(a *agent, m *tunnel.Result) {
 	_ = s.g.s.Post(&tunnel.Result{Type: tunnel.MessageResult, SessionID: s.legID, Success: m.Success, Address: m.Address})
 	r.log.Info("direct path attempt", "agent", a.id.String(), "service", s.service, "gateway", s.g.id.String(),
 		"success", m.Success, "address", m.Address.String())
+	if m.Success {
+		r.retireLatePath(s)
+	}
+}
+
+// retireLatePath retires at once the direct path of a session that
+// succeeded after its gateway was drained, reported the service down, or
+// stopped serving it or admitting the agent's tenant: those events retire
+// the paths established before them only. The path is recorded before
+// this check and every such event changes the registry before it retires
+// paths, so one of the two sees the other.
+func (r *Relay) retireLatePath(s *sigSession) {
+	r.mu.RLock()
+	healthy, serves := s.g.services[s.service]
+	drained := r.drained[gatewayName(s.g)]
+	admits := s.g.admits(s.service, s.a.id.Tenant)
+	r.mu.RUnlock()
+	code := ""
+	switch {
+	case drained:
+		code = tunnel.CodeDrained
+	case serves && !admits:
+		code = tunnel.CodeNotAuthorized
+	case !serves || !healthy:
+		code = tunnel.CodeServiceDown
+	}
+	if code != "" {
+		r.retireDirectPathsWhere(s.g, s.service, func(x *agent) bool { return x == s.a }, code)
+	}
 }
 
 // onSignalError handles an error from a party: one about a session of
