@@ -605,3 +605,43 @@ func reversed(rs []Request) []Request {
 	slices.Reverse(out)
 	return out
 }
+
+// TestPoolHolds: Holds is true while a released service's VIP is held for
+// it (within the hold-down, or while flows to it live), false for a
+// service that is allocated, never was, or whose hold expired.
+func TestPoolHolds(t *testing.T) {
+	clock := newFakeClock()
+	var mu sync.Mutex
+	inUse := false
+	setInUse := func(v bool) { mu.Lock(); inUse = v; mu.Unlock() }
+	p := mustOpen(t, PoolConfig{
+		Prefix: pfx("10.100.0.0/24"), HoldDown: 30 * time.Second, Now: clock.Now,
+		InUse: func(netip.Addr) bool { mu.Lock(); defer mu.Unlock(); return inUse },
+	})
+	if _, err := p.Acquire(req("web")); err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		name    string
+		do      func()
+		service string
+		want    bool
+	}{
+		{"allocated", func() {}, "web", false},
+		{"never allocated", func() {}, "db", false},
+		{"released", func() {
+			if err := p.Release("web"); err != nil {
+				t.Fatal(err)
+			}
+		}, "web", true},
+		{"within the hold-down", func() { clock.Advance(29 * time.Second) }, "web", true},
+		{"flows to it after the hold-down", func() { setInUse(true); clock.Advance(2 * time.Second) }, "web", true},
+		{"expired", func() { setInUse(false) }, "web", false},
+	}
+	for _, s := range steps {
+		s.do()
+		if got := p.Holds(s.service); got != s.want {
+			t.Errorf("%s: Holds(%q) = %v, want %v", s.name, s.service, got, s.want)
+		}
+	}
+}
