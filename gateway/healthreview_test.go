@@ -1,0 +1,151 @@
+package gateway
+
+import (
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ztgate/ztgate/catalog"
+)
+
+// TestReviewPassiveFailureAfterChecksOff: a TCP flow classified by the
+// table before a reload dials its backend; the reload turns the service's
+// checks off (type none), which forgets the backend's state; then the dial
+// fails. The failure is counted against the backend with the old table's
+// [service.health] (fall 1), which takes it down — and with no checker
+// left, nothing ever brings it back: the service refuses every flow.
+func TestReviewPassiveFailureAfterChecksOff(t *testing.T) {
+	g, svc, _ := checkedService(t) // web, 192.0.2.10, TCP checks, fall 1
+	st := svc.st
+	b := st.backends.Load().list[0]
+
+	// The reload: same service, checks off.
+	none := &service{spec: catalog.Service{Name: "web", Health: catalog.Health{Type: catalog.HealthNone}}, st: st}
+	g.tbl.Store(&table{byName: map[string]*service{"web": none}})
+	g.syncHealth()
+
+	// The dial of the flow classified before the reload fails now.
+	g.passiveFailure(svc, b, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED})
+
+	st.health.mu.Lock()
+	e := st.health.entries[b]
+	running := e != nil && e.cancel != nil
+	st.health.mu.Unlock()
+	if !b.usable() && !running {
+		t.Fatalf("backend %s in state %s with no check running: out of rotation for good", b.addr, b.state)
+	}
+}
+
+// TestReviewHTTPCheckHostOfSRVBackend: an HTTP check of a backend found by
+// backends_srv sends the SRV owner name (discovery's origin) as Host. That
+// is no host name of the backend: a server with virtual hosts answers 404
+// or 421 and the backend is marked down while it works.
+func TestReviewHTTPCheckHostOfSRVBackend(t *testing.T) {
+	const srv = "_http._tcp.corp.example"
+	var (
+		mu    sync.Mutex
+		hosts []string
+	)
+	ts := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hosts = append(hosts, r.Host)
+		mu.Unlock()
+		if strings.HasPrefix(r.Host, "_") { // a virtual host server: unknown host
+			http.Error(w, "no such site", http.StatusMisdirectedRequest)
+			return
+		}
+	}), ReadHeaderTimeout: 5 * time.Second}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); ts.Serve(l) }()
+	t.Cleanup(func() { ts.Close(); <-done })
+	port := uint16(l.Addr().(*net.TCPAddr).Port)
+
+	g, _ := newUnitGateway(t)
+	clk := newFakeClock()
+	st := g.state("web")
+	st.health.clock = clk
+	st.health.randN = func(int64) int64 { return 0 }
+	// What lookupSRV makes of an SRV record web1.corp.example:<port>.
+	st.setBackends([]backendAddr{{addr: netip.MustParseAddr("127.0.0.1"), origin: srv, port: port, priority: 10, weight: 1}}, false)
+	h := catalog.Health{Type: catalog.HealthHTTP, Port: 80, Path: "/", Interval: time.Second, Timeout: time.Second, Rise: 1, Fall: 1}
+	g.tbl.Store(&table{byName: map[string]*service{"web": {spec: catalog.Service{Name: "web", BackendsSRV: srv, Health: h}, st: st}}})
+	g.syncHealth()
+	clk.waitPending(t, 1)
+	b := st.backends.Load().list[0]
+	clk.Advance(0) // the first check
+	deadline := time.Now().Add(5 * time.Second)
+	for metricValue(t, g, "ztgate_health_checks_total", "result", "fail", "service", "web")+
+		metricValue(t, g, "ztgate_health_checks_total", "result", "ok", "service", "web") < 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no check result")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(hosts) == 0 || hosts[0] == srv {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		t.Fatalf("check sent Host %q (the SRV owner name); backend now %s, last error %q", hosts, b.state, b.lastErr)
+	}
+}
+
+// TestReviewKeptBackendKeepsOldName: a reload that names a backend by
+// another host name resolving to the same address keeps the backend object
+// and with it the old name: the HTTP check goes on sending the old Host,
+// and the drain API does not find the backend by the name it is configured
+// by now.
+func TestReviewKeptBackendKeepsOldName(t *testing.T) {
+	_, svc, _, api := drainGateway(t) // 192.0.2.11 as app2.corp.example
+	st := svc.st
+	// The reload: backends = ["192.0.2.10", "app3.corp.example"], and
+	// app3.corp.example resolves to 192.0.2.11 too.
+	st.setBackends([]backendAddr{
+		{addr: netip.MustParseAddr("192.0.2.10"), origin: "192.0.2.10"},
+		{addr: netip.MustParseAddr("192.0.2.11"), origin: "app3.corp.example"},
+	}, false)
+	if status, body := serveAPI(t, api, "POST", "/v1/services/web/backends/app3.corp.example/drain", "", ""); status != http.StatusOK {
+		t.Errorf("drain by the configured name: %d %s", status, body)
+	}
+	b := st.backends.Load().list[1]
+	if b.origin != "app3.corp.example" {
+		t.Errorf("backend's name %q after the reload, want app3.corp.example (sent as Host by HTTP checks)", b.origin)
+	}
+}
+
+// TestReviewDrainDeadlineFiresAgain: once a drain deadline has passed,
+// every later syncHealth (a reload, a discovery change) arms it again at
+// 0 and it "passes" again: a closing sweep and a log line per change.
+func TestReviewDrainDeadlineFiresAgain(t *testing.T) {
+	g, svc, clk, _ := drainGateway(t)
+	st := svc.st
+	b := st.backends.Load().list[0]
+	g.syncHealth()
+	g.drainBackends(st, []*backend{b}, 30*time.Second)
+	f := testFlow(g, svc, b)
+	clk.Advance(30 * time.Second)
+	if _, closed := f.closed(); !closed {
+		t.Fatal("deadline did not close the flow")
+	}
+	for range 3 {
+		g.syncHealth() // e.g. discovery changes
+	}
+	st.health.mu.Lock()
+	e := st.health.entries[b]
+	armed := e != nil && e.drain != nil
+	st.health.mu.Unlock()
+	n := clk.pending()
+	clk.Advance(0)
+	if armed {
+		t.Fatalf("a passed drain deadline was armed again (%d timers pending)", n)
+	}
+}
