@@ -68,15 +68,23 @@ func (e *healthEntry) stopDrain() {
 
 // passiveFailure counts a failed dial or a reset on connect against a
 // backend, as a failed health check would. Without active checks nothing
-// could bring the backend back, so then only the error is kept.
+// could bring the backend back, so then only the error is kept. Whether
+// checks run is what the backend's entry says now, under hc.mu, not what
+// the table the flow was classified by said: a reload may have turned
+// them off (and forgotten the backend's state) while the dial was in
+// flight.
 func (g *Gateway) passiveFailure(svc *service, b *backend, err error) {
 	err = fmt.Errorf("dial: %w", unwrapOp(err))
 	g.log.Debug("backend dial failed", "service", svc.spec.Name, "backend", b.addr, "err", err)
-	if svc.spec.Health.Type == catalog.HealthNone {
+	hc := &svc.st.health
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	e := hc.entries[b]
+	if e == nil || !e.synced || e.spec.Type == catalog.HealthNone {
 		b.noteError(err.Error())
 		return
 	}
-	g.observe(svc.spec.Name, b, svc.spec.Health, err)
+	g.observe(svc.st.name, b, e.spec, err)
 }
 
 // startHealth starts the active checks of every service in the current

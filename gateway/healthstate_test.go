@@ -99,8 +99,14 @@ func TestObserve(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			g, logs := newUnitGateway(t)
-			svc := &service{spec: catalog.Service{Name: "web", Health: tc.health}}
-			b := &backend{addr: netip.MustParseAddr("192.0.2.10")}
+			st := g.state("web")
+			st.health.clock = newFakeClock() // the active checks never fire
+			st.setBackends([]backendAddr{{addr: netip.MustParseAddr("192.0.2.10")}}, false)
+			svc := &service{spec: catalog.Service{Name: "web", Health: tc.health}, st: st}
+			g.tbl.Store(&table{byName: map[string]*service{"web": svc}})
+			g.syncHealth()
+			g.m.backendHealthy.Reset() // only what the dial failures set
+			b := st.backends.Load().list[0]
 			for range tc.dialFails {
 				g.passiveFailure(svc, b, errors.New("connection refused"))
 			}
