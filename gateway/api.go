@@ -125,7 +125,7 @@ func (b *backend) describe() apiBackend {
 	defer b.mu.Unlock()
 	ab := apiBackend{
 		Address:     b.addr.String(),
-		Origin:      b.origin,
+		Origin:      b.origin(),
 		Healthy:     b.usableLocked(), // as ztgate_backend_healthy: whether it takes new flows
 		State:       b.state.String(),
 		LastError:   b.lastErr,

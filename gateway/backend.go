@@ -37,8 +37,11 @@ func (s backendState) String() string {
 // service keeps the address, across reloads, so health and flow counts
 // survive them.
 type backend struct {
-	addr   netip.Addr
-	origin string // the configured name it came from: an IP literal, a host name or an SRV name
+	addr netip.Addr
+	// name is what the configuration calls it and the host its HTTP checks
+	// name; a reload may rename a backend it keeps (another name of the
+	// same address), so it is swapped whole.
+	name atomic.Pointer[backendName]
 	// From SRV records: the port replaces every port's target; srvPW holds
 	// priority<<16 | weight (priority makes failover tiers, lowest first;
 	// weight shares a tier). Discovery updates it while flows pick.
@@ -59,6 +62,7 @@ type backend struct {
 	failRun    int // consecutive failed checks
 	draining   bool
 	drainUntil time.Time // zero: until undrained
+	drainDone  bool      // drainUntil passed and its flows were closed: nothing to arm again
 	// probation: an address discovered for a running service takes flows
 	// only once its health checks brought it up.
 	probation bool
@@ -133,6 +137,45 @@ type backendKey struct {
 }
 
 func (b *backend) key() backendKey { return backendKey{b.addr, b.port} }
+
+// backendName is how a backend is named.
+type backendName struct {
+	origin string // the configured name it came from: an IP literal, a host name or an SRV name
+	host   string // the Host of its HTTP checks: the host name it came from (an SRV record's target); "" for an address
+}
+
+// origin is the configured name the backend came from (what the API shows
+// and drains by).
+func (b *backend) origin() string {
+	if n := b.name.Load(); n != nil {
+		return n.origin
+	}
+	return b.addr.String()
+}
+
+// checkHost is the host name its HTTP checks send as Host, or "".
+func (b *backend) checkHost() string {
+	if n := b.name.Load(); n != nil {
+		return n.host
+	}
+	return ""
+}
+
+// setName names b after a, and reports whether that changed its name.
+func (b *backend) setName(a backendAddr) bool {
+	host := a.host
+	if host == "" {
+		if _, err := netip.ParseAddr(a.origin); err != nil {
+			host = a.origin // a host name; an IP literal names no host
+		}
+	}
+	n := &backendName{origin: a.origin, host: host}
+	if old := b.name.Load(); old != nil && *old == *n {
+		return false
+	}
+	b.name.Store(n)
+	return true
+}
 
 // backendSet is an immutable list of backends; services swap whole sets.
 type backendSet struct {

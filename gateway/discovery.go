@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"strings"
 	"sync"
 	"time"
 
@@ -176,7 +177,8 @@ func (d *discovery) lookupSRV(ctx context.Context, name string) (resolved, time.
 		}
 		ttl = min(ttl, httl)
 		for _, a := range hosts {
-			r.addrs = append(r.addrs, backendAddr{addr: a.Unmap(), origin: name, port: s.Port, priority: s.Priority, weight: s.Weight})
+			r.addrs = append(r.addrs, backendAddr{addr: a.Unmap(), origin: name, host: strings.TrimSuffix(s.Target, "."),
+				port: s.Port, priority: s.Priority, weight: s.Weight})
 		}
 	}
 	return r, ttl

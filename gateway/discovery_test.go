@@ -122,6 +122,13 @@ func TestDiscoverySRV(t *testing.T) {
 	if got := fmt.Sprint(backendAddrs(h.harness, "app")); got != want {
 		t.Fatalf("SRV backends %s, want %s", got, want)
 	}
+	// Named by the SRV name (the API, drains), checked by their targets'
+	// names (an HTTP check's Host: virtual hosts know no SRV owner name).
+	for _, b := range h.gw.stateOf("app").backends.Load().list {
+		if b.origin() != "_echo._tcp.app.corp.example" || !strings.HasSuffix(b.checkHost(), ".corp.example") || strings.HasPrefix(b.checkHost(), "_") {
+			t.Errorf("backend %v: origin %q, check host %q; want the SRV name and its target", b.addr, b.origin(), b.checkHost())
+		}
+	}
 	for i := range 4 {
 		if got := h.dialLines(t, acmeClient, "10.100.0.9:7").roundTrip(t, fmt.Sprint(i)); got[:7] != "primary" {
 			t.Fatalf("the lower priority must take every flow while it is up: %q", got)

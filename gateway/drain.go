@@ -76,7 +76,7 @@ func (g *Gateway) lookupBackends(w http.ResponseWriter, r *http.Request) (*servi
 	ip, ipErr := netip.ParseAddr(addr)
 	var out []*backend
 	for _, b := range svc.st.backends.Load().list {
-		if (ipErr == nil && b.addr == ip.Unmap()) || b.origin == addr {
+		if (ipErr == nil && b.addr == ip.Unmap()) || b.origin() == addr {
 			out = append(out, b)
 		}
 	}
@@ -143,7 +143,7 @@ func (g *Gateway) drainBackends(st *serviceState, bs []*backend, deadline time.D
 			e.drain = clk.AfterFunc(deadline, func() { g.drainDeadline(st, b, gen) })
 		}
 		b.mu.Lock()
-		b.draining, b.drainUntil = true, until
+		b.draining, b.drainUntil, b.drainDone = true, until, false
 		b.mu.Unlock()
 		g.setHealthGauge(st.name, b)
 		g.log.Info("backend draining", "service", st.name, "backend", b.addr, "deadline", deadline, "active_flows", b.active.Load())
@@ -157,9 +157,9 @@ func (g *Gateway) drainBackends(st *serviceState, bs []*backend, deadline time.D
 // deadline that passed meanwhile fires at once. The caller holds hc.mu.
 func (g *Gateway) rearmDrainLocked(st *serviceState, hc *healthChecks, e *healthEntry, b *backend) {
 	b.mu.Lock()
-	draining, until := b.draining, b.drainUntil
+	draining, until, done := b.draining, b.drainUntil, b.drainDone
 	b.mu.Unlock()
-	if e.drain != nil || !draining || until.IsZero() || g.closing.Load() {
+	if e.drain != nil || !draining || until.IsZero() || done || g.closing.Load() {
 		return
 	}
 	clk := hc.clockOr(g)
@@ -182,7 +182,7 @@ func (g *Gateway) undrainBackends(st *serviceState, bs []*backend) bool {
 		}
 		b.mu.Lock()
 		was := b.draining
-		b.draining, b.drainUntil = false, time.Time{}
+		b.draining, b.drainUntil, b.drainDone = false, time.Time{}, false
 		b.mu.Unlock()
 		g.setHealthGauge(st.name, b)
 		if was {
@@ -205,6 +205,9 @@ func (g *Gateway) drainDeadline(st *serviceState, b *backend, gen uint64) {
 	current := e != nil && e.drainGen == gen && e.drain != nil
 	if current {
 		e.drain = nil
+		b.mu.Lock()
+		b.drainDone = true // a later sync arms it no more (rearmDrainLocked)
+		b.mu.Unlock()
 	}
 	hc.mu.Unlock()
 	if !current {

@@ -26,6 +26,7 @@ type healthChecks struct {
 // healthEntry is the health machinery of one backend.
 type healthEntry struct {
 	spec     catalog.Health
+	host     string             // the host name the checker's HTTP checks send (backend.checkHost when it started)
 	synced   bool               // spec is applied: a checker runs unless its type is none
 	cancel   context.CancelFunc // stops the checker; nil when none runs
 	done     chan struct{}      // closed when the checker has returned
@@ -155,8 +156,8 @@ func (g *Gateway) syncChecks(st *serviceState, want []*backend, spec catalog.Hea
 		b.track()
 		e := hc.entryLocked(b)
 		g.rearmDrainLocked(st, hc, e, b)
-		if e.synced && e.spec == spec {
-			continue
+		if e.synced && e.spec == spec && (spec.Type != catalog.HealthHTTP || e.host == b.checkHost()) {
+			continue // a checker as wanted runs (an HTTP one sending the backend's name now)
 		}
 		waits = append(waits, e.stopChecker()...)
 		e.spec, e.synced = spec, true
@@ -173,7 +174,8 @@ func (g *Gateway) syncChecks(st *serviceState, want []*backend, spec catalog.Hea
 // cancels it and hands back its done channel to wait for.
 func (g *Gateway) startChecker(st *serviceState, hc *healthChecks, e *healthEntry, b *backend) {
 	spec := e.spec
-	p := newProber(spec, b.origin, g.cfg.DNS.Zone)
+	e.host = b.checkHost()
+	p := newProber(spec, e.host, g.cfg.DNS.Zone)
 	if p == nil {
 		return
 	}

@@ -173,3 +173,30 @@ func TestHealthyAgreesWithGauge(t *testing.T) {
 		})
 	}
 }
+
+// TestBackendName: a backend is named by the configured name it came from
+// and checked by its host name: a host name is both, an address names no
+// host (its checks send the address), an SRV backend is named by the SRV
+// name and checked by its record's target; a new name replaces the old.
+func TestBackendName(t *testing.T) {
+	addr := netip.MustParseAddr("192.0.2.10")
+	b := &backend{addr: addr}
+	if b.origin() != "192.0.2.10" || b.checkHost() != "" {
+		t.Errorf("unnamed: origin %q, host %q", b.origin(), b.checkHost())
+	}
+	for _, tc := range []struct {
+		a            backendAddr
+		origin, host string
+		changed      bool
+	}{
+		{backendAddr{addr: addr, origin: "192.0.2.10"}, "192.0.2.10", "", true},
+		{backendAddr{addr: addr, origin: "192.0.2.10"}, "192.0.2.10", "", false},
+		{backendAddr{addr: addr, origin: "app2.corp.example"}, "app2.corp.example", "app2.corp.example", true},
+		{backendAddr{addr: addr, origin: "_http._tcp.corp.example", host: "web1.corp.example"}, "_http._tcp.corp.example", "web1.corp.example", true},
+		{backendAddr{addr: addr, origin: "2001:db8::1"}, "2001:db8::1", "", true},
+	} {
+		if changed := b.setName(tc.a); changed != tc.changed || b.origin() != tc.origin || b.checkHost() != tc.host {
+			t.Errorf("setName(%+v): changed %v, origin %q, host %q; want %v, %q, %q", tc.a, changed, b.origin(), b.checkHost(), tc.changed, tc.origin, tc.host)
+		}
+	}
+}

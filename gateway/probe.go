@@ -20,15 +20,15 @@ type prober interface {
 }
 
 // newProber returns the prober for a service's health settings, or nil for
-// type none. origin is the backend as configured (an IP literal or a host
-// name, sent as the HTTP Host); zone is the DNS zone a UDP check of port
-// 53 asks for.
-func newProber(h catalog.Health, origin, zone string) prober {
+// type none. host is the backend's host name, sent as the HTTP Host (""
+// for a backend given by address: the address is); zone is the DNS zone a
+// UDP check of port 53 asks for.
+func newProber(h catalog.Health, host, zone string) prober {
 	switch h.Type {
 	case catalog.HealthTCP:
 		return tcpProbe{}
 	case catalog.HealthHTTP:
-		return newHTTPProbe(h.Path, h.ExpectStatus, origin)
+		return newHTTPProbe(h.Path, h.ExpectStatus, host)
 	case catalog.HealthUDP:
 		return newUDPProbe(h, zone)
 	}

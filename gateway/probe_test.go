@@ -161,17 +161,17 @@ func TestProbes(t *testing.T) {
 		}
 	})
 	t.Run("http sends the backend's host name", func(t *testing.T) {
-		for _, tc := range []struct{ origin, want string }{
+		for _, tc := range []struct{ host, want string }{
 			{"app1.corp.example", "app1.corp.example"},
-			{"127.0.0.1", web.String()},
+			{"", web.String()}, // a backend given by address (backend.checkHost)
 		} {
-			p := newProber(httpCheck("/ok", 0), tc.origin, "")
+			p := newProber(httpCheck("/ok", 0), tc.host, "")
 			if err := p.probe(context.Background(), web); err != nil {
 				t.Fatal(err)
 			}
 			p.close()
 			if got := hosts.Load().(string); got != tc.want {
-				t.Errorf("origin %s: Host %q, want %q", tc.origin, got, tc.want)
+				t.Errorf("host %q: Host %q, want %q", tc.host, got, tc.want)
 			}
 		}
 	})

@@ -23,11 +23,8 @@ type httpProbe struct {
 // maxProbeBody bounds how much of a check's response body is read.
 const maxProbeBody = 64 << 10
 
-func newHTTPProbe(path string, expect int, origin string) *httpProbe {
-	p := &httpProbe{path: path, expect: expect}
-	if _, err := netip.ParseAddr(origin); err != nil && origin != "" {
-		p.host = origin // virtual hosts see the name the backend is configured by
-	}
+func newHTTPProbe(path string, expect int, host string) *httpProbe {
+	p := &httpProbe{path: path, expect: expect, host: host} // virtual hosts see the backend's host name
 	var d net.Dialer
 	p.client = &http.Client{
 		Transport: &http.Transport{

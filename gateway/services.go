@@ -114,9 +114,10 @@ func (st *serviceState) setBackends(addrs []backendAddr, probation bool) (added,
 			b.departures.Add(1) // back: the drain of its departure is void
 			added = append(added, b)
 		default:
-			b = &backend{addr: a.addr, origin: a.origin, port: a.port, probation: probation}
+			b = &backend{addr: a.addr, port: a.port, probation: probation}
 			added = append(added, b)
 		}
+		b.setName(a) // a kept address may come by another name now
 		b.setSRV(a.priority, a.weight)
 		next.list = append(next.list, b)
 	}
@@ -144,6 +145,7 @@ func (st *serviceState) setBackends(addrs []backendAddr, probation bool) (added,
 type backendAddr struct {
 	addr     netip.Addr
 	origin   string
+	host     string // the SRV record's target it came from; "" otherwise
 	port     uint16
 	priority uint16
 	weight   uint16

@@ -13,13 +13,13 @@ import (
 	"github.com/ztgate/ztgate/catalog"
 )
 
-// TestReviewPassiveFailureAfterChecksOff: a TCP flow classified by the
-// table before a reload dials its backend; the reload turns the service's
-// checks off (type none), which forgets the backend's state; then the dial
-// fails. The failure is counted against the backend with the old table's
-// [service.health] (fall 1), which takes it down — and with no checker
-// left, nothing ever brings it back: the service refuses every flow.
-func TestReviewPassiveFailureAfterChecksOff(t *testing.T) {
+// TestPassiveFailureAfterChecksOff: a TCP flow classified by the table
+// before a reload dials its backend; the reload turns the service's checks
+// off (type none), which forgets the backend's state; then the dial fails.
+// The failure must not count as a failed check (the old table's fall 1
+// would take the backend down, and with no checker left nothing would
+// bring it back): only its error is kept.
+func TestPassiveFailureAfterChecksOff(t *testing.T) {
 	g, svc, _ := checkedService(t) // web, 192.0.2.10, TCP checks, fall 1
 	st := svc.st
 	b := st.backends.Load().list[0]
@@ -41,11 +41,12 @@ func TestReviewPassiveFailureAfterChecksOff(t *testing.T) {
 	}
 }
 
-// TestReviewHTTPCheckHostOfSRVBackend: an HTTP check of a backend found by
-// backends_srv sends the SRV owner name (discovery's origin) as Host. That
-// is no host name of the backend: a server with virtual hosts answers 404
-// or 421 and the backend is marked down while it works.
-func TestReviewHTTPCheckHostOfSRVBackend(t *testing.T) {
+// TestHTTPCheckHostOfSRVBackend: an HTTP check of a backend found by
+// backends_srv sends its SRV record's target as Host, not the SRV owner
+// name (the backend's origin), which is no host name of the backend: a
+// server with virtual hosts answered 404 or 421, and the working backend
+// was marked down.
+func TestHTTPCheckHostOfSRVBackend(t *testing.T) {
 	const srv = "_http._tcp.corp.example"
 	var (
 		mu    sync.Mutex
@@ -75,7 +76,7 @@ func TestReviewHTTPCheckHostOfSRVBackend(t *testing.T) {
 	st.health.clock = clk
 	st.health.randN = func(int64) int64 { return 0 }
 	// What lookupSRV makes of an SRV record web1.corp.example:<port>.
-	st.setBackends([]backendAddr{{addr: netip.MustParseAddr("127.0.0.1"), origin: srv, port: port, priority: 10, weight: 1}}, false)
+	st.setBackends([]backendAddr{{addr: netip.MustParseAddr("127.0.0.1"), origin: srv, host: "web1.corp.example", port: port, priority: 10, weight: 1}}, false)
 	h := catalog.Health{Type: catalog.HealthHTTP, Port: 80, Path: "/", Interval: time.Second, Timeout: time.Second, Rise: 1, Fall: 1}
 	g.tbl.Store(&table{byName: map[string]*service{"web": {spec: catalog.Service{Name: "web", BackendsSRV: srv, Health: h}, st: st}}})
 	g.syncHealth()
@@ -92,19 +93,18 @@ func TestReviewHTTPCheckHostOfSRVBackend(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if len(hosts) == 0 || hosts[0] == srv {
+	if len(hosts) == 0 || hosts[0] != "web1.corp.example" {
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		t.Fatalf("check sent Host %q (the SRV owner name); backend now %s, last error %q", hosts, b.state, b.lastErr)
+		t.Fatalf("check sent Host %q, want the SRV target web1.corp.example; backend now %s, last error %q", hosts, b.state, b.lastErr)
 	}
 }
 
-// TestReviewKeptBackendKeepsOldName: a reload that names a backend by
-// another host name resolving to the same address keeps the backend object
-// and with it the old name: the HTTP check goes on sending the old Host,
-// and the drain API does not find the backend by the name it is configured
-// by now.
-func TestReviewKeptBackendKeepsOldName(t *testing.T) {
+// TestKeptBackendTakesItsNewName: a reload that names a backend by another
+// host name resolving to the same address keeps the backend (its flows and
+// health), under its new name: the drain API finds it by the name it is
+// configured by now, and its HTTP checks send that name.
+func TestKeptBackendTakesItsNewName(t *testing.T) {
 	_, svc, _, api := drainGateway(t) // 192.0.2.11 as app2.corp.example
 	st := svc.st
 	// The reload: backends = ["192.0.2.10", "app3.corp.example"], and
@@ -117,15 +117,15 @@ func TestReviewKeptBackendKeepsOldName(t *testing.T) {
 		t.Errorf("drain by the configured name: %d %s", status, body)
 	}
 	b := st.backends.Load().list[1]
-	if b.origin != "app3.corp.example" {
-		t.Errorf("backend's name %q after the reload, want app3.corp.example (sent as Host by HTTP checks)", b.origin)
+	if b.origin() != "app3.corp.example" || b.checkHost() != "app3.corp.example" {
+		t.Errorf("backend named %q (checks send %q) after the reload, want app3.corp.example", b.origin(), b.checkHost())
 	}
 }
 
-// TestReviewDrainDeadlineFiresAgain: once a drain deadline has passed,
-// every later syncHealth (a reload, a discovery change) arms it again at
-// 0 and it "passes" again: a closing sweep and a log line per change.
-func TestReviewDrainDeadlineFiresAgain(t *testing.T) {
+// TestDrainDeadlinePassesOnce: a drain deadline that has passed is not
+// armed again by later syncs (a reload, a discovery change): it "passed"
+// again at each, with a sweep of the flows and a log line.
+func TestDrainDeadlinePassesOnce(t *testing.T) {
 	g, svc, clk, _ := drainGateway(t)
 	st := svc.st
 	b := st.backends.Load().list[0]
