@@ -274,6 +274,14 @@ func (t *tcpSplice) pumpDown() error {
 			return nil
 		case errors.Is(err, unix.EINTR):
 			continue
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			// A kick that saw this worker lingering sets its deadline in
+			// the past, and may do so only after the linger ended and
+			// cleared it; only a close (which sets one too) means it.
+			if _, closed := t.f.closed(); !closed {
+				t.be.SetReadDeadline(time.Time{})
+				continue
+			}
 		case err == nil: // n == 0: the backend's FIN
 			t.backendEOF = true
 			t.client.CloseWrite()
