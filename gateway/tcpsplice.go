@@ -32,12 +32,20 @@ type tcpSplice struct {
 	rc     syscall.RawConn
 	fd     int
 
-	state        atomic.Uint32
-	waiting      atomic.Bool // the worker lingers in the poller for the backend
-	disarmed     atomic.Bool // the reactor reported fd and ignores it until armed again
-	unregister   func()
-	teardownOnce sync.Once
-	run          func() // runWorker, made once: kick hands it to the gateway's worker pool
+	state    atomic.Uint32
+	waiting  atomic.Bool // the worker lingers in the poller for the backend
+	disarmed atomic.Bool // the reactor reported fd and ignores it until armed again
+	// A direction whose receiver does not take what it was sent has its
+	// write finished on a goroutine of its own (finishWrite), and the
+	// worker leaves it alone meanwhile: one worker blocked in one
+	// direction's write would stop the other, and a backend that answers
+	// before it has read everything (or a client that does) would wait
+	// for ever on a reader who waits for it.
+	upBusy, downBusy atomic.Bool
+	sideErr          atomic.Pointer[dirError] // what such a write met
+	unregister       func()
+	teardownOnce     sync.Once
+	run              func() // runWorker, made once: kick hands it to the gateway's worker pool
 
 	// owned by the worker of the moment
 	clientEOF, backendEOF bool
@@ -137,7 +145,11 @@ func (t *tcpSplice) work() {
 			if t.linger() {
 				continue
 			}
-			if t.disarmed.Swap(false) && !t.backendEOF && t.err == nil {
+			// While a write to the client waits, the backend is not read:
+			// the socket stays disarmed (armed, a readable one would wake
+			// a worker that leaves it alone, again and again); the
+			// write's end kicks the worker that arms it.
+			if !t.downBusy.Load() && t.disarmed.Swap(false) && !t.backendEOF && t.err == nil {
 				if err := t.g.reactor.arm(t.fd); err != nil {
 					t.teardown(closeReason(err))
 					return
@@ -152,13 +164,16 @@ func (t *tcpSplice) work() {
 			t.teardown(reason)
 			return
 		}
-		if ev&evClient != 0 && !t.clientEOF && t.err == nil {
+		if ev&evClient != 0 && !t.clientEOF && t.err == nil && !t.upBusy.Load() {
 			t.err = t.pumpUp()
 		}
-		if ev&evBackend != 0 && !t.backendEOF && t.err == nil {
+		if ev&evBackend != 0 && !t.backendEOF && t.err == nil && !t.downBusy.Load() {
 			t.err = t.pumpDown()
 		}
-		if t.err != nil || (t.clientEOF && t.backendEOF) {
+		if e := t.sideErr.Load(); e != nil && t.err == nil {
+			t.err = e
+		}
+		if t.err != nil || (t.clientEOF && t.backendEOF && !t.upBusy.Load() && !t.downBusy.Load()) {
 			t.teardown(closeReason(t.err))
 			return
 		}
@@ -174,8 +189,8 @@ const lingerTime = 50 * time.Millisecond
 // poller, peeking so that no buffer is held) or for a kick; it reports
 // whether there may be work.
 func (t *tcpSplice) linger() bool {
-	if t.backendEOF || t.err != nil {
-		return false
+	if t.backendEOF || t.err != nil || t.downBusy.Load() {
+		return false // (a waiting write to the client: the backend is not read meanwhile)
 	}
 	t.be.SetReadDeadline(time.Now().Add(lingerTime))
 	t.waiting.Store(true)
@@ -209,11 +224,18 @@ func (t *tcpSplice) pumpUp() error {
 		bp := bufPool.Get().(*[]byte)
 		n, err := t.client.TryRead(*bp)
 		if n > 0 {
-			_, werr := t.be.Write((*bp)[:n])
 			t.f.addUp(n, t.g.now())
+			w, werr := t.tryWriteBackend((*bp)[:n])
 			if werr != nil {
 				bufPool.Put(bp)
 				return &dirError{dir: "write backend", err: werr}
+			}
+			if w < n { // the backend takes no more now
+				t.finishWrite(&t.upBusy, bp, (*bp)[w:n], evClient, "write backend", t.be.Write)
+				if err != nil && !errors.Is(err, netstack.ErrWouldBlock) && err != io.EOF {
+					return &dirError{dir: "read client", err: err}
+				}
+				return nil // (an EOF read with the data is read again: TryRead reports it once the data is gone)
 			}
 		}
 		bufPool.Put(bp)
@@ -255,12 +277,20 @@ func (t *tcpSplice) pumpDown() error {
 		}
 		if n > 0 {
 			drained := n < len(*bp)
-			_, werr := t.client.Write((*bp)[:n])
-			bufPool.Put(bp)
 			t.f.addDown(n, t.g.now())
+			w, werr := t.client.TryWrite((*bp)[:n])
+			if errors.Is(werr, netstack.ErrWouldBlock) {
+				werr = nil
+			}
 			if werr != nil {
+				bufPool.Put(bp)
 				return &dirError{dir: "write client", err: werr}
 			}
+			if w < n { // the client takes no more now
+				t.finishWrite(&t.downBusy, bp, (*bp)[w:n], evBackend, "write client", t.client.Write)
+				return nil
+			}
+			bufPool.Put(bp)
 			if drained {
 				return nil
 			}
@@ -289,6 +319,66 @@ func (t *tcpSplice) pumpDown() error {
 		}
 		return &dirError{dir: "read backend", err: os.NewSyscallError("read", err)}
 	}
+}
+
+// tryWriteBackend writes what the backend's socket takes of b now, without
+// waiting.
+func (t *tcpSplice) tryWriteBackend(b []byte) (int, error) {
+	var (
+		w    int
+		werr error
+	)
+	// RawConn.Write keeps the descriptor alive during the write; the
+	// callback returns true so it never waits.
+	err := t.rc.Write(func(fd uintptr) bool {
+		for w < len(b) {
+			k, e := unix.Write(int(fd), b[w:])
+			if k > 0 {
+				w += k
+			}
+			switch {
+			case e == unix.EINTR:
+				continue
+			case e == unix.EAGAIN:
+			case e != nil:
+				werr = os.NewSyscallError("write", e)
+			case k > 0:
+				continue
+			}
+			break
+		}
+		return true
+	})
+	if err == nil {
+		err = werr
+	}
+	return w, err
+}
+
+// finishWrite hands the rest of a write its receiver did not take to a
+// goroutine of its own, busy set meanwhile, so that the worker goes on
+// with the other direction: write (the blocking Write of that side) takes
+// it there, then the buffer bp goes back, and a kick with ev has the
+// worker go on with the direction. A failed write ends the flow (the
+// worker reads sideErr); a close of the flow ends a waiting one (its
+// deadline, or the closed connection).
+func (t *tcpSplice) finishWrite(busy *atomic.Bool, bp *[]byte, rest []byte, ev uint32, dir string, write func([]byte) (int, error)) {
+	busy.Store(true)
+	if !t.g.enter() { // shutting down: Close tears the flow down
+		bufPool.Put(bp)
+		busy.Store(false)
+		return
+	}
+	t.g.workers.Go(func() {
+		defer t.g.leave()
+		_, err := write(rest)
+		bufPool.Put(bp)
+		if err != nil {
+			t.sideErr.CompareAndSwap(nil, &dirError{dir: dir, err: err})
+		}
+		busy.Store(false)
+		t.kick(ev)
+	})
 }
 
 // teardown ends the flow once: it unhooks the notifiers, then closes both

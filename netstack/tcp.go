@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -98,6 +99,7 @@ type TCPConn struct {
 	ep tcpip.Endpoint
 	wq *waiter.Queue
 	rw tcpip.SliceWriter // TryRead's, kept so that a read does not allocate one
+	wr bytes.Reader      // TryWrite's, likewise
 }
 
 var _ net.Conn = (*TCPConn)(nil)
@@ -112,7 +114,8 @@ func (c *TCPConn) CloseWrite() error { return c.c.CloseWrite() }
 // adapter without naming a gVisor type in our API.
 type conn struct{ net.Conn }
 
-// ErrWouldBlock is returned by TryRead when no data is waiting.
+// ErrWouldBlock is returned by TryRead when no data is waiting, and by
+// TryWrite when the send buffer is full.
 var ErrWouldBlock = errors.New("netstack: would block")
 
 // OnReadable registers fn to be called whenever the connection may have
@@ -130,6 +133,25 @@ func (c *TCPConn) OnReadable(fn func()) (unregister func()) {
 // its side and everything was read, or the error that ended the
 // connection. It must not be mixed with Read.
 func (c *TCPConn) TryRead(b []byte) (int, error) { return tryRead(c.ep, &c.rw, b) }
+
+// TryWrite writes what fits of b in the connection's send buffer without
+// waiting: n bytes, fewer than len(b) (0 with ErrWouldBlock) when the
+// buffer is full, or the error that ended the connection. Calls must not
+// overlap each other or a Write.
+func (c *TCPConn) TryWrite(b []byte) (int, error) {
+	c.wr.Reset(b)
+	n, err := c.ep.Write(&c.wr, tcpip.WriteOptions{})
+	c.wr.Reset(nil)
+	switch err.(type) {
+	case nil:
+		return int(n), nil
+	case *tcpip.ErrWouldBlock:
+		return int(n), ErrWouldBlock
+	case *tcpip.ErrConnectionReset, *tcpip.ErrConnectionAborted:
+		return int(n), fmt.Errorf("netstack: write: %w", syscall.ECONNRESET)
+	}
+	return int(n), tcpipError("write", err)
+}
 
 // tryRead reads from an endpoint into b without waiting; w is the caller's
 // writer, reused from read to read.
