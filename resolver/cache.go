@@ -19,6 +19,16 @@ type cached struct {
 type cache struct {
 	cur, old map[View]map[string]cached
 	n, max   int
+	zone     *zone // what the replies were answered from (SetPools replaces it)
+}
+
+// from empties the cache unless its replies were answered from z.
+func (c *cache) from(z *zone) {
+	if c.zone != z {
+		clear(c.cur)
+		clear(c.old)
+		c.n, c.zone = 0, z
+	}
 }
 
 func newCache(size int) *cache {

@@ -47,6 +47,7 @@ func (s *Server) handle(w *worker, raw []byte, client netip.Addr, tcp bool) (out
 	if c == nil || !cacheable(view) {
 		return s.answerFast(w, raw, view, tcp, nil)
 	}
+	c.from(s.zone.Load())
 	e, hit := c.get(view, key)
 	if !hit {
 		s.m.misses.Inc()

@@ -167,8 +167,19 @@ func TestSetPools(t *testing.T) {
 	if got := ptr("10.200.0.5"); got != dns.RcodeRefused {
 		t.Fatalf("PTR outside the pool: %s, want REFUSED", dns.RcodeToString[got])
 	}
+	// One reader's cache, which holds the REFUSED: it must not outlive the
+	// zones it was answered from.
+	wk := s.newWorker()
+	name, _ := dns.ReverseAddr("10.200.0.5")
+	raw := mustPack(t, newQuery(name, dns.TypePTR, 0))
+	if out, _ := s.handle(wk, raw, clientA, false); mustUnpack(t, out).Rcode != dns.RcodeRefused {
+		t.Fatal("the reader's first answer is not REFUSED")
+	}
 	serial := s.zone.Load().serial
 	s.SetPools(netip.MustParsePrefix("10.200.0.0/16"), netip.MustParsePrefix("fd00:cd::/64"))
+	if out, _ := s.handle(wk, raw, clientA, false); mustUnpack(t, out).Rcode != dns.RcodeSuccess {
+		t.Errorf("the reader answered %s from its cache after SetPools", dns.RcodeToString[mustUnpack(t, out).Rcode])
+	}
 	for addr, want := range map[string]int{"10.200.0.5": dns.RcodeSuccess, "fd00:cd::5": dns.RcodeSuccess, "10.100.0.5": dns.RcodeRefused} {
 		if got := ptr(addr); got != want {
 			t.Errorf("PTR of %s after SetPools: %s, want %s", addr, dns.RcodeToString[got], dns.RcodeToString[want])
