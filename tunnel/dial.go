@@ -85,7 +85,11 @@ func Dial(ctx context.Context, addr string, cfg DialConfig, log *slog.Logger) (*
 		_ = conn.CloseWithError(closeRefused, "no protocol")
 		return nil, fmt.Errorf("tunnel: dial %s: no common protocol", addr)
 	}
-	s := newSession(conn, v, sideClient, serverIdentity(conn), m, log.With("server", addr))
+	var peer Identity // none from a server that was not verified (insecure, no CA)
+	if !cfg.Credentials.skipsServers() {
+		peer = serverIdentity(conn)
+	}
+	s := newSession(conn, v, sideClient, peer, m, log.With("server", addr))
 	if v == V2 {
 		if reason, err := s.dialHello(ctx, cfg.Hello); err != nil {
 			result := resultFailed

@@ -29,6 +29,7 @@ const (
 	// Reasons a datagram is not sent.
 	DropTooLarge = "too_large" // larger than the connection carries now
 	DropClosed   = "closed"    // the session has ended
+	DropFull     = "full"      // the connection's send queue is full: its peer takes nothing now
 	DropError    = "error"     // anything else quic-go reports
 )
 
@@ -42,7 +43,7 @@ type metrics struct {
 
 	// Resolved children of the hot path, so that counting allocates nothing.
 	in, out                         prometheus.Counter
-	dropLarge, dropClosed, dropElse prometheus.Counter
+	dropLarge, dropClosed, dropFull, dropElse prometheus.Counter
 }
 
 // newMetrics creates the collectors and registers them with reg (nil:
@@ -85,6 +86,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.in, m.out = m.datagrams.WithLabelValues("in"), m.datagrams.WithLabelValues("out")
 	m.dropLarge = m.dropped.WithLabelValues(DropTooLarge)
 	m.dropClosed = m.dropped.WithLabelValues(DropClosed)
+	m.dropFull = m.dropped.WithLabelValues(DropFull)
 	m.dropElse = m.dropped.WithLabelValues(DropError)
 	return m, nil
 }

@@ -140,8 +140,9 @@ func addrPort(a net.Addr) netip.AddrPort {
 }
 
 // SendDatagram queues b as one DATAGRAM; quic-go copies it, so the caller
-// may reuse b at once. It blocks only while quic-go's send queue is full.
-// Failures are counted by reason (DropTooLarge, DropClosed, DropError) and
+// may reuse b at once. It never waits: a full send queue (a peer that
+// acknowledges nothing, or not fast enough) drops b. Failures are counted
+// by reason (DropTooLarge, DropClosed, DropFull, DropError) and
 // returned unwrapped, so that the packet path allocates nothing; a
 // *quic.DatagramTooLargeError also updates MaxDatagram.
 //
@@ -167,6 +168,8 @@ func (s *Session) SendDatagram(b []byte) error {
 		s.size.set(tooLarge.MaxDatagramPayloadSize)
 	case s.conn.Context().Err() != nil:
 		s.m.dropClosed.Inc()
+	case err == quic.ErrDatagramQueueFull:
+		s.m.dropFull.Inc()
 	default:
 		s.m.dropElse.Inc()
 	}

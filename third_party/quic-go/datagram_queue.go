@@ -2,6 +2,7 @@ package quic
 
 import (
 	"context"
+	"errors"
 	"sync"
 
 	"github.com/quic-go/quic-go/internal/utils"
@@ -12,7 +13,17 @@ import (
 )
 
 const (
-	maxDatagramSendQueueLen = 32
+	// ztgate: 1024 instead of 32, and Add never waits for room (it waited
+	// as long as the queue was full). A tunnel's connections are fed by
+	// one goroutine that serves many (a gateway's writer to every agent,
+	// an agent's reader of its TUN, which also answers its DNS): a peer
+	// that stopped acknowledging (a crashed host, a cut link, a closed
+	// laptop lid) filled the queue, and every later send waited until the
+	// idle timeout, holding up every other peer and flow. A full queue now
+	// drops the frame (ErrDatagramQueueFull), as a router's full queue
+	// does, and the queue is deep enough that a healthy connection's
+	// bursts fit in it.
+	maxDatagramSendQueueLen = 1024
 	// ztgate: 1024 instead of 128. A tunnel carries whole IP flows in DATAGRAM
 	// frames, and the connection's run loop goes through every packet it has
 	// queued (up to 256) without yielding: on one processor the reader runs
@@ -50,40 +61,33 @@ func newDatagramQueue(hasData func(), logger utils.Logger, qlogger qlogwriter.Re
 	}
 }
 
+// ErrDatagramQueueFull (ztgate) is returned by SendDatagram when the
+// DATAGRAM send queue is full: the frame was dropped.
+var ErrDatagramQueueFull = errors.New("DATAGRAM send queue full: the frame was dropped")
+
 // Add queues a new DATAGRAM frame for sending.
-// Up to 32 DATAGRAM frames will be queued.
-// Once that limit is reached, Add blocks until the queue size has reduced.
+// Up to maxDatagramSendQueueLen DATAGRAM frames will be queued.
+// ztgate: once that limit is reached, Add drops the frame and returns
+// ErrDatagramQueueFull at once, instead of blocking until the queue size
+// has reduced.
 func (h *datagramQueue) Add(f *wire.DatagramFrame) error {
 	h.sendMx.Lock()
-
-	for {
-		// don't queue frames after the connection is closed
-		select {
-		case <-h.closed:
-			h.sendMx.Unlock()
-			return h.closeErr
-		default:
-		}
-
-		if h.sendQueue.Len() < maxDatagramSendQueueLen {
-			h.sendQueue.PushBack(f)
-			h.sendMx.Unlock()
-			h.hasData()
-			return nil
-		}
-		select {
-		case <-h.sent: // drain any stale notification, so we don't wake up immediately below
-		default:
-		}
+	// don't queue frames after the connection is closed
+	select {
+	case <-h.closed:
 		h.sendMx.Unlock()
-		// The queue is full. Wait until a frame is dequeued.
-		select {
-		case <-h.closed:
-			return h.closeErr
-		case <-h.sent:
-		}
-		h.sendMx.Lock()
+		return h.closeErr
+	default:
 	}
+	if h.sendQueue.Len() >= maxDatagramSendQueueLen {
+		h.sendMx.Unlock()
+		wire.PutDatagramBuffer(f.Data)
+		return ErrDatagramQueueFull
+	}
+	h.sendQueue.PushBack(f)
+	h.sendMx.Unlock()
+	h.hasData()
+	return nil
 }
 
 // Peek gets the next DATAGRAM frame for sending.
