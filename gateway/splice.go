@@ -20,7 +20,8 @@ var errIdle = errors.New("idle timeout")
 
 // readSocket reads once from a kernel socket. It takes a pooled buffer only
 // when the socket has data, so a flow waiting for its backend holds none.
-// n == 0 with a nil error means EOF.
+// It reads datagram sockets: n == 0 with a nil error is an empty datagram,
+// returned with its buffer like any other.
 func readSocket(rc syscall.RawConn) (*[]byte, int, error) {
 	var (
 		bp   *[]byte
@@ -42,15 +43,13 @@ func readSocket(rc syscall.RawConn) (*[]byte, int, error) {
 	if err == nil {
 		err = rerr
 	}
-	if err != nil || n <= 0 {
+	if err != nil {
 		if bp != nil {
 			bufPool.Put(bp)
 		}
-		if err != nil {
-			return nil, 0, os.NewSyscallError("read", err)
-		}
-		return nil, 0, nil
+		return nil, 0, os.NewSyscallError("read", err)
 	}
+	// n is 0 for an empty datagram: it is one all the same.
 	return bp, n, nil
 }
 

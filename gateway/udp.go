@@ -182,7 +182,7 @@ func udpUp(f *flow, client *netstack.UDPConn, be *net.UDPConn, idle time.Duratio
 		if err != nil {
 			return err
 		}
-		bytes := 0
+		bytes, read := 0, 0
 		for len(dgrams) < udpBatch {
 			bp := bufPool.Get().(*[]byte)
 			k, rerr := client.TryRead(*bp)
@@ -196,6 +196,7 @@ func udpUp(f *flow, client *netstack.UDPConn, be *net.UDPConn, idle time.Duratio
 			bufs = append(bufs, bp)
 			dgrams = append(dgrams, (*bp)[:k])
 			bytes += k
+			read++
 		}
 		if werr := out.send(dgrams); werr != nil && !errors.Is(werr, syscall.ECONNREFUSED) && err == nil {
 			err = werr
@@ -205,7 +206,7 @@ func udpUp(f *flow, client *netstack.UDPConn, be *net.UDPConn, idle time.Duratio
 			bufs[i], dgrams[i] = nil, nil
 		}
 		bufs, dgrams = bufs[:0], dgrams[:0]
-		if bytes > 0 {
+		if read > 0 { // an empty datagram is activity too (a keepalive)
 			f.addUp(bytes, now())
 		}
 		if err != nil {
