@@ -70,17 +70,23 @@ const freedFlows = math.MinInt64 / 2
 // unlimited). It returns the refusal reason: refuseServiceLimit, or
 // refuseNoService when the state was freed since the flow was classified
 // (its service was removed and its flows had ended).
+//
+// Like reserve, a refusal leaves the count as it was: a raise and an undo
+// could hide the count's 0 from the last release of a removed service,
+// and bring it to 0 with nobody left to free the state.
 func (st *serviceState) reserveFlow(max int) string {
-	n := st.flows.Add(1)
-	switch {
-	case n <= 0:
-		st.flows.Add(-1)
-		return refuseNoService
-	case max > 0 && n > int64(max):
-		st.flows.Add(-1)
-		return refuseServiceLimit
+	for {
+		n := st.flows.Load()
+		switch {
+		case n < 0:
+			return refuseNoService
+		case max > 0 && n >= int64(max):
+			return refuseServiceLimit
+		}
+		if st.flows.CompareAndSwap(n, n+1) {
+			return ""
+		}
 	}
-	return ""
 }
 
 // setBackends makes addrs the backend set, keeping the backend objects of
