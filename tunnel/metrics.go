@@ -29,7 +29,7 @@ const (
 	// Reasons a datagram is not sent.
 	DropTooLarge = "too_large" // larger than the connection carries now
 	DropClosed   = "closed"    // the session has ended
-	DropFull     = "full"      // the connection's send queue is full: its peer takes nothing now
+	DropFull     = "full"      // the connection's send queue stayed full: its peer takes nothing now
 	DropError    = "error"     // anything else quic-go reports
 )
 

@@ -140,9 +140,10 @@ func addrPort(a net.Addr) netip.AddrPort {
 }
 
 // SendDatagram queues b as one DATAGRAM; quic-go copies it, so the caller
-// may reuse b at once. It never waits: a full send queue (a peer that
-// acknowledges nothing, or not fast enough) drops b. Failures are counted
-// by reason (DropTooLarge, DropClosed, DropFull, DropError) and
+// may reuse b at once. It waits at most 5 ms for room in quic-go's send
+// queue; a peer that acknowledges nothing keeps it full, and b is dropped
+// then (third_party/README.md). Failures are counted by reason
+// (DropTooLarge, DropClosed, DropFull, DropError) and
 // returned unwrapped, so that the packet path allocates nothing; a
 // *quic.DatagramTooLargeError also updates MaxDatagram.
 //

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/quic-go/quic-go/internal/utils"
 	"github.com/quic-go/quic-go/internal/utils/ringbuffer"
@@ -13,17 +14,19 @@ import (
 )
 
 const (
-	// ztgate: 1024 instead of 32, and Add never waits for room (it waited
-	// as long as the queue was full). A tunnel's connections are fed by
-	// one goroutine that serves many (a gateway's writer to every agent,
-	// an agent's reader of its TUN, which also answers its DNS): a peer
-	// that stopped acknowledging (a crashed host, a cut link, a closed
-	// laptop lid) filled the queue, and every later send waited until the
-	// idle timeout, holding up every other peer and flow. A full queue now
-	// drops the frame (ErrDatagramQueueFull), as a router's full queue
-	// does, and the queue is deep enough that a healthy connection's
-	// bursts fit in it.
-	maxDatagramSendQueueLen = 1024
+	maxDatagramSendQueueLen = 32
+	// ztgate: how long Add waits for room in a full send queue, once per
+	// stall (upstream: as long as the queue stays full). A tunnel's
+	// connections are fed by goroutines that serve many (a gateway's writer
+	// to every tunnel session, an agent's reader of its TUN, which also
+	// answers its DNS): a peer that stopped acknowledging (a crashed host,
+	// a cut link, a closed laptop lid) kept its queue full, and every later
+	// send waited until the idle timeout, holding up every other peer and
+	// flow. Now a send that found no room in time drops its frame
+	// (ErrDatagramQueueFull), and so do the next ones at once, until the
+	// connection sends a frame again. A connection that sends at all frees
+	// room within microseconds: its senders wait as before.
+	maxDatagramSendWait = 5 * time.Millisecond
 	// ztgate: 1024 instead of 128. A tunnel carries whole IP flows in DATAGRAM
 	// frames, and the connection's run loop goes through every packet it has
 	// queued (up to 256) without yielding: on one processor the reader runs
@@ -35,6 +38,7 @@ const (
 type datagramQueue struct {
 	sendMx    sync.Mutex
 	sendQueue ringbuffer.RingBuffer[*wire.DatagramFrame]
+	stalled   bool          // ztgate: the queue stayed full for maxDatagramSendWait, and no frame left it since
 	sent      chan struct{} // used to notify Add that a datagram was dequeued
 
 	rcvMx    sync.Mutex
@@ -62,32 +66,62 @@ func newDatagramQueue(hasData func(), logger utils.Logger, qlogger qlogwriter.Re
 }
 
 // ErrDatagramQueueFull (ztgate) is returned by SendDatagram when the
-// DATAGRAM send queue is full: the frame was dropped.
+// DATAGRAM send queue stayed full for maxDatagramSendWait, or is full and
+// did so before without a frame sent since: the frame was dropped.
 var ErrDatagramQueueFull = errors.New("DATAGRAM send queue full: the frame was dropped")
 
 // Add queues a new DATAGRAM frame for sending.
-// Up to maxDatagramSendQueueLen DATAGRAM frames will be queued.
-// ztgate: once that limit is reached, Add drops the frame and returns
-// ErrDatagramQueueFull at once, instead of blocking until the queue size
-// has reduced.
+// Up to 32 DATAGRAM frames will be queued.
+// Once that limit is reached, Add blocks until the queue size has reduced
+// (ztgate: for at most maxDatagramSendWait, then it drops the frame and
+// returns ErrDatagramQueueFull; while stalled, at once).
 func (h *datagramQueue) Add(f *wire.DatagramFrame) error {
 	h.sendMx.Lock()
-	// don't queue frames after the connection is closed
-	select {
-	case <-h.closed:
+
+	var timeout <-chan time.Time
+	for {
+		// don't queue frames after the connection is closed
+		select {
+		case <-h.closed:
+			h.sendMx.Unlock()
+			return h.closeErr
+		default:
+		}
+
+		if h.sendQueue.Len() < maxDatagramSendQueueLen {
+			h.sendQueue.PushBack(f)
+			h.sendMx.Unlock()
+			h.hasData()
+			return nil
+		}
+		if h.stalled {
+			h.sendMx.Unlock()
+			wire.PutDatagramBuffer(f.Data)
+			return ErrDatagramQueueFull
+		}
+		select {
+		case <-h.sent: // drain any stale notification, so we don't wake up immediately below
+		default:
+		}
 		h.sendMx.Unlock()
-		return h.closeErr
-	default:
+		if timeout == nil {
+			t := time.NewTimer(maxDatagramSendWait)
+			defer t.Stop()
+			timeout = t.C
+		}
+		// The queue is full. Wait until a frame is dequeued.
+		select {
+		case <-h.closed:
+			return h.closeErr
+		case <-h.sent:
+			h.sendMx.Lock()
+		case <-timeout:
+			h.sendMx.Lock()
+			if h.sendQueue.Len() >= maxDatagramSendQueueLen {
+				h.stalled = true // until Pop: the next sends drop at once
+			}
+		}
 	}
-	if h.sendQueue.Len() >= maxDatagramSendQueueLen {
-		h.sendMx.Unlock()
-		wire.PutDatagramBuffer(f.Data)
-		return ErrDatagramQueueFull
-	}
-	h.sendQueue.PushBack(f)
-	h.sendMx.Unlock()
-	h.hasData()
-	return nil
 }
 
 // Peek gets the next DATAGRAM frame for sending.
@@ -105,6 +139,7 @@ func (h *datagramQueue) Pop() {
 	h.sendMx.Lock()
 	defer h.sendMx.Unlock()
 	_ = h.sendQueue.PopFront()
+	h.stalled = false // ztgate: the connection sends again
 	select {
 	case h.sent <- struct{}{}:
 	default:
