@@ -684,11 +684,12 @@ func TestReloadRemovedAgainDrainsInFull(t *testing.T) {
 			}
 			reload := func(cfg string) time.Time {
 				t.Helper()
+				before := time.Now() // the drain's timer starts inside Reload
 				h.write(t, cfg)
 				if _, err := h.gw.Reload(); err != nil {
 					t.Fatal(err)
 				}
-				return time.Now()
+				return before
 			}
 			first := reload(longer(tc.removed(echo, web)))
 			reload(full)

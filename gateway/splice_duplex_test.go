@@ -17,6 +17,9 @@ const (
 	duplexHead   = 1 << 20
 	duplexAnswer = 16 << 20
 	duplexUpload = 32 << 20
+	// A stalled flow (the bug) waits for tcp_idle, 1 h; a healthy exchange
+	// takes 5–10 s under -race here, and may take twice that on CI.
+	duplexDeadline = 90 * time.Second
 )
 
 // earlyAnswerBackend reads the head of an upload, works on it a moment,
@@ -124,14 +127,14 @@ func TestSpliceFullDuplex(t *testing.T) {
 						return "the gateway moved " + strconv.FormatInt(fs[0].up.Load(), 10) + " bytes up, " + strconv.FormatInt(fs[0].down.Load(), 10) + " down"
 					}
 				}
-				c.SetDeadline(time.Now().Add(20 * time.Second))
+				c.SetDeadline(time.Now().Add(duplexDeadline))
 				tc.client(t, c, moved)
 				select {
 				case n := <-got:
 					if n != duplexUpload {
 						t.Fatalf("the backend read %d bytes, want %d", n, duplexUpload)
 					}
-				case <-time.After(20 * time.Second):
+				case <-time.After(duplexDeadline):
 					t.Fatal("the backend never read the upload to its end")
 				}
 			})

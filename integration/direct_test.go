@@ -127,10 +127,18 @@ func TestDirectPath(t *testing.T) {
 	t.Run("the path goes silent: back on the relay within a second", func(t *testing.T) {
 		r.directFirewall(t, "in")
 		start := time.Now()
-		// Short attempts: each new connection goes where the agent sends
-		// new flows at that moment.
+		// The agent notices by its pings (a dead path: no pong for 600 ms,
+		// seen at a 200 ms tick), timed from its log, polled every 20 ms;
+		// the bound leaves 500 ms for a loaded machine, far below what a
+		// broken liveness check would take (the QUIC idle timeout, 30 s).
+		agent.waitOutput(t, "no answer to pings", 5*time.Second)
+		if noticed := time.Since(start); noticed > 1300*time.Millisecond {
+			t.Errorf("the agent noticed the silent path after %v", noticed)
+		}
+		// Then new connections go through the relay. Short attempts: each
+		// goes where the agent sends new flows at that moment.
 		eventually(t, 10*time.Second, "curl through the relay", func() error {
-			out, err := r.curl(r.agents["a1"], "--max-time", "0.25", "http://"+vip+"/again")
+			out, err := r.curl(r.agents["a1"], "--max-time", "1", "http://"+vip+"/again")
 			if err != nil || !strings.Contains(out, "/again") {
 				return fmt.Errorf("%v %q", err, out)
 			}
@@ -138,11 +146,8 @@ func TestDirectPath(t *testing.T) {
 		})
 		took := time.Since(start)
 		t.Logf("working through the relay %v after the path went silent", took.Round(10*time.Millisecond))
-		if took > 1300*time.Millisecond { // within 1 s, plus one attempt
+		if took > 3*time.Second {
 			t.Errorf("the agent took %v to fall back", took)
-		}
-		if !strings.Contains(agent.out.String(), "no answer to pings") {
-			t.Errorf("the agent did not notice by its pings:\n%s", agent.out.String())
 		}
 		up, _ := r.relayData(t)
 		r.download(t, vip, 3, 1<<20)

@@ -16,7 +16,7 @@ const (
 	hcRise     = 2
 	hcFall     = 2
 	// hcSlack covers polling the API, process start and a loaded machine.
-	hcSlack = 700 * time.Millisecond
+	hcSlack = 1500 * time.Millisecond // still far below what ignored fall/rise or interval would take
 )
 
 // leaveBound is how long a dead backend may stay in rotation:

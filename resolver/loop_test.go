@@ -19,7 +19,7 @@ func TestForwardLoopBounded(t *testing.T) {
 	pc, l := listenBoth(t)
 	self := pc.LocalAddr().(*net.UDPAddr).AddrPort()
 	cfg := testConfig()
-	cfg.Upstreams, cfg.ForwardTimeout, cfg.MaxForwards = []netip.AddrPort{self}, 500*time.Millisecond, 64
+	cfg.Upstreams, cfg.ForwardTimeout, cfg.MaxForwards = []netip.AddrPort{self}, 2*time.Second, 64
 	s := newTestServer(t, cfg, loopbackDir())
 	done := make(chan struct{}, 2)
 	go func() { s.ServePacket(pc); done <- struct{}{} }()
@@ -27,7 +27,7 @@ func TestForwardLoopBounded(t *testing.T) {
 	t.Cleanup(func() { s.Shutdown(t.Context()); <-done; <-done })
 
 	for _, proto := range []string{"udp", "tcp"} {
-		c := &dns.Client{Net: proto, Timeout: 3 * time.Second}
+		c := &dns.Client{Net: proto, Timeout: 5 * time.Second}
 		start := time.Now()
 		r, _, err := c.Exchange(newQuery("loop.example.", dns.TypeA, 0), self.String())
 		switch {

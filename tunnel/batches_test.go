@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -24,6 +25,7 @@ func TestReceiveBatches(t *testing.T) {
 	done := make(chan result, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
+	var handed atomic.Int32
 	go func() {
 		var r result
 		run := 0
@@ -31,6 +33,7 @@ func TestReceiveBatches(t *testing.T) {
 			if Kind(b) == TypeIP {
 				r.got = append(r.got, binary.BigEndian.Uint16(b[4:6]))
 				run++
+				handed.Add(1)
 			}
 		}, func() {
 			r.runs = append(r.runs, run)
@@ -45,7 +48,11 @@ func TestReceiveBatches(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(200 * time.Millisecond) // all delivered (loopback, no loss)
+	// All delivered (loopback, no loss) before the session ends: polled, as
+	// acknowledgements under -race on a loaded machine may take a while.
+	for deadline := time.Now().Add(testTimeout); handed.Load() < n && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	client.Close("done")
 	var r result
 	select {
