@@ -33,7 +33,7 @@ func TestRetiredStateFreedDespiteRefusal(t *testing.T) {
 		var wg sync.WaitGroup
 		start := make(chan struct{})
 		wg.Go(func() { <-start; g.release(d.svc, "acme") }) // its last flow ends
-		wg.Go(func() { // a flow classified before the reload is refused
+		wg.Go(func() {                                      // a flow classified before the reload is refused
 			<-start
 			if reason := g.admit(tbl, d); reason == "" {
 				g.release(d.svc, "acme") // another interleaving: a flow that got in ends too

@@ -42,7 +42,7 @@ type metrics struct {
 	dropped    *prometheus.CounterVec
 
 	// Resolved children of the hot path, so that counting allocates nothing.
-	in, out                         prometheus.Counter
+	in, out                                   prometheus.Counter
 	dropLarge, dropClosed, dropFull, dropElse prometheus.Counter
 }
 
