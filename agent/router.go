@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"errors"
+
 	"github.com/ztgate/ztgate/internal/monoclock"
 	"github.com/ztgate/ztgate/netstack"
 	"github.com/ztgate/ztgate/tunnel"
@@ -65,9 +67,17 @@ func (r *router) Deliver(pkt []byte) {
 	}
 	r.scratch = b
 	if p := r.pathOf(svc.name, pkt); p != nil {
-		if p.s.SendDatagram(b) == nil {
+		err := p.s.SendDatagram(b)
+		if err == nil {
 			p.used.Add(1)
 			a.m.upDirect.Inc()
+			return
+		}
+		if errors.Is(err, tunnel.ErrDatagramQueueFull) {
+			// The path is congested, not dead: the packet is lost as on
+			// any full link, and its flow stays on the path (through the
+			// relay, the gateway would answer it with a RST).
+			a.m.drop(dropSendError)
 			return
 		}
 		// The path just died, or the packet is larger than it carries:

@@ -139,6 +139,11 @@ func addrPort(a net.Addr) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
+// ErrDatagramQueueFull is SendDatagram's error for a datagram dropped
+// because the send queue stayed full (a burst, a stalled window): the
+// session itself goes on.
+var ErrDatagramQueueFull = quic.ErrDatagramQueueFull
+
 // SendDatagram queues b as one DATAGRAM; quic-go copies it, so the caller
 // may reuse b at once. It waits at most 5 ms for room in quic-go's send
 // queue; a peer that acknowledges nothing keeps it full, and b is dropped
