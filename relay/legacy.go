@@ -7,8 +7,12 @@ import (
 )
 
 // legacyRegistration answers a ztna-v1 registration datagram. An agent
-// registration (0x10) is ACKed when the service exists and the agent may
-// reach it, else NACKed "denied"; a service id that is not UTF-8 gets NACK
+// registration (0x10) is ACKed when the agent's certificate names the
+// service, as the original relay does, else NACKed "denied": an original
+// agent takes a NACK as final for its connection, so one for a service
+// that has no gateway yet (a relay or gateway restarting) would cut it off
+// until it reconnects. Each new flow is checked then (newFlowTag: the
+// service, a gateway admitting the tenant). A service id that is not UTF-8 gets NACK
 // "invalid" with an empty id, as the original relay does. Connector
 // registrations (0x11) are always denied: raw return traffic cannot be
 // bound to the agent that opened a flow. Truncated requests are dropped.
@@ -24,7 +28,7 @@ func (r *Relay) legacyRegistration(a *agent, b []byte) {
 		return
 	}
 	service := string(id)
-	if role == tunnel.TypeAgentRegistration && r.mayReach(a, service) {
+	if role == tunnel.TypeAgentRegistration && a.id.Permits(service) {
 		a.registered[service] = true
 		r.m.registrations.WithLabelValues(roleAgent, regOK).Inc()
 		ack, _ := tunnel.AppendAck(nil, service)
@@ -45,12 +49,4 @@ func (r *Relay) nack(a *agent, status tunnel.Status, service string) {
 	if err == nil {
 		_ = a.s.SendDatagram(nack)
 	}
-}
-
-// mayReach reports whether the service exists and the agent may reach it.
-func (r *Relay) mayReach(a *agent, service string) bool {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	svc := r.services[service]
-	return svc != nil && a.may(svc)
 }

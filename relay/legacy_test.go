@@ -32,7 +32,7 @@ func TestV1Agent(t *testing.T) {
 	}{
 		{"permitted", []byte("\x10\x0cecho-service"), []byte("\x12\x00\x0cecho-service")},
 		{"no rights", []byte("\x10\x03web"), []byte("\x13\x02\x03web")},
-		{"another tenant's service", []byte("\x10\x06secret"), []byte("\x13\x02\x06secret")},
+		{"another tenant's service: its certificate names it", []byte("\x10\x06secret"), []byte("\x12\x00\x06secret")},
 		{"unknown service", []byte("\x10\x04nope"), []byte("\x13\x02\x04nope")},
 		{"invalid UTF-8", []byte("\x10\x02\xff\xfe"), []byte("\x13\x01\x00")},
 		{"connector registration", []byte("\x11\x0cecho-service"), []byte("\x13\x02\x0cecho-service")},
@@ -51,6 +51,11 @@ func TestV1Agent(t *testing.T) {
 	vip := vipOf(assign, "echo-service")
 	src := netip.MustParseAddrPort("100.64.0.1:5000")
 	dst := netip.AddrPortFrom(vip, 9999)
+	t.Run("another tenant's service: registered, its packets refused", func(t *testing.T) {
+		before := dropped(r, dropNotAuthorized)
+		a.send("secret", udpPacket(src, netip.AddrPortFrom(vipOf(assign, "secret"), 9999), "x"))
+		waitFor(t, "not_authorized drop", func() bool { return dropped(r, dropNotAuthorized) > before })
+	})
 	t.Run("unregistered service dropped", func(t *testing.T) {
 		before := dropped(r, dropNotRegistered)
 		a.send("web", udpPacket(src, dst, "x"))
