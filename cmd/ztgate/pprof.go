@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"time"
 
@@ -20,6 +21,10 @@ func startProfiling(stderr io.Writer) {
 	if addr == "" {
 		return
 	}
+	if err := loopbackOnly(addr); err != nil {
+		fmt.Fprintln(stderr, "ztgate: ZTGATE_PPROF:", err)
+		return
+	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		fmt.Fprintln(stderr, "ztgate: ZTGATE_PPROF:", err)
@@ -27,4 +32,17 @@ func startProfiling(stderr io.Writer) {
 	}
 	srv := &http.Server{Handler: adminapi.ProfileHandler(), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(l)
+}
+
+// loopbackOnly refuses an address that is not a loopback one: the profiles
+// are served without a token (the admin API serves them behind its own).
+func loopbackOnly(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if ip, err := netip.ParseAddr(host); (err == nil && ip.Unmap().IsLoopback()) || host == "localhost" {
+		return nil
+	}
+	return fmt.Errorf("%q is not a loopback address: the profiles are served without a token here (elsewhere, the admin API's /debug/pprof/ is behind its token)", addr)
 }

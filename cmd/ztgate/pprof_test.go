@@ -31,3 +31,26 @@ func TestProfilingOnlyForRoles(t *testing.T) {
 		}
 	}
 }
+
+// TestProfilingLoopbackOnly: ZTGATE_PPROF serves without a token, so it is
+// taken only on a loopback address.
+func TestProfilingLoopbackOnly(t *testing.T) {
+	for _, tc := range []struct {
+		addr string
+		ok   bool
+	}{
+		{"127.0.0.1:6060", true},
+		{"[::1]:6060", true},
+		{"localhost:6060", true},
+		{"127.0.0.2:0", true},
+		{":6060", false},
+		{"0.0.0.0:6060", false},
+		{"[::]:6060", false},
+		{"192.0.2.1:6060", false},
+		{"no port here", false},
+	} {
+		if err := loopbackOnly(tc.addr); (err == nil) != tc.ok {
+			t.Errorf("loopbackOnly(%q) = %v, want ok %v", tc.addr, err, tc.ok)
+		}
+	}
+}
