@@ -1,0 +1,40 @@
+package relay
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// TestV1RegistrationsBounded: a ztna-v1 agent whose certificate grants its
+// whole tenant (Services nil) must not grow the relay's memory with every
+// service name it registers: registrations of names that no gateway
+// serves are answered, not kept.
+func TestV1RegistrationsBounded(t *testing.T) {
+	p := newPKI(t)
+	r := startRelay(t, p.relayConfig(t.TempDir()))
+	addr := r.Addr().String()
+	a := mustDial(t, addr, p.identity("default", tunnel.RoleAgent, "mac"), tunnel.Hello{}, tunnel.ALPNV1)
+	if a.s.Version() != tunnel.V1 {
+		t.Fatalf("version %v", a.s.Version())
+	}
+	const n = 200
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("bogus-%04d", i)
+		req := append([]byte{0x10, byte(len(name))}, name...)
+		if err := a.s.SendDatagram(req); err != nil {
+			t.Fatal(err)
+		}
+		a.datagram() // its answer
+	}
+	r.mu.RLock()
+	kept := 0
+	for ag := range r.agents {
+		kept += len(ag.registered)
+	}
+	r.mu.RUnlock()
+	if kept > 0 {
+		t.Fatalf("the relay keeps %d registrations of services that do not exist (each of up to 255 bytes, without bound)", kept)
+	}
+}
