@@ -7,8 +7,8 @@ import (
 )
 
 // legacyRegistration answers a ztna-v1 registration datagram. An agent
-// registration (0x10) is ACKed when the agent's certificate names the
-// service, as the original relay does, else NACKed "denied": an original
+// registration (0x10) is ACKed when the agent's certificate grants the
+// service (v1MayRegister), as the original relay does, else NACKed "denied": an original
 // agent takes a NACK as final for its connection, so one for a service
 // that has no gateway yet (a relay or gateway restarting) would cut it off
 // until it reconnects. Each new flow is checked then (newFlowTag: the
@@ -28,7 +28,7 @@ func (r *Relay) legacyRegistration(a *agent, b []byte) {
 		return
 	}
 	service := string(id)
-	if role == tunnel.TypeAgentRegistration && a.id.Permits(service) {
+	if role == tunnel.TypeAgentRegistration && r.v1MayRegister(a, service) {
 		a.registered[service] = true
 		r.m.registrations.WithLabelValues(roleAgent, regOK).Inc()
 		ack, _ := tunnel.AppendAck(nil, service)
@@ -49,4 +49,29 @@ func (r *Relay) nack(a *agent, status tunnel.Status, service string) {
 	if err == nil {
 		_ = a.s.SendDatagram(nack)
 	}
+}
+
+// v1MayRegister reports whether a ztna-v1 agent's registration of service
+// is ACKed and kept: its certificate must grant the service. A certificate
+// of the original system lists its services, so what it may register is
+// bounded; one of a whole tenant (or an unverified peer of an insecure
+// relay) names none, so only a service the relay knows is kept for it (a
+// gateway serves it, or its VIP is allocated or held, as after a relay
+// restart before the gateways are back): made-up names cannot grow the
+// registry of its session.
+func (r *Relay) v1MayRegister(a *agent, service string) bool {
+	if !a.id.Permits(service) {
+		return false
+	}
+	if a.id.Services != nil {
+		return true
+	}
+	r.mu.RLock()
+	_, known := r.services[service]
+	r.mu.RUnlock()
+	if known {
+		return true
+	}
+	_, allocated := r.pool.Lookup(service)
+	return allocated || r.pool.Holds(service)
 }

@@ -9,8 +9,8 @@ import (
 
 // TestV1RegistrationsBounded: a ztna-v1 agent whose certificate grants its
 // whole tenant (Services nil) must not grow the relay's memory with every
-// service name it registers: registrations of names that no gateway
-// serves are answered, not kept.
+// service name it registers: a service the relay knows is registered,
+// made-up names are NACKed and not kept.
 func TestV1RegistrationsBounded(t *testing.T) {
 	p := newPKI(t)
 	r := startRelay(t, p.relayConfig(t.TempDir()))
@@ -18,6 +18,15 @@ func TestV1RegistrationsBounded(t *testing.T) {
 	a := mustDial(t, addr, p.identity("default", tunnel.RoleAgent, "mac"), tunnel.Hello{}, tunnel.ALPNV1)
 	if a.s.Version() != tunnel.V1 {
 		t.Fatalf("version %v", a.s.Version())
+	}
+	// A service the relay knows is registered and kept.
+	gw := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	gw.register(svc("real", "default"))
+	if err := a.s.SendDatagram([]byte("\x10\x04real")); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := a.datagram(), []byte("\x12\x00\x04real"); string(got) != string(want) {
+		t.Fatalf("registration of a known service: % x, want % x", got, want)
 	}
 	const n = 200
 	for i := 0; i < n; i++ {
@@ -34,7 +43,7 @@ func TestV1RegistrationsBounded(t *testing.T) {
 		kept += len(ag.registered)
 	}
 	r.mu.RUnlock()
-	if kept > 0 {
-		t.Fatalf("the relay keeps %d registrations of services that do not exist (each of up to 255 bytes, without bound)", kept)
+	if kept != 1 {
+		t.Fatalf("the relay keeps %d registrations, want only the known service's (made-up names, up to 255 bytes each, would grow it without bound)", kept)
 	}
 }
