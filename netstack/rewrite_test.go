@@ -216,3 +216,46 @@ func TestRewriteICMPv4Quoted(t *testing.T) {
 		}
 	})
 }
+
+// FuzzRewriteICMPv4Quoted: an ICMP error from a client is hostile input.
+// The rewrite never panics nor reads or writes past the packet, changes
+// nothing when it reports false, and when it reports true leaves the outer
+// IP header as it was, the quoted address replaced, and a valid ICMP
+// checksum.
+func FuzzRewriteICMPv4Quoted(f *testing.F) {
+	vip, synth := netip.MustParseAddr("10.100.0.20"), netip.MustParseAddr("169.254.0.1")
+	udp := buildPacket(17, synth, vip, []byte("some payload"), false)
+	f.Add(icmpError(3, vip, synth, udp, 28), false)
+	f.Add(icmpError(11, vip, synth, buildPacket(6, synth, vip, []byte("x"), false), 48), false)
+	f.Add(icmpError(3, synth, vip, buildPacket(17, vip, synth, []byte("x"), false), 28), true)
+	f.Add([]byte{0x45, 0, 0, 20}, false)
+	inner := netip.MustParseAddr("100.64.0.1")
+	f.Fuzz(func(t *testing.T, pkt []byte, dst bool) {
+		before := append([]byte(nil), pkt...)
+		rewrite, off := RewriteICMPv4QuotedSource, 12
+		if dst {
+			rewrite, off = RewriteICMPv4QuotedDestination, 16
+		}
+		from := synth
+		if len(pkt) >= 28+20 && pkt[9] == 1 {
+			from = netip.AddrFrom4([4]byte(pkt[28+off : 28+off+4])) // whatever it quotes
+		}
+		if !rewrite(pkt, from, inner) || from == inner {
+			if string(pkt) != string(before) {
+				t.Fatal("changed a packet it did not rewrite (or whose quote had the address already)")
+			}
+			return
+		}
+		hl := int(pkt[0]&0x0f) * 4
+		if string(pkt[:hl]) != string(before[:hl]) {
+			t.Fatal("changed the outer IP header")
+		}
+		if got := netip.AddrFrom4([4]byte(pkt[hl+8+off : hl+8+off+4])); got != inner {
+			t.Fatalf("quoted address %v, want %v", got, inner)
+		}
+		end := int(binary.BigEndian.Uint16(pkt[2:4])) // the packet, without what trails it in the buffer
+		if c := checksum.Checksum(pkt[hl:end], 0); c != 0xffff {
+			t.Fatalf("ICMP checksum does not verify: %#x", c)
+		}
+	})
+}
