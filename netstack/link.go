@@ -167,6 +167,18 @@ func (ns *Stack) updateRoutesLocked() {
 		return b.Destination.Prefix() - a.Destination.Prefix()
 	})
 	ns.s.SetRouteTable(table)
+	routes := make([]nicRoute, 0, len(table))
+	for _, r := range table {
+		p := netip.PrefixFrom(fromAddr(r.Destination.ID()), r.Destination.Prefix())
+		routes = append(routes, nicRoute{p, r.NIC})
+	}
+	ns.routes.Store(&routes)
+}
+
+// nicRoute is one route of the stack's table: a prefix and its link's NIC.
+type nicRoute struct {
+	prefix netip.Prefix
+	nic    tcpip.NICID
 }
 
 // Close detaches the link from the stack and stops its writer.

@@ -83,8 +83,12 @@ type Stack struct {
 	// run one before, whose stack is grown already (internal/gopool).
 	handlers *gopool.Pool
 
-	mu     sync.Mutex
-	links  map[tcpip.NICID]*Link
+	mu    sync.Mutex
+	links map[tcpip.NICID]*Link
+	// routes is gVisor's route table as updateRoutesLocked last set it,
+	// most specific first, for linkTo to read without a lock or gVisor's
+	// route lookup (which allocates a route).
+	routes atomic.Pointer[[]nicRoute]
 	nextID tcpip.NICID
 	closed bool
 }

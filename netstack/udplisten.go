@@ -152,16 +152,20 @@ func isWouldBlock(err tcpip.Error) bool {
 	return ok
 }
 
-// linkTo returns the NIC of the link whose routes lead to a, or 0 (gVisor
-// then routes as it would).
+// linkTo returns the NIC of the link whose routes lead to a (the first
+// match of the table gVisor routes by, most specific first), or 0 (gVisor
+// then routes as it would). It runs per reply: it reads the stack's copy
+// of the table, without a lock or an allocation.
 func (ns *Stack) linkTo(a netip.Addr) tcpip.NICID {
 	a = a.Unmap()
-	r, err := ns.s.FindRoute(0, tcpip.Address{}, toAddr(a), protoOf(a), false)
-	if err != nil {
-		return 0
+	if rs := ns.routes.Load(); rs != nil {
+		for _, r := range *rs {
+			if r.prefix.Contains(a) {
+				return r.nic
+			}
+		}
 	}
-	defer r.Release()
-	return r.NICID()
+	return 0
 }
 
 // SetWriteDeadline bounds WriteTo while the socket's send buffer is full.
