@@ -77,6 +77,10 @@ type direct struct {
 	routes atomic.Pointer[map[string]*path]
 	shown  atomic.Pointer[[]PathStatus] // the paths for Status
 	wg     sync.WaitGroup               // dials and the goroutines of paths
+	// relayAddr is the relay's address as the agent's session reaches it
+	// (invalid without a session), which decides the candidates the agent
+	// dials (candidate.go). Tests replace it.
+	relayAddr func() netip.Addr
 
 	// Owned by run.
 	svcs   map[string]*svcDirect
@@ -90,6 +94,12 @@ func newDirect(a *Agent) *direct {
 		a: a, log: a.log.With("part", "direct"), ctx: a.ctx,
 		wants: make(chan string, 64), events: make(chan any, 64),
 		svcs: make(map[string]*svcDirect), paths: make(map[string]*path), offers: make(map[uint64]string),
+	}
+	d.relayAddr = func() netip.Addr {
+		if s := a.sess.Load(); s != nil {
+			return s.RemoteAddr().Addr()
+		}
+		return netip.Addr{}
 	}
 	d.routes.Store(&map[string]*path{})
 	return d
@@ -228,8 +238,9 @@ func candidates(s *tunnel.Session) []netip.AddrPort {
 	return out
 }
 
-// onAnswer dials the candidates of the gateway the relay chose, or uses
-// the live path to that gateway if there is one.
+// onAnswer dials the candidates of the gateway the relay chose that the
+// agent may dial (candidateSkip), or uses the live path to that gateway if
+// there is one.
 func (d *direct) onAnswer(m *tunnel.Answer, now time.Time) {
 	service, ok := d.offers[m.SessionID]
 	st := d.svcs[service]
@@ -247,14 +258,15 @@ func (d *direct) onAnswer(m *tunnel.Answer, now time.Time) {
 	if s := d.a.sess.Load(); s != nil && m.ForwardPort != 0 {
 		forwarded = netip.AddrPortFrom(s.RemoteAddr().Addr(), m.ForwardPort)
 	}
-	if m.Gateway == "" || len(m.Candidates) == 0 && !forwarded.IsValid() {
+	cands := d.dialable(m, service)
+	if m.Gateway == "" || len(cands) == 0 && !forwarded.IsValid() {
 		delete(d.offers, m.SessionID)
 		d.result(m.SessionID, false, netip.AddrPort{})
 		d.fail(st, now)
 		return
 	}
 	st.phase = phaseDialing
-	d.dial(dialed{service: service, gateway: m.Gateway, id: m.SessionID}, m.Candidates, forwarded)
+	d.dial(dialed{service: service, gateway: m.Gateway, id: m.SessionID}, cands, forwarded)
 }
 
 // onDialed takes a dial's outcome: a new path (or the existing one to the

@@ -47,6 +47,7 @@ type metrics struct {
 	forwardedPaths             prometheus.Gauge   // of directPaths, those through a relay's forwarder
 	directUp, directDown       prometheus.Counter // paths taken by a service, paths lost
 	directFailed               prometheus.Counter // offers refused, unanswered or whose dial failed
+	candidatesSkipped          prometheus.Counter // gateway candidates not dialled (candidateSkip)
 	flowsExpired, flowsEvicted prometheus.Counter
 }
 
@@ -84,9 +85,10 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		Name: "ztgate_agent_forwarded_paths", Help: "Of the direct sessions open now, those through a relay's forwarder.",
 	})
 	events := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "ztgate_agent_direct_events_total", Help: "Direct-path events: a service's new flows moved to a path (up), a path lost (down), an attempt failed (failed).",
+		Name: "ztgate_agent_direct_events_total", Help: "Direct-path events: a service's new flows moved to a path (up), a path lost (down), an attempt failed (failed), a gateway's candidate not dialled (candidate_skipped).",
 	}, []string{"event"})
 	m.directUp, m.directDown, m.directFailed = events.WithLabelValues("up"), events.WithLabelValues("down"), events.WithLabelValues("failed")
+	m.candidatesSkipped = events.WithLabelValues("candidate_skipped")
 	flows := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ztgate_agent_flows_removed_total", Help: "Entries removed from the router's flow table: idle (expired) or full (evicted at its bound).",
 	}, []string{"reason"})
