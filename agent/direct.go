@@ -38,7 +38,8 @@ const (
 	// session after 10 s and says so; this is for a lost relay session).
 	offerTimeout = 12 * time.Second
 	// pathLinger is how long a path no service starts flows on any more
-	// is kept while packets of its flows still pass; then it is closed.
+	// is kept once packets of its flows stop passing, in either direction;
+	// then it is closed.
 	pathLinger = time.Minute
 	// directTick is how often the manager checks timeouts.
 	directTick = 250 * time.Millisecond
@@ -282,7 +283,7 @@ func (d *direct) onDialed(r dialed, now time.Time) {
 	}
 	p := d.paths[r.gateway]
 	if p == nil || p.dead.Load() {
-		p = d.startPath(r.gateway, r.addr, r.forwarded, r.s)
+		p = d.startPath(r.gateway, r.addr, r.forwarded, r.s, now)
 		d.paths[r.gateway] = p
 	} else {
 		_ = r.s.Close("a path to this gateway exists")
@@ -348,7 +349,7 @@ func (d *direct) onPathDown(e pathDown, now time.Time) {
 }
 
 // tick gives up offers without answer and closes paths that no service
-// uses and no flow has used for pathLinger.
+// uses and no packet crossed, either way, for pathLinger.
 func (d *direct) tick(now time.Time) {
 	for id, service := range d.offers {
 		if st := d.svcs[service]; st.phase == phaseOffered && now.After(st.deadline) {

@@ -24,7 +24,7 @@ type path struct {
 	since     time.Time // when it came up
 
 	dead     atomic.Bool   // set when its liveness check failed or it ended
-	used     atomic.Uint64 // packets the router sent on it
+	used     atomic.Uint64 // packets on it, both ways: the router's and those written to the TUN
 	lastPong atomic.Int64  // monoclock stamp of the last message from the gateway
 
 	// served holds every service whose new flows were ever started here
@@ -109,15 +109,21 @@ func (d *direct) dial(r dialed, cands []netip.AddrPort, forwarded netip.AddrPort
 
 // startPath starts the goroutines of a new direct session: the gateway's
 // packets to the TUN, its control messages, the liveness check.
-func (d *direct) startPath(gateway string, addr netip.AddrPort, forwarded bool, s *tunnel.Session) *path {
-	p := &path{gateway: gateway, addr: addr, forwarded: forwarded, s: s, since: time.Now(), services: make(map[string]uint64)}
+func (d *direct) startPath(gateway string, addr netip.AddrPort, forwarded bool, s *tunnel.Session, now time.Time) *path {
+	p := &path{gateway: gateway, addr: addr, forwarded: forwarded, s: s, since: now, quietSince: now, services: make(map[string]uint64)}
 	p.lastPong.Store(monoclock.Now())
 	p.served.Store(&map[string]struct{}{})
 	if mtu := routedMTU(s.MaxDatagram()); mtu < int(d.a.mtu.Load()) {
 		d.log.Warn("the direct path carries less than the TUN's MTU; larger packets take the relay",
 			"gateway", gateway, "direct_mtu", mtu, "mtu", d.a.mtu.Load())
 	}
-	d.wg.Go(func() { d.a.receive(d.ctx, s, d.a.m.downDirect, p.serves) })
+	// A path that carries only the gateway's packets (a download, a
+	// server's push) is in use as much as one that carries the agent's.
+	written := func(n int) {
+		p.used.Add(uint64(n))
+		d.a.m.downDirect.Add(float64(n))
+	}
+	d.wg.Go(func() { d.a.receive(d.ctx, s, written, p.serves) })
 	d.wg.Go(func() { d.control(p) })
 	d.wg.Go(func() { d.watch(p) })
 	return p

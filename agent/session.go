@@ -5,8 +5,6 @@ import (
 	"net/netip"
 	"sync"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/ztgate/ztgate/netstack"
 	"github.com/ztgate/ztgate/tunnel"
 )
@@ -60,7 +58,7 @@ func (a *Agent) serve(ctx context.Context, s *tunnel.Session) error {
 	go func() {
 		defer wg.Done()
 		defer cancel()
-		a.receive(ctx, s, a.m.down, nil)
+		a.receive(ctx, s, func(n int) { a.m.down.Add(float64(n)) }, nil)
 	}()
 	err := a.control(s)
 	cancel()
@@ -215,13 +213,13 @@ func poolProblem(pool netip.Prefix, own, server netip.Addr) string {
 }
 
 // receive writes the packets of a session (the server's, or a direct
-// path's) to the TUN, counting them in down. Only IPv4 packets to the
+// path's) to the TUN, telling written how many each batch wrote. Only IPv4 packets to the
 // agent's own address from the pool are taken; on a direct path (serves
 // not nil) only from a VIP of a service the path serves. Each run of datagrams that
 // arrived together is written in one batch, so that the TUN coalesces a
 // flow's TCP segments into one packet (GRO) and the kernel's TCP receives
 // it once, as wireguard-go does.
-func (a *Agent) receive(ctx context.Context, s *tunnel.Session, down prometheus.Counter, serves func(service string) bool) {
+func (a *Agent) receive(ctx context.Context, s *tunnel.Session, written func(n int), serves func(service string) bool) {
 	w := newTUNWriter(a.dev)
 	flush := func() {
 		n := w.len()
@@ -234,7 +232,7 @@ func (a *Agent) receive(ctx context.Context, s *tunnel.Session, down prometheus.
 			}
 			return
 		}
-		down.Add(float64(n))
+		written(n)
 	}
 	_ = s.ReceiveBatches(ctx, func(b []byte) {
 		if a.acceptDown(b, serves) {

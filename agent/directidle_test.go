@@ -1,0 +1,74 @@
+package agent
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// TestDirectPathDownlinkOnlyNotIdle: a path no service starts flows on
+// any more (retired) is closed after pathLinger without a packet, but the
+// gateway's packets count as much as the agent's: a flow that only
+// receives (a long download after its request, a server's push) keeps
+// its path. The manager's clock is the test's: no minute is waited.
+func TestDirectPathDownlinkOnlyNotIdle(t *testing.T) {
+	f := newDirectFixture(t)
+	d := f.manualDirect()
+	now := time.Now()
+	o := f.offerWeb(d, now)
+	d.onAnswer(&tunnel.Answer{Type: tunnel.MessageAnswer, SessionID: o.SessionID, Service: "web",
+		Candidates: []netip.AddrPort{netip.MustParseAddrPort(f.gw.addr())}, Gateway: "ops/gateway/gw1"}, now)
+	d.handle(dialOutcome(t, d), now)
+	p := d.paths["ops/gateway/gw1"]
+	if p == nil {
+		t.Fatal("no path")
+	}
+	d.tick(now)
+	d.onError(&tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: tunnel.CodeDrained, SessionID: o.SessionID}, now)
+	if len(p.services) != 0 {
+		t.Fatalf("path still serves %v", p.services)
+	}
+
+	c := f.flow("one") // a socket for the gateway's packets (its own packet takes the relay)
+	local := netip.MustParseAddrPort(c.LocalAddr().String())
+	closed := func() bool {
+		select {
+		case <-p.s.Done():
+			return true
+		default:
+			return false
+		}
+	}
+	const step = 20 * time.Second
+	var at time.Time
+	for i := 1; i <= 5; i++ {
+		down := testutil.ToFloat64(f.a.m.downDirect)
+		text := fmt.Sprintf("down-%d", i)
+		f.gw.session().SendDatagram(udpReply(netip.AddrPortFrom(webVIP, 7), local, text))
+		c.SetReadDeadline(time.Now().Add(testTimeout))
+		buf := make([]byte, 64)
+		if n, err := c.Read(buf); err != nil || string(buf[:n]) != text {
+			t.Fatalf("read %q, %v; want %q", buf[:n], err, text)
+		}
+		waitFor(t, "the packet counted", func() bool { return testutil.ToFloat64(f.a.m.downDirect) > down })
+		at = now.Add(time.Duration(i) * step)
+		d.tick(at)
+		if closed() {
+			t.Fatalf("the path was closed as idle %v after the agent's last packet, while the gateway's packets crossed it", at.Sub(now))
+		}
+	}
+	// Quiet both ways: closed after pathLinger, not before.
+	d.tick(at.Add(pathLinger - time.Second))
+	if closed() {
+		t.Fatal("closed before pathLinger")
+	}
+	d.tick(at.Add(pathLinger))
+	if !closed() {
+		t.Fatal("a path quiet both ways for pathLinger was not closed")
+	}
+}
