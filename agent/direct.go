@@ -43,6 +43,11 @@ const (
 	pathLinger = time.Minute
 	// directTick is how often the manager checks timeouts.
 	directTick = 250 * time.Millisecond
+	// forgetAfter is how long after its backoff passed a service on the
+	// relay, with no offer since, keeps its state: forgotten then, its next
+	// offer comes at least forgetAfter after its last failure, as often as
+	// the backoff's cap (tunnel.RedialMax) would allow anyway.
+	forgetAfter = tunnel.RedialMax
 )
 
 // phase of a service's direct path.
@@ -348,8 +353,9 @@ func (d *direct) onPathDown(e pathDown, now time.Time) {
 	d.a.m.directDown.Inc()
 }
 
-// tick gives up offers without answer and closes paths that no service
-// uses and no packet crossed, either way, for pathLinger.
+// tick gives up offers without answer, closes paths that no service
+// uses and no packet crossed, either way, for pathLinger, and forgets the
+// services that hold nothing any more.
 func (d *direct) tick(now time.Time) {
 	for id, service := range d.offers {
 		if st := d.svcs[service]; st.phase == phaseOffered && now.After(st.deadline) {
@@ -362,6 +368,19 @@ func (d *direct) tick(now time.Time) {
 			p.usedSeen, p.quietSince = used, now
 		} else if now.Sub(p.quietSince) >= pathLinger {
 			_ = p.s.Close("direct path no longer used")
+		}
+	}
+	d.forget(now)
+}
+
+// forget deletes the state of services on the relay whose backoff passed
+// forgetAfter ago (or that never offered: not connected to a relay), so
+// that the table holds the services with a path, an attempt in progress or
+// a recent failure, not every service the agent ever had traffic for.
+func (d *direct) forget(now time.Time) {
+	for service, st := range d.svcs {
+		if st.phase == phaseIdle && !now.Before(st.retryAt.Add(forgetAfter)) {
+			delete(d.svcs, service)
 		}
 	}
 }
