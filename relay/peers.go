@@ -20,7 +20,7 @@ const (
 // peer is an admitted session and who it speaks for.
 type peer struct {
 	s     *tunnel.Session
-	out   *outbox // the session's datagrams go out through it
+	out   *tunnel.Outbox // the session's datagrams go out through it
 	role  string
 	id    tunnel.Identity // verified, or made from the hello in insecure mode
 	since time.Time

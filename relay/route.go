@@ -52,7 +52,7 @@ func (r *Relay) routeToGateway(a *agent, service, packet []byte) {
 		r.m.dropFromAgent(reason)
 		return
 	}
-	if !t.gw.out.sendTagged(t.id, t.service, packet) {
+	if t.gw.out.SendTagged(t.id, t.service, packet) != nil {
 		r.m.dropFromAgent(dropSendFailed)
 		return
 	}
@@ -232,7 +232,7 @@ func (r *Relay) forwardFromGateway(g *gateway, b, received []byte) bool {
 		r.m.dropFromGateway(dropWrongSource)
 		return false
 	}
-	if !t.agent.out.send(packet, received) { // the outbox released received
+	if t.agent.out.Send(packet, received) != nil { // the outbox released received
 		r.m.dropFromGateway(dropSendFailed)
 		return true
 	}

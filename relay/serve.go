@@ -8,6 +8,12 @@ import (
 	"github.com/ztgate/ztgate/tunnel"
 )
 
+// outboxLen bounds the datagrams waiting to be sent on one session
+// (tunnel.Outbox): quic-go drops what arrives while its 128-datagram
+// receive queue is full, and a reader stalled on another session's send
+// would let it fill.
+const outboxLen = 1024
+
 // serve runs one session from admission to its end.
 func (r *Relay) serve(s *tunnel.Session) {
 	defer s.Close("relay: session over")
@@ -36,8 +42,8 @@ func (r *Relay) serveGateway(p peer) {
 	if err := p.s.SendWelcome(tunnel.Welcome{MaxPacket: p.s.MaxDatagram() - tunnel.TagReturnOverhead}); err != nil {
 		return
 	}
-	g.out = newOutbox(p.s)
-	defer g.out.close()
+	g.out = tunnel.NewOutbox(p.s, outboxLen, nil)
+	defer g.out.Close()
 	r.addGateway(g)
 	defer r.removeGateway(g)
 	var wg sync.WaitGroup
@@ -85,8 +91,8 @@ func (r *Relay) serveAgent(p peer) {
 			return
 		}
 	}
-	a.out = newOutbox(p.s)
-	defer a.out.close()
+	a.out = tunnel.NewOutbox(p.s, outboxLen, nil)
+	defer a.out.Close()
 	r.addAgent(a)
 	defer r.removeAgent(a)
 	if !v2 {

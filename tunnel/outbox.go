@@ -1,0 +1,164 @@
+package tunnel
+
+import (
+	"errors"
+	"sync"
+)
+
+// DatagramSender is what an Outbox sends on: a *Session, or a fake in
+// tests.
+type DatagramSender interface {
+	// SendDatagram sends b, or fails; b is the caller's again once it
+	// returns.
+	SendDatagram(b []byte) error
+}
+
+var _ DatagramSender = (*Session)(nil)
+
+// Errors of an Outbox's sends: the datagram was dropped.
+var (
+	ErrOutboxFull   = errors.New("tunnel: outbox full")
+	ErrOutboxClosed = errors.New("tunnel: outbox closed")
+)
+
+// Outbox sends one session's datagrams from a goroutine of its own, so
+// that whoever hands it a datagram — the goroutine reading another
+// session, the one writer of a netstack link shared by many sessions —
+// never waits for this session's congestion window or quic-go's send
+// queue (SendDatagram waits up to 5 ms when it is full). A full Outbox
+// drops at once: the caller counts it. The bounded queue also absorbs
+// bursts that TCP would otherwise see as loss.
+//
+// An idle Outbox holds its channel and nothing else: datagrams it copies
+// are in pooled buffers, taken back once sent or dropped.
+type Outbox struct {
+	s         DatagramSender
+	failed    func(error)
+	ch        chan outItem
+	done      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// outItem is one queued datagram. pooled is b's buffer when it came from
+// outboxPool, which takes it back once it is sent or dropped; received is
+// the datagram b is part of when the outbox was handed a slice of one,
+// given back to quic-go then.
+type outItem struct {
+	b        []byte
+	pooled   *[]byte
+	received []byte
+}
+
+// outboxPool holds the buffers of copied datagrams; 2048 bytes take any
+// packet of a tunnel link (1500) with its framing.
+var outboxPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// NewOutbox starts the Outbox of s, which holds up to n datagrams. Close
+// stops it. failed, when not nil, is called with each error of s's
+// SendDatagram (on the Outbox's goroutine): a Session counts its own
+// drops, failed lets the caller count them as it counted its own sends.
+func NewOutbox(s DatagramSender, n int, failed func(error)) *Outbox {
+	o := &Outbox{s: s, failed: failed, ch: make(chan outItem, n), done: make(chan struct{})}
+	o.wg.Add(1)
+	go o.run()
+	return o
+}
+
+// Send queues b, a slice of the datagram received, without copying it:
+// received becomes the Outbox's, which releases it (ReleaseDatagram) once
+// b is sent or dropped, and the caller must not use it again. received may
+// be nil when b is not from quic-go. It fails with ErrOutboxFull or
+// ErrOutboxClosed.
+func (o *Outbox) Send(b, received []byte) error { return o.queue(outItem{b: b, received: received}) }
+
+// SendCopy queues a copy of b, in a pooled buffer: b is the caller's
+// again at once. It fails with ErrOutboxFull or ErrOutboxClosed.
+func (o *Outbox) SendCopy(b []byte) error {
+	bp := outboxPool.Get().(*[]byte)
+	*bp = append((*bp)[:0], b...)
+	return o.queue(outItem{b: *bp, pooled: bp})
+}
+
+// SendTagged builds the 0x30 datagram of packet under tag id for service
+// in a pooled buffer and queues it (quic-go makes the only other copy). It
+// fails when the service id cannot be framed, with ErrOutboxFull or with
+// ErrOutboxClosed.
+func (o *Outbox) SendTagged(id uint32, service string, packet []byte) error {
+	bp := outboxPool.Get().(*[]byte)
+	b, err := AppendTagged((*bp)[:0], id, service, packet)
+	*bp = b
+	if err != nil {
+		outboxPool.Put(bp)
+		return err
+	}
+	return o.queue(outItem{b: b, pooled: bp})
+}
+
+func (o *Outbox) queue(it outItem) error {
+	select {
+	case <-o.done:
+		it.release()
+		return ErrOutboxClosed
+	default:
+	}
+	select {
+	case o.ch <- it:
+		return nil
+	default:
+		it.release()
+		return ErrOutboxFull
+	}
+}
+
+// release returns a pooled buffer to the pool, a received datagram to
+// quic-go.
+func (it outItem) release() {
+	if it.pooled != nil {
+		outboxPool.Put(it.pooled)
+	}
+	if it.received != nil {
+		ReleaseDatagram(it.received)
+	}
+}
+
+func (o *Outbox) run() {
+	defer o.wg.Done()
+	for {
+		select {
+		case <-o.done:
+			return
+		case it := <-o.ch:
+			select {
+			case <-o.done: // both were ready: closed wins, nothing more goes out
+				it.release()
+				return
+			default:
+			}
+			if err := o.s.SendDatagram(it.b); err != nil && o.failed != nil {
+				o.failed(err)
+			}
+			it.release()
+		}
+	}
+}
+
+// Close stops the sender and waits for it (a send in progress ends within
+// SendDatagram's 5 ms); what is queued is dropped and its buffers
+// released. A datagram queued while Close runs may be left to the garbage
+// collector instead. Later sends fail with ErrOutboxClosed. Close may be
+// called more than once.
+func (o *Outbox) Close() {
+	o.closeOnce.Do(func() {
+		close(o.done)
+		o.wg.Wait()
+		for {
+			select {
+			case it := <-o.ch:
+				it.release()
+			default:
+				return
+			}
+		}
+	})
+}

@@ -1,0 +1,131 @@
+package tunnel
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+	"time"
+)
+
+// TestOutboxQueue checks what the outbox queues: a 0x30 datagram built in
+// a pooled buffer, a handed slice as it is (no copy), a copy in a pooled
+// buffer, and nothing once the queue is full or the service id cannot be
+// framed.
+func TestOutboxQueue(t *testing.T) {
+	o := &Outbox{ch: make(chan outItem, 2), done: make(chan struct{})}
+	packet := []byte{0x45, 1, 2, 3}
+	if err := o.SendTagged(7, "echo", packet); err != nil {
+		t.Fatalf("SendTagged with room in the queue: %v", err)
+	}
+	it := <-o.ch
+	id, svc, pkt, err := ParseTagged(it.b)
+	if err != nil || id != 7 || string(svc) != "echo" || !bytes.Equal(pkt, packet) {
+		t.Errorf("queued 0x30 = %d %q % x, %v", id, svc, pkt, err)
+	}
+	if it.pooled == nil {
+		t.Error("a 0x30 datagram was not built in a pooled buffer")
+	}
+	it.release()
+
+	if err := o.Send(packet, nil); err != nil {
+		t.Fatalf("Send with room in the queue: %v", err)
+	}
+	it = <-o.ch
+	if &it.b[0] != &packet[0] || it.pooled != nil {
+		t.Error("Send copied the slice it was handed, or marked it pooled")
+	}
+
+	if err := o.SendCopy(packet); err != nil {
+		t.Fatalf("SendCopy with room in the queue: %v", err)
+	}
+	it = <-o.ch
+	if !bytes.Equal(it.b, packet) || &it.b[0] == &packet[0] || it.pooled == nil {
+		t.Errorf("SendCopy queued % x (pooled %v), not a pooled copy of % x", it.b, it.pooled != nil, packet)
+	}
+	it.release()
+
+	if o.SendTagged(7, "", packet) == nil {
+		t.Error("SendTagged queued a datagram for an empty service id")
+	}
+	o.Send(packet, nil)
+	o.Send(packet, nil)
+	for name, err := range map[string]error{
+		"Send": o.Send(packet, nil), "SendCopy": o.SendCopy(packet), "SendTagged": o.SendTagged(7, "echo", packet),
+	} {
+		if !errors.Is(err, ErrOutboxFull) {
+			t.Errorf("%s over the bound: %v, want ErrOutboxFull", name, err)
+		}
+	}
+}
+
+// blockedSender holds every SendDatagram until release is closed, then
+// fails it with err.
+type blockedSender struct {
+	entered chan struct{} // one value per call
+	release chan struct{}
+	err     error
+}
+
+func (s *blockedSender) SendDatagram([]byte) error {
+	s.entered <- struct{}{}
+	<-s.release
+	return s.err
+}
+
+// TestOutboxSendFailed: each error of the session's SendDatagram reaches
+// the Outbox's failed.
+func TestOutboxSendFailed(t *testing.T) {
+	s := &blockedSender{entered: make(chan struct{}, 16), release: make(chan struct{}), err: ErrDatagramQueueFull}
+	close(s.release)
+	failed := make(chan error, 16)
+	o := NewOutbox(s, 8, func(err error) { failed <- err })
+	defer o.Close()
+	for range 3 {
+		if err := o.SendCopy([]byte{0x45}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 3 {
+		select {
+		case err := <-failed:
+			if !errors.Is(err, ErrDatagramQueueFull) {
+				t.Errorf("failed(%v), want the session's error", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("failed called %d times for 3 failed sends", i)
+		}
+	}
+}
+
+// TestOutboxCloseDropsQueue: Close waits for the send in progress, sends
+// nothing it held queued and stops the goroutine; later sends fail.
+func TestOutboxCloseDropsQueue(t *testing.T) {
+	s := &blockedSender{entered: make(chan struct{}, 16), release: make(chan struct{})}
+	o := NewOutbox(s, 8, nil)
+	for range 4 {
+		if err := o.SendCopy([]byte{0x45}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-s.entered // the first is being sent, three wait
+	closed := make(chan struct{})
+	go func() { o.Close(); close(closed) }()
+	<-o.done
+	select {
+	case <-closed:
+		t.Fatal("Close returned while a send was in progress")
+	case <-time.After(20 * time.Millisecond):
+	}
+	close(s.release)
+	<-closed
+	if n := len(s.entered); n != 0 {
+		t.Errorf("%d queued datagrams sent after Close", n)
+	}
+	if n := len(o.ch); n != 0 {
+		t.Errorf("%d datagrams left queued after Close", n)
+	}
+	if err := o.SendCopy([]byte{0x45}); !errors.Is(err, ErrOutboxClosed) {
+		t.Errorf("SendCopy after Close: %v, want ErrOutboxClosed", err)
+	}
+	o.Close() // a second Close is harmless
+}
