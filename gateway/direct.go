@@ -74,13 +74,7 @@ func (g *Gateway) serveDirect(s *tunnel.Session) error {
 		}
 		defer g.directSessions.give(id.String())
 	}
-	in := &ingress{peer: peer{tenant: id.Tenant, identity: id.String()}, services: id.Services}
-	var sendMu sync.Mutex
-	in.send = func(scratch, pkt []byte) error {
-		sendMu.Lock()
-		defer sendMu.Unlock()
-		return s.SendDatagram(pkt)
-	}
+	in := g.directIngress(id, s)
 	if s.Version() == tunnel.V2 {
 		in.inner = s.Hello().InnerAddr
 		if !in.inner.Is4() {
@@ -112,6 +106,19 @@ func (g *Gateway) serveDirect(s *tunnel.Session) error {
 	s.Close(fmt.Sprint(err)) // ends directControl's read
 	wg.Wait()
 	return err
+}
+
+// directIngress is the ingress of a direct session of identity id, whose
+// replies s sends.
+func (g *Gateway) directIngress(id tunnel.Identity, s tunnel.DatagramSender) *ingress {
+	in := &ingress{peer: peer{tenant: id.Tenant, identity: id.String()}, services: id.Services}
+	var sendMu sync.Mutex
+	in.send = func(scratch, pkt []byte) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return s.SendDatagram(pkt)
+	}
+	return in
 }
 
 // directControl answers a direct agent's pings, its liveness check of the
