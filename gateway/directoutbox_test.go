@@ -1,0 +1,213 @@
+package gateway
+
+import (
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
+
+	"github.com/ztgate/ztgate/netstack"
+	"github.com/ztgate/ztgate/netstack/netstacktest"
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// heldSender is a slow agent's session: each SendDatagram waits until
+// release is closed, as Session.SendDatagram waits while quic-go's queue
+// is full (up to 5 ms a datagram, for as long as the peer stays slow),
+// then fails with err, if set before release.
+type heldSender struct {
+	entered chan struct{} // a value per call
+	release chan struct{}
+	err     error
+	sent    atomic.Int64
+}
+
+func newHeldSender() *heldSender {
+	return &heldSender{entered: make(chan struct{}, 1<<14), release: make(chan struct{})}
+}
+
+func (s *heldSender) SendDatagram([]byte) error {
+	s.entered <- struct{}{}
+	<-s.release
+	if s.err != nil {
+		return s.err
+	}
+	s.sent.Add(1)
+	return nil
+}
+
+// chanSender is a quick agent's session: it hands over a copy of every
+// datagram at once.
+type chanSender chan []byte
+
+func (c chanSender) SendDatagram(b []byte) error {
+	c <- append([]byte(nil), b...)
+	return nil
+}
+
+// outputFixture is a gateway with only what its tunnel link's Output
+// needs, and the direct ingresses a test adds to it.
+type outputFixture struct {
+	g       *Gateway
+	out     *tunnelOutput
+	held    []*heldSender
+	ins     []*ingress
+	writers sync.WaitGroup
+}
+
+func newOutputFixture(t *testing.T) *outputFixture {
+	g := &Gateway{m: newMetrics(prometheus.NewRegistry()), flows: newFlowTable()}
+	g.ingresses = newIngressTable(prometheus.NewGauge(prometheus.GaugeOpts{Name: "test_ingresses"}))
+	f := &outputFixture{g: g, out: &tunnelOutput{g: g, scratch: make([]byte, 0, tunnelLinkMTU+64)}}
+	t.Cleanup(func() {
+		for _, h := range f.held {
+			select {
+			case <-h.release:
+			default:
+				close(h.release)
+			}
+		}
+		for _, in := range f.ins {
+			g.closeIngress(in, "test_over")
+		}
+		f.writers.Wait()
+	})
+	return f
+}
+
+// add registers the direct ingress of agent name, whose replies s sends.
+func (f *outputFixture) add(t *testing.T, name string, s tunnel.DatagramSender) *ingress {
+	t.Helper()
+	if h, ok := s.(*heldSender); ok {
+		f.held = append(f.held, h)
+	}
+	in := f.g.directIngress(tunnel.Identity{Tenant: "acme", Role: tunnel.RoleAgent, Name: name}, s)
+	in.inner = agentInner
+	if err := f.g.ingresses.add(in); err != nil {
+		t.Fatal(err)
+	}
+	f.ins = append(f.ins, in)
+	return in
+}
+
+// reply is a backend's UDP reply to in's agent, as the netstack writes it.
+func reply(in *ingress, text string) []byte {
+	return netstacktest.UDPDatagram(netip.MustParseAddrPort("10.100.0.20:7"),
+		netip.AddrPortFrom(in.synth, 40000), []byte(text))
+}
+
+// write hands pkts to the tunnel link's Output, and fails t unless it
+// returns within a second: the link's one writer must not wait for any
+// session.
+func (f *outputFixture) write(t *testing.T, pkts ...[]byte) {
+	t.Helper()
+	done := make(chan struct{})
+	f.writers.Go(func() {
+		f.out.WritePackets(pkts)
+		close(done)
+	})
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+		t.Fatal("the tunnel link's writer waits for a slow agent's session")
+	}
+}
+
+// TestTunnelOutputSlowAgentHoldsUpNoOther: the tunnel link has one writer
+// for every session. An agent whose path is slow but not silent keeps
+// quic-go's send queue full, and its session's SendDatagram waits up to
+// 5 ms for each datagram; the writer must not wait with it, or every other
+// agent's downlink goes at the slow agent's pace.
+func TestTunnelOutputSlowAgentHoldsUpNoOther(t *testing.T) {
+	f := newOutputFixture(t)
+	slow := newHeldSender()
+	quick := make(chanSender, 4)
+	a := f.add(t, "laptop", slow)
+	b := f.add(t, "desktop", quick)
+
+	f.write(t, reply(a, "a1"), reply(a, "a2"), reply(b, "b1"))
+	select {
+	case got := <-quick:
+		if _, dst, _ := netstack.IPv4Addrs(got); dst != agentInner || string(got[28:]) != "b1" {
+			t.Errorf("the quick agent got %q to %v, want \"b1\" to %v", got[28:], dst, agentInner)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("the quick agent's reply not sent while the slow agent's send waits")
+	}
+}
+
+// TestTunnelOutputOutboxFullDrops: while a slow agent's session takes
+// nothing, its replies wait in a bounded outbox; beyond it they are
+// dropped at once and counted as outbox_full. Every reply is then either
+// sent, once the session takes them again, or counted: as send_error when
+// the session fails it, as when the link's writer sent it itself.
+func TestTunnelOutputOutboxFullDrops(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error // of the session's sends once it takes them
+	}{
+		{"sent", nil},
+		{"send_error", tunnel.ErrDatagramQueueFull},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newOutputFixture(t)
+			slow := newHeldSender()
+			a := f.add(t, "laptop", slow)
+
+			f.write(t, reply(a, "first"))
+			<-slow.entered
+			const burst = 4096
+			pkts := make([][]byte, burst)
+			for i := range pkts {
+				pkts[i] = reply(a, "burst")
+			}
+			f.write(t, pkts...)
+			full := int64(testutil.ToFloat64(f.g.m.dropped.WithLabelValues("outbox_full")))
+			if full == 0 {
+				t.Fatalf("a burst of %d replies to a session that takes nothing: none dropped as outbox_full", burst)
+			}
+			slow.err = tc.err
+			close(slow.release)
+			sendErrors := func() int64 { return int64(testutil.ToFloat64(f.g.m.dropped.WithLabelValues("send_error"))) }
+			waitFor(t, 5*time.Second, "every queued reply sent or counted", func() bool {
+				return slow.sent.Load()+sendErrors() == 1+burst-full
+			})
+			if tc.err == nil && sendErrors() != 0 {
+				t.Errorf("%d replies counted as send_error by a session that took them all", sendErrors())
+			}
+		})
+	}
+}
+
+// TestTunnelCloseIngressStopsOutbox: an agent that disconnects while
+// replies wait for its session leaves no goroutine behind, and later
+// replies to it are dropped as no_ingress. (What was queued is dropped,
+// not sent: tunnel's TestOutboxCloseDropsQueue.)
+func TestTunnelCloseIngressStopsOutbox(t *testing.T) {
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // after the fixture's own
+	f := newOutputFixture(t)
+	slow := newHeldSender()
+	a := f.add(t, "laptop", slow)
+
+	f.write(t, reply(a, "first"))
+	<-slow.entered
+	f.write(t, reply(a, "q1"), reply(a, "q2"), reply(a, "q3"))
+	closed := make(chan struct{})
+	go func() {
+		f.g.closeIngress(a, "agent_disconnected")
+		close(closed)
+	}()
+	waitFor(t, time.Second, "the ingress to close", a.closed.Load)
+	close(slow.release)
+	<-closed
+	f.write(t, reply(a, "late"))
+	if n := testutil.ToFloat64(f.g.m.dropped.WithLabelValues("no_ingress")); n != 1 {
+		t.Errorf("a reply to a closed ingress: no_ingress %v, want 1", n)
+	}
+}
