@@ -74,15 +74,16 @@ func (g *Gateway) serveDirect(s *tunnel.Session) error {
 		}
 		defer g.directSessions.give(id.String())
 	}
+	if s.Version() == tunnel.V2 && !s.Hello().InnerAddr.Is4() {
+		s.Refuse(tunnel.CodeBadMessage, "hello needs an IPv4 inner_addr")
+		return errors.New("agent without an inner address")
+	}
 	in := g.directIngress(id, s)
 	if s.Version() == tunnel.V2 {
 		in.inner = s.Hello().InnerAddr
-		if !in.inner.Is4() {
-			s.Refuse(tunnel.CodeBadMessage, "hello needs an IPv4 inner_addr")
-			return errors.New("agent without an inner address")
-		}
 	}
 	if err := g.ingresses.add(in); err != nil {
+		in.out.Close()
 		s.Refuse("busy", err.Error())
 		return err
 	}
@@ -108,17 +109,25 @@ func (g *Gateway) serveDirect(s *tunnel.Session) error {
 	return err
 }
 
+// directOutboxLen bounds the replies waiting for one direct session. It is
+// the relay's per-session bound (relay/serve.go), so that an agent's
+// downlink has the same room for a TCP burst directly as through a relay.
+// Queued replies hold pooled buffers, given back once sent; an idle
+// session holds only the channel (56 KiB).
+const directOutboxLen = 1024
+
 // directIngress is the ingress of a direct session of identity id, whose
-// replies s sends.
+// replies s sends from an outbox of their own, so that the tunnel link's
+// writer never waits for this session's send queue. A reply the session
+// fails to send is counted as send_error, as when the writer sent it.
+// closeIngress stops the outbox; until the ingress is added, whoever made
+// it does.
 func (g *Gateway) directIngress(id tunnel.Identity, s tunnel.DatagramSender) *ingress {
-	in := &ingress{peer: peer{tenant: id.Tenant, identity: id.String()}, services: id.Services}
-	var sendMu sync.Mutex
-	in.send = func(scratch, pkt []byte) error {
-		sendMu.Lock()
-		defer sendMu.Unlock()
-		return s.SendDatagram(pkt)
+	return &ingress{
+		peer:     peer{tenant: id.Tenant, identity: id.String()},
+		services: id.Services,
+		out:      tunnel.NewOutbox(s, directOutboxLen, func(error) { g.m.tunnelDrop("send_error") }),
 	}
-	return in
 }
 
 // directControl answers a direct agent's pings, its liveness check of the

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ztgate/ztgate/netstack"
+	"github.com/ztgate/ztgate/tunnel"
 )
 
 // Tunnel sessions reach the netstack through one link. Every ingress — a
@@ -34,8 +35,12 @@ type ingress struct {
 	// relay tag's one, or those a direct session's identity has rights
 	// for; nil: every service of its tenant.
 	services []string
-	send     func(scratch, pkt []byte) error // how replies leave; scratch is a buffer to frame them in
-	closed   atomic.Bool
+	// out queues a direct session's replies for a goroutine of its own to
+	// send (tunnel.Outbox). A relay tag has none: send frames its replies
+	// in scratch and sends them from the link's writer.
+	out    *tunnel.Outbox
+	send   func(scratch, pkt []byte) error
+	closed atomic.Bool
 }
 
 // ingressTable maps synthetic addresses to ingresses.
@@ -89,7 +94,10 @@ func (t *ingressTable) lookup(synth netip.Addr) *ingress {
 
 // tunnelOutput is the Output of the netstack's tunnel link: it sends each
 // packet to the ingress its destination names, with the agent's address
-// put back.
+// put back. Every reply to a tunnel client leaves here — TCP, UDP, ICMP
+// echo replies and errors, the DNS answers of the gateway's address — on
+// the link's one writer goroutine, which must not wait for any one
+// session: a direct session's replies are copied into its outbox.
 type tunnelOutput struct {
 	g       *Gateway
 	scratch []byte // the link's writer is one goroutine: one buffer serves every send
@@ -112,11 +120,37 @@ func (o *tunnelOutput) WritePackets(pkts [][]byte) error {
 		if p[9] == 1 { // an ICMP error about the agent's packet quotes it as the agent sent it
 			netstack.RewriteICMPv4QuotedSource(p, in.synth, in.inner)
 		}
+		if in.out != nil {
+			if err := in.out.SendCopy(p); err != nil {
+				o.g.m.tunnelDrop(outboxDrop(err))
+			}
+			continue
+		}
+		// A relay tag's replies all go on the one session to the relay,
+		// which carries every relayed agent: an outbox of their own would
+		// not keep relayed agents from each other, who share that
+		// session's QUIC queue anyway (on its side, the relay's outbox per
+		// agent does). They are framed and sent from here: while the relay
+		// session's queue is full this writer waits up to 5 ms a packet,
+		// as before, and the direct sessions' replies wait with it.
 		if err := in.send(o.scratch[:0], p); err != nil {
 			o.g.m.tunnelDrop("send_error")
 		}
 	}
 	return nil
+}
+
+// outboxDrop is the drop reason of a reply a direct session's outbox
+// refused.
+func outboxDrop(err error) string {
+	switch {
+	case errors.Is(err, tunnel.ErrOutboxFull):
+		return "outbox_full"
+	case errors.Is(err, tunnel.ErrOutboxClosed): // the ingress closed since it was looked up
+		return "no_ingress"
+	default:
+		return "send_error"
+	}
 }
 
 // deliverTunnel takes a packet from an ingress into the netstack through

@@ -252,7 +252,8 @@ func (rs *relaySession) closeAll(reason string) {
 	}
 }
 
-// closeIngress ends an ingress and the flows bound to it.
+// closeIngress ends an ingress, the flows bound to it and, for a direct
+// session, its outbox.
 func (g *Gateway) closeIngress(in *ingress, reason string) {
 	if !in.closed.CompareAndSwap(false, true) {
 		return
@@ -261,6 +262,9 @@ func (g *Gateway) closeIngress(in *ingress, reason string) {
 		f.close(reason)
 	}
 	g.ingresses.remove(in)
+	if in.out != nil {
+		in.out.Close() // waits for a send in progress: SendDatagram's 5 ms at most
+	}
 }
 
 // datagrams carries the relay's tagged packets into the netstack, each run
