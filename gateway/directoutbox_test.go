@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"fmt"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -50,6 +51,19 @@ func (c chanSender) SendDatagram(b []byte) error {
 	return nil
 }
 
+// funcSender is a session that hands each datagram to a function.
+type funcSender func(b []byte) error
+
+func (f funcSender) SendDatagram(b []byte) error { return f(b) }
+
+// testOutbox is the outbox of a test's ingress, whose session f is; it is
+// closed when the test ends.
+func testOutbox(t testing.TB, f funcSender) *tunnel.Outbox {
+	o := tunnel.NewOutbox(f, directOutboxLen, nil)
+	t.Cleanup(o.Close)
+	return o
+}
+
 // outputFixture is a gateway with only what its tunnel link's Output
 // needs, and the direct ingresses a test adds to it.
 type outputFixture struct {
@@ -63,7 +77,7 @@ type outputFixture struct {
 func newOutputFixture(t *testing.T) *outputFixture {
 	g := &Gateway{m: newMetrics(prometheus.NewRegistry()), flows: newFlowTable()}
 	g.ingresses = newIngressTable(prometheus.NewGauge(prometheus.GaugeOpts{Name: "test_ingresses"}))
-	f := &outputFixture{g: g, out: &tunnelOutput{g: g, scratch: make([]byte, 0, tunnelLinkMTU+64)}}
+	f := &outputFixture{g: g, out: &tunnelOutput{g: g}}
 	t.Cleanup(func() {
 		for _, h := range f.held {
 			select {
@@ -209,5 +223,80 @@ func TestTunnelCloseIngressStopsOutbox(t *testing.T) {
 	f.write(t, reply(a, "late"))
 	if n := testutil.ToFloat64(f.g.m.dropped.WithLabelValues("no_ingress")); n != 1 {
 		t.Errorf("a reply to a closed ingress: no_ingress %v, want 1", n)
+	}
+}
+
+// addTag registers the ingress of relay tag id, whose replies leave on the
+// relay session's outbox out, shared with the session's other tags.
+func (f *outputFixture) addTag(t *testing.T, id uint32, out *tunnel.Outbox) *ingress {
+	t.Helper()
+	in := &ingress{inner: agentInner, peer: peer{tenant: "acme", identity: fmt.Sprintf("acme/agent/tag%d", id)},
+		service: "web", services: []string{"web"}, out: out, tag: id, tagged: true}
+	if err := f.g.ingresses.add(in); err != nil {
+		t.Fatal(err)
+	}
+	f.ins = append(f.ins, in)
+	return in
+}
+
+// TestTunnelOutputSlowRelayHoldsUpNoDirect: the replies of every agent
+// behind a relay leave on the one session to the relay. While its send
+// queue is full (a slow relay link), the tunnel link's writer must not
+// wait with it: the direct agents' replies go on. Those to relayed agents
+// are framed with their tag; closing one tag leaves the session's outbox
+// to the others.
+func TestTunnelOutputSlowRelayHoldsUpNoDirect(t *testing.T) {
+	f := newOutputFixture(t)
+	release := make(chan struct{})
+	var (
+		mu   sync.Mutex
+		sent [][]byte
+	)
+	out := tunnel.NewOutbox(funcSender(func(b []byte) error {
+		<-release
+		mu.Lock()
+		sent = append(sent, append([]byte(nil), b...))
+		mu.Unlock()
+		return nil
+	}), relayOutboxLen, nil)
+	var once sync.Once
+	open := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(func() { open(); out.Close() })
+	t1, t2 := f.addTag(t, 7, out), f.addTag(t, 8, out)
+	quick := make(chanSender, 4)
+	d := f.add(t, "desktop", quick)
+
+	f.write(t, reply(t1, "r1"), reply(t2, "r2"), reply(d, "d1"))
+	select {
+	case got := <-quick:
+		if string(got[28:]) != "d1" {
+			t.Errorf("the direct agent got %q, want \"d1\"", got[28:])
+		}
+	case <-time.After(time.Second):
+		t.Fatal("the direct agent's reply not sent while the relay session's send waits")
+	}
+
+	f.g.closeIngress(t1, "tag_closed")
+	f.write(t, reply(t2, "r3"))
+	open()
+	waitFor(t, 5*time.Second, "the relay session to send three replies", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(sent) == 3
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for i, want := range []struct {
+		tag  uint32
+		text string
+	}{{7, "r1"}, {8, "r2"}, {8, "r3"}} {
+		tag, pkt, err := tunnel.ParseTagReturn(sent[i])
+		if err != nil || tag != want.tag || string(pkt[28:]) != want.text {
+			t.Errorf("relay datagram %d: tag %d %q (%v), want tag %d %q", i, tag, pkt[min(28, len(pkt)):], err, want.tag, want.text)
+			continue
+		}
+		if _, dst, _ := netstack.IPv4Addrs(pkt); dst != agentInner {
+			t.Errorf("relay datagram %d to %v, want the agent's %v", i, dst, agentInner)
+		}
 	}
 }

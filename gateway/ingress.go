@@ -35,11 +35,14 @@ type ingress struct {
 	// relay tag's one, or those a direct session's identity has rights
 	// for; nil: every service of its tenant.
 	services []string
-	// out queues a direct session's replies for a goroutine of its own to
-	// send (tunnel.Outbox). A relay tag has none: send frames its replies
-	// in scratch and sends them from the link's writer.
+	// out sends its replies from a goroutine of its own (tunnel.Outbox),
+	// so that the tunnel link's one writer never waits for a session's
+	// QUIC send queue: a direct session's own outbox, or, for a relay tag
+	// (tagged), the relay session's, which every tag of that session
+	// shares, its replies framed with tag.
 	out    *tunnel.Outbox
-	send   func(scratch, pkt []byte) error
+	tag    uint32
+	tagged bool
 	closed atomic.Bool
 }
 
@@ -97,10 +100,9 @@ func (t *ingressTable) lookup(synth netip.Addr) *ingress {
 // put back. Every reply to a tunnel client leaves here — TCP, UDP, ICMP
 // echo replies and errors, the DNS answers of the gateway's address — on
 // the link's one writer goroutine, which must not wait for any one
-// session: a direct session's replies are copied into its outbox.
+// session: each reply is copied into its session's outbox.
 type tunnelOutput struct {
-	g       *Gateway
-	scratch []byte // the link's writer is one goroutine: one buffer serves every send
+	g *Gateway
 }
 
 // WritePackets implements netstack.Output.
@@ -120,21 +122,14 @@ func (o *tunnelOutput) WritePackets(pkts [][]byte) error {
 		if p[9] == 1 { // an ICMP error about the agent's packet quotes it as the agent sent it
 			netstack.RewriteICMPv4QuotedSource(p, in.synth, in.inner)
 		}
-		if in.out != nil {
-			if err := in.out.SendCopy(p); err != nil {
-				o.g.m.tunnelDrop(outboxDrop(err))
-			}
-			continue
+		var err error
+		if in.tagged {
+			err = in.out.SendTagReturn(in.tag, p)
+		} else {
+			err = in.out.SendCopy(p)
 		}
-		// A relay tag's replies all go on the one session to the relay,
-		// which carries every relayed agent: an outbox of their own would
-		// not keep relayed agents from each other, who share that
-		// session's QUIC queue anyway (on its side, the relay's outbox per
-		// agent does). They are framed and sent from here: while the relay
-		// session's queue is full this writer waits up to 5 ms a packet,
-		// as before, and the direct sessions' replies wait with it.
-		if err := in.send(o.scratch[:0], p); err != nil {
-			o.g.m.tunnelDrop("send_error")
+		if err != nil {
+			o.g.m.tunnelDrop(outboxDrop(err))
 		}
 	}
 	return nil

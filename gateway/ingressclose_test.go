@@ -25,7 +25,7 @@ func TestClosedIngressKeepsNoFlow(t *testing.T) {
 		in := &ingress{
 			inner: agentInner,
 			peer:  peer{tenant: "acme", identity: fmt.Sprintf("acme/agent/a%d", i)},
-			send:  func(_, _ []byte) error { return nil },
+			out:   testOutbox(t, func([]byte) error { return nil }),
 		}
 		if err := h.gw.ingresses.add(in); err != nil {
 			t.Fatal(err)

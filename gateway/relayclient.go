@@ -26,6 +26,10 @@ const (
 	pendingTagTimeout = 2 * time.Second
 )
 
+// relayOutboxLen bounds the replies waiting for the relay session, which
+// carries those of every relayed agent: twice a direct session's.
+const relayOutboxLen = 2 * directOutboxLen
+
 // relayState is the gateway's view of its relay: the VIPs it assigned.
 type relayState struct {
 	mu    sync.Mutex
@@ -82,8 +86,13 @@ func (g *Gateway) startRelayClient() {
 
 // relaySession is one connection to the relay and the tags it opened.
 type relaySession struct {
-	g    *Gateway
-	s    *tunnel.Session
+	g *Gateway
+	s *tunnel.Session
+	// out sends the replies of every tag (tunnel.Outbox): one session
+	// carries every relayed agent, so one outbox keeps the tunnel link's
+	// writer from waiting for its send queue; the relay's outbox per agent
+	// keeps the relayed agents from each other on its side.
+	out  *tunnel.Outbox
 	mu   sync.Mutex
 	tags map[uint32]*ingress
 	// pending holds packets of tags not announced yet; swept is when its
@@ -101,7 +110,9 @@ type pendingTag struct {
 // the VIPs the relay assigns, keeps the relay told of health changes, and
 // carries the tagged packets of agents.
 func (g *Gateway) serveRelay(ctx context.Context, s *tunnel.Session) error {
-	rs := &relaySession{g: g, s: s, tags: make(map[uint32]*ingress), pending: make(map[uint32]*pendingTag)}
+	rs := &relaySession{g: g, s: s, tags: make(map[uint32]*ingress), pending: make(map[uint32]*pendingTag),
+		out: tunnel.NewOutbox(s, relayOutboxLen, func(error) { g.m.tunnelDrop("send_error") })}
+	defer rs.out.Close() // after the tags: deferred calls run last first
 	defer rs.closeAll("relay session ended")
 	g.fitLink(s, tunnel.TagReturnOverhead)
 	registered := g.serviceInfos()
@@ -206,9 +217,9 @@ func (rs *relaySession) openTag(m *tunnel.TagOpen) {
 		peer:     peer{tenant: m.Tenant, identity: m.Identity},
 		service:  m.Service,
 		services: []string{m.Service},
-		send: func(scratch, pkt []byte) error {
-			return rs.s.SendDatagram(tunnel.AppendTagReturn(scratch, tag, pkt))
-		},
+		out:      rs.out,
+		tag:      tag,
+		tagged:   true,
 	}
 	if err := g.ingresses.add(in); err != nil {
 		g.m.tunnelDrop("ingress_full")
@@ -262,7 +273,7 @@ func (g *Gateway) closeIngress(in *ingress, reason string) {
 		f.close(reason)
 	}
 	g.ingresses.remove(in)
-	if in.out != nil {
+	if !in.tagged { // a tag's outbox is its relay session's, closed with it
 		in.out.Close() // waits for a send in progress: SendDatagram's 5 ms at most
 	}
 }

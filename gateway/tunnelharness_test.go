@@ -59,10 +59,10 @@ func (h *harness) testIngress(t testing.TB, tenant string) (*ingress, *atomic.In
 	in := &ingress{
 		inner: agentInner,
 		peer:  peer{tenant: tenant, identity: "ztna://" + tenant + "/agent/fuzz"},
-		send: func(_, pkt []byte) error {
+		out: testOutbox(t, func([]byte) error {
 			sent.Add(1)
 			return nil
-		},
+		}),
 	}
 	if err := h.gw.ingresses.add(in); err != nil {
 		t.Fatal(err)

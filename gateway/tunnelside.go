@@ -43,7 +43,7 @@ func (g *Gateway) startTunnel() error {
 	link, err := g.ns.NewLink(netstack.LinkConfig{
 		Name:   "tunnel",
 		MTU:    tunnelLinkMTU,
-		Output: &tunnelOutput{g: g, scratch: make([]byte, 0, tunnelLinkMTU+64)},
+		Output: &tunnelOutput{g: g},
 		Routes: []netip.Prefix{synthPrefix},
 		Async:  true, // QUIC's datagram queue may block: never in the stack's goroutines
 		// Every packet arrived in a QUIC datagram that its AEAD

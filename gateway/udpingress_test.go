@@ -25,12 +25,12 @@ func (h *harness) recordingIngress(t *testing.T, tenant string) (*ingress, func(
 	in := &ingress{
 		inner: agentInner,
 		peer:  peer{tenant: tenant, identity: "ztna://" + tenant + "/agent/" + t.Name()},
-		send: func(_, pkt []byte) error {
+		out: testOutbox(t, func(pkt []byte) error {
 			mu.Lock()
 			pkts = append(pkts, slices.Clone(pkt))
 			mu.Unlock()
 			return nil
-		},
+		}),
 	}
 	if err := h.gw.ingresses.add(in); err != nil {
 		t.Fatal(err)

@@ -95,6 +95,15 @@ func (o *Outbox) SendTagged(id uint32, service string, packet []byte) error {
 	return o.queue(outItem{b: b, pooled: bp})
 }
 
+// SendTagReturn builds the tag-return datagram (0x31) of packet under tag
+// in a pooled buffer and queues it: a gateway's reply to an agent behind
+// a relay. It fails with ErrOutboxFull or ErrOutboxClosed.
+func (o *Outbox) SendTagReturn(tag uint32, packet []byte) error {
+	bp := outboxPool.Get().(*[]byte)
+	*bp = AppendTagReturn((*bp)[:0], tag, packet)
+	return o.queue(outItem{b: *bp, pooled: bp})
+}
+
 func (o *Outbox) queue(it outItem) error {
 	select {
 	case <-o.done:
