@@ -137,6 +137,10 @@ func TestParseGatewayInvalid(t *testing.T) {
 		{"tenants missing", svc("name = \"web\"\nbackends = [\"192.0.2.10\"]" + tcp80), []string{"gw.toml: service[0].tenants: required"}},
 		{"unknown tenant", svc("name = \"web\"\ntenants = [\"acme\", \"umbrella\"]\nbackends = [\"192.0.2.10\"]" + tcp80), []string{`gw.toml: service[0].tenants[1]: unknown tenant "umbrella" (declare it in a [[tenant]] table)`}},
 		{"tenant listed twice", svc("name = \"web\"\ntenants = [\"acme\", \"Acme\"]\nbackends = [\"192.0.2.10\"]" + tcp80), []string{`gw.toml: service[0].tenants[1]: "acme" is listed twice`}},
+		{"every tenant and a name", svc("name = \"web\"\ntenants = [\"*\", \"acme\"]\nbackends = [\"192.0.2.10\"]" + tcp80), []string{
+			`gw.toml: service[0].tenants: "*" (every tenant) cannot be listed with tenant names: write ["*"] alone, or only the names`}},
+		{"a name and every tenant", svc("name = \"web\"\ntenants = [\"acme\", \"globex\", \"*\"]\nbackends = [\"192.0.2.10\"]" + tcp80), []string{
+			`gw.toml: service[0].tenants: "*" (every tenant) cannot be listed with tenant names`}},
 
 		// Backends.
 		{"no backends", svc("name = \"web\"\ntenants = [\"acme\"]" + tcp80), []string{"gw.toml: service[0].backends: required: at least one IP address or host name (or set backends_srv)"}},

@@ -111,6 +111,8 @@ func TestParseServiceJSONInvalid(t *testing.T) {
 				"service.max_inflight_handshakes: 1025 is more than limits.max_inflight_handshakes 1024"}},
 		{"burst without a rate", `{"name": "web", "tenants": ["*"], "backends": ["192.0.2.1"], "new_flows_burst": 5, ` + ports + `}`, nil, []string{
 			"service.new_flows_burst: needs new_flows_per_second in the same table"}},
+		{"every tenant and a name", `{"name": "web", "tenants": ["acme", "*"], "backends": ["192.0.2.1"], ` + ports + `}`, nil, []string{
+			`service.tenants: "*" (every tenant) cannot be listed with tenant names`}},
 		{"no IPv6 pool", `{"name": "web", "tenants": ["*"], "backends": ["192.0.2.1"], "vip6": "fd00::10", ` + ports + `}`,
 			func(c *ServiceContext) { c.Pool6 = netip.Prefix{} }, []string{"service.vip6: fd00::10 cannot be pinned: no IPv6 pool (pool6) is configured"}},
 		{"pin on a relay-attached gateway", `{"name": "web", "tenants": ["*"], "backends": ["192.0.2.1"], "vip": "10.100.0.10", ` + ports + `}`,

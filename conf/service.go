@@ -88,6 +88,11 @@ func (v *validator) serviceTenants(path string, names []string, ctx *ServiceCont
 		}
 		out = append(out, n)
 	}
+	// "*" with names would read as "these tenants" while it admits every
+	// one: refuse it rather than guess what was meant.
+	if len(out) > 1 && slices.Contains(out, "*") {
+		v.addf(path, `"*" (every tenant) cannot be listed with tenant names: write ["*"] alone, or only the names`)
+	}
 	return out
 }
 
