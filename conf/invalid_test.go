@@ -127,6 +127,8 @@ func TestParseGatewayInvalid(t *testing.T) {
 		{"tenant limits out of range", "[[tenant]]\nname = \"acme\"\nsources = [\"192.0.2.0/24\"]\nmax_flows = 2000000000\n", []string{
 			"gw.toml: tenant[0].max_flows: 2000000000 is out of range 0..1073741824"}},
 		{"same prefix twice in a tenant", "[[tenant]]\nname = \"acme\"\nsources = [\"192.0.2.0/24\", \"192.0.2.0/24\"]\n", []string{"gw.toml: tenant[0].sources[1]: 192.0.2.0/24 is listed twice"}},
+		{"IPv4-mapped source is its IPv4 prefix", gatewayHead + "[[tenant]]\nname = \"initech\"\nsources = [\"::ffff:198.51.100.0/120\"]\n", []string{
+			`gw.toml: tenant[2].sources[0]: 198.51.100.0/24 of tenant "initech" overlaps 198.51.100.0/24 of tenant "acme" (tenant[0].sources[0])`}},
 
 		// [[service]] names and tenants.
 		{"service name missing", svc("tenants = [\"acme\"]\nbackends = [\"192.0.2.10\"]" + tcp80), []string{"gw.toml: service[0].name: required"}},
@@ -150,6 +152,10 @@ func TestParseGatewayInvalid(t *testing.T) {
 			`gw.toml: service[0].backends[0]: "300.1.1.1" is neither an IP address nor a host name`, `gw.toml: service[0].backends[1]: "app_1.corp" is not a domain name`, `gw.toml: service[0].backends[2]: "" is not a domain name`}},
 		{"duplicate backend", svc("name = \"web\"\ntenants = [\"acme\"]\nbackends = [\"app.corp\", \"192.0.2.1\", \"APP.corp\", \"192.0.2.01\"]" + tcp80), []string{
 			`gw.toml: service[0].backends[2]: "APP.corp" is listed twice`, `gw.toml: service[0].backends[3]: "192.0.2.01" is neither an IP address nor a host name`}},
+		{"backend twice, once IPv4-mapped", svc("name = \"web\"\ntenants = [\"acme\"]\nbackends = [\"192.0.2.1\", \"::ffff:192.0.2.1\"]" + tcp80), []string{
+			`gw.toml: service[0].backends[1]: "::ffff:192.0.2.1" is listed twice (as 192.0.2.1)`}},
+		{"IPv4-mapped backend twice", svc("name = \"web\"\ntenants = [\"acme\"]\nbackends = [\"::FFFF:192.0.2.1\", \"192.0.2.1\"]" + tcp80), []string{
+			`gw.toml: service[0].backends[1]: "192.0.2.1" is listed twice`}},
 		{"bad backends_srv", svc("name = \"web\"\ntenants = [\"acme\"]\nbackends_srv = \"app.corp.example\"" + tcp80), []string{
 			`gw.toml: service[0].backends_srv: "app.corp.example" is not an SRV name like _http._tcp.app.corp.example`}},
 

@@ -127,6 +127,9 @@ vip = "fd00::10"
 vip = "10.200.0.1"
 [[pin]]
 service = "x"
+[[pin]]
+service = "mapped"
+vip = "::ffff:10.100.0.10"
 `, []string{
 			"relay.toml: pin[0].vip: 10.100.0.1 is the gateway address",
 			`relay.toml: pin[2].vip: 10.100.0.10 is pinned by both service "web" (pin[1]) and service "db" (pin[2])`,
@@ -135,6 +138,7 @@ service = "x"
 			"relay.toml: pin[5].service: required",
 			"relay.toml: pin[5].vip: 10.200.0.1 is outside the pool 10.100.0.0/24",
 			"relay.toml: pin[6].vip: required",
+			`relay.toml: pin[7].vip: 10.100.0.10 is pinned by both service "web" (pin[1]) and service "mapped" (pin[7])`,
 		}},
 	}
 	for _, tc := range tests {

@@ -110,7 +110,7 @@ func (v *validator) backends(path string, ss []string, srv bool) []string {
 			continue
 		}
 		if slices.Contains(out, b) {
-			v.addf(p, "%q is listed twice", s)
+			v.listedTwice(p, s, b)
 			continue
 		}
 		out = append(out, b)
@@ -119,10 +119,11 @@ func (v *validator) backends(path string, ss []string, srv bool) []string {
 }
 
 // backend normalises one backend: an IP in canonical form or a lower-cased
-// host name.
+// host name. An IPv4-mapped IPv6 address is its IPv4 address, which is what
+// a dial to it reaches: ::ffff:192.0.2.1 and 192.0.2.1 are one backend.
 func (v *validator) backend(path, s string) (string, bool) {
 	if a, err := netip.ParseAddr(s); err == nil {
-		return a.String(), true
+		return a.Unmap().String(), true
 	}
 	if _, _, err := net.SplitHostPort(s); err == nil {
 		v.addf(path, "%q: a backend has no port (ports come from [[service.port]] target)", s)

@@ -58,6 +58,14 @@ backends = ["2001:DB8::1", "App.Corp.Example", "192.0.2.10", "app2.corp.example.
 				t.Errorf("Backends = %q, want %q", s.Backends, want)
 			}
 		}},
+		{"IPv4-mapped backend is its IPv4 address", svc(`name = "web"
+tenants = ["acme"]
+backends = ["::ffff:192.0.2.1", "::ffff:c000:202", "2001:db8::1"]` + tcp80), func(t *testing.T, s catalog.Service) {
+			want := []string{"192.0.2.1", "192.0.2.2", "2001:db8::1"}
+			if !reflect.DeepEqual(s.Backends, want) {
+				t.Errorf("Backends = %q, want %q", s.Backends, want)
+			}
+		}},
 		{"SRV discovery without backends", svc(`name = "web"
 tenants = ["acme"]
 backends_srv = "_HTTP._tcp.app.corp.example"` + tcp80), func(t *testing.T, s catalog.Service) {

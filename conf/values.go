@@ -57,8 +57,12 @@ func (v *validator) inRange(path string, n, lo, hi int) bool {
 }
 
 // network parses a prefix that must be a network address (host bits zero).
+// An IPv4-mapped prefix (::ffff:192.0.2.0/120) is read as its IPv4 one.
 func (v *validator) network(path, s string) (netip.Prefix, bool) {
 	p, err := netip.ParsePrefix(s)
+	if err == nil {
+		p = unmapPrefix(p)
+	}
 	if err != nil {
 		if a, aerr := netip.ParseAddr(s); aerr == nil {
 			v.addf(path, "%q is an address, not a prefix (did you mean %s?)", s, netip.PrefixFrom(a, a.BitLen()))
@@ -117,14 +121,30 @@ func (v *validator) pool6(path, s string) netip.Prefix {
 	return p
 }
 
-// addr parses an IP address without zone.
+// addr parses an IP address without zone; an IPv4-mapped IPv6 address
+// (::ffff:192.0.2.1) is its IPv4 address.
 func (v *validator) addr(path, s string) (netip.Addr, bool) {
 	a, err := netip.ParseAddr(s)
 	if err != nil || a.Zone() != "" {
 		v.addf(path, "%q is not an IP address", s)
 		return netip.Addr{}, false
 	}
-	return a, true
+	return a.Unmap(), true
+}
+
+// unmapPrefix returns the IPv4 prefix an IPv4-mapped IPv6 prefix of at least
+// 96 bits covers, and any other prefix as it is.
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if !p.Addr().Is4In6() || p.Bits() < 96 {
+		return p
+	}
+	return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+}
+
+// unmapAddrPort returns ap with an IPv4-mapped address replaced by its IPv4
+// address: a socket bound to or dialling either reaches the same IPv4 peer.
+func unmapAddrPort(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 // listenAddr parses ip:port of a local listener; port 0 picks a free port.
@@ -134,7 +154,7 @@ func (v *validator) listenAddr(path, s string) (netip.AddrPort, bool) {
 		v.addf(path, "%q is not ip:port (e.g. \"127.0.0.1:5353\" or \"[::1]:5353\")", s)
 		return netip.AddrPort{}, false
 	}
-	return ap, true
+	return unmapAddrPort(ap), true
 }
 
 // listenAddrs parses a list of listeners.
@@ -155,7 +175,7 @@ func (v *validator) servers(path string, ss []string) []netip.AddrPort {
 	for i, s := range ss {
 		p := index(path, i)
 		if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
-			out = append(out, netip.AddrPortFrom(a, 53))
+			out = append(out, netip.AddrPortFrom(a.Unmap(), 53))
 			continue
 		}
 		ap, err := netip.ParseAddrPort(s)
@@ -163,7 +183,7 @@ func (v *validator) servers(path string, ss []string) []netip.AddrPort {
 			v.addf(p, "%q is not an IP address or ip:port", s)
 			continue
 		}
-		out = append(out, ap)
+		out = append(out, unmapAddrPort(ap))
 	}
 	return out
 }
@@ -206,4 +226,14 @@ func (v *validator) hostPort(path, s string, listener bool) (string, bool) {
 		return "", false
 	}
 	return host, true
+}
+
+// listedTwice reports an entry s equal to an earlier one of its list; canon
+// is its normalised form, named when it differs from what was written.
+func (v *validator) listedTwice(path, s, canon string) {
+	if canon == s {
+		v.addf(path, "%q is listed twice", s)
+		return
+	}
+	v.addf(path, "%q is listed twice (as %s)", s, canon)
 }
