@@ -84,6 +84,8 @@ func TestParseAgentInvalid(t *testing.T) {
 			`agent.toml: dns.listen[0]: "x" is not ip:port`}},
 		{"IPv6 address", "[agent]\nname = \"a\"\n[tunnel]\nserver = \"r:1\"\ninsecure_allow_unauthenticated = true\n[tun]\naddress = \"fd00::1\"\n", []string{
 			"agent.toml: tun.address: fd00::1 is not an IPv4 address"}},
+		{"listener twice", "[agent]\nname = \"a\"\n[tunnel]\nserver = \"r:1\"\ninsecure_allow_unauthenticated = true\n[dns]\nlisten = [\"127.0.0.1:53\", \"127.0.0.1:0053\"]\n", []string{
+			`agent.toml: dns.listen[1]: "127.0.0.1:0053" is listed twice (as 127.0.0.1:53)`}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

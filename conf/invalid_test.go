@@ -74,6 +74,13 @@ func TestParseGatewayInvalid(t *testing.T) {
 		{"root zone", "[dns]\nzone = \".\"\n", []string{`gw.toml: dns.zone: "." is not a domain name`}},
 		{"listener without port", "[dns]\nlisten = [\"127.0.0.1\"]\n", []string{`gw.toml: dns.listen[0]: "127.0.0.1" is not ip:port`}},
 		{"listener by name", "[dns]\nlisten = [\"localhost:53\"]\n", []string{`gw.toml: dns.listen[0]: "localhost:53" is not ip:port`}},
+		{"listener twice", "[dns]\nlisten = [\"127.0.0.1:5353\", \"[::1]:5353\", \"127.0.0.1:5353\"]\n", []string{
+			"gw.toml: dns.listen[2]: \"127.0.0.1:5353\" is listed twice"}},
+		{"listener twice once parsed", "[dns]\nlisten = [\"127.0.0.1:53\", \"127.0.0.1:053\", \"[::ffff:127.0.0.1]:53\"]\n", []string{
+			`gw.toml: dns.listen[1]: "127.0.0.1:053" is listed twice (as 127.0.0.1:53)`,
+			`gw.toml: dns.listen[2]: "[::ffff:127.0.0.1]:53" is listed twice (as 127.0.0.1:53)`}},
+		{"upstream twice", "[dns]\nupstreams = [\"192.0.2.1\", \"192.0.2.1:53\"]\n", []string{
+			`gw.toml: dns.upstreams[1]: "192.0.2.1:53" is listed twice`}},
 		{"ttl too short", "[dns]\nttl = \"500ms\"\n", []string{"gw.toml: dns.ttl: 500ms is out of range 1s..24h"}},
 		{"ttl too long", "[dns]\nttl = \"25h\"\n", []string{"gw.toml: dns.ttl: 25h0m0s is out of range 1s..24h"}},
 		{"upstream by name", "[dns]\nupstreams = [\"192.0.2.1\", \"dns.google\"]\n", []string{`gw.toml: dns.upstreams[1]: "dns.google" is not an IP address or ip:port`}},
@@ -107,6 +114,8 @@ func TestParseGatewayInvalid(t *testing.T) {
 		{"min_ttl above max_ttl", "[discovery]\nmin_ttl = \"10m\"\n", []string{"gw.toml: discovery.max_ttl: 5m0s is less than min_ttl 10m0s"}},
 		{"min_ttl zero", "[discovery]\nmin_ttl = \"0s\"\n", []string{"gw.toml: discovery.min_ttl: must be greater than 0"}},
 		{"bad nameserver", "[discovery]\nnameservers = [\"[::1]\"]\n", []string{`gw.toml: discovery.nameservers[0]: "[::1]" is not an IP address or ip:port`}},
+		{"nameserver twice", "[discovery]\nnameservers = [\"[::1]:53\", \"::1\"]\n", []string{
+			`gw.toml: discovery.nameservers[1]: "::1" is listed twice (as [::1]:53)`}},
 
 		// [[tenant]]
 		{"tenant name", "[[tenant]]\nname = \"-acme\"\nsources = [\"192.0.2.0/24\"]\n", []string{`gw.toml: tenant[0].name: "-acme" must not start or end with '-'`}},

@@ -3,6 +3,7 @@ package conf
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -157,33 +158,44 @@ func (v *validator) listenAddr(path, s string) (netip.AddrPort, bool) {
 	return unmapAddrPort(ap), true
 }
 
-// listenAddrs parses a list of listeners.
+// listenAddrs parses a list of listeners, each once (compared parsed, so
+// "127.0.0.1:053" is "127.0.0.1:53"). Port 0 may repeat: each picks its own.
 func (v *validator) listenAddrs(path string, ss []string) []netip.AddrPort {
 	var out []netip.AddrPort
 	for i, s := range ss {
-		if ap, ok := v.listenAddr(index(path, i), s); ok {
+		p := index(path, i)
+		ap, ok := v.listenAddr(p, s)
+		switch {
+		case !ok:
+		case ap.Port() != 0 && slices.Contains(out, ap):
+			v.listedTwice(p, s, ap.String())
+		default:
 			out = append(out, ap)
 		}
 	}
 	return out
 }
 
-// servers parses a list of "ip" or "ip:port" entries of remote DNS servers;
-// the port defaults to 53.
+// servers parses a list of "ip" or "ip:port" entries of remote DNS servers,
+// each once; the port defaults to 53.
 func (v *validator) servers(path string, ss []string) []netip.AddrPort {
 	var out []netip.AddrPort
 	for i, s := range ss {
 		p := index(path, i)
-		if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
-			out = append(out, netip.AddrPortFrom(a.Unmap(), 53))
-			continue
-		}
 		ap, err := netip.ParseAddrPort(s)
+		if a, aerr := netip.ParseAddr(s); aerr == nil && a.Zone() == "" {
+			ap, err = netip.AddrPortFrom(a, 53), nil
+		}
 		if err != nil || ap.Port() == 0 {
 			v.addf(p, "%q is not an IP address or ip:port", s)
 			continue
 		}
-		out = append(out, unmapAddrPort(ap))
+		ap = unmapAddrPort(ap)
+		if slices.Contains(out, ap) {
+			v.listedTwice(p, s, ap.String())
+			continue
+		}
+		out = append(out, ap)
 	}
 	return out
 }
