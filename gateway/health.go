@@ -17,10 +17,11 @@ type healthChecks struct {
 	mu      sync.Mutex
 	entries map[*backend]*healthEntry
 	closed  bool // stopped for good (the state was freed): nothing starts again
-	// clock and randN replace the wall clock and the jitter source in
-	// tests; nil means the real ones.
-	clock clock
-	randN func(n int64) int64
+	// clock, randN and newProber replace the wall clock, the jitter source
+	// and the probes in tests; nil means the real ones.
+	clock     clock
+	randN     func(n int64) int64
+	newProber func(h catalog.Health, host, zone string) prober
 }
 
 // healthEntry is the health machinery of one backend.
@@ -175,22 +176,26 @@ func (g *Gateway) syncChecks(st *serviceState, want []*backend, spec catalog.Hea
 func (g *Gateway) startChecker(st *serviceState, hc *healthChecks, e *healthEntry, b *backend) {
 	spec := e.spec
 	e.host = b.checkHost()
-	p := newProber(spec, e.host, g.cfg.DNS.Zone)
+	mk := newProber
+	if hc.newProber != nil {
+		mk = hc.newProber
+	}
+	p := mk(spec, e.host, g.cfg.DNS.Zone)
 	if p == nil {
 		return
 	}
+	ctx, cancel := context.WithCancel(context.Background())
 	c := &checker{
 		target: netip.AddrPortFrom(b.addr, b.portFor(spec.Port)),
 		spec:   spec,
 		probe:  p,
 		clock:  hc.clockOr(g),
 		randN:  hc.randN,
-		report: func(err error, took time.Duration) { g.checked(st.name, b, spec, err, took) },
+		report: func(err error, took time.Duration) { g.checked(ctx, hc, st.name, b, spec, err, took) },
 	}
 	if c.randN == nil {
 		c.randN = defaultRandN
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel, e.done = cancel, make(chan struct{})
 	done := e.done
 	go func() {
@@ -207,8 +212,20 @@ func (hc *healthChecks) clockOr(g *Gateway) clock {
 	return realClock{now: g.now}
 }
 
-// checked accounts one active check and applies its result.
-func (g *Gateway) checked(svc string, b *backend, h catalog.Health, err error, took time.Duration) {
+// checked accounts one active check of the checker whose context is ctx
+// and applies its result. A result that arrives once its checker was
+// stopped — a reload turned the checks off, replaced them or removed the
+// backend, between the checker's last look at ctx and now — is dropped:
+// it belongs to no check, and counted it would take a backend down that
+// no check may bring back (checks off) or count against settings it was
+// not made with. Stopping a checker cancels ctx under hc.mu, so looking
+// at ctx under hc.mu orders the two.
+func (g *Gateway) checked(ctx context.Context, hc *healthChecks, svc string, b *backend, h catalog.Health, err error, took time.Duration) {
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	if ctx.Err() != nil {
+		return
+	}
 	result := "ok"
 	if err != nil {
 		result = "fail"
