@@ -49,6 +49,11 @@ type backend struct {
 	srvPW atomic.Uint32
 
 	active atomic.Int64 // live flows bound to it
+	// dialing counts TCP flows that picked it and whose dial is in
+	// progress. least_conn weighs active + dialing: a burst of new flows
+	// would otherwise all go to the backend that was least loaded when
+	// the burst began (and the most to one slow to accept).
+	dialing atomic.Int64
 	// departures counts the times it left its service's set and came back
 	// (serviceState.setBackends): a drain of its flows holds only while
 	// the count is what it was at the departure.
@@ -219,6 +224,9 @@ func mix64(h uint64) uint64 {
 	return h ^ h>>31
 }
 
+// load is what least_conn weighs: live flows and dials in progress.
+func (b *backend) load() int64 { return b.active.Load() + b.dialing.Load() }
+
 // pick returns a usable backend by policy, other than those in skip (the
 // ones a flow already failed to reach), or nil when there is none.
 func (p *picker) pick(set *backendSet, policy catalog.Balance, client netip.Addr, skip []*backend) *backend {
@@ -248,14 +256,25 @@ func (p *picker) pick(set *backendSet, policy catalog.Balance, client netip.Addr
 			if !ok(b) {
 				continue
 			}
-			switch a := b.active.Load(); {
+			switch a := b.load(); {
 			case a < least:
 				least, ties = a, 1
 			case a == least:
 				ties++
 			}
 		}
-		return p.nth(set, ties, func(b *backend) bool { return ok(b) && b.active.Load() == least })
+		if b := p.nth(set, ties, func(b *backend) bool { return ok(b) && b.load() == least }); b != nil {
+			return b
+		}
+		// Other flows' picks and ends moved every least loaded backend
+		// between the two passes: take the least loaded now.
+		var best *backend
+		for _, b := range set.list {
+			if ok(b) && (best == nil || b.load() < best.load()) {
+				best = b
+			}
+		}
+		return best
 	case catalog.SourceHash:
 		// Rendezvous hashing: each client keeps its backend while that
 		// backend stays usable, and moves only when it goes away.

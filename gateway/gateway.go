@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"sync"
@@ -50,6 +51,9 @@ type Gateway struct {
 	log  *slog.Logger
 	m    *metrics
 	now  func() time.Time
+	// dial connects to a backend; nil is a net.Dialer's. Tests hold dials
+	// in progress with it.
+	dial func(ctx context.Context, network, address string) (net.Conn, error)
 
 	pool *catalog.Pool
 	tbl  atomic.Pointer[table]

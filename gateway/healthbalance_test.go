@@ -1,9 +1,14 @@
 package gateway
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/ztgate/ztgate/catalog"
 )
@@ -193,5 +198,75 @@ func TestWeightedRoundRobin(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestLeastConnCountsDialsInProgress: least_conn counts a TCP flow from
+// the moment it picks its backend, not once its dial has succeeded. Four
+// flows arrive while backend 0 is idle and backend 1 holds 2 flows; each
+// dial is held in progress. Counted only once connected, all four went to
+// backend 0 (4 against 2); counted from the pick, they even the load. A
+// dial that fails leaves no count behind.
+func TestLeastConnCountsDialsInProgress(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	g, _ := newUnitGateway(t)
+	g.opts.DialTimeout = 5 * time.Second
+	calls, release := make(chan string), make(chan struct{})
+	g.dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		calls <- addr
+		<-release
+		var d net.Dialer
+		return d.DialContext(ctx, network, l.Addr().String()) // every backend is the loopback listener
+	}
+	st := g.state("web")
+	st.setBackends([]backendAddr{{addr: netip.MustParseAddr("192.0.2.10")}, {addr: netip.MustParseAddr("192.0.2.11")}}, false)
+	bs := st.backends.Load().list
+	bs[1].active.Store(2)
+	d := decision{svc: &service{spec: catalog.Service{Name: "web", Balance: catalog.LeastConn}, st: st},
+		port: catalog.Port{Protocol: catalog.TCP, Port: 80, Target: 80}}
+
+	var (
+		wg    sync.WaitGroup
+		conns = make(chan *net.TCPConn, 4)
+		load  = map[string]int64{"192.0.2.10:80": bs[0].active.Load(), "192.0.2.11:80": bs[1].active.Load()}
+	)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, _, _ := g.dialTCP(d, netip.MustParseAddr("198.51.100.10"))
+			conns <- c
+		}()
+		load[<-calls]++ // its dial is in progress, held
+	}
+	close(release)
+	wg.Wait()
+	close(conns)
+	for c := range conns {
+		if c == nil {
+			t.Fatal("a dial failed")
+		}
+		c.Close()
+	}
+	if a, b := load["192.0.2.10:80"], load["192.0.2.11:80"]; a-b > 1 || b-a > 1 {
+		t.Errorf("flows per backend (live and dialling) %d and %d: least_conn did not count dials in progress", a, b)
+	}
+	for _, b := range bs {
+		b.dialing.Store(0) // the flows above were not bound: HandleTCP would end their counts
+	}
+
+	// Dials that fail, on both backends in turn.
+	g.dial = func(context.Context, string, string) (net.Conn, error) { return nil, errors.New("connection refused") }
+	if c, _, _ := g.dialTCP(d, netip.MustParseAddr("198.51.100.10")); c != nil {
+		t.Fatal("a failing dial returned a connection")
+	}
+	for i, b := range bs {
+		if n := b.dialing.Load(); n != 0 {
+			t.Errorf("backend %d: %d dials counted in progress after they failed", i, n)
+		}
 	}
 }
