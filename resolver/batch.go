@@ -95,7 +95,7 @@ func (s *Server) handleBatched(w *worker, c *net.UDPConn, b *batch, m *ipv4.Mess
 		o.Addr = m.Addr
 		b.n++
 	case fwd:
-		s.forwardAsync(raw, func(reply []byte) error {
+		s.forwardAsync(raw, ap.Addr().Unmap(), func(reply []byte) error {
 			_, err := c.WriteToUDPAddrPort(reply, ap)
 			return err
 		})

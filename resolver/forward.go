@@ -3,6 +3,8 @@ package resolver
 import (
 	"errors"
 	"fmt"
+	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -13,18 +15,19 @@ import (
 // next upstream is asked.
 var errUpstreamRcode = errors.New("upstream failed the query")
 
-// forward sends raw to the upstreams and replies with send: the first good
-// answer, with the client's ID, or SERVFAIL when every upstream failed.
-func (s *Server) forward(raw []byte, tcp bool, send func([]byte) error) {
+// forward sends raw, a query from client, to the upstreams and replies
+// with send: the first good answer, with the client's ID, or SERVFAIL when
+// every upstream failed.
+func (s *Server) forward(raw []byte, client netip.Addr, tcp bool, send func([]byte) error) {
 	bp := s.bufs.Get().(*[]byte)
 	defer s.bufs.Put(bp)
 	var reply []byte
 	err := errForwardLoop
-	if !s.inflight.cameBack(raw) {
+	if !s.inflight.cameBack(raw, slices.Contains(s.upstreamAddrs, client)) {
 		reply, err = s.askUpstreams(raw, tcp, *bp)
 	} else if s.loopWarn.Allow() {
 		s.log.Warn("a query this DNS server forwarded came back to it: dns.upstreams leads to this server; answering SERVFAIL",
-			"query", fmt.Sprintf("%x", raw[min(len(raw), headerLen):]))
+			"client", client.String(), "query", fmt.Sprintf("%x", raw[min(len(raw), headerLen):]))
 	}
 	if err != nil {
 		reply = s.errorReply(raw, tcp, dns.RcodeServerFailure, *bp)
@@ -112,48 +115,65 @@ func (s *Server) errorReply(raw []byte, tcp bool, rcode int, buf []byte) []byte 
 var errForwardLoop = errors.New("resolver: forward: the query came back to this server")
 
 // inflight are the queries this server has forwarded and awaits answers
-// to, byte for byte (their IDs are this server's). One of them arriving as
-// a query means an upstream leads back here: forwarded again, with a fresh
-// ID, and again, one client's query would take every forward slot. It is
-// answered SERVFAIL at once instead, and its forwarder counts the
-// upstream's error as a loop (ztgate_dns_forward_errors_total{reason="loop"}).
+// to. One of them arriving as a query means an upstream leads back here:
+// forwarded again, with a fresh ID, and again, one client's query would
+// take every forward slot. It is answered SERVFAIL at once instead, and its
+// forwarder counts the upstream's error as a loop
+// (ztgate_dns_forward_errors_total{reason="loop"}).
+//
+// A query comes back byte for byte, ID and all, when this server is its
+// own upstream. Between two servers that forward to each other (two
+// ztgate gateways, each the other's upstream), each gives the query a
+// fresh ID and passes the rest on unchanged: a query that is one in
+// flight but for its ID is a loop when it comes from an upstream's
+// address (a client that sent the same bytes at the same time is not).
 type inflight struct {
 	mu sync.Mutex
-	m  map[string]*forwarding
+	m  map[string][]*forwarding // by the query without its ID
 }
 
-// forwarding is one query in flight.
-type forwarding struct{ looped atomic.Bool }
+// forwarding is one query in flight, under the ID this server gave it.
+type forwarding struct {
+	id     uint16
+	looped atomic.Bool
+}
 
 // add records query as in flight until done is called.
 func (f *inflight) add(query []byte) (fw *forwarding, done func()) {
-	fw, key := &forwarding{}, string(query)
+	fw, key := &forwarding{id: be16(query)}, string(query[2:])
 	f.mu.Lock()
 	if f.m == nil {
-		f.m = make(map[string]*forwarding)
+		f.m = make(map[string][]*forwarding)
 	}
-	if _, dup := f.m[key]; dup { // the same query, ID and all, twice at once: the first one is looked for
-		f.mu.Unlock()
-		return fw, func() {}
-	}
-	f.m[key] = fw
+	f.m[key] = append(f.m[key], fw)
 	f.mu.Unlock()
 	return fw, func() {
 		f.mu.Lock()
-		delete(f.m, key)
+		if rest := slices.DeleteFunc(f.m[key], func(e *forwarding) bool { return e == fw }); len(rest) > 0 {
+			f.m[key] = rest
+		} else {
+			delete(f.m, key)
+		}
 		f.mu.Unlock()
 	}
 }
 
-// cameBack reports whether raw is a query this server has in flight, and
-// marks it looped.
-func (f *inflight) cameBack(raw []byte) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	fw := f.m[string(raw)]
-	if fw == nil {
+// cameBack reports whether raw is a query this server has in flight —
+// with its ID, or from an upstream (fromUpstream) with any — and marks
+// those it matched looped.
+func (f *inflight) cameBack(raw []byte, fromUpstream bool) bool {
+	if len(raw) < headerLen {
 		return false
 	}
-	fw.looped.Store(true)
-	return true
+	id := be16(raw)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	back := false
+	for _, fw := range f.m[string(raw[2:])] {
+		if fromUpstream || fw.id == id {
+			fw.looped.Store(true)
+			back = true
+		}
+	}
+	return back
 }

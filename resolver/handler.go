@@ -29,7 +29,8 @@ func (s *Server) serveRaw(w dns.ResponseWriter, raw []byte) {
 	_, tcp := w.RemoteAddr().(*net.TCPAddr)
 	wk := s.workers.Get().(*worker)
 	defer s.workers.Put(wk)
-	out, fwd := s.handle(wk, raw, addrPortOf(w.RemoteAddr()).Addr().Unmap(), tcp)
+	client := addrPortOf(w.RemoteAddr()).Addr().Unmap()
+	out, fwd := s.handle(wk, raw, client, tcp)
 	send := func(b []byte) error {
 		_, err := w.Write(b)
 		return err
@@ -40,6 +41,6 @@ func (s *Server) serveRaw(w dns.ResponseWriter, raw []byte) {
 			s.m.drop(dropWrite)
 		}
 	case fwd:
-		s.forward(raw, tcp, send)
+		s.forward(raw, client, tcp, send)
 	}
 }

@@ -3,6 +3,7 @@ package resolver
 import (
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -44,5 +45,102 @@ func TestForwardLoopBounded(t *testing.T) {
 	}
 	if n := counter(t, s, "ztgate_dns_forward_errors_total", "upstream", self.String(), "reason", fwdLoop); n != 2 {
 		t.Errorf("%v forward errors counted as loops, want 2", n)
+	}
+}
+
+// TestForwardMutualLoopBounded: two servers that are each other's upstream
+// (two gateways, each told to forward to the other) each give a forwarded
+// query a fresh ID, so the query never comes back byte for byte; before,
+// one client query went back and forth until every forward slot of both
+// was taken. The query that comes back from an upstream, the same but for
+// its ID, is the loop: answered SERVFAIL at once, over UDP and TCP, and
+// counted as a loop by the server that forwarded it.
+func TestForwardMutualLoopBounded(t *testing.T) {
+	pcA, lA := listenBoth(t)
+	pcB, lB := listenBoth(t)
+	addrA := pcA.LocalAddr().(*net.UDPAddr).AddrPort()
+	addrB := pcB.LocalAddr().(*net.UDPAddr).AddrPort()
+	start := func(pc net.PacketConn, l net.Listener, up netip.AddrPort) *Server {
+		cfg := testConfig()
+		cfg.Upstreams, cfg.ForwardTimeout, cfg.MaxForwards = []netip.AddrPort{up}, 2*time.Second, 64
+		s := newTestServer(t, cfg, loopbackDir())
+		done := make(chan struct{}, 2)
+		go func() { s.ServePacket(pc); done <- struct{}{} }()
+		go func() { s.ServeStream(l); done <- struct{}{} }()
+		t.Cleanup(func() { s.Shutdown(t.Context()); <-done; <-done })
+		return s
+	}
+	a, b := start(pcA, lA, addrB), start(pcB, lB, addrA)
+
+	for _, proto := range []string{"udp", "tcp"} {
+		c := &dns.Client{Net: proto, Timeout: 5 * time.Second}
+		begin := time.Now()
+		r, _, err := c.Exchange(newQuery("mutual.example.", dns.TypeA, 0), addrA.String())
+		switch {
+		case err != nil:
+			t.Errorf("%s: %v", proto, err)
+		case r.Rcode != dns.RcodeServerFailure:
+			t.Errorf("%s: rcode %s, want SERVFAIL", proto, dns.RcodeToString[r.Rcode])
+		case time.Since(begin) > time.Second:
+			t.Errorf("%s: SERVFAIL after %v: the loop was not seen at once", proto, time.Since(begin))
+		}
+	}
+	for name, s := range map[string]*Server{"A": a, "B": b} {
+		if n := counter(t, s, "ztgate_dns_dropped_total", "reason", dropBusy.String()); n > 0 {
+			t.Errorf("server %s: one query took all its forward slots (%v queries dropped as busy)", name, n)
+		}
+	}
+	if n := counter(t, a, "ztgate_dns_forward_errors_total", "upstream", addrB.String(), "reason", fwdLoop); n != 2 {
+		t.Errorf("server A: %v forward errors counted as loops, want 2 (one per transport)", n)
+	}
+}
+
+// TestForwardSameQueryTwiceNoLoop: two clients that send the same query
+// (but for its ID) at the same time are not a loop: only a query that
+// comes back from an upstream's address is. Both are answered.
+func TestForwardSameQueryTwiceNoLoop(t *testing.T) {
+	release := make(chan struct{})
+	var asked atomic.Int32
+	pc, err := net.ListenPacket("udp", "127.0.0.2:0")
+	if err != nil {
+		t.Skipf("no 127.0.0.2 on this host: %v", err)
+	}
+	up := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		if asked.Add(1) == 2 {
+			close(release)
+		}
+		<-release // both queries in flight at once
+		m := new(dns.Msg).SetReply(r)
+		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 9)}}
+		_ = w.WriteMsg(m)
+	})}
+	started := make(chan struct{})
+	up.NotifyStartedFunc = func() { close(started) }
+	go func() { _ = up.ActivateAndServe() }()
+	<-started
+	t.Cleanup(func() { _ = up.Shutdown() })
+
+	cfg := testConfig()
+	cfg.Upstreams, cfg.ForwardTimeout = []netip.AddrPort{pc.LocalAddr().(*net.UDPAddr).AddrPort()}, 3*time.Second
+	srv := serve(t, newTestServer(t, cfg, loopbackDir()))
+	results := make(chan *dns.Msg, 2)
+	for i := range 2 {
+		go func() {
+			q := newQuery("same.example.", dns.TypeA, 0)
+			q.Id = uint16(1000 + i)
+			r, _, err := (&dns.Client{Timeout: 5 * time.Second}).Exchange(q, srv.udp)
+			if err != nil {
+				t.Error(err)
+			}
+			results <- r
+		}()
+	}
+	for range 2 {
+		if r := <-results; r != nil && (r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1) {
+			t.Errorf("rcode %s, %d answers: want the upstream's answer", dns.RcodeToString[r.Rcode], len(r.Answer))
+		}
+	}
+	if n := counter(t, srv.Server, "ztgate_dns_forward_errors_total", "reason", fwdLoop); n != 0 {
+		t.Errorf("%v forwards counted as loops", n)
 	}
 }

@@ -47,14 +47,15 @@ func (s *Server) readPackets(pc net.PacketConn) error {
 		if err != nil {
 			return err
 		}
-		out, fwd := s.handle(w, buf[:n], addrPortOf(addr).Addr().Unmap(), false)
+		client := addrPortOf(addr).Addr().Unmap()
+		out, fwd := s.handle(w, buf[:n], client, false)
 		switch {
 		case out != nil:
 			if _, err := pc.WriteTo(out, addr); err != nil {
 				s.m.drop(dropWrite)
 			}
 		case fwd:
-			s.forwardAsync(buf[:n], func(b []byte) error {
+			s.forwardAsync(buf[:n], client, func(b []byte) error {
 				_, err := pc.WriteTo(b, addr)
 				return err
 			})
@@ -65,7 +66,7 @@ func (s *Server) readPackets(pc net.PacketConn) error {
 // forwardAsync forwards a UDP query on its own goroutine, so that readers
 // never wait for upstreams; at most MaxForwards run at once, beyond that
 // queries are dropped (the client will retry).
-func (s *Server) forwardAsync(raw []byte, send func([]byte) error) {
+func (s *Server) forwardAsync(raw []byte, client netip.Addr, send func([]byte) error) {
 	select {
 	case s.fwdSem <- struct{}{}:
 	default:
@@ -80,7 +81,7 @@ func (s *Server) forwardAsync(raw []byte, send func([]byte) error) {
 	go func() {
 		defer s.release(nil)
 		defer func() { <-s.fwdSem }()
-		s.forward(query, false, send)
+		s.forward(query, client, false, send)
 	}()
 }
 

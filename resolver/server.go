@@ -33,9 +33,12 @@ type Server struct {
 	cancel   context.CancelFunc
 	fwdSem   chan struct{} // slots of forwarded UDP queries
 	inflight inflight      // the queries forwarded, awaiting answers
-	loopWarn *rate.Limiter // warnings of queries that came back
-	bufs     sync.Pool     // *[]byte of maxMsgSize for forwarding
-	workers  sync.Pool     // *worker for serveRaw
+	// upstreamAddrs are the upstreams' addresses: a query from one of them
+	// that this server has in flight is a loop (inflight).
+	upstreamAddrs []netip.Addr
+	loopWarn      *rate.Limiter // warnings of queries that came back
+	bufs          sync.Pool     // *[]byte of maxMsgSize for forwarding
+	workers       sync.Pool     // *worker for serveRaw
 
 	mu      sync.Mutex
 	closed  bool
@@ -76,6 +79,9 @@ func New(cfg Config, dir Directory, log *slog.Logger) (*Server, error) {
 	s.zone.Store(newZone(&cfg, uint32(time.Now().Unix())))
 	if len(cfg.Upstreams) > 0 {
 		s.ra = flagRA
+	}
+	for _, u := range cfg.Upstreams {
+		s.upstreamAddrs = append(s.upstreamAddrs, u.Addr().Unmap())
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.bufs.New = func() any { b := make([]byte, maxMsgSize); return &b }

@@ -121,7 +121,7 @@ func (s *Server) serveConn(c net.Conn) {
 		case out != nil:
 			err = send(out)
 		case fwd:
-			s.forward(raw, true, send)
+			s.forward(raw, client, true, send)
 		}
 		if err != nil {
 			s.m.drop(dropWrite)
