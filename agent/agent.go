@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/ztgate/ztgate/internal/listenaddr"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ztgate/ztgate/conf"
@@ -215,11 +217,11 @@ func (a *Agent) startDNS() error {
 	}
 	a.serveDNS(srv, pc, l)
 	for _, ap := range a.cfg.DNS.Listen {
-		pc, err := net.ListenPacket("udp", ap.String())
+		pc, err := net.ListenPacket(listenaddr.Network("udp", ap.String()), ap.String())
 		if err != nil {
 			return fmt.Errorf("agent: dns listen %s: %w", ap, err)
 		}
-		l, err := net.Listen("tcp", ap.String())
+		l, err := net.Listen(listenaddr.Network("tcp", ap.String()), ap.String())
 		if err != nil {
 			pc.Close()
 			return fmt.Errorf("agent: dns listen %s: %w", ap, err)

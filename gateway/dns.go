@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/ztgate/ztgate/internal/listenaddr"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ztgate/ztgate/resolver"
@@ -203,11 +205,11 @@ func (g *Gateway) startDNS() error {
 	}
 	g.dnsHost = srv
 	for _, ap := range g.cfg.DNS.Listen {
-		pc, err := net.ListenPacket("udp", ap.String())
+		pc, err := net.ListenPacket(listenaddr.Network("udp", ap.String()), ap.String())
 		if err != nil {
 			return fmt.Errorf("gateway: dns listen %s/udp: %w", ap, err)
 		}
-		l, err := net.Listen("tcp", ap.String())
+		l, err := net.Listen(listenaddr.Network("tcp", ap.String()), ap.String())
 		if err != nil {
 			pc.Close()
 			return fmt.Errorf("gateway: dns listen %s/tcp: %w", ap, err)

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ztgate/ztgate/internal/listenaddr"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
@@ -196,7 +198,8 @@ func (fw *forwarding) open(agent, gateway string, agentIP netip.Addr, target net
 		if fw.byPort[port] != nil {
 			continue
 		}
-		pc, err := net.ListenPacket("udp", net.JoinHostPort(fw.host, strconv.Itoa(int(port))))
+		addr := net.JoinHostPort(fw.host, strconv.Itoa(int(port)))
+		pc, err := net.ListenPacket(listenaddr.Network("udp", addr), addr)
 		if err != nil {
 			continue // taken by another process
 		}

@@ -9,6 +9,8 @@ import (
 	"net"
 	"sync"
 
+	"github.com/ztgate/ztgate/internal/listenaddr"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 
@@ -79,7 +81,8 @@ func Listen(addr string, cfg ListenConfig, log *slog.Logger) (*Listener, error) 
 	if err != nil {
 		return nil, err
 	}
-	ua, err := net.ResolveUDPAddr("udp", addr)
+	network := listenaddr.Network("udp", addr) // 0.0.0.0 is IPv4 only
+	ua, err := net.ResolveUDPAddr(network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: listen %s: %w", addr, err)
 	}
@@ -87,7 +90,7 @@ func Listen(addr string, cfg ListenConfig, log *slog.Logger) (*Listener, error) 
 	if err != nil {
 		return nil, err
 	}
-	udp, err := net.ListenUDP("udp", ua)
+	udp, err := net.ListenUDP(network, ua)
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: listen %s: %w", addr, err)
 	}

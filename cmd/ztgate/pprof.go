@@ -9,6 +9,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/ztgate/ztgate/internal/listenaddr"
+
 	"github.com/ztgate/ztgate/internal/adminapi"
 )
 
@@ -25,7 +27,7 @@ func startProfiling(stderr io.Writer) {
 		fmt.Fprintln(stderr, "ztgate: ZTGATE_PPROF:", err)
 		return
 	}
-	l, err := net.Listen("tcp", addr)
+	l, err := net.Listen(listenaddr.Network("tcp", addr), addr)
 	if err != nil {
 		fmt.Fprintln(stderr, "ztgate: ZTGATE_PPROF:", err)
 		return

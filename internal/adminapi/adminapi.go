@@ -23,6 +23,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ztgate/ztgate/internal/listenaddr"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -59,7 +61,7 @@ func Start(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	l, err := net.Listen("tcp", cfg.Listen.String())
+	l, err := net.Listen(listenaddr.Network("tcp", cfg.Listen.String()), cfg.Listen.String())
 	if err != nil {
 		return nil, err
 	}

@@ -83,7 +83,7 @@ func isStd(path string) bool {
 
 // blockInternals are the packages under internal that the building blocks
 // other than catalog may import: leaves that import nothing of the module.
-var blockInternals = []string{module + "/internal/promreg", module + "/internal/monoclock", module + "/internal/udpseg", module + "/internal/gopool"}
+var blockInternals = []string{module + "/internal/promreg", module + "/internal/monoclock", module + "/internal/udpseg", module + "/internal/gopool", module + "/internal/listenaddr"}
 
 // testLibraries are third-party packages any test may import, catalog's
 // included: they are not linked into the binaries.
