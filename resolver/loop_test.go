@@ -19,32 +19,45 @@ import (
 func TestForwardLoopBounded(t *testing.T) {
 	pc, l := listenBoth(t)
 	self := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	s := serveForwarding(t, pc, l, self)
+	askLoop(t, "loop.example.", self, s.cfg.ForwardTimeout)
+	if n := counter(t, s, "ztgate_dns_dropped_total", "reason", dropBusy.String()); n > 0 {
+		t.Errorf("one query forwarded to ourselves took all %d forward slots (%v queries dropped as busy)", s.cfg.MaxForwards, n)
+	}
+	if n := counter(t, s, "ztgate_dns_forward_errors_total", "upstream", self.String(), "reason", fwdLoop); n != 2 {
+		t.Errorf("%v forward errors counted as loops, want 2", n)
+	}
+}
+
+// serveForwarding serves pc and l with a server whose one upstream is up,
+// stopped when the test ends.
+func serveForwarding(t *testing.T, pc net.PacketConn, l net.Listener, up netip.AddrPort) *Server {
 	cfg := testConfig()
-	cfg.Upstreams, cfg.ForwardTimeout, cfg.MaxForwards = []netip.AddrPort{self}, 2*time.Second, 64
+	cfg.Upstreams, cfg.ForwardTimeout, cfg.MaxForwards = []netip.AddrPort{up}, 2*time.Second, 64
 	s := newTestServer(t, cfg, loopbackDir())
 	done := make(chan struct{}, 2)
 	go func() { s.ServePacket(pc); done <- struct{}{} }()
 	go func() { s.ServeStream(l); done <- struct{}{} }()
 	t.Cleanup(func() { s.Shutdown(t.Context()); <-done; <-done })
+	return s
+}
 
+// askLoop asks server for name over UDP and TCP, whose forwarding loops:
+// each must be answered SERVFAIL within bound.
+func askLoop(t *testing.T, name string, server netip.AddrPort, bound time.Duration) {
+	t.Helper()
 	for _, proto := range []string{"udp", "tcp"} {
 		c := &dns.Client{Net: proto, Timeout: 5 * time.Second}
 		start := time.Now()
-		r, _, err := c.Exchange(newQuery("loop.example.", dns.TypeA, 0), self.String())
+		r, _, err := c.Exchange(newQuery(name, dns.TypeA, 0), server.String())
 		switch {
 		case err != nil:
 			t.Errorf("%s: %v", proto, err)
 		case r.Rcode != dns.RcodeServerFailure:
 			t.Errorf("%s: rcode %s, want SERVFAIL", proto, dns.RcodeToString[r.Rcode])
-		case time.Since(start) > cfg.ForwardTimeout:
+		case time.Since(start) > bound:
 			t.Errorf("%s: SERVFAIL after %v: the loop was not seen at once", proto, time.Since(start))
 		}
-	}
-	if n := counter(t, s, "ztgate_dns_dropped_total", "reason", dropBusy.String()); n > 0 {
-		t.Errorf("one query forwarded to ourselves took all %d forward slots (%v queries dropped as busy)", cfg.MaxForwards, n)
-	}
-	if n := counter(t, s, "ztgate_dns_forward_errors_total", "upstream", self.String(), "reason", fwdLoop); n != 2 {
-		t.Errorf("%v forward errors counted as loops, want 2", n)
 	}
 }
 
@@ -60,31 +73,8 @@ func TestForwardMutualLoopBounded(t *testing.T) {
 	pcB, lB := listenBoth(t)
 	addrA := pcA.LocalAddr().(*net.UDPAddr).AddrPort()
 	addrB := pcB.LocalAddr().(*net.UDPAddr).AddrPort()
-	start := func(pc net.PacketConn, l net.Listener, up netip.AddrPort) *Server {
-		cfg := testConfig()
-		cfg.Upstreams, cfg.ForwardTimeout, cfg.MaxForwards = []netip.AddrPort{up}, 2*time.Second, 64
-		s := newTestServer(t, cfg, loopbackDir())
-		done := make(chan struct{}, 2)
-		go func() { s.ServePacket(pc); done <- struct{}{} }()
-		go func() { s.ServeStream(l); done <- struct{}{} }()
-		t.Cleanup(func() { s.Shutdown(t.Context()); <-done; <-done })
-		return s
-	}
-	a, b := start(pcA, lA, addrB), start(pcB, lB, addrA)
-
-	for _, proto := range []string{"udp", "tcp"} {
-		c := &dns.Client{Net: proto, Timeout: 5 * time.Second}
-		begin := time.Now()
-		r, _, err := c.Exchange(newQuery("mutual.example.", dns.TypeA, 0), addrA.String())
-		switch {
-		case err != nil:
-			t.Errorf("%s: %v", proto, err)
-		case r.Rcode != dns.RcodeServerFailure:
-			t.Errorf("%s: rcode %s, want SERVFAIL", proto, dns.RcodeToString[r.Rcode])
-		case time.Since(begin) > time.Second:
-			t.Errorf("%s: SERVFAIL after %v: the loop was not seen at once", proto, time.Since(begin))
-		}
-	}
+	a, b := serveForwarding(t, pcA, lA, addrB), serveForwarding(t, pcB, lB, addrA)
+	askLoop(t, "mutual.example.", addrA, time.Second)
 	for name, s := range map[string]*Server{"A": a, "B": b} {
 		if n := counter(t, s, "ztgate_dns_dropped_total", "reason", dropBusy.String()); n > 0 {
 			t.Errorf("server %s: one query took all its forward slots (%v queries dropped as busy)", name, n)
