@@ -127,6 +127,10 @@ var errForwardLoop = errors.New("resolver: forward: the query came back to this 
 // fresh ID and passes the rest on unchanged: a query that is one in
 // flight but for its ID is a loop when it comes from an upstream's
 // address (a client that sent the same bytes at the same time is not).
+// Not from a loopback address, which every local process shares: local
+// clients of a server whose upstream is on the same host would be taken
+// for it, and a second server on the host forwards from 127.0.0.1
+// whatever loopback address it listens on.
 type inflight struct {
 	mu sync.Mutex
 	m  map[string][]*forwarding // by the query without its ID

@@ -19,7 +19,7 @@ import (
 func TestForwardLoopBounded(t *testing.T) {
 	pc, l := listenBoth(t)
 	self := pc.LocalAddr().(*net.UDPAddr).AddrPort()
-	s := serveForwarding(t, pc, l, self)
+	s := serveForwarding(t, pc, l, self, netip.Addr{})
 	askLoop(t, "loop.example.", self, s.cfg.ForwardTimeout)
 	if n := counter(t, s, "ztgate_dns_dropped_total", "reason", dropBusy.String()); n > 0 {
 		t.Errorf("one query forwarded to ourselves took all %d forward slots (%v queries dropped as busy)", s.cfg.MaxForwards, n)
@@ -30,11 +30,16 @@ func TestForwardLoopBounded(t *testing.T) {
 }
 
 // serveForwarding serves pc and l with a server whose one upstream is up,
-// stopped when the test ends.
-func serveForwarding(t *testing.T, pc net.PacketConn, l net.Listener, up netip.AddrPort) *Server {
+// stopped when the test ends. When upFrom is valid, the server takes
+// queries from upFrom for the upstream's, as it would on another host
+// than the upstream's.
+func serveForwarding(t *testing.T, pc net.PacketConn, l net.Listener, up netip.AddrPort, upFrom netip.Addr) *Server {
 	cfg := testConfig()
 	cfg.Upstreams, cfg.ForwardTimeout, cfg.MaxForwards = []netip.AddrPort{up}, 2*time.Second, 64
 	s := newTestServer(t, cfg, loopbackDir())
+	if upFrom.IsValid() {
+		s.upstreamAddrs = []netip.Addr{upFrom}
+	}
 	done := make(chan struct{}, 2)
 	go func() { s.ServePacket(pc); done <- struct{}{} }()
 	go func() { s.ServeStream(l); done <- struct{}{} }()
@@ -73,7 +78,12 @@ func TestForwardMutualLoopBounded(t *testing.T) {
 	pcB, lB := listenBoth(t)
 	addrA := pcA.LocalAddr().(*net.UDPAddr).AddrPort()
 	addrB := pcB.LocalAddr().(*net.UDPAddr).AddrPort()
-	a, b := serveForwarding(t, pcA, lA, addrB), serveForwarding(t, pcB, lB, addrA)
+	// Each as if on a host of its own: the other's queries come from the
+	// address it is configured as. On loopback, which every local process
+	// shares, a server does not take its upstream's address for the
+	// upstream (TestForwardSameQueryTwiceNoLoop).
+	a := serveForwarding(t, pcA, lA, addrB, addrB.Addr())
+	b := serveForwarding(t, pcB, lB, addrA, addrA.Addr())
 	askLoop(t, "mutual.example.", addrA, time.Second)
 	for name, s := range map[string]*Server{"A": a, "B": b} {
 		if n := counter(t, s, "ztgate_dns_dropped_total", "reason", dropBusy.String()); n > 0 {
@@ -86,14 +96,23 @@ func TestForwardMutualLoopBounded(t *testing.T) {
 }
 
 // TestForwardSameQueryTwiceNoLoop: two clients that send the same query
-// (but for its ID) at the same time are not a loop: only a query that
-// comes back from an upstream's address is. Both are answered.
+// (but for its ID) at the same time are not a loop, whether the upstream
+// is on another address or on the clients' own: local clients and an
+// upstream on the same host (a caching resolver on 127.0.0.1:5353) share
+// 127.0.0.1, and a loopback address names no one process. Both are
+// answered.
 func TestForwardSameQueryTwiceNoLoop(t *testing.T) {
+	for _, upAddr := range []string{"127.0.0.2", "127.0.0.1"} {
+		t.Run("upstream "+upAddr, func(t *testing.T) { sameQueryTwice(t, upAddr) })
+	}
+}
+
+func sameQueryTwice(t *testing.T, upAddr string) {
 	release := make(chan struct{})
 	var asked atomic.Int32
-	pc, err := net.ListenPacket("udp", "127.0.0.2:0")
+	pc, err := net.ListenPacket("udp", upAddr+":0")
 	if err != nil {
-		t.Skipf("no 127.0.0.2 on this host: %v", err)
+		t.Skipf("no %s on this host: %v", upAddr, err)
 	}
 	up := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		if asked.Add(1) == 2 {
@@ -101,7 +120,7 @@ func TestForwardSameQueryTwiceNoLoop(t *testing.T) {
 		}
 		select { // both queries in flight at once (or the test fails below, without hanging here)
 		case <-release:
-		case <-time.After(2 * time.Second):
+		case <-time.After(2 * time.Second): // only one came: the other was refused
 		}
 		m := new(dns.Msg).SetReply(r)
 		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 9)}}

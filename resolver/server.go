@@ -33,8 +33,10 @@ type Server struct {
 	cancel   context.CancelFunc
 	fwdSem   chan struct{} // slots of forwarded UDP queries
 	inflight inflight      // the queries forwarded, awaiting answers
-	// upstreamAddrs are the upstreams' addresses: a query from one of them
-	// that this server has in flight is a loop (inflight).
+	// upstreamAddrs are the upstreams' addresses that name them: a query
+	// from one of them that this server has in flight is a loop
+	// (inflight). A loopback address names no one: every local process
+	// sends from it, clients and a local upstream alike.
 	upstreamAddrs []netip.Addr
 	loopWarn      *rate.Limiter // warnings of queries that came back
 	bufs          sync.Pool     // *[]byte of maxMsgSize for forwarding
@@ -81,7 +83,9 @@ func New(cfg Config, dir Directory, log *slog.Logger) (*Server, error) {
 		s.ra = flagRA
 	}
 	for _, u := range cfg.Upstreams {
-		s.upstreamAddrs = append(s.upstreamAddrs, u.Addr().Unmap())
+		if a := u.Addr().Unmap(); !a.IsLoopback() {
+			s.upstreamAddrs = append(s.upstreamAddrs, a)
+		}
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.bufs.New = func() any { b := make([]byte, maxMsgSize); return &b }
