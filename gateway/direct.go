@@ -119,7 +119,8 @@ const directOutboxLen = 1024
 // directIngress is the ingress of a direct session of identity id, whose
 // replies s sends from an outbox of their own, so that the tunnel link's
 // writer never waits for this session's send queue. A reply the session
-// fails to send is counted as send_error, as when the writer sent it.
+// fails to send is counted as send_error, as when the writer sent it, and
+// so is one still queued when the outbox is closed.
 // closeIngress stops the outbox; until the ingress is added, whoever made
 // it does.
 func (g *Gateway) directIngress(id tunnel.Identity, s tunnel.DatagramSender) *ingress {

@@ -200,8 +200,10 @@ func TestTunnelOutputOutboxFullDrops(t *testing.T) {
 
 // TestTunnelCloseIngressStopsOutbox: an agent that disconnects while
 // replies wait for its session leaves no goroutine behind, and later
-// replies to it are dropped as no_ingress. (What was queued is dropped,
-// not sent: tunnel's TestOutboxCloseDropsQueue.)
+// replies to it are dropped as no_ingress. What was queued is dropped, not
+// sent (tunnel's TestOutboxCloseDropsQueue), and counted as send_error: a
+// reply its session could not send, as when the link's writer sent it
+// itself to a closed session.
 func TestTunnelCloseIngressStopsOutbox(t *testing.T) {
 	before := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // after the fixture's own
@@ -220,6 +222,9 @@ func TestTunnelCloseIngressStopsOutbox(t *testing.T) {
 	waitFor(t, time.Second, "the ingress to close", a.closed.Load)
 	close(slow.release)
 	<-closed
+	if sent, failed := slow.sent.Load(), testutil.ToFloat64(f.g.m.dropped.WithLabelValues("send_error")); sent+int64(failed) != 4 {
+		t.Errorf("4 replies queued: %d sent, %v counted as send_error, the others lost without a count", sent, failed)
+	}
 	f.write(t, reply(a, "late"))
 	if n := testutil.ToFloat64(f.g.m.dropped.WithLabelValues("no_ingress")); n != 1 {
 		t.Errorf("a reply to a closed ingress: no_ingress %v, want 1", n)

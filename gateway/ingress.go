@@ -135,8 +135,7 @@ func (o *tunnelOutput) WritePackets(pkts [][]byte) error {
 	return nil
 }
 
-// outboxDrop is the drop reason of a reply a direct session's outbox
-// refused.
+// outboxDrop is the drop reason of a reply a session's outbox refused.
 func outboxDrop(err error) string {
 	switch {
 	case errors.Is(err, tunnel.ErrOutboxFull):

@@ -32,11 +32,16 @@ var (
 // An idle Outbox holds its channel and nothing else: datagrams it copies
 // are in pooled buffers, taken back once sent or dropped.
 type Outbox struct {
-	s         DatagramSender
-	failed    func(error)
-	ch        chan outItem
-	done      chan struct{}
-	wg        sync.WaitGroup
+	s      DatagramSender
+	failed func(error)
+	ch     chan outItem
+	done   chan struct{}
+	wg     sync.WaitGroup
+	// mu orders queueing with Close: a datagram is queued under its read
+	// lock while closed is false, so that once Close has set it no send
+	// puts anything in ch behind the drain.
+	mu        sync.RWMutex
+	closed    bool
 	closeOnce sync.Once
 }
 
@@ -56,8 +61,10 @@ var outboxPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return 
 
 // NewOutbox starts the Outbox of s, which holds up to n datagrams. Close
 // stops it. failed, when not nil, is called with each error of s's
-// SendDatagram (on the Outbox's goroutine): a Session counts its own
-// drops, failed lets the caller count them as it counted its own sends.
+// SendDatagram (on the Outbox's goroutine), and with ErrOutboxClosed for
+// each datagram Close dropped: a Session counts its own drops, failed lets
+// the caller count them as it counted its own sends. A datagram a send
+// took is sent or reported to failed, once.
 func NewOutbox(s DatagramSender, n int, failed func(error)) *Outbox {
 	o := &Outbox{s: s, failed: failed, ch: make(chan outItem, n), done: make(chan struct{})}
 	o.wg.Add(1)
@@ -105,18 +112,28 @@ func (o *Outbox) SendTagReturn(tag uint32, packet []byte) error {
 }
 
 func (o *Outbox) queue(it outItem) error {
-	select {
-	case <-o.done:
+	o.mu.RLock()
+	if o.closed {
+		o.mu.RUnlock()
 		it.release()
 		return ErrOutboxClosed
-	default:
 	}
 	select {
 	case o.ch <- it:
+		o.mu.RUnlock()
 		return nil
 	default:
+		o.mu.RUnlock()
 		it.release()
 		return ErrOutboxFull
+	}
+}
+
+// drop releases a datagram Close dropped and reports it.
+func (o *Outbox) drop(it outItem) {
+	it.release()
+	if o.failed != nil {
+		o.failed(ErrOutboxClosed)
 	}
 }
 
@@ -140,7 +157,7 @@ func (o *Outbox) run() {
 		case it := <-o.ch:
 			select {
 			case <-o.done: // both were ready: closed wins, nothing more goes out
-				it.release()
+				o.drop(it)
 				return
 			default:
 			}
@@ -153,18 +170,20 @@ func (o *Outbox) run() {
 }
 
 // Close stops the sender and waits for it (a send in progress ends within
-// SendDatagram's 5 ms); what is queued is dropped and its buffers
-// released. A datagram queued while Close runs may be left to the garbage
-// collector instead. Later sends fail with ErrOutboxClosed. Close may be
-// called more than once.
+// SendDatagram's 5 ms); what is queued is dropped, its buffers released,
+// each reported to failed. Sends from the moment Close is called fail with
+// ErrOutboxClosed. Close may be called more than once.
 func (o *Outbox) Close() {
 	o.closeOnce.Do(func() {
+		o.mu.Lock()
+		o.closed = true
+		o.mu.Unlock()
 		close(o.done)
 		o.wg.Wait()
 		for {
 			select {
 			case it := <-o.ch:
-				it.release()
+				o.drop(it)
 			default:
 				return
 			}

@@ -3,6 +3,9 @@ package tunnel
 import (
 	"bytes"
 	"errors"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -128,4 +131,57 @@ func TestOutboxCloseDropsQueue(t *testing.T) {
 		t.Errorf("SendCopy after Close: %v, want ErrOutboxClosed", err)
 	}
 	o.Close() // a second Close is harmless
+}
+
+// TestOutboxCloseAccountsEveryDatagram: every datagram an Outbox took
+// (its Send returned nil) is sent or reported to failed, those Close
+// drops too (with ErrOutboxClosed), even with senders racing Close: the
+// caller counts each drop, and a datagram taken but dropped unreported
+// would be a reply lost without a count.
+func TestOutboxCloseAccountsEveryDatagram(t *testing.T) {
+	for range 20 {
+		s := &blockedSender{entered: make(chan struct{}, 1<<16), release: make(chan struct{})}
+		var mu sync.Mutex
+		var failedClosed, failedOther int
+		o := NewOutbox(s, 64, func(err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if errors.Is(err, ErrOutboxClosed) {
+				failedClosed++
+			} else {
+				failedOther++
+			}
+		})
+		var accepted atomic.Int64
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Go(func() {
+				for {
+					switch err := o.SendCopy([]byte{0x45}); {
+					case err == nil:
+						accepted.Add(1)
+					case errors.Is(err, ErrOutboxClosed):
+						return
+					}
+					runtime.Gosched()
+				}
+			})
+		}
+		<-s.entered // one is being sent, more wait
+		for accepted.Load() < 64 {
+			runtime.Gosched()
+		}
+		closed := make(chan struct{})
+		go func() { o.Close(); close(closed) }()
+		<-o.done
+		close(s.release)
+		<-closed
+		wg.Wait()
+		mu.Lock()
+		if sent := int64(len(s.entered)) + 1; accepted.Load() != sent+int64(failedClosed+failedOther) {
+			t.Fatalf("%d datagrams taken, %d sent, %d reported dropped by Close: %d lost without a word",
+				accepted.Load(), sent, failedClosed, accepted.Load()-sent-int64(failedClosed))
+		}
+		mu.Unlock()
+	}
 }
