@@ -98,7 +98,8 @@ func (r *router) Deliver(pkt []byte) {
 // pathOf returns the path of a packet's flow: a known flow keeps its path
 // while that lives; a new one (or one whose direct path died) takes the
 // service's current path and, when that is the relay, asks for a direct
-// one. A packet without a flow (a fragment) takes the current path.
+// one. A packet without a flow (a fragment) takes the current path; an
+// ICMP error about a packet of a flow takes that flow's path.
 func (r *router) pathOf(service string, pkt []byte) *path {
 	d := r.a.direct
 	f, ok := tunnel.ParseFlow(pkt)
@@ -109,6 +110,9 @@ func (r *router) pathOf(service string, pkt []byte) *path {
 	r.flows.Sweep(now)
 	if p, known := r.flows.Lookup(f.Key, now, f.Refresh()); known && (p == nil || !p.dead.Load()) {
 		return p
+	}
+	if f.Error { // an ICMP error about a packet of an unknown flow opens none
+		return d.route(service)
 	}
 	p := d.route(service)
 	r.flows.Put(f.Key, p, now, f.Idle())

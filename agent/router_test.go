@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ztgate/ztgate/internal/monoclock"
 	"github.com/ztgate/ztgate/netstack/netstacktest"
 	"github.com/ztgate/ztgate/tunnel"
 )
@@ -166,5 +167,38 @@ func BenchmarkPathOf(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		r.pathOf("web", pkt)
+	}
+}
+
+// TestICMPErrorTakesItsFlowsPath: the agent's ICMP error about a packet
+// of one of its flows (a port unreachable for a late datagram of the
+// gateway's) leaves on that flow's path, direct or the relay, so that it
+// reaches the gateway the flow is on; an error about no known flow takes
+// the service's current path and opens no flow.
+func TestICMPErrorTakesItsFlowsPath(t *testing.T) {
+	a := &Agent{log: slog.New(slog.DiscardHandler), ctx: context.Background(), m: newMetrics(prometheus.NewRegistry())}
+	a.direct = newDirect(a)
+	r := newRouter(a)
+	src, dst := netip.AddrPortFrom(innerAddr, 4000), netip.AddrPortFrom(webVIP, 53)
+	query := udpReply(src, dst, "q")
+	f, _ := tunnel.ParseFlow(query)
+	direct := &path{gateway: "gw1"}
+	r.flows.Put(f.Key, direct, monoclock.Now(), f.Idle()) // the flow went direct
+
+	unreachable := func(q []byte) []byte {
+		p := udpReply(src, dst, "")[:20:20] // an IPv4 header from the agent to the VIP
+		p[9] = tunnel.ProtoICMP
+		binary.BigEndian.PutUint16(p[2:], uint16(28+len(q)))
+		return append(append(p, 3, 3, 0, 0, 0, 0, 0, 0), q...)
+	}
+	if got := r.pathOf("web", unreachable(udpReply(dst, src, "late"))); got != direct {
+		t.Errorf("the error about the direct flow's datagram took path %v, want the direct one", got)
+	}
+	n := r.flows.Len()
+	if got := r.pathOf("web", unreachable(udpReply(dst, netip.AddrPortFrom(innerAddr, 4999), "other"))); got != nil {
+		t.Errorf("the error about an unknown flow took path %v, want the relay (the current path)", got)
+	}
+	if r.flows.Len() != n {
+		t.Errorf("an ICMP error opened a flow: %d flows, want %d", r.flows.Len(), n)
 	}
 }

@@ -65,7 +65,9 @@ func (r *Relay) routeToGateway(a *agent, service, packet []byte) {
 // flow it does not know (expired, evicted) takes the service's current
 // tag. A cached tag carries the authorisation checked when it was drawn: a
 // tag dies with its gateway, or when its gateway stops serving the
-// service.
+// service. An ICMP error about a packet of a known flow takes that flow's
+// tag (the agent's port unreachable reaches the gateway whose backend
+// sent the datagram), else the service's current one.
 func (r *Relay) flowTag(a *agent, service, packet []byte, inner netip.Addr) (*tag, dropReason) {
 	fp, ok := tunnel.ParseFlow(packet)
 	if !ok {
@@ -73,6 +75,12 @@ func (r *Relay) flowTag(a *agent, service, packet []byte, inner netip.Addr) (*ta
 	}
 	now := monoclock.Now()
 	t, verdict := a.flows.lookup(fp, service, now)
+	if fp.Error { // an ICMP error about a packet of a flow goes where the flow goes, and opens none
+		if verdict == flowKnown {
+			return t, 0
+		}
+		return r.currentTag(a, service, inner)
+	}
 	switch verdict {
 	case flowKnown:
 		return t, 0

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -350,5 +351,70 @@ func TestForgetDeadRoutes(t *testing.T) {
 				t.Fatalf("%d live current tags left, want %d", live, tc.live)
 			}
 		})
+	}
+}
+
+// icmpUnreachable is the port unreachable src sends about q, a packet it
+// received.
+func icmpUnreachable(src, dst netip.Addr, q []byte) []byte {
+	p := make([]byte, 28, 28+len(q))
+	p[0] = 0x45
+	binary.BigEndian.PutUint16(p[2:], uint16(28+len(q)))
+	p[8], p[9] = 64, tunnel.ProtoICMP
+	s, d := src.As4(), dst.As4()
+	copy(p[12:16], s[:])
+	copy(p[16:20], d[:])
+	p[20], p[21] = 3, 3
+	return append(p, q...)
+}
+
+// TestICMPErrorFollowsItsFlow: an agent's ICMP error about a packet of one
+// of its flows (its port unreachable for a backend's datagram that came
+// after its socket closed) reaches the gateway of that flow, under its
+// tag, where the gateway hands it to the flow it quotes. Before, it was a
+// flow of its own, sent to the least loaded gateway of the service: the
+// other one.
+func TestICMPErrorFollowsItsFlow(t *testing.T) {
+	p := newPKI(t)
+	r := startRelay(t, p.relayConfig(t.TempDir()))
+	addr := r.Addr().String()
+	gw1 := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	vip := vipOf(gw1.register(svc("web", "acme")), "web")
+	gw2 := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw2"), gatewayHello("gw2"))
+	gw2.register(svc("web", "acme"))
+	a := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a1"), agentHello("a1"))
+	src, dst := netip.AddrPortFrom(innerAddr, 4000), netip.AddrPortFrom(vip, 53)
+
+	// The first flow goes to the first gateway (both have none).
+	a.send("web", udpPacket(src, dst, "query"))
+	first, other := gw1, gw2
+	open := next[tunnel.TagOpen](first)
+	if _, _, packet, _ := tunnel.ParseTagged(first.datagram()); payload(packet) != "query" {
+		t.Fatalf("gw1 got %q", payload(packet))
+	}
+
+	unreachable := icmpUnreachable(innerAddr, vip, udpPacket(dst, src, "late answer"))
+	a.send("web", unreachable)
+	tag, service, packet, err := tunnel.ParseTagged(first.datagram())
+	if err != nil || tag != open.Tag || string(service) != "web" || string(packet) != string(unreachable) {
+		t.Fatalf("the flow's gateway got tag %d (%v), want the error under the flow's tag %d", tag, err, open.Tag)
+	}
+	if !other.quiet(200 * time.Millisecond) {
+		t.Error("the other gateway got the agent's error")
+	}
+
+	// An error about a packet of no flow the relay knows takes the
+	// service's current tag and opens no flow.
+	stray := icmpUnreachable(innerAddr, vip, udpPacket(dst, netip.AddrPortFrom(innerAddr, 4999), "unknown"))
+	a.send("web", stray)
+	if tag, _, packet, _ := tunnel.ParseTagged(first.datagram()); tag != open.Tag || string(packet) != string(stray) {
+		t.Fatalf("a stray error went under tag %d, want the current one %d", tag, open.Tag)
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for ag := range r.agents {
+		if n := ag.flows.len(); n != 1 {
+			t.Errorf("the agent has %d flows at the relay, want 1: an ICMP error opened one", n)
+		}
 	}
 }

@@ -63,6 +63,12 @@ type Flow struct {
 	Key     FlowKey
 	Start   bool // a TCP SYN without ACK: a connection attempt
 	Closing bool // a TCP FIN or RST
+	// Error: the packet is an ICMP error (unreachable, time exceeded,
+	// parameter problem) about a TCP or UDP packet it quotes, sent back to
+	// where that packet came from; Key is then the flow of the packets its
+	// sender sends the other way — the one the quoted packet belongs to —
+	// so that the error follows its flow, and opens none.
+	Error bool
 }
 
 // ParseFlow reads the flow of an IPv4 packet that is not a fragment and
@@ -98,11 +104,40 @@ func ParseFlow(p []byte) (f Flow, ok bool) {
 		if len(l4) < 8 {
 			return f, false
 		}
-		if l4[0] == 8 || l4[0] == 0 { // echo request or reply: one flow per identifier
+		switch l4[0] {
+		case 8, 0: // echo request or reply: one flow per identifier
 			f.Key.SrcPort = binary.BigEndian.Uint16(l4[4:])
+		case 3, 11, 12: // destination unreachable, time exceeded, parameter problem
+			if k, ok := quotedFlow(p[12:20], l4[8:]); ok {
+				f.Key, f.Error = k, true
+			}
 		}
 	}
 	return f, true
+}
+
+// quotedFlow returns the flow of the packets sent the other way of q, the
+// IPv4 packet an ICMP error quotes (its header and at least 8 bytes of
+// TCP or UDP), when q went from the error's destination to its source
+// (outer: the error's source and destination addresses).
+func quotedFlow(outer, q []byte) (k FlowKey, ok bool) {
+	const ipv4Header = 20
+	if len(q) < ipv4Header || q[0]>>4 != 4 {
+		return k, false
+	}
+	ihl := int(q[0]&0x0f) * 4
+	proto := q[9]
+	if ihl < ipv4Header || len(q) < ihl+4 || (proto != ProtoTCP && proto != ProtoUDP) ||
+		binary.BigEndian.Uint16(q[6:8])&0x1fff != 0 || // a later fragment quotes no ports
+		[4]byte(q[12:16]) != [4]byte(outer[4:8]) || [4]byte(q[16:20]) != [4]byte(outer[:4]) {
+		return k, false
+	}
+	ports := q[ihl:]
+	return FlowKey{
+		Src: [4]byte(q[16:20]), Dst: [4]byte(q[12:16]),
+		SrcPort: binary.BigEndian.Uint16(ports[2:]), DstPort: binary.BigEndian.Uint16(ports),
+		Proto: proto,
+	}, true
 }
 
 // FlowRemoval says why an entry left a FlowTable.

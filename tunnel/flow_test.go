@@ -100,6 +100,7 @@ func FuzzParseFlow(f *testing.F) {
 	f.Add(udpDatagram(flowSrc, flowDst))
 	f.Add(icmpMessage(flowSrc.Addr(), flowDst.Addr(), 8, 1))
 	f.Add([]byte{0x4f, 0, 0, 20})
+	f.Add(icmpError(flowSrc.Addr(), flowDst.Addr(), 3, udpDatagram(flowDst, flowSrc)))
 	f.Fuzz(func(t *testing.T, p []byte) {
 		fl, ok := ParseFlow(p)
 		if !ok {
@@ -107,7 +108,11 @@ func FuzzParseFlow(f *testing.F) {
 		}
 		// What parses is an unfragmented IPv4 packet whose addresses the
 		// key holds, and flags only TCP has.
-		if len(p) < 20 || p[0]>>4 != 4 || p[6]&0x3f != 0 || p[7] != 0 || fl.Key.Src != [4]byte(p[12:16]) || fl.Key.Proto != p[9] {
+		if len(p) < 20 || p[0]>>4 != 4 || p[6]&0x3f != 0 || p[7] != 0 || fl.Key.Src != [4]byte(p[12:16]) || fl.Key.Dst != [4]byte(p[16:20]) {
+			t.Fatalf("accepted % x as %+v", p, fl)
+		}
+		// An ICMP error is keyed by the TCP or UDP flow it quotes.
+		if fl.Error && (p[9] != ProtoICMP || fl.Key.Proto != ProtoTCP && fl.Key.Proto != ProtoUDP) || !fl.Error && fl.Key.Proto != p[9] {
 			t.Fatalf("accepted % x as %+v", p, fl)
 		}
 		if (fl.Start || fl.Closing) && fl.Key.Proto != ProtoTCP {
@@ -256,6 +261,53 @@ func TestFlowIdle(t *testing.T) {
 			f, _ := ParseFlow(tc.packet)
 			if f.Idle() != tc.idle || f.Refresh() != tc.refresh {
 				t.Errorf("idle %v refresh %v", f.Idle(), f.Refresh())
+			}
+		})
+	}
+}
+
+// icmpError is an ICMP error of type typ from src to dst quoting q.
+func icmpError(src, dst netip.Addr, typ byte, q []byte) []byte {
+	l4 := append(make([]byte, 8, 8+len(q)), q...)
+	l4[0] = typ
+	return ipv4Packet(ProtoICMP, src, dst, l4)
+}
+
+// TestParseFlowICMPError: an ICMP error that an agent sends about a
+// packet of one of its flows (its port unreachable for a backend's late
+// datagram) is keyed by that flow, as the agent sends it, so that it goes
+// where the flow goes; an error whose quote is not from where it is sent
+// to, or names no ports, is an ICMP packet of its own, as before.
+func TestParseFlowICMPError(t *testing.T) {
+	reply := udpDatagram(flowDst, flowSrc) // the backend's datagram, as the agent got it
+	segment := tcpSegment(flowDst, flowSrc, 0x12)
+	other := udpDatagram(netip.MustParseAddrPort("10.100.0.9:53"), flowSrc)
+	fragment := udpDatagram(flowDst, flowSrc)
+	binary.BigEndian.PutUint16(fragment[6:], 185) // a later fragment: its quote has no ports
+	flowKey := func(proto uint8) FlowKey {
+		return FlowKey{Src: flowSrc.Addr().As4(), Dst: flowDst.Addr().As4(), SrcPort: flowSrc.Port(), DstPort: flowDst.Port(), Proto: proto}
+	}
+	plain := FlowKey{Src: flowSrc.Addr().As4(), Dst: flowDst.Addr().As4(), Proto: ProtoICMP}
+	for _, tc := range []struct {
+		name  string
+		p     []byte
+		error bool
+		key   FlowKey
+	}{
+		{"port unreachable about a UDP reply", icmpError(flowSrc.Addr(), flowDst.Addr(), 3, reply), true, flowKey(ProtoUDP)},
+		{"unreachable about a TCP segment", icmpError(flowSrc.Addr(), flowDst.Addr(), 3, segment), true, flowKey(ProtoTCP)},
+		{"time exceeded", icmpError(flowSrc.Addr(), flowDst.Addr(), 11, reply), true, flowKey(ProtoUDP)},
+		{"parameter problem", icmpError(flowSrc.Addr(), flowDst.Addr(), 12, reply), true, flowKey(ProtoUDP)},
+		{"quote of a packet from another address", icmpError(flowSrc.Addr(), flowDst.Addr(), 3, other), false, plain},
+		{"quote cut before its ports", icmpError(flowSrc.Addr(), flowDst.Addr(), 3, reply[:22]), false, plain},
+		{"quote of a later fragment", icmpError(flowSrc.Addr(), flowDst.Addr(), 3, fragment), false, plain},
+		{"quote of an ICMP packet", icmpError(flowSrc.Addr(), flowDst.Addr(), 3, icmpMessage(flowDst.Addr(), flowSrc.Addr(), 0, 7)), false, plain},
+		{"source quench is no error here", icmpError(flowSrc.Addr(), flowDst.Addr(), 4, reply), false, plain},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, ok := ParseFlow(tc.p)
+			if !ok || f.Error != tc.error || f.Key != tc.key || f.Start || f.Closing {
+				t.Errorf("ParseFlow = %+v, %v; want key %+v, error %v", f, ok, tc.key, tc.error)
 			}
 		})
 	}
