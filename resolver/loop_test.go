@@ -3,6 +3,7 @@ package resolver
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -154,5 +155,27 @@ func sameQueryTwice(t *testing.T, upAddr string) {
 	}
 	if n := counter(t, srv.Server, "ztgate_dns_forward_errors_total", "reason", fwdLoop); n != 0 {
 		t.Errorf("%v forwards counted as loops", n)
+	}
+}
+
+// TestUpstreamAddrsNameOthers: only an upstream's address that no local
+// process shares tells a loop from a client: not a loopback address, nor
+// one of this host's (a resolver on the router's own LAN address, where
+// the router's local clients send from too).
+func TestUpstreamAddrsNameOthers(t *testing.T) {
+	local := netip.MustParseAddr("192.0.2.1")
+	defer func(f func() []netip.Addr) { hostAddrs = f }(hostAddrs)
+	hostAddrs = func() []netip.Addr { return []netip.Addr{local} }
+	cfg := testConfig()
+	cfg.Upstreams = []netip.AddrPort{
+		netip.MustParseAddrPort("127.0.0.1:5353"),
+		netip.AddrPortFrom(local, 53),
+		netip.MustParseAddrPort("[::ffff:198.51.100.53]:53"),
+		netip.MustParseAddrPort("203.0.113.53:53"),
+	}
+	s := newTestServer(t, cfg, loopbackDir())
+	want := []netip.Addr{netip.MustParseAddr("198.51.100.53"), netip.MustParseAddr("203.0.113.53")}
+	if !slices.Equal(s.upstreamAddrs, want) {
+		t.Errorf("upstream addresses that name an upstream: %v, want %v", s.upstreamAddrs, want)
 	}
 }

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,7 +38,9 @@ type Server struct {
 	// upstreamAddrs are the upstreams' addresses that name them: a query
 	// from one of them that this server has in flight is a loop
 	// (inflight). A loopback address names no one: every local process
-	// sends from it, clients and a local upstream alike.
+	// sends from it, clients and a local upstream alike; nor does an
+	// address of this host (a resolver on the router's LAN address, which
+	// the router's own clients send from too).
 	upstreamAddrs []netip.Addr
 	loopWarn      *rate.Limiter // warnings of queries that came back
 	bufs          sync.Pool     // *[]byte of maxMsgSize for forwarding
@@ -82,8 +86,9 @@ func New(cfg Config, dir Directory, log *slog.Logger) (*Server, error) {
 	if len(cfg.Upstreams) > 0 {
 		s.ra = flagRA
 	}
+	local := hostAddrs()
 	for _, u := range cfg.Upstreams {
-		if a := u.Addr().Unmap(); !a.IsLoopback() {
+		if a := u.Addr().Unmap(); !a.IsLoopback() && !slices.Contains(local, a) {
 			s.upstreamAddrs = append(s.upstreamAddrs, a)
 		}
 	}
@@ -154,4 +159,20 @@ func (s *Server) SetPools(pool, pool6 netip.Prefix) {
 	cfg := s.cfg
 	cfg.Pool, cfg.Pool6 = pool, pool6
 	s.zone.Store(newZone(&cfg, s.zone.Load().serial+1))
+}
+
+// hostAddrs returns the addresses of this host's interfaces (tests
+// replace it).
+var hostAddrs = func() []netip.Addr {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out = append(out, p.Addr().Unmap())
+		}
+	}
+	return out
 }
