@@ -217,11 +217,11 @@ func (a *Agent) startDNS() error {
 	}
 	a.serveDNS(srv, pc, l)
 	for _, ap := range a.cfg.DNS.Listen {
-		pc, err := net.ListenPacket(listenaddr.Network("udp", ap.String()), ap.String())
+		pc, err := listenaddr.ListenPacket(ap.String())
 		if err != nil {
 			return fmt.Errorf("agent: dns listen %s: %w", ap, err)
 		}
-		l, err := net.Listen(listenaddr.Network("tcp", ap.String()), ap.String())
+		l, err := listenaddr.Listen(ap.String())
 		if err != nil {
 			pc.Close()
 			return fmt.Errorf("agent: dns listen %s: %w", ap, err)

@@ -205,11 +205,11 @@ func (g *Gateway) startDNS() error {
 	}
 	g.dnsHost = srv
 	for _, ap := range g.cfg.DNS.Listen {
-		pc, err := net.ListenPacket(listenaddr.Network("udp", ap.String()), ap.String())
+		pc, err := listenaddr.ListenPacket(ap.String())
 		if err != nil {
 			return fmt.Errorf("gateway: dns listen %s/udp: %w", ap, err)
 		}
-		l, err := net.Listen(listenaddr.Network("tcp", ap.String()), ap.String())
+		l, err := listenaddr.Listen(ap.String())
 		if err != nil {
 			pc.Close()
 			return fmt.Errorf("gateway: dns listen %s/tcp: %w", ap, err)

@@ -199,7 +199,7 @@ func (fw *forwarding) open(agent, gateway string, agentIP netip.Addr, target net
 			continue
 		}
 		addr := net.JoinHostPort(fw.host, strconv.Itoa(int(port)))
-		pc, err := net.ListenPacket(listenaddr.Network("udp", addr), addr)
+		pc, err := listenaddr.ListenPacket(addr)
 		if err != nil {
 			continue // taken by another process
 		}

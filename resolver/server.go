@@ -6,12 +6,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ztgate/ztgate/internal/listenaddr"
 
 	"golang.org/x/time/rate"
 )
@@ -163,16 +164,4 @@ func (s *Server) SetPools(pool, pool6 netip.Prefix) {
 
 // hostAddrs returns the addresses of this host's interfaces (tests
 // replace it).
-var hostAddrs = func() []netip.Addr {
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return nil
-	}
-	var out []netip.Addr
-	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil {
-			out = append(out, p.Addr().Unmap())
-		}
-	}
-	return out
-}
+var hostAddrs = listenaddr.HostAddrs

@@ -1,22 +1,19 @@
 package tunnel
 
 import (
-	"net"
 	"net/netip"
+
+	"github.com/ztgate/ztgate/internal/listenaddr"
 )
 
 // HostAddrs returns the host's addresses another host could reach
 // (Dialable ones): what a gateway listening on 0.0.0.0 or :: offers as
 // direct-path candidates, and an agent as its own.
 func HostAddrs() []netip.Addr {
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return nil
-	}
 	var out []netip.Addr
-	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil && Dialable(p.Addr()) {
-			out = append(out, p.Addr().Unmap())
+	for _, a := range listenaddr.HostAddrs() {
+		if Dialable(a) {
+			out = append(out, a)
 		}
 	}
 	return out

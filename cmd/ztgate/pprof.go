@@ -27,7 +27,7 @@ func startProfiling(stderr io.Writer) {
 		fmt.Fprintln(stderr, "ztgate: ZTGATE_PPROF:", err)
 		return
 	}
-	l, err := net.Listen(listenaddr.Network("tcp", addr), addr)
+	l, err := listenaddr.Listen(addr)
 	if err != nil {
 		fmt.Fprintln(stderr, "ztgate: ZTGATE_PPROF:", err)
 		return

@@ -61,7 +61,7 @@ func Start(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	l, err := net.Listen(listenaddr.Network("tcp", cfg.Listen.String()), cfg.Listen.String())
+	l, err := listenaddr.Listen(cfg.Listen.String())
 	if err != nil {
 		return nil, err
 	}

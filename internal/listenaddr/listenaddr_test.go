@@ -2,6 +2,8 @@ package listenaddr
 
 import (
 	"net"
+	"net/netip"
+	"slices"
 	"testing"
 )
 
@@ -34,7 +36,7 @@ func TestUnspecifiedIPv4IsIPv4Only(t *testing.T) {
 	}
 	probe.Close()
 
-	l, err := net.Listen(Network("tcp", "0.0.0.0:0"), "0.0.0.0:0")
+	l, err := Listen("0.0.0.0:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,12 +52,19 @@ func TestUnspecifiedIPv4IsIPv4Only(t *testing.T) {
 		c.Close()
 	}
 
-	pc, err := net.ListenPacket(Network("udp", "0.0.0.0:0"), "0.0.0.0:0")
+	pc, err := ListenPacket("0.0.0.0:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pc.Close()
 	if got := pc.LocalAddr().(*net.UDPAddr).IP; got.To4() == nil {
 		t.Errorf("a UDP socket for 0.0.0.0 is bound to %v, want an IPv4 socket", got)
+	}
+}
+
+// TestHostAddrs: the host's addresses include its loopback one.
+func TestHostAddrs(t *testing.T) {
+	if got := HostAddrs(); !slices.Contains(got, netip.MustParseAddr("127.0.0.1")) {
+		t.Errorf("HostAddrs() = %v, want 127.0.0.1 among them", got)
 	}
 }
