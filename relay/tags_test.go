@@ -147,20 +147,29 @@ func TestChooseGatewaySpreadsFlows(t *testing.T) {
 	}
 }
 
+// twoGatewaysOfWeb starts a relay and two gateways, gw1 then gw2, that
+// both serve web to tenant acme at one VIP.
+func twoGatewaysOfWeb(t *testing.T) (p *pki, r *Relay, gw1, gw2 *client, vip netip.Addr) {
+	t.Helper()
+	p = newPKI(t)
+	r = startRelay(t, p.relayConfig(t.TempDir()))
+	addr := r.Addr().String()
+	gw1 = mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	vip = vipOf(gw1.register(svc("web", "acme")), "web")
+	gw2 = mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw2"), gatewayHello("gw2"))
+	if got := vipOf(gw2.register(svc("web", "acme")), "web"); got != vip {
+		t.Fatalf("second gateway got VIP %v, first %v", got, vip)
+	}
+	return p, r, gw1, gw2, vip
+}
+
 // TestTagRouting checks the return path: a 0x31 reaches only the agent of
 // its tag, a tag of another gateway or a dead tag is dropped, an agent's
 // end closes its tags at the gateway, a gateway's end moves the agent's
 // next packet to another gateway.
 func TestTagRouting(t *testing.T) {
-	p := newPKI(t)
-	r := startRelay(t, p.relayConfig(t.TempDir()))
+	p, r, gw1, gw2, vip := twoGatewaysOfWeb(t)
 	addr := r.Addr().String()
-	gw1 := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
-	vip := vipOf(gw1.register(svc("web", "acme")), "web")
-	gw2 := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw2"), gatewayHello("gw2"))
-	if got := vipOf(gw2.register(svc("web", "acme")), "web"); got != vip {
-		t.Fatalf("second gateway got VIP %v, first %v", got, vip)
-	}
 	a1 := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a1"), agentHello("a1"))
 	a2 := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a2"), agentHello("a2"))
 	src, dst := netip.AddrPortFrom(innerAddr, 4000), netip.AddrPortFrom(vip, 7)
@@ -375,14 +384,8 @@ func icmpUnreachable(src, dst netip.Addr, q []byte) []byte {
 // flow of its own, sent to the least loaded gateway of the service: the
 // other one.
 func TestICMPErrorFollowsItsFlow(t *testing.T) {
-	p := newPKI(t)
-	r := startRelay(t, p.relayConfig(t.TempDir()))
-	addr := r.Addr().String()
-	gw1 := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
-	vip := vipOf(gw1.register(svc("web", "acme")), "web")
-	gw2 := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw2"), gatewayHello("gw2"))
-	gw2.register(svc("web", "acme"))
-	a := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a1"), agentHello("a1"))
+	p, r, gw1, gw2, vip := twoGatewaysOfWeb(t)
+	a := mustDial(t, r.Addr().String(), p.identity("acme", tunnel.RoleAgent, "a1"), agentHello("a1"))
 	src, dst := netip.AddrPortFrom(innerAddr, 4000), netip.AddrPortFrom(vip, 53)
 
 	// The first flow goes to the first gateway (both have none).
