@@ -116,6 +116,13 @@ func (g *Gateway) serveDirect(s *tunnel.Session) error {
 // session holds only the channel (56 KiB).
 const directOutboxLen = 1024
 
+// outboxBudget bounds the replies queued in all tunnel sessions' outboxes
+// together (tunnel.OutboxBudget): 16 full direct outboxes, 32 MiB of
+// pooled buffers. Past it a session that holds tunnel.OutboxReserve
+// replies or more drops its new ones as outbox_budget: many slow agents
+// at once hold that much and 64 replies each, not 2 MiB each.
+const outboxBudget = 16 * directOutboxLen
+
 // directIngress is the ingress of a direct session of identity id, whose
 // replies s sends from an outbox of their own, so that the tunnel link's
 // writer never waits for this session's send queue. A reply the session
@@ -127,7 +134,7 @@ func (g *Gateway) directIngress(id tunnel.Identity, s tunnel.DatagramSender) *in
 	return &ingress{
 		peer:     peer{tenant: id.Tenant, identity: id.String()},
 		services: id.Services,
-		out:      tunnel.NewOutbox(s, directOutboxLen, func(error) { g.m.tunnelDrop("send_error") }),
+		out:      tunnel.NewOutbox(s, directOutboxLen, g.outboxes, func(error) { g.m.tunnelDrop("send_error") }),
 	}
 }
 

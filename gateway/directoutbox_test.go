@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -59,7 +60,7 @@ func (f funcSender) SendDatagram(b []byte) error { return f(b) }
 // testOutbox is the outbox of a test's ingress, whose session f is; it is
 // closed when the test ends.
 func testOutbox(t testing.TB, f funcSender) *tunnel.Outbox {
-	o := tunnel.NewOutbox(f, directOutboxLen, nil)
+	o := tunnel.NewOutbox(f, directOutboxLen, nil, nil)
 	t.Cleanup(o.Close)
 	return o
 }
@@ -263,7 +264,7 @@ func TestTunnelOutputSlowRelayHoldsUpNoDirect(t *testing.T) {
 		sent = append(sent, append([]byte(nil), b...))
 		mu.Unlock()
 		return nil
-	}), relayOutboxLen, nil)
+	}), relayOutboxLen, nil, nil)
 	var once sync.Once
 	open := func() { once.Do(func() { close(release) }) }
 	t.Cleanup(func() { open(); out.Close() })
@@ -303,5 +304,43 @@ func TestTunnelOutputSlowRelayHoldsUpNoDirect(t *testing.T) {
 		if _, dst, _ := netstack.IPv4Addrs(pkt); dst != agentInner {
 			t.Errorf("relay datagram %d to %v, want the agent's %v", i, dst, agentInner)
 		}
+	}
+}
+
+// TestTunnelOutputOutboxBudget: many slow agents at once do not each hold
+// a full outbox. Past the budget shared by every session's outbox, a
+// session that holds its reserve drops its new replies as outbox_budget,
+// and an agent with little queued still gets its replies.
+func TestTunnelOutputOutboxBudget(t *testing.T) {
+	f := newOutputFixture(t)
+	f.g.outboxes = tunnel.NewOutboxBudget(outboxBudget)
+	const slowAgents = outboxBudget/directOutboxLen + 4
+	for i := range slowAgents {
+		slow := newHeldSender()
+		in := f.add(t, fmt.Sprintf("slow-%d", i), slow)
+		f.write(t, reply(in, "first"))
+		<-slow.entered
+		pkts := make([][]byte, directOutboxLen)
+		for j := range pkts {
+			pkts[j] = reply(in, "burst")
+		}
+		f.write(t, pkts...)
+	}
+	if got, most := f.g.outboxes.Queued(), int64(outboxBudget+slowAgents*tunnel.OutboxReserve); got > most {
+		t.Errorf("%d slow agents hold %d replies queued, more than the budget %d and %d each", slowAgents, got, outboxBudget, tunnel.OutboxReserve)
+	}
+	if n := testutil.ToFloat64(f.g.m.dropped.WithLabelValues("outbox_budget")); n == 0 {
+		t.Error("no reply dropped as outbox_budget with every outbox full")
+	}
+	quick := make(chanSender, 1)
+	in := f.add(t, "quick", quick)
+	f.write(t, reply(in, "yours"))
+	select {
+	case b := <-quick:
+		if !bytes.Contains(b, []byte("yours")) {
+			t.Errorf("the quick agent got % x", b)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("an agent with nothing queued got no reply while slow agents held the budget")
 	}
 }

@@ -101,6 +101,9 @@ type Gateway struct {
 	direct    *tunnel.Listener
 	// directSessions counts each agent identity's direct sessions.
 	directSessions identitySessions
+	// outboxes bounds the replies queued in all the tunnel sessions'
+	// outboxes together; nil (tests that build a Gateway by hand): none.
+	outboxes *tunnel.OutboxBudget
 
 	// Lifecycle: ctx is cancelled by Close; every goroutine serving a flow
 	// or a request enters wg through enter, which fails once closing.
@@ -158,6 +161,8 @@ func New(cfg *conf.Gateway, opts Options, log *slog.Logger) (*Gateway, error) {
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.m = newMetrics(opts.Registry)
 	registerStackMetrics(g, opts.Registry)
+	g.outboxes = tunnel.NewOutboxBudget(outboxBudget)
+	g.m.registerOutboxes(g.outboxes)
 	if cfg.Tunnel.Relay != "" {
 		// The relay allocates the VIPs: no local pool.
 		g.relay = &relayState{vips: make(map[string]tunnel.VIPAssignment)}

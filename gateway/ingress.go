@@ -138,6 +138,8 @@ func (o *tunnelOutput) WritePackets(pkts [][]byte) error {
 // outboxDrop is the drop reason of a reply a session's outbox refused.
 func outboxDrop(err error) string {
 	switch {
+	case errors.Is(err, tunnel.ErrOutboxBudget):
+		return "outbox_budget"
 	case errors.Is(err, tunnel.ErrOutboxFull):
 		return "outbox_full"
 	case errors.Is(err, tunnel.ErrOutboxClosed): // the ingress closed since it was looked up

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/ztgate/ztgate/netstack"
+	"github.com/ztgate/ztgate/tunnel"
 )
 
 // metrics are the gateway's Prometheus collectors. Labels stay bounded:
@@ -116,6 +117,15 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	return m
 }
 
+// registerOutboxes exports the replies queued in the tunnel sessions'
+// outboxes.
+func (m *metrics) registerOutboxes(b *tunnel.OutboxBudget) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ztgate_tunnel_outbox_packets",
+		Help: "Replies queued in the tunnel sessions' outboxes, waiting to be sent.",
+	}, func() float64 { return float64(b.Queued()) }))
+}
+
 // drop counts a packet the netstack dropped; it runs on the packet path.
 func (m *metrics) drop(r netstack.DropReason) {
 	if int(r) < len(m.droppedBy) {
@@ -131,7 +141,7 @@ const dropUDPBackendOverflow = "udp_backend_overflow"
 // drops, whose counters are made at start.
 var tunnelDropReasons = []string{
 	"ingress_full", "malformed", "malformed_datagram", "malformed_out", "no_ingress",
-	"not_authorised", "outbox_full", "send_error", "spoofed_source", "unexpected_datagram", "unknown_tag",
+	"not_authorised", "outbox_budget", "outbox_full", "send_error", "spoofed_source", "unexpected_datagram", "unknown_tag",
 	"wrong_service",
 }
 

@@ -111,7 +111,7 @@ type pendingTag struct {
 // carries the tagged packets of agents.
 func (g *Gateway) serveRelay(ctx context.Context, s *tunnel.Session) error {
 	rs := &relaySession{g: g, s: s, tags: make(map[uint32]*ingress), pending: make(map[uint32]*pendingTag),
-		out: tunnel.NewOutbox(s, relayOutboxLen, func(error) { g.m.tunnelDrop("send_error") })}
+		out: tunnel.NewOutbox(s, relayOutboxLen, g.outboxes, func(error) { g.m.tunnelDrop("send_error") })}
 	defer rs.out.Close() // after the tags: deferred calls run last first
 	defer rs.closeAll("relay session ended")
 	g.fitLink(s, tunnel.TagReturnOverhead)

@@ -1,8 +1,12 @@
 package relay
 
 import (
+	"errors"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/ztgate/ztgate/tunnel"
 )
 
 // dropReason is why the relay dropped a datagram: a bounded label.
@@ -27,6 +31,7 @@ const (
 	dropSendFailed                         // the next hop's session did not take it
 	dropFlowLost                           // a TCP segment of a flow whose gateway is gone
 	dropNoEligible                         // every gateway of the service is drained
+	dropOutboxBudget                       // the next hop's outbox holds its reserve and the outboxes' budget is spent
 	numDropReasons
 )
 
@@ -34,6 +39,7 @@ var dropNames = [numDropReasons]string{
 	"malformed", "unexpected_type", "raw_from_agent", "not_registered", "unknown_service",
 	"not_authorized", "spoofed", "tags_exhausted", "gateway_gone", "unknown_tag", "foreign_tag",
 	"not_ip", "wrong_destination", "wrong_source", "send_failed", "flow_gateway_lost", "all_drained",
+	"outbox_budget",
 }
 
 // String returns the label value.
@@ -188,6 +194,22 @@ func (m *metrics) newFlowAndSignalingMetrics() {
 	m.directPaths = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "ztgate_relay_direct_paths", Help: "Direct paths agents reported established and the relay still tracks.",
 	})
+}
+
+// sendDrop is the drop reason of a datagram the next hop's outbox refused.
+func sendDrop(err error) dropReason {
+	if errors.Is(err, tunnel.ErrOutboxBudget) {
+		return dropOutboxBudget
+	}
+	return dropSendFailed
+}
+
+// registerOutboxes exports the datagrams queued in the sessions' outboxes.
+func (m *metrics) registerOutboxes(b *tunnel.OutboxBudget) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ztgate_relay_outbox_datagrams",
+		Help: "Datagrams queued in the sessions' outboxes, waiting to be sent.",
+	}, func() float64 { return float64(b.Queued()) }))
 }
 
 // dropFromAgent counts a datagram of an agent that went nowhere.

@@ -53,7 +53,10 @@ type Relay struct {
 	pins  map[string]pinPair
 	creds *tunnel.Credentials
 	ln    *tunnel.Listener
-	api   *adminapi.Server // nil when [api] listen is off
+	// outboxes bounds the datagrams queued in all sessions' outboxes
+	// together.
+	outboxes *tunnel.OutboxBudget
+	api      *adminapi.Server // nil when [api] listen is off
 
 	// regMu serialises registry changes that involve the pool (file I/O),
 	// so that mu is only held for in-memory updates. Order: regMu, mu.
@@ -113,7 +116,9 @@ func New(cfg *conf.Relay, opts Options, log *slog.Logger) (*Relay, error) {
 		tags:       make(map[uint32]*tag),
 		drained:    make(map[string]bool),
 		sig:        newSignaling(),
+		outboxes:   tunnel.NewOutboxBudget(outboxBudget),
 	}
+	r.m.registerOutboxes(r.outboxes)
 	r.fwd = newForwarding(cfg.ForwardPorts, cfg.Listen, newForwardMetrics(r.m.reg), r.root.With("component", "forward"))
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	pool, warnings, err := catalog.OpenPool(catalog.PoolConfig{

@@ -52,8 +52,8 @@ func (r *Relay) routeToGateway(a *agent, service, packet []byte) {
 		r.m.dropFromAgent(reason)
 		return
 	}
-	if t.gw.out.SendTagged(t.id, t.service, packet) != nil {
-		r.m.dropFromAgent(dropSendFailed)
+	if err := t.gw.out.SendTagged(t.id, t.service, packet); err != nil {
+		r.m.dropFromAgent(sendDrop(err))
 		return
 	}
 	r.m.toGateway.Inc()
@@ -240,8 +240,8 @@ func (r *Relay) forwardFromGateway(g *gateway, b, received []byte) bool {
 		r.m.dropFromGateway(dropWrongSource)
 		return false
 	}
-	if t.agent.out.Send(packet, received) != nil { // the outbox released received
-		r.m.dropFromGateway(dropSendFailed)
+	if err := t.agent.out.Send(packet, received); err != nil { // the outbox released received
+		r.m.dropFromGateway(sendDrop(err))
 		return true
 	}
 	r.m.toAgent.Inc()

@@ -14,6 +14,14 @@ import (
 // would let it fill.
 const outboxLen = 1024
 
+// outboxBudget bounds the datagrams queued in all sessions' outboxes
+// together (tunnel.OutboxBudget): 32 full outboxes, 64 MiB at most of
+// quic-go's and pooled buffers. Past it a session that holds
+// tunnel.OutboxReserve datagrams or more drops its new ones
+// (outbox_budget): a thousand slow agents hold 64 datagrams each, not a
+// full outbox each.
+const outboxBudget = 32 * outboxLen
+
 // serve runs one session from admission to its end.
 func (r *Relay) serve(s *tunnel.Session) {
 	defer s.Close("relay: session over")
@@ -42,7 +50,7 @@ func (r *Relay) serveGateway(p peer) {
 	if err := p.s.SendWelcome(tunnel.Welcome{MaxPacket: p.s.MaxDatagram() - tunnel.TagReturnOverhead}); err != nil {
 		return
 	}
-	g.out = tunnel.NewOutbox(p.s, outboxLen, nil)
+	g.out = tunnel.NewOutbox(p.s, outboxLen, r.outboxes, nil)
 	defer g.out.Close()
 	r.addGateway(g)
 	defer r.removeGateway(g)
@@ -91,7 +99,7 @@ func (r *Relay) serveAgent(p peer) {
 			return
 		}
 	}
-	a.out = tunnel.NewOutbox(p.s, outboxLen, nil)
+	a.out = tunnel.NewOutbox(p.s, outboxLen, r.outboxes, nil)
 	defer a.out.Close()
 	r.addAgent(a)
 	defer r.removeAgent(a)

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -418,6 +419,26 @@ func TestICMPErrorFollowsItsFlow(t *testing.T) {
 	for ag := range r.agents {
 		if n := ag.flows.len(); n != 1 {
 			t.Errorf("the agent has %d flows at the relay, want 1: an ICMP error opened one", n)
+		}
+	}
+}
+
+// TestSendDrop: a datagram the next hop's outbox refused is counted as
+// outbox_budget when the outboxes' shared budget refused it, else as
+// send_failed.
+func TestSendDrop(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{tunnel.ErrOutboxBudget, "outbox_budget"},
+		{fmt.Errorf("agent: %w", tunnel.ErrOutboxBudget), "outbox_budget"},
+		{tunnel.ErrOutboxFull, "send_failed"},
+		{tunnel.ErrOutboxClosed, "send_failed"},
+		{errors.New("other"), "send_failed"},
+	} {
+		if got := sendDrop(tc.err).String(); got != tc.want {
+			t.Errorf("sendDrop(%v) = %s, want %s", tc.err, got, tc.want)
 		}
 	}
 }

@@ -2,7 +2,9 @@ package tunnel
 
 import (
 	"errors"
+	"fmt"
 	"sync"
+	"sync/atomic"
 )
 
 // DatagramSender is what an Outbox sends on: a *Session, or a fake in
@@ -15,11 +17,36 @@ type DatagramSender interface {
 
 var _ DatagramSender = (*Session)(nil)
 
-// Errors of an Outbox's sends: the datagram was dropped.
+// Errors of an Outbox's sends: the datagram was dropped. ErrOutboxBudget
+// is an ErrOutboxFull as well.
 var (
 	ErrOutboxFull   = errors.New("tunnel: outbox full")
 	ErrOutboxClosed = errors.New("tunnel: outbox closed")
+	ErrOutboxBudget = fmt.Errorf("%w: the outboxes' shared budget is spent", ErrOutboxFull)
 )
+
+// OutboxReserve is what each Outbox may queue whatever its OutboxBudget
+// says: a session with little queued is never refused because others
+// hold the budget.
+const OutboxReserve = 64
+
+// OutboxBudget bounds the datagrams queued in the Outboxes of a process's
+// sessions together. Each Outbox holds up to its own length; a budget
+// keeps a thousand slow peers from holding a thousand full outboxes (2 MiB
+// each at 1,024 datagrams): once the outboxes that share it hold limit
+// datagrams in all, an Outbox that holds OutboxReserve or more drops what
+// it is handed (ErrOutboxBudget). So together they hold at most limit
+// datagrams plus OutboxReserve each.
+type OutboxBudget struct {
+	limit  int64
+	queued atomic.Int64
+}
+
+// NewOutboxBudget returns a budget of limit datagrams.
+func NewOutboxBudget(limit int) *OutboxBudget { return &OutboxBudget{limit: int64(limit)} }
+
+// Queued returns the datagrams queued now in the Outboxes that share b.
+func (b *OutboxBudget) Queued() int64 { return b.queued.Load() }
 
 // Outbox sends one session's datagrams from a goroutine of its own, so
 // that whoever hands it a datagram — the goroutine reading another
@@ -33,6 +60,7 @@ var (
 // are in pooled buffers, taken back once sent or dropped.
 type Outbox struct {
 	s      DatagramSender
+	budget *OutboxBudget // nil: none
 	failed func(error)
 	ch     chan outItem
 	done   chan struct{}
@@ -59,14 +87,14 @@ type outItem struct {
 // packet of a tunnel link (1500) with its framing.
 var outboxPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
-// NewOutbox starts the Outbox of s, which holds up to n datagrams. Close
-// stops it. failed, when not nil, is called with each error of s's
+// NewOutbox starts the Outbox of s, which holds up to n datagrams, fewer
+// when budget (which may be nil) is spent. Close stops it. failed, when not nil, is called with each error of s's
 // SendDatagram (on the Outbox's goroutine), and with ErrOutboxClosed for
 // each datagram Close dropped: a Session counts its own drops, failed lets
 // the caller count them as it counted its own sends. A datagram a send
 // took is sent or reported to failed, once.
-func NewOutbox(s DatagramSender, n int, failed func(error)) *Outbox {
-	o := &Outbox{s: s, failed: failed, ch: make(chan outItem, n), done: make(chan struct{})}
+func NewOutbox(s DatagramSender, n int, budget *OutboxBudget, failed func(error)) *Outbox {
+	o := &Outbox{s: s, budget: budget, failed: failed, ch: make(chan outItem, n), done: make(chan struct{})}
 	o.wg.Add(1)
 	go o.run()
 	return o
@@ -76,7 +104,7 @@ func NewOutbox(s DatagramSender, n int, failed func(error)) *Outbox {
 // received becomes the Outbox's, which releases it (ReleaseDatagram) once
 // b is sent or dropped, and the caller must not use it again. received may
 // be nil when b is not from quic-go. It fails with ErrOutboxFull or
-// ErrOutboxClosed.
+// ErrOutboxClosed (ErrOutboxBudget is one of the first).
 func (o *Outbox) Send(b, received []byte) error { return o.queue(outItem{b: b, received: received}) }
 
 // SendCopy queues a copy of b, in a pooled buffer: b is the caller's
@@ -118,19 +146,37 @@ func (o *Outbox) queue(it outItem) error {
 		it.release()
 		return ErrOutboxClosed
 	}
+	if b := o.budget; b != nil {
+		if b.queued.Add(1) > b.limit && len(o.ch) >= OutboxReserve {
+			b.queued.Add(-1)
+			o.mu.RUnlock()
+			it.release()
+			return ErrOutboxBudget
+		}
+	}
 	select {
 	case o.ch <- it:
 		o.mu.RUnlock()
 		return nil
 	default:
 		o.mu.RUnlock()
+		o.dequeued()
 		it.release()
 		return ErrOutboxFull
 	}
 }
 
+// dequeued gives back to the budget the place of a datagram that left the
+// queue (sent or dropped) or never entered it.
+func (o *Outbox) dequeued() {
+	if o.budget != nil {
+		o.budget.queued.Add(-1)
+	}
+}
+
 // drop releases a datagram Close dropped and reports it.
 func (o *Outbox) drop(it outItem) {
+	o.dequeued()
 	it.release()
 	if o.failed != nil {
 		o.failed(ErrOutboxClosed)
@@ -161,6 +207,7 @@ func (o *Outbox) run() {
 				return
 			default:
 			}
+			o.dequeued()
 			if err := o.s.SendDatagram(it.b); err != nil && o.failed != nil {
 				o.failed(err)
 			}

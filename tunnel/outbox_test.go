@@ -81,7 +81,7 @@ func TestOutboxSendFailed(t *testing.T) {
 	s := &blockedSender{entered: make(chan struct{}, 16), release: make(chan struct{}), err: ErrDatagramQueueFull}
 	close(s.release)
 	failed := make(chan error, 16)
-	o := NewOutbox(s, 8, func(err error) { failed <- err })
+	o := NewOutbox(s, 8, nil, func(err error) { failed <- err })
 	defer o.Close()
 	for range 3 {
 		if err := o.SendCopy([]byte{0x45}); err != nil {
@@ -104,7 +104,7 @@ func TestOutboxSendFailed(t *testing.T) {
 // nothing it held queued and stops the goroutine; later sends fail.
 func TestOutboxCloseDropsQueue(t *testing.T) {
 	s := &blockedSender{entered: make(chan struct{}, 16), release: make(chan struct{})}
-	o := NewOutbox(s, 8, nil)
+	o := NewOutbox(s, 8, nil, nil)
 	for range 4 {
 		if err := o.SendCopy([]byte{0x45}); err != nil {
 			t.Fatal(err)
@@ -143,7 +143,7 @@ func TestOutboxCloseAccountsEveryDatagram(t *testing.T) {
 		s := &blockedSender{entered: make(chan struct{}, 1<<16), release: make(chan struct{})}
 		var mu sync.Mutex
 		var failedClosed, failedOther int
-		o := NewOutbox(s, 64, func(err error) {
+		o := NewOutbox(s, 64, nil, func(err error) {
 			mu.Lock()
 			defer mu.Unlock()
 			if errors.Is(err, ErrOutboxClosed) {
@@ -184,4 +184,78 @@ func TestOutboxCloseAccountsEveryDatagram(t *testing.T) {
 		}
 		mu.Unlock()
 	}
+}
+
+// TestOutboxBudget: outboxes that share a budget hold at most its limit
+// together, plus OutboxReserve each, so that many slow sessions do not
+// each hold a full outbox; a session with less than its reserve queued is
+// never refused for the others; what leaves a queue (sent or dropped by
+// Close) gives its place back.
+func TestOutboxBudget(t *testing.T) {
+	const limit = 200
+	budget := NewOutboxBudget(limit)
+	type box struct {
+		s *blockedSender
+		o *Outbox
+	}
+	open := func() box {
+		s := &blockedSender{entered: make(chan struct{}, 1<<12), release: make(chan struct{})}
+		o := NewOutbox(s, 1024, budget, nil)
+		if err := o.SendCopy([]byte{0x45}); err != nil {
+			t.Fatal(err)
+		}
+		<-s.entered // the first datagram is being sent: it left the queue
+		return box{s, o}
+	}
+	// fill queues into b until it refuses, and returns what it took and
+	// the error that stopped it.
+	fill := func(b box) (int, error) {
+		for n := 0; ; n++ {
+			if err := b.o.SendCopy([]byte{0x45}); err != nil {
+				return n, err
+			}
+		}
+	}
+	a, b, c := open(), open(), open()
+	closeBox := func(x box) { close(x.s.release); x.o.Close() }
+
+	if n, err := fill(a); n != limit || !errors.Is(err, ErrOutboxBudget) || !errors.Is(err, ErrOutboxFull) {
+		t.Fatalf("the first slow session took %d before %v; want %d, then ErrOutboxBudget (an ErrOutboxFull)", n, err, limit)
+	}
+	for i, x := range []box{b, c} {
+		if n, err := fill(x); n != OutboxReserve || !errors.Is(err, ErrOutboxBudget) {
+			t.Fatalf("session %d, budget spent, took %d before %v; want its reserve %d, then ErrOutboxBudget", i+2, n, err, OutboxReserve)
+		}
+	}
+	if got, want := budget.Queued(), int64(limit+2*OutboxReserve); got != want {
+		t.Errorf("Queued() = %d, want %d", got, want)
+	}
+
+	closeBox(a) // its 200 queued are dropped: their places return
+	if got := budget.Queued(); got != 2*OutboxReserve {
+		t.Errorf("after the first session closed, Queued() = %d, want %d", got, 2*OutboxReserve)
+	}
+	if n, err := fill(b); n != limit-2*OutboxReserve || !errors.Is(err, ErrOutboxBudget) {
+		t.Errorf("with the budget given back, a session took %d more before %v; want %d", n, err, limit-2*OutboxReserve)
+	}
+	closeBox(b)
+	closeBox(c)
+	if got := budget.Queued(); got != 0 {
+		t.Errorf("every outbox closed: Queued() = %d, want 0", got)
+	}
+
+	// Sent datagrams give their places back too.
+	d := open()
+	if n, _ := fill(d); n != limit {
+		t.Fatalf("a session alone took %d, want %d", n, limit)
+	}
+	close(d.s.release)
+	deadline := time.Now().Add(5 * time.Second)
+	for budget.Queued() != 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if got := budget.Queued(); got != 0 {
+		t.Errorf("everything sent: Queued() = %d, want 0", got)
+	}
+	d.o.Close()
 }
