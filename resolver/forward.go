@@ -21,13 +21,24 @@ var errUpstreamRcode = errors.New("upstream failed the query")
 func (s *Server) forward(raw []byte, client netip.Addr, tcp bool, send func([]byte) error) {
 	bp := s.bufs.Get().(*[]byte)
 	defer s.bufs.Put(bp)
+	id := randomID()
+	c, chained := s.chain(raw, id)
+	if !chained {
+		c.query = append([]byte(nil), raw...)
+		c.query[0], c.query[1] = byte(id>>8), byte(id)
+	}
 	var reply []byte
 	err := errForwardLoop
-	if !s.inflight.cameBack(raw, slices.Contains(s.upstreamAddrs, client)) {
-		reply, err = s.askUpstreams(raw, tcp, *bp)
-	} else if s.loopWarn.Allow() {
-		s.log.Warn("a query this DNS server forwarded came back to it: dns.upstreams leads to this server; answering SERVFAIL",
-			"client", client.String(), "query", fmt.Sprintf("%x", raw[min(len(raw), headerLen):]))
+	switch {
+	case c.back:
+		s.inflight.looped(c.backIDs)
+		s.warnLoop("a query this DNS server forwarded came back to it: dns.upstreams leads to this server; answering SERVFAIL", raw, client)
+	case c.long:
+		s.warnLoop(fmt.Sprintf("a query came through %d forwarding servers or more: a loop; answering SERVFAIL", maxChain), raw, client)
+	case s.inflight.cameBack(raw, slices.Contains(s.upstreamAddrs, client)):
+		s.warnLoop("a query this DNS server forwarded came back to it: dns.upstreams leads to this server; answering SERVFAIL", raw, client)
+	default:
+		reply, err = s.askUpstreams(raw, &c, chained, tcp, *bp)
 	}
 	if err != nil {
 		reply = s.errorReply(raw, tcp, dns.RcodeServerFailure, *bp)
@@ -38,13 +49,20 @@ func (s *Server) forward(raw []byte, client netip.Addr, tcp bool, send func([]by
 	}
 }
 
-// askUpstreams asks the upstreams in order (each within ForwardTimeout) and
-// returns, in buf, the first answer that is not SERVFAIL or REFUSED, fitted
-// to what the client accepts.
-func (s *Server) askUpstreams(raw []byte, tcp bool, buf []byte) ([]byte, error) {
-	query := append([]byte(nil), raw...)
-	id := randomID()
-	query[0], query[1] = byte(id>>8), byte(id)
+// warnLoop logs a forwarding loop, once a minute at most: a loop is a
+// standing misconfiguration.
+func (s *Server) warnLoop(msg string, raw []byte, client netip.Addr) {
+	if s.loopWarn.Allow() {
+		s.log.Warn(msg, "client", client.String(), "query", fmt.Sprintf("%x", raw[min(len(raw), headerLen):]))
+	}
+}
+
+// askUpstreams asks the upstreams in order (each within ForwardTimeout)
+// c.query, raw with its chain's entry (when chained) and a fresh ID, and
+// returns, in buf, the first answer that is not SERVFAIL or REFUSED, with
+// what the chain added taken out and fitted to what the client accepts.
+func (s *Server) askUpstreams(raw []byte, c *chained, chained, tcp bool, buf []byte) ([]byte, error) {
+	query := c.query
 	fw, done := s.inflight.add(query)
 	defer done()
 	var errs []error
@@ -63,6 +81,9 @@ func (s *Server) askUpstreams(raw []byte, tcp bool, buf []byte) ([]byte, error) 
 			s.m.forwardError(up, reason)
 			errs = append(errs, err)
 			continue
+		}
+		if chained {
+			reply = unchain(reply, c.ednsAdd)
 		}
 		reply[0], reply[1] = raw[0], raw[1]
 		reply[3] |= flagRA // this server offers recursion, through its upstreams
@@ -159,6 +180,22 @@ func (f *inflight) add(query []byte) (fw *forwarding, done func()) {
 			delete(f.m, key)
 		}
 		f.mu.Unlock()
+	}
+}
+
+// looped marks the forwards with the given IDs (two bytes each) looped:
+// the chain showed that their queries came back.
+func (f *inflight) looped(ids []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, fws := range f.m {
+		for _, fw := range fws {
+			for i := 0; i+1 < len(ids); i += 2 {
+				if fw.id == be16(ids[i:]) {
+					fw.looped.Store(true)
+				}
+			}
+		}
 	}
 }
 

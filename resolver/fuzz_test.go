@@ -3,6 +3,7 @@ package resolver
 import (
 	"bytes"
 	"encoding/binary"
+	"slices"
 	"strings"
 	"testing"
 
@@ -91,6 +92,49 @@ func FuzzParseResolvConf(f *testing.F) {
 			if !ap.IsValid() || ap.Port() != 53 {
 				t.Fatalf("nameserver %v", ap)
 			}
+		}
+	})
+}
+
+// FuzzChain: whatever query a client sends, the chain's entry is added
+// without a panic, the query that goes upstream parses, keeps its
+// question and carries exactly one entry more than it came with, and an
+// answer of any bytes loses what the chain added without a panic.
+func FuzzChain(f *testing.F) {
+	withChain := newQuery("chained.example.", dns.TypeA, 1232)
+	withChain.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_LOCAL{Code: chainOption, Data: make([]byte, 3*chainEntryLen+3)}}
+	for _, m := range []*dns.Msg{newQuery("example.com.", dns.TypeA, 0), newQuery("example.com.", dns.TypeAAAA, 4096), withChain} {
+		f.Add(mustPack(f, m))
+	}
+	s := newTestServer(f, testConfig(), testDirectory())
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		c, ok := s.chain(raw, 0x1234)
+		for _, added := range []bool{false, true} {
+			reply := bytes.Clone(raw)
+			out := unchain(reply, added)
+			if len(out) > len(raw) {
+				t.Fatalf("unchain made a reply of %d bytes longer (%d)", len(raw), len(out))
+			}
+			if new(dns.Msg).Unpack(raw) == nil {
+				if err := new(dns.Msg).Unpack(out); err != nil {
+					t.Fatalf("unchain(%v) broke a reply that parsed: %v", added, err)
+				}
+			}
+		}
+		if !ok || c.long || c.back {
+			return
+		}
+		in := new(dns.Msg)
+		if in.Unpack(raw) != nil {
+			return
+		}
+		out := mustUnpack(t, c.query)
+		if out.Id != 0x1234 || !slices.Equal(in.Question, out.Question) {
+			t.Fatalf("the query upstream has ID %d, question %v; want 0x1234, %v", out.Id, out.Question, in.Question)
+		}
+		before := len(chainEntries(in)) / chainEntryLen
+		if after := len(chainEntries(out)); after != (before+1)*chainEntryLen {
+			t.Fatalf("a chain of %d entries became %d bytes", before, after)
 		}
 	})
 }

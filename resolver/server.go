@@ -34,8 +34,9 @@ type Server struct {
 
 	ctx      context.Context // canceled by Shutdown; bounds forwarding
 	cancel   context.CancelFunc
-	fwdSem   chan struct{} // slots of forwarded UDP queries
-	inflight inflight      // the queries forwarded, awaiting answers
+	fwdSem   chan struct{}    // slots of forwarded UDP queries
+	inflight inflight         // the queries forwarded, awaiting answers
+	chainID  [chainIDLen]byte // this server's part of the forwarding chain's entries (chain.go)
 	// upstreamAddrs are the upstreams' addresses that name them: a query
 	// from one of them that this server has in flight is a loop
 	// (inflight). A loopback address names no one: every local process
@@ -82,6 +83,7 @@ func New(cfg Config, dir Directory, log *slog.Logger) (*Server, error) {
 		loopWarn: rate.NewLimiter(rate.Every(time.Minute), 1),
 		idle:     make(chan struct{}),
 		closers:  map[io.Closer]struct{}{},
+		chainID:  newChainID(),
 	}
 	s.zone.Store(newZone(&cfg, uint32(time.Now().Unix())))
 	if len(cfg.Upstreams) > 0 {
