@@ -22,6 +22,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ztgate/ztgate/internal/listenaddr"
 
@@ -237,11 +238,42 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	enc.Encode(v)
 }
 
-// WriteErrors answers {"errors": [...]}.
+// Bounds of an errors answer: a body of 1 MiB naming 250,000 bad backends
+// made 250,000 errors, 28 MiB of answer (and one error may quote a value
+// of nearly 1 MiB), built in memory and written to a client that need not
+// read it.
+const (
+	maxErrors   = 64   // errors listed; one last entry counts the rest
+	maxErrorLen = 1024 // bytes of one error's message, cut on a rune
+)
+
+// WriteErrors answers {"errors": [...]}: at most maxErrors of errs, each cut
+// to maxErrorLen bytes, and how many more there were.
 func WriteErrors(w http.ResponseWriter, status int, errs ...error) {
-	msgs := make([]string, 0, len(errs))
-	for _, e := range errs {
-		msgs = append(msgs, e.Error())
+	WriteJSON(w, status, map[string][]string{"errors": errorMessages(errs)})
+}
+
+// errorMessages are the messages WriteErrors lists.
+func errorMessages(errs []error) []string {
+	msgs := make([]string, 0, min(len(errs), maxErrors+1))
+	for _, e := range errs[:min(len(errs), maxErrors)] {
+		msgs = append(msgs, cutMessage(e.Error(), maxErrorLen))
 	}
-	WriteJSON(w, status, map[string][]string{"errors": msgs})
+	if more := len(errs) - maxErrors; more > 0 {
+		msgs = append(msgs, fmt.Sprintf("… and %d more errors", more))
+	}
+	return msgs
+}
+
+// cutMessage cuts s to at most n bytes, on a rune boundary, marking the cut.
+func cutMessage(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const mark = "…"
+	cut := n - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + mark
 }

@@ -3,6 +3,9 @@ package adminapi
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -13,6 +16,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
@@ -168,5 +172,36 @@ func TestShutdownEndsLongRequests(t *testing.T) {
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("Shutdown took %v", d)
+	}
+}
+
+// TestWriteErrorsBounded answers the errors of a hostile body, 250,000 of
+// them and one quoting a value of 1 MiB: the answer lists the first
+// maxErrors, each cut, and counts the rest, instead of one of tens of MiB.
+func TestWriteErrorsBounded(t *testing.T) {
+	errs := []error{errors.New("service.name: " + strings.Repeat("é", 1<<19))}
+	for i := range 250_000 {
+		errs = append(errs, fmt.Errorf("service.backends[%d]: \"!\" is not a domain name", i))
+	}
+	rec := httptest.NewRecorder()
+	WriteErrors(rec, http.StatusBadRequest, errs...)
+	if n := rec.Body.Len(); n > 128<<10 {
+		t.Fatalf("answer of %d bytes for %d errors", n, len(errs))
+	}
+	var got struct{ Errors []string }
+	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Errors) != maxErrors+1 {
+		t.Fatalf("%d errors listed, want %d and the count of the rest", len(got.Errors), maxErrors+1)
+	}
+	if first := got.Errors[0]; len(first) > maxErrorLen || !utf8.ValidString(first) || !strings.HasPrefix(first, "service.name: é") {
+		t.Fatalf("first error not cut on a rune to %d bytes: %d bytes, %.40q", maxErrorLen, len(first), first)
+	}
+	if got.Errors[1] != errs[1].Error() {
+		t.Fatalf("second error %q, want %q", got.Errors[1], errs[1].Error())
+	}
+	if last, want := got.Errors[maxErrors], fmt.Sprintf("… and %d more errors", len(errs)-maxErrors); last != want {
+		t.Fatalf("last entry %q, want %q", last, want)
 	}
 }
