@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"cmp"
 	"fmt"
 	"net/http"
@@ -184,4 +185,34 @@ func flowFilter(tenant, svc, backend string) func(*flow) bool {
 			(svc == "" || f.svc.spec.Name == svc) &&
 			(backend == "" || f.target.String() == backend || f.target.Addr().String() == backend)
 	}
+}
+
+// heldAnswer keeps a handler's answer in memory until send writes it out.
+// The handlers that change the service table answer under reloadMu, and
+// the client reads its answer at its own pace: a client that reads
+// nothing held every reload, every API change and the relay's VIP
+// assignments for up to the API's write timeout (30 s) once its answer
+// (a service of thousands of backends) outgrew the socket's buffers.
+type heldAnswer struct {
+	w      http.ResponseWriter
+	status int
+	body   bytes.Buffer
+}
+
+// holdAnswer returns an answer held for w. Its headers are w's own: they
+// are sent with the status, by send.
+func holdAnswer(w http.ResponseWriter) *heldAnswer {
+	return &heldAnswer{w: w, status: http.StatusOK}
+}
+
+func (a *heldAnswer) Header() http.Header { return a.w.Header() }
+
+func (a *heldAnswer) WriteHeader(status int) { a.status = status }
+
+func (a *heldAnswer) Write(b []byte) (int, error) { return a.body.Write(b) }
+
+// send writes the held answer to the client.
+func (a *heldAnswer) send() {
+	a.w.WriteHeader(a.status)
+	a.w.Write(a.body.Bytes())
 }

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -217,4 +218,57 @@ func TestAPISlowClient(t *testing.T) {
 	waitFor(t, 10*time.Second, "the cut counted", func() bool {
 		return metricValue(t, h.gw, "ztgate_api_connections_closed_total", "reason", "header_timeout") == 1
 	})
+}
+
+// stalledWriter is the ResponseWriter of a client that reads nothing of
+// an answer larger than the socket's buffers: a write waits until the test
+// lets it go (or the server's write timeout would end it).
+type stalledWriter struct {
+	header  http.Header
+	writing chan struct{} // closed by the first write
+	release chan struct{}
+	once    sync.Once
+}
+
+func (s *stalledWriter) Header() http.Header { return s.header }
+func (s *stalledWriter) WriteHeader(int)     {}
+func (s *stalledWriter) Write(b []byte) (int, error) {
+	s.once.Do(func() { close(s.writing) })
+	<-s.release
+	return len(b), nil
+}
+
+// TestAPIAnswerHoldsNoLock adds a service through the API for a client
+// that does not read its answer: while the answer waits to be written, the
+// service table can still be changed (another API request, a reload, the
+// relay's VIPs). Before, the handler wrote its answer under reloadMu.
+func TestAPIAnswerHoldsNoLock(t *testing.T) {
+	h := newHarness(t, limitsConfig(startHold(t), "", "", ""))
+	api := h.gw.apiHandler("")
+	w := &stalledWriter{header: http.Header{}, writing: make(chan struct{}), release: make(chan struct{})}
+	added := make(chan struct{})
+	go func() {
+		defer close(added)
+		body := `{"name": "db", "tenants": ["*"], "backends": ["127.0.0.1"], "port": [{"protocol": "tcp", "port": 5432}]}`
+		api.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/v1/services", strings.NewReader(body)))
+	}()
+	defer func() { close(w.release); <-added }()
+	select {
+	case <-w.writing:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the API never wrote its answer")
+	}
+	deleted := make(chan int, 1)
+	go func() {
+		status, _ := apiCall(t, api, http.MethodDelete, "/v1/services/db", nil)
+		deleted <- status
+	}()
+	select {
+	case status := <-deleted:
+		if status != http.StatusNoContent {
+			t.Fatalf("DELETE /v1/services/db answered %d while the POST's answer waited", status)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("DELETE /v1/services/db waited for another client to read its answer")
+	}
 }

@@ -20,8 +20,15 @@ func (g *Gateway) handleAddService(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	a := holdAnswer(w)
 	g.reloadMu.Lock()
-	defer g.reloadMu.Unlock()
+	g.addServiceLocked(a, r, body)
+	g.reloadMu.Unlock()
+	a.send()
+}
+
+// addServiceLocked is handleAddService under reloadMu, answering into w.
+func (g *Gateway) addServiceLocked(w http.ResponseWriter, r *http.Request, body []byte) {
 	svc, err := conf.ParseServiceJSON(body, g.running.ServiceContext())
 	if err != nil {
 		adminapi.RejectBody(w, r, body, confErrors(err)...)
@@ -58,8 +65,16 @@ func (g *Gateway) handleAddService(w http.ResponseWriter, r *http.Request) {
 // service drain.
 func (g *Gateway) handleDeleteService(w http.ResponseWriter, r *http.Request) {
 	name := strings.ToLower(r.PathValue("name")) // as the configuration and POST fold it
+	a := holdAnswer(w)
 	g.reloadMu.Lock()
-	defer g.reloadMu.Unlock()
+	g.deleteServiceLocked(a, name)
+	g.reloadMu.Unlock()
+	a.send()
+}
+
+// deleteServiceLocked is handleDeleteService under reloadMu, answering
+// into w.
+func (g *Gateway) deleteServiceLocked(w http.ResponseWriter, name string) {
 	s, ok := g.tbl.Load().byName[name]
 	if !ok {
 		adminapi.WriteErrors(w, http.StatusNotFound, fmt.Errorf("no service %q", name))
