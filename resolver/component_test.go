@@ -356,3 +356,49 @@ func TestServePacketConn(t *testing.T) {
 		})
 	}
 }
+
+// TestServeStreamPerClientLimit has one client hold idle TCP connections,
+// more than MaxTCPConnsPerClient: those over its share are closed and
+// counted, and another client's query over TCP is still answered. Before,
+// one client holding MaxTCPConns idle connections (renewed every
+// TCPIdleTimeout) left every other client of every tenant without TCP.
+func TestServeStreamPerClientLimit(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxTCPConns, cfg.TCPIdleTimeout = 32, time.Minute
+	srv := serve(t, newTestServer(t, cfg, loopbackDir()))
+	var held []net.Conn
+	t.Cleanup(func() {
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	for range cfg.MaxTCPConns {
+		c, err := net.Dial("tcp", srv.tcp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	other := &dns.Client{Net: "tcp", Timeout: 5 * time.Second,
+		Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}}
+	r, _, err := other.Exchange(newQuery("web.ztna.internal.", dns.TypeA, 0), srv.tcp)
+	if err != nil {
+		t.Fatalf("another client's query over TCP while one holds %d connections: %v", len(held), err)
+	}
+	if r.Rcode != dns.RcodeRefused { // 127.0.0.2 has no view
+		t.Fatalf("rcode %s, want REFUSED", dns.RcodeToString[r.Rcode])
+	}
+	want := float64(cfg.MaxTCPConns - DefaultMaxTCPConnsPerClient)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		got := counter(t, srv.Server, "ztgate_dns_dropped_total", "reason", dropTCPClientLimit.String())
+		if got == want {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dropped{tcp_client_limit} = %v, want %v", got, want)
+		}
+	}
+	if got := counter(t, srv.Server, "ztgate_dns_dropped_total", "reason", dropTCPLimit.String()); got != 0 {
+		t.Errorf("dropped{tcp_limit} = %v, want 0", got)
+	}
+}

@@ -16,15 +16,16 @@ type dropReason uint8
 
 // Reasons for ztgate_dns_dropped_total.
 const (
-	dropMalformed dropReason = iota // shorter than a DNS header
-	dropResponse                    // QR set: a response sent to the server
-	dropBusy                        // too many forwarded queries in flight
-	dropTCPLimit                    // a TCP connection over MaxTCPConns
-	dropWrite                       // the reply could not be sent
+	dropMalformed      dropReason = iota // shorter than a DNS header
+	dropResponse                         // QR set: a response sent to the server
+	dropBusy                             // too many forwarded queries in flight
+	dropTCPLimit                         // a TCP connection over MaxTCPConns
+	dropTCPClientLimit                   // a TCP connection over MaxTCPConnsPerClient of its client
+	dropWrite                            // the reply could not be sent
 	numDropReasons
 )
 
-var dropNames = [numDropReasons]string{"malformed", "response", "busy", "tcp_limit", "write"}
+var dropNames = [numDropReasons]string{"malformed", "response", "busy", "tcp_limit", "tcp_client_limit", "write"}
 
 // String returns the reason as a metric label.
 func (r dropReason) String() string {

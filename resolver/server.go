@@ -54,6 +54,7 @@ type Server struct {
 	idle    chan struct{}          // closed when closed and active is 0
 	closers map[io.Closer]struct{} // conns and listeners to close on Shutdown
 	tcp     int                    // open TCP connections
+	tcpOf   map[netip.Addr]int     // open TCP connections by client address; none at 0
 }
 
 // New returns a Server answering from dir. cfg's zero fields take their
@@ -84,6 +85,7 @@ func New(cfg Config, dir Directory, log *slog.Logger) (*Server, error) {
 		idle:     make(chan struct{}),
 		closers:  map[io.Closer]struct{}{},
 		chainID:  newChainID(),
+		tcpOf:    map[netip.Addr]int{},
 	}
 	s.zone.Store(newZone(&cfg, uint32(time.Now().Unix())))
 	if len(cfg.Upstreams) > 0 {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"syscall"
 	"time"
 )
@@ -18,7 +19,8 @@ const (
 )
 
 // ServeStream answers DNS over TCP (RFC 7766) on the connections l accepts,
-// one goroutine per connection, at most MaxTCPConns at once; a connection is
+// one goroutine per connection, at most MaxTCPConns at once and
+// MaxTCPConnsPerClient of one client address; a connection is
 // closed after TCPIdleTimeout without a query and when a query or an answer
 // takes longer than TCPReadTimeout. It blocks until Shutdown (then returns
 // nil, having closed l) or until Accept fails for good. Called after
@@ -65,29 +67,40 @@ func retryAccept(err error) bool {
 		errors.Is(err, syscall.ECONNABORTED)
 }
 
-// acquireTCP registers a connection unless the server is closed or serves
-// MaxTCPConns already.
+// acquireTCP registers a connection unless the server is closed, serves
+// MaxTCPConns already, or MaxTCPConnsPerClient of its client.
 func (s *Server) acquireTCP(c net.Conn) bool {
+	client := addrPortOf(c.RemoteAddr()).Addr().Unmap()
 	s.mu.Lock()
-	full := s.tcp >= s.cfg.MaxTCPConns
-	if !full {
+	reason := numDropReasons
+	switch {
+	case s.tcp >= s.cfg.MaxTCPConns:
+		reason = dropTCPLimit
+	case s.tcpOf[client] >= s.cfg.MaxTCPConnsPerClient:
+		reason = dropTCPClientLimit
+	default:
 		s.tcp++
+		s.tcpOf[client]++
 	}
 	s.mu.Unlock()
-	if full {
-		s.m.drop(dropTCPLimit)
+	if reason != numDropReasons {
+		s.m.drop(reason)
 		return false
 	}
 	if !s.acquire(c) {
-		s.releaseTCP(nil)
+		s.releaseTCP(client, nil)
 		return false
 	}
 	return true
 }
 
-func (s *Server) releaseTCP(c net.Conn) {
+// releaseTCP ends what acquireTCP registered for a connection of client.
+func (s *Server) releaseTCP(client netip.Addr, c net.Conn) {
 	s.mu.Lock()
 	s.tcp--
+	if s.tcpOf[client]--; s.tcpOf[client] <= 0 {
+		delete(s.tcpOf, client)
+	}
 	s.mu.Unlock()
 	if c != nil {
 		s.release(c)
@@ -96,9 +109,9 @@ func (s *Server) releaseTCP(c net.Conn) {
 
 // serveConn answers the queries of one TCP connection in order.
 func (s *Server) serveConn(c net.Conn) {
-	defer s.releaseTCP(c)
-	defer c.Close()
 	client := addrPortOf(c.RemoteAddr()).Addr().Unmap()
+	defer s.releaseTCP(client, c)
+	defer c.Close()
 	w := s.newStreamWorker()
 	var buf []byte
 	frame := make([]byte, 0, 512)
