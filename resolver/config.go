@@ -62,6 +62,11 @@ type Config struct {
 	// take them all from the others; default 16, at most MaxTCPConns.
 	MaxTCPConnsPerClient int
 	MaxForwards          int // forwarded UDP queries in flight; default 1024
+	// MaxForwardsPerClient bounds the forwarded UDP queries in flight of
+	// one client address, so that one client asking names whose upstream
+	// answers slowly (or never) cannot take every forward slot from the
+	// others; default an eighth of MaxForwards (128).
+	MaxForwardsPerClient int
 	Readers              int // reader goroutines per PacketConn; default 1
 	CacheSize            int // packed answers cached per reader; default 4096, negative disables
 }
@@ -80,6 +85,7 @@ func (cfg Config) withDefaults() (Config, error) {
 	setDefault(&cfg.MaxTCPConns, DefaultMaxTCPConns)
 	setDefault(&cfg.MaxTCPConnsPerClient, min(DefaultMaxTCPConnsPerClient, cfg.MaxTCPConns))
 	setDefault(&cfg.MaxForwards, DefaultMaxForwards)
+	setDefault(&cfg.MaxForwardsPerClient, max(cfg.MaxForwards/8, 1))
 	setDefault(&cfg.Readers, DefaultReaders)
 	setDefault(&cfg.CacheSize, DefaultCacheSize)
 	cfg.MaxUDPSize = max(cfg.MaxUDPSize, dns.MinMsgSize)
@@ -102,7 +108,7 @@ func (cfg *Config) validate() error {
 	if cfg.ForwardTimeout < 0 || cfg.TCPIdleTimeout < 0 || cfg.TCPReadTimeout < 0 {
 		errs = append(errs, errors.New("timeouts must not be negative"))
 	}
-	if cfg.MaxTCPConns < 0 || cfg.MaxTCPConnsPerClient < 0 || cfg.MaxForwards < 0 || cfg.Readers < 0 {
+	if cfg.MaxTCPConns < 0 || cfg.MaxTCPConnsPerClient < 0 || cfg.MaxForwards < 0 || cfg.MaxForwardsPerClient < 0 || cfg.Readers < 0 {
 		errs = append(errs, errors.New("limits must not be negative"))
 	}
 	for i, u := range cfg.Upstreams {

@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync/atomic"
@@ -190,5 +191,62 @@ func TestForwardBusyAndShutdown(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Errorf("ServePacket: %v", err)
+	}
+}
+
+// TestForwardPerClientLimit has one client ask many names whose upstream
+// never answers: it holds at most MaxForwardsPerClient forward slots, the
+// rest of its queries dropped and counted, and another client's query is
+// still forwarded. Before, one client asking MaxForwards such names every
+// ForwardTimeout (512 a second by default) left no slot to any other
+// client of any tenant.
+func TestForwardPerClientLimit(t *testing.T) {
+	up := startUpstream(t, false)
+	dead := deadUpstream(t)
+	cfg := testConfig()
+	// The dead upstream first: every query waits there for the timeout,
+	// then the live one answers.
+	cfg.Upstreams, cfg.ForwardTimeout, cfg.MaxForwards = []netip.AddrPort{dead, up.addr}, 3*time.Second, 64
+	dir := loopbackDir()
+	dir.views[netip.MustParseAddr("127.0.0.2")] = dir.views[clientA]
+	s := newTestServer(t, cfg, dir)
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.ServePacket(pc) }()
+	t.Cleanup(func() { s.Shutdown(context.Background()); <-done })
+	greedy, err := net.Dial("udp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer greedy.Close()
+	for i := range cfg.MaxForwards {
+		q := newQuery(fmt.Sprintf("n%d.example.", i), dns.TypeA, 0)
+		if _, err := greedy.Write(mustPack(t, q)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	perClient := cfg.MaxForwards / 8
+	want := float64(cfg.MaxForwards - perClient)
+	deadline := time.Now().Add(2 * time.Second)
+	for counter(t, s, "ztgate_dns_dropped_total", "reason", dropClientBusy.String()) < want && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond) // the reader is on another goroutine
+	}
+	other := &dns.Client{Net: "udp", Timeout: 10 * time.Second,
+		Dialer: &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)}}}
+	r, _, err := other.Exchange(newQuery("example.com.", dns.TypeA, 0), pc.LocalAddr().String())
+	if err != nil {
+		t.Fatalf("another client's query while one holds the forward slots: %v", err)
+	}
+	if len(r.Answer) != 1 {
+		t.Fatalf("another client's query answered %s with %v", dns.RcodeToString[r.Rcode], r.Answer)
+	}
+	if n := counter(t, s, "ztgate_dns_dropped_total", "reason", dropClientBusy.String()); n != want {
+		t.Errorf("dropped{client_busy} = %v, want %v (%d of %d queries in flight)", n, want, perClient, cfg.MaxForwards)
+	}
+	if n := counter(t, s, "ztgate_dns_dropped_total", "reason", dropBusy.String()); n != 0 {
+		t.Errorf("dropped{busy} = %v, want 0", n)
 	}
 }

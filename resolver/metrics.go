@@ -19,13 +19,14 @@ const (
 	dropMalformed      dropReason = iota // shorter than a DNS header
 	dropResponse                         // QR set: a response sent to the server
 	dropBusy                             // too many forwarded queries in flight
+	dropClientBusy                       // too many forwarded queries of its client in flight
 	dropTCPLimit                         // a TCP connection over MaxTCPConns
 	dropTCPClientLimit                   // a TCP connection over MaxTCPConnsPerClient of its client
 	dropWrite                            // the reply could not be sent
 	numDropReasons
 )
 
-var dropNames = [numDropReasons]string{"malformed", "response", "busy", "tcp_limit", "tcp_client_limit", "write"}
+var dropNames = [numDropReasons]string{"malformed", "response", "busy", "client_busy", "tcp_limit", "tcp_client_limit", "write"}
 
 // String returns the reason as a metric label.
 func (r dropReason) String() string {

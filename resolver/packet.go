@@ -64,8 +64,9 @@ func (s *Server) readPackets(pc net.PacketConn) error {
 }
 
 // forwardAsync forwards a UDP query on its own goroutine, so that readers
-// never wait for upstreams; at most MaxForwards run at once, beyond that
-// queries are dropped (the client will retry).
+// never wait for upstreams; at most MaxForwards run at once, and
+// MaxForwardsPerClient of one client address; beyond that queries are
+// dropped (the client will retry).
 func (s *Server) forwardAsync(raw []byte, client netip.Addr, send func([]byte) error) {
 	select {
 	case s.fwdSem <- struct{}{}:
@@ -73,7 +74,13 @@ func (s *Server) forwardAsync(raw []byte, client netip.Addr, send func([]byte) e
 		s.m.drop(dropBusy)
 		return
 	}
+	if !s.takeForward(client) {
+		<-s.fwdSem
+		s.m.drop(dropClientBusy)
+		return
+	}
 	if !s.acquire(nil) {
+		s.giveForward(client)
 		<-s.fwdSem
 		return
 	}
@@ -81,8 +88,30 @@ func (s *Server) forwardAsync(raw []byte, client netip.Addr, send func([]byte) e
 	go func() {
 		defer s.release(nil)
 		defer func() { <-s.fwdSem }()
+		defer s.giveForward(client)
 		s.forward(query, client, false, send)
 	}()
+}
+
+// takeForward counts a forward of client, or reports false when client
+// has MaxForwardsPerClient in flight already.
+func (s *Server) takeForward(client netip.Addr) bool {
+	s.fwdMu.Lock()
+	defer s.fwdMu.Unlock()
+	if s.fwdOf[client] >= s.cfg.MaxForwardsPerClient {
+		return false
+	}
+	s.fwdOf[client]++
+	return true
+}
+
+// giveForward ends a forward takeForward counted.
+func (s *Server) giveForward(client netip.Addr) {
+	s.fwdMu.Lock()
+	defer s.fwdMu.Unlock()
+	if s.fwdOf[client]--; s.fwdOf[client] <= 0 {
+		delete(s.fwdOf, client)
+	}
 }
 
 // addrPortOf returns the address and port of a UDP or TCP address.

@@ -34,9 +34,11 @@ type Server struct {
 
 	ctx      context.Context // canceled by Shutdown; bounds forwarding
 	cancel   context.CancelFunc
-	fwdSem   chan struct{}    // slots of forwarded UDP queries
-	inflight inflight         // the queries forwarded, awaiting answers
-	chainID  [chainIDLen]byte // this server's part of the forwarding chain's entries (chain.go)
+	fwdSem   chan struct{} // slots of forwarded UDP queries
+	fwdMu    sync.Mutex
+	fwdOf    map[netip.Addr]int // forwarded UDP queries in flight by client address; none at 0
+	inflight inflight           // the queries forwarded, awaiting answers
+	chainID  [chainIDLen]byte   // this server's part of the forwarding chain's entries (chain.go)
 	// upstreamAddrs are the upstreams' addresses that name them: a query
 	// from one of them that this server has in flight is a loop
 	// (inflight). A loopback address names no one: every local process
@@ -80,6 +82,7 @@ func New(cfg Config, dir Directory, log *slog.Logger) (*Server, error) {
 		log:    log,
 		m:      m,
 		fwdSem: make(chan struct{}, cfg.MaxForwards),
+		fwdOf:  map[netip.Addr]int{},
 		// One warning a minute: a loop is a standing misconfiguration.
 		loopWarn: rate.NewLimiter(rate.Every(time.Minute), 1),
 		idle:     make(chan struct{}),
