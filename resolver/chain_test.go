@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -163,5 +164,51 @@ func TestForwardChainTooLong(t *testing.T) {
 		if want := n < maxChain; forwarded != want || (r.Rcode == dns.RcodeSuccess) != want {
 			t.Errorf("a chain of %d entries: forwarded %v, rcode %s", n, forwarded, dns.RcodeToString[r.Rcode])
 		}
+	}
+}
+
+// TestForwardChainUpstreamWithoutEDNS: an upstream that answers FORMERR
+// to any query with an OPT record (it predates EDNS, or a box on the way
+// refuses unknown options) is asked again with the query as the client
+// sent it, and the client gets its answer.
+func TestForwardChainUpstreamWithoutEDNS(t *testing.T) {
+	pc, l := listenBoth(t)
+	var plain atomic.Int32
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg).SetReply(r)
+		if r.IsEdns0() != nil {
+			m.Rcode = dns.RcodeFormatError
+		} else {
+			plain.Add(1)
+			m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 8)}}
+		}
+		_ = w.WriteMsg(m)
+	})
+	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: l, Handler: h}} {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		done := make(chan struct{})
+		go func() { defer close(done); _ = srv.ActivateAndServe() }()
+		<-started
+		t.Cleanup(func() { _ = srv.Shutdown(); <-done })
+	}
+	cfg := testConfig()
+	cfg.Upstreams = []netip.AddrPort{pc.LocalAddr().(*net.UDPAddr).AddrPort()}
+	srv := serve(t, newTestServer(t, cfg, loopbackDir()))
+	for _, proto := range []string{"udp", "tcp"} {
+		addr := srv.udp
+		if proto == "tcp" {
+			addr = srv.tcp
+		}
+		r, _, err := (&dns.Client{Net: proto, Timeout: 5 * time.Second}).Exchange(newQuery("old.example.", dns.TypeA, 0), addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 || r.IsEdns0() != nil {
+			t.Errorf("%s: rcode %s, %d answers, OPT %v: want the upstream's answer to the query as sent", proto, dns.RcodeToString[r.Rcode], len(r.Answer), r.IsEdns0())
+		}
+	}
+	if n := plain.Load(); n != 2 {
+		t.Errorf("the upstream was asked %d queries without EDNS, want 2", n)
 	}
 }

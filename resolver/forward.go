@@ -61,6 +61,8 @@ func (s *Server) warnLoop(msg string, raw []byte, client netip.Addr) {
 // c.query, raw with its chain's entry (when chained) and a fresh ID, and
 // returns, in buf, the first answer that is not SERVFAIL or REFUSED, with
 // what the chain added taken out and fitted to what the client accepts.
+// An upstream that answers the chained query FORMERR (one that does not
+// take EDNS, or this option) is asked the query as the client sent it.
 func (s *Server) askUpstreams(raw []byte, c *chained, chained, tcp bool, buf []byte) ([]byte, error) {
 	query := c.query
 	fw, done := s.inflight.add(query)
@@ -68,6 +70,13 @@ func (s *Server) askUpstreams(raw []byte, c *chained, chained, tcp bool, buf []b
 	var errs []error
 	for _, up := range s.cfg.Upstreams {
 		reply, err := exchange(s.ctx, up, query, buf, s.cfg.ForwardTimeout, tcp)
+		unchained := !chained
+		if err == nil && chained && be16(reply[2:])&rcodeMask == dns.RcodeFormatError {
+			plain := append([]byte(nil), raw...)
+			plain[0], plain[1] = query[0], query[1]
+			reply, err = exchange(s.ctx, up, plain, buf, s.cfg.ForwardTimeout, tcp)
+			unchained = true
+		}
 		if err == nil {
 			if rc := be16(reply[2:]) & rcodeMask; rc == dns.RcodeServerFailure || rc == dns.RcodeRefused {
 				err = fmt.Errorf("%v: %w: %s", up, errUpstreamRcode, dns.RcodeToString[int(rc)])
@@ -82,7 +91,7 @@ func (s *Server) askUpstreams(raw []byte, c *chained, chained, tcp bool, buf []b
 			errs = append(errs, err)
 			continue
 		}
-		if chained {
+		if !unchained {
 			reply = unchain(reply, c.ednsAdd)
 		}
 		reply[0], reply[1] = raw[0], raw[1]
