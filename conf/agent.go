@@ -17,9 +17,9 @@ func ParseAgent(name string, data []byte) (*Agent, error) {
 	return parse(name, data, agentFromTree)
 }
 
-func agentFromTree(name string, tree map[string]any) (*Agent, error) {
+func agentFromTree(name string, doc *tomlDoc) (*Agent, error) {
 	var raw rawAgentFile
-	v := decodeFile(name, tree, &raw)
+	v := decodeFile(name, doc, &raw)
 	sec := raw.Agent
 	if sec == nil {
 		sec = &rawAgentSection{}

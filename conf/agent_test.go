@@ -76,7 +76,7 @@ func TestParseAgentInvalid(t *testing.T) {
 		{"empty file", "", []string{
 			"agent.toml: tunnel.server: required", "agent.toml: tunnel.cert: required", "agent.toml: tunnel.key: required", "agent.toml: tunnel.ca: required"}},
 		{"gateway keys are unknown", "[agent]\nname = \"a\"\n[dns]\nzone = \"x\"\n[tun]\npool = \"10.0.0.0/24\"\n[tunnel]\nserver = \"r:1\"\ninsecure_allow_unauthenticated = true\nrelay = \"r:1\"\n", []string{
-			"agent.toml: dns.zone: unknown key", "agent.toml: tun.pool: unknown key", "agent.toml: tunnel.relay: unknown key"}},
+			"agent.toml:4: dns.zone: unknown key", "agent.toml:6: tun.pool: unknown key", "agent.toml:10: tunnel.relay: unknown key"}},
 		{"bad values", "[agent]\nname = \"a b\"\n[tunnel]\nserver = \"relay\"\nserver_name = \"_x\"\ninsecure_allow_unauthenticated = true\n[tun]\nname = \"\"\nmtu = 100\naddress = \"10.100.0.5\"\n[dns]\nlisten = [\"x\"]\n[api]\nlisten = \"localhost:1\"\n", []string{
 			`agent.toml: agent.name: "a b" is not a domain name`, `agent.toml: tunnel.server: "relay" is not host:port`,
 			`agent.toml: tunnel.server_name: "_x" is not a domain name`, "agent.toml: tun.mtu: 100 is out of range 576..65535",

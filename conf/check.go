@@ -13,21 +13,21 @@ import (
 // [[service]] tables, or with [tun] and [[tenant]], is a gateway. On failure
 // the error is an Errors value; the role is returned whenever it is known.
 func Check(path string) (Role, error) {
-	tree, err := readTOML(path)
+	doc, err := readTOML(path)
 	if err != nil {
 		return "", err
 	}
-	role, err := detectRole(tree)
+	role, err := detectRole(doc.tree)
 	if err != nil {
 		return "", Errors{fmt.Errorf("%s: %w", fileLabel(path), err)}
 	}
 	switch role {
 	case RoleRelay:
-		_, err = relayFromTree(path, tree)
+		_, err = relayFromTree(path, doc)
 	case RoleAgent:
-		_, err = agentFromTree(path, tree)
+		_, err = agentFromTree(path, doc)
 	default:
-		_, err = gatewayFromTree(path, tree)
+		_, err = gatewayFromTree(path, doc)
 	}
 	return role, err
 }

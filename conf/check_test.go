@@ -20,7 +20,7 @@ func TestCheckRole(t *testing.T) {
 		{"relay", insecureRelay, RoleRelay, ""},
 		{"agent", "[agent]\nname = \"a\"\n[tunnel]\nserver = \"r:1\"\ninsecure_allow_unauthenticated = true\n", RoleAgent, ""},
 		{"invalid agent", "[agent]\nname = \"a\"\n", RoleAgent, "x.toml: tunnel.server: required"},
-		{"invalid gateway", "[gateway]\nnme = \"gw\"\n", RoleGateway, "x.toml: gateway.nme: unknown key"},
+		{"invalid gateway", "[gateway]\nnme = \"gw\"\n", RoleGateway, "x.toml:2: gateway.nme: unknown key"},
 		{"tun alone", "[tun]\nmtu = 1500\n", "", "x.toml: cannot tell the role of the file (top-level keys: tun): add a [gateway], [relay] or [agent] table"},
 		{"empty", "", "", "x.toml: cannot tell the role of the file (the file is empty)"},
 		{"two roles", "[relay]\n[agent]\n", "", "x.toml: the file has [relay] and [agent] tables: a file configures one role"},

@@ -6,7 +6,8 @@
 // Parsing is strict and exhaustive: an unknown key, a value of the wrong type
 // or a value that breaks a rule is an error naming its key path
 // (service[2].health.interval), and all errors of a file are returned
-// together as [Errors]. Syntax errors carry file:line:column.
+// together as [Errors]. Syntax errors carry file:line:column; unknown keys and
+// type mismatches carry file:line (keyLines).
 //
 // Decoding works in two passes. The TOML (or, for the admin API, JSON) text is
 // first decoded into a generic tree, which is then walked against the raw

@@ -25,6 +25,7 @@ func (e Errors) Unwrap() []error { return e }
 // fieldError is one problem at a key path of a file.
 type fieldError struct {
 	file string // base name of the file; empty for JSON from the API
+	line int    // line of the key in the file; 0 when not told
 	path string // key path such as service[2].health.interval; may be empty
 	err  error
 }
@@ -33,6 +34,9 @@ func (e *fieldError) Error() string {
 	var b strings.Builder
 	if e.file != "" {
 		b.WriteString(e.file)
+		if e.line > 0 {
+			fmt.Fprintf(&b, ":%d", e.line)
+		}
 		b.WriteString(": ")
 	}
 	if e.path != "" {
@@ -49,19 +53,22 @@ func (e *fieldError) Unwrap() error { return e.err }
 // (unknown key, wrong type), later errors about that path or a path below it
 // are dropped: they would only restate the first one.
 type errList struct {
-	file string
-	errs Errors
-	bad  map[string]bool
+	file  string
+	lines map[string]int // key path → line in the file (keyLines); nil for JSON
+	errs  Errors
+	bad   map[string]bool
 }
 
 func newErrList(file string) *errList {
 	return &errList{file: file, bad: make(map[string]bool)}
 }
 
-// decodeErr records a decoding error at path and marks the path bad.
+// decodeErr records a decoding error at path and marks the path bad. The
+// key is in the file (it is unknown, or its value has the wrong type): the
+// error tells its line, for the operator to find the typo.
 func (l *errList) decodeErr(path, format string, args ...any) {
 	l.bad[path] = true
-	l.errs = append(l.errs, &fieldError{file: l.file, path: path, err: fmt.Errorf(format, args...)})
+	l.errs = append(l.errs, &fieldError{file: l.file, line: l.lines[path], path: path, err: fmt.Errorf(format, args...)})
 }
 
 // addf records a semantic error at path unless the path is already bad.

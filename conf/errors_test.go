@@ -52,8 +52,8 @@ backends = ["192.0.2.53"]
 `
 	_, err := ParseGateway("/etc/ztgate/gateway.toml", []byte(file))
 	wantErrors(t, err, []string{
-		"gateway.toml: service[2].health.intervl: unknown key",
-		`gateway.toml: tun.mtu: expected an integer, got string "big"`,
+		"gateway.toml:39: service[2].health.intervl: unknown key",
+		`gateway.toml:7: tun.mtu: expected an integer, got string "big"`,
 		"gateway.toml: tun.pool: 10.100.0.7/24 has host bits set (did you mean 10.100.0.0/24?)",
 		`gateway.toml: gateway.drain_timeout: invalid duration "soon"`,
 		`gateway.toml: service[0].tenants[1]: unknown tenant "nobody"`,
@@ -99,7 +99,7 @@ func TestErrorsUnwrap(t *testing.T) {
 
 func TestUnnamedFile(t *testing.T) {
 	_, err := ParseGateway("", []byte("[gateway]\nnme = 1\n"))
-	wantErrors(t, err, []string{"config: gateway.nme: unknown key"})
+	wantErrors(t, err, []string{"config:2: gateway.nme: unknown key"})
 	_, err = ParseGateway("", []byte("[gateway\n"))
 	wantErrors(t, err, []string{"config:2:"})
 }

@@ -26,9 +26,9 @@ func ParseGateway(name string, data []byte) (*Gateway, error) {
 	return parse(name, data, gatewayFromTree)
 }
 
-func gatewayFromTree(name string, tree map[string]any) (*Gateway, error) {
+func gatewayFromTree(name string, doc *tomlDoc) (*Gateway, error) {
 	var raw rawGatewayFile
-	v := decodeFile(name, tree, &raw)
+	v := decodeFile(name, doc, &raw)
 	sec := raw.Gateway
 	if sec == nil {
 		sec = &rawGatewaySection{}

@@ -224,7 +224,7 @@ func TestLoadGateway(t *testing.T) {
 		t.Errorf("Path = %q", g.Path)
 	}
 	_, err = LoadGateway(filepath.Join(dir, "bad.toml"))
-	wantErrors(t, err, []string{"bad.toml: gateway.nme: unknown key"})
+	wantErrors(t, err, []string{"bad.toml:2: gateway.nme: unknown key"})
 	_, err = LoadGateway(filepath.Join(dir, "missing.toml"))
 	wantErrors(t, err, []string{"missing.toml: no such file or directory"})
 }

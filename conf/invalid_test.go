@@ -33,18 +33,18 @@ func TestParseGatewayInvalid(t *testing.T) {
 		want []string
 	}{
 		// Strictness.
-		{"unknown top-level key", "colour = 1\n" + gatewayHead, []string{"gw.toml: colour: unknown key"}},
+		{"unknown top-level key", "colour = 1\n" + gatewayHead, []string{"gw.toml:1: colour: unknown key"}},
 		{"unknown key with indexes", webService + webService + webWith("", "[service.health]\nintervl = \"5s\"\n"),
-			[]string{"gw.toml: service[2].health.intervl: unknown key", // decoding errors come first
+			[]string{"gw.toml:38: service[2].health.intervl: unknown key", // decoding errors come first
 				"gw.toml: service[1].name: \"web\" is also the name of service[0]", "gw.toml: service[2].name: \"web\" is also the name of service[0]"}},
-		{"quoted unknown key", gatewayHead + "[dns]\n\"odd key\" = 1\n", []string{`gw.toml: dns."odd key": unknown key`}},
-		{"string for an integer", gatewayHead + "[tun]\nmtu = \"1420\"\n", []string{`gw.toml: tun.mtu: expected an integer, got string "1420"`}},
-		{"float for an integer", gatewayHead + "[tun]\nmtu = 1420.5\n", []string{`gw.toml: tun.mtu: expected an integer, got float 1420.5`}},
-		{"integer for a string", "[gateway]\nname = 1\n", []string{"gw.toml: gateway.name: expected a string, got integer 1"}},
-		{"table for an array of tables", gatewayHead + "[service]\nname = \"web\"\n", []string{"gw.toml: service: expected an array of tables, got a table (write [[service]], not [service])"}},
-		{"array element of the wrong type", gatewayHead + "[dns]\nlisten = [\"127.0.0.1:53\", 53]\n", []string{"gw.toml: dns.listen[1]: expected a string, got integer 53"}},
-		{"boolean for a string", webWith("balance = true\n", ""), []string{"gw.toml: service[0].balance: expected a string, got boolean true"}},
-		{"datetime", gatewayHead + "[dns]\nttl = 1979-05-27\n", []string{"gw.toml: dns.ttl: expected a string, got a datetime"}},
+		{"quoted unknown key", gatewayHead + "[dns]\n\"odd key\" = 1\n", []string{`gw.toml:13: dns."odd key": unknown key`}},
+		{"string for an integer", gatewayHead + "[tun]\nmtu = \"1420\"\n", []string{`gw.toml:13: tun.mtu: expected an integer, got string "1420"`}},
+		{"float for an integer", gatewayHead + "[tun]\nmtu = 1420.5\n", []string{`gw.toml:13: tun.mtu: expected an integer, got float 1420.5`}},
+		{"integer for a string", "[gateway]\nname = 1\n", []string{"gw.toml:2: gateway.name: expected a string, got integer 1"}},
+		{"table for an array of tables", gatewayHead + "[service]\nname = \"web\"\n", []string{"gw.toml:12: service: expected an array of tables, got a table (write [[service]], not [service])"}},
+		{"array element of the wrong type", gatewayHead + "[dns]\nlisten = [\"127.0.0.1:53\", 53]\n", []string{"gw.toml:13: dns.listen[1]: expected a string, got integer 53"}},
+		{"boolean for a string", webWith("balance = true\n", ""), []string{"gw.toml:17: service[0].balance: expected a string, got boolean true"}},
+		{"datetime", gatewayHead + "[dns]\nttl = 1979-05-27\n", []string{"gw.toml:13: dns.ttl: expected a string, got a datetime"}},
 
 		// [gateway]
 		{"hold-down shorter than the TTL", "[gateway]\nname = \"gw\"\nvip_hold_down = \"10s\"\n[dns]\nttl = \"1m\"\n", []string{"gw.toml: gateway.vip_hold_down: 10s is shorter than the DNS TTL 1m0s"}},

@@ -10,8 +10,15 @@ import (
 	"github.com/BurntSushi/toml"
 )
 
+// tomlDoc is a parsed TOML file: its generic tree, as toml.Decode makes it,
+// and the line of each key path (keyLines), for the messages.
+type tomlDoc struct {
+	tree  map[string]any
+	lines map[string]int
+}
+
 // readTOML reads a file and parses it into a generic tree.
-func readTOML(path string) (map[string]any, error) {
+func readTOML(path string) (*tomlDoc, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, Errors{fmt.Errorf("conf: %w", err)}
@@ -21,7 +28,7 @@ func readTOML(path string) (map[string]any, error) {
 
 // parseTOML parses TOML text into a generic tree. A syntax error is returned
 // as Errors with one element, "file:line:column: message".
-func parseTOML(name string, data []byte) (map[string]any, error) {
+func parseTOML(name string, data []byte) (*tomlDoc, error) {
 	var tree map[string]any
 	if _, err := toml.Decode(string(data), &tree); err != nil {
 		var pe toml.ParseError
@@ -30,25 +37,26 @@ func parseTOML(name string, data []byte) (map[string]any, error) {
 		}
 		return nil, Errors{fmt.Errorf("%s: %w", fileLabel(name), err)}
 	}
-	return tree, nil
+	return &tomlDoc{tree: tree, lines: keyLines(string(data))}, nil
 }
 
 // decodeFile walks a parsed file into the raw struct pointed to by raw and
 // returns the validator for the validation pass; name is the file's path.
-func decodeFile(name string, tree map[string]any, raw any) *validator {
+func decodeFile(name string, doc *tomlDoc, raw any) *validator {
 	el := newErrList(fileLabel(name))
+	el.lines = doc.lines
 	d := treeDecoder{errs: el, table: "table"}
-	d.decode("", tree, reflect.ValueOf(raw).Elem())
+	d.decode("", doc.tree, reflect.ValueOf(raw).Elem())
 	return &validator{errList: el, dir: filepath.Dir(name)}
 }
 
 // load reads and parses a file with parse and sets its path on success.
-func load[T any](path string, parse func(string, map[string]any) (*T, error), setPath func(*T)) (*T, error) {
-	tree, err := readTOML(path)
+func load[T any](path string, parse func(string, *tomlDoc) (*T, error), setPath func(*T)) (*T, error) {
+	doc, err := readTOML(path)
 	if err != nil {
 		return nil, err
 	}
-	c, err := parse(path, tree)
+	c, err := parse(path, doc)
 	if err != nil {
 		return nil, err
 	}
@@ -57,12 +65,12 @@ func load[T any](path string, parse func(string, map[string]any) (*T, error), se
 }
 
 // parse parses TOML text and validates it with fromTree.
-func parse[T any](name string, data []byte, fromTree func(string, map[string]any) (*T, error)) (*T, error) {
-	tree, err := parseTOML(name, data)
+func parse[T any](name string, data []byte, fromTree func(string, *tomlDoc) (*T, error)) (*T, error) {
+	doc, err := parseTOML(name, data)
 	if err != nil {
 		return nil, err
 	}
-	return fromTree(name, tree)
+	return fromTree(name, doc)
 }
 
 // fileLabel is how messages name a configuration file: its base name, or

@@ -28,9 +28,9 @@ func ParseRelay(name string, data []byte) (*Relay, error) {
 	return parse(name, data, relayFromTree)
 }
 
-func relayFromTree(name string, tree map[string]any) (*Relay, error) {
+func relayFromTree(name string, doc *tomlDoc) (*Relay, error) {
 	var raw rawRelayFile
-	v := decodeFile(name, tree, &raw)
+	v := decodeFile(name, doc, &raw)
 	sec := raw.Relay
 	if sec == nil {
 		sec = &rawRelaySection{}

@@ -92,7 +92,7 @@ func TestParseRelayInvalid(t *testing.T) {
 		{"insecure still needs cert and key", "[relay]\nname = \"r\"\ninsecure_allow_unauthenticated = true\n", []string{
 			"relay.toml: relay.cert: required", "relay.toml: relay.key: required"}},
 		{"unknown keys", insecureRelay + "colour = 1\n[[pin]]\nservice = \"web\"\nvip = \"10.100.0.9\"\nport = 80\n", []string{
-			"relay.toml: pin[0].port: unknown key", "relay.toml: relay.colour: unknown key"}},
+			"relay.toml:11: pin[0].port: unknown key", "relay.toml:7: relay.colour: unknown key"}},
 		{"bad values", insecureRelay + "listen = \"4433\"\npool = \"10.100.0.0/31\"\npool6 = \"fd00::/40\"\nzone = \"a b\"\nttl = \"0s\"\n", []string{
 			`relay.toml: relay.pool: 10.100.0.0/31 is too small`, "relay.toml: relay.pool6: fd00::/40: an IPv6 pool is a /64 to a /126",
 			`relay.toml: relay.zone: "a b" is not a domain name`, "relay.toml: relay.ttl: 0s is out of range 1s..24h",
