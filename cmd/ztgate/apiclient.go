@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"syscall"
@@ -24,17 +25,41 @@ type apiClient struct {
 const apiTimeout = 5 * time.Second
 
 // newAPIClient reads the bearer token from tokenFile ("" : no token).
-// Requests time out after timeout.
+// Requests time out after timeout. base is the API's URL; an [api] listen
+// address as the configuration writes it (127.0.0.1:7780) is taken as its
+// http:// URL.
 func newAPIClient(base, tokenFile string, timeout time.Duration) (*apiClient, error) {
-	c := &apiClient{base: strings.TrimRight(base, "/"), http: &http.Client{Timeout: timeout}}
+	u, err := apiURL(base)
+	if err != nil {
+		return nil, err
+	}
+	c := &apiClient{base: u, http: &http.Client{Timeout: timeout}}
 	if tokenFile != "" {
 		b, err := os.ReadFile(tokenFile)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("-token-file: %w", err)
 		}
 		c.token = strings.TrimSpace(string(b))
 	}
 	return c, nil
+}
+
+// apiURL checks -api: an http or https URL of a host, with no path beyond
+// "/" (the commands add /v1/…), or a bare host:port.
+func apiURL(base string) (string, error) {
+	s := base
+	if !strings.Contains(s, "://") {
+		s = "http://" + s
+	}
+	u, err := url.Parse(s)
+	if err == nil && (u.Scheme != "http" && u.Scheme != "https" || u.Host == "" || strings.Trim(u.Path, "/") != "" ||
+		u.RawQuery != "" || u.Fragment != "" || u.User != nil) {
+		err = errors.New("not the API's base URL")
+	}
+	if err != nil {
+		return "", fmt.Errorf("-api %q: want the URL of the API, http://IP:PORT or https://HOST:PORT without a path, e.g. http://127.0.0.1:7780", base)
+	}
+	return u.Scheme + "://" + u.Host, nil
 }
 
 // do sends a request without a body and returns the answer's status and

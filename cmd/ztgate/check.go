@@ -17,10 +17,14 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: ztgate check -config FILE\n\nValidates a configuration file and prints every error; exits 1 on error, 0 when valid.")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, 1); !ok {
+		return code
 	}
-	if *path == "" && fs.NArg() == 1 {
+	if fs.NArg() == 1 {
+		if *path != "" {
+			fmt.Fprintf(stderr, "ztgate check: unexpected argument %q: the file is %s (-config)\n", fs.Arg(0), *path)
+			return 2
+		}
 		*path = fs.Arg(0)
 	}
 	if *path == "" {

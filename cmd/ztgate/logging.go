@@ -25,7 +25,7 @@ func (l *logFlags) register(fs *flag.FlagSet) {
 func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(l.level)); err != nil {
-		return nil, fmt.Errorf("-log-level: %w", err)
+		return nil, fmt.Errorf("-log-level: %q is not debug, info, warn or error", l.level)
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	format := l.format

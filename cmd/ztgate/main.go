@@ -3,9 +3,12 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 )
 
 // Set at build time with -ldflags "-X main.version=… -X main.commit=…".
@@ -64,4 +67,32 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "ztgate: unknown command %q\n\n", args[0])
 	usage(stderr)
 	return 2
+}
+
+// parseFlags parses the flags of a subcommand that takes at most maxArgs
+// arguments after them. It returns ok to go on, else the exit code: 0 after
+// -h (the usage is the answer asked for), 2 for a flag it does not know, a
+// bad value, or an argument too many. An argument too many is named:
+// otherwise `ztgate gateway gw.toml` would run on the default file, and
+// flags after an argument (`ztgate check gw.toml -v`) would go unread.
+func parseFlags(fs *flag.FlagSet, args []string, maxArgs int) (code int, ok bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, false
+		}
+		return 2, false
+	}
+	if fs.NArg() > maxArgs {
+		extra := fs.Arg(maxArgs)
+		hint := ""
+		switch {
+		case strings.HasPrefix(extra, "-"):
+			hint = ": flags go before arguments"
+		case fs.Lookup("config") != nil && maxArgs == 0:
+			hint = fmt.Sprintf(" (a configuration file is given with -config %s)", extra)
+		}
+		fmt.Fprintf(fs.Output(), "ztgate %s: unexpected argument %q%s\n", fs.Name(), extra, hint)
+		return 2, false
+	}
+	return 0, true
 }

@@ -51,8 +51,8 @@ func pkiInit(args []string, stdout, stderr io.Writer) int {
 	dir := fs.String("dir", "pki", "`directory` for the CA")
 	name := fs.String("name", "ztgate CA", "the CA's common name")
 	days := fs.Int("days", 3650, "validity in days")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, 0); !ok {
+		return code
 	}
 	if !validDays("pki init", *days, stderr) {
 		return 2
@@ -85,8 +85,8 @@ func pkiIssue(args []string, stdout, stderr io.Writer) int {
 	ips := fs.String("ip", "", "comma-separated IP server addresses (relay, gateway listener)")
 	days := fs.Int("days", 90, "validity in days")
 	out := fs.String("out", "", "output `prefix` (default DIR/NAME)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, 0); !ok {
+		return code
 	}
 	if *role == "" || *tenant == "" || *name == "" {
 		fmt.Fprintln(stderr, "ztgate pki issue: -role, -tenant and -name are required")

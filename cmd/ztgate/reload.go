@@ -25,8 +25,8 @@ func runReload(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: ztgate reload [-api URL] [-token-file FILE] [-timeout D] [-json]\n\nMakes a running gateway reload its configuration file (POST /v1/reload) and prints what changed,\nor why nothing did: exits 1 when the configuration is invalid or the gateway failed, 0 when it reloaded.")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, 0); !ok {
+		return code
 	}
 	c, err := newAPIClient(*api, *tokenFile, *timeout)
 	if err != nil {

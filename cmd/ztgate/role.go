@@ -44,8 +44,8 @@ func (rc roleCommand[C]) run(args []string, stderr io.Writer) int {
 	path := fs.String("config", rc.defaultConfig, rc.name+" configuration `file`")
 	var lf logFlags
 	lf.register(fs)
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, 0); !ok {
+		return code
 	}
 	log, err := lf.logger(stderr)
 	if err != nil {

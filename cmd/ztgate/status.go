@@ -56,8 +56,8 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	api := fs.String("api", "http://127.0.0.1:7780", "admin API `URL` of a gateway (default), a relay (e.g. http://127.0.0.1:7781) or an agent (its [api] listen, e.g. http://127.0.0.1:7782)")
 	asJSON := fs.Bool("json", false, "print the API's JSON instead of a table")
 	tokenFile := fs.String("token-file", "", "`file` with the API's bearer token")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, 0); !ok {
+		return code
 	}
 	c, err := newAPIClient(*api, *tokenFile, apiTimeout)
 	if err != nil {
