@@ -10,13 +10,17 @@ import (
 // Check reads the file at path, detects the role it configures and
 // validates it as that role. The role is told by the file's top-level
 // [gateway], [relay] or [agent] table; a file with none of them but with
-// [[service]] tables, or with [tun] and [[tenant]], is a gateway. On failure
+// [[service]] tables, or with [tun] and [[tenant]], is a gateway. Unlike
+// Load, it also looks inside the TLS files (a certificate, the key of it,
+// CA certificates), so that what the role would fail to load at start fails
+// the check, named by key and file. On failure
 // the error is an Errors value; the role is returned whenever it is known.
 func Check(path string) (Role, error) {
 	doc, err := readTOML(path)
 	if err != nil {
 		return "", err
 	}
+	doc.tlsContent = true
 	role, err := detectRole(doc.tree)
 	if err != nil {
 		return "", Errors{fmt.Errorf("%s: %w", fileLabel(path), err)}

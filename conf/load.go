@@ -15,6 +15,8 @@ import (
 type tomlDoc struct {
 	tree  map[string]any
 	lines map[string]int
+	// tlsContent makes the validation look inside the TLS files (Check).
+	tlsContent bool
 }
 
 // readTOML reads a file and parses it into a generic tree.
@@ -47,7 +49,7 @@ func decodeFile(name string, doc *tomlDoc, raw any) *validator {
 	el.lines = doc.lines
 	d := treeDecoder{errs: el, table: "table"}
 	d.decode("", doc.tree, reflect.ValueOf(raw).Elem())
-	return &validator{errList: el, dir: filepath.Dir(name)}
+	return &validator{errList: el, dir: filepath.Dir(name), tlsContent: doc.tlsContent}
 }
 
 // load reads and parses a file with parse and sets its path on success.

@@ -1,6 +1,14 @@
 package conf
 
-import "net/netip"
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+)
 
 // credentials resolves and checks the TLS files of a QUIC peer. needCertKey
 // and needCA say which of them must be named; every named file must be
@@ -19,7 +27,95 @@ func (v *validator) credentials(path, cert, key, ca string, needCertKey, needCA 
 			v.addf(join(path, f.key), "required%s", hint)
 		}
 	}
-	return v.file(join(path, "cert"), cert), v.file(join(path, "key"), key), v.file(join(path, "ca"), ca)
+	errs := len(v.errs)
+	certAbs, keyAbs, caAbs := v.file(join(path, "cert"), cert), v.file(join(path, "key"), key), v.file(join(path, "ca"), ca)
+	if v.tlsContent && len(v.errs) == errs { // every named file is readable: look inside
+		v.tlsFiles(path, cert, key, ca, certAbs, keyAbs, caAbs)
+	}
+	return certAbs, keyAbs, caAbs
+}
+
+// tlsFiles checks what the TLS files hold, as the role would load them at
+// start: a certificate and the private key of it, and CA certificates. The
+// messages name the files as configured; the validity dates are not checked
+// here (the role warns at start: a certificate renewed later must not make
+// a reload of the rest fail).
+func (v *validator) tlsFiles(path, cert, key, ca, certAbs, keyAbs, caAbs string) {
+	if certAbs != "" && keyAbs != "" {
+		certPEM, err1 := os.ReadFile(certAbs)
+		keyPEM, err2 := os.ReadFile(keyAbs)
+		if err1 == nil && err2 == nil {
+			v.keyPair(path, cert, key, certPEM, keyPEM)
+		}
+	}
+	if caAbs != "" {
+		if caPEM, err := os.ReadFile(caAbs); err == nil {
+			if what, ok := pemCertificates(caPEM); !ok {
+				v.addf(join(path, "ca"), "%q holds %s, not the CA's PEM certificates", ca, what)
+			}
+		}
+	}
+}
+
+// keyPair checks that certPEM holds a certificate and keyPEM its key.
+func (v *validator) keyPair(path, cert, key string, certPEM, keyPEM []byte) {
+	what, ok := pemCertificates(certPEM)
+	if !ok {
+		hint := ""
+		if what == "a private key" {
+			hint = " (are cert and key swapped?)"
+		}
+		v.addf(join(path, "cert"), "%q holds %s, not a PEM certificate%s", cert, what, hint)
+		return
+	}
+	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		switch what := pemHolds(keyPEM); {
+		case what != "a private key":
+			v.addf(join(path, "key"), "%q holds %s, not a PEM private key", key, what)
+		case strings.Contains(err.Error(), "does not match"):
+			v.addf(join(path, "key"), "%q is not the private key of the certificate in %q (%s)", key, cert, join(path, "cert"))
+		default:
+			v.addf(join(path, "key"), "%q: %v", key, strings.TrimPrefix(err.Error(), "tls: "))
+		}
+	}
+}
+
+// pemCertificates reports whether data holds PEM certificates, all of them
+// parseable, and else what it holds.
+func pemCertificates(data []byte) (string, bool) {
+	n := 0
+	for rest := data; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
+			return fmt.Sprintf("a certificate that does not parse (%v)", err), false
+		}
+		n++
+	}
+	if n == 0 {
+		return pemHolds(data), false
+	}
+	return "", true
+}
+
+// pemHolds names what PEM data holds, for a message.
+func pemHolds(data []byte) string {
+	b, _ := pem.Decode(data)
+	switch {
+	case b == nil:
+		return "no PEM data"
+	case b.Type == "CERTIFICATE":
+		return "a certificate"
+	case strings.HasSuffix(b.Type, "PRIVATE KEY"):
+		return "a private key"
+	}
+	return fmt.Sprintf("a PEM %q block", b.Type)
 }
 
 // serverName returns the TLS name to verify: the configured one, else the

@@ -13,6 +13,9 @@ import (
 type validator struct {
 	*errList
 	dir string
+	// tlsContent: look inside the TLS files (tlsFiles), as ztgate check
+	// does; a role's start loads them itself (tunnel.NewCredentials).
+	tlsContent bool
 }
 
 // duration parses a Go duration string; "" gives def. Negative durations are

@@ -103,7 +103,8 @@ func (c *Credentials) load() (*credState, error) {
 	}
 	pair, err := tls.LoadX509KeyPair(c.cfg.CertFile, c.cfg.KeyFile)
 	if err != nil {
-		return nil, fmt.Errorf("tunnel: load credentials: %w", err)
+		// tls names neither file: "private key does not match public key"
+		return nil, fmt.Errorf("tunnel: load credentials: certificate %s, key %s: %w", c.cfg.CertFile, c.cfg.KeyFile, err)
 	}
 	chain, err := parseChain(pair.Certificate)
 	if err != nil {

@@ -327,6 +327,12 @@ func TestNewCredentialsErrors(t *testing.T) {
 			}
 		})
 	}
+	// tls names neither file of a pair that does not match; the error does.
+	_, otherKey := f.relayFiles("relay2")
+	_, err := NewCredentials(CredentialsConfig{CertFile: certFile, KeyFile: otherKey, CAFile: f.caFile}, nil)
+	if want := "certificate " + certFile + ", key " + otherKey + ": tls: private key does not match public key"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("key of another certificate: err = %v, want it to contain %q", err, want)
+	}
 }
 
 func TestAuthError(t *testing.T) {
