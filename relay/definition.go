@@ -34,21 +34,28 @@ type serviceView struct {
 }
 
 // viewLocked merges the definitions of the gateways of s that include
-// takes (every gateway when include is nil). Callers hold Relay.mu.
+// takes (every gateway when include is nil). Callers hold Relay.mu. Its
+// time is linear in the definitions' size: a register of
+// tunnel.MaxMessageSize may hold tens of thousands of tenants and ports,
+// and every agent's directory merges them under the lock.
 func (s *service) viewLocked(include func(tunnel.ServiceInfo) bool) serviceView {
 	v := serviceView{tenants: []string{}, ports: []tunnel.PortInfo{}}
+	tenants := make(map[string]struct{})
+	ports := make(map[portKey]struct{})
 	for _, g := range s.gateways {
 		def, ok := g.defs[s.name]
 		if !ok || (include != nil && !include(def)) {
 			continue
 		}
 		for _, t := range def.Tenants {
-			if !slices.Contains(v.tenants, t) {
+			if _, dup := tenants[t]; !dup {
+				tenants[t] = struct{}{}
 				v.tenants = append(v.tenants, t)
 			}
 		}
 		for _, p := range def.Ports {
-			if !hasPort(v.ports, p.Protocol, p.Port) {
+			if k := (portKey{p.Protocol, p.Port}); !hasKey(ports, k) {
+				ports[k] = struct{}{}
 				v.ports = append(v.ports, p)
 			}
 		}
@@ -56,6 +63,18 @@ func (s *service) viewLocked(include func(tunnel.ServiceInfo) bool) serviceView 
 		v.healthy = v.healthy || g.services[s.name]
 	}
 	return v
+}
+
+// portKey is a port of a service, as hasPort compares them.
+type portKey struct {
+	protocol string
+	port     uint16
+}
+
+// hasKey reports whether set holds k.
+func hasKey[K comparable](set map[K]struct{}, k K) bool {
+	_, ok := set[k]
+	return ok
 }
 
 // viewForLocked is the view of s an agent of tenant gets: the gateways
@@ -97,13 +116,18 @@ func (s *service) disputedLocked() bool {
 
 // sameDefinition reports whether two registrations of a service agree on
 // what agents see and who may reach it: tenants and ports (in any order)
-// and ICMP.
+// and ICMP. Linear in their size, as viewLocked: a register compares each
+// definition with the last under the registry's lock.
 func sameDefinition(a, b tunnel.ServiceInfo) bool {
 	if a.ICMP != b.ICMP || len(a.Ports) != len(b.Ports) || !sameSet(a.Tenants, b.Tenants) {
 		return false
 	}
+	ports := make(map[tunnel.PortInfo]struct{}, len(b.Ports))
+	for _, p := range b.Ports {
+		ports[p] = struct{}{}
+	}
 	for _, p := range a.Ports {
-		if !slices.Contains(b.Ports, p) {
+		if !hasKey(ports, p) {
 			return false
 		}
 	}
@@ -113,17 +137,18 @@ func sameDefinition(a, b tunnel.ServiceInfo) bool {
 // sameSet reports whether a and b hold the same strings, ignoring order
 // and repetition.
 func sameSet(a, b []string) bool {
+	as := make(map[string]struct{}, len(a))
 	for _, x := range a {
-		if !slices.Contains(b, x) {
-			return false
-		}
+		as[x] = struct{}{}
 	}
+	bs := make(map[string]struct{}, len(b))
 	for _, x := range b {
-		if !slices.Contains(a, x) {
+		if !hasKey(as, x) {
 			return false
 		}
+		bs[x] = struct{}{}
 	}
-	return true
+	return len(as) == len(bs)
 }
 
 // hasPort reports whether ports lists protocol/port.

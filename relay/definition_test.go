@@ -3,6 +3,7 @@ package relay
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/ztgate/ztgate/tunnel"
 )
@@ -84,5 +85,46 @@ func TestServiceView(t *testing.T) {
 	}
 	if s := (&service{name: "web", gateways: []*gateway{acmeDown, gw(true, []string{"acme"}, false, udp7)}}); s.disputedLocked() {
 		t.Error("gateways that differ only in health are disputed")
+	}
+}
+
+// TestHugeDefinitionIsQuick: a register may hold a service of some
+// 60,000 tenants and 10,000 ports within tunnel.MaxMessageSize. Comparing
+// such a definition with the last one (a gateway registering again) and
+// merging it into an agent's directory must take time in proportion to
+// its size: both ran under the registry's lock, so a quadratic pass held
+// up every agent's new flows (and this gateway's assign) for minutes.
+func TestHugeDefinitionIsQuick(t *testing.T) {
+	p := newPKI(t)
+	r := startRelay(t, p.relayConfig(t.TempDir()))
+	addr := r.Addr().String()
+	gw := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	big := svc("big")
+	for i := range 60000 {
+		big.Tenants = append(big.Tenants, fmt.Sprintf("t%d", i))
+	}
+	for i := range 10000 {
+		big.Ports = append(big.Ports, tunnel.PortInfo{Protocol: "tcp", Port: uint16(1000 + i)})
+	}
+	start := time.Now()
+	if a := gw.register(big); len(a.VIPs) != 1 {
+		t.Fatalf("assign %+v", a.VIPs)
+	}
+	// The first register compares nothing: what takes longer than it
+	// (and a margin for a loaded machine) is the quadratic pass, which
+	// took seconds for the directory and minutes for the second register.
+	bound := 2*time.Since(start) + 3*time.Second
+	start = time.Now()
+	ag := mustDial(t, addr, p.identity("t59999", tunnel.RoleAgent, "a1"), agentHello("a1"))
+	if d := next[tunnel.Directory](ag); len(d.Services) != 1 || len(d.Services[0].Ports) != 10001 {
+		t.Fatalf("directory of %d services", len(d.Services))
+	}
+	if took := time.Since(start); took > bound {
+		t.Errorf("the agent's directory took %v", took)
+	}
+	start = time.Now()
+	gw.register(big)
+	if took := time.Since(start); took > bound {
+		t.Errorf("registering the same definition again took %v", took)
 	}
 }
