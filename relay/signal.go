@@ -15,7 +15,9 @@ const (
 	// sessions; more offers are refused as busy.
 	agentSignalCap = 16
 	// gatewaySignalCap bounds a gateway session's: it answers for many
-	// agents, each of which is bounded by agentSignalCap.
+	// agents, each of which is bounded by agentSignalCap. The agents of
+	// one tenant hold at most half of it (tenantShare): one identity alone
+	// may have tunnel.MaxIdentitySessions × agentSignalCap, all of it.
 	gatewaySignalCap = 256
 	// maxLegDraws bounds the search for a free id of a gateway leg.
 	maxLegDraws = 16
@@ -110,8 +112,20 @@ type signaling struct {
 	idUsers  map[uint64]int // how many agents use an id: a third party's message is told from an unknown one
 	perAgent map[*agent]int
 	perGW    map[*gateway]int
+	perShare map[tenantShare]int
 	paths    map[agentSig]directPath
 }
+
+// tenantShare is the sessions of one tenant's agents at one gateway,
+// bounded by half the gateway's cap, so that one tenant (or one of its
+// identities) offering without end leaves the others room.
+type tenantShare struct {
+	g      *gateway
+	tenant string
+}
+
+// shareOf returns the share s counts towards.
+func shareOf(s *sigSession) tenantShare { return tenantShare{s.g, s.a.id.Tenant} }
 
 // newSignaling returns an empty state machine with the production limits.
 func newSignaling() *signaling {
@@ -119,7 +133,7 @@ func newSignaling() *signaling {
 		ttl: signalTTL, agentCap: agentSignalCap, gatewayCap: gatewaySignalCap, newID: tunnel.RandomID,
 		byAgent: make(map[agentSig]*sigSession), byLeg: make(map[uint64]*sigSession),
 		idUsers: make(map[uint64]int), perAgent: make(map[*agent]int), perGW: make(map[*gateway]int),
-		paths: make(map[agentSig]directPath),
+		perShare: make(map[tenantShare]int), paths: make(map[agentSig]directPath),
 	}
 }
 
@@ -134,7 +148,8 @@ func (sg *signaling) offer(from party, id uint64, g *gateway, service string, no
 		return nil, sigBadMessage
 	case sg.byAgent[agentSig{from.a, id}] != nil:
 		return nil, sigDuplicate
-	case sg.perAgent[from.a] >= sg.agentCap, sg.perGW[g] >= sg.gatewayCap:
+	case sg.perAgent[from.a] >= sg.agentCap, sg.perGW[g] >= sg.gatewayCap,
+		sg.perShare[tenantShare{g, from.a.id.Tenant}] >= max(1, sg.gatewayCap/2):
 		return nil, sigBusy
 	}
 	leg := uint64(0)
@@ -153,6 +168,7 @@ func (sg *signaling) offer(from party, id uint64, g *gateway, service string, no
 	sg.idUsers[id]++
 	sg.perAgent[from.a]++
 	sg.perGW[g]++
+	sg.perShare[shareOf(s)]++
 	return s, ""
 }
 
@@ -239,6 +255,7 @@ func (sg *signaling) remove(s *sigSession) {
 	decrement(sg.idUsers, s.agentID)
 	decrement(sg.perAgent, s.a)
 	decrement(sg.perGW, s.g)
+	decrement(sg.perShare, shareOf(s))
 }
 
 // decrement lowers a count and deletes it at zero, so that the maps do not

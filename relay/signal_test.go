@@ -3,6 +3,8 @@ package relay
 import (
 	"testing"
 	"time"
+
+	"github.com/ztgate/ztgate/tunnel"
 )
 
 // sigFixture is a state machine with two agents and two gateways; agent a
@@ -117,7 +119,7 @@ func TestSignalingSenders(t *testing.T) {
 			if reason != "" && s.phase != map[string]sigPhase{offered: sigOffered, answered: sigAnswered}[tc.phase] {
 				t.Errorf("a rejected message changed the phase to %d", s.phase)
 			}
-			if ends && (len(f.sg.idUsers) != 0 || len(f.sg.perAgent) != 0 || len(f.sg.perGW) != 0 || len(f.sg.byAgent) != 0) {
+			if ends && (len(f.sg.idUsers) != 0 || len(f.sg.perAgent) != 0 || len(f.sg.perGW) != 0 || len(f.sg.perShare) != 0 || len(f.sg.byAgent) != 0) {
 				t.Errorf("counts left behind: %v %v %v", f.sg.idUsers, f.sg.perAgent, f.sg.perGW)
 			}
 		})
@@ -169,6 +171,40 @@ func TestSignalingOffers(t *testing.T) {
 				t.Fatalf("got %v, %q; want %q", s, reason, tc.reason)
 			}
 		})
+	}
+}
+
+// TestSignalingTenantShare: one agent identity may hold
+// tunnel.MaxIdentitySessions sessions of agentSignalCap offers each, as
+// many as a gateway's cap: offering without end (never a result, each
+// offer held until it expires), it left no room for another tenant's
+// agents, whose direct paths to that gateway were all refused as busy.
+// A tenant's agents hold half of a gateway's sessions at most.
+func TestSignalingTenantShare(t *testing.T) {
+	f := newSigFixture()
+	mallory := tunnel.Identity{Tenant: "evil", Role: tunnel.RoleAgent, Name: "m"}
+	accepted := 0
+	for range tunnel.MaxIdentitySessions {
+		a := &agent{peer: peer{id: mallory}}
+		for id := range uint64(agentSignalCap) {
+			if s, _ := f.sg.offer(party{a: a}, id+1, f.g, "web", f.now); s != nil {
+				accepted++
+			}
+		}
+	}
+	if accepted > gatewaySignalCap/2 {
+		t.Errorf("one identity holds %d of the gateway's %d signaling sessions", accepted, gatewaySignalCap)
+	}
+	alice := &agent{peer: peer{id: tunnel.Identity{Tenant: "acme", Role: tunnel.RoleAgent, Name: "alice"}}}
+	if _, reason := f.sg.offer(party{a: alice}, 1, f.g, "web", f.now); reason != "" {
+		t.Fatalf("another tenant's offer refused: %s", reason)
+	}
+	if _, reason := f.sg.offer(party{a: &agent{peer: peer{id: mallory}}}, 1, f.otherGW, "web", f.now); reason != "" {
+		t.Errorf("the share is per gateway: an offer to another refused: %s", reason)
+	}
+	f.sg.expire(f.now.Add(signalTTL))
+	if len(f.sg.perShare) != 0 {
+		t.Errorf("shares left behind: %v", f.sg.perShare)
 	}
 }
 
