@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -126,5 +128,39 @@ func TestHugeDefinitionIsQuick(t *testing.T) {
 	gw.register(big)
 	if took := time.Since(start); took > bound {
 		t.Errorf("registering the same definition again took %v", took)
+	}
+}
+
+// TestRevokedTagsClosedQuickly: when a gateway changes a service's
+// definition, its tags of agents whose tenant it no longer admits are
+// closed, under the registry's lock. Each tag looked for its agent's
+// tenant through the whole list: 20,000 tags against a definition of
+// 60,000 tenants took seconds.
+func TestRevokedTagsClosedQuickly(t *testing.T) {
+	r := &Relay{tags: make(map[uint32]*tag), m: newMetrics(prometheus.NewRegistry())}
+	g := newGateway(peer{}, "gw1")
+	def := tunnel.ServiceInfo{Name: "web"}
+	for i := range 60000 {
+		def.Tenants = append(def.Tenants, fmt.Sprintf("t%05d", i))
+	}
+	g.defs["web"] = def
+	kept := &agent{peer: peer{id: tunnel.Identity{Tenant: "t59999"}}, tags: make(map[uint32]*tag)}
+	revoked := &agent{peer: peer{id: tunnel.Identity{Tenant: "x00000"}}, tags: make(map[uint32]*tag)}
+	for id := range uint32(20000) {
+		a := kept
+		if id%2 == 1 {
+			a = revoked
+		}
+		tg := &tag{id: id + 1, service: "web", agent: a, gw: g}
+		r.tags[tg.id], g.tags[tg.id], a.tags[tg.id] = tg, tg, tg
+	}
+	closed := make(tagsByGateway)
+	start := time.Now()
+	r.closeRevokedLocked(g, "web", closed)
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("closing the revoked tags took %v", took)
+	}
+	if len(closed[g]) != 10000 || len(revoked.tags) != 0 || len(kept.tags) != 10000 {
+		t.Errorf("closed %d tags; the revoked agent keeps %d, the admitted one %d", len(closed[g]), len(revoked.tags), len(kept.tags))
 	}
 }

@@ -137,6 +137,21 @@ func allowsTenant(tenants []string, tenant string) bool {
 	return slices.Contains(tenants, "*") || slices.Contains(tenants, tenant)
 }
 
+// tenantSet is a definition's tenants for many look-ups: allowsTenant
+// scans them, and a definition may list tens of thousands.
+type tenantSet map[string]struct{}
+
+func newTenantSet(tenants []string) tenantSet {
+	s := make(tenantSet, len(tenants))
+	for _, t := range tenants {
+		s[t] = struct{}{}
+	}
+	return s
+}
+
+// admits reports whether the set holds tenant or "*", as allowsTenant.
+func (s tenantSet) admits(tenant string) bool { return hasKey(s, "*") || hasKey(s, tenant) }
+
 // wake signals a pusher goroutine without blocking.
 func wake(c chan struct{}) {
 	select {

@@ -147,8 +147,8 @@ func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 	for _, info := range changed {
 		r.log.Info("gateway changed a service's definition", "gateway", g.id.String(), "service", info.Name,
 			"tenants", info.Tenants, "ports", portList(info.Ports), "icmp", info.ICMP)
-		tenants := info.Tenants
-		r.retireDirectPathsWhere(g, info.Name, func(a *agent) bool { return !allowsTenant(tenants, a.id.Tenant) },
+		admitted := newTenantSet(info.Tenants)
+		r.retireDirectPathsWhere(g, info.Name, func(a *agent) bool { return !admitted.admits(a.id.Tenant) },
 			tunnel.CodeNotAuthorized)
 	}
 	for _, name := range disputed {
@@ -168,8 +168,9 @@ func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 // next packets are authorised again (and go to another gateway, or are
 // refused). Callers hold r.mu.
 func (r *Relay) closeRevokedLocked(g *gateway, service string, closed tagsByGateway) {
+	admitted := newTenantSet(g.defs[service].Tenants) // once, not a scan of the tenants per tag
 	for _, t := range g.tags {
-		if t.service == service && !g.admits(service, t.agent.id.Tenant) {
+		if t.service == service && !admitted.admits(t.agent.id.Tenant) {
 			closed.add(t)
 			r.killTagLocked(t)
 		}
