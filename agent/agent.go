@@ -69,6 +69,7 @@ func New(cfg *conf.Agent, opts Options, log *slog.Logger) (*Agent, error) {
 	a.m = newMetrics(opts.Registry)
 	creds, err := tunnel.NewCredentials(tunnel.CredentialsConfig{
 		CertFile: cfg.Tunnel.Cert, KeyFile: cfg.Tunnel.Key, CAFile: cfg.Tunnel.CA, Insecure: cfg.Tunnel.Insecure,
+		Role: tunnel.RoleAgent,
 	}, log.With("component", "tunnel"))
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)

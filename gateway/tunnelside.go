@@ -28,7 +28,7 @@ func (g *Gateway) startTunnel() error {
 		return nil
 	}
 	creds, err := tunnel.NewCredentials(tunnel.CredentialsConfig{
-		CertFile: tc.Cert, KeyFile: tc.Key, CAFile: tc.CA, Insecure: tc.Insecure,
+		CertFile: tc.Cert, KeyFile: tc.Key, CAFile: tc.CA, Insecure: tc.Insecure, Role: tunnel.RoleGateway,
 		OnReject: func(_ net.Addr, e *tunnel.AuthError) {
 			g.m.tunnelRefused(e.Reason)
 		},

@@ -137,7 +137,7 @@ func New(cfg *conf.Relay, opts Options, log *slog.Logger) (*Relay, error) {
 	}
 	r.updatePoolMetrics()
 	r.creds, err = tunnel.NewCredentials(tunnel.CredentialsConfig{
-		CertFile: cfg.Cert, KeyFile: cfg.Key, CAFile: cfg.CA, Insecure: cfg.Insecure,
+		CertFile: cfg.Cert, KeyFile: cfg.Key, CAFile: cfg.CA, Insecure: cfg.Insecure, Role: tunnel.RoleRelay,
 	}, r.root.With("component", "tunnel"))
 	if err != nil {
 		return nil, fmt.Errorf("relay: %w", err)

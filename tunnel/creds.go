@@ -25,6 +25,12 @@ type CredentialsConfig struct {
 	// Servers are verified all the same when CAFile is set; a client with
 	// neither CertFile nor KeyFile presents no certificate.
 	Insecure bool
+	// Role, when set, is the role this peer's own certificate must carry
+	// (RoleRelay, RoleGateway, RoleAgent): a certificate of another role,
+	// or a CA's, is refused at load, as every peer would refuse it at the
+	// handshake. One without a ztgate identity is only warned about: the
+	// original system's peers may not look.
+	Role string
 	// Now is the clock for validity checks; nil means time.Now.
 	Now func() time.Time
 	// OnReject, if set, is called for every refused peer, e.g. to count
@@ -111,11 +117,36 @@ func (c *Credentials) load() (*credState, error) {
 		return nil, fmt.Errorf("tunnel: load credentials: %s: %w", c.cfg.CertFile, err)
 	}
 	pair.Leaf = chain[0]
+	if err := c.checkRole(pair.Leaf); err != nil {
+		return nil, err
+	}
 	if ae := t.verifyChain(chain, c.now(), x509.ExtKeyUsageAny, ""); ae != nil && len(t.roots) > 0 {
 		c.log.Warn("tunnel certificate does not verify against the CA", "cert", c.cfg.CertFile,
 			"reason", ae.Reason, "err", ae.Err)
 	}
 	return &credState{cert: &pair, trust: t}, nil
+}
+
+// checkRole checks that leaf, this peer's certificate, is one of
+// cfg.Role.
+func (c *Credentials) checkRole(leaf *x509.Certificate) error {
+	if c.cfg.Role == "" {
+		return nil
+	}
+	issue := fmt.Sprintf("issue one with `ztgate pki issue -role %s`", c.cfg.Role)
+	if leaf.IsCA {
+		return fmt.Errorf("tunnel: load credentials: %s is a CA's certificate, not a %s's: %s", c.cfg.CertFile, c.cfg.Role, issue)
+	}
+	id, err := IdentityFromCert(leaf)
+	switch {
+	case errors.Is(err, ErrNoIdentity):
+		c.log.Warn("tunnel certificate carries no ztgate identity: ztgate peers will refuse it", "cert", c.cfg.CertFile, "want_role", c.cfg.Role)
+	case err != nil:
+		return fmt.Errorf("tunnel: load credentials: %s: %w", c.cfg.CertFile, err)
+	case id.Role != c.cfg.Role:
+		return fmt.Errorf("tunnel: load credentials: %s is the certificate of %s, not of a %s: %s", c.cfg.CertFile, id, c.cfg.Role, issue)
+	}
+	return nil
 }
 
 // loadTrust reads the CA file. Insecure credentials may have none: then

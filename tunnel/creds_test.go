@@ -360,3 +360,62 @@ func TestAuthError(t *testing.T) {
 		t.Fatalf("AuthReasons() = %v, want seven distinct reasons", reasons)
 	}
 }
+
+// TestCredentialsOwnRole: a peer started with a certificate of another
+// role (an agent's given to the relay) or the CA's own is refused at load
+// with what to do, instead of starting and being refused by every peer at
+// the handshake; a reload to such a certificate fails and keeps the one
+// in use. A certificate without a ztgate identity (the original system's)
+// still loads.
+func TestCredentialsOwnRole(t *testing.T) {
+	f := newTLSFixture(t)
+	agentCert, agentKey := f.leaf(f.ca, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "laptop"})
+	relayCert, relayKey := f.relayFiles("relay1")
+	bareCert, bareKey := f.leaf(f.ca, IssueRequest{Name: "old-relay", NoIdentity: true, DNSNames: []string{serverName}})
+	caCert, caKey := f.write("ca.crt", f.ca.CertPEM()), f.write("ca.key", f.ca.KeyPEM())
+	for _, tc := range []struct {
+		name, cert, key, role string
+		want                  string // in the error; "" loads
+	}{
+		{"relay as relay", relayCert, relayKey, RoleRelay, ""},
+		{"any role", agentCert, agentKey, "", ""},
+		{"agent as relay", agentCert, agentKey, RoleRelay, "is the certificate of acme/agent/laptop, not of a relay: issue one with `ztgate pki issue -role relay`"},
+		{"relay as gateway", relayCert, relayKey, RoleGateway, "not of a gateway"},
+		{"the CA as relay", caCert, caKey, RoleRelay, "is a CA's certificate, not a relay's"},
+		{"no identity", bareCert, bareKey, RoleRelay, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := NewCredentials(CredentialsConfig{CertFile: tc.cert, KeyFile: tc.key, CAFile: f.caFile, Role: tc.role}, nil)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), tc.cert)):
+				t.Fatalf("err = %v, want one naming %s and saying %q", err, tc.cert, tc.want)
+			}
+		})
+	}
+
+	// A reload to an agent's certificate keeps the relay's.
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "relay.crt"), filepath.Join(dir, "relay.key")
+	copyFile := func(dst, src string) {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyFile(certFile, relayCert)
+	copyFile(keyFile, relayKey)
+	c := f.creds(CredentialsConfig{CertFile: certFile, KeyFile: keyFile, CAFile: f.caFile, Role: RoleRelay})
+	copyFile(certFile, agentCert)
+	copyFile(keyFile, agentKey)
+	if err := c.Reload(); err == nil {
+		t.Fatal("a reload to an agent's certificate succeeded")
+	}
+	if id, err := IdentityFromCert(c.Certificate()); err != nil || id.Role != RoleRelay {
+		t.Errorf("after the failed reload the certificate in use is %v (%v), want the relay's", id, err)
+	}
+}
