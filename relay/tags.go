@@ -45,7 +45,7 @@ func (r *Relay) chooseGatewayLocked(svc *service, w flowWants, hint *gateway, di
 	for _, g := range svc.gateways {
 		def, ok := g.defs[svc.name]
 		if !ok || !allowsTenant(def.Tenants, w.tenant) ||
-			r.drained[gatewayName(g)] || (direct && len(g.candidates) == 0) {
+			r.drained[gatewayName(g)] || (direct && (len(g.candidates) == 0 || g.id.Legacy)) {
 			continue
 		}
 		rank := 0

@@ -66,6 +66,11 @@ func TestChooseGateway(t *testing.T) {
 	port443 := gwDef("443", def(acme, false, 443), true, 0, false)
 	port443down := gwDef("443-down", def(acme, false, 443), false, 0, false)
 	icmp := gwDef("icmp", def(acme, true, 80), true, 9, false)
+	// A gateway known by a certificate of the original system: its name is
+	// its common name, which the agent could not tell from a ztgate
+	// gateway's identity on a direct path.
+	legacy := gwDef("legacy", def(acme, false, 80), true, 0, true)
+	legacy.id = tunnel.Identity{Tenant: tunnel.DefaultTenant, Role: tunnel.RoleGateway, Name: "legacy", Legacy: true}
 	tcp80 := flowWants{tenant: "acme", proto: tunnel.ProtoTCP, port: 80}
 	tcp443 := flowWants{tenant: "acme", proto: tunnel.ProtoTCP, port: 443}
 	ping := flowWants{tenant: "acme", proto: tunnel.ProtoICMP}
@@ -96,6 +101,8 @@ func TestChooseGateway(t *testing.T) {
 		{"direct: only gateways with candidates", []*gateway{a, c}, nil, unkeyed, nil, true, c},
 		{"direct: none has candidates", []*gateway{a, downFew}, nil, unkeyed, nil, true, nil},
 		{"direct: healthy first", []*gateway{down, c}, nil, unkeyed, nil, true, c},
+		{"direct: not by a certificate of the original system", []*gateway{legacy, c}, nil, unkeyed, nil, true, c},
+		{"relayed: a certificate of the original system serves", []*gateway{legacy, c}, nil, tcp80, nil, false, legacy},
 		{"only gateways that admit the tenant", []*gateway{globex, a}, nil, tcp80, nil, false, a},
 		{"a gateway of another tenant never", []*gateway{globex}, nil, tcp80, nil, false, nil},
 		{"direct: another tenant's gateway never", []*gateway{globex, downFew}, nil, unkeyed, nil, true, nil},

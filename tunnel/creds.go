@@ -320,7 +320,9 @@ func (c *Credentials) verifyServer(serverName string, cs tls.ConnectionState) *A
 
 // verifyServerIdentity checks that a server's certificates chain to the
 // current CA for server authentication and carry the ztgate identity want
-// (Identity.String()).
+// (Identity.String()). A certificate of the original system does not
+// vouch for an identity: it names itself by its common name, which a
+// ztgate gateway's identity may share (default/gateway/<name>).
 func (c *Credentials) verifyServerIdentity(want string, cs tls.ConnectionState) *AuthError {
 	if len(cs.PeerCertificates) == 0 {
 		return &AuthError{Reason: ReasonNoCertificate}
@@ -332,6 +334,8 @@ func (c *Credentials) verifyServerIdentity(want string, cs tls.ConnectionState) 
 	switch {
 	case err != nil:
 		return &AuthError{Reason: ReasonNoIdentity, Err: err}
+	case id.Legacy:
+		return &AuthError{Reason: ReasonBadCertificate, Err: fmt.Errorf("server is %s by a certificate of the original system (common name), expected a ztgate identity", id)}
 	case id.String() != want:
 		return &AuthError{Reason: ReasonBadCertificate, Err: fmt.Errorf("server is %s, expected %s", id, want)}
 	}

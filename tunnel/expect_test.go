@@ -14,6 +14,13 @@ func TestDialExpectIdentity(t *testing.T) {
 	f := newTLSFixture(t)
 	gwCert, gwKey := f.leaf(f.ca, IssueRequest{Tenant: "ops", Role: RoleGateway, Name: "gw1"})
 	foreignCert, foreignKey := f.leaf(f.other, IssueRequest{Tenant: "ops", Role: RoleGateway, Name: "gw1"})
+	// The original system's connector certificate (fit for a server: it
+	// names an address) with the common name of a gateway of the default
+	// tenant reads as that gateway's identity string; it must not pass for
+	// it.
+	defaultCert, defaultKey := f.leaf(f.ca, IssueRequest{Tenant: DefaultTenant, Role: RoleGateway, Name: "gw1"})
+	legacyCert, legacyKey := f.leaf(f.ca, IssueRequest{Name: "gw1", NoIdentity: true, LegacySANs: []string{"connector.web.ztna"},
+		IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
 	tests := []struct {
 		name       string
 		cert, key  string
@@ -26,6 +33,8 @@ func TestDialExpectIdentity(t *testing.T) {
 		{"another tenant", gwCert, gwKey, "acme/gateway/gw1", "", ReasonBadCertificate},
 		{"right identity from another CA", foreignCert, foreignKey, "ops/gateway/gw1", "", ReasonUnknownAuthority},
 		{"no identity expected: the name must match", gwCert, gwKey, "", "gw1.example", ReasonBadCertificate},
+		{"a gateway of the default tenant", defaultCert, defaultKey, "default/gateway/gw1", "", ""},
+		{"the original system's certificate with its name", legacyCert, legacyKey, "default/gateway/gw1", "", ReasonBadCertificate},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
