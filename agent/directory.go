@@ -34,7 +34,11 @@ func newDirectory(m *tunnel.Directory) *directory {
 	d.zone, d.pool6 = m.Zone, m.Pool6
 	for _, s := range m.Services {
 		ds := &dirService{name: s.Name, healthy: s.Healthy, icmp: s.ICMP}
-		ds.entry = resolver.Entry{Name: s.Name, VIP: s.VIP, VIP6: s.VIP6}
+		// No AAAA: the agent routes only the IPv4 pool into its TUN, and
+		// gateways take only IPv4 packets from a tunnel; an IPv6 VIP
+		// would send the service's traffic out by the host's own routes.
+		// Its PTR is still answered (byVIP).
+		ds.entry = resolver.Entry{Name: s.Name, VIP: s.VIP}
 		for _, p := range s.Ports {
 			proto, ok := catalog.ParseProtocol(p.Protocol)
 			if !ok {

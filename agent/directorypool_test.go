@@ -77,3 +77,32 @@ func TestDirectoryPoolMovesReverseZone(t *testing.T) {
 		}
 	}
 }
+
+// TestDirectoryNoAAAA: a relay with an IPv6 pool pushes IPv6 VIPs too, but
+// the agent routes only the IPv4 pool into its TUN and the gateways take
+// only IPv4 from a tunnel: an AAAA answer would send a client that prefers
+// IPv6 (happy eyeballs) out by the host's own IPv6 routes, off the tunnel.
+// The agent answers the A record only.
+func TestDirectoryNoAAAA(t *testing.T) {
+	p := newPKI(t)
+	relay := startServer(t, p, relayReq, func(s *tunnel.Session) {
+		d := directoryOf(true)
+		d.Pool6 = netip.MustParsePrefix("fd00:cd::/64")
+		for i := range d.Services {
+			d.Services[i].VIP6 = netip.MustParseAddr("fd00:cd::5")
+		}
+		s.Send(d)
+	})
+	a, client := startAgent(t, p, relay.addr())
+	c, err := client.DialUDP(innerAddr, netip.AddrPortFrom(a.gatewayAddr(), 53))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if rcode, answers, err := resolvertest.Ask(c, "web.ztna.internal", "AAAA"); err != nil || len(answers) != 0 {
+		t.Errorf("AAAA web: %s %v (%v), want no answer", rcode, answers, err)
+	}
+	if rcode, answers, err := resolvertest.Ask(c, "web.ztna.internal", "A"); err != nil || len(answers) != 1 {
+		t.Errorf("A web: %s %v (%v), want its VIP", rcode, answers, err)
+	}
+}
