@@ -18,7 +18,8 @@ const echoTimeout = 2 * time.Second
 // A refused ping (no service on the VIP, a tenant the service does not
 // allow, echo disabled, over the source's rate) gets an ICMP destination
 // unreachable, administratively prohibited, at once; a ping from an
-// unknown source, with no healthy backend, over the echo limit, or that
+// unknown source, with no healthy backend, over the echo limits (the
+// gateway's, its tenant's or its source's share: echolimits.go), or that
 // the backend did not answer gets no reply.
 func (g *Gateway) HandleEcho(req *netstack.EchoRequest) {
 	d := g.classify(g.tbl.Load(), 0, req.Src, netip.AddrPortFrom(req.Dst, 0))
@@ -37,21 +38,20 @@ func (g *Gateway) HandleEcho(req *netstack.EchoRequest) {
 		req.Drop()
 		return
 	}
-	select {
-	case g.echoTokens <- struct{}{}:
-	default:
-		g.refuse("icmp", refuseEchoLimit)
+	tenant, src := d.peer.tenant, req.Src
+	if reason := g.echoLimits.take(tenant, src); reason != "" {
+		g.refuse("icmp", reason)
 		req.Drop()
 		return
 	}
 	if !g.enter() {
-		<-g.echoTokens
+		g.echoLimits.give(tenant, src)
 		req.Drop()
 		return
 	}
 	go func() {
 		defer g.leave()
-		defer func() { <-g.echoTokens }()
+		defer g.echoLimits.give(tenant, src)
 		ctx, cancel := context.WithTimeout(g.ctx, echoTimeout)
 		defer cancel()
 		if err := g.pingerOnce().Ping(ctx, b.addr, req.Payload); err != nil {

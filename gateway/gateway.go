@@ -78,8 +78,8 @@ type Gateway struct {
 	limits       *flowLimits // limits.go
 	pingerInit   sync.Once
 	pinger       Pinger
-	pingerWarned atomic.Bool   // warnPinger logged
-	echoTokens   chan struct{} // bounds echo requests in flight
+	pingerWarned atomic.Bool // warnPinger logged
+	echoLimits   *echoLimits // echo requests in flight (echolimits.go)
 
 	ns      *netstack.Stack
 	stack   atomic.Pointer[netstack.Stack] // ns, for the metrics collector
@@ -154,7 +154,7 @@ func New(cfg *conf.Gateway, opts Options, log *slog.Logger) (*Gateway, error) {
 		states:     make(map[string]*serviceState),
 		flows:      newFlowTable(),
 		limits:     newFlowLimits(),
-		echoTokens: make(chan struct{}, 256),
+		echoLimits: newEchoLimits(),
 		readFile:   os.ReadFile,
 		workers:    gopool.New(0, 0),
 	}

@@ -25,6 +25,8 @@ const (
 	refuseTenantHandshakes  = "handshake_limit"         // the tenant's in-flight TCP handshakes (its own bound or its share)
 	refuseServiceHandshakes = "service_handshake_limit" // [[service]] max_inflight_handshakes
 	refuseEchoLimit         = "echo_limit"              // the gateway's bound on echo requests in flight to backends
+	refuseTenantEchoLimit   = "tenant_echo_limit"       // a tenant's share of them (echolimits.go)
+	refuseSourceEchoLimit   = "source_echo_limit"       // a source address's share of them
 )
 
 // handshakeShare is the part of [limits] max_inflight_handshakes a tenant

@@ -165,7 +165,7 @@ var (
 		refuseUnknownSource, refuseNoService, refuseTenant, refusePort, refuseICMP,
 		refuseNoBackend, refuseDial, refuseLimit, refuseServiceLimit, refuseTenantLimit,
 		refuseRate, refuseTenantRate, refuseServiceRate, refuseTenantHandshakes,
-		refuseServiceHandshakes, refuseEchoLimit,
+		refuseServiceHandshakes, refuseEchoLimit, refuseTenantEchoLimit, refuseSourceEchoLimit,
 	}
 )
 
