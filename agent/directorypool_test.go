@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"net"
 	"net/netip"
 	"testing"
 
+	"github.com/ztgate/ztgate/netstack/netstacktest"
 	"github.com/ztgate/ztgate/resolver/resolvertest"
 	"github.com/ztgate/ztgate/tunnel"
 )
@@ -62,11 +64,7 @@ func TestDirectoryPoolMovesReverseZone(t *testing.T) {
 		s.Send(d)
 	})
 	a, client := startAgent(t, p, relay.addr())
-	c, err := client.DialUDP(innerAddr, netip.AddrPortFrom(a.gatewayAddr(), 53))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := agentDNS(t, a, client)
 	for _, addr := range []netip.Addr{vip, vip6} {
 		rcode, answers, err := resolvertest.Ask(c, addr.String(), "PTR")
 		if err != nil {
@@ -94,15 +92,23 @@ func TestDirectoryNoAAAA(t *testing.T) {
 		s.Send(d)
 	})
 	a, client := startAgent(t, p, relay.addr())
-	c, err := client.DialUDP(innerAddr, netip.AddrPortFrom(a.gatewayAddr(), 53))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := agentDNS(t, a, client)
 	if rcode, answers, err := resolvertest.Ask(c, "web.ztna.internal", "AAAA"); err != nil || len(answers) != 0 {
 		t.Errorf("AAAA web: %s %v (%v), want no answer", rcode, answers, err)
 	}
 	if rcode, answers, err := resolvertest.Ask(c, "web.ztna.internal", "A"); err != nil || len(answers) != 1 {
 		t.Errorf("A web: %s %v (%v), want its VIP", rcode, answers, err)
 	}
+}
+
+// agentDNS returns a UDP socket of the agent's client to its DNS server,
+// closed when the test ends.
+func agentDNS(t *testing.T, a *Agent, client *netstacktest.Client) net.Conn {
+	t.Helper()
+	c, err := client.DialUDP(innerAddr, netip.AddrPortFrom(a.gatewayAddr(), 53))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

@@ -48,7 +48,6 @@ func TestForwardRingLoopBounded(t *testing.T) {
 // recordingUpstream answers every query with one A record and hands the
 // query it got to seen.
 func recordingUpstream(t *testing.T, seen chan<- *dns.Msg, withOPT bool) netip.AddrPort {
-	pc, l := listenBoth(t)
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		seen <- r
 		m := new(dns.Msg).SetReply(r)
@@ -63,15 +62,7 @@ func recordingUpstream(t *testing.T, seen chan<- *dns.Msg, withOPT bool) netip.A
 		}
 		_ = w.WriteMsg(m)
 	})
-	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: l, Handler: h}} {
-		started := make(chan struct{})
-		srv.NotifyStartedFunc = func() { close(started) }
-		done := make(chan struct{})
-		go func() { defer close(done); _ = srv.ActivateAndServe() }()
-		<-started
-		t.Cleanup(func() { _ = srv.Shutdown(); <-done })
-	}
-	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	return serveUpstream(t, h)
 }
 
 // chainEntries returns the chain's entries of m's OPT record.
@@ -172,7 +163,6 @@ func TestForwardChainTooLong(t *testing.T) {
 // refuses unknown options) is asked again with the query as the client
 // sent it, and the client gets its answer.
 func TestForwardChainUpstreamWithoutEDNS(t *testing.T) {
-	pc, l := listenBoth(t)
 	var plain atomic.Int32
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		m := new(dns.Msg).SetReply(r)
@@ -184,16 +174,8 @@ func TestForwardChainUpstreamWithoutEDNS(t *testing.T) {
 		}
 		_ = w.WriteMsg(m)
 	})
-	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: l, Handler: h}} {
-		started := make(chan struct{})
-		srv.NotifyStartedFunc = func() { close(started) }
-		done := make(chan struct{})
-		go func() { defer close(done); _ = srv.ActivateAndServe() }()
-		<-started
-		t.Cleanup(func() { _ = srv.Shutdown(); <-done })
-	}
 	cfg := testConfig()
-	cfg.Upstreams = []netip.AddrPort{pc.LocalAddr().(*net.UDPAddr).AddrPort()}
+	cfg.Upstreams = []netip.AddrPort{serveUpstream(t, h)}
 	srv := serve(t, newTestServer(t, cfg, loopbackDir()))
 	for _, proto := range []string{"udp", "tcp"} {
 		addr := srv.udp

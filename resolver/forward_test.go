@@ -25,16 +25,7 @@ type upstream struct {
 func startUpstream(t *testing.T, servfails bool) *upstream {
 	t.Helper()
 	u := &upstream{servfails: servfails}
-	pc, l := listenBoth(t)
-	u.addr = pc.LocalAddr().(*net.UDPAddr).AddrPort()
-	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: u}, {Listener: l, Handler: u}} {
-		started := make(chan struct{})
-		srv.NotifyStartedFunc = func() { close(started) }
-		done := make(chan struct{})
-		go func() { defer close(done); _ = srv.ActivateAndServe() }()
-		<-started
-		t.Cleanup(func() { _ = srv.Shutdown(); <-done })
-	}
+	u.addr = serveUpstream(t, u)
 	return u
 }
 
@@ -68,6 +59,22 @@ func (u *upstream) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		m.Truncate(dns.MinMsgSize)
 	}
 	_ = w.WriteMsg(m)
+}
+
+// serveUpstream serves h over UDP and TCP on one new loopback port until
+// the test ends, and returns its address.
+func serveUpstream(t *testing.T, h dns.Handler) netip.AddrPort {
+	t.Helper()
+	pc, l := listenBoth(t)
+	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: l, Handler: h}} {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		done := make(chan struct{})
+		go func() { defer close(done); _ = srv.ActivateAndServe() }()
+		<-started
+		t.Cleanup(func() { _ = srv.Shutdown(); <-done })
+	}
+	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
 // deadUpstream is a UDP socket that never answers.
