@@ -165,6 +165,9 @@ func (s *Server) chain(raw []byte, id uint16) (c chained, ok bool) {
 		q = binary.BigEndian.AppendUint16(q, uint16(rdlen))
 		q = append(append(append(q, others...), option...), raw[opt.end:]...)
 	} else {
+		if be16(raw[10:]) == 0xffff { // no room to count one more record
+			return c, false
+		}
 		c.ednsAdd = true
 		q = append(q, raw...)
 		q = append(q, 0)                                          // the root owns it
