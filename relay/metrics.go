@@ -51,6 +51,9 @@ const (
 	refuseBadHello   = "bad_hello"   // a hello the relay cannot use (no inner address, ...)
 	refuseNoIdentity = "no_identity" // no verified identity and not insecure
 	refuseVersion    = "unsupported_version"
+	// A gateway identity with tunnel.MaxIdentitySessions gateways of
+	// other names connected (addGateway).
+	refuseTooManySessions = "too_many_sessions"
 )
 
 // Results of a service registration (ztgate_relay_registrations_total).
@@ -152,7 +155,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	m.fromGateX = m.datagrams.WithLabelValues(directionLabels[fwdDown], "dropped")
 	m.agentGauge = m.sessions.WithLabelValues(roleAgent)
 	m.gwGauge = m.sessions.WithLabelValues(roleGateway)
-	for _, r := range []string{refuseWrongRole, refuseBadHello, refuseNoIdentity, refuseVersion} {
+	for _, r := range []string{refuseWrongRole, refuseBadHello, refuseNoIdentity, refuseVersion, refuseTooManySessions} {
 		m.refusals.WithLabelValues(r)
 	}
 	for _, r := range sigReasons() {

@@ -341,13 +341,32 @@ func (r *Relay) usableCandidates(g *gateway, cs []netip.AddrPort) []netip.AddrPo
 // addGateway enters a gateway session into the registry. An older session
 // of the same gateway (same identity and name) is closed: the gateway
 // restarted, and its old session would only linger until the idle timeout.
-func (r *Relay) addGateway(g *gateway) {
+//
+// A bounded identity (identityKeyOf) may have gateways of
+// tunnel.MaxIdentitySessions names: an operator may run a few gateways
+// under one certificate, each with its own name, but a copied certificate,
+// or a gateway that restarts under ever new names, must not grow the
+// registry, its services and outboxes without end. A session of another
+// name beyond them is refused, not the oldest closed as for agents: the
+// live gateways serve flows, and a restart keeps its name, so it still
+// replaces its old session at the bound.
+func (r *Relay) addGateway(g *gateway) *refusal {
+	key, bounded := identityKeyOf(&g.peer)
 	r.mu.Lock()
 	var replaced []*gateway
+	names := make(map[string]struct{}) // of g's identity's other gateways
 	for old := range r.gateways {
 		if sameGateway(old, g) {
 			replaced = append(replaced, old)
+		} else if k, ok := identityKeyOf(&old.peer); bounded && ok && k == key {
+			names[old.name] = struct{}{}
 		}
+	}
+	if len(names) >= tunnel.MaxIdentitySessions {
+		r.mu.Unlock()
+		return &refusal{refuseTooManySessions, fmt.Sprintf(
+			"%s has gateways of %d other names connected already; a restarted gateway must keep its name",
+			g.id.String(), len(names))}
 	}
 	r.gateways[g] = struct{}{}
 	r.mu.Unlock()
@@ -356,6 +375,7 @@ func (r *Relay) addGateway(g *gateway) {
 		r.log.Info("gateway reconnected; closing its old session", "gateway", g.id.String(), "old_session", old.s.ID())
 		_ = old.s.Close("replaced by a new session of the same gateway")
 	}
+	return nil
 }
 
 // sameGateway reports whether two gateway sessions are the same gateway:

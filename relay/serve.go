@@ -26,43 +26,52 @@ const outboxBudget = 32 * outboxLen
 func (r *Relay) serve(s *tunnel.Session) {
 	defer s.Close("relay: session over")
 	p, ref := r.admit(s)
+	var g *gateway
+	if ref == nil && p.role == roleGateway {
+		// Entered before the welcome: the bound of its identity's gateways
+		// may refuse it, and the check and the entry are one step.
+		g = newGateway(p, s.Hello().Name)
+		ref = r.addGateway(g)
+	}
 	if ref != nil {
 		r.m.refusals.WithLabelValues(ref.reason).Inc()
 		r.log.Warn("session refused", "session", s.ID(), "remote", s.RemoteAddr().String(),
-			"peer", s.Peer().String(), "reason", ref.reason, "detail", ref.message)
+			"peer", s.Peer().String(), "name", s.Hello().Name, "reason", ref.reason, "detail", ref.message)
 		_ = s.Refuse(ref.reason, ref.message)
 		return
 	}
 	r.log.Info("session admitted", "session", s.ID(), "role", p.role, "identity", p.id.String(),
 		"version", s.Version().String(), "remote", s.RemoteAddr().String())
-	if p.role == roleGateway {
-		r.serveGateway(p)
+	if g != nil {
+		r.serveGateway(g)
 	} else {
 		r.serveAgent(p)
 	}
 	r.log.Info("session ended", "session", s.ID(), "role", p.role, "identity", p.id.String(), "err", s.Err())
 }
 
-// serveGateway answers the hello and serves the gateway's registrations
-// and tag returns until the session ends.
-func (r *Relay) serveGateway(p peer) {
-	g := newGateway(p, p.s.Hello().Name)
-	if err := p.s.SendWelcome(tunnel.Welcome{MaxPacket: p.s.MaxDatagram() - tunnel.TagReturnOverhead}); err != nil {
+// serveGateway answers the hello of a gateway addGateway entered, and
+// serves its registrations and tag returns until the session ends; then it
+// takes the gateway out of the registry. Its outbox is set before it
+// registers services, so before any tag of it exists.
+func (r *Relay) serveGateway(g *gateway) {
+	s := g.s
+	if err := s.SendWelcome(tunnel.Welcome{MaxPacket: s.MaxDatagram() - tunnel.TagReturnOverhead}); err != nil {
+		r.removeGateway(g)
 		return
 	}
-	g.out = tunnel.NewOutbox(p.s, outboxLen, r.outboxes, nil)
+	g.out = tunnel.NewOutbox(s, outboxLen, r.outboxes, nil)
 	defer g.out.Close()
-	r.addGateway(g)
-	defer r.removeGateway(g)
+	defer r.removeGateway(g) // before the outbox closes, as its tags die
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		r.datagrams(p.s, func(b []byte) {
+		r.datagrams(s, func(b []byte) {
 			g.heard.Add(1)
 			r.fromGateway(g, b, true)
 		})
 	})
 	wg.Go(func() { r.watchGateway(g) })
-	r.controlLoop(p.s, func(typ string, msg any) error {
+	r.controlLoop(s, func(typ string, msg any) error {
 		g.heard.Add(1)
 		switch m := msg.(type) {
 		case *tunnel.Register:
@@ -75,7 +84,7 @@ func (r *Relay) serveGateway(p peer) {
 			r.onSignalError(party{g: g}, m)
 		case *tunnel.Pong:
 		case *tunnel.Ping:
-			return p.s.Send(&tunnel.Pong{Type: tunnel.MessagePong, Seq: m.Seq})
+			return s.Send(&tunnel.Pong{Type: tunnel.MessagePong, Seq: m.Seq})
 		case *tunnel.Offer:
 			r.rejectSignal(party{g: g}, m.SessionID, sigWrongRole, typ)
 		case *tunnel.Result:
@@ -85,7 +94,7 @@ func (r *Relay) serveGateway(p peer) {
 		}
 		return nil
 	})
-	_ = p.s.Close("control stream ended")
+	_ = s.Close("control stream ended")
 	wg.Wait()
 }
 
@@ -199,7 +208,7 @@ func (r *Relay) controlLoop(s *tunnel.Session, handle func(typ string, msg any) 
 // more than tunnel.MaxIdentitySessions live sessions loses its oldest.
 func (r *Relay) addAgent(a *agent) {
 	var evict []*agent
-	key, bounded := identityKeyOf(a)
+	key, bounded := identityKeyOf(&a.peer)
 	r.mu.Lock()
 	r.agents[a] = struct{}{}
 	if bounded {
@@ -233,13 +242,14 @@ func (r *Relay) addAgent(a *agent) {
 	}
 }
 
-// identityKey is an agent identity whose sessions are bounded.
+// identityKey is an agent or gateway identity whose sessions are bounded
+// (addAgent, addGateway).
 type identityKey struct{ tenant, role, name string }
 
-// identityKeyOf returns a's identity, and false when its sessions are not
+// identityKeyOf returns p's identity, and false when its sessions are not
 // bounded: legacy and unverified identities, which a fleet may share.
-func identityKeyOf(a *agent) (identityKey, bool) {
-	return identityKey{a.id.Tenant, a.id.Role, a.id.Name}, !a.id.Legacy && a.s.Peer().Tenant != ""
+func identityKeyOf(p *peer) (identityKey, bool) {
+	return identityKey{p.id.Tenant, p.id.Role, p.id.Name}, !p.id.Legacy && p.s.Peer().Tenant != ""
 }
 
 // removeAgent takes an ended agent session out of the registry; its tags
@@ -248,7 +258,7 @@ func (r *Relay) removeAgent(a *agent) {
 	closed := make(tagsByGateway)
 	r.mu.Lock()
 	delete(r.agents, a)
-	if key, bounded := identityKeyOf(a); bounded {
+	if key, bounded := identityKeyOf(&a.peer); bounded {
 		if set := r.byIdentity[key]; set != nil {
 			delete(set, a)
 			if len(set) == 0 {

@@ -63,8 +63,10 @@ type Identity struct {
 // certificate must not take them all (a certificate copied to many hosts,
 // or a client that redials without closing). A relay closes the
 // identity's oldest session beyond it, a gateway refuses the newest.
-// Legacy and unverified identities, which a whole fleet may share, are not
-// bounded.
+// It bounds too the gateways of one gateway identity at a relay, one
+// session per hello name: a relay refuses a gateway of another name
+// beyond it. Legacy and unverified identities, which a whole fleet may
+// share, are not bounded.
 const MaxIdentitySessions = 16
 
 // String returns "tenant/role/name", e.g. "acme/agent/laptop".
