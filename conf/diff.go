@@ -1,0 +1,84 @@
+package conf
+
+import (
+	"log/slog"
+	"reflect"
+	"strings"
+)
+
+// ChangedKeys names the keys whose values differ between two validated
+// configurations of one role (*Gateway, *Relay or *Agent), as the file
+// spells them ("relay.listen", "tun.mtu", "pin"), in the order of the
+// schema. A key is named when its value as the role runs it changed: one
+// whose default follows another key (tunnel.server_name from
+// tunnel.server, vip_hold_down from ttl) is named when it moves with it,
+// and a section that appears or goes ([tun] of a gateway behind a relay)
+// is named by itself ("tun"). The names come from the `key` tags of the
+// configuration types; a reload compares the running configuration with
+// the file's to say what it cannot apply live.
+func ChangedKeys[C Gateway | Relay | Agent](a, b *C) []string {
+	var out []string
+	changedKeys("", reflect.ValueOf(a).Elem(), reflect.ValueOf(b).Elem(), &out)
+	return out
+}
+
+// changedKeys appends to out the keys of the fields of a and b (values
+// of one struct type) that differ; prefix is their section.
+func changedKeys(prefix string, a, b reflect.Value, out *[]string) {
+	t := a.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		key := fieldKey(f)
+		if key == "-" {
+			continue
+		}
+		switch {
+		case key == ".":
+			key = prefix
+		case prefix != "":
+			key = prefix + "." + key
+		}
+		x, y := a.Field(i), b.Field(i)
+		if isSection(f.Type) {
+			changedKeys(key, x, y, out)
+			continue
+		}
+		if !reflect.DeepEqual(x.Interface(), y.Interface()) {
+			*out = append(*out, key)
+		}
+	}
+}
+
+// fieldKey is the key a field of a configuration type stands for: its
+// `key` tag, or (a field someone forgot to tag, which TestKeyTags
+// refuses) its name in lower case, so that a change is still named.
+func fieldKey(f reflect.StructField) string {
+	if k, ok := f.Tag.Lookup("key"); ok {
+		return k
+	}
+	return strings.ToLower(f.Name)
+}
+
+// isSection reports whether t is a section of the configuration, whose
+// fields are keys of their own: a struct type with `key` tags.
+func isSection(t reflect.Type) bool {
+	if t.Kind() != reflect.Struct {
+		return false
+	}
+	for i := range t.NumField() {
+		if _, ok := t.Field(i).Tag.Lookup("key"); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// WarnRestart logs the one warning of a reload that left keys unapplied
+// (ChangedKeys less what the role applies live); none, no warning. Every
+// role words it the same, so that one search of the logs finds them all.
+func WarnRestart(log *slog.Logger, keys []string) {
+	if len(keys) == 0 {
+		return
+	}
+	log.Warn("configuration changed; restart to apply: "+strings.Join(keys, ", "), "restart_required", keys)
+}

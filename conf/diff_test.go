@@ -1,0 +1,207 @@
+package conf
+
+import (
+	"bytes"
+	"log/slog"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestChangedKeys edits one file of each role and checks the keys named.
+func TestChangedKeys(t *testing.T) {
+	const agentBase = `
+[agent]
+name = "laptop"
+[tunnel]
+server = "relay.example.net:4433"
+insecure_allow_unauthenticated = true
+`
+	relay := func(t *testing.T, text string) *Relay {
+		t.Helper()
+		r, err := ParseRelay("relay.toml", []byte(text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	agent := func(t *testing.T, text string) *Agent {
+		t.Helper()
+		a, err := ParseAgent("agent.toml", []byte(text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	gateway := func(t *testing.T, text string) *Gateway {
+		t.Helper()
+		g, err := ParseGateway("gateway.toml", []byte(text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	cases := []struct {
+		name string
+		diff func(t *testing.T) []string
+		want []string
+	}{
+		{"relay: the same file", func(t *testing.T) []string {
+			return ChangedKeys(relay(t, insecureRelay), relay(t, insecureRelay))
+		}, nil},
+		{"relay: listen, pool, forward ports, api, a pin", func(t *testing.T) []string {
+			return ChangedKeys(relay(t, insecureRelay), relay(t, insecureRelay+`
+listen = "0.0.0.0:5433"
+pool = "10.8.0.0/24"
+forward_ports = "4440-4441"
+[api]
+listen = "127.0.0.1:9000"
+[[pin]]
+service = "web"
+vip = "10.8.0.10"
+`))
+		}, []string{"relay.listen", "relay.pool", "api.listen", "pin", "relay.forward_ports"}},
+		{"relay: ttl moves the hold-down it is the default of", func(t *testing.T) []string {
+			return ChangedKeys(relay(t, insecureRelay), relay(t, insecureRelay+"ttl = \"1m\"\n"))
+		}, []string{"relay.ttl", "relay.vip_hold_down"}},
+		{"agent: server, tun, dns", func(t *testing.T) []string {
+			return ChangedKeys(agent(t, agentBase), agent(t, `
+[agent]
+name = "laptop"
+[tunnel]
+server = "relay.example.net:5433"
+insecure_allow_unauthenticated = true
+[tun]
+mtu = 1400
+address = "100.64.0.9"
+[dns]
+listen = ["127.0.0.1:5353"]
+`))
+		}, []string{"tunnel.server", "tun.mtu", "tun.address", "dns.listen"}},
+		{"agent: another host names the server_name it is the default of", func(t *testing.T) []string {
+			return ChangedKeys(agent(t, agentBase), agent(t, strings.Replace(agentBase, "relay.example.net", "relay2.example.net", 1)))
+		}, []string{"tunnel.server", "tunnel.server_name"}},
+		{"gateway: keys of sections, services, tenants", func(t *testing.T) []string {
+			return ChangedKeys(gateway(t, gatewayHead+webService), gateway(t, strings.Replace(gatewayHead, "gw1", "gw2", 1)+`
+[tun]
+mtu = 1400
+[limits]
+max_flows = 10
+`))
+		}, []string{"gateway.name", "tun.mtu", "limits.max_flows", "service"}},
+		{"gateway: [tun] taken away behind a relay", func(t *testing.T) []string {
+			const relayed = `
+[tunnel]
+relay = "relay.example.net:4433"
+insecure_allow_unauthenticated = true
+cert = "/dev/null"
+key = "/dev/null"
+`
+			return ChangedKeys(gateway(t, relayed+"[tun]\n"), gateway(t, relayed))
+		}, []string{"tun"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.diff(t); !slices.Equal(got, tc.want) {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestKeyTags checks that every field of the configuration types names
+// its key, and that each key the diff can name is one of the file's: the
+// toml tags of the raw structs are the list of known keys.
+func TestKeyTags(t *testing.T) {
+	roles := []struct {
+		typ, raw reflect.Type
+	}{
+		{reflect.TypeFor[Gateway](), reflect.TypeFor[rawGatewayFile]()},
+		{reflect.TypeFor[Relay](), reflect.TypeFor[rawRelayFile]()},
+		{reflect.TypeFor[Agent](), reflect.TypeFor[rawAgentFile]()},
+	}
+	for _, r := range roles {
+		t.Run(r.typ.Name(), func(t *testing.T) {
+			known := map[string]bool{}
+			rawKeys("", r.raw, known)
+			var walk func(prefix string, typ reflect.Type)
+			walk = func(prefix string, typ reflect.Type) {
+				for i := range typ.NumField() {
+					f := typ.Field(i)
+					k, ok := f.Tag.Lookup("key")
+					if !ok {
+						t.Errorf("%s.%s has no key tag", typ.Name(), f.Name)
+						continue
+					}
+					switch {
+					case k == "-":
+						continue
+					case k == ".":
+						k = prefix
+					case prefix != "":
+						k = prefix + "." + k
+					}
+					if isSection(f.Type) {
+						walk(k, f.Type)
+						continue
+					}
+					// An agent's or a gateway's Tunnel holds the keys of
+					// both: only those of the role's file are named.
+					if !known[k] && !(typ == reflect.TypeFor[Tunnel]() || typ == reflect.TypeFor[TUN]() ||
+						typ == reflect.TypeFor[DNS]()) {
+						t.Errorf("%s.%s: key %q is not in the %s file", typ.Name(), f.Name, k, r.typ.Name())
+					}
+				}
+			}
+			walk("", r.typ)
+		})
+	}
+	// The keys of the shared sections are each in one role's file at least.
+	all := map[string]bool{}
+	for _, r := range roles {
+		rawKeys("", r.raw, all)
+	}
+	for _, typ := range []reflect.Type{reflect.TypeFor[Tunnel](), reflect.TypeFor[TUN](), reflect.TypeFor[DNS]()} {
+		section := map[reflect.Type]string{reflect.TypeFor[Tunnel](): "tunnel", reflect.TypeFor[TUN](): "tun", reflect.TypeFor[DNS](): "dns"}[typ]
+		for i := range typ.NumField() {
+			k := typ.Field(i).Tag.Get("key")
+			if k != "." && !all[section+"."+k] {
+				t.Errorf("%s.%s: key %q is in no file", typ.Name(), typ.Field(i).Name, section+"."+k)
+			}
+		}
+	}
+}
+
+// rawKeys adds to known the key paths of a raw struct type: its tables and
+// their keys.
+func rawKeys(prefix string, typ reflect.Type, known map[string]bool) {
+	for typ.Kind() == reflect.Pointer || typ.Kind() == reflect.Slice {
+		typ = typ.Elem()
+	}
+	if typ.Kind() != reflect.Struct {
+		return
+	}
+	for i := range typ.NumField() {
+		k := typ.Field(i).Tag.Get("toml")
+		if prefix != "" {
+			k = prefix + "." + k
+		}
+		known[k] = true
+		rawKeys(k, typ.Field(i).Type, known)
+	}
+}
+
+func TestWarnRestart(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	WarnRestart(log, nil)
+	if buf.Len() != 0 {
+		t.Fatalf("a warning without keys: %s", buf.String())
+	}
+	WarnRestart(log, []string{"relay.listen", "relay.pool"})
+	if got := buf.String(); strings.Count(got, "\n") != 1 || !strings.Contains(got, "level=WARN") ||
+		!strings.Contains(got, "configuration changed; restart to apply: relay.listen, relay.pool") {
+		t.Fatalf("got %s", got)
+	}
+}
