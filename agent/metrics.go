@@ -49,6 +49,8 @@ type metrics struct {
 	directFailed               prometheus.Counter // offers refused, unanswered or whose dial failed
 	candidatesSkipped          prometheus.Counter // gateway candidates not dialled (candidateSkip)
 	flowsExpired, flowsEvicted prometheus.Counter
+
+	reloads *prometheus.CounterVec // ztgate_config_reloads_total{result}
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -93,8 +95,14 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		Name: "ztgate_agent_flows_removed_total", Help: "Entries removed from the router's flow table: idle (expired) or full (evicted at its bound).",
 	}, []string{"reason"})
 	m.flowsExpired, m.flowsEvicted = flows.WithLabelValues("idle"), flows.WithLabelValues("full")
+	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ztgate_config_reloads_total", Help: "Configuration reloads by result.",
+	}, []string{"result"})
+	for _, r := range []string{"ok", "error"} {
+		m.reloads.WithLabelValues(r)
+	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.connected, m.up, m.down, m.dropped, m.refusals, direct, m.directPaths, m.forwardedPaths, events, flows)
+		m.connected, m.up, m.down, m.dropped, m.refusals, direct, m.directPaths, m.forwardedPaths, events, flows, m.reloads)
 	return m
 }
 

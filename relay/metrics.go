@@ -85,6 +85,7 @@ type metrics struct {
 	gatewaysLost   prometheus.Counter
 	dirFailed      prometheus.Counter
 	identityClosed prometheus.Counter
+	reloads        *prometheus.CounterVec
 	sigRejected    *prometheus.CounterVec
 	sigOutcomes    *prometheus.CounterVec
 	sigSessions    prometheus.Gauge
@@ -139,11 +140,14 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Name: "ztgate_relay_directory_failures_total",
 			Help: "Directories that could not be made into a control message for an agent (too large); the agent keeps its last one.",
 		}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztgate_config_reloads_total", Help: "Configuration reloads by result.",
+		}, []string{"result"}),
 	}
 	m.newFlowAndSignalingMetrics()
 	reg.MustRegister(m.sessions, m.refusals, m.registrations, m.datagrams, m.dropped, m.tags,
 		m.services, m.conflicts, m.poolUsed, m.poolCapacity,
-		m.flows.live, m.gatewaysLost, m.dirFailed, m.identityClosed,
+		m.flows.live, m.gatewaysLost, m.dirFailed, m.identityClosed, m.reloads,
 		m.sigRejected, m.sigOutcomes, m.sigSessions, m.directPaths,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for i := range m.drops {
@@ -157,6 +161,9 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	m.gwGauge = m.sessions.WithLabelValues(roleGateway)
 	for _, r := range []string{refuseWrongRole, refuseBadHello, refuseNoIdentity, refuseVersion, refuseTooManySessions} {
 		m.refusals.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "error"} {
+		m.reloads.WithLabelValues(r)
 	}
 	for _, r := range sigReasons() {
 		m.sigRejected.WithLabelValues(r)

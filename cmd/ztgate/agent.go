@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -33,7 +34,9 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 			if err != nil {
 				return nil, nil, err
 			}
-			return a, a.ReloadCredentials, nil // SIGHUP: certificate, key and CA
+			// SIGHUP re-reads the configuration file (a change names the
+			// keys that wait for a restart) and the certificate, key and CA.
+			return a, func() error { return errors.Join(a.Reload(), a.ReloadCredentials()) }, nil
 		},
 	}.run(args, stderr)
 }

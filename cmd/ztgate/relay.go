@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 
@@ -16,7 +17,9 @@ func runRelay(args []string, stdout, stderr io.Writer) int {
 			if err != nil {
 				return nil, nil, err
 			}
-			return r, r.ReloadCredentials, nil // SIGHUP: certificate, key and CA
+			// SIGHUP re-reads the configuration file (a change names the
+			// keys that wait for a restart) and the certificate, key and CA.
+			return r, func() error { return errors.Join(r.Reload(), r.ReloadCredentials()) }, nil
 		},
 	}.run(args, stderr)
 }

@@ -42,7 +42,7 @@ func runReload(args []string, stdout, stderr io.Writer) int {
 		printAPIError(stderr, "reload", *api, errUnauthorized)
 		return 1
 	case code == http.StatusNotFound:
-		fmt.Fprintf(stderr, "ztgate reload: %s has no /v1/reload: only a gateway reloads through its API (a relay or an agent reloads its certificates on SIGHUP)\n", *api)
+		fmt.Fprintf(stderr, "ztgate reload: %s has no /v1/reload: only a gateway reloads through its API (a relay or an agent reloads on SIGHUP)\n", *api)
 		return 1
 	case *asJSON:
 		stdout.Write(body)

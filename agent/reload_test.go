@@ -1,0 +1,142 @@
+package agent
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ztgate/ztgate/conf"
+	"github.com/ztgate/ztgate/netstack/netstacktest"
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// logBuffer is a log destination written from the agent's goroutines.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestReload: SIGHUP's reload reads the whole file. A broken file keeps
+// the agent running as it was and logs every error; a valid one names, in
+// one warning, every key that changed and waits for a restart; each is
+// counted in ztgate_config_reloads_total.
+func TestReload(t *testing.T) {
+	p := newPKI(t)
+	relay := startServer(t, p, relayReq, func(s *tunnel.Session) { s.Send(directoryOf(true)) })
+	cert, key := p.issue(tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "laptop"})
+	path := filepath.Join(t.TempDir(), "agent.toml")
+	file := func(server, extra string) string {
+		return fmt.Sprintf(`
+[agent]
+name = "laptop"
+[tunnel]
+server = %q
+server_name = "relay.test"
+cert = %q
+key = %q
+ca = %q
+[tun]
+name = "test"
+%s
+`, server, cert, key, p.caFile, extra)
+	}
+	write := func(text string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(file(relay.addr(), ""))
+	cfg, err := conf.LoadAgent(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := netstacktest.NewClient(1280, innerAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs logBuffer
+	a, err := New(cfg, Options{Device: dev}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	waitFor(t, "directory", func() bool { return len(a.dir.Load().byName) > 0 })
+	reloads := func(result string) float64 { return testutil.ToFloat64(a.m.reloads.WithLabelValues(result)) }
+	const warning = "configuration changed; restart to apply"
+
+	cases := []struct {
+		name     string
+		text     string
+		fails    bool
+		logged   []string // in the log of this reload
+		unlogged string
+	}{
+		{"unchanged", file(relay.addr(), ""), false, []string{"reloaded"}, warning},
+		{"server, tun, dns", file("127.0.0.1:1", "mtu = 1400\n[dns]\nlisten = [\"127.0.0.1:5353\"]"), false,
+			[]string{`level=WARN msg="configuration changed; restart to apply: tunnel.server, tun.mtu, dns.listen"`}, ""},
+		{"an invalid value", file(relay.addr(), `address = "10.100.0.5"`), true,
+			[]string{"reload: keeping the running configuration", "tun.address: 10.100.0.5 is inside the VIP pool"}, "reloaded"},
+		{"a syntax error", file(relay.addr(), `mtu = `), true, []string{"reload: keeping the running configuration", "agent.toml:"}, "reloaded"},
+		{"missing", "", true, []string{"reload: keeping the running configuration", "no such file"}, "reloaded"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.text == "" {
+				os.Remove(path)
+			} else {
+				write(tc.text)
+			}
+			ok, bad := reloads("ok"), reloads("error")
+			before := len(logs.String())
+			err := a.Reload()
+			out := logs.String()[before:]
+			if (err != nil) != tc.fails {
+				t.Fatalf("Reload: %v, want failure %v\n%s", err, tc.fails, out)
+			}
+			for _, s := range tc.logged {
+				if !strings.Contains(out, s) {
+					t.Errorf("log without %q:\n%s", s, out)
+				}
+			}
+			if tc.unlogged != "" && strings.Contains(out, tc.unlogged) {
+				t.Errorf("log with %q:\n%s", tc.unlogged, out)
+			}
+			if n := strings.Count(out, "level=WARN"); n > 1 {
+				t.Errorf("%d warnings, want one at most:\n%s", n, out)
+			}
+			wantOK, wantBad := ok+1, bad
+			if tc.fails {
+				wantOK, wantBad = ok, bad+1
+			}
+			if reloads("ok") != wantOK || reloads("error") != wantBad {
+				t.Errorf("reloads ok %v error %v, want %v and %v", reloads("ok"), reloads("error"), wantOK, wantBad)
+			}
+			if a.cfg != cfg {
+				t.Fatal("the running configuration changed")
+			}
+		})
+	}
+}
