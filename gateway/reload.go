@@ -80,6 +80,7 @@ func (g *Gateway) Reload() (Diff, error) {
 	}
 	g.m.reloads.WithLabelValues("ok").Inc()
 	g.logDiff("reloaded", d)
+	conf.WarnRestart(g.log, d.RestartRequired)
 	return d, nil
 }
 
@@ -330,23 +331,28 @@ func changedFields(a, b catalog.Service) []string {
 	return d
 }
 
-// restartRequired lists the keys whose change a running gateway cannot
-// apply: they take effect at the next start.
-func restartRequired(cur, next *conf.Gateway) []string {
-	d := keyDiff{}
-	d.check("gateway.name", cur.Name, next.Name)
-	d.check("gateway.state_dir", cur.StateDir, next.StateDir)
-	d.check("gateway.vip_hold_down", cur.VIPHoldDown, next.VIPHoldDown)
-	d.check("tun", cur.TUN, next.TUN)
-	d.check("dns", cur.DNS, next.DNS)
-	d.check("api", cur.API, next.API)
-	d.check("tunnel", cur.Tunnel, next.Tunnel)
-	d.check("limits.max_inflight_handshakes", cur.Limits.MaxInflightHandshake, next.Limits.MaxInflightHandshake)
-	d.check("discovery", cur.Discovery, next.Discovery)
-	return d
+// liveKeys are the keys a reload applies (liveSettings takes them from
+// the file); a change of any other key waits for the next start.
+var liveKeys = map[string]bool{
+	"service": true, "tenant": true, "gateway.drain_timeout": true,
+	"limits.max_flows": true, "limits.new_flows_per_second": true, "limits.new_flows_burst": true,
 }
 
-// liveSettings is cur with the settings a reload applies taken from next.
+// restartRequired names the keys whose change a running gateway cannot
+// apply, each as the file spells it (tun.mtu, dns.listen): they take
+// effect at the next start.
+func restartRequired(cur, next *conf.Gateway) []string {
+	keys := []string{}
+	for _, k := range conf.ChangedKeys(cur, next) {
+		if !liveKeys[k] {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// liveSettings is cur with the settings a reload applies (liveKeys) taken
+// from next.
 func liveSettings(cur, next *conf.Gateway) *conf.Gateway {
 	c := *cur
 	c.Limits.MaxFlows = next.Limits.MaxFlows

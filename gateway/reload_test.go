@@ -6,12 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -88,6 +90,12 @@ type fileHarness struct {
 // newFileHarness starts a gateway from a file so that Reload reads it.
 func newFileHarness(t *testing.T, config string) *fileHarness {
 	t.Helper()
+	return newFileHarnessLog(t, config, nil)
+}
+
+// newFileHarnessLog is newFileHarness with the gateway logging to log.
+func newFileHarnessLog(t *testing.T, config string, log *slog.Logger) *fileHarness {
+	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "gw.toml")
 	h := &fileHarness{path: path, dir: dir}
@@ -100,7 +108,7 @@ func newFileHarness(t *testing.T, config string) *fileHarness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw, err := New(cfg, Options{Device: client}, nil)
+	gw, err := New(cfg, Options{Device: client}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,19 +307,69 @@ func specFor(name, backend string) (s catalog.Service) {
 	return s
 }
 
+// TestRestartRequired: a reload names each key it does not apply as the
+// file spells it (a section named whole hid which of its keys moved), and
+// applies the others: after liveSettings, what still differs from the file
+// is exactly what restartRequired named.
 func TestRestartRequired(t *testing.T) {
-	base, err := conf.ParseGateway("a.toml", []byte("[gateway]\nstate_dir = \"/tmp/x\"\n"))
+	const head = "[gateway]\nstate_dir = \"/tmp/x\"\n" + twoTenants
+	base, err := conf.ParseGateway("a.toml", []byte(head))
 	if err != nil {
 		t.Fatal(err)
 	}
-	moved := *base
-	moved.TUN.Name = "other0"
-	moved.Limits.MaxFlows = 7
-	if got := restartRequired(base, &moved); fmt.Sprint(got) != "[tun]" {
-		t.Fatalf("got %v, want [tun]", got)
+	cases := []struct {
+		name, file string
+		want       []string
+	}{
+		{"nothing", head, []string{}},
+		{"tun and dns", head + "[tun]\nname = \"other0\"\nmtu = 1400\n[dns]\nlisten = [\"127.0.0.1:5353\"]\n",
+			[]string{"tun.name", "tun.mtu", "dns.listen"}},
+		{"api, discovery, handshakes", head + "[api]\nlisten = \"127.0.0.1:9999\"\n[discovery]\nmin_ttl = \"1s\"\n" +
+			"[limits]\nmax_inflight_handshakes = 5\n",
+			[]string{"api.listen", "limits.max_inflight_handshakes", "discovery.min_ttl"}},
+		{"the gateway's name", strings.Replace(head, "[gateway]\n", "[gateway]\nname = \"gw9\"\n", 1), []string{"gateway.name"}},
+		{"live keys only", strings.Replace(head, "[gateway]\n", "[gateway]\ndrain_timeout = \"5s\"\n", 1) +
+			"[limits]\nmax_flows = 7\nnew_flows_per_second = 3\n" + tcpService("web", `"acme"`, "", "192.0.2.10", 80),
+			[]string{}},
 	}
-	if got := liveSettings(base, &moved); got.Limits.MaxFlows != 7 || got.TUN.Name != base.TUN.Name {
-		t.Fatalf("live settings: %+v", got.Limits)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			next, err := conf.ParseGateway("a.toml", []byte(tc.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := restartRequired(base, next)
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("restart required %q, want %q", got, tc.want)
+			}
+			if left := conf.ChangedKeys(liveSettings(base, next), next); !slices.Equal(left, got) {
+				t.Errorf("after the live settings %q differ, want %q", left, got)
+			}
+		})
+	}
+}
+
+// TestReloadWarnsRestart: a reload that leaves keys for a restart says so
+// in one warning naming them all, as the relay and the agent do.
+func TestReloadWarnsRestart(t *testing.T) {
+	web := startLineEcho(t, "web")
+	var logs syncLog
+	h := newFileHarnessLog(t, reloadConfig(web, `"acme"`, ""), slog.New(slog.NewTextHandler(&logs, nil)))
+	h.write(t, reloadConfig(web, `"acme"`, "[tun]\nmtu = 1400\n[dns]\nlisten = [\"127.0.0.1:0\"]\n"))
+	d, err := h.gw.Reload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"tun.mtu", "dns.listen"}
+	if !slices.Equal(d.RestartRequired, want) {
+		t.Errorf("restart_required %q, want %q", d.RestartRequired, want)
+	}
+	// The file watcher may reload the same file too: every warning is
+	// the whole list, and the reload above logged one.
+	const line = `level=WARN msg="configuration changed; restart to apply: tun.mtu, dns.listen"`
+	out := logs.String()
+	if n := strings.Count(out, "restart to apply"); n == 0 || n != strings.Count(out, line) {
+		t.Errorf("want each warning to be %s:\n%s", line, out)
 	}
 }
 

@@ -23,8 +23,8 @@ func TestReload(t *testing.T) {
 		notWantErr string
 	}{
 		{name: "changes", status: 200,
-			body: `{"added": ["wiki"], "removed": [], "changed": [{"name": "web", "fields": ["backends", "tenants"]}], "restart_required": ["tun"]}`,
-			code: 0, wantOut: []string{"reloaded\n", "added: wiki", "changed: web (backends, tenants)", "not applied until the next start: tun"}},
+			body: `{"added": ["wiki"], "removed": [], "changed": [{"name": "web", "fields": ["backends", "tenants"]}], "restart_required": ["tun.mtu", "dns.listen"]}`,
+			code: 0, wantOut: []string{"reloaded\n", "added: wiki", "changed: web (backends, tenants)", "not applied until the next start: tun.mtu, dns.listen"}},
 		{name: "no change", status: 200, body: `{"added": [], "removed": [], "changed": [], "restart_required": []}`,
 			code: 0, wantOut: []string{"reloaded: nothing changed"}},
 		{name: "invalid", status: 400, body: `{"errors": ["gw.toml: service[1].name: not set", "gw.toml: service[1].port: not set"]}`,
