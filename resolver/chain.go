@@ -116,7 +116,8 @@ func findOPT(msg []byte) (optRecord, bool) {
 
 // chain returns raw with this server's entry for query ID id added to its
 // chain (ID set to id), or ok false when raw cannot be changed (it cannot
-// be walked, or it is signed): then it is forwarded as it came.
+// be walked, it is signed, or the entry would take it past 65,535 bytes):
+// then it is forwarded as it came.
 func (s *Server) chain(raw []byte, id uint16) (c chained, ok bool) {
 	opt, ok := findOPT(raw)
 	if !ok || opt.signed {
@@ -177,6 +178,9 @@ func (s *Server) chain(raw []byte, id uint16) (c chained, ok bool) {
 		q = binary.BigEndian.AppendUint16(q, uint16(len(option))) // rdlength
 		q = append(q, option...)
 		binary.BigEndian.PutUint16(q[10:], be16(raw[10:])+1)
+	}
+	if len(q) > maxMsgSize { // a TCP frame's length could not tell it: on as it came
+		return c, false
 	}
 	q[0], q[1] = byte(id>>8), byte(id)
 	c.query = q

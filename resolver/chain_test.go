@@ -194,3 +194,36 @@ func TestForwardChainUpstreamWithoutEDNS(t *testing.T) {
 		t.Errorf("the upstream was asked %d queries without EDNS, want 2", n)
 	}
 }
+
+// TestChainKeepsTCPLength: a query over TCP may take up to 65,535 bytes,
+// and the chain adds its entry (and an OPT record to a query without
+// one): a query near the limit must go on as it came rather than grow
+// past what a TCP frame's two-byte length can tell, which wrapped the
+// length and sent the upstream the client's bytes as further queries.
+func TestChainKeepsTCPLength(t *testing.T) {
+	s := newTestServer(t, testConfig(), testDirectory())
+	for _, edns := range []bool{false, true} {
+		q := newQuery("big.example.", dns.TypeA, 0)
+		if edns {
+			q.SetEdns0(4096, false)
+		}
+		base := len(mustPack(t, q))
+		if edns {
+			q.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_PADDING{Padding: make([]byte, maxMsgSize-base-4)}}
+		} else {
+			// fill the additional section with one TXT record of the rest
+			txt := &dns.TXT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeTXT, Class: dns.ClassINET}}
+			for left := maxMsgSize - base - 11; left > 0; left -= 256 {
+				txt.Txt = append(txt.Txt, string(make([]byte, min(left, 256)-1)))
+			}
+			q.Extra = append(q.Extra, txt)
+		}
+		raw := mustPack(t, q)
+		if len(raw) > maxMsgSize || len(raw) < maxMsgSize-16 {
+			t.Fatalf("edns %v: a query of %d bytes, want near %d", edns, len(raw), maxMsgSize)
+		}
+		if c, ok := s.chain(raw, 0x1234); ok && len(c.query) > maxMsgSize {
+			t.Errorf("edns %v: a query of %d bytes became %d, more than a DNS message holds", edns, len(raw), len(c.query))
+		}
+	}
+}
