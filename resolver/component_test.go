@@ -3,9 +3,11 @@ package resolver
 import (
 	"context"
 	"errors"
+	"maps"
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -400,5 +402,68 @@ func TestServeStreamPerClientLimit(t *testing.T) {
 	}
 	if got := counter(t, srv.Server, "ztgate_dns_dropped_total", "reason", dropTCPLimit.String()); got != 0 {
 		t.Errorf("dropped{tcp_limit} = %v, want 0", got)
+	}
+}
+
+// forgetfulListener's connections tell their remote address once: a
+// netstack connection (gonet) tells none once the peer has reset it.
+type forgetfulListener struct{ net.Listener }
+
+func (l forgetfulListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &forgetfulConn{Conn: c}, nil
+}
+
+type forgetfulConn struct {
+	net.Conn
+	told atomic.Bool
+}
+
+func (c *forgetfulConn) RemoteAddr() net.Addr {
+	if c.told.Swap(true) {
+		return nil
+	}
+	return c.Conn.RemoteAddr()
+}
+
+// TestServeStreamPerClientCountEnds: the connection a client address holds
+// is counted and let go under the one address read at accept, so that a
+// connection whose remote address is gone by the time it is served (reset
+// early, on a netstack) does not stay counted: 16 of those shut the
+// client out of DNS over TCP for good.
+func TestServeStreamPerClientCountEnds(t *testing.T) {
+	cfg := testConfig()
+	s := newTestServer(t, cfg, loopbackDir())
+	pc, l := listenBoth(t)
+	pc.Close()
+	go s.ServeStream(forgetfulListener{l})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+	})
+	for range DefaultMaxTCPConnsPerClient + 1 {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		s.mu.Lock()
+		open, of := s.tcp, maps.Clone(s.tcpOf)
+		s.mu.Unlock()
+		if open == 0 {
+			if len(of) != 0 {
+				t.Fatalf("no connection open, still counted by client: %v", of)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections still open", open)
+		}
 	}
 }

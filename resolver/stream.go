@@ -50,11 +50,12 @@ func (s *Server) ServeStream(l net.Listener) error {
 			continue
 		}
 		delay = 0
-		if !s.acquireTCP(c) {
+		client, ok := s.acquireTCP(c)
+		if !ok {
 			_ = c.Close()
 			continue
 		}
-		go s.serveConn(c)
+		go s.serveConn(c, client)
 	}
 }
 
@@ -68,9 +69,12 @@ func retryAccept(err error) bool {
 }
 
 // acquireTCP registers a connection unless the server is closed, serves
-// MaxTCPConns already, or MaxTCPConnsPerClient of its client.
-func (s *Server) acquireTCP(c net.Conn) bool {
-	client := addrPortOf(c.RemoteAddr()).Addr().Unmap()
+// MaxTCPConns already, or MaxTCPConnsPerClient of its client. It returns
+// the client address the connection is counted under: the connection is
+// served and let go under it, since a netstack connection's RemoteAddr
+// tells nothing once the peer has reset it.
+func (s *Server) acquireTCP(c net.Conn) (client netip.Addr, ok bool) {
+	client = addrPortOf(c.RemoteAddr()).Addr().Unmap()
 	s.mu.Lock()
 	reason := numDropReasons
 	switch {
@@ -85,13 +89,13 @@ func (s *Server) acquireTCP(c net.Conn) bool {
 	s.mu.Unlock()
 	if reason != numDropReasons {
 		s.m.drop(reason)
-		return false
+		return client, false
 	}
 	if !s.acquire(c) {
 		s.releaseTCP(client, nil)
-		return false
+		return client, false
 	}
-	return true
+	return client, true
 }
 
 // releaseTCP ends what acquireTCP registered for a connection of client.
@@ -107,9 +111,9 @@ func (s *Server) releaseTCP(client netip.Addr, c net.Conn) {
 	}
 }
 
-// serveConn answers the queries of one TCP connection in order.
-func (s *Server) serveConn(c net.Conn) {
-	client := addrPortOf(c.RemoteAddr()).Addr().Unmap()
+// serveConn answers the queries of one TCP connection of client (as
+// acquireTCP counted it) in order.
+func (s *Server) serveConn(c net.Conn, client netip.Addr) {
 	defer s.releaseTCP(client, c)
 	defer c.Close()
 	w := s.newStreamWorker()
