@@ -195,7 +195,8 @@ func flowFilter(tenant, svc, backend string) func(*flow) bool {
 // (a service of thousands of backends) outgrew the socket's buffers.
 type heldAnswer struct {
 	w      http.ResponseWriter
-	status int
+	status int  // the first WriteHeader's, as net/http keeps it
+	told   bool // WriteHeader or Write was called
 	body   bytes.Buffer
 }
 
@@ -207,9 +208,18 @@ func holdAnswer(w http.ResponseWriter) *heldAnswer {
 
 func (a *heldAnswer) Header() http.Header { return a.w.Header() }
 
-func (a *heldAnswer) WriteHeader(status int) { a.status = status }
+// WriteHeader keeps the first status, as net/http does; a Write before it
+// answers 200.
+func (a *heldAnswer) WriteHeader(status int) {
+	if !a.told {
+		a.status, a.told = status, true
+	}
+}
 
-func (a *heldAnswer) Write(b []byte) (int, error) { return a.body.Write(b) }
+func (a *heldAnswer) Write(b []byte) (int, error) {
+	a.told = true
+	return a.body.Write(b)
+}
 
 // send writes the held answer to the client.
 func (a *heldAnswer) send() {

@@ -11,9 +11,9 @@ import (
 // §9) before it sends the query on, and a server that finds its own entry
 // in a query it was asked is on a loop, however many servers the loop goes
 // through and wherever they run: two gateways on one host, three on
-// three. inflight finds the loops whose queries come back without the
-// option (a server that is not ztgate on the way drops it), as long as
-// the query comes back byte for byte but for its ID.
+// three. inflight (forward.go) keeps finding the loops of the queries
+// that go on unchained (signed, too long, or not walkable), which come
+// back byte for byte but for their ID.
 //
 // An entry is the server's chainID and the ID it gave the query it
 // forwarded, so that the server finds its forward and counts it as a
