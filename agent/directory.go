@@ -20,6 +20,7 @@ type directory struct {
 type dirService struct {
 	name    string
 	entry   resolver.Entry
+	vip6    netip.Addr // its IPv6 VIP: answered as a PTR only, not in entry (no AAAA)
 	healthy bool
 	icmp    bool
 }
@@ -33,7 +34,7 @@ func newDirectory(m *tunnel.Directory) *directory {
 	d := emptyDirectory(m.Pool)
 	d.zone, d.pool6 = m.Zone, m.Pool6
 	for _, s := range m.Services {
-		ds := &dirService{name: s.Name, healthy: s.Healthy, icmp: s.ICMP}
+		ds := &dirService{name: s.Name, vip6: s.VIP6, healthy: s.Healthy, icmp: s.ICMP}
 		// No AAAA: the agent routes only the IPv4 pool into its TUN, and
 		// gateways take only IPv4 packets from a tunnel; an IPv6 VIP
 		// would send the service's traffic out by the host's own routes.
@@ -67,8 +68,8 @@ func (d *directory) keepPool(pool netip.Prefix) {
 		if s.entry.VIP.IsValid() && !pool.Contains(s.entry.VIP) {
 			delete(d.byName, name)
 			delete(d.byVIP, s.entry.VIP)
-			if s.entry.VIP6.IsValid() {
-				delete(d.byVIP, s.entry.VIP6)
+			if s.vip6.IsValid() {
+				delete(d.byVIP, s.vip6)
 			}
 		}
 	}

@@ -112,3 +112,21 @@ func agentDNS(t *testing.T, a *Agent, client *netstacktest.Client) net.Conn {
 	t.Cleanup(func() { c.Close() })
 	return c
 }
+
+// TestDirectoryOutsidePoolLeavesNoReverse: a service keepPool takes out
+// for its IPv4 VIP outside the pool leaves no PTR behind, of its IPv6 VIP
+// either: the agent does not answer its name, so it must not name it for
+// an address.
+func TestDirectoryOutsidePoolLeavesNoReverse(t *testing.T) {
+	outside, outside6 := netip.MustParseAddr("192.0.2.7"), netip.MustParseAddr("fd00:cd::7")
+	m := directoryOf(true)
+	m.Pool6 = netip.MustParsePrefix("fd00:cd::/64")
+	m.Services = append(m.Services, tunnel.DirectoryService{Name: "far", VIP: outside, VIP6: outside6, Healthy: true})
+	d := newDirectory(m)
+	d.keepPool(m.Pool)
+	for _, addr := range []netip.Addr{outside, outside6} {
+		if e, ok := d.Reverse(addr); ok {
+			t.Errorf("PTR of %v answers %q, a service taken out for a VIP outside the pool", addr, e.Name)
+		}
+	}
+}
