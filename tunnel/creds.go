@@ -117,7 +117,7 @@ func (c *Credentials) load() (*credState, error) {
 		return nil, fmt.Errorf("tunnel: load credentials: %s: %w", c.cfg.CertFile, err)
 	}
 	pair.Leaf = chain[0]
-	if err := c.checkRole(pair.Leaf); err != nil {
+	if err := c.checkRole(chain, t); err != nil {
 		return nil, err
 	}
 	if ae := t.verifyChain(chain, c.now(), x509.ExtKeyUsageAny, ""); ae != nil && len(t.roots) > 0 {
@@ -127,14 +127,19 @@ func (c *Credentials) load() (*credState, error) {
 	return &credState{cert: &pair, trust: t}, nil
 }
 
-// checkRole checks that leaf, this peer's certificate, is one of
-// cfg.Role.
-func (c *Credentials) checkRole(leaf *x509.Certificate) error {
+// checkRole checks that chain's leaf, this peer's certificate, is one of
+// cfg.Role, and not a CA's of t (one of its CAs, or one they signed).
+// Another certificate that says CA:TRUE (a self-signed one, as `openssl
+// req -x509` makes them) is judged by its identity: without one it is only
+// warned about, as insecure peers without a CA take it.
+func (c *Credentials) checkRole(chain []*x509.Certificate, t *trust) error {
 	if c.cfg.Role == "" {
 		return nil
 	}
+	leaf := chain[0]
 	issue := fmt.Sprintf("issue one with `ztgate pki issue -role %s`", c.cfg.Role)
-	if leaf.IsCA {
+	budget := maxSignatureChecks
+	if leaf.IsCA && t.signaturePath(chain[:1], chain[1:], &budget) != nil {
 		return fmt.Errorf("tunnel: load credentials: %s is a CA's certificate, not a %s's: %s", c.cfg.CertFile, c.cfg.Role, issue)
 	}
 	id, err := IdentityFromCert(leaf)

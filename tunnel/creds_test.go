@@ -419,3 +419,24 @@ func TestCredentialsOwnRole(t *testing.T) {
 		t.Errorf("after the failed reload the certificate in use is %v (%v), want the relay's", id, err)
 	}
 }
+
+// TestCredentialsOwnRoleInsecureSelfSigned: a development relay started
+// insecure without a CA, on a self-signed certificate without a ztgate
+// identity that says CA:TRUE (as `openssl req -x509` makes them), worked:
+// its insecure peers without a CA verify no server. It is not the CA's
+// certificate — there is no CA — and loads as any certificate without an
+// identity does, with a warning.
+func TestCredentialsOwnRoleInsecureSelfSigned(t *testing.T) {
+	f := newTLSFixture(t)
+	selfCert, selfKey := f.write("self.crt", f.other.CertPEM()), f.write("self.key", f.other.KeyPEM())
+	for _, role := range []string{RoleRelay, RoleGateway, RoleAgent} {
+		if _, err := NewCredentials(CredentialsConfig{CertFile: selfCert, KeyFile: selfKey, Insecure: true, Role: role}, nil); err != nil {
+			t.Errorf("%s: insecure without a CA, a self-signed certificate refused: %v", role, err)
+		}
+	}
+	// With the CA file naming it, it is the CA's own certificate.
+	if _, err := NewCredentials(CredentialsConfig{CertFile: selfCert, KeyFile: selfKey, CAFile: selfCert, Insecure: true, Role: RoleRelay}, nil); err == nil ||
+		!strings.Contains(err.Error(), "is a CA's certificate") {
+		t.Errorf("the CA's own certificate as the relay's: %v, want refused", err)
+	}
+}
