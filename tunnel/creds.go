@@ -140,7 +140,7 @@ func (c *Credentials) checkRole(chain []*x509.Certificate, t *trust) error {
 	issue := fmt.Sprintf("issue one with `ztgate pki issue -role %s`", c.cfg.Role)
 	budget := maxSignatureChecks
 	if leaf.IsCA && t.signaturePath(chain[:1], chain[1:], &budget) != nil {
-		return fmt.Errorf("tunnel: load credentials: %s is a CA's certificate, not a %s's: %s", c.cfg.CertFile, c.cfg.Role, issue)
+		return fmt.Errorf("tunnel: load credentials: %s is a CA's certificate, not %s's: %s", c.cfg.CertFile, aRole(c.cfg.Role), issue)
 	}
 	id, err := IdentityFromCert(leaf)
 	switch {
@@ -149,9 +149,17 @@ func (c *Credentials) checkRole(chain []*x509.Certificate, t *trust) error {
 	case err != nil:
 		return fmt.Errorf("tunnel: load credentials: %s: %w", c.cfg.CertFile, err)
 	case id.Role != c.cfg.Role:
-		return fmt.Errorf("tunnel: load credentials: %s is the certificate of %s, not of a %s: %s", c.cfg.CertFile, id, c.cfg.Role, issue)
+		return fmt.Errorf("tunnel: load credentials: %s is the certificate of %s, not of %s: %s", c.cfg.CertFile, id, aRole(c.cfg.Role), issue)
 	}
 	return nil
+}
+
+// aRole is role with its article: "a relay", "an agent".
+func aRole(role string) string {
+	if role == RoleAgent {
+		return "an " + role
+	}
+	return "a " + role
 }
 
 // loadTrust reads the CA file. Insecure credentials may have none: then

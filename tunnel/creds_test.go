@@ -381,6 +381,8 @@ func TestCredentialsOwnRole(t *testing.T) {
 		{"any role", agentCert, agentKey, "", ""},
 		{"agent as relay", agentCert, agentKey, RoleRelay, "is the certificate of acme/agent/laptop, not of a relay: issue one with `ztgate pki issue -role relay`"},
 		{"relay as gateway", relayCert, relayKey, RoleGateway, "not of a gateway"},
+		{"relay as agent", relayCert, relayKey, RoleAgent, "not of an agent:"},
+		{"the CA as agent", caCert, caKey, RoleAgent, "is a CA's certificate, not an agent's"},
 		{"the CA as relay", caCert, caKey, RoleRelay, "is a CA's certificate, not a relay's"},
 		{"no identity", bareCert, bareKey, RoleRelay, ""},
 	} {
