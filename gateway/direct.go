@@ -116,9 +116,9 @@ func (g *Gateway) serveDirect(s *tunnel.Session) error {
 // session holds only the channel (56 KiB).
 const directOutboxLen = 1024
 
-// outboxBudget bounds the replies queued in all tunnel sessions' outboxes
-// together (tunnel.OutboxBudget): 16 full direct outboxes, 32 MiB of
-// pooled buffers. Past it a session that holds tunnel.OutboxReserve
+// outboxBudget bounds the replies queued in all direct sessions' outboxes
+// together (tunnel.OutboxBudget; the relay session's stays out of it:
+// relayOutbox): 16 full direct outboxes, 32 MiB of pooled buffers. Past it a session that holds tunnel.OutboxReserve
 // replies or more drops its new ones as outbox_budget: many slow agents
 // at once hold that much and 64 replies each, not 2 MiB each.
 const outboxBudget = 16 * directOutboxLen

@@ -332,6 +332,16 @@ func TestTunnelOutputOutboxBudget(t *testing.T) {
 	if n := testutil.ToFloat64(f.g.m.dropped.WithLabelValues("outbox_budget")); n == 0 {
 		t.Error("no reply dropped as outbox_budget with every outbox full")
 	}
+	// The relay session's outbox, which carries every relayed agent's
+	// replies, is not held to the reserve by the direct agents.
+	relaySession := newHeldSender()
+	relayOut := f.g.relayOutbox(relaySession)
+	t.Cleanup(func() { close(relaySession.release); relayOut.Close() })
+	for i := range tunnel.OutboxReserve * 4 {
+		if err := relayOut.SendCopy([]byte{0x45}); err != nil {
+			t.Fatalf("the relay session's outbox refused reply %d with the direct outboxes' budget spent: %v", i, err)
+		}
+	}
 	quick := make(chanSender, 1)
 	in := f.add(t, "quick", quick)
 	f.write(t, reply(in, "yours"))

@@ -117,12 +117,12 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	return m
 }
 
-// registerOutboxes exports the replies queued in the tunnel sessions'
+// registerOutboxes exports the replies queued in the direct sessions'
 // outboxes.
 func (m *metrics) registerOutboxes(b *tunnel.OutboxBudget) {
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ztgate_tunnel_outbox_packets",
-		Help: "Replies queued in the tunnel sessions' outboxes, waiting to be sent.",
+		Help: "Replies queued in the direct agent sessions' outboxes, waiting to be sent.",
 	}, func() float64 { return float64(b.Queued()) }))
 }
 

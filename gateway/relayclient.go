@@ -106,12 +106,20 @@ type pendingTag struct {
 	pkts  [][]byte
 }
 
+// relayOutbox starts the outbox of the relay session s. It stays out of
+// the budget of the direct sessions' outboxes: it carries the replies of
+// every relayed agent, and slow direct agents that spent the budget must
+// not hold all of them to tunnel.OutboxReserve.
+func (g *Gateway) relayOutbox(s tunnel.DatagramSender) *tunnel.Outbox {
+	return tunnel.NewOutbox(s, relayOutboxLen, nil, func(error) { g.m.tunnelDrop("send_error") })
+}
+
 // serveRelay runs one relay session: it registers the services, applies
 // the VIPs the relay assigns, keeps the relay told of health changes, and
 // carries the tagged packets of agents.
 func (g *Gateway) serveRelay(ctx context.Context, s *tunnel.Session) error {
 	rs := &relaySession{g: g, s: s, tags: make(map[uint32]*ingress), pending: make(map[uint32]*pendingTag),
-		out: tunnel.NewOutbox(s, relayOutboxLen, g.outboxes, func(error) { g.m.tunnelDrop("send_error") })}
+		out: g.relayOutbox(s)}
 	defer rs.out.Close() // after the tags: deferred calls run last first
 	defer rs.closeAll("relay session ended")
 	g.fitLink(s, tunnel.TagReturnOverhead)

@@ -214,11 +214,12 @@ func sendDrop(err error) dropReason {
 	return dropSendFailed
 }
 
-// registerOutboxes exports the datagrams queued in the sessions' outboxes.
+// registerOutboxes exports the datagrams queued in the agent sessions'
+// outboxes.
 func (m *metrics) registerOutboxes(b *tunnel.OutboxBudget) {
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ztgate_relay_outbox_datagrams",
-		Help: "Datagrams queued in the sessions' outboxes, waiting to be sent.",
+		Help: "Datagrams queued in the agent sessions' outboxes, waiting to be sent.",
 	}, func() float64 { return float64(b.Queued()) }))
 }
 

@@ -14,7 +14,16 @@ import (
 // would let it fill.
 const outboxLen = 1024
 
-// outboxBudget bounds the datagrams queued in all sessions' outboxes
+// gatewayOutbox starts the outbox of gateway session s. It stays out of
+// the agents' outboxes' budget: it carries the packets of every agent
+// that reaches the gateway, and slow agents that spent the budget must not
+// hold all of them to tunnel.OutboxReserve. Gateways are few, each bounded
+// by outboxLen.
+func gatewayOutbox(s tunnel.DatagramSender) *tunnel.Outbox {
+	return tunnel.NewOutbox(s, outboxLen, nil, nil)
+}
+
+// outboxBudget bounds the datagrams queued in all agent sessions' outboxes
 // together (tunnel.OutboxBudget): 32 full outboxes, 64 MiB at most of
 // quic-go's and pooled buffers. Past it a session that holds
 // tunnel.OutboxReserve datagrams or more drops its new ones
@@ -60,7 +69,7 @@ func (r *Relay) serveGateway(g *gateway) {
 		r.removeGateway(g)
 		return
 	}
-	g.out = tunnel.NewOutbox(s, outboxLen, r.outboxes, nil)
+	g.out = gatewayOutbox(s)
 	defer g.out.Close()
 	defer r.removeGateway(g) // before the outbox closes, as its tags die
 	var wg sync.WaitGroup
