@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"github.com/ztgate/ztgate/conf"
+	"github.com/ztgate/ztgate/tunnel"
 )
 
 func runCheck(args []string, stdout, stderr io.Writer) int {
@@ -40,6 +41,50 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
+	if key, err := checkOwnCertificate(*path, role); err != nil {
+		fmt.Fprintf(stderr, "%s: %s: %v\n", *path, key, err)
+		return 1
+	}
 	fmt.Fprintf(stdout, "%s: valid %s configuration\n", *path, role)
 	return 0
+}
+
+// checkOwnCertificate loads the role's own TLS files as the role will at
+// start, its role included (tunnel.CredentialsConfig.Role): `check` then
+// refuses a certificate of another role, or the CA's, which conf cannot
+// tell (it reads no ztgate identity). It returns the key the error is
+// about and the error; none for a role that opens no tunnel.
+func checkOwnCertificate(path string, role conf.Role) (string, error) {
+	var cc tunnel.CredentialsConfig
+	var key string
+	switch role {
+	case conf.RoleRelay:
+		c, err := conf.LoadRelay(path)
+		if err != nil {
+			return "", err
+		}
+		cc, key = tunnel.CredentialsConfig{CertFile: c.Cert, KeyFile: c.Key, CAFile: c.CA, Insecure: c.Insecure, Role: tunnel.RoleRelay}, "relay.cert"
+	case conf.RoleAgent:
+		c, err := conf.LoadAgent(path)
+		if err != nil {
+			return "", err
+		}
+		t := c.Tunnel
+		cc, key = tunnel.CredentialsConfig{CertFile: t.Cert, KeyFile: t.Key, CAFile: t.CA, Insecure: t.Insecure, Role: tunnel.RoleAgent}, "tunnel.cert"
+	default:
+		c, err := conf.LoadGateway(path)
+		if err != nil {
+			return "", err
+		}
+		t := c.Tunnel
+		if t.Relay == "" && t.Listen == "" {
+			return "", nil
+		}
+		cc, key = tunnel.CredentialsConfig{CertFile: t.Cert, KeyFile: t.Key, CAFile: t.CA, Insecure: t.Insecure, Role: tunnel.RoleGateway}, "tunnel.cert"
+	}
+	if cc.Insecure && cc.CertFile == "" && cc.KeyFile == "" {
+		return "", nil
+	}
+	_, err := tunnel.NewCredentials(cc, nil)
+	return key, err
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -77,5 +78,43 @@ func TestCheck(t *testing.T) {
 				t.Errorf("stderr of a valid check: %s", stderr.String())
 			}
 		})
+	}
+}
+
+// TestCheckOwnCertificateRole: `ztgate check` loads a role's own TLS
+// files as its start does, role included: a relay given an agent's
+// certificate is refused by check (it started, and every peer refused it,
+// before the start checked the role too), naming the key and what to
+// issue; with its own certificate it is valid.
+func TestCheckOwnCertificateRole(t *testing.T) {
+	dir := t.TempDir()
+	ztg := func(args ...string) {
+		t.Helper()
+		var stdout, stderr bytes.Buffer
+		if code := run(args, &stdout, &stderr); code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, stderr.String())
+		}
+	}
+	ztg("pki", "init", "-dir", dir)
+	ztg("pki", "issue", "-dir", dir, "-role", "relay", "-tenant", "infra", "-name", "relay1", "-ip", "127.0.0.1")
+	ztg("pki", "issue", "-dir", dir, "-role", "agent", "-tenant", "acme", "-name", "laptop")
+	config := func(cert string) string {
+		path := filepath.Join(dir, cert+".toml")
+		text := fmt.Sprintf("[relay]\nlisten = \"127.0.0.1:4433\"\nstate_dir = %q\npool = \"10.100.0.0/24\"\ncert = %q\nkey = %q\nca = %q\n",
+			filepath.Join(dir, "state"), filepath.Join(dir, cert+".crt"), filepath.Join(dir, cert+".key"), filepath.Join(dir, "ca.crt"))
+		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"check", config("relay1")}, &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "valid relay configuration") {
+		t.Errorf("the relay's own certificate: exit %d, %s%s", code, stdout.String(), stderr.String())
+	}
+	stdout.Reset()
+	stderr.Reset()
+	code := run([]string{"check", config("laptop")}, &stdout, &stderr)
+	if want := "relay.cert: tunnel: load credentials: " + filepath.Join(dir, "laptop.crt") + " is the certificate of acme/agent/laptop, not of a relay"; code != 1 || !strings.Contains(stderr.String(), want) {
+		t.Errorf("an agent's certificate for the relay: exit %d, stderr %q; want 1 and %q", code, stderr.String(), want)
 	}
 }
