@@ -18,8 +18,9 @@ import (
 // agent's certificate.
 func (g *Gateway) startDirect() error {
 	l, err := tunnel.Listen(g.cfg.Tunnel.Listen, tunnel.ListenConfig{
-		Credentials: g.creds,
-		Registerer:  g.m.reg,
+		Credentials:  g.creds,
+		Registerer:   g.m.reg,
+		ResetKeyFile: tunnel.ResetKeyFile(g.cfg.StateDir),
 	}, g.root.With("component", "tunnel-listener"))
 	if err != nil {
 		return fmt.Errorf("gateway: tunnel listen: %w", err)

@@ -180,7 +180,7 @@ func (r *Relay) Start() error {
 			tunnel.DefaultTenant + " with the role their hello claims (development only)")
 	}
 	ln, err := tunnel.Listen(r.cfg.Listen, tunnel.ListenConfig{
-		Credentials: r.creds, Registerer: r.m.reg,
+		Credentials: r.creds, Registerer: r.m.reg, ResetKeyFile: tunnel.ResetKeyFile(r.cfg.StateDir),
 	}, r.root.With("component", "tunnel"))
 	if err != nil {
 		return fmt.Errorf("relay: %w", err)

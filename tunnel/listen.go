@@ -38,6 +38,12 @@ type ListenConfig struct {
 	// MaxHandshakes bounds the QUIC handshakes in progress (default
 	// DefaultMaxHandshakes); see guard.go.
 	MaxHandshakes int
+	// ResetKeyFile, when set, keeps the key of the listener's stateless
+	// resets (reset.go): read from it, or made and written there at the
+	// first start, so that the key outlives a rotation of the certificate's
+	// key. Empty, or a file that cannot be read nor written (logged): the
+	// key is derived from the certificate's private key.
+	ResetKeyFile string
 }
 
 // Listener accepts tunnel sessions on a UDP socket. Close ends every
@@ -100,7 +106,7 @@ func Listen(addr string, cfg ListenConfig, log *slog.Logger) (*Listener, error) 
 		m:        m,
 		udp:      udp,
 		guard:    g,
-		tr:       g.transport(udp, cfg.Credentials.statelessResetKey()),
+		tr:       g.transport(udp, resetKey(cfg.ResetKeyFile, cfg.Credentials, log)),
 		ready:    make(chan *Session),
 		setups:   make(chan struct{}, maxPendingSetups),
 		sessions: make(map[*Session]struct{}),

@@ -2,6 +2,8 @@ package tunnel
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -78,4 +80,68 @@ func TestCrashedListenerResets(t *testing.T) {
 		t.Fatalf("redial: %v", err)
 	}
 	s.Close("test over")
+}
+
+// TestCrashedListenerResetsAfterKeyRotation: a listener whose reset key is
+// kept in its state directory (ResetKeyFile) crashes after its
+// certificate's key was rotated (a SIGHUP to new files), and comes back
+// with the new files: its peers still learn at their next packet that
+// their sessions are gone. With the key derived from the certificate's
+// key, the new process's resets did not match the tokens the peers had,
+// and they waited for their idle timeout (IdleTimeout, 30 s).
+func TestCrashedListenerResetsAfterKeyRotation(t *testing.T) {
+	sf := newSessionFixture(t, false)
+	keyFile := ResetKeyFile(t.TempDir())
+	ln, err := Listen("127.0.0.1:0", ListenConfig{Credentials: sf.ln.creds, ResetKeyFile: keyFile}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sf.ln.Close()
+	sf.ln = ln
+	client, _ := sf.connect(sf.dialConfig(sf.agentCreds()))
+	addr := sf.addr()
+	ln.udp.Close() // the crash: no CONNECTION_CLOSE leaves
+	rotated := sf.f.relay(CredentialsConfig{})
+	if *rotated.statelessResetKey() == *sf.ln.creds.statelessResetKey() {
+		t.Fatal("the rotated certificate has the same key")
+	}
+	restarted, err := Listen(addr, ListenConfig{Credentials: rotated, ResetKeyFile: keyFile}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer restarted.Close()
+	start := time.Now()
+	client.SendDatagram(ip4Packet(60, 0))
+	select {
+	case <-client.Done():
+		t.Logf("the client saw its session end %v after the restart: %v", time.Since(start).Round(time.Millisecond), client.Err())
+	case <-time.After(IdleTimeout / 2):
+		t.Fatal("the client still believes in its session: the restarted listener's resets do not match its tokens")
+	}
+}
+
+// TestLoadResetKey: the key file is made at the first start (owner-only),
+// read as it is after, and made anew when it is not a key.
+func TestLoadResetKey(t *testing.T) {
+	file := ResetKeyFile(filepath.Join(t.TempDir(), "state"))
+	first, err := loadResetKey(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v, %v; want mode 0600", fi, err)
+	}
+	again, err := loadResetKey(file)
+	if err != nil || *again != *first {
+		t.Fatalf("read again: %v, same key %v", err, err == nil && *again == *first)
+	}
+	if err := os.WriteFile(file, []byte("short"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if anew, err := loadResetKey(file); err != nil || *anew == *first {
+		t.Fatalf("a file that is not a key: %v, key kept %v", err, err == nil && *anew == *first)
+	}
+	if b, _ := os.ReadFile(file); len(b) != 32 {
+		t.Errorf("the key file holds %d bytes after it was made anew", len(b))
+	}
 }
