@@ -100,13 +100,42 @@ func receiveVirtio(in, scratch []byte, deliver func([]byte)) error {
 }
 
 // completeChecksum finishes the partial checksum the header points at,
-// once it is known to lie within the packet.
+// once it is known to be the checksum field of the packet's TCP or UDP
+// header: completed anywhere else, it would write over other bytes — the
+// IPv4 source address, a port — after every check of the router's.
 func completeChecksum(pkt []byte, h virtioHdr) error {
-	if h.csumStart >= len(pkt) || h.csumStart+h.csumOff+2 > len(pkt) {
+	if !transportAt(pkt, h.csumStart) || h.csumStart+h.csumOff+2 > len(pkt) ||
+		!checksumField(pkt, h.csumOff) {
 		return fmt.Errorf("%w: checksum at %d+%d in %d bytes", errVirtio, h.csumStart, h.csumOff, len(pkt))
 	}
 	completePartial(pkt, h.csumStart, h.csumOff)
 	return nil
+}
+
+// transportAt reports whether a transport header may start at l4 in pkt:
+// right after the IPv4 header (its IHL), or anywhere after IPv6's fixed
+// header (extension headers may come between).
+func transportAt(pkt []byte, l4 int) bool {
+	if pkt[0]>>4 == 6 {
+		return l4 >= header.IPv6MinimumSize
+	}
+	return l4 >= header.IPv4MinimumSize && l4 == int(pkt[0]&0x0f)*4
+}
+
+// checksumField reports whether off is where the checksum of pkt's
+// transport header lies: TCP's or UDP's (IPv6: either, the protocol being
+// behind any extension headers).
+func checksumField(pkt []byte, off int) bool {
+	if pkt[0]>>4 == 6 {
+		return off == header.TCPChecksumOffset || off == udpChecksumOffset
+	}
+	switch pkt[9] { // within pkt: transportAt found an IPv4 header
+	case protoUDP:
+		return off == udpChecksumOffset
+	case uint8(header.TCPProtocolNumber):
+		return off == header.TCPChecksumOffset
+	}
+	return false
 }
 
 // fixLengths makes the IP header's length the packet's (a super-packet's
@@ -135,7 +164,7 @@ func fixLengths(pkt []byte, v6 bool) error {
 // l4 from scratch: the pseudo-header with the segment's real length, then
 // the segment with its checksum field zero.
 func completeL4(pkt []byte, l4 int, proto tcpip.TransportProtocolNumber, field int) error {
-	if l4 < header.IPv4MinimumSize || l4+field+2 > len(pkt) {
+	if !transportAt(pkt, l4) || l4+field+2 > len(pkt) {
 		return fmt.Errorf("%w: transport header at %d in %d bytes", errVirtio, l4, len(pkt))
 	}
 	var src, dst tcpip.Address

@@ -216,6 +216,16 @@ func TestReceiveVirtioMalformed(t *testing.T) {
 		{"UDP header not after the IPv4 header", set16(udp4(), 6, 24)},
 		{"too many UDP segments", set16(udp4(), 4, 1)},
 		{"partial checksum beyond the packet", set16(rxPacket(false, protoUDP, virtioNetGSONone, 0, rxPayload(10)), 8, 500)},
+		// A checksum completed anywhere but in the transport header's
+		// checksum field writes over other bytes: over the IPv4 source
+		// address (a source of another tenant's prefix, past the
+		// router's reverse-path filter), or a port.
+		{"partial checksum over the IPv4 source", set16(set16(rxPacket(false, protoUDP, virtioNetGSONone, 0, rxPayload(10)), 6, 0), 8, 14)},
+		{"partial checksum over the IPv6 destination", set16(set16(rxPacket(true, protoUDP, virtioNetGSONone, 0, rxPayload(10)), 6, 20), 8, 16)},
+		{"partial checksum over the UDP destination port", set16(rxPacket(false, protoUDP, virtioNetGSONone, 0, rxPayload(10)), 8, 2)},
+		{"partial checksum at TCP's place in UDP", set16(rxPacket(false, protoUDP, virtioNetGSONone, 0, rxPayload(30)), 8, 16)},
+		{"TCP header inside the IPv6 header", set16(rxPacket(true, protoTCPTest, virtioNetGSOTCPv6, 1428, rxPayload(3000)), 6, 20)},
+		{"TCP header not after the IPv4 header", set16(tcp4(), 6, 24)},
 		{"unknown GSO type", func() []byte { b := udp4(); b[1] = 3; return b }()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -241,9 +251,24 @@ func FuzzReceiveVirtio(f *testing.F) {
 		// receiveVirtio edits the packet in place; the fuzzer's input must
 		// stay as it was (its minimizer spins on an input that changes).
 		in = append([]byte(nil), in...)
+		// What the decoder may change are lengths, IDs and checksums:
+		// never the addresses a packet is from and to.
+		var addrs []byte
+		if len(in) >= virtioNetHdrLen+40 && in[virtioNetHdrLen]>>4 == 6 {
+			addrs = slices.Clone(in[virtioNetHdrLen+8 : virtioNetHdrLen+40])
+		} else if len(in) >= virtioNetHdrLen+20 {
+			addrs = slices.Clone(in[virtioNetHdrLen+12 : virtioNetHdrLen+20])
+		}
 		receiveVirtio(in, scratch, func(p []byte) {
 			if len(p) == 0 || len(p) > 65535 {
 				t.Fatalf("delivered %d bytes", len(p))
+			}
+			at := 12
+			if len(addrs) == 32 {
+				at = 8
+			}
+			if addrs != nil && (len(p) < at+len(addrs) || !bytes.Equal(p[at:at+len(addrs)], addrs)) {
+				t.Fatalf("addresses % x delivered as % x", addrs, p[at:min(len(p), at+len(addrs))])
 			}
 		})
 	})
