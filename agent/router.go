@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/binary"
 	"errors"
 
 	"github.com/ztgate/ztgate/internal/monoclock"
@@ -124,8 +125,13 @@ func (r *router) pathOf(service string, pkt []byte) *path {
 
 // opensFlow reports whether a packet starts a flow: a TCP SYN, any UDP
 // datagram, an ICMP echo request (of any size). pkt is an IPv4 packet of
-// at least 20 bytes.
+// at least 20 bytes. A later fragment has no transport header to tell:
+// one of a UDP datagram goes where its first went (every UDP datagram
+// opens a flow), any other opens none (it goes on with its flow).
 func opensFlow(pkt []byte) bool {
+	if binary.BigEndian.Uint16(pkt[6:8])&0x1fff != 0 {
+		return pkt[9] == tunnel.ProtoUDP
+	}
 	l4 := pkt[min(int(pkt[0]&0x0f)*4, len(pkt)):]
 	switch pkt[9] {
 	case tunnel.ProtoTCP:

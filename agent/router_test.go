@@ -144,6 +144,12 @@ func TestOpensFlow(t *testing.T) {
 		{"echo request without payload", echo(8, 0), true},
 		{"echo request", echo(8, 56), true},
 		{"echo reply", echo(0, 56), false},
+		// A later fragment holds no transport header: what it holds
+		// where one would have flags or a type is payload.
+		{"later tcp fragment whose data looks like a syn", laterFragment(tcp(0x02)), false},
+		{"later icmp fragment whose data looks like an echo request", laterFragment(echo(8, 56)), false},
+		{"first tcp fragment of a syn", firstFragment(tcp(0x02)), true},
+		{"later udp fragment", laterFragment(udpReply(netip.AddrPortFrom(innerAddr, 1), netip.AddrPortFrom(webVIP, 7), "xxxxxxxx")), true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -152,6 +158,19 @@ func TestOpensFlow(t *testing.T) {
 			}
 		})
 	}
+}
+
+// laterFragment makes p (an IPv4 packet of a 20-byte header) look like a
+// fragment at offset 64 with more to follow.
+func laterFragment(p []byte) []byte {
+	binary.BigEndian.PutUint16(p[6:], 0x2000|8)
+	return p
+}
+
+// firstFragment makes p look like the first fragment of a larger packet.
+func firstFragment(p []byte) []byte {
+	binary.BigEndian.PutUint16(p[6:], 0x2000)
+	return p
 }
 
 // BenchmarkPathOf is the router's per-packet cost of choosing a path: the
