@@ -332,3 +332,78 @@ func newTestLink(t *testing.T, cfg Config, out Output) (*Stack, *Link) {
 	t.Cleanup(l.Close)
 	return ns, l
 }
+
+// TestEchoMalformedOptionsDropped: gVisor drops a packet whose IPv4
+// options it cannot parse (and counts it); the link, which answers echo
+// requests before gVisor sees them, does the same: such a request reaches
+// no handler and is counted as malformed. A well-formed option list
+// (TestEchoAnswers) is answered, its options dropped.
+func TestEchoMalformedOptionsDropped(t *testing.T) {
+	withOptions := func(opts []byte) []byte {
+		pkt := echo4(make([]byte, len(opts)), 7, 9, []byte("ztgate echo data"))
+		copy(pkt[header.IPv4MinimumSize:], opts)
+		header.IPv4(pkt).SetChecksum(0)
+		header.IPv4(pkt).SetChecksum(^header.IPv4(pkt).CalculateChecksum())
+		return pkt
+	}
+	for _, tc := range []struct {
+		name string
+		opts []byte
+	}{
+		{"option length zero", []byte{0x07, 0, 0, 0}},
+		{"option length past the header", []byte{0x44, 40, 5, 0}},
+		{"option length one", []byte{0x94, 1, 0, 0}},
+		{"option type without a length", []byte{1, 1, 1, 0x94}},
+		{"record route shorter than its header", []byte{0x07, 2, 1, 0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var handled, malformed atomic.Int64
+			out := &capture{}
+			_, l := newTestLink(t, Config{
+				Handler: echoEnder{end: func(r *EchoRequest) {
+					handled.Add(1)
+					r.Reply()
+				}},
+				OnDrop: func(r DropReason) {
+					if r == DropMalformed {
+						malformed.Add(1)
+					}
+				},
+			}, out)
+			l.Deliver(withOptions(tc.opts))
+			if got := out.untilMarker(t, l, false); len(got) != 0 {
+				t.Errorf("request with malformed options answered: % x", got[0])
+			}
+			if n := handled.Load(); n != 0 {
+				t.Errorf("request with malformed options handed to the handler %d times", n)
+			}
+			if n := malformed.Load(); n != 1 {
+				t.Errorf("%d malformed drops counted, want 1", n)
+			}
+		})
+	}
+}
+
+// TestOptionsParseTwice: an option other than NOP given twice is refused,
+// as gVisor refuses it; NOPs may repeat.
+func TestOptionsParseTwice(t *testing.T) {
+	for _, tc := range []struct {
+		opts []byte
+		want bool
+	}{
+		{[]byte{0x94, 4, 0, 0, 0x94, 4, 0, 0}, false},
+		{[]byte{0x94, 4, 0, 0, 1, 1, 1, 0}, true},
+	} {
+		pkt := make([]byte, header.IPv4MinimumSize+len(tc.opts)+8)
+		pkt[0] = 0x40 | byte((header.IPv4MinimumSize+len(tc.opts))/4)
+		binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
+		copy(pkt[header.IPv4MinimumSize:], tc.opts)
+		h, ok := parseIP(pkt)
+		if !ok {
+			t.Fatal("test packet does not parse")
+		}
+		if got := h.optionsParse(pkt); got != tc.want {
+			t.Errorf("options % x: %v, want %v", tc.opts, got, tc.want)
+		}
+	}
+}

@@ -244,7 +244,7 @@ func (l *Link) admit(pkt []byte) (*stack.PacketBuffer, tcpip.NetworkProtocolNumb
 		return nil, 0, nil
 	}
 	if !local && h.isEchoRequest() && h.sourceValid() {
-		if !h.echoChecksumsValid(pkt) {
+		if !h.echoChecksumsValid(pkt) || !h.optionsParse(pkt) {
 			ns.drop(DropMalformed)
 			return nil, 0, nil
 		}

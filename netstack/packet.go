@@ -227,3 +227,35 @@ func (h *ipHeader) echoChecksumsValid(pkt []byte) bool {
 	}
 	return header.IPv4(pkt[:h.hdrLen]).IsChecksumValid() && checksum.Checksum(h.l4, 0) == 0xffff
 }
+
+// optionsParse reports whether the IPv4 options of the packet h was parsed
+// from (pkt) are a list gVisor takes: each option's length within the
+// header and no shorter than its type's fixed part (gVisor's own
+// iterator), no option but NOP twice. gVisor drops a packet whose options
+// fail, and the stack answers echo requests before gVisor sees them.
+func (h *ipHeader) optionsParse(pkt []byte) bool {
+	if h.v6 || h.hdrLen == header.IPv4MinimumSize {
+		return true
+	}
+	var seen [256]bool
+	it := header.IPv4Options(pkt[header.IPv4MinimumSize:h.hdrLen]).MakeIterator()
+	for {
+		opt, done, problem := it.Next()
+		if problem != nil {
+			return false
+		}
+		if done {
+			return true
+		}
+		switch t := opt.Type(); t {
+		case header.IPv4OptionListEndType:
+			return true
+		case header.IPv4OptionNOPType:
+		default:
+			if seen[t] {
+				return false
+			}
+			seen[t] = true
+		}
+	}
+}
