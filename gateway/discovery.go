@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"reflect"
@@ -96,7 +97,7 @@ func (d *discovery) backends(s catalog.Service) []backendAddr {
 		out = append(out, d.cached(b, func(ctx context.Context) (resolved, time.Duration) { return d.lookupHost(ctx, b) })...)
 	}
 	if srv := s.BackendsSRV; srv != "" {
-		out = append(out, d.cached("srv:"+srv, func(ctx context.Context) (resolved, time.Duration) { return d.lookupSRV(ctx, srv) })...)
+		out = append(out, d.cached("srv:"+srv, func(ctx context.Context) (resolved, time.Duration) { return d.lookupSRV(ctx, srv, nil) })...)
 	}
 	return out
 }
@@ -162,7 +163,11 @@ func (d *discovery) lookupHost(ctx context.Context, name string) (resolved, time
 	return r, ttl
 }
 
-func (d *discovery) lookupSRV(ctx context.Context, name string) (resolved, time.Duration) {
+// lookupSRV resolves an SRV name and its targets. prev is the name's last
+// answer: a target whose lookup fails (the resolver failed, not a name
+// that does not exist) keeps its addresses from it, and the name is asked
+// again at min_ttl, as when the SRV lookup itself fails.
+func (d *discovery) lookupSRV(ctx context.Context, name string, prev []backendAddr) (resolved, time.Duration) {
 	srvs, ttl, err := d.client.LookupSRV(ctx, name)
 	if err != nil {
 		d.g.log.Warn("cannot resolve backends_srv", "srv", name, "err", err)
@@ -170,14 +175,24 @@ func (d *discovery) lookupSRV(ctx context.Context, name string) (resolved, time.
 	}
 	r := resolved{}
 	for _, s := range srvs {
+		host := strings.TrimSuffix(s.Target, ".")
 		hosts, httl, err := d.client.LookupHost(ctx, s.Target)
 		if err != nil {
 			d.g.log.Warn("cannot resolve an SRV target", "srv", name, "target", s.Target, "err", err)
+			if !errors.Is(err, resolver.ErrNotFound) {
+				for _, a := range prev {
+					if a.host == host && a.port == s.Port {
+						a.priority, a.weight = s.Priority, s.Weight
+						r.addrs = append(r.addrs, a)
+					}
+				}
+				ttl = 0 // bound: again at min_ttl
+			}
 			continue
 		}
 		ttl = min(ttl, httl)
 		for _, a := range hosts {
-			r.addrs = append(r.addrs, backendAddr{addr: a.Unmap(), origin: name, host: strings.TrimSuffix(s.Target, "."),
+			r.addrs = append(r.addrs, backendAddr{addr: a.Unmap(), origin: name, host: host,
 				port: s.Port, priority: s.Priority, weight: s.Weight})
 		}
 	}
@@ -244,7 +259,7 @@ func (d *discovery) watch(ctx context.Context, st *serviceState, spec catalog.Se
 		}
 		if spec.BackendsSRV != "" {
 			key := "srv:" + spec.BackendsSRV
-			r, ttl := d.lookupSRV(ctx, spec.BackendsSRV)
+			r, ttl := d.lookupSRV(ctx, spec.BackendsSRV, d.get(key))
 			d.storeWatched(ctx, key, r)
 			addrs = append(addrs, d.get(key)...)
 			wait = min(wait, d.bound(ttl, r.err))

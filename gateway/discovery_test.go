@@ -467,3 +467,42 @@ func startDNS(t *testing.T) *resolvertest.Server {
 	t.Cleanup(func() { srv.Close() })
 	return srv
 }
+
+// TestDiscoverySRVTargetFailureKeepsAddresses: an SRV target whose own
+// lookup fails (the resolver answers SERVFAIL) keeps its last addresses, as
+// a failed lookup of the SRV name or of a host name does; a target that no
+// longer exists (NXDOMAIN) leaves.
+func TestDiscoverySRVTargetFailureKeepsAddresses(t *testing.T) {
+	dnsSrv := startDNS(t)
+	dnsSrv.SetHost("a.corp.example", 1, netip.MustParseAddr("127.0.0.1"))
+	dnsSrv.SetHost("b.corp.example", 1, netip.MustParseAddr("127.0.0.2"))
+	dnsSrv.SetSRV("_echo._tcp.app.corp.example", 1,
+		resolver.SRV{Target: "a.corp.example", Port: 9, Priority: 10, Weight: 5},
+		resolver.SRV{Target: "b.corp.example", Port: 9, Priority: 10, Weight: 5})
+	h := newFileHarness(t, discoveryConfig(dnsSrv.Addr(), "", `backends_srv = "_echo._tcp.app.corp.example"`, 9))
+	const both = "[127.0.0.1:9 127.0.0.2:9]"
+	if got := fmt.Sprint(backendAddrs(h.harness, "app")); got != both {
+		t.Fatalf("SRV backends %s, want %s", got, both)
+	}
+
+	before := dnsSrv.Queries()
+	dnsSrv.SetServFail("a.corp.example", true)
+	// min_ttl is 100ms, max_ttl 1s: several rounds of lookups.
+	waitFor(t, 15*time.Second, "a few rounds of lookups", func() bool { return dnsSrv.Queries()-before >= 30 })
+	if got := fmt.Sprint(backendAddrs(h.harness, "app")); got != both {
+		t.Fatalf("while a.corp.example fails to resolve: backends %s, want %s", got, both)
+	}
+	dnsSrv.SetServFail("b.corp.example", true)
+	before = dnsSrv.Queries()
+	waitFor(t, 15*time.Second, "a few rounds of lookups", func() bool { return dnsSrv.Queries()-before >= 30 })
+	if got := fmt.Sprint(backendAddrs(h.harness, "app")); got != both {
+		t.Fatalf("while every target fails to resolve: backends %s, want %s", got, both)
+	}
+
+	dnsSrv.SetServFail("a.corp.example", false)
+	dnsSrv.SetServFail("b.corp.example", false)
+	dnsSrv.SetHost("a.corp.example", 1)
+	waitFor(t, 15*time.Second, "the target gone from DNS to leave", func() bool {
+		return fmt.Sprint(backendAddrs(h.harness, "app")) == "[127.0.0.2:9]"
+	})
+}

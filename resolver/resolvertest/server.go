@@ -24,6 +24,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	records map[string][]dns.RR // by lower-case fqdn
+	fail    map[string]bool     // names answered SERVFAIL, by lower-case fqdn
 	queries int
 }
 
@@ -130,6 +131,17 @@ func (s *Server) set(n string, t1, t2 uint16, rrs []dns.RR) {
 	}
 }
 
+// SetServFail makes name answer SERVFAIL (a failing resolver) while fail is
+// true, and its records again after.
+func (s *Server) SetServFail(name string, fail bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail == nil {
+		s.fail = map[string]bool{}
+	}
+	s.fail[fqdn(name)] = fail
+}
+
 // ServeDNS implements dns.Handler.
 func (s *Server) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 	m := new(dns.Msg)
@@ -140,7 +152,10 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 	if len(q.Question) == 1 {
 		qq := q.Question[0]
 		rrs, ok := s.records[fqdn(qq.Name)]
-		if !ok {
+		switch {
+		case s.fail[fqdn(qq.Name)]:
+			m.Rcode, rrs = dns.RcodeServerFailure, nil
+		case !ok:
 			m.Rcode = dns.RcodeNameError
 		}
 		for _, rr := range rrs {
