@@ -1,11 +1,13 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -46,6 +48,10 @@ type nameWatcher struct {
 // firstLookupTimeout bounds the synchronous first resolution of a name
 // when a service is built; the watcher keeps trying after it.
 const firstLookupTimeout = 2 * time.Second
+
+// maxDiscovered is the most backends one name (a host name or an SRV
+// name) gives a service.
+const maxDiscovered = 256
 
 func newDiscovery(g *Gateway) *discovery {
 	ns := g.cfg.Discovery.Nameservers
@@ -157,6 +163,14 @@ func (d *discovery) lookupHost(ctx context.Context, name string) (resolved, time
 		return resolved{err: err}, 0
 	}
 	r := resolved{}
+	if len(addrs) > maxDiscovered {
+		// The lowest addresses: the same ones at every lookup, whatever
+		// order the answer has.
+		d.g.log.Warn("backend name has too many addresses; using the lowest", "backend", name, "addresses", len(addrs), "max", maxDiscovered)
+		addrs = slices.Clone(addrs)
+		slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
+		addrs = addrs[:maxDiscovered]
+	}
 	for _, a := range addrs {
 		r.addrs = append(r.addrs, backendAddr{addr: a.Unmap(), origin: name})
 	}
@@ -173,15 +187,27 @@ func (d *discovery) lookupSRV(ctx context.Context, name string, prev []backendAd
 		d.g.log.Warn("cannot resolve backends_srv", "srv", name, "err", err)
 		return resolved{err: err}, 0
 	}
+	// The best records first, in an order that does not follow the
+	// answer's: beyond maxDiscovered addresses the same ones are left out
+	// at every lookup, and their targets are not looked up.
+	slices.SortStableFunc(srvs, func(a, b resolver.SRV) int {
+		return cmp.Or(cmp.Compare(a.Priority, b.Priority), cmp.Compare(b.Weight, a.Weight),
+			strings.Compare(a.Target, b.Target), cmp.Compare(a.Port, b.Port))
+	})
 	r := resolved{}
-	for _, s := range srvs {
+	for i, s := range srvs {
+		if len(r.addrs) >= maxDiscovered {
+			d.g.log.Warn("backends_srv has too many backends; using the best records", "srv", name,
+				"records", len(srvs), "records_used", i, "max", maxDiscovered)
+			break
+		}
 		host := strings.TrimSuffix(s.Target, ".")
 		hosts, httl, err := d.client.LookupHost(ctx, s.Target)
 		if err != nil {
 			d.g.log.Warn("cannot resolve an SRV target", "srv", name, "target", s.Target, "err", err)
 			if !errors.Is(err, resolver.ErrNotFound) {
 				for _, a := range prev {
-					if a.host == host && a.port == s.Port {
+					if a.host == host && a.port == s.Port && len(r.addrs) < maxDiscovered {
 						a.priority, a.weight = s.Priority, s.Weight
 						r.addrs = append(r.addrs, a)
 					}
@@ -191,7 +217,11 @@ func (d *discovery) lookupSRV(ctx context.Context, name string, prev []backendAd
 			continue
 		}
 		ttl = min(ttl, httl)
-		for _, a := range hosts {
+		if len(hosts) > maxDiscovered-len(r.addrs) {
+			hosts = slices.Clone(hosts)
+			slices.SortFunc(hosts, func(a, b netip.Addr) int { return a.Compare(b) })
+		}
+		for _, a := range hosts[:min(len(hosts), maxDiscovered-len(r.addrs))] {
 			r.addrs = append(r.addrs, backendAddr{addr: a.Unmap(), origin: name, host: host,
 				port: s.Port, priority: s.Priority, weight: s.Weight})
 		}

@@ -506,3 +506,66 @@ func TestDiscoverySRVTargetFailureKeepsAddresses(t *testing.T) {
 		return fmt.Sprint(backendAddrs(h.harness, "app")) == "[127.0.0.2:9]"
 	})
 }
+
+// TestDiscoveryManyRecordsBounded: a name that answers thousands of
+// addresses, or an SRV name of thousands of targets, gives a service at
+// most maxDiscovered backends, and the same ones at every lookup (the
+// lowest addresses of the best SRV records), not a set that grows with
+// the answer or follows its order.
+func TestDiscoveryManyRecordsBounded(t *testing.T) {
+	many := func(n int, base string) []netip.Addr {
+		out := make([]netip.Addr, n)
+		a := netip.MustParseAddr(base)
+		for i := range out {
+			out[i], a = a, a.Next()
+		}
+		return out
+	}
+	noChecks := func(cfg string) string { return strings.Replace(cfg, `type = "tcp"`, `type = "none"`, 1) }
+	t.Run("addresses", func(t *testing.T) {
+		dnsSrv := startDNS(t)
+		// 1,800 A records of 32 bytes each (the test server does not
+		// compress names) fit a 64 KiB answer.
+		addrs := many(1800, "127.1.0.1")
+		dnsSrv.SetHost("app.corp.example", 1, append(addrs[900:], addrs[:900]...)...) // the lowest last
+		h := newFileHarness(t, noChecks(discoveryConfig(dnsSrv.Addr(), `backends = ["app.corp.example"]`, "", 9)))
+		got := backendAddrs(h.harness, "app")
+		if len(got) != maxDiscovered {
+			t.Fatalf("%d backends of an answer of 1800 addresses, want %d", len(got), maxDiscovered)
+		}
+		want := make([]string, maxDiscovered)
+		for i := range want {
+			want[i] = addrs[i].String() + ":0"
+		}
+		slices.Sort(want)
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("backends %v..., want the lowest addresses %v...", got[:3], want[:3])
+		}
+		before := dnsSrv.Queries()
+		waitFor(t, 15*time.Second, "a few rounds of lookups", func() bool { return dnsSrv.Queries()-before >= 6 })
+		if got := backendAddrs(h.harness, "app"); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("after more lookups: %d backends, want the same %d", len(got), maxDiscovered)
+		}
+	})
+	t.Run("srv", func(t *testing.T) {
+		dnsSrv := startDNS(t)
+		var recs []resolver.SRV
+		for i := range 1000 {
+			target := fmt.Sprintf("t%d.corp.example", i)
+			dnsSrv.SetHost(target, 60, many(4, fmt.Sprintf("127.2.%d.%d", i/50, 1+i%50*4))...)
+			recs = append(recs, resolver.SRV{Target: target, Port: 9, Priority: uint16(10 + i%3), Weight: 5})
+		}
+		dnsSrv.SetSRV("_echo._tcp.app.corp.example", 60, recs...)
+		cfg := strings.Replace(discoveryConfig(dnsSrv.Addr(), "", `backends_srv = "_echo._tcp.app.corp.example"`, 9), `max_ttl = "1s"`, `max_ttl = "60s"`, 1)
+		h := newFileHarness(t, noChecks(cfg))
+		if got := backendAddrs(h.harness, "app"); len(got) > maxDiscovered {
+			t.Fatalf("%d backends of 1000 SRV targets of 4 addresses, want at most %d", len(got), maxDiscovered)
+		}
+		waitFor(t, 15*time.Second, "the watcher's first lookups", func() bool { return len(backendAddrs(h.harness, "app")) == maxDiscovered })
+		for _, b := range h.gw.stateOf("app").backends.Load().list {
+			if b.priority() != 10 {
+				t.Fatalf("backend %v of priority %d kept while records of priority 10 were left out", b.addr, b.priority())
+			}
+		}
+	})
+}
