@@ -33,6 +33,7 @@ func (g *Gateway) buildTable(svcs []catalog.Service, tenants []catalog.Tenant, l
 		limits:       limits,
 		drainTimeout: drain,
 	}
+	g.disc.prefetch(svcs)
 	for _, s := range svcs {
 		a, ok := allocs[s.Name]
 		if !ok && g.relay == nil {

@@ -108,6 +108,58 @@ func (d *discovery) backends(s catalog.Service) []backendAddr {
 	return out
 }
 
+// maxFirstLookups bounds the names prefetch resolves at once.
+const maxFirstLookups = 32
+
+// prefetch resolves the names of svcs that have no answer yet, in
+// parallel and within one firstLookupTimeout in all, so that building a
+// table of many names waits for one lookup's bound, not for one per name,
+// when the resolver is slow or silent (the build holds reloadMu: every
+// reload, API change and VIP assignment waits for it). A name it could not
+// resolve in time is resolved by its watcher, from min_ttl on.
+func (d *discovery) prefetch(svcs []catalog.Service) {
+	type job struct {
+		key    string
+		lookup func(context.Context) (resolved, time.Duration)
+	}
+	var jobs []job
+	seen := make(map[string]bool)
+	add := func(key string, lookup func(context.Context) (resolved, time.Duration)) {
+		if _, ok := d.cache[key]; !ok && !seen[key] {
+			seen[key] = true
+			jobs = append(jobs, job{key, lookup})
+		}
+	}
+	d.mu.Lock()
+	for _, s := range svcs {
+		for _, b := range s.Backends {
+			if _, err := netip.ParseAddr(b); err != nil {
+				add(b, func(ctx context.Context) (resolved, time.Duration) { return d.lookupHost(ctx, b) })
+			}
+		}
+		if srv := s.BackendsSRV; srv != "" {
+			add("srv:"+srv, func(ctx context.Context) (resolved, time.Duration) { return d.lookupSRV(ctx, srv, nil) })
+		}
+	}
+	d.mu.Unlock()
+	if len(jobs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(d.g.ctx, firstLookupTimeout)
+	defer cancel()
+	sem := make(chan struct{}, maxFirstLookups)
+	var wg sync.WaitGroup
+	for _, j := range jobs {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			r, _ := j.lookup(ctx)
+			d.store(j.key, r)
+		})
+	}
+	wg.Wait()
+}
+
 // cached returns a name's last answer, resolving it first if there is none.
 func (d *discovery) cached(key string, lookup func(context.Context) (resolved, time.Duration)) []backendAddr {
 	d.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"runtime"
@@ -568,4 +569,31 @@ func TestDiscoveryManyRecordsBounded(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestDiscoverySilentResolverStartsQuickly: with a resolver that never
+// answers, a gateway whose services name many hosts starts within one
+// first lookup's bound (firstLookupTimeout), not one per name, and its
+// reloads and API changes, which build the table too, wait as long at
+// most.
+func TestDiscoverySilentResolverStartsQuickly(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0") // reads nothing, answers nothing
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	ns := netip.MustParseAddrPort(pc.LocalAddr().String())
+	var names []string
+	for i := range 8 {
+		names = append(names, fmt.Sprintf("%q", fmt.Sprintf("app%d.corp.example", i)))
+	}
+	cfg := discoveryConfig(ns, "backends = ["+strings.Join(names, ", ")+"]", "", 9)
+	start := time.Now()
+	h := newFileHarness(t, cfg)
+	if took := time.Since(start); took > 3*firstLookupTimeout {
+		t.Fatalf("the gateway took %v to start with 8 names and a silent resolver; want about %v", took, firstLookupTimeout)
+	}
+	if got := backendAddrs(h.harness, "app"); len(got) != 0 {
+		t.Fatalf("backends %v with a silent resolver", got)
+	}
 }
