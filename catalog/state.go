@@ -159,7 +159,7 @@ func decodeJSON(data []byte, v any) error {
 }
 
 // validate checks what no pool change explains: names, address families,
-// and addresses that appear twice.
+// addresses that appear twice, and holds without a release time.
 func (f *stateFile) validate() error {
 	var errs []error
 	seen := make(map[netip.Addr]string)
@@ -195,6 +195,10 @@ func (f *stateFile) validate() error {
 	}
 	for i, h := range f.Held {
 		check(fmt.Sprintf("held[%d]", i), h.Service, addrs{h.VIP, h.VIP6}, false)
+		if h.ReleasedAt.IsZero() {
+			// A hold of unknown age would be freed at the next change.
+			errs = append(errs, fmt.Errorf("held[%d] (%q): no released_at", i, h.Service))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -64,6 +64,9 @@ func TestStateCorrupt(t *testing.T) {
 		{"not-ipv4.json", "fd00:ab::99 is not an IPv4 VIP"},
 		{"bad-address.json", "10.100.0.999"},
 		{"trailing.json", "unexpected data after the JSON object"},
+		// A hold of unknown age: freed at the next change, its VIP would go to
+		// another service while clients still have it cached.
+		{"no-released-at.json", `held[0] ("old"): no released_at`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.file, func(t *testing.T) {
