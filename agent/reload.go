@@ -22,21 +22,11 @@ func (a *Agent) Reload() error {
 	if a.cfg.Path == "" {
 		return fmt.Errorf("agent: reload: %w", errNotFromFile)
 	}
-	next, err := conf.LoadAgent(a.cfg.Path)
+	err := conf.ReloadStatic(a.cfg, a.cfg.Path, conf.LoadAgent, a.log)
 	if err != nil {
 		a.m.reloads.WithLabelValues("error").Inc()
-		var errs conf.Errors
-		if !errors.As(err, &errs) {
-			errs = conf.Errors{err}
-		}
-		for _, e := range errs {
-			a.log.Error("reload: keeping the running configuration", "err", e)
-		}
 		return fmt.Errorf("agent: reload: %w", err)
 	}
 	a.m.reloads.WithLabelValues("ok").Inc()
-	keys := conf.ChangedKeys(a.cfg, next)
-	a.log.Info("reloaded", "restart_required", keys)
-	conf.WarnRestart(a.log, keys)
 	return nil
 }

@@ -6,13 +6,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ztgate/ztgate/conf"
+	"github.com/ztgate/ztgate/internal/reloadtest"
 	"github.com/ztgate/ztgate/netstack/netstacktest"
 	"github.com/ztgate/ztgate/tunnel"
 )
@@ -87,56 +87,17 @@ name = "test"
 	reloads := func(result string) float64 { return testutil.ToFloat64(a.m.reloads.WithLabelValues(result)) }
 	const warning = "configuration changed; restart to apply"
 
-	cases := []struct {
-		name     string
-		text     string
-		fails    bool
-		logged   []string // in the log of this reload
-		unlogged string
-	}{
-		{"unchanged", file(relay.addr(), ""), false, []string{"reloaded"}, warning},
-		{"server, tun, dns", file("127.0.0.1:1", "mtu = 1400\n[dns]\nlisten = [\"127.0.0.1:5353\"]"), false,
-			[]string{`level=WARN msg="configuration changed; restart to apply: tunnel.server, tun.mtu, dns.listen"`}, ""},
-		{"an invalid value", file(relay.addr(), `address = "10.100.0.5"`), true,
-			[]string{"reload: keeping the running configuration", "tun.address: 10.100.0.5 is inside the VIP pool"}, "reloaded"},
-		{"a syntax error", file(relay.addr(), `mtu = `), true, []string{"reload: keeping the running configuration", "agent.toml:"}, "reloaded"},
-		{"missing", "", true, []string{"reload: keeping the running configuration", "no such file"}, "reloaded"},
+	case_ := func(name, text string, fails bool, logged []string, unlogged string) reloadtest.Case {
+		return reloadtest.Case{Name: name, Text: text, Fails: fails, Logged: logged, Unlogged: unlogged}
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			if tc.text == "" {
-				os.Remove(path)
-			} else {
-				write(tc.text)
-			}
-			ok, bad := reloads("ok"), reloads("error")
-			before := len(logs.String())
-			err := a.Reload()
-			out := logs.String()[before:]
-			if (err != nil) != tc.fails {
-				t.Fatalf("Reload: %v, want failure %v\n%s", err, tc.fails, out)
-			}
-			for _, s := range tc.logged {
-				if !strings.Contains(out, s) {
-					t.Errorf("log without %q:\n%s", s, out)
-				}
-			}
-			if tc.unlogged != "" && strings.Contains(out, tc.unlogged) {
-				t.Errorf("log with %q:\n%s", tc.unlogged, out)
-			}
-			if n := strings.Count(out, "level=WARN"); n > 1 {
-				t.Errorf("%d warnings, want one at most:\n%s", n, out)
-			}
-			wantOK, wantBad := ok+1, bad
-			if tc.fails {
-				wantOK, wantBad = ok, bad+1
-			}
-			if reloads("ok") != wantOK || reloads("error") != wantBad {
-				t.Errorf("reloads ok %v error %v, want %v and %v", reloads("ok"), reloads("error"), wantOK, wantBad)
-			}
-			if a.cfg != cfg {
-				t.Fatal("the running configuration changed")
-			}
-		})
+	cases := []reloadtest.Case{
+		case_("unchanged", file(relay.addr(), ""), false, []string{"reloaded"}, warning),
+		case_("server, tun, dns", file("127.0.0.1:1", "mtu = 1400\n[dns]\nlisten = [\"127.0.0.1:5353\"]"), false,
+			[]string{`level=WARN msg="configuration changed; restart to apply: tunnel.server, tun.mtu, dns.listen"`}, ""),
+		case_("an invalid value", file(relay.addr(), `address = "10.100.0.5"`), true,
+			[]string{"reload: keeping the running configuration", "tun.address: 10.100.0.5 is inside the VIP pool"}, "reloaded"),
+		case_("a syntax error", file(relay.addr(), `mtu = `), true, []string{"reload: keeping the running configuration", "agent.toml:"}, "reloaded"),
+		case_("missing", "", true, []string{"reload: keeping the running configuration", "no such file"}, "reloaded"),
 	}
+	reloadtest.Run(t, path, cases, a.Reload, &logs, reloads, func() bool { return a.cfg == cfg })
 }

@@ -1,6 +1,7 @@
 package conf
 
 import (
+	"errors"
 	"log/slog"
 	"reflect"
 	"strings"
@@ -81,4 +82,27 @@ func WarnRestart(log *slog.Logger, keys []string) {
 		return
 	}
 	log.Warn("configuration changed; restart to apply: "+strings.Join(keys, ", "), "restart_required", keys)
+}
+
+// ReloadStatic is the reload of a role that applies none of its file's
+// keys live (the relay, the agent): it loads path off to the side with
+// load; on error it logs every error ("reload: keeping the running
+// configuration") and returns it, else it names the keys that differ from
+// running, which take effect at the next start (WarnRestart).
+func ReloadStatic[C Relay | Agent](running *C, path string, load func(string) (*C, error), log *slog.Logger) error {
+	next, err := load(path)
+	if err != nil {
+		var errs Errors
+		if !errors.As(err, &errs) {
+			errs = Errors{err}
+		}
+		for _, e := range errs {
+			log.Error("reload: keeping the running configuration", "err", e)
+		}
+		return err
+	}
+	keys := ChangedKeys(running, next)
+	log.Info("reloaded", "restart_required", keys)
+	WarnRestart(log, keys)
+	return nil
 }

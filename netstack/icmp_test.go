@@ -285,30 +285,39 @@ func TestEchoBadChecksumDropped(t *testing.T) {
 		{"ICMPv6 pseudo-header source", flip(echo6(8, 11, data), 8+15), true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var handled, malformed atomic.Int64
-			out := &capture{}
-			_, l := newTestLink(t, Config{
-				Handler: echoEnder{end: func(r *EchoRequest) {
-					handled.Add(1)
-					r.Reply()
-				}},
-				OnDrop: func(r DropReason) {
-					if r == DropMalformed {
-						malformed.Add(1)
-					}
-				},
-			}, out)
-			l.Deliver(tc.pkt)
-			if got := out.untilMarker(t, l, tc.v6); len(got) != 0 {
-				t.Errorf("corrupted request answered: % x", got[0])
-			}
-			if n := handled.Load(); n != 0 {
-				t.Errorf("corrupted request handed to the handler %d times", n)
-			}
-			if n := malformed.Load(); n != 1 {
-				t.Errorf("%d malformed drops counted, want 1", n)
-			}
+			dropsMalformed(t, tc.pkt, tc.v6, "corrupted request")
 		})
+	}
+}
+
+// dropsMalformed delivers echo request pkt (what: how it is malformed) to a
+// link whose handler answers every request, and fails t unless it is
+// neither answered nor handed to the handler, and counted as malformed
+// once.
+func dropsMalformed(t *testing.T, pkt []byte, v6 bool, what string) {
+	t.Helper()
+	var handled, malformed atomic.Int64
+	out := &capture{}
+	_, l := newTestLink(t, Config{
+		Handler: echoEnder{end: func(r *EchoRequest) {
+			handled.Add(1)
+			r.Reply()
+		}},
+		OnDrop: func(r DropReason) {
+			if r == DropMalformed {
+				malformed.Add(1)
+			}
+		},
+	}, out)
+	l.Deliver(pkt)
+	if got := out.untilMarker(t, l, v6); len(got) != 0 {
+		t.Errorf("%s answered: % x", what, got[0])
+	}
+	if n := handled.Load(); n != 0 {
+		t.Errorf("%s handed to the handler %d times", what, n)
+	}
+	if n := malformed.Load(); n != 1 {
+		t.Errorf("%d malformed drops counted, want 1", n)
 	}
 }
 
@@ -357,29 +366,7 @@ func TestEchoMalformedOptionsDropped(t *testing.T) {
 		{"record route shorter than its header", []byte{0x07, 2, 1, 0}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var handled, malformed atomic.Int64
-			out := &capture{}
-			_, l := newTestLink(t, Config{
-				Handler: echoEnder{end: func(r *EchoRequest) {
-					handled.Add(1)
-					r.Reply()
-				}},
-				OnDrop: func(r DropReason) {
-					if r == DropMalformed {
-						malformed.Add(1)
-					}
-				},
-			}, out)
-			l.Deliver(withOptions(tc.opts))
-			if got := out.untilMarker(t, l, false); len(got) != 0 {
-				t.Errorf("request with malformed options answered: % x", got[0])
-			}
-			if n := handled.Load(); n != 0 {
-				t.Errorf("request with malformed options handed to the handler %d times", n)
-			}
-			if n := malformed.Load(); n != 1 {
-				t.Errorf("%d malformed drops counted, want 1", n)
-			}
+			dropsMalformed(t, withOptions(tc.opts), false, "request with malformed options")
 		})
 	}
 }

@@ -21,21 +21,11 @@ func (r *Relay) Reload() error {
 	if r.cfg.Path == "" {
 		return fmt.Errorf("relay: reload: %w", errNotFromFile)
 	}
-	next, err := conf.LoadRelay(r.cfg.Path)
+	err := conf.ReloadStatic(r.cfg, r.cfg.Path, conf.LoadRelay, r.log)
 	if err != nil {
 		r.m.reloads.WithLabelValues("error").Inc()
-		var errs conf.Errors
-		if !errors.As(err, &errs) {
-			errs = conf.Errors{err}
-		}
-		for _, e := range errs {
-			r.log.Error("reload: keeping the running configuration", "err", e)
-		}
 		return fmt.Errorf("relay: reload: %w", err)
 	}
 	r.m.reloads.WithLabelValues("ok").Inc()
-	keys := conf.ChangedKeys(r.cfg, next)
-	r.log.Info("reloaded", "restart_required", keys)
-	conf.WarnRestart(r.log, keys)
 	return nil
 }

@@ -5,12 +5,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ztgate/ztgate/conf"
+	"github.com/ztgate/ztgate/internal/reloadtest"
 )
 
 // TestReload: SIGHUP's reload reads the whole file. A broken file keeps
@@ -61,60 +61,21 @@ listen = "off"
 	reloads := func(result string) float64 { return testutil.ToFloat64(r.m.reloads.WithLabelValues(result)) }
 	const warning = "configuration changed; restart to apply"
 
-	cases := []struct {
-		name     string
-		text     string
-		fails    bool
-		logged   []string // in the log of this reload
-		unlogged string
-	}{
-		{"unchanged", file("", ""), false, []string{"reloaded"}, warning},
-		{"listen, pool, forward_ports, a pin", file(`listen = "127.0.0.1:4999"`, `pool = "10.8.0.0/24"
+	case_ := func(name, text string, fails bool, logged []string, unlogged string) reloadtest.Case {
+		return reloadtest.Case{Name: name, Text: text, Fails: fails, Logged: logged, Unlogged: unlogged}
+	}
+	cases := []reloadtest.Case{
+		case_("unchanged", file("", ""), false, []string{"reloaded"}, warning),
+		case_("listen, pool, forward_ports, a pin", file(`listen = "127.0.0.1:4999"`, `pool = "10.8.0.0/24"
 forward_ports = "5000-5001"
 [[pin]]
 service = "web"
 vip = "10.8.0.10"`), false,
-			[]string{`level=WARN msg="configuration changed; restart to apply: relay.listen, relay.pool, pin, relay.forward_ports"`}, ""},
-		{"an unknown key", file("", `lisen = "127.0.0.1:4999"`), true,
-			[]string{"reload: keeping the running configuration", "relay.lisen: unknown key"}, "reloaded"},
-		{"a syntax error", file(`listen = `, ""), true, []string{"reload: keeping the running configuration", "relay.toml:"}, "reloaded"},
-		{"missing", "", true, []string{"reload: keeping the running configuration", "no such file"}, "reloaded"},
+			[]string{`level=WARN msg="configuration changed; restart to apply: relay.listen, relay.pool, pin, relay.forward_ports"`}, ""),
+		case_("an unknown key", file("", `lisen = "127.0.0.1:4999"`), true,
+			[]string{"reload: keeping the running configuration", "relay.lisen: unknown key"}, "reloaded"),
+		case_("a syntax error", file(`listen = `, ""), true, []string{"reload: keeping the running configuration", "relay.toml:"}, "reloaded"),
+		case_("missing", "", true, []string{"reload: keeping the running configuration", "no such file"}, "reloaded"),
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			if tc.text == "" {
-				os.Remove(path)
-			} else {
-				write(tc.text)
-			}
-			ok, bad := reloads("ok"), reloads("error")
-			before := len(logs.String())
-			err := r.Reload()
-			out := logs.String()[before:]
-			if (err != nil) != tc.fails {
-				t.Fatalf("Reload: %v, want failure %v\n%s", err, tc.fails, out)
-			}
-			for _, s := range tc.logged {
-				if !strings.Contains(out, s) {
-					t.Errorf("log without %q:\n%s", s, out)
-				}
-			}
-			if tc.unlogged != "" && strings.Contains(out, tc.unlogged) {
-				t.Errorf("log with %q:\n%s", tc.unlogged, out)
-			}
-			if n := strings.Count(out, "level=WARN"); n > 1 {
-				t.Errorf("%d warnings, want one at most:\n%s", n, out)
-			}
-			wantOK, wantBad := ok+1, bad
-			if tc.fails {
-				wantOK, wantBad = ok, bad+1
-			}
-			if reloads("ok") != wantOK || reloads("error") != wantBad {
-				t.Errorf("reloads ok %v error %v, want %v and %v", reloads("ok"), reloads("error"), wantOK, wantBad)
-			}
-			if r.cfg != cfg || r.Addr() == nil {
-				t.Fatal("the running configuration changed")
-			}
-		})
-	}
+	reloadtest.Run(t, path, cases, r.Reload, &logs, reloads, func() bool { return r.cfg == cfg && r.Addr() != nil })
 }

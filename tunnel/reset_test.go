@@ -51,20 +51,7 @@ func TestCrashedListenerResets(t *testing.T) {
 	client, _ := sf.connect(sf.dialConfig(sf.agentCreds()))
 	addr := sf.addr()
 	sf.ln.udp.Close() // the crash: no CONNECTION_CLOSE leaves
-	restarted, err := Listen(addr, ListenConfig{Credentials: sf.ln.creds}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer restarted.Close()
-	start := time.Now()
-	// The client's next packet reaches the new process.
-	client.SendDatagram(ip4Packet(60, 0))
-	select {
-	case <-client.Done():
-		t.Logf("the client saw its session end %v after the restart: %v", time.Since(start).Round(time.Millisecond), client.Err())
-	case <-time.After(IdleTimeout / 2):
-		t.Fatal("the client still believes in its session")
-	}
+	restarted := restartExpectingReset(t, client, addr, ListenConfig{Credentials: sf.ln.creds})
 	// And it can connect to the new listener.
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
@@ -105,11 +92,20 @@ func TestCrashedListenerResetsAfterKeyRotation(t *testing.T) {
 	if *rotated.statelessResetKey() == *sf.ln.creds.statelessResetKey() {
 		t.Fatal("the rotated certificate has the same key")
 	}
-	restarted, err := Listen(addr, ListenConfig{Credentials: rotated, ResetKeyFile: keyFile}, nil)
+	restartExpectingReset(t, client, addr, ListenConfig{Credentials: rotated, ResetKeyFile: keyFile})
+}
+
+// restartExpectingReset listens on addr again with cfg, a restarted
+// process after a crash, and fails t unless client's next packet, which
+// reaches the new process, ends its session with a stateless reset long
+// before its idle timeout. The listener closes when the test ends.
+func restartExpectingReset(t *testing.T, client *Session, addr string, cfg ListenConfig) *Listener {
+	t.Helper()
+	restarted, err := Listen(addr, cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer restarted.Close()
+	t.Cleanup(func() { restarted.Close() })
 	start := time.Now()
 	client.SendDatagram(ip4Packet(60, 0))
 	select {
@@ -118,6 +114,7 @@ func TestCrashedListenerResetsAfterKeyRotation(t *testing.T) {
 	case <-time.After(IdleTimeout / 2):
 		t.Fatal("the client still believes in its session: the restarted listener's resets do not match its tokens")
 	}
+	return restarted
 }
 
 // TestLoadResetKey: the key file is made at the first start (owner-only),
