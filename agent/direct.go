@@ -79,7 +79,7 @@ type direct struct {
 	log    *slog.Logger
 	ctx    context.Context
 	wants  chan string // services with a new flow and no direct path (from the router)
-	events chan any    // *tunnel.Answer, *tunnel.ErrorMessage, dialed, pathDown
+	events chan any    // *tunnel.Answer, *tunnel.ErrorMessage, dialed, pathDown, servicesGone
 	routes atomic.Pointer[map[string]*path]
 	shown  atomic.Pointer[[]PathStatus] // the paths for Status
 	wg     sync.WaitGroup               // dials and the goroutines of paths
@@ -154,6 +154,9 @@ type pathDown struct {
 	why string
 }
 
+// servicesGone names the services a pushed directory no longer holds.
+type servicesGone []string
+
 // run is the manager's loop; it closes every path when ctx is done.
 func (d *direct) run() {
 	t := time.NewTicker(directTick)
@@ -192,6 +195,8 @@ func (d *direct) handle(ev any, now time.Time) {
 		d.onDialed(e, now)
 	case pathDown:
 		d.onPathDown(e, now)
+	case servicesGone:
+		d.onGone(e, now)
 	}
 }
 
@@ -330,6 +335,29 @@ func (d *direct) onError(m *tunnel.ErrorMessage, now time.Time) {
 			st.retryAt = now.Add(st.backoff.Next())
 			d.publish()
 		}
+	}
+}
+
+// onGone retires the direct paths of services the directory no longer
+// holds, as the relay's error would: a relay that restarted since a path
+// came up cannot send one, and a service that comes back (on another
+// gateway, say) must start its new flows on the relay and offer again,
+// not on the old path. The path's flows stay on it; the service may offer
+// at once when it is back.
+func (d *direct) onGone(gone servicesGone, now time.Time) {
+	changed := false
+	for _, service := range gone {
+		st := d.svcs[service]
+		if st == nil || st.phase != phaseDirect {
+			continue
+		}
+		d.log.Info("direct path retired for new flows: the service left the directory", "service", service, "gateway", st.path.gateway)
+		delete(st.path.services, service)
+		st.phase, st.path, st.retryAt = phaseIdle, nil, now
+		changed = true
+	}
+	if changed {
+		d.publish()
 	}
 }
 

@@ -151,6 +151,7 @@ func (a *Agent) control(s *tunnel.Session) error {
 // applyDirectory makes a pushed directory the agent's: DNS answers from it
 // at once, and the pool's route follows it. A pool the agent must not
 // route into its TUN (poolProblem) is refused and the one in force kept.
+// The services it no longer holds leave their direct paths (onGone).
 func (a *Agent) applyDirectory(m *tunnel.Directory, server netip.Addr) {
 	next := newDirectory(m)
 	switch why := poolProblem(next.pool, a.cfg.TUN.Address, server); {
@@ -164,6 +165,15 @@ func (a *Agent) applyDirectory(m *tunnel.Directory, server netip.Addr) {
 		next.keepPool(next.pool)
 	}
 	prev := a.dir.Swap(next)
+	var gone servicesGone
+	for name := range prev.byName {
+		if next.byName[name] == nil {
+			gone = append(gone, name)
+		}
+	}
+	if len(gone) > 0 && a.direct != nil {
+		a.direct.event(gone)
+	}
 	if next.pool != prev.pool || next.pool6 != prev.pool6 {
 		for _, srv := range a.dns { // their reverse zones: PTR of the VIPs
 			srv.SetPools(next.pool, next.pool6)
