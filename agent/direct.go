@@ -176,12 +176,25 @@ func (d *direct) run() {
 	}
 }
 
-// shutdown closes the paths and waits for every goroutine.
+// shutdown closes the paths and waits for every goroutine, then closes
+// the sessions of dials whose outcome run did not take: one that succeeded
+// as the agent closed may be queued in events (event's send and ctx.Done
+// were both ready), and nothing else would close it.
 func (d *direct) shutdown() {
 	for _, p := range d.paths {
 		_ = p.s.Close("agent shutting down")
 	}
 	d.wg.Wait()
+	for {
+		select {
+		case ev := <-d.events:
+			if r, ok := ev.(dialed); ok && r.s != nil {
+				_ = r.s.Close("agent shutting down")
+			}
+		default:
+			return
+		}
+	}
 }
 
 // handle dispatches one event.

@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/ztgate/ztgate/tunnel"
 )
@@ -33,5 +35,28 @@ func TestDirectPathServiceLeavesDirectory(t *testing.T) {
 	}
 	if o := next[tunnel.Offer](t, f.relay); o.Service != "web" {
 		t.Fatalf("offer %+v", o)
+	}
+}
+
+// TestDirectShutdownClosesUnhandledDials: a dial that succeeded as the
+// agent closed, its outcome still in the manager's events, has its session
+// closed by the manager's shutdown rather than left open.
+func TestDirectShutdownClosesUnhandledDials(t *testing.T) {
+	f := newDirectFixture(t)
+	d := newDirect(f.a)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	s, err := tunnel.Dial(ctx, f.gw.addr(), tunnel.DialConfig{Credentials: f.a.creds, ExpectIdentity: "ops/gateway/gw1",
+		Hello: f.a.hello()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close("test over")
+	d.events <- dialed{service: "web", gateway: "ops/gateway/gw1", id: 1, s: s}
+	d.shutdown()
+	select {
+	case <-s.Done():
+	case <-time.After(time.Second):
+		t.Fatal("the session of an unhandled dial is open after shutdown")
 	}
 }
