@@ -304,6 +304,16 @@ func (d *direct) onDialed(r dialed, now time.Time) {
 		d.fail(st, now)
 		return
 	}
+	if d.a.dir.Load().byName[r.service] == nil {
+		// The service left the directory while it was dialled (onGone
+		// left it alone, not yet on a path): when it comes back, the
+		// relay chooses its gateway again.
+		d.log.Info("direct path not taken: the service left the directory while it was dialled", "service", r.service, "gateway", r.gateway)
+		_ = r.s.Close("the service left the directory")
+		d.result(r.id, false, netip.AddrPort{})
+		st.phase, st.path, st.retryAt = phaseIdle, nil, now
+		return
+	}
 	p := d.paths[r.gateway]
 	if p == nil || p.dead.Load() {
 		p = d.startPath(r.gateway, r.addr, r.forwarded, r.s, now)

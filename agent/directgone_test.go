@@ -60,3 +60,26 @@ func TestDirectShutdownClosesUnhandledDials(t *testing.T) {
 		t.Fatal("the session of an unhandled dial is open after shutdown")
 	}
 }
+
+// TestDirectDialOfServiceGoneNotTaken: a service that leaves the directory
+// while its offer is answered and dialled does not take the path the dial
+// brings up: when it comes back, its new flows take the relay (which
+// chooses its gateway again), not the old gateway's path.
+func TestDirectDialOfServiceGoneNotTaken(t *testing.T) {
+	f := newDirectFixture(t)
+	f.flow("one") // the offer goes out
+	without := directoryOf(true)
+	without.Services = without.Services[1:] // "up" only
+	f.relay.session().Send(without)
+	waitFor(t, "web gone", func() bool { return f.a.dir.Load().byName["web"] == nil })
+	f.answer("ops/gateway/gw1", f.gw.addr())
+	if r := next[tunnel.Result](t, f.relay); r.Success {
+		t.Errorf("the dial of a service gone from the directory reported as taken: %+v", r)
+	}
+	f.relay.session().Send(directoryOf(true))
+	waitFor(t, "web back", func() bool { return f.a.dir.Load().byName["web"] != nil })
+	f.flow("two")
+	if !f.relay.routed("two", testTimeout) {
+		t.Fatal("a new flow of the service back in the directory took the path dialled while it was gone")
+	}
+}
