@@ -16,24 +16,53 @@ import (
 // the check, named by key and file. On failure
 // the error is an Errors value; the role is returned whenever it is known.
 func Check(path string) (Role, error) {
+	role, _, err := CheckOwnTLS(path)
+	return role, err
+}
+
+// OwnTLS are the TLS files a role loads as its own at start (its tunnel's
+// or the relay's), as a valid file configures them.
+type OwnTLS struct {
+	Section       string // the keys' section: "relay" or "tunnel"
+	Cert, Key, CA string // resolved paths
+	Insecure      bool
+}
+
+// CheckOwnTLS is Check, and also returns the role's own TLS files when the
+// file is valid and the role opens a tunnel (nil otherwise), so that the
+// caller can load them as the role will, its identity included, which conf
+// does not read.
+func CheckOwnTLS(path string) (Role, *OwnTLS, error) {
 	doc, err := readTOML(path)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	doc.tlsContent = true
 	role, err := detectRole(doc.tree)
 	if err != nil {
-		return "", Errors{fmt.Errorf("%s: %w", fileLabel(path), err)}
+		return "", nil, Errors{fmt.Errorf("%s: %w", fileLabel(path), err)}
 	}
+	var own *OwnTLS
 	switch role {
 	case RoleRelay:
-		_, err = relayFromTree(path, doc)
+		var c *Relay
+		if c, err = relayFromTree(path, doc); err == nil {
+			own = &OwnTLS{Section: "relay", Cert: c.Cert, Key: c.Key, CA: c.CA, Insecure: c.Insecure}
+		}
 	case RoleAgent:
-		_, err = agentFromTree(path, doc)
+		var c *Agent
+		if c, err = agentFromTree(path, doc); err == nil {
+			t := c.Tunnel
+			own = &OwnTLS{Section: "tunnel", Cert: t.Cert, Key: t.Key, CA: t.CA, Insecure: t.Insecure}
+		}
 	default:
-		_, err = gatewayFromTree(path, doc)
+		var c *Gateway
+		if c, err = gatewayFromTree(path, doc); err == nil && (c.Tunnel.Relay != "" || c.Tunnel.Listen != "") {
+			t := c.Tunnel
+			own = &OwnTLS{Section: "tunnel", Cert: t.Cert, Key: t.Key, CA: t.CA, Insecure: t.Insecure}
+		}
 	}
-	return role, err
+	return role, own, err
 }
 
 // detectRole tells the role of a parsed file.

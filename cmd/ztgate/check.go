@@ -32,7 +32,7 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	role, err := conf.Check(*path)
+	role, own, err := conf.CheckOwnTLS(*path)
 	if err != nil {
 		printConfigErrors(stderr, err)
 		var errs conf.Errors
@@ -41,8 +41,8 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
-	if key, err := checkOwnCertificate(*path, role); err != nil {
-		fmt.Fprintf(stderr, "%s: %s: %v\n", *path, key, err)
+	if err := checkOwnCertificate(own, role); err != nil {
+		fmt.Fprintf(stderr, "%s: %s.cert: %v\n", *path, own.Section, err)
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s: valid %s configuration\n", *path, role)
@@ -52,39 +52,14 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 // checkOwnCertificate loads the role's own TLS files as the role will at
 // start, its role included (tunnel.CredentialsConfig.Role): `check` then
 // refuses a certificate of another role, or the CA's, which conf cannot
-// tell (it reads no ztgate identity). It returns the key the error is
-// about and the error; none for a role that opens no tunnel.
-func checkOwnCertificate(path string, role conf.Role) (string, error) {
-	var cc tunnel.CredentialsConfig
-	var key string
-	switch role {
-	case conf.RoleRelay:
-		c, err := conf.LoadRelay(path)
-		if err != nil {
-			return "", err
-		}
-		cc, key = tunnel.CredentialsConfig{CertFile: c.Cert, KeyFile: c.Key, CAFile: c.CA, Insecure: c.Insecure, Role: tunnel.RoleRelay}, "relay.cert"
-	case conf.RoleAgent:
-		c, err := conf.LoadAgent(path)
-		if err != nil {
-			return "", err
-		}
-		t := c.Tunnel
-		cc, key = tunnel.CredentialsConfig{CertFile: t.Cert, KeyFile: t.Key, CAFile: t.CA, Insecure: t.Insecure, Role: tunnel.RoleAgent}, "tunnel.cert"
-	default:
-		c, err := conf.LoadGateway(path)
-		if err != nil {
-			return "", err
-		}
-		t := c.Tunnel
-		if t.Relay == "" && t.Listen == "" {
-			return "", nil
-		}
-		cc, key = tunnel.CredentialsConfig{CertFile: t.Cert, KeyFile: t.Key, CAFile: t.CA, Insecure: t.Insecure, Role: tunnel.RoleGateway}, "tunnel.cert"
+// tell (it reads no ztgate identity). own is nil for a role that opens no
+// tunnel.
+func checkOwnCertificate(own *conf.OwnTLS, role conf.Role) error {
+	if own == nil || own.Insecure && own.Cert == "" && own.Key == "" {
+		return nil
 	}
-	if cc.Insecure && cc.CertFile == "" && cc.KeyFile == "" {
-		return "", nil
-	}
-	_, err := tunnel.NewCredentials(cc, nil)
-	return key, err
+	_, err := tunnel.NewCredentials(tunnel.CredentialsConfig{
+		CertFile: own.Cert, KeyFile: own.Key, CAFile: own.CA, Insecure: own.Insecure, Role: string(role),
+	}, nil)
+	return err
 }
