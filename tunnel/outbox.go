@@ -148,7 +148,7 @@ func (o *Outbox) queue(it outItem) error {
 	}
 	if b := o.budget; b != nil {
 		if b.queued.Add(1) > b.limit && len(o.ch) >= OutboxReserve {
-			b.queued.Add(-1)
+			o.dequeued()
 			o.mu.RUnlock()
 			it.release()
 			return ErrOutboxBudget

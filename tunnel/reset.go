@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 
 	"github.com/quic-go/quic-go"
+
+	"github.com/ztgate/ztgate/catalog"
 )
 
 // statelessResetKey derives the key of a listener's stateless resets from
@@ -63,8 +65,8 @@ func resetKey(file string, c *Credentials, log *slog.Logger) *quic.StatelessRese
 }
 
 // loadResetKey reads the 32-byte key in file, or makes one and writes it
-// there (owner-only, renamed into place, so that a crash leaves no half
-// key) when there is none. A file of another length is made anew.
+// there (owner-only, with catalog.WriteFileAtomic, so that a crash leaves
+// no half key) when there is none. A file of another length is made anew.
 func loadResetKey(file string) (*quic.StatelessResetKey, error) {
 	var k quic.StatelessResetKey
 	b, err := os.ReadFile(file)
@@ -81,13 +83,8 @@ func loadResetKey(file string) (*quic.StatelessResetKey, error) {
 	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
 		return nil, fmt.Errorf("write: %w", err)
 	}
-	tmp := file + ".tmp"
-	if err := os.WriteFile(tmp, k[:], 0o600); err != nil {
-		return nil, fmt.Errorf("write: %w", err)
-	}
-	if err := os.Rename(tmp, file); err != nil {
-		_ = os.Remove(tmp)
-		return nil, fmt.Errorf("write: %w", err)
+	if _, err := catalog.WriteFileAtomic(file, k[:], 0o600); err != nil {
+		return nil, err
 	}
 	return &k, nil
 }
