@@ -7,19 +7,6 @@ import (
 	"strings"
 )
 
-// Check reads the file at path, detects the role it configures and
-// validates it as that role. The role is told by the file's top-level
-// [gateway], [relay] or [agent] table; a file with none of them but with
-// [[service]] tables, or with [tun] and [[tenant]], is a gateway. Unlike
-// Load, it also looks inside the TLS files (a certificate, the key of it,
-// CA certificates), so that what the role would fail to load at start fails
-// the check, named by key and file. On failure
-// the error is an Errors value; the role is returned whenever it is known.
-func Check(path string) (Role, error) {
-	role, _, err := CheckOwnTLS(path)
-	return role, err
-}
-
 // OwnTLS are the TLS files a role loads as its own at start (its tunnel's
 // or the relay's), as a valid file configures them.
 type OwnTLS struct {
@@ -28,11 +15,18 @@ type OwnTLS struct {
 	Insecure      bool
 }
 
-// CheckOwnTLS is Check, and also returns the role's own TLS files when the
-// file is valid and the role opens a tunnel (nil otherwise), so that the
-// caller can load them as the role will, its identity included, which conf
-// does not read.
-func CheckOwnTLS(path string) (Role, *OwnTLS, error) {
+// Check reads the file at path, detects the role it configures and
+// validates it as that role. The role is told by the file's top-level
+// [gateway], [relay] or [agent] table; a file with none of them but with
+// [[service]] tables, or with [tun] and [[tenant]], is a gateway. Unlike
+// Load, it also looks inside the TLS files (a certificate, the key of it,
+// CA certificates), so that what the role would fail to load at start fails
+// the check, named by key and file. On failure the error is an Errors
+// value; the role is returned whenever it is known. A valid file's own TLS
+// files come back too when the role opens a tunnel (nil otherwise), so
+// that the caller can load them as the role will, its identity included,
+// which conf does not read.
+func Check(path string) (Role, *OwnTLS, error) {
 	doc, err := readTOML(path)
 	if err != nil {
 		return "", nil, err

@@ -29,7 +29,7 @@ func TestCheckRole(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := writeFiles(t, map[string]string{"x.toml": tc.toml})
-			role, err := Check(filepath.Join(dir, "x.toml"))
+			role, _, err := Check(filepath.Join(dir, "x.toml"))
 			if role != tc.role {
 				t.Errorf("role = %q, want %q", role, tc.role)
 			}
@@ -41,7 +41,7 @@ func TestCheckRole(t *testing.T) {
 			}
 		})
 	}
-	if _, err := Check(filepath.Join(t.TempDir(), "missing.toml")); !errors.Is(err, fs.ErrNotExist) {
+	if _, _, err := Check(filepath.Join(t.TempDir(), "missing.toml")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Check(missing) = %v, want fs.ErrNotExist", err)
 	}
 }

@@ -57,7 +57,7 @@ func TestExamples(t *testing.T) {
 
 	for _, tc := range exampleFiles {
 		t.Run(tc.file+" with its PKI", func(t *testing.T) {
-			role, err := Check(filepath.Join(withPKI, tc.file))
+			role, _, err := Check(filepath.Join(withPKI, tc.file))
 			if role != tc.role {
 				t.Errorf("role = %q, want %q", role, tc.role)
 			}
@@ -66,7 +66,7 @@ func TestExamples(t *testing.T) {
 			}
 		})
 		t.Run(tc.file+" without its PKI", func(t *testing.T) {
-			_, err := Check(filepath.Join(bare, tc.file))
+			_, _, err := Check(filepath.Join(bare, tc.file))
 			var errs Errors
 			errors.As(err, &errs)
 			if len(errs) != len(tc.pki) {

@@ -71,7 +71,7 @@ func TestCheckTLSFiles(t *testing.T) {
 				fs[k] = v
 			}
 			dir := writeFiles(t, fs)
-			_, err := Check(filepath.Join(dir, "x.toml"))
+			_, _, err := Check(filepath.Join(dir, "x.toml"))
 			switch {
 			case tc.want == "" && err != nil:
 				t.Errorf("error %v", err)

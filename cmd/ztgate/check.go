@@ -32,7 +32,7 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	role, own, err := conf.CheckOwnTLS(*path)
+	role, own, err := conf.Check(*path)
 	if err != nil {
 		printConfigErrors(stderr, err)
 		var errs conf.Errors
