@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -26,7 +28,7 @@ func TestLogFlags(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var buf bytes.Buffer
 			lf := logFlags{format: tc.format, level: tc.level}
-			log, err := lf.logger(&buf)
+			log, _, err := lf.logger(&buf)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("error %v, want %q", err, tc.wantErr)
@@ -55,5 +57,150 @@ func TestLogFlags(t *testing.T) {
 				t.Errorf("JSON line %v", rec)
 			}
 		})
+	}
+}
+
+// writes records every Write call it gets.
+type writes struct {
+	mu    sync.Mutex
+	calls []string
+}
+
+func (w *writes) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.calls = append(w.calls, string(p))
+	return len(p), nil
+}
+
+func (w *writes) get() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.calls)
+}
+
+// waitWrites waits up to 5 s for n writes.
+func (w *writes) waitWrites(t *testing.T, n int) []string {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		if got := w.get(); len(got) >= n {
+			return got
+		} else if time.Now().After(deadline) {
+			t.Fatalf("%d writes after 5 s, want %d: %q", len(got), n, got)
+		}
+	}
+}
+
+func TestLogFlush(t *testing.T) {
+	t.Run("info lines are written together after the interval", func(t *testing.T) {
+		var w writes
+		log, flush, err := (&logFlags{format: "text", level: "info", flush: 50 * time.Millisecond}).logger(&w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer flush()
+		start := time.Now()
+		for i := range 3 {
+			log.Info("flow", "n", i)
+		}
+		if got := w.get(); len(got) != 0 {
+			t.Fatalf("written at once: %q", got)
+		}
+		got := w.waitWrites(t, 1)
+		if took := time.Since(start); took < 40*time.Millisecond {
+			t.Errorf("written after %v, before the interval", took)
+		}
+		if len(got) != 1 || strings.Count(got[0], "msg=flow") != 3 || !strings.Contains(got[0], "n=0") || !strings.Contains(got[0], "n=2") {
+			t.Fatalf("writes %q, want the three lines in one", got)
+		}
+	})
+	t.Run("a warning is written at once, after the lines before it", func(t *testing.T) {
+		var w writes
+		log, flush, err := (&logFlags{format: "json", level: "info", flush: time.Hour}).logger(&w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer flush()
+		log.With("component", "gateway").Info("flow")
+		log.With("component", "gateway").Warn("backend down")
+		got := w.get()
+		if len(got) != 1 {
+			t.Fatalf("writes %q, want one", got)
+		}
+		lines := strings.Split(strings.TrimSpace(got[0]), "\n")
+		if len(lines) != 2 || !strings.Contains(lines[0], `"msg":"flow"`) || !strings.Contains(lines[1], `"msg":"backend down"`) {
+			t.Fatalf("lines %q", lines)
+		}
+		log.WithGroup("g").Error("e")
+		if got := w.get(); len(got) != 2 {
+			t.Fatalf("an error through a group waited: %q", got)
+		}
+	})
+	t.Run("flush writes what is held", func(t *testing.T) {
+		var w writes
+		log, flush, err := (&logFlags{format: "text", level: "info", flush: time.Hour}).logger(&w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log.Info("last words")
+		flush()
+		if got := w.get(); len(got) != 1 || !strings.Contains(got[0], "last words") {
+			t.Fatalf("writes %q", got)
+		}
+		flush()
+		if got := w.get(); len(got) != 1 {
+			t.Fatalf("an empty flush wrote: %q", got)
+		}
+	})
+	t.Run("zero writes every line at once", func(t *testing.T) {
+		var w writes
+		log, _, err := (&logFlags{format: "text", level: "info"}).logger(&w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log.Info("a")
+		log.Info("b")
+		if got := w.get(); len(got) != 2 {
+			t.Fatalf("writes %q, want two", got)
+		}
+	})
+	t.Run("negative", func(t *testing.T) {
+		if _, _, err := (&logFlags{format: "text", level: "info", flush: -time.Second}).logger(&writes{}); err == nil || !strings.Contains(err.Error(), "-log-flush") {
+			t.Fatalf("error %v", err)
+		}
+	})
+}
+
+func TestLogBufferBounded(t *testing.T) {
+	var w writes
+	b := newLogBuffer(&w, time.Hour)
+	line := []byte(strings.Repeat("x", 1000) + "\n")
+	for range 200 { // 200 KB through a 64 KiB buffer
+		if n, err := b.Write(line); n != len(line) || err != nil {
+			t.Fatalf("write: %d, %v", n, err)
+		}
+	}
+	got := w.get()
+	if len(got) != 3 {
+		t.Fatalf("%d writes of 200 lines, want 3 full buffers", len(got))
+	}
+	for _, g := range got {
+		if len(g) > logBufferSize || len(g)%len(line) != 0 {
+			t.Fatalf("a write of %d bytes: over the buffer or a line split", len(g))
+		}
+	}
+	big := []byte(strings.Repeat("y", logBufferSize+1))
+	b.Write(big)
+	got = w.get()
+	if len(got) != 5 || got[4] != string(big) {
+		t.Fatalf("a line larger than the buffer: %d writes", len(got))
+	}
+	b.Flush()
+	total := 0
+	for _, g := range w.get() {
+		total += len(g)
+	}
+	if total != 200*len(line)+len(big) {
+		t.Fatalf("%d bytes written, want %d", total, 200*len(line)+len(big))
 	}
 }

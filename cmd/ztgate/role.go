@@ -47,11 +47,12 @@ func (rc roleCommand[C]) run(args []string, stderr io.Writer) int {
 	if code, ok := parseFlags(fs, args, 0); !ok {
 		return code
 	}
-	log, err := lf.logger(stderr)
+	log, flushLog, err := lf.logger(stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "ztgate:", err)
 		return 2
 	}
+	defer flushLog()
 	// Caught before anything is built: a SIGHUP during a slow start (a
 	// gateway's first lookups of its backends' names) is served once the
 	// role runs instead of ending the process, its default action.
