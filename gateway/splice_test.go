@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // startCountServer reads until the client half-closes, then answers with
@@ -158,4 +160,43 @@ func TestSpliceBackendResetsAtOnce(t *testing.T) {
 		t.Fatalf("only %d of 100 flows spliced", spliced)
 	}
 	waitFor(t, 3*time.Second, "flows ended", func() bool { return h.gw.flows.len() == 0 })
+}
+
+// TestSpliceBackendKeepalive: a backend socket has no keepalive while its
+// flow is young (four system calls that a short connection would pay for
+// nothing) and Go's dialer's keepalive once the flow outlives
+// keepaliveAfter, so that a backend host that vanished under an idle flow
+// is found.
+func TestSpliceBackendKeepalive(t *testing.T) {
+	h := newHarness(t, spliceConfig(startLineEcho(t, "echo"), "1h"))
+	c := h.dialLines(t, acmeClient, "10.100.0.12:9")
+	if got := c.roundTrip(t, "a"); got != "echo: a" {
+		t.Fatalf("answer %q", got)
+	}
+	opts := func() (on, idle, intvl, cnt int) {
+		flows := h.gw.flows.list(func(f *flow) bool { return f.splice.Load() != nil })
+		if len(flows) != 1 {
+			t.Fatalf("%d flows", len(flows))
+		}
+		err := flows[0].splice.Load().rc.Control(func(fd uintptr) {
+			on, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+			idle, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
+			intvl, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPINTVL)
+			cnt, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPCNT)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if on, _, _, _ := opts(); on != 0 {
+		t.Fatalf("keepalive on a new flow's backend socket")
+	}
+	waitFor(t, 5*time.Second, "keepalive on", func() bool { on, _, _, _ := opts(); return on != 0 })
+	if _, idle, intvl, cnt := opts(); idle != 15 || intvl != 15 || cnt != 9 {
+		t.Fatalf("keepalive idle %d s, interval %d s, count %d; want 15, 15, 9", idle, intvl, cnt)
+	}
+	if got := c.roundTrip(t, "b"); got != "echo: b" {
+		t.Fatalf("answer after keepalive %q", got)
+	}
 }

@@ -89,7 +89,10 @@ func (g *Gateway) dialTCP(d decision, client netip.Addr) (*net.TCPConn, *backend
 		if g.dial != nil {
 			c, err = g.dial(ctx, "tcp", target.String())
 		} else {
-			var dialer net.Dialer
+			// No keepalive yet: the sweeper turns it on for flows that
+			// outlive keepaliveAfter (four setsockopt calls that a
+			// short connection would pay for nothing).
+			dialer := net.Dialer{KeepAlive: -1}
 			c, err = dialer.DialContext(ctx, "tcp", target.String())
 		}
 		cancel()

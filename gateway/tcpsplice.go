@@ -32,9 +32,10 @@ type tcpSplice struct {
 	rc     syscall.RawConn
 	fd     int
 
-	state    atomic.Uint32
-	waiting  atomic.Bool // the worker lingers in the poller for the backend
-	disarmed atomic.Bool // the reactor reported fd and ignores it until armed again
+	state     atomic.Uint32
+	keepalive atomic.Bool // the sweeper turned on TCP keepalive on the backend's socket
+	waiting   atomic.Bool // the worker lingers in the poller for the backend
+	disarmed  atomic.Bool // the reactor reported fd and ignores it until armed again
 	// A direction whose receiver does not take what it was sent has its
 	// write finished on a goroutine of its own (finishWrite), and the
 	// worker leaves it alone meanwhile: one worker blocked in one
@@ -197,10 +198,20 @@ func (t *tcpSplice) linger() bool {
 	ready := false
 	if t.state.Load()&evMask == 0 {
 		var peek [1]byte
+		woken := false
 		t.rc.Read(func(fd uintptr) bool {
 			if t.state.Load()&evMask != 0 {
 				return true
 			}
+			if woken {
+				// Called again: the poller saw the socket turn readable
+				// (data, the FIN or an error; a deadline returns without
+				// a call). pumpDown reads it, no second peek first; a
+				// spurious wake-up costs it one read that finds nothing.
+				ready = true
+				return true
+			}
+			woken = true
 			_, _, err := unix.Recvfrom(int(fd), peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 			if errors.Is(err, unix.EAGAIN) {
 				return false
@@ -414,12 +425,55 @@ func (g *Gateway) sweepIdle() {
 		case <-t.C:
 		}
 		now := g.now()
-		for _, f := range g.flows.list(func(f *flow) bool { return f.splice.Load() != nil && f.idleFor(now) >= f.idle }) {
-			f.close("idle") // wakes its worker, which tears it down
+		for _, f := range g.flows.list(func(f *flow) bool {
+			t := f.splice.Load()
+			return t != nil && (f.idleFor(now) >= f.idle || !t.keepalive.Load() && now.Sub(f.start) >= keepaliveAfter)
+		}) {
+			if f.idleFor(now) >= f.idle {
+				f.close("idle") // wakes its worker, which tears it down
+				continue
+			}
+			f.splice.Load().enableKeepalive()
 		}
 		trim.observe(g.flows.len(), now)
 	}
 }
+
+// keepaliveAfter is the age from which a flow's backend socket has TCP
+// keepalive on, as Go's dialer sets it (first probe after 15 s without a
+// segment, then every 15 s, nine of them): a backend host that vanished
+// under an idle flow is found without waiting for the flow's idle timeout.
+// Set by the sweeper rather than at the dial, where its four system calls
+// would be paid by every short connection.
+const keepaliveAfter = time.Second
+
+// enableKeepalive turns on keepalive on the backend's socket, once.
+func (t *tcpSplice) enableKeepalive() {
+	if t.keepalive.Swap(true) {
+		return
+	}
+	// Control keeps the descriptor alive; on a socket already closed it
+	// does nothing.
+	t.rc.Control(func(fd uintptr) {
+		for _, o := range [...]struct{ level, opt, val int }{
+			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, keepaliveIdle},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, keepaliveIdle},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepaliveCount},
+			{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		} {
+			if err := unix.SetsockoptInt(int(fd), o.level, o.opt, o.val); err != nil {
+				t.g.log.Debug("keepalive", "flow", t.f.id, "err", err)
+				return
+			}
+		}
+	})
+}
+
+// Go's defaults for a dialed connection (net.KeepAliveConfig).
+const (
+	keepaliveIdle  = 15 // seconds
+	keepaliveCount = 9
+)
 
 // memoryTrimmer returns freed memory to the system once the number of
 // flows fell to a quarter of a peak of at least trimMinPeak: Go's scavenger
