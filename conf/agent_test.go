@@ -78,14 +78,14 @@ func TestParseAgentInvalid(t *testing.T) {
 		{"gateway keys are unknown", "[agent]\nname = \"a\"\n[dns]\nzone = \"x\"\n[tun]\npool = \"10.0.0.0/24\"\n[tunnel]\nserver = \"r:1\"\ninsecure_allow_unauthenticated = true\nrelay = \"r:1\"\n", []string{
 			"agent.toml:4: dns.zone: unknown key", "agent.toml:6: tun.pool: unknown key", "agent.toml:10: tunnel.relay: unknown key"}},
 		{"bad values", "[agent]\nname = \"a b\"\n[tunnel]\nserver = \"relay\"\nserver_name = \"_x\"\ninsecure_allow_unauthenticated = true\n[tun]\nname = \"\"\nmtu = 100\naddress = \"10.100.0.5\"\n[dns]\nlisten = [\"x\"]\n[api]\nlisten = \"localhost:1\"\n", []string{
-			`agent.toml: agent.name: "a b" is not a domain name`, `agent.toml: tunnel.server: "relay" is not host:port`,
-			`agent.toml: tunnel.server_name: "_x" is not a domain name`, "agent.toml: tun.mtu: 100 is out of range 576..65535",
-			"agent.toml: tun.address: 10.100.0.5 is inside the VIP pool 10.100.0.0/24", `agent.toml: api.listen: "localhost:1" is not ip:port`,
-			`agent.toml: dns.listen[0]: "x" is not ip:port`}},
+			`agent.toml:2: agent.name: "a b" is not a domain name`, `agent.toml:4: tunnel.server: "relay" is not host:port`,
+			`agent.toml:5: tunnel.server_name: "_x" is not a domain name`, "agent.toml:9: tun.mtu: 100 is out of range 576..65535",
+			"agent.toml:10: tun.address: 10.100.0.5 is inside the VIP pool 10.100.0.0/24", `agent.toml:14: api.listen: "localhost:1" is not ip:port`,
+			`agent.toml:12: dns.listen[0]: "x" is not ip:port`}},
 		{"IPv6 address", "[agent]\nname = \"a\"\n[tunnel]\nserver = \"r:1\"\ninsecure_allow_unauthenticated = true\n[tun]\naddress = \"fd00::1\"\n", []string{
-			"agent.toml: tun.address: fd00::1 is not an IPv4 address"}},
+			"agent.toml:7: tun.address: fd00::1 is not an IPv4 address"}},
 		{"listener twice", "[agent]\nname = \"a\"\n[tunnel]\nserver = \"r:1\"\ninsecure_allow_unauthenticated = true\n[dns]\nlisten = [\"127.0.0.1:53\", \"127.0.0.1:0053\"]\n", []string{
-			`agent.toml: dns.listen[1]: "127.0.0.1:0053" is listed twice (as 127.0.0.1:53)`}},
+			`agent.toml:7: dns.listen[1]: "127.0.0.1:0053" is listed twice (as 127.0.0.1:53)`}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

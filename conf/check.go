@@ -13,6 +13,17 @@ type OwnTLS struct {
 	Section       string // the keys' section: "relay" or "tunnel"
 	Cert, Key, CA string // resolved paths
 	Insecure      bool
+
+	file  string      // the file's label in messages
+	lines *keyLineMap // the lines of its keys
+}
+
+// CertError returns err, a problem of the certificate found by loading
+// the files (the role's identity in it), as Check tells the errors of the
+// file: "file:line: section.cert: err".
+func (o *OwnTLS) CertError(err error) error {
+	path := join(o.Section, "cert")
+	return &fieldError{file: o.file, line: o.lines.lineOf(path), path: path, err: err}
 }
 
 // Check reads the file at path, detects the role it configures and
@@ -55,6 +66,9 @@ func Check(path string) (Role, *OwnTLS, error) {
 			t := c.Tunnel
 			own = &OwnTLS{Section: "tunnel", Cert: t.Cert, Key: t.Key, CA: t.CA, Insecure: t.Insecure}
 		}
+	}
+	if own != nil {
+		own.file, own.lines = fileLabel(path), doc.lines
 	}
 	return role, own, err
 }

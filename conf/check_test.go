@@ -17,7 +17,7 @@ func TestCheckRole(t *testing.T) {
 		{"gateway table", "[gateway]\nname = \"gw\"\n", RoleGateway, ""},
 		{"services only", webService + "[[tenant]]\nname = \"acme\"\nsources = [\"198.51.100.0/24\"]\n", RoleGateway, ""},
 		{"tun and tenants", "[tun]\nmtu = 1500\n[[tenant]]\nname = \"acme\"\nsources = [\"198.51.100.0/24\"]\n", RoleGateway, ""},
-		{"relay", insecureRelay, RoleRelay, `x.toml: relay.cert: "/dev/null" holds no PEM data, not a PEM certificate`},
+		{"relay", insecureRelay, RoleRelay, `x.toml:5: relay.cert: "/dev/null" holds no PEM data, not a PEM certificate`},
 		{"agent", "[agent]\nname = \"a\"\n[tunnel]\nserver = \"r:1\"\ninsecure_allow_unauthenticated = true\n", RoleAgent, ""},
 		{"invalid agent", "[agent]\nname = \"a\"\n", RoleAgent, "x.toml: tunnel.server: required"},
 		{"invalid gateway", "[gateway]\nnme = \"gw\"\n", RoleGateway, "x.toml:2: gateway.nme: unknown key"},

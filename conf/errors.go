@@ -51,10 +51,11 @@ func (e *fieldError) Unwrap() error { return e.err }
 
 // errList collects the errors of one parse. Once a path has a decoding error
 // (unknown key, wrong type), later errors about that path or a path below it
-// are dropped: they would only restate the first one.
+// are dropped: they would only restate the first one. Every error is told
+// the line of its path here (lineOf), decoding and validation errors alike.
 type errList struct {
 	file  string
-	lines map[string]int // key path → line in the file (keyLines); nil for JSON
+	lines *keyLineMap // the lines of the file's key paths; nil for JSON
 	errs  Errors
 	bad   map[string]bool
 }
@@ -68,7 +69,7 @@ func newErrList(file string) *errList {
 // error tells its line, for the operator to find the typo.
 func (l *errList) decodeErr(path, format string, args ...any) {
 	l.bad[path] = true
-	l.errs = append(l.errs, &fieldError{file: l.file, line: l.lines[path], path: path, err: fmt.Errorf(format, args...)})
+	l.record(path, fmt.Errorf(format, args...))
 }
 
 // addf records a semantic error at path unless the path is already bad.
@@ -81,7 +82,12 @@ func (l *errList) add(path string, err error) {
 	if l.isBad(path) {
 		return
 	}
-	l.errs = append(l.errs, &fieldError{file: l.file, path: path, err: err})
+	l.record(path, err)
+}
+
+// record appends err at path, with the line of path in the file.
+func (l *errList) record(path string, err error) {
+	l.errs = append(l.errs, &fieldError{file: l.file, line: l.lines.lineOf(path), path: path, err: err})
 }
 
 // isBad reports whether path or one of its ancestors had a decoding error.

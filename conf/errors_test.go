@@ -54,12 +54,12 @@ backends = ["192.0.2.53"]
 	wantErrors(t, err, []string{
 		"gateway.toml:39: service[2].health.intervl: unknown key",
 		`gateway.toml:7: tun.mtu: expected an integer, got string "big"`,
-		"gateway.toml: tun.pool: 10.100.0.7/24 has host bits set (did you mean 10.100.0.0/24?)",
-		`gateway.toml: gateway.drain_timeout: invalid duration "soon"`,
-		`gateway.toml: service[0].tenants[1]: unknown tenant "nobody"`,
-		`gateway.toml: service[0].backends[0]: "192.0.2.10:80": a backend has no port`,
-		`gateway.toml: service[1].port[0].protocol: "tcpp" is not tcp or udp`,
-		`gateway.toml: service[2].health.interval: invalid duration "5x"`,
+		"gateway.toml:8: tun.pool: 10.100.0.7/24 has host bits set (did you mean 10.100.0.0/24?)",
+		`gateway.toml:4: gateway.drain_timeout: invalid duration "soon"`,
+		`gateway.toml:16: service[0].tenants[1]: unknown tenant "nobody"`,
+		`gateway.toml:17: service[0].backends[0]: "192.0.2.10:80": a backend has no port`,
+		`gateway.toml:27: service[1].port[0].protocol: "tcpp" is not tcp or udp`,
+		`gateway.toml:40: service[2].health.interval: invalid duration "5x"`,
 	})
 	if got := errorLines(t, err); err.Error() != strings.Join(got, "\n") {
 		t.Errorf("Error() = %q, want the lines joined by newlines", err.Error())

@@ -32,8 +32,15 @@ func FuzzParseGateway(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		g, err := ParseGateway(path, data)
 		if err != nil {
-			if _, ok := err.(Errors); !ok {
+			errs, ok := err.(Errors)
+			if !ok {
 				t.Fatalf("error %T is not Errors", err)
+			}
+			last := bytes.Count(data, []byte("\n")) + 1
+			for _, e := range errs {
+				if fe, ok := e.(*fieldError); ok && fe.line > last {
+					t.Fatalf("%v: the file has %d lines", fe, last)
+				}
 			}
 			return
 		}

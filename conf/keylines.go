@@ -5,17 +5,48 @@ import (
 	"strings"
 )
 
-// keyLines maps the key paths of a TOML text, as errors name them
-// (service[2].health.interval, tenant[0].sources[1]), to the line where
-// each is defined: a key to the line of its key, a table to its header, an
-// array element to the line where the element starts. The text must already
-// have parsed (toml.Decode): keyLines does not check the syntax, and on
-// anything it does not follow it stops and returns what it found, so that a
-// message merely goes without its line.
-func keyLines(text string) map[string]int {
+// keyLineMap holds the line of each key path of a TOML text, as errors
+// name them (service[2].health.interval, tenant[0].sources[1]): a key's
+// line is the line of its key, a table's its header, an array element's the
+// line where the element starts.
+type keyLineMap struct {
+	at map[string]int
+	// complete: the scanner followed the whole text, so a path without a
+	// line is not in the file.
+	complete bool
+}
+
+// keyLines maps the key paths of a TOML text to their lines. The text must
+// already have parsed (toml.Decode): keyLines does not check the syntax, and
+// on anything it does not follow it stops and keeps what it found, so that
+// a message merely goes without its line.
+func keyLines(text string) *keyLineMap {
 	s := &lineScanner{text: text, line: 1, lines: make(map[string]int), arrays: make(map[string]int)}
 	s.document()
-	return s.lines
+	return &keyLineMap{at: s.lines, complete: !s.failed}
+}
+
+// lineOf returns the line an error about path is told: the line of the key,
+// or, for a key absent from the file (a default, a missing required key),
+// the line of the nearest table above it that the file has (an element of
+// an array of tables counts: its header). An array element is never taken
+// for its array, whose line is its first element's. When the scanner did
+// not follow the whole text, an absent path may only be one it did not
+// reach: then only the path's own line is told. 0 is no line.
+func (m *keyLineMap) lineOf(path string) int {
+	if m == nil {
+		return 0
+	}
+	if n := m.at[path]; n > 0 || !m.complete {
+		return n
+	}
+	for p := path; p != "" && !strings.HasSuffix(p, "]"); {
+		p = parentPath(p)
+		if n := m.at[p]; n > 0 {
+			return n
+		}
+	}
+	return 0
 }
 
 // lineScanner walks a TOML text for keyLines.

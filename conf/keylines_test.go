@@ -77,13 +77,16 @@ mtu = 1420
 		"tun.mtu":                    34,
 	}
 	got := keyLines(text)
+	if !got.complete {
+		t.Error("the scanner did not follow the whole text")
+	}
 	for path, line := range want {
-		if got[path] != line {
-			t.Errorf("line of %s = %d, want %d", path, got[path], line)
+		if got.at[path] != line {
+			t.Errorf("line of %s = %d, want %d", path, got.at[path], line)
 		}
 	}
 	for _, path := range []string{"not", "not.a.table", "nor", "x"} {
-		if _, ok := got[path]; ok {
+		if _, ok := got.at[path]; ok {
 			t.Errorf("%s, inside a string, has a line", path)
 		}
 	}
@@ -107,7 +110,7 @@ func TestKeyLinesEveryKey(t *testing.T) {
 		}
 		var walk func(path string, v any)
 		walk = func(path string, v any) {
-			if path != "" && doc.lines[path] == 0 {
+			if path != "" && doc.lines.at[path] == 0 {
 				t.Errorf("%s: %s has no line", f, path)
 			}
 			if m, ok := v.(map[string]any); ok {
@@ -155,5 +158,50 @@ func TestDecodeErrorsTellTheLine(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("errors lack %q:\n%s", want, got)
 		}
+	}
+}
+
+// TestLineOf checks which line an error about a path is told: the path's
+// own, else that of the nearest table above it in the file, never the line
+// of an array for an element it lacks, and only the path's own when the
+// scanner did not follow the whole text.
+func TestLineOf(t *testing.T) {
+	text := strings.Join([]string{
+		`[gateway]`,           // 1
+		`name = "gw1"`,        // 2
+		`[[service]]`,         // 3
+		`name = "a"`,          // 4
+		`  [service.health]`,  // 5
+		`  type = "udp"`,      // 6
+		`[[service]]`,         // 7
+		`name = "b"`,          // 8
+		`health.type = "udp"`, // 9
+	}, "\n")
+	m := keyLines(text)
+	for path, want := range map[string]int{
+		"gateway.name":           2,
+		"gateway.state_dir":      1, // absent: its table
+		"service[0].health.port": 5,
+		"service[0].port":        3,
+		"service[0].port[0].x":   0, // an element the file lacks is not its array
+		"service[1].health.port": 9, // a table of dotted keys
+		"service[2].name":        0,
+		"tun.mtu":                0, // no [tun]
+		"tun":                    0,
+	} {
+		if got := m.lineOf(path); got != want {
+			t.Errorf("lineOf(%s) = %d, want %d", path, got, want)
+		}
+	}
+	m.complete = false // a key past where the scanner stopped may be in the file
+	if got := m.lineOf("gateway.state_dir"); got != 0 {
+		t.Errorf("lineOf(gateway.state_dir) of a partial scan = %d, want 0", got)
+	}
+	if got := m.lineOf("gateway.name"); got != 2 {
+		t.Errorf("lineOf(gateway.name) of a partial scan = %d, want 2", got)
+	}
+	var none *keyLineMap // JSON
+	if got := none.lineOf("service.name"); got != 0 {
+		t.Errorf("lineOf without lines = %d, want 0", got)
 	}
 }

@@ -14,7 +14,7 @@ import (
 // and the line of each key path (keyLines), for the messages.
 type tomlDoc struct {
 	tree  map[string]any
-	lines map[string]int
+	lines *keyLineMap
 	// tlsContent makes the validation look inside the TLS files (Check).
 	tlsContent bool
 }

@@ -88,25 +88,25 @@ func TestParseRelayInvalid(t *testing.T) {
 		want       []string
 	}{
 		{"TLS files required", "[relay]\nname = \"r\"\n", []string{
-			"relay.toml: relay.cert: required", "relay.toml: relay.key: required", "relay.toml: relay.ca: required"}},
+			"relay.toml:1: relay.cert: required", "relay.toml:1: relay.key: required", "relay.toml:1: relay.ca: required"}},
 		{"insecure still needs cert and key", "[relay]\nname = \"r\"\ninsecure_allow_unauthenticated = true\n", []string{
-			"relay.toml: relay.cert: required", "relay.toml: relay.key: required"}},
+			"relay.toml:1: relay.cert: required", "relay.toml:1: relay.key: required"}},
 		{"unknown keys", insecureRelay + "colour = 1\n[[pin]]\nservice = \"web\"\nvip = \"10.100.0.9\"\nport = 80\n", []string{
 			"relay.toml:11: pin[0].port: unknown key", "relay.toml:7: relay.colour: unknown key"}},
 		{"bad values", insecureRelay + "listen = \"4433\"\npool = \"10.100.0.0/31\"\npool6 = \"fd00::/40\"\nzone = \"a b\"\nttl = \"0s\"\n", []string{
-			`relay.toml: relay.pool: 10.100.0.0/31 is too small`, "relay.toml: relay.pool6: fd00::/40: an IPv6 pool is a /64 to a /126",
-			`relay.toml: relay.zone: "a b" is not a domain name`, "relay.toml: relay.ttl: 0s is out of range 1s..24h",
-			`relay.toml: relay.listen: "4433" is not host:port`}},
+			`relay.toml:8: relay.pool: 10.100.0.0/31 is too small`, "relay.toml:9: relay.pool6: fd00::/40: an IPv6 pool is a /64 to a /126",
+			`relay.toml:10: relay.zone: "a b" is not a domain name`, "relay.toml:11: relay.ttl: 0s is out of range 1s..24h",
+			`relay.toml:7: relay.listen: "4433" is not host:port`}},
 		{"forward ports", insecureRelay + "forward_ports = \"4433-4440\"\n", []string{
-			`relay.toml: relay.forward_ports: "4433-4440" holds the listen port 4433`}},
+			`relay.toml:7: relay.forward_ports: "4433-4440" holds the listen port 4433`}},
 		{"forward ports reversed", insecureRelay + "forward_ports = \"5000-4999\"\n", []string{
-			`relay.toml: relay.forward_ports: "5000-4999": the first port is above the last`}},
+			`relay.toml:7: relay.forward_ports: "5000-4999": the first port is above the last`}},
 		{"forward ports not numbers", insecureRelay + "forward_ports = \"high\"\n", []string{
-			`relay.toml: relay.forward_ports: "high" is not a port 1..65535 or a range of them ("4440-4471")`}},
+			`relay.toml:7: relay.forward_ports: "high" is not a port 1..65535 or a range of them ("4440-4471")`}},
 		{"forward port 0", insecureRelay + "forward_ports = \"0-10\"\n", []string{
-			`relay.toml: relay.forward_ports: "0-10" is not a port 1..65535 or a range of them ("4440-4471")`}},
+			`relay.toml:7: relay.forward_ports: "0-10" is not a port 1..65535 or a range of them ("4440-4471")`}},
 		{"hold-down shorter than the TTL", insecureRelay + "ttl = \"1m\"\nvip_hold_down = \"30s\"\n", []string{
-			"relay.toml: relay.vip_hold_down: 30s is shorter than the DNS TTL 1m0s"}},
+			"relay.toml:8: relay.vip_hold_down: 30s is shorter than the DNS TTL 1m0s"}},
 		{"pins", insecureRelay + `
 [[pin]]
 service = "web"
@@ -131,14 +131,14 @@ service = "x"
 service = "mapped"
 vip = "::ffff:10.100.0.10"
 `, []string{
-			"relay.toml: pin[0].vip: 10.100.0.1 is the gateway address",
-			`relay.toml: pin[2].vip: 10.100.0.10 is pinned by both service "web" (pin[1]) and service "db" (pin[2])`,
-			`relay.toml: pin[3].vip: service "web" already has a pin of this family (pin[1])`,
-			"relay.toml: pin[4].vip: fd00::10 cannot be pinned: no IPv6 pool (pool6) is configured",
-			"relay.toml: pin[5].service: required",
-			"relay.toml: pin[5].vip: 10.200.0.1 is outside the pool 10.100.0.0/24",
-			"relay.toml: pin[6].vip: required",
-			`relay.toml: pin[7].vip: 10.100.0.10 is pinned by both service "web" (pin[1]) and service "mapped" (pin[7])`,
+			"relay.toml:10: pin[0].vip: 10.100.0.1 is the gateway address",
+			`relay.toml:16: pin[2].vip: 10.100.0.10 is pinned by both service "web" (pin[1]) and service "db" (pin[2])`,
+			`relay.toml:19: pin[3].vip: service "web" already has a pin of this family (pin[1])`,
+			"relay.toml:22: pin[4].vip: fd00::10 cannot be pinned: no IPv6 pool (pool6) is configured",
+			"relay.toml:23: pin[5].service: required",
+			"relay.toml:24: pin[5].vip: 10.200.0.1 is outside the pool 10.100.0.0/24",
+			"relay.toml:25: pin[6].vip: required",
+			`relay.toml:29: pin[7].vip: 10.100.0.10 is pinned by both service "web" (pin[1]) and service "mapped" (pin[7])`,
 		}},
 	}
 	for _, tc := range tests {

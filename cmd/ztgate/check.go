@@ -33,16 +33,17 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	role, own, err := conf.Check(*path)
+	if err == nil {
+		if cerr := checkOwnCertificate(own, role); cerr != nil {
+			err = conf.Errors{own.CertError(cerr)}
+		}
+	}
 	if err != nil {
 		printConfigErrors(stderr, err)
 		var errs conf.Errors
 		if errors.As(err, &errs) {
 			fmt.Fprintf(stderr, "%s: %d error(s)\n", *path, len(errs))
 		}
-		return 1
-	}
-	if err := checkOwnCertificate(own, role); err != nil {
-		fmt.Fprintf(stderr, "%s: %s.cert: %v\n", *path, own.Section, err)
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s: valid %s configuration\n", *path, role)

@@ -46,14 +46,14 @@ func TestCheck(t *testing.T) {
 		{"path as argument", []string{"check", "../../examples/gateway.toml"}, 0,
 			[]string{"valid gateway configuration"}, nil},
 		{"every error", []string{"check", "-config", bad}, 1, nil, []string{
-			"tun.mtu: 10 is out of range",
-			"tun.pool: 10.100.0.0/30 is too small",
-			`dns.ttl: invalid duration "forever"`,
-			`tenant[0].sources[0]: invalid prefix "not-a-prefix"`,
-			`service[0].tenants[0]: unknown tenant "nobody"`,
-			"service[0].backends: required",
-			"service[0].port: required",
-			`service[0].balance: "random" is not`,
+			"bad.toml:4: tun.mtu: 10 is out of range",
+			"bad.toml:3: tun.pool: 10.100.0.0/30 is too small",
+			`bad.toml:7: dns.ttl: invalid duration "forever"`,
+			`bad.toml:11: tenant[0].sources[0]: invalid prefix "not-a-prefix"`,
+			`bad.toml:15: service[0].tenants[0]: unknown tenant "nobody"`,
+			"bad.toml:16: service[0].backends: required",
+			"bad.toml:13: service[0].port: required", // absent: the line of its [[service]]
+			`bad.toml:17: service[0].balance: "random" is not`,
 			bad + ": 8 error(s)",
 		}},
 		{"missing file", []string{"check", "-config", filepath.Join(t.TempDir(), "none.toml")}, 1, nil, []string{"no such file"}},
@@ -114,7 +114,10 @@ func TestCheckOwnCertificateRole(t *testing.T) {
 	stdout.Reset()
 	stderr.Reset()
 	code := run([]string{"check", config("laptop")}, &stdout, &stderr)
-	if want := "relay.cert: tunnel: load credentials: " + filepath.Join(dir, "laptop.crt") + " is the certificate of acme/agent/laptop, not of a relay"; code != 1 || !strings.Contains(stderr.String(), want) {
-		t.Errorf("an agent's certificate for the relay: exit %d, stderr %q; want 1 and %q", code, stderr.String(), want)
+	// Told as every error of the file is: with the line of the key.
+	want := "laptop.toml:5: relay.cert: tunnel: load credentials: " + filepath.Join(dir, "laptop.crt") + " is the certificate of acme/agent/laptop, not of a relay"
+	count := config("laptop") + ": 1 error(s)\n"
+	if got := stderr.String(); code != 1 || !strings.HasPrefix(got, want) || !strings.HasSuffix(got, count) || strings.Count(got, "\n") != 2 {
+		t.Errorf("an agent's certificate for the relay: exit %d, stderr %q; want 1 and %q, then %q", code, got, want, count)
 	}
 }
