@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"reflect"
 	"strings"
+
+	"github.com/ztgate/ztgate/catalog"
 )
 
 // ChangedKeys names the keys whose values differ between two validated
@@ -17,19 +19,36 @@ import (
 // is named by itself ("tun"). The names come from the `key` tags of the
 // configuration types; a reload compares the running configuration with
 // the file's to say what it cannot apply live.
-func ChangedKeys[C Gateway | Relay | Agent](a, b *C) []string {
+//
+// Two versions of a service (*catalog.Service) are compared the same way,
+// their keys named as in a [[service]] table ("backends", "port",
+// "health", "max_flows"): the gateway's reload tells the fields of each
+// changed service with them.
+func ChangedKeys[C Gateway | Relay | Agent | catalog.Service](a, b *C) []string {
+	keyOf := fieldKey
+	if _, ok := any(a).(*catalog.Service); ok {
+		keyOf = serviceKey
+	}
 	var out []string
-	changedKeys("", reflect.ValueOf(a).Elem(), reflect.ValueOf(b).Elem(), &out)
+	changedKeys("", reflect.ValueOf(a).Elem(), reflect.ValueOf(b).Elem(), keyOf, &out)
 	return out
 }
 
 // changedKeys appends to out the keys of the fields of a and b (values
-// of one struct type) that differ; prefix is their section.
-func changedKeys(prefix string, a, b reflect.Value, out *[]string) {
+// of one struct type) that differ; prefix is their section and keyOf
+// names a field's key.
+func changedKeys(prefix string, a, b reflect.Value, keyOf func(reflect.StructField) string, out *[]string) {
 	t := a.Type()
 	for i := range t.NumField() {
 		f := t.Field(i)
-		key := fieldKey(f)
+		x, y := a.Field(i), b.Field(i)
+		if f.Anonymous && f.Type.Kind() == reflect.Struct {
+			// An embedded struct (a service's FlowLimits): its fields
+			// are keys of the table it is embedded in.
+			changedKeys(prefix, x, y, keyOf, out)
+			continue
+		}
+		key := keyOf(f)
 		if key == "-" {
 			continue
 		}
@@ -39,9 +58,8 @@ func changedKeys(prefix string, a, b reflect.Value, out *[]string) {
 		case prefix != "":
 			key = prefix + "." + key
 		}
-		x, y := a.Field(i), b.Field(i)
 		if isSection(f.Type) {
-			changedKeys(key, x, y, out)
+			changedKeys(key, x, y, keyOf, out)
 			continue
 		}
 		if !reflect.DeepEqual(x.Interface(), y.Interface()) {
@@ -58,6 +76,20 @@ func fieldKey(f reflect.StructField) string {
 		return k
 	}
 	return strings.ToLower(f.Name)
+}
+
+// serviceKey is the key of a [[service]] table a field of catalog.Service
+// (or of the FlowLimits in it) stands for: the toml tag of the field of
+// rawService of the same name, the schema being conf's (catalog does not
+// know the file). A field without one (Source: where the service came
+// from) is no key (TestServiceKeys checks both ways).
+func serviceKey(f reflect.StructField) string {
+	r, ok := reflect.TypeFor[rawService]().FieldByName(f.Name)
+	if !ok {
+		return "-"
+	}
+	name, _, _ := strings.Cut(r.Tag.Get("toml"), ",")
+	return name
 }
 
 // isSection reports whether t is a section of the configuration, whose

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/ztgate/ztgate/catalog"
 )
 
 // TestChangedKeys edits one file of each role and checks the keys named.
@@ -100,6 +102,31 @@ key = "/dev/null"
 `
 			return ChangedKeys(gateway(t, relayed+"[tun]\n"), gateway(t, relayed))
 		}, []string{"tun"}},
+		{"service: its keys as a [[service]] table names them", func(t *testing.T) []string {
+			a, b := gateway(t, gatewayHead+webService), gateway(t, gatewayHead+`
+[[service]]
+name = "web"
+tenants = ["globex"]
+vip = "10.100.0.9"
+backends = ["192.0.2.11"]
+balance = "least_conn"
+icmp = false
+max_flows = 5
+new_flows_per_second = 9
+  [[service.port]]
+  protocol = "tcp"
+  port = 81
+  [service.timeouts]
+  tcp_idle = "1m"
+`)
+			return ChangedKeys(&a.Services[0], &b.Services[0])
+		}, []string{"tenants", "vip", "backends", "balance", "icmp", "port", "health", "timeouts", "max_flows", "new_flows_per_second"}},
+		{"service: where it came from is no key", func(t *testing.T) []string {
+			a := gateway(t, gatewayHead+webService).Services[0]
+			b := a
+			b.Source = "api"
+			return ChangedKeys(&a, &b)
+		}, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -169,6 +196,42 @@ func TestKeyTags(t *testing.T) {
 			if k != "." && !all[section+"."+k] {
 				t.Errorf("%s.%s: key %q is in no file", typ.Name(), typ.Field(i).Name, section+"."+k)
 			}
+		}
+	}
+}
+
+// TestServiceKeys checks that ChangedKeys can name every key of a
+// [[service]] table, and only those: each field of catalog.Service (of its
+// FlowLimits too) but Source is named by a key of rawService, and each key
+// of rawService names one of them.
+func TestServiceKeys(t *testing.T) {
+	named := map[string]bool{}
+	var walk func(typ reflect.Type)
+	walk = func(typ reflect.Type) {
+		for i := range typ.NumField() {
+			f := typ.Field(i)
+			if f.Anonymous {
+				walk(f.Type)
+				continue
+			}
+			k := serviceKey(f)
+			switch {
+			case f.Name == "Source":
+				if k != "-" {
+					t.Errorf("Source is named %q, want no key", k)
+				}
+			case k == "-" || k == "":
+				t.Errorf("catalog.Service field %s has no key in rawService", f.Name)
+			default:
+				named[k] = true
+			}
+		}
+	}
+	walk(reflect.TypeFor[catalog.Service]())
+	raw := reflect.TypeFor[rawService]()
+	for i := range raw.NumField() {
+		if k := raw.Field(i).Tag.Get("toml"); !named[k] {
+			t.Errorf("key %q of [[service]] is no field of catalog.Service", k)
 		}
 	}
 }

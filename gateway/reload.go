@@ -285,7 +285,7 @@ func diffTables(old, t *table) Diff {
 			d.Added = append(d.Added, name)
 			continue
 		}
-		if f := changedFields(o.spec, s.spec); len(f) > 0 {
+		if f := conf.ChangedKeys(&o.spec, &s.spec); len(f) > 0 {
 			d.Changed = append(d.Changed, ServiceChange{Name: name, Fields: f})
 		}
 	}
@@ -299,35 +299,6 @@ func diffTables(old, t *table) Diff {
 	slices.SortFunc(d.Changed, func(a, b ServiceChange) int { return cmp.Compare(a.Name, b.Name) })
 	d.TenantsChanged = !reflect.DeepEqual(old.tenants, t.tenants)
 	d.LimitsChanged = old.limits != t.limits || old.drainTimeout != t.drainTimeout
-	return d
-}
-
-// keyDiff collects the names of the configuration keys whose values differ.
-type keyDiff []string
-
-func (d *keyDiff) check(key string, x, y any) {
-	if !reflect.DeepEqual(x, y) {
-		*d = append(*d, key)
-	}
-}
-
-// changedFields names the configuration keys whose values differ.
-func changedFields(a, b catalog.Service) []string {
-	var d keyDiff
-	d.check("tenants", a.Tenants, b.Tenants)
-	d.check("vip", a.VIP, b.VIP)
-	d.check("vip6", a.VIP6, b.VIP6)
-	d.check("backends", a.Backends, b.Backends)
-	d.check("backends_srv", a.BackendsSRV, b.BackendsSRV)
-	d.check("balance", a.Balance, b.Balance)
-	d.check("icmp", a.ICMP, b.ICMP)
-	d.check("port", a.Ports, b.Ports)
-	d.check("health", a.Health, b.Health)
-	d.check("timeouts", a.Timeouts, b.Timeouts)
-	d.check("max_flows", a.MaxFlows, b.MaxFlows)
-	d.check("max_inflight_handshakes", a.MaxInflightHandshakes, b.MaxInflightHandshakes)
-	d.check("new_flows_per_second", a.NewFlowsPerSecond, b.NewFlowsPerSecond)
-	d.check("new_flows_burst", a.NewFlowsBurst, b.NewFlowsBurst)
 	return d
 }
 

@@ -301,6 +301,34 @@ func TestDiffTables(t *testing.T) {
 	}
 }
 
+// TestDiffTablesNamesEveryKey: a changed service's fields are the keys of
+// its [[service]] table that changed, in the order of the schema; where
+// the service came from (file or API) is no key.
+func TestDiffTablesNamesEveryKey(t *testing.T) {
+	a := specFor("a", "192.0.2.1")
+	a.Source = "file"
+	b := catalog.Service{
+		Name: "a", Tenants: []string{"acme"}, VIP: netip.MustParseAddr("10.100.0.9"), VIP6: netip.MustParseAddr("fd00::9"),
+		Backends: []string{"192.0.2.2"}, BackendsSRV: "_http._tcp.example.net", Balance: catalog.LeastConn, ICMP: true,
+		Ports:      []catalog.Port{{Protocol: catalog.TCP, Port: 80, Target: 80}},
+		Health:     catalog.Health{Type: catalog.HealthTCP},
+		Timeouts:   catalog.Timeouts{TCPIdle: time.Minute},
+		FlowLimits: catalog.FlowLimits{MaxFlows: 1, MaxInflightHandshakes: 2, NewFlowsPerSecond: 3, NewFlowsBurst: 4},
+		Source:     "api",
+	}
+	d := diffTables(&table{byName: map[string]*service{"a": {spec: a}}}, &table{byName: map[string]*service{"a": {spec: b}}})
+	const want = "[{a [tenants vip vip6 backends backends_srv balance icmp port health timeouts max_flows max_inflight_handshakes new_flows_per_second new_flows_burst]}]"
+	if got := fmt.Sprint(d.Changed); got != want {
+		t.Errorf("changed %s, want %s", got, want)
+	}
+	b = a
+	b.Source = "api"
+	d = diffTables(&table{byName: map[string]*service{"a": {spec: a}}}, &table{byName: map[string]*service{"a": {spec: b}}})
+	if len(d.Changed) != 0 {
+		t.Errorf("only the source differs: changed %v", d.Changed)
+	}
+}
+
 func specFor(name, backend string) (s catalog.Service) {
 	s.Name = name
 	s.Backends = []string{backend}
