@@ -3,12 +3,18 @@ package tunnel
 import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
+	"io"
+	"math/big"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -225,4 +231,252 @@ func TestLoadCA(t *testing.T) {
 			checkLeaf(t, ca, parsePEMCert(t, certPEM), keyPEM)
 		})
 	}
+}
+
+// zeroReader reads zeros: the worst draw a random source can give.
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// TestSerialPositive: RFC 5280 §4.1.2.2 wants a positive serial number
+// of at most 20 octets. A draw of zero was returned as the serial zero.
+func TestSerialPositive(t *testing.T) {
+	for _, r := range []io.Reader{zeroReader{}, rand.Reader} {
+		s, err := newSerial(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Sign() <= 0 || s.BitLen() > 159 { // 20 octets with the sign bit clear
+			t.Errorf("serial %v (%d bits) from %T: want 1 to 2^159-1", s, s.BitLen(), r)
+		}
+		if r == rand.Reader && s.BitLen() < 64 {
+			t.Errorf("serial %v has %d bits: want at least 64 random bits (CA/B Forum)", s, s.BitLen())
+		}
+	}
+}
+
+// TestIssueKeyUsage pins the extended key usages of each role: an agent
+// is only ever a client, a gateway both (a client of its relay, the
+// server of its listener and of the direct path), a relay a server and a
+// client (only to be refused by role, see leafTemplate).
+func TestIssueKeyUsage(t *testing.T) {
+	ca := mustCA(t, "ca")
+	client, server := x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth
+	for _, tc := range []struct {
+		name string
+		req  IssueRequest
+		want []x509.ExtKeyUsage
+	}{
+		{"agent", IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "a"}, []x509.ExtKeyUsage{client}},
+		{"gateway", IssueRequest{Tenant: "acme", Role: RoleGateway, Name: "gw"}, []x509.ExtKeyUsage{client, server}},
+		{"gateway listener", IssueRequest{Tenant: "acme", Role: RoleGateway, Name: "gw", DNSNames: []string{"gw.example.net"}}, []x509.ExtKeyUsage{client, server}},
+		{"relay", IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", DNSNames: []string{"relay.example.net"}}, []x509.ExtKeyUsage{client, server}},
+		{"SAN-less", IssueRequest{Name: "c", NoIdentity: true}, []x509.ExtKeyUsage{client}},
+		{"legacy server", IssueRequest{Name: "c", NoIdentity: true, LegacySANs: []string{"connector.web.ztna"}, IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}, []x509.ExtKeyUsage{client, server}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			certPEM, _, err := ca.Issue(tc.req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := parsePEMCert(t, certPEM)
+			got, want := slices.Sorted(slices.Values(c.ExtKeyUsage)), slices.Sorted(slices.Values(tc.want))
+			if !slices.Equal(got, want) {
+				t.Errorf("extended key usage %v, want %v", got, tc.want)
+			}
+			if c.KeyUsage != x509.KeyUsageDigitalSignature || c.IsCA {
+				t.Errorf("key usage %v, CA %v: want a digital signature only, not a CA", c.KeyUsage, c.IsCA)
+			}
+		})
+	}
+}
+
+// TestIssueRefusesNames: what Issue would write but no peer would parse
+// back as given, or no client would match as a server name, is refused.
+func TestIssueRefusesNames(t *testing.T) {
+	ca := mustCA(t, "ca")
+	relay := func(dns ...string) IssueRequest {
+		return IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", DNSNames: dns}
+	}
+	for _, tc := range []struct {
+		name string
+		req  IssueRequest
+		want string // in the error
+	}{
+		// strings.ToLower folds the Kelvin sign to k: the identity would
+		// have been "kcme", not the tenant given.
+		{"Kelvin sign in the tenant", IssueRequest{Tenant: "\u212acme", Role: RoleAgent, Name: "a"}, "tenant"},
+		{"Kelvin sign in the name", IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "\u212a"}, "name"},
+		{"tenant with a dot", IssueRequest{Tenant: "ac.me", Role: RoleAgent, Name: "a"}, "a-z, 0-9"},
+		{"empty label in the name", IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "a..b"}, "a-z, 0-9"},
+		{"name with a space", IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "my laptop"}, "a-z, 0-9"},
+		{"DNS name with a port", relay("relay.example.net:4433"), "port"},
+		{"DNS name that is an address", relay("203.0.113.1"), "IP"},
+		{"DNS name that is a URL", relay("https://relay.example.net"), "URL: a certificate names the host alone (relay.example.net)"},
+		{"DNS name with a space", relay("relay example"), "not a DNS name"},
+		{"DNS name with an empty label", relay("relay..example"), "not a DNS name"},
+		{"wildcard not leftmost", relay("relay.*.example"), "not a DNS name"},
+		{"DNS name too long", relay(strings.Repeat("a.", 127) + "net"), "not a DNS name"},
+		{"IP with a zone", IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", IPs: []netip.Addr{netip.MustParseAddr("fe80::1%eth0")}}, "zone"},
+		{"invalid IP", IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r", IPs: []netip.Addr{{}}}, "IP"},
+		{"agent with a server name", IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "a", DNSNames: []string{"a.example.net"}}, "agent"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := ca.Issue(tc.req)
+			if err == nil {
+				t.Fatal("Issue accepted the request")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not mention %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestIssueServerNamesNormalised: DNS names are matched case-insensitively
+// and without the root's dot; the certificate carries them lower case,
+// without it, once.
+func TestIssueServerNamesNormalised(t *testing.T) {
+	ca := mustCA(t, "ca")
+	certPEM, _, err := ca.Issue(IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "r",
+		DNSNames: []string{"Relay.Example.NET.", "relay.example.net", "*.relays.example.net", "int_name.corp"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := parsePEMCert(t, certPEM)
+	if want := []string{"relay.example.net", "*.relays.example.net", "int_name.corp"}; !slices.Equal(c.DNSNames, want) {
+		t.Errorf("DNS SANs %q, want %q", c.DNSNames, want)
+	}
+	for _, host := range []string{"relay.example.net", "eu.relays.example.net"} {
+		if err := c.VerifyHostname(host); err != nil {
+			t.Errorf("VerifyHostname(%q): %v", host, err)
+		}
+	}
+}
+
+// FuzzIssueIdentity: whatever leafTemplate accepts as tenant, role and
+// name comes back from the certificate exactly, but for ASCII case.
+func FuzzIssueIdentity(f *testing.F) {
+	f.Add("acme", "agent", "laptop")
+	f.Add("ACME", "Gateway", "gw1.DC-2")
+	f.Add("\u212acme", "relay", "r")
+	f.Add("acme", "agent", "\u212a")
+	f.Add("acme", "agent", "a/b")
+	f.Add("acme", "agent", "a%2fb")
+	f.Add("a:1", "agent", "x")
+	ca := mustCA(f, "fuzz") // signs every leaf with its own key: the leaf's key does not matter here
+	f.Fuzz(func(t *testing.T, tenant, role, name string) {
+		tmpl, err := leafTemplate(IssueRequest{Tenant: tenant, Role: role, Name: name})
+		if err != nil {
+			return
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Certificate(), ca.cert.PublicKey, ca.key)
+		if err != nil {
+			t.Fatalf("%q %q %q: %v", tenant, role, name, err)
+		}
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatalf("%q %q %q: %v", tenant, role, name, err)
+		}
+		id, err := IdentityFromCert(c)
+		want := Identity{Tenant: asciiLower(tenant), Role: asciiLower(role), Name: asciiLower(name)}
+		if err != nil || !sameIdentity(id, want) {
+			t.Fatalf("issued %q %q %q, parsed back as %#v, %v", tenant, role, name, id, err)
+		}
+	})
+}
+
+// asciiLower lowers A-Z only.
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
+
+// TestLoadCAErrors: LoadCA says which file is wrong and how.
+func TestLoadCAErrors(t *testing.T) {
+	dir := t.TempDir()
+	ca, other := mustCA(t, "ca"), mustCA(t, "other")
+	caCert := writeFile(t, dir, "ca.crt", ca.CertPEM())
+	der, _ := pem.Decode(ca.KeyPEM())
+	encrypted := pem.EncodeToMemory(&pem.Block{Type: "ENCRYPTED PRIVATE KEY", Bytes: der.Bytes})
+	legacyEncrypted := pem.EncodeToMemory(&pem.Block{Type: pemECKey, Headers: map[string]string{
+		"Proc-Type": "4,ENCRYPTED", "DEK-Info": "AES-256-CBC,00112233445566778899AABBCCDDEEFF"}, Bytes: []byte{1, 2, 3}})
+	for _, tc := range []struct {
+		name, cert, key string
+		want            []string
+	}{
+		{"garbage key", caCert, writeFile(t, dir, "junk.key", []byte("junk")), []string{"junk.key", "no private key"}},
+		{"a certificate as key", caCert, writeFile(t, dir, "cert-as.key", ca.CertPEM()), []string{"cert-as.key", "no private key"}},
+		{"encrypted PKCS #8 key", caCert, writeFile(t, dir, "enc.key", encrypted), []string{"enc.key", "encrypted"}},
+		{"encrypted SEC 1 key", caCert, writeFile(t, dir, "enc1.key", legacyEncrypted), []string{"enc1.key", "encrypted"}},
+		{"key of another CA", caCert, writeFile(t, dir, "other.key", other.KeyPEM()), []string{"other.key", "ca.crt", "does not match"}},
+		{"garbage certificate", writeFile(t, dir, "junk.crt", []byte("junk")), writeFile(t, dir, "ca.key", ca.KeyPEM()), []string{"junk.crt", "no CERTIFICATE"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := LoadCA(tc.cert, tc.key)
+			if err == nil {
+				t.Fatal("LoadCA accepted it")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestLoadCABundle: a ca.crt that became a bundle of the old and the new
+// CA during a rotation (operations.md) still loads, with the certificate
+// that matches the key, whatever the order.
+func TestLoadCABundle(t *testing.T) {
+	dir := t.TempDir()
+	ca, other := mustCA(t, "ca"), mustCA(t, "other")
+	key := writeFile(t, dir, "ca.key", ca.KeyPEM())
+	for name, bundle := range map[string][]byte{
+		"other first": append(slices.Clone(other.CertPEM()), ca.CertPEM()...),
+		"ca first":    append(slices.Clone(ca.CertPEM()), other.CertPEM()...),
+	} {
+		t.Run(name, func(t *testing.T) {
+			loaded, err := LoadCA(writeFile(t, dir, "bundle.crt", bundle), key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !loaded.Certificate().Equal(ca.Certificate()) || !slices.Equal(loaded.CertPEM(), ca.CertPEM()) {
+				t.Fatal("loaded another certificate than the key's")
+			}
+		})
+	}
+}
+
+// TestLoadCARSA: a CA of the user's own with an RSA key in PKCS #1
+// ("RSA PRIVATE KEY", as older openssl wrote it) signs as well.
+func TestLoadCARSA(t *testing.T) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "rsa CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ca, err := LoadCA(writeFile(t, dir, "ca.crt", pem.EncodeToMemory(&pem.Block{Type: pemCertificate, Bytes: der})),
+		writeFile(t, dir, "ca.key", pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err := ca.Issue(IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkLeaf(t, ca, parsePEMCert(t, certPEM), keyPEM)
 }
