@@ -52,35 +52,37 @@ func newReactor() (*reactor, error) {
 // (errors and hang-ups are reported regardless), once.
 const watched = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
 
-// add registers fd, disarmed: fn is called (from the reactor's goroutine;
-// it must not block) after arm, once, when fd is readable or hangs up.
-func (r *reactor) add(fd int, fn func()) error {
+// add registers fn for fd: it is called (from the reactor's goroutine; it
+// must not block) after an arm, once, when fd is readable or hangs up. The
+// socket enters the epoll set at its first arm: a flow that ends while its
+// worker still runs (a short connection) never costs the reactor a system
+// call.
+func (r *reactor) add(fd int, fn func()) {
 	r.mu.Lock()
 	r.handlers[int32(fd)] = fn
 	r.mu.Unlock()
-	ev := unix.EpollEvent{Events: unix.EPOLLONESHOT, Fd: int32(fd)}
-	if err := unix.EpollCtl(r.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-		r.mu.Lock()
-		delete(r.handlers, int32(fd))
-		r.mu.Unlock()
-		return fmt.Errorf("epoll add: %w", err)
-	}
-	return nil
 }
 
 // arm has fd reported once more: at once if it is readable now, else when
-// it becomes so.
-func (r *reactor) arm(fd int) error {
+// it becomes so. added says whether an arm put it in the set before.
+func (r *reactor) arm(fd int, added bool) error {
+	op := unix.EPOLL_CTL_MOD
+	if !added {
+		op = unix.EPOLL_CTL_ADD
+	}
 	ev := unix.EpollEvent{Events: watched, Fd: int32(fd)}
-	if err := unix.EpollCtl(r.epfd, unix.EPOLL_CTL_MOD, fd, &ev); err != nil {
+	if err := unix.EpollCtl(r.epfd, op, fd, &ev); err != nil {
 		return fmt.Errorf("epoll arm: %w", err)
 	}
 	return nil
 }
 
-// remove stops notifications for fd; call it before closing fd.
-func (r *reactor) remove(fd int) {
-	unix.EpollCtl(r.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+// remove stops notifications for fd, which an arm added to the set if
+// added; call it before closing fd.
+func (r *reactor) remove(fd int, added bool) {
+	if added {
+		unix.EpollCtl(r.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	}
 	r.mu.Lock()
 	delete(r.handlers, int32(fd))
 	r.mu.Unlock()

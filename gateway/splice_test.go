@@ -126,9 +126,9 @@ func TestSpliceBackendSpeaksAfterIdle(t *testing.T) {
 }
 
 // TestSpliceBackendResetsAtOnce: a backend that resets every connection
-// as it accepts it. The reactor reports the reset (an error or hang-up is
-// reported even before the socket is armed) while the splice may still be
-// being set up; no worker may run before the set-up ends (the race
+// as it accepts it. The reset may come while the splice is still being
+// set up (the socket enters the reactor only when a worker goes idle; the
+// first worker's read finds it); no worker may run before the set-up ends (the race
 // detector once caught one tearing a flow down while the client's notifier
 // was being hooked). Every flow ends. A reset that comes before the
 // gateway's connect returns is a failed dial: that client is refused.

@@ -36,6 +36,7 @@ type tcpSplice struct {
 	keepalive atomic.Bool // the sweeper turned on TCP keepalive on the backend's socket
 	waiting   atomic.Bool // the worker lingers in the poller for the backend
 	disarmed  atomic.Bool // the reactor reported fd and ignores it until armed again
+	inReactor atomic.Bool // an arm added fd to the reactor's epoll set
 	// A direction whose receiver does not take what it was sent has its
 	// write finished on a goroutine of its own (finishWrite), and the
 	// worker leaves it alone meanwhile: one worker blocked in one
@@ -65,11 +66,12 @@ const (
 func (g *Gateway) startTCPSplice(f *flow, client *netstack.TCPConn, be *net.TCPConn) {
 	t := &tcpSplice{g: g, f: f, client: client, be: be}
 	t.run = t.runWorker
-	// Scheduled from the start: the notifiers below may kick at once (the
-	// reactor reports an error or hang-up of the backend's socket even
-	// while disarmed), and a worker must not run, or tear the flow down,
-	// before the fields it reads are set. Their kicks only record events
-	// until the worker started at the end.
+	// Scheduled from the start: the client's notifier below may kick at
+	// once, and a worker must not run, or tear the flow down, before the
+	// fields it reads are set. Its kicks only record events until the
+	// worker started at the end. The backend's socket enters the reactor
+	// when that worker, or a later one, goes idle (an error or hang-up
+	// before is what the worker's own reads find).
 	t.state.Store(scheduled)
 	rc, err := be.SyscallConn()
 	if err == nil {
@@ -78,7 +80,7 @@ func (g *Gateway) startTCPSplice(f *flow, client *netstack.TCPConn, be *net.TCPC
 	if err == nil {
 		t.rc = rc
 		t.disarmed.Store(true) // the first worker arms it when it goes idle
-		err = g.reactor.add(t.fd, func() {
+		g.reactor.add(t.fd, func() {
 			t.disarmed.Store(true) // before the kick: the worker it starts, or the one running, sees it
 			t.kick(evBackend)
 		})
@@ -151,10 +153,11 @@ func (t *tcpSplice) work() {
 			// a worker that leaves it alone, again and again); the
 			// write's end kicks the worker that arms it.
 			if !t.downBusy.Load() && t.disarmed.Swap(false) && !t.backendEOF && t.err == nil {
-				if err := t.g.reactor.arm(t.fd); err != nil {
+				if err := t.g.reactor.arm(t.fd, t.inReactor.Load()); err != nil {
 					t.teardown(closeReason(err))
 					return
 				}
+				t.inReactor.Store(true)
 			}
 			if t.state.CompareAndSwap(scheduled, 0) {
 				return
@@ -403,7 +406,7 @@ func (t *tcpSplice) teardown(reason string) {
 			t.unregister()
 		}
 		if t.rc != nil {
-			t.g.reactor.remove(t.fd)
+			t.g.reactor.remove(t.fd, t.inReactor.Load())
 		}
 		t.f.close(reason)
 		t.be.Close()
