@@ -1,8 +1,6 @@
 package relay
 
 import (
-	"slices"
-
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -22,6 +20,34 @@ import (
 // The disagreement is logged and counted (ztgate_relay_service_conflicts);
 // it is expected for a moment while gateways are reloaded one by one.
 
+// definition is one gateway's registration of a service, with its tenants
+// and ports also as sets, built once when the gateway registers it (in
+// time linear in its size, as the comparison with the last one): every new
+// flow asks whether a gateway's definition admits the agent's tenant and
+// serves the flow's port, and a definition may list tens of thousands of
+// each, so that look-up must not scan the lists.
+type definition struct {
+	tunnel.ServiceInfo
+	tenants tenantSet
+	ports   map[portKey]struct{}
+}
+
+func newDefinition(info tunnel.ServiceInfo) definition {
+	d := definition{ServiceInfo: info, tenants: newTenantSet(info.Tenants), ports: make(map[portKey]struct{}, len(info.Ports))}
+	for _, p := range info.Ports {
+		d.ports[portKey{p.Protocol, p.Port}] = struct{}{}
+	}
+	return d
+}
+
+// admits reports whether the definition lists tenant or "*".
+func (d definition) admits(tenant string) bool { return d.tenants.admits(tenant) }
+
+// hasPort reports whether the definition lists protocol/port.
+func (d definition) hasPort(protocol string, port uint16) bool {
+	return hasKey(d.ports, portKey{protocol, port})
+}
+
 // serviceView is the merged definitions of some of a service's gateways:
 // the union of their tenants and of their ports (each once, in the order
 // the gateways registered), ICMP when one allows it, healthy when one
@@ -38,7 +64,7 @@ type serviceView struct {
 // time is linear in the definitions' size: a register of
 // tunnel.MaxMessageSize may hold tens of thousands of tenants and ports,
 // and every agent's directory merges them under the lock.
-func (s *service) viewLocked(include func(tunnel.ServiceInfo) bool) serviceView {
+func (s *service) viewLocked(include func(definition) bool) serviceView {
 	v := serviceView{tenants: []string{}, ports: []tunnel.PortInfo{}}
 	tenants := make(map[string]struct{})
 	ports := make(map[portKey]struct{})
@@ -65,7 +91,7 @@ func (s *service) viewLocked(include func(tunnel.ServiceInfo) bool) serviceView 
 	return v
 }
 
-// portKey is a port of a service, as hasPort compares them.
+// portKey is a port of a service, as definition.hasPort compares them.
 type portKey struct {
 	protocol string
 	port     uint16
@@ -80,7 +106,7 @@ func hasKey[K comparable](set map[K]struct{}, k K) bool {
 // viewForLocked is the view of s an agent of tenant gets: the gateways
 // that admit the tenant. Callers hold Relay.mu.
 func (s *service) viewForLocked(tenant string) serviceView {
-	return s.viewLocked(func(def tunnel.ServiceInfo) bool { return allowsTenant(def.Tenants, tenant) })
+	return s.viewLocked(func(def definition) bool { return def.admits(tenant) })
 }
 
 // admitsLocked reports whether a gateway serving s admits tenant. Callers
@@ -104,10 +130,10 @@ func (s *service) disputedLocked() bool {
 			continue
 		}
 		if first == nil {
-			first = &def
+			first = &def.ServiceInfo
 			continue
 		}
-		if !sameDefinition(*first, def) {
+		if !sameDefinition(*first, def.ServiceInfo) {
 			return true
 		}
 	}
@@ -151,11 +177,6 @@ func sameSet(a, b []string) bool {
 	return len(as) == len(bs)
 }
 
-// hasPort reports whether ports lists protocol/port.
-func hasPort(ports []tunnel.PortInfo, protocol string, port uint16) bool {
-	return slices.ContainsFunc(ports, func(p tunnel.PortInfo) bool { return p.Protocol == protocol && p.Port == port })
-}
-
 // flowWants is what a new flow asks of the gateway chosen for it: that it
 // admit the agent's tenant and, when the packet tells (proto not 0), that
 // it serve the destination port or allow ICMP.
@@ -177,12 +198,12 @@ func wantsOf(tenant string, f *tunnel.Flow) flowWants {
 
 // servedBy reports whether def serves what the flow needs beyond the
 // tenant; a flow of unknown kind is served by any definition.
-func (w flowWants) servedBy(def tunnel.ServiceInfo) bool {
+func (w flowWants) servedBy(def definition) bool {
 	switch w.proto {
 	case tunnel.ProtoTCP:
-		return hasPort(def.Ports, "tcp", w.port)
+		return def.hasPort("tcp", w.port)
 	case tunnel.ProtoUDP:
-		return hasPort(def.Ports, "udp", w.port)
+		return def.hasPort("udp", w.port)
 	case tunnel.ProtoICMP:
 		return def.ICMP
 	}

@@ -53,7 +53,7 @@ func TestSameDefinition(t *testing.T) {
 func TestServiceView(t *testing.T) {
 	gw := func(healthy bool, tenants []string, icmp bool, ports ...tunnel.PortInfo) *gateway {
 		return &gateway{services: map[string]bool{"web": healthy},
-			defs: map[string]tunnel.ServiceInfo{"web": {Name: "web", Tenants: tenants, ICMP: icmp, Ports: ports}}}
+			defs: map[string]definition{"web": newDefinition(tunnel.ServiceInfo{Name: "web", Tenants: tenants, ICMP: icmp, Ports: ports})}}
 	}
 	udp7, tcp443 := tunnel.PortInfo{Protocol: "udp", Port: 7}, tunnel.PortInfo{Protocol: "tcp", Port: 443}
 	acmeDown := gw(false, []string{"acme"}, false, udp7)
@@ -143,7 +143,7 @@ func TestRevokedTagsClosedQuickly(t *testing.T) {
 	for i := range 60000 {
 		def.Tenants = append(def.Tenants, fmt.Sprintf("t%05d", i))
 	}
-	g.defs["web"] = def
+	g.defs["web"] = newDefinition(def)
 	kept := &agent{peer: peer{id: tunnel.Identity{Tenant: "t59999"}}, tags: make(map[uint32]*tag)}
 	revoked := &agent{peer: peer{id: tunnel.Identity{Tenant: "x00000"}}, tags: make(map[uint32]*tag)}
 	for id := range uint32(20000) {
@@ -162,5 +162,88 @@ func TestRevokedTagsClosedQuickly(t *testing.T) {
 	}
 	if len(closed[g]) != 10000 || len(revoked.tags) != 0 || len(kept.tags) != 10000 {
 		t.Errorf("closed %d tags; the revoked agent keeps %d, the admitted one %d", len(closed[g]), len(revoked.tags), len(kept.tags))
+	}
+}
+
+// TestDefinitionAdmits: a gateway's definition admits the tenants it
+// lists, and every tenant when it lists "*", by the set built when it is
+// registered; the gateway, the service and the agent's directory answer
+// by it.
+func TestDefinitionAdmits(t *testing.T) {
+	tests := []struct {
+		name    string
+		tenants []string
+		tenant  string
+		want    bool
+	}{
+		{"star admits a tenant", []string{"*"}, "acme", true},
+		{"star admits another", []string{"*"}, "globex", true},
+		{"star among others admits one not listed", []string{"acme", "*"}, "initech", true},
+		{"listed", []string{"acme", "globex"}, "globex", true},
+		{"listed first", []string{"acme", "globex"}, "acme", true},
+		{"listed twice", []string{"acme", "acme"}, "acme", true},
+		{"absent", []string{"acme", "globex"}, "initech", false},
+		{"exact: no prefix", []string{"acme"}, "acm", false},
+		{"exact: case matters", []string{"acme"}, "ACME", false},
+		{"empty list", nil, "acme", false},
+		{"empty list, empty tenant", []string{}, "", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			def := newDefinition(tunnel.ServiceInfo{Name: "web", Tenants: tc.tenants})
+			g := &gateway{services: map[string]bool{"web": true}, defs: map[string]definition{"web": def}}
+			s := &service{name: "web", gateways: []*gateway{g}}
+			got := map[string]bool{
+				"definition": def.admits(tc.tenant),
+				"gateway":    g.admits("web", tc.tenant),
+				"service":    s.admitsLocked(tc.tenant),
+				"directory":  len(s.viewForLocked(tc.tenant).tenants) > 0,
+			}
+			for by, admitted := range got {
+				if admitted != tc.want {
+					t.Errorf("%s: admits %q = %v, want %v", by, tc.tenant, admitted, tc.want)
+				}
+			}
+			if g.admits("other", tc.tenant) {
+				t.Errorf("a service the gateway does not serve admits %q", tc.tenant)
+			}
+		})
+	}
+}
+
+// BenchmarkNewFlowTenantCheck is what the relay checks per new flow of an
+// agent against a service's definitions: that a gateway admits the
+// agent's tenant (agent.may) and which gateway takes the flow
+// (chooseGatewayLocked: tenant, then the flow's port). The tenant and the
+// port are the last ones listed, the worst case of a scan; per flow the
+// cost stays the same from 1 to 60,000 tenants (and 10,000 ports), where
+// a scan of the lists grew with them.
+func BenchmarkNewFlowTenantCheck(b *testing.B) {
+	for _, n := range []int{1, 100, 10000, 60000} {
+		b.Run(fmt.Sprintf("tenants=%d", n), func(b *testing.B) {
+			info := tunnel.ServiceInfo{Name: "web"}
+			for i := range n {
+				info.Tenants = append(info.Tenants, fmt.Sprintf("t%05d", i))
+			}
+			for i := range min(n, 10000) {
+				info.Ports = append(info.Ports, tunnel.PortInfo{Protocol: "tcp", Port: uint16(1000 + i)})
+			}
+			last := info.Ports[len(info.Ports)-1].Port
+			var gws []*gateway
+			for _, name := range []string{"gw1", "gw2"} {
+				g := newGateway(peer{}, name)
+				g.services["web"], g.defs["web"] = true, newDefinition(info)
+				gws = append(gws, g)
+			}
+			svc := &service{name: "web", gateways: gws}
+			r := &Relay{drained: map[string]bool{}}
+			w := flowWants{tenant: info.Tenants[n-1], proto: tunnel.ProtoTCP, port: last}
+			b.ReportAllocs()
+			for b.Loop() {
+				if !svc.admitsLocked(w.tenant) || r.chooseGatewayLocked(svc, w, nil, false) == nil {
+					b.Fatal("the listed tenant was not admitted")
+				}
+			}
+		})
 	}
 }

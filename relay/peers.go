@@ -2,7 +2,6 @@ package relay
 
 import (
 	"net/netip"
-	"slices"
 	"sync/atomic"
 	"time"
 
@@ -50,10 +49,10 @@ type gateway struct {
 	name string // from the hello, for logs and the API
 
 	// Guarded by Relay.mu.
-	services   map[string]bool               // registered services → reported healthy
-	defs       map[string]tunnel.ServiceInfo // registered services → their latest definition
-	tags       map[uint32]*tag               // live tags routed to this gateway
-	candidates []netip.AddrPort              // where agents may reach it directly (register)
+	services   map[string]bool       // registered services → reported healthy
+	defs       map[string]definition // registered services → their latest definition
+	tags       map[uint32]*tag       // live tags routed to this gateway
+	candidates []netip.AddrPort      // where agents may reach it directly (register)
 
 	flows atomic.Int64  // entries of agents' flow tables that route here
 	heard atomic.Uint64 // datagrams and messages received: the liveness check watches it
@@ -115,7 +114,7 @@ func newAgent(p peer, inner netip.Addr, stats *flowStats) *agent {
 // newGateway prepares a gateway session's state.
 func newGateway(p peer, name string) *gateway {
 	return &gateway{peer: p, name: name, services: make(map[string]bool),
-		defs: make(map[string]tunnel.ServiceInfo), tags: make(map[uint32]*tag)}
+		defs: make(map[string]definition), tags: make(map[uint32]*tag)}
 }
 
 // may reports whether the agent may reach svc: its identity holds rights
@@ -125,32 +124,34 @@ func (a *agent) may(svc *service) bool {
 	return a.id.Permits(svc.name) && svc.admitsLocked(a.id.Tenant)
 }
 
-// admits reports whether g's definition of service admits tenant.
-// Callers hold Relay.mu.
+// admits reports whether g's definition of service admits tenant: a set
+// look-up, once per new flow whatever the definition's size. Callers hold
+// Relay.mu.
 func (g *gateway) admits(service, tenant string) bool {
 	def, ok := g.defs[service]
-	return ok && allowsTenant(def.Tenants, tenant)
+	return ok && def.admits(tenant)
 }
 
-// allowsTenant reports whether tenants lists tenant or "*".
-func allowsTenant(tenants []string, tenant string) bool {
-	return slices.Contains(tenants, "*") || slices.Contains(tenants, tenant)
+// tenantSet is a definition's tenants as a set: a definition may list tens
+// of thousands, and every new flow asks whether one of them (or "*") is
+// there.
+type tenantSet struct {
+	all   bool                // "*" is listed: every tenant is admitted
+	names map[string]struct{} // the tenants listed, "*" among them when listed
 }
-
-// tenantSet is a definition's tenants for many look-ups: allowsTenant
-// scans them, and a definition may list tens of thousands.
-type tenantSet map[string]struct{}
 
 func newTenantSet(tenants []string) tenantSet {
-	s := make(tenantSet, len(tenants))
+	s := tenantSet{names: make(map[string]struct{}, len(tenants))}
 	for _, t := range tenants {
-		s[t] = struct{}{}
+		s.names[t] = struct{}{}
+		s.all = s.all || t == "*"
 	}
 	return s
 }
 
-// admits reports whether the set holds tenant or "*", as allowsTenant.
-func (s tenantSet) admits(tenant string) bool { return hasKey(s, "*") || hasKey(s, tenant) }
+// admits reports whether the set lists tenant or "*". An empty set (a
+// definition of no tenants, which registration refuses) admits no one.
+func (s tenantSet) admits(tenant string) bool { return s.all || hasKey(s.names, tenant) }
 
 // wake signals a pusher goroutine without blocking.
 func wake(c chan struct{}) {

@@ -102,8 +102,8 @@ func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 			emptied = append(emptied, name)
 		}
 	}
-	var changed []tunnel.ServiceInfo // definitions g changed
-	var disputed []string            // services g now disagrees on with another gateway
+	var changed []definition // definitions g changed
+	var disputed []string    // services g now disagrees on with another gateway
 	for name, info := range accepted {
 		svc := r.services[name]
 		if svc == nil {
@@ -115,12 +115,17 @@ func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 			svc.gateways = append(svc.gateways, g)
 		}
 		old, had := g.defs[name]
-		g.services[name], g.defs[name] = info.Healthy, info
-		if had && sameDefinition(old, info) {
+		if had && sameDefinition(old.ServiceInfo, info) {
+			// The same tenants and ports: the sets stay, only the rest
+			// (health) is new.
+			old.ServiceInfo = info
+			g.services[name], g.defs[name] = info.Healthy, old
 			continue
 		}
+		def := newDefinition(info)
+		g.services[name], g.defs[name] = info.Healthy, def
 		if had {
-			changed = append(changed, info)
+			changed = append(changed, def)
 			r.closeRevokedLocked(g, name, closed)
 		}
 		if svc.disputedLocked() {
@@ -144,11 +149,10 @@ func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 	for _, name := range dropped {
 		r.retireDirectPaths(g, name, tunnel.CodeServiceDown)
 	}
-	for _, info := range changed {
-		r.log.Info("gateway changed a service's definition", "gateway", g.id.String(), "service", info.Name,
-			"tenants", info.Tenants, "ports", portList(info.Ports), "icmp", info.ICMP)
-		admitted := newTenantSet(info.Tenants)
-		r.retireDirectPathsWhere(g, info.Name, func(a *agent) bool { return !admitted.admits(a.id.Tenant) },
+	for _, def := range changed {
+		r.log.Info("gateway changed a service's definition", "gateway", g.id.String(), "service", def.Name,
+			"tenants", def.Tenants, "ports", portList(def.Ports), "icmp", def.ICMP)
+		r.retireDirectPathsWhere(g, def.Name, func(a *agent) bool { return !def.admits(a.id.Tenant) },
 			tunnel.CodeNotAuthorized)
 	}
 	for _, name := range disputed {
@@ -168,9 +172,9 @@ func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 // next packets are authorised again (and go to another gateway, or are
 // refused). Callers hold r.mu.
 func (r *Relay) closeRevokedLocked(g *gateway, service string, closed tagsByGateway) {
-	admitted := newTenantSet(g.defs[service].Tenants) // once, not a scan of the tenants per tag
+	def := g.defs[service] // its tenant set: a look-up per tag, not a scan of the tenants
 	for _, t := range g.tags {
-		if t.service == service && !admitted.admits(t.agent.id.Tenant) {
+		if t.service == service && !def.admits(t.agent.id.Tenant) {
 			closed.add(t)
 			r.killTagLocked(t)
 		}

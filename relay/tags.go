@@ -44,7 +44,7 @@ func (r *Relay) chooseGatewayLocked(svc *service, w flowWants, hint *gateway, di
 	bestRank := -1
 	for _, g := range svc.gateways {
 		def, ok := g.defs[svc.name]
-		if !ok || !allowsTenant(def.Tenants, w.tenant) ||
+		if !ok || !def.admits(w.tenant) ||
 			r.drained[gatewayName(g)] || (direct && (len(g.candidates) == 0 || g.id.Legacy)) {
 			continue
 		}

@@ -49,7 +49,7 @@ func TestChooseGateway(t *testing.T) {
 	acme := []string{"acme"}
 	gwDef := func(name string, d tunnel.ServiceInfo, healthy bool, flows int64, direct bool) *gateway {
 		g := &gateway{name: name, services: map[string]bool{"web": healthy},
-			defs: map[string]tunnel.ServiceInfo{"web": d}, tags: map[uint32]*tag{}}
+			defs: map[string]definition{"web": newDefinition(d)}, tags: map[uint32]*tag{}}
 		g.flows.Store(flows)
 		if direct {
 			g.candidates = []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:4434")}
@@ -142,7 +142,7 @@ func nameOf(g *gateway) string {
 }
 
 func TestChooseGatewaySpreadsFlows(t *testing.T) {
-	defs := map[string]tunnel.ServiceInfo{"web": svc("web", "acme")}
+	defs := map[string]definition{"web": newDefinition(svc("web", "acme"))}
 	a := &gateway{name: "a", services: map[string]bool{"web": true}, defs: defs, tags: map[uint32]*tag{}}
 	b := &gateway{name: "b", services: map[string]bool{"web": true}, defs: defs, tags: map[uint32]*tag{}}
 	s := &service{name: "web", gateways: []*gateway{a, b}}
