@@ -99,7 +99,7 @@ func (b *backend) track() {
 func (g *Gateway) countDialError(svc string, b *backend) {
 	b.mu.Lock()
 	if b.dialErrs == nil && !b.untracked {
-		b.dialErrs = g.m.dialErrors.WithLabelValues(svc, b.addr.String())
+		b.dialErrs = g.m.dialErrors.WithLabelValues(svc, b.label())
 	}
 	c := b.dialErrs
 	b.mu.Unlock()
@@ -133,6 +133,18 @@ func (b *backend) portFor(target uint16) uint16 {
 		return b.port
 	}
 	return target
+}
+
+// label names the backend in the series of its metrics and in logs: its
+// address, and for a backend from an SRV record its address and the
+// record's port ("192.0.2.1:8080", "[2001:db8::1]:8080"), as SRV records
+// may put several backends of a service on one address. Unique within a
+// service, as its key.
+func (b *backend) label() string {
+	if b.port == 0 {
+		return b.addr.String()
+	}
+	return netip.AddrPortFrom(b.addr, b.port).String()
 }
 
 // key identifies a backend within a service: its address and SRV port.

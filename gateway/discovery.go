@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -21,11 +20,22 @@ import (
 // re-resolved when its answer's TTL (bounded by [discovery] min_ttl and
 // max_ttl) runs out. New addresses of a running service take flows once
 // their health checks bring them up; vanished ones drain.
+//
+// A lookup that fails (a timeout, SERVFAIL) keeps the name's last
+// addresses: the resolver could not tell. A negative answer (NXDOMAIN, or
+// no record of the type asked) says the name has none: its backends leave
+// once a second negative answer in a row, min_ttl or more after the first,
+// confirms it (goneFor), the same for a host name, an SRV name and an SRV
+// record's target. One spurious NXDOMAIN (a resolver that lags a zone
+// change, a split-horizon view that answers for a moment from the wrong
+// side) does not take every backend of a name away for the time it takes
+// their health checks to bring them back.
 type discovery struct {
 	g      *Gateway
 	client *resolver.Client
 	min    time.Duration
 	max    time.Duration
+	now    func() time.Time // the wall clock; tests replace it
 
 	mu       sync.Mutex
 	cache    map[string]resolved     // by host name or "srv:" + SRV name
@@ -36,6 +46,25 @@ type discovery struct {
 type resolved struct {
 	addrs []backendAddr
 	err   error
+	// goneSince is when the name's run of negative answers began, zero
+	// while it resolves: its addresses are kept until a negative answer
+	// comes min_ttl or more after it (goneFor). A failed lookup neither
+	// ends nor extends the run.
+	goneSince time.Time
+	// targetsGone is the same for an SRV name's targets, by host: the
+	// targets whose last addresses are kept since a negative answer that
+	// none has confirmed yet.
+	targetsGone map[string]time.Time
+}
+
+// goneFor reports whether a negative answer for a name at now confirms
+// that the name is gone: its run of negative answers began at since,
+// min_ttl or more before. The watcher asks again min_ttl after a failed
+// lookup, so that is its second negative answer in a row; the watchers of
+// two services asking one name at the same moment do not confirm each
+// other's.
+func (d *discovery) goneFor(since, now time.Time) bool {
+	return !since.IsZero() && now.Sub(since) >= d.min
 }
 
 // nameWatcher re-resolves the names of one service.
@@ -63,6 +92,7 @@ func newDiscovery(g *Gateway) *discovery {
 		client:   &resolver.Client{Nameservers: ns, Timeout: firstLookupTimeout},
 		min:      g.cfg.Discovery.MinTTL,
 		max:      g.cfg.Discovery.MaxTTL,
+		now:      time.Now,
 		cache:    make(map[string]resolved),
 		watchers: make(map[string]*nameWatcher),
 	}
@@ -103,7 +133,7 @@ func (d *discovery) backends(s catalog.Service) []backendAddr {
 		out = append(out, d.cached(b, func(ctx context.Context) (resolved, time.Duration) { return d.lookupHost(ctx, b) })...)
 	}
 	if srv := s.BackendsSRV; srv != "" {
-		out = append(out, d.cached("srv:"+srv, func(ctx context.Context) (resolved, time.Duration) { return d.lookupSRV(ctx, srv, nil) })...)
+		out = append(out, d.cached("srv:"+srv, func(ctx context.Context) (resolved, time.Duration) { return d.lookupSRV(ctx, srv, resolved{}) })...)
 	}
 	return out
 }
@@ -138,7 +168,7 @@ func (d *discovery) prefetch(svcs []catalog.Service) {
 			}
 		}
 		if srv := s.BackendsSRV; srv != "" {
-			add("srv:"+srv, func(ctx context.Context) (resolved, time.Duration) { return d.lookupSRV(ctx, srv, nil) })
+			add("srv:"+srv, func(ctx context.Context) (resolved, time.Duration) { return d.lookupSRV(ctx, srv, resolved{}) })
 		}
 	}
 	d.mu.Unlock()
@@ -175,11 +205,20 @@ func (d *discovery) cached(key string, lookup func(context.Context) (resolved, t
 	return r.addrs
 }
 
-// get returns a name's last good answer.
+// get returns a name's addresses now: its last good answer, or none once
+// the name is gone.
 func (d *discovery) get(key string) []backendAddr {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.cache[key].addrs
+}
+
+// last returns what is stored for a name. Nothing stored is ever changed
+// in place: the caller may read it after the lock.
+func (d *discovery) last(key string) resolved {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cache[key]
 }
 
 func (d *discovery) store(key string, r resolved) {
@@ -199,11 +238,24 @@ func (d *discovery) storeWatched(ctx context.Context, key string, r resolved) {
 	}
 }
 
+// storeLocked stores a name's new answer. A failed lookup keeps the last
+// good answer; a negative answer keeps it too until a later one confirms
+// that the name is gone (goneFor), and then stores none.
 func (d *discovery) storeLocked(key string, r resolved) {
-	if r.err != nil {
-		if old, ok := d.cache[key]; ok {
-			r.addrs = old.addrs // keep the last good answer while lookups fail
+	old, had := d.cache[key]
+	switch {
+	case r.err == nil:
+	case errors.Is(r.err, resolver.ErrNotFound):
+		now := d.now()
+		r.goneSince = now
+		if had && !old.goneSince.IsZero() {
+			r.goneSince = old.goneSince // the run goes on
 		}
+		if had && !d.goneFor(r.goneSince, now) {
+			r.addrs, r.targetsGone = old.addrs, old.targetsGone
+		}
+	case had:
+		r.addrs, r.goneSince, r.targetsGone = old.addrs, old.goneSince, old.targetsGone
 	}
 	d.cache[key] = r
 }
@@ -229,11 +281,13 @@ func (d *discovery) lookupHost(ctx context.Context, name string) (resolved, time
 	return r, ttl
 }
 
-// lookupSRV resolves an SRV name and its targets. prev is the name's last
-// answer: a target whose lookup fails (the resolver failed, not a name
-// that does not exist) keeps its addresses from it, and the name is asked
-// again at min_ttl, as when the SRV lookup itself fails.
-func (d *discovery) lookupSRV(ctx context.Context, name string, prev []backendAddr) (resolved, time.Duration) {
+// lookupSRV resolves an SRV name and its targets. prev is what is stored
+// for the name: a target whose lookup fails keeps its addresses from it,
+// and the name is asked again at min_ttl, as when the SRV lookup itself
+// fails; so does a target whose lookup answers that it does not exist
+// until a second such answer, min_ttl or more after the first, confirms
+// it (goneFor): then the target's backends leave.
+func (d *discovery) lookupSRV(ctx context.Context, name string, prev resolved) (resolved, time.Duration) {
 	srvs, ttl, err := d.client.LookupSRV(ctx, name)
 	if err != nil {
 		d.g.log.Warn("cannot resolve backends_srv", "srv", name, "err", err)
@@ -246,7 +300,7 @@ func (d *discovery) lookupSRV(ctx context.Context, name string, prev []backendAd
 		return cmp.Or(cmp.Compare(a.Priority, b.Priority), cmp.Compare(b.Weight, a.Weight),
 			strings.Compare(a.Target, b.Target), cmp.Compare(a.Port, b.Port))
 	})
-	r := resolved{}
+	r, now := resolved{}, d.now()
 	for i, s := range srvs {
 		if len(r.addrs) >= maxDiscovered {
 			d.g.log.Warn("backends_srv has too many backends; using the best records", "srv", name,
@@ -257,14 +311,31 @@ func (d *discovery) lookupSRV(ctx context.Context, name string, prev []backendAd
 		hosts, httl, err := d.client.LookupHost(ctx, s.Target)
 		if err != nil {
 			d.g.log.Warn("cannot resolve an SRV target", "srv", name, "target", s.Target, "err", err)
-			if !errors.Is(err, resolver.ErrNotFound) {
-				for _, a := range prev {
-					if a.host == host && a.port == s.Port && len(r.addrs) < maxDiscovered {
-						a.priority, a.weight = s.Priority, s.Weight
-						r.addrs = append(r.addrs, a)
+			notFound := errors.Is(err, resolver.ErrNotFound)
+			since, running := prev.targetsGone[host]
+			if notFound && !running {
+				since = now
+			}
+			if notFound && d.goneFor(since, now) {
+				continue // confirmed: the target's backends leave
+			}
+			n := len(r.addrs)
+			for _, a := range prev.addrs {
+				if a.host == host && a.port == s.Port && len(r.addrs) < maxDiscovered {
+					a.priority, a.weight = s.Priority, s.Weight
+					r.addrs = append(r.addrs, a)
+				}
+			}
+			if kept := len(r.addrs) > n; kept || !notFound {
+				ttl = 0 // bound: again at min_ttl
+				if kept && (notFound || running) {
+					if r.targetsGone == nil {
+						r.targetsGone = make(map[string]time.Time)
+					}
+					if _, ok := r.targetsGone[host]; !ok { // another record of the target may have put it
+						r.targetsGone[host] = since
 					}
 				}
-				ttl = 0 // bound: again at min_ttl
 			}
 			continue
 		}
@@ -334,17 +405,12 @@ func (d *discovery) watch(ctx context.Context, st *serviceState, spec catalog.Se
 				addrs = append(addrs, backendAddr{addr: a.Unmap(), origin: b})
 				continue
 			}
-			r, ttl := d.lookupHost(ctx, b)
-			d.storeWatched(ctx, b, r)
-			addrs = append(addrs, d.get(b)...)
-			wait = min(wait, d.bound(ttl, r.err))
+			got, next := d.refreshHost(ctx, b)
+			addrs, wait = append(addrs, got...), min(wait, next)
 		}
 		if spec.BackendsSRV != "" {
-			key := "srv:" + spec.BackendsSRV
-			r, ttl := d.lookupSRV(ctx, spec.BackendsSRV, d.get(key))
-			d.storeWatched(ctx, key, r)
-			addrs = append(addrs, d.get(key)...)
-			wait = min(wait, d.bound(ttl, r.err))
+			got, next := d.refreshSRV(ctx, spec.BackendsSRV)
+			addrs, wait = append(addrs, got...), min(wait, next)
 		}
 		if ctx.Err() != nil {
 			return
@@ -358,6 +424,22 @@ func (d *discovery) watch(ctx context.Context, st *serviceState, spec catalog.Se
 		case <-t.C:
 		}
 	}
+}
+
+// refreshHost looks a host name up again and stores the answer; it
+// returns the name's addresses now and when to ask again.
+func (d *discovery) refreshHost(ctx context.Context, name string) ([]backendAddr, time.Duration) {
+	r, ttl := d.lookupHost(ctx, name)
+	d.storeWatched(ctx, name, r)
+	return d.get(name), d.bound(ttl, r.err)
+}
+
+// refreshSRV is refreshHost for an SRV name and its targets.
+func (d *discovery) refreshSRV(ctx context.Context, name string) ([]backendAddr, time.Duration) {
+	key := "srv:" + name
+	r, ttl := d.lookupSRV(ctx, name, d.last(key))
+	d.storeWatched(ctx, key, r)
+	return d.get(key), d.bound(ttl, r.err)
 }
 
 // bound clamps a TTL into [min, max]; a failed lookup is retried at min.
@@ -395,10 +477,7 @@ func (d *discovery) apply(st *serviceState, spec catalog.Service, addrs []backen
 func addrList(bs []*backend) []string {
 	out := make([]string, len(bs))
 	for i, b := range bs {
-		out[i] = b.addr.String()
-		if b.port != 0 {
-			out[i] = fmt.Sprintf("%s:%d", b.addr, b.port)
-		}
+		out[i] = b.label()
 	}
 	return out
 }

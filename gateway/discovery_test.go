@@ -472,7 +472,8 @@ func startDNS(t *testing.T) *resolvertest.Server {
 // TestDiscoverySRVTargetFailureKeepsAddresses: an SRV target whose own
 // lookup fails (the resolver answers SERVFAIL) keeps its last addresses, as
 // a failed lookup of the SRV name or of a host name does; a target that no
-// longer exists (NXDOMAIN) leaves.
+// longer exists (NXDOMAIN) leaves, once a second NXDOMAIN confirms it
+// (TestDiscoveryNegativeAnswers).
 func TestDiscoverySRVTargetFailureKeepsAddresses(t *testing.T) {
 	dnsSrv := startDNS(t)
 	dnsSrv.SetHost("a.corp.example", 1, netip.MustParseAddr("127.0.0.1"))

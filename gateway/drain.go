@@ -146,7 +146,7 @@ func (g *Gateway) drainBackends(st *serviceState, bs []*backend, deadline time.D
 		b.draining, b.drainUntil, b.drainDone = true, until, false
 		b.mu.Unlock()
 		g.setHealthGauge(st.name, b)
-		g.log.Info("backend draining", "service", st.name, "backend", b.addr, "deadline", deadline, "active_flows", b.active.Load())
+		g.log.Info("backend draining", "service", st.name, "backend", b.label(), "deadline", deadline, "active_flows", b.active.Load())
 	}
 	return true
 }
@@ -186,7 +186,7 @@ func (g *Gateway) undrainBackends(st *serviceState, bs []*backend) bool {
 		b.mu.Unlock()
 		g.setHealthGauge(st.name, b)
 		if was {
-			g.log.Info("backend undrained", "service", st.name, "backend", b.addr)
+			g.log.Info("backend undrained", "service", st.name, "backend", b.label())
 		}
 	}
 	return true
@@ -218,5 +218,5 @@ func (g *Gateway) drainDeadline(st *serviceState, b *backend, gen uint64) {
 		f.close("drained")
 		n++
 	}
-	g.log.Info("drain deadline passed", "service", st.name, "backend", b.addr, "closed_flows", n)
+	g.log.Info("drain deadline passed", "service", st.name, "backend", b.label(), "closed_flows", n)
 }

@@ -27,6 +27,7 @@ type healthChecks struct {
 // healthEntry is the health machinery of one backend.
 type healthEntry struct {
 	spec     catalog.Health
+	port     uint16             // the port the checker probes (checkPort when it started)
 	host     string             // the host name the checker's HTTP checks send (backend.checkHost when it started)
 	synced   bool               // spec is applied: a checker runs unless its type is none
 	cancel   context.CancelFunc // stops the checker; nil when none runs
@@ -77,7 +78,7 @@ func (e *healthEntry) stopDrain() {
 // flight.
 func (g *Gateway) passiveFailure(svc *service, b *backend, err error) {
 	err = fmt.Errorf("dial: %w", unwrapOp(err))
-	g.log.Debug("backend dial failed", "service", svc.spec.Name, "backend", b.addr, "err", err)
+	g.log.Debug("backend dial failed", "service", svc.spec.Name, "backend", b.label(), "err", err)
 	hc := &svc.st.health
 	hc.mu.Lock()
 	defer hc.mu.Unlock()
@@ -108,24 +109,26 @@ func (g *Gateway) syncHealth() {
 	var waits []chan struct{}
 	for _, st := range g.serviceStates() {
 		var (
-			want []*backend
-			spec catalog.Health
+			want    []*backend
+			spec    catalog.Health
+			traffic uint16
 		)
 		if svc := t.byName[st.name]; svc != nil && svc.st == st {
-			want, spec = st.backends.Load().list, svc.spec.Health
+			want, spec, traffic = st.backends.Load().list, svc.spec.Health, trafficPort(svc.spec)
 		}
-		waits = append(waits, g.syncChecks(st, want, spec)...)
+		waits = append(waits, g.syncChecks(st, want, spec, traffic)...)
 	}
 	for _, done := range waits {
 		<-done
 	}
 }
 
-// syncChecks makes the checks of st those of want with spec, and returns
-// the stopped checks to wait for. A backend that left is untracked and its
-// series deleted, unless a backend that stays has its address (SRV
-// targets on several ports): the series are labelled by address.
-func (g *Gateway) syncChecks(st *serviceState, want []*backend, spec catalog.Health) []chan struct{} {
+// syncChecks makes the checks of st those of want with spec (traffic: the
+// service's trafficPort), and returns the stopped checks to wait for. A
+// backend that left is untracked and its series, labelled by
+// backend.label, deleted (unless a backend that stays has its label,
+// which only the same address and port have).
+func (g *Gateway) syncChecks(st *serviceState, want []*backend, spec catalog.Health, traffic uint16) []chan struct{} {
 	hc := &st.health
 	hc.mu.Lock()
 	defer hc.mu.Unlock()
@@ -133,9 +136,9 @@ func (g *Gateway) syncChecks(st *serviceState, want []*backend, spec catalog.Hea
 		return nil
 	}
 	keep := make(map[*backend]bool, len(want))
-	keepAddr := make(map[netip.Addr]bool, len(want))
+	keepLabel := make(map[string]bool, len(want))
 	for _, b := range want {
-		keep[b], keepAddr[b.addr] = true, true
+		keep[b], keepLabel[b.label()] = true, true
 	}
 	var waits []chan struct{}
 	for b, e := range hc.entries {
@@ -144,9 +147,9 @@ func (g *Gateway) syncChecks(st *serviceState, want []*backend, spec catalog.Hea
 			e.stopDrain()
 			delete(hc.entries, b)
 			b.untrack()
-			if !keepAddr[b.addr] {
-				g.m.backendHealthy.DeleteLabelValues(st.name, b.addr.String())
-				g.m.dialErrors.DeleteLabelValues(st.name, b.addr.String())
+			if l := b.label(); !keepLabel[l] {
+				g.m.backendHealthy.DeleteLabelValues(st.name, l)
+				g.m.dialErrors.DeleteLabelValues(st.name, l)
 			}
 		}
 	}
@@ -157,11 +160,12 @@ func (g *Gateway) syncChecks(st *serviceState, want []*backend, spec catalog.Hea
 		b.track()
 		e := hc.entryLocked(b)
 		g.rearmDrainLocked(st, hc, e, b)
-		if e.synced && e.spec == spec && (spec.Type != catalog.HealthHTTP || e.host == b.checkHost()) {
+		port := checkPort(spec, traffic, b)
+		if e.synced && e.spec == spec && e.port == port && (spec.Type != catalog.HealthHTTP || e.host == b.checkHost()) {
 			continue // a checker as wanted runs (an HTTP one sending the backend's name now)
 		}
 		waits = append(waits, e.stopChecker()...)
-		e.spec, e.synced = spec, true
+		e.spec, e.port, e.synced = spec, port, true
 		if spec.Type == catalog.HealthNone {
 			g.forget(st.name, b)
 		}
@@ -169,6 +173,37 @@ func (g *Gateway) syncChecks(st *serviceState, want []*backend, spec catalog.Hea
 		g.startChecker(st, hc, e, b)
 	}
 	return waits
+}
+
+// trafficPort is the port a service's traffic of its checks' protocol
+// goes to on a backend given by address or host name: the first target of
+// its TCP ports (of its UDP ports for UDP checks), which is also
+// health.port's default.
+func trafficPort(s catalog.Service) uint16 {
+	proto := catalog.TCP
+	if s.Health.Type == catalog.HealthUDP {
+		proto = catalog.UDP
+	}
+	for _, p := range s.Ports {
+		if p.Protocol == proto {
+			return p.Target
+		}
+	}
+	return 0
+}
+
+// checkPort is the port the active checks of b probe. A backend from an
+// SRV record takes its flows on the record's port, whatever the service's
+// targets: it is checked there, as long as health.port is the traffic's
+// port (its default). A health.port set to another port names a port for
+// checks apart from the traffic (an admin or a sidecar's port), which the
+// operator asked for on every backend: it wins, for SRV backends too.
+// Other backends are checked on health.port.
+func checkPort(h catalog.Health, traffic uint16, b *backend) uint16 {
+	if b.port != 0 && h.Port == traffic {
+		return b.port
+	}
+	return h.Port
 }
 
 // startChecker starts the check goroutine of e, owned by e: stopChecker
@@ -186,7 +221,7 @@ func (g *Gateway) startChecker(st *serviceState, hc *healthChecks, e *healthEntr
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &checker{
-		target: netip.AddrPortFrom(b.addr, b.portFor(spec.Port)),
+		target: netip.AddrPortFrom(b.addr, e.port),
 		spec:   spec,
 		probe:  p,
 		clock:  hc.clockOr(g),

@@ -77,8 +77,10 @@ func TestHTTPCheckHostOfSRVBackend(t *testing.T) {
 	st.health.randN = func(int64) int64 { return 0 }
 	// What lookupSRV makes of an SRV record web1.corp.example:<port>.
 	st.setBackends([]backendAddr{{addr: netip.MustParseAddr("127.0.0.1"), origin: srv, host: "web1.corp.example", port: port, priority: 10, weight: 1}}, false)
+	// health.port is its default, the service's target: the record's port is checked.
 	h := catalog.Health{Type: catalog.HealthHTTP, Port: 80, Path: "/", Interval: time.Second, Timeout: time.Second, Rise: 1, Fall: 1}
-	g.tbl.Store(&table{byName: map[string]*service{"web": {spec: catalog.Service{Name: "web", BackendsSRV: srv, Health: h}, st: st}}})
+	ports := []catalog.Port{{Protocol: catalog.TCP, Port: 80, Target: 80}}
+	g.tbl.Store(&table{byName: map[string]*service{"web": {spec: catalog.Service{Name: "web", BackendsSRV: srv, Ports: ports, Health: h}, st: st}}})
 	g.syncHealth()
 	clk.waitPending(t, 1)
 	b := st.backends.Load().list[0]

@@ -92,7 +92,7 @@ func (g *Gateway) forget(svc string, b *backend) {
 
 // logTransition writes the one log line of a change of state.
 func (g *Gateway) logTransition(svc string, b *backend, tr transition) {
-	attrs := []any{"service", svc, "backend", b.addr, "from", tr.from.String(), "to", tr.to.String(), "error", tr.err}
+	attrs := []any{"service", svc, "backend", b.label(), "from", tr.from.String(), "to", tr.to.String(), "error", tr.err}
 	if tr.to == stateDown {
 		g.log.Warn("backend health changed", attrs...)
 		return
@@ -113,5 +113,5 @@ func (g *Gateway) setHealthGauge(svc string, b *backend) {
 	if b.usableLocked() {
 		v = 1
 	}
-	g.m.backendHealthy.WithLabelValues(svc, b.addr.String()).Set(v)
+	g.m.backendHealthy.WithLabelValues(svc, b.label()).Set(v)
 }

@@ -384,19 +384,21 @@ func TestStateFreeRacesConcurrent(t *testing.T) {
 
 // TestBackendSeriesFreed: a backend that leaves a service that stays loses
 // its series (health and dial errors), and a late failed dial of a flow
-// still bound to it does not make them again; a backend that stays on the
-// same address (an SRV target on another port) keeps them.
+// still bound to it does not make them again; a backend that stays keeps
+// them, also one on the same address as the one that left (SRV targets
+// on several ports: the series are labelled by address and port).
 func TestBackendSeriesFreed(t *testing.T) {
 	a, b := netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("192.0.2.11")
 	cases := []struct {
 		name   string
 		before []backendAddr
 		after  []backendAddr
-		gone   []string // addresses without series after
-		kept   []string // addresses with series after
+		gone   []string // backends (labels) without series after
+		kept   []string // backends (labels) with series after
 	}{
 		{"backend removed", []backendAddr{{addr: a}, {addr: b}}, []backendAddr{{addr: b}}, []string{"192.0.2.10"}, []string{"192.0.2.11"}},
-		{"same address on another port stays", []backendAddr{{addr: a, port: 80}, {addr: b}}, []backendAddr{{addr: a, port: 81}, {addr: b}}, nil, []string{"192.0.2.10", "192.0.2.11"}},
+		{"SRV backend moved to another port", []backendAddr{{addr: a, port: 80}, {addr: b}}, []backendAddr{{addr: a, port: 81}, {addr: b}}, []string{"192.0.2.10:80"}, []string{"192.0.2.11"}},
+		{"one of two SRV backends on one address removed", []backendAddr{{addr: a, port: 80}, {addr: a, port: 81}, {addr: b}}, []backendAddr{{addr: a, port: 81}, {addr: b}}, []string{"192.0.2.10:80"}, []string{"192.0.2.10:81", "192.0.2.11"}},
 		{"every backend removed", []backendAddr{{addr: a}, {addr: b}}, nil, []string{"192.0.2.10", "192.0.2.11"}, nil},
 	}
 	for _, tc := range cases {
@@ -418,17 +420,17 @@ func TestBackendSeriesFreed(t *testing.T) {
 				g.passiveFailure(svc, be, fmt.Errorf("refused"))
 				g.setHealthGauge("web", be)
 			}
-			for _, addr := range tc.gone {
+			for _, label := range tc.gone {
 				for _, name := range []string{"ztgate_backend_healthy", "ztgate_dial_errors_total"} {
-					if v := metricValue(t, g, name, "backend", addr, "service", "web"); v != -1 {
-						t.Errorf("%s of removed backend %s: %v", name, addr, v)
+					if v := metricValue(t, g, name, "backend", label, "service", "web"); v != -1 {
+						t.Errorf("%s of removed backend %s: %v", name, label, v)
 					}
 				}
 			}
-			for _, addr := range tc.kept {
+			for _, label := range tc.kept {
 				for _, name := range []string{"ztgate_backend_healthy", "ztgate_dial_errors_total"} {
-					if v := metricValue(t, g, name, "backend", addr, "service", "web"); v == -1 {
-						t.Errorf("%s of backend %s deleted", name, addr)
+					if v := metricValue(t, g, name, "backend", label, "service", "web"); v == -1 {
+						t.Errorf("%s of backend %s deleted", name, label)
 					}
 				}
 			}
@@ -447,7 +449,7 @@ func TestFreedStateStaysQuiet(t *testing.T) {
 	g.reconcileStates(&table{byName: map[string]*service{}})
 	clk.waitPending(t, 0)
 	bs := st.backends.Load().list
-	g.syncChecks(st, bs, svc.spec.Health)
+	g.syncChecks(st, bs, svc.spec.Health, trafficPort(svc.spec))
 	g.drainBackends(st, bs, 30*time.Second)
 	g.undrainBackends(st, bs)
 	if n := clk.pending(); n != 0 || len(st.health.entries) != 0 {
