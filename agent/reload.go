@@ -3,8 +3,10 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/ztgate/ztgate/conf"
+	"github.com/ztgate/ztgate/tunnel"
 )
 
 // errNotFromFile: Reload of an agent started from a configuration in
@@ -13,20 +15,45 @@ var errNotFromFile = errors.New("the agent was not started from a file")
 
 // Reload reads the configuration file again (SIGHUP) and validates it off
 // to the side: on any error the running configuration stays and every
-// error is logged and returned. The agent applies none of the file's keys
-// live — ReloadCredentials re-reads the files its [tunnel] cert, key and ca
-// name; the server, the TUN device and the DNS listeners are set up once —
-// so a valid file is compared with the running configuration and every key
-// that differs is named in one warning: it takes effect at the next start.
+// error is logged and returned. The agent applies live of the file's keys
+// only the paths of its [tunnel] cert, key and ca: when they name other
+// files, the next connection to the server (and every direct path dialled
+// from then on) uses those, once all three loaded and passed the checks
+// of the start (a failure is the reload's, and keeps the files in use);
+// ReloadCredentials re-reads the files in use. The server, the TUN device
+// and the DNS listeners are set up once: every other key that differs
+// from the running configuration is named in one warning, and takes
+// effect at the next start.
 func (a *Agent) Reload() error {
 	if a.cfg.Path == "" {
 		return fmt.Errorf("agent: reload: %w", errNotFromFile)
 	}
-	err := conf.ReloadStatic(a.cfg, a.cfg.Path, conf.LoadAgent, a.log)
+	err := conf.ReloadRole(a.cfg.Path, conf.LoadAgent, a.applyReload, a.log)
 	if err != nil {
 		a.m.reloads.WithLabelValues("error").Inc()
 		return fmt.Errorf("agent: reload: %w", err)
 	}
 	a.m.reloads.WithLabelValues("ok").Inc()
 	return nil
+}
+
+// applyReload switches the credentials to the TLS files next names when
+// their paths changed, and returns the configuration the agent then runs:
+// the one it started with, with the TLS files in use. A change of
+// insecure_allow_unauthenticated waits for the restart, and so do the
+// paths that change with it (they are for the other mode).
+func (a *Agent) applyReload(next *conf.Agent) (*conf.Agent, error) {
+	running := *a.cfg
+	f := a.creds.Files()
+	running.Tunnel.Cert, running.Tunnel.Key, running.Tunnel.CA = f.Cert, f.Key, f.CA
+	keys := running.OwnTLS().ChangedFiles(next.OwnTLS())
+	if len(keys) == 0 || next.Tunnel.Insecure != running.Tunnel.Insecure {
+		return &running, nil
+	}
+	nt := next.Tunnel
+	if err := a.creds.ReloadFiles(tunnel.Files{Cert: nt.Cert, Key: nt.Key, CA: nt.CA}); err != nil {
+		return nil, fmt.Errorf("%s: %w", strings.Join(keys, ", "), err)
+	}
+	running.Tunnel.Cert, running.Tunnel.Key, running.Tunnel.CA = nt.Cert, nt.Key, nt.CA
+	return &running, nil
 }

@@ -101,3 +101,91 @@ name = "test"
 	}
 	reloadtest.Run(t, path, cases, a.Reload, &logs, reloads, func() bool { return a.cfg == cfg })
 }
+
+// TestReloadTLSFiles: a reload whose file names other [tunnel] cert, key
+// and ca files switches the agent to them: no restart is asked for, the
+// session open goes on, and the next connection to the server presents
+// the new certificate. Files that fail the checks of the start (a relay's
+// certificate) fail the reload and leave the files in use.
+func TestReloadTLSFiles(t *testing.T) {
+	p := newPKI(t)
+	relay := startServer(t, p, relayReq, func(s *tunnel.Session) { s.Send(directoryOf(true)) })
+	cert, key := p.issue(tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "laptop"})
+	path := filepath.Join(t.TempDir(), "agent.toml")
+	file := func(cert, key, ca string) string {
+		return fmt.Sprintf(`
+[agent]
+name = "laptop"
+[tunnel]
+server = %q
+server_name = "relay.test"
+cert = %q
+key = %q
+ca = %q
+[tun]
+name = "test"
+`, relay.addr(), cert, key, ca)
+	}
+	if err := os.WriteFile(path, []byte(file(cert, key, p.caFile)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := conf.LoadAgent(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := netstacktest.NewClient(1280, innerAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs logBuffer
+	a, err := New(cfg, Options{Device: dev}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	waitFor(t, "directory", func() bool { return len(a.dir.Load().byName) > 0 })
+	first := relay.session()
+	if got := first.Peer().Name; got != "laptop" {
+		t.Fatalf("the agent presented %q", got)
+	}
+
+	var moved tunnel.Files
+	moved.Cert, moved.Key = p.issue(tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "laptop-moved"})
+	moved.CA = p.write("ca-moved.crt", p.ca.CertPEM())
+	relayCert, relayKey := p.issue(relayReq)
+	reloads := func(result string) float64 { return testutil.ToFloat64(a.m.reloads.WithLabelValues(result)) }
+	const warning = "configuration changed; restart to apply"
+	run := func(c reloadtest.Case) {
+		t.Helper()
+		reloadtest.Run(t, path, []reloadtest.Case{c}, a.Reload, &logs, reloads, func() bool { return a.cfg == cfg })
+	}
+
+	run(reloadtest.Case{Name: "a relay's certificate", Text: file(relayCert, relayKey, p.caFile), Fails: true,
+		Logged: []string{"reload: keeping the running configuration", "tunnel.cert, tunnel.key: tunnel: load credentials", "not of an agent"}, Unlogged: "reloaded"})
+	if got := a.creds.Files(); got != (tunnel.Files{Cert: cert, Key: key, CA: p.caFile}) {
+		t.Fatalf("a failed reload switched to %+v", got)
+	}
+	run(reloadtest.Case{Name: "other files", Text: file(moved.Cert, moved.Key, moved.CA),
+		Logged: []string{"tunnel credentials reloaded", "laptop-moved", "msg=reloaded component=agent restart_required=[]"}, Unlogged: warning})
+	if got := a.creds.Files(); got != moved {
+		t.Fatalf("files in use %+v, want %+v", got, moved)
+	}
+	select {
+	case <-first.Done():
+		t.Fatalf("the session open at the reload ended: %v", first.Err())
+	default:
+	}
+	// The next connection presents the new certificate.
+	first.Close("test: reconnect")
+	waitFor(t, "a new session", func() bool {
+		relay.mu.Lock()
+		defer relay.mu.Unlock()
+		return relay.last != first
+	})
+	if got := relay.session().Peer().Name; got != "laptop-moved" {
+		t.Fatalf("after the reload the agent presented %q, want laptop-moved", got)
+	}
+}

@@ -116,25 +116,65 @@ func WarnRestart(log *slog.Logger, keys []string) {
 	log.Warn("configuration changed; restart to apply: "+strings.Join(keys, ", "), "restart_required", keys)
 }
 
-// ReloadStatic is the reload of a role that applies none of its file's
-// keys live (the relay, the agent): it loads path off to the side with
-// load; on error it logs every error ("reload: keeping the running
-// configuration") and returns it, else it names the keys that differ from
-// running, which take effect at the next start (WarnRestart).
-func ReloadStatic[C Relay | Agent](running *C, path string, load func(string) (*C, error), log *slog.Logger) error {
+// ReloadRole is the reload of a role whose file's keys take effect at the
+// next start but for the paths of its TLS files (the relay, the agent): it
+// loads path off to the side with load; on error it logs every error
+// ("reload: keeping the running configuration") and returns it. Else
+// apply applies what the role takes live of next (its TLS files: their
+// paths may have changed) and returns the configuration the role then
+// runs, or an error, logged and returned the same way, when it applied
+// nothing. The keys in which that configuration still differs from next
+// are named in one warning (WarnRestart): they take effect at the next
+// start.
+func ReloadRole[C Relay | Agent](path string, load func(string) (*C, error), apply func(next *C) (*C, error), log *slog.Logger) error {
 	next, err := load(path)
-	if err != nil {
-		var errs Errors
-		if !errors.As(err, &errs) {
-			errs = Errors{err}
+	if err == nil {
+		var running *C
+		if running, err = apply(next); err == nil {
+			keys := ChangedKeys(running, next)
+			log.Info("reloaded", "restart_required", keys)
+			WarnRestart(log, keys)
+			return nil
 		}
-		for _, e := range errs {
-			log.Error("reload: keeping the running configuration", "err", e)
-		}
-		return err
 	}
-	keys := ChangedKeys(running, next)
-	log.Info("reloaded", "restart_required", keys)
-	WarnRestart(log, keys)
-	return nil
+	var errs Errors
+	if !errors.As(err, &errs) {
+		errs = Errors{err}
+	}
+	for _, e := range errs {
+		log.Error("reload: keeping the running configuration", "err", e)
+	}
+	return err
+}
+
+// ChangedFiles names the keys of o's files (o.Section's cert, key, ca)
+// whose paths differ in next, as ChangedKeys names them: a reload may
+// switch a running role to them.
+func (o OwnTLS) ChangedFiles(next OwnTLS) []string {
+	var keys []string
+	for _, k := range []struct {
+		name     string
+		cur, new string
+	}{{"cert", o.Cert, next.Cert}, {"key", o.Key, next.Key}, {"ca", o.CA, next.CA}} {
+		if k.cur != k.new {
+			keys = append(keys, o.Section+"."+k.name)
+		}
+	}
+	return keys
+}
+
+// OwnTLS returns the relay's own TLS files.
+func (r *Relay) OwnTLS() OwnTLS {
+	return OwnTLS{Section: "relay", Cert: r.Cert, Key: r.Key, CA: r.CA, Insecure: r.Insecure}
+}
+
+// OwnTLS returns the agent's own TLS files, those of its [tunnel].
+func (a *Agent) OwnTLS() OwnTLS { return a.Tunnel.ownTLS() }
+
+// OwnTLS returns the files of the gateway's [tunnel], which it loads when
+// the tunnel is on (tunnel.listen or tunnel.relay set).
+func (g *Gateway) OwnTLS() OwnTLS { return g.Tunnel.ownTLS() }
+
+func (t Tunnel) ownTLS() OwnTLS {
+	return OwnTLS{Section: "tunnel", Cert: t.Cert, Key: t.Key, CA: t.CA, Insecure: t.Insecure}
 }

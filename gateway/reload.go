@@ -8,10 +8,12 @@ import (
 	"io/fs"
 	"reflect"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/conf"
+	"github.com/ztgate/ztgate/tunnel"
 )
 
 // Diff is what a reload or an API change did to the service table.
@@ -22,6 +24,10 @@ type Diff struct {
 	TenantsChanged  bool            `json:"tenants_changed,omitempty"`
 	LimitsChanged   bool            `json:"limits_changed,omitempty"`
 	RestartRequired []string        `json:"restart_required"`
+	// TunnelFiles names the [tunnel] keys (tunnel.cert, tunnel.key,
+	// tunnel.ca) that name other files than before: new tunnel handshakes
+	// use the new files.
+	TunnelFiles []string `json:"tunnel_files,omitempty"`
 }
 
 // ServiceChange names a changed service and the fields that changed.
@@ -32,7 +38,8 @@ type ServiceChange struct {
 
 // Empty reports whether the diff changed nothing.
 func (d Diff) Empty() bool {
-	return len(d.Added) == 0 && len(d.Removed) == 0 && len(d.Changed) == 0 && !d.TenantsChanged && !d.LimitsChanged
+	return len(d.Added) == 0 && len(d.Removed) == 0 && len(d.Changed) == 0 && !d.TenantsChanged && !d.LimitsChanged &&
+		len(d.TunnelFiles) == 0
 }
 
 // ErrReload wraps the errors of a reload that was not applied.
@@ -63,7 +70,9 @@ func (e invalidConfig) Is(target error) bool { return target == ErrInvalidConfig
 // stays and every error is logged and returned. On success the difference
 // is applied: added services appear, removed ones drain, changed ones serve
 // new flows with their new settings while live flows keep what they were
-// bound to; VIPs stay. Keys that need a restart are reported, not applied.
+// bound to; VIPs stay; when [tunnel] cert, key or ca name other files, new
+// tunnel handshakes use them (loaded and checked first: a failure fails
+// the reload). Keys that need a restart are reported, not applied.
 func (g *Gateway) Reload() (Diff, error) {
 	g.reloadMu.Lock()
 	defer g.reloadMu.Unlock()
@@ -118,13 +127,16 @@ func (g *Gateway) logDiff(msg string, d Diff) {
 		changed[i] = c.Name
 	}
 	g.log.Info(msg, "added", d.Added, "removed", d.Removed, "changed", changed,
-		"tenants_changed", d.TenantsChanged, "restart_required", d.RestartRequired)
+		"tenants_changed", d.TenantsChanged, "tunnel_files", d.TunnelFiles, "restart_required", d.RestartRequired)
 }
 
 // applyLocked makes next (and the API's services) the running service
 // table. The stored API services are validated against next as at start:
-// what the next start would refuse is refused now. Only the settings that can change live are taken from next; the
-// others are reported in RestartRequired. The caller holds reloadMu.
+// what the next start would refuse is refused now. Only the settings that
+// can change live are taken from next; the others are reported in
+// RestartRequired. New [tunnel] files are loaded and checked before
+// anything changes and used once the table is: a reload applies all of
+// them or nothing. The caller holds reloadMu.
 func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, error) {
 	if err := g.apiStore.check(next.ServiceContext()); err != nil {
 		return Diff{}, invalidConfig{err}
@@ -132,6 +144,14 @@ func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, 
 	services, err := mergeServices(next.Services, api)
 	if err != nil {
 		return Diff{}, invalidConfig{err}
+	}
+	files := tunnelFiles(g.running, next)
+	var creds *tunnel.Staged
+	if len(files) > 0 {
+		nt := next.Tunnel
+		if creds, err = g.creds.Stage(tunnel.Files{Cert: nt.Cert, Key: nt.Key, CA: nt.CA}); err != nil {
+			return Diff{}, invalidConfig{fmt.Errorf("%s: %w", strings.Join(files, ", "), err)}
+		}
 	}
 	old := g.tbl.Load()
 	t, err := g.buildTable(services, next.Tenants, next.Limits, next.DrainTimeout)
@@ -144,8 +164,12 @@ func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, 
 		return Diff{}, err
 	}
 	d := diffTables(old, t)
+	d.TunnelFiles = files
 	d.RestartRequired = restartRequired(g.running, next)
 	g.swapTable(old, t)
+	if creds != nil {
+		creds.Use()
+	}
 	g.running = liveSettings(g.running, next)
 	return d, nil
 }
@@ -309,21 +333,43 @@ var liveKeys = map[string]bool{
 	"limits.max_flows": true, "limits.new_flows_per_second": true, "limits.new_flows_burst": true,
 }
 
+// liveTunnelFiles reports whether a reload from cur to next switches the
+// tunnel to the files next's [tunnel] names: the tunnel runs (it has
+// credentials) and stays on, in the same mode. A change of
+// insecure_allow_unauthenticated waits for the restart, and so do the
+// paths that change with it (they are for the other mode), as do those of
+// a tunnel turned on or off.
+func liveTunnelFiles(cur, next *conf.Gateway) bool {
+	on := func(t conf.Tunnel) bool { return t.Listen != "" || t.Relay != "" }
+	return on(cur.Tunnel) && on(next.Tunnel) && cur.Tunnel.Insecure == next.Tunnel.Insecure
+}
+
+// tunnelFiles names the [tunnel] keys (tunnel.cert, tunnel.key,
+// tunnel.ca) that name other files in next than in cur, when a reload
+// applies them (liveTunnelFiles).
+func tunnelFiles(cur, next *conf.Gateway) []string {
+	if !liveTunnelFiles(cur, next) {
+		return nil
+	}
+	return cur.OwnTLS().ChangedFiles(next.OwnTLS())
+}
+
 // restartRequired names the keys whose change a running gateway cannot
 // apply, each as the file spells it (tun.mtu, dns.listen): they take
 // effect at the next start.
 func restartRequired(cur, next *conf.Gateway) []string {
 	keys := []string{}
+	live := tunnelFiles(cur, next)
 	for _, k := range conf.ChangedKeys(cur, next) {
-		if !liveKeys[k] {
+		if !liveKeys[k] && !slices.Contains(live, k) {
 			keys = append(keys, k)
 		}
 	}
 	return keys
 }
 
-// liveSettings is cur with the settings a reload applies (liveKeys) taken
-// from next.
+// liveSettings is cur with the settings a reload applies (liveKeys, and
+// the [tunnel] files when liveTunnelFiles) taken from next.
 func liveSettings(cur, next *conf.Gateway) *conf.Gateway {
 	c := *cur
 	c.Limits.MaxFlows = next.Limits.MaxFlows
@@ -332,6 +378,9 @@ func liveSettings(cur, next *conf.Gateway) *conf.Gateway {
 	c.DrainTimeout = next.DrainTimeout
 	c.Tenants = next.Tenants
 	c.Services = next.Services
+	if liveTunnelFiles(cur, next) {
+		c.Tunnel.Cert, c.Tunnel.Key, c.Tunnel.CA = next.Tunnel.Cert, next.Tunnel.Key, next.Tunnel.CA
+	}
 	return &c
 }
 

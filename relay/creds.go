@@ -2,8 +2,9 @@ package relay
 
 import "fmt"
 
-// ReloadCredentials re-reads the relay's certificate, key and CA files
-// (SIGHUP): new handshakes use them, sessions already admitted go on. On
+// ReloadCredentials re-reads the relay's certificate, key and CA files in
+// use (SIGHUP; Reload switches to other files when the configuration names
+// them): new handshakes use them, sessions already admitted go on. On
 // error the relay keeps the credentials it has.
 func (r *Relay) ReloadCredentials() error {
 	if err := r.creds.Reload(); err != nil {

@@ -3,6 +3,7 @@ package relay
 import (
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/ztgate/ztgate/conf"
 	"github.com/ztgate/ztgate/internal/reloadtest"
+	"github.com/ztgate/ztgate/tunnel"
 )
 
 // TestReload: SIGHUP's reload reads the whole file. A broken file keeps
@@ -78,4 +80,97 @@ vip = "10.8.0.10"`), false,
 		case_("missing", "", true, []string{"reload: keeping the running configuration", "no such file"}, "reloaded"),
 	}
 	reloadtest.Run(t, path, cases, r.Reload, &logs, reloads, func() bool { return r.cfg == cfg && r.Addr() != nil })
+}
+
+// TestReloadTLSFiles: a reload whose file names other cert, key and ca
+// files switches the relay to them: no restart is asked for, the session
+// opened before goes on, new handshakes present the new certificate and
+// trust the new CA file. Files that fail the checks of the start (an
+// agent's certificate) fail the reload and leave the files in use; paths
+// that change with insecure_allow_unauthenticated wait for the restart
+// with it.
+func TestReloadTLSFiles(t *testing.T) {
+	p := newPKI(t)
+	base := p.relayConfig(t.TempDir())
+	path := filepath.Join(t.TempDir(), "relay.toml")
+	file := func(cert, key, ca, extra string) string {
+		return fmt.Sprintf(`
+[relay]
+name = "relay1"
+state_dir = %q
+listen = "127.0.0.1:0"
+cert = %q
+key = %q
+ca = %q
+%s
+[api]
+listen = "off"
+`, base.StateDir, cert, key, ca, extra)
+	}
+	if err := os.WriteFile(path, []byte(file(base.Cert, base.Key, base.CA, "")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := conf.LoadRelay(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	r, err := New(cfg, Options{}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	addr := r.Addr().String()
+	old := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a1"), agentHello("a1"))
+	next[tunnel.Directory](old)
+	newcomer := p.creds(p.other, tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "a2"})
+	if _, err := dial(t, addr, newcomer, agentHello("a2")); err == nil {
+		t.Fatal("an agent of the other CA was admitted before the reload")
+	}
+
+	moved := tunnel.Files{CA: p.write("bundle.crt", append(p.ca.CertPEM(), p.other.CertPEM()...))}
+	moved.Cert, moved.Key = p.issue(p.ca, tunnel.IssueRequest{Tenant: "ops", Role: tunnel.RoleRelay, Name: "relay1-moved",
+		DNSNames: []string{serverName}, IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
+	agentCert, agentKey := p.issue(p.ca, tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "a9"})
+	reloads := func(result string) float64 { return testutil.ToFloat64(r.m.reloads.WithLabelValues(result)) }
+	const warning = "configuration changed; restart to apply"
+	run := func(c reloadtest.Case) {
+		t.Helper()
+		reloadtest.Run(t, path, []reloadtest.Case{c}, r.Reload, &logs, reloads, func() bool { return r.cfg == cfg })
+	}
+
+	run(reloadtest.Case{Name: "an agent's certificate", Text: file(agentCert, agentKey, base.CA, ""), Fails: true,
+		Logged: []string{"reload: keeping the running configuration", "relay.cert, relay.key: tunnel: load credentials", "not of a relay"}, Unlogged: "reloaded"})
+	if got := r.creds.Files(); got != (tunnel.Files{Cert: base.Cert, Key: base.Key, CA: base.CA}) {
+		t.Fatalf("a failed reload switched to %+v", got)
+	}
+	run(reloadtest.Case{Name: "insecure too", Text: file(moved.Cert, moved.Key, moved.CA, "insecure_allow_unauthenticated = true"),
+		Logged: []string{`level=WARN msg="configuration changed; restart to apply: relay.cert, relay.key, relay.ca, relay.insecure_allow_unauthenticated"`}})
+	if got := r.creds.Certificate().Subject.CommonName; got != "relay1" {
+		t.Fatalf("with insecure_allow_unauthenticated changed too, the relay presents %q", got)
+	}
+	run(reloadtest.Case{Name: "other files", Text: file(moved.Cert, moved.Key, moved.CA, ""),
+		Logged: []string{"tunnel credentials reloaded", "relay1-moved", "msg=reloaded component=relay restart_required=[]"}, Unlogged: warning})
+	if got := r.creds.Files(); got != moved {
+		t.Fatalf("files in use %+v, want %+v", got, moved)
+	}
+	a2 := mustDial(t, addr, newcomer, agentHello("a2"))
+	if got := a2.s.Peer().Name; got != "relay1-moved" {
+		t.Fatalf("the relay presented %q's certificate after the reload, want relay1-moved's", got)
+	}
+	next[tunnel.Directory](a2)
+	select {
+	case <-old.s.Done():
+		t.Fatalf("the session opened before the reload ended: %v", old.s.Err())
+	default:
+	}
+	// The same file again: nothing to switch, nothing to restart; SIGHUP's
+	// ReloadCredentials re-reads the new files.
+	run(reloadtest.Case{Name: "unchanged", Text: file(moved.Cert, moved.Key, moved.CA, ""), Logged: []string{"reloaded"}, Unlogged: warning})
+	if err := r.ReloadCredentials(); err != nil || r.creds.Files() != moved {
+		t.Fatalf("ReloadCredentials: %v, files %+v", err, r.creds.Files())
+	}
 }

@@ -69,7 +69,7 @@ func BenchmarkDatagramCeilingQUICDefaults(b *testing.B) {
 		}
 	}()
 	creds := f.agentCreds(f.ca, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "bench"})
-	client, err := quic.DialAddr(ctx, ln.Addr().String(), creds.clientConfig(serverName, "", nil, []string{ALPNV2}), conf)
+	client, err := quic.DialAddr(ctx, ln.Addr().String(), creds.clientConfig(nil, serverName, "", nil, []string{ALPNV2}), conf)
 	if err != nil {
 		b.Fatal(err)
 	}

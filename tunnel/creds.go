@@ -40,18 +40,41 @@ type CredentialsConfig struct {
 	OnReject func(remote net.Addr, err *AuthError)
 }
 
+// Files names the three files of a set of credentials: those of
+// CredentialsConfig, which ReloadFiles and Stage may replace while
+// sessions run.
+type Files struct {
+	Cert string // PEM certificate (chain) of this peer
+	Key  string // PEM private key of Cert
+	CA   string // PEM CA certificate(s) that peers must chain to
+}
+
+// files returns the files cfg names.
+func (cfg CredentialsConfig) files() Files {
+	return Files{Cert: cfg.CertFile, Key: cfg.KeyFile, CA: cfg.CAFile}
+}
+
 // Credentials hold this peer's certificate and the CA, reloadable while
-// sessions run: TLS configurations from ServerConfig and ClientConfig read
-// the current ones at every handshake. Safe for concurrent use.
+// sessions run, from the same files or from others: TLS configurations
+// from ServerConfig and ClientConfig read the current ones at every
+// handshake. Safe for concurrent use.
 type Credentials struct {
+	// cfg is fixed by NewCredentials, its file names cleared: the files in
+	// use are those of the active state, which a switch replaces whole.
+	// Handshakes read cfg without a lock, as nothing writes it after
+	// NewCredentials; Insecure and Role therefore change only at a restart.
 	cfg    CredentialsConfig
 	log    *slog.Logger
-	mu     sync.Mutex // serialises Reload
+	mu     sync.Mutex // serialises Reload and the switches of active
 	active atomic.Pointer[credState]
 }
 
-// credState is one consistent set of loaded credentials.
+// credState is one consistent set of loaded credentials: the files it was
+// loaded from, the certificate and the CA. A handshake takes one and uses
+// it throughout, so it never sees the certificate of one set with the CA
+// of another.
 type credState struct {
+	files Files
 	cert  *tls.Certificate // Leaf is set
 	trust *trust
 }
@@ -61,8 +84,10 @@ func NewCredentials(cfg CredentialsConfig, log *slog.Logger) (*Credentials, erro
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	files := cfg.files()
+	cfg.CertFile, cfg.KeyFile, cfg.CAFile = "", "", "" // in the state from now on
 	c := &Credentials{cfg: cfg, log: log}
-	st, err := c.load()
+	st, err := c.load(files)
 	if err != nil {
 		return nil, err
 	}
@@ -70,24 +95,83 @@ func NewCredentials(cfg CredentialsConfig, log *slog.Logger) (*Credentials, erro
 	return c, nil
 }
 
-// Reload re-reads the certificate, key and CA files and switches to them
-// for new handshakes; live sessions are not touched. On error the current
-// credentials stay in use. An editor or tool replacing the files one by one
-// may make a reload fail (key not matching the certificate): retry later.
+// Reload re-reads the certificate, key and CA files in use and switches to
+// them for new handshakes; live sessions are not touched. On error the
+// current credentials stay in use. An editor or tool replacing the files
+// one by one may make a reload fail (key not matching the certificate):
+// retry later.
 func (c *Credentials) Reload() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st, err := c.load()
+	st, err := c.load(c.active.Load().files)
 	if err != nil {
 		return err
 	}
-	c.active.Store(st)
-	if leaf := st.cert.Leaf; leaf != nil {
-		c.log.Info("tunnel credentials reloaded", "subject", leaf.Subject.String(), "not_after", leaf.NotAfter)
-	} else {
-		c.log.Info("tunnel credentials reloaded: no certificate (insecure)")
-	}
+	c.switchLocked(st)
 	return nil
+}
+
+// ReloadFiles loads the files f names (a configuration that names other
+// files than those in use) and, once all three are loaded and checked as
+// NewCredentials checks them (the key is the certificate's, the
+// certificate is of the role, the CA parses), switches new handshakes to
+// them at once: a handshake uses the old set or the new one, never a part
+// of each. Live sessions are not touched. On error the current credentials
+// stay in use and the error is returned. Insecure and Role are fixed at
+// NewCredentials.
+func (c *Credentials) ReloadFiles(f Files) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st, err := c.load(f)
+	if err != nil {
+		return err
+	}
+	c.switchLocked(st)
+	return nil
+}
+
+// Staged are credentials that Stage loaded and checked, not yet in use.
+type Staged struct {
+	c  *Credentials
+	st *credState
+}
+
+// Stage loads and checks the files f names as ReloadFiles does, without
+// using them: Use switches to them, so that a caller can switch them
+// together with other settings that may still fail, or drop them. Use the
+// result at once or not at all: a Staged used after a later reload would
+// bring back the older contents.
+func (c *Credentials) Stage(f Files) (*Staged, error) {
+	st, err := c.load(f)
+	if err != nil {
+		return nil, err
+	}
+	return &Staged{c: c, st: st}, nil
+}
+
+// Use switches new handshakes to the staged credentials.
+func (s *Staged) Use() {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	s.c.switchLocked(s.st)
+}
+
+// switchLocked makes st the credentials of new handshakes and logs it. The
+// caller holds mu.
+func (c *Credentials) switchLocked(st *credState) {
+	old := c.active.Swap(st)
+	var attrs []any
+	if leaf := st.cert.Leaf; leaf != nil {
+		attrs = append(attrs, "subject", leaf.Subject.String(), "not_after", leaf.NotAfter)
+	}
+	if old.files != st.files {
+		attrs = append(attrs, "cert", st.files.Cert, "key", st.files.Key, "ca", st.files.CA)
+	}
+	if st.cert.Leaf == nil {
+		c.log.Info("tunnel credentials reloaded: no certificate (insecure)", attrs...)
+		return
+	}
+	c.log.Info("tunnel credentials reloaded", attrs...)
 }
 
 // Insecure reports whether unauthenticated clients are accepted.
@@ -97,42 +181,47 @@ func (c *Credentials) Insecure() bool { return c.cfg.Insecure }
 // expiry. The caller must not modify it.
 func (c *Credentials) Certificate() *x509.Certificate { return c.active.Load().cert.Leaf }
 
-// load reads and checks the three files. Insecure client credentials may
-// have no certificate (neither file set): the client then presents none.
-func (c *Credentials) load() (*credState, error) {
-	t, err := c.loadTrust()
+// Files returns the files the current credentials were loaded from.
+func (c *Credentials) Files() Files { return c.active.Load().files }
+
+// load reads and checks the three files f names. Insecure client
+// credentials may have no certificate (neither file set): the client then
+// presents none.
+func (c *Credentials) load(f Files) (*credState, error) {
+	t, err := c.loadTrust(f.CA)
 	if err != nil {
 		return nil, err
 	}
-	if c.cfg.Insecure && c.cfg.CertFile == "" && c.cfg.KeyFile == "" {
-		return &credState{cert: &tls.Certificate{}, trust: t}, nil
+	if c.cfg.Insecure && f.Cert == "" && f.Key == "" {
+		return &credState{files: f, cert: &tls.Certificate{}, trust: t}, nil
 	}
-	pair, err := tls.LoadX509KeyPair(c.cfg.CertFile, c.cfg.KeyFile)
+	pair, err := tls.LoadX509KeyPair(f.Cert, f.Key)
 	if err != nil {
 		// tls names neither file: "private key does not match public key"
-		return nil, fmt.Errorf("tunnel: load credentials: certificate %s, key %s: %w", c.cfg.CertFile, c.cfg.KeyFile, err)
+		return nil, fmt.Errorf("tunnel: load credentials: certificate %s, key %s: %w", f.Cert, f.Key, err)
 	}
 	chain, err := parseChain(pair.Certificate)
 	if err != nil {
-		return nil, fmt.Errorf("tunnel: load credentials: %s: %w", c.cfg.CertFile, err)
+		return nil, fmt.Errorf("tunnel: load credentials: %s: %w", f.Cert, err)
 	}
 	pair.Leaf = chain[0]
-	if err := c.checkRole(chain, t); err != nil {
+	if err := c.checkRole(f.Cert, chain, t); err != nil {
 		return nil, err
 	}
 	if ae := t.verifyChain(chain, c.now(), x509.ExtKeyUsageAny, ""); ae != nil && len(t.roots) > 0 {
-		c.log.Warn("tunnel certificate does not verify against the CA", "cert", c.cfg.CertFile,
+		c.log.Warn("tunnel certificate does not verify against the CA", "cert", f.Cert,
 			"reason", ae.Reason, "err", ae.Err)
 	}
-	return &credState{cert: &pair, trust: t}, nil
+	return &credState{files: f, cert: &pair, trust: t}, nil
 }
 
-// checkRole checks that chain's leaf, this peer's certificate, is one of
-// cfg.Role, and not a CA's of t (one of its CAs, or one they signed).
+// checkRole checks that chain's leaf, this peer's certificate (loaded
+// from certFile), is one of cfg.Role, and not a CA's of t (one of its
+// CAs, or one they signed).
 // Another certificate that says CA:TRUE (a self-signed one, as `openssl
 // req -x509` makes them) is judged by its identity: without one it is only
 // warned about, as insecure peers without a CA take it.
-func (c *Credentials) checkRole(chain []*x509.Certificate, t *trust) error {
+func (c *Credentials) checkRole(certFile string, chain []*x509.Certificate, t *trust) error {
 	if c.cfg.Role == "" {
 		return nil
 	}
@@ -140,16 +229,16 @@ func (c *Credentials) checkRole(chain []*x509.Certificate, t *trust) error {
 	issue := fmt.Sprintf("issue one with `ztgate pki issue -role %s`", c.cfg.Role)
 	budget := maxSignatureChecks
 	if leaf.IsCA && t.signaturePath(chain[:1], chain[1:], &budget) != nil {
-		return fmt.Errorf("tunnel: load credentials: %s is a CA's certificate, not %s's: %s", c.cfg.CertFile, aRole(c.cfg.Role), issue)
+		return fmt.Errorf("tunnel: load credentials: %s is a CA's certificate, not %s's: %s", certFile, aRole(c.cfg.Role), issue)
 	}
 	id, err := IdentityFromCert(leaf)
 	switch {
 	case errors.Is(err, ErrNoIdentity):
-		c.log.Warn("tunnel certificate carries no ztgate identity: ztgate peers will refuse it", "cert", c.cfg.CertFile, "want_role", c.cfg.Role)
+		c.log.Warn("tunnel certificate carries no ztgate identity: ztgate peers will refuse it", "cert", certFile, "want_role", c.cfg.Role)
 	case err != nil:
-		return fmt.Errorf("tunnel: load credentials: %s: %w", c.cfg.CertFile, err)
+		return fmt.Errorf("tunnel: load credentials: %s: %w", certFile, err)
 	case id.Role != c.cfg.Role:
-		return fmt.Errorf("tunnel: load credentials: %s is the certificate of %s, not of %s: %s", c.cfg.CertFile, id, aRole(c.cfg.Role), issue)
+		return fmt.Errorf("tunnel: load credentials: %s is the certificate of %s, not of %s: %s", certFile, id, aRole(c.cfg.Role), issue)
 	}
 	return nil
 }
@@ -162,19 +251,19 @@ func aRole(role string) string {
 	return "a " + role
 }
 
-// loadTrust reads the CA file. Insecure credentials may have none: then
-// no client identity verifies, and servers are not verified at all.
-func (c *Credentials) loadTrust() (*trust, error) {
-	if c.cfg.CAFile == "" && c.cfg.Insecure {
+// loadTrust reads the CA file caFile. Insecure credentials may have none:
+// then no client identity verifies, and servers are not verified at all.
+func (c *Credentials) loadTrust(caFile string) (*trust, error) {
+	if caFile == "" && c.cfg.Insecure {
 		return &trust{pool: x509.NewCertPool()}, nil
 	}
-	caPEM, err := os.ReadFile(c.cfg.CAFile)
+	caPEM, err := os.ReadFile(caFile)
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: load credentials: %w", err)
 	}
 	t, err := parseTrust(caPEM)
 	if err != nil {
-		return nil, fmt.Errorf("tunnel: load credentials: CA file %s: %w", c.cfg.CAFile, err)
+		return nil, fmt.Errorf("tunnel: load credentials: CA file %s: %w", caFile, err)
 	}
 	return t, nil
 }
@@ -269,16 +358,28 @@ func (c *Credentials) verifyClient(st *credState, cs tls.ConnectionState) *AuthE
 // serverName (a DNS name or IP literal) offering alpn. The server must
 // present a certificate for that name chaining to the current CA; an empty
 // serverName fails every handshake. The current certificate is presented.
+// The configuration may serve many handshakes; each callback reads the
+// credentials current when it runs, so a switch in the middle of one
+// handshake (between verifying the server and presenting the certificate)
+// gives it a part of each set. Dial takes one set for the whole handshake.
 func (c *Credentials) ClientConfig(serverName string, alpn ...string) *tls.Config {
-	return c.clientConfig(serverName, "", nil, alpn)
+	return c.clientConfig(nil, serverName, "", nil, alpn)
 }
 
 // clientConfig is ClientConfig, or with identity set, a configuration for a
 // server known by its ztgate identity rather than a name (a gateway
 // reached at an address from an answer): its certificate must chain to the
 // CA, be fit for server authentication and carry exactly that identity;
-// serverName then only goes into the SNI, when it is a name.
-func (c *Credentials) clientConfig(serverName, identity string, roles, alpn []string) *tls.Config {
+// serverName then only goes into the SNI, when it is a name. With st set
+// the configuration is for one handshake, which uses st throughout; nil,
+// each callback uses the credentials current when it runs.
+func (c *Credentials) clientConfig(st *credState, serverName, identity string, roles, alpn []string) *tls.Config {
+	state := func() *credState {
+		if st != nil {
+			return st
+		}
+		return c.active.Load()
+	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		NextProtos: append([]string(nil), alpn...),
@@ -287,23 +388,24 @@ func (c *Credentials) clientConfig(serverName, identity string, roles, alpn []st
 		// VerifyConnection verifies against the current one instead.
 		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
+			st := state()
 			if identity != "" {
-				return c.refuse(nil, c.verifyServerIdentity(identity, cs))
+				return c.refuse(nil, c.verifyServerIdentity(st, identity, cs))
 			}
-			if ae := c.verifyServer(serverName, cs); ae != nil || len(roles) == 0 || c.skipsServers() {
+			if ae := c.verifyServer(st, serverName, cs); ae != nil || len(roles) == 0 || c.skipsServers(st) {
 				return c.refuse(nil, ae)
 			}
 			return c.refuse(nil, serverRole(cs, roles))
 		},
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			return c.active.Load().cert, nil
+			return state().cert, nil
 		},
 	}
 }
 
-// skipsServers reports whether servers go unverified: insecure
+// skipsServers reports whether servers go unverified with st: insecure
 // credentials without a CA.
-func (c *Credentials) skipsServers() bool { return c.cfg.Insecure && c.cfg.CAFile == "" }
+func (c *Credentials) skipsServers(st *credState) bool { return c.cfg.Insecure && st.files.CA == "" }
 
 // serverRole checks that a verified server's identity has one of roles.
 func serverRole(cs tls.ConnectionState, roles []string) *AuthError {
@@ -317,30 +419,30 @@ func serverRole(cs tls.ConnectionState, roles []string) *AuthError {
 	return nil
 }
 
-// verifyServer checks a server's certificates against the current CA;
+// verifyServer checks a server's certificates against the CA of st;
 // insecure credentials without a CA take any server.
-func (c *Credentials) verifyServer(serverName string, cs tls.ConnectionState) *AuthError {
+func (c *Credentials) verifyServer(st *credState, serverName string, cs tls.ConnectionState) *AuthError {
 	switch {
-	case c.skipsServers():
+	case c.skipsServers(st):
 		return nil
 	case serverName == "":
 		return &AuthError{Reason: ReasonBadCertificate, Err: errors.New("no server name to verify")}
 	case len(cs.PeerCertificates) == 0:
 		return &AuthError{Reason: ReasonNoCertificate}
 	}
-	return c.active.Load().trust.verifyChain(cs.PeerCertificates, c.now(), x509.ExtKeyUsageServerAuth, serverName)
+	return st.trust.verifyChain(cs.PeerCertificates, c.now(), x509.ExtKeyUsageServerAuth, serverName)
 }
 
 // verifyServerIdentity checks that a server's certificates chain to the
-// current CA for server authentication and carry the ztgate identity want
+// CA of st for server authentication and carry the ztgate identity want
 // (Identity.String()). A certificate of the original system does not
 // vouch for an identity: it names itself by its common name, which a
 // ztgate gateway's identity may share (default/gateway/<name>).
-func (c *Credentials) verifyServerIdentity(want string, cs tls.ConnectionState) *AuthError {
+func (c *Credentials) verifyServerIdentity(st *credState, want string, cs tls.ConnectionState) *AuthError {
 	if len(cs.PeerCertificates) == 0 {
 		return &AuthError{Reason: ReasonNoCertificate}
 	}
-	if ae := c.active.Load().trust.verifyChain(cs.PeerCertificates, c.now(), x509.ExtKeyUsageServerAuth, ""); ae != nil {
+	if ae := st.trust.verifyChain(cs.PeerCertificates, c.now(), x509.ExtKeyUsageServerAuth, ""); ae != nil {
 		return ae
 	}
 	id, err := IdentityFromCert(cs.PeerCertificates[0])

@@ -146,7 +146,7 @@ func TestClientVerifiesServer(t *testing.T) {
 			var log rejectLog
 			agentCert, agentKey := f.leaf(f.ca, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "laptop"})
 			client := f.creds(CredentialsConfig{CertFile: agentCert, KeyFile: agentKey, CAFile: f.caFile, OnReject: log.record})
-			res := handshake(t, server.ServerConfig(ALPNV1), client.clientConfig(tc.serverName, "", tc.roles, []string{ALPNV1}))
+			res := handshake(t, server.ServerConfig(ALPNV1), client.clientConfig(nil, tc.serverName, "", tc.roles, []string{ALPNV1}))
 			reasons, _ := log.snapshot()
 			if tc.reason == "" {
 				if res.clientErr != nil || res.serverErr != nil || len(reasons) != 0 {

@@ -70,7 +70,10 @@ func Dial(ctx context.Context, addr string, cfg DialConfig, log *slog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
-	conn, err := dialQUIC(ctx, addr, cfg.Credentials.clientConfig(serverName, cfg.ExpectIdentity, cfg.ServerRoles, alpn), quicConfig(false))
+	// One set of credentials for the whole handshake and what follows
+	// from it: a reload meanwhile (ReloadFiles) applies to the next dial.
+	st := cfg.Credentials.active.Load()
+	conn, err := dialQUIC(ctx, addr, cfg.Credentials.clientConfig(st, serverName, cfg.ExpectIdentity, cfg.ServerRoles, alpn), quicConfig(false))
 	if err != nil {
 		if ae, ok := errors.AsType[*AuthError](err); ok {
 			m.handshake(sideClient, resultRefused, ae.Reason)
@@ -86,7 +89,7 @@ func Dial(ctx context.Context, addr string, cfg DialConfig, log *slog.Logger) (*
 		return nil, fmt.Errorf("tunnel: dial %s: no common protocol", addr)
 	}
 	var peer Identity // none from a server that was not verified (insecure, no CA)
-	if !cfg.Credentials.skipsServers() {
+	if !cfg.Credentials.skipsServers(st) {
 		peer = serverIdentity(conn)
 	}
 	s := newSession(conn, v, sideClient, peer, m, log.With("server", addr))

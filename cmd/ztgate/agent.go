@@ -34,8 +34,9 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 			if err != nil {
 				return nil, nil, err
 			}
-			// SIGHUP re-reads the configuration file (a change names the
-			// keys that wait for a restart) and the certificate, key and CA.
+			// SIGHUP re-reads the configuration file (new paths of the
+			// certificate, key and CA apply; any other change names the keys
+			// that wait for a restart) and the certificate, key and CA.
 			return a, func() error { return errors.Join(a.Reload(), a.ReloadCredentials()) }, nil
 		},
 	}.run(args, stderr)

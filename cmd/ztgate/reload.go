@@ -105,5 +105,6 @@ func renderDiff(w io.Writer, d gateway.Diff) {
 	if d.LimitsChanged {
 		fmt.Fprintln(w, "  limits changed")
 	}
+	list("tunnel credentials from new files", d.TunnelFiles)
 	list("not applied until the next start", d.RestartRequired)
 }
