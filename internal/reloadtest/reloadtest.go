@@ -1,7 +1,7 @@
-// Package reloadtest runs the reload tests of the roles that apply none of
-// their configuration file's keys live (the relay, the agent): each case
-// writes the file, reloads, and checks the result, the log and the
-// counters of ztgate_config_reloads_total.
+// Package reloadtest runs the reload tests of the roles that apply few of
+// their configuration file's keys live (the relay, the agent: the paths of
+// their TLS files): each case writes the file, reloads, and checks the
+// result, the log and the counters of ztgate_config_reloads_total.
 package reloadtest
 
 import (
