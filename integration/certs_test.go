@@ -44,6 +44,9 @@ func TestCredentialRotationOnSIGHUP(t *testing.T) {
 	out := filepath.Join(r.dir, "download")
 	dlStart := time.Now()
 	dl := r.start(r.agents["a1"], "slow download", "curl", "-sS", "--max-time", "120", "--limit-rate", "300K", "-o", out, url)
+	// Lines logged close together reach the output within 100 ms: count
+	// those of the sessions up so far once they are all there.
+	time.Sleep(200 * time.Millisecond)
 	gwSessions, a1Sessions := r.admitted("infra/gateway/gw1"), r.admitted("acme/agent/a1")
 
 	// Phase 1: trust both CAs everywhere (the files all name pki/ca.crt).

@@ -11,19 +11,23 @@ import (
 // logBufferSize is how much a logBuffer holds before it writes at once.
 const logBufferSize = 64 << 10
 
-// logBuffer gathers log lines and writes them together: after interval,
-// when it holds logBufferSize bytes, or on Flush. A gateway writes one
-// line per flow; written one by one they cost a system call each and wake
-// whatever reads the process's standard error (journald, a pipe) once per
-// flow. slog's handlers hand over each record in one Write, so lines are
-// never split.
+// logBuffer gathers log lines and writes them together: a line that comes
+// interval or more after the last write is written at once, and the lines
+// that follow it closer than that wait for the next write, interval after
+// the first of them, or until logBufferSize bytes are held, or Flush. A
+// gateway writes one line per flow; written one by one at thousands of
+// flows a second they cost a system call each and wake whatever reads the
+// process's standard error (journald, a pipe) once per flow, while a line
+// of a quiet process is never held back. slog's handlers hand over each
+// record in one Write, so lines are never split.
 type logBuffer struct {
 	w        io.Writer
 	interval time.Duration
 
 	mu    sync.Mutex
 	buf   []byte
-	armed bool // a flush is scheduled
+	armed bool      // a flush is scheduled
+	last  time.Time // when the last write ended
 }
 
 func newLogBuffer(w io.Writer, interval time.Duration) *logBuffer {
@@ -34,6 +38,11 @@ func newLogBuffer(w io.Writer, interval time.Duration) *logBuffer {
 func (b *logBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if !b.armed && time.Since(b.last) >= b.interval {
+		n, err := b.w.Write(p) // the buffer is empty: nothing is scheduled
+		b.last = time.Now()
+		return n, err
+	}
 	if len(b.buf)+len(p) > logBufferSize {
 		if err := b.flushLocked(); err != nil {
 			return 0, err
@@ -69,6 +78,7 @@ func (b *logBuffer) flushLocked() error {
 		return nil
 	}
 	_, err := b.w.Write(b.buf)
+	b.last = time.Now()
 	// Dropped on an error as well: standard error that fails now would
 	// fail again, and the buffer must not grow without bound.
 	b.buf = b.buf[:0]

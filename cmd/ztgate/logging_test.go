@@ -92,26 +92,35 @@ func (w *writes) waitWrites(t *testing.T, n int) []string {
 }
 
 func TestLogFlush(t *testing.T) {
-	t.Run("info lines are written together after the interval", func(t *testing.T) {
+	t.Run("a quiet process's line is written at once, the lines close after it together", func(t *testing.T) {
 		var w writes
 		log, flush, err := (&logFlags{format: "text", level: "info", flush: 50 * time.Millisecond}).logger(&w)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer flush()
+		log.Info("started")
+		if got := w.get(); len(got) != 1 || !strings.Contains(got[0], "msg=started") {
+			t.Fatalf("the first line: writes %q", got)
+		}
 		start := time.Now()
 		for i := range 3 {
 			log.Info("flow", "n", i)
 		}
-		if got := w.get(); len(got) != 0 {
-			t.Fatalf("written at once: %q", got)
+		if got := w.get(); len(got) != 1 {
+			t.Fatalf("the lines right after it written at once: %q", got)
 		}
-		got := w.waitWrites(t, 1)
+		got := w.waitWrites(t, 2)
 		if took := time.Since(start); took < 40*time.Millisecond {
 			t.Errorf("written after %v, before the interval", took)
 		}
-		if len(got) != 1 || strings.Count(got[0], "msg=flow") != 3 || !strings.Contains(got[0], "n=0") || !strings.Contains(got[0], "n=2") {
+		if len(got) != 2 || strings.Count(got[1], "msg=flow") != 3 || !strings.Contains(got[1], "n=0") || !strings.Contains(got[1], "n=2") {
 			t.Fatalf("writes %q, want the three lines in one", got)
+		}
+		time.Sleep(60 * time.Millisecond) // quiet again
+		log.Info("later")
+		if got := w.get(); len(got) != 3 || !strings.Contains(got[2], "msg=later") {
+			t.Fatalf("a line after a quiet interval waited: %q", got)
 		}
 	})
 	t.Run("a warning is written at once, after the lines before it", func(t *testing.T) {
@@ -121,19 +130,21 @@ func TestLogFlush(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer flush()
+		log.Info("started") // written at once: the first line in an hour
 		log.With("component", "gateway").Info("flow")
 		log.With("component", "gateway").Warn("backend down")
 		got := w.get()
-		if len(got) != 1 {
-			t.Fatalf("writes %q, want one", got)
+		if len(got) != 2 {
+			t.Fatalf("writes %q, want two", got)
 		}
-		lines := strings.Split(strings.TrimSpace(got[0]), "\n")
+		lines := strings.Split(strings.TrimSpace(got[1]), "\n")
 		if len(lines) != 2 || !strings.Contains(lines[0], `"msg":"flow"`) || !strings.Contains(lines[1], `"msg":"backend down"`) {
 			t.Fatalf("lines %q", lines)
 		}
+		log.Info("held")
 		log.WithGroup("g").Error("e")
-		if got := w.get(); len(got) != 2 {
-			t.Fatalf("an error through a group waited: %q", got)
+		if got := w.get(); len(got) != 3 || !strings.Contains(got[2], "held") {
+			t.Fatalf("an error through a group waited, or not after the line before it: %q", got)
 		}
 	})
 	t.Run("flush writes what is held", func(t *testing.T) {
@@ -142,13 +153,14 @@ func TestLogFlush(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		log.Info("started")
 		log.Info("last words")
 		flush()
-		if got := w.get(); len(got) != 1 || !strings.Contains(got[0], "last words") {
+		if got := w.get(); len(got) != 2 || !strings.Contains(got[1], "last words") {
 			t.Fatalf("writes %q", got)
 		}
 		flush()
-		if got := w.get(); len(got) != 1 {
+		if got := w.get(); len(got) != 2 {
 			t.Fatalf("an empty flush wrote: %q", got)
 		}
 	})
@@ -174,6 +186,7 @@ func TestLogFlush(t *testing.T) {
 func TestLogBufferBounded(t *testing.T) {
 	var w writes
 	b := newLogBuffer(&w, time.Hour)
+	b.last = time.Now() // as after a write: what follows is held
 	line := []byte(strings.Repeat("x", 1000) + "\n")
 	for range 200 { // 200 KB through a 64 KiB buffer
 		if n, err := b.Write(line); n != len(line) || err != nil {
