@@ -39,8 +39,10 @@ var (
 	// ErrConflictingIdentity: several ztna:// URI SANs, legacy SANs of both
 	// roles, or a URI SAN together with legacy SANs.
 	ErrConflictingIdentity = errors.New("tunnel: certificate carries conflicting identities")
-	// ErrMalformedIdentity: a ztna:// URI SAN that does not follow the
-	// layout, or a legacy certificate without a common name.
+	// ErrMalformedIdentity: a ztna:// URI SAN that is not one ztgate's pki
+	// issues (but for ASCII case), a legacy DNS SAN whose service is not
+	// printable ASCII, or a legacy certificate whose common name is missing
+	// or not printable ASCII without '/'.
 	ErrMalformedIdentity = errors.New("tunnel: malformed ztgate identity")
 )
 
@@ -48,7 +50,7 @@ var (
 type Identity struct {
 	Tenant string // lower case; DefaultTenant for a legacy identity
 	Role   string // RoleAgent, RoleGateway or RoleRelay
-	Name   string // lower case from a URI SAN; the common name of a legacy certificate
+	Name   string // lower case from a URI SAN; the common name of a legacy certificate, as it is
 	// Services lists the services a legacy identity holds rights for,
 	// sorted. Nil means every service of the tenant: a URI identity, or a
 	// legacy one with the "*" wildcard.
@@ -88,18 +90,29 @@ func (id Identity) Permits(service string) bool {
 // the original system, which grant per-service rights in DefaultTenant and
 // need a common name. URI SANs of other schemes and other DNS SANs are
 // ignored. It does not verify the certificate chain.
+//
+// Only ASCII letters are lowered: the certificate may come from a CA other
+// than ztgate's pki, and a Unicode lowering would read the Kelvin sign
+// U+212A as 'k' — "ztna://acme/agent/%E2%84%AAate" as the agent "kate". A
+// URI SAN is read with the checks that issue it (normalizeIdentity) and
+// must be the issued form but for ASCII case: anything else (another
+// character, a percent-encoding, an empty or extra segment, a user, a
+// port, a query, a fragment) is refused with ErrMalformedIdentity, as are
+// legacy SANs and common names with characters other than printable ASCII.
 func IdentityFromCert(cert *x509.Certificate) (Identity, error) {
 	if cert == nil {
 		return Identity{}, ErrNoIdentity
 	}
 	var uris []*url.URL
 	for _, u := range cert.URIs {
-		if u != nil && strings.EqualFold(u.Scheme, IdentityScheme) {
+		if u != nil && lowerASCII(u.Scheme) == IdentityScheme {
 			uris = append(uris, u)
 		}
 	}
-	roles, services := legacyRights(cert.DNSNames)
+	roles, services, err := legacyRights(cert.DNSNames)
 	switch {
+	case err != nil:
+		return Identity{}, err
 	case len(uris) > 1:
 		return Identity{}, fmt.Errorf("%w: %d ztna URI SANs", ErrConflictingIdentity, len(uris))
 	case len(uris) == 1 && len(roles) > 0:
@@ -112,6 +125,8 @@ func IdentityFromCert(cert *x509.Certificate) (Identity, error) {
 		return Identity{}, ErrNoIdentity
 	case cert.Subject.CommonName == "":
 		return Identity{}, fmt.Errorf("%w: legacy certificate without common name", ErrMalformedIdentity)
+	case !validLegacyName(cert.Subject.CommonName):
+		return Identity{}, fmt.Errorf("%w: legacy common name %+q: only printable ASCII without '/' names an identity", ErrMalformedIdentity, cert.Subject.CommonName)
 	}
 	if slices.Contains(services, legacyWildcard) {
 		services = nil
@@ -129,40 +144,121 @@ func IdentityFromCert(cert *x509.Certificate) (Identity, error) {
 // layout (port, user, query, fragment, escapes, more segments) is refused
 // rather than ignored: a certificate means exactly one thing.
 func identityFromURI(u *url.URL) (Identity, error) {
-	if u.Opaque != "" || u.User != nil || u.RawQuery != "" || u.ForceQuery ||
-		u.Fragment != "" || u.RawFragment != "" || u.RawPath != "" {
-		return Identity{}, fmt.Errorf("%w: %q", ErrMalformedIdentity, u.Redacted())
+	malformed := func(err error) (Identity, error) {
+		return Identity{}, fmt.Errorf("%w: URI SAN %q: %w", ErrMalformedIdentity, u.Redacted(), err)
 	}
-	tenant := strings.ToLower(u.Host)
-	role, name, _ := strings.Cut(strings.TrimPrefix(u.Path, "/"), "/")
-	role, name = strings.ToLower(role), strings.ToLower(name)
-	if !strings.HasPrefix(u.Path, "/") || !validLabel(tenant) || !validRole(role) || !validName(name) {
-		return Identity{}, fmt.Errorf("%w: %q", ErrMalformedIdentity, u.Redacted())
+	if err := uriShape(u); err != nil {
+		return malformed(err)
 	}
-	return Identity{Tenant: tenant, Role: role, Name: name}, nil
+	// "", role, name
+	segments := strings.Split(u.Path, "/")
+	if len(segments) != 3 || segments[0] != "" {
+		return malformed(fmt.Errorf("has %d path segments, not 2: want ztna://<tenant>/<role>/<name>", len(segments)-1))
+	}
+	tenant, role, name, err := normalizeIdentity(u.Host, segments[1], segments[2])
+	if err != nil {
+		return malformed(err)
+	}
+	id := Identity{Tenant: tenant, Role: role, Name: name}
+	// Whatever url.Parse decoded or left out, the SAN is the one issued
+	// for this identity but for ASCII case, or it means something else.
+	if issued := id.uri(); lowerASCII(u.String()) != issued.String() {
+		return malformed(fmt.Errorf("is not the form ztgate issues, %s", issued))
+	}
+	return id, nil
+}
+
+// uriShape refuses what a ztna URI SAN has beyond ztna://host/path.
+func uriShape(u *url.URL) error {
+	switch {
+	case u.Opaque != "":
+		return errors.New("want ztna://<tenant>/<role>/<name>")
+	case u.User != nil:
+		return errors.New("has a user name")
+	case !strings.HasPrefix(u.Host, "[") && strings.Contains(u.Host, ":"):
+		return errors.New("has a port")
+	case u.RawQuery != "" || u.ForceQuery:
+		return errors.New("has a query")
+	case u.Fragment != "" || u.RawFragment != "":
+		return errors.New("has a fragment")
+	case u.RawPath != "":
+		return errors.New("percent-encodes what needs no encoding")
+	}
+	return nil
+}
+
+// identityURI builds ztna://tenant/role/name after normalising the parts
+// (normalizeIdentity). The issuing side (ValidateIdentity, CA.Issue) and
+// the reading side (identityFromURI) both use it.
+func identityURI(tenant, role, name string) (*url.URL, error) {
+	tenant, role, name, err := normalizeIdentity(tenant, role, name)
+	if err != nil {
+		return nil, err
+	}
+	return Identity{Tenant: tenant, Role: role, Name: name}.uri(), nil
+}
+
+// uri returns the URI SAN of a URI identity: ztna://tenant/role/name.
+func (id Identity) uri() *url.URL {
+	return &url.URL{Scheme: IdentityScheme, Host: id.Tenant, Path: "/" + id.Role + "/" + id.Name}
+}
+
+// normalizeIdentity is the one check of an identity's parts: it lowers
+// them, ASCII letters only, and refuses any character other than a-z, 0-9,
+// '-' (and '.' between the labels of a name). strings.ToLower would fold
+// the Kelvin sign U+212A into 'k' and the dotted capital I U+0130 into
+// 'i': another identity than the one written. The error says what is
+// allowed.
+func normalizeIdentity(tenant, role, name string) (string, string, string, error) {
+	tenant, role, name = lowerASCII(tenant), lowerASCII(role), lowerASCII(name)
+	switch {
+	case !validLabel(tenant):
+		return "", "", "", fmt.Errorf("invalid tenant %+q: 1 to 63 characters a-z, 0-9 and '-'", tenant)
+	case !validRole(role):
+		return "", "", "", fmt.Errorf("invalid role %+q: agent, gateway or relay", role)
+	case !validName(name):
+		return "", "", "", fmt.Errorf("invalid name %+q: labels of 1 to 63 characters a-z, 0-9 and '-', joined by single dots, at most 253 in all", name)
+	}
+	return tenant, role, name, nil
+}
+
+// lowerASCII maps A-Z to a-z and leaves every other byte alone.
+func lowerASCII(s string) string {
+	return strings.Map(func(r rune) rune {
+		if 'A' <= r && r <= 'Z' {
+			return r + 'a' - 'A'
+		}
+		return r
+	}, s)
 }
 
 // legacyRights collects the roles (sorted, unique) and services (sorted,
-// unique) that legacy DNS SANs grant.
-func legacyRights(dnsNames []string) (roles, services []string) {
+// unique) that legacy DNS SANs grant. A legacy SAN whose service is not
+// printable ASCII is refused (ErrMalformedIdentity): crypto/x509 reads
+// DNS SANs as ASCII, but a space or a control character would make a
+// service no configuration names.
+func legacyRights(dnsNames []string) (roles, services []string, err error) {
 	for _, dns := range dnsNames {
 		role, service, ok := parseLegacySAN(dns)
 		if !ok {
 			continue
+		}
+		if !printableASCII(service, false) {
+			return nil, nil, fmt.Errorf("%w: legacy DNS SAN %+q: the service is not printable ASCII without spaces", ErrMalformedIdentity, dns)
 		}
 		roles = append(roles, role)
 		services = append(services, service)
 	}
 	slices.Sort(roles)
 	slices.Sort(services)
-	return slices.Compact(roles), slices.Compact(services)
+	return slices.Compact(roles), slices.Compact(services), nil
 }
 
-// parseLegacySAN parses <role>.<service>.ztna, case-insensitively. The
-// service is everything between the first dot and the suffix, so it may
+// parseLegacySAN parses <role>.<service>.ztna, lowering ASCII letters only.
+// The service is everything between the first dot and the suffix, so it may
 // contain dots; "*" is the wildcard.
 func parseLegacySAN(dns string) (role, service string, ok bool) {
-	prefix, found := strings.CutSuffix(strings.ToLower(dns), legacySuffix)
+	prefix, found := strings.CutSuffix(lowerASCII(dns), legacySuffix)
 	if !found {
 		return "", "", false
 	}
@@ -177,6 +273,24 @@ func parseLegacySAN(dns string) (role, service string, ok bool) {
 		return RoleGateway, service, true
 	}
 	return "", "", false
+}
+
+// validLegacyName reports whether a legacy certificate's common name may
+// be an identity's name: printable ASCII, spaces included, but '/', which
+// separates the parts of Identity.String. It is kept as it is, not lowered.
+func validLegacyName(cn string) bool {
+	return printableASCII(cn, true) && !strings.Contains(cn, "/")
+}
+
+// printableASCII reports whether s has only the bytes '!' to '~', and ' '
+// with space.
+func printableASCII(s string, space bool) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '!' || c > '~') && (c != ' ' || !space) {
+			return false
+		}
+	}
+	return true
 }
 
 // validRole reports whether role is one of the identity roles.

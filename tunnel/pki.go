@@ -297,32 +297,6 @@ func ValidateIdentity(tenant, role, name string) error {
 	return err
 }
 
-// identityURI builds ztna://tenant/role/name after validating the parts.
-// Only ASCII is lowered: strings.ToLower would fold the Kelvin sign into
-// a 'k', and issue an identity other than the one asked for.
-func identityURI(tenant, role, name string) (*url.URL, error) {
-	tenant, role, name = lowerASCII(tenant), lowerASCII(role), lowerASCII(name)
-	switch {
-	case !validLabel(tenant):
-		return nil, fmt.Errorf("invalid tenant %q: 1 to 63 characters a-z, 0-9 and '-'", tenant)
-	case !validRole(role):
-		return nil, fmt.Errorf("invalid role %q: agent, gateway or relay", role)
-	case !validName(name):
-		return nil, fmt.Errorf("invalid name %q: labels of 1 to 63 characters a-z, 0-9 and '-', joined by single dots, at most 253 in all", name)
-	}
-	return &url.URL{Scheme: IdentityScheme, Host: tenant, Path: "/" + role + "/" + name}, nil
-}
-
-// lowerASCII maps A-Z to a-z and leaves every other byte alone.
-func lowerASCII(s string) string {
-	return strings.Map(func(r rune) rune {
-		if 'A' <= r && r <= 'Z' {
-			return r + 'a' - 'A'
-		}
-		return r
-	}, s)
-}
-
 // serverNames checks DNS names for a certificate (NormalizeDNSName) and
 // returns them normalised, each once.
 func serverNames(names []string) ([]string, error) {
