@@ -101,7 +101,8 @@ func ParseHealthType(s string) (HealthType, bool) {
 // Health configures the active checks of a service.
 type Health struct {
 	Type         HealthType
-	Port         uint16 // backend port to check
+	Port         uint16 // backend port to check: health.port, else its default (the first target of the check's protocol)
+	PortSet      bool   // health.port was given: Port is probed on every backend, not only those without a port of their own (SRV)
 	Path         string // http: request path
 	ExpectStatus int    // http: required status; 0 means any 2xx
 	Send         string // udp: payload; empty on port 53 means a DNS SOA query

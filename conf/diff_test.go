@@ -121,6 +121,14 @@ new_flows_per_second = 9
 `)
 			return ChangedKeys(&a.Services[0], &b.Services[0])
 		}, []string{"tenants", "vip", "backends", "balance", "icmp", "port", "health", "timeouts", "max_flows", "new_flows_per_second"}},
+		{"service: health.port written as its default is a change of health (SRV backends are checked there then)", func(t *testing.T) []string {
+			a, b := gateway(t, gatewayHead+webService), gateway(t, gatewayHead+webService+"  [service.health]\n  port = 80\n")
+			return ChangedKeys(&a.Services[0], &b.Services[0])
+		}, []string{"health"}},
+		{"service: the same explicit health.port is no change", func(t *testing.T) []string {
+			a, b := gateway(t, gatewayHead+webService+"  [service.health]\n  port = 80\n"), gateway(t, gatewayHead+webService+"  [service.health]\n  port = 80\n")
+			return ChangedKeys(&a.Services[0], &b.Services[0])
+		}, nil},
 		{"service: where it came from is no key", func(t *testing.T) []string {
 			a := gateway(t, gatewayHead+webService).Services[0]
 			b := a

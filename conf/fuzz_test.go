@@ -158,7 +158,7 @@ func serviceTree(s catalog.Service) map[string]any {
 	m["port"] = ports
 	h := s.Health
 	health := map[string]any{"type": h.Type.String(), "interval": h.Interval.String(), "timeout": h.Timeout.String(), "rise": h.Rise, "fall": h.Fall}
-	if h.Port != 0 {
+	if h.PortSet { // a default port written out would be one set (SRV backends are checked there then)
 		health["port"] = int(h.Port)
 	}
 	switch h.Type {

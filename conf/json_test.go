@@ -58,6 +58,34 @@ func TestParseServiceJSON(t *testing.T) {
 	}
 }
 
+// TestParseServiceJSONHealthPort: a service posted to the API tells an
+// explicit health.port from its default as the file does, null being no
+// port.
+func TestParseServiceJSONHealthPort(t *testing.T) {
+	cases := []struct {
+		name, health string
+		port         uint16
+		set          bool
+	}{
+		{"no port", `{"type": "tcp"}`, 8080, false},
+		{"null port", `{"type": "tcp", "port": null}`, 8080, false},
+		{"the default written", `{"type": "tcp", "port": 8080}`, 8080, true},
+		{"another port", `{"type": "tcp", "port": 9000}`, 9000, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := ParseServiceJSON([]byte(`{"name": "web", "tenants": ["acme"], "backends": ["192.0.2.10"],
+				"port": [{"protocol": "tcp", "port": 80, "target": 8080}], "health": `+tc.health+`}`), apiContext())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.Health.Port != tc.port || s.Health.PortSet != tc.set {
+				t.Errorf("health port %d, set %v; want %d, %v", s.Health.Port, s.Health.PortSet, tc.port, tc.set)
+			}
+		})
+	}
+}
+
 func TestParseServiceJSONInvalid(t *testing.T) {
 	const ports = `"port": [{"protocol": "tcp", "port": 80}]`
 	tests := []struct {

@@ -127,8 +127,10 @@ func (v *validator) health(path string, r *rawHealth, ports []catalog.Port) cata
 	return h
 }
 
-// healthTarget sets the port a check probes: the configured one, else the
-// first target port of the matching protocol.
+// healthTarget sets the port a check probes: the configured one (PortSet:
+// the gateway probes it on every backend), else the first target port of
+// the matching protocol (a backend with a port of its own, from an SRV
+// record, is probed there instead).
 func (v *validator) healthTarget(path string, r *rawHealth, h *catalog.Health, ports []catalog.Port) {
 	proto := catalog.TCP
 	switch h.Type {
@@ -141,7 +143,7 @@ func (v *validator) healthTarget(path string, r *rawHealth, h *catalog.Health, p
 		proto = catalog.UDP
 	}
 	if r.Port != nil {
-		h.Port = v.portNumber(join(path, "port"), r.Port, 0)
+		h.Port, h.PortSet = v.portNumber(join(path, "port"), r.Port, 0), true
 		return
 	}
 	h.Port = firstTarget(ports, proto)

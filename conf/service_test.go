@@ -124,9 +124,19 @@ timeout = "10s"
 rise = 1
 fall = 1
 `), func(t *testing.T, s catalog.Service) {
-			want := catalog.Health{Type: catalog.HealthHTTP, Port: 8081, Path: "/healthz", ExpectStatus: 204, Interval: 10 * time.Second, Timeout: 10 * time.Second, Rise: 1, Fall: 1}
+			want := catalog.Health{Type: catalog.HealthHTTP, Port: 8081, PortSet: true, Path: "/healthz", ExpectStatus: 204, Interval: 10 * time.Second, Timeout: 10 * time.Second, Rise: 1, Fall: 1}
 			if s.Health != want {
 				t.Errorf("Health = %+v, want %+v", s.Health, want)
+			}
+		}},
+		{"health.port written as its default is set", acmeService("web", port("tcp", 80, 8080)+"[service.health]\nport = 8080\n"), func(t *testing.T, s catalog.Service) {
+			if h := s.Health; h.Type != catalog.HealthTCP || h.Port != 8080 || !h.PortSet {
+				t.Errorf("Health = %+v, want tcp on 8080, set", h)
+			}
+		}},
+		{"health.port not written is its default, not set", acmeService("web", port("tcp", 80, 8080)+"[service.health]\ntype = \"tcp\"\n"), func(t *testing.T, s catalog.Service) {
+			if h := s.Health; h.Port != 8080 || h.PortSet {
+				t.Errorf("Health = %+v, want 8080, not set", h)
 			}
 		}},
 		{"udp health on the first UDP target", acmeService("dns", tcp80+port("udp", 53, 5353)+`

@@ -87,10 +87,44 @@ func TestSRVBackendSeriesApart(t *testing.T) {
 	}
 }
 
+// TestCheckPort: a health.port given explicitly is probed on every
+// backend, an SRV one too, even when it is the port the default would
+// have been (the first target); one not given is the traffic's port: the
+// target for a backend given by address or host name, the record's port
+// for an SRV backend.
+func TestCheckPort(t *testing.T) {
+	addr := netip.MustParseAddr("192.0.2.10")
+	tcp := func(port uint16, set bool) catalog.Health {
+		return catalog.Health{Type: catalog.HealthTCP, Port: port, PortSet: set}
+	}
+	// The service's port: tcp 80 → 8080, so health.port's default is 8080.
+	cases := []struct {
+		name   string
+		health catalog.Health
+		srv    uint16 // the backend's SRV port; 0: given by address
+		want   uint16
+	}{
+		{"address, not given: the target", tcp(8080, false), 0, 8080},
+		{"address, given", tcp(9000, true), 0, 9000},
+		{"address, given as the target", tcp(8080, true), 0, 8080},
+		{"SRV, not given: the record's port", tcp(8080, false), 5000, 5000},
+		{"SRV, given: that port", tcp(9000, true), 5000, 9000},
+		{"SRV, given as the target: that port", tcp(8080, true), 5000, 8080},
+		{"SRV, given as the record's port", tcp(5000, true), 5000, 5000},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			b := &backend{addr: addr, port: tc.srv}
+			if got := checkPort(tc.health, b); got != tc.want {
+				t.Errorf("checkPort = %d, want %d", got, tc.want)
+			}
+		})
+	}
+}
+
 // TestSRVHealthPort: an SRV backend is checked on its record's port, the
-// port its flows go to, unless [service.health] port names another port
-// than the traffic's (the first target of the check's protocol): then
-// that port, as for a backend given by address or host name.
+// port its flows go to, unless [service.health] port is given: then that
+// port, the target's too, as for a backend given by address or host name.
 func TestSRVHealthPort(t *testing.T) {
 	const srvName = "_echo._tcp.app.corp.example"
 	live := startLineEchoAt(t, "127.0.0.1", "live")
@@ -106,7 +140,7 @@ func TestSRVHealthPort(t *testing.T) {
 		{"SRV: the record's port by default, down", closed, live, 0, "down"},
 		{"SRV: an explicit health.port wins", closed, closed2, live, "up"},
 		{"SRV: an explicit health.port wins, down", live, live, closed2, "down"},
-		{"SRV: health.port set to the target is the traffic's port", live, closed, closed, "up"},
+		{"SRV: an explicit health.port equal to the target wins too", live, closed, closed, "down"},
 		{"address: health.port", 0, closed, live, "up"},
 		{"address: the target by default", 0, closed, 0, "down"},
 	}

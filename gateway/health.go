@@ -109,26 +109,25 @@ func (g *Gateway) syncHealth() {
 	var waits []chan struct{}
 	for _, st := range g.serviceStates() {
 		var (
-			want    []*backend
-			spec    catalog.Health
-			traffic uint16
+			want []*backend
+			spec catalog.Health
 		)
 		if svc := t.byName[st.name]; svc != nil && svc.st == st {
-			want, spec, traffic = st.backends.Load().list, svc.spec.Health, trafficPort(svc.spec)
+			want, spec = st.backends.Load().list, svc.spec.Health
 		}
-		waits = append(waits, g.syncChecks(st, want, spec, traffic)...)
+		waits = append(waits, g.syncChecks(st, want, spec)...)
 	}
 	for _, done := range waits {
 		<-done
 	}
 }
 
-// syncChecks makes the checks of st those of want with spec (traffic: the
-// service's trafficPort), and returns the stopped checks to wait for. A
+// syncChecks makes the checks of st those of want with spec, and returns
+// the stopped checks to wait for. A
 // backend that left is untracked and its series, labelled by
 // backend.label, deleted (unless a backend that stays has its label,
 // which only the same address and port have).
-func (g *Gateway) syncChecks(st *serviceState, want []*backend, spec catalog.Health, traffic uint16) []chan struct{} {
+func (g *Gateway) syncChecks(st *serviceState, want []*backend, spec catalog.Health) []chan struct{} {
 	hc := &st.health
 	hc.mu.Lock()
 	defer hc.mu.Unlock()
@@ -160,7 +159,7 @@ func (g *Gateway) syncChecks(st *serviceState, want []*backend, spec catalog.Hea
 		b.track()
 		e := hc.entryLocked(b)
 		g.rearmDrainLocked(st, hc, e, b)
-		port := checkPort(spec, traffic, b)
+		port := checkPort(spec, b)
 		if e.synced && e.spec == spec && e.port == port && (spec.Type != catalog.HealthHTTP || e.host == b.checkHost()) {
 			continue // a checker as wanted runs (an HTTP one sending the backend's name now)
 		}
@@ -175,35 +174,18 @@ func (g *Gateway) syncChecks(st *serviceState, want []*backend, spec catalog.Hea
 	return waits
 }
 
-// trafficPort is the port a service's traffic of its checks' protocol
-// goes to on a backend given by address or host name: the first target of
-// its TCP ports (of its UDP ports for UDP checks), which is also
-// health.port's default.
-func trafficPort(s catalog.Service) uint16 {
-	proto := catalog.TCP
-	if s.Health.Type == catalog.HealthUDP {
-		proto = catalog.UDP
+// checkPort is the port the active checks of b probe. A health.port
+// given in the configuration (h.PortSet) is the port the operator asked
+// for on every backend (an admin or a sidecar's port, or the traffic's
+// written out): it is probed on all, SRV backends too. Without one the
+// checks follow the traffic: h.Port is then its default, the first target
+// of the check's protocol, which a backend from an SRV record replaces
+// with the record's port (backend.portFor), where its flows go.
+func checkPort(h catalog.Health, b *backend) uint16 {
+	if h.PortSet {
+		return h.Port
 	}
-	for _, p := range s.Ports {
-		if p.Protocol == proto {
-			return p.Target
-		}
-	}
-	return 0
-}
-
-// checkPort is the port the active checks of b probe. A backend from an
-// SRV record takes its flows on the record's port, whatever the service's
-// targets: it is checked there, as long as health.port is the traffic's
-// port (its default). A health.port set to another port names a port for
-// checks apart from the traffic (an admin or a sidecar's port), which the
-// operator asked for on every backend: it wins, for SRV backends too.
-// Other backends are checked on health.port.
-func checkPort(h catalog.Health, traffic uint16, b *backend) uint16 {
-	if b.port != 0 && h.Port == traffic {
-		return b.port
-	}
-	return h.Port
+	return b.portFor(h.Port)
 }
 
 // startChecker starts the check goroutine of e, owned by e: stopChecker

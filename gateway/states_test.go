@@ -449,7 +449,7 @@ func TestFreedStateStaysQuiet(t *testing.T) {
 	g.reconcileStates(&table{byName: map[string]*service{}})
 	clk.waitPending(t, 0)
 	bs := st.backends.Load().list
-	g.syncChecks(st, bs, svc.spec.Health, trafficPort(svc.spec))
+	g.syncChecks(st, bs, svc.spec.Health)
 	g.drainBackends(st, bs, 30*time.Second)
 	g.undrainBackends(st, bs)
 	if n := clk.pending(); n != 0 || len(st.health.entries) != 0 {
