@@ -56,9 +56,14 @@ type apiPort struct {
 	Target   uint16 `json:"target"`
 }
 
-// apiBackend is a backend's state in API bodies.
+// apiBackend is a backend's state in API bodies. Backend names it as the
+// metrics' backend label does and the drain API takes it (backend.label):
+// the address, address:port for one from an SRV record, several of which
+// may share an address; Port is that record's port.
 type apiBackend struct {
 	Address     string    `json:"address"`
+	Backend     string    `json:"backend"`
+	Port        uint16    `json:"port,omitempty"`
 	Origin      string    `json:"origin,omitempty"`
 	Healthy     bool      `json:"healthy"`
 	State       string    `json:"state"`
@@ -126,6 +131,8 @@ func (b *backend) describe() apiBackend {
 	defer b.mu.Unlock()
 	ab := apiBackend{
 		Address:     b.addr.String(),
+		Backend:     b.label(),
+		Port:        b.port,
 		Origin:      b.origin(),
 		Healthy:     b.usableLocked(), // as ztgate_backend_healthy: whether it takes new flows
 		State:       b.state.String(),

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,7 +19,8 @@ import (
 // a deadline.
 const maxDrainDeadline = 7 * 24 * time.Hour
 
-// handleDrain serves POST /v1/services/{name}/backends/{address}/drain with
+// handleDrain serves POST /v1/services/{name}/backends/{address}/drain
+// ({address} as lookupBackends reads it) with
 // an optional deadline (JSON body {"deadline": "30s"} or ?deadline=30s):
 // the backend takes no new flows; its flows go on until they end or the
 // deadline passes, when they are closed.
@@ -64,8 +66,10 @@ func goneService(w http.ResponseWriter, svc *service) {
 }
 
 // lookupBackends finds the service and its backends named in the path: an
-// address, or the host name the backends were configured by. It answers
-// 404 itself.
+// address (every backend on it: SRV records may put several there), the
+// address:port of one backend from an SRV record (as GET /v1/services and
+// the metrics name it), or the name the backends were configured by (a
+// host name, the SRV name). It answers 404 itself.
 func (g *Gateway) lookupBackends(w http.ResponseWriter, r *http.Request) (*service, []*backend, bool) {
 	name, addr := strings.ToLower(r.PathValue("name")), r.PathValue("address")
 	svc := g.tbl.Load().byName[name]
@@ -73,18 +77,37 @@ func (g *Gateway) lookupBackends(w http.ResponseWriter, r *http.Request) (*servi
 		adminapi.WriteErrors(w, http.StatusNotFound, fmt.Errorf("no service %q", name))
 		return nil, nil, false
 	}
-	ip, ipErr := netip.ParseAddr(addr)
-	var out []*backend
-	for _, b := range svc.st.backends.Load().list {
-		if (ipErr == nil && b.addr == ip.Unmap()) || b.origin() == addr {
-			out = append(out, b)
-		}
-	}
+	list := svc.st.backends.Load().list
+	out := matchBackends(list, addr)
 	if len(out) == 0 {
-		adminapi.WriteErrors(w, http.StatusNotFound, fmt.Errorf("service %q has no backend %q", name, addr))
+		err := fmt.Errorf("service %q has no backend %q", name, addr)
+		if ap, perr := netip.ParseAddrPort(addr); perr == nil && slices.ContainsFunc(list, func(b *backend) bool {
+			return b.port == 0 && b.addr == ap.Addr().Unmap()
+		}) {
+			err = fmt.Errorf("%w: address:port names a backend from an SRV record by its record's port; name one given by address by its address (%s)", err, ap.Addr())
+		}
+		adminapi.WriteErrors(w, http.StatusNotFound, err)
 		return nil, nil, false
 	}
 	return svc, out, true
+}
+
+// matchBackends returns the backends of list that s names, as
+// lookupBackends reads it. An address:port names a backend with a port of
+// its own (from an SRV record) only: the others have the service's
+// targets, and are named by address.
+func matchBackends(list []*backend, s string) []*backend {
+	ip, ipErr := netip.ParseAddr(s)
+	ap, apErr := netip.ParseAddrPort(s)
+	var out []*backend
+	for _, b := range list {
+		if (ipErr == nil && b.addr == ip.Unmap()) ||
+			(apErr == nil && b.port != 0 && b.key() == backendKey{ap.Addr().Unmap(), ap.Port()}) ||
+			b.origin() == s {
+			out = append(out, b)
+		}
+	}
+	return out
 }
 
 // parseDrainDeadline parses the deadline of a drain request from its body

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -287,5 +288,124 @@ func TestDrainOfFreedState(t *testing.T) {
 		if status, body := serveAPI(t, api, "POST", "/v1/services/web/backends/192.0.2.10/"+path, "", ""); status != http.StatusNotFound {
 			t.Errorf("%s of a freed service: %d %s", path, status, body)
 		}
+	}
+}
+
+// srvDrainGateway is a unit gateway with service web: 192.0.2.10 given by
+// address, and from SRV records 192.0.2.20 on ports 8080 and 8081 and
+// 2001:db8::20 on 8080.
+func srvDrainGateway(t *testing.T) (*service, http.Handler) {
+	t.Helper()
+	g, _ := newUnitGateway(t)
+	st := g.state("web")
+	st.health.clock = newFakeClock()
+	const srv = "_web._tcp.corp.example"
+	srvAddr := func(addr string, port uint16) backendAddr {
+		return backendAddr{addr: netip.MustParseAddr(addr), origin: srv, host: "a.corp.example", port: port, priority: 10, weight: 1}
+	}
+	st.setBackends([]backendAddr{
+		{addr: netip.MustParseAddr("192.0.2.10"), origin: "192.0.2.10"},
+		srvAddr("192.0.2.20", 8080), srvAddr("192.0.2.20", 8081), srvAddr("2001:db8::20", 8080),
+	}, false)
+	svc := &service{spec: catalog.Service{Name: "web", BackendsSRV: srv}, st: st}
+	g.tbl.Store(&table{byName: map[string]*service{"web": svc}, byVIP: map[netip.Addr]*service{}})
+	return svc, g.apiHandler("")
+}
+
+// TestSRVBackendsListed: GET /v1/services names each backend as the
+// metrics' backend label does, address:port for one from an SRV record,
+// with the record's port apart, so that two SRV backends on one address
+// can be told apart; address stays the address.
+func TestSRVBackendsListed(t *testing.T) {
+	_, h := srvDrainGateway(t)
+	var list struct {
+		Services []struct {
+			Backends []map[string]any `json:"backends"`
+		} `json:"services"`
+	}
+	if code := call(t, h, "GET", "/v1/services", "", &list); code != http.StatusOK {
+		t.Fatalf("status %d", code)
+	}
+	type row struct {
+		address, backend string
+		port             float64 // 0: no port field
+	}
+	want := []row{
+		{"192.0.2.10", "192.0.2.10", 0},
+		{"192.0.2.20", "192.0.2.20:8080", 8080},
+		{"192.0.2.20", "192.0.2.20:8081", 8081},
+		{"2001:db8::20", "[2001:db8::20]:8080", 8080},
+	}
+	var got []row
+	for _, b := range list.Services[0].Backends {
+		port, hasPort := b["port"].(float64)
+		if _, present := b["port"]; present && !hasPort {
+			t.Errorf("backend %v: port is not a number", b)
+		}
+		address, _ := b["address"].(string)
+		backend, _ := b["backend"].(string)
+		got = append(got, row{address, backend, port})
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("backends %v, want %v", got, want)
+	}
+}
+
+// TestDrainSRVBackendByPort: the drain API names one SRV backend by its
+// address and port, as the listing and the metrics do; an address alone
+// still drains every backend on that address, and the SRV name all of
+// its backends.
+func TestDrainSRVBackendByPort(t *testing.T) {
+	cases := []struct {
+		name, backend string
+		status        int
+		draining      []string // labels of the draining backends after
+		errHas        string   // in the error of a failure
+	}{
+		{"address:port: that backend alone", "192.0.2.20:8080", 200, []string{"192.0.2.20:8080"}, ""},
+		{"the other port", "192.0.2.20:8081", 200, []string{"192.0.2.20:8081"}, ""},
+		{"address: every backend on it", "192.0.2.20", 200, []string{"192.0.2.20:8080", "192.0.2.20:8081"}, ""},
+		{"IPv6 address:port", "[2001:db8::20]:8080", 200, []string{"[2001:db8::20]:8080"}, ""},
+		{"IPv6 address:port, escaped", "%5B2001:db8::20%5D:8080", 200, []string{"[2001:db8::20]:8080"}, ""},
+		{"IPv6 address", "2001:db8::20", 200, []string{"[2001:db8::20]:8080"}, ""},
+		{"the SRV name: all of its backends", "_web._tcp.corp.example", 200, []string{"192.0.2.20:8080", "192.0.2.20:8081", "[2001:db8::20]:8080"}, ""},
+		{"a port no record has", "192.0.2.20:9000", 404, nil, `service "web" has no backend "192.0.2.20:9000"`},
+		{"a backend given by address has no port of its own", "192.0.2.10:80", 404, nil, "name one given by address by its address (192.0.2.10)"},
+		{"port out of range", "192.0.2.20:70000", 404, nil, `no backend "192.0.2.20:70000"`},
+		{"no backend on the address", "192.0.2.99:8080", 404, nil, `no backend "192.0.2.99:8080"`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			svc, h := srvDrainGateway(t)
+			var out struct {
+				Errors []string `json:"errors"`
+			}
+			if got := call(t, h, "POST", "/v1/services/web/backends/"+tc.backend+"/drain", "", &out); got != tc.status {
+				t.Fatalf("status %d, want %d: %v", got, tc.status, out.Errors)
+			}
+			if tc.status != 200 && (len(out.Errors) != 1 || !strings.Contains(out.Errors[0], tc.errHas)) {
+				t.Fatalf("errors %q, want one with %q", out.Errors, tc.errHas)
+			}
+			var draining []string
+			for _, b := range svc.st.backends.Load().list {
+				if b.describe().State == "draining" {
+					draining = append(draining, b.label())
+				}
+			}
+			if !slices.Equal(draining, tc.draining) {
+				t.Fatalf("draining %q, want %q", draining, tc.draining)
+			}
+			if tc.status != 200 {
+				return
+			}
+			if got := call(t, h, "POST", "/v1/services/web/backends/"+tc.backend+"/undrain", "", &out); got != 200 {
+				t.Fatalf("undrain: status %d: %v", got, out.Errors)
+			}
+			for _, b := range svc.st.backends.Load().list {
+				if s := b.describe().State; s == "draining" {
+					t.Errorf("%s still draining after undrain", b.label())
+				}
+			}
+		})
 	}
 }

@@ -35,6 +35,7 @@ type statusService struct {
 	} `json:"ports"`
 	Backends []struct {
 		Address     string `json:"address"`
+		Backend     string `json:"backend"` // address:port for one from an SRV record; absent from older gateways
 		State       string `json:"state"`
 		LastError   string `json:"last_error"`
 		ActiveFlows int64  `json:"active_flows"`
@@ -163,7 +164,7 @@ func formatPorts(s statusService) string {
 func formatBackends(s statusService) string {
 	var out []string
 	for _, b := range s.Backends {
-		e := fmt.Sprintf("%s %s (%d)", b.Address, b.State, b.ActiveFlows)
+		e := fmt.Sprintf("%s %s (%d)", cmp.Or(b.Backend, b.Address), b.State, b.ActiveFlows)
 		if b.LastError != "" && b.State != "up" {
 			e += ": " + b.LastError
 		}

@@ -23,6 +23,14 @@ const (
 		"healthy": true, "source": "file", "active_flows": 3,
 		"backends": [{"address": "192.0.2.10", "healthy": true, "state": "up", "last_error": "", "active_flows": 3},
 			{"address": "192.0.2.11", "healthy": false, "state": "down", "last_error": "connection refused", "active_flows": 0}]}]}`
+	// SRV backends, two on one address, named apart by address:port.
+	gatewaySRVServices = `{"services": [{"name": "web", "vip": "10.100.0.10", "tenants": ["acme"],
+		"ports": [{"protocol": "tcp", "port": 80, "target": 8080}], "balance": "round_robin",
+		"healthy": true, "source": "file", "active_flows": 1,
+		"backends": [{"address": "192.0.2.20", "backend": "192.0.2.20:8080", "port": 8080, "origin": "_web._tcp.corp.example",
+				"healthy": true, "state": "up", "last_error": "", "active_flows": 1},
+			{"address": "192.0.2.20", "backend": "192.0.2.20:8081", "port": 8081, "origin": "_web._tcp.corp.example",
+				"healthy": false, "state": "down", "last_error": "connection refused", "active_flows": 0}]}]}`
 	relayServices = `{"services": [{"name": "web", "vip": "10.100.0.10", "tenants": ["acme"],
 		"ports": [{"protocol": "tcp", "port": 80}], "icmp": true, "healthy": true,
 		"gateways": [{"name": "gw1", "healthy": true, "state": "healthy", "session": 7, "flows": 2},
@@ -70,6 +78,8 @@ func TestStatus(t *testing.T) {
 		{name: "gateway", body: gatewayServices, code: 0, want: []string{
 			"SERVICE", "BACKENDS (STATE, FLOWS)", "web", "10.100.0.10", "tcp/80→8080", "acme", "up",
 			"192.0.2.10 up (3)", "192.0.2.11 down (0): connection refused"}},
+		{name: "gateway, SRV backends", body: gatewaySRVServices, code: 0, want: []string{
+			"192.0.2.20:8080 up (1); 192.0.2.20:8081 down (0): connection refused"}},
 		{name: "relay", body: relayServices, code: 0, want: []string{
 			"GATEWAYS (STATE, FLOWS)", "gw1 healthy (2); gw2 draining (1)", "db", "gw1 down (2)", "tcp/5432"}, notWant: "BACKENDS"},
 		{name: "json", body: relayServices, args: []string{"-json"}, code: 0, want: []string{`"state": "draining"`}},
