@@ -105,7 +105,7 @@ type Health struct {
 	PortSet      bool   // health.port was given: Port is probed on every backend, not only those without a port of their own (SRV)
 	Path         string // http: request path
 	ExpectStatus int    // http: required status; 0 means any 2xx
-	Send         string // udp: payload; empty on port 53 means a DNS SOA query
+	Send         string // udp: payload; empty means a DNS SOA query when the port probed is 53
 	Expect       string // udp: the reply must contain this; empty means any reply
 	Interval     time.Duration
 	Timeout      time.Duration

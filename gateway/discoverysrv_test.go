@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -169,6 +170,58 @@ func TestSRVHealthPort(t *testing.T) {
 			})
 			if state != tc.want {
 				t.Fatalf("backend %s, want %s", state, tc.want)
+			}
+		})
+	}
+}
+
+// TestUDPCheckDNSByProbedPort: a UDP check without a payload sends a DNS
+// query when the port it probes is 53, not when health.port is: an SRV
+// backend whose record puts it on another port, in a service whose
+// health.port is 53 by default (its target), gets the empty datagram of
+// any UDP service and is up on any reply.
+func TestUDPCheckDNSByProbedPort(t *testing.T) {
+	var sawQuery atomic.Bool
+	srv := udpServer(t, func(b []byte) []byte {
+		sawQuery.Store(len(b) > 0)
+		return []byte("pong")
+	})
+	cases := []struct {
+		name    string
+		backend backendAddr
+		health  catalog.Health
+	}{
+		{"SRV backend off port 53, health.port 53 by default",
+			backendAddr{addr: srv.Addr(), origin: "_dns._udp.corp.example", host: "a.corp.example", port: srv.Port(), priority: 10, weight: 1},
+			catalog.Health{Type: catalog.HealthUDP, Port: 53}},
+		{"address backend, health.port off 53",
+			backendAddr{addr: srv.Addr(), origin: srv.Addr().String()},
+			catalog.Health{Type: catalog.HealthUDP, Port: srv.Port(), PortSet: true}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			sawQuery.Store(false)
+			g, _ := newUnitGateway(t)
+			clk := newFakeClock()
+			st := g.state("dns")
+			st.health.clock = clk
+			st.health.randN = func(int64) int64 { return 0 }
+			st.setBackends([]backendAddr{tc.backend}, false)
+			h := tc.health
+			h.Interval, h.Timeout, h.Rise, h.Fall = time.Second, time.Second, 1, 1
+			ports := []catalog.Port{{Protocol: catalog.UDP, Port: 53, Target: 53}}
+			g.tbl.Store(&table{byName: map[string]*service{"dns": {spec: catalog.Service{Name: "dns", Ports: ports, Health: h}, st: st}}})
+			g.syncHealth()
+			clk.waitPending(t, 1)
+			clk.Advance(0) // the first check
+			b := st.backends.Load().list[0]
+			var state string
+			waitFor(t, 5*time.Second, "a check's result", func() bool {
+				state = b.describe().State
+				return state != "unknown"
+			})
+			if state != "up" || sawQuery.Load() {
+				t.Fatalf("backend %s (last error %q), a DNS query sent: %v; want up on an empty datagram", state, b.describe().LastError, sawQuery.Load())
 			}
 		})
 	}

@@ -21,7 +21,7 @@ type healthChecks struct {
 	// and the probes in tests; nil means the real ones.
 	clock     clock
 	randN     func(n int64) int64
-	newProber func(h catalog.Health, host, zone string) prober
+	newProber func(h catalog.Health, port uint16, host, zone string) prober
 }
 
 // healthEntry is the health machinery of one backend.
@@ -197,7 +197,7 @@ func (g *Gateway) startChecker(st *serviceState, hc *healthChecks, e *healthEntr
 	if hc.newProber != nil {
 		mk = hc.newProber
 	}
-	p := mk(spec, e.host, g.cfg.DNS.Zone)
+	p := mk(spec, e.port, e.host, g.cfg.DNS.Zone)
 	if p == nil {
 		return
 	}

@@ -36,7 +36,7 @@ func TestLateCheckResultAfterReload(t *testing.T) {
 			st := g.state("web")
 			st.health.clock = clk
 			st.health.randN = func(int64) int64 { return 0 }
-			st.health.newProber = func(h catalog.Health, _, _ string) prober {
+			st.health.newProber = func(h catalog.Health, _ uint16, _, _ string) prober {
 				if h.Type == catalog.HealthNone {
 					return nil
 				}

@@ -20,17 +20,18 @@ type prober interface {
 }
 
 // newProber returns the prober for a service's health settings, or nil for
-// type none. host is the backend's host name, sent as the HTTP Host (""
+// type none. port is the port its checks probe (checkPort: not always
+// h.Port); host is the backend's host name, sent as the HTTP Host (""
 // for a backend given by address: the address is); zone is the DNS zone a
 // UDP check of port 53 asks for.
-func newProber(h catalog.Health, host, zone string) prober {
+func newProber(h catalog.Health, port uint16, host, zone string) prober {
 	switch h.Type {
 	case catalog.HealthTCP:
 		return tcpProbe{}
 	case catalog.HealthHTTP:
 		return newHTTPProbe(h.Path, h.ExpectStatus, host)
 	case catalog.HealthUDP:
-		return newUDPProbe(h, zone)
+		return newUDPProbe(h, port, zone)
 	}
 	return nil
 }

@@ -108,7 +108,7 @@ func TestProbes(t *testing.T) {
 	udpCheck := func(send, expect string) catalog.Health {
 		return catalog.Health{Type: catalog.HealthUDP, Send: send, Expect: expect}
 	}
-	dnsCheck := catalog.Health{Type: catalog.HealthUDP, Port: 53}
+	dnsCheck := catalog.Health{Type: catalog.HealthUDP} // without a payload: a DNS query when the port probed is 53
 	cases := []struct {
 		name    string
 		health  catalog.Health
@@ -138,7 +138,13 @@ func TestProbes(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			p := newProber(tc.health, tc.target.Addr().String(), "ztna.internal.")
+			// A DNS check is one of port 53 (the probed port): its
+			// server is a stand-in on another port.
+			port := tc.target.Port()
+			if tc.health == dnsCheck {
+				port = 53
+			}
+			p := newProber(tc.health, port, tc.target.Addr().String(), "ztna.internal.")
 			defer p.close()
 			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 			defer cancel()
@@ -156,7 +162,7 @@ func TestProbes(t *testing.T) {
 		})
 	}
 	t.Run("none has no prober", func(t *testing.T) {
-		if p := newProber(catalog.Health{Type: catalog.HealthNone}, "", ""); p != nil {
+		if p := newProber(catalog.Health{Type: catalog.HealthNone}, 80, "", ""); p != nil {
 			t.Fatalf("prober %T for type none", p)
 		}
 	})
@@ -165,7 +171,7 @@ func TestProbes(t *testing.T) {
 			{"app1.corp.example", "app1.corp.example"},
 			{"", web.String()}, // a backend given by address (backend.checkHost)
 		} {
-			p := newProber(httpCheck("/ok", 0), tc.host, "")
+			p := newProber(httpCheck("/ok", 0), web.Port(), tc.host, "")
 			if err := p.probe(context.Background(), web); err != nil {
 				t.Fatal(err)
 			}
@@ -175,6 +181,33 @@ func TestProbes(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestUDPProbeDNS: a UDP check without a payload is a DNS query when the
+// port it probes is 53, whatever health.port says (an SRV backend is
+// probed on its record's port).
+func TestUDPProbeDNS(t *testing.T) {
+	cases := []struct {
+		name       string
+		healthPort uint16
+		probed     uint16
+		send       string
+		dns        bool
+	}{
+		{"53, as health.port", 53, 53, "", true},
+		{"53, health.port another (an SRV record's 53)", 5353, 53, "", true},
+		{"another port, health.port 53 (an SRV record's port)", 53, 5353, "", false},
+		{"another port", 5353, 5353, "", false},
+		{"53 with a payload", 53, 53, "ping", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := catalog.Health{Type: catalog.HealthUDP, Port: tc.healthPort, Send: tc.send}
+			if got := newUDPProbe(h, tc.probed, "ztna.internal.").dns; got != tc.dns {
+				t.Errorf("DNS query %v, want %v", got, tc.dns)
+			}
+		})
+	}
 }
 
 // TestProbesLeakNoFDs runs many checks of every kind, passing and failing,
@@ -200,7 +233,7 @@ func TestProbesLeakNoFDs(t *testing.T) {
 	before := openFDs(t)
 	for range 50 {
 		for _, c := range checks {
-			p := newProber(c.h, "", "")
+			p := newProber(c.h, 0, "", "") // no check here depends on the port (UDP with a payload)
 			for _, target := range c.targets {
 				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 				p.probe(ctx, target)

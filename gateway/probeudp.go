@@ -17,8 +17,8 @@ import (
 )
 
 // udpProbe sends one datagram and checks the first reply: it must contain
-// expect (any reply when empty). On port 53 without a payload it asks for
-// the SOA of the zone and checks that the server answered sanely. A port
+// expect (any reply when empty). Probing port 53 without a payload it asks
+// for the SOA of the zone and checks that the server answered sanely. A port
 // unreachable (ECONNREFUSED on the connected socket) or silence until the
 // timeout is a failure.
 type udpProbe struct {
@@ -32,11 +32,13 @@ type udpProbe struct {
 // udpProbeBuf bounds a reply; the rest of a longer one is not looked at.
 const udpProbeBuf = 4096
 
-func newUDPProbe(h catalog.Health, zone string) *udpProbe {
+// newUDPProbe returns the probe of h's checks of port, the port probed:
+// h.Port may be another (an SRV backend is checked on its record's port).
+func newUDPProbe(h catalog.Health, port uint16, zone string) *udpProbe {
 	return &udpProbe{
 		send:   []byte(h.Send),
 		expect: []byte(h.Expect),
-		dns:    h.Port == 53 && h.Send == "",
+		dns:    port == 53 && h.Send == "",
 		zone:   zone,
 		buf:    make([]byte, udpProbeBuf),
 	}
