@@ -77,7 +77,7 @@ type outputFixture struct {
 
 func newOutputFixture(t *testing.T) *outputFixture {
 	g := &Gateway{m: newMetrics(prometheus.NewRegistry()), flows: newFlowTable()}
-	g.ingresses = newIngressTable(prometheus.NewGauge(prometheus.GaugeOpts{Name: "test_ingresses"}))
+	g.ingresses = newIngressTable(prometheus.NewGauge(prometheus.GaugeOpts{Name: "test_ingresses"}), nil)
 	f := &outputFixture{g: g, out: &tunnelOutput{g: g}}
 	t.Cleanup(func() {
 		for _, h := range f.held {

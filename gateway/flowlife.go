@@ -17,12 +17,11 @@ func (g *Gateway) newFlow(proto string, client, vip netip.AddrPort, d decision, 
 	now := g.now()
 	sm := d.svc.st.m
 	fm, made := sm.flowStarted(d.peer.tenant, proto)
-	if made && d.peer.lan() && !g.tbl.Load().tenants.configures(d.peer.tenant) {
-		// A LAN tenant the running table lacks: the flow was classified
-		// before a reload removed it (its handshake was in flight), and
-		// its series were made after that reload's forgetTenants. They
-		// go with their last flow.
-		sm.retire(fm)
+	if made {
+		// Of a tenant absent now (a reload removed its [[tenant]], or its
+		// last ingress closed, while the flow's handshake was in flight),
+		// they go with their last flow.
+		g.retireAbsent(sm, fm, d.peer.tenant)
 	}
 	f := &flow{
 		proto:     proto,

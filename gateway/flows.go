@@ -23,9 +23,6 @@ type peer struct {
 // "tenant/role/name".
 const lanIdentity = "lan"
 
-// lan reports whether the peer is a TUN client.
-func (p peer) lan() bool { return p.identity == lanIdentity }
-
 // flow is one spliced TCP or UDP flow. It is bound at creation to its
 // peer, service and backend and never re-evaluated: a reload does not
 // move it.

@@ -101,6 +101,9 @@ type Gateway struct {
 	direct    *tunnel.Listener
 	// directSessions counts each agent identity's direct sessions.
 	directSessions identitySessions
+	// presence says whose flow series are kept: the configured tenants
+	// and those with an ingress open.
+	presence tenantPresence
 	// outboxes bounds the replies queued in all the tunnel sessions'
 	// outboxes together; nil (tests that build a Gateway by hand): none.
 	outboxes *tunnel.OutboxBudget
@@ -251,7 +254,7 @@ func (g *Gateway) Start() error {
 	if g.tunnelOn() {
 		// Before the LAN link starts: its packets' sources are looked up
 		// here (identify).
-		g.ingresses = newIngressTable(g.m.ingresses)
+		g.ingresses = newIngressTable(g.m.ingresses, g)
 	}
 	if err := g.startLAN(pools); err != nil {
 		g.Close()

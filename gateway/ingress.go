@@ -52,17 +52,41 @@ type ingressTable struct {
 	bySynth map[netip.Addr]*ingress
 	next    uint32           // last allocated host number
 	open    prometheus.Gauge // len(bySynth)
+	// tenants is told of every ingress added and removed, by tenant (the
+	// gateway's tenantPresence); nil: no one.
+	tenants ingressTenants
 }
 
-// newIngressTable returns an empty table that keeps open at its size.
-func newIngressTable(open prometheus.Gauge) *ingressTable {
-	return &ingressTable{bySynth: make(map[netip.Addr]*ingress), open: open}
+// ingressTenants counts the ingresses of each tenant.
+type ingressTenants interface {
+	ingressOpened(tenant string)
+	ingressClosed(tenant string)
+}
+
+// newIngressTable returns an empty table that keeps open at its size and
+// tells tenants (nil: no one) of the ingresses added and removed.
+func newIngressTable(open prometheus.Gauge, tenants ingressTenants) *ingressTable {
+	return &ingressTable{bySynth: make(map[netip.Addr]*ingress), open: open, tenants: tenants}
 }
 
 var errIngressFull = errors.New("no synthetic address left for a new tunnel ingress")
 
-// add gives in a synthetic address and registers it.
+// add gives in a synthetic address and registers it. Its tenant is
+// counted before: a remove, which follows the add, is counted after.
 func (t *ingressTable) add(in *ingress) error {
+	if t.tenants != nil {
+		t.tenants.ingressOpened(in.peer.tenant)
+	}
+	if t.insert(in) {
+		return nil
+	}
+	if t.tenants != nil {
+		t.tenants.ingressClosed(in.peer.tenant)
+	}
+	return errIngressFull
+}
+
+func (t *ingressTable) insert(in *ingress) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	const hosts = 1<<16 - 2
@@ -73,20 +97,24 @@ func (t *ingressTable) add(in *ingress) error {
 			in.synth = a
 			t.bySynth[a] = in
 			t.open.Inc()
-			return nil
+			return true
 		}
 	}
-	return errIngressFull
+	return false
 }
 
 // remove unregisters in; its synthetic address may be reused.
 func (t *ingressTable) remove(in *ingress) {
 	t.mu.Lock()
-	if t.bySynth[in.synth] == in {
+	removed := t.bySynth[in.synth] == in
+	if removed {
 		delete(t.bySynth, in.synth)
 		t.open.Dec()
 	}
 	t.mu.Unlock()
+	if removed && t.tenants != nil {
+		t.tenants.ingressClosed(in.peer.tenant)
+	}
 }
 
 func (t *ingressTable) lookup(synth netip.Addr) *ingress {

@@ -194,7 +194,7 @@ type serviceMetrics struct {
 	// the read lock (flowStarted): a series being deleted is never
 	// handed to a new flow.
 	mu    sync.RWMutex
-	flows map[flowKey]*flowMetrics // by tenant and protocol, made on first use
+	flows map[string]map[string]*flowMetrics // by tenant, then protocol; made on first use
 }
 
 // flowKey is a tenant and protocol of a service's flow metrics.
@@ -206,9 +206,9 @@ type flowMetrics struct {
 	total  prometheus.Counter
 	active prometheus.Gauge
 	open   atomic.Int64 // the flows counted in active, where it can be read
-	// gone: the tenant left the configuration while flows were open on
-	// these series; the last of them deletes them. Guarded by the
-	// service's mu.
+	// gone: the tenant stopped being present (tenantPresence) while
+	// flows were open on these series; the last of them deletes them.
+	// Guarded by the service's mu.
 	gone bool
 }
 
@@ -221,7 +221,7 @@ func (m *metrics) service(name string) *serviceMetrics {
 		down:        m.bytes.WithLabelValues(name, "down"),
 		echoOK:      m.echoes.WithLabelValues(name, "ok"),
 		echoNoReply: m.echoes.WithLabelValues(name, "no_reply"),
-		flows:       make(map[flowKey]*flowMetrics),
+		flows:       make(map[string]map[string]*flowMetrics),
 	}
 }
 
@@ -229,9 +229,8 @@ func (m *metrics) service(name string) *serviceMetrics {
 // returns its counters, which the flow holds until flowEnded. made: they
 // were made for it, the first flow since they were deleted (or ever).
 func (sm *serviceMetrics) flowStarted(tenant, proto string) (fm *flowMetrics, made bool) {
-	k := flowKey{tenant, proto}
 	sm.mu.RLock()
-	if fm = sm.flows[k]; fm != nil {
+	if fm = sm.flows[tenant][proto]; fm != nil {
 		fm.start()
 		sm.mu.RUnlock()
 		return fm, false
@@ -239,13 +238,18 @@ func (sm *serviceMetrics) flowStarted(tenant, proto string) (fm *flowMetrics, ma
 	sm.mu.RUnlock()
 	sm.mu.Lock()
 	defer sm.mu.Unlock()
-	if fm = sm.flows[k]; fm == nil {
+	if fm = sm.flows[tenant][proto]; fm == nil {
 		fm = &flowMetrics{
-			key:    k,
+			key:    flowKey{tenant, proto},
 			total:  sm.m.flowsTotal.WithLabelValues(sm.name, tenant, proto),
 			active: sm.m.flowsActive.WithLabelValues(sm.name, tenant, proto),
 		}
-		sm.flows[k] = fm
+		byProto := sm.flows[tenant]
+		if byProto == nil {
+			byProto = make(map[string]*flowMetrics, 1)
+			sm.flows[tenant] = byProto
+		}
+		byProto[proto] = fm
 		made = true
 	}
 	fm.start()
@@ -270,27 +274,26 @@ func (sm *serviceMetrics) flowEnded(fm *flowMetrics) {
 	}
 	sm.mu.Lock()
 	defer sm.mu.Unlock()
-	if fm.gone && fm.open.Load() == 0 && sm.flows[fm.key] == fm { // else a flow came, or the tenant back
+	if fm.gone && fm.open.Load() == 0 && sm.flows[fm.key.tenant][fm.key.proto] == fm { // else a flow came, or the tenant back
 		sm.forgetFlowsLocked(fm)
 	}
 }
 
-// tenantsChanged applies a change of the configured tenants
-// (tenantChanges) to the service's flow series: those of a tenant that
-// left (changes[name] is true) are deleted now when no flow is open on
-// them, else by their last flow; a tenant that came back (false) keeps
-// them.
+// tenantsChanged applies a change of the tenants present (tenantPresence)
+// to the service's flow series: those of a tenant that left (changes[name]
+// is true) are deleted now when no flow is open on them, else by their
+// last flow; a tenant that came back (false) keeps them. It costs a
+// lookup per changed tenant, not a pass over every tenant's series.
 func (sm *serviceMetrics) tenantsChanged(changes map[string]bool) {
 	sm.mu.Lock()
 	defer sm.mu.Unlock()
-	for _, fm := range sm.flows {
-		gone, ok := changes[fm.key.tenant]
-		switch {
-		case !ok:
-		case gone && fm.open.Load() == 0:
-			sm.forgetFlowsLocked(fm)
-		default:
-			fm.gone = gone
+	for tenant, gone := range changes {
+		for _, fm := range sm.flows[tenant] {
+			if gone && fm.open.Load() == 0 {
+				sm.forgetFlowsLocked(fm)
+			} else {
+				fm.gone = gone
+			}
 		}
 	}
 }
@@ -304,7 +307,11 @@ func (sm *serviceMetrics) retire(fm *flowMetrics) {
 
 // forgetFlowsLocked deletes the flow series of fm. The caller holds mu.
 func (sm *serviceMetrics) forgetFlowsLocked(fm *flowMetrics) {
-	delete(sm.flows, fm.key)
+	byProto := sm.flows[fm.key.tenant]
+	delete(byProto, fm.key.proto)
+	if len(byProto) == 0 {
+		delete(sm.flows, fm.key.tenant)
+	}
 	sm.m.flowsTotal.DeleteLabelValues(sm.name, fm.key.tenant, fm.key.proto)
 	sm.m.flowsActive.DeleteLabelValues(sm.name, fm.key.tenant, fm.key.proto)
 }

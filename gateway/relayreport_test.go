@@ -294,7 +294,7 @@ func TestHoldPendingTags(t *testing.T) {
 // before it takes a synthetic address, and the open tag is kept.
 func TestOpenTagDuplicate(t *testing.T) {
 	g := &Gateway{m: newMetrics(prometheus.NewRegistry()), flows: newFlowTable()}
-	g.ingresses = newIngressTable(prometheus.NewGauge(prometheus.GaugeOpts{Name: "test_ingresses"}))
+	g.ingresses = newIngressTable(prometheus.NewGauge(prometheus.GaugeOpts{Name: "test_ingresses"}), nil)
 	rs := &relaySession{g: g, tags: map[uint32]*ingress{}, pending: map[uint32]*pendingTag{}}
 	rs.openTag(&tunnel.TagOpen{Tag: 5, Service: "web"})
 	first, next := rs.tags[5], g.ingresses.next

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 
@@ -657,20 +658,29 @@ sources = ["203.0.113.0/24"]
 // TestFlowAcrossTenantRemoval: a flow classified before a reload removed
 // its LAN tenant, whose series are made after it, takes them with it when
 // it ends; an agent's flow of a tenant that is not configured keeps its
-// series.
+// series while one of the tenant's ingresses is open, and takes them with
+// it when none is.
 func TestFlowAcrossTenantRemoval(t *testing.T) {
 	cases := []struct {
-		name string
-		peer peer
-		want string // flowSeries after the flow ended
+		name    string
+		peer    peer
+		ingress bool   // an ingress of the tenant is open
+		want    string // flowSeries after the flow ended
 	}{
-		{"LAN client", peer{tenant: "acme", identity: lanIdentity}, ""},
-		{"agent", peer{tenant: "acme", identity: "acme/agent/laptop"}, "acme/tcp:1/0"},
+		{"LAN client", peer{tenant: "acme", identity: lanIdentity}, false, ""},
+		{"agent connected", peer{tenant: "acme", identity: "acme/agent/laptop"}, true, "acme/tcp:1/0"},
+		{"agent gone", peer{tenant: "acme", identity: "acme/agent/laptop"}, false, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			g, _ := newUnitGateway(t)
 			g.limits = newFlowLimits()
+			g.ingresses = newIngressTable(prometheus.NewGauge(prometheus.GaugeOpts{Name: "test_ingresses"}), g)
+			if tc.ingress {
+				if err := g.ingresses.add(&ingress{peer: tc.peer}); err != nil {
+					t.Fatal(err)
+				}
+			}
 			svc := &service{spec: catalog.Service{Name: "web"}, st: g.state("web")}
 			classified := &table{byName: map[string]*service{"web": svc}, tenants: newTenantTable([]catalog.Tenant{{Name: "acme"}})}
 			g.tbl.Store(&table{byName: classified.byName, tenants: newTenantTable(nil)}) // the reload

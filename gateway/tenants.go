@@ -55,7 +55,7 @@ func (t *tenantTable) configures(name string) bool { return t.names[name] }
 // tenantChanges compares the [[tenant]] names of two tables: true for a
 // tenant old has and t lacks (it left), false for one t has and old lacks
 // (it came, or came back). Tenants named only by agents' certificates are
-// in neither table: they never leave, and their series stay.
+// in neither table: their series follow their agents (tenantPresence).
 func tenantChanges(old, t *tenantTable) map[string]bool {
 	changes := make(map[string]bool)
 	for name := range old.names {
@@ -73,17 +73,21 @@ func tenantChanges(old, t *tenantTable) map[string]bool {
 
 // forgetTenants deletes the flow series of the tenants that left the
 // configuration between old and t, of every service: at once where no
-// flow is open on them, else when the last one ends. (Their limit
-// counters go by themselves with their last flow and handshake:
-// flowLimits.giveTenant.)
+// flow is open on them, else when the last one ends. A tenant that left
+// while one of its agents is connected stays present until the last one
+// leaves (tenantPresence). (Their limit counters go by themselves with
+// their last flow and handshake: flowLimits.giveTenant.)
 func (g *Gateway) forgetTenants(old, t *table) {
 	changes := tenantChanges(&old.tenants, &t.tenants)
 	if len(changes) == 0 {
 		return
 	}
-	g.statesMu.Lock()
-	defer g.statesMu.Unlock()
-	for _, st := range g.states {
-		st.m.tenantsChanged(changes)
+	g.presence.mu.Lock()
+	defer g.presence.mu.Unlock()
+	for name, gone := range changes {
+		if gone && g.presence.ingresses[name] > 0 {
+			delete(changes, name)
+		}
 	}
+	g.tenantsChangedLocked(changes)
 }
