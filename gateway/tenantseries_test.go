@@ -32,12 +32,17 @@ func TestAgentTenantSeriesFreed(t *testing.T) {
 		h.gw.closeIngress(in, "agent_disconnected")
 	}
 	churn("acme") // configured: kept
+	waitFor(t, 5*time.Second, "acme's flow to end", func() bool { return len(h.gw.flows.list(nil)) == 0 })
+	baseline := gatherSeries(t, h.gw).total
 	for i := range tenants {
 		churn(fmt.Sprintf("cust%02d", i))
 	}
 	waitFor(t, 5*time.Second, "every flow to end", func() bool { return len(h.gw.flows.list(nil)) == 0 })
 	if got, want := flowSeries(t, h.gw.m), "acme/udp:1/0"; got != want {
 		t.Errorf("flow series after %d tenants' agents left: %q, want %q", tenants, got, want)
+	}
+	if got := gatherSeries(t, h.gw).total; got != baseline {
+		t.Errorf("%d ztgate_ series after %d tenants' agents came and left, %d before", got, tenants, baseline)
 	}
 }
 
