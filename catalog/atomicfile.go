@@ -36,14 +36,15 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) (replaced bool,
 		_ = os.Remove(tmp) // best effort
 		return false, fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := SyncDir(dir); err != nil {
 		return true, fmt.Errorf("write %s: the file is replaced but may not survive a crash: %w", path, err)
 	}
 	return true, nil
 }
 
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
+// SyncDir makes the entries just made in dir (a rename, a link, a new
+// file) durable.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

@@ -61,7 +61,7 @@ func createFile(path string, data []byte, perm os.FileMode) error {
 			return fmt.Errorf("write %s: %w", path, err)
 		}
 	}
-	return syncDir(dir)
+	return catalog.SyncDir(dir)
 }
 
 // writeSynced gives f its mode, writes data, syncs and closes it.
@@ -74,19 +74,6 @@ func writeSynced(f *os.File, data []byte, perm os.FileMode) error {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-// syncDir makes the entries just created in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
 		err = cerr
 	}
 	return err
