@@ -26,7 +26,7 @@ const drainPath = "/v1/services/web/backends/127.0.0.1/drain"
 func apiCall(t testing.TB, h http.Handler, method, path string, body []byte) (int, []byte) {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(method, path, bytes.NewReader(body)))
+	h.ServeHTTP(rec, httptest.NewRequest(method, "http://127.0.0.1:7780"+path, bytes.NewReader(body)))
 	out := rec.Body.Bytes()
 	if rec.Code != http.StatusNoContent && !json.Valid(out) {
 		t.Fatalf("%s %s answered %d with a body that is not JSON: %q", method, path, rec.Code, out)
@@ -109,7 +109,8 @@ func rejections(t *testing.T, g *Gateway) map[adminapi.Reason]float64 {
 	t.Helper()
 	out := map[adminapi.Reason]float64{}
 	for _, r := range []adminapi.Reason{adminapi.Unauthorized, adminapi.NoRoute, adminapi.MalformedRequest,
-		adminapi.BodyTooLarge, adminapi.BodyReadFailed, adminapi.MalformedBody, adminapi.InvalidRequest} {
+		adminapi.BodyTooLarge, adminapi.BodyReadFailed, adminapi.MalformedBody, adminapi.InvalidRequest,
+		adminapi.ForbiddenHost, adminapi.CrossOrigin, adminapi.UnsupportedMediaType} {
 		out[r] = metricValue(t, g, "ztgate_api_requests_rejected_total", "reason", string(r))
 	}
 	return out
@@ -250,7 +251,7 @@ func TestAPIAnswerHoldsNoLock(t *testing.T) {
 	go func() {
 		defer close(added)
 		body := `{"name": "db", "tenants": ["*"], "backends": ["127.0.0.1"], "port": [{"protocol": "tcp", "port": 5432}]}`
-		api.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/v1/services", strings.NewReader(body)))
+		api.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "http://127.0.0.1:7780/v1/services", strings.NewReader(body)))
 	}()
 	defer func() { close(w.release); <-added }()
 	select {

@@ -105,7 +105,7 @@ func call(t *testing.T, h http.Handler, method, path, body string, v any) int {
 func serveAPI(t *testing.T, h http.Handler, method, path, body, token string) (int, string) {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	r := httptest.NewRequest(method, path, strings.NewReader(body))
+	r := httptest.NewRequest(method, "http://127.0.0.1:7780"+path, strings.NewReader(body))
 	if token != "" {
 		r.Header.Set("Authorization", "Bearer "+token)
 	}

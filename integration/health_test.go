@@ -108,10 +108,11 @@ func (l *lanTopo) api(path string) (healthAPI, error) {
 	return v, json.Unmarshal([]byte(out), &v)
 }
 
-// post POSTs to the admin API and returns the status code.
+// post POSTs body to the admin API as JSON (curl -d alone sends a form's
+// Content-Type, which the API refuses) and returns the status code.
 func (l *lanTopo) post(path, body string) string {
 	l.t.Helper()
-	out, err := l.curl(l.router, "--max-time", "2", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d", body, "http://127.0.0.1:7780"+path)
+	out, err := l.curl(l.router, "--max-time", "2", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Content-Type: application/json", "-d", body, "http://127.0.0.1:7780"+path)
 	if err != nil {
 		l.t.Fatalf("POST %s: %v", path, err)
 	}

@@ -1,7 +1,8 @@
 // Package adminapi is the HTTP plumbing the roles' admin APIs share: a
 // server with timeouts on every phase of a request, /healthz and /metrics
 // open, the bearer token (compared in constant time) in front of /v1/ and
-// the profiles, the JSON answers, and the bounded reading of request
+// the profiles, the refusal of what a web page could make a browser send
+// (browsers.go), the JSON answers, and the bounded reading of request
 // bodies. It counts what it refuses: rejected requests and connections cut
 // off by a timeout (metrics.go, conn.go). The roles own their /v1/ routes.
 package adminapi
@@ -158,7 +159,8 @@ const handlerGrace = 5 * time.Second
 
 // Handler routes /healthz and /metrics (open), v1 and the Go profiles
 // (behind the token when there is one), and counts the requests it
-// rejects in reg. Like prometheus.MustRegister, it panics when reg holds
+// rejects in reg. It refuses the requests a web page could make a
+// browser send (GuardBrowsers). Like prometheus.MustRegister, it panics when reg holds
 // other collectors under the API's metric names.
 func Handler(token string, reg *prometheus.Registry, v1 http.Handler) http.Handler {
 	m, err := newMetrics(reg)
@@ -181,7 +183,7 @@ func handler(token string, reg *prometheus.Registry, v1 http.Handler, m *metrics
 		mux.Handle("/v1/", requireToken(token, routed(v1)))
 	}
 	mux.Handle("/debug/pprof/", requireToken(token, ProfileHandler()))
-	return withMetrics(m, routed(mux))
+	return withMetrics(m, GuardBrowsers(token, routed(mux)))
 }
 
 // ProfileHandler serves Go's profiles under /debug/pprof/: the index (and

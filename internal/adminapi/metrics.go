@@ -23,9 +23,14 @@ const (
 	BodyReadFailed   Reason = "body_read_failed"  // shorter than announced, broken chunking, or too slow
 	MalformedBody    Reason = "malformed_body"    // not JSON at all (400)
 	InvalidRequest   Reason = "invalid_request"   // JSON or parameters the handler refused (400)
+
+	ForbiddenHost        Reason = "forbidden_host"         // without a token, a Host that is not an IP address or localhost (403)
+	CrossOrigin          Reason = "cross_origin"           // a change sent by a browser from another origin (403)
+	UnsupportedMediaType Reason = "unsupported_media_type" // a change whose Content-Type is not application/json (415)
 )
 
-var reasons = []Reason{Unauthorized, NoRoute, MalformedRequest, BodyTooLarge, BodyReadFailed, MalformedBody, InvalidRequest}
+var reasons = []Reason{Unauthorized, NoRoute, MalformedRequest, BodyTooLarge, BodyReadFailed, MalformedBody, InvalidRequest,
+	ForbiddenHost, CrossOrigin, UnsupportedMediaType}
 
 // cut is the timeout that made the server close a connection: a label
 // value of ztgate_api_connections_closed_total.
@@ -55,7 +60,7 @@ type metrics struct {
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 	rejected := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ztgate_api_requests_rejected_total",
-		Help: "Admin API requests answered with an error because of the request itself (bad token, no route, malformed or oversized request or body), by reason.",
+		Help: "Admin API requests answered with an error because of the request itself (bad token, no route, malformed or oversized request or body, a request a web page could have sent), by reason.",
 	}, []string{"reason"})
 	closed := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ztgate_api_connections_closed_total",

@@ -149,10 +149,10 @@ func TestCounters(t *testing.T) {
 	with := func(f func(*timeouts)) timeouts { to := all; f(&to); return to }
 	const short = 500 * time.Millisecond
 	get := func(path, auth string) string {
-		return "GET " + path + " HTTP/1.1\r\nHost: x\r\n" + auth + "\r\n"
+		return "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + "\r\n"
 	}
 	post := func(body string) string {
-		return fmt.Sprintf("POST /v1/thing HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		return fmt.Sprintf("POST /v1/thing HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
 	}
 	cases := []struct {
 		name     string
@@ -175,12 +175,12 @@ func TestCounters(t *testing.T) {
 			rejected: map[Reason]float64{NoRoute: 1}},
 		{name: "no such v1 path", token: "s3cret", to: all, client: request(get("/v1/nope", "Authorization: Bearer s3cret\r\n"), http.StatusNotFound),
 			rejected: map[Reason]float64{NoRoute: 1}},
-		{name: "wrong method", to: all, client: request("DELETE /v1/thing HTTP/1.1\r\nHost: x\r\n\r\n", http.StatusMethodNotAllowed),
+		{name: "wrong method", to: all, client: request("DELETE /v1/thing HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", http.StatusMethodNotAllowed),
 			rejected: map[Reason]float64{NoRoute: 1}},
 		{name: "garbage request line", to: all, client: request("\x16\x03\x01 hello\r\n\r\n", http.StatusBadRequest),
 			rejected: map[Reason]float64{MalformedRequest: 1}},
 		{name: "headers too large", to: all,
-			client:   request("GET /healthz HTTP/1.1\r\nHost: x\r\nX: "+strings.Repeat("a", 128<<10)+"\r\n\r\n", http.StatusRequestHeaderFieldsTooLarge),
+			client:   request("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX: "+strings.Repeat("a", 128<<10)+"\r\n\r\n", http.StatusRequestHeaderFieldsTooLarge),
 			rejected: map[Reason]float64{MalformedRequest: 1}},
 		{name: "good body", to: all, client: request(post(`{"n": 2}`), http.StatusOK)},
 		{name: "oversized body", to: all, client: request(post(strings.Repeat("a", MaxBodyBytes+1)), http.StatusRequestEntityTooLarge),
@@ -194,7 +194,7 @@ func TestCounters(t *testing.T) {
 		{name: "empty body", to: all, client: request(post(""), http.StatusBadRequest),
 			rejected: map[Reason]float64{InvalidRequest: 1}},
 		{name: "body cut short", to: all, client: func(t *testing.T, c net.Conn) {
-			io.WriteString(c, "POST /v1/thing HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"n\":")
+			io.WriteString(c, "POST /v1/thing HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"n\":")
 			c.(*net.TCPConn).CloseWrite()
 			request("", http.StatusBadRequest)(t, c)
 		}, rejected: map[Reason]float64{BodyReadFailed: 1}},
@@ -202,10 +202,10 @@ func TestCounters(t *testing.T) {
 			client: func(*testing.T, net.Conn) {},
 			closed: map[string]float64{"header_timeout": 1}},
 		{name: "half a header", to: with(func(to *timeouts) { to.readHeader = short }),
-			client: send("GET /v1/thing HTTP/1.1\r\nHost: x\r\n"),
+			client: send("GET /v1/thing HTTP/1.1\r\nHost: 127.0.0.1\r\n"),
 			closed: map[string]float64{"header_timeout": 1}},
 		{name: "half a body", to: with(func(to *timeouts) { to.read = 2 * time.Second }),
-			client:   send("POST /v1/thing HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"n\":"),
+			client:   send("POST /v1/thing HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"n\":"),
 			rejected: map[Reason]float64{BodyReadFailed: 1},
 			closed:   map[string]float64{"read_timeout": 1}},
 		{name: "response not read", to: with(func(to *timeouts) { to.write = short }),
@@ -291,7 +291,7 @@ func TestMetricsRegistration(t *testing.T) {
 // healthzOnce sends one GET /healthz on c and reads its response.
 func healthzOnce(t *testing.T, c net.Conn) {
 	t.Helper()
-	io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
 	c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
