@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"time"
 
 	"github.com/ztgate/ztgate/internal/listenaddr"
 
@@ -32,8 +31,14 @@ func startProfiling(stderr io.Writer) {
 		fmt.Fprintln(stderr, "ztgate: ZTGATE_PPROF:", err)
 		return
 	}
-	srv := &http.Server{Handler: adminapi.ProfileHandler(), ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(l)
+	go profileServer().Serve(l)
+}
+
+// profileServer serves the profiles. Like the admin API without a token,
+// it answers only a Host that is an IP address or localhost: a web page
+// whose name re-resolves to 127.0.0.1 (DNS rebinding) would read them.
+func profileServer() *http.Server {
+	return &http.Server{Handler: adminapi.GuardBrowsers("", adminapi.ProfileHandler()), ReadHeaderTimeout: adminapi.ReadHeaderTimeout}
 }
 
 // loopbackOnly refuses an address that is not a loopback one: the profiles

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -51,6 +53,28 @@ func TestProfilingLoopbackOnly(t *testing.T) {
 	} {
 		if err := loopbackOnly(tc.addr); (err == nil) != tc.ok {
 			t.Errorf("loopbackOnly(%q) = %v, want ok %v", tc.addr, err, tc.ok)
+		}
+	}
+}
+
+// TestProfilingHosts: the profiles are served to the loopback addresses
+// and localhost, not to a web page's name (DNS rebinding).
+func TestProfilingHosts(t *testing.T) {
+	for _, tc := range []struct {
+		host   string
+		status int
+	}{
+		{"127.0.0.1:6060", http.StatusOK},
+		{"[::1]:6060", http.StatusOK},
+		{"localhost:6060", http.StatusOK},
+		{"attacker.example:6060", http.StatusForbidden},
+	} {
+		r := httptest.NewRequest(http.MethodGet, "/debug/pprof/", nil)
+		r.Host = tc.host
+		w := httptest.NewRecorder()
+		profileServer().Handler.ServeHTTP(w, r)
+		if w.Code != tc.status {
+			t.Errorf("Host %s: %d, want %d", tc.host, w.Code, tc.status)
 		}
 	}
 }
