@@ -164,7 +164,7 @@ func TestReloadAsAUser(t *testing.T) {
 
 	t.Run("API add and delete with curl", func(t *testing.T) {
 		body := `{"name": "api1", "tenants": ["acme"], "backends": ["192.0.2.10"], "port": [{"protocol": "tcp", "port": 80, "target": 8080}]}`
-		out, err := l.curl(l.router, "-X", "POST", "-d", body, "-w", "\n%{http_code}", "http://127.0.0.1:7780/v1/services")
+		out, err := l.curl(l.router, "-X", "POST", "-H", "Content-Type: application/json", "-d", body, "-w", "\n%{http_code}", "http://127.0.0.1:7780/v1/services")
 		if err != nil || !strings.HasSuffix(strings.TrimSpace(out), "201") {
 			t.Fatalf("POST: %v %s", err, out)
 		}

@@ -15,9 +15,10 @@ import (
 //
 //   - DNS rebinding: a page of attacker.example whose name then resolves to
 //     127.0.0.1 is the same origin as the API for the browser, and reads
-//     its answers (services, flows, identities, metrics). The browser sends
-//     the page's name as Host: without a token the API answers only a Host
-//     that is an IP address or localhost. With a token it answers any Host
+//     its answers (services, flows, identities). The browser sends the
+//     page's name as Host: without a token the API answers only a Host
+//     that is an IP address or localhost, except on /healthz and /metrics,
+//     which are open to anyone who reaches the port, by any name. With a token it answers any Host
 //     (a name in front of the API, a Prometheus scraping it by name): the
 //     page does not know the token, so /v1/ and the profiles stay shut to
 //     it.
@@ -44,7 +45,7 @@ import (
 func GuardBrowsers(token string, next http.Handler) http.Handler {
 	cop := http.NewCrossOriginProtection()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if token == "" && !localHost(r.Host) {
+		if token == "" && !openPath(r.URL.Path) && !localHost(r.Host) {
 			Reject(w, r, http.StatusForbidden, ForbiddenHost, fmt.Errorf(
 				"host %q refused: without [api] token_file the API answers only a Host that is an IP address or localhost (a web page's DNS rebinding sends its own name); call it by address, or set a token", r.Host))
 			return
@@ -68,6 +69,12 @@ func GuardBrowsers(token string, next http.Handler) http.Handler {
 		next.ServeHTTP(w, r)
 	})
 }
+
+// openPath reports whether path is one of the endpoints open to everyone
+// who reaches the port, token or not: /healthz and /metrics. They take any
+// Host, as a Prometheus or a load balancer that names the gateway sends
+// it; a rebound page reads no more there than anyone on the network.
+func openPath(path string) bool { return path == "/healthz" || path == "/metrics" }
 
 // localHost says whether a Host header names the API in a way a web page
 // of another site cannot: an IP address or localhost, with or without a

@@ -28,8 +28,11 @@ func TestGuardBrowsers(t *testing.T) {
 	}{
 		// DNS rebinding: the page's name as Host.
 		{"rebound name, v1", "", "GET", "/v1/thing", "attacker.example:7780", nil, "", 403, ForbiddenHost},
-		{"rebound name, metrics", "", "GET", "/metrics", "attacker.example:7780", nil, "", 403, ForbiddenHost},
-		{"rebound name, healthz", "", "GET", "/healthz", "attacker.example", nil, "", 403, ForbiddenHost},
+		// /healthz and /metrics are open to all who reach the port, by any
+		// name (a Prometheus scraping gw1.example:7780).
+		{"a name, metrics", "", "GET", "/metrics", "gw1.example:7780", nil, "", 200, ""},
+		{"a name, healthz", "", "GET", "/healthz", "gw1.example", nil, "", 200, ""},
+		{"a name, below metrics", "", "GET", "/metrics/x", "attacker.example:7780", nil, "", 403, ForbiddenHost},
 		{"rebound name, profiles", "", "GET", "/debug/pprof/", "attacker.example:7780", nil, "", 403, ForbiddenHost},
 		{"rebound name, change", "", "POST", "/v1/thing", "attacker.example:7780", nil, "", 403, ForbiddenHost},
 		{"a name under localhost", "", "GET", "/v1/thing", "localhost.attacker.example:7780", nil, "", 403, ForbiddenHost},
