@@ -37,7 +37,7 @@ func TestAPIBrowserRequests(t *testing.T) {
 		{"close every flow from another site", "DELETE", "/v1/flows?all=true", "127.0.0.1:7780", hdr{"Sec-Fetch-Site": "cross-site"}, "", http.StatusForbidden, adminapi.CrossOrigin},
 		{"rebound read of the services", "GET", "/v1/services", "attacker.example:7780", nil, "", http.StatusForbidden, adminapi.ForbiddenHost},
 		{"rebound read of the flows", "GET", "/v1/flows", "attacker.example", nil, "", http.StatusForbidden, adminapi.ForbiddenHost},
-		{"rebound read of the metrics", "GET", "/metrics", "attacker.example:7780", nil, "", http.StatusForbidden, adminapi.ForbiddenHost},
+		{"rebound read of the profiles", "GET", "/debug/pprof/", "attacker.example:7780", nil, "", http.StatusForbidden, adminapi.ForbiddenHost},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
