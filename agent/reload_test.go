@@ -66,24 +66,7 @@ name = "test"
 		}
 	}
 	write(file(relay.addr(), ""))
-	cfg, err := conf.LoadAgent(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev, err := netstacktest.NewClient(1280, innerAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logs logBuffer
-	a, err := New(cfg, Options{Device: dev}, slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	waitFor(t, "directory", func() bool { return len(a.dir.Load().byName) > 0 })
+	a, cfg, logs := startAgentFromFile(t, path)
 	reloads := func(result string) float64 { return testutil.ToFloat64(a.m.reloads.WithLabelValues(result)) }
 	const warning = "configuration changed; restart to apply"
 
@@ -99,7 +82,7 @@ name = "test"
 		case_("a syntax error", file(relay.addr(), `mtu = `), true, []string{"reload: keeping the running configuration", "agent.toml:"}, "reloaded"),
 		case_("missing", "", true, []string{"reload: keeping the running configuration", "no such file"}, "reloaded"),
 	}
-	reloadtest.Run(t, path, cases, a.Reload, &logs, reloads, func() bool { return a.cfg == cfg })
+	reloadtest.Run(t, path, cases, a.Reload, logs, reloads, func() bool { return a.cfg == cfg })
 }
 
 // TestReloadTLSFiles: a reload whose file names other [tunnel] cert, key
@@ -129,24 +112,7 @@ name = "test"
 	if err := os.WriteFile(path, []byte(file(cert, key, p.caFile)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := conf.LoadAgent(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev, err := netstacktest.NewClient(1280, innerAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logs logBuffer
-	a, err := New(cfg, Options{Device: dev}, slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	waitFor(t, "directory", func() bool { return len(a.dir.Load().byName) > 0 })
+	a, cfg, logs := startAgentFromFile(t, path)
 	first := relay.session()
 	if got := first.Peer().Name; got != "laptop" {
 		t.Fatalf("the agent presented %q", got)
@@ -160,7 +126,7 @@ name = "test"
 	const warning = "configuration changed; restart to apply"
 	run := func(c reloadtest.Case) {
 		t.Helper()
-		reloadtest.Run(t, path, []reloadtest.Case{c}, a.Reload, &logs, reloads, func() bool { return a.cfg == cfg })
+		reloadtest.Run(t, path, []reloadtest.Case{c}, a.Reload, logs, reloads, func() bool { return a.cfg == cfg })
 	}
 
 	run(reloadtest.Case{Name: "a relay's certificate", Text: file(relayCert, relayKey, p.caFile), Fails: true,
@@ -188,4 +154,30 @@ name = "test"
 	if got := relay.session().Peer().Name; got != "laptop-moved" {
 		t.Fatalf("after the reload the agent presented %q, want laptop-moved", got)
 	}
+}
+
+// startAgentFromFile loads the agent configuration at path and starts an
+// agent on it whose log the test reads, once it has its directory; the
+// test's end closes it.
+func startAgentFromFile(t *testing.T, path string) (*Agent, *conf.Agent, *logBuffer) {
+	t.Helper()
+	cfg, err := conf.LoadAgent(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := netstacktest.NewClient(1280, innerAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &logBuffer{}
+	a, err := New(cfg, Options{Device: dev}, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	waitFor(t, "directory", func() bool { return len(a.dir.Load().byName) > 0 })
+	return a, cfg, logs
 }

@@ -19,16 +19,7 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) (replaced bool,
 		return false, fmt.Errorf("write %s: %w", path, err)
 	}
 	tmp := f.Name()
-	err = f.Chmod(perm)
-	if err == nil {
-		_, err = f.Write(data)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	err = WriteSynced(f, data, perm)
 	if err == nil {
 		err = os.Rename(tmp, path)
 	}
@@ -40,6 +31,21 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) (replaced bool,
 		return true, fmt.Errorf("write %s: the file is replaced but may not survive a crash: %w", path, err)
 	}
 	return true, nil
+}
+
+// WriteSynced gives f the mode perm, writes data, syncs and closes it.
+func WriteSynced(f *os.File, data []byte, perm os.FileMode) error {
+	err := f.Chmod(perm)
+	if err == nil {
+		_, err = f.Write(data)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // SyncDir makes the entries just made in dir (a rename, a link, a new

@@ -42,16 +42,9 @@ func TestDirectAgentDNSAnswered(t *testing.T) {
 		o.Device = spy
 	})
 	creds := agentCreds(t, ca, dir, tunnel.IssueRequest{Name: "laptop", Tenant: "acme", Role: tunnel.RoleAgent})
+	s := h.dialDirectAgent(t, creds)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	s, err := tunnel.Dial(ctx, h.gw.direct.Addr().String(), tunnel.DialConfig{
-		Credentials: creds, ServerName: "127.0.0.1", ALPN: []string{tunnel.ALPNV2},
-		Hello: tunnel.Hello{Role: tunnel.RoleAgent, Name: "laptop", InnerAddr: agentInner},
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close("done")
 	dnsAddr := netip.AddrPortFrom(h.gw.cfg.TUN.GatewayAddr(), 53)
 	from := netip.AddrPortFrom(agentInner, 40000)
 	if err := s.SendDatagram(netstacktest.UDPDatagram(from, dnsAddr, dnsQueryFor(1, "web.ztna.internal", 1))); err != nil {
@@ -92,4 +85,21 @@ func TestLANDNSWithTunnel(t *testing.T) {
 	if err != nil || n < 12 || buf[3]&0xF != 0 {
 		t.Fatalf("no answer from 10.100.0.1:53 to a LAN client: % x, %v", buf[:n], err)
 	}
+}
+
+// dialDirectAgent opens a direct session to the gateway's [tunnel] listen
+// as the agent "laptop" with creds, within 5 s; the test's end closes it.
+func (h *harness) dialDirectAgent(t *testing.T, creds *tunnel.Credentials) *tunnel.Session {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := tunnel.Dial(ctx, h.gw.direct.Addr().String(), tunnel.DialConfig{
+		Credentials: creds, ServerName: "127.0.0.1", ALPN: []string{tunnel.ALPNV2},
+		Hello: tunnel.Hello{Role: tunnel.RoleAgent, Name: "laptop", InnerAddr: agentInner},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close("done") })
+	return s
 }

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -160,16 +159,7 @@ func TestReloadTunnelFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	creds := agentCreds(t, ca, agentDir, agentReq)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	s, err := tunnel.Dial(ctx, h.gw.direct.Addr().String(), tunnel.DialConfig{
-		Credentials: creds, ServerName: "127.0.0.1", ALPN: []string{tunnel.ALPNV2},
-		Hello: tunnel.Hello{Role: tunnel.RoleAgent, Name: "laptop", InnerAddr: agentInner},
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close("done")
+	s := h.dialDirectAgent(t, creds)
 	if got := s.Peer().Name; got != "gw1-moved" {
 		t.Fatalf("the gateway presented %q's certificate after the reload, want gw1-moved's", got)
 	}

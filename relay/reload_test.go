@@ -47,19 +47,7 @@ listen = "off"
 		}
 	}
 	write(file("", ""))
-	cfg, err := conf.LoadRelay(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logs syncBuffer
-	r, err := New(cfg, Options{}, slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
+	r, cfg, logs := startRelayFromFile(t, path)
 	reloads := func(result string) float64 { return testutil.ToFloat64(r.m.reloads.WithLabelValues(result)) }
 	const warning = "configuration changed; restart to apply"
 
@@ -79,7 +67,7 @@ vip = "10.8.0.10"`), false,
 		case_("a syntax error", file(`listen = `, ""), true, []string{"reload: keeping the running configuration", "relay.toml:"}, "reloaded"),
 		case_("missing", "", true, []string{"reload: keeping the running configuration", "no such file"}, "reloaded"),
 	}
-	reloadtest.Run(t, path, cases, r.Reload, &logs, reloads, func() bool { return r.cfg == cfg && r.Addr() != nil })
+	reloadtest.Run(t, path, cases, r.Reload, logs, reloads, func() bool { return r.cfg == cfg && r.Addr() != nil })
 }
 
 // TestReloadTLSFiles: a reload whose file names other cert, key and ca
@@ -110,19 +98,7 @@ listen = "off"
 	if err := os.WriteFile(path, []byte(file(base.Cert, base.Key, base.CA, "")), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := conf.LoadRelay(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logs syncBuffer
-	r, err := New(cfg, Options{}, slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
+	r, cfg, logs := startRelayFromFile(t, path)
 	addr := r.Addr().String()
 	old := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a1"), agentHello("a1"))
 	next[tunnel.Directory](old)
@@ -139,7 +115,7 @@ listen = "off"
 	const warning = "configuration changed; restart to apply"
 	run := func(c reloadtest.Case) {
 		t.Helper()
-		reloadtest.Run(t, path, []reloadtest.Case{c}, r.Reload, &logs, reloads, func() bool { return r.cfg == cfg })
+		reloadtest.Run(t, path, []reloadtest.Case{c}, r.Reload, logs, reloads, func() bool { return r.cfg == cfg })
 	}
 
 	run(reloadtest.Case{Name: "an agent's certificate", Text: file(agentCert, agentKey, base.CA, ""), Fails: true,
@@ -173,4 +149,24 @@ listen = "off"
 	if err := r.ReloadCredentials(); err != nil || r.creds.Files() != moved {
 		t.Fatalf("ReloadCredentials: %v, files %+v", err, r.creds.Files())
 	}
+}
+
+// startRelayFromFile loads the relay configuration at path and starts a
+// relay on it whose log the test reads; the test's end closes it.
+func startRelayFromFile(t *testing.T, path string) (*Relay, *conf.Relay, *syncBuffer) {
+	t.Helper()
+	cfg, err := conf.LoadRelay(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	r, err := New(cfg, Options{}, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r, cfg, logs
 }

@@ -45,7 +45,7 @@ func createFile(path string, data []byte, perm os.FileMode) error {
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp) // the link, if made, keeps the file
-	if err := writeSynced(f, data, perm); err != nil {
+	if err := catalog.WriteSynced(f, data, perm); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	switch err := os.Link(tmp, path); {
@@ -56,27 +56,12 @@ func createFile(path string, data []byte, perm os.FileMode) error {
 		if err != nil {
 			return err
 		}
-		if err := writeSynced(f, data, perm); err != nil {
+		if err := catalog.WriteSynced(f, data, perm); err != nil {
 			_ = os.Remove(path)
 			return fmt.Errorf("write %s: %w", path, err)
 		}
 	}
 	return catalog.SyncDir(dir)
-}
-
-// writeSynced gives f its mode, writes data, syncs and closes it.
-func writeSynced(f *os.File, data []byte, perm os.FileMode) error {
-	err := f.Chmod(perm)
-	if err == nil {
-		_, err = f.Write(data)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // writePair replaces a certificate (0644) and its key (0600): the renewal
