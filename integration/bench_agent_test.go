@@ -196,9 +196,12 @@ backends = ["192.0.2.10"]
 		if err != nil {
 			t.Fatal(err)
 		}
+		profile(path + "-down")
+		cpu0 = r.procCPU()
 		if down, err = r.iperf3(a1, vip, 5201, d, true, 1); err != nil {
 			t.Fatal(err)
 		}
+		t.Logf("CPU seconds during the %s download: %v", path, r.procCPU().minus(cpu0))
 		return up, down, latency(vip)
 	}
 	// measureBesideRelay is measure for a path the relay's own tunnel

@@ -3,6 +3,7 @@ package netstack
 import (
 	"encoding/binary"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -25,9 +26,10 @@ type GSOOutput interface {
 	// WriteGSO writes one TCP packet whose payload is larger than one
 	// segment: b holds Headroom scratch bytes, then the packet. Its TCP
 	// checksum field holds the pseudo-header's sum; it is to be cut into
-	// segments of g.MSS payload bytes, each with its checksum completed.
-	// It is called from the goroutine that calls WritePackets, never at
-	// the same time.
+	// segments of g.MSS payload bytes, each with its checksum completed
+	// (by a device, or in place by a Segmenter: b is the output's to
+	// change until it returns). It is called from the goroutine that calls
+	// WritePackets, never at the same time.
 	WriteGSO(b []byte, g GSO) error
 }
 
@@ -88,4 +90,108 @@ func putVirtioGSO(h []byte, g GSO) {
 	binary.NativeEndian.PutUint16(h[4:], uint16(g.MSS))
 	binary.NativeEndian.PutUint16(h[6:], uint16(g.L3Len))
 	binary.NativeEndian.PutUint16(h[8:], virtioCsumOffsetTCP)
+}
+
+// Segmenter cuts a TCP super-packet into its segments in software, for an
+// output with no device to do it (a tunnel, whose every datagram carries
+// one packet). It works in place: segment k's headers are written over the
+// last bytes of segment k-1's payload, right in front of its own, so no
+// payload byte is copied. Each segment Next returns is valid until the
+// next call, which overwrites its tail; the caller copies it before.
+//
+// Segments are built as Linux's TCP segmentation builds them: sequence
+// numbers advance by the payload before, IPv4 identifiers by one, FIN and
+// PSH only on the last segment, CWR only on the first, and every checksum
+// computed whole.
+type Segmenter struct {
+	b    []byte // the super-packet, headers first
+	g    GSO
+	hdr  [maxGSOHeader]byte // the super-packet's headers as they came
+	seq  uint32
+	id   uint16
+	k    int // next segment
+	n    int // segments in all
+	size int // payload bytes in all
+}
+
+// maxGSOHeader bounds the IP and TCP headers of a super-packet: an IPv4
+// header with options (60) and a TCP header with options (60).
+const maxGSOHeader = 120
+
+// Reset makes s the Segmenter of the super-packet b laid out as g,
+// reporting whether b matches g: headers that fit, a TCP header where g
+// says, a positive MSS larger than the headers (each segment's headers
+// must fit over the payload before it).
+func (s *Segmenter) Reset(b []byte, g GSO) bool {
+	*s = Segmenter{}
+	if g.L3Len <= 0 || g.HdrLen < g.L3Len+header.TCPMinimumSize || g.HdrLen > maxGSOHeader ||
+		g.HdrLen > len(b) || g.MSS < g.HdrLen || len(b) > gsoMaxSize+header.IPv6MinimumSize {
+		return false
+	}
+	tcp := header.TCP(b[g.L3Len:g.HdrLen])
+	if int(tcp.DataOffset()) != g.HdrLen-g.L3Len {
+		return false
+	}
+	if g.V6 {
+		if g.L3Len != header.IPv6MinimumSize || header.IPVersion(b) != header.IPv6Version {
+			return false
+		}
+	} else if header.IPVersion(b) != header.IPv4Version || int(header.IPv4(b).HeaderLength()) != g.L3Len {
+		return false
+	}
+	s.b, s.g = b, g
+	copy(s.hdr[:], b[:g.HdrLen])
+	s.seq = tcp.SequenceNumber()
+	if !g.V6 {
+		s.id = header.IPv4(b).ID()
+	}
+	s.size = len(b) - g.HdrLen
+	s.n = max((s.size+g.MSS-1)/g.MSS, 1)
+	return true
+}
+
+// Len returns the number of segments.
+func (s *Segmenter) Len() int { return s.n }
+
+// Next returns the next segment, nil after the last.
+func (s *Segmenter) Next() []byte {
+	if s.k >= s.n {
+		return nil
+	}
+	g, k := s.g, s.k
+	s.k++
+	off := k * g.MSS
+	pay := min(g.MSS, s.size-off)
+	seg := s.b[off : off+g.HdrLen+pay]
+	copy(seg, s.hdr[:g.HdrLen])
+	if g.V6 {
+		header.IPv6(seg).SetPayloadLength(uint16(g.HdrLen - g.L3Len + pay))
+	} else {
+		ip := header.IPv4(seg)
+		ip.SetTotalLength(uint16(g.HdrLen + pay))
+		ip.SetID(s.id + uint16(k))
+		setIPv4Checksum(ip)
+	}
+	tcp := header.TCP(seg[g.L3Len:])
+	tcp.SetSequenceNumber(s.seq + uint32(off))
+	flags := tcp.Flags()
+	if k > 0 {
+		flags &^= header.TCPFlagCwr
+	}
+	if k < s.n-1 {
+		flags &^= header.TCPFlagFin | header.TCPFlagPsh
+	}
+	tcp.SetFlags(uint8(flags))
+	tcp.SetChecksum(0)
+	var src, dst tcpip.Address
+	if g.V6 {
+		ip := header.IPv6(seg)
+		src, dst = ip.SourceAddress(), ip.DestinationAddress()
+	} else {
+		ip := header.IPv4(seg)
+		src, dst = ip.SourceAddress(), ip.DestinationAddress()
+	}
+	sum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(seg)-g.L3Len))
+	tcp.SetChecksum(^checksum.Checksum(seg[g.L3Len:], sum))
+	return seg
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -79,15 +80,13 @@ func tcpChecksumValid(pkt []byte) bool {
 func TestGSOFlush(t *testing.T) {
 	out := &gsoCapture{on: true}
 	_, l := newTestLink(t, Config{Handler: echoEnder{}}, out)
-	if l.ep.SupportedGSO() != stack.GSONotSupported {
-		t.Fatal("a link with a small WriteCap offers GSO")
-	}
 	ns2, err := New(Config{Handler: echoEnder{}, Pools: l.ns.cfg.Pools}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(ns2.Close)
-	l2, err := ns2.NewLink(LinkConfig{MTU: 1500, Output: out, Headroom: tunHeadroom, WriteCap: tunHeadroom + gsoMaxSize, Async: true})
+	// A WriteCap of one packet: super-packets have a buffer of their own.
+	l2, err := ns2.NewLink(LinkConfig{MTU: 1500, Output: out, Headroom: tunHeadroom, Async: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +94,7 @@ func TestGSOFlush(t *testing.T) {
 	if l2.ep.SupportedGSO() != stack.HostGSOSupported || l2.ep.GSOMaxSize() != gsoMaxSize {
 		t.Fatal("a link whose output takes super-packets does not offer GSO")
 	}
-	off, err := ns2.NewLink(LinkConfig{MTU: 1500, Output: &gsoCapture{on: false}, Headroom: tunHeadroom, WriteCap: tunHeadroom + gsoMaxSize})
+	off, err := ns2.NewLink(LinkConfig{MTU: 1500, Output: &gsoCapture{on: false}, Headroom: tunHeadroom})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,4 +159,194 @@ func TestVirtioGSOHeader(t *testing.T) {
 	if h[1] != 4 {
 		t.Fatalf("IPv6 GSO type %d, want 4", h[1])
 	}
+}
+
+// superPacket builds a super-packet as gVisor's TCP does for a link with
+// host GSO: IPv4 (with ipOpts bytes of options) or IPv6, a TCP header with
+// tcpOpts bytes of options and flags, payload bytes counting up, and the
+// pseudo-header's sum in the TCP checksum field.
+func superPacket(v6 bool, ipOpts, tcpOpts, payload int, flags header.TCPFlags) ([]byte, GSO) {
+	l3 := header.IPv4MinimumSize + ipOpts
+	if v6 {
+		l3 = header.IPv6MinimumSize
+	}
+	hl := l3 + header.TCPMinimumSize + tcpOpts
+	b := make([]byte, hl+payload)
+	for i := range payload {
+		b[hl+i] = byte(i * 7)
+	}
+	var src, dst tcpip.Address
+	if v6 {
+		src, dst = tcpip.AddrFrom16([16]byte{0x20, 0x01, 0xd, 0xb8, 15: 1}), tcpip.AddrFrom16([16]byte{0x20, 0x01, 0xd, 0xb8, 15: 2})
+		header.IPv6(b).Encode(&header.IPv6Fields{PayloadLength: uint16(hl - l3 + payload), TransportProtocol: header.TCPProtocolNumber,
+			HopLimit: 64, SrcAddr: src, DstAddr: dst})
+	} else {
+		src, dst = toAddr(udpVIP4.Addr()), toAddr(udpClient4.Addr())
+		ip := header.IPv4(b)
+		ip.Encode(&header.IPv4Fields{TotalLength: uint16(hl + payload), ID: 0xfffe, TTL: 64, Protocol: uint8(header.TCPProtocolNumber),
+			SrcAddr: src, DstAddr: dst, Options: header.IPv4OptionsSerializer{&header.IPv4SerializableRouterAlertOption{}}[:min(ipOpts, 1)]})
+		ip.SetChecksum(^ip.CalculateChecksum())
+	}
+	tcp := header.TCP(b[l3:])
+	tcp.Encode(&header.TCPFields{SrcPort: 80, DstPort: 40000, SeqNum: 0xffffff00, AckNum: 7, DataOffset: uint8(header.TCPMinimumSize + tcpOpts),
+		Flags: flags, WindowSize: 1000})
+	for i := range tcpOpts {
+		tcp[header.TCPMinimumSize+i] = 1 // NOP
+	}
+	tcp.SetChecksum(header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(hl-l3+payload)))
+	return b, GSO{V6: v6, L3Len: l3, HdrLen: hl, MSS: 1000}
+}
+
+// TestSegmenter: a super-packet cut in place gives the segments Linux's
+// segmentation would: each a valid packet with its checksums, the payload
+// in order and whole, sequence numbers and IPv4 identifiers advancing,
+// FIN and PSH only on the last, CWR only on the first.
+func TestSegmenter(t *testing.T) {
+	all := header.TCPFlagAck | header.TCPFlagPsh | header.TCPFlagFin | header.TCPFlagCwr
+	for _, c := range []struct {
+		name            string
+		v6              bool
+		ipOpts, tcpOpts int
+		payload, mss    int
+		flags           header.TCPFlags
+	}{
+		{name: "two exact", payload: 2000, mss: 1000, flags: header.TCPFlagAck},
+		{name: "short last", payload: 2001, mss: 1000, flags: all},
+		{name: "one segment", payload: 999, mss: 1000, flags: all},
+		{name: "empty", payload: 0, mss: 1000, flags: header.TCPFlagAck | header.TCPFlagFin},
+		{name: "largest", payload: gsoMaxSize - 40, mss: 1134, flags: all},
+		{name: "timestamps", tcpOpts: 12, payload: 5000, mss: 1122, flags: all},
+		{name: "ip options", ipOpts: 4, tcpOpts: 12, payload: 3333, mss: 1000, flags: header.TCPFlagAck | header.TCPFlagPsh},
+		{name: "ipv6", v6: true, tcpOpts: 12, payload: 4500, mss: 1000, flags: all},
+		{name: "mss of the headers", payload: 300, mss: 52, flags: all},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			b, g := superPacket(c.v6, c.ipOpts, c.tcpOpts, c.payload, c.flags)
+			g.MSS = c.mss
+			orig := slices.Clone(b)
+			var s Segmenter
+			if !s.Reset(b, g) {
+				t.Fatal("refused")
+			}
+			want := max((c.payload+c.mss-1)/c.mss, 1)
+			if s.Len() != want {
+				t.Fatalf("%d segments, want %d", s.Len(), want)
+			}
+			var payload []byte
+			k := 0
+			for seg := s.Next(); seg != nil; seg = s.Next() {
+				var src, dst tcpip.Address
+				if c.v6 {
+					ip := header.IPv6(seg)
+					if int(ip.PayloadLength()) != len(seg)-g.L3Len {
+						t.Fatalf("segment %d: payload length %d of %d bytes", k, ip.PayloadLength(), len(seg))
+					}
+					src, dst = ip.SourceAddress(), ip.DestinationAddress()
+				} else {
+					ip := header.IPv4(seg)
+					if !ip.IsChecksumValid() || int(ip.TotalLength()) != len(seg) || ip.ID() != uint16(0xfffe+k) {
+						t.Fatalf("segment %d: IPv4 header checksum valid %v, length %d of %d, id %#x", k, ip.IsChecksumValid(), ip.TotalLength(), len(seg), ip.ID())
+					}
+					if !bytes.Equal(seg[header.IPv4MinimumSize:g.L3Len], orig[header.IPv4MinimumSize:g.L3Len]) {
+						t.Fatalf("segment %d: IP options changed", k)
+					}
+					src, dst = ip.SourceAddress(), ip.DestinationAddress()
+				}
+				tcp := header.TCP(seg[g.L3Len:])
+				sum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(tcp)))
+				if checksum.Checksum(tcp, sum) != 0xffff {
+					t.Fatalf("segment %d: TCP checksum invalid", k)
+				}
+				if tcp.SequenceNumber() != 0xffffff00+uint32(k*c.mss) || tcp.AckNumber() != 7 || tcp.WindowSize() != 1000 {
+					t.Fatalf("segment %d: seq %#x ack %d window %d", k, tcp.SequenceNumber(), tcp.AckNumber(), tcp.WindowSize())
+				}
+				if !bytes.Equal(tcp[header.TCPMinimumSize:tcp.DataOffset()], orig[g.L3Len+header.TCPMinimumSize:g.HdrLen]) {
+					t.Fatalf("segment %d: TCP options changed", k)
+				}
+				f := c.flags
+				if k > 0 {
+					f &^= header.TCPFlagCwr
+				}
+				if k < want-1 {
+					f &^= header.TCPFlagFin | header.TCPFlagPsh
+				}
+				if tcp.Flags() != f {
+					t.Fatalf("segment %d: flags %v, want %v", k, tcp.Flags(), f)
+				}
+				if n := len(tcp.Payload()); n > c.mss || k < want-1 && n != c.mss {
+					t.Fatalf("segment %d: %d payload bytes, MSS %d", k, n, c.mss)
+				}
+				payload = append(payload, tcp.Payload()...)
+				k++
+			}
+			if k != want {
+				t.Fatalf("%d segments returned, want %d", k, want)
+			}
+			if !bytes.Equal(payload, orig[g.HdrLen:]) {
+				t.Fatal("the segments' payload is not the super-packet's")
+			}
+			if s.Next() != nil {
+				t.Fatal("a segment after the last")
+			}
+		})
+	}
+}
+
+// TestSegmenterRefuses: a packet that does not match its layout is refused,
+// not cut.
+func TestSegmenterRefuses(t *testing.T) {
+	b, g := superPacket(false, 0, 12, 3000, header.TCPFlagAck)
+	v6, g6 := superPacket(true, 0, 0, 3000, header.TCPFlagAck)
+	for _, c := range []struct {
+		name string
+		b    []byte
+		g    func(GSO) GSO
+	}{
+		{"no IP header", b, func(g GSO) GSO { g.L3Len = 0; return g }},
+		{"TCP header cut", b, func(g GSO) GSO { g.HdrLen = g.L3Len + 10; return g }},
+		{"TCP header length differs", b, func(g GSO) GSO { g.HdrLen -= 4; return g }},
+		{"IP header length differs", b, func(g GSO) GSO { g.L3Len += 4; g.HdrLen += 4; return g }},
+		{"MSS below the headers", b, func(g GSO) GSO { g.MSS = g.HdrLen - 1; return g }},
+		{"zero MSS", b, func(g GSO) GSO { g.MSS = 0; return g }},
+		{"headers past the packet", b[:50], func(g GSO) GSO { return g }},
+		{"IPv6 said of IPv4", b, func(g GSO) GSO { g.V6 = true; g.L3Len = 40; g.HdrLen = 72; return g }},
+		{"IPv4 said of IPv6", v6, func(GSO) GSO { g := g6; g.V6 = false; return g }},
+		{"too large", make([]byte, gsoMaxSize+header.IPv6MinimumSize+1), func(g GSO) GSO { return g }},
+	} {
+		var s Segmenter
+		if s.Reset(c.b, c.g(g)) {
+			t.Errorf("%s: accepted", c.name)
+		}
+		if s.Next() != nil {
+			t.Errorf("%s: a segment of a refused packet", c.name)
+		}
+	}
+}
+
+// FuzzSegmenter: any bytes and layout are refused or cut into segments
+// that carry the payload whole, without a panic.
+func FuzzSegmenter(f *testing.F) {
+	b, g := superPacket(false, 4, 12, 3000, header.TCPFlagAck|header.TCPFlagFin)
+	f.Add(b, g.V6, g.L3Len, g.HdrLen, g.MSS)
+	b, g = superPacket(true, 0, 0, 2500, header.TCPFlagAck)
+	f.Add(b, g.V6, g.L3Len, g.HdrLen, 100)
+	f.Add([]byte{0x45, 0, 0, 40}, false, 20, 40, 1000)
+	f.Fuzz(func(t *testing.T, b []byte, v6 bool, l3, hl, mss int) {
+		g := GSO{V6: v6, L3Len: l3, HdrLen: hl, MSS: mss}
+		orig := slices.Clone(b)
+		var s Segmenter
+		if !s.Reset(b, g) {
+			return
+		}
+		var payload []byte
+		for seg := s.Next(); seg != nil; seg = s.Next() {
+			if len(seg) < hl || len(seg)-hl > mss {
+				t.Fatalf("segment of %d bytes, headers %d, MSS %d", len(seg), hl, mss)
+			}
+			payload = append(payload, seg[hl:]...)
+		}
+		if !bytes.Equal(payload, orig[hl:]) {
+			t.Fatal("the segments' payload is not the packet's")
+		}
+	})
 }

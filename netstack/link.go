@@ -403,7 +403,8 @@ type endpoint struct {
 	bases [][]byte
 	bufs  [][]byte
 
-	gso GSOOutput // the Output, when it takes TCP super-packets
+	gso   GSOOutput // the Output, when it takes TCP super-packets
+	super []byte    // the writer's buffer of a super-packet, made at the first
 }
 
 var _ stack.LinkEndpoint = (*endpoint)(nil)
@@ -415,7 +416,7 @@ func newEndpoint(l *Link) *endpoint {
 		bufs:  make([][]byte, 0, l.cfg.BatchSize),
 	}
 	e.mtu.Store(uint32(l.cfg.MTU))
-	if o, ok := l.cfg.Output.(GSOOutput); ok && o.GSO() && l.cfg.WriteCap >= l.cfg.Headroom+gsoMaxSize {
+	if o, ok := l.cfg.Output.(GSOOutput); ok && o.GSO() {
 		e.gso = o
 	}
 	e.wake, e.done = make(chan struct{}, 1), make(chan struct{})
@@ -543,28 +544,42 @@ func (e *endpoint) flush(pkts []*stack.PacketBuffer) {
 	hr := e.l.cfg.Headroom
 	e.bufs = e.bufs[:0]
 	for i, p := range pkts {
+		size := p.Size()
+		var g GSO
+		var super, partial bool
+		if e.gso != nil {
+			g, super, partial = gsoOf(p)
+		}
+		if super {
+			// The batch before it goes first; the super-packet is
+			// written from a buffer of its own, so that the batch's
+			// buffers need only hold a packet each.
+			e.writeBatch()
+			if e.super == nil {
+				e.super = make([]byte, hr+gsoMaxSize)
+			}
+			if hr+size > len(e.super) {
+				e.l.ns.drop(DropTooBig)
+				continue
+			}
+			b := e.super[:hr+size]
+			copyPacket(b[hr:], p)
+			if err := e.gso.WriteGSO(b, g); err != nil {
+				e.l.ns.drop(DropWriteError)
+			}
+			continue
+		}
 		if e.bases[i] == nil {
 			e.bases[i] = make([]byte, e.l.cfg.WriteCap)
 		}
-		size := p.Size()
 		if hr+size > len(e.bases[i]) {
 			e.l.ns.drop(DropTooBig)
 			continue
 		}
 		b := e.bases[i][:hr+size]
 		copyPacket(b[hr:], p)
-		if e.gso != nil {
-			g, super, partial := gsoOf(p)
-			if super {
-				e.writeBatch()
-				if err := e.gso.WriteGSO(b, g); err != nil {
-					e.l.ns.drop(DropWriteError)
-				}
-				continue
-			}
-			if partial {
-				completePartial(b[hr:], g.L3Len, header.TCPChecksumOffset)
-			}
+		if partial {
+			completePartial(b[hr:], g.L3Len, header.TCPChecksumOffset)
 		}
 		e.bufs = append(e.bufs, b)
 	}
