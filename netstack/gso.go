@@ -120,8 +120,9 @@ const maxGSOHeader = 120
 
 // Reset makes s the Segmenter of the super-packet b laid out as g,
 // reporting whether b matches g: headers that fit, a TCP header where g
-// says, a positive MSS larger than the headers (each segment's headers
-// must fit over the payload before it).
+// says, an unfragmented IP packet of TCP whose length field is len(b), a
+// positive MSS larger than the headers (each segment's headers must fit
+// over the payload before it).
 func (s *Segmenter) Reset(b []byte, g GSO) bool {
 	*s = Segmenter{}
 	if g.L3Len <= 0 || g.HdrLen < g.L3Len+header.TCPMinimumSize || g.HdrLen > maxGSOHeader ||
@@ -132,12 +133,21 @@ func (s *Segmenter) Reset(b []byte, g GSO) bool {
 	if int(tcp.DataOffset()) != g.HdrLen-g.L3Len {
 		return false
 	}
+	// The IP header must say what the layout does: TCP, not a fragment,
+	// and the packet's length, which bounds every segment's length field.
 	if g.V6 {
-		if g.L3Len != header.IPv6MinimumSize || header.IPVersion(b) != header.IPv6Version {
+		ip := header.IPv6(b)
+		if g.L3Len != header.IPv6MinimumSize || header.IPVersion(b) != header.IPv6Version ||
+			ip.NextHeader() != uint8(header.TCPProtocolNumber) || header.IPv6MinimumSize+int(ip.PayloadLength()) != len(b) {
 			return false
 		}
-	} else if header.IPVersion(b) != header.IPv4Version || int(header.IPv4(b).HeaderLength()) != g.L3Len {
-		return false
+	} else {
+		ip := header.IPv4(b)
+		if header.IPVersion(b) != header.IPv4Version || int(ip.HeaderLength()) != g.L3Len ||
+			ip.Protocol() != uint8(header.TCPProtocolNumber) || int(ip.TotalLength()) != len(b) ||
+			ip.More() || ip.FragmentOffset() != 0 {
+			return false
+		}
 	}
 	s.b, s.g = b, g
 	copy(s.hdr[:], b[:g.HdrLen])

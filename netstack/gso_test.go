@@ -197,10 +197,104 @@ func superPacket(v6 bool, ipOpts, tcpOpts, payload int, flags header.TCPFlags) (
 	return b, GSO{V6: v6, L3Len: l3, HdrLen: hl, MSS: 1000}
 }
 
+// checkSegments takes the segments of s, just Reset on a super-packet that
+// was orig and is laid out as g, and checks each, before asking for the
+// next (which overwrites it), against what Linux's segmentation gives: MSS
+// payload bytes (the last the rest) in order, the IP header's lengths,
+// IPv4 identifier (one more each) and checksum set and its other bytes the
+// original's, the TCP sequence number advanced by the payload before, FIN
+// and PSH only on the last, CWR only on the first, the checksum over the
+// pseudo-header valid, the TCP header's other bytes the original's.
+func checkSegments(s *Segmenter, orig []byte, g GSO) error {
+	size := len(orig) - g.HdrLen
+	n := max((size+g.MSS-1)/g.MSS, 1)
+	if s.Len() != n {
+		return fmt.Errorf("%d segments, want %d", s.Len(), n)
+	}
+	var src, dst tcpip.Address
+	if g.V6 {
+		src, dst = header.IPv6(orig).SourceAddress(), header.IPv6(orig).DestinationAddress()
+	} else {
+		src, dst = header.IPv4(orig).SourceAddress(), header.IPv4(orig).DestinationAddress()
+	}
+	otcp := header.TCP(orig[g.L3Len:g.HdrLen])
+	k := 0
+	for seg := s.Next(); seg != nil; seg, k = s.Next(), k+1 {
+		if k >= n {
+			return fmt.Errorf("more than %d segments", n)
+		}
+		off := k * g.MSS
+		pay := min(g.MSS, size-off)
+		if len(seg) != g.HdrLen+pay {
+			return fmt.Errorf("segment %d: %d bytes, want %d", k, len(seg), g.HdrLen+pay)
+		}
+		if !bytes.Equal(seg[g.HdrLen:], orig[g.HdrLen+off:g.HdrLen+off+pay]) {
+			return fmt.Errorf("segment %d: payload differs", k)
+		}
+		ip, oip := slices.Clone(seg[:g.L3Len]), slices.Clone(orig[:g.L3Len])
+		if g.V6 {
+			if got := binary.BigEndian.Uint16(ip[4:]); int(got) != len(seg)-g.L3Len {
+				return fmt.Errorf("segment %d: IPv6 payload length %d of %d bytes", k, got, len(seg))
+			}
+			clear(ip[4:6])
+			clear(oip[4:6])
+		} else {
+			if checksum.Checksum(ip, 0) != 0xffff {
+				return fmt.Errorf("segment %d: IPv4 header checksum invalid", k)
+			}
+			if got := binary.BigEndian.Uint16(ip[2:]); int(got) != len(seg) {
+				return fmt.Errorf("segment %d: IPv4 total length %d of %d bytes", k, got, len(seg))
+			}
+			if id, want := binary.BigEndian.Uint16(ip[4:]), binary.BigEndian.Uint16(oip[4:])+uint16(k); id != want {
+				return fmt.Errorf("segment %d: IPv4 identifier %#x, want %#x", k, id, want)
+			}
+			for _, h := range [][]byte{ip, oip} {
+				clear(h[2:6])
+				clear(h[10:12])
+			}
+		}
+		if !bytes.Equal(ip, oip) {
+			return fmt.Errorf("segment %d: IP header % x, the original's % x (lengths, identifier, checksum aside)", k, ip, oip)
+		}
+		tcp := header.TCP(seg[g.L3Len:g.HdrLen])
+		sum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(seg)-g.L3Len))
+		if checksum.Checksum(seg[g.L3Len:], sum) != 0xffff {
+			return fmt.Errorf("segment %d: TCP checksum invalid", k)
+		}
+		if got, want := tcp.SequenceNumber(), otcp.SequenceNumber()+uint32(off); got != want {
+			return fmt.Errorf("segment %d: sequence number %#x, want %#x", k, got, want)
+		}
+		f := otcp.Flags()
+		if k > 0 {
+			f &^= header.TCPFlagCwr
+		}
+		if k < n-1 {
+			f &^= header.TCPFlagFin | header.TCPFlagPsh
+		}
+		if tcp.Flags() != f {
+			return fmt.Errorf("segment %d: flags %v, want %v", k, tcp.Flags(), f)
+		}
+		th, oth := slices.Clone(tcp), slices.Clone(otcp)
+		for _, h := range [][]byte{th, oth} {
+			clear(h[4:8])
+			h[header.TCPFlagsOffset] = 0
+			clear(h[header.TCPChecksumOffset : header.TCPChecksumOffset+2])
+		}
+		if !bytes.Equal(th, oth) {
+			return fmt.Errorf("segment %d: TCP header % x, the original's % x (sequence number, flags, checksum aside)", k, th, oth)
+		}
+	}
+	if k != n {
+		return fmt.Errorf("%d segments returned, want %d", k, n)
+	}
+	if s.Next() != nil {
+		return fmt.Errorf("a segment after the last")
+	}
+	return nil
+}
+
 // TestSegmenter: a super-packet cut in place gives the segments Linux's
-// segmentation would: each a valid packet with its checksums, the payload
-// in order and whole, sequence numbers and IPv4 identifiers advancing,
-// FIN and PSH only on the last, CWR only on the first.
+// segmentation would (checkSegments).
 func TestSegmenter(t *testing.T) {
 	all := header.TCPFlagAck | header.TCPFlagPsh | header.TCPFlagFin | header.TCPFlagCwr
 	for _, c := range []struct {
@@ -218,6 +312,7 @@ func TestSegmenter(t *testing.T) {
 		{name: "timestamps", tcpOpts: 12, payload: 5000, mss: 1122, flags: all},
 		{name: "ip options", ipOpts: 4, tcpOpts: 12, payload: 3333, mss: 1000, flags: header.TCPFlagAck | header.TCPFlagPsh},
 		{name: "ipv6", v6: true, tcpOpts: 12, payload: 4500, mss: 1000, flags: all},
+		{name: "ece and urg kept", payload: 2500, mss: 1000, flags: all | header.TCPFlagEce | header.TCPFlagUrg},
 		{name: "mss of the headers", payload: 300, mss: 52, flags: all},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -228,93 +323,64 @@ func TestSegmenter(t *testing.T) {
 			if !s.Reset(b, g) {
 				t.Fatal("refused")
 			}
-			want := max((c.payload+c.mss-1)/c.mss, 1)
-			if s.Len() != want {
-				t.Fatalf("%d segments, want %d", s.Len(), want)
-			}
-			var payload []byte
-			k := 0
-			for seg := s.Next(); seg != nil; seg = s.Next() {
-				var src, dst tcpip.Address
-				if c.v6 {
-					ip := header.IPv6(seg)
-					if int(ip.PayloadLength()) != len(seg)-g.L3Len {
-						t.Fatalf("segment %d: payload length %d of %d bytes", k, ip.PayloadLength(), len(seg))
-					}
-					src, dst = ip.SourceAddress(), ip.DestinationAddress()
-				} else {
-					ip := header.IPv4(seg)
-					if !ip.IsChecksumValid() || int(ip.TotalLength()) != len(seg) || ip.ID() != uint16(0xfffe+k) {
-						t.Fatalf("segment %d: IPv4 header checksum valid %v, length %d of %d, id %#x", k, ip.IsChecksumValid(), ip.TotalLength(), len(seg), ip.ID())
-					}
-					if !bytes.Equal(seg[header.IPv4MinimumSize:g.L3Len], orig[header.IPv4MinimumSize:g.L3Len]) {
-						t.Fatalf("segment %d: IP options changed", k)
-					}
-					src, dst = ip.SourceAddress(), ip.DestinationAddress()
-				}
-				tcp := header.TCP(seg[g.L3Len:])
-				sum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(tcp)))
-				if checksum.Checksum(tcp, sum) != 0xffff {
-					t.Fatalf("segment %d: TCP checksum invalid", k)
-				}
-				if tcp.SequenceNumber() != 0xffffff00+uint32(k*c.mss) || tcp.AckNumber() != 7 || tcp.WindowSize() != 1000 {
-					t.Fatalf("segment %d: seq %#x ack %d window %d", k, tcp.SequenceNumber(), tcp.AckNumber(), tcp.WindowSize())
-				}
-				if !bytes.Equal(tcp[header.TCPMinimumSize:tcp.DataOffset()], orig[g.L3Len+header.TCPMinimumSize:g.HdrLen]) {
-					t.Fatalf("segment %d: TCP options changed", k)
-				}
-				f := c.flags
-				if k > 0 {
-					f &^= header.TCPFlagCwr
-				}
-				if k < want-1 {
-					f &^= header.TCPFlagFin | header.TCPFlagPsh
-				}
-				if tcp.Flags() != f {
-					t.Fatalf("segment %d: flags %v, want %v", k, tcp.Flags(), f)
-				}
-				if n := len(tcp.Payload()); n > c.mss || k < want-1 && n != c.mss {
-					t.Fatalf("segment %d: %d payload bytes, MSS %d", k, n, c.mss)
-				}
-				payload = append(payload, tcp.Payload()...)
-				k++
-			}
-			if k != want {
-				t.Fatalf("%d segments returned, want %d", k, want)
-			}
-			if !bytes.Equal(payload, orig[g.HdrLen:]) {
-				t.Fatal("the segments' payload is not the super-packet's")
-			}
-			if s.Next() != nil {
-				t.Fatal("a segment after the last")
+			if err := checkSegments(&s, orig, g); err != nil {
+				t.Fatal(err)
 			}
 		})
 	}
 }
 
 // TestSegmenterRefuses: a packet that does not match its layout is refused,
-// not cut.
+// not cut: among others one whose IP length field is not its length (a
+// segment of a packet past 64 KiB would not fit an IPv4 total length),
+// that is not TCP, or that is a fragment.
 func TestSegmenterRefuses(t *testing.T) {
-	b, g := superPacket(false, 0, 12, 3000, header.TCPFlagAck)
-	v6, g6 := superPacket(true, 0, 0, 3000, header.TCPFlagAck)
 	for _, c := range []struct {
 		name string
-		b    []byte
-		g    func(GSO) GSO
+		v6   bool
+		edit func(b []byte, g *GSO) []byte // returns the packet to cut
 	}{
-		{"no IP header", b, func(g GSO) GSO { g.L3Len = 0; return g }},
-		{"TCP header cut", b, func(g GSO) GSO { g.HdrLen = g.L3Len + 10; return g }},
-		{"TCP header length differs", b, func(g GSO) GSO { g.HdrLen -= 4; return g }},
-		{"IP header length differs", b, func(g GSO) GSO { g.L3Len += 4; g.HdrLen += 4; return g }},
-		{"MSS below the headers", b, func(g GSO) GSO { g.MSS = g.HdrLen - 1; return g }},
-		{"zero MSS", b, func(g GSO) GSO { g.MSS = 0; return g }},
-		{"headers past the packet", b[:50], func(g GSO) GSO { return g }},
-		{"IPv6 said of IPv4", b, func(g GSO) GSO { g.V6 = true; g.L3Len = 40; g.HdrLen = 72; return g }},
-		{"IPv4 said of IPv6", v6, func(GSO) GSO { g := g6; g.V6 = false; return g }},
-		{"too large", make([]byte, gsoMaxSize+header.IPv6MinimumSize+1), func(g GSO) GSO { return g }},
+		{"no IP header", false, func(b []byte, g *GSO) []byte { g.L3Len = 0; return b }},
+		{"TCP header cut", false, func(b []byte, g *GSO) []byte { g.HdrLen = g.L3Len + 10; return b }},
+		{"TCP header length differs", false, func(b []byte, g *GSO) []byte { g.HdrLen -= 4; return b }},
+		{"IP header length differs", false, func(b []byte, g *GSO) []byte { g.L3Len += 4; g.HdrLen += 4; return b }},
+		{"headers too long", false, func(b []byte, g *GSO) []byte { g.HdrLen = maxGSOHeader + 1; return b }},
+		{"zero MSS", false, func(b []byte, g *GSO) []byte { g.MSS = 0; return b }},
+		{"negative MSS", false, func(b []byte, g *GSO) []byte { g.MSS = -1; return b }},
+		{"headers past the packet", false, func(b []byte, _ *GSO) []byte { return b[:50] }},
+		{"IPv6 said of IPv4", false, func(b []byte, g *GSO) []byte { g.V6, g.L3Len, g.HdrLen = true, 40, 72; return b }},
+		{"IPv4 said of IPv6", true, func(b []byte, g *GSO) []byte { g.V6 = false; return b }},
+		{"too large", false, func([]byte, *GSO) []byte { return make([]byte, gsoMaxSize+header.IPv6MinimumSize+1) }},
+		{"a segment past an IPv4 total length", false, func(_ []byte, g *GSO) []byte {
+			b, _ := superPacket(false, 0, 12, gsoMaxSize-40, header.TCPFlagAck) // its total length wrapped
+			g.MSS = gsoMaxSize
+			return b
+		}},
+		{"IPv4 total length short", false, func(b []byte, _ *GSO) []byte {
+			header.IPv4(b).SetTotalLength(uint16(len(b) - 1))
+			setIPv4Checksum(b)
+			return b
+		}},
+		{"IPv4 total length long", false, func(b []byte, _ *GSO) []byte { return b[:len(b)-1] }},
+		{"IPv6 payload length short", true, func(b []byte, _ *GSO) []byte { return append(b, 0) }},
+		{"IPv6 payload length long", true, func(b []byte, _ *GSO) []byte { return b[:len(b)-1] }},
+		{"not TCP", false, func(b []byte, _ *GSO) []byte { b[9] = uint8(header.UDPProtocolNumber); setIPv4Checksum(b); return b }},
+		{"IPv6 next header not TCP", true, func(b []byte, _ *GSO) []byte { b[6] = uint8(header.UDPProtocolNumber); return b }},
+		{"first fragment", false, func(b []byte, _ *GSO) []byte {
+			header.IPv4(b).SetFlagsFragmentOffset(header.IPv4FlagMoreFragments, 0)
+			setIPv4Checksum(b)
+			return b
+		}},
+		{"later fragment", false, func(b []byte, _ *GSO) []byte {
+			header.IPv4(b).SetFlagsFragmentOffset(header.IPv4FlagDontFragment, 1480)
+			setIPv4Checksum(b)
+			return b
+		}},
 	} {
+		b, g := superPacket(c.v6, 0, 12, 3000, header.TCPFlagAck)
+		b = c.edit(b, &g)
 		var s Segmenter
-		if s.Reset(c.b, c.g(g)) {
+		if s.Reset(b, g) {
 			t.Errorf("%s: accepted", c.name)
 		}
 		if s.Next() != nil {
@@ -323,30 +389,28 @@ func TestSegmenterRefuses(t *testing.T) {
 	}
 }
 
-// FuzzSegmenter: any bytes and layout are refused or cut into segments
-// that carry the payload whole, without a panic.
+// FuzzSegmenter: any bytes and layout are refused or cut into the segments
+// Linux's segmentation gives (checkSegments), without a panic.
 func FuzzSegmenter(f *testing.F) {
-	b, g := superPacket(false, 4, 12, 3000, header.TCPFlagAck|header.TCPFlagFin)
-	f.Add(b, g.V6, g.L3Len, g.HdrLen, g.MSS)
-	b, g = superPacket(true, 0, 0, 2500, header.TCPFlagAck)
+	b, g := superPacket(false, 4, 12, 700, header.TCPFlagAck|header.TCPFlagFin|header.TCPFlagCwr)
+	f.Add(b, g.V6, g.L3Len, g.HdrLen, 300)
+	b, g = superPacket(true, 0, 0, 500, header.TCPFlagAck)
 	f.Add(b, g.V6, g.L3Len, g.HdrLen, 100)
+	b, g = superPacket(false, 0, 12, 100, header.TCPFlagAck|header.TCPFlagPsh)
+	f.Add(b, g.V6, g.L3Len, g.HdrLen, 9) // segments smaller than their headers
 	f.Add([]byte{0x45, 0, 0, 40}, false, 20, 40, 1000)
 	f.Fuzz(func(t *testing.T, b []byte, v6 bool, l3, hl, mss int) {
 		g := GSO{V6: v6, L3Len: l3, HdrLen: hl, MSS: mss}
 		orig := slices.Clone(b)
 		var s Segmenter
 		if !s.Reset(b, g) {
+			if !bytes.Equal(b, orig) {
+				t.Fatal("a refused packet was changed")
+			}
 			return
 		}
-		var payload []byte
-		for seg := s.Next(); seg != nil; seg = s.Next() {
-			if len(seg) < hl || len(seg)-hl > mss {
-				t.Fatalf("segment of %d bytes, headers %d, MSS %d", len(seg), hl, mss)
-			}
-			payload = append(payload, seg[hl:]...)
-		}
-		if !bytes.Equal(payload, orig[hl:]) {
-			t.Fatal("the segments' payload is not the packet's")
+		if err := checkSegments(&s, orig, g); err != nil {
+			t.Fatal(err)
 		}
 	})
 }
