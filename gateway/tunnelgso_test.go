@@ -17,60 +17,73 @@ import (
 // one by one, each its own datagram: the agent's address put back, MSS
 // payload bytes each (the last the rest), sequence numbers and IPv4
 // identifiers advancing, PSH and FIN on the last only, every checksum
-// whole. A super-packet to no ingress, or that does not match its layout,
-// is counted and dropped.
+// whole. That holds for an MSS smaller than the headers too: gVisor sends
+// such segments to an agent that announces a small MSS or reports a small
+// path MTU. A super-packet to no ingress, or that does not match its
+// layout, is counted and dropped.
 func TestTunnelOutputCutsSuperPackets(t *testing.T) {
-	f := newOutputFixture(t)
-	got := make(chanSender, 64)
-	in := f.add(t, "laptop", got)
+	for _, c := range []struct {
+		name      string
+		mss, size int
+	}{
+		{"datagram-sized", 1134, 10000},
+		{"smaller than the headers", 20, 300},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newOutputFixture(t)
+			got := make(chanSender, 64)
+			in := f.add(t, "laptop", got)
 
-	const mss, size, seq = 1134, 10000, 0xfffff000
-	payload := make([]byte, size)
-	for i := range payload {
-		payload[i] = byte(i * 13)
-	}
-	vip := netip.MustParseAddrPort("10.100.0.20:80")
-	flags := uint8(netstacktest.FlagACK | netstacktest.FlagPSH | netstacktest.FlagFIN)
-	super := netstacktest.TCPSegment(vip, netip.AddrPortFrom(in.synth, 40000), flags, seq, payload)
-	layout := netstack.GSO{L3Len: 20, HdrLen: 40, MSS: mss}
-	if err := f.out.WriteGSO(super, layout); err != nil {
-		t.Fatal(err)
-	}
-	n := (size + mss - 1) / mss
-	for k := range n {
-		chunk := payload[k*mss : min((k+1)*mss, size)]
-		fl := uint8(netstacktest.FlagACK)
-		if k == n-1 {
-			fl = flags
-		}
-		want := netstacktest.TCPSegment(vip, netip.AddrPortFrom(agentInner, 40000), fl, seq+uint32(k*mss), chunk)
-		want[4], want[5] = 0x2a, byte(0x2a+k) // the identifier advances from TCPSegment's 0x2a2a
-		netstacktest.SetIPv4Checksum(want)
-		select {
-		case d := <-got:
-			if !bytes.Equal(d, want) {
-				t.Fatalf("segment %d of %d:\n got % x\nwant % x", k, n, d[:48], want[:48])
+			const seq = 0xfffff000
+			mss, size := c.mss, c.size
+			payload := make([]byte, size)
+			for i := range payload {
+				payload[i] = byte(i * 13)
 			}
-		case <-time.After(time.Second):
-			t.Fatalf("%d of %d segments sent", k, n)
-		}
-	}
-	select {
-	case d := <-got:
-		t.Fatalf("a datagram after the last segment: % x", d[:min(len(d), 48)])
-	case <-time.After(50 * time.Millisecond):
-	}
+			vip := netip.MustParseAddrPort("10.100.0.20:80")
+			flags := uint8(netstacktest.FlagACK | netstacktest.FlagPSH | netstacktest.FlagFIN)
+			super := netstacktest.TCPSegment(vip, netip.AddrPortFrom(in.synth, 40000), flags, seq, payload)
+			layout := netstack.GSO{L3Len: 20, HdrLen: 40, MSS: mss}
+			if err := f.out.WriteGSO(super, layout); err != nil {
+				t.Fatal(err)
+			}
+			n := (size + mss - 1) / mss
+			for k := range n {
+				chunk := payload[k*mss : min((k+1)*mss, size)]
+				fl := uint8(netstacktest.FlagACK)
+				if k == n-1 {
+					fl = flags
+				}
+				want := netstacktest.TCPSegment(vip, netip.AddrPortFrom(agentInner, 40000), fl, seq+uint32(k*mss), chunk)
+				want[4], want[5] = byte((0x2a2a+k)>>8), byte(0x2a2a+k) // the identifier advances from TCPSegment's 0x2a2a
+				netstacktest.SetIPv4Checksum(want)
+				select {
+				case d := <-got:
+					if !bytes.Equal(d, want) {
+						t.Fatalf("segment %d of %d:\n got % x\nwant % x", k, n, d[:min(len(d), 48)], want[:min(len(want), 48)])
+					}
+				case <-time.After(time.Second):
+					t.Fatalf("%d of %d segments sent", k, n)
+				}
+			}
+			select {
+			case d := <-got:
+				t.Fatalf("a datagram after the last segment: % x", d[:min(len(d), 48)])
+			case <-time.After(50 * time.Millisecond):
+			}
 
-	nobody := netstacktest.TCPSegment(vip, netip.MustParseAddrPort("169.254.200.200:40000"), flags, seq, payload)
-	f.out.WriteGSO(nobody, layout)
-	bad := netstacktest.TCPSegment(vip, netip.AddrPortFrom(in.synth, 40000), flags, seq, payload)
-	f.out.WriteGSO(bad, netstack.GSO{L3Len: 20, HdrLen: 40, MSS: 20})
-	for reason, want := range map[string]float64{"no_ingress": 1, "malformed_out": 1} {
-		if n := testutil.ToFloat64(f.g.m.dropped.WithLabelValues(reason)); n != want {
-			t.Errorf("dropped as %s: %v, want %v", reason, n, want)
-		}
-	}
-	if len(got) != 0 {
-		t.Errorf("%d datagrams sent of super-packets that go nowhere", len(got))
+			nobody := netstacktest.TCPSegment(vip, netip.MustParseAddrPort("169.254.200.200:40000"), flags, seq, payload)
+			f.out.WriteGSO(nobody, layout)
+			bad := netstacktest.TCPSegment(vip, netip.AddrPortFrom(in.synth, 40000), flags, seq, payload)
+			f.out.WriteGSO(bad, netstack.GSO{L3Len: 20, HdrLen: 44, MSS: mss}) // the TCP header is 20 bytes
+			for reason, want := range map[string]float64{"no_ingress": 1, "malformed_out": 1} {
+				if n := testutil.ToFloat64(f.g.m.dropped.WithLabelValues(reason)); n != want {
+					t.Errorf("dropped as %s: %v, want %v", reason, n, want)
+				}
+			}
+			if len(got) != 0 {
+				t.Errorf("%d datagrams sent of super-packets that go nowhere", len(got))
+			}
+		})
 	}
 }

@@ -97,7 +97,11 @@ func putVirtioGSO(h []byte, g GSO) {
 // one packet). It works in place: segment k's headers are written over the
 // last bytes of segment k-1's payload, right in front of its own, so no
 // payload byte is copied. Each segment Next returns is valid until the
-// next call, which overwrites its tail; the caller copies it before.
+// next call, which overwrites its tail; the caller copies it before. A
+// segment whose payload (MSS) is smaller than its headers, whose headers
+// would not fit there, is built in a buffer of the Segmenter's instead:
+// gVisor sends such segments to a peer that announces an MSS that small or
+// reports a path MTU that small (it keeps at least a byte of payload).
 //
 // Segments are built as Linux's TCP segmentation builds them: sequence
 // numbers advance by the payload before, IPv4 identifiers by one, FIN and
@@ -106,7 +110,8 @@ func putVirtioGSO(h []byte, g GSO) {
 type Segmenter struct {
 	b    []byte // the super-packet, headers first
 	g    GSO
-	hdr  [maxGSOHeader]byte // the super-packet's headers as they came
+	hdr  [maxGSOHeader]byte     // the super-packet's headers as they came
+	tiny [2 * maxGSOHeader]byte // a segment whose MSS is below its headers
 	seq  uint32
 	id   uint16
 	k    int // next segment
@@ -121,12 +126,11 @@ const maxGSOHeader = 120
 // Reset makes s the Segmenter of the super-packet b laid out as g,
 // reporting whether b matches g: headers that fit, a TCP header where g
 // says, an unfragmented IP packet of TCP whose length field is len(b), a
-// positive MSS larger than the headers (each segment's headers must fit
-// over the payload before it).
+// positive MSS.
 func (s *Segmenter) Reset(b []byte, g GSO) bool {
 	*s = Segmenter{}
 	if g.L3Len <= 0 || g.HdrLen < g.L3Len+header.TCPMinimumSize || g.HdrLen > maxGSOHeader ||
-		g.HdrLen > len(b) || g.MSS < g.HdrLen || len(b) > gsoMaxSize+header.IPv6MinimumSize {
+		g.HdrLen > len(b) || g.MSS <= 0 || len(b) > gsoMaxSize+header.IPv6MinimumSize {
 		return false
 	}
 	tcp := header.TCP(b[g.L3Len:g.HdrLen])
@@ -172,7 +176,13 @@ func (s *Segmenter) Next() []byte {
 	s.k++
 	off := k * g.MSS
 	pay := min(g.MSS, s.size-off)
-	seg := s.b[off : off+g.HdrLen+pay]
+	var seg []byte
+	if g.MSS >= g.HdrLen {
+		seg = s.b[off : off+g.HdrLen+pay]
+	} else {
+		seg = s.tiny[:g.HdrLen+pay]
+		copy(seg[g.HdrLen:], s.b[g.HdrLen+off:])
+	}
 	copy(seg, s.hdr[:g.HdrLen])
 	if g.V6 {
 		header.IPv6(seg).SetPayloadLength(uint16(g.HdrLen - g.L3Len + pay))

@@ -294,7 +294,9 @@ func checkSegments(s *Segmenter, orig []byte, g GSO) error {
 }
 
 // TestSegmenter: a super-packet cut in place gives the segments Linux's
-// segmentation would (checkSegments).
+// segmentation would (checkSegments), also when a segment's payload is
+// smaller than its headers (an agent that announces a small MSS, or sends
+// a packet-too-big error, makes gVisor send such segments).
 func TestSegmenter(t *testing.T) {
 	all := header.TCPFlagAck | header.TCPFlagPsh | header.TCPFlagFin | header.TCPFlagCwr
 	for _, c := range []struct {
@@ -314,6 +316,9 @@ func TestSegmenter(t *testing.T) {
 		{name: "ipv6", v6: true, tcpOpts: 12, payload: 4500, mss: 1000, flags: all},
 		{name: "ece and urg kept", payload: 2500, mss: 1000, flags: all | header.TCPFlagEce | header.TCPFlagUrg},
 		{name: "mss of the headers", payload: 300, mss: 52, flags: all},
+		{name: "mss below the headers", tcpOpts: 12, payload: 300, mss: 36, flags: all},
+		{name: "ipv6 mss below the headers", v6: true, tcpOpts: 40, payload: 500, mss: 8, flags: all},
+		{name: "one-byte mss", ipOpts: 4, tcpOpts: 40, payload: 7, mss: 1, flags: all},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			b, g := superPacket(c.v6, c.ipOpts, c.tcpOpts, c.payload, c.flags)
