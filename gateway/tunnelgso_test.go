@@ -2,7 +2,10 @@ package gateway
 
 import (
 	"bytes"
+	"errors"
 	"net/netip"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -10,6 +13,7 @@ import (
 
 	"github.com/ztgate/ztgate/netstack"
 	"github.com/ztgate/ztgate/netstack/netstacktest"
+	"github.com/ztgate/ztgate/tunnel"
 )
 
 // TestTunnelOutputCutsSuperPackets: a TCP super-packet that gVisor hands
@@ -83,6 +87,70 @@ func TestTunnelOutputCutsSuperPackets(t *testing.T) {
 			}
 			if len(got) != 0 {
 				t.Errorf("%d datagrams sent of super-packets that go nowhere", len(got))
+			}
+		})
+	}
+}
+
+// TestTunnelOutputSegmentsLargerThanDatagrams: a connection that began
+// before a session lowered the tunnel link's MTU keeps its larger MSS, so
+// some of its segments no longer fit the agent's datagrams. Each is
+// counted as send_error, as a packet of the link's writer too large for
+// the session, and the others go out, for a direct agent as for one
+// behind a relay (framed with its tag).
+func TestTunnelOutputSegmentsLargerThanDatagrams(t *testing.T) {
+	const limit, mss, size = 1200, 1400, 5000 // 3 segments of 1440 bytes, the last of 840
+	for _, tagged := range []bool{false, true} {
+		t.Run(map[bool]string{false: "direct", true: "relayed"}[tagged], func(t *testing.T) {
+			f := newOutputFixture(t)
+			var mu sync.Mutex
+			var sent [][]byte
+			s := funcSender(func(b []byte) error {
+				if len(b) > limit {
+					return errors.New("datagram too large")
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				sent = append(sent, slices.Clone(b))
+				return nil
+			})
+			var in *ingress
+			if tagged {
+				out := f.g.relayOutbox(s)
+				t.Cleanup(out.Close)
+				in = f.addTag(t, 7, out)
+			} else {
+				in = f.add(t, "laptop", s)
+			}
+			vip := netip.MustParseAddrPort("10.100.0.20:80")
+			super := netstacktest.TCPSegment(vip, netip.AddrPortFrom(in.synth, 40000), netstacktest.FlagACK, 1, make([]byte, size))
+			if err := f.out.WriteGSO(super, netstack.GSO{L3Len: 20, HdrLen: 40, MSS: mss}); err != nil {
+				t.Fatal(err)
+			}
+			sendErrors := func() float64 { return testutil.ToFloat64(f.g.m.dropped.WithLabelValues("send_error")) }
+			waitFor(t, 5*time.Second, "every segment sent or counted", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(sent)+int(sendErrors()) == 4
+			})
+			if n := sendErrors(); n != 3 {
+				t.Errorf("send_error %v, want 3", n)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(sent) != 1 {
+				t.Fatalf("%d datagrams sent, want 1", len(sent))
+			}
+			pkt := sent[0]
+			if tagged {
+				tag, p, err := tunnel.ParseTagReturn(pkt)
+				if err != nil || tag != 7 {
+					t.Fatalf("a relayed agent's segment: tag %d, %v", tag, err)
+				}
+				pkt = p
+			}
+			if _, dst, ok := netstack.IPv4Addrs(pkt); !ok || dst != agentInner || len(pkt) != 40+size-3*mss {
+				t.Errorf("the segment sent: %d bytes to %v, want the last, %d bytes to %v", len(pkt), dst, 40+size-3*mss, agentInner)
 			}
 		})
 	}
