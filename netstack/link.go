@@ -170,15 +170,16 @@ func (ns *Stack) updateRoutesLocked() {
 	routes := make([]nicRoute, 0, len(table))
 	for _, r := range table {
 		p := netip.PrefixFrom(fromAddr(r.Destination.ID()), r.Destination.Prefix())
-		routes = append(routes, nicRoute{p, r.NIC})
+		routes = append(routes, nicRoute{p, r.NIC, ns.links[r.NIC]})
 	}
 	ns.routes.Store(&routes)
 }
 
-// nicRoute is one route of the stack's table: a prefix and its link's NIC.
+// nicRoute is one route of the stack's table: a prefix and its link.
 type nicRoute struct {
 	prefix netip.Prefix
 	nic    tcpip.NICID
+	link   *Link
 }
 
 // Close detaches the link from the stack and stops its writer.
@@ -369,7 +370,12 @@ func fixMerged(pkt *stack.PacketBuffer) {
 // writeRaw sends a packet built outside gVisor (an echo reply, an ICMP
 // error) through the link's output, in order with the stack's own packets.
 func (l *Link) writeRaw(pkt []byte) {
-	pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
+	l.writeView(buffer.NewViewWithData(pkt))
+}
+
+// writeView is writeRaw for a packet built in a view, which it takes.
+func (l *Link) writeView(v *buffer.View) {
+	pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
 	one := [1]*stack.PacketBuffer{pkb}
 	l.ep.write(one[:])
 	pkb.DecRef()

@@ -151,7 +151,7 @@ func (ns *Stack) setOptions() error {
 			return fmt.Errorf("netstack: tcp option %T: %s", o, err)
 		}
 	}
-	ttl := tcpip.DefaultTTLOption(64)
+	ttl := tcpip.DefaultTTLOption(defaultTTL)
 	if err := ns.s.SetNetworkProtocolOption(ipv4.ProtocolNumber, &ttl); err != nil {
 		return fmt.Errorf("netstack: ipv4 ttl: %s", err)
 	}
@@ -239,3 +239,7 @@ func tcpipError(op string, err tcpip.Error) error {
 	}
 	return fmt.Errorf("netstack: %s: %s", op, err)
 }
+
+// defaultTTL is the TTL of the packets the stack sends, gVisor's and those
+// built outside it (the UDP fast path's).
+const defaultTTL = 64

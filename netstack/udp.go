@@ -120,6 +120,15 @@ func (c *UDPConn) SetDeadline(t time.Time) error {
 	return c.conn.SetWriteDeadline(t)
 }
 
+// Write sends b to the client as one datagram: built here when it can be
+// (writeFast), else by gVisor.
+func (c *UDPConn) Write(b []byte) (int, error) {
+	if c.writeFast(b) {
+		return len(b), nil
+	}
+	return c.conn.Write(b)
+}
+
 // Close ends the flow's fast path, then its endpoint.
 func (c *UDPConn) Close() error {
 	c.closeFast(func() { c.ns.udp.remove(c.key, c) })

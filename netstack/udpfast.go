@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"sync"
 
+	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -262,4 +263,48 @@ func release(bp *[]byte) {
 		*bp = (*bp)[:smallDatagram]
 		datagramPool.Put(bp)
 	}
+}
+
+// The way back. A datagram a flow's UDPConn writes to its client is built
+// here as one IPv4 packet — the VIP's address and port to the client's,
+// TTL 64, DF set and the identifier 0 (an atomic datagram, RFC 6864), as
+// gVisor's UDP output builds it — and queued on the link whose route leads
+// to the client, in order with the stack's own packets. gVisor's UDP output
+// (its endpoint's lock, a route taken and released per datagram, the
+// headers pushed into a packet buffer, its statistics) was 44 % of the
+// gateway's CPU on a download of small datagrams. What does not fit one
+// packet on that link (gVisor fragments it), an IPv6 flow, a client no
+// route leads to, and a closed flow go through gVisor as before.
+
+// writeFast sends b to the flow's client and reports whether it did.
+func (c *UDPConn) writeFast(b []byte) bool {
+	src, dst := c.key.dst, c.key.src // from the VIP to the client
+	if !src.Addr().Is4() || !dst.Addr().Is4() || c.closed() {
+		return false
+	}
+	r := c.ns.routeTo(dst.Addr())
+	if r == nil || r.link == nil {
+		return false
+	}
+	n := header.IPv4MinimumSize + header.UDPMinimumSize + len(b)
+	if n > r.link.MTU() {
+		return false
+	}
+	v := buffer.NewViewSize(n)
+	p := v.AsSlice()
+	ip := header.IPv4(p)
+	sa, da := toAddr(src.Addr()), toAddr(dst.Addr())
+	ip.Encode(&header.IPv4Fields{TotalLength: uint16(n), Flags: header.IPv4FlagDontFragment, TTL: defaultTTL,
+		Protocol: uint8(header.UDPProtocolNumber), SrcAddr: sa, DstAddr: da})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	u := header.UDP(p[header.IPv4MinimumSize:])
+	u.Encode(&header.UDPFields{SrcPort: src.Port(), DstPort: dst.Port(), Length: uint16(len(u))})
+	copy(u[header.UDPMinimumSize:], b)
+	sum := ^checksum.Checksum(u, header.PseudoHeaderChecksum(header.UDPProtocolNumber, sa, da, uint16(len(u))))
+	if sum == 0 {
+		sum = 0xffff // 0 says no checksum
+	}
+	u.SetChecksum(sum)
+	r.link.writeView(v)
+	return true
 }

@@ -567,3 +567,89 @@ func TestUDPListenerRepliesOnTheClientsLink(t *testing.T) {
 		ns.Close()
 	}
 }
+
+// TestUDPWriteFast: what a flow writes to its client is built outside
+// gVisor, byte for byte the packet gVisor's UDP output builds, and goes
+// out on the link whose route leads to the client. A datagram that does not
+// fit one packet of that link, an IPv6 flow's, a flow whose client no
+// route leads to, go through gVisor; a closed flow's write fails.
+func TestUDPWriteFast(t *testing.T) {
+	out := &capture{}
+	flows := make(chan *UDPConn, 4)
+	ns, err := New(Config{Handler: flowTaker{flows}, Pools: []netip.Prefix{
+		netip.MustParsePrefix("10.100.0.0/24"), netip.MustParsePrefix("2001:db8:100::/64")}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Close)
+	l, err := ns.NewLink(LinkConfig{MTU: 1500, Output: out, Routes: []netip.Prefix{
+		netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8::/64")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Close)
+	sent := func() uint64 { return ns.s.Stats().UDP.PacketsSent.Value() }
+	// written waits for n more packets on the link and returns them.
+	seen := 0
+	written := func(n int) [][]byte {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if all := out.all(); len(all) >= seen+n {
+				got := all[seen : seen+n]
+				seen += n
+				return got
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d packets written, want %d more than %d", len(out.all()), n, seen)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+
+	l.Deliver(udpPacket(udpClient4, udpVIP4, []byte("first"), nil))
+	c := <-flows
+	for _, size := range []int{0, 1, 100, 1500 - 28} {
+		p := bytes.Repeat([]byte{byte(size)}, size)
+		before := sent()
+		if n, err := c.Write(p); n != size || err != nil {
+			t.Fatalf("%d bytes: Write %d, %v", size, n, err)
+		}
+		if sent() != before {
+			t.Fatalf("%d bytes: gVisor sent the datagram, not the fast path", size)
+		}
+		if _, err := c.conn.Write(p); err != nil { // gVisor's, to compare
+			t.Fatal(err)
+		}
+		got := written(2)
+		if !bytes.Equal(got[0], got[1]) {
+			t.Fatalf("%d bytes: the fast path built\n% x\ngVisor builds\n% x", size, got[0][:28], got[1][:28])
+		}
+	}
+	before := sent()
+	if _, err := c.Write(make([]byte, 1500-28+1)); err != nil {
+		t.Fatal(err)
+	}
+	if sent() != before+1 {
+		t.Error("a datagram larger than the link's MTU did not go through gVisor")
+	}
+	if frags := written(2); header.IPv4(frags[0]).Flags()&header.IPv4FlagMoreFragments == 0 {
+		t.Error("a datagram larger than the link's MTU not fragmented")
+	}
+	c.Close()
+	if _, err := c.Write([]byte("late")); err == nil {
+		t.Error("a closed flow's write succeeded")
+	}
+
+	l.Deliver(udpPacket(udpClient6, udpVIP6, []byte("first"), nil))
+	c6 := <-flows
+	defer c6.Close()
+	before = sent()
+	if _, err := c6.Write([]byte("v6")); err != nil {
+		t.Fatal(err)
+	}
+	if sent() != before+1 {
+		t.Error("an IPv6 flow's datagram did not go through gVisor")
+	}
+	written(1)
+}

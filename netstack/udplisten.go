@@ -157,15 +157,23 @@ func isWouldBlock(err tcpip.Error) bool {
 // then routes as it would). It runs per reply: it reads the stack's copy
 // of the table, without a lock or an allocation.
 func (ns *Stack) linkTo(a netip.Addr) tcpip.NICID {
+	if r := ns.routeTo(a); r != nil {
+		return r.nic
+	}
+	return 0
+}
+
+// routeTo returns the route that leads to a, or nil.
+func (ns *Stack) routeTo(a netip.Addr) *nicRoute {
 	a = a.Unmap()
 	if rs := ns.routes.Load(); rs != nil {
-		for _, r := range *rs {
-			if r.prefix.Contains(a) {
-				return r.nic
+		for i := range *rs {
+			if (*rs)[i].prefix.Contains(a) {
+				return &(*rs)[i]
 			}
 		}
 	}
-	return 0
+	return nil
 }
 
 // SetWriteDeadline bounds WriteTo while the socket's send buffer is full.
