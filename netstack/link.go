@@ -373,12 +373,14 @@ func (l *Link) writeRaw(pkt []byte) {
 	l.writeView(buffer.NewViewWithData(pkt))
 }
 
-// writeView is writeRaw for a packet built in a view, which it takes.
-func (l *Link) writeView(v *buffer.View) {
+// writeView is writeRaw for a packet built in a view, which it takes. It
+// reports false when the link is closed (the packet is dropped).
+func (l *Link) writeView(v *buffer.View) bool {
 	pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
 	one := [1]*stack.PacketBuffer{pkb}
-	l.ep.write(one[:])
+	_, err := l.ep.write(one[:])
 	pkb.DecRef()
+	return err == nil
 }
 
 // endpoint is the gVisor side of a Link: a LinkEndpoint without link-layer

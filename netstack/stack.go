@@ -86,8 +86,8 @@ type Stack struct {
 	mu    sync.Mutex
 	links map[tcpip.NICID]*Link
 	// routes is gVisor's route table as updateRoutesLocked last set it,
-	// most specific first, for linkTo to read without a lock or gVisor's
-	// route lookup (which allocates a route).
+	// most specific first, for linkTo and linkOf to read without a lock
+	// or gVisor's route lookup (which allocates a route).
 	routes atomic.Pointer[[]nicRoute]
 	nextID tcpip.NICID
 	closed bool

@@ -9,6 +9,7 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
@@ -52,6 +53,12 @@ func (r *UDPRequest) Accept() (*UDPConn, error) {
 		ns:         r.ns,
 		key:        udpFlowKey{src: r.Src, dst: r.Dst},
 	}
+	// gVisor bound and connected the endpoint through the NIC the first
+	// datagram came in on: every datagram it sends to the client leaves
+	// through that link, as the fast path's must.
+	if info, ok := ep.Info().(*stack.TransportEndpointInfo); ok {
+		c.link = r.ns.linkOf(info.RegisterNICID)
+	}
 	r.ns.udp.add(c.key, c)
 	return c, nil
 }
@@ -63,8 +70,9 @@ type UDPConn struct {
 	fastSocket
 	rw tcpip.SliceWriter // TryRead's, kept so that a read does not allocate one
 
-	ns  *Stack
-	key udpFlowKey
+	ns   *Stack
+	key  udpFlowKey
+	link *Link // the link the flow came in on, which gVisor sends through; nil: none left
 }
 
 var _ net.Conn = (*UDPConn)(nil)

@@ -157,19 +157,25 @@ func isWouldBlock(err tcpip.Error) bool {
 // then routes as it would). It runs per reply: it reads the stack's copy
 // of the table, without a lock or an allocation.
 func (ns *Stack) linkTo(a netip.Addr) tcpip.NICID {
-	if r := ns.routeTo(a); r != nil {
-		return r.nic
+	a = a.Unmap()
+	if rs := ns.routes.Load(); rs != nil {
+		for _, r := range *rs {
+			if r.prefix.Contains(a) {
+				return r.nic
+			}
+		}
 	}
 	return 0
 }
 
-// routeTo returns the route that leads to a, or nil.
-func (ns *Stack) routeTo(a netip.Addr) *nicRoute {
-	a = a.Unmap()
+// linkOf returns the open link of the NIC id, read from the stack's copy
+// of the route table (a link with no route has no packets to send), or
+// nil.
+func (ns *Stack) linkOf(id tcpip.NICID) *Link {
 	if rs := ns.routes.Load(); rs != nil {
-		for i := range *rs {
-			if (*rs)[i].prefix.Contains(a) {
-				return &(*rs)[i]
+		for _, r := range *rs {
+			if r.nic == id {
+				return r.link
 			}
 		}
 	}

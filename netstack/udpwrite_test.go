@@ -1,0 +1,104 @@
+package netstack
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// Tests of the way back of a UDP flow (UDPConn.Write, writeFast): where
+// it would send differently from gVisor, it must not.
+
+// newFlowStack returns a stack over 10.100.0.0/24 and 2001:db8:100::/64
+// whose UDP flows the test takes from the returned channel.
+func newFlowStack(t *testing.T) (*Stack, chan *UDPConn) {
+	t.Helper()
+	flows := make(chan *UDPConn, 4)
+	ns, err := New(Config{Handler: flowTaker{flows}, Pools: []netip.Prefix{
+		netip.MustParsePrefix("10.100.0.0/24"), netip.MustParsePrefix("2001:db8:100::/64")}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Close)
+	return ns, flows
+}
+
+func newLinkOf(t *testing.T, ns *Stack, cfg LinkConfig) *Link {
+	t.Helper()
+	l, err := ns.NewLink(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Close)
+	return l
+}
+
+// waitPackets waits up to 5 s for out to hold n packets, then a little
+// longer for any more, and returns them all (n 0: what came in that
+// little while).
+func waitPackets(t *testing.T, out *capture, n int) [][]byte {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); len(out.all()) < n && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	return out.all()
+}
+
+// TestUDPWriteLeavesOnTheFlowsLink: gVisor binds and connects a flow's
+// endpoint through the link its first datagram came in on, and sends every
+// datagram of the flow through it, whichever link's route to the client is
+// more specific. Once that link is closed, a write fails, and nothing
+// leaves through another link.
+func TestUDPWriteLeavesOnTheFlowsLink(t *testing.T) {
+	for _, c := range []struct {
+		name       string
+		inSpecific bool // the flow comes in on the link with the more specific route
+		closeIt    bool // the flow's link is closed before the write
+	}{
+		{"in on the default route's link", false, false},
+		{"in on the more specific route's link", true, false},
+		{"in on the default route's link, closed", false, true},
+		{"in on the more specific route's link, closed", true, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ns, flows := newFlowStack(t)
+			defOut, specOut := &capture{}, &capture{}
+			def := newLinkOf(t, ns, LinkConfig{Name: "default", MTU: 1500, Output: defOut})
+			spec := newLinkOf(t, ns, LinkConfig{Name: "specific", MTU: 1500, Output: specOut,
+				Routes: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}})
+			in, inOut, otherOut := def, defOut, specOut
+			if c.inSpecific {
+				in, inOut, otherOut = spec, specOut, defOut
+			}
+			in.Deliver(udpPacket(udpClient4, udpVIP4, []byte("first"), nil))
+			fl := <-flows
+			defer fl.Close()
+			if c.closeIt {
+				in.Close()
+				if _, err := fl.Write([]byte("after")); err == nil {
+					t.Error("a write after the flow's link closed succeeded")
+				}
+				if _, err := fl.conn.Write([]byte("after")); err == nil { // the reference
+					t.Error("gVisor's write after the flow's link closed succeeded")
+				}
+				if got := waitPackets(t, otherOut, 0); len(got) != 0 {
+					t.Errorf("%d packets left through the other link", len(got))
+				}
+				return
+			}
+			if _, err := fl.Write([]byte("reply")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := fl.conn.Write([]byte("reply")); err != nil { // gVisor's, the reference
+				t.Fatal(err)
+			}
+			if got := waitPackets(t, inOut, 2); len(got) != 2 || string(got[0]) != string(got[1]) {
+				t.Errorf("the flow's link sent %d packets, want 2 alike", len(got))
+			}
+			if got := otherOut.all(); len(got) != 0 {
+				t.Errorf("the other link sent %d packets, want none", len(got))
+			}
+		})
+	}
+}
