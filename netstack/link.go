@@ -370,13 +370,15 @@ func fixMerged(pkt *stack.PacketBuffer) {
 // writeRaw sends a packet built outside gVisor (an echo reply, an ICMP
 // error) through the link's output, in order with the stack's own packets.
 func (l *Link) writeRaw(pkt []byte) {
-	l.writeView(buffer.NewViewWithData(pkt))
+	l.writeView(buffer.NewViewWithData(pkt), nil)
 }
 
-// writeView is writeRaw for a packet built in a view, which it takes. It
-// reports false when the link is closed (the packet is dropped).
-func (l *Link) writeView(v *buffer.View) bool {
-	pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
+// writeView is writeRaw for a packet built in a view, which it takes;
+// onRelease, when set, runs once the link is done with the packet (sent,
+// dropped or refused). It reports false when the link is closed (the
+// packet is dropped).
+func (l *Link) writeView(v *buffer.View, onRelease func()) bool {
+	pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(v), OnRelease: onRelease})
 	one := [1]*stack.PacketBuffer{pkb}
 	_, err := l.ep.write(one[:])
 	pkb.DecRef()

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -73,6 +74,9 @@ type UDPConn struct {
 	ns   *Stack
 	key  udpFlowKey
 	link *Link // the link the flow came in on, which gVisor sends through; nil: none left
+	// queued is what the fast path's datagrams still waiting on the link
+	// hold, counted as gVisor counts its send buffer.
+	queued atomic.Int64
 }
 
 var _ net.Conn = (*UDPConn)(nil)

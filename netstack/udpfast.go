@@ -276,6 +276,14 @@ func release(bp *[]byte) {
 // download of small datagrams. What does not fit one packet on that link
 // (gVisor fragments it), an IPv6 flow, a closed flow and a flow whose
 // link is closed (gVisor's write fails) go through gVisor as before.
+//
+// gVisor bounds what a flow has waiting on its link by the endpoint's send
+// buffer: a write beyond it blocks (the gateway then stops reading the
+// backend, whose socket drops), so one busy flow cannot fill the link's
+// queue, which every flow of the link shares. The fast path counts its
+// datagrams the same way until the link is done with them, and once they
+// hold the send buffer the next datagram goes through gVisor, whose own
+// send buffer then blocks the writer: at most twice gVisor's bound waits.
 
 // writeFast sends b to the flow's client and reports whether it did.
 func (c *UDPConn) writeFast(b []byte) bool {
@@ -285,7 +293,7 @@ func (c *UDPConn) writeFast(b []byte) bool {
 		return false
 	}
 	n := header.IPv4MinimumSize + header.UDPMinimumSize + len(b)
-	if n > l.MTU() {
+	if n > l.MTU() || c.queued.Load() >= c.ep.SocketOptions().GetSendBufferSize() {
 		return false
 	}
 	v := buffer.NewViewSize(n)
@@ -303,5 +311,12 @@ func (c *UDPConn) writeFast(b []byte) bool {
 		sum = 0xffff // 0 says no checksum
 	}
 	u.SetChecksum(sum)
-	return l.writeView(v) // false: the link closed, gVisor's write fails
+	charge := int64(udpSendCharge + len(b))
+	c.queued.Add(charge)
+	return l.writeView(v, func() { c.queued.Add(-charge) }) // false: the link closed, gVisor's write fails
 }
+
+// udpSendCharge is what gVisor counts against a UDP endpoint's send buffer
+// for a datagram besides its payload: the room it reserves for the UDP
+// header and the largest IPv4 header.
+const udpSendCharge = header.UDPMinimumSize + header.IPv4MaximumHeaderSize

@@ -1,9 +1,13 @@
 package netstack
 
 import (
+	"encoding/binary"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
 // Tests of the way back of a UDP flow (UDPConn.Write, writeFast): where
@@ -100,5 +104,80 @@ func TestUDPWriteLeavesOnTheFlowsLink(t *testing.T) {
 				t.Errorf("the other link sent %d packets, want none", len(got))
 			}
 		})
+	}
+}
+
+// gateOutput holds every WritePackets call until open is closed.
+type gateOutput struct {
+	capture
+	open chan struct{}
+}
+
+func (g *gateOutput) WritePackets(pkts [][]byte) error {
+	<-g.open
+	return g.capture.WritePackets(pkts)
+}
+
+// TestUDPWriteSendBuffer: while the link does not drain, a flow's writes
+// block once its datagrams waiting on the link hold its send buffer (twice
+// at most: the fast path's bound, then gVisor's), as gVisor's did, instead
+// of filling the link's queue, which every flow of the link shares. Once
+// the link drains, every datagram leaves, in the order written.
+func TestUDPWriteSendBuffer(t *testing.T) {
+	ns, flows := newFlowStack(t)
+	out := &gateOutput{open: make(chan struct{})}
+	l := newLinkOf(t, ns, LinkConfig{MTU: 1500, Output: out, Async: true, QueueLen: 1 << 20})
+	l.Deliver(udpPacket(udpClient4, udpVIP4, []byte("first"), nil))
+	fl := <-flows
+	defer fl.Close()
+
+	const n, size = 3000, 1000
+	var written atomic.Int64
+	done := make(chan error, 1)
+	go func() {
+		p := make([]byte, size)
+		for i := range n {
+			binary.BigEndian.PutUint32(p, uint32(i))
+			if _, err := fl.Write(p); err != nil {
+				done <- err
+				return
+			}
+			written.Add(1)
+		}
+		done <- nil
+	}()
+	// Wait until the writer stops (blocked) or ends.
+	last := int64(-1)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		w := written.Load()
+		if w == last || w == n {
+			break
+		}
+		last = w
+	}
+	charge := int64(header.UDPMinimumSize + header.IPv4MaximumHeaderSize + size) // what gVisor counts per datagram
+	bound := 2 * (fl.ep.SocketOptions().GetSendBufferSize()/charge + 1)
+	if w := written.Load(); w > bound {
+		t.Errorf("%d datagrams written while the link did not drain, want at most %d", w, bound)
+	} else {
+		t.Logf("%d datagrams written while the link did not drain (at most %d)", w, bound)
+	}
+	close(out.open)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the writer is still blocked after the link drained (%d written)", written.Load())
+	}
+	got := waitPackets(t, &out.capture, n)
+	if len(got) != n {
+		t.Fatalf("%d datagrams sent, want %d", len(got), n)
+	}
+	for i, p := range got {
+		if len(p) != 28+size || binary.BigEndian.Uint32(p[28:]) != uint32(i) {
+			t.Fatalf("datagram %d of %d bytes carries %d", i, len(p), binary.BigEndian.Uint32(p[28:]))
+		}
 	}
 }
