@@ -77,6 +77,9 @@ type UDPConn struct {
 	// queued is what the fast path's datagrams still waiting on the link
 	// hold, counted as gVisor counts its send buffer.
 	queued atomic.Int64
+	// deadlined: a write deadline is set; gVisor keeps it and checks it,
+	// so writes go through gVisor.
+	deadlined atomic.Bool
 }
 
 var _ net.Conn = (*UDPConn)(nil)
@@ -129,6 +132,13 @@ func (c *UDPConn) SetReadDeadline(t time.Time) error {
 // SetDeadline implements net.Conn.
 func (c *UDPConn) SetDeadline(t time.Time) error {
 	c.setReadDeadline(t)
+	return c.SetWriteDeadline(t)
+}
+
+// SetWriteDeadline implements net.Conn: while a deadline is set, writes
+// go through gVisor, which fails them once it has passed.
+func (c *UDPConn) SetWriteDeadline(t time.Time) error {
+	c.deadlined.Store(!t.IsZero())
 	return c.conn.SetWriteDeadline(t)
 }
 

@@ -274,8 +274,9 @@ func release(bp *[]byte) {
 // a route taken and released per datagram, the headers pushed into a
 // packet buffer, its statistics) was 44 % of the gateway's CPU on a
 // download of small datagrams. What does not fit one packet on that link
-// (gVisor fragments it), an IPv6 flow, a closed flow and a flow whose
-// link is closed (gVisor's write fails) go through gVisor as before.
+// (gVisor fragments it), an IPv6 flow, a closed flow, a flow with a write
+// deadline (gVisor checks it) and a flow whose link is closed (gVisor's
+// write fails) go through gVisor as before.
 //
 // gVisor bounds what a flow has waiting on its link by the endpoint's send
 // buffer: a write beyond it blocks (the gateway then stops reading the
@@ -289,7 +290,7 @@ func release(bp *[]byte) {
 func (c *UDPConn) writeFast(b []byte) bool {
 	src, dst := c.key.dst, c.key.src // from the VIP to the client
 	l := c.link
-	if l == nil || !src.Addr().Is4() || !dst.Addr().Is4() || c.closed() {
+	if l == nil || !src.Addr().Is4() || !dst.Addr().Is4() || c.closed() || c.deadlined.Load() {
 		return false
 	}
 	n := header.IPv4MinimumSize + header.UDPMinimumSize + len(b)

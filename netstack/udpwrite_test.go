@@ -2,6 +2,8 @@ package netstack
 
 import (
 	"encoding/binary"
+	"errors"
+	"net"
 	"net/netip"
 	"sync/atomic"
 	"testing"
@@ -179,5 +181,42 @@ func TestUDPWriteSendBuffer(t *testing.T) {
 		if len(p) != 28+size || binary.BigEndian.Uint32(p[28:]) != uint32(i) {
 			t.Fatalf("datagram %d of %d bytes carries %d", i, len(p), binary.BigEndian.Uint32(p[28:]))
 		}
+	}
+}
+
+// TestUDPWriteDeadline: a write deadline that has passed fails the write,
+// as it does through gVisor (and for any net.Conn), and nothing is sent;
+// cleared, the flow writes again.
+func TestUDPWriteDeadline(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		set  func(*UDPConn, time.Time) error
+	}{
+		{"SetWriteDeadline", (*UDPConn).SetWriteDeadline},
+		{"SetDeadline", (*UDPConn).SetDeadline},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ns, flows := newFlowStack(t)
+			out := &capture{}
+			l := newLinkOf(t, ns, LinkConfig{MTU: 1500, Output: out})
+			l.Deliver(udpPacket(udpClient4, udpVIP4, []byte("first"), nil))
+			fl := <-flows
+			defer fl.Close()
+			c.set(fl, time.Now().Add(-time.Second))
+			_, err := fl.Write([]byte("late"))
+			if ne := net.Error(nil); !errors.As(err, &ne) || !ne.Timeout() {
+				t.Errorf("a write past its deadline returned %v, want a timeout", err)
+			}
+			if got := waitPackets(t, out, 0); len(got) != 0 {
+				t.Errorf("%d packets sent past the deadline", len(got))
+			}
+			c.set(fl, time.Time{})
+			if _, err := fl.Write([]byte("on time")); err != nil {
+				t.Fatal(err)
+			}
+			if got := waitPackets(t, out, 1); len(got) != 1 {
+				t.Errorf("%d packets sent, want 1", len(got))
+			}
+		})
 	}
 }
