@@ -275,8 +275,8 @@ func release(bp *[]byte) {
 // packet buffer, its statistics) was 44 % of the gateway's CPU on a
 // download of small datagrams. What does not fit one packet on that link
 // (gVisor fragments it), an IPv6 flow, a closed flow, a flow with a write
-// deadline (gVisor checks it) and a flow whose link is closed (gVisor's
-// write fails) go through gVisor as before.
+// deadline (gVisor checks it), a flow whose link is closed and one with an
+// error pending (gVisor's write fails) go through gVisor as before.
 //
 // gVisor bounds what a flow has waiting on its link by the endpoint's send
 // buffer: a write beyond it blocks (the gateway then stops reading the
@@ -295,6 +295,11 @@ func (c *UDPConn) writeFast(b []byte) bool {
 	}
 	n := header.IPv4MinimumSize + header.UDPMinimumSize + len(b)
 	if n > l.MTU() || c.queued.Load() >= c.ep.SocketOptions().GetSendBufferSize() {
+		return false
+	}
+	if c.ep.Readiness(waiter.EventErr) != 0 {
+		// An error waits on the endpoint (the client's ICMP port
+		// unreachable): gVisor's write returns it instead of sending.
 		return false
 	}
 	v := buffer.NewViewSize(n)

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 // Tests of the way back of a UDP flow (UDPConn.Write, writeFast): where
@@ -218,5 +221,51 @@ func TestUDPWriteDeadline(t *testing.T) {
 				t.Errorf("%d packets sent, want 1", len(got))
 			}
 		})
+	}
+}
+
+// icmpPortUnreachable4 is an ICMP port unreachable from src to dst about
+// the packet quoted (its first 28 bytes), with its checksums.
+func icmpPortUnreachable4(src, dst netip.Addr, quoted []byte) []byte {
+	b := make([]byte, header.IPv4MinimumSize+header.ICMPv4MinimumSize+28)
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(b)), TTL: 64, Protocol: uint8(header.ICMPv4ProtocolNumber),
+		SrcAddr: toAddr(src), DstAddr: toAddr(dst)})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	icmp := header.ICMPv4(b[header.IPv4MinimumSize:])
+	icmp.SetType(header.ICMPv4DstUnreachable)
+	icmp.SetCode(header.ICMPv4PortUnreachable)
+	copy(icmp[header.ICMPv4MinimumSize:], quoted)
+	icmp.SetChecksum(^checksum.Checksum(icmp, 0))
+	return b
+}
+
+// TestUDPWritePendingError: the client's ICMP port unreachable about the
+// flow leaves an error on its endpoint, which gVisor's next write returns
+// instead of sending its datagram (the gateway's backend reader then goes
+// on); the write after it sends. The fast path must not leave the error to
+// the flow's next read, which would end the flow.
+func TestUDPWritePendingError(t *testing.T) {
+	ns, flows := newFlowStack(t)
+	out := &capture{}
+	l := newLinkOf(t, ns, LinkConfig{MTU: 1500, Output: out})
+	l.Deliver(udpPacket(udpClient4, udpVIP4, []byte("first"), nil))
+	fl := <-flows
+	defer fl.Close()
+	sent := udpPacket(udpVIP4, udpClient4, []byte("reply"), nil)
+	l.Deliver(icmpPortUnreachable4(udpClient4.Addr(), udpVIP4.Addr(), sent[:28]))
+	for deadline := time.Now().Add(5 * time.Second); fl.ep.Readiness(waiter.EventErr) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the client's port unreachable left no error on the flow")
+		}
+	}
+	if _, err := fl.Write([]byte("refused")); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Errorf("the write after the client's port unreachable returned %v, want connection refused", err)
+	}
+	if _, err := fl.Write([]byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	if got := waitPackets(t, out, 1); len(got) != 1 || string(got[0][28:]) != "again" {
+		t.Errorf("sent %d packets, want the one after the error", len(got))
 	}
 }
