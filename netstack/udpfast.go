@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"math"
 	"net/netip"
 	"sync"
 
@@ -294,7 +295,8 @@ func (c *UDPConn) writeFast(b []byte) bool {
 		return false
 	}
 	n := header.IPv4MinimumSize + header.UDPMinimumSize + len(b)
-	if n > l.MTU() || c.queued.Load() >= c.ep.SocketOptions().GetSendBufferSize() {
+	// A link's MTU may exceed what an IPv4 header's length can say.
+	if n > min(l.MTU(), math.MaxUint16) || c.queued.Load() >= c.ep.SocketOptions().GetSendBufferSize() {
 		return false
 	}
 	if c.ep.Readiness(waiter.EventErr) != 0 {

@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"net"
@@ -267,5 +268,37 @@ func TestUDPWritePendingError(t *testing.T) {
 	}
 	if got := waitPackets(t, out, 1); len(got) != 1 || string(got[0][28:]) != "again" {
 		t.Errorf("sent %d packets, want the one after the error", len(got))
+	}
+}
+
+// TestUDPWriteJumbo: on a link whose MTU exceeds what an IPv4 header's
+// length can say, the largest datagram that fits one packet is sent as
+// gVisor sends it, and a larger one fails as gVisor's write does (message
+// too long), never sent as a packet with a wrapped length.
+func TestUDPWriteJumbo(t *testing.T) {
+	ns, flows := newFlowStack(t)
+	out := &capture{}
+	l := newLinkOf(t, ns, LinkConfig{MTU: 70000, Output: out})
+	l.Deliver(udpPacket(udpClient4, udpVIP4, []byte("first"), nil))
+	fl := <-flows
+	defer fl.Close()
+	largest := make([]byte, 65535-28)
+	if _, err := fl.Write(largest); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fl.conn.Write(largest); err != nil { // gVisor's, the reference
+		t.Fatal(err)
+	}
+	if got := waitPackets(t, out, 2); len(got) != 2 || !bytes.Equal(got[0], got[1]) {
+		t.Errorf("the largest datagram: %d packets sent, want 2 alike", len(got))
+	}
+	if _, err := fl.Write(make([]byte, len(largest)+1)); err == nil {
+		t.Error("a datagram too long for an IPv4 packet was written")
+	}
+	if got := out.all(); len(got) != 2 {
+		t.Errorf("%d packets sent, want 2", len(got))
+		for i, p := range got[2:] {
+			t.Errorf("packet %d of %d bytes says it has %d", i, len(p), header.IPv4(p).TotalLength())
+		}
 	}
 }
