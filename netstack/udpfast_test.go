@@ -575,19 +575,9 @@ func TestUDPListenerRepliesOnTheClientsLink(t *testing.T) {
 // route leads to, go through gVisor; a closed flow's write fails.
 func TestUDPWriteFast(t *testing.T) {
 	out := &capture{}
-	flows := make(chan *UDPConn, 4)
-	ns, err := New(Config{Handler: flowTaker{flows}, Pools: []netip.Prefix{
-		netip.MustParsePrefix("10.100.0.0/24"), netip.MustParsePrefix("2001:db8:100::/64")}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Close)
-	l, err := ns.NewLink(LinkConfig{MTU: 1500, Output: out, Routes: []netip.Prefix{
+	ns, flows := newFlowStack(t)
+	l := newLinkOf(t, ns, LinkConfig{MTU: 1500, Output: out, Routes: []netip.Prefix{
 		netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8::/64")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(l.Close)
 	sent := func() uint64 { return ns.s.Stats().UDP.PacketsSent.Value() }
 	// written waits for n more packets on the link and returns them.
 	seen := 0
@@ -607,8 +597,7 @@ func TestUDPWriteFast(t *testing.T) {
 		}
 	}
 
-	l.Deliver(udpPacket(udpClient4, udpVIP4, []byte("first"), nil))
-	c := <-flows
+	c := openFlow(t, l, flows)
 	for _, size := range []int{0, 1, 100, 1500 - 28} {
 		p := bytes.Repeat([]byte{byte(size)}, size)
 		before := sent()

@@ -33,6 +33,16 @@ func newFlowStack(t *testing.T) (*Stack, chan *UDPConn) {
 	return ns, flows
 }
 
+// openFlow opens the IPv4 flow from udpClient4 to udpVIP4 on l with its
+// first datagram and returns it; it is closed when the test ends.
+func openFlow(t *testing.T, l *Link, flows chan *UDPConn) *UDPConn {
+	t.Helper()
+	l.Deliver(udpPacket(udpClient4, udpVIP4, []byte("first"), nil))
+	fl := <-flows
+	t.Cleanup(func() { fl.Close() })
+	return fl
+}
+
 func newLinkOf(t *testing.T, ns *Stack, cfg LinkConfig) *Link {
 	t.Helper()
 	l, err := ns.NewLink(cfg)
@@ -133,9 +143,7 @@ func TestUDPWriteSendBuffer(t *testing.T) {
 	ns, flows := newFlowStack(t)
 	out := &gateOutput{open: make(chan struct{})}
 	l := newLinkOf(t, ns, LinkConfig{MTU: 1500, Output: out, Async: true, QueueLen: 1 << 20})
-	l.Deliver(udpPacket(udpClient4, udpVIP4, []byte("first"), nil))
-	fl := <-flows
-	defer fl.Close()
+	fl := openFlow(t, l, flows)
 
 	const n, size = 3000, 1000
 	var written atomic.Int64
@@ -203,9 +211,7 @@ func TestUDPWriteDeadline(t *testing.T) {
 			ns, flows := newFlowStack(t)
 			out := &capture{}
 			l := newLinkOf(t, ns, LinkConfig{MTU: 1500, Output: out})
-			l.Deliver(udpPacket(udpClient4, udpVIP4, []byte("first"), nil))
-			fl := <-flows
-			defer fl.Close()
+			fl := openFlow(t, l, flows)
 			c.set(fl, time.Now().Add(-time.Second))
 			_, err := fl.Write([]byte("late"))
 			if ne := net.Error(nil); !errors.As(err, &ne) || !ne.Timeout() {
@@ -250,9 +256,7 @@ func TestUDPWritePendingError(t *testing.T) {
 	ns, flows := newFlowStack(t)
 	out := &capture{}
 	l := newLinkOf(t, ns, LinkConfig{MTU: 1500, Output: out})
-	l.Deliver(udpPacket(udpClient4, udpVIP4, []byte("first"), nil))
-	fl := <-flows
-	defer fl.Close()
+	fl := openFlow(t, l, flows)
 	sent := udpPacket(udpVIP4, udpClient4, []byte("reply"), nil)
 	l.Deliver(icmpPortUnreachable4(udpClient4.Addr(), udpVIP4.Addr(), sent[:28]))
 	for deadline := time.Now().Add(5 * time.Second); fl.ep.Readiness(waiter.EventErr) == 0; time.Sleep(time.Millisecond) {
@@ -279,9 +283,7 @@ func TestUDPWriteJumbo(t *testing.T) {
 	ns, flows := newFlowStack(t)
 	out := &capture{}
 	l := newLinkOf(t, ns, LinkConfig{MTU: 70000, Output: out})
-	l.Deliver(udpPacket(udpClient4, udpVIP4, []byte("first"), nil))
-	fl := <-flows
-	defer fl.Close()
+	fl := openFlow(t, l, flows)
 	largest := make([]byte, 65535-28)
 	if _, err := fl.Write(largest); err != nil {
 		t.Fatal(err)
