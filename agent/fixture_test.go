@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/binary"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -284,11 +285,19 @@ func startAgentWith(t *testing.T, p *pki, relayAddr string, edit func(*conf.Agen
 	if edit != nil {
 		edit(cfg)
 	}
+	return runAgent(t, cfg, nil)
+}
+
+// runAgent starts an agent on cfg, logging to log (nil: nowhere), with a
+// client stack as its TUN device, and returns it once it has its
+// directory; the test's end closes it.
+func runAgent(t *testing.T, cfg *conf.Agent, log *slog.Logger) (*Agent, *netstacktest.Client) {
+	t.Helper()
 	dev, err := netstacktest.NewClient(1280, innerAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := New(cfg, Options{Device: dev}, nil)
+	a, err := New(cfg, Options{Device: dev}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,6 @@ import (
 
 	"github.com/ztgate/ztgate/conf"
 	"github.com/ztgate/ztgate/internal/reloadtest"
-	"github.com/ztgate/ztgate/netstack/netstacktest"
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -165,19 +164,7 @@ func startAgentFromFile(t *testing.T, path string) (*Agent, *conf.Agent, *logBuf
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, err := netstacktest.NewClient(1280, innerAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
 	logs := &logBuffer{}
-	a, err := New(cfg, Options{Device: dev}, slog.New(slog.NewTextHandler(logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	waitFor(t, "directory", func() bool { return len(a.dir.Load().byName) > 0 })
+	a, _ := runAgent(t, cfg, slog.New(slog.NewTextHandler(logs, nil)))
 	return a, cfg, logs
 }

@@ -112,7 +112,7 @@ func (f *outputFixture) add(t *testing.T, name string, s tunnel.DatagramSender) 
 
 // reply is a backend's UDP reply to in's agent, as the netstack writes it.
 func reply(in *ingress, text string) []byte {
-	return netstacktest.UDPDatagram(netip.MustParseAddrPort("10.100.0.20:7"),
+	return netstacktest.UDPDatagram(udpEchoVIP,
 		netip.AddrPortFrom(in.synth, 40000), []byte(text))
 }
 

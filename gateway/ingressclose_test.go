@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"fmt"
-	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -16,10 +15,8 @@ import (
 // outlive its ingress: closeIngress closes the flows it finds, and a flow
 // added after that search must see that its ingress is gone.
 func TestClosedIngressKeepsNoFlow(t *testing.T) {
-	_, port := startHTTP(t, nil)
-	h := newHarness(t, withTunnel(t, baseConfig(port, startUDPEcho(t))))
-	dst := netip.MustParseAddrPort("10.100.0.20:7")
-	src := netip.AddrPortFrom(agentInner, 40000)
+	h := newTunnelHarness(t, "")
+	dst, src := udpEchoVIP, agentSrc
 	const rounds = 1000
 	for i := range rounds {
 		in := &ingress{

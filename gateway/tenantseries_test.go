@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"fmt"
-	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -19,10 +18,8 @@ import (
 // ingresses and flows, so that /metrics does not grow with every tenant
 // that ever connected; a configured tenant's stay.
 func TestAgentTenantSeriesFreed(t *testing.T) {
-	_, port := startHTTP(t, nil)
-	h := newHarness(t, withTunnel(t, baseConfig(port, startUDPEcho(t))))
-	dst := netip.MustParseAddrPort("10.100.0.20:7")
-	src := netip.AddrPortFrom(agentInner, 40000)
+	h := newTunnelHarness(t, "")
+	dst, src := udpEchoVIP, agentSrc
 	const tenants = 24
 	churn := func(tenant string) {
 		t.Helper()
@@ -51,10 +48,8 @@ func TestAgentTenantSeriesFreed(t *testing.T) {
 // may be made after its tenant's were deleted. They must go with that
 // flow: none is left once every flow has ended.
 func TestAgentTenantSeriesRace(t *testing.T) {
-	_, port := startHTTP(t, nil)
-	h := newHarness(t, withTunnel(t, baseConfig(port, startUDPEcho(t))))
-	dst := netip.MustParseAddrPort("10.100.0.20:7")
-	src := netip.AddrPortFrom(agentInner, 40000)
+	h := newTunnelHarness(t, "")
+	dst, src := udpEchoVIP, agentSrc
 	const rounds = 300
 	for i := range rounds {
 		in := &ingress{

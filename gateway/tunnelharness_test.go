@@ -16,6 +16,22 @@ import (
 // agentInner is the inner address of the test ingress.
 var agentInner = netip.MustParseAddr("100.64.0.1")
 
+var (
+	// udpEchoVIP is the UDP echo service of baseConfig.
+	udpEchoVIP = netip.MustParseAddrPort("10.100.0.20:7")
+	// agentSrc is the test ingress's address and port towards it.
+	agentSrc = netip.AddrPortFrom(agentInner, 40000)
+)
+
+// newTunnelHarness runs the gateway of baseConfig (an HTTP backend, the
+// UDP echo) with a direct tunnel listener, extra appended to its
+// configuration.
+func newTunnelHarness(t *testing.T, extra string) *harness {
+	t.Helper()
+	_, port := startHTTP(t, nil)
+	return newHarness(t, withTunnel(t, baseConfig(port, startUDPEcho(t))+extra))
+}
+
 // writePKI writes a CA and the gateway's certificate into dir and returns
 // the [tunnel] keys that name them, with a direct listener on loopback.
 func writePKI(t testing.TB, dir string) (tunnelSection string, ca *tunnel.CA) {

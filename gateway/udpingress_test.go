@@ -49,10 +49,8 @@ func (h *harness) recordingIngress(t *testing.T, tenant string) (*ingress, func(
 // fast path): each gets exactly its own echoes back, in order, addressed
 // to its inner address, and nothing of the other's.
 func TestUDPFlowsKeepTheirIngress(t *testing.T) {
-	_, port := startHTTP(t, nil)
-	h := newHarness(t, withTunnel(t, baseConfig(port, startUDPEcho(t))))
-	src := netip.AddrPortFrom(agentInner, 40000)
-	dst := netip.MustParseAddrPort("10.100.0.20:7")
+	h := newTunnelHarness(t, "")
+	dst, src := udpEchoVIP, agentSrc
 	const n = 200
 	type agent struct {
 		name    string
@@ -108,17 +106,15 @@ func TestUDPFlowsKeepTheirIngress(t *testing.T) {
 // while the agent's own packets still pass and a LAN client from a real
 // address of the same tenant is refused as that tenant.
 func TestLANCannotPoseAsIngress(t *testing.T) {
-	_, port := startHTTP(t, nil)
-	h := newHarness(t, withTunnel(t, baseConfig(port, startUDPEcho(t))+`
+	h := newTunnelHarness(t, `
 [[tenant]]
 name = "guest"
 sources = ["160.0.0.0/4"]
-`))
+`)
 	in, replies := h.recordingIngress(t, "acme")
 	web := netip.MustParseAddrPort("10.100.0.10:80")
-	echo := netip.MustParseAddrPort("10.100.0.20:7")
+	echo := udpEchoVIP
 
-	agentSrc := netip.AddrPortFrom(agentInner, 40000)
 	h.gw.deliverTunnel(in, "", netstacktest.UDPDatagram(agentSrc, echo, []byte("agent")), h.gw.tunLink)
 	waitFor(t, 5*time.Second, "the agent's echo", func() bool { return len(replies()) == 1 })
 
@@ -155,10 +151,9 @@ func icmpUnreachable(src, dst netip.Addr, quoted []byte) []byte {
 // and counted, while the errors of the flow's own client and of a router
 // in its tenant's prefixes pass on to gVisor.
 func TestForgedICMPErrorsEndNoFlow(t *testing.T) {
-	_, port := startHTTP(t, nil)
-	h := newHarness(t, withTunnel(t, baseConfig(port, startUDPEcho(t))))
+	h := newTunnelHarness(t, "")
 	in, replies := h.recordingIngress(t, "acme")
-	echo := netip.MustParseAddrPort("10.100.0.20:7")
+	echo := udpEchoVIP
 	lanVictim := netip.AddrPortFrom(acmeClient, 4000)
 	h.gw.lan.Deliver(netstacktest.UDPDatagram(lanVictim, echo, []byte("lan")))
 	h.gw.deliverTunnel(in, "", netstacktest.UDPDatagram(netip.AddrPortFrom(agentInner, 4000), echo, []byte("agent")), h.gw.tunLink)
@@ -251,8 +246,7 @@ backends = ["127.0.0.1"]
 //     ingress's: rewritten too, else the error is refused as another
 //     client's.
 func TestTunnelICMPErrorsQuoteTheAgent(t *testing.T) {
-	_, port := startHTTP(t, nil)
-	h := newHarness(t, withTunnel(t, baseConfig(port, startUDPEcho(t))))
+	h := newTunnelHarness(t, "")
 	in, replies := h.recordingIngress(t, "acme")
 	for _, tc := range []struct {
 		name string
@@ -291,7 +285,7 @@ func TestTunnelICMPErrorsQuoteTheAgent(t *testing.T) {
 		refused := func() float64 {
 			return max(0, metricValue(t, h.gw, "ztgate_packets_dropped_total", "reason", "icmp_refused"))
 		}
-		echo := netip.MustParseAddrPort("10.100.0.20:7")
+		echo := udpEchoVIP
 		from := netip.AddrPortFrom(agentInner, 4000)
 		n := len(replies())
 		h.gw.deliverTunnel(in, "", netstacktest.UDPDatagram(from, echo, []byte("hello")), h.gw.tunLink)

@@ -164,9 +164,6 @@ func (s *Segmenter) Reset(b []byte, g GSO) bool {
 	return true
 }
 
-// Len returns the number of segments.
-func (s *Segmenter) Len() int { return s.n }
-
 // Next returns the next segment, nil after the last.
 func (s *Segmenter) Next() []byte {
 	if s.k >= s.n {
