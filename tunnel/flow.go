@@ -75,14 +75,24 @@ type Flow struct {
 // whose transport header is whole; ok is false for anything else (IPv6,
 // fragments, truncated packets), which callers route by service only.
 func ParseFlow(p []byte) (f Flow, ok bool) {
+	if !ipv4HeaderOK(p) || binary.BigEndian.Uint16(p[6:8])&0x3fff != 0 { // MF or an offset
+		return f, false
+	}
+	return parseTransport(p)
+}
+
+// ipv4HeaderOK reports whether p starts with an IPv4 header that it holds
+// whole.
+func ipv4HeaderOK(p []byte) bool {
 	const ipv4Header = 20
-	if len(p) < ipv4Header || p[0]>>4 != 4 {
-		return f, false
-	}
+	return len(p) >= ipv4Header && p[0]>>4 == 4 && int(p[0]&0x0f)*4 >= ipv4Header
+}
+
+// parseTransport is ParseFlow past the checks of the IP header: the flow
+// of an IPv4 packet, or of a datagram's first fragment, by its transport
+// header.
+func parseTransport(p []byte) (f Flow, ok bool) {
 	ihl := int(p[0]&0x0f) * 4
-	if ihl < ipv4Header || binary.BigEndian.Uint16(p[6:8])&0x3fff != 0 { // MF or an offset
-		return f, false
-	}
 	f.Key.Proto = p[9]
 	f.Key.Src, f.Key.Dst = [4]byte(p[12:16]), [4]byte(p[16:20])
 	l4 := p[min(ihl, len(p)):]
