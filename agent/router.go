@@ -12,6 +12,10 @@ import (
 // maxRouterFlows bounds the router's flow table.
 const maxRouterFlows = 8192
 
+// maxRouterFragmented bounds the fragmented datagrams whose later fragments
+// the router awaits.
+const maxRouterFragmented = 1024
+
 // router decides where each packet read from the TUN goes: to the local
 // stack (DNS at the gateway address, and the fast refusals) or into the
 // tunnel, framed with its service's name, on the path its flow started on:
@@ -21,11 +25,12 @@ type router struct {
 	a       *Agent
 	scratch []byte
 	flows   *tunnel.FlowTable[*path]
+	frags   *tunnel.Fragments // the flows of fragmented datagrams, for their later fragments
 }
 
 // newRouter returns the agent's router.
 func newRouter(a *Agent) *router {
-	return &router{a: a, flows: tunnel.NewFlowTable(maxRouterFlows, func(_ *path, why tunnel.FlowRemoval) {
+	return &router{a: a, frags: tunnel.NewFragments(maxRouterFragmented), flows: tunnel.NewFlowTable(maxRouterFlows, func(_ *path, why tunnel.FlowRemoval) {
 		switch why {
 		case tunnel.FlowExpired:
 			a.m.flowsExpired.Inc()
@@ -99,15 +104,17 @@ func (r *router) Deliver(pkt []byte) {
 // pathOf returns the path of a packet's flow: a known flow keeps its path
 // while that lives; a new one (or one whose direct path died) takes the
 // service's current path and, when that is the relay, asks for a direct
-// one. A packet without a flow (a fragment) takes the current path; an
-// ICMP error about a packet of a flow takes that flow's path.
+// one. Every fragment of a datagram takes its flow's path (its first
+// fragment's, tunnel.Fragments); a packet without a known flow (a later
+// fragment whose first was not seen) takes the current path; an ICMP
+// error about a packet of a flow takes that flow's path.
 func (r *router) pathOf(service string, pkt []byte) *path {
 	d := r.a.direct
-	f, ok := tunnel.ParseFlow(pkt)
+	now := monoclock.Now()
+	f, ok := r.frags.Flow(pkt, now)
 	if !ok {
 		return d.route(service)
 	}
-	now := monoclock.Now()
 	r.flows.Sweep(now)
 	if p, known := r.flows.Lookup(f.Key, now, f.Refresh()); known && (p == nil || !p.dead.Load()) {
 		return p

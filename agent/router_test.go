@@ -173,12 +173,18 @@ func firstFragment(p []byte) []byte {
 	return p
 }
 
+// newTestRouter returns the router of an agent that has no session, no
+// device and no direct path yet.
+func newTestRouter() *router {
+	a := &Agent{log: slog.New(slog.DiscardHandler), ctx: context.Background(), m: newMetrics(prometheus.NewRegistry())}
+	a.direct = newDirect(a)
+	return newRouter(a)
+}
+
 // BenchmarkPathOf is the router's per-packet cost of choosing a path: the
 // flow table lookup of a known flow. It must not allocate.
 func BenchmarkPathOf(b *testing.B) {
-	a := &Agent{log: slog.New(slog.DiscardHandler), ctx: context.Background(), m: newMetrics(prometheus.NewRegistry())}
-	a.direct = newDirect(a)
-	r := newRouter(a)
+	r := newTestRouter()
 	for i := range 4096 {
 		r.pathOf("web", udpReply(netip.AddrPortFrom(innerAddr, uint16(1000+i)), netip.AddrPortFrom(webVIP, 7), ""))
 	}
@@ -189,20 +195,24 @@ func BenchmarkPathOf(b *testing.B) {
 	}
 }
 
+// directFlow records the UDP flow src → dst as gone direct, on the path
+// it returns.
+func (r *router) directFlow(src, dst netip.AddrPort) *path {
+	f, _ := tunnel.ParseFlow(udpReply(src, dst, "first datagram"))
+	direct := &path{gateway: "gw1"}
+	r.flows.Put(f.Key, direct, monoclock.Now(), f.Idle())
+	return direct
+}
+
 // TestICMPErrorTakesItsFlowsPath: the agent's ICMP error about a packet
 // of one of its flows (a port unreachable for a late datagram of the
 // gateway's) leaves on that flow's path, direct or the relay, so that it
 // reaches the gateway the flow is on; an error about no known flow takes
 // the service's current path and opens no flow.
 func TestICMPErrorTakesItsFlowsPath(t *testing.T) {
-	a := &Agent{log: slog.New(slog.DiscardHandler), ctx: context.Background(), m: newMetrics(prometheus.NewRegistry())}
-	a.direct = newDirect(a)
-	r := newRouter(a)
+	r := newTestRouter()
 	src, dst := netip.AddrPortFrom(innerAddr, 4000), netip.AddrPortFrom(webVIP, 53)
-	query := udpReply(src, dst, "q")
-	f, _ := tunnel.ParseFlow(query)
-	direct := &path{gateway: "gw1"}
-	r.flows.Put(f.Key, direct, monoclock.Now(), f.Idle()) // the flow went direct
+	direct := r.directFlow(src, dst)
 
 	unreachable := func(q []byte) []byte {
 		p := udpReply(src, dst, "")[:20:20] // an IPv4 header from the agent to the VIP
@@ -219,5 +229,35 @@ func TestICMPErrorTakesItsFlowsPath(t *testing.T) {
 	}
 	if r.flows.Len() != n {
 		t.Errorf("an ICMP error opened a flow: %d flows, want %d", r.flows.Len(), n)
+	}
+}
+
+// TestFragmentsTakeTheirFlowsPath: every fragment of a datagram of a flow
+// leaves on the flow's path, not only the first (which names the flow):
+// a flow that went direct while the service's current path is the relay
+// sends all of a large datagram direct, and the gateway gets the pieces on
+// one link, where they can be put together again. A later fragment whose
+// first was not seen takes the current path.
+func TestFragmentsTakeTheirFlowsPath(t *testing.T) {
+	r := newTestRouter()
+	src, dst := netip.AddrPortFrom(innerAddr, 4000), netip.AddrPortFrom(webVIP, 7)
+	direct := r.directFlow(src, dst)
+
+	fragment := func(id, offset uint16, more bool) []byte {
+		p := udpReply(src, dst, strings.Repeat("x", 64))
+		binary.BigEndian.PutUint16(p[4:], id)
+		if more {
+			offset |= 0x2000
+		}
+		binary.BigEndian.PutUint16(p[6:], offset)
+		return p
+	}
+	for i, p := range [][]byte{fragment(9, 0, true), fragment(9, 8, true), fragment(9, 16, false)} {
+		if got := r.pathOf("web", p); got != direct {
+			t.Errorf("fragment %d of the direct flow's datagram took path %v, want the direct one", i, got)
+		}
+	}
+	if got := r.pathOf("web", fragment(10, 8, false)); got != nil {
+		t.Errorf("a later fragment of an unseen datagram took path %v, want the relay (the current path)", got)
 	}
 }

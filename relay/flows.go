@@ -17,6 +17,10 @@ import (
 // maxAgentFlows bounds the entries of an agent session's table.
 const maxAgentFlows = 8192
 
+// maxAgentFragmented bounds the fragmented datagrams of an agent session
+// whose later fragments the relay awaits (tunnel.Fragments).
+const maxAgentFragmented = 256
+
 // flowVerdict is what the table says about a packet.
 type flowVerdict uint8
 

@@ -71,9 +71,10 @@ type agent struct {
 	flows *flowTable // 5-tuple → tag: a flow keeps the gateway it started on
 
 	// Owned by the datagram goroutine.
-	byRoute    map[route]*tag  // the tag of each (service, gateway), possibly dead
-	current    map[string]*tag // service → the tag of its latest new flow, possibly dead
-	registered map[string]bool // v1: services ACKed
+	byRoute    map[route]*tag    // the tag of each (service, gateway), possibly dead
+	current    map[string]*tag   // service → the tag of its latest new flow, possibly dead
+	registered map[string]bool   // v1: services ACKed
+	frags      *tunnel.Fragments // the flows of fragmented datagrams, for their later fragments
 
 	dirty chan struct{} // wakes the directory pusher (v2)
 
@@ -107,6 +108,7 @@ func newAgent(p peer, inner netip.Addr, stats *flowStats) *agent {
 		byRoute:    make(map[route]*tag),
 		current:    make(map[string]*tag),
 		registered: make(map[string]bool),
+		frags:      tunnel.NewFragments(maxAgentFragmented),
 		dirty:      make(chan struct{}, 1),
 	}
 }

@@ -60,20 +60,22 @@ func (r *Relay) routeToGateway(a *agent, service, packet []byte) {
 }
 
 // flowTag returns the tag for a packet: a known flow keeps its tag (and is
-// dropped if its gateway is gone), a new flow gets a gateway chosen now. A
-// packet the table cannot key (IPv6, a fragment) or a TCP segment of a
-// flow it does not know (expired, evicted) takes the service's current
-// tag. A cached tag carries the authorisation checked when it was drawn: a
+// dropped if its gateway is gone), a new flow gets a gateway chosen now.
+// Every fragment of a datagram is its flow's (its first fragment's,
+// tunnel.Fragments), so that all of a datagram reaches one gateway. A
+// packet the table cannot key (IPv6, a later fragment whose first was not
+// seen) or a TCP segment of a flow it does not know (expired, evicted)
+// takes the service's current tag. A cached tag carries the authorisation checked when it was drawn: a
 // tag dies with its gateway, or when its gateway stops serving the
 // service. An ICMP error about a packet of a known flow takes that flow's
 // tag (the agent's port unreachable reaches the gateway whose backend
 // sent the datagram), else the service's current one.
 func (r *Relay) flowTag(a *agent, service, packet []byte, inner netip.Addr) (*tag, dropReason) {
-	fp, ok := tunnel.ParseFlow(packet)
+	now := monoclock.Now()
+	fp, ok := a.frags.Flow(packet, now)
 	if !ok {
 		return r.currentTag(a, service, inner)
 	}
-	now := monoclock.Now()
 	t, verdict := a.flows.lookup(fp, service, now)
 	if fp.Error { // an ICMP error about a packet of a flow goes where the flow goes, and opens none
 		if verdict == flowKnown {

@@ -449,3 +449,42 @@ func TestSendDrop(t *testing.T) {
 		}
 	}
 }
+
+// TestFragmentsFollowTheirFlow: every fragment of a datagram of a flow
+// goes to the flow's gateway, under its tag, so that the gateway can put
+// the datagram together again. Before, fragments took the service's
+// current tag, that of its latest new flow, which here is on the other
+// gateway.
+func TestFragmentsFollowTheirFlow(t *testing.T) {
+	p, r, gw1, gw2, vip := twoGatewaysOfWeb(t)
+	a := mustDial(t, r.Addr().String(), p.identity("acme", tunnel.RoleAgent, "a1"), agentHello("a1"))
+	src, dst := netip.AddrPortFrom(innerAddr, 4000), netip.AddrPortFrom(vip, 53)
+
+	// The first flow goes to the first gateway, the second to the other.
+	a.send("web", udpPacket(src, dst, "query"))
+	open := next[tunnel.TagOpen](gw1)
+	gw1.datagram()
+	a.send("web", udpPacket(netip.AddrPortFrom(innerAddr, 4001), dst, "other flow"))
+	next[tunnel.TagOpen](gw2)
+	gw2.datagram()
+
+	fragment := func(offset uint16, more bool, payload string) []byte {
+		q := udpPacket(src, dst, payload)
+		binary.BigEndian.PutUint16(q[4:], 99)
+		if more {
+			offset |= 0x2000
+		}
+		binary.BigEndian.PutUint16(q[6:], offset)
+		return q
+	}
+	for i, q := range [][]byte{fragment(0, true, "first piece"), fragment(8, true, "middle piece"), fragment(16, false, "last piece")} {
+		a.send("web", q)
+		tag, _, packet, err := tunnel.ParseTagged(gw1.datagram())
+		if err != nil || tag != open.Tag || string(packet) != string(q) {
+			t.Fatalf("fragment %d: the flow's gateway got tag %d (%v), want the fragment under the flow's tag %d", i, tag, err, open.Tag)
+		}
+	}
+	if !gw2.quiet(200 * time.Millisecond) {
+		t.Error("the other gateway got a fragment of the flow")
+	}
+}
