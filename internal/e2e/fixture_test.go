@@ -124,8 +124,8 @@ func (nopPinger) Ping(context.Context, netip.Addr, []byte) error { return nil }
 func (nopPinger) Close() error                                   { return nil }
 
 // startGateway starts a gateway attached to the relay at relayAddr,
-// publishing web (tcp 80 → backendPort on loopback) to acme, with no LAN
-// ingress and no VIP of its own: the relay assigns it.
+// publishing web (tcp 80 and udp 7 → backendPort on loopback) to acme,
+// with no LAN ingress and no VIP of its own: the relay assigns it.
 func startGateway(t *testing.T, p *pki, relayAddr string, backendPort int) *gateway.Gateway {
 	t.Helper()
 	creds := p.issue(tunnel.IssueRequest{Tenant: "ops", Role: tunnel.RoleGateway, Name: "gw1"})
@@ -147,9 +147,13 @@ backends = ["127.0.0.1"]
   protocol = "tcp"
   port = 80
   target = %d
+  [[service.port]]
+  protocol = "udp"
+  port = 7
+  target = %d
   [service.health]
   type = "none"
-`, t.TempDir(), relayAddr, serverName, creds, backendPort)))
+`, t.TempDir(), relayAddr, serverName, creds, backendPort, backendPort)))
 	if err != nil {
 		t.Fatal(err)
 	}
