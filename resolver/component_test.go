@@ -30,10 +30,16 @@ func serve(t testing.TB, s *Server) *served { return serveWrapped(t, s, nil) }
 func serveWrapped(t testing.TB, s *Server, wrap func(net.PacketConn) net.PacketConn) *served {
 	t.Helper()
 	pc, l := listenBoth(t)
-	served := &served{Server: s, udp: pc.LocalAddr().String(), tcp: l.Addr().String()}
 	if wrap != nil {
-		pc = wrap(pc)
+		return serveConns(t, s, wrap(pc), l)
 	}
+	return serveConns(t, s, pc, l)
+}
+
+// serveConns serves pc and l with s, as serve does.
+func serveConns(t testing.TB, s *Server, pc net.PacketConn, l net.Listener) *served {
+	t.Helper()
+	served := &served{Server: s, udp: pc.LocalAddr().String(), tcp: l.Addr().String()}
 	errs := make(chan error, 2)
 	go func() { errs <- s.ServePacket(pc) }()
 	go func() { errs <- s.ServeStream(l) }()

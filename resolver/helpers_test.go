@@ -193,8 +193,9 @@ func soaString(s *Server, owner string) string {
 		strconv.FormatUint(uint64(s.zone.Load().serial), 10) + " 3600 600 86400 30"
 }
 
-// counter returns the value of the counter name{labels} (label, value
-// pairs) that s registered, 0 when it has not counted yet. It reads the
+// counter returns the value of the counter (or gauge) name{labels}
+// (label, value pairs) that s registered, 0 when it has not counted yet
+// (or has no such series). It reads the
 // registry (prometheus/testutil would need a module that go.mod lacks).
 func counter(t testing.TB, s *Server, name string, labels ...string) float64 {
 	t.Helper()
@@ -216,6 +217,9 @@ func counter(t testing.TB, s *Server, name string, labels ...string) float64 {
 				if got[labels[i]] != labels[i+1] {
 					continue metrics
 				}
+			}
+			if g := m.GetGauge(); g != nil {
+				return g.GetValue()
 			}
 			return m.GetCounter().GetValue()
 		}
