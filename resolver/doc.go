@@ -39,6 +39,10 @@
 //     answer that is for the question asked and is not SERVFAIL or REFUSED
 //     is relayed with the client's ID and RA set, else SERVFAIL. A truncated
 //     upstream answer is asked again over TCP when the client came over TCP.
+//     Each upstream gets a loop probe at the first Serve call and every 30
+//     s (loopprobe.go); one whose probe comes back to this server is
+//     skipped until a probe is answered, and when every upstream loops
+//     other names get SERVFAIL at once.
 //
 // # Performance
 //

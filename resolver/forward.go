@@ -63,12 +63,16 @@ func (s *Server) warnLoop(msg string, raw []byte, client netip.Addr) {
 // what the chain added taken out and fitted to what the client accepts.
 // An upstream that answers the chained query FORMERR (one that does not
 // take EDNS, or this option) is asked the query as the client sent it.
+// An upstream a loop probe came back from is skipped (loopprobe.go).
 func (s *Server) askUpstreams(raw []byte, c *chained, chained, tcp bool, buf []byte) ([]byte, error) {
 	query := c.query
 	fw, done := s.inflight.add(query)
 	defer done()
 	var errs []error
-	for _, up := range s.cfg.Upstreams {
+	for i, up := range s.cfg.Upstreams {
+		if s.looping[i].Load() { // a loop probe came back from it
+			continue
+		}
 		reply, err := exchange(s.ctx, up, query, buf, s.cfg.ForwardTimeout, tcp)
 		unchained := !chained
 		if err == nil && chained && be16(reply[2:])&rcodeMask == dns.RcodeFormatError {
@@ -98,8 +102,14 @@ func (s *Server) askUpstreams(raw []byte, c *chained, chained, tcp bool, buf []b
 		reply[3] |= flagRA // this server offers recursion, through its upstreams
 		return s.fit(reply, raw, tcp), nil
 	}
+	if len(errs) == 0 {
+		return nil, errUpstreamsLoop
+	}
 	return nil, fmt.Errorf("resolver: forward: %w", errors.Join(errs...))
 }
+
+// errUpstreamsLoop: every upstream was marked looping by a loop probe.
+var errUpstreamsLoop = errors.New("resolver: forward: every upstream leads back to this server")
 
 // fit cuts an upstream's answer that is larger than the client accepts over
 // UDP down to its header and question, with TC set.

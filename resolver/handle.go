@@ -42,6 +42,9 @@ func (s *Server) handle(w *worker, raw []byte, client netip.Addr, tcp bool) (out
 		return s.handleSlow(w, raw, client, tcp)
 	}
 	w.key = key
+	if s.probeBack(key[:w.q.nameEnd-headerLen]) { // before the view: it may come from any address
+		return s.servfailFast(w, raw, tcp), false
+	}
 	view := s.dir.View(client)
 	c := w.cache
 	if c == nil || !cacheable(view) {
@@ -55,6 +58,9 @@ func (s *Server) handle(w *worker, raw []byte, client netip.Addr, tcp bool) (out
 	}
 	s.m.hits.Inc()
 	if e.forward {
+		if s.allLooping() {
+			return s.servfailFast(w, raw, tcp), false
+		}
 		return nil, true
 	}
 	if len(e.reply) > replyLimit(tcp, w.q.edns, w.q.udpSize, s.cfg.MaxUDPSize) {
@@ -81,26 +87,45 @@ func (s *Server) answerFast(w *worker, raw []byte, view View, tcp bool, c *cache
 		if c != nil {
 			c.put(view, w.key, cached{forward: true})
 		}
-		return nil, true
+		if !s.allLooping() {
+			return nil, true
+		}
+		a, c = answer{rcode: dns.RcodeServerFailure}, nil
 	}
+	return s.replyFast(w, raw, view, owner, &a, tcp, c), false
+}
+
+// servfailFast answers SERVFAIL to a query parseQuery read into w.
+func (s *Server) servfailFast(w *worker, raw []byte, tcp bool) []byte {
+	owner, _, err := dns.UnpackDomainName(w.key[:w.q.nameEnd-headerLen], 0)
+	if err != nil { // parseQuery checked the name: cannot happen
+		return s.failure(w, raw, err)
+	}
+	return s.replyFast(w, raw, nil, owner, &answer{rcode: dns.RcodeServerFailure}, tcp, nil)
+}
+
+// replyFast packs a, the answer to a query parseQuery read into w whose
+// name is owner, and stores it in c under view when c is not nil.
+func (s *Server) replyFast(w *worker, raw []byte, view View, owner string, a *answer, tcp bool, c *cache) []byte {
+	q := &w.q
 	req := request{
 		id: be16(raw), flags: q.flags, name: owner, qtype: q.qtype, qclass: q.qclass,
 		edns: q.edns, do: q.do, udpSize: q.udpSize, tcp: tcp,
 	}
-	m := s.message(&req, &a)
+	m := s.message(&req, a)
 	out, err := m.PackBuffer(w.out)
 	if err != nil {
-		return s.failure(w, raw, err), false
+		return s.failure(w, raw, err)
 	}
-	if c != nil && bytes.Equal(out[headerLen:q.nameEnd], name) {
+	if c != nil && bytes.Equal(out[headerLen:q.nameEnd], w.key[:q.nameEnd-headerLen]) {
 		c.put(view, w.key, cached{reply: bytes.Clone(out), rcode: a.rcode})
 	}
 	if out, err = pack(m, w.out, req.limit(s.cfg.MaxUDPSize)); err != nil {
-		return s.failure(w, raw, err), false
+		return s.failure(w, raw, err)
 	}
 	patch(out, raw, q)
 	s.m.reply(a.rcode)
-	return out, false
+	return out
 }
 
 // handleSlow answers what the fast path does not read: other opcodes,
@@ -128,10 +153,13 @@ func (s *Server) handleSlow(w *worker, raw []byte, client netip.Addr, tcp bool) 
 			s.m.malformed.Inc()
 			return s.headerOnly(w, raw, dns.RcodeFormatError), false
 		}
-		view := s.dir.View(client)
-		a = s.zone.Load().resolve(view, &question{wire: name, owner: req.name, qtype: req.qtype, qclass: req.qclass})
-		if a.forward {
-			return nil, true
+		if s.probeBack(name) {
+			a = answer{rcode: dns.RcodeServerFailure}
+		} else if a = s.zone.Load().resolve(s.dir.View(client), &question{wire: name, owner: req.name, qtype: req.qtype, qclass: req.qclass}); a.forward {
+			if !s.allLooping() {
+				return nil, true
+			}
+			a = answer{rcode: dns.RcodeServerFailure}
 		}
 	}
 	out, err := pack(s.message(&req, &a), w.out, req.limit(s.cfg.MaxUDPSize))

@@ -42,7 +42,7 @@ const (
 	fwdNetwork  = "network"   // dial, write or read failed
 	fwdRcode    = "rcode"     // the upstream answered SERVFAIL or REFUSED
 	fwdBadReply = "bad_reply" // the answer was not for our question
-	fwdLoop     = "loop"      // the query came back to this server (forward.go, inflight)
+	fwdLoop     = "loop"      // the query came back to this server (forward.go, inflight), or a loop probe did (loopprobe.go)
 )
 
 // rcodeSlots covers the rcodes that fit in a header and BADVERS; higher ones
@@ -57,6 +57,7 @@ type metrics struct {
 	dropped   [numDropReasons]prometheus.Counter
 	malformed prometheus.Counter
 	fwdErrors *prometheus.CounterVec
+	looping   *prometheus.GaugeVec
 	cache     *prometheus.CounterVec
 	hits      prometheus.Counter
 	misses    prometheus.Counter
@@ -79,6 +80,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "ztgate_dns_forward_errors_total",
 		Help: "Failed attempts to forward a query to an upstream, by upstream and reason.",
 	}, []string{"upstream", "reason"})
+	looping := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "ztgate_dns_upstream_looping",
+		Help: "1 while a loop probe sent to the upstream came back to this server (no query is forwarded to it), else 0.",
+	}, []string{"upstream"})
 	cache := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ztgate_dns_cache_lookups_total",
 		Help: "Lookups in the cache of packed answers, by result (hit, miss).",
@@ -97,6 +102,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if fwdErrors, err = register(reg, fwdErrors); err != nil {
 		return nil, err
 	}
+	if looping, err = register(reg, looping); err != nil {
+		return nil, err
+	}
 	if cache, err = register(reg, cache); err != nil {
 		return nil, err
 	}
@@ -110,7 +118,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for r := range m.dropped {
 		m.dropped[r] = dropped.WithLabelValues(dropReason(r).String())
 	}
-	m.malformed, m.fwdErrors, m.cache = malformed, fwdErrors, cache
+	m.malformed, m.fwdErrors, m.looping, m.cache = malformed, fwdErrors, looping, cache
 	m.hits, m.misses = cache.WithLabelValues("hit"), cache.WithLabelValues("miss")
 	return m, nil
 }
@@ -140,4 +148,13 @@ func (m *metrics) drop(r dropReason) { m.dropped[r].Inc() }
 
 func (m *metrics) forwardError(upstream netip.AddrPort, reason string) {
 	m.fwdErrors.WithLabelValues(upstream.String(), reason).Inc()
+}
+
+// upstreamLooping sets ztgate_dns_upstream_looping of upstream.
+func (m *metrics) upstreamLooping(upstream netip.AddrPort, looping bool) {
+	v := 0.0
+	if looping {
+		v = 1
+	}
+	m.looping.WithLabelValues(upstream.String()).Set(v)
 }

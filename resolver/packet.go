@@ -18,6 +18,7 @@ func (s *Server) ServePacket(pc net.PacketConn) error {
 		return ErrServerClosed
 	}
 	defer s.release(pc)
+	s.startProbing()
 	read := func() error { return s.readPackets(pc) }
 	if c, ok := pc.(*net.UDPConn); ok {
 		read = func() error { return s.readBatches(c) }

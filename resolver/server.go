@@ -50,6 +50,16 @@ type Server struct {
 	bufs          sync.Pool     // *[]byte of maxMsgSize for forwarding
 	workers       sync.Pool     // *worker for serveRaw
 
+	// Loop probes (loopprobe.go): those in flight; the upstreams a probe
+	// came back from, by index in cfg.Upstreams, and how many they are;
+	// the time between two rounds (0: none), set by New, which tests
+	// change before the first Serve call that starts them.
+	probes     loopProbes
+	looping    []atomic.Bool
+	nLooping   atomic.Int32
+	probeEvery time.Duration
+	probeOnce  sync.Once
+
 	mu      sync.Mutex
 	closed  bool
 	active  int                    // Serve* calls and goroutines not yet done
@@ -93,6 +103,11 @@ func New(cfg Config, dir Directory, log *slog.Logger) (*Server, error) {
 	s.zone.Store(newZone(&cfg, uint32(time.Now().Unix())))
 	if len(cfg.Upstreams) > 0 {
 		s.ra = flagRA
+		s.probeEvery = loopProbeInterval
+	}
+	s.looping = make([]atomic.Bool, len(cfg.Upstreams))
+	for _, u := range cfg.Upstreams {
+		m.upstreamLooping(u, false)
 	}
 	local := hostAddrs()
 	for _, u := range cfg.Upstreams {

@@ -31,6 +31,7 @@ func (s *Server) ServeStream(l net.Listener) error {
 		return ErrServerClosed
 	}
 	defer s.release(l)
+	s.startProbing()
 	delay := time.Duration(0)
 	for {
 		c, err := l.Accept()
