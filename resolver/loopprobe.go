@@ -20,7 +20,9 @@ import (
 // passed.
 //
 // As CoreDNS's loop plugin does, the server asks each upstream, at the
-// first Serve call and every probeEvery after, a name of its own: a random
+// first Serve call and every probeQuiet after (every probeEvery while an
+// upstream loops, to take it back soon once it is mended), a name of its
+// own: a random
 // name under the root (two labels of 16 hex digits, 128 bits from
 // crypto/rand, which no client can guess), type HINFO, recursion desired,
 // within ForwardTimeout. A probe that arrives as a query, on any listener
@@ -39,8 +41,15 @@ import (
 // probe per upstream in flight. A name shaped like a probe that is not
 // one in flight is a client's and treated as any other.
 const (
-	// loopProbeInterval is the time between two rounds of probes.
+	// loopProbeInterval is the time between two rounds of probes while
+	// an upstream loops.
 	loopProbeInterval = 30 * time.Second
+	// loopProbeQuietInterval is the time between two rounds while none
+	// does: a loop made after the start (the host's resolver pointed at
+	// this server later) is found within it. A probe is a query for a
+	// name that does not exist, which a recursive upstream takes to the
+	// root servers: once every few minutes is little.
+	loopProbeQuietInterval = 5 * time.Minute
 	// probeLabelLen is the length of each of a probe name's two labels.
 	probeLabelLen = 16
 	// probeNameLen is the length of a probe name in wire format.
@@ -120,22 +129,29 @@ func (s *Server) startProbing() {
 	})
 }
 
-// probeLoop probes every upstream, every probeEvery, until Shutdown; a
-// round ends when each of its probes has.
+// probeLoop probes every upstream, every probeQuiet (probeEvery while one
+// loops), until Shutdown; a round ends when each of its probes has, and
+// the next starts that long after the last one started.
 func (s *Server) probeLoop() {
-	t := time.NewTicker(s.probeEvery)
+	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
-		var wg sync.WaitGroup
-		for i := range s.cfg.Upstreams {
-			wg.Go(func() { s.probe(i) })
-		}
-		wg.Wait()
 		select {
 		case <-s.ctx.Done():
 			return
 		case <-t.C:
 		}
+		start := time.Now()
+		var wg sync.WaitGroup
+		for i := range s.cfg.Upstreams {
+			wg.Go(func() { s.probe(i) })
+		}
+		wg.Wait()
+		next := s.probeQuiet
+		if s.nLooping.Load() > 0 {
+			next = s.probeEvery
+		}
+		t.Reset(max(next-time.Since(start), 0))
 	}
 }
 

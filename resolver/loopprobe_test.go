@@ -104,7 +104,7 @@ func probingServer(t *testing.T, pc net.PacketConn, l net.Listener, upstreams []
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.probeEvery = interval
+	s.probeEvery, s.probeQuiet = interval, interval
 	serveConns(t, s, pc, l)
 	return s, logs
 }

@@ -52,12 +52,14 @@ type Server struct {
 
 	// Loop probes (loopprobe.go): those in flight; the upstreams a probe
 	// came back from, by index in cfg.Upstreams, and how many they are;
-	// the time between two rounds (0: none), set by New, which tests
-	// change before the first Serve call that starts them.
+	// the time between two rounds while one loops and while none does
+	// (0: no probes), set by New, which tests change before the first
+	// Serve call that starts them.
 	probes     loopProbes
 	looping    []atomic.Bool
 	nLooping   atomic.Int32
 	probeEvery time.Duration
+	probeQuiet time.Duration
 	probeOnce  sync.Once
 
 	mu      sync.Mutex
@@ -103,7 +105,7 @@ func New(cfg Config, dir Directory, log *slog.Logger) (*Server, error) {
 	s.zone.Store(newZone(&cfg, uint32(time.Now().Unix())))
 	if len(cfg.Upstreams) > 0 {
 		s.ra = flagRA
-		s.probeEvery = loopProbeInterval
+		s.probeEvery, s.probeQuiet = loopProbeInterval, loopProbeQuietInterval
 	}
 	s.looping = make([]atomic.Bool, len(cfg.Upstreams))
 	for _, u := range cfg.Upstreams {
