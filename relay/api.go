@@ -113,13 +113,13 @@ func (r *Relay) handleSessions(w http.ResponseWriter, _ *http.Request) {
 	r.mu.RLock()
 	out := make([]apiSession, 0, len(r.agents)+len(r.gateways))
 	for a := range r.agents {
-		s := describePeer(a.peer, len(a.tags))
+		s := describePeer(&a.peer, len(a.tags))
 		s.Inner = addrString(a.inner)
 		s.Flows = a.flows.len()
 		out = append(out, s)
 	}
 	for g := range r.gateways {
-		s := describePeer(g.peer, len(g.tags))
+		s := describePeer(&g.peer, len(g.tags))
 		for name := range g.services {
 			s.Services = append(s.Services, name)
 		}
@@ -133,8 +133,10 @@ func (r *Relay) handleSessions(w http.ResponseWriter, _ *http.Request) {
 	adminapi.WriteJSON(w, http.StatusOK, map[string]any{"sessions": out})
 }
 
-// describePeer fills the fields every session has.
-func describePeer(p peer, tags int) apiSession {
+// describePeer fills the fields every session has. It reads only those
+// set before the session entered the registry: a gateway's outbox is set
+// after (serveGateway), by its session's goroutine, without Relay.mu.
+func describePeer(p *peer, tags int) apiSession {
 	return apiSession{
 		ID: p.s.ID(), Role: p.role, Identity: p.id.String(), Tenant: p.id.Tenant,
 		Remote: p.s.RemoteAddr().String(), Version: p.s.Version().String(), Since: p.since.UTC(), Tags: tags,

@@ -154,3 +154,18 @@ func TestAPI(t *testing.T) {
 		}
 	})
 }
+
+// TestSessionsWhileGatewayStarts: GET /v1/sessions lists a gateway that
+// has connected and registered nothing yet. Its session entered the
+// registry before its welcome and set its outbox after, without the
+// registry's lock; the handler copied the whole session, outbox included,
+// and the race detector caught the two.
+func TestSessionsWhileGatewayStarts(t *testing.T) {
+	p := newPKI(t)
+	r := startRelay(t, p.relayConfig(t.TempDir()))
+	mustDial(t, r.Addr().String(), p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	status, body := get(t, r, "/v1/sessions", "")
+	if status != http.StatusOK || !strings.Contains(body, `"identity": "ops/gateway/gw1"`) {
+		t.Fatalf("status %d: %s", status, body)
+	}
+}

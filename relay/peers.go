@@ -18,8 +18,11 @@ const (
 
 // peer is an admitted session and who it speaks for.
 type peer struct {
-	s     *tunnel.Session
-	out   *tunnel.Outbox // the session's datagrams go out through it
+	s *tunnel.Session
+	// out sends the session's datagrams. A gateway's is set after the
+	// gateway entered the registry, by its session's goroutine
+	// (serveGateway), so others read it only through its tags.
+	out   *tunnel.Outbox
 	role  string
 	id    tunnel.Identity // verified, or made from the hello in insecure mode
 	since time.Time
