@@ -11,7 +11,9 @@ import (
 
 // directoryFor returns the services the agent may reach: those a gateway
 // serves for the agent's tenant (or "*") and that its identity permits,
-// each as those gateways define it (definition.go).
+// each as those gateways define it (definition.go), healthy while one of
+// them that is not drained reports it healthy: a drained gateway takes no
+// new flow, and the agent refuses at once a new flow of a service down.
 func (r *Relay) directoryFor(a *agent) tunnel.Directory {
 	d := tunnel.Directory{
 		Type: tunnel.MessageDirectory, Zone: r.cfg.Zone, TTL: int(r.cfg.TTL.Seconds()),
@@ -24,12 +26,24 @@ func (r *Relay) directoryFor(a *agent) tunnel.Directory {
 		}
 		v := svc.viewForLocked(a.id.Tenant)
 		d.Services = append(d.Services, tunnel.DirectoryService{
-			Name: svc.name, VIP: svc.vip, VIP6: svc.vip6, Ports: v.ports, ICMP: v.icmp, Healthy: v.healthy,
+			Name: svc.name, VIP: svc.vip, VIP6: svc.vip6, Ports: v.ports, ICMP: v.icmp,
+			Healthy: r.takesNewFlowsLocked(svc, a.id.Tenant),
 		})
 	}
 	r.mu.RUnlock()
 	slices.SortFunc(d.Services, func(x, y tunnel.DirectoryService) int { return cmp.Compare(x.Name, y.Name) })
 	return d
+}
+
+// takesNewFlowsLocked reports whether a gateway of svc that admits tenant
+// and is not drained reports it healthy. Callers hold r.mu.
+func (r *Relay) takesNewFlowsLocked(svc *service, tenant string) bool {
+	for _, g := range svc.gateways {
+		if g.services[svc.name] && g.admits(svc.name, tenant) && !r.drained[gatewayName(g)] {
+			return true
+		}
+	}
+	return false
 }
 
 // pushDirectory sends the agent its directory at connect and again after

@@ -28,6 +28,7 @@ func (r *Relay) setDrained(name string, drained bool) bool {
 		return false
 	}
 	r.log.Info("gateway drain changed", "gateway", name, "drained", drained, "sessions", len(live))
+	r.directoryChanged() // a service whose gateways are all drained is down
 	if drained {
 		for _, g := range live {
 			r.retireDirectPaths(g, "", tunnel.CodeDrained)

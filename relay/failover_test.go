@@ -202,3 +202,72 @@ func TestFailover(t *testing.T) {
 		}
 	})
 }
+
+// TestDirectoryDrainedServiceDown: a service whose gateways that admit the
+// agent's tenant are all drained, or report it down, takes no new flow of
+// the agent, so its directory shows it down (the agent refuses a new flow
+// at once, with a RST or an ICMP unreachable) until a gateway is undrained.
+// Before, a drained gateway that reported the service healthy kept it
+// healthy in the directory, and a drain pushed no directory: the relay
+// dropped the agent's new flows without a word (all_drained) and its
+// clients waited for their own timeouts.
+func TestDirectoryDrainedServiceDown(t *testing.T) {
+	p := newPKI(t)
+	r := startRelay(t, p.relayConfig(t.TempDir()))
+	addr := r.Addr().String()
+	gw1 := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	gw1.register(svc("web", "acme"))
+	gw2 := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw2"), gatewayHello("gw2"))
+	down := svc("web", "acme")
+	down.Healthy = false
+	gw2.register(down)
+	other := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw3"), gatewayHello("gw3"))
+	other.register(svc("web", "globex")) // healthy, never drained, not acme's
+	a := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a1"), agentHello("a1"))
+	seen := "absent"
+	await := func(t *testing.T, want string) {
+		t.Helper()
+		deadline := time.After(testTimeout)
+		for seen != want {
+			select {
+			case m := <-a.msgs:
+				if d, ok := m.(*tunnel.Directory); ok {
+					seen = webEntry(d)
+				}
+			case <-deadline:
+				t.Fatalf("the directory shows web %s, want %s", seen, want)
+			}
+		}
+	}
+	drain := func(name, verb string) func() {
+		return func() {
+			if status, body := post(t, r, "/v1/gateways/"+name+"/"+verb); status != http.StatusOK {
+				t.Fatalf("%s %s: %d %s", verb, name, status, body)
+			}
+		}
+	}
+	health := func(g *client, healthy bool) func() {
+		return func() {
+			if err := g.s.Send(&tunnel.Health{Type: tunnel.MessageHealth, Services: map[string]bool{"web": healthy}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	steps := []struct {
+		name   string
+		change func()
+		want   string
+	}{
+		{"gw1 serves it healthy", func() {}, "healthy ports=[udp/7]"},
+		{"gw1 drained, gw2 reports it down", drain("gw1", "drain"), "down ports=[udp/7]"},
+		{"gw2 reports it healthy", health(gw2, true), "healthy ports=[udp/7]"},
+		{"gw2 drained too", drain("gw2", "drain"), "down ports=[udp/7]"},
+		{"gw1 undrained", drain("gw1", "undrain"), "healthy ports=[udp/7]"},
+	}
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			st.change()
+			await(t, st.want)
+		})
+	}
+}
