@@ -127,16 +127,23 @@ func startHTTP(t *testing.T, body []byte) (*httptest.Server, int) {
 
 func startUDPEcho(t *testing.T) int {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveUDPEcho(t, pc, nil)
+	return pc.LocalAddr().(*net.UDPAddr).Port
+}
+
+// serveUDPEcho answers every datagram on pc with tag followed by the
+// datagram, until the test ends and closes pc.
+func serveUDPEcho(t testing.TB, pc *net.UDPConn, tag []byte) {
 	t.Cleanup(func() { pc.Close() })
 	// Room for a test's whole burst (hundreds of datagrams) while this
 	// goroutine waits for a core on a loaded machine: the kernel's default
 	// buffer dropped some under a loaded CI run. Forced beyond rmem_max
 	// when the tests run as root.
-	if rc, err := pc.(*net.UDPConn).SyscallConn(); err == nil {
+	if rc, err := pc.SyscallConn(); err == nil {
 		rc.Control(func(fd uintptr) {
 			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20) != nil {
 				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
@@ -145,15 +152,15 @@ func startUDPEcho(t *testing.T) int {
 	}
 	go func() {
 		buf := make([]byte, 65536)
+		copy(buf, tag)
 		for {
-			n, from, err := pc.ReadFrom(buf)
+			n, from, err := pc.ReadFromUDPAddrPort(buf[len(tag):])
 			if err != nil {
 				return
 			}
-			pc.WriteTo(buf[:n], from)
+			pc.WriteToUDPAddrPort(buf[:len(tag)+n], from)
 		}
 	}()
-	return pc.LocalAddr().(*net.UDPAddr).Port
 }
 
 // httpClient fetches through the client stack from src.

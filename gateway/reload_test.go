@@ -89,13 +89,13 @@ type fileHarness struct {
 }
 
 // newFileHarness starts a gateway from a file so that Reload reads it.
-func newFileHarness(t *testing.T, config string) *fileHarness {
+func newFileHarness(t *testing.T, config string, opts ...func(*Options)) *fileHarness {
 	t.Helper()
-	return newFileHarnessLog(t, config, nil)
+	return newFileHarnessLog(t, config, nil, opts...)
 }
 
 // newFileHarnessLog is newFileHarness with the gateway logging to log.
-func newFileHarnessLog(t *testing.T, config string, log *slog.Logger) *fileHarness {
+func newFileHarnessLog(t *testing.T, config string, log *slog.Logger, opts ...func(*Options)) *fileHarness {
 	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "gw.toml")
@@ -109,7 +109,11 @@ func newFileHarnessLog(t *testing.T, config string, log *slog.Logger) *fileHarne
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw, err := New(cfg, Options{Device: client}, log)
+	o := Options{Device: client}
+	for _, f := range opts {
+		f(&o)
+	}
+	gw, err := New(cfg, o, log)
 	if err != nil {
 		t.Fatal(err)
 	}

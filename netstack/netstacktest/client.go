@@ -151,11 +151,18 @@ func (c *Client) DialTCPFrom(ctx context.Context, src, dst netip.AddrPort) (net.
 		tcpip.FullAddress{NIC: nicID, Addr: toAddr(dst.Addr()), Port: dst.Port()}, proto(src.Addr()))
 }
 
-// DialUDP opens a connected UDP socket from src to dst.
+// DialUDP opens a connected UDP socket from src, on a port the stack
+// picks, to dst.
 func (c *Client) DialUDP(src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	return c.DialUDPFrom(netip.AddrPortFrom(src, 0), dst)
+}
+
+// DialUDPFrom opens a connected UDP socket from src to dst; a src port of
+// 0 lets the stack pick one.
+func (c *Client) DialUDPFrom(src, dst netip.AddrPort) (net.Conn, error) {
 	return gonet.DialUDP(c.s,
-		&tcpip.FullAddress{NIC: nicID, Addr: toAddr(src)},
-		&tcpip.FullAddress{NIC: nicID, Addr: toAddr(dst.Addr()), Port: dst.Port()}, proto(src))
+		&tcpip.FullAddress{NIC: nicID, Addr: toAddr(src.Addr()), Port: src.Port()},
+		&tcpip.FullAddress{NIC: nicID, Addr: toAddr(dst.Addr()), Port: dst.Port()}, proto(src.Addr()))
 }
 
 // Unreachables returns how many ICMP destination-unreachable messages the
