@@ -188,6 +188,14 @@ func udpUp(f *flow, client *netstack.UDPConn, be *net.UDPConn, idle time.Duratio
 			k, rerr := client.TryRead(*bp)
 			if rerr != nil {
 				bufPool.Put(bp)
+				if errors.Is(rerr, syscall.ECONNREFUSED) {
+					// The client reported its port unreachable (an
+					// answer reached a socket it had closed): the read
+					// took that error, not a datagram. The flow goes on,
+					// as it does on the backend's (udpDown), and its next
+					// datagram is read: the client may use the port again.
+					continue
+				}
 				if !errors.Is(rerr, netstack.ErrWouldBlock) {
 					err = rerr
 				}

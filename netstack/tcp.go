@@ -168,6 +168,10 @@ func tryRead(ep tcpip.Endpoint, w *tcpip.SliceWriter, b []byte) (int, error) {
 		return 0, io.EOF
 	case *tcpip.ErrConnectionReset, *tcpip.ErrConnectionAborted:
 		return res.Count, fmt.Errorf("netstack: read: %w", syscall.ECONNRESET)
+	case *tcpip.ErrConnectionRefused:
+		// A UDP flow's client reported its port unreachable: the read
+		// took the error gVisor kept for it, and no datagram.
+		return res.Count, fmt.Errorf("netstack: read: %w", syscall.ECONNREFUSED)
 	}
 	return res.Count, tcpipError("read", err)
 }

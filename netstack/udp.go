@@ -95,6 +95,8 @@ func (c *UDPConn) WaitReadable(done <-chan struct{}, timer <-chan time.Time) err
 // TryRead reads one datagram from the client without waiting, or returns
 // ErrWouldBlock when none is queued. Datagrams gVisor queued come first:
 // the flow's first one always, and those that took the slow path since.
+// The client's ICMP port unreachable about the flow, which gVisor keeps
+// until the next read or write, is returned once as syscall.ECONNREFUSED.
 func (c *UDPConn) TryRead(b []byte) (int, error) {
 	n, err := tryRead(c.ep, &c.rw, b)
 	if err == ErrWouldBlock {

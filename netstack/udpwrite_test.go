@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -302,5 +303,28 @@ func TestUDPWriteJumbo(t *testing.T) {
 		for i, p := range got[2:] {
 			t.Errorf("packet %d of %d bytes says it has %d", i, len(p), header.IPv4(p).TotalLength())
 		}
+	}
+}
+
+// TestUDPReadPendingError: the client's ICMP port unreachable about the
+// flow is what the flow's next read returns, as syscall.ECONNREFUSED
+// (the gateway goes on past it), instead of a datagram; the read after it
+// returns the datagram.
+func TestUDPReadPendingError(t *testing.T) {
+	ns, flows := newFlowStack(t)
+	l := newLinkOf(t, ns, LinkConfig{MTU: 1500, Output: &capture{}})
+	fl := openFlow(t, l, flows)
+	buf := make([]byte, 64)
+	if n, err := fl.TryRead(buf); err != nil || string(buf[:n]) != "first" {
+		t.Fatalf("first read: %q, %v", buf[:n], err)
+	}
+	sent := udpPacket(udpVIP4, udpClient4, []byte("reply"), nil)
+	l.Deliver(icmpPortUnreachable4(udpClient4.Addr(), udpVIP4.Addr(), sent[:28]))
+	l.Deliver(udpPacket(udpClient4, udpVIP4, []byte("second"), nil))
+	if _, err := fl.TryRead(buf); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("the read after the client's port unreachable: %v, want ECONNREFUSED", err)
+	}
+	if n, err := fl.TryRead(buf); err != nil || string(buf[:n]) != "second" {
+		t.Fatalf("the read after the error: %q, %v; want second", buf[:n], err)
 	}
 }
