@@ -265,7 +265,12 @@ func udpDown(f *flow, be *net.UDPConn, client net.Conn, idle time.Duration, now 
 		case err != nil:
 			return err
 		case bp != nil:
-			client.Write((*bp)[:n])
+			if _, err := client.Write((*bp)[:n]); errors.Is(err, syscall.ECONNREFUSED) {
+				// The client's port unreachable was pending: the write
+				// returned it and sent nothing. The client may use the
+				// port again (udpUp): the datagram goes once more.
+				client.Write((*bp)[:n])
+			}
 			bufPool.Put(bp)
 			f.addDown(n, now())
 		}

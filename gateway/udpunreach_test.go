@@ -14,10 +14,11 @@ import (
 // the port then used again, as a client that sends from a fixed port
 // does). gVisor leaves the error on the flow's endpoint until the next
 // read or write, which returns it instead of the datagram. The flow goes
-// on to its idle timeout, and the client's next datagram reaches the
-// backend.
+// on to its idle timeout, and neither way loses a datagram to the error:
+// the client's next datagram reaches the backend, and the backend's next
+// datagram reaches the client, whichever comes first.
 func TestUDPClientUnreachableKeepsFlow(t *testing.T) {
-	for _, first := range []string{"client"} {
+	for _, first := range []string{"client", "backend"} {
 		t.Run(first+" first", func(t *testing.T) {
 			backend, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 			if err != nil {
@@ -78,6 +79,15 @@ func TestUDPClientUnreachableKeepsFlow(t *testing.T) {
 				backend.WriteToUDPAddrPort([]byte("reply"), gw)
 				if got := answer("reply"); got != "reply" {
 					t.Fatalf("the client got %q, want reply", got)
+				}
+			} else {
+				backend.WriteToUDPAddrPort([]byte("push"), gw)
+				if got := answer("push"); got != "push" {
+					t.Fatalf("the client got %q, want push", got)
+				}
+				c.Write([]byte("again"))
+				if got := recv("again"); got != "again" {
+					t.Fatalf("the backend got %q, want again", got)
 				}
 			}
 			if reason, closed := flows[0].closed(); closed || h.gw.flows.len() != 1 {

@@ -1,11 +1,13 @@
 package netstack
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -145,13 +147,22 @@ func (c *UDPConn) SetWriteDeadline(t time.Time) error {
 }
 
 // Write sends b to the client as one datagram: built here when it can be
-// (writeFast), else by gVisor.
+// (writeFast), else by gVisor. With the client's ICMP port unreachable
+// about the flow pending, gVisor's write returns it, as
+// syscall.ECONNREFUSED, and sends nothing.
 func (c *UDPConn) Write(b []byte) (int, error) {
 	if c.writeFast(b) {
 		return len(b), nil
 	}
-	return c.conn.Write(b)
+	n, err := c.conn.Write(b)
+	if op := (*net.OpError)(nil); errors.As(err, &op) && op.Err != nil && op.Err.Error() == errRefusedText {
+		op.Err = syscall.ECONNREFUSED // gonet has it as text
+	}
+	return n, err
 }
+
+// errRefusedText is how gonet words gVisor's connection refused.
+var errRefusedText = (&tcpip.ErrConnectionRefused{}).String()
 
 // Close ends the flow's fast path, then its endpoint.
 func (c *UDPConn) Close() error {
