@@ -27,7 +27,9 @@ import (
 // TestUDPFlowsAcrossReloadsRandom interleaves at random, from a logged
 // seed (ZTGATE_UDP_SEED replays one), new UDP flows of two tenants'
 // clients to services they may or may not reach, datagrams of every size
-// on the flows open, reloads that add and remove services and change
+// on the flows open, client sockets closed with an answer on its way (the
+// client reports its port unreachable, and may open it again), reloads
+// that add and remove services and change
 // their backends, tenants, ports, idle timeouts and echo, steps of the
 // flows' clock, and pings to the VIPs. The backends are UDP echoes that
 // put their own tag before each answer. A model of what the gateway must
@@ -57,8 +59,10 @@ func TestUDPFlowsAcrossReloadsRandom(t *testing.T) {
 		switch x := r.rng.IntN(100); {
 		case x < 30:
 			r.newFlow()
-		case x < 62:
+		case x < 58:
 			r.useFlow()
+		case x < 62:
+			r.abandon()
 		case x < 74:
 			r.reload()
 		case x < 83:
@@ -449,6 +453,40 @@ func (r *randUDP) useFlow() {
 		return strings.Compare(a.src.String()+a.dst.String(), b.src.String()+b.dst.String())
 	})
 	r.send(keys[r.rng.IntN(len(keys))])
+}
+
+// abandon closes the client socket of a live flow, and sends a datagram
+// on the flow from its client address and port all the same (as a packet,
+// past the client's stack): its answer finds the port closed, and the
+// client's stack reports the port unreachable to the gateway. The flow
+// goes on: the next socket on the port gets its answers.
+func (r *randUDP) abandon() {
+	r.t.Helper()
+	var fs []*randFlow
+	for _, f := range r.sortedFlows() {
+		if f.usable() {
+			fs = append(fs, f)
+		}
+	}
+	if len(fs) == 0 {
+		return
+	}
+	f := fs[r.rng.IntN(len(fs))]
+	if s := r.socks[f.src]; s != nil {
+		r.quiet(s)
+		s.c.Close()
+		delete(r.socks, f.src)
+	}
+	closed := r.h.client.ClosedPortDatagrams()
+	p := r.payload(r.rng.IntN(64))
+	r.logf("flow %v -> %v: the client's socket closed, %d bytes sent", f.src, f.dst, len(p))
+	r.h.gw.lan.Deliver(netstacktest.UDPDatagram(f.src, f.dst, p))
+	// Its answer must not reach the next socket on the port.
+	waitFor(r.t, randWait, "the answer to reach the closed port", func() bool { return r.h.client.ClosedPortDatagrams() > closed })
+	f.up += int64(len(p))
+	f.down += int64(randTagLen + len(p))
+	f.last = r.clk.now()
+	r.stats["sockets closed with an answer on its way"]++
 }
 
 // randomSize is a datagram size: empty, tiny, the largest whose answer

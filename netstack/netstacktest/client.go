@@ -173,6 +173,13 @@ func (c *Client) Unreachables() int {
 	return c.unrch
 }
 
+// ClosedPortDatagrams returns how many UDP datagrams reached the client
+// stack for a port no socket was open on; it answered each with an ICMP
+// port unreachable (within its ICMP rate limit).
+func (c *Client) ClosedPortDatagrams() uint64 {
+	return c.s.Stats().UDP.UnknownPortErrors.Value()
+}
+
 // ErrNoReply is returned by Ping when no echo reply came in time.
 var ErrNoReply = errors.New("no echo reply")
 
