@@ -197,6 +197,12 @@ func (b *backend) setName(a backendAddr) bool {
 // backendSet is an immutable list of backends; services swap whole sets.
 type backendSet struct {
 	list []*backend
+	// owner is the service of the table generation the set was made for
+	// (nil: none, in tests). A reload gives the state its new set while
+	// it builds the table, before the data path can see that table: a
+	// flow classified against an older generation must not pick from it
+	// (decision.withBackends).
+	owner *service
 }
 
 // has reports whether the set holds a backend at k's address.

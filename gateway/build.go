@@ -33,16 +33,20 @@ func (g *Gateway) buildTable(svcs []catalog.Service, tenants []catalog.Tenant, l
 		limits:       limits,
 		drainTimeout: drain,
 	}
-	g.disc.prefetch(svcs)
+	// Every check first: once a state has the new backends, the table is
+	// put in (their set is this generation's).
 	for _, s := range svcs {
-		a, ok := allocs[s.Name]
-		if !ok && g.relay == nil {
+		if _, ok := allocs[s.Name]; !ok && g.relay == nil {
 			return nil, fmt.Errorf("gateway: VIP allocation: no VIP for %s", s.Name)
 		}
+	}
+	g.disc.prefetch(svcs)
+	for _, s := range svcs {
+		a := allocs[s.Name]
 		st := g.state(s.Name)
-		_, gone := st.setBackends(g.disc.backends(s), false)
-		t.removed = append(t.removed, gone...)
 		svc := &service{spec: s, vip: a.VIP, vip6: a.VIP6, st: st}
+		_, gone := st.setBackendsOf(svc, g.disc.backends(s), false)
+		t.removed = append(t.removed, gone...)
 		t.byName[s.Name] = svc
 		if a.VIP.IsValid() {
 			t.byVIP[a.VIP] = svc

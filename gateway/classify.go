@@ -24,7 +24,8 @@ type decision struct {
 	svc     *service
 	port    catalog.Port
 	peer    peer
-	refused string // empty when the flow may proceed
+	set     *backendSet // the backends it may go to: svc's generation's
+	refused string      // empty when the flow may proceed
 }
 
 // classify decides a new flow: the source is known and within its rate of
@@ -57,7 +58,42 @@ func (g *Gateway) classify(t *table, proto catalog.Protocol, src netip.Addr, dst
 	if !g.allowToService(t, svc, src) {
 		return decision{peer: p, svc: svc, refused: refuseServiceRate}
 	}
-	return decision{peer: p, svc: svc, port: port}
+	return decision{peer: p, svc: svc, port: port}.withBackends(proto, dst)
+}
+
+// withBackends gives d the backend set to pick from: its service's, of the
+// same generation as the service it was classified to. A reload gives the
+// service's state the new backends while it builds the new table, and the
+// flow may have loaded the table before that one was put in: paired with
+// the generation before (its targets, tenants), those backends sent a flow
+// to an address and port no configuration named, or a tenant to backends
+// it may no longer reach. Such a flow is decided by the generation of the
+// backends, the newer one: its VIP, tenants, echo and ports, as if it had
+// come a moment later (it was charged its rates already).
+func (d decision) withBackends(proto catalog.Protocol, dst netip.AddrPort) decision {
+	d.set = d.svc.st.backends.Load()
+	svc := d.set.owner
+	if svc == nil || svc == d.svc {
+		return d
+	}
+	d.svc = svc
+	vip := dst.Addr().Unmap()
+	switch {
+	case svc.vip != vip && svc.vip6 != vip:
+		d.refused = refuseNoService
+	case !svc.spec.Allows(d.peer.tenant):
+		d.refused = refuseTenant
+	case proto == 0:
+		if !svc.spec.ICMP {
+			d.refused = refuseICMP
+		}
+	default:
+		var ok bool
+		if d.port, ok = svc.spec.PortFor(proto, dst.Port()); !ok {
+			d.refused = refusePort
+		}
+	}
+	return d
 }
 
 // identify returns who a source address is: a tunnel ingress by its

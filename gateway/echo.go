@@ -32,7 +32,7 @@ func (g *Gateway) HandleEcho(req *netstack.EchoRequest) {
 		}
 		return
 	}
-	b := d.svc.st.picker.pick(d.svc.st.backends.Load(), d.svc.spec.Balance, req.Src, nil)
+	b := d.svc.st.picker.pick(d.set, d.svc.spec.Balance, req.Src, nil)
 	if b == nil {
 		g.refuse("icmp", refuseNoBackend)
 		req.Drop()

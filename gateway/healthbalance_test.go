@@ -227,7 +227,7 @@ func TestLeastConnCountsDialsInProgress(t *testing.T) {
 	bs := st.backends.Load().list
 	bs[1].active.Store(2)
 	d := decision{svc: &service{spec: catalog.Service{Name: "web", Balance: catalog.LeastConn}, st: st},
-		port: catalog.Port{Protocol: catalog.TCP, Port: 80, Target: 80}}
+		port: catalog.Port{Protocol: catalog.TCP, Port: 80, Target: 80}, set: st.backends.Load()}
 
 	var (
 		wg    sync.WaitGroup

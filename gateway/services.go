@@ -93,16 +93,26 @@ func (st *serviceState) reserveFlow(max int) string {
 // addresses that stay, and returns the ones that came and left. New
 // backends start on probation (they take flows once their health checks
 // bring them up) when probation is set: discovery adds addresses to a
-// running service that way.
+// running service that way. The set stays of the generation of the one it
+// replaces.
 func (st *serviceState) setBackends(addrs []backendAddr, probation bool) (added, gone []*backend) {
+	return st.setBackendsOf(nil, addrs, probation)
+}
+
+// setBackendsOf is setBackends for the set of owner, the service of a
+// table being built (nil: the generation of the set it replaces).
+func (st *serviceState) setBackendsOf(owner *service, addrs []backendAddr, probation bool) (added, gone []*backend) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	old := st.backends.Load()
+	if owner == nil {
+		owner = old.owner
+	}
 	byKey := make(map[backendKey]*backend, len(old.list))
 	for _, b := range old.list {
 		byKey[b.key()] = b
 	}
-	next := &backendSet{list: make([]*backend, 0, len(addrs))}
+	next := &backendSet{list: make([]*backend, 0, len(addrs)), owner: owner}
 	seen := make(map[backendKey]bool, len(addrs))
 	for _, a := range addrs {
 		k := backendKey{a.addr, a.port}

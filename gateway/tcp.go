@@ -67,10 +67,9 @@ func (g *Gateway) HandleTCP(req *netstack.TCPRequest) {
 // The backend it returns counts the flow in dialing, which the caller
 // ends once the flow is bound to it (newFlow) or given up.
 func (g *Gateway) dialTCP(d decision, client netip.Addr) (*net.TCPConn, *backend, string) {
-	set := d.svc.st.backends.Load()
 	var tried []*backend
 	for len(tried) < 3 {
-		b := d.svc.st.picker.pick(set, d.svc.spec.Balance, client, tried)
+		b := d.svc.st.picker.pick(d.set, d.svc.spec.Balance, client, tried)
 		if b == nil {
 			break
 		}

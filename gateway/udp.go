@@ -27,7 +27,7 @@ func (g *Gateway) HandleUDP(req *netstack.UDPRequest) bool {
 		g.refuse("udp", d.refused)
 		return false
 	}
-	b := d.svc.st.picker.pick(d.svc.st.backends.Load(), d.svc.spec.Balance, req.Src.Addr(), nil)
+	b := d.svc.st.picker.pick(d.set, d.svc.spec.Balance, req.Src.Addr(), nil)
 	if b == nil {
 		g.refuse("udp", refuseNoBackend)
 		return false
