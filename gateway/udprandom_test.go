@@ -25,15 +25,17 @@ import (
 )
 
 // TestUDPFlowsAcrossReloadsRandom interleaves at random, from a logged
-// seed (ZTGATE_UDP_SEED replays one), new UDP flows of two tenants'
-// clients to services they may or may not reach, datagrams of every size
-// on the flows open, client sockets closed with an answer on its way (the
-// client reports its port unreachable, and may open it again), reloads
-// that add and remove services and change
-// their backends, tenants, ports, idle timeouts and echo, steps of the
-// flows' clock, and pings to the VIPs. The backends are UDP echoes that
-// put their own tag before each answer. A model of what the gateway must
-// do checks every answer and the gateway's flow table:
+// seed (ZTGATE_UDP_SEED makes the same choices again, as far as the
+// machine's timing, which decides when drains end flows, lets it): new
+// UDP flows of two tenants' clients to services they may or may not
+// reach, datagrams of every size on the flows open, client sockets closed
+// with an answer on its way (the client reports its port unreachable, and
+// may open it again), reloads that add and remove services and change
+// their backends, tenants, ports, balancing, idle timeouts and echo, some
+// of them raced by new flows, steps of the flows' clock, and pings to the
+// VIPs. The backends are UDP echoes that put their own tag before each
+// answer. A model of what the gateway must do checks every answer and
+// the gateway's flow table:
 //   - a flow's answers come from the backend it was bound to at creation,
 //     whatever reloads did since, and reach only the client that opened
 //     it, each datagram once and intact;
@@ -43,8 +45,10 @@ import (
 //   - the flows of a removed service or backend go on until
 //     drain_timeout, unless it came back first, and end then; a flow
 //     ends once its clock says it was idle for its timeout, not before;
-//   - at the end, with every service removed, no flow, backend socket or
-//     goroutine is left.
+//   - new flows racing a reload are refused, or bound, as the
+//     configuration before or the one after says;
+//   - at the end, with every service removed, no flow, backend socket,
+//     service state or goroutine is left.
 func TestUDPFlowsAcrossReloadsRandom(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("ZTGATE_UDP_SEED"); s != "" {
@@ -53,7 +57,7 @@ func TestUDPFlowsAcrossReloadsRandom(t *testing.T) {
 			t.Fatalf("ZTGATE_UDP_SEED: %v", err)
 		}
 	}
-	t.Logf("seed %d (ZTGATE_UDP_SEED=%d replays it)", seed, seed)
+	t.Logf("seed %d (ZTGATE_UDP_SEED=%d to run it again)", seed, seed)
 	r := newRandUDP(t, seed)
 	for r.step = 1; r.step <= randSteps; r.step++ {
 		switch x := r.rng.IntN(100); {
@@ -63,8 +67,10 @@ func TestUDPFlowsAcrossReloadsRandom(t *testing.T) {
 			r.useFlow()
 		case x < 62:
 			r.abandon()
+		case x < 70:
+			r.reload(false)
 		case x < 74:
-			r.reload()
+			r.reload(true)
 		case x < 83:
 			r.advance()
 		case x < 95:
@@ -215,8 +221,9 @@ type randFlow struct {
 	idle   time.Duration
 	last   time.Time // the flows' clock when a datagram of it last moved: the gateway's is no earlier
 	gw     *flow
-	// up and down are the payload bytes it moved; lossy: it ended with
-	// datagrams in flight, or was found open, and they are not known.
+	// up and down are the payload bytes it moved; lossy: they are not
+	// known (it ended with datagrams on their way, or the model took it
+	// in as found in the gateway's table).
 	up, down int64
 	lossy    bool
 	drains   []randDrainOf
@@ -282,13 +289,11 @@ type randUDP struct {
 	echoes *taggedEchoes
 	pinger *recordingPinger
 
-	cfg  map[int]*randService // the running configuration
-	last map[int][]int        // each service's backends in the last configuration that had it
-	// flows are the live flows; gone those that ended, whose gateway
-	// flows may still be leaving its table.
-	flows map[randKey]*randFlow
-	socks map[netip.AddrPort]*randSock
-	id    uint32 // of the last datagram sent
+	cfg   map[int]*randService         // the running configuration
+	last  map[int][]int                // each service's backends in the last configuration that had it
+	flows map[randKey]*randFlow        // the live flows
+	socks map[netip.AddrPort]*randSock // the client sockets, by client address and port
+	id    uint32                       // of the last datagram sent
 	pings uint16
 	began time.Time
 	stats map[string]int // what happened, logged at the end
@@ -884,16 +889,21 @@ func (r *randUDP) advance() {
 	r.sweep()
 }
 
-// reload applies one or two random changes to the configuration.
-func (r *randUDP) reload() {
+// reload applies one or two random changes to the configuration. Racing,
+// first datagrams of new flows (of other client ports than the live
+// flows') go out while the gateway reloads: each is classified by the
+// configuration before or by the one after, and is refused, or answered by
+// a backend, as that one says; a flow the configuration after drains is
+// drained.
+func (r *randUDP) reload(racing bool) {
 	r.t.Helper()
 	r.sweep()
-	next := map[int]*randService{}
+	old, next := r.cfg, map[int]*randService{}
 	for i, s := range r.cfg {
 		next[i] = s.clone()
 	}
 	var changes []string
-	for tries := 0; len(changes) < 1+r.rng.IntN(2) && tries < 20; tries++ {
+	for tries, want := 0, 1+r.rng.IntN(2); len(changes) < want && tries < 20; tries++ {
 		cand := map[int]*randService{}
 		for i, s := range next {
 			cand[i] = s.clone()
@@ -905,19 +915,127 @@ func (r *randUDP) reload() {
 		next = cand
 		changes = append(changes, what)
 	}
+	var race []randKey
+	if racing {
+		race = r.raceKeys()
+	}
 	start := time.Now()
 	r.h.write(r.t, r.toml(next))
-	if _, err := r.h.gw.Reload(); err != nil {
+	reloaded := make(chan error, 1)
+	sent := map[randKey][]byte{}
+	for _, k := range race {
+		r.sock(k)
+	}
+	go func() {
+		_, err := r.h.gw.Reload()
+		reloaded <- err
+	}()
+	for _, k := range race {
+		time.Sleep(time.Duration(r.rng.IntN(2000)) * time.Microsecond)
+		p := r.payload(r.rng.IntN(256))
+		sent[k] = p
+		if _, err := r.socks[k.src].c.Write(p); err != nil {
+			r.fatalf("%v -> %v: write: %v", k.src, k.dst, err)
+		}
+	}
+	if err := <-reloaded; err != nil {
 		r.fatalf("reload: %v", err)
 	}
 	end := time.Now()
-	r.logf("reload (%s, %v): %s", strings.Join(changes, ", "), end.Sub(start).Round(time.Millisecond), r.describe(next))
+	r.logf("reload (%s, %v, %d new flows racing it): %s", strings.Join(changes, ", "), end.Sub(start).Round(time.Millisecond),
+		len(race), r.describe(next))
 	r.applyDrains(next, start, end)
+	for _, k := range race {
+		r.raced(k, sent[k], old, next, start)
+	}
 	r.cfg = next
 	r.stats["reloads"]++
 	for i, s := range next {
 		r.last[i] = slices.Clone(s.backends)
 	}
+}
+
+// raceKeys are up to four new flows, each of its own client address and
+// port, none of a live flow's.
+func (r *randUDP) raceKeys() []randKey {
+	used := map[netip.AddrPort]bool{}
+	for k := range r.flows {
+		used[k.src] = true
+	}
+	var keys []randKey
+	for range 8 {
+		if k, _ := r.randomKey(); !used[k.src] && len(keys) < 4 {
+			used[k.src] = true
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// raced checks the outcome of the datagram p, the first of a new flow k
+// sent while the configuration went from old to next, which the reload
+// that began at start made running. An answered flow is taken into the
+// model with what the gateway bound it to, drained when next drains it.
+func (r *randUDP) raced(k randKey, p []byte, old, next map[int]*randService, start time.Time) {
+	r.t.Helper()
+	tenant, si := tenantOf(k.src.Addr()), svcAt(k.dst.Addr())
+	// tags are the backends cfg sends the flow to; nil: it refuses it.
+	tags := func(cfg map[int]*randService) map[byte]bool {
+		if si < 0 || cfg[si] == nil || !cfg[si].allows(tenant) {
+			return nil
+		}
+		s := cfg[si]
+		ti, ok := s.targets[k.dst.Port()]
+		if !ok {
+			return nil
+		}
+		m := map[byte]bool{}
+		for _, a := range s.backends {
+			m[r.echoes.id(a, ti)] = true
+		}
+		return m
+	}
+	before, after := tags(old), tags(next)
+	res, ok := read(r.socks[k.src].c, time.Now().Add(randWait))
+	switch {
+	case !ok:
+		r.fatalf("new flow %v -> %v racing a reload: neither an answer nor a refusal within %v", k.src, k.dst, randWait)
+	case res.refused:
+		if before != nil && after != nil {
+			r.fatalf("new flow %v -> %v racing a reload refused; both configurations allow it", k.src, k.dst)
+		}
+		if gw := r.gwFlows(k); len(gw) > 0 {
+			r.fatalf("new flow %v -> %v racing a reload refused, with a flow to %v", k.src, k.dst, gw[0].target)
+		}
+		r.stats["flows refused racing a reload"]++
+		return
+	}
+	d := res.data
+	if len(d) != randTagLen+len(p) || d[0] != randTagByte || !bytes.Equal(d[randTagLen:], p) {
+		r.fatalf("new flow %v -> %v racing a reload: answer %x, want the tagged datagram", k.src, k.dst, d[:min(len(d), 16)])
+	}
+	tag := d[1]
+	if !before[tag] && !after[tag] {
+		r.fatalf("new flow %v -> %v racing a reload answered by %v: no configuration sends it there (before %v, after %v)",
+			k.src, k.dst, r.echoes.target(tag), before, after)
+	}
+	gw := r.gwFlows(k)
+	if len(gw) != 1 || gw[0].peer.tenant != tenant || gw[0].svc.spec.Name != fmt.Sprintf("s%d", si) || gw[0].target != r.echoes.target(tag) {
+		r.fatalf("new flow %v -> %v racing a reload answered by %v: the gateway has %d flows for it", k.src, k.dst, r.echoes.target(tag), len(gw))
+	}
+	g := gw[0]
+	idle := g.svc.spec.Timeouts.UDPIdleFor(k.dst.Port())
+	if (old[si] == nil || old[si].idleFor(k.dst.Port()) != idle) && (next[si] == nil || next[si].idleFor(k.dst.Port()) != idle) {
+		r.fatalf("new flow %v -> %v racing a reload has an idle timeout of %v, which no configuration gives it", k.src, k.dst, idle)
+	}
+	f := &randFlow{randKey: k, tenant: tenant, svc: si, tag: tag, idle: idle, gw: g, up: int64(len(p)), down: int64(len(d)), last: r.clk.now()}
+	if s := next[si]; s == nil {
+		f.drains = append(f.drains, randDrainOf{"service_removed", start, time.Now()})
+	} else if !slices.Contains(s.backends, r.backendAddr(tag)) {
+		f.drains = append(f.drains, randDrainOf{"backend_removed", start, time.Now()})
+	}
+	r.flows[k] = f
+	r.stats["flows racing a reload"]++
 }
 
 // mutate makes one random change to cfg and names it.
@@ -1056,8 +1174,8 @@ func (r *randUDP) ping() {
 }
 
 // finish removes every service, waits for every flow to be drained, and
-// checks that nothing is left: no flow, no backend socket, no datagram
-// waiting for a client.
+// checks that nothing is left: no flow, no backend socket, no service
+// state or series, no datagram waiting for a client.
 func (r *randUDP) finish() {
 	r.t.Helper()
 	r.sweep()
@@ -1082,6 +1200,11 @@ func (r *randUDP) finish() {
 	}
 	if got := r.h.gw.limits.entries(); got != "" {
 		r.fatalf("tenant counters left after every flow ended: %s", got)
+	}
+	// The removed services' states and series go with their last flows.
+	waitFor(r.t, randWait, "the services' states to be freed", func() bool { return r.h.gw.stateCount() == 0 })
+	if c := gatherSeries(r.t, r.h.gw); len(c.byService) != 0 {
+		r.fatalf("series of removed services left: %v", c.byService)
 	}
 	for _, s := range r.socks {
 		r.quiet(s)
