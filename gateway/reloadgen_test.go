@@ -107,7 +107,7 @@ icmp = true
 				}
 				defer c.Close()
 				c.Write([]byte("x"))
-				res, ok := read(c, time.Now().Add(5*time.Second))
+				res, ok := readAnswer(c, time.Now().Add(5*time.Second))
 				switch {
 				case !ok:
 					t.Fatal("neither an answer nor a refusal")

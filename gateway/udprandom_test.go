@@ -417,11 +417,11 @@ func (r *randUDP) backendAddr(id byte) int { return int(id) / len(r.echoes.ports
 
 // randomKey is a flow of a random client of either tenant to a random
 // VIP and port.
-func (r *randUDP) randomKey() (randKey, string) {
+func (r *randUDP) randomKey() randKey {
 	tn := randTenants[r.rng.IntN(len(randTenants))]
 	src := netip.AddrPortFrom(tn.addr, uint16(42000+r.rng.IntN(randPorts)))
 	dst := netip.AddrPortFrom(randVIP(r.rng.IntN(randServices+1)), []uint16{7, 53}[r.rng.IntN(2)])
-	return randKey{src, dst}, tn.name
+	return randKey{src, dst}
 }
 
 func tenantOf(a netip.Addr) string {
@@ -435,7 +435,7 @@ func tenantOf(a netip.Addr) string {
 
 // newFlow sends datagrams on a random flow, most often a new one.
 func (r *randUDP) newFlow() {
-	k, _ := r.randomKey()
+	k := r.randomKey()
 	if f := r.flows[k]; f != nil && !f.usable() {
 		return
 	}
@@ -444,20 +444,23 @@ func (r *randUDP) newFlow() {
 
 // useFlow sends datagrams on a live flow.
 func (r *randUDP) useFlow() {
-	var keys []randKey
-	for k, f := range r.flows {
-		if f.usable() {
-			keys = append(keys, k)
-		}
-	}
-	if len(keys) == 0 {
+	fs := r.usableFlows()
+	if len(fs) == 0 {
 		r.newFlow()
 		return
 	}
-	slices.SortFunc(keys, func(a, b randKey) int {
-		return strings.Compare(a.src.String()+a.dst.String(), b.src.String()+b.dst.String())
-	})
-	r.send(keys[r.rng.IntN(len(keys))])
+	r.send(fs[r.rng.IntN(len(fs))].randKey)
+}
+
+// usableFlows are the live flows that may be used, in a stable order.
+func (r *randUDP) usableFlows() []*randFlow {
+	var fs []*randFlow
+	for _, f := range r.sortedFlows() {
+		if f.usable() {
+			fs = append(fs, f)
+		}
+	}
+	return fs
 }
 
 // abandon closes the client socket of a live flow, and sends a datagram
@@ -467,12 +470,7 @@ func (r *randUDP) useFlow() {
 // goes on: the next socket on the port gets its answers.
 func (r *randUDP) abandon() {
 	r.t.Helper()
-	var fs []*randFlow
-	for _, f := range r.sortedFlows() {
-		if f.usable() {
-			fs = append(fs, f)
-		}
-	}
+	fs := r.usableFlows()
 	if len(fs) == 0 {
 		return
 	}
@@ -572,10 +570,10 @@ type readResult struct {
 	refused bool
 }
 
-// read waits up to randWait for a datagram or an ICMP error on c. An
+// readAnswer waits, up to until, for a datagram or an ICMP error on c. An
 // error wakes no reader (gVisor notifies it as EventErr only): the reads
 // are short, and the next finds it.
-func read(c net.Conn, until time.Time) (readResult, bool) {
+func readAnswer(c net.Conn, until time.Time) (readResult, bool) {
 	buf := make([]byte, 2048)
 	for time.Now().Before(until) {
 		c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
@@ -634,7 +632,7 @@ func (r *randUDP) send(k randKey) {
 	sentAt := r.clk.now()
 
 	if !allowed {
-		res, ok := read(c, time.Now().Add(randWait))
+		res, ok := readAnswer(c, time.Now().Add(randWait))
 		switch {
 		case !ok:
 			r.fatalf("%s may not reach %v: no ICMP unreachable within %v", tenant, k.dst, randWait)
@@ -659,7 +657,7 @@ func (r *randUDP) send(k randKey) {
 	var down int64
 	until := time.Now().Add(randWait)
 	for got := 0; got < n; got++ {
-		res, ok := read(c, until)
+		res, ok := readAnswer(c, until)
 		if !ok || res.refused {
 			if f != nil && r.endedInFlight(f) {
 				return
@@ -746,7 +744,7 @@ func (r *randUDP) endedInFlight(f *randFlow) bool {
 	// Whatever else came back is the new flow's, or its refusal.
 	s := r.socks[f.src]
 	for {
-		if _, ok := read(s.c, time.Now().Add(50*time.Millisecond)); !ok {
+		if _, ok := readAnswer(s.c, time.Now().Add(50*time.Millisecond)); !ok {
 			break
 		}
 	}
@@ -770,13 +768,18 @@ func (r *randUDP) adopt() {
 		if si >= 0 {
 			svc = r.cfg[si]
 		}
-		if svc == nil || !svc.allows(tenant) || g.peer.tenant != tenant || !slices.Contains(svc.backends, r.addrIndex(g.target.Addr())) {
+		ti, mapped := 0, false
+		if svc != nil {
+			ti, mapped = svc.targets[k.dst.Port()]
+		}
+		if !mapped || !svc.allows(tenant) || g.peer.tenant != tenant || !slices.Contains(svc.backends, r.addrIndex(g.target.Addr())) ||
+			g.target.Port() != r.echoes.ports[ti] {
 			r.fatalf("the gateway has a flow %v -> %v of %s to %v the configuration does not allow", k.src, k.dst, g.peer.tenant, g.target)
 		}
 		if _, ok := r.flows[k]; ok {
 			r.fatalf("the gateway has two flows %v -> %v", k.src, k.dst)
 		}
-		tag := r.echoes.id(r.addrIndex(g.target.Addr()), slices.Index(r.echoes.ports[:], g.target.Port()))
+		tag := r.echoes.id(r.addrIndex(g.target.Addr()), ti)
 		r.flows[k] = &randFlow{randKey: k, tenant: tenant, svc: si, tag: tag, idle: svc.idleFor(k.dst.Port()),
 			gw: g, lossy: true, last: r.clk.now()}
 		r.logf("took in the flow %v -> %v to %v", k.src, k.dst, g.target)
@@ -964,7 +967,7 @@ func (r *randUDP) raceKeys() []randKey {
 	}
 	var keys []randKey
 	for range 8 {
-		if k, _ := r.randomKey(); !used[k.src] && len(keys) < 4 {
+		if k := r.randomKey(); !used[k.src] && len(keys) < 4 {
 			used[k.src] = true
 			keys = append(keys, k)
 		}
@@ -996,7 +999,7 @@ func (r *randUDP) raced(k randKey, p []byte, old, next map[int]*randService, sta
 		return m
 	}
 	before, after := tags(old), tags(next)
-	res, ok := read(r.socks[k.src].c, time.Now().Add(randWait))
+	res, ok := readAnswer(r.socks[k.src].c, time.Now().Add(randWait))
 	switch {
 	case !ok:
 		r.fatalf("new flow %v -> %v racing a reload: neither an answer nor a refusal within %v", k.src, k.dst, randWait)
