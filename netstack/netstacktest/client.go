@@ -144,11 +144,15 @@ func (c *Client) DialTCP(ctx context.Context, src netip.Addr, dst netip.AddrPort
 }
 
 // DialTCPFrom opens a TCP connection from src to dst; a src port of 0
-// lets the stack pick one.
+// lets the stack pick one. The connection is a *TCPConn.
 func (c *Client) DialTCPFrom(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
-	return gonet.DialTCPWithBind(ctx, c.s,
+	conn, err := dialTCP(ctx, c.s,
 		tcpip.FullAddress{NIC: nicID, Addr: toAddr(src.Addr()), Port: src.Port()},
 		tcpip.FullAddress{NIC: nicID, Addr: toAddr(dst.Addr()), Port: dst.Port()}, proto(src.Addr()))
+	if err != nil {
+		return nil, err // not a nil *TCPConn in a non-nil net.Conn
+	}
+	return conn, nil
 }
 
 // DialUDP opens a connected UDP socket from src, on a port the stack
