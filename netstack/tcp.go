@@ -110,6 +110,33 @@ func (c *TCPConn) CloseRead() error { return c.c.CloseRead() }
 // CloseWrite sends a FIN to the client.
 func (c *TCPConn) CloseWrite() error { return c.c.CloseWrite() }
 
+// SetLinger sets what Close does, as (*net.TCPConn).SetLinger does: with
+// sec 0 Close resets the connection (a RST to the client, what was not
+// sent dropped): for a flow whose backend reset it; a
+// negative sec restores the default (what is queued is sent, then a FIN).
+func (c *TCPConn) SetLinger(sec int) error {
+	c.ep.SocketOptions().SetLinger(tcpip.LingerOption{Enabled: sec >= 0, Timeout: time.Duration(max(sec, 0)) * time.Second})
+	return nil
+}
+
+// Write writes b, waiting for room while the client does not read (until
+// the write deadline). A connection that gVisor ended in error (the
+// client's reset) is reported as syscall.ECONNRESET, as by TryWrite:
+// gVisor's adapter returns only the text of its error.
+func (c *TCPConn) Write(b []byte) (int, error) {
+	n, err := c.c.Write(b)
+	if err != nil && c.failed() {
+		err = fmt.Errorf("netstack: write: %w", syscall.ECONNRESET)
+	}
+	return n, err
+}
+
+// failed reports whether the connection ended in error. gVisor hands the
+// error (a reset) to the first call that asks for it; later reads only
+// find the receiving side closed, which must not pass for the client's
+// FIN.
+func (c *TCPConn) failed() bool { return tcp.EndpointState(c.ep.State()) == tcp.StateError }
+
 // conn gives the client side of a flow the net.Conn methods of gVisor's
 // adapter without naming a gVisor type in our API.
 type conn struct{ net.Conn }
@@ -132,7 +159,13 @@ func (c *TCPConn) OnReadable(fn func()) (unregister func()) {
 // ErrWouldBlock when nothing is waiting, or io.EOF once the client closed
 // its side and everything was read, or the error that ended the
 // connection. It must not be mixed with Read.
-func (c *TCPConn) TryRead(b []byte) (int, error) { return tryRead(c.ep, &c.rw, b) }
+func (c *TCPConn) TryRead(b []byte) (int, error) {
+	n, err := tryRead(c.ep, &c.rw, b)
+	if err == io.EOF && c.failed() { // the reset went to a write
+		err = fmt.Errorf("netstack: read: %w", syscall.ECONNRESET)
+	}
+	return n, err
+}
 
 // TryWrite writes what fits of b in the connection's send buffer without
 // waiting: n bytes, fewer than len(b) (0 with ErrWouldBlock) when the
@@ -148,6 +181,9 @@ func (c *TCPConn) TryWrite(b []byte) (int, error) {
 	case *tcpip.ErrWouldBlock:
 		return int(n), ErrWouldBlock
 	case *tcpip.ErrConnectionReset, *tcpip.ErrConnectionAborted:
+		return int(n), fmt.Errorf("netstack: write: %w", syscall.ECONNRESET)
+	}
+	if c.failed() { // the reset went to a read
 		return int(n), fmt.Errorf("netstack: write: %w", syscall.ECONNRESET)
 	}
 	return int(n), tcpipError("write", err)

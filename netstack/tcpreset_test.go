@@ -1,0 +1,110 @@
+package netstack_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ztgate/ztgate/netstack"
+)
+
+// connHandler hands every TCP connection it accepts to the test.
+type connHandler struct {
+	echoHandler
+	conns chan *netstack.TCPConn
+}
+
+func (h *connHandler) HandleTCP(req *netstack.TCPRequest) {
+	c, err := req.Accept()
+	if err != nil {
+		return
+	}
+	h.conns <- c
+}
+
+// dialAccepted opens a connection from the client stack and returns both
+// of its ends; the test's end closes them.
+func dialAccepted(t *testing.T) (client net.Conn, server *netstack.TCPConn) {
+	t.Helper()
+	h := &connHandler{conns: make(chan *netstack.TCPConn, 1)}
+	f := newFixture(t, h)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := f.client.DialTCP(ctx, clientAddr, netip.MustParseAddrPort("10.100.0.5:80"))
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	s := <-h.conns
+	t.Cleanup(func() {
+		c.Close()
+		s.Close()
+	})
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	s.SetDeadline(time.Now().Add(5 * time.Second))
+	return c, s
+}
+
+// TestTCPConnResetWhileWriting: a client that resets the connection while
+// a Write to it waits for room. The Write reports the reset as
+// ECONNRESET, as TryWrite does, and so does a TryRead after it. gVisor
+// hands the reset to the first call that asks and ends the connection's
+// receiving side: the Write's error carried only gVisor's text, and
+// TryRead then reported io.EOF, a clean end of what the client sent, so
+// the gateway passed a FIN on to the backend for a client that aborted.
+func TestTCPConnResetWhileWriting(t *testing.T) {
+	c, s := dialAccepted(t)
+	werr := make(chan error, 1)
+	go func() {
+		_, err := s.Write(make([]byte, 32<<20)) // the client reads none of it
+		werr <- err
+	}()
+	c.(interface{ SetLinger(int) error }).SetLinger(0)
+	c.Close()
+	if err := <-werr; !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("Write after the client's reset: %v, want ECONNRESET", err)
+	}
+	if _, err := s.TryRead(make([]byte, 64)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("TryRead after the reset: %v, want ECONNRESET", err)
+	}
+	if _, err := s.TryWrite([]byte("x")); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("TryWrite after the reset: %v, want ECONNRESET", err)
+	}
+}
+
+// TestTCPConnSetLingerResets: SetLinger(0) makes Close reset the
+// connection, as for a kernel socket: the client sees a reset, not the
+// FIN of a stream that ended well.
+func TestTCPConnSetLingerResets(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		sec   int
+		reset bool
+	}{
+		{"default", -1, false},
+		{"linger 0", 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, s := dialAccepted(t)
+			if _, err := s.Write([]byte("partial")); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.SetLinger(tc.sec); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			got, err := io.ReadAll(c)
+			if reset := err != nil && strings.Contains(err.Error(), "connection reset"); reset != tc.reset {
+				t.Fatalf("the client read %q, then %v; reset %v, want %v", got, err, reset, tc.reset)
+			}
+			if !tc.reset && string(got) != "partial" {
+				t.Fatalf("the client read %q before the FIN", got)
+			}
+		})
+	}
+}
