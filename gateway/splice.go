@@ -62,6 +62,12 @@ type dirError struct {
 func (e *dirError) Error() string { return e.dir + ": " + e.err.Error() }
 func (e *dirError) Unwrap() error { return e.err }
 
+// The reasons of a flow that one side reset; the splice resets the other.
+const (
+	reasonClientReset  = "client_reset"
+	reasonBackendReset = "backend_reset"
+)
+
 // closeReason names why a flow ended for its log line.
 func closeReason(err error) string {
 	var de *dirError
@@ -72,9 +78,9 @@ func closeReason(err error) string {
 		return "idle"
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
 		if errors.As(err, &de) && (de.dir == "read client" || de.dir == "write client") {
-			return "client_reset"
+			return reasonClientReset
 		}
-		return "backend_reset"
+		return reasonBackendReset
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "backend_refused"
 	case errors.As(err, &de):

@@ -52,6 +52,7 @@ type tcpSplice struct {
 	// owned by the worker of the moment
 	clientEOF, backendEOF bool
 	err                   error
+	peekErr               error // the backend socket's error, which linger's peek took
 }
 
 const (
@@ -219,6 +220,12 @@ func (t *tcpSplice) linger() bool {
 			if errors.Is(err, unix.EAGAIN) {
 				return false
 			}
+			if err != nil {
+				// The socket's error (a reset) is handed to one call
+				// only, this one: pumpDown's read would find the FIN
+				// of a socket closed in order.
+				t.peekErr = os.NewSyscallError("recvfrom", err)
+			}
 			ready = true // data, the FIN or an error: pumpDown takes it
 			return true
 		})
@@ -273,6 +280,10 @@ func (t *tcpSplice) pumpUp() error {
 // reports a readable socket whenever it is armed). The backend's FIN
 // half-closes the client.
 func (t *tcpSplice) pumpDown() error {
+	if err := t.peekErr; err != nil {
+		t.peekErr = nil
+		return &dirError{dir: "read backend", err: err}
+	}
 	for {
 		var (
 			bp   *[]byte
@@ -398,8 +409,10 @@ func (t *tcpSplice) finishWrite(busy *atomic.Bool, bp *[]byte, rest []byte, ev u
 // teardown ends the flow once: it unhooks the notifiers, then closes both
 // sides (the backend socket leaves the reactor before its descriptor can
 // be reused) and writes the flow's log line with reason, unless the flow
-// was closed with a reason of its own. Workers, kicks during shutdown and
-// Close may race to call it.
+// was closed with a reason of its own. A side that reset the flow has the
+// other reset too (SO_LINGER 0), as over a direct connection: a FIN would
+// pass a stream cut by the reset off as complete. Workers, kicks during
+// shutdown and Close may race to call it.
 func (t *tcpSplice) teardown(reason string) {
 	t.teardownOnce.Do(func() {
 		if t.unregister != nil {
@@ -407,6 +420,12 @@ func (t *tcpSplice) teardown(reason string) {
 		}
 		if t.rc != nil {
 			t.g.reactor.remove(t.fd, t.inReactor.Load())
+		}
+		switch reason {
+		case reasonBackendReset:
+			t.client.SetLinger(0)
+		case reasonClientReset:
+			t.be.SetLinger(0)
 		}
 		t.f.close(reason)
 		t.be.Close()
