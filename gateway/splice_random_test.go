@@ -506,9 +506,9 @@ func backendSeesAbort(f *randFlow, c *net.TCPConn) error {
 		}
 		werr <- down.send(c, randStreamMost, chunks(f.rng(3), 64<<10))
 	}()
-	var poke func()
+	var poke func() error
 	if !f.stream {
-		poke = func() { c.Write([]byte{0}) }
+		poke = func() error { _, err := c.Write([]byte{0}); return err }
 	}
 	n, rerr := f.upData().drain(c, f.deadline, poke)
 	var err error
@@ -535,12 +535,14 @@ func clientSeesAbort(f *randFlow, c net.Conn) error {
 		sent.Store(true)
 		werr <- err
 	}()
-	var poke func()
+	var poke func() error
 	if !f.stream {
-		poke = func() {
-			if sent.Load() { // after the payload, which the backend reads to its end
-				c.Write([]byte{0})
+		poke = func() error {
+			if !sent.Load() { // after the payload, which the backend reads to its end
+				return nil
 			}
+			_, err := c.Write([]byte{0})
+			return err
 		}
 	}
 	n, rerr := f.downData().drain(c, f.deadline, poke)
@@ -739,12 +741,15 @@ func (s *stream) expect(r io.Reader, n, size int, pace func(int)) error {
 
 // drain reads until an error, checking what comes against s, and returns
 // how many bytes came and the error (io.EOF for a FIN). When nothing came
-// for randQuiet it calls poke, if not nil, and reads on, until deadline.
-// A side that waits for the other's reset, sending nothing, pokes: a reset
-// is sent once, and one lost on the way (a test's link drops packets when
-// the machine is slow) is sent again only when a segment of the connection
-// comes after it.
-func (s *stream) drain(c net.Conn, deadline time.Time, poke func()) (int, error) {
+// for randQuiet it calls poke, if not nil, and reads on, until deadline;
+// a poke that fails ends it with the poke's error. A side that waits for
+// the other's reset, sending nothing, pokes: a reset is sent once, and one
+// that is lost or refused on the way (a RST whose sequence number is not
+// the next expected one is answered by a challenge ACK, which a stack
+// sends a limited number of per second) is sent again only when a segment
+// of the connection comes after it. The poke's write may meet the reset
+// first: a socket hands its error to one call.
+func (s *stream) drain(c net.Conn, deadline time.Time, poke func() error) (int, error) {
 	defer c.SetReadDeadline(deadline)
 	buf := make([]byte, 16<<10)
 	for got := 0; ; {
@@ -757,7 +762,9 @@ func (s *stream) drain(c net.Conn, deadline time.Time, poke func()) (int, error)
 		}
 		got += k
 		if err != nil && isTimeout(err) && poke != nil && time.Now().Before(deadline) {
-			poke()
+			if perr := poke(); perr != nil {
+				return got, perr
+			}
 			continue
 		}
 		if err != nil {
