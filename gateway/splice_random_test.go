@@ -55,10 +55,10 @@ func TestSpliceRandomized(t *testing.T) {
 	}
 	deadline := time.Now().Add(randBudget)
 	logs := &flowLog{lines: map[netip.AddrPort]string{}}
-	flows := make([]*randFlow, randFlows)
+	flows := make([]*spliceFlow, spliceFlowCount)
 	count := map[string]int{}
 	for i := range flows {
-		f := &randFlow{i: i, block: block, seed: r.Uint64(), deadline: deadline, backend: make(chan error, 1), logs: logs}
+		f := &spliceFlow{i: i, block: block, seed: r.Uint64(), deadline: deadline, backend: make(chan error, 1), logs: logs}
 		f.pat = &randPatterns[r.IntN(len(randPatterns))]
 		f.start = time.Duration(r.Int64N(int64(randStartSpread)))
 		f.upAt, f.downAt = r.IntN(len(block)), r.IntN(len(block))
@@ -101,7 +101,7 @@ func TestSpliceRandomized(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	slow := slices.SortedFunc(slices.Values(flows), func(a, b *randFlow) int { return cmp.Compare(b.took, a.took) })
+	slow := slices.SortedFunc(slices.Values(flows), func(a, b *spliceFlow) int { return cmp.Compare(b.took, a.took) })
 	for _, f := range slow[:3] {
 		t.Logf("slowest: flow %d took %v: %s", f.i, f.took.Round(time.Millisecond), f)
 	}
@@ -144,7 +144,7 @@ func stackCounters(h *harness) string {
 
 const (
 	randSeedEnv     = "ZTGATE_SPLICE_SEED"
-	randFlows       = 300
+	spliceFlowCount = 300
 	randStartSpread = time.Second      // flows start within it
 	randBudget      = 60 * time.Second // every flow ends within it, or it hangs
 	randBlock       = 1<<20 + 13       // the random bytes every flow's payload is cut from
@@ -177,9 +177,9 @@ func smallSendBuffers() func(ctx context.Context, network, addr string) (net.Con
 	}
 }
 
-// randFlow is one flow of TestSpliceRandomized: its pattern and the
+// spliceFlow is one flow of TestSpliceRandomized: its pattern and the
 // parameters drawn for it, and what each side found.
-type randFlow struct {
+type spliceFlow struct {
 	i      int
 	pat    *randPattern
 	seed   uint64        // of the sides' own generators (write and read sizes, pauses)
@@ -211,7 +211,7 @@ type randPause struct {
 
 type randRound struct{ req, ans int }
 
-func (f *randFlow) String() string {
+func (f *spliceFlow) String() string {
 	return fmt.Sprintf("%s up %d down %d gap %v stream %v small %v pauses %v rounds %v; the gateway's flow line:%s",
 		f.pat.name, f.up, f.down, f.gap, f.stream, f.small, f.pauses, f.rounds, f.logs.line(f.local))
 }
@@ -255,16 +255,16 @@ func (l *flowLog) line(client netip.AddrPort) string {
 	return " none (the flow never started, or has not ended)"
 }
 
-func (f *randFlow) upData() *stream   { return &stream{block: f.block, pos: f.upAt} }
-func (f *randFlow) downData() *stream { return &stream{block: f.block, pos: f.downAt} }
+func (f *spliceFlow) upData() *stream   { return &stream{block: f.block, pos: f.upAt} }
+func (f *spliceFlow) downData() *stream { return &stream{block: f.block, pos: f.downAt} }
 
 // rng is a generator of a side of the flow (1: client, 2: backend, more
 // for their goroutines).
-func (f *randFlow) rng(side uint64) *rand.Rand { return rand.New(rand.NewPCG(f.seed, side)) }
+func (f *spliceFlow) rng(side uint64) *rand.Rand { return rand.New(rand.NewPCG(f.seed, side)) }
 
 // run is the client's side: it opens the flow, sends its header (the
 // flow's index, which tells the backend what to do) and plays the pattern.
-func (f *randFlow) run(h *harness) error {
+func (f *spliceFlow) run(h *harness) error {
 	ctx, cancel := context.WithDeadline(context.Background(), f.deadline)
 	defer cancel()
 	c, err := h.client.DialTCP(ctx, acmeClient, netip.MustParseAddrPort("10.100.0.12:9"))
@@ -309,9 +309,9 @@ func spliceState(h *harness, client netip.AddrPort) string {
 // went wrong.
 type randPattern struct {
 	name    string
-	gen     func(r *rand.Rand, f *randFlow)
-	client  func(f *randFlow, c net.Conn) error
-	backend func(f *randFlow, c *net.TCPConn) error
+	gen     func(r *rand.Rand, f *spliceFlow)
+	client  func(f *spliceFlow, c net.Conn) error
+	backend func(f *spliceFlow, c *net.TCPConn) error
 }
 
 var randPatterns = []randPattern{
@@ -340,9 +340,9 @@ func chunks(r *rand.Rand, most int) func() int { return func() int { return 1 + 
 // Echo: the client sends while it reads the echo, then half-closes; the
 // backend echoes until the client's FIN, then half-closes.
 
-func genEcho(r *rand.Rand, f *randFlow) { f.up = size(r, 256<<10) }
+func genEcho(r *rand.Rand, f *spliceFlow) { f.up = size(r, 256<<10) }
 
-func clientEcho(f *randFlow, c net.Conn) error {
+func clientEcho(f *spliceFlow, c net.Conn) error {
 	werr := make(chan error, 1)
 	go func() {
 		err := f.upData().send(c, f.up, chunks(f.rng(3), 64<<10))
@@ -358,7 +358,7 @@ func clientEcho(f *randFlow, c net.Conn) error {
 	return errors.Join(err, <-werr)
 }
 
-func backendEcho(f *randFlow, c *net.TCPConn) error {
+func backendEcho(f *spliceFlow, c *net.TCPConn) error {
 	buf := make([]byte, 1+f.rng(2).IntN(32<<10))
 	for {
 		n, err := c.Read(buf)
@@ -378,7 +378,7 @@ func backendEcho(f *randFlow, c *net.TCPConn) error {
 // half-closes; the client reads it slowly, with pauses, then sends its
 // own and half-closes.
 
-func genPush(r *rand.Rand, f *randFlow) {
+func genPush(r *rand.Rand, f *spliceFlow) {
 	f.down = 32<<10 + size(r, 1<<20)
 	f.up = size(r, 16<<10)
 	for range 1 + r.IntN(4) {
@@ -386,7 +386,7 @@ func genPush(r *rand.Rand, f *randFlow) {
 	}
 }
 
-func clientPush(f *randFlow, c net.Conn) error {
+func clientPush(f *spliceFlow, c net.Conn) error {
 	pending := append([]randPause(nil), f.pauses...)
 	pace := func(got int) {
 		for i, p := range pending {
@@ -408,7 +408,7 @@ func clientPush(f *randFlow, c net.Conn) error {
 	return closeWrite(c)
 }
 
-func backendPush(f *randFlow, c *net.TCPConn) error {
+func backendPush(f *spliceFlow, c *net.TCPConn) error {
 	if err := f.downData().send(c, f.down, func() int { return f.down }); err != nil {
 		return err
 	}
@@ -425,13 +425,13 @@ func backendPush(f *randFlow, c *net.TCPConn) error {
 // client sends part of its payload meanwhile, reads to the backend's FIN,
 // pauses, then sends the rest, which must all reach the backend.
 
-func genHalfFirst(r *rand.Rand, f *randFlow) {
+func genHalfFirst(r *rand.Rand, f *spliceFlow) {
 	f.down = size(r, 64<<10)
 	f.up = 1 + size(r, 128<<10)
 	f.gap = time.Duration(r.IntN(150)) * time.Millisecond
 }
 
-func clientHalfFirst(f *randFlow, c net.Conn) error {
+func clientHalfFirst(f *spliceFlow, c net.Conn) error {
 	up := f.upData()
 	split := f.rng(1).IntN(f.up + 1)
 	werr := make(chan error, 1)
@@ -450,7 +450,7 @@ func clientHalfFirst(f *randFlow, c net.Conn) error {
 	return closeWrite(c)
 }
 
-func backendHalfFirst(f *randFlow, c *net.TCPConn) error {
+func backendHalfFirst(f *spliceFlow, c *net.TCPConn) error {
 	if err := f.downData().send(c, f.down, chunks(f.rng(2), 16<<10)); err != nil {
 		return err
 	}
@@ -468,7 +468,7 @@ func backendHalfFirst(f *randFlow, c *net.TCPConn) error {
 // other streams to it or waits; the other side must see a reset, never a
 // clean EOF that would pass a cut stream off as complete.
 
-func genAbort(r *rand.Rand, f *randFlow) {
+func genAbort(r *rand.Rand, f *spliceFlow) {
 	f.up = size(r, 64<<10)
 	f.down = size(r, 64<<10)
 	f.stream = r.IntN(2) == 0
@@ -477,7 +477,7 @@ func genAbort(r *rand.Rand, f *randFlow) {
 // randStreamMost bounds what a side streams to one that aborts.
 const randStreamMost = 16 << 20
 
-func clientAborts(f *randFlow, c net.Conn) error {
+func clientAborts(f *spliceFlow, c net.Conn) error {
 	down := f.downData()
 	if err := down.expect(c, 1, 1, nil); err != nil { // the backend has the header
 		return err
@@ -493,7 +493,7 @@ func clientAborts(f *randFlow, c net.Conn) error {
 	return abort(c)
 }
 
-func backendSeesAbort(f *randFlow, c *net.TCPConn) error {
+func backendSeesAbort(f *spliceFlow, c *net.TCPConn) error {
 	down := f.downData()
 	if err := down.send(c, 1, func() int { return 1 }); err != nil {
 		return err
@@ -522,7 +522,7 @@ func backendSeesAbort(f *randFlow, c *net.TCPConn) error {
 	return err
 }
 
-func clientSeesAbort(f *randFlow, c net.Conn) error {
+func clientSeesAbort(f *spliceFlow, c net.Conn) error {
 	up := f.upData()
 	werr := make(chan error, 1)
 	var sent atomic.Bool
@@ -560,7 +560,7 @@ func clientSeesAbort(f *randFlow, c net.Conn) error {
 	return err
 }
 
-func backendAborts(f *randFlow, c *net.TCPConn) error {
+func backendAborts(f *spliceFlow, c *net.TCPConn) error {
 	if err := f.upData().expect(c, f.up, 1+f.rng(2).IntN(16<<10), nil); err != nil {
 		return err
 	}
@@ -573,7 +573,7 @@ func backendAborts(f *randFlow, c *net.TCPConn) error {
 // Stall: the backend reads nothing for a while (with a small receive
 // buffer or not) while the client sends, then reads it all and answers.
 
-func genStall(r *rand.Rand, f *randFlow) {
+func genStall(r *rand.Rand, f *spliceFlow) {
 	f.small = r.IntN(2) == 0
 	if f.small {
 		// A small buffer is slow whoever sends: the kernel's window is
@@ -586,7 +586,7 @@ func genStall(r *rand.Rand, f *randFlow) {
 	f.gap = time.Duration(50+r.IntN(350)) * time.Millisecond
 }
 
-func clientStall(f *randFlow, c net.Conn) error {
+func clientStall(f *spliceFlow, c net.Conn) error {
 	if err := f.upData().send(c, f.up, chunks(f.rng(1), 64<<10)); err != nil {
 		return err
 	}
@@ -599,7 +599,7 @@ func clientStall(f *randFlow, c net.Conn) error {
 	return expectEOF(c)
 }
 
-func backendStall(f *randFlow, c *net.TCPConn) error {
+func backendStall(f *spliceFlow, c *net.TCPConn) error {
 	if f.small {
 		c.SetReadBuffer(16 << 10)
 	}
@@ -617,16 +617,16 @@ func backendStall(f *randFlow, c *net.TCPConn) error {
 // with short pauses now and then, while they read the other's, then
 // half-close.
 
-func genTiny(r *rand.Rand, f *randFlow) {
+func genTiny(r *rand.Rand, f *spliceFlow) {
 	f.up = 1 + r.IntN(300)
 	f.down = 1 + r.IntN(300)
 }
 
-func clientTiny(f *randFlow, c net.Conn) error {
+func clientTiny(f *spliceFlow, c net.Conn) error {
 	return tiny(c, f.upData(), f.up, f.rng(3), f.downData(), f.down, closeWrite)
 }
 
-func backendTiny(f *randFlow, c *net.TCPConn) error {
+func backendTiny(f *spliceFlow, c *net.TCPConn) error {
 	return tiny(c, f.downData(), f.down, f.rng(4), f.upData(), f.up, func(net.Conn) error { return c.CloseWrite() })
 }
 
@@ -657,14 +657,14 @@ func tiny(c net.Conn, out *stream, nout int, r *rand.Rand, in *stream, nin int, 
 // pausing before some answers longer than a worker lingers (the reactor
 // wakes the flow), then the client closes.
 
-func genRounds(r *rand.Rand, f *randFlow) {
+func genRounds(r *rand.Rand, f *spliceFlow) {
 	for range 1 + r.IntN(5) {
 		f.rounds = append(f.rounds, randRound{req: 1 + r.IntN(2<<10), ans: 1 + r.IntN(32<<10)})
 		f.hold = append(f.hold, []time.Duration{0, 10 * time.Millisecond, 2 * lingerTime, 3 * lingerTime}[r.IntN(4)])
 	}
 }
 
-func clientRounds(f *randFlow, c net.Conn) error {
+func clientRounds(f *spliceFlow, c net.Conn) error {
 	up, down := f.upData(), f.downData()
 	for i, rd := range f.rounds {
 		if err := up.send(c, rd.req, func() int { return rd.req }); err != nil {
@@ -677,7 +677,7 @@ func clientRounds(f *randFlow, c net.Conn) error {
 	return c.Close()
 }
 
-func backendRounds(f *randFlow, c *net.TCPConn) error {
+func backendRounds(f *spliceFlow, c *net.TCPConn) error {
 	up, down := f.upData(), f.downData()
 	for i, rd := range f.rounds {
 		if err := up.expect(c, rd.req, 4096, nil); err != nil {
@@ -820,9 +820,4 @@ func abort(c net.Conn) error {
 // adapter ("connection reset by peer").
 func isReset(err error) bool {
 	return err != nil && (errors.Is(err, syscall.ECONNRESET) || strings.Contains(err.Error(), "connection reset"))
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
