@@ -15,6 +15,7 @@ const (
 	refuseICMP          = "icmp_disabled"
 	refuseNoBackend     = "no_healthy_backend"
 	refuseDial          = "dial_failed"
+	refuseHandshake     = "handshake_failed" // the client did not complete its TCP handshake in time, or reset it
 	// The reasons of the limits are in limits.go.
 )
 

@@ -220,3 +220,21 @@ func TestPingerUnavailable(t *testing.T) {
 		t.Fatalf("flows without a pinger: %v", err)
 	}
 }
+
+// TestHandshakeFailedCounted: a client that sends a SYN and never
+// completes the handshake costs the gateway a backend connection (dialled
+// before the handshake completes), which is closed at the handshake
+// timeout; the flow is counted as refused, handshake_failed, and opens
+// nothing. Before, it left no trace.
+func TestHandshakeFailedCounted(t *testing.T) {
+	port := startHold(t)
+	h := newHarness(t, limitsConfig(port, "", "", ""),
+		func(o *Options) { o.HandshakeTimeout = 200 * time.Millisecond })
+	h.gw.lan.Deliver(netstacktest.TCPSegment(spoofedAcme(0), webVIP, netstacktest.FlagSYN, 1, nil))
+	waitFor(t, 5*time.Second, "the half-open handshake counted", func() bool {
+		return metricValue(t, h.gw, "ztgate_flows_refused_total", "protocol", "tcp", "reason", refuseHandshake) == 1
+	})
+	if n := metricValue(t, h.gw, "ztgate_flows_active", "service", "web", "tenant", "acme", "protocol", "tcp"); n > 0 {
+		t.Errorf("%v flows active after a handshake that failed", n)
+	}
+}

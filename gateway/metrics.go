@@ -163,7 +163,7 @@ var (
 	refusalProtocols = []string{"tcp", "udp", "icmp"}
 	refusalReasons   = []string{
 		refuseUnknownSource, refuseNoService, refuseTenant, refusePort, refuseICMP,
-		refuseNoBackend, refuseDial, refuseLimit, refuseServiceLimit, refuseTenantLimit,
+		refuseNoBackend, refuseDial, refuseHandshake, refuseLimit, refuseServiceLimit, refuseTenantLimit,
 		refuseRate, refuseTenantRate, refuseServiceRate, refuseTenantHandshakes,
 		refuseServiceHandshakes, refuseEchoLimit, refuseTenantEchoLimit, refuseSourceEchoLimit,
 	}

@@ -53,6 +53,7 @@ func (g *Gateway) HandleTCP(req *netstack.TCPRequest) {
 		b.dialing.Add(-1)
 		be.Close()
 		g.release(d.svc, d.peer.tenant)
+		g.refuse("tcp", refuseHandshake)
 		return
 	}
 	f := g.newFlow("tcp", req.Src, req.Dst, d, b)
