@@ -32,26 +32,18 @@ func TestUDPClientUnreachableKeepsFlow(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			recv := func(what string) string {
+			read := func(from net.Conn, who, what string) string {
 				t.Helper()
-				backend.SetReadDeadline(time.Now().Add(5 * time.Second))
+				from.SetReadDeadline(time.Now().Add(5 * time.Second))
 				buf := make([]byte, 64)
-				n, err := backend.Read(buf)
+				n, err := from.Read(buf)
 				if err != nil {
-					t.Fatalf("%s: the backend got nothing: %v", what, err)
+					t.Fatalf("%s: the %s got nothing: %v", what, who, err)
 				}
 				return string(buf[:n])
 			}
-			answer := func(what string) string {
-				t.Helper()
-				c.SetReadDeadline(time.Now().Add(5 * time.Second))
-				buf := make([]byte, 64)
-				n, err := c.Read(buf)
-				if err != nil {
-					t.Fatalf("%s: the client got nothing: %v", what, err)
-				}
-				return string(buf[:n])
-			}
+			recv := func(what string) string { t.Helper(); return read(backend, "backend", what) }
+			answer := func(what string) string { t.Helper(); return read(c, "client", what) }
 
 			c.Write([]byte("hello"))
 			backend.SetReadDeadline(time.Now().Add(5 * time.Second))

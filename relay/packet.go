@@ -11,7 +11,7 @@ const (
 // ipAddrs returns the source and destination addresses of an IPv4 or IPv6
 // packet; ok is false for anything else or a truncated header. It reads
 // the IP header only; the flow table also reads an IPv4 packet's transport
-// header ([tunnel.ParseFlow]).
+// header ([tunnel.Fragments.Flow]).
 func ipAddrs(p []byte) (src, dst netip.Addr, ok bool) {
 	if len(p) == 0 {
 		return netip.Addr{}, netip.Addr{}, false

@@ -73,7 +73,8 @@ type Flow struct {
 
 // ParseFlow reads the flow of an IPv4 packet that is not a fragment and
 // whose transport header is whole; ok is false for anything else (IPv6,
-// fragments, truncated packets), which callers route by service only.
+// fragments, truncated packets). Fragments.Flow, which the relay and the
+// agent key their tables with, takes a datagram's fragments too.
 func ParseFlow(p []byte) (f Flow, ok bool) {
 	if !ipv4HeaderOK(p) || binary.BigEndian.Uint16(p[6:8])&0x3fff != 0 { // MF or an offset
 		return f, false

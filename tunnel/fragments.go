@@ -53,13 +53,13 @@ func NewFragments(max int) *Fragments { return &Fragments{max: max} }
 // header, a later fragment whose first was not seen or came
 // FragmentTimeout ago.
 func (t *Fragments) Flow(p []byte, now int64) (Flow, bool) {
-	if !ipv4HeaderOK(p) {
-		return Flow{}, false
+	if f, ok := ParseFlow(p); ok || !ipv4HeaderOK(p) {
+		return f, ok
 	}
 	frag := binary.BigEndian.Uint16(p[6:8])
 	more, offset := frag&0x2000 != 0, frag&0x1fff
-	if !more && offset == 0 {
-		return parseTransport(p)
+	if !more && offset == 0 { // whole, and its transport header truncated
+		return Flow{}, false
 	}
 	k := fragKey{src: [4]byte(p[12:16]), dst: [4]byte(p[16:20]), id: binary.BigEndian.Uint16(p[4:6]), proto: p[9]}
 	if offset == 0 {
