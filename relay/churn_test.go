@@ -1285,13 +1285,15 @@ func (c *churn) checkTags() error {
 	}
 
 	// Flow table entries: every flow routed once has one, counted by the
-	// gateway of its tag.
+	// gateway of its tag while the tag lives.
 	flows := map[uint64]int{}
 	byGateway := map[uint64]int64{}
 	for _, f := range c.flows {
 		if f.tag != nil {
 			flows[sid(f.as)]++
-			byGateway[sid(f.tag.gs)]++
+			if f.tag.live {
+				byGateway[sid(f.tag.gs)]++
+			}
 		}
 	}
 	for a := range c.r.agents {

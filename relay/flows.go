@@ -40,8 +40,8 @@ type flowStats struct {
 
 // flowTable is an agent session's flows. The datagram goroutine looks up
 // and inserts; the relay's janitor sweeps; hence the mutex, which nobody
-// else contends. Each entry counts towards its gateway's flows, which the
-// gateway choice balances.
+// else contends. Each entry under a live tag counts towards its gateway's
+// flows, which the gateway choice balances.
 type flowTable struct {
 	mu   sync.Mutex
 	t    *tunnel.FlowTable[*tag] // guarded by mu
@@ -50,7 +50,7 @@ type flowTable struct {
 
 func newFlowTable(max int, stats *flowStats) *flowTable {
 	return &flowTable{live: stats.live, t: tunnel.NewFlowTable(max, func(t *tag, why tunnel.FlowRemoval) {
-		t.gw.flows.Add(-1)
+		t.addEntries(-1)
 		stats.live.Dec()
 		switch why {
 		case tunnel.FlowExpired:
@@ -91,7 +91,7 @@ func (ft *flowTable) lookup(f tunnel.Flow, service []byte, now int64) (*tag, flo
 
 // insert records the tag of a flow, replacing an older entry.
 func (ft *flowTable) insert(f tunnel.Flow, t *tag, now int64) {
-	t.gw.flows.Add(1)
+	t.addEntries(1)
 	ft.live.Inc()
 	ft.mu.Lock()
 	ft.t.Put(f.Key, t, now, f.Idle())

@@ -184,6 +184,42 @@ func TestFlowTableCounts(t *testing.T) {
 	}
 }
 
+// TestDeadTagsFlowsNotCounted: the entries of a tag stop counting towards
+// its gateway's flows when the tag dies (its gateway stopped serving the
+// service), not when they expire, which takes an hour for TCP; the
+// gateway is chosen by that count.
+func TestDeadTagsFlowsNotCounted(t *testing.T) {
+	g := &gateway{name: "g1", tags: map[uint32]*tag{}}
+	r := &Relay{tags: map[uint32]*tag{}, m: newMetrics(prometheus.NewRegistry())}
+	a := &agent{tags: map[uint32]*tag{}}
+	live := &tag{id: 1, service: "web", gw: g, agent: a}
+	dying := &tag{id: 2, service: "ssh", gw: g, agent: a}
+	for _, tg := range []*tag{live, dying} {
+		r.tags[tg.id], g.tags[tg.id], a.tags[tg.id] = tg, tg, tg
+	}
+	ft := newFlowTable(maxAgentFlows, testFlowStats())
+	for i := range 6 {
+		tg := live
+		if i%2 == 1 {
+			tg = dying
+		}
+		ft.insert(mustFlow(t, tcpPacket(netip.AddrPortFrom(cli.Addr(), uint16(1000+i)), vip, tcpSYN)), tg, 0)
+	}
+	if n := g.flows.Load(); n != 6 {
+		t.Fatalf("gateway counts %d flows, want 6", n)
+	}
+	r.killTagLocked(dying)
+	if n := g.flows.Load(); n != 3 {
+		t.Fatalf("after the tag died the gateway counts %d flows, want 3", n)
+	}
+	r.killTagLocked(dying) // twice: nothing more
+	// The dead tag's entries leave the table without counting again.
+	ft.sweep(int64(tunnel.FlowTCPIdle) + 1)
+	if n := g.flows.Load(); n != 0 || ft.len() != 0 {
+		t.Fatalf("after the sweep: %d counted, %d entries", n, ft.len())
+	}
+}
+
 // BenchmarkFlowLookup is the relay's per-packet cost of a known flow: the
 // 5-tuple, the table lookup and the refresh. It must not allocate.
 func BenchmarkFlowLookup(b *testing.B) {

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -57,7 +58,7 @@ type gateway struct {
 	tags       map[uint32]*tag       // live tags routed to this gateway
 	candidates []netip.AddrPort      // where agents may reach it directly (register)
 
-	flows atomic.Int64  // entries of agents' flow tables that route here
+	flows atomic.Int64  // entries of agents' flow tables that route here under live tags
 	heard atomic.Uint64 // datagrams and messages received: the liveness check watches it
 }
 
@@ -92,6 +93,34 @@ type tag struct {
 	agent     *agent
 	gw        *gateway
 	dead      atomic.Bool // set when it leaves the table; the agent draws anew
+
+	// entries counts the flow-table entries under this tag. While the tag
+	// lives they count towards gw.flows; when it dies they stop counting
+	// there at once, not when the entries expire (an hour for TCP), so
+	// that a gateway that stopped serving a service is not taken for busy.
+	mu      sync.Mutex
+	entries int64 // guarded by mu
+	gone    bool  // guarded by mu: entries no longer count towards gw.flows
+}
+
+// addEntries counts n entries of agents' flow tables (n < 0: removed) under t.
+func (t *tag) addEntries(n int64) {
+	t.mu.Lock()
+	t.entries += n
+	if !t.gone {
+		t.gw.flows.Add(n)
+	}
+	t.mu.Unlock()
+}
+
+// uncount stops t's entries counting towards its gateway's flows: the tag died.
+func (t *tag) uncount() {
+	t.mu.Lock()
+	if !t.gone {
+		t.gone = true
+		t.gw.flows.Add(-t.entries)
+	}
+	t.mu.Unlock()
 }
 
 // route is what a tag stands for besides its agent: a service on a

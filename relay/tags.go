@@ -116,6 +116,7 @@ func (r *Relay) killTagLocked(t *tag) {
 	if t.dead.Swap(true) {
 		return
 	}
+	t.uncount()
 	delete(r.tags, t.id)
 	delete(t.gw.tags, t.id)
 	delete(t.agent.tags, t.id)
