@@ -121,14 +121,30 @@ func (c *TCPConn) SetLinger(sec int) error {
 
 // Write writes b, waiting for room while the client does not read (until
 // the write deadline). A connection that gVisor ended in error (the
-// client's reset) is reported as syscall.ECONNRESET, as by TryWrite:
-// gVisor's adapter returns only the text of its error.
+// client's reset) is reported as syscall.ECONNRESET, and one the client
+// reset after its FIN as syscall.EPIPE, as by TryWrite: gVisor's adapter
+// returns only the text of its error.
 func (c *TCPConn) Write(b []byte) (int, error) {
 	n, err := c.c.Write(b)
-	if err != nil && c.failed() {
-		err = fmt.Errorf("netstack: write: %w", syscall.ECONNRESET)
+	if err != nil {
+		err = c.writeError(err)
 	}
 	return n, err
+}
+
+// writeError names a failed write's cause where gVisor does not: a reset.
+// A reset in CLOSE-WAIT (the client sent its FIN, then aborted) closes
+// the endpoint, as Linux does, and the write finds it closed for sending;
+// Linux reports that as EPIPE. The gateway never writes after its own
+// CloseWrite or Close, so a closed endpoint here is the client's doing.
+func (c *TCPConn) writeError(err error) error {
+	switch tcp.EndpointState(c.ep.State()) {
+	case tcp.StateError:
+		return fmt.Errorf("netstack: write: %w", syscall.ECONNRESET)
+	case tcp.StateClose:
+		return fmt.Errorf("netstack: write: %w", syscall.EPIPE)
+	}
+	return err
 }
 
 // failed reports whether the connection ended in error. gVisor hands the
@@ -183,10 +199,8 @@ func (c *TCPConn) TryWrite(b []byte) (int, error) {
 	case *tcpip.ErrConnectionReset, *tcpip.ErrConnectionAborted:
 		return int(n), fmt.Errorf("netstack: write: %w", syscall.ECONNRESET)
 	}
-	if c.failed() { // the reset went to a read
-		return int(n), fmt.Errorf("netstack: write: %w", syscall.ECONNRESET)
-	}
-	return int(n), tcpipError("write", err)
+	// The reset went to a read, or came after the client's FIN.
+	return int(n), c.writeError(tcpipError("write", err))
 }
 
 // tryRead reads from an endpoint into b without waiting; w is the caller's

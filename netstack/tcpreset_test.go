@@ -108,3 +108,38 @@ func TestTCPConnSetLingerResets(t *testing.T) {
 		})
 	}
 }
+
+// TestTCPConnResetAfterFIN: a client that sent its FIN and then reset the
+// connection (CLOSE-WAIT, where gVisor, as Linux, closes the endpoint
+// instead of recording a reset) is reported as EPIPE, as Linux reports it,
+// by Write and TryWrite: gVisor gave only "endpoint is closed for send",
+// which the gateway logged as an error of its own.
+func TestTCPConnResetAfterFIN(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		write func(s *netstack.TCPConn) error
+	}{
+		{"Write", func(s *netstack.TCPConn) error { _, err := s.Write([]byte("x")); return err }},
+		{"TryWrite", func(s *netstack.TCPConn) error { _, err := s.TryWrite([]byte("x")); return err }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, s := dialAccepted(t)
+			c.(interface{ CloseWrite() error }).CloseWrite()
+			s.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if n, err := s.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+				t.Fatalf("read of the client's FIN: %d, %v", n, err)
+			}
+			c.(interface{ SetLinger(int) error }).SetLinger(0)
+			c.Close()
+			deadline := time.Now().Add(5 * time.Second)
+			var err error
+			for err == nil && time.Now().Before(deadline) { // until the reset has arrived
+				err = tc.write(s)
+				time.Sleep(time.Millisecond)
+			}
+			if !errors.Is(err, syscall.EPIPE) {
+				t.Fatalf("write after the client's FIN and reset: %v, want EPIPE", err)
+			}
+		})
+	}
+}
