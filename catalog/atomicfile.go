@@ -33,6 +33,23 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) (replaced bool,
 	return true, nil
 }
 
+// RemoveTempFiles removes the temporary files that interrupted
+// WriteFileAtomic calls for path left in its directory, best effort. Only
+// names in that directory are matched, so that a directory name with
+// pattern characters ([, *, ?, \) cannot make it clean another directory.
+func RemoveTempFiles(path string) {
+	dir, pattern := filepath.Dir(path), "."+filepath.Base(path)+".tmp-*"
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if ok, _ := filepath.Match(pattern, e.Name()); ok {
+			_ = os.Remove(filepath.Join(dir, e.Name())) // harmless if it stays
+		}
+	}
+}
+
 // WriteSynced gives f the mode perm, writes data, syncs and closes it.
 func WriteSynced(f *os.File, data []byte, perm os.FileMode) error {
 	err := f.Chmod(perm)

@@ -38,11 +38,7 @@ func loadState(path string, spaces [families]addrSpace, now time.Time) (*table, 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, nil, fmt.Errorf("catalog: create state directory: %w", err)
 	}
-	if stale, err := filepath.Glob(filepath.Join(dir, tempPattern)); err == nil {
-		for _, name := range stale {
-			_ = os.Remove(name) // litter from an interrupted save; harmless if it stays
-		}
-	}
+	RemoveTempFiles(path) // litter from an interrupted save
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return newTable(), nil, nil, nil

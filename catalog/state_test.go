@@ -156,21 +156,51 @@ func TestStatePersists(t *testing.T) {
 	}
 }
 
+// TestStateStaleTempRemoved: a start removes the temporary files an
+// interrupted save left in the state directory, and nothing else: not
+// other files, and not those of another directory whose name the state
+// directory's name would match as a pattern.
 func TestStateStaleTempRemoved(t *testing.T) {
-	dir := t.TempDir()
-	stale := filepath.Join(dir, "."+StateFileName+".tmp-12345")
-	other := filepath.Join(dir, "notes.txt")
-	for _, name := range []string{stale, other} {
-		if err := os.WriteFile(name, []byte("x"), 0o600); err != nil {
-			t.Fatal(err)
-		}
+	tests := []struct {
+		name    string
+		dir     string
+		sibling string // a directory with litter of its own, to be left alone
+	}{
+		{name: "plain", dir: "state"},
+		{name: "brackets", dir: "gw[1]", sibling: "gw1"},
+		{name: "star", dir: "gw*", sibling: "gw-other"},
+		{name: "question mark", dir: "gw?", sibling: "gw2"},
+		{name: "backslash", dir: `gw\3`, sibling: "gw3"},
+		{name: "unclosed bracket", dir: "gw["},
 	}
-	mustOpen(t, stateCfg(dir, newFakeClock()))
-	if _, err := os.Stat(stale); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("stale temp file: %v", err)
-	}
-	if _, err := os.Stat(other); err != nil {
-		t.Errorf("unrelated file: %v", err)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			base := t.TempDir()
+			dir := filepath.Join(base, tc.dir)
+			stale := filepath.Join(dir, "."+StateFileName+".tmp-12345")
+			other := filepath.Join(dir, "notes.txt")
+			keep := []string{other}
+			if tc.sibling != "" {
+				keep = append(keep, filepath.Join(base, tc.sibling, "."+StateFileName+".tmp-67890"))
+			}
+			for _, name := range append([]string{stale}, keep...) {
+				if err := os.MkdirAll(filepath.Dir(name), 0o700); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(name, []byte("x"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			mustOpen(t, stateCfg(dir, newFakeClock()))
+			if _, err := os.Stat(stale); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("stale temp file: %v", err)
+			}
+			for _, name := range keep {
+				if _, err := os.Stat(name); err != nil {
+					t.Errorf("%s removed: %v", name, err)
+				}
+			}
+		})
 	}
 }
 
