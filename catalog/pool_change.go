@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"cmp"
+	"fmt"
 	"net/netip"
 	"slices"
 	"time"
@@ -72,18 +73,24 @@ func (p *Pool) pin(t *table, r Request, now time.Time) []error {
 	return errs
 }
 
-// conflict describes why service may not pin a, which owner has.
+// conflict describes why service may not pin a, which owner has. A VIP
+// held for a service that is allocated (another VIP) is one it had before
+// a new pin, or before a release when it came back with a newer one.
 func (p *Pool) conflict(t *table, service string, a netip.Addr, owner string, now time.Time) error {
 	h, held := t.holdOf(a)
 	if !held {
 		return problem(ErrPinConflict, "service %q pins %s, which is allocated to %q", service, a, owner)
 	}
+	whose := fmt.Sprintf("the released service %q", owner)
+	if _, ok := t.allocs[owner]; ok {
+		whose = fmt.Sprintf("%q (its VIP before its current one)", owner)
+	}
 	until := h.releasedAt.Add(p.holdDown)
 	if !now.Before(until) {
-		return problem(ErrPinConflict, "service %q pins %s, which is held for the released service %q while flows to it are alive", service, a, owner)
+		return problem(ErrPinConflict, "service %q pins %s, which is held for %s while flows to it are alive", service, a, whose)
 	}
-	return problem(ErrPinConflict, "service %q pins %s, which is held for the released service %q until %s (hold-down)",
-		service, a, owner, until.Format(time.RFC3339))
+	return problem(ErrPinConflict, "service %q pins %s, which is held for %s until %s (hold-down)",
+		service, a, whose, until.Format(time.RFC3339))
 }
 
 // restore gives r back, for each family it does not pin and has no address

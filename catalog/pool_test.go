@@ -98,6 +98,21 @@ func TestPoolPins(t *testing.T) {
 			wantText: []string{`held for the released service "old" until 2025-01-02T03:04:35Z`},
 		},
 		{
+			name:     "two services swap pins",
+			setup:    []Request{req("alpha", "10.100.0.20"), req("beta", "10.100.0.21")},
+			reqs:     []Request{req("alpha", "10.100.0.21"), req("beta", "10.100.0.20")},
+			wantErrs: []error{ErrPinConflict},
+			wantText: []string{`"alpha" pins 10.100.0.21, which is allocated to "beta"`, `"beta" pins 10.100.0.20, which is allocated to "alpha"`},
+		},
+		{
+			// alpha's old VIP is held for it: clients may still have it cached.
+			name:     "a service pins the VIP another one's pin moves away from",
+			setup:    []Request{req("alpha", "10.100.0.20"), req("beta")},
+			reqs:     []Request{req("alpha", "10.100.0.22"), req("beta", "10.100.0.20")},
+			wantErrs: []error{ErrPinConflict},
+			wantText: []string{`"beta" pins 10.100.0.20, which is held for "alpha" (its VIP before its current one) until 2025-01-02T03:04:35Z`},
+		},
+		{
 			name:  "a new pin moves the service and holds its old VIP for it",
 			setup: []Request{req("web", "10.100.0.10")},
 			reqs:  []Request{req("web", "10.100.0.11")},
@@ -358,6 +373,16 @@ func TestPoolHoldDown(t *testing.T) {
 				{inUse: true, release: "ret"},
 				{inUse: true, advance: time.Hour, req: req("other", held), wantErrs: []error{ErrPinConflict}, wantText: []string{"while flows to it are alive"}},
 				{req: req("other", held), want: map[string]string{"other": held}},
+			},
+		},
+		{
+			name: "InUse extends the hold of a VIP a pin moved away from",
+			steps: []holdStep{
+				{req: req("ret", held)},
+				{inUse: true, req: req("ret", "10.100.0.51")},
+				{inUse: true, advance: time.Hour, req: req("other", held), wantErrs: []error{ErrPinConflict},
+					wantText: []string{`held for "ret" (its VIP before its current one) while flows to it are alive`}},
+				{req: req("other", held), want: map[string]string{"other": held, "ret": "10.100.0.51"}},
 			},
 		},
 	}
