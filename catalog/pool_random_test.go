@@ -316,6 +316,7 @@ func runPoolRandom(t *testing.T, seed uint64) {
 		{3, "reconfigure", r.opReconfigure},
 		{2, "crash", func() bool { r.restart(r.cfg, true); return true }},
 		{2, "corrupt", r.opCorrupt},
+		{1, "state moved away", r.opLoseState},
 		{1, "save fails", r.opSaveFails},
 	}
 	total := 0
@@ -337,10 +338,7 @@ func runPoolRandom(t *testing.T, seed uint64) {
 			}
 		}
 	}
-	if r.step < poolRandomSteps/4 {
-		t.Errorf("only %d steps in %s", r.step, poolRandomTime)
-	}
-	t.Logf("%d steps: %v", r.step, r.stats)
+	t.Logf("%d steps (at most %d in %s): %v", r.step, poolRandomSteps, poolRandomTime, r.stats)
 }
 
 func (r *poolRand) randomCfg() randCfg {
@@ -351,6 +349,18 @@ func (r *poolRand) randomCfg() randCfg {
 }
 
 func (r *poolRand) name() string { return randNames[r.rng.IntN(len(randNames))] }
+
+// fmtReqs formats requests for the log: name, or name=pin[,pin6].
+func fmtReqs(reqs []Request) string {
+	out := make([]string, len(reqs))
+	for i, q := range reqs {
+		out[i] = strconv.Quote(q.Service)
+		if q.VIP.IsValid() || q.VIP6.IsValid() {
+			out[i] += fmt.Sprintf("=%v,%v", q.VIP, q.VIP6)
+		}
+	}
+	return strings.Join(out, " ")
+}
 
 // request is the request of a service with its configured pins.
 func (r *poolRand) request(s string) Request {
@@ -755,10 +765,10 @@ func (r *poolRand) change(reqs []Request, exclusive bool, release string) {
 		r.logf("Release(%s)", release)
 		err = r.p.Release(release)
 	case exclusive:
-		r.logf("Reconcile(%v)", reqs)
+		r.logf("Reconcile(%s)", fmtReqs(reqs))
 		got, err = r.p.Reconcile(reqs)
 	default:
-		r.logf("Acquire(%v)", reqs[0])
+		r.logf("Acquire(%s)", fmtReqs(reqs))
 		var a Allocation
 		a, err = r.p.Acquire(reqs[0])
 		got = map[string]Allocation{a.Service: a}
@@ -800,6 +810,9 @@ func (r *poolRand) change(reqs []Request, exclusive bool, release string) {
 		r.fatalf("%d results for %d requests", len(got), len(reqs))
 	}
 	r.stats["VIPs given back"] += pr.restored
+	if saves, after := r.wouldSave(pr.m), r.stateFile(); saves == bytes.Equal(before, after) {
+		r.fatalf("the state file was rewritten: %v, want %v (an unchanged state is not written)", !saves, saves)
+	}
 	r.commit(pr.m)
 	r.compare()
 	r.checkStable(reqs, exclusive, release)
@@ -1113,6 +1126,25 @@ func (r *poolRand) opCorrupt() bool {
 	return true
 }
 
+// opLoseState moves the state file away while the process is down, the
+// documented way out of a corrupt one: the pool starts empty, and the
+// history of releases is void (VIPs may change, clients resolve again).
+func (r *poolRand) opLoseState() bool {
+	if err := r.p.Close(); err != nil {
+		r.fatalf("close: %v", err)
+	}
+	path := filepath.Join(r.dir, StateFileName)
+	if err := os.Rename(path, path+".bad"); err != nil && !errors.Is(err, os.ErrNotExist) {
+		r.fatalf("%v", err)
+	}
+	r.logf("state file moved away")
+	r.file = nil
+	clear(r.hist)
+	r.seen = map[string]addrs{}
+	r.reopen()
+	return true
+}
+
 // damage returns a damaged copy of a state file, what was done, and
 // whether a start must refuse it.
 func (r *poolRand) damage(good []byte) ([]byte, string, bool) {
@@ -1195,7 +1227,7 @@ func (r *poolRand) opSaveFails() bool {
 	}
 	pr := r.predict(reqs, false, release, nil)
 	if len(pr.kinds) == 0 && r.wouldSave(pr.m) && len(pr.ties) == 0 {
-		r.logf("unsaveable: Acquire(%v) or Release(%q)", reqs, release)
+		r.logf("unsaveable: Acquire(%s) or Release(%q)", fmtReqs(reqs), release)
 		var err error
 		if release != "" {
 			err = r.p.Release(release)
