@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // WriteFileAtomic replaces the file at path with data so that a crash at
@@ -34,17 +35,18 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) (replaced bool,
 }
 
 // RemoveTempFiles removes the temporary files that interrupted
-// WriteFileAtomic calls for path left in its directory, best effort. Only
-// names in that directory are matched, so that a directory name with
-// pattern characters ([, *, ?, \) cannot make it clean another directory.
+// WriteFileAtomic calls for path left in its directory, best effort. Names
+// in that directory are compared, not matched as a pattern, so that a name
+// with pattern characters ([, *, ?, \) cannot make it clean another
+// directory or miss its own files.
 func RemoveTempFiles(path string) {
-	dir, pattern := filepath.Dir(path), "."+filepath.Base(path)+".tmp-*"
+	dir, prefix := filepath.Dir(path), "."+filepath.Base(path)+".tmp-"
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return
 	}
 	for _, e := range entries {
-		if ok, _ := filepath.Match(pattern, e.Name()); ok {
+		if strings.HasPrefix(e.Name(), prefix) && !e.IsDir() {
 			_ = os.Remove(filepath.Join(dir, e.Name())) // harmless if it stays
 		}
 	}

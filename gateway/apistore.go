@@ -56,11 +56,7 @@ func (s *apiStore) load(ctx conf.ServiceContext) ([]catalog.Service, error) {
 	}
 	// Litter of a save a crash interrupted (the state directory is the
 	// process's own: the VIP pool holds its lock).
-	if stale, err := filepath.Glob(filepath.Join(filepath.Dir(s.path), "."+apiServicesFile+".tmp-*")); err == nil {
-		for _, name := range stale {
-			_ = os.Remove(name)
-		}
-	}
+	catalog.RemoveTempFiles(s.path)
 	data, err := os.ReadFile(s.path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil

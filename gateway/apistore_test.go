@@ -11,24 +11,36 @@ import (
 )
 
 // TestAPIStoreSweepsLitter: the temporary files of a save a crash cut
-// short are removed when the store is loaded; other files stay.
+// short are removed when the store is loaded; other files stay, also in a
+// directory whose name a pattern of the state directory's path would match
+// (a glob of "gw[1]/…" matched "gw1/…" and not its own files).
 func TestAPIStoreSweepsLitter(t *testing.T) {
-	dir := t.TempDir()
-	litter := filepath.Join(dir, "."+apiServicesFile+".tmp-123")
-	other := filepath.Join(dir, "keep.txt")
-	for _, p := range []string{litter, other} {
-		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := newAPIStore(dir).load(conf.ServiceContext{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(litter); !os.IsNotExist(err) {
-		t.Errorf("the interrupted save's file is still there: %v", err)
-	}
-	if _, err := os.Stat(other); err != nil {
-		t.Errorf("another file went: %v", err)
+	for _, name := range []string{"state", "gw[1]", "gw*", `gw\?`} {
+		t.Run(name, func(t *testing.T) {
+			root := t.TempDir()
+			dir, sibling := filepath.Join(root, name), filepath.Join(root, "gw1")
+			litter := filepath.Join(dir, "."+apiServicesFile+".tmp-123")
+			keep := []string{filepath.Join(dir, "keep.txt"), filepath.Join(sibling, "."+apiServicesFile+".tmp-456")}
+			for _, p := range append([]string{litter}, keep...) {
+				if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := newAPIStore(dir).load(conf.ServiceContext{}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(litter); !os.IsNotExist(err) {
+				t.Errorf("the interrupted save's file is still there: %v", err)
+			}
+			for _, p := range keep {
+				if _, err := os.Stat(p); err != nil {
+					t.Errorf("another file went: %v", err)
+				}
+			}
+		})
 	}
 }
 
