@@ -37,7 +37,9 @@
 //   - A nil View refuses every name. Other names go to the upstreams in
 //     order, with a fresh random ID, each within ForwardTimeout; the first
 //     answer that is for the question asked and is not SERVFAIL or REFUSED
-//     is relayed with the client's ID and RA set, else SERVFAIL. A truncated
+//     is relayed with the client's ID, its question as asked (letter case
+//     included, whatever case the upstream echoed) and RA set, else
+//     SERVFAIL. A truncated
 //     upstream answer is asked again over TCP when the client came over TCP.
 //     Each upstream gets a loop probe at the first Serve call and every 30
 //     s (loopprobe.go); one whose probe comes back to this server is

@@ -60,7 +60,8 @@ func (s *Server) warnLoop(msg string, raw []byte, client netip.Addr) {
 // askUpstreams asks the upstreams in order (each within ForwardTimeout)
 // c.query, raw with its chain's entry (when chained) and a fresh ID, and
 // returns, in buf, the first answer that is not SERVFAIL or REFUSED, with
-// what the chain added taken out and fitted to what the client accepts.
+// what the chain added taken out, the client's ID and question (in its
+// letter case), and fitted to what the client accepts.
 // An upstream that answers the chained query FORMERR (one that does not
 // take EDNS, or this option) is asked the query as the client sent it.
 // An upstream a loop probe came back from is skipped (loopprobe.go).
@@ -99,6 +100,11 @@ func (s *Server) askUpstreams(raw []byte, c *chained, chained, tcp bool, buf []b
 			reply = unchain(reply, c.ednsAdd)
 		}
 		reply[0], reply[1] = raw[0], raw[1]
+		// The question as the client asked it: isReplyTo found it in
+		// the reply but for the letter case, which some upstreams change
+		// and a client checking its case (DNS 0x20) would not take.
+		qend, _ := questionEnd(raw)
+		copy(reply[headerLen:qend], raw[headerLen:qend])
 		reply[3] |= flagRA // this server offers recursion, through its upstreams
 		return s.fit(reply, raw, tcp), nil
 	}
