@@ -39,8 +39,9 @@
 //     answer that is for the question asked and is not SERVFAIL or REFUSED
 //     is relayed with the client's ID, its question as asked (letter case
 //     included, whatever case the upstream echoed) and RA set, else
-//     SERVFAIL. A truncated
-//     upstream answer is asked again over TCP when the client came over TCP.
+//     SERVFAIL. A truncated upstream answer is asked again over TCP when
+//     the client came over TCP; one larger than a UDP client accepts is
+//     cut to its header, question and OPT record, with TC set.
 //     Each upstream gets a loop probe at the first Serve call and every 30
 //     s (loopprobe.go); one whose probe comes back to this server is
 //     skipped until a probe is answered, and when every upstream loops

@@ -118,15 +118,29 @@ func (s *Server) askUpstreams(raw []byte, c *chained, chained, tcp bool, buf []b
 var errUpstreamsLoop = errors.New("resolver: forward: every upstream leads back to this server")
 
 // fit cuts an upstream's answer that is larger than the client accepts over
-// UDP down to its header and question, with TC set.
+// UDP down to its header, question and OPT record, with TC set. The OPT
+// stays (RFC 6891 §6.1.1: an EDNS query gets an EDNS answer, and one
+// without tells the client that the server does not do EDNS), without its
+// options when they would not fit.
 func (s *Server) fit(reply, raw []byte, tcp bool) []byte {
-	if len(reply) <= s.clientLimit(raw, tcp) {
+	limit := s.clientLimit(raw, tcp)
+	if len(reply) <= limit {
 		return reply
 	}
 	qend, _ := questionEnd(reply) // isReplyTo checked it
+	opt, ok := findOPT(reply)
 	reply[2] |= flagTC >> 8
 	clear(reply[6:headerLen])
-	return reply[:qend]
+	if !ok || !opt.found {
+		return reply[:qend]
+	}
+	n := copy(reply[qend:], reply[opt.start:opt.end]) // OPT comes after the question
+	if qend+n > limit {
+		n = opt.rdata - opt.start
+		reply[qend+n-2], reply[qend+n-1] = 0, 0 // RDLENGTH: no options
+	}
+	reply[11] = 1 // ARCOUNT
+	return reply[:qend+n]
 }
 
 // clientLimit is the largest reply the sender of raw accepts.
