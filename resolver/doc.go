@@ -29,8 +29,10 @@
 //     and classes other than IN (and ANY) are REFUSED.
 //   - EDNS: the reply carries OPT when the query did, with the DO bit copied;
 //     the client's UDP size (at least 512) is honoured up to
-//     Config.MaxUDPSize; a larger answer is truncated by whole records with
-//     TC set. EDNS versions other than 0 get BADVERS.
+//     Config.MaxUDPSize; a larger answer is truncated by whole records,
+//     with TC set when answer or authority records are left out (additional
+//     ones, an SRV target's addresses, go without TC: RFC 2181 §9). EDNS
+//     versions other than 0 get BADVERS.
 //   - Other opcodes get NOTIMP, question counts other than one and messages
 //     that do not parse FORMERR (a bare header); messages shorter than a
 //     header and responses are dropped and counted.

@@ -50,12 +50,16 @@ func (s *Server) message(r *request, a *answer) *dns.Msg {
 	return m
 }
 
-// pack packs m into buf, truncated (TC set, whole records dropped from the
-// end) when it is larger than limit.
+// pack packs m into buf, truncated (whole records dropped from the end)
+// when it is larger than limit. TC is set when the answer or authority
+// section lost records; additional records are left out without it (RFC
+// 2181 §9: a client that needs them asks).
 func pack(m *dns.Msg, buf []byte, limit int) ([]byte, error) {
 	out, err := m.PackBuffer(buf)
 	if err == nil && len(out) > limit {
+		answers, authority := len(m.Answer), len(m.Ns)
 		m.Truncate(limit)
+		m.Truncated = len(m.Answer) < answers || len(m.Ns) < authority
 		out, err = m.PackBuffer(buf)
 	}
 	if err != nil {
