@@ -34,8 +34,9 @@
 //     ones, an SRV target's addresses, go without TC: RFC 2181 §9). EDNS
 //     versions other than 0 get BADVERS.
 //   - Other opcodes get NOTIMP, question counts other than one and messages
-//     that do not parse FORMERR (a bare header); messages shorter than a
-//     header and responses are dropped and counted.
+//     that do not parse FORMERR: a header, with an OPT record when the
+//     query had one that can be read (RFC 6891 §6.1.1); messages shorter
+//     than a header and responses are dropped and counted.
 //   - A nil View refuses every name. Other names go to the upstreams in
 //     order, with a fresh random ID, each within ForwardTimeout; the first
 //     answer that is for the question asked and is not SERVFAIL or REFUSED

@@ -214,10 +214,23 @@ func wireName(name string, buf []byte) ([]byte, error) {
 	return buf, nil
 }
 
-// headerOnly answers with a header and no sections, and counts the reply.
+// headerOnly answers with a header and no other section but an OPT record
+// when raw has one (RFC 6891 §6.1.1: an EDNS query gets an EDNS answer; a
+// FORMERR without OPT tells the client that the server does not do EDNS),
+// and counts the reply. A message that cannot be walked to its end gets
+// the header alone.
 func (s *Server) headerOnly(w *worker, raw []byte, rcode int) []byte {
 	s.m.reply(rcode)
-	return headerReply(w.out, raw, s.ra, rcode)
+	out := headerReply(w.out, raw, s.ra, rcode)
+	if opt, ok := findOPT(raw); ok && opt.found {
+		do := raw[opt.start+7] & byte(ednsDO>>8) // the high octet of the OPT's flags
+		size := s.cfg.MaxUDPSize
+		// The root, OPT, the UDP size, no extended rcode, version 0,
+		// the flags, no options.
+		out = append(out, 0, 0, typeOPT, byte(size>>8), byte(size), 0, 0, do, 0, 0, 0)
+		out[11] = 1 // ARCOUNT
+	}
+	return out
 }
 
 // failure answers SERVFAIL when a reply could not be packed.

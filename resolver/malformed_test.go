@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"encoding/binary"
+	"strings"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -80,6 +81,63 @@ func TestHandleMalformed(t *testing.T) {
 			}
 			if got, want := counter(t, s, "ztgate_dns_malformed_total")-malformed, map[bool]float64{true: 3}[tc.malformed]; got != want {
 				t.Errorf("malformed moved by %v, want %v", got, want)
+			}
+		})
+	}
+}
+
+// TestBareReplyKeepsOPT: the header-only answers to queries the server
+// does not take (NOTIMP for other opcodes, FORMERR for question counts
+// other than one and names longer than 255 octets) carry an OPT record
+// when the query had one (RFC 6891 §6.1.1), with the DO bit copied; a
+// FORMERR without OPT tells the client that the server does not do EDNS.
+// A message that cannot be read to its end gets the bare header. Before,
+// every such answer was a bare header (found by TestDNSRandom).
+func TestBareReplyKeepsOPT(t *testing.T) {
+	s := newTestServer(t, testConfig(), testDirectory())
+	query := func(name string, edns, do bool, edit func(*dns.Msg)) []byte {
+		m := newQuery(name, dns.TypeA, 0)
+		if edns {
+			m.SetEdns0(1232, do)
+		}
+		if edit != nil {
+			edit(m)
+		}
+		return mustPack(t, m)
+	}
+	notify := func(m *dns.Msg) { m.Opcode = dns.OpcodeNotify }
+	noQuestion := func(m *dns.Msg) { m.Question = nil }
+	twoQuestions := func(m *dns.Msg) { m.Question = append(m.Question, m.Question[0]) }
+	long := strings.Repeat("a.", 130) // 261 octets
+	tests := []struct {
+		name  string
+		raw   []byte
+		rcode int
+		opt   bool
+		do    bool
+	}{
+		{name: "NOTIFY with EDNS", raw: query("web.ztna.internal.", true, true, notify), rcode: dns.RcodeNotImplemented, opt: true, do: true},
+		{name: "NOTIFY", raw: query("web.ztna.internal.", false, false, notify), rcode: dns.RcodeNotImplemented},
+		{name: "no question, EDNS (a cookie query)", raw: query("web.ztna.internal.", true, false, noQuestion), rcode: dns.RcodeFormatError, opt: true},
+		{name: "no question", raw: query("web.ztna.internal.", false, false, noQuestion), rcode: dns.RcodeFormatError},
+		{name: "two questions with EDNS", raw: query("web.ztna.internal.", true, true, twoQuestions), rcode: dns.RcodeFormatError, opt: true, do: true},
+		{name: "a name of 261 octets with EDNS", raw: query(long, true, false, nil), rcode: dns.RcodeFormatError, opt: true},
+		{name: "a name of 261 octets", raw: query(long, false, false, nil), rcode: dns.RcodeFormatError},
+		{name: "question cut short", raw: query("web.ztna.internal.", true, false, nil)[:20], rcode: dns.RcodeFormatError},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := ask(t, s, tc.raw, clientA, false)
+			if raw == nil {
+				t.Fatal("no reply")
+			}
+			r := mustUnpack(t, raw)
+			if r.Rcode != tc.rcode || len(r.Question)+len(r.Answer)+len(r.Ns) != 0 || len(r.Extra) != map[bool]int{true: 1}[tc.opt] {
+				t.Errorf("rcode %s, %d questions, %d/%d/%d records; want %s and a header only, with an OPT record: %v",
+					dns.RcodeToString[r.Rcode], len(r.Question), len(r.Answer), len(r.Ns), len(r.Extra), dns.RcodeToString[tc.rcode], tc.opt)
+			}
+			if opt := r.IsEdns0(); opt != nil && (opt.Do() != tc.do || opt.UDPSize() != DefaultMaxUDPSize || opt.Version() != 0) {
+				t.Errorf("OPT %v, want version 0, size %d, DO %v", opt, DefaultMaxUDPSize, tc.do)
 			}
 		})
 	}
