@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/miekg/dns"
+
 	"github.com/ztgate/ztgate/catalog"
 )
 
