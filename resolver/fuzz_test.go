@@ -138,3 +138,69 @@ func FuzzChain(f *testing.F) {
 		}
 	})
 }
+
+// FuzzFit feeds arbitrary bytes to the forwarder as an upstream's answer to
+// a UDP client that accepts 512 bytes: one that isReplyTo takes is fitted
+// without a panic, within 512 bytes; one cut to fit has TC set, and parses
+// with its question and OPT record when the whole did (and had no bytes
+// after its last record).
+func FuzzFit(f *testing.F) {
+	query := mustPack(f, newQuery("big.example.", dns.TypeA, 512))
+	for _, seed := range fitSeeds(f, query) {
+		f.Add(seed)
+	}
+	s := newTestServer(f, testConfig(), testDirectory())
+	f.Fuzz(func(t *testing.T, whole []byte) {
+		if !isReplyTo(query, whole) {
+			return
+		}
+		out := s.fit(bytes.Clone(whole), query, false) // it cuts in place
+		switch {
+		case len(out) > dns.MinMsgSize:
+			t.Fatalf("%d bytes for a client of 512", len(out))
+		case len(whole) <= dns.MinMsgSize:
+			if !bytes.Equal(out, whole) {
+				t.Fatalf("an answer that fits was changed:\n%x\n%x", whole, out)
+			}
+			return
+		case be16(out[2:])&flagTC == 0:
+			t.Fatal("cut without TC")
+		}
+		if new(dns.Msg).Unpack(whole) != nil {
+			return
+		}
+		m := mustUnpack(t, out)
+		opt, ok := findOPT(whole) // not when bytes follow the last record
+		if len(m.Question) != 1 || len(m.Answer)+len(m.Ns) != 0 || (m.IsEdns0() != nil) != (ok && opt.found) {
+			t.Fatalf("cut to %v; the whole had an OPT record: %v", m, ok && opt.found)
+		}
+	})
+}
+
+// fitSeeds are answers to query: larger than 512 bytes with an OPT record,
+// with one whose options alone are larger, without one, with bytes after
+// the OPT record, and one that fits.
+func fitSeeds(t testing.TB, query []byte) [][]byte {
+	q := mustUnpack(t, query)
+	var seeds [][]byte
+	for _, tc := range []struct {
+		records  int
+		opt      bool
+		padding  int
+		trailing int
+	}{{40, true, 0, 0}, {40, true, 600, 0}, {40, false, 0, 0}, {40, true, 0, 3}, {3, true, 0, 0}} {
+		m := new(dns.Msg).SetReply(q)
+		for i := range tc.records {
+			m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60},
+				A: []byte{192, 0, 2, byte(i)}})
+		}
+		if tc.opt {
+			m.SetEdns0(4096, true)
+			if tc.padding > 0 {
+				m.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_PADDING{Padding: make([]byte, tc.padding)}}
+			}
+		}
+		seeds = append(seeds, append(mustPack(t, m), make([]byte, tc.trailing)...))
+	}
+	return seeds
+}
