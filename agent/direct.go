@@ -264,12 +264,23 @@ func candidates(s *tunnel.Session) []netip.AddrPort {
 
 // onAnswer dials the candidates of the gateway the relay chose that the
 // agent may dial (candidateSkip), or uses the live path to that gateway if
-// there is one.
+// there is one; a service no longer in the directory takes neither.
 func (d *direct) onAnswer(m *tunnel.Answer, now time.Time) {
 	service, ok := d.offers[m.SessionID]
 	st := d.svcs[service]
 	if !ok || st.phase != phaseOffered || st.id != m.SessionID {
 		d.log.Debug("answer to no offer of ours", "session_id", m.SessionID)
+		return
+	}
+	if d.a.dir.Load().byName[service] == nil {
+		// The service left the directory since it offered (onGone left
+		// it alone, not yet on a path): it takes no path, not even a live
+		// one to that gateway, which would carry its new flows when it
+		// comes back; the relay chooses its gateway again then.
+		d.log.Info("direct path not taken: the service left the directory since it offered", "service", service, "gateway", m.Gateway)
+		delete(d.offers, m.SessionID)
+		d.result(m.SessionID, false, netip.AddrPort{})
+		st.phase, st.retryAt = phaseIdle, now
 		return
 	}
 	if p := d.paths[m.Gateway]; p != nil && !p.dead.Load() {

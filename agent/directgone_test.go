@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -62,17 +64,42 @@ func TestDirectShutdownClosesUnhandledDials(t *testing.T) {
 }
 
 // TestDirectDialOfServiceGoneNotTaken: a service that leaves the directory
-// while its offer is answered and dialled does not take the path the dial
-// brings up: when it comes back, its new flows take the relay (which
-// chooses its gateway again), not the old gateway's path.
+// while its answer is dialled does not take the path the dial brings up:
+// when it comes back, its new flows take the relay (which chooses its
+// gateway again), not the old gateway's path. (The gateway's own
+// candidate does not answer; the relay's forwarder, which is dialled
+// forwardDelay later, does: the directory changes in between. One that
+// left before the answer came is TestDirectAnswerOfServiceGoneNotTakenOnLivePath's.)
 func TestDirectDialOfServiceGoneNotTaken(t *testing.T) {
 	f := newDirectFixture(t)
+	// The gateway's candidate: it takes the agent's first packet, which
+	// says the dial began, and never answers.
+	mute, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dialled, read := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(read)
+		if _, _, err := mute.ReadFrom(make([]byte, 2048)); err == nil {
+			close(dialled)
+		}
+	}()
+	defer func() { mute.Close(); <-read }()
 	f.flow("one") // the offer goes out
+	o := next[tunnel.Offer](t, f.relay)
+	f.relay.session().Send(&tunnel.Answer{Type: tunnel.MessageAnswer, SessionID: o.SessionID, Service: "web",
+		Candidates: []netip.AddrPort{netip.MustParseAddrPort(mute.LocalAddr().String())}, Gateway: "ops/gateway/gw1",
+		ForwardPort: netip.MustParseAddrPort(f.gw.addr()).Port()})
+	select {
+	case <-dialled:
+	case <-time.After(testTimeout):
+		t.Fatal("the answer was not dialled")
+	}
 	without := directoryOf(true)
 	without.Services = without.Services[1:] // "up" only
 	f.relay.session().Send(without)
 	waitFor(t, "web gone", func() bool { return f.a.dir.Load().byName["web"] == nil })
-	f.answer("ops/gateway/gw1", f.gw.addr())
 	if r := next[tunnel.Result](t, f.relay); r.Success {
 		t.Errorf("the dial of a service gone from the directory reported as taken: %+v", r)
 	}
@@ -81,5 +108,49 @@ func TestDirectDialOfServiceGoneNotTaken(t *testing.T) {
 	f.flow("two")
 	if !f.relay.routed("two", testTimeout) {
 		t.Fatal("a new flow of the service back in the directory took the path dialled while it was gone")
+	}
+}
+
+// TestDirectAnswerOfServiceGoneNotTakenOnLivePath: an answer for a service
+// that left the directory since it offered takes no path, not even the
+// live one to the gateway it names (which the agent uses without a dial):
+// when the service comes back, its new flows take the relay, which
+// chooses its gateway again.
+func TestDirectAnswerOfServiceGoneNotTakenOnLivePath(t *testing.T) {
+	f := newDirectFixture(t)
+	answer := func(o *tunnel.Offer) *tunnel.Result {
+		t.Helper()
+		f.relay.session().Send(&tunnel.Answer{Type: tunnel.MessageAnswer, SessionID: o.SessionID, Service: o.Service,
+			Candidates: []netip.AddrPort{netip.MustParseAddrPort(f.gw.addr())}, Gateway: "ops/gateway/gw1"})
+		r := next[tunnel.Result](t, f.relay)
+		if r.SessionID != o.SessionID {
+			t.Fatalf("result %+v for offer %d", r, o.SessionID)
+		}
+		return r
+	}
+	udpFlow(t, f.dev, netip.AddrPortFrom(upVIP, 7), "one") // "up" goes direct: a live path to gw1
+	if o := next[tunnel.Offer](t, f.relay); o.Service != "up" || !answer(o).Success {
+		t.Fatalf("no direct path for up (offer %+v)", o)
+	}
+	f.flow("two") // web offers
+	o := next[tunnel.Offer](t, f.relay)
+	if o.Service != "web" {
+		t.Fatalf("offer %+v, want web's", o)
+	}
+	without := directoryOf(true)
+	without.Services = without.Services[1:] // "up" only
+	f.relay.session().Send(without)
+	waitFor(t, "web gone", func() bool { return f.a.dir.Load().byName["web"] == nil })
+	if r := answer(o); r.Success {
+		t.Errorf("the answer for a service gone from the directory took the live path: %+v", r)
+	}
+	f.relay.session().Send(directoryOf(true))
+	waitFor(t, "web back", func() bool { return f.a.dir.Load().byName["web"] != nil })
+	f.flow("three")
+	if !f.relay.routed("three", testTimeout) {
+		t.Fatal("a new flow of the service back in the directory took the live path its answer named while it was gone")
+	}
+	if o := next[tunnel.Offer](t, f.relay); o.Service != "web" {
+		t.Fatalf("offer %+v, want web's again", o)
 	}
 }
