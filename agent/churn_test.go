@@ -1723,10 +1723,30 @@ func (c *churn) checkDNS(ag *churnAgent, all bool) {
 		c.stats["dns questions"]++
 	}
 	for _, name := range names {
+		asked := name + ".ztna.internal"
+		if c.rng.IntN(3) == 0 { // names are matched without regard to case
+			asked = strings.ToUpper(name) + ".ZTNA.internal"
+		}
 		if s := ag.view[name]; s != nil {
-			ask(name+".ztna.internal", "A", "NOERROR", []string{s.vip.String()})
+			ask(asked, "A", "NOERROR", []string{s.vip.String()})
 		} else {
-			ask(name+".ztna.internal", "A", "NXDOMAIN", nil)
+			ask(asked, "A", "NXDOMAIN", nil)
+		}
+		// The SRV record of one of its ports, or of one it had.
+		ports := churnPorts[c.rng.IntN(len(churnPorts))]
+		if s := ag.view[name]; s != nil && c.rng.IntN(2) == 0 {
+			ports = s.ports
+		}
+		p := ports[c.rng.IntN(len(ports))]
+		label := p.Name
+		if label == "" {
+			label = strconv.Itoa(int(p.Port))
+		}
+		srv := "_" + label + "._" + p.Protocol + "." + asked
+		if s := ag.view[name]; s != nil && slices.Contains(s.ports, p) {
+			ask(srv, "SRV", "NOERROR", []string{fmt.Sprintf("0 0 %d %s.ztna.internal.", p.Port, name)})
+		} else {
+			ask(srv, "SRV", "NXDOMAIN", nil)
 		}
 	}
 	for _, a := range addrs {
