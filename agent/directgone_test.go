@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ztgate/ztgate/tunnel"
+	"github.com/ztgate/ztgate/tunnel/tunneltest"
 )
 
 // TestDirectPathServiceLeavesDirectory: a pushed directory without a
@@ -68,7 +69,7 @@ func TestDirectShutdownClosesUnhandledDials(t *testing.T) {
 // when it comes back, its new flows take the relay (which chooses its
 // gateway again), not the old gateway's path. (The gateway's own
 // candidate does not answer; the relay's forwarder, which is dialled
-// forwardDelay later, does: the directory changes in between. One that
+// forwardDelay later, does once the directory has changed. One that
 // left before the answer came is TestDirectAnswerOfServiceGoneNotTakenOnLivePath's.)
 func TestDirectDialOfServiceGoneNotTaken(t *testing.T) {
 	f := newDirectFixture(t)
@@ -86,11 +87,20 @@ func TestDirectDialOfServiceGoneNotTaken(t *testing.T) {
 		}
 	}()
 	defer func() { mute.Close(); <-read }()
+	// The relay's forwarder: a gate that lets nothing through until the
+	// service is gone, so that the dial cannot end before, however slowly
+	// the directory arrives. (One that arrived after the dial's deadline
+	// would fail the dial: no path either, and the test still passes.)
+	gate, err := tunneltest.NewProxy(tunneltest.ProxyConfig{Target: f.gw.addr(), DropRate: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gate.Close()
 	f.flow("one") // the offer goes out
 	o := next[tunnel.Offer](t, f.relay)
 	f.relay.session().Send(&tunnel.Answer{Type: tunnel.MessageAnswer, SessionID: o.SessionID, Service: "web",
 		Candidates: []netip.AddrPort{netip.MustParseAddrPort(mute.LocalAddr().String())}, Gateway: "ops/gateway/gw1",
-		ForwardPort: netip.MustParseAddrPort(f.gw.addr()).Port()})
+		ForwardPort: netip.MustParseAddrPort(gate.Addr()).Port()})
 	select {
 	case <-dialled:
 	case <-time.After(testTimeout):
@@ -100,6 +110,7 @@ func TestDirectDialOfServiceGoneNotTaken(t *testing.T) {
 	without.Services = without.Services[1:] // "up" only
 	f.relay.session().Send(without)
 	waitFor(t, "web gone", func() bool { return f.a.dir.Load().byName["web"] == nil })
+	gate.SetDropRate(0) // QUIC's next Initial reaches the gateway: the dial ends now
 	if r := next[tunnel.Result](t, f.relay); r.Success {
 		t.Errorf("the dial of a service gone from the directory reported as taken: %+v", r)
 	}
