@@ -267,18 +267,28 @@ func (d *discovery) lookupHost(ctx context.Context, name string) (resolved, time
 		return resolved{err: err}, 0
 	}
 	r := resolved{}
+	addrs = inAddrOrder(addrs)
 	if len(addrs) > maxDiscovered {
-		// The lowest addresses: the same ones at every lookup, whatever
-		// order the answer has.
+		// The lowest addresses: the same ones at every lookup.
 		d.g.log.Warn("backend name has too many addresses; using the lowest", "backend", name, "addresses", len(addrs), "max", maxDiscovered)
-		addrs = slices.Clone(addrs)
-		slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
 		addrs = addrs[:maxDiscovered]
 	}
 	for _, a := range addrs {
 		r.addrs = append(r.addrs, backendAddr{addr: a.Unmap(), origin: name})
 	}
 	return r, ttl
+}
+
+// inAddrOrder returns a name's addresses in address order, not in the
+// answer's: resolvers rotate their answers (round-robin DNS), and a set
+// that followed them would change its order at every lookup. The order of
+// the set is the turn of round_robin: with a flow or two between lookups,
+// every flow went to one backend as the answer rotated under the turn.
+// Beyond maxDiscovered, the same addresses are left out at every lookup.
+func inAddrOrder(addrs []netip.Addr) []netip.Addr {
+	addrs = slices.Clone(addrs)
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	return addrs
 }
 
 // lookupSRV resolves an SRV name and its targets. prev is what is stored
@@ -340,10 +350,7 @@ func (d *discovery) lookupSRV(ctx context.Context, name string, prev resolved) (
 			continue
 		}
 		ttl = min(ttl, httl)
-		if len(hosts) > maxDiscovered-len(r.addrs) {
-			hosts = slices.Clone(hosts)
-			slices.SortFunc(hosts, func(a, b netip.Addr) int { return a.Compare(b) })
-		}
+		hosts = inAddrOrder(hosts)
 		for _, a := range hosts[:min(len(hosts), maxDiscovered-len(r.addrs))] {
 			r.addrs = append(r.addrs, backendAddr{addr: a.Unmap(), origin: name, host: host,
 				port: s.Port, priority: s.Priority, weight: s.Weight})

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ztgate/ztgate/catalog"
+	"github.com/ztgate/ztgate/conf"
 	"github.com/ztgate/ztgate/resolver"
 	"github.com/ztgate/ztgate/resolver/resolvertest"
 )
@@ -596,5 +599,55 @@ func TestDiscoverySilentResolverStartsQuickly(t *testing.T) {
 	}
 	if got := backendAddrs(h.harness, "app"); len(got) != 0 {
 		t.Fatalf("backends %v with a silent resolver", got)
+	}
+}
+
+// TestDiscoveryOrderIgnoresAnswerOrder: resolvers rotate the addresses of
+// their answers (round-robin DNS), and the backend set of a name followed
+// each answer's order: with a flow or two between lookups, round_robin
+// sent every flow to the same backend (the turn moved on by one as the
+// answer rotated by one), and the order of a name's backends changed at
+// every lookup. A name's backends are in address order, whatever the
+// answer's, for a host name as for an SRV record's target.
+func TestDiscoveryOrderIgnoresAnswerOrder(t *testing.T) {
+	a, b := netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("192.0.2.11")
+	kinds := []struct {
+		name   string
+		lookup func(context.Context, *discovery) (resolved, time.Duration)
+	}{
+		{"host name", func(ctx context.Context, d *discovery) (resolved, time.Duration) {
+			return d.lookupHost(ctx, "app.corp.example")
+		}},
+		{"SRV target", func(ctx context.Context, d *discovery) (resolved, time.Duration) {
+			return d.lookupSRV(ctx, "_app._tcp.corp.example", resolved{})
+		}},
+	}
+	for _, k := range kinds {
+		t.Run(k.name, func(t *testing.T) {
+			dnsSrv := startDNS(t)
+			dnsSrv.SetSRV("_app._tcp.corp.example", 60, resolver.SRV{Target: "app.corp.example", Port: 80})
+			g, _ := newUnitGateway(t)
+			g.cfg.Discovery = conf.Discovery{Nameservers: []netip.AddrPort{dnsSrv.Addr()}, MinTTL: time.Second, MaxTTL: time.Minute}
+			d := newDiscovery(g)
+			st := g.state("app")
+			got := map[netip.Addr]int{}
+			for i := range 8 {
+				answer := []netip.Addr{a, b}
+				if i%2 == 1 {
+					answer = []netip.Addr{b, a} // rotated since the last lookup
+				}
+				dnsSrv.SetHost("app.corp.example", 60, answer...)
+				r, _ := k.lookup(context.Background(), d)
+				st.setBackends(r.addrs, false)
+				set := st.backends.Load()
+				if len(set.list) != 2 || set.list[0].addr != a {
+					t.Fatalf("lookup %d answered %v: backends in the order %v, want %v first", i+1, answer, addrList(set.list), a)
+				}
+				got[st.picker.pick(set, catalog.RoundRobin, acmeClient, nil).addr]++
+			}
+			if got[a] != 4 || got[b] != 4 {
+				t.Fatalf("round_robin over a rotating answer: %v, want 4 flows each", got)
+			}
+		})
 	}
 }
