@@ -151,3 +151,47 @@ func TestDrainDeadlinePassesOnce(t *testing.T) {
 		t.Fatalf("a passed drain deadline was armed again (%d timers pending)", n)
 	}
 }
+
+// TestBackendBackAfterItsFlowsEnded: a backend that left its service while
+// a flow was bound to it is the same one when it comes back while the flow
+// runs (its health and drain with it). Once its flows have ended it comes
+// back as a new one, as one that left without flows does. It came back as
+// the one that left — down, or draining — when no other change of the set
+// came between the end of its flows and its return, and as a new one when
+// one did (a reload of any service, each lookup of a discovered name).
+func TestBackendBackAfterItsFlowsEnded(t *testing.T) {
+	a := backendAddr{addr: netip.MustParseAddr("192.0.2.10"), origin: "192.0.2.10"}
+	other := backendAddr{addr: netip.MustParseAddr("192.0.2.11"), origin: "192.0.2.11"}
+	tests := []struct {
+		name    string
+		flowEnd bool // its flow ended before it came back
+		between bool // another change of the set came between
+		same    bool
+	}{
+		{"back while its flow runs", false, false, true},
+		{"back while its flow runs, after another change", false, true, true},
+		{"back after its flow ended", true, false, false},
+		{"back after its flow ended and another change", true, true, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st := newServiceState("web")
+			st.setBackends([]backendAddr{a, other}, false)
+			b := st.backends.Load().list[0]
+			b.record("connection refused", 1, 1, time.Now()) // down
+			b.active.Add(1)                                  // a flow
+			st.setBackends([]backendAddr{other}, false)      // it leaves
+			if tc.flowEnd {
+				b.active.Add(-1)
+			}
+			if tc.between {
+				st.setBackends([]backendAddr{other}, false)
+			}
+			st.setBackends([]backendAddr{a, other}, false) // it is back
+			back := st.backends.Load().list[0]
+			if same := back == b; same != tc.same {
+				t.Fatalf("came back as the one that left: %v, want %v (state %s)", same, tc.same, back.state)
+			}
+		})
+	}
+}

@@ -48,9 +48,11 @@ type serviceState struct {
 
 	mu sync.Mutex // serialises changes of backends
 	// departed holds the backends that left the set while flows were bound
-	// to them, by address: one added back is the same backend again, its
-	// flows, counts and health with it, and its departure's drain is void.
-	// Entries go once their flows have ended. Guarded by mu.
+	// to them, by address: one added back while flows are still bound to
+	// it is the same backend again, its flows, counts and health with it,
+	// and its departure's drain is void. Once its flows have ended it
+	// comes back new, as one that left without flows does; the entry is
+	// swept at the next change. Guarded by mu.
 	departed map[backendKey]*backend
 
 	health healthChecks // active checks and drain deadlines of the backends
@@ -124,7 +126,10 @@ func (st *serviceState) setBackendsOf(owner *service, addrs []backendAddr, proba
 		switch {
 		case ok:
 			delete(byKey, k)
-		case st.departed[k] != nil:
+		case st.departed[k] != nil && st.departed[k].active.Load() > 0:
+			// Back while flows are bound to it; once they have ended
+			// it comes back new, whether or not the entry was swept
+			// since (below).
 			b = st.departed[k]
 			delete(st.departed, k)
 			b.departures.Add(1) // back: the drain of its departure is void
