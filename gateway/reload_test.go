@@ -97,6 +97,13 @@ func newFileHarness(t *testing.T, config string, opts ...func(*Options)) *fileHa
 // newFileHarnessLog is newFileHarness with the gateway logging to log.
 func newFileHarnessLog(t *testing.T, config string, log *slog.Logger, opts ...func(*Options)) *fileHarness {
 	t.Helper()
+	return newFileHarnessWith(t, config, log, []netip.Addr{acmeClient, globexClient}, nil, opts...)
+}
+
+// newFileHarnessWith is newFileHarnessLog with the client stack's
+// addresses and a hook that sees the gateway after New and before Start.
+func newFileHarnessWith(t *testing.T, config string, log *slog.Logger, clients []netip.Addr, beforeStart func(*Gateway), opts ...func(*Options)) *fileHarness {
+	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "gw.toml")
 	h := &fileHarness{path: path, dir: dir}
@@ -105,7 +112,7 @@ func newFileHarnessLog(t *testing.T, config string, log *slog.Logger, opts ...fu
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, err := netstacktest.NewClient(1420, acmeClient, globexClient)
+	client, err := netstacktest.NewClient(1420, clients...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,6 +123,9 @@ func newFileHarnessLog(t *testing.T, config string, log *slog.Logger, opts ...fu
 	gw, err := New(cfg, o, log)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if beforeStart != nil {
+		beforeStart(gw)
 	}
 	if err := gw.Start(); err != nil {
 		t.Fatal(err)
