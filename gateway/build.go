@@ -41,11 +41,12 @@ func (g *Gateway) buildTable(svcs []catalog.Service, tenants []catalog.Tenant, l
 		}
 	}
 	g.disc.prefetch(svcs)
+	cur := g.tbl.Load()
 	for _, s := range svcs {
 		a := allocs[s.Name]
 		st := g.state(s.Name)
 		svc := &service{spec: s, vip: a.VIP, vip6: a.VIP6, st: st}
-		_, gone := st.setBackendsOf(svc, g.disc.backends(s), false)
+		_, gone := st.setBackendsOf(svc, g.backendsOf(cur, s, st), false)
 		t.removed = append(t.removed, gone...)
 		t.byName[s.Name] = svc
 		if a.VIP.IsValid() {
@@ -61,6 +62,38 @@ func (g *Gateway) buildTable(svcs []catalog.Service, tenants []catalog.Tenant, l
 	}
 	t.buildViews(names)
 	return t, nil
+}
+
+// backendsOf returns the addresses of s's backends now (discovery.backends)
+// for a table built while cur is in use. An address of a name that the
+// running service had in cur already is marked discovered: when it is new
+// to the service, a watcher found it, and this table is built from its
+// answer before the watcher applied it (it had asked the name between two
+// changes of the table, or another service's watcher asked the same
+// name); it takes flows once its checks bring it up, as it would had the
+// watcher applied it first. A name the change adds is resolved for it, as
+// at start: its addresses are configured ones.
+func (g *Gateway) backendsOf(cur *table, s catalog.Service, st *serviceState) []backendAddr {
+	addrs := g.disc.backends(s) // a slice of its own: marking it changes no answer stored
+	if cur == nil || s.Health.Type == catalog.HealthNone {
+		return addrs
+	}
+	prev := cur.byName[s.Name]
+	if prev == nil || prev.st != st {
+		return addrs
+	}
+	had := make(map[string]bool)
+	for _, key := range cacheKeys(prev.spec) {
+		had[key] = true
+	}
+	for i, a := range addrs {
+		key := a.origin
+		if a.host != "" { // from an SRV record: its origin is the SRV name
+			key = "srv:" + a.origin
+		}
+		addrs[i].discovered = had[key]
+	}
+	return addrs
 }
 
 // state returns the long-lived state of a service, creating it. A state

@@ -651,3 +651,52 @@ func TestDiscoveryOrderIgnoresAnswerOrder(t *testing.T) {
 		})
 	}
 }
+
+// TestDiscoveredAddressProbationAcrossReload: an address discovered for a
+// running service takes flows once its checks bring it up, also when a
+// reload builds the table from the watcher's answer before the watcher
+// has applied it — a reload between a lookup and its application, or
+// after another service's watcher asked the same name. The reload took
+// the address in as one configured (no probation: it took flows before
+// any check), and the watcher then found nothing new to apply.
+func TestDiscoveredAddressProbationAcrossReload(t *testing.T) {
+	dnsSrv := startDNS(t)
+	one, two := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")
+	dnsSrv.SetHost("app.corp.example", 3600, one)
+	config := fmt.Sprintf(`
+[gateway]
+state_dir = "STATE"
+[api]
+listen = "off"
+[discovery]
+nameservers = ["%s"]
+min_ttl = "1h"
+max_ttl = "1h"
+%s[[service]]
+name = "app"
+tenants = ["acme"]
+vip = "10.100.0.9"
+backends = ["192.0.2.1", "app.corp.example"]
+  [[service.port]]
+  protocol = "tcp"
+  port = 7
+  target = 7
+  [service.health]
+  type = "tcp"
+  interval = "1h"
+`, dnsSrv.Addr(), acmeTenant)
+	h := newFileHarnessWith(t, config, nil, []netip.Addr{acmeClient}, func(g *Gateway) {
+		g.stateOf("app").health.randN = func(n int64) int64 { return n - 1 } // no check within the test
+	})
+	// What a watcher's lookup stores before its answer is applied.
+	h.gw.disc.store("app.corp.example", resolved{addrs: []backendAddr{
+		{addr: one, origin: "app.corp.example"}, {addr: two, origin: "app.corp.example"}}})
+	if _, err := h.gw.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range h.gw.stateOf("app").backends.Load().list {
+		if takes, want := b.describe().Healthy, b.addr != two; takes != want {
+			t.Errorf("%s (%s) takes new flows: %v, want %v", b.addr, b.origin(), takes, want)
+		}
+	}
+}

@@ -135,7 +135,7 @@ func (st *serviceState) setBackendsOf(owner *service, addrs []backendAddr, proba
 			b.departures.Add(1) // back: the drain of its departure is void
 			added = append(added, b)
 		default:
-			b = &backend{addr: a.addr, port: a.port, probation: probation}
+			b = &backend{addr: a.addr, port: a.port, probation: probation || a.discovered}
 			added = append(added, b)
 		}
 		b.setName(a) // a kept address may come by another name now
@@ -170,6 +170,10 @@ type backendAddr struct {
 	port     uint16
 	priority uint16
 	weight   uint16
+	// discovered: it came from a name its service was running with. New
+	// to the service, it starts on probation, as an address a discovery
+	// watcher applies does (Gateway.backendsOf).
+	discovered bool
 }
 
 // table is one generation of the service table. The data path reads it
