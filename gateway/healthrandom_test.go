@@ -206,8 +206,12 @@ func startHRHosts(t *testing.T) *hrHostSet {
 	return nil
 }
 
-// bindAll binds one TCP and one UDP port, the same on every address.
+// bindAll binds one TCP and one UDP port, the same on every address,
+// below the kernel's ephemeral ports (32768 and up): a refusing host binds
+// its ports again later, and an outgoing socket of another program must
+// not have taken one meanwhile.
 func (h *hrHostSet) bindAll() bool {
+	h.tcp, h.udp = uint16(20000+rand.IntN(12000)), uint16(20000+rand.IntN(12000))
 	var ls []net.Listener
 	var ucs []*net.UDPConn
 	undo := func() bool {
@@ -1395,11 +1399,16 @@ func (r *healthRand) settleFlows() {
 }
 
 // reload changes the configuration one or two ways and reloads it.
-func (r *healthRand) reload() {
+func (r *healthRand) reload() { r.reloadOf(3) }
+
+// reloadOf reloads a configuration changed in the first n services (and
+// other); with n < 3, disc's settings stay, and its discovery may be
+// changing meanwhile: the caller waits for that, then for the checks.
+func (r *healthRand) reloadOf(n int) {
 	next := r.cfg.clone()
 	var what []string
 	for range 1 + r.rng.IntN(2) {
-		what = append(what, r.mutate(&next))
+		what = append(what, r.mutate(&next, n))
 	}
 	r.text = r.toml(next)
 	if _, err := r.h.gw.Reload(); err != nil {
@@ -1417,8 +1426,10 @@ func (r *healthRand) reload() {
 		}
 		r.setBackends(s, addrs, false, old != s.cfg.health, now)
 	}
-	r.settle() // new checks arm their first timer as they start
 	r.stats["reloads"]++
+	if n == 3 {
+		r.settle() // new checks arm their first timer as they start
+	}
 }
 
 func (r *healthRand) addrsOf(s *hrService) []int {
@@ -1430,8 +1441,8 @@ func (r *healthRand) addrsOf(s *hrService) []int {
 }
 
 // mutate makes one change to c and says what it was.
-func (r *healthRand) mutate(c *hrConfig) string {
-	i := r.rng.IntN(3)
+func (r *healthRand) mutate(c *hrConfig, n int) string {
+	i := r.rng.IntN(n)
 	s := &c.svcs[i]
 	h := &s.health
 	name := hrNames[i]
@@ -1506,10 +1517,9 @@ func (r *healthRand) setBackends(s *hrService, addrs []int, probation, healthCha
 			continue
 		}
 		if b == nil {
-			if b = s.departed[a]; b != nil && b.flows > 0 {
-				delete(s.departed, a)
-			} else {
-				delete(s.departed, a)
+			b = s.departed[a]
+			delete(s.departed, a)
+			if b == nil || b.flows == 0 {
 				b = &hrBackend{addr: a, probation: probation, dialErrs: -1}
 			}
 		}
@@ -1597,6 +1607,12 @@ func (r *healthRand) rediscover() {
 	}
 	r.setDNS()
 	r.logf("%s: answers %v, fails %v", hrName, r.dnsUp, r.dnsFail)
+	if r.rng.IntN(3) == 0 {
+		// A reload races the watcher: it may build disc's set from the
+		// answer the watcher stored before the watcher applies it. New
+		// addresses are on probation either way.
+		r.reloadOf(2)
+	}
 	// A name's addresses are in address order, whatever the answer's:
 	// resolvers rotate their answers.
 	want := slices.Sorted(slices.Values(r.dnsUp))
