@@ -119,7 +119,7 @@ const (
 	hrBudget      = 60 * time.Second // steps stop here on a machine far too slow
 	hrHosts       = 4                // 127.0.0.1 to .4
 	hrWait        = 5 * time.Second  // for what a step waits for: an answer, a flow to end
-	hrFast        = time.Second      // a refusal comes within it
+	hrFast        = 3 * time.Second  // a refusal comes within it (at once; loose for a loaded -race run)
 	// hrSlowReply is how late a slow host answers a UDP check: after
 	// every timeout the checks have (hrTimeouts).
 	hrSlowReply = 600 * time.Millisecond
