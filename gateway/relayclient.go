@@ -243,10 +243,24 @@ func (rs *relaySession) openTag(m *tunnel.TagOpen) {
 	p := rs.pending[tag]
 	delete(rs.pending, tag)
 	rs.mu.Unlock()
-	if p != nil && !p.expired(time.Now()) {
-		for _, pkt := range p.pkts {
-			g.deliverTunnel(in, m.Service, pkt, g.tunLink)
-		}
+	if p == nil {
+		return
+	}
+	if p.expired(time.Now()) {
+		rs.giveUp(p)
+		return
+	}
+	for _, pkt := range p.pkts {
+		g.deliverTunnel(in, m.Service, pkt, g.tunLink)
+	}
+}
+
+// giveUp counts the packets held for a tag that are dropped: they
+// expired, their tag closed, or the relay session ended before their
+// tag_open came.
+func (rs *relaySession) giveUp(p *pendingTag) {
+	for range p.pkts {
+		rs.g.m.tunnelDrop("unknown_tag")
 	}
 }
 
@@ -254,8 +268,12 @@ func (rs *relaySession) closeTag(tag uint32, reason string) {
 	rs.mu.Lock()
 	in := rs.tags[tag]
 	delete(rs.tags, tag)
+	p := rs.pending[tag]
 	delete(rs.pending, tag)
 	rs.mu.Unlock()
+	if p != nil {
+		rs.giveUp(p)
+	}
 	if in != nil {
 		rs.g.closeIngress(in, reason)
 	}
@@ -263,9 +281,12 @@ func (rs *relaySession) closeTag(tag uint32, reason string) {
 
 func (rs *relaySession) closeAll(reason string) {
 	rs.mu.Lock()
-	tags := rs.tags
-	rs.tags = map[uint32]*ingress{}
+	tags, pending := rs.tags, rs.pending
+	rs.tags, rs.pending = map[uint32]*ingress{}, map[uint32]*pendingTag{}
 	rs.mu.Unlock()
+	for _, p := range pending {
+		rs.giveUp(p)
+	}
 	for _, in := range tags {
 		rs.g.closeIngress(in, reason)
 	}
@@ -316,7 +337,10 @@ func (rs *relaySession) datagrams(ctx context.Context) {
 	}, batch.Flush)
 }
 
-// holdLocked keeps a packet of an unannounced tag for a moment. Expired
+// holdLocked keeps a packet of an unannounced tag for a moment: at most
+// pendingTagLimit of a tag, of at most pendingTagsMax tags, for
+// pendingTagTimeout. Every packet held is delivered after its tag_open or
+// counted as unknown_tag (giveUp), as is every one over the bounds. Expired
 // tags are swept when the map is full or a timeout has passed since the
 // last sweep, not for every packet: a flood of unknown tags must not walk
 // the whole map each time under rs.mu.
@@ -328,6 +352,7 @@ func (rs *relaySession) holdLocked(tag uint32, pkt []byte) {
 	p := rs.pending[tag]
 	if p != nil && p.expired(now) {
 		delete(rs.pending, tag)
+		rs.giveUp(p)
 		p = nil
 	}
 	if p == nil {
@@ -350,6 +375,7 @@ func (rs *relaySession) sweepLocked(now time.Time) {
 	for t, p := range rs.pending {
 		if p.expired(now) {
 			delete(rs.pending, t)
+			rs.giveUp(p)
 		}
 	}
 	rs.swept = now
