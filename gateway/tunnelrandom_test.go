@@ -332,11 +332,11 @@ func (m *trModel) waitFor(what string, cond func() bool) {
 }
 
 func (m *trModel) dropped(reason string) float64 {
-	return max(0, metricValue(m.t, m.g, "ztgate_packets_dropped_total", "reason", reason))
+	return testutil.ToFloat64(m.g.m.dropped.WithLabelValues(reason)) // ztgate_packets_dropped_total
 }
 
 func (m *trModel) refusedN(r [2]string) float64 {
-	return max(0, metricValue(m.t, m.g, "ztgate_flows_refused_total", "protocol", r[0], "reason", r[1]))
+	return testutil.ToFloat64(m.g.m.flowsRefused.WithLabelValues(r[0], r[1])) // ztgate_flows_refused_total
 }
 
 // tagIngress returns the open ingress of tag, nil when there is none.
