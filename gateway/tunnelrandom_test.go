@@ -933,7 +933,7 @@ func (m *trModel) step(step int, sessions <-chan *tunnel.Session) {
 		// A held tag opened now (its tag_open overtaken).
 		var keys []trKey
 		for key := range m.held {
-			if key.gen == m.gen && time.Since(m.heldSince[key]) < pendingTagTimeout/2 {
+			if key.gen == m.gen && time.Since(m.heldSince[key]) < pendingTagTimeout/4 { // 1.5 s to spare for a loaded -race run
 				if tg := m.tags[key]; tg != nil && tg.kind == "ok" && !tg.live && tg.synth == (netip.Addr{}) {
 					keys = append(keys, key)
 				}
