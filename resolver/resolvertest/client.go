@@ -37,3 +37,40 @@ func Ask(c net.Conn, name, qtype string) (rcode string, answers []string, err er
 	}
 	return dns.RcodeToString[r.Rcode], answers, nil
 }
+
+// Reply is an answer as Exchange reads it: the rcode and the records of
+// the answer and authority sections, each whole in presentation form
+// (owner, TTL, class, type, data).
+type Reply struct {
+	Rcode     string
+	Answer    []string
+	Authority []string
+}
+
+// Exchange is Ask that returns whole records, TTLs included, of the answer
+// and the authority section (where a negative answer's SOA is).
+func Exchange(c net.Conn, name, qtype string) (Reply, error) {
+	t, ok := dns.StringToType[qtype]
+	if !ok {
+		return Reply{}, fmt.Errorf("resolvertest: unknown type %q", qtype)
+	}
+	if a, err := netip.ParseAddr(name); err == nil {
+		if name, err = dns.ReverseAddr(a.String()); err != nil {
+			return Reply{}, err
+		}
+	}
+	q := new(dns.Msg)
+	q.SetQuestion(dns.Fqdn(name), t)
+	r, _, err := new(dns.Client).ExchangeWithConn(q, &dns.Conn{Conn: c})
+	if err != nil {
+		return Reply{}, err
+	}
+	out := Reply{Rcode: dns.RcodeToString[r.Rcode]}
+	for _, rr := range r.Answer {
+		out.Answer = append(out.Answer, rr.String())
+	}
+	for _, rr := range r.Ns {
+		out.Authority = append(out.Authority, rr.String())
+	}
+	return out, nil
+}
