@@ -76,11 +76,13 @@ func (g *Gateway) observe(svc string, b *backend, h catalog.Health, err error) {
 }
 
 // forget drops what checks said of b when its service's checks are turned
-// off: nothing would ever bring a down backend back up.
+// off: nothing would ever bring a down backend back up, nor clear the
+// last error of a check that no longer runs. The backend is then as at a
+// start without checks.
 func (g *Gateway) forget(svc string, b *backend) {
 	b.mu.Lock()
 	tr := transition{from: b.state, to: stateUnknown, err: b.lastErr}
-	b.state, b.okRun, b.failRun, b.probation = stateUnknown, 0, 0, false
+	b.state, b.okRun, b.failRun, b.probation, b.lastErr = stateUnknown, 0, 0, false, ""
 	if tr.from != tr.to {
 		b.lastChange = g.now()
 	}

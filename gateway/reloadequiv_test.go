@@ -1,0 +1,65 @@
+package gateway
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// Deterministic tests of what TestReloadRandom found: a gateway reloaded
+// to a configuration must show what one started with it shows.
+
+// TestReloadRandomChecksOffForgetError: a reload that turns a service's
+// checks off forgets what they said of its backends, their last error
+// with their state: GET /v1/services showed the backend "unknown" with
+// the error of a check that no longer runs ("connection refused" of a
+// port nothing probes any more), where a gateway started with the same
+// file shows none, and nothing would ever clear it.
+func TestReloadRandomChecksOffForgetError(t *testing.T) {
+	port := startLineEcho(t, "web")
+	dead := closedPort(t)
+	config := func(health string) string {
+		return fmt.Sprintf(quietGateway+acmeTenant+`
+[[service]]
+name = "web"
+tenants = ["acme"]
+vip = "10.100.0.8"
+backends = ["127.0.0.1"]
+  [[service.port]]
+  protocol = "tcp"
+  port = 7
+  target = %d
+  [service.health]
+%s
+`, port, health)
+	}
+	h := newFileHarness(t, config(fmt.Sprintf(`  type = "tcp"
+  port = %d
+  interval = "20ms"
+  timeout = "20ms"
+  fall = 1`, dead.Port())))
+	waitFor(t, 5*time.Second, "the backend down", func() bool { return backendStates(t, h.gw, "web") == "down" })
+
+	h.write(t, config(`  type = "none"`))
+	if _, err := h.gw.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	svcs := listServices(t, h.gw)
+	if len(svcs) != 1 || len(svcs[0].Backends) != 1 {
+		t.Fatalf("services %+v", svcs)
+	}
+	if b := svcs[0].Backends[0]; b.State != "unknown" || !b.Healthy || b.LastError != "" {
+		t.Errorf("backend with checks off: state %q healthy %v last_error %q; want unknown, healthy, no error (as at a start)",
+			b.State, b.Healthy, b.LastError)
+	}
+}
+
+// listServices returns GET /v1/services.
+func listServices(t *testing.T, g *Gateway) []apiService {
+	t.Helper()
+	var list struct {
+		Services []apiService `json:"services"`
+	}
+	call(t, g.apiHandler(""), "GET", "/v1/services", "", &list)
+	return list.Services
+}
