@@ -154,7 +154,7 @@ func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, 
 		}
 	}
 	old := g.tbl.Load()
-	t, err := g.buildTable(services, next.Tenants, next.Limits, next.DrainTimeout)
+	t, err := g.buildTable(services, next.Tenants, liveLimits(g.running, next), next.DrainTimeout)
 	if err != nil {
 		g.reconcileStates(old) // the states the build made or took up
 		g.disc.sync(old)       // and the names it looked up
@@ -368,13 +368,20 @@ func restartRequired(cur, next *conf.Gateway) []string {
 	return keys
 }
 
+// liveLimits are next's [limits] as a reload applies them: the bound of
+// the handshakes in flight stays cur's (the netstack was started with
+// it), so that the table, and the diff, hold what runs.
+func liveLimits(cur, next *conf.Gateway) conf.Limits {
+	l := next.Limits
+	l.MaxInflightHandshake = cur.Limits.MaxInflightHandshake
+	return l
+}
+
 // liveSettings is cur with the settings a reload applies (liveKeys, and
 // the [tunnel] files when liveTunnelFiles) taken from next.
 func liveSettings(cur, next *conf.Gateway) *conf.Gateway {
 	c := *cur
-	c.Limits.MaxFlows = next.Limits.MaxFlows
-	c.Limits.NewFlowsPerSecond = next.Limits.NewFlowsPerSecond
-	c.Limits.NewFlowsBurst = next.Limits.NewFlowsBurst
+	c.Limits = liveLimits(cur, next)
 	c.DrainTimeout = next.DrainTimeout
 	c.Tenants = next.Tenants
 	c.Services = next.Services

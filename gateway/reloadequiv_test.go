@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 )
@@ -62,4 +63,34 @@ func listServices(t *testing.T, g *Gateway) []apiService {
 	}
 	call(t, g.apiHandler(""), "GET", "/v1/services", "", &list)
 	return list.Services
+}
+
+// TestReloadRandomHandshakeBoundNotLive: limits.max_inflight_handshakes
+// takes effect at the next start. A reload that changed it alone said
+// limits_changed (and `ztgate reload` "limits changed") next to its
+// restart_required, and so did the reload that put it back, which changed
+// nothing: the table kept the file's [limits] whole, the bound the
+// netstack was not started with included.
+func TestReloadRandomHandshakeBoundNotLive(t *testing.T) {
+	port := startLineEcho(t, "echo")
+	config := func(limits string) string {
+		return quietGateway + limits + acmeTenant + tcpService("echo", `"acme"`, "10.100.0.7", "127.0.0.1", port)
+	}
+	h := newFileHarness(t, config(""))
+	for _, tc := range []struct {
+		name, limits string
+		restart      []string
+	}{
+		{"changed", "[limits]\nmax_inflight_handshakes = 512\n", []string{"limits.max_inflight_handshakes"}},
+		{"put back", "", []string{}},
+	} {
+		h.write(t, config(tc.limits))
+		d, err := h.gw.Reload()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.LimitsChanged || !d.Empty() || !slices.Equal(d.RestartRequired, tc.restart) {
+			t.Errorf("%s: diff %+v, want nothing applied and restart_required %v", tc.name, d, tc.restart)
+		}
+	}
 }
