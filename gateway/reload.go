@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
@@ -188,6 +189,7 @@ func poolConflict(err error) bool {
 // are made after forgetTenants then sees t (newFlow).
 func (g *Gateway) swapTable(old, t *table) {
 	g.tbl.Store(t)
+	g.endStranded(t)
 	g.forgetTenants(old, t)
 	g.syncHealth()
 	g.disc.sync(t)
@@ -207,6 +209,27 @@ func (g *Gateway) swapTable(old, t *table) {
 	g.drainDeparted(t.removed, t.drainTimeout, "backend_removed")
 	g.reconcileStates(t)
 	g.updatePoolMetrics()
+}
+
+// endStranded ends the flows of LAN clients whose source no tenant of t
+// has: the LAN link drops their packets now (deny by default), so they
+// could carry nothing until their idle timeout while holding their
+// backend's connection; ended, the client is told at once. A flow added
+// after the pass checks itself (newFlow).
+func (g *Gateway) endStranded(t *table) {
+	for _, f := range g.flows.list(func(f *flow) bool { return stranded(t, f.peer, f.client.Addr()) }) {
+		f.close("source_removed")
+	}
+}
+
+// stranded reports whether a flow of p from client, a LAN client, has a
+// source that t admits no more.
+func stranded(t *table, p peer, client netip.Addr) bool {
+	if p.identity != lanIdentity {
+		return false
+	}
+	_, ok := t.tenants.lookup(client)
+	return !ok
 }
 
 // drainDeparted drains the flows of backends that left their service's

@@ -606,8 +606,9 @@ func TestStateDirExclusive(t *testing.T) {
 
 // TestReloadForgetsRemovedTenants: a reload that removes a tenant deletes
 // its flow series at once when none of its flows is open, and keeps the
-// other tenants'; a removed tenant's open flow keeps its series until it
-// ends. Once every flow has ended, no tenant holds counters.
+// other tenants'; a removed tenant's open flow (its source now another
+// tenant's: a source in none has its flows ended) keeps its series until
+// it ends. Once every flow has ended, no tenant holds counters.
 func TestReloadForgetsRemovedTenants(t *testing.T) {
 	port := startLineEcho(t, "echo")
 	echo := func(tenants string) string {
@@ -649,7 +650,7 @@ func TestReloadForgetsRemovedTenants(t *testing.T) {
 	h.write(t, quietGateway+`
 [[tenant]]
 name = "globex"
-sources = ["203.0.113.0/24"]
+sources = ["203.0.113.0/24", "198.51.100.0/24"]
 `+echo(`"globex"`))
 	if d, err := h.gw.Reload(); err != nil || !d.TenantsChanged {
 		t.Fatalf("remove acme: %+v %v", d, err)
@@ -657,7 +658,9 @@ sources = ["203.0.113.0/24"]
 	if got := flows("ztgate_flows_total", "acme"); got != 1 {
 		t.Fatalf("acme removed with a flow open: flows_total %v, want its series kept", got)
 	}
-	// acme's packets are no longer admitted: the gateway ends the flow.
+	if got := live.roundTrip(t, "still"); got != "echo: still" {
+		t.Fatalf("acme's flow, its source globex's now: %q", got)
+	}
 	for _, f := range h.gw.flows.list(func(f *flow) bool { return f.peer.tenant == "acme" }) {
 		f.close("test")
 	}

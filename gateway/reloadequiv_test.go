@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -92,5 +93,58 @@ func TestReloadRandomHandshakeBoundNotLive(t *testing.T) {
 		if d.LimitsChanged || !d.Empty() || !slices.Equal(d.RestartRequired, tc.restart) {
 			t.Errorf("%s: diff %+v, want nothing applied and restart_required %v", tc.name, d, tc.restart)
 		}
+	}
+}
+
+// TestReloadRandomRemovedSourceEndsFlows: a reload that leaves a LAN
+// client's source in no tenant's prefixes makes its packets dropped
+// (deny by default, live on reload), those of its open flows too. Such a
+// flow could carry nothing any more, yet it stayed open until its idle
+// timeout (an hour for TCP by default): the client hung, the backend's
+// connection and a flow slot were held, and a gateway started with the
+// new file has no such flow. The reload ends them; the flows of sources
+// still admitted go on.
+func TestReloadRandomRemovedSourceEndsFlows(t *testing.T) {
+	port := startLineEcho(t, "echo")
+	udpPort := startUDPEcho(t)
+	svc := tcpService("echo", `"*"`, "10.100.0.7", "127.0.0.1", port) + fmt.Sprintf(`  [[service.port]]
+  protocol = "udp"
+  port = 7
+  target = %d
+`, udpPort)
+	h := newFileHarness(t, quietGateway+twoTenants+svc)
+	acme := h.dialLines(t, acmeClient, "10.100.0.7:7")
+	globex := h.dialLines(t, globexClient, "10.100.0.7:7")
+	acmeUDP, err := h.client.DialUDP(acmeClient, netip.MustParseAddrPort("10.100.0.7:7"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acmeUDP.Close()
+	acmeUDP.Write([]byte("hi"))
+	acmeUDP.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := acmeUDP.Read(make([]byte, 64)); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*lineConn{acme, globex} {
+		if got := c.roundTrip(t, "before"); got != "echo: before" {
+			t.Fatalf("before the reload: %q", got)
+		}
+	}
+
+	// acme's tenant goes, its prefix with it.
+	h.write(t, quietGateway+`
+[[tenant]]
+name = "globex"
+sources = ["203.0.113.0/24"]
+`+svc)
+	if _, err := h.gw.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Second, "acme's flows to end", func() bool {
+		return len(h.gw.flows.list(func(f *flow) bool { return f.peer.tenant == "acme" })) == 0
+	})
+	acme.waitClosed(t, 3*time.Second, "acme's TCP flow closed")
+	if got := globex.roundTrip(t, "after"); got != "echo: after" {
+		t.Fatalf("globex's flow after the reload: %q", got)
 	}
 }
