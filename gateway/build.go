@@ -45,7 +45,7 @@ func (g *Gateway) buildTable(svcs []catalog.Service, tenants []catalog.Tenant, l
 	for _, s := range svcs {
 		a := allocs[s.Name]
 		st := g.state(s.Name)
-		svc := &service{spec: s, vip: a.VIP, vip6: a.VIP6, st: st}
+		svc := &service{spec: s, vip: a.VIP, vip6: a.VIP6, st: st, tbl: t}
 		_, gone := st.setBackendsOf(svc, g.backendsOf(cur, s, st), false)
 		t.removed = append(t.removed, gone...)
 		t.byName[s.Name] = svc

@@ -22,6 +22,7 @@ const (
 // decision is the classification of a new flow: where it may go, or why
 // it may not.
 type decision struct {
+	t       *table // the generation that decided it, whose limits apply
 	svc     *service
 	port    catalog.Port
 	peer    peer
@@ -59,7 +60,7 @@ func (g *Gateway) classify(t *table, proto catalog.Protocol, src netip.Addr, dst
 	if !g.allowToService(t, svc, src) {
 		return decision{peer: p, svc: svc, refused: refuseServiceRate}
 	}
-	return decision{peer: p, svc: svc, port: port}.withBackends(proto, dst)
+	return decision{t: t, peer: p, svc: svc, port: port}.withBackends(proto, src, dst)
 }
 
 // withBackends gives d the backend set to pick from: its service's, of the
@@ -70,14 +71,28 @@ func (g *Gateway) classify(t *table, proto catalog.Protocol, src netip.Addr, dst
 // to an address and port no configuration named, or a tenant to backends
 // it may no longer reach. Such a flow is decided by the generation of the
 // backends, the newer one: its VIP, tenants, echo and ports, as if it had
-// come a moment later (it was charged its rates already).
-func (d decision) withBackends(proto catalog.Protocol, dst netip.AddrPort) decision {
+// come a moment later (it was charged its rates already): a LAN client's
+// tenant too, which that generation's tenants name by its source (a
+// reload that moved the source and the service to another tenant refused
+// it as the first's, which neither configuration does), and the limits.
+func (d decision) withBackends(proto catalog.Protocol, src netip.Addr, dst netip.AddrPort) decision {
 	d.set = d.svc.st.backends.Load()
 	svc := d.set.owner
 	if svc == nil || svc == d.svc {
 		return d
 	}
 	d.svc = svc
+	if svc.tbl != nil {
+		d.t = svc.tbl
+		if d.peer.identity == lanIdentity {
+			tenant, ok := svc.tbl.tenants.lookup(src)
+			if !ok {
+				d.refused = refuseUnknownSource
+				return d
+			}
+			d.peer.tenant = tenant
+		}
+	}
 	vip := dst.Addr().Unmap()
 	switch {
 	case svc.vip != vip && svc.vip6 != vip:

@@ -1,9 +1,15 @@
 package gateway
 
 import (
+	"bufio"
+	"context"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -146,5 +152,56 @@ sources = ["203.0.113.0/24"]
 	acme.waitClosed(t, 3*time.Second, "acme's TCP flow closed")
 	if got := globex.roundTrip(t, "after"); got != "echo: after" {
 		t.Fatalf("globex's flow after the reload: %q", got)
+	}
+}
+
+// TestReloadRandomRacedFlowOneTenantTable: a reload moves a LAN source
+// from acme to globex and the service from acme to globex while a new
+// flow from that source is being classified against the table before.
+// Both configurations let the flow through (before: acme to a service of
+// acme; after: globex to a service of globex). A flow that met the new
+// backends is decided by the new generation of its service
+// (TestFlowDecidedByOneGeneration), and was so with the tenant the old
+// table gave its source: acme, checked against the new service's tenants,
+// and refused as tenant_denied, which neither configuration says.
+func TestReloadRandomRacedFlowOneTenantTable(t *testing.T) {
+	port := startLineEcho(t, "web")
+	config := func(tenant string) string {
+		return quietGateway + fmt.Sprintf(`
+[[tenant]]
+name = %q
+sources = ["198.51.100.0/24"]
+`, tenant) + tcpService("web", fmt.Sprintf("%q", tenant), "10.100.0.50", "127.0.0.1", port)
+	}
+	var (
+		h         *fileHarness
+		reloadErr atomic.Pointer[error]
+	)
+	clock := &reloadingClock{fire: func() { // once the flow loaded the table and identified its source
+		err := os.WriteFile(h.path, []byte(strings.ReplaceAll(config("globex"), "STATE", filepath.Join(h.dir, "state"))), 0o644)
+		if err == nil {
+			_, err = h.gw.Reload()
+		}
+		reloadErr.Store(&err)
+	}}
+	h = newFileHarness(t, config("acme"), func(o *Options) { o.Now = clock.now })
+	clock.armed.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := h.client.DialTCP(ctx, acmeClient, netip.MustParseAddrPort("10.100.0.50:7"))
+	if p := reloadErr.Load(); p == nil || *p != nil {
+		t.Fatalf("the reload during the classification: %v", p)
+	}
+	if err != nil {
+		t.Fatalf("a new flow that both configurations let through, classified as the reload swapped the table: %v (tenant_denied: %v)",
+			err, metricValue(t, h.gw, "ztgate_flows_refused_total", "protocol", "tcp", "reason", refuseTenant))
+	}
+	defer c.Close()
+	l := &lineConn{c: c, r: bufio.NewReader(c)}
+	if got := l.roundTrip(t, "x"); got != "web: x" {
+		t.Fatalf("answer %q", got)
+	}
+	if fs := h.gw.flows.list(nil); len(fs) != 1 || fs[0].peer.tenant != "globex" {
+		t.Fatalf("flows %v, want one of globex: the generation that decided it names the source's tenant", fs)
 	}
 }

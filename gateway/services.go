@@ -18,6 +18,7 @@ type service struct {
 	spec      catalog.Service
 	vip, vip6 netip.Addr
 	st        *serviceState
+	tbl       *table // the generation it is of; nil for one a test made alone
 }
 
 // serviceState is what outlives a reload of a service of the same name:

@@ -25,7 +25,7 @@ func (g *Gateway) HandleTCP(req *netstack.TCPRequest) {
 		refuseOrDrop(req, d.refused)
 		return
 	}
-	if reason := g.admit(t, d); reason != "" {
+	if reason := g.admit(d.t, d); reason != "" {
 		g.refuse("tcp", reason)
 		req.Refuse()
 		return
@@ -33,7 +33,7 @@ func (g *Gateway) HandleTCP(req *netstack.TCPRequest) {
 	// A tenant's SYN flood holds at most its share of the handshakes in
 	// flight, the rest is the other tenants'; a service's bound caps what a
 	// flood against it or a slow backend holds.
-	if reason := g.beginHandshake(t, d); reason != "" {
+	if reason := g.beginHandshake(d.t, d); reason != "" {
 		g.release(d.svc, d.peer.tenant)
 		g.refuse("tcp", reason)
 		refuseOrDrop(req, reason)

@@ -32,7 +32,7 @@ func (g *Gateway) HandleUDP(req *netstack.UDPRequest) bool {
 		g.refuse("udp", refuseNoBackend)
 		return false
 	}
-	if reason := g.admit(t, d); reason != "" {
+	if reason := g.admit(d.t, d); reason != "" {
 		g.refuse("udp", reason)
 		return false
 	}
