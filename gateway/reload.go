@@ -259,8 +259,14 @@ func (g *Gateway) drainLate(f *flow) {
 	if reason == "" {
 		return
 	}
-	g.drain(func(x *flow) bool { return x == f }, g.tbl.Load().drainTimeout, reason,
-		func(*flow) bool { return g.departed(f) != "" })
+	d := g.tbl.Load().drainTimeout
+	if o := f.svc.st.backends.Load().owner; reason == "backend_removed" && o != nil && o.tbl != nil {
+		// The backends are of the table a reload builds, maybe not put in
+		// yet: the change that took f's backend away drains it, for its
+		// drain_timeout (not the one of the table that goes).
+		d = o.tbl.drainTimeout
+	}
+	g.drain(func(x *flow) bool { return x == f }, d, reason, func(*flow) bool { return g.departed(f) != "" })
 }
 
 // departed says why f's service or backend is not in the running table

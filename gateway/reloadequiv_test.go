@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -12,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ztgate/ztgate/conf"
 )
 
 // Deterministic tests of what TestReloadRandom found: a gateway reloaded
@@ -203,5 +206,80 @@ sources = ["198.51.100.0/24"]
 	}
 	if fs := h.gw.flows.list(nil); len(fs) != 1 || fs[0].peer.tenant != "globex" {
 		t.Fatalf("flows %v, want one of globex: the generation that decided it names the source's tenant", fs)
+	}
+}
+
+// TestReloadRandomLateFlowDrainsByNewTimeout: a reload takes a service's
+// backend away and sets drain_timeout from 0s to 30s, while a new flow to
+// that backend, classified before, is being set up. The reload gives the
+// service's state its new backends as it builds its table, before it puts
+// the table in; a flow that enters the flow table in between finds its
+// backend gone and is drained for the drain_timeout of the change that
+// took it away: the new file's 30s, as the flows open at the swap are.
+// It was drained by the running table's 0s, at once.
+func TestReloadRandomLateFlowDrainsByNewTimeout(t *testing.T) {
+	port := startLineEchoPair(t, "127.0.0.1", "a", "127.0.0.2", "b")
+	config := func(drain, backend string) string {
+		return fmt.Sprintf(`
+[gateway]
+state_dir = "STATE"
+drain_timeout = %q
+[api]
+listen = "off"
+`, drain) + acmeTenant + tcpService("web", `"acme"`, "10.100.0.8", backend, port)
+	}
+	hold, dialing := make(chan struct{}), make(chan struct{}, 1)
+	h := newHarnessWith(t, config("0s", "127.0.0.1"), func(g *Gateway) {
+		g.dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dialing <- struct{}{}
+			<-hold
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		}
+	})
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := h.client.DialTCP(ctx, acmeClient, netip.MustParseAddrPort("10.100.0.8:7"))
+		res <- result{c, err}
+	}()
+	<-dialing
+
+	// The reload, up to the swap: its table is built, with the service's
+	// new backends.
+	next, err := conf.ParseGateway("gw.toml", []byte(strings.ReplaceAll(config("30s", "127.0.0.2"), "STATE", t.TempDir())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.gw.reloadMu.Lock()
+	defer h.gw.reloadMu.Unlock()
+	old := h.gw.tbl.Load()
+	tbl, err := h.gw.buildTable(next.Services, next.Tenants, next.Limits, next.DrainTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	close(hold) // the flow enters the flow table now
+	r := <-res
+	if r.err != nil {
+		t.Fatalf("dial: %v", r.err)
+	}
+	defer r.c.Close()
+	waitFor(t, 3*time.Second, "the flow in the flow table", func() bool {
+		return metricValue(t, h.gw, "ztgate_flows_total", "protocol", "tcp", "service", "web", "tenant", "acme") == 1
+	})
+	h.gw.swapTable(old, tbl)
+
+	time.Sleep(200 * time.Millisecond) // a drain at once would have closed it
+	live := &lineConn{c: r.c, r: bufio.NewReader(r.c)}
+	live.c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := fmt.Fprintln(live.c, "x"); err != nil {
+		t.Fatalf("the flow of the backend the reload took away, with drain_timeout 30s: %v", err)
+	}
+	if got, err := live.r.ReadString('\n'); err != nil || got != "a: x\n" {
+		t.Fatalf("the flow of the backend the reload took away, with drain_timeout 30s: %q %v", got, err)
 	}
 }
