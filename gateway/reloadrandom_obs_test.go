@@ -807,7 +807,9 @@ func rrBlock(got []string, balance string, n int) string {
 func (gw *rrGW) observePings(o *rrObs, cfg *rrConfig, tenant string, src netip.Addr, novips []netip.Addr) {
 	ping := func(dst netip.Addr) string {
 		gw.ping++
-		ctx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
+		// Long enough for a reply under a loaded -race run: each ping
+		// that gets none costs it.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		p, err := gw.client.Ping(ctx, gw.g.lan, src, dst, 7, gw.ping, []byte("rr"))
 		switch {
