@@ -9,13 +9,14 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ztgate/ztgate/internal/testseed"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -281,17 +282,6 @@ type churn struct {
 	stats map[string]int
 }
 
-func churnSeed(t *testing.T) uint64 {
-	if s := os.Getenv(churnSeedEnv); s != "" {
-		seed, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("%s: %v", churnSeedEnv, err)
-		}
-		return seed
-	}
-	return uint64(time.Now().UnixNano())
-}
-
 // TestAgentChurnRandom runs churnSteps random steps against two agents
 // (tenants acme and globex, the same inner address): the relay pushes
 // directories (services added, removed, moved to another VIP, marked down
@@ -323,8 +313,7 @@ func churnSeed(t *testing.T) uint64 {
 // At the end no goroutine is left.
 func TestAgentChurnRandom(t *testing.T) {
 	before := goleak.IgnoreCurrent()
-	seed := churnSeed(t)
-	t.Logf("seed %d (%s=%d replays its steps)", seed, churnSeedEnv, seed)
+	seed := testseed.Get(t, churnSeedEnv)
 	c := newChurn(t, seed)
 	ops := []struct {
 		weight int

@@ -19,6 +19,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ztgate/ztgate/internal/testseed"
 )
 
 const (
@@ -29,17 +31,6 @@ const (
 	poolRandomSteps = 2500
 	poolRandomTime  = 12 * time.Second
 )
-
-func poolSeed(t *testing.T) uint64 {
-	if s := os.Getenv(poolSeedEnv); s != "" {
-		seed, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("%s: %v", poolSeedEnv, err)
-		}
-		return seed
-	}
-	return uint64(time.Now().UnixNano())
-}
 
 // TestPoolRandom drives a pool with a state directory through a seeded
 // random sequence of changes and checks it against a model after every
@@ -52,8 +43,7 @@ func poolSeed(t *testing.T) uint64 {
 // a corrupt state file. The "concurrent" part changes one pool from several
 // goroutines. The seed is logged; ZTGATE_POOL_SEED replays it.
 func TestPoolRandom(t *testing.T) {
-	seed := poolSeed(t)
-	t.Logf("seed %d (%s=%d replays it)", seed, poolSeedEnv, seed)
+	seed := testseed.Get(t, poolSeedEnv)
 	t.Run("sequential", func(t *testing.T) { runPoolRandom(t, seed) })
 	t.Run("concurrent", func(t *testing.T) { runPoolConcurrent(t, seed) })
 }

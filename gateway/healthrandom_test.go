@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -20,6 +19,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ztgate/ztgate/internal/testseed"
 
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
@@ -65,14 +66,7 @@ import (
 //     with checks on: no prober outlives its backend, and at the end none
 //     is left, nor any flow or goroutine.
 func TestHealthRandom(t *testing.T) {
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv(healthSeedEnv); s != "" {
-		var err error
-		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
-			t.Fatalf("%s: %v", healthSeedEnv, err)
-		}
-	}
-	t.Logf("seed %d (%s=%d replays it)", seed, healthSeedEnv, seed)
+	seed := testseed.Get(t, healthSeedEnv)
 	r := newHealthRand(t, seed)
 	kinds := []struct {
 		name   string

@@ -13,11 +13,12 @@ import (
 	"reflect"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ztgate/ztgate/internal/testseed"
 
 	"go.uber.org/goleak"
 
@@ -69,14 +70,7 @@ import (
 // racing a reload are decided by the configuration before or after it,
 // not a mix; no goroutine is left.
 func TestReloadRandom(t *testing.T) {
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv(reloadSeedEnv); s != "" {
-		var err error
-		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
-			t.Fatalf("%s: %v", reloadSeedEnv, err)
-		}
-	}
-	t.Logf("seed %d (%s=%d to run it again)", seed, reloadSeedEnv, seed)
+	seed := testseed.Get(t, reloadSeedEnv)
 	// Registered first, so run last: after the gateways and backends stop.
 	before := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, before) })

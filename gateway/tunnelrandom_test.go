@@ -9,10 +9,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ztgate/ztgate/internal/testseed"
 
 	"go.uber.org/goleak"
 
@@ -115,15 +116,7 @@ var trRefusals = [][2]string{
 // answers and to that tag's inner address, and the API's flows.
 // ZTGATE_TUNNELSIDE_SEED replays a seed.
 func TestTunnelSideRandom(t *testing.T) {
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("ZTGATE_TUNNELSIDE_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("ZTGATE_TUNNELSIDE_SEED: %v", err)
-		}
-		seed = v
-	}
-	t.Logf("seed %d (ZTGATE_TUNNELSIDE_SEED=%d replays it)", seed, seed)
+	seed := testseed.Get(t, "ZTGATE_TUNNELSIDE_SEED")
 	dir := t.TempDir()
 	_, ca := writePKI(t, dir)
 	relayCtx, relayCancel := context.WithCancel(context.Background())

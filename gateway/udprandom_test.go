@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ztgate/ztgate/internal/testseed"
+
 	"go.uber.org/goleak"
 
 	"github.com/ztgate/ztgate/internal/monoclock"
@@ -50,14 +52,7 @@ import (
 //   - at the end, with every service removed, no flow, backend socket,
 //     service state or goroutine is left.
 func TestUDPFlowsAcrossReloadsRandom(t *testing.T) {
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("ZTGATE_UDP_SEED"); s != "" {
-		var err error
-		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
-			t.Fatalf("ZTGATE_UDP_SEED: %v", err)
-		}
-	}
-	t.Logf("seed %d (ZTGATE_UDP_SEED=%d to run it again)", seed, seed)
+	seed := testseed.Get(t, "ZTGATE_UDP_SEED")
 	r := newRandUDP(t, seed)
 	for r.step = 1; r.step <= randSteps; r.step++ {
 		switch x := r.rng.IntN(100); {

@@ -10,13 +10,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ztgate/ztgate/internal/testseed"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -132,17 +132,6 @@ type churn struct {
 	stats     map[string]int // what the steps checked, for the log
 }
 
-func churnSeed(t *testing.T) uint64 {
-	if s := os.Getenv(churnSeedEnv); s != "" {
-		seed, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("%s: %v", churnSeedEnv, err)
-		}
-		return seed
-	}
-	return uint64(time.Now().UnixNano())
-}
-
 // TestRegistryChurn runs churnSteps random steps against one relay over
 // loopback QUIC: three gateways connect, reconnect, leave, register and
 // withdraw services, report their health, move services between them and
@@ -156,8 +145,7 @@ func churnSeed(t *testing.T) uint64 {
 // tag_open and tag_close sent), flow counts, each agent's directory and
 // /v1/services and /v1/sessions.
 func TestRegistryChurn(t *testing.T) {
-	seed := churnSeed(t)
-	t.Logf("seed %d (%s=%d replays its steps)", seed, churnSeedEnv, seed)
+	seed := testseed.Get(t, churnSeedEnv)
 	c := newChurn(t, seed)
 	ops := []struct {
 		weight int

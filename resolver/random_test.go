@@ -10,13 +10,14 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ztgate/ztgate/internal/testseed"
 
 	"github.com/miekg/dns"
 	"go.uber.org/goleak"
@@ -60,14 +61,7 @@ var rndClients = [3]netip.Addr{
 // ZTGATE_DNS_SEED replays one.
 func TestDNSRandom(t *testing.T) {
 	before := goleak.IgnoreCurrent()
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv(dnsSeedEnv); s != "" {
-		var err error
-		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
-			t.Fatalf("%s: %v", dnsSeedEnv, err)
-		}
-	}
-	t.Logf("seed %d (%s=%d replays it)", seed, dnsSeedEnv, seed)
+	seed := testseed.Get(t, dnsSeedEnv)
 	r := newRnd(t, seed)
 	t.Cleanup(r.close)
 	deadline := time.Now().Add(rndBudget)

@@ -89,11 +89,22 @@ var blockInternals = []string{module + "/internal/promreg", module + "/internal/
 // included: they are not linked into the binaries.
 var testLibraries = []string{"go.uber.org/goleak"}
 
+// testInternals are the packages under internal that any test may import,
+// catalog's and the building blocks' included: leaves for tests only,
+// which import nothing of the module and are not linked into the binaries.
+var testInternals = []string{module + "/internal/testseed"}
+
 // importViolation returns why the package path (of component from) may
 // not import imp, or "" when it may. test is true for the imports of its
 // test files; testOnly for a package that has only test files.
 func importViolation(path, imp string, test, testOnly bool) string {
 	from := component(path)
+	if hasPrefixPath(imp, testInternals...) {
+		if test || testOnly {
+			return ""
+		}
+		return "only tests import " + imp
+	}
 	if strings.HasPrefix(imp, module+"/") {
 		to := component(imp)
 		switch {
@@ -192,6 +203,10 @@ func TestImportRules(t *testing.T) {
 		{m + "cmd/ztgate", "go.uber.org/goleak", true, false, true},
 		{m + "integration", m + "integration/testbackend", true, false, true},
 		{m + "agent", m + "integration/testbackend", true, false, false},
+		{m + "catalog", m + "internal/testseed", true, false, true},
+		{m + "resolver", m + "internal/testseed", true, false, true},
+		{m + "gateway", m + "internal/testseed", false, false, false},
+		{m + "catalog", m + "internal/testseed", false, false, false},
 	} {
 		why := importViolation(tc.path, tc.imp, tc.test, tc.testOnly)
 		if (why == "") != tc.ok {

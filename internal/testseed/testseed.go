@@ -1,0 +1,29 @@
+// Package testseed gives a randomized test its seed: the one an
+// environment variable names, to replay a run, else a random one, so that
+// every run tries other choices. The seed is logged either way. Only tests
+// import it.
+package testseed
+
+import (
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"testing"
+)
+
+// Get returns the seed the environment variable env names, or a random one
+// when it is unset, and logs it with the setting that replays it. A
+// value that is not an unsigned integer fails the test.
+func Get(t testing.TB, env string) uint64 {
+	t.Helper()
+	seed := rand.Uint64()
+	if s := os.Getenv(env); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("%s=%q: %v", env, s, err)
+		}
+		seed = v
+	}
+	t.Logf("seed %d (%s=%d replays it)", seed, env, seed)
+	return seed
+}

@@ -1,0 +1,53 @@
+package testseed
+
+import (
+	"strings"
+	"testing"
+)
+
+// recorder is a testing.TB that keeps what a test logs and whether it
+// failed, so that Get's own failures can be checked.
+type recorder struct {
+	testing.TB
+	logs   []string
+	failed string
+}
+
+func (r *recorder) Helper()                           {}
+func (r *recorder) Logf(format string, args ...any)   { r.logs = append(r.logs, format) }
+func (r *recorder) Fatalf(format string, args ...any) { r.failed = format }
+
+func TestGet(t *testing.T) {
+	for _, tc := range []struct {
+		name, value string
+		want        uint64 // 0: a random one
+		fails       bool
+	}{
+		{"set", "42", 42, false},
+		{"largest", "18446744073709551615", 1<<64 - 1, false},
+		{"unset", "", 0, false},
+		{"not a number", "abc", 0, true},
+		{"negative", "-1", 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("ZTGATE_TESTSEED_SEED", tc.value)
+			r := &recorder{TB: t}
+			got := Get(r, "ZTGATE_TESTSEED_SEED")
+			if fails := r.failed != ""; fails != tc.fails {
+				t.Fatalf("failed %v (%q), want %v", fails, r.failed, tc.fails)
+			}
+			if tc.fails {
+				return
+			}
+			if tc.want != 0 && got != tc.want {
+				t.Errorf("seed %d, want %d", got, tc.want)
+			}
+			if tc.want == 0 && got == 0 {
+				t.Errorf("seed 0 drawn") // 2⁻⁶⁴
+			}
+			if len(r.logs) != 1 || !strings.Contains(r.logs[0], "replays it") {
+				t.Errorf("logged %q, want the seed and how to replay it", r.logs)
+			}
+		})
+	}
+}
