@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+	"weak"
 
 	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/conf"
@@ -45,7 +46,7 @@ func (g *Gateway) buildTable(svcs []catalog.Service, tenants []catalog.Tenant, l
 	for _, s := range svcs {
 		a := allocs[s.Name]
 		st := g.state(s.Name)
-		svc := &service{spec: s, vip: a.VIP, vip6: a.VIP6, st: st, tbl: t}
+		svc := &service{spec: s, vip: a.VIP, vip6: a.VIP6, st: st, tbl: weak.Make(t)}
 		_, gone := st.setBackendsOf(svc, g.backendsOf(cur, s, st), false)
 		t.removed = append(t.removed, gone...)
 		t.byName[s.Name] = svc

@@ -82,10 +82,10 @@ func (d decision) withBackends(proto catalog.Protocol, src netip.Addr, dst netip
 		return d
 	}
 	d.svc = svc
-	if svc.tbl != nil {
-		d.t = svc.tbl
+	if t := svc.table(); t != nil {
+		d.t = t
 		if d.peer.identity == lanIdentity {
-			tenant, ok := svc.tbl.tenants.lookup(src)
+			tenant, ok := t.tenants.lookup(src)
 			if !ok {
 				d.refused = refuseUnknownSource
 				return d

@@ -260,11 +260,14 @@ func (g *Gateway) drainLate(f *flow) {
 		return
 	}
 	d := g.tbl.Load().drainTimeout
-	if o := f.svc.st.backends.Load().owner; reason == "backend_removed" && o != nil && o.tbl != nil {
-		// The backends are of the table a reload builds, maybe not put in
-		// yet: the change that took f's backend away drains it, for its
-		// drain_timeout (not the one of the table that goes).
-		d = o.tbl.drainTimeout
+	if o := f.svc.st.backends.Load().owner; reason == "backend_removed" && o != nil {
+		if t := o.table(); t != nil {
+			// The backends are of the table a reload builds, maybe not
+			// put in yet: the change that took f's backend away drains
+			// it, for its drain_timeout (not the one of the table that
+			// goes).
+			d = t.drainTimeout
+		}
 	}
 	g.drain(func(x *flow) bool { return x == f }, d, reason, func(*flow) bool { return g.departed(f) != "" })
 }

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"weak"
 
 	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/conf"
@@ -18,8 +19,15 @@ type service struct {
 	spec      catalog.Service
 	vip, vip6 netip.Addr
 	st        *serviceState
-	tbl       *table // the generation it is of; nil for one a test made alone
+	// tbl is the generation it is of (zero for one a test made alone),
+	// weak: a flow keeps its service, which must not keep a whole table
+	// alive for as long as the flow lives. It is read for the service of
+	// a backend set, whose table is in use or being put in.
+	tbl weak.Pointer[table]
 }
+
+// table returns the generation s is of, or nil.
+func (s *service) table() *table { return s.tbl.Value() }
 
 // serviceState is what outlives a reload of a service of the same name:
 // its backends with their health, its flow and handshake counts, its
