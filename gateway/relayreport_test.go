@@ -85,9 +85,9 @@ func cloneInfos(in []tunnel.ServiceInfo) []tunnel.ServiceInfo {
 	return out
 }
 
-// fakeRelay listens as a relay on loopback with a certificate of the CA
-// in dir (see writePKI) and hands over each session it accepts, welcomed.
-func fakeRelay(t *testing.T, dir string, ca *tunnel.CA) (addr string, sessions <-chan *tunnel.Session) {
+// relayListener listens on loopback as a relay, with a certificate of the
+// CA in dir (see writePKI) that it writes there.
+func relayListener(t *testing.T, dir string, ca *tunnel.CA) *tunnel.Listener {
 	t.Helper()
 	relayCrt, relayKey, err := ca.Issue(tunnel.IssueRequest{Tenant: "infra", Role: tunnel.RoleRelay, Name: "relay1",
 		IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
@@ -108,6 +108,14 @@ func fakeRelay(t *testing.T, dir string, ca *tunnel.CA) (addr string, sessions <
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ln
+}
+
+// fakeRelay listens as a relay on loopback with a certificate of the CA
+// in dir (see writePKI) and hands over each session it accepts, welcomed.
+func fakeRelay(t *testing.T, dir string, ca *tunnel.CA) (addr string, sessions <-chan *tunnel.Session) {
+	t.Helper()
+	ln := relayListener(t, dir, ca)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(func() { cancel(); ln.Close() })
 	ch := make(chan *tunnel.Session, 4)

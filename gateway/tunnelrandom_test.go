@@ -214,25 +214,7 @@ ca = %q
 // handed over. stop ends the listener and waits for its goroutine.
 func trRelay(t *testing.T, ctx context.Context, dir string, ca *tunnel.CA) (string, <-chan *tunnel.Session, func()) {
 	t.Helper()
-	relayCrt, relayKey, err := ca.Issue(tunnel.IssueRequest{Tenant: "infra", Role: tunnel.RoleRelay, Name: "relay1",
-		IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, b := range map[string][]byte{"relay.crt": relayCrt, "relay.key": relayKey} {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	creds, err := tunnel.NewCredentials(tunnel.CredentialsConfig{CertFile: filepath.Join(dir, "relay.crt"),
-		KeyFile: filepath.Join(dir, "relay.key"), CAFile: filepath.Join(dir, "ca.crt")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := tunnel.Listen("127.0.0.1:0", tunnel.ListenConfig{Credentials: creds}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := relayListener(t, dir, ca)
 	ctx, cancel := context.WithCancel(ctx)
 	ch := make(chan *tunnel.Session, 4)
 	done := make(chan struct{})
