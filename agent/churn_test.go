@@ -446,20 +446,6 @@ func (c *churn) fatalf(format string, args ...any) {
 		c.seed, churnSeedEnv, c.seed, strings.Join(c.log[first:], "\n"))
 }
 
-// pick returns a random element of xs that keep accepts, or nil.
-func pick[T any](rng *rand.Rand, xs []*T, keep func(*T) bool) *T {
-	var ok []*T
-	for _, x := range xs {
-		if keep(x) {
-			ok = append(ok, x)
-		}
-	}
-	if len(ok) == 0 {
-		return nil
-	}
-	return ok[rng.IntN(len(ok))]
-}
-
 // pickKey returns a random key of m that keep accepts, in a deterministic
 // order, or "".
 func pickKey[V any](rng *rand.Rand, m map[string]V, keep func(string, V) bool) string {
@@ -653,12 +639,12 @@ func (c *churn) newFlow() bool {
 // not expired, or certainly has.
 func (c *churn) flowPacket() bool {
 	now := time.Now()
-	ag := pick(c.rng, c.agents, func(ag *churnAgent) bool { return len(ag.flows) > 0 })
+	ag := testseed.Pick(c.rng, c.agents, func(ag *churnAgent) bool { return len(ag.flows) > 0 })
 	if ag == nil {
 		return false
 	}
 	recent := ag.flows[max(0, len(ag.flows)-48):]
-	f := pick(c.rng, recent, func(f *churnFlow) bool { return !f.ambiguous(now) && f.dst.Addr() != churnStray })
+	f := testseed.Pick(c.rng, recent, func(f *churnFlow) bool { return !f.ambiguous(now) && f.dst.Addr() != churnStray })
 	if f == nil {
 		return false
 	}
@@ -1089,7 +1075,7 @@ func (c *churn) awaitResult(ag *churnAgent, id uint64) *tunnel.Result {
 // or an error.
 func (c *churn) answer() bool {
 	c.pollRelay()
-	ag := pick(c.rng, c.agents, func(ag *churnAgent) bool {
+	ag := testseed.Pick(c.rng, c.agents, func(ag *churnAgent) bool {
 		return ag.relay != nil && pickKey(c.rng, ag.offers, func(_ string, st *offerState) bool { return st.pending != 0 }) != ""
 	})
 	if ag == nil {
@@ -1190,7 +1176,7 @@ func (c *churn) newSession(ag *churnAgent, gw *fakeServer) *fakeSession {
 // retire: the relay tells an agent that a direct path takes no new flows
 // of a service any more (drained, or down at the gateway).
 func (c *churn) retire() bool {
-	ag := pick(c.rng, c.agents, func(ag *churnAgent) bool { return ag.relay != nil && len(ag.routes) > 0 })
+	ag := testseed.Pick(c.rng, c.agents, func(ag *churnAgent) bool { return ag.relay != nil && len(ag.routes) > 0 })
 	if ag == nil {
 		return false
 	}
@@ -1217,7 +1203,7 @@ func (c *churn) retire() bool {
 // pathDies: a gateway closes a direct session, or stops answering its
 // pings.
 func (c *churn) pathDies() bool {
-	ag := pick(c.rng, c.agents, func(ag *churnAgent) bool { return len(ag.paths) > 0 })
+	ag := testseed.Pick(c.rng, c.agents, func(ag *churnAgent) bool { return len(ag.paths) > 0 })
 	if ag == nil {
 		return false
 	}
@@ -1266,7 +1252,7 @@ func (c *churn) welcome(ag *churnAgent) {
 }
 
 func (c *churn) relayDrop() bool {
-	ag := pick(c.rng, c.agents, func(ag *churnAgent) bool { return ag.relay != nil && ag.drops < churnRelayDrops })
+	ag := testseed.Pick(c.rng, c.agents, func(ag *churnAgent) bool { return ag.relay != nil && ag.drops < churnRelayDrops })
 	if ag == nil {
 		return false
 	}
@@ -1291,7 +1277,7 @@ func (c *churn) relayDrop() bool {
 }
 
 func (c *churn) relayBack() bool {
-	ag := pick(c.rng, c.agents, func(ag *churnAgent) bool { return ag.relay == nil })
+	ag := testseed.Pick(c.rng, c.agents, func(ag *churnAgent) bool { return ag.relay == nil })
 	if ag == nil {
 		return false
 	}
@@ -1563,7 +1549,7 @@ func (c *churn) hostileDirectory() bool {
 // replies of its flows, from other VIPs, from outside the pool, to
 // another address.
 func (c *churn) packetsBack() bool {
-	ag := pick(c.rng, c.agents, func(ag *churnAgent) bool { return ag.relay != nil || len(ag.paths) > 0 })
+	ag := testseed.Pick(c.rng, c.agents, func(ag *churnAgent) bool { return ag.relay != nil || len(ag.paths) > 0 })
 	if ag == nil {
 		return false
 	}
@@ -1584,7 +1570,7 @@ func (c *churn) packetsBack() bool {
 // when p is nil).
 func (c *churn) packetBack(ag *churnAgent, s *tunnel.Session, p *churnPath) {
 	src, dst := netip.AddrPortFrom(churnNever, 7), netip.AddrPortFrom(innerAddr, 40000)
-	if f := pick(c.rng, ag.flows, func(f *churnFlow) bool { return f.proto != tunnel.ProtoICMP }); f != nil {
+	if f := testseed.Pick(c.rng, ag.flows, func(f *churnFlow) bool { return f.proto != tunnel.ProtoICMP }); f != nil {
 		src, dst = f.dst, f.src
 	}
 	switch r := c.rng.IntN(10); {

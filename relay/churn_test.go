@@ -262,20 +262,6 @@ func (c *churn) fatalf(format string, args ...any) {
 		strings.Join(counts, ", "), testutil.ToFloat64(c.r.m.gatewaysLost), strings.Join(c.log[first:], "\n"))
 }
 
-// pick returns a random element of xs that keep accepts, or nil.
-func pick[T any](rng *rand.Rand, xs []*T, keep func(*T) bool) *T {
-	var ok []*T
-	for _, x := range xs {
-		if keep(x) {
-			ok = append(ok, x)
-		}
-	}
-	if len(ok) == 0 {
-		return nil
-	}
-	return ok[rng.IntN(len(ok))]
-}
-
 // sid is the relay's id of a client's session.
 func sid(c *client) uint64 { return c.s.Welcome().Session }
 
@@ -285,7 +271,7 @@ func (a *churnAgent) connected() bool   { return a.c != nil }
 // --- gateways ---
 
 func (c *churn) gatewayConnect() bool {
-	g := pick(c.rng, c.gws, func(g *churnGateway) bool { return g.c == nil })
+	g := testseed.Pick(c.rng, c.gws, func(g *churnGateway) bool { return g.c == nil })
 	if g == nil {
 		return false
 	}
@@ -303,7 +289,7 @@ func (c *churn) dialGateway(g *churnGateway) {
 // gatewayReconnect: a new session of a connected gateway, which replaces
 // its old one.
 func (c *churn) gatewayReconnect() bool {
-	g := pick(c.rng, c.gws, (*churnGateway).connected)
+	g := testseed.Pick(c.rng, c.gws, (*churnGateway).connected)
 	if g == nil {
 		return false
 	}
@@ -316,7 +302,7 @@ func (c *churn) gatewayReconnect() bool {
 }
 
 func (c *churn) gatewayLeave() bool {
-	g := pick(c.rng, c.gws, (*churnGateway).connected)
+	g := testseed.Pick(c.rng, c.gws, (*churnGateway).connected)
 	if g == nil {
 		return false
 	}
@@ -382,7 +368,7 @@ func (c *churn) randomService(name string) tunnel.ServiceInfo {
 }
 
 func (c *churn) gatewayRegister() bool {
-	g := pick(c.rng, c.gws, (*churnGateway).connected)
+	g := testseed.Pick(c.rng, c.gws, (*churnGateway).connected)
 	if g == nil {
 		return false
 	}
@@ -406,13 +392,13 @@ func (c *churn) gatewayRegister() bool {
 
 // serviceMove: a gateway drops a service, another one takes it.
 func (c *churn) serviceMove() bool {
-	from := pick(c.rng, c.gws, func(g *churnGateway) bool { return g.c != nil && len(g.reg) > 0 })
+	from := testseed.Pick(c.rng, c.gws, func(g *churnGateway) bool { return g.c != nil && len(g.reg) > 0 })
 	if from == nil {
 		return false
 	}
 	names := servicesNames(from)
 	name := names[c.rng.IntN(len(names))]
-	to := pick(c.rng, c.gws, func(g *churnGateway) bool {
+	to := testseed.Pick(c.rng, c.gws, func(g *churnGateway) bool {
 		_, serves := g.reg[name]
 		return g.c != nil && !serves
 	})
@@ -556,7 +542,7 @@ func (c *churn) killTags(match func(*churnTag) bool, told bool) {
 }
 
 func (c *churn) gatewayHealth() bool {
-	g := pick(c.rng, c.gws, func(g *churnGateway) bool { return g.c != nil && len(g.reg) > 0 })
+	g := testseed.Pick(c.rng, c.gws, func(g *churnGateway) bool { return g.c != nil && len(g.reg) > 0 })
 	if g == nil {
 		return false
 	}
@@ -647,7 +633,7 @@ func (c *churn) pumpGateway(g *churnGateway, until func(any) bool) {
 // --- agents ---
 
 func (c *churn) agentConnect() bool {
-	a := pick(c.rng, c.agents, func(a *churnAgent) bool { return a.c == nil })
+	a := testseed.Pick(c.rng, c.agents, func(a *churnAgent) bool { return a.c == nil })
 	if a == nil {
 		return false
 	}
@@ -658,7 +644,7 @@ func (c *churn) agentConnect() bool {
 }
 
 func (c *churn) agentLeave() bool {
-	a := pick(c.rng, c.agents, (*churnAgent).connected)
+	a := testseed.Pick(c.rng, c.agents, (*churnAgent).connected)
 	if a == nil {
 		return false
 	}
@@ -731,7 +717,7 @@ func (c *churn) eligible(a *churnAgent, name string, f *churnFlow) ([]*churnGate
 }
 
 func (c *churn) flowOpen() bool {
-	a := pick(c.rng, c.agents, (*churnAgent).connected)
+	a := testseed.Pick(c.rng, c.agents, (*churnAgent).connected)
 	if a == nil {
 		return false
 	}
@@ -764,7 +750,7 @@ func protoName(tcp bool) string {
 }
 
 func (c *churn) flowPacket() bool {
-	f := pick(c.rng, c.flows, func(f *churnFlow) bool { return !f.closed })
+	f := testseed.Pick(c.rng, c.flows, func(f *churnFlow) bool { return !f.closed })
 	if f == nil {
 		return false
 	}
@@ -778,7 +764,7 @@ func (c *churn) flowPacket() bool {
 }
 
 func (c *churn) flowClose() bool {
-	f := pick(c.rng, c.flows, func(f *churnFlow) bool { return !f.closed })
+	f := testseed.Pick(c.rng, c.flows, func(f *churnFlow) bool { return !f.closed })
 	if f == nil {
 		return false
 	}
@@ -972,8 +958,8 @@ func (c *churn) expectDrop(reason dropReason, up bool, send func()) {
 // reaches its agent session while it lives, and is dropped (unknown tag)
 // after; from another gateway it is dropped (foreign tag) while it lives.
 func (c *churn) returnPackets() bool {
-	tg := pick(c.rng, c.tags, func(tg *churnTag) bool { return tg.live && tg.gw.c != nil })
-	dead := pick(c.rng, c.tags, func(tg *churnTag) bool { return !tg.live && c.anyGateway() != nil })
+	tg := testseed.Pick(c.rng, c.tags, func(tg *churnTag) bool { return tg.live && tg.gw.c != nil })
+	dead := testseed.Pick(c.rng, c.tags, func(tg *churnTag) bool { return !tg.live && c.anyGateway() != nil })
 	if dead != nil && (tg == nil || c.rng.IntN(3) == 0) {
 		tg = dead
 	}
@@ -1009,7 +995,7 @@ func (c *churn) returnPackets() bool {
 			}
 			return got
 		})
-	if other := pick(c.rng, c.gws, func(g *churnGateway) bool { return g.c != nil && g != tg.gw }); other != nil {
+	if other := testseed.Pick(c.rng, c.gws, func(g *churnGateway) bool { return g.c != nil && g != tg.gw }); other != nil {
 		c.logf("  %s returns a packet under %s's tag %d", other.name, tg.gw.name, tg.id)
 		c.stats["returns under another gateway's tag"]++
 		c.expectDrop(dropForeignTag, false, func() { _ = other.c.s.SendDatagram(dg) })

@@ -1,7 +1,7 @@
 // Package testseed gives a randomized test its seed: the one an
 // environment variable names, to replay a run, else a random one, so that
-// every run tries other choices. The seed is logged either way. Only tests
-// import it.
+// every run tries other choices. The seed is logged either way. Pick
+// chooses among a test's objects. Only tests import it.
 package testseed
 
 import (
@@ -26,4 +26,19 @@ func Get(t testing.TB, env string) uint64 {
 	}
 	t.Logf("seed %d (%s=%d replays it)", seed, env, seed)
 	return seed
+}
+
+// Pick returns a random element of xs that keep accepts, or nil when none
+// does.
+func Pick[T any](rng *rand.Rand, xs []*T, keep func(*T) bool) *T {
+	var ok []*T
+	for _, x := range xs {
+		if keep(x) {
+			ok = append(ok, x)
+		}
+	}
+	if len(ok) == 0 {
+		return nil
+	}
+	return ok[rng.IntN(len(ok))]
 }

@@ -1,6 +1,7 @@
 package testseed
 
 import (
+	"math/rand/v2"
 	"strings"
 	"testing"
 )
@@ -49,5 +50,26 @@ func TestGet(t *testing.T) {
 				t.Errorf("logged %q, want the seed and how to replay it", r.logs)
 			}
 		})
+	}
+}
+
+func TestPick(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	xs := []*int{new(int), new(int), new(int)}
+	*xs[0], *xs[1], *xs[2] = 1, 2, 3
+	odd := func(x *int) bool { return *x%2 == 1 }
+	seen := map[int]bool{}
+	for range 100 {
+		got := Pick(rng, xs, odd)
+		if got == nil || !odd(got) {
+			t.Fatalf("picked %v, want an odd element", got)
+		}
+		seen[*got] = true
+	}
+	if !seen[1] || !seen[3] {
+		t.Errorf("picked %v in 100 draws, want both 1 and 3", seen)
+	}
+	if got := Pick(rng, xs, func(*int) bool { return false }); got != nil {
+		t.Errorf("picked %v when keep accepts none", got)
 	}
 }
