@@ -72,14 +72,7 @@ func metricValue(t *testing.T, g *Gateway, name string, labels ...string) float6
 					continue metrics
 				}
 			}
-			switch {
-			case m.GetGauge() != nil:
-				return m.GetGauge().GetValue()
-			case m.GetCounter() != nil:
-				return m.GetCounter().GetValue()
-			case m.GetHistogram() != nil:
-				return float64(m.GetHistogram().GetSampleCount())
-			}
+			return value(m)
 		}
 	}
 	return -1

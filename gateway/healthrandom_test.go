@@ -1705,6 +1705,8 @@ func series(mfs []*dto.MetricFamily, name, key, val string) map[string]float64 {
 	return out
 }
 
+// value is a metric's value: a gauge's or counter's, a histogram's count
+// of samples; -1 for another kind.
 func value(m *dto.Metric) float64 {
 	switch {
 	case m.GetGauge() != nil:
