@@ -823,7 +823,9 @@ func (r *healthRand) startCheck(s *hrService, b *hrBackend, now time.Time) {
 		if b.state != stateUnknown {
 			b.lastChange = now
 		}
-		b.state, b.okRun, b.failRun, b.probation = stateUnknown, 0, 0, false
+		// Checks turned off forget the state and the last error: the
+		// backend is as at a start (configuration.md, [service.health]).
+		b.state, b.okRun, b.failRun, b.probation, b.lastErr = stateUnknown, 0, 0, false, ""
 		return
 	}
 	b.checking, b.due = true, now.Add(r.firstDelay(h.interval))
