@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -190,5 +191,33 @@ func TestNewFlowsRate(t *testing.T) {
 	clk.advance(time.Second)
 	if _, err := h.dialWeb(t, acmeClient, 2*time.Second); err != nil {
 		t.Fatalf("after a second: %v", err)
+	}
+}
+
+// TestMaxFlowsOverFileLimitWarned: [limits] max_flows over what the open
+// file limit allows is logged at start and again by a reload that sets it
+// so, not by one that leaves it under.
+func TestMaxFlowsOverFileLimitWarned(t *testing.T) {
+	const warning = "the open file limit allows fewer flows than [limits] max_flows"
+	config := func(maxFlows int) string {
+		return reloadConfig(9, `"*"`, fmt.Sprintf("[limits]\nmax_flows = %d\n", maxFlows))
+	}
+	logs := &syncLog{}
+	h := newFileHarnessWith(t, config(50), slog.New(slog.NewTextHandler(logs, nil)), []netip.Addr{acmeClient},
+		func(g *Gateway) { g.limits.fdCap = 100 })
+	if strings.Contains(logs.String(), warning) {
+		t.Fatalf("warned at start with max_flows 50 under 100:\n%s", logs)
+	}
+	for _, tt := range []struct {
+		maxFlows int
+		warns    int
+	}{{60, 0}, {500, 1}, {80, 1}, {101, 2}} {
+		h.write(t, config(tt.maxFlows))
+		if _, err := h.gw.Reload(); err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(logs.String(), warning); n != tt.warns {
+			t.Fatalf("after max_flows %d: %d warnings, want %d:\n%s", tt.maxFlows, n, tt.warns, logs)
+		}
 	}
 }

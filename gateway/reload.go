@@ -91,6 +91,9 @@ func (g *Gateway) Reload() (Diff, error) {
 	g.m.reloads.WithLabelValues("ok").Inc()
 	g.logDiff("reloaded", d)
 	conf.WarnRestart(g.log, d.RestartRequired)
+	if d.LimitsChanged {
+		g.warnLimits() // as at start: the new max_flows may be over what the open file limit allows
+	}
 	return d, nil
 }
 
