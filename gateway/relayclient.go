@@ -24,6 +24,10 @@ const (
 	pendingTagLimit   = 16
 	pendingTagsMax    = 1024
 	pendingTagTimeout = 2 * time.Second
+	// closedTagsMax bounds the closed tags remembered (rs.closed): a
+	// tag_close of more within pendingTagTimeout leaves the rest to be
+	// held like unknown ones.
+	closedTagsMax = 4 * pendingTagsMax
 )
 
 // relayOutboxLen bounds the replies waiting for the relay session, which
@@ -99,6 +103,16 @@ type relaySession struct {
 	// expired entries were last removed.
 	pending map[uint32]*pendingTag
 	swept   time.Time
+	// closed holds when each tag a tag_close named was closed, for
+	// pendingTagTimeout: the packets still in flight under it are dropped,
+	// not held, so that none can reach a new tag of the same number. Swept
+	// with pending.
+	closed map[uint32]time.Time
+}
+
+func newRelaySession(g *Gateway, s *tunnel.Session, out *tunnel.Outbox) *relaySession {
+	return &relaySession{g: g, s: s, out: out, tags: make(map[uint32]*ingress),
+		pending: make(map[uint32]*pendingTag), closed: make(map[uint32]time.Time)}
 }
 
 type pendingTag struct {
@@ -118,8 +132,7 @@ func (g *Gateway) relayOutbox(s tunnel.DatagramSender) *tunnel.Outbox {
 // the VIPs the relay assigns, keeps the relay told of health changes, and
 // carries the tagged packets of agents.
 func (g *Gateway) serveRelay(ctx context.Context, s *tunnel.Session) error {
-	rs := &relaySession{g: g, s: s, tags: make(map[uint32]*ingress), pending: make(map[uint32]*pendingTag),
-		out: g.relayOutbox(s)}
+	rs := newRelaySession(g, s, g.relayOutbox(s))
 	defer rs.out.Close() // after the tags: deferred calls run last first
 	defer rs.closeAll("relay session ended")
 	g.fitLink(s, tunnel.TagReturnOverhead)
@@ -240,6 +253,7 @@ func (rs *relaySession) openTag(m *tunnel.TagOpen) {
 		return
 	}
 	rs.tags[tag] = in
+	delete(rs.closed, tag) // the relay drew this number again
 	p := rs.pending[tag]
 	delete(rs.pending, tag)
 	rs.mu.Unlock()
@@ -270,6 +284,13 @@ func (rs *relaySession) closeTag(tag uint32, reason string) {
 	delete(rs.tags, tag)
 	p := rs.pending[tag]
 	delete(rs.pending, tag)
+	now := time.Now()
+	if len(rs.closed) >= closedTagsMax {
+		rs.sweepLocked(now)
+	}
+	if len(rs.closed) < closedTagsMax {
+		rs.closed[tag] = now
+	}
 	rs.mu.Unlock()
 	if p != nil {
 		rs.giveUp(p)
@@ -337,7 +358,9 @@ func (rs *relaySession) datagrams(ctx context.Context) {
 	}, batch.Flush)
 }
 
-// holdLocked keeps a packet of an unannounced tag for a moment: at most
+// holdLocked drops a packet of a tag closed less than pendingTagTimeout
+// ago (one still in flight when its tag_close came); it keeps one of an
+// unannounced tag for a moment: at most
 // pendingTagLimit of a tag, of at most pendingTagsMax tags, for
 // pendingTagTimeout. Every packet held is delivered after its tag_open or
 // counted as unknown_tag (giveUp), as is every one over the bounds. Expired
@@ -348,6 +371,10 @@ func (rs *relaySession) holdLocked(tag uint32, pkt []byte) {
 	now := time.Now()
 	if len(rs.pending) >= pendingTagsMax || now.Sub(rs.swept) > pendingTagTimeout {
 		rs.sweepLocked(now)
+	}
+	if at, ok := rs.closed[tag]; ok && now.Sub(at) <= pendingTagTimeout {
+		rs.g.m.tunnelDrop("unknown_tag")
+		return
 	}
 	p := rs.pending[tag]
 	if p != nil && p.expired(now) {
@@ -370,12 +397,18 @@ func (rs *relaySession) holdLocked(tag uint32, pkt []byte) {
 	p.pkts = append(p.pkts, slices.Clone(pkt)) // pkt's buffer is the session's again once delivered
 }
 
-// sweepLocked removes the expired pending tags.
+// sweepLocked removes the expired pending tags and forgets the tags
+// closed longer than pendingTagTimeout ago.
 func (rs *relaySession) sweepLocked(now time.Time) {
 	for t, p := range rs.pending {
 		if p.expired(now) {
 			delete(rs.pending, t)
 			rs.giveUp(p)
+		}
+	}
+	for t, at := range rs.closed {
+		if now.Sub(at) > pendingTagTimeout {
+			delete(rs.closed, t)
 		}
 	}
 	rs.swept = now

@@ -243,8 +243,7 @@ backends = ["127.0.0.1"]
 // expire what the test holds fresh.
 func TestHoldPendingTags(t *testing.T) {
 	newRS := func() *relaySession {
-		return &relaySession{g: &Gateway{m: newMetrics(prometheus.NewRegistry())},
-			tags: map[uint32]*ingress{}, pending: map[uint32]*pendingTag{}}
+		return newRelaySession(&Gateway{m: newMetrics(prometheus.NewRegistry())}, nil, nil)
 	}
 	fresh, stale := time.Now().Add(time.Hour), time.Now().Add(-time.Hour)
 	pkt := []byte{0x45}
@@ -303,7 +302,7 @@ func TestHoldPendingTags(t *testing.T) {
 func TestOpenTagDuplicate(t *testing.T) {
 	g := &Gateway{m: newMetrics(prometheus.NewRegistry()), flows: newFlowTable()}
 	g.ingresses = newIngressTable(prometheus.NewGauge(prometheus.GaugeOpts{Name: "test_ingresses"}), nil)
-	rs := &relaySession{g: g, tags: map[uint32]*ingress{}, pending: map[uint32]*pendingTag{}}
+	rs := newRelaySession(g, nil, nil)
 	rs.openTag(&tunnel.TagOpen{Tag: 5, Service: "web"})
 	first, next := rs.tags[5], g.ingresses.next
 	if first == nil {
@@ -315,5 +314,61 @@ func TestOpenTagDuplicate(t *testing.T) {
 	}
 	if g.ingresses.next != next {
 		t.Fatalf("duplicate tag_open took a synthetic address (next %d, was %d)", g.ingresses.next, next)
+	}
+}
+
+// TestClosedTagPacketsDropped: a packet under a tag that a tag_close named
+// less than pendingTagTimeout ago (one in flight when the tag closed) is
+// dropped as unknown_tag, not held: were the relay to draw the same number
+// for another agent within that time, it would reach that agent's ingress.
+// A tag_open of the number takes it out of the closed tags; one closed
+// longer ago is held as any unknown tag; the closed tags stay bounded.
+func TestClosedTagPacketsDropped(t *testing.T) {
+	pkt := []byte{0x45}
+	newRS := func() *relaySession {
+		g := &Gateway{m: newMetrics(prometheus.NewRegistry()), flows: newFlowTable()}
+		g.ingresses = newIngressTable(prometheus.NewGauge(prometheus.GaugeOpts{Name: "test_ingresses"}), nil)
+		return newRelaySession(g, nil, nil)
+	}
+	drops := func(rs *relaySession) float64 {
+		return testutil.ToFloat64(rs.g.m.dropped.WithLabelValues("unknown_tag"))
+	}
+	hold := func(rs *relaySession, tag uint32) {
+		rs.mu.Lock()
+		rs.holdLocked(tag, pkt)
+		rs.mu.Unlock()
+	}
+
+	rs := newRS()
+	rs.openTag(&tunnel.TagOpen{Tag: 7, Service: "echo", Tenant: "acme"})
+	rs.closeTag(7, "tag_closed")
+	hold(rs, 7)
+	if rs.pending[7] != nil || drops(rs) != 1 {
+		t.Fatalf("packet of a tag just closed: held %v, unknown_tag %v; want dropped and counted", rs.pending[7] != nil, drops(rs))
+	}
+	rs.openTag(&tunnel.TagOpen{Tag: 7, Service: "echo", Tenant: "globex"})
+	if _, ok := rs.closed[7]; ok || rs.tags[7] == nil {
+		t.Fatalf("tag 7 drawn again: still closed %v, open %v", ok, rs.tags[7] != nil)
+	}
+	rs.closeTag(7, "tag_closed")
+	rs.closed[7] = time.Now().Add(-2 * pendingTagTimeout)
+	hold(rs, 7)
+	if rs.pending[7] == nil || drops(rs) != 1 {
+		t.Fatalf("packet of a tag closed long ago: held %v, unknown_tag %v; want held", rs.pending[7] != nil, drops(rs))
+	}
+
+	rs = newRS()
+	for tag := range uint32(closedTagsMax + 10) {
+		rs.closeTag(tag+1, "tag_closed")
+	}
+	if n := len(rs.closed); n != closedTagsMax {
+		t.Fatalf("%d closed tags remembered, want the bound %d", n, closedTagsMax)
+	}
+	for tag := range uint32(closedTagsMax) {
+		rs.closed[tag+1] = time.Now().Add(-2 * pendingTagTimeout)
+	}
+	rs.closeTag(closedTagsMax+100, "tag_closed")
+	if n := len(rs.closed); n != 1 {
+		t.Fatalf("%d closed tags remembered after the old ones expired, want 1", n)
 	}
 }

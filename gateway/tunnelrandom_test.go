@@ -1014,7 +1014,7 @@ func TestTunnelSideRandomHeldPacketsCounted(t *testing.T) {
 	newRS := func() *relaySession {
 		g := &Gateway{m: newMetrics(prometheus.NewRegistry()), flows: newFlowTable()}
 		g.ingresses = newIngressTable(prometheus.NewGauge(prometheus.GaugeOpts{Name: "test_ingresses"}), nil)
-		return &relaySession{g: g, tags: map[uint32]*ingress{}, pending: map[uint32]*pendingTag{}}
+		return newRelaySession(g, nil, nil)
 	}
 	held := func(n int, since time.Time) *pendingTag {
 		p := &pendingTag{since: since}
