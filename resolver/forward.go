@@ -128,10 +128,12 @@ func (s *Server) fit(reply, raw []byte, tcp bool) []byte {
 		return reply
 	}
 	qend, _ := questionEnd(reply) // isReplyTo checked it
-	opt, ok := findOPT(reply)
+	// An OPT record found whole is kept even when what follows it cannot be
+	// walked (bytes after the last record).
+	opt, _ := findOPT(reply)
 	reply[2] |= flagTC >> 8
 	clear(reply[6:headerLen])
-	if !ok || !opt.found {
+	if !opt.found {
 		return reply[:qend]
 	}
 	n := copy(reply[qend:], reply[opt.start:opt.end]) // OPT comes after the question

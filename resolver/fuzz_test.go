@@ -170,11 +170,28 @@ func FuzzFit(f *testing.F) {
 			return
 		}
 		m := mustUnpack(t, out)
-		opt, ok := findOPT(whole) // not when bytes follow the last record
-		if len(m.Question) != 1 || len(m.Answer)+len(m.Ns) != 0 || (m.IsEdns0() != nil) != (ok && opt.found) {
-			t.Fatalf("cut to %v; the whole had an OPT record: %v", m, ok && opt.found)
+		opt, _ := findOPT(whole) // found also when bytes follow the last record
+		if len(m.Question) != 1 || len(m.Answer)+len(m.Ns) != 0 || (m.IsEdns0() != nil) != opt.found {
+			t.Fatalf("cut to %v; the whole had an OPT record: %v", m, opt.found)
 		}
 	})
+}
+
+// TestFitKeepsOPTBeforeTrailingBytes: an upstream answer cut to a UDP
+// client's size keeps its OPT record also when bytes follow its last
+// record (miekg/dns and most resolvers read such an answer); without it
+// the client would take this server for one that does not do EDNS.
+func TestFitKeepsOPTBeforeTrailingBytes(t *testing.T) {
+	query := mustPack(t, newQuery("big.example.", dns.TypeA, 512))
+	s := newTestServer(t, testConfig(), testDirectory())
+	for i, whole := range fitSeeds(t, query) {
+		out := s.fit(bytes.Clone(whole), query, false)
+		m := mustUnpack(t, out)
+		opt, _ := findOPT(whole)
+		if got := m.IsEdns0() != nil; got != opt.found {
+			t.Errorf("seed %d (%d bytes): OPT in the cut answer %v, in the whole %v", i, len(whole), got, opt.found)
+		}
+	}
 }
 
 // fitSeeds are answers to query: larger than 512 bytes with an OPT record,
