@@ -32,7 +32,7 @@
 //     Config.MaxUDPSize; a larger answer is truncated by whole records,
 //     with TC set when answer or authority records are left out (additional
 //     ones, an SRV target's addresses, go without TC: RFC 2181 §9). EDNS
-//     versions other than 0 get BADVERS.
+//     versions other than 0 get BADVERS, whatever the opcode.
 //   - Other opcodes get NOTIMP, question counts other than one and messages
 //     that do not parse FORMERR: a header, with an OPT record when the
 //     query had one that can be read (RFC 6891 §6.1.1); messages shorter

@@ -134,6 +134,13 @@ func (s *Server) replyFast(w *worker, raw []byte, view View, owner string, a *an
 func (s *Server) handleSlow(w *worker, raw []byte, client netip.Addr, tcp bool) ([]byte, bool) {
 	switch {
 	case be16(raw[2:])&opcodeMask != 0:
+		// The EDNS version is read before the opcode, as BIND reads them
+		// (Unbound answers the opcode first; RFC 6891 orders neither): a
+		// client that asks for a version this server lacks learns so
+		// whatever it asked (§6.1.3).
+		if opt, ok := findOPT(raw); ok && opt.found && raw[opt.start+6] != 0 {
+			return s.headerOnly(w, raw, dns.RcodeBadVers), false
+		}
 		return s.headerOnly(w, raw, dns.RcodeNotImplemented), false
 	case be16(raw[4:]) != 1:
 		s.m.malformed.Inc()
@@ -218,16 +225,17 @@ func wireName(name string, buf []byte) ([]byte, error) {
 // when raw has one (RFC 6891 §6.1.1: an EDNS query gets an EDNS answer; a
 // FORMERR without OPT tells the client that the server does not do EDNS),
 // and counts the reply. A message that cannot be walked to its end gets
-// the header alone.
+// the header alone. An rcode over 15 (BADVERS) needs the OPT record: it is
+// passed only for a query whose OPT record can be read.
 func (s *Server) headerOnly(w *worker, raw []byte, rcode int) []byte {
 	s.m.reply(rcode)
 	out := headerReply(w.out, raw, s.ra, rcode)
 	if opt, ok := findOPT(raw); ok && opt.found {
 		do := raw[opt.start+7] & byte(ednsDO>>8) // the high octet of the OPT's flags
 		size := s.cfg.MaxUDPSize
-		// The root, OPT, the UDP size, no extended rcode, version 0,
-		// the flags, no options.
-		out = append(out, 0, 0, typeOPT, byte(size>>8), byte(size), 0, 0, do, 0, 0, 0)
+		// The root, OPT, the UDP size, the rcode's upper 8 bits (BADVERS),
+		// version 0, the flags, no options.
+		out = append(out, 0, 0, typeOPT, byte(size>>8), byte(size), byte(rcode>>4), 0, do, 0, 0, 0)
 		out[11] = 1 // ARCOUNT
 	}
 	return out

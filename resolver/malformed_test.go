@@ -106,6 +106,7 @@ func TestBareReplyKeepsOPT(t *testing.T) {
 		return mustPack(t, m)
 	}
 	notify := func(m *dns.Msg) { m.Opcode = dns.OpcodeNotify }
+	notifyV1 := func(m *dns.Msg) { m.Opcode = dns.OpcodeNotify; m.IsEdns0().SetVersion(1) }
 	noQuestion := func(m *dns.Msg) { m.Question = nil }
 	twoQuestions := func(m *dns.Msg) { m.Question = append(m.Question, m.Question[0]) }
 	long := strings.Repeat("a.", 130) // 261 octets
@@ -118,6 +119,8 @@ func TestBareReplyKeepsOPT(t *testing.T) {
 	}{
 		{name: "NOTIFY with EDNS", raw: query("web.ztna.internal.", true, true, notify), rcode: dns.RcodeNotImplemented, opt: true, do: true},
 		{name: "NOTIFY", raw: query("web.ztna.internal.", false, false, notify), rcode: dns.RcodeNotImplemented},
+		// The EDNS version before the opcode, as BIND reads them.
+		{name: "NOTIFY with EDNS version 1", raw: query("web.ztna.internal.", true, true, notifyV1), rcode: dns.RcodeBadVers, opt: true, do: true},
 		{name: "no question, EDNS (a cookie query)", raw: query("web.ztna.internal.", true, false, noQuestion), rcode: dns.RcodeFormatError, opt: true},
 		{name: "no question", raw: query("web.ztna.internal.", false, false, noQuestion), rcode: dns.RcodeFormatError},
 		{name: "two questions with EDNS", raw: query("web.ztna.internal.", true, true, twoQuestions), rcode: dns.RcodeFormatError, opt: true, do: true},

@@ -992,6 +992,9 @@ func (r *rnd) expect(q *rquery) *rndWant {
 	w.opt = q.edns && !badOPT
 	w.do = w.opt && q.do
 	switch {
+	case q.shape == shapeOpcode && w.opt && q.version != 0: // the EDNS version first
+		w.bare, w.rcode = true, dns.RcodeBadVers
+		return w
 	case q.shape == shapeOpcode:
 		w.bare, w.rcode = true, dns.RcodeNotImplemented
 		return w
