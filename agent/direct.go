@@ -350,8 +350,10 @@ func (d *direct) use(service string, st *svcDirect, p *path, id uint64) {
 
 // onError handles the relay's error about a signaling session: an offer
 // refused or expired (backoff), or a path to retire (the gateway was
-// drained or reports the service down: new flows go back to the relay,
-// those on the path stay).
+// drained, reports the service down or no longer admits the agent's
+// tenant: new flows go back to the relay, those on the path stay). Other
+// codes naming a path's session (unknown_session after a relay restart, as
+// an answer to the path's result) say nothing of the path: it stays.
 func (d *direct) onError(m *tunnel.ErrorMessage, now time.Time) {
 	if service, ok := d.offers[m.SessionID]; ok {
 		if st := d.svcs[service]; st.phase == phaseOffered {
@@ -360,6 +362,11 @@ func (d *direct) onError(m *tunnel.ErrorMessage, now time.Time) {
 			d.fail(st, now)
 		}
 		return // dialling: the dial's outcome decides
+	}
+	switch m.Code {
+	case tunnel.CodeDrained, tunnel.CodeServiceDown, tunnel.CodeNotAuthorized: // what the relay retires paths with
+	default:
+		return
 	}
 	for service, st := range d.svcs {
 		if st.phase == phaseDirect && st.id == m.SessionID {

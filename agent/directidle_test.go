@@ -20,14 +20,7 @@ func TestDirectPathDownlinkOnlyNotIdle(t *testing.T) {
 	f := newDirectFixture(t)
 	d := f.manualDirect()
 	now := time.Now()
-	o := f.offerWeb(d, now)
-	d.onAnswer(&tunnel.Answer{Type: tunnel.MessageAnswer, SessionID: o.SessionID, Service: "web",
-		Candidates: []netip.AddrPort{netip.MustParseAddrPort(f.gw.addr())}, Gateway: "ops/gateway/gw1"}, now)
-	d.handle(dialOutcome(t, d), now)
-	p := d.paths["ops/gateway/gw1"]
-	if p == nil {
-		t.Fatal("no path")
-	}
+	o, p := webDirectPath(t, f, d, now)
 	d.tick(now)
 	d.onError(&tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: tunnel.CodeDrained, SessionID: o.SessionID}, now)
 	if len(p.services) != 0 {
@@ -71,4 +64,54 @@ func TestDirectPathDownlinkOnlyNotIdle(t *testing.T) {
 	if !closed() {
 		t.Fatal("a path quiet both ways for pathLinger was not closed")
 	}
+}
+
+// TestDirectPathRetiredOnlyByRetireCodes: the relay retires a direct path
+// with drained, service_down or not_authorized; another error naming the
+// path's session (unknown_session, the answer of a relay restarted since
+// to the path's result; peer_gone, expired) leaves the path to new flows.
+// Before, any code retired it.
+func TestDirectPathRetiredOnlyByRetireCodes(t *testing.T) {
+	for _, tc := range []struct {
+		code   string
+		retire bool
+	}{
+		{tunnel.CodeDrained, true},
+		{tunnel.CodeServiceDown, true},
+		{tunnel.CodeNotAuthorized, true},
+		{tunnel.CodeUnknownSession, false},
+		{tunnel.CodePeerGone, false},
+		{tunnel.CodeExpired, false},
+		{tunnel.CodeBusy, false},
+		{"no_such_code", false},
+	} {
+		t.Run(tc.code, func(t *testing.T) {
+			f := newDirectFixture(t)
+			d := f.manualDirect()
+			now := time.Now()
+			o, p := webDirectPath(t, f, d, now)
+			d.onError(&tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: tc.code, SessionID: o.SessionID}, now)
+			if retired := len(p.services) == 0; retired != tc.retire {
+				t.Fatalf("path retired %v, want %v", retired, tc.retire)
+			}
+			if routed := d.svcs["web"].phase == phaseDirect; routed == tc.retire {
+				t.Fatalf("web's new flows on the direct path: %v, want %v", routed, !tc.retire)
+			}
+		})
+	}
+}
+
+// webDirectPath brings up web's direct path to gw1 on the manual manager
+// d: the offer, the relay's answer, the dial.
+func webDirectPath(t *testing.T, f *directFixture, d *direct, now time.Time) (*tunnel.Offer, *path) {
+	t.Helper()
+	o := f.offerWeb(d, now)
+	d.onAnswer(&tunnel.Answer{Type: tunnel.MessageAnswer, SessionID: o.SessionID, Service: "web",
+		Candidates: []netip.AddrPort{netip.MustParseAddrPort(f.gw.addr())}, Gateway: "ops/gateway/gw1"}, now)
+	d.handle(dialOutcome(t, d), now)
+	p := d.paths["ops/gateway/gw1"]
+	if p == nil || len(p.services) != 1 {
+		t.Fatal("no direct path for web")
+	}
+	return o, p
 }
