@@ -75,6 +75,31 @@ type churnAgent struct {
 	c            *client // nil while disconnected
 	dir          *tunnel.Directory
 	returns      map[string]bool // payloads of return packets routed to this session
+	// rights are the services its certificate grants (a legacy one's),
+	// nil for every service of its tenant (tunnel.Identity.Services).
+	rights []string
+	// A ztna-v1 agent (TestLegacyRandom): the services ACKed on this
+	// session, whether a routed packet pinned its inner address, and the
+	// registration answers it may receive (copies of a resent request
+	// are answered again).
+	v1         bool
+	registered map[string]bool
+	pinned     bool
+	answers    map[string]bool
+}
+
+// permits reports whether a's certificate grants service.
+func (a *churnAgent) permits(service string) bool {
+	return a.rights == nil || slices.Contains(a.rights, service)
+}
+
+// inner is the inner address the relay shows for a's session: none for a
+// ztna-v1 session before its first routed packet.
+func (a *churnAgent) inner() string {
+	if a.v1 && !a.pinned {
+		return ""
+	}
+	return innerAddr.String()
 }
 
 // churnTag is a tag the model saw drawn.
@@ -125,6 +150,13 @@ type churn struct {
 	ever      map[string]map[string]bool // tenant → names it was ever admitted to
 	old       []*client                  // replaced and closed sessions: must end
 	delivered map[uint16]bool            // IP ids of packets a gateway received
+	drops     map[dropReason]float64     // the drops expectDrop saw, by reason
+	// moreTenants are offered to services besides churnTenants' (the
+	// legacy test's tenant default).
+	moreTenants []string
+	v1Seen    []uint64 // relay ids of every ztna-v1 session so far (dialV1)
+	// checkMore is a test's own check, after the churn's (check).
+	checkMore func() error
 	ipID      uint16
 	port      uint16
 	step      int
@@ -147,15 +179,7 @@ type churn struct {
 func TestRegistryChurn(t *testing.T) {
 	seed := testseed.Get(t, churnSeedEnv)
 	c := newChurn(t, seed)
-	ops := []struct {
-		weight int
-		name   string
-		do     func() bool // false: not applicable now
-		// settled: the step's checks need the relay to have caught up
-		// with the steps before (the others may follow each other
-		// without waiting, so that their effects overlap at the relay).
-		settled bool
-	}{
+	c.run(churnSteps, []churnOp{
 		{6, "gateway connects", c.gatewayConnect, false},
 		{3, "gateway reconnects", c.gatewayReconnect, false},
 		{3, "gateway leaves", c.gatewayLeave, false},
@@ -170,13 +194,31 @@ func TestRegistryChurn(t *testing.T) {
 		{4, "flow closes", c.flowClose, true},
 		{10, "return packets", c.returnPackets, true},
 		{3, "clock advances", c.clockAdvance, true},
-	}
+	})
+}
+
+// churnOp is a kind of step of a random test run on a churn.
+type churnOp struct {
+	weight int
+	name   string
+	do     func() bool // false: not applicable now
+	// settled: the step's checks need the relay to have caught up with
+	// the steps before (the others may follow each other without
+	// waiting, so that their effects overlap at the relay).
+	settled bool
+}
+
+// run takes steps random steps of ops, each by its weight, settling
+// before a step that needs it and after every other step on average, and
+// finishes.
+func (c *churn) run(steps int, ops []churnOp) {
+	c.t.Helper()
 	total := 0
 	for _, op := range ops {
 		total += op.weight
 	}
 	settled := true
-	for c.step = 0; c.step < churnSteps; c.step++ {
+	for c.step = 0; c.step < steps; c.step++ {
 		for {
 			n := c.rng.IntN(total)
 			i := 0
@@ -200,7 +242,7 @@ func TestRegistryChurn(t *testing.T) {
 			settled = true
 		}
 	}
-	c.finish()
+	c.finish(steps)
 }
 
 func newChurn(t *testing.T, seed uint64) *churn {
@@ -213,6 +255,7 @@ func newChurn(t *testing.T, seed uint64) *churn {
 		t: t, seed: seed, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), p: p, holdDown: cfg.VIPHoldDown,
 		vips: map[string]netip.Addr{}, released: map[string]time.Time{}, order: map[string][]*churnGateway{},
 		drained: map[string]bool{}, ever: map[string]map[string]bool{}, delivered: map[uint16]bool{},
+		drops: map[dropReason]float64{},
 		port: 10000, stats: map[string]int{},
 	}
 	c.now.Store(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
@@ -262,8 +305,9 @@ func (c *churn) fatalf(format string, args ...any) {
 		strings.Join(counts, ", "), testutil.ToFloat64(c.r.m.gatewaysLost), strings.Join(c.log[first:], "\n"))
 }
 
-// sid is the relay's id of a client's session.
-func sid(c *client) uint64 { return c.s.Welcome().Session }
+// sid is the relay's id of a client's session: its welcome's, or the id a
+// test found for a ztna-v1 session.
+func sid(c *client) uint64 { return cmp.Or(c.s.Welcome().Session, c.id) }
 
 func (g *churnGateway) connected() bool { return g.c != nil }
 func (a *churnAgent) connected() bool   { return a.c != nil }
@@ -344,7 +388,7 @@ func (c *churn) randomService(name string) tunnel.ServiceInfo {
 	if c.rng.IntN(6) == 0 {
 		info.Tenants = []string{"*"}
 	} else {
-		for _, tn := range append(slices.Clone(churnTenants[:2]), "umbrella") {
+		for _, tn := range append(append(slices.Clone(churnTenants[:2]), "umbrella"), c.moreTenants...) {
 			if c.rng.IntN(2) == 0 {
 				info.Tenants = append(info.Tenants, tn)
 			}
@@ -518,7 +562,7 @@ func (c *churn) register(g *churnGateway, services []tunnel.ServiceInfo) {
 		}
 		delete(c.released, name)
 		g.reg[name] = info
-		for _, tn := range churnTenants {
+		for _, tn := range append(slices.Clone(churnTenants), c.moreTenants...) {
 			if newDefinition(info).admits(tn) {
 				if c.ever[tn] == nil {
 					c.ever[tn] = map[string]bool{}
@@ -638,8 +682,13 @@ func (c *churn) agentConnect() bool {
 		return false
 	}
 	c.logf("  %s connects", a.label)
-	a.c = mustDial(c.t, c.addr, a.creds, agentHello(a.name))
+	if a.v1 {
+		c.dialV1(a)
+	} else {
+		a.c = mustDial(c.t, c.addr, a.creds, agentHello(a.name))
+	}
 	a.dir, a.returns = nil, map[string]bool{}
+	a.registered, a.pinned, a.answers = map[string]bool{}, false, map[string]bool{}
 	return true
 }
 
@@ -673,9 +722,15 @@ func (c *churn) leave(a *churnAgent) {
 // go to (those of the best rank: serving the port, then healthy), or the
 // reason the relay drops it.
 func (c *churn) eligible(a *churnAgent, name string, f *churnFlow) ([]*churnGateway, dropReason) {
+	if a.v1 && !a.registered[name] {
+		return nil, dropNotRegistered
+	}
 	gws, served := c.order[name]
-	if !served {
+	switch {
+	case !served:
 		return nil, dropUnknownService
+	case !a.permits(name):
+		return nil, dropNotAuthorized
 	}
 	best, bestRank := []*churnGateway(nil), -1
 	admitted := false
@@ -841,6 +896,7 @@ func (c *churn) route(f *churnFlow, flags byte) {
 			}
 		}
 		tg = &churnTag{id: id, agent: f.agent, as: f.as, gw: g, gs: g.c, service: f.service, live: true}
+		f.agent.pinned = f.agent.pinned || f.agent.v1
 		c.stats["tags drawn"]++
 		c.tags = append(c.tags, tg)
 		c.logf("  tag %d: %s, %s on %s", id, f.agent.label, f.service, g.name)
@@ -952,6 +1008,7 @@ func (c *churn) expectDrop(reason dropReason, up bool, send func()) {
 	if n := dropped(c.r, reason) - before; n != float64(copies) {
 		c.fatalf("%v of %d copies dropped as %s", n, copies, reason)
 	}
+	c.drops[reason] += float64(copies)
 }
 
 // returnPackets checks a random tag's return path: from its gateway it
@@ -1021,6 +1078,13 @@ func (c *churn) agentDatagrams(a *churnAgent) []string {
 	for {
 		select {
 		case b := <-a.c.dgs:
+			if k := tunnel.Kind(b); a.v1 && (k == tunnel.TypeAck || k == tunnel.TypeNack) {
+				if !a.answers[string(b)] {
+					c.fatalf("%s received the registration answer % x", a.label, b)
+				}
+				out = append(out, string(b))
+				continue
+			}
 			text := payload(b)
 			if src, dst, ok := ipAddrs(b); !ok || dst != innerAddr || !a.returns[text] {
 				c.fatalf("%s received %q from %v", a.label, text, src)
@@ -1075,7 +1139,11 @@ func (c *churn) check() error {
 			return fmt.Errorf("a replaced gateway session is still open")
 		}
 	}
-	return errors.Join(c.checkRegistry(), c.checkTags(), c.checkDirectories(), c.checkAPI())
+	errs := errors.Join(c.checkRegistry(), c.checkTags(), c.checkDirectories(), c.checkAPI())
+	if c.checkMore != nil {
+		errs = errors.Join(errs, c.checkMore())
+	}
+	return errs
 }
 
 // pumpAgent reads an agent's directories: each lists only names its
@@ -1328,14 +1396,14 @@ func sortedPorts(ps []tunnel.PortInfo) []tunnel.PortInfo {
 func (c *churn) checkDirectories() error {
 	var errs []error
 	for _, a := range c.agents {
-		if a.c == nil {
+		if a.c == nil || a.v1 {
 			continue
 		}
 		if a.dir == nil {
 			errs = append(errs, fmt.Errorf("%s has no directory", a.label))
 			continue
 		}
-		want := c.wantDirectory(a.tenant)
+		want := slices.DeleteFunc(c.wantDirectory(a.tenant), func(s tunnel.DirectoryService) bool { return !a.permits(s.Name) })
 		got := a.dir.Services
 		same := len(got) == len(want)
 		for i := 0; same && i < len(got); i++ {
@@ -1425,7 +1493,8 @@ func (c *churn) checkAPI() error {
 		if a.c == nil {
 			continue
 		}
-		s := apiSession{ID: sid(a.c), Role: roleAgent, Identity: a.tenant + "/agent/" + a.name, Tenant: a.tenant, Inner: innerAddr.String()}
+		s := apiSession{ID: sid(a.c), Role: roleAgent, Identity: a.tenant + "/agent/" + a.name, Tenant: a.tenant, Inner: a.inner(),
+			Version: map[bool]string{true: tunnel.ALPNV1, false: tunnel.ALPNV2}[a.v1]}
 		for _, tg := range c.tags {
 			if tg.live && tg.as == a.c {
 				s.Tags++
@@ -1442,7 +1511,8 @@ func (c *churn) checkAPI() error {
 		if g.c == nil {
 			continue
 		}
-		s := apiSession{ID: sid(g.c), Role: roleGateway, Identity: "ops/gateway/" + g.name, Tenant: "ops", Services: servicesNames(g)}
+		s := apiSession{ID: sid(g.c), Role: roleGateway, Identity: "ops/gateway/" + g.name, Tenant: "ops", Services: servicesNames(g),
+			Version: tunnel.ALPNV2}
 		for _, tg := range c.tags {
 			if tg.live && tg.gs == g.c {
 				s.Tags++
@@ -1459,7 +1529,7 @@ func (c *churn) checkAPI() error {
 	}
 	for id, w := range want {
 		g, ok := got[id]
-		if !ok || g.Role != w.Role || g.Identity != w.Identity || g.Tenant != w.Tenant || g.Inner != w.Inner ||
+		if !ok || g.Role != w.Role || g.Identity != w.Identity || g.Tenant != w.Tenant || g.Inner != w.Inner || g.Version != w.Version ||
 			g.Tags != w.Tags || g.Flows != w.Flows || !slices.Equal(g.Services, w.Services) {
 			errs = append(errs, fmt.Errorf("/v1/sessions: session %d is %+v, want %+v", id, g, w))
 		}
@@ -1485,7 +1555,7 @@ func servicesNames(g *churnGateway) []string {
 
 // finish ends every session and checks that the relay keeps nothing of
 // them: no session, no tag, no service, no VIP allocated but the pins.
-func (c *churn) finish() {
+func (c *churn) finish(steps int) {
 	c.t.Helper()
 	c.logf("finish")
 	for _, a := range c.agents {
@@ -1514,5 +1584,5 @@ func (c *churn) finish() {
 		stats = append(stats, fmt.Sprintf("%s %d", k, n))
 	}
 	slices.Sort(stats)
-	c.t.Logf("%d steps, %d tags: %s", churnSteps, len(c.tags), strings.Join(stats, ", "))
+	c.t.Logf("%d steps, %d tags: %s", steps, len(c.tags), strings.Join(stats, ", "))
 }

@@ -135,6 +135,11 @@ type client struct {
 	// silent stops the automatic pong to the relay's pings, as a gateway
 	// that hangs.
 	silent atomic.Bool
+	// qad is the last observed-address datagram received, as it came.
+	qad atomic.Pointer[[]byte]
+	// id is the relay's id of a ztna-v1 session, which has no welcome to
+	// tell it: set by the tests that need it (sid).
+	id uint64
 }
 
 // dial connects a client; its readers run until the session ends, which
@@ -178,6 +183,7 @@ func (c *client) readDatagrams() {
 			return
 		}
 		if tunnel.Kind(b) == tunnel.TypeQAD {
+			c.qad.Store(&b)
 			continue
 		}
 		select {
