@@ -780,6 +780,12 @@ func (c *churn) flowOpen() bool {
 	if visible := c.wantDirectory(a.tenant); len(visible) > 0 && c.rng.IntN(6) != 0 {
 		name = visible[c.rng.IntN(len(visible))].Name
 	}
+	c.openFlow(a, name)
+	return true
+}
+
+// openFlow opens a flow of a's to name and routes its first packet.
+func (c *churn) openFlow(a *churnAgent, name string) {
 	vip, ok := c.vips[name]
 	if !ok {
 		vip = churnNoVIP
@@ -794,7 +800,6 @@ func (c *churn) flowOpen() bool {
 	c.logf("  %s opens a %s flow to %s (%v)", a.label, protoName(f.tcp), name, f.dst)
 	c.route(f, tcpSYN)
 	c.flows = append(c.flows, f)
-	return true
 }
 
 func protoName(tcp bool) string {

@@ -31,7 +31,7 @@ import (
 // replays a run.
 const (
 	legacySeedEnv = "ZTGATE_LEGACY_SEED"
-	legacySteps   = 300
+	legacySteps   = 500
 )
 
 // legacyTest is a churn with ztna-v1 agents and the model of what only
@@ -72,7 +72,8 @@ func TestLegacyRandom(t *testing.T) {
 		{4, "agent leaves", c.agentLeave, false},
 		{18, "v1 agent registers", l.register, true},
 		{6, "v1 agent sends a bad registration", l.badRegistration, true},
-		{16, "new flow", c.flowOpen, true},
+		{10, "new flow", c.flowOpen, true},
+		{10, "new flow of a v1 agent to a service it registered", l.registeredFlow, true},
 		{12, "flow packet", c.flowPacket, true},
 		{3, "flow closes", c.flowClose, true},
 		{12, "return packets", c.returnPackets, true},
@@ -198,6 +199,29 @@ func (l *legacyTest) register() bool {
 	want, _ := tunnel.AppendNack(nil, tunnel.StatusDenied, name)
 	l.logf("  %s registers %.20s: NACK denied", a.label, name)
 	l.answer(a, req, want, regDenied)
+	return true
+}
+
+// registeredFlow: a v1 agent opens a flow to a service it registered,
+// mostly one its tenant may reach.
+func (l *legacyTest) registeredFlow() bool {
+	a := testseed.Pick(l.rng, l.agents, func(a *churnAgent) bool { return a.v1 && a.c != nil && len(a.registered) > 0 })
+	if a == nil {
+		return false
+	}
+	var names, reachable []string
+	for name := range a.registered {
+		names = append(names, name)
+		if slices.ContainsFunc(l.wantDirectory(a.tenant), func(s tunnel.DirectoryService) bool { return s.Name == name }) {
+			reachable = append(reachable, name)
+		}
+	}
+	slices.Sort(names)
+	slices.Sort(reachable)
+	if len(reachable) > 0 && l.rng.IntN(4) != 0 {
+		names = reachable
+	}
+	l.openFlow(a, names[l.rng.IntN(len(names))])
 	return true
 }
 
