@@ -55,10 +55,12 @@ func (r *Relay) nack(a *agent, status tunnel.Status, service string) {
 // is ACKed and kept: its certificate must grant the service. A certificate
 // of the original system lists its services, so what it may register is
 // bounded; one of a whole tenant (or an unverified peer of an insecure
-// relay) names none, so only a service the relay knows is kept for it (a
-// gateway serves it, or its VIP is allocated or held, as after a relay
-// restart before the gateways are back): made-up names cannot grow the
-// registry of its session.
+// relay) names none, so only a service of its tenant that the relay knows
+// is kept for it: a gateway serves it to the tenant, or no gateway serves
+// it and its VIP is allocated or held (as after a relay restart before the
+// gateways are back). Made-up names cannot grow the registry of its
+// session, and a service served to other tenants only is NACKed as a name
+// no one serves is: an ACK would tell the agent what other tenants have.
 func (r *Relay) v1MayRegister(a *agent, service string) bool {
 	if !a.id.Permits(service) {
 		return false
@@ -67,10 +69,11 @@ func (r *Relay) v1MayRegister(a *agent, service string) bool {
 		return true
 	}
 	r.mu.RLock()
-	_, known := r.services[service]
+	svc, served := r.services[service]
+	admitted := served && a.may(svc)
 	r.mu.RUnlock()
-	if known {
-		return true
+	if served {
+		return admitted
 	}
 	_, allocated := r.pool.Lookup(service)
 	return allocated || r.pool.Holds(service)

@@ -47,3 +47,30 @@ func TestV1RegistrationsBounded(t *testing.T) {
 		t.Fatalf("the relay keeps %d registrations, want only the known service's (made-up names, up to 255 bytes each, would grow it without bound)", kept)
 	}
 }
+
+// TestV1RegistrationOtherTenant: a ztna-v1 agent whose certificate grants
+// its whole tenant may register the services its tenant reaches, and no
+// service that the relay serves to other tenants only: an ACK for those,
+// where a name no one serves gets NACK, told the agent which services
+// other tenants have, which a ztna-v2 agent's directory never shows.
+func TestV1RegistrationOtherTenant(t *testing.T) {
+	p := newPKI(t)
+	r := startRelay(t, p.relayConfig(t.TempDir()))
+	addr := r.Addr().String()
+	gw := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	gw.register(svc("web", "acme"), svc("payroll", "globex"), svc("wiki", "*"))
+	a := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "laptop"), tunnel.Hello{}, tunnel.ALPNV1)
+	for _, tc := range []struct{ request, answer string }{
+		{"\x10\x03web", "\x12\x00\x03web"},
+		{"\x10\x04wiki", "\x12\x00\x04wiki"},
+		{"\x10\x07payroll", "\x13\x02\x07payroll"},
+		{"\x10\x04nope", "\x13\x02\x04nope"},
+	} {
+		if err := a.s.SendDatagram([]byte(tc.request)); err != nil {
+			t.Fatal(err)
+		}
+		if got := a.datagram(); string(got) != tc.answer {
+			t.Errorf("registration % x: answer % x, want % x", tc.request, got, tc.answer)
+		}
+	}
+}

@@ -159,7 +159,8 @@ func (c *churn) everV1(id uint64) bool { return slices.Contains(c.v1Seen, id) }
 
 // permitted reports whether the relay ACKs a's registration of name: its
 // certificate grants the service, and a certificate of a whole tenant gets
-// ACK only for a name the relay knows (served, pinned or held).
+// ACK only for a name the relay knows: served to its tenant, or served to
+// none but pinned or held.
 func (l *legacyTest) permitted(a *churnAgent, name string) bool {
 	if !a.permits(name) {
 		return false
@@ -167,10 +168,12 @@ func (l *legacyTest) permitted(a *churnAgent, name string) bool {
 	if a.rights != nil {
 		return true
 	}
-	_, served := l.order[name]
+	if gws, served := l.order[name]; served { // its tenant's service, or another's
+		return slices.ContainsFunc(gws, func(g *churnGateway) bool { return newDefinition(g.reg[name]).admits(a.tenant) })
+	}
 	_, pinned := churnPins[name]
 	released, ok := l.released[name]
-	return served || pinned || (ok && l.clock().Sub(released) < l.holdDown)
+	return pinned || (ok && l.clock().Sub(released) < l.holdDown)
 }
 
 // registrationNames are the names v1 agents register: the churn's
