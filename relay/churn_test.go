@@ -154,7 +154,7 @@ type churn struct {
 	// moreTenants are offered to services besides churnTenants' (the
 	// legacy test's tenant default).
 	moreTenants []string
-	v1Seen    []uint64 // relay ids of every ztna-v1 session so far (dialV1)
+	v1Seen      []uint64 // relay ids of every ztna-v1 session so far (dialV1)
 	// checkMore is a test's own check, after the churn's (check).
 	checkMore func() error
 	ipID      uint16
@@ -256,7 +256,7 @@ func newChurn(t *testing.T, seed uint64) *churn {
 		vips: map[string]netip.Addr{}, released: map[string]time.Time{}, order: map[string][]*churnGateway{},
 		drained: map[string]bool{}, ever: map[string]map[string]bool{}, delivered: map[uint16]bool{},
 		drops: map[dropReason]float64{},
-		port: 10000, stats: map[string]int{},
+		port:  10000, stats: map[string]int{},
 	}
 	c.now.Store(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
 	for name, vip := range churnPins {

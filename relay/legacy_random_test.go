@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
 
 	"github.com/ztgate/ztgate/internal/testseed"
 	"github.com/ztgate/ztgate/tunnel"
@@ -54,6 +55,8 @@ type legacyRefusal struct {
 
 // TestLegacyRandom: see legacySeedEnv.
 func TestLegacyRandom(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, leaks) }) // the last cleanup: after the relay and every session closed
 	seed := testseed.Get(t, legacySeedEnv)
 	c := newChurn(t, seed)
 	c.moreTenants = []string{tunnel.DefaultTenant}
