@@ -69,9 +69,14 @@ type Relay struct {
 	// byIdentity holds the sessions of each bounded agent identity
 	// (addAgent); guarded by mu.
 	byIdentity map[identityKey]map[*agent]struct{}
-	tags       map[uint32]*tag           // guarded by mu: every live tag
-	drained    map[string]bool           // guarded by mu: names of gateways that take no new flows
-	tagRand    func([]byte) (int, error) // guarded by mu: the tags' randomness; nil is crypto/rand (tests replace it)
+	tags       map[uint32]*tag // guarded by mu: every live tag
+	// recentTags holds when each tag died, for tagQuarantine: its number is
+	// not drawn again meanwhile (packets of its flows may still be on the
+	// way, either direction). Guarded by mu; recentSwept is its last sweep.
+	recentTags  map[uint32]time.Time
+	recentSwept time.Time
+	drained     map[string]bool           // guarded by mu: names of gateways that take no new flows
+	tagRand     func([]byte) (int, error) // guarded by mu: the tags' randomness; nil is crypto/rand (tests replace it)
 
 	sigMu sync.Mutex
 	sig   *signaling // guarded by sigMu

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/ztgate/ztgate/tunnel"
 )
@@ -13,21 +14,54 @@ import (
 // collision is already rare, 16 in a row means the table is broken.
 const maxTagDraws = 16
 
-// drawTagLocked returns an unguessable tag that is neither 0 nor live, or
-// 0 when none was found. Callers hold r.mu.
+// tagQuarantine is how long a dead tag's number is not drawn again: as
+// long as the gateway holds a packet of an unannounced tag, so that no
+// packet of the dead tag's flows, in flight either way, is taken for the
+// new tag's. recentTagsMax bounds the numbers kept; past it (a burst of
+// deaths) a number may come back sooner, as before the quarantine.
+const (
+	tagQuarantine = 2 * time.Second
+	recentTagsMax = 1 << 16
+)
+
+// drawTagLocked returns an unguessable tag that is neither 0, nor live, nor
+// dead less than tagQuarantine ago, or 0 when none was found. Callers hold
+// r.mu.
 func (r *Relay) drawTagLocked() uint32 {
 	read := r.tagRand
 	if read == nil {
 		read = rand.Read
 	}
 	var b [4]byte
+	now := time.Now()
 	for range maxTagDraws {
 		_, _ = read(b[:]) // crypto/rand.Read never fails
-		if id := binary.BigEndian.Uint32(b[:]); id != 0 && r.tags[id] == nil {
+		id := binary.BigEndian.Uint32(b[:])
+		if died, recent := r.recentTags[id]; id != 0 && r.tags[id] == nil && (!recent || now.Sub(died) > tagQuarantine) {
 			return id
 		}
 	}
 	return 0
+}
+
+// rememberDeadLocked keeps a dead tag's number out of the draws for
+// tagQuarantine. Callers hold r.mu.
+func (r *Relay) rememberDeadLocked(id uint32) {
+	now := time.Now()
+	if r.recentTags == nil {
+		r.recentTags = make(map[uint32]time.Time)
+	}
+	if len(r.recentTags) >= recentTagsMax || now.Sub(r.recentSwept) > tagQuarantine {
+		for id, died := range r.recentTags {
+			if now.Sub(died) > tagQuarantine {
+				delete(r.recentTags, id)
+			}
+		}
+		r.recentSwept = now
+	}
+	if len(r.recentTags) < recentTagsMax {
+		r.recentTags[id] = now
+	}
 }
 
 // chooseGatewayLocked picks the gateway for a new flow of svc (or, with
@@ -117,6 +151,7 @@ func (r *Relay) killTagLocked(t *tag) {
 		return
 	}
 	t.uncount()
+	r.rememberDeadLocked(t.id)
 	delete(r.tags, t.id)
 	delete(t.gw.tags, t.id)
 	delete(t.agent.tags, t.id)

@@ -488,3 +488,52 @@ func TestFragmentsFollowTheirFlow(t *testing.T) {
 		t.Error("the other gateway got a fragment of the flow")
 	}
 }
+
+// TestDeadTagNumberQuarantined: the number of a tag that died is not drawn
+// again for tagQuarantine, so that no packet of its flows still on the way
+// (a gateway's reply, an agent's packet the gateway would hold) is taken
+// for the new tag's; after it, the number may come back.
+func TestDeadTagNumberQuarantined(t *testing.T) {
+	fx := setupRoute(t)
+	const first, second = 0x0A0A0A0A, 0x0B0B0B0B
+	var draws []uint32
+	fx.r.mu.Lock()
+	fx.r.tagRand = func(b []byte) (int, error) {
+		binary.BigEndian.PutUint32(b, draws[0])
+		if len(draws) > 1 {
+			draws = draws[1:]
+		}
+		return len(b), nil
+	}
+	fx.r.mu.Unlock()
+	packet := udpPacket(netip.AddrPortFrom(innerAddr, 4000), netip.MustParseAddrPort("10.100.0.2:7"), "x")
+	drawn := func(seq ...uint32) uint32 {
+		t.Helper()
+		fx.r.mu.Lock()
+		draws = seq
+		if old := fx.v2.current["echo"]; old != nil {
+			fx.r.killTagLocked(old)
+		}
+		fx.r.mu.Unlock()
+		dg, _ := tunnel.AppendRouted(nil, "echo", packet)
+		fx.r.fromAgent(fx.v2, dg)
+		fx.r.mu.RLock()
+		defer fx.r.mu.RUnlock()
+		if tg := fx.v2.current["echo"]; tg != nil && !tg.dead.Load() {
+			return tg.id
+		}
+		return 0
+	}
+	if id := drawn(first); id != first {
+		t.Fatalf("drew %08x, want %08x", id, first)
+	}
+	if id := drawn(first, first, second); id != second {
+		t.Fatalf("drew %08x after %08x died, want %08x: a dead tag's number came back at once", id, uint32(first), uint32(second))
+	}
+	fx.r.mu.Lock()
+	fx.r.recentTags[first] = time.Now().Add(-2 * tagQuarantine)
+	fx.r.mu.Unlock()
+	if id := drawn(first); id != first {
+		t.Fatalf("drew %08x, want %08x once its quarantine is over", id, uint32(first))
+	}
+}
