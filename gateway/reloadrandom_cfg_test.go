@@ -25,6 +25,15 @@ var (
 		netip.MustParsePrefix("198.51.100.0/25"), netip.MustParsePrefix("198.51.100.128/25"),
 		netip.MustParsePrefix("203.0.113.0/25"), netip.MustParsePrefix("203.0.113.128/25"),
 	}
+	// rrPrefixes6 are the IPv6 twins of rrPrefixes: a tenant of a
+	// configuration with IPv6 clients (rrConfig.v6) holds the twin of each
+	// of its prefixes too.
+	rrPrefixes6 = []netip.Prefix{
+		netip.MustParsePrefix("2001:db8:1::/64"), netip.MustParsePrefix("2001:db8:2::/64"),
+		netip.MustParsePrefix("2001:db8:3::/64"), netip.MustParsePrefix("2001:db8:4::/64"),
+	}
+	// rrPools6 are the IPv6 pools a configuration may have (tun.pool6).
+	rrPools6   = []string{"fd00:ab::/120", "fd00:cd::/112"}
 	rrTCPPorts = []uint16{80, 443, 7} // ports on the VIPs
 	rrUDPPorts = []uint16{53, 7, 5000}
 )
@@ -67,6 +76,7 @@ type rrService struct {
 	tenants  []string   // "*" or tenant names
 	pin      int        // -1: none, else an index of rrWorld.pins
 	pinVIP   netip.Addr // pinned instead of pin when valid: another service's VIP
+	pin6     int        // -1: no vip6, else an index of rrWorld.pins6 of the file's pool6
 	backends []int      // indexes of rrWorld.addrs
 	balance  string     // "" leaves it out
 	icmp     string     // "", "true", "false"
@@ -91,6 +101,14 @@ func (s *rrService) pinned(w *rrWorld) netip.Addr {
 		return w.pins[s.pin]
 	}
 	return netip.Addr{}
+}
+
+// pinned6 is the service's pinned IPv6 VIP in c's pool6, or the zero Addr.
+func (s *rrService) pinned6(w *rrWorld, c *rrConfig) netip.Addr {
+	if s.pin6 < 0 || c.restart.pool6 == "" {
+		return netip.Addr{}
+	}
+	return w.pins6[c.restart.pool6][s.pin6]
 }
 
 func (s *rrService) port(proto string, port uint16) *rrPort {
@@ -123,6 +141,7 @@ type rrTenant struct {
 // rrRestart are restart-only keys: "" leaves a key out.
 type rrRestart struct {
 	name, ttl, zone, holdDown, minTTL string
+	pool6                             string // one of rrPools6
 	mtu, handshakes                   int
 }
 
@@ -133,6 +152,7 @@ type rrConfig struct {
 	tenants  []rrTenant
 	services []rrService
 	syntax   bool // end the file with a broken table header
+	v6       bool // tenants hold the IPv6 twins of their prefixes
 }
 
 func (c *rrConfig) clone() *rrConfig {
@@ -264,8 +284,10 @@ func (c *rrConfig) toml(w *rrWorld) string {
 	kv("", "name", q(r.name))
 	kv("", "vip_hold_down", q(r.holdDown))
 	kv("", "drain_timeout", q(c.drain))
-	if r.mtu != 0 {
-		fmt.Fprintf(&b, "[tun]\nmtu = %d\n", r.mtu)
+	if r.mtu != 0 || r.pool6 != "" {
+		b.WriteString("[tun]\n")
+		kv("", "mtu", n(r.mtu))
+		kv("", "pool6", q(r.pool6))
 	}
 	if r.ttl != "" || r.zone != "" {
 		b.WriteString("[dns]\n")
@@ -293,7 +315,7 @@ func (c *rrConfig) toml(w *rrWorld) string {
 		if t.raw != "" {
 			fmt.Fprintf(&b, "sources = %s\n", t.raw)
 		} else {
-			fmt.Fprintf(&b, "sources = [%s]\n", strings.Join(t.sources(), ", "))
+			fmt.Fprintf(&b, "sources = [%s]\n", strings.Join(t.sources(c.v6), ", "))
 		}
 		limits("", t.limits)
 	}
@@ -310,6 +332,9 @@ func (c *rrConfig) toml(w *rrWorld) string {
 		fmt.Fprintf(&b, "tenants = [%s]\nbackends = [%s]\n", strings.Join(tenants, ", "), strings.Join(backends, ", "))
 		if v := s.pinned(w); v.IsValid() {
 			fmt.Fprintf(&b, "vip = %q\n", v)
+		}
+		if v := s.pinned6(w, c); v.IsValid() {
+			fmt.Fprintf(&b, "vip6 = %q\n", v)
 		}
 		kv("", "balance", q(s.balance))
 		kv("", "icmp", s.icmp)
@@ -347,8 +372,9 @@ func (c *rrConfig) toml(w *rrWorld) string {
 	return b.String()
 }
 
-// sources are the tenant's prefixes as written.
-func (t rrTenant) sources() []string {
+// sources are the tenant's prefixes as written, with their IPv6 twins
+// when v6.
+func (t rrTenant) sources(v6 bool) []string {
 	ps := slices.Clone(t.prefixes)
 	slices.Sort(ps)
 	var out []string
@@ -359,6 +385,11 @@ func (t rrTenant) sources() []string {
 			continue
 		}
 		out = append(out, fmt.Sprintf("%q", rrPrefixes[ps[i]]))
+	}
+	if v6 {
+		for _, p := range ps {
+			out = append(out, fmt.Sprintf("%q", rrPrefixes6[p]))
+		}
 	}
 	return out
 }
@@ -372,6 +403,11 @@ const rrInterval = "250ms"
 type rrGen struct {
 	rng *rand.Rand
 	w   *rrWorld
+	// v6: configurations may have an IPv6 pool, vip6 pins and IPv6
+	// clients. pool6 is the running gateway's pool6 (a restart-only key):
+	// vip6 pins are made only in a file with that pool6.
+	v6    bool
+	pool6 string
 }
 
 func (g *rrGen) chance(p float64) bool { return g.rng.Float64() < p }
@@ -389,8 +425,12 @@ func (g *rrGen) restart(base rrRestart) rrRestart {
 	if !g.chance(0.2) {
 		return r
 	}
+	kinds := 7
+	if g.v6 {
+		kinds = 8
+	}
 	for range 1 + g.rng.IntN(2) {
-		switch g.rng.IntN(7) {
+		switch g.rng.IntN(kinds) {
 		case 0:
 			r.name = g.pick([]string{"", "gw-a", "gw-b"})
 		case 1:
@@ -405,6 +445,8 @@ func (g *rrGen) restart(base rrRestart) rrRestart {
 			r.mtu = []int{0, 1400}[g.rng.IntN(2)]
 		case 6:
 			r.handshakes = []int{0, 512}[g.rng.IntN(2)]
+		case 7:
+			r.pool6 = g.pick(append([]string{""}, rrPools6...))
 		}
 	}
 	return r
@@ -413,7 +455,7 @@ func (g *rrGen) restart(base rrRestart) rrRestart {
 // config returns a random valid configuration, of which a share of its
 // services are prev's, some of them changed (prev may be nil).
 func (g *rrGen) config(prev *rrConfig, restart rrRestart) *rrConfig {
-	c := &rrConfig{restart: g.restart(restart)}
+	c := &rrConfig{restart: g.restart(restart), v6: g.v6}
 	c.drain = g.pick([]string{"", "0s", "30s"})
 	if g.chance(0.15) {
 		c.limits.maxFlows = 6 + g.rng.IntN(10)
@@ -441,6 +483,18 @@ func (g *rrGen) config(prev *rrConfig, restart rrRestart) *rrConfig {
 	}
 	g.fixPins(c)
 	return c
+}
+
+// pins6 takes c's vip6 pins away when its pool6 is not the running
+// gateway's: they would be pins in a pool the gateway has not (until a
+// restart), which a fresh gateway with the running one's pool6 refuses.
+func (g *rrGen) pins6(c *rrConfig) {
+	if c.restart.pool6 == g.pool6 && g.pool6 != "" {
+		return
+	}
+	for i := range c.services {
+		c.services[i].pin6 = -1
+	}
 }
 
 func (c *rrConfig) serviceOrNil(name string) *rrService {
@@ -492,7 +546,7 @@ func (g *rrGen) serviceTenants(c *rrConfig) []string {
 }
 
 func (g *rrGen) service(name string, c *rrConfig) rrService {
-	s := rrService{name: name, pin: -1}
+	s := rrService{name: name, pin: -1, pin6: -1}
 	s.tenants = g.serviceTenants(c)
 	g.vip(&s)
 	s.backends = g.subset(len(g.w.addrs), 1+g.rng.IntN(3))
@@ -514,6 +568,16 @@ func (g *rrGen) vip(s *rrService) {
 		s.pin = slices.Index(rrNames, s.name)
 	case x < 0.4:
 		s.pin = g.rng.IntN(len(g.w.pins))
+	}
+	s.pin6 = -1
+	if !g.v6 {
+		return
+	}
+	switch x := g.rng.Float64(); {
+	case x < 0.35:
+		s.pin6 = slices.Index(rrNames, s.name)
+	case x < 0.42:
+		s.pin6 = g.rng.IntN(len(rrNames))
 	}
 }
 
@@ -697,7 +761,7 @@ func (g *rrGen) mutate(s *rrService, c *rrConfig) {
 
 // fixPins leaves a pinned VIP to one service of c.
 func (g *rrGen) fixPins(c *rrConfig) {
-	seen := map[int]bool{}
+	seen, seen6 := map[int]bool{}, map[int]bool{}
 	for i := range c.services {
 		s := &c.services[i]
 		if s.pin >= 0 && seen[s.pin] {
@@ -706,7 +770,14 @@ func (g *rrGen) fixPins(c *rrConfig) {
 		if s.pin >= 0 {
 			seen[s.pin] = true
 		}
+		if s.pin6 >= 0 && seen6[s.pin6] {
+			s.pin6 = -1
+		}
+		if s.pin6 >= 0 {
+			seen6[s.pin6] = true
+		}
 	}
+	g.pins6(c)
 }
 
 // rrBreak is a way to break a configuration: the reload must fail with an

@@ -43,11 +43,13 @@ type rrWorld struct {
 	udpPorts         []uint16
 	deadTCP, deadUDP uint16
 	pins             []netip.Addr
+	pins6            map[string][]netip.Addr // by pool6 (rrPools6), alike
+	homes6           map[string]map[netip.Addr]bool // by pool6: where the names go unpinned
 }
 
 func startRRWorld(t *testing.T) *rrWorld {
 	t.Helper()
-	w := &rrWorld{}
+	w := &rrWorld{pins6: map[string][]netip.Addr{}, homes6: map[string]map[netip.Addr]bool{}}
 	for i := 1; i <= 4; i++ {
 		w.addrs = append(w.addrs, netip.AddrFrom4([4]byte{127, 0, 0, byte(i)}))
 	}
@@ -57,10 +59,33 @@ func startRRWorld(t *testing.T) *rrWorld {
 	}
 	w.deadTCP, w.deadUDP = rrFreePort(t, "tcp"), rrFreePort(t, "udp")
 	// Where the names go unpinned: their home slots (or the nearest free).
-	pool, _, err := catalog.OpenPool(catalog.PoolConfig{Prefix: netip.MustParsePrefix("10.100.0.0/24"), HoldDown: time.Minute})
+	homes := rrHomes(t, netip.Prefix{})
+	for a := netip.MustParseAddr("10.100.0.200"); len(w.pins) < len(rrNames); a = a.Next() {
+		if !homes[a] {
+			w.pins = append(w.pins, a)
+		}
+	}
+	for _, p := range rrPools6 {
+		pool6 := netip.MustParsePrefix(p)
+		homes := rrHomes(t, pool6)
+		w.homes6[p] = homes
+		for a := pool6.Addr().Next().Next().Next().Next(); len(w.pins6[p]) < len(rrNames); a = a.Next() {
+			if !homes[a] {
+				w.pins6[p] = append(w.pins6[p], a)
+			}
+		}
+	}
+	return w
+}
+
+// rrHomes are the VIPs rrNames get unpinned, of pool6 when it is valid.
+func rrHomes(t *testing.T, pool6 netip.Prefix) map[netip.Addr]bool {
+	t.Helper()
+	pool, _, err := catalog.OpenPool(catalog.PoolConfig{Prefix: netip.MustParsePrefix("10.100.0.0/24"), Prefix6: pool6, HoldDown: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer pool.Close()
 	var reqs []catalog.Request
 	for _, n := range rrNames {
 		reqs = append(reqs, catalog.Request{Service: n})
@@ -69,17 +94,14 @@ func startRRWorld(t *testing.T) *rrWorld {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool.Close()
 	homes := map[netip.Addr]bool{}
 	for _, a := range allocs {
 		homes[a.VIP] = true
-	}
-	for a := netip.MustParseAddr("10.100.0.200"); len(w.pins) < len(rrNames); a = a.Next() {
-		if !homes[a] {
-			w.pins = append(w.pins, a)
+		if a.VIP6.IsValid() {
+			homes[a.VIP6] = true
 		}
 	}
-	return w
+	return homes
 }
 
 // listenTCP serves the line echo on one port of every address.
@@ -220,6 +242,32 @@ func rrSource(q, r int) netip.Addr {
 	return netip.AddrFrom4(a)
 }
 
+// rrSource6 is rrSource's twin in the IPv6 twin of prefix q.
+func rrSource6(q, r int) netip.Addr {
+	a := rrPrefixes6[q].Addr().As16()
+	a[15] += byte(1 + r)
+	return netip.AddrFrom16(a)
+}
+
+// rrTwin6 is the IPv6 twin of a client address of rrSource.
+func rrTwin6(a netip.Addr) netip.Addr {
+	for q, p := range rrPrefixes {
+		if p.Contains(a) {
+			return rrSource6(q, int(a.As4()[3]-p.Addr().As4()[3])-1)
+		}
+	}
+	panic(fmt.Sprintf("%s is in no prefix", a))
+}
+
+// rrGateway6 is the gateway's own address in pool6 (its DNS), or the zero
+// Addr without one.
+func rrGateway6(pool6 string) netip.Addr {
+	if pool6 == "" {
+		return netip.Addr{}
+	}
+	return netip.MustParsePrefix(pool6).Addr().Next()
+}
+
 const (
 	rrRounds  = 100 // observation rounds: each has its own client addresses, so rate limits start afresh
 	rrSources = 126 // client addresses per prefix: rounds, then the races' and the kept flows'
@@ -258,6 +306,21 @@ func startRRGateway(t *testing.T, name, text string, fromFile bool, addrs []neti
 	if err != nil {
 		return nil, err
 	}
+	return openRRGateway(name, path, cfg, addrs, clk)
+}
+
+// restart starts a gateway again on gw's file and state directory (gw
+// closed first), as its process would be restarted.
+func (gw *rrGW) restart(addrs []netip.Addr, clk *fakeNow) (*rrGW, error) {
+	gw.g.Close()
+	cfg, err := conf.LoadGateway(gw.path)
+	if err != nil {
+		return nil, err
+	}
+	return openRRGateway(gw.name, gw.path, cfg, addrs, clk)
+}
+
+func openRRGateway(name, path string, cfg *conf.Gateway, addrs []netip.Addr, clk *fakeNow) (*rrGW, error) {
 	client, err := netstacktest.NewClient(1420, addrs...)
 	if err != nil {
 		return nil, err
@@ -309,21 +372,29 @@ func (gw *rrGW) services() ([]apiService, error) {
 	return out.Services, nil
 }
 
-// vips returns the services' VIPs by name, as GET /v1/services shows them.
-func (gw *rrGW) vips() (map[string]netip.Addr, error) {
+// vips returns the services' VIPs by name, as GET /v1/services shows them,
+// IPv4 and IPv6.
+func (gw *rrGW) vips() (v4, v6 map[string]netip.Addr, err error) {
 	svcs, err := gw.services()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out := map[string]netip.Addr{}
+	v4, v6 = map[string]netip.Addr{}, map[string]netip.Addr{}
 	for _, s := range svcs {
 		a, err := netip.ParseAddr(s.VIP)
 		if err != nil {
-			return nil, fmt.Errorf("service %s: VIP %q: %w", s.Name, s.VIP, err)
+			return nil, nil, fmt.Errorf("service %s: VIP %q: %w", s.Name, s.VIP, err)
 		}
-		out[s.Name] = a
+		v4[s.Name] = a
+		if s.VIP6 == "" {
+			continue
+		}
+		if a, err = netip.ParseAddr(s.VIP6); err != nil || !a.Is6() {
+			return nil, nil, fmt.Errorf("service %s: VIP6 %q: %v", s.Name, s.VIP6, err)
+		}
+		v6[s.Name] = a
 	}
-	return out, nil
+	return v4, v6, nil
 }
 
 // rrObs is what one round saw of a gateway. VIPs are named by service
@@ -331,6 +402,7 @@ func (gw *rrGW) vips() (map[string]netip.Addr, error) {
 // compare.
 type rrObs struct {
 	vips  map[string]netip.Addr
+	vips6 map[string]netip.Addr // the IPv6 VIPs, of the services that have one
 	facts map[string]string // what a fresh gateway must see alike
 	// subsets are series the fresh gateway must have and the running
 	// one may have more of (made by earlier rounds, for services and
@@ -346,17 +418,22 @@ func (o *rrObs) errf(format string, args ...any) {
 // normalizer names VIPs by service in what the gateway said.
 type normalizer struct{ r *strings.Replacer }
 
-func newNormalizer(vips map[string]netip.Addr, novips []netip.Addr) normalizer {
+func newNormalizer(vips, vips6 map[string]netip.Addr, novips []netip.Addr) normalizer {
 	var pairs []string
 	add := func(a netip.Addr, name string) {
-		rev := rrReverse(a)
-		pairs = append(pairs, rev, "ptr("+name+")", a.String()+"\t", "vip("+name+")\t", a.String()+"\"", "vip("+name+")\"")
-		pairs = append(pairs, a.String()+":", "vip("+name+"):")
-		if strings.Count(a.String(), ".") == 3 {
-			pairs = append(pairs, a.String()+"\n", "vip("+name+")\n")
+		v, ptr := "vip("+name+")", "ptr("+name+")"
+		if a.Is6() {
+			v, ptr = "vip6("+name+")", "ptr6("+name+")"
+			pairs = append(pairs, "["+a.String()+"]:", "["+v+"]:")
 		}
+		rev := rrReverse(a)
+		pairs = append(pairs, rev, ptr, a.String()+"\t", v+"\t", a.String()+"\"", v+"\"")
+		pairs = append(pairs, a.String()+":", v+":", a.String()+"\n", v+"\n")
 	}
 	for n, a := range vips {
+		add(a, n)
+	}
+	for n, a := range vips6 {
 		add(a, n)
 	}
 	for _, a := range novips {
@@ -368,6 +445,14 @@ func newNormalizer(vips map[string]netip.Addr, novips []netip.Addr) normalizer {
 func (n normalizer) of(s string) string { return strings.TrimSuffix(n.r.Replace(s+"\n"), "\n") }
 
 func rrReverse(a netip.Addr) string {
+	if a.Is6() {
+		var b strings.Builder
+		x := a.As16()
+		for i := 15; i >= 0; i-- {
+			fmt.Fprintf(&b, "%x.%x.", x[i]&0xf, x[i]>>4)
+		}
+		return b.String() + "ip6.arpa."
+	}
 	b := a.As4()
 	return fmt.Sprintf("%d.%d.%d.%d.in-addr.arpa.", b[3], b[2], b[1], b[0])
 }
@@ -381,15 +466,19 @@ func (gw *rrGW) observe(t *testing.T, cfg *rrConfig, w *rrWorld, round int, novi
 	o := &rrObs{facts: map[string]string{}, subsets: map[string][]string{}}
 	gw.closeFlows(o) // of races and flows kept across the reload
 	var err error
-	if o.vips, err = gw.vips(); err != nil {
+	if o.vips, o.vips6, err = gw.vips(); err != nil {
 		o.errf("%v", err)
 		return o
 	}
 	if got, want := slices.Sorted(slices.Values(mapKeys(o.vips))), cfg.serviceNames(); !slices.Equal(got, want) {
 		o.errf("GET /v1/services lists %v, want %v", got, want)
 	}
-	gw.checkVIPsApart(o)
-	norm := newNormalizer(o.vips, novips)
+	gw6 := rrGateway6(cfg.restart.pool6) // where IPv6 clients ask, when there is a pool6
+	if got, want := slices.Sorted(slices.Values(mapKeys(o.vips6))), cfg.serviceNames(); gw6.IsValid() && !slices.Equal(got, want) {
+		o.errf("GET /v1/services lists IPv6 VIPs of %v, want %v", got, want)
+	}
+	gw.checkVIPsApart(o, cfg.restart.pool6)
+	norm := newNormalizer(o.vips, o.vips6, novips)
 	gw.waitUsable(o, cfg, 5*time.Second)
 
 	var wg sync.WaitGroup
@@ -402,24 +491,36 @@ func (gw *rrGW) observe(t *testing.T, cfg *rrConfig, w *rrWorld, round int, novi
 		wg.Add(1)
 		go func() { // a source in no tenant gets nothing, DNS included
 			defer wg.Done()
-			got := gw.dropped(rrSource(q, round))
+			got := gw.dropped(rrSource(q, round), netip.AddrPortFrom(rrGatewayAddr, 53))
+			if gw6.IsValid() && cfg.v6 {
+				got += ", IPv6 " + gw.dropped(rrSource6(q, round), netip.AddrPortFrom(gw6, 53))
+			}
 			mu.Lock()
 			unadmitted[fmt.Sprintf("dns/unadmitted/%d", q)] = got
 			mu.Unlock()
 		}()
 	}
 	zone := cfg.restart.zoneName()
+	v6 := gw6.IsValid() && cfg.v6 // IPv6 clients have somewhere to go
 	for _, tn := range cfg.tenants {
-		gw.observeDNS(o, norm, cfg, tn.name, rrSource(slices.Min(tn.prefixes), round), zone, novips)
+		q := slices.Min(tn.prefixes)
+		gw.observeDNS(o, norm, cfg, tn.name, rrSource(q, round), netip.AddrPortFrom(rrGatewayAddr, 53), "dns", zone, novips)
+		if v6 {
+			gw.observeDNS(o, norm, cfg, tn.name, rrSource6(q, round), netip.AddrPortFrom(gw6, 53), "dns6", zone, novips)
+		}
 	}
 	wg.Wait()
 	maps.Copy(o.facts, unadmitted)
 	var held []net.Conn
 	for _, tn := range cfg.tenants {
-		held = append(held, gw.observeFlows(o, cfg, tn.name, rrSource(slices.Min(tn.prefixes), round), novips)...)
+		q := slices.Min(tn.prefixes)
+		held = append(held, gw.observeFlows(o, cfg, tn.name, rrSource(q, round), o.vips, rrLast(novips, false), "flow")...)
+		if v6 {
+			held = append(held, gw.observeFlows(o, cfg, tn.name, rrSource6(q, round), o.vips6, rrLast(novips, true), "flow6")...)
+		}
 	}
 	for _, tn := range cfg.tenants {
-		gw.observePings(o, cfg, tn.name, rrSource(slices.Min(tn.prefixes), round), novips)
+		gw.observePings(o, cfg, tn.name, rrSource(slices.Min(tn.prefixes), round), rrLast(novips, false))
 	}
 	gw.observeOpenFlows(o, norm)
 	for _, c := range held {
@@ -440,9 +541,24 @@ func mapKeys[K comparable, V any](m map[K]V) []K {
 	return out
 }
 
+// rrGatewayAddr is the gateway's own address in the IPv4 pool.
+var rrGatewayAddr = netip.MustParseAddr("10.100.0.1")
+
+// rrLast is the last of novips of a family: the VIP without a service
+// that flows and pings try.
+func rrLast(novips []netip.Addr, v6 bool) netip.Addr {
+	for i := len(novips) - 1; i >= 0; i-- {
+		if novips[i].Is6() == v6 {
+			return novips[i]
+		}
+	}
+	return netip.Addr{}
+}
+
 // checkVIPsApart: every service has its own VIP in the pool, none the
-// gateway's or the pool's ends.
-func (gw *rrGW) checkVIPsApart(o *rrObs) {
+// gateway's or the pool's ends, and its own IPv6 VIP in pool6 (none
+// without a pool6), none the pool's first two addresses.
+func (gw *rrGW) checkVIPsApart(o *rrObs, pool6 string) {
 	pool := netip.MustParsePrefix("10.100.0.0/24")
 	owner := map[netip.Addr]string{}
 	for n, a := range o.vips {
@@ -451,6 +567,20 @@ func (gw *rrGW) checkVIPsApart(o *rrObs) {
 		}
 		if other, ok := owner[a]; ok {
 			o.errf("services %s and %s share VIP %s", n, other, a)
+		}
+		owner[a] = n
+	}
+	for n, a := range o.vips6 {
+		if pool6 == "" {
+			o.errf("service %s has IPv6 VIP %s without a pool6", n, a)
+			continue
+		}
+		p := netip.MustParsePrefix(pool6)
+		if !p.Contains(a) || a == p.Addr() || a == p.Addr().Next() {
+			o.errf("service %s has IPv6 VIP %s (pool6 %s)", n, a, p)
+		}
+		if other, ok := owner[a]; ok {
+			o.errf("services %s and %s share IPv6 VIP %s", n, other, a)
 		}
 		owner[a] = n
 	}
@@ -513,8 +643,8 @@ func (gw *rrGW) waitBackends(o *rrObs, cfg *rrConfig, d time.Duration, what stri
 }
 
 // dropped sends a DNS query from src, in no tenant: it must get nothing.
-func (gw *rrGW) dropped(src netip.Addr) string {
-	c, err := gw.client.DialUDP(src, netip.MustParseAddrPort("10.100.0.1:53"))
+func (gw *rrGW) dropped(src netip.Addr, server netip.AddrPort) string {
+	c, err := gw.client.DialUDP(src, server)
 	if err != nil {
 		return err.Error()
 	}
@@ -527,10 +657,11 @@ func (gw *rrGW) dropped(src netip.Addr) string {
 	return "answered"
 }
 
-// observeDNS asks the gateway's DNS at 10.100.0.1 from src, of tenant,
-// for every name of the zone a service may have.
-func (gw *rrGW) observeDNS(o *rrObs, norm normalizer, cfg *rrConfig, tenant string, src netip.Addr, zone string, novips []netip.Addr) {
-	c, err := gw.client.DialUDP(src, netip.MustParseAddrPort("10.100.0.1:53"))
+// observeDNS asks the gateway's DNS at server (10.100.0.1, or its address
+// in pool6) from src, of tenant, for every name of the zone a service may
+// have; the facts' keys start with prefix.
+func (gw *rrGW) observeDNS(o *rrObs, norm normalizer, cfg *rrConfig, tenant string, src netip.Addr, server netip.AddrPort, prefix, zone string, novips []netip.Addr) {
+	c, err := gw.client.DialUDP(src, server)
 	if err != nil {
 		o.errf("DNS from %s: %v", src, err)
 		return
@@ -555,9 +686,9 @@ func (gw *rrGW) observeDNS(o *rrObs, norm normalizer, cfg *rrConfig, tenant stri
 	}
 	for _, n := range rrNames {
 		fq := n + "." + zone
-		ask(fmt.Sprintf("dns/%s/%s/A", tenant, n), fq, "A")
-		ask(fmt.Sprintf("dns/%s/%s/AAAA", tenant, n), fq, "AAAA")
-		ask(fmt.Sprintf("dns/%s/%s/SRV _9._tcp", tenant, n), "_9._tcp."+fq, "SRV")
+		ask(fmt.Sprintf(prefix+"/%s/%s/A", tenant, n), fq, "A")
+		ask(fmt.Sprintf(prefix+"/%s/%s/AAAA", tenant, n), fq, "AAAA")
+		ask(fmt.Sprintf(prefix+"/%s/%s/SRV _9._tcp", tenant, n), "_9._tcp."+fq, "SRV")
 		if s := cfg.service(n); s != nil {
 			for _, p := range s.ports {
 				label := fmt.Sprint(p.port)
@@ -565,13 +696,16 @@ func (gw *rrGW) observeDNS(o *rrObs, norm normalizer, cfg *rrConfig, tenant stri
 					label = p.name
 				}
 				srv := fmt.Sprintf("_%s._%s.%s", label, p.proto, fq)
-				ask(fmt.Sprintf("dns/%s/%s/SRV %s", tenant, n, srv), srv, "SRV")
+				ask(fmt.Sprintf(prefix+"/%s/%s/SRV %s", tenant, n, srv), srv, "SRV")
 			}
 		}
 	}
-	ask("dns/"+tenant+"/WEB/A", "WEB."+strings.ToUpper(zone), "A")
+	ask(prefix+"/"+tenant+"/WEB/A", "WEB."+strings.ToUpper(zone), "A")
 	for n, a := range o.vips {
-		ask(fmt.Sprintf("dns/%s/ptr(%s)", tenant, n), a.String(), "PTR")
+		ask(fmt.Sprintf(prefix+"/%s/ptr(%s)", tenant, n), a.String(), "PTR")
+	}
+	for n, a := range o.vips6 {
+		ask(fmt.Sprintf(prefix+"/%s/ptr6(%s)", tenant, n), a.String(), "PTR")
 	}
 	var none []string
 	for _, a := range novips {
@@ -583,14 +717,14 @@ func (gw *rrGW) observeDNS(o *rrObs, norm normalizer, cfg *rrConfig, tenant stri
 		none = append(none, r.Rcode+" "+strings.Join(r.Answer, ","))
 	}
 	slices.Sort(none)
-	o.facts["dns/"+tenant+"/ptr(novip)"] = strings.Join(slices.Compact(none), " | ")
-	ask("dns/"+tenant+"/apex/SOA", zone, "SOA")
-	ask("dns/"+tenant+"/apex/NS", zone, "NS")
-	ask("dns/"+tenant+"/outside", "example.com.", "A")
+	o.facts[prefix+"/"+tenant+"/ptr(novip)"] = strings.Join(slices.Compact(none), " | ")
+	ask(prefix+"/"+tenant+"/apex/SOA", zone, "SOA")
+	ask(prefix+"/"+tenant+"/apex/NS", zone, "NS")
+	ask(prefix+"/"+tenant+"/outside", "example.com.", "A")
 	if zone != "ztna.internal." {
-		ask("dns/"+tenant+"/default zone", "web.ztna.internal.", "A")
+		ask(prefix+"/"+tenant+"/default zone", "web.ztna.internal.", "A")
 	} else {
-		ask("dns/"+tenant+"/other zone", "web.corp.internal.", "A")
+		ask(prefix+"/"+tenant+"/other zone", "web.corp.internal.", "A")
 	}
 }
 
@@ -731,18 +865,24 @@ func (gw *rrGW) idleOf(client net.Addr) string {
 // once, from where the running gateway's turn happens to be; source_hash
 // sends them all to one), or as what was refused and the ports reached
 // (where limits cut it short, and with least_conn: rrBlock).
-func (gw *rrGW) observeFlows(o *rrObs, cfg *rrConfig, tenant string, src netip.Addr, novips []netip.Addr) []net.Conn {
+//
+// vips are the VIPs of one family, novip one without a service; the
+// facts' keys start with prefix.
+func (gw *rrGW) observeFlows(o *rrObs, cfg *rrConfig, tenant string, src netip.Addr, vips map[string]netip.Addr, novip netip.Addr, prefix string) []net.Conn {
 	var held []net.Conn
 	for _, name := range cfg.serviceNames() {
 		s := cfg.service(name)
-		vip := o.vips[name]
+		vip, ok := vips[name]
+		if !ok {
+			continue
+		}
 		ports := append(slices.Clone(s.ports), rrPort{proto: "tcp", port: rrUnmapped})
 		for _, p := range ports {
 			n := len(s.backends)
 			if !s.allows(tenant) || !s.passes() || p.port == rrUnmapped {
 				n = 1
 			}
-			key := fmt.Sprintf("flow/%s/%s/%s/%d", tenant, name, p.proto, p.port)
+			key := fmt.Sprintf("%s/%s/%s/%s/%d", prefix, tenant, name, p.proto, p.port)
 			var got, idles []string
 			for range n {
 				res, c := gw.probe(p.proto, src, netip.AddrPortFrom(vip, p.port))
@@ -764,11 +904,11 @@ func (gw *rrGW) observeFlows(o *rrObs, cfg *rrConfig, tenant string, src netip.A
 		}
 	}
 	// One VIP without a service, as each flow counts against the rates.
-	res, c := gw.probe("tcp", src, netip.AddrPortFrom(novips[len(novips)-1], 80))
+	res, c := gw.probe("tcp", src, netip.AddrPortFrom(novip, 80))
 	if c != nil {
 		held = append(held, c)
 	}
-	o.facts["flow/"+tenant+"/novip"] = res
+	o.facts[prefix+"/"+tenant+"/novip"] = res
 	return held
 }
 
@@ -804,7 +944,7 @@ func rrBlock(got []string, balance string, n int) string {
 }
 
 // observePings pings each service's VIP, and the VIPs without one.
-func (gw *rrGW) observePings(o *rrObs, cfg *rrConfig, tenant string, src netip.Addr, novips []netip.Addr) {
+func (gw *rrGW) observePings(o *rrObs, cfg *rrConfig, tenant string, src netip.Addr, novip netip.Addr) {
 	ping := func(dst netip.Addr) string {
 		gw.ping++
 		// Long enough for a reply under a loaded -race run: each ping
@@ -823,7 +963,7 @@ func (gw *rrGW) observePings(o *rrObs, cfg *rrConfig, tenant string, src netip.A
 	for _, name := range cfg.serviceNames() {
 		o.facts[fmt.Sprintf("ping/%s/%s", tenant, name)] = ping(o.vips[name])
 	}
-	o.facts["ping/"+tenant+"/novip"] = ping(novips[len(novips)-1])
+	o.facts["ping/"+tenant+"/novip"] = ping(novip)
 }
 
 // observeOpenFlows takes GET /v1/flows while the round's flows are open:

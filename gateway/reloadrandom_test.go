@@ -74,8 +74,37 @@ func TestReloadRandom(t *testing.T) {
 	// Registered first, so run last: after the gateways and backends stop.
 	before := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, before) })
-	r := newRRRun(t, seed)
+	r := newRRRun(t, seed, false)
 	for r.step = 1; r.step <= rrSteps; r.step++ {
+		r.next()
+	}
+	r.finish()
+}
+
+// TestReloadRandomIPv6 is TestReloadRandom with IPv6: the gateway has an
+// IPv6 pool (tun.pool6, or none in some of its starts), services may pin
+// an IPv6 VIP (vip6), and every tenant has IPv6 clients, in the IPv6
+// twins of its prefixes. Beside what TestReloadRandom sees, each round
+// asks the gateway's DNS at its IPv6 address (pool6's first host) from an
+// IPv6 client of each tenant, PTR included for the IPv6 VIPs, and opens
+// flows from it to each port of each service's IPv6 VIP; flows kept
+// across a reload go to IPv6 VIPs too. The reloads may change tun.pool6
+// in the file (restart_required, the gateway keeps its pool), and some
+// steps restart the running gateway on its state directory with another
+// file, another pool6 or none included: the VIPs stay, but those of a
+// pool6 the gateway lost (the IPv6 VIPs move into the new pool6, or go);
+// after a restart, too, a gateway started afresh with the same file must
+// be seen alike. Same seed variable as TestReloadRandom.
+func TestReloadRandomIPv6(t *testing.T) {
+	seed := testseed.Get(t, reloadSeedEnv)
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) })
+	r := newRRRun(t, seed, true)
+	for r.step = 1; r.step <= rrSteps6; r.step++ {
+		if r.rng.Float64() < 0.15 {
+			r.restartStep()
+			continue
+		}
 		r.next()
 	}
 	r.finish()
@@ -84,6 +113,7 @@ func TestReloadRandom(t *testing.T) {
 const (
 	reloadSeedEnv = "ZTGATE_RELOAD_SEED"
 	rrSteps       = 40
+	rrSteps6      = 14
 )
 
 // rrRun is one run of TestReloadRandom.
@@ -95,7 +125,8 @@ type rrRun struct {
 	w     *rrWorld
 	clk   *fakeNow
 	step  int
-	round int // observation rounds so far
+	round int          // observation rounds so far
+	addrs []netip.Addr // the running gateway's clients' addresses
 	extra int // client addresses of races and kept flows used so far
 
 	start *rrConfig // what the running gateway started with: its restart-only keys stay
@@ -109,29 +140,41 @@ type rrRun struct {
 }
 
 type rrPast struct {
-	cfg  *rrConfig
-	vips map[string]netip.Addr
+	cfg         *rrConfig
+	vips, vips6 map[string]netip.Addr
 }
 
-func newRRRun(t *testing.T, seed uint64) *rrRun {
+// newRRRun starts a run; v6 adds IPv6 (TestReloadRandomIPv6).
+func newRRRun(t *testing.T, seed uint64, v6 bool) *rrRun {
 	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
 	r := &rrRun{t: t, seed: seed, rng: rng, w: startRRWorld(t), clk: newFakeNow(), stats: map[string]int{}}
-	r.gen = &rrGen{rng: rng, w: r.w}
-	r.start = r.gen.config(nil, rrRestart{})
+	r.gen = &rrGen{rng: rng, w: r.w, v6: v6}
+	var restart rrRestart
+	if v6 && rng.Float64() < 0.8 {
+		restart.pool6 = r.gen.pick(rrPools6)
+	}
+	r.gen.pool6 = restart.pool6
+	r.start = r.gen.config(nil, restart)
+	r.start.restart.pool6 = restart.pool6 // the gateway's pool6: a restart-only key
+	r.gen.pins6(r.start)
 	var addrs []netip.Addr
 	for q := range rrPrefixes {
 		for i := range rrSources {
 			addrs = append(addrs, rrSource(q, i))
+			if v6 {
+				addrs = append(addrs, rrSource6(q, i))
+			}
 		}
 	}
+	r.addrs = addrs
 	gw, err := startRRGateway(t, "running", r.start.toml(r.w), true, addrs, r.clk)
 	if err != nil {
 		t.Fatalf("start:\n%s\n%v", r.start.toml(r.w), err)
 	}
-	t.Cleanup(func() { gw.g.Close() })
+	t.Cleanup(func() { r.gw.g.Close() })
 	r.gw, r.cur = gw, r.start
 	r.obs = r.observeAlone()
-	r.history = []rrPast{{r.cur, r.obs.vips}}
+	r.history = []rrPast{{r.cur, r.obs.vips, r.obs.vips6}}
 	return r
 }
 
@@ -157,7 +200,7 @@ func (r *rrRun) next() {
 			// Every hold-down passes: the VIPs removed services had are
 			// free again.
 			r.clk.advance(time.Hour)
-			r.history = []rrPast{{r.cur, r.obs.vips}}
+			r.history = []rrPast{{r.cur, r.obs.vips, r.obs.vips6}}
 			r.stats["clock moved"]++
 		}
 		r.reloadTo(r.gen.config(r.cur, r.cur.restart), -1)
@@ -220,6 +263,21 @@ func (r *rrRun) reloadTo(next *rrConfig, back int) {
 	r.checkKept(keep, next)
 	closeAll(keep)
 
+	got := r.compareFresh(prev, prevObs, next, "reloaded")
+	r.checkVIPs(prevObs, got, next, back)
+	r.checkRace(raced, prev, prevObs, next, got)
+	r.cur, r.obs = next, got
+	r.history = append(r.history, rrPast{next, got.vips, got.vips6})
+	r.stats["reloads compared"]++
+	r.t.Logf("step %d: added %v removed %v changed %d tenants %v limits %v restart %v; %d kept flows, %d raced",
+		r.step, d.Added, d.Removed, len(d.Changed), d.TenantsChanged, d.LimitsChanged, d.RestartRequired, len(keep), len(raced))
+}
+
+// compareFresh starts a fresh gateway with next (and the running one's
+// restart-only keys), observes it and the running gateway (which went
+// from prev, seen as prevObs, to next: how is what) alike and compares
+// them. It returns the running gateway's observation.
+func (r *rrRun) compareFresh(prev *rrConfig, prevObs *rrObs, next *rrConfig, how string) *rrObs {
 	running := next.withRestart(r.start.restart)
 	fresh, err := startRRGateway(r.t, "fresh", running.toml(r.w), false, r.roundAddrs(r.round+1), r.clk)
 	if err != nil {
@@ -227,7 +285,7 @@ func (r *rrRun) reloadTo(next *rrConfig, back int) {
 	}
 	defer fresh.g.Close()
 	r.round++
-	novips := r.novips(prevObs.vips, next)
+	novips := r.novips(prevObs, next)
 	var got, want *rrObs
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -236,16 +294,65 @@ func (r *rrRun) reloadTo(next *rrConfig, back int) {
 	wg.Wait()
 	fresh.g.Close()
 	if diffs := compareObs(got, want, true); len(diffs) > 0 {
-		r.fatalf("reloaded from\n%s\nto\n%s\nthe running gateway and a fresh one differ:\n%s",
-			prev.toml(r.w), next.toml(r.w), strings.Join(diffs, "\n"))
+		r.fatalf("%s from\n%s\nto\n%s\nthe running gateway and a fresh one differ:\n%s",
+			how, prev.toml(r.w), next.toml(r.w), strings.Join(diffs, "\n"))
 	}
-	r.checkVIPs(prevObs.vips, got.vips, want.vips, next, back)
-	r.checkRace(raced, prev, prevObs, next, got)
+	r.checkPins(got, want, next)
+	return got
+}
+
+// restartStep restarts the running gateway on its state directory with a
+// new file, at times with other restart-only keys, pool6 among them. The
+// services it had keep their VIPs (they persist in state_dir), and their
+// IPv6 VIPs while pool6 stays; a fresh gateway with the same file is seen
+// alike. A pin on a VIP the state has for another service would fail the
+// start (configuration.md, service.vip): the file has none.
+func (r *rrRun) restartStep() {
+	prev, prevObs := r.cur, r.obs
+	restart := r.gen.restart(r.start.restart)
+	if r.rng.IntN(2) == 0 {
+		restart.pool6 = r.gen.pick(append([]string{""}, rrPools6...))
+	}
+	pool6Before := r.gen.pool6
+	r.gen.pool6 = restart.pool6
+	next := r.gen.config(r.cur, restart)
+	next.restart = restart
+	owners := r.owners(next)
+	for i := range next.services {
+		s := &next.services[i]
+		if o, ok := owners[s.pinned(r.w)]; ok && o != s.name {
+			s.pin, s.pinVIP = -1, netip.Addr{}
+		}
+		if o, ok := owners[s.pinned6(r.w, next)]; ok && o != s.name {
+			s.pin6 = -1
+		}
+	}
+	if err := r.gw.write(next.toml(r.w)); err != nil {
+		r.t.Fatal(err)
+	}
+	r.clk.advance(time.Millisecond)
+	gw, err := r.gw.restart(r.addrs, r.clk)
+	if err != nil {
+		r.fatalf("restart with\n%s\nfailed: %v", next.toml(r.w), err)
+	}
+	r.gw, r.start = gw, next
+	got := r.compareFresh(prev, prevObs, next, "restarted")
+	for _, s := range next.services {
+		if b := prevObs.vips[s.name]; !s.pinned(r.w).IsValid() && b.IsValid() && got.vips[s.name] != b {
+			r.fatalf("restarted: %s moved from %s to %s", s.name, b, got.vips[s.name])
+		}
+		b := prevObs.vips6[s.name]
+		if restart.pool6 == pool6Before && !s.pinned6(r.w, next).IsValid() && b.IsValid() && got.vips6[s.name] != b {
+			r.fatalf("restarted with the same pool6: %s moved from %s to %s", s.name, b, got.vips6[s.name])
+		}
+	}
 	r.cur, r.obs = next, got
-	r.history = append(r.history, rrPast{next, got.vips})
-	r.stats["reloads compared"]++
-	r.t.Logf("step %d: added %v removed %v changed %d tenants %v limits %v restart %v; %d kept flows, %d raced",
-		r.step, d.Added, d.Removed, len(d.Changed), d.TenantsChanged, d.LimitsChanged, d.RestartRequired, len(keep), len(raced))
+	r.history = []rrPast{{next, got.vips, got.vips6}}
+	r.stats["restarts"]++
+	if restart.pool6 != pool6Before {
+		r.stats["restarts to another pool6"]++
+	}
+	r.t.Logf("step %d: restarted, pool6 %q to %q", r.step, pool6Before, restart.pool6)
 }
 
 // roundAddrs are the client addresses of round.
@@ -253,22 +360,40 @@ func (r *rrRun) roundAddrs(round int) []netip.Addr {
 	var out []netip.Addr
 	for q := range rrPrefixes {
 		out = append(out, rrSource(q, round))
+		if r.gen.v6 {
+			out = append(out, rrSource6(q, round))
+		}
 	}
 	return out
 }
 
-// novips are VIPs without a service in next: those services of vips have
-// that next lacks, and one never handed out.
-func (r *rrRun) novips(vips map[string]netip.Addr, next *rrConfig) []netip.Addr {
+// novips are VIPs without a service in next: those services of prev (an
+// observation, or nil) have that next lacks, and one never handed out of
+// each pool the running gateway has.
+func (r *rrRun) novips(prev *rrObs, next *rrConfig) []netip.Addr {
 	taken := map[netip.Addr]bool{}
 	for _, a := range r.w.pins {
 		taken[a] = true
 	}
-	for _, a := range vips {
-		taken[a] = true
+	for _, ps := range r.w.pins6 {
+		for _, a := range ps {
+			taken[a] = true
+		}
+	}
+	var vips, vips6 map[string]netip.Addr
+	if prev != nil {
+		vips, vips6 = prev.vips, prev.vips6
+	}
+	for _, m := range []map[string]netip.Addr{vips, vips6, r.obs.vipsOrNil(), r.obs.vips6OrNil()} {
+		for _, a := range m {
+			taken[a] = true
+		}
 	}
 	for _, p := range r.history {
 		for _, a := range p.vips {
+			taken[a] = true
+		}
+		for _, a := range p.vips6 {
 			taken[a] = true
 		}
 	}
@@ -279,12 +404,39 @@ func (r *rrRun) novips(vips map[string]netip.Addr, next *rrConfig) []netip.Addr 
 			break
 		}
 	}
-	for n, a := range vips {
-		if next.service(n) == nil {
-			out = append(out, a)
+	if p := r.start.restart.pool6; p != "" {
+		for a := netip.MustParsePrefix(p).Addr().Next().Next(); ; a = a.Next() {
+			if !taken[a] && !r.w.homes6[p][a] {
+				out = append(out, a)
+				break
+			}
+		}
+	}
+	for _, m := range []map[string]netip.Addr{vips, vips6} {
+		for n, a := range m {
+			// Not one of a pool6 the gateway lost at a restart: outside
+			// its pools, its PTR is not the zone's.
+			in := a.Is4() || r.start.restart.pool6 != "" && netip.MustParsePrefix(r.start.restart.pool6).Contains(a)
+			if next.service(n) == nil && in {
+				out = append(out, a)
+			}
 		}
 	}
 	return out
+}
+
+func (o *rrObs) vipsOrNil() map[string]netip.Addr {
+	if o == nil {
+		return nil
+	}
+	return o.vips
+}
+
+func (o *rrObs) vips6OrNil() map[string]netip.Addr {
+	if o == nil {
+		return nil
+	}
+	return o.vips6
 }
 
 // observeAlone observes the running gateway with no fresh one to compare.
@@ -293,7 +445,7 @@ func (r *rrRun) observeAlone() *rrObs {
 	if r.round >= rrRounds {
 		r.t.Fatalf("more than %d rounds", rrRounds)
 	}
-	o := r.gw.observe(r.t, r.cur.withRestart(r.start.restart), r.w, r.round, r.novips(nil, r.cur))
+	o := r.gw.observe(r.t, r.cur.withRestart(r.start.restart), r.w, r.round, r.novips(r.obs, r.cur))
 	if len(o.errs) > 0 {
 		r.fatalf("%s", strings.Join(o.errs, "\n"))
 	}
@@ -342,7 +494,10 @@ func compareObs(got, want *rrObs, sameSources bool) []string {
 func (r *rrRun) owners(next *rrConfig) map[netip.Addr]string {
 	out := map[netip.Addr]string{}
 	for _, s := range next.services {
-		if v := s.pinned(r.w); v.IsValid() {
+		for _, v := range []netip.Addr{s.pinned(r.w), s.pinned6(r.w, next)} {
+			if !v.IsValid() {
+				continue
+			}
 			if o, ok := r.gw.g.pool.Owner(v); ok {
 				out[v] = o
 			}
@@ -351,7 +506,7 @@ func (r *rrRun) owners(next *rrConfig) map[netip.Addr]string {
 	return out
 }
 
-var rrPinConflict = regexp.MustCompile(`service "([a-z]+)" pins ([0-9.]+), which is (allocated to|held for) `)
+var rrPinConflict = regexp.MustCompile(`service "([a-z]+)" pins ([0-9a-f.:]+), which is (allocated to|held for) `)
 
 // pinConflict: a reload failed. It may, and only, for a pin on a VIP that
 // the pool had for another service: allocated, or held after it left or
@@ -521,6 +676,7 @@ func rrRestartKeys(start, next *conf.Gateway) []string {
 		{"gateway.name", start.Name, next.Name},
 		{"gateway.vip_hold_down", start.VIPHoldDown, next.VIPHoldDown},
 		{"tun.mtu", start.TUN.MTU, next.TUN.MTU},
+		{"tun.pool6", start.TUN.Pool6, next.TUN.Pool6},
 		{"dns.zone", start.DNS.Zone, next.DNS.Zone},
 		{"dns.ttl", start.DNS.TTL, next.DNS.TTL},
 		{"limits.max_inflight_handshakes", start.Limits.MaxInflightHandshake, next.Limits.MaxInflightHandshake},
@@ -533,31 +689,47 @@ func rrRestartKeys(start, next *conf.Gateway) []string {
 	return keys
 }
 
-// checkVIPs: a pin gives its VIP; a service the running gateway had keeps
-// its VIP unless pinned elsewhere; back to a configuration applied within
-// the hold-down, a service never pinned since has its VIP of then.
-func (r *rrRun) checkVIPs(before, running, fresh map[string]netip.Addr, next *rrConfig, back int) {
+// checkPins: a pin gives its VIP, a vip6 pin its IPv6 VIP, in the
+// running gateway and a fresh one.
+func (r *rrRun) checkPins(running, fresh *rrObs, next *rrConfig) {
 	for _, s := range next.services {
-		pin := s.pinned(r.w)
-		switch {
-		case pin.IsValid() && (running[s.name] != pin || fresh[s.name] != pin):
-			r.fatalf("%s pins %s: running gateway %s, fresh %s", s.name, pin, running[s.name], fresh[s.name])
-		case !pin.IsValid() && before[s.name].IsValid() && running[s.name] != before[s.name]:
-			r.fatalf("%s moved from %s to %s", s.name, before[s.name], running[s.name])
+		if pin := s.pinned(r.w); pin.IsValid() && (running.vips[s.name] != pin || fresh.vips[s.name] != pin) {
+			r.fatalf("%s pins %s: running gateway %s, fresh %s", s.name, pin, running.vips[s.name], fresh.vips[s.name])
+		}
+		if pin := s.pinned6(r.w, next); pin.IsValid() && (running.vips6[s.name] != pin || fresh.vips6[s.name] != pin) {
+			r.fatalf("%s pins %s: running gateway %s, fresh %s", s.name, pin, running.vips6[s.name], fresh.vips6[s.name])
+		}
+	}
+}
+
+// checkVIPs: a service the running gateway had keeps its VIPs unless
+// pinned elsewhere; back to a configuration applied within the
+// hold-down, a service never pinned since has its VIPs of then.
+func (r *rrRun) checkVIPs(before, running *rrObs, next *rrConfig, back int) {
+	for _, s := range next.services {
+		if b := before.vips[s.name]; !s.pinned(r.w).IsValid() && b.IsValid() && running.vips[s.name] != b {
+			r.fatalf("%s moved from %s to %s", s.name, b, running.vips[s.name])
+		}
+		if b := before.vips6[s.name]; !s.pinned6(r.w, next).IsValid() && b.IsValid() && running.vips6[s.name] != b {
+			r.fatalf("%s moved from %s to %s", s.name, b, running.vips6[s.name])
 		}
 	}
 	if back < 0 {
 		return
 	}
 	for _, s := range next.services {
-		pinned := false
+		pinned, pinned6 := false, false
 		for _, p := range r.history[back:] {
-			if ps := p.cfg.service(s.name); ps != nil && ps.pinned(r.w).IsValid() {
-				pinned = true
+			if ps := p.cfg.service(s.name); ps != nil {
+				pinned = pinned || ps.pinned(r.w).IsValid()
+				pinned6 = pinned6 || ps.pinned6(r.w, p.cfg).IsValid()
 			}
 		}
-		if then := r.history[back].vips[s.name]; !pinned && running[s.name] != then {
-			r.fatalf("back to the configuration of %d reloads ago, %s has VIP %s, had %s", len(r.history)-back, s.name, running[s.name], then)
+		if then := r.history[back].vips[s.name]; !pinned && running.vips[s.name] != then {
+			r.fatalf("back to the configuration of %d reloads ago, %s has VIP %s, had %s", len(r.history)-back, s.name, running.vips[s.name], then)
+		}
+		if then := r.history[back].vips6[s.name]; !pinned6 && running.vips6[s.name] != then {
+			r.fatalf("back to the configuration of %d reloads ago, %s has IPv6 VIP %s, had %s", len(r.history)-back, s.name, running.vips6[s.name], then)
 		}
 	}
 }
@@ -584,8 +756,11 @@ func (r *rrRun) openKeepers() []*rrKept {
 		if tn := r.cur.tenantOf(q); tn == "" || !s.allows(tn) || !s.passes() {
 			continue
 		}
-		src := r.extraSource(q)
-		res, c := r.gw.probe(p.proto, src, netip.AddrPortFrom(r.obs.vips[s.name], p.port))
+		src, vip := r.extraSource(q), r.obs.vips[s.name]
+		if v6, ok := r.obs.vips6[s.name]; ok && r.cur.v6 && r.rng.IntN(2) == 0 {
+			src, vip = rrTwin6(src), v6
+		}
+		res, c := r.gw.probe(p.proto, src, netip.AddrPortFrom(vip, p.port))
 		if c == nil {
 			continue // a limit refused it
 		}
