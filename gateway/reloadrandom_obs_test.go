@@ -43,7 +43,7 @@ type rrWorld struct {
 	udpPorts         []uint16
 	deadTCP, deadUDP uint16
 	pins             []netip.Addr
-	pins6            map[string][]netip.Addr // by pool6 (rrPools6), alike
+	pins6            map[string][]netip.Addr        // by pool6 (rrPools6), alike
 	homes6           map[string]map[netip.Addr]bool // by pool6: where the names go unpinned
 }
 
@@ -403,7 +403,7 @@ func (gw *rrGW) vips() (v4, v6 map[string]netip.Addr, err error) {
 type rrObs struct {
 	vips  map[string]netip.Addr
 	vips6 map[string]netip.Addr // the IPv6 VIPs, of the services that have one
-	facts map[string]string // what a fresh gateway must see alike
+	facts map[string]string     // what a fresh gateway must see alike
 	// subsets are series the fresh gateway must have and the running
 	// one may have more of (made by earlier rounds, for services and
 	// tenants still configured).

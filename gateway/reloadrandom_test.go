@@ -127,7 +127,7 @@ type rrRun struct {
 	step  int
 	round int          // observation rounds so far
 	addrs []netip.Addr // the running gateway's clients' addresses
-	extra int // client addresses of races and kept flows used so far
+	extra int          // client addresses of races and kept flows used so far
 
 	start *rrConfig // what the running gateway started with: its restart-only keys stay
 	cur   *rrConfig // what it runs
