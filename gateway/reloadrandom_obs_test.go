@@ -523,6 +523,9 @@ func (gw *rrGW) observe(t *testing.T, cfg *rrConfig, w *rrWorld, round int, novi
 		gw.observePings(o, cfg, tn.name, rrSource(slices.Min(tn.prefixes), round), rrLast(novips, false))
 	}
 	gw.observeOpenFlows(o, norm)
+	if v6 {
+		checkV6(o, cfg, zone)
+	}
 	for _, c := range held {
 		c.Close()
 	}
@@ -725,6 +728,52 @@ func (gw *rrGW) observeDNS(o *rrObs, norm normalizer, cfg *rrConfig, tenant stri
 		ask(prefix+"/"+tenant+"/default zone", "web.ztna.internal.", "A")
 	} else {
 		ask(prefix+"/"+tenant+"/other zone", "web.corp.internal.", "A")
+	}
+}
+
+// checkV6 holds what a gateway with a pool6 shows its IPv6 clients to
+// what it shows its IPv4 ones, and its AAAA and IPv6 PTR answers to the
+// configuration: an IPv6 client of a tenant gets the DNS answers an IPv4
+// client of the tenant gets, and its new flows to the IPv6 VIPs go where
+// the IPv4 client's went (where no limit counts them both, and the
+// source decides no backend); a service the tenant may reach has an AAAA
+// record of its IPv6 VIP and a PTR of it, others neither.
+func checkV6(o *rrObs, cfg *rrConfig, zone string) {
+	for k, got := range o.facts {
+		rest, ok := strings.CutPrefix(k, "dns6/")
+		if ok && got != o.facts["dns/"+rest] {
+			o.errf("%s: %s; over IPv4: %s", k, got, o.facts["dns/"+rest])
+		}
+		rest, ok = strings.CutPrefix(k, "flow6/")
+		if !ok {
+			continue
+		}
+		f := strings.Split(rest, "/") // tenant, service, protocol, port; or tenant, novip
+		if len(f) == 4 {
+			s := cfg.service(f[1])
+			if cfg.limited(f[0], s) || cfg.rated(f[0]) || s.balance == "source_hash" {
+				continue
+			}
+		}
+		if want := o.facts["flow/"+rest]; got != want {
+			o.errf("%s: %s; over IPv4: %s", k, got, want)
+		}
+	}
+	for _, t := range cfg.tenants {
+		for _, n := range rrNames {
+			s := cfg.service(n)
+			visible := s != nil && s.allows(t.name)
+			aaaa := o.facts[fmt.Sprintf("dns/%s/%s/AAAA", t.name, n)]
+			if has := strings.Contains(aaaa, "AAAA vip6("+n+")"); has != visible {
+				o.errf("%s sees %s: %v; AAAA %s", t.name, n, visible, aaaa)
+			}
+			if !visible {
+				continue
+			}
+			if ptr := o.facts[fmt.Sprintf("dns/%s/ptr6(%s)", t.name, n)]; !strings.Contains(ptr, "PTR "+n+"."+zone) {
+				o.errf("%s sees %s: PTR of its IPv6 VIP %s", t.name, n, ptr)
+			}
+		}
 	}
 }
 
