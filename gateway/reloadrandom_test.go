@@ -150,7 +150,7 @@ func newRRRun(t *testing.T, seed uint64, v6 bool) *rrRun {
 	r := &rrRun{t: t, seed: seed, rng: rng, w: startRRWorld(t), clk: newFakeNow(), stats: map[string]int{}}
 	r.gen = &rrGen{rng: rng, w: r.w, v6: v6}
 	var restart rrRestart
-	if v6 && rng.Float64() < 0.8 {
+	if v6 {
 		restart.pool6 = r.gen.pick(rrPools6)
 	}
 	r.gen.pool6 = restart.pool6
