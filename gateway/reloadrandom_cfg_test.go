@@ -831,6 +831,20 @@ var rrBreaks = []rrBreak{
 		s.health.timeout = "1s"
 		return fmt.Sprintf("service[%d].health.timeout: 1s must be greater than 0 and at most the interval", i), true
 	}},
+	{"vip6 the gateway's own or without a pool6", func(g *rrGen, c *rrConfig) (string, bool) {
+		if !g.v6 {
+			return "", false
+		}
+		i := g.rng.IntN(len(c.services))
+		c.services[i].pin6 = -1
+		if c.restart.pool6 == "" {
+			c.services[i].extra = "vip6 = \"fd00:ab::9\"\n"
+			return fmt.Sprintf("service[%d].vip6: fd00:ab::9 cannot be pinned: no IPv6 pool (pool6) is configured", i), true
+		}
+		gw6 := rrGateway6(c.restart.pool6)
+		c.services[i].extra = fmt.Sprintf("vip6 = %q\n", gw6)
+		return fmt.Sprintf("service[%d].vip6: %s is the gateway address", i, gw6), true
+	}},
 	{"tenant rate above the gateway's", func(g *rrGen, c *rrConfig) (string, bool) {
 		c.limits.perSecond = 10
 		c.tenants[0].limits.perSecond = 20
