@@ -67,10 +67,17 @@ func SetIPv4Checksum(b []byte) {
 // TCPSegment builds an IPv4 packet carrying one TCP segment from src to dst
 // with the given flags, sequence number and payload, checksums correct.
 func TCPSegment(src, dst netip.AddrPort, flags uint8, seq uint32, payload []byte) []byte {
+	return TCPSegmentAck(src, dst, flags, seq, 0, payload)
+}
+
+// TCPSegmentAck is TCPSegment with an acknowledgment number, for a segment
+// of an established connection (with FlagACK).
+func TCPSegmentAck(src, dst netip.AddrPort, flags uint8, seq, ack uint32, payload []byte) []byte {
 	t := make([]byte, 20+len(payload))
 	binary.BigEndian.PutUint16(t[0:2], src.Port())
 	binary.BigEndian.PutUint16(t[2:4], dst.Port())
 	binary.BigEndian.PutUint32(t[4:8], seq)
+	binary.BigEndian.PutUint32(t[8:12], ack)
 	t[12] = 5 << 4
 	t[13] = flags
 	binary.BigEndian.PutUint16(t[14:16], 65535) // window
