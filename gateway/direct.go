@@ -76,6 +76,7 @@ func (g *Gateway) serveDirect(s *tunnel.Session) error {
 		defer g.directSessions.give(id.String())
 	}
 	if s.Version() == tunnel.V2 && !s.Hello().InnerAddr.Is4() {
+		g.m.tunnelRefused("bad_hello")
 		s.Refuse(tunnel.CodeBadMessage, "hello needs an IPv4 inner_addr")
 		return errors.New("agent without an inner address")
 	}

@@ -221,3 +221,29 @@ func agentCreds(t *testing.T, ca *tunnel.CA, dir string, req tunnel.IssueRequest
 	}
 	return creds
 }
+
+// TestDirectBadHelloCounted: a direct agent whose hello has no inner
+// address is refused as bad_message and counted, as every refusal at the
+// hello is (ztgate_tunnel_refusals_total{reason="bad_hello"}). It was
+// refused without a count.
+func TestDirectBadHelloCounted(t *testing.T) {
+	port := startHold(t)
+	toml, ca, dir := directConfig(t, port)
+	h := newHarness(t, toml)
+	creds := agentCreds(t, ca, dir, tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "laptop"})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := tunnel.Dial(ctx, h.gw.direct.Addr().String(), tunnel.DialConfig{
+		Credentials: creds, ServerName: "127.0.0.1", Hello: tunnel.Hello{Role: tunnel.RoleAgent, Name: "laptop"},
+	}, nil)
+	var refused *tunnel.RefusedError
+	if !errors.As(err, &refused) || refused.Code != tunnel.CodeBadMessage {
+		if err == nil {
+			s.Close("done")
+		}
+		t.Fatalf("a hello without inner_addr: %v, want refused as %s", err, tunnel.CodeBadMessage)
+	}
+	if n := testutil.ToFloat64(h.gw.m.tunnelRefusals.WithLabelValues("bad_hello")); n != 1 {
+		t.Errorf("ztgate_tunnel_refusals_total{reason=\"bad_hello\"} = %v, want 1", n)
+	}
+}

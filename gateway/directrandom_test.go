@@ -580,6 +580,10 @@ func (m *dsModel) refusedSession() string {
 	}
 	if wantHand != "" {
 		m.handRef[wantHand]++
+		m.sessRef[wantHand]++ // the gateway's count of its refusals, certificates' too
+	}
+	if wantCode == tunnel.CodeBadMessage {
+		m.sessRef["bad_hello"]++
 	}
 	if n := m.synths(); len(n) > len(old) {
 		t.Errorf("%s: an ingress was added", kind)
