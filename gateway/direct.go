@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -312,4 +313,34 @@ func (c *identitySessions) give(id string) {
 	if c.n[id]--; c.n[id] <= 0 {
 		delete(c.n, id)
 	}
+}
+
+// endUnreachable ends the flows of direct agents that t no longer lets
+// reach the flow's service (the agent's tenant removed from it, or the
+// service removed): from t on the direct path drops their packets as
+// not_authorised (mayReach), so they could carry nothing until their idle
+// timeout, or drain_timeout, while holding their backend's connection;
+// ended, the client is told at once. A flow added after the pass checks
+// itself (newFlow).
+func (g *Gateway) endUnreachable(t *table) {
+	for _, f := range g.flows.list(func(f *flow) bool { return g.directUnreachable(t, f) }) {
+		f.close("rights_removed")
+	}
+}
+
+// directUnreachable reports whether f is a flow of a direct agent whose
+// service t does not let the agent reach. A relay tag's flows are the
+// relay's to end: it closes the tags of a tenant a service no longer
+// admits, and of a service the gateway no longer registers.
+func (g *Gateway) directUnreachable(t *table, f *flow) bool {
+	if !synthPrefix.Contains(f.client.Addr()) {
+		return false
+	}
+	in := g.ingresses.lookup(f.client.Addr())
+	if in == nil || in.tagged || in.peer != f.peer {
+		return false
+	}
+	name := f.svc.spec.Name
+	s := t.byName[name]
+	return s == nil || !s.spec.Allows(in.peer.tenant) || (in.services != nil && !slices.Contains(in.services, name))
 }

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -245,5 +246,71 @@ func TestDirectBadHelloCounted(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(h.gw.m.tunnelRefusals.WithLabelValues("bad_hello")); n != 1 {
 		t.Errorf("ztgate_tunnel_refusals_total{reason=\"bad_hello\"} = %v, want 1", n)
+	}
+}
+
+// TestDirectReloadEndsUnreachableFlows: a reload that takes a service
+// from a direct agent — its tenant removed from the service's, or the
+// service removed — ends the agent's flows of it at once: the direct path
+// drops their packets from then on (not_authorised), so they could carry
+// nothing until their idle timeout, or their drain_timeout, while holding
+// their backend's socket. A flow of a service the agent still reaches
+// stays. Before, they stayed until their idle timeout.
+func TestDirectReloadEndsUnreachableFlows(t *testing.T) {
+	udpService := func(name, tenants, vip string, target int) string {
+		return fmt.Sprintf("[[service]]\nname = %q\ntenants = [%s]\nvip = %q\nbackends = [\"127.0.0.1\"]\n"+
+			"  [[service.port]]\n  protocol = \"udp\"\n  port = 7\n  target = %d\n  [service.health]\n  type = \"none\"\n",
+			name, tenants, vip, target)
+	}
+	for _, tc := range []struct {
+		name  string
+		after string // echo's [[service]] after the reload
+	}{
+		{"tenant removed", `"globex"`},
+		{"service removed", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			section, ca := writePKI(t, dir)
+			echo, kept := startUDPEcho(t), startUDPEcho(t)
+			head := "[gateway]\nstate_dir = \"STATE\"\ndrain_timeout = \"1h\"\n[api]\nlisten = \"off\"\n" + section + twoTenants +
+				udpService("kept", `"acme"`, "10.100.0.8", kept)
+			h := newFileHarness(t, head+udpService("echo", `"acme"`, "10.100.0.7", echo))
+			s := h.dialDirectAgent(t, agentCreds(t, ca, dir, tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "laptop"}))
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			for _, vip := range []string{"10.100.0.7:7", "10.100.0.8:7"} {
+				if err := s.SendDatagram(netstacktest.UDPDatagram(agentSrc, netip.MustParseAddrPort(vip), []byte("hi"))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for answers := 0; answers < 2; {
+				b, err := s.ReceiveDatagram(ctx)
+				if err != nil {
+					t.Fatalf("no answers from both services: %v", err)
+				}
+				if tunnel.Kind(b) == tunnel.TypeIP {
+					answers++
+				}
+			}
+			flowsOf := func(service string) int {
+				return len(h.gw.flows.list(func(f *flow) bool { return f.svc.spec.Name == service }))
+			}
+			if flowsOf("echo") != 1 || flowsOf("kept") != 1 {
+				t.Fatalf("flows: echo %d, kept %d, want 1 each", flowsOf("echo"), flowsOf("kept"))
+			}
+			after := ""
+			if tc.after != "" {
+				after = udpService("echo", tc.after, "10.100.0.7", echo)
+			}
+			h.write(t, head+after)
+			if _, err := h.gw.Reload(); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 5*time.Second, "the flow of echo ended", func() bool { return flowsOf("echo") == 0 })
+			if n := flowsOf("kept"); n != 1 {
+				t.Errorf("%d flows of kept, which the agent still reaches, want 1", n)
+			}
+		})
 	}
 }

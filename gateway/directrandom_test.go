@@ -154,7 +154,7 @@ func TestDirectSideRandom(t *testing.T) {
 	m := &dsModel{
 		t: t, rng: rand.New(rand.NewPCG(seed, seed^0xd12ec7)), ca: ca, dir: dir,
 		fh:   &fileHarness{path: filepath.Join(dir, "gw.toml"), dir: dir},
-		head: "[gateway]\nstate_dir = \"STATE\"\ndrain_timeout = \"0s\"\n[api]\nlisten = \"off\"\n" + section + twoTenants,
+		head: "[gateway]\nstate_dir = \"STATE\"\ndrain_timeout = \"1h\"\n[api]\nlisten = \"off\"\n" + section + twoTenants,
 		udp1: startUDPEcho(t), udp2: startUDPEcho(t), line: startLineEcho(t, "echo"),
 		creds:   map[string]*tunnel.Credentials{},
 		tenants: map[string][]string{"echo": {"acme"}, "web": {"globex"}},
@@ -856,16 +856,20 @@ func (m *dsModel) reload() string {
 	if _, err := m.g.Reload(); err != nil {
 		t.Fatalf("reload: %v", err)
 	}
-	if next == nil {
-		// Its flows drain (drain_timeout 0s).
-		m.waitFor(fmt.Sprintf("the flows of %s drained", svc), func() bool {
-			return len(m.g.flows.list(func(f *flow) bool { return f.svc.spec.Name == svc })) == 0
-		})
-		for k, f := range m.flows {
-			if f.service == svc {
-				delete(m.flows, k)
-			}
+	// A flow whose agent may no longer reach its service (its tenant
+	// removed from it, or the service removed) ends at once: the direct
+	// path drops its packets from now on, so it has nothing to drain.
+	for k, f := range m.flows {
+		s := m.sessions[k.sess]
+		if m.admits(f.service, s.tenant) {
+			continue
 		}
+		m.waitFor(fmt.Sprintf("the %s flow %v→%v of session %d (%s) ended", k.proto, k.src, k.dst, k.sess, s.tenant), func() bool {
+			return len(m.g.flows.list(func(gf *flow) bool {
+				return gf.client == netip.AddrPortFrom(s.synth, k.src.Port()) && gf.vip == k.dst && gf.proto == k.proto
+			})) == 0
+		})
+		delete(m.flows, k)
 	}
 	m.waitDirectories("reload")
 	return fmt.Sprintf("reload: %s admits %v", svc, next)

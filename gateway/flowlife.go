@@ -49,6 +49,10 @@ func (g *Gateway) newFlow(proto string, client, vip netip.AddrPort, d decision, 
 		// A reload took the source out of every tenant, and ended the
 		// flows then listed (endStranded), while this one was set up.
 		f.close("source_removed")
+	} else if g.directUnreachable(g.tbl.Load(), f) {
+		// A reload took the service from the direct agent, and ended the
+		// flows then listed (endUnreachable), while this one was set up.
+		f.close("rights_removed")
 	}
 	// After the add: a change of the table from now on drains f with the
 	// others, and one before is in the table departed reads.

@@ -193,6 +193,7 @@ func poolConflict(err error) bool {
 func (g *Gateway) swapTable(old, t *table) {
 	g.tbl.Store(t)
 	g.endStranded(t)
+	g.endUnreachable(t)
 	g.forgetTenants(old, t)
 	g.syncHealth()
 	g.disc.sync(t)
