@@ -392,36 +392,35 @@ func (m *dsModel) live() []*dsSession {
 
 // step takes one random action and says which.
 func (m *dsModel) step() string {
-	live := m.live()
+	live := func(s *dsSession) bool { return s.live }
+	s := testseed.Pick(m.rng, m.sessions, live)
 	r := m.rng.IntN(100)
 	switch {
-	case r < 10 || len(live) == 0:
+	case r < 10 || s == nil:
 		id := dsIdentities[m.rng.IntN(len(dsIdentities))]
-		if len(live) > 0 && m.rng.IntN(4) == 0 {
-			// One identity twice at once.
-			s := live[m.rng.IntN(len(live))]
-			id = [2]string{s.tenant, s.name}
+		if s != nil && m.rng.IntN(4) == 0 {
+			id = [2]string{s.tenant, s.name} // one identity twice at once
 		}
-		if len(live) >= 6 {
-			return m.closeSession(live[m.rng.IntN(len(live))])
+		if len(m.live()) >= 6 {
+			return m.closeSession(s)
 		}
 		return m.connect(id[0], id[1], dsInners[m.rng.IntN(len(dsInners))])
 	case r < 15:
 		return m.refusedSession()
 	case r < 21:
-		return m.closeSession(live[m.rng.IntN(len(live))])
+		return m.closeSession(s)
 	case r < 45:
-		return m.udp(live[m.rng.IntN(len(live))])
+		return m.udp(s)
 	case r < 53:
-		return m.ping(live[m.rng.IntN(len(live))])
+		return m.ping(s)
 	case r < 59:
-		return m.dns(live[m.rng.IntN(len(live))])
+		return m.dns(s)
 	case r < 69:
-		return m.syn(live[m.rng.IntN(len(live))])
+		return m.syn(s)
 	case r < 77:
 		return m.tcpData()
 	case r < 85:
-		return m.malformed(live[m.rng.IntN(len(live))])
+		return m.malformed(s)
 	default:
 		return m.reload()
 	}
