@@ -33,9 +33,19 @@ type UnknownTypeError struct {
 	Type string
 }
 
+// maxQuotedType bounds how much of an unknown type an error quotes: the
+// type may be as long as a whole message, and the reply that quotes it
+// must fit in one (a reply that cannot be sent ends the receiver's read
+// loop, and with it the sender's session).
+const maxQuotedType = 64
+
 // Error implements error.
 func (e *UnknownTypeError) Error() string {
-	return fmt.Sprintf("tunnel: unknown control message type %q", e.Type)
+	typ := e.Type
+	if len(typ) > maxQuotedType {
+		typ = typ[:maxQuotedType] + "…"
+	}
+	return fmt.Sprintf("tunnel: unknown control message type %q", typ)
 }
 
 // Reply returns the error message that answers the unknown type.

@@ -202,6 +202,11 @@ func TestReplyFor(t *testing.T) {
 	}{
 		{"unknown type", &UnknownTypeError{Type: "teleport"}, CodeUnknownType},
 		{"wrapped unknown type", errors.Join(errors.New("dispatch"), &UnknownTypeError{Type: "x"}), CodeUnknownType},
+		// A type as long as a message may hold: quoted whole, the reply
+		// did not fit in one, and the relay's control loop, whose reply
+		// failed, ended the sender's session instead of answering it.
+		{"unknown type of a whole message", &UnknownTypeError{Type: strings.Repeat("z", MaxMessageSize-len(`{"type":""}`))}, CodeUnknownType},
+		{"unknown type of control bytes", &UnknownTypeError{Type: strings.Repeat("\x01", MaxMessageSize/4)}, CodeUnknownType},
 		{"missing type", ErrMissingType, CodeBadMessage},
 		{"malformed", Decode([]byte(`[`), &helloMsg{}), CodeBadMessage},
 		{"too large", ErrMessageTooLarge, ""},
