@@ -21,6 +21,11 @@ const (
 	gatewaySignalCap = 256
 	// maxLegDraws bounds the search for a free id of a gateway leg.
 	maxLegDraws = 16
+	// maxSignalText bounds the code and the message of a party's error
+	// that the relay forwards to the other party: the sender's may fill a
+	// control message, and the forwarded one, under the other party's id
+	// (a leg id is longer than an agent's id may be), must still fit.
+	maxSignalText = 256
 )
 
 // Reasons a signaling message is rejected (the labels of

@@ -168,7 +168,7 @@ func (r *Relay) onSignalError(from party, m *tunnel.ErrorMessage) {
 	}
 	s.closeForwarder("the session was aborted")
 	r.m.sigOutcomes.WithLabelValues(outcomeAborted).Inc()
-	r.notifySignal(s, s.other(from), m.Code, m.Message)
+	r.notifySignal(s, s.other(from), clip(m.Code, maxSignalText), clip(m.Message, maxSignalText))
 }
 
 // rejectSignal logs, counts and (for id ≠ 0) answers a rejected message.

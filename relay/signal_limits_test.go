@@ -1,0 +1,76 @@
+package relay
+
+import (
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// TestSignalErrorForwardedWhateverItsSize: an error that ends a signaling
+// session reaches the other party, whatever the sender put in it. An
+// agent may name its session 7; the relay forwards the error under the
+// gateway's leg id, sixteen digits, so an error that filled the control
+// message's limit no longer fit: the relay ended the session, counted it
+// aborted, and the gateway never heard of it. Code and message are cut to
+// maxSignalText now.
+func TestSignalErrorForwardedWhateverItsSize(t *testing.T) {
+	p := newPKI(t)
+	r := startRelay(t, p.relayConfig(t.TempDir()))
+	addr := r.Addr().String()
+	gw := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	gw.registerDirect([]netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:4434")}, svc("web", "acme"))
+	a := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a1"), agentHello("a1"))
+
+	for _, tc := range []struct {
+		name        string
+		code, text  int // bytes of each, the rest of the message filling the limit
+		id          uint64
+		fromGateway bool
+	}{
+		{"the agent's message fills the limit", 8, -1, 7, false},
+		{"the agent's code fills the limit", -1, 0, 8, false},
+		{"the gateway's message fills the limit", 8, -1, 9, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a.s.Send(&tunnel.Offer{Type: tunnel.MessageOffer, SessionID: tc.id, Service: "web"})
+			offer := next[tunnel.Offer](gw)
+			from, to, id, want := a, gw, tc.id, offer.SessionID
+			if tc.fromGateway {
+				from, to, id, want = gw, a, offer.SessionID, tc.id
+			}
+			e := &tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: strings.Repeat("c", max(tc.code, 1)),
+				Message: strings.Repeat("m", max(tc.text, 0)), SessionID: id}
+			b, _ := json.Marshal(e)
+			fill := strings.Repeat("x", tunnel.MaxMessageSize-len(b)-len(`,"message":""`))
+			if tc.code < 0 {
+				e.Code = fill
+			} else {
+				e.Message = fill
+			}
+			if err := from.s.Send(e); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.After(3 * time.Second)
+			for {
+				select {
+				case m := <-to.msgs:
+					got, ok := m.(*tunnel.ErrorMessage)
+					if !ok || got.SessionID != want {
+						continue
+					}
+					if !strings.HasPrefix(e.Code, strings.TrimSuffix(got.Code, "…")) || len(got.Code) > maxSignalText ||
+						!strings.HasPrefix(e.Message, strings.TrimSuffix(got.Message, "…")) || len(got.Message) > maxSignalText {
+						t.Fatalf("forwarded code of %d bytes, message of %d", len(got.Code), len(got.Message))
+					}
+					return
+				case <-deadline:
+					t.Fatal("the other party was not told that the session ended")
+				}
+			}
+		})
+	}
+}
