@@ -112,6 +112,8 @@ type sigFwd struct {
 	target netip.AddrPort
 	sock   *net.UDPConn // the agent's socket, once it sent
 	open   bool
+	ended  bool       // closed with its session, not for idleness
+	rf     *forwarder // the relay's
 	// It last carried a packet (or opened) between lo and hi.
 	lo, hi time.Time
 }
@@ -519,8 +521,8 @@ func (c *sigTest) endSession(s *sigSess, outcome string) {
 	c.ended = append(c.ended, s.id, s.leg)
 	c.outcomes[outcome]++
 	c.stats["outcome "+outcome]++
-	if s.fwd != nil && outcome != outcomeSuccess {
-		s.fwd.open = false
+	if s.fwd != nil && outcome != outcomeSuccess && s.fwd.open {
+		s.fwd.open, s.fwd.ended = false, true
 	}
 }
 
@@ -742,6 +744,12 @@ func (c *sigTest) answer() bool {
 			}
 		}
 		f.port, f.hi = p, time.Now()
+		c.r.fwd.mu.Lock()
+		f.rf = c.r.fwd.byPort[p]
+		c.r.fwd.mu.Unlock()
+		if f.rf == nil || f.rf.agent != f.agent.identity() {
+			c.fatalf("the answer names forwarder %d, which is not %s's", p, f.agent.label)
+		}
 	})
 	return true
 }
@@ -985,7 +993,11 @@ func (c *sigTest) forwarderUse() bool {
 		return false
 	}
 	fwdAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), f.port)
-	switch n := c.rng.IntN(10); {
+	n := c.rng.IntN(10)
+	if f.sock == nil && n < 3 {
+		n = 6 // a stranger before the agent: it must not take the forwarder
+	}
+	switch {
 	case n < 6: // the agent's round trip
 		if f.sock == nil {
 			f.sock = udpAt(c.t, "127.0.0.1:0")
@@ -1057,6 +1069,21 @@ func (c *sigTest) quietSockets() {
 }
 
 // --- checks ---
+
+// strictForwarders: the relay closes a session's forwarder before it
+// sends the message that ends the session, so once those messages came,
+// a forwarder that ended with its session is closed, and not by idling
+// out, which settle's patience would otherwise wait for.
+func (c *sigTest) strictForwarders() {
+	now := time.Now()
+	c.r.fwd.mu.Lock()
+	defer c.r.fwd.mu.Unlock()
+	for _, f := range c.fwds {
+		if f.ended && f.rf != nil && c.r.fwd.byPort[f.port] == f.rf && now.Sub(f.lo) < sigIdle-sigMargin {
+			c.fatalf("forwarder %d of %s is open after its session ended", f.port, f.agent.label)
+		}
+	}
+}
 
 func offerKey(service, agent string, cands []netip.AddrPort) string {
 	return fmt.Sprintf("offer %s agent=%s cands=%v", service, agent, cands)
@@ -1140,6 +1167,9 @@ func (c *sigTest) settle() {
 		}
 		if err == nil {
 			return
+		}
+		if len(c.exps) == 0 {
+			c.strictForwarders()
 		}
 		if time.Now().After(deadline) {
 			c.fatalf("the relay does not agree with the model: %v", err)
