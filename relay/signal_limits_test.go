@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -72,5 +74,41 @@ func TestSignalErrorForwardedWhateverItsSize(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestEndSignalAfterDropCountsOnce: a session whose party left may be
+// ended twice at once: by the party's departure (dropSignaling) and by
+// the message the relay could not post to it (endSignal, after an
+// answer). The second found the session gone and still counted it and
+// told the other party again: the gateway got two peer_gone errors for
+// one session, and ztgate_relay_signaling_sessions_total{outcome=
+// "peer_gone"} counted two.
+func TestEndSignalAfterDropCountsOnce(t *testing.T) {
+	p := newPKI(t)
+	r := startRelay(t, p.relayConfig(t.TempDir()))
+	addr := r.Addr().String()
+	gw := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	gw.registerDirect([]netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:4434")}, svc("web", "acme"))
+	a := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "a1"), agentHello("a1"))
+	a.s.Send(&tunnel.Offer{Type: tunnel.MessageOffer, SessionID: 7, Service: "web"})
+	offer := next[tunnel.Offer](gw)
+	r.sigMu.Lock()
+	s := r.sig.byLeg[offer.SessionID]
+	r.sigMu.Unlock()
+
+	gone := party{a: s.a}
+	r.dropSignaling(gone)
+	r.endSignal(s, outcomePeerGone, gone, tunnel.CodePeerGone, "the agent's session ended")
+	if e := signalError(gw); e.SessionID != offer.SessionID || e.Code != tunnel.CodePeerGone {
+		t.Fatalf("the gateway got %+v", e)
+	}
+	select {
+	case m := <-gw.msgs:
+		t.Errorf("the gateway got %+v too", m)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if n := testutil.ToFloat64(r.m.sigOutcomes.WithLabelValues(outcomePeerGone)); n != 1 {
+		t.Errorf("peer_gone counted %v times", n)
 	}
 }

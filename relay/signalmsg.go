@@ -191,14 +191,20 @@ func (r *Relay) rejectSignal(from party, id uint64, reason, typ string) {
 }
 
 // endSignal removes a session that cannot go on because the party gone
-// did not take a message, and tells the other party.
+// did not take a message, and tells the other party. A session something
+// else ended meanwhile (the party's departure, expiry) was counted and
+// told of then.
 func (r *Relay) endSignal(s *sigSession, outcome string, gone party, code, message string) {
 	r.sigMu.Lock()
-	if r.sig.byLeg[s.legID] == s {
+	live := r.sig.byLeg[s.legID] == s
+	if live {
 		r.sig.remove(s)
 	}
 	r.updateSignalGauges()
 	r.sigMu.Unlock()
+	if !live {
+		return
+	}
 	s.closeForwarder("the session ended: " + outcome)
 	r.m.sigOutcomes.WithLabelValues(outcome).Inc()
 	r.notifySignal(s, s.other(gone), code, message)
