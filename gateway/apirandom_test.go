@@ -1,0 +1,981 @@
+package gateway
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/ztgate/ztgate/internal/adminapi"
+	"github.com/ztgate/ztgate/internal/testseed"
+	"github.com/ztgate/ztgate/resolver/resolvertest"
+)
+
+// TestAPIRandom drives the admin API's services at random against a model
+// written from the documentation (DESIGN.md §7, configuration.md,
+// operations.md): POST /v1/services with valid bodies and invalid ones
+// (bad JSON, unknown keys, names taken by the API or the file, bad ports
+// and addresses, pins outside the pool, on a reserved address, on another
+// service's VIP or one held for another name, undeclared tenants,
+// oversize bodies), DELETE /v1/services/{name} (of the API, of the file,
+// unknown, escaped), POST /v1/reload of a rewritten file (its services and
+// tenants change; a file service named as an API service, or a tenant an
+// API service names removed, fails it), the clock moving past the VIP
+// hold-down, and restarts on the same state_dir (with the file a failed
+// reload left, and with api-services.json corrupt, truncated or holding
+// an entry that does not validate: each a clear error, then a start
+// with the file put back). The seed is logged; ZTGATE_API_SEED=<seed>
+// replays it.
+//
+// After every step: the status and the {"errors": [...]} of each answer;
+// GET /v1/services (names, source, VIP, tenants, ports, backends); each
+// service keeps its VIP across reloads and restarts, and a name added back
+// within vip_hold_down gets its VIP back; DNS from each tenant (A and PTR
+// of every name, NXDOMAIN where the tenant is not admitted) and nothing
+// for a source in no tenant; a new TCP and UDP flow to a service reaches
+// one of its backends on the target port, and is refused for a tenant not
+// admitted; ztgate_vip_pool_used (services and held VIPs) and
+// ztgate_backend_healthy (a series for each backend, none of a service
+// gone). A flow open to a service the API deletes lives on for
+// drain_timeout and is closed then. No goroutine is left.
+func TestAPIRandom(t *testing.T) {
+	seed := testseed.Get(t, apiSeedEnv)
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) })
+	r := newAPIRand(t, seed)
+	kinds := []struct {
+		name   string
+		weight int
+		run    func()
+	}{
+		{"post", 30, r.post},
+		{"post bad", 22, r.postBad},
+		{"delete", 16, r.delete},
+		{"reload", 10, r.reload},
+		{"clock", 4, r.tick},
+		{"restart", 3, r.restart},
+	}
+	total := 0
+	for _, k := range kinds {
+		total += k.weight
+	}
+	began := time.Now()
+	for r.step = 1; r.step <= arSteps; r.step++ {
+		if time.Since(began) > arBudget {
+			t.Logf("stopping: the test's time budget of %v is spent", arBudget)
+			break
+		}
+		x, i := r.rng.IntN(total), 0
+		for ; x >= kinds[i].weight; i++ {
+			x -= kinds[i].weight
+		}
+		r.clk.advance(time.Millisecond) // holds made by two steps are told apart by time
+		kinds[i].run()
+		r.stats[kinds[i].name]++
+		r.check()
+	}
+	t.Logf("steps: %v", r.stats)
+	r.gw.g.Close()
+}
+
+const (
+	apiSeedEnv = "ZTGATE_API_SEED"
+	arSteps    = 300
+	arBudget   = 35 * time.Second
+	arHoldDown = 30 * time.Second // vip_hold_down: dns.ttl's default
+)
+
+var (
+	// arFileNames may be services of the file, arAPINames of the API:
+	// they share two, so that either side may take the other's name.
+	arFileNames = []string{"web", "db", "mail"}
+	arAPINames  = []string{"chat", "git", "wiki", "web", "db"}
+	arPool      = netip.MustParsePrefix("10.100.0.0/24")
+)
+
+// arSvc is a service of the model, of the file or of the API.
+type arSvc struct {
+	name     string
+	api      bool
+	tenants  []string
+	pin      netip.Addr // invalid: none
+	backends []int      // indexes of rrWorld.addrs
+	ports    []rrPort
+	vip      netip.Addr
+}
+
+func (s *arSvc) allows(tenant string) bool {
+	return slices.Contains(s.tenants, "*") || slices.Contains(s.tenants, tenant)
+}
+
+// arHold is a VIP held for a name that left.
+type arHold struct {
+	name  string
+	vip   netip.Addr
+	since time.Time
+}
+
+type apiRand struct {
+	t     *testing.T
+	seed  uint64
+	step  int
+	rng   *rand.Rand
+	w     *rrWorld
+	gen   *rrGen
+	clk   *fakeNow
+	state string // the state directory every run of the gateway shares
+	gw    *rrGW
+
+	file     *rrConfig // the file the gateway runs
+	disk     string    // the file's text as on disk: another after a failed reload
+	diskBad  string    // why the gateway refuses the file on disk, "" when it is file
+	svcs     map[string]*arSvc
+	holds    []arHold
+	poolUsed float64 // ztgate_vip_pool_used as of the last change of the table
+	seen     map[string]bool
+	full     bool // the next check opens flows to every service
+	stats    map[string]int
+}
+
+func newAPIRand(t *testing.T, seed uint64) *apiRand {
+	rng := rand.New(rand.NewPCG(seed, seed^0xa91))
+	w := startRRWorld(t)
+	r := &apiRand{
+		t: t, seed: seed, rng: rng, w: w, gen: &rrGen{rng: rng, w: w}, clk: newFakeNow(),
+		state: filepath.Join(t.TempDir(), "state"),
+		svcs:  map[string]*arSvc{}, seen: map[string]bool{}, stats: map[string]int{},
+	}
+	r.file = r.newFile()
+	for _, s := range r.file.services {
+		r.svcs[s.name] = r.fileSvc(s)
+	}
+	r.disk = r.text(r.file)
+	if err := r.start(); err != nil {
+		t.Fatalf("start: %v\n%s", err, r.disk)
+	}
+	t.Cleanup(func() { r.gw.g.Close() })
+	r.learnVIPs()
+	r.poolUsed = float64(len(r.svcs))
+	r.check()
+	return r
+}
+
+func (r *apiRand) fatalf(format string, args ...any) {
+	r.t.Helper()
+	r.t.Fatalf("seed %d step %d: %s\nfile:\n%s", r.seed, r.step, fmt.Sprintf(format, args...), r.disk)
+}
+
+// sources are the client addresses: two of each prefix.
+func arSources() []netip.Addr {
+	var out []netip.Addr
+	for q := range rrPrefixes {
+		out = append(out, rrSource(q, 0), rrSource(q, 1))
+	}
+	return out
+}
+
+func (r *apiRand) start() error {
+	gw, err := startRRGateway(r.t, "gw", r.disk, true, arSources(), r.clk)
+	if err != nil {
+		return err
+	}
+	r.gw = gw
+	return nil
+}
+
+// text renders c with the shared state directory.
+func (r *apiRand) text(c *rrConfig) string {
+	return strings.ReplaceAll(c.toml(r.w), "STATE", r.state)
+}
+
+// newFile returns a random file: one to three tenants, each on a prefix of
+// its own, and some of arFileNames, none of them taken by the API.
+func (r *apiRand) newFile() *rrConfig {
+	c := &rrConfig{drain: r.gen.pick([]string{"0s", "700ms"})}
+	names := r.gen.subset(len(rrTenantNames), 1+r.rng.IntN(len(rrTenantNames)))
+	order := r.rng.Perm(len(rrPrefixes))
+	for i, ni := range names {
+		c.tenants = append(c.tenants, rrTenant{name: rrTenantNames[ni], prefixes: []int{order[i]}})
+	}
+	for _, name := range arFileNames {
+		if r.rng.IntN(2) == 0 {
+			continue
+		}
+		s := rrService{name: name, pin: -1, tenants: r.tenants(c, false)}
+		s.backends = r.gen.subset(len(r.w.addrs), 1+r.rng.IntN(2))
+		s.ports = []rrPort{{proto: "tcp", port: 80, target: r.rng.IntN(3)}, {proto: "udp", port: 53, target: r.rng.IntN(3)}}
+		s.health = rrHealth{typ: "none"}
+		c.services = append(c.services, s)
+	}
+	return c
+}
+
+// tenants returns a service's tenants: "*" or some of c's (with bad, at
+// times one c does not declare).
+func (r *apiRand) tenants(c *rrConfig, bad bool) []string {
+	if r.rng.IntN(4) == 0 {
+		return []string{"*"}
+	}
+	var out []string
+	for _, i := range r.gen.subset(len(c.tenants), 1+r.rng.IntN(len(c.tenants))) {
+		out = append(out, c.tenants[i].name)
+	}
+	if bad {
+		for _, n := range rrTenantNames {
+			if !slices.Contains(c.tenantNames(), n) {
+				return append(out, n)
+			}
+		}
+		return append(out, "umbrella")
+	}
+	return out
+}
+
+func (r *apiRand) fileSvc(s rrService) *arSvc {
+	return &arSvc{name: s.name, tenants: slices.Clone(s.tenants), backends: slices.Clone(s.backends), ports: slices.Clone(s.ports)}
+}
+
+// learnVIPs notes the VIPs GET /v1/services shows of services whose VIP
+// the model does not know yet (at the first start).
+func (r *apiRand) learnVIPs() {
+	vips, err := r.gw.vips()
+	if err != nil {
+		r.fatalf("%v", err)
+	}
+	for n, s := range r.svcs {
+		if !s.vip.IsValid() {
+			s.vip = vips[n]
+		}
+	}
+}
+
+// --- the steps
+
+// apiBody is a service as POST /v1/services takes it.
+func (r *apiRand) apiBody(s *arSvc, health string) string {
+	var ports []string
+	for _, p := range s.ports {
+		name := ""
+		if p.name != "" {
+			name = fmt.Sprintf(`"name": %q, `, p.name)
+		}
+		ports = append(ports, fmt.Sprintf(`{%s"protocol": %q, "port": %d, "target": %d}`, name, p.proto, p.port, r.w.port(p.proto, p.target)))
+	}
+	var backends []string
+	for _, i := range s.backends {
+		backends = append(backends, fmt.Sprintf("%q", r.w.addrs[i]))
+	}
+	tenants, _ := json.Marshal(s.tenants)
+	b := fmt.Sprintf(`{"name": %q, "tenants": %s, "backends": [%s], "port": [%s]`, s.name, tenants, strings.Join(backends, ", "), strings.Join(ports, ", "))
+	if s.pin.IsValid() {
+		b += fmt.Sprintf(`, "vip": %q`, s.pin)
+	}
+	if health != "" {
+		b += `, "health": ` + health
+	}
+	if bal := r.gen.pick([]string{"", "round_robin", "least_conn", "source_hash"}); bal != "" {
+		b += fmt.Sprintf(`, "balance": %q`, bal)
+	}
+	return b + "}"
+}
+
+// randomAPISvc is a valid service named name.
+func (r *apiRand) randomAPISvc(name string) (*arSvc, string) {
+	s := &arSvc{name: name, api: true, tenants: r.tenants(r.file, false)}
+	s.backends = r.gen.subset(len(r.w.addrs), 1+r.rng.IntN(3))
+	switch r.rng.IntN(3) {
+	case 0:
+		s.ports = []rrPort{{proto: "tcp", port: 80, target: r.rng.IntN(3)}}
+	case 1:
+		s.ports = []rrPort{{proto: "udp", port: 53, target: r.rng.IntN(3)}}
+	default:
+		s.ports = []rrPort{{proto: "tcp", port: 443, target: r.rng.IntN(3), name: "https"}, {proto: "udp", port: 5000, target: r.rng.IntN(3)}}
+	}
+	if r.rng.IntN(3) == 0 {
+		s.pin = r.freeAddr()
+	}
+	health := ""
+	switch r.rng.IntN(3) {
+	case 0:
+		health = `{"type": "none"}`
+	case 1:
+		if s.ports[0].proto == "tcp" {
+			health = `{"type": "tcp", "interval": "250ms", "rise": 1, "fall": 1}`
+		}
+	}
+	return s, r.apiBody(s, health)
+}
+
+// used reports whether a is a service's VIP or held for a name other
+// than name.
+func (r *apiRand) used(a netip.Addr, name string) string {
+	for _, s := range r.svcs {
+		if s.vip == a {
+			return "the VIP of " + s.name
+		}
+	}
+	for _, h := range r.liveHolds() {
+		if h.vip == a && h.name != name {
+			return "held for " + h.name
+		}
+	}
+	return ""
+}
+
+// freeAddr is an address of the pool no service has and none holds.
+func (r *apiRand) freeAddr() netip.Addr {
+	for {
+		a := netip.AddrFrom4([4]byte{10, 100, 0, byte(200 + r.rng.IntN(50))})
+		if r.used(a, "") == "" {
+			return a
+		}
+	}
+}
+
+// liveHolds are the holds the hold-down has not ended.
+func (r *apiRand) liveHolds() []arHold {
+	var out []arHold
+	for _, h := range r.holds {
+		if r.clk.now().Sub(h.since) < arHoldDown {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// heldFor is the VIP last held for name, if any.
+func (r *apiRand) heldFor(name string) (netip.Addr, bool) {
+	var best *arHold
+	for _, h := range r.liveHolds() {
+		if h.name == name && (best == nil || h.since.After(best.since)) {
+			best = &h
+		}
+	}
+	if best == nil {
+		return netip.Addr{}, false
+	}
+	return best.vip, true
+}
+
+// release holds a leaving service's VIP for it.
+func (r *apiRand) release(s *arSvc) {
+	r.holds = append(r.holds, arHold{name: s.name, vip: s.vip, since: r.clk.now()})
+	delete(r.svcs, s.name)
+}
+
+// take ends the holds of a VIP a service now has.
+func (r *apiRand) take(s *arSvc) {
+	r.holds = slices.DeleteFunc(r.holds, func(h arHold) bool { return h.vip == s.vip })
+	r.svcs[s.name] = s
+	r.seen[s.name] = true
+}
+
+// changed notes a change of the table: the pool's use as of now.
+func (r *apiRand) changed() {
+	r.poolUsed = float64(len(r.svcs) + len(r.liveHolds()))
+}
+
+func (r *apiRand) call(method, path, body string) (int, string) {
+	return serveAPI(r.t, r.gw.api, method, path, body, "")
+}
+
+// wantErrors checks a refusal: the status and {"errors": [...]} naming
+// what is wrong.
+func (r *apiRand) wantErrors(what string, code int, body string, status int, contains string) {
+	r.t.Helper()
+	var e struct{ Errors []string }
+	if err := json.Unmarshal([]byte(body), &e); err != nil || len(e.Errors) == 0 || code != status {
+		r.fatalf("%s: %d %s, want %d with errors", what, code, body, status)
+	}
+	if !strings.Contains(strings.ToLower(strings.Join(e.Errors, "\n")), strings.ToLower(contains)) {
+		r.fatalf("%s: errors %q do not say %q", what, e.Errors, contains)
+	}
+}
+
+// post adds a valid service, or one whose pin the pool refuses.
+func (r *apiRand) post() {
+	name := arAPINames[r.rng.IntN(len(arAPINames))]
+	s, body := r.randomAPISvc(name)
+	if r.rng.IntN(6) == 0 {
+		if other := testseed.Pick(r.rng, mapValues(r.svcs), func(*arSvc) bool { return true }); other != nil {
+			s.pin = other.vip // taken
+			body = r.apiBody(s, "")
+		}
+	}
+	if h := testseed.Pick(r.rng, ptrs(r.liveHolds()), func(*arHold) bool { return true }); h != nil && r.rng.IntN(3) == 0 {
+		s.pin = h.vip // held: for another name, or for this one
+		body = r.apiBody(s, "")
+	}
+	code, out := r.call("POST", "/v1/services", body)
+	what := "POST " + body
+	if old, ok := r.svcs[name]; ok {
+		want := "exists"
+		if !old.api {
+			want = name
+		}
+		r.wantErrors(what, code, out, http.StatusConflict, want)
+		return
+	}
+	if s.pin.IsValid() {
+		if why := r.used(s.pin, name); why != "" {
+			r.wantErrors(what+" ("+why+")", code, out, http.StatusConflict, s.pin.String())
+			return
+		}
+	}
+	if code != http.StatusCreated {
+		r.fatalf("%s: %d %s, want 201", what, code, out)
+	}
+	var got apiService
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		r.fatalf("%s: %v %s", what, err, out)
+	}
+	vip, err := netip.ParseAddr(got.VIP)
+	if err != nil || got.Name != name || got.Source != "api" {
+		r.fatalf("%s: answered %s", what, out)
+	}
+	switch held, ok := r.heldFor(name); {
+	case s.pin.IsValid() && vip != s.pin:
+		r.fatalf("%s: VIP %s, want the pin", what, vip)
+	case !s.pin.IsValid() && ok && vip != held:
+		r.fatalf("%s: VIP %s, want %s, held for it since it left", what, vip, held)
+	case r.used(vip, name) != "" || !arPool.Contains(vip):
+		r.fatalf("%s: VIP %s is %s", what, vip, r.used(vip, name))
+	}
+	s.vip = vip
+	r.take(s)
+	r.changed()
+}
+
+// postBad posts a body the gateway must refuse, and nothing changes. A
+// body that does not parse or validate is 400 whatever its name: the
+// name is looked at once the body is a service.
+func (r *apiRand) postBad() {
+	name := arAPINames[r.rng.IntN(len(arAPINames))]
+	s, body := r.randomAPISvc(name)
+	status, want := http.StatusBadRequest, ""
+	edit := func(from, to, says string) {
+		if !strings.Contains(body, from) {
+			r.fatalf("%q is not in %s", from, body)
+		}
+		body, want = strings.Replace(body, from, to, 1), says
+	}
+	switch r.rng.IntN(10) {
+	case 0:
+		edit(`"port": [`, `"port": [[`, "JSON")
+	case 1:
+		edit(`"port"`, `"colour": "blue", "port"`, "colour")
+	case 2:
+		edit(fmt.Sprintf(`"port": %d`, s.ports[0].port), `"port": `+r.gen.pick([]string{"0", "70000", "-1", `"80"`}), "port")
+	case 3:
+		edit(fmt.Sprintf(`"protocol": %q`, s.ports[0].proto), `"protocol": "sctp"`, "protocol")
+	case 4:
+		edit(fmt.Sprintf(`"backends": [%q`, r.w.addrs[s.backends[0]]), `"backends": [`+r.gen.pick([]string{`"192.0.2.1:80"`, `"bad_host!"`, `""`}), "backends")
+	case 5:
+		pin := r.gen.pick([]string{"10.101.0.7", "10.100.0.0", "10.100.0.1", "10.100.0.255", "fd00::7", "10.100.0.300"})
+		if s.pin.IsValid() {
+			edit(fmt.Sprintf(`"vip": %q`, s.pin), fmt.Sprintf(`"vip": %q`, pin), "vip")
+		} else {
+			edit(`"port"`, fmt.Sprintf(`"vip": %q, "port"`, pin), "vip")
+		}
+	case 6:
+		s.tenants = r.tenants(r.file, true)
+		body, want = r.apiBody(s, ""), "tenant"
+	case 7:
+		edit(fmt.Sprintf(`"name": %q`, name), `"name": `+r.gen.pick([]string{`"ns"`, `"Bad Name!"`, `""`, `"-x"`}), "name")
+	case 8:
+		body = `{"name": "` + name + `", "tenants": ["*"], "backends": ["` + strings.Repeat("1", adminapi.MaxBodyBytes) + `"]}`
+		status, want = http.StatusRequestEntityTooLarge, "large"
+	case 9:
+		body, want = body+` {}`, "JSON"
+	}
+	code, out := r.call("POST", "/v1/services", body)
+	if len(body) > 300 {
+		body = body[:300] + "…"
+	}
+	r.wantErrors("POST "+body, code, out, status, want)
+}
+
+// delete deletes a service of the API (at times with its name escaped or
+// in upper case, at times with a flow open), of the file, or none.
+func (r *apiRand) delete() {
+	switch k := r.rng.IntN(8); {
+	case k < 5:
+		s := testseed.Pick(r.rng, mapValues(r.svcs), func(s *arSvc) bool { return s.api })
+		if s == nil {
+			break
+		}
+		r.deleteAPI(s)
+		return
+	case k == 5:
+		if s := testseed.Pick(r.rng, mapValues(r.svcs), func(s *arSvc) bool { return !s.api }); s != nil {
+			code, out := r.call("DELETE", "/v1/services/"+s.name, "")
+			r.wantErrors("DELETE "+s.name, code, out, http.StatusConflict, "configuration file")
+			return
+		}
+	}
+	path := r.gen.pick([]string{"nope", "web%2Fx", "%2e%2e", "chat%00", "%20chat", "chat%20", "c%68at.x", "*"})
+	code, out := r.call("DELETE", "/v1/services/"+path, "")
+	if code == http.StatusNoContent || code < 400 || code > 499 || !json.Valid([]byte(out)) {
+		r.fatalf("DELETE %s: %d %s, want a 4xx with errors", path, code, out)
+	}
+	r.wantErrors("DELETE "+path, code, out, code, "")
+}
+
+func (r *apiRand) deleteAPI(s *arSvc) {
+	name := s.name
+	switch r.rng.IntN(3) {
+	case 0:
+		name = strings.ToUpper(name)
+	case 1:
+		name = fmt.Sprintf("%%%02x%s", name[0], name[1:])
+	}
+	var flow net.Conn
+	var src netip.Addr
+	if tcp := s.port("tcp"); tcp != nil && r.rng.IntN(2) == 0 {
+		if src = r.admitted(s); src.IsValid() {
+			res, c := r.gw.open("tcp", src, netip.AddrPortFrom(s.vip, tcp.port))
+			if c == nil {
+				r.fatalf("flow to %s before it is deleted: %s", s.name, res)
+			}
+			flow = c
+		}
+	}
+	deleted := time.Now()
+	code, out := r.call("DELETE", "/v1/services/"+name, "")
+	if code != http.StatusNoContent {
+		r.fatalf("DELETE %s: %d %s, want 204", name, code, out)
+	}
+	r.release(s)
+	r.changed()
+	if flow != nil {
+		r.drained(s, flow, deleted, r.file.drainTimeout())
+	}
+}
+
+// drained checks that a flow of a service deleted at deleted lives on
+// until drain_timeout and is closed then.
+func (r *apiRand) drained(s *arSvc, c net.Conn, deleted time.Time, drain time.Duration) {
+	defer c.Close()
+	rd := bufio.NewReader(c)
+	// echo sends a line: nil when it comes back, os.ErrDeadlineExceeded
+	// when nothing comes in time, another error once the flow is closed.
+	echo := func(d time.Duration) error {
+		c.SetDeadline(time.Now().Add(d))
+		if _, err := fmt.Fprintf(c, "still\n"); err != nil {
+			return err
+		}
+		line, err := rd.ReadString('\n')
+		if err == nil && !strings.HasSuffix(line, " still\n") {
+			err = fmt.Errorf("echo %q", line)
+		}
+		return err
+	}
+	if drain > 0 {
+		if err := echo(time.Second); err != nil && time.Since(deleted) < drain {
+			r.fatalf("a flow of %s ended %v after DELETE, before drain_timeout %v: %v", s.name, time.Since(deleted), drain, err)
+		}
+	}
+	for {
+		err := echo(100 * time.Millisecond)
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			if early := time.Since(deleted); early < drain-50*time.Millisecond {
+				r.fatalf("a flow of %s was closed %v after DELETE, before drain_timeout %v: %v", s.name, early, drain, err)
+			}
+			return
+		}
+		if time.Since(deleted) > drain+3*time.Second {
+			r.fatalf("a flow of %s lives on %v after DELETE, drain_timeout %v", s.name, time.Since(deleted), drain)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (s *arSvc) port(proto string) *rrPort {
+	for i := range s.ports {
+		if s.ports[i].proto == proto {
+			return &s.ports[i]
+		}
+	}
+	return nil
+}
+
+// admitted is a client address of a tenant s admits, if any.
+func (r *apiRand) admitted(s *arSvc) netip.Addr {
+	for _, tn := range r.file.tenants {
+		if s.allows(tn.name) {
+			return rrSource(tn.prefixes[0], r.rng.IntN(2))
+		}
+	}
+	return netip.Addr{}
+}
+
+// reload rewrites the file and reloads it through the API.
+func (r *apiRand) reload() {
+	next := r.newFile()
+	if r.rng.IntN(3) == 0 {
+		// The tenants stay: only the services change.
+		next.tenants = slices.Clone(r.file.tenants)
+		for i := range next.services {
+			next.services[i].tenants = r.tenants(next, false)
+		}
+	}
+	if r.rng.IntN(4) == 0 {
+		// A file service named as an API service.
+		if s := testseed.Pick(r.rng, mapValues(r.svcs), func(s *arSvc) bool { return s.api }); s != nil && !slices.ContainsFunc(next.services, func(x rrService) bool { return x.name == s.name }) {
+			next.services = append(next.services, rrService{name: s.name, pin: -1, tenants: []string{"*"}, backends: []int{0},
+				ports: []rrPort{{proto: "tcp", port: 80}}, health: rrHealth{typ: "none"}})
+		}
+	}
+	bad := r.refusal(next)
+	r.disk = r.text(next)
+	if err := r.gw.write(r.disk); err != nil {
+		r.t.Fatal(err)
+	}
+	code, out := r.call("POST", "/v1/reload", "")
+	if bad != "" {
+		r.diskBad = bad
+		r.wantErrors("reload", code, out, http.StatusBadRequest, bad)
+		return
+	}
+	r.diskBad = ""
+	var d Diff
+	if err := json.Unmarshal([]byte(out), &d); code != http.StatusOK || err != nil {
+		r.fatalf("reload: %d %s", code, out)
+	}
+	var added, removed []string
+	for _, s := range next.services {
+		if _, ok := r.svcs[s.name]; !ok {
+			added = append(added, s.name)
+		}
+	}
+	for n, s := range r.svcs {
+		if !s.api && next.service(n) == nil {
+			removed = append(removed, n)
+			r.release(s)
+		}
+	}
+	slices.Sort(added)
+	slices.Sort(removed)
+	if !slices.Equal(slices.Sorted(slices.Values(d.Added)), added) || !slices.Equal(slices.Sorted(slices.Values(d.Removed)), removed) {
+		r.fatalf("reload: added %v removed %v, want %v and %v", d.Added, d.Removed, added, removed)
+	}
+	r.file = next
+	r.full = true
+	vips, err := r.gw.vips()
+	if err != nil {
+		r.fatalf("%v", err)
+	}
+	for _, s := range next.services {
+		ns := r.fileSvc(s)
+		if old, ok := r.svcs[s.name]; ok {
+			ns.vip = old.vip
+		} else {
+			ns.vip = vips[s.name]
+			if held, ok := r.heldFor(s.name); ok && ns.vip != held {
+				r.fatalf("reload: %s added back with VIP %s, want %s held for it", s.name, ns.vip, held)
+			}
+			if why := r.used(ns.vip, s.name); why != "" {
+				r.fatalf("reload: %s got VIP %s, %s", s.name, ns.vip, why)
+			}
+		}
+		r.take(ns)
+	}
+	r.changed()
+}
+
+// refusal is what a gateway with the API's services says of file c, or
+// "" when it takes it.
+func (r *apiRand) refusal(c *rrConfig) string {
+	for _, s := range c.services {
+		if old := r.svcs[s.name]; old != nil && old.api {
+			return fmt.Sprintf("service %q is defined in the file and through the API", s.name)
+		}
+	}
+	for _, s := range r.svcs {
+		for _, tn := range s.tenants {
+			if s.api && tn != "*" && !slices.Contains(c.tenantNames(), tn) {
+				return tn
+			}
+		}
+	}
+	return ""
+}
+
+// tick moves the clock past the hold-down: every held VIP is free.
+func (r *apiRand) tick() {
+	r.clk.advance(arHoldDown + 5*time.Second)
+	r.holds = nil
+}
+
+// restart stops the gateway and starts it again on the same state
+// directory, with the file on disk (refused when a reload refused it),
+// at times with api-services.json damaged first (refused, then put back).
+func (r *apiRand) restart() {
+	r.gw.g.Close()
+	store := filepath.Join(r.state, apiServicesFile)
+	saved, err := os.ReadFile(store)
+	if err != nil && !os.IsNotExist(err) {
+		r.t.Fatal(err)
+	}
+	if r.diskBad != "" {
+		r.wantStartError(r.diskBad)
+		r.disk = r.text(r.file)
+		r.diskBad = ""
+	}
+	if saved != nil && r.rng.IntN(2) == 0 {
+		damaged, says := saved[:len(saved)/2], "not a version 1 file"
+		switch r.rng.IntN(4) {
+		case 1:
+			damaged = []byte("garbage\x00")
+		case 2:
+			damaged = []byte(`{"version": 2, "services": []}`)
+		case 3:
+			damaged, says = []byte(`{"version": 1, "services": [{"name": "chat", "tenants": ["*"]}]}`), "entry 0"
+		}
+		if err := os.WriteFile(store, damaged, 0o600); err != nil {
+			r.t.Fatal(err)
+		}
+		r.wantStartError(says)
+		if err := os.WriteFile(store, saved, 0o600); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+	if err := r.start(); err != nil {
+		r.fatalf("restart: %v", err)
+	}
+	r.full = true
+	r.changed()
+}
+
+// wantStartError starts a gateway that must refuse to start, saying says.
+func (r *apiRand) wantStartError(says string) {
+	r.t.Helper()
+	gw, err := startRRGateway(r.t, "refused", r.disk, true, arSources(), r.clk)
+	if err == nil {
+		gw.g.Close()
+		r.fatalf("a gateway started where it must say %q", says)
+	}
+	if !strings.Contains(err.Error(), says) {
+		r.fatalf("start: %v; want it to say %q", err, says)
+	}
+}
+
+// --- the checks
+
+func (r *apiRand) check() {
+	r.t.Helper()
+	r.checkList()
+	r.checkDNS()
+	r.checkFlows()
+	r.checkMetrics()
+}
+
+// checkList compares GET /v1/services with the model.
+func (r *apiRand) checkList() {
+	got, err := r.gw.services()
+	if err != nil {
+		r.fatalf("%v", err)
+	}
+	var names []string
+	for _, as := range got {
+		names = append(names, as.Name)
+		s := r.svcs[as.Name]
+		if s == nil {
+			continue
+		}
+		source := "file"
+		if s.api {
+			source = "api"
+		}
+		var ports, backends, wantPorts, wantBackends []string
+		for _, p := range as.Ports {
+			ports = append(ports, fmt.Sprintf("%s/%d>%d", p.Protocol, p.Port, p.Target))
+		}
+		for _, p := range s.ports {
+			wantPorts = append(wantPorts, fmt.Sprintf("%s/%d>%d", p.proto, p.port, r.w.port(p.proto, p.target)))
+		}
+		for _, b := range as.Backends {
+			backends = append(backends, b.Address)
+			if !b.Healthy {
+				r.fatalf("GET /v1/services: %s backend %s is not healthy: %+v", as.Name, b.Address, b)
+			}
+		}
+		for _, i := range s.backends {
+			wantBackends = append(wantBackends, r.w.addrs[i].String())
+		}
+		slices.Sort(backends)
+		slices.Sort(wantBackends)
+		if as.Source != source || as.VIP != s.vip.String() || !slices.Equal(as.Tenants, s.tenants) ||
+			!slices.Equal(ports, wantPorts) || !slices.Equal(backends, wantBackends) {
+			r.fatalf("GET /v1/services: %s is %s %s %v %v %v, want %s %s %v %v %v", as.Name,
+				as.Source, as.VIP, as.Tenants, ports, backends, source, s.vip, s.tenants, wantPorts, wantBackends)
+		}
+	}
+	want := slices.Sorted(maps.Keys(r.svcs))
+	if !slices.Equal(names, want) {
+		r.fatalf("GET /v1/services lists %v, want %v", names, want)
+	}
+}
+
+// checkDNS asks from a source of each tenant for every name ever seen,
+// and from a source in no tenant.
+func (r *apiRand) checkDNS() {
+	for q := range rrPrefixes {
+		tenant := r.file.tenantOf(q)
+		src := rrSource(q, r.rng.IntN(2))
+		if tenant == "" {
+			if got := r.gw.dropped(src); got != "dropped" {
+				r.fatalf("DNS from %s, in no tenant: %s", src, got)
+			}
+			continue
+		}
+		c, err := r.gw.client.DialUDP(src, netip.MustParseAddrPort("10.100.0.1:53"))
+		if err != nil {
+			r.fatalf("DNS from %s: %v", src, err)
+		}
+		names := append(slices.Collect(maps.Keys(r.seen)), arFileNames...)
+		for _, n := range slices.Compact(slices.Sorted(slices.Values(names))) {
+			s := r.svcs[n]
+			fq := n + ".ztna.internal."
+			want := "NXDOMAIN []"
+			if s != nil && s.allows(tenant) {
+				want = fmt.Sprintf("NOERROR [%s\t30\tIN\tA\t%s]", fq, s.vip)
+			}
+			if got := r.ask(c, fq, "A"); got != want {
+				c.Close()
+				r.fatalf("DNS %s A from %s (%s): %s, want %s", fq, src, tenant, got, want)
+			}
+			if s == nil {
+				continue
+			}
+			want = "NXDOMAIN []"
+			if s.allows(tenant) {
+				want = fmt.Sprintf("NOERROR [%s\t30\tIN\tPTR\t%s]", rrReverse(s.vip), fq)
+			}
+			if got := r.ask(c, s.vip.String(), "PTR"); got != want {
+				c.Close()
+				r.fatalf("DNS PTR %s from %s (%s): %s, want %s", s.vip, src, tenant, got, want)
+			}
+		}
+		c.Close()
+	}
+}
+
+func (r *apiRand) ask(c net.Conn, name, qtype string) string {
+	rep, err := resolvertest.Exchange(c, name, qtype)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	return fmt.Sprintf("%s %v", rep.Rcode, rep.Answer)
+}
+
+// checkFlows opens a new flow of each protocol to each service from a
+// source of a tenant it admits, and a TCP one from a tenant it does not.
+func (r *apiRand) checkFlows() {
+	names := slices.Sorted(maps.Keys(r.svcs))
+	if !r.full && len(names) > 2 {
+		// Two of them: every step that changes more checks them all.
+		r.rng.Shuffle(len(names), func(i, j int) { names[i], names[j] = names[j], names[i] })
+		names = names[:2]
+	}
+	r.full = false
+	for _, n := range names {
+		s := r.svcs[n]
+		for _, tn := range r.file.tenants {
+			src := rrSource(tn.prefixes[0], r.rng.IntN(2))
+			for _, p := range s.ports {
+				if !s.allows(tn.name) && p.proto == "udp" {
+					continue
+				}
+				res, c := r.gw.open(p.proto, src, netip.AddrPortFrom(s.vip, p.port))
+				if c != nil {
+					c.Close()
+				}
+				ok := false
+				for _, b := range s.backends {
+					ok = ok || res == netip.AddrPortFrom(r.w.addrs[b], r.w.port(p.proto, p.target)).String()
+				}
+				if !s.allows(tn.name) {
+					ok = res == "refused"
+				}
+				if !ok {
+					r.fatalf("a %s flow from %s (%s) to %s %s:%d: %s", p.proto, src, tn.name, n, s.vip, p.port, res)
+				}
+			}
+		}
+	}
+	// Their flows are closed: none counts against the next step.
+	deadline := time.Now().Add(5 * time.Second)
+	for r.gw.g.flows.len() > 0 {
+		if time.Now().After(deadline) {
+			r.fatalf("%d flows left after closing every one", r.gw.g.flows.len())
+		}
+		r.gw.call("DELETE", "/v1/flows?all=true")
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// checkMetrics compares ztgate_vip_pool_used and ztgate_backend_healthy
+// with the model.
+func (r *apiRand) checkMetrics() {
+	if got := metricValue(r.t, r.gw.g, "ztgate_vip_pool_used"); got != r.poolUsed {
+		r.fatalf("ztgate_vip_pool_used = %v, want %v (%d services, holds %v)", got, r.poolUsed, len(r.svcs), r.liveHolds())
+	}
+	mfs, err := r.gw.g.m.reg.Gather()
+	if err != nil {
+		r.fatalf("%v", err)
+	}
+	var got, want []string
+	for _, mf := range mfs {
+		if mf.GetName() != "ztgate_backend_healthy" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var labels []string
+			for _, lp := range m.GetLabel() {
+				labels = append(labels, lp.GetValue())
+			}
+			got = append(got, fmt.Sprintf("%s=%v", strings.Join(labels, ","), value(m)))
+		}
+	}
+	for n, s := range r.svcs {
+		for _, b := range s.backends {
+			want = append(want, fmt.Sprintf("%s,%s=1", r.w.addrs[b], n))
+		}
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		r.fatalf("ztgate_backend_healthy: %v, want %v", got, want)
+	}
+}
+
+func mapValues[V any](m map[string]V) []V {
+	var out []V
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, m[k])
+	}
+	return out
+}
+
+func ptrs[T any](xs []T) []*T {
+	out := make([]*T, len(xs))
+	for i := range xs {
+		out[i] = &xs[i]
+	}
+	return out
+}
+
