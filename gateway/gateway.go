@@ -174,23 +174,46 @@ func New(cfg *conf.Gateway, opts Options, log *slog.Logger) (*Gateway, error) {
 	}
 	g.running = cfg
 	g.disc = newDiscovery(g)
+	if err := g.loadServices(cfg); err != nil {
+		// The pool holds the state directory's lock: a New in this
+		// process once the cause is fixed must find it free.
+		g.closeUnstarted()
+		return nil, err
+	}
+	g.updatePoolMetrics()
+	return g, nil
+}
+
+// loadServices builds the first table of cfg's services and the API's
+// stored ones.
+func (g *Gateway) loadServices(cfg *conf.Gateway) error {
 	g.apiStore = newAPIStore(cfg.StateDir)
 	api, err := g.apiStore.load(cfg.ServiceContext())
 	if err != nil {
-		return nil, fmt.Errorf("gateway: %w", err)
+		return fmt.Errorf("gateway: %w", err)
 	}
 	services, err := mergeServices(cfg.Services, api)
 	if err != nil {
-		return nil, fmt.Errorf("gateway: %w", err)
+		return fmt.Errorf("gateway: %w", err)
 	}
 	g.apiServices = api
 	t, err := g.buildTable(services, cfg.Tenants, cfg.Limits, cfg.DrainTimeout)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	g.tbl.Store(t)
-	g.updatePoolMetrics()
-	return g, nil
+	return nil
+}
+
+// closeUnstarted releases what a New that failed had taken: the pool and
+// its lock, the lookups and the workers.
+func (g *Gateway) closeUnstarted() {
+	g.cancel()
+	g.disc.stop()
+	g.workers.Close()
+	if g.pool != nil {
+		g.pool.Close()
+	}
 }
 
 // openPool opens the local VIP allocator on the state directory.

@@ -604,6 +604,64 @@ func TestStateDirExclusive(t *testing.T) {
 	second.Close()
 }
 
+// TestFailedNewFreesStateDir: a New that fails once it has opened the VIP
+// pool (a damaged api-services.json, a stored service the file defines
+// too, a pin on a VIP held for another service) lets the state directory
+// go: a New in the same process on that directory, once the cause is
+// fixed, starts instead of finding it locked by the failed one.
+func TestFailedNewFreesStateDir(t *testing.T) {
+	store := `{"version": 1, "services": [{"name": "api1", "tenants": ["acme"], "backends": ["127.0.0.1"], "port": [{"protocol": "tcp", "port": 7}]}]}`
+	cases := []struct {
+		name, store, extra string
+		want               string
+	}{
+		{"damaged store", `{"version": 1, "serv`, "", "not a version 1 file"},
+		{"entry that does not validate", `{"version": 1, "services": [{"name": "api1"}]}`, "", "entry 0"},
+		{"name in the file and the store", store, tcpService("api1", `"acme"`, "10.100.0.9", "127.0.0.1", 7), "defined in the file and through the API"},
+		{"pin on a held VIP", "", tcpService("web", `"acme"`, "10.100.0.7", "127.0.0.1", 7), "10.100.0.7"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			state := t.TempDir()
+			base := strings.ReplaceAll(quietGateway+acmeTenant, "STATE", state)
+			if tc.store == "" {
+				// A run with echo pinned to 10.100.0.7, then one without:
+				// the VIP is held for echo.
+				for _, extra := range []string{tcpService("echo", `"acme"`, "10.100.0.7", "127.0.0.1", 7), ""} {
+					cfg, err := conf.ParseGateway("gw.toml", []byte(base+extra))
+					if err != nil {
+						t.Fatal(err)
+					}
+					g, err := New(cfg, Options{}, nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					g.Close()
+				}
+			} else if err := os.WriteFile(filepath.Join(state, apiServicesFile), []byte(tc.store), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := conf.ParseGateway("gw.toml", []byte(base+tc.extra))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := New(cfg, Options{}, nil); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New: %v, want an error saying %q", err, tc.want)
+			}
+			os.Remove(filepath.Join(state, apiServicesFile))
+			cfg, err = conf.ParseGateway("gw.toml", []byte(base))
+			if err != nil {
+				t.Fatal(err)
+			}
+			g, err := New(cfg, Options{}, nil)
+			if err != nil {
+				t.Fatalf("New once the cause is gone: %v", err)
+			}
+			g.Close()
+		})
+	}
+}
+
 // TestReloadForgetsRemovedTenants: a reload that removes a tenant deletes
 // its flow series at once when none of its flows is open, and keeps the
 // other tenants'; a removed tenant's open flow (its source now another
