@@ -83,11 +83,15 @@ func TestAPIRandom(t *testing.T) {
 			x -= kinds[i].weight
 		}
 		r.clk.advance(time.Millisecond) // holds made by two steps are told apart by time
+		start := time.Now()
 		kinds[i].run()
 		r.stats[kinds[i].name]++
+		r.spent[kinds[i].name] += time.Since(start)
+		start = time.Now()
 		r.check()
+		r.spent["check"] += time.Since(start)
 	}
-	t.Logf("steps: %v", r.stats)
+	t.Logf("%d steps: %v; time spent: %v", r.step-1, r.stats, r.spent)
 	r.gw.g.Close()
 }
 
@@ -141,13 +145,15 @@ type apiRand struct {
 
 	file     *rrConfig // the file the gateway runs
 	disk     string    // the file's text as on disk: another after a failed reload
-	diskBad  string    // why the gateway refuses the file on disk, "" when it is file
+	diskCfg  *rrConfig // what disk says
 	svcs     map[string]*arSvc
 	holds    []arHold
 	poolUsed float64 // ztgate_vip_pool_used as of the last change of the table
 	seen     map[string]bool
 	full     bool // the next check opens flows to every service
 	stats    map[string]int
+	trail    []string // the last steps, for messages
+	spent    map[string]time.Duration
 }
 
 func newAPIRand(t *testing.T, seed uint64) *apiRand {
@@ -156,13 +162,13 @@ func newAPIRand(t *testing.T, seed uint64) *apiRand {
 	r := &apiRand{
 		t: t, seed: seed, rng: rng, w: w, gen: &rrGen{rng: rng, w: w}, clk: newFakeNow(),
 		state: filepath.Join(t.TempDir(), "state"),
-		svcs:  map[string]*arSvc{}, seen: map[string]bool{}, stats: map[string]int{},
+		svcs:  map[string]*arSvc{}, seen: map[string]bool{}, stats: map[string]int{}, spent: map[string]time.Duration{},
 	}
 	r.file = r.newFile()
 	for _, s := range r.file.services {
 		r.svcs[s.name] = r.fileSvc(s)
 	}
-	r.disk = r.text(r.file)
+	r.disk, r.diskCfg = r.text(r.file), r.file
 	if err := r.start(); err != nil {
 		t.Fatalf("start: %v\n%s", err, r.disk)
 	}
@@ -175,7 +181,16 @@ func newAPIRand(t *testing.T, seed uint64) *apiRand {
 
 func (r *apiRand) fatalf(format string, args ...any) {
 	r.t.Helper()
-	r.t.Fatalf("seed %d step %d: %s\nfile:\n%s", r.seed, r.step, fmt.Sprintf(format, args...), r.disk)
+	r.t.Fatalf("seed %d step %d: %s\nlast steps:\n%s\nfile:\n%s", r.seed, r.step, fmt.Sprintf(format, args...),
+		strings.Join(r.trail, "\n"), r.disk)
+}
+
+// note keeps a line of what a step did, for the failure's message.
+func (r *apiRand) note(format string, args ...any) {
+	r.trail = append(r.trail, fmt.Sprintf("%d: ", r.step)+fmt.Sprintf(format, args...))
+	if len(r.trail) > 25 {
+		r.trail = r.trail[1:]
+	}
 }
 
 // sources are the client addresses: two of each prefix.
@@ -226,7 +241,7 @@ func (r *apiRand) newFile() *rrConfig {
 // tenants returns a service's tenants: "*" or some of c's (with bad, at
 // times one c does not declare).
 func (r *apiRand) tenants(c *rrConfig, bad bool) []string {
-	if r.rng.IntN(4) == 0 {
+	if !bad && r.rng.IntN(4) == 0 {
 		return []string{"*"}
 	}
 	var out []string
@@ -389,7 +404,12 @@ func (r *apiRand) changed() {
 }
 
 func (r *apiRand) call(method, path, body string) (int, string) {
-	return serveAPI(r.t, r.gw.api, method, path, body, "")
+	code, out := serveAPI(r.t, r.gw.api, method, path, body, "")
+	if len(body) > 200 {
+		body = body[:200] + "…"
+	}
+	r.note("%s %s %s: %d %.200s", method, path, body, code, strings.Join(strings.Fields(out), " "))
+	return code, out
 }
 
 // wantErrors checks a refusal: the status and {"errors": [...]} naming
@@ -640,17 +660,17 @@ func (r *apiRand) reload() {
 		}
 	}
 	bad := r.refusal(next)
+	r.note("reload to tenants %v services %v (refusal %q)", next.tenantNames(), next.serviceNames(), bad)
 	r.disk = r.text(next)
 	if err := r.gw.write(r.disk); err != nil {
 		r.t.Fatal(err)
 	}
 	code, out := r.call("POST", "/v1/reload", "")
+	r.diskCfg = next
 	if bad != "" {
-		r.diskBad = bad
 		r.wantErrors("reload", code, out, http.StatusBadRequest, bad)
 		return
 	}
-	r.diskBad = ""
 	var d Diff
 	if err := json.Unmarshal([]byte(out), &d); code != http.StatusOK || err != nil {
 		r.fatalf("reload: %d %s", code, out)
@@ -699,16 +719,18 @@ func (r *apiRand) reload() {
 // refusal is what a gateway with the API's services says of file c, or
 // "" when it takes it.
 func (r *apiRand) refusal(c *rrConfig) string {
+	// The stored services are checked against the file first.
+	for _, n := range slices.Sorted(maps.Keys(r.svcs)) {
+		s := r.svcs[n]
+		for _, tn := range s.tenants {
+			if s.api && tn != "*" && !slices.Contains(c.tenantNames(), tn) {
+				return fmt.Sprintf("unknown tenant %q", tn)
+			}
+		}
+	}
 	for _, s := range c.services {
 		if old := r.svcs[s.name]; old != nil && old.api {
 			return fmt.Sprintf("service %q is defined in the file and through the API", s.name)
-		}
-	}
-	for _, s := range r.svcs {
-		for _, tn := range s.tenants {
-			if s.api && tn != "*" && !slices.Contains(c.tenantNames(), tn) {
-				return tn
-			}
 		}
 	}
 	return ""
@@ -716,6 +738,7 @@ func (r *apiRand) refusal(c *rrConfig) string {
 
 // tick moves the clock past the hold-down: every held VIP is free.
 func (r *apiRand) tick() {
+	r.note("the clock passes the hold-down")
 	r.clk.advance(arHoldDown + 5*time.Second)
 	r.holds = nil
 }
@@ -724,16 +747,20 @@ func (r *apiRand) tick() {
 // directory, with the file on disk (refused when a reload refused it),
 // at times with api-services.json damaged first (refused, then put back).
 func (r *apiRand) restart() {
+	r.note("restart")
 	r.gw.g.Close()
 	store := filepath.Join(r.state, apiServicesFile)
 	saved, err := os.ReadFile(store)
 	if err != nil && !os.IsNotExist(err) {
 		r.t.Fatal(err)
 	}
-	if r.diskBad != "" {
-		r.wantStartError(r.diskBad)
-		r.disk = r.text(r.file)
-		r.diskBad = ""
+	if r.diskCfg != r.file {
+		// A failed reload left its file: a start with it fails alike
+		// (if the API's services still conflict with it).
+		if bad := r.refusal(r.diskCfg); bad != "" {
+			r.wantStartError(bad)
+		}
+		r.disk, r.diskCfg = r.text(r.file), r.file
 	}
 	if saved != nil && r.rng.IntN(2) == 0 {
 		damaged, says := saved[:len(saved)/2], "not a version 1 file"
@@ -777,10 +804,14 @@ func (r *apiRand) wantStartError(says string) {
 
 func (r *apiRand) check() {
 	r.t.Helper()
-	r.checkList()
-	r.checkDNS()
-	r.checkFlows()
-	r.checkMetrics()
+	for _, c := range []struct {
+		name string
+		run  func()
+	}{{"list", r.checkList}, {"dns", r.checkDNS}, {"flows", r.checkFlows}, {"metrics", r.checkMetrics}} {
+		start := time.Now()
+		c.run()
+		r.spent["check "+c.name] += time.Since(start)
+	}
 }
 
 // checkList compares GET /v1/services with the model.
@@ -833,13 +864,25 @@ func (r *apiRand) checkList() {
 // checkDNS asks from a source of each tenant for every name ever seen,
 // and from a source in no tenant.
 func (r *apiRand) checkDNS() {
+	// A query from a source in no tenant waits for an answer that must
+	// not come: one such prefix at times.
+	silent := r.rng.IntN(6) == 0
+	// From one tenant's source, from each after a step that changed more.
+	asked := r.rng.Perm(len(rrPrefixes))[0]
 	for q := range rrPrefixes {
 		tenant := r.file.tenantOf(q)
 		src := rrSource(q, r.rng.IntN(2))
 		if tenant == "" {
+			if !silent {
+				continue
+			}
+			silent = false
 			if got := r.gw.dropped(src); got != "dropped" {
 				r.fatalf("DNS from %s, in no tenant: %s", src, got)
 			}
+			continue
+		}
+		if !r.full && q != asked {
 			continue
 		}
 		c, err := r.gw.client.DialUDP(src, netip.MustParseAddrPort("10.100.0.1:53"))
@@ -931,15 +974,16 @@ func (r *apiRand) checkFlows() {
 // checkMetrics compares ztgate_vip_pool_used and ztgate_backend_healthy
 // with the model.
 func (r *apiRand) checkMetrics() {
-	if got := metricValue(r.t, r.gw.g, "ztgate_vip_pool_used"); got != r.poolUsed {
-		r.fatalf("ztgate_vip_pool_used = %v, want %v (%d services, holds %v)", got, r.poolUsed, len(r.svcs), r.liveHolds())
-	}
 	mfs, err := r.gw.g.m.reg.Gather()
 	if err != nil {
 		r.fatalf("%v", err)
 	}
+	used := -1.0
 	var got, want []string
 	for _, mf := range mfs {
+		if mf.GetName() == "ztgate_vip_pool_used" {
+			used = value(mf.GetMetric()[0])
+		}
 		if mf.GetName() != "ztgate_backend_healthy" {
 			continue
 		}
@@ -955,6 +999,9 @@ func (r *apiRand) checkMetrics() {
 		for _, b := range s.backends {
 			want = append(want, fmt.Sprintf("%s,%s=1", r.w.addrs[b], n))
 		}
+	}
+	if used != r.poolUsed {
+		r.fatalf("ztgate_vip_pool_used = %v, want %v (%d services, holds %v)", used, r.poolUsed, len(r.svcs), r.liveHolds())
 	}
 	slices.Sort(got)
 	slices.Sort(want)
@@ -978,4 +1025,3 @@ func ptrs[T any](xs []T) []*T {
 	}
 	return out
 }
-
