@@ -580,6 +580,14 @@ func (r *apiRand) deleteAPI(s *arSvc) {
 	}
 	r.release(s)
 	r.changed()
+	// No new flow reaches a backend through the VIP it left.
+	if src := r.admitted(s); src.IsValid() {
+		p := s.ports[0]
+		if res, c := r.gw.open(p.proto, src, netip.AddrPortFrom(s.vip, p.port)); c != nil {
+			c.Close()
+			r.fatalf("a new %s flow to %s, deleted, reached %s", p.proto, s.vip, res)
+		}
+	}
 	if flow != nil {
 		r.drained(s, flow, deleted, r.file.drainTimeout())
 	}
