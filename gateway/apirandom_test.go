@@ -266,7 +266,7 @@ func (r *apiRand) fileSvc(s rrService) *arSvc {
 // learnVIPs notes the VIPs GET /v1/services shows of services whose VIP
 // the model does not know yet (at the first start).
 func (r *apiRand) learnVIPs() {
-	vips, err := r.gw.vips()
+	vips, _, err := r.gw.vips()
 	if err != nil {
 		r.fatalf("%v", err)
 	}
@@ -702,7 +702,7 @@ func (r *apiRand) reload() {
 	}
 	r.file = next
 	r.full = true
-	vips, err := r.gw.vips()
+	vips, _, err := r.gw.vips()
 	if err != nil {
 		r.fatalf("%v", err)
 	}
@@ -885,7 +885,7 @@ func (r *apiRand) checkDNS() {
 				continue
 			}
 			silent = false
-			if got := r.gw.dropped(src); got != "dropped" {
+			if got := r.gw.dropped(src, netip.AddrPortFrom(rrGatewayAddr, 53)); got != "dropped" {
 				r.fatalf("DNS from %s, in no tenant: %s", src, got)
 			}
 			continue
