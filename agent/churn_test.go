@@ -340,19 +340,10 @@ func TestAgentChurnRandom(t *testing.T) {
 		{4, "dns", c.dnsAll},
 		{2, "status over http", c.statusHTTP},
 	}
-	total := 0
-	for _, op := range ops {
-		total += op.weight
-	}
 	for c.step = 1; c.step <= churnSteps; c.step++ {
 		c.housekeeping()
 		for {
-			n := c.rng.IntN(total)
-			i := 0
-			for n >= ops[i].weight {
-				n -= ops[i].weight
-				i++
-			}
+			i := testseed.Weighted(c.rng, len(ops), func(i int) int { return ops[i].weight })
 			c.logf("%s", ops[i].name)
 			if ops[i].do() {
 				c.stats[ops[i].name]++

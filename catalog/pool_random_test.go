@@ -309,19 +309,10 @@ func runPoolRandom(t *testing.T, seed uint64) {
 		{1, "state moved away", r.opLoseState},
 		{1, "save fails", r.opSaveFails},
 	}
-	total := 0
-	for _, op := range ops {
-		total += op.weight
-	}
 	start := time.Now()
 	for r.step = 0; r.step < poolRandomSteps && time.Since(start) < poolRandomTime; r.step++ {
 		for {
-			n := r.rng.IntN(total)
-			i := 0
-			for n >= ops[i].weight {
-				n -= ops[i].weight
-				i++
-			}
+			i := testseed.Weighted(r.rng, len(ops), func(i int) int { return ops[i].weight })
 			if ops[i].do() {
 				r.stats[ops[i].name]++
 				break

@@ -68,20 +68,13 @@ func TestAPIRandom(t *testing.T) {
 		{"clock", 4, r.tick},
 		{"restart", 3, r.restart},
 	}
-	total := 0
-	for _, k := range kinds {
-		total += k.weight
-	}
 	began := time.Now()
 	for r.step = 1; r.step <= arSteps; r.step++ {
 		if time.Since(began) > arBudget {
 			t.Logf("stopping: the test's time budget of %v is spent", arBudget)
 			break
 		}
-		x, i := r.rng.IntN(total), 0
-		for ; x >= kinds[i].weight; i++ {
-			x -= kinds[i].weight
-		}
+		i := testseed.Weighted(r.rng, len(kinds), func(i int) int { return kinds[i].weight })
 		r.clk.advance(time.Millisecond) // holds made by two steps are told apart by time
 		start := time.Now()
 		kinds[i].run()

@@ -84,19 +84,12 @@ func TestHealthRandom(t *testing.T) {
 		{"drain", 7, r.drain},
 		{"dns", 7, r.rediscover},
 	}
-	total := 0
-	for _, k := range kinds {
-		total += k.weight
-	}
 	for r.step = 1; r.step <= hrSteps; r.step++ {
 		if time.Since(r.began) > hrBudget {
 			r.logf("stopping: the test's time budget of %v is spent", hrBudget)
 			break
 		}
-		x, i := r.rng.IntN(total), 0
-		for ; x >= kinds[i].weight; i++ {
-			x -= kinds[i].weight
-		}
+		i := testseed.Weighted(r.rng, len(kinds), func(i int) int { return kinds[i].weight })
 		start := time.Now()
 		kinds[i].run()
 		r.spent[kinds[i].name] += time.Since(start)

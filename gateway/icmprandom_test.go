@@ -65,19 +65,12 @@ func TestICMPRandom(t *testing.T) {
 		{"reload", 6, r.reload},
 		{"clock", 6, r.tick},
 	}
-	total := 0
-	for _, k := range kinds {
-		total += k.weight
-	}
 	for r.step = 1; r.step <= irSteps; r.step++ {
 		if time.Since(r.began) > irBudget {
 			r.logf("stopping: the test's time budget of %v is spent", irBudget)
 			break
 		}
-		x, i := r.rng.IntN(total), 0
-		for ; x >= kinds[i].weight; i++ {
-			x -= kinds[i].weight
-		}
+		i := testseed.Weighted(r.rng, len(kinds), func(i int) int { return kinds[i].weight })
 		kinds[i].run()
 		r.settle()
 		r.stats[kinds[i].name]++

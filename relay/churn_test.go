@@ -213,19 +213,10 @@ type churnOp struct {
 // finishes.
 func (c *churn) run(steps int, ops []churnOp) {
 	c.t.Helper()
-	total := 0
-	for _, op := range ops {
-		total += op.weight
-	}
 	settled := true
 	for c.step = 0; c.step < steps; c.step++ {
 		for {
-			n := c.rng.IntN(total)
-			i := 0
-			for n >= ops[i].weight {
-				n -= ops[i].weight
-				i++
-			}
+			i := testseed.Weighted(c.rng, len(ops), func(i int) int { return ops[i].weight })
 			if ops[i].settled && !settled {
 				c.settle()
 				settled = true

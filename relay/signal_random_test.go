@@ -184,18 +184,9 @@ func TestSignalRandom(t *testing.T) {
 		{8, "forwarder used", c.forwarderUse},
 		{1, "time passes", c.idle},
 	}
-	total := 0
-	for _, op := range ops {
-		total += op.weight
-	}
 	for c.step = 0; c.step < signalSteps; c.step++ {
 		for {
-			n := c.rng.IntN(total)
-			i := 0
-			for n >= ops[i].weight {
-				n -= ops[i].weight
-				i++
-			}
+			i := testseed.Weighted(c.rng, len(ops), func(i int) int { return ops[i].weight })
 			c.logf("%s", ops[i].name)
 			if ops[i].do() {
 				break
@@ -543,39 +534,28 @@ func (c *sigTest) freshID() uint64 { return 1 + c.rng.Uint64N(1<<53-1) }
 // agentID is an id an agent names a session by: one of its own, another
 // agent's, an ended one, 0 or a made-up one.
 func (c *sigTest) agentID(a *sigParty) uint64 {
-	var own, others []uint64
-	for _, s := range c.sessions {
-		if s.ac == a.c {
-			own = append(own, s.id)
-		} else {
-			others = append(others, s.id)
-		}
-	}
-	switch n := c.rng.IntN(20); {
-	case n < 10 && len(own) > 0:
-		return own[c.rng.IntN(len(own))]
-	case n < 14 && len(others) > 0:
-		return others[c.rng.IntN(len(others))]
-	case n < 17 && len(c.ended) > 0:
-		return c.ended[c.rng.IntN(len(c.ended))]
-	case n < 18:
-		return 0
-	}
-	return c.freshID()
+	return c.pickID(10, func(s *sigSess) (uint64, bool) { return s.id, s.ac == a.c })
 }
 
 // legID is an id a gateway names a session by.
 func (c *sigTest) legID(g *sigParty) uint64 {
+	return c.pickID(11, func(s *sigSess) (uint64, bool) { return s.leg, s.gc == g.c })
+}
+
+// pickID draws a party's id of a session: in ownShare of 20 draws one of
+// its own sessions' (id says a session's id for the party and whether it
+// is the party's), else another party's, an ended one, 0 or a made-up one.
+func (c *sigTest) pickID(ownShare int, id func(*sigSess) (uint64, bool)) uint64 {
 	var own, others []uint64
 	for _, s := range c.sessions {
-		if s.gc == g.c {
-			own = append(own, s.leg)
+		if v, mine := id(s); mine {
+			own = append(own, v)
 		} else {
-			others = append(others, s.leg)
+			others = append(others, v)
 		}
 	}
 	switch n := c.rng.IntN(20); {
-	case n < 11 && len(own) > 0:
+	case n < ownShare && len(own) > 0:
 		return own[c.rng.IntN(len(own))]
 	case n < 14 && len(others) > 0:
 		return others[c.rng.IntN(len(others))]

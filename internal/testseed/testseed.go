@@ -1,7 +1,8 @@
 // Package testseed gives a randomized test its seed: the one an
 // environment variable names, to replay a run, else a random one, so that
 // every run tries other choices. The seed is logged either way. Pick
-// chooses among a test's objects. Only tests import it.
+// chooses among a test's objects, Weighted among its steps. Only tests
+// import it.
 package testseed
 
 import (
@@ -41,4 +42,20 @@ func Pick[T any](rng *rand.Rand, xs []*T, keep func(*T) bool) *T {
 		return nil
 	}
 	return ok[rng.IntN(len(ok))]
+}
+
+// Weighted returns a random index below n, each drawn with the odds of
+// its weight (none negative, at least one positive): a randomized test's
+// choice of its next step.
+func Weighted(rng *rand.Rand, n int, weight func(i int) int) int {
+	total := 0
+	for i := range n {
+		total += weight(i)
+	}
+	x, i := rng.IntN(total), 0
+	for x >= weight(i) {
+		x -= weight(i)
+		i++
+	}
+	return i
 }

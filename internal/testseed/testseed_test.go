@@ -73,3 +73,21 @@ func TestPick(t *testing.T) {
 		t.Errorf("picked %v when keep accepts none", got)
 	}
 }
+
+// TestWeighted: each index comes with the odds of its weight, one of
+// weight 0 never.
+func TestWeighted(t *testing.T) {
+	weights := []int{1, 0, 3, 6}
+	rng := rand.New(rand.NewPCG(1, 2))
+	got := make([]int, len(weights))
+	const n = 100000
+	for range n {
+		got[Weighted(rng, len(weights), func(i int) int { return weights[i] })]++
+	}
+	for i, w := range weights {
+		want := n * w / 10
+		if d := got[i] - want; d < -n/100 || d > n/100 {
+			t.Errorf("index %d drawn %d times of %d, want about %d", i, got[i], n, want)
+		}
+	}
+}
