@@ -255,13 +255,32 @@ func (p *Pool) Owner(vip netip.Addr) (string, bool) {
 	return s, ok
 }
 
-// Usage returns how many IPv4 VIPs are allocated and held, and how many
-// the pool can hand out in all.
+// Usage returns how many IPv4 VIPs are allocated and held now, and how
+// many the pool can hand out in all. A hold whose hold-down has passed
+// (and whose VIP no flow uses) is not counted, though it is only dropped
+// from the state at the next change.
 func (p *Pool) Usage() (used, held, capacity int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	u, h := p.t.owned(fam4)
-	return int(u), int(h), int(min(p.spaces[fam4].slots, math.MaxInt))
+	u, _ := p.t.owned(fam4)
+	now := p.clock()
+	for _, h := range p.t.holds {
+		if h.addrs[fam4].IsValid() && h.kept(now, p.holdDown, p.inUse) {
+			held++
+		}
+	}
+	return int(u), held, int(min(p.spaces[fam4].slots, math.MaxInt))
+}
+
+// Owned returns how many IPv4 VIPs are allocated or held now (Usage's
+// first two figures together), 0 for a nil pool: what a gauge of the
+// pool's use shows.
+func (p *Pool) Owned() int {
+	if p == nil {
+		return 0
+	}
+	used, held, _ := p.Usage()
+	return used + held
 }
 
 // Path returns the state file's path, or "" for a pool kept in memory.

@@ -125,13 +125,8 @@ func (t *table) holdOf(a netip.Addr) (holdRec, bool) {
 // the hold-down now rather than holding for the size of the jump.
 func (t *table) prune(now time.Time, holdDown time.Duration, inUse func(netip.Addr) bool) {
 	t.holds = slices.DeleteFunc(t.holds, func(h holdRec) bool {
-		if now.Sub(h.releasedAt) < holdDown {
+		if h.kept(now, holdDown, inUse) {
 			return false
-		}
-		for _, a := range h.addrs {
-			if a.IsValid() && inUse(a) {
-				return false
-			}
 		}
 		for _, a := range h.addrs {
 			delete(t.owner, a)
@@ -143,6 +138,20 @@ func (t *table) prune(now time.Time, holdDown time.Duration, inUse func(netip.Ad
 			t.holds[i].releasedAt = now
 		}
 	}
+}
+
+// kept reports whether h still holds its addresses at now: within the
+// hold-down, or while one of them is in use.
+func (h holdRec) kept(now time.Time, holdDown time.Duration, inUse func(netip.Addr) bool) bool {
+	if now.Sub(h.releasedAt) < holdDown {
+		return true
+	}
+	for _, a := range h.addrs {
+		if a.IsValid() && inUse(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // owned counts the addresses of family f that are allocated and held.

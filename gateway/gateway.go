@@ -180,7 +180,6 @@ func New(cfg *conf.Gateway, opts Options, log *slog.Logger) (*Gateway, error) {
 		g.closeUnstarted()
 		return nil, err
 	}
-	g.updatePoolMetrics()
 	return g, nil
 }
 
@@ -236,6 +235,9 @@ func (g *Gateway) openPool() error {
 		g.log.Warn("VIP state", "warning", w)
 	}
 	g.pool = pool
+	g.m.pool.Store(pool) // ztgate_vip_pool_used reads it
+	_, _, capacity := pool.Usage()
+	g.m.poolCapacity.Set(float64(capacity)) // the pool changes only at a restart
 	return nil
 }
 
@@ -461,13 +463,4 @@ func (g *Gateway) vipInUse(vip netip.Addr) bool {
 		}
 	}
 	return false
-}
-
-func (g *Gateway) updatePoolMetrics() {
-	if g.pool == nil {
-		return
-	}
-	used, held, capacity := g.pool.Usage()
-	g.m.poolUsed.Set(float64(used + held))
-	g.m.poolCapacity.Set(float64(capacity))
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/netstack"
 	"github.com/ztgate/ztgate/tunnel"
 )
@@ -31,12 +32,16 @@ type metrics struct {
 	backendHealthy     *prometheus.GaugeVec
 	healthChecks       *prometheus.CounterVec
 	healthDuration     *prometheus.HistogramVec
-	poolUsed           prometheus.Gauge
-	poolCapacity       prometheus.Gauge
-	reloads            *prometheus.CounterVec
-	echoes             *prometheus.CounterVec
-	tunnelRefusals     *prometheus.CounterVec
-	ingresses          prometheus.Gauge // tunnel ingresses open now
+	// pool is the VIP pool whose use ztgate_vip_pool_used reads at each
+	// scrape (a hold-down ends without a change of the table); nil behind
+	// a relay and until the pool is open.
+	pool           atomic.Pointer[catalog.Pool]
+	poolUsed       prometheus.GaugeFunc
+	poolCapacity   prometheus.Gauge
+	reloads        *prometheus.CounterVec
+	echoes         *prometheus.CounterVec
+	tunnelRefusals *prometheus.CounterVec
+	ingresses      prometheus.Gauge // tunnel ingresses open now
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -71,9 +76,6 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Help:    "Duration of active health checks.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}, []string{"service"}),
-		poolUsed: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "ztgate_vip_pool_used", Help: "VIPs of the IPv4 pool allocated to services or held back.",
-		}),
 		poolCapacity: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ztgate_vip_pool_capacity", Help: "VIPs the IPv4 pool can hand out.",
 		}),
@@ -107,6 +109,9 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	for _, r := range []string{"ok", "error"} {
 		m.reloads.WithLabelValues(r)
 	}
+	m.poolUsed = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ztgate_vip_pool_used", Help: "VIPs of the IPv4 pool allocated to services or held back.",
+	}, func() float64 { return float64(m.pool.Load().Owned()) })
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

@@ -212,7 +212,6 @@ func (g *Gateway) swapTable(old, t *table) {
 	}
 	g.drainDeparted(t.removed, t.drainTimeout, "backend_removed")
 	g.reconcileStates(t)
-	g.updatePoolMetrics()
 }
 
 // endStranded ends the flows of LAN clients whose source no tenant of t

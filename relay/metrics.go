@@ -2,10 +2,12 @@ package relay
 
 import (
 	"errors"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -71,15 +73,18 @@ const (
 type metrics struct {
 	reg *prometheus.Registry
 
-	sessions       *prometheus.GaugeVec
-	refusals       *prometheus.CounterVec
-	registrations  *prometheus.CounterVec
-	datagrams      *prometheus.CounterVec
-	dropped        *prometheus.CounterVec
-	tags           prometheus.Gauge
-	services       prometheus.Gauge
-	conflicts      prometheus.Gauge
-	poolUsed       prometheus.Gauge
+	sessions      *prometheus.GaugeVec
+	refusals      *prometheus.CounterVec
+	registrations *prometheus.CounterVec
+	datagrams     *prometheus.CounterVec
+	dropped       *prometheus.CounterVec
+	tags          prometheus.Gauge
+	services      prometheus.Gauge
+	conflicts     prometheus.Gauge
+	// pool is the VIP pool whose use ztgate_vip_pool_used reads at each
+	// scrape (a hold-down ends without a change of the registry).
+	pool           atomic.Pointer[catalog.Pool]
+	poolUsed       prometheus.GaugeFunc
 	poolCapacity   prometheus.Gauge
 	flows          flowStats
 	gatewaysLost   prometheus.Counter
@@ -126,9 +131,6 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Name: "ztgate_relay_service_conflicts",
 			Help: "Services whose gateways registered different definitions (tenants, ports or ICMP).",
 		}),
-		poolUsed: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "ztgate_vip_pool_used", Help: "VIPs of the IPv4 pool allocated to services or held back.",
-		}),
 		poolCapacity: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ztgate_vip_pool_capacity", Help: "VIPs the IPv4 pool can hand out.",
 		}),
@@ -145,6 +147,9 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		}, []string{"result"}),
 	}
 	m.newFlowAndSignalingMetrics()
+	m.poolUsed = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ztgate_vip_pool_used", Help: "VIPs of the IPv4 pool allocated to services or held back.",
+	}, func() float64 { return float64(m.pool.Load().Owned()) })
 	reg.MustRegister(m.sessions, m.refusals, m.registrations, m.datagrams, m.dropped, m.tags,
 		m.services, m.conflicts, m.poolUsed, m.poolCapacity,
 		m.flows.live, m.gatewaysLost, m.dirFailed, m.identityClosed, m.reloads,

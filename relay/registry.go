@@ -254,7 +254,6 @@ func (r *Relay) acquire(info tunnel.ServiceInfo) (catalog.Allocation, error) {
 		r.log.Warn("gateway's VIP pin ignored", "service", info.Name, "err", err)
 		a, err = r.pool.Acquire(catalog.Request{Service: info.Name, VIP: pin.vip, VIP6: pin.vip6})
 	}
-	r.updatePoolMetrics()
 	return a, err
 }
 
@@ -295,9 +294,6 @@ func (r *Relay) releaseLocked(names []string) {
 			continue
 		}
 		r.log.Info("service no longer served; VIP released", "service", name)
-	}
-	if len(names) > 0 {
-		r.updatePoolMetrics()
 	}
 }
 
@@ -419,11 +415,4 @@ func (r *Relay) removeGateway(g *gateway) {
 	r.regMu.Unlock()
 	r.directoryChanged()
 	r.dropSignaling(party{g: g})
-}
-
-// updatePoolMetrics exports the pool's use.
-func (r *Relay) updatePoolMetrics() {
-	used, held, capacity := r.pool.Usage()
-	r.m.poolUsed.Set(float64(used + held))
-	r.m.poolCapacity.Set(float64(capacity))
 }

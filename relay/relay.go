@@ -137,17 +137,29 @@ func New(cfg *conf.Relay, opts Options, log *slog.Logger) (*Relay, error) {
 		r.log.Warn("VIP state", "warning", w)
 	}
 	r.pool = pool
+	r.m.pool.Store(pool) // ztgate_vip_pool_used reads it
+	_, _, capacity := pool.Usage()
+	r.m.poolCapacity.Set(float64(capacity)) // the pool changes only at a restart
 	if err := r.reservePins(); err != nil {
+		r.closeUnstarted()
 		return nil, err
 	}
-	r.updatePoolMetrics()
 	r.creds, err = tunnel.NewCredentials(tunnel.CredentialsConfig{
 		CertFile: cfg.Cert, KeyFile: cfg.Key, CAFile: cfg.CA, Insecure: cfg.Insecure, Role: tunnel.RoleRelay,
 	}, r.root.With("component", "tunnel"))
 	if err != nil {
+		r.closeUnstarted()
 		return nil, fmt.Errorf("relay: %w", err)
 	}
 	return r, nil
+}
+
+// closeUnstarted releases what a New that failed had taken: the pool and
+// the state directory's lock, which a New in this process must find free
+// once the cause is fixed.
+func (r *Relay) closeUnstarted() {
+	r.cancel()
+	r.pool.Close()
 }
 
 // reservePins allocates the central pins at start, so that no automatic
