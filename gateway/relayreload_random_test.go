@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -222,6 +223,7 @@ type rlTag struct {
 	inner           netip.Addr
 	synth           netip.Addr
 	open            bool
+	goneChecked     bool // that its flows ended, once closed
 	// kept is a UDP flow the tag opened: its source port, VIP, port on
 	// the VIP and the backend that answered it ("" when none is kept).
 	keptPort, keptDport uint16
@@ -393,7 +395,7 @@ func (r *rlRun) wantInfos(defs []tunnel.ServiceInfo) []tunnel.ServiceInfo {
 func (r *rlRun) checkInfos(what string, got, want []tunnel.ServiceInfo, health bool) {
 	r.t.Helper()
 	same := func(a, b tunnel.ServiceInfo) bool {
-		return sameRegistration(a, b) && (!health || a.Healthy == b.Healthy)
+		return rlSameDef(a, b) && (!health || a.Healthy == b.Healthy)
 	}
 	if !slices.EqualFunc(got, want, same) {
 		r.fatalf("%s:\n%s\nwant\n%s", what, rlInfos(got), rlInfos(want))
@@ -482,7 +484,7 @@ func (r *rlRun) settle(what string, defs []tunnel.ServiceInfo) (registers, healt
 	deadline := time.After(10 * time.Second)
 	for {
 		want := r.wantInfos(defs)
-		same := func(a, b tunnel.ServiceInfo) bool { return sameRegistration(a, b) && a.Healthy == b.Healthy }
+		same := func(a, b tunnel.ServiceInfo) bool { return rlSameDef(a, b) && a.Healthy == b.Healthy }
 		if slices.EqualFunc(r.view, want, same) && r.tableHasVIPs() {
 			return r.registers - regs0, r.healths - healths0
 		}
@@ -598,32 +600,42 @@ func (r *rlRun) next() {
 		r.reassign()
 	case x < 0.37 && r.drops < rlDrops, r.step == rlSteps/2 && r.drops == 0:
 		r.drop()
-	case x < 0.55:
-		r.reloadTo(r.quietChange())
+	case x < 0.6:
+		r.reloadTo(r.smallChange())
 	default:
 		r.reloadTo(r.config())
 	}
 	r.flows()
 }
 
-// quietChange is the running configuration with what the relay is not
-// told of changed in one service: its health check (which may turn it up
-// or down), backends, balance or timeouts.
-func (r *rlRun) quietChange() *rrConfig {
+// smallChange is the running configuration with one or two things of
+// one service changed: what the relay is told of (its tenants, ICMP, a
+// port) or not (its health check, which may turn it up or down, backends,
+// balance or timeouts).
+func (r *rlRun) smallChange() *rrConfig {
 	next := r.cur.clone()
 	s := &next.services[r.rng.IntN(len(next.services))]
 	for range 1 + r.rng.IntN(2) {
-		switch r.rng.IntN(4) {
-		case 0, 1:
-			r.gen.health(s)
+		switch r.rng.IntN(7) {
+		case 0:
+			s.tenants = r.gen.serviceTenants(next)
+		case 1:
+			s.icmp = r.gen.pick([]string{"", "true", "false"})
 		case 2:
+			p := rrPort{proto: "udp", port: rrUDPPorts[r.rng.IntN(len(rrUDPPorts))], target: r.rng.IntN(3)}
+			if s.port(p.proto, p.port) == nil {
+				s.ports = append(s.ports, p)
+			}
+		case 3, 4:
+			r.gen.health(s)
+		case 5:
 			s.backends = r.gen.subset(len(r.w.addrs), 1+r.rng.IntN(3))
-		case 3:
+		case 6:
 			s.balance = r.gen.pick([]string{"", "round_robin", "least_conn", "source_hash"})
 			r.gen.timeouts(s)
 		}
 	}
-	r.stats["reloads of what the relay is not told"]++
+	r.stats["small reloads"]++
 	return next
 }
 
@@ -638,7 +650,7 @@ func (r *rlRun) reloadTo(next *rrConfig) {
 	}
 	prev := r.cur
 	r.cur = next
-	changed := !slices.EqualFunc(before, defs, sameRegistration)
+	changed := !slices.EqualFunc(before, defs, rlSameDef)
 	registers, healths := r.settle("reloaded", defs)
 	r.checkInfos("reloaded: the relay's view", r.view, r.wantInfos(defs), true)
 	if !changed {
@@ -755,6 +767,9 @@ func (r *rlRun) drop() {
 	}
 	r.connect("reconnected", settled)
 	r.checkGone(dead, "their session ended")
+	for _, tg := range dead {
+		tg.goneChecked = true
+	}
 	r.stats["session drops"]++
 }
 
@@ -853,10 +868,6 @@ func (r *rlRun) srcPort() uint16 {
 // ports (and one no service has), pings and DNS queries, and on each kept
 // flow, and checks what comes back against the model.
 func (r *rlRun) flows() {
-	closedBefore := map[uint32]bool{}
-	for _, tg := range r.tags {
-		closedBefore[tg.id] = !tg.open
-	}
 	for range 1 + r.rng.IntN(3) {
 		r.openTag()
 	}
@@ -876,8 +887,9 @@ func (r *rlRun) flows() {
 	r.collect(probes)
 	var gone []*rlTag
 	for _, tg := range r.tags {
-		if !tg.open && !closedBefore[tg.id] {
+		if !tg.open && !tg.goneChecked {
 			gone = append(gone, tg)
+			tg.goneChecked = true
 		}
 	}
 	r.checkGone(gone, "the relay closed them")
@@ -1106,4 +1118,11 @@ func (r *rlRun) finish() {
 		parts = append(parts, fmt.Sprintf("%s %d", k, r.stats[k]))
 	}
 	r.t.Logf("%d steps: %s", rlSteps, strings.Join(parts, ", "))
+}
+
+// rlSameDef reports whether two registrations agree on all but health:
+// the test's own, not the gateway's sameRegistration it checks.
+func rlSameDef(a, b tunnel.ServiceInfo) bool {
+	a.Healthy, b.Healthy = false, false
+	return reflect.DeepEqual(a, b)
 }
