@@ -618,7 +618,9 @@ func (r *rlRun) smallChange() *rrConfig {
 	for range 1 + r.rng.IntN(2) {
 		switch r.rng.IntN(7) {
 		case 0:
-			s.tenants = r.gen.serviceTenants(next)
+			for old, i := s.tenants, 0; i < 5 && slices.Equal(s.tenants, old); i++ {
+				s.tenants = r.gen.serviceTenants(next) // another set, mostly
+			}
 		case 1:
 			s.icmp = r.gen.pick([]string{"", "true", "false"})
 		case 2:
