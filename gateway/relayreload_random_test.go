@@ -188,24 +188,14 @@ func newRLSession(s *tunnel.Session) *rlSession {
 	}()
 	go func() {
 		defer ss.wg.Done()
-		for {
-			b, err := s.ReceiveDatagram(ctx)
-			if err != nil {
-				return
-			}
-			if tunnel.Kind(b) != tunnel.TypeTagReturn {
-				continue
-			}
-			tag, pkt, err := tunnel.ParseTagReturn(b)
-			if err != nil {
-				continue
-			}
+		tagReturns(ctx, s, func(tag uint32, pkt []byte) bool {
 			select {
-			case ss.replies <- rlReply{tag, slices.Clone(pkt)}:
+			case ss.replies <- rlReply{tag, pkt}:
+				return true
 			case <-ctx.Done():
-				return
+				return false
 			}
-		}
+		})
 	}()
 	return ss
 }

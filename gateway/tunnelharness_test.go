@@ -1,10 +1,12 @@
 package gateway
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -85,4 +87,26 @@ func (h *harness) testIngress(t testing.TB, tenant string) (*ingress, *atomic.In
 	}
 	t.Cleanup(func() { h.gw.ingresses.remove(in) })
 	return in, &sent
+}
+
+// tagReturns hands got each 0x31 the fake relay's session s receives: its
+// tag and a copy of its packet, until the session or ctx ends or got
+// returns false.
+func tagReturns(ctx context.Context, s *tunnel.Session, got func(tag uint32, pkt []byte) bool) {
+	for {
+		b, err := s.ReceiveDatagram(ctx)
+		if err != nil {
+			return
+		}
+		if tunnel.Kind(b) != tunnel.TypeTagReturn {
+			continue
+		}
+		tag, pkt, err := tunnel.ParseTagReturn(b)
+		if err != nil {
+			continue
+		}
+		if !got(tag, slices.Clone(pkt)) {
+			return
+		}
+	}
 }

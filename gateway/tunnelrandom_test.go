@@ -263,26 +263,14 @@ func (m *trModel) connect(sessions <-chan *tunnel.Session) {
 			}
 		}
 	}()
-	go func() {
-		for {
-			b, err := s.ReceiveDatagram(ctx)
-			if err != nil {
-				return
-			}
-			if tunnel.Kind(b) != tunnel.TypeTagReturn {
-				continue
-			}
-			tag, pkt, err := tunnel.ParseTagReturn(b)
-			if err != nil {
-				continue
-			}
-			select {
-			case m.replies <- trReply{gen: gen, tag: tag, pkt: slices.Clone(pkt)}:
-			case <-ctx.Done():
-				return
-			}
+	go tagReturns(ctx, s, func(tag uint32, pkt []byte) bool {
+		select {
+		case m.replies <- trReply{gen: gen, tag: tag, pkt: pkt}:
+			return true
+		case <-ctx.Done():
+			return false
 		}
-	}()
+	})
 	if err := s.Send(tunnel.Assign{Type: tunnel.MessageAssign, Pool: trPool, VIPs: []tunnel.VIPAssignment{
 		{Service: "echo", VIP: trEchoVIP}, {Service: "web", VIP: trWebVIP},
 	}}); err != nil {
