@@ -30,10 +30,13 @@ const (
 	// is preferred, the forwarder costs the relay a little.
 	forwardDelay = 250 * time.Millisecond
 	// directPingEvery and directDeadAfter are the liveness check of a
-	// direct path: a path without a pong for directDeadAfter is dead,
-	// which is noticed within directDeadAfter + directPingEvery.
+	// direct path: a path without a pong for directDeadAfter, over
+	// directDeadPings pings, is dead, which is noticed within
+	// directDeadAfter + directPingEvery of its last answer.
 	directPingEvery = 200 * time.Millisecond
 	directDeadAfter = 600 * time.Millisecond
+	// directDeadPings is how many pings in a row must go unanswered too.
+	directDeadPings = 3
 	// offerTimeout gives up an offer without answer (the relay expires its
 	// session after 10 s and says so; this is for a lost relay session).
 	offerTimeout = 12 * time.Second

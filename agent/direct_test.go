@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ztgate/ztgate/internal/monoclock"
 	"github.com/ztgate/ztgate/netstack/netstacktest"
 	"github.com/ztgate/ztgate/tunnel"
 )
@@ -301,4 +302,32 @@ func TestDirectPathForwarder(t *testing.T) {
 			t.Fatal("the relay does not carry new flows after a failed attempt")
 		}
 	})
+}
+
+// TestDirectPathSurvivesAStall: a path whose gateway answers is not taken
+// for dead because the agent did not run for a while (starved of CPU, a
+// paused VM: its next tick finds the last answer seconds old, the answers
+// since unread). It pings again first; it is dead only when its pings go
+// unanswered too. Before, time alone killed it at that tick.
+func TestDirectPathSurvivesAStall(t *testing.T) {
+	f := newDirectFixture(t)
+	f.flow("one")
+	f.answer("ops/gateway/gw1", f.gw.addr())
+	next[tunnel.Result](t, f.relay)
+	p := f.a.direct.route("web")
+	if p == nil {
+		t.Fatal("no direct path")
+	}
+	p.lastPong.Store(monoclock.Now() - int64(5*time.Second)) // as the watch finds it after a stall
+	deadline := time.Now().Add(4 * directPingEvery)
+	for time.Now().Before(deadline) {
+		if f.a.direct.route("web") == nil {
+			t.Fatal("the path was taken for dead after a stall, though its gateway answers")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	f.flow("two")
+	if !f.gw.routed("two", testTimeout) {
+		t.Fatal("a new flow did not take the direct path")
+	}
 }

@@ -173,20 +173,34 @@ func (d *direct) control(p *path) {
 }
 
 // watch pings the gateway every directPingEvery and declares the path dead
-// when nothing came back for directDeadAfter, or when the session ends.
+// when nothing came back for directDeadAfter over directDeadPings pings at
+// least, or when the session ends. Time alone does not kill a path: an
+// agent that did not run for a while (starved of CPU, a paused VM) finds
+// the gateway silent for that long at its next tick, though the answers
+// wait unread; it pings again first.
 func (d *direct) watch(p *path) {
 	t := time.NewTicker(directPingEvery)
 	defer t.Stop()
 	why := "session ended"
+	heard, unanswered := p.lastPong.Load(), 0
 	for seq := uint64(1); ; seq++ {
 		select {
 		case <-p.s.Done():
 		case <-t.C:
-			silent := time.Duration(monoclock.Now() - p.lastPong.Load())
-			if silent < directDeadAfter && p.s.Send(&tunnel.Ping{Type: tunnel.MessagePing, Seq: seq}) == nil {
-				continue
+			if last := p.lastPong.Load(); last != heard {
+				heard, unanswered = last, 0
 			}
-			why = "no answer to pings for " + silent.Round(time.Millisecond).String()
+			silent := time.Duration(monoclock.Now() - heard)
+			if silent < directDeadAfter || unanswered < directDeadPings {
+				err := p.s.Send(&tunnel.Ping{Type: tunnel.MessagePing, Seq: seq})
+				if err == nil {
+					unanswered++
+					continue
+				}
+				why = "a ping could not be sent: " + err.Error()
+			} else {
+				why = fmt.Sprintf("no answer to %d pings in %s", unanswered, silent.Round(time.Millisecond))
+			}
 			_ = p.s.Close("direct path: " + why)
 		}
 		p.dead.Store(true)
