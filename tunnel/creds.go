@@ -195,7 +195,7 @@ func (c *Credentials) load(f Files) (*credState, error) {
 	if c.cfg.Insecure && f.Cert == "" && f.Key == "" {
 		return &credState{files: f, cert: &tls.Certificate{}, trust: t}, nil
 	}
-	pair, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+	pair, err := loadKeyPair(f)
 	if err != nil {
 		// tls names neither file: "private key does not match public key"
 		return nil, fmt.Errorf("tunnel: load credentials: certificate %s, key %s: %w", f.Cert, f.Key, err)
@@ -266,6 +266,23 @@ func (c *Credentials) loadTrust(caFile string) (*trust, error) {
 		return nil, fmt.Errorf("tunnel: load credentials: CA file %s: %w", caFile, err)
 	}
 	return t, nil
+}
+
+// loadKeyPair is tls.LoadX509KeyPair, refusing too a certificate file
+// whose chain has a block cut short (which tls skips).
+func loadKeyPair(f Files) (tls.Certificate, error) {
+	certPEM, err := os.ReadFile(f.Cert)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	keyPEM, err := os.ReadFile(f.Key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	if err := pemWhole(certPEM); err != nil {
+		return tls.Certificate{}, fmt.Errorf("certificate file: %w", err)
+	}
+	return tls.X509KeyPair(certPEM, keyPEM)
 }
 
 // parseChain parses the DER certificates of a key pair, leaf first.

@@ -1,9 +1,11 @@
 package tunnel
 
 import (
+	"bytes"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 )
@@ -22,9 +24,12 @@ type trust struct {
 	roots []*x509.Certificate
 }
 
-// parseTrust parses every CERTIFICATE block of a CA file; one bad block
-// is an error rather than silently skipped.
+// parseTrust parses every CERTIFICATE block of a CA file; one bad block,
+// or one cut short, is an error rather than silently skipped.
 func parseTrust(caPEM []byte) (*trust, error) {
+	if err := pemWhole(caPEM); err != nil {
+		return nil, err
+	}
 	t := &trust{pool: x509.NewCertPool()}
 	for rest := caPEM; ; {
 		var block *pem.Block
@@ -45,6 +50,27 @@ func parseTrust(caPEM []byte) (*trust, error) {
 		return nil, errors.New("no CERTIFICATE PEM block")
 	}
 	return t, nil
+}
+
+// pemWhole checks that every PEM block data begins is whole: pem.Decode
+// skips a block cut short (a file read while a tool writes it in place, a
+// bundle or chain whose last certificate has not landed yet) and what
+// follows it up to the next whole block, so the blocks it did return
+// would load without the lost ones, and peers of a CA dropped that way
+// would be refused with no word of why.
+func pemWhole(data []byte) error {
+	begun := bytes.Count(data, []byte("-----BEGIN "))
+	whole := 0
+	for rest := data; ; whole++ {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+	}
+	if whole < begun {
+		return fmt.Errorf("%d of its %d PEM blocks cut short or malformed (still being written?)", begun-whole, begun)
+	}
+	return nil
 }
 
 // verifyChain checks that certs[0] chains to the trusted roots through
