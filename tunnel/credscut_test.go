@@ -38,6 +38,8 @@ func TestReloadCutPEMFile(t *testing.T) {
 		{"CA bundle cut in its last block", leafPEM, cutInLastBlock(bundle), false},
 		{"CA block cut short before a whole one", leafPEM, garbled, false},
 		{"certificate chain cut in its last block", cutInLastBlock(chain), f.ca.CertPEM(), true},
+		{"CA bundle cut in the last block's first line", leafPEM, bundle[:len(f.ca.CertPEM())+len("-----BEG")], false},
+		{"certificate chain cut in the last block's first line", chain[:len(leafPEM)+len("-----")], f.ca.CertPEM(), true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -57,18 +57,22 @@ func parseTrust(caPEM []byte) (*trust, error) {
 // bundle or chain whose last certificate has not landed yet) and what
 // follows it up to the next whole block, so the blocks it did return
 // would load without the lost ones, and peers of a CA dropped that way
-// would be refused with no word of why.
+// would be refused with no word of why. A block cut within its first line
+// leaves a PEM marker's dashes after the last whole block.
 func pemWhole(data []byte) error {
-	begun := bytes.Count(data, []byte("-----BEGIN "))
+	begun := bytes.Count(data, []byte("-----BEGIN"))
 	whole := 0
-	for rest := data; ; whole++ {
-		var block *pem.Block
-		if block, rest = pem.Decode(rest); block == nil {
+	rest := data
+	for {
+		block, after := pem.Decode(rest)
+		if block == nil {
 			break
 		}
+		whole++
+		rest = after
 	}
-	if whole < begun {
-		return fmt.Errorf("%d of its %d PEM blocks cut short or malformed (still being written?)", begun-whole, begun)
+	if whole < begun || bytes.Contains(rest, []byte("-----")) {
+		return fmt.Errorf("PEM block %d cut short or malformed (still being written?)", whole+1)
 	}
 	return nil
 }
