@@ -185,8 +185,8 @@ func (g *Gateway) directDatagrams(ctx context.Context, s *tunnel.Session, in *in
 			g.m.tunnelDrop("malformed_datagram")
 			return
 		}
-		switch d.Type {
-		case tunnel.TypeAgentRegistration:
+		switch {
+		case d.Type == tunnel.TypeAgentRegistration && s.Version() == tunnel.V1:
 			svc := string(d.Service)
 			if g.mayReach(id, svc) {
 				registered[svc] = true
@@ -198,7 +198,7 @@ func (g *Gateway) directDatagrams(ctx context.Context, s *tunnel.Session, in *in
 			if err == nil {
 				s.SendDatagram(buf)
 			}
-		case tunnel.TypeRouted:
+		case d.Type == tunnel.TypeRouted:
 			svc := string(d.Service)
 			if !g.mayReach(id, svc) || (s.Version() == tunnel.V1 && !registered[svc]) {
 				g.m.tunnelDrop("not_authorised")
@@ -206,7 +206,7 @@ func (g *Gateway) directDatagrams(ctx context.Context, s *tunnel.Session, in *in
 			}
 			g.learnInner(in, d.Packet)
 			g.deliverTunnel(in, svc, d.Packet, batch)
-		case tunnel.TypeIP:
+		case d.Type == tunnel.TypeIP:
 			svc, ok := g.rawService(id, b)
 			if !ok || (svc != "" && s.Version() == tunnel.V1 && !registered[svc]) {
 				g.m.tunnelDrop("not_authorised")
@@ -214,7 +214,7 @@ func (g *Gateway) directDatagrams(ctx context.Context, s *tunnel.Session, in *in
 			}
 			g.learnInner(in, b)
 			g.deliverTunnel(in, svc, b, batch)
-		default:
+		default: // registrations on ztna-v2 among them: they are ztna-v1's, as at the relay
 			g.m.tunnelDrop("unexpected_datagram")
 		}
 	}, batch.Flush)

@@ -1,12 +1,14 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -310,6 +312,81 @@ func TestDirectReloadEndsUnreachableFlows(t *testing.T) {
 			waitFor(t, 5*time.Second, "the flow of echo ended", func() bool { return flowsOf("echo") == 0 })
 			if n := flowsOf("kept"); n != 1 {
 				t.Errorf("%d flows of kept, which the agent still reaches, want 1", n)
+			}
+		})
+	}
+}
+
+// TestDirectRegistrationOnlyOnV1: a registration datagram (0x10) is
+// ztna-v1's; on ztna-v2 the direct listener drops it as
+// unexpected_datagram, as the relay does, and answers nothing, where it
+// answered ACK or NACK (and counted a NACK as a refusal "denied").
+func TestDirectRegistrationOnlyOnV1(t *testing.T) {
+	port := startHold(t)
+	toml, ca, dir := directConfig(t, port)
+	h := newHarness(t, toml)
+	creds := agentCreds(t, ca, dir, tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "a"})
+	unexpected := func() float64 { return testutil.ToFloat64(h.gw.m.dropped.WithLabelValues("unexpected_datagram")) }
+	denied := func() float64 { return testutil.ToFloat64(h.gw.m.tunnelRefusals.WithLabelValues("denied")) }
+	ack, _ := tunnel.AppendAck(nil, "web")
+	for _, tc := range []struct {
+		alpn, service string
+		answer        []byte // ztna-v1's; nil: none, the datagram dropped
+	}{
+		{tunnel.ALPNV1, "web", ack},
+		{tunnel.ALPNV2, "web", nil},
+		{tunnel.ALPNV2, "ghost", nil},
+	} {
+		t.Run(tc.alpn+"/"+tc.service, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			s, err := tunnel.Dial(ctx, h.gw.direct.Addr().String(), tunnel.DialConfig{
+				Credentials: creds, ServerName: "127.0.0.1", ALPN: []string{tc.alpn},
+				Hello: tunnel.Hello{Role: tunnel.RoleAgent, Name: "a", InnerAddr: agentInner},
+			}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close("done")
+			dropped, refused := unexpected(), denied()
+			reg, _ := tunnel.AppendRegistration(nil, tunnel.TypeAgentRegistration, tc.service)
+			if err := s.SendDatagram(reg); err != nil {
+				t.Fatal(err)
+			}
+			// A DNS query to the gateway's address follows it: once its
+			// answer is in, so is any answer to the registration.
+			q := netstacktest.UDPDatagram(netip.AddrPortFrom(agentInner, 5300), netip.MustParseAddrPort("10.100.0.1:53"), dnsQueryFor(9, "web.ztna.internal", 1))
+			if err := s.SendDatagram(q); err != nil {
+				t.Fatal(err)
+			}
+			var answers [][]byte
+			for {
+				b, err := s.ReceiveDatagram(ctx)
+				if err != nil {
+					t.Fatalf("no DNS answer: %v", err)
+				}
+				if k := tunnel.Kind(b); k == tunnel.TypeAck || k == tunnel.TypeNack {
+					answers = append(answers, slices.Clone(b))
+				}
+				if tunnel.Kind(b) == tunnel.TypeIP {
+					break
+				}
+			}
+			switch {
+			case tc.answer != nil && (len(answers) != 1 || !bytes.Equal(answers[0], tc.answer)):
+				t.Errorf("answers % x, want % x", answers, tc.answer)
+			case tc.answer == nil && len(answers) > 0:
+				t.Errorf("a ztna-v2 registration answered % x", answers)
+			}
+			wantDropped := dropped
+			if tc.answer == nil {
+				wantDropped++
+			}
+			if got := unexpected(); got != wantDropped {
+				t.Errorf("unexpected_datagram %v, want %v", got, wantDropped)
+			}
+			if got := denied(); got != refused {
+				t.Errorf("refusals denied %v, want %v", got, refused)
 			}
 		})
 	}
