@@ -173,14 +173,15 @@ var dsRefusals = [][2]string{
 // ZTGATE_DIRECT_SEED replays a seed; ZTGATE_DIRECT_TRACE logs the steps.
 func TestDirectSideRandom(t *testing.T) {
 	seed := testseed.Get(t, "ZTGATE_DIRECT_SEED")
-	m := newDSModel(t, rand.New(rand.NewPCG(seed, seed^0xd12ec7)), dsTenantChoices)
+	m := newDSModel(t, rand.New(rand.NewPCG(seed, seed^0xd12ec7)), dsTenantChoices, map[string][]string{"echo": {"acme"}, "web": {"globex"}})
 	m.run(seed, 250, m.step)
 }
 
 // newDSModel starts the gateway of a direct-side test, its backends and
-// the certificates of dsIdentities; reloads give its services tenants of
-// choices. The gateway closes when the test ends (run closes it first).
-func newDSModel(t *testing.T, rng *rand.Rand, choices [][]string) *dsModel {
+// the certificates of dsIdentities; its services admit the tenants of
+// initial, and reloads give them tenants of choices. The gateway closes
+// when the test ends (run closes it first).
+func newDSModel(t *testing.T, rng *rand.Rand, choices [][]string, initial map[string][]string) *dsModel {
 	dir := t.TempDir()
 	section, ca := writePKI(t, dir)
 	m := &dsModel{
@@ -189,7 +190,7 @@ func newDSModel(t *testing.T, rng *rand.Rand, choices [][]string) *dsModel {
 		head: "[gateway]\nstate_dir = \"STATE\"\ndrain_timeout = \"1h\"\n[api]\nlisten = \"off\"\n" + section + twoTenants,
 		udp1: startUDPEcho(t), udp2: startUDPEcho(t), line: startLineEcho(t, "echo"),
 		creds:   map[string]*tunnel.Credentials{},
-		tenants: map[string][]string{"echo": {"acme"}, "web": {"globex"}},
+		tenants: initial,
 		flows:   map[dsKey]*dsFlow{}, replies: make(chan dsReply, 4096),
 		expect: map[string]*dsExpect{}, forbidden: map[string]bool{},
 		drops: map[string]float64{}, refused: map[[2]string]float64{},

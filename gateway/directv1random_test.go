@@ -47,7 +47,7 @@ var dsV1TenantChoices = [][]string{{"default"}, {"acme"}, {"globex"}, {"default"
 // either test); ZTGATE_DIRECT_TRACE logs the steps.
 func TestDirectSideV1Random(t *testing.T) {
 	seed := testseed.Get(t, "ZTGATE_DIRECT_SEED")
-	m := newDSModel(t, rand.New(rand.NewPCG(seed, seed^0x1e6ac7)), dsV1TenantChoices)
+	m := newDSModel(t, rand.New(rand.NewPCG(seed, seed^0x1e6ac7)), dsV1TenantChoices, map[string][]string{"echo": {"default", "acme"}, "web": {"*"}})
 	for _, a := range dsV1Agents {
 		req := tunnel.IssueRequest{Tenant: a.tenant, Role: tunnel.RoleAgent, Name: a.name}
 		if strings.HasPrefix(a.key, "legacy/") {
@@ -62,12 +62,16 @@ func TestDirectSideV1Random(t *testing.T) {
 		}
 		m.creds[a.key] = agentCreds(t, m.ca, m.dir, req)
 	}
-	m.run(seed, 150, m.v1Step)
+	m.run(seed, 200, m.v1Step)
 }
 
 // v1Step takes one random step of TestDirectSideV1Random and says which.
 func (m *dsModel) v1Step() string {
-	s := testseed.Pick(m.rng, m.sessions, func(s *dsSession) bool { return s.live })
+	// Mostly a ztna-v1 session acts.
+	s := testseed.Pick(m.rng, m.sessions, func(s *dsSession) bool { return s.live && s.v1 })
+	if s == nil || m.rng.IntN(4) == 0 {
+		s = testseed.Pick(m.rng, m.sessions, func(s *dsSession) bool { return s.live })
+	}
 	if s == nil {
 		return m.connectAny(nil)
 	}
@@ -132,7 +136,16 @@ func (m *dsModel) owe(s *dsSession, answer []byte) {
 func (m *dsModel) register(s *dsSession) string {
 	t := m.t
 	t.Helper()
+	var may []string
+	for _, svc := range []string{"echo", "web"} {
+		if m.mayReach(s, svc) {
+			may = append(may, svc)
+		}
+	}
 	svc := pick(m.rng, []string{"echo", "web", "db", "ghost"})
+	if len(may) > 0 && m.rng.IntN(3) != 0 {
+		svc = pick(m.rng, may)
+	}
 	b, err := tunnel.AppendRegistration(nil, tunnel.TypeAgentRegistration, svc)
 	if err != nil {
 		t.Fatal(err)
