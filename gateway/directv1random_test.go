@@ -114,6 +114,8 @@ func (m *dsModel) connectAny(s *dsSession) string {
 	case r < 3:
 		id := dsIdentities[m.rng.IntN(len(dsIdentities))]
 		a = dsAgent{key: id[0] + "/" + id[1], tenant: id[0], name: id[1]}
+	case r < 5: // a certificate of the original system for some services
+		a = dsV1Agents[m.rng.IntN(2)]
 	default:
 		a = dsV1Agents[m.rng.IntN(len(dsV1Agents))]
 	}
@@ -136,15 +138,23 @@ func (m *dsModel) owe(s *dsSession, answer []byte) {
 func (m *dsModel) register(s *dsSession) string {
 	t := m.t
 	t.Helper()
-	var may []string
+	// Mostly one s may reach, or one that exists here and s may not (its
+	// tenant not admitted, or no right of its certificate).
+	var may, mayNot []string
 	for _, svc := range []string{"echo", "web"} {
-		if m.mayReach(s, svc) {
+		switch {
+		case m.mayReach(s, svc):
 			may = append(may, svc)
+		case m.tenants[svc] != nil:
+			mayNot = append(mayNot, svc)
 		}
 	}
 	svc := pick(m.rng, []string{"echo", "web", "db", "ghost"})
-	if len(may) > 0 && m.rng.IntN(3) != 0 {
+	switch r := m.rng.IntN(4); {
+	case r < 2 && len(may) > 0:
 		svc = pick(m.rng, may)
+	case r == 2 && len(mayNot) > 0:
+		svc = pick(m.rng, mayNot)
 	}
 	b, err := tunnel.AppendRegistration(nil, tunnel.TypeAgentRegistration, svc)
 	if err != nil {
