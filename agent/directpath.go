@@ -199,7 +199,7 @@ func (d *direct) watch(p *path) {
 				}
 				why = "a ping could not be sent: " + err.Error()
 			} else {
-				why = fmt.Sprintf("no answer to %d pings in %s", unanswered, silent.Round(time.Millisecond))
+				why = fmt.Sprintf("no answer to pings for %s (%d pings)", silent.Round(time.Millisecond), unanswered)
 			}
 			_ = p.s.Close("direct path: " + why)
 		}
