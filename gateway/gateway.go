@@ -54,6 +54,9 @@ type Gateway struct {
 	// dial connects to a backend; nil is a net.Dialer's. Tests hold dials
 	// in progress with it.
 	dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// noWatch, set before Start, leaves the configuration file unwatched:
+	// tests that reload by hand.
+	noWatch bool
 
 	pool *catalog.Pool
 	tbl  atomic.Pointer[table]

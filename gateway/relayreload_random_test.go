@@ -278,11 +278,10 @@ func newRLRun(t *testing.T, seed uint64) *rlRun {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Path = "" // no watcher: the test alone reloads
+	r.gw.noWatch = true // the test alone reloads
 	if err := r.gw.Start(); err != nil {
 		t.Fatal(err)
 	}
-	cfg.Path = r.path
 	t.Cleanup(func() { r.gw.Close() })
 	r.connect("start", false)
 	return r

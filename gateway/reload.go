@@ -428,7 +428,7 @@ func liveSettings(cur, next *conf.Gateway) *conf.Gateway {
 
 // watchConfig reloads when the configuration file changes.
 func (g *Gateway) watchConfig() {
-	if g.cfg.Path == "" {
+	if g.cfg.Path == "" || g.noWatch {
 		return
 	}
 	g.wg.Add(1)
