@@ -1004,16 +1004,7 @@ func (m *dsModel) waitFor(what string, cond func() bool) {
 }
 
 // absorb checks the replies received so far.
-func (m *dsModel) absorb() {
-	for {
-		select {
-		case r := <-m.replies:
-			m.check(r)
-		default:
-			return
-		}
-	}
-}
+func (m *dsModel) absorb() { drainNow(m.replies, m.check) }
 
 // check matches one datagram a session received with the model.
 func (m *dsModel) check(r dsReply) {
@@ -1187,15 +1178,8 @@ func (m *dsModel) settle(what string) {
 			}
 		}
 	}
-	for r, v := range m.drops {
-		if got := m.dropped(r); got != v {
-			t.Errorf("%s: ztgate_packets_dropped_total{reason=%q} = %v, want %v", what, r, got, v)
-		}
-	}
-	for r, v := range m.refused {
-		if got := m.refusedN(r); got != v {
-			t.Errorf("%s: ztgate_flows_refused_total{protocol=%q,reason=%q} = %v, want %v", what, r[0], r[1], got, v)
-		}
+	for _, d := range countsDiffer(m.g, m.drops, m.refused) {
+		t.Errorf("%s: %s", what, d)
 	}
 	for r, v := range m.sessRef {
 		if got := m.sessRefused(r); got != v {
@@ -1244,15 +1228,8 @@ func (m *dsModel) replied() bool {
 }
 
 func (m *dsModel) countersOK() bool {
-	for r, v := range m.drops {
-		if m.dropped(r) != v {
-			return false
-		}
-	}
-	for r, v := range m.refused {
-		if m.refusedN(r) != v {
-			return false
-		}
+	if countsDiffer(m.g, m.drops, m.refused) != nil {
+		return false
 	}
 	for r, v := range m.sessRef {
 		if m.sessRefused(r) != v {

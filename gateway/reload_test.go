@@ -937,17 +937,7 @@ func TestDrainCatchesFlowsInDial(t *testing.T) {
 			h := newFileHarness(t, reloadConfig(echo, `"acme"`, webService(web))) // drain_timeout = "1s"
 			st := h.gw.stateOf("web")
 
-			type result struct {
-				c   net.Conn
-				err error
-			}
-			res := make(chan result, 1)
-			go func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				c, err := h.client.DialTCP(ctx, acmeClient, netip.MustParseAddrPort("10.100.0.8:7"))
-				res <- result{c, err}
-			}()
+			res := h.dialLater(acmeClient, "10.100.0.8:7")
 			waitFor(t, 3*time.Second, "the gateway to dial the backend", func() bool { return st.handshakes.Load() == 1 })
 
 			h.write(t, tc.after(echo, other))
@@ -967,4 +957,23 @@ func TestDrainCatchesFlowsInDial(t *testing.T) {
 			live.waitClosed(t, 4*time.Second, "the flow of the removed service or backend to be drained")
 		})
 	}
+}
+
+// dialResult is the outcome of a dial started by dialLater.
+type dialResult struct {
+	c   net.Conn
+	err error
+}
+
+// dialLater dials dst over TCP from src in the background, with 5 s to
+// succeed, and hands over the outcome.
+func (h *harness) dialLater(src netip.Addr, dst string) <-chan dialResult {
+	res := make(chan dialResult, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := h.client.DialTCP(ctx, src, netip.MustParseAddrPort(dst))
+		res <- dialResult{c, err}
+	}()
+	return res
 }

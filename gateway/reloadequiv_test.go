@@ -236,17 +236,7 @@ listen = "off"
 			return (&net.Dialer{}).DialContext(ctx, network, addr)
 		}
 	})
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	res := make(chan result, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		c, err := h.client.DialTCP(ctx, acmeClient, netip.MustParseAddrPort("10.100.0.8:7"))
-		res <- result{c, err}
-	}()
+	res := h.dialLater(acmeClient, "10.100.0.8:7")
 	<-dialing
 
 	// The reload, up to the swap: its table is built, with the service's

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -106,6 +108,37 @@ func tagReturns(ctx context.Context, s *tunnel.Session, got func(tag uint32, pkt
 			continue
 		}
 		if !got(tag, slices.Clone(pkt)) {
+			return
+		}
+	}
+}
+
+// countsDiffer lists how g's ztgate_packets_dropped_total and
+// ztgate_flows_refused_total differ from what a model of its tunnel side
+// wants (drops by reason, refused by protocol and reason); nil when they
+// agree.
+func countsDiffer(g *Gateway, drops map[string]float64, refused map[[2]string]float64) []string {
+	var diff []string
+	for r, v := range drops {
+		if got := testutil.ToFloat64(g.m.dropped.WithLabelValues(r)); got != v {
+			diff = append(diff, fmt.Sprintf("ztgate_packets_dropped_total{reason=%q} = %v, want %v", r, got, v))
+		}
+	}
+	for r, v := range refused {
+		if got := testutil.ToFloat64(g.m.flowsRefused.WithLabelValues(r[0], r[1])); got != v {
+			diff = append(diff, fmt.Sprintf("ztgate_flows_refused_total{protocol=%q,reason=%q} = %v, want %v", r[0], r[1], got, v))
+		}
+	}
+	return diff
+}
+
+// drainNow hands f every value ch holds now, without waiting for more.
+func drainNow[T any](ch <-chan T, f func(T)) {
+	for {
+		select {
+		case v := <-ch:
+			f(v)
+		default:
 			return
 		}
 	}

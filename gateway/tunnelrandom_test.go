@@ -521,16 +521,7 @@ func (m *trModel) syn(tg *trTag) {
 }
 
 // absorb checks the replies received so far.
-func (m *trModel) absorb() {
-	for {
-		select {
-		case r := <-m.replies:
-			m.check(r)
-		default:
-			return
-		}
-	}
-}
+func (m *trModel) absorb() { drainNow(m.replies, m.check) }
 
 // check matches one reply with the model.
 func (m *trModel) check(r trReply) {
@@ -628,15 +619,8 @@ func (m *trModel) settle(what string) {
 		return true
 	})
 	countersOK := func() bool {
-		for r, v := range m.drops {
-			if m.dropped(r) != v {
-				return false
-			}
-		}
-		for r, v := range m.refused {
-			if m.refusedN(r) != v {
-				return false
-			}
+		if countsDiffer(m.g, m.drops, m.refused) != nil {
+			return false
 		}
 		// A tag_close gives up the packets held for its tags when the
 		// gateway takes it: nothing to wait for but the count.
@@ -647,15 +631,8 @@ func (m *trModel) settle(what string) {
 		m.absorb()
 		time.Sleep(2 * time.Millisecond)
 	}
-	for r, v := range m.drops {
-		if got := m.dropped(r); got != v {
-			t.Errorf("%s: ztgate_packets_dropped_total{reason=%q} = %v, want %v", what, r, got, v)
-		}
-	}
-	for r, v := range m.refused {
-		if got := m.refusedN(r); got != v {
-			t.Errorf("%s: ztgate_flows_refused_total{protocol=%q,reason=%q} = %v, want %v", what, r[0], r[1], got, v)
-		}
+	for _, d := range countsDiffer(m.g, m.drops, m.refused) {
+		t.Errorf("%s: %s", what, d)
 	}
 	heldNow := 0.0
 	for _, toks := range m.held {
