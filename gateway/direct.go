@@ -83,7 +83,7 @@ func (g *Gateway) serveDirect(s *tunnel.Session) error {
 	}
 	in := g.directIngress(id, s)
 	if s.Version() == tunnel.V2 {
-		in.inner = s.Hello().InnerAddr
+		in.pinInner(s.Hello().InnerAddr)
 	}
 	if err := g.ingresses.add(in); err != nil {
 		in.out.Close()
@@ -204,7 +204,6 @@ func (g *Gateway) directDatagrams(ctx context.Context, s *tunnel.Session, in *in
 				g.m.tunnelDrop("not_authorised")
 				return
 			}
-			g.learnInner(in, d.Packet)
 			g.deliverTunnel(in, svc, d.Packet, batch)
 		case d.Type == tunnel.TypeIP:
 			svc, ok := g.rawService(id, b)
@@ -212,23 +211,11 @@ func (g *Gateway) directDatagrams(ctx context.Context, s *tunnel.Session, in *in
 				g.m.tunnelDrop("not_authorised")
 				return
 			}
-			g.learnInner(in, b)
 			g.deliverTunnel(in, svc, b, batch)
 		default: // registrations on ztna-v2 among them: they are ztna-v1's, as at the relay
 			g.m.tunnelDrop("unexpected_datagram")
 		}
 	}, batch.Flush)
-}
-
-// learnInner pins a ztna-v1 agent's inner address to the source of its
-// first packet: later packets from any other source are dropped.
-func (g *Gateway) learnInner(in *ingress, pkt []byte) {
-	if in.inner.IsValid() {
-		return
-	}
-	if src, _, ok := netstack.IPv4Addrs(pkt); ok {
-		in.inner = src
-	}
 }
 
 // rawService authorises a raw IP packet from a direct agent, which names

@@ -391,3 +391,70 @@ func TestDirectRegistrationOnlyOnV1(t *testing.T) {
 		})
 	}
 }
+
+// TestDirectV1PinsOnlyAPacketLetIn: a ztna-v1 session has no hello, so
+// the gateway pins its inner address to the source of its first packet
+// that it lets in, as the relay pins at the first packet it routes. A
+// first packet dropped as wrong_service (routed under web to db's VIP)
+// pinned its source before: the agent's own packets after it were then
+// dropped as spoofed_source.
+func TestDirectV1PinsOnlyAPacketLetIn(t *testing.T) {
+	port := startHold(t)
+	toml, ca, dir := directConfig(t, port)
+	h := newHarness(t, toml)
+	creds := agentCreds(t, ca, dir, tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "a"})
+	drops := func(reason string) float64 { return testutil.ToFloat64(h.gw.m.dropped.WithLabelValues(reason)) }
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := tunnel.Dial(ctx, h.gw.direct.Addr().String(), tunnel.DialConfig{
+		Credentials: creds, ServerName: "127.0.0.1", ALPN: []string{tunnel.ALPNV1},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close("done")
+	reg, _ := tunnel.AppendRegistration(nil, tunnel.TypeAgentRegistration, "web")
+	if err := s.SendDatagram(reg); err != nil {
+		t.Fatal(err)
+	}
+	for { // (after the QAD that a ztna-v1 session gets first)
+		b, err := s.ReceiveDatagram(ctx)
+		if err != nil || tunnel.Kind(b) == tunnel.TypeNack {
+			t.Fatalf("registration of web: % x, %v; want an ACK", b, err)
+		}
+		if tunnel.Kind(b) == tunnel.TypeAck {
+			break
+		}
+	}
+
+	stray := netip.MustParseAddr("100.64.9.9")
+	wrong := netstacktest.TCPSegment(netip.AddrPortFrom(stray, 40000), netip.MustParseAddrPort("10.100.0.11:5432"), netstacktest.FlagSYN, 1, nil)
+	routed, err := tunnel.AppendRouted(nil, "web", wrong)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SendDatagram(routed); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the packet to db's VIP under web counted as wrong_service", func() bool { return drops("wrong_service") == 1 })
+
+	q := netstacktest.UDPDatagram(netip.AddrPortFrom(agentInner, 5300), netip.MustParseAddrPort("10.100.0.1:53"), dnsQueryFor(7, "web.ztna.internal", 1))
+	if err := s.SendDatagram(q); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		b, err := s.ReceiveDatagram(ctx)
+		if err != nil {
+			t.Fatalf("no DNS answer to the agent's own address: %v (spoofed_source %v)", err, drops("spoofed_source"))
+		}
+		if _, dst, ok := netstack.IPv4Addrs(b); ok && tunnel.Kind(b) == tunnel.TypeIP {
+			if dst != agentInner {
+				t.Fatalf("the answer went to %v, want %v", dst, agentInner)
+			}
+			break
+		}
+	}
+	if n := drops("spoofed_source"); n != 0 {
+		t.Errorf("spoofed_source %v, want 0", n)
+	}
+}

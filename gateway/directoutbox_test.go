@@ -102,7 +102,7 @@ func (f *outputFixture) add(t *testing.T, name string, s tunnel.DatagramSender) 
 		f.held = append(f.held, h)
 	}
 	in := f.g.directIngress(tunnel.Identity{Tenant: "acme", Role: tunnel.RoleAgent, Name: name}, s)
-	in.inner = agentInner
+	in.pinInner(agentInner)
 	if err := f.g.ingresses.add(in); err != nil {
 		t.Fatal(err)
 	}
@@ -236,8 +236,9 @@ func TestTunnelCloseIngressStopsOutbox(t *testing.T) {
 // relay session's outbox out, shared with the session's other tags.
 func (f *outputFixture) addTag(t *testing.T, id uint32, out *tunnel.Outbox) *ingress {
 	t.Helper()
-	in := &ingress{inner: agentInner, peer: peer{tenant: "acme", identity: fmt.Sprintf("acme/agent/tag%d", id)},
+	in := &ingress{peer: peer{tenant: "acme", identity: fmt.Sprintf("acme/agent/tag%d", id)},
 		service: "web", services: []string{"web"}, out: out, tag: id, tagged: true}
+	in.pinInner(agentInner)
 	if err := f.g.ingresses.add(in); err != nil {
 		t.Fatal(err)
 	}

@@ -84,6 +84,10 @@ func (s *dsSession) learn(src netip.Addr) {
 	}
 }
 
+// pinned reports whether the gateway holds s to its inner address: from
+// the hello on ztna-v2, once learnt on ztna-v1.
+func (s *dsSession) pinned() bool { return !s.v1 || s.learnt }
+
 // dsKey names a flow as its session sends it.
 type dsKey struct {
 	sess     int
@@ -372,19 +376,18 @@ func (m *dsModel) mayReach(s *dsSession, service string) bool {
 // fate is what the gateway does with a packet of s from src to dst, raw
 // (routed "") or service-routed: a drop reason, or "" and the service it
 // goes to ("" for the gateway's own address). A ztna-v1 session's first
-// packet past the rights (and its registration) pins its inner address.
+// packet the gateway lets in pins its inner address.
 func (m *dsModel) fate(s *dsSession, routed string, src, dst netip.Addr) (drop, service string) {
 	if routed != "" {
-		if !m.mayReach(s, routed) || (s.v1 && !s.registered[routed]) {
-			return "not_authorised", ""
-		}
-		s.learn(src)
 		switch {
-		case src != s.inner:
+		case !m.mayReach(s, routed) || (s.v1 && !s.registered[routed]):
+			return "not_authorised", ""
+		case s.pinned() && src != s.inner:
 			return "spoofed_source", ""
 		case dst != dsGateway && m.serviceAt(dst) != routed:
 			return "wrong_service", ""
 		}
+		s.learn(src)
 		if dst == dsGateway {
 			return "", ""
 		}
@@ -396,10 +399,10 @@ func (m *dsModel) fate(s *dsSession, routed string, src, dst netip.Addr) (drop, 
 			return "not_authorised", ""
 		}
 	}
-	s.learn(src)
-	if src != s.inner {
+	if s.pinned() && src != s.inner {
 		return "spoofed_source", ""
 	}
+	s.learn(src)
 	return "", service
 }
 
@@ -552,7 +555,7 @@ func (m *dsModel) connectAs(a dsAgent, inner netip.Addr) string {
 		for a, in := range m.g.ingresses.bySynth {
 			// A ztna-v1 ingress learns its inner address later, in its
 			// session's goroutine: not read here.
-			if !old[a] && in.peer.identity == s.identity() && (s.v1 || in.inner == inner) && !in.closed.Load() {
+			if !old[a] && in.peer.identity == s.identity() && (s.v1 || in.innerAddr() == inner) && !in.closed.Load() {
 				s.synth = a
 				return true
 			}

@@ -27,8 +27,12 @@ var synthPrefix = netip.MustParsePrefix("169.254.0.0/16")
 
 // ingress is one tunnel ingress: a relay tag or a direct agent session.
 type ingress struct {
-	synth   netip.Addr // its source address inside the netstack
-	inner   netip.Addr // the agent's address; packets from any other are dropped
+	synth netip.Addr // its source address inside the netstack
+	// inner is the agent's address; packets from any other are dropped.
+	// Set before the ingress is added, except for a ztna-v1 direct
+	// session's, which its first routed packet pins (pinInner) while the
+	// tunnel link's writer may read it: hence atomic. nil: not pinned yet.
+	inner   atomic.Pointer[netip.Addr]
 	peer    peer
 	service string // a relay tag's one service; "" for a direct session
 	// services are the only services its DNS names (stackDirectory): a
@@ -45,6 +49,18 @@ type ingress struct {
 	tagged bool
 	closed atomic.Bool
 }
+
+// innerAddr returns the agent's address; the zero Addr until a ztna-v1
+// direct session's first packet pins it.
+func (in *ingress) innerAddr() netip.Addr {
+	if a := in.inner.Load(); a != nil {
+		return *a
+	}
+	return netip.Addr{}
+}
+
+// pinInner sets the agent's address, once.
+func (in *ingress) pinInner(a netip.Addr) { in.inner.CompareAndSwap(nil, &a) }
 
 // ingressTable maps synthetic addresses to ingresses.
 type ingressTable struct {
@@ -183,9 +199,10 @@ func (o *tunnelOutput) ingressOf(p []byte) *ingress {
 		o.g.m.tunnelDrop("no_ingress")
 		return nil
 	}
-	netstack.RewriteIPv4Destination(p, in.inner)
+	inner := in.innerAddr()
+	netstack.RewriteIPv4Destination(p, inner)
 	if p[9] == 1 { // an ICMP error about the agent's packet quotes it as the agent sent it
-		netstack.RewriteICMPv4QuotedSource(p, in.synth, in.inner)
+		netstack.RewriteICMPv4QuotedSource(p, in.synth, inner)
 	}
 	return in
 }
@@ -227,7 +244,8 @@ func (g *Gateway) deliverTunnel(in *ingress, service string, pkt []byte, sink ne
 		g.m.tunnelDrop("malformed")
 		return
 	}
-	if src != in.inner {
+	inner := in.innerAddr()
+	if src != inner && inner.IsValid() {
 		g.m.tunnelDrop("spoofed_source")
 		return
 	}
@@ -237,9 +255,16 @@ func (g *Gateway) deliverTunnel(in *ingress, service string, pkt []byte, sink ne
 			return
 		}
 	}
+	if !inner.IsValid() {
+		// A ztna-v1 direct session's first packet that is let in pins
+		// its address, as the relay pins at the first packet it routes.
+		// One receiver per session: the pin cannot lose a race.
+		in.pinInner(src)
+		inner = src
+	}
 	netstack.RewriteIPv4Source(pkt, in.synth)
 	if pkt[9] == 1 { // an ICMP error about a packet to the agent: its quote too, or gVisor refuses it
-		netstack.RewriteICMPv4QuotedDestination(pkt, in.inner, in.synth)
+		netstack.RewriteICMPv4QuotedDestination(pkt, inner, in.synth)
 	}
 	sink.Deliver(pkt)
 }

@@ -20,10 +20,10 @@ func TestClosedIngressKeepsNoFlow(t *testing.T) {
 	const rounds = 1000
 	for i := range rounds {
 		in := &ingress{
-			inner: agentInner,
-			peer:  peer{tenant: "acme", identity: fmt.Sprintf("acme/agent/a%d", i)},
-			out:   testOutbox(t, func([]byte) error { return nil }),
+			peer: peer{tenant: "acme", identity: fmt.Sprintf("acme/agent/a%d", i)},
+			out:  testOutbox(t, func([]byte) error { return nil }),
 		}
+		in.pinInner(agentInner)
 		if err := h.gw.ingresses.add(in); err != nil {
 			t.Fatal(err)
 		}

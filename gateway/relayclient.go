@@ -234,7 +234,6 @@ func (rs *relaySession) openTag(m *tunnel.TagOpen) {
 		return
 	}
 	in := &ingress{
-		inner:    m.InnerAddr,
 		peer:     peer{tenant: m.Tenant, identity: m.Identity},
 		service:  m.Service,
 		services: []string{m.Service},
@@ -242,6 +241,7 @@ func (rs *relaySession) openTag(m *tunnel.TagOpen) {
 		tag:      tag,
 		tagged:   true,
 	}
+	in.pinInner(m.InnerAddr)
 	if err := g.ingresses.add(in); err != nil {
 		g.m.tunnelDrop("ingress_full")
 		return

@@ -53,10 +53,10 @@ func TestAgentTenantSeriesRace(t *testing.T) {
 	const rounds = 300
 	for i := range rounds {
 		in := &ingress{
-			inner: agentInner,
-			peer:  peer{tenant: fmt.Sprintf("cust%d", i%7), identity: fmt.Sprintf("agent/a%d", i)},
-			out:   testOutbox(t, func([]byte) error { return nil }),
+			peer: peer{tenant: fmt.Sprintf("cust%d", i%7), identity: fmt.Sprintf("agent/a%d", i)},
+			out:  testOutbox(t, func([]byte) error { return nil }),
 		}
+		in.pinInner(agentInner)
 		if err := h.gw.ingresses.add(in); err != nil {
 			t.Fatal(err)
 		}

@@ -77,13 +77,13 @@ func (h *harness) testIngress(t testing.TB, tenant string) (*ingress, *atomic.In
 	t.Helper()
 	var sent atomic.Int64
 	in := &ingress{
-		inner: agentInner,
-		peer:  peer{tenant: tenant, identity: "ztna://" + tenant + "/agent/fuzz"},
+		peer: peer{tenant: tenant, identity: "ztna://" + tenant + "/agent/fuzz"},
 		out: testOutbox(t, func([]byte) error {
 			sent.Add(1)
 			return nil
 		}),
 	}
+	in.pinInner(agentInner)
 	if err := h.gw.ingresses.add(in); err != nil {
 		t.Fatal(err)
 	}

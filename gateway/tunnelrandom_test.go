@@ -369,7 +369,7 @@ func (m *trModel) open(tg *trTag) {
 	}
 	var in *ingress
 	m.waitFor(fmt.Sprintf("tag %08x open", tg.id), func() bool { in = m.tagIngress(tg.id); return in != nil })
-	if in.peer.tenant != tg.tenant || in.peer.identity != tg.identity || in.inner != tg.inner || in.service != tg.service {
+	if in.peer.tenant != tg.tenant || in.peer.identity != tg.identity || in.innerAddr() != tg.inner || in.service != tg.service {
 		m.t.Errorf("tag %08x: ingress %+v, want %+v", tg.id, in.peer, tg)
 	}
 	tg.synth, tg.live = in.synth, true

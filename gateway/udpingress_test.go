@@ -23,8 +23,7 @@ func (h *harness) recordingIngress(t *testing.T, tenant string) (*ingress, func(
 		pkts [][]byte
 	)
 	in := &ingress{
-		inner: agentInner,
-		peer:  peer{tenant: tenant, identity: "ztna://" + tenant + "/agent/" + t.Name()},
+		peer: peer{tenant: tenant, identity: "ztna://" + tenant + "/agent/" + t.Name()},
 		out: testOutbox(t, func(pkt []byte) error {
 			mu.Lock()
 			pkts = append(pkts, slices.Clone(pkt))
@@ -32,6 +31,7 @@ func (h *harness) recordingIngress(t *testing.T, tenant string) (*ingress, func(
 			return nil
 		}),
 	}
+	in.pinInner(agentInner)
 	if err := h.gw.ingresses.add(in); err != nil {
 		t.Fatal(err)
 	}
