@@ -198,6 +198,13 @@ func (g *Gateway) directDatagrams(ctx context.Context, s *tunnel.Session, in *in
 			if err == nil {
 				s.SendDatagram(buf)
 			}
+		case d.Type == tunnel.TypeGatewayRegistration && s.Version() == tunnel.V1:
+			// The original system's connector offering a service: refused
+			// as at the relay, and told so, not left waiting.
+			g.m.tunnelRefused("denied")
+			if buf, err = tunnel.AppendNack(buf[:0], tunnel.StatusDenied, string(d.Service)); err == nil {
+				s.SendDatagram(buf)
+			}
 		case d.Type == tunnel.TypeRouted:
 			svc := string(d.Service)
 			if !g.mayReach(id, svc) || (s.Version() == tunnel.V1 && !registered[svc]) {

@@ -320,7 +320,9 @@ func TestDirectReloadEndsUnreachableFlows(t *testing.T) {
 // TestDirectRegistrationOnlyOnV1: a registration datagram (0x10) is
 // ztna-v1's; on ztna-v2 the direct listener drops it as
 // unexpected_datagram, as the relay does, and answers nothing, where it
-// answered ACK or NACK (and counted a NACK as a refusal "denied").
+// answered ACK or NACK (and counted a NACK as a refusal "denied"). A
+// connector registration (0x11) on ztna-v1 gets NACK 02, counted as
+// "denied", as at the relay; it was dropped unanswered.
 func TestDirectRegistrationOnlyOnV1(t *testing.T) {
 	port := startHold(t)
 	toml, ca, dir := directConfig(t, port)
@@ -329,15 +331,19 @@ func TestDirectRegistrationOnlyOnV1(t *testing.T) {
 	unexpected := func() float64 { return testutil.ToFloat64(h.gw.m.dropped.WithLabelValues("unexpected_datagram")) }
 	denied := func() float64 { return testutil.ToFloat64(h.gw.m.tunnelRefusals.WithLabelValues("denied")) }
 	ack, _ := tunnel.AppendAck(nil, "web")
+	nack, _ := tunnel.AppendNack(nil, tunnel.StatusDenied, "web")
 	for _, tc := range []struct {
 		alpn, service string
+		role          tunnel.DatagramType
 		answer        []byte // ztna-v1's; nil: none, the datagram dropped
 	}{
-		{tunnel.ALPNV1, "web", ack},
-		{tunnel.ALPNV2, "web", nil},
-		{tunnel.ALPNV2, "ghost", nil},
+		{tunnel.ALPNV1, "web", tunnel.TypeAgentRegistration, ack},
+		{tunnel.ALPNV2, "web", tunnel.TypeAgentRegistration, nil},
+		{tunnel.ALPNV2, "ghost", tunnel.TypeAgentRegistration, nil},
+		{tunnel.ALPNV1, "web", tunnel.TypeGatewayRegistration, nack},
+		{tunnel.ALPNV2, "web", tunnel.TypeGatewayRegistration, nil},
 	} {
-		t.Run(tc.alpn+"/"+tc.service, func(t *testing.T) {
+		t.Run(fmt.Sprintf("%s/%s/%#x", tc.alpn, tc.service, byte(tc.role)), func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			s, err := tunnel.Dial(ctx, h.gw.direct.Addr().String(), tunnel.DialConfig{
@@ -349,7 +355,7 @@ func TestDirectRegistrationOnlyOnV1(t *testing.T) {
 			}
 			defer s.Close("done")
 			dropped, refused := unexpected(), denied()
-			reg, _ := tunnel.AppendRegistration(nil, tunnel.TypeAgentRegistration, tc.service)
+			reg, _ := tunnel.AppendRegistration(nil, tc.role, tc.service)
 			if err := s.SendDatagram(reg); err != nil {
 				t.Fatal(err)
 			}
@@ -384,6 +390,9 @@ func TestDirectRegistrationOnlyOnV1(t *testing.T) {
 			}
 			if got := unexpected(); got != wantDropped {
 				t.Errorf("unexpected_datagram %v, want %v", got, wantDropped)
+			}
+			if bytes.Equal(tc.answer, nack) {
+				refused++
 			}
 			if got := denied(); got != refused {
 				t.Errorf("refusals denied %v, want %v", got, refused)

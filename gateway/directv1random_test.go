@@ -181,7 +181,7 @@ func (m *dsModel) register(s *dsSession) string {
 // badRegistration sends a registration the gateway cannot take: ztna-v1
 // answers an id that is empty or not UTF-8 with NACK 01 and an empty id
 // (docs/protocol.md), and drops one cut short or with bytes after its id;
-// a connector's registration is no agent's business.
+// a connector's registration gets NACK 02 on ztna-v1, as at the relay.
 func (m *dsModel) badRegistration(s *dsSession) string {
 	kinds := []struct {
 		label  string
@@ -198,6 +198,12 @@ func (m *dsModel) badRegistration(s *dsSession) string {
 	}
 	k := kinds[m.rng.IntN(len(kinds))]
 	m.send(s, k.b)
+	if k.b[0] == byte(tunnel.TypeGatewayRegistration) && s.v1 {
+		m.sessRef["denied"]++
+		nack, _ := tunnel.AppendNack(nil, tunnel.StatusDenied, "echo")
+		m.owe(s, nack)
+		return fmt.Sprintf("session %d sends a registration with %s: NACK denied", s.idx, k.label)
+	}
 	m.drops[k.reason]++
 	if k.nack && s.v1 {
 		nack, _ := tunnel.AppendNack(nil, tunnel.StatusInvalid, "")
