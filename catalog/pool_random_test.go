@@ -101,7 +101,8 @@ func (s mSpace) home(name string) uint64 {
 	return h.Sum64() % s.slots()
 }
 
-// mHold is a model hold: addresses released by service at at.
+// mHold is a model hold: addresses released by service at at. A model
+// keeps its holds in release order.
 type mHold struct {
 	service string
 	a       addrs
@@ -167,20 +168,16 @@ func (m *poolModel) unhold(a netip.Addr) {
 	m.holds = slices.DeleteFunc(m.holds, func(h mHold) bool { return h.a.empty() })
 }
 
-// sortedHolds returns the holds in a canonical order, to compare models.
+// sortedHolds returns the holds in a canonical order, to compare models:
+// by release time and service, and in release order (which is state: a
+// returning service gets back the VIP it released last).
 func (m *poolModel) sortedHolds() []mHold {
 	hs := slices.Clone(m.holds)
-	slices.SortFunc(hs, func(x, y mHold) int {
+	slices.SortStableFunc(hs, func(x, y mHold) int {
 		if c := x.at.Compare(y.at); c != 0 {
 			return c
 		}
-		if c := strings.Compare(x.service, y.service); c != 0 {
-			return c
-		}
-		if c := x.a[fam4].Compare(y.a[fam4]); c != 0 {
-			return c
-		}
-		return x.a[fam6].Compare(y.a[fam6])
+		return strings.Compare(x.service, y.service)
 	})
 	return hs
 }
@@ -374,20 +371,13 @@ func (r *poolRand) randomPin(f int) netip.Addr {
 
 // --- prediction ---
 
-type restoreKey struct {
-	service string
-	fam     int
-}
-
 // prediction is what a change should do.
 type prediction struct {
-	m     *poolModel
-	kinds map[error]bool // the kinds of error it must report; none: it succeeds
-	texts []string       // what the error text must contain
-	// ties: the addresses held for a service with one release time, any of
-	// which it may get back (the newest; the pool breaks ties its own way).
-	ties     map[restoreKey][]netip.Addr
-	restored int // VIPs given back to their services
+	m        *poolModel
+	kinds    map[error]bool // the kinds of error it must report; none: it succeeds
+	texts    []string       // what the error text must contain
+	restored int            // VIPs given back to their services
+	tied     int            // of them, chosen by release order among holds of one release time
 }
 
 var poolErrKinds = []error{ErrInvalidRequest, ErrPoolExhausted, ErrPinConflict, ErrPinOutsidePool, ErrReserved}
@@ -421,12 +411,11 @@ func (r *poolRand) prune(m *poolModel, now time.Time) {
 // predict computes the change of Reconcile (exclusive), Acquire or Release
 // (release != ""), following the documented order: expired holds freed,
 // unrequested services released, pins applied, held VIPs restored, the rest
-// allocated from their name's home slot in name order. pick chooses among
-// tied holds.
-func (r *poolRand) predict(reqs []Request, exclusive bool, release string, pick map[restoreKey]netip.Addr) prediction {
+// allocated from their name's home slot in name order.
+func (r *poolRand) predict(reqs []Request, exclusive bool, release string) prediction {
 	now := r.clock.Now()
 	m := r.m.clone()
-	pr := prediction{m: m, kinds: map[error]bool{}, ties: map[restoreKey][]netip.Addr{}}
+	pr := prediction{m: m, kinds: map[error]bool{}}
 	r.prune(m, now)
 	if release != "" {
 		if as, ok := m.allocs[release]; ok {
@@ -502,34 +491,32 @@ func (r *poolRand) predict(reqs []Request, exclusive bool, release string, pick 
 			m.allocs[q.Service] = as
 		}
 	}
-	// Restores: the newest VIP held for the service.
+	// Restores: the newest VIP held for the service, the one released last:
+	// the latest release time, and of those with one time the last made.
 	for _, q := range clean {
 		for f := range families {
 			if !r.space(f).ok() || q.pins()[f].IsValid() || m.allocs[q.Service][f].IsValid() {
 				continue
 			}
-			var newest []netip.Addr
+			var a netip.Addr
 			var at time.Time
-			for _, h := range m.holds {
+			tied := false
+			for _, h := range m.holds { // in release order
 				if h.service != q.Service || !h.a[f].IsValid() {
 					continue
 				}
-				switch {
-				case len(newest) == 0 || h.at.After(at):
-					newest, at = []netip.Addr{h.a[f]}, h.at
-				case h.at.Equal(at):
-					newest = append(newest, h.a[f])
+				if a.IsValid() && h.at.Equal(at) {
+					tied = true
+				}
+				if !a.IsValid() || !h.at.Before(at) {
+					a, at = h.a[f], h.at
 				}
 			}
-			if len(newest) == 0 {
+			if !a.IsValid() {
 				continue
 			}
-			a := newest[0]
-			if len(newest) > 1 {
-				pr.ties[restoreKey{q.Service, f}] = newest
-				if p, ok := pick[restoreKey{q.Service, f}]; ok {
-					a = p
-				}
+			if tied {
+				pr.tied++
 			}
 			m.unhold(a)
 			as := m.allocs[q.Service]
@@ -737,7 +724,7 @@ func (r *poolRand) checkStable(reqs []Request, exclusive bool, release string) {
 // change runs one change on the pool and checks it against the model.
 func (r *poolRand) change(reqs []Request, exclusive bool, release string) {
 	r.t.Helper()
-	pr := r.predict(reqs, exclusive, release, nil)
+	pr := r.predict(reqs, exclusive, release)
 	before := r.stateFile()
 	var err error
 	var got map[string]Allocation
@@ -769,19 +756,6 @@ func (r *poolRand) change(reqs []Request, exclusive bool, release string) {
 		r.observe()
 		return
 	}
-	if len(pr.ties) > 0 {
-		pick := map[restoreKey]netip.Addr{}
-		for k, cands := range pr.ties {
-			a, _ := r.p.Lookup(k.service)
-			v := addrs{a.VIP, a.VIP6}[k.fam]
-			if !slices.Contains(cands, v) {
-				r.fatalf("%s got %s back, want one of the newest held for it: %v", k.service, v, cands)
-			}
-			pick[k] = v
-		}
-		pr = r.predict(reqs, exclusive, release, pick)
-		r.stats["tied holds"]++
-	}
 	for s, a := range got {
 		if want := r.alloc(pr.m, s); a != want {
 			r.fatalf("result for %s: %v, want %v", s, a, want)
@@ -791,6 +765,7 @@ func (r *poolRand) change(reqs []Request, exclusive bool, release string) {
 		r.fatalf("%d results for %d requests", len(got), len(reqs))
 	}
 	r.stats["VIPs given back"] += pr.restored
+	r.stats["VIPs given back by release order"] += pr.tied
 	if saves, after := r.wouldSave(pr.m), r.stateFile(); saves == bytes.Equal(before, after) {
 		r.fatalf("the state file was rewritten: %v, want %v (an unchanged state is not written)", !saves, saves)
 	}
@@ -879,13 +854,30 @@ func (r *poolRand) opReconcile() bool {
 }
 
 // opPin adds, moves or removes a configured pin and acquires the service;
-// a pin the pool refuses is taken out of the configuration again.
+// a pin the pool refuses is taken out of the configuration again. Now and
+// then it moves the pin again at the same instant, and releases the
+// service and drops its pin: it has several holds of one release time,
+// and gets back the VIP it released last when it returns.
 func (r *poolRand) opPin() bool {
 	s := r.name()
 	f := fam4
 	if r.cfg.pools[fam6].IsValid() && r.rng.IntN(3) == 0 {
 		f = fam6
 	}
+	r.pin(s, f)
+	if r.rng.IntN(4) == 0 {
+		r.pin(s, f)
+		if r.rng.IntN(2) == 0 {
+			r.change(nil, false, s)
+			as := r.pins[s]
+			as[f] = netip.Addr{} // it comes back without the pin
+			r.pins[s] = as
+		}
+	}
+	return true
+}
+
+func (r *poolRand) pin(s string, f int) {
 	old := r.pins[s]
 	next := old
 	if old[f].IsValid() && r.rng.IntN(3) == 0 {
@@ -900,7 +892,6 @@ func (r *poolRand) opPin() bool {
 	if r.m == before { // refused
 		r.pins[s] = old
 	}
-	return true
 }
 
 // opClock moves the clock: a little, to just before or exactly at the end
@@ -993,12 +984,13 @@ func (r *poolRand) loaded() (*poolModel, int) {
 		return as
 	}
 	now := r.clock.Now()
+	var released []mHold
 	for _, s := range slices.Sorted(maps.Keys(r.file.allocs)) {
 		switch kept := keep(r.file.allocs[s]); {
 		case kept[fam4].IsValid():
 			m.allocs[s] = kept
 		case !kept.empty(): // its IPv6 VIP is held for it from now
-			m.holds = append(m.holds, mHold{s, kept, now})
+			released = append(released, mHold{s, kept, now})
 		}
 	}
 	for _, h := range r.file.holds {
@@ -1006,6 +998,10 @@ func (r *poolRand) loaded() (*poolModel, int) {
 			m.holds = append(m.holds, mHold{h.service, kept, h.at})
 		}
 	}
+	// Released after every hold of the file; the pool orders the holds it
+	// loads by release time (a clock set back may have left later ones).
+	m.holds = append(m.holds, released...)
+	slices.SortStableFunc(m.holds, func(x, y mHold) int { return x.at.Compare(y.at) })
 	return m, warnings
 }
 
@@ -1206,8 +1202,8 @@ func (r *poolRand) opSaveFails() bool {
 	} else {
 		reqs = []Request{r.request(r.name())}
 	}
-	pr := r.predict(reqs, false, release, nil)
-	if len(pr.kinds) == 0 && r.wouldSave(pr.m) && len(pr.ties) == 0 {
+	pr := r.predict(reqs, false, release)
+	if len(pr.kinds) == 0 && r.wouldSave(pr.m) {
 		r.logf("unsaveable: Acquire(%s) or Release(%q)", fmtReqs(reqs), release)
 		var err error
 		if release != "" {
@@ -1219,7 +1215,7 @@ func (r *poolRand) opSaveFails() bool {
 			r.fatalf("a change that cannot be saved: %v, want a save error", err)
 		}
 		r.compare()
-	} else if len(pr.ties) == 0 {
+	} else {
 		r.logf("nothing to save:")
 		r.change(reqs, false, release)
 	}

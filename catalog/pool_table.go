@@ -26,6 +26,10 @@ type holdRec struct {
 	service string
 	addrs
 	releasedAt time.Time
+	// seq is the release order: a hold made later has a larger one. It is
+	// not stored: the state file lists the holds of one service and one
+	// release time in release order, and a load numbers them in that order.
+	seq uint64
 }
 
 // table is the allocator's state: what the state file stores. The pool
@@ -34,6 +38,7 @@ type table struct {
 	allocs map[string]allocRec   // by service
 	holds  []holdRec             // normalised order: see normalise
 	owner  map[netip.Addr]string // every allocated or held address
+	next   uint64                // the seq of the next hold
 }
 
 func newTable() *table {
@@ -41,7 +46,7 @@ func newTable() *table {
 }
 
 func (t *table) clone() *table {
-	return &table{allocs: maps.Clone(t.allocs), holds: slices.Clone(t.holds), owner: maps.Clone(t.owner)}
+	return &table{allocs: maps.Clone(t.allocs), holds: slices.Clone(t.holds), owner: maps.Clone(t.owner), next: t.next}
 }
 
 // set assigns a to service s in family f. A new allocation, or a new IPv4
@@ -68,7 +73,8 @@ func (t *table) own(s string, as addrs) {
 // hold records a as held for s from now on (a stays owned by s).
 func (t *table) hold(s string, as addrs, now time.Time) {
 	if !as.empty() {
-		t.holds = append(t.holds, holdRec{service: s, addrs: as, releasedAt: now})
+		t.holds = append(t.holds, holdRec{service: s, addrs: as, releasedAt: now, seq: t.next})
+		t.next++
 	}
 }
 
@@ -94,11 +100,14 @@ func (t *table) unhold(a netip.Addr) {
 }
 
 // takeHeld returns the newest address of family f held for s, taking it
-// out of its hold, or an invalid address.
+// out of its hold, or an invalid address. The newest is the one released
+// last: the latest release time and, of holds with one release time (a
+// coarse clock, or holds the clock going back restarted at one instant),
+// the last made.
 func (t *table) takeHeld(s string, f int) netip.Addr {
 	best := -1
 	for i, h := range t.holds {
-		if h.service == s && h.addrs[f].IsValid() && (best < 0 || !h.releasedAt.Before(t.holds[best].releasedAt)) {
+		if h.service == s && h.addrs[f].IsValid() && (best < 0 || h.newer(t.holds[best])) {
 			best = i
 		}
 	}
@@ -108,6 +117,12 @@ func (t *table) takeHeld(s string, f int) netip.Addr {
 	a := t.holds[best].addrs[f]
 	t.unhold(a)
 	return a
+}
+
+// newer reports whether h was released after o: later, or at the same
+// time and after it.
+func (h holdRec) newer(o holdRec) bool {
+	return cmp.Or(h.releasedAt.Compare(o.releasedAt), cmp.Compare(h.seq, o.seq)) > 0
 }
 
 // holdOf returns the hold that holds a.
@@ -169,14 +184,24 @@ func (t *table) owned(f int) (allocated, held uint64) {
 	return allocated, held
 }
 
-// normalise sorts the holds by release time, service and addresses, so that
-// equal states encode to equal bytes and a reloaded state behaves exactly
-// as the one that was saved.
+// normalise sorts the holds by release time, service and release order,
+// so that equal states encode to equal bytes and a reloaded state behaves
+// exactly as the one that was saved: the order of one service's holds with
+// one release time is the order they were made in (see takeHeld); the
+// order of different services' holds is not state.
 func (t *table) normalise() {
-	slices.SortStableFunc(t.holds, func(a, b holdRec) int {
-		return cmp.Or(a.releasedAt.Compare(b.releasedAt), cmp.Compare(a.service, b.service),
-			a.addrs[fam4].Compare(b.addrs[fam4]), a.addrs[fam6].Compare(b.addrs[fam6]))
+	slices.SortFunc(t.holds, func(a, b holdRec) int {
+		return cmp.Or(a.releasedAt.Compare(b.releasedAt), cmp.Compare(a.service, b.service), cmp.Compare(a.seq, b.seq))
 	})
+}
+
+// renumber gives the holds, in their current order, the release order
+// 0, 1, 2, …: a load's order (see decodeState).
+func (t *table) renumber() {
+	for i := range t.holds {
+		t.holds[i].seq = uint64(i)
+	}
+	t.next = uint64(len(t.holds))
 }
 
 // allocation returns the public form of the allocation of s.

@@ -670,3 +670,45 @@ func TestPoolHolds(t *testing.T) {
 		}
 	}
 }
+
+// TestPoolHeldTieReleaseOrder: of several VIPs held for a service with one
+// release time (a coarse clock, or holds the clock going back restarted at
+// one instant), a returning service gets back the one it released last,
+// not the highest address, in the pool that made the holds and in one
+// loaded from its state file.
+func TestPoolHeldTieReleaseOrder(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		first string // the VIP pinned first, then moved away from (held first)
+		last  string // the VIP it moved to, then released (held last)
+	}{
+		{"last released is the lower address", "10.100.0.200", "10.100.0.10"},
+		{"last released is the higher address", "10.100.0.10", "10.100.0.200"},
+	} {
+		for _, restart := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/restart=%v", tc.name, restart), func(t *testing.T) {
+				clock := newFakeClock() // never moves: every hold has one release time
+				cfg := PoolConfig{Prefix: pfx("10.100.0.0/24"), StateDir: t.TempDir(), HoldDown: time.Minute, Now: clock.Now}
+				p := mustOpen(t, cfg)
+				for _, r := range []Request{req("web", tc.first), req("web", tc.last)} {
+					if _, err := p.Acquire(r); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := p.Release("web"); err != nil {
+					t.Fatal(err)
+				}
+				if restart {
+					p = mustOpen(t, cfg)
+				}
+				a, err := p.Acquire(req("web"))
+				if err != nil || a.VIP != ip(tc.last) {
+					t.Fatalf("web came back with %v (%v), want %s, the VIP it released last", a.VIP, err, tc.last)
+				}
+				if o, ok := p.Owner(ip(tc.first)); !ok || o != "web" {
+					t.Errorf("Owner(%s) = %q, %v; want still held for web", tc.first, o, ok)
+				}
+			})
+		}
+	}
+}

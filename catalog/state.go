@@ -26,7 +26,9 @@ const stateVersion = 1
 //	}
 //
 // pool and pool6 record the pools the state was saved with; vip6 and the
-// held addresses are omitted when absent.
+// held addresses are omitted when absent. held is in order of release time
+// and service; the holds of one service with one release time are in the
+// order they were released, which decides which one it gets back.
 type stateFile struct {
 	Version     int          `json:"version"`
 	Pool        netip.Prefix `json:"pool,omitzero"`
@@ -95,22 +97,29 @@ func decodeState(data []byte, spaces [families]addrSpace, now time.Time) (*table
 		}
 	}
 	t := newTable()
+	var released []Allocation // allocations whose IPv4 VIP was dropped
 	for _, a := range f.Allocations {
 		kept := keepInPool(spaces, addrs{a.VIP, a.VIP6}, "service "+quote(a.Service), &warnings)
 		t.own(a.Service, kept)
 		if kept[fam4].IsValid() {
 			t.allocs[a.Service] = allocRec{addrs: kept, since: a.Since}
-		} else {
-			t.hold(a.Service, kept, now)
+		} else if !kept.empty() {
+			released = append(released, Allocation{Service: a.Service, VIP6: kept[fam6]})
 		}
 	}
 	for _, h := range f.Held {
 		kept := keepInPool(spaces, addrs{h.VIP, h.VIP6}, "the VIP held for "+quote(h.Service), &warnings)
 		t.own(h.Service, kept)
-		if !kept.empty() {
-			t.holds = append(t.holds, holdRec{service: h.Service, addrs: kept, releasedAt: h.ReleasedAt})
-		}
+		t.hold(h.Service, kept, h.ReleasedAt)
 	}
+	// Released now, after every hold the file lists.
+	for _, a := range released {
+		t.hold(a.Service, addrs{fam6: a.VIP6}, now)
+	}
+	// The file lists one service's holds with one release time in release
+	// order; a hand-edited one may list the others in any.
+	slices.SortStableFunc(t.holds, func(a, b holdRec) int { return a.releasedAt.Compare(b.releasedAt) })
+	t.renumber()
 	t.normalise()
 	return t, warnings, nil
 }
