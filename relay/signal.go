@@ -36,7 +36,7 @@ const (
 	sigWrongRole     = "wrong_role"      // an agent answering, a gateway offering or reporting a result
 	sigWrongState    = "wrong_state"     // an answer twice, a result before the answer
 	sigDuplicate     = "duplicate"       // an offer with an id the agent uses already
-	sigBusy          = "busy"            // the agent's or the gateway's cap is reached
+	sigBusy          = "busy"            // the agent's cap is reached, or every eligible gateway's (or the tenant's share of it)
 	sigNotAuthorized = "not_authorized"  // the agent may not reach the service (or it does not exist)
 	sigNoGateway     = "no_gateway"      // no eligible gateway of the service has direct candidates
 	sigBadMessage    = "bad_message"     // id 0, bad candidates or service name
@@ -142,10 +142,14 @@ func newSignaling() *signaling {
 	}
 }
 
-// offer binds a new session of the agent's id to the gateway the relay
-// chose (after checking that the agent may reach service, which needs the
-// registry).
-func (sg *signaling) offer(from party, id uint64, g *gateway, service string, now time.Time) (*sigSession, string) {
+// offer binds a new session of the agent's id to the first of gws (the
+// gateways the relay found eligible, after checking that the agent may
+// reach service, which needs the registry; in its order of preference)
+// that has room for it: below its cap, and the agent's tenant below its
+// share there. A gateway that left meanwhile is still taken: the offer
+// posted to it fails, which ends the session as peer_gone. Busy when the
+// agent is at its cap, or every one of gws is full.
+func (sg *signaling) offer(from party, id uint64, gws []*gateway, service string, now time.Time) (*sigSession, string) {
 	switch {
 	case from.a == nil:
 		return nil, sigWrongRole
@@ -153,8 +157,17 @@ func (sg *signaling) offer(from party, id uint64, g *gateway, service string, no
 		return nil, sigBadMessage
 	case sg.byAgent[agentSig{from.a, id}] != nil:
 		return nil, sigDuplicate
-	case sg.perAgent[from.a] >= sg.agentCap, sg.perGW[g] >= sg.gatewayCap,
-		sg.perShare[tenantShare{g, from.a.id.Tenant}] >= max(1, sg.gatewayCap/2):
+	case sg.perAgent[from.a] >= sg.agentCap:
+		return nil, sigBusy
+	}
+	var g *gateway
+	for _, x := range gws {
+		if sg.perGW[x] < sg.gatewayCap && sg.perShare[tenantShare{x, from.a.id.Tenant}] < max(1, sg.gatewayCap/2) {
+			g = x
+			break
+		}
+	}
+	if g == nil {
 		return nil, sigBusy
 	}
 	leg := uint64(0)

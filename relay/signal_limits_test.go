@@ -112,3 +112,101 @@ func TestEndSignalAfterDropCountsOnce(t *testing.T) {
 		t.Errorf("peer_gone counted %v times", n)
 	}
 }
+
+// TestOfferGoesToGatewayWithRoom: the relay bound an offer to the one
+// gateway new flows prefer and answered busy when that gateway was at its
+// cap, or the agent's tenant at its share there, though another gateway
+// serving the service to the tenant had room. The offer goes to the first
+// gateway with room now, in the order of preference (healthy first, then
+// the earliest registered), and is busy only when none has.
+func TestOfferGoesToGatewayWithRoom(t *testing.T) {
+	p := newPKI(t)
+	r := startRelay(t, p.relayConfig(t.TempDir()))
+	addr := r.Addr().String()
+	r.sigMu.Lock()
+	r.sig.gatewayCap = 2 // a tenant's share: 1
+	r.sigMu.Unlock()
+	direct := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:4434")}
+	web := svc("web", "acme", "globex", "initech")
+	down := web
+	down.Healthy = false
+	gws := map[string]*client{}
+	for _, name := range []string{"gw1", "gw2", "gw3"} { // registered in this order; gw2 reports web down
+		gws[name] = mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, name), gatewayHello(name))
+		def := web
+		if name == "gw2" {
+			def = down
+		}
+		gws[name].registerDirect(direct, def)
+	}
+	agents := map[string]*client{}
+	for _, tenant := range []string{"acme", "globex", "initech"} {
+		agents[tenant] = mustDial(t, addr, p.identity(tenant, tunnel.RoleAgent, "a"), agentHello("a"))
+	}
+	for i, step := range []struct {
+		tenant string
+		id     uint64
+		gw     string // "" = busy
+	}{
+		{"acme", 1, "gw1"},
+		{"acme", 2, "gw3"}, // acme's share of gw1 is full; gw3 is healthy, gw2 not
+		{"acme", 3, "gw2"},
+		{"acme", 4, ""}, // acme's share is full everywhere
+		{"globex", 1, "gw1"},
+		{"initech", 1, "gw3"}, // gw1 is at its cap
+		{"initech", 2, "gw2"},
+		{"initech", 3, ""}, // every gateway is at its cap
+	} {
+		a := agents[step.tenant]
+		if err := a.s.Send(&tunnel.Offer{Type: tunnel.MessageOffer, SessionID: step.id, Service: "web"}); err != nil {
+			t.Fatal(err)
+		}
+		want := step.gw
+		if want == "" {
+			want = "busy"
+		}
+		if got := offerOutcome(t, a, step.tenant+"/agent/a", step.id, gws); got != want {
+			t.Fatalf("step %d: %s's offer %d: %s, want %s", i, step.tenant, step.id, got, want)
+		}
+	}
+	for name, gw := range gws {
+		select {
+		case m := <-gw.msgs:
+			if o, ok := m.(*tunnel.Offer); ok {
+				t.Errorf("%s got an offer of %s too", name, o.Agent)
+			}
+		default:
+		}
+	}
+}
+
+// offerOutcome waits for the outcome of the offer id of agent a (named
+// agent): the name of the gateway it reached, or the code of the error a
+// got.
+func offerOutcome(t *testing.T, a *client, agent string, id uint64, gws map[string]*client) string {
+	t.Helper()
+	deadline := time.After(testTimeout)
+	for {
+		for name, gw := range gws {
+			select {
+			case m := <-gw.msgs:
+				if o, ok := m.(*tunnel.Offer); ok {
+					if o.Agent != agent {
+						t.Fatalf("%s got an offer of %s", name, o.Agent)
+					}
+					return name
+				}
+			default:
+			}
+		}
+		select {
+		case m := <-a.msgs:
+			if e, ok := m.(*tunnel.ErrorMessage); ok && e.SessionID == id {
+				return e.Code
+			}
+		case <-deadline:
+			t.Fatalf("offer %d: no outcome", id)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}

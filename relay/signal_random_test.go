@@ -425,34 +425,36 @@ func (c *sigTest) retire(dp *sigPath, code string) {
 
 // --- the model's view of the relay's rules ---
 
-// chosen is the gateway the relay binds an offer of a's for service to:
-// one serving it that admits a's tenant, is not drained and has
-// candidates; healthy ones first; the first registered among equals (the
-// test sends no flows, so every gateway has as few as the others). The
-// reason is set when none is.
-func (c *sigTest) chosen(a *sigParty, service string) (*sigParty, string) {
+// eligible is the gateways the relay may bind an offer of a's for service
+// to, in its order of preference: those serving it that admit a's tenant,
+// are not drained and have candidates; healthy ones first; the first
+// registered among equals (the test sends no flows, so every gateway has
+// as few as the others). The offer goes to the first with room. The
+// reason is set when there is none.
+func (c *sigTest) eligible(a *sigParty, service string) ([]*sigParty, string) {
 	var admitted bool
-	var best *sigParty
+	var healthy, down []*sigParty
 	for _, g := range c.order[service] {
 		def := g.reg[service]
 		if !slices.Contains(def.tenants, a.tenant) && !slices.Contains(def.tenants, "*") {
 			continue
 		}
 		admitted = true
-		if c.drain[g.name] || !g.direct {
-			continue
-		}
-		if best == nil || (def.healthy && !best.reg[service].healthy) {
-			best = g
+		switch {
+		case c.drain[g.name] || !g.direct:
+		case def.healthy:
+			healthy = append(healthy, g)
+		default:
+			down = append(down, g)
 		}
 	}
 	switch {
 	case !admitted:
 		return nil, sigNotAuthorized
-	case best == nil:
+	case len(healthy)+len(down) == 0:
 		return nil, sigNoGateway
 	}
-	return best, ""
+	return append(healthy, down...), ""
 }
 
 // ofAgent finds the session an agent's message names, as the relay does.
@@ -615,7 +617,15 @@ func (c *sigTest) offer() bool {
 	c.logf("  %s offers %d for %.20q, candidates %v", a.label, id, service, cands)
 
 	s := &sigSess{agent: a, ac: a.c, id: id, service: service, lo: time.Now()}
-	g, reason := c.chosen(a, service)
+	gws, reason := c.eligible(a, service)
+	roomy := func(g *sigParty) bool {
+		return c.count(func(x *sigSess) bool { return x.gc == g.c }) < sigGatewayCap &&
+			c.count(func(x *sigSess) bool { return x.gc == g.c && x.agent.tenant == a.tenant }) < sigGatewayCap/2
+	}
+	var g *sigParty
+	if i := slices.IndexFunc(gws, roomy); i >= 0 {
+		g = gws[i]
+	}
 	switch {
 	case checkLabel(service) != nil || badCands:
 		reason = sigBadMessage
@@ -624,9 +634,7 @@ func (c *sigTest) offer() bool {
 		reason = sigBadMessage
 	case c.count(func(x *sigSess) bool { return x.ac == a.c && x.id == id }) > 0:
 		reason = sigDuplicate
-	case c.count(func(x *sigSess) bool { return x.ac == a.c }) >= sigAgentCap,
-		c.count(func(x *sigSess) bool { return x.gc == g.c }) >= sigGatewayCap,
-		c.count(func(x *sigSess) bool { return x.gc == g.c && x.agent.tenant == a.tenant }) >= sigGatewayCap/2:
+	case c.count(func(x *sigSess) bool { return x.ac == a.c }) >= sigAgentCap, g == nil:
 		reason = sigBusy
 	}
 	c.send(a, &tunnel.Offer{Type: tunnel.MessageOffer, SessionID: id, Service: service, Candidates: cands})

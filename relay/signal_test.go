@@ -30,7 +30,7 @@ func newSigFixture() *sigFixture {
 // offer makes agent a offer id, bound to gateway g.
 func (f *sigFixture) offer(t *testing.T, id uint64) *sigSession {
 	t.Helper()
-	s, reason := f.sg.offer(party{a: f.a}, id, f.g, "web", f.now)
+	s, reason := f.sg.offer(party{a: f.a}, id, []*gateway{f.g}, "web", f.now)
 	if s == nil {
 		t.Fatalf("offer %d rejected: %s", id, reason)
 	}
@@ -137,24 +137,24 @@ func TestSignalingOffers(t *testing.T) {
 		{"first offer", nil, func(f *sigFixture) party { return party{a: f.a} }, 7, ""},
 		{"from a gateway", nil, func(f *sigFixture) party { return party{g: f.otherGW} }, 7, sigWrongRole},
 		{"id 0", nil, func(f *sigFixture) party { return party{a: f.a} }, 0, sigBadMessage},
-		{"duplicate id", func(f *sigFixture) { f.sg.offer(party{a: f.a}, 7, f.g, "web", f.now) },
+		{"duplicate id", func(f *sigFixture) { f.sg.offer(party{a: f.a}, 7, []*gateway{f.g}, "web", f.now) },
 			func(f *sigFixture) party { return party{a: f.a} }, 7, sigDuplicate},
-		{"same id, another agent: scoped per agent", func(f *sigFixture) { f.sg.offer(party{a: f.a}, 7, f.g, "web", f.now) },
+		{"same id, another agent: scoped per agent", func(f *sigFixture) { f.sg.offer(party{a: f.a}, 7, []*gateway{f.g}, "web", f.now) },
 			func(f *sigFixture) party { return party{a: f.other} }, 7, ""},
 		{"agent at its cap", func(f *sigFixture) {
 			for i := range agentSignalCap {
-				f.sg.offer(party{a: f.a}, uint64(100+i), f.otherGW, "web", f.now)
+				f.sg.offer(party{a: f.a}, uint64(100+i), []*gateway{f.otherGW}, "web", f.now)
 			}
 		}, func(f *sigFixture) party { return party{a: f.a} }, 7, sigBusy},
 		{"another agent is not capped by it", func(f *sigFixture) {
 			for i := range agentSignalCap {
-				f.sg.offer(party{a: f.a}, uint64(100+i), f.otherGW, "web", f.now)
+				f.sg.offer(party{a: f.a}, uint64(100+i), []*gateway{f.otherGW}, "web", f.now)
 			}
 		}, func(f *sigFixture) party { return party{a: f.other} }, 7, ""},
 		{"gateway at its cap", func(f *sigFixture) {
 			f.sg.gatewayCap = 3
 			for range 3 {
-				f.sg.offer(party{a: &agent{}}, 1, f.g, "web", f.now)
+				f.sg.offer(party{a: &agent{}}, 1, []*gateway{f.g}, "web", f.now)
 			}
 		}, func(f *sigFixture) party { return party{a: f.a} }, 7, sigBusy},
 		{"no leg id free", func(f *sigFixture) { f.sg.newID = func() uint64 { return 0 } },
@@ -166,7 +166,7 @@ func TestSignalingOffers(t *testing.T) {
 			if tc.setup != nil {
 				tc.setup(f)
 			}
-			s, reason := f.sg.offer(tc.from(f), tc.id, f.g, "web", f.now)
+			s, reason := f.sg.offer(tc.from(f), tc.id, []*gateway{f.g}, "web", f.now)
 			if reason != tc.reason || (reason == "") != (s != nil) {
 				t.Fatalf("got %v, %q; want %q", s, reason, tc.reason)
 			}
@@ -187,7 +187,7 @@ func TestSignalingTenantShare(t *testing.T) {
 	for range tunnel.MaxIdentitySessions {
 		a := &agent{peer: peer{id: mallory}}
 		for id := range uint64(agentSignalCap) {
-			if s, _ := f.sg.offer(party{a: a}, id+1, f.g, "web", f.now); s != nil {
+			if s, _ := f.sg.offer(party{a: a}, id+1, []*gateway{f.g}, "web", f.now); s != nil {
 				accepted++
 			}
 		}
@@ -196,10 +196,10 @@ func TestSignalingTenantShare(t *testing.T) {
 		t.Errorf("one identity holds %d of the gateway's %d signaling sessions", accepted, gatewaySignalCap)
 	}
 	alice := &agent{peer: peer{id: tunnel.Identity{Tenant: "acme", Role: tunnel.RoleAgent, Name: "alice"}}}
-	if _, reason := f.sg.offer(party{a: alice}, 1, f.g, "web", f.now); reason != "" {
+	if _, reason := f.sg.offer(party{a: alice}, 1, []*gateway{f.g}, "web", f.now); reason != "" {
 		t.Fatalf("another tenant's offer refused: %s", reason)
 	}
-	if _, reason := f.sg.offer(party{a: &agent{peer: peer{id: mallory}}}, 1, f.otherGW, "web", f.now); reason != "" {
+	if _, reason := f.sg.offer(party{a: &agent{peer: peer{id: mallory}}}, 1, []*gateway{f.otherGW}, "web", f.now); reason != "" {
 		t.Errorf("the share is per gateway: an offer to another refused: %s", reason)
 	}
 	f.sg.expire(f.now.Add(signalTTL))
@@ -212,8 +212,8 @@ func TestSignalingTenantShare(t *testing.T) {
 // two agents' sessions with the same id are told apart.
 func TestSignalingLegIDs(t *testing.T) {
 	f := newSigFixture()
-	s1, _ := f.sg.offer(party{a: f.a}, 7, f.g, "web", f.now)
-	s2, _ := f.sg.offer(party{a: f.other}, 7, f.g, "web", f.now)
+	s1, _ := f.sg.offer(party{a: f.a}, 7, []*gateway{f.g}, "web", f.now)
+	s2, _ := f.sg.offer(party{a: f.other}, 7, []*gateway{f.g}, "web", f.now)
 	if s1.legID == s2.legID || s1.legID == 7 || s2.legID == 7 {
 		t.Fatalf("leg ids %d, %d", s1.legID, s2.legID)
 	}
@@ -261,8 +261,8 @@ func TestSignalingPartiesLeave(t *testing.T) {
 	f.sg.answer(party{g: f.g}, s1.legID)
 	f.sg.result(party{a: f.a}, 1)
 	f.sg.addPath(s1)
-	s2, _ := f.sg.offer(party{a: f.other}, 1, f.g, "web", f.now)
-	s3, _ := f.sg.offer(party{a: f.a}, 3, f.otherGW, "web", f.now)
+	s2, _ := f.sg.offer(party{a: f.other}, 1, []*gateway{f.g}, "web", f.now)
+	s3, _ := f.sg.offer(party{a: f.a}, 3, []*gateway{f.otherGW}, "web", f.now)
 
 	if got := f.sg.dropParty(party{g: f.g}); len(got) != 1 || got[0] != s2 {
 		t.Fatalf("gateway left: ended %v, want the other agent's session", got)
@@ -281,7 +281,7 @@ func TestSignalingPartiesLeave(t *testing.T) {
 func TestSignalingPaths(t *testing.T) {
 	f := newSigFixture()
 	done := func(id uint64, g *gateway, service string) *sigSession {
-		s, _ := f.sg.offer(party{a: f.a}, id, g, service, f.now)
+		s, _ := f.sg.offer(party{a: f.a}, id, []*gateway{g}, service, f.now)
 		f.sg.answer(party{g: g}, s.legID)
 		f.sg.result(party{a: f.a}, id)
 		f.sg.addPath(s)

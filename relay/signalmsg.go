@@ -16,7 +16,8 @@ import (
 // onOffer handles an agent's offer: the agent must be authorised for the
 // service, and a gateway serving it with direct candidates must take new
 // flows; the session is bound to both before the offer goes to the
-// gateway.
+// gateway: the first such gateway, in the order new flows prefer them,
+// that has room for it (signaling.offer).
 func (r *Relay) onOffer(a *agent, m *tunnel.Offer) {
 	from := party{a: a}
 	if checkLabel(m.Service) != nil || !validCandidates(m.Candidates, false) {
@@ -25,26 +26,27 @@ func (r *Relay) onOffer(a *agent, m *tunnel.Offer) {
 	}
 	r.mu.RLock()
 	svc := r.services[m.Service]
-	var g *gateway
+	var gws []*gateway
 	reason := sigNotAuthorized
 	if svc != nil && a.may(svc) {
-		if g = r.chooseGatewayLocked(svc, wantsOf(a.id.Tenant, nil), nil, true); g == nil {
+		if gws = r.directGatewaysLocked(svc, a.id.Tenant); len(gws) == 0 {
 			reason = sigNoGateway
 		}
 	}
 	r.mu.RUnlock()
-	if g == nil {
+	if len(gws) == 0 {
 		r.rejectSignal(from, m.SessionID, reason, m.Type)
 		return
 	}
 	r.sigMu.Lock()
-	s, reason := r.sig.offer(from, m.SessionID, g, svc.name, time.Now())
+	s, reason := r.sig.offer(from, m.SessionID, gws, svc.name, time.Now())
 	r.updateSignalGauges()
 	r.sigMu.Unlock()
 	if s == nil {
 		r.rejectSignal(from, m.SessionID, reason, m.Type)
 		return
 	}
+	g := s.g
 	err := g.s.Post(&tunnel.Offer{Type: tunnel.MessageOffer, SessionID: s.legID, Service: s.service,
 		Candidates: m.Candidates, Agent: a.id.String()})
 	if err != nil {

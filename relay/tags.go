@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/binary"
 	"net/netip"
@@ -77,19 +78,9 @@ func (r *Relay) chooseGatewayLocked(svc *service, w flowWants, hint *gateway, di
 	var best *gateway
 	bestRank := -1
 	for _, g := range svc.gateways {
-		def, ok := g.defs[svc.name]
-		if !ok || !def.admits(w.tenant) ||
-			r.drained[gatewayName(g)] || (direct && (len(g.candidates) == 0 || g.id.Legacy)) {
-			continue
-		}
-		rank := 0
-		if w.servedBy(def) {
-			rank += 2
-		}
-		if g.services[svc.name] {
-			rank++
-		}
+		rank, ok := r.rankLocked(svc, g, w, direct)
 		switch {
+		case !ok:
 		case rank == 3 && g == hint:
 			return g
 		case rank > bestRank, rank == bestRank && fewerFlows(g, best):
@@ -97,6 +88,57 @@ func (r *Relay) chooseGatewayLocked(svc *service, w flowWants, hint *gateway, di
 		}
 	}
 	return best
+}
+
+// rankLocked reports whether g may take a new flow of svc for w (with
+// direct, a direct path), and its rank as chooseGatewayLocked orders
+// gateways: 2 when it serves what the flow needs, plus 1 when it reports
+// the service healthy. Callers hold r.mu.
+func (r *Relay) rankLocked(svc *service, g *gateway, w flowWants, direct bool) (int, bool) {
+	def, ok := g.defs[svc.name]
+	if !ok || !def.admits(w.tenant) ||
+		r.drained[gatewayName(g)] || (direct && (len(g.candidates) == 0 || g.id.Legacy)) {
+		return 0, false
+	}
+	rank := 0
+	if w.servedBy(def) {
+		rank += 2
+	}
+	if g.services[svc.name] {
+		rank++
+	}
+	return rank, true
+}
+
+// directGatewaysLocked returns every gateway of svc that may take a
+// direct path of an agent of tenant, in chooseGatewayLocked's order of
+// preference (its first is the one chooseGatewayLocked picks): the
+// signaling state machine binds an offer to the first of them with room
+// for it. Callers hold r.mu.
+func (r *Relay) directGatewaysLocked(svc *service, tenant string) []*gateway {
+	type ranked struct {
+		g     *gateway
+		rank  int
+		flows int64
+		tags  int
+	}
+	var rs []ranked
+	w := wantsOf(tenant, nil)
+	for _, g := range svc.gateways {
+		if rank, ok := r.rankLocked(svc, g, w, true); ok {
+			// The load is read once: flows change meanwhile, and a sort
+			// must see one order.
+			rs = append(rs, ranked{g, rank, g.flows.Load(), len(g.tags)})
+		}
+	}
+	slices.SortStableFunc(rs, func(x, y ranked) int {
+		return cmp.Or(cmp.Compare(y.rank, x.rank), cmp.Compare(x.flows, y.flows), cmp.Compare(x.tags, y.tags))
+	})
+	gws := make([]*gateway, len(rs))
+	for i, x := range rs {
+		gws[i] = x.g
+	}
+	return gws
 }
 
 // fewerFlows orders gateways by load: flows, then tags.

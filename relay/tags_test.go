@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -129,7 +130,26 @@ func TestChooseGateway(t *testing.T) {
 			if got != want {
 				t.Errorf("chose %v, want %v", nameOf(got), nameOf(want))
 			}
+			if !tc.direct || tc.hint != nil {
+				return
+			}
+			// An offer goes to the first of these with room: the same
+			// choice while it has.
+			all := r.directGatewaysLocked(&service{name: "web", gateways: tc.gateways}, tc.wants.tenant)
+			if first := append(all, nil)[0]; first != want {
+				t.Errorf("direct gateways %v start with %v, want %v", all, nameOf(first), nameOf(want))
+			}
 		})
+	}
+	// Every gateway that may take a direct path, in that order.
+	r := &Relay{drained: map[string]bool{}}
+	all := r.directGatewaysLocked(&service{name: "web", gateways: []*gateway{down, a, globex, c, legacy, b}}, "acme")
+	var names []string
+	for _, g := range all {
+		names = append(names, g.name)
+	}
+	if want := []string{"b", "c", "down"}; !slices.Equal(names, want) {
+		t.Errorf("direct gateways %v, want %v", names, want)
 	}
 }
 
