@@ -141,8 +141,11 @@ type churn struct {
 	agents []*churnAgent
 	// vips is the last VIP of each name; released when its last gateway
 	// left it (absent while served).
-	vips      map[string]netip.Addr
-	released  map[string]time.Time
+	vips     map[string]netip.Addr
+	released map[string]time.Time
+	// lastDef is the definition of each name's last gateway when it left
+	// the name: the tenants the name was last admitted to.
+	lastDef   map[string]tunnel.ServiceInfo
 	order     map[string][]*churnGateway // gateways of each served name, in registration order
 	drained   map[string]bool            // names of gateways drained
 	tags      []*churnTag
@@ -244,7 +247,8 @@ func newChurn(t *testing.T, seed uint64) *churn {
 	}
 	c := &churn{
 		t: t, seed: seed, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), p: p, holdDown: cfg.VIPHoldDown,
-		vips: map[string]netip.Addr{}, released: map[string]time.Time{}, order: map[string][]*churnGateway{},
+		vips: map[string]netip.Addr{}, released: map[string]time.Time{}, lastDef: map[string]tunnel.ServiceInfo{},
+		order:   map[string][]*churnGateway{},
 		drained: map[string]bool{}, ever: map[string]map[string]bool{}, delivered: map[uint16]bool{},
 		drops: map[dropReason]float64{},
 		port:  10000, stats: map[string]int{},
@@ -369,6 +373,7 @@ func (c *churn) unserve(g *churnGateway, name string) {
 	if len(c.order[name]) == 0 {
 		delete(c.order, name)
 		c.released[name] = c.clock()
+		c.lastDef[name] = g.reg[name]
 	}
 }
 

@@ -21,6 +21,7 @@ func (r *Relay) janitor() {
 			return
 		case now := <-t.C:
 			r.expireSignaling(now)
+			r.sweepAdmitted()
 			r.sweepFlows(monoclock.Now())
 		}
 	}

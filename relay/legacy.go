@@ -2,6 +2,7 @@ package relay
 
 import (
 	"errors"
+	"time"
 
 	"github.com/ztgate/ztgate/tunnel"
 )
@@ -57,10 +58,16 @@ func (r *Relay) nack(a *agent, status tunnel.Status, service string) {
 // bounded; one of a whole tenant (or an unverified peer of an insecure
 // relay) names none, so only a service of its tenant that the relay knows
 // is kept for it: a gateway serves it to the tenant, or no gateway serves
-// it and its VIP is allocated or held (as after a relay restart before the
-// gateways are back). Made-up names cannot grow the registry of its
-// session, and a service served to other tenants only is NACKed as a name
-// no one serves is: an ACK would tell the agent what other tenants have.
+// it and its VIP is allocated or held (as while its gateways restart) and
+// the tenant was among those it was last admitted to while gateways served
+// it (lastAdmitted). Made-up names cannot grow the registry of its
+// session, and a service served to other tenants only, now or last, is
+// NACKed as a name no one serves is: an ACK would tell the agent what
+// other tenants have. After a relay restart the relay knows no tenants of
+// an unserved service (the pool's state keeps none): its allocated or held
+// name is ACKed for any tenant until a gateway registers it, so that
+// original agents survive a restart of the relay before the gateways are
+// back; their flows are authorised one by one (newFlowTag).
 func (r *Relay) v1MayRegister(a *agent, service string) bool {
 	if !a.id.Permits(service) {
 		return false
@@ -68,13 +75,78 @@ func (r *Relay) v1MayRegister(a *agent, service string) bool {
 	if a.id.Services != nil {
 		return true
 	}
+	// The pool is asked under mu too: a gateway's register remembers its
+	// tenants (under mu) before it allocates the VIP, so an allocation
+	// seen here is never one whose tenants were not.
 	r.mu.RLock()
-	svc, served := r.services[service]
-	admitted := served && a.may(svc)
-	r.mu.RUnlock()
-	if served {
-		return admitted
+	defer r.mu.RUnlock()
+	if svc, served := r.services[service]; served {
+		return a.may(svc)
+	}
+	if last, known := r.lastAdmitted[service]; known && !last.tenants.admits(a.id.Tenant) {
+		return false
 	}
 	_, allocated := r.pool.Lookup(service)
 	return allocated || r.pool.Holds(service)
+}
+
+// admittedOnce is the tenants a service no gateway serves now was last
+// admitted to: those of the last definition of its last gateway, or those
+// of the gateway registering it, until it is entered. at is when.
+type admittedOnce struct {
+	tenants tenantSet
+	at      time.Time
+}
+
+// now is the relay's clock for the VIP pool's hold-down.
+func (r *Relay) now() time.Time {
+	if r.opts.Now != nil {
+		return r.opts.Now()
+	}
+	return time.Now()
+}
+
+// sweepAdmitted forgets the tenants of the services whose VIP is neither
+// allocated nor held any more: the hold-down after their release has
+// passed (a pinned service's stays allocated, and its tenants are kept).
+// Their names are NACKed then whatever the memory, so it is bounded by the
+// pool: one entry per VIP allocated or held. Only entries older than the
+// hold-down are looked up; one that is kept is looked up again a hold-down
+// later.
+func (r *Relay) sweepAdmitted() {
+	now := r.now()
+	due := func() []string {
+		var names []string
+		for name, last := range r.lastAdmitted {
+			if now.Sub(last.at) >= r.cfg.VIPHoldDown {
+				names = append(names, name)
+			}
+		}
+		return names
+	}
+	r.mu.RLock()
+	names := due()
+	r.mu.RUnlock()
+	if len(names) == 0 {
+		return
+	}
+	r.regMu.Lock() // the pool and lastAdmitted do not change meanwhile
+	defer r.regMu.Unlock()
+	owned := make(map[string]bool, len(names))
+	for _, name := range names {
+		_, allocated := r.pool.Lookup(name)
+		owned[name] = allocated || r.pool.Holds(name)
+	}
+	r.mu.Lock()
+	for name, owned := range owned {
+		switch last, ok := r.lastAdmitted[name]; {
+		case !ok:
+		case !owned:
+			delete(r.lastAdmitted, name)
+		default:
+			last.at = now
+			r.lastAdmitted[name] = last
+		}
+	}
+	r.mu.Unlock()
 }

@@ -2,7 +2,9 @@ package relay
 
 import (
 	"fmt"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ztgate/ztgate/tunnel"
 )
@@ -73,4 +75,70 @@ func TestV1RegistrationOtherTenant(t *testing.T) {
 			t.Errorf("registration % x: answer % x, want % x", tc.request, got, tc.answer)
 		}
 	}
+}
+
+// TestV1RegistrationOfUnservedService: a service no gateway serves whose
+// VIP is held after its gateway left is ACKed to a ztna-v1 agent of a
+// whole tenant only when that tenant was admitted to it. The relay kept no
+// tenants for it and ACKed an agent of any tenant: one of acme learnt that
+// globex's payroll existed. The memory is dropped with the VIP's hold.
+func TestV1RegistrationOfUnservedService(t *testing.T) {
+	p := newPKI(t)
+	var now atomic.Int64
+	now.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	cfg := p.relayConfig(t.TempDir())
+	r := startRelayWith(t, cfg, Options{Now: func() time.Time { return time.Unix(0, now.Load()).UTC() }})
+	addr := r.Addr().String()
+	gw := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
+	gw.register(svc("payroll", "globex"), svc("wiki", "*"), svc("web", "acme"))
+	// gw2 serves payroll to acme too, and stops first: the tenants are
+	// those of the last gateway to serve it.
+	gw2 := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw2"), gatewayHello("gw2"))
+	gw2.register(svc("payroll", "acme"))
+	gw2.register()
+	gw.close()
+	waitFor(t, "the services unserved", func() bool {
+		r.mu.RLock()
+		defer r.mu.RUnlock()
+		return len(r.services) == 0
+	})
+	acme := mustDial(t, addr, p.identity("acme", tunnel.RoleAgent, "laptop"), tunnel.Hello{}, tunnel.ALPNV1)
+	globex := mustDial(t, addr, p.identity("globex", tunnel.RoleAgent, "laptop"), tunnel.Hello{}, tunnel.ALPNV1)
+	check := func(when string, a *client, name string, ack bool) {
+		t.Helper()
+		req := append([]byte{0x10, byte(len(name))}, name...)
+		want := append([]byte{0x12, 0x00, byte(len(name))}, name...)
+		if !ack {
+			want = append([]byte{0x13, 0x02, byte(len(name))}, name...)
+		}
+		if err := a.s.SendDatagram(req); err != nil {
+			t.Fatal(err)
+		}
+		if got := a.datagram(); string(got) != string(want) {
+			t.Errorf("%s: registration of %s: % x, want % x", when, name, got, want)
+		}
+	}
+	check("held", acme, "payroll", false) // globex's
+	check("held", globex, "payroll", true)
+	check("held", acme, "wiki", true) // every tenant's
+	check("held", acme, "web", true)
+	check("held", globex, "web", false)
+
+	r.sweepAdmitted() // within the hold-down: kept
+	now.Add(int64(cfg.VIPHoldDown + time.Second))
+	check("hold-down passed", globex, "payroll", false)
+	r.sweepAdmitted()
+	r.mu.RLock()
+	left := len(r.lastAdmitted)
+	r.mu.RUnlock()
+	if left != 0 {
+		t.Errorf("the tenants of %d services with no VIP any more kept", left)
+	}
+
+	// Served again to acme: acme's now, and so when held again.
+	gw3 := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw3"), gatewayHello("gw3"))
+	gw3.register(svc("payroll", "acme"))
+	gw3.register()
+	check("held again", acme, "payroll", true)
+	check("held again", globex, "payroll", false)
 }

@@ -163,7 +163,8 @@ func (c *churn) everV1(id uint64) bool { return slices.Contains(c.v1Seen, id) }
 // permitted reports whether the relay ACKs a's registration of name: its
 // certificate grants the service, and a certificate of a whole tenant gets
 // ACK only for a name the relay knows: served to its tenant, or served to
-// none but pinned or held.
+// none but pinned or held, and its tenant admitted by the last definition
+// of its last gateway (when it had one since the relay started).
 func (l *legacyTest) permitted(a *churnAgent, name string) bool {
 	if !a.permits(name) {
 		return false
@@ -173,6 +174,9 @@ func (l *legacyTest) permitted(a *churnAgent, name string) bool {
 	}
 	if gws, served := l.order[name]; served { // its tenant's service, or another's
 		return slices.ContainsFunc(gws, func(g *churnGateway) bool { return newDefinition(g.reg[name]).admits(a.tenant) })
+	}
+	if last, ok := l.lastDef[name]; ok && !newDefinition(last).admits(a.tenant) {
+		return false
 	}
 	_, pinned := churnPins[name]
 	released, ok := l.released[name]

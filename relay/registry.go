@@ -110,6 +110,7 @@ func (r *Relay) register(g *gateway, msg *tunnel.Register) {
 			a := allocs[name]
 			svc = &service{name: name, vip: a.VIP, vip6: a.VIP6}
 			r.services[name] = svc
+			delete(r.lastAdmitted, name) // its gateways' definitions say now
 		}
 		if !slices.Contains(svc.gateways, g) {
 			svc.gateways = append(svc.gateways, g)
@@ -230,7 +231,23 @@ func (r *Relay) allocation(info tunnel.ServiceInfo) (catalog.Allocation, error) 
 	if svc != nil {
 		return catalog.Allocation{Service: svc.name, VIP: svc.vip, VIP6: svc.vip6}, nil
 	}
-	return r.acquire(info)
+	// The VIP is allocated before the service is entered, and a ztna-v1
+	// agent of any tenant must not be ACKed for it meanwhile as for a name
+	// no gateway serves since the relay started (v1MayRegister): the
+	// registering gateway's tenants are remembered until the service is.
+	r.mu.Lock()
+	_, known := r.lastAdmitted[info.Name]
+	if !known {
+		r.lastAdmitted[info.Name] = admittedOnce{tenants: newTenantSet(info.Tenants), at: r.now()}
+	}
+	r.mu.Unlock()
+	a, err := r.acquire(info)
+	if err != nil && !known {
+		r.mu.Lock()
+		delete(r.lastAdmitted, info.Name)
+		r.mu.Unlock()
+	}
+	return a, err
 }
 
 // acquire allocates a new service's VIPs: a relay pin first, then the
@@ -261,6 +278,7 @@ func (r *Relay) acquire(info tunnel.ServiceInfo) (catalog.Allocation, error) {
 // of that pair; it reports whether the service is left without gateway
 // (and so removed). Callers hold regMu and r.mu.
 func (r *Relay) stopServingLocked(g *gateway, name string, closed tagsByGateway) bool {
+	def := g.defs[name]
 	delete(g.services, name)
 	delete(g.defs, name)
 	for _, t := range g.tags {
@@ -278,6 +296,7 @@ func (r *Relay) stopServingLocked(g *gateway, name string, closed tagsByGateway)
 		return false
 	}
 	delete(r.services, name)
+	r.lastAdmitted[name] = admittedOnce{tenants: def.tenants, at: r.now()}
 	return true
 }
 

@@ -78,6 +78,11 @@ type Relay struct {
 	drained     map[string]bool           // guarded by mu: names of gateways that take no new flows
 	tagRand     func([]byte) (int, error) // guarded by mu: the tags' randomness; nil is crypto/rand (tests replace it)
 
+	// lastAdmitted holds, for each service no gateway serves now whose VIP
+	// may still be allocated or held, the tenants it was last admitted to
+	// (v1MayRegister). Guarded by mu; changed with regMu held too.
+	lastAdmitted map[string]admittedOnce
+
 	sigMu sync.Mutex
 	sig   *signaling // guarded by sigMu
 
@@ -108,20 +113,21 @@ func New(cfg *conf.Relay, opts Options, log *slog.Logger) (*Relay, error) {
 		opts.DeadAfter = DefaultDeadAfter
 	}
 	r := &Relay{
-		cfg:        cfg,
-		opts:       opts,
-		root:       log,
-		log:        log.With("component", "relay"),
-		m:          newMetrics(opts.Registry),
-		pins:       make(map[string]pinPair),
-		services:   make(map[string]*service),
-		gateways:   make(map[*gateway]struct{}),
-		agents:     make(map[*agent]struct{}),
-		byIdentity: make(map[identityKey]map[*agent]struct{}),
-		tags:       make(map[uint32]*tag),
-		drained:    make(map[string]bool),
-		sig:        newSignaling(),
-		outboxes:   tunnel.NewOutboxBudget(outboxBudget),
+		cfg:          cfg,
+		opts:         opts,
+		root:         log,
+		log:          log.With("component", "relay"),
+		m:            newMetrics(opts.Registry),
+		pins:         make(map[string]pinPair),
+		services:     make(map[string]*service),
+		gateways:     make(map[*gateway]struct{}),
+		agents:       make(map[*agent]struct{}),
+		byIdentity:   make(map[identityKey]map[*agent]struct{}),
+		tags:         make(map[uint32]*tag),
+		drained:      make(map[string]bool),
+		lastAdmitted: make(map[string]admittedOnce),
+		sig:          newSignaling(),
+		outboxes:     tunnel.NewOutboxBudget(outboxBudget),
 	}
 	r.m.registerOutboxes(r.outboxes)
 	r.fwd = newForwarding(cfg.ForwardPorts, cfg.Listen, newForwardMetrics(r.m.reg), r.root.With("component", "forward"))
