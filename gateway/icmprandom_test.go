@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -33,11 +34,17 @@ import (
 //     reloads that change each service's tenants and icmp; the rate
 //     limiter's clock stepped;
 //   - UDP datagrams and TCP SYNs to the VIPs: refused ones (no service,
-//     tenant, port, rate) and accepted ones to a backend port where
-//     nothing listens;
+//     tenant, port, rate, no healthy backend: gone's only backend fails
+//     its checks) and accepted ones to a backend port where nothing
+//     listens; UDP datagrams in IPv4 and IPv6 fragments, reassembled;
+//   - TCP flows to a backend that accepts (icmprandom_tcp_test.go): the
+//     SYN-ACK, ICMP errors about it and about the established flow's data
+//     from the client, its tenant's router or another tenant's client,
+//     the client's RST in the handshake, data echoed;
 //   - ICMP errors from clients (about their own packets, about another's,
 //     about an error), redirects and other types, and malformed or
-//     fragmented echo requests.
+//     fragmented echo requests (ICMPv6 ones in fragments refused whole,
+//     IPv4 ones to the gateway's own address reassembled and answered).
 //
 // After every step, the packets the LAN got are exactly those the model
 // wants — each echo reply from the VIP with the request's identifier,
@@ -64,18 +71,24 @@ func TestICMPRandom(t *testing.T) {
 		{"backends", 5, r.setModes},
 		{"reload", 6, r.reload},
 		{"clock", 6, r.tick},
+		{"tcp flow", 7, r.tcpLive},
+		{"udp fragments", 5, r.udpFragments},
 	}
+	spent := map[string]time.Duration{}
 	for r.step = 1; r.step <= irSteps; r.step++ {
 		if time.Since(r.began) > irBudget {
 			r.logf("stopping: the test's time budget of %v is spent", irBudget)
 			break
 		}
 		i := testseed.Weighted(r.rng, len(kinds), func(i int) int { return kinds[i].weight })
+		began := time.Now()
 		kinds[i].run()
 		r.settle()
 		r.stats[kinds[i].name]++
+		spent[kinds[i].name] += time.Since(began)
 	}
 	r.t.Logf("steps: %v", r.stats)
+	r.t.Logf("time spent: %v", spent)
 }
 
 const (
@@ -127,6 +140,8 @@ type irSvc struct {
 	vip4, vip6 netip.Addr
 	backends   []netip.Addr
 	tcp, udp   bool // TCP 80, UDP 7
+	live       bool // TCP 443 to a backend port that accepts (and echoes)
+	down       bool // its only backend fails its health checks: no healthy backend
 	tenants    string
 	icmp       bool
 }
@@ -236,6 +251,7 @@ type irWant struct {
 	from   netip.Addr
 	got    bool
 	limits bool     // an ICMP error: the stack's ICMP rate limit may suppress it
+	reasm  bool     // an ICMP error about a datagram gVisor reassembled (irReassembledQuote)
 	group  *irGroup // a reply that may come: group.need of the group's come
 }
 
@@ -252,7 +268,9 @@ type icmpRand struct {
 	pinger           *irPinger
 	clk              *fakeNow
 	text             string
-	tcpPort, udpPort uint16 // where nothing listens on the backends
+	tcpPort, udpPort uint16                     // where nothing listens on the backends
+	livePort         uint16                     // where the backends' echo server listens
+	liveTCP          map[[2]netip.AddrPort]bool // TCP flows that got a SYN-ACK: client, VIP
 
 	svcs    []*irSvc
 	buckets map[netip.Addr]*irBucket
@@ -292,6 +310,8 @@ func newICMPRand(t *testing.T, seed uint64) *icmpRand {
 		tcpPort: uint16(20000 + r0(seed)%10000),
 	}
 	r.udpPort = r.tcpPort + 1
+	r.liveTCP = map[[2]netip.AddrPort]bool{}
+	r.livePort = irEchoServer(t)
 	t.Cleanup(func() { r.pinger.releaseAll() }) // before the gateway closes: it waits for its pings
 	r.svcs = []*irSvc{
 		{name: "alpha", vip4: netip.MustParseAddr("10.100.0.10"), vip6: netip.MustParseAddr("fd00:100::10"),
@@ -300,7 +320,10 @@ func newICMPRand(t *testing.T, seed uint64) *icmpRand {
 			backends: []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")}, udp: true},
 		{name: "dark", vip4: netip.MustParseAddr("10.100.0.12"), vip6: netip.MustParseAddr("fd00:100::12"),
 			backends: []netip.Addr{netip.MustParseAddr("127.0.0.4")}, tcp: true},
+		{name: "gone", vip4: netip.MustParseAddr("10.100.0.13"), vip6: netip.MustParseAddr("fd00:100::13"),
+			backends: []netip.Addr{netip.MustParseAddr("127.0.0.5")}, tcp: true, udp: true, down: true},
 	}
+	r.svcs[0].live = true
 	for _, s := range r.svcs {
 		s.tenants = irTenantChoices[r.rng.IntN(len(irTenantChoices))]
 		s.icmp = r.rng.IntN(4) != 0
@@ -321,6 +344,16 @@ func newICMPRand(t *testing.T, seed uint64) *icmpRand {
 		o.Now = r.clk.now
 	})
 	r.logf("start: %s", r.describe())
+	// gone's backend fails its first check: from then on the service has
+	// no healthy backend.
+	waitFor(t, irWait, "gone's backend down", func() bool {
+		mfs, err := r.h.gw.m.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := series(mfs, "ztgate_backend_healthy", "service", "gone")
+		return len(h) == 1 && slices.Collect(maps.Values(h))[0] == 0
+	})
 	r.settle()
 	return r
 }
@@ -357,8 +390,17 @@ new_flows_burst = 4
 		if s.tcp {
 			fmt.Fprintf(&b, "  [[service.port]]\n  protocol = \"tcp\"\n  port = 80\n  target = %d\n", r.tcpPort)
 		}
+		if s.live {
+			fmt.Fprintf(&b, "  [[service.port]]\n  protocol = \"tcp\"\n  port = 443\n  target = %d\n", r.livePort)
+		}
 		if s.udp {
 			fmt.Fprintf(&b, "  [[service.port]]\n  protocol = \"udp\"\n  port = 7\n  target = %d\n", r.udpPort)
+		}
+		if s.down {
+			// A TCP check of the port where nothing listens, failing at
+			// once and often.
+			fmt.Fprintf(&b, "  [service.health]\n  type = \"tcp\"\n  port = %d\n  interval = \"500ms\"\n  fall = 1\n", r.tcpPort)
+			continue
 		}
 		b.WriteString("  [service.health]\n  type = \"none\"\n")
 	}
@@ -461,8 +503,11 @@ func (r *icmpRand) classify(c irClient, proto string, dst netip.AddrPort) string
 		return refuseTenant
 	case proto == "icmp" && !s.icmp:
 		return refuseICMP
-	case proto == "udp" && (!s.udp || dst.Port() != 7), proto == "tcp" && (!s.tcp || dst.Port() != 80):
+	case proto == "udp" && (!s.udp || dst.Port() != 7),
+		proto == "tcp" && !(s.tcp && dst.Port() == 80 || s.live && dst.Port() == 443):
 		return refusePort
+	case s.down:
+		return refuseNoBackend
 	}
 	return ""
 }
@@ -602,7 +647,9 @@ func (r *icmpRand) sendEcho(c irClient, dst netip.Addr, held map[string]int) boo
 	}
 	if reason := r.classify(c, "icmp", netip.AddrPortFrom(dst, 0)); reason != "" {
 		r.refused[[2]string{"icmp", reason}]++
-		r.expect("prohibited", p, dst)
+		if reason != refuseNoBackend { // no healthy backend: no reply at all
+			r.expect("prohibited", p, dst)
+		}
 		return false
 	}
 	s := r.svcAt(dst)
@@ -932,10 +979,17 @@ func (r *icmpRand) malformed() {
 			binary.BigEndian.PutUint16(good[22:], ^irSum(good[20:], 0))
 			pkts = [][]byte{good}
 		case 5, 6:
+			toGW := r.rng.IntN(4) == 0 // the stack reassembles and answers its own address's
+			if toGW {
+				dst = irGW4
+			}
 			big := r.echoPacket(c.addr, dst, 7, r.seq, 64, bytes.Repeat([]byte{0xa5}, 64+r.rng.IntN(300)))
 			pkts = netstacktest.Fragment(big, 8*(1+r.rng.IntN(8)))
 			if x == 5 {
 				what = fmt.Sprintf("fragmented echo request (%d fragments)", len(pkts))
+				if toGW {
+					r.expect("reply", big, dst)
+				}
 			} else {
 				what = "first fragment of an echo request"
 				pkts = pkts[:1]
@@ -945,7 +999,28 @@ func (r *icmpRand) malformed() {
 			pkts = [][]byte{netstacktest.IPv4Packet(c.addr, dst, netstacktest.ProtoICMP, []byte{0x07, 0, 0, 0}, good[20:])}
 		}
 	} else {
-		switch r.rng.IntN(3) {
+		switch x := r.rng.IntN(5); x {
+		case 3, 4:
+			// ICMPv6 behind a fragment header, as behind any extension
+			// header, is refused whole: every fragment, and an atomic
+			// fragment (offset 0, no more to come).
+			if r.rng.IntN(4) == 0 { // refused to the gateway's own address too
+				dst = irGW6
+				good = r.echoPacket(c.addr, dst, 7, r.seq, 64, r.shortPayload(200))
+			}
+			big := r.echoPacket(c.addr, dst, 7, r.seq, 64, bytes.Repeat([]byte{0x5a}, 64+r.rng.IntN(300)))
+			pkts = irFragment6(big, 8*(1+r.rng.IntN(16)), r.rng.Uint32())
+			switch {
+			case x == 3:
+				what = fmt.Sprintf("fragmented ICMPv6 echo request (%d fragments)", len(pkts))
+			case r.rng.IntN(2) == 0:
+				what = "first fragment of an ICMPv6 echo request"
+				pkts = pkts[:1]
+			default:
+				what = "ICMPv6 echo request as an atomic fragment"
+				pkts = irFragment6(good, len(good), r.rng.Uint32())
+			}
+			r.drops["icmp_refused"] += len(pkts)
 		case 0:
 			what, linkMalformed = "bad ICMPv6 checksum", true
 			good[42] ^= 0x55
@@ -974,7 +1049,7 @@ func (r *icmpRand) malformed() {
 	if linkMalformed {
 		r.drops["malformed"]++
 	}
-	r.logf("%s of %v to %s", what, c.addr, s.name)
+	r.logf("%s of %v to %v", what, c.addr, dst)
 }
 
 // setModes changes how the backends of alpha and beta answer pings.
@@ -1111,6 +1186,9 @@ func (r *icmpRand) match(pkts [][]byte, strict bool) {
 		if slices.ContainsFunc(r.want, func(w *irWant) bool { return !w.got && r.answers(p, w) && r.mark(w) }) {
 			continue
 		}
+		if r.ofLiveTCP(p) {
+			continue
+		}
 		if strict {
 			r.fatalf("unexpected packet to the LAN: % x", p[:min(len(p), 96)])
 		}
@@ -1177,6 +1255,9 @@ func (r *icmpRand) answers(p []byte, w *irWant) bool {
 			sumOK = proto == 58 && irSum(l4, irPseudo6(src, dst, 58, len(l4))) == 0xffff
 		} else {
 			sumOK = sumOK && proto == 1 && irSum(p[:hl], 0) == 0xffff
+		}
+		if w.reasm {
+			return sumOK && len(p) <= limit && irReassembledQuote(q, req, limit-hl-8)
 		}
 		// The quote is the client's packet, as much of it as fits.
 		return sumOK && len(p) <= limit && len(q) == min(len(req), limit-hl-8) && bytes.Equal(q, req[:len(q)])
