@@ -179,7 +179,10 @@ func (g *Gateway) startDNS() error {
 		if err != nil {
 			return fmt.Errorf("gateway: dns: %w", err)
 		}
+		g.reloadMu.Lock() // a relay's assign may come already (followRelayPools)
 		g.dnsStack = srv
+		g.followRelayPools()
+		g.reloadMu.Unlock()
 		for _, a := range g.localAddrs() {
 			ap := netip.AddrPortFrom(a, 53)
 			pc, err := g.ns.ListenUDP(ap)
@@ -203,7 +206,14 @@ func (g *Gateway) startDNS() error {
 	if err != nil {
 		return fmt.Errorf("gateway: dns: %w", err)
 	}
+	g.reloadMu.Lock()
 	g.dnsHost = srv
+	if p := g.dnsPools; p[0].IsValid() { // followed already, for dnsStack
+		srv.SetPools(p[0], p[1])
+	} else {
+		g.followRelayPools()
+	}
+	g.reloadMu.Unlock()
 	for _, ap := range g.cfg.DNS.Listen {
 		pc, err := listenaddr.ListenPacket(ap.String())
 		if err != nil {
@@ -234,6 +244,26 @@ func (g *Gateway) serveDNS(srv *resolver.Server, pc net.PacketConn, l net.Listen
 			g.log.Error("dns stopped", "addr", l.Addr().String(), "err", err)
 		}
 	}()
+}
+
+// followRelayPools makes the reverse zones of the DNS servers those of the
+// pools the relay assigned, once it has: behind a relay the VIPs are the
+// relay's, and the PTR of each must be answered as it is without one,
+// whatever the gateway's own tun.pool (and with a relay.pool6, though the
+// file has no tun.pool6). A relay that moved its pools moves the zones.
+// The caller holds reloadMu; it is called whenever the relay's VIPs are
+// applied (applyLocked) and when a server starts.
+func (g *Gateway) followRelayPools() {
+	pool, pool6, ok := g.relayPools()
+	if !ok || g.dnsPools == [2]netip.Prefix{pool, pool6} {
+		return
+	}
+	g.dnsPools = [2]netip.Prefix{pool, pool6}
+	for _, srv := range []*resolver.Server{g.dnsStack, g.dnsHost} {
+		if srv != nil {
+			srv.SetPools(pool, pool6)
+		}
+	}
 }
 
 // stopDNS shuts the DNS servers down; Serve* return and close their conns.

@@ -95,6 +95,9 @@ type Gateway struct {
 
 	dnsStack *resolver.Server // 10.100.0.1:53 inside the netstack
 	dnsHost  *resolver.Server // [dns] listen
+	// dnsPools are the pools whose reverse zones the DNS servers answer
+	// for, once followRelayPools gave them the relay's (under reloadMu).
+	dnsPools [2]netip.Prefix
 
 	// Tunnel ingress ([tunnel] relay and listen).
 	creds     *tunnel.Credentials

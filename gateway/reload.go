@@ -142,6 +142,7 @@ func (g *Gateway) logDiff(msg string, d Diff) {
 // anything changes and used once the table is: a reload applies all of
 // them or nothing. The caller holds reloadMu.
 func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, error) {
+	defer g.followRelayPools() // the relay's VIPs of the table, its pools of the DNS
 	if err := g.apiStore.check(next.ServiceContext()); err != nil {
 		return Diff{}, invalidConfig{err}
 	}
