@@ -107,17 +107,30 @@ func (d stackDirectory) View(client netip.Addr) resolver.View {
 		if in == nil || in.closed.Load() {
 			return nil
 		}
-		v := t.view(in.peer.tenant)
+		var v resolver.View = t.view(in.peer.tenant)
 		if in.services != nil {
-			return restrictedView{v, in.services}
+			v = restrictedView{v.(*dnsView), in.services}
 		}
-		return v
+		return tunnelView{v}
 	}
 	p, ok := d.g.identify(t, client)
 	if !ok {
 		return nil
 	}
 	return t.view(p.tenant)
+}
+
+// tunnelView is the view of a tunnel ingress: names have no AAAA, as the
+// agent answers them, because a gateway takes only IPv4 from a tunnel (a
+// client that preferred the IPv6 VIP would find nothing there). The PTR
+// of either VIP stays. Comparable when the view it wraps is: cached alike.
+type tunnelView struct{ resolver.View }
+
+// Lookup implements resolver.View.
+func (v tunnelView) Lookup(label string) (resolver.Entry, bool) {
+	e, ok := v.View.Lookup(label)
+	e.VIP6 = netip.Addr{}
+	return e, ok
 }
 
 // restrictedView is a tenant's view of which only the services named show.

@@ -20,6 +20,7 @@ import (
 // of every assign: before, they stayed those of its own file, and the PTR
 // of each VIP the relay assigned was REFUSED (found by
 // TestRelayReloadRandom). A pool that moves takes its reverse zone along.
+// A tag gets the A record and no AAAA: the tunnel carries IPv4 only.
 func TestRelayPoolsDNSReverse(t *testing.T) {
 	pki := t.TempDir()
 	_, ca := writePKI(t, pki)
@@ -64,10 +65,10 @@ backends = ["127.0.0.1"]
 		t.Fatal(err)
 	}
 	port := uint16(40000)
-	ptr := func(addr netip.Addr) string {
+	ask := func(name string, qtype uint16) string {
 		t.Helper()
 		port++
-		q := dnsQueryFor(port, rlReverse(addr), 12)
+		q := dnsQueryFor(port, name, qtype)
 		pkt := netstacktest.UDPDatagram(netip.AddrPortFrom(inner, port), netip.AddrPortFrom(h.gw.cfg.TUN.GatewayAddr(), 53), q)
 		b, err := tunnel.AppendTagged(nil, 77, "web", pkt)
 		if err != nil {
@@ -83,7 +84,7 @@ backends = ["127.0.0.1"]
 					return rlDNSParse(p[28:])
 				}
 			case <-deadline:
-				t.Fatalf("PTR %v: no answer", addr)
+				t.Fatalf("%s type %d: no answer", name, qtype)
 			}
 		}
 	}
@@ -107,9 +108,17 @@ backends = ["127.0.0.1"]
 			t.Fatal("tag 77 not open")
 		}
 		for _, addr := range []netip.Addr{vip, vip6} {
-			if got := ptr(addr); got != "web.ztna.internal." {
+			if got := ask(rlReverse(addr), 12); got != "web.ztna.internal." {
 				t.Errorf("pool %v, pool6 %v: PTR of %v: %s, want web.ztna.internal.", a.Pool, a.Pool6, addr, got)
 			}
+		}
+		// A and no AAAA: a gateway takes only IPv4 from a tunnel, and the
+		// agent answers no AAAA either (it answered the IPv6 VIP).
+		if got := ask("web.ztna.internal", 1); got != vip.String() {
+			t.Errorf("A of web under a tag: %s, want %v", got, vip)
+		}
+		if got := ask("web.ztna.internal", 28); got != "rcode 0, no answer" {
+			t.Errorf("AAAA of web under a tag: %s, want none (NOERROR)", got)
 		}
 	}
 }

@@ -44,8 +44,8 @@ import (
 //     sends nothing and changes nothing; a new session registers what the
 //     gateway serves now;
 //   - each service resolves, from the tags of its tenants only, to the VIP
-//     the relay assigned (none when it rejected it; AAAA: its IPv6 VIP or
-//     none, never another), the PTR of either VIP to the tag's own service
+//     the relay assigned (none when it rejected it; no AAAA from a tag:
+//     the tunnel carries IPv4 only), the PTR of either VIP to the tag's own service
 //     only, and takes UDP flows, TCP connections (a client stack owns the
 //     tags' inner addresses: relayreload_tcp_test.go) and pings through
 //     tags of admitted tenants only while healthy; a TCP connection it
@@ -935,12 +935,10 @@ type rlProbe struct {
 	port  uint16 // its source port (udp, dns, kept)
 	dport uint16 // its port on the VIP (udp)
 	// want: an answer must come. backends: those a UDP answer may come
-	// from; dns: the record a DNS answer must carry ("": none), or, with
-	// mayNot, may carry if it carries one.
+	// from; dns: the record a DNS answer must carry ("": none).
 	want     bool
 	backends []string
 	dns      string
-	mayNot   bool
 	got      string
 	answered bool
 }
@@ -1079,12 +1077,9 @@ func (r *rlRun) probes(tg *rlTag) []*rlProbe {
 			p.dns = vip.String()
 		}
 	case x == 3:
-		// AAAA: the relay's IPv6 VIP or nothing (a tunnel carries IPv4
-		// only), never another address.
-		p.what, qtype, p.mayNot = "DNS AAAA "+name, 28, true
-		if vip6 := r.vip6Of(name); sees(name) && vip6.IsValid() {
-			p.dns = vip6.String()
-		}
+		// AAAA: none from a tag, whatever the relay's IPv6 VIP (a tunnel
+		// carries IPv4 only, and the agent answers none either).
+		p.what, qtype = "DNS AAAA "+name, 28
 	default:
 		// PTR of a VIP the relay assigned (of either family): the name
 		// of the tag's service, when it is that service's.
@@ -1227,7 +1222,7 @@ func (r *rlRun) checkProbes(probes []*rlProbe) {
 				want = p.dns
 			}
 			none := strings.HasSuffix(p.got, "no answer")
-			if !p.answered || (p.got != want && !(none && (p.dns == "" || p.mayNot))) {
+			if !p.answered || (p.got != want && !(none && p.dns == "")) {
 				r.fatalf("%s: %q (answered %v), want %s", where, p.got, p.answered, want)
 			}
 		case p.want && !p.answered:
