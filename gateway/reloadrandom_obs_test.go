@@ -890,13 +890,15 @@ func (gw *rrGW) open(proto string, src netip.Addr, dst netip.AddrPort) (string, 
 	return backend, c
 }
 
-// idleOf is the idle timeout of the flow from client, or "" without one.
-func (gw *rrGW) idleOf(client net.Addr) string {
+// idleOf is the idle timeout of the flow of proto from client, or "" without
+// one. (A UDP flow and a TCP one may have one client address and port: the
+// kernel picks each socket's port.)
+func (gw *rrGW) idleOf(proto string, client net.Addr) string {
 	ap, err := netip.ParseAddrPort(client.String())
 	if err != nil {
 		return ""
 	}
-	fs := gw.g.flows.list(func(f *flow) bool { return f.client == ap })
+	fs := gw.g.flows.list(func(f *flow) bool { return f.client == ap && f.proto == proto })
 	switch {
 	case len(fs) == 0:
 		return ""
@@ -936,7 +938,7 @@ func (gw *rrGW) observeFlows(o *rrObs, cfg *rrConfig, tenant string, src netip.A
 				res, c := gw.probe(p.proto, src, netip.AddrPortFrom(vip, p.port))
 				if c != nil {
 					held = append(held, c)
-					idles = append(idles, gw.idleOf(c.LocalAddr()))
+					idles = append(idles, gw.idleOf(p.proto, c.LocalAddr()))
 				}
 				got = append(got, res)
 			}

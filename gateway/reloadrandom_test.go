@@ -767,7 +767,7 @@ func (r *rrRun) openKeepers() []*rrKept {
 		if !strings.HasPrefix(res, "127.") {
 			r.fatalf("kept flow to %s: %s", s.name, res)
 		}
-		k := &rrKept{c: c, proto: p.proto, q: q, service: s.name, backend: res, idle: r.gw.idleOf(c.LocalAddr())}
+		k := &rrKept{c: c, proto: p.proto, q: q, service: s.name, backend: res, idle: r.gw.idleOf(p.proto, c.LocalAddr())}
 		if p.proto == "tcp" {
 			k.r = bufio.NewReader(c)
 		}
@@ -852,7 +852,7 @@ func (r *rrRun) checkKept(keep []*rrKept, next *rrConfig) {
 			if got := k.use(3 * time.Second); got != k.backend {
 				r.fatalf("flow to %s over %s kept across the reload (service or backend left: %v): %s, was %s", k.service, k.proto, left, got, k.backend)
 			}
-			if idle := r.gw.idleOf(k.c.LocalAddr()); idle != k.idle {
+			if idle := r.gw.idleOf(k.proto, k.c.LocalAddr()); idle != k.idle {
 				r.fatalf("flow to %s over %s kept across the reload: idle timeout %s, was %s", k.service, k.proto, idle, k.idle)
 			}
 		}
