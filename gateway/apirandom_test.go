@@ -21,35 +21,45 @@ import (
 
 	"github.com/ztgate/ztgate/internal/adminapi"
 	"github.com/ztgate/ztgate/internal/testseed"
+	"github.com/ztgate/ztgate/resolver"
 	"github.com/ztgate/ztgate/resolver/resolvertest"
 )
 
 // TestAPIRandom drives the admin API's services at random against a model
-// written from the documentation (DESIGN.md §7, configuration.md,
-// operations.md): POST /v1/services with valid bodies and invalid ones
+// written from the documentation (configuration.md, operations.md):
+// POST /v1/services with valid bodies (backends by address, from SRV
+// records with backends_srv (the test's DNS server answers them), or
+// both; vip and vip6 pins) and invalid ones
 // (bad JSON, unknown keys, names taken by the API or the file, bad ports
-// and addresses, pins outside the pool, on a reserved address, on another
-// service's VIP or one held for another name, undeclared tenants,
-// oversize bodies), DELETE /v1/services/{name} (of the API, of the file,
-// unknown, escaped), POST /v1/reload of a rewritten file (its services and
-// tenants change; a file service named as an API service, or a tenant an
-// API service names removed, fails it), the clock moving past the VIP
-// hold-down, and restarts on the same state_dir (with the file a failed
+// and addresses, bad backends_srv or no backends at all, vip and vip6
+// pins outside their pool, on a reserved address, of the wrong family, on
+// another service's VIP or pin or one held for another name, undeclared
+// tenants, oversize bodies), DELETE /v1/services/{name} (of the API, of
+// the file, unknown, escaped), POST /v1/reload of a rewritten file (its
+// services, their vip and vip6 pins and tenants change; a file service
+// named as an API service, pinned to another service's VIP or one held
+// for another name, or a tenant an API service names removed, fails it),
+// the clock moving past the VIP hold-down, and restarts on the same state_dir (with the file a failed
 // reload left, and with api-services.json corrupt, truncated or holding
 // an entry that does not validate: each a clear error, then a start
 // with the file put back). The seed is logged; ZTGATE_API_SEED=<seed>
 // replays it.
 //
+// Two runs in three have tun.pool6 and IPv6 clients in every tenant.
+//
 // After every step: the status and the {"errors": [...]} of each answer;
-// GET /v1/services (names, source, VIP, tenants, ports, backends); each
-// service keeps its VIP across reloads and restarts, and a name added back
-// within vip_hold_down gets its VIP back; DNS from each tenant (A and PTR
-// of every name, NXDOMAIN where the tenant is not admitted) and nothing
-// for a source in no tenant; a new TCP and UDP flow to a service reaches
-// one of its backends on the target port, and is refused for a tenant not
-// admitted; ztgate_vip_pool_used (services and held VIPs) and
-// ztgate_backend_healthy (a series for each backend, none of a service
-// gone). A flow open to a service the API deletes lives on for
+// GET /v1/services (names, source, VIP and VIP6, tenants, ports, backends
+// with their name, SRV port and origin); each service keeps its VIPs
+// across reloads and restarts, a pin moved by a reload holds the VIP it
+// left for its service, and a name added back within vip_hold_down gets
+// its VIPs back; DNS from each tenant, over IPv4 or IPv6 (A, AAAA and PTR
+// of both VIPs of every name, NXDOMAIN where the tenant is not admitted)
+// and nothing for a source in no tenant; a new TCP and UDP flow to a
+// service, to its IPv4 or IPv6 VIP, reaches one of its backends on the
+// target port (an SRV backend on its record's port), and is refused for a
+// tenant not admitted; ztgate_vip_pool_used (services and held IPv4 VIPs)
+// and ztgate_backend_healthy (a series for each backend, address:port for
+// an SRV one, none of a service gone). A flow open to a service the API deletes lives on for
 // drain_timeout and is closed then. No goroutine is left.
 func TestAPIRandom(t *testing.T) {
 	seed := testseed.Get(t, apiSeedEnv)
@@ -101,24 +111,44 @@ var (
 	arFileNames = []string{"web", "db", "mail"}
 	arAPINames  = []string{"chat", "git", "wiki", "web", "db"}
 	arPool      = netip.MustParsePrefix("10.100.0.0/24")
+	arPool6     = rrPools6[0] // tun.pool6 of a run with IPv6
+	// arSRV are the SRV names an API service may discover its backends by
+	// (backends_srv), served by the test's DNS server for the whole run:
+	// the second puts two records on one address, on two ports.
+	arSRV = []struct {
+		name string
+		recs []arSRVRec
+	}{
+		{"_a._tcp.srv.example", []arSRVRec{{0, 0}, {1, 1}}},
+		{"_b._tcp.srv.example", []arSRVRec{{2, 0}, {2, 2}}},
+	}
 )
+
+// arSRVRec is an SRV record of arSRV: its target resolves to
+// rrWorld.addrs[addr], its port is rrWorld.tcpPorts[port].
+type arSRVRec struct{ addr, port int }
+
+// arSRVTarget is the host name of rrWorld.addrs[i] in the SRV records.
+func arSRVTarget(i int) string { return fmt.Sprintf("t%d.srv.example", i) }
 
 // arSvc is a service of the model, of the file or of the API.
 type arSvc struct {
-	name     string
-	api      bool
-	tenants  []string
-	pin      netip.Addr // invalid: none
-	backends []int      // indexes of rrWorld.addrs
-	ports    []rrPort
-	vip      netip.Addr
+	name      string
+	api       bool
+	tenants   []string
+	pin, pin6 netip.Addr // invalid: none
+	backends  []int      // indexes of rrWorld.addrs
+	srv       int        // backends_srv: an index of arSRV, or -1
+	ports     []rrPort   // TCP only with srv
+	vip, vip6 netip.Addr // vip6 invalid without a pool6
 }
 
 func (s *arSvc) allows(tenant string) bool {
 	return slices.Contains(s.tenants, "*") || slices.Contains(s.tenants, tenant)
 }
 
-// arHold is a VIP held for a name that left.
+// arHold is a VIP held for a name that left, or that a pin moved away
+// from: IPv4 or IPv6 (a service that leaves holds one of each).
 type arHold struct {
 	name  string
 	vip   netip.Addr
@@ -140,6 +170,8 @@ type apiRand struct {
 	disk    string    // the file's text as on disk: another after a failed reload
 	diskCfg *rrConfig // what disk says
 	svcs    map[string]*arSvc
+	v6      bool // the file has a pool6 and the tenants IPv6 prefixes
+	dns     *resolvertest.Server
 	holds   []arHold
 	seen    map[string]bool
 	full    bool // the next check opens flows to every service
@@ -156,9 +188,28 @@ func newAPIRand(t *testing.T, seed uint64) *apiRand {
 		state: filepath.Join(t.TempDir(), "state"),
 		svcs:  map[string]*arSvc{}, seen: map[string]bool{}, stats: map[string]int{}, spent: map[string]time.Duration{},
 	}
+	r.v6 = rng.IntN(3) != 0
+	dns, err := resolvertest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dns.Close)
+	r.dns = dns
+	for i, a := range w.addrs {
+		dns.SetHost(arSRVTarget(i), 300, a)
+	}
+	for _, x := range arSRV {
+		var recs []resolver.SRV
+		for _, rec := range x.recs {
+			recs = append(recs, resolver.SRV{Target: arSRVTarget(rec.addr) + ".", Port: w.tcpPorts[rec.port], Priority: 10, Weight: 10})
+		}
+		dns.SetSRV(x.name, 300, recs...)
+	}
 	r.file = r.newFile()
 	for _, s := range r.file.services {
-		r.svcs[s.name] = r.fileSvc(s)
+		fs := r.fileSvc(r.file, s)
+		fs.vip, fs.vip6 = fs.pin, fs.pin6 // the others are learnt
+		r.svcs[s.name] = fs
 	}
 	r.disk, r.diskCfg = r.text(r.file), r.file
 	if err := r.start(); err != nil {
@@ -166,6 +217,7 @@ func newAPIRand(t *testing.T, seed uint64) *apiRand {
 	}
 	t.Cleanup(func() { r.gw.g.Close() })
 	r.learnVIPs()
+	t.Logf("IPv6 (pool6 %s, IPv6 clients): %v", arPool6, r.v6)
 	r.check()
 	return r
 }
@@ -184,17 +236,21 @@ func (r *apiRand) note(format string, args ...any) {
 	}
 }
 
-// sources are the client addresses: two of each prefix.
-func arSources() []netip.Addr {
+// sources are the client addresses: two of each prefix, and their IPv6
+// twins in a run with IPv6.
+func (r *apiRand) sources() []netip.Addr {
 	var out []netip.Addr
 	for q := range rrPrefixes {
 		out = append(out, rrSource(q, 0), rrSource(q, 1))
+		if r.v6 {
+			out = append(out, rrSource6(q, 0), rrSource6(q, 1))
+		}
 	}
 	return out
 }
 
 func (r *apiRand) start() error {
-	gw, err := startRRGateway(r.t, "gw", r.disk, true, arSources(), r.clk)
+	gw, err := startRRGateway(r.t, "gw", r.disk, true, r.sources(), r.clk)
 	if err != nil {
 		return err
 	}
@@ -202,15 +258,21 @@ func (r *apiRand) start() error {
 	return nil
 }
 
-// text renders c with the shared state directory.
+// text renders c with the shared state directory and the test's DNS
+// server for backends_srv.
 func (r *apiRand) text(c *rrConfig) string {
-	return strings.ReplaceAll(c.toml(r.w), "STATE", r.state)
+	api := "[api]\nlisten = \"off\"\n"
+	text := strings.Replace(c.toml(r.w), api, api+fmt.Sprintf("[discovery]\nnameservers = [%q]\n", r.dns.Addr()), 1)
+	return strings.ReplaceAll(text, "STATE", r.state)
 }
 
 // newFile returns a random file: one to three tenants, each on a prefix of
 // its own, and some of arFileNames, none of them taken by the API.
 func (r *apiRand) newFile() *rrConfig {
-	c := &rrConfig{drain: r.gen.pick([]string{"0s", "700ms"})}
+	c := &rrConfig{drain: r.gen.pick([]string{"0s", "700ms"}), v6: r.v6}
+	if r.v6 {
+		c.restart.pool6 = arPool6
+	}
 	names := r.gen.subset(len(rrTenantNames), 1+r.rng.IntN(len(rrTenantNames)))
 	order := r.rng.Perm(len(rrPrefixes))
 	for i, ni := range names {
@@ -220,7 +282,16 @@ func (r *apiRand) newFile() *rrConfig {
 		if r.rng.IntN(2) == 0 {
 			continue
 		}
-		s := rrService{name: name, pin: -1, tenants: r.tenants(c, false)}
+		s := rrService{name: name, pin: -1, pin6: -1, tenants: r.tenants(c, false)}
+		// Pins of the file: each of rrWorld's pins is one name's, so
+		// that the file's pins differ; the API's pins and the clock
+		// make them taken or held at times.
+		if r.rng.IntN(3) == 0 {
+			s.pin = r.rng.IntN(2)*len(arFileNames) + slices.Index(arFileNames, name)
+		}
+		if r.v6 && r.rng.IntN(3) == 0 {
+			s.pin6 = r.rng.IntN(2)*len(arFileNames) + slices.Index(arFileNames, name)
+		}
 		s.backends = r.gen.subset(len(r.w.addrs), 1+r.rng.IntN(2))
 		s.ports = []rrPort{{proto: "tcp", port: 80, target: r.rng.IntN(3)}, {proto: "udp", port: 53, target: r.rng.IntN(3)}}
 		s.health = rrHealth{typ: "none"}
@@ -250,20 +321,24 @@ func (r *apiRand) tenants(c *rrConfig, bad bool) []string {
 	return out
 }
 
-func (r *apiRand) fileSvc(s rrService) *arSvc {
-	return &arSvc{name: s.name, tenants: slices.Clone(s.tenants), backends: slices.Clone(s.backends), ports: slices.Clone(s.ports)}
+func (r *apiRand) fileSvc(c *rrConfig, s rrService) *arSvc {
+	return &arSvc{name: s.name, tenants: slices.Clone(s.tenants), backends: slices.Clone(s.backends), srv: -1, ports: slices.Clone(s.ports),
+		pin: s.pinned(r.w), pin6: s.pinned6(r.w, c)}
 }
 
 // learnVIPs notes the VIPs GET /v1/services shows of services whose VIP
 // the model does not know yet (at the first start).
 func (r *apiRand) learnVIPs() {
-	vips, _, err := r.gw.vips()
+	vips, vips6, err := r.gw.vips()
 	if err != nil {
 		r.fatalf("%v", err)
 	}
 	for n, s := range r.svcs {
 		if !s.vip.IsValid() {
 			s.vip = vips[n]
+		}
+		if r.v6 && !s.vip6.IsValid() {
+			s.vip6 = vips6[n]
 		}
 	}
 }
@@ -285,9 +360,23 @@ func (r *apiRand) apiBody(s *arSvc, health string) string {
 		backends = append(backends, fmt.Sprintf("%q", r.w.addrs[i]))
 	}
 	tenants, _ := json.Marshal(s.tenants)
-	b := fmt.Sprintf(`{"name": %q, "tenants": %s, "backends": [%s], "port": [%s]`, s.name, tenants, strings.Join(backends, ", "), strings.Join(ports, ", "))
+	b := fmt.Sprintf(`{"name": %q, "tenants": %s`, s.name, tenants)
+	if len(backends) > 0 || r.rng.IntN(2) == 0 {
+		b += fmt.Sprintf(`, "backends": [%s]`, strings.Join(backends, ", "))
+	}
+	if s.srv >= 0 {
+		name := arSRV[s.srv].name
+		if r.rng.IntN(3) == 0 {
+			name = strings.ToUpper(name) // names are folded to lower case
+		}
+		b += fmt.Sprintf(`, "backends_srv": %q`, name)
+	}
+	b += fmt.Sprintf(`, "port": [%s]`, strings.Join(ports, ", "))
 	if s.pin.IsValid() {
 		b += fmt.Sprintf(`, "vip": %q`, s.pin)
+	}
+	if s.pin6.IsValid() {
+		b += fmt.Sprintf(`, "vip6": %q`, s.pin6)
 	}
 	if health != "" {
 		b += `, "health": ` + health
@@ -300,9 +389,24 @@ func (r *apiRand) apiBody(s *arSvc, health string) string {
 
 // randomAPISvc is a valid service named name.
 func (r *apiRand) randomAPISvc(name string) (*arSvc, string) {
-	s := &arSvc{name: name, api: true, tenants: r.tenants(r.file, false)}
+	s := &arSvc{name: name, api: true, tenants: r.tenants(r.file, false), srv: -1}
 	s.backends = r.gen.subset(len(r.w.addrs), 1+r.rng.IntN(3))
-	switch r.rng.IntN(3) {
+	k := r.rng.IntN(3)
+	if r.rng.IntN(3) == 0 {
+		// Backends from SRV records (whose port replaces every target:
+		// TCP ports only), with or without addresses besides.
+		s.srv = r.rng.IntN(len(arSRV))
+		if r.rng.IntN(2) == 0 {
+			s.backends = nil
+		}
+		k = 0
+		if r.rng.IntN(2) == 0 {
+			k = 3
+		}
+	}
+	switch k {
+	case 3:
+		s.ports = []rrPort{{proto: "tcp", port: 443, target: r.rng.IntN(3), name: "https"}, {proto: "tcp", port: 80, target: r.rng.IntN(3)}}
 	case 0:
 		s.ports = []rrPort{{proto: "tcp", port: 80, target: r.rng.IntN(3)}}
 	case 1:
@@ -311,7 +415,10 @@ func (r *apiRand) randomAPISvc(name string) (*arSvc, string) {
 		s.ports = []rrPort{{proto: "tcp", port: 443, target: r.rng.IntN(3), name: "https"}, {proto: "udp", port: 5000, target: r.rng.IntN(3)}}
 	}
 	if r.rng.IntN(3) == 0 {
-		s.pin = r.freeAddr()
+		s.pin = r.freeAddr(false)
+	}
+	if r.v6 && r.rng.IntN(3) == 0 {
+		s.pin6 = r.freeAddr(true)
 	}
 	health := ""
 	switch r.rng.IntN(3) {
@@ -325,11 +432,11 @@ func (r *apiRand) randomAPISvc(name string) (*arSvc, string) {
 	return s, r.apiBody(s, health)
 }
 
-// used reports whether a is a service's VIP or held for a name other
-// than name.
+// used reports whether a is the VIP of a service other than name, or
+// held for a name other than name.
 func (r *apiRand) used(a netip.Addr, name string) string {
 	for _, s := range r.svcs {
-		if s.vip == a {
+		if (s.vip == a || s.vip6 == a) && s.name != name {
 			return "the VIP of " + s.name
 		}
 	}
@@ -341,10 +448,16 @@ func (r *apiRand) used(a netip.Addr, name string) string {
 	return ""
 }
 
-// freeAddr is an address of the pool no service has and none holds.
-func (r *apiRand) freeAddr() netip.Addr {
+// freeAddr is an address of the pool (pool6 when v6) no service has and
+// none holds; near the file's pins, which may take it later.
+func (r *apiRand) freeAddr(v6 bool) netip.Addr {
 	for {
 		a := netip.AddrFrom4([4]byte{10, 100, 0, byte(200 + r.rng.IntN(50))})
+		if v6 {
+			b := netip.MustParsePrefix(arPool6).Addr().As16()
+			b[15] = byte(r.rng.IntN(50)) + 4 // not the anycast address, nor the gateway's
+			a = netip.AddrFrom16(b)
+		}
 		if r.used(a, "") == "" {
 			return a
 		}
@@ -362,11 +475,11 @@ func (r *apiRand) liveHolds() []arHold {
 	return out
 }
 
-// heldFor is the VIP last held for name, if any.
-func (r *apiRand) heldFor(name string) (netip.Addr, bool) {
+// heldFor is the VIP (IPv6 when v6) last held for name, if any.
+func (r *apiRand) heldFor(name string, v6 bool) (netip.Addr, bool) {
 	var best *arHold
 	for _, h := range r.liveHolds() {
-		if h.name == name && (best == nil || h.since.After(best.since)) {
+		if h.name == name && h.vip.Is6() == v6 && (best == nil || !h.since.Before(best.since)) {
 			best = &h
 		}
 	}
@@ -376,15 +489,24 @@ func (r *apiRand) heldFor(name string) (netip.Addr, bool) {
 	return best.vip, true
 }
 
-// release holds a leaving service's VIP for it.
+// release holds a leaving service's VIPs for it.
 func (r *apiRand) release(s *arSvc) {
-	r.holds = append(r.holds, arHold{name: s.name, vip: s.vip, since: r.clk.now()})
+	r.hold(s.name, s.vip)
+	r.hold(s.name, s.vip6)
 	delete(r.svcs, s.name)
 }
 
-// take ends the holds of a VIP a service now has.
+// hold holds vip for name from now, as when it leaves or a pin moves the
+// service away from it.
+func (r *apiRand) hold(name string, vip netip.Addr) {
+	if vip.IsValid() {
+		r.holds = append(r.holds, arHold{name: name, vip: vip, since: r.clk.now()})
+	}
+}
+
+// take ends the holds of the VIPs a service now has.
 func (r *apiRand) take(s *arSvc) {
-	r.holds = slices.DeleteFunc(r.holds, func(h arHold) bool { return h.vip == s.vip })
+	r.holds = slices.DeleteFunc(r.holds, func(h arHold) bool { return h.vip == s.vip || h.vip == s.vip6 })
 	r.svcs[s.name] = s
 	r.seen[s.name] = true
 }
@@ -417,12 +539,21 @@ func (r *apiRand) post() {
 	s, body := r.randomAPISvc(name)
 	if r.rng.IntN(6) == 0 {
 		if other := testseed.Pick(r.rng, mapValues(r.svcs), func(*arSvc) bool { return true }); other != nil {
-			s.pin = other.vip // taken
+			if other.vip6.IsValid() && r.rng.IntN(2) == 0 {
+				s.pin6 = other.vip6 // taken
+			} else {
+				s.pin = other.vip
+			}
 			body = r.apiBody(s, "")
 		}
 	}
 	if h := testseed.Pick(r.rng, ptrs(r.liveHolds()), func(*arHold) bool { return true }); h != nil && r.rng.IntN(3) == 0 {
-		s.pin = h.vip // held: for another name, or for this one
+		// held: for another name, or for this one
+		if h.vip.Is6() {
+			s.pin6 = h.vip
+		} else {
+			s.pin = h.vip
+		}
 		body = r.apiBody(s, "")
 	}
 	code, out := r.call("POST", "/v1/services", body)
@@ -435,9 +566,20 @@ func (r *apiRand) post() {
 		r.wantErrors(what, code, out, http.StatusConflict, want)
 		return
 	}
-	if s.pin.IsValid() {
-		if why := r.used(s.pin, name); why != "" {
-			r.wantErrors(what+" ("+why+")", code, out, http.StatusConflict, s.pin.String())
+	// Pins are validated with the other services' pins first, then the
+	// pool refuses a VIP taken or held for another name.
+	for _, pin := range []netip.Addr{s.pin, s.pin6} {
+		if pin.IsValid() && slices.ContainsFunc(mapValues(r.svcs), func(o *arSvc) bool { return o.pin == pin || o.pin6 == pin }) {
+			r.wantErrors(what+" (pinned by another)", code, out, http.StatusConflict, pin.String())
+			return
+		}
+	}
+	for _, pin := range []netip.Addr{s.pin, s.pin6} {
+		if !pin.IsValid() {
+			continue
+		}
+		if why := r.used(pin, name); why != "" {
+			r.wantErrors(what+" ("+why+")", code, out, http.StatusConflict, pin.String())
 			return
 		}
 	}
@@ -452,16 +594,44 @@ func (r *apiRand) post() {
 	if err != nil || got.Name != name || got.Source != "api" {
 		r.fatalf("%s: answered %s", what, out)
 	}
-	switch held, ok := r.heldFor(name); {
-	case s.pin.IsValid() && vip != s.pin:
-		r.fatalf("%s: VIP %s, want the pin", what, vip)
-	case !s.pin.IsValid() && ok && vip != held:
-		r.fatalf("%s: VIP %s, want %s, held for it since it left", what, vip, held)
-	case r.used(vip, name) != "" || !arPool.Contains(vip):
-		r.fatalf("%s: VIP %s is %s", what, vip, r.used(vip, name))
+	s.vip = r.wantVIP(what, name, vip, s.pin, false)
+	switch {
+	case r.v6:
+		vip6, err := netip.ParseAddr(got.VIP6)
+		if err != nil {
+			r.fatalf("%s: vip6 %q, want one of pool6: %s", what, got.VIP6, out)
+		}
+		s.vip6 = r.wantVIP(what, name, vip6, s.pin6, true)
+	case got.VIP6 != "":
+		r.fatalf("%s: vip6 %q without a pool6", what, got.VIP6)
 	}
-	s.vip = vip
 	r.take(s)
+	if s.srv >= 0 {
+		r.stats["(added with backends_srv)"]++
+	}
+	if s.pin6.IsValid() {
+		r.stats["(added with vip6)"]++
+	}
+}
+
+// wantVIP checks the VIP (IPv6 when v6) a service named name got, pinned
+// to pin or not, and returns it: the pin, else the VIP held for the name,
+// else one of the pool no other service has and none holds for another.
+func (r *apiRand) wantVIP(what, name string, vip, pin netip.Addr, v6 bool) netip.Addr {
+	r.t.Helper()
+	pool := arPool
+	if v6 {
+		pool = netip.MustParsePrefix(arPool6)
+	}
+	switch held, ok := r.heldFor(name, v6); {
+	case pin.IsValid() && vip != pin:
+		r.fatalf("%s: VIP %s, want the pin %s", what, vip, pin)
+	case !pin.IsValid() && ok && vip != held:
+		r.fatalf("%s: VIP %s, want %s, held for it since it left", what, vip, held)
+	case r.used(vip, name) != "" || !pool.Contains(vip):
+		r.fatalf("%s: VIP %s is %s (pool %s)", what, vip, r.used(vip, name), pool)
+	}
+	return vip
 }
 
 // postBad posts a body the gateway must refuse, and nothing changes. A
@@ -477,7 +647,7 @@ func (r *apiRand) postBad() {
 		}
 		body, want = strings.Replace(body, from, to, 1), says
 	}
-	switch r.rng.IntN(10) {
+	switch k := r.rng.IntN(12); k {
 	case 0:
 		edit(`"port": [`, `"port": [[`, "JSON")
 	case 1:
@@ -487,6 +657,10 @@ func (r *apiRand) postBad() {
 	case 3:
 		edit(fmt.Sprintf(`"protocol": %q`, s.ports[0].proto), `"protocol": "sctp"`, "protocol")
 	case 4:
+		if len(s.backends) == 0 { // backends_srv alone
+			edit(`"port": [`, `"backends": ["bad_host!"], "port": [`, "backends")
+			break
+		}
 		edit(fmt.Sprintf(`"backends": [%q`, r.w.addrs[s.backends[0]]), `"backends": [`+r.gen.pick([]string{`"192.0.2.1:80"`, `"bad_host!"`, `""`}), "backends")
 	case 5:
 		pin := r.gen.pick([]string{"10.101.0.7", "10.100.0.0", "10.100.0.1", "10.100.0.255", "fd00::7", "10.100.0.300"})
@@ -505,6 +679,31 @@ func (r *apiRand) postBad() {
 		status, want = http.StatusRequestEntityTooLarge, "large"
 	case 9:
 		body, want = body+` {}`, "JSON"
+	case 10:
+		// A vip6 pin outside pool6, reserved in it, not IPv6, or with no
+		// pool6 at all.
+		pin := r.gen.pick([]string{"fd00:ef::7", "10.100.0.7", "fd00:ab::", "fd00:ab::1", "fd00:ab::1:7", "::ffff:10.100.0.7"})
+		if !r.v6 {
+			pin = r.gen.pick([]string{"fd00:ab::7", pin})
+		}
+		if s.pin6.IsValid() {
+			edit(fmt.Sprintf(`"vip6": %q`, s.pin6), fmt.Sprintf(`"vip6": %q`, pin), "vip6")
+		} else {
+			edit(`"port"`, fmt.Sprintf(`"vip6": %q, "port"`, pin), "vip6")
+		}
+	case 11:
+		// backends_srv that is no SRV name, or neither backends nor
+		// backends_srv.
+		if s.srv >= 0 && r.rng.IntN(2) == 0 {
+			body = strings.Replace(body, `"backends": [],`, "", 1)
+			edit(`"backends_srv": "`, `"backends_srv": "x`, "backends_srv")
+			break
+		}
+		body = fmt.Sprintf(`{"name": %q, "tenants": ["*"], "port": [{"protocol": "tcp", "port": 80}]}`, name)
+		if r.rng.IntN(2) == 0 {
+			body = strings.Replace(body, `"port"`, `"backends": [], "port"`, 1)
+		}
+		want = "backends"
 	}
 	code, out := r.call("POST", "/v1/services", body)
 	if len(body) > 300 {
@@ -647,8 +846,32 @@ func (r *apiRand) reload() {
 	if r.rng.IntN(4) == 0 {
 		// A file service named as an API service.
 		if s := testseed.Pick(r.rng, mapValues(r.svcs), func(s *arSvc) bool { return s.api }); s != nil && !slices.ContainsFunc(next.services, func(x rrService) bool { return x.name == s.name }) {
-			next.services = append(next.services, rrService{name: s.name, pin: -1, tenants: []string{"*"}, backends: []int{0},
+			next.services = append(next.services, rrService{name: s.name, pin: -1, pin6: -1, tenants: []string{"*"}, backends: []int{0},
 				ports: []rrPort{{proto: "tcp", port: 80}}, health: rrHealth{typ: "none"}})
+		}
+	}
+	if len(next.services) > 0 && r.rng.IntN(5) == 0 {
+		// A file service pinned to another service's VIP, or to one held
+		// for a name.
+		fs := &next.services[r.rng.IntN(len(next.services))]
+		var vips []netip.Addr
+		for _, s := range mapValues(r.svcs) {
+			vips = append(vips, s.vip, s.vip6)
+		}
+		for _, h := range r.liveHolds() {
+			vips = append(vips, h.vip)
+		}
+		vips = slices.DeleteFunc(vips, func(a netip.Addr) bool { return !a.IsValid() })
+		if len(vips) > 0 {
+			a := vips[r.rng.IntN(len(vips))]
+			if a.Is6() {
+				// rrService pins IPv6 by index: make a's index.
+				if i := slices.Index(r.w.pins6[arPool6], a); i >= 0 {
+					fs.pin6 = i
+				}
+			} else {
+				fs.pinVIP = a
+			}
 		}
 	}
 	bad := r.refusal(next)
@@ -661,11 +884,14 @@ func (r *apiRand) reload() {
 	r.diskCfg = next
 	if bad != "" {
 		r.wantErrors("reload", code, out, http.StatusBadRequest, bad)
+		if _, err := netip.ParseAddr(bad); err == nil {
+			r.stats["(reload refused for a pin)"]++
+		}
 		return
 	}
 	var d Diff
 	if err := json.Unmarshal([]byte(out), &d); code != http.StatusOK || err != nil {
-		r.fatalf("reload: %d %s", code, out)
+		r.fatalf("reload: %d %s, want 200", code, out)
 	}
 	var added, removed []string
 	for _, s := range next.services {
@@ -686,22 +912,35 @@ func (r *apiRand) reload() {
 	}
 	r.file = next
 	r.full = true
-	vips, _, err := r.gw.vips()
+	vips, vips6, err := r.gw.vips()
 	if err != nil {
 		r.fatalf("%v", err)
 	}
+	// A service that stays keeps its VIPs, or moves to a new pin and
+	// holds the VIP it leaves for itself; one added gets its pin, the VIP
+	// held for its name, or a free one.
 	for _, s := range next.services {
-		ns := r.fileSvc(s)
-		if old, ok := r.svcs[s.name]; ok {
+		ns := r.fileSvc(next, s)
+		old, ok := r.svcs[s.name]
+		switch {
+		case !ok:
+			ns.vip = r.wantVIP("reload: "+s.name+" added", s.name, vips[s.name], ns.pin, false)
+		case ns.pin.IsValid() && ns.pin != old.vip:
+			r.stats["(pin moved by reload)"]++
+			r.hold(s.name, old.vip)
+			ns.vip = ns.pin
+		default:
 			ns.vip = old.vip
-		} else {
-			ns.vip = vips[s.name]
-			if held, ok := r.heldFor(s.name); ok && ns.vip != held {
-				r.fatalf("reload: %s added back with VIP %s, want %s held for it", s.name, ns.vip, held)
-			}
-			if why := r.used(ns.vip, s.name); why != "" {
-				r.fatalf("reload: %s got VIP %s, %s", s.name, ns.vip, why)
-			}
+		}
+		switch {
+		case !r.v6:
+		case !ok:
+			ns.vip6 = r.wantVIP("reload: "+s.name+" added", s.name, vips6[s.name], ns.pin6, true)
+		case ns.pin6.IsValid() && ns.pin6 != old.vip6:
+			r.hold(s.name, old.vip6)
+			ns.vip6 = ns.pin6
+		default:
+			ns.vip6 = old.vip6
 		}
 		r.take(ns)
 	}
@@ -710,6 +949,18 @@ func (r *apiRand) reload() {
 // refusal is what a gateway with the API's services says of file c, or
 // "" when it takes it.
 func (r *apiRand) refusal(c *rrConfig) string {
+	// The file is validated first: two of its services on one pin.
+	pins := map[netip.Addr]bool{}
+	for _, s := range c.services {
+		for _, pin := range []netip.Addr{s.pinned(r.w), s.pinned6(r.w, c)} {
+			if pins[pin] {
+				return pin.String()
+			}
+			if pin.IsValid() {
+				pins[pin] = true
+			}
+		}
+	}
 	// The stored services are checked against the file first.
 	for _, n := range slices.Sorted(maps.Keys(r.svcs)) {
 		s := r.svcs[n]
@@ -722,6 +973,15 @@ func (r *apiRand) refusal(c *rrConfig) string {
 	for _, s := range c.services {
 		if old := r.svcs[s.name]; old != nil && old.api {
 			return fmt.Sprintf("service %q is defined in the file and through the API", s.name)
+		}
+	}
+	// The pool refuses a pin on another service's VIP (one the file
+	// removes is held for it) or on one held for another name.
+	for _, s := range c.services {
+		for _, pin := range []netip.Addr{s.pinned(r.w), s.pinned6(r.w, c)} {
+			if pin.IsValid() && r.used(pin, s.name) != "" {
+				return pin.String()
+			}
 		}
 	}
 	return ""
@@ -780,7 +1040,7 @@ func (r *apiRand) restart() {
 // wantStartError starts a gateway that must refuse to start, saying says.
 func (r *apiRand) wantStartError(says string) {
 	r.t.Helper()
-	gw, err := startRRGateway(r.t, "refused", r.disk, true, arSources(), r.clk)
+	gw, err := startRRGateway(r.t, "refused", r.disk, true, r.sources(), r.clk)
 	if err == nil {
 		gw.g.Close()
 		r.fatalf("a gateway started where it must say %q", says)
@@ -829,26 +1089,74 @@ func (r *apiRand) checkList() {
 			wantPorts = append(wantPorts, fmt.Sprintf("%s/%d>%d", p.proto, p.port, r.w.port(p.proto, p.target)))
 		}
 		for _, b := range as.Backends {
-			backends = append(backends, b.Address)
+			backends = append(backends, fmt.Sprintf("%s/%s/%d/%s", b.Address, b.Backend, b.Port, b.Origin))
 			if !b.Healthy {
 				r.fatalf("GET /v1/services: %s backend %s is not healthy: %+v", as.Name, b.Address, b)
 			}
 		}
-		for _, i := range s.backends {
-			wantBackends = append(wantBackends, r.w.addrs[i].String())
+		for _, b := range r.backendsOf(s) {
+			wantBackends = append(wantBackends, fmt.Sprintf("%s/%s/%d/%s", b.addr, b.label(), b.port, b.origin))
 		}
 		slices.Sort(backends)
 		slices.Sort(wantBackends)
-		if as.Source != source || as.VIP != s.vip.String() || !slices.Equal(as.Tenants, s.tenants) ||
+		vip6 := ""
+		if s.vip6.IsValid() {
+			vip6 = s.vip6.String()
+		}
+		if as.Source != source || as.VIP != s.vip.String() || as.VIP6 != vip6 || !slices.Equal(as.Tenants, s.tenants) ||
 			!slices.Equal(ports, wantPorts) || !slices.Equal(backends, wantBackends) {
-			r.fatalf("GET /v1/services: %s is %s %s %v %v %v, want %s %s %v %v %v", as.Name,
-				as.Source, as.VIP, as.Tenants, ports, backends, source, s.vip, s.tenants, wantPorts, wantBackends)
+			r.fatalf("GET /v1/services: %s is %s %s %q %v %v %v, want %s %s %q %v %v %v", as.Name,
+				as.Source, as.VIP, as.VIP6, as.Tenants, ports, backends, source, s.vip, vip6, s.tenants, wantPorts, wantBackends)
 		}
 	}
 	want := slices.Sorted(maps.Keys(r.svcs))
 	if !slices.Equal(names, want) {
 		r.fatalf("GET /v1/services lists %v, want %v", names, want)
 	}
+}
+
+// arBackend is a backend of the model: an address of rrWorld.addrs (port
+// 0), or one of an SRV record (its port).
+type arBackend struct {
+	addr   netip.Addr
+	port   uint16
+	origin string // the SRV name; "" for an address
+}
+
+// label names the backend as the API and the metrics do.
+func (b arBackend) label() string {
+	if b.port == 0 {
+		return b.addr.String()
+	}
+	return netip.AddrPortFrom(b.addr, b.port).String()
+}
+
+// backendsOf are the backends of s.
+func (r *apiRand) backendsOf(s *arSvc) []arBackend {
+	var out []arBackend
+	for _, i := range s.backends {
+		out = append(out, arBackend{addr: r.w.addrs[i]})
+	}
+	if s.srv >= 0 {
+		for _, rec := range arSRV[s.srv].recs {
+			out = append(out, arBackend{addr: r.w.addrs[rec.addr], port: r.w.tcpPorts[rec.port], origin: arSRV[s.srv].name})
+		}
+	}
+	return out
+}
+
+// dsts are where a new flow to port p of s may go: its target on each
+// backend given by address, the record's port on an SRV one.
+func (r *apiRand) dsts(s *arSvc, p rrPort) []string {
+	var out []string
+	for _, b := range r.backendsOf(s) {
+		port := b.port
+		if port == 0 {
+			port = r.w.port(p.proto, p.target)
+		}
+		out = append(out, netip.AddrPortFrom(b.addr, port).String())
+	}
+	return out
 }
 
 // checkDNS asks from a source of each tenant for every name ever seen,
@@ -875,7 +1183,12 @@ func (r *apiRand) checkDNS() {
 		if !r.full && q != asked {
 			continue
 		}
-		c, err := r.gw.client.DialUDP(src, netip.MustParseAddrPort("10.100.0.1:53"))
+		server := netip.MustParseAddrPort("10.100.0.1:53")
+		if r.v6 && r.rng.IntN(2) == 0 {
+			// An IPv6 client asks at the gateway's address in pool6.
+			src, server = rrTwin6(src), netip.AddrPortFrom(rrGateway6(arPool6), 53)
+		}
+		c, err := r.gw.client.DialUDP(src, server)
 		if err != nil {
 			r.fatalf("DNS from %s: %v", src, err)
 		}
@@ -891,16 +1204,33 @@ func (r *apiRand) checkDNS() {
 				c.Close()
 				r.fatalf("DNS %s A from %s (%s): %s, want %s", fq, src, tenant, got, want)
 			}
+			// AAAA: the IPv6 VIP, none without a pool6.
+			switch {
+			case s == nil || !s.allows(tenant):
+			case s.vip6.IsValid():
+				want = fmt.Sprintf("NOERROR [%s\t30\tIN\tAAAA\t%s]", fq, s.vip6)
+			default:
+				want = "NOERROR []"
+			}
+			if got := r.ask(c, fq, "AAAA"); got != want {
+				c.Close()
+				r.fatalf("DNS %s AAAA from %s (%s): %s, want %s", fq, src, tenant, got, want)
+			}
 			if s == nil {
 				continue
 			}
-			want = "NXDOMAIN []"
-			if s.allows(tenant) {
-				want = fmt.Sprintf("NOERROR [%s\t30\tIN\tPTR\t%s]", rrReverse(s.vip), fq)
-			}
-			if got := r.ask(c, s.vip.String(), "PTR"); got != want {
-				c.Close()
-				r.fatalf("DNS PTR %s from %s (%s): %s, want %s", s.vip, src, tenant, got, want)
+			for _, vip := range []netip.Addr{s.vip, s.vip6} {
+				if !vip.IsValid() {
+					continue
+				}
+				want = "NXDOMAIN []"
+				if s.allows(tenant) {
+					want = fmt.Sprintf("NOERROR [%s\t30\tIN\tPTR\t%s]", rrReverse(vip), fq)
+				}
+				if got := r.ask(c, vip.String(), "PTR"); got != want {
+					c.Close()
+					r.fatalf("DNS PTR %s from %s (%s): %s, want %s", vip, src, tenant, got, want)
+				}
 			}
 		}
 		c.Close()
@@ -928,24 +1258,24 @@ func (r *apiRand) checkFlows() {
 	for _, n := range names {
 		s := r.svcs[n]
 		for _, tn := range r.file.tenants {
-			src := rrSource(tn.prefixes[0], r.rng.IntN(2))
+			src, vip := rrSource(tn.prefixes[0], r.rng.IntN(2)), s.vip
+			if s.vip6.IsValid() && r.rng.IntN(2) == 0 {
+				src, vip = rrTwin6(src), s.vip6 // an IPv6 client to the IPv6 VIP
+			}
 			for _, p := range s.ports {
 				if !s.allows(tn.name) && p.proto == "udp" {
 					continue
 				}
-				res, c := r.gw.open(p.proto, src, netip.AddrPortFrom(s.vip, p.port))
+				res, c := r.gw.open(p.proto, src, netip.AddrPortFrom(vip, p.port))
 				if c != nil {
 					c.Close()
 				}
-				ok := false
-				for _, b := range s.backends {
-					ok = ok || res == netip.AddrPortFrom(r.w.addrs[b], r.w.port(p.proto, p.target)).String()
-				}
+				ok := slices.Contains(r.dsts(s, p), res)
 				if !s.allows(tn.name) {
 					ok = res == "refused"
 				}
 				if !ok {
-					r.fatalf("a %s flow from %s (%s) to %s %s:%d: %s", p.proto, src, tn.name, n, s.vip, p.port, res)
+					r.fatalf("a %s flow from %s (%s) to %s %s: %s, want one of %v", p.proto, src, tn.name, n, netip.AddrPortFrom(vip, p.port), res, r.dsts(s, p))
 				}
 			}
 		}
@@ -986,14 +1316,15 @@ func (r *apiRand) checkMetrics() {
 		}
 	}
 	for n, s := range r.svcs {
-		for _, b := range s.backends {
-			want = append(want, fmt.Sprintf("%s,%s=1", r.w.addrs[b], n))
+		for _, b := range r.backendsOf(s) {
+			want = append(want, fmt.Sprintf("%s,%s=1", b.label(), n))
 		}
 	}
 	// Live: a hold stops counting when its hold-down ends, with no change
-	// of the table.
-	if want := float64(len(r.svcs) + len(r.liveHolds())); used != want {
-		r.fatalf("ztgate_vip_pool_used = %v, want %v (%d services, holds %v)", used, want, len(r.svcs), r.liveHolds())
+	// of the table. IPv4 VIPs only.
+	holds4 := slices.DeleteFunc(r.liveHolds(), func(h arHold) bool { return h.vip.Is6() })
+	if want := float64(len(r.svcs) + len(holds4)); used != want {
+		r.fatalf("ztgate_vip_pool_used = %v, want %v (%d services, holds %v)", used, want, len(r.svcs), holds4)
 	}
 	slices.Sort(got)
 	slices.Sort(want)
