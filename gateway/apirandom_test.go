@@ -114,13 +114,16 @@ var (
 	arPool6     = rrPools6[0] // tun.pool6 of a run with IPv6
 	// arSRV are the SRV names an API service may discover its backends by
 	// (backends_srv), served by the test's DNS server for the whole run:
-	// the second puts two records on one address, on two ports.
+	// the second puts two records on one address, on two ports; the third
+	// does not exist (NXDOMAIN), so that a service of it alone has no
+	// backend and refuses new flows.
 	arSRV = []struct {
 		name string
 		recs []arSRVRec
 	}{
 		{"_a._tcp.srv.example", []arSRVRec{{0, 0}, {1, 1}}},
 		{"_b._tcp.srv.example", []arSRVRec{{2, 0}, {2, 2}}},
+		{"_none._tcp.srv.example", nil},
 	}
 )
 
@@ -153,6 +156,10 @@ type arHold struct {
 	name  string
 	vip   netip.Addr
 	since time.Time
+}
+
+func (h arHold) String() string {
+	return fmt.Sprintf("%s for %s since %s", h.vip, h.name, h.since.Format("15:04:05.000"))
 }
 
 type apiRand struct {
@@ -199,6 +206,9 @@ func newAPIRand(t *testing.T, seed uint64) *apiRand {
 		dns.SetHost(arSRVTarget(i), 300, a)
 	}
 	for _, x := range arSRV {
+		if x.recs == nil {
+			continue
+		}
 		var recs []resolver.SRV
 		for _, rec := range x.recs {
 			recs = append(recs, resolver.SRV{Target: arSRVTarget(rec.addr) + ".", Port: w.tcpPorts[rec.port], Priority: 10, Weight: 10})
@@ -748,7 +758,7 @@ func (r *apiRand) deleteAPI(s *arSvc) {
 	}
 	var flow net.Conn
 	var src netip.Addr
-	if tcp := s.port("tcp"); tcp != nil && r.rng.IntN(2) == 0 {
+	if tcp := s.port("tcp"); tcp != nil && len(r.dsts(s, *tcp)) > 0 && r.rng.IntN(2) == 0 {
 		if src = r.admitted(s); src.IsValid() {
 			res, c := r.gw.open("tcp", src, netip.AddrPortFrom(s.vip, tcp.port))
 			if c == nil {
@@ -1271,7 +1281,7 @@ func (r *apiRand) checkFlows() {
 					c.Close()
 				}
 				ok := slices.Contains(r.dsts(s, p), res)
-				if !s.allows(tn.name) {
+				if !s.allows(tn.name) || len(r.dsts(s, p)) == 0 {
 					ok = res == "refused"
 				}
 				if !ok {
