@@ -95,7 +95,9 @@ func (g *Gateway) lookupBackends(w http.ResponseWriter, r *http.Request) (*servi
 // matchBackends returns the backends of list that s names, as
 // lookupBackends reads it. An address:port names a backend with a port of
 // its own (from an SRV record) only: the others have the service's
-// targets, and are named by address.
+// targets, and are named by address. A host or SRV name matches in any
+// case: the configuration folds it to lower case, and the operator names
+// it as written.
 func matchBackends(list []*backend, s string) []*backend {
 	ip, ipErr := netip.ParseAddr(s)
 	ap, apErr := netip.ParseAddrPort(s)
@@ -103,7 +105,7 @@ func matchBackends(list []*backend, s string) []*backend {
 	for _, b := range list {
 		if (ipErr == nil && b.addr == ip.Unmap()) ||
 			(apErr == nil && b.port != 0 && b.key() == backendKey{ap.Addr().Unmap(), ap.Port()}) ||
-			b.origin() == s {
+			strings.EqualFold(b.origin(), s) {
 			out = append(out, b)
 		}
 	}
