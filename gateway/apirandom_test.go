@@ -35,7 +35,9 @@ import (
 // pins outside their pool, on a reserved address, of the wrong family, on
 // another service's VIP or pin or one held for another name, undeclared
 // tenants, oversize bodies), DELETE /v1/services/{name} (of the API, of
-// the file, unknown, escaped), POST /v1/reload of a rewritten file (its
+// the file, unknown, escaped), drains and undrains of backends (by
+// address, by an SRV backend's address:port, by the SRV name in any case,
+// of an address the service lacks), POST /v1/reload of a rewritten file (its
 // services, their vip and vip6 pins and tenants change; a file service
 // named as an API service, pinned to another service's VIP or one held
 // for another name, or a tenant an API service names removed, fails it),
@@ -74,6 +76,7 @@ func TestAPIRandom(t *testing.T) {
 		{"post", 30, r.post},
 		{"post bad", 22, r.postBad},
 		{"delete", 16, r.delete},
+		{"drain", 6, r.drain},
 		{"reload", 10, r.reload},
 		{"clock", 4, r.tick},
 		{"restart", 3, r.restart},
@@ -784,6 +787,100 @@ func (r *apiRand) deleteAPI(s *arSvc) {
 	if flow != nil {
 		r.drained(s, flow, deleted, r.file.drainTimeout())
 	}
+}
+
+// drain drains backends of a service through the API and undrains them:
+// named by an address (every backend on it, an SRV one too), by an SRV
+// backend's address:port (that one alone), by the SRV name in any case
+// (all of its backends), or by an address the service has no backend on
+// (404). While drained they are shown draining and not healthy, their
+// ztgate_backend_healthy is 0, and new flows go to the others (refused
+// when none is left).
+func (r *apiRand) drain() {
+	// A service with SRV backends, and one of those, more often than not.
+	s := testseed.Pick(r.rng, mapValues(r.svcs), func(s *arSvc) bool { return s.srv >= 0 && len(r.backendsOf(s)) > 0 })
+	if s == nil || r.rng.IntN(3) == 0 {
+		s = testseed.Pick(r.rng, mapValues(r.svcs), func(s *arSvc) bool { return len(r.backendsOf(s)) > 0 })
+	}
+	if s == nil {
+		return
+	}
+	bs := r.backendsOf(s)
+	b := bs[r.rng.IntN(len(bs))]
+	if r.rng.IntN(2) == 0 {
+		b = bs[len(bs)-1] // the last is of SRV when there is one
+	}
+	path, drained, by := b.addr.String(), map[string]bool{}, "address"
+	k := r.rng.IntN(4)
+	switch {
+	case k == 1 && b.port != 0:
+		path, by = b.label(), "address:port"
+		drained[b.label()] = true
+	case k == 2 && b.origin != "":
+		var sb strings.Builder
+		for _, c := range b.origin {
+			if r.rng.IntN(2) == 0 {
+				c = []rune(strings.ToUpper(string(c)))[0]
+			}
+			sb.WriteRune(c)
+		}
+		path, by = sb.String(), "SRV name"
+		for _, o := range bs {
+			drained[o.label()] = drained[o.label()] || o.origin == b.origin
+		}
+	case k == 3:
+		path = "127.0.0.9"
+		code, out := r.call("POST", "/v1/services/"+s.name+"/backends/"+path+"/drain", "")
+		r.wantErrors("drain "+path, code, out, http.StatusNotFound, "no backend")
+		return
+	default:
+		for _, o := range bs {
+			drained[o.label()] = drained[o.label()] || o.addr == b.addr
+		}
+	}
+	what := fmt.Sprintf("drain %s of %s", path, s.name)
+	for _, verb := range []string{"drain", "undrain"} {
+		code, out := r.call("POST", "/v1/services/"+s.name+"/backends/"+path+"/"+verb, "")
+		var got apiService
+		if err := json.Unmarshal([]byte(out), &got); code != http.StatusOK || err != nil {
+			r.fatalf("%s: %s: %d %s, want 200", what, verb, code, out)
+		}
+		for _, ab := range got.Backends {
+			if d := verb == "drain" && drained[ab.Backend]; (ab.State == "draining") != d || ab.Healthy == d {
+				r.fatalf("%s: %s: backend %s is %s, healthy %v; want draining %v", what, verb, ab.Backend, ab.State, ab.Healthy, d)
+			}
+			if v := metricValue(r.t, r.gw.g, "ztgate_backend_healthy", "backend", ab.Backend, "service", s.name); v != map[bool]float64{true: 0, false: 1}[verb == "drain" && drained[ab.Backend]] {
+				r.fatalf("%s: %s: ztgate_backend_healthy{backend=%q} = %v", what, verb, ab.Backend, v)
+			}
+		}
+		if verb == "undrain" {
+			break
+		}
+		src := r.admitted(s)
+		if !src.IsValid() {
+			continue
+		}
+		for _, p := range s.ports {
+			var want []string
+			for _, o := range bs {
+				if !drained[o.label()] {
+					port := o.port
+					if port == 0 {
+						port = r.w.port(p.proto, p.target)
+					}
+					want = append(want, netip.AddrPortFrom(o.addr, port).String())
+				}
+			}
+			res, c := r.gw.open(p.proto, src, netip.AddrPortFrom(s.vip, p.port))
+			if c != nil {
+				c.Close()
+			}
+			if !slices.Contains(want, res) && (len(want) > 0 || res != "refused") {
+				r.fatalf("%s: a %s flow to port %d: %s, want one of %v (or refused without any)", what, p.proto, p.port, res, want)
+			}
+		}
+	}
+	r.stats["(drained by "+by+")"]++
 }
 
 // drained checks that a flow of a service deleted at deleted lives on
