@@ -421,27 +421,8 @@ func (r *icmpRand) waitFlows() {
 // it is a datagram like any other (udp). A refusal's port unreachable
 // quotes the datagram reassembled.
 func (r *icmpRand) udpFragments() {
-	c := r.client()
-	dst, _ := r.target(c)
-	port := uint16(7)
-	if r.rng.IntN(5) == 0 {
-		port = 9
-	}
-	var src netip.AddrPort
-	var old []netip.AddrPort
-	for k := range r.flows {
-		if k[0].Addr() == c.addr {
-			old = append(old, k[0])
-		}
-	}
-	if len(old) > 0 && r.rng.IntN(3) == 0 {
-		slices.SortFunc(old, func(a, b netip.AddrPort) int { return a.Compare(b) })
-		src = old[r.rng.IntN(len(old))]
-	} else {
-		r.port++
-		src = netip.AddrPortFrom(c.addr, r.port)
-	}
-	vip := netip.AddrPortFrom(dst, port)
+	c, src, vip := r.udpTarget()
+	dst := vip.Addr()
 	payload := make([]byte, 16+r.rng.IntN(1200))
 	for i := range payload {
 		payload[i] = byte(r.rng.UintN(256))

@@ -803,9 +803,10 @@ func maps2[K comparable, V any](m map[K]V) map[K]V {
 	return out
 }
 
-// udp sends a datagram: on a flow the model has, a new flow, or one
-// refused.
-func (r *icmpRand) udp() {
+// udpTarget picks a client and the source and VIP of its next datagram:
+// on a flow the model has (one time in three, if it has one), a new flow,
+// or one refused (the port nothing serves, one time in five).
+func (r *icmpRand) udpTarget() (irClient, netip.AddrPort, netip.AddrPort) {
 	c := r.client()
 	dst, _ := r.target(c)
 	port := uint16(7)
@@ -827,6 +828,14 @@ func (r *icmpRand) udp() {
 		src = netip.AddrPortFrom(c.addr, r.port)
 	}
 	vip := netip.AddrPortFrom(dst, port)
+	return c, src, vip
+}
+
+// udp sends a datagram: on a flow the model has, a new flow, or one
+// refused.
+func (r *icmpRand) udp() {
+	c, src, vip := r.udpTarget()
+	dst := vip.Addr()
 	p := udpPacket(src, vip, r.shortPayload(64))
 	r.h.gw.lan.Deliver(p)
 	key := [2]netip.AddrPort{src, vip}
