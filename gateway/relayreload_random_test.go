@@ -943,6 +943,24 @@ type rlProbe struct {
 	answered bool
 }
 
+// pickPort picks a port of proto of s (nil: none) three times in four, or
+// one it lacks (rrUnmapped).
+func (r *rlRun) pickPort(s *rrService, proto string) uint16 {
+	ports := []uint16{rrUnmapped}
+	if s != nil {
+		for _, p := range s.ports {
+			if p.proto == proto {
+				ports = append(ports, p.port)
+			}
+		}
+	}
+	dport := ports[r.rng.IntN(len(ports))]
+	if len(ports) > 1 && r.rng.IntN(4) != 0 {
+		dport = ports[1+r.rng.IntN(len(ports)-1)]
+	}
+	return dport
+}
+
 func (r *rlRun) token() string {
 	r.seq++
 	return fmt.Sprintf("rl-%d-%d", r.seed%1000, r.seq)
@@ -1021,18 +1039,7 @@ func (r *rlRun) probes(tg *rlTag) []*rlProbe {
 		}
 		if dst.IsValid() {
 			// UDP to each port of the service (and one it lacks).
-			ports := []uint16{rrUnmapped}
-			if s != nil {
-				for _, p := range s.ports {
-					if p.proto == "udp" {
-						ports = append(ports, p.port)
-					}
-				}
-			}
-			dport := ports[r.rng.IntN(len(ports))]
-			if len(ports) > 1 && r.rng.IntN(4) != 0 {
-				dport = ports[1+r.rng.IntN(len(ports)-1)]
-			}
+			dport := r.pickPort(s, "udp")
 			p := &rlProbe{tg: tg, kind: "udp", what: fmt.Sprintf("UDP to %s:%d", tg.service, dport), tok: r.token(),
 				port: r.srcPort(), dport: dport}
 			if sp := s.portOrNil("udp", dport); sp != nil && admitted && healthy {

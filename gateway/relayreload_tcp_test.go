@@ -170,16 +170,7 @@ func (r *rlRun) tcpProbes(tg *rlTag) []*rlTCPProbe {
 	if s == nil || !vip.IsValid() {
 		return out
 	}
-	ports := []uint16{rrUnmapped}
-	for _, p := range s.ports {
-		if p.proto == "tcp" {
-			ports = append(ports, p.port)
-		}
-	}
-	dport := ports[r.rng.IntN(len(ports))]
-	if len(ports) > 1 && r.rng.IntN(4) != 0 {
-		dport = ports[1+r.rng.IntN(len(ports)-1)]
-	}
+	dport := r.pickPort(s, "tcp")
 	p := &rlTCPProbe{tg: tg, what: fmt.Sprintf("TCP to %s:%d", tg.service, dport), tok: r.token(),
 		src: netip.AddrPortFrom(tg.inner, r.srcPort()), dst: netip.AddrPortFrom(vip, dport), done: make(chan struct{})}
 	if sp := s.port("tcp", dport); sp != nil && s.allows(tg.tenant) && s.passes() {
