@@ -82,8 +82,11 @@ func receiveVirtio(in, scratch []byte, deliver func([]byte)) error {
 		deliver(pkt)
 		return nil
 	case virtioNetGSOTCPv4, virtioNetGSOTCPv6:
-		if v6 != (h.gsoType == virtioNetGSOTCPv6) || h.csumOff != virtioCsumOffsetTCP {
-			return fmt.Errorf("%w: GSO type %d for IP version %d", errVirtio, h.gsoType, pkt[0]>>4)
+		if v6 != (h.gsoType == virtioNetGSOTCPv6) || h.csumOff != virtioCsumOffsetTCP || h.gsoSize == 0 {
+			return fmt.Errorf("%w: GSO type %d of %d for IP version %d", errVirtio, h.gsoType, h.gsoSize, pkt[0]>>4)
+		}
+		if err := transportIs(pkt, h.csumStart, uint8(header.TCPProtocolNumber)); err != nil {
+			return err
 		}
 		if err := fixLengths(pkt, v6); err != nil {
 			return err
@@ -102,40 +105,69 @@ func receiveVirtio(in, scratch []byte, deliver func([]byte)) error {
 // completeChecksum finishes the partial checksum the header points at,
 // once it is known to be the checksum field of the packet's TCP or UDP
 // header: completed anywhere else, it would write over other bytes — the
-// IPv4 source address, a port — after every check of the router's.
+// IPv4 source address, a port, a TCP sequence number — after every check
+// of the router's.
 func completeChecksum(pkt []byte, h virtioHdr) error {
-	if !transportAt(pkt, h.csumStart) || h.csumStart+h.csumOff+2 > len(pkt) ||
-		!checksumField(pkt, h.csumOff) {
+	proto, l4, ok := transportOf(pkt)
+	field := -1
+	switch proto {
+	case uint8(header.TCPProtocolNumber):
+		field = header.TCPChecksumOffset
+	case protoUDP:
+		field = udpChecksumOffset
+	}
+	if !ok || h.csumStart != l4 || h.csumOff != field || l4+field+2 > len(pkt) {
 		return fmt.Errorf("%w: checksum at %d+%d in %d bytes", errVirtio, h.csumStart, h.csumOff, len(pkt))
 	}
 	completePartial(pkt, h.csumStart, h.csumOff)
 	return nil
 }
 
-// transportAt reports whether a transport header may start at l4 in pkt:
-// right after the IPv4 header (its IHL), or anywhere after IPv6's fixed
-// header (extension headers may come between).
-func transportAt(pkt []byte, l4 int) bool {
-	if pkt[0]>>4 == 6 {
-		return l4 >= header.IPv6MinimumSize
+// maxIPv6ExtHeaders bounds the extension headers transportOf walks.
+const maxIPv6ExtHeaders = 8
+
+// transportOf finds pkt's transport header: its protocol and offset,
+// behind the IPv4 header (its IHL) or behind IPv6's fixed header and any
+// hop-by-hop, routing and destination options headers. ok is false for
+// a packet too short for its headers, an IP fragment (the kernel leaves
+// no checksum of one partial, and segments none), or another IP version.
+func transportOf(pkt []byte) (proto uint8, l4 int, ok bool) {
+	switch pkt[0] >> 4 {
+	case 4:
+		l4 = int(pkt[0]&0x0f) * 4
+		if len(pkt) < header.IPv4MinimumSize || l4 < header.IPv4MinimumSize || l4 > len(pkt) ||
+			binary.BigEndian.Uint16(pkt[6:])&0x3fff != 0 {
+			return 0, 0, false
+		}
+		return pkt[9], l4, true
+	case 6:
+		if len(pkt) < header.IPv6MinimumSize {
+			return 0, 0, false
+		}
+		proto, l4 = pkt[6], header.IPv6MinimumSize
+		for range maxIPv6ExtHeaders {
+			switch proto {
+			case uint8(header.IPv6HopByHopOptionsExtHdrIdentifier), uint8(header.IPv6RoutingExtHdrIdentifier),
+				uint8(header.IPv6DestinationOptionsExtHdrIdentifier):
+			default:
+				return proto, l4, true
+			}
+			if l4+8 > len(pkt) {
+				return 0, 0, false
+			}
+			proto, l4 = pkt[l4], l4+(int(pkt[l4+1])+1)*8
+		}
 	}
-	return l4 >= header.IPv4MinimumSize && l4 == int(pkt[0]&0x0f)*4
+	return 0, 0, false
 }
 
-// checksumField reports whether off is where the checksum of pkt's
-// transport header lies: TCP's or UDP's (IPv6: either, the protocol being
-// behind any extension headers).
-func checksumField(pkt []byte, off int) bool {
-	if pkt[0]>>4 == 6 {
-		return off == header.TCPChecksumOffset || off == udpChecksumOffset
+// transportIs checks that the header of a super-packet of proto describes
+// pkt: the transport header at l4 is of proto.
+func transportIs(pkt []byte, l4 int, proto uint8) error {
+	if p, at, ok := transportOf(pkt); !ok || p != proto || at != l4 {
+		return fmt.Errorf("%w: GSO of protocol %d at %d, the packet's is %d at %d", errVirtio, proto, l4, p, at)
 	}
-	switch pkt[9] { // within pkt: transportAt found an IPv4 header
-	case protoUDP:
-		return off == udpChecksumOffset
-	case uint8(header.TCPProtocolNumber):
-		return off == header.TCPChecksumOffset
-	}
-	return false
+	return nil
 }
 
 // fixLengths makes the IP header's length the packet's (a super-packet's
@@ -161,10 +193,10 @@ func fixLengths(pkt []byte, v6 bool) error {
 }
 
 // completeL4 computes the checksum of the transport segment that starts at
-// l4 from scratch: the pseudo-header with the segment's real length, then
+// l4 (transportOf's) from scratch: the pseudo-header with the segment's real length, then
 // the segment with its checksum field zero.
 func completeL4(pkt []byte, l4 int, proto tcpip.TransportProtocolNumber, field int) error {
-	if !transportAt(pkt, l4) || l4+field+2 > len(pkt) {
+	if l4+field+2 > len(pkt) {
 		return fmt.Errorf("%w: transport header at %d in %d bytes", errVirtio, l4, len(pkt))
 	}
 	var src, dst tcpip.Address
@@ -190,9 +222,14 @@ func completeL4(pkt []byte, l4 int, proto tcpip.TransportProtocolNumber, field i
 // own segmentation does.
 func splitUDP(pkt []byte, v6 bool, h virtioHdr, scratch []byte, deliver func([]byte)) error {
 	l4 := h.csumStart
-	if h.gsoSize == 0 || l4 < header.IPv4MinimumSize || l4+header.UDPMinimumSize > len(pkt) ||
-		(v6 && l4 < header.IPv6MinimumSize) || (!v6 && l4 != int(pkt[0]&0x0f)*4) {
-		return fmt.Errorf("%w: UDP segments of %d at %d in %d bytes", errVirtio, h.gsoSize, l4, len(pkt))
+	// As Linux's virtio_net_hdr_to_skb: a partial UDP checksum, segments
+	// of some size; and a UDP header where the header says.
+	if h.flags&virtioNetFNeedsCsum == 0 || h.csumOff != udpChecksumOffset || h.gsoSize == 0 ||
+		l4+header.UDPMinimumSize > len(pkt) {
+		return fmt.Errorf("%w: UDP segments of %d at %d+%d in %d bytes", errVirtio, h.gsoSize, l4, h.csumOff, len(pkt))
+	}
+	if err := transportIs(pkt, l4, protoUDP); err != nil {
+		return err
 	}
 	hdrLen := l4 + header.UDPMinimumSize
 	payload := pkt[hdrLen:]

@@ -171,6 +171,25 @@ func TestReceiveVirtio(t *testing.T) {
 			checkRxPacket(t, got[0], protoUDP, payload)
 		})
 	}
+	t.Run("v6/extension header", func(t *testing.T) {
+		// A partial checksum of the UDP header behind a destination
+		// options header (PadN) is completed there.
+		in := rxPacket(true, protoUDP, virtioNetGSONone, 0, rxPayload(100))
+		ip := virtioNetHdrLen
+		in = slices.Insert(in, ip+header.IPv6MinimumSize, protoUDP, 0, 1, 4, 0, 0, 0, 0)
+		in[ip+6] = uint8(header.IPv6DestinationOptionsExtHdrIdentifier)
+		binary.BigEndian.PutUint16(in[ip+4:], binary.BigEndian.Uint16(in[ip+4:])+8)
+		binary.NativeEndian.PutUint16(in[6:], header.IPv6MinimumSize+8)
+		var got []byte
+		if err := receiveVirtio(in, scratch, func(p []byte) { got = slices.Clone(p) }); err != nil {
+			t.Fatal(err)
+		}
+		u := got[header.IPv6MinimumSize+8:]
+		sum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, toAddr(rxSrc6), toAddr(rxDst6), uint16(len(u)))
+		if checksum.Checksum(u, sum) != 0xffff {
+			t.Fatal("UDP checksum behind the extension header wrong")
+		}
+	})
 	t.Run("no checksum to complete", func(t *testing.T) {
 		in := rxPacket(false, protoUDP, virtioNetGSONone, 0, rxPayload(10))
 		in[0] = 0 // the kernel's own checksum stands; nothing is touched
@@ -227,6 +246,25 @@ func TestReceiveVirtioMalformed(t *testing.T) {
 		{"TCP header inside the IPv6 header", set16(rxPacket(true, protoTCPTest, virtioNetGSOTCPv6, 1428, rxPayload(3000)), 6, 20)},
 		{"TCP header not after the IPv4 header", set16(tcp4(), 6, 24)},
 		{"unknown GSO type", func() []byte { b := udp4(); b[1] = 3; return b }()},
+		// A GSO type or checksum offset of another protocol than the
+		// packet's (Linux's virtio_net_hdr_to_skb refuses these too): a
+		// TCP checksum completed in a UDP datagram writes over its
+		// payload, UDP lengths and checksums cut into a TCP segment over
+		// its sequence and acknowledgement numbers.
+		{"TCP GSO of a UDP packet", set16(rxPacket(false, protoUDP, virtioNetGSOTCPv4, 1000, rxPayload(3000)), 8, 16)},
+		{"TCPv6 GSO of a UDP packet", set16(rxPacket(true, protoUDP, virtioNetGSOTCPv6, 1000, rxPayload(3000)), 8, 16)},
+		{"UDP GSO of a TCP packet", set16(rxPacket(false, protoTCPTest, virtioNetGSOUDPL4, 1000, rxPayload(3000)), 8, 6)},
+		{"UDP GSO with the checksum not at 6", set16(udp4(), 8, 16)},
+		{"UDP GSO without a partial checksum", func() []byte { b := udp4(); b[0] = 0; return b }()},
+		{"TCP GSO of size 0", set16(tcp4(), 4, 0)},
+		{"IPv6 UDP header not after the IPv6 header", set16(rxPacket(true, protoUDP, virtioNetGSOUDPL4, 1000, rxPayload(3000)), 6, 48)},
+		{"IPv6 partial checksum at TCP's place in UDP", set16(rxPacket(true, protoUDP, virtioNetGSONone, 0, rxPayload(30)), 8, 16)},
+		{"IPv6 partial checksum over the TCP sequence number", set16(rxPacket(true, protoTCPTest, virtioNetGSONone, 0, rxPayload(30)), 8, 6)},
+		{"partial checksum of an IPv4 fragment", func() []byte {
+			b := rxPacket(false, protoUDP, virtioNetGSONone, 0, rxPayload(30))
+			b[virtioNetHdrLen+6] |= 0x20 // more fragments
+			return b
+		}()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := 0
