@@ -240,7 +240,9 @@ func splitUDP(pkt []byte, v6 bool, h virtioHdr, scratch []byte, deliver func([]b
 	if !v6 {
 		id = header.IPv4(pkt).ID()
 	}
-	for i := 0; len(payload) > 0; i++ {
+	// A run of no payload is one empty datagram (Linux takes a GSO
+	// packet no longer than one segment as that packet).
+	for i := 0; i == 0 || len(payload) > 0; i++ {
 		n := min(h.gsoSize, len(payload))
 		d := scratch[:hdrLen+n]
 		copy(d, pkt[:hdrLen])

@@ -158,6 +158,17 @@ func TestReceiveVirtio(t *testing.T) {
 				}
 			}
 		})
+		t.Run(name+"/udp empty", func(t *testing.T) {
+			// No payload: one empty datagram, not nothing and no error.
+			var got [][]byte
+			if err := receiveVirtio(rxPacket(v6, protoUDP, virtioNetGSOUDPL4, 1000, nil), scratch, func(p []byte) { got = append(got, slices.Clone(p)) }); err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != 1 {
+				t.Fatalf("delivered %d datagrams, want 1", len(got))
+			}
+			checkRxPacket(t, got[0], protoUDP, nil)
+		})
 		t.Run(name+"/single", func(t *testing.T) {
 			payload := rxPayload(300)
 			in := rxPacket(v6, protoUDP, virtioNetGSONone, 0, payload)
