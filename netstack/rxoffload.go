@@ -120,6 +120,9 @@ func completeChecksum(pkt []byte, h virtioHdr) error {
 		return fmt.Errorf("%w: checksum at %d+%d in %d bytes", errVirtio, h.csumStart, h.csumOff, len(pkt))
 	}
 	completePartial(pkt, h.csumStart, h.csumOff)
+	if proto == protoUDP && pkt[l4+field] == 0 && pkt[l4+field+1] == 0 {
+		pkt[l4+field], pkt[l4+field+1] = 0xff, 0xff // 0 means "no checksum" for UDP, as in completeL4
+	}
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -201,6 +202,27 @@ func TestReceiveVirtio(t *testing.T) {
 			t.Fatal("UDP checksum behind the extension header wrong")
 		}
 	})
+	for _, v6 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("v6=%v/UDP checksum 0 sent as 0xffff", v6), func(t *testing.T) {
+			// The payload's first word makes the datagram's checksum 0,
+			// which UDP sends as 0xffff (RFC 768; Linux's CSUM_MANGLED_0):
+			// 0 would say "no checksum", which IPv6 does not allow.
+			in := rxPacket(v6, protoUDP, virtioNetGSONone, 0, make([]byte, 20))
+			l4 := virtioNetHdrLen + header.IPv4MinimumSize
+			if v6 {
+				l4 = virtioNetHdrLen + header.IPv6MinimumSize
+			}
+			s := checksum.Checksum(in[l4:], 0)
+			binary.BigEndian.PutUint16(in[l4+header.UDPMinimumSize:], 0xffff-s)
+			var got []byte
+			if err := receiveVirtio(in, scratch, func(p []byte) { got = slices.Clone(p) }); err != nil {
+				t.Fatal(err)
+			}
+			if c := binary.BigEndian.Uint16(got[l4-virtioNetHdrLen+udpChecksumOffset:]); c != 0xffff {
+				t.Fatalf("UDP checksum %#04x, want 0xffff", c)
+			}
+		})
+	}
 	t.Run("no checksum to complete", func(t *testing.T) {
 		in := rxPacket(false, protoUDP, virtioNetGSONone, 0, rxPayload(10))
 		in[0] = 0 // the kernel's own checksum stands; nothing is touched
