@@ -60,6 +60,49 @@ func ValidateServices(svcs []catalog.Service, ctx ServiceContext) Errors {
 	return el.errs
 }
 
+// ValidateAddedService runs the cross-service checks of svc, a service
+// posted to the admin API (see ParseServiceJSON), against the services
+// there are already (existing, the file's and the API's): a name or a pin
+// another service has, and pools large enough for them all. Errors name
+// svc's keys as ParseServiceJSON does (service.vip) and the other service
+// by its name and where it comes from: the configuration file, or an
+// earlier API service; never by an index in existing, which the operator
+// does not see.
+func ValidateAddedService(existing []catalog.Service, svc catalog.Service, ctx ServiceContext) Errors {
+	const path = "service"
+	el := newErrList("")
+	for _, o := range existing {
+		if svc.Name != "" && strings.EqualFold(o.Name, svc.Name) {
+			el.addf(join(path, "name"), "%q is also the name of service %q (%s)", svc.Name, o.Name, serviceOrigin(o))
+		}
+	}
+	for _, pin := range []struct {
+		key  string
+		addr netip.Addr
+	}{{"vip", svc.VIP}, {"vip6", svc.VIP6}} {
+		if !pin.addr.IsValid() {
+			continue
+		}
+		for _, o := range existing {
+			if o.VIP == pin.addr || o.VIP6 == pin.addr {
+				el.addf(join(path, pin.key), "%s is pinned by service %q (%s)", pin.addr, o.Name, serviceOrigin(o))
+				break
+			}
+		}
+	}
+	checkRoom(el, "", ctx.Pool, len(existing)+1)
+	checkRoom(el, "", ctx.Pool6, len(existing)+1)
+	return el.errs
+}
+
+// serviceOrigin tells where a service comes from, for errors about it.
+func serviceOrigin(s catalog.Service) string {
+	if s.Source == "api" {
+		return "added through the API"
+	}
+	return "configuration file"
+}
+
 func validateServices(el *errList, svcs []catalog.Service, ctx ServiceContext, paths servicePaths) {
 	names := make(map[string]int, len(svcs))
 	pins := make(map[netip.Addr]int)

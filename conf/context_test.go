@@ -88,3 +88,43 @@ func TestPoolRoom(t *testing.T) {
 		})
 	}
 }
+
+// TestValidateAddedService: a service posted to the API is checked against
+// those there are; errors name the body's keys and the other service by
+// name and origin, never an index of the merged list.
+func TestValidateAddedService(t *testing.T) {
+	ctx := ServiceContext{Pool: netip.MustParsePrefix("10.100.0.0/29"), Pool6: netip.MustParsePrefix("2001:db8::/64")}
+	existing := []catalog.Service{
+		{Name: "mail", Source: "file", VIP6: netip.MustParseAddr("2001:db8::5")},
+		{Name: "web", Source: "file", VIP: netip.MustParseAddr("10.100.0.3")},
+		{Name: "db", Source: "api", VIP: netip.MustParseAddr("10.100.0.4")},
+	}
+	tests := []struct {
+		name string
+		svc  catalog.Service
+		want []string
+	}{
+		{"free", catalog.Service{Name: "new", VIP: netip.MustParseAddr("10.100.0.5"), VIP6: netip.MustParseAddr("2001:db8::6")}, nil},
+		{"vip6 of a file service", catalog.Service{Name: "new", VIP6: netip.MustParseAddr("2001:db8::5")}, []string{
+			`service.vip6: 2001:db8::5 is pinned by service "mail" (configuration file)`}},
+		{"vip of an API service", catalog.Service{Name: "new", VIP: netip.MustParseAddr("10.100.0.4")}, []string{
+			`service.vip: 10.100.0.4 is pinned by service "db" (added through the API)`}},
+		{"name of an API service", catalog.Service{Name: "DB"}, []string{
+			`service.name: "DB" is also the name of service "db" (added through the API)`}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			errs := ValidateAddedService(existing, tc.svc, ctx)
+			if tc.want == nil {
+				if errs != nil {
+					t.Fatalf("errors: %v", errs)
+				}
+				return
+			}
+			wantErrors(t, errs, tc.want)
+		})
+	}
+	small := ServiceContext{Pool: netip.MustParsePrefix("10.100.0.0/30")} // room for 1
+	wantErrors(t, ValidateAddedService(existing[1:2], catalog.Service{Name: "new"}, small), []string{
+		"pool 10.100.0.0/30 has room for 1 VIPs but 2 services need one each"})
+}

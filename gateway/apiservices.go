@@ -40,7 +40,7 @@ func (g *Gateway) addServiceLocked(w http.ResponseWriter, r *http.Request, body 
 		return
 	}
 	api := append(slices.Clone(g.apiServices), svc)
-	if err := validateAgainst(g.running, api); err != nil {
+	if err := validateAgainst(g.running, g.apiServices, svc); err != nil {
 		adminapi.WriteErrors(w, http.StatusConflict, confErrors(err)...)
 		return
 	}
@@ -172,13 +172,15 @@ func confErrors(err error) []error {
 }
 
 // validateAgainst runs the cross-service checks (duplicate names and pins,
-// pool room) of the file's services together with api.
-func validateAgainst(cfg *conf.Gateway, api []catalog.Service) error {
-	all, err := mergeServices(cfg.Services, api)
+// pool room) of svc, a service posted to the API, against the file's
+// services and api. Errors name svc's keys as in its body and the other
+// services by name and origin (conf.ValidateAddedService).
+func validateAgainst(cfg *conf.Gateway, api []catalog.Service, svc catalog.Service) error {
+	existing, err := mergeServices(cfg.Services, api)
 	if err != nil {
 		return err
 	}
-	if errs := conf.ValidateServices(all, cfg.ServiceContext()); len(errs) > 0 {
+	if errs := conf.ValidateAddedService(existing, svc, cfg.ServiceContext()); len(errs) > 0 {
 		return errs
 	}
 	return nil
