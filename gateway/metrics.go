@@ -42,6 +42,9 @@ type metrics struct {
 	echoes         *prometheus.CounterVec
 	tunnelRefusals *prometheus.CounterVec
 	ingresses      prometheus.Gauge // tunnel ingresses open now
+	// controlRejects counts the relay's control messages ignored for
+	// their content, by reason.
+	controlRejects *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -91,6 +94,9 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		ingresses: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ztgate_tunnel_ingresses", Help: "Tunnel ingresses open now: relay tags and agents connected directly.",
 		}),
+		controlRejects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztgate_tunnel_control_rejected_total", Help: "Control messages from the relay ignored for their content, by reason.",
+		}, []string{"reason"}),
 	}
 	for _, r := range netstack.DropReasons() {
 		m.droppedBy = append(m.droppedBy, m.dropped.WithLabelValues(r.String()))
@@ -109,6 +115,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	for _, r := range []string{"ok", "error"} {
 		m.reloads.WithLabelValues(r)
 	}
+	m.controlRejects.WithLabelValues("bad_assign")
 	m.poolUsed = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ztgate_vip_pool_used", Help: "VIPs of the IPv4 pool allocated to services or held back.",
 	}, func() float64 { return float64(m.pool.Load().Owned()) })
@@ -117,7 +124,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.flowsActive, m.flowsTotal, m.flowsRefused, m.bytes, m.dialErrors, m.dropped,
 		m.backendHealthy, m.healthChecks, m.healthDuration, m.poolUsed, m.poolCapacity,
-		m.reloads, m.echoes, m.tunnelRefusals, m.ingresses,
+		m.reloads, m.echoes, m.tunnelRefusals, m.ingresses, m.controlRejects,
 	)
 	return m
 }
@@ -335,3 +342,7 @@ func (m *metrics) forgetService(name string) {
 
 // tunnelRefused counts a refused tunnel peer.
 func (m *metrics) tunnelRefused(reason string) { m.tunnelRefusals.WithLabelValues(reason).Inc() }
+
+// controlRejected counts a control message from the relay ignored for its
+// content.
+func (m *metrics) controlRejected(reason string) { m.controlRejects.WithLabelValues(reason).Inc() }

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -194,8 +195,15 @@ func (rs *relaySession) control() error {
 	}
 }
 
-// applyAssign takes the relay's VIPs and rebuilds the service table.
+// applyAssign takes the relay's VIPs and rebuilds the service table. An
+// assign that does not fit (assignProblem) is ignored, counted and logged:
+// the VIPs and pools in force stay.
 func (g *Gateway) applyAssign(m *tunnel.Assign) {
+	if err := assignProblem(m); err != nil {
+		g.m.controlRejected("bad_assign")
+		g.log.Error("ignoring the relay's VIP assignment; keeping the one in force", "err", err)
+		return
+	}
 	g.relay.mu.Lock()
 	g.relay.vips = make(map[string]tunnel.VIPAssignment, len(m.VIPs))
 	for _, v := range m.VIPs {
@@ -219,6 +227,52 @@ func (g *Gateway) applyAssign(m *tunnel.Assign) {
 		return
 	}
 	g.log.Info("VIPs assigned by the relay", "services", len(m.VIPs), "pool", m.Pool, "changed", len(d.Changed)+len(d.Added))
+}
+
+// assignProblem says why an assign must not be applied, or nil. Its pool
+// must be an IPv4 prefix of /8 to /29 and its pool6 none or an IPv6 prefix
+// of /64 to /126, as a relay's configuration demands (protocol.md,
+// "assign"): without a pool the netstack would route nothing and drop
+// every packet. Each VIP must be of its family and inside its pool, each
+// service named once and each address given to one service only.
+func assignProblem(m *tunnel.Assign) error {
+	switch p := m.Pool; {
+	case !p.IsValid():
+		return errors.New("the assign has no pool")
+	case !p.Addr().Is4() || p.Bits() < 8 || p.Bits() > 29:
+		return fmt.Errorf("pool %s is not an IPv4 prefix of /8 to /29", p)
+	}
+	if p := m.Pool6; p.IsValid() && (!p.Addr().Is6() || p.Addr().Is4In6() || p.Bits() < 64 || p.Bits() > 126) {
+		return fmt.Errorf("pool6 %s is not an IPv6 prefix of /64 to /126", p)
+	}
+	names := make(map[string]bool, len(m.VIPs))
+	owner := make(map[netip.Addr]string, 2*len(m.VIPs))
+	for _, v := range m.VIPs {
+		if v.Service == "" || names[v.Service] {
+			return fmt.Errorf("service %q is assigned VIPs twice or has no name", v.Service)
+		}
+		names[v.Service] = true
+		for _, a := range []struct {
+			addr netip.Addr
+			pool netip.Prefix
+			key  string
+		}{{v.VIP, m.Pool, "vip"}, {v.VIP6, m.Pool6, "vip6"}} {
+			if !a.addr.IsValid() {
+				continue
+			}
+			if !a.pool.IsValid() {
+				return fmt.Errorf("service %q: %s %s without a pool6", v.Service, a.key, a.addr)
+			}
+			if a.addr.Is4() != a.pool.Addr().Is4() || !a.pool.Contains(a.addr) {
+				return fmt.Errorf("service %q: %s %s is outside the pool %s", v.Service, a.key, a.addr, a.pool)
+			}
+			if other, dup := owner[a.addr]; dup {
+				return fmt.Errorf("%s is assigned to both service %q and service %q", a.addr, other, v.Service)
+			}
+			owner[a.addr] = v.Service
+		}
+	}
+	return nil
 }
 
 // openTag registers the ingress of a tag the relay opened. A tag already

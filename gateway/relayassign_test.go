@@ -1,0 +1,159 @@
+package gateway
+
+import (
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ztgate/ztgate/conf"
+	"github.com/ztgate/ztgate/netstack/netstacktest"
+	"github.com/ztgate/ztgate/tunnel"
+)
+
+// assignGateway is a gateway attached to a test relay, with its log.
+type assignGateway struct {
+	gw   *Gateway
+	s    *tunnel.Session // the relay's side of the gateway's session
+	logs *syncLog
+	tags uint32 // the last tag opened by processed
+}
+
+// startAssignGateway starts a gateway publishing web (udp 53) behind a
+// test relay, logging into logs.
+func startAssignGateway(t *testing.T, extra string) *assignGateway {
+	t.Helper()
+	pki := t.TempDir()
+	_, ca := writePKI(t, pki)
+	rl := startRLRelay(t, pki, ca)
+	t.Cleanup(rl.stop)
+	toml := `[gateway]
+name = "gw-assign"
+state_dir = "` + t.TempDir() + `"
+[api]
+listen = "off"
+` + extra + `
+[[service]]
+name = "web"
+tenants = ["acme"]
+backends = ["127.0.0.1"]
+  [[service.port]]
+  protocol = "udp"
+  port = 53
+  target = 9
+  [service.health]
+  type = "none"
+` + rl.tunnelSection(pki)
+	cfg, err := conf.ParseGateway("test.toml", []byte(toml))
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	client, err := netstacktest.NewClient(1420, acmeClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncLog{}
+	gw, err := New(cfg, Options{Device: client, Pinger: fakePinger{}}, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gw.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { gw.Close() })
+	s, err := rl.await("gw-assign", 15*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close("test over") })
+	return &assignGateway{gw: gw, s: s, logs: logs, tags: 100}
+}
+
+// send sends m to the gateway and returns once the gateway has handled it:
+// the control loop handles messages in order, so a tag_open sent after it
+// is seen open only then.
+func (a *assignGateway) send(t *testing.T, m any) {
+	t.Helper()
+	if err := a.s.Send(m); err != nil {
+		t.Fatal(err)
+	}
+	a.tags++
+	tag := a.tags
+	if err := a.s.Send(tunnel.TagOpen{Type: tunnel.MessageTagOpen, Tag: tag, Service: "web", Tenant: "acme",
+		Identity: "ztna://acme/agent/a1", InnerAddr: netip.MustParseAddr("100.64.0.9")}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the tag opened after the message", func() bool {
+		return (&trModel{g: a.gw}).tagIngress(tag) != nil
+	})
+}
+
+// TestRelayBadAssignIgnored: an assign that does not fit what protocol.md
+// says a relay sends (no pool: the netstack would then route nothing and
+// drop every packet; a pool or pool6 of the wrong family or size; a VIP
+// outside its pool or of the wrong family; one VIP for two services) is
+// ignored: the VIPs and pools in force stay, it is counted in
+// ztgate_tunnel_control_rejected_total{reason="bad_assign"} and logged.
+// Before, every one was applied as it came.
+func TestRelayBadAssignIgnored(t *testing.T) {
+	a := startAssignGateway(t, "")
+	pool, pool6 := netip.MustParsePrefix("10.200.0.0/24"), netip.MustParsePrefix("fd00:99::/120")
+	vip, vip6 := netip.MustParseAddr("10.200.0.10"), netip.MustParseAddr("fd00:99::a")
+	good := tunnel.Assign{Type: tunnel.MessageAssign, Zone: "ztna.internal", TTL: 30, Pool: pool, Pool6: pool6,
+		VIPs: []tunnel.VIPAssignment{{Service: "web", VIP: vip, VIP6: vip6}}}
+	a.send(t, good)
+	inForce := func(what string) {
+		t.Helper()
+		if svc := a.gw.tbl.Load().byName["web"]; svc == nil || svc.vip != vip || svc.vip6 != vip6 {
+			t.Fatalf("%s: web's VIPs are not %v and %v any more", what, vip, vip6)
+		}
+		if p, p6, ok := a.gw.relayPools(); !ok || p != pool || p6 != pool6 {
+			t.Fatalf("%s: the relay's pools are %v %v (%v), want %v %v kept", what, p, p6, ok, pool, pool6)
+		}
+	}
+	inForce("the good assign")
+	with := func(f func(m *tunnel.Assign)) tunnel.Assign {
+		m := good
+		m.VIPs = []tunnel.VIPAssignment{good.VIPs[0]}
+		f(&m)
+		return m
+	}
+	cases := []struct {
+		name string
+		m    tunnel.Assign
+		why  string
+	}{
+		{"no pool", with(func(m *tunnel.Assign) { m.Pool = netip.Prefix{}; m.VIPs = nil }), "the assign has no pool"},
+		{"pool IPv6", with(func(m *tunnel.Assign) { m.Pool = netip.MustParsePrefix("fd00:1::/64") }), "pool fd00:1::/64 is not an IPv4 prefix"},
+		{"pool everything", with(func(m *tunnel.Assign) { m.Pool = netip.MustParsePrefix("0.0.0.0/0") }), "pool 0.0.0.0/0 is not an IPv4 prefix of /8 to /29"},
+		{"pool6 IPv4", with(func(m *tunnel.Assign) { m.Pool6 = netip.MustParsePrefix("10.201.0.0/24") }), "pool6 10.201.0.0/24 is not an IPv6 prefix"},
+		{"vip outside the pool", with(func(m *tunnel.Assign) { m.VIPs[0].VIP = netip.MustParseAddr("10.9.9.9") }), `service "web": vip 10.9.9.9 is outside the pool 10.200.0.0/24`},
+		{"vip IPv6", with(func(m *tunnel.Assign) { m.VIPs[0].VIP = netip.MustParseAddr("fd00:99::b") }), `vip fd00:99::b is outside the pool`},
+		{"vip6 outside pool6", with(func(m *tunnel.Assign) { m.VIPs[0].VIP6 = netip.MustParseAddr("fd00:1::b") }), `vip6 fd00:1::b is outside the pool fd00:99::/120`},
+		{"vip6 without pool6", with(func(m *tunnel.Assign) { m.Pool6 = netip.Prefix{} }), `vip6 fd00:99::a without a pool6`},
+		{"one VIP for two services", with(func(m *tunnel.Assign) {
+			m.VIPs = append(m.VIPs, tunnel.VIPAssignment{Service: "db", VIP: vip})
+		}), `10.200.0.10 is assigned to both service "web" and service "db"`},
+	}
+	rejected := func() float64 {
+		return testutil.ToFloat64(a.gw.m.controlRejects.WithLabelValues("bad_assign"))
+	}
+	for i, tc := range cases {
+		a.send(t, tc.m)
+		inForce(tc.name)
+		if n := rejected(); n != float64(i+1) {
+			t.Errorf("%s: bad_assign counted %v times, want %d", tc.name, n, i+1)
+		}
+		logs := a.logs.String()
+		if !strings.Contains(logs, `level=ERROR msg="ignoring the relay's VIP assignment; keeping the one in force"`) || !strings.Contains(logs, strings.ReplaceAll(tc.why, `"`, `\"`)) {
+			t.Errorf("%s: the log does not say %q:\n%s", tc.name, tc.why, logs)
+		}
+	}
+	// The next good assign is applied.
+	vip = netip.MustParseAddr("10.200.0.11")
+	a.send(t, with(func(m *tunnel.Assign) { m.VIPs[0].VIP = vip }))
+	inForce("a good assign after the bad ones")
+}
