@@ -230,7 +230,7 @@ func (g *Gateway) directDatagrams(ctx context.Context, s *tunnel.Session, in *in
 // the identity must be allowed to reach it like a routed packet's. Packets
 // to the gateway's own address (DNS of the tenant's view, ping) need no
 // service (""). A packet that is not IPv4 passes with "" for deliverTunnel
-// to count as malformed.
+// to count (not_ipv4 or malformed).
 func (g *Gateway) rawService(id tunnel.Identity, pkt []byte) (string, bool) {
 	_, dst, ok := netstack.IPv4Addrs(pkt)
 	if !ok || dst == g.cfg.TUN.GatewayAddr() {

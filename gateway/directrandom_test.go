@@ -151,7 +151,7 @@ type dsModel struct {
 	regWant map[int]map[string]int
 }
 
-var dsDropReasons = []string{"malformed", "malformed_datagram", "not_authorised", "spoofed_source", "wrong_service", "unexpected_datagram"}
+var dsDropReasons = []string{"malformed", "not_ipv4", "malformed_datagram", "not_authorised", "spoofed_source", "wrong_service", "unexpected_datagram"}
 
 var dsRefusals = [][2]string{
 	{"udp", refusePort}, {"udp", refuseTenant}, {"tcp", refusePort}, {"tcp", refuseTenant},
@@ -907,8 +907,8 @@ func (m *dsModel) malformed(s *dsSession) string {
 	case 4: // a routed packet cut short
 		b, _ = tunnel.AppendRouted(nil, "echo", pkt)
 		b, reason = b[:3], "malformed_datagram"
-	case 5: // IPv6, or too short for it
-		b, reason = []byte{0x60, 0, 0, 0, 0, 8, 17}, "malformed"
+	case 5: // IPv6, or too short for it: not IPv4 all the same
+		b, reason = []byte{0x60, 0, 0, 0, 0, 8, 17}, "not_ipv4"
 	case 6: // an IPv4 header cut short
 		b, reason = pkt[:12], "malformed"
 	default: // a registration ACK, which agents receive

@@ -241,7 +241,11 @@ func outboxDrop(err error) string {
 func (g *Gateway) deliverTunnel(in *ingress, service string, pkt []byte, sink netstack.PacketSink) {
 	src, dst, ok := netstack.IPv4Addrs(pkt)
 	if !ok {
-		g.m.tunnelDrop("malformed")
+		if len(pkt) > 0 && pkt[0]>>4 != 4 { // IPv6 or another version: the tunnel carries IPv4 only
+			g.m.tunnelDrop("not_ipv4")
+		} else {
+			g.m.tunnelDrop("malformed")
+		}
 		return
 	}
 	inner := in.innerAddr()

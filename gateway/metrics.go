@@ -153,7 +153,7 @@ const dropUDPBackendOverflow = "udp_backend_overflow"
 // drops, whose counters are made at start.
 var tunnelDropReasons = []string{
 	"ingress_full", "malformed", "malformed_datagram", "malformed_out", "no_ingress",
-	"not_authorised", "outbox_budget", "outbox_full", "send_error", "spoofed_source", "unexpected_datagram", "unknown_tag",
+	"not_authorised", "not_ipv4", "outbox_budget", "outbox_full", "send_error", "spoofed_source", "unexpected_datagram", "unknown_tag",
 	"wrong_service",
 }
 

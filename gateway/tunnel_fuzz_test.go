@@ -31,7 +31,7 @@ func FuzzDeliverTunnel(f *testing.F) {
 	in, _ := h.testIngress(f, "acme")
 	drops := func() float64 {
 		var n float64
-		for _, r := range []string{"malformed", "spoofed_source", "wrong_service"} {
+		for _, r := range []string{"malformed", "not_ipv4", "spoofed_source", "wrong_service"} {
 			n += testutil.ToFloat64(h.gw.m.dropped.WithLabelValues(r))
 		}
 		return n

@@ -97,7 +97,7 @@ type trModel struct {
 	seq         int
 }
 
-var trDropReasons = []string{"spoofed_source", "wrong_service", "malformed", "malformed_datagram", "unexpected_datagram"}
+var trDropReasons = []string{"spoofed_source", "wrong_service", "malformed", "not_ipv4", "malformed_datagram", "unexpected_datagram"}
 
 var trRefusals = [][2]string{
 	{"udp", refuseTenant}, {"udp", refusePort}, {"tcp", refusePort}, {"tcp", refuseTenant},
@@ -962,9 +962,9 @@ func (m *trModel) malformed(live []*trTag) {
 		for i := range junk {
 			junk[i] = byte(m.rng.IntN(256))
 		}
-		junk[0] = 0x60 | junk[0]&0x0f // IPv6, or too short for it
+		junk[0] = 0x60 | junk[0]&0x0f // IPv6, or too short for it: not IPv4 all the same
 		m.sendTagged(tg.id, tg.service, junk)
-		m.drops["malformed"]++
+		m.drops["not_ipv4"]++
 	}
 }
 
