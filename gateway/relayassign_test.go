@@ -3,6 +3,7 @@ package gateway
 import (
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -156,4 +157,51 @@ func TestRelayBadAssignIgnored(t *testing.T) {
 	vip = netip.MustParseAddr("10.200.0.11")
 	a.send(t, with(func(m *tunnel.Assign) { m.VIPs[0].VIP = vip }))
 	inForce("a good assign after the bad ones")
+}
+
+// TestRelayZoneMismatchWarned: the gateway answers in its own dns.zone
+// whatever zone the relay's assign names (its agents resolve in the
+// relay's): a relay zone that differs is warned about once per change of
+// the relay's zone, naming both, not at every assign, and not for an
+// assign that is ignored or whose zone is dns.zone in another spelling.
+// Before, the relay's zone was ignored without a word.
+func TestRelayZoneMismatchWarned(t *testing.T) {
+	a := startAssignGateway(t, "[dns]\nzone = \"ztna.internal\"\n")
+	assign := func(zone string, pool netip.Prefix) tunnel.Assign {
+		return tunnel.Assign{Type: tunnel.MessageAssign, Zone: zone, TTL: 30, Pool: pool,
+			VIPs: []tunnel.VIPAssignment{{Service: "web", VIP: netip.MustParseAddr("10.200.0.10")}}}
+	}
+	pool := netip.MustParsePrefix("10.200.0.0/24")
+	const msg = `level=WARN msg="the relay's DNS zone differs from dns.zone: agents resolve the services in the relay's zone, this gateway's DNS answers in its own"`
+	for _, step := range []struct {
+		zone string
+		pool netip.Prefix
+		want []string // the warnings' relay zones so far
+	}{
+		{"ztna.internal.", pool, nil},
+		{"ZTNA.internal", pool, nil},
+		{"corp.example.", pool, []string{"corp.example."}},
+		{"corp.example.", pool, []string{"corp.example."}},
+		{"Corp.Example", pool, []string{"corp.example."}},
+		{"bad.example.", netip.Prefix{}, []string{"corp.example."}}, // ignored: no pool
+		{"other.example.", pool, []string{"corp.example.", "other.example."}},
+		{"ztna.internal.", pool, []string{"corp.example.", "other.example."}},
+		{"corp.example.", pool, []string{"corp.example.", "other.example.", "corp.example."}},
+	} {
+		a.send(t, assign(step.zone, step.pool))
+		var got []string
+		for _, line := range strings.Split(a.logs.String(), "\n") {
+			if strings.Contains(line, msg) {
+				if !strings.Contains(line, "zone=ztna.internal.") {
+					t.Errorf("the warning does not name the gateway's zone: %s", line)
+				}
+				_, z, _ := strings.Cut(line, "relay_zone=")
+				z, _, _ = strings.Cut(z, " ")
+				got = append(got, z)
+			}
+		}
+		if !slices.Equal(got, step.want) {
+			t.Fatalf("after an assign in %q: warnings for %q, want %q:\n%s", step.zone, got, step.want, a.logs.String())
+		}
+	}
 }

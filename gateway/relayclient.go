@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,6 +42,9 @@ type relayState struct {
 	vips  map[string]tunnel.VIPAssignment
 	pool  netip.Prefix
 	pool6 netip.Prefix
+	// zone is the DNS zone of the last assign that named one, lower case
+	// with a trailing dot; "" before.
+	zone string
 }
 
 // relayPools returns the VIP pools the relay assigned: ok is false until
@@ -211,6 +215,7 @@ func (g *Gateway) applyAssign(m *tunnel.Assign) {
 	}
 	g.relay.pool, g.relay.pool6 = m.Pool, m.Pool6
 	g.relay.mu.Unlock()
+	g.noteRelayZone(m.Zone)
 	for _, r := range m.Rejected {
 		g.log.Error("relay rejected a service", "service", r.Service, "reason", r.Reason)
 	}
@@ -227,6 +232,29 @@ func (g *Gateway) applyAssign(m *tunnel.Assign) {
 		return
 	}
 	g.log.Info("VIPs assigned by the relay", "services", len(m.VIPs), "pool", m.Pool, "changed", len(d.Changed)+len(d.Added))
+}
+
+// noteRelayZone takes the zone of an applied assign. The gateway answers
+// in its own dns.zone whatever the relay's (its agents resolve in the
+// relay's): when the relay's zone changes to one that differs from it,
+// one warning names both, so that operators see the mismatch; another
+// assign in the same zone says nothing more.
+func (g *Gateway) noteRelayZone(zone string) {
+	if zone == "" {
+		return
+	}
+	z := strings.ToLower(zone)
+	if !strings.HasSuffix(z, ".") {
+		z += "."
+	}
+	g.relay.mu.Lock()
+	changed := z != g.relay.zone
+	g.relay.zone = z
+	g.relay.mu.Unlock()
+	if own := g.cfg.DNS.Zone; changed && z != own {
+		g.log.Warn("the relay's DNS zone differs from dns.zone: agents resolve the services in the relay's zone, this gateway's DNS answers in its own",
+			"relay_zone", z, "zone", own)
+	}
 }
 
 // assignProblem says why an assign must not be applied, or nil. Its pool
