@@ -21,7 +21,7 @@ const (
 	DropTooBig                          // outbound packet larger than the link's buffers
 	DropWriteError                      // the output failed
 	DropUDPQueueFull                    // a UDP flow's receive queue is full (its reader is behind)
-	DropICMPRefused                     // an ICMP error about another client's packet, a soft unreachable about TCP, or ICMPv6 behind extension headers
+	DropICMPRefused                     // an ICMP error about another client's packet, or ICMPv6 behind extension headers
 	numDropReasons
 )
 
@@ -110,7 +110,6 @@ func parseIP(b []byte) (ipHeader, bool) {
 
 const (
 	protoICMPv4 = 1
-	protoTCP    = 6
 	protoICMPv6 = 58
 )
 
@@ -123,12 +122,8 @@ const (
 // shrink its TCP's segments. Redirects are never taken from a client.
 // ICMPv6 behind extension headers is not taken at all: the stack's own
 // handling of echo requests (tenant, service and rate checks) sees only
-// the first next-header. A soft unreachable (RFC 1122 4.2.3.9: network or
-// host unreachable, source route failed; ICMPv6's no route, beyond scope
-// and address unreachable, as Linux grades them) about TCP is not taken
-// either: gVisor aborts a handshake in progress on it, where TCP must
-// not, and an established connection only records it. Anything else —
-// non-ICMP, echo, malformed ICMP that gVisor drops — passes.
+// the first next-header. Anything else — non-ICMP, echo, malformed ICMP
+// that gVisor drops — passes.
 func (h *ipHeader) icmpAdmissible(from func(src, dst netip.Addr) bool) bool {
 	if h.v6 {
 		switch h.proto {
@@ -139,11 +134,7 @@ func (h *ipHeader) icmpAdmissible(from func(src, dst netip.Addr) bool) bool {
 			if len(h.l4) < 1 || h.l4[0] < 1 || h.l4[0] > 4 { // not an error
 				return true
 			}
-			if len(h.l4) < 8+40 || !from(h.src, netip.AddrFrom16([16]byte(h.l4[8+24:8+40]))) {
-				return false
-			}
-			soft := h.l4[0] == 1 && (h.l4[1] == 0 || h.l4[1] == 2 || h.l4[1] == 3)
-			return !soft || h.l4[8+6] != protoTCP
+			return len(h.l4) >= 8+40 && from(h.src, netip.AddrFrom16([16]byte(h.l4[8+24:8+40])))
 		case 0, 43, 44, 60: // hop-by-hop, routing, fragment, destination options
 			last := lastNextHeader(h.proto, h.l4)
 			return last != protoICMPv6 && last != unwalkable
@@ -158,20 +149,10 @@ func (h *ipHeader) icmpAdmissible(from func(src, dst netip.Addr) bool) bool {
 		return false
 	case 3, 4, 11, 12: // unreachable, source quench, time exceeded, parameter problem
 		q := h.l4[min(8, len(h.l4)):]
-		if len(q) < 20 || q[0]>>4 != 4 || !from(h.src, netip.AddrFrom4([4]byte(q[16:20]))) {
-			return false
-		}
-		soft := h.l4[0] == 3 && int(h.l4[1]) < len(softUnreachable4) && softUnreachable4[h.l4[1]]
-		return !soft || q[9] != protoTCP
+		return len(q) >= 20 && q[0]>>4 == 4 && from(h.src, netip.AddrFrom4([4]byte(q[16:20])))
 	}
 	return true
 }
-
-// softUnreachable4 marks the codes of an IPv4 destination unreachable that
-// RFC 1122 4.2.3.9 (and Linux) make soft errors for TCP: network and host
-// unreachable, for the type of service too, and source route failed.
-// (Fragmentation needed, 4, is the path MTU's, taken.)
-var softUnreachable4 = [16]bool{0: true, 1: true, 5: true, 11: true, 12: true}
 
 // unwalkable is what lastNextHeader returns for a chain it cannot follow
 // to its end (255 is reserved, never a real protocol).
