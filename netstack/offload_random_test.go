@@ -126,6 +126,9 @@ type refPacket struct {
 	hdrLen int // payload's offset
 }
 
+// protoTCP is TCP's IP protocol number.
+const protoTCP = 6
+
 // TCP flags by bit.
 const (
 	refFIN = 0x01
