@@ -314,10 +314,22 @@ func (b *Batch) DeliverWhole(pkt []byte) {
 	b.l.Deliver(pkt)
 }
 
-// Flush hands the stack every packet that waits in the batch.
+// Flush hands the stack every packet that waits in the batch. gVisor's
+// GRO holds up to 8 packets in each of its 8 buckets of flows, and its
+// Flush hands on only the first of each (it removes a packet from its
+// bucket's list, then asks it for the next one): so it is called until a
+// call hands on nothing. A packet left held would wait for a later packet
+// of its bucket, or for its sender's retransmission timeout.
 func (b *Batch) Flush() {
-	if b.fixer.next != nil {
+	if b.fixer.next == nil {
+		return
+	}
+	for {
+		n := b.fixer.delivered
 		b.gro.Flush()
+		if b.fixer.delivered == n {
+			return
+		}
 	}
 }
 
@@ -329,12 +341,14 @@ func (b *Batch) Flush() {
 // packet gets its IPv4 header and TCP checksums computed again here before
 // the stack checks them; on a trusted link nothing checks them.
 type mergedFixer struct {
-	next    stack.NetworkDispatcher
-	trusted bool // the link's checksums are trusted: the stack checks none, nothing to fix
+	next      stack.NetworkDispatcher
+	trusted   bool   // the link's checksums are trusted: the stack checks none, nothing to fix
+	delivered uint64 // packets handed on, for Flush
 }
 
 // DeliverNetworkPacket implements stack.NetworkDispatcher.
 func (f *mergedFixer) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	f.delivered++
 	// A packet GRO validated whose header checksum no longer holds is one
 	// GRO grew; any other packet goes on as it came.
 	if pkt.RXChecksumValidated && !f.trusted {
