@@ -23,17 +23,18 @@ type assignGateway struct {
 	tags uint32 // the last tag opened by processed
 }
 
-// startAssignGateway starts a gateway publishing web (udp 53) behind a
-// test relay, logging into logs.
-func startAssignGateway(t *testing.T, extra string) *assignGateway {
+// relayWebGateway starts a test relay and returns it with the
+// configuration of a gateway named name, attached to it, publishing web
+// (UDP 53) to acme; extra goes after its [api] section.
+func relayWebGateway(t *testing.T, name, stateDir, extra string) (*rlRelay, string) {
 	t.Helper()
 	pki := t.TempDir()
 	_, ca := writePKI(t, pki)
 	rl := startRLRelay(t, pki, ca)
 	t.Cleanup(rl.stop)
-	toml := `[gateway]
-name = "gw-assign"
-state_dir = "` + t.TempDir() + `"
+	return rl, `[gateway]
+name = "` + name + `"
+state_dir = "` + stateDir + `"
 [api]
 listen = "off"
 ` + extra + `
@@ -48,6 +49,13 @@ backends = ["127.0.0.1"]
   [service.health]
   type = "none"
 ` + rl.tunnelSection(pki)
+}
+
+// startAssignGateway starts a gateway publishing web (udp 53) behind a
+// test relay, logging into logs.
+func startAssignGateway(t *testing.T, extra string) *assignGateway {
+	t.Helper()
+	rl, toml := relayWebGateway(t, "gw-assign", t.TempDir(), extra)
 	cfg, err := conf.ParseGateway("test.toml", []byte(toml))
 	if err != nil {
 		t.Fatalf("config: %v", err)

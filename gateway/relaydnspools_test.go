@@ -22,26 +22,7 @@ import (
 // TestRelayReloadRandom). A pool that moves takes its reverse zone along.
 // A tag gets the A record and no AAAA: the tunnel carries IPv4 only.
 func TestRelayPoolsDNSReverse(t *testing.T) {
-	pki := t.TempDir()
-	_, ca := writePKI(t, pki)
-	rl := startRLRelay(t, pki, ca)
-	t.Cleanup(rl.stop)
-	toml := `[gateway]
-name = "gw-ptr"
-state_dir = "STATE"
-[api]
-listen = "off"
-[[service]]
-name = "web"
-tenants = ["acme"]
-backends = ["127.0.0.1"]
-  [[service.port]]
-  protocol = "udp"
-  port = 53
-  target = 9
-  [service.health]
-  type = "none"
-` + rl.tunnelSection(pki)
+	rl, toml := relayWebGateway(t, "gw-ptr", "STATE", "")
 	h := newHarness(t, toml)
 	s, err := rl.await("gw-ptr", 15*time.Second)
 	if err != nil {
