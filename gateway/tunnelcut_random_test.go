@@ -277,7 +277,7 @@ func (s cutSegment) build(pl []byte, partial bool) []byte {
 	copy(b[12:], sa[:])
 	copy(b[16:], da[:])
 	copy(b[20:], s.ipOpts)
-	binary.BigEndian.PutUint16(b[10:], ^cutSum(b[:ihl], 0))
+	binary.BigEndian.PutUint16(b[10:], ^irSum(b[:ihl], 0))
 	tcp := b[ihl:]
 	binary.BigEndian.PutUint16(tcp[0:], s.src.Port())
 	binary.BigEndian.PutUint16(tcp[2:], s.dst.Port())
@@ -291,7 +291,7 @@ func (s cutSegment) build(pl []byte, partial bool) []byte {
 	if partial {
 		binary.BigEndian.PutUint16(tcp[16:], uint16(len(pl)*7)) // not a checksum
 	} else {
-		binary.BigEndian.PutUint16(tcp[16:], ^cutSum(tcp, pseudoSum(sa, da, 6, len(tcp))))
+		binary.BigEndian.PutUint16(tcp[16:], ^irSum(tcp, uint32(pseudoSum(sa, da, 6, len(tcp)))))
 	}
 	return b
 }
@@ -362,7 +362,7 @@ func plainIPv4(src, dst netip.Addr, proto uint8, l4 []byte) []byte {
 	sa, da := src.As4(), dst.As4()
 	copy(b[12:], sa[:])
 	copy(b[16:], da[:])
-	binary.BigEndian.PutUint16(b[10:], ^cutSum(b[:20], 0))
+	binary.BigEndian.PutUint16(b[10:], ^irSum(b[:20], 0))
 	copy(b[20:], l4)
 	return b
 }
@@ -374,7 +374,7 @@ func plainUDP(src, dst netip.AddrPort, pl []byte, noSum bool) []byte {
 	binary.BigEndian.PutUint16(u[4:], uint16(len(u)))
 	copy(u[8:], pl)
 	if !noSum {
-		c := ^cutSum(u, pseudoSum(src.Addr().As4(), dst.Addr().As4(), 17, len(u)))
+		c := ^irSum(u, uint32(pseudoSum(src.Addr().As4(), dst.Addr().As4(), 17, len(u))))
 		if c == 0 {
 			c = 0xffff // RFC 768: a computed zero is sent as all ones
 		}
@@ -388,24 +388,8 @@ func plainICMPEchoReply(src, dst netip.Addr, id, seq uint16, pl []byte) []byte {
 	binary.BigEndian.PutUint16(m[4:], id)
 	binary.BigEndian.PutUint16(m[6:], seq)
 	copy(m[8:], pl)
-	binary.BigEndian.PutUint16(m[2:], ^cutSum(m, 0))
+	binary.BigEndian.PutUint16(m[2:], ^irSum(m, 0))
 	return plainIPv4(src, dst, 1, m)
-}
-
-// cutSum is the Internet checksum's ones'-complement sum of b, added to
-// initial (RFC 1071), folded to 16 bits.
-func cutSum(b []byte, initial uint16) uint16 {
-	acc := uint64(initial)
-	for i := 0; i+1 < len(b); i += 2 {
-		acc += uint64(b[i])<<8 | uint64(b[i+1])
-	}
-	if len(b)%2 == 1 {
-		acc += uint64(b[len(b)-1]) << 8
-	}
-	for acc>>16 != 0 {
-		acc = acc&0xffff + acc>>16
-	}
-	return uint16(acc)
 }
 
 // pseudoSum is the sum of the IPv4 pseudo-header of a transport segment
@@ -416,7 +400,7 @@ func pseudoSum(src, dst [4]byte, proto uint8, n int) uint16 {
 	copy(p[4:], dst[:])
 	p[9] = proto
 	binary.BigEndian.PutUint16(p[10:], uint16(n))
-	return cutSum(p[:], 0)
+	return irSum(p[:], 0)
 }
 
 // sameCutPacket checks that got is the IPv4 packet want, its checksums
@@ -430,7 +414,7 @@ func sameCutPacket(got, want []byte) error {
 		return fmt.Errorf("not an IPv4 packet")
 	}
 	ihl := int(got[0]&0x0f) * 4
-	if cutSum(got[:ihl], 0) != 0xffff {
+	if irSum(got[:ihl], 0) != 0xffff {
 		return fmt.Errorf("IPv4 header checksum %#04x invalid", binary.BigEndian.Uint16(got[10:]))
 	}
 	l4 := got[ihl:]
@@ -439,7 +423,7 @@ func sameCutPacket(got, want []byte) error {
 	switch got[9] {
 	case 6:
 		sumOff = 16
-		if cutSum(l4, pseudoSum(sa, da, 6, len(l4))) != 0xffff {
+		if irSum(l4, uint32(pseudoSum(sa, da, 6, len(l4)))) != 0xffff {
 			return fmt.Errorf("TCP checksum %#04x invalid", binary.BigEndian.Uint16(l4[16:]))
 		}
 	case 17:
@@ -449,12 +433,12 @@ func sameCutPacket(got, want []byte) error {
 		if (c == 0) != (wc == 0) {
 			return fmt.Errorf("UDP checksum %#04x, want %#04x (zero is none)", c, wc)
 		}
-		if c != 0 && cutSum(l4, pseudoSum(sa, da, 17, len(l4))) != 0xffff {
+		if c != 0 && irSum(l4, uint32(pseudoSum(sa, da, 17, len(l4)))) != 0xffff {
 			return fmt.Errorf("UDP checksum %#04x invalid", c)
 		}
 	case 1:
 		sumOff = 2
-		if cutSum(l4, 0) != 0xffff {
+		if irSum(l4, 0) != 0xffff {
 			return fmt.Errorf("ICMP checksum invalid")
 		}
 	}
