@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"sync"
 
+	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/netstack"
 	"github.com/ztgate/ztgate/tunnel"
 )
@@ -212,7 +213,7 @@ func poolProblem(pool netip.Prefix, own, server netip.Addr) string {
 	switch {
 	case !pool.IsValid():
 		return "" // none pushed: the pool in force stays
-	case !pool.Addr().Is4() || pool.Bits() < 8 || pool.Bits() > 29:
+	case !catalog.PoolSizeOK(pool):
 		return "not an IPv4 prefix of /8 to /29"
 	case pool.Contains(own):
 		return "it holds the agent's [tun] address"

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/ztgate/ztgate/catalog"
 )
 
 // validator converts raw values into typed ones, recording every error with
@@ -94,11 +96,11 @@ func (v *validator) pool4(path, s string, def netip.Prefix) netip.Prefix {
 	case !p.Addr().Is4():
 		v.addf(path, "%s is not an IPv4 prefix (an IPv6 pool goes in pool6)", s)
 		return def
-	case p.Bits() > 29:
+	case p.Bits() > catalog.MaxPoolBits:
 		v.addf(path, "%s is too small: a pool is at least a /29, which holds %d VIPs", s,
-			poolRoom(netip.PrefixFrom(p.Addr(), 29).Masked()))
+			poolRoom(netip.PrefixFrom(p.Addr(), catalog.MaxPoolBits).Masked()))
 		return def
-	case p.Bits() < 8:
+	case p.Bits() < catalog.MinPoolBits:
 		v.addf(path, "%s is too large: a pool is at most a /8 (agents refuse a larger one)", s)
 		return def
 	}
@@ -118,7 +120,7 @@ func (v *validator) pool6(path, s string) netip.Prefix {
 	case !p.Addr().Is6() || p.Addr().Is4In6():
 		v.addf(path, "%s is not an IPv6 prefix", s)
 		return netip.Prefix{}
-	case p.Bits() < 64 || p.Bits() > 126:
+	case !catalog.Pool6SizeOK(p):
 		v.addf(path, "%s: an IPv6 pool is a /64 to a /126", s)
 		return netip.Prefix{}
 	}

@@ -258,8 +258,8 @@ func (g *Gateway) noteRelayZone(zone string) {
 }
 
 // assignProblem says why an assign must not be applied, or nil. Its pool
-// must be an IPv4 prefix of /8 to /29 and its pool6 none or an IPv6 prefix
-// of /64 to /126, as a relay's configuration demands (protocol.md,
+// and pool6 (if any) must have the sizes every VIP pool has
+// (catalog.PoolSizeOK), as a relay's configuration demands (protocol.md,
 // "assign"): without a pool the netstack would route nothing and drop
 // every packet. Each VIP must be of its family and inside its pool, each
 // service named once and each address given to one service only.
@@ -267,10 +267,10 @@ func assignProblem(m *tunnel.Assign) error {
 	switch p := m.Pool; {
 	case !p.IsValid():
 		return errors.New("the assign has no pool")
-	case !p.Addr().Is4() || p.Bits() < 8 || p.Bits() > 29:
+	case !catalog.PoolSizeOK(p):
 		return fmt.Errorf("pool %s is not an IPv4 prefix of /8 to /29", p)
 	}
-	if p := m.Pool6; p.IsValid() && (!p.Addr().Is6() || p.Addr().Is4In6() || p.Bits() < 64 || p.Bits() > 126) {
+	if p := m.Pool6; p.IsValid() && !catalog.Pool6SizeOK(p) {
 		return fmt.Errorf("pool6 %s is not an IPv6 prefix of /64 to /126", p)
 	}
 	names := make(map[string]bool, len(m.VIPs))
