@@ -318,7 +318,7 @@ func (c *identitySessions) give(id string) {
 // itself (newFlow).
 func (g *Gateway) endUnreachable(t *table) {
 	for _, f := range g.flows.list(func(f *flow) bool { return g.directUnreachable(t, f) }) {
-		f.close("rights_removed")
+		f.cut("rights_removed")
 	}
 }
 

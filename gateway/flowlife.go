@@ -44,15 +44,15 @@ func (g *Gateway) newFlow(proto string, client, vip netip.AddrPort, d decision, 
 		f.close("shutdown")
 	} else if g.ingressGone(d.peer, client.Addr()) {
 		// closeIngress listed the ingress's flows before this one was added.
-		f.close("ingress_closed")
+		f.cut("ingress_closed")
 	} else if stranded(g.tbl.Load(), d.peer, client.Addr()) {
 		// A reload took the source out of every tenant, and ended the
 		// flows then listed (endStranded), while this one was set up.
-		f.close("source_removed")
+		f.cut("source_removed")
 	} else if g.directUnreachable(g.tbl.Load(), f) {
 		// A reload took the service from the direct agent, and ended the
 		// flows then listed (endUnreachable), while this one was set up.
-		f.close("rights_removed")
+		f.cut("rights_removed")
 	}
 	// After the add: a change of the table from now on drains f with the
 	// others, and one before is in the table departed reads.

@@ -46,6 +46,7 @@ type flow struct {
 	once   sync.Once
 	done   chan struct{}
 	reason string // why it ended; written once under once
+	reset  bool   // cut: its connections reset rather than closed; written once under once
 	conns  []net.Conn
 	mu     sync.Mutex
 
@@ -90,14 +91,30 @@ func (f *flow) attach(c net.Conn) {
 
 // close ends the flow once: records why, wakes its copy loops and closes
 // its connections. Later calls do nothing.
-func (f *flow) close(reason string) {
+func (f *flow) close(reason string) { f.end(reason, false) }
+
+// cut ends the flow as close does, but resets its connections (SO_LINGER
+// 0: a RST) and, once its splice tears down, the backend's. It ends the
+// flows whose client can send nothing more: its source or its rights
+// taken away by a reload (its packets are dropped from then on), or its
+// tunnel ingress gone. A FIN could never be acknowledged: the netstack
+// would send it, and the data the client had not acknowledged, again and
+// again for minutes, to a client that is no longer admitted or no longer
+// there; and the backend must not take a stream cut short for a complete
+// one.
+func (f *flow) cut(reason string) { f.end(reason, true) }
+
+func (f *flow) end(reason string, reset bool) {
 	f.once.Do(func() {
-		f.reason = reason
+		f.reason, f.reset = reason, reset
 		close(f.done)
 		f.mu.Lock()
 		conns, onClose := f.conns, f.onClose
 		f.mu.Unlock()
 		for _, c := range conns {
+			if l, ok := c.(interface{ SetLinger(int) error }); ok && reset {
+				l.SetLinger(0)
+			}
 			c.Close()
 		}
 		if onClose != nil {
@@ -113,6 +130,16 @@ func (f *flow) closed() (string, bool) {
 		return f.reason, true
 	default:
 		return "", false
+	}
+}
+
+// wasCut reports whether cut ended the flow.
+func (f *flow) wasCut() bool {
+	select {
+	case <-f.done:
+		return f.reset
+	default:
+		return false
 	}
 }
 

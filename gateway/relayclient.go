@@ -402,7 +402,7 @@ func (g *Gateway) closeIngress(in *ingress, reason string) {
 		return
 	}
 	for _, f := range g.flows.list(func(f *flow) bool { return f.client.Addr() == in.synth }) {
-		f.close(reason)
+		f.cut(reason)
 	}
 	g.ingresses.remove(in)
 	if !in.tagged { // a tag's outbox is its relay session's, closed with it

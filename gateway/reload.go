@@ -222,7 +222,7 @@ func (g *Gateway) swapTable(old, t *table) {
 // after the pass checks itself (newFlow).
 func (g *Gateway) endStranded(t *table) {
 	for _, f := range g.flows.list(func(f *flow) bool { return stranded(t, f.peer, f.client.Addr()) }) {
-		f.close("source_removed")
+		f.cut("source_removed")
 	}
 }
 

@@ -411,8 +411,9 @@ func (t *tcpSplice) finishWrite(busy *atomic.Bool, bp *[]byte, rest []byte, ev u
 // be reused) and writes the flow's log line with reason, unless the flow
 // was closed with a reason of its own. A side that reset the flow has the
 // other reset too (SO_LINGER 0), as over a direct connection: a FIN would
-// pass a stream cut by the reset off as complete. Workers, kicks during
-// shutdown and Close may race to call it.
+// pass a stream cut by the reset off as complete. A flow cut (flow.cut)
+// has its backend reset as well. Workers, kicks during shutdown and Close
+// may race to call it.
 func (t *tcpSplice) teardown(reason string) {
 	t.teardownOnce.Do(func() {
 		if t.unregister != nil {
@@ -428,6 +429,9 @@ func (t *tcpSplice) teardown(reason string) {
 			t.be.SetLinger(0)
 		}
 		t.f.close(reason)
+		if t.f.wasCut() {
+			t.be.SetLinger(0)
+		}
 		t.be.Close()
 		t.g.endFlow(t.f)
 	})
