@@ -943,12 +943,21 @@ func (m *dsModel) reload() string {
 	}
 	// A flow whose agent may no longer reach its service (its tenant
 	// removed from it, or the service removed) ends at once: the direct
-	// path drops its packets from now on, so it has nothing to drain.
+	// path drops its packets from now on, so it has nothing to drain. A
+	// TCP flow is reset, once: a FIN could not be acknowledged. (Every
+	// reset is expected before any is waited for: a wait reads them all.)
+	var ended []dsKey
 	for k, f := range m.flows {
-		s := m.sessions[k.sess]
-		if m.mayReach(s, f.service) {
+		if m.mayReach(m.sessions[k.sess], f.service) {
 			continue
 		}
+		if k.proto == "tcp" && f.ack != 0 {
+			m.expect[tcpToken("rst", k.sess, k.src, k.dst)] = &dsExpect{sess: k.sess, dst: k.src, want: 1}
+		}
+		ended = append(ended, k)
+	}
+	for _, k := range ended {
+		s := m.sessions[k.sess]
 		m.waitFor(fmt.Sprintf("the %s flow %v→%v of session %d (%s) ended", k.proto, k.src, k.dst, k.sess, s.tenant), func() bool {
 			return len(m.g.flows.list(func(gf *flow) bool {
 				return gf.client == netip.AddrPortFrom(s.synth, k.src.Port()) && gf.vip == k.dst && gf.proto == k.proto
