@@ -76,7 +76,9 @@ func TestAPIRandom(t *testing.T) {
 		{"post", 30, r.post},
 		{"post bad", 22, r.postBad},
 		{"delete", 16, r.delete},
-		{"drain", 6, r.drain},
+		{"drain", 8, r.drain},
+		{"srv", 8, r.srvChange},
+		{"flap", 4, r.flap},
 		{"reload", 10, r.reload},
 		{"clock", 4, r.tick},
 		{"restart", 3, r.restart},
@@ -104,8 +106,16 @@ func TestAPIRandom(t *testing.T) {
 const (
 	apiSeedEnv = "ZTGATE_API_SEED"
 	arSteps    = 300
-	arBudget   = 35 * time.Second
+	arBudget   = 15 * time.Second
 	arHoldDown = 30 * time.Second // vip_hold_down: dns.ttl's default
+	// arMinTTL is discovery.min_ttl: the SRV records have TTL 0, so each
+	// name is asked again every arMinTTL, and a name gone from DNS leaves
+	// at its second NXDOMAIN, arMinTTL or more after the first.
+	arMinTTL = 100 * time.Millisecond
+	// arSettle bounds how long discovery takes to follow a change of the
+	// records: a lookup each arMinTTL, two for a name gone, and a
+	// backend's first health check (250ms) for a new one on probation.
+	arSettle = 5 * time.Second
 )
 
 var (
@@ -145,7 +155,13 @@ type arSvc struct {
 	pin, pin6 netip.Addr // invalid: none
 	backends  []int      // indexes of rrWorld.addrs
 	srv       int        // backends_srv: an index of arSRV, or -1
+	// drained are the backends drained through the API, by label
+	// (arBackend.label): until undrained, the backend left (a reload or
+	// DNS took it away; with no flow, it comes back new), the service
+	// left, or a restart.
+	drained   map[string]bool
 	ports     []rrPort   // TCP only with srv
+	health    string     // of the API's body: "" for the default checks
 	vip, vip6 netip.Addr // vip6 invalid without a pool6
 }
 
@@ -182,6 +198,7 @@ type apiRand struct {
 	svcs    map[string]*arSvc
 	v6      bool // the file has a pool6 and the tenants IPv6 prefixes
 	dns     *resolvertest.Server
+	srv     [][]arSRVRec // what each name of arSRV answers now: nil, NXDOMAIN
 	holds   []arHold
 	seen    map[string]bool
 	full    bool // the next check opens flows to every service
@@ -208,15 +225,9 @@ func newAPIRand(t *testing.T, seed uint64) *apiRand {
 	for i, a := range w.addrs {
 		dns.SetHost(arSRVTarget(i), 300, a)
 	}
-	for _, x := range arSRV {
-		if x.recs == nil {
-			continue
-		}
-		var recs []resolver.SRV
-		for _, rec := range x.recs {
-			recs = append(recs, resolver.SRV{Target: arSRVTarget(rec.addr) + ".", Port: w.tcpPorts[rec.port], Priority: 10, Weight: 10})
-		}
-		dns.SetSRV(x.name, 300, recs...)
+	for i, x := range arSRV {
+		r.srv = append(r.srv, nil)
+		r.setSRV(i, slices.Clone(x.recs))
 	}
 	r.file = r.newFile()
 	for _, s := range r.file.services {
@@ -275,7 +286,7 @@ func (r *apiRand) start() error {
 // server for backends_srv.
 func (r *apiRand) text(c *rrConfig) string {
 	api := "[api]\nlisten = \"off\"\n"
-	text := strings.Replace(c.toml(r.w), api, api+fmt.Sprintf("[discovery]\nnameservers = [%q]\n", r.dns.Addr()), 1)
+	text := strings.Replace(c.toml(r.w), api, api+fmt.Sprintf("[discovery]\nnameservers = [%q]\nmin_ttl = %q\n", r.dns.Addr(), arMinTTL), 1)
 	return strings.ReplaceAll(text, "STATE", r.state)
 }
 
@@ -391,6 +402,9 @@ func (r *apiRand) apiBody(s *arSvc, health string) string {
 	if s.pin6.IsValid() {
 		b += fmt.Sprintf(`, "vip6": %q`, s.pin6)
 	}
+	if health == "" {
+		health = s.health // a body made again keeps its checks
+	}
 	if health != "" {
 		b += `, "health": ` + health
 	}
@@ -441,7 +455,15 @@ func (r *apiRand) randomAPISvc(name string) (*arSvc, string) {
 		if s.ports[0].proto == "tcp" {
 			health = `{"type": "tcp", "interval": "250ms", "rise": 1, "fall": 1}`
 		}
+	default:
+		if s.srv >= 0 {
+			// A backend discovered for a running service takes flows
+			// once its checks bring it up: not the default checks' 5s
+			// interval and rise of 2 (srvChange waits arSettle).
+			health = `{"type": "none"}`
+		}
 	}
+	s.health = health
 	return s, r.apiBody(s, health)
 }
 
@@ -526,8 +548,8 @@ func (r *apiRand) take(s *arSvc) {
 
 func (r *apiRand) call(method, path, body string) (int, string) {
 	code, out := serveAPI(r.t, r.gw.api, method, path, body, "")
-	if len(body) > 200 {
-		body = body[:200] + "…"
+	if len(body) > 400 {
+		body = body[:400] + "…"
 	}
 	r.note("%s %s %s: %d %.200s", method, path, body, code, strings.Join(strings.Fields(out), " "))
 	return code, out
@@ -789,33 +811,47 @@ func (r *apiRand) deleteAPI(s *arSvc) {
 	}
 }
 
-// drain drains backends of a service through the API and undrains them:
+// drain drains backends of a service through the API, or undrains them:
 // named by an address (every backend on it, an SRV one too), by an SRV
 // backend's address:port (that one alone), by the SRV name in any case
 // (all of its backends), or by an address the service has no backend on
-// (404). While drained they are shown draining and not healthy, their
+// (404). A drain is undrained at once, or kept for later steps (the
+// checks after each step see it); an undrain lifts what is drained. While
+// drained they are shown draining and not healthy, their
 // ztgate_backend_healthy is 0, and new flows go to the others (refused
 // when none is left).
 func (r *apiRand) drain() {
-	// A service with SRV backends, and one of those, more often than not.
-	s := testseed.Pick(r.rng, mapValues(r.svcs), func(s *arSvc) bool { return s.srv >= 0 && len(r.backendsOf(s)) > 0 })
-	if s == nil || r.rng.IntN(3) == 0 {
-		s = testseed.Pick(r.rng, mapValues(r.svcs), func(s *arSvc) bool { return len(r.backendsOf(s)) > 0 })
+	// A service with a drain to lift at times, else one with SRV
+	// backends, and one of those, more often than not.
+	s := testseed.Pick(r.rng, mapValues(r.svcs), func(s *arSvc) bool { return len(s.drained) > 0 })
+	undrainOnly := s != nil && r.rng.IntN(2) == 0
+	if !undrainOnly {
+		s = testseed.Pick(r.rng, mapValues(r.svcs), func(s *arSvc) bool { return s.srv >= 0 && len(r.backendsOf(s)) > 0 })
+		if s == nil || r.rng.IntN(3) == 0 {
+			s = testseed.Pick(r.rng, mapValues(r.svcs), func(s *arSvc) bool { return len(r.backendsOf(s)) > 0 })
+		}
 	}
 	if s == nil {
 		return
 	}
 	bs := r.backendsOf(s)
 	b := bs[r.rng.IntN(len(bs))]
-	if r.rng.IntN(2) == 0 {
+	if undrainOnly {
+		for _, o := range bs {
+			if s.drained[o.label()] {
+				b = o
+				break
+			}
+		}
+	} else if r.rng.IntN(2) == 0 {
 		b = bs[len(bs)-1] // the last is of SRV when there is one
 	}
-	path, drained, by := b.addr.String(), map[string]bool{}, "address"
+	path, named, by := b.addr.String(), map[string]bool{}, "address"
 	k := r.rng.IntN(4)
 	switch {
 	case k == 1 && b.port != 0:
 		path, by = b.label(), "address:port"
-		drained[b.label()] = true
+		named[b.label()] = true
 	case k == 2 && b.origin != "":
 		var sb strings.Builder
 		for _, c := range b.origin {
@@ -826,30 +862,53 @@ func (r *apiRand) drain() {
 		}
 		path, by = sb.String(), "SRV name"
 		for _, o := range bs {
-			drained[o.label()] = drained[o.label()] || o.origin == b.origin
+			named[o.label()] = named[o.label()] || o.origin == b.origin
 		}
-	case k == 3:
+	case k == 3 && !undrainOnly:
 		path = "127.0.0.9"
 		code, out := r.call("POST", "/v1/services/"+s.name+"/backends/"+path+"/drain", "")
 		r.wantErrors("drain "+path, code, out, http.StatusNotFound, "no backend")
 		return
 	default:
 		for _, o := range bs {
-			drained[o.label()] = drained[o.label()] || o.addr == b.addr
+			named[o.label()] = named[o.label()] || o.addr == b.addr
 		}
 	}
-	what := fmt.Sprintf("drain %s of %s", path, s.name)
-	for _, verb := range []string{"drain", "undrain"} {
+	verbs := []string{"drain", "undrain"}
+	switch {
+	case undrainOnly:
+		verbs = verbs[1:]
+	case r.rng.IntN(2) == 0:
+		verbs = verbs[:1] // kept for the next steps
+		r.stats["(drain kept)"]++
+	}
+	what := fmt.Sprintf("%v %s of %s", verbs, path, s.name)
+	for _, verb := range verbs {
 		code, out := r.call("POST", "/v1/services/"+s.name+"/backends/"+path+"/"+verb, "")
 		var got apiService
 		if err := json.Unmarshal([]byte(out), &got); code != http.StatusOK || err != nil {
 			r.fatalf("%s: %s: %d %s, want 200", what, verb, code, out)
 		}
+		drained := maps.Clone(s.drained)
+		if drained == nil {
+			drained = map[string]bool{}
+		}
+		for l, ok := range named {
+			if !ok {
+				continue
+			}
+			if verb == "drain" {
+				drained[l] = true
+			} else {
+				delete(drained, l)
+			}
+		}
+		s.drained = drained
 		for _, ab := range got.Backends {
-			if d := verb == "drain" && drained[ab.Backend]; (ab.State == "draining") != d || ab.Healthy == d {
+			if d := drained[ab.Backend]; (ab.State == "draining") != d || ab.Healthy == d {
 				r.fatalf("%s: %s: backend %s is %s, healthy %v; want draining %v", what, verb, ab.Backend, ab.State, ab.Healthy, d)
 			}
-			if v := metricValue(r.t, r.gw.g, "ztgate_backend_healthy", "backend", ab.Backend, "service", s.name); v != map[bool]float64{true: 0, false: 1}[verb == "drain" && drained[ab.Backend]] {
+			if v := metricValue(r.t, r.gw.g, "ztgate_backend_healthy", "backend", ab.Backend, "service", s.name); v != map[bool]float64{true: 0, false: 1}[drained[ab.Backend]] {
 				r.fatalf("%s: %s: ztgate_backend_healthy{backend=%q} = %v", what, verb, ab.Backend, v)
 			}
 		}
@@ -861,16 +920,7 @@ func (r *apiRand) drain() {
 			continue
 		}
 		for _, p := range s.ports {
-			var want []string
-			for _, o := range bs {
-				if !drained[o.label()] {
-					port := o.port
-					if port == 0 {
-						port = r.w.port(p.proto, p.target)
-					}
-					want = append(want, netip.AddrPortFrom(o.addr, port).String())
-				}
-			}
+			want := r.dsts(s, p)
 			res, c := r.gw.open(p.proto, src, netip.AddrPortFrom(s.vip, p.port))
 			if c != nil {
 				c.Close()
@@ -881,6 +931,110 @@ func (r *apiRand) drain() {
 		}
 	}
 	r.stats["(drained by "+by+")"]++
+}
+
+// keptDrains are the drains of old that s keeps: those of the backends it
+// still has.
+func (r *apiRand) keptDrains(s *arSvc, old map[string]bool) map[string]bool {
+	var out map[string]bool
+	for _, b := range r.backendsOf(s) {
+		if old[b.label()] {
+			if out == nil {
+				out = map[string]bool{}
+			}
+			out[b.label()] = true
+		}
+	}
+	return out
+}
+
+// setSRV makes SRV name i of arSRV answer recs (TTL 0: asked again at
+// every min_ttl), NXDOMAIN when there are none.
+func (r *apiRand) setSRV(i int, recs []arSRVRec) {
+	var rrs []resolver.SRV
+	for _, rec := range recs {
+		rrs = append(rrs, resolver.SRV{Target: arSRVTarget(rec.addr) + ".", Port: r.w.tcpPorts[rec.port], Priority: 10, Weight: 10})
+	}
+	r.srv[i] = recs
+	r.dns.SetSRV(arSRV[i].name, 0, rrs...) // none: the name is removed
+}
+
+// srvChange changes the answer of an SRV name: a record added, one
+// removed, one's port changed, the name gone (NXDOMAIN) or back. Once
+// discovery has followed it (within arSettle), each service of the name
+// lists the backends of the new answer: new ones up (after their first
+// health check when they have checks), gone ones gone (none has a flow),
+// a drained one that stays still drained, one whose port changed a new
+// backend (not drained).
+func (r *apiRand) srvChange() {
+	// A name a service discovers by, more often than not.
+	i := r.rng.IntN(len(arSRV))
+	if s := testseed.Pick(r.rng, mapValues(r.svcs), func(s *arSvc) bool { return s.srv >= 0 }); s != nil && r.rng.IntN(4) != 0 {
+		i = s.srv
+	}
+	recs := slices.Clone(r.srv[i])
+	has := func(rec arSRVRec) bool { return slices.Contains(recs, rec) }
+	var what string
+	switch k := r.rng.IntN(5); {
+	case len(recs) == 0:
+		what = "back"
+		for range 1 + r.rng.IntN(2) {
+			if rec := (arSRVRec{r.rng.IntN(len(r.w.addrs)), r.rng.IntN(len(r.w.tcpPorts))}); !has(rec) {
+				recs = append(recs, rec)
+			}
+		}
+	case k == 0:
+		what = "gone"
+		recs = nil
+	case k == 1 && len(recs) > 1:
+		what = "a record removed"
+		j := r.rng.IntN(len(recs))
+		recs = slices.Delete(recs, j, j+1)
+	case k == 2:
+		j := r.rng.IntN(len(recs))
+		rec := recs[j]
+		rec.port = (rec.port + 1 + r.rng.IntN(len(r.w.tcpPorts)-1)) % len(r.w.tcpPorts)
+		if has(rec) {
+			return
+		}
+		what = "a port changed"
+		recs[j] = rec
+	default:
+		rec := arSRVRec{r.rng.IntN(len(r.w.addrs)), r.rng.IntN(len(r.w.tcpPorts))}
+		if has(rec) {
+			return
+		}
+		what = "a record added"
+		recs = append(recs, rec)
+	}
+	r.note("SRV %s: %s: %v", arSRV[i].name, what, recs)
+	r.stats["(SRV "+what+")"]++
+	r.setSRV(i, recs)
+	for _, s := range mapValues(r.svcs) {
+		if s.srv == i {
+			r.stats["(SRV change followed by a service)"]++
+			if len(s.drained) > 0 {
+				r.stats["(SRV change of a drained service)"]++
+			}
+			kept := r.keptDrains(s, s.drained)
+			if len(kept) < len(s.drained) {
+				r.stats["(drained backend left DNS)"]++
+			}
+			s.drained = kept
+		}
+	}
+	r.full = true
+	deadline := time.Now().Add(arSettle)
+	for {
+		diff := r.listDiff(func(s *arSvc) bool { return s.srv == i })
+		if diff == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.fatalf("SRV %s changed (%s) %v ago: %s", arSRV[i].name, what, arSettle, diff)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // drained checks that a flow of a service deleted at deleted lives on
@@ -981,6 +1135,11 @@ func (r *apiRand) reload() {
 			}
 		}
 	}
+	r.reloadTo(next)
+}
+
+// reloadTo writes next to the file and reloads it through the API.
+func (r *apiRand) reloadTo(next *rrConfig) {
 	bad := r.refusal(next)
 	r.note("reload to tenants %v services %v (refusal %q)", next.tenantNames(), next.serviceNames(), bad)
 	r.disk = r.text(next)
@@ -1009,6 +1168,9 @@ func (r *apiRand) reload() {
 	for n, s := range r.svcs {
 		if !s.api && next.service(n) == nil {
 			removed = append(removed, n)
+			if len(s.drained) > 0 {
+				r.stats["(drained service removed by reload)"]++
+			}
 			r.release(s)
 		}
 	}
@@ -1038,6 +1200,17 @@ func (r *apiRand) reload() {
 			ns.vip = ns.pin
 		default:
 			ns.vip = old.vip
+		}
+		if ok {
+			// Reloads keep a drain, of each backend the service keeps:
+			// one the file removes has no flow, and comes back new.
+			ns.drained = r.keptDrains(ns, old.drained)
+			if len(ns.drained) > 0 {
+				r.stats["(drain kept by reload)"]++
+			}
+			if len(ns.drained) < len(old.drained) {
+				r.stats["(drained backend left by reload)"]++
+			}
 		}
 		switch {
 		case !r.v6:
@@ -1141,6 +1314,9 @@ func (r *apiRand) restart() {
 	if err := r.start(); err != nil {
 		r.fatalf("restart: %v", err)
 	}
+	for _, s := range r.svcs {
+		s.drained = nil // a drain lasts until a restart
+	}
 	r.full = true
 }
 
@@ -1173,6 +1349,14 @@ func (r *apiRand) check() {
 
 // checkList compares GET /v1/services with the model.
 func (r *apiRand) checkList() {
+	if diff := r.listDiff(nil); diff != "" {
+		r.fatalf("%s", diff)
+	}
+}
+
+// listDiff says how GET /v1/services differs from the model, "" when it
+// does not: of the services match picks (nil: of all, and the names).
+func (r *apiRand) listDiff(match func(*arSvc) bool) string {
 	got, err := r.gw.services()
 	if err != nil {
 		r.fatalf("%v", err)
@@ -1181,14 +1365,14 @@ func (r *apiRand) checkList() {
 	for _, as := range got {
 		names = append(names, as.Name)
 		s := r.svcs[as.Name]
-		if s == nil {
+		if s == nil || (match != nil && !match(s)) {
 			continue
 		}
 		source := "file"
 		if s.api {
 			source = "api"
 		}
-		var ports, backends, wantPorts, wantBackends []string
+		var ports, backends, wantPorts, wantBackends, states []string
 		for _, p := range as.Ports {
 			ports = append(ports, fmt.Sprintf("%s/%d>%d", p.Protocol, p.Port, p.Target))
 		}
@@ -1196,13 +1380,12 @@ func (r *apiRand) checkList() {
 			wantPorts = append(wantPorts, fmt.Sprintf("%s/%d>%d", p.proto, p.port, r.w.port(p.proto, p.target)))
 		}
 		for _, b := range as.Backends {
-			backends = append(backends, fmt.Sprintf("%s/%s/%d/%s", b.Address, b.Backend, b.Port, b.Origin))
-			if !b.Healthy {
-				r.fatalf("GET /v1/services: %s backend %s is not healthy: %+v", as.Name, b.Address, b)
-			}
+			backends = append(backends, fmt.Sprintf("%s/%s/%d/%s draining=%v healthy=%v", b.Address, b.Backend, b.Port, b.Origin, b.State == "draining", b.Healthy))
+			states = append(states, fmt.Sprintf("%s: %s %q", b.Backend, b.State, b.LastError))
 		}
 		for _, b := range r.backendsOf(s) {
-			wantBackends = append(wantBackends, fmt.Sprintf("%s/%s/%d/%s", b.addr, b.label(), b.port, b.origin))
+			d := s.drained[b.label()]
+			wantBackends = append(wantBackends, fmt.Sprintf("%s/%s/%d/%s draining=%v healthy=%v", b.addr, b.label(), b.port, b.origin, d, !d))
 		}
 		slices.Sort(backends)
 		slices.Sort(wantBackends)
@@ -1212,14 +1395,14 @@ func (r *apiRand) checkList() {
 		}
 		if as.Source != source || as.VIP != s.vip.String() || as.VIP6 != vip6 || !slices.Equal(as.Tenants, s.tenants) ||
 			!slices.Equal(ports, wantPorts) || !slices.Equal(backends, wantBackends) {
-			r.fatalf("GET /v1/services: %s is %s %s %q %v %v %v, want %s %s %q %v %v %v", as.Name,
-				as.Source, as.VIP, as.VIP6, as.Tenants, ports, backends, source, s.vip, vip6, s.tenants, wantPorts, wantBackends)
+			return fmt.Sprintf("GET /v1/services: %s is %s %s %q %v %v %v, want %s %s %q %v %v %v (backend states: %v)", as.Name,
+				as.Source, as.VIP, as.VIP6, as.Tenants, ports, backends, source, s.vip, vip6, s.tenants, wantPorts, wantBackends, states)
 		}
 	}
-	want := slices.Sorted(maps.Keys(r.svcs))
-	if !slices.Equal(names, want) {
-		r.fatalf("GET /v1/services lists %v, want %v", names, want)
+	if want := slices.Sorted(maps.Keys(r.svcs)); match == nil && !slices.Equal(names, want) {
+		return fmt.Sprintf("GET /v1/services lists %v, want %v", names, want)
 	}
+	return ""
 }
 
 // arBackend is a backend of the model: an address of rrWorld.addrs (port
@@ -1245,7 +1428,7 @@ func (r *apiRand) backendsOf(s *arSvc) []arBackend {
 		out = append(out, arBackend{addr: r.w.addrs[i]})
 	}
 	if s.srv >= 0 {
-		for _, rec := range arSRV[s.srv].recs {
+		for _, rec := range r.srv[s.srv] {
 			out = append(out, arBackend{addr: r.w.addrs[rec.addr], port: r.w.tcpPorts[rec.port], origin: arSRV[s.srv].name})
 		}
 	}
@@ -1253,10 +1436,14 @@ func (r *apiRand) backendsOf(s *arSvc) []arBackend {
 }
 
 // dsts are where a new flow to port p of s may go: its target on each
-// backend given by address, the record's port on an SRV one.
+// backend given by address, the record's port on an SRV one; none that is
+// drained.
 func (r *apiRand) dsts(s *arSvc, p rrPort) []string {
 	var out []string
 	for _, b := range r.backendsOf(s) {
+		if s.drained[b.label()] {
+			continue // no new flow
+		}
 		port := b.port
 		if port == 0 {
 			port = r.w.port(p.proto, p.target)
@@ -1424,7 +1611,7 @@ func (r *apiRand) checkMetrics() {
 	}
 	for n, s := range r.svcs {
 		for _, b := range r.backendsOf(s) {
-			want = append(want, fmt.Sprintf("%s,%s=1", b.label(), n))
+			want = append(want, fmt.Sprintf("%s,%s=%d", b.label(), n, map[bool]int{false: 1, true: 0}[s.drained[b.label()]]))
 		}
 	}
 	// Live: a hold stops counting when its hold-down ends, with no change
@@ -1454,4 +1641,91 @@ func ptrs[T any](xs []T) []*T {
 		out[i] = &xs[i]
 	}
 	return out
+}
+
+// flap removes a file service with a drained backend from the file and
+// puts it back in the next reload, while a flow to it runs (drain_timeout
+// is 700ms): it is the same service again, its VIPs, flow and drains
+// with it (of the backends it keeps: at times it comes back with one more,
+// or one fewer). A drain made while the flow runs covers its backend too:
+// the flow goes on.
+func (r *apiRand) flap() {
+	drain := r.file.drainTimeout()
+	s := testseed.Pick(r.rng, mapValues(r.svcs), func(s *arSvc) bool {
+		tcp := s.port("tcp")
+		return !s.api && tcp != nil && len(r.dsts(s, *tcp)) > 0 && r.admitted(s).IsValid()
+	})
+	if s == nil || drain == 0 || r.diskCfg != r.file {
+		return
+	}
+	tcp := *s.port("tcp")
+	res, c := r.gw.open("tcp", r.admitted(s), netip.AddrPortFrom(s.vip, tcp.port))
+	if c == nil {
+		r.fatalf("flap: a flow to %s: %s", s.name, res)
+	}
+	defer c.Close()
+	// Drain a backend (at times the flow's own).
+	bs := r.backendsOf(s)
+	b := bs[r.rng.IntN(len(bs))]
+	if code, out := r.call("POST", "/v1/services/"+s.name+"/backends/"+b.addr.String()+"/drain", ""); code != http.StatusOK {
+		r.fatalf("flap: drain %s of %s: %d %s", b.addr, s.name, code, out)
+	}
+	s.drained = maps.Clone(s.drained)
+	if s.drained == nil {
+		s.drained = map[string]bool{}
+	}
+	s.drained[b.label()] = true
+	if diff := r.listDiff(nil); diff != "" {
+		r.fatalf("flap: after the drain: %s", diff)
+	}
+	old := r.file
+	without := old.clone()
+	without.services = slices.DeleteFunc(without.services, func(x rrService) bool { return x.name == s.name })
+	removed := time.Now()
+	r.reloadTo(without)
+	if r.svcs[s.name] != nil {
+		r.fatalf("flap: %s is still in the model after a reload without it", s.name)
+	}
+	if diff := r.listDiff(nil); diff != "" {
+		r.fatalf("flap: %s removed: %s", s.name, diff)
+	}
+	back := old.clone()
+	fs := &back.services[slices.IndexFunc(back.services, func(x rrService) bool { return x.name == s.name })]
+	switch r.rng.IntN(3) {
+	case 0:
+		if i := r.rng.IntN(len(r.w.addrs)); !slices.Contains(fs.backends, i) {
+			fs.backends = append(fs.backends, i)
+		}
+	case 1:
+		if len(fs.backends) > 1 {
+			fs.backends = fs.backends[1:]
+		}
+	}
+	r.reloadTo(back)
+	ns := r.svcs[s.name]
+	if ns == nil || ns.vip != s.vip || ns.vip6 != s.vip6 {
+		r.fatalf("flap: %s back: %+v, want its VIPs %s %s", s.name, ns, s.vip, s.vip6)
+	}
+	if time.Since(removed) >= drain {
+		// Its flow may have ended before it came back: then it is a
+		// new service, without drains. Whichever GET says.
+		r.stats["(flap slower than drain_timeout)"]++
+		if r.listDiff(func(x *arSvc) bool { return x == ns }) == "" {
+			return
+		}
+	}
+	ns.drained = r.keptDrains(ns, s.drained)
+	if diff := r.listDiff(nil); diff != "" {
+		r.fatalf("flap: %s back %v after it left, before drain_timeout %v, with its flow: %s", s.name, time.Since(removed), drain, diff)
+	}
+	r.stats["(drained service flapped with a flow)"]++
+	// The flow lives on: the service is the same one again.
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	rd := bufio.NewReader(c)
+	if _, err := fmt.Fprintf(c, "still\n"); err != nil {
+		r.fatalf("flap: the flow to %s, back: %v", s.name, err)
+	}
+	if line, err := rd.ReadString('\n'); err != nil || !strings.HasSuffix(line, " still\n") {
+		r.fatalf("flap: the flow to %s, back %v after it left: %q %v", s.name, time.Since(removed), line, err)
+	}
 }
