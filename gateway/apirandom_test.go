@@ -1643,17 +1643,18 @@ func ptrs[T any](xs []T) []*T {
 	return out
 }
 
-// flap removes a file service with a drained backend from the file and
-// puts it back in the next reload, while a flow to it runs (drain_timeout
-// is 700ms): it is the same service again, its VIPs, flow and drains
-// with it (of the backends it keeps: at times it comes back with one more,
-// or one fewer). A drain made while the flow runs covers its backend too:
-// the flow goes on.
+// flap removes a service with a drained backend, from the file and puts
+// it back in the next reload, or through the API (DELETE, then POST of
+// it again), while a flow to it runs (drain_timeout is 700ms): it is the
+// same service again, its VIPs, flow and drains with it (of the backends
+// it keeps: at times a file service comes back with one more, or one
+// fewer). A drain made while the flow runs covers its backend too: the
+// flow goes on.
 func (r *apiRand) flap() {
 	drain := r.file.drainTimeout()
 	s := testseed.Pick(r.rng, mapValues(r.svcs), func(s *arSvc) bool {
 		tcp := s.port("tcp")
-		return !s.api && tcp != nil && len(r.dsts(s, *tcp)) > 0 && r.admitted(s).IsValid()
+		return tcp != nil && len(r.dsts(s, *tcp)) > 0 && r.admitted(s).IsValid()
 	})
 	if s == nil || drain == 0 || r.diskCfg != r.file {
 		return
@@ -1674,14 +1675,30 @@ func (r *apiRand) flap() {
 	if s.drained == nil {
 		s.drained = map[string]bool{}
 	}
-	s.drained[b.label()] = true
+	for _, o := range bs {
+		if o.addr == b.addr {
+			s.drained[o.label()] = true // every backend on the address
+		}
+	}
 	if diff := r.listDiff(nil); diff != "" {
 		r.fatalf("flap: after the drain: %s", diff)
 	}
+	removed := time.Now()
+	var ns *arSvc
+	if s.api {
+		ns = r.flapAPI(s)
+	} else {
+		ns = r.flapFile(s)
+	}
+	r.flapCheck(s, ns, c, removed, drain)
+}
+
+// flapFile reloads a file without file service s, then one with it; it
+// returns the model's service then.
+func (r *apiRand) flapFile(s *arSvc) *arSvc {
 	old := r.file
 	without := old.clone()
 	without.services = slices.DeleteFunc(without.services, func(x rrService) bool { return x.name == s.name })
-	removed := time.Now()
 	r.reloadTo(without)
 	if r.svcs[s.name] != nil {
 		r.fatalf("flap: %s is still in the model after a reload without it", s.name)
@@ -1702,7 +1719,26 @@ func (r *apiRand) flap() {
 		}
 	}
 	r.reloadTo(back)
-	ns := r.svcs[s.name]
+	return r.svcs[s.name]
+}
+
+// flapAPI deletes API service s and posts it again; it returns the model's
+// service then.
+func (r *apiRand) flapAPI(s *arSvc) *arSvc {
+	if code, out := r.call("DELETE", "/v1/services/"+s.name, ""); code != http.StatusNoContent {
+		r.fatalf("flap: DELETE %s: %d %s, want 204", s.name, code, out)
+	}
+	r.release(s)
+	ns := *s
+	ns.drained = nil
+	if code, out := r.call("POST", "/v1/services", r.apiBody(&ns, "")); code != http.StatusCreated {
+		r.fatalf("flap: POST %s again: %d %s, want 201", s.name, code, out)
+	}
+	r.take(&ns)
+	return &ns
+}
+
+func (r *apiRand) flapCheck(s, ns *arSvc, c net.Conn, removed time.Time, drain time.Duration) {
 	if ns == nil || ns.vip != s.vip || ns.vip6 != s.vip6 {
 		r.fatalf("flap: %s back: %+v, want its VIPs %s %s", s.name, ns, s.vip, s.vip6)
 	}
@@ -1718,7 +1754,7 @@ func (r *apiRand) flap() {
 	if diff := r.listDiff(nil); diff != "" {
 		r.fatalf("flap: %s back %v after it left, before drain_timeout %v, with its flow: %s", s.name, time.Since(removed), drain, diff)
 	}
-	r.stats["(drained service flapped with a flow)"]++
+	r.stats[fmt.Sprintf("(drained service flapped with a flow; API %v)", s.api)]++
 	// The flow lives on: the service is the same one again.
 	c.SetDeadline(time.Now().Add(2 * time.Second))
 	rd := bufio.NewReader(c)
