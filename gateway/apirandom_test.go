@@ -41,7 +41,12 @@ import (
 // services, their vip and vip6 pins and tenants change; a file service
 // named as an API service, pinned to another service's VIP or one held
 // for another name, or a tenant an API service names removed, fails it),
-// the clock moving past the VIP hold-down, and restarts on the same state_dir (with the file a failed
+// drains kept for later steps (with a deadline at times: the backend stays
+// drained past it), a drained service removed and put back (by a reload,
+// or DELETE and POST) while a flow to it runs, SRV answers that change
+// (records added and removed, a port changed, the name gone and back;
+// min_ttl is arMinTTL, and each service of the name follows within
+// arSettle), the clock moving past the VIP hold-down, and restarts on the same state_dir (with the file a failed
 // reload left, and with api-services.json corrupt, truncated or holding
 // an entry that does not validate: each a clear error, then a start
 // with the file put back). The seed is logged; ZTGATE_API_SEED=<seed>
@@ -51,15 +56,17 @@ import (
 //
 // After every step: the status and the {"errors": [...]} of each answer;
 // GET /v1/services (names, source, VIP and VIP6, tenants, ports, backends
-// with their name, SRV port and origin); each service keeps its VIPs
+// with their name, SRV port, origin, draining and healthy: a drain lasts
+// until undrained, its backend leaves, its service leaves with no flow
+// left, or a restart); each service keeps its VIPs
 // across reloads and restarts, a pin moved by a reload holds the VIP it
 // left for its service, and a name added back within vip_hold_down gets
 // its VIPs back; DNS from each tenant, over IPv4 or IPv6 (A, AAAA and PTR
 // of both VIPs of every name, NXDOMAIN where the tenant is not admitted)
 // and nothing for a source in no tenant; a new TCP and UDP flow to a
-// service, to its IPv4 or IPv6 VIP, reaches one of its backends on the
-// target port (an SRV backend on its record's port), and is refused for a
-// tenant not admitted; ztgate_vip_pool_used (services and held IPv4 VIPs)
+// service, to its IPv4 or IPv6 VIP, reaches one of its backends not
+// drained on the target port (an SRV backend on its record's port), and
+// is refused for a tenant not admitted or with every backend drained; ztgate_vip_pool_used (services and held IPv4 VIPs)
 // and ztgate_backend_healthy (a series for each backend, address:port for
 // an SRV one, none of a service gone). A flow open to a service the API deletes lives on for
 // drain_timeout and is closed then. No goroutine is left.
@@ -884,7 +891,14 @@ func (r *apiRand) drain() {
 	}
 	what := fmt.Sprintf("%v %s of %s", verbs, path, s.name)
 	for _, verb := range verbs {
-		code, out := r.call("POST", "/v1/services/"+s.name+"/backends/"+path+"/"+verb, "")
+		query := ""
+		if verb == "drain" && r.rng.IntN(3) == 0 {
+			// A deadline closes the backend's flows (it has none
+			// between steps); it stays drained after it, until undrained.
+			query = "?deadline=" + r.gen.pick([]string{"30ms", "1h"})
+			r.stats["(drained with a deadline)"]++
+		}
+		code, out := r.call("POST", "/v1/services/"+s.name+"/backends/"+path+"/"+verb+query, "")
 		var got apiService
 		if err := json.Unmarshal([]byte(out), &got); code != http.StatusOK || err != nil {
 			r.fatalf("%s: %s: %d %s, want 200", what, verb, code, out)
