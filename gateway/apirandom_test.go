@@ -1679,10 +1679,22 @@ func (r *apiRand) flap() {
 		r.fatalf("flap: a flow to %s: %s", s.name, res)
 	}
 	defer c.Close()
-	// Drain a backend (at times the flow's own).
+	// Drain a backend (at times the flow's own), or the flow's own with a
+	// deadline: the flow is closed at the deadline, the service's
+	// removal and return between.
 	bs := r.backendsOf(s)
 	b := bs[r.rng.IntN(len(bs))]
-	if code, out := r.call("POST", "/v1/services/"+s.name+"/backends/"+b.addr.String()+"/drain", ""); code != http.StatusOK {
+	query, deadline := "", time.Duration(0)
+	if r.rng.IntN(3) == 0 {
+		ap, err := netip.ParseAddrPort(res)
+		if err != nil {
+			r.fatalf("flap: a flow to %s went to %q", s.name, res)
+		}
+		b = bs[slices.IndexFunc(bs, func(o arBackend) bool { return o.addr == ap.Addr() })]
+		query, deadline = "?deadline=300ms", 300*time.Millisecond
+	}
+	drainedAt := time.Now()
+	if code, out := r.call("POST", "/v1/services/"+s.name+"/backends/"+b.addr.String()+"/drain"+query, ""); code != http.StatusOK {
 		r.fatalf("flap: drain %s of %s: %d %s", b.addr, s.name, code, out)
 	}
 	s.drained = maps.Clone(s.drained)
@@ -1704,7 +1716,23 @@ func (r *apiRand) flap() {
 	} else {
 		ns = r.flapFile(s)
 	}
-	r.flapCheck(s, ns, c, removed, drain)
+	if !r.flapCheck(s, ns, removed, drain) {
+		return
+	}
+	if deadline > 0 {
+		r.stats["(flapped with a drain deadline)"]++
+		r.drained(s, c, drainedAt, deadline)
+		return
+	}
+	// The flow lives on: the service is the same one again.
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	rd := bufio.NewReader(c)
+	if _, err := fmt.Fprintf(c, "still\n"); err != nil {
+		r.fatalf("flap: the flow to %s, back: %v", s.name, err)
+	}
+	if line, err := rd.ReadString('\n'); err != nil || !strings.HasSuffix(line, " still\n") {
+		r.fatalf("flap: the flow to %s, back %v after it left: %q %v", s.name, time.Since(removed), line, err)
+	}
 }
 
 // flapFile reloads a file without file service s, then one with it; it
@@ -1752,7 +1780,9 @@ func (r *apiRand) flapAPI(s *arSvc) *arSvc {
 	return &ns
 }
 
-func (r *apiRand) flapCheck(s, ns *arSvc, c net.Conn, removed time.Time, drain time.Duration) {
+// flapCheck checks service ns, s back: its VIPs, and its drains when it
+// came back before drain_timeout. false: it may have come back new.
+func (r *apiRand) flapCheck(s, ns *arSvc, removed time.Time, drain time.Duration) bool {
 	if ns == nil || ns.vip != s.vip || ns.vip6 != s.vip6 {
 		r.fatalf("flap: %s back: %+v, want its VIPs %s %s", s.name, ns, s.vip, s.vip6)
 	}
@@ -1761,7 +1791,7 @@ func (r *apiRand) flapCheck(s, ns *arSvc, c net.Conn, removed time.Time, drain t
 		// new service, without drains. Whichever GET says.
 		r.stats["(flap slower than drain_timeout)"]++
 		if r.listDiff(func(x *arSvc) bool { return x == ns }) == "" {
-			return
+			return false
 		}
 	}
 	ns.drained = r.keptDrains(ns, s.drained)
@@ -1769,13 +1799,5 @@ func (r *apiRand) flapCheck(s, ns *arSvc, c net.Conn, removed time.Time, drain t
 		r.fatalf("flap: %s back %v after it left, before drain_timeout %v, with its flow: %s", s.name, time.Since(removed), drain, diff)
 	}
 	r.stats[fmt.Sprintf("(drained service flapped with a flow; API %v)", s.api)]++
-	// The flow lives on: the service is the same one again.
-	c.SetDeadline(time.Now().Add(2 * time.Second))
-	rd := bufio.NewReader(c)
-	if _, err := fmt.Fprintf(c, "still\n"); err != nil {
-		r.fatalf("flap: the flow to %s, back: %v", s.name, err)
-	}
-	if line, err := rd.ReadString('\n'); err != nil || !strings.HasSuffix(line, " still\n") {
-		r.fatalf("flap: the flow to %s, back %v after it left: %q %v", s.name, time.Since(removed), line, err)
-	}
+	return true
 }
