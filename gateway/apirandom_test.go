@@ -814,7 +814,7 @@ func (r *apiRand) deleteAPI(s *arSvc) {
 		}
 	}
 	if flow != nil {
-		r.drained(s, flow, deleted, r.file.drainTimeout())
+		r.drained(s, flow, "DELETE", deleted, r.file.drainTimeout())
 	}
 }
 
@@ -1051,9 +1051,10 @@ func (r *apiRand) srvChange() {
 	}
 }
 
-// drained checks that a flow of a service deleted at deleted lives on
-// until drain_timeout and is closed then.
-func (r *apiRand) drained(s *arSvc, c net.Conn, deleted time.Time, drain time.Duration) {
+// drained checks that a flow of a service deleted at deleted (or whose
+// backend was drained then with deadline drain: by says which) lives on
+// for drain and is closed then.
+func (r *apiRand) drained(s *arSvc, c net.Conn, by string, deleted time.Time, drain time.Duration) {
 	defer c.Close()
 	rd := bufio.NewReader(c)
 	// echo sends a line: nil when it comes back, os.ErrDeadlineExceeded
@@ -1071,19 +1072,19 @@ func (r *apiRand) drained(s *arSvc, c net.Conn, deleted time.Time, drain time.Du
 	}
 	if drain > 0 {
 		if err := echo(time.Second); err != nil && time.Since(deleted) < drain {
-			r.fatalf("a flow of %s ended %v after DELETE, before drain_timeout %v: %v", s.name, time.Since(deleted), drain, err)
+			r.fatalf("a flow of %s ended %v after %s, before %v: %v", s.name, time.Since(deleted), by, drain, err)
 		}
 	}
 	for {
 		err := echo(100 * time.Millisecond)
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			if early := time.Since(deleted); early < drain-50*time.Millisecond {
-				r.fatalf("a flow of %s was closed %v after DELETE, before drain_timeout %v: %v", s.name, early, drain, err)
+				r.fatalf("a flow of %s was closed %v after %s, before %v: %v", s.name, early, by, drain, err)
 			}
 			return
 		}
 		if time.Since(deleted) > drain+3*time.Second {
-			r.fatalf("a flow of %s lives on %v after DELETE, drain_timeout %v", s.name, time.Since(deleted), drain)
+			r.fatalf("a flow of %s lives on %v after %s, which ends it at %v", s.name, time.Since(deleted), by, drain)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -1721,7 +1722,7 @@ func (r *apiRand) flap() {
 	}
 	if deadline > 0 {
 		r.stats["(flapped with a drain deadline)"]++
-		r.drained(s, c, drainedAt, deadline)
+		r.drained(s, c, "its backend's drain with a deadline", drainedAt, deadline)
 		return
 	}
 	// The flow lives on: the service is the same one again.
