@@ -326,6 +326,11 @@ func (r *apiRand) newFile() *rrConfig {
 		s.backends = r.gen.subset(len(r.w.addrs), 1+r.rng.IntN(2))
 		s.ports = []rrPort{{proto: "tcp", port: 80, target: r.rng.IntN(3)}, {proto: "udp", port: 53, target: r.rng.IntN(3)}}
 		s.health = rrHealth{typ: "none"}
+		if r.rng.IntN(3) == 0 {
+			// Checks: a reload that adds, removes or changes them
+			// restarts them, and keeps the service's drains.
+			s.health = rrHealth{typ: "tcp", port: -1, rise: 1 + r.rng.IntN(2), fall: 1}
+		}
 		c.services = append(c.services, s)
 	}
 	return c
@@ -1113,6 +1118,32 @@ func (r *apiRand) admitted(s *arSvc) netip.Addr {
 func (r *apiRand) reload() {
 	next := r.newFile()
 	if r.rng.IntN(3) == 0 {
+		// The services stay, their checks, backends or targets changed
+		// at times: each keeps the drains of the backends it keeps.
+		next = r.file.clone()
+		for i := range next.services {
+			fs := &next.services[i]
+			switch r.rng.IntN(5) {
+			case 0:
+				if fs.health.typ == "none" {
+					fs.health = rrHealth{typ: "tcp", port: -1, rise: 1, fall: 1}
+				} else {
+					fs.health = rrHealth{typ: "none"}
+				}
+			case 1:
+				if b := r.rng.IntN(len(r.w.addrs)); !slices.Contains(fs.backends, b) {
+					fs.backends = append(fs.backends, b)
+				}
+			case 2:
+				if len(fs.backends) > 1 {
+					fs.backends = slices.Delete(fs.backends, 0, 1)
+				}
+			case 3:
+				fs.ports[0].target = (fs.ports[0].target + 1) % 3
+			}
+		}
+	}
+	if r.rng.IntN(3) == 0 {
 		// The tenants stay: only the services change.
 		next.tenants = slices.Clone(r.file.tenants)
 		for i := range next.services {
@@ -1155,6 +1186,7 @@ func (r *apiRand) reload() {
 
 // reloadTo writes next to the file and reloads it through the API.
 func (r *apiRand) reloadTo(next *rrConfig) {
+	prev := r.file
 	bad := r.refusal(next)
 	r.note("reload to tenants %v services %v (refusal %q)", next.tenantNames(), next.serviceNames(), bad)
 	r.disk = r.text(next)
@@ -1222,6 +1254,9 @@ func (r *apiRand) reloadTo(next *rrConfig) {
 			ns.drained = r.keptDrains(ns, old.drained)
 			if len(ns.drained) > 0 {
 				r.stats["(drain kept by reload)"]++
+				if was := prev.service(s.name); was != nil && was.health != s.health {
+					r.stats["(drain kept by a reload that changes the checks)"]++
+				}
 			}
 			if len(ns.drained) < len(old.drained) {
 				r.stats["(drained backend left by reload)"]++
