@@ -224,6 +224,7 @@ func (g *Gateway) applyAssign(m *tunnel.Assign) {
 		pools = append(pools, m.Pool6)
 	}
 	g.ns.SetPools(pools)
+	g.routeRelayPools(pools)
 	g.reloadMu.Lock()
 	d, err := g.applyLocked(g.running, g.apiServices)
 	g.reloadMu.Unlock()
@@ -232,6 +233,32 @@ func (g *Gateway) applyAssign(m *tunnel.Assign) {
 		return
 	}
 	g.log.Info("VIPs assigned by the relay", "services", len(m.VIPs), "pool", m.Pool, "changed", len(d.Changed)+len(d.Added))
+}
+
+// routeRelayPools routes the relay's pools into the LAN device (the TUN),
+// with the gateway's own tun.pool and tun.pool6 (its address, which LAN
+// clients ask DNS at): LAN clients reach the VIPs the relay assigned only
+// through routes to them. Before, the TUN kept the routes of the file's
+// own pools from the start, and a relay's pool other than tun.pool (or a
+// relay.pool6) was routed nowhere. A device without routes (a test's
+// client stack) is left as it is.
+func (g *Gateway) routeRelayPools(pools []netip.Prefix) {
+	dev, ok := g.dev.(interface{ SetRoutes([]netip.Prefix) error })
+	if !ok {
+		return
+	}
+	routes := []netip.Prefix{g.cfg.TUN.Pool.Masked()}
+	if p := g.cfg.TUN.Pool6; p.IsValid() {
+		routes = append(routes, p.Masked())
+	}
+	for _, p := range pools {
+		if p = p.Masked(); !slices.Contains(routes, p) {
+			routes = append(routes, p)
+		}
+	}
+	if err := dev.SetRoutes(routes); err != nil {
+		g.log.Error("routing the relay's VIP pools into the TUN", "routes", routes, "err", err)
+	}
 }
 
 // noteRelayZone takes the zone of an applied assign. The gateway answers
