@@ -95,3 +95,61 @@ func TestRelayPoolsRoutedIntoTUN(t *testing.T) {
 		t.Fatalf("an ignored assign changed the TUN's routes to %v, want %v", got, before)
 	}
 }
+
+// TestRelayPoolMoveEndsFlows: a relay that moves its pool (restarted with
+// another) takes the VIPs of the old one out of the gateway's netstack,
+// which drops its LAN clients' packets to them from then on (not_routed).
+// Their flows are ended at once (reason vip_unrouted), as those of a
+// source that left every tenant are: before, they lived on until their
+// idle timeout, holding their backend's connection, and a TCP one resent
+// to its client, whose answers were dropped (found by
+// TestRelayReloadRandom's LAN side). A VIP that moves inside the pool
+// keeps its flows.
+func TestRelayPoolMoveEndsFlows(t *testing.T) {
+	rl, toml := relayWebGateway(t, "gw-poolmove", "STATE", acmeTenant)
+	h := newHarness(t, toml)
+	s, err := rl.await("gw-poolmove", 15*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close("test over")
+	assign := func(pool string, vip string) netip.Addr {
+		t.Helper()
+		a := tunnel.Assign{Type: tunnel.MessageAssign, Zone: "ztna.internal", TTL: 30, Pool: netip.MustParsePrefix(pool),
+			VIPs: []tunnel.VIPAssignment{{Service: "web", VIP: netip.MustParseAddr(vip)}}}
+		if err := s.Send(a); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, "the VIP in the table", func() bool {
+			svc := h.gw.tbl.Load().byName["web"]
+			return svc != nil && svc.vip == a.VIPs[0].VIP
+		})
+		return a.VIPs[0].VIP
+	}
+	flowsTo := func(vip netip.Addr) int {
+		return len(h.gw.flows.list(func(f *flow) bool { return f.vip.Addr() == vip }))
+	}
+	open := func(vip netip.Addr) {
+		t.Helper()
+		c, err := h.client.DialUDP(acmeClient, netip.AddrPortFrom(vip, 53))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, "the LAN flow", func() bool { return flowsTo(vip) == 1 })
+	}
+	old := assign("10.200.0.0/24", "10.200.0.10")
+	open(old)
+	// The VIP moves inside the pool: the flow stays.
+	assign("10.200.0.0/24", "10.200.0.20")
+	time.Sleep(100 * time.Millisecond)
+	if n := flowsTo(old); n != 1 {
+		t.Fatalf("the VIP moved inside the pool: %d flows to the old one, want 1 (kept)", n)
+	}
+	// The pool moves: the flow ends.
+	assign("10.201.7.0/24", "10.201.7.10")
+	waitFor(t, 5*time.Second, "the flow to a VIP outside the relay's pool now ended", func() bool { return flowsTo(old) == 0 })
+}
