@@ -55,6 +55,10 @@ import (
 //     TCP connection while the configuration and VIP stay); the flows of a
 //     tag the relay closed, or of a session that ended, TCP ones too, are
 //     gone;
+//   - the gateway's LAN side (relayreload_lan_test.go): its tenants' DNS
+//     of the relay's VIPs, UDP and TCP flows to its IPv4 and IPv6 VIPs,
+//     new and kept across reloads, reassignments, pool moves and session
+//     drops, and the LAN's drop and refusal counters, exactly;
 //   - no goroutine is left.
 //
 // ZTGATE_RELAYRELOAD_SEED=<seed> replays a run.
@@ -281,13 +285,19 @@ type rlRun struct {
 	nextIn      map[netip.Prefix]netip.Addr
 	// tcp is the agents' TCP client: each tag's inner address is one of
 	// its addresses, its packets go under the tag.
-	tcp   *rlBridge
-	tags  map[uint32]*rlTag
-	seq   int
-	port  uint16
-	fresh int
-	drops int
-	stats map[string]int
+	tcp  *rlBridge
+	tags map[uint32]*rlTag
+	// The LAN side (relayreload_lan_test.go): its clients' stack, the
+	// flows they keep, the VIPs the relay ever assigned.
+	lanClient *rlLANTap
+	lanKept   []*rlLANFlow
+	lanOld    []netip.Addr
+	lanTime   time.Duration // spent in the LAN probes
+	seq       int
+	port      uint16
+	fresh     int
+	drops     int
+	stats     map[string]int
 }
 
 func newRLRun(t *testing.T, seed uint64) *rlRun {
@@ -312,7 +322,8 @@ func newRLRun(t *testing.T, seed uint64) *rlRun {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, r.text(r.cur, rlRunning, dir))
 	}
-	r.gw, err = New(cfg, Options{Pinger: rlPinger()}, nil)
+	r.lanClient = newRLLAN(t)
+	r.gw, err = New(cfg, Options{Pinger: rlPinger(), Device: r.lanClient}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,6 +367,7 @@ func rlStrip(c *rrConfig) {
 		s := &c.services[i]
 		s.pin, s.pinVIP, s.pin6, s.limits = -1, netip.Addr{}, -1, rrLimits{}
 	}
+	c.v6 = true // the tenants hold IPv6 prefixes too: the LAN clients' IPv6 twins
 }
 
 // text renders c for a gateway called name with its state in dir.
@@ -496,6 +508,7 @@ func (r *rlRun) assign() {
 	if err := r.sess.s.Send(m); err != nil {
 		r.fatalf("assign: %v", err)
 	}
+	r.lanNoteVIPs()
 }
 
 // alloc is the relay's next VIP of pool: never one it gave before.
@@ -1005,6 +1018,7 @@ func (r *rlRun) flows() {
 		}
 	}
 	r.checkGone(gone, "the relay closed them")
+	r.lan()
 }
 
 // probes sends tg's packets.
@@ -1132,8 +1146,19 @@ func (r *rlRun) send(tg *rlTag, pkt []byte) {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	if err := r.sess.s.SendDatagram(b); err != nil {
-		r.fatalf("send: %v", err)
+	// quic-go's send queue waits 5 ms for room: on a loaded machine a
+	// burst of probes may find it full. The fake relay tries again (a
+	// probe it dropped would fail the model), for a while.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		err := r.sess.s.SendDatagram(b)
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, tunnel.ErrDatagramQueueFull) || time.Now().After(deadline) {
+			r.fatalf("send: %v", err)
+		}
+		r.stats["sends retried: queue full"]++
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -1254,6 +1279,9 @@ func (r *rlRun) checkProbes(probes []*rlProbe) {
 }
 
 func (r *rlRun) finish() {
+	for _, f := range slices.Clone(r.lanKept) {
+		r.lanForget(f)
+	}
 	for _, tg := range r.tags {
 		r.tcp.closed(tg)
 	}
@@ -1264,7 +1292,7 @@ func (r *rlRun) finish() {
 	for _, k := range keys {
 		parts = append(parts, fmt.Sprintf("%s %d", k, r.stats[k]))
 	}
-	r.t.Logf("%d steps: %s", rlSteps, strings.Join(parts, ", "))
+	r.t.Logf("%d steps (the LAN probes %v of them): %s", rlSteps, r.lanTime.Round(time.Millisecond), strings.Join(parts, ", "))
 }
 
 // rlSameDef reports whether two registrations agree on all but health:

@@ -197,6 +197,14 @@ func (r *rlRun) tcpProbes(tg *rlTag) []*rlTCPProbe {
 	return append(out, p)
 }
 
+// rlReset closes c with a RST (c is a *netstacktest.TCPConn).
+func rlReset(c net.Conn) {
+	if tc, ok := c.(*netstacktest.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
+
 // rlTCPLine sends tok as a line and returns the backend that echoed it.
 func rlTCPLine(c net.Conn, tok string) string {
 	c.SetDeadline(time.Now().Add(3 * time.Second))
@@ -240,11 +248,15 @@ func (r *rlRun) checkTCP(probes []*rlTCPProbe) {
 			r.stats["answers: tcp kept"]++
 		case p.conn == nil:
 			r.stats["refused: tcp"]++
-		case tg.tcp == nil:
+		case tg.tcp == nil && r.cur.service(tg.service).tcpIdle != "300ms":
 			tg.tcp, tg.tcpBackend, tg.tcpCfg, tg.tcpVIP = p.conn, p.got, r.cur, p.dst.Addr()
 			r.stats["answers: tcp"]++
 		default:
-			p.conn.Close()
+			// Reset: a FIN exchange still going on when the relay moves
+			// its pools would leave packets to a VIP outside them, which
+			// the gateway drops (not_routed), into the LAN's count; so
+			// would the close of one the gateway ends for being idle.
+			rlReset(p.conn)
 			r.stats["answers: tcp"]++
 		}
 	}
