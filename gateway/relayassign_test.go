@@ -146,6 +146,11 @@ func TestRelayBadAssignIgnored(t *testing.T) {
 		{"one VIP for two services", with(func(m *tunnel.Assign) {
 			m.VIPs = append(m.VIPs, tunnel.VIPAssignment{Service: "db", VIP: vip})
 		}), `10.200.0.10 is assigned to both service "web" and service "db"`},
+		// Routed into the TUN, such a pool would take the gateway's own
+		// session to the relay (the test's relay is at 127.0.0.1).
+		{"pool holding the relay", with(func(m *tunnel.Assign) {
+			m.Pool, m.VIPs[0].VIP = netip.MustParsePrefix("127.0.0.0/8"), netip.MustParseAddr("127.0.0.10")
+		}), `pool 127.0.0.0/8 holds the relay's address 127.0.0.1`},
 	}
 	rejected := func() float64 {
 		return testutil.ToFloat64(a.gw.m.controlRejects.WithLabelValues("bad_assign"))

@@ -186,7 +186,7 @@ func (rs *relaySession) control() error {
 		}
 		switch m := msg.(type) {
 		case *tunnel.Assign:
-			g.applyAssign(m)
+			g.applyAssign(m, rs.s.RemoteAddr().Addr())
 		case *tunnel.TagOpen:
 			rs.openTag(m)
 		case *tunnel.TagClose:
@@ -199,11 +199,11 @@ func (rs *relaySession) control() error {
 	}
 }
 
-// applyAssign takes the relay's VIPs and rebuilds the service table. An
-// assign that does not fit (assignProblem) is ignored, counted and logged:
-// the VIPs and pools in force stay.
-func (g *Gateway) applyAssign(m *tunnel.Assign) {
-	if err := assignProblem(m); err != nil {
+// applyAssign takes the VIPs of the relay at relay and rebuilds the
+// service table. An assign that does not fit (assignProblem) is ignored,
+// counted and logged: the VIPs and pools in force stay.
+func (g *Gateway) applyAssign(m *tunnel.Assign, relay netip.Addr) {
+	if err := assignProblem(m, relay); err != nil {
 		g.m.controlRejected("bad_assign")
 		g.log.Error("ignoring the relay's VIP assignment; keeping the one in force", "err", err)
 		return
@@ -307,7 +307,7 @@ func (g *Gateway) noteRelayZone(zone string) {
 // "assign"): without a pool the netstack would route nothing and drop
 // every packet. Each VIP must be of its family and inside its pool, each
 // service named once and each address given to one service only.
-func assignProblem(m *tunnel.Assign) error {
+func assignProblem(m *tunnel.Assign, relay netip.Addr) error {
 	switch p := m.Pool; {
 	case !p.IsValid():
 		return errors.New("the assign has no pool")
@@ -316,6 +316,15 @@ func assignProblem(m *tunnel.Assign) error {
 	}
 	if p := m.Pool6; p.IsValid() && !catalog.Pool6SizeOK(p) {
 		return fmt.Errorf("pool6 %s is not an IPv6 prefix of /64 to /126", p)
+	}
+	// The pools are routed into the TUN (routeRelayPools): one holding
+	// the relay's own address would take the session to it, as the agent
+	// refuses a pool holding its server's (poolProblem).
+	relay = relay.Unmap()
+	for _, p := range []netip.Prefix{m.Pool, m.Pool6} {
+		if p.IsValid() && p.Contains(relay) {
+			return fmt.Errorf("pool %s holds the relay's address %s", p, relay)
+		}
 	}
 	names := make(map[string]bool, len(m.VIPs))
 	owner := make(map[netip.Addr]string, 2*len(m.VIPs))
