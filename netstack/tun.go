@@ -252,7 +252,11 @@ func (t *TUN) Up(routes []netip.Prefix) error {
 }
 
 // SetRoutes makes routes the prefixes routed into the device: it adds the
-// new ones and removes those it added before that are not in routes.
+// new ones and removes those it added before that are not in routes. A
+// prefix the host already routes elsewhere with the same metric (another
+// device, a blackhole) is not taken over: that is an error naming the
+// route, which stays. Replacing it would cut whatever the host reached
+// through it, and Close, removing ours, would leave no route at all.
 func (t *TUN) SetRoutes(routes []netip.Prefix) error {
 	l, err := netlink.LinkByName(t.name)
 	if err != nil {
@@ -270,13 +274,47 @@ func (t *TUN) SetRoutes(routes []netip.Prefix) error {
 	}
 	t.routes = t.routes[:0]
 	for _, p := range routes {
-		if err := netlink.RouteReplace(linkRoute(l, p)); err != nil {
+		err := netlink.RouteAdd(linkRoute(l, p))
+		if errors.Is(err, unix.EEXIST) {
+			err = routedElsewhere(l, p)
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("netstack: route %s via %s: %w", p, t.name, err))
 			continue
 		}
 		t.routes = append(t.routes, p)
 	}
 	return errors.Join(errs...)
+}
+
+// routedElsewhere says which route of the main table holds p, when it is
+// not l's (one SetRoutes added before is).
+func routedElsewhere(l netlink.Link, p netip.Prefix) error {
+	family := unix.AF_INET
+	if p.Addr().Is6() {
+		family = unix.AF_INET6
+	}
+	rs, err := netlink.RouteListFiltered(family, &netlink.Route{Dst: prefixToIPNet(p), Table: unix.RT_TABLE_MAIN},
+		netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return fmt.Errorf("list the routes of %s: %w", p, err)
+	}
+	for _, r := range rs {
+		if r.LinkIndex == l.Attrs().Index {
+			return nil
+		}
+	}
+	for _, r := range rs {
+		if r.LinkIndex == 0 {
+			return fmt.Errorf("the host has a route of type %d for it already; not taking it over", r.Type)
+		}
+		dev := fmt.Sprintf("#%d", r.LinkIndex)
+		if o, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+			dev = o.Attrs().Name
+		}
+		return fmt.Errorf("the host routes it via %s already; not taking it over", dev)
+	}
+	return fmt.Errorf("the host has a route for it already; not taking it over")
 }
 
 func linkRoute(l netlink.Link, p netip.Prefix) *netlink.Route {
