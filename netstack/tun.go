@@ -306,7 +306,11 @@ func routedElsewhere(l netlink.Link, p netip.Prefix) error {
 	}
 	for _, r := range rs {
 		if r.LinkIndex == 0 {
-			return fmt.Errorf("the host has a route of type %d for it already; not taking it over", r.Type)
+			kind := map[int]string{unix.RTN_BLACKHOLE: "blackhole", unix.RTN_UNREACHABLE: "unreachable", unix.RTN_PROHIBIT: "prohibit"}[r.Type]
+			if kind == "" {
+				kind = fmt.Sprintf("type %d", r.Type)
+			}
+			return fmt.Errorf("the host has a %s route for it already; not taking it over", kind)
 		}
 		dev := fmt.Sprintf("#%d", r.LinkIndex)
 		if o, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
