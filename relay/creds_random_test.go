@@ -5,8 +5,10 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ztgate/ztgate/internal/testseed"
 	"github.com/ztgate/ztgate/tunnel"
@@ -19,7 +21,9 @@ import (
 // and keeps the credentials in use; a new agent is admitted when the CA
 // file in use holds its CA, else refused at the handshake and counted as
 // unknown_authority; the relay presents the certificate in use; every
-// agent admitted before is still registered and its session up. The seed
+// agent admitted before whose CA the CA file in use still holds is still
+// registered and its session up, and the others' sessions end at the
+// reload that dropped their CA ("revoked: unknown_authority"). The seed
 // is logged; ZTGATE_CREDS_SEED replays it.
 func TestRelayReloadCredentialsRandom(t *testing.T) {
 	seed := testseed.Get(t, "ZTGATE_CREDS_SEED")
@@ -33,7 +37,11 @@ func TestRelayReloadCredentialsRandom(t *testing.T) {
 
 	trust := uint8(1) // the model: the CAs of the CA file in use
 	serving := r.creds.Certificate()
-	var kept []*client
+	type keptAgent struct {
+		c  *client
+		ca int
+	}
+	var kept []keptAgent
 	names := 0
 	caPEM := func(set uint8) []byte {
 		var b []byte
@@ -74,6 +82,21 @@ func TestRelayReloadCredentialsRandom(t *testing.T) {
 			return
 		}
 		trust, serving = next, r.creds.Certificate()
+		kept = slices.DeleteFunc(kept, func(k keptAgent) bool {
+			if trust&(1<<k.ca) != 0 {
+				return false
+			}
+			select {
+			case <-k.c.s.Done():
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%s: the session of %s, whose CA the relay dropped, is still up", step, k.c.s.Hello().Name)
+			}
+			if err := k.c.s.Err(); err == nil || !strings.Contains(err.Error(), "revoked: "+tunnel.ReasonUnknownAuthority) {
+				t.Fatalf("%s: the session of %s ended with %v, want \"revoked: %s\"", step, k.c.s.Hello().Name, err, tunnel.ReasonUnknownAuthority)
+			}
+			k.c.close()
+			return true
+		})
 	}
 	for step := range 40 {
 		kind := testseed.Weighted(rng, 6, func(i int) int { return []int{2, 2, 1, 1, 4, 1}[i] })
@@ -128,15 +151,15 @@ func TestRelayReloadCredentialsRandom(t *testing.T) {
 				t.Fatalf("%s: the relay presented %s, want %s", name, c.s.Peer(), serving.Subject.CommonName)
 			}
 			if kind == 4 && len(kept) < 6 {
-				kept = append(kept, c)
+				kept = append(kept, keptAgent{c, ca})
 			} else {
 				c.close()
 			}
 		}
-		for _, c := range kept {
+		for _, k := range kept {
 			select {
-			case <-c.s.Done():
-				t.Fatalf("%s: the session of %s ended: %v", name, c.s.Hello().Name, c.s.Err())
+			case <-k.c.s.Done():
+				t.Fatalf("%s: the session of %s ended: %v", name, k.c.s.Hello().Name, k.c.s.Err())
 			default:
 			}
 		}

@@ -67,6 +67,9 @@ type Credentials struct {
 	log    *slog.Logger
 	mu     sync.Mutex // serialises Reload and the switches of active
 	active atomic.Pointer[credState]
+
+	watchMu  sync.Mutex
+	watchers map[*func()]struct{} // guarded by watchMu: called after each switch (onSwitch)
 }
 
 // credState is one consistent set of loaded credentials: the files it was
@@ -96,18 +99,21 @@ func NewCredentials(cfg CredentialsConfig, log *slog.Logger) (*Credentials, erro
 }
 
 // Reload re-reads the certificate, key and CA files in use and switches to
-// them for new handshakes; live sessions are not touched. On error the
+// them for new handshakes; a listener's live sessions whose client the new
+// credentials refuse are closed (Listener.recheck). On error the
 // current credentials stay in use. An editor or tool replacing the files
 // one by one may make a reload fail (key not matching the certificate):
 // retry later.
 func (c *Credentials) Reload() error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	st, err := c.load(c.active.Load().files)
 	if err != nil {
+		c.mu.Unlock()
 		return err
 	}
 	c.switchLocked(st)
+	c.mu.Unlock()
+	c.switched()
 	return nil
 }
 
@@ -116,17 +122,20 @@ func (c *Credentials) Reload() error {
 // NewCredentials checks them (the key is the certificate's, the
 // certificate is of the role, the CA parses), switches new handshakes to
 // them at once: a handshake uses the old set or the new one, never a part
-// of each. Live sessions are not touched. On error the current credentials
+// of each. A listener's live sessions whose client the new credentials
+// refuse are closed (Listener.recheck). On error the current credentials
 // stay in use and the error is returned. Insecure and Role are fixed at
 // NewCredentials.
 func (c *Credentials) ReloadFiles(f Files) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	st, err := c.load(f)
 	if err != nil {
+		c.mu.Unlock()
 		return err
 	}
 	c.switchLocked(st)
+	c.mu.Unlock()
+	c.switched()
 	return nil
 }
 
@@ -152,8 +161,39 @@ func (c *Credentials) Stage(f Files) (*Staged, error) {
 // Use switches new handshakes to the staged credentials.
 func (s *Staged) Use() {
 	s.c.mu.Lock()
-	defer s.c.mu.Unlock()
 	s.c.switchLocked(s.st)
+	s.c.mu.Unlock()
+	s.c.switched()
+}
+
+// onSwitch calls f after every switch of the credentials (Reload,
+// ReloadFiles, Staged.Use), outside their lock, until stop is called. A
+// listener rechecks its live sessions with it.
+func (c *Credentials) onSwitch(f func()) (stop func()) {
+	c.watchMu.Lock()
+	defer c.watchMu.Unlock()
+	if c.watchers == nil {
+		c.watchers = make(map[*func()]struct{})
+	}
+	c.watchers[&f] = struct{}{}
+	return func() {
+		c.watchMu.Lock()
+		delete(c.watchers, &f)
+		c.watchMu.Unlock()
+	}
+}
+
+// switched calls the onSwitch functions.
+func (c *Credentials) switched() {
+	c.watchMu.Lock()
+	fs := make([]func(), 0, len(c.watchers))
+	for f := range c.watchers {
+		fs = append(fs, *f)
+	}
+	c.watchMu.Unlock()
+	for _, f := range fs {
+		f()
+	}
 }
 
 // switchLocked makes st the credentials of new handshakes and logs it. The

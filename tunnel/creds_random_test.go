@@ -51,7 +51,9 @@ const credsSteps = 400
 //   - handshakes in flight while a reload switches see the credentials of
 //     before or of after, never a part of each;
 //   - established sessions stay up across every reload and carry
-//     datagrams both ways; no goroutine is left.
+//     datagrams both ways, except those whose dialer's certificate the
+//     listener's reloaded credentials refuse: they end at the reload, as
+//     "revoked: <reason>"; no goroutine is left.
 //
 // The seed is logged; ZTGATE_CREDS_SEED=<seed> replays a run.
 func TestCredsRotationRandom(t *testing.T) {
@@ -184,10 +186,12 @@ type credsRig struct {
 	kept []*crSession
 }
 
-// crSession is an established session the test keeps across steps.
+// crSession is an established session the test keeps across steps,
+// with the dialer's leaf it was opened with.
 type crSession struct {
 	name           string
 	client, server *Session
+	leaf           *crLeaf
 }
 
 func newCredsRig(t *testing.T, rng *rand.Rand) *credsRig {
@@ -537,6 +541,33 @@ func (r *credsRig) reload(s *crSide) {
 	if got := s.creds.Certificate(); !bytes.Equal(got.Raw, pemDER(r.t, s.leaf.certPEM)) {
 		r.t.Errorf("%s: the %s presents %s after the reload, want %s", r.step, s.name, got.Subject.CommonName, s.leaf.id)
 	}
+	if s == r.server {
+		r.revokeKept()
+	}
+}
+
+// revokeKept checks that the listener's reload ended each kept session
+// whose dialer's certificate its credentials refuse now, as
+// "revoked: <reason>", and takes them out of the kept ones.
+func (r *credsRig) revokeKept() {
+	r.t.Helper()
+	r.kept = slices.DeleteFunc(r.kept, func(k *crSession) bool {
+		v := verdict(k.leaf, r.server.trust, false)
+		if v == "" {
+			return false
+		}
+		r.outcomes["kept session revoked: "+v]++
+		select {
+		case <-k.client.Done():
+			if err := k.client.Err(); err == nil || !strings.Contains(err.Error(), "revoked: "+v) {
+				r.t.Errorf("%s: session %s ended with %v, want the listener's \"revoked: %s\"", r.step, k.name, err, v)
+			}
+		case <-time.After(testTimeout):
+			r.t.Errorf("%s: session %s, whose certificate the listener refuses now (%s), is still open", r.step, k.name, v)
+		}
+		_ = k.client.Close("done")
+		return true
+	})
 }
 
 // pemDER is the DER of the first block of a PEM file.
@@ -577,6 +608,8 @@ func (o crOutcome) String() string {
 		return "session"
 	case o.reason == "":
 		return o.by + " refused in flight"
+	case o.by == "revoked":
+		return "revoked in flight: " + o.reason
 	}
 	return o.by + " refused: " + o.reason
 }
@@ -607,6 +640,9 @@ func (r *credsRig) count(o crOutcome) {
 		if o.reason != "" { // else matchRefusals counts it
 			r.want["server/refused/"+o.reason]++
 		}
+		r.want["client/refused/"+reasonServerError]++
+	case "revoked": // admitted, then revoked before the dialer had its welcome
+		r.want["server/ok/none"]++
 		r.want["client/refused/"+reasonServerError]++
 	}
 }
@@ -656,6 +692,17 @@ func outcomeOf(d crDial) (crOutcome, error) {
 	if re, ok := errors.AsType[*RefusedError](d.err); ok && re.Code == "tls_alert" {
 		return crOutcome{"server", ""}, nil // the reason is in the server's counter
 	}
+	if re, ok := errors.AsType[*RefusedError](d.err); ok && re.Code == "revoked" {
+		// Admitted by the credentials of one side of a reload, refused by
+		// the other's before the welcome reached the dialer.
+		return crOutcome{"revoked", re.Message}, nil
+	}
+	if re, ok := errors.AsType[*RefusedError](d.err); ok && slices.Contains(AuthReasons(), re.Code) {
+		// Judged by the credentials of before in the TLS handshake, by
+		// those of after a reload during the hello: the listener refuses
+		// it then, counted alike.
+		return crOutcome{"server", ""}, nil
+	}
 	return crOutcome{}, fmt.Errorf("dial failed otherwise: %w", d.err)
 }
 
@@ -668,6 +715,13 @@ func (r *credsRig) checkDial(d crDial, allowed []crOutcome, leaves [][2]*crLeaf)
 	if err != nil {
 		r.t.Errorf("%s: %s: %v; want %v", r.step, d.name, err, allowed)
 		return got, false
+	}
+	if got.by == "revoked" {
+		session := slices.ContainsFunc(allowed, func(o crOutcome) bool { return o.by == "" })
+		refused := slices.Contains(allowed, crOutcome{"server", got.reason})
+		if session && refused {
+			return got, true
+		}
 	}
 	for i, o := range allowed {
 		if o.by != got.by || (got.by != "server" && o.reason != got.reason) {
@@ -724,9 +778,10 @@ func (r *credsRig) closeDial(d crDial) {
 
 // stepKeep dials from the dialer and keeps the session if there is one.
 func (r *credsRig) stepKeep() {
+	leaf := r.client.leaf
 	d := r.dialWith(-1)
 	if d.err == nil && d.server != nil {
-		r.kept = append(r.kept, &crSession{name: d.name, client: d.client, server: d.server})
+		r.kept = append(r.kept, &crSession{name: d.name, client: d.client, server: d.server, leaf: leaf})
 		return
 	}
 	r.closeDial(d)
@@ -803,6 +858,23 @@ func (r *credsRig) stepInFlight() {
 			}
 			allowed = append(allowed, expectDial(cl, ct, st.sl, st.st))
 			leaves = append(leaves, [2]*crLeaf{cl, st.sl})
+		}
+		if slices.Contains(allowed, crOutcome{}) {
+			// Handshaken with one set, the listener judges the client
+			// once more with the set in use before the welcome (and
+			// revokes it later): either set's trust may refuse it then,
+			// whatever the dialer would have made of that set's
+			// certificate.
+			for _, st := range []state{before, after} {
+				cl := st.cl
+				if p.probe >= 0 {
+					cl = r.probeLeaves[p.probe]
+				}
+				if v := verdict(cl, st.st, false); v != "" && !slices.Contains(allowed, crOutcome{"server", v}) {
+					allowed = append(allowed, crOutcome{"server", v})
+					leaves = append(leaves, [2]*crLeaf{cl, st.sl})
+				}
+			}
 		}
 		o, ok := r.checkDial(results[i], allowed, leaves)
 		r.closeDial(results[i])

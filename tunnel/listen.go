@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/ztgate/ztgate/internal/listenaddr"
 
@@ -67,6 +69,7 @@ type Listener struct {
 	sessions map[*Session]struct{} // guarded by mu: live accepted sessions
 	closed   bool                  // guarded by mu
 
+	stopWatch func() // ends the rechecks at each switch of the credentials
 	closeOnce sync.Once
 }
 
@@ -118,6 +121,7 @@ func Listen(addr string, cfg ListenConfig, log *slog.Logger) (*Listener, error) 
 		return nil, fmt.Errorf("tunnel: listen %s: %w", addr, err)
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
+	l.stopWatch = l.creds.onSwitch(l.recheck)
 	if l.creds.Insecure() {
 		l.log.Warn("INSECURE: tunnel listener accepts clients without a verified certificate (development only)")
 	}
@@ -181,6 +185,7 @@ func (l *Listener) Accept(ctx context.Context) (*Session, error) {
 func (l *Listener) Close() error {
 	var err error
 	l.closeOnce.Do(func() {
+		l.stopWatch()
 		l.cancel()
 		err = l.ln.Close()
 		l.mu.Lock()
@@ -252,6 +257,17 @@ func (l *Listener) setup(conn *quic.Conn) {
 			return
 		}
 	}
+	// Rechecked from here on at each switch of the credentials; one that
+	// came since the TLS handshake judged the client is applied here.
+	s.admitted.Store(true)
+	if ae := l.refusedNow(s); ae != nil {
+		if s.revoked.CompareAndSwap(false, true) {
+			l.m.handshake(sideServer, resultRefused, ae.Reason)
+			s.log.Warn("tunnel client refused", "reason", ae.Reason, "err", ae.Err)
+			_ = s.Refuse(ae.Reason, "the server's credentials, reloaded during the handshake, refuse the certificate")
+		}
+		return
+	}
 	l.m.handshake(sideServer, resultOK, reasonNone)
 	select {
 	case l.ready <- s:
@@ -270,10 +286,88 @@ func (l *Listener) track(s *Session) bool {
 		return false
 	}
 	l.sessions[s] = struct{}{}
+	expiry := l.watchExpiry(s)
 	context.AfterFunc(s.conn.Context(), func() {
+		if expiry != nil {
+			expiry.Stop()
+		}
 		l.mu.Lock()
 		delete(l.sessions, s)
 		l.mu.Unlock()
 	})
 	return true
+}
+
+// watchExpiry arms a recheck of s for when the first certificate its
+// client presented expires: a session lives as long as its peer keeps it,
+// and must not outlive the certificate that admitted it. nil when there
+// is nothing to watch (insecure credentials, no certificate).
+func (l *Listener) watchExpiry(s *Session) *time.Timer {
+	certs := s.conn.ConnectionState().TLS.PeerCertificates
+	if l.creds.Insecure() || len(certs) == 0 {
+		return nil
+	}
+	end := certs[0].NotAfter
+	for _, c := range certs[1:] {
+		if c.NotAfter.Before(end) {
+			end = c.NotAfter
+		}
+	}
+	// Past NotAfter by a second: x509 takes the whole second of NotAfter
+	// as valid. (Sub saturates for a NotAfter centuries away.)
+	d := end.Sub(l.creds.now())
+	if d < time.Duration(math.MaxInt64)-time.Second {
+		d += time.Second
+	}
+	return time.AfterFunc(d, func() { l.recheckSession(s) })
+}
+
+// refusedNow judges s's client with the credentials in use, as a new
+// handshake would; nil when they accept it (or are insecure).
+func (l *Listener) refusedNow(s *Session) *AuthError {
+	if l.creds.Insecure() {
+		return nil
+	}
+	return l.creds.verifyClient(l.creds.active.Load(), s.conn.ConnectionState().TLS)
+}
+
+// recheck verifies the client of every live session again with the
+// credentials in use (after a switch: a CA dropped, a new one), and
+// closes those they refuse.
+func (l *Listener) recheck() {
+	l.mu.Lock()
+	live := make([]*Session, 0, len(l.sessions))
+	for s := range l.sessions {
+		live = append(live, s)
+	}
+	l.mu.Unlock()
+	for _, s := range live {
+		l.recheckSession(s)
+	}
+}
+
+// recheckSession closes s, counted and logged, when the credentials in use
+// refuse its client's certificates as a new handshake would (expired, of
+// a CA no longer trusted): rotating the CA, or a certificate's end, cuts
+// a peer off, not only its next handshake. The peer sees the reason
+// ("revoked: <reason>") and its redial is refused at the handshake.
+func (l *Listener) recheckSession(s *Session) {
+	if !s.admitted.Load() {
+		return // setup checks it once more before Accept
+	}
+	ae := l.refusedNow(s)
+	if ae == nil {
+		return
+	}
+	select {
+	case <-s.Done():
+		return
+	default:
+	}
+	if !s.revoked.CompareAndSwap(false, true) {
+		return
+	}
+	l.m.revoked(ae.Reason)
+	s.log.Warn("tunnel session ended: its client's certificate is refused now", "reason", ae.Reason, "err", ae.Err)
+	_ = s.closeWith(closeRefused, "revoked: "+ae.Reason, "tunnel session revoked")
 }

@@ -40,6 +40,7 @@ type metrics struct {
 	sessions   *prometheus.GaugeVec
 	datagrams  *prometheus.CounterVec
 	dropped    *prometheus.CounterVec
+	revokedN   *prometheus.CounterVec
 
 	// Resolved children of the hot path, so that counting allocates nothing.
 	in, out                                   prometheus.Counter
@@ -67,6 +68,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "ztgate_tunnel_datagrams_dropped_total",
 			Help: "Datagrams that could not be sent, by reason.",
 		}, []string{"reason"}),
+		revokedN: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ztgate_tunnel_sessions_revoked_total",
+			Help: "Live sessions a listener closed because its credentials refuse the client's certificate now (expired, of a CA no longer trusted), by reason.",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
 		var err error
@@ -80,6 +85,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			return nil, err
 		}
 		if m.dropped, err = register(reg, m.dropped); err != nil {
+			return nil, err
+		}
+		if m.revokedN, err = register(reg, m.revokedN); err != nil {
 			return nil, err
 		}
 	}
@@ -105,6 +113,10 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error)
 func (m *metrics) handshake(side, result, reason string) {
 	m.handshakes.WithLabelValues(side, result, reason).Inc()
 }
+
+// revoked counts a live session closed because its client's certificate
+// is refused now.
+func (m *metrics) revoked(reason string) { m.revokedN.WithLabelValues(reason).Inc() }
 
 // sessionGauge returns the gauge of open sessions of side and version.
 func (m *metrics) sessionGauge(side string, v Version) prometheus.Gauge {

@@ -64,6 +64,10 @@ type Session struct {
 	// datagrams and announced with QAD by the listener's goroutine.
 	seenRemote   atomic.Pointer[net.UDPAddr]
 	remoteChange chan struct{}
+	// Server side: admitted once the listener hands the session to
+	// Accept, from when a switch of the credentials rechecks it; revoked
+	// once a recheck refused its client (counted once).
+	admitted, revoked atomic.Bool
 
 	closeOnce sync.Once
 }
