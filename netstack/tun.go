@@ -304,7 +304,8 @@ func routedElsewhere(l netlink.Link, p netip.Prefix) error {
 			return nil
 		}
 	}
-	for _, r := range rs {
+	if len(rs) > 0 {
+		r := rs[0]
 		if r.LinkIndex == 0 {
 			kind := map[int]string{unix.RTN_BLACKHOLE: "blackhole", unix.RTN_UNREACHABLE: "unreachable", unix.RTN_PROHIBIT: "prohibit"}[r.Type]
 			if kind == "" {
