@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"context"
 	"encoding/binary"
 	"fmt"
 	"maps"
@@ -487,19 +486,10 @@ func (r *rlRun) lanDNS(p *rlLANProbe) {
 
 // lanTCP opens a new TCP connection and sends the token on it.
 func (r *rlRun) lanTCP(p *rlLANProbe) {
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
-	defer cancel()
-	c, err := r.lanClient.DialTCPFrom(ctx, p.src, p.dst)
-	switch {
-	case err != nil && strings.Contains(err.Error(), "refused"):
-		p.got = "refused"
-		return
-	case err != nil:
-		p.got = "error: " + err.Error()
+	p.conn, p.got = rlDialLine(r.lanClient.Client, p.src, p.dst, p.tok)
+	if p.conn == nil {
 		return
 	}
-	p.conn = c
-	p.got = rlTCPLine(c, p.tok)
 	p.answered = !strings.HasPrefix(p.got, "write: ") && !strings.HasPrefix(p.got, "read: ") && !strings.HasPrefix(p.got, "a stray")
 }
 

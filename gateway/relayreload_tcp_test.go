@@ -180,19 +180,7 @@ func (r *rlRun) tcpProbes(tg *rlTag) []*rlTCPProbe {
 	}
 	go func() {
 		defer close(p.done)
-		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
-		defer cancel()
-		c, err := r.tcp.client.DialTCPFrom(ctx, p.src, p.dst)
-		switch {
-		case err != nil && strings.Contains(err.Error(), "refused"):
-			p.got = "refused"
-			return
-		case err != nil:
-			p.got = "error: " + err.Error()
-			return
-		}
-		p.conn = c
-		p.got = rlTCPLine(c, p.tok)
+		p.conn, p.got = rlDialLine(r.tcp.client, p.src, p.dst, p.tok)
 	}()
 	return append(out, p)
 }
@@ -206,6 +194,22 @@ func rlReset(c net.Conn) {
 }
 
 // rlTCPLine sends tok as a line and returns the backend that echoed it.
+// rlDialLine opens a TCP connection from src to dst on client and sends
+// tok on it: the connection (nil when the dial failed) and what came back
+// (rlTCPLine), "refused", or the dial's error.
+func rlDialLine(client *netstacktest.Client, src, dst netip.AddrPort, tok string) (net.Conn, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	c, err := client.DialTCPFrom(ctx, src, dst)
+	switch {
+	case err != nil && strings.Contains(err.Error(), "refused"):
+		return nil, "refused"
+	case err != nil:
+		return nil, "error: " + err.Error()
+	}
+	return c, rlTCPLine(c, tok)
+}
+
 func rlTCPLine(c net.Conn, tok string) string {
 	c.SetDeadline(time.Now().Add(3 * time.Second))
 	defer c.SetDeadline(time.Time{})
