@@ -194,3 +194,46 @@ func TestRunsWithOnlyNetCaps(t *testing.T) {
 		r.waitVIP(t, "a1")
 	})
 }
+
+// TestDroppedCACutsOffLiveAgent: the relay trusts a second CA for a while
+// (a bundle, SIGHUP), an agent of that CA connects, then the CA file goes
+// back to the first CA alone (SIGHUP): that agent's live session ends at
+// once, counted as revoked, and it reaches nothing more; the agent and the
+// gateway of the first CA go on. Before, dropping a CA refused only the
+// next handshakes of its peers: a connected agent kept its session, and
+// its access, for as long as it kept the session up.
+func TestDroppedCACutsOffLiveAgent(t *testing.T) {
+	needTools(t, "curl", "dig")
+	r, _, vip := runningRelayTopo(t, []string{"a1"}, "a2")
+	caFile := filepath.Join(r.pki, "ca.crt")
+	first := mustRead(t, caFile)
+	writeAtomic(t, caFile, append(append([]byte(nil), first...), mustRead(t, filepath.Join(r.otherPKI, "ca.crt"))...))
+	hup(t, r.relayProc, "tunnel credentials reloaded")
+	r.startAgent("a2", "otherca")
+	reaches := func(agent, path string) error {
+		out, err := r.curl(r.agents[agent], "--max-time", "2", "http://"+vip+path)
+		if err != nil || !strings.Contains(out, path) {
+			return fmt.Errorf("%s: %v %q", agent, err, out)
+		}
+		return nil
+	}
+	eventually(t, 20*time.Second, "the agent of the second CA reaches web", func() error { return reaches("a2", "/second-ca") })
+
+	writeAtomic(t, caFile, first)
+	hup(t, r.relayProc, "tunnel credentials reloaded")
+	eventually(t, 10*time.Second, "the second CA's agent cut off", func() error {
+		if n := r.relayCounter(t, "ztgate_tunnel_sessions_revoked_total", `reason="unknown_authority"`); n != 1 {
+			return fmt.Errorf("ztgate_tunnel_sessions_revoked_total{reason=\"unknown_authority\"} = %v, want 1", n)
+		}
+		if err := reaches("a2", "/after-drop"); err == nil {
+			return fmt.Errorf("it still reaches web")
+		}
+		return nil
+	})
+	if err := reaches("a1", "/first-ca"); err != nil {
+		t.Fatalf("the agent of the first CA after the drop: %v", err)
+	}
+	if !strings.Contains(r.relayProc.out.String(), "tunnel session revoked") {
+		t.Errorf("the relay's log does not say it revoked the session:\n%s", r.relayProc.out.String())
+	}
+}
