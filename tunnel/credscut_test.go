@@ -40,6 +40,10 @@ func TestReloadCutPEMFile(t *testing.T) {
 		{"certificate chain cut in its last block", cutInLastBlock(chain), f.ca.CertPEM(), true},
 		{"CA bundle cut in the last block's first line", leafPEM, bundle[:len(f.ca.CertPEM())+len("-----BEG")], false},
 		{"certificate chain cut in the last block's first line", chain[:len(leafPEM)+len("-----")], f.ca.CertPEM(), true},
+		// Cut after one to four of the marker's dashes (found by
+		// TestCredsRotationRandom, seed 3235591810503033328).
+		{"CA bundle cut after one dash of the last block", leafPEM, bundle[:len(f.ca.CertPEM())+1], false},
+		{"CA bundle cut after four dashes of the last block", leafPEM, bundle[:len(f.ca.CertPEM())+4], false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -65,5 +69,21 @@ func TestReloadCutPEMFile(t *testing.T) {
 				t.Fatal("NewCredentials loaded what Reload refused")
 			}
 		})
+	}
+}
+
+// TestPEMCommentsLoad: text that is no PEM marker before, between and
+// after the blocks of a CA bundle (the comments some distributions write)
+// does not make it read as cut short.
+func TestPEMCommentsLoad(t *testing.T) {
+	f := newTLSFixture(t)
+	bundle := []byte("# ztgate CA\n")
+	bundle = append(bundle, f.ca.CertPEM()...)
+	bundle = append(bundle, "\n# foreign CA\nSubject: CN=foreign CA\n"...)
+	bundle = append(bundle, f.other.CertPEM()...)
+	bundle = append(bundle, "\n# end of bundle\n"...)
+	certFile, keyFile := f.relayFiles("relay1")
+	if _, err := NewCredentials(CredentialsConfig{CertFile: certFile, KeyFile: keyFile, CAFile: f.write("ca.crt", bundle), Role: RoleRelay}, nil); err != nil {
+		t.Fatalf("a bundle with comments: %v", err)
 	}
 }

@@ -58,7 +58,9 @@ func parseTrust(caPEM []byte) (*trust, error) {
 // follows it up to the next whole block, so the blocks it did return
 // would load without the lost ones, and peers of a CA dropped that way
 // would be refused with no word of why. A block cut within its first line
-// leaves a PEM marker's dashes after the last whole block.
+// leaves a line of a PEM marker's dashes (one or more) after the last
+// whole block; text there that is no marker (a bundle's comments) is
+// fine.
 func pemWhole(data []byte) error {
 	begun := bytes.Count(data, []byte("-----BEGIN"))
 	whole := 0
@@ -71,7 +73,11 @@ func pemWhole(data []byte) error {
 		whole++
 		rest = after
 	}
-	if whole < begun || bytes.Contains(rest, []byte("-----")) {
+	cut := false
+	for line := range bytes.Lines(rest) {
+		cut = cut || bytes.HasPrefix(bytes.TrimSpace(line), []byte("-"))
+	}
+	if whole < begun || cut {
 		return fmt.Errorf("PEM block %d cut short or malformed (still being written?)", whole+1)
 	}
 	return nil
