@@ -225,6 +225,7 @@ func (g *Gateway) applyAssign(m *tunnel.Assign, relay netip.Addr) {
 	}
 	g.ns.SetPools(pools)
 	g.endUnrouted(pools)
+	g.ns.ResetOutsidePools() // what the flows left: connections closed already, still sending their FIN
 	g.routeRelayPools(pools)
 	g.reloadMu.Lock()
 	d, err := g.applyLocked(g.running, g.apiServices)

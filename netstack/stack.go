@@ -191,6 +191,40 @@ func (ns *Stack) SetPools(pools []netip.Prefix) {
 	ns.pools.Store(&ps)
 }
 
+// ResetOutsidePools resets the TCP connections whose local address (a VIP)
+// is in none of the pools now and not one of the stack's own: packets to
+// such an address are dropped from SetPools on, so whatever such a
+// connection would still send — the FIN of one its owner closed, data the
+// client has not acknowledged — could never be acknowledged, and gVisor
+// would send it again for minutes. Connections still open are the
+// caller's to end first, with the reason it logs; this takes what is left
+// (those closed already, still sending their FIN). It walks every
+// endpoint: call it when the pools change, not per packet.
+func (ns *Stack) ResetOutsidePools() int {
+	n := 0
+	for _, ep := range ns.s.RegisteredEndpoints() {
+		te, ok := ep.(*tcp.Endpoint)
+		if !ok {
+			continue
+		}
+		switch tcp.EndpointState(te.State()) {
+		case tcp.StateEstablished, tcp.StateFinWait1, tcp.StateFinWait2, tcp.StateCloseWait, tcp.StateLastAck, tcp.StateClosing:
+		default:
+			continue // listening, in a handshake, or done
+		}
+		info, ok := te.Info().(*stack.TransportEndpointInfo)
+		if !ok {
+			continue
+		}
+		if a := fromAddr(info.ID.LocalAddress); !a.IsValid() || ns.isLocal(a) || ns.inPool(a) {
+			continue
+		}
+		te.Abort()
+		n++
+	}
+	return n
+}
+
 // inPool reports whether addr belongs to one of the pools.
 func (ns *Stack) inPool(addr netip.Addr) bool {
 	for _, p := range *ns.pools.Load() {

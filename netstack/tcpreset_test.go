@@ -143,3 +143,64 @@ func TestTCPConnResetAfterFIN(t *testing.T) {
 		})
 	}
 }
+
+// TestResetOutsidePools: once the pools no longer hold a VIP, a TCP
+// connection of that VIP that its owner closed already (its FIN sent, the
+// client's answer dropped from now on as not routed) is reset, so that
+// gVisor does not send its FIN and unacknowledged data for minutes; a
+// connection of a VIP still in the pools is left alone.
+func TestResetOutsidePools(t *testing.T) {
+	h := &connHandler{conns: make(chan *netstack.TCPConn, 2)}
+	f := newFixture(t, h, func(c *netstack.Config) {
+		c.Pools = append(c.Pools, netip.MustParsePrefix("10.101.0.0/24"))
+	})
+	dial := func(vip string) (net.Conn, *netstack.TCPConn) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := f.client.DialTCP(ctx, clientAddr, netip.MustParseAddrPort(vip))
+		if err != nil {
+			t.Fatalf("dial %s: %v", vip, err)
+		}
+		s := <-h.conns
+		t.Cleanup(func() {
+			c.Close()
+			s.Close()
+		})
+		return c, s
+	}
+	goneC, goneS := dial("10.100.0.5:80")
+	keptC, _ := dial("10.101.0.5:80")
+	goneS.Close() // its FIN reaches the client, which keeps its end open
+	goneC.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := goneC.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("the client's read after the FIN: %v, want EOF", err)
+	}
+
+	f.ns.SetPools([]netip.Prefix{netip.MustParsePrefix("10.101.0.0/24")})
+	if n := f.ns.ResetOutsidePools(); n != 1 {
+		t.Errorf("ResetOutsidePools reset %d connections, want 1", n)
+	}
+	// The client's end learns of the reset: its writes fail (gVisor says
+	// "closed for send" to a write after the RST that followed the FIN).
+	// Without it they go on succeeding, into packets dropped as not routed.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := goneC.Write([]byte("x")); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the client's end of the VIP that left the pools was never reset")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	keptC.SetDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := keptC.Read(make([]byte, 1)); !isTimeout(err) {
+		t.Errorf("the connection of a VIP still in the pools: %v, want it open", err)
+	}
+}
+
+func isTimeout(err error) bool {
+	ne, ok := errors.AsType[net.Error](err)
+	return ok && ne.Timeout()
+}
