@@ -33,20 +33,27 @@ func (h *connHandler) HandleTCP(req *netstack.TCPRequest) {
 func dialAccepted(t *testing.T) (client net.Conn, server *netstack.TCPConn) {
 	t.Helper()
 	h := &connHandler{conns: make(chan *netstack.TCPConn, 1)}
-	f := newFixture(t, h)
+	c, s := dialAcceptedOn(t, newFixture(t, h), h, "10.100.0.5:80")
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	s.SetDeadline(time.Now().Add(5 * time.Second))
+	return c, s
+}
+
+// dialAcceptedOn opens a connection to vip from f's client stack, which
+// h accepts, and returns both of its ends; the test's end closes them.
+func dialAcceptedOn(t *testing.T, f *fixture, h *connHandler, vip string) (client net.Conn, server *netstack.TCPConn) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := f.client.DialTCP(ctx, clientAddr, netip.MustParseAddrPort("10.100.0.5:80"))
+	c, err := f.client.DialTCP(ctx, clientAddr, netip.MustParseAddrPort(vip))
 	if err != nil {
-		t.Fatalf("dial: %v", err)
+		t.Fatalf("dial %s: %v", vip, err)
 	}
 	s := <-h.conns
 	t.Cleanup(func() {
 		c.Close()
 		s.Close()
 	})
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	s.SetDeadline(time.Now().Add(5 * time.Second))
 	return c, s
 }
 
@@ -154,23 +161,8 @@ func TestResetOutsidePools(t *testing.T) {
 	f := newFixture(t, h, func(c *netstack.Config) {
 		c.Pools = append(c.Pools, netip.MustParsePrefix("10.101.0.0/24"))
 	})
-	dial := func(vip string) (net.Conn, *netstack.TCPConn) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		c, err := f.client.DialTCP(ctx, clientAddr, netip.MustParseAddrPort(vip))
-		if err != nil {
-			t.Fatalf("dial %s: %v", vip, err)
-		}
-		s := <-h.conns
-		t.Cleanup(func() {
-			c.Close()
-			s.Close()
-		})
-		return c, s
-	}
-	goneC, goneS := dial("10.100.0.5:80")
-	keptC, _ := dial("10.101.0.5:80")
+	goneC, goneS := dialAcceptedOn(t, f, h, "10.100.0.5:80")
+	keptC, _ := dialAcceptedOn(t, f, h, "10.101.0.5:80")
 	goneS.Close() // its FIN reaches the client, which keeps its end open
 	goneC.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := goneC.Read(make([]byte, 1)); err != io.EOF {
