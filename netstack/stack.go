@@ -194,13 +194,28 @@ func (ns *Stack) SetPools(pools []netip.Prefix) {
 // ResetOutsidePools resets the TCP connections whose local address (a VIP)
 // is in none of the pools now and not one of the stack's own: packets to
 // such an address are dropped from SetPools on, so whatever such a
-// connection would still send — the FIN of one its owner closed, data the
-// client has not acknowledged — could never be acknowledged, and gVisor
-// would send it again for minutes. Connections still open are the
-// caller's to end first, with the reason it logs; this takes what is left
-// (those closed already, still sending their FIN). It walks every
-// endpoint: call it when the pools change, not per packet.
+// connection would still send could never be acknowledged (ResetTCP).
 func (ns *Stack) ResetOutsidePools() int {
+	return ns.ResetTCP(func(local, _ netip.AddrPort) bool {
+		a := local.Addr()
+		return !ns.isLocal(a) && !ns.inPool(a)
+	})
+}
+
+// ResetTCP resets the TCP connections, open or closing, for which match
+// reports true, given their local (VIP) and remote (client) address and
+// port, and returns how many it reset. It is for connections whose
+// client's packets the caller drops from now on (the VIP left the pools,
+// the client lost its source or its rights, its tunnel ingress closed):
+// whatever such a connection would still send — the FIN of one its owner
+// closed, data the client has not acknowledged — could never be
+// acknowledged, and gVisor would send it again for minutes. Connections
+// still open are the caller's to end first, with the reason it logs; this
+// takes what is left (those closed already, still sending their FIN).
+// Listening endpoints, handshakes and connections done are left alone. It
+// walks every endpoint: call it when what is admitted changes, not per
+// packet.
+func (ns *Stack) ResetTCP(match func(local, remote netip.AddrPort) bool) int {
 	n := 0
 	for _, ep := range ns.s.RegisteredEndpoints() {
 		te, ok := ep.(*tcp.Endpoint)
@@ -216,7 +231,12 @@ func (ns *Stack) ResetOutsidePools() int {
 		if !ok {
 			continue
 		}
-		if a := fromAddr(info.ID.LocalAddress); !a.IsValid() || ns.isLocal(a) || ns.inPool(a) {
+		local := fromAddr(info.ID.LocalAddress)
+		remote := fromAddr(info.ID.RemoteAddress)
+		if !local.IsValid() || !remote.IsValid() {
+			continue
+		}
+		if !match(netip.AddrPortFrom(local, info.ID.LocalPort), netip.AddrPortFrom(remote, info.ID.RemotePort)) {
 			continue
 		}
 		te.Abort()

@@ -196,3 +196,50 @@ func isTimeout(err error) bool {
 	ne, ok := errors.AsType[net.Error](err)
 	return ok && ne.Timeout()
 }
+
+// TestResetTCPMatches: ResetTCP hands match each TCP connection's local
+// (VIP) and remote (client) address and port, and resets those it
+// chooses, open or closed already, and no other.
+func TestResetTCPMatches(t *testing.T) {
+	h := &connHandler{conns: make(chan *netstack.TCPConn, 2)}
+	f := newFixture(t, h)
+	goneC, goneS := dialAcceptedOn(t, f, h, "10.100.0.5:80")
+	keptC, _ := dialAcceptedOn(t, f, h, "10.100.0.6:80")
+	goneS.Close() // its FIN reaches the client, which keeps its end open
+	goneC.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := goneC.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("the client's read after the FIN: %v, want EOF", err)
+	}
+
+	gone := netip.MustParseAddrPort(goneC.LocalAddr().String())
+	seen := map[netip.AddrPort]netip.AddrPort{}
+	n := f.ns.ResetTCP(func(local, remote netip.AddrPort) bool {
+		seen[remote] = local
+		return remote == gone
+	})
+	if n != 1 {
+		t.Errorf("ResetTCP reset %d connections, want 1", n)
+	}
+	kept := netip.MustParseAddrPort(keptC.LocalAddr().String())
+	want := map[netip.AddrPort]netip.AddrPort{
+		gone: netip.MustParseAddrPort("10.100.0.5:80"),
+		kept: netip.MustParseAddrPort("10.100.0.6:80"),
+	}
+	if len(seen) != len(want) || seen[gone] != want[gone] || seen[kept] != want[kept] {
+		t.Errorf("match saw %v, want %v", seen, want)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := goneC.Write([]byte("x")); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the matched connection's client end was never reset")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	keptC.SetDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := keptC.Read(make([]byte, 1)); !isTimeout(err) {
+		t.Errorf("the connection match left: %v, want it open", err)
+	}
+}
