@@ -327,14 +327,20 @@ func (g *Gateway) endUnreachable(t *table) {
 // relay's to end: it closes the tags of a tenant a service no longer
 // admits, and of a service the gateway no longer registers.
 func (g *Gateway) directUnreachable(t *table, f *flow) bool {
-	if !synthPrefix.Contains(f.client.Addr()) {
-		return false
+	if g.ingresses == nil || !synthPrefix.Contains(f.client.Addr()) {
+		return false // no tunnel: a link-local source is a LAN client's
 	}
 	in := g.ingresses.lookup(f.client.Addr())
 	if in == nil || in.tagged || in.peer != f.peer {
 		return false
 	}
-	name := f.svc.spec.Name
+	return unreachableBy(t, in, f.svc.spec.Name)
+}
+
+// unreachableBy reports whether t does not let the direct ingress in
+// reach the service name: gone, not open to its tenant, or not among the
+// services its identity has rights for.
+func unreachableBy(t *table, in *ingress, name string) bool {
 	s := t.byName[name]
 	return s == nil || !s.spec.Allows(in.peer.tenant) || (in.services != nil && !slices.Contains(in.services, name))
 }
