@@ -1,9 +1,6 @@
 package gateway
 
 import (
-	"bufio"
-	"fmt"
-	"net"
 	"net/netip"
 	"testing"
 )
@@ -14,18 +11,9 @@ import (
 // while it runs, asked the tunnel's ingress table, which a gateway without
 // a tunnel does not have: the gateway crashed.
 func TestLinkLocalLANClient(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveOn(t, l, func(c net.Conn) {
-		sc := bufio.NewScanner(c)
-		for sc.Scan() {
-			fmt.Fprintf(c, "echo: %s\n", sc.Text())
-		}
-	})
+	port := startLineEcho(t, "echo")
 	client := netip.MustParseAddr("169.254.7.9")
-	svc := tcpService("echo", `"*"`, "10.100.0.7", "127.0.0.1", l.Addr().(*net.TCPAddr).Port)
+	svc := tcpService("echo", `"*"`, "10.100.0.7", "127.0.0.1", port)
 	tenant := "[[tenant]]\nname = \"lab\"\nsources = [\"169.254.0.0/16\"]\n"
 	h := newFileHarnessWith(t, quietGateway+tenant+svc, nil, []netip.Addr{client}, nil)
 	c := h.dialLines(t, client, "10.100.0.7:7")

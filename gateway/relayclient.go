@@ -444,23 +444,46 @@ func (rs *relaySession) closeAll(reason string) {
 	for _, p := range pending {
 		rs.giveUp(p)
 	}
+	ins := make([]*ingress, 0, len(tags))
 	for _, in := range tags {
-		rs.g.closeIngress(in, reason)
+		ins = append(ins, in)
 	}
+	rs.g.closeIngresses(reason, ins...)
 }
 
 // closeIngress ends an ingress, the flows bound to it and, for a direct
 // session, its outbox.
-func (g *Gateway) closeIngress(in *ingress, reason string) {
-	if !in.closed.CompareAndSwap(false, true) {
+func (g *Gateway) closeIngress(in *ingress, reason string) { g.closeIngresses(reason, in) }
+
+// closeIngresses ends ingresses, the flows bound to them and, for a
+// direct session, its outbox. Their flows are cut: their client can send
+// nothing more. So are the netstack's TCP connections of theirs that no
+// flow holds any more (closed gracefully just before, their FIN not yet
+// acknowledged), which would otherwise send it for minutes to no one;
+// before their synthetic addresses go back to the table, so that no new
+// ingress's connection is taken for one of theirs. Many at once (a relay
+// session's tags) take one pass over the flows and the connections.
+func (g *Gateway) closeIngresses(reason string, ins ...*ingress) {
+	closing := make(map[netip.Addr]*ingress, len(ins))
+	for _, in := range ins {
+		if in.closed.CompareAndSwap(false, true) {
+			closing[in.synth] = in
+		}
+	}
+	if len(closing) == 0 {
 		return
 	}
-	for _, f := range g.flows.list(func(f *flow) bool { return f.client.Addr() == in.synth }) {
+	for _, f := range g.flows.list(func(f *flow) bool { return closing[f.client.Addr()] != nil }) {
 		f.cut(reason)
 	}
-	g.ingresses.remove(in)
-	if !in.tagged { // a tag's outbox is its relay session's, closed with it
-		in.out.Close() // waits for a send in progress: SendDatagram's 5 ms at most
+	if g.ns != nil {
+		g.ns.ResetTCP(func(_, remote netip.AddrPort) bool { return closing[remote.Addr().Unmap()] != nil })
+	}
+	for _, in := range closing {
+		g.ingresses.remove(in)
+		if !in.tagged { // a tag's outbox is its relay session's, closed with it
+			in.out.Close() // waits for a send in progress: SendDatagram's 5 ms at most
+		}
 	}
 }
 

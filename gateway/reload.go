@@ -195,6 +195,7 @@ func (g *Gateway) swapTable(old, t *table) {
 	g.tbl.Store(t)
 	g.endStranded(t)
 	g.endUnreachable(t)
+	g.resetLeftovers(t)
 	g.forgetTenants(old, t)
 	g.syncHealth()
 	g.disc.sync(t)
@@ -224,6 +225,38 @@ func (g *Gateway) endStranded(t *table) {
 	for _, f := range g.flows.list(func(f *flow) bool { return stranded(t, f.peer, f.client.Addr()) }) {
 		f.cut("source_removed")
 	}
+}
+
+// resetLeftovers resets the netstack's TCP connections that t takes from
+// their client with no flow left to end: those whose flow closed
+// gracefully just before (its FIN sent, or still to be acknowledged), of
+// a LAN client whose source t admits no more, or of a direct agent that t
+// no longer lets reach the VIP's service. Their client's packets are
+// dropped from t on, so the netstack would send the FIN, and whatever the
+// client had not acknowledged, again and again for minutes; reset, the
+// client is told at once, as endStranded and endUnreachable tell those of
+// open flows. A relay tag's are closeIngress's, when the relay closes it.
+func (g *Gateway) resetLeftovers(t *table) {
+	if g.ns == nil {
+		return
+	}
+	own := g.localAddrs()
+	g.ns.ResetTCP(func(local, remote netip.AddrPort) bool {
+		client := remote.Addr().Unmap()
+		if g.ingresses != nil && synthPrefix.Contains(client) {
+			in := g.ingresses.lookup(client)
+			if in == nil || in.tagged {
+				return false // closed (closeIngress resets its own), or the relay's to close
+			}
+			if slices.Contains(own, local.Addr().Unmap()) {
+				return false // the gateway's own address: DNS, open to every session
+			}
+			s := t.lookupVIP(local.Addr())
+			return s == nil || unreachableBy(t, in, s.spec.Name)
+		}
+		_, ok := t.tenants.lookup(client)
+		return !ok
+	})
 }
 
 // stranded reports whether a flow of p from client, a LAN client, has a
