@@ -53,6 +53,11 @@ func (g *Gateway) newFlow(proto string, client, vip netip.AddrPort, d decision, 
 		// A reload took the service from the direct agent, and ended the
 		// flows then listed (endUnreachable), while this one was set up.
 		f.cut("rights_removed")
+	} else if g.ns != nil && !g.ns.InPools(vip.Addr()) {
+		// The relay moved its pools away from the VIP, and endUnrouted
+		// ended the flows then listed, while this one was set up: the
+		// netstack drops its client's packets from SetPools on.
+		f.cut("vip_unrouted")
 	}
 	// After the add: a change of the table from now on drains f with the
 	// others, and one before is in the table departed reads.

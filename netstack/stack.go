@@ -245,6 +245,10 @@ func (ns *Stack) ResetTCP(match func(local, remote netip.AddrPort) bool) int {
 	return n
 }
 
+// InPools reports whether addr belongs to one of the pools the stack
+// terminates now (SetPools).
+func (ns *Stack) InPools(addr netip.Addr) bool { return ns.inPool(addr.Unmap()) }
+
 // inPool reports whether addr belongs to one of the pools.
 func (ns *Stack) inPool(addr netip.Addr) bool {
 	for _, p := range *ns.pools.Load() {
