@@ -10,10 +10,11 @@ import (
 
 // TestTUNRouteNotTakenOver: a host that routes tun.pool elsewhere already
 // (via a neighbour, or a blackhole, with the metric ztgate's route would
-// have) keeps that route, and the gateway refuses to start, naming it.
-// Before, the gateway replaced it: whatever the host reached through it
-// was cut, and when the gateway stopped it took its own route away,
-// leaving none.
+// have or another) keeps that route, and the gateway refuses to start,
+// naming it. Before, the gateway replaced it: whatever the host reached
+// through it was cut, and when the gateway stopped it took its own route
+// away, leaving none. A route at a higher metric was kept, but ztgate's,
+// added beside it at metric 0, took its traffic while it ran.
 func TestTUNRouteNotTakenOver(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -23,6 +24,7 @@ func TestTUNRouteNotTakenOver(t *testing.T) {
 	}{
 		{"via a neighbour", []string{"10.100.0.0/24", "via", "192.0.2.2"}, "via 192.0.2.2", "the host routes it via"},
 		{"blackhole", []string{"blackhole", "10.100.0.0/24"}, "blackhole", "the host has a blackhole route for it"},
+		{"at another metric", []string{"10.100.0.0/24", "via", "192.0.2.2", "metric", "100"}, "metric 100", "the host routes it via"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()

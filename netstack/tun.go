@@ -274,9 +274,14 @@ func (t *TUN) SetRoutes(routes []netip.Prefix) error {
 	}
 	t.routes = t.routes[:0]
 	for _, p := range routes {
-		err := netlink.RouteAdd(linkRoute(l, p))
-		if errors.Is(err, unix.EEXIST) {
-			err = routedElsewhere(l, p)
+		// A host route of p, at any metric, is in the way: ours, at
+		// metric 0, would win over one at a higher metric as surely as
+		// a replace would take one at the same.
+		err := routedElsewhere(l, p)
+		if err == nil {
+			if err = netlink.RouteAdd(linkRoute(l, p)); errors.Is(err, unix.EEXIST) {
+				err = nil // ours, added before: routedElsewhere found no other
+			}
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("netstack: route %s via %s: %w", p, t.name, err))
@@ -287,8 +292,9 @@ func (t *TUN) SetRoutes(routes []netip.Prefix) error {
 	return errors.Join(errs...)
 }
 
-// routedElsewhere says which route of the main table holds p, when it is
-// not l's (one SetRoutes added before is).
+// routedElsewhere says which route of the main table holds p, at any
+// metric, when it is not l's (one SetRoutes added before is); nil when
+// none does.
 func routedElsewhere(l netlink.Link, p netip.Prefix) error {
 	family := unix.AF_INET
 	if p.Addr().Is6() {
@@ -319,7 +325,7 @@ func routedElsewhere(l netlink.Link, p netip.Prefix) error {
 		}
 		return fmt.Errorf("the host routes it via %s already; not taking it over", dev)
 	}
-	return fmt.Errorf("the host has a route for it already; not taking it over")
+	return nil
 }
 
 func linkRoute(l netlink.Link, p netip.Prefix) *netlink.Route {
