@@ -100,7 +100,8 @@ func NewCredentials(cfg CredentialsConfig, log *slog.Logger) (*Credentials, erro
 
 // Reload re-reads the certificate, key and CA files in use and switches to
 // them for new handshakes; a listener's live sessions whose client the new
-// credentials refuse are closed (Listener.recheck). On error the
+// credentials refuse are closed (Listener.recheck), and so are dialed
+// sessions whose server they refuse (Session.recheckServer). On error the
 // current credentials stay in use. An editor or tool replacing the files
 // one by one may make a reload fail (key not matching the certificate):
 // retry later.
@@ -123,7 +124,8 @@ func (c *Credentials) Reload() error {
 // certificate is of the role, the CA parses), switches new handshakes to
 // them at once: a handshake uses the old set or the new one, never a part
 // of each. A listener's live sessions whose client the new credentials
-// refuse are closed (Listener.recheck). On error the current credentials
+// refuse are closed (Listener.recheck), and so are dialed sessions whose
+// server they refuse (Session.recheckServer). On error the current credentials
 // stay in use and the error is returned. Insecure and Role are fixed at
 // NewCredentials.
 func (c *Credentials) ReloadFiles(f Files) error {
@@ -168,7 +170,8 @@ func (s *Staged) Use() {
 
 // onSwitch calls f after every switch of the credentials (Reload,
 // ReloadFiles, Staged.Use), outside their lock, until stop is called. A
-// listener rechecks its live sessions with it.
+// listener rechecks its live sessions with it, a dialed session its
+// server.
 func (c *Credentials) onSwitch(f func()) (stop func()) {
 	c.watchMu.Lock()
 	defer c.watchMu.Unlock()
@@ -445,19 +448,28 @@ func (c *Credentials) clientConfig(st *credState, serverName, identity string, r
 		// VerifyConnection verifies against the current one instead.
 		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			st := state()
-			if identity != "" {
-				return c.refuse(nil, c.verifyServerIdentity(st, identity, cs))
-			}
-			if ae := c.verifyServer(st, serverName, cs); ae != nil || len(roles) == 0 || c.skipsServers(st) {
-				return c.refuse(nil, ae)
-			}
-			return c.refuse(nil, serverRole(cs, roles))
+			return c.refuse(nil, c.checkServer(state(), serverName, identity, roles, cs))
 		},
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return state().cert, nil
 		},
 	}
+}
+
+// checkServer applies the client's policy to a server's certificates with
+// st: those of a server known by its ztgate identity must carry it
+// (verifyServerIdentity); otherwise they must be for serverName and, when
+// roles are set, carry one of them. Dial's handshake uses it, and so does
+// the recheck of a dialed session (Session.recheckServer), so that a live
+// session is judged as its next handshake would be.
+func (c *Credentials) checkServer(st *credState, serverName, identity string, roles []string, cs tls.ConnectionState) *AuthError {
+	if identity != "" {
+		return c.verifyServerIdentity(st, identity, cs)
+	}
+	if ae := c.verifyServer(st, serverName, cs); ae != nil || len(roles) == 0 || c.skipsServers(st) {
+		return ae
+	}
+	return serverRole(cs, roles)
 }
 
 // skipsServers reports whether servers go unverified with st: insecure

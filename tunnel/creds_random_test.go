@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/quic-go/quic-go"
 	"go.uber.org/goleak"
 
 	"github.com/ztgate/ztgate/internal/testseed"
@@ -52,8 +53,9 @@ const credsSteps = 400
 //     before or of after, never a part of each;
 //   - established sessions stay up across every reload and carry
 //     datagrams both ways, except those whose dialer's certificate the
-//     listener's reloaded credentials refuse: they end at the reload, as
-//     "revoked: <reason>"; no goroutine is left.
+//     listener's reloaded credentials refuse, or whose listener's
+//     certificate the dialer's reloaded credentials refuse: they end at
+//     the reload, as "revoked: <reason>"; no goroutine is left.
 //
 // The seed is logged; ZTGATE_CREDS_SEED=<seed> replays a run.
 func TestCredsRotationRandom(t *testing.T) {
@@ -187,11 +189,12 @@ type credsRig struct {
 }
 
 // crSession is an established session the test keeps across steps,
-// with the dialer's leaf it was opened with.
+// with the dialer's and the listener's leaves it was opened with.
 type crSession struct {
 	name           string
 	client, server *Session
 	leaf           *crLeaf
+	serverLeaf     *crLeaf
 }
 
 func newCredsRig(t *testing.T, rng *rand.Rand) *credsRig {
@@ -543,6 +546,8 @@ func (r *credsRig) reload(s *crSide) {
 	}
 	if s == r.server {
 		r.revokeKept()
+	} else {
+		r.revokeKeptByDialer()
 	}
 }
 
@@ -564,6 +569,31 @@ func (r *credsRig) revokeKept() {
 			}
 		case <-time.After(testTimeout):
 			r.t.Errorf("%s: session %s, whose certificate the listener refuses now (%s), is still open", r.step, k.name, v)
+		}
+		_ = k.client.Close("done")
+		return true
+	})
+}
+
+// revokeKeptByDialer checks that the dialer's reload ended each kept
+// session whose listener's certificate its credentials refuse now, as
+// "revoked: <reason>" of its own, and takes them out of the kept ones.
+func (r *credsRig) revokeKeptByDialer() {
+	r.t.Helper()
+	r.kept = slices.DeleteFunc(r.kept, func(k *crSession) bool {
+		v := verdict(k.serverLeaf, r.client.trust, true)
+		if v == "" {
+			return false
+		}
+		r.outcomes["kept session revoked by the dialer: "+v]++
+		select {
+		case <-k.client.Done():
+			ae, ok := errors.AsType[*quic.ApplicationError](k.client.Err())
+			if !ok || ae.Remote || ae.ErrorMessage != "revoked: "+v {
+				r.t.Errorf("%s: session %s ended with %v, want the dialer's own \"revoked: %s\"", r.step, k.name, k.client.Err(), v)
+			}
+		case <-time.After(testTimeout):
+			r.t.Errorf("%s: session %s, whose listener's certificate the dialer refuses now (%s), is still open", r.step, k.name, v)
 		}
 		_ = k.client.Close("done")
 		return true
@@ -599,7 +629,11 @@ func verdict(l *crLeaf, trust uint8, asServer bool) string {
 // crOutcome is the end of one dial: who refused whom and why; "" for a
 // session.
 type crOutcome struct {
-	by, reason string // by: "client" (refused the server) or "server"
+	// by: "client" (refused the server), "server", "revoked" (the server
+	// revoked the client before the welcome arrived) or "late" (the client
+	// refused the server after the hello, with credentials switched since
+	// the TLS handshake)
+	by, reason string
 }
 
 func (o crOutcome) String() string {
@@ -610,6 +644,8 @@ func (o crOutcome) String() string {
 		return o.by + " refused in flight"
 	case o.by == "revoked":
 		return "revoked in flight: " + o.reason
+	case o.by == "late":
+		return "client refused after the hello: " + o.reason
 	}
 	return o.by + " refused: " + o.reason
 }
@@ -644,6 +680,9 @@ func (r *credsRig) count(o crOutcome) {
 	case "revoked": // admitted, then revoked before the dialer had its welcome
 		r.want["server/ok/none"]++
 		r.want["client/refused/"+reasonServerError]++
+	case "late": // welcomed, then refused by the dialer
+		r.want["server/ok/none"]++
+		r.want["client/refused/"+o.reason]++
 	}
 }
 
@@ -685,6 +724,9 @@ func outcomeOf(d crDial) (crOutcome, error) {
 			return crOutcome{}, errors.New("dialed, but the listener accepted no session")
 		}
 		return crOutcome{}, nil
+	}
+	if ae, ok := errors.AsType[*AuthError](d.err); ok && errors.Is(d.err, errRefusedAfterHello) {
+		return crOutcome{"late", ae.Reason}, nil
 	}
 	if ae, ok := errors.AsType[*AuthError](d.err); ok {
 		return crOutcome{"client", ae.Reason}, nil
@@ -778,10 +820,10 @@ func (r *credsRig) closeDial(d crDial) {
 
 // stepKeep dials from the dialer and keeps the session if there is one.
 func (r *credsRig) stepKeep() {
-	leaf := r.client.leaf
+	leaf, serverLeaf := r.client.leaf, r.server.leaf
 	d := r.dialWith(-1)
 	if d.err == nil && d.server != nil {
-		r.kept = append(r.kept, &crSession{name: d.name, client: d.client, server: d.server, leaf: leaf})
+		r.kept = append(r.kept, &crSession{name: d.name, client: d.client, server: d.server, leaf: leaf, serverLeaf: serverLeaf})
 		return
 	}
 	r.closeDial(d)
@@ -873,6 +915,25 @@ func (r *credsRig) stepInFlight() {
 				if v := verdict(cl, st.st, false); v != "" && !slices.Contains(allowed, crOutcome{"server", v}) {
 					allowed = append(allowed, crOutcome{"server", v})
 					leaves = append(leaves, [2]*crLeaf{cl, st.sl})
+				}
+			}
+			// Likewise the dialer judges the listener once more with its
+			// set in use after the hello: either set's trust may refuse
+			// the listener's certificate of a set that made a session.
+			for i, o := range slices.Clone(allowed[:2]) {
+				if o != (crOutcome{}) {
+					continue
+				}
+				sl := leaves[i][1]
+				for _, st := range []state{before, after} {
+					ct := st.ct
+					if p.probe >= 0 {
+						ct = uint8(1<<len(r.cas) - 1)
+					}
+					if v := verdict(sl, ct, true); v != "" && !slices.Contains(allowed, crOutcome{"late", v}) {
+						allowed = append(allowed, crOutcome{"late", v})
+						leaves = append(leaves, [2]*crLeaf{leaves[i][0], sl})
+					}
 				}
 			}
 		}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
@@ -104,9 +106,103 @@ func Dial(ctx context.Context, addr string, cfg DialConfig, log *slog.Logger) (*
 			return nil, fmt.Errorf("tunnel: dial %s: %w", addr, err)
 		}
 	}
+	// Rechecked from here on at each switch of the credentials and when the
+	// server's certificate expires; judged here once more by the
+	// credentials in use, which may have switched since the TLS handshake.
+	chk := &serverCheck{creds: cfg.Credentials, name: serverName, identity: cfg.ExpectIdentity, roles: slices.Clone(cfg.ServerRoles)}
+	if ae := s.watchServer(chk, st); ae != nil {
+		m.handshake(sideClient, resultRefused, ae.Reason)
+		s.log.Warn("tunnel server refused", "reason", ae.Reason, "err", ae.Err)
+		_ = s.closeWith(closeRefused, ae.Reason+": the client's credentials in use now refuse the server's certificate", "tunnel session refused")
+		return nil, fmt.Errorf("tunnel: dial %s: %w: %w", addr, errRefusedAfterHello, ae)
+	}
 	m.handshake(sideClient, resultOK, reasonNone)
 	s.log.Debug("tunnel session established")
 	return s, nil
+}
+
+// errRefusedAfterHello: the server passed the TLS handshake, but the
+// credentials in use once the hello was done (ztna-v1: right after the
+// handshake) refuse it: they switched meanwhile, or the server's
+// certificate expired. The server has counted a session.
+var errRefusedAfterHello = errors.New("the credentials in use after the hello refuse the server")
+
+// serverCheck is what a dial verified its server against, to verify it
+// again while the session lives (Credentials.checkServer).
+type serverCheck struct {
+	creds    *Credentials
+	name     string   // the TLS name; "" for an address with identity
+	identity string   // DialConfig.ExpectIdentity
+	roles    []string // DialConfig.ServerRoles
+}
+
+// refusedNow judges the server's certificates in cs with the credentials
+// in use, as a new dial would; nil when they accept them (or skip servers:
+// insecure credentials without a CA).
+func (chk *serverCheck) refusedNow(cs tls.ConnectionState) *AuthError {
+	return chk.creds.checkServer(chk.creds.active.Load(), chk.name, chk.identity, chk.roles, cs)
+}
+
+// watchServer keeps a dialed session's server checked, as a listener keeps
+// its clients (Listener.recheck, watchExpiry): at each switch of the
+// credentials, and a second after the earliest NotAfter of the server's
+// chain, recheckServer verifies it again with the credentials in use. The
+// watch ends with the session. Before it returns, the credentials in use
+// judge the server once more (a switch or the server's expiry since the
+// TLS handshake, which used st): their refusal is returned, and the
+// rechecks act only on a session it admitted, so that a refusal is
+// counted once, as a refused handshake or a revoked session.
+func (s *Session) watchServer(chk *serverCheck, st *credState) *AuthError {
+	stop := chk.creds.onSwitch(func() { s.recheckServer(chk) })
+	var expiry *time.Timer
+	if certs := s.conn.ConnectionState().TLS.PeerCertificates; len(certs) > 0 && !chk.creds.skipsServers(st) {
+		expiry = afterExpiry(certs, chk.creds.now(), func() { s.recheckServer(chk) })
+	}
+	context.AfterFunc(s.conn.Context(), func() {
+		stop()
+		if expiry != nil {
+			expiry.Stop()
+		}
+	})
+	s.checkMu.Lock()
+	defer s.checkMu.Unlock()
+	if ae := chk.refusedNow(s.conn.ConnectionState().TLS); ae != nil {
+		s.revoked.Store(true) // refused as a handshake: nothing left to recheck
+		return ae
+	}
+	s.admitted.Store(true)
+	return nil
+}
+
+// recheckServer closes a dialed session, counted and logged, when the
+// credentials in use refuse its server's certificates as a new dial would
+// (expired, of a CA no longer trusted, no longer of the name, identity or
+// roles the dial wanted): a CA dropped from the CA file, or the end of the
+// server's certificate, cuts the server off, not only the next dial. The
+// server sees the reason ("revoked: <reason>"); a Redialer dials again,
+// and is refused at the handshake for as long as the server stays refused.
+func (s *Session) recheckServer(chk *serverCheck) {
+	s.checkMu.Lock()
+	if !s.admitted.Load() || s.revoked.Load() {
+		s.checkMu.Unlock()
+		return // watchServer judges it (again) before it is admitted
+	}
+	ae := chk.refusedNow(s.conn.ConnectionState().TLS)
+	if ae == nil {
+		s.checkMu.Unlock()
+		return
+	}
+	select {
+	case <-s.Done():
+		s.checkMu.Unlock()
+		return
+	default:
+	}
+	s.revoked.Store(true)
+	s.checkMu.Unlock()
+	s.m.revoked(sideClient, ae.Reason)
+	s.log.Warn("tunnel session ended: its server's certificate is refused now", "reason", ae.Reason, "err", ae.Err)
+	_ = s.closeWith(closeRefused, "revoked: "+ae.Reason, "tunnel session revoked")
 }
 
 // dialQUIC is quic.DialAddr with the tunnel's connection IDs (connIDLen;

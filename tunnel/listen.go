@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -307,19 +308,25 @@ func (l *Listener) watchExpiry(s *Session) *time.Timer {
 	if l.creds.Insecure() || len(certs) == 0 {
 		return nil
 	}
+	return afterExpiry(certs, l.creds.now(), func() { l.recheckSession(s) })
+}
+
+// afterExpiry calls f in its own goroutine a second after the earliest
+// NotAfter of certs (at once if past), now being the credentials' clock:
+// x509 takes the whole second of NotAfter as valid. certs is not empty.
+func afterExpiry(certs []*x509.Certificate, now time.Time, f func()) *time.Timer {
 	end := certs[0].NotAfter
 	for _, c := range certs[1:] {
 		if c.NotAfter.Before(end) {
 			end = c.NotAfter
 		}
 	}
-	// Past NotAfter by a second: x509 takes the whole second of NotAfter
-	// as valid. (Sub saturates for a NotAfter centuries away.)
-	d := end.Sub(l.creds.now())
+	// (Sub saturates for a NotAfter centuries away.)
+	d := end.Sub(now)
 	if d < time.Duration(math.MaxInt64)-time.Second {
 		d += time.Second
 	}
-	return time.AfterFunc(d, func() { l.recheckSession(s) })
+	return time.AfterFunc(d, f)
 }
 
 // refusedNow judges s's client with the credentials in use, as a new
@@ -367,7 +374,7 @@ func (l *Listener) recheckSession(s *Session) {
 	if !s.revoked.CompareAndSwap(false, true) {
 		return
 	}
-	l.m.revoked(ae.Reason)
+	l.m.revoked(sideServer, ae.Reason)
 	s.log.Warn("tunnel session ended: its client's certificate is refused now", "reason", ae.Reason, "err", ae.Err)
 	_ = s.closeWith(closeRefused, "revoked: "+ae.Reason, "tunnel session revoked")
 }

@@ -70,8 +70,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"reason"}),
 		revokedN: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ztgate_tunnel_sessions_revoked_total",
-			Help: "Live sessions a listener closed because its credentials refuse the client's certificate now (expired, of a CA no longer trusted), by reason.",
-		}, []string{"reason"}),
+			Help: "Live sessions closed because the credentials in use refuse the peer's certificate now (expired, of a CA no longer trusted): by a listener (side server, the client's certificate) or a dialer (side client, the server's), by reason.",
+		}, []string{"side", "reason"}),
 	}
 	if reg != nil {
 		var err error
@@ -114,9 +114,9 @@ func (m *metrics) handshake(side, result, reason string) {
 	m.handshakes.WithLabelValues(side, result, reason).Inc()
 }
 
-// revoked counts a live session closed because its client's certificate
-// is refused now.
-func (m *metrics) revoked(reason string) { m.revokedN.WithLabelValues(reason).Inc() }
+// revoked counts a live session of side closed because its peer's
+// certificate is refused now.
+func (m *metrics) revoked(side, reason string) { m.revokedN.WithLabelValues(side, reason).Inc() }
 
 // sessionGauge returns the gauge of open sessions of side and version.
 func (m *metrics) sessionGauge(side string, v Version) prometheus.Gauge {

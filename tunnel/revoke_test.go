@@ -17,6 +17,13 @@ import (
 func revokeListener(t *testing.T, f *tlsFixture, caFile string) (*Listener, *Credentials) {
 	t.Helper()
 	certFile, keyFile := f.relayFiles("relay1")
+	return revokeListenerWith(t, f, certFile, keyFile, caFile)
+}
+
+// revokeListenerWith is revokeListener with the server certificate in
+// certFile and keyFile.
+func revokeListenerWith(t *testing.T, f *tlsFixture, certFile, keyFile, caFile string) (*Listener, *Credentials) {
+	t.Helper()
 	creds := f.creds(CredentialsConfig{CertFile: certFile, KeyFile: keyFile, CAFile: caFile})
 	reg := prometheus.NewRegistry()
 	ln, err := Listen("127.0.0.1:0", ListenConfig{Credentials: creds, Registerer: reg}, nil)
@@ -110,8 +117,8 @@ func TestCARotationEndsLiveSessions(t *testing.T) {
 	}
 	revokedWith(t, oldAgent, 5*time.Second, ReasonUnknownAuthority)
 	stillOpen(t, newAgent, "the new CA alone")
-	if n := testutil.ToFloat64(ln.m.revokedN.WithLabelValues(ReasonUnknownAuthority)); n != 1 {
-		t.Errorf("ztgate_tunnel_sessions_revoked_total{reason=%q} = %v, want 1", ReasonUnknownAuthority, n)
+	if n := testutil.ToFloat64(ln.m.revokedN.WithLabelValues(sideServer, ReasonUnknownAuthority)); n != 1 {
+		t.Errorf("ztgate_tunnel_sessions_revoked_total{side=\"server\",reason=%q} = %v, want 1", ReasonUnknownAuthority, n)
 	}
 }
 
@@ -125,7 +132,7 @@ func TestSessionEndsWhenCertificateExpires(t *testing.T) {
 	long := revokeDial(t, f, ln, f.ca, "long", 0)
 	revokedWith(t, short, 10*time.Second, ReasonExpired)
 	stillOpen(t, long, "another agent's certificate expired")
-	if n := testutil.ToFloat64(ln.m.revokedN.WithLabelValues(ReasonExpired)); n != 1 {
-		t.Errorf("ztgate_tunnel_sessions_revoked_total{reason=%q} = %v, want 1", ReasonExpired, n)
+	if n := testutil.ToFloat64(ln.m.revokedN.WithLabelValues(sideServer, ReasonExpired)); n != 1 {
+		t.Errorf("ztgate_tunnel_sessions_revoked_total{side=\"server\",reason=%q} = %v, want 1", ReasonExpired, n)
 	}
 }

@@ -65,9 +65,15 @@ type Session struct {
 	seenRemote   atomic.Pointer[net.UDPAddr]
 	remoteChange chan struct{}
 	// Server side: admitted once the listener hands the session to
-	// Accept, from when a switch of the credentials rechecks it; revoked
-	// once a recheck refused its client (counted once).
+	// Accept, from when a switch of the credentials rechecks it. Both
+	// sides: revoked once a recheck refused the peer, the client on a
+	// server, the server on a client (counted once).
+	// Client side: admitted once Dial judged the server with the
+	// credentials in use after the hello, from when a switch of the
+	// credentials or the server's expiry rechecks it; checkMu orders
+	// Dial's judgement before the rechecks.
 	admitted, revoked atomic.Bool
+	checkMu           sync.Mutex
 
 	closeOnce sync.Once
 }
