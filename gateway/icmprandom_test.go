@@ -993,6 +993,12 @@ func (r *icmpRand) malformed() {
 				dst = irGW4
 			}
 			big := r.echoPacket(c.addr, dst, 7, r.seq, 64, bytes.Repeat([]byte{0xa5}, 64+r.rng.IntN(300)))
+			// An IPv4 identifier of its own: a lone first fragment of an
+			// earlier step, still waiting in the stack's reassembly (30 s),
+			// would otherwise take this one's fragments as its own, and
+			// the overlap drops the datagram whole, as Linux does.
+			binary.BigEndian.PutUint16(big[4:], uint16(r.seq))
+			netstacktest.SetIPv4Checksum(big)
 			pkts = netstacktest.Fragment(big, 8*(1+r.rng.IntN(8)))
 			if x == 5 {
 				what = fmt.Sprintf("fragmented echo request (%d fragments)", len(pkts))
