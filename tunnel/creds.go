@@ -243,6 +243,13 @@ func (c *Credentials) load(f Files) (*credState, error) {
 		// tls names neither file: "private key does not match public key"
 		return nil, fmt.Errorf("tunnel: load credentials: certificate %s, key %s: %w", f.Cert, f.Key, err)
 	}
+	return c.checked(f, pair, t)
+}
+
+// checked checks a key pair loaded from f with the CA file's trust t: its
+// chain parses, its leaf is of the role and not a CA's; one that does not
+// verify against t is only warned about.
+func (c *Credentials) checked(f Files, pair tls.Certificate, t *trust) (*credState, error) {
 	chain, err := parseChain(pair.Certificate)
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: load credentials: %s: %w", f.Cert, err)
@@ -322,6 +329,12 @@ func loadKeyPair(f Files) (tls.Certificate, error) {
 	if err != nil {
 		return tls.Certificate{}, err
 	}
+	return keyPair(certPEM, keyPEM)
+}
+
+// keyPair is tls.X509KeyPair, refusing too a certificate chain with a
+// block cut short.
+func keyPair(certPEM, keyPEM []byte) (tls.Certificate, error) {
 	if err := pemWhole(certPEM); err != nil {
 		return tls.Certificate{}, fmt.Errorf("certificate file: %w", err)
 	}
