@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -236,4 +237,51 @@ func TestDroppedCACutsOffLiveAgent(t *testing.T) {
 	if !strings.Contains(r.relayProc.out.String(), "tunnel session revoked") {
 		t.Errorf("the relay's log does not say it revoked the session:\n%s", r.relayProc.out.String())
 	}
+}
+
+// TestAgentDroppedRelayCACutsSession: an agent whose CA file, reloaded by
+// SIGHUP, no longer holds the CA of the relay's certificate ends its live
+// session to the relay at once, saying why, and its redials are refused
+// until the CA is back; then it reaches its services again. Before, the
+// agent kept the session for as long as keepalives kept it up: only its
+// next handshake would have refused the relay.
+func TestAgentDroppedRelayCACutsSession(t *testing.T) {
+	needTools(t, "curl")
+	r, procs, vip := runningRelayTopo(t, []string{"a1"})
+	a1 := procs["a1"]
+	reaches := func(path string) error {
+		out, err := r.curl(r.agents["a1"], "--max-time", "2", "http://"+vip+path)
+		if err != nil || !strings.Contains(out, path) {
+			return fmt.Errorf("%v %q", err, out)
+		}
+		return nil
+	}
+	eventually(t, 20*time.Second, "the agent reaches web", func() error { return reaches("/before") })
+
+	// The agent's own CA file, so that the relay's and the gateway's stay.
+	caFile := filepath.Join(r.pki, "ca.crt")
+	agentCA := filepath.Join(r.dir, "a1-ca.crt")
+	writeAtomic(t, agentCA, mustRead(t, caFile))
+	conf := filepath.Join(r.dir, "a1.toml")
+	writeAtomic(t, conf, bytes.ReplaceAll(mustRead(t, conf), []byte(caFile), []byte(agentCA)))
+	hup(t, a1, "tunnel credentials reloaded")
+	if err := reaches("/own-ca-file"); err != nil {
+		t.Fatalf("the agent with its own copy of the CA file: %v", err)
+	}
+
+	writeAtomic(t, agentCA, mustRead(t, filepath.Join(r.otherPKI, "ca.crt")))
+	hup(t, a1, "tunnel credentials reloaded")
+	eventually(t, 10*time.Second, "the agent's session to the relay cut", func() error {
+		if !strings.Contains(a1.out.String(), "its server's certificate is refused now") {
+			return fmt.Errorf("the agent does not log why yet")
+		}
+		if err := reaches("/after-drop"); err == nil {
+			return fmt.Errorf("it still reaches web")
+		}
+		return nil
+	})
+
+	writeAtomic(t, agentCA, mustRead(t, caFile))
+	hup(t, a1, "tunnel credentials reloaded")
+	eventually(t, 40*time.Second, "the agent back once its CA file trusts the relay again", func() error { return reaches("/back") })
 }
