@@ -150,6 +150,9 @@ func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, 
 	if err != nil {
 		return Diff{}, invalidConfig{err}
 	}
+	if err := g.relayPins(services); err != nil {
+		return Diff{}, invalidConfig{err}
+	}
 	files := tunnelFiles(g.running, next)
 	var creds *tunnel.Staged
 	if len(files) > 0 {
@@ -177,6 +180,28 @@ func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, 
 	}
 	g.running = liveSettings(g.running, next)
 	return d, nil
+}
+
+// relayPins refuses the pinned VIPs of svcs while the gateway is attached
+// to a relay, which allocates its VIPs: the configuration refuses vip and
+// vip6 with [tunnel] relay, and a file that drops tunnel.relay (a
+// restart-only key) leaves the running gateway attached. Its services
+// were validated as a gateway's with its own pool: taken, their pins
+// would show as changed VIPs, which the relay's stay, and go to the relay
+// in the registration.
+func (g *Gateway) relayPins(svcs []catalog.Service) error {
+	if g.relay == nil {
+		return nil
+	}
+	var errs []error
+	for _, s := range svcs {
+		for _, a := range []netip.Addr{s.VIP, s.VIP6} {
+			if a.IsValid() {
+				errs = append(errs, fmt.Errorf("service %q pins %s: this gateway is attached to a relay, which allocates its VIPs (tunnel.relay changes at the next start)", s.Name, a))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // poolConflict reports whether the VIP pool refused a change for what the

@@ -1,0 +1,57 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestRelayGatewayRefusesReloadedPins: a gateway attached to a relay
+// takes its VIPs from the relay, and its configuration may pin none (conf
+// refuses vip and vip6 with [tunnel] relay). A reload whose file drops
+// tunnel.relay (a restart-only key: the gateway stays attached) validated
+// the services as for a gateway with its own pool, and took their pins:
+// the diff named the VIP changed, which it was not, and the registration
+// sent the pins to the relay. Such a reload is now refused whole, as one
+// that pins outside the running pool is, and the running services stay.
+func TestRelayGatewayRefusesReloadedPins(t *testing.T) {
+	pki := t.TempDir()
+	_, ca := writePKI(t, pki)
+	addr, _ := fakeRelay(t, pki, ca)
+	tunnelSection := fmt.Sprintf("[tunnel]\nrelay = %q\ncert = %q\nkey = %q\nca = %q\n",
+		addr, filepath.Join(pki, "gw.crt"), filepath.Join(pki, "gw.key"), filepath.Join(pki, "ca.crt"))
+	service := func(keys string) string {
+		return `[[service]]
+name = "echo"
+tenants = ["acme"]
+backends = ["127.0.0.1"]
+` + keys + `
+  [[service.port]]
+  protocol = "tcp"
+  port = 7
+  [service.health]
+  type = "none"
+`
+	}
+	h := newFileHarness(t, quietGateway+twoTenants+service("")+tunnelSection)
+	for _, tc := range []struct{ name, file string }{
+		{"vip", quietGateway + twoTenants + service(`vip = "10.100.0.9"`)},
+		{"vip6", strings.Replace(quietGateway, "[api]", "[tun]\npool6 = \"fd00:9::/64\"\n[api]", 1) + twoTenants +
+			service(`vip6 = "fd00:9::9"`)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h.write(t, tc.file)
+			d, err := h.gw.Reload()
+			if !errors.Is(err, ErrInvalidConfig) {
+				t.Errorf("reload: %+v, %v; want it refused as an invalid configuration", d, err)
+			}
+			for _, si := range h.gw.serviceInfos() {
+				if si.VIP.IsValid() || si.VIP6.IsValid() {
+					t.Errorf("the relay is told the pins of %s: %s %s", si.Name, si.VIP, si.VIP6)
+				}
+			}
+		})
+	}
+}
