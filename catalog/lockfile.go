@@ -1,6 +1,9 @@
 package catalog
 
-import "errors"
+import (
+	"errors"
+	"io"
+)
 
 // LockFileName is the file in a state directory that the process using it
 // holds locked (flock), so that no second ztgate shares the directory.
@@ -8,3 +11,23 @@ const LockFileName = ".lock"
 
 // ErrStateDirInUse: another process holds the state directory's lock.
 var ErrStateDirInUse = errors.New("state directory in use")
+
+// LockStateDir creates dir if needed and takes its lock without waiting,
+// as OpenPool does with Exclusive, for a process that keeps state in dir
+// without a pool there (a gateway attached to a relay keeps its API
+// services). Close releases it.
+func LockStateDir(dir string) (io.Closer, error) {
+	f, err := lockStateDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	if f == nil {
+		return noLock{}, nil // no flock on this system
+	}
+	return f, nil
+}
+
+// noLock is the lock of a system without flock.
+type noLock struct{}
+
+func (noLock) Close() error { return nil }

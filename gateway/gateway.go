@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -68,6 +69,7 @@ type Gateway struct {
 	readFile    func(string) ([]byte, error) // os.ReadFile; tests inject read faults
 	apiServices []catalog.Service            // added through the API, persisted in the state directory
 	apiStore    *apiStore
+	stateLock   io.Closer // the state directory's lock when no pool holds it (attached to a relay)
 
 	// states are the services' long-lived states by name (build.go); a
 	// removed service's is freed when its last flow ends.
@@ -173,8 +175,17 @@ func New(cfg *conf.Gateway, opts Options, log *slog.Logger) (*Gateway, error) {
 	g.outboxes = tunnel.NewOutboxBudget(outboxBudget)
 	g.m.registerOutboxes(g.outboxes)
 	if cfg.Tunnel.Relay != "" {
-		// The relay allocates the VIPs: no local pool.
+		// The relay allocates the VIPs: no local pool. The state
+		// directory keeps the API's services all the same: one process
+		// per directory, as the pool's lock makes it otherwise.
 		g.relay = &relayState{vips: make(map[string]tunnel.VIPAssignment)}
+		if cfg.StateDir != "" {
+			lock, err := catalog.LockStateDir(cfg.StateDir)
+			if err != nil {
+				return nil, fmt.Errorf("gateway: %w", err)
+			}
+			g.stateLock = lock
+		}
 	} else if err := g.openPool(); err != nil {
 		return nil, err
 	}
@@ -218,6 +229,9 @@ func (g *Gateway) closeUnstarted() {
 	g.workers.Close()
 	if g.pool != nil {
 		g.pool.Close()
+	}
+	if g.stateLock != nil {
+		g.stateLock.Close()
 	}
 }
 
@@ -455,6 +469,11 @@ func (g *Gateway) Close() error {
 	}
 	if err := g.pool.Close(); err != nil {
 		errs = append(errs, err)
+	}
+	if g.stateLock != nil {
+		if err := g.stateLock.Close(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	g.log.Info("gateway stopped")
 	return errors.Join(errs...)

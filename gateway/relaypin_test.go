@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ztgate/ztgate/catalog"
+	"github.com/ztgate/ztgate/conf"
 )
 
 // TestRelayGatewayRefusesReloadedPins: a gateway attached to a relay
@@ -54,4 +57,38 @@ backends = ["127.0.0.1"]
 			}
 		})
 	}
+}
+
+// TestRelayGatewayLocksStateDir: a gateway attached to a relay opens no
+// VIP pool, whose lock keeps a second process off a state directory, yet
+// it keeps its API's services there (api-services.json). It now takes the
+// directory's lock itself: a second gateway on the directory is refused
+// before it reads or writes anything, as one beside a gateway with its own
+// pool is, and the lock is free again once the first has stopped. Before,
+// two such gateways shared the file, each overwriting the other's services.
+func TestRelayGatewayLocksStateDir(t *testing.T) {
+	pki := t.TempDir()
+	_, ca := writePKI(t, pki)
+	addr, _ := fakeRelay(t, pki, ca)
+	tunnelSection := fmt.Sprintf("[tunnel]\nrelay = %q\ncert = %q\nkey = %q\nca = %q\n",
+		addr, filepath.Join(pki, "gw.crt"), filepath.Join(pki, "gw.key"), filepath.Join(pki, "ca.crt"))
+	h := newFileHarness(t, quietGateway+twoTenants+tunnelSection)
+	cfg, err := conf.LoadGateway(h.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, err := New(cfg, Options{}, nil); !errors.Is(err, catalog.ErrStateDirInUse) {
+		if g != nil {
+			g.Close()
+		}
+		t.Fatalf("a second gateway on the state directory: %v, want it refused (state directory in use)", err)
+	}
+	if err := h.gw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(cfg, Options{}, nil)
+	if err != nil {
+		t.Fatalf("a gateway on the state directory once the first stopped: %v", err)
+	}
+	g.Close()
 }
