@@ -77,11 +77,8 @@ func Dial(ctx context.Context, addr string, cfg DialConfig, log *slog.Logger) (*
 	st := cfg.Credentials.active.Load()
 	conn, err := dialQUIC(ctx, addr, cfg.Credentials.clientConfig(st, serverName, cfg.ExpectIdentity, cfg.ServerRoles, alpn), quicConfig(false))
 	if err != nil {
-		if ae, ok := errors.AsType[*AuthError](err); ok {
-			m.handshake(sideClient, resultRefused, ae.Reason)
-		} else {
-			m.handshake(sideClient, resultFailed, reasonDial)
-		}
+		result, reason, err := dialFailure(err)
+		m.handshake(sideClient, result, reason)
 		return nil, fmt.Errorf("tunnel: dial %s: %w", addr, err)
 	}
 	v, ok := VersionFromALPN(conn.ConnectionState().TLS.NegotiatedProtocol)
@@ -119,6 +116,33 @@ func Dial(ctx context.Context, addr string, cfg DialConfig, log *slog.Logger) (*
 	m.handshake(sideClient, resultOK, reasonNone)
 	s.log.Debug("tunnel session established")
 	return s, nil
+}
+
+// dialFailure classifies an error of the QUIC handshake for the
+// handshake counter: the client's own refusal of the server (an
+// *AuthError), the server's refusal of the client's certificate (a TLS
+// alert from the server: a *RefusedError, as when it comes after the
+// client's handshake, exchangeFailure), or a failed dial.
+func dialFailure(err error) (result, reason string, _ error) {
+	if ae, ok := errors.AsType[*AuthError](err); ok {
+		return resultRefused, ae.Reason, err
+	}
+	if re := serverAlert(err); re != nil {
+		return resultRefused, reasonServerError, re
+	}
+	return resultFailed, reasonDial, err
+}
+
+// serverAlert returns the server's refusal that err is when it is a TLS
+// alert the server sent (a QUIC CRYPTO_ERROR from the remote end), nil
+// otherwise. TLS 1.3 clients finish their handshake before the server
+// judges their certificate, so the alert may come while the QUIC dial
+// still waits or once it has returned.
+func serverAlert(err error) *RefusedError {
+	if te, ok := errors.AsType[*quic.TransportError](err); ok && te.Remote && te.ErrorCode >= 0x100 && te.ErrorCode < 0x200 {
+		return &RefusedError{Code: "tls_alert", Message: te.Error()}
+	}
+	return nil
 }
 
 // errRefusedAfterHello: the server passed the TLS handshake, but the

@@ -131,10 +131,10 @@ func (s *Session) exchangeFailure(err error) (string, error) {
 	if ae, ok := errors.AsType[*quic.ApplicationError](err); ok && ae.Remote && ae.ErrorCode == closeBusy {
 		return reasonServerError, &RefusedError{Code: "busy", Message: ae.ErrorMessage}
 	}
-	if te, ok := errors.AsType[*quic.TransportError](err); ok && te.Remote && te.ErrorCode >= 0x100 && te.ErrorCode < 0x200 {
+	if re := serverAlert(err); re != nil {
 		// A TLS alert after the client's handshake: the server refused our
 		// certificate (TLS 1.3 clients finish before the server judges).
-		return reasonServerError, &RefusedError{Code: "tls_alert", Message: te.Error()}
+		return reasonServerError, re
 	}
 	return classifyExchangeError(err), err
 }
