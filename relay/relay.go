@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -171,26 +173,40 @@ func (r *Relay) closeUnstarted() {
 // reservePins allocates the central pins at start, so that no automatic
 // allocation takes a pinned address before its service registers.
 func (r *Relay) reservePins() error {
-	for _, p := range r.cfg.Pins {
+	r.pins = pinPairs(r.cfg.Pins)
+	if err := acquirePins(r.pool, r.pins); err != nil {
+		return fmt.Errorf("relay: pins: %w", err)
+	}
+	return nil
+}
+
+// pinPairs groups a configuration's [[pin]] tables by service.
+func pinPairs(pins []conf.Pin) map[string]pinPair {
+	out := make(map[string]pinPair, len(pins))
+	for _, p := range pins {
 		name := strings.ToLower(p.Service)
-		pp := r.pins[name]
+		pp := out[name]
 		if p.VIP.Is4() {
 			pp.vip = p.VIP
 		} else {
 			pp.vip6 = p.VIP
 		}
-		r.pins[name] = pp
+		out[name] = pp
 	}
+	return out
+}
+
+// acquirePins allocates each service's pins in pool, in the order of the
+// services' names; the error names every pin the pool refused.
+func acquirePins(pool *catalog.Pool, pins map[string]pinPair) error {
 	var errs []error
-	for name, pp := range r.pins {
-		if _, err := r.pool.Acquire(catalog.Request{Service: name, VIP: pp.vip, VIP6: pp.vip6}); err != nil {
+	for _, name := range slices.Sorted(maps.Keys(pins)) {
+		pp := pins[name]
+		if _, err := pool.Acquire(catalog.Request{Service: name, VIP: pp.vip, VIP6: pp.vip6}); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("relay: pins: %w", err)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Registry returns the registry the relay's metrics are in.

@@ -170,3 +170,79 @@ func startRelayFromFile(t *testing.T, path string) (*Relay, *conf.Relay, *syncBu
 	t.Cleanup(func() { r.Close() })
 	return r, cfg, logs
 }
+
+// TestReloadRefusesPinsTheStartRefuses: a reload whose [[pin]] the next
+// start would refuse (the VIP is allocated to another service in the VIP
+// state: a pin moved from mail to web) fails, naming the pin, and nothing
+// of the file applies, not even its new TLS files; a pin the start takes
+// (mail moved to another VIP) is named for the restart, and the restart
+// takes it. Before, the first reload said "restart to apply: pin" and the
+// restart refused to start ("relay: pins: …").
+func TestReloadRefusesPinsTheStartRefuses(t *testing.T) {
+	p := newPKI(t)
+	base := p.relayConfig(t.TempDir())
+	path := filepath.Join(t.TempDir(), "relay.toml")
+	file := func(cert, key, service, vip string) string {
+		return fmt.Sprintf(`
+[relay]
+name = "relay1"
+state_dir = %q
+listen = "127.0.0.1:0"
+cert = %q
+key = %q
+ca = %q
+[api]
+listen = "off"
+[[pin]]
+service = %q
+vip = %q
+`, base.StateDir, cert, key, base.CA, service, vip)
+	}
+	if err := os.WriteFile(path, []byte(file(base.Cert, base.Key, "mail", "10.100.0.7")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, cfg, logs := startRelayFromFile(t, path)
+	moved := tunnel.Files{CA: base.CA}
+	moved.Cert, moved.Key = p.issue(p.ca, tunnel.IssueRequest{Tenant: "ops", Role: tunnel.RoleRelay, Name: "relay1-moved",
+		DNSNames: []string{serverName}, IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
+	reloads := func(result string) float64 { return testutil.ToFloat64(r.m.reloads.WithLabelValues(result)) }
+	run := func(c reloadtest.Case) {
+		t.Helper()
+		reloadtest.Run(t, path, []reloadtest.Case{c}, r.Reload, logs, reloads, func() bool { return r.cfg == cfg })
+	}
+	stolen := file(moved.Cert, moved.Key, "web", "10.100.0.7")
+	run(reloadtest.Case{Name: "a pin on another service's VIP", Text: stolen, Fails: true,
+		Logged: []string{"reload: keeping the running configuration", "pin: the relay would not start with them",
+			`pins 10.100.0.7, which is allocated to`}, Unlogged: "reloaded"})
+	if got := r.creds.Files(); got != (tunnel.Files{Cert: base.Cert, Key: base.Key, CA: base.CA}) {
+		t.Fatalf("a refused reload switched to %+v", got)
+	}
+	if a, ok := r.pool.Lookup("mail"); !ok || a.VIP != netip.MustParseAddr("10.100.0.7") {
+		t.Fatalf("mail's pin after the refused reload: %+v %v", a, ok)
+	}
+	repinned := file(base.Cert, base.Key, "mail", "10.100.0.8")
+	run(reloadtest.Case{Name: "the pin moved to another VIP", Text: repinned,
+		Logged: []string{`level=WARN msg="configuration changed; restart to apply: pin"`}})
+
+	// The start agrees with both reloads.
+	r.Close()
+	for _, tc := range []struct {
+		text  string
+		start bool
+	}{{stolen, false}, {repinned, true}} {
+		if err := os.WriteFile(path, []byte(tc.text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		next, err := conf.LoadRelay(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r2, err := New(next, Options{}, nil)
+		if (err == nil) != tc.start {
+			t.Fatalf("New: %v, want it to start %v", err, tc.start)
+		}
+		if err == nil {
+			r2.Close()
+		}
+	}
+}
