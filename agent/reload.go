@@ -41,16 +41,26 @@ func (a *Agent) Reload() error {
 // their paths changed, and returns the configuration the agent then runs:
 // the one it started with, with the TLS files in use. A change of
 // insecure_allow_unauthenticated waits for the restart, and so do the
-// paths that change with it (they are for the other mode).
+// paths that change with it (they are for the other mode): those are
+// loaded and checked as the start will load them, and a failure fails the
+// reload.
 func (a *Agent) applyReload(next *conf.Agent) (*conf.Agent, error) {
 	running := *a.cfg
 	f := a.creds.Files()
 	running.Tunnel.Cert, running.Tunnel.Key, running.Tunnel.CA = f.Cert, f.Key, f.CA
 	keys := running.OwnTLS().ChangedFiles(next.OwnTLS())
-	if len(keys) == 0 || next.Tunnel.Insecure != running.Tunnel.Insecure {
+	if len(keys) == 0 {
 		return &running, nil
 	}
 	nt := next.Tunnel
+	if nt.Insecure != running.Tunnel.Insecure {
+		if _, err := tunnel.NewCredentials(tunnel.CredentialsConfig{
+			CertFile: nt.Cert, KeyFile: nt.Key, CAFile: nt.CA, Insecure: nt.Insecure, Role: tunnel.RoleAgent,
+		}, nil); err != nil {
+			return nil, fmt.Errorf("%s: %w", strings.Join(keys, ", "), err)
+		}
+		return &running, nil
+	}
 	if err := a.creds.ReloadFiles(tunnel.Files{Cert: nt.Cert, Key: nt.Key, CA: nt.CA}); err != nil {
 		return nil, fmt.Errorf("%s: %w", strings.Join(keys, ", "), err)
 	}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -167,4 +168,62 @@ func startAgentFromFile(t *testing.T, path string) (*Agent, *conf.Agent, *logBuf
 	logs := &logBuffer{}
 	a, _ := runAgent(t, cfg, slog.New(slog.NewTextHandler(logs, nil)))
 	return a, cfg, logs
+}
+
+// TestReloadChecksFilesWaitingForInsecure: new [tunnel] files that wait for
+// the restart with a change of insecure_allow_unauthenticated are loaded
+// and checked as the start will load them: a relay's certificate fails the
+// reload, naming the keys, and the agent keeps its files. Before, the
+// reload named them for the restart, which then refused to start ("not of
+// an agent").
+func TestReloadChecksFilesWaitingForInsecure(t *testing.T) {
+	p := newPKI(t)
+	relay := startServer(t, p, relayReq, func(s *tunnel.Session) { s.Send(directoryOf(true)) })
+	cert, key := p.issue(tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "laptop"})
+	path := filepath.Join(t.TempDir(), "agent.toml")
+	file := func(cert, key, extra string) string {
+		return fmt.Sprintf(`
+[agent]
+name = "laptop"
+[tunnel]
+server = %q
+server_name = "relay.test"
+cert = %q
+key = %q
+ca = %q
+%s
+[tun]
+name = "test"
+`, relay.addr(), cert, key, p.caFile, extra)
+	}
+	if err := os.WriteFile(path, []byte(file(cert, key, "")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a, cfg, logs := startAgentFromFile(t, path)
+	relayCert, relayKey := p.issue(relayReq)
+	nextCert, nextKey := p.issue(tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "laptop-next"})
+	reloads := func(result string) float64 { return testutil.ToFloat64(a.m.reloads.WithLabelValues(result)) }
+	run := func(c reloadtest.Case) {
+		t.Helper()
+		reloadtest.Run(t, path, []reloadtest.Case{c}, a.Reload, logs, reloads, func() bool { return a.cfg == cfg })
+	}
+	const insecure = "insecure_allow_unauthenticated = true"
+	refused := file(relayCert, relayKey, insecure)
+	run(reloadtest.Case{Name: "a relay's certificate", Text: refused, Fails: true,
+		Logged:   []string{"reload: keeping the running configuration", "tunnel.cert, tunnel.key: tunnel: load credentials", "not of an agent"},
+		Unlogged: "reloaded"})
+	run(reloadtest.Case{Name: "an agent's certificate", Text: file(nextCert, nextKey, insecure),
+		Logged: []string{`level=WARN msg="configuration changed; restart to apply: tunnel.cert, tunnel.key, tunnel.insecure_allow_unauthenticated"`}})
+	if got := a.creds.Files(); got != (tunnel.Files{Cert: cert, Key: key, CA: p.caFile}) {
+		t.Fatalf("files in use %+v: those waiting for the restart were switched to", got)
+	}
+
+	// The start agrees with the first reload.
+	next, err := conf.ParseAgent("agent.toml", []byte(refused))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(next, Options{}, nil); err == nil || !strings.Contains(err.Error(), "not of an agent") {
+		t.Fatalf("New with the refused file: %v", err)
+	}
 }

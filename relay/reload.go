@@ -47,7 +47,9 @@ func (r *Relay) Reload() error {
 // configuration the relay then runs: the one it started with, with the
 // TLS files in use. A change of
 // insecure_allow_unauthenticated waits for the restart, and so do the
-// paths that change with it (they are for the other mode).
+// paths that change with it (they are for the other mode): those are
+// loaded and checked as the start will load them, and a failure fails the
+// reload.
 func (r *Relay) applyReload(next *conf.Relay) (*conf.Relay, error) {
 	if err := r.checkPinsAtStart(next); err != nil {
 		return nil, err
@@ -56,7 +58,15 @@ func (r *Relay) applyReload(next *conf.Relay) (*conf.Relay, error) {
 	f := r.creds.Files()
 	running.Cert, running.Key, running.CA = f.Cert, f.Key, f.CA
 	keys := running.OwnTLS().ChangedFiles(next.OwnTLS())
-	if len(keys) == 0 || next.Insecure != running.Insecure {
+	if len(keys) == 0 {
+		return &running, nil
+	}
+	if next.Insecure != running.Insecure {
+		if _, err := tunnel.NewCredentials(tunnel.CredentialsConfig{
+			CertFile: next.Cert, KeyFile: next.Key, CAFile: next.CA, Insecure: next.Insecure, Role: tunnel.RoleRelay,
+		}, nil); err != nil {
+			return nil, fmt.Errorf("%s: %w", strings.Join(keys, ", "), err)
+		}
 		return &running, nil
 	}
 	if err := r.creds.ReloadFiles(tunnel.Files{Cert: next.Cert, Key: next.Key, CA: next.CA}); err != nil {

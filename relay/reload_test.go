@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -244,5 +245,63 @@ vip = %q
 		if err == nil {
 			r2.Close()
 		}
+	}
+}
+
+// TestReloadChecksFilesWaitingForInsecure: new TLS files that wait for the
+// restart with a change of insecure_allow_unauthenticated are loaded and
+// checked as the start will load them: an agent's certificate fails the
+// reload, naming the keys, and the relay keeps its files. Before, the
+// reload named them for the restart, which then refused to start ("not of
+// a relay").
+func TestReloadChecksFilesWaitingForInsecure(t *testing.T) {
+	p := newPKI(t)
+	base := p.relayConfig(t.TempDir())
+	path := filepath.Join(t.TempDir(), "relay.toml")
+	file := func(cert, key, extra string) string {
+		return fmt.Sprintf(`
+[relay]
+name = "relay1"
+state_dir = %q
+listen = "127.0.0.1:0"
+cert = %q
+key = %q
+ca = %q
+%s
+[api]
+listen = "off"
+`, base.StateDir, cert, key, base.CA, extra)
+	}
+	if err := os.WriteFile(path, []byte(file(base.Cert, base.Key, "")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, cfg, logs := startRelayFromFile(t, path)
+	agentCert, agentKey := p.issue(p.ca, tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "a9"})
+	otherCert, otherKey := p.issue(p.ca, tunnel.IssueRequest{Tenant: "ops", Role: tunnel.RoleRelay, Name: "relay1-next",
+		DNSNames: []string{serverName}, IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
+	reloads := func(result string) float64 { return testutil.ToFloat64(r.m.reloads.WithLabelValues(result)) }
+	run := func(c reloadtest.Case) {
+		t.Helper()
+		reloadtest.Run(t, path, []reloadtest.Case{c}, r.Reload, logs, reloads, func() bool { return r.cfg == cfg })
+	}
+	const insecure = "insecure_allow_unauthenticated = true"
+	refused := file(agentCert, agentKey, insecure)
+	run(reloadtest.Case{Name: "an agent's certificate", Text: refused, Fails: true,
+		Logged:   []string{"reload: keeping the running configuration", "relay.cert, relay.key: tunnel: load credentials", "not of a relay"},
+		Unlogged: "reloaded"})
+	run(reloadtest.Case{Name: "a relay's certificate", Text: file(otherCert, otherKey, insecure),
+		Logged: []string{`level=WARN msg="configuration changed; restart to apply: relay.cert, relay.key, relay.insecure_allow_unauthenticated"`}})
+	if got := r.creds.Files(); got != (tunnel.Files{Cert: base.Cert, Key: base.Key, CA: base.CA}) {
+		t.Fatalf("files in use %+v: those waiting for the restart were switched to", got)
+	}
+
+	// The start agrees with the first reload.
+	r.Close()
+	next, err := conf.ParseRelay("relay.toml", []byte(refused))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(next, Options{}, nil); err == nil || !strings.Contains(err.Error(), "not of a relay") {
+		t.Fatalf("New with the refused file: %v", err)
 	}
 }
