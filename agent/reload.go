@@ -37,14 +37,18 @@ func (a *Agent) Reload() error {
 	return nil
 }
 
-// applyReload switches the credentials to the TLS files next names when
-// their paths changed, and returns the configuration the agent then runs:
-// the one it started with, with the TLS files in use. A change of
+// applyReload checks next's tun.address against the server's pool
+// (checkAddress), then switches the credentials to the TLS files next
+// names when their paths changed, and returns the configuration the agent
+// then runs: the one it started with, with the TLS files in use. A change of
 // insecure_allow_unauthenticated waits for the restart, and so do the
 // paths that change with it (they are for the other mode): those are
 // loaded and checked as the start will load them, and a failure fails the
 // reload.
 func (a *Agent) applyReload(next *conf.Agent) (*conf.Agent, error) {
+	if err := a.checkAddress(next); err != nil {
+		return nil, err
+	}
 	running := *a.cfg
 	f := a.creds.Files()
 	running.Tunnel.Cert, running.Tunnel.Key, running.Tunnel.CA = f.Cert, f.Key, f.CA
@@ -66,4 +70,21 @@ func (a *Agent) applyReload(next *conf.Agent) (*conf.Agent, error) {
 	}
 	running.Tunnel.Cert, running.Tunnel.Key, running.Tunnel.CA = nt.Cert, nt.Key, nt.CA
 	return &running, nil
+}
+
+// checkAddress refuses a new tun.address inside the VIP pool the server
+// pushes: the file is validated against the default pool (the agent's
+// pool comes with the directory), but the next start, with the same
+// server, would refuse the server's pool for holding the agent's address
+// (poolProblem), and every service in it. With another server the pool
+// to come is unknown, and the address waits for the restart.
+func (a *Agent) checkAddress(next *conf.Agent) error {
+	addr := next.TUN.Address
+	if addr == a.cfg.TUN.Address || next.Tunnel.Server != a.cfg.Tunnel.Server {
+		return nil
+	}
+	if pool := a.dir.Load().pool; pool.Contains(addr) {
+		return fmt.Errorf("tun.address: %s is inside the VIP pool %s the server pushes: the agent would refuse that pool, and its services, at the next start", addr, pool)
+	}
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/ztgate/ztgate/conf"
 	"github.com/ztgate/ztgate/internal/reloadtest"
+	"github.com/ztgate/ztgate/netstack/netstacktest"
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -226,4 +228,79 @@ name = "test"
 	if _, err := New(next, Options{}, nil); err == nil || !strings.Contains(err.Error(), "not of an agent") {
 		t.Fatalf("New with the refused file: %v", err)
 	}
+}
+
+// TestReloadRefusesAddressInServersPool: a reload whose tun.address lies
+// inside the VIP pool the server pushes (not the default pool the file is
+// validated against) fails, naming the key: at the next start the agent
+// would refuse that pool, and every service in it. Another address, or
+// one that comes with another server (whose pool the agent does not
+// know), waits for the restart. Before, the reload named tun.address for
+// the restart, and the restarted agent refused its server's pool.
+func TestReloadRefusesAddressInServersPool(t *testing.T) {
+	p := newPKI(t)
+	pool := netip.MustParsePrefix("10.8.0.0/24")
+	dir := &tunnel.Directory{Type: tunnel.MessageDirectory, Zone: "ztna.internal.", TTL: 30, Pool: pool,
+		Services: []tunnel.DirectoryService{{Name: "web", VIP: netip.MustParseAddr("10.8.0.10"),
+			Ports: []tunnel.PortInfo{{Protocol: "tcp", Port: 80}}, Healthy: true}}}
+	relay := startServer(t, p, relayReq, func(s *tunnel.Session) { s.Send(dir) })
+	cert, key := p.issue(tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "laptop"})
+	path := filepath.Join(t.TempDir(), "agent.toml")
+	file := func(server, address string) string {
+		return fmt.Sprintf(`
+[agent]
+name = "laptop"
+[tunnel]
+server = %q
+server_name = "relay.test"
+cert = %q
+key = %q
+ca = %q
+[tun]
+name = "test"
+address = %q
+`, server, cert, key, p.caFile, address)
+	}
+	if err := os.WriteFile(path, []byte(file(relay.addr(), innerAddr.String())), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a, cfg, logs := startAgentFromFile(t, path)
+	if got := a.dir.Load().pool; got != pool {
+		t.Fatalf("the agent routes %s, want the server's %s", got, pool)
+	}
+	reloads := func(result string) float64 { return testutil.ToFloat64(a.m.reloads.WithLabelValues(result)) }
+	run := func(c reloadtest.Case) {
+		t.Helper()
+		reloadtest.Run(t, path, []reloadtest.Case{c}, a.Reload, logs, reloads, func() bool { return a.cfg == cfg })
+	}
+	refused := file(relay.addr(), "10.8.0.5")
+	run(reloadtest.Case{Name: "inside the server's pool", Text: refused, Fails: true,
+		Logged:   []string{"reload: keeping the running configuration", "tun.address: 10.8.0.5 is inside the VIP pool 10.8.0.0/24"},
+		Unlogged: "reloaded"})
+	run(reloadtest.Case{Name: "outside it", Text: file(relay.addr(), "10.9.0.5"),
+		Logged: []string{`level=WARN msg="configuration changed; restart to apply: tun.address"`}})
+	run(reloadtest.Case{Name: "with another server", Text: file("127.0.0.1:1", "10.8.0.5"),
+		Logged: []string{`level=WARN msg="configuration changed; restart to apply: tunnel.server, tun.address"`}})
+
+	// The start agrees with the first reload: the agent refuses the pool.
+	next, err := conf.ParseAgent("agent.toml", []byte(refused))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := netstacktest.NewClient(1280, next.TUN.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs2 := &logBuffer{}
+	a2, err := New(next, Options{Device: dev}, slog.New(slog.NewTextHandler(logs2, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a2.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer a2.Close()
+	waitFor(t, "the pool refused", func() bool {
+		return strings.Contains(logs2.String(), "refusing the server's VIP pool")
+	})
 }
