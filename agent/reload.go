@@ -40,8 +40,8 @@ func (a *Agent) Reload() error {
 // applyReload checks next's tun.address against the server's pool
 // (checkAddress), then switches the credentials to the TLS files next
 // names when their paths changed, and returns the configuration the agent
-// then runs: the one it started with, with the TLS files in use. A change of
-// insecure_allow_unauthenticated waits for the restart, and so do the
+// then runs: the one it started with, with the TLS files in use. A change
+// of insecure_allow_unauthenticated waits for the restart, and so do the
 // paths that change with it (they are for the other mode): those are
 // loaded and checked as the start will load them, and a failure fails the
 // reload.

@@ -45,11 +45,10 @@ func (r *Relay) Reload() error {
 // next start opens (checkPinsAtStart), then switches the credentials to
 // the TLS files next names when their paths changed, and returns the
 // configuration the relay then runs: the one it started with, with the
-// TLS files in use. A change of
-// insecure_allow_unauthenticated waits for the restart, and so do the
-// paths that change with it (they are for the other mode): those are
-// loaded and checked as the start will load them, and a failure fails the
-// reload.
+// TLS files in use. A change of insecure_allow_unauthenticated waits for
+// the restart, and so do the paths that change with it (they are for the
+// other mode): those are loaded and checked as the start will load them,
+// and a failure fails the reload.
 func (r *Relay) applyReload(next *conf.Relay) (*conf.Relay, error) {
 	if err := r.checkPinsAtStart(next); err != nil {
 		return nil, err
@@ -98,7 +97,8 @@ func (r *Relay) checkPinsAtStart(next *conf.Relay) error {
 		return nil
 	}
 	defer os.RemoveAll(dir)
-	state, err := os.ReadFile(filepath.Join(next.StateDir, catalog.StateFileName))
+	file := filepath.Join(next.StateDir, catalog.StateFileName)
+	state, err := os.ReadFile(file)
 	switch {
 	case errors.Is(err, fs.ErrNotExist): // a fresh state: nothing held
 	case err != nil:
@@ -113,7 +113,7 @@ func (r *Relay) checkPinsAtStart(next *conf.Relay) error {
 		Prefix: next.Pool, Prefix6: next.Pool6, StateDir: dir, HoldDown: next.VIPHoldDown, Now: r.opts.Now,
 	})
 	if err != nil {
-		return fmt.Errorf("relay.state_dir: %w", err)
+		return fmt.Errorf("relay.state_dir: %s (checked as a copy): %w", file, err)
 	}
 	defer pool.Close()
 	if err := acquirePins(pool, pinPairs(next.Pins)); err != nil {
