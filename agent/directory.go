@@ -2,6 +2,7 @@ package agent
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/resolver"
@@ -15,6 +16,9 @@ type directory struct {
 	pool6  netip.Prefix
 	byVIP  map[netip.Addr]*dirService
 	byName map[string]*dirService
+	// atLocal are the services keepPool left out because their VIP is
+	// one of the agent's own addresses, by name: their VIPs.
+	atLocal map[string]netip.Addr
 }
 
 type dirService struct {
@@ -61,16 +65,32 @@ func newDirectory(m *tunnel.Directory) *directory {
 // keepPool makes pool the directory's, without the services whose IPv4 VIP
 // is outside it: the agent would answer names for addresses it does not
 // route into the tunnel, and their traffic would leave by the host's own
-// routes.
-func (d *directory) keepPool(pool netip.Prefix) {
+// routes. Nor does it keep those whose VIP is one of local, the agent's
+// own addresses (its gateway address, where it answers DNS and ping, and
+// its tun.address): the agent answers that address itself, so the
+// service would be out of reach while its name resolved. A server's pool
+// that holds 10.100.0.1 other than as its first host (10.0.0.0/8) may
+// hand it out. Those are listed in atLocal, for the log and the metric.
+func (d *directory) keepPool(pool netip.Prefix, local ...netip.Addr) {
 	d.pool = pool
 	for name, s := range d.byName {
-		if s.entry.VIP.IsValid() && !pool.Contains(s.entry.VIP) {
-			delete(d.byName, name)
-			delete(d.byVIP, s.entry.VIP)
-			if s.vip6.IsValid() {
-				delete(d.byVIP, s.vip6)
+		vip := s.entry.VIP
+		switch {
+		case !vip.IsValid():
+			continue
+		case !pool.Contains(vip):
+		case slices.Contains(local, vip):
+			if d.atLocal == nil {
+				d.atLocal = map[string]netip.Addr{}
 			}
+			d.atLocal[name] = vip
+		default:
+			continue
+		}
+		delete(d.byName, name)
+		delete(d.byVIP, vip)
+		if s.vip6.IsValid() {
+			delete(d.byVIP, s.vip6)
 		}
 	}
 }

@@ -1,10 +1,16 @@
 package agent
 
 import (
+	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ztgate/ztgate/conf"
 	"github.com/ztgate/ztgate/netstack/netstacktest"
 	"github.com/ztgate/ztgate/resolver/resolvertest"
 	"github.com/ztgate/ztgate/tunnel"
@@ -128,5 +134,106 @@ func TestDirectoryOutsidePoolLeavesNoReverse(t *testing.T) {
 		if e, ok := d.Reverse(addr); ok {
 			t.Errorf("PTR of %v answers %q, a service taken out for a VIP outside the pool", addr, e.Name)
 		}
+	}
+}
+
+// TestDirectoryServiceAtGatewayAddress: a server's pool that holds the
+// agent's gateway address 10.100.0.1 other than as its first host (a
+// relay's 10.0.0.0/8 reserves 10.0.0.1) may hand it to a service. The
+// agent answers that address itself (DNS, ping), so it leaves the service
+// out of its directory (no A, no PTR, no route), logs an error naming it
+// once, not at every directory, and counts it in a gauge that falls when
+// the service moves. Before, its name resolved to the agent's own DNS
+// address and its traffic never left the agent.
+func TestDirectoryServiceAtGatewayAddress(t *testing.T) {
+	p := newPKI(t)
+	gw := netip.MustParseAddr("10.100.0.1")
+	push := func(clashVIP netip.Addr) *tunnel.Directory {
+		d := directoryOf(true)
+		d.Pool = netip.MustParsePrefix("10.0.0.0/8")
+		d.Services = append(d.Services, tunnel.DirectoryService{Name: "clash", VIP: clashVIP, Healthy: true,
+			Ports: []tunnel.PortInfo{{Protocol: "tcp", Port: 80}}})
+		return d
+	}
+	relay := startServer(t, p, relayReq, func(s *tunnel.Session) { s.Send(push(gw)) })
+	cert, key := p.issue(tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "laptop"})
+	cfg := &conf.Agent{
+		Name:   "laptop",
+		Tunnel: conf.Tunnel{Server: relay.addr(), ServerName: "relay.test", Cert: cert, Key: key, CA: p.caFile},
+		TUN: conf.TUN{Name: "test", MTU: 1280, Pool: netip.MustParsePrefix("10.100.0.0/24"), Address: innerAddr,
+			Enabled: true},
+		DNS: conf.DNS{Zone: "ztna.internal.", TTL: 30 * time.Second},
+	}
+	logs := &logBuffer{}
+	a, client := runAgent(t, cfg, slog.New(slog.NewTextHandler(logs, nil)))
+	if a.gatewayAddr() != gw {
+		t.Fatalf("gateway address %v, want %v", a.gatewayAddr(), gw)
+	}
+	d := a.dir.Load()
+	if d.pool != netip.MustParsePrefix("10.0.0.0/8") {
+		t.Fatalf("pool %v, want the pushed 10.0.0.0/8", d.pool)
+	}
+	if e, ok := d.Lookup("clash"); ok {
+		t.Errorf("clash is answered with %v, the agent's own gateway address", e.VIP)
+	}
+	if e, ok := d.Reverse(gw); ok {
+		t.Errorf("PTR of the gateway address %v answers %q", gw, e.Name)
+	}
+	if _, ok := d.Lookup("web"); !ok {
+		t.Error("web is left out with clash")
+	}
+	c := agentDNS(t, a, client)
+	if rcode, answers, err := resolvertest.Ask(c, "clash.ztna.internal", "A"); err != nil || len(answers) != 0 {
+		t.Errorf("A clash: %s %v (%v), want no answer", rcode, answers, err)
+	}
+	if n := testutil.ToFloat64(a.m.localVIPs); n != 1 {
+		t.Errorf("ztgate_agent_services_excluded{reason=local_address} %v, want 1", n)
+	}
+	const msg = "leaving out a service whose VIP is the agent's gateway address"
+	if got := logs.String(); !strings.Contains(got, msg) || !strings.Contains(got, "service=clash vip=10.100.0.1") {
+		t.Errorf("no error naming clash and its VIP in the log:\n%s", got)
+	}
+
+	server := netip.MustParseAddr("127.0.0.1")
+	a.applyDirectory(push(gw), server) // the same again: no second error
+	if n := strings.Count(logs.String(), msg); n != 1 {
+		t.Errorf("the error is logged %d times after the same directory twice, want once", n)
+	}
+	moved := netip.MustParseAddr("10.100.0.2")
+	a.applyDirectory(push(moved), server) // the service moved: in again, the gauge falls
+	if e, ok := a.dir.Load().Lookup("clash"); !ok || e.VIP != moved {
+		t.Errorf("clash at %v: answered %v (%v), want its VIP", moved, e.VIP, ok)
+	}
+	if n := testutil.ToFloat64(a.m.localVIPs); n != 0 {
+		t.Errorf("ztgate_agent_services_excluded{reason=local_address} %v after clash moved, want 0", n)
+	}
+}
+
+// TestKeepPoolLeavesOutLocalAddresses: keepPool leaves out a service at
+// any of the agent's own addresses it is given, the tun.address as well
+// as the gateway address (a pool holding the tun.address is refused
+// before, poolProblem; this holds if that ever changes), and lists them.
+func TestKeepPoolLeavesOutLocalAddresses(t *testing.T) {
+	gw, own := netip.MustParseAddr("10.100.0.1"), netip.MustParseAddr("10.100.0.9")
+	m := directoryOf(true)
+	m.Pool = netip.MustParsePrefix("10.0.0.0/8")
+	m.Services = append(m.Services,
+		tunnel.DirectoryService{Name: "a", VIP: gw, Healthy: true},
+		tunnel.DirectoryService{Name: "b", VIP: own, Healthy: true})
+	d := newDirectory(m)
+	d.keepPool(m.Pool, gw, own)
+	for name, vip := range map[string]netip.Addr{"a": gw, "b": own} {
+		if _, ok := d.Lookup(name); ok {
+			t.Errorf("%s at the agent's own %v is answered", name, vip)
+		}
+		if _, ok := d.Reverse(vip); ok {
+			t.Errorf("PTR of the agent's own %v is answered", vip)
+		}
+		if d.atLocal[name] != vip {
+			t.Errorf("atLocal[%s] = %v, want %v", name, d.atLocal[name], vip)
+		}
+	}
+	if len(d.byName) != 2 {
+		t.Errorf("%d services kept, want web and up", len(d.byName))
 	}
 }

@@ -51,6 +51,10 @@ type metrics struct {
 	flowsExpired, flowsEvicted prometheus.Counter
 
 	reloads *prometheus.CounterVec // ztgate_config_reloads_total{result}
+
+	// localVIPs are the services of the directory left out for a VIP that
+	// is one of the agent's own addresses (keepPool).
+	localVIPs prometheus.Gauge
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -101,8 +105,12 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	for _, r := range []string{"ok", "error"} {
 		m.reloads.WithLabelValues(r)
 	}
+	excluded := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "ztgate_agent_services_excluded", Help: "Services of the server's directory the agent leaves out of its DNS and routing now, by reason: local_address, a VIP that is the agent's own (its gateway address 10.100.0.1, or tun.address).",
+	}, []string{"reason"})
+	m.localVIPs = excluded.WithLabelValues("local_address")
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.connected, m.up, m.down, m.dropped, m.refusals, direct, m.directPaths, m.forwardedPaths, events, flows, m.reloads)
+		m.connected, m.up, m.down, m.dropped, m.refusals, direct, m.directPaths, m.forwardedPaths, events, flows, m.reloads, excluded)
 	return m
 }
 

@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 
 	"github.com/ztgate/ztgate/catalog"
@@ -152,20 +154,24 @@ func (a *Agent) control(s *tunnel.Session) error {
 // applyDirectory makes a pushed directory the agent's: DNS answers from it
 // at once, and the pool's route follows it. A pool the agent must not
 // route into its TUN (poolProblem) is refused and the one in force kept.
-// The services it no longer holds leave their direct paths (onGone).
+// The services it no longer holds leave their direct paths (onGone). A
+// service whose VIP is one of the agent's own addresses is left out, and
+// logged when it comes so (logLocalVIPs).
 func (a *Agent) applyDirectory(m *tunnel.Directory, server netip.Addr) {
 	next := newDirectory(m)
+	local := []netip.Addr{a.gatewayAddr(), a.cfg.TUN.Address}
 	switch why := poolProblem(next.pool, a.cfg.TUN.Address, server); {
 	case why != "":
 		a.log.Error("refusing the server's VIP pool; keeping the one in force, without the services outside it",
 			"pool", next.pool, "reason", why)
-		next.keepPool(a.dir.Load().pool)
+		next.keepPool(a.dir.Load().pool, local...)
 	case !next.pool.IsValid(): // none pushed: the pool in force stays
-		next.keepPool(a.dir.Load().pool)
+		next.keepPool(a.dir.Load().pool, local...)
 	default: // a service outside the pool would not be routed into the TUN
-		next.keepPool(next.pool)
+		next.keepPool(next.pool, local...)
 	}
 	prev := a.dir.Swap(next)
+	a.logLocalVIPs(prev, next)
 	var gone servicesGone
 	for name := range prev.byName {
 		if next.byName[name] == nil {
@@ -192,6 +198,29 @@ func (a *Agent) applyDirectory(m *tunnel.Directory, server netip.Addr) {
 		a.log.Warn("the server's zone differs from [dns] zone; answering for the configured zone", "server", next.zone, "configured", a.cfg.DNS.Zone)
 	}
 	a.log.Info("directory", "services", len(next.byName))
+}
+
+// logLocalVIPs logs an error for each service next leaves out for a VIP
+// that is one of the agent's own addresses and prev did not (once, not at
+// every directory), naming the fix, and sets the gauge of them.
+func (a *Agent) logLocalVIPs(prev, next *directory) {
+	a.m.localVIPs.Set(float64(len(next.atLocal)))
+	names := slices.Sorted(maps.Keys(next.atLocal))
+	for _, name := range names {
+		vip := next.atLocal[name]
+		if old, ok := prev.atLocal[name]; ok && old == vip {
+			continue
+		}
+		if vip == a.gatewayAddr() {
+			a.log.Error("leaving out a service whose VIP is the agent's gateway address, where it answers DNS and ping itself: "+
+				"give the server a VIP pool (relay.pool, a gateway's tun.pool) that does not hold this address except as its first host, "+
+				"or pin the service to another VIP (the relay's [[pin]], a gateway's service.vip)",
+				"service", name, "vip", vip, "pool", next.pool)
+			continue
+		}
+		a.log.Error("leaving out a service whose VIP is the agent's tun.address: set a tun.address outside the server's VIP pool",
+			"service", name, "vip", vip, "pool", next.pool)
+	}
 }
 
 // tunRoutes are the prefixes routed into the TUN for pool: the pool, and
