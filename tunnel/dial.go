@@ -107,7 +107,7 @@ func Dial(ctx context.Context, addr string, cfg DialConfig, log *slog.Logger) (*
 	// server's certificate expires; judged here once more by the
 	// credentials in use, which may have switched since the TLS handshake.
 	chk := &serverCheck{creds: cfg.Credentials, name: serverName, identity: cfg.ExpectIdentity, roles: slices.Clone(cfg.ServerRoles)}
-	if ae := s.watchServer(chk, st); ae != nil {
+	if ae := s.watchServer(chk); ae != nil {
 		m.handshake(sideClient, resultRefused, ae.Reason)
 		s.log.Warn("tunnel server refused", "reason", ae.Reason, "err", ae.Err)
 		_ = s.closeWith(closeRefused, ae.Reason+": the client's credentials in use now refuse the server's certificate", "tunnel session refused")
@@ -173,13 +173,16 @@ func (chk *serverCheck) refusedNow(cs tls.ConnectionState) *AuthError {
 // chain, recheckServer verifies it again with the credentials in use. The
 // watch ends with the session. Before it returns, the credentials in use
 // judge the server once more (a switch or the server's expiry since the
-// TLS handshake, which used st): their refusal is returned, and the
+// TLS handshake): their refusal is returned, and the
 // rechecks act only on a session it admitted, so that a refusal is
 // counted once, as a refused handshake or a revoked session.
-func (s *Session) watchServer(chk *serverCheck, st *credState) *AuthError {
+func (s *Session) watchServer(chk *serverCheck) *AuthError {
 	stop := chk.creds.onSwitch(func() { s.recheckServer(chk) })
+	// Armed even when the dial skipped servers (insecure, no CA): a
+	// reload may give the credentials a CA, and the recheck then judges
+	// the server's expiry with it; with none, it finds nothing to refuse.
 	var expiry *time.Timer
-	if certs := s.conn.ConnectionState().TLS.PeerCertificates; len(certs) > 0 && !chk.creds.skipsServers(st) {
+	if certs := s.conn.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
 		expiry = afterExpiry(certs, chk.creds.now(), func() { s.recheckServer(chk) })
 	}
 	context.AfterFunc(s.conn.Context(), func() {

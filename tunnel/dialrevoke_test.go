@@ -284,3 +284,24 @@ func TestDialRefusesServerAfterReloadDuringHello(t *testing.T) {
 		t.Errorf("ztgate_tunnel_sessions_revoked_total{side=\"client\"} = %v, want 0: the dial was refused, not a session revoked", n)
 	}
 }
+
+// TestInsecureDialerWatchesExpiryOnceItHasACA: a dialer with insecure
+// credentials and no CA verifies no server; once a reload gives it a CA,
+// a live session is judged as a new dial would be, the end of its
+// server's certificate included. Before, the expiry was watched only when
+// the credentials of the dial verified servers, and a session dialed
+// without a CA outlived the server certificate the CA later vouched for.
+func TestInsecureDialerWatchesExpiryOnceItHasACA(t *testing.T) {
+	f := newTLSFixture(t)
+	certFile, keyFile := f.leaf(f.ca, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "short",
+		DNSNames: []string{serverName}, NotBefore: time.Now().Add(-time.Minute), Validity: time.Minute + 3*time.Second})
+	ln, _ := revokeListenerWith(t, f, certFile, keyFile, f.caFile)
+	dialerCert, dialerKey := f.leaf(f.ca, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "dialer"})
+	creds := f.creds(CredentialsConfig{CertFile: dialerCert, KeyFile: dialerKey, Insecure: true})
+	s := dialWith(t, ln, DialConfig{Credentials: creds, ServerName: serverName, Registerer: prometheus.NewRegistry()})
+	if err := creds.ReloadFiles(Files{Cert: dialerCert, Key: dialerKey, CA: f.caFile}); err != nil {
+		t.Fatal(err)
+	}
+	stillOpen(t, s, "a CA that trusts the server")
+	dialerRevokedWith(t, s, 10*time.Second, "the server's certificate expired", ReasonExpired)
+}
