@@ -153,6 +153,9 @@ func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, 
 	if err := g.relayPins(services); err != nil {
 		return Diff{}, invalidConfig{err}
 	}
+	if err := checkWaitingTunnelFiles(g.running, next); err != nil {
+		return Diff{}, invalidConfig{err}
+	}
 	files := tunnelFiles(g.running, next)
 	var creds *tunnel.Staged
 	if len(files) > 0 {
@@ -436,6 +439,34 @@ var liveKeys = map[string]bool{
 func liveTunnelFiles(cur, next *conf.Gateway) bool {
 	on := func(t conf.Tunnel) bool { return t.Listen != "" || t.Relay != "" }
 	return on(cur.Tunnel) && on(next.Tunnel) && cur.Tunnel.Insecure == next.Tunnel.Insecure
+}
+
+// checkWaitingTunnelFiles loads the [tunnel] files of next that wait for
+// the restart (not liveTunnelFiles: insecure_allow_unauthenticated changes
+// with them, or the tunnel is turned on) as the start will load them, in
+// next's mode, and returns the start's refusal naming the keys: the reload
+// would otherwise name them for a restart that then refuses to start. The
+// relay and the agent check theirs alike. Files in use that only change
+// mode load as they do now.
+func checkWaitingTunnelFiles(cur, next *conf.Gateway) error {
+	on := func(t conf.Tunnel) bool { return t.Listen != "" || t.Relay != "" }
+	nt := next.Tunnel
+	if !on(nt) || liveTunnelFiles(cur, next) {
+		return nil
+	}
+	keys := cur.OwnTLS().ChangedFiles(next.OwnTLS())
+	if len(keys) == 0 {
+		if on(cur.Tunnel) {
+			return nil
+		}
+		keys = []string{"tunnel.cert", "tunnel.key", "tunnel.ca"}
+	}
+	if _, err := tunnel.NewCredentials(tunnel.CredentialsConfig{
+		CertFile: nt.Cert, KeyFile: nt.Key, CAFile: nt.CA, Insecure: nt.Insecure, Role: tunnel.RoleGateway,
+	}, nil); err != nil {
+		return fmt.Errorf("%s: %w", strings.Join(keys, ", "), err)
+	}
+	return nil
 }
 
 // tunnelFiles names the [tunnel] keys (tunnel.cert, tunnel.key,
