@@ -253,10 +253,11 @@ func (t *TUN) Up(routes []netip.Prefix) error {
 
 // SetRoutes makes routes the prefixes routed into the device: it adds the
 // new ones and removes those it added before that are not in routes. A
-// prefix the host already routes elsewhere with the same metric (another
-// device, a blackhole) is not taken over: that is an error naming the
-// route, which stays. Replacing it would cut whatever the host reached
-// through it, and Close, removing ours, would leave no route at all.
+// prefix the host already routes elsewhere, at any metric (another device,
+// a blackhole), is not taken over: that is an error naming the route,
+// which stays. Replacing it, or adding ours at metric 0 beside one at a
+// higher metric, would cut whatever the host reached through it, and
+// Close, removing ours, would leave no route at all.
 func (t *TUN) SetRoutes(routes []netip.Prefix) error {
 	l, err := netlink.LinkByName(t.name)
 	if err != nil {
