@@ -181,10 +181,20 @@ func New(cfg *conf.Gateway, opts Options, log *slog.Logger) (*Gateway, error) {
 		g.relay = &relayState{vips: make(map[string]tunnel.VIPAssignment)}
 		if cfg.StateDir != "" {
 			lock, err := catalog.LockStateDir(cfg.StateDir)
-			if err != nil {
+			switch {
+			case errors.Is(err, catalog.ErrStateDirInUse):
 				return nil, fmt.Errorf("gateway: %w", err)
+			case err != nil:
+				// Such a gateway needs no privilege, and no state but
+				// the API's services: a user who may not create the
+				// directory (the default /var/lib/ztgate) runs it all
+				// the same, as before, with the API unable to keep
+				// services until the directory is there.
+				g.log.Warn("state directory not locked: the API's services cannot be kept there",
+					"state_dir", cfg.StateDir, "err", err)
+			default:
+				g.stateLock = lock
 			}
-			g.stateLock = lock
 		}
 	} else if err := g.openPool(); err != nil {
 		return nil, err

@@ -3,7 +3,10 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -91,4 +94,38 @@ func TestRelayGatewayLocksStateDir(t *testing.T) {
 		t.Fatalf("a gateway on the state directory once the first stopped: %v", err)
 	}
 	g.Close()
+}
+
+// TestRelayGatewayUnwritableStateDir: a gateway attached to a relay and
+// without [tun] needs no privilege, and any user may run it with the
+// default state_dir (/var/lib/ztgate), which such a user cannot create.
+// Taking the directory's lock must not stop it: it starts, saying the
+// directory is not locked, as it started before the lock.
+func TestRelayGatewayUnwritableStateDir(t *testing.T) {
+	pki := t.TempDir()
+	_, ca := writePKI(t, pki)
+	addr, _ := fakeRelay(t, pki, ca)
+	// A directory no one may create, root included, and which holds no
+	// API services: as /var/lib/ztgate is to a user.
+	const stateDir = "/proc/self/ztgate-absent/state"
+	config := strings.Replace(quietGateway, `"STATE"`, strconv.Quote(stateDir), 1) + twoTenants +
+		fmt.Sprintf("[tunnel]\nrelay = %q\ncert = %q\nkey = %q\nca = %q\n",
+			addr, filepath.Join(pki, "gw.crt"), filepath.Join(pki, "gw.key"), filepath.Join(pki, "ca.crt"))
+	path := filepath.Join(t.TempDir(), "gw.toml")
+	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := conf.LoadGateway(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncLog{}
+	g, err := New(cfg, Options{}, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatalf("a gateway attached to a relay whose state_dir cannot be created: %v, want it to start", err)
+	}
+	g.Close()
+	if !strings.Contains(logs.String(), "state directory not locked") {
+		t.Errorf("the gateway did not say the state directory is not locked:\n%s", logs)
+	}
 }
