@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/netstack"
@@ -31,6 +32,10 @@ func TestFlowSetUpAcrossPoolMove(t *testing.T) {
 	tbl := &table{byName: map[string]*service{"web": svc}, tenants: newTenantTable([]catalog.Tenant{
 		{Name: "acme", Sources: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}},
 	})}
+	// The test's backend is in no backend set: drainLate takes it for one a
+	// reload removed, and drains the flow for drain_timeout. An hour: the
+	// drain must not close the flow the test keeps.
+	tbl.drainTimeout = time.Hour
 	g.tbl.Store(tbl)
 	d := decision{t: tbl, svc: svc, peer: peer{tenant: "acme", identity: lanIdentity}}
 	client := netip.MustParseAddrPort("198.51.100.10:40000")
