@@ -51,7 +51,7 @@ func TestFlowSetUpAcrossPoolMove(t *testing.T) {
 	// The relay's assign: the pools move, endUnrouted lists no flow yet.
 	pools := []netip.Prefix{netip.MustParsePrefix("10.101.0.0/24")}
 	ns.SetPools(pools)
-	g.endUnrouted(pools)
+	g.endUnrouted()
 
 	moved := newFlow("10.100.0.10:80")
 	if reason, ok := moved.closed(); !ok || reason != "vip_unrouted" || !moved.wasCut() {

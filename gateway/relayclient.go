@@ -224,7 +224,7 @@ func (g *Gateway) applyAssign(m *tunnel.Assign, relay netip.Addr) {
 		pools = append(pools, m.Pool6)
 	}
 	g.ns.SetPools(pools)
-	g.endUnrouted(pools)
+	g.endUnrouted()
 	g.ns.ResetOutsidePools() // what the flows left: connections closed already, still sending their FIN
 	g.routeRelayPools(pools)
 	g.reloadMu.Lock()
@@ -237,18 +237,15 @@ func (g *Gateway) applyAssign(m *tunnel.Assign, relay netip.Addr) {
 	g.log.Info("VIPs assigned by the relay", "services", len(m.VIPs), "pool", m.Pool, "changed", len(d.Changed)+len(d.Added))
 }
 
-// endUnrouted ends the flows to a VIP outside pools, the relay's pools
-// now: the netstack drops their clients' packets from now on
-// (not_routed), so they could carry nothing until their idle timeout while
-// holding their backend's connection, and a TCP one resent what its
-// client's answers to were dropped; ended, the client is told at once (a
-// TCP flow is reset on both sides).
-func (g *Gateway) endUnrouted(pools []netip.Prefix) {
-	outside := func(f *flow) bool {
-		vip := f.vip.Addr().Unmap()
-		return !slices.ContainsFunc(pools, func(p netip.Prefix) bool { return p.Contains(vip) })
-	}
-	for _, f := range g.flows.list(outside) {
+// endUnrouted ends the flows to a VIP outside the netstack's pools, the
+// relay's pools now (SetPools): the netstack drops their clients' packets
+// from now on (not_routed), so they could carry nothing until their idle
+// timeout while holding their backend's connection, and a TCP one resent
+// what its client's answers to were dropped; ended, the client is told at
+// once (a TCP flow is reset on both sides). A flow set up meanwhile asks
+// the same in newFlow.
+func (g *Gateway) endUnrouted() {
+	for _, f := range g.flows.list(func(f *flow) bool { return !g.ns.InPools(f.vip.Addr()) }) {
 		f.cut("vip_unrouted")
 	}
 }

@@ -227,9 +227,7 @@ func (s *Session) recheckServer(chk *serverCheck) {
 	}
 	s.revoked.Store(true)
 	s.checkMu.Unlock()
-	s.m.revoked(sideClient, ae.Reason)
-	s.log.Warn("tunnel session ended: its server's certificate is refused now", "reason", ae.Reason, "err", ae.Err)
-	_ = s.closeWith(closeRefused, "revoked: "+ae.Reason, "tunnel session revoked")
+	s.revoke(ae)
 }
 
 // dialQUIC is quic.DialAddr with the tunnel's connection IDs (connIDLen;

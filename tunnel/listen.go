@@ -374,7 +374,5 @@ func (l *Listener) recheckSession(s *Session) {
 	if !s.revoked.CompareAndSwap(false, true) {
 		return
 	}
-	l.m.revoked(sideServer, ae.Reason)
-	s.log.Warn("tunnel session ended: its client's certificate is refused now", "reason", ae.Reason, "err", ae.Err)
-	_ = s.closeWith(closeRefused, "revoked: "+ae.Reason, "tunnel session revoked")
+	s.revoke(ae)
 }

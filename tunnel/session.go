@@ -407,6 +407,20 @@ func (s *Session) closeWith(code quic.ApplicationErrorCode, reason, logMsg strin
 	return err
 }
 
+// revoke ends an admitted session whose peer the credentials in use now
+// refuse (the client on a listener's side, the server on a dialer's),
+// counted and logged once: the caller set revoked. The peer sees the
+// reason ("revoked: <reason>").
+func (s *Session) revoke(ae *AuthError) {
+	peer := "client"
+	if s.side == sideClient {
+		peer = "server"
+	}
+	s.m.revoked(s.side, ae.Reason)
+	s.log.Warn("tunnel session ended: its "+peer+"'s certificate is refused now", "reason", ae.Reason, "err", ae.Err)
+	_ = s.closeWith(closeRefused, "revoked: "+ae.Reason, "tunnel session revoked")
+}
+
 // Done is closed when the session has ended, for whatever reason.
 func (s *Session) Done() <-chan struct{} { return s.conn.Context().Done() }
 
