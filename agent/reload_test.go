@@ -46,21 +46,7 @@ func TestReload(t *testing.T) {
 	relay := startServer(t, p, relayReq, func(s *tunnel.Session) { s.Send(directoryOf(true)) })
 	cert, key := p.issue(tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "laptop"})
 	path := filepath.Join(t.TempDir(), "agent.toml")
-	file := func(server, extra string) string {
-		return fmt.Sprintf(`
-[agent]
-name = "laptop"
-[tunnel]
-server = %q
-server_name = "relay.test"
-cert = %q
-key = %q
-ca = %q
-[tun]
-name = "test"
-%s
-`, server, cert, key, p.caFile, extra)
-	}
+	file := func(server, extra string) string { return agentFile(server, cert, key, p.caFile, "", extra) }
 	write := func(text string) {
 		t.Helper()
 		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
@@ -97,20 +83,7 @@ func TestReloadTLSFiles(t *testing.T) {
 	relay := startServer(t, p, relayReq, func(s *tunnel.Session) { s.Send(directoryOf(true)) })
 	cert, key := p.issue(tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "laptop"})
 	path := filepath.Join(t.TempDir(), "agent.toml")
-	file := func(cert, key, ca string) string {
-		return fmt.Sprintf(`
-[agent]
-name = "laptop"
-[tunnel]
-server = %q
-server_name = "relay.test"
-cert = %q
-key = %q
-ca = %q
-[tun]
-name = "test"
-`, relay.addr(), cert, key, ca)
-	}
+	file := func(cert, key, ca string) string { return agentFile(relay.addr(), cert, key, ca, "", "") }
 	if err := os.WriteFile(path, []byte(file(cert, key, p.caFile)), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -183,21 +156,7 @@ func TestReloadChecksFilesWaitingForInsecure(t *testing.T) {
 	relay := startServer(t, p, relayReq, func(s *tunnel.Session) { s.Send(directoryOf(true)) })
 	cert, key := p.issue(tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "laptop"})
 	path := filepath.Join(t.TempDir(), "agent.toml")
-	file := func(cert, key, extra string) string {
-		return fmt.Sprintf(`
-[agent]
-name = "laptop"
-[tunnel]
-server = %q
-server_name = "relay.test"
-cert = %q
-key = %q
-ca = %q
-%s
-[tun]
-name = "test"
-`, relay.addr(), cert, key, p.caFile, extra)
-	}
+	file := func(cert, key, extra string) string { return agentFile(relay.addr(), cert, key, p.caFile, extra, "") }
 	if err := os.WriteFile(path, []byte(file(cert, key, "")), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -247,19 +206,7 @@ func TestReloadRefusesAddressInServersPool(t *testing.T) {
 	cert, key := p.issue(tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "laptop"})
 	path := filepath.Join(t.TempDir(), "agent.toml")
 	file := func(server, address string) string {
-		return fmt.Sprintf(`
-[agent]
-name = "laptop"
-[tunnel]
-server = %q
-server_name = "relay.test"
-cert = %q
-key = %q
-ca = %q
-[tun]
-name = "test"
-address = %q
-`, server, cert, key, p.caFile, address)
+		return agentFile(server, cert, key, p.caFile, "", fmt.Sprintf("address = %q", address))
 	}
 	if err := os.WriteFile(path, []byte(file(relay.addr(), innerAddr.String())), 0o600); err != nil {
 		t.Fatal(err)
@@ -303,4 +250,24 @@ address = %q
 	waitFor(t, "the pool refused", func() bool {
 		return strings.Contains(logs2.String(), "refusing the server's VIP pool")
 	})
+}
+
+// agentFile is the configuration of an agent named laptop that dials
+// server (as relay.test) with cert, key and ca; tunnelExtra and tunExtra
+// are lines added to its [tunnel] and [tun] sections.
+func agentFile(server, cert, key, ca, tunnelExtra, tunExtra string) string {
+	return fmt.Sprintf(`
+[agent]
+name = "laptop"
+[tunnel]
+server = %q
+server_name = "relay.test"
+cert = %q
+key = %q
+ca = %q
+%s
+[tun]
+name = "test"
+%s
+`, server, cert, key, ca, tunnelExtra, tunExtra)
 }

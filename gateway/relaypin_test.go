@@ -23,11 +23,7 @@ import (
 // sent the pins to the relay. Such a reload is now refused whole, as one
 // that pins outside the running pool is, and the running services stay.
 func TestRelayGatewayRefusesReloadedPins(t *testing.T) {
-	pki := t.TempDir()
-	_, ca := writePKI(t, pki)
-	addr, _ := fakeRelay(t, pki, ca)
-	tunnelSection := fmt.Sprintf("[tunnel]\nrelay = %q\ncert = %q\nkey = %q\nca = %q\n",
-		addr, filepath.Join(pki, "gw.crt"), filepath.Join(pki, "gw.key"), filepath.Join(pki, "ca.crt"))
+	tunnelSection := fakeRelaySection(t)
 	service := func(keys string) string {
 		return `[[service]]
 name = "echo"
@@ -70,11 +66,7 @@ backends = ["127.0.0.1"]
 // pool is, and the lock is free again once the first has stopped. Before,
 // two such gateways shared the file, each overwriting the other's services.
 func TestRelayGatewayLocksStateDir(t *testing.T) {
-	pki := t.TempDir()
-	_, ca := writePKI(t, pki)
-	addr, _ := fakeRelay(t, pki, ca)
-	tunnelSection := fmt.Sprintf("[tunnel]\nrelay = %q\ncert = %q\nkey = %q\nca = %q\n",
-		addr, filepath.Join(pki, "gw.crt"), filepath.Join(pki, "gw.key"), filepath.Join(pki, "ca.crt"))
+	tunnelSection := fakeRelaySection(t)
 	h := newFileHarness(t, quietGateway+twoTenants+tunnelSection)
 	cfg, err := conf.LoadGateway(h.path)
 	if err != nil {
@@ -102,15 +94,11 @@ func TestRelayGatewayLocksStateDir(t *testing.T) {
 // Taking the directory's lock must not stop it: it starts, saying the
 // directory is not locked, as it started before the lock.
 func TestRelayGatewayUnwritableStateDir(t *testing.T) {
-	pki := t.TempDir()
-	_, ca := writePKI(t, pki)
-	addr, _ := fakeRelay(t, pki, ca)
 	// A directory no one may create, root included, and which holds no
 	// API services: as /var/lib/ztgate is to a user.
 	const stateDir = "/proc/self/ztgate-absent/state"
 	config := strings.Replace(quietGateway, `"STATE"`, strconv.Quote(stateDir), 1) + twoTenants +
-		fmt.Sprintf("[tunnel]\nrelay = %q\ncert = %q\nkey = %q\nca = %q\n",
-			addr, filepath.Join(pki, "gw.crt"), filepath.Join(pki, "gw.key"), filepath.Join(pki, "ca.crt"))
+		fakeRelaySection(t)
 	path := filepath.Join(t.TempDir(), "gw.toml")
 	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
@@ -128,4 +116,15 @@ func TestRelayGatewayUnwritableStateDir(t *testing.T) {
 	if !strings.Contains(logs.String(), "state directory not locked") {
 		t.Errorf("the gateway did not say the state directory is not locked:\n%s", logs)
 	}
+}
+
+// fakeRelaySection starts a fake relay with a PKI of its own and returns
+// the [tunnel] section of a gateway attached to it.
+func fakeRelaySection(t *testing.T) string {
+	t.Helper()
+	pki := t.TempDir()
+	_, ca := writePKI(t, pki)
+	addr, _ := fakeRelay(t, pki, ca)
+	return fmt.Sprintf("[tunnel]\nrelay = %q\ncert = %q\nkey = %q\nca = %q\n",
+		addr, filepath.Join(pki, "gw.crt"), filepath.Join(pki, "gw.key"), filepath.Join(pki, "ca.crt"))
 }

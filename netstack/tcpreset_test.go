@@ -163,11 +163,7 @@ func TestResetOutsidePools(t *testing.T) {
 	})
 	goneC, goneS := dialAcceptedOn(t, f, h, "10.100.0.5:80")
 	keptC, _ := dialAcceptedOn(t, f, h, "10.101.0.5:80")
-	goneS.Close() // its FIN reaches the client, which keeps its end open
-	goneC.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := goneC.Read(make([]byte, 1)); err != io.EOF {
-		t.Fatalf("the client's read after the FIN: %v, want EOF", err)
-	}
+	closeServerEnd(t, goneC, goneS)
 
 	f.ns.SetPools([]netip.Prefix{netip.MustParsePrefix("10.101.0.0/24")})
 	if n := f.ns.ResetOutsidePools(); n != 1 {
@@ -176,20 +172,8 @@ func TestResetOutsidePools(t *testing.T) {
 	// The client's end learns of the reset: its writes fail (gVisor says
 	// "closed for send" to a write after the RST that followed the FIN).
 	// Without it they go on succeeding, into packets dropped as not routed.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := goneC.Write([]byte("x")); err != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the client's end of the VIP that left the pools was never reset")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	keptC.SetDeadline(time.Now().Add(300 * time.Millisecond))
-	if _, err := keptC.Read(make([]byte, 1)); !isTimeout(err) {
-		t.Errorf("the connection of a VIP still in the pools: %v, want it open", err)
-	}
+	waitWriteFails(t, goneC, "the client's end of the VIP that left the pools")
+	stillOpen(t, keptC, "the connection of a VIP still in the pools")
 }
 
 func isTimeout(err error) bool {
@@ -205,11 +189,7 @@ func TestResetTCPMatches(t *testing.T) {
 	f := newFixture(t, h)
 	goneC, goneS := dialAcceptedOn(t, f, h, "10.100.0.5:80")
 	keptC, _ := dialAcceptedOn(t, f, h, "10.100.0.6:80")
-	goneS.Close() // its FIN reaches the client, which keeps its end open
-	goneC.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := goneC.Read(make([]byte, 1)); err != io.EOF {
-		t.Fatalf("the client's read after the FIN: %v, want EOF", err)
-	}
+	closeServerEnd(t, goneC, goneS)
 
 	gone := netip.MustParseAddrPort(goneC.LocalAddr().String())
 	seen := map[netip.AddrPort]netip.AddrPort{}
@@ -228,18 +208,45 @@ func TestResetTCPMatches(t *testing.T) {
 	if len(seen) != len(want) || seen[gone] != want[gone] || seen[kept] != want[kept] {
 		t.Errorf("match saw %v, want %v", seen, want)
 	}
+	waitWriteFails(t, goneC, "the matched connection's client end")
+	stillOpen(t, keptC, "the connection match left")
+}
+
+// closeServerEnd closes the server's end of a connection: its FIN reaches
+// the client, which keeps its own end open.
+func closeServerEnd(t *testing.T, client net.Conn, server *netstack.TCPConn) {
+	t.Helper()
+	server.Close()
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := client.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("the client's read after the FIN: %v, want EOF", err)
+	}
+}
+
+// waitWriteFails writes to c until a write fails, for 5 s at most: its
+// end learnt of a reset (gVisor says "closed for send" to a write after
+// the RST that followed the FIN). Without the reset, writes go on
+// succeeding, into packets the stack drops.
+func waitWriteFails(t *testing.T, c net.Conn, what string) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if _, err := goneC.Write([]byte("x")); err != nil {
-			break
+		if _, err := c.Write([]byte("x")); err != nil {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the matched connection's client end was never reset")
+			t.Fatalf("%s was never reset", what)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	keptC.SetDeadline(time.Now().Add(300 * time.Millisecond))
-	if _, err := keptC.Read(make([]byte, 1)); !isTimeout(err) {
-		t.Errorf("the connection match left: %v, want it open", err)
+}
+
+// stillOpen checks that c reads nothing, neither an end nor a reset, for
+// 300 ms.
+func stillOpen(t *testing.T, c net.Conn, what string) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := c.Read(make([]byte, 1)); !isTimeout(err) {
+		t.Errorf("%s: %v, want it open", what, err)
 	}
 }

@@ -82,20 +82,7 @@ func TestReloadTLSFiles(t *testing.T) {
 	p := newPKI(t)
 	base := p.relayConfig(t.TempDir())
 	path := filepath.Join(t.TempDir(), "relay.toml")
-	file := func(cert, key, ca, extra string) string {
-		return fmt.Sprintf(`
-[relay]
-name = "relay1"
-state_dir = %q
-listen = "127.0.0.1:0"
-cert = %q
-key = %q
-ca = %q
-%s
-[api]
-listen = "off"
-`, base.StateDir, cert, key, ca, extra)
-	}
+	file := func(cert, key, ca, extra string) string { return relayFile(base.StateDir, cert, key, ca, extra, "") }
 	if err := os.WriteFile(path, []byte(file(base.Cert, base.Key, base.CA, "")), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -184,20 +171,7 @@ func TestReloadRefusesPinsTheStartRefuses(t *testing.T) {
 	base := p.relayConfig(t.TempDir())
 	path := filepath.Join(t.TempDir(), "relay.toml")
 	file := func(cert, key, service, vip string) string {
-		return fmt.Sprintf(`
-[relay]
-name = "relay1"
-state_dir = %q
-listen = "127.0.0.1:0"
-cert = %q
-key = %q
-ca = %q
-[api]
-listen = "off"
-[[pin]]
-service = %q
-vip = %q
-`, base.StateDir, cert, key, base.CA, service, vip)
+		return relayFile(base.StateDir, cert, key, base.CA, "", fmt.Sprintf("[[pin]]\nservice = %q\nvip = %q\n", service, vip))
 	}
 	if err := os.WriteFile(path, []byte(file(base.Cert, base.Key, "mail", "10.100.0.7")), 0o600); err != nil {
 		t.Fatal(err)
@@ -258,20 +232,7 @@ func TestReloadChecksFilesWaitingForInsecure(t *testing.T) {
 	p := newPKI(t)
 	base := p.relayConfig(t.TempDir())
 	path := filepath.Join(t.TempDir(), "relay.toml")
-	file := func(cert, key, extra string) string {
-		return fmt.Sprintf(`
-[relay]
-name = "relay1"
-state_dir = %q
-listen = "127.0.0.1:0"
-cert = %q
-key = %q
-ca = %q
-%s
-[api]
-listen = "off"
-`, base.StateDir, cert, key, base.CA, extra)
-	}
+	file := func(cert, key, extra string) string { return relayFile(base.StateDir, cert, key, base.CA, extra, "") }
 	if err := os.WriteFile(path, []byte(file(base.Cert, base.Key, "")), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -304,4 +265,22 @@ listen = "off"
 	if _, err := New(next, Options{}, nil); err == nil || !strings.Contains(err.Error(), "not of a relay") {
 		t.Fatalf("New with the refused file: %v", err)
 	}
+}
+
+// relayFile is the configuration of a relay named relay1 on stateDir,
+// listening on a free loopback port with cert, key and ca, its API off;
+// relayExtra are lines added to its [relay] section, tail tables after it.
+func relayFile(stateDir, cert, key, ca, relayExtra, tail string) string {
+	return fmt.Sprintf(`
+[relay]
+name = "relay1"
+state_dir = %q
+listen = "127.0.0.1:0"
+cert = %q
+key = %q
+ca = %q
+%s
+[api]
+listen = "off"
+%s`, stateDir, cert, key, ca, relayExtra, tail)
 }

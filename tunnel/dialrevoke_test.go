@@ -87,12 +87,8 @@ func TestCADropEndsDialedSessions(t *testing.T) {
 	for what, s := range sessions {
 		dialerRevokedWith(t, s, 5*time.Second, what, ReasonUnknownAuthority)
 	}
-	if n := testutil.ToFloat64(m.revokedN.WithLabelValues(sideClient, ReasonUnknownAuthority)); n != float64(len(sessions)) {
-		t.Errorf("ztgate_tunnel_sessions_revoked_total{side=\"client\",reason=%q} = %v, want %d", ReasonUnknownAuthority, n, len(sessions))
-	}
-	if n := testutil.ToFloat64(ln.m.revokedN.WithLabelValues(sideServer, ReasonUnknownAuthority)); n != 0 {
-		t.Errorf("the listener counted %v revocations: the client's certificate is still good", n)
-	}
+	wantRevoked(t, m, sideClient, ReasonUnknownAuthority, len(sessions), "")
+	wantRevoked(t, ln.m, sideServer, ReasonUnknownAuthority, 0, "the client's certificate is still good")
 }
 
 // TestDialedSessionEndsWhenServerCertificateExpires: a dialed session does
@@ -101,8 +97,7 @@ func TestCADropEndsDialedSessions(t *testing.T) {
 // A session to another server goes on.
 func TestDialedSessionEndsWhenServerCertificateExpires(t *testing.T) {
 	f := newTLSFixture(t)
-	certFile, keyFile := f.leaf(f.ca, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "short",
-		DNSNames: []string{serverName}, NotBefore: time.Now().Add(-time.Minute), Validity: time.Minute + 2*time.Second})
+	certFile, keyFile := shortServerCert(f, 2*time.Second)
 	short, _ := revokeListenerWith(t, f, certFile, keyFile, f.caFile)
 	long, _ := revokeListener(t, f, f.caFile)
 	creds := dialerCreds(f, f.caFile)
@@ -111,9 +106,7 @@ func TestDialedSessionEndsWhenServerCertificateExpires(t *testing.T) {
 	toLong := dialWith(t, long, DialConfig{Credentials: creds, ServerName: serverName, Registerer: reg})
 	dialerRevokedWith(t, toShort, 10*time.Second, "the short server", ReasonExpired)
 	stillOpen(t, toLong, "another server's certificate expired")
-	if n := testutil.ToFloat64(toShort.m.revokedN.WithLabelValues(sideClient, ReasonExpired)); n != 1 {
-		t.Errorf("ztgate_tunnel_sessions_revoked_total{side=\"client\",reason=%q} = %v, want 1", ReasonExpired, n)
-	}
+	wantRevoked(t, toShort.m, sideClient, ReasonExpired, 1, "")
 }
 
 // TestRedialerBacksOffFromARevokedServer: a Redialer whose session ends
@@ -280,9 +273,7 @@ func TestDialRefusesServerAfterReloadDuringHello(t *testing.T) {
 	if n := testutil.ToFloat64(m.handshakes.WithLabelValues(sideClient, resultRefused, ReasonUnknownAuthority)); n != 1 {
 		t.Errorf("ztgate_tunnel_handshakes_total{side=\"client\",result=\"refused\",reason=%q} = %v, want 1", ReasonUnknownAuthority, n)
 	}
-	if n := testutil.ToFloat64(m.revokedN.WithLabelValues(sideClient, ReasonUnknownAuthority)); n != 0 {
-		t.Errorf("ztgate_tunnel_sessions_revoked_total{side=\"client\"} = %v, want 0: the dial was refused, not a session revoked", n)
-	}
+	wantRevoked(t, m, sideClient, ReasonUnknownAuthority, 0, "the dial was refused, not a session revoked")
 }
 
 // TestInsecureDialerWatchesExpiryOnceItHasACA: a dialer with insecure
@@ -293,8 +284,7 @@ func TestDialRefusesServerAfterReloadDuringHello(t *testing.T) {
 // without a CA outlived the server certificate the CA later vouched for.
 func TestInsecureDialerWatchesExpiryOnceItHasACA(t *testing.T) {
 	f := newTLSFixture(t)
-	certFile, keyFile := f.leaf(f.ca, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "short",
-		DNSNames: []string{serverName}, NotBefore: time.Now().Add(-time.Minute), Validity: time.Minute + 3*time.Second})
+	certFile, keyFile := shortServerCert(f, 3*time.Second)
 	ln, _ := revokeListenerWith(t, f, certFile, keyFile, f.caFile)
 	dialerCert, dialerKey := f.leaf(f.ca, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "dialer"})
 	creds := f.creds(CredentialsConfig{CertFile: dialerCert, KeyFile: dialerKey, Insecure: true})
@@ -304,4 +294,11 @@ func TestInsecureDialerWatchesExpiryOnceItHasACA(t *testing.T) {
 	}
 	stillOpen(t, s, "a CA that trusts the server")
 	dialerRevokedWith(t, s, 10*time.Second, "the server's certificate expired", ReasonExpired)
+}
+
+// shortServerCert issues a relay's certificate for serverName that has
+// validFor left to live.
+func shortServerCert(f *tlsFixture, validFor time.Duration) (certFile, keyFile string) {
+	return f.leaf(f.ca, IssueRequest{Tenant: "ops", Role: RoleRelay, Name: "short",
+		DNSNames: []string{serverName}, NotBefore: time.Now().Add(-time.Minute), Validity: time.Minute + validFor})
 }

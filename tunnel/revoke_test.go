@@ -117,9 +117,7 @@ func TestCARotationEndsLiveSessions(t *testing.T) {
 	}
 	revokedWith(t, oldAgent, 5*time.Second, ReasonUnknownAuthority)
 	stillOpen(t, newAgent, "the new CA alone")
-	if n := testutil.ToFloat64(ln.m.revokedN.WithLabelValues(sideServer, ReasonUnknownAuthority)); n != 1 {
-		t.Errorf("ztgate_tunnel_sessions_revoked_total{side=\"server\",reason=%q} = %v, want 1", ReasonUnknownAuthority, n)
-	}
+	wantRevoked(t, ln.m, sideServer, ReasonUnknownAuthority, 1, "")
 }
 
 // TestSessionEndsWhenCertificateExpires: a session does not outlive the
@@ -132,7 +130,17 @@ func TestSessionEndsWhenCertificateExpires(t *testing.T) {
 	long := revokeDial(t, f, ln, f.ca, "long", 0)
 	revokedWith(t, short, 10*time.Second, ReasonExpired)
 	stillOpen(t, long, "another agent's certificate expired")
-	if n := testutil.ToFloat64(ln.m.revokedN.WithLabelValues(sideServer, ReasonExpired)); n != 1 {
-		t.Errorf("ztgate_tunnel_sessions_revoked_total{side=\"server\",reason=%q} = %v, want 1", ReasonExpired, n)
+	wantRevoked(t, ln.m, sideServer, ReasonExpired, 1, "")
+}
+
+// wantRevoked checks ztgate_tunnel_sessions_revoked_total{side,reason} of
+// m; why, when set, says why that many.
+func wantRevoked(t *testing.T, m *metrics, side, reason string, want int, why string) {
+	t.Helper()
+	if n := testutil.ToFloat64(m.revokedN.WithLabelValues(side, reason)); n != float64(want) {
+		if why != "" {
+			why = ": " + why
+		}
+		t.Errorf("ztgate_tunnel_sessions_revoked_total{side=%q,reason=%q} = %v, want %d%s", side, reason, n, want, why)
 	}
 }
