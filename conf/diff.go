@@ -18,7 +18,9 @@ import (
 // and a section that appears or goes ([tun] of a gateway behind a relay)
 // is named by itself ("tun"). The names come from the `key` tags of the
 // configuration types; a reload compares the running configuration with
-// the file's to say what it cannot apply live.
+// the file's to say what it cannot apply live. A list whose order the
+// role does not act on (dns.listen, [[pin]]) is named only when its
+// elements change, not when they are reordered.
 //
 // Two versions of a service (*catalog.Service) are compared the same way,
 // their keys named as in a [[service]] table ("backends", "port",
@@ -62,10 +64,36 @@ func changedKeys(prefix string, a, b reflect.Value, keyOf func(reflect.StructFie
 			changedKeys(key, x, y, keyOf, out)
 			continue
 		}
-		if !reflect.DeepEqual(x.Interface(), y.Interface()) {
+		same := reflect.DeepEqual(x.Interface(), y.Interface())
+		if !same && f.Tag.Get("order") == "any" {
+			same = sameElements(x, y)
+		}
+		if !same {
 			*out = append(*out, key)
 		}
 	}
+}
+
+// sameElements reports whether the slices a and b hold the same elements
+// as many times each, in any order: a key tagged `order:"any"` (dns.listen,
+// [[pin]]) whose order the role does not act on, so that reordering it is
+// no change. The lists are short (a handful of listeners or pins).
+func sameElements(a, b reflect.Value) bool {
+	if a.Len() != b.Len() {
+		return false
+	}
+	used := make([]bool, b.Len())
+next:
+	for i := range a.Len() {
+		for j := range b.Len() {
+			if !used[j] && reflect.DeepEqual(a.Index(i).Interface(), b.Index(j).Interface()) {
+				used[j] = true
+				continue next
+			}
+		}
+		return false
+	}
+	return true
 }
 
 // fieldKey is the key a field of a configuration type stands for: its

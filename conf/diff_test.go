@@ -64,6 +64,20 @@ service = "web"
 vip = "10.8.0.10"
 `))
 		}, []string{"relay.listen", "relay.pool", "api.listen", "pin", "relay.forward_ports"}},
+		{"relay: pins reordered are no change", func(t *testing.T) []string {
+			return ChangedKeys(relay(t, insecureRelay+twoPins("web", "db")), relay(t, insecureRelay+twoPins("db", "web")))
+		}, nil},
+		{"relay: a pin moved to another VIP is a change", func(t *testing.T) []string {
+			return ChangedKeys(relay(t, insecureRelay+twoPins("web", "db")), relay(t, insecureRelay+strings.Replace(twoPins("web", "db"), "10.100.0.11", "10.100.0.12", 1)))
+		}, []string{"pin"}},
+		{"agent: dns.listen reordered is no change", func(t *testing.T) []string {
+			return ChangedKeys(agent(t, agentBase+"[dns]\nlisten = [\"127.0.0.1:5353\", \"127.0.0.2:53\"]\n"),
+				agent(t, agentBase+"[dns]\nlisten = [\"127.0.0.2:53\", \"127.0.0.1:5353\"]\n"))
+		}, nil},
+		{"agent: dns.listen with one listener replaced is a change", func(t *testing.T) []string {
+			return ChangedKeys(agent(t, agentBase+"[dns]\nlisten = [\"127.0.0.1:5353\", \"127.0.0.2:53\"]\n"),
+				agent(t, agentBase+"[dns]\nlisten = [\"127.0.0.2:53\", \"127.0.0.3:53\"]\n"))
+		}, []string{"dns.listen"}},
 		{"relay: ttl moves the hold-down it is the default of", func(t *testing.T) []string {
 			return ChangedKeys(relay(t, insecureRelay), relay(t, insecureRelay+"ttl = \"1m\"\n"))
 		}, []string{"relay.ttl", "relay.vip_hold_down"}},
@@ -143,6 +157,14 @@ new_flows_per_second = 9
 			}
 		})
 	}
+}
+
+// twoPins is two [[pin]] tables of a relay's file, web on 10.100.0.10
+// and db on 10.100.0.11, in the order that puts first first.
+func twoPins(first, second string) string {
+	vip := map[string]string{"web": "10.100.0.10", "db": "10.100.0.11"}
+	return "[[pin]]\nservice = \"" + first + "\"\nvip = \"" + vip[first] + "\"\n" +
+		"[[pin]]\nservice = \"" + second + "\"\nvip = \"" + vip[second] + "\"\n"
 }
 
 // TestKeyTags checks that every field of the configuration types names

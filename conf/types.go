@@ -58,10 +58,10 @@ func (t TUN) GatewayAddr() netip.Addr { return t.Pool.Masked().Addr().Next() }
 
 // DNS is the [dns] section.
 type DNS struct {
-	Zone      string           `key:"zone"`      // fully qualified, lower case, trailing dot; default "ztna.internal."
-	Listen    []netip.AddrPort `key:"listen"`    // host listeners (UDP and TCP); port 0 picks a free port
-	TTL       time.Duration    `key:"ttl"`       // default 30s; 1s..24h
-	Upstreams []netip.AddrPort `key:"upstreams"` // forwarders for names outside the zone; port default 53
+	Zone      string           `key:"zone"`               // fully qualified, lower case, trailing dot; default "ztna.internal."
+	Listen    []netip.AddrPort `key:"listen" order:"any"` // host listeners (UDP and TCP); port 0 picks a free port
+	TTL       time.Duration    `key:"ttl"`                // default 30s; 1s..24h
+	Upstreams []netip.AddrPort `key:"upstreams"`          // forwarders for names outside the zone; port default 53
 	// ForwardTimeout bounds one forwarded query ([dns] forward_timeout, default 2s).
 	ForwardTimeout time.Duration `key:"forward_timeout"`
 }
@@ -121,7 +121,7 @@ type Relay struct {
 	VIPHoldDown time.Duration `key:"relay.vip_hold_down"`
 	API         API           `key:"api"`
 	// Pins are central VIP pins: [[pin]] service = "web", vip = "10.100.0.10".
-	Pins []Pin `key:"pin"`
+	Pins []Pin `key:"pin" order:"any"`
 	// ForwardPorts is the range of UDP ports (on the listen address) of
 	// the relay's forwarded paths (forward_ports = "4440-4471";
 	// docs/direct-path.md); the zero value turns forwarding off.
