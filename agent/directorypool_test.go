@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -189,6 +190,10 @@ func TestDirectoryServiceAtGatewayAddress(t *testing.T) {
 	if n := testutil.ToFloat64(a.m.localVIPs); n != 1 {
 		t.Errorf("ztgate_agent_services_excluded{reason=local_address} %v, want 1", n)
 	}
+	wantExcluded := []ExcludedService{{Name: "clash", VIP: gw, Reason: "local_address"}}
+	if got := a.Status().Excluded; !slices.Equal(got, wantExcluded) {
+		t.Errorf("Status().Excluded %+v, want %+v", got, wantExcluded)
+	}
 	const msg = "leaving out a service whose VIP is the agent's gateway address"
 	if got := logs.String(); !strings.Contains(got, msg) || !strings.Contains(got, "service=clash vip=10.100.0.1") {
 		t.Errorf("no error naming clash and its VIP in the log:\n%s", got)
@@ -206,6 +211,9 @@ func TestDirectoryServiceAtGatewayAddress(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(a.m.localVIPs); n != 0 {
 		t.Errorf("ztgate_agent_services_excluded{reason=local_address} %v after clash moved, want 0", n)
+	}
+	if got := a.Status().Excluded; len(got) != 0 {
+		t.Errorf("Status().Excluded %+v after clash moved, want none", got)
 	}
 }
 

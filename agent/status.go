@@ -26,7 +26,20 @@ type Status struct {
 	Zone     string          `json:"zone"`
 	Pool     netip.Prefix    `json:"pool"`
 	Services []ServiceStatus `json:"services"`
-	Paths    []PathStatus    `json:"direct_paths"`
+	// Excluded are the services of the server's directory the agent
+	// leaves out of its DNS and routing, and why.
+	Excluded []ExcludedService `json:"excluded_services"`
+	Paths    []PathStatus      `json:"direct_paths"`
+}
+
+// ExcludedService is a service of the server's directory the agent leaves
+// out: Reason "local_address", a VIP that is one of the agent's own
+// addresses (its gateway address, or tun.address), as the metric
+// ztgate_agent_services_excluded counts them.
+type ExcludedService struct {
+	Name   string     `json:"name"`
+	VIP    netip.Addr `json:"vip"`
+	Reason string     `json:"reason"`
 }
 
 // TunnelStatus is the agent's session to its server.
@@ -103,7 +116,7 @@ func (a *Agent) Status() Status {
 	st := Status{
 		Role: "agent", Name: a.cfg.Name, Server: a.cfg.Tunnel.Server, Address: a.cfg.TUN.Address,
 		MTU: int(a.mtu.Load()), Zone: a.cfg.DNS.Zone,
-		Services: []ServiceStatus{}, Paths: []PathStatus{},
+		Services: []ServiceStatus{}, Excluded: []ExcludedService{}, Paths: []PathStatus{},
 	}
 	if cert := a.creds.Certificate(); cert != nil {
 		if id, err := tunnel.IdentityFromCert(cert); err == nil {
@@ -137,6 +150,9 @@ func (a *Agent) Status() Status {
 			}
 		}
 		st.Services = append(st.Services, ss)
+	}
+	for _, name := range slices.Sorted(maps.Keys(d.atLocal)) {
+		st.Excluded = append(st.Excluded, ExcludedService{Name: name, VIP: d.atLocal[name], Reason: "local_address"})
 	}
 	st.Paths = append(st.Paths, paths...)
 	return st

@@ -209,6 +209,7 @@ func renderAgentStatus(w io.Writer, st agent.Status, now time.Time) {
 		fmt.Fprintf(w, "tunnel to %s: DISCONNECTED for %s: %s; next dial in %s\n", st.Server, ago(t.Since), t.LastError,
 			max(t.RetryAt.Sub(now), 0).Round(time.Second))
 	}
+	defer renderExcluded(w, st.Excluded)
 	if len(st.Services) == 0 {
 		fmt.Fprintln(w, "no services")
 		return
@@ -241,4 +242,16 @@ func renderAgentStatus(w io.Writer, st agent.Status, now time.Time) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Name, strings.Join(vips, " "), strings.Join(ports, ","), health, path)
 	}
 	tw.Flush()
+}
+
+// renderExcluded prints the services an agent leaves out of its directory,
+// each with its VIP and why.
+func renderExcluded(w io.Writer, excluded []agent.ExcludedService) {
+	for _, e := range excluded {
+		why := e.Reason
+		if e.Reason == "local_address" {
+			why = "its VIP is one of the agent's own addresses; give the server another pool or pin the service elsewhere"
+		}
+		fmt.Fprintf(w, "left out: %s at %s: %s\n", e.Name, e.VIP, why)
+	}
 }

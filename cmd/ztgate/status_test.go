@@ -50,6 +50,7 @@ const (
 			{"name": "db", "vip": "10.100.0.11", "healthy": false, "ports": [{"protocol": "tcp", "port": 5432}], "path": "relay"},
 			{"name": "web", "vip": "10.100.0.10", "healthy": true, "ports": [{"protocol": "tcp", "port": 80}, {"protocol": "udp", "port": 7}],
 				"path": "direct", "gateway": "infra/gateway/gw-east"}],
+		"excluded_services": [{"name": "clash", "vip": "10.100.0.1", "reason": "local_address"}],
 		"direct_paths": [{"gateway": "infra/gateway/gw-east", "remote": "203.0.113.5:40001", "via": "relay forwarder",
 			"since": "2026-01-01T10:00:05Z", "services": ["web"]}]}`
 	agentCutOff = `{"role": "agent", "name": "laptop", "server": "relay.example.net:4433",
@@ -92,7 +93,8 @@ func TestStatus(t *testing.T) {
 			"agent laptop (acme/agent/laptop), address 100.64.0.1, MTU 1174, pool 10.100.0.0/24",
 			"tunnel to relay.example.net:4433: connected to infra/relay/relay1 at 203.0.113.5:4433 (ztna-v2) for ",
 			"SERVICE", "PATH", "db", "tcp/5432", "down", "relay",
-			"tcp/80,udp/7", "direct to infra/gateway/gw-east at 203.0.113.5:40001 (relay forwarder)"}, notWant: "BACKENDS"},
+			"tcp/80,udp/7", "direct to infra/gateway/gw-east at 203.0.113.5:40001 (relay forwarder)",
+			"left out: clash at 10.100.0.1: its VIP is one of the agent's own addresses"}, notWant: "BACKENDS"},
 		{name: "agent cut off", path: "/v1/status", body: agentCutOff, code: 0, want: []string{
 			"tunnel to relay.example.net:4433: DISCONNECTED for ", ": tunnel: dial relay.example.net:4433: no such host; next dial in 0s",
 			"no services"}},
