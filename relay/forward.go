@@ -2,6 +2,7 @@ package relay
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"log/slog"
 	"math/rand/v2"
@@ -79,6 +80,16 @@ const (
 	fwdRefuseTarget   = "no_target" // the gateway's session address or listen port is unusable
 )
 
+// Why a forwarder closed (ztgate_relay_forwarders_closed_total).
+const (
+	fwdCloseSignaling = "signaling" // its signaling session failed, was aborted, expired or lost a party
+	fwdCloseUnused    = "unused"    // the agent never sent within forwardLockWait
+	fwdCloseIdle      = "idle"      // nothing either way for forwardIdle
+	fwdCloseRevoked   = "revoked"   // the relay revoked the session of its agent or gateway (closeRevokedForwarders)
+	fwdCloseShutdown  = "shutdown"  // the relay stops
+	fwdCloseError     = "error"     // a socket failed without end (forwardMaxErrors)
+)
+
 // Directions of the relay's datagrams: the index of their label in
 // directionLabels (ztgate_relay_datagrams_total and the forwarders').
 const (
@@ -95,6 +106,7 @@ type forwardMetrics struct {
 	datagrams [2]prometheus.Counter
 	bytes     [2]prometheus.Counter
 	dropped   *prometheus.CounterVec
+	closed    *prometheus.CounterVec
 	// dropped's children, resolved once.
 	dropSource, dropNoAgent, dropSend prometheus.Counter
 }
@@ -107,6 +119,8 @@ func newForwardMetrics(reg prometheus.Registerer) *forwardMetrics {
 			Help: "Answers passed to agents without a forwarder, by reason."}, []string{"reason"}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ztgate_relay_forward_dropped_total",
 			Help: "Packets forwarders dropped, by reason."}, []string{"reason"}),
+		closed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ztgate_relay_forwarders_closed_total",
+			Help: "Forwarders closed, by reason."}, []string{"reason"}),
 	}
 	dg := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ztgate_relay_forwarded_datagrams_total",
 		Help: "UDP datagrams forwarders carried, by direction."}, []string{"direction"})
@@ -118,10 +132,13 @@ func newForwardMetrics(reg prometheus.Registerer) *forwardMetrics {
 	for _, r := range []string{fwdRefuseNoPort, fwdRefuseAgentCap, fwdRefuseTarget} {
 		m.refused.WithLabelValues(r)
 	}
+	for _, r := range []string{fwdCloseSignaling, fwdCloseUnused, fwdCloseIdle, fwdCloseRevoked, fwdCloseShutdown, fwdCloseError} {
+		m.closed.WithLabelValues(r)
+	}
 	m.dropSource = m.dropped.WithLabelValues(fwdDropSource)
 	m.dropNoAgent = m.dropped.WithLabelValues(fwdDropNoAgent)
 	m.dropSend = m.dropped.WithLabelValues(fwdDropSend)
-	reg.MustRegister(m.live, m.refused, m.dropped, dg, by)
+	reg.MustRegister(m.live, m.refused, m.dropped, m.closed, dg, by)
 	return m
 }
 
@@ -156,8 +173,9 @@ func newForwarding(ports conf.PortRange, listen string, m *forwardMetrics, log *
 // forwarder carries one forwarded path's datagrams.
 type forwarder struct {
 	fw      *forwarding
-	agent   string     // the agent's identity, for the cap and logs
-	gateway string     // the gateway's identity, for logs
+	agent   string     // the agent's identity, for the cap, logs and closeRevokedForwarders
+	gateway string     // the gateway's identity, for logs and closeRevokedForwarders
+	gwName  string     // the gateway's hello name, for closeRevokedForwarders
 	agentIP netip.Addr // where the agent's relay session comes from
 	target  netip.AddrPort
 	port    uint16
@@ -171,9 +189,10 @@ type forwarder struct {
 	once sync.Once
 }
 
-// open starts a forwarder from agentIP to target for agent, or returns
-// the reason (a refusal label) it cannot.
-func (fw *forwarding) open(agent, gateway string, agentIP netip.Addr, target netip.AddrPort) (*forwarder, string) {
+// open starts a forwarder from agentIP to target for agent, to the
+// gateway of identity gateway and hello name gwName, or returns the reason
+// (a refusal label) it cannot.
+func (fw *forwarding) open(agent, gateway, gwName string, agentIP netip.Addr, target netip.AddrPort) (*forwarder, string) {
 	agentIP, target = agentIP.Unmap(), netip.AddrPortFrom(target.Addr().Unmap(), target.Port())
 	if !agentIP.IsValid() || !target.Addr().IsValid() || target.Port() == 0 || target.Addr().IsUnspecified() || target.Addr().IsMulticast() {
 		return nil, fwdRefuseTarget
@@ -207,7 +226,7 @@ func (fw *forwarding) open(agent, gateway string, agentIP netip.Addr, target net
 			_ = c.SetReadBuffer(forwardSockBuf)
 			_ = c.SetWriteBuffer(forwardSockBuf)
 		}
-		f := &forwarder{fw: fw, agent: agent, gateway: gateway, agentIP: agentIP, target: target, port: port,
+		f := &forwarder{fw: fw, agent: agent, gateway: gateway, gwName: gwName, agentIP: agentIP, target: target, port: port,
 			aconn: pc.(*net.UDPConn), gconn: gconn, since: time.Now()}
 		f.last.Store(monoclock.Now())
 		fw.byPort[port] = f
@@ -223,8 +242,9 @@ func (fw *forwarding) open(agent, gateway string, agentIP netip.Addr, target net
 	return nil, fwdRefuseNoPort
 }
 
-// close closes f (idempotent): its goroutines end.
-func (f *forwarder) close(why string) {
+// close closes f (idempotent): its goroutines end. reason is its label in
+// ztgate_relay_forwarders_closed_total, why the log's words.
+func (f *forwarder) close(reason, why string) {
 	f.once.Do(func() {
 		_ = f.aconn.Close()
 		_ = f.gconn.Close()
@@ -236,7 +256,12 @@ func (f *forwarder) close(why string) {
 		}
 		fw.mu.Unlock()
 		fw.m.live.Dec()
-		fw.log.Info("forwarder closed", "agent", f.agent, "gateway", f.gateway, "port", f.port, "reason", why)
+		fw.m.closed.WithLabelValues(reason).Inc()
+		level := slog.LevelInfo
+		if reason == fwdCloseRevoked {
+			level = slog.LevelWarn // it may still have carried a path
+		}
+		fw.log.Log(context.Background(), level, "forwarder closed", "agent", f.agent, "gateway", f.gateway, "port", f.port, "reason", why)
 	})
 }
 
@@ -253,9 +278,27 @@ func (fw *forwarding) shutdown() {
 	}
 	fw.mu.Unlock()
 	for _, f := range all {
-		f.close("relay shutting down")
+		f.close(fwdCloseShutdown, "relay shutting down")
 	}
 	fw.wg.Wait()
+}
+
+// closeWhere closes the forwarders match selects, for reason (a label of
+// ztgate_relay_forwarders_closed_total) and why (the log's words), and
+// returns how many.
+func (fw *forwarding) closeWhere(match func(*forwarder) bool, reason, why string) int {
+	fw.mu.Lock()
+	var sel []*forwarder
+	for _, f := range fw.byPort {
+		if match(f) {
+			sel = append(sel, f)
+		}
+	}
+	fw.mu.Unlock()
+	for _, f := range sel {
+		f.close(reason, why)
+	}
+	return len(sel)
 }
 
 // direction is one way through a forwarder: the socket it reads, the one
@@ -298,14 +341,14 @@ func (d *direction) read() ([]byte, int, netip.AddrPort, error) {
 // closes a forwarder the agent never used or that went idle.
 func (f *forwarder) up() {
 	defer f.fw.wg.Done()
-	defer f.close("agent side ended")
+	defer f.close(fwdCloseError, "agent side ended")
 	d := newDirection(fwdUp, f.aconn, f.gconn)
 	_ = f.aconn.SetReadDeadline(time.Now().Add(f.fw.lockWait))
 	for {
 		b, size, from, err := d.read()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			if why := f.expired(); why != "" {
-				f.close(why)
+			if reason, why := f.expired(); reason != "" {
+				f.close(reason, why)
 				return
 			}
 			continue
@@ -333,7 +376,7 @@ func (f *forwarder) up() {
 // the forwarder. gconn is connected: the kernel takes only the target's.
 func (f *forwarder) down() {
 	defer f.fw.wg.Done()
-	defer f.close("gateway side ended")
+	defer f.close(fwdCloseError, "gateway side ended")
 	d := newDirection(fwdDown, f.gconn, f.aconn)
 	for {
 		b, size, _, err := d.read()
@@ -350,17 +393,18 @@ func (f *forwarder) down() {
 	}
 }
 
-// expired reports why f should close at a read deadline ("" to go on).
-func (f *forwarder) expired() string {
+// expired reports why f should close at a read deadline, its label and
+// the log's words ("" to go on).
+func (f *forwarder) expired() (reason, why string) {
 	if f.peer.Load() == nil {
-		return "the agent never sent"
+		return fwdCloseUnused, "the agent never sent"
 	}
 	idle := time.Duration(monoclock.Now() - f.last.Load())
 	if idle >= f.fw.idle {
-		return "idle"
+		return fwdCloseIdle, "idle"
 	}
 	_ = f.aconn.SetReadDeadline(time.Now().Add(f.fw.idle - idle))
-	return ""
+	return "", ""
 }
 
 // carry sends a run of datagrams (size bytes each but the last; size 0 is
@@ -396,6 +440,64 @@ func (f *forwarder) carry(d *direction, addr netip.AddrPort, b []byte, size int)
 		}
 		m.datagrams[d.dir].Inc()
 		m.bytes[d.dir].Add(float64(len(dg)))
+	}
+}
+
+// closeRevokedForwarders closes the forwarders of the peer of a session
+// the relay revoked (its credentials refuse the peer's certificate now: a
+// reload dropped its CA, the certificate expired; tunnel.Session.Revoked)
+// once the session is out of the registry: an agent's, those serving its
+// identity; a gateway's, those sending to that gateway (its identity and
+// hello name). A forwarded path outlives the relay session that set it
+// up, which may end for any other reason and come back (the network, a
+// restart of the peer), but not the relay's trust in its parties.
+//
+// Unless the relay still has a live session of the same agent identity,
+// or of the same gateway, that it did not revoke: the relay still trusts
+// that party through the other certificate (an identity several agents
+// share, a gateway whose new session with a renewed certificate came
+// before the old one was revoked). The gateway's other names, which are
+// other gateways at other addresses, keep their forwarders in any case.
+// When a CA is dropped every session of its certificates is revoked, one
+// after the other; the last of an identity to end closes its forwarders.
+func (r *Relay) closeRevokedForwarders(p peer, g *gateway) {
+	if r.fwd == nil {
+		return
+	}
+	id, role := p.id.String(), p.role
+	trusted := func(o *peer) bool { return o.id.String() == id && o.s.Err() == nil && !o.s.Revoked() }
+	var kept bool
+	r.mu.RLock()
+	if g != nil {
+		for o := range r.gateways {
+			if o.name == g.name && trusted(&o.peer) {
+				kept = true
+				break
+			}
+		}
+	} else {
+		for o := range r.agents {
+			if trusted(&o.peer) {
+				kept = true
+				break
+			}
+		}
+	}
+	r.mu.RUnlock()
+	if kept {
+		r.log.Info("relay session revoked; another session of the identity is live, its forwarders stay",
+			"role", role, "identity", id, "session", p.s.ID())
+		return
+	}
+	why := "the relay revoked its agent's session"
+	match := func(f *forwarder) bool { return f.agent == id }
+	if g != nil {
+		why = "the relay revoked its gateway's session"
+		match = func(f *forwarder) bool { return f.gateway == id && f.gwName == g.name }
+	}
+	if n := r.fwd.closeWhere(match, fwdCloseRevoked, why); n > 0 {
+		r.log.Warn("forwarders closed: the relay revoked a session", "role", role, "identity", id,
+			"session", p.s.ID(), "forwarders", n, "err", p.s.Err())
 	}
 }
 

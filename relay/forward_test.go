@@ -127,7 +127,7 @@ func TestForwarder(t *testing.T) {
 	agentSock := udpAt(t, "127.0.0.2:0")
 	other := udpAt(t, "127.0.0.2:0")
 	stranger := udpAt(t, "127.0.0.3:0")
-	f, why := fw.open("acme/agent/a1", "acme/gateway/gw1", netip.MustParseAddr("127.0.0.2"), addrOf(gw))
+	f, why := fw.open("acme/agent/a1", "acme/gateway/gw1", "gw1", netip.MustParseAddr("127.0.0.2"), addrOf(gw))
 	if f == nil {
 		t.Fatalf("no forwarder: %s", why)
 	}
@@ -204,7 +204,7 @@ func TestForwarder(t *testing.T) {
 	if testutil.ToFloat64(fw.m.live) != 1 {
 		t.Errorf("live %v", testutil.ToFloat64(fw.m.live))
 	}
-	f.close("test")
+	f.close(fwdCloseShutdown, "test")
 	send(t, agentSock, fwdAddr, false, []byte("after close"))
 	quiet(t, gw, 50*time.Millisecond)
 	if testutil.ToFloat64(fw.m.live) != 0 {
@@ -220,11 +220,11 @@ func TestForwarderLimits(t *testing.T) {
 	t.Run("ports", func(t *testing.T) {
 		fw := newTestForwarding(t, 2)
 		for i := range 2 {
-			if f, why := fw.open(fmt.Sprintf("acme/agent/a%d", i), "g", ip, target); f == nil {
+			if f, why := fw.open(fmt.Sprintf("acme/agent/a%d", i), "g", "g", ip, target); f == nil {
 				t.Fatalf("forwarder %d: %s", i, why)
 			}
 		}
-		if f, why := fw.open("acme/agent/a9", "g", ip, target); f != nil || why != fwdRefuseNoPort {
+		if f, why := fw.open("acme/agent/a9", "g", "g", ip, target); f != nil || why != fwdRefuseNoPort {
 			t.Fatalf("a third forwarder on two ports: %v, %q", f, why)
 		}
 	})
@@ -232,31 +232,31 @@ func TestForwarderLimits(t *testing.T) {
 		fw := newTestForwarding(t, forwardPerAgent+2)
 		var first *forwarder
 		for i := range forwardPerAgent {
-			f, why := fw.open("acme/agent/a1", "g", ip, target)
+			f, why := fw.open("acme/agent/a1", "g", "g", ip, target)
 			if f == nil {
 				t.Fatalf("forwarder %d: %s", i, why)
 			}
 			first = cmpOr(first, f)
 		}
-		if f, why := fw.open("acme/agent/a1", "g", ip, target); f != nil || why != fwdRefuseAgentCap {
+		if f, why := fw.open("acme/agent/a1", "g", "g", ip, target); f != nil || why != fwdRefuseAgentCap {
 			t.Fatalf("one more: %v, %q", f, why)
 		}
-		if f, _ := fw.open("acme/agent/a2", "g", ip, target); f == nil {
+		if f, _ := fw.open("acme/agent/a2", "g", "g", ip, target); f == nil {
 			t.Fatal("another agent was refused")
 		}
-		first.close("test")
-		if f, why := fw.open("acme/agent/a1", "g", ip, target); f == nil {
+		first.close(fwdCloseShutdown, "test")
+		if f, why := fw.open("acme/agent/a1", "g", "g", ip, target); f == nil {
 			t.Fatalf("after one closed: %s", why)
 		}
 	})
 	t.Run("targets", func(t *testing.T) {
 		fw := newTestForwarding(t, 1)
 		for _, bad := range []string{"0.0.0.0:4434", "224.0.0.1:4434", "127.0.0.1:0"} {
-			if f, why := fw.open("acme/agent/a1", "g", ip, netip.MustParseAddrPort(bad)); f != nil || why != fwdRefuseTarget {
+			if f, why := fw.open("acme/agent/a1", "g", "g", ip, netip.MustParseAddrPort(bad)); f != nil || why != fwdRefuseTarget {
 				t.Errorf("target %s: %v, %q", bad, f, why)
 			}
 		}
-		if f, why := fw.open("acme/agent/a1", "g", netip.Addr{}, target); f != nil || why != fwdRefuseTarget {
+		if f, why := fw.open("acme/agent/a1", "g", "g", netip.Addr{}, target); f != nil || why != fwdRefuseTarget {
 			t.Errorf("no agent address: %v, %q", f, why)
 		}
 	})
@@ -282,12 +282,16 @@ func TestForwarderExpiry(t *testing.T) {
 	fw.lockWait, fw.idle = time.Second, time.Second
 	gw := udpAt(t, "127.0.0.1:0")
 	ip := netip.MustParseAddr("127.0.0.1")
-	if f, why := fw.open("acme/agent/a1", "g", ip, addrOf(gw)); f == nil {
+	if f, why := fw.open("acme/agent/a1", "g", "g", ip, addrOf(gw)); f == nil {
 		t.Fatal(why)
 	}
 	waitFor(t, "the unused forwarder closed", func() bool { return testutil.ToFloat64(fw.m.live) == 0 })
+	closed := func(reason string) float64 { return testutil.ToFloat64(fw.m.closed.WithLabelValues(reason)) }
+	if closed(fwdCloseUnused) != 1 {
+		t.Errorf("%v forwarders counted as closed unused, want 1", closed(fwdCloseUnused))
+	}
 
-	f, why := fw.open("acme/agent/a1", "g", ip, addrOf(gw))
+	f, why := fw.open("acme/agent/a1", "g", "g", ip, addrOf(gw))
 	if f == nil {
 		t.Fatalf("the port was not freed: %s", why)
 	}
@@ -306,6 +310,9 @@ func TestForwarderExpiry(t *testing.T) {
 	waitFor(t, "the idle forwarder closed", func() bool { return testutil.ToFloat64(fw.m.live) == 0 })
 	if d := time.Since(last); d < fw.idle-50*time.Millisecond { // the forwarder stamped it a little before recv returned
 		t.Errorf("closed %v after the last packet, before it was idle for %v", d, fw.idle)
+	}
+	if closed(fwdCloseIdle) != 1 || closed(fwdCloseUnused) != 1 {
+		t.Errorf("closed counted: idle %v, unused %v, want 1 and 1", closed(fwdCloseIdle), closed(fwdCloseUnused))
 	}
 }
 
@@ -329,7 +336,7 @@ func TestForwarderFamilies(t *testing.T) {
 			if sessionIP.Is4() {
 				sessionIP = netip.AddrFrom16(sessionIP.As16())
 			}
-			f, why := fw.open("acme/agent/a1", "g", sessionIP, addrOf(gw))
+			f, why := fw.open("acme/agent/a1", "g", "g", sessionIP, addrOf(gw))
 			if f == nil {
 				t.Fatal(why)
 			}
@@ -357,7 +364,7 @@ func TestForwarderSurvivesICMP(t *testing.T) {
 	gw := udpAt(t, "127.0.0.1:0")
 	target := addrOf(gw)
 	agentSock := udpAt(t, "127.0.0.1:0")
-	f, why := fw.open("acme/agent/a1", "g", netip.MustParseAddr("127.0.0.1"), target)
+	f, why := fw.open("acme/agent/a1", "g", "g", netip.MustParseAddr("127.0.0.1"), target)
 	if f == nil {
 		t.Fatal(why)
 	}
@@ -398,7 +405,7 @@ func TestForwarderBuffers(t *testing.T) {
 		return n
 	}
 	fw := newTestForwarding(t, 1)
-	f, why := fw.open("acme/agent/a1", "g", netip.MustParseAddr("127.0.0.1"), netip.MustParseAddrPort("127.0.0.1:9"))
+	f, why := fw.open("acme/agent/a1", "g", "g", netip.MustParseAddr("127.0.0.1"), netip.MustParseAddrPort("127.0.0.1:9"))
 	if f == nil {
 		t.Fatal(why)
 	}

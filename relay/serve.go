@@ -56,6 +56,10 @@ func (r *Relay) serve(s *tunnel.Session) {
 	} else {
 		r.serveAgent(p)
 	}
+	if s.Revoked() {
+		// Out of the registry by now (serveGateway, serveAgent).
+		r.closeRevokedForwarders(p, g)
+	}
 	r.log.Info("session ended", "session", s.ID(), "role", p.role, "identity", p.id.String(), "err", s.Err())
 }
 

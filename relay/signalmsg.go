@@ -74,7 +74,7 @@ func (r *Relay) onAnswer(g *gateway, m *tunnel.Answer) {
 		f, why := (*forwarder)(nil), fwdRefuseTarget
 		if len(m.Candidates) > 0 {
 			target := netip.AddrPortFrom(g.s.RemoteAddr().Addr(), m.Candidates[0].Port())
-			f, why = r.fwd.open(s.a.id.String(), g.id.String(), s.a.s.RemoteAddr().Addr(), target)
+			f, why = r.fwd.open(s.a.id.String(), g.id.String(), g.name, s.a.s.RemoteAddr().Addr(), target)
 		}
 		if f != nil {
 			s.fwd, port = f, f.port
@@ -215,7 +215,7 @@ func (r *Relay) endSignal(s *sigSession, outcome string, gone party, code, messa
 // closeForwarder closes the forwarder of a session that did not succeed.
 func (s *sigSession) closeForwarder(why string) {
 	if s.fwd != nil {
-		s.fwd.close(why)
+		s.fwd.close(fwdCloseSignaling, why)
 	}
 }
 

@@ -273,6 +273,9 @@ func TestSignalingForwarder(t *testing.T) {
 	}
 	attempt(7, false)
 	waitFor(t, "the failed attempt's forwarder closed", func() bool { return live() == 0 })
+	if n := testutil.ToFloat64(r.fwd.m.closed.WithLabelValues(fwdCloseSignaling)); n != 1 {
+		t.Errorf("%v forwarders counted as closed by their signaling session, want 1", n)
+	}
 
 	// An answer without candidates names no listen port: no forwarder,
 	// counted, and the relay goes on.
