@@ -80,6 +80,41 @@ type credState struct {
 	files Files
 	cert  *tls.Certificate // Leaf is set
 	trust *trust
+	// own is the ztgate identity cert presents (ownIdentity); a dialed
+	// session made with one is ended when a switch changes it.
+	own string
+}
+
+// ownIdentity describes the identity leaf presents, to tell whether a
+// switch of the credentials changed it: "" without a certificate or a
+// ztgate identity; for a legacy certificate the rights it names with the
+// identity, as they are what a server grants it.
+func ownIdentity(leaf *x509.Certificate) string {
+	if leaf == nil {
+		return ""
+	}
+	id, err := IdentityFromCert(leaf)
+	if err != nil {
+		return ""
+	}
+	if !id.Legacy {
+		return id.String()
+	}
+	services := "*"
+	if len(id.Services) > 0 {
+		sorted := slices.Clone(id.Services)
+		slices.Sort(sorted)
+		services = strings.Join(sorted, ",")
+	}
+	return id.String() + " (legacy: services " + services + ")"
+}
+
+// ownName is an own identity (credState.own) for logs and reasons.
+func ownName(own string) string {
+	if own == "" {
+		return "none"
+	}
+	return own
 }
 
 // NewCredentials loads the files named by cfg.
@@ -210,6 +245,10 @@ func (c *Credentials) switchLocked(st *credState) {
 	if old.files != st.files {
 		attrs = append(attrs, "cert", st.files.Cert, "key", st.files.Key, "ca", st.files.CA)
 	}
+	if old.own != st.own {
+		// Dialed sessions made with the old identity end (recheckServer).
+		attrs = append(attrs, "identity", ownName(st.own), "previous_identity", ownName(old.own))
+	}
 	if st.cert.Leaf == nil {
 		c.log.Info("tunnel credentials reloaded: no certificate (insecure)", attrs...)
 		return
@@ -262,7 +301,7 @@ func (c *Credentials) checked(f Files, pair tls.Certificate, t *trust) (*credSta
 		c.log.Warn("tunnel certificate does not verify against the CA", "cert", f.Cert,
 			"reason", ae.Reason, "err", ae.Err)
 	}
-	return &credState{files: f, cert: &pair, trust: t}, nil
+	return &credState{files: f, cert: &pair, trust: t, own: ownIdentity(pair.Leaf)}, nil
 }
 
 // checkRole checks that chain's leaf, this peer's certificate (loaded

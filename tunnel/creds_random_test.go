@@ -35,7 +35,8 @@ const credsSteps = 400
 // and docs/security.md say:
 //
 //   - the files in use are rewritten between reloads, atomically or in
-//     place, with a new certificate of the same CA or of another, a new CA
+//     place, with a renewal (a new certificate of the same CA and
+//     identity), a certificate of another name or CA, a new CA
 //     alone or in a bundle with the old ones, a key of another certificate,
 //     a missing, empty, truncated or garbage file, a certificate expired or
 //     not yet valid, of another role, of another identity, without the
@@ -55,7 +56,11 @@ const credsSteps = 400
 //     datagrams both ways, except those whose dialer's certificate the
 //     listener's reloaded credentials refuse, or whose listener's
 //     certificate the dialer's reloaded credentials refuse: they end at
-//     the reload, as "revoked: <reason>"; no goroutine is left.
+//     the reload, as "revoked: <reason>"; and those the dialer made with
+//     another own identity than its reloaded certificate's: they end as
+//     "own identity changed: <old> -> <new>", and a dial in flight then
+//     may fail with ErrOwnIdentityChanged after the hello; no goroutine
+//     is left.
 //
 // The seed is logged; ZTGATE_CREDS_SEED=<seed> replays a run.
 func TestCredsRotationRandom(t *testing.T) {
@@ -316,6 +321,27 @@ func (r *credsRig) issue(ca int, role string, mod func(*IssueRequest)) *crLeaf {
 	return l
 }
 
+// renewalOf makes a request of l's identity (SAN-less if l is): a
+// renewal.
+func renewalOf(l *crLeaf) func(*IssueRequest) {
+	return func(req *IssueRequest) {
+		if l.sanless {
+			*req = IssueRequest{Name: req.Name, NoIdentity: true}
+			return
+		}
+		req.Tenant, req.Name = l.id.Tenant, l.id.Name
+	}
+}
+
+// ownKey is the own identity a dialer presents with l, as the reason of
+// ErrOwnIdentityChanged names it.
+func ownKey(l *crLeaf) string {
+	if l.sanless {
+		return "none"
+	}
+	return l.id.String()
+}
+
 // caPEM is the CA file of the CAs in set, in a random order.
 func (r *credsRig) caPEM(set uint8) []byte {
 	var out []byte
@@ -401,7 +427,8 @@ func (r *credsRig) rewrite(s *crSide) {
 		weight int
 		run    func()
 	}{
-		{"renewal of the same CA", 6, func() { r.writeLeaf(s, newLeaf(s.leaf.ca, nil), true, true) }},
+		{"renewal of the same CA and identity", 6, func() { r.writeLeaf(s, newLeaf(s.leaf.ca, renewalOf(s.leaf)), true, true) }},
+		{"certificate of another name", 2, func() { r.writeLeaf(s, newLeaf(s.leaf.ca, nil), true, true) }},
 		{"certificate of another CA", 3, func() { r.writeLeaf(s, newLeaf(r.rng.IntN(len(r.cas)), nil), true, true) }},
 		{"new CA file", 5, func() { r.writeCAs(s, r.randomCAs()) }},
 		{"new CA file and certificate", 3, func() {
@@ -577,13 +604,15 @@ func (r *credsRig) revokeKept() {
 
 // revokeKeptByDialer checks that the dialer's reload ended each kept
 // session whose listener's certificate its credentials refuse now, as
-// "revoked: <reason>" of its own, and takes them out of the kept ones.
+// "revoked: <reason>" of its own, or else that it dialed with another own
+// identity than the dialer's certificate carries now, as "own identity
+// changed: <old> -> <new>", and takes them out of the kept ones.
 func (r *credsRig) revokeKeptByDialer() {
 	r.t.Helper()
 	r.kept = slices.DeleteFunc(r.kept, func(k *crSession) bool {
 		v := verdict(k.serverLeaf, r.client.trust, true)
 		if v == "" {
-			return false
+			return r.ownChangedKept(k)
 		}
 		r.outcomes["kept session revoked by the dialer: "+v]++
 		select {
@@ -598,6 +627,29 @@ func (r *credsRig) revokeKeptByDialer() {
 		_ = k.client.Close("done")
 		return true
 	})
+}
+
+// ownChangedKept checks that a kept session the dialer made with another
+// own identity than its certificate's now ended at its reload, and
+// reports whether it did (then it is no longer kept).
+func (r *credsRig) ownChangedKept(k *crSession) bool {
+	old, now := ownKey(k.leaf), ownKey(r.client.leaf)
+	if old == now {
+		return false
+	}
+	r.outcomes["kept session ended: own identity changed"]++
+	want := "own identity changed: " + old + " -> " + now
+	select {
+	case <-k.client.Done():
+		ae, ok := errors.AsType[*quic.ApplicationError](k.client.Err())
+		if !ok || ae.Remote || ae.ErrorMessage != want {
+			r.t.Errorf("%s: session %s ended with %v, want the dialer's own %q", r.step, k.name, k.client.Err(), want)
+		}
+	case <-time.After(testTimeout):
+		r.t.Errorf("%s: session %s, dialed as %s, is still open now that the dialer is %s", r.step, k.name, old, now)
+	}
+	_ = k.client.Close("done")
+	return true
 }
 
 // pemDER is the DER of the first block of a PEM file.
@@ -646,6 +698,8 @@ func (o crOutcome) String() string {
 		return "revoked in flight: " + o.reason
 	case o.by == "late":
 		return "client refused after the hello: " + o.reason
+	case o.by == "own":
+		return "ended after the hello: own identity changed"
 	}
 	return o.by + " refused: " + o.reason
 }
@@ -683,6 +737,9 @@ func (r *credsRig) count(o crOutcome) {
 	case "late": // welcomed, then refused by the dialer
 		r.want["server/ok/none"]++
 		r.want["client/refused/"+o.reason]++
+	case "own": // welcomed, then ended by the dialer for its new identity
+		r.want["server/ok/none"]++
+		r.want["client/ok/none"]++
 	}
 }
 
@@ -724,6 +781,9 @@ func outcomeOf(d crDial) (crOutcome, error) {
 			return crOutcome{}, errors.New("dialed, but the listener accepted no session")
 		}
 		return crOutcome{}, nil
+	}
+	if errors.Is(d.err, ErrOwnIdentityChanged) {
+		return crOutcome{"own", ""}, nil
 	}
 	if ae, ok := errors.AsType[*AuthError](d.err); ok && errors.Is(d.err, errRefusedAfterHello) {
 		return crOutcome{"late", ae.Reason}, nil
@@ -935,6 +995,12 @@ func (r *credsRig) stepInFlight() {
 						leaves = append(leaves, [2]*crLeaf{leaves[i][0], sl})
 					}
 				}
+			}
+			// And the dialer ends a session it handshook with an own
+			// identity its credentials no longer present after the hello.
+			if p.probe < 0 && ownKey(before.cl) != ownKey(after.cl) {
+				allowed = append(allowed, crOutcome{"own", ""})
+				leaves = append(leaves, [2]*crLeaf{nil, nil})
 			}
 		}
 		o, ok := r.checkDial(results[i], allowed, leaves)

@@ -106,12 +106,18 @@ func Dial(ctx context.Context, addr string, cfg DialConfig, log *slog.Logger) (*
 	// Rechecked from here on at each switch of the credentials and when the
 	// server's certificate expires; judged here once more by the
 	// credentials in use, which may have switched since the TLS handshake.
-	chk := &serverCheck{creds: cfg.Credentials, name: serverName, identity: cfg.ExpectIdentity, roles: slices.Clone(cfg.ServerRoles)}
-	if ae := s.watchServer(chk); ae != nil {
+	chk := &serverCheck{creds: cfg.Credentials, name: serverName, identity: cfg.ExpectIdentity, roles: slices.Clone(cfg.ServerRoles), own: st.own}
+	switch ae, changed := s.watchServer(chk); {
+	case ae != nil:
 		m.handshake(sideClient, resultRefused, ae.Reason)
 		s.log.Warn("tunnel server refused", "reason", ae.Reason, "err", ae.Err)
 		_ = s.closeWith(closeRefused, ae.Reason+": the client's credentials in use now refuse the server's certificate", "tunnel session refused")
 		return nil, fmt.Errorf("tunnel: dial %s: %w: %w", addr, errRefusedAfterHello, ae)
+	case changed != nil:
+		// Established, then found stale: the Redialer dials again at once.
+		m.handshake(sideClient, resultOK, reasonNone)
+		s.endOwnChanged(changed)
+		return nil, fmt.Errorf("tunnel: dial %s: %w", addr, changed)
 	}
 	m.handshake(sideClient, resultOK, reasonNone)
 	s.log.Debug("tunnel session established")
@@ -158,6 +164,37 @@ type serverCheck struct {
 	name     string   // the TLS name; "" for an address with identity
 	identity string   // DialConfig.ExpectIdentity
 	roles    []string // DialConfig.ServerRoles
+	own      string   // the client's own identity the dial presented (credState.own)
+}
+
+// ErrOwnIdentityChanged: a switch of the credentials changed the identity
+// this side presents (another tenant or name in its certificate)
+// since a dialed session presented the old one. The session is ended, as
+// it would go on with the old identity and its rights: a Redialer dials
+// again at once, with the new certificate. Errors of it are
+// *OwnIdentityChangedError.
+var ErrOwnIdentityChanged = errors.New("own identity changed")
+
+// OwnIdentityChangedError says which identity a dialed session presented
+// and which the credentials present now ("none" for no ztgate identity).
+// It matches ErrOwnIdentityChanged.
+type OwnIdentityChangedError struct{ Old, New string }
+
+func (e *OwnIdentityChangedError) Error() string {
+	return "own identity changed: " + e.Old + " -> " + e.New
+}
+
+// Is makes errors.Is(err, ErrOwnIdentityChanged) true.
+func (e *OwnIdentityChangedError) Is(target error) bool { return target == ErrOwnIdentityChanged }
+
+// ownChangedNow returns the change when the credentials in use present
+// another identity than the dial did; nil when they present the same (a
+// renewal, a new CA file).
+func (chk *serverCheck) ownChangedNow() *OwnIdentityChangedError {
+	if now := chk.creds.active.Load().own; now != chk.own {
+		return &OwnIdentityChangedError{Old: ownName(chk.own), New: ownName(now)}
+	}
+	return nil
 }
 
 // refusedNow judges the server's certificates in cs with the credentials
@@ -175,8 +212,11 @@ func (chk *serverCheck) refusedNow(cs tls.ConnectionState) *AuthError {
 // judge the server once more (a switch or the server's expiry since the
 // TLS handshake): their refusal is returned, and the
 // rechecks act only on a session it admitted, so that a refusal is
-// counted once, as a refused handshake or a revoked session.
-func (s *Session) watchServer(chk *serverCheck) *AuthError {
+// counted once, as a refused handshake or a revoked session. Likewise,
+// when the credentials in use present another own identity than the dial
+// did, the change is returned (the server admitted the session, so it is
+// counted as established) and the rechecks leave the session to Dial.
+func (s *Session) watchServer(chk *serverCheck) (*AuthError, *OwnIdentityChangedError) {
 	stop := chk.creds.onSwitch(func() { s.recheckServer(chk) })
 	// Armed even when the dial skipped servers (insecure, no CA): a
 	// reload may give the credentials a CA, and the recheck then judges
@@ -195,10 +235,14 @@ func (s *Session) watchServer(chk *serverCheck) *AuthError {
 	defer s.checkMu.Unlock()
 	if ae := chk.refusedNow(s.conn.ConnectionState().TLS); ae != nil {
 		s.revoked.Store(true) // refused as a handshake: nothing left to recheck
-		return ae
+		return ae, nil
+	}
+	if changed := chk.ownChangedNow(); changed != nil {
+		s.revoked.Store(true) // ended by Dial: nothing left to recheck
+		return nil, changed
 	}
 	s.admitted.Store(true)
-	return nil
+	return nil, nil
 }
 
 // recheckServer closes a dialed session, counted and logged, when the
@@ -208,6 +252,13 @@ func (s *Session) watchServer(chk *serverCheck) *AuthError {
 // server's certificate, cuts the server off, not only the next dial. The
 // server sees the reason ("revoked: <reason>"); a Redialer dials again,
 // and is refused at the handshake for as long as the server stays refused.
+//
+// A switch that changes the identity this side presents (the tenant or
+// name of its own certificate; not a renewal of the same identity)
+// ends the session too, not counted as revoked: it would go on with the
+// old identity and the rights the server gave it, while new dials present
+// the new one. The server sees "own identity changed: <old> -> <new>"; a
+// Redialer dials again at once (Redialer.Run).
 func (s *Session) recheckServer(chk *serverCheck) {
 	s.checkMu.Lock()
 	if !s.admitted.Load() || s.revoked.Load() {
@@ -215,7 +266,11 @@ func (s *Session) recheckServer(chk *serverCheck) {
 		return // watchServer judges it (again) before it is admitted
 	}
 	ae := chk.refusedNow(s.conn.ConnectionState().TLS)
+	var changed *OwnIdentityChangedError
 	if ae == nil {
+		changed = chk.ownChangedNow()
+	}
+	if ae == nil && changed == nil {
 		s.checkMu.Unlock()
 		return
 	}
@@ -227,7 +282,11 @@ func (s *Session) recheckServer(chk *serverCheck) {
 	}
 	s.revoked.Store(true)
 	s.checkMu.Unlock()
-	s.revoke(ae)
+	if ae != nil {
+		s.revoke(ae)
+		return
+	}
+	s.endOwnChanged(changed)
 }
 
 // dialQUIC is quic.DialAddr with the tunnel's connection IDs (connIDLen;

@@ -20,10 +20,13 @@ const (
 )
 
 // Redialer keeps a client connected: it dials, runs OnSession for the
-// session's life, and redials with jittered exponential backoff. It runs in
-// the caller's goroutine (Run) and touches nothing else, so the data path
-// never waits for it: while it is disconnected there is no session to send
-// on, and the caller drops and counts.
+// session's life, and redials with jittered exponential backoff, or at
+// once, without a backoff step, when the session (or the dial) ended
+// because the credentials switched to another own identity
+// (ErrOwnIdentityChanged): the client is back with the new one. It runs
+// in the caller's goroutine (Run) and touches nothing else, so the data
+// path never waits for it: while it is disconnected there is no session
+// to send on, and the caller drops and counts.
 type Redialer struct {
 	Addr   string
 	Config DialConfig
@@ -33,7 +36,8 @@ type Redialer struct {
 	// error is logged.
 	OnSession func(ctx context.Context, s *Session) error
 	// OnDisconnect, if set, is told why a session ended or a dial failed
-	// and how long Run waits before it dials again.
+	// and how long Run waits before it dials again (0: at once, for an
+	// ErrOwnIdentityChanged).
 	OnDisconnect func(err error, retryIn time.Duration)
 
 	// Test hooks; nil means the real clock.
@@ -68,9 +72,19 @@ func (r *Redialer) Run(ctx context.Context) error {
 			if now().Sub(start) >= RedialReset {
 				b.reset()
 			}
+			if changed := s.ownIdentityChanged(); changed != nil {
+				err = changed
+			}
 		}
 		if ctx.Err() != nil {
 			break
+		}
+		if errors.Is(err, ErrOwnIdentityChanged) {
+			log.Info("tunnel session ended for the new own identity; redialing now", "server", r.Addr, "err", err)
+			if r.OnDisconnect != nil {
+				r.OnDisconnect(err, 0)
+			}
+			continue
 		}
 		wait := b.next()
 		log.Warn("tunnel disconnected; redialing", "server", r.Addr, "err", err, "in", wait.Round(time.Millisecond))

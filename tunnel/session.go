@@ -74,6 +74,9 @@ type Session struct {
 	// Dial's judgement before the rechecks.
 	admitted, revoked atomic.Bool
 	checkMu           sync.Mutex
+	// Client side: set before the session is closed because the
+	// credentials switched to another own identity (endOwnChanged).
+	ownChanged atomic.Pointer[OwnIdentityChangedError]
 
 	closeOnce sync.Once
 }
@@ -420,6 +423,19 @@ func (s *Session) revoke(ae *AuthError) {
 	s.log.Warn("tunnel session ended: its "+peer+"'s certificate is refused now", "reason", ae.Reason, "err", ae.Err)
 	_ = s.closeWith(closeRefused, "revoked: "+ae.Reason, "tunnel session revoked")
 }
+
+// endOwnChanged ends a dialed session made with an own identity the
+// credentials no longer present, logged; the server sees the reason.
+func (s *Session) endOwnChanged(changed *OwnIdentityChangedError) {
+	s.ownChanged.Store(changed)
+	s.log.Warn("tunnel session ended: the credentials switched to another own identity",
+		"identity", changed.New, "previous_identity", changed.Old)
+	_ = s.closeWith(closeNormal, changed.Error(), "tunnel session closed")
+}
+
+// ownIdentityChanged returns, on a dialed session, the change of this
+// side's own identity that ended it, nil if none did.
+func (s *Session) ownIdentityChanged() *OwnIdentityChangedError { return s.ownChanged.Load() }
 
 // Done is closed when the session has ended, for whatever reason.
 func (s *Session) Done() <-chan struct{} { return s.conn.Context().Done() }

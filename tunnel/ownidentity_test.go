@@ -1,0 +1,285 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// ownIdentityRig is a listener that welcomes every session and hands it
+// over, and a dialer's credentials loaded from files the test rewrites.
+type ownIdentityRig struct {
+	f                 *tlsFixture
+	ln                *Listener
+	accepted          chan *Session
+	certFile, keyFile string
+	creds             *Credentials
+}
+
+func newOwnIdentityRig(t *testing.T, id IssueRequest) *ownIdentityRig {
+	t.Helper()
+	f := newTLSFixture(t)
+	r := &ownIdentityRig{f: f, accepted: make(chan *Session, 8)}
+	ln, err := Listen("127.0.0.1:0", ListenConfig{Credentials: f.relay(CredentialsConfig{})}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	r.ln = ln
+	go func() {
+		for {
+			s, err := ln.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			_ = s.SendWelcome(Welcome{})
+			r.accepted <- s
+		}
+	}()
+	r.certFile, r.keyFile = f.leaf(f.ca, id)
+	r.creds = f.creds(CredentialsConfig{CertFile: r.certFile, KeyFile: r.keyFile, CAFile: f.caFile, Role: RoleAgent})
+	return r
+}
+
+// switchTo rewrites the dialer's files with a new certificate for id and
+// reloads them.
+func (r *ownIdentityRig) switchTo(t *testing.T, id IssueRequest) {
+	t.Helper()
+	certPEM, keyPEM, err := r.f.ca.Issue(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replace(t, r.keyFile, keyPEM)
+	replace(t, r.certFile, certPEM)
+	if err := r.creds.Reload(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// nextAccepted returns the listener's next session.
+func (r *ownIdentityRig) nextAccepted(t *testing.T, what string) *Session {
+	t.Helper()
+	select {
+	case s := <-r.accepted:
+		t.Cleanup(func() { s.Close("test over") })
+		return s
+	case <-time.After(testTimeout):
+		t.Fatalf("%s: the listener accepted no session", what)
+		return nil
+	}
+}
+
+// TestOwnIdentityChangeRedials: a dialer whose reloaded certificate
+// carries another identity (another tenant) ends its live session made
+// with the old one, "own identity changed: <old> -> <new>" on both ends,
+// and its Redialer dials again at once, without a backoff wait: the
+// listener then sees the new identity. Before, the session went on as the
+// old tenant's until it happened to end.
+func TestOwnIdentityChangeRedials(t *testing.T) {
+	oldID := IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "alice"}
+	newID := IssueRequest{Tenant: "globex", Role: RoleAgent, Name: "alice"}
+	r := newOwnIdentityRig(t, oldID)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sessions := make(chan *Session, 4)
+	type disconnect struct {
+		err  error
+		wait time.Duration
+	}
+	var (
+		mu          sync.Mutex
+		disconnects []disconnect
+		sleeps      int
+	)
+	red := &Redialer{
+		Addr:   r.ln.Addr().String(),
+		Config: DialConfig{Credentials: r.creds, ServerName: serverName, ServerRoles: []string{RoleRelay}, Hello: Hello{Role: RoleAgent}},
+		OnSession: func(ctx context.Context, s *Session) error {
+			sessions <- s
+			select {
+			case <-s.Done():
+				return s.Err()
+			case <-ctx.Done():
+				return nil
+			}
+		},
+		OnDisconnect: func(err error, retryIn time.Duration) {
+			mu.Lock()
+			defer mu.Unlock()
+			disconnects = append(disconnects, disconnect{err, retryIn})
+		},
+		sleep: func(context.Context, time.Duration) {
+			mu.Lock()
+			defer mu.Unlock()
+			sleeps++
+		},
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = red.Run(ctx)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+
+	first := waitEvent(t, sessions)
+	server1 := r.nextAccepted(t, "first dial")
+	if got := server1.Peer().String(); got != "acme/agent/alice" {
+		t.Fatalf("the listener saw %s, want acme/agent/alice", got)
+	}
+
+	r.switchTo(t, newID)
+	const reason = "own identity changed: acme/agent/alice -> globex/agent/alice"
+	select {
+	case <-first.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the session dialed as acme/agent/alice is still open 5 s after the switch to globex/agent/alice")
+	}
+	if ae, ok := errors.AsType[*quic.ApplicationError](first.Err()); !ok || ae.Remote || ae.ErrorMessage != reason {
+		t.Fatalf("the dialer's session ended with %v, want its own %q", first.Err(), reason)
+	}
+	select {
+	case <-server1.Done():
+		if ae, ok := errors.AsType[*quic.ApplicationError](server1.Err()); !ok || !ae.Remote || ae.ErrorMessage != reason {
+			t.Errorf("the listener's end ended with %v, want the dialer's %q", server1.Err(), reason)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the listener's end of the old session is still open")
+	}
+
+	second := waitEvent(t, sessions)
+	server2 := r.nextAccepted(t, "redial")
+	if got := server2.Peer().String(); got != "globex/agent/alice" {
+		t.Errorf("the redial presented %s, want globex/agent/alice", got)
+	}
+	select {
+	case <-second.Done():
+		t.Fatalf("the redialed session ended: %v", second.Err())
+	default:
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if sleeps != 0 {
+		t.Errorf("the Redialer waited %d times before the redial, want it to redial at once", sleeps)
+	}
+	if len(disconnects) != 1 {
+		t.Fatalf("%d disconnects, want 1: %v", len(disconnects), disconnects)
+	}
+	var changed *OwnIdentityChangedError
+	if d := disconnects[0]; !errors.Is(d.err, ErrOwnIdentityChanged) || !errors.As(d.err, &changed) || changed.Error() != reason || d.wait != 0 {
+		t.Errorf("OnDisconnect(%v, %v), want (%q, 0)", d.err, d.wait, reason)
+	}
+}
+
+// TestOwnIdentityRenewalKeepsDialedSession: a renewal, a new certificate
+// and key of the same identity, keeps the dialer's live session: only a
+// switch to another identity ends it.
+func TestOwnIdentityRenewalKeepsDialedSession(t *testing.T) {
+	id := IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "alice"}
+	r := newOwnIdentityRig(t, id)
+	s := dialWith(t, r.ln, DialConfig{Credentials: r.creds, ServerName: serverName, ServerRoles: []string{RoleRelay}})
+	server := r.nextAccepted(t, "dial")
+	before := r.creds.Certificate()
+
+	r.switchTo(t, id)
+	if r.creds.Certificate() == before || r.creds.Certificate().SerialNumber.Cmp(before.SerialNumber) == 0 {
+		t.Fatal("the reload did not switch to the renewed certificate")
+	}
+	if err := exchangeDatagram(s, server, 1); err != nil {
+		t.Fatalf("after the renewal, dialer to listener: %v", err)
+	}
+	if err := exchangeDatagram(server, s, 2); err != nil {
+		t.Fatalf("after the renewal, listener to dialer: %v", err)
+	}
+	select {
+	case <-s.Done():
+		t.Fatalf("a renewal of the same identity ended the session: %v", s.Err())
+	default:
+	}
+}
+
+// TestDialEndsOnOwnIdentityChangeDuringHello: a switch to another own
+// identity between the TLS handshake (which presented the old one) and
+// the welcome makes Dial end the session and return
+// ErrOwnIdentityChanged, for a Redialer to dial again at once; before,
+// it returned a session of the old identity that no recheck would end.
+func TestDialEndsOnOwnIdentityChangeDuringHello(t *testing.T) {
+	f := newTLSFixture(t)
+	ln, err := Listen("127.0.0.1:0", ListenConfig{Credentials: f.relay(CredentialsConfig{})}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted, welcome := make(chan *Session, 1), make(chan struct{})
+	sendWelcome := sync.OnceFunc(func() { close(welcome) })
+	defer sendWelcome()
+	go func() {
+		s, err := ln.Accept(context.Background())
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- s
+		<-welcome
+		_ = s.SendWelcome(Welcome{})
+	}()
+	certFile, keyFile := f.leaf(f.ca, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "alice"})
+	creds := f.creds(CredentialsConfig{CertFile: certFile, KeyFile: keyFile, CAFile: f.caFile})
+	type result struct {
+		s   *Session
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s, err := Dial(ctx, ln.Addr().String(), DialConfig{Credentials: creds, ServerName: serverName, Hello: Hello{Role: RoleAgent}}, nil)
+		done <- result{s, err}
+	}()
+	var server *Session
+	select {
+	case server = <-accepted:
+		if server == nil {
+			t.Fatal("accept failed")
+		}
+		defer server.Close("test over")
+	case <-time.After(10 * time.Second):
+		t.Fatal("no session accepted")
+	}
+	// TLS handshaken as acme/agent/alice; the welcome not sent yet.
+	certPEM, keyPEM, err := f.ca.Issue(IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	replace(t, keyFile, keyPEM)
+	replace(t, certFile, certPEM)
+	if err := creds.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	sendWelcome()
+	res := <-done
+	if res.err == nil {
+		res.s.Close("test over")
+		t.Fatal("the dial returned a session of an own identity the credentials no longer present")
+	}
+	const reason = "own identity changed: acme/agent/alice -> acme/agent/bob"
+	var changed *OwnIdentityChangedError
+	if !errors.Is(res.err, ErrOwnIdentityChanged) || !errors.As(res.err, &changed) || changed.Error() != reason {
+		t.Fatalf("dial: %v, want %q", res.err, reason)
+	}
+	select {
+	case <-server.Done():
+		if ae, ok := errors.AsType[*quic.ApplicationError](server.Err()); !ok || ae.ErrorMessage != reason {
+			t.Errorf("the listener's end ended with %v, want %q", server.Err(), reason)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the listener's end is still open")
+	}
+}
