@@ -102,9 +102,7 @@ func ownIdentity(leaf *x509.Certificate) string {
 	}
 	services := "*"
 	if len(id.Services) > 0 {
-		sorted := slices.Clone(id.Services)
-		slices.Sort(sorted)
-		services = strings.Join(sorted, ",")
+		services = strings.Join(id.Services, ",") // sorted and unique
 	}
 	return id.String() + " (legacy: services " + services + ")"
 }

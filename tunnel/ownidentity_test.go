@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"sync"
 	"testing"
@@ -281,5 +282,34 @@ func TestDialEndsOnOwnIdentityChangeDuringHello(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Error("the listener's end is still open")
+	}
+}
+
+// TestOwnIdentityKey: what a switch compares of the own certificate is its
+// identity, and for a certificate of the original system the services it
+// grants too (its rights; a legacy identity's name is only its common
+// name), whatever their order; none without a ztgate identity.
+func TestOwnIdentityKey(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		a, b *x509.Certificate
+		same bool
+	}{
+		{"renewal", certWith("x", []string{"ztna://acme/agent/alice"}), certWith("y", []string{"ztna://acme/agent/alice"}), true},
+		{"another tenant", certWith("alice", []string{"ztna://acme/agent/alice"}), certWith("alice", []string{"ztna://globex/agent/alice"}), false},
+		{"another name", certWith("", []string{"ztna://acme/agent/alice"}), certWith("", []string{"ztna://acme/agent/bob"}), false},
+		{"legacy, services reordered", certWith("laptop", nil, "agent.web.ztna", "agent.mail.ztna"), certWith("laptop", nil, "agent.mail.ztna", "agent.web.ztna"), true},
+		{"legacy, a service more", certWith("laptop", nil, "agent.web.ztna"), certWith("laptop", nil, "agent.web.ztna", "agent.mail.ztna"), false},
+		{"legacy to a ztgate identity", certWith("laptop", nil, "agent.web.ztna"), certWith("", []string{"ztna://default/agent/laptop"}), false},
+		{"no identity either", certWith("a", nil), certWith("b", nil), true},
+		{"an identity to none", certWith("", []string{"ztna://acme/agent/alice"}), nil, false},
+	} {
+		a, b := ownIdentity(tc.a), ownIdentity(tc.b)
+		if (a == b) != tc.same {
+			t.Errorf("%s: %q and %q, want same=%v", tc.name, a, b, tc.same)
+		}
+	}
+	if got := ownName(ownIdentity(nil)); got != "none" {
+		t.Errorf("no certificate is named %q, want none", got)
 	}
 }
