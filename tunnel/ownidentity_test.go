@@ -146,6 +146,9 @@ func TestOwnIdentityChangeRedials(t *testing.T) {
 	if ae, ok := errors.AsType[*quic.ApplicationError](first.Err()); !ok || ae.Remote || ae.ErrorMessage != reason {
 		t.Fatalf("the dialer's session ended with %v, want its own %q", first.Err(), reason)
 	}
+	if first.Revoked() {
+		t.Error("a session ended for its own new identity reports Revoked: its server is still trusted")
+	}
 	select {
 	case <-server1.Done():
 		if ae, ok := errors.AsType[*quic.ApplicationError](server1.Err()); !ok || !ae.Remote || ae.ErrorMessage != reason {

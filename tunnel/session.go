@@ -462,5 +462,7 @@ func (s *Session) String() string {
 // session ended because its peer is no longer trusted from one that ended
 // for any other reason (the peer left, the network, idle). A session that
 // Accept or Dial returned was admitted: false for one refused in its
-// handshake, which they never return.
-func (s *Session) Revoked() bool { return s.revoked.Load() }
+// handshake, which they never return. A dialed session ended because this
+// side's own identity changed (ErrOwnIdentityChanged) was not revoked:
+// its server is still trusted.
+func (s *Session) Revoked() bool { return s.revoked.Load() && s.ownChanged.Load() == nil }
