@@ -139,12 +139,7 @@ func TestRedialerBacksOffFromARevokedServer(t *testing.T) {
 			case connected <- struct{}{}:
 			default:
 			}
-			select {
-			case <-s.Done():
-				return s.Err()
-			case <-ctx.Done():
-				return nil
-			}
+			return sessionLife(ctx, s)
 		},
 		OnDisconnect: func(err error, retryIn time.Duration) {
 			mu.Lock()
@@ -157,15 +152,7 @@ func TestRedialerBacksOffFromARevokedServer(t *testing.T) {
 		},
 		sleep: func(context.Context, time.Duration) {}, // the waits are checked, not waited
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = r.Run(ctx)
-	}()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	done := runRedialer(t, ctx, cancel, r)
 	select {
 	case <-connected:
 	case <-time.After(10 * time.Second):
@@ -217,54 +204,22 @@ func TestDialRefusesServerAfterReloadDuringHello(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	accepted, welcome := make(chan *Session, 1), make(chan struct{})
-	sendWelcome := sync.OnceFunc(func() { close(welcome) })
-	defer sendWelcome()
-	go func() {
-		s, err := ln.Accept(context.Background())
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- s
-		<-welcome
-		_ = s.SendWelcome(Welcome{})
-	}()
 	caFile := f.write("server-ca.crt", f.ca.CertPEM())
 	creds := dialerCreds(f, caFile)
 	reg := prometheus.NewRegistry()
-	type result struct {
-		s   *Session
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		s, err := Dial(ctx, ln.Addr().String(), DialConfig{Credentials: creds, ServerName: serverName, Hello: Hello{Role: RoleAgent}, Registerer: reg}, nil)
-		done <- result{s, err}
-	}()
-	select {
-	case s := <-accepted:
-		if s == nil {
-			t.Fatal("accept failed")
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("no session accepted")
-	}
+	_, finishDial := dialHeldAtWelcome(t, ln, DialConfig{Credentials: creds, ServerName: serverName, Hello: Hello{Role: RoleAgent}, Registerer: reg})
 	// TLS handshaken, hello read; the welcome not sent yet.
 	replace(t, caFile, f.other.CertPEM())
 	if err := creds.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	sendWelcome()
-	res := <-done
-	if res.err == nil {
-		res.s.Close("test over")
+	s, err := finishDial()
+	if err == nil {
+		s.Close("test over")
 		t.Fatal("the dial returned a session with a server its credentials, reloaded during the hello, refuse")
 	}
-	if ae, ok := errors.AsType[*AuthError](res.err); !ok || ae.Reason != ReasonUnknownAuthority || !errors.Is(res.err, errRefusedAfterHello) {
-		t.Fatalf("dial: %v, want the server refused after the hello as %s", res.err, ReasonUnknownAuthority)
+	if ae, ok := errors.AsType[*AuthError](err); !ok || ae.Reason != ReasonUnknownAuthority || !errors.Is(err, errRefusedAfterHello) {
+		t.Fatalf("dial: %v, want the server refused after the hello as %s", err, ReasonUnknownAuthority)
 	}
 	m, err := newMetrics(reg)
 	if err != nil {
@@ -294,6 +249,79 @@ func TestInsecureDialerWatchesExpiryOnceItHasACA(t *testing.T) {
 	}
 	stillOpen(t, s, "a CA that trusts the server")
 	dialerRevokedWith(t, s, 10*time.Second, "the server's certificate expired", ReasonExpired)
+}
+
+// sessionLife waits, as a Redialer's OnSession, for s to end (its error)
+// or ctx to be done (nil).
+func sessionLife(ctx context.Context, s *Session) error {
+	select {
+	case <-s.Done():
+		return s.Err()
+	case <-ctx.Done():
+		return nil
+	}
+}
+
+// runRedialer runs r until ctx is done; done is closed when Run
+// returns. The test's end cancels it and waits for Run to return.
+func runRedialer(t *testing.T, ctx context.Context, cancel context.CancelFunc, r *Redialer) (done <-chan struct{}) {
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		_ = r.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-ended
+	})
+	return ended
+}
+
+// dialHeldAtWelcome dials ln with cfg and holds the listener's welcome:
+// it returns, once the listener accepted the session (TLS handshaken,
+// hello read), the listener's end, and finish, which sends the welcome
+// and returns what the dial returned. The test's end closes the
+// listener's end.
+func dialHeldAtWelcome(t *testing.T, ln *Listener, cfg DialConfig) (server *Session, finish func() (*Session, error)) {
+	t.Helper()
+	accepted, welcome := make(chan *Session, 1), make(chan struct{})
+	sendWelcome := sync.OnceFunc(func() { close(welcome) })
+	t.Cleanup(sendWelcome)
+	go func() {
+		s, err := ln.Accept(context.Background())
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- s
+		<-welcome
+		_ = s.SendWelcome(Welcome{})
+	}()
+	type result struct {
+		s   *Session
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s, err := Dial(ctx, ln.Addr().String(), cfg, nil)
+		done <- result{s, err}
+	}()
+	select {
+	case server = <-accepted:
+		if server == nil {
+			t.Fatal("accept failed")
+		}
+		t.Cleanup(func() { server.Close("test over") })
+	case <-time.After(10 * time.Second):
+		t.Fatal("no session accepted")
+	}
+	return server, func() (*Session, error) {
+		sendWelcome()
+		res := <-done
+		return res.s, res.err
+	}
 }
 
 // shortServerCert issues a relay's certificate for serverName that has

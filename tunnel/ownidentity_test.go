@@ -102,12 +102,7 @@ func TestOwnIdentityChangeRedials(t *testing.T) {
 		Config: DialConfig{Credentials: r.creds, ServerName: serverName, ServerRoles: []string{RoleRelay}, Hello: Hello{Role: RoleAgent}},
 		OnSession: func(ctx context.Context, s *Session) error {
 			sessions <- s
-			select {
-			case <-s.Done():
-				return s.Err()
-			case <-ctx.Done():
-				return nil
-			}
+			return sessionLife(ctx, s)
 		},
 		OnDisconnect: func(err error, retryIn time.Duration) {
 			mu.Lock()
@@ -120,15 +115,7 @@ func TestOwnIdentityChangeRedials(t *testing.T) {
 			sleeps++
 		},
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = red.Run(ctx)
-	}()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	runRedialer(t, ctx, cancel, red)
 
 	first := waitEvent(t, sessions)
 	server1 := r.nextAccepted(t, "first dial")
@@ -221,42 +208,9 @@ func TestDialEndsOnOwnIdentityChangeDuringHello(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	accepted, welcome := make(chan *Session, 1), make(chan struct{})
-	sendWelcome := sync.OnceFunc(func() { close(welcome) })
-	defer sendWelcome()
-	go func() {
-		s, err := ln.Accept(context.Background())
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- s
-		<-welcome
-		_ = s.SendWelcome(Welcome{})
-	}()
 	certFile, keyFile := f.leaf(f.ca, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "alice"})
 	creds := f.creds(CredentialsConfig{CertFile: certFile, KeyFile: keyFile, CAFile: f.caFile})
-	type result struct {
-		s   *Session
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		s, err := Dial(ctx, ln.Addr().String(), DialConfig{Credentials: creds, ServerName: serverName, Hello: Hello{Role: RoleAgent}}, nil)
-		done <- result{s, err}
-	}()
-	var server *Session
-	select {
-	case server = <-accepted:
-		if server == nil {
-			t.Fatal("accept failed")
-		}
-		defer server.Close("test over")
-	case <-time.After(10 * time.Second):
-		t.Fatal("no session accepted")
-	}
+	server, finishDial := dialHeldAtWelcome(t, ln, DialConfig{Credentials: creds, ServerName: serverName, Hello: Hello{Role: RoleAgent}})
 	// TLS handshaken as acme/agent/alice; the welcome not sent yet.
 	certPEM, keyPEM, err := f.ca.Issue(IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "bob"})
 	if err != nil {
@@ -267,16 +221,15 @@ func TestDialEndsOnOwnIdentityChangeDuringHello(t *testing.T) {
 	if err := creds.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	sendWelcome()
-	res := <-done
-	if res.err == nil {
-		res.s.Close("test over")
+	s, err := finishDial()
+	if err == nil {
+		s.Close("test over")
 		t.Fatal("the dial returned a session of an own identity the credentials no longer present")
 	}
 	const reason = "own identity changed: acme/agent/alice -> acme/agent/bob"
 	var changed *OwnIdentityChangedError
-	if !errors.Is(res.err, ErrOwnIdentityChanged) || !errors.As(res.err, &changed) || changed.Error() != reason {
-		t.Fatalf("dial: %v, want %q", res.err, reason)
+	if !errors.Is(err, ErrOwnIdentityChanged) || !errors.As(err, &changed) || changed.Error() != reason {
+		t.Fatalf("dial: %v, want %q", err, reason)
 	}
 	select {
 	case <-server.Done():
