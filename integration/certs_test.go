@@ -285,3 +285,52 @@ func TestAgentDroppedRelayCACutsSession(t *testing.T) {
 	hup(t, a1, "tunnel credentials reloaded")
 	eventually(t, 40*time.Second, "the agent back once its CA file trusts the relay again", func() error { return reaches("/back") })
 }
+
+// TestAgentIdentityChangeBySIGHUP: an agent whose certificate is replaced,
+// by SIGHUP, with one of another tenant ends its relay session at once and
+// comes back as that tenant: within seconds it neither resolves nor
+// reaches web (a service of acme only), with no restart and no backoff,
+// and the log says why. Back on a certificate of acme, it reaches web
+// again as quickly. Before, the session went on with acme's rights until
+// it happened to reconnect.
+func TestAgentIdentityChangeBySIGHUP(t *testing.T) {
+	needTools(t, "curl", "dig")
+	r, procs, vip := runningRelayTopo(t, []string{"a1"})
+	a1 := procs["a1"]
+	reaches := func(path string) error {
+		out, err := r.curl(r.agents["a1"], "--max-time", "2", "http://"+vip+path)
+		if err != nil || !strings.Contains(out, path) {
+			return fmt.Errorf("%v %q", err, out)
+		}
+		return nil
+	}
+	eventually(t, 20*time.Second, "the agent reaches web", func() error { return reaches("/before") })
+
+	conf := filepath.Join(r.dir, "a1.toml")
+	acme := mustRead(t, conf)
+	globex := filepath.Join(r.dir, "a1-globex")
+	r.ztg("pki", "issue", "-dir", r.pki, "-role", "agent", "-tenant", "globex", "-name", "a1", "-out", globex)
+	writeAtomic(t, conf, bytes.ReplaceAll(acme, []byte(filepath.Join(r.pki, "a1.")), []byte(globex+".")))
+	hup(t, a1, "tunnel credentials reloaded")
+	eventually(t, 5*time.Second, "the agent, now of globex, neither resolves nor reaches web", func() error {
+		if got := r.resolve("a1", "web.ztna.internal"); got != "" {
+			return fmt.Errorf("web.ztna.internal resolves to %s", got)
+		}
+		if err := reaches("/as-globex"); err == nil {
+			return fmt.Errorf("it still reaches web")
+		}
+		return nil
+	})
+	if !strings.Contains(a1.out.String(), "own identity changed: acme/agent/a1 -> globex/agent/a1") {
+		t.Error("the agent does not log why its session ended")
+	}
+
+	writeAtomic(t, conf, acme)
+	hup(t, a1, "tunnel credentials reloaded")
+	eventually(t, 5*time.Second, "the agent, of acme again, reaches web", func() error {
+		if got := r.resolve("a1", "web.ztna.internal"); got != vip {
+			return fmt.Errorf("web.ztna.internal resolves to %q, want %s", got, vip)
+		}
+		return reaches("/as-acme")
+	})
+}
