@@ -38,6 +38,10 @@ type Agent struct {
 	log   *slog.Logger
 	m     *metrics
 	creds *tunnel.Credentials
+	// serverMoves: the file of the last reload names another tunnel.server
+	// than the agent runs with (restart-only): the TLS files wait for the
+	// restart with it (applyReload, ReloadCredentials).
+	serverMoves atomic.Bool
 
 	tun   *netstack.TUN   // nil when Options.Device replaces it
 	dev   netstack.Device // where the agent's own traffic comes from

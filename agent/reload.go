@@ -44,7 +44,12 @@ func (a *Agent) Reload() error {
 // of insecure_allow_unauthenticated waits for the restart, and so do the
 // paths that change with it (they are for the other mode): those are
 // loaded and checked as the start will load them, and a failure fails the
-// reload.
+// reload. So do the paths that change with tunnel.server: the server is
+// dialled again only at the restart, and the new CA, applied now, would
+// be checked against the server the agent runs with (the session's
+// recheck may end it, and the redial to that server be refused): the
+// agent would be cut off until the restart. ReloadCredentials then leaves
+// the files' contents alone too, for the same reason.
 func (a *Agent) applyReload(next *conf.Agent) (*conf.Agent, error) {
 	if err := a.checkAddress(next); err != nil {
 		return nil, err
@@ -52,19 +57,23 @@ func (a *Agent) applyReload(next *conf.Agent) (*conf.Agent, error) {
 	running := *a.cfg
 	f := a.creds.Files()
 	running.Tunnel.Cert, running.Tunnel.Key, running.Tunnel.CA = f.Cert, f.Key, f.CA
+	nt := next.Tunnel
+	moves := nt.Server != running.Tunnel.Server
 	keys := running.OwnTLS().ChangedFiles(next.OwnTLS())
 	if len(keys) == 0 {
+		a.serverMoves.Store(moves)
 		return &running, nil
 	}
-	nt := next.Tunnel
-	if nt.Insecure != running.Tunnel.Insecure {
+	if nt.Insecure != running.Tunnel.Insecure || moves {
 		if _, err := tunnel.NewCredentials(tunnel.CredentialsConfig{
 			CertFile: nt.Cert, KeyFile: nt.Key, CAFile: nt.CA, Insecure: nt.Insecure, Role: tunnel.RoleAgent,
 		}, nil); err != nil {
 			return nil, fmt.Errorf("%s: %w", strings.Join(keys, ", "), err)
 		}
+		a.serverMoves.Store(moves)
 		return &running, nil
 	}
+	a.serverMoves.Store(false)
 	if err := a.creds.ReloadFiles(tunnel.Files{Cert: nt.Cert, Key: nt.Key, CA: nt.CA}); err != nil {
 		return nil, fmt.Errorf("%s: %w", strings.Join(keys, ", "), err)
 	}

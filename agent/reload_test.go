@@ -274,3 +274,87 @@ name = "test"
 %s
 `, server, cert, key, ca, tunnelExtra, tunExtra)
 }
+
+// TestReloadFilesWaitForServer: [tunnel] files that change together with
+// tunnel.server wait for the restart with it, as with a change of
+// insecure_allow_unauthenticated: the agent keeps dialling the server it
+// runs with, and the new CA (of the new server) would be checked against
+// that one. The reload names them for the restart, the files in use stay
+// and the session open goes on; files the start would refuse fail the
+// reload all the same. While the server waits, ReloadCredentials leaves
+// the contents of the files in use alone too. Before, the reload switched
+// to the new files at once: the session's recheck against the new CA
+// ended it, and the redial to the old server was refused.
+func TestReloadFilesWaitForServer(t *testing.T) {
+	p := newPKI(t)
+	relay := startServer(t, p, relayReq, func(s *tunnel.Session) { s.Send(directoryOf(true)) })
+	cert, key := p.issue(tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "laptop"})
+	path := filepath.Join(t.TempDir(), "agent.toml")
+	file := func(server, cert, key, ca string) string { return agentFile(server, cert, key, ca, "", "") }
+	if err := os.WriteFile(path, []byte(file(relay.addr(), cert, key, p.caFile)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a, cfg, logs := startAgentFromFile(t, path)
+	first := relay.session()
+	inUse := tunnel.Files{Cert: cert, Key: key, CA: p.caFile}
+	reloads := func(result string) float64 { return testutil.ToFloat64(a.m.reloads.WithLabelValues(result)) }
+	run := func(c reloadtest.Case) {
+		t.Helper()
+		reloadtest.Run(t, path, []reloadtest.Case{c}, a.Reload, logs, reloads, func() bool { return a.cfg == cfg })
+	}
+	const other = "127.0.0.1:1"
+
+	// The new server's CA, and a certificate of it.
+	q := newPKI(t)
+	qCert, qKey := q.issue(tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "laptop-q"})
+	relayCert, relayKey := q.issue(relayReq)
+	run(reloadtest.Case{Name: "a relay's certificate", Text: file(other, relayCert, relayKey, q.caFile), Fails: true,
+		Logged:   []string{"reload: keeping the running configuration", "tunnel.cert, tunnel.key, tunnel.ca: tunnel: load credentials", "not of an agent"},
+		Unlogged: "reloaded"})
+	run(reloadtest.Case{Name: "the new server's files", Text: file(other, qCert, qKey, q.caFile),
+		Logged: []string{`level=WARN msg="configuration changed; restart to apply: tunnel.server, tunnel.cert, tunnel.key, tunnel.ca"`}})
+	if got := a.creds.Files(); got != inUse {
+		t.Fatalf("files in use %+v: those waiting for the restart with tunnel.server were switched to", got)
+	}
+	select {
+	case <-first.Done():
+		t.Fatalf("the session to the running server ended: %v", first.Err())
+	default:
+	}
+
+	// The same paths, new contents: they wait too while the server does.
+	run(reloadtest.Case{Name: "the server alone", Text: file(other, cert, key, p.caFile),
+		Logged: []string{`level=WARN msg="configuration changed; restart to apply: tunnel.server"`}})
+	for from, to := range map[string]string{qCert: cert, qKey: key, q.caFile: p.caFile} {
+		b, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(to, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.ReloadCredentials(); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.creds.Certificate().Subject.CommonName; strings.Contains(got, "laptop-q") {
+		t.Fatalf("ReloadCredentials took up the contents meant for the new server (certificate %q)", got)
+	}
+	if !strings.Contains(logs.String(), "tunnel credentials not re-read: tunnel.server changed") {
+		t.Fatalf("no warning that the files wait for the restart:\n%s", logs)
+	}
+	select {
+	case <-first.Done():
+		t.Fatalf("the session to the running server ended: %v", first.Err())
+	default:
+	}
+
+	// The server put back: the contents are re-read again.
+	run(reloadtest.Case{Name: "the server put back", Text: file(relay.addr(), cert, key, p.caFile), Logged: []string{"reloaded"}})
+	if err := a.ReloadCredentials(); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.creds.Certificate().Subject.CommonName; !strings.Contains(got, "laptop-q") {
+		t.Fatalf("after the server was put back ReloadCredentials kept certificate %q", got)
+	}
+}

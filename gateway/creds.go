@@ -8,9 +8,18 @@ import "fmt"
 // directly use them; sessions already up go on, but for those of agents
 // whose certificate the new CA file refuses (tunnel.Listener ends them).
 // A gateway without [tunnel]
-// has nothing to reload. On error it keeps the credentials it has.
+// has nothing to reload. On error it keeps the credentials it has. While
+// the configuration names another tunnel.relay (the last reload found it
+// changed: it waits for the restart) the files are not re-read: their new
+// contents are for the new relay, and the session to the relay the
+// gateway runs with would be checked against them (liveTunnelFiles).
 func (g *Gateway) ReloadCredentials() error {
 	if g.creds == nil {
+		return nil
+	}
+	if g.relayMoves.Load() {
+		g.log.Warn("tunnel credentials not re-read: tunnel.relay changed, and tunnel.cert, tunnel.key, tunnel.ca wait for the restart with it",
+			"relay", g.cfg.Tunnel.Relay)
 		return nil
 	}
 	if err := g.creds.Reload(); err != nil {

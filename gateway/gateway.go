@@ -107,6 +107,12 @@ type Gateway struct {
 	tunLink   *netstack.Link
 	relay     *relayState // nil unless attached to a relay
 	direct    *tunnel.Listener
+
+	// relayMoves: the file of the last reload names another tunnel.relay
+	// than the gateway runs with (restart-only): the [tunnel] files wait
+	// for the restart with it (liveTunnelFiles, ReloadCredentials).
+	relayMoves atomic.Bool
+
 	// directSessions counts each agent identity's direct sessions.
 	directSessions identitySessions
 	// presence says whose flow series are kept: the configured tenants

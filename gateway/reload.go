@@ -88,6 +88,7 @@ func (g *Gateway) Reload() (Diff, error) {
 	if err != nil {
 		return Diff{}, g.reloadFailed(err)
 	}
+	g.relayMoves.Store(next.Tunnel.Relay != g.running.Tunnel.Relay)
 	g.m.reloads.WithLabelValues("ok").Inc()
 	g.logDiff("reloaded", d)
 	conf.WarnRestart(g.log, d.RestartRequired)
@@ -432,19 +433,25 @@ var liveKeys = map[string]bool{
 
 // liveTunnelFiles reports whether a reload from cur to next switches the
 // tunnel to the files next's [tunnel] names: the tunnel runs (it has
-// credentials) and stays on, in the same mode. A change of
-// insecure_allow_unauthenticated waits for the restart, and so do the
-// paths that change with it (they are for the other mode), as do those of
-// a tunnel turned on or off.
+// credentials) and stays on, in the same mode, with the same relay. A
+// change of insecure_allow_unauthenticated waits for the restart, and so
+// do the paths that change with it (they are for the other mode), as do
+// those of a tunnel turned on or off. So do the paths that change with
+// tunnel.relay: the gateway stays with the relay it runs with until the
+// restart, and a new CA (the new relay's), applied now, would be checked
+// against that one (the session's recheck may end it, and the redial be
+// refused): the gateway would be cut off from its relay until the restart.
 func liveTunnelFiles(cur, next *conf.Gateway) bool {
 	on := func(t conf.Tunnel) bool { return t.Listen != "" || t.Relay != "" }
-	return on(cur.Tunnel) && on(next.Tunnel) && cur.Tunnel.Insecure == next.Tunnel.Insecure
+	return on(cur.Tunnel) && on(next.Tunnel) && cur.Tunnel.Insecure == next.Tunnel.Insecure &&
+		cur.Tunnel.Relay == next.Tunnel.Relay
 }
 
 // checkWaitingTunnelFiles loads the [tunnel] files of next that wait for
-// the restart (not liveTunnelFiles: insecure_allow_unauthenticated changes
-// with them, or the tunnel is turned on) as the start will load them, in
-// next's mode, and returns the start's refusal naming the keys: the reload
+// the restart (not liveTunnelFiles: insecure_allow_unauthenticated or
+// tunnel.relay changes with them, or the tunnel is turned on) as the start
+// will load them, in next's mode, and returns the start's refusal naming
+// the keys: the reload
 // would otherwise name them for a restart that then refuses to start. The
 // relay and the agent check theirs alike. Files in use that only change
 // mode load as they do now.

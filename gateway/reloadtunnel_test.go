@@ -57,6 +57,11 @@ func TestRestartRequiredTunnelFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	const relayA, relayB = "relay = \"127.0.0.1:4433\"\n", "relay = \"127.0.0.1:4434\"\n"
+	withRelay, err := conf.ParseGateway("a.toml", []byte(head+section+relayA))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name       string
 		cur        string // "with" or "without" a tunnel
@@ -70,11 +75,19 @@ func TestRestartRequiredTunnelFiles(t *testing.T) {
 		{"a tunnel turned on", "without", head + moved, []string{"tunnel.listen", "tunnel.cert", "tunnel.key", "tunnel.ca"}, nil},
 		{"a tunnel turned off, files kept", "with", head + strings.Replace(section, "listen = \"127.0.0.1:0\"\n", "", 1),
 			[]string{"tunnel.listen"}, nil},
+		{"other files, the same relay", "relay", head + moved + relayA, []string{}, []string{"tunnel.cert", "tunnel.key", "tunnel.ca"}},
+		{"other files, another relay", "relay", head + moved + relayB,
+			[]string{"tunnel.relay", "tunnel.cert", "tunnel.key", "tunnel.ca"}, nil},
+		{"other files, the relay dropped", "relay", head + moved,
+			[]string{"tun", "tunnel.relay", "tunnel.server_name", "tunnel.cert", "tunnel.key", "tunnel.ca"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cur := withTunnel
-			if tc.cur == "without" {
+			switch tc.cur {
+			case "without":
 				cur = without
+			case "relay":
+				cur = withRelay
 			}
 			next, err := conf.ParseGateway("a.toml", []byte(tc.file))
 			if err != nil {
