@@ -4,8 +4,11 @@ package catalog
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 )
 
@@ -42,5 +45,43 @@ func TestExclusiveStateDir(t *testing.T) {
 	}
 	if err := (*Pool)(nil).Close(); err != nil {
 		t.Errorf("Close of a nil pool: %v", err)
+	}
+}
+
+// TestProbeStateDir: ProbeStateDir finds a state directory whose lock
+// another open of the lock file holds (flock conflicts between two opens,
+// in one process as between two), naming the directory and, on Linux,
+// the holder; it leaves the lock free, and a directory not there, or free,
+// passes without anything being created.
+func TestProbeStateDir(t *testing.T) {
+	dir := t.TempDir()
+	held, err := LockStateDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = ProbeStateDir(dir)
+	if !errors.Is(err, ErrStateDirInUse) || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("probe of a held directory: %v, want ErrStateDirInUse naming %s", err, dir)
+	}
+	if pid := fmt.Sprintf("process %d", os.Getpid()); runtime.GOOS == "linux" && !strings.Contains(err.Error(), pid) {
+		t.Errorf("probe of a held directory: %v, want the holder (%s) named", err, pid)
+	}
+	if err := held.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ProbeStateDir(dir); err != nil {
+		t.Fatalf("probe of a free directory: %v", err)
+	}
+	lock, err := LockStateDir(dir) // the probe released what it took
+	if err != nil {
+		t.Fatalf("lock after the probe: %v", err)
+	}
+	lock.Close()
+	absent := filepath.Join(t.TempDir(), "absent", "state")
+	if err := ProbeStateDir(absent); err != nil {
+		t.Fatalf("probe of a directory not there: %v", err)
+	}
+	if _, err := os.Stat(filepath.Dir(absent)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the probe created %s: %v", filepath.Dir(absent), err)
 	}
 }

@@ -32,3 +32,24 @@ func lockStateDir(dir string) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// probeStateDir is ProbeStateDir: it opens dir's lock file read-only
+// (flock does not need write access), without creating it.
+func probeStateDir(dir string) error {
+	path := filepath.Join(dir, LockFileName)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil // none there, or not ours to open: the start judges
+	}
+	defer f.Close()
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	if !errors.Is(err, syscall.EWOULDBLOCK) {
+		return nil // taken (and released by the Close), or no flock there
+	}
+	holder := "another ztgate process"
+	if pid := lockHolder(f); pid > 0 {
+		holder = fmt.Sprintf("process %d", pid)
+	}
+	return fmt.Errorf("catalog: %w: %s is locked by %s (a second gateway or relay on the same state_dir?); give each its own state_dir",
+		ErrStateDirInUse, dir, holder)
+}

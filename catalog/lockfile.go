@@ -31,3 +31,14 @@ func LockStateDir(dir string) (io.Closer, error) {
 type noLock struct{}
 
 func (noLock) Close() error { return nil }
+
+// ProbeStateDir reports whether another process holds dir's lock, as a
+// start on dir would find it: it takes the lock and releases it at once,
+// creating nothing. The error matches ErrStateDirInUse and names dir and,
+// where the system tells, the holder's process ID. A directory or lock
+// file that is not there is held by no one, and any other failure (no
+// permission to open the lock file) is not a holder either: those are
+// nil, for the start to judge.
+func ProbeStateDir(dir string) error {
+	return probeStateDir(dir)
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net/netip"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -155,6 +156,9 @@ func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, 
 		return Diff{}, invalidConfig{err}
 	}
 	if err := checkWaitingTunnelFiles(g.running, next); err != nil {
+		return Diff{}, invalidConfig{err}
+	}
+	if err := checkStateDirFree(g.running.StateDir, next.StateDir); err != nil {
 		return Diff{}, invalidConfig{err}
 	}
 	files := tunnelFiles(g.running, next)
@@ -472,6 +476,28 @@ func checkWaitingTunnelFiles(cur, next *conf.Gateway) error {
 		CertFile: nt.Cert, KeyFile: nt.Key, CAFile: nt.CA, Insecure: nt.Insecure, Role: tunnel.RoleGateway,
 	}, nil); err != nil {
 		return fmt.Errorf("%s: %w", strings.Join(keys, ", "), err)
+	}
+	return nil
+}
+
+// checkStateDirFree refuses a state_dir (restart-only) that a reload
+// moves to a directory whose lock another process holds: the next start
+// would refuse it (catalog.ErrStateDirInUse), with its own pool or
+// attached to a relay. The reload would otherwise name it for a restart
+// that then fails. The same directory under another spelling is the one
+// this gateway holds; a directory not there yet, or not to be created,
+// is the start's to judge.
+func checkStateDirFree(cur, next string) error {
+	if next == cur {
+		return nil
+	}
+	if a, err := os.Stat(cur); err == nil {
+		if b, err := os.Stat(next); err == nil && os.SameFile(a, b) {
+			return nil
+		}
+	}
+	if err := catalog.ProbeStateDir(next); err != nil {
+		return fmt.Errorf("gateway.state_dir: the gateway would not start with it: %w", err)
 	}
 	return nil
 }

@@ -41,7 +41,8 @@ func (r *Relay) Reload() error {
 	return nil
 }
 
-// applyReload checks next's [[pin]] tables against the VIP state the
+// applyReload checks that next's state_dir is free (checkStateDirFree)
+// and next's [[pin]] tables against the VIP state the
 // next start opens (checkPinsAtStart), then switches the credentials to
 // the TLS files next names when their paths changed, and returns the
 // configuration the relay then runs: the one it started with, with the
@@ -50,6 +51,9 @@ func (r *Relay) Reload() error {
 // other mode): those are loaded and checked as the start will load them,
 // and a failure fails the reload.
 func (r *Relay) applyReload(next *conf.Relay) (*conf.Relay, error) {
+	if err := checkStateDirFree(r.cfg.StateDir, next.StateDir); err != nil {
+		return nil, err
+	}
 	if err := r.checkPinsAtStart(next); err != nil {
 		return nil, err
 	}
@@ -73,6 +77,26 @@ func (r *Relay) applyReload(next *conf.Relay) (*conf.Relay, error) {
 	}
 	running.Cert, running.Key, running.CA = next.Cert, next.Key, next.CA
 	return &running, nil
+}
+
+// checkStateDirFree refuses a relay.state_dir (restart-only) that a
+// reload moves to a directory whose lock another process holds: the next
+// start would refuse it (catalog.ErrStateDirInUse), after the reload named
+// it for the restart. The same directory under another spelling is the one
+// this relay holds; a directory not there yet is the start's to judge.
+func checkStateDirFree(cur, next string) error {
+	if next == cur {
+		return nil
+	}
+	if a, err := os.Stat(cur); err == nil {
+		if b, err := os.Stat(next); err == nil && os.SameFile(a, b) {
+			return nil
+		}
+	}
+	if err := catalog.ProbeStateDir(next); err != nil {
+		return fmt.Errorf("relay.state_dir: the relay would not start with it: %w", err)
+	}
+	return nil
 }
 
 // checkPinsAtStart refuses next's [[pin]] tables when the relay would not

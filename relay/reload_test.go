@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/conf"
 	"github.com/ztgate/ztgate/internal/reloadtest"
 	"github.com/ztgate/ztgate/tunnel"
@@ -283,4 +284,43 @@ ca = %q
 [api]
 listen = "off"
 %s`, stateDir, cert, key, ca, relayExtra, tail)
+}
+
+// TestReloadRefusesHeldStateDir: a reload that moves relay.state_dir (a
+// restart-only key) to a directory whose lock another process holds fails,
+// naming the key and the directory: the next start would refuse it. The
+// same directory under another spelling (this relay's own lock), a free
+// directory and one not there yet pass, named for the restart. Before,
+// the reload passed and the restart failed on the lock.
+func TestReloadRefusesHeldStateDir(t *testing.T) {
+	p := newPKI(t)
+	base := p.relayConfig(t.TempDir())
+	path := filepath.Join(t.TempDir(), "relay.toml")
+	file := func(stateDir string) string { return relayFile(stateDir, base.Cert, base.Key, base.CA, "", "") }
+	if err := os.WriteFile(path, []byte(file(base.StateDir)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, cfg, logs := startRelayFromFile(t, path)
+	reloads := func(result string) float64 { return testutil.ToFloat64(r.m.reloads.WithLabelValues(result)) }
+	run := func(c reloadtest.Case) {
+		t.Helper()
+		reloadtest.Run(t, path, []reloadtest.Case{c}, r.Reload, logs, reloads, func() bool { return r.cfg == cfg })
+	}
+	held := t.TempDir()
+	lock, err := catalog.LockStateDir(held) // another process's, as flock sees it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	const warning = `level=WARN msg="configuration changed; restart to apply: relay.state_dir"`
+	run(reloadtest.Case{Name: "a held directory", Text: file(held), Fails: true,
+		Logged:   []string{"reload: keeping the running configuration", "relay.state_dir: the relay would not start with it", "state directory in use: " + held},
+		Unlogged: "reloaded"})
+	link := filepath.Join(t.TempDir(), "state")
+	if err := os.Symlink(base.StateDir, link); err != nil {
+		t.Fatal(err)
+	}
+	run(reloadtest.Case{Name: "its own directory, spelt otherwise", Text: file(link), Logged: []string{warning}})
+	run(reloadtest.Case{Name: "a free directory", Text: file(t.TempDir()), Logged: []string{warning}})
+	run(reloadtest.Case{Name: "a directory not there yet", Text: file(filepath.Join(t.TempDir(), "new", "state")), Logged: []string{warning}})
 }
