@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/ztgate/ztgate/catalog"
@@ -42,6 +43,34 @@ func (g *Gateway) ServiceContext() ServiceContext {
 		ctx.Pool, ctx.Pool6 = g.TUN.Pool, g.TUN.Pool6
 	}
 	return ctx
+}
+
+// unknownTenant is the error of a service naming a tenant its context
+// does not admit.
+const unknownTenant = "unknown tenant %q (declare it in a [[tenant]] table)"
+
+// unknownTenant reports whether a service in ctx may not name tenant n
+// (not "*").
+func (ctx *ServiceContext) unknownTenant(n string) bool {
+	return !ctx.AllowUnknownTenants && !slices.ContainsFunc(ctx.Tenants, func(t catalog.Tenant) bool { return t.Name == n })
+}
+
+// CheckServiceTenants refuses the tenants of svcs, valid services (a
+// file's: service[i] in the errors), that ctx does not admit, in the words
+// of the parse and of ParseServiceJSON (unknown tenant "x" (declare it in a
+// [[tenant]] table)): a running gateway checks a reloaded file against
+// what it serves, which may admit less than the file's own context (a
+// tunnel turned on waits for the restart).
+func CheckServiceTenants(svcs []catalog.Service, ctx ServiceContext) Errors {
+	el := newErrList("")
+	for i, s := range svcs {
+		for j, n := range s.Tenants {
+			if n != "*" && ctx.unknownTenant(n) {
+				el.addf(index(join(index("service", i), "tenants"), j), unknownTenant, n)
+			}
+		}
+	}
+	return el.errs
 }
 
 // servicePaths names keys in the errors of validateServices.

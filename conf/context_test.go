@@ -128,3 +128,22 @@ func TestValidateAddedService(t *testing.T) {
 	wantErrors(t, ValidateAddedService(existing[1:2], catalog.Service{Name: "new"}, small), []string{
 		"pool 10.100.0.0/30 has room for 1 VIPs but 2 services need one each"})
 }
+
+// TestCheckServiceTenants: the tenants a context does not admit are named
+// by key, in the words of the parse; "*", declared tenants, and any
+// tenant in a context that admits unknown ones pass.
+func TestCheckServiceTenants(t *testing.T) {
+	svcs := []catalog.Service{
+		{Name: "a", Tenants: []string{"*"}},
+		{Name: "b", Tenants: []string{"acme", "partner"}},
+	}
+	ctx := ServiceContext{Tenants: []catalog.Tenant{{Name: "acme"}}}
+	errs := CheckServiceTenants(svcs, ctx)
+	if len(errs) != 1 || errs[0].Error() != `service[1].tenants[1]: unknown tenant "partner" (declare it in a [[tenant]] table)` {
+		t.Fatalf("errors %q", errs)
+	}
+	ctx.AllowUnknownTenants = true
+	if errs := CheckServiceTenants(svcs, ctx); len(errs) != 0 {
+		t.Fatalf("a context admitting unknown tenants: %q", errs)
+	}
+}

@@ -79,8 +79,8 @@ func (v *validator) serviceTenants(path string, names []string, ctx *ServiceCont
 		p := index(path, i)
 		if n != "*" {
 			n = v.name(p, n)
-			if !ctx.AllowUnknownTenants && !slices.ContainsFunc(ctx.Tenants, func(t catalog.Tenant) bool { return t.Name == n }) {
-				v.addf(p, "unknown tenant %q (declare it in a [[tenant]] table)", n)
+			if ctx.unknownTenant(n) {
+				v.addf(p, unknownTenant, n)
 			}
 		}
 		if slices.Contains(out, n) {

@@ -145,7 +145,11 @@ func (g *Gateway) logDiff(msg string, d Diff) {
 // them or nothing. The caller holds reloadMu.
 func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, error) {
 	defer g.followRelayPools() // the relay's VIPs of the table, its pools of the DNS
-	if err := g.apiStore.check(next.ServiceContext()); err != nil {
+	ctx := g.serviceContext(next)
+	if err := g.apiStore.check(ctx); err != nil {
+		return Diff{}, invalidConfig{err}
+	}
+	if err := g.checkTenants(next, ctx); err != nil {
 		return Diff{}, invalidConfig{err}
 	}
 	services, err := mergeServices(next.Services, api)
@@ -188,6 +192,33 @@ func (g *Gateway) applyLocked(next *conf.Gateway, api []catalog.Service) (Diff, 
 	}
 	g.running = liveSettings(g.running, next)
 	return d, nil
+}
+
+// serviceContext is the context next's services are checked in at a
+// reload: next's, admitting tenants it does not declare only when the
+// running gateway does too. A tunnel (tunnel.listen, tunnel.relay) turned
+// on waits for the restart, and until then no peer brings such a tenant:
+// POST /v1/services refuses them (the running configuration's context), and
+// so does the reload.
+func (g *Gateway) serviceContext(next *conf.Gateway) conf.ServiceContext {
+	ctx := next.ServiceContext()
+	ctx.AllowUnknownTenants = ctx.AllowUnknownTenants && g.running.ServiceContext().AllowUnknownTenants
+	return ctx
+}
+
+// checkTenants refuses the file's services (next's) that name a tenant
+// ctx does not admit, as POST /v1/services refuses them: a file whose
+// tunnel, which would admit them, waits for the restart.
+func (g *Gateway) checkTenants(next *conf.Gateway, ctx conf.ServiceContext) error {
+	errs := conf.CheckServiceTenants(next.Services, ctx)
+	if len(errs) == 0 {
+		return nil
+	}
+	out := make(conf.Errors, len(errs))
+	for i, e := range errs {
+		out[i] = fmt.Errorf("%w: this gateway runs without a tunnel until the restart (tunnel.listen, tunnel.relay), and serves declared tenants only", e)
+	}
+	return out
 }
 
 // relayPins refuses the pinned VIPs of svcs while the gateway is attached
