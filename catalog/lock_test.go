@@ -48,18 +48,19 @@ func TestExclusiveStateDir(t *testing.T) {
 	}
 }
 
-// TestProbeStateDir: ProbeStateDir finds a state directory whose lock
+// TestProbeStateDir: ProbeStateDir finds a state directory (moved to from
+// another) whose lock
 // another open of the lock file holds (flock conflicts between two opens,
 // in one process as between two), naming the directory and, on Linux,
 // the holder; it leaves the lock free, and a directory not there, or free,
 // passes without anything being created.
 func TestProbeStateDir(t *testing.T) {
-	dir := t.TempDir()
+	cur, dir := t.TempDir(), t.TempDir()
 	held, err := LockStateDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = ProbeStateDir(dir)
+	err = ProbeStateDir(cur, dir)
 	if !errors.Is(err, ErrStateDirInUse) || !strings.Contains(err.Error(), dir) {
 		t.Fatalf("probe of a held directory: %v, want ErrStateDirInUse naming %s", err, dir)
 	}
@@ -69,16 +70,22 @@ func TestProbeStateDir(t *testing.T) {
 	if err := held.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := ProbeStateDir(dir); err != nil {
+	if err := ProbeStateDir(cur, dir); err != nil {
 		t.Fatalf("probe of a free directory: %v", err)
 	}
 	lock, err := LockStateDir(dir) // the probe released what it took
 	if err != nil {
 		t.Fatalf("lock after the probe: %v", err)
 	}
-	lock.Close()
+	defer lock.Close()
+	if err := ProbeStateDir(dir, dir); err != nil {
+		t.Errorf("probe of the directory in use itself: %v", err)
+	}
+	if err := ProbeStateDir(dir, dir+"/."); err != nil {
+		t.Errorf("probe of the directory in use, spelt otherwise: %v", err)
+	}
 	absent := filepath.Join(t.TempDir(), "absent", "state")
-	if err := ProbeStateDir(absent); err != nil {
+	if err := ProbeStateDir(cur, absent); err != nil {
 		t.Fatalf("probe of a directory not there: %v", err)
 	}
 	if _, err := os.Stat(filepath.Dir(absent)); !errors.Is(err, os.ErrNotExist) {

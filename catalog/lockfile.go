@@ -3,6 +3,7 @@ package catalog
 import (
 	"errors"
 	"io"
+	"os"
 )
 
 // LockFileName is the file in a state directory that the process using it
@@ -32,13 +33,24 @@ type noLock struct{}
 
 func (noLock) Close() error { return nil }
 
-// ProbeStateDir reports whether another process holds dir's lock, as a
-// start on dir would find it: it takes the lock and releases it at once,
-// creating nothing. The error matches ErrStateDirInUse and names dir and,
-// where the system tells, the holder's process ID. A directory or lock
-// file that is not there is held by no one, and any other failure (no
-// permission to open the lock file) is not a holder either: those are
-// nil, for the start to judge.
-func ProbeStateDir(dir string) error {
-	return probeStateDir(dir)
+// ProbeStateDir reports whether another process holds the lock of next, a
+// state directory a reload moves to from cur (state_dir is restart-only),
+// as the next start on it would find it: the reload refuses what the start
+// would. It takes the lock and releases it at once, creating nothing. The
+// error matches ErrStateDirInUse and names next and, where the system
+// tells, the holder's process ID. The same directory (next == cur, or
+// another spelling of it: os.SameFile) is the one this process holds. A
+// directory or lock file that is not there is held by no one, and any
+// other failure (no permission to open the lock file) is not a holder
+// either: those are nil, for the start to judge.
+func ProbeStateDir(cur, next string) error {
+	if next == cur {
+		return nil
+	}
+	if a, err := os.Stat(cur); err == nil {
+		if b, err := os.Stat(next); err == nil && os.SameFile(a, b) {
+			return nil
+		}
+	}
+	return probeStateDir(next)
 }

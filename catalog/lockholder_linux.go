@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // lockHolder returns the ID of a process holding a flock on f's file, as
@@ -21,9 +23,7 @@ func lockHolder(f *os.File) int {
 		return 0
 	}
 	dev := uint64(st.Dev) // its type differs by architecture
-	major := (dev>>8)&0xfff | (dev>>32)&^0xfff
-	minor := dev&0xff | (dev>>12)&^0xff
-	want := fmt.Sprintf("%02x:%02x:%d", major, minor, st.Ino)
+	want := fmt.Sprintf("%02x:%02x:%d", unix.Major(dev), unix.Minor(dev), st.Ino)
 	locks, err := os.Open("/proc/locks")
 	if err != nil {
 		return 0

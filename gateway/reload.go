@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"net/netip"
-	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -519,15 +518,7 @@ func checkWaitingTunnelFiles(cur, next *conf.Gateway) error {
 // this gateway holds; a directory not there yet, or not to be created,
 // is the start's to judge.
 func checkStateDirFree(cur, next string) error {
-	if next == cur {
-		return nil
-	}
-	if a, err := os.Stat(cur); err == nil {
-		if b, err := os.Stat(next); err == nil && os.SameFile(a, b) {
-			return nil
-		}
-	}
-	if err := catalog.ProbeStateDir(next); err != nil {
+	if err := catalog.ProbeStateDir(cur, next); err != nil {
 		return fmt.Errorf("gateway.state_dir: the gateway would not start with it: %w", err)
 	}
 	return nil

@@ -85,15 +85,7 @@ func (r *Relay) applyReload(next *conf.Relay) (*conf.Relay, error) {
 // it for the restart. The same directory under another spelling is the one
 // this relay holds; a directory not there yet is the start's to judge.
 func checkStateDirFree(cur, next string) error {
-	if next == cur {
-		return nil
-	}
-	if a, err := os.Stat(cur); err == nil {
-		if b, err := os.Stat(next); err == nil && os.SameFile(a, b) {
-			return nil
-		}
-	}
-	if err := catalog.ProbeStateDir(next); err != nil {
+	if err := catalog.ProbeStateDir(cur, next); err != nil {
 		return fmt.Errorf("relay.state_dir: the relay would not start with it: %w", err)
 	}
 	return nil
