@@ -7,8 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // lockHolder returns the ID of a process holding a flock on f's file, as
@@ -23,7 +21,11 @@ func lockHolder(f *os.File) int {
 		return 0
 	}
 	dev := uint64(st.Dev) // its type differs by architecture
-	want := fmt.Sprintf("%02x:%02x:%d", unix.Major(dev), unix.Minor(dev), st.Ino)
+	// major and minor as glibc's gnu_dev_major/minor (catalog takes the
+	// standard library only).
+	major := (dev>>8)&0xfff | (dev>>32)&^0xfff
+	minor := dev&0xff | (dev>>12)&^0xff
+	want := fmt.Sprintf("%02x:%02x:%d", major, minor, st.Ino)
 	locks, err := os.Open("/proc/locks")
 	if err != nil {
 		return 0
