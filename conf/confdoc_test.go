@@ -2,6 +2,7 @@ package conf
 
 import (
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -103,4 +104,73 @@ func docKeys(section string) []string {
 		keys = append(keys, m[1])
 	}
 	return keys
+}
+
+// nonKeySpans are code spans of the docs that look like dotted keys and
+// are not: host names of the examples.
+var nonKeySpans = []string{"relay.example.net"}
+
+// docTableRef and docDottedRef match a code span that names a key or table
+// the way the docs do: "[section] key", "[[section]] key = value",
+// "[section]", or the dotted "section.key".
+var (
+	docTableRef  = regexp.MustCompile("`\\[\\[?([a-z0-9_.]+)\\]\\]?(?: ([a-z0-9_]+))?(?: = [^`]*)?`")
+	docDottedRef = regexp.MustCompile("`([a-z][a-z0-9_]*(?:\\.[a-z][a-z0-9_]*)+)`")
+)
+
+// TestDocsNameRealKeys keeps every page that quotes configuration keys
+// true to the schema: a key or table named as "[tunnel] listen",
+// "[[service.port]]" or "tunnel.relay" exists in one of the roles' raw
+// structs. Users copy these into their files, where an unknown key is an
+// error.
+func TestDocsNameRealKeys(t *testing.T) {
+	keys, tables := map[string]bool{}, map[string]bool{}
+	for _, raw := range []any{rawGatewayFile{}, rawRelayFile{}, rawAgentFile{}} {
+		for _, k := range schemaKeys(reflect.TypeOf(raw), "") {
+			keys[k] = true
+			for i := range k {
+				if k[i] == '.' {
+					tables[k[:i]] = true
+				}
+			}
+		}
+	}
+	pages, err := filepath.Glob("../docs/*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pages = append(pages, "../README.md")
+	checked := 0
+	for _, page := range pages {
+		doc, err := os.ReadFile(page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := string(doc)
+		line := func(at int) int { return strings.Count(text[:at], "\n") + 1 }
+		for _, m := range docTableRef.FindAllStringSubmatchIndex(text, -1) {
+			table := text[m[2]:m[3]]
+			switch {
+			case m[4] >= 0 && !keys[table+"."+text[m[4]:m[5]]]:
+				t.Errorf("%s:%d: %s names no key (%s.%s)", page, line(m[0]), text[m[0]:m[1]], table, text[m[4]:m[5]])
+			case m[4] < 0 && !tables[table]:
+				t.Errorf("%s:%d: %s names no table", page, line(m[0]), text[m[0]:m[1]])
+			}
+			checked++
+		}
+		for _, m := range docDottedRef.FindAllStringSubmatchIndex(text, -1) {
+			ref := text[m[2]:m[3]]
+			first, _, _ := strings.Cut(ref, ".")
+			if !tables[first] || slices.Contains(nonKeySpans, ref) {
+				continue
+			}
+			if !keys[ref] && !tables[ref] {
+				t.Errorf("%s:%d: `%s` names no key", page, line(m[0]), ref)
+			}
+			checked++
+		}
+	}
+	if checked < 100 {
+		t.Errorf("checked %d key references in the docs; the patterns miss them", checked)
+	}
 }
