@@ -120,6 +120,10 @@ func Dial(ctx context.Context, addr string, cfg DialConfig, log *slog.Logger) (*
 		return nil, fmt.Errorf("tunnel: dial %s: %w", addr, changed)
 	}
 	m.handshake(sideClient, resultOK, reasonNone)
+	if cfg.Credentials.skipsServers(st) {
+		// As the listener logs each client it takes unverified.
+		s.log.Warn("INSECURE: tunnel server not verified (insecure_allow_unauthenticated without a CA)")
+	}
 	s.log.Debug("tunnel session established")
 	return s, nil
 }
