@@ -1,15 +1,15 @@
 package agent
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
+
+	"github.com/ztgate/ztgate/internal/testlog"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -20,22 +20,7 @@ import (
 )
 
 // logBuffer is a log destination written from the agent's goroutines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type logBuffer = testlog.Buffer
 
 // TestReload: SIGHUP's reload reads the whole file. A broken file keeps
 // the agent running as it was and logs every error; a valid one names, in

@@ -1,12 +1,12 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/ztgate/ztgate/internal/testlog"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -33,22 +33,7 @@ func newUnitGateway(t *testing.T) (*Gateway, *syncLog) {
 }
 
 // syncLog is a log destination safe for concurrent writers.
-type syncLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+type syncLog = testlog.Buffer
 
 // metricValue returns the value of a gauge, counter or the sample count of
 // a histogram with exactly these labels, or -1 when there is none.

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ztgate/ztgate/internal/testlog"
 )
 
 // requireRoot skips a test that cannot create namespaces and TUN devices.
@@ -311,22 +313,7 @@ func (tp *topo) cleanup() {
 }
 
 // syncBuffer is a bytes.Buffer safe for a writer process and a reader test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type syncBuffer = testlog.Buffer
 
 // eventually retries cond every 50ms until it holds or d passes.
 func eventually(t testing.TB, d time.Duration, what string, cond func() error) {

@@ -2,8 +2,12 @@ package tunnel
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
+	"strings"
 	"testing"
+
+	"github.com/ztgate/ztgate/internal/testlog"
 )
 
 // TestInsecureClientUnverifiedServerHasNoPeer: Session.Peer is documented
@@ -32,7 +36,8 @@ func TestInsecureClientUnverifiedServerHasNoPeer(t *testing.T) {
 	client := f.creds(CredentialsConfig{Insecure: true})
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	s, err := Dial(ctx, ln.Addr().String(), DialConfig{Credentials: client, ServerName: serverName}, nil)
+	logs := &lockedBuffer{} // the session's goroutines log to it too
+	s, err := Dial(ctx, ln.Addr().String(), DialConfig{Credentials: client, ServerName: serverName}, slog.New(slog.NewTextHandler(logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,4 +45,11 @@ func TestInsecureClientUnverifiedServerHasNoPeer(t *testing.T) {
 	if p := s.Peer(); p.Tenant != "" {
 		t.Errorf("an unverified server's claimed identity became the session's Peer: %s", p)
 	}
+	// Each connection says so, as the listener's side does for its clients.
+	if !strings.Contains(logs.String(), "INSECURE: tunnel server not verified") {
+		t.Errorf("the dial of an unverified server does not log INSECURE:\n%s", logs.String())
+	}
 }
+
+// lockedBuffer is a log's destination that goroutines share.
+type lockedBuffer = testlog.Buffer

@@ -92,7 +92,7 @@ var testLibraries = []string{"go.uber.org/goleak"}
 // testInternals are the packages under internal that any test may import,
 // catalog's and the building blocks' included: leaves for tests only,
 // which import nothing of the module and are not linked into the binaries.
-var testInternals = []string{module + "/internal/testseed"}
+var testInternals = []string{module + "/internal/testseed", module + "/internal/testlog"}
 
 // importViolation returns why the package path (of component from) may
 // not import imp, or "" when it may. test is true for the imports of its
