@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ztgate/ztgate/internal/testlog"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -799,22 +800,7 @@ func TestPeerWarningsBounded(t *testing.T) {
 
 // syncBuffer is a bytes.Buffer for a logger written from several
 // goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testlog.Buffer
 
 // TestVIPsKeptByShutdown: a relay stopped while its gateways are connected
 // keeps every allocation in its state file (their sessions end during the
