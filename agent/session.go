@@ -170,6 +170,14 @@ func (a *Agent) applyDirectory(m *tunnel.Directory, server netip.Addr) {
 	default: // a service outside the pool would not be routed into the TUN
 		next.keepPool(next.pool, local...)
 	}
+	// The DNS servers' reverse zones (PTR of the VIPs) follow the pool
+	// before the directory is in force: who sees the new directory (a
+	// query, Status) sees them too.
+	if cur := a.dir.Load(); next.pool != cur.pool || next.pool6 != cur.pool6 {
+		for _, srv := range a.dns {
+			srv.SetPools(next.pool, next.pool6)
+		}
+	}
 	prev := a.dir.Swap(next)
 	a.logLocalVIPs(prev, next)
 	var gone servicesGone
@@ -180,11 +188,6 @@ func (a *Agent) applyDirectory(m *tunnel.Directory, server netip.Addr) {
 	}
 	if len(gone) > 0 && a.direct != nil {
 		a.direct.event(gone)
-	}
-	if next.pool != prev.pool || next.pool6 != prev.pool6 {
-		for _, srv := range a.dns { // their reverse zones: PTR of the VIPs
-			srv.SetPools(next.pool, next.pool6)
-		}
 	}
 	if next.pool != prev.pool && next.pool.IsValid() {
 		a.stack.SetPools([]netip.Prefix{next.pool})
