@@ -59,8 +59,9 @@ const credsSteps = 400
 //     the reload, as "revoked: <reason>"; and those the dialer made with
 //     another own identity than its reloaded certificate's: they end as
 //     "own identity changed: <old> -> <new>", and a dial in flight then
-//     may fail with ErrOwnIdentityChanged after the hello; no goroutine
-//     is left.
+//     may fail with ErrOwnIdentityChanged after the hello, or return a
+//     session of the old identity that ends likewise; no goroutine is
+//     left.
 //
 // The seed is logged; ZTGATE_CREDS_SEED=<seed> replays a run.
 func TestCredsRotationRandom(t *testing.T) {
@@ -652,6 +653,30 @@ func (r *credsRig) ownChangedKept(k *crSession) bool {
 	return true
 }
 
+// ownChangedInFlight checks that a session the dialer made during a
+// reload, with an own identity its certificate no longer carries after
+// it, has ended: at the switch, as "own identity changed: <old> -> <new>"
+// (or, when the switch also made the dialer refuse the listener, as
+// "revoked: <reason>"), or in Dial, which then returns no session.
+func (r *credsRig) ownChangedInFlight(d crDial) {
+	r.t.Helper()
+	old, now := d.server.Peer().String(), ownKey(r.client.leaf)
+	if old == now {
+		return
+	}
+	r.outcomes["session in flight ended: own identity changed"]++
+	want := "own identity changed: " + old + " -> " + now
+	select {
+	case <-d.client.Done():
+		ae, ok := errors.AsType[*quic.ApplicationError](d.client.Err())
+		if !ok || ae.Remote || ae.ErrorMessage != want && !strings.HasPrefix(ae.ErrorMessage, "revoked: ") {
+			r.t.Errorf("%s: session %s ended with %v, want the dialer's own %q", r.step, d.name, d.client.Err(), want)
+		}
+	case <-time.After(testTimeout):
+		r.t.Errorf("%s: session %s, dialed as %s, is still open now that the dialer is %s", r.step, d.name, old, now)
+	}
+}
+
 // pemDER is the DER of the first block of a PEM file.
 func pemDER(t *testing.T, b []byte) []byte {
 	t.Helper()
@@ -1004,6 +1029,9 @@ func (r *credsRig) stepInFlight() {
 			}
 		}
 		o, ok := r.checkDial(results[i], allowed, leaves)
+		if ok && o.by == "" && p.probe < 0 {
+			r.ownChangedInFlight(results[i])
+		}
 		r.closeDial(results[i])
 		if !ok {
 			continue
