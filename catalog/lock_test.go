@@ -9,7 +9,9 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // TestExclusiveStateDir: a second exclusive pool on a state directory is
@@ -90,5 +92,32 @@ func TestProbeStateDir(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Dir(absent)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the probe created %s: %v", filepath.Dir(absent), err)
+	}
+}
+
+// TestProbeStateDirFIFO: a lock file that is a FIFO (nothing ztgate
+// makes, but a state_dir may hold anything) does not hang the probe, and
+// with it the reload that holds the role's reload lock: opening a FIFO
+// read-only waits for a writer. The start opens it read-write, which does
+// not wait, and takes the lock; the probe finds it free likewise.
+func TestProbeStateDirFIFO(t *testing.T) {
+	cur, dir := t.TempDir(), t.TempDir()
+	fifo := filepath.Join(dir, LockFileName)
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Skipf("mkfifo: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- ProbeStateDir(cur, dir) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("probe of a directory whose lock file is a FIFO: %v, want nil (free)", err)
+		}
+	case <-time.After(2 * time.Second):
+		// Let the probe's open return before the test ends.
+		if w, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil {
+			w.Close()
+		}
+		t.Fatal("the probe hangs on a FIFO lock file")
 	}
 }

@@ -34,10 +34,12 @@ func lockStateDir(dir string) (*os.File, error) {
 }
 
 // probeStateDir is ProbeStateDir: it opens dir's lock file read-only
-// (flock does not need write access), without creating it.
+// (flock does not need write access), without creating it, and without
+// waiting (O_NONBLOCK): a FIFO in its place would make a read-only open
+// wait for a writer, and the reload with it.
 func probeStateDir(dir string) error {
 	path := filepath.Join(dir, LockFileName)
-	f, err := os.Open(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil // none there, or not ours to open: the start judges
 	}
