@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"sync"
@@ -312,6 +313,15 @@ func (d *direct) onAnswer(m *tunnel.Answer, now time.Time) {
 func (d *direct) onDialed(r dialed, now time.Time) {
 	delete(d.offers, r.id)
 	st := d.state(r.service)
+	if r.s == nil && errors.Is(r.err, tunnel.ErrOwnIdentityChanged) {
+		// The agent's own identity changed during the dial (its session
+		// to the relay ends too): nothing failed, and the next offer,
+		// from the new identity, need not wait out a backoff.
+		d.log.Info("direct path not taken: the agent's own identity changed while it was dialled", "service", r.service, "gateway", r.gateway, "err", r.err)
+		d.result(r.id, false, netip.AddrPort{})
+		st.phase, st.path, st.retryAt = phaseIdle, nil, now
+		return
+	}
 	if r.s == nil {
 		d.log.Info("direct path failed; the relay carries the service", "service", r.service, "gateway", r.gateway, "err", r.err)
 		d.result(r.id, false, netip.AddrPort{})

@@ -1,8 +1,11 @@
 package agent
 
 import (
+	"fmt"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ztgate/ztgate/tunnel"
 )
@@ -46,5 +49,30 @@ func dialOutcome(t *testing.T, d *direct) dialed {
 		case <-deadline:
 			t.Fatal("no dial outcome")
 		}
+	}
+}
+
+// TestDirectDialEndedByOwnIdentityChange: a dial that Dial ended because
+// the agent's own identity changed meanwhile (ErrOwnIdentityChanged) is
+// no failure: the service goes back to idle without a backoff and
+// ztgate_agent_direct_events_total{event="failed"} stays, while the relay
+// still hears that the offer did not succeed.
+func TestDirectDialEndedByOwnIdentityChange(t *testing.T) {
+	f := newDirectFixture(t)
+	d := f.manualDirect()
+	now := time.Now()
+	o := f.offerWeb(d, now)
+	d.svcs["web"].phase = phaseDialing
+	failed := testutil.ToFloat64(f.a.m.directFailed)
+	changed := &tunnel.OwnIdentityChangedError{Old: "acme/agent/laptop", New: "globex/agent/laptop"}
+	d.onDialed(dialed{service: "web", gateway: "ops/gateway/gw1", id: o.SessionID, err: fmt.Errorf("tunnel: dial 127.0.0.1:1: %w", changed)}, now)
+	if st := d.svcs["web"]; st.phase != phaseIdle || st.retryAt.After(now) {
+		t.Errorf("web %+v after the dial ended for the new identity, want idle, retry at once (%v)", st, now)
+	}
+	if n := testutil.ToFloat64(f.a.m.directFailed); n != failed {
+		t.Errorf("direct failures %v, want %v: nothing failed", n, failed)
+	}
+	if r := next[tunnel.Result](t, f.relay); r.SessionID != o.SessionID || r.Success {
+		t.Errorf("result %+v, want the offer %d unsuccessful", r, o.SessionID)
 	}
 }
