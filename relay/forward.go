@@ -283,6 +283,19 @@ func (fw *forwarding) shutdown() {
 	fw.wg.Wait()
 }
 
+// count returns how many forwarders match selects.
+func (fw *forwarding) count(match func(*forwarder) bool) int {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	n := 0
+	for _, f := range fw.byPort {
+		if match(f) {
+			n++
+		}
+	}
+	return n
+}
+
 // closeWhere closes the forwarders match selects, for reason (a label of
 // ztgate_relay_forwarders_closed_total) and why (the log's words), and
 // returns how many.
@@ -484,16 +497,18 @@ func (r *Relay) closeRevokedForwarders(p peer, g *gateway) {
 		}
 	}
 	r.mu.RUnlock()
-	if kept {
-		r.log.Info("relay session revoked; another session of the identity is live, its forwarders stay",
-			"role", role, "identity", id, "session", p.s.ID())
-		return
-	}
 	why := "the relay revoked its agent's session"
 	match := func(f *forwarder) bool { return f.agent == id }
 	if g != nil {
 		why = "the relay revoked its gateway's session"
 		match = func(f *forwarder) bool { return f.gateway == id && f.gwName == g.name }
+	}
+	if kept {
+		if n := r.fwd.count(match); n > 0 {
+			r.log.Info("relay session revoked; another session of the identity is live, its forwarders stay",
+				"role", role, "identity", id, "session", p.s.ID(), "forwarders", n)
+		}
+		return
 	}
 	if n := r.fwd.closeWhere(match, fwdCloseRevoked, why); n > 0 {
 		r.log.Warn("forwarders closed: the relay revoked a session", "role", role, "identity", id,
