@@ -58,7 +58,8 @@ func (a *Agent) applyReload(next *conf.Agent) (*conf.Agent, error) {
 	f := a.creds.Files()
 	running.Tunnel.Cert, running.Tunnel.Key, running.Tunnel.CA = f.Cert, f.Key, f.CA
 	nt := next.Tunnel
-	moves := nt.Server != running.Tunnel.Server
+	// The server it dials, by address or by the name it verifies.
+	moves := nt.Server != running.Tunnel.Server || nt.ServerName != running.Tunnel.ServerName
 	keys := running.OwnTLS().ChangedFiles(next.OwnTLS())
 	if len(keys) == 0 {
 		a.serverMoves.Store(moves)

@@ -342,4 +342,11 @@ func TestReloadFilesWaitForServer(t *testing.T) {
 	if got := a.creds.Certificate().Subject.CommonName; !strings.Contains(got, "laptop-q") {
 		t.Fatalf("after the server was put back ReloadCredentials kept certificate %q", got)
 	}
+	// Another server_name is another server too: the files wait with it.
+	renamed := strings.Replace(file(relay.addr(), qCert, qKey, q.caFile), `server_name = "relay.test"`, `server_name = "relay2.test"`, 1)
+	run(reloadtest.Case{Name: "the new server's files with another server_name", Text: renamed,
+		Logged: []string{`level=WARN msg="configuration changed; restart to apply: tunnel.server_name, tunnel.cert, tunnel.key, tunnel.ca"`}})
+	if got := a.creds.Files(); got != inUse {
+		t.Fatalf("files in use %+v: those waiting for the restart with tunnel.server_name were switched to", got)
+	}
 }

@@ -88,7 +88,7 @@ func (g *Gateway) Reload() (Diff, error) {
 	if err != nil {
 		return Diff{}, g.reloadFailed(err)
 	}
-	g.relayMoves.Store(next.Tunnel.Relay != g.running.Tunnel.Relay)
+	g.relayMoves.Store(!sameRelay(g.running.Tunnel, next.Tunnel))
 	g.m.reloads.WithLabelValues("ok").Inc()
 	g.logDiff("reloaded", d)
 	conf.WarnRestart(g.log, d.RestartRequired)
@@ -478,7 +478,13 @@ var liveKeys = map[string]bool{
 func liveTunnelFiles(cur, next *conf.Gateway) bool {
 	on := func(t conf.Tunnel) bool { return t.Listen != "" || t.Relay != "" }
 	return on(cur.Tunnel) && on(next.Tunnel) && cur.Tunnel.Insecure == next.Tunnel.Insecure &&
-		cur.Tunnel.Relay == next.Tunnel.Relay
+		sameRelay(cur.Tunnel, next.Tunnel)
+}
+
+// sameRelay reports whether a and b dial the same relay: its address and
+// the name its certificate must carry (tunnel.relay, tunnel.server_name).
+func sameRelay(a, b conf.Tunnel) bool {
+	return a.Relay == b.Relay && a.ServerName == b.ServerName
 }
 
 // checkWaitingTunnelFiles loads the [tunnel] files of next that wait for

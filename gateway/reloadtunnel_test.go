@@ -78,6 +78,8 @@ func TestRestartRequiredTunnelFiles(t *testing.T) {
 		{"other files, the same relay", "relay", head + moved + relayA, []string{}, []string{"tunnel.cert", "tunnel.key", "tunnel.ca"}},
 		{"other files, another relay", "relay", head + moved + relayB,
 			[]string{"tunnel.relay", "tunnel.cert", "tunnel.key", "tunnel.ca"}, nil},
+		{"other files, the relay's other name", "relay", head + moved + relayA + "server_name = \"relay2.test\"\n",
+			[]string{"tunnel.server_name", "tunnel.cert", "tunnel.key", "tunnel.ca"}, nil},
 		{"other files, the relay dropped", "relay", head + moved,
 			[]string{"tun", "tunnel.relay", "tunnel.server_name", "tunnel.cert", "tunnel.key", "tunnel.ca"}, nil},
 	} {
