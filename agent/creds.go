@@ -12,7 +12,7 @@ import "fmt"
 // it runs with would be checked against them (applyReload).
 func (a *Agent) ReloadCredentials() error {
 	if a.serverMoves.Load() {
-		a.log.Warn("tunnel credentials not re-read: tunnel.server changed, and tunnel.cert, tunnel.key, tunnel.ca wait for the restart with it",
+		a.log.Warn("tunnel credentials not re-read: tunnel.server or tunnel.server_name changed, and tunnel.cert, tunnel.key, tunnel.ca wait for the restart with it",
 			"server", a.cfg.Tunnel.Server)
 		return nil
 	}

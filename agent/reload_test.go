@@ -325,7 +325,7 @@ func TestReloadFilesWaitForServer(t *testing.T) {
 	if got := a.creds.Certificate().Subject.CommonName; strings.Contains(got, "laptop-q") {
 		t.Fatalf("ReloadCredentials took up the contents meant for the new server (certificate %q)", got)
 	}
-	if !strings.Contains(logs.String(), "tunnel credentials not re-read: tunnel.server changed") {
+	if !strings.Contains(logs.String(), "tunnel credentials not re-read: tunnel.server or tunnel.server_name changed") {
 		t.Fatalf("no warning that the files wait for the restart:\n%s", logs)
 	}
 	select {

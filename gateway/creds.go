@@ -18,7 +18,7 @@ func (g *Gateway) ReloadCredentials() error {
 		return nil
 	}
 	if g.relayMoves.Load() {
-		g.log.Warn("tunnel credentials not re-read: tunnel.relay changed, and tunnel.cert, tunnel.key, tunnel.ca wait for the restart with it",
+		g.log.Warn("tunnel credentials not re-read: tunnel.relay or tunnel.server_name changed, and tunnel.cert, tunnel.key, tunnel.ca wait for the restart with it",
 			"relay", g.cfg.Tunnel.Relay)
 		return nil
 	}

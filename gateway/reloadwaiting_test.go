@@ -144,7 +144,7 @@ func TestReloadTunnelFilesWaitForRelay(t *testing.T) {
 	if got := h.gw.creds.Certificate().Subject.CommonName; strings.Contains(got, "gw1-next") {
 		t.Fatalf("ReloadCredentials took up the contents meant for the new relay (certificate %q)", got)
 	}
-	if !strings.Contains(logs.String(), "tunnel credentials not re-read: tunnel.relay changed") {
+	if !strings.Contains(logs.String(), "tunnel credentials not re-read: tunnel.relay or tunnel.server_name changed") {
 		t.Fatalf("no warning that the files wait for the restart:\n%s", logs.String())
 	}
 	select {
