@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"strings"
 
 	"github.com/ztgate/ztgate/conf"
 	"github.com/ztgate/ztgate/tunnel"
@@ -15,7 +18,7 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "configuration `file` to validate (gateway, relay or agent)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: ztgate check -config FILE\n\nValidates a configuration file and prints every error; exits 1 on error, 0 when valid.")
+		fmt.Fprintln(stderr, "usage: ztgate check -config FILE\n\nValidates a configuration file and prints every error; exits 1 on error, 0 when valid\n(with a warning for what the role starts with but its peers refuse, such as a certificate\nits own CA file does not verify).")
 		fs.PrintDefaults()
 	}
 	if code, ok := parseFlags(fs, args, 1); !ok {
@@ -33,8 +36,10 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	role, own, err := conf.Check(*path)
+	var warnings []string
 	if err == nil {
-		if cerr := checkOwnCertificate(own, role); cerr != nil {
+		var cerr error
+		if warnings, cerr = checkOwnCertificate(own, role); cerr != nil {
 			err = conf.Errors{own.CertError(cerr)}
 		}
 	}
@@ -46,6 +51,17 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
+	// What the role only warns about at start is valid, but said: a
+	// certificate that its own CA file does not verify (the wrong ca, or
+	// a cert from another CA) starts, and then every peer that trusts only
+	// that CA refuses it.
+	for _, w := range warnings {
+		fmt.Fprintln(stderr, own.CertError(errors.New(w)))
+	}
+	if len(warnings) > 0 {
+		fmt.Fprintf(stdout, "%s: valid %s configuration, %d warning(s)\n", *path, role, len(warnings))
+		return 0
+	}
 	fmt.Fprintf(stdout, "%s: valid %s configuration\n", *path, role)
 	return 0
 }
@@ -54,13 +70,57 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 // start, its role included (tunnel.CredentialsConfig.Role): `check` then
 // refuses a certificate of another role, or the CA's, which conf cannot
 // tell (it reads no ztgate identity). own is nil for a role that opens no
-// tunnel.
-func checkOwnCertificate(own *conf.OwnTLS, role conf.Role) error {
+// tunnel. What the load only warns about (the role starts with it) comes
+// back as warnings, one line each.
+func checkOwnCertificate(own *conf.OwnTLS, role conf.Role) (warnings []string, err error) {
 	if own == nil || own.Insecure && own.Cert == "" && own.Key == "" {
-		return nil
+		return nil, nil
 	}
-	_, err := tunnel.NewCredentials(tunnel.CredentialsConfig{
+	h := &warnCollector{}
+	_, err = tunnel.NewCredentials(tunnel.CredentialsConfig{
 		CertFile: own.Cert, KeyFile: own.Key, CAFile: own.CA, Insecure: own.Insecure, Role: string(role),
-	}, nil)
-	return err
+	}, slog.New(h))
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range h.records {
+		warnings = append(warnings, checkWarning(r, own))
+	}
+	return warnings, nil
 }
+
+// checkWarning words a warning of the credentials' load for check, with
+// what to do where it is known; others as the log line says them.
+func checkWarning(r slog.Record, own *conf.OwnTLS) string {
+	attrs := map[string]string{}
+	var b strings.Builder
+	b.WriteString("warning: " + r.Message)
+	r.Attrs(func(a slog.Attr) bool {
+		attrs[a.Key] = a.Value.String()
+		fmt.Fprintf(&b, " %s=%q", a.Key, a.Value.String())
+		return true
+	})
+	if reason := attrs["reason"]; reason != "" && r.Message == "tunnel certificate does not verify against the CA" {
+		return fmt.Sprintf("warning: %s does not verify against the CA of %s.ca (%s): %s; peers that trust only that CA refuse it (%s): "+
+			"issue the certificate from that CA (ztgate pki issue -dir with that CA's directory), or set %s.ca to the ca.crt of the CA that signed it",
+			own.Cert, own.Section, own.CA, attrs["err"], reason, own.Section)
+	}
+	return b.String()
+}
+
+// warnCollector is a slog handler that keeps the records of level WARN
+// and above.
+type warnCollector struct {
+	records []slog.Record
+}
+
+func (h *warnCollector) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+
+func (h *warnCollector) Handle(_ context.Context, r slog.Record) error {
+	h.records = append(h.records, r.Clone())
+	return nil
+}
+
+func (h *warnCollector) WithAttrs([]slog.Attr) slog.Handler { return h }
+
+func (h *warnCollector) WithGroup(string) slog.Handler { return h }

@@ -121,3 +121,53 @@ func TestCheckOwnCertificateRole(t *testing.T) {
 		t.Errorf("an agent's certificate for the relay: exit %d, stderr %q; want 1 and %q, then %q", code, got, want, count)
 	}
 }
+
+// TestCheckWarnsCertificateOfAnotherCA: a gateway whose tunnel.ca is not
+// the CA that signed its tunnel.cert starts (with a warning) and every
+// relay that trusts only that CA refuses it. check said "valid" and nothing
+// else; it now names the key, both files and what to do, and still exits 0.
+func TestCheckWarnsCertificateOfAnotherCA(t *testing.T) {
+	dir := t.TempDir()
+	ztg := func(args ...string) {
+		t.Helper()
+		var stdout, stderr bytes.Buffer
+		if code := run(args, &stdout, &stderr); code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, stderr.String())
+		}
+	}
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	ztg("pki", "init", "-dir", a)
+	ztg("pki", "init", "-dir", b)
+	ztg("pki", "issue", "-dir", a, "-role", "gateway", "-tenant", "infra", "-name", "gw")
+	config := func(ca string) string {
+		path := filepath.Join(dir, "gw.toml")
+		text := fmt.Sprintf("[gateway]\nname = \"gw\"\nstate_dir = %q\n\n[tunnel]\nrelay = \"127.0.0.1:4433\"\ncert = %q\nkey = %q\nca = %q\n",
+			filepath.Join(dir, "state"), filepath.Join(a, "gw.crt"), filepath.Join(a, "gw.key"), filepath.Join(ca, "ca.crt"))
+		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	var stdout, stderr bytes.Buffer
+	path := config(a)
+	if code := run([]string{"check", path}, &stdout, &stderr); code != 0 || stdout.String() != path+": valid gateway configuration\n" || stderr.Len() != 0 {
+		t.Errorf("its own CA: exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
+	}
+	stdout.Reset()
+	stderr.Reset()
+	path = config(b)
+	code := run([]string{"check", path}, &stdout, &stderr)
+	want := []string{
+		"gw.toml:7: tunnel.cert: warning: " + filepath.Join(a, "gw.crt") + " does not verify against the CA of tunnel.ca (" + filepath.Join(b, "ca.crt") + ")",
+		"refuse it (unknown_authority)",
+		"set tunnel.ca to the ca.crt of the CA that signed it",
+	}
+	for _, w := range want {
+		if !strings.Contains(stderr.String(), w) {
+			t.Errorf("stderr lacks %q:\n%s", w, stderr.String())
+		}
+	}
+	if code != 0 || stdout.String() != path+": valid gateway configuration, 1 warning(s)\n" || strings.Count(stderr.String(), "\n") != 1 {
+		t.Errorf("another CA: exit %d, stdout %q, stderr %q; want 0, one warning", code, stdout.String(), stderr.String())
+	}
+}
