@@ -77,7 +77,11 @@ func (d *treeDecoder) decodeStruct(path string, in any, out reflect.Value) {
 		p := join(path, quoteKey(k))
 		i, known := fields[k]
 		if !known {
-			d.errs.decodeErr(p, "unknown key")
+			if near := nearestKey(k, fields); near != "" {
+				d.errs.decodeErr(p, "unknown key (did you mean %s?)", quoteKey(near))
+			} else {
+				d.errs.decodeErr(p, "unknown key")
+			}
 			continue
 		}
 		d.decode(p, m[k], out.Field(i))
@@ -205,4 +209,52 @@ func tablePath(path string) string {
 		}
 	}
 	return b.String()
+}
+
+// nearestKey returns the key of fields that a misspelt key most likely
+// meant: the only one at the smallest edit distance (a transposition
+// counting as one edit), at most 2 and less than half of key's length, so
+// that a short or unrelated key gets no guess. "" when there is none.
+func nearestKey(key string, fields map[string]int) string {
+	best, bestD, ties := "", 3, 0
+	for f := range fields {
+		d := editDistance(strings.ToLower(key), f)
+		switch {
+		case d < bestD:
+			best, bestD, ties = f, d, 1
+		case d == bestD:
+			ties++
+		}
+	}
+	if ties != 1 || 2*bestD >= len(key) {
+		return ""
+	}
+	return best
+}
+
+// editDistance is the optimal string alignment distance of a and b
+// (insertions, deletions, substitutions and transpositions of adjacent
+// bytes).
+func editDistance(a, b string) int {
+	prev2 := make([]int, len(b)+1)
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				cur[j] = min(cur[j], prev2[j-2]+1)
+			}
+		}
+		prev2, prev, cur = prev, cur, prev2
+	}
+	return prev[len(b)]
 }

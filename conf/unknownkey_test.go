@@ -1,0 +1,47 @@
+package conf
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestUnknownKeyNearest: a misspelt key names the key it most likely meant
+// (a new user's "prot" for port, "tunel" for the [tunnel] table whose
+// absence then makes the services' tenants unknown), and an unrelated or
+// short key gets no guess.
+func TestUnknownKeyNearest(t *testing.T) {
+	for _, tc := range []struct {
+		name, toml, want string
+	}{
+		{"transposed", "[gateway]\nnmae = \"gw\"\n", "gw.toml:2: gateway.nmae: unknown key (did you mean name?)"},
+		{"table", "[tunel]\nrelay = \"r:4433\"\n", "gw.toml:1: tunel: unknown key (did you mean tunnel?)"},
+		{"nested", gatewayHead + "[dns]\nupstream = []\n", "dns.upstream: unknown key (did you mean upstreams?)"},
+		{"capitals", "[gateway]\nName = \"gw\"\n", "gateway.Name: unknown key (did you mean name?)"},
+		{"unrelated", "[gateway]\ncolour = 1\n", "gateway.colour: unknown key"},
+		{"short", "[api]\nls = 1\n", "api.ls: unknown key"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseGateway("gw.toml", []byte(tc.toml))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			var line string
+			for _, l := range strings.Split(err.Error(), "\n") {
+				if strings.Contains(l, "unknown key") {
+					line = l
+				}
+			}
+			if !strings.HasSuffix(line, tc.want) {
+				t.Errorf("error %q, want it to end in %q (all: %v)", line, tc.want, err)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		a, b string
+		d    int
+	}{{"", "abc", 3}, {"prot", "port", 1}, {"intervl", "interval", 1}, {"abc", "abc", 0}, {"kitten", "sitting", 3}} {
+		if d := editDistance(tc.a, tc.b); d != tc.d {
+			t.Errorf("editDistance(%q, %q) = %d, want %d", tc.a, tc.b, d, tc.d)
+		}
+	}
+}
