@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"syscall"
 
 	"github.com/BurntSushi/toml"
 )
@@ -22,6 +23,11 @@ type tomlDoc struct {
 // readTOML reads a file and parses it into a generic tree.
 func readTOML(path string) (*tomlDoc, error) {
 	data, err := os.ReadFile(path)
+	if errors.Is(err, syscall.EISDIR) {
+		// "read DIR: is a directory" says neither what was wanted nor
+		// what to do.
+		return nil, Errors{fmt.Errorf("conf: %s: %w: name the configuration file itself, not its directory", path, syscall.EISDIR)}
+	}
 	if err != nil {
 		return nil, Errors{fmt.Errorf("conf: %w", err)}
 	}

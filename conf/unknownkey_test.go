@@ -1,7 +1,9 @@
 package conf
 
 import (
+	"errors"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -43,5 +45,22 @@ func TestUnknownKeyNearest(t *testing.T) {
 		if d := editDistance(tc.a, tc.b); d != tc.d {
 			t.Errorf("editDistance(%q, %q) = %d, want %d", tc.a, tc.b, d, tc.d)
 		}
+	}
+}
+
+// TestConfigIsDirectory: a -config that names a directory says so and
+// what to do, for every role (it said "read DIR: is a directory").
+func TestConfigIsDirectory(t *testing.T) {
+	dir := t.TempDir()
+	want := "conf: " + dir + ": is a directory: name the configuration file itself, not its directory"
+	_, _, err := Check(dir)
+	if err == nil || err.Error() != want {
+		t.Errorf("Check(dir) = %v, want %q", err, want)
+	}
+	if !errors.Is(err, syscall.EISDIR) {
+		t.Errorf("Check(dir) = %v, not EISDIR", err)
+	}
+	if _, err := LoadRelay(dir); err == nil || err.Error() != want {
+		t.Errorf("LoadRelay(dir) = %v, want %q", err, want)
 	}
 }
