@@ -65,6 +65,9 @@ func (rc roleCommand[C]) run(args []string, stderr io.Writer) int {
 	cfg, err := rc.load(*path)
 	if err != nil {
 		printConfigErrors(stderr, err)
+		if !flagSet(fs, "config") && errors.Is(err, os.ErrNotExist) {
+			fmt.Fprintf(stderr, "ztgate %s: no configuration at %s, the default of -config: write it there, or pass -config FILE (examples/ in the source has one for each role; `ztgate check -config FILE` validates it)\n", rc.name, *path)
+		}
 		return 1
 	}
 	r, reload, err := rc.build(cfg, log)
@@ -114,6 +117,13 @@ func shutdown(log interface{ Error(string, ...any) }, close func() error) int {
 		log.Error("shutdown took too long; exiting", "grace", shutdownGrace)
 		return 1
 	}
+}
+
+// flagSet reports whether the command line set the flag name.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 func printConfigErrors(w io.Writer, err error) {

@@ -1,18 +1,21 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ztgate/ztgate/conf"
 	"github.com/ztgate/ztgate/internal/testlog"
 )
 
@@ -251,4 +254,26 @@ func TestRoleSignals(t *testing.T) {
 			t.Errorf("exited %v after the second signal", d.Round(10*time.Millisecond))
 		}
 	})
+}
+
+// TestRoleMissingDefaultConfig: a role started without -config whose
+// default file is not there says that the path is -config's default and
+// what to do ("conf: open /etc/ztgate/gateway.toml: no such file or
+// directory" was all); a -config that names a missing file gets no hint
+// about defaults.
+func TestRoleMissingDefaultConfig(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "gateway.toml")
+	rc := roleCommand[conf.Gateway]{name: "gateway", defaultConfig: missing, load: conf.LoadGateway}
+	var stderr bytes.Buffer
+	if code := rc.run(nil, &stderr); code != 1 {
+		t.Fatalf("exit %d, want 1: %s", code, stderr.String())
+	}
+	want := "ztgate gateway: no configuration at " + missing + ", the default of -config: write it there, or pass -config FILE"
+	if !strings.Contains(stderr.String(), "no such file or directory") || !strings.Contains(stderr.String(), want) {
+		t.Errorf("stderr %q, want the error and %q", stderr.String(), want)
+	}
+	stderr.Reset()
+	if code := rc.run([]string{"-config", missing}, &stderr); code != 1 || strings.Contains(stderr.String(), "default") {
+		t.Errorf("-config of a missing file: exit %d, stderr %q; want 1 and no word of defaults", code, stderr.String())
+	}
 }
