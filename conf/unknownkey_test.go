@@ -64,3 +64,38 @@ func TestConfigIsDirectory(t *testing.T) {
 		t.Errorf("LoadRelay(dir) = %v, want %q", err, want)
 	}
 }
+
+// TestHostPortHint: an address that is not host:port says how to write
+// it: a relay's address without its port (a new user's first try), an IPv4
+// listener without one, an unbracketed IPv6 address, a URL. It said only
+// `"relay.example.net" is not host:port`.
+func TestHostPortHint(t *testing.T) {
+	gw := func(tunnel string) string {
+		return "[gateway]\nname = \"gw\"\n[tunnel]\n" + tunnel + "\ninsecure = true\n"
+	}
+	for _, tc := range []struct {
+		name, toml, want string
+	}{
+		{"relay without port", gw(`relay = "relay.example.net"`), `gw.toml:4: tunnel.relay: "relay.example.net" is not host:port: add the port, e.g. "relay.example.net:4433"`},
+		{"listener without port", gw(`listen = "0.0.0.0"`), `tunnel.listen: "0.0.0.0" is not host:port: add the port, e.g. "0.0.0.0:4434"`},
+		{"IPv6 without brackets", gw(`relay = "2001:db8::1:4433"`), `tunnel.relay: "2001:db8::1:4433" is not host:port: an IPv6 address and its port are written [ADDRESS]:PORT, e.g. "[2001:db8::1]:4433"`},
+		{"URL", gw(`relay = "quic://relay.example.net:4433/"`), `tunnel.relay: "quic://relay.example.net:4433/" is not host:port: write host:port without a scheme, as "relay.example.net:4433"`},
+		{"nothing to say", gw(`relay = "a b"`), `tunnel.relay: "a b" is not host:port`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseGateway("gw.toml", []byte(tc.toml))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			var line string
+			for _, l := range strings.Split(err.Error(), "\n") {
+				if strings.Contains(l, "host:port") {
+					line = l
+				}
+			}
+			if !strings.HasSuffix(line, tc.want) {
+				t.Errorf("error %q, want it to end in %q (all: %v)", line, tc.want, err)
+			}
+		})
+	}
+}

@@ -1,10 +1,12 @@
 package conf
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ztgate/ztgate/catalog"
@@ -218,13 +220,34 @@ func (v *validator) apiListen(path, s string, def netip.AddrPort) netip.AddrPort
 	return ap
 }
 
+// hostPortHint says how to write s, which is not host:port, when that is
+// clear: a host name or IPv4 address without its port (the port of the
+// docs' examples for path: 4434 for a gateway's listener, else the relay's
+// 4433), a URL, or an IPv6 address without brackets.
+func hostPortHint(path, s string) string {
+	port := "4433"
+	if path == "tunnel.listen" {
+		port = "4434"
+	}
+	if _, rest, ok := strings.Cut(s, "://"); ok {
+		return fmt.Sprintf(": write host:port without a scheme, as %q", strings.TrimSuffix(rest, "/"))
+	}
+	if strings.Count(s, ":") > 1 && !strings.Contains(s, "[") {
+		return fmt.Sprintf(`: an IPv6 address and its port are written [ADDRESS]:PORT, e.g. "[2001:db8::1]:%s"`, port)
+	}
+	if a, err := netip.ParseAddr(s); err == nil && a.Is4() || !strings.ContainsAny(s, ":/") && s != "" && checkHostName(s) == nil {
+		return fmt.Sprintf(": add the port, e.g. %q", net.JoinHostPort(s, port))
+	}
+	return ""
+}
+
 // hostPort checks a host:port string and returns its host. The port is a
 // number 1..65535 (0 too for a listener); the host is an IP address or a host
 // name, and may be empty only for a listener.
 func (v *validator) hostPort(path, s string, listener bool) (string, bool) {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
-		v.addf(path, "%q is not host:port", s)
+		v.addf(path, "%q is not host:port%s", s, hostPortHint(path, s))
 		return "", false
 	}
 	n, err := strconv.ParseUint(port, 10, 16)
