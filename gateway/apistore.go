@@ -62,7 +62,10 @@ func (s *apiStore) load(ctx conf.ServiceContext) ([]catalog.Service, error) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("API services %s: %w", s.path, err)
+		// Not a file that is not there: the state directory is no
+		// directory (a path through a file), or this user may not read it.
+		return nil, fmt.Errorf("API services %s: %w: state_dir %s must be a directory this user can read and write; fix it or set [gateway] state_dir to one",
+			s.path, err, filepath.Dir(s.path))
 	}
 	s.saved = data
 	var f apiStoreFile

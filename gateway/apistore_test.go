@@ -1,10 +1,13 @@
 package gateway
 
 import (
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/ztgate/ztgate/conf"
@@ -68,5 +71,22 @@ func TestHeldAnswerAsNetHTTP(t *testing.T) {
 				t.Errorf("held: %d %q %v; net/http: %d %q %v; want status %d", rec.Code, rec.Body, rec.Header(), want.Code, want.Body, want.Header(), tc.want)
 			}
 		})
+	}
+}
+
+// TestAPIStoreStateDirNotADirectory: a state_dir that cannot be a
+// directory (a path through a file) stops a gateway attached to a relay at
+// start; the error names state_dir and what to do, where it said only
+// "open …/api-services.json: not a directory".
+func TestAPIStoreStateDirNotADirectory(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "afile")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stateDir := filepath.Join(file, "state")
+	_, err := newAPIStore(stateDir).load(conf.ServiceContext{AllowUnknownTenants: true})
+	want := "state_dir " + stateDir + " must be a directory this user can read and write; fix it or set [gateway] state_dir to one"
+	if err == nil || !strings.Contains(err.Error(), want) || !errors.Is(err, syscall.ENOTDIR) {
+		t.Errorf("load = %v, want ENOTDIR and %q", err, want)
 	}
 }
