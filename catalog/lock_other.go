@@ -10,7 +10,7 @@ import (
 // lockStateDir creates dir if needed; without flock there is no lock.
 func lockStateDir(dir string) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("catalog: create state directory: %w", err)
+		return nil, fmt.Errorf("catalog: create state directory (state_dir): %w: make it a directory this user can write, or set state_dir to one", err)
 	}
 	return nil, nil
 }

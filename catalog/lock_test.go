@@ -121,3 +121,22 @@ func TestProbeStateDirFIFO(t *testing.T) {
 		t.Fatal("the probe hangs on a FIFO lock file")
 	}
 }
+
+// TestStateDirNotCreatable: a state directory that cannot be made (a path
+// through a file; as root, permissions cannot be tested) is an error that
+// names the key and what to do, for the lock and for the pool's state
+// file, besides the mkdir error (which getting-started.md quotes).
+func TestStateDirNotCreatable(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "afile")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(file, "state")
+	_, lockErr := LockStateDir(dir)
+	_, _, _, loadErr := loadState(filepath.Join(dir, StateFileName), [families]addrSpace{}, time.Unix(0, 0))
+	for what, err := range map[string]error{"lock": lockErr, "state file": loadErr} {
+		if err == nil || !strings.Contains(err.Error(), "(state_dir): mkdir "+file+": not a directory: make it a directory this user can write, or set state_dir to one") {
+			t.Errorf("%s: %v", what, err)
+		}
+	}
+}
