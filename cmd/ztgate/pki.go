@@ -239,8 +239,8 @@ func describeIssued(w io.Writer, crt, key string, crtPEM []byte) error {
 	case len(names) > 0:
 		fmt.Fprintf(w, "server names (what its clients may dial): %s\n", strings.Join(names, ", "))
 	case id.Role == tunnel.RoleGateway:
-		fmt.Fprintln(w, "no server names: enough behind a relay and for the direct path; "+
-			"a gateway with a [tunnel] listen needs the names its agents dial (-dns, -ip)")
+		fmt.Fprintln(w, "no server names: enough behind a relay and for its direct and forwarded paths (agents know the gateway by identity there); "+
+			"agents that dial its [tunnel] listen as their tunnel.server verify the names they dial, which need -dns or -ip")
 	}
 	return nil
 }
