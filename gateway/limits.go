@@ -98,7 +98,7 @@ func fdFlowCap() int {
 func (g *Gateway) warnLimits() {
 	configured := g.tbl.Load().limits.MaxFlows
 	if n := g.limits.maxFlows(configured); n != configured {
-		g.log.Warn("the open file limit allows fewer flows than [limits] max_flows; raise it (LimitNOFILE=) to allow more",
+		g.log.Warn("the open file limit allows fewer flows than [limits] max_flows; raise it (LimitNOFILE= under systemd, ulimit -n in a shell) to allow more, or lower max_flows",
 			"max_flows", configured, "effective", n)
 	}
 }

@@ -220,4 +220,9 @@ func TestMaxFlowsOverFileLimitWarned(t *testing.T) {
 			t.Fatalf("after max_flows %d: %d warnings, want %d:\n%s", tt.maxFlows, n, tt.warns, logs)
 		}
 	}
+	// What to do, for a gateway run from a shell too (it named only
+	// systemd's LimitNOFILE=).
+	if !strings.Contains(logs.String(), "ulimit -n in a shell") {
+		t.Errorf("the warning does not say how to raise the limit in a shell:\n%s", logs)
+	}
 }
