@@ -18,6 +18,9 @@ func ParseAgent(name string, data []byte) (*Agent, error) {
 }
 
 func agentFromTree(name string, doc *tomlDoc) (*Agent, error) {
+	if err := wrongRole(RoleAgent, name, doc.tree); err != nil {
+		return nil, Errors{err}
+	}
 	var raw rawAgentFile
 	v := decodeFile(name, doc, &raw)
 	sec := raw.Agent

@@ -73,6 +73,29 @@ func Check(path string) (Role, *OwnTLS, error) {
 	return role, own, err
 }
 
+// wrongRole refuses a file of another role than want, as its role's table
+// tells ([relay] for a relay, ...): the file's keys would each be an
+// unknown key of want, and its required keys missing, which says nothing
+// of the cause. A file whose role cannot be told is for want to judge.
+func wrongRole(want Role, name string, tree map[string]any) error {
+	got, err := detectRole(tree)
+	if err != nil || got == want || got == "" {
+		return nil
+	}
+	article := func(r Role) string {
+		if r == RoleAgent {
+			return "an " + string(r)
+		}
+		return "a " + string(r)
+	}
+	how := "[" + string(got) + "] table"
+	if _, ok := tree[string(got)]; !ok {
+		how = "[[service]] tables" // a gateway told by its services
+	}
+	return fmt.Errorf("%s: the file configures %s (its %s), not %s: run `ztgate %s -config %s`, or give the %s's own file",
+		fileLabel(name), article(got), how, article(want), got, name, want)
+}
+
 // detectRole tells the role of a parsed file.
 func detectRole(tree map[string]any) (Role, error) {
 	var found []Role

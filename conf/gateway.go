@@ -27,6 +27,9 @@ func ParseGateway(name string, data []byte) (*Gateway, error) {
 }
 
 func gatewayFromTree(name string, doc *tomlDoc) (*Gateway, error) {
+	if err := wrongRole(RoleGateway, name, doc.tree); err != nil {
+		return nil, Errors{err}
+	}
 	var raw rawGatewayFile
 	v := decodeFile(name, doc, &raw)
 	sec := raw.Gateway

@@ -29,6 +29,9 @@ func ParseRelay(name string, data []byte) (*Relay, error) {
 }
 
 func relayFromTree(name string, doc *tomlDoc) (*Relay, error) {
+	if err := wrongRole(RoleRelay, name, doc.tree); err != nil {
+		return nil, Errors{err}
+	}
 	var raw rawRelayFile
 	v := decodeFile(name, doc, &raw)
 	sec := raw.Relay

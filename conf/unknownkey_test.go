@@ -99,3 +99,30 @@ func TestHostPortHint(t *testing.T) {
 		})
 	}
 }
+
+// TestWrongRoleFile: a role given another role's file says which role the
+// file is for and what to run, in one error; it said "relay.toml:1: relay:
+// unknown key" and every required key of the role missing.
+func TestWrongRoleFile(t *testing.T) {
+	dir := writeFiles(t, map[string]string{
+		"agent.toml":    "[agent]\nname = \"laptop\"\n",
+		"relay.toml":    "[relay]\nname = \"relay1\"\n",
+		"services.toml": "[[service]]\nname = \"web\"\n",
+	})
+	for _, tc := range []struct {
+		load func(string) error
+		file string
+		want string
+	}{
+		{func(p string) error { _, err := LoadRelay(p); return err }, "agent.toml",
+			"agent.toml: the file configures an agent (its [agent] table), not a relay: run `ztgate agent -config " + dir + "/agent.toml`, or give the relay's own file"},
+		{func(p string) error { _, err := LoadGateway(p); return err }, "relay.toml",
+			"relay.toml: the file configures a relay (its [relay] table), not a gateway: run `ztgate relay -config " + dir + "/relay.toml`, or give the gateway's own file"},
+		{func(p string) error { _, err := LoadAgent(p); return err }, "services.toml",
+			"services.toml: the file configures a gateway (its [[service]] tables), not an agent: run `ztgate gateway -config " + dir + "/services.toml`, or give the agent's own file"},
+	} {
+		if err := tc.load(dir + "/" + tc.file); err == nil || err.Error() != tc.want {
+			t.Errorf("%s: %v\nwant %s", tc.file, err, tc.want)
+		}
+	}
+}
