@@ -21,8 +21,12 @@ type OwnTLS struct {
 // CertError returns err, a problem of the certificate found by loading
 // the files (the role's identity in it), as Check tells the errors of the
 // file: "file:line: section.cert: err".
-func (o *OwnTLS) CertError(err error) error {
-	path := join(o.Section, "cert")
+func (o *OwnTLS) CertError(err error) error { return o.FileError("cert", err) }
+
+// FileError is CertError for the key of the section named key: "cert",
+// "key" or "ca".
+func (o *OwnTLS) FileError(key string, err error) error {
+	path := join(o.Section, key)
 	return &fieldError{file: o.file, line: o.lines.lineOf(path), path: path, err: err}
 }
 

@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 
 	"github.com/ztgate/ztgate/conf"
@@ -58,6 +61,12 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	for _, w := range warnings {
 		fmt.Fprintln(stderr, own.CertError(errors.New(w)))
 	}
+	if err == nil && own != nil {
+		if w := leafAsCA(own.CA); w != "" {
+			fmt.Fprintln(stderr, own.FileError("ca", errors.New(w)))
+			warnings = append(warnings, w)
+		}
+	}
 	if len(warnings) > 0 {
 		fmt.Fprintf(stdout, "%s: valid %s configuration, %d warning(s)\n", *path, role, len(warnings))
 		return 0
@@ -83,11 +92,19 @@ func checkOwnCertificate(own *conf.OwnTLS, role conf.Role) (warnings []string, e
 	if err != nil {
 		return nil, err
 	}
+	leafCA := leafAsCA(own.CA) != "" // its own warning says why the cert does not verify
 	for _, r := range h.records {
+		if leafCA && r.Message == certNotVerified {
+			continue
+		}
 		warnings = append(warnings, checkWarning(r, own))
 	}
 	return warnings, nil
 }
+
+// certNotVerified is the warning of tunnel.Credentials for a certificate
+// its own CA file does not verify.
+const certNotVerified = "tunnel certificate does not verify against the CA"
 
 // checkWarning words a warning of the credentials' load for check, with
 // what to do where it is known; others as the log line says them.
@@ -100,12 +117,46 @@ func checkWarning(r slog.Record, own *conf.OwnTLS) string {
 		fmt.Fprintf(&b, " %s=%q", a.Key, a.Value.String())
 		return true
 	})
-	if reason := attrs["reason"]; reason != "" && r.Message == "tunnel certificate does not verify against the CA" {
+	if reason := attrs["reason"]; reason != "" && r.Message == certNotVerified {
 		return fmt.Sprintf("warning: %s does not verify against the CA of %s.ca (%s): %s; peers that trust only that CA refuse it (%s): "+
 			"issue the certificate from that CA (ztgate pki issue -dir with that CA's directory), or set %s.ca to the ca.crt of the CA that signed it",
 			own.Cert, own.Section, own.CA, attrs["err"], reason, own.Section)
 	}
 	return b.String()
+}
+
+// leafAsCA warns about a CA file that holds no CA's certificate but a
+// ztgate peer's (tunnel.ca set to relay1.crt instead of ca.crt): peers are
+// then verified against that one certificate, so every other is refused
+// (unknown_authority), which is hardly what was meant. "" when the file
+// holds a CA's certificate, or no ztgate identity.
+func leafAsCA(caFile string) string {
+	data, err := os.ReadFile(caFile)
+	if err != nil {
+		return ""
+	}
+	var leaves []string
+	for rest := data; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if b.Type != "CERTIFICATE" || err != nil {
+			continue
+		}
+		if c.IsCA {
+			return ""
+		}
+		if id, err := tunnel.IdentityFromCert(c); err == nil {
+			leaves = append(leaves, id.String())
+		}
+	}
+	if len(leaves) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("warning: %s holds the certificate of %s, not a CA's: peers are verified against it alone, and every other certificate is refused (unknown_authority); set it to the ca.crt of `ztgate pki init`",
+		caFile, strings.Join(leaves, ", "))
 }
 
 // warnCollector is a slog handler that keeps the records of level WARN

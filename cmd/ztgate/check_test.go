@@ -171,3 +171,34 @@ func TestCheckWarnsCertificateOfAnotherCA(t *testing.T) {
 		t.Errorf("another CA: exit %d, stdout %q, stderr %q; want 0, one warning", code, stdout.String(), stderr.String())
 	}
 }
+
+// TestCheckWarnsLeafAsCA: tunnel.ca set to a peer's certificate (the
+// relay's relay1.crt for ca.crt) verifies every peer against that one
+// certificate; check said "valid" and nothing else, and now warns at the
+// ca key.
+func TestCheckWarnsLeafAsCA(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"pki", "init", "-dir", dir},
+		{"pki", "issue", "-dir", dir, "-role", "relay", "-tenant", "infra", "-name", "relay1", "-dns", "relay.example.net"},
+		{"pki", "issue", "-dir", dir, "-role", "agent", "-tenant", "acme", "-name", "laptop"},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := run(args, &stdout, &stderr); code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, stderr.String())
+		}
+	}
+	path := filepath.Join(dir, "agent.toml")
+	text := fmt.Sprintf("[agent]\nname = \"laptop\"\n\n[tunnel]\nserver = \"relay.example.net:4433\"\ncert = %q\nkey = %q\nca = %q\n",
+		filepath.Join(dir, "laptop.crt"), filepath.Join(dir, "laptop.key"), filepath.Join(dir, "relay1.crt"))
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"check", path}, &stdout, &stderr)
+	want := "agent.toml:8: tunnel.ca: warning: " + filepath.Join(dir, "relay1.crt") + " holds the certificate of infra/relay/relay1, not a CA's"
+	if code != 0 || !strings.HasPrefix(stderr.String(), want) || !strings.Contains(stderr.String(), "set it to the ca.crt of `ztgate pki init`") ||
+		!strings.HasSuffix(stdout.String(), "valid agent configuration, 1 warning(s)\n") {
+		t.Errorf("exit %d, stdout %q, stderr %q; want 0 and %q", code, stdout.String(), stderr.String(), want)
+	}
+}
