@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"time"
 )
@@ -117,6 +118,16 @@ func (t *trust) verifyChain(certs []*x509.Certificate, now time.Time, usage x509
 		case now.After(c.NotAfter):
 			return &AuthError{Reason: ReasonExpired, Err: err}
 		}
+	}
+	var he x509.HostnameError
+	if errors.As(err, &he) {
+		// The commonest mistake of a first setup: the relay's certificate
+		// issued for another name than its clients dial.
+		flag := "-dns"
+		if _, perr := netip.ParseAddr(he.Host); perr == nil {
+			flag = "-ip"
+		}
+		err = fmt.Errorf("%w: dial a name the certificate holds (server_name), or issue it for this one (ztgate pki issue %s %s)", err, flag, he.Host)
 	}
 	return &AuthError{Reason: ReasonBadCertificate, Err: err}
 }
