@@ -83,6 +83,8 @@ type credState struct {
 	// own is the ztgate identity cert presents (ownIdentity); a dialed
 	// session made with one is ended when a switch changes it.
 	own string
+	// warnings are what the load found wrong and started with.
+	warnings []*CertWarning
 }
 
 // ownIdentity describes the identity leaf presents, to tell whether a
@@ -292,14 +294,66 @@ func (c *Credentials) checked(f Files, pair tls.Certificate, t *trust) (*credSta
 		return nil, fmt.Errorf("tunnel: load credentials: %s: %w", f.Cert, err)
 	}
 	pair.Leaf = chain[0]
-	if err := c.checkRole(f.Cert, chain, t); err != nil {
+	var warnings []*CertWarning
+	w, err := c.checkRole(f.Cert, chain, t)
+	if err != nil {
 		return nil, err
 	}
-	if ae := t.verifyChain(chain, c.now(), x509.ExtKeyUsageAny, ""); ae != nil && len(t.roots) > 0 {
-		c.log.Warn("tunnel certificate does not verify against the CA", "cert", f.Cert,
-			"reason", ae.Reason, "err", ae.Err)
+	if w != nil {
+		warnings = append(warnings, w)
 	}
-	return &credState{files: f, cert: &pair, trust: t, own: ownIdentity(pair.Leaf)}, nil
+	if ae := t.verifyChain(chain, c.now(), x509.ExtKeyUsageAny, ""); ae != nil && len(t.roots) > 0 {
+		warnings = append(warnings, &CertWarning{Msg: CertNotVerified, Cert: f.Cert, Reason: ae.Reason, Err: ae.Err})
+	}
+	for _, w := range warnings {
+		w.log(c.log)
+	}
+	return &credState{files: f, cert: &pair, trust: t, own: ownIdentity(pair.Leaf), warnings: warnings}, nil
+}
+
+// What loading credentials warns about, and starts with all the same
+// (CertWarning.Msg).
+const (
+	// CertNotVerified: the certificate does not verify against the
+	// credentials' own CA file; peers that trust only that CA refuse it.
+	CertNotVerified = "tunnel certificate does not verify against the CA"
+	// CertNoIdentity: the certificate carries no ztgate identity; ztgate
+	// peers refuse it.
+	CertNoIdentity = "tunnel certificate carries no ztgate identity: ztgate peers will refuse it"
+)
+
+// CertWarning is a problem of the credentials' own certificate that the
+// load logs and starts with (Credentials.Warnings), for `ztgate check` to
+// tell without starting.
+type CertWarning struct {
+	Msg    string // CertNotVerified or CertNoIdentity
+	Cert   string // the certificate file
+	Reason string // CertNotVerified: why it does not verify (an AuthError reason)
+	Role   string // CertNoIdentity: the role the credentials are for
+	Err    error  // CertNotVerified: the verification's error
+}
+
+func (w *CertWarning) Error() string {
+	switch {
+	case w.Err != nil:
+		return fmt.Sprintf("%s: %s (%s): %v", w.Msg, w.Cert, w.Reason, w.Err)
+	default:
+		return fmt.Sprintf("%s: %s", w.Msg, w.Cert)
+	}
+}
+
+// log logs w as the load always did.
+func (w *CertWarning) log(l *slog.Logger) {
+	if w.Msg == CertNoIdentity {
+		l.Warn(w.Msg, "cert", w.Cert, "want_role", w.Role)
+		return
+	}
+	l.Warn(w.Msg, "cert", w.Cert, "reason", w.Reason, "err", w.Err)
+}
+
+// Warnings returns what the load of the credentials in use warned about.
+func (c *Credentials) Warnings() []*CertWarning {
+	return slices.Clone(c.active.Load().warnings)
 }
 
 // checkRole checks that chain's leaf, this peer's certificate (loaded
@@ -307,27 +361,27 @@ func (c *Credentials) checked(f Files, pair tls.Certificate, t *trust) (*credSta
 // CAs, or one they signed).
 // Another certificate that says CA:TRUE (a self-signed one, as `openssl
 // req -x509` makes them) is judged by its identity: without one it is only
-// warned about, as insecure peers without a CA take it.
-func (c *Credentials) checkRole(certFile string, chain []*x509.Certificate, t *trust) error {
+// warned about (the warning returned), as insecure peers without a CA take it.
+func (c *Credentials) checkRole(certFile string, chain []*x509.Certificate, t *trust) (*CertWarning, error) {
 	if c.cfg.Role == "" {
-		return nil
+		return nil, nil
 	}
 	leaf := chain[0]
 	issue := fmt.Sprintf("issue one with `ztgate pki issue -role %s`", c.cfg.Role)
 	budget := maxSignatureChecks
 	if leaf.IsCA && t.signaturePath(chain[:1], chain[1:], &budget) != nil {
-		return fmt.Errorf("tunnel: load credentials: %s is a CA's certificate, not %s's: %s", certFile, aRole(c.cfg.Role), issue)
+		return nil, fmt.Errorf("tunnel: load credentials: %s is a CA's certificate, not %s's: %s", certFile, aRole(c.cfg.Role), issue)
 	}
 	id, err := IdentityFromCert(leaf)
 	switch {
 	case errors.Is(err, ErrNoIdentity):
-		c.log.Warn("tunnel certificate carries no ztgate identity: ztgate peers will refuse it", "cert", certFile, "want_role", c.cfg.Role)
+		return &CertWarning{Msg: CertNoIdentity, Cert: certFile, Role: c.cfg.Role}, nil
 	case err != nil:
-		return fmt.Errorf("tunnel: load credentials: %s: %w", certFile, err)
+		return nil, fmt.Errorf("tunnel: load credentials: %s: %w", certFile, err)
 	case id.Role != c.cfg.Role:
-		return fmt.Errorf("tunnel: load credentials: %s is the certificate of %s, not of %s: %s", certFile, id, aRole(c.cfg.Role), issue)
+		return nil, fmt.Errorf("tunnel: load credentials: %s is the certificate of %s, not of %s: %s", certFile, id, aRole(c.cfg.Role), issue)
 	}
-	return nil
+	return nil, nil
 }
 
 // aRole is role with its article: "a relay", "an agent".

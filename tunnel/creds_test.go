@@ -442,3 +442,36 @@ func TestCredentialsOwnRoleInsecureSelfSigned(t *testing.T) {
 		t.Errorf("the CA's own certificate as the relay's: %v, want refused", err)
 	}
 }
+
+// TestCredentialsWarnings: what the load starts with but warns about is
+// also given back, for `ztgate check`: a certificate its own CA file does
+// not verify, and one without a ztgate identity; a good one, nothing.
+func TestCredentialsWarnings(t *testing.T) {
+	f := newTLSFixture(t)
+	for _, tc := range []struct {
+		name   string
+		ca     *CA
+		req    IssueRequest
+		want   string
+		reason string
+	}{
+		{"verified", f.ca, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "a"}, "", ""},
+		{"another CA", f.other, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "b"}, CertNotVerified, ReasonUnknownAuthority},
+		{"no identity", f.ca, IssueRequest{Name: "c", NoIdentity: true}, CertNoIdentity, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cert, key := f.leaf(tc.ca, tc.req)
+			c := f.creds(CredentialsConfig{CertFile: cert, KeyFile: key, CAFile: f.caFile, Role: RoleAgent})
+			ws := c.Warnings()
+			if tc.want == "" {
+				if len(ws) != 0 {
+					t.Fatalf("warnings %v, want none", ws)
+				}
+				return
+			}
+			if len(ws) != 1 || ws[0].Msg != tc.want || ws[0].Cert != cert || ws[0].Reason != tc.reason {
+				t.Fatalf("warnings %v, want one %q about %s (%s)", ws, tc.want, cert, tc.reason)
+			}
+		})
+	}
+}

@@ -1,14 +1,12 @@
 package main
 
 import (
-	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"strings"
 
@@ -85,44 +83,31 @@ func checkOwnCertificate(own *conf.OwnTLS, role conf.Role) (warnings []string, e
 	if own == nil || own.Insecure && own.Cert == "" && own.Key == "" {
 		return nil, nil
 	}
-	h := &warnCollector{}
-	_, err = tunnel.NewCredentials(tunnel.CredentialsConfig{
+	creds, err := tunnel.NewCredentials(tunnel.CredentialsConfig{
 		CertFile: own.Cert, KeyFile: own.Key, CAFile: own.CA, Insecure: own.Insecure, Role: string(role),
-	}, slog.New(h))
+	}, nil)
 	if err != nil {
 		return nil, err
 	}
 	leafCA := leafAsCA(own.CA) != "" // its own warning says why the cert does not verify
-	for _, r := range h.records {
-		if leafCA && r.Message == certNotVerified {
+	for _, w := range creds.Warnings() {
+		if leafCA && w.Msg == tunnel.CertNotVerified {
 			continue
 		}
-		warnings = append(warnings, checkWarning(r, own))
+		warnings = append(warnings, checkWarning(w, own))
 	}
 	return warnings, nil
 }
 
-// certNotVerified is the warning of tunnel.Credentials for a certificate
-// its own CA file does not verify.
-const certNotVerified = "tunnel certificate does not verify against the CA"
-
 // checkWarning words a warning of the credentials' load for check, with
-// what to do where it is known; others as the log line says them.
-func checkWarning(r slog.Record, own *conf.OwnTLS) string {
-	attrs := map[string]string{}
-	var b strings.Builder
-	b.WriteString("warning: " + r.Message)
-	r.Attrs(func(a slog.Attr) bool {
-		attrs[a.Key] = a.Value.String()
-		fmt.Fprintf(&b, " %s=%q", a.Key, a.Value.String())
-		return true
-	})
-	if reason := attrs["reason"]; reason != "" && r.Message == certNotVerified {
-		return fmt.Sprintf("warning: %s does not verify against the CA of %s.ca (%s): %s; peers that trust only that CA refuse it (%s): "+
+// what to do where it is known.
+func checkWarning(w *tunnel.CertWarning, own *conf.OwnTLS) string {
+	if w.Msg == tunnel.CertNotVerified {
+		return fmt.Sprintf("warning: %s does not verify against the CA of %s.ca (%s): %v; peers that trust only that CA refuse it (%s): "+
 			"issue the certificate from that CA (ztgate pki issue -dir with that CA's directory), or set %s.ca to the ca.crt of the CA that signed it",
-			own.Cert, own.Section, own.CA, attrs["err"], reason, own.Section)
+			own.Cert, own.Section, own.CA, w.Err, w.Reason, own.Section)
 	}
-	return b.String()
+	return "warning: " + w.Error()
 }
 
 // leafAsCA warns about a CA file that holds no CA's certificate but a
@@ -158,20 +143,3 @@ func leafAsCA(caFile string) string {
 	return fmt.Sprintf("warning: %s holds the certificate of %s, not a CA's: peers are verified against it alone, and every other certificate is refused (unknown_authority); set it to the ca.crt of `ztgate pki init`",
 		caFile, strings.Join(leaves, ", "))
 }
-
-// warnCollector is a slog handler that keeps the records of level WARN
-// and above.
-type warnCollector struct {
-	records []slog.Record
-}
-
-func (h *warnCollector) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
-
-func (h *warnCollector) Handle(_ context.Context, r slog.Record) error {
-	h.records = append(h.records, r.Clone())
-	return nil
-}
-
-func (h *warnCollector) WithAttrs([]slog.Attr) slog.Handler { return h }
-
-func (h *warnCollector) WithGroup(string) slog.Handler { return h }
