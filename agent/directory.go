@@ -19,6 +19,9 @@ type directory struct {
 	// atLocal are the services keepPool left out because their VIP is
 	// one of the agent's own addresses, by name: their VIPs.
 	atLocal map[string]netip.Addr
+	// ignored are the services newDirectory left out because an earlier
+	// one of the message had their name or one of their VIPs, by name.
+	ignored []string
 }
 
 type dirService struct {
@@ -33,11 +36,20 @@ func emptyDirectory(pool netip.Prefix) *directory {
 	return &directory{pool: pool, byVIP: map[netip.Addr]*dirService{}, byName: map[string]*dirService{}}
 }
 
-// newDirectory builds the view from a pushed Directory message.
+// newDirectory builds the view from a pushed Directory message. A service
+// whose name or VIP an earlier one of the message has is left out (listed
+// in ignored): a server sends each once, and the first one's name, A, PTR
+// and route must all be its own, not one service's name with another's
+// address or traffic.
 func newDirectory(m *tunnel.Directory) *directory {
 	d := emptyDirectory(m.Pool)
 	d.zone, d.pool6 = m.Zone, m.Pool6
 	for _, s := range m.Services {
+		if d.byName[s.Name] != nil || (s.VIP.IsValid() && d.byVIP[s.VIP] != nil) ||
+			(s.VIP6.IsValid() && d.byVIP[s.VIP6] != nil) {
+			d.ignored = append(d.ignored, s.Name)
+			continue
+		}
 		ds := &dirService{name: s.Name, vip6: s.VIP6, healthy: s.Healthy, icmp: s.ICMP}
 		// No AAAA: the agent routes only the IPv4 pool into its TUN, and
 		// gateways take only IPv4 packets from a tunnel; an IPv6 VIP

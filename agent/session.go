@@ -200,6 +200,9 @@ func (a *Agent) applyDirectory(m *tunnel.Directory, server netip.Addr) {
 	if next.zone != "" && next.zone != a.cfg.DNS.Zone {
 		a.log.Warn("the server's zone differs from [dns] zone; answering for the configured zone", "server", next.zone, "configured", a.cfg.DNS.Zone)
 	}
+	if len(next.ignored) > 0 {
+		a.log.Warn("ignoring directory entries whose name or VIP an earlier entry has", "services", next.ignored)
+	}
 	a.log.Info("directory", "services", len(next.byName))
 }
 
