@@ -48,7 +48,8 @@ func newAPIStore(stateDir string) *apiStore {
 }
 
 // load reads the stored services. One that no longer validates against the
-// current configuration (say its tenant was removed) is an error naming it
+// current configuration (say its tenant was removed), or names a service
+// an earlier entry has (a hand-edited file), is an error naming it
 // and the file: nothing is dropped silently.
 func (s *apiStore) load(ctx conf.ServiceContext) ([]catalog.Service, error) {
 	if s.path == "" {
@@ -73,8 +74,9 @@ func (s *apiStore) load(ctx conf.ServiceContext) ([]catalog.Service, error) {
 		return nil, fmt.Errorf("API services %s: not a version 1 file (%v); move it away to start without the services added through the API", s.path, err)
 	}
 	var (
-		out  []catalog.Service
-		errs []error
+		out   []catalog.Service
+		errs  []error
+		entry = make(map[string]int) // by name: the entry that has it
 	)
 	for i, body := range f.Services {
 		svc, err := conf.ParseServiceJSON(body, ctx)
@@ -82,6 +84,11 @@ func (s *apiStore) load(ctx conf.ServiceContext) ([]catalog.Service, error) {
 			errs = append(errs, fmt.Errorf("API services %s: entry %d: %w", s.path, i, err))
 			continue
 		}
+		if j, dup := entry[svc.Name]; dup {
+			errs = append(errs, fmt.Errorf("API services %s: entry %d: service %q is entry %d already", s.path, i, svc.Name, j))
+			continue
+		}
+		entry[svc.Name] = i
 		svc.Source = "api"
 		s.bodies[svc.Name] = body
 		out = append(out, svc)
