@@ -23,19 +23,7 @@ func TestUnknownKeyNearest(t *testing.T) {
 		{"short", "[api]\nls = 1\n", "api.ls: unknown key"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ParseGateway("gw.toml", []byte(tc.toml))
-			if err == nil {
-				t.Fatal("no error")
-			}
-			var line string
-			for _, l := range strings.Split(err.Error(), "\n") {
-				if strings.Contains(l, "unknown key") {
-					line = l
-				}
-			}
-			if !strings.HasSuffix(line, tc.want) {
-				t.Errorf("error %q, want it to end in %q (all: %v)", line, tc.want, err)
-			}
+			wantErrorLine(t, tc.toml, "unknown key", tc.want)
 		})
 	}
 	for _, tc := range []struct {
@@ -83,19 +71,7 @@ func TestHostPortHint(t *testing.T) {
 		{"nothing to say", gw(`relay = "a b"`), `tunnel.relay: "a b" is not host:port`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ParseGateway("gw.toml", []byte(tc.toml))
-			if err == nil {
-				t.Fatal("no error")
-			}
-			var line string
-			for _, l := range strings.Split(err.Error(), "\n") {
-				if strings.Contains(l, "host:port") {
-					line = l
-				}
-			}
-			if !strings.HasSuffix(line, tc.want) {
-				t.Errorf("error %q, want it to end in %q (all: %v)", line, tc.want, err)
-			}
+			wantErrorLine(t, tc.toml, "host:port", tc.want)
 		})
 	}
 }
@@ -124,5 +100,24 @@ func TestWrongRoleFile(t *testing.T) {
 		if err := tc.load(dir + "/" + tc.file); err == nil || err.Error() != tc.want {
 			t.Errorf("%s: %v\nwant %s", tc.file, err, tc.want)
 		}
+	}
+}
+
+// wantErrorLine parses toml as a gateway's file and checks that the last
+// line of its errors that contains about ends in want.
+func wantErrorLine(t *testing.T, toml, about, want string) {
+	t.Helper()
+	_, err := ParseGateway("gw.toml", []byte(toml))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	var line string
+	for _, l := range strings.Split(err.Error(), "\n") {
+		if strings.Contains(l, about) {
+			line = l
+		}
+	}
+	if !strings.HasSuffix(line, want) {
+		t.Errorf("error %q, want it to end in %q (all: %v)", line, want, err)
 	}
 }

@@ -249,13 +249,7 @@ func TestAgentDroppedRelayCACutsSession(t *testing.T) {
 	needTools(t, "curl")
 	r, procs, vip := runningRelayTopo(t, []string{"a1"})
 	a1 := procs["a1"]
-	reaches := func(path string) error {
-		out, err := r.curl(r.agents["a1"], "--max-time", "2", "http://"+vip+path)
-		if err != nil || !strings.Contains(out, path) {
-			return fmt.Errorf("%v %q", err, out)
-		}
-		return nil
-	}
+	reaches := r.reaches("a1", vip)
 	eventually(t, 20*time.Second, "the agent reaches web", func() error { return reaches("/before") })
 
 	// The agent's own CA file, so that the relay's and the gateway's stay.
@@ -297,13 +291,7 @@ func TestAgentIdentityChangeBySIGHUP(t *testing.T) {
 	needTools(t, "curl", "dig")
 	r, procs, vip := runningRelayTopo(t, []string{"a1"})
 	a1 := procs["a1"]
-	reaches := func(path string) error {
-		out, err := r.curl(r.agents["a1"], "--max-time", "2", "http://"+vip+path)
-		if err != nil || !strings.Contains(out, path) {
-			return fmt.Errorf("%v %q", err, out)
-		}
-		return nil
-	}
+	reaches := r.reaches("a1", vip)
 	eventually(t, 20*time.Second, "the agent reaches web", func() error { return reaches("/before") })
 
 	conf := filepath.Join(r.dir, "a1.toml")
@@ -333,4 +321,16 @@ func TestAgentIdentityChangeBySIGHUP(t *testing.T) {
 		}
 		return reaches("/as-acme")
 	})
+}
+
+// reaches returns a check that agent gets path from web at vip: curl
+// within 2 s, and the backend's answer names the path.
+func (r *relayTopo) reaches(agent, vip string) func(path string) error {
+	return func(path string) error {
+		out, err := r.curl(r.agents[agent], "--max-time", "2", "http://"+vip+path)
+		if err != nil || !strings.Contains(out, path) {
+			return fmt.Errorf("%v %q", err, out)
+		}
+		return nil
+	}
 }

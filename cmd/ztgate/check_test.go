@@ -88,13 +88,7 @@ func TestCheck(t *testing.T) {
 // issue; with its own certificate it is valid.
 func TestCheckOwnCertificateRole(t *testing.T) {
 	dir := t.TempDir()
-	ztg := func(args ...string) {
-		t.Helper()
-		var stdout, stderr bytes.Buffer
-		if code := run(args, &stdout, &stderr); code != 0 {
-			t.Fatalf("%v: exit %d: %s", args, code, stderr.String())
-		}
-	}
+	ztg := func(args ...string) { mustRun(t, args...) }
 	ztg("pki", "init", "-dir", dir)
 	ztg("pki", "issue", "-dir", dir, "-role", "relay", "-tenant", "infra", "-name", "relay1", "-ip", "127.0.0.1")
 	ztg("pki", "issue", "-dir", dir, "-role", "agent", "-tenant", "acme", "-name", "laptop")
@@ -128,13 +122,7 @@ func TestCheckOwnCertificateRole(t *testing.T) {
 // else; it now names the key, both files and what to do, and still exits 0.
 func TestCheckWarnsCertificateOfAnotherCA(t *testing.T) {
 	dir := t.TempDir()
-	ztg := func(args ...string) {
-		t.Helper()
-		var stdout, stderr bytes.Buffer
-		if code := run(args, &stdout, &stderr); code != 0 {
-			t.Fatalf("%v: exit %d: %s", args, code, stderr.String())
-		}
-	}
+	ztg := func(args ...string) { mustRun(t, args...) }
 	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
 	ztg("pki", "init", "-dir", a)
 	ztg("pki", "init", "-dir", b)
@@ -200,5 +188,14 @@ func TestCheckWarnsLeafAsCA(t *testing.T) {
 	if code != 0 || !strings.HasPrefix(stderr.String(), want) || !strings.Contains(stderr.String(), "set it to the ca.crt of `ztgate pki init`") ||
 		!strings.HasSuffix(stdout.String(), "valid agent configuration, 1 warning(s)\n") {
 		t.Errorf("exit %d, stdout %q, stderr %q; want 0 and %q", code, stdout.String(), stderr.String(), want)
+	}
+}
+
+// mustRun runs ztgate with args and fails the test unless it exits 0.
+func mustRun(t *testing.T, args ...string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	if code := run(args, &stdout, &stderr); code != 0 {
+		t.Fatalf("%v: exit %d: %s", args, code, stderr.String())
 	}
 }
