@@ -60,26 +60,36 @@ func (a *Agent) applyReload(next *conf.Agent) (*conf.Agent, error) {
 	nt := next.Tunnel
 	// The server it dials, by address or by the name it verifies.
 	moves := nt.Server != running.Tunnel.Server || nt.ServerName != running.Tunnel.ServerName
+	if err := a.applyTunnelFiles(&running, next, moves); err != nil {
+		return nil, err
+	}
+	a.serverMoves.Store(moves) // once the reload succeeded
+	return &running, nil
+}
+
+// applyTunnelFiles switches the credentials to the files next names when
+// their paths changed, and records them in running; paths that wait for
+// the restart (with a change of insecure_allow_unauthenticated, or with
+// the server: waiting) are loaded and checked as the start will load them.
+func (a *Agent) applyTunnelFiles(running, next *conf.Agent, waiting bool) error {
+	nt := next.Tunnel
 	keys := running.OwnTLS().ChangedFiles(next.OwnTLS())
 	if len(keys) == 0 {
-		a.serverMoves.Store(moves)
-		return &running, nil
+		return nil
 	}
-	if nt.Insecure != running.Tunnel.Insecure || moves {
+	if nt.Insecure != running.Tunnel.Insecure || waiting {
 		if _, err := tunnel.NewCredentials(tunnel.CredentialsConfig{
 			CertFile: nt.Cert, KeyFile: nt.Key, CAFile: nt.CA, Insecure: nt.Insecure, Role: tunnel.RoleAgent,
 		}, nil); err != nil {
-			return nil, fmt.Errorf("%s: %w", strings.Join(keys, ", "), err)
+			return fmt.Errorf("%s: %w", strings.Join(keys, ", "), err)
 		}
-		a.serverMoves.Store(moves)
-		return &running, nil
+		return nil
 	}
-	a.serverMoves.Store(false)
 	if err := a.creds.ReloadFiles(tunnel.Files{Cert: nt.Cert, Key: nt.Key, CA: nt.CA}); err != nil {
-		return nil, fmt.Errorf("%s: %w", strings.Join(keys, ", "), err)
+		return fmt.Errorf("%s: %w", strings.Join(keys, ", "), err)
 	}
 	running.Tunnel.Cert, running.Tunnel.Key, running.Tunnel.CA = nt.Cert, nt.Key, nt.CA
-	return &running, nil
+	return nil
 }
 
 // checkAddress refuses a new tun.address inside the VIP pool the server

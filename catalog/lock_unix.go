@@ -15,12 +15,12 @@ import (
 // closing the returned file releases it (so does the process's exit).
 func lockStateDir(dir string) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("catalog: create state directory (state_dir): %w: make it a directory this user can write, or set state_dir to one", err)
+		return nil, stateDirError("create state directory", err)
 	}
 	path := filepath.Join(dir, LockFileName)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("catalog: state directory lock (state_dir): %w: make it a directory this user can write, or set state_dir to one", err)
+		return nil, stateDirError("state directory lock", err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()

@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 )
@@ -26,6 +27,13 @@ func LockStateDir(dir string) (io.Closer, error) {
 		return noLock{}, nil // no flock on this system
 	}
 	return f, nil
+}
+
+// stateDirError is err, a failure to create or open what the state
+// directory holds (what: "create state directory", "state directory
+// lock"), naming the key and what to do about it.
+func stateDirError(what string, err error) error {
+	return fmt.Errorf("catalog: %s (state_dir): %w: make it a directory this user can write, or set state_dir to one", what, err)
 }
 
 // noLock is the lock of a system without flock.

@@ -36,7 +36,7 @@ const tempPattern = "." + StateFileName + ".tmp-*"
 func loadState(path string, spaces [families]addrSpace, now time.Time) (*table, []byte, []string, error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, nil, nil, fmt.Errorf("catalog: create state directory (state_dir): %w: make it a directory this user can write, or set state_dir to one", err)
+		return nil, nil, nil, stateDirError("create state directory", err)
 	}
 	RemoveTempFiles(path) // litter from an interrupted save
 	data, err := os.ReadFile(path)

@@ -275,7 +275,12 @@ func (c *Credentials) load(f Files) (*credState, error) {
 		return nil, err
 	}
 	if c.cfg.Insecure && f.Cert == "" && f.Key == "" {
-		return &credState{files: f, cert: &tls.Certificate{}, trust: t}, nil
+		var warnings []*CertWarning
+		if w := t.peerWarning(f.CA); w != nil {
+			w.log(c.log)
+			warnings = append(warnings, w)
+		}
+		return &credState{files: f, cert: &tls.Certificate{}, trust: t, warnings: warnings}, nil
 	}
 	pair, err := loadKeyPair(f)
 	if err != nil {
@@ -302,7 +307,10 @@ func (c *Credentials) checked(f Files, pair tls.Certificate, t *trust) (*credSta
 	if w != nil {
 		warnings = append(warnings, w)
 	}
-	if ae := t.verifyChain(chain, c.now(), x509.ExtKeyUsageAny, ""); ae != nil && len(t.roots) > 0 {
+	if w := t.peerWarning(f.CA); w != nil {
+		// It says why the certificate does not verify.
+		warnings = append(warnings, w)
+	} else if ae := t.verifyChain(chain, c.now(), x509.ExtKeyUsageAny, ""); ae != nil && len(t.roots) > 0 {
 		warnings = append(warnings, &CertWarning{Msg: CertNotVerified, Cert: f.Cert, Reason: ae.Reason, Err: ae.Err})
 	}
 	for _, w := range warnings {
@@ -320,21 +328,29 @@ const (
 	// CertNoIdentity: the certificate carries no ztgate identity; ztgate
 	// peers refuse it.
 	CertNoIdentity = "tunnel certificate carries no ztgate identity: ztgate peers will refuse it"
+	// CertCAIsPeer: the CA file holds a ztgate peer's certificate and no
+	// CA's (ca = relay1.crt for ca.crt): peers are verified against that
+	// one certificate, and every other is refused.
+	CertCAIsPeer = "tunnel CA file holds a peer's certificate, not a CA's"
 )
 
 // CertWarning is a problem of the credentials' own certificate that the
 // load logs and starts with (Credentials.Warnings), for `ztgate check` to
 // tell without starting.
 type CertWarning struct {
-	Msg    string // CertNotVerified or CertNoIdentity
-	Cert   string // the certificate file
-	Reason string // CertNotVerified: why it does not verify (an AuthError reason)
-	Role   string // CertNoIdentity: the role the credentials are for
-	Err    error  // CertNotVerified: the verification's error
+	Msg    string   // CertNotVerified, CertNoIdentity or CertCAIsPeer
+	Cert   string   // the certificate file
+	Reason string   // CertNotVerified: why it does not verify (an AuthError reason)
+	Role   string   // CertNoIdentity: the role the credentials are for
+	Err    error    // CertNotVerified: the verification's error
+	CA     string   // CertCAIsPeer: the CA file
+	Peers  []string // CertCAIsPeer: the identities of the certificates it holds
 }
 
 func (w *CertWarning) Error() string {
 	switch {
+	case w.Msg == CertCAIsPeer:
+		return fmt.Sprintf("%s: %s holds %s", w.Msg, w.CA, strings.Join(w.Peers, ", "))
 	case w.Err != nil:
 		return fmt.Sprintf("%s: %s (%s): %v", w.Msg, w.Cert, w.Reason, w.Err)
 	default:
@@ -344,8 +360,12 @@ func (w *CertWarning) Error() string {
 
 // log logs w as the load always did.
 func (w *CertWarning) log(l *slog.Logger) {
-	if w.Msg == CertNoIdentity {
+	switch w.Msg {
+	case CertNoIdentity:
 		l.Warn(w.Msg, "cert", w.Cert, "want_role", w.Role)
+		return
+	case CertCAIsPeer:
+		l.Warn(w.Msg, "ca", w.CA, "holds", w.Peers)
 		return
 	}
 	l.Warn(w.Msg, "cert", w.Cert, "reason", w.Reason, "err", w.Err)

@@ -474,4 +474,18 @@ func TestCredentialsWarnings(t *testing.T) {
 			}
 		})
 	}
+	// A CA file that holds a peer's certificate (relay1.crt for ca.crt),
+	// with a certificate and without one (insecure): one warning, which
+	// says why the certificate does not verify.
+	relayCert, _ := f.relayFiles("relay1")
+	cert, key := f.leaf(f.ca, IssueRequest{Tenant: "acme", Role: RoleAgent, Name: "d"})
+	for name, cfg := range map[string]CredentialsConfig{
+		"a peer's certificate as the CA":     {CertFile: cert, KeyFile: key, CAFile: relayCert, Role: RoleAgent},
+		"the same, insecure, no certificate": {CAFile: relayCert, Insecure: true, Role: RoleAgent},
+	} {
+		ws := f.creds(cfg).Warnings()
+		if len(ws) != 1 || ws[0].Msg != CertCAIsPeer || ws[0].CA != relayCert || !slices.Equal(ws[0].Peers, []string{"ops/relay/relay1"}) {
+			t.Errorf("%s: warnings %v, want one %q naming ops/relay/relay1", name, ws, CertCAIsPeer)
+		}
+	}
 }

@@ -53,6 +53,25 @@ func parseTrust(caPEM []byte) (*trust, error) {
 	return t, nil
 }
 
+// peerWarning warns about a CA file (caFile, parsed into t) that holds no
+// CA's certificate but ztgate peers' (CertCAIsPeer); nil when it holds a
+// CA's, or no certificate with a ztgate identity.
+func (t *trust) peerWarning(caFile string) *CertWarning {
+	var peers []string
+	for _, c := range t.roots {
+		if c.IsCA {
+			return nil
+		}
+		if id, err := IdentityFromCert(c); err == nil {
+			peers = append(peers, id.String())
+		}
+	}
+	if len(peers) == 0 {
+		return nil
+	}
+	return &CertWarning{Msg: CertCAIsPeer, CA: caFile, Peers: peers}
+}
+
 // pemWhole checks that every PEM block data begins is whole: pem.Decode
 // skips a block cut short (a file read while a tool writes it in place, a
 // bundle or chain whose last certificate has not landed yet) and what

@@ -1,13 +1,10 @@
 package main
 
 import (
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"github.com/ztgate/ztgate/conf"
@@ -37,7 +34,7 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	role, own, err := conf.Check(*path)
-	var warnings []string
+	var warnings []error
 	if err == nil {
 		var cerr error
 		if warnings, cerr = checkOwnCertificate(own, role); cerr != nil {
@@ -57,13 +54,7 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	// a cert from another CA) starts, and then every peer that trusts only
 	// that CA refuses it.
 	for _, w := range warnings {
-		fmt.Fprintln(stderr, own.CertError(errors.New(w)))
-	}
-	if err == nil && own != nil {
-		if w := leafAsCA(own.CA); w != "" {
-			fmt.Fprintln(stderr, own.FileError("ca", errors.New(w)))
-			warnings = append(warnings, w)
-		}
+		fmt.Fprintln(stderr, w)
 	}
 	if len(warnings) > 0 {
 		fmt.Fprintf(stdout, "%s: valid %s configuration, %d warning(s)\n", *path, role, len(warnings))
@@ -79,8 +70,8 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 // tell (it reads no ztgate identity). own is nil for a role that opens no
 // tunnel. What the load only warns about (the role starts with it) comes
 // back as warnings, one line each.
-func checkOwnCertificate(own *conf.OwnTLS, role conf.Role) (warnings []string, err error) {
-	if own == nil || own.Insecure && own.Cert == "" && own.Key == "" {
+func checkOwnCertificate(own *conf.OwnTLS, role conf.Role) (warnings []error, err error) {
+	if own == nil {
 		return nil, nil
 	}
 	creds, err := tunnel.NewCredentials(tunnel.CredentialsConfig{
@@ -89,57 +80,23 @@ func checkOwnCertificate(own *conf.OwnTLS, role conf.Role) (warnings []string, e
 	if err != nil {
 		return nil, err
 	}
-	leafCA := leafAsCA(own.CA) != "" // its own warning says why the cert does not verify
 	for _, w := range creds.Warnings() {
-		if leafCA && w.Msg == tunnel.CertNotVerified {
-			continue
-		}
 		warnings = append(warnings, checkWarning(w, own))
 	}
 	return warnings, nil
 }
 
 // checkWarning words a warning of the credentials' load for check, with
-// what to do where it is known.
-func checkWarning(w *tunnel.CertWarning, own *conf.OwnTLS) string {
-	if w.Msg == tunnel.CertNotVerified {
-		return fmt.Sprintf("warning: %s does not verify against the CA of %s.ca (%s): %v; peers that trust only that CA refuse it (%s): "+
+// what to do where it is known, at the key it is about.
+func checkWarning(w *tunnel.CertWarning, own *conf.OwnTLS) error {
+	switch w.Msg {
+	case tunnel.CertNotVerified:
+		return own.CertError(fmt.Errorf("warning: %s does not verify against the CA of %s.ca (%s): %v; peers that trust only that CA refuse it (%s): "+
 			"issue the certificate from that CA (ztgate pki issue -dir with that CA's directory), or set %s.ca to the ca.crt of the CA that signed it",
-			own.Cert, own.Section, own.CA, w.Err, w.Reason, own.Section)
+			own.Cert, own.Section, own.CA, w.Err, w.Reason, own.Section))
+	case tunnel.CertCAIsPeer:
+		return own.FileError("ca", fmt.Errorf("warning: %s holds the certificate of %s, not a CA's: peers are verified against it alone, and every other certificate is refused (unknown_authority); set it to the ca.crt of `ztgate pki init`",
+			w.CA, strings.Join(w.Peers, ", ")))
 	}
-	return "warning: " + w.Error()
-}
-
-// leafAsCA warns about a CA file that holds no CA's certificate but a
-// ztgate peer's (tunnel.ca set to relay1.crt instead of ca.crt): peers are
-// then verified against that one certificate, so every other is refused
-// (unknown_authority), which is hardly what was meant. "" when the file
-// holds a CA's certificate, or no ztgate identity.
-func leafAsCA(caFile string) string {
-	data, err := os.ReadFile(caFile)
-	if err != nil {
-		return ""
-	}
-	var leaves []string
-	for rest := data; ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if b.Type != "CERTIFICATE" || err != nil {
-			continue
-		}
-		if c.IsCA {
-			return ""
-		}
-		if id, err := tunnel.IdentityFromCert(c); err == nil {
-			leaves = append(leaves, id.String())
-		}
-	}
-	if len(leaves) == 0 {
-		return ""
-	}
-	return fmt.Sprintf("warning: %s holds the certificate of %s, not a CA's: peers are verified against it alone, and every other certificate is refused (unknown_authority); set it to the ca.crt of `ztgate pki init`",
-		caFile, strings.Join(leaves, ", "))
+	return own.CertError(errors.New("warning: " + w.Error()))
 }
