@@ -20,7 +20,8 @@ import (
 // configuration types; a reload compares the running configuration with
 // the file's to say what it cannot apply live. A list whose order the
 // role does not act on (dns.listen, [[pin]]) is named only when its
-// elements change, not when they are reordered.
+// elements change, not when they are reordered. No change is an empty
+// list, never nil: a JSON log shows it as [].
 //
 // Two versions of a service (*catalog.Service) are compared the same way,
 // their keys named as in a [[service]] table ("backends", "port",
@@ -31,7 +32,7 @@ func ChangedKeys[C Gateway | Relay | Agent | catalog.Service](a, b *C) []string 
 	if _, ok := any(a).(*catalog.Service); ok {
 		keyOf = serviceKey
 	}
-	var out []string
+	out := []string{}
 	changedKeys("", reflect.ValueOf(a).Elem(), reflect.ValueOf(b).Elem(), keyOf, &out)
 	return out
 }

@@ -152,8 +152,14 @@ new_flows_per_second = 9
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := tc.diff(t); !slices.Equal(got, tc.want) {
+			got := tc.diff(t)
+			if !slices.Equal(got, tc.want) {
 				t.Errorf("got %q, want %q", got, tc.want)
+			}
+			// No change is an empty list, not nil: a JSON log and
+			// the API show [] for it, as the gateway's Diff does.
+			if got == nil {
+				t.Error("got nil, want an empty list")
 			}
 		})
 	}
