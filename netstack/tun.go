@@ -182,6 +182,8 @@ func tunHint(err error) string {
 		return " (/dev/net/tun is not writable by this user: run as root, or make it mode 0666 as udev does, e.g. chmod 0666 /dev/net/tun)"
 	case errors.Is(err, unix.EPERM):
 		return " (creating a TUN device needs CAP_NET_ADMIN: run as root, or grant it, as the systemd units in dist/systemd do)"
+	case errors.Is(err, unix.EBUSY):
+		return " (another process holds a TUN device of this name: is a ztgate gateway or agent already running here? stop it, or give this one another [tun] name)"
 	}
 	return ""
 }

@@ -17,7 +17,7 @@ func TestTUNHint(t *testing.T) {
 	}{
 		{"device not writable", &wrapped{unix.EACCES}, "mode 0666"},
 		{"no capability", fmt.Errorf("TUNSETIFF: %w", unix.EPERM), "CAP_NET_ADMIN"},
-		{"busy", unix.EBUSY, ""},
+		{"held by another process", unix.EBUSY, "another [tun] name"},
 		{"other", errors.New("no such device"), ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
