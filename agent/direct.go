@@ -73,6 +73,11 @@ type svcDirect struct {
 	deadline time.Time // phaseOffered: when to give up
 	retryAt  time.Time // phaseIdle: no offer before
 	backoff  tunnel.Backoff
+	// refused is the code of the last refusal of an offer since a path
+	// last came up: the same refusal again (no_gateway on every new flow
+	// to a service whose gateways have no [tunnel] listen) is logged at
+	// debug, not each time at info.
+	refused string
 }
 
 // direct is the agent's direct-path manager: one goroutine (run) owns its
@@ -353,6 +358,7 @@ func (d *direct) onDialed(r dialed, now time.Time) {
 func (d *direct) use(service string, st *svcDirect, p *path, id uint64) {
 	st.phase, st.path, st.id = phaseDirect, p, id
 	st.backoff.Reset()
+	st.refused = ""
 	p.services[service] = id
 	p.serve(service)
 	d.publish()
@@ -371,7 +377,12 @@ func (d *direct) onError(m *tunnel.ErrorMessage, now time.Time) {
 	if service, ok := d.offers[m.SessionID]; ok {
 		if st := d.svcs[service]; st.phase == phaseOffered {
 			delete(d.offers, m.SessionID)
-			d.log.Info("direct path refused", "service", service, "code", m.Code, "message", m.Message)
+			level := slog.LevelInfo
+			if m.Code == st.refused {
+				level = slog.LevelDebug
+			}
+			st.refused = m.Code
+			d.log.Log(d.ctx, level, "direct path refused", "service", service, "code", m.Code, "message", m.Message)
 			d.fail(st, now)
 		}
 		return // dialling: the dial's outcome decides

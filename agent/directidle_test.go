@@ -2,7 +2,9 @@ package agent
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -114,4 +116,50 @@ func webDirectPath(t *testing.T, f *directFixture, d *direct, now time.Time) (*t
 		t.Fatal("no direct path for web")
 	}
 	return o, p
+}
+
+// TestDirectRefusalLoggedOnce: the relay refuses every offer for a service
+// whose gateways have no [tunnel] listen (no_gateway), the deployment's
+// choice: the agent logs the first refusal at info and the same one again
+// at debug; another code, and the first after a path came up, at info.
+func TestDirectRefusalLoggedOnce(t *testing.T) {
+	f := newDirectFixture(t)
+	d := f.manualDirect()
+	var logs logBuffer
+	d.log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	now := time.Now()
+	refuse := func(code string) string {
+		t.Helper()
+		now = now.Add(time.Hour) // past any backoff
+		o := f.offerWeb(d, now)
+		start := len(logs.String())
+		d.onError(&tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: code, SessionID: o.SessionID}, now)
+		line := logs.String()[start:]
+		if !strings.Contains(line, "direct path refused") || !strings.Contains(line, "code="+code) {
+			t.Fatalf("refusal %s not logged: %q", code, line)
+		}
+		return line
+	}
+	for i, tc := range []struct {
+		code, level string
+	}{
+		{tunnel.CodeNoGateway, "INFO"},
+		{tunnel.CodeNoGateway, "DEBUG"},
+		{tunnel.CodeNoGateway, "DEBUG"},
+		{tunnel.CodeBusy, "INFO"},
+		{tunnel.CodeNoGateway, "INFO"},
+	} {
+		if line := refuse(tc.code); !strings.Contains(line, "level="+tc.level) {
+			t.Errorf("refusal %d (%s): %q, want level %s", i, tc.code, line, tc.level)
+		}
+	}
+	o, p := webDirectPath(t, f, d, now.Add(time.Hour))
+	d.onError(&tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: tunnel.CodeDrained, SessionID: o.SessionID}, now.Add(time.Hour))
+	if len(p.services) != 0 {
+		t.Fatal("path not retired")
+	}
+	now = now.Add(2 * time.Hour)
+	if line := refuse(tunnel.CodeNoGateway); !strings.Contains(line, "level=INFO") {
+		t.Errorf("first refusal after a path came up: %q, want level INFO", line)
+	}
 }

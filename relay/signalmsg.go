@@ -178,7 +178,16 @@ func (r *Relay) onSignalError(from party, m *tunnel.ErrorMessage) {
 // sender learns nothing about sessions that are not its own.
 func (r *Relay) rejectSignal(from party, id uint64, reason, typ string) {
 	r.m.sigRejected.WithLabelValues(reason).Inc()
-	if from.mayWarn() {
+	var message string
+	switch {
+	case reason == sigNoGateway:
+		// Not the sender's fault: the answer to every offer while no
+		// gateway of the service has [tunnel] listen, the relay's own
+		// path being the deployment's choice.
+		message = noGatewayMessage
+		r.log.Debug("direct path offer refused: no gateway of the service offers one", "identity", from.identity(),
+			"session_id", id)
+	case from.mayWarn():
 		r.log.Warn("signaling message rejected", "identity", from.identity(), "type", typ,
 			"session_id", id, "reason", reason)
 	}
@@ -189,8 +198,12 @@ func (r *Relay) rejectSignal(from party, id uint64, reason, typ string) {
 	if reason == sigNotOwner {
 		code = sigUnknown
 	}
-	_ = from.session().Send(&tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: code, SessionID: id})
+	_ = from.session().Send(&tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: code, SessionID: id, Message: message})
 }
+
+// noGatewayMessage explains the error no_gateway to the agent, whose log
+// shows it.
+const noGatewayMessage = "no gateway serving the service accepts direct paths now ([tunnel] listen unset, or drained, or not admitting this tenant): the relay carries it"
 
 // endSignal removes a session that cannot go on because the party gone
 // did not take a message, and tells the other party. A session something

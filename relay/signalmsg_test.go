@@ -2,6 +2,7 @@ package relay
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
@@ -43,7 +44,15 @@ func rejected(r *Relay, reason string) float64 {
 // counted and answered as an unknown session.
 func TestSignalingThroughRelay(t *testing.T) {
 	p := newPKI(t)
-	r := startRelay(t, p.relayConfig(t.TempDir()))
+	var logs syncBuffer
+	r, err := New(p.relayConfig(t.TempDir()), Options{}, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
 	addr := r.Addr().String()
 	direct := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:4434"), netip.MustParseAddrPort("0.0.0.0:4434")}
 	gw := mustDial(t, addr, p.identity("ops", tunnel.RoleGateway, "gw1"), gatewayHello("gw1"))
@@ -141,24 +150,31 @@ func TestSignalingThroughRelay(t *testing.T) {
 		offer   tunnel.Offer
 		code    string
 		counted string
+		message string // the error's message; "" for none
 	}{
-		{"another tenant's service", outsider, tunnel.Offer{SessionID: 3, Service: "web"}, tunnel.CodeNotAuthorized, sigNotAuthorized},
-		{"a service that does not exist", a, tunnel.Offer{SessionID: 4, Service: "nope"}, tunnel.CodeNotAuthorized, sigNotAuthorized},
-		{"no gateway with candidates", a, tunnel.Offer{SessionID: 5, Service: "nodirect"}, tunnel.CodeNoGateway, sigNoGateway},
-		{"too many candidates", a, tunnel.Offer{SessionID: 6, Service: "web", Candidates: make([]netip.AddrPort, 9)}, tunnel.CodeBadMessage, sigBadMessage},
+		{"another tenant's service", outsider, tunnel.Offer{SessionID: 3, Service: "web"}, tunnel.CodeNotAuthorized, sigNotAuthorized, ""},
+		{"a service that does not exist", a, tunnel.Offer{SessionID: 4, Service: "nope"}, tunnel.CodeNotAuthorized, sigNotAuthorized, ""},
+		{"no gateway with candidates", a, tunnel.Offer{SessionID: 5, Service: "nodirect"}, tunnel.CodeNoGateway, sigNoGateway, noGatewayMessage},
+		{"too many candidates", a, tunnel.Offer{SessionID: 6, Service: "web", Candidates: make([]netip.AddrPort, 9)}, tunnel.CodeBadMessage, sigBadMessage, ""},
 	}
 	for _, tc := range refusals {
 		t.Run(tc.name, func(t *testing.T) {
 			before := rejected(r, tc.counted)
 			tc.offer.Type = tunnel.MessageOffer
 			tc.from.s.Send(&tc.offer)
-			if e := signalError(tc.from); e.SessionID != tc.offer.SessionID || e.Code != tc.code {
+			if e := signalError(tc.from); e.SessionID != tc.offer.SessionID || e.Code != tc.code || e.Message != tc.message {
 				t.Fatalf("got %+v", e)
 			}
 			if rejected(r, tc.counted) != before+1 {
 				t.Errorf("%s not counted", tc.counted)
 			}
 		})
+	}
+	// no_gateway is the answer to every offer while the service's gateways
+	// have no [tunnel] listen, the relay's path being the deployment's
+	// choice: no warning, as for a message that broke a rule.
+	if l := logs.String(); strings.Contains(l, "reason=no_gateway") || !strings.Contains(l, "no gateway of the service offers one") {
+		t.Errorf("no_gateway logged as a rejection, or not at debug:\n%s", l)
 	}
 
 	t.Run("cap and duplicates", func(t *testing.T) {
