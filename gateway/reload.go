@@ -126,13 +126,16 @@ func (g *Gateway) reloadFailed(err error) error {
 	return fmt.Errorf("%w: %w", ErrReload, err)
 }
 
+// logDiff logs d; its lists are lists in a JSON log even when empty ([],
+// not null), whichever of them d leaves nil.
 func (g *Gateway) logDiff(msg string, d Diff) {
 	changed := make([]string, len(d.Changed))
 	for i, c := range d.Changed {
 		changed[i] = c.Name
 	}
-	g.log.Info(msg, "added", d.Added, "removed", d.Removed, "changed", changed,
-		"tenants_changed", d.TenantsChanged, "tunnel_files", d.TunnelFiles, "restart_required", d.RestartRequired)
+	list := func(l []string) []string { return append([]string{}, l...) }
+	g.log.Info(msg, "added", list(d.Added), "removed", list(d.Removed), "changed", changed,
+		"tenants_changed", d.TenantsChanged, "tunnel_files", list(d.TunnelFiles), "restart_required", list(d.RestartRequired))
 }
 
 // applyLocked makes next (and the API's services) the running service

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -177,5 +178,17 @@ func TestReloadTunnelFiles(t *testing.T) {
 	s := h.dialDirectAgent(t, creds)
 	if got := s.Peer().Name; got != "gw1-moved" {
 		t.Fatalf("the gateway presented %q's certificate after the reload, want gw1-moved's", got)
+	}
+}
+
+// TestLogDiffEmptyLists: a JSON log shows a diff's empty lists as [], not
+// null (tunnel_files of a reload that switched no file was null).
+func TestLogDiffEmptyLists(t *testing.T) {
+	var out bytes.Buffer
+	g := &Gateway{log: slog.New(slog.NewJSONHandler(&out, nil))}
+	g.logDiff("reloaded", Diff{})
+	if l := out.String(); strings.Contains(l, "null") ||
+		!strings.Contains(l, `"added":[],"removed":[],"changed":[],"tenants_changed":false,"tunnel_files":[],"restart_required":[]`) {
+		t.Errorf("got %s", l)
 	}
 }
