@@ -150,10 +150,31 @@ func dialFailure(err error) (result, reason string, _ error) {
 // still waits or once it has returned.
 func serverAlert(err error) *RefusedError {
 	if te, ok := errors.AsType[*quic.TransportError](err); ok && te.Remote && te.ErrorCode >= 0x100 && te.ErrorCode < 0x200 {
-		return &RefusedError{Code: "tls_alert", Message: te.Error()}
+		msg := te.Error()
+		if certAlert(uint8(te.ErrorCode - 0x100)) {
+			msg += certAlertHint
+		}
+		return &RefusedError{Code: "tls_alert", Message: msg}
 	}
 	return nil
 }
+
+// certAlert reports whether a TLS alert is about the certificate this side
+// presented (RFC 8446 §6.2): Go's TLS server sends bad_certificate for one
+// that does not verify (another CA, expired), certificate_required for
+// none.
+func certAlert(alert uint8) bool {
+	switch alert {
+	case 42, 43, 44, 45, 46, 48, 116: // bad, unsupported, revoked, expired, unknown certificate; unknown_ca; certificate_required
+		return true
+	}
+	return false
+}
+
+// certAlertHint says what a certificate alert from the server means: the
+// alert itself carries no reason, the server's log has it.
+const certAlertHint = " (the server refused this side's certificate: is it signed by a CA in the server's ca file, and unexpired? " +
+	"the server logs the reason as `tunnel client refused`; `ztgate check` on this side's file warns when its own ca does not verify it)"
 
 // errRefusedAfterHello: the server passed the TLS handshake, but the
 // credentials in use once the hello was done (ztna-v1: right after the

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/quic-go/quic-go"
@@ -27,6 +28,7 @@ func TestDialFailureClassified(t *testing.T) {
 	}{
 		{"the server's alert", fmt.Errorf("dial: %w", alert), resultRefused, reasonServerError, true},
 		{"the client's refusal", &AuthError{Reason: ReasonUnknownAuthority, Err: errors.New("x509")}, resultRefused, ReasonUnknownAuthority, false},
+		{"the server's alert: no certificate", &quic.TransportError{Remote: true, ErrorCode: quic.TransportErrorCode(0x174), ErrorMessage: "tls: certificate required"}, resultRefused, reasonServerError, true},
 		{"a local TLS error", &quic.TransportError{ErrorCode: quic.TransportErrorCode(0x12a)}, resultFailed, reasonDial, false},
 		{"a remote transport error of another kind", &quic.TransportError{Remote: true, ErrorCode: quic.ProtocolViolation}, resultFailed, reasonDial, false},
 		{"no answer", errors.New("timeout: no recent network activity"), resultFailed, reasonDial, false},
@@ -40,6 +42,33 @@ func TestDialFailureClassified(t *testing.T) {
 			if ok != tc.refused || (ok && re.Code != "tls_alert") {
 				t.Errorf("returned %v (%T), refused by the server: %v", err, err, tc.refused)
 			}
+			// The alert is about the client's certificate: say so, as
+			// the alert names no reason.
+			if ok && !strings.Contains(re.Error(), "refused this side's certificate") {
+				t.Errorf("no hint in %q", re.Error())
+			}
 		})
+	}
+}
+
+// TestCertAlert: the alerts that are about the certificate a client
+// presented get the hint, others (a protocol version, an ALPN) do not.
+func TestCertAlert(t *testing.T) {
+	for _, tc := range []struct {
+		alert uint8
+		cert  bool
+	}{
+		{42, true}, {45, true}, {48, true}, {116, true},
+		{40, false},  // handshake_failure
+		{70, false},  // protocol_version
+		{120, false}, // no_application_protocol
+	} {
+		if got := certAlert(tc.alert); got != tc.cert {
+			t.Errorf("certAlert(%d) = %v, want %v", tc.alert, got, tc.cert)
+		}
+		re := serverAlert(&quic.TransportError{Remote: true, ErrorCode: quic.TransportErrorCode(0x100 + uint64(tc.alert))})
+		if hinted := strings.Contains(re.Message, certAlertHint); hinted != tc.cert {
+			t.Errorf("alert %d: message %q", tc.alert, re.Message)
+		}
 	}
 }
