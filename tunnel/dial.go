@@ -332,11 +332,25 @@ func dialQUIC(ctx context.Context, addr string, tlsConf *tls.Config, conf *quic.
 	if err != nil {
 		_ = tr.Close()
 		_ = udp.Close()
-		return nil, err
+		return nil, noAnswer(err, raddr)
 	}
 	context.AfterFunc(conn.Context(), func() {
 		_ = tr.Close()
 		_ = udp.Close()
 	})
 	return conn, nil
+}
+
+// noAnswer words a handshake that timed out, as a server that is not
+// running, or a port that a firewall drops, leaves it: quic-go's own
+// "timeout: no recent network activity" names neither the address it
+// dialled nor what to check. Other errors are returned as they are.
+func noAnswer(err error, raddr *net.UDPAddr) error {
+	var idle *quic.IdleTimeoutError
+	var hs *quic.HandshakeTimeoutError
+	if !errors.As(err, &idle) && !errors.As(err, &hs) {
+		return err
+	}
+	return fmt.Errorf("no answer from %s within %v: is the server running there, and UDP port %d open to this host? (%w)",
+		raddr, HandshakeTimeout, raddr.Port, err)
 }

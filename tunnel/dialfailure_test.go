@@ -1,8 +1,10 @@
 package tunnel
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 
@@ -70,5 +72,37 @@ func TestCertAlert(t *testing.T) {
 		if hinted := strings.Contains(re.Message, certAlertHint); hinted != tc.cert {
 			t.Errorf("alert %d: message %q", tc.alert, re.Message)
 		}
+	}
+}
+
+// TestNoAnswer: a handshake that timed out names the address dialled and
+// what to check; other errors pass as they are.
+func TestNoAnswer(t *testing.T) {
+	raddr := &net.UDPAddr{IP: net.IPv4(203, 0, 113, 1), Port: 4443}
+	for _, tc := range []struct {
+		name string
+		err  error
+		want string // a part of the message; "" for err unchanged
+	}{
+		{"idle", fmt.Errorf("dial: %w", &quic.IdleTimeoutError{}), "no answer from 203.0.113.1:4443 within 10s: is the server running there, and UDP port 4443 open"},
+		{"handshake", &quic.HandshakeTimeoutError{}, "UDP port 4443 open to this host?"},
+		{"refused", &quic.TransportError{Remote: true, ErrorCode: 0x12a}, ""},
+		{"context", context.Canceled, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := noAnswer(tc.err, raddr)
+			if tc.want == "" {
+				if got != tc.err {
+					t.Errorf("got %v, want %v unchanged", got, tc.err)
+				}
+				return
+			}
+			if !strings.Contains(got.Error(), tc.want) || !errors.Is(got, tc.err) {
+				t.Errorf("got %q, want one with %q, wrapping %v", got, tc.want, tc.err)
+			}
+			if result, reason, _ := dialFailure(got); result != resultFailed || reason != reasonDial {
+				t.Errorf("counted %s/%s, want a failed dial", result, reason)
+			}
+		})
 	}
 }
