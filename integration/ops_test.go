@@ -496,7 +496,7 @@ func TestOpsRelayDeployment(t *testing.T) {
 		}
 		relayStatus := func() string { return r.exec(r.relay, r.ztgate, "status", "-api", "http://127.0.0.1:7781") }
 		out = relayStatus()
-		for _, want := range []string{"GATEWAYS", "web", vip, "acme", "gw1 healthy"} {
+		for _, want := range []string{"connected: 1 gateway (", "GATEWAYS", "web", vip, "acme", "gw1 healthy"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("relay status lacks %q:\n%s", want, out)
 			}

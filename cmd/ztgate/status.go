@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -109,8 +110,61 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ztgate status: %s does not look like a ztgate API: %v\n", *api, err)
 		return 1
 	}
+	// A relay also says who is connected: with no services, whether its
+	// gateways are there at all. A gateway has no /v1/sessions.
+	if body, err := get("/v1/sessions"); err == nil {
+		var sessions struct {
+			Sessions []statusSession `json:"sessions"`
+		}
+		if json.Unmarshal(body, &sessions) == nil && sessions.Sessions != nil {
+			fmt.Fprintln(stdout, formatSessions(sessions.Sessions))
+		}
+	}
 	renderStatus(stdout, list.Services)
 	return 0
+}
+
+// statusSession is what `status` reads of a session in a relay's GET
+// /v1/sessions.
+type statusSession struct {
+	Role     string `json:"role"`
+	Identity string `json:"identity"`
+}
+
+// formatSessions sums up a relay's sessions: its gateways by identity (the
+// first few), its agents by number.
+func formatSessions(ss []statusSession) string {
+	const shown = 6
+	var gws []string
+	agents := 0
+	for _, s := range ss {
+		switch s.Role {
+		case "gateway":
+			gws = append(gws, s.Identity)
+		case "agent":
+			agents++
+		}
+	}
+	slices.Sort(gws)
+	count := func(n int, what string) string {
+		switch n {
+		case 0:
+			return "no " + what
+		case 1:
+			return "1 " + what
+		}
+		return fmt.Sprintf("%d %ss", n, what)
+	}
+	out := "connected: " + count(len(gws), "gateway")
+	if len(gws) > 0 {
+		names := gws[:min(len(gws), shown)]
+		out += " (" + strings.Join(names, ", ")
+		if more := len(gws) - len(names); more > 0 {
+			out += fmt.Sprintf(", %d more", more)
+		}
+		out += ")"
+	}
+	return out + ", " + count(agents, "agent")
 }
 
 // renderStatus prints one line per service: a gateway's backends, or a

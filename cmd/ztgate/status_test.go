@@ -39,6 +39,12 @@ const (
 		"healthy": false, "gateways": [{"name": "gw1", "healthy": false, "state": "down", "session": 7, "flows": 2}]}]}`
 )
 
+// relaySessions is a relay's GET /v1/sessions for relayServices.
+const relaySessions = `{"sessions": [
+	{"id": 9, "role": "gateway", "identity": "ops/gateway/gw2", "tenant": "ops"},
+	{"id": 3, "role": "agent", "identity": "acme/agent/a1", "tenant": "acme", "inner_addr": "100.64.0.1"},
+	{"id": 7, "role": "gateway", "identity": "ops/gateway/gw1", "tenant": "ops"}]}`
+
 // Bodies of an agent's GET /v1/status: connected, with one service on a
 // direct path through a relay's forwarder, and cut off.
 const (
@@ -68,6 +74,7 @@ func TestStatus(t *testing.T) {
 		name       string
 		path       string // that serves body; "" is /v1/services
 		body       string
+		sessions   string // the body of /v1/sessions (a relay's); "" for none
 		token      string // the server's; "" = none
 		args       []string
 		code       int
@@ -81,8 +88,12 @@ func TestStatus(t *testing.T) {
 			"192.0.2.10 up (3)", "192.0.2.11 down (0): connection refused"}},
 		{name: "gateway, SRV backends", body: gatewaySRVServices, code: 0, want: []string{
 			"192.0.2.20:8080 up (1); 192.0.2.20:8081 down (0): connection refused"}},
-		{name: "relay", body: relayServices, code: 0, want: []string{
+		{name: "relay", body: relayServices, sessions: relaySessions, code: 0, want: []string{
+			"connected: 2 gateways (ops/gateway/gw1, ops/gateway/gw2), 1 agent\n",
 			"GATEWAYS (STATE, FLOWS)", "gw1 healthy (2); gw2 draining (1)", "db", "gw1 down (2)", "tcp/5432"}, notWant: "BACKENDS"},
+		{name: "relay without gateways", body: `{"services": []}`, sessions: `{"sessions": [{"role": "agent", "identity": "acme/agent/a1"}]}`,
+			code: 0, want: []string{"connected: no gateway, 1 agent\nno services"}},
+		{name: "gateway: no sessions line", body: gatewayServices, code: 0, notWant: "connected:"},
 		{name: "json", body: relayServices, args: []string{"-json"}, code: 0, want: []string{`"state": "draining"`}},
 		{name: "no services", body: `{"services": []}`, code: 0, want: []string{"no services"}},
 		{name: "token", body: gatewayServices, token: "s3cret", args: []string{"-token-file", tokenFile}, code: 0, want: []string{"192.0.2.10 up"}},
@@ -105,6 +116,10 @@ func TestStatus(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/v1/sessions" && tc.sessions != "" {
+					w.Write([]byte(tc.sessions))
+					return
+				}
 				if r.URL.Path != cmp.Or(tc.path, "/v1/services") {
 					http.NotFound(w, r)
 					return
@@ -152,4 +167,28 @@ func closedPort(t *testing.T) string {
 	addr := l.Addr().String()
 	l.Close()
 	return addr
+}
+
+func TestFormatSessions(t *testing.T) {
+	gw := func(name string) statusSession {
+		return statusSession{Role: "gateway", Identity: "ops/gateway/" + name}
+	}
+	agent := statusSession{Role: "agent", Identity: "acme/agent/a"}
+	for _, tc := range []struct {
+		name string
+		in   []statusSession
+		want string
+	}{
+		{"none", []statusSession{}, "connected: no gateway, no agent"},
+		{"one each", []statusSession{agent, gw("a")}, "connected: 1 gateway (ops/gateway/a), 1 agent"},
+		{"sorted", []statusSession{gw("b"), gw("a"), agent, agent}, "connected: 2 gateways (ops/gateway/a, ops/gateway/b), 2 agents"},
+		{"many gateways", []statusSession{gw("h"), gw("g"), gw("f"), gw("e"), gw("d"), gw("c"), gw("b"), gw("a")},
+			"connected: 8 gateways (ops/gateway/a, ops/gateway/b, ops/gateway/c, ops/gateway/d, ops/gateway/e, ops/gateway/f, 2 more), no agent"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := formatSessions(tc.in); got != tc.want {
+				t.Errorf("got %q\nwant %q", got, tc.want)
+			}
+		})
+	}
 }
