@@ -51,10 +51,10 @@ type Agent struct {
 
 	dir    atomic.Pointer[directory]
 	sess   atomic.Pointer[tunnel.Session]
-	link   atomic.Pointer[linkState] // the session to the server, for Status
-	mtu    atomic.Int64              // the TUN's MTU now
-	direct *direct                   // direct paths to gateways
-	api    *adminapi.Server          // [api] listen; nil when off
+	link   tunnel.Link      // the session to the server, for Status
+	mtu    atomic.Int64     // the TUN's MTU now
+	direct *direct          // direct paths to gateways
+	api    *adminapi.Server // [api] listen; nil when off
 
 	ctx    context.Context
 	cancel context.CancelFunc

@@ -26,7 +26,7 @@ func (a *Agent) startTunnel() {
 		},
 		Log:          a.root.With("component", "tunnel"),
 		OnSession:    a.serve,
-		OnDisconnect: a.disconnected,
+		OnDisconnect: a.link.Down,
 	}
 	a.wg.Add(1)
 	go func() {
@@ -44,7 +44,7 @@ func (a *Agent) hello() tunnel.Hello {
 // directories the server pushes and writes the server's packets to the TUN.
 func (a *Agent) serve(ctx context.Context, s *tunnel.Session) error {
 	a.fitMTU(s)
-	a.connected(s)
+	a.link.Up(s)
 	a.sess.Store(s)
 	defer a.sess.CompareAndSwap(s, nil)
 	a.m.connected.Set(1)

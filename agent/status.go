@@ -43,20 +43,7 @@ type ExcludedService struct {
 }
 
 // TunnelStatus is the agent's session to its server.
-type TunnelStatus struct {
-	Connected bool `json:"connected"`
-	// Since: when the session came up, or when the last one ended or the
-	// last dial failed.
-	Since       time.Time      `json:"since,omitzero"`
-	Peer        string         `json:"peer,omitempty"` // the server's identity
-	Remote      netip.AddrPort `json:"remote,omitzero"`
-	Version     string         `json:"version,omitempty"` // the ALPN
-	MaxDatagram int            `json:"max_datagram,omitempty"`
-	// LastError is why the last session ended or the last dial failed,
-	// while disconnected; RetryAt is when the agent dials again.
-	LastError string    `json:"last_error,omitempty"`
-	RetryAt   time.Time `json:"retry_at,omitzero"`
-}
+type TunnelStatus = tunnel.LinkStatus
 
 // ServiceStatus is a service of the agent's directory.
 type ServiceStatus struct {
@@ -86,31 +73,6 @@ type PathStatus struct {
 	Services []string       `json:"services"` // whose new flows start here
 }
 
-// linkState is the agent's session to its server, for Status. Replaced
-// whole on each change.
-type linkState struct {
-	s       *tunnel.Session // nil while disconnected
-	since   time.Time
-	lastErr string
-	retryAt time.Time
-}
-
-// connected records a new session to the server.
-func (a *Agent) connected(s *tunnel.Session) {
-	a.link.Store(&linkState{s: s, since: time.Now()})
-}
-
-// disconnected records why the session ended or the dial failed, and when
-// the agent dials again.
-func (a *Agent) disconnected(err error, retryIn time.Duration) {
-	ls := &linkState{since: time.Now()}
-	if err != nil {
-		ls.lastErr = err.Error()
-	}
-	ls.retryAt = ls.since.Add(retryIn)
-	a.link.Store(ls)
-}
-
 // Status returns the agent's state now.
 func (a *Agent) Status() Status {
 	st := Status{
@@ -123,18 +85,7 @@ func (a *Agent) Status() Status {
 			st.Identity = id.String()
 		}
 	}
-	if ls := a.link.Load(); ls != nil {
-		st.Tunnel = TunnelStatus{Since: ls.since, LastError: ls.lastErr, RetryAt: ls.retryAt}
-		if s := ls.s; s != nil {
-			st.Tunnel.Connected = true
-			if id := s.Peer(); id.Tenant != "" { // none from an unverified server
-				st.Tunnel.Peer = id.String()
-			}
-			st.Tunnel.Remote = s.RemoteAddr()
-			st.Tunnel.Version = s.Version().String()
-			st.Tunnel.MaxDatagram = s.MaxDatagram()
-		}
-	}
+	st.Tunnel = a.link.Status()
 	d := a.dir.Load()
 	st.Pool = d.pool
 	paths := a.direct.snapshot()
