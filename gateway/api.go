@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"cmp"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ztgate/ztgate/internal/adminapi"
+	"github.com/ztgate/ztgate/tunnel"
 )
 
 // startAPI serves the admin API on [api] listen: /healthz and /metrics are
@@ -40,12 +42,30 @@ func (g *Gateway) v1Handler() http.Handler {
 	v1.HandleFunc("GET /v1/services", g.handleListServices)
 	v1.HandleFunc("POST /v1/services", g.handleAddService)
 	v1.HandleFunc("DELETE /v1/services/{name}", g.handleDeleteService)
+	v1.HandleFunc("GET /v1/relay", g.handleRelay)
 	v1.HandleFunc("GET /v1/flows", g.handleListFlows)
 	v1.HandleFunc("DELETE /v1/flows", g.handleCloseFlows)
 	v1.HandleFunc("POST /v1/reload", g.handleReload)
 	v1.HandleFunc("POST /v1/services/{name}/backends/{address}/drain", g.handleDrain)
 	v1.HandleFunc("POST /v1/services/{name}/backends/{address}/undrain", g.handleUndrain)
 	return v1
+}
+
+// apiRelay is GET /v1/relay: the gateway's session to its relay.
+type apiRelay struct {
+	Relay  string            `json:"relay"` // [tunnel] relay
+	Tunnel tunnel.LinkStatus `json:"tunnel"`
+}
+
+// handleRelay tells whether the session to the relay is up, to which
+// relay since when, or why not and when the gateway dials again; 404
+// without [tunnel] relay.
+func (g *Gateway) handleRelay(w http.ResponseWriter, _ *http.Request) {
+	if g.relay == nil {
+		adminapi.WriteErrors(w, http.StatusNotFound, errors.New("this gateway has no [tunnel] relay"))
+		return
+	}
+	adminapi.WriteJSON(w, http.StatusOK, apiRelay{Relay: g.cfg.Tunnel.Relay, Tunnel: g.relayLink.Status()})
 }
 
 // apiPort is a service port in API bodies.

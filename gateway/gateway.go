@@ -106,6 +106,7 @@ type Gateway struct {
 	ingresses *ingressTable
 	tunLink   *netstack.Link
 	relay     *relayState // nil unless attached to a relay
+	relayLink tunnel.Link // the session to the relay, for GET /v1/relay and the metric
 	direct    *tunnel.Listener
 
 	// relayMoves: the file of the last reload names another tunnel.relay

@@ -138,6 +138,20 @@ func (m *metrics) registerOutboxes(b *tunnel.OutboxBudget) {
 	}, func() float64 { return float64(b.Queued()) }))
 }
 
+// registerRelayLink exports whether the session to the relay is up (a
+// gateway with [tunnel] relay only).
+func (m *metrics) registerRelayLink(l *tunnel.Link) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ztgate_gateway_relay_connected",
+		Help: "1 while the session to the relay ([tunnel] relay) is up.",
+	}, func() float64 {
+		if l.Connected() {
+			return 1
+		}
+		return 0
+	}))
+}
+
 // drop counts a packet the netstack dropped; it runs on the packet path.
 func (m *metrics) drop(r netstack.DropReason) {
 	if int(r) < len(m.droppedBy) {

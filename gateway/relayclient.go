@@ -83,9 +83,11 @@ func (g *Gateway) startRelayClient() {
 			Hello:       tunnel.Hello{Role: tunnel.RoleGateway, Name: g.cfg.Name, Version: "ztgate"},
 			Registerer:  g.m.reg,
 		},
-		Log:       g.root.With("component", "relay-client"),
-		OnSession: g.serveRelay,
+		Log:          g.root.With("component", "relay-client"),
+		OnSession:    g.serveRelay,
+		OnDisconnect: g.relayLink.Down,
 	}
+	g.m.registerRelayLink(&g.relayLink)
 	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
@@ -137,6 +139,7 @@ func (g *Gateway) relayOutbox(s tunnel.DatagramSender) *tunnel.Outbox {
 // the VIPs the relay assigns, keeps the relay told of health changes, and
 // carries the tagged packets of agents.
 func (g *Gateway) serveRelay(ctx context.Context, s *tunnel.Session) error {
+	g.relayLink.Up(s)
 	rs := newRelaySession(g, s, g.relayOutbox(s))
 	defer rs.out.Close() // after the tags: deferred calls run last first
 	defer rs.closeAll("relay session ended")

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ztgate/ztgate/agent"
+	"github.com/ztgate/ztgate/tunnel"
 )
 
 // statusService is what `status` reads of a service from a gateway's or a
@@ -111,13 +112,22 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	// A relay also says who is connected: with no services, whether its
-	// gateways are there at all. A gateway has no /v1/sessions.
+	// gateways are there at all. A gateway has no /v1/sessions; one with
+	// [tunnel] relay says whether it is connected to its relay.
 	if body, err := get("/v1/sessions"); err == nil {
 		var sessions struct {
 			Sessions []statusSession `json:"sessions"`
 		}
 		if json.Unmarshal(body, &sessions) == nil && sessions.Sessions != nil {
 			fmt.Fprintln(stdout, formatSessions(sessions.Sessions))
+		}
+	} else if body, err := get("/v1/relay"); err == nil {
+		var relay struct {
+			Relay  string            `json:"relay"`
+			Tunnel tunnel.LinkStatus `json:"tunnel"`
+		}
+		if json.Unmarshal(body, &relay) == nil && relay.Relay != "" {
+			fmt.Fprintln(stdout, formatLink(relay.Relay, relay.Tunnel, time.Now()))
 		}
 	}
 	renderStatus(stdout, list.Services)
@@ -245,6 +255,25 @@ func formatGateways(gs []statusGateway) string {
 	return strings.Join(out, "; ")
 }
 
+// formatLink is the line of a client's session to its server (an agent's
+// to its relay or gateway, a gateway's to its relay): connected to whom
+// since when, or why not and when it dials again.
+func formatLink(server string, t tunnel.LinkStatus, now time.Time) string {
+	ago := func(t time.Time) string { return now.Sub(t).Round(time.Second).String() }
+	switch {
+	case t.Connected:
+		peer := t.Peer
+		if peer == "" {
+			peer = "an unverified server" // insecure_allow_unauthenticated without a CA
+		}
+		return fmt.Sprintf("tunnel to %s: connected to %s at %s (%s) for %s", server, peer, t.Remote, t.Version, ago(t.Since))
+	case t.Since.IsZero():
+		return fmt.Sprintf("tunnel to %s: connecting", server)
+	}
+	return fmt.Sprintf("tunnel to %s: DISCONNECTED for %s: %s; next dial in %s", server, ago(t.Since), t.LastError,
+		max(t.RetryAt.Sub(now), 0).Round(time.Second))
+}
+
 // renderAgentStatus prints the agent, its tunnel, and one line per service
 // of its directory with the path its new flows take.
 func renderAgentStatus(w io.Writer, st agent.Status, now time.Time) {
@@ -253,16 +282,7 @@ func renderAgentStatus(w io.Writer, st agent.Status, now time.Time) {
 		who += " (" + st.Identity + ")"
 	}
 	fmt.Fprintf(w, "agent %s, address %s, MTU %d, pool %s\n", who, st.Address, st.MTU, st.Pool)
-	ago := func(t time.Time) string { return now.Sub(t).Round(time.Second).String() }
-	switch t := st.Tunnel; {
-	case t.Connected:
-		fmt.Fprintf(w, "tunnel to %s: connected to %s at %s (%s) for %s\n", st.Server, t.Peer, t.Remote, t.Version, ago(t.Since))
-	case t.Since.IsZero():
-		fmt.Fprintf(w, "tunnel to %s: connecting\n", st.Server)
-	default:
-		fmt.Fprintf(w, "tunnel to %s: DISCONNECTED for %s: %s; next dial in %s\n", st.Server, ago(t.Since), t.LastError,
-			max(t.RetryAt.Sub(now), 0).Round(time.Second))
-	}
+	fmt.Fprintln(w, formatLink(st.Server, st.Tunnel, now))
 	defer renderExcluded(w, st.Excluded)
 	if len(st.Services) == 0 {
 		fmt.Fprintln(w, "no services")

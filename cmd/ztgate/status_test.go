@@ -6,12 +6,16 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/ztgate/ztgate/tunnel"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -75,6 +79,7 @@ func TestStatus(t *testing.T) {
 		path       string // that serves body; "" is /v1/services
 		body       string
 		sessions   string // the body of /v1/sessions (a relay's); "" for none
+		relay      string // the body of /v1/relay (a gateway's with [tunnel] relay); "" for none
 		token      string // the server's; "" = none
 		args       []string
 		code       int
@@ -94,6 +99,13 @@ func TestStatus(t *testing.T) {
 		{name: "relay without gateways", body: `{"services": []}`, sessions: `{"sessions": [{"role": "agent", "identity": "acme/agent/a1"}]}`,
 			code: 0, want: []string{"connected: no gateway, 1 agent\nno services"}},
 		{name: "gateway: no sessions line", body: gatewayServices, code: 0, notWant: "connected:"},
+		{name: "gateway behind a relay", body: gatewayServices, relay: `{"relay": "relay.example.net:4433", "tunnel": {"connected": true,
+			"since": "2026-01-01T10:00:00Z", "peer": "infra/relay/relay1", "remote": "203.0.113.5:4433", "version": "ztna-v2"}}`,
+			code: 0, want: []string{"tunnel to relay.example.net:4433: connected to infra/relay/relay1 at 203.0.113.5:4433 (ztna-v2) for ",
+				"192.0.2.10 up (3)"}},
+		{name: "gateway cut off from its relay", body: `{"services": []}`, relay: `{"relay": "relay.example.net:4433", "tunnel": {"connected": false,
+			"since": "2026-01-01T10:00:00Z", "last_error": "tunnel: dial relay.example.net:4433: no answer", "retry_at": "2026-01-01T10:00:30Z"}}`,
+			code: 0, want: []string{"tunnel to relay.example.net:4433: DISCONNECTED for ", ": tunnel: dial relay.example.net:4433: no answer; next dial in 0s\nno services"}},
 		{name: "json", body: relayServices, args: []string{"-json"}, code: 0, want: []string{`"state": "draining"`}},
 		{name: "no services", body: `{"services": []}`, code: 0, want: []string{"no services"}},
 		{name: "token", body: gatewayServices, token: "s3cret", args: []string{"-token-file", tokenFile}, code: 0, want: []string{"192.0.2.10 up"}},
@@ -118,6 +130,10 @@ func TestStatus(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if r.URL.Path == "/v1/sessions" && tc.sessions != "" {
 					w.Write([]byte(tc.sessions))
+					return
+				}
+				if r.URL.Path == "/v1/relay" && tc.relay != "" {
+					w.Write([]byte(tc.relay))
 					return
 				}
 				if r.URL.Path != cmp.Or(tc.path, "/v1/services") {
@@ -188,6 +204,31 @@ func TestFormatSessions(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := formatSessions(tc.in); got != tc.want {
 				t.Errorf("got %q\nwant %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestFormatLink(t *testing.T) {
+	now := time.Date(2026, 1, 1, 10, 1, 0, 0, time.UTC)
+	since := now.Add(-time.Minute)
+	for _, tc := range []struct {
+		name string
+		link tunnel.LinkStatus
+		want string
+	}{
+		{"connected", tunnel.LinkStatus{Connected: true, Since: since, Peer: "infra/relay/relay1",
+			Remote: netip.MustParseAddrPort("203.0.113.5:4433"), Version: "ztna-v2"},
+			"tunnel to relay:4433: connected to infra/relay/relay1 at 203.0.113.5:4433 (ztna-v2) for 1m0s"},
+		{"connected, not verified", tunnel.LinkStatus{Connected: true, Since: since, Remote: netip.MustParseAddrPort("203.0.113.5:4433"), Version: "ztna-v2"},
+			"tunnel to relay:4433: connected to an unverified server at 203.0.113.5:4433 (ztna-v2) for 1m0s"},
+		{"first dial", tunnel.LinkStatus{}, "tunnel to relay:4433: connecting"},
+		{"cut off", tunnel.LinkStatus{Since: since, LastError: "refused", RetryAt: now.Add(4 * time.Second)},
+			"tunnel to relay:4433: DISCONNECTED for 1m0s: refused; next dial in 4s"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := formatLink("relay:4433", tc.link, now); got != tc.want {
+				t.Errorf("got  %q\nwant %q", got, tc.want)
 			}
 		})
 	}
