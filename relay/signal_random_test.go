@@ -492,11 +492,14 @@ func (c *sigTest) reject(to *client, id uint64, reason string) {
 	if id == 0 {
 		return
 	}
-	code := reason
-	if reason == sigNotOwner {
+	code, message := reason, ""
+	switch reason {
+	case sigNotOwner:
 		code = sigUnknown
+	case sigNoGateway:
+		message = noGatewayMessage
 	}
-	c.expectError(to, id, code, "")
+	c.expectError(to, id, code, message)
 }
 
 func (c *sigTest) expectError(to *client, id uint64, code, message string) {
