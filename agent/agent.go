@@ -145,6 +145,9 @@ func (a *Agent) Start() error {
 		a.Close()
 		return err
 	}
+	if a.tun != nil && a.cfg.DNS.SetResolver {
+		setResolver(a.ctx, a.log, systemResolved(), a.tun.Name(), a.gatewayAddr(), a.cfg.DNS.Zone)
+	}
 	if err := a.startAPI(); err != nil {
 		a.Close()
 		return err

@@ -31,11 +31,14 @@ func agentFromTree(name string, doc *tomlDoc) (*Agent, error) {
 		Name:   v.hostname("agent.name", sec.Name),
 		Tunnel: v.agentTunnel(raw.Tunnel),
 		TUN:    v.agentTUN(raw.TUN),
-		DNS:    DNS{Zone: defaultZone, TTL: defaultTTL},
+		DNS:    DNS{Zone: defaultZone, TTL: defaultTTL, SetResolver: true},
 		API:    v.api(raw.API, netip.AddrPort{}),
 	}
 	if raw.DNS != nil {
 		a.DNS.Listen = v.listenAddrs("dns.listen", raw.DNS.Listen)
+		if raw.DNS.SetResolver != nil {
+			a.DNS.SetResolver = *raw.DNS.SetResolver
+		}
 	}
 	if err := v.err(); err != nil {
 		return nil, err

@@ -28,7 +28,7 @@ ca = "pki/ca.crt"
 			Cert: filepath.Join(dir, "pki/a.crt"), Key: filepath.Join(dir, "pki/a.key"), CA: filepath.Join(dir, "pki/ca.crt")},
 		TUN: TUN{Name: "ztagent0", MTU: 1280, Pool: netip.MustParsePrefix("10.100.0.0/24"),
 			Address: netip.MustParseAddr("100.64.0.1"), Enabled: true},
-		DNS: DNS{Zone: "ztna.internal.", TTL: 30 * time.Second},
+		DNS: DNS{Zone: "ztna.internal.", TTL: 30 * time.Second, SetResolver: true},
 	}
 	if !reflect.DeepEqual(a, want) {
 		t.Errorf("got  %+v\nwant %+v", a, want)
@@ -51,6 +51,7 @@ address = "100.64.7.7"
 mtu = 1400
 [dns]
 listen = ["127.0.0.1:53"]
+set_resolver = false
 [api]
 listen = "127.0.0.1:7782"
 `))
@@ -63,7 +64,7 @@ listen = "127.0.0.1:7782"
 	if a.TUN.Name != "zt9" || a.TUN.Address != netip.MustParseAddr("100.64.7.7") || a.TUN.MTU != 1400 {
 		t.Errorf("TUN = %+v", a.TUN)
 	}
-	if len(a.DNS.Listen) != 1 || a.API.Listen != netip.MustParseAddrPort("127.0.0.1:7782") {
+	if len(a.DNS.Listen) != 1 || a.DNS.SetResolver || a.API.Listen != netip.MustParseAddrPort("127.0.0.1:7782") {
 		t.Errorf("DNS = %+v, API = %+v", a.DNS, a.API)
 	}
 }

@@ -175,5 +175,6 @@ type rawAgentTUN struct {
 }
 
 type rawAgentDNS struct {
-	Listen []string `toml:"listen"`
+	Listen      []string `toml:"listen"`
+	SetResolver *bool    `toml:"set_resolver"`
 }

@@ -64,6 +64,9 @@ type DNS struct {
 	Upstreams []netip.AddrPort `key:"upstreams"`          // forwarders for names outside the zone; port default 53
 	// ForwardTimeout bounds one forwarded query ([dns] forward_timeout, default 2s).
 	ForwardTimeout time.Duration `key:"forward_timeout"`
+	// SetResolver (an agent's only, default true): point the host's
+	// systemd-resolved, when it runs, at the agent's DNS for the zone.
+	SetResolver bool `key:"set_resolver"`
 }
 
 // API is the [api] section.

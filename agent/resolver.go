@@ -1,0 +1,113 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+// resolverTimeout bounds each resolvectl command: it talks to
+// systemd-resolved over D-Bus, which answers at once when it runs.
+const resolverTimeout = 5 * time.Second
+
+// resolverHost is the host's systemd-resolved as the agent configures it
+// (tests replace it).
+type resolverHost struct {
+	// running reports whether systemd-resolved runs here and resolvectl
+	// can reach it; why says what is missing when it does not.
+	running func() (ok bool, why string)
+	// run runs resolvectl with args.
+	run func(ctx context.Context, args ...string) error
+}
+
+// systemResolved is the host's systemd-resolved (resolvedHere).
+func systemResolved() resolverHost {
+	return resolverHost{
+		running: func() (bool, string) {
+			return resolvedHere("/run/systemd/resolve", os.Stat, exec.LookPath, os.Readlink)
+		},
+		run: func(ctx context.Context, args ...string) error {
+			out, err := exec.CommandContext(ctx, "resolvectl", args...).CombinedOutput()
+			if err != nil {
+				if msg := strings.TrimSpace(string(bytes.ToValidUTF8(out, nil))); msg != "" {
+					return fmt.Errorf("%w: %s", err, msg)
+				}
+				return err
+			}
+			return nil
+		},
+	}
+}
+
+// setResolver points systemd-resolved, when it runs, at the agent's DNS
+// server for zone: link (the TUN) gets server as its DNS server and ~zone
+// as its routing-only domain, and is no default route for other names
+// (older resolvectl without default-route: routing-only domains alone keep
+// the other names off the link there). The settings go with the link when
+// the agent stops. Without systemd-resolved, or when it refuses, the agent
+// goes on: it logs what to set instead.
+func setResolver(ctx context.Context, log *slog.Logger, h resolverHost, link string, server netip.Addr, zone string) {
+	zone = strings.TrimSuffix(zone, ".")
+	manual := fmt.Sprintf("point the host's resolver for %s at %s (dnsmasq: server=/%s/%s)", zone, server, zone, server)
+	if ok, why := h.running(); !ok {
+		log.Info("DNS: the host's resolver is not set: "+why+"; "+manual, "zone", zone, "server", server.String())
+		return
+	}
+	steps := []struct {
+		args     []string
+		required bool
+	}{
+		{[]string{"dns", link, server.String()}, true},
+		{[]string{"domain", link, "~" + zone}, true},
+		{[]string{"default-route", link, "false"}, false},
+	}
+	for _, s := range steps {
+		cctx, cancel := context.WithTimeout(ctx, resolverTimeout)
+		err := h.run(cctx, s.args...)
+		cancel()
+		if err == nil {
+			continue
+		}
+		if s.required {
+			log.Warn("DNS: systemd-resolved refused the zone's settings; "+manual,
+				"command", "resolvectl "+strings.Join(s.args, " "), "err", err)
+			return
+		}
+		log.Debug("DNS: resolvectl step skipped", "command", "resolvectl "+strings.Join(s.args, " "), "err", err)
+	}
+	log.Info("DNS: systemd-resolved sends the zone's queries to the agent", "link", link, "zone", zone, "server", server.String())
+}
+
+// resolvedHere reports whether the agent may configure systemd-resolved:
+// it runs (its runtime directory dir exists), resolvectl is installed, and
+// the agent shares its network namespace (that of PID 1). resolvectl names
+// the link by its index in the caller's namespace, and systemd-resolved
+// applies it to the link of that index in its own: from another namespace
+// (a container, a test's) it would configure some other link of the host.
+func resolvedHere(dir string, stat func(string) (os.FileInfo, error), lookPath func(string) (string, error),
+	readlink func(string) (string, error)) (bool, string) {
+	if fi, err := stat(dir); err != nil || !fi.IsDir() {
+		return false, "systemd-resolved is not running (no " + dir + ")"
+	}
+	if _, err := lookPath("resolvectl"); err != nil {
+		return false, "resolvectl is not installed"
+	}
+	self, err := readlink("/proc/self/ns/net")
+	if err != nil {
+		return false, "cannot tell the agent's network namespace: " + err.Error()
+	}
+	init, err := readlink("/proc/1/ns/net")
+	if err != nil {
+		return false, "cannot tell systemd-resolved's network namespace (PID 1's): " + err.Error()
+	}
+	if init != self {
+		return false, "the agent runs in another network namespace than systemd-resolved"
+	}
+	return true, ""
+}
