@@ -270,8 +270,11 @@ func formatLink(server string, t tunnel.LinkStatus, now time.Time) string {
 	case t.Since.IsZero():
 		return fmt.Sprintf("tunnel to %s: connecting", server)
 	}
-	return fmt.Sprintf("tunnel to %s: DISCONNECTED for %s: %s; next dial in %s", server, ago(t.Since), t.LastError,
-		max(t.RetryAt.Sub(now), 0).Round(time.Second))
+	next := "dialling now"
+	if wait := t.RetryAt.Sub(now).Round(time.Second); wait > 0 {
+		next = "next dial in " + wait.String()
+	}
+	return fmt.Sprintf("tunnel to %s: DISCONNECTED for %s: %s; %s", server, ago(t.Since), t.LastError, next)
 }
 
 // renderAgentStatus prints the agent, its tunnel, and one line per service

@@ -105,7 +105,7 @@ func TestStatus(t *testing.T) {
 				"192.0.2.10 up (3)"}},
 		{name: "gateway cut off from its relay", body: `{"services": []}`, relay: `{"relay": "relay.example.net:4433", "tunnel": {"connected": false,
 			"since": "2026-01-01T10:00:00Z", "last_error": "tunnel: dial relay.example.net:4433: no answer", "retry_at": "2026-01-01T10:00:30Z"}}`,
-			code: 0, want: []string{"tunnel to relay.example.net:4433: DISCONNECTED for ", ": tunnel: dial relay.example.net:4433: no answer; next dial in 0s\nno services"}},
+			code: 0, want: []string{"tunnel to relay.example.net:4433: DISCONNECTED for ", ": tunnel: dial relay.example.net:4433: no answer; dialling now\nno services"}},
 		{name: "json", body: relayServices, args: []string{"-json"}, code: 0, want: []string{`"state": "draining"`}},
 		{name: "no services", body: `{"services": []}`, code: 0, want: []string{"no services"}},
 		{name: "token", body: gatewayServices, token: "s3cret", args: []string{"-token-file", tokenFile}, code: 0, want: []string{"192.0.2.10 up"}},
@@ -119,7 +119,7 @@ func TestStatus(t *testing.T) {
 			"tcp/80,udp/7", "direct to infra/gateway/gw-east at 203.0.113.5:40001 (relay forwarder)",
 			"left out: clash at 10.100.0.1: its VIP is one of the agent's own addresses"}, notWant: "BACKENDS"},
 		{name: "agent cut off", path: "/v1/status", body: agentCutOff, code: 0, want: []string{
-			"tunnel to relay.example.net:4433: DISCONNECTED for ", ": tunnel: dial relay.example.net:4433: no such host; next dial in 0s",
+			"tunnel to relay.example.net:4433: DISCONNECTED for ", ": tunnel: dial relay.example.net:4433: no such host; dialling now",
 			"no services"}},
 		{name: "agent json", path: "/v1/status", body: agentCutOff, args: []string{"-json"}, code: 0, want: []string{`"last_error": "tunnel: dial`}},
 		{name: "agent token missing", path: "/v1/status", body: agentCutOff, token: "s3cret", code: 1, wantErr: "pass it with -token-file"},
@@ -223,6 +223,8 @@ func TestFormatLink(t *testing.T) {
 		{"connected, not verified", tunnel.LinkStatus{Connected: true, Since: since, Remote: netip.MustParseAddrPort("203.0.113.5:4433"), Version: "ztna-v2"},
 			"tunnel to relay:4433: connected to an unverified server at 203.0.113.5:4433 (ztna-v2) for 1m0s"},
 		{"first dial", tunnel.LinkStatus{}, "tunnel to relay:4433: connecting"},
+		{"dialling again", tunnel.LinkStatus{Since: since, LastError: "refused", RetryAt: now.Add(-time.Second)},
+			"tunnel to relay:4433: DISCONNECTED for 1m0s: refused; dialling now"},
 		{"cut off", tunnel.LinkStatus{Since: since, LastError: "refused", RetryAt: now.Add(4 * time.Second)},
 			"tunnel to relay:4433: DISCONNECTED for 1m0s: refused; next dial in 4s"},
 	} {
