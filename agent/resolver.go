@@ -8,7 +8,10 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -30,7 +33,7 @@ type resolverHost struct {
 func systemResolved() resolverHost {
 	return resolverHost{
 		running: func() (bool, string) {
-			return resolvedHere("/run/systemd/resolve", os.Stat, exec.LookPath, os.Readlink)
+			return resolvedHere("/run/systemd/resolve", os.Stat, exec.LookPath, hostNetns)
 		},
 		run: func(ctx context.Context, args ...string) error {
 			out, err := exec.CommandContext(ctx, "resolvectl", args...).CombinedOutput()
@@ -86,28 +89,77 @@ func setResolver(ctx context.Context, log *slog.Logger, h resolverHost, link str
 
 // resolvedHere reports whether the agent may configure systemd-resolved:
 // it runs (its runtime directory dir exists), resolvectl is installed, and
-// the agent shares its network namespace (that of PID 1). resolvectl names
-// the link by its index in the caller's namespace, and systemd-resolved
-// applies it to the link of that index in its own: from another namespace
-// (a container, a test's) it would configure some other link of the host.
+// the agent shares its network namespace, the host's (inHost).
+// resolvectl names the link by its index in the caller's namespace, and
+// systemd-resolved applies it to the link of that index in its own: from
+// another namespace (a container, a test's) it would configure some other
+// link of the host.
 func resolvedHere(dir string, stat func(string) (os.FileInfo, error), lookPath func(string) (string, error),
-	readlink func(string) (string, error)) (bool, string) {
+	inHost func() (bool, string)) (bool, string) {
 	if fi, err := stat(dir); err != nil || !fi.IsDir() {
 		return false, "systemd-resolved is not running (no " + dir + ")"
 	}
 	if _, err := lookPath("resolvectl"); err != nil {
 		return false, "resolvectl is not installed"
 	}
-	self, err := readlink("/proc/self/ns/net")
-	if err != nil {
-		return false, "cannot tell the agent's network namespace: " + err.Error()
+	return inHost()
+}
+
+// hostNetns reports whether the agent runs in the host's network
+// namespace, PID 1's; why says what it found when not.
+func hostNetns() (bool, string) {
+	return netnsCheck(nsInode("/proc/self/ns/net"), nsInode("/proc/1/ns/net"), namedNetns)
+}
+
+// netnsCheck compares the agent's network namespace (self) with PID 1's
+// (init) where it can read PID 1's, as root can. An agent that cannot (an
+// unprivileged one under systemd, which runs in the host's) is taken to be
+// in the host's unless its namespace is one that `ip netns` named (named:
+// the inodes of /run/netns/*).
+func netnsCheck(self, init nsResult, named func() []uint64) (bool, string) {
+	if self.err != nil {
+		return false, "cannot tell the agent's network namespace: " + self.err.Error()
 	}
-	init, err := readlink("/proc/1/ns/net")
-	if err != nil {
-		return false, "cannot tell systemd-resolved's network namespace (PID 1's): " + err.Error()
+	if init.err == nil {
+		if init.ino != self.ino {
+			return false, "the agent runs in another network namespace than systemd-resolved"
+		}
+		return true, ""
 	}
-	if init != self {
-		return false, "the agent runs in another network namespace than systemd-resolved"
+	if slices.Contains(named(), self.ino) {
+		return false, "the agent runs in a network namespace of ip netns, not systemd-resolved's"
 	}
 	return true, ""
+}
+
+// nsResult is a namespace's inode, or why it could not be read.
+type nsResult struct {
+	ino uint64
+	err error
+}
+
+// nsInode is the inode of the namespace file path.
+func nsInode(path string) nsResult {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nsResult{err: err}
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nsResult{err: fmt.Errorf("%s: no inode", path)}
+	}
+	return nsResult{ino: st.Ino}
+}
+
+// namedNetns returns the inodes of the network namespaces `ip netns`
+// named (/run/netns/*).
+func namedNetns() []uint64 {
+	entries, _ := os.ReadDir("/run/netns")
+	var inos []uint64
+	for _, e := range entries {
+		if r := nsInode(filepath.Join("/run/netns", e.Name())); r.err == nil {
+			inos = append(inos, r.ino)
+		}
+	}
+	return inos
 }

@@ -93,45 +93,73 @@ func TestSystemResolvedRun(t *testing.T) {
 }
 
 // TestResolvedHere: systemd-resolved is configured only where it runs,
-// with resolvectl, from its own network namespace (from another, a link
-// index would name another link of the host).
+// with resolvectl, from the host's network namespace.
 func TestResolvedHere(t *testing.T) {
 	dir := t.TempDir()
 	found := func(string) (string, error) { return "/usr/bin/resolvectl", nil }
 	missing := func(string) (string, error) { return "", exec.ErrNotFound }
-	ns := func(self, init string) func(string) (string, error) {
-		return func(p string) (string, error) {
-			switch p {
-			case "/proc/self/ns/net":
-				return self, nil
-			case "/proc/1/ns/net":
-				if init == "" {
-					return "", os.ErrPermission
-				}
-				return init, nil
-			}
-			return "", os.ErrNotExist
-		}
-	}
+	host := func() (bool, string) { return true, "" }
+	elsewhere := func() (bool, string) { return false, "another namespace" }
 	for _, tc := range []struct {
 		name     string
 		dir      string
 		lookPath func(string) (string, error)
-		readlink func(string) (string, error)
+		inHost   func() (bool, string)
 		ok       bool
 		why      string
 	}{
-		{"runs here", dir, found, ns("net:[4026531840]", "net:[4026531840]"), true, ""},
-		{"not running", filepath.Join(dir, "none"), found, ns("a", "a"), false, "systemd-resolved is not running"},
-		{"no resolvectl", dir, missing, ns("a", "a"), false, "resolvectl is not installed"},
-		{"another namespace", dir, found, ns("net:[4026532500]", "net:[4026531840]"), false, "another network namespace"},
-		{"PID 1's namespace unreadable", dir, found, ns("net:[4026531840]", ""), false, "cannot tell systemd-resolved's network namespace"},
+		{"runs here", dir, found, host, true, ""},
+		{"not running", filepath.Join(dir, "none"), found, host, false, "systemd-resolved is not running"},
+		{"no resolvectl", dir, missing, host, false, "resolvectl is not installed"},
+		{"another namespace", dir, found, elsewhere, false, "another namespace"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ok, why := resolvedHere(tc.dir, os.Stat, tc.lookPath, tc.readlink)
+			ok, why := resolvedHere(tc.dir, os.Stat, tc.lookPath, tc.inHost)
 			if ok != tc.ok || !strings.Contains(why, tc.why) {
 				t.Errorf("got %v %q, want %v %q", ok, why, tc.ok, tc.why)
 			}
 		})
+	}
+}
+
+// TestNetnsCheck: where PID 1's network namespace can be read the agent's
+// is compared with it; where it cannot (an unprivileged agent), the
+// agent's is taken for the host's unless ip netns named it.
+func TestNetnsCheck(t *testing.T) {
+	denied := nsResult{err: os.ErrPermission}
+	named := func() []uint64 { return []uint64{4026532245, 4026532300} }
+	for _, tc := range []struct {
+		name       string
+		self, init nsResult
+		ok         bool
+		why        string
+	}{
+		{"root, the host's", nsResult{ino: 4026531833}, nsResult{ino: 4026531833}, true, ""},
+		{"root, another", nsResult{ino: 4026532245}, nsResult{ino: 4026531833}, false, "another network namespace than systemd-resolved"},
+		{"root, an unnamed other", nsResult{ino: 4026532999}, nsResult{ino: 4026531833}, false, "another network namespace"},
+		{"unprivileged, the host's", nsResult{ino: 4026531833}, denied, true, ""},
+		{"unprivileged, in ip netns", nsResult{ino: 4026532300}, denied, false, "a network namespace of ip netns"},
+		{"own namespace unreadable", nsResult{err: os.ErrNotExist}, nsResult{ino: 1}, false, "cannot tell the agent's network namespace"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ok, why := netnsCheck(tc.self, tc.init, named)
+			if ok != tc.ok || !strings.Contains(why, tc.why) {
+				t.Errorf("got %v %q, want %v %q", ok, why, tc.ok, tc.why)
+			}
+		})
+	}
+}
+
+// TestHostNetnsHere: this test's own process, in whatever namespace it
+// runs, gets an answer that agrees with /proc (run as root in a namespace
+// of ip netns, the integration tests' agents are told apart).
+func TestHostNetnsHere(t *testing.T) {
+	self, init := nsInode("/proc/self/ns/net"), nsInode("/proc/1/ns/net")
+	if self.err != nil {
+		t.Skip(self.err)
+	}
+	ok, why := hostNetns()
+	if init.err == nil && ok != (self.ino == init.ino) {
+		t.Errorf("hostNetns() = %v %q; /proc says self %d, PID 1 %d", ok, why, self.ino, init.ino)
 	}
 }
