@@ -78,6 +78,10 @@ type svcDirect struct {
 	// to a service whose gateways have no [tunnel] listen) is logged at
 	// debug, not each time at info.
 	refused string
+	// failure is why the last attempt failed, in a few words, while no
+	// path came up since: Status shows it (ServiceStatus.DirectFailure);
+	// the log has the details.
+	failure string
 }
 
 // direct is the agent's direct-path manager: one goroutine (run) owns its
@@ -91,7 +95,9 @@ type direct struct {
 	events chan any    // *tunnel.Answer, *tunnel.ErrorMessage, dialed, pathDown, servicesGone
 	routes atomic.Pointer[map[string]*path]
 	shown  atomic.Pointer[[]PathStatus] // the paths for Status
-	wg     sync.WaitGroup               // dials and the goroutines of paths
+	// failures are the services' last failures for Status (showFailures).
+	failures atomic.Pointer[map[string]string]
+	wg       sync.WaitGroup // dials and the goroutines of paths
 	// relayAddr is the relay's address as the agent's session reaches it
 	// (invalid without a session), which decides the candidates the agent
 	// dials (candidate.go). Tests replace it.
@@ -247,7 +253,7 @@ func (d *direct) offer(service string, now time.Time) {
 	id := tunnel.RandomID()
 	err := s.Send(&tunnel.Offer{Type: tunnel.MessageOffer, SessionID: id, Service: service, Candidates: candidates(s)})
 	if err != nil {
-		d.fail(st, now)
+		d.fail(st, now, "the offer was not sent")
 		return
 	}
 	st.phase, st.id, st.deadline = phaseOffered, id, now.Add(offerTimeout)
@@ -306,7 +312,7 @@ func (d *direct) onAnswer(m *tunnel.Answer, now time.Time) {
 	if m.Gateway == "" || len(cands) == 0 && !forwarded.IsValid() {
 		delete(d.offers, m.SessionID)
 		d.result(m.SessionID, false, netip.AddrPort{})
-		d.fail(st, now)
+		d.fail(st, now, "no candidate of the gateway to dial")
 		return
 	}
 	st.phase = phaseDialing
@@ -330,7 +336,7 @@ func (d *direct) onDialed(r dialed, now time.Time) {
 	if r.s == nil {
 		d.log.Info("direct path failed; the relay carries the service", "service", r.service, "gateway", r.gateway, "err", r.err)
 		d.result(r.id, false, netip.AddrPort{})
-		d.fail(st, now)
+		d.fail(st, now, "no candidate of "+r.gateway+" answered")
 		return
 	}
 	if d.a.dir.Load().byName[r.service] == nil {
@@ -358,7 +364,8 @@ func (d *direct) onDialed(r dialed, now time.Time) {
 func (d *direct) use(service string, st *svcDirect, p *path, id uint64) {
 	st.phase, st.path, st.id = phaseDirect, p, id
 	st.backoff.Reset()
-	st.refused = ""
+	st.refused, st.failure = "", ""
+	d.showFailures()
 	p.services[service] = id
 	p.serve(service)
 	d.publish()
@@ -383,7 +390,7 @@ func (d *direct) onError(m *tunnel.ErrorMessage, now time.Time) {
 			}
 			st.refused = m.Code
 			d.log.Log(d.ctx, level, "direct path refused", "service", service, "code", m.Code, "message", m.Message)
-			d.fail(st, now)
+			d.fail(st, now, "refused: "+m.Code)
 		}
 		return // dialling: the dial's outcome decides
 	}
@@ -453,7 +460,7 @@ func (d *direct) tick(now time.Time) {
 	for id, service := range d.offers {
 		if st := d.svcs[service]; st.phase == phaseOffered && now.After(st.deadline) {
 			delete(d.offers, id)
-			d.fail(st, now)
+			d.fail(st, now, "no answer to the offer")
 		}
 	}
 	for _, p := range d.paths {
@@ -471,18 +478,26 @@ func (d *direct) tick(now time.Time) {
 // that the table holds the services with a path, an attempt in progress or
 // a recent failure, not every service the agent ever had traffic for.
 func (d *direct) forget(now time.Time) {
+	forgot := false
 	for service, st := range d.svcs {
 		if st.phase == phaseIdle && !now.Before(st.retryAt.Add(forgetAfter)) {
 			delete(d.svcs, service)
+			forgot = forgot || st.failure != ""
 		}
+	}
+	if forgot {
+		d.showFailures()
 	}
 }
 
-// fail puts a service back to idle until its backoff has passed.
-func (d *direct) fail(st *svcDirect, now time.Time) {
+// fail puts a service back to idle until its backoff has passed; why is
+// the failure in a few words, for Status.
+func (d *direct) fail(st *svcDirect, now time.Time, why string) {
 	st.phase, st.path = phaseIdle, nil
 	st.retryAt = now.Add(st.backoff.Next())
+	st.failure = why
 	d.a.m.directFailed.Inc()
+	d.showFailures()
 }
 
 // publish gives the router the services' current paths.

@@ -175,18 +175,19 @@ func TestDirectPathRefusals(t *testing.T) {
 	tests := []struct {
 		name    string
 		reply   func(f *directFixture, o *tunnel.Offer)
-		results bool // the agent reports a failed result
+		results bool   // the agent reports a failed result
+		failure string // in the service's status (ServiceStatus.DirectFailure)
 	}{
 		{"another identity", func(f *directFixture, o *tunnel.Offer) {
 			f.relay.session().Send(&tunnel.Answer{Type: tunnel.MessageAnswer, SessionID: o.SessionID,
 				Candidates: []netip.AddrPort{netip.MustParseAddrPort(f.gw.addr())}, Gateway: "ops/gateway/gw2"})
-		}, true},
+		}, true, "no candidate of ops/gateway/gw2 answered"},
 		{"no candidates", func(f *directFixture, o *tunnel.Offer) {
 			f.relay.session().Send(&tunnel.Answer{Type: tunnel.MessageAnswer, SessionID: o.SessionID, Gateway: "ops/gateway/gw1"})
-		}, true},
+		}, true, "no candidate of the gateway to dial"},
 		{"refused by the relay", func(f *directFixture, o *tunnel.Offer) {
 			f.relay.session().Send(&tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: tunnel.CodeNoGateway, SessionID: o.SessionID})
-		}, false},
+		}, false, "refused: no_gateway"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -200,6 +201,11 @@ func TestDirectPathRefusals(t *testing.T) {
 				}
 			}
 			waitFor(t, "failure counted", func() bool { return testutil.ToFloat64(f.a.m.directFailed) == 1 })
+			for _, svc := range f.a.Status().Services {
+				if svc.Name == "web" && (svc.Path != "relay" || svc.DirectFailure != tc.failure) {
+					t.Errorf("web's status %+v, want the relay and the failure %q", svc, tc.failure)
+				}
+			}
 			f.flow("two")
 			if !f.relay.routed("two", testTimeout) {
 				t.Fatal("a new flow did not take the relay")

@@ -153,7 +153,13 @@ func TestDirectRefusalLoggedOnce(t *testing.T) {
 			t.Errorf("refusal %d (%s): %q, want level %s", i, tc.code, line, tc.level)
 		}
 	}
+	if got := d.failuresNow()["web"]; got != "refused: "+tunnel.CodeNoGateway {
+		t.Errorf("failure for Status %q after the refusals", got)
+	}
 	o, p := webDirectPath(t, f, d, now.Add(time.Hour))
+	if got := d.failuresNow()["web"]; got != "" {
+		t.Errorf("failure for Status %q with the path up", got)
+	}
 	d.onError(&tunnel.ErrorMessage{Type: tunnel.MessageTypeError, Code: tunnel.CodeDrained, SessionID: o.SessionID}, now.Add(time.Hour))
 	if len(p.services) != 0 {
 		t.Fatal("path not retired")

@@ -56,6 +56,10 @@ type ServiceStatus struct {
 	// through a relay's forwarder; see the direct path's Via).
 	Path    string `json:"path"`
 	Gateway string `json:"gateway,omitempty"`
+	// DirectFailure is why the last attempt at a direct path failed, in
+	// a few words ("refused: no_gateway", "no candidate of … answered"),
+	// while new flows take the relay; the log has the details.
+	DirectFailure string `json:"direct_failure,omitempty"`
 }
 
 // PortStatus is a port of a service.
@@ -88,7 +92,7 @@ func (a *Agent) Status() Status {
 	st.Tunnel = a.link.Status()
 	d := a.dir.Load()
 	st.Pool = d.pool
-	paths := a.direct.snapshot()
+	paths, failures := a.direct.snapshot(), a.direct.failuresNow()
 	for _, name := range slices.Sorted(maps.Keys(d.byName)) {
 		s := d.byName[name]
 		ss := ServiceStatus{Name: name, VIP: s.entry.VIP, VIP6: s.entry.VIP6, Healthy: s.healthy, Path: "relay", Ports: []PortStatus{}}
@@ -99,6 +103,9 @@ func (a *Agent) Status() Status {
 			if slices.Contains(p.Services, name) {
 				ss.Path, ss.Gateway = "direct", p.Gateway
 			}
+		}
+		if ss.Path == "relay" {
+			ss.DirectFailure = failures[name]
 		}
 		st.Services = append(st.Services, ss)
 	}
@@ -149,6 +156,30 @@ func (d *direct) snapshot() []PathStatus {
 		return *ps
 	}
 	return nil
+}
+
+// failuresNow returns the services' last failures as showFailures last
+// recorded them.
+func (d *direct) failuresNow() map[string]string {
+	if d == nil {
+		return nil
+	}
+	if f := d.failures.Load(); f != nil {
+		return *f
+	}
+	return nil
+}
+
+// showFailures records the services' last failures for Status. Only the
+// manager's goroutine calls it.
+func (d *direct) showFailures() {
+	f := make(map[string]string)
+	for service, st := range d.svcs {
+		if st.failure != "" {
+			f[service] = st.failure
+		}
+	}
+	d.failures.Store(&f)
 }
 
 // showPaths records the paths for Status, ordered by gateway. Only the

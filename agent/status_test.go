@@ -44,7 +44,7 @@ func TestStatus(t *testing.T) {
 			len(p.Services) != 1 || p.Services[0] != "web" {
 			t.Errorf("path %+v", p)
 		}
-		if web := st.Services[1]; web.Path != "direct" || web.Gateway != "ops/gateway/gw1" {
+		if web := st.Services[1]; web.Path != "direct" || web.Gateway != "ops/gateway/gw1" || web.DirectFailure != "" {
 			t.Errorf("web %+v, want direct to gw1", web)
 		}
 		if up := st.Services[0]; up.Path != "relay" {

@@ -313,8 +313,11 @@ func renderAgentStatus(w io.Writer, st agent.Status, now time.Time) {
 			health = "up"
 		}
 		path := s.Path
-		if s.Path == "direct" {
+		switch {
+		case s.Path == "direct":
 			path = "direct to " + cmp.Or(via[s.Gateway], s.Gateway)
+		case s.DirectFailure != "":
+			path += " (no direct path: " + s.DirectFailure + ")"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Name, strings.Join(vips, " "), strings.Join(ports, ","), health, path)
 	}

@@ -57,7 +57,8 @@ const (
 			"remote": "203.0.113.5:4433", "version": "ztna-v2", "max_datagram": 1200},
 		"address": "100.64.0.1", "mtu": 1174, "zone": "ztna.internal.", "pool": "10.100.0.0/24",
 		"services": [
-			{"name": "db", "vip": "10.100.0.11", "healthy": false, "ports": [{"protocol": "tcp", "port": 5432}], "path": "relay"},
+			{"name": "db", "vip": "10.100.0.11", "healthy": false, "ports": [{"protocol": "tcp", "port": 5432}], "path": "relay",
+				"direct_failure": "refused: no_gateway"},
 			{"name": "web", "vip": "10.100.0.10", "healthy": true, "ports": [{"protocol": "tcp", "port": 80}, {"protocol": "udp", "port": 7}],
 				"path": "direct", "gateway": "infra/gateway/gw-east"}],
 		"excluded_services": [{"name": "clash", "vip": "10.100.0.1", "reason": "local_address"}],
@@ -115,7 +116,7 @@ func TestStatus(t *testing.T) {
 		{name: "agent", path: "/v1/status", body: agentConnected, code: 0, want: []string{
 			"agent laptop (acme/agent/laptop), address 100.64.0.1, MTU 1174, pool 10.100.0.0/24",
 			"tunnel to relay.example.net:4433: connected to infra/relay/relay1 at 203.0.113.5:4433 (ztna-v2) for ",
-			"SERVICE", "PATH", "db", "tcp/5432", "down", "relay",
+			"SERVICE", "PATH", "db", "tcp/5432", "down", "relay (no direct path: refused: no_gateway)",
 			"tcp/80,udp/7", "direct to infra/gateway/gw-east at 203.0.113.5:40001 (relay forwarder)",
 			"left out: clash at 10.100.0.1: its VIP is one of the agent's own addresses"}, notWant: "BACKENDS"},
 		{name: "agent cut off", path: "/v1/status", body: agentCutOff, code: 0, want: []string{
