@@ -73,14 +73,11 @@ type svcDirect struct {
 	deadline time.Time // phaseOffered: when to give up
 	retryAt  time.Time // phaseIdle: no offer before
 	backoff  tunnel.Backoff
-	// refused is the code of the last refusal of an offer since a path
-	// last came up: the same refusal again (no_gateway on every new flow
-	// to a service whose gateways have no [tunnel] listen) is logged at
-	// debug, not each time at info.
-	refused string
 	// failure is why the last attempt failed, in a few words, while no
 	// path came up since: Status shows it (ServiceStatus.DirectFailure);
-	// the log has the details.
+	// the log has the details. The same refusal again (no_gateway on
+	// every new flow to a service whose gateways have no [tunnel] listen)
+	// is logged at debug, not each time at info.
 	failure string
 }
 
@@ -364,7 +361,7 @@ func (d *direct) onDialed(r dialed, now time.Time) {
 func (d *direct) use(service string, st *svcDirect, p *path, id uint64) {
 	st.phase, st.path, st.id = phaseDirect, p, id
 	st.backoff.Reset()
-	st.refused, st.failure = "", ""
+	st.failure = ""
 	d.showFailures()
 	p.services[service] = id
 	p.serve(service)
@@ -384,13 +381,12 @@ func (d *direct) onError(m *tunnel.ErrorMessage, now time.Time) {
 	if service, ok := d.offers[m.SessionID]; ok {
 		if st := d.svcs[service]; st.phase == phaseOffered {
 			delete(d.offers, m.SessionID)
-			level := slog.LevelInfo
-			if m.Code == st.refused {
+			why, level := "refused: "+m.Code, slog.LevelInfo
+			if why == st.failure {
 				level = slog.LevelDebug
 			}
-			st.refused = m.Code
 			d.log.Log(d.ctx, level, "direct path refused", "service", service, "code", m.Code, "message", m.Message)
-			d.fail(st, now, "refused: "+m.Code)
+			d.fail(st, now, why)
 		}
 		return // dialling: the dial's outcome decides
 	}
