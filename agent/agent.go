@@ -133,6 +133,7 @@ func (a *Agent) Start() error {
 			return fmt.Errorf("agent: %w", err)
 		}
 		a.log.Info("TUN up", "device", a.tun.Name(), "address", a.cfg.TUN.Address, "routes", pool)
+		a.tun.WarnShadowed(a.log, tunRoutes(pool, a.gatewayAddr()))
 	}
 	a.direct = newDirect(a)
 	a.wg.Go(a.direct.run)

@@ -192,9 +192,11 @@ func (a *Agent) applyDirectory(m *tunnel.Directory, server netip.Addr) {
 	if next.pool != prev.pool && next.pool.IsValid() {
 		a.stack.SetPools([]netip.Prefix{next.pool})
 		if a.tun != nil {
-			if err := a.tun.SetRoutes(tunRoutes(next.pool, a.gatewayAddr())); err != nil {
+			routes := tunRoutes(next.pool, a.gatewayAddr())
+			if err := a.tun.SetRoutes(routes); err != nil {
 				a.log.Error("routing the pool", "pool", next.pool, "err", err)
 			}
+			a.tun.WarnShadowed(a.log, routes)
 		}
 	}
 	if next.zone != "" && next.zone != a.cfg.DNS.Zone {

@@ -414,6 +414,7 @@ func (g *Gateway) startLAN(pools []netip.Prefix) error {
 			return fmt.Errorf("gateway: %w", err)
 		}
 		g.log.Info("TUN up", "device", g.tun.Name(), "mtu", g.cfg.TUN.MTU, "routes", pools, "batch", g.tun.BatchSize())
+		g.tun.WarnShadowed(g.log, pools)
 	}
 	return nil
 }

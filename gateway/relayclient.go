@@ -277,6 +277,9 @@ func (g *Gateway) routeRelayPools(pools []netip.Prefix) {
 	if err := dev.SetRoutes(routes); err != nil {
 		g.log.Error("routing the relay's VIP pools into the TUN", "routes", routes, "err", err)
 	}
+	if g.tun != nil {
+		g.tun.WarnShadowed(g.log, routes)
+	}
 }
 
 // noteRelayZone takes the zone of an applied assign. The gateway answers

@@ -3,6 +3,7 @@ package netstack
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -329,6 +330,59 @@ func routedElsewhere(l netlink.Link, p netip.Prefix) error {
 		return fmt.Errorf("the host routes it via %s already; not taking it over", dev)
 	}
 	return nil
+}
+
+// Shadowed says, for each of routes whose packets the host sends
+// elsewhere than into the device although the main table routes them here,
+// where they go instead: a policy rule that looks up another table first
+// (Tailscale's table 52, wg-quick's 51820 for a peer's 10.0.0.0/8), or an
+// address of the host. Each route is probed at its first host address.
+// Nil when every route leads into the device.
+func (t *TUN) Shadowed(routes []netip.Prefix) ([]string, error) {
+	l, err := netlink.LinkByName(t.name)
+	if err != nil {
+		return nil, fmt.Errorf("netstack: find %s: %w", t.name, err)
+	}
+	var out []string
+	for _, p := range routes {
+		probe := p.Masked().Addr()
+		if p.Bits() < probe.BitLen()-1 {
+			probe = probe.Next()
+		}
+		rs, err := netlink.RouteGet(probe.AsSlice())
+		if err != nil {
+			return out, fmt.Errorf("netstack: route of %s: %w", probe, err)
+		}
+		if len(rs) == 0 || rs[0].LinkIndex == l.Attrs().Index {
+			continue
+		}
+		r := rs[0]
+		dev := fmt.Sprintf("#%d", r.LinkIndex)
+		if o, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+			dev = o.Attrs().Name
+		}
+		where := fmt.Sprintf("via %s (table %d)", dev, r.Table)
+		if r.Type == unix.RTN_LOCAL {
+			where = "to an address of this host"
+		}
+		out = append(out, fmt.Sprintf("%s (%s) goes %s", p, probe, where))
+	}
+	return out, nil
+}
+
+// WarnShadowed logs a warning for each of routes the host sends elsewhere
+// (Shadowed): the device is up and routed, and yet no packet to those
+// VIPs reaches it.
+func (t *TUN) WarnShadowed(log *slog.Logger, routes []netip.Prefix) {
+	shadowed, err := t.Shadowed(routes)
+	if err != nil {
+		log.Warn("cannot check where the host sends packets to the VIP pool", "err", err)
+	}
+	for _, s := range shadowed {
+		log.Warn("packets to the VIP pool do not reach the TUN device: "+s+
+			"; an ip rule sends them to another table first (Tailscale, wg-quick): exclude the pool from it, or use another pool",
+			"device", t.name)
+	}
 }
 
 func linkRoute(l netlink.Link, p netip.Prefix) *netlink.Route {
