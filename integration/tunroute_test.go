@@ -50,12 +50,14 @@ func TestTUNRouteNotTakenOver(t *testing.T) {
 	}
 }
 
-// TestTUNRouteShadowed: a host whose ip rules send the pool to another
-// table first (as Tailscale's table 52 does for a subnet route, or
-// wg-quick's for a peer's 10.0.0.0/8) gets the gateway's route into its
-// TUN all the same, but no packet to a VIP would reach it: the gateway
-// says so at start, naming where those packets go.
-func TestTUNRouteShadowed(t *testing.T) {
+// TestGatewayRoutingWarnings: a gateway on a host that would not bring its
+// LAN clients' packets to the VIPs into its TUN says so at start, naming
+// why: ip rules that send the pool to another table first (as Tailscale's
+// table 52 does for a subnet route, or wg-quick's for a peer's
+// 10.0.0.0/8), or forwarding off (a first start on a machine that was
+// never a router). The gateway starts all the same: its own host reaches
+// the VIPs.
+func TestGatewayRoutingWarnings(t *testing.T) {
 	dir := t.TempDir()
 	tp := newTopo(t)
 	ztgate, _ := binaries(t)
@@ -63,27 +65,34 @@ func TestTUNRouteShadowed(t *testing.T) {
 	tp.link(rt, "192.0.2.1/24", other, "192.0.2.2/24")
 	tp.exec(rt, "ip", "route", "add", "10.100.0.0/24", "via", "192.0.2.2", "table", "100")
 	tp.exec(rt, "ip", "rule", "add", "to", "10.100.0.0/24", "lookup", "100", "pref", "100")
+	tp.exec(rt, "sysctl", "-qw", "net.ipv4.ip_forward=0")
 	path := filepath.Join(dir, "gateway.toml")
 	config := strings.ReplaceAll(lanConfig, "STATE_DIR", filepath.Join(dir, "state"))
 	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	const (
+		shadowed  = "packets to the VIP pool do not reach the TUN device: 10.100.0.0/24 (10.100.0.1) goes via"
+		notRouter = "the host does not forward packets (net.ipv4.ip_forward is 0)"
+	)
 	gw := tp.start(rt, "gateway", append(gatewayEnv(), ztgate, "gateway", "-config", path, "-log-format", "text")...)
-	gw.waitOutput(t, "TUN up", 30*time.Second)
-	gw.waitOutput(t, "packets to the VIP pool do not reach the TUN device: 10.100.0.0/24 (10.100.0.1) goes via", 5*time.Second)
-	if out := gw.out.String(); !strings.Contains(out, "(table 100)") {
-		t.Errorf("the warning does not name the table:\n%s", out)
+	gw.waitOutput(t, "gateway started", 30*time.Second)
+	for _, want := range []string{shadowed, "(table 100)", notRouter} {
+		if out := gw.out.String(); !strings.Contains(out, want) {
+			t.Errorf("no %q at start:\n%s", want, out)
+		}
 	}
 	if _, err := gw.stop(10 * time.Second); err != nil {
 		t.Errorf("gateway: %v\n%s", err, gw.out.String())
 	}
 
-	// Without the rule: no warning.
+	// A router without the rule: no warning.
 	tp.exec(rt, "ip", "rule", "del", "pref", "100")
+	tp.exec(rt, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 	gw = tp.start(rt, "gateway", append(gatewayEnv(), ztgate, "gateway", "-config", path, "-log-format", "text")...)
 	gw.waitOutput(t, "gateway started", 30*time.Second)
-	if out := gw.out.String(); strings.Contains(out, "do not reach the TUN device") {
-		t.Errorf("a warning without the rule:\n%s", out)
+	if out := gw.out.String(); strings.Contains(out, "do not reach the TUN device") || strings.Contains(out, "does not forward") {
+		t.Errorf("a warning on a router without the rule:\n%s", out)
 	}
 	if _, err := gw.stop(10 * time.Second); err != nil {
 		t.Errorf("gateway: %v\n%s", err, gw.out.String())
