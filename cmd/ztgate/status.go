@@ -288,6 +288,11 @@ func renderAgentStatus(w io.Writer, st agent.Status, now time.Time) {
 	fmt.Fprintln(w, formatLink(st.Server, st.Tunnel, now))
 	defer renderExcluded(w, st.Excluded)
 	if len(st.Services) == 0 {
+		if tenant, _, ok := strings.Cut(st.Identity, "/"); ok && st.Tunnel.Connected {
+			// The server's directory is the agent's tenant's view.
+			fmt.Fprintf(w, "no services for tenant %s: no service of the gateways lists it in its tenants\n", tenant)
+			return
+		}
 		fmt.Fprintln(w, "no services")
 		return
 	}

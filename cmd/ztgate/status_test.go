@@ -50,7 +50,8 @@ const relaySessions = `{"sessions": [
 	{"id": 7, "role": "gateway", "identity": "ops/gateway/gw1", "tenant": "ops"}]}`
 
 // Bodies of an agent's GET /v1/status: connected, with one service on a
-// direct path through a relay's forwarder, and cut off.
+// direct path through a relay's forwarder; connected, with no service of
+// its tenant; and cut off.
 const (
 	agentConnected = `{"role": "agent", "name": "laptop", "identity": "acme/agent/laptop", "server": "relay.example.net:4433",
 		"tunnel": {"connected": true, "since": "2026-01-01T10:00:00Z", "peer": "infra/relay/relay1",
@@ -64,6 +65,10 @@ const (
 		"excluded_services": [{"name": "clash", "vip": "10.100.0.1", "reason": "local_address"}],
 		"direct_paths": [{"gateway": "infra/gateway/gw-east", "remote": "203.0.113.5:40001", "via": "relay forwarder",
 			"since": "2026-01-01T10:00:05Z", "services": ["web"]}]}`
+	agentNoServices = `{"role": "agent", "name": "laptop", "identity": "acme/agent/laptop", "server": "relay.example.net:4433",
+		"tunnel": {"connected": true, "since": "2026-01-01T10:00:00Z", "peer": "infra/relay/relay1",
+			"remote": "203.0.113.5:4433", "version": "ztna-v2"},
+		"address": "100.64.0.1", "mtu": 1174, "pool": "10.100.0.0/24", "services": [], "direct_paths": []}`
 	agentCutOff = `{"role": "agent", "name": "laptop", "server": "relay.example.net:4433",
 		"tunnel": {"connected": false, "since": "2026-01-01T10:00:00Z", "last_error": "tunnel: dial relay.example.net:4433: no such host",
 			"retry_at": "2026-01-01T10:00:30Z"},
@@ -122,6 +127,8 @@ func TestStatus(t *testing.T) {
 		{name: "agent cut off", path: "/v1/status", body: agentCutOff, code: 0, want: []string{
 			"tunnel to relay.example.net:4433: DISCONNECTED for ", ": tunnel: dial relay.example.net:4433: no such host; dialling now",
 			"no services"}},
+		{name: "agent of a tenant without services", path: "/v1/status", body: agentNoServices,
+			code: 0, want: []string{"no services for tenant acme: no service of the gateways lists it in its tenants"}},
 		{name: "agent json", path: "/v1/status", body: agentCutOff, args: []string{"-json"}, code: 0, want: []string{`"last_error": "tunnel: dial`}},
 		{name: "agent token missing", path: "/v1/status", body: agentCutOff, token: "s3cret", code: 1, wantErr: "pass it with -token-file"},
 		{name: "neither", path: "/elsewhere", body: agentCutOff, code: 1, wantErr: "/v1/status: 404 Not Found"},
