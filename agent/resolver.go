@@ -33,7 +33,7 @@ type resolverHost struct {
 func systemResolved() resolverHost {
 	return resolverHost{
 		running: func() (bool, string) {
-			return resolvedHere("/run/systemd/resolve", os.Stat, exec.LookPath, hostNetns)
+			return resolvedHere("/run/systemd/resolve", exec.LookPath, hostNetns)
 		},
 		run: func(ctx context.Context, args ...string) error {
 			out, err := exec.CommandContext(ctx, "resolvectl", args...).CombinedOutput()
@@ -94,9 +94,8 @@ func setResolver(ctx context.Context, log *slog.Logger, h resolverHost, link str
 // systemd-resolved applies it to the link of that index in its own: from
 // another namespace (a container, a test's) it would configure some other
 // link of the host.
-func resolvedHere(dir string, stat func(string) (os.FileInfo, error), lookPath func(string) (string, error),
-	inHost func() (bool, string)) (bool, string) {
-	if fi, err := stat(dir); err != nil || !fi.IsDir() {
+func resolvedHere(dir string, lookPath func(string) (string, error), inHost func() (bool, string)) (bool, string) {
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 		return false, "systemd-resolved is not running (no " + dir + ")"
 	}
 	if _, err := lookPath("resolvectl"); err != nil {

@@ -114,7 +114,7 @@ func TestResolvedHere(t *testing.T) {
 		{"another namespace", dir, found, elsewhere, false, "another namespace"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ok, why := resolvedHere(tc.dir, os.Stat, tc.lookPath, tc.inHost)
+			ok, why := resolvedHere(tc.dir, tc.lookPath, tc.inHost)
 			if ok != tc.ok || !strings.Contains(why, tc.why) {
 				t.Errorf("got %v %q, want %v %q", ok, why, tc.ok, tc.why)
 			}
