@@ -167,6 +167,10 @@ func TestDirectoryServiceAtGatewayAddress(t *testing.T) {
 	}
 	logs := &logBuffer{}
 	a, client := runAgent(t, cfg, slog.New(slog.NewTextHandler(logs, nil)))
+	// runAgent saw the directory in force; the session goes on applying it
+	// (its log lines, the "directory" line last), and this test applies
+	// directories itself below: not while the session's is half done.
+	waitFor(t, "the directory applied", func() bool { return strings.Contains(logs.String(), "msg=directory ") })
 	if a.gatewayAddr() != gw {
 		t.Fatalf("gateway address %v, want %v", a.gatewayAddr(), gw)
 	}
