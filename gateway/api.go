@@ -43,6 +43,7 @@ func (g *Gateway) v1Handler() http.Handler {
 	v1.HandleFunc("POST /v1/services", g.handleAddService)
 	v1.HandleFunc("DELETE /v1/services/{name}", g.handleDeleteService)
 	v1.HandleFunc("GET /v1/relay", g.handleRelay)
+	v1.HandleFunc("GET /v1/sessions", g.handleSessions)
 	v1.HandleFunc("GET /v1/flows", g.handleListFlows)
 	v1.HandleFunc("DELETE /v1/flows", g.handleCloseFlows)
 	v1.HandleFunc("POST /v1/reload", g.handleReload)

@@ -91,6 +91,8 @@ func (g *Gateway) serveDirect(s *tunnel.Session) error {
 		return err
 	}
 	defer g.closeIngress(in, "agent_disconnected")
+	g.directAgents.add(s, id, in)
+	defer g.directAgents.remove(s)
 	g.fitLink(s, 0)
 	g.log.Info("agent connected directly", "identity", id.String(), "remote", s.RemoteAddr(), "version", s.Version().String())
 

@@ -114,8 +114,10 @@ type Gateway struct {
 	// for the restart with it (liveTunnelFiles, ReloadCredentials).
 	relayMoves atomic.Bool
 
-	// directSessions counts each agent identity's direct sessions.
+	// directSessions counts each agent identity's direct sessions;
+	// directAgents lists them for the API.
 	directSessions identitySessions
+	directAgents   directAgents
 	// presence says whose flow series are kept: the configured tenants
 	// and those with an ingress open.
 	presence tenantPresence

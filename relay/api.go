@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"time"
 
 	"github.com/ztgate/ztgate/internal/adminapi"
 	"github.com/ztgate/ztgate/tunnel"
@@ -96,17 +95,10 @@ func (r *Relay) handleServices(w http.ResponseWriter, _ *http.Request) {
 
 // apiSession is a session in GET /v1/sessions.
 type apiSession struct {
-	ID       uint64    `json:"id"`
-	Role     string    `json:"role"`
-	Identity string    `json:"identity"`
-	Tenant   string    `json:"tenant"`
-	Remote   string    `json:"remote"`
-	Version  string    `json:"version"`
-	Since    time.Time `json:"since"`
-	Tags     int       `json:"tags"`
-	Inner    string    `json:"inner_addr,omitempty"`
-	Flows    int       `json:"flows,omitempty"`    // agents: entries of the flow table
-	Services []string  `json:"services,omitempty"` // gateways: the services registered
+	adminapi.Session
+	Tags     int      `json:"tags"`
+	Flows    int      `json:"flows,omitempty"`    // agents: entries of the flow table
+	Services []string `json:"services,omitempty"` // gateways: the services registered
 }
 
 func (r *Relay) handleSessions(w http.ResponseWriter, _ *http.Request) {
@@ -130,17 +122,17 @@ func (r *Relay) handleSessions(w http.ResponseWriter, _ *http.Request) {
 	slices.SortFunc(out, func(a, b apiSession) int {
 		return cmp.Or(a.Since.Compare(b.Since), cmp.Compare(a.ID, b.ID))
 	})
-	adminapi.WriteJSON(w, http.StatusOK, map[string]any{"sessions": out})
+	adminapi.WriteJSON(w, http.StatusOK, map[string]any{"role": "relay", "sessions": out})
 }
 
 // describePeer fills the fields every session has. It reads only those
 // set before the session entered the registry: a gateway's outbox is set
 // after (serveGateway), by its session's goroutine, without Relay.mu.
 func describePeer(p *peer, tags int) apiSession {
-	return apiSession{
+	return apiSession{Session: adminapi.Session{
 		ID: p.s.ID(), Role: p.role, Identity: p.id.String(), Tenant: p.id.Tenant,
-		Remote: p.s.RemoteAddr().String(), Version: p.s.Version().String(), Since: p.since.UTC(), Tags: tags,
-	}
+		Remote: p.s.RemoteAddr().String(), Version: p.s.Version().String(), Since: p.since.UTC(),
+	}, Tags: tags}
 }
 
 // gatewayName is the gateway's name for the API: its hello's, else its

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ztgate/ztgate/internal/adminapi"
 	"github.com/ztgate/ztgate/internal/testseed"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -1494,8 +1495,8 @@ func (c *churn) checkAPI() error {
 		if a.c == nil {
 			continue
 		}
-		s := apiSession{ID: sid(a.c), Role: roleAgent, Identity: a.tenant + "/agent/" + a.name, Tenant: a.tenant, Inner: a.inner(),
-			Version: map[bool]string{true: tunnel.ALPNV1, false: tunnel.ALPNV2}[a.v1]}
+		s := apiSession{Session: adminapi.Session{ID: sid(a.c), Role: roleAgent, Identity: a.tenant + "/agent/" + a.name, Tenant: a.tenant,
+			Inner: a.inner(), Version: map[bool]string{true: tunnel.ALPNV1, false: tunnel.ALPNV2}[a.v1]}}
 		for _, tg := range c.tags {
 			if tg.live && tg.as == a.c {
 				s.Tags++
@@ -1512,8 +1513,8 @@ func (c *churn) checkAPI() error {
 		if g.c == nil {
 			continue
 		}
-		s := apiSession{ID: sid(g.c), Role: roleGateway, Identity: "ops/gateway/" + g.name, Tenant: "ops", Services: servicesNames(g),
-			Version: tunnel.ALPNV2}
+		s := apiSession{Session: adminapi.Session{ID: sid(g.c), Role: roleGateway, Identity: "ops/gateway/" + g.name, Tenant: "ops",
+			Version: tunnel.ALPNV2}, Services: servicesNames(g)}
 		for _, tg := range c.tags {
 			if tg.live && tg.gs == g.c {
 				s.Tags++

@@ -112,22 +112,30 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	// A relay also says who is connected: with no services, whether its
-	// gateways are there at all. A gateway has no /v1/sessions; one with
-	// [tunnel] relay says whether it is connected to its relay.
-	if body, err := get("/v1/sessions"); err == nil {
-		var sessions struct {
-			Sessions []statusSession `json:"sessions"`
+	// gateways are there at all. A gateway says whether it is connected to
+	// its relay ([tunnel] relay), and which agents are connected to it
+	// directly ([tunnel] listen); /v1/sessions' role tells the two apart.
+	var sessions struct {
+		Role     string          `json:"role"` // "gateway", or "relay" (absent from older relays)
+		Sessions []statusSession `json:"sessions"`
+	}
+	if body, err := get("/v1/sessions"); err != nil || json.Unmarshal(body, &sessions) != nil {
+		sessions.Sessions = nil
+	}
+	if sessions.Sessions != nil && sessions.Role != "gateway" {
+		fmt.Fprintln(stdout, formatSessions(sessions.Sessions))
+	} else {
+		if body, err := get("/v1/relay"); err == nil {
+			var relay struct {
+				Relay  string            `json:"relay"`
+				Tunnel tunnel.LinkStatus `json:"tunnel"`
+			}
+			if json.Unmarshal(body, &relay) == nil && relay.Relay != "" {
+				fmt.Fprintln(stdout, formatLink(relay.Relay, relay.Tunnel, time.Now()))
+			}
 		}
-		if json.Unmarshal(body, &sessions) == nil && sessions.Sessions != nil {
-			fmt.Fprintln(stdout, formatSessions(sessions.Sessions))
-		}
-	} else if body, err := get("/v1/relay"); err == nil {
-		var relay struct {
-			Relay  string            `json:"relay"`
-			Tunnel tunnel.LinkStatus `json:"tunnel"`
-		}
-		if json.Unmarshal(body, &relay) == nil && relay.Relay != "" {
-			fmt.Fprintln(stdout, formatLink(relay.Relay, relay.Tunnel, time.Now()))
+		if sessions.Sessions != nil {
+			fmt.Fprintln(stdout, formatDirectAgents(sessions.Sessions))
 		}
 	}
 	renderStatus(stdout, list.Services)
@@ -144,7 +152,6 @@ type statusSession struct {
 // formatSessions sums up a relay's sessions: its gateways by identity (the
 // first few), its agents by number.
 func formatSessions(ss []statusSession) string {
-	const shown = 6
 	var gws []string
 	agents := 0
 	for _, s := range ss {
@@ -155,7 +162,6 @@ func formatSessions(ss []statusSession) string {
 			agents++
 		}
 	}
-	slices.Sort(gws)
 	count := func(n int, what string) string {
 		switch n {
 		case 0:
@@ -167,14 +173,21 @@ func formatSessions(ss []statusSession) string {
 	}
 	out := "connected: " + count(len(gws), "gateway")
 	if len(gws) > 0 {
-		names := gws[:min(len(gws), shown)]
-		out += " (" + strings.Join(names, ", ")
-		if more := len(gws) - len(names); more > 0 {
-			out += fmt.Sprintf(", %d more", more)
-		}
-		out += ")"
+		out += " (" + someNames(gws) + ")"
 	}
 	return out + ", " + count(agents, "agent")
+}
+
+// someNames joins the first few of names, sorted, and says how many more
+// there are.
+func someNames(names []string) string {
+	const shown = 6
+	names = slices.Sorted(slices.Values(names))
+	out := strings.Join(names[:min(len(names), shown)], ", ")
+	if more := len(names) - shown; more > 0 {
+		out += fmt.Sprintf(", %d more", more)
+	}
+	return out
 }
 
 // renderStatus prints one line per service: a gateway's backends, or a
@@ -253,6 +266,19 @@ func formatGateways(gs []statusGateway) string {
 		out = append(out, fmt.Sprintf("%s %s (%d)", g.Name, state, g.Flows))
 	}
 	return strings.Join(out, "; ")
+}
+
+// formatDirectAgents sums up the agents connected to a gateway directly:
+// how many, and the first few identities.
+func formatDirectAgents(ss []statusSession) string {
+	if len(ss) == 0 {
+		return "agents connected directly: none"
+	}
+	ids := make([]string, 0, len(ss))
+	for _, s := range ss {
+		ids = append(ids, s.Identity)
+	}
+	return fmt.Sprintf("agents connected directly: %d (%s)", len(ids), someNames(ids))
 }
 
 // formatLink is the line of a client's session to its server (an agent's

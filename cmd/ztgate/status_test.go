@@ -109,6 +109,13 @@ func TestStatus(t *testing.T) {
 			"since": "2026-01-01T10:00:00Z", "peer": "infra/relay/relay1", "remote": "203.0.113.5:4433", "version": "ztna-v2"}}`,
 			code: 0, want: []string{"tunnel to relay.example.net:4433: connected to infra/relay/relay1 at 203.0.113.5:4433 (ztna-v2) for ",
 				"192.0.2.10 up (3)"}},
+		{name: "gateway with agents connected directly", body: gatewayServices,
+			sessions: `{"role": "gateway", "sessions": [{"role": "agent", "identity": "acme/agent/b"}, {"role": "agent", "identity": "acme/agent/a"}]}`,
+			code:     0, want: []string{"agents connected directly: 2 (acme/agent/a, acme/agent/b)\nSERVICE"}, notWant: "connected: "},
+		{name: "gateway behind a relay, listening", body: gatewayServices, sessions: `{"role": "gateway", "sessions": []}`,
+			relay: `{"relay": "relay.example.net:4433", "tunnel": {"connected": true, "since": "2026-01-01T10:00:00Z",
+			"peer": "infra/relay/relay1", "remote": "203.0.113.5:4433", "version": "ztna-v2"}}`,
+			code: 0, want: []string{"tunnel to relay.example.net:4433: connected", "\nagents connected directly: none\nSERVICE"}},
 		{name: "gateway cut off from its relay", body: `{"services": []}`, relay: `{"relay": "relay.example.net:4433", "tunnel": {"connected": false,
 			"since": "2026-01-01T10:00:00Z", "last_error": "tunnel: dial relay.example.net:4433: no answer", "retry_at": "2026-01-01T10:00:30Z"}}`,
 			code: 0, want: []string{"tunnel to relay.example.net:4433: DISCONNECTED for ", ": tunnel: dial relay.example.net:4433: no answer; dialling now\nno services"}},
@@ -214,6 +221,23 @@ func TestFormatSessions(t *testing.T) {
 				t.Errorf("got %q\nwant %q", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestFormatDirectAgents(t *testing.T) {
+	agent := func(name string) statusSession { return statusSession{Role: "agent", Identity: "acme/agent/" + name} }
+	for _, tc := range []struct {
+		in   []statusSession
+		want string
+	}{
+		{[]statusSession{}, "agents connected directly: none"},
+		{[]statusSession{agent("b"), agent("a")}, "agents connected directly: 2 (acme/agent/a, acme/agent/b)"},
+		{[]statusSession{agent("g"), agent("f"), agent("e"), agent("d"), agent("c"), agent("b"), agent("a")},
+			"agents connected directly: 7 (acme/agent/a, acme/agent/b, acme/agent/c, acme/agent/d, acme/agent/e, acme/agent/f, 1 more)"},
+	} {
+		if got := formatDirectAgents(tc.in); got != tc.want {
+			t.Errorf("got  %q\nwant %q", got, tc.want)
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ztgate/ztgate/internal/adminapi"
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -86,5 +88,59 @@ func TestRelayStatus(t *testing.T) {
 	}
 	if n, _ := testutil.GatherAndCount(plain.gw.m.reg, "ztgate_gateway_relay_connected"); n != 0 {
 		t.Errorf("without a relay: %d series of ztgate_gateway_relay_connected", n)
+	}
+}
+
+// TestDirectSessionsAPI: GET /v1/sessions lists the agents connected to
+// the gateway's [tunnel] listen, in the relay's shape with role
+// "gateway", and forgets each when it leaves; a gateway without a
+// listener answers 404.
+func TestDirectSessionsAPI(t *testing.T) {
+	port := startHold(t)
+	toml, ca, dir := directConfig(t, port)
+	h := newHarness(t, toml)
+	api := h.gw.apiHandler("")
+	sessions := func() (role string, out []adminapi.Session) {
+		t.Helper()
+		rec := httptest.NewRecorder()
+		api.ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1/v1/sessions", nil))
+		var body struct {
+			Role     string             `json:"role"`
+			Sessions []adminapi.Session `json:"sessions"`
+		}
+		if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &body) != nil {
+			t.Fatalf("GET /v1/sessions: %d %s", rec.Code, rec.Body)
+		}
+		return body.Role, body.Sessions
+	}
+	if role, got := sessions(); role != "gateway" || got == nil || len(got) != 0 {
+		t.Fatalf("before any agent: role %q, %+v", role, got)
+	}
+
+	creds := agentCreds(t, ca, dir, tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "laptop"})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := tunnel.Dial(ctx, h.gw.direct.Addr().String(), tunnel.DialConfig{
+		Credentials: creds, ServerName: "127.0.0.1",
+		Hello: tunnel.Hello{Role: tunnel.RoleAgent, Name: "laptop", InnerAddr: agentInner},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the agent listed", func() bool { _, got := sessions(); return len(got) == 1 })
+	_, got := sessions()
+	a := got[0]
+	if a.Role != "agent" || a.Identity != "acme/agent/laptop" || a.Tenant != "acme" || a.Inner != agentInner.String() ||
+		a.Version != "ztna-v2" || a.Remote == "" || a.Since.IsZero() || a.ID == 0 {
+		t.Errorf("listed %+v", a)
+	}
+	s.Close("agent leaves")
+	waitFor(t, 5*time.Second, "the agent gone from the list", func() bool { _, got := sessions(); return len(got) == 0 })
+
+	plain := newFileHarness(t, quietGateway)
+	rec := httptest.NewRecorder()
+	plain.gw.apiHandler("").ServeHTTP(rec, httptest.NewRequest("GET", "http://127.0.0.1/v1/sessions", nil))
+	if rec.Code != http.StatusNotFound || !strings.Contains(rec.Body.String(), "no [tunnel] listen") {
+		t.Errorf("without a listener: %d %s", rec.Code, rec.Body)
 	}
 }
