@@ -55,8 +55,8 @@ func TestTUNRouteNotTakenOver(t *testing.T) {
 // why: ip rules that send the pool to another table first (as Tailscale's
 // table 52 does for a subnet route, or wg-quick's for a peer's
 // 10.0.0.0/8), or forwarding off (a first start on a machine that was
-// never a router). The gateway starts all the same: its own host reaches
-// the VIPs.
+// never a router), or an address of the pool on the host itself. The
+// gateway starts all the same: its own host reaches the VIPs.
 func TestGatewayRoutingWarnings(t *testing.T) {
 	dir := t.TempDir()
 	tp := newTopo(t)
@@ -93,6 +93,18 @@ func TestGatewayRoutingWarnings(t *testing.T) {
 	gw.waitOutput(t, "gateway started", 30*time.Second)
 	if out := gw.out.String(); strings.Contains(out, "do not reach the TUN device") || strings.Contains(out, "does not forward") {
 		t.Errorf("a warning on a router without the rule:\n%s", out)
+	}
+	if _, err := gw.stop(10 * time.Second); err != nil {
+		t.Errorf("gateway: %v\n%s", err, gw.out.String())
+	}
+
+	// An address of the pool on the host: the local table answers for it
+	// before any other.
+	tp.exec(rt, "ip", "addr", "add", "10.100.0.1/32", "dev", "lo")
+	gw = tp.start(rt, "gateway", append(gatewayEnv(), ztgate, "gateway", "-config", path, "-log-format", "text")...)
+	gw.waitOutput(t, "gateway started", 30*time.Second)
+	if out := gw.out.String(); !strings.Contains(out, "packets to the VIP pool do not reach the TUN device: 10.100.0.0/24 (10.100.0.1) is an address of this host") {
+		t.Errorf("no warning of the pool's address on the host:\n%s", out)
 	}
 	if _, err := gw.stop(10 * time.Second); err != nil {
 		t.Errorf("gateway: %v\n%s", err, gw.out.String())

@@ -333,11 +333,13 @@ func routedElsewhere(l netlink.Link, p netip.Prefix) error {
 }
 
 // Shadowed says, for each of routes whose packets the host sends
-// elsewhere than into the device although the main table routes them here,
-// where they go instead: a policy rule that looks up another table first
-// (Tailscale's table 52, wg-quick's 51820 for a peer's 10.0.0.0/8), or an
-// address of the host. Each route is probed at its first host address.
-// Nil when every route leads into the device.
+// elsewhere than into the device from another table than the main one,
+// where they go instead and why: a policy rule that looks up another table
+// first (Tailscale's table 52, wg-quick's 51820 for a peer's 10.0.0.0/8),
+// or an address of the host (the local table). Each route is probed at its
+// first host address. A route of the main table that leads elsewhere is
+// SetRoutes's to refuse, with its own error. Nil when every route leads
+// into the device.
 func (t *TUN) Shadowed(routes []netip.Prefix) ([]string, error) {
 	l, err := netlink.LinkByName(t.name)
 	if err != nil {
@@ -353,19 +355,20 @@ func (t *TUN) Shadowed(routes []netip.Prefix) ([]string, error) {
 		if err != nil {
 			return out, fmt.Errorf("netstack: route of %s: %w", probe, err)
 		}
-		if len(rs) == 0 || rs[0].LinkIndex == l.Attrs().Index {
+		if len(rs) == 0 || rs[0].LinkIndex == l.Attrs().Index || rs[0].Table == unix.RT_TABLE_MAIN {
 			continue
 		}
 		r := rs[0]
+		if r.Type == unix.RTN_LOCAL {
+			out = append(out, fmt.Sprintf("%s (%s) is an address of this host: give the pool addresses the host does not have", p, probe))
+			continue
+		}
 		dev := fmt.Sprintf("#%d", r.LinkIndex)
 		if o, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
 			dev = o.Attrs().Name
 		}
-		where := fmt.Sprintf("via %s (table %d)", dev, r.Table)
-		if r.Type == unix.RTN_LOCAL {
-			where = "to an address of this host"
-		}
-		out = append(out, fmt.Sprintf("%s (%s) goes %s", p, probe, where))
+		out = append(out, fmt.Sprintf("%s (%s) goes via %s (table %d): an ip rule sends them to that table before the main one "+
+			"(Tailscale, wg-quick): keep the pool out of it, or use another pool", p, probe, dev, r.Table))
 	}
 	return out, nil
 }
@@ -379,9 +382,7 @@ func (t *TUN) WarnShadowed(log *slog.Logger, routes []netip.Prefix) {
 		log.Warn("cannot check where the host sends packets to the VIP pool", "err", err)
 	}
 	for _, s := range shadowed {
-		log.Warn("packets to the VIP pool do not reach the TUN device: "+s+
-			"; an ip rule sends them to another table first (Tailscale, wg-quick): exclude the pool from it, or use another pool",
-			"device", t.name)
+		log.Warn("packets to the VIP pool do not reach the TUN device: "+s, "device", t.name)
 	}
 }
 
