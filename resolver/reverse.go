@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"net/netip"
+	"strconv"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -107,4 +108,46 @@ func (r *reverseZone) addr(b *[16]byte) netip.Addr {
 		return netip.AddrFrom4([4]byte(b[:4]))
 	}
 	return netip.AddrFrom16(*b)
+}
+
+// ReverseZones returns the names of the reverse zones (apexes, without the
+// final dot) in which a server for pool answers PTR: one for a pool aligned
+// on a label boundary ("0.100.10.in-addr.arpa" for 10.100.0.0/24), several
+// otherwise (four for a /22). It returns nil when there would be more than
+// limit, and for an invalid pool.
+func ReverseZones(pool netip.Prefix, limit int) []string {
+	if !pool.IsValid() {
+		return nil
+	}
+	r := newReverseZone(pool)
+	if r.apex == 0 { // a /0: the whole tree
+		return []string{strings.Join(r.suffix, ".")}
+	}
+	spare := r.apex*r.step - pool.Bits() // bits of the apex the pool leaves free
+	if spare >= 31 || 1<<spare > limit {
+		return nil
+	}
+	a := pool.Masked().Addr().AsSlice()
+	names := make([]string, 0, 1<<spare)
+	for range 1 << spare {
+		labels := make([]string, 0, r.apex+2)
+		for i := r.apex - 1; i >= 0; i-- {
+			if r.step == 8 {
+				labels = append(labels, strconv.Itoa(int(a[i])))
+			} else {
+				labels = append(labels, strconv.FormatUint(uint64(a[i/2]>>(4*(1-i%2))&0xf), 16))
+			}
+		}
+		names = append(names, strings.Join(append(labels, r.suffix...), "."))
+		// The next apex: add one at the apex's last bit, carrying.
+		last := r.apex*r.step - 1
+		inc := byte(1) << (7 - last%8)
+		for i := last / 8; i >= 0; i, inc = i-1, 1 {
+			old := a[i]
+			if a[i] += inc; a[i] > old {
+				break
+			}
+		}
+	}
+	return names
 }
