@@ -28,6 +28,9 @@ type Options struct {
 	Device netstack.Device
 	// Registry receives the metrics; nil creates one.
 	Registry *prometheus.Registry
+	// resolver replaces the host's systemd-resolved (tests); with a
+	// Device it is set for the configured TUN name.
+	resolver *resolverHost
 }
 
 // Agent is the agent role.
@@ -55,6 +58,9 @@ type Agent struct {
 	mtu    atomic.Int64     // the TUN's MTU now
 	direct *direct          // direct paths to gateways
 	api    *adminapi.Server // [api] listen; nil when off
+	// resolved keeps systemd-resolved pointed at the agent; nil when the
+	// agent leaves the host's resolver alone.
+	resolved *resolverKeeper
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -146,8 +152,13 @@ func (a *Agent) Start() error {
 		a.Close()
 		return err
 	}
-	if a.tun != nil && a.cfg.DNS.SetResolver {
-		setResolver(a.ctx, a.log, systemResolved(), a.tun.Name(), a.gatewayAddr(), a.cfg.DNS.Zone)
+	if a.cfg.DNS.SetResolver {
+		switch {
+		case a.opts.resolver != nil:
+			a.startResolver(*a.opts.resolver, a.cfg.TUN.Name)
+		case a.tun != nil:
+			a.startResolver(systemResolved(), a.tun.Name())
+		}
 	}
 	if err := a.startAPI(); err != nil {
 		a.Close()

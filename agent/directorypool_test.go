@@ -7,11 +7,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/ztgate/ztgate/conf"
 	"github.com/ztgate/ztgate/netstack/netstacktest"
 	"github.com/ztgate/ztgate/resolver/resolvertest"
 	"github.com/ztgate/ztgate/tunnel"
@@ -157,16 +155,8 @@ func TestDirectoryServiceAtGatewayAddress(t *testing.T) {
 		return d
 	}
 	relay := startServer(t, p, relayReq, func(s *tunnel.Session) { s.Send(push(gw)) })
-	cert, key := p.issue(tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "laptop"})
-	cfg := &conf.Agent{
-		Name:   "laptop",
-		Tunnel: conf.Tunnel{Server: relay.addr(), ServerName: "relay.test", Cert: cert, Key: key, CA: p.caFile},
-		TUN: conf.TUN{Name: "test", MTU: 1280, Pool: netip.MustParsePrefix("10.100.0.0/24"), Address: innerAddr,
-			Enabled: true},
-		DNS: conf.DNS{Zone: "ztna.internal.", TTL: 30 * time.Second},
-	}
 	logs := &logBuffer{}
-	a, client := runAgent(t, cfg, slog.New(slog.NewTextHandler(logs, nil)))
+	a, client := runAgent(t, agentConfig(p, relay.addr()), slog.New(slog.NewTextHandler(logs, nil)))
 	// runAgent saw the directory in force; the session goes on applying it
 	// (its log lines, the "directory" line last), and this test applies
 	// directories itself below: not while the session's is half done.

@@ -274,18 +274,24 @@ func startAgent(t *testing.T, p *pki, relayAddr string) (*Agent, *netstacktest.C
 
 // startAgentWith is startAgent with the configuration changed by edit.
 func startAgentWith(t *testing.T, p *pki, relayAddr string, edit func(*conf.Agent)) (*Agent, *netstacktest.Client) {
+	cfg := agentConfig(p, relayAddr)
+	if edit != nil {
+		edit(cfg)
+	}
+	return runAgent(t, cfg, nil)
+}
+
+// agentConfig is the configuration of the test agent laptop (tenant acme)
+// dialling relayAddr.
+func agentConfig(p *pki, relayAddr string) *conf.Agent {
 	cert, key := p.issue(tunnel.IssueRequest{Tenant: "acme", Role: tunnel.RoleAgent, Name: "laptop"})
-	cfg := &conf.Agent{
+	return &conf.Agent{
 		Name:   "laptop",
 		Tunnel: conf.Tunnel{Server: relayAddr, ServerName: "relay.test", Cert: cert, Key: key, CA: p.caFile},
 		TUN: conf.TUN{Name: "test", MTU: 1280, Pool: netip.MustParsePrefix("10.100.0.0/24"), Address: innerAddr,
 			Enabled: true},
 		DNS: conf.DNS{Zone: "ztna.internal.", TTL: 30 * time.Second},
 	}
-	if edit != nil {
-		edit(cfg)
-	}
-	return runAgent(t, cfg, nil)
 }
 
 // runAgent starts an agent on cfg, logging to log (nil: nowhere), with a
@@ -293,11 +299,18 @@ func startAgentWith(t *testing.T, p *pki, relayAddr string, edit func(*conf.Agen
 // directory; the test's end closes it.
 func runAgent(t *testing.T, cfg *conf.Agent, log *slog.Logger) (*Agent, *netstacktest.Client) {
 	t.Helper()
+	return runAgentOpts(t, cfg, log, Options{})
+}
+
+// runAgentOpts is runAgent with opts, its Device set to the client stack.
+func runAgentOpts(t *testing.T, cfg *conf.Agent, log *slog.Logger, opts Options) (*Agent, *netstacktest.Client) {
+	t.Helper()
 	dev, err := netstacktest.NewClient(1280, innerAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := New(cfg, Options{Device: dev}, log)
+	opts.Device = dev
+	a, err := New(cfg, opts, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,6 +45,9 @@ func (a *Agent) hello() tunnel.Hello {
 func (a *Agent) serve(ctx context.Context, s *tunnel.Session) error {
 	a.fitMTU(s)
 	a.link.Up(s)
+	if a.resolved != nil {
+		a.resolved.wake() // a new network may have reset the host's resolver
+	}
 	a.sess.Store(s)
 	defer a.sess.CompareAndSwap(s, nil)
 	a.m.connected.Set(1)
@@ -176,6 +179,9 @@ func (a *Agent) applyDirectory(m *tunnel.Directory, server netip.Addr) {
 	if cur := a.dir.Load(); next.pool != cur.pool || next.pool6 != cur.pool6 {
 		for _, srv := range a.dns {
 			srv.SetPools(next.pool, next.pool6)
+		}
+		if a.resolved != nil {
+			a.resolved.setPools(next.pool, next.pool6)
 		}
 	}
 	prev := a.dir.Swap(next)
