@@ -30,12 +30,13 @@ run: build ## run the gateway on $(CONFIG) (needs root: it creates a TUN device)
 
 test: tools test-unit test-integration ## run every test: unit and component tests with -race, then the namespace integration tests
 
-tools: ## install the client tools the integration tests drive (apt, when any is missing)
-	@missing=; for t in ip tc ping curl dig socat iperf3 nft setpriv unshare pgrep gcc; do command -v $$t >/dev/null || missing=1; done; \
+tools: ## install the client tools the integration tests drive (apt, when any is missing), and unpack systemd-resolved for one of them
+	@missing=; for t in ip tc ping curl dig socat iperf3 nft setpriv unshare nsenter pgrep gcc dbus-daemon; do command -v $$t >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null; then $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$(cat .ci/packages); \
 	  else echo "install: $$(cat .ci/packages)"; exit 1; fi; \
 	fi
+	@scripts/resolved-fetch.sh
 
 test-unit: ## unit and in-process component tests, with the race detector
 	scripts/quic-go-fork.sh check
