@@ -13,10 +13,11 @@ import (
 )
 
 // resolvedRoot is where scripts/resolved-fetch.sh (run by `make tools`)
-// unpacked Debian's systemd-resolved; ZTGATE_RESOLVED_ROOT overrides it.
-func resolvedRoot(t *testing.T) string {
+// unpacked Debian's systemd-resolved (ZTGATE_RESOLVED_ROOT overrides it),
+// and libs the directory of its libsystemd-shared there.
+func resolvedRoot(t *testing.T) (root, libs string) {
 	t.Helper()
-	root := os.Getenv("ZTGATE_RESOLVED_ROOT")
+	root = os.Getenv("ZTGATE_RESOLVED_ROOT")
 	if root == "" {
 		root, _ = filepath.Abs("../.cache/systemd-resolved")
 	}
@@ -24,10 +25,16 @@ func resolvedRoot(t *testing.T) string {
 	if _, err := os.Stat(bin); err != nil {
 		t.Skipf("no systemd-resolved at %s: `make tools` unpacks it where apt-get works (scripts/resolved-fetch.sh)", bin)
 	}
-	if out, err := exec.Command(bin, "--version").CombinedOutput(); err != nil {
-		t.Fatalf("%s does not run here (its libsystemd-shared: apt-get install libsystemd-shared): %v\n%s", bin, err, out)
+	dirs, _ := filepath.Glob(filepath.Join(root, "usr/lib/*/systemd"))
+	if len(dirs) != 1 {
+		t.Fatalf("no libsystemd-shared unpacked beside %s (scripts/resolved-fetch.sh): %q", bin, dirs)
 	}
-	return root
+	cmd := exec.Command(bin, "--version")
+	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+dirs[0])
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s does not run here: %v\n%s", bin, err, out)
+	}
+	return root, dirs[0]
 }
 
 // resolvedHost is the script that runs as PID 1 of the agent's host: a
@@ -41,6 +48,7 @@ func resolvedRoot(t *testing.T) string {
 // on Ubuntu. SIGTERM stops the agent, then the rest (and with PID 1 gone,
 // the kernel ends whatever is left in the PID namespace).
 const resolvedHost = `set -eu
+export LD_LIBRARY_PATH="$LIBS"
 mount --make-rprivate /
 mount -t tmpfs tmpfs /run
 mkdir -p /run/dbus /run/systemd
@@ -87,7 +95,7 @@ const resolvedBus = `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus C
 // once its session comes back.
 func TestAgentSystemdResolved(t *testing.T) {
 	needTools(t, "dig", "curl", "dbus-daemon", "unshare", "nsenter", "getent")
-	root := resolvedRoot(t)
+	root, libs := resolvedRoot(t)
 	r := newRelayTopo(t, "a1")
 	r.startBackend("192.0.2.10")
 	r.startRelay()
@@ -122,7 +130,7 @@ name = "ztagent0"
 address = "100.64.0.1"
 `, r.agentAddr["a1"], r.pki, r.pki, r.pki))
 	script := r.writeFile("host.sh", resolvedHost)
-	host := r.start(r.agents["a1"], "agent host (systemd-resolved, agent)", "env", "DIR="+r.dir, "ROOT="+root, "ZTGATE="+r.ztgate,
+	host := r.start(r.agents["a1"], "agent host (systemd-resolved, agent)", "env", "DIR="+r.dir, "ROOT="+root, "LIBS="+libs, "ZTGATE="+r.ztgate,
 		"unshare", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM", "/bin/sh", script)
 	host.waitOutput(t, "host ready", 15*time.Second)
 	host.waitOutput(t, "agent started", 15*time.Second)
@@ -133,7 +141,7 @@ address = "100.64.0.1"
 	// Commands on the agent's host: in its PID 1's namespaces.
 	pid1 := hostPID1(t, host)
 	onHost := func(args ...string) (string, error) {
-		return runLocal("nsenter", append([]string{"-t", strconv.Itoa(pid1), "-m", "-n", "-p", "env", "PATH=" + root + "/usr/bin:" + os.Getenv("PATH")}, args...)...)
+		return runLocal("nsenter", append([]string{"-t", strconv.Itoa(pid1), "-m", "-n", "-p", "env", "PATH=" + root + "/usr/bin:" + os.Getenv("PATH"), "LD_LIBRARY_PATH=" + libs}, args...)...)
 	}
 
 	var vip string

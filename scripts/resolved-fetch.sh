@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Unpacks Debian's systemd-resolved into DEST (default .cache/systemd-resolved)
-# without installing it: the integration test TestAgentSystemdResolved runs it
-# in a namespace of its own, with its own D-Bus, and points an agent at it.
-# Installing the package would take over the machine's /etc/resolv.conf.
-# Where apt-get is missing the test skips, and says so.
+# Unpacks Debian's systemd-resolved, and the libsystemd-shared of the same
+# version, into DEST (default .cache/systemd-resolved) without installing
+# them: the integration test TestAgentSystemdResolved runs it in a namespace
+# of its own, with its own D-Bus, and points an agent at it. Installing the
+# package would take over the machine's /etc/resolv.conf. Where apt-get is
+# missing the test skips, and says so.
 set -euo pipefail
 dest=${1:-.cache/systemd-resolved}
 [ -x "$dest/lib/systemd/systemd-resolved" ] && exit 0
@@ -14,11 +15,17 @@ fi
 sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-chmod 755 "$tmp" # apt-get download writes as _apt where it can
-if ! (cd "$tmp" && apt-get download -q systemd-resolved >/dev/null 2>&1); then
+sandbox=() # apt's _apt user cannot write into our temporary directory
+[ "$(id -u)" = 0 ] && sandbox=(-o APT::Sandbox::User=root)
+fetch() { (cd "$tmp" && apt-get download -q "${sandbox[@]}" "$@"); }
+if ! fetch systemd-resolved >/dev/null 2>&1; then
 	$sudo apt-get update -q
-	(cd "$tmp" && apt-get download -q systemd-resolved)
+	fetch systemd-resolved
 fi
-mkdir -p "$dest"
-dpkg-deb -x "$tmp"/systemd-resolved_*.deb "$dest"
+version=$(dpkg-deb -f "$tmp"/systemd-resolved_*.deb Version)
+fetch "libsystemd-shared=$version"
+mkdir -p "$dest.new"
+for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$dest.new"; done
+rm -rf "$dest"
+mv "$dest.new" "$dest"
 echo "resolved-fetch: systemd-resolved unpacked into $dest"
