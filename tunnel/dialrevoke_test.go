@@ -150,7 +150,7 @@ func TestRedialerBacksOffFromARevokedServer(t *testing.T) {
 				cancel()
 			}
 		},
-		sleep: func(context.Context, time.Duration) {}, // the waits are checked, not waited
+		sleep: func(context.Context, time.Duration, <-chan struct{}) bool { return false }, // the waits are checked, not waited
 	}
 	done := runRedialer(t, ctx, cancel, r)
 	select {

@@ -109,10 +109,11 @@ func TestOwnIdentityChangeRedials(t *testing.T) {
 			defer mu.Unlock()
 			disconnects = append(disconnects, disconnect{err, retryIn})
 		},
-		sleep: func(context.Context, time.Duration) {
+		sleep: func(context.Context, time.Duration, <-chan struct{}) bool {
 			mu.Lock()
 			defer mu.Unlock()
 			sleeps++
+			return false
 		},
 	}
 	runRedialer(t, ctx, cancel, red)

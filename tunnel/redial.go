@@ -39,10 +39,18 @@ type Redialer struct {
 	// and how long Run waits before it dials again (0: at once, for an
 	// ErrOwnIdentityChanged).
 	OnDisconnect func(err error, retryIn time.Duration)
+	// Wake, if set, cuts a wait after a failed dial short: the host's
+	// network changed (an address or a route came), so the server may be
+	// reachable now rather than at the end of a wait grown to RedialMax
+	// while the network was gone. The next dial starts RedialMin after the
+	// last one began at the earliest, and the waits start again from
+	// RedialMin. A change while connected needs no redial (QUIC carries the
+	// session to the new address); it is forgotten when the session ends.
+	Wake <-chan struct{}
 
 	// Test hooks; nil means the real clock.
 	now   func() time.Time
-	sleep func(ctx context.Context, d time.Duration)
+	sleep func(ctx context.Context, d time.Duration, wake <-chan struct{}) bool
 }
 
 // Run dials and redials until ctx is done, then returns nil.
@@ -75,6 +83,10 @@ func (r *Redialer) Run(ctx context.Context) error {
 			if changed := s.ownIdentityChanged(); changed != nil {
 				err = changed
 			}
+			select { // a network change while connected
+			case <-r.Wake:
+			default:
+			}
 		}
 		if ctx.Err() != nil {
 			break
@@ -91,19 +103,32 @@ func (r *Redialer) Run(ctx context.Context) error {
 		if r.OnDisconnect != nil {
 			r.OnDisconnect(err, wait)
 		}
-		sleep(ctx, wait)
+		if !sleep(ctx, wait, r.Wake) || ctx.Err() != nil {
+			continue
+		}
+		b.reset()
+		rest := max(RedialMin-now().Sub(start), 0)
+		log.Info("network changed; redialing", "server", r.Addr, "in", rest.Round(time.Millisecond))
+		if r.OnDisconnect != nil {
+			r.OnDisconnect(err, rest)
+		}
+		sleep(ctx, rest, nil)
 	}
 	return nil
 }
 
-// sleepCtx waits for d or until ctx is done.
-func sleepCtx(ctx context.Context, d time.Duration) {
+// sleepCtx waits for d, until ctx is done, or until wake (nil: never)
+// fires, and reports whether wake did.
+func sleepCtx(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
 	case <-t.C:
+	case <-wake:
+		return true
 	}
+	return false
 }
 
 // backoff computes jittered exponential waits from RedialMin to RedialMax.

@@ -3,6 +3,8 @@ package tunnel
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -51,11 +53,12 @@ func TestRedialerBacksOffOnFailures(t *testing.T) {
 		Addr:      "no port", // Dial fails at once
 		Config:    DialConfig{Credentials: &Credentials{}},
 		OnSession: func(context.Context, *Session) error { t.Error("no session expected"); return nil },
-		sleep: func(_ context.Context, d time.Duration) {
+		sleep: func(_ context.Context, d time.Duration, _ <-chan struct{}) bool {
 			waits = append(waits, d)
 			if len(waits) == 7 {
 				cancel()
 			}
+			return false
 		},
 	}
 	if err := r.Run(ctx); err != nil {
@@ -73,6 +76,82 @@ func TestRedialerBacksOffOnFailures(t *testing.T) {
 	}
 }
 
+// TestRedialerWake: a network change cuts the wait after failed dials
+// short; the next dial comes RedialMin after the last one began, and the
+// waits start again from RedialMin.
+func TestRedialerWake(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	clock := time.Unix(1e9, 0)
+	type sleepCall struct {
+		d     time.Duration
+		wakes bool // could be woken
+	}
+	var sleeps []sleepCall
+	var retries []time.Duration
+	wake := make(chan struct{}, 1)
+	r := &Redialer{
+		Addr:         "no port", // Dial fails at once
+		Config:       DialConfig{Credentials: &Credentials{}},
+		OnSession:    func(context.Context, *Session) error { t.Error("no session expected"); return nil },
+		OnDisconnect: func(_ error, retryIn time.Duration) { retries = append(retries, retryIn) },
+		Wake:         wake,
+		now:          func() time.Time { return clock },
+		sleep: func(_ context.Context, d time.Duration, w <-chan struct{}) bool {
+			sleeps = append(sleeps, sleepCall{d, w != nil})
+			switch len(sleeps) {
+			case 5: // the fifth wait: the network comes back 300 ms into it
+				clock = clock.Add(300 * time.Millisecond)
+				return true
+			case 8:
+				cancel()
+			}
+			clock = clock.Add(d)
+			return false
+		},
+	}
+	if err := r.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(sleeps) != 8 {
+		t.Fatalf("%d sleeps: %v", len(sleeps), sleeps)
+	}
+	if d := sleeps[4].d; d < 16*RedialMin*8/10 {
+		t.Errorf("the fifth wait %v, want about 16 s", d)
+	}
+	// Woken 300 ms after a dial that began when the wait did: the rest of
+	// RedialMin, not to be woken again; then the waits from RedialMin.
+	if got := sleeps[5]; got.d != RedialMin-300*time.Millisecond || got.wakes {
+		t.Errorf("after the wake-up: %+v, want %v, not wakeable", got, RedialMin-300*time.Millisecond)
+	}
+	if got := retries[5]; got != RedialMin-300*time.Millisecond {
+		t.Errorf("OnDisconnect told %v after the wake-up", got)
+	}
+	for i, want := range []time.Duration{RedialMin, 2 * RedialMin} {
+		if got := sleeps[6+i]; got.d < want*8/10 || got.d > want*12/10 || !got.wakes {
+			t.Errorf("wait %d after the wake-up: %+v, want about %v, wakeable", i, got, want)
+		}
+	}
+}
+
+// TestSleepCtxWake: the real wait ends at a wake-up, and says so.
+func TestSleepCtxWake(t *testing.T) {
+	wake := make(chan struct{}, 1)
+	wake <- struct{}{}
+	start := time.Now()
+	if !sleepCtx(context.Background(), time.Minute, wake) || time.Since(start) > 10*time.Second {
+		t.Error("a wake-up did not end the wait")
+	}
+	if sleepCtx(context.Background(), time.Millisecond, nil) {
+		t.Error("woken without a wake channel")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if sleepCtx(ctx, time.Minute, wake) {
+		t.Error("woken by a cancelled context")
+	}
+}
+
 func TestRedialerRequiresOnSession(t *testing.T) {
 	if err := (&Redialer{Addr: "x:1"}).Run(context.Background()); err == nil {
 		t.Fatal("Run without OnSession succeeded")
@@ -80,7 +159,8 @@ func TestRedialerRequiresOnSession(t *testing.T) {
 }
 
 // TestRedialerReconnects restarts the server on the same port: the client
-// notices at once (CONNECTION_CLOSE), waits its backoff and reconnects.
+// notices at once (CONNECTION_CLOSE), waits its backoff and reconnects; a
+// network change while it was connected does not cut that wait.
 func TestRedialerReconnects(t *testing.T) {
 	sf := newSessionFixture(t, false)
 	addr := sf.addr()
@@ -106,9 +186,13 @@ func TestRedialerReconnects(t *testing.T) {
 	}
 	connected := make(chan event, 4)
 	ctx, cancel := context.WithCancel(context.Background())
+	wake := make(chan struct{}, 1)
+	var logs lockedBuffer
 	r := &Redialer{
 		Addr:   addr,
 		Config: sf.dialConfig(sf.agentCreds()),
+		Wake:   wake,
+		Log:    slog.New(slog.NewTextHandler(&logs, nil)),
 		OnSession: func(ctx context.Context, s *Session) error {
 			connected <- event{time.Now(), s.Welcome().Session}
 			select {
@@ -131,6 +215,7 @@ func TestRedialerReconnects(t *testing.T) {
 	}()
 
 	first := waitEvent(t, connected)
+	wake <- struct{}{} // a network change while connected: no redial for it
 	sf.ln.Close()
 	served.Wait()
 	closedAt := time.Now()
@@ -149,6 +234,9 @@ func TestRedialerReconnects(t *testing.T) {
 	}
 	if gap := second.at.Sub(closedAt); gap < RedialMin*9/10 || gap > 3*RedialMin {
 		t.Errorf("reconnected after %v, want the first backoff (%v..%v)", gap, RedialMin, RedialMin*12/10)
+	}
+	if strings.Contains(logs.String(), "network changed") {
+		t.Errorf("a wait cut short by the network change while connected:\n%s", logs.String())
 	}
 }
 
