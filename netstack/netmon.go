@@ -1,0 +1,108 @@
+package netstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// WatchNetwork calls changed each time the host gains an address or a
+// route on a link other than ignore (a TUN device whose routes its owner
+// sets itself; "" ignores none), until ctx is done: a network came (a
+// laptop's Wi-Fi back, a DHCP lease, a cable), so what could not be
+// reached may be reachable now. A burst of changes makes a burst of calls:
+// changed must be cheap, and safe from another goroutine (a non-blocking
+// send on a channel of one). Events lost to a full socket buffer count
+// as a change. WatchNetwork returns when ctx is done, or at once when
+// the host's routing messages cannot be subscribed to.
+func WatchNetwork(ctx context.Context, ignore string, changed func()) error {
+	return watchNetwork(ctx, nil, ignore, changed)
+}
+
+// watchNetwork is WatchNetwork in the network namespace ns (nil: the
+// caller's).
+func watchNetwork(ctx context.Context, ns *netns.NsHandle, ignore string, changed func()) error {
+	skip := -1
+	if ignore != "" {
+		h, err := handleAt(ns)
+		if err != nil {
+			return fmt.Errorf("netstack: watch the network: %w", err)
+		}
+		l, err := h.LinkByName(ignore)
+		h.Close()
+		if err != nil {
+			return fmt.Errorf("netstack: watch the network: find %s: %w", ignore, err)
+		}
+		skip = l.Attrs().Index
+	}
+	done := make(chan struct{})
+	// A receive error after done is the subscription's socket closing.
+	onErr := func(error) {
+		select {
+		case <-done:
+		default:
+			changed()
+		}
+	}
+	addrs := make(chan netlink.AddrUpdate, 16)
+	routes := make(chan netlink.RouteUpdate, 16)
+	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{Namespace: ns, ErrorCallback: onErr}); err != nil {
+		close(done)
+		return fmt.Errorf("netstack: watch the network's addresses: %w", err)
+	}
+	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{Namespace: ns, ErrorCallback: onErr}); err != nil {
+		close(done)
+		for range addrs {
+		}
+		return fmt.Errorf("netstack: watch the network's routes: %w", err)
+	}
+	for addrs != nil || routes != nil {
+		select {
+		case <-ctx.Done():
+			close(done)
+			// The subscriptions' goroutines close their channels once
+			// their sockets are closed; until then they may be sending.
+			for addrs != nil || routes != nil {
+				select {
+				case _, ok := <-addrs:
+					if !ok {
+						addrs = nil
+					}
+				case _, ok := <-routes:
+					if !ok {
+						routes = nil
+					}
+				}
+			}
+			return nil
+		case u, ok := <-addrs:
+			switch {
+			case !ok:
+				addrs = nil
+			case u.NewAddr && u.LinkIndex != skip:
+				changed()
+			}
+		case u, ok := <-routes:
+			switch {
+			case !ok:
+				routes = nil
+			case u.Type == unix.RTM_NEWROUTE && u.LinkIndex != skip:
+				changed()
+			}
+		}
+	}
+	close(done)
+	return errors.New("netstack: watch the network: the kernel ended the subscriptions")
+}
+
+// handleAt is a netlink handle in ns (nil: the caller's namespace).
+func handleAt(ns *netns.NsHandle) (*netlink.Handle, error) {
+	if ns == nil {
+		return netlink.NewHandle()
+	}
+	return netlink.NewHandleAt(*ns)
+}
