@@ -13,9 +13,11 @@ import (
 )
 
 // startTunnel keeps the agent connected to [tunnel] server, redialling with
-// backoff; the data path never waits for it.
+// backoff, at once when the host's network changes after a failed dial
+// (watchNetwork); the data path never waits for it.
 func (a *Agent) startTunnel() {
 	r := &tunnel.Redialer{
+		Wake: a.watchNetwork(),
 		Addr: a.cfg.Tunnel.Server,
 		Config: tunnel.DialConfig{
 			Credentials: a.creds,
@@ -33,6 +35,29 @@ func (a *Agent) startTunnel() {
 		defer a.wg.Done()
 		r.Run(a.ctx)
 	}()
+}
+
+// watchNetwork returns what the host's network changes wake (nil without
+// a TUN device: tests): a laptop whose Wi-Fi comes back dials again at
+// once, not at the end of a wait grown while it was gone. Changes of the
+// agent's own TUN are not the network's.
+func (a *Agent) watchNetwork() <-chan struct{} {
+	if a.tun == nil {
+		return nil
+	}
+	wake := make(chan struct{}, 1)
+	a.wg.Go(func() {
+		err := netstack.WatchNetwork(a.ctx, a.tun.Name(), func() {
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		})
+		if err != nil {
+			a.log.Info("not watching the host's network: after a failed dial the agent waits its backoff out", "err", err)
+		}
+	})
+	return wake
 }
 
 // hello is what the agent says to every server, relay or gateway.
