@@ -20,17 +20,8 @@ func TestAgentNetworkBack(t *testing.T) {
 	agent := r.startAgent("a1", "acme")
 	vip := r.waitResolve(t, "a1", "web.ztna.internal")
 
-	// The agent's end of its link to the relay.
 	ns := r.agents["a1"]
-	var dev string
-	for _, line := range strings.Split(r.exec(ns, "ip", "-o", "link", "show"), "\n") {
-		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], "v") {
-			dev, _, _ = strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
-		}
-	}
-	if dev == "" {
-		t.Fatalf("no veth in %s", ns)
-	}
+	dev := devWithAddr(t, r, ns, "203.0.113.2/30") // its end of the link to the relay
 
 	r.exec(ns, "ip", "link", "set", dev, "down")
 	r.try(ns, 5*time.Second, "dig", "+time=1", "+tries=1", "@10.100.0.1", "web.ztna.internal") // traffic: the session's next send fails
