@@ -59,8 +59,9 @@ type Agent struct {
 	direct *direct          // direct paths to gateways
 	api    *adminapi.Server // [api] listen; nil when off
 	// resolved keeps systemd-resolved pointed at the agent; nil when the
-	// agent leaves the host's resolver alone.
-	resolved *resolverKeeper
+	// agent leaves the host's resolver alone, and resolverNote says why.
+	resolved     *resolverKeeper
+	resolverNote ResolverStatus
 
 	ctx    context.Context
 	cancel context.CancelFunc

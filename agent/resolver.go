@@ -55,6 +55,19 @@ func systemResolved() resolverHost {
 	}
 }
 
+// ResolverStatus is how the host's resolver reaches the agent's DNS, as
+// GET /v1/status shows it.
+type ResolverStatus struct {
+	// State is "set" (systemd-resolved sends Domains to the agent over
+	// Link), "refused" (systemd-resolved refused them: Detail), "not_set"
+	// (no systemd-resolved the agent may configure: Detail says why and
+	// what to set instead) or "off" (dns.set_resolver = false).
+	State   string   `json:"state"`
+	Link    string   `json:"link,omitempty"`
+	Domains []string `json:"domains,omitempty"` // routing-only, without "~"
+	Detail  string   `json:"detail,omitempty"`
+}
+
 // resolverKeeper points systemd-resolved at the agent's DNS server for the
 // zone and the VIPs' reverse zones, and keeps it so: link (the TUN) gets
 // server as its DNS server and the zones as its routing-only domains, and
@@ -71,8 +84,9 @@ type resolverKeeper struct {
 	zone   string // without the final dot
 	kick   chan struct{}
 
-	mu    sync.Mutex
-	pools [2]netip.Prefix // wanted: the directory's pool and pool6
+	mu     sync.Mutex
+	pools  [2]netip.Prefix // wanted: the directory's pool and pool6
+	status ResolverStatus  // of the last setting
 
 	// Of the keeper's goroutine (and of Start before it runs).
 	applied [2]netip.Prefix // the pools of the settings in force
@@ -82,20 +96,38 @@ type resolverKeeper struct {
 
 // newResolverKeeper returns the keeper of link's settings, or nil after
 // logging what to set by hand when systemd-resolved does not run here.
-func newResolverKeeper(log *slog.Logger, h resolverHost, link string, server netip.Addr, zone string) *resolverKeeper {
+func newResolverKeeper(log *slog.Logger, h resolverHost, link string, server netip.Addr, zone string) (*resolverKeeper, ResolverStatus) {
 	k := &resolverKeeper{h: h, log: log, link: link, server: server, zone: strings.TrimSuffix(zone, "."), kick: make(chan struct{}, 1)}
 	if ok, why := h.running(); !ok {
-		log.Info("DNS: the host's resolver is not set: "+why+"; "+k.manual(), "zone", k.zone, "server", server.String())
-		return nil
+		detail := why + "; " + k.manual()
+		log.Info("DNS: the host's resolver is not set: "+detail, "zone", k.zone, "server", server.String())
+		return nil, ResolverStatus{State: "not_set", Detail: detail}
 	}
-	return k
+	return k, ResolverStatus{}
+}
+
+// Status returns the state of the last setting.
+func (k *resolverKeeper) Status() ResolverStatus {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	st := k.status
+	st.Domains = slices.Clone(st.Domains)
+	return st
+}
+
+// report makes st the keeper's status.
+func (k *resolverKeeper) report(st ResolverStatus) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.status = st
 }
 
 // startResolver points h at the agent's DNS server for link, and keeps it
 // so, when systemd-resolved runs here (newResolverKeeper).
 func (a *Agent) startResolver(h resolverHost, link string) {
-	k := newResolverKeeper(a.log, h, link, a.gatewayAddr(), a.cfg.DNS.Zone)
+	k, st := newResolverKeeper(a.log, h, link, a.gatewayAddr(), a.cfg.DNS.Zone)
 	if k == nil {
+		a.resolverNote = st
 		return
 	}
 	d := a.dir.Load()
@@ -223,6 +255,8 @@ func (k *resolverKeeper) apply(ctx context.Context, pools [2]netip.Prefix) {
 			k.warned = true
 			k.log.Log(ctx, level, "DNS: systemd-resolved refused the zone's settings; "+k.manual(),
 				"command", "resolvectl "+strings.Join(args, " "), "err", err)
+			k.report(ResolverStatus{State: "refused", Link: k.link,
+				Detail: fmt.Sprintf("resolvectl %s: %v; %s", strings.Join(args, " "), err, k.manual())})
 			return
 		}
 	}
@@ -246,6 +280,7 @@ func (k *resolverKeeper) apply(ctx context.Context, pools [2]netip.Prefix) {
 		}
 	}
 	k.ok = true
+	k.report(ResolverStatus{State: "set", Link: k.link, Domains: append([]string{k.zone}, reverse...)})
 	k.log.Info("DNS: systemd-resolved sends the zone's queries to the agent", "link", k.link, "zone", k.zone,
 		"server", k.server.String(), "reverse", reverse)
 }

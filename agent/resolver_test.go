@@ -8,11 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/ztgate/ztgate/conf"
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -99,30 +101,32 @@ func TestResolverApply(t *testing.T) {
 		wantRun  []string
 		wantLog  string
 		wantWarn bool
+		state    string // of the status after
 	}{
-		{name: "no systemd-resolved", running: false, wantRun: nil,
+		{name: "no systemd-resolved", running: false, wantRun: nil, state: "not_set",
 			wantLog: "DNS: the host's resolver is not set: not here; point the host's resolver for ztna.internal at 10.100.0.1 (dnsmasq: server=/ztna.internal/10.100.0.1)"},
-		{name: "set", running: true, wantRun: all,
+		{name: "set", running: true, wantRun: all, state: "set",
 			wantLog: `msg="DNS: systemd-resolved sends the zone's queries to the agent" link=ztagent0 zone=ztna.internal server=10.100.0.1 reverse="[0.100.10.in-addr.arpa 0.0.0.0.0.0.0.0.b.a.0.0.0.0.d.f.ip6.arpa]"`},
-		{name: "dns refused", running: true, refuse: func(c string) bool { return c == setDNS }, wantRun: all[:1], wantWarn: true,
+		{name: "dns refused", running: true, refuse: func(c string) bool { return c == setDNS }, wantRun: all[:1], wantWarn: true, state: "refused",
 			wantLog: `DNS: systemd-resolved refused the zone's settings; point the host's resolver for ztna.internal at 10.100.0.1`},
 		{name: "domains refused", running: true, refuse: func(c string) bool { return strings.HasPrefix(c, "domain") },
-			wantRun: []string{setDNS, setDomains, zoneOnly}, wantWarn: true,
+			wantRun: []string{setDNS, setDomains, zoneOnly}, wantWarn: true, state: "refused",
 			wantLog: `command="resolvectl domain ztagent0 ~ztna.internal" err="exit status 1: Access denied"`},
 		{name: "reverse zones refused (an older systemd-resolved's limit)", running: true,
 			refuse:  func(c string) bool { return strings.Contains(c, "arpa") },
-			wantRun: append([]string{setDNS, setDomains, zoneOnly}, optional...), wantLog: `the agent" link=ztagent0 zone=ztna.internal server=10.100.0.1 reverse=[]`},
+			wantRun: append([]string{setDNS, setDomains, zoneOnly}, optional...), state: "set",
+			wantLog: `the agent" link=ztagent0 zone=ztna.internal server=10.100.0.1 reverse=[]`},
 		{name: "an old resolvectl without default-route", running: true, refuse: func(c string) bool { return c == optional[0] },
-			wantRun: all, wantLog: "DNS: systemd-resolved sends the zone's queries to the agent"},
+			wantRun: all, state: "set", wantLog: "DNS: systemd-resolved sends the zone's queries to the agent"},
 		{name: "too many reverse zones for a /17; no pool6", running: true,
 			pools:   [2]netip.Prefix{netip.MustParsePrefix("10.100.0.0/17")},
-			wantRun: append([]string{setDNS, zoneOnly}, optional...), wantLog: "reverse=[]"},
+			wantRun: append([]string{setDNS, zoneOnly}, optional...), state: "set", wantLog: "reverse=[]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var logs logBuffer
 			log := slog.New(slog.NewTextHandler(&logs, nil))
 			f := &fakeResolved{refuse: tc.refuse}
-			k := newResolverKeeper(log, f.host(tc.running), "ztagent0", netip.MustParseAddr("10.100.0.1"), "ztna.internal.")
+			k, st := newResolverKeeper(log, f.host(tc.running), "ztagent0", netip.MustParseAddr("10.100.0.1"), "ztna.internal.")
 			if (k != nil) != tc.running {
 				t.Fatalf("keeper %v, systemd-resolved running %v", k, tc.running)
 			}
@@ -132,6 +136,10 @@ func TestResolverApply(t *testing.T) {
 					pools = testPools
 				}
 				k.apply(context.Background(), pools)
+				st = k.Status()
+			}
+			if st.State != tc.state || st.State != "set" && !strings.Contains(st.Detail, "point the host's resolver for ztna.internal at 10.100.0.1") {
+				t.Errorf("status %+v, want state %s and what to set by hand", st, tc.state)
 			}
 			if ran := f.take(); !slices.Equal(ran, tc.wantRun) {
 				t.Errorf("ran %q,\nwant %q", ran, tc.wantRun)
@@ -152,7 +160,7 @@ func TestResolverKeeper(t *testing.T) {
 	var logs logBuffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	f := &fakeResolved{}
-	k := newResolverKeeper(log, f.host(true), "ztagent0", netip.MustParseAddr("10.100.0.1"), "ztna.internal")
+	k, _ := newResolverKeeper(log, f.host(true), "ztagent0", netip.MustParseAddr("10.100.0.1"), "ztna.internal")
 	ctx := context.Background()
 	k.pools = testPools
 	k.apply(ctx, k.pools)
@@ -248,7 +256,7 @@ func TestResolverFollowsAgent(t *testing.T) {
 	cfg := agentConfig(p, relay.addr())
 	cfg.TUN.Name, cfg.DNS.SetResolver = "ztagent0", true
 	var logs logBuffer
-	runAgentOpts(t, cfg, slog.New(slog.NewTextHandler(&logs, nil)), Options{resolver: &h})
+	a, _ := runAgentOpts(t, cfg, slog.New(slog.NewTextHandler(&logs, nil)), Options{resolver: &h})
 	domains := func() string {
 		f.mu.Lock()
 		defer f.mu.Unlock()
@@ -261,10 +269,33 @@ func TestResolverFollowsAgent(t *testing.T) {
 		t.Errorf("at start: %q, want the configured pool's reverse zone", ran)
 	}
 
+	want := ResolverStatus{State: "set", Link: "ztagent0",
+		Domains: []string{"ztna.internal", "200.10.in-addr.arpa", "0.0.0.0.0.0.0.0.d.c.0.0.0.0.d.f.ip6.arpa"}}
+	if st := a.Status().DNS; !reflect.DeepEqual(st, want) {
+		t.Errorf("status %+v, want %+v", st, want)
+	}
+
 	f.set(func(f *fakeResolved) { f.dns, f.domains = "", "" })
 	relay.session().Close("test: reconnect")
 	waitFor(t, "the link set again after the reconnection", func() bool { return domains() != "" })
 	waitFor(t, "the log line", func() bool { return strings.Contains(logs.String(), "systemd-resolved lost the zone's settings") })
+}
+
+// TestResolverStatusWithoutKeeper: an agent that leaves the host's
+// resolver alone says why.
+func TestResolverStatusWithoutKeeper(t *testing.T) {
+	off := &Agent{cfg: &conf.Agent{DNS: conf.DNS{SetResolver: false}}}
+	if st := off.resolverStatus(); st.State != "off" {
+		t.Errorf("dns.set_resolver = false: %+v", st)
+	}
+	notHere := &Agent{cfg: &conf.Agent{DNS: conf.DNS{SetResolver: true}},
+		resolverNote: ResolverStatus{State: "not_set", Detail: "resolvectl is not installed; point …"}}
+	if st := notHere.resolverStatus(); !reflect.DeepEqual(st, notHere.resolverNote) {
+		t.Errorf("no systemd-resolved: %+v", st)
+	}
+	if st := (&Agent{cfg: &conf.Agent{DNS: conf.DNS{SetResolver: true}}}).resolverStatus(); st.State != "not_set" {
+		t.Errorf("no TUN device: %+v", st)
+	}
 }
 
 // TestLinkHas reads resolvectl's line for a link as its versions print it.

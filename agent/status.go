@@ -24,6 +24,7 @@ type Status struct {
 	Address  netip.Addr      `json:"address"` // the TUN's inner source address
 	MTU      int             `json:"mtu"`     // the TUN's MTU now
 	Zone     string          `json:"zone"`
+	DNS      ResolverStatus  `json:"host_dns"` // how the host's resolver reaches the zone
 	Pool     netip.Prefix    `json:"pool"`
 	Services []ServiceStatus `json:"services"`
 	// Excluded are the services of the server's directory the agent
@@ -90,6 +91,7 @@ func (a *Agent) Status() Status {
 		}
 	}
 	st.Tunnel = a.link.Status()
+	st.DNS = a.resolverStatus()
 	d := a.dir.Load()
 	st.Pool = d.pool
 	paths, failures := a.direct.snapshot(), a.direct.failuresNow()
@@ -114,6 +116,19 @@ func (a *Agent) Status() Status {
 	}
 	st.Paths = append(st.Paths, paths...)
 	return st
+}
+
+// resolverStatus is how the host's resolver reaches the agent's DNS.
+func (a *Agent) resolverStatus() ResolverStatus {
+	switch {
+	case a.resolved != nil:
+		return a.resolved.Status()
+	case !a.cfg.DNS.SetResolver:
+		return ResolverStatus{State: "off", Detail: "dns.set_resolver = false: the host's resolver is left alone"}
+	case a.resolverNote.State != "":
+		return a.resolverNote
+	}
+	return ResolverStatus{State: "not_set", Detail: "no TUN device of the agent's own"}
 }
 
 // v1 serves the agent's GET /v1/status.

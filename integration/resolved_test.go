@@ -128,6 +128,8 @@ ca = "%s/ca.crt"
 [tun]
 name = "ztagent0"
 address = "100.64.0.1"
+[api]
+listen = "127.0.0.1:7782"
 `, r.agentAddr["a1"], r.pki, r.pki, r.pki))
 	script := r.writeFile("host.sh", resolvedHost)
 	host := r.start(r.agents["a1"], "agent host (systemd-resolved, agent)", "env", "DIR="+r.dir, "ROOT="+root, "LIBS="+libs, "ZTGATE="+r.ztgate,
@@ -174,6 +176,10 @@ address = "100.64.0.1"
 			if !strings.Contains(out, want) {
 				t.Errorf("no %q in\n%s", want, out)
 			}
+		}
+		out, err = onHost(r.ztgate, "status", "-api", "http://127.0.0.1:7782")
+		if want := "host DNS: systemd-resolved sends ztna.internal, 0.100.10.in-addr.arpa to the agent (link ztagent0)"; err != nil || !strings.Contains(out, want) {
+			t.Errorf("ztgate status: %v, want %q in\n%s", err, want, out)
 		}
 		// Only the zone goes to the agent: another name is not asked of
 		// it (with no other link configured, systemd-resolved has no

@@ -312,6 +312,9 @@ func renderAgentStatus(w io.Writer, st agent.Status, now time.Time) {
 	}
 	fmt.Fprintf(w, "agent %s, address %s, MTU %d, pool %s\n", who, st.Address, st.MTU, st.Pool)
 	fmt.Fprintln(w, formatLink(st.Server, st.Tunnel, now))
+	if line := formatHostDNS(st.DNS); line != "" {
+		fmt.Fprintln(w, line)
+	}
 	defer renderExcluded(w, st.Excluded)
 	if len(st.Services) == 0 {
 		if tenant, _, ok := strings.Cut(st.Identity, "/"); ok && st.Tunnel.Connected {
@@ -353,6 +356,22 @@ func renderAgentStatus(w io.Writer, st agent.Status, now time.Time) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Name, strings.Join(vips, " "), strings.Join(ports, ","), health, path)
 	}
 	tw.Flush()
+}
+
+// formatHostDNS is the line of how the agent's host resolves the zone
+// ("" from an agent that does not say).
+func formatHostDNS(d agent.ResolverStatus) string {
+	switch d.State {
+	case "set":
+		return fmt.Sprintf("host DNS: systemd-resolved sends %s to the agent (link %s)", strings.Join(d.Domains, ", "), d.Link)
+	case "refused":
+		return "host DNS: systemd-resolved REFUSED the agent's settings: " + d.Detail
+	case "not_set":
+		return "host DNS: not set: " + d.Detail
+	case "off":
+		return "host DNS: left alone (dns.set_resolver = false)"
+	}
+	return ""
 }
 
 // renderExcluded prints the services an agent leaves out of its directory,

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ztgate/ztgate/agent"
+
 	"go.uber.org/goleak"
 
 	"github.com/ztgate/ztgate/tunnel"
@@ -57,6 +59,7 @@ const (
 		"tunnel": {"connected": true, "since": "2026-01-01T10:00:00Z", "peer": "infra/relay/relay1",
 			"remote": "203.0.113.5:4433", "version": "ztna-v2", "max_datagram": 1200},
 		"address": "100.64.0.1", "mtu": 1174, "zone": "ztna.internal.", "pool": "10.100.0.0/24",
+		"host_dns": {"state": "set", "link": "ztagent0", "domains": ["ztna.internal", "0.100.10.in-addr.arpa"]},
 		"services": [
 			{"name": "db", "vip": "10.100.0.11", "healthy": false, "ports": [{"protocol": "tcp", "port": 5432}], "path": "relay",
 				"direct_failure": "refused: no_gateway"},
@@ -128,6 +131,7 @@ func TestStatus(t *testing.T) {
 		{name: "agent", path: "/v1/status", body: agentConnected, code: 0, want: []string{
 			"agent laptop (acme/agent/laptop), address 100.64.0.1, MTU 1174, pool 10.100.0.0/24",
 			"tunnel to relay.example.net:4433: connected to infra/relay/relay1 at 203.0.113.5:4433 (ztna-v2) for ",
+			"host DNS: systemd-resolved sends ztna.internal, 0.100.10.in-addr.arpa to the agent (link ztagent0)",
 			"SERVICE", "PATH", "db", "tcp/5432", "down", "relay (no direct path: refused: no_gateway)",
 			"tcp/80,udp/7", "direct to infra/gateway/gw-east at 203.0.113.5:40001 (relay forwarder)",
 			"left out: clash at 10.100.0.1: its VIP is one of the agent's own addresses"}, notWant: "BACKENDS"},
@@ -221,6 +225,25 @@ func TestFormatSessions(t *testing.T) {
 				t.Errorf("got %q\nwant %q", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestFormatHostDNS(t *testing.T) {
+	for _, tc := range []struct {
+		in   agent.ResolverStatus
+		want string
+	}{
+		{agent.ResolverStatus{State: "set", Link: "ztagent0", Domains: []string{"ztna.internal"}},
+			"host DNS: systemd-resolved sends ztna.internal to the agent (link ztagent0)"},
+		{agent.ResolverStatus{State: "refused", Link: "ztagent0", Detail: "resolvectl dns ztagent0 10.100.0.1: exit status 1: Access denied; point …"},
+			"host DNS: systemd-resolved REFUSED the agent's settings: resolvectl dns ztagent0 10.100.0.1: exit status 1: Access denied; point …"},
+		{agent.ResolverStatus{State: "not_set", Detail: "resolvectl is not installed; point …"}, "host DNS: not set: resolvectl is not installed; point …"},
+		{agent.ResolverStatus{State: "off"}, "host DNS: left alone (dns.set_resolver = false)"},
+		{agent.ResolverStatus{}, ""}, // an agent of a version before
+	} {
+		if got := formatHostDNS(tc.in); got != tc.want {
+			t.Errorf("formatHostDNS(%+v) = %q, want %q", tc.in, got, tc.want)
+		}
 	}
 }
 
