@@ -45,19 +45,7 @@ func (a *Agent) watchNetwork() <-chan struct{} {
 	if a.tun == nil {
 		return nil
 	}
-	wake := make(chan struct{}, 1)
-	a.wg.Go(func() {
-		err := netstack.WatchNetwork(a.ctx, a.tun.Name(), func() {
-			select {
-			case wake <- struct{}{}:
-			default:
-			}
-		})
-		if err != nil {
-			a.log.Info("not watching the host's network: after a failed dial the agent waits its backoff out", "err", err)
-		}
-	})
-	return wake
+	return netstack.NetworkWake(a.ctx, a.tun.Name(), a.log, a.wg.Go)
 }
 
 // hello is what the agent says to every server, relay or gateway.

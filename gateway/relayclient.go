@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ztgate/ztgate/catalog"
+	"github.com/ztgate/ztgate/netstack"
 	"github.com/ztgate/ztgate/tunnel"
 )
 
@@ -73,6 +74,14 @@ func (g *Gateway) relayAllocations(svcs []catalog.Service) map[string]catalog.Al
 	return out
 }
 
+// tunName is the gateway's TUN device, "" without one.
+func (g *Gateway) tunName() string {
+	if g.tun == nil {
+		return ""
+	}
+	return g.tun.Name()
+}
+
 func (g *Gateway) startRelayClient() {
 	r := &tunnel.Redialer{
 		Addr: g.cfg.Tunnel.Relay,
@@ -86,6 +95,9 @@ func (g *Gateway) startRelayClient() {
 		Log:          g.root.With("component", "relay-client"),
 		OnSession:    g.serveRelay,
 		OnDisconnect: g.relayLink.Down,
+		// An uplink that comes back (a DHCP lease, a cable) ends the
+		// wait for the next dial, which grew while it was gone.
+		Wake: netstack.NetworkWake(g.ctx, g.tunName(), g.log, g.wg.Go),
 	}
 	g.m.registerRelayLink(&g.relayLink)
 	g.wg.Add(1)

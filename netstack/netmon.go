@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -21,6 +22,28 @@ import (
 // the host's routing messages cannot be subscribed to.
 func WatchNetwork(ctx context.Context, ignore string, changed func()) error {
 	return watchNetwork(ctx, nil, ignore, changed)
+}
+
+// NetworkWake returns a channel of one that each change of the host's
+// network (WatchNetwork, ignoring the link ignore) wakes, for a
+// tunnel.Redialer's Wake. The watch runs, until ctx is done, in the
+// goroutine that start starts (a WaitGroup's Go, which the caller waits
+// for); when it cannot run, it logs why at info level and the channel
+// stays quiet.
+func NetworkWake(ctx context.Context, ignore string, log *slog.Logger, start func(func())) <-chan struct{} {
+	wake := make(chan struct{}, 1)
+	start(func() {
+		err := WatchNetwork(ctx, ignore, func() {
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		})
+		if err != nil {
+			log.Info("not watching the host's network: after a failed dial, the next waits its backoff out", "err", err)
+		}
+	})
+	return wake
 }
 
 // watchNetwork is WatchNetwork in the network namespace ns (nil: the
