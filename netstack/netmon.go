@@ -11,15 +11,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// WatchNetwork calls changed each time the host gains an address or a
-// route on a link other than ignore (a TUN device whose routes its owner
-// sets itself; "" ignores none), until ctx is done: a network came (a
-// laptop's Wi-Fi back, a DHCP lease, a cable), so what could not be
-// reached may be reachable now. A burst of changes makes a burst of calls:
-// changed must be cheap, and safe from another goroutine (a non-blocking
-// send on a channel of one). Events lost to a full socket buffer count
-// as a change. WatchNetwork returns when ctx is done, or at once when
-// the host's routing messages cannot be subscribed to.
+// WatchNetwork calls changed each time the host gains an address, or a
+// link comes up with its carrier, other than ignore (a TUN device whose
+// owner sets it up itself; "" ignores none), until ctx is done: a network
+// came (a laptop's Wi-Fi back, a DHCP lease, a cable), so what could not
+// be reached may be reachable now. Routes are not watched: a router's
+// routing daemon may install hundreds of thousands of them, each a
+// message to parse. A burst of changes makes a burst of calls: changed
+// must be cheap, and safe from another goroutine (a non-blocking send on
+// a channel of one). WatchNetwork returns when ctx is done, or at once
+// when the host's routing messages cannot be subscribed to.
 func WatchNetwork(ctx context.Context, ignore string, changed func()) error {
 	return watchNetwork(ctx, nil, ignore, changed)
 }
@@ -63,7 +64,8 @@ func watchNetwork(ctx context.Context, ns *netns.NsHandle, ignore string, change
 		skip = l.Attrs().Index
 	}
 	done := make(chan struct{})
-	// A receive error after done is the subscription's socket closing.
+	// A receive error after done is the subscription's socket closing;
+	// before, messages were lost (a full socket buffer): maybe a change.
 	onErr := func(error) {
 		select {
 		case <-done:
@@ -72,32 +74,32 @@ func watchNetwork(ctx context.Context, ns *netns.NsHandle, ignore string, change
 		}
 	}
 	addrs := make(chan netlink.AddrUpdate, 16)
-	routes := make(chan netlink.RouteUpdate, 16)
+	links := make(chan netlink.LinkUpdate, 16)
 	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{Namespace: ns, ErrorCallback: onErr}); err != nil {
 		close(done)
 		return fmt.Errorf("netstack: watch the network's addresses: %w", err)
 	}
-	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{Namespace: ns, ErrorCallback: onErr}); err != nil {
+	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{Namespace: ns, ErrorCallback: onErr}); err != nil {
 		close(done)
 		for range addrs {
 		}
-		return fmt.Errorf("netstack: watch the network's routes: %w", err)
+		return fmt.Errorf("netstack: watch the network's links: %w", err)
 	}
-	for addrs != nil || routes != nil {
+	for addrs != nil || links != nil {
 		select {
 		case <-ctx.Done():
 			close(done)
 			// The subscriptions' goroutines close their channels once
 			// their sockets are closed; until then they may be sending.
-			for addrs != nil || routes != nil {
+			for addrs != nil || links != nil {
 				select {
 				case _, ok := <-addrs:
 					if !ok {
 						addrs = nil
 					}
-				case _, ok := <-routes:
+				case _, ok := <-links:
 					if !ok {
-						routes = nil
+						links = nil
 					}
 				}
 			}
@@ -109,11 +111,12 @@ func watchNetwork(ctx context.Context, ns *netns.NsHandle, ignore string, change
 			case u.NewAddr && u.LinkIndex != skip:
 				changed()
 			}
-		case u, ok := <-routes:
+		case u, ok := <-links:
 			switch {
 			case !ok:
-				routes = nil
-			case u.Type == unix.RTM_NEWROUTE && u.LinkIndex != skip:
+				links = nil
+			case u.Header.Type == unix.RTM_NEWLINK && int(u.Index) != skip &&
+				u.Flags&unix.IFF_UP != 0 && u.Flags&unix.IFF_RUNNING != 0:
 				changed()
 			}
 		}
