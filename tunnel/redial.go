@@ -40,7 +40,7 @@ type Redialer struct {
 	// ErrOwnIdentityChanged).
 	OnDisconnect func(err error, retryIn time.Duration)
 	// Wake, if set, cuts a wait after a failed dial short: the host's
-	// network changed (an address or a route came), so the server may be
+	// network changed (an address came, a link came up), so the server may be
 	// reachable now rather than at the end of a wait grown to RedialMax
 	// while the network was gone. The next dial starts RedialMin after the
 	// last one began at the earliest, and the waits start again from
