@@ -74,8 +74,9 @@ type ResolverStatus struct {
 // is no default route for other names. The settings go with the link when
 // the agent stops; systemd-resolved keeps them across its own restarts.
 // They are set again when the pools move (other reverse zones), and when
-// a session comes up after they were lost (another program reset the link,
-// as NetworkManager may when the host resumes or changes networks).
+// they were lost (another program reset the link, as NetworkManager may
+// when the host resumes or changes networks): checked when a session comes
+// up and when the host's network changes.
 type resolverKeeper struct {
 	h      resolverHost
 	log    *slog.Logger

@@ -39,13 +39,20 @@ func (a *Agent) startTunnel() {
 
 // watchNetwork returns what the host's network changes wake (nil without
 // a TUN device: tests): a laptop whose Wi-Fi comes back dials again at
-// once, not at the end of a wait grown while it was gone. Changes of the
-// agent's own TUN are not the network's.
+// once, not at the end of a wait grown while it was gone. The same changes
+// make the resolver's keeper check the host's resolver, which the program
+// that manages the new network may have reset (the session itself may go
+// on: QUIC carries it to a new address). Changes of the agent's own TUN
+// are not the network's.
 func (a *Agent) watchNetwork() <-chan struct{} {
 	if a.tun == nil {
 		return nil
 	}
-	return netstack.NetworkWake(a.ctx, a.tun.Name(), a.log, a.wg.Go)
+	var also []func()
+	if a.resolved != nil {
+		also = append(also, a.resolved.wake)
+	}
+	return netstack.NetworkWake(a.ctx, a.tun.Name(), a.log, a.wg.Go, also...)
 }
 
 // hello is what the agent says to every server, relay or gateway.

@@ -92,7 +92,7 @@ const resolvedBus = `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus C
 // every program (the host's stub resolver, getent, curl by name), reverse
 // lookups of the VIPs too, and nothing else goes to the agent. When
 // another program resets the link's settings, the agent sets them again
-// once its session comes back.
+// once the host's network changes or its session comes back.
 func TestAgentSystemdResolved(t *testing.T) {
 	needTools(t, "dig", "curl", "dbus-daemon", "unshare", "nsenter", "getent")
 	root, libs := resolvedRoot(t)
@@ -187,6 +187,32 @@ listen = "127.0.0.1:7782"
 		out, err = onHost("resolvectl", "query", "--cache=no", "www.example.com")
 		if err == nil || strings.Contains(out, "ztagent0") {
 			t.Errorf("a name outside the zone: %v %q", err, out)
+		}
+	})
+
+	t.Run("reset by another program, then a network change: set again, the session kept", func(t *testing.T) {
+		if out, err := onHost("resolvectl", "revert", "ztagent0"); err != nil {
+			t.Fatalf("resolvectl revert: %v\n%s", err, out)
+		}
+		lost := strings.Count(host.out.String(), "systemd-resolved lost the zone's settings on the link")
+		sessions := strings.Count(host.out.String(), `msg="tunnel connected"`)
+		// A new address, as a DHCP client on a new network adds it.
+		r.exec(r.agents["a1"], "ip", "addr", "add", "198.51.100.77/32", "dev", devWithAddr(t, r, r.agents["a1"], "203.0.113.2/30"))
+		eventually(t, 10*time.Second, "the settings set again", func() error {
+			if strings.Count(host.out.String(), "systemd-resolved lost the zone's settings on the link") == lost {
+				return fmt.Errorf("not yet")
+			}
+			return nil
+		})
+		eventually(t, 10*time.Second, "getent hosts web.ztna.internal again", func() error {
+			out, err := onHost("getent", "hosts", "web.ztna.internal")
+			if err != nil || !strings.HasPrefix(out, vip+" ") {
+				return fmt.Errorf("%v %q", err, out)
+			}
+			return nil
+		})
+		if n := strings.Count(host.out.String(), `msg="tunnel connected"`); n != sessions {
+			t.Errorf("the agent reconnected (%d sessions, %d before)", n, sessions)
 		}
 	})
 

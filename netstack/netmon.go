@@ -27,17 +27,20 @@ func WatchNetwork(ctx context.Context, ignore string, changed func()) error {
 
 // NetworkWake returns a channel of one that each change of the host's
 // network (WatchNetwork, ignoring the link ignore) wakes, for a
-// tunnel.Redialer's Wake. The watch runs, until ctx is done, in the
-// goroutine that start starts (a WaitGroup's Go, which the caller waits
-// for); when it cannot run, it logs why at info level and the channel
-// stays quiet.
-func NetworkWake(ctx context.Context, ignore string, log *slog.Logger, start func(func())) <-chan struct{} {
+// tunnel.Redialer's Wake, and calls each of also (cheap, as WatchNetwork's
+// changed). The watch runs, until ctx is done, in the goroutine that start
+// starts (a WaitGroup's Go, which the caller waits for); when it cannot
+// run, it logs why at info level and the channel stays quiet.
+func NetworkWake(ctx context.Context, ignore string, log *slog.Logger, start func(func()), also ...func()) <-chan struct{} {
 	wake := make(chan struct{}, 1)
 	start(func() {
 		err := WatchNetwork(ctx, ignore, func() {
 			select {
 			case wake <- struct{}{}:
 			default:
+			}
+			for _, f := range also {
+				f()
 			}
 		})
 		if err != nil {
