@@ -90,8 +90,10 @@ type direct struct {
 	ctx    context.Context
 	wants  chan string // services with a new flow and no direct path (from the router)
 	events chan any    // *tunnel.Answer, *tunnel.ErrorMessage, dialed, pathDown, servicesGone
-	routes atomic.Pointer[map[string]*path]
-	shown  atomic.Pointer[[]PathStatus] // the paths for Status
+	// netChanged: the host's network changed (networkChanged).
+	netChanged chan struct{}
+	routes     atomic.Pointer[map[string]*path]
+	shown      atomic.Pointer[[]PathStatus] // the paths for Status
 	// failures are the services' last failures for Status (showFailures).
 	failures atomic.Pointer[map[string]string]
 	wg       sync.WaitGroup // dials and the goroutines of paths
@@ -110,7 +112,7 @@ type direct struct {
 func newDirect(a *Agent) *direct {
 	d := &direct{
 		a: a, log: a.log.With("part", "direct"), ctx: a.ctx,
-		wants: make(chan string, 64), events: make(chan any, 64),
+		wants: make(chan string, 64), events: make(chan any, 64), netChanged: make(chan struct{}, 1),
 		svcs: make(map[string]*svcDirect), paths: make(map[string]*path), offers: make(map[uint64]string),
 	}
 	d.relayAddr = func() netip.Addr {
@@ -182,6 +184,8 @@ func (d *direct) run() {
 			d.offer(svc, time.Now())
 		case ev := <-d.events:
 			d.handle(ev, time.Now())
+		case <-d.netChanged:
+			d.onNetworkChanged(time.Now())
 		case now := <-t.C:
 			d.tick(now)
 		}
@@ -483,6 +487,33 @@ func (d *direct) forget(now time.Time) {
 	}
 	if forgot {
 		d.showFailures()
+	}
+}
+
+// networkChanged tells the manager that the host's network changed; it
+// never blocks (netstack.NetworkWake calls it).
+func (d *direct) networkChanged() {
+	select {
+	case d.netChanged <- struct{}{}:
+	default:
+	}
+}
+
+// onNetworkChanged lets the services waiting out a backoff offer again at
+// their next flow, the backoff from its start: what failed on the network
+// before (no candidate answered: the gateway out of reach from there) may
+// work on this one, and the offer carries the host's new addresses.
+func (d *direct) onNetworkChanged(now time.Time) {
+	n := 0
+	for _, st := range d.svcs {
+		if st.phase == phaseIdle && now.Before(st.retryAt) {
+			st.retryAt = now
+			st.backoff.Reset()
+			n++
+		}
+	}
+	if n > 0 {
+		d.log.Debug("network changed: direct paths may be offered again at once", "services", n)
 	}
 }
 

@@ -42,13 +42,13 @@ func (a *Agent) startTunnel() {
 // once, not at the end of a wait grown while it was gone. The same changes
 // make the resolver's keeper check the host's resolver, which the program
 // that manages the new network may have reset (the session itself may go
-// on: QUIC carries it to a new address). Changes of the agent's own TUN
-// are not the network's.
+// on: QUIC carries it to a new address), and end the direct paths'
+// backoffs. Changes of the agent's own TUN are not the network's.
 func (a *Agent) watchNetwork() <-chan struct{} {
 	if a.tun == nil {
 		return nil
 	}
-	var also []func()
+	also := []func(){a.direct.networkChanged}
 	if a.resolved != nil {
 		also = append(also, a.resolved.wake)
 	}
