@@ -141,6 +141,7 @@ func (a *Agent) Start() error {
 		}
 		a.log.Info("TUN up", "device", a.tun.Name(), "address", a.cfg.TUN.Address, "routes", pool)
 		a.tun.WarnShadowed(a.log, tunRoutes(pool, a.gatewayAddr()))
+		a.tun.WarnOverlapping(a.log, tunRoutes(pool, a.gatewayAddr()))
 	}
 	a.direct = newDirect(a)
 	a.wg.Go(a.direct.run)

@@ -42,13 +42,17 @@ func (a *Agent) startTunnel() {
 // once, not at the end of a wait grown while it was gone. The same changes
 // make the resolver's keeper check the host's resolver, which the program
 // that manages the new network may have reset (the session itself may go
-// on: QUIC carries it to a new address), and end the direct paths'
-// backoffs. Changes of the agent's own TUN are not the network's.
+// on: QUIC carries it to a new address), end the direct paths' backoffs,
+// and check the host's networks against the pool (a network joined that
+// is numbered like it). Changes of the agent's own TUN are not the
+// network's.
 func (a *Agent) watchNetwork() <-chan struct{} {
 	if a.tun == nil {
 		return nil
 	}
-	also := []func(){a.direct.networkChanged}
+	also := []func(){a.direct.networkChanged, func() {
+		a.tun.WarnOverlapping(a.log, tunRoutes(a.dir.Load().pool, a.gatewayAddr()))
+	}}
 	if a.resolved != nil {
 		also = append(also, a.resolved.wake)
 	}
@@ -223,6 +227,7 @@ func (a *Agent) applyDirectory(m *tunnel.Directory, server netip.Addr) {
 				a.log.Error("routing the pool", "pool", next.pool, "err", err)
 			}
 			a.tun.WarnShadowed(a.log, routes)
+			a.tun.WarnOverlapping(a.log, routes)
 		}
 	}
 	if next.zone != "" && next.zone != a.cfg.DNS.Zone {

@@ -417,6 +417,7 @@ func (g *Gateway) startLAN(pools []netip.Prefix) error {
 		}
 		g.log.Info("TUN up", "device", g.tun.Name(), "mtu", g.cfg.TUN.MTU, "routes", pools, "batch", g.tun.BatchSize())
 		g.tun.WarnShadowed(g.log, pools)
+		g.tun.WarnOverlapping(g.log, pools)
 		g.warnForwarding(pools)
 	}
 	return nil

@@ -291,6 +291,7 @@ func (g *Gateway) routeRelayPools(pools []netip.Prefix) {
 	}
 	if g.tun != nil {
 		g.tun.WarnShadowed(g.log, routes)
+		g.tun.WarnOverlapping(g.log, routes)
 	}
 }
 

@@ -73,3 +73,36 @@ func TestNetworkBack(t *testing.T) {
 		})
 	}
 }
+
+// TestAgentJoinsOverlappingNetwork: a laptop joins a network numbered like
+// part of the VIP pool: the agent says so at once, naming the network and
+// the pool, and again if the network comes back after it went.
+func TestAgentJoinsOverlappingNetwork(t *testing.T) {
+	needTools(t, "dig")
+	r := newRelayTopo(t, "a1")
+	r.startBackend("192.0.2.10")
+	r.startRelay()
+	r.startGateway()
+	agent := r.startAgent("a1", "acme")
+	r.waitResolve(t, "a1", "web.ztna.internal")
+	ns := r.agents["a1"]
+	dev := devWithAddr(t, r, ns, "203.0.113.2/30")
+	warning := fmt.Sprintf(`msg="the host's network 10.100.0.128/25 on %s (its address 10.100.0.130) overlaps the VIP pool 10.100.0.0/24`, dev)
+	if strings.Contains(agent.out.String(), "overlaps the VIP pool") {
+		t.Fatalf("an overlap before any:\n%s", agent.out.String())
+	}
+	for i := 1; i <= 2; i++ {
+		r.exec(ns, "ip", "addr", "add", "10.100.0.130/25", "dev", dev) // as a DHCP client would
+		eventually(t, 5*time.Second, "the warning", func() error {
+			if n := strings.Count(agent.out.String(), warning); n != i {
+				return fmt.Errorf("%d warnings", n)
+			}
+			return nil
+		})
+		r.exec(ns, "ip", "addr", "del", "10.100.0.130/25", "dev", dev)
+	}
+	// The zone is still answered at 10.100.0.1, outside the overlap.
+	if got := r.resolve("a1", "web.ztna.internal"); got == "" {
+		t.Error("no answer from the agent's DNS")
+	}
+}

@@ -106,6 +106,22 @@ func TestGatewayRoutingWarnings(t *testing.T) {
 	if out := gw.out.String(); !strings.Contains(out, "packets to the VIP pool do not reach the TUN device: 10.100.0.0/24 (10.100.0.1) is an address of this host") {
 		t.Errorf("no warning of the pool's address on the host:\n%s", out)
 	}
+	if strings.Contains(gw.out.String(), "overlaps the VIP pool") {
+		t.Errorf("a single address reported as an overlapping network:\n%s", gw.out.String())
+	}
+	if _, err := gw.stop(10 * time.Second); err != nil {
+		t.Errorf("gateway: %v\n%s", err, gw.out.String())
+	}
+	tp.exec(rt, "ip", "addr", "del", "10.100.0.1/32", "dev", "lo")
+
+	// A network of the host numbered inside the pool (its LAN's prefix
+	// chosen over it).
+	tp.exec(rt, "ip", "addr", "add", "10.100.0.200/25", "dev", "lo")
+	gw = tp.start(rt, "gateway", append(gatewayEnv(), ztgate, "gateway", "-config", path, "-log-format", "text")...)
+	gw.waitOutput(t, "gateway started", 30*time.Second)
+	if out := gw.out.String(); !strings.Contains(out, "the host's network 10.100.0.128/25 on lo (its address 10.100.0.200) overlaps the VIP pool 10.100.0.0/24") {
+		t.Errorf("no warning of the network inside the pool:\n%s", out)
+	}
 	if _, err := gw.stop(10 * time.Second); err != nil {
 		t.Errorf("gateway: %v\n%s", err, gw.out.String())
 	}

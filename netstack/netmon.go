@@ -11,33 +11,38 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// WatchNetwork calls changed each time the host gains an address, or a
-// link comes up with its carrier, other than ignore (a TUN device whose
+// WatchNetwork calls changed(true) each time the host gains an address, or
+// a link comes up with its carrier, other than ignore (a TUN device whose
 // owner sets it up itself; "" ignores none), until ctx is done: a network
 // came (a laptop's Wi-Fi back, a DHCP lease, a cable), so what could not
-// be reached may be reachable now. Routes are not watched: a router's
-// routing daemon may install hundreds of thousands of them, each a
-// message to parse. A burst of changes makes a burst of calls: changed
-// must be cheap, and safe from another goroutine (a non-blocking send on
-// a channel of one). WatchNetwork returns when ctx is done, or at once
-// when the host's routing messages cannot be subscribed to.
-func WatchNetwork(ctx context.Context, ignore string, changed func()) error {
+// be reached may be reachable now. An address or a link that goes is
+// changed(false). Routes are not watched: a router's routing daemon may
+// install hundreds of thousands of them, each a message to parse. A burst
+// of changes makes a burst of calls: changed must be cheap, and safe from
+// another goroutine (a non-blocking send on a channel of one). Events lost
+// to a full socket buffer count as a network that came. WatchNetwork
+// returns when ctx is done, or at once when the host's routing messages
+// cannot be subscribed to.
+func WatchNetwork(ctx context.Context, ignore string, changed func(came bool)) error {
 	return watchNetwork(ctx, nil, ignore, changed)
 }
 
-// NetworkWake returns a channel of one that each change of the host's
-// network (WatchNetwork, ignoring the link ignore) wakes, for a
-// tunnel.Redialer's Wake, and calls each of also (cheap, as WatchNetwork's
-// changed). The watch runs, until ctx is done, in the goroutine that start
-// starts (a WaitGroup's Go, which the caller waits for); when it cannot
-// run, it logs why at info level and the channel stays quiet.
+// NetworkWake returns a channel of one that each network that comes
+// (WatchNetwork, ignoring the link ignore) wakes, for a tunnel.Redialer's
+// Wake, and calls each of also at every change, one that goes too (cheap,
+// as WatchNetwork's changed). The watch runs, until ctx is done, in the
+// goroutine that start starts (a WaitGroup's Go, which the caller waits
+// for); when it cannot run, it logs why at info level and the channel
+// stays quiet.
 func NetworkWake(ctx context.Context, ignore string, log *slog.Logger, start func(func()), also ...func()) <-chan struct{} {
 	wake := make(chan struct{}, 1)
 	start(func() {
-		err := WatchNetwork(ctx, ignore, func() {
-			select {
-			case wake <- struct{}{}:
-			default:
+		err := WatchNetwork(ctx, ignore, func(came bool) {
+			if came {
+				select {
+				case wake <- struct{}{}:
+				default:
+				}
 			}
 			for _, f := range also {
 				f()
@@ -52,7 +57,7 @@ func NetworkWake(ctx context.Context, ignore string, log *slog.Logger, start fun
 
 // watchNetwork is WatchNetwork in the network namespace ns (nil: the
 // caller's).
-func watchNetwork(ctx context.Context, ns *netns.NsHandle, ignore string, changed func()) error {
+func watchNetwork(ctx context.Context, ns *netns.NsHandle, ignore string, changed func(came bool)) error {
 	skip := -1
 	if ignore != "" {
 		h, err := handleAt(ns)
@@ -73,7 +78,7 @@ func watchNetwork(ctx context.Context, ns *netns.NsHandle, ignore string, change
 		select {
 		case <-done:
 		default:
-			changed()
+			changed(true)
 		}
 	}
 	addrs := make(chan netlink.AddrUpdate, 16)
@@ -111,16 +116,15 @@ func watchNetwork(ctx context.Context, ns *netns.NsHandle, ignore string, change
 			switch {
 			case !ok:
 				addrs = nil
-			case u.NewAddr && u.LinkIndex != skip:
-				changed()
+			case u.LinkIndex != skip:
+				changed(u.NewAddr)
 			}
 		case u, ok := <-links:
 			switch {
 			case !ok:
 				links = nil
-			case u.Header.Type == unix.RTM_NEWLINK && int(u.Index) != skip &&
-				u.Flags&unix.IFF_UP != 0 && u.Flags&unix.IFF_RUNNING != 0:
-				changed()
+			case int(u.Index) != skip:
+				changed(u.Header.Type == unix.RTM_NEWLINK && u.Flags&unix.IFF_UP != 0 && u.Flags&unix.IFF_RUNNING != 0)
 			}
 		}
 	}

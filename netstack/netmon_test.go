@@ -2,53 +2,45 @@ package netstack
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // TestWatchNetwork, in a network namespace of its own: an address that
-// comes, or a link that comes up, is a change; one of the ignored link is
-// not, nor is an address or a link that goes; the watch ends with its
-// context.
+// comes, or a link that comes up, is a network that came; one of the
+// ignored link is nothing; an address or a link that goes is a change of
+// the other kind; the watch ends with its context.
 func TestWatchNetwork(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: it makes a network namespace")
 	}
-	ns := newTestNetns(t)
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	// The two ends of a veth pair, both in the namespace.
-	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "watched0"}, PeerName: "ignored0"}); err != nil {
-		t.Fatal(err)
-	}
-	links := map[string]netlink.Link{}
-	for _, name := range []string{"watched0", "ignored0"} {
-		l, err := h.LinkByName(name)
-		if err != nil {
-			t.Fatal(err)
-		}
+	ns, h, links := newVethNetns(t, false, "watched0", "ignored0")
+	for _, l := range links {
 		if err := h.LinkSetUp(l); err != nil {
 			t.Fatal(err)
 		}
-		links[name] = l
 	}
 
-	changes := make(chan struct{}, 1)
+	changes, gone := make(chan struct{}, 1), make(chan struct{}, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- watchNetwork(ctx, &ns, "ignored0", func() {
+		done <- watchNetwork(ctx, &ns, "ignored0", func(came bool) {
+			c := gone
+			if came {
+				c = changes
+			}
 			select {
-			case changes <- struct{}{}:
+			case c <- struct{}{}:
 			default:
 			}
 		})
@@ -100,7 +92,7 @@ func TestWatchNetwork(t *testing.T) {
 		t.Fatal(err)
 	}
 	if seen(300 * time.Millisecond) {
-		t.Error("a link that went down was a change")
+		t.Error("a link that went down was a network that came")
 	}
 	if err := h.LinkSetUp(links["watched0"]); err != nil {
 		t.Fatal(err)
@@ -113,11 +105,19 @@ func TestWatchNetwork(t *testing.T) {
 			t.Fatal("changes for 10 s without a pause")
 		}
 	}
+	for len(gone) > 0 {
+		<-gone
+	}
 	if err := h.AddrDel(links["watched0"], first); err != nil {
 		t.Fatal(err)
 	}
 	if seen(300 * time.Millisecond) {
-		t.Error("an address that went was a change")
+		t.Error("an address that went was a network that came")
+	}
+	select {
+	case <-gone:
+	case <-time.After(5 * time.Second):
+		t.Error("an address that went was not a change")
 	}
 
 	cancel()
@@ -137,17 +137,41 @@ func TestWatchNetworkNoIgnoredLink(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: it makes a network namespace")
 	}
-	ns := newTestNetns(t)
-	err := watchNetwork(context.Background(), &ns, "nonesuch0", func() {})
+	ns := newTestNetns(t, false)
+	err := watchNetwork(context.Background(), &ns, "nonesuch0", func(bool) {})
 	if err == nil {
 		t.Fatal("no error")
 	}
 }
 
-// newTestNetns makes a network namespace without IPv6 (whose link-local
-// addresses would come on their own) and returns its handle; the test's
-// end closes it, which removes it.
-func newTestNetns(t *testing.T) netns.NsHandle {
+// newVethNetns makes a namespace (newTestNetns) with a veth pair of the
+// two names in it, and returns it, a handle in it and the pair's links.
+func newVethNetns(t *testing.T, ipv6 bool, a, b string) (netns.NsHandle, *netlink.Handle, map[string]netlink.Link) {
+	t.Helper()
+	ns := newTestNetns(t, ipv6)
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: a}, PeerName: b}); err != nil {
+		t.Fatal(err)
+	}
+	links := map[string]netlink.Link{}
+	for _, name := range []string{a, b} {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		links[name] = l
+	}
+	return ns, h, links
+}
+
+// newTestNetns makes a network namespace, without IPv6 unless ipv6 (its
+// link-local addresses would come on their own), and returns its handle;
+// the test's end closes it, which removes it.
+func newTestNetns(t *testing.T, ipv6 bool) netns.NsHandle {
 	t.Helper()
 	// The thread goes into the new namespace and back; until it is back
 	// it stays locked, and a thread that cannot come back ends with its
@@ -164,7 +188,9 @@ func newTestNetns(t *testing.T) netns.NsHandle {
 		t.Fatal(err)
 	}
 	for _, f := range []string{"all", "default"} {
-		os.WriteFile("/proc/sys/net/ipv6/conf/"+f+"/disable_ipv6", []byte("1"), 0o644)
+		if !ipv6 {
+			os.WriteFile("/proc/sys/net/ipv6/conf/"+f+"/disable_ipv6", []byte("1"), 0o644)
+		}
 	}
 	if err := netns.Set(orig); err != nil {
 		t.Fatal(err)
@@ -172,4 +198,56 @@ func newTestNetns(t *testing.T) netns.NsHandle {
 	runtime.UnlockOSThread()
 	t.Cleanup(func() { ns.Close() })
 	return ns
+}
+
+// TestOverlapping: the host's networks that share addresses with a pool
+// are found, on any link but the skipped one, IPv4 and IPv6; single host
+// addresses and networks beside the pool are not.
+func TestOverlapping(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: it makes a network namespace")
+	}
+	_, h, links := newVethNetns(t, true, "lan0", "own0")
+	for _, cidr := range [][2]string{
+		{"lan0", "10.100.0.130/25"}, // overlaps the pool
+		{"lan0", "192.0.2.1/24"},    // beside it
+		{"lan0", "10.100.0.99/32"},  // a host address: Shadowed's
+		{"lan0", "10.0.0.1/8"},      // holds the pool
+		{"own0", "10.100.0.5/24"},   // the skipped link
+		{"lan0", "fd00:ab::5/48"},   // holds the pool6
+		{"lan0", "fd00:cd::5/64"},   // beside it
+	} {
+		a, err := netlink.ParseAddr(cidr[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.IP.To4() == nil {
+			a.Flags |= unix.IFA_F_NODAD
+		}
+		if err := h.AddrAdd(links[cidr[0]], a); err != nil {
+			t.Fatalf("%s: %v", cidr[1], err)
+		}
+	}
+	got, err := overlapping(h, links["own0"].Attrs().Index, []netip.Prefix{
+		netip.MustParsePrefix("10.100.0.0/24"), netip.MustParsePrefix("fd00:ab::/64")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"the host's network 10.100.0.128/25 on lan0 (its address 10.100.0.130) overlaps the VIP pool 10.100.0.0/24",
+		"the host's network 10.0.0.0/8 on lan0 (its address 10.0.0.1) overlaps the VIP pool 10.100.0.0/24",
+		"the host's network fd00:ab::/48 on lan0 (its address fd00:ab::5) overlaps the VIP pool fd00:ab::/64",
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d overlaps, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))
+	}
+	for _, w := range want {
+		found := false
+		for _, g := range got {
+			found = found || strings.HasPrefix(g, w+": ")
+		}
+		if !found {
+			t.Errorf("no %q in\n%s", w, strings.Join(got, "\n"))
+		}
+	}
 }

@@ -39,6 +39,9 @@ type TUN struct {
 	routes []netip.Prefix
 	closed bool
 	events sync.WaitGroup
+
+	overlapMu sync.Mutex
+	overlaps  map[string]bool // warned of by WarnOverlapping, while they last
 }
 
 var _ Device = (*TUN)(nil)
@@ -384,6 +387,80 @@ func (t *TUN) WarnShadowed(log *slog.Logger, routes []netip.Prefix) {
 	for _, s := range shadowed {
 		log.Warn("packets to the VIP pool do not reach the TUN device: "+s, "device", t.name)
 	}
+}
+
+// Overlapping says, for each network of the host (an address and its
+// prefix on a link other than the device) that shares addresses with one
+// of pools, which and where: a laptop that joins a network numbered like
+// the VIP pool cannot reach both that network's hosts and the VIPs of the
+// same addresses. Single host addresses are Shadowed's to report.
+func (t *TUN) Overlapping(pools []netip.Prefix) ([]string, error) {
+	l, err := netlink.LinkByName(t.name)
+	if err != nil {
+		return nil, fmt.Errorf("netstack: find %s: %w", t.name, err)
+	}
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return nil, fmt.Errorf("netstack: %w", err)
+	}
+	defer h.Close()
+	return overlapping(h, l.Attrs().Index, pools)
+}
+
+// overlapping is Overlapping through h, skipping the link of index skip.
+func overlapping(h *netlink.Handle, skip int, pools []netip.Prefix) ([]string, error) {
+	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("netstack: list the host's addresses: %w", err)
+	}
+	var out []string
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || a.LinkIndex == skip {
+			continue
+		}
+		ones, _ := a.Mask.Size()
+		network := netip.PrefixFrom(ip.Unmap(), ones)
+		if network.Bits() == network.Addr().BitLen() {
+			continue
+		}
+		for _, p := range pools {
+			if !p.Overlaps(network) {
+				continue
+			}
+			dev := fmt.Sprintf("#%d", a.LinkIndex)
+			if o, err := h.LinkByIndex(a.LinkIndex); err == nil {
+				dev = o.Attrs().Name
+			}
+			out = append(out, fmt.Sprintf("the host's network %s on %s (its address %s) overlaps the VIP pool %s: "+
+				"the addresses they share reach either that network's hosts or the VIPs, not both; "+
+				"use a pool no network of the host holds", network.Masked(), dev, ip.Unmap(), p))
+		}
+	}
+	return out, nil
+}
+
+// WarnOverlapping logs a warning for each overlap of a network of the
+// host with pools (Overlapping) that was not there when it last looked:
+// called at start and whenever the host's network or the pools change, it
+// says so once, when a laptop joins such a network, and again if it comes
+// back after it went.
+func (t *TUN) WarnOverlapping(log *slog.Logger, pools []netip.Prefix) {
+	found, err := t.Overlapping(pools)
+	if err != nil {
+		log.Warn("cannot check the host's networks against the VIP pool", "err", err)
+		return
+	}
+	t.overlapMu.Lock()
+	defer t.overlapMu.Unlock()
+	now := make(map[string]bool, len(found))
+	for _, o := range found {
+		now[o] = true
+		if !t.overlaps[o] {
+			log.Warn(o, "device", t.name)
+		}
+	}
+	t.overlaps = now
 }
 
 func linkRoute(l netlink.Link, p netip.Prefix) *netlink.Route {
