@@ -48,9 +48,26 @@ func Start() (*Server, error) {
 	s := &Server{addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)), records: map[string][]dns.RR{}}
 	s.udp = &dns.Server{PacketConn: pc, Handler: s}
 	s.tcp = &dns.Server{Listener: l, Handler: s}
+	// Both have started when Start returns: Shutdown does nothing to a
+	// server that has not started yet ("server not started"), which then
+	// serves on, and Close would wait for it forever (a test ending at
+	// once on a loaded machine did).
 	for _, srv := range []*dns.Server{s.udp, s.tcp} {
+		started, failed := make(chan struct{}), make(chan error, 1)
+		srv.NotifyStartedFunc = func() { close(started) }
 		s.wg.Add(1)
-		go func() { defer s.wg.Done(); srv.ActivateAndServe() }()
+		go func() {
+			defer s.wg.Done()
+			if err := srv.ActivateAndServe(); err != nil {
+				failed <- err
+			}
+		}()
+		select {
+		case <-started:
+		case err := <-failed:
+			s.Close()
+			return nil, fmt.Errorf("resolvertest: %w", err)
+		}
 	}
 	return s, nil
 }
