@@ -40,7 +40,7 @@ tools: ## install the client tools the integration tests drive (apt, when any is
 
 test-unit: ## unit and in-process component tests, with the race detector
 	scripts/quic-go-fork.sh check
-	$(GO) test -race -shuffle=on -count=1 $$($(GO) list ./... | grep -v /integration)
+	$(GO) test -race -shuffle=on -count=1 -timeout 15m $$($(GO) list ./... | grep -v /integration)
 	@# without the race detector: every benchmark once, and the allocation
 	@# tests (named *Allocs), which the race detector's own allocations skip
 	@out=$$($(GO) test -v -count=1 -run='Allocs$$' -bench=. -benchtime=1x $$($(GO) list ./... | grep -v /integration) 2>&1) || { echo "$$out"; exit 1; }; \
