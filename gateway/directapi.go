@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"cmp"
 	"errors"
 	"net/http"
 	"slices"
@@ -59,6 +58,6 @@ func (g *Gateway) handleSessions(w http.ResponseWriter, _ *http.Request) {
 		out = append(out, as)
 	}
 	g.directAgents.mu.Unlock()
-	slices.SortFunc(out, func(a, b adminapi.Session) int { return cmp.Or(a.Since.Compare(b.Since), cmp.Compare(a.ID, b.ID)) })
+	slices.SortFunc(out, adminapi.CompareSessions)
 	adminapi.WriteJSON(w, http.StatusOK, map[string]any{"role": "gateway", "sessions": out})
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ztgate/ztgate/catalog"
 	"github.com/ztgate/ztgate/conf"
+	"github.com/ztgate/ztgate/tunnel"
 )
 
 // TestRelayGatewayRefusesReloadedPins: a gateway attached to a relay
@@ -122,9 +123,17 @@ func TestRelayGatewayUnwritableStateDir(t *testing.T) {
 // the [tunnel] section of a gateway attached to it.
 func fakeRelaySection(t *testing.T) string {
 	t.Helper()
+	section, _, _ := fakeRelayWithSection(t)
+	return section
+}
+
+// fakeRelayWithSection is fakeRelaySection with the relay's address and
+// sessions.
+func fakeRelayWithSection(t *testing.T) (section, addr string, sessions <-chan *tunnel.Session) {
+	t.Helper()
 	pki := t.TempDir()
 	_, ca := writePKI(t, pki)
-	addr, _ := fakeRelay(t, pki, ca)
+	addr, sessions = fakeRelay(t, pki, ca)
 	return fmt.Sprintf("[tunnel]\nrelay = %q\ncert = %q\nkey = %q\nca = %q\n",
-		addr, filepath.Join(pki, "gw.crt"), filepath.Join(pki, "gw.key"), filepath.Join(pki, "ca.crt"))
+		addr, filepath.Join(pki, "gw.crt"), filepath.Join(pki, "gw.key"), filepath.Join(pki, "ca.crt")), addr, sessions
 }

@@ -3,10 +3,8 @@ package gateway
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,11 +20,8 @@ import (
 // ended why and when the gateway dials again; a gateway without [tunnel]
 // relay has neither.
 func TestRelayStatus(t *testing.T) {
-	pki := t.TempDir()
-	_, ca := writePKI(t, pki)
-	addr, sessions := fakeRelay(t, pki, ca)
-	h := newFileHarness(t, quietGateway+fmt.Sprintf("[tunnel]\nrelay = %q\ncert = %q\nkey = %q\nca = %q\n",
-		addr, filepath.Join(pki, "gw.crt"), filepath.Join(pki, "gw.key"), filepath.Join(pki, "ca.crt")))
+	section, addr, sessions := fakeRelayWithSection(t)
+	h := newFileHarness(t, quietGateway+section)
 	api := h.gw.apiHandler("")
 	status := func() apiRelay {
 		t.Helper()

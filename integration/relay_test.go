@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -32,6 +33,7 @@ type relayTopo struct {
 	agentProcs        map[string]*proc
 	relayConf, gwConf string
 	relayExtra        string // lines for the [relay] section of the default relay configuration
+	relayListen       string // relay.listen of the default relay configuration; "" is 0.0.0.0:4433
 }
 
 func newRelayTopo(t *testing.T, agents ...string) *relayTopo {
@@ -90,7 +92,7 @@ func (r *relayTopo) startRelay() {
 		r.relayConf = r.writeFile("relay.toml", fmt.Sprintf(`
 [relay]
 name = "relay1"
-listen = "0.0.0.0:4433"
+listen = %q
 state_dir = "%s/relay-state"
 cert = "%s/relay1.crt"
 key = "%s/relay1.key"
@@ -98,7 +100,7 @@ ca = "%s/ca.crt"
 %s
 [api]
 listen = "127.0.0.1:7781"
-`, r.dir, r.pki, r.pki, r.pki, r.relayExtra))
+`, cmp.Or(r.relayListen, "0.0.0.0:4433"), r.dir, r.pki, r.pki, r.pki, r.relayExtra))
 	}
 	r.relayProc = r.start(r.relay, "ztgate relay", profiled(r.ztgate, "relay", "-config", r.relayConf, "-log-format", "text")...)
 	r.relayProc.waitOutput(r.t, "relay started", 15*time.Second)

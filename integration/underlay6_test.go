@@ -23,17 +23,7 @@ func TestAgentOverIPv6(t *testing.T) {
 	r.exec(ns, "ip", "addr", "add", "2001:db8:0:1::2/64", "dev", agentDev, "nodad")
 	r.exec(ns, "ip", "addr", "del", "203.0.113.2/30", "dev", agentDev)
 	r.agentServer["a1"] = "[2001:db8:0:1::1]:4433"
-	r.relayConf = r.writeFile("relay.toml", fmt.Sprintf(`
-[relay]
-name = "relay1"
-listen = "[::]:4433"
-state_dir = "%s/relay-state"
-cert = "%s/relay1.crt"
-key = "%s/relay1.key"
-ca = "%s/ca.crt"
-[api]
-listen = "127.0.0.1:7781"
-`, r.dir, r.pki, r.pki, r.pki))
+	r.relayListen = "[::]:4433"
 	r.startBackend("192.0.2.10")
 	r.startRelay()
 	r.startGateway() // over IPv4: [::] takes both

@@ -119,9 +119,7 @@ func (r *Relay) handleSessions(w http.ResponseWriter, _ *http.Request) {
 		out = append(out, s)
 	}
 	r.mu.RUnlock()
-	slices.SortFunc(out, func(a, b apiSession) int {
-		return cmp.Or(a.Since.Compare(b.Since), cmp.Compare(a.ID, b.ID))
-	})
+	slices.SortFunc(out, func(a, b apiSession) int { return adminapi.CompareSessions(a.Session, b.Session) })
 	adminapi.WriteJSON(w, http.StatusOK, map[string]any{"role": "relay", "sessions": out})
 }
 

@@ -55,17 +55,7 @@ func TestReverseZoneNames(t *testing.T) {
 // for pool answers SOA at each name, with itself as the SOA's owner.
 func apexesAnswered(t *testing.T, pool netip.Prefix, names []string) {
 	t.Helper()
-	var cfg Config
-	if pool.Addr().Is4() {
-		cfg.Pool = pool
-	} else {
-		cfg.Pool6 = pool
-	}
-	cfg, err := cfg.withDefaults()
-	if err != nil {
-		t.Fatal(err)
-	}
-	z := newZone(&cfg, 1)
+	z := poolZone(t, pool)
 	for _, n := range names {
 		wire, err := wireName(n+".", make([]byte, maxNameLen))
 		if err != nil {

@@ -49,17 +49,7 @@ func TestReverseZones(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := Config{Upstreams: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}}
-			if p := netip.MustParsePrefix(tc.pool); p.Addr().Is4() {
-				cfg.Pool = p
-			} else {
-				cfg.Pool6 = p
-			}
-			cfg, err := cfg.withDefaults()
-			if err != nil {
-				t.Fatal(err)
-			}
-			z := newZone(&cfg, 1)
+			z := poolZone(t, netip.MustParsePrefix(tc.pool), netip.MustParseAddrPort("192.0.2.53:53"))
 			name, err := wireName(tc.qname, make([]byte, maxNameLen))
 			if err != nil {
 				t.Fatal(err)
@@ -84,6 +74,23 @@ func TestReverseZones(t *testing.T) {
 			}
 		})
 	}
+}
+
+// poolZone is the zone of a server for pool (IPv4 or IPv6) forwarding to
+// upstreams.
+func poolZone(t *testing.T, pool netip.Prefix, upstreams ...netip.AddrPort) *zone {
+	t.Helper()
+	cfg := Config{Upstreams: upstreams}
+	if pool.Addr().Is4() {
+		cfg.Pool = pool
+	} else {
+		cfg.Pool6 = pool
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newZone(&cfg, 1)
 }
 
 func reverseName(t *testing.T, addr string) string {

@@ -1,6 +1,9 @@
 package adminapi
 
-import "time"
+import (
+	"cmp"
+	"time"
+)
 
 // Session is a tunnel session in GET /v1/sessions, the fields every role
 // that accepts sessions shows alike: the relay's (agents and gateways,
@@ -17,4 +20,10 @@ type Session struct {
 	// Inner is an agent's inner address; "" for a gateway, and for a
 	// ztna-v1 agent until its first packet pins it.
 	Inner string `json:"inner_addr,omitempty"`
+}
+
+// CompareSessions orders sessions as GET /v1/sessions lists them: oldest
+// first, then by ID.
+func CompareSessions(a, b Session) int {
+	return cmp.Or(a.Since.Compare(b.Since), cmp.Compare(a.ID, b.ID))
 }
