@@ -66,11 +66,15 @@ func tcpPacketBuffer(payload int, mss uint16) *stack.PacketBuffer {
 	return p
 }
 
+// tcpChecksumValid checks the TCP checksum of an IPv4 or IPv6 packet.
 func tcpChecksumValid(pkt []byte) bool {
-	ip := header.IPv4(pkt)
-	tcp := header.TCP(ip.Payload())
-	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tcp)))
-	return checksum.Checksum(tcp, xsum) == 0xffff
+	h, ok := parseIP(pkt)
+	if !ok {
+		return false
+	}
+	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, tcpip.AddrFromSlice(h.src.AsSlice()),
+		tcpip.AddrFromSlice(h.dst.AsSlice()), uint16(len(h.l4)))
+	return checksum.Checksum(h.l4, xsum) == 0xffff
 }
 
 // TestGSOFlush: a link whose output takes super-packets hands them to

@@ -260,6 +260,9 @@ func (l *Link) admit(pkt []byte) (*stack.PacketBuffer, tcpip.NetworkProtocolNumb
 	if !local && ns.deliverUDP(&h, pkt) || local && ns.deliverLocalUDP(&h, pkt) {
 		return nil, 0, nil
 	}
+	if h.proto == uint8(header.TCPProtocolNumber) {
+		ns.synAcks.inbound(pkt)
+	}
 	pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
 	pkb.RXChecksumValidated = l.cfg.ChecksumsTrusted
 	proto := ipv4.ProtocolNumber
@@ -605,6 +608,7 @@ func (e *endpoint) flush(pkts []*stack.PacketBuffer) {
 		if partial {
 			completePartial(b[hr:], g.L3Len, header.TCPChecksumOffset)
 		}
+		e.l.ns.synAcks.outbound(b[hr:])
 		e.bufs = append(e.bufs, b)
 	}
 	e.writeBatch()

@@ -78,6 +78,7 @@ type Stack struct {
 
 	udp       udpFlows     // accepted UDP flows, for the links' fast path
 	listeners udpListeners // ListenUDP's sockets, for the links' fast path
+	synAcks   synAckClock  // mends the timestamps of retransmitted SYN-ACKs (synack.go)
 
 	// handlers runs the TCP handler of each SYN on a goroutine that has
 	// run one before, whose stack is grown already (internal/gopool).
