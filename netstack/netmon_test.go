@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -249,5 +250,107 @@ func TestOverlapping(t *testing.T) {
 		if !found {
 			t.Errorf("no %q in\n%s", w, strings.Join(got, "\n"))
 		}
+	}
+}
+
+// TestWatchNetworkResubscribes: a burst of changes while the watch is busy
+// overflows its subscriptions' socket buffer, and the kernel ends them;
+// the watch subscribes again (after 1 s) and sees the next network that
+// comes. Before, it had ended for good.
+func TestWatchNetworkResubscribes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: it makes a network namespace")
+	}
+	ns, h, links := newVethNetns(t, false, "watched0", "peer0")
+	for _, l := range links {
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	busy := make(chan struct{}) // the first change waits until it is closed
+	var once atomic.Bool        // the first change came
+	changes := make(chan struct{}, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	var watchErr error
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		watchErr = watchNetwork(ctx, &ns, "", func(came bool) {
+			if once.CompareAndSwap(false, true) {
+				<-busy
+			}
+			if came {
+				select {
+				case changes <- struct{}{}:
+				default:
+				}
+			}
+		})
+	}()
+	defer func() {
+		cancel()
+		<-ended
+		if watchErr != nil {
+			t.Errorf("the watch ended with %v", watchErr)
+		}
+	}()
+	addrs := func(add bool, prefixes ...string) {
+		for _, p := range prefixes {
+			for i := range 256 {
+				a, err := netlink.ParseAddr(strings.Replace(p, "X", strconv.Itoa(i), 1))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if add {
+					err = h.AddrAdd(links["watched0"], a)
+				} else {
+					err = h.AddrDel(links["watched0"], a)
+				}
+				if err != nil {
+					t.Fatalf("%v %s: %v", add, a, err)
+				}
+			}
+		}
+	}
+	// Addresses come until the watch, subscribed, takes the first: then it
+	// is busy, and a burst of 1,536 changes fills its socket's buffer.
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 1; !once.Load(); i++ {
+		if time.Now().After(deadline) {
+			t.Fatal("the watch saw no address in 10 s")
+		}
+		a, _ := netlink.ParseAddr("192.0.2." + strconv.Itoa(i%250+1) + "/32")
+		h.AddrAdd(links["peer0"], a)
+		time.Sleep(50 * time.Millisecond)
+	}
+	burst := []string{"192.0.2.X/32", "198.51.100.X/32", "203.0.113.X/32"}
+	addrs(true, burst...)
+	addrs(false, burst...)
+	close(busy)
+	// What was read before the overflow drains; then a quiet second or
+	// more, the resubscription's wait.
+	for quiet := time.Now(); time.Since(quiet) < 1500*time.Millisecond; {
+		select {
+		case <-changes:
+			quiet = time.Now()
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Since(deadline) > 30*time.Second {
+			t.Fatal("changes for 30 s without a pause")
+		}
+	}
+	select {
+	case <-ended:
+		t.Fatalf("the watch ended: %v", watchErr)
+	default:
+	}
+	a, _ := netlink.ParseAddr("203.0.113.77/32")
+	if err := h.AddrAdd(links["watched0"], a); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changes:
+	case <-time.After(5 * time.Second):
+		t.Fatal("an address that came after the burst was not seen: the watch has not subscribed again")
 	}
 }
