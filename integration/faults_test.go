@@ -300,7 +300,11 @@ func (r *relayTopo) minRTT(t *testing.T, agent, url string, n int) time.Duration
 	for i := range n {
 		out, err := r.curl(r.agents[agent], "-o", "/dev/null", "-w", "%{time_starttransfer}", url) // within 30 s
 		if err != nil {
-			t.Fatalf("request %d: %v %q", i, err, out)
+			// The client's side of the flows, closed but not gone: its
+			// round-trip estimate, timeout and retransmissions say where
+			// the time went.
+			ss, _ := r.try(r.agents[agent], 5*time.Second, "ss", "-tinH")
+			t.Fatalf("request %d: %v %q; ss -ti in the agent: %s", i, err, out, strings.Join(strings.Fields(ss), " "))
 		}
 		s, err := strconv.ParseFloat(strings.TrimSpace(out), 64)
 		if err != nil {
