@@ -262,6 +262,7 @@ func (l *Link) admit(pkt []byte) (*stack.PacketBuffer, tcpip.NetworkProtocolNumb
 	}
 	if h.proto == uint8(header.TCPProtocolNumber) {
 		ns.synAcks.inbound(pkt)
+		l.reuseTimeWait(&h)
 	}
 	pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
 	pkb.RXChecksumValidated = l.cfg.ChecksumsTrusted

@@ -80,6 +80,8 @@ type Stack struct {
 	listeners udpListeners // ListenUDP's sockets, for the links' fast path
 	synAcks   synAckClock  // mends the timestamps of retransmitted SYN-ACKs (synack.go)
 
+	timeWaitReused atomic.Uint64 // endpoints in TIME-WAIT a client's new SYN ended (timewait.go)
+
 	// handlers runs the TCP handler of each SYN on a goroutine that has
 	// run one before, whose stack is grown already (internal/gopool).
 	handlers *gopool.Pool

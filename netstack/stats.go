@@ -17,6 +17,7 @@ type Stats struct {
 	TCPConnected    uint64 // connections in any connected state now, TIME-WAIT included
 	TCPResetsSent   uint64
 	TCPRetransmits  uint64
+	TCPTimeWaitUsed uint64 // endpoints in TIME-WAIT ended by a client's SYN opening the connection anew (timewait.go)
 	ICMPErrorsSent  uint64 // destination unreachable messages (refused UDP flows and echo requests)
 	ICMPRateLimited uint64 // ICMP errors not sent: over the stack's ICMP rate limit
 }
@@ -37,6 +38,7 @@ func (ns *Stack) Stats() Stats {
 		TCPConnected:        s.TCP.CurrentConnected.Value(),
 		TCPResetsSent:       s.TCP.ResetsSent.Value(),
 		TCPRetransmits:      s.TCP.Retransmits.Value(),
+		TCPTimeWaitUsed:     ns.timeWaitReused.Load(),
 		ICMPErrorsSent: s.ICMP.V4.PacketsSent.DstUnreachable.Value() + s.ICMP.V6.PacketsSent.DstUnreachable.Value() +
 			ns.icmpSent.Load(),
 		ICMPRateLimited: s.ICMP.V4.PacketsSent.RateLimited.Value() + s.ICMP.V6.PacketsSent.RateLimited.Value() +
