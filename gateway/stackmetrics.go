@@ -41,6 +41,7 @@ var stackMetricDefs = []struct {
 	{"ztgate_netstack_tcp_connected", "TCP connections of the netstack in any connected state, TIME-WAIT included.", true, func(s netstack.Stats) uint64 { return s.TCPConnected }},
 	{"ztgate_netstack_tcp_resets_sent_total", "TCP resets the netstack sent.", false, func(s netstack.Stats) uint64 { return s.TCPResetsSent }},
 	{"ztgate_netstack_tcp_retransmits_total", "TCP segments the netstack retransmitted.", false, func(s netstack.Stats) uint64 { return s.TCPRetransmits }},
+	{"ztgate_netstack_tcp_syn_again_answered_total", "Clients' SYNs sent again (their SYN-ACK lost) that the netstack answered with the SYN-ACK again.", false, func(s netstack.Stats) uint64 { return s.TCPSynAgain }},
 	{"ztgate_netstack_tcp_time_wait_reused_total", "TCP connections in TIME-WAIT that a client opened anew with a SYN from the same address and port.", false, func(s netstack.Stats) uint64 { return s.TCPTimeWaitUsed }},
 	{"ztgate_netstack_icmp_unreachable_sent_total", "ICMP destination unreachable messages the netstack sent: port unreachable for refused UDP flows, administratively prohibited for refused pings.", false, func(s netstack.Stats) uint64 { return s.ICMPErrorsSent }},
 	{"ztgate_netstack_icmp_rate_limited_total", "ICMP errors the netstack did not send because they were over its ICMP rate limit.", false, func(s netstack.Stats) uint64 { return s.ICMPRateLimited }},

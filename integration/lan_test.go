@@ -278,6 +278,29 @@ func TestLANDataPath(t *testing.T) {
 		}
 	})
 
+	// The client's firewall drops the first two SYN-ACKs that reach it:
+	// the gateway's first one, then the first of its two answers after a
+	// second (the one to the client's SYN sent again, the one its timer
+	// sends again). With both it connects after about a second; with the
+	// timer's alone, as gVisor answers a SYN sent again with a bare ACK,
+	// after three.
+	t.Run("a lost SYN-ACK and its first retransmission", func(t *testing.T) {
+		l.exec(l.acme, "nft", "add", "table", "inet", "ztsynack")
+		defer l.exec(l.acme, "nft", "delete", "table", "inet", "ztsynack")
+		l.exec(l.acme, "nft", "add", "chain", "inet", "ztsynack", "c", "{ type filter hook input priority 0 ; }")
+		l.exec(l.acme, "nft", "add", "rule", "inet", "ztsynack", "c", "tcp", "sport", "80", "tcp", "flags", "&", "(syn|ack)", "==", "syn|ack",
+			"numgen", "inc", "mod", "3", "<", "2", "drop")
+		before := l.gatewayMetric(t, "ztgate_netstack_tcp_syn_again_answered_total")
+		out, err := l.curlWithin(l.acme, 10*time.Second, "-w", "%{time_connect}", "-o", "/dev/null", "http://10.100.0.10/")
+		connect, _ := strconv.ParseFloat(out, 64)
+		if err != nil || connect < 0.9 || connect > 2 {
+			t.Fatalf("connected after %q s (%v), want about 1 s: two SYN-ACKs lost, the third at once", out, err)
+		}
+		if n := l.gatewayMetric(t, "ztgate_netstack_tcp_syn_again_answered_total") - before; n != 1 {
+			t.Fatalf("ztgate_netstack_tcp_syn_again_answered_total grew by %v, want 1", n)
+		}
+	})
+
 	t.Run("metrics and API", func(t *testing.T) {
 		out, err := l.curl(l.router, "http://127.0.0.1:7780/v1/services")
 		if err != nil || !strings.Contains(out, `"vip": "10.100.0.10"`) {

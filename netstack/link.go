@@ -609,7 +609,7 @@ func (e *endpoint) flush(pkts []*stack.PacketBuffer) {
 		if partial {
 			completePartial(b[hr:], g.L3Len, header.TCPChecksumOffset)
 		}
-		e.l.ns.synAcks.outbound(b[hr:])
+		b = b[:hr+e.l.ns.synAcks.outbound(b[hr:])] // may turn a bare ACK into a SYN-ACK
 		e.bufs = append(e.bufs, b)
 	}
 	e.writeBatch()

@@ -17,6 +17,7 @@ type Stats struct {
 	TCPConnected    uint64 // connections in any connected state now, TIME-WAIT included
 	TCPResetsSent   uint64
 	TCPRetransmits  uint64
+	TCPSynAgain     uint64 // clients' SYNs sent again answered with the SYN-ACK again (synack.go)
 	TCPTimeWaitUsed uint64 // endpoints in TIME-WAIT ended by a client's SYN opening the connection anew (timewait.go)
 	ICMPErrorsSent  uint64 // destination unreachable messages (refused UDP flows and echo requests)
 	ICMPRateLimited uint64 // ICMP errors not sent: over the stack's ICMP rate limit
@@ -38,6 +39,7 @@ func (ns *Stack) Stats() Stats {
 		TCPConnected:        s.TCP.CurrentConnected.Value(),
 		TCPResetsSent:       s.TCP.ResetsSent.Value(),
 		TCPRetransmits:      s.TCP.Retransmits.Value(),
+		TCPSynAgain:         ns.synAcks.answered.Load(),
 		TCPTimeWaitUsed:     ns.timeWaitReused.Load(),
 		ICMPErrorsSent: s.ICMP.V4.PacketsSent.DstUnreachable.Value() + s.ICMP.V6.PacketsSent.DstUnreachable.Value() +
 			ns.icmpSent.Load(),

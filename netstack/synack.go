@@ -3,6 +3,7 @@ package netstack
 import (
 	"encoding/binary"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,14 @@ import (
 // thousand. Linux builds every retransmitted SYN-ACK anew, with a TSval
 // of the moment and the newest TSval of the client's SYN as TSecr; the
 // link does that for gVisor (synAckClock).
+//
+// A client's SYN sent again (its SYN-ACK lost, or late) gVisor answers,
+// in SYN-RCVD, with a bare ACK (RFC 793's answer to a segment outside the
+// window), which a client in SYN-SENT drops: the handshake then waits for
+// gVisor's own timer, and when that SYN-ACK is lost too, for the next one
+// (3 s, then 7 s). Linux answers a SYN sent again with the SYN-ACK. So
+// does the link: gVisor's bare ACK that follows such a SYN leaves as the
+// SYN-ACK again, with the timestamps it would have if built now.
 
 // synAckClock keeps the timestamp of each SYN-ACK the stack sends, for a
 // few seconds, and gives a retransmission of it the TSval it would have
@@ -41,7 +50,10 @@ import (
 // newest SYN-ACKs go unrecorded and are retransmitted as gVisor built
 // them.
 type synAckClock struct {
-	live atomic.Bool // any entry: inbound SYNs are looked up only then
+	live    atomic.Bool  // any entry: inbound SYNs are looked up only then
+	pending atomic.Int32 // entries with synAgain: outbound bare ACKs are looked up only then
+
+	answered atomic.Uint64 // SYNs sent again answered with the SYN-ACK (Stats.TCPSynAgain)
 
 	mu      sync.Mutex
 	cur     map[synAckKey]synAckSent // guarded by mu
@@ -65,10 +77,13 @@ type synAckKey struct {
 
 // synAckSent is what the clock knows of a handshake.
 type synAckSent struct {
-	tsval  uint32 // the first SYN-ACK's
-	at     int64  // monoclock when it was written
-	tsecr  uint32 // the TSval of the client's latest SYN, when seen after it
-	newSYN bool   // tsecr is set
+	tsval    uint32 // the first SYN-ACK's
+	at       int64  // monoclock when it was written
+	tsecr    uint32 // the TSval of the client's latest SYN, when seen after it
+	newSYN   bool   // tsecr is set
+	synAgain bool   // a SYN sent again awaits its answer (counted in pending)
+	iss      uint32 // the stack's initial sequence number
+	pkt      []byte // the first SYN-ACK, whole, for answering a SYN sent again
 }
 
 // tcpSeg is what the clock reads of a TCP segment.
@@ -136,18 +151,27 @@ func parseTCPSeg(p []byte, want header.TCPFlags, out bool) (s tcpSeg, ok bool) {
 }
 
 // outbound records a SYN-ACK the stack sends, or refreshes the timestamp
-// option of one it sends again. p is the whole IP packet, its checksums
-// complete; anything but a SYN-ACK with timestamps is left alone at the
-// cost of a few byte comparisons.
-func (c *synAckClock) outbound(p []byte) { c.outboundAt(p, monoclock.Now()) }
+// option of one it sends again; a bare ACK that answers a client's SYN
+// sent again it turns into that SYN-ACK, which may be longer: p's capacity
+// must hold any SYN-ACK (the link's buffers hold a packet of the MTU).
+// p is the whole IP packet, its checksums complete; outbound returns its
+// length. Anything else is left alone at the cost of a few byte
+// comparisons.
+func (c *synAckClock) outbound(p []byte) int { return c.outboundAt(p, monoclock.Now()) }
 
 // outboundAt is outbound at the instant now (monoclock).
-func (c *synAckClock) outboundAt(p []byte, now int64) {
+func (c *synAckClock) outboundAt(p []byte, now int64) int {
 	s, ok := parseTCPSeg(p, header.TCPFlagSyn|header.TCPFlagAck, true)
-	if !ok || s.ts == 0 {
-		return
+	if !ok {
+		if c.pending.Load() > 0 {
+			return c.answerAt(p, now)
+		}
+		return len(p)
 	}
-	tsval := binary.BigEndian.Uint32(p[s.ts:])
+	var tsval uint32
+	if s.ts != 0 {
+		tsval = binary.BigEndian.Uint32(p[s.ts:])
+	}
 	c.mu.Lock()
 	c.rotate(now)
 	sent, found := c.cur[s.key]
@@ -156,39 +180,94 @@ func (c *synAckClock) outboundAt(p []byte, now int64) {
 	}
 	if !found {
 		if len(c.cur) < synAckMax {
-			c.cur[s.key] = synAckSent{tsval: tsval, at: now}
+			h, _ := parseIP(p) // parsed by parseTCPSeg
+			c.cur[s.key] = synAckSent{tsval: tsval, at: now, iss: binary.BigEndian.Uint32(h.l4[4:8]), pkt: slices.Clone(p)}
 			c.live.Store(true)
 		}
 		c.mu.Unlock()
-		return
+		return len(p)
 	}
 	c.mu.Unlock()
-	if tsval != sent.tsval {
-		return // built anew (a gVisor that does so): nothing to mend
+	if s.ts == 0 || tsval != sent.tsval {
+		return len(p) // no timestamps, or built anew (a gVisor that does so): nothing to mend
 	}
-	binary.BigEndian.PutUint32(p[s.ts:], sent.tsval+uint32((now-sent.at)/int64(time.Millisecond)))
+	sent.mend(p, s.ts, now)
+	return len(p)
+}
+
+// mend gives p, this handshake's SYN-ACK with its timestamp option's TSval
+// at offset ts, the timestamps it would have if built at now.
+func (sent *synAckSent) mend(p []byte, ts int, now int64) {
+	binary.BigEndian.PutUint32(p[ts:], sent.tsval+uint32((now-sent.at)/int64(time.Millisecond)))
 	if sent.newSYN {
-		binary.BigEndian.PutUint32(p[s.ts+4:], sent.tsecr)
+		binary.BigEndian.PutUint32(p[ts+4:], sent.tsecr)
 	}
 	tcpChecksum(p)
 }
 
-// inbound notes the TSval of a client's SYN sent again for a handshake
-// whose SYN-ACK the stack sent: a retransmitted SYN-ACK echoes it.
+// answerAt turns p into the SYN-ACK again when it is the stack's bare ACK
+// (no payload) of a handshake whose client sent its SYN again since the
+// last answer, acknowledging that SYN only; it returns p's length.
+func (c *synAckClock) answerAt(p []byte, now int64) int {
+	s, ok := parseTCPSeg(p, header.TCPFlagAck, true)
+	if !ok {
+		return len(p)
+	}
+	h, _ := parseIP(p) // parsed by parseTCPSeg
+	if int(h.l4[12]>>4)*4 != len(h.l4) {
+		return len(p) // data: no answer to a SYN
+	}
+	c.mu.Lock()
+	c.rotate(now) // a SYN whose answer never came stops these lookups in time
+	var sent synAckSent
+	var found bool
+	for _, m := range []map[synAckKey]synAckSent{c.cur, c.prev} {
+		if sent, found = m[s.key]; found {
+			if !sent.synAgain || cap(p) < len(sent.pkt) || binary.BigEndian.Uint32(h.l4[4:8]) != sent.iss+1 {
+				found = false // nothing to answer, or not that handshake's answer
+				break
+			}
+			sent.synAgain = false
+			m[s.key] = sent
+			c.pending.Add(-1)
+			break
+		}
+	}
+	c.mu.Unlock()
+	if !found {
+		return len(p)
+	}
+	c.answered.Add(1)
+	p = p[:len(sent.pkt)]
+	copy(p, sent.pkt)
+	if t, _ := parseTCPSeg(p, header.TCPFlagSyn|header.TCPFlagAck, true); t.ts != 0 {
+		sent.mend(p, t.ts, now)
+	}
+	return len(p)
+}
+
+// inbound notes a client's SYN sent again for a handshake whose SYN-ACK
+// the stack sent: the stack's answer to it is to leave as the SYN-ACK, and
+// a retransmitted SYN-ACK echoes its TSval.
 func (c *synAckClock) inbound(p []byte) {
 	if !c.live.Load() {
 		return
 	}
 	s, ok := parseTCPSeg(p, header.TCPFlagSyn, false)
-	if !ok || s.ts == 0 {
+	if !ok {
 		return
 	}
-	tsval := binary.BigEndian.Uint32(p[s.ts:])
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, m := range []map[synAckKey]synAckSent{c.cur, c.prev} {
 		if sent, found := m[s.key]; found {
-			sent.tsecr, sent.newSYN = tsval, true
+			if s.ts != 0 {
+				sent.tsecr, sent.newSYN = binary.BigEndian.Uint32(p[s.ts:]), true
+			}
+			if !sent.synAgain {
+				sent.synAgain = true
+				c.pending.Add(1)
+			}
 			m[s.key] = sent
 			return
 		}
@@ -201,6 +280,15 @@ func (c *synAckClock) rotate(now int64) {
 	if c.cur != nil && now-c.rotated < int64(synAckGeneration) {
 		return
 	}
+	var waiting int32 // entries of the new prev whose SYN sent again awaits its answer
+	if c.pending.Load() > 0 {
+		for _, sent := range c.cur {
+			if sent.synAgain {
+				waiting++
+			}
+		}
+	}
+	c.pending.Store(waiting)
 	c.prev, c.cur, c.rotated = c.cur, make(map[synAckKey]synAckSent), now
 	if len(c.prev) == 0 {
 		c.prev = nil
