@@ -4,8 +4,6 @@ import (
 	"encoding/binary"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
@@ -27,10 +25,11 @@ import (
 
 // reuseTimeWait ends the stack's endpoint in TIME-WAIT of the connection a
 // client's SYN (without ACK) opens anew; h is the packet's, parsed, of
-// protocol TCP.
+// protocol TCP. A fragment is left to gVisor's reassembly (a later one
+// holds no TCP header).
 func (l *Link) reuseTimeWait(h *ipHeader) {
 	t := h.l4
-	if len(t) < header.TCPMinimumSize || header.TCPFlags(t[13])&(header.TCPFlagSyn|header.TCPFlagAck|header.TCPFlagRst|header.TCPFlagFin) != header.TCPFlagSyn {
+	if h.fragment || len(t) < header.TCPMinimumSize || header.TCPFlags(t[13])&(header.TCPFlagSyn|header.TCPFlagAck|header.TCPFlagRst|header.TCPFlagFin) != header.TCPFlagSyn {
 		return
 	}
 	id := stack.TransportEndpointID{
@@ -39,11 +38,7 @@ func (l *Link) reuseTimeWait(h *ipHeader) {
 		RemotePort:    binary.BigEndian.Uint16(t[0:2]),
 		RemoteAddress: toAddr(h.src),
 	}
-	proto := ipv4.ProtocolNumber
-	if h.v6 {
-		proto = ipv6.ProtocolNumber
-	}
-	ep, ok := l.ns.s.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, l.id).(*tcp.Endpoint)
+	ep, ok := l.ns.s.FindTransportEndpoint(protoOf(h.dst), tcp.ProtocolNumber, id, l.id).(*tcp.Endpoint)
 	if !ok || ep.EndpointState() != tcp.StateTimeWait {
 		return
 	}
